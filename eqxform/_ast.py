@@ -1,0 +1,244 @@
+"""The abstract syntax tree of a spec: frozen dataclasses, each with its span.
+
+Nothing here knows about Lark, JAX or models. The parser builds these nodes,
+the checker reads them, the compiler turns them into passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where a node sits in its source: 1-based line and column, end exclusive."""
+
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+    def join(self, other: Span) -> Span:
+        return Span(self.line, self.column, other.end_line, other.end_column)
+
+
+@dataclass(frozen=True)
+class Source:
+    """The text of a spec and the name it is reported under."""
+
+    name: str
+    text: str
+
+    def line(self, number: int) -> str:
+        lines = self.text.splitlines()
+        if 1 <= number <= len(lines):
+            return lines[number - 1]
+        return ""
+
+
+# ---- expressions ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expr:
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Number(Expr):
+    value: int | float
+    text: str
+
+
+@dataclass(frozen=True)
+class String(Expr):
+    value: str
+
+
+@dataclass(frozen=True)
+class Name(Expr):
+    id: str
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str  # "-", "+", "not"
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    op: str  # + - * / // % ** == != < <= > >= and or
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Subscript(Expr):
+    value: Expr
+    index: Expr
+
+
+@dataclass(frozen=True)
+class ListExpr(Expr):
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str | None
+    value: Expr
+    span: Span = field(compare=False)
+    name_span: Span | None = field(compare=False, default=None)
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    callee: str  # `Linear`, or `package.module:function`
+    args: tuple[Arg, ...]
+    callee_span: Span = field(compare=False)
+
+    @property
+    def is_module_path(self) -> bool:
+        return ":" in self.callee
+
+
+# ---- selectors -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class NameStep(Step):
+    """A field (`weight`) or, when capitalised, a type (`Linear`)."""
+
+    name: str
+
+    @property
+    def is_type(self) -> bool:
+        return self.name[:1].isupper()
+
+
+@dataclass(frozen=True)
+class AnyStep(Step):
+    """`*`: exactly one step."""
+
+
+@dataclass(frozen=True)
+class DeepStep(Step):
+    """`**`: any number of steps, none included."""
+
+
+@dataclass(frozen=True)
+class IndexStep(Step):
+    index: int
+
+
+@dataclass(frozen=True)
+class SliceStep(Step):
+    start: int | None
+    stop: int | None
+    step: int | None
+
+
+@dataclass(frozen=True)
+class AllStep(Step):
+    """`[*]`: every element."""
+
+
+@dataclass(frozen=True)
+class SelPath:
+    steps: tuple[Step, ...]
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Selector:
+    paths: tuple[SelPath, ...]
+    span: Span = field(compare=False)
+    text: str = ""
+
+
+# ---- statements ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stmt:
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    arg: Expr | None
+    span: Span = field(compare=False)
+    name_span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Rule(Stmt):
+    selector: Selector
+    filter: Expr | None
+    expect: Number | None
+    actions: tuple[Action, ...]
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ModelStmt(Stmt):
+    call: Call
+
+
+@dataclass(frozen=True)
+class SeedStmt(Stmt):
+    value: Expr
+
+
+@dataclass(frozen=True)
+class LetStmt(Stmt):
+    name: str
+    value: Expr
+    name_span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class OptimizerStmt(Stmt):
+    value: Expr
+
+
+@dataclass(frozen=True)
+class EnsembleStmt(Stmt):
+    count: Expr
+
+
+@dataclass(frozen=True)
+class StackOption:
+    name: str  # "count", "remat", "unroll"
+    value: int | None
+    span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class StackStmt(Stmt):
+    selector: Selector
+    mode: str
+    mode_span: Span
+    options: tuple[StackOption, ...]
+
+
+@dataclass(frozen=True)
+class UnstackStmt(Stmt):
+    selector: Selector
+
+
+@dataclass(frozen=True)
+class Spec:
+    source: Source
+    statements: tuple[Stmt, ...]
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return tuple(s for s in self.statements if isinstance(s, Rule))

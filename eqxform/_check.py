@@ -1,0 +1,348 @@
+"""AST -> diagnostics, with no model and no JAX.
+
+Each check is its own method and reports with its own stable code; the checker
+never stops at the first error, so `eqxform check` lists them all at once.
+Checks that need the model (does a selector match?) live with the passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import _ast as A
+from . import _names as N
+from . import _registry as R
+from ._diagnostics import Diagnostic, did_you_mean
+from ._expr import walk
+
+NOT_YET = {
+    "wrap": "per-parameter wrappers",
+    "freeze": "freezing",
+    "lr": "optimiser groups",
+    "weight_decay": "optimiser groups",
+    "shard": "sharding",
+}
+
+
+class Checker:
+    def __init__(self, spec: A.Spec, params: Mapping[str, Any] | None = None):
+        self.spec = spec
+        self.source = spec.source
+        self.params = dict(params or {})
+        self.diagnostics: list[Diagnostic] = []
+        self.lets: list[str] = []
+
+    def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
+        self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
+
+    def run(self) -> list[Diagnostic]:
+        seen: dict[type, A.Stmt] = {}
+        for stmt in self.spec.statements:
+            if isinstance(stmt, (A.ModelStmt, A.SeedStmt, A.OptimizerStmt, A.EnsembleStmt)):
+                first = seen.get(type(stmt))
+                if first is not None:
+                    word = {
+                        A.ModelStmt: "model",
+                        A.SeedStmt: "seed",
+                        A.OptimizerStmt: "optimizer",
+                        A.EnsembleStmt: "ensemble",
+                    }[type(stmt)]
+                    self.error(
+                        "E109",
+                        f"`{word}` is given twice",
+                        stmt.span,
+                        f"the first is on line {first.span.line}; keep one",
+                    )
+                seen.setdefault(type(stmt), stmt)
+            getattr(self, "check_" + type(stmt).__name__)(stmt)
+        return self.diagnostics
+
+    # ---- statements ------------------------------------------------------
+
+    def check_ModelStmt(self, stmt: A.ModelStmt):
+        self.constructor_call(stmt.call, set(self.lets))
+
+    def check_SeedStmt(self, stmt: A.SeedStmt):
+        self.names(stmt.value, set(self.lets), "a `seed`")
+
+    def check_LetStmt(self, stmt: A.LetStmt):
+        reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
+        if stmt.name in reserved | set(N.FUNCTIONS) | set(N.DTYPES):
+            self.error(
+                "E118",
+                f"`{stmt.name}` is a reserved name",
+                stmt.name_span,
+                "choose another name for this `let`",
+            )
+        elif stmt.name in self.lets:
+            self.error(
+                "E109",
+                f"`{stmt.name}` is defined twice",
+                stmt.name_span,
+                "a `let` name is set once; override it from outside with `--set NAME=VALUE`",
+            )
+        self.names(stmt.value, set(self.lets), "a `let`")
+        self.lets.append(stmt.name)
+
+    def check_Rule(self, rule: A.Rule):
+        self.selector(rule.selector)
+        context = set(self.lets) | set(N.CONTEXT_NAMES)
+        if rule.filter is not None:
+            self.names(rule.filter, context, "an `if` filter")
+        if rule.expect is not None and (
+            not isinstance(rule.expect.value, int) or rule.expect.value < 0
+        ):
+            self.error(
+                "E121",
+                f"`expect` needs a whole number of matches, not `{rule.expect.text}`",
+                rule.expect.span,
+            )
+        for action in rule.actions:
+            self.action(action, context)
+
+    def check_OptimizerStmt(self, stmt: A.OptimizerStmt):
+        self.not_yet("optimizer", "optimisers", stmt.span)
+
+    def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
+        self.not_yet("ensemble", "ensembles", stmt.span)
+
+    def check_StackStmt(self, stmt: A.StackStmt):
+        self.not_yet("stack", "stacking", stmt.span)
+
+    def check_UnstackStmt(self, stmt: A.UnstackStmt):
+        self.not_yet("unstack", "stacking", stmt.span)
+
+    def not_yet(self, word: str, feature: str, span: A.Span):
+        self.error(
+            "E120",
+            f"`{word}` is not supported by this version of eqxform",
+            span,
+            f"{feature} are planned; remove this line for now",
+        )
+
+    # ---- parts -----------------------------------------------------------
+
+    def selector(self, selector: A.Selector):
+        known = R.type_names()
+        for path in selector.paths:
+            for step in path.steps:
+                if isinstance(step, A.NameStep) and step.is_type and step.name not in known:
+                    hint = did_you_mean(step.name, known)
+                    self.error(
+                        "E104",
+                        f"unknown type `{step.name}`",
+                        step.span,
+                        hint
+                        or "a capitalised name in a selector is a type: every `equinox.nn` "
+                        "class, the example models, and types registered with "
+                        "`eqxform.register_type`",
+                    )
+                if isinstance(step, A.SliceStep) and step.step == 0:
+                    self.error("E122", "a slice step cannot be zero", step.span)
+
+    def action(self, action: A.Action, context: set[str]):
+        name = action.name
+        if name in NOT_YET:
+            self.not_yet(name, NOT_YET[name], action.name_span)
+            return
+        info = N.ACTIONS.get(name)
+        if info is None:
+            hint = did_you_mean(name, list(N.ACTIONS) + list(NOT_YET))
+            self.error(
+                "E101",
+                f"unknown action `{name}`",
+                action.name_span,
+                hint or "actions are " + ", ".join(f"`{a}`" for a in N.ACTIONS),
+            )
+            return
+        arg = action.arg
+        if arg is None:
+            example = {
+                "initializer": "init zeros",
+                "constructor": "replace Linear(in_features=8, out_features=2)",
+                "dtype": "cast bfloat16",
+                "expr": f"{name} 0.5",
+            }[info.arg]
+            self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{example}`")
+            return
+        if info.arg == "initializer":
+            self.initializer(arg, context)
+        elif info.arg == "constructor":
+            if isinstance(arg, A.Name) and arg.id in N.FUNCTIONS:
+                return
+            if not isinstance(arg, A.Call):
+                self.error(
+                    "E112",
+                    "`replace` needs a constructor call or a `jax.nn` function",
+                    arg.span,
+                    "e.g. `replace Linear(in_features=8, out_features=2)` or `replace gelu`",
+                )
+                return
+            self.constructor_call(arg, set(self.lets))
+        elif info.arg == "dtype":
+            if not isinstance(arg, A.Name) or arg.id not in N.DTYPES:
+                word = arg.id if isinstance(arg, A.Name) else self.text(arg.span)
+                hint = did_you_mean(word, N.DTYPES)
+                self.error(
+                    "E111",
+                    f"unknown dtype `{word}`",
+                    arg.span,
+                    hint or "dtypes are " + ", ".join(f"`{d}`" for d in N.DTYPES),
+                )
+        else:
+            self.names(arg, context, f"`{name}`")
+
+    def initializer(self, arg: A.Expr, context: set[str]):
+        if isinstance(arg, A.Name):
+            name, span, args = arg.id, arg.span, ()
+        elif isinstance(arg, A.Call) and not arg.is_module_path:
+            name, span, args = arg.callee, arg.callee_span, arg.args
+        else:
+            self.error(
+                "E112",
+                "`init` needs an initialiser name",
+                arg.span,
+                "e.g. `init he_normal` or `init normal(stddev=0.02)`",
+            )
+            return
+        signature = R.initializer_signature(name)
+        if signature is None:
+            hint = did_you_mean(name, R.initializer_names())
+            self.error(
+                "E102",
+                f"unknown initialiser `{name}`",
+                span,
+                hint or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
+            )
+            return
+        self.arguments(name, "initialiser", signature, args, arg.span, context)
+        for a in args:
+            self.names(a.value, context, "an initialiser argument")
+
+    def constructor_call(self, call: A.Call, names: set[str]):
+        if not call.is_module_path:
+            signature = R.constructor_signature(call.callee)
+            if signature is None:
+                hint = did_you_mean(call.callee, R.constructor_names())
+                self.error(
+                    "E103",
+                    f"unknown constructor `{call.callee}`",
+                    call.callee_span,
+                    hint
+                    or "constructors are the `equinox.nn` classes, the example models, and "
+                    "those registered with `eqxform.register_constructor`",
+                )
+            else:
+                self.arguments(call.callee, "constructor", signature, call.args, call.span, names)
+        for arg in call.args:
+            self.constructor_arg(arg.value, names)
+
+    def constructor_arg(self, expr: A.Expr, names: set[str]):
+        if isinstance(expr, A.Call) and expr.callee not in N.EXPR_FUNCTIONS:
+            self.constructor_call(expr, names)
+        elif isinstance(expr, A.ListExpr):
+            for item in expr.items:
+                self.constructor_arg(item, names)
+        else:
+            self.names(expr, names, "a constructor argument")
+
+    def arguments(
+        self,
+        name: str,
+        kind: str,
+        signature: N.Signature,
+        args: Iterable[A.Arg],
+        span: A.Span,
+        context: set[str],
+    ):
+        args = list(args)
+        positional = [a for a in args if a.name is None]
+        given: dict[str, A.Arg] = {}
+        params = [p for p in signature.positional if p != "key"]
+        if len(positional) > len(params) and not signature.varargs:
+            extra = positional[len(params)]
+            self.error(
+                "E115",
+                f"`{name}` takes {len(params)} positional argument"
+                f"{'s' if len(params) != 1 else ''}, not {len(positional)}",
+                extra.span,
+                "name the arguments: " + ", ".join(f"`{p}=`" for p in signature.names if p != "key"),
+            )
+        for param, arg in zip(params, positional):
+            given[param] = arg
+        for arg in args:
+            if arg.name is None:
+                continue
+            if arg.name == "key" and kind == "constructor":
+                self.error(
+                    "E119",
+                    "`key` is supplied by eqxform",
+                    arg.name_span,
+                    "remove it: each rule draws from a key derived from the seed",
+                )
+                continue
+            if arg.name in given:
+                self.error(
+                    "E114", f"argument `{arg.name}` is given twice", arg.name_span or arg.span
+                )
+                continue
+            if arg.name not in signature.names and not signature.varkw:
+                hint = did_you_mean(arg.name, [n for n in signature.names if n != "key"])
+                self.error(
+                    "E106",
+                    f"{kind} `{name}` has no argument `{arg.name}`",
+                    arg.name_span or arg.span,
+                    hint
+                    or f"`{name}` takes "
+                    + (", ".join(f"`{n}`" for n in signature.names if n != "key") or "no arguments"),
+                )
+                continue
+            given[arg.name] = arg
+        missing = [p for p in signature.required if p != "key" and p not in given]
+        if missing:
+            self.error(
+                "E107",
+                f"{kind} `{name}` is missing "
+                + ", ".join(f"`{m}`" for m in missing),
+                span,
+                "add " + ", ".join(f"`{m}=...`" for m in missing),
+            )
+
+    def names(self, expr: A.Expr, allowed: set[str], where: str):
+        for node in walk(expr):
+            if isinstance(node, A.Name):
+                known = node.id in allowed or node.id in N.CONSTANTS
+                known = known or node.id in N.FUNCTIONS or node.id in N.DTYPES
+                if not known:
+                    hint = did_you_mean(node.id, allowed | set(N.CONSTANTS))
+                    in_scope = sorted(allowed)
+                    self.error(
+                        "E105",
+                        f"unknown name `{node.id}`",
+                        node.span,
+                        hint
+                        or (
+                            f"names known in {where}: " + ", ".join(f"`{n}`" for n in in_scope)
+                            if in_scope
+                            else f"no names are defined for {where} here; define one with `let`"
+                        ),
+                    )
+            elif isinstance(node, A.Call) and node.callee not in N.EXPR_FUNCTIONS:
+                hint = did_you_mean(node.callee, N.EXPR_FUNCTIONS)
+                self.error(
+                    "E110",
+                    f"unknown function `{node.callee}`",
+                    node.callee_span,
+                    hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
+                )
+
+    def text(self, span: A.Span) -> str:
+        line = self.source.line(span.line)
+        end = span.end_column - 1 if span.end_line == span.line else len(line)
+        return line[span.column - 1 : end]
+
+
+def check(spec: A.Spec, params: Mapping[str, Any] | None = None) -> list[Diagnostic]:
+    """Every model-independent diagnostic of `spec`."""
+    return Checker(spec, params).run()

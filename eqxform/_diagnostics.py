@@ -1,0 +1,114 @@
+"""Diagnostics: what went wrong, where, and how to fix it.
+
+A diagnostic is plain data (a code, a message, a span, a help line). It renders
+in three ways: the long form with the source line and a caret under the span,
+a one-line form for CI and editors, and a dict for `--json`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ._ast import Source, Span
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    code: str
+    message: str
+    span: Span | None = None
+    help: str | None = None
+    source: Source | None = None
+    file: str | None = None  # for diagnostics about a file that is no spec
+    notes: tuple[str, ...] = field(default=())
+    severity: str = "error"
+
+    @property
+    def location(self) -> str:
+        name = self.source.name if self.source is not None else self.file
+        if name is None:
+            return ""
+        if self.span is None:
+            return name
+        return f"{name}:{self.span.line}:{self.span.column}"
+
+    def with_source(self, source: Source) -> Diagnostic:
+        return Diagnostic(
+            self.code, self.message, self.span, self.help, source, self.file, self.notes, self.severity
+        )
+
+    def render(self) -> str:
+        head = f"{self.severity}[{self.code}]: {self.message}"
+        lines = [head]
+        if self.location:
+            lines.append(f" --> {self.location}")
+        if self.span is not None and self.source is not None:
+            text = self.source.line(self.span.line)
+            number = str(self.span.line)
+            pad = " " * len(number)
+            start = max(self.span.column, 1)
+            if self.span.end_line == self.span.line:
+                end = max(self.span.end_column, start + 1)
+            else:
+                end = max(len(text) + 1, start + 1)
+            lines.append(f"{pad} |")
+            lines.append(f"{number} | {text}")
+            lines.append(f"{pad} | " + " " * (start - 1) + "^" * (end - start))
+        for note in self.notes:
+            lines.append(f"  = note: {note}")
+        if self.help:
+            lines.append(f"  = help: {self.help}")
+        return "\n".join(lines)
+
+    def concise(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        return f"{where}{self.severity}[{self.code}]: {self.message}"
+
+    def to_dict(self) -> dict:
+        out: dict = {"code": self.code, "severity": self.severity, "message": self.message}
+        name = self.source.name if self.source is not None else self.file
+        if name is not None:
+            out["file"] = name
+        if self.span is not None:
+            out.update(
+                line=self.span.line,
+                column=self.span.column,
+                end_line=self.span.end_line,
+                end_column=self.span.end_column,
+            )
+        if self.help:
+            out["help"] = self.help
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def render_all(diagnostics: Iterable[Diagnostic]) -> str:
+    diagnostics = list(diagnostics)
+    blocks = [d.render() for d in diagnostics]
+    errors = sum(d.severity == "error" for d in diagnostics)
+    if errors:
+        blocks.append(f"{errors} error{'s' if errors != 1 else ''} found")
+    return "\n\n".join(blocks)
+
+
+def suggest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """The candidates closest to `word`, best first (case-insensitive)."""
+    candidates = sorted(set(candidates))
+    lowered = {c.lower(): c for c in candidates}
+    exact = lowered.get(word.lower())
+    if exact is not None and exact != word:
+        return [exact]
+    found = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)
+    return [lowered[f] for f in found]
+
+
+def did_you_mean(word: str, candidates: Iterable[str], what: str = "") -> str | None:
+    found = suggest(word, candidates)
+    if not found:
+        return None
+    if len(found) == 1:
+        return f"did you mean `{found[0]}`?"
+    return "did you mean one of " + ", ".join(f"`{f}`" for f in found) + "?"

@@ -1,0 +1,41 @@
+"""The exceptions eqxform raises. Every one carries its diagnostics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._diagnostics import Diagnostic, render_all
+
+
+class EqxformError(Exception):
+    """Base class of every error eqxform raises on bad input.
+
+    **Attributes:**
+
+    - `diagnostics`: the diagnostics, all of them, each with a code, a place and
+      (where one helps) a `help:` line.
+    """
+
+    exit_code = 1
+
+    def __init__(self, diagnostics: Sequence[Diagnostic] | Diagnostic | str):
+        if isinstance(diagnostics, str):
+            diagnostics = [Diagnostic("E000", diagnostics)]
+        elif isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = tuple(diagnostics)
+        super().__init__(render_all(self.diagnostics))
+
+
+class SpecError(EqxformError):
+    """A spec is malformed, or does not fit the model it is applied to."""
+
+
+class ModelFileError(EqxformError):
+    """A model file cannot be read, or does not match its recipe."""
+
+
+class UsageError(EqxformError):
+    """An argument of a call or of the command line is wrong (exit code 2)."""
+
+    exit_code = 2

@@ -1,0 +1,219 @@
+"""A small, safe evaluator for the expressions of a spec.
+
+Nothing is `eval`ed or imported: names resolve through a mapping, calls through
+a fixed table, and every error points at the span that caused it.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import _ast as A
+from . import _names as N
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A `jax.nn` function named in a spec (`gelu`); resolved when a model is built."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class DTypeRef:
+    """A dtype named in a spec (`bfloat16`)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EvalError(Exception):
+    def __init__(self, message: str, span: A.Span, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.help = help
+
+
+def _sqrt(x):
+    if x < 0:
+        raise ValueError(f"`sqrt` of a negative number ({x})")
+    return math.sqrt(x)
+
+
+def _log(x):
+    if x <= 0:
+        raise ValueError(f"`log` of a number that is not positive ({x})")
+    return math.log(x)
+
+
+_FUNCTIONS: dict[str, Callable] = {
+    "sqrt": _sqrt,
+    "log": _log,
+    "exp": math.exp,
+    "abs": abs,
+    "min": min,
+    "max": max,
+}
+
+_BINARY = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "//": operator.floordiv,
+    "%": operator.mod,
+    "**": operator.pow,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, tuple):
+        return "a shape"
+    if isinstance(value, list):
+        return "a list"
+    return f"`{value}`"
+
+
+def evaluate(
+    expr: A.Expr,
+    env: Mapping[str, Any],
+    call: Callable[[A.Call, Mapping[str, Any]], Any] | None = None,
+) -> Any:
+    """Evaluate `expr` with names from `env`; `call` handles constructor calls."""
+    if isinstance(expr, A.Number):
+        return expr.value
+    if isinstance(expr, A.String):
+        return expr.value
+    if isinstance(expr, A.Name):
+        return lookup(expr, env)
+    if isinstance(expr, A.ListExpr):
+        return [evaluate(item, env, call) for item in expr.items]
+    if isinstance(expr, A.Unary):
+        value = evaluate(expr.operand, env, call)
+        if expr.op == "not":
+            return not value
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise EvalError(f"`{expr.op}` needs a number, not {_kind(value)}", expr.span)
+        return -value if expr.op == "-" else value
+    if isinstance(expr, A.Binary):
+        if expr.op == "and":
+            return evaluate(expr.left, env, call) and evaluate(expr.right, env, call)
+        if expr.op == "or":
+            return evaluate(expr.left, env, call) or evaluate(expr.right, env, call)
+        left = evaluate(expr.left, env, call)
+        right = evaluate(expr.right, env, call)
+        try:
+            return _BINARY[expr.op](left, right)
+        except ZeroDivisionError:
+            raise EvalError("division by zero", expr.span) from None
+        except (TypeError, OverflowError):
+            raise EvalError(
+                f"cannot apply `{expr.op}` to {_kind(left)} and {_kind(right)}", expr.span
+            ) from None
+    if isinstance(expr, A.Subscript):
+        value = evaluate(expr.value, env, call)
+        index = evaluate(expr.index, env, call)
+        if not isinstance(value, (tuple, list, str)):
+            raise EvalError(f"cannot index {_kind(value)}", expr.span)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise EvalError(f"an index must be an integer, not {_kind(index)}", expr.index.span)
+        try:
+            return value[index]
+        except IndexError:
+            raise EvalError(
+                f"index {index} is out of range for {_kind(value)} of length {len(value)}",
+                expr.span,
+                "check `ndim` first, e.g. `if ndim == 2 and shape[0] == shape[1]`",
+            ) from None
+    if isinstance(expr, A.Call):
+        if expr.callee in _FUNCTIONS:
+            args = [evaluate(a.value, env, call) for a in expr.args]
+            if any(a.name is not None for a in expr.args):
+                raise EvalError(f"`{expr.callee}` takes no keyword arguments", expr.span)
+            arity = N.EXPR_FUNCTIONS[expr.callee]
+            if arity is not None and len(args) != arity:
+                raise EvalError(
+                    f"`{expr.callee}` takes {arity} argument, not {len(args)}", expr.span
+                )
+            try:
+                return _FUNCTIONS[expr.callee](*args)
+            except (ValueError, TypeError, OverflowError) as e:
+                raise EvalError(str(e), expr.span) from None
+        if call is None:
+            raise EvalError(f"unknown function `{expr.callee}`", expr.callee_span)
+        return call(expr, env)
+    raise EvalError("cannot evaluate this expression", expr.span)
+
+
+def lookup(name: A.Name, env: Mapping[str, Any]) -> Any:
+    if name.id in env:
+        return env[name.id]
+    if name.id in N.CONSTANTS:
+        return N.CONSTANTS[name.id]
+    if name.id in N.FUNCTIONS:
+        return FunctionRef(name.id)
+    if name.id in N.DTYPES:
+        return DTypeRef(name.id)
+    raise EvalError(f"unknown name `{name.id}`", name.span)
+
+
+def walk(expr: A.Expr | None) -> Iterator[A.Expr]:
+    """Every sub-expression of `expr`, itself first."""
+    if expr is None:
+        return
+    yield expr
+    if isinstance(expr, A.Unary):
+        yield from walk(expr.operand)
+    elif isinstance(expr, A.Binary):
+        yield from walk(expr.left)
+        yield from walk(expr.right)
+    elif isinstance(expr, A.Subscript):
+        yield from walk(expr.value)
+        yield from walk(expr.index)
+    elif isinstance(expr, A.ListExpr):
+        for item in expr.items:
+            yield from walk(item)
+    elif isinstance(expr, A.Call):
+        for arg in expr.args:
+            yield from walk(arg.value)
+
+
+def render(value: Any) -> str:
+    """A value as spec text, for recipes and plans (`gelu`, `"x"`, `[1, 2]`)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value + '"' if '"' not in value else "'" + value + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(render(v) for v in value) + "]"
+    if isinstance(value, (FunctionRef, DTypeRef)):
+        return value.name
+    raise TypeError(f"cannot write {value!r} into a spec")

@@ -1,0 +1,206 @@
+"""The names a spec may use, as static tables.
+
+`eqxform check` is a linter: it must answer without importing JAX. So every
+name it checks (constructors and their arguments, initialisers, `jax.nn`
+functions, dtypes) is listed here, and `tests/test_names.py` holds each table to
+the installed libraries, so that the two cannot drift apart.
+
+A parameter is written `name`, `name?` (has a default) or `name!` (keyword-only);
+`*name` and `**name` take anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Signature:
+    params: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.strip("?!*") for p in self.params)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        return tuple(
+            p.strip("!") for p in self.params if not p.endswith(("?", "?!")) and "*" not in p
+        )
+
+    @property
+    def positional(self) -> tuple[str, ...]:
+        return tuple(p.strip("?") for p in self.params if "!" not in p and "*" not in p)
+
+    @property
+    def varargs(self) -> bool:
+        return any(p.startswith("*") and not p.startswith("**") for p in self.params)
+
+    @property
+    def varkw(self) -> bool:
+        return any(p.startswith("**") for p in self.params)
+
+
+def _sig(*params: str) -> Signature:
+    return Signature(tuple(params))
+
+
+# Every `equinox.nn` class a spec may construct, with its `__init__` signature
+# (less `self`). The interpreter supplies `key`.
+EQUINOX_NN = {
+    "AdaptiveAvgPool1d": _sig("target_shape"),
+    "AdaptiveAvgPool2d": _sig("target_shape"),
+    "AdaptiveAvgPool3d": _sig("target_shape"),
+    "AdaptiveMaxPool1d": _sig("target_shape"),
+    "AdaptiveMaxPool2d": _sig("target_shape"),
+    "AdaptiveMaxPool3d": _sig("target_shape"),
+    "AvgPool1d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "AvgPool2d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "AvgPool3d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "BatchNorm": _sig(
+        "input_size", "axis_name", "eps?", "channelwise_affine?", "momentum?", "inference?",
+        "dtype?", "mode?",
+    ),
+    "Conv": _sig(
+        "num_spatial_dims", "in_channels", "out_channels", "kernel_size", "stride?", "padding?",
+        "dilation?", "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "Conv1d": _sig(
+        "in_channels", "out_channels", "kernel_size", "stride?", "padding?", "dilation?",
+        "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "Conv2d": _sig(
+        "in_channels", "out_channels", "kernel_size", "stride?", "padding?", "dilation?",
+        "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "Conv3d": _sig(
+        "in_channels", "out_channels", "kernel_size", "stride?", "padding?", "dilation?",
+        "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "ConvTranspose": _sig(
+        "num_spatial_dims", "in_channels", "out_channels", "kernel_size", "stride?", "padding?",
+        "output_padding?", "dilation?", "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "ConvTranspose1d": _sig(
+        "in_channels", "out_channels", "kernel_size", "stride?", "output_padding?", "padding?",
+        "dilation?", "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "ConvTranspose2d": _sig(
+        "in_channels", "out_channels", "kernel_size", "stride?", "output_padding?", "padding?",
+        "dilation?", "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "ConvTranspose3d": _sig(
+        "in_channels", "out_channels", "kernel_size", "stride?", "output_padding?", "padding?",
+        "dilation?", "groups?", "use_bias?", "padding_mode?", "dtype?", "key!",
+    ),
+    "Dropout": _sig("p?", "inference?", "deterministic?!"),
+    "Embedding": _sig("num_embeddings?", "embedding_size?", "weight?", "dtype?", "key?!"),
+    "GRUCell": _sig("input_size", "hidden_size", "use_bias?", "dtype?", "key!"),
+    "GroupNorm": _sig("groups", "channels?", "eps?", "channelwise_affine?", "dtype?"),
+    "Identity": _sig("*args", "**kwargs"),
+    "LSTMCell": _sig("input_size", "hidden_size", "use_bias?", "dtype?", "key!"),
+    "Lambda": _sig("fn"),
+    "LayerNorm": _sig("shape", "eps?", "use_weight?", "use_bias?", "dtype?", "elementwise_affine?!"),
+    "Linear": _sig("in_features", "out_features", "use_bias?", "dtype?", "key!"),
+    "MLP": _sig(
+        "in_size", "out_size", "width_size", "depth", "activation?", "final_activation?",
+        "use_bias?", "use_final_bias?", "dtype?", "scan?!", "key!",
+    ),
+    "MaxPool1d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "MaxPool2d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "MaxPool3d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "MultiheadAttention": _sig(
+        "num_heads", "query_size", "key_size?", "value_size?", "output_size?", "qk_size?",
+        "vo_size?", "use_query_bias?", "use_key_bias?", "use_value_bias?", "use_output_bias?",
+        "dropout_p?", "inference?", "dtype?", "key!",
+    ),
+    "PReLU": _sig("init_alpha?"),
+    "RMSNorm": _sig("shape", "eps?", "use_weight?", "use_bias?", "dtype?"),
+    "RotaryPositionalEmbedding": _sig("embedding_size", "theta?", "dtype?"),
+    "Sequential": _sig("layers"),
+    "SpectralNorm": _sig(
+        "layer", "weight_name", "num_power_iterations?", "eps?", "inference?", "key!"
+    ),
+    "WeightNorm": _sig("layer", "weight_name?", "axis?"),
+}
+
+# The example models of `eqxform.models`.
+EXAMPLE_MODELS = {
+    "MLPChain": _sig("size", "count", "width_size?", "depth?", "activation?", "key!"),
+    "Tower": _sig("size", "width_size?", "depth?", "activation?", "key!"),
+    "SmallCNN": _sig("in_channels?", "num_classes?", "width?", "key!"),
+}
+
+# Initialisers by name, with the arguments a spec may pass. `dtype` and the
+# fan axes come from the matched array and Equinox's layouts, never the user.
+INITIALIZERS = {
+    "zeros": _sig(),
+    "ones": _sig(),
+    "constant": _sig("value"),
+    "normal": _sig("stddev?"),
+    "truncated_normal": _sig("stddev?", "lower?", "upper?"),
+    "trunc_normal": _sig("stddev?", "lower?", "upper?"),
+    "uniform": _sig("scale?"),
+    "orthogonal": _sig("scale?", "column_axis?"),
+    "delta_orthogonal": _sig("scale?", "column_axis?"),
+    "variance_scaling": _sig("scale", "mode", "distribution"),
+    "glorot_normal": _sig(),
+    "glorot_uniform": _sig(),
+    "xavier_normal": _sig(),
+    "xavier_uniform": _sig(),
+    "he_normal": _sig(),
+    "he_uniform": _sig(),
+    "kaiming_normal": _sig(),
+    "kaiming_uniform": _sig(),
+    "lecun_normal": _sig(),
+    "lecun_uniform": _sig(),
+}
+
+# Initialisers that need fans, and so a weight of two or more dimensions.
+FAN_INITIALIZERS = frozenset(
+    {
+        "variance_scaling", "glorot_normal", "glorot_uniform", "xavier_normal", "xavier_uniform",
+        "he_normal", "he_uniform", "kaiming_normal", "kaiming_uniform", "lecun_normal",
+        "lecun_uniform", "orthogonal", "delta_orthogonal",
+    }
+)
+
+# `jax.nn` functions a spec may name as a value (`activation=gelu`).
+FUNCTIONS = (
+    "celu", "elu", "gelu", "glu", "hard_sigmoid", "hard_silu", "hard_swish", "hard_tanh",
+    "identity", "leaky_relu", "log_sigmoid", "log_softmax", "mish", "relu", "relu6", "selu",
+    "sigmoid", "silu", "soft_sign", "softmax", "softplus", "sparse_plus", "sparse_sigmoid",
+    "squareplus", "swish", "tanh",
+)
+
+# Functions an expression may call.
+EXPR_FUNCTIONS = {
+    "sqrt": 1, "log": 1, "exp": 1, "abs": 1, "min": None, "max": None,
+}
+
+DTYPES = (
+    "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint32", "bool",
+)
+
+CONSTANTS = {"true": True, "false": False, "none": None}
+
+# What a matched array or module tells an `if` filter or an `init` argument.
+CONTEXT_NAMES = ("shape", "ndim", "size", "dtype", "fan_in", "fan_out", "path", "index")
+
+
+@dataclass(frozen=True)
+class ActionInfo:
+    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper"
+    summary: str
+
+
+ACTIONS = {
+    "init": ActionInfo("initializer", "re-draw arrays from an initialiser"),
+    "replace": ActionInfo("constructor", "swap the matched module for a new one"),
+    "cast": ActionInfo("dtype", "change the dtype of arrays"),
+    "scale": ActionInfo("expr", "multiply arrays by a number"),
+}
+
+# Actions the language reserves for later versions of the interpreter.
+PLANNED_ACTIONS = {"wrap", "freeze", "lr", "weight_decay", "shard"}

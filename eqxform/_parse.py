@@ -1,0 +1,471 @@
+"""Text -> AST. The only module that sees Lark.
+
+The whole file is parsed in one go. When that fails, each line is parsed on its
+own (a statement is one line), so that `check` reports every syntax error of a
+file at once, and the lines that do parse still reach the semantic checks.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import _ast as A
+from ._diagnostics import Diagnostic, did_you_mean
+from ._errors import SpecError
+
+DIRECTIVES = ("model", "seed", "let", "where", "optimizer", "ensemble", "stack", "unstack")
+
+_TOKEN_NAMES = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "LPAR": "`(`",
+    "RPAR": "`)`",
+    "LSQB": "`[`",
+    "RSQB": "`]`",
+    "COMMA": "`,`",
+    "DOT": "`.`",
+    "COLON": "`:`",
+    "EQUAL": "`=`",
+    "VBAR": "`|`",
+    "STAR": "`*`",
+    "MINUS": "`-`",
+    "PLUS": "`+`",
+    "ADD_OP": "`+`",
+    "MUL_OP": "`/`",
+    "COMP_OP": "a comparison",
+    "_NL": "the end of the line",
+    "$END": "the end of the line",
+}
+
+
+@functools.cache
+def _parser() -> Lark:
+    # Never `cache=True`: Lark would unpickle a grammar from a shared temp dir.
+    return Lark.open_from_package(
+        "eqxform",
+        "eqxform.lark",
+        ("grammar",),
+        parser="lalr",
+        propagate_positions=True,
+        maybe_placeholders=True,
+        start=["start", "statement", "expr"],
+    )
+
+
+def _span(node) -> A.Span:
+    if isinstance(node, Token):
+        return A.Span(node.line, node.column, node.end_line, node.end_column)
+    meta = node.meta if isinstance(node, Tree) else node
+    return A.Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _number(token: Token) -> A.Number:
+    text = str(token)
+    value: int | float
+    if any(c in text for c in ".eE"):
+        value = float(text)
+    else:
+        value = int(text)
+    return A.Number(_span(token), value, text)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    """Lark tree -> frozen dataclasses. Each method names one grammar alias."""
+
+    def __init__(self, source: A.Source):
+        super().__init__()
+        self.source = source
+
+    def _text(self, span: A.Span) -> str:
+        lines = self.source.text.splitlines()
+        if span.line != span.end_line:
+            return lines[span.line - 1][span.column - 1 :]
+        return lines[span.line - 1][span.column - 1 : span.end_column - 1]
+
+    # ---- statements
+    def start(self, meta, children):
+        return tuple(c for c in children if isinstance(c, A.Stmt))
+
+    def model_stmt(self, meta, children):
+        return A.ModelStmt(_span(meta), children[0])
+
+    def seed_stmt(self, meta, children):
+        return A.SeedStmt(_span(meta), children[0])
+
+    def let_stmt(self, meta, children):
+        name, value = children
+        return A.LetStmt(_span(meta), str(name), value, _span(name))
+
+    def optimizer_stmt(self, meta, children):
+        return A.OptimizerStmt(_span(meta), children[0])
+
+    def ensemble_stmt(self, meta, children):
+        return A.EnsembleStmt(_span(meta), children[0])
+
+    def stack_stmt(self, meta, children):
+        selector, mode, *options = children
+        return A.StackStmt(_span(meta), selector, str(mode), _span(mode), tuple(options))
+
+    def stack_count(self, meta, children):
+        number = _number(children[0])
+        return A.StackOption("count", number.value, number.span)
+
+    def stack_flag(self, meta, children):
+        name, value = children
+        return A.StackOption(
+            str(name), None if value is None else _number(value).value, _span(meta)
+        )
+
+    def unstack_stmt(self, meta, children):
+        return A.UnstackStmt(_span(meta), children[0])
+
+    def rule(self, meta, children):
+        selector, filt, expect, *actions = children
+        span = _span(meta)
+        return A.Rule(span, selector, filt, expect, tuple(actions), self._text(span))
+
+    def rule_filter(self, meta, children):
+        return children[0]
+
+    def rule_expect(self, meta, children):
+        return _number(children[0])
+
+    def action(self, meta, children):
+        name, arg = children
+        return A.Action(str(name), arg, _span(meta), _span(name))
+
+    # ---- selectors
+    def selector(self, meta, children):
+        span = _span(meta)
+        return A.Selector(tuple(children), span, self._text(span))
+
+    def sel_path(self, meta, children):
+        return A.SelPath(tuple(children), _span(meta))
+
+    def sel_name(self, meta, children):
+        return A.NameStep(_span(meta), str(children[0]))
+
+    def sel_any(self, meta, children):
+        return A.AnyStep(_span(meta))
+
+    def sel_deep(self, meta, children):
+        return A.DeepStep(_span(meta))
+
+    def sel_index(self, meta, children):
+        step = children[0]
+        # The brackets belong to the step's span.
+        return type(step)(_span(meta), *[getattr(step, f) for f in _fields(step)])
+
+    def idx_int(self, meta, children):
+        return A.IndexStep(_span(meta), children[0])
+
+    def idx_all(self, meta, children):
+        return A.AllStep(_span(meta))
+
+    def idx_slice(self, meta, children):
+        start, stop, step = children
+        return A.SliceStep(_span(meta), start, stop, step)
+
+    def sint(self, meta, children):
+        minus, number = children
+        value = int(_number(number).value)
+        return -value if minus is not None else value
+
+    # ---- expressions
+    def number(self, meta, children):
+        return _number(children[0])
+
+    def string(self, meta, children):
+        return A.String(_span(meta), str(children[0])[1:-1])
+
+    def name(self, meta, children):
+        return A.Name(_span(meta), str(children[0]))
+
+    def neg(self, meta, children):
+        return A.Unary(_span(meta), "-", children[1])
+
+    def pos(self, meta, children):
+        return A.Unary(_span(meta), "+", children[0])
+
+    def not_(self, meta, children):
+        return A.Unary(_span(meta), "not", children[0])
+
+    def binop(self, meta, children):
+        left, op, right = children
+        return A.Binary(_span(meta), str(op), left, right)
+
+    def compare(self, meta, children):
+        left, op, right = children
+        return A.Binary(_span(meta), str(op), left, right)
+
+    def pow(self, meta, children):
+        return A.Binary(_span(meta), "**", children[0], children[1])
+
+    def and_(self, meta, children):
+        return A.Binary(_span(meta), "and", children[0], children[1])
+
+    def or_(self, meta, children):
+        return A.Binary(_span(meta), "or", children[0], children[1])
+
+    def list(self, meta, children):
+        return A.ListExpr(_span(meta), tuple(c for c in children if c is not None))
+
+    def subscript(self, meta, children):
+        return A.Subscript(_span(meta), children[0], children[1])
+
+    def call(self, meta, children):
+        (callee, callee_span), arguments = children
+        return A.Call(_span(meta), callee, tuple(arguments or ()), callee_span)
+
+    def callee(self, meta, children):
+        return str(children[0]), _span(meta)
+
+    def module_callee(self, meta, children):
+        *module, function = (str(c) for c in children)
+        return ".".join(module) + ":" + function, _span(meta)
+
+    def arguments(self, meta, children):
+        return [c for c in children if c is not None]
+
+    def pos_arg(self, meta, children):
+        return A.Arg(None, children[0], _span(meta))
+
+    def kw_arg(self, meta, children):
+        name, value = children
+        return A.Arg(str(name), value, _span(meta), _span(name))
+
+
+def _fields(step):
+    from dataclasses import fields
+
+    return [f.name for f in fields(step) if f.name != "span"]
+
+
+# ---- syntax errors -------------------------------------------------------
+
+# Each label maps to examples of that mistake; Lark's `match_examples` finds the
+# label whose examples fail in the same parser state as the user's text.
+_EXAMPLES = {
+    "missing-arrow": [
+        "where x init zeros",
+        "where Linear.weight init zeros",
+        "where layers[0] freeze",
+        "where x.y if ndim == 2 init zeros",
+        "where x expect 2 freeze",
+        "where x.y = freeze",
+    ],
+    "stray-comma": [
+        "where x -> init zeros,",
+        "where x -> freeze,, lr 1",
+        "model MLP(a=1,, b=2)",
+        "model MLP(,)",
+        "where x -> init normal(,stddev=1)",
+        "where x, y -> freeze",
+        "where x.y, z -> freeze",
+    ],
+}
+
+
+def _unclosed(line: str) -> tuple[str, int] | None:
+    """The last bracket of `line` left open, and its 0-based column."""
+    stack: list[tuple[str, int]] = []
+    quote = None
+    pairs = {")": "(", "]": "["}
+    for i, c in enumerate(line):
+        if quote:
+            quote = None if c == quote else quote
+        elif c in "\"'":
+            quote = c
+        elif c == "#":
+            break
+        elif c in "([":
+            stack.append((c, i))
+        elif c in ")]":
+            if stack and stack[-1][0] == pairs[c]:
+                stack.pop()
+    return stack[-1] if stack else None
+
+
+def _expected(exc: UnexpectedToken) -> str:
+    names = sorted(
+        {_TOKEN_NAMES.get(t, f"`{_anon(t)}`") for t in exc.expected if not t.startswith("__")}
+        | {f"`{_anon(t)}`" for t in exc.expected if t.startswith("__")}
+    )
+    if not names:
+        return ""
+    if len(names) == 1:
+        return names[0]
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _anon(terminal: str) -> str:
+    try:
+        pattern = _parser().get_terminal(terminal).pattern
+        return pattern.value
+    except Exception:  # an unknown terminal name: show it as it is
+        return terminal
+
+
+def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Diagnostic:
+    def at(column: int, width: int = 1) -> A.Span:
+        return A.Span(line_no, column, line_no, column + max(width, 1))
+
+    stripped = line_text.strip()
+    first = stripped.split(None, 1)[0] if stripped else ""
+    first_col = len(line_text) - len(line_text.lstrip()) + 1
+
+    if isinstance(exc, UnexpectedToken) and exc.token.type == "NAME" and exc.column == first_col:
+        word = str(exc.token)
+        hint = did_you_mean(word, DIRECTIVES)
+        return Diagnostic(
+            "E006",
+            f"unknown directive `{word}`",
+            at(exc.column, len(word)),
+            (hint + " " if hint else "")
+            + "a line starts with one of "
+            + ", ".join(f"`{d}`" for d in DIRECTIVES),
+        )
+
+    unclosed = _unclosed(line_text)
+    if unclosed is not None and isinstance(exc, UnexpectedToken):
+        bracket, col = unclosed
+        closing = ")" if bracket == "(" else "]"
+        wants_closing = ("RPAR" if bracket == "(" else "RSQB") in exc.expected
+        if exc.token.type in ("$END", "_NL") or (wants_closing and exc.column > col):
+            return Diagnostic("E004", f"unclosed `{bracket}`", at(col + 1), f"add the closing `{closing}`")
+
+    if isinstance(exc, UnexpectedCharacters):
+        char = line_text[exc.column - 1] if exc.column - 1 < len(line_text) else "?"
+        helps = {
+            "{": "selectors use `[...]` and calls use `(...)`",
+            ";": "write one statement per line",
+            "!": "write `not` for negation; `!=` compares",
+            "&": "write `and`",
+        }
+        return Diagnostic(
+            "E002",
+            f"unexpected character `{char}`",
+            at(exc.column),
+            helps.get(char, "remove it, or quote it in a string"),
+        )
+
+    assert isinstance(exc, UnexpectedToken)
+    label = None
+    try:
+        label = exc.match_examples(
+            lambda text: _parser().parse(text, start="start"),
+            {label: [e + "\n" for e in examples] for label, examples in _EXAMPLES.items()},
+            use_accepts=True,
+            token_type_match_fallback=True,
+        )
+    except Exception:  # match_examples is a heuristic; a failure is no label
+        label = None
+    token = exc.token
+    width = len(str(token)) if token.type not in ("$END", "_NL") else 1
+    column = exc.column if token.type not in ("$END", "_NL") else len(line_text.rstrip()) + 1
+    if label == "stray-comma" or (token.type == "COMMA" and "`,`" not in _expected(exc)):
+        comma = column
+        if token.type != "COMMA":
+            comma = line_text.rstrip().rfind(",") + 1 or column
+        return Diagnostic(
+            "E005",
+            "stray comma",
+            at(comma),
+            "remove this `,`: actions, arguments and selectors are separated by single commas, "
+            "and a selector list uses `|`",
+        )
+    if label == "missing-arrow":
+        return Diagnostic(
+            "E003",
+            "expected `->` between the selector and its actions",
+            at(column, width),
+            "write `where SELECTOR -> ACTION`, e.g. `where Linear.weight -> init zeros`",
+        )
+    if token.type in ("$END", "_NL"):
+        expected = _expected(exc)
+        return Diagnostic(
+            "E007",
+            "unexpected end of line",
+            at(column),
+            f"expected {expected}" if expected else None,
+        )
+    expected = _expected(exc)
+    if token.type == "NAME" and "COMMA" in exc.expected:
+        return Diagnostic(
+            "E008",
+            f"expected `,` before `{token}`",
+            at(column, width),
+            "separate actions and arguments with `,`",
+        )
+    if len(exc.expected) > 6:
+        expected = ""
+    return Diagnostic(
+        "E001",
+        f"unexpected `{token}`",
+        at(column, width),
+        f"expected {expected} here" if expected else None,
+    )
+
+
+def parse(text: str, name: str = "<spec>") -> A.Spec:
+    """Parse a spec. Raises `SpecError` with every syntax error of the text."""
+    spec, diagnostics = parse_collect(text, name)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return spec
+
+
+def parse_collect(text: str, name: str = "<spec>") -> tuple[A.Spec, list[Diagnostic]]:
+    """Parse what parses; return the spec of the good lines and the errors of the bad."""
+    source = A.Source(name, text)
+    if not text.endswith("\n"):
+        text = text + "\n"
+    try:
+        tree = _parser().parse(text, start="start")
+        return A.Spec(source, _ToAst(source).transform(tree)), []
+    except UnexpectedInput:
+        pass
+    except VisitError as exc:  # a transformer bug must not hide behind a parse error
+        raise exc.orig_exc from None
+
+    statements: list[A.Stmt] = []
+    diagnostics: list[Diagnostic] = []
+    for number, line in enumerate(source.text.splitlines(), start=1):
+        body = line.split("#", 1)[0] if "#" in line and "'" not in line and '"' not in line else line
+        if not body.strip():
+            continue
+        try:
+            tree = _parser().parse(line + "\n", start="start")
+            _shift_lines(tree, number - 1)
+            statements.extend(_ToAst(source).transform(tree))
+        except UnexpectedInput as exc:
+            diagnostics.append(_syntax_diagnostic(exc, line, number).with_source(source))
+    return A.Spec(source, tuple(statements)), diagnostics
+
+
+def _shift_lines(tree: Tree, offset: int) -> None:
+    """Move the positions of a tree parsed from one line to that line of the file."""
+    for subtree in tree.iter_subtrees():
+        meta = subtree.meta
+        if not meta.empty:
+            meta.line += offset
+            meta.end_line += offset
+        for child in subtree.children:
+            if isinstance(child, Token):
+                child.line += offset
+                child.end_line += offset
+
+
+def parse_expr(text: str, name: str = "<expr>") -> A.Expr:
+    """Parse one expression (a `--set` value, a constructor call on the command line)."""
+    source = A.Source(name, text)
+    try:
+        tree = _parser().parse(text, start="expr")
+    except UnexpectedInput as exc:
+        raise SpecError(_syntax_diagnostic(exc, text, 1).with_source(source)) from None
+    return _ToAst(source).transform(tree)

@@ -1,0 +1,203 @@
+"""What a spec can name: types, constructors, initialisers.
+
+The built-in names are the static tables of `_names`; users add their own with
+the `register_*` functions. Nothing here imports JAX until a name is resolved to
+the object it stands for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from . import _names as N
+from ._diagnostics import Diagnostic
+from ._errors import UsageError
+
+_TYPES: dict[str, type] = {}
+_CONSTRUCTORS: dict[str, Callable] = {}
+_INITIALIZERS: dict[str, tuple[Callable, N.Signature]] = {}
+
+# Abstract types a selector may name besides the constructible ones.
+_ABSTRACT_TYPES = ("Module", "Pool", "AdaptivePool", "StatefulLayer", "Shared")
+
+
+def _signature_of(fn: Callable) -> N.Signature:
+    params = []
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return N.Signature(("*args", "**kwargs"))
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            params.append("*" + p.name)
+        elif p.kind is p.VAR_KEYWORD:
+            params.append("**" + p.name)
+        else:
+            mark = "?" if p.default is not p.empty else ""
+            mark += "!" if p.kind is p.KEYWORD_ONLY else ""
+            params.append(p.name + mark)
+    return N.Signature(tuple(params))
+
+
+def register_type(cls: type, name: str | None = None) -> type:
+    """Let selectors name `cls` (as `name`, by default its class name).
+
+    **Arguments:**
+
+    - `cls`: an `equinox.Module` subclass.
+    - `name`: the name specs use; capitalised, as selectors tell types from
+      fields by the capital letter.
+
+    **Returns:** `cls`, so that this works as a class decorator.
+    """
+    name = name or cls.__name__
+    if not name[:1].isupper():
+        raise UsageError(
+            f"type name `{name}` must start with a capital letter: selectors read "
+            "lowercase names as fields"
+        )
+    _TYPES[name] = cls
+    return cls
+
+
+def register_constructor(name: str, fn: Callable | None = None):
+    """Let `model`, `replace` and `eqxform new` call `fn` as `name(...)`.
+
+    `fn` is called with the spec's arguments, plus `key=` when it takes one. A
+    class is registered as a selector type too. Usable as a decorator:
+    `@eqxform.register_constructor("Block")`.
+    """
+
+    def add(fn: Callable) -> Callable:
+        _CONSTRUCTORS[name] = fn
+        if isinstance(fn, type) and name[:1].isupper():
+            _TYPES.setdefault(name, fn)
+        return fn
+
+    return add if fn is None else add(fn)
+
+
+def register_initializer(name: str, fn: Callable, params: Iterable[str] | None = None) -> Callable:
+    """Let `init NAME(ARGS)` draw with `fn(key, shape, dtype, **args)`.
+
+    `params` lists the argument names (with `?` for those with a default); by
+    default they are read from `fn`'s signature after `key, shape, dtype`.
+    """
+    if params is None:
+        sig = _signature_of(fn)
+        params = sig.params[3:]
+    _INITIALIZERS[name] = (fn, N.Signature(tuple(params)))
+    return fn
+
+
+# ---- lookups (JAX-free) ----------------------------------------------------
+
+
+def type_names() -> set[str]:
+    return set(N.EQUINOX_NN) | set(N.EXAMPLE_MODELS) | set(_ABSTRACT_TYPES) | set(_TYPES)
+
+
+def constructor_names() -> set[str]:
+    return set(N.EQUINOX_NN) | set(N.EXAMPLE_MODELS) | set(_CONSTRUCTORS)
+
+
+def constructor_signature(name: str) -> N.Signature | None:
+    if name in _CONSTRUCTORS:
+        return _signature_of(_CONSTRUCTORS[name])
+    if name in N.EXAMPLE_MODELS:
+        return N.EXAMPLE_MODELS[name]
+    return N.EQUINOX_NN.get(name)
+
+
+def initializer_names() -> set[str]:
+    return set(N.INITIALIZERS) | set(_INITIALIZERS)
+
+
+def initializer_signature(name: str) -> N.Signature | None:
+    if name in _INITIALIZERS:
+        return _INITIALIZERS[name][1]
+    return N.INITIALIZERS.get(name)
+
+
+def user_initializer(name: str) -> Callable | None:
+    entry = _INITIALIZERS.get(name)
+    return entry[0] if entry else None
+
+
+# ---- resolution (imports what it resolves) ---------------------------------
+
+
+def resolve_type(name: str) -> type:
+    if name in _TYPES:
+        return _TYPES[name]
+    if name in N.EXAMPLE_MODELS:
+        from . import models
+
+        return getattr(models, name)
+    import equinox as eqx
+
+    if name == "Module":
+        return eqx.Module
+    return getattr(eqx.nn, name)
+
+
+class NotAllowed(Exception):
+    def __init__(self, module: str):
+        self.module = module
+
+
+def resolve_constructor(name: str, allow: Iterable[str] = ()) -> Callable:
+    """The callable behind a constructor name, or `package.module:function`.
+
+    A module path is imported only when its top-level package is in `allow`;
+    otherwise `NotAllowed` is raised and nothing is imported.
+    """
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        top = module.split(".", 1)[0]
+        allowed = {a.split(".", 1)[0] for a in allow}
+        if top not in allowed:
+            raise NotAllowed(module)
+        return getattr(importlib.import_module(module), attr)
+    if name in _CONSTRUCTORS:
+        return _CONSTRUCTORS[name]
+    return resolve_type(name)
+
+
+def function(name: str) -> Callable:
+    import jax
+
+    if name == "identity":
+        return _identity
+    return getattr(jax.nn, name)
+
+
+def _identity(x):
+    return x
+
+
+def function_name(fn: Any) -> str | None:
+    """The spec name of a `jax.nn` function value, for writing recipes."""
+    if fn is _identity:
+        return "identity"
+    import jax
+
+    for name in N.FUNCTIONS:
+        if getattr(jax.nn, name, None) is fn:
+            return name
+    return None
+
+
+def not_allowed_diagnostic(module: str, span=None, source=None) -> Diagnostic:
+    top = module.split(".", 1)[0]
+    return Diagnostic(
+        "E117",
+        f"constructor module `{module}` is not allowed",
+        span,
+        f"eqxform imports no module named in a spec or model file unless you allow it: "
+        f"pass `--allow {top}` (Python: `allow=[\"{top}\"]`) if you trust it",
+        source,
+    )
