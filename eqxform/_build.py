@@ -1,0 +1,111 @@
+"""Constructor calls -> modules: `model`, `replace`, `eqxform new` and loading."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import _ast as A
+from . import _names as N
+from . import _registry as R
+from ._diagnostics import Diagnostic
+from ._errors import SpecError
+from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
+from ._hashing import stable_hash
+
+
+def to_python(value: Any) -> Any:
+    """Spec values -> what a constructor takes (`gelu` -> `jax.nn.gelu`)."""
+    if isinstance(value, FunctionRef):
+        return R.function(value.name)
+    if isinstance(value, DTypeRef):
+        import jax.numpy as jnp
+
+        return jnp.dtype(value.name)
+    if isinstance(value, list):
+        return [to_python(v) for v in value]
+    return value
+
+
+def _takes_key(fn: Any, name: str) -> bool:
+    signature = R.constructor_signature(name) if ":" not in name else None
+    if signature is not None:
+        return "key" in signature.names
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "key" in params
+
+
+def build(
+    call: A.Call,
+    env: Mapping[str, Any],
+    key: Any,
+    source: A.Source | None = None,
+    allow: Iterable[str] = (),
+) -> Any:
+    """Call the constructor `call` names, with `key` (nested calls get their own)."""
+    import jax
+
+    try:
+        fn = R.resolve_constructor(call.callee, allow)
+    except R.NotAllowed as e:
+        raise SpecError(R.not_allowed_diagnostic(e.module, call.callee_span, source)) from None
+    except (ImportError, AttributeError) as e:
+        raise SpecError(
+            Diagnostic(
+                "E103", f"cannot find constructor `{call.callee}`: {e}", call.callee_span, None, source
+            )
+        ) from None
+
+    counter = iter(range(1, 1 << 30))
+
+    def nested(inner: A.Call, env: Mapping[str, Any]) -> Any:
+        return build(inner, env, jax.random.fold_in(key, next(counter)), source, allow)
+
+    args, kwargs = [], {}
+    try:
+        for arg in call.args:
+            value = to_python(evaluate(arg.value, env, nested))
+            if arg.name is None:
+                args.append(value)
+            else:
+                kwargs[arg.name] = value
+    except EvalError as e:
+        raise SpecError(Diagnostic("E204", e.message, e.span, e.help, source)) from None
+    if _takes_key(fn, call.callee):
+        kwargs["key"] = key
+    try:
+        return fn(*args, **kwargs)
+    except SpecError:
+        raise
+    except Exception as e:  # the constructor's own complaint, shown where it was called
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError(
+            Diagnostic(
+                "E205",
+                f"`{call.callee}(...)` failed: {message}",
+                call.span,
+                "check the arguments against the constructor's documentation",
+                source,
+            )
+        ) from None
+
+
+def render_call(call: A.Call, env: Mapping[str, Any]) -> str:
+    """The call with every argument evaluated: what a recipe stores."""
+
+    def value(expr: A.Expr) -> str:
+        if isinstance(expr, A.Call) and expr.callee not in N.EXPR_FUNCTIONS:
+            return render_call(expr, env)
+        if isinstance(expr, A.ListExpr):
+            return "[" + ", ".join(value(i) for i in expr.items) + "]"
+        return render(evaluate(expr, env))
+
+    parts = [(f"{a.name}=" if a.name else "") + value(a.value) for a in call.args]
+    return f"{call.callee}({', '.join(parts)})"
+
+
+MODEL_TAG = stable_hash("model")

@@ -1,0 +1,343 @@
+"""AST -> Program: a tuple of passes, plain data, and the code that runs it.
+
+`compile` reads, parses and checks a spec (no JAX needed), evaluates its `let`
+values with the caller's overrides, and makes one pass per action of each rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _ast as A
+from ._check import check
+from ._diagnostics import Diagnostic, did_you_mean
+from ._errors import SpecError, UsageError
+from ._expr import EvalError, evaluate
+from ._hashing import stable_hash
+from ._parse import parse_collect, parse_expr
+
+
+def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, str]:
+    """(text, name) of a spec given as a path or as text."""
+    if isinstance(spec, os.PathLike) or (
+        isinstance(spec, str) and "\n" not in spec and spec.endswith(".eqx")
+    ):
+        path = Path(spec)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(
+                Diagnostic("E401", f"spec file `{path}` does not exist", file=str(path))
+            ) from None
+        except OSError as e:
+            raise UsageError(
+                Diagnostic("E401", f"cannot read `{path}`: {e.strerror}", file=str(path))
+            ) from None
+        if data[:8] and _looks_like_model_file(data):
+            raise UsageError(
+                Diagnostic(
+                    "E402",
+                    f"`{path}` is a model file, not a spec",
+                    file=str(path),
+                    help="the spec comes first: `eqxform apply SPEC MODEL -o OUT`",
+                )
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(
+                Diagnostic("E402", f"`{path}` is not a text file", file=str(path))
+            ) from None
+        return text, name or str(path)
+    return str(spec), name or "<spec>"
+
+
+def _looks_like_model_file(data: bytes) -> bool:
+    if len(data) < 10:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    return 0 < size < (1 << 40) and data[8:9] == b"{"
+
+
+def parse_value(text: str, name: str) -> Any:
+    """A `--set NAME=VALUE` value: a constant expression (`32`, `1e-3`, `"relu"`)."""
+    expr = parse_expr(text, f"--set {name}")
+    try:
+        return evaluate(expr, {})
+    except EvalError:
+        # A bare word is a string (`--set act=gelu` means the function `gelu`
+        # through the evaluator; anything else stays text).
+        if isinstance(expr, A.Name):
+            return expr.id
+        raise UsageError(f"`--set {name}={text}` is not a constant") from None
+
+
+@dataclass(frozen=True, eq=False)
+class Pass:
+    """One action of one rule: a pure `(model, key) -> model` function.
+
+    Plain data until it first runs; then the pass family that implements the
+    action (in `_passes`) is loaded, with JAX.
+    """
+
+    rule: A.Rule
+    action: A.Action
+    env: Mapping[str, Any]
+    source: A.Source
+    identity: int
+    allow: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def impl(self):
+        from ._passes._tree import PASSES
+
+        cls = PASSES[self.action.name]
+        return cls(self.rule, self.action, self.env, self.source, self.identity, self.allow)
+
+    def select(self, model):
+        return self.impl.select(model)
+
+    def __call__(self, model, key):
+        return self.impl(model, key)
+
+    def __repr__(self) -> str:
+        return f"Pass(line {self.rule.span.line}: {self.action.name})"
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled spec: its passes and what they need. Apply it to models.
+
+    **Attributes:**
+
+    - `passes`: the tuple of passes, in the order the rules are written.
+    - `env`: the `let` values, overrides applied.
+    - `seed`: the spec's `seed` (0 when it has none).
+    - `model_call`: the `model` directive's constructor call, if any.
+    """
+
+    spec: A.Spec
+    passes: tuple
+    env: Mapping[str, Any]
+    params: Mapping[str, Any]
+    seed: int
+    model_call: A.Call | None
+    allow: tuple[str, ...] = field(default=())
+
+    @property
+    def source(self) -> A.Source:
+        return self.spec.source
+
+    @property
+    def text(self) -> str:
+        return self.spec.source.text
+
+    @property
+    def name(self) -> str:
+        return self.spec.source.name
+
+    # ---- running -----------------------------------------------------------
+
+    def base_constructor(self) -> str | None:
+        from ._build import render_call
+
+        return None if self.model_call is None else render_call(self.model_call, self.env)
+
+    def build_model(self, key=None, *, seed: int | None = None):
+        """The `model` directive's model, built from `key` (default: the seed)."""
+        import jax
+
+        from ._build import MODEL_TAG, build
+        from ._io import remember
+
+        if self.model_call is None:
+            raise UsageError(
+                Diagnostic(
+                    "E403",
+                    "no model given, and the spec has no `model` directive",
+                    file=self.name,
+                    help="pass a model file, or add e.g. `model MLP(in_size=2, out_size=2, "
+                    "width_size=64, depth=2)` to the spec",
+                )
+            )
+        seed = self.seed if seed is None else seed
+        root = jax.random.key(seed) if key is None else key
+        model = build(
+            self.model_call, self.env, jax.random.fold_in(root, MODEL_TAG), self.source, self.allow
+        )
+        remember(model, _base_recipe(self.base_constructor(), seed if key is None else None))
+        return model
+
+    def apply(self, model=None, key=None, *, seed: int | None = None):
+        """Run every pass on `model` and return the new model.
+
+        **Arguments:**
+
+        - `model`: an Equinox model; `None` builds the spec's `model` directive.
+        - `key`: a `jax.random.key`; by default one is made from `seed`, or the
+          spec's own `seed`.
+
+        **Returns:** the transformed model. Raises `SpecError` when a rule does
+        not fit the model (a selector that matches nothing, say).
+        """
+        import jax
+
+        from ._io import recipe_of, remember
+
+        seed = self.seed if seed is None else seed
+        if key is None:
+            key = jax.random.key(seed)
+            recorded_seed = seed
+        else:
+            recorded_seed = None
+        if model is None:
+            model = self.build_model(seed=seed) if recorded_seed is not None else self.build_model(key)
+        recipe = recipe_of(model)
+        for p in self.passes:
+            model = p(model, key)
+        if recipe is not None:
+            remember(model, self.extend_recipe(recipe, recorded_seed))
+        return model
+
+    def extend_recipe(self, recipe: dict, seed: int | None) -> dict:
+        entry = {"name": os.path.basename(self.name), "text": self.text, "seed": seed}
+        entry["params"] = dict(self.params)
+        return {**recipe, "specs": [*recipe.get("specs", []), entry]}
+
+    def check(self, model=None) -> list[Diagnostic]:
+        """Every diagnostic of running this program on `model`, allocating no arrays."""
+        return self.plan(model).diagnostics
+
+    def plan(self, model=None):
+        """What each rule will change, computed with `eqx.filter_eval_shape`.
+
+        **Returns:** a `Plan`: per rule, the matched paths with their shape and
+        dtype before and after, and the change in parameter count.
+        """
+        from ._plan import make_plan
+
+        return make_plan(self, model)
+
+
+def _base_recipe(constructor: str | None, seed: int | None) -> dict | None:
+    if constructor is None:
+        return None
+    return {"base": {"constructor": constructor, "seed": seed}, "specs": []}
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip())
+
+
+def compile(
+    spec: str | os.PathLike,
+    params: Mapping[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    allow: Iterable[str] = (),
+) -> Program:
+    """Read, parse and check a spec; return its `Program`.
+
+    **Arguments:**
+
+    - `spec`: a path to a `.eqx` spec file, or the spec's text.
+    - `params`: values for the spec's `let` names (as `--set NAME=VALUE`).
+    - `name`: the name diagnostics show for text given directly.
+    - `allow`: top-level packages whose `package.module:function` constructors
+      may be imported.
+
+    **Returns:** a `Program`. Raises `SpecError` with every diagnostic of the
+    spec at once when it has errors.
+
+    ```python
+    program = eqxform.compile("where Linear.weight -> init he_normal")
+    model = program.apply(model, key=jax.random.key(0))
+    ```
+    """
+    text, name = read_spec(spec, name)
+    program, diagnostics = compile_collect(text, name, params, allow)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    assert program is not None
+    return program
+
+
+def compile_collect(
+    text: str,
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    allow: Iterable[str] = (),
+) -> tuple[Program | None, list[Diagnostic]]:
+    """Like `compile`, but returns the diagnostics instead of raising."""
+    spec, diagnostics = parse_collect(text, name)
+    diagnostics += check(spec, params)
+    source = spec.source
+    params = dict(params or {})
+
+    lets = [s for s in spec.statements if isinstance(s, A.LetStmt)]
+    let_names = [s.name for s in lets]
+    for key in params:
+        if key not in let_names:
+            hint = did_you_mean(key, let_names)
+            raise UsageError(
+                Diagnostic(
+                    "E116",
+                    f"`--set {key}`: the spec has no `let {key}`",
+                    file=name,
+                    help=hint
+                    or (
+                        "its `let` names are " + ", ".join(f"`{n}`" for n in let_names)
+                        if let_names
+                        else "the spec defines no `let` names"
+                    ),
+                )
+            )
+
+    env: dict[str, Any] = {}
+    seed = 0
+    model_call = None
+    if not diagnostics:
+        for stmt in spec.statements:
+            try:
+                if isinstance(stmt, A.LetStmt):
+                    env[stmt.name] = (
+                        params[stmt.name] if stmt.name in params else evaluate(stmt.value, env)
+                    )
+                elif isinstance(stmt, A.SeedStmt):
+                    value = evaluate(stmt.value, env)
+                    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                        diagnostics.append(
+                            Diagnostic(
+                                "E113",
+                                f"`seed` must be a whole number >= 0, not `{value}`",
+                                stmt.value.span,
+                                None,
+                                source,
+                            )
+                        )
+                    else:
+                        seed = value
+                elif isinstance(stmt, A.ModelStmt):
+                    model_call = stmt.call
+            except EvalError as e:
+                diagnostics.append(Diagnostic("E204", e.message, e.span, e.help, source))
+
+    if diagnostics:
+        return None, diagnostics
+
+    passes = []
+    seen: dict[str, int] = {}
+    for rule in spec.rules:
+        text_key = _normalise(rule.text)
+        occurrence = seen.get(text_key, 0)
+        seen[text_key] = occurrence + 1
+        for index, action in enumerate(rule.actions):
+            identity = stable_hash(f"{text_key}#{occurrence}#{index}")
+            passes.append(Pass(rule, action, env, source, identity, tuple(allow)))
+    return Program(spec, tuple(passes), env, params, seed, model_call, tuple(allow)), []

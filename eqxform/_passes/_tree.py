@@ -1,0 +1,246 @@
+"""The `eqx.tree_at` passes: init, replace, cast, scale.
+
+Each pass selects its nodes once and makes one `tree_at` call for all of them,
+never one per leaf.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from .. import _ast as A
+from .._build import build, to_python
+from .._diagnostics import Diagnostic, did_you_mean
+from .._errors import SpecError
+from .._expr import EvalError, FunctionRef, evaluate
+from .._hashing import stable_hash
+from .._names import FAN_INITIALIZERS
+from .._select import Node, array_leaves, context, get, is_array, nearest_paths, select, walk
+from . import _init
+
+
+@dataclass(frozen=True, eq=False)
+class RulePass:
+    """One action of one rule, as a pure `(model, key) -> model` function."""
+
+    rule: A.Rule
+    action: A.Action
+    env: Mapping[str, Any]
+    source: A.Source
+    identity: int
+    allow: tuple[str, ...] = ()
+
+    # -- diagnostics
+    def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
+        return SpecError(Diagnostic(code, message, span, help, self.source))
+
+    def eval(self, expr: A.Expr, node: Node | None = None, **extra) -> Any:
+        env = dict(self.env)
+        if node is not None:
+            env.update(context(node))
+        env.update(extra)
+        try:
+            return evaluate(expr, env)
+        except EvalError as e:
+            where = f" at `{node.text}`" if node is not None else ""
+            raise self.error("E204", e.message + where, e.span, e.help) from None
+
+    # -- selection
+    def select(self, model: Any) -> list[Node]:
+        rule = self.rule
+        nodes = walk(model)
+        found = select(rule.selector, nodes)
+        if not found:
+            near = nearest_paths(rule.selector, nodes)
+            raise self.error(
+                "E201",
+                f"`{rule.selector.text}` matches nothing in the model",
+                rule.selector.span,
+                (did_you_mean(rule.selector.text, near) or "")
+                + (" " if near else "")
+                + "(`eqxform show MODEL` lists every path)",
+            )
+        if rule.filter is not None:
+            candidates = found
+            found = [n for n in candidates if self.eval(rule.filter, n)]
+            if not found:
+                raise self.error(
+                    "E201",
+                    f"`{rule.selector.text}` matches {len(candidates)} "
+                    f"node{'s' if len(candidates) != 1 else ''}, but none passes the `if` filter",
+                    rule.filter.span,
+                    "e.g. " + ", ".join(_describe(n) for n in candidates[:3]),
+                )
+        if rule.expect is not None and len(found) != rule.expect.value:
+            raise self.error(
+                "E202",
+                f"`{rule.selector.text}` matches {len(found)} "
+                f"node{'s' if len(found) != 1 else ''}, not the {rule.expect.value} expected",
+                rule.expect.span,
+                "matched: " + ", ".join(f"`{n.text}`" for n in found[:6])
+                + (", ..." if len(found) > 6 else ""),
+            )
+        return found
+
+    def __call__(self, model: Any, key: Any) -> Any:
+        nodes = self.select(model)
+        return self.run(model, jax.random.fold_in(key, self.identity), nodes)
+
+    def run(self, model: Any, key: Any, nodes: list[Node]) -> Any:
+        raise NotImplementedError
+
+    def arrays(self, nodes: list[Node]) -> list[Node]:
+        """The arrays the matched nodes stand for: arrays as they are, modules
+        and containers by their floating-point arrays."""
+        out: dict[tuple, Node] = {}
+        for node in nodes:
+            if not is_array(node.obj) and not isinstance(node.obj, (eqx.Module, list, tuple, dict)):
+                raise self.error(
+                    "E203",
+                    f"`{self.action.name}` needs arrays, but `{node.text}` is "
+                    f"{_describe_kind(node.obj)}",
+                    self.rule.selector.span,
+                    "select arrays (e.g. `Linear.weight`) or the modules that hold them",
+                )
+            for leaf in array_leaves(node, inexact_only=not is_array(node.obj)):
+                out.setdefault(leaf.path, leaf)
+        return list(out.values())
+
+    @staticmethod
+    def tree_at(model: Any, nodes: list[Node], values: list[Any]) -> Any:
+        if not nodes:
+            return model
+        paths = [n.path for n in nodes]
+        return eqx.tree_at(lambda m: [get(m, p) for p in paths], model, values)
+
+
+def _describe_kind(obj: Any) -> str:
+    if callable(obj):
+        return f"the function `{getattr(obj, '__name__', type(obj).__name__)}`"
+    return f"a `{type(obj).__name__}`"
+
+
+def _describe(node: Node) -> str:
+    if is_array(node.obj):
+        return f"`{node.text}` {_short(node.obj)}"
+    return f"`{node.text}` ({type(node.obj).__name__})"
+
+
+def _short(x) -> str:
+    return f"{np.dtype(x.dtype).name}{list(x.shape)}"
+
+
+class InitPass(RulePass):
+    def run(self, model, key, nodes):
+        arg = self.action.arg
+        if isinstance(arg, A.Call):
+            name, args = arg.callee, arg.args
+        else:
+            assert isinstance(arg, A.Name)
+            name, args = arg.id, ()
+        leaves = self.arrays(nodes)
+        from .._registry import initializer_signature
+
+        signature = initializer_signature(name)
+        positional = [p for p in signature.positional] if signature else []
+        groups: dict[tuple, list[Node]] = {}
+        for leaf in leaves:
+            if not np.issubdtype(leaf.obj.dtype, np.inexact):
+                raise self.error(
+                    "E203",
+                    f"`init` draws floating-point numbers, but `{leaf.text}` is "
+                    f"{np.dtype(leaf.obj.dtype).name}",
+                    self.rule.selector.span,
+                    "narrow the selector, e.g. with `if dtype == \"float32\"`",
+                )
+            if name in FAN_INITIALIZERS and leaf.obj.ndim < 2:
+                raise self.error(
+                    "E203",
+                    f"`{name}` needs a weight of 2 or more dimensions, but `{leaf.text}` "
+                    f"has shape {tuple(leaf.obj.shape)}",
+                    self.action.span,
+                    "select weights only (e.g. `Linear.weight`), or use an initialiser "
+                    "without fans such as `zeros` or `normal(stddev=0.01)`",
+                )
+            kwargs = []
+            for i, a in enumerate(args):
+                value = to_python(self.eval(a.value, leaf))
+                if isinstance(value, float | int) and not isinstance(value, bool):
+                    value = float(value) if isinstance(value, float) else value
+                kwargs.append((a.name or positional[i], value))
+            group = (tuple(leaf.obj.shape), np.dtype(leaf.obj.dtype), tuple(sorted(kwargs)))
+            groups.setdefault(group, []).append(leaf)
+        order, values = [], []
+        for (shape, dtype, kwargs), members in groups.items():
+            hashes = _init.hashes_array([stable_hash(m.text) for m in members])
+            try:
+                drawn = _init.draw(key, hashes, name=name, kwargs=kwargs, shape=shape, dtype=dtype)
+            except (TypeError, ValueError) as e:
+                raise self.error(
+                    "E204",
+                    f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
+                    self.action.span,
+                ) from None
+            order.extend(members)
+            values.extend(drawn)
+        return self.tree_at(model, order, values)
+
+
+class ReplacePass(RulePass):
+    def run(self, model, key, nodes):
+        # A match inside another match is replaced with it.
+        outer = []
+        for node in nodes:
+            if not any(node.path[: len(o.path)] == o.path for o in outer):
+                outer.append(node)
+        arg = self.action.arg
+        values = []
+        for node in outer:
+            if isinstance(arg, A.Name):
+                values.append(to_python(FunctionRef(arg.id)))
+                continue
+            env = dict(self.env)
+            env.update(context(node))
+            leaf_key = jax.random.fold_in(key, stable_hash(node.text))
+            values.append(build(arg, env, leaf_key, self.source, self.allow))
+        return self.tree_at(model, outer, values)
+
+
+class CastPass(RulePass):
+    def run(self, model, key, nodes):
+        import jax.numpy as jnp
+
+        dtype = jnp.dtype(self.action.arg.id)
+        leaves = self.arrays(nodes)
+        return self.tree_at(model, leaves, [_astype(leaf.obj, dtype) for leaf in leaves])
+
+
+def _astype(x, dtype):
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, dtype)
+    return x.astype(dtype)
+
+
+class ScalePass(RulePass):
+    def run(self, model, key, nodes):
+        leaves = self.arrays(nodes)
+        values = []
+        for leaf in leaves:
+            factor = self.eval(self.action.arg, leaf)
+            if not isinstance(factor, (int, float)) or isinstance(factor, bool):
+                raise self.error(
+                    "E204",
+                    f"`scale` needs a number, but this gives `{factor}` at `{leaf.text}`",
+                    self.action.arg.span,
+                )
+            values.append((leaf.obj * factor).astype(leaf.obj.dtype))
+        return self.tree_at(model, leaves, values)
+
+
+PASSES = {"init": InitPass, "replace": ReplacePass, "cast": CastPass, "scale": ScalePass}

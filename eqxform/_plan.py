@@ -1,0 +1,153 @@
+"""`plan`: what each rule will change, computed on shapes alone.
+
+Every pass runs under `eval_shape`, so no array is allocated and a plan of a
+billion-parameter model answers as fast as one of a toy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._diagnostics import Diagnostic
+from ._errors import SpecError
+
+
+@dataclass(frozen=True)
+class PlanMatch:
+    path: str
+    before: str
+    after: str
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    line: int
+    rule: str
+    action: str
+    matches: tuple[PlanMatch, ...]
+    params_before: int
+    params_after: int
+
+    @property
+    def params_delta(self) -> int:
+        return self.params_after - self.params_before
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The plan of a program on a model. `str(plan)` is the CLI's table."""
+
+    steps: tuple[PlanStep, ...]
+    params_before: int
+    params_after: int
+    diagnostics: tuple[Diagnostic, ...] = field(default=())
+    result: Any = None  # the model's structure after every pass
+
+    def to_dict(self) -> dict:
+        return {
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "steps": [
+                {
+                    "line": s.line,
+                    "rule": s.rule,
+                    "action": s.action,
+                    "params_before": s.params_before,
+                    "params_after": s.params_after,
+                    "matches": [
+                        {"path": m.path, "before": m.before, "after": m.after} for m in s.matches
+                    ],
+                }
+                for s in self.steps
+            ],
+            "diagnostics": [d.to_dict() for d in self.diagnostics],
+        }
+
+    def __str__(self) -> str:
+        lines = []
+        for s in self.steps:
+            delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
+            lines.append(f"line {s.line}: {s.rule}")
+            lines.append(f"  {s.action}: {len(s.matches)} matched, {delta}")
+            width = max((len(m.path) for m in s.matches), default=0)
+            for m in s.matches:
+                change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
+                lines.append(f"    {m.path.ljust(width)}  {change}")
+        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        return "\n".join(lines)
+
+
+def describe(obj: Any) -> str:
+    import equinox as eqx
+    import numpy as np
+
+    from ._select import is_array
+
+    if is_array(obj):
+        dtype = np.dtype(obj.dtype).name
+        short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+        return f"{short.get(dtype, dtype)}[{','.join(str(d) for d in obj.shape)}]"
+    if isinstance(obj, eqx.Module):
+        return f"{type(obj).__name__} ({count_params(obj):,} params)"
+    if callable(obj):
+        return getattr(obj, "__name__", type(obj).__name__)
+    return type(obj).__name__
+
+
+def count_params(model: Any) -> int:
+    import jax
+
+    from ._select import is_array
+
+    return sum(
+        math.prod(x.shape) for x in jax.tree_util.tree_leaves(model) if is_array(x)
+    )
+
+
+def structure(model: Any) -> Any:
+    """`model` with every array replaced by its `ShapeDtypeStruct`."""
+    from ._io import eval_shape
+
+    return eval_shape(lambda m: m, model)
+
+
+def make_plan(program, model=None) -> Plan:
+    import jax
+
+    from ._io import eval_shape
+    from ._select import get
+
+    if model is None:
+        struct = eval_shape(lambda: program.build_model())
+    else:
+        struct = structure(model)
+    key = jax.random.key(program.seed)
+    start = count_params(struct)
+    steps, diagnostics = [], []
+    for p in program.passes:
+        before = count_params(struct)
+        try:
+            nodes = p.select(struct)
+            new = eval_shape(p, struct, key)
+        except SpecError as e:
+            diagnostics.extend(e.diagnostics)
+            continue
+        matches = []
+        for node in nodes:
+            try:
+                after = describe(get(new, node.path))
+            except (AttributeError, IndexError, KeyError, TypeError):
+                after = "(removed)"
+            matches.append(PlanMatch(node.text, describe(node.obj), after))
+        action = p.action.name + (
+            " " + p.source.line(p.action.span.line)[p.action.span.column - 1 + len(p.action.name) : p.action.span.end_column - 1].strip()
+            if p.action.arg is not None and p.action.span.line == p.action.span.end_line
+            else ""
+        )
+        struct = new
+        steps.append(
+            PlanStep(p.rule.span.line, p.rule.text, action, tuple(matches), before, count_params(new))
+        )
+    return Plan(tuple(steps), start, count_params(struct), tuple(diagnostics), struct)

@@ -1,0 +1,248 @@
+"""Selectors -> the nodes of a model they name.
+
+A model is walked once, in order, into `Node`s: each node is a module, a
+container, an array or another leaf (an activation function), with its path of
+steps from the root. A selector is matched against each node's path, steps and
+the objects along it (a type step checks an object; `**` spans any number of
+steps), so matching is linear in the size of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import equinox as eqx
+import jax
+import numpy as np
+
+from . import _ast as A
+from ._registry import resolve_type
+
+Step = tuple[str, Any]  # ("attr", name) | ("idx", i) | ("key", k)
+
+
+def is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Node:
+    path: tuple[Step, ...]
+    obj: Any
+    parents: tuple[Any, ...]  # the objects from the root down to (not including) obj
+
+    @property
+    def text(self) -> str:
+        return path_str(self.path)
+
+    @property
+    def objects(self) -> tuple[Any, ...]:
+        return self.parents + (self.obj,)
+
+
+def path_str(path: tuple[Step, ...]) -> str:
+    out = ""
+    for kind, value in path:
+        if kind == "idx":
+            out += f"[{value}]"
+        else:
+            out += ("." if out else "") + str(value)
+    return out or "<root>"
+
+
+def children(obj: Any) -> Iterator[tuple[Step, Any]]:
+    if isinstance(obj, eqx.Module):
+        for field in dataclasses.fields(obj):
+            if field.metadata.get("static", False):
+                continue
+            value = getattr(obj, field.name, None)
+            if value is not None:
+                yield ("attr", field.name), value
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            if value is not None:
+                yield ("idx", i), value
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if value is not None:
+                yield ("key", key), value
+
+
+def walk(model: Any) -> list[Node]:
+    """Every node of `model`, the root first, in tree order."""
+    out: list[Node] = []
+
+    def visit(obj, path, parents):
+        out.append(Node(path, obj, parents))
+        inner = parents + (obj,)
+        for step, child in children(obj):
+            visit(child, path + (step,), inner)
+
+    visit(model, (), ())
+    return out
+
+
+def get(model: Any, path: tuple[Step, ...]) -> Any:
+    obj = model
+    for kind, value in path:
+        obj = getattr(obj, value) if kind == "attr" else obj[value]
+    return obj
+
+
+def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
+    """The arrays at or under `node`."""
+    if is_array(node.obj):
+        return [node]
+    out = []
+    for sub in walk(node.obj):
+        if sub.path and is_array(sub.obj):
+            if inexact_only and not np.issubdtype(sub.obj.dtype, np.inexact):
+                continue
+            out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents))
+    return out
+
+
+# ---- matching ----------------------------------------------------------------
+
+
+@functools.cache
+def _type(name: str) -> type:
+    return resolve_type(name)
+
+
+def _index_matches(step: A.Step, index: int, length: int) -> bool:
+    if isinstance(step, A.AllStep):
+        return True
+    if isinstance(step, A.IndexStep):
+        i = step.index + length if step.index < 0 else step.index
+        return i == index
+    assert isinstance(step, A.SliceStep)
+    return index in range(*slice(step.start, step.stop, step.step).indices(length))
+
+
+def _steps(path: A.SelPath) -> tuple[A.Step, ...]:
+    steps = path.steps
+    first = steps[0]
+    if isinstance(first, A.NameStep) and first.is_type:
+        # A selector that starts with a type matches it anywhere in the tree.
+        steps = (A.DeepStep(first.span),) + steps
+    return steps
+
+
+def matches(path: A.SelPath, node: Node) -> bool:
+    pattern = _steps(path)
+    steps = node.path
+    objects = node.objects
+    n = len(steps)
+
+    @functools.cache
+    def m(i: int, k: int) -> bool:
+        if i == len(pattern):
+            return k == n
+        s = pattern[i]
+        if isinstance(s, A.DeepStep):
+            return m(i + 1, k) or (k < n and m(i, k + 1))
+        if isinstance(s, A.NameStep) and s.is_type:
+            return isinstance(objects[k], _type(s.name)) and m(i + 1, k)
+        if k == n:
+            return False
+        kind, value = steps[k]
+        if isinstance(s, A.AnyStep):
+            return m(i + 1, k + 1)
+        if isinstance(s, A.NameStep):
+            return kind in ("attr", "key") and value == s.name and m(i + 1, k + 1)
+        container = objects[k]
+        if isinstance(container, eqx.nn.Sequential):
+            # `seq[2]` names `seq.layers[2]`.
+            if (kind, value) != ("attr", "layers") or k + 1 >= n:
+                return False
+            index, length, nxt = steps[k + 1][1], len(container.layers), k + 2
+        elif isinstance(container, (list, tuple)) and kind == "idx":
+            index, length, nxt = value, len(container), k + 1
+        else:
+            return False
+        return _index_matches(s, index, length) and m(i + 1, nxt)
+
+    return m(0, 0)
+
+
+def select(selector: A.Selector, nodes: list[Node]) -> list[Node]:
+    """The nodes that `selector` names, in tree order, each once."""
+    out = []
+    for node in nodes:
+        if any(matches(p, node) for p in selector.paths):
+            out.append(node)
+    return out
+
+
+def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[str]:
+    """Real paths of the model that look most like `selector`, for did-you-mean."""
+    candidates: dict[str, None] = {}
+    for node in nodes:
+        if not node.path:
+            continue
+        candidates[node.text] = None
+        if node.parents and isinstance(node.parents[-1], eqx.Module) and node.path[-1][0] == "attr":
+            candidates[f"{type(node.parents[-1]).__name__}.{node.path[-1][1]}"] = None
+        if isinstance(node.obj, eqx.Module):
+            candidates[type(node.obj).__name__] = None
+    text = selector.text
+    found = difflib.get_close_matches(text, list(candidates), n=n, cutoff=0.4)
+    if not found:
+        found = [c for c in candidates if "." not in c and "[" not in c][:n]
+    return found
+
+
+# ---- what a match tells a filter -------------------------------------------
+
+
+def fans(node: Node) -> tuple[int, int] | tuple[None, None]:
+    """(fan_in, fan_out) of an array in Equinox's layouts.
+
+    A weight is `(out, in, *kernel)`; a bias or another vector takes the fans of
+    its module's `weight`, as Equinox's own initialisation does.
+    """
+    if not is_array(node.obj):
+        return None, None
+    shape = tuple(node.obj.shape)
+    if len(shape) >= 2:
+        receptive = math.prod(shape[2:])
+        return shape[1] * receptive, shape[0] * receptive
+    parent = node.parents[-1] if node.parents else None
+    weight = getattr(parent, "weight", None) if isinstance(parent, eqx.Module) else None
+    if weight is not None and is_array(weight) and weight is not node.obj and weight.ndim >= 2:
+        receptive = math.prod(weight.shape[2:])
+        return weight.shape[1] * receptive, weight.shape[0] * receptive
+    size = math.prod(shape) if shape else 1
+    return size, size
+
+
+def context(node: Node) -> dict[str, Any]:
+    indices = [value for kind, value in node.path if kind == "idx"]
+    ctx: dict[str, Any] = {
+        "path": node.text,
+        "index": indices[-1] if indices else None,
+        "shape": None,
+        "ndim": None,
+        "size": None,
+        "dtype": None,
+        "fan_in": None,
+        "fan_out": None,
+    }
+    if is_array(node.obj):
+        shape = tuple(int(d) for d in node.obj.shape)
+        fan_in, fan_out = fans(node)
+        ctx.update(
+            shape=shape,
+            ndim=len(shape),
+            size=math.prod(shape) if shape else 1,
+            dtype=np.dtype(node.obj.dtype).name,
+            fan_in=fan_in,
+            fan_out=fan_out,
+        )
+    return ctx
