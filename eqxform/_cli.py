@@ -1,0 +1,363 @@
+"""The command line: a thin shell over the Python API.
+
+Exit codes: 0 success, 1 a spec or model error, 2 a usage error. Every error is
+a rendered diagnostic, never a traceback. `check` without a model imports no JAX.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from ._diagnostics import Diagnostic, render_all
+from ._errors import EqxformError, UsageError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _fail(diagnostics, as_json: bool, code: int) -> None:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in diagnostics]}, indent=2))
+    else:
+        err.print(render_all(diagnostics), markup=False)
+    sys.exit(code)
+
+
+def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
+    try:
+        return fn()
+    except EqxformError as e:
+        _fail(e.diagnostics, as_json, e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted; nothing was written", markup=False)
+        sys.exit(130)
+
+
+def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
+    from ._compile import parse_value
+
+    values: dict[str, Any] = {}
+    if params_file:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(params_file).read_text())
+        except FileNotFoundError:
+            raise UsageError(f"params file `{params_file}` does not exist") from None
+        except yaml.YAMLError as e:
+            raise UsageError(
+                Diagnostic("E406", f"`{params_file}` is not valid YAML: {str(e).splitlines()[0]}", file=params_file)
+            ) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+            raise UsageError(
+                Diagnostic(
+                    "E406",
+                    f"`{params_file}` must map `let` names to values",
+                    file=params_file,
+                    help="e.g. `width: 128`",
+                )
+            )
+        for k, v in loaded.items():
+            if not (v is None or isinstance(v, (bool, int, float, str))):
+                raise UsageError(
+                    Diagnostic("E406", f"`{k}` in `{params_file}` must be a number, a string or a boolean", file=params_file)
+                )
+            values[k] = v
+    for item in sets:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(
+                Diagnostic("E407", f"`--set {item}` is not NAME=VALUE", help="e.g. `--set width=128`")
+            )
+        values[name.strip()] = parse_value(text.strip(), name.strip())
+    return values
+
+
+def _is_model_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    from ._compile import _looks_like_model_file
+
+    return len(head) == 9 and _looks_like_model_file(head + b"x")
+
+
+def _swapped(spec: str, model: str | None, command: str) -> None:
+    if model is not None and _is_model_file(spec) and not _is_model_file(model):
+        raise UsageError(
+            Diagnostic(
+                "E402",
+                f"`{spec}` is a model file and `{model}` a spec: the arguments are swapped",
+                help=f"the spec comes first: `eqxform {command} {model} {spec} ...`",
+            )
+        )
+
+
+def _compile(spec: str, params: dict, allow: tuple[str, ...]):
+    from ._compile import compile
+
+    return compile(spec, params, allow=allow)
+
+
+def _device(name: str | None):
+    import contextlib
+
+    if name is None:
+        return contextlib.nullcontext()
+    import jax
+
+    try:
+        devices = jax.devices(name)
+    except RuntimeError:
+        raise UsageError(
+            Diagnostic(
+                "E408",
+                f"no `{name}` device is available",
+                help="devices here: " + ", ".join(sorted({d.platform for d in jax.devices()})),
+            )
+        ) from None
+    return jax.default_device(devices[0])
+
+
+_spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
+_model_arg = click.argument("model", required=False, type=click.Path(dir_okay=False))
+_allow = click.option(
+    "--allow", multiple=True, metavar="PACKAGE", help="Allow constructors from this package (repeatable)."
+)
+_set = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a `let` (repeatable).")
+_params_opt = click.option(
+    "--params", "params_file", type=click.Path(dir_okay=False), help="YAML file of `let` values."
+)
+_format = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="eqxform")
+def main():
+    """eqxform: transform Equinox models with declarative specs."""
+
+
+@main.command()
+@click.argument("constructor")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@_allow
+def new(constructor, output, seed, allow):
+    """Build a model from a constructor call and write it.
+
+    Example: eqxform new "MLP(in_size=2, out_size=2, width_size=8, depth=2)" -o model.eqx
+    """
+
+    def go():
+        from ._io import new as make, save
+        from ._plan import count_params
+
+        model = make(constructor, seed=seed, allow=allow)
+        save(output, model)
+        out.print(f"wrote {output} ({count_params(model):,} parameters)", markup=False)
+
+    _run(go)
+
+
+@main.command()
+@_spec_arg
+@_model_arg
+@_set
+@_params_opt
+@_allow
+@click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
+def check(spec, model, sets, params_file, allow, as_json):
+    """Report every problem of a spec (and, given a model, of applying it)."""
+
+    def go():
+        from ._compile import compile_collect, read_spec
+
+        _swapped(spec, model, "check")
+        text, name = read_spec(spec)
+        program, diagnostics = compile_collect(text, name, _params(sets, params_file), allow)
+        if not diagnostics and program is not None and (model is not None or program.model_call):
+            from ._io import skeleton
+
+            struct = skeleton(model, allow)[1] if model is not None else None
+            diagnostics = program.check(struct)
+        if diagnostics:
+            _fail(diagnostics, as_json, 1)
+        if as_json:
+            click.echo(json.dumps({"ok": True, "diagnostics": []}))
+        else:
+            rules = len(program.spec.rules)
+            out.print(f"{name}: no problems found ({rules} rule{'s' if rules != 1 else ''})", markup=False)
+
+    _run(go, as_json)
+
+
+@main.command()
+@_spec_arg
+@_model_arg
+@_set
+@_params_opt
+@_allow
+@_format
+def plan(spec, model, sets, params_file, allow, fmt):
+    """Show what each rule will change, before applying anything."""
+
+    def go():
+        _swapped(spec, model, "plan")
+        program = _compile(spec, _params(sets, params_file), allow)
+        from ._io import skeleton
+
+        struct = skeleton(model, allow)[1] if model is not None else None
+        result = program.plan(struct)
+        if result.diagnostics:
+            _fail(result.diagnostics, fmt == "json", 1)
+        _print_plan(result, fmt)
+
+    _run(go, fmt == "json")
+
+
+def _print_plan(result, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    if fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False))
+        return
+    table = Table(show_lines=False, header_style="bold")
+    for column in ("line", "action", "path", "before", "after"):
+        table.add_column(column)
+    for step in result.steps:
+        delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
+        for i, m in enumerate(step.matches):
+            table.add_row(
+                str(step.line) if i == 0 else "",
+                step.action + delta if i == 0 else "",
+                m.path,
+                m.before,
+                "=" if m.after == m.before else m.after,
+                end_section=i == len(step.matches) - 1,
+            )
+    out.print(table)
+    out.print(f"parameters: {result.params_before:,} -> {result.params_after:,}", markup=False)
+
+
+@main.command()
+@_spec_arg
+@_model_arg
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
+@_set
+@_params_opt
+@_allow
+@click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
+@click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+def apply(spec, model, output, seed, sets, params_file, allow, device, force):
+    """Apply a spec to a model (or to the spec's `model`) and write the result."""
+
+    def go():
+        _swapped(spec, model, "apply")
+        program = _compile(spec, _params(sets, params_file), allow)
+        if model is not None and not force and os.path.exists(output):
+            if os.path.samefile(model, output):
+                raise UsageError(
+                    Diagnostic(
+                        "E409",
+                        f"`{output}` is the input model; apply will not overwrite its input",
+                        help="write elsewhere with `-o`, or pass `--force` to replace it",
+                    )
+                )
+        from ._io import load, save, skeleton
+        from ._plan import count_params
+
+        with _device(device):
+            struct = skeleton(model, allow)[1] if model is not None else None
+            diagnostics = program.check(struct)
+            if diagnostics:
+                _fail(diagnostics, False, 1)
+            base = load(model, allow=allow) if model is not None else None
+            result = program.apply(base, seed=seed)
+            save(output, result)
+        out.print(
+            f"wrote {output} ({count_params(result):,} parameters, "
+            f"{len(program.spec.rules)} rules applied)",
+            markup=False,
+        )
+
+    _run(go)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@_format
+def show(model, fmt):
+    """Show a model file: its tensors and its recipe."""
+
+    def go():
+        from ._io import read_header
+
+        header = read_header(model)
+        recipe = header.recipe
+        tensors = [
+            {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
+            for t in sorted(header.tensors.values(), key=lambda t: t.start)
+        ]
+        params = sum(_prod(t["shape"]) for t in tensors)
+        data = {"file": model, "parameters": params, "tensors": tensors, "recipe": recipe}
+        if fmt == "json":
+            click.echo(json.dumps(data, indent=2))
+            return
+        if fmt == "yaml":
+            import yaml
+
+            click.echo(yaml.safe_dump(data, sort_keys=False))
+            return
+        tree = Tree(f"[bold]{model}[/bold]  {params:,} parameters")
+        for t in tensors:
+            tree.add(f"{t['path']}  [dim]{t['dtype']}{t['shape']}[/dim]")
+        out.print(tree)
+        if recipe is None:
+            out.print("recipe: none (load with `eqxform.load(path, like=model)`)", markup=False)
+            return
+        base = recipe["base"]
+        out.print(f"base: {base.get('constructor')}  (seed {base.get('seed')})", markup=False)
+        for i, entry in enumerate(recipe.get("specs", []), 1):
+            params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
+            out.print(
+                f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
+                + (f"; {params_text}" if params_text else "")
+                + ")",
+                markup=False,
+            )
+        versions = recipe.get("versions") or {}
+        if versions:
+            out.print("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
+
+    _run(go, fmt == "json")
+
+
+def _prod(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+if __name__ == "__main__":
+    main()
