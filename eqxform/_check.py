@@ -13,7 +13,7 @@ from typing import Any
 from . import _ast as A
 from . import _names as N
 from . import _registry as R
-from ._diagnostics import Diagnostic, did_you_mean
+from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._expr import walk
 
 NOT_YET = {
@@ -257,6 +257,7 @@ class Checker:
         context: set[str],
     ):
         args = list(args)
+        suggested: set[str] = set()
         positional = [a for a in args if a.name is None]
         given: dict[str, A.Arg] = {}
         params = [p for p in signature.positional if p != "key"]
@@ -288,7 +289,9 @@ class Checker:
                 )
                 continue
             if arg.name not in signature.names and not signature.varkw:
-                hint = did_you_mean(arg.name, [n for n in signature.names if n != "key"])
+                names = [n for n in signature.names if n != "key"]
+                hint = did_you_mean(arg.name, names)
+                suggested.update(suggest(arg.name, names)[:1])
                 self.error(
                     "E106",
                     f"{kind} `{name}` has no argument `{arg.name}`",
@@ -299,7 +302,10 @@ class Checker:
                 )
                 continue
             given[arg.name] = arg
-        missing = [p for p in signature.required if p != "key" and p not in given]
+        # A misspelt argument is reported once, as misspelt, not also as missing.
+        missing = [
+            p for p in signature.required if p != "key" and p not in given and p not in suggested
+        ]
         if missing:
             self.error(
                 "E107",
@@ -325,7 +331,7 @@ class Checker:
                         or (
                             f"names known in {where}: " + ", ".join(f"`{n}`" for n in in_scope)
                             if in_scope
-                            else f"no names are defined for {where} here; define one with `let`"
+                            else f"define it above this line with `let {node.id} = ...`"
                         ),
                     )
             elif isinstance(node, A.Call) and node.callee not in N.EXPR_FUNCTIONS:

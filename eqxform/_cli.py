@@ -183,7 +183,11 @@ def new(constructor, output, seed, allow):
 @_allow
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
 def check(spec, model, sets, params_file, allow, as_json):
-    """Report every problem of a spec (and, given a model, of applying it)."""
+    """Report every problem of a spec (and, given a model, of applying it).
+
+    Without a model this is a linter: it imports no JAX and answers at once.
+    `eqxform plan SPEC` checks the rules against the spec's own `model`.
+    """
 
     def go():
         from ._compile import compile_collect, read_spec
@@ -191,18 +195,16 @@ def check(spec, model, sets, params_file, allow, as_json):
         _swapped(spec, model, "check")
         text, name = read_spec(spec)
         program, diagnostics = compile_collect(text, name, _params(sets, params_file), allow)
-        if not diagnostics and program is not None and (model is not None or program.model_call):
+        if not diagnostics and program is not None and model is not None:
             from ._io import skeleton
 
-            struct = skeleton(model, allow)[1] if model is not None else None
-            diagnostics = program.check(struct)
+            diagnostics = program.check(skeleton(model, allow)[1])
         if diagnostics:
             _fail(diagnostics, as_json, 1)
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
-            rules = len(program.spec.rules)
-            out.print(f"{name}: no problems found ({rules} rule{'s' if rules != 1 else ''})", markup=False)
+            out.print(f"{name}: no problems found ({_plural(len(program.spec.rules), 'rule')})", markup=False)
 
     _run(go, as_json)
 
@@ -296,7 +298,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
             save(output, result)
         out.print(
             f"wrote {output} ({count_params(result):,} parameters, "
-            f"{len(program.spec.rules)} rules applied)",
+            f"{_plural(len(program.spec.rules), 'rule')} applied)",
             markup=False,
         )
 
@@ -350,6 +352,10 @@ def show(model, fmt):
             out.print("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
 
     _run(go, fmt == "json")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _prod(shape) -> int:

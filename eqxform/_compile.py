@@ -231,6 +231,10 @@ def _base_recipe(constructor: str | None, seed: int | None) -> dict | None:
     return {"base": {"constructor": constructor, "seed": seed}, "specs": []}
 
 
+def _position(d: Diagnostic) -> tuple[int, int]:
+    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
+
+
 def _normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip())
 
@@ -329,7 +333,7 @@ def compile_collect(
                 diagnostics.append(Diagnostic("E204", e.message, e.span, e.help, source))
 
     if diagnostics:
-        return None, diagnostics
+        return None, sorted(diagnostics, key=_position)
 
     passes = []
     seen: dict[str, int] = {}

@@ -395,12 +395,20 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
             f"expected {expected}" if expected else None,
         )
     expected = _expected(exc)
+    if str(token) == "->" and line_text.strip().split()[:2] == ["where", "->"]:
+        return Diagnostic(
+            "E009",
+            "`where` needs a selector before `->`",
+            at(column, width),
+            "e.g. `where Linear.weight -> init zeros`",
+        )
     if token.type == "NAME" and "COMMA" in exc.expected:
+        inside = _unclosed(line_text[: column - 1]) is not None
         return Diagnostic(
             "E008",
             f"expected `,` before `{token}`",
             at(column, width),
-            "separate actions and arguments with `,`",
+            "separate arguments with `,`" if inside else "separate actions with `,`",
         )
     if len(exc.expected) > 6:
         expected = ""
