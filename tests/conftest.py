@@ -1,0 +1,24 @@
+import os
+
+# Several tests run on simulated devices; this must be set before JAX starts.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def getkey():
+    counter = iter(range(1 << 30))
+
+    def make():
+        return jax.random.key(next(counter))
+
+    return make
+
+
+@pytest.fixture
+def mlp(getkey):
+    import equinox as eqx
+
+    return eqx.nn.MLP(in_size=2, out_size=2, width_size=8, depth=3, key=getkey())
