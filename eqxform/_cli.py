@@ -22,14 +22,13 @@ from ._diagnostics import Diagnostic, render_all
 from ._errors import EqxformError, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(diagnostics, as_json: bool, code: int) -> None:
     if as_json:
         click.echo(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in diagnostics]}, indent=2))
     else:
-        err.print(render_all(diagnostics), markup=False)
+        click.echo(render_all(diagnostics), err=True)
     sys.exit(code)
 
 
@@ -39,7 +38,7 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
     except EqxformError as e:
         _fail(e.diagnostics, as_json, e.exit_code)
     except KeyboardInterrupt:
-        err.print("interrupted; nothing was written", markup=False)
+        click.echo("interrupted; nothing was written", err=True)
         sys.exit(130)
 
 

@@ -192,10 +192,40 @@ def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[s
         if isinstance(node.obj, eqx.Module):
             candidates[type(node.obj).__name__] = None
     text = selector.text
+    corrected = _respelt(selector, nodes)
     found = difflib.get_close_matches(text, list(candidates), n=n, cutoff=0.4)
+    if corrected is not None:
+        return [corrected]
     if not found:
         found = [c for c in candidates if "." not in c and "[" not in c][:n]
     return found
+
+
+def _respelt(selector: A.Selector, nodes: list[Node]) -> str | None:
+    """`selector` with each misspelt field corrected, if that then matches."""
+    fields = {value for node in nodes for kind, value in node.path if kind in ("attr", "key")}
+    fields = {f for f in fields if isinstance(f, str)}
+    text = selector.text
+    start = selector.span.column
+    edits = []
+    for path in selector.paths:
+        for step in path.steps:
+            if isinstance(step, A.NameStep) and not step.is_type and step.name not in fields:
+                close = difflib.get_close_matches(step.name, sorted(fields), n=1, cutoff=0.6)
+                if not close or step.span.line != selector.span.line:
+                    return None
+                edits.append((step.span.column - start, step.span.end_column - start, close[0]))
+    if not edits:
+        return None
+    for begin, end, word in sorted(edits, reverse=True):
+        text = text[:begin] + word + text[end:]
+    from ._parse import parse
+
+    try:
+        fixed = parse(f"where {text} -> init zeros").rules[0].selector
+    except Exception:  # a correction that does not parse is no suggestion
+        return None
+    return text if select(fixed, nodes) else None
 
 
 # ---- what a match tells a filter -------------------------------------------
