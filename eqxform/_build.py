@@ -56,7 +56,11 @@ def build(
     except (ImportError, AttributeError) as e:
         raise SpecError(
             Diagnostic(
-                "E103", f"cannot find constructor `{call.callee}`: {e}", call.callee_span, None, source
+                "E103",
+                f"cannot find constructor `{call.callee}`: {e}",
+                call.callee_span,
+                None,
+                source,
             )
         ) from None
 

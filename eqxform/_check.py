@@ -213,7 +213,8 @@ class Checker:
                 "E102",
                 f"unknown initialiser `{name}`",
                 span,
-                hint or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
+                hint
+                or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
             )
             return
         self.arguments(name, "initialiser", signature, args, arg.span, context)
@@ -268,7 +269,8 @@ class Checker:
                 f"`{name}` takes {len(params)} positional argument"
                 f"{'s' if len(params) != 1 else ''}, not {len(positional)}",
                 extra.span,
-                "name the arguments: " + ", ".join(f"`{p}=`" for p in signature.names if p != "key"),
+                "name the arguments: "
+                + ", ".join(f"`{p}=`" for p in signature.names if p != "key"),
             )
         for param, arg in zip(params, positional):
             given[param] = arg
@@ -298,7 +300,9 @@ class Checker:
                     arg.name_span or arg.span,
                     hint
                     or f"`{name}` takes "
-                    + (", ".join(f"`{n}`" for n in signature.names if n != "key") or "no arguments"),
+                    + (
+                        ", ".join(f"`{n}`" for n in signature.names if n != "key") or "no arguments"
+                    ),
                 )
                 continue
             given[arg.name] = arg
@@ -309,8 +313,7 @@ class Checker:
         if missing:
             self.error(
                 "E107",
-                f"{kind} `{name}` is missing "
-                + ", ".join(f"`{m}`" for m in missing),
+                f"{kind} `{name}` is missing " + ", ".join(f"`{m}`" for m in missing),
                 span,
                 "add " + ", ".join(f"`{m}=...`" for m in missing),
             )

@@ -26,7 +26,9 @@ out = Console(highlight=False, soft_wrap=True)
 
 def _fail(diagnostics, as_json: bool, code: int) -> None:
     if as_json:
-        click.echo(json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in diagnostics]}, indent=2))
+        click.echo(
+            json.dumps({"ok": False, "diagnostics": [d.to_dict() for d in diagnostics]}, indent=2)
+        )
     else:
         click.echo(render_all(diagnostics), err=True)
     sys.exit(code)
@@ -55,7 +57,11 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
             raise UsageError(f"params file `{params_file}` does not exist") from None
         except yaml.YAMLError as e:
             raise UsageError(
-                Diagnostic("E406", f"`{params_file}` is not valid YAML: {str(e).splitlines()[0]}", file=params_file)
+                Diagnostic(
+                    "E406",
+                    f"`{params_file}` is not valid YAML: {str(e).splitlines()[0]}",
+                    file=params_file,
+                )
             ) from None
         if loaded is None:
             loaded = {}
@@ -71,14 +77,20 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
         for k, v in loaded.items():
             if not (v is None or isinstance(v, (bool, int, float, str))):
                 raise UsageError(
-                    Diagnostic("E406", f"`{k}` in `{params_file}` must be a number, a string or a boolean", file=params_file)
+                    Diagnostic(
+                        "E406",
+                        f"`{k}` in `{params_file}` must be a number, a string or a boolean",
+                        file=params_file,
+                    )
                 )
             values[k] = v
     for item in sets:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
             raise UsageError(
-                Diagnostic("E407", f"`--set {item}` is not NAME=VALUE", help="e.g. `--set width=128`")
+                Diagnostic(
+                    "E407", f"`--set {item}` is not NAME=VALUE", help="e.g. `--set width=128`"
+                )
             )
         values[name.strip()] = parse_value(text.strip(), name.strip())
     return values
@@ -135,14 +147,23 @@ def _device(name: str | None):
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
 _model_arg = click.argument("model", required=False, type=click.Path(dir_okay=False))
 _allow = click.option(
-    "--allow", multiple=True, metavar="PACKAGE", help="Allow constructors from this package (repeatable)."
+    "--allow",
+    multiple=True,
+    metavar="PACKAGE",
+    help="Allow constructors from this package (repeatable).",
 )
-_set = click.option("--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a `let` (repeatable).")
+_set = click.option(
+    "--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a `let` (repeatable)."
+)
 _params_opt = click.option(
     "--params", "params_file", type=click.Path(dir_okay=False), help="YAML file of `let` values."
 )
 _format = click.option(
-    "--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
 )
 
 
@@ -154,7 +175,9 @@ def main():
 
 @main.command()
 @click.argument("constructor")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+)
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @_allow
 def new(constructor, output, seed, allow):
@@ -164,7 +187,8 @@ def new(constructor, output, seed, allow):
     """
 
     def go():
-        from ._io import new as make, save
+        from ._io import new as make
+        from ._io import save
         from ._plan import count_params
 
         model = make(constructor, seed=seed, allow=allow)
@@ -203,7 +227,10 @@ def check(spec, model, sets, params_file, allow, as_json):
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
-            out.print(f"{name}: no problems found ({_plural(len(program.spec.rules), 'rule')})", markup=False)
+            out.print(
+                f"{name}: no problems found ({_plural(len(program.spec.rules), 'rule')})",
+                markup=False,
+            )
 
     _run(go, as_json)
 
@@ -262,7 +289,9 @@ def _print_plan(result, fmt: str) -> None:
 @main.command()
 @_spec_arg
 @_model_arg
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+)
 @click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
 @_set
 @_params_opt
@@ -348,7 +377,9 @@ def show(model, fmt):
             )
         versions = recipe.get("versions") or {}
         if versions:
-            out.print("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False)
+            out.print(
+                "written by " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False
+            )
 
     _run(go, fmt == "json")
 

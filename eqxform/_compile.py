@@ -197,7 +197,9 @@ class Program:
         else:
             recorded_seed = None
         if model is None:
-            model = self.build_model(seed=seed) if recorded_seed is not None else self.build_model(key)
+            model = (
+                self.build_model(seed=seed) if recorded_seed is not None else self.build_model(key)
+            )
         recipe = recipe_of(model)
         for p in self.passes:
             model = p(model, key)
@@ -212,7 +214,7 @@ class Program:
 
     def check(self, model=None) -> list[Diagnostic]:
         """Every diagnostic of running this program on `model`, allocating no arrays."""
-        return self.plan(model).diagnostics
+        return list(self.plan(model).diagnostics)
 
     def plan(self, model=None):
         """What each rule will change, computed with `eqx.filter_eval_shape`.

@@ -36,7 +36,14 @@ class Diagnostic:
 
     def with_source(self, source: Source) -> Diagnostic:
         return Diagnostic(
-            self.code, self.message, self.span, self.help, source, self.file, self.notes, self.severity
+            self.code,
+            self.message,
+            self.span,
+            self.help,
+            source,
+            self.file,
+            self.notes,
+            self.severity,
         )
 
     def render(self) -> str:

@@ -135,7 +135,11 @@ class Header:
             recipe = json.loads(text)
         except json.JSONDecodeError:
             raise _corrupt(self.path, "its recipe is not valid JSON") from None
-        if not isinstance(recipe, dict) or not isinstance(recipe.get("base"), dict):
+        if not isinstance(recipe, dict):
+            raise _corrupt(self.path, "its recipe is not a JSON object")
+        if "base" not in recipe:
+            return None  # written by `save` for a model eqxform did not build
+        if not isinstance(recipe["base"], dict):
             raise _corrupt(self.path, "its recipe has no `base` constructor")
         return recipe
 
@@ -166,16 +170,26 @@ def read_header(path: str | os.PathLike) -> Header:
                     path,
                     f"its header claims {length} bytes, but the file has {size - 8} after "
                     "the length"
-                    + (f" and headers are capped at {MAX_HEADER} bytes" if length > MAX_HEADER else ""),
+                    + (
+                        f" and headers are capped at {MAX_HEADER} bytes"
+                        if length > MAX_HEADER
+                        else ""
+                    ),
                     "E303",
                 )
             raw = f.read(length)
     except FileNotFoundError:
-        raise UsageError(Diagnostic("E301", f"model file `{path}` does not exist", file=path)) from None
+        raise UsageError(
+            Diagnostic("E301", f"model file `{path}` does not exist", file=path)
+        ) from None
     except IsADirectoryError:
-        raise UsageError(Diagnostic("E301", f"`{path}` is a directory, not a model file", file=path)) from None
+        raise UsageError(
+            Diagnostic("E301", f"`{path}` is a directory, not a model file", file=path)
+        ) from None
     except PermissionError:
-        raise UsageError(Diagnostic("E301", f"cannot read `{path}`: permission denied", file=path)) from None
+        raise UsageError(
+            Diagnostic("E301", f"cannot read `{path}`: permission denied", file=path)
+        ) from None
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -301,8 +315,7 @@ def skeleton(path: str | os.PathLike, allow=(), like=None):
                 "E304",
                 f"`{path}` has no eqxform recipe, so its structure is unknown",
                 file=str(path),
-                help="load it into a model of the same structure: "
-                "`eqxform.load(path, like=model)`",
+                help="load it into a model of the same structure: `eqxform.load(path, like=model)`",
             )
         )
     return header, build_from_recipe(recipe, allow, str(path))
@@ -328,7 +341,9 @@ def _check_against(header: Header, skeleton_arrays: list[tuple[str, Any]]) -> No
             )
     extra = sorted(set(header.tensors) - names)
     if extra:
-        problems.append("tensors the recipe does not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+        problems.append(
+            "tensors the recipe does not make: " + ", ".join(f"`{e}`" for e in extra[:5])
+        )
     if problems:
         raise ModelFileError(
             Diagnostic(
@@ -385,7 +400,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(
-            Diagnostic("E404", f"cannot write `{path}`: folder `{folder}` does not exist", file=str(path))
+            Diagnostic(
+                "E404", f"cannot write `{path}`: folder `{folder}` does not exist", file=str(path)
+            )
         )
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -416,10 +433,12 @@ def to_bytes(model: Any, recipe: dict | None = None) -> bytes:
         if name in tensors:
             raise UsageError(f"two leaves of the model are both named `{name}`")
         tensors[name] = np.ascontiguousarray(np.asarray(leaf))
-    metadata = {"format": FORMAT}
+    # One metadata entry: safetensors writes a map's entries in no fixed order,
+    # and the same model and seed must give the same bytes.
+    content = {"format": FORMAT}
     if recipe is not None:
-        recipe = {**recipe, "versions": versions()}
-        metadata["eqxform"] = json.dumps(recipe, sort_keys=True)
+        content.update(recipe, versions=versions())
+    metadata = {"eqxform": json.dumps(content, sort_keys=True)}
     return st_save(tensors, metadata=metadata)
 
 

@@ -316,7 +316,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         return A.Span(line_no, column, line_no, column + max(width, 1))
 
     stripped = line_text.strip()
-    first = stripped.split(None, 1)[0] if stripped else ""
+    stripped.split(None, 1)[0] if stripped else ""
     first_col = len(line_text) - len(line_text.lstrip()) + 1
 
     if isinstance(exc, UnexpectedToken) and exc.token.type == "NAME" and exc.column == first_col:
@@ -337,7 +337,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         closing = ")" if bracket == "(" else "]"
         wants_closing = ("RPAR" if bracket == "(" else "RSQB") in exc.expected
         if exc.token.type in ("$END", "_NL") or (wants_closing and exc.column > col):
-            return Diagnostic("E004", f"unclosed `{bracket}`", at(col + 1), f"add the closing `{closing}`")
+            return Diagnostic(
+                "E004", f"unclosed `{bracket}`", at(col + 1), f"add the closing `{closing}`"
+            )
 
     if isinstance(exc, UnexpectedCharacters):
         char = line_text[exc.column - 1] if exc.column - 1 < len(line_text) else "?"
@@ -444,7 +446,9 @@ def parse_collect(text: str, name: str = "<spec>") -> tuple[A.Spec, list[Diagnos
     statements: list[A.Stmt] = []
     diagnostics: list[Diagnostic] = []
     for number, line in enumerate(source.text.splitlines(), start=1):
-        body = line.split("#", 1)[0] if "#" in line and "'" not in line and '"' not in line else line
+        body = (
+            line.split("#", 1)[0] if "#" in line and "'" not in line and '"' not in line else line
+        )
         if not body.strip():
             continue
         try:

@@ -101,9 +101,7 @@ def count_params(model: Any) -> int:
 
     from ._select import is_array
 
-    return sum(
-        math.prod(x.shape) for x in jax.tree_util.tree_leaves(model) if is_array(x)
-    )
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(model) if is_array(x))
 
 
 def structure(model: Any) -> Any:
@@ -142,12 +140,17 @@ def make_plan(program, model=None) -> Plan:
                 after = "(removed)"
             matches.append(PlanMatch(node.text, describe(node.obj), after))
         action = p.action.name + (
-            " " + p.source.line(p.action.span.line)[p.action.span.column - 1 + len(p.action.name) : p.action.span.end_column - 1].strip()
+            " "
+            + p.source.line(p.action.span.line)[
+                p.action.span.column - 1 + len(p.action.name) : p.action.span.end_column - 1
+            ].strip()
             if p.action.arg is not None and p.action.span.line == p.action.span.end_line
             else ""
         )
         struct = new
         steps.append(
-            PlanStep(p.rule.span.line, p.rule.text, action, tuple(matches), before, count_params(new))
+            PlanStep(
+                p.rule.span.line, p.rule.text, action, tuple(matches), before, count_params(new)
+            )
         )
     return Plan(tuple(steps), start, count_params(struct), tuple(diagnostics), struct)

@@ -198,6 +198,6 @@ def not_allowed_diagnostic(module: str, span=None, source=None) -> Diagnostic:
         f"constructor module `{module}` is not allowed",
         span,
         f"eqxform imports no module named in a spec or model file unless you allow it: "
-        f"pass `--allow {top}` (Python: `allow=[\"{top}\"]`) if you trust it",
+        f'pass `--allow {top}` (Python: `allow=["{top}"]`) if you trust it',
         source,
     )

@@ -39,7 +39,9 @@ def test_new_show_check_plan_apply(workdir):
     assert code == 0
     plan = json.loads(out)
     assert plan["params_after"] - plan["params_before"] == (16 * 10 + 10) - (16 * 3 + 3)
-    code, out = run("apply", "spec.eqx", "model.eqx", "-o", "out.eqx", "--seed", "1", "--set", "width=16")
+    code, out = run(
+        "apply", "spec.eqx", "model.eqx", "-o", "out.eqx", "--seed", "1", "--set", "width=16"
+    )
     assert code == 0 and "wrote out.eqx" in out
     code, out = run("show", "out.eqx", "--format", "json")
     data = json.loads(out)
@@ -57,7 +59,9 @@ def test_apply_with_model_directive(tmp_path, monkeypatch):
 
 
 def test_spec_error_exits_1_and_writes_nothing(workdir):
-    Path("bad.eqx").write_text("where layrs[-1] -> init zeros\nwhere Linear.weight expect 9 -> init zeros\n")
+    Path("bad.eqx").write_text(
+        "where layrs[-1] -> init zeros\nwhere Linear.weight expect 9 -> init zeros\n"
+    )
     code, out = run("apply", "bad.eqx", "model.eqx", "-o", "out.eqx")
     assert code == 1
     assert "error[E201]" in out and "error[E202]" in out and "did you mean `layers[-1]`?" in out
@@ -71,7 +75,10 @@ def test_check_reports_json(workdir):
     data = json.loads(out)
     assert data["ok"] is False
     assert data["diagnostics"][0]["code"] == "E102"
-    assert data["diagnostics"][0]["help"] == "did you mean one of `trunc_normal`, `truncated_normal`, `lecun_normal`?"
+    assert (
+        data["diagnostics"][0]["help"]
+        == "did you mean one of `trunc_normal`, `truncated_normal`, `lecun_normal`?"
+    )
 
 
 def test_swapped_arguments(workdir):
@@ -94,14 +101,22 @@ def test_refuses_to_overwrite_input(workdir):
     [
         (("apply", "nope.eqx", "model.eqx", "-o", "o.eqx"), 2, "does not exist"),
         (("apply", "spec.eqx", "nope.eqx", "-o", "o.eqx"), 2, "does not exist"),
-        (("apply", "spec.eqx", "model.eqx", "-o", "o.eqx", "--set", "widht=3"), 2, "did you mean `width`?"),
+        (
+            ("apply", "spec.eqx", "model.eqx", "-o", "o.eqx", "--set", "widht=3"),
+            2,
+            "did you mean `width`?",
+        ),
         (("apply", "spec.eqx", "model.eqx", "-o", "o.eqx", "--set", "width"), 2, "NAME=VALUE"),
         (("apply", "spec.eqx", "model.eqx", "-o", "missing/o.eqx"), 2, "does not exist"),
         (("apply", "spec.eqx", "model.eqx"), 2, "Missing option"),
         (("show", "spec.eqx"), 1, "not a valid model file"),
         (("new", "MPL(2, 2, 8, 2)", "-o", "m2.eqx"), 1, "did you mean `MLP`?"),
         (("new", "3 + 4", "-o", "m2.eqx"), 2, "not a constructor call"),
-        (("apply", "spec.eqx", "model.eqx", "-o", "o.eqx", "--device", "tpu"), 2, "no `tpu` device"),
+        (
+            ("apply", "spec.eqx", "model.eqx", "-o", "o.eqx", "--device", "tpu"),
+            2,
+            "no `tpu` device",
+        ),
     ],
 )
 def test_usage_errors(workdir, args, code, words):

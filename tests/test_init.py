@@ -83,7 +83,9 @@ def test_every_initialiser_runs(getkey):
             "constant": "(value=0.5)",
             "variance_scaling": '(scale=1.0, mode="fan_in", distribution="normal")',
         }.get(name, "")
-        out = eqxform.compile(f"where Linear.weight -> init {name}{args}").apply(model, key=getkey())
+        out = eqxform.compile(f"where Linear.weight -> init {name}{args}").apply(
+            model, key=getkey()
+        )
         for before, after in zip(model.layers, out.layers):
             assert after.weight.shape == before.weight.shape, name
             assert bool(jnp.isfinite(after.weight).all()), name

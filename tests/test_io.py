@@ -26,7 +26,9 @@ def same(a, b) -> bool:
 
 
 def test_round_trip(tmp_path):
-    model = eqxform.new("MLP(in_size=3, out_size=2, width_size=8, depth=2, activation=gelu)", seed=1)
+    model = eqxform.new(
+        "MLP(in_size=3, out_size=2, width_size=8, depth=2, activation=gelu)", seed=1
+    )
     eqxform.save(tmp_path / "m.eqx", model)
     back = eqxform.load(tmp_path / "m.eqx")
     assert same(model, back)
@@ -48,7 +50,7 @@ def test_transformed_file_rebuilds_from_its_recipe_alone(tmp_path):
     code = textwrap.dedent(
         f"""
         import numpy as np, jax, eqxform
-        m = eqxform.load({str(tmp_path / 'out.eqx')!r})
+        m = eqxform.load({str(tmp_path / "out.eqx")!r})
         print(m.layers[-1].weight.shape, m.layers[0].weight.dtype, m.activation is jax.nn.tanh)
         print(float(np.asarray(m(np.ones(3, np.float32))).sum()))
         """
@@ -57,7 +59,9 @@ def test_transformed_file_rebuilds_from_its_recipe_alone(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "(5, 8) bfloat16 True"
-    assert float(lines[1]) == pytest.approx(float(np.asarray(out(np.ones(3, np.float32))).sum()), rel=1e-5)
+    assert float(lines[1]) == pytest.approx(
+        float(np.asarray(out(np.ones(3, np.float32))).sum()), rel=1e-5
+    )
 
 
 def test_same_seed_gives_byte_identical_files(tmp_path):
@@ -70,7 +74,9 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 
 def test_recipe_is_in_the_metadata(tmp_path):
-    program = eqxform.compile("model MLP(2, 2, 8, 2)\nlet w = 1\nwhere Linear.weight -> scale w", params={"w": 2})
+    program = eqxform.compile(
+        "model MLP(2, 2, 8, 2)\nlet w = 1\nwhere Linear.weight -> scale w", params={"w": 2}
+    )
     eqxform.save(tmp_path / "m.eqx", program.apply(seed=9))
     recipe = _io.read_header(tmp_path / "m.eqx").recipe
     assert recipe["base"] == {"constructor": "MLP(2, 2, 8, 2)", "seed": 9}
@@ -119,14 +125,16 @@ def _write_with_base(path, constructor):
     model = eqxform.new("MLP(2, 2, 8, 2)")
     tensors = {n: np.asarray(x) for n, x in _io.named_arrays(model)}
     recipe = {"base": {"constructor": constructor, "seed": 0}, "specs": []}
-    path.write_bytes(st_save(tensors, metadata={"format": _io.FORMAT, "eqxform": json.dumps(recipe)}))
+    path.write_bytes(st_save(tensors, metadata={"eqxform": json.dumps(recipe)}))
 
 
 def test_unknown_module_is_refused_without_import(tmp_path, monkeypatch):
     pkg = tmp_path / "evilpkg"
     pkg.mkdir()
     marker = tmp_path / "imported"
-    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef make(**kw): pass\n")
+    (pkg / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\ndef make(**kw): pass\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     _write_with_base(tmp_path / "m.eqx", "evilpkg:make()")
     with pytest.raises(eqxform.ModelFileError) as info:

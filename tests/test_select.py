@@ -42,7 +42,11 @@ def test_alternatives(mlp):
 
 def test_sequential_indexing(getkey):
     seq = eqx.nn.Sequential(
-        [eqx.nn.Linear(2, 3, key=getkey()), eqx.nn.Lambda(jax.nn.relu), eqx.nn.Linear(3, 1, key=getkey())]
+        [
+            eqx.nn.Linear(2, 3, key=getkey()),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Linear(3, 1, key=getkey()),
+        ]
     )
     assert paths("[-1].weight", seq) == ["layers[2].weight"]
     assert paths("Linear.bias", seq) == ["layers[0].bias", "layers[2].bias"]
@@ -69,9 +73,9 @@ def test_context_properties(mlp):
 
 
 def test_index_and_path_filters(mlp):
-    out = eqxform.compile('where Linear.bias if index >= 2 and path != "layers[3].bias" -> init ones').apply(
-        mlp, key=jax.random.key(0)
-    )
+    out = eqxform.compile(
+        'where Linear.bias if index >= 2 and path != "layers[3].bias" -> init ones'
+    ).apply(mlp, key=jax.random.key(0))
     assert [bool((layer.bias == 1).all()) for layer in out.layers] == [False, False, True, False]
 
 
@@ -95,7 +99,9 @@ def test_filter_that_excludes_everything(mlp):
 def test_expect(mlp):
     eqxform.compile("where Linear.weight expect 4 -> init zeros").apply(mlp, key=jax.random.key(0))
     with pytest.raises(eqxform.SpecError) as info:
-        eqxform.compile("where Linear.weight expect 3 -> init zeros").apply(mlp, key=jax.random.key(0))
+        eqxform.compile("where Linear.weight expect 3 -> init zeros").apply(
+            mlp, key=jax.random.key(0)
+        )
     assert info.value.diagnostics[0].code == "E202"
     assert "matches 4 nodes, not the 3 expected" in info.value.diagnostics[0].message
 

@@ -14,7 +14,10 @@ def test_replace_last_layer_like_tree_at(mlp, getkey):
     ours = program.apply(mlp, key=getkey())
     theirs = eqx.tree_at(lambda m: m.layers[-1], mlp, eqx.nn.Linear(8, 10, key=getkey()))
     assert jax.tree_util.tree_structure(ours) == jax.tree_util.tree_structure(theirs)
-    shapes = lambda m: [x.shape for x in jax.tree_util.tree_leaves(m) if eqx.is_array(x)]
+
+    def shapes(m):
+        return [x.shape for x in jax.tree_util.tree_leaves(m) if eqx.is_array(x)]
+
     assert shapes(ours) == shapes(theirs)
     # Everything else is untouched, to the bit.
     for a, b in zip(ours.layers[:-1], mlp.layers[:-1]):
@@ -122,7 +125,11 @@ def test_plan_allocates_nothing_and_reports_changes(mlp):
     assert plan.steps[1].params_delta == (8 * 10 + 10) - (8 * 2 + 2)
     assert plan.steps[2].matches[0].before == "f32[8,2]"
     assert plan.steps[2].matches[0].after == "bf16[8,2]"
-    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(plan.result) if hasattr(x, "shape"))
+    assert all(
+        isinstance(x, jax.ShapeDtypeStruct)
+        for x in jax.tree_util.tree_leaves(plan.result)
+        if hasattr(x, "shape")
+    )
     assert "parameters:" in str(plan)
     assert plan.to_dict()["steps"][1]["matches"][0]["path"] == "layers[3]"
 

@@ -83,7 +83,8 @@ class RulePass:
                 f"`{rule.selector.text}` matches {len(found)} "
                 f"node{'s' if len(found) != 1 else ''}, not the {rule.expect.value} expected",
                 rule.expect.span,
-                "matched: " + ", ".join(f"`{n.text}`" for n in found[:6])
+                "matched: "
+                + ", ".join(f"`{n.text}`" for n in found[:6])
                 + (", ..." if len(found) > 6 else ""),
             )
         return found
@@ -157,7 +158,7 @@ class InitPass(RulePass):
                     f"`init` draws floating-point numbers, but `{leaf.text}` is "
                     f"{np.dtype(leaf.obj.dtype).name}",
                     self.rule.selector.span,
-                    "narrow the selector, e.g. with `if dtype == \"float32\"`",
+                    'narrow the selector, e.g. with `if dtype == "float32"`',
                 )
             if name in FAN_INITIALIZERS and leaf.obj.ndim < 2:
                 raise self.error(
