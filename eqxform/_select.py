@@ -55,14 +55,20 @@ def path_str(path: tuple[Step, ...]) -> str:
     return out or "<root>"
 
 
+@functools.cache
+def _dynamic_fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("static", False))
+
+
 def children(obj: Any) -> Iterator[tuple[Step, Any]]:
     if isinstance(obj, eqx.Module):
-        for field in dataclasses.fields(obj):
-            if field.metadata.get("static", False):
-                continue
-            value = getattr(obj, field.name, None)
+        # Fields live in the instance dict; reading it there skips the Module's
+        # own (slow) attribute lookup, which matters for models of many leaves.
+        values = getattr(obj, "__dict__", {})
+        for name in _dynamic_fields(type(obj)):
+            value = values[name] if name in values else getattr(obj, name, None)
             if value is not None:
-                yield ("attr", field.name), value
+                yield ("attr", name), value
     elif isinstance(obj, (list, tuple)):
         for i, value in enumerate(obj):
             if value is not None:
@@ -171,12 +177,25 @@ def matches(path: A.SelPath, node: Node) -> bool:
     return m(0, 0)
 
 
+def _last_field(path: A.SelPath) -> str | None:
+    """The field a match must end in, when the selector says (`Linear.weight`)."""
+    last = path.steps[-1]
+    if isinstance(last, A.NameStep) and not last.is_type:
+        return last.name
+    return None
+
+
 def select(selector: A.Selector, nodes: list[Node]) -> list[Node]:
     """The nodes that `selector` names, in tree order, each once."""
     out = []
+    lasts = [_last_field(p) for p in selector.paths]
     for node in nodes:
-        if any(matches(p, node) for p in selector.paths):
-            out.append(node)
+        # A cheap test on the last step first: most nodes fail it.
+        end = node.path[-1][1] if node.path else None
+        for path, last in zip(selector.paths, lasts):
+            if (last is None or last == end) and matches(path, node):
+                out.append(node)
+                break
     return out
 
 

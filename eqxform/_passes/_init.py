@@ -67,8 +67,19 @@ def draw(rule_key, hashes, *, name, kwargs, shape, dtype):
     def one(h):
         return init(jax.random.fold_in(rule_key, h), shape, dtype)
 
-    out = jax.vmap(one)(hashes)
-    return [out[i] for i in range(hashes.shape[0])]
+    return jax.vmap(one)(hashes)
+
+
+@jax.jit
+def _take(stacked, i):
+    return jax.lax.dynamic_index_in_dim(stacked, i, keepdims=False)
+
+
+def unstack(stacked) -> list:
+    """Split a draw into its leaves. One small compiled slice, called per leaf:
+    returning the leaves from `draw` itself would compile a program with one
+    output per leaf, which takes seconds for a thousand."""
+    return [_take(stacked, i) for i in range(stacked.shape[0])]
 
 
 def hashes_array(values: list[int]):

@@ -19,9 +19,10 @@ from .._build import build, to_python
 from .._diagnostics import Diagnostic, did_you_mean
 from .._errors import SpecError
 from .._expr import EvalError, FunctionRef, evaluate
+from .._expr import walk as walk_expr
 from .._hashing import stable_hash
 from .._names import FAN_INITIALIZERS
-from .._select import Node, array_leaves, context, get, is_array, nearest_paths, select, walk
+from .._select import Node, array_leaves, context, fans, get, is_array, nearest_paths, select, walk
 from . import _init
 
 
@@ -40,11 +41,10 @@ class RulePass:
     def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
         return SpecError(Diagnostic(code, message, span, help, self.source))
 
-    def eval(self, expr: A.Expr, node: Node | None = None, **extra) -> Any:
+    def eval(self, expr: A.Expr, node: Node | None = None, ctx: dict | None = None) -> Any:
         env = dict(self.env)
         if node is not None:
-            env.update(context(node))
-        env.update(extra)
+            env.update(ctx if ctx is not None else context(node))
         try:
             return evaluate(expr, env)
         except EvalError as e:
@@ -151,6 +151,12 @@ class InitPass(RulePass):
         signature = initializer_signature(name)
         positional = [p for p in signature.positional] if signature else []
         groups: dict[tuple, list[Node]] = {}
+        per_path = any(
+            isinstance(e, A.Name) and e.id in ("path", "index")
+            for a in args
+            for e in walk_expr(a.value)
+        )
+        cache: dict[tuple, tuple] = {}
         for leaf in leaves:
             if not np.issubdtype(leaf.obj.dtype, np.inexact):
                 raise self.error(
@@ -169,13 +175,22 @@ class InitPass(RulePass):
                     "select weights only (e.g. `Linear.weight`), or use an initialiser "
                     "without fans such as `zeros` or `normal(stddev=0.01)`",
                 )
-            kwargs = []
-            for i, a in enumerate(args):
-                value = to_python(self.eval(a.value, leaf))
-                if isinstance(value, float | int) and not isinstance(value, bool):
-                    value = float(value) if isinstance(value, float) else value
-                kwargs.append((a.name or positional[i], value))
-            group = (tuple(leaf.obj.shape), np.dtype(leaf.obj.dtype), tuple(sorted(kwargs)))
+            # Arguments that read only shape-like properties are the same for
+            # every leaf of one shape: evaluate them once per shape.
+            shape, dtype = tuple(leaf.obj.shape), np.dtype(leaf.obj.dtype)
+            memo = (shape, dtype, fans(leaf)) if not per_path else None
+            kwargs = cache.get(memo) if memo is not None else None
+            if kwargs is None:
+                ctx = context(leaf)
+                kwargs = tuple(
+                    sorted(
+                        (a.name or positional[i], to_python(self.eval(a.value, leaf, ctx)))
+                        for i, a in enumerate(args)
+                    )
+                )
+                if memo is not None:
+                    cache[memo] = kwargs
+            group = (shape, dtype, kwargs)
             groups.setdefault(group, []).append(leaf)
         order, values = [], []
         for (shape, dtype, kwargs), members in groups.items():
@@ -189,7 +204,7 @@ class InitPass(RulePass):
                     self.action.span,
                 ) from None
             order.extend(members)
-            values.extend(drawn)
+            values.extend(_init.unstack(drawn))
         return self.tree_at(model, order, values)
 
 
