@@ -1,7 +1,7 @@
-"""Initialisers by name, in Equinox's layouts, and the grouped draw.
+"""Initialisers by name, in Equinox's layouts, and the draw.
 
-Leaves of one shape, dtype and initialiser share a single jitted, vmapped draw,
-so re-initialising a thousand layers compiles one function, not a thousand.
+Leaves of one shape, dtype and initialiser share one compiled draw, so
+re-initialising a thousand layers compiles one function, not a thousand.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from .. import _registry as R
 
@@ -59,28 +58,21 @@ def make(name: str, kwargs: dict[str, Any]) -> Callable:
     return getattr(inits, name)(**kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=("name", "kwargs", "shape", "dtype"))
-def draw(rule_key, hashes, *, name, kwargs, shape, dtype):
-    """One draw per entry of `hashes`, each from `fold_in(rule_key, hash)`."""
+@functools.cache
+def drawer(name: str, kwargs: tuple, shape: tuple, dtype) -> Callable:
+    """The compiled draw of one leaf for one (initialiser, arguments, shape,
+    dtype): `(key, rule, leaf) -> array` from `fold_in(fold_in(key, rule), leaf)`.
+
+    Compiled once and called per leaf. A single vmapped draw for a whole group
+    was measured slower to compile (0.31 s against 0.2 s for `trunc_normal` on
+    the CPU) and needs a slice per leaf afterwards, which copies large weights;
+    one dispatch per leaf costs about 20 us. The static parts are closed over,
+    so that a call hashes nothing.
+    """
     init = make(name, dict(kwargs))
 
-    def one(h):
-        return init(jax.random.fold_in(rule_key, h), shape, dtype)
+    @jax.jit
+    def draw(key, rule, leaf):
+        return init(jax.random.fold_in(jax.random.fold_in(key, rule), leaf), shape, dtype)
 
-    return jax.vmap(one)(hashes)
-
-
-@jax.jit
-def _take(stacked, i):
-    return jax.lax.dynamic_index_in_dim(stacked, i, keepdims=False)
-
-
-def unstack(stacked) -> list:
-    """Split a draw into its leaves. One small compiled slice, called per leaf:
-    returning the leaves from `draw` itself would compile a program with one
-    output per leaf, which takes seconds for a thousand."""
-    return [_take(stacked, i) for i in range(stacked.shape[0])]
-
-
-def hashes_array(values: list[int]):
-    return jnp.asarray(values, dtype=jnp.uint32)
+    return draw

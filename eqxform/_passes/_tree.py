@@ -90,8 +90,10 @@ class RulePass:
         return found
 
     def __call__(self, model: Any, key: Any) -> Any:
-        nodes = self.select(model)
-        return self.run(model, jax.random.fold_in(key, self.identity), nodes)
+        return self.run(model, key, self.select(model))
+
+    def rule_key(self, key: Any) -> Any:
+        return jax.random.fold_in(key, self.identity)
 
     def run(self, model: Any, key: Any, nodes: list[Node]) -> Any:
         raise NotImplementedError
@@ -194,17 +196,18 @@ class InitPass(RulePass):
             groups.setdefault(group, []).append(leaf)
         order, values = [], []
         for (shape, dtype, kwargs), members in groups.items():
-            hashes = _init.hashes_array([stable_hash(m.text) for m in members])
-            try:
-                drawn = _init.draw(key, hashes, name=name, kwargs=kwargs, shape=shape, dtype=dtype)
-            except (TypeError, ValueError) as e:
-                raise self.error(
-                    "E204",
-                    f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
-                    self.action.span,
-                ) from None
-            order.extend(members)
-            values.extend(_init.unstack(drawn))
+            draw = _init.drawer(name, kwargs, shape, dtype)
+            for member in members:
+                try:
+                    value = draw(key, self.identity, stable_hash(member.text))
+                except (TypeError, ValueError) as e:
+                    raise self.error(
+                        "E204",
+                        f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
+                        self.action.span,
+                    ) from None
+                order.append(member)
+                values.append(value)
         return self.tree_at(model, order, values)
 
 
@@ -217,13 +220,14 @@ class ReplacePass(RulePass):
                 outer.append(node)
         arg = self.action.arg
         values = []
+        rule_key = self.rule_key(key)
         for node in outer:
             if isinstance(arg, A.Name):
                 values.append(to_python(FunctionRef(arg.id)))
                 continue
             env = dict(self.env)
             env.update(context(node))
-            leaf_key = jax.random.fold_in(key, stable_hash(node.text))
+            leaf_key = jax.random.fold_in(rule_key, stable_hash(node.text))
             values.append(build(arg, env, leaf_key, self.source, self.allow))
         return self.tree_at(model, outer, values)
 
