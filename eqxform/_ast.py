@@ -29,8 +29,16 @@ class Source:
     name: str
     text: str
 
+    @property
+    def lines(self) -> list[str]:
+        cached = self.__dict__.get("_lines")
+        if cached is None:
+            cached = self.text.splitlines()
+            object.__setattr__(self, "_lines", cached)
+        return cached
+
     def line(self, number: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines
         if 1 <= number <= len(lines):
             return lines[number - 1]
         return ""

@@ -14,14 +14,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.table import Table
-from rich.tree import Tree
 
 from ._diagnostics import Diagnostic, render_all
 from ._errors import EqxformError, UsageError
 
-out = Console(highlight=False, soft_wrap=True)
+
+def _console():
+    # rich is imported only by the commands that draw tables, keeping `check` quick.
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+class _Out:
+    def print(self, *args, **kwargs):
+        _console().print(*args, **kwargs)
+
+
+out = _Out()
 
 
 def _fail(diagnostics, as_json: bool, code: int) -> None:
@@ -268,6 +278,8 @@ def _print_plan(result, fmt: str) -> None:
 
         click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False))
         return
+    from rich.table import Table
+
     table = Table(show_lines=False, header_style="bold")
     for column in ("line", "action", "path", "before", "after"):
         table.add_column(column)
@@ -358,6 +370,8 @@ def show(model, fmt):
 
             click.echo(yaml.safe_dump(data, sort_keys=False))
             return
+        from rich.tree import Tree
+
         tree = Tree(f"[bold]{model}[/bold]  {params:,} parameters")
         for t in tensors:
             tree.add(f"{t['path']}  [dim]{t['dtype']}{t['shape']}[/dim]")

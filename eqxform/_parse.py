@@ -7,6 +7,7 @@ file at once, and the lines that do parse still reach the semantic checks.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 
 from lark import Lark, Token, Transformer, Tree, v_args
@@ -42,8 +43,11 @@ _TOKEN_NAMES = {
 }
 
 
-@functools.cache
-def _parser() -> Lark:
+# The source being parsed, for the transformer that runs inside the parser.
+_SOURCE: contextvars.ContextVar[A.Source] = contextvars.ContextVar("source")
+
+
+def _open(**options) -> Lark:
     # Never `cache=True`: Lark would unpickle a grammar from a shared temp dir.
     return Lark.open_from_package(
         "eqxform",
@@ -53,7 +57,15 @@ def _parser() -> Lark:
         propagate_positions=True,
         maybe_placeholders=True,
         start=["start", "statement", "expr"],
+        **options,
     )
+
+
+@functools.cache
+def _parser() -> Lark:
+    # Lark's own transformer-while-parsing would skip the trees, but it cannot
+    # pass positions (`meta`) to the transformer, and every node needs its span.
+    return _open()
 
 
 def _span(node) -> A.Span:
@@ -77,12 +89,16 @@ def _number(token: Token) -> A.Number:
 class _ToAst(Transformer):
     """Lark tree -> frozen dataclasses. Each method names one grammar alias."""
 
-    def __init__(self, source: A.Source):
+    def __init__(self, source: A.Source | None = None):
         super().__init__()
-        self.source = source
+        self._source = source
+
+    @property
+    def source(self) -> A.Source:
+        return self._source if self._source is not None else _SOURCE.get()
 
     def _text(self, span: A.Span) -> str:
-        lines = self.source.text.splitlines()
+        lines = self.source.lines
         if span.line != span.end_line:
             return lines[span.line - 1][span.column - 1 :]
         return lines[span.line - 1][span.column - 1 : span.end_column - 1]
@@ -436,8 +452,12 @@ def parse_collect(text: str, name: str = "<spec>") -> tuple[A.Spec, list[Diagnos
     if not text.endswith("\n"):
         text = text + "\n"
     try:
-        tree = _parser().parse(text, start="start")
-        return A.Spec(source, _ToAst(source).transform(tree)), []
+        token = _SOURCE.set(source)
+        try:
+            statements = _ToAst().transform(_parser().parse(text, start="start"))
+        finally:
+            _SOURCE.reset(token)
+        return A.Spec(source, statements), []
     except UnexpectedInput:
         pass
     except VisitError as exc:  # a transformer bug must not hide behind a parse error
