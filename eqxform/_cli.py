@@ -203,7 +203,7 @@ def new(constructor, output, seed, allow):
 
         model = make(constructor, seed=seed, allow=allow)
         save(output, model)
-        out.print(f"wrote {output} ({count_params(model):,} parameters)", markup=False)
+        click.echo(f"wrote {output} ({count_params(model):,} parameters)")
 
     _run(go)
 
@@ -237,10 +237,7 @@ def check(spec, model, sets, params_file, allow, as_json):
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
-            out.print(
-                f"{name}: no problems found ({_plural(len(program.spec.rules), 'rule')})",
-                markup=False,
-            )
+            click.echo(f"{name}: no problems found ({_plural(len(program.spec.rules), 'rule')})")
 
     _run(go, as_json)
 
@@ -295,7 +292,7 @@ def _print_plan(result, fmt: str) -> None:
                 end_section=i == len(step.matches) - 1,
             )
     out.print(table)
-    out.print(f"parameters: {result.params_before:,} -> {result.params_after:,}", markup=False)
+    click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
 
 
 @main.command()
@@ -336,10 +333,9 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
             base = load(model, allow=allow) if model is not None else None
             result = program.apply(base, seed=seed)
             save(output, result)
-        out.print(
+        click.echo(
             f"wrote {output} ({count_params(result):,} parameters, "
-            f"{_plural(len(program.spec.rules), 'rule')} applied)",
-            markup=False,
+            f"{_plural(len(program.spec.rules), 'rule')} applied)"
         )
 
     _run(go)
@@ -377,23 +373,20 @@ def show(model, fmt):
             tree.add(f"{t['path']}  [dim]{t['dtype']}{t['shape']}[/dim]")
         out.print(tree)
         if recipe is None:
-            out.print("recipe: none (load with `eqxform.load(path, like=model)`)", markup=False)
+            click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
             return
         base = recipe["base"]
-        out.print(f"base: {base.get('constructor')}  (seed {base.get('seed')})", markup=False)
+        click.echo(f"base: {base.get('constructor')}  (seed {base.get('seed')})")
         for i, entry in enumerate(recipe.get("specs", []), 1):
             params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
-            out.print(
+            click.echo(
                 f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
                 + (f"; {params_text}" if params_text else "")
-                + ")",
-                markup=False,
+                + ")"
             )
         versions = recipe.get("versions") or {}
         if versions:
-            out.print(
-                "written by " + ", ".join(f"{k} {v}" for k, v in versions.items()), markup=False
-            )
+            click.echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
 
