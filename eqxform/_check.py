@@ -16,13 +16,7 @@ from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._expr import walk
 
-NOT_YET = {
-    "wrap": "per-parameter wrappers",
-    "freeze": "freezing",
-    "lr": "optimiser groups",
-    "weight_decay": "optimiser groups",
-    "shard": "sharding",
-}
+NOT_YET = {"shard": "sharding"}
 
 
 class Checker:
@@ -56,6 +50,16 @@ class Checker:
                     )
                 seen.setdefault(type(stmt), stmt)
             getattr(self, "check_" + type(stmt).__name__)(stmt)
+        if A.OptimizerStmt not in seen:
+            for rule in self.spec.rules:
+                for action in rule.actions:
+                    if action.name in N.OPTIMIZER_ACTIONS:
+                        self.error(
+                            "E123",
+                            f"`{action.name}` needs an `optimizer` directive",
+                            action.name_span,
+                            "add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
+                        )
         return self.diagnostics
 
     # ---- statements ------------------------------------------------------
@@ -102,7 +106,15 @@ class Checker:
             self.action(action, context)
 
     def check_OptimizerStmt(self, stmt: A.OptimizerStmt):
-        self.not_yet("optimizer", "optimisers", stmt.span)
+        self.named_call(
+            stmt.value,
+            "optimiser",
+            N.OPTIMIZERS,
+            set(self.lets),
+            "E124",
+            "e.g. `optimizer adamw(learning_rate=1e-3)`",
+            "optimisers are " + ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
+        )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
         self.not_yet("ensemble", "ensembles", stmt.span)
@@ -157,8 +169,18 @@ class Checker:
             )
             return
         arg = action.arg
+        if info.arg == "none":
+            if arg is not None:
+                self.error(
+                    "E112",
+                    f"`{name}` takes no argument",
+                    arg.span,
+                    f"write `-> {name}` alone; separate further actions with `,`",
+                )
+            return
         if arg is None:
             example = {
+                "wrapper": "wrap symmetric",
                 "initializer": "init zeros",
                 "constructor": "replace Linear(in_features=8, out_features=2)",
                 "dtype": "cast bfloat16",
@@ -168,6 +190,19 @@ class Checker:
             return
         if info.arg == "initializer":
             self.initializer(arg, context)
+        elif info.arg == "wrapper":
+            signatures = {n: R.wrapper_signature(n) for n in R.wrapper_names()}
+            self.named_call(
+                arg,
+                "wrapper",
+                signatures,
+                context,
+                "E125",
+                "e.g. `wrap symmetric` or `wrap positive(minimum=0.01)`",
+                "wrappers are "
+                + ", ".join(f"`{w}`" for w in sorted(signatures))
+                + "; add your own with `eqxform.register_wrapper`",
+            )
         elif info.arg == "constructor":
             if isinstance(arg, A.Name) and arg.id in N.FUNCTIONS:
                 return
@@ -192,6 +227,25 @@ class Checker:
                 )
         else:
             self.names(arg, context, f"`{name}`")
+
+    def named_call(self, arg, kind, signatures, context, code, example, listing):
+        """`NAME` or `NAME(ARGS)` from a table of signatures."""
+        if isinstance(arg, A.Name):
+            name, span, args = arg.id, arg.span, ()
+        elif isinstance(arg, A.Call) and not arg.is_module_path:
+            name, span, args = arg.callee, arg.callee_span, arg.args
+        else:
+            self.error("E112", f"expected a {kind} name", arg.span, example)
+            return
+        signature = signatures.get(name)
+        if signature is None:
+            self.error(
+                code, f"unknown {kind} `{name}`", span, did_you_mean(name, signatures) or listing
+            )
+            return
+        self.arguments(name, kind, signature, args, arg.span, context)
+        for a in args:
+            self.names(a.value, context, f"a {kind} argument")
 
     def initializer(self, arg: A.Expr, context: set[str]):
         if isinstance(arg, A.Name):

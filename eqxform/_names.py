@@ -353,7 +353,72 @@ ACTIONS = {
     "replace": ActionInfo("constructor", "swap the matched module for a new one"),
     "cast": ActionInfo("dtype", "change the dtype of arrays"),
     "scale": ActionInfo("expr", "multiply arrays by a number"),
+    "wrap": ActionInfo("wrapper", "give arrays a per-parameter behaviour"),
+    "freeze": ActionInfo("none", "no gradient, and the optimiser leaves them alone"),
+    "unwrap": ActionInfo("none", "bake wrappers into plain arrays"),
+    "lr": ActionInfo("expr", "scale the base learning rate for these parameters"),
+    "weight_decay": ActionInfo("expr", "set the weight decay for these parameters"),
 }
 
+# Actions that only shape the optimiser, not the model.
+OPTIMIZER_ACTIONS = ("lr", "weight_decay")
+
 # Actions the language reserves for later versions of the interpreter.
-PLANNED_ACTIONS = {"wrap", "freeze", "lr", "weight_decay", "shard"}
+PLANNED_ACTIONS = {"shard"}
+
+# Built-in wrappers (`wrap NAME(ARGS)`); users add theirs with
+# `eqxform.register_wrapper`.
+WRAPPERS = {
+    "symmetric": _sig(),
+    "positive": _sig("minimum?"),
+    "weight_norm": _sig(),
+}
+
+# optax optimisers by name, with their signatures.
+OPTIMIZERS = {
+    "adam": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "mu_dtype?", "nesterov?!"),
+    "adamw": _sig(
+        "learning_rate",
+        "b1?",
+        "b2?",
+        "eps?",
+        "eps_root?",
+        "mu_dtype?",
+        "weight_decay?",
+        "mask?",
+        "nesterov?!",
+    ),
+    "sgd": _sig("learning_rate", "momentum?", "nesterov?", "accumulator_dtype?"),
+    "lion": _sig("learning_rate", "b1?", "b2?", "mu_dtype?", "weight_decay?", "mask?"),
+    "rmsprop": _sig(
+        "learning_rate",
+        "decay?",
+        "eps?",
+        "initial_scale?",
+        "eps_in_sqrt?",
+        "centered?",
+        "momentum?",
+        "nesterov?",
+        "bias_correction?",
+    ),
+    "adagrad": _sig("learning_rate", "initial_accumulator_value?", "eps?"),
+    "adabelief": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "nesterov?!"),
+    "adamax": _sig("learning_rate", "b1?", "b2?", "eps?"),
+    "adamaxw": _sig("learning_rate", "b1?", "b2?", "eps?", "weight_decay?", "mask?"),
+    "nadam": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "mu_dtype?", "nesterov?!"),
+    "nadamw": _sig(
+        "learning_rate",
+        "b1?",
+        "b2?",
+        "eps?",
+        "eps_root?",
+        "mu_dtype?",
+        "weight_decay?",
+        "mask?",
+        "nesterov?!",
+    ),
+    "radam": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "threshold?", "nesterov?!"),
+    "lamb": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "weight_decay?", "mask?"),
+    "yogi": _sig("learning_rate", "b1?", "b2?", "eps?"),
+    "novograd": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "weight_decay?"),
+}

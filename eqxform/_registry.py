@@ -19,9 +19,12 @@ from ._errors import UsageError
 _TYPES: dict[str, type] = {}
 _CONSTRUCTORS: dict[str, Callable] = {}
 _INITIALIZERS: dict[str, tuple[Callable, N.Signature]] = {}
+_WRAPPERS: dict[str, tuple[type, N.Signature]] = {}
 
 # Abstract types a selector may name besides the constructible ones.
 _ABSTRACT_TYPES = ("Module", "Pool", "AdaptivePool", "StatefulLayer", "Shared")
+# eqxform's own wrapper types, which selectors may name too.
+_WRAPPER_TYPES = ("Wrapper", "Symmetric", "Positive", "WeightNormed", "Frozen")
 
 
 def _signature_of(fn: Callable) -> N.Signature:
@@ -93,11 +96,64 @@ def register_initializer(name: str, fn: Callable, params: Iterable[str] | None =
     return fn
 
 
+def register_wrapper(name: str, cls: type, params: Iterable[str] | None = None) -> type:
+    """Let `wrap NAME(ARGS)` wrap arrays in `cls`.
+
+    `cls` is an `eqxform.Wrapper` subclass built as `cls(array, **args)`; its
+    `get()` returns the array a model sees after `eqxform.resolve`. Registering a
+    class also makes it a selector type (by its class name).
+
+    ```python
+    class Scaled(eqxform.Wrapper):
+        value: jax.Array
+        factor: float = eqx.field(static=True)
+
+        def __init__(self, value, factor=1.0):
+            self.value, self.factor = value, factor
+
+        def get(self):
+            return self.factor * eqxform.resolve(self.value)
+
+    eqxform.register_wrapper("scaled", Scaled)
+    ```
+    """
+    if params is None:
+        params = _signature_of(cls.__init__).params[2:]
+    _WRAPPERS[name] = (cls, N.Signature(tuple(params)))
+    if cls.__name__[:1].isupper():
+        _TYPES.setdefault(cls.__name__, cls)
+    return cls
+
+
+def wrapper_names() -> set[str]:
+    return set(N.WRAPPERS) | set(_WRAPPERS)
+
+
+def wrapper_signature(name: str) -> N.Signature | None:
+    if name in _WRAPPERS:
+        return _WRAPPERS[name][1]
+    return N.WRAPPERS.get(name)
+
+
+def resolve_wrapper(name: str) -> type:
+    if name in _WRAPPERS:
+        return _WRAPPERS[name][0]
+    from ._runtime import _wrappers
+
+    return _wrappers.BUILTIN[name]
+
+
 # ---- lookups (JAX-free) ----------------------------------------------------
 
 
 def type_names() -> set[str]:
-    return set(N.EQUINOX_NN) | set(N.EXAMPLE_MODELS) | set(_ABSTRACT_TYPES) | set(_TYPES)
+    return (
+        set(N.EQUINOX_NN)
+        | set(N.EXAMPLE_MODELS)
+        | set(_ABSTRACT_TYPES)
+        | set(_WRAPPER_TYPES)
+        | set(_TYPES)
+    )
 
 
 def constructor_names() -> set[str]:
@@ -137,6 +193,10 @@ def resolve_type(name: str) -> type:
         from . import models
 
         return getattr(models, name)
+    if name in _WRAPPER_TYPES:
+        from ._runtime import _wrappers
+
+        return getattr(_wrappers, name)
     import equinox as eqx
 
     if name == "Module":

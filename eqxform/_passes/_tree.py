@@ -264,3 +264,104 @@ class ScalePass(RulePass):
 
 
 PASSES = {"init": InitPass, "replace": ReplacePass, "cast": CastPass, "scale": ScalePass}
+
+
+def _wrapper_types():
+    from .._runtime import _wrappers
+
+    return _wrappers
+
+
+class WrapPass(RulePass):
+    def run(self, model, key, nodes):
+        w = _wrapper_types()
+        arg = self.action.arg
+        name = arg.id if isinstance(arg, A.Name) else arg.callee
+        args = () if isinstance(arg, A.Name) else arg.args
+        from .._registry import resolve_wrapper, wrapper_signature
+
+        cls = resolve_wrapper(name)
+        positional = list(wrapper_signature(name).positional)
+        targets = []
+        for node in nodes:
+            if not (is_array(node.obj) or isinstance(node.obj, w.Wrapper)):
+                raise self.error(
+                    "E203",
+                    f"`wrap` needs arrays, but `{node.text}` is {_describe_kind(node.obj)}",
+                    self.rule.selector.span,
+                    "select the arrays themselves, e.g. `Linear.weight`",
+                )
+            targets.append(node)
+        values = []
+        for node in targets:
+            kwargs = {
+                (a.name or positional[i]): to_python(self.eval(a.value, node))
+                for i, a in enumerate(args)
+            }
+            try:
+                values.append(cls(node.obj, **kwargs))
+            except (ValueError, TypeError) as e:
+                raise self.error(
+                    "E205",
+                    f"`wrap {name}` failed at `{node.text}`: {str(e).splitlines()[0]}",
+                    self.action.span,
+                    "narrow the selector, e.g. `if ndim == 2 and shape[0] == shape[1]`"
+                    if name == "symmetric"
+                    else None,
+                ) from None
+        return self.tree_at(model, targets, values)
+
+
+class FreezePass(RulePass):
+    def run(self, model, key, nodes):
+        w = _wrapper_types()
+        leaves = []
+        for node in nodes:
+            if isinstance(node.obj, w.Frozen) or any(isinstance(p, w.Frozen) for p in node.parents):
+                continue  # frozen already
+            if isinstance(node.obj, w.Wrapper):
+                leaves.append(node)
+            else:
+                leaves.extend(
+                    leaf
+                    for leaf in self.arrays([node])
+                    if not any(isinstance(p, w.Frozen) for p in leaf.parents)
+                )
+        unique = list({leaf.path: leaf for leaf in leaves}.values())
+        # A wrapper and an array inside it may both be listed: keep the outer.
+        outer = [
+            n
+            for n in unique
+            if not any(o.path == n.path[: len(o.path)] and o is not n for o in unique)
+        ]
+        return self.tree_at(model, outer, [w.Frozen(n.obj) for n in outer])
+
+
+class UnwrapPass(RulePass):
+    def run(self, model, key, nodes):
+        w = _wrapper_types()
+        found: dict[tuple, Node] = {}
+        for node in nodes:
+            for sub in walk(node.obj):
+                if isinstance(sub.obj, w.Wrapper):
+                    path = node.path + sub.path
+                    found.setdefault(path, Node(path, sub.obj, node.parents + sub.parents))
+        outer = [
+            n
+            for n in found.values()
+            if not any(p != n.path and n.path[: len(p)] == p for p in found)
+        ]
+        return self.tree_at(model, outer, [w.bake(n.obj) for n in outer])
+
+
+class GroupPass(RulePass):
+    """`lr` and `weight_decay`: they shape the optimiser, not the model. The pass
+    checks that its selector matches; `eqxform.optimizer` reads the groups."""
+
+    def run(self, model, key, nodes):
+        return model
+
+
+PASSES.update(
+    wrap=WrapPass, freeze=FreezePass, unwrap=UnwrapPass, lr=GroupPass, weight_decay=GroupPass
+)
