@@ -16,7 +16,7 @@ from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._expr import walk
 
-NOT_YET = {"shard": "sharding"}
+NOT_YET = {"shard": "sharding is planned"}
 
 
 class Checker:
@@ -117,20 +117,20 @@ class Checker:
         )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
-        self.not_yet("ensemble", "ensembles", stmt.span)
+        self.not_yet("ensemble", "ensembles are planned", stmt.span)
 
     def check_StackStmt(self, stmt: A.StackStmt):
-        self.not_yet("stack", "stacking", stmt.span)
+        self.not_yet("stack", "stacking is planned", stmt.span)
 
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
-        self.not_yet("unstack", "stacking", stmt.span)
+        self.not_yet("unstack", "stacking is planned", stmt.span)
 
     def not_yet(self, word: str, feature: str, span: A.Span):
         self.error(
             "E120",
             f"`{word}` is not supported by this version of eqxform",
             span,
-            f"{feature} are planned; remove this line for now",
+            f"{feature}; remove this line for now",
         )
 
     # ---- parts -----------------------------------------------------------
