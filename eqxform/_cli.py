@@ -313,15 +313,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
     def go():
         _swapped(spec, model, "apply")
         program = _compile(spec, _params(sets, params_file), allow)
-        if model is not None and not force and os.path.exists(output):
-            if os.path.samefile(model, output):
-                raise UsageError(
-                    Diagnostic(
-                        "E409",
-                        f"`{output}` is the input model; apply will not overwrite its input",
-                        help="write elsewhere with `-o`, or pass `--force` to replace it",
-                    )
-                )
+        _refuse_overwrite(model, output, force)
         from ._io import load, save, skeleton
         from ._plan import count_params
 
@@ -339,6 +331,142 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
         )
 
     _run(go)
+
+
+@main.command()
+@_spec_arg
+@_model_arg
+@click.option(
+    "--data",
+    type=click.Path(dir_okay=False),
+    help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
+)
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    metavar="K",
+    help="Also write the model every K steps.",
+)
+@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
+@_set
+@_params_opt
+@_allow
+@click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
+@click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+def train(
+    spec,
+    model,
+    data,
+    steps,
+    batch_size,
+    loss,
+    output,
+    checkpoint_every,
+    seed,
+    sets,
+    params_file,
+    allow,
+    device,
+    force,
+):
+    """Train with the spec's optimiser, rules and freezing; write the model.
+
+    Ctrl-C stops after the step in flight and writes the model trained so far.
+    """
+
+    def go():
+        _swapped(spec, model, "train")
+        program = _compile(spec, _params(sets, params_file), allow)
+        _refuse_overwrite(model, output, force)
+        from ._io import load, recipe_of, save, skeleton
+        from ._runtime import _train
+
+        with _device(device):
+            struct = skeleton(model, allow)[1] if model is not None else None
+            diagnostics = program.check(struct)
+            if diagnostics:
+                _fail(diagnostics, False, 1)
+            from ._runtime._optim import base_optimizer
+
+            base_optimizer(program)  # a missing `optimizer` fails before any work
+            base = load(model, allow=allow) if model is not None else None
+            start = program.apply(base, seed=seed)
+            recipe = recipe_of(start)
+            if data is None:
+                x, y = _train.toy_data(start, loss, seed=program.seed if seed is None else seed)
+                where = "built-in data"
+            else:
+                x, y = _train.load_data(data)
+                where = data
+            _train.check_fits(start, x, y, loss, where)
+            trained = {
+                "steps": 0,
+                "data": data or "built-in",
+                "loss": loss,
+                "batch_size": batch_size,
+            }
+
+            def write(m, done):
+                info = {**trained, "steps": done}
+                save(output, m, recipe=None if recipe is None else {**recipe, "train": info})
+
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(
+                TextColumn("training"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=_console(),
+                transient=False,
+            ) as progress:
+                task = progress.add_task("train", total=steps, loss="-")
+                result = _train.train(
+                    program,
+                    start,
+                    x,
+                    y,
+                    steps=steps,
+                    batch_size=batch_size,
+                    loss=loss,
+                    seed=program.seed if seed is None else seed,
+                    checkpoint_every=checkpoint_every,
+                    on_checkpoint=write,
+                    on_step=lambda done, value: progress.update(
+                        task, completed=done, loss=f"{value:.4g}"
+                    ),
+                )
+            write(result.model, result.steps)
+        final = "-" if result.loss is None else f"{result.loss:.4g}"
+        if result.interrupted:
+            click.echo(
+                f"interrupted after {result.steps} steps; wrote {output} (loss {final})", err=True
+            )
+            sys.exit(130)
+        click.echo(f"trained {result.steps} steps (loss {final}); wrote {output}")
+
+    _run(go)
+
+
+def _refuse_overwrite(model, output, force) -> None:
+    if model is not None and not force and os.path.exists(output) and os.path.exists(model):
+        if os.path.samefile(model, output):
+            raise UsageError(
+                Diagnostic(
+                    "E409",
+                    f"`{output}` is the input model; eqxform will not overwrite its input",
+                    help="write elsewhere with `-o`, or pass `--force` to replace it",
+                )
+            )
 
 
 @main.command()
@@ -383,6 +511,12 @@ def show(model, fmt):
                 f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
                 + (f"; {params_text}" if params_text else "")
                 + ")"
+            )
+        trained = recipe.get("train")
+        if trained:
+            click.echo(
+                f"trained: {trained.get('steps')} steps on {trained.get('data')} "
+                f"({trained.get('loss')}, batch size {trained.get('batch_size')})"
             )
         versions = recipe.get("versions") or {}
         if versions:

@@ -1,0 +1,162 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import eqxform
+
+SYMMETRIC = "where Linear.weight if ndim == 2 and shape[0] == shape[1] -> wrap symmetric"
+
+
+def loss_fn(model, x, y):
+    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+
+
+@pytest.fixture
+def data(getkey):
+    return jax.random.normal(getkey(), (16, 8)), jax.random.normal(getkey(), (16, 8))
+
+
+def test_symmetric_square_weights_only(getkey):
+    model = eqx.nn.MLP(8, 3, 8, 2, key=getkey())
+    wrapped = eqxform.compile(SYMMETRIC).apply(model, key=getkey())
+    resolved = eqxform.resolve(wrapped)
+    assert isinstance(wrapped.layers[0].weight, eqxform.Symmetric)
+    assert isinstance(wrapped.layers[1].weight, eqxform.Symmetric)
+    assert wrapped.layers[2].weight is model.layers[2].weight  # (3, 8): untouched
+    for layer in resolved.layers[:2]:
+        assert np.allclose(layer.weight, layer.weight.T)
+    w = model.layers[1].weight
+    assert np.allclose(resolved.layers[1].weight, 0.5 * (w + w.T))
+
+
+def test_symmetric_stays_symmetric_through_training(getkey, data):
+    program = eqxform.compile("optimizer adam(learning_rate=1e-2)\n" + SYMMETRIC)
+    model = program.apply(eqx.nn.MLP(8, 8, 8, 2, key=getkey()), key=getkey())
+    step = eqxform.make_step(loss_fn, eqxform.optimizer(program, model), model)
+    for _ in range(5):
+        step(*data)
+    trained = eqxform.resolve(step.model)
+    for layer in trained.layers:
+        assert np.allclose(layer.weight, layer.weight.T, atol=1e-6)
+    assert not np.allclose(trained.layers[0].weight, eqxform.resolve(model).layers[0].weight)
+
+
+def test_frozen_is_bit_identical_after_adamw_with_decay(getkey, data):
+    spec = """
+optimizer adamw(learning_rate=1e-2, weight_decay=0.5)
+where layers[:-1] -> freeze
+"""
+    program = eqxform.compile(spec)
+    model = program.apply(eqx.nn.MLP(8, 8, 16, 2, key=getkey()), key=getkey())
+    step = eqxform.make_step(loss_fn, eqxform.optimizer(program, model), model)
+    for _ in range(10):
+        step(*data)
+    trained = step.model
+    for before, after in zip(model.layers[:-1], trained.layers[:-1]):
+        assert np.array_equal(after.weight.value, before.weight.value)
+        assert np.array_equal(after.bias.value, before.bias.value)
+    assert not np.array_equal(trained.layers[-1].weight, model.layers[-1].weight)
+    # Gradients of frozen leaves are zero.
+    grads = eqx.filter_grad(lambda m: loss_fn(eqxform.resolve(m), *data))(model)
+    assert not bool(grads.layers[0].weight.value.any())
+    assert bool(grads.layers[-1].weight.any())
+
+
+def test_plain_stop_gradient_is_not_enough_with_adamw(getkey, data):
+    # The bug users hit: stop_gradient alone lets AdamW's decay move a weight.
+    model = eqx.nn.MLP(8, 8, 16, 2, key=getkey())
+    frozen = eqxform.compile("where layers[0] -> freeze").apply(model, key=getkey())
+    opt = optax.adamw(1e-2, weight_decay=0.5)
+    params = eqx.filter(frozen, eqx.is_inexact_array)
+    state = opt.init(params)
+    grads = eqx.filter_grad(lambda m: loss_fn(eqxform.resolve(m), *data))(frozen)
+    updates, _ = opt.update(grads, state, params)
+    moved = optax.apply_updates(params, updates)
+    assert not np.array_equal(moved.layers[0].weight.value, frozen.layers[0].weight.value)
+
+
+def test_nested_wrappers_resolve_innermost_first(getkey, data):
+    spec = "optimizer adam(learning_rate=1e-2)\n" + SYMMETRIC + "\nwhere layers[0].weight -> freeze"
+    program = eqxform.compile(spec)
+    model = program.apply(eqx.nn.MLP(8, 8, 8, 2, key=getkey()), key=getkey())
+    assert isinstance(model.layers[0].weight, eqxform.Frozen)
+    assert isinstance(model.layers[0].weight.value, eqxform.Symmetric)
+    resolved = eqxform.resolve(model)
+    assert np.allclose(resolved.layers[0].weight, resolved.layers[0].weight.T)
+    step = eqxform.make_step(loss_fn, eqxform.optimizer(program, model), model)
+    for _ in range(5):
+        step(*data)
+    assert np.array_equal(
+        step.model.layers[0].weight.value.matrix, model.layers[0].weight.value.matrix
+    )
+    assert np.allclose(eqxform.resolve(step.model).layers[1].weight, eqxform.resolve(step.model).layers[1].weight.T)
+
+
+def test_positive_and_weight_norm_keep_values(getkey):
+    model = eqx.nn.Linear(4, 3, key=getkey())
+    model = eqx.tree_at(lambda m: m.bias, model, jnp.array([0.5, 2.0, 30.0]))
+    out = eqxform.compile("where bias -> wrap positive\nwhere weight -> wrap weight_norm").apply(
+        model, key=getkey()
+    )
+    resolved = eqxform.resolve(out)
+    assert np.allclose(resolved.bias, model.bias, rtol=1e-5)
+    assert np.allclose(resolved.weight, model.weight, rtol=1e-5)
+    moved = eqx.tree_at(lambda m: m.bias.raw, out, out.bias.raw - 10.0)
+    assert bool((eqxform.resolve(moved).bias > 0).all())
+
+
+def test_registered_wrapper(getkey):
+    class Scaled(eqxform.Wrapper):
+        value: jax.Array
+        factor: float = eqx.field(static=True)
+
+        def __init__(self, value, factor=1.0):
+            self.value, self.factor = value, factor
+
+        def get(self):
+            return self.factor * self.value
+
+    eqxform.register_wrapper("scaled", Scaled)
+    model = eqx.nn.Linear(4, 3, key=getkey())
+    out = eqxform.compile("where weight -> wrap scaled(factor=3)").apply(model, key=getkey())
+    assert np.allclose(eqxform.resolve(out).weight, 3 * model.weight)
+
+
+def test_unwrap_bakes_plain_arrays(getkey, tmp_path):
+    program = eqxform.compile(
+        "model MLP(in_size=8, out_size=8, width_size=8, depth=2)\n" + SYMMETRIC
+        + "\nwhere layers[0] -> freeze\nwhere ** -> unwrap"
+    )
+    model = program.apply()
+    assert all(eqx.is_array(layer.weight) for layer in model.layers)
+    assert np.allclose(model.layers[1].weight, model.layers[1].weight.T)
+    eqxform.save(tmp_path / "plain.eqx", model)
+    assert eqxform.load(tmp_path / "plain.eqx").layers[0].weight.shape == (8, 8)
+    assert eqxform.bake(eqxform.compile(SYMMETRIC).apply(model)).layers[1].weight.shape == (8, 8)
+
+
+def test_wrapped_model_file_round_trip(getkey, tmp_path):
+    program = eqxform.compile("model MLP(8, 8, 8, 2)\n" + SYMMETRIC + "\nwhere layers[-1] -> freeze")
+    model = program.apply()
+    eqxform.save(tmp_path / "m.eqx", model)
+    back = eqxform.load(tmp_path / "m.eqx")
+    assert isinstance(back.layers[0].weight, eqxform.Symmetric)
+    assert isinstance(back.layers[-1].bias, eqxform.Frozen)
+    assert np.array_equal(back.layers[0].weight.matrix, model.layers[0].weight.matrix)
+
+
+def test_wrap_errors(getkey):
+    model = eqx.nn.MLP(8, 3, 8, 2, key=getkey())
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where layers[-1].weight -> wrap symmetric").apply(model, key=getkey())
+    d = info.value.diagnostics[0]
+    assert d.code == "E205" and "square" in d.message and "shape[0] == shape[1]" in d.help
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where activation -> wrap symmetric").apply(model, key=getkey())
+    assert info.value.diagnostics[0].code == "E203"
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where layers[0] -> wrap symmetric").apply(model, key=getkey())
+    assert "select the arrays themselves" in info.value.diagnostics[0].help
