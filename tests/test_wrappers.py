@@ -92,7 +92,9 @@ def test_nested_wrappers_resolve_innermost_first(getkey, data):
     assert np.array_equal(
         step.model.layers[0].weight.value.matrix, model.layers[0].weight.value.matrix
     )
-    assert np.allclose(eqxform.resolve(step.model).layers[1].weight, eqxform.resolve(step.model).layers[1].weight.T)
+    assert np.allclose(
+        eqxform.resolve(step.model).layers[1].weight, eqxform.resolve(step.model).layers[1].weight.T
+    )
 
 
 def test_positive_and_weight_norm_keep_values(getkey):
@@ -127,7 +129,8 @@ def test_registered_wrapper(getkey):
 
 def test_unwrap_bakes_plain_arrays(getkey, tmp_path):
     program = eqxform.compile(
-        "model MLP(in_size=8, out_size=8, width_size=8, depth=2)\n" + SYMMETRIC
+        "model MLP(in_size=8, out_size=8, width_size=8, depth=2)\n"
+        + SYMMETRIC
         + "\nwhere layers[0] -> freeze\nwhere ** -> unwrap"
     )
     model = program.apply()
@@ -139,7 +142,9 @@ def test_unwrap_bakes_plain_arrays(getkey, tmp_path):
 
 
 def test_wrapped_model_file_round_trip(getkey, tmp_path):
-    program = eqxform.compile("model MLP(8, 8, 8, 2)\n" + SYMMETRIC + "\nwhere layers[-1] -> freeze")
+    program = eqxform.compile(
+        "model MLP(8, 8, 8, 2)\n" + SYMMETRIC + "\nwhere layers[-1] -> freeze"
+    )
     model = program.apply()
     eqxform.save(tmp_path / "m.eqx", model)
     back = eqxform.load(tmp_path / "m.eqx")
