@@ -37,6 +37,10 @@ _RUNTIME = {
     "make_step": "._runtime._step",
     "Step": "._runtime._step",
     "RetraceError": "._runtime._step",
+    "Stacked": "._runtime._stack",
+    "Ensemble": "._runtime._stack",
+    "evaluate_ensemble": "._runtime._stack",
+    "evaluate_per_member": "._runtime._stack",
 }
 
 

@@ -117,13 +117,51 @@ class Checker:
         )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
-        self.not_yet("ensemble", "ensembles are planned", stmt.span)
+        self.names(stmt.count, set(self.lets), "`ensemble`")
 
     def check_StackStmt(self, stmt: A.StackStmt):
-        self.not_yet("stack", "stacking is planned", stmt.span)
+        self.selector(stmt.selector)
+        if stmt.mode not in ("scan", "vmap"):
+            self.error(
+                "E135",
+                f"unknown stack mode `{stmt.mode}`",
+                stmt.mode_span,
+                (did_you_mean(stmt.mode, ("scan", "vmap")) or "")
+                + " `scan` runs the layers one after another, `vmap` side by side",
+            )
+        seen: set[str] = set()
+        for option in stmt.options:
+            if option.name in seen:
+                self.error("E114", f"`{option.name}` is given twice", option.span)
+            seen.add(option.name)
+            if option.name == "count":
+                if not isinstance(option.value, int) or option.value < 1:
+                    self.error(
+                        "E134",
+                        f"a stack needs a whole number of layers >= 1, not `{option.value}`",
+                        option.span,
+                    )
+            elif option.name == "remat":
+                if option.value is not None:
+                    self.error(
+                        "E136", "`remat` takes no number", option.span, "write `remat` alone"
+                    )
+            elif option.name == "unroll":
+                if not isinstance(option.value, int) or option.value < 1:
+                    self.error(
+                        "E136", "`unroll` needs a whole number >= 1", option.span, "e.g. `unroll 2`"
+                    )
+            else:
+                self.error(
+                    "E136",
+                    f"unknown stack option `{option.name}`",
+                    option.span,
+                    (did_you_mean(option.name, ("remat", "unroll")) or "")
+                    + " options are a count, `remat` and `unroll K`",
+                )
 
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
-        self.not_yet("unstack", "stacking is planned", stmt.span)
+        self.selector(stmt.selector)
 
     def not_yet(self, word: str, feature: str, span: A.Span):
         self.error(

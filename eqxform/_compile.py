@@ -106,8 +106,62 @@ class Pass:
     def __call__(self, model, key):
         return self.impl(model, key)
 
+    @property
+    def line(self) -> int:
+        return self.rule.span.line
+
+    @property
+    def text(self) -> str:
+        return self.rule.text
+
+    @property
+    def label(self) -> str:
+        """The action as written: `init he_normal`."""
+        span = self.action.span
+        line = self.source.line(span.line)
+        end = span.end_column - 1 if span.end_line == span.line else len(line)
+        return line[span.column - 1 : end]
+
     def __repr__(self) -> str:
-        return f"Pass(line {self.rule.span.line}: {self.action.name})"
+        return f"Pass(line {self.line}: {self.label})"
+
+
+@dataclass(frozen=True, eq=False)
+class StatementPass:
+    """A structural directive (`stack`, `unstack`, `ensemble`) as a pass."""
+
+    stmt: A.Stmt
+    env: Mapping[str, Any]
+    source: A.Source
+    identity: int
+    action: A.Action | None = None  # directives have no action; passes duck-type on it
+
+    @functools.cached_property
+    def impl(self):
+        from ._passes._struct import STRUCT_PASSES
+
+        return STRUCT_PASSES[type(self.stmt)](self.stmt, self.env, self.source, self.identity)
+
+    def select(self, model):
+        return self.impl.select(model)
+
+    def __call__(self, model, key):
+        return self.impl(model, key)
+
+    @property
+    def line(self) -> int:
+        return self.stmt.span.line
+
+    @property
+    def text(self) -> str:
+        return self.source.line(self.stmt.span.line).split("#", 1)[0].strip()
+
+    @property
+    def label(self) -> str:
+        return self.text.split(None, 1)[0]
+
+    def __repr__(self) -> str:
+        return f"StatementPass(line {self.line}: {self.text})"
 
 
 @dataclass(frozen=True)
@@ -206,6 +260,29 @@ class Program:
         if recipe is not None:
             remember(model, self.extend_recipe(recipe, recorded_seed))
         return model
+
+    def _ensemble(self, p, model, key, recipe, before):
+        """Run an `ensemble` pass; where the model's constructor is known (its
+        recipe), members are built by it under `filter_vmap`, one key each,
+        and the rules above the `ensemble` line are run on each member."""
+        from ._io import recipe_builder
+        from ._passes._struct import REBUILD
+
+        rebuild = None
+        if recipe is not None and recipe.get("base", {}).get("constructor"):
+            base = recipe_builder(recipe, self.allow, self.name)
+
+            def rebuild(k):
+                m = base(k)
+                for q in before:
+                    m = q(m, k)
+                return m
+
+        token = REBUILD.set(rebuild)
+        try:
+            return p(model, key)
+        finally:
+            REBUILD.reset(token)
 
     def extend_recipe(self, recipe: dict, seed: int | None) -> dict:
         entry = {"name": os.path.basename(self.name), "text": self.text, "seed": seed}
@@ -331,19 +408,39 @@ def compile_collect(
                         seed = value
                 elif isinstance(stmt, A.ModelStmt):
                     model_call = stmt.call
+                elif isinstance(stmt, A.EnsembleStmt):
+                    value = evaluate(stmt.count, env)
+                    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                        diagnostics.append(
+                            Diagnostic(
+                                "E134",
+                                f"`ensemble` needs a whole number of members >= 1, not `{value}`",
+                                stmt.count.span,
+                                "e.g. `ensemble 8`",
+                                source,
+                            )
+                        )
             except EvalError as e:
                 diagnostics.append(Diagnostic("E204", e.message, e.span, e.help, source))
 
     if diagnostics:
         return None, sorted(diagnostics, key=_position)
 
-    passes = []
+    passes: list = []
     seen: dict[str, int] = {}
-    for rule in spec.rules:
-        text_key = _normalise(rule.text)
+    for stmt in spec.statements:
+        if isinstance(stmt, A.Rule):
+            text_key = _normalise(stmt.text)
+        elif isinstance(stmt, (A.StackStmt, A.UnstackStmt, A.EnsembleStmt)):
+            text_key = _normalise(source.line(stmt.span.line).split("#", 1)[0])
+        else:
+            continue
         occurrence = seen.get(text_key, 0)
         seen[text_key] = occurrence + 1
-        for index, action in enumerate(rule.actions):
-            identity = stable_hash(f"{text_key}#{occurrence}#{index}")
-            passes.append(Pass(rule, action, env, source, identity, tuple(allow)))
+        if isinstance(stmt, A.Rule):
+            for index, action in enumerate(stmt.actions):
+                identity = stable_hash(f"{text_key}#{occurrence}#{index}")
+                passes.append(Pass(stmt, action, env, source, identity, tuple(allow)))
+        else:
+            passes.append(StatementPass(stmt, env, source, stable_hash(f"{text_key}#{occurrence}")))
     return Program(spec, tuple(passes), env, params, seed, model_call, tuple(allow)), []

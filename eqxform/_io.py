@@ -243,8 +243,9 @@ def eval_shape(fn, *args):
     return eqx.combine(out_dynamic, out_static[0])
 
 
-def build_from_recipe(recipe: dict, allow=(), origin: str = "<recipe>"):
-    """Rebuild the structure a recipe describes, as `ShapeDtypeStruct` leaves."""
+def recipe_builder(recipe: dict, allow=(), origin: str = "<recipe>"):
+    """A function `key -> model` that rebuilds what a recipe describes: its
+    base constructor called with `key`, then each of its specs."""
     import jax
 
     from . import _ast as A
@@ -278,16 +279,23 @@ def build_from_recipe(recipe: dict, allow=(), origin: str = "<recipe>"):
             raise ModelFileError(diagnostics)
         programs.append(program)
 
-    def make():
-        key = jax.random.key(0)
+    def make(key):
         model = build(call, {}, jax.random.fold_in(key, MODEL_TAG), source, allow)
         for program in programs:
             for p in program.passes:
                 model = p(model, key)
         return model
 
+    return make
+
+
+def build_from_recipe(recipe: dict, allow=(), origin: str = "<recipe>"):
+    """Rebuild the structure a recipe describes, as `ShapeDtypeStruct` leaves."""
+    import jax
+
+    make = recipe_builder(recipe, allow, origin)
     try:
-        return eval_shape(make)
+        return eval_shape(lambda: make(jax.random.key(0)))
     except SpecError as e:
         codes = {d.code for d in e.diagnostics}
         if "E117" in codes:

@@ -139,18 +139,6 @@ def make_plan(program, model=None) -> Plan:
             except (AttributeError, IndexError, KeyError, TypeError):
                 after = "(removed)"
             matches.append(PlanMatch(node.text, describe(node.obj), after))
-        action = p.action.name + (
-            " "
-            + p.source.line(p.action.span.line)[
-                p.action.span.column - 1 + len(p.action.name) : p.action.span.end_column - 1
-            ].strip()
-            if p.action.arg is not None and p.action.span.line == p.action.span.end_line
-            else ""
-        )
         struct = new
-        steps.append(
-            PlanStep(
-                p.rule.span.line, p.rule.text, action, tuple(matches), before, count_params(new)
-            )
-        )
+        steps.append(PlanStep(p.line, p.text, p.label, tuple(matches), before, count_params(new)))
     return Plan(tuple(steps), start, count_params(struct), tuple(diagnostics), struct)

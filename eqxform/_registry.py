@@ -25,6 +25,7 @@ _WRAPPERS: dict[str, tuple[type, N.Signature]] = {}
 _ABSTRACT_TYPES = ("Module", "Pool", "AdaptivePool", "StatefulLayer", "Shared")
 # eqxform's own wrapper types, which selectors may name too.
 _WRAPPER_TYPES = ("Wrapper", "Symmetric", "Positive", "WeightNormed", "Frozen")
+_STACK_TYPES = ("Stacked", "Ensemble")
 
 
 def _signature_of(fn: Callable) -> N.Signature:
@@ -152,6 +153,7 @@ def type_names() -> set[str]:
         | set(N.EXAMPLE_MODELS)
         | set(_ABSTRACT_TYPES)
         | set(_WRAPPER_TYPES)
+        | set(_STACK_TYPES)
         | set(_TYPES)
     )
 
@@ -197,6 +199,10 @@ def resolve_type(name: str) -> type:
         from ._runtime import _wrappers
 
         return getattr(_wrappers, name)
+    if name in _STACK_TYPES:
+        from ._runtime import _stack
+
+        return getattr(_stack, name)
     import equinox as eqx
 
     if name == "Module":

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _ast as A
 from ._registry import resolve_type
+from ._runtime._stack import Stacked, batched
 
 Step = tuple[str, Any]  # ("attr", name) | ("idx", i) | ("key", k)
 
@@ -35,19 +36,30 @@ class Node:
     path: tuple[Step, ...]
     obj: Any
     parents: tuple[Any, ...]  # the objects from the root down to (not including) obj
+    # For a node inside a stack: the layers a selector picked (None: all).
+    layers: frozenset[int] | None = None
 
     @property
     def text(self) -> str:
-        return path_str(self.path)
+        return path_str(self.path, self.parents)
 
     @property
     def objects(self) -> tuple[Any, ...]:
         return self.parents + (self.obj,)
 
+    @property
+    def batch(self) -> int:
+        """How many leading axes of this node's arrays are stack or member axes."""
+        return sum(1 for p in self.parents if batched(p))
 
-def path_str(path: tuple[Step, ...]) -> str:
+
+def path_str(path: tuple[Step, ...], parents: tuple[Any, ...] = ()) -> str:
+    """`layers[0].weight`; the field of a stack or ensemble that holds the
+    stacked layers is left out, as selectors see through it."""
     out = ""
-    for kind, value in path:
+    for k, (kind, value) in enumerate(path):
+        if k < len(parents) and batched(parents[k]):
+            continue
         if kind == "idx":
             out += f"[{value}]"
         else:
@@ -109,7 +121,7 @@ def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
         if sub.path and is_array(sub.obj):
             if inexact_only and not np.issubdtype(sub.obj.dtype, np.inexact):
                 continue
-            out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents))
+            out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers))
     return out
 
 
@@ -140,41 +152,77 @@ def _steps(path: A.SelPath) -> tuple[A.Step, ...]:
     return steps
 
 
-def matches(path: A.SelPath, node: Node) -> bool:
+_NO = object()  # no match; a match is None (every layer) or a set of layers
+
+
+def _union(a, b):
+    if a is _NO:
+        return b
+    if b is _NO:
+        return a
+    if a is None or b is None:
+        return None
+    return a | b
+
+
+def match(path: A.SelPath, node: Node):
+    """`_NO`, or the layers of the innermost indexed stack that match (None: all)."""
     pattern = _steps(path)
     steps = node.path
     objects = node.objects
     n = len(steps)
 
     @functools.cache
-    def m(i: int, k: int) -> bool:
+    def m(i: int, k: int):
+        result = _NO
+        if k < n and batched(objects[k]):
+            # Stacks and ensembles are transparent: their field can be skipped.
+            result = m(i, k + 1)
+        return _union(result, step(i, k))
+
+    def step(i: int, k: int):
         if i == len(pattern):
-            return k == n
+            return None if k == n else _NO
         s = pattern[i]
         if isinstance(s, A.DeepStep):
-            return m(i + 1, k) or (k < n and m(i, k + 1))
+            return _union(m(i + 1, k), m(i, k + 1) if k < n else _NO)
         if isinstance(s, A.NameStep) and s.is_type:
-            return isinstance(objects[k], _type(s.name)) and m(i + 1, k)
+            return m(i + 1, k) if isinstance(objects[k], _type(s.name)) else _NO
         if k == n:
-            return False
+            return _NO
         kind, value = steps[k]
         if isinstance(s, A.AnyStep):
             return m(i + 1, k + 1)
         if isinstance(s, A.NameStep):
-            return kind in ("attr", "key") and value == s.name and m(i + 1, k + 1)
+            if kind in ("attr", "key") and value == s.name:
+                return m(i + 1, k + 1)
+            return _NO
         container = objects[k]
+        if isinstance(container, Stacked):
+            # `blocks[2:5]` names those layers of the stacked arrays.
+            picked = frozenset(
+                j for j in range(container.count) if _index_matches(s, j, container.count)
+            )
+            rest = m(i + 1, k + 1) if picked else _NO
+            if rest is _NO:
+                return _NO
+            return picked if rest is None else rest
         if isinstance(container, eqx.nn.Sequential):
             # `seq[2]` names `seq.layers[2]`.
             if (kind, value) != ("attr", "layers") or k + 1 >= n:
-                return False
+                return _NO
             index, length, nxt = steps[k + 1][1], len(container.layers), k + 2
         elif isinstance(container, (list, tuple)) and kind == "idx":
             index, length, nxt = value, len(container), k + 1
         else:
-            return False
-        return _index_matches(s, index, length) and m(i + 1, nxt)
+            return _NO
+        return m(i + 1, nxt) if _index_matches(s, index, length) else _NO
 
     return m(0, 0)
+
+
+def matches(path: A.SelPath, node: Node) -> bool:
+    return match(path, node) is not _NO
 
 
 def _last_field(path: A.SelPath) -> str | None:
@@ -192,11 +240,23 @@ def select(selector: A.Selector, nodes: list[Node]) -> list[Node]:
     for node in nodes:
         # A cheap test on the last step first: most nodes fail it.
         end = node.path[-1][1] if node.path else None
+        found = _NO
         for path, last in zip(selector.paths, lasts):
-            if (last is None or last == end) and matches(path, node):
-                out.append(node)
-                break
+            if last is None or last == end:
+                found = _union(found, match(path, node))
+        if found is _NO:
+            continue
+        if found is not None and len(found) < _innermost_count(node):
+            node = dataclasses.replace(node, layers=found)
+        out.append(node)
     return out
+
+
+def _innermost_count(node: Node) -> int:
+    for p in reversed(node.parents):
+        if isinstance(p, Stacked):
+            return p.count
+    return 0
 
 
 def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[str]:
@@ -258,15 +318,17 @@ def fans(node: Node) -> tuple[int, int] | tuple[None, None]:
     """
     if not is_array(node.obj):
         return None, None
-    shape = tuple(node.obj.shape)
+    batch = node.batch
+    shape = tuple(node.obj.shape)[batch:]
     if len(shape) >= 2:
         receptive = math.prod(shape[2:])
         return shape[1] * receptive, shape[0] * receptive
     parent = node.parents[-1] if node.parents else None
     weight = getattr(parent, "weight", None) if isinstance(parent, eqx.Module) else None
-    if weight is not None and is_array(weight) and weight is not node.obj and weight.ndim >= 2:
-        receptive = math.prod(weight.shape[2:])
-        return weight.shape[1] * receptive, weight.shape[0] * receptive
+    wshape = tuple(weight.shape)[batch:] if weight is not None and is_array(weight) else ()
+    if weight is not node.obj and len(wshape) >= 2:
+        receptive = math.prod(wshape[2:])
+        return wshape[1] * receptive, wshape[0] * receptive
     size = math.prod(shape) if shape else 1
     return size, size
 
@@ -284,7 +346,9 @@ def context(node: Node) -> dict[str, Any]:
         "fan_out": None,
     }
     if is_array(node.obj):
-        shape = tuple(int(d) for d in node.obj.shape)
+        # Stack and member axes are not the array's own: a stacked layer's
+        # `shape` is one layer's shape.
+        shape = tuple(int(d) for d in node.obj.shape)[node.batch :]
         fan_in, fan_out = fans(node)
         ctx.update(
             shape=shape,

@@ -76,3 +76,17 @@ def drawer(name: str, kwargs: tuple, shape: tuple, dtype) -> Callable:
         return init(jax.random.fold_in(jax.random.fold_in(key, rule), leaf), shape, dtype)
 
     return draw
+
+
+@functools.cache
+def drawer_layers(name: str, kwargs: tuple, shape: tuple, dtype) -> Callable:
+    """Like `drawer`, for a stacked or ensembled leaf: one draw per layer (or
+    member) id, each from its own key, with fans of one layer's shape."""
+    init = make(name, dict(kwargs))
+
+    @jax.jit
+    def draw(key, rule, leaf, ids):
+        base = jax.random.fold_in(jax.random.fold_in(key, rule), leaf)
+        return jax.vmap(lambda i: init(jax.random.fold_in(base, i), shape, dtype))(ids)
+
+    return draw

@@ -6,12 +6,14 @@ never one per leaf.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .. import _ast as A
@@ -57,15 +59,7 @@ class RulePass:
         nodes = walk(model)
         found = select(rule.selector, nodes)
         if not found:
-            near = nearest_paths(rule.selector, nodes)
-            raise self.error(
-                "E201",
-                f"`{rule.selector.text}` matches nothing in the model",
-                rule.selector.span,
-                (did_you_mean(rule.selector.text, near) or "")
-                + (" " if near else "")
-                + "(`eqxform show MODEL` lists every path)",
-            )
+            raise no_match(rule.selector, nodes, self.source)
         if rule.filter is not None:
             candidates = found
             found = [n for n in candidates if self.eval(rule.filter, n)]
@@ -77,6 +71,24 @@ class RulePass:
                     rule.filter.span,
                     "e.g. " + ", ".join(_describe(n) for n in candidates[:3]),
                 )
+        partial = [n for n in found if n.layers is not None]
+        if partial and self.action.name not in ("init", "scale"):
+            raise self.error(
+                "E137",
+                f"`{self.action.name}` cannot act on some layers of a stack: "
+                f"`{rule.selector.text}` picks layers "
+                + ", ".join(str(i) for i in sorted(partial[0].layers))
+                + f" of `{partial[0].text}`",
+                rule.selector.span,
+                "select the whole stack, or `unstack` it first",
+            )
+        if self.action.name == "replace" and any(n.batch for n in found):
+            raise self.error(
+                "E137",
+                f"`replace` cannot act inside a stack or an ensemble (`{found[0].text}`)",
+                rule.selector.span,
+                "replace before the `stack`/`ensemble` line, or `unstack` first",
+            )
         if rule.expect is not None and len(found) != rule.expect.value:
             raise self.error(
                 "E202",
@@ -121,6 +133,21 @@ class RulePass:
             return model
         paths = [n.path for n in nodes]
         return eqx.tree_at(lambda m: [get(m, p) for p in paths], model, values)
+
+
+def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:
+    near = nearest_paths(selector, nodes)
+    return SpecError(
+        Diagnostic(
+            "E201",
+            f"`{selector.text}` matches nothing in the model",
+            selector.span,
+            (did_you_mean(selector.text, near) or "")
+            + (" " if near else "")
+            + "(`eqxform show MODEL` lists every path)",
+            source,
+        )
+    )
 
 
 def _describe_kind(obj: Any) -> str:
@@ -168,7 +195,7 @@ class InitPass(RulePass):
                     self.rule.selector.span,
                     'narrow the selector, e.g. with `if dtype == "float32"`',
                 )
-            if name in FAN_INITIALIZERS and leaf.obj.ndim < 2:
+            if name in FAN_INITIALIZERS and leaf.obj.ndim - leaf.batch < 2:
                 raise self.error(
                     "E203",
                     f"`{name}` needs a weight of 2 or more dimensions, but `{leaf.text}` "
@@ -179,7 +206,7 @@ class InitPass(RulePass):
                 )
             # Arguments that read only shape-like properties are the same for
             # every leaf of one shape: evaluate them once per shape.
-            shape, dtype = tuple(leaf.obj.shape), np.dtype(leaf.obj.dtype)
+            shape, dtype = tuple(leaf.obj.shape)[leaf.batch :], np.dtype(leaf.obj.dtype)
             memo = (shape, dtype, fans(leaf)) if not per_path else None
             kwargs = cache.get(memo) if memo is not None else None
             if kwargs is None:
@@ -196,10 +223,9 @@ class InitPass(RulePass):
             groups.setdefault(group, []).append(leaf)
         order, values = [], []
         for (shape, dtype, kwargs), members in groups.items():
-            draw = _init.drawer(name, kwargs, shape, dtype)
             for member in members:
                 try:
-                    value = draw(key, self.identity, stable_hash(member.text))
+                    value = self.draw_leaf(name, kwargs, shape, dtype, key, member)
                 except (TypeError, ValueError) as e:
                     raise self.error(
                         "E204",
@@ -209,6 +235,19 @@ class InitPass(RulePass):
                 order.append(member)
                 values.append(value)
         return self.tree_at(model, order, values)
+
+    def draw_leaf(self, name, kwargs, shape, dtype, key, leaf):
+        h = stable_hash(leaf.text)
+        if not leaf.batch:
+            return _init.drawer(name, kwargs, shape, dtype)(key, self.identity, h)
+        # A stacked or ensembled leaf: each layer (or member) draws its own.
+        draw = _init.drawer_layers(name, kwargs, shape, dtype)
+        lead = tuple(leaf.obj.shape)[: leaf.batch]
+        if leaf.layers is None:
+            ids = jnp.arange(math.prod(lead), dtype=jnp.uint32)
+            return draw(key, self.identity, h, ids).reshape(leaf.obj.shape)
+        ids = jnp.asarray(sorted(leaf.layers), dtype=jnp.uint32)
+        return leaf.obj.at[ids.astype(jnp.int32)].set(draw(key, self.identity, h, ids))
 
 
 class ReplacePass(RulePass):
@@ -259,7 +298,11 @@ class ScalePass(RulePass):
                     f"`scale` needs a number, but this gives `{factor}` at `{leaf.text}`",
                     self.action.arg.span,
                 )
-            values.append((leaf.obj * factor).astype(leaf.obj.dtype))
+            if leaf.layers is not None:
+                ids = jnp.asarray(sorted(leaf.layers))
+                values.append(leaf.obj.at[ids].multiply(factor))
+            else:
+                values.append((leaf.obj * factor).astype(leaf.obj.dtype))
         return self.tree_at(model, leaves, values)
 
 

@@ -73,7 +73,7 @@ def groups(program, model) -> dict[str, tuple[float, float | None]]:
     """
     out: dict[str, tuple[float, float | None]] = {}
     for p in program.passes:
-        if p.action.name not in N.OPTIMIZER_ACTIONS:
+        if p.action is None or p.action.name not in N.OPTIMIZER_ACTIONS:
             continue
         impl = p.impl
         for leaf in impl.arrays(impl.select(model)):

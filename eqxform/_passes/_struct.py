@@ -1,0 +1,327 @@
+"""The structural passes: `stack` and `unstack` (scan-over-layers), `ensemble`.
+
+`stack` turns N modules of one structure into one `Stacked` module whose
+arrays carry a leading layer axis; `ensemble` turns the model into an
+`Ensemble` of N members. Both are `tree_at` (one call) plus `jnp.stack` or a
+`filter_vmap` over keys.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _ast as A
+from .._diagnostics import Diagnostic
+from .._errors import SpecError
+from .._expr import evaluate
+from .._runtime._stack import Ensemble, Stacked
+from .._select import Node, fans, get, is_array, select, walk
+from ._tree import no_match
+
+# Set by `Program.apply` while it runs: `key -> model` that builds the model as
+# it stood before the `ensemble` line, from its constructor. Without it an
+# ensemble copies the weights.
+REBUILD: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("rebuild", default=None)
+
+
+@dataclass(frozen=True, eq=False)
+class StructPass:
+    stmt: A.Stmt
+    env: Mapping[str, Any]
+    source: A.Source
+    identity: int
+
+    def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
+        return SpecError(Diagnostic(code, message, span, help, self.source))
+
+    def __call__(self, model, key):
+        return self.run(model, jax.random.fold_in(key, self.identity), self.select(model))
+
+
+def _describe(x) -> str:
+    if is_array(x):
+        return f"{np.dtype(x.dtype).name}{list(x.shape)}"
+    return type(x).__name__
+
+
+def _structure_problem(items: list, names: list[str]) -> str | None:
+    """Why `items` cannot be stacked, naming the first member that differs."""
+    first_def = jax.tree_util.tree_structure(items[0])
+    first = jax.tree_util.tree_flatten_with_path(items[0])[0]
+    for name, item in zip(names[1:], items[1:]):
+        if jax.tree_util.tree_structure(item) != first_def:
+            return (
+                f"`{name}` has another structure than `{names[0]}` "
+                f"({type(item).__name__} against {type(items[0]).__name__}, or different fields)"
+            )
+        for (path, a), (_, b) in zip(first, jax.tree_util.tree_flatten_with_path(item)[0]):
+            where = jax.tree_util.keystr(path)
+            if is_array(a) != is_array(b):
+                return f"`{name}{where}` is {_describe(b)}, `{names[0]}{where}` is {_describe(a)}"
+            if is_array(a):
+                if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+                    return (
+                        f"`{name}{where}` is {_describe(b)}, `{names[0]}{where}` is {_describe(a)}"
+                    )
+            elif a is not b and a != b:
+                return f"`{name}{where}` differs from `{names[0]}{where}` ({b!r} against {a!r})"
+    return None
+
+
+def _stack_arrays(items: list) -> Any:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs) if is_array(xs[0]) else xs[0], *items)
+
+
+# Equinox's own default draw for these layers: uniform(-1/sqrt(fan_in), ...).
+_DEFAULT_INIT = ("Linear", "Conv", "ConvTranspose")
+
+
+class StackPass(StructPass):
+    @property
+    def options(self) -> dict[str, Any]:
+        return {o.name: o.value for o in self.stmt.options}
+
+    def select(self, model):
+        nodes = select(self.stmt.selector, walk(model))
+        if not nodes:
+            raise no_match(self.stmt.selector, walk(model), self.source)
+        outer = [
+            n
+            for n in nodes
+            if not any(o is not n and n.path[: len(o.path)] == o.path for o in nodes)
+        ]
+        return outer
+
+    def run(self, model, key, nodes):
+        stmt, options = self.stmt, self.options
+        count = options.get("count")
+        span = stmt.selector.span
+        if any(n.batch for n in nodes):
+            raise self.error(
+                "E203",
+                f"`{stmt.selector.text}` is inside a stack or an ensemble already",
+                span,
+                "stack the layers before making the ensemble, or `unstack` first",
+            )
+        if len(nodes) == 1:
+            node = nodes[0]
+            obj = node.obj
+            if isinstance(obj, eqx.nn.Sequential):
+                items, kind = list(obj.layers), "sequential"
+            elif isinstance(obj, (list, tuple)):
+                items, kind = list(obj), "tuple" if isinstance(obj, tuple) else "list"
+            elif isinstance(obj, eqx.Module) and not isinstance(obj, Stacked):
+                if count is None:
+                    raise self.error(
+                        "E130",
+                        f"`{node.text}` is a single `{type(obj).__name__}`: say how many copies",
+                        span,
+                        f"e.g. `stack {stmt.selector.text} {stmt.mode} 10` makes 10 independently "
+                        "initialised copies",
+                    )
+                stacked = self.copies(obj, count, key)
+                return eqx.tree_at(
+                    lambda m: get(m, node.path), model, self.wrap(stacked, count, "module")
+                )
+            else:
+                raise self.error(
+                    "E203",
+                    f"`stack` needs a list, tuple or `Sequential` of modules, or one module "
+                    f"with a count; `{node.text}` is a `{type(obj).__name__}`",
+                    span,
+                )
+            names = [f"{node.text}[{i}]" for i in range(len(items))]
+            self.check(items, names, count)
+            stacked = self.wrap(_stack_arrays(items), len(items), kind)
+            return eqx.tree_at(lambda m: get(m, node.path), model, stacked)
+        return self.run_slice(model, nodes, count)
+
+    def run_slice(self, model, nodes, count):
+        span = self.stmt.selector.span
+        parents = {n.path[:-1] for n in nodes}
+        indices = [n.path[-1][1] for n in nodes]
+        if (
+            len(parents) != 1
+            or any(n.path[-1][0] != "idx" for n in nodes)
+            or indices != list(range(indices[0], indices[0] + len(indices)))
+        ):
+            raise self.error(
+                "E131",
+                f"`{self.stmt.selector.text}` matches {len(nodes)} nodes that are not a run of "
+                "one list: " + ", ".join(f"`{n.text}`" for n in nodes[:4]),
+                span,
+                "stack a whole list, tuple or `Sequential`, or a slice of one, e.g. `blocks[2:6]`",
+            )
+        container_path = nodes[0].path[:-1]
+        container = get(model, container_path)
+        items = [n.obj for n in nodes]
+        self.check(items, [n.text for n in nodes], count)
+        stacked = self.wrap(_stack_arrays(items), len(items), "slice")
+        start, stop = indices[0], indices[-1] + 1
+        new = list(container[:start]) + [stacked] + list(container[stop:])
+        new = tuple(new) if isinstance(container, tuple) else new
+        return eqx.tree_at(lambda m: get(m, container_path), model, new)
+
+    def check(self, items: list, names: list[str], count: int | None) -> None:
+        span = self.stmt.selector.span
+        if count is not None and count != len(items):
+            raise self.error(
+                "E132",
+                f"`stack` found {len(items)} members at `{self.stmt.selector.text}`, "
+                f"but the spec says {count}",
+                span,
+                f"write `stack {self.stmt.selector.text} {self.stmt.mode} {len(items)}`, or "
+                "leave the count out",
+            )
+        if len(items) < 1:
+            raise self.error(
+                "E132", f"`{self.stmt.selector.text}` is empty: nothing to stack", span
+            )
+        problem = _structure_problem(items, names)
+        if problem is not None:
+            raise self.error(
+                "E133",
+                f"the members of `{self.stmt.selector.text}` differ: {problem}",
+                span,
+                "only modules of the same structure and shapes stack; stack a slice of the "
+                "identical ones, e.g. `blocks[1:-1]`",
+            )
+
+    def wrap(self, layers, count: int, kind: str) -> Stacked:
+        options = self.options
+        return Stacked(
+            layers,
+            count,
+            self.stmt.mode,
+            "remat" in options,
+            options.get("unroll") or 1,
+            kind,
+        )
+
+    def copies(self, module, count: int, key):
+        """`count` copies of `module`, the weights and biases of its `Linear` and
+        convolution layers drawn anew for each (Equinox's default draw),
+        everything else copied."""
+        stacked = jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(x, (count, *x.shape)) if is_array(x) else x, module
+        )
+        targets, values = [], []
+        for i, node in enumerate(walk(module)):
+            parent = node.parents[-1] if node.parents else None
+            if not (
+                is_array(node.obj)
+                and node.path
+                and node.path[-1] in (("attr", "weight"), ("attr", "bias"))
+            ):
+                continue
+            if type(parent).__name__ not in _DEFAULT_INIT and not any(
+                type(parent).__name__.startswith(n) for n in _DEFAULT_INIT
+            ):
+                continue
+            fan_in, _ = fans(node)
+            lim = 1 / math.sqrt(fan_in)
+            leaf_key = jax.random.fold_in(key, i)
+            targets.append(node.path)
+            values.append(
+                jax.random.uniform(
+                    leaf_key, (count, *node.obj.shape), node.obj.dtype, minval=-lim, maxval=lim
+                )
+            )
+        if not targets:
+            return stacked
+        return eqx.tree_at(lambda m: [get(m, p) for p in targets], stacked, values)
+
+
+class UnstackPass(StructPass):
+    def select(self, model):
+        nodes = select(self.stmt.selector, walk(model))
+        if not nodes:
+            raise no_match(self.stmt.selector, walk(model), self.source)
+        for n in nodes:
+            if not isinstance(n.obj, Stacked):
+                raise self.error(
+                    "E203",
+                    f"`unstack` needs a stack, but `{n.text}` is a `{type(n.obj).__name__}`",
+                    self.stmt.selector.span,
+                )
+        return nodes
+
+    def run(self, model, key, nodes):
+        for node in reversed(nodes):  # later paths first: splicing keeps earlier ones valid
+            stacked = get(model, node.path)
+            items = [stacked[i] for i in range(stacked.count)]
+            if stacked.kind == "slice":
+                container_path, index = node.path[:-1], node.path[-1][1]
+                container = get(model, container_path)
+                new = list(container[:index]) + items + list(container[index + 1 :])
+                new = tuple(new) if isinstance(container, tuple) else new
+                model = eqx.tree_at(lambda m: get(m, container_path), model, new)
+                continue
+            value = {
+                "tuple": tuple(items),
+                "sequential": eqx.nn.Sequential(items),
+            }.get(stacked.kind, items)
+            model = eqx.tree_at(lambda m: get(m, node.path), model, value)
+        return model
+
+
+class EnsemblePass(StructPass):
+    @property
+    def count(self) -> int:
+        value = evaluate(self.stmt.count, self.env)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise self.error(
+                "E134",
+                f"`ensemble` needs a whole number of members >= 1, not `{value}`",
+                self.stmt.count.span,
+            )
+        return value
+
+    def select(self, model):
+        self.count  # noqa: B018 -- checks the count
+        if isinstance(model, Ensemble):
+            raise self.error(
+                "E203",
+                "the model is an ensemble already",
+                self.stmt.span,
+                "a spec makes one ensemble; take a member with `Ensemble.member(i)` first",
+            )
+        return [Node((), model, ())]
+
+    def run(self, model, key, nodes):
+        count = self.count
+        rebuild = REBUILD.get()
+        if rebuild is not None:
+            keys = jax.random.split(key, count)
+            members = eqx.filter_vmap(rebuild)(keys)
+            if _same_structure(members, model):
+                return Ensemble(members, count)
+        members = jax.tree_util.tree_map(
+            lambda x: jnp.broadcast_to(x, (count, *x.shape)) if is_array(x) else x, model
+        )
+        return Ensemble(members, count)
+
+
+def _same_structure(members, model) -> bool:
+    a = jax.tree_util.tree_flatten(members)[0]
+    b = jax.tree_util.tree_flatten(model)[0]
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if is_array(x) != is_array(y):
+            return False
+        if is_array(x) and (tuple(x.shape[1:]) != tuple(y.shape) or x.dtype != y.dtype):
+            return False
+    return jax.tree_util.tree_structure(members) == jax.tree_util.tree_structure(model)
+
+
+STRUCT_PASSES = {A.StackStmt: StackPass, A.UnstackStmt: UnstackPass, A.EnsembleStmt: EnsemblePass}
