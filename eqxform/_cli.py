@@ -237,7 +237,9 @@ def check(spec, model, sets, params_file, allow, as_json):
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
-            click.echo(f"{name}: no problems found ({_plural(len(program.spec.rules), 'rule')})")
+            click.echo(
+                f"{name}: no problems found ({_plural(len(program.spec.statements), 'statement')})"
+            )
 
     _run(go, as_json)
 

@@ -255,8 +255,11 @@ class Program:
                 self.build_model(seed=seed) if recorded_seed is not None else self.build_model(key)
             )
         recipe = recipe_of(model)
-        for p in self.passes:
-            model = p(model, key)
+        for i, p in enumerate(self.passes):
+            if isinstance(p, StatementPass) and isinstance(p.stmt, A.EnsembleStmt):
+                model = self._ensemble(p, model, key, recipe, self.passes[:i])
+            else:
+                model = p(model, key)
         if recipe is not None:
             remember(model, self.extend_recipe(recipe, recorded_seed))
         return model

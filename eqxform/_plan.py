@@ -79,7 +79,8 @@ class Plan:
         return "\n".join(lines)
 
 
-def describe(obj: Any) -> str:
+def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
+    """`f32[64,2]`; leading stack and member axes are named: `f32[layer:10, 3,3]`."""
     import equinox as eqx
     import numpy as np
 
@@ -88,12 +89,30 @@ def describe(obj: Any) -> str:
     if is_array(obj):
         dtype = np.dtype(obj.dtype).name
         short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
-        return f"{short.get(dtype, dtype)}[{','.join(str(d) for d in obj.shape)}]"
+        shape = [str(d) for d in obj.shape]
+        lead = [f"{a}:{d}" for a, d in zip(axes, shape)]
+        rest = ",".join(shape[len(lead) :])
+        inner = ", ".join(lead + [rest]) if lead else rest
+        return f"{short.get(dtype, dtype)}[{inner}]"
     if isinstance(obj, eqx.Module):
         return f"{type(obj).__name__} ({count_params(obj):,} params)"
     if callable(obj):
         return getattr(obj, "__name__", type(obj).__name__)
     return type(obj).__name__
+
+
+def _axes(model: Any, path) -> tuple[str, ...]:
+    """Names of the leading stack/member axes of the node at `path`."""
+    from ._runtime._stack import Ensemble, Stacked
+
+    names, obj = [], model
+    for kind, value in path:
+        if isinstance(obj, Ensemble):
+            names.append("member")
+        elif isinstance(obj, Stacked):
+            names.append("layer")
+        obj = getattr(obj, value) if kind == "attr" else obj[value]
+    return tuple(names)
 
 
 def count_params(model: Any) -> int:
@@ -135,10 +154,13 @@ def make_plan(program, model=None) -> Plan:
         matches = []
         for node in nodes:
             try:
-                after = describe(get(new, node.path))
+                after = describe(get(new, node.path), _axes(new, node.path))
             except (AttributeError, IndexError, KeyError, TypeError):
                 after = "(removed)"
-            matches.append(PlanMatch(node.text, describe(node.obj), after))
+            text = node.text
+            if node.layers is not None:
+                text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
+            matches.append(PlanMatch(text, describe(node.obj, _axes(struct, node.path)), after))
         struct = new
         steps.append(PlanStep(p.line, p.text, p.label, tuple(matches), before, count_params(new)))
     return Plan(tuple(steps), start, count_params(struct), tuple(diagnostics), struct)

@@ -175,7 +175,7 @@ def match(path: A.SelPath, node: Node):
     @functools.cache
     def m(i: int, k: int):
         result = _NO
-        if k < n and batched(objects[k]):
+        if i < len(pattern) and k < n and batched(objects[k]):
             # Stacks and ensembles are transparent: their field can be skipped.
             result = m(i, k + 1)
         return _union(result, step(i, k))

@@ -1,7 +1,7 @@
 """Example models: small, registered by name, usable from any spec.
 
 - `MLPChain(size, count)`: `count` MLPs of the same shape called one after
-  another, the shape that `stack mlps scan` compiles once.
+  another (a `Sequential`), the shape that `stack mlps scan` compiles once.
 - `Tower(size)`: a single MLP at `mlps`, the Equinox scan-over-layers example
   before it is stacked.
 - `SmallCNN()`: two convolutions and a linear head, for convolution layouts.
@@ -15,19 +15,19 @@ import jax.numpy as jnp
 
 
 class MLPChain(eqx.Module):
-    mlps: list[eqx.nn.MLP]
+    mlps: eqx.nn.Sequential
 
     def __init__(self, size, count, width_size=None, depth=1, activation=jax.nn.relu, *, key):
         keys = jax.random.split(key, count)
         width = size if width_size is None else width_size
-        self.mlps = [
-            eqx.nn.MLP(size, size, width, depth, activation=activation, key=k) for k in keys
-        ]
+        self.mlps = eqx.nn.Sequential(
+            [eqx.nn.MLP(size, size, width, depth, activation=activation, key=k) for k in keys]
+        )
 
     def __call__(self, x):
-        for mlp in self.mlps:
-            x = mlp(x)
-        return x
+        # `self.mlps` is a `Sequential`, or after `stack mlps scan` a `Stacked`:
+        # either way one call runs every MLP in turn.
+        return self.mlps(x)
 
 
 class Tower(eqx.Module):

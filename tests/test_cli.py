@@ -32,7 +32,7 @@ def test_new_show_check_plan_apply(workdir):
     code, out = run("show", "model.eqx")
     assert code == 0 and "layers.0.weight" in out and "MLP(in_size=4" in out
     code, out = run("check", "spec.eqx")
-    assert code == 0 and "no problems found (2 rules)" in out
+    assert code == 0 and "no problems found (3 statements)" in out
     code, out = run("check", "spec.eqx", "model.eqx")
     assert code == 0
     code, out = run("plan", "spec.eqx", "model.eqx", "--format", "json")

@@ -9,6 +9,7 @@ arrays carry a leading layer axis; `ensemble` turns the model into an
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .._diagnostics import Diagnostic
 from .._errors import SpecError
 from .._expr import evaluate
 from .._runtime._stack import Ensemble, Stacked
-from .._select import Node, fans, get, is_array, select, walk
+from .._select import Node, fans, get, is_array, path_str, select, walk
 from ._tree import no_match
 
 # Set by `Program.apply` while it runs: `key -> model` that builds the model as
@@ -55,25 +56,34 @@ def _describe(x) -> str:
 
 def _structure_problem(items: list, names: list[str]) -> str | None:
     """Why `items` cannot be stacked, naming the first member that differs."""
-    first_def = jax.tree_util.tree_structure(items[0])
-    first = jax.tree_util.tree_flatten_with_path(items[0])[0]
+    first = walk(items[0])
     for name, item in zip(names[1:], items[1:]):
-        if jax.tree_util.tree_structure(item) != first_def:
-            return (
-                f"`{name}` has another structure than `{names[0]}` "
-                f"({type(item).__name__} against {type(items[0]).__name__}, or different fields)"
-            )
-        for (path, a), (_, b) in zip(first, jax.tree_util.tree_flatten_with_path(item)[0]):
-            where = jax.tree_util.keystr(path)
-            if is_array(a) != is_array(b):
-                return f"`{name}{where}` is {_describe(b)}, `{names[0]}{where}` is {_describe(a)}"
-            if is_array(a):
-                if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
-                    return (
-                        f"`{name}{where}` is {_describe(b)}, `{names[0]}{where}` is {_describe(a)}"
-                    )
-            elif a is not b and a != b:
-                return f"`{name}{where}` differs from `{names[0]}{where}` ({b!r} against {a!r})"
+        other = walk(item)
+        if len(other) != len(first):
+            return f"`{name}` has {len(other)} nodes, `{names[0]}` has {len(first)}"
+        for a, b in zip(first, other):
+            where = path_str(a.path) if a.path else ""
+            here = f"`{name}{'.' if where and not where.startswith('[') else ''}{where if where != '<root>' else ''}`"
+            there = f"`{names[0]}{'.' if where and not where.startswith('[') else ''}{where if where != '<root>' else ''}`"
+            if a.path != b.path or type(a.obj) is not type(b.obj):
+                return f"{here} is a `{type(b.obj).__name__}`, {there} a `{type(a.obj).__name__}`"
+            if is_array(a.obj):
+                if tuple(a.obj.shape) != tuple(b.obj.shape) or a.obj.dtype != b.obj.dtype:
+                    return f"{here} is {_describe(b.obj)}, {there} is {_describe(a.obj)}"
+            elif isinstance(a.obj, eqx.Module):
+                for field in dataclasses.fields(a.obj):
+                    if field.metadata.get("static", False):
+                        x, y = getattr(a.obj, field.name), getattr(b.obj, field.name)
+                        if x != y:
+                            return (
+                                f"{here} has `{field.name}={y!r}`, {there} has `{field.name}={x!r}`"
+                            )
+            elif not isinstance(a.obj, (list, tuple, dict)) and not (
+                a.obj is b.obj or a.obj == b.obj
+            ):
+                return f"{here} differs from {there}"
+        if jax.tree_util.tree_structure(item) != jax.tree_util.tree_structure(items[0]):
+            return f"`{name}` has another structure than `{names[0]}`"
     return None
 
 
