@@ -313,19 +313,12 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
-        _swapped(spec, model, "apply")
-        program = _compile(spec, _params(sets, params_file), allow)
-        _refuse_overwrite(model, output, force)
-        from ._io import load, save, skeleton
+        program = _prepare("apply", spec, model, output, sets, params_file, allow, force)
+        from ._io import save
         from ._plan import count_params
 
         with _device(device):
-            struct = skeleton(model, allow)[1] if model is not None else None
-            diagnostics = program.check(struct)
-            if diagnostics:
-                _fail(diagnostics, False, 1)
-            base = load(model, allow=allow) if model is not None else None
-            result = program.apply(base, seed=seed)
+            result = program.apply(_checked_base(program, model, allow), seed=seed)
             save(output, result)
         click.echo(
             f"wrote {output} ({count_params(result):,} parameters, "
@@ -385,22 +378,14 @@ def train(
     """
 
     def go():
-        _swapped(spec, model, "train")
-        program = _compile(spec, _params(sets, params_file), allow)
-        _refuse_overwrite(model, output, force)
-        from ._io import load, recipe_of, save, skeleton
+        program = _prepare("train", spec, model, output, sets, params_file, allow, force)
+        from ._io import recipe_of, save
         from ._runtime import _train
+        from ._runtime._optim import base_optimizer
 
         with _device(device):
-            struct = skeleton(model, allow)[1] if model is not None else None
-            diagnostics = program.check(struct)
-            if diagnostics:
-                _fail(diagnostics, False, 1)
-            from ._runtime._optim import base_optimizer
-
             base_optimizer(program)  # a missing `optimizer` fails before any work
-            base = load(model, allow=allow) if model is not None else None
-            start = program.apply(base, seed=seed)
+            start = program.apply(_checked_base(program, model, allow), seed=seed)
             recipe = recipe_of(start)
             if data is None:
                 x, y = _train.toy_data(start, loss, seed=program.seed if seed is None else seed)
@@ -457,6 +442,26 @@ def train(
         click.echo(f"trained {result.steps} steps (loss {final}); wrote {output}")
 
     _run(go)
+
+
+def _prepare(command, spec, model, output, sets, params_file, allow, force):
+    """The checks `apply` and `train` share before any JAX work."""
+    _swapped(spec, model, command)
+    program = _compile(spec, _params(sets, params_file), allow)
+    _refuse_overwrite(model, output, force)
+    return program
+
+
+def _checked_base(program, model, allow):
+    """Check the whole spec against the model's structure (no tensors read),
+    then load the model: a spec error writes nothing and costs no loading."""
+    from ._io import load, skeleton
+
+    struct = skeleton(model, allow)[1] if model is not None else None
+    diagnostics = program.check(struct)
+    if diagnostics:
+        _fail(diagnostics, False, 1)
+    return load(model, allow=allow) if model is not None else None
 
 
 def _refuse_overwrite(model, output, force) -> None:
