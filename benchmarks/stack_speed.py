@@ -76,10 +76,18 @@ def main() -> None:
     console = Console()
     x = jnp.ones(WIDTH)
 
-    table = Table(title=f"compile time, chain of N MLPs (width {WIDTH}), seconds: forward + gradient")
+    table = Table(
+        title=f"compile time, chain of N MLPs (width {WIDTH}), seconds: forward + gradient"
+    )
     for column in (
-        "N", "unrolled", "hand scan", "stack scan", "ours/hand", "ours/unrolled",
-        "run unrolled (us)", "run stacked (us)",
+        "N",
+        "unrolled",
+        "hand scan",
+        "stack scan",
+        "ours/hand",
+        "ours/unrolled",
+        "run unrolled (us)",
+        "run stacked (us)",
     ):
         table.add_column(column, justify="right")
     for n in counts:
@@ -107,7 +115,9 @@ def main() -> None:
     table = Table(title="ensemble of 8 MLP(2, 2, 64, 2): time per evaluation (us)")
     for column in ("hand filter_vmap", "evaluate_ensemble", "ratio", "Python loop", "loop / ours"):
         table.add_column(column, justify="right")
-    ens = eqxform.compile("model MLP(in_size=2, out_size=2, width_size=64, depth=2)\nensemble 8").apply()
+    ens = eqxform.compile(
+        "model MLP(in_size=2, out_size=2, width_size=64, depth=2)\nensemble 8"
+    ).apply()
     x = jnp.ones(2)
     hand = eqx.filter_jit(eqx.filter_vmap(lambda m, x: m(x), in_axes=(eqx.if_array(0), None)))
     ours = eqx.filter_jit(eqxform.evaluate_ensemble)
@@ -129,8 +139,11 @@ def main() -> None:
     t_ours = timed(lambda: ours(ens, x))
     t_loop = timed(lambda: [loop(m, x) for m in members], 400)
     table.add_row(
-        f"{t_hand * 1e6:.0f}", f"{t_ours * 1e6:.0f}", f"{t_ours / t_hand:.2f}x",
-        f"{t_loop * 1e6:.0f}", f"{t_loop / t_ours:.1f}x",
+        f"{t_hand * 1e6:.0f}",
+        f"{t_ours * 1e6:.0f}",
+        f"{t_ours / t_hand:.2f}x",
+        f"{t_loop * 1e6:.0f}",
+        f"{t_loop / t_ours:.1f}x",
     )
     console.print(table)
 

@@ -334,6 +334,14 @@ class WrapPass(RulePass):
                     self.rule.selector.span,
                     "select the arrays themselves, e.g. `Linear.weight`",
                 )
+            if name == "weight_norm" and node.batch:
+                raise self.error(
+                    "E203",
+                    f"`weight_norm` takes its norm over one layer's axes and cannot wrap the "
+                    f"stacked `{node.text}`",
+                    self.rule.selector.span,
+                    "wrap before the `stack`/`ensemble` line",
+                )
             targets.append(node)
         values = []
         for node in targets:
