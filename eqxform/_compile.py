@@ -78,8 +78,19 @@ def parse_value(text: str, name: str) -> Any:
         raise UsageError(f"`--set {name}={text}` is not a constant") from None
 
 
+class _Delegating:
+    """A pass as plain data whose work is done by `impl`, loaded (with JAX) on
+    first use."""
+
+    def select(self, model):
+        return self.impl.select(model)
+
+    def __call__(self, model, key):
+        return self.impl(model, key)
+
+
 @dataclass(frozen=True, eq=False)
-class Pass:
+class Pass(_Delegating):
     """One action of one rule: a pure `(model, key) -> model` function.
 
     Plain data until it first runs; then the pass family that implements the
@@ -99,12 +110,6 @@ class Pass:
 
         cls = PASSES[self.action.name]
         return cls(self.rule, self.action, self.env, self.source, self.identity, self.allow)
-
-    def select(self, model):
-        return self.impl.select(model)
-
-    def __call__(self, model, key):
-        return self.impl(model, key)
 
     @property
     def line(self) -> int:
@@ -127,7 +132,7 @@ class Pass:
 
 
 @dataclass(frozen=True, eq=False)
-class StatementPass:
+class StatementPass(_Delegating):
     """A structural directive (`stack`, `unstack`, `ensemble`) as a pass."""
 
     stmt: A.Stmt
@@ -141,12 +146,6 @@ class StatementPass:
         from ._passes._struct import STRUCT_PASSES
 
         return STRUCT_PASSES[type(self.stmt)](self.stmt, self.env, self.source, self.identity)
-
-    def select(self, model):
-        return self.impl.select(model)
-
-    def __call__(self, model, key):
-        return self.impl(model, key)
 
     @property
     def line(self) -> int:
