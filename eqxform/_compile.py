@@ -312,6 +312,11 @@ def _base_recipe(constructor: str | None, seed: int | None) -> dict | None:
     return {"base": {"constructor": constructor, "seed": seed}, "specs": []}
 
 
+def is_whole(value: Any, minimum: int) -> bool:
+    """Is `value` an integer (not a boolean) of at least `minimum`?"""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _position(d: Diagnostic) -> tuple[int, int]:
     return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
@@ -396,7 +401,7 @@ def compile_collect(
                     )
                 elif isinstance(stmt, A.SeedStmt):
                     value = evaluate(stmt.value, env)
-                    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    if not is_whole(value, 0):
                         diagnostics.append(
                             Diagnostic(
                                 "E113",
@@ -412,7 +417,7 @@ def compile_collect(
                     model_call = stmt.call
                 elif isinstance(stmt, A.EnsembleStmt):
                     value = evaluate(stmt.count, env)
-                    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    if not is_whole(value, 1):
                         diagnostics.append(
                             Diagnostic(
                                 "E134",

@@ -287,8 +287,10 @@ class UnstackPass(StructPass):
 class EnsemblePass(StructPass):
     @property
     def count(self) -> int:
+        from .._compile import is_whole
+
         value = evaluate(self.stmt.count, self.env)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not is_whole(value, 1):
             raise self.error(
                 "E134",
                 f"`ensemble` needs a whole number of members >= 1, not `{value}`",
