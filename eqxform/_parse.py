@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
@@ -47,12 +48,19 @@ _TOKEN_NAMES = {
 _SOURCE: contextvars.ContextVar[A.Source] = contextvars.ContextVar("source")
 
 
+def grammar_path() -> Path:
+    """The grammar file: inside the installed package (a wheel), else at the top
+    of the source tree (a checkout or an editable install)."""
+    packaged = Path(__file__).parent / "grammar" / "eqxform.lark"
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).parent.parent / "grammar" / "eqxform.lark"
+
+
 def _open(**options) -> Lark:
     # Never `cache=True`: Lark would unpickle a grammar from a shared temp dir.
-    return Lark.open_from_package(
-        "eqxform",
-        "eqxform.lark",
-        ("grammar",),
+    return Lark(
+        grammar_path().read_text(encoding="utf-8"),
         parser="lalr",
         propagate_positions=True,
         maybe_placeholders=True,
