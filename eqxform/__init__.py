@@ -3,19 +3,11 @@
 Every name here is a re-export; the code lives in the private modules.
 """
 
-from ._compile import Pass as Pass
-from ._compile import Program as Program
-from ._compile import compile as compile
 from ._diagnostics import Diagnostic as Diagnostic
 from ._errors import EqxformError as EqxformError
 from ._errors import ModelFileError as ModelFileError
 from ._errors import SpecError as SpecError
 from ._errors import UsageError as UsageError
-from ._io import load as load
-from ._io import new as new
-from ._io import recipe_of as recipe_of
-from ._io import save as save
-from ._plan import Plan as Plan
 from ._registry import register_constructor as register_constructor
 from ._registry import register_initializer as register_initializer
 from ._registry import register_type as register_type
@@ -23,30 +15,44 @@ from ._registry import register_wrapper as register_wrapper
 
 __version__ = "0.1.0"
 
-# The runtime needs JAX, so it loads on first use: `eqxform check` stays a
-# linter that imports no JAX.
-_RUNTIME = {
-    "resolve": "._runtime._wrappers",
-    "bake": "._runtime._wrappers",
-    "Wrapper": "._runtime._wrappers",
-    "Symmetric": "._runtime._wrappers",
-    "Positive": "._runtime._wrappers",
-    "WeightNormed": "._runtime._wrappers",
-    "Frozen": "._runtime._wrappers",
+# Everything below needs JAX, so it loads on first use: `eqxform check`
+# without a model stays a linter that imports no JAX.
+_LAZY = {
+    "compile": "._compile",
+    "Program": "._program",
+    "Recipe": "._program",
+    "recipe_of": "._program",
+    "Pass": "._passes",
+    "Context": "._passes",
+    "Plan": "._plan",
+    "load": "._recipes",
+    "save": "._recipes",
+    "new": "._recipes",
+    "resolve": "._modules",
+    "bake": "._modules",
+    "Wrapper": "._modules",
+    "Symmetric": "._modules",
+    "Positive": "._modules",
+    "WeightNormed": "._modules",
+    "Frozen": "._modules",
+    "Stacked": "._modules",
+    "Ensemble": "._modules",
+    "evaluate_ensemble": "._modules",
+    "evaluate_per_member": "._modules",
     "optimizer": "._runtime._optim",
     "make_step": "._runtime._step",
     "Step": "._runtime._step",
     "RetraceError": "._runtime._step",
-    "Stacked": "._runtime._stack",
-    "Ensemble": "._runtime._stack",
-    "evaluate_ensemble": "._runtime._stack",
-    "evaluate_per_member": "._runtime._stack",
 }
 
 
 def __getattr__(name):
-    if name in _RUNTIME:
+    if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_RUNTIME[name], __name__), name)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'eqxform' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

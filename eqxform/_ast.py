@@ -18,9 +18,6 @@ class Span:
     end_line: int
     end_column: int
 
-    def join(self, other: Span) -> Span:
-        return Span(self.line, self.column, other.end_line, other.end_column)
-
 
 @dataclass(frozen=True)
 class Source:

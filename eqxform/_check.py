@@ -1,8 +1,11 @@
 """AST -> diagnostics, with no model and no JAX.
 
-Each check is its own method and reports with its own stable code; the checker
-never stops at the first error, so `eqxform check` lists them all at once.
-Checks that need the model (does a selector match?) live with the passes.
+Every check that does not need the model lives here: each is its own method
+and reports with its own stable code, and the checker never stops at the first
+error, so `eqxform check` lists them all at once. When the static checks pass,
+the checker evaluates the directives (`let`, `seed`, `ensemble`, `optimizer`)
+with the caller's overrides; the compiler takes those values from it. Checks
+that need the model (does a selector match?) live with the passes.
 """
 
 from __future__ import annotations
@@ -14,23 +17,108 @@ from . import _ast as A
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
-from ._expr import walk
+from ._expr import EvalError, evaluate, walk
 
 NOT_YET = {"shard": "sharding is planned"}
 
 
+def is_whole(value: Any, minimum: int) -> bool:
+    """Is `value` an integer (not a boolean) of at least `minimum`?"""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 class Checker:
+    """The checks of one spec. After `run()`, when it found no errors, the
+    evaluated directives are in `env`, `seed`, `counts` and `optimizer`."""
+
     def __init__(self, spec: A.Spec, params: Mapping[str, Any] | None = None):
         self.spec = spec
         self.source = spec.source
         self.params = dict(params or {})
         self.diagnostics: list[Diagnostic] = []
         self.lets: list[str] = []
+        self.env: dict[str, Any] = {}
+        self.seed = 0
+        self.counts: dict[int, int] = {}  # id(ensemble statement) -> members
+        self.optimizer: tuple[str, dict[str, Any]] | None = None
 
     def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
 
     def run(self) -> list[Diagnostic]:
+        self.overrides()
+        self.statements()
+        if not self.diagnostics:
+            self.evaluate()
+        return self.diagnostics
+
+    def overrides(self):
+        """Every `--set NAME` names a `let` of the spec."""
+        let_names = [s.name for s in self.spec.statements if isinstance(s, A.LetStmt)]
+        for key in self.params:
+            if key not in let_names:
+                hint = did_you_mean(key, let_names)
+                self.diagnostics.append(
+                    Diagnostic(
+                        "E116",
+                        f"`--set {key}`: the spec has no `let {key}`",
+                        file=self.source.name,
+                        help=hint
+                        or (
+                            "its `let` names are " + ", ".join(f"`{n}`" for n in let_names)
+                            if let_names
+                            else "the spec defines no `let` names"
+                        ),
+                    )
+                )
+
+    def evaluate(self):
+        """The values of the directives, overrides applied."""
+        env = self.env
+        for stmt in self.spec.statements:
+            try:
+                if isinstance(stmt, A.LetStmt):
+                    env[stmt.name] = (
+                        self.params[stmt.name]
+                        if stmt.name in self.params
+                        else evaluate(stmt.value, env)
+                    )
+                elif isinstance(stmt, A.SeedStmt):
+                    value = evaluate(stmt.value, env)
+                    if not is_whole(value, 0):
+                        self.error(
+                            "E113",
+                            f"`seed` must be a whole number >= 0, not `{value}`",
+                            stmt.value.span,
+                        )
+                    else:
+                        self.seed = value
+                elif isinstance(stmt, A.EnsembleStmt):
+                    value = evaluate(stmt.count, env)
+                    if not is_whole(value, 1):
+                        self.error(
+                            "E134",
+                            f"`ensemble` needs a whole number of members >= 1, not `{value}`",
+                            stmt.count.span,
+                            "e.g. `ensemble 8`",
+                        )
+                    else:
+                        self.counts[id(stmt)] = value
+                elif isinstance(stmt, A.OptimizerStmt):
+                    self.optimizer = self.optimizer_call(stmt.value)
+            except EvalError as e:
+                self.diagnostics.append(Diagnostic("E204", e.message, e.span, e.help, self.source))
+
+    def optimizer_call(self, expr: A.Expr) -> tuple[str, dict[str, Any]]:
+        if isinstance(expr, A.Name):
+            return expr.id, {}
+        assert isinstance(expr, A.Call)
+        positional = N.OPTIMIZERS[expr.callee].positional
+        return expr.callee, {
+            a.name or positional[i]: evaluate(a.value, self.env) for i, a in enumerate(expr.args)
+        }
+
+    def statements(self):
         seen: dict[type, A.Stmt] = {}
         for stmt in self.spec.statements:
             if isinstance(stmt, (A.ModelStmt, A.SeedStmt, A.OptimizerStmt, A.EnsembleStmt)):
@@ -60,7 +148,6 @@ class Checker:
                             action.name_span,
                             "add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
                         )
-        return self.diagnostics
 
     # ---- statements ------------------------------------------------------
 
@@ -137,7 +224,7 @@ class Checker:
             if option.name == "count":
                 if not isinstance(option.value, int) or option.value < 1:
                     self.error(
-                        "E134",
+                        "E142",
                         f"a stack needs a whole number of layers >= 1, not `{option.value}`",
                         option.span,
                     )

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import click
@@ -55,70 +54,15 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
 
 
 def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
-    from ._compile import parse_value
+    from ._source import load_params
 
-    values: dict[str, Any] = {}
-    if params_file:
-        import yaml
-
-        try:
-            loaded = yaml.safe_load(Path(params_file).read_text())
-        except FileNotFoundError:
-            raise UsageError(f"params file `{params_file}` does not exist") from None
-        except yaml.YAMLError as e:
-            raise UsageError(
-                Diagnostic(
-                    "E406",
-                    f"`{params_file}` is not valid YAML: {str(e).splitlines()[0]}",
-                    file=params_file,
-                )
-            ) from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-            raise UsageError(
-                Diagnostic(
-                    "E406",
-                    f"`{params_file}` must map `let` names to values",
-                    file=params_file,
-                    help="e.g. `width: 128`",
-                )
-            )
-        for k, v in loaded.items():
-            if not (v is None or isinstance(v, (bool, int, float, str))):
-                raise UsageError(
-                    Diagnostic(
-                        "E406",
-                        f"`{k}` in `{params_file}` must be a number, a string or a boolean",
-                        file=params_file,
-                    )
-                )
-            values[k] = v
-    for item in sets:
-        name, sep, text = item.partition("=")
-        if not sep or not name.strip():
-            raise UsageError(
-                Diagnostic(
-                    "E407", f"`--set {item}` is not NAME=VALUE", help="e.g. `--set width=128`"
-                )
-            )
-        values[name.strip()] = parse_value(text.strip(), name.strip())
-    return values
-
-
-def _is_model_file(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    from ._compile import _looks_like_model_file
-
-    return len(head) == 9 and _looks_like_model_file(head + b"x")
+    return load_params(sets, params_file)
 
 
 def _swapped(spec: str, model: str | None, command: str) -> None:
-    if model is not None and _is_model_file(spec) and not _is_model_file(model):
+    from ._source import is_model_file
+
+    if model is not None and is_model_file(spec) and not is_model_file(model):
         raise UsageError(
             Diagnostic(
                 "E402",
@@ -197,9 +141,9 @@ def new(constructor, output, seed, allow):
     """
 
     def go():
-        from ._io import new as make
-        from ._io import save
         from ._plan import count_params
+        from ._recipes import new as make
+        from ._recipes import save
 
         model = make(constructor, seed=seed, allow=allow)
         save(output, model)
@@ -223,23 +167,36 @@ def check(spec, model, sets, params_file, allow, as_json):
     """
 
     def go():
-        from ._compile import compile_collect, read_spec
+        from ._check import Checker
+        from ._parse import parse_collect
+        from ._source import read_spec
 
         _swapped(spec, model, "check")
         text, name = read_spec(spec)
-        program, diagnostics = compile_collect(text, name, _params(sets, params_file), allow)
-        if not diagnostics and program is not None and model is not None:
-            from ._io import skeleton
+        params = _params(sets, params_file)
+        if model is None:
+            # The linter: parse and check, no JAX.
+            parsed, diagnostics = parse_collect(text, name)
+            checker = Checker(parsed, params)
+            diagnostics = sorted(diagnostics + checker.run(), key=_position)
+            usage = [d for d in diagnostics if d.code == "E116"]
+            if usage:
+                raise UsageError(usage)
+            statements = len(parsed.statements)
+        else:
+            from ._compile import compile_collect
+            from ._recipes import skeleton
 
-            diagnostics = program.check(skeleton(model, allow)[1])
+            program, diagnostics = compile_collect(text, name, params, allow)
+            if not diagnostics:
+                diagnostics = program.check(skeleton(model, allow)[2])
+            statements = len(program.spec.statements) if program is not None else 0
         if diagnostics:
             _fail(diagnostics, as_json, 1)
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
-            click.echo(
-                f"{name}: no problems found ({_plural(len(program.spec.statements), 'statement')})"
-            )
+            click.echo(f"{name}: no problems found ({_plural(statements, 'statement')})")
 
     _run(go, as_json)
 
@@ -257,9 +214,9 @@ def plan(spec, model, sets, params_file, allow, fmt):
     def go():
         _swapped(spec, model, "plan")
         program = _compile(spec, _params(sets, params_file), allow)
-        from ._io import skeleton
+        from ._recipes import skeleton
 
-        struct = skeleton(model, allow)[1] if model is not None else None
+        struct = skeleton(model, allow)[2] if model is not None else None
         result = program.plan(struct)
         if result.diagnostics:
             _fail(result.diagnostics, fmt == "json", 1)
@@ -314,8 +271,8 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
 
     def go():
         program = _prepare("apply", spec, model, output, sets, params_file, allow, force)
-        from ._io import save
         from ._plan import count_params
+        from ._recipes import save
 
         with _device(device):
             result = program.apply(_checked_base(program, model, allow), seed=seed)
@@ -379,7 +336,8 @@ def train(
 
     def go():
         program = _prepare("train", spec, model, output, sets, params_file, allow, force)
-        from ._io import recipe_of, save
+        from ._program import recipe_of
+        from ._recipes import save
         from ._runtime import _train
         from ._runtime._optim import base_optimizer
 
@@ -403,7 +361,7 @@ def train(
 
             def write(m, done):
                 info = {**trained, "steps": done}
-                save(output, m, recipe=None if recipe is None else {**recipe, "train": info})
+                save(output, m, recipe=None if recipe is None else recipe.with_training(info))
 
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -454,14 +412,23 @@ def _prepare(command, spec, model, output, sets, params_file, allow, force):
 
 def _checked_base(program, model, allow):
     """Check the whole spec against the model's structure (no tensors read),
-    then load the model: a spec error writes nothing and costs no loading."""
-    from ._io import load, skeleton
+    then fill that structure from the file: a spec error writes nothing and
+    costs no loading, and the skeleton is built once."""
+    from ._program import remember
+    from ._recipes import fill, skeleton
 
-    struct = skeleton(model, allow)[1] if model is not None else None
+    if model is None:
+        diagnostics = program.check(None)
+        if diagnostics:
+            _fail(diagnostics, False, 1)
+        return None
+    header, recipe, struct = skeleton(model, allow)
     diagnostics = program.check(struct)
     if diagnostics:
         _fail(diagnostics, False, 1)
-    return load(model, allow=allow) if model is not None else None
+    loaded = fill(header, struct)
+    remember(loaded, recipe)
+    return loaded
 
 
 def _refuse_overwrite(model, output, force) -> None:
@@ -483,7 +450,7 @@ def show(model, fmt):
     """Show a model file: its tensors and its recipe."""
 
     def go():
-        from ._io import read_header
+        from ._files import read_header
 
         header = read_header(model)
         recipe = header.recipe
@@ -530,6 +497,10 @@ def show(model, fmt):
             click.echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _position(d: Diagnostic) -> tuple[int, int]:
+    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
 
 def _plural(n: int, word: str) -> str:

@@ -69,10 +69,6 @@ class Diagnostic:
             lines.append(f"  = help: {self.help}")
         return "\n".join(lines)
 
-    def concise(self) -> str:
-        where = f"{self.location}: " if self.location else ""
-        return f"{where}{self.severity}[{self.code}]: {self.message}"
-
     def to_dict(self) -> dict:
         out: dict = {"code": self.code, "severity": self.severity, "message": self.message}
         name = self.source.name if self.source is not None else self.file
@@ -112,7 +108,7 @@ def suggest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     return [lowered[f] for f in found]
 
 
-def did_you_mean(word: str, candidates: Iterable[str], what: str = "") -> str | None:
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     found = suggest(word, candidates)
     if not found:
         return None

@@ -345,26 +345,22 @@ CONTEXT_NAMES = ("shape", "ndim", "size", "dtype", "fan_in", "fan_out", "path", 
 @dataclass(frozen=True)
 class ActionInfo:
     arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper"
-    summary: str
 
 
 ACTIONS = {
-    "init": ActionInfo("initializer", "re-draw arrays from an initialiser"),
-    "replace": ActionInfo("constructor", "swap the matched module for a new one"),
-    "cast": ActionInfo("dtype", "change the dtype of arrays"),
-    "scale": ActionInfo("expr", "multiply arrays by a number"),
-    "wrap": ActionInfo("wrapper", "give arrays a per-parameter behaviour"),
-    "freeze": ActionInfo("none", "no gradient, and the optimiser leaves them alone"),
-    "unwrap": ActionInfo("none", "bake wrappers into plain arrays"),
-    "lr": ActionInfo("expr", "scale the base learning rate for these parameters"),
-    "weight_decay": ActionInfo("expr", "set the weight decay for these parameters"),
+    "init": ActionInfo("initializer"),
+    "replace": ActionInfo("constructor"),
+    "cast": ActionInfo("dtype"),
+    "scale": ActionInfo("expr"),
+    "wrap": ActionInfo("wrapper"),
+    "freeze": ActionInfo("none"),
+    "unwrap": ActionInfo("none"),
+    "lr": ActionInfo("expr"),
+    "weight_decay": ActionInfo("expr"),
 }
 
 # Actions that only shape the optimiser, not the model.
 OPTIMIZER_ACTIONS = ("lr", "weight_decay")
-
-# Actions the language reserves for later versions of the interpreter.
-PLANNED_ACTIONS = {"shard"}
 
 # Built-in wrappers (`wrap NAME(ARGS)`); users add theirs with
 # `eqxform.register_wrapper`.

@@ -1,7 +1,8 @@
 """`plan`: what each rule will change, computed on shapes alone.
 
-Every pass runs under `eval_shape`, so no array is allocated and a plan of a
-billion-parameter model answers as fast as one of a toy.
+Every pass runs under `eqx.filter_eval_shape`, so no array is allocated and a
+plan of a billion-parameter model answers as fast as one of a toy. Each pass
+selects once: its nodes are found on the skeleton, then it runs on them.
 """
 
 from __future__ import annotations
@@ -10,8 +11,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import equinox as eqx
+import jax
+import numpy as np
+
 from ._diagnostics import Diagnostic
 from ._errors import SpecError
+from ._modules import Ensemble, Stacked
+from ._passes import Context
+from ._select import get, is_array, select_rule
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,6 @@ class Plan:
 
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     """`f32[64,2]`; leading stack and member axes are named: `f32[layer:10, 3,3]`."""
-    import equinox as eqx
-    import numpy as np
-
-    from ._select import is_array
-
     if is_array(obj):
         dtype = np.dtype(obj.dtype).name
         short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
@@ -103,64 +106,82 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
 
 def _axes(model: Any, path) -> tuple[str, ...]:
     """Names of the leading stack/member axes of the node at `path`."""
-    from ._runtime._stack import Ensemble, Stacked
-
     names, obj = [], model
-    for kind, value in path:
+    for key in path:
         if isinstance(obj, Ensemble):
             names.append("member")
         elif isinstance(obj, Stacked):
             names.append("layer")
-        obj = getattr(obj, value) if kind == "attr" else obj[value]
+        obj = get(obj, (key,))
     return tuple(names)
 
 
 def count_params(model: Any) -> int:
-    import jax
-
-    from ._select import is_array
-
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(model) if is_array(x))
 
 
 def structure(model: Any) -> Any:
     """`model` with every array replaced by its `ShapeDtypeStruct`."""
-    from ._io import eval_shape
+    return eqx.filter_eval_shape(lambda m: m, model)
 
-    return eval_shape(lambda m: m, model)
+
+def _position(d: Diagnostic) -> tuple[int, int]:
+    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
+
+
+def _matches(nodes, before_model, after_model) -> tuple[PlanMatch, ...]:
+    out = []
+    for node in nodes:
+        try:
+            after = describe(get(after_model, node.path), _axes(after_model, node.path))
+        except (AttributeError, IndexError, KeyError, TypeError):
+            after = "(removed)"
+        text = node.text
+        if node.layers is not None:
+            text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
+        out.append(PlanMatch(text, describe(node.obj, _axes(before_model, node.path)), after))
+    return tuple(out)
 
 
 def make_plan(program, model=None) -> Plan:
-    import jax
-
-    from ._io import eval_shape
-    from ._select import get
-
+    key = jax.random.key(program.seed)
     if model is None:
-        struct = eval_shape(lambda: program.build_model())
+        struct = eqx.filter_eval_shape(program.construct, key)
     else:
         struct = structure(model)
-    key = jax.random.key(program.seed)
+    ctx = Context(allow=program.allow)
     start = count_params(struct)
     steps, diagnostics = [], []
     for p in program.passes:
         before = count_params(struct)
         try:
-            nodes = p.select(struct)
-            new = eval_shape(p, struct, key)
+            nodes = p.select(struct, ctx)
+            new = eqx.filter_eval_shape(lambda m, k: p.run(m, k, ctx, nodes), struct, key)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
-        matches = []
-        for node in nodes:
-            try:
-                after = describe(get(new, node.path), _axes(new, node.path))
-            except (AttributeError, IndexError, KeyError, TypeError):
-                after = "(removed)"
-            text = node.text
-            if node.layers is not None:
-                text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
-            matches.append(PlanMatch(text, describe(node.obj, _axes(struct, node.path)), after))
+        steps.append(
+            PlanStep(
+                p.line, p.text, p.label, _matches(nodes, struct, new), before, count_params(new)
+            )
+        )
         struct = new
-        steps.append(PlanStep(p.line, p.text, p.label, tuple(matches), before, count_params(new)))
+    # `lr` and `weight_decay` select on the model after every rule.
+    params = count_params(struct)
+    for group in program.groups:
+        try:
+            nodes = select_rule(group.rule, struct, program.env, program.source)
+        except SpecError as e:
+            diagnostics.extend(e.diagnostics)
+            continue
+        label = program.source.line(group.action.span.line)[
+            group.action.span.column - 1 : group.action.span.end_column - 1
+        ]
+        steps.append(
+            PlanStep(
+                group.line, group.rule.text, label, _matches(nodes, struct, struct), params, params
+            )
+        )
+    steps.sort(key=lambda s: s.line)
+    diagnostics.sort(key=_position)
     return Plan(tuple(steps), start, count_params(struct), tuple(diagnostics), struct)

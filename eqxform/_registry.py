@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from . import _names as N
 from ._diagnostics import Diagnostic
@@ -139,9 +138,10 @@ def wrapper_signature(name: str) -> N.Signature | None:
 def resolve_wrapper(name: str) -> type:
     if name in _WRAPPERS:
         return _WRAPPERS[name][0]
-    from ._runtime import _wrappers
+    # Imported here, not above, to keep JAX out of `eqxform check`.
+    from ._modules import BUILTIN
 
-    return _wrappers.BUILTIN[name]
+    return BUILTIN[name]
 
 
 # ---- lookups (JAX-free) ----------------------------------------------------
@@ -195,14 +195,11 @@ def resolve_type(name: str) -> type:
         from . import models
 
         return getattr(models, name)
-    if name in _WRAPPER_TYPES:
-        from ._runtime import _wrappers
+    # Imported here, not above, to keep JAX out of `eqxform check`.
+    if name in _WRAPPER_TYPES or name in _STACK_TYPES:
+        from . import _modules
 
-        return getattr(_wrappers, name)
-    if name in _STACK_TYPES:
-        from ._runtime import _stack
-
-        return getattr(_stack, name)
+        return getattr(_modules, name)
     import equinox as eqx
 
     if name == "Module":
@@ -234,27 +231,10 @@ def resolve_constructor(name: str, allow: Iterable[str] = ()) -> Callable:
 
 
 def function(name: str) -> Callable:
+    """The `jax.nn` function a spec names (`gelu`)."""
     import jax
 
-    if name == "identity":
-        return _identity
     return getattr(jax.nn, name)
-
-
-def _identity(x):
-    return x
-
-
-def function_name(fn: Any) -> str | None:
-    """The spec name of a `jax.nn` function value, for writing recipes."""
-    if fn is _identity:
-        return "identity"
-    import jax
-
-    for name in N.FUNCTIONS:
-        if getattr(jax.nn, name, None) is fn:
-            return name
-    return None
 
 
 def not_allowed_diagnostic(module: str, span=None, source=None) -> Diagnostic:

@@ -1,10 +1,13 @@
 """Selectors -> the nodes of a model they name.
 
 A model is walked once, in order, into `Node`s: each node is a module, a
-container, an array or another leaf (an activation function), with its path of
-steps from the root. A selector is matched against each node's path, steps and
-the objects along it (a type step checks an object; `**` spans any number of
-steps), so matching is linear in the size of the model.
+container, an array or another leaf (an activation function), with its path
+from the root. Paths are JAX key paths (`GetAttrKey`, `SequenceKey`,
+`DictKey`), the same that `jax.tree_util.tree_flatten_with_path` gives, so a
+selected array, its tensor name in a model file and its optimiser label are one
+path written three ways and cannot drift apart. A selector is matched against
+each node's path and the objects along it (a type step checks an object; `**`
+spans any number of steps), so matching is linear in the size of the model.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import dataclasses
 import difflib
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -21,19 +24,47 @@ import jax
 import numpy as np
 
 from . import _ast as A
+from ._diagnostics import Diagnostic, did_you_mean
+from ._errors import SpecError
+from ._expr import EvalError, evaluate
+from ._modules import Stacked, batched
+from ._parse import parse
 from ._registry import resolve_type
-from ._runtime._stack import Stacked, batched
 
-Step = tuple[str, Any]  # ("attr", name) | ("idx", i) | ("key", k)
+GetAttrKey = jax.tree_util.GetAttrKey
+SequenceKey = jax.tree_util.SequenceKey
+DictKey = jax.tree_util.DictKey
+
+Path = tuple[Any, ...]  # a JAX key path
 
 
 def is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
 
 
+def step_name(key: Any) -> Any:
+    """The field, dict key or index a path step names."""
+    if isinstance(key, GetAttrKey):
+        return key.name
+    if isinstance(key, DictKey):
+        return key.key
+    if isinstance(key, SequenceKey):
+        return key.idx
+    return getattr(key, "key", key)
+
+
+def is_index(key: Any) -> bool:
+    return isinstance(key, SequenceKey)
+
+
+def tensor_name(path: Path) -> str:
+    """The name of the array at `path` in a model file: `layers.0.weight`."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator=".")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Node:
-    path: tuple[Step, ...]
+    path: Path
     obj: Any
     parents: tuple[Any, ...]  # the objects from the root down to (not including) obj
     # For a node inside a stack: the layers a selector picked (None: all).
@@ -42,6 +73,10 @@ class Node:
     @property
     def text(self) -> str:
         return path_str(self.path, self.parents)
+
+    @property
+    def name(self) -> str:
+        return tensor_name(self.path)
 
     @property
     def objects(self) -> tuple[Any, ...]:
@@ -53,14 +88,16 @@ class Node:
         return sum(1 for p in self.parents if batched(p))
 
 
-def path_str(path: tuple[Step, ...], parents: tuple[Any, ...] = ()) -> str:
-    """`layers[0].weight`; the field of a stack or ensemble that holds the
-    stacked layers is left out, as selectors see through it."""
+def path_str(path: Path, parents: tuple[Any, ...] = ()) -> str:
+    """`layers[0].weight`, as selectors write it; the field of a stack or
+    ensemble that holds the stacked layers is left out, as selectors see
+    through it."""
     out = ""
-    for k, (kind, value) in enumerate(path):
+    for k, key in enumerate(path):
         if k < len(parents) and batched(parents[k]):
             continue
-        if kind == "idx":
+        value = step_name(key)
+        if is_index(key):
             out += f"[{value}]"
         else:
             out += ("." if out else "") + str(value)
@@ -72,7 +109,8 @@ def _dynamic_fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("static", False))
 
 
-def children(obj: Any) -> Iterator[tuple[Step, Any]]:
+def children(obj: Any) -> Iterator[tuple[Any, Any]]:
+    """(key, child) for each child of a pytree node, as JAX flattens it."""
     if isinstance(obj, eqx.Module):
         # Fields live in the instance dict; reading it there skips the Module's
         # own (slow) attribute lookup, which matters for models of many leaves.
@@ -80,15 +118,24 @@ def children(obj: Any) -> Iterator[tuple[Step, Any]]:
         for name in _dynamic_fields(type(obj)):
             value = values[name] if name in values else getattr(obj, name, None)
             if value is not None:
-                yield ("attr", name), value
-    elif isinstance(obj, (list, tuple)):
+                yield GetAttrKey(name), value
+    elif isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
         for i, value in enumerate(obj):
             if value is not None:
-                yield ("idx", i), value
+                yield SequenceKey(i), value
     elif isinstance(obj, dict):
-        for key, value in obj.items():
-            if value is not None:
-                yield ("key", key), value
+        for key in sorted(obj):
+            if obj[key] is not None:
+                yield DictKey(key), obj[key]
+    elif not is_array(obj):
+        # Any other registered pytree node (a NamedTuple, a user class): one
+        # level of JAX's own flattening gives its children and their keys.
+        flat = jax.tree_util.tree_flatten_with_path(
+            obj, is_leaf=lambda x: x is not obj and x is not None
+        )[0]
+        for path, value in flat:
+            if len(path) == 1:
+                yield path[0], value
 
 
 def walk(model: Any) -> list[Node]:
@@ -98,17 +145,24 @@ def walk(model: Any) -> list[Node]:
     def visit(obj, path, parents):
         out.append(Node(path, obj, parents))
         inner = parents + (obj,)
-        for step, child in children(obj):
-            visit(child, path + (step,), inner)
+        for key, child in children(obj):
+            visit(child, path + (key,), inner)
 
     visit(model, (), ())
     return out
 
 
-def get(model: Any, path: tuple[Step, ...]) -> Any:
+def get(model: Any, path: Path) -> Any:
     obj = model
-    for kind, value in path:
-        obj = getattr(obj, value) if kind == "attr" else obj[value]
+    for key in path:
+        if isinstance(key, GetAttrKey):
+            obj = getattr(obj, key.name)
+        elif isinstance(key, SequenceKey):
+            obj = obj[key.idx]
+        elif isinstance(key, DictKey):
+            obj = obj[key.key]
+        else:  # a key of a custom pytree node: find the child by its key
+            obj = dict(children(obj))[key]
     return obj
 
 
@@ -190,11 +244,11 @@ def match(path: A.SelPath, node: Node):
             return m(i + 1, k) if isinstance(objects[k], _type(s.name)) else _NO
         if k == n:
             return _NO
-        kind, value = steps[k]
+        key = steps[k]
         if isinstance(s, A.AnyStep):
             return m(i + 1, k + 1)
         if isinstance(s, A.NameStep):
-            if kind in ("attr", "key") and value == s.name:
+            if not is_index(key) and step_name(key) == s.name:
                 return m(i + 1, k + 1)
             return _NO
         container = objects[k]
@@ -209,11 +263,11 @@ def match(path: A.SelPath, node: Node):
             return picked if rest is None else rest
         if isinstance(container, eqx.nn.Sequential):
             # `seq[2]` names `seq.layers[2]`.
-            if (kind, value) != ("attr", "layers") or k + 1 >= n:
+            if key != GetAttrKey("layers") or k + 1 >= n:
                 return _NO
-            index, length, nxt = steps[k + 1][1], len(container.layers), k + 2
-        elif isinstance(container, (list, tuple)) and kind == "idx":
-            index, length, nxt = value, len(container), k + 1
+            index, length, nxt = step_name(steps[k + 1]), len(container.layers), k + 2
+        elif isinstance(container, (list, tuple)) and is_index(key):
+            index, length, nxt = key.idx, len(container), k + 1
         else:
             return _NO
         return m(i + 1, nxt) if _index_matches(s, index, length) else _NO
@@ -239,7 +293,7 @@ def select(selector: A.Selector, nodes: list[Node]) -> list[Node]:
     lasts = [_last_field(p) for p in selector.paths]
     for node in nodes:
         # A cheap test on the last step first: most nodes fail it.
-        end = node.path[-1][1] if node.path else None
+        end = step_name(node.path[-1]) if node.path else None
         found = _NO
         for path, last in zip(selector.paths, lasts):
             if last is None or last == end:
@@ -266,8 +320,12 @@ def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[s
         if not node.path:
             continue
         candidates[node.text] = None
-        if node.parents and isinstance(node.parents[-1], eqx.Module) and node.path[-1][0] == "attr":
-            candidates[f"{type(node.parents[-1]).__name__}.{node.path[-1][1]}"] = None
+        if (
+            node.parents
+            and isinstance(node.parents[-1], eqx.Module)
+            and not is_index(node.path[-1])
+        ):
+            candidates[f"{type(node.parents[-1]).__name__}.{step_name(node.path[-1])}"] = None
         if isinstance(node.obj, eqx.Module):
             candidates[type(node.obj).__name__] = None
     text = selector.text
@@ -282,7 +340,7 @@ def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[s
 
 def _respelt(selector: A.Selector, nodes: list[Node]) -> str | None:
     """`selector` with each misspelt field corrected, if that then matches."""
-    fields = {value for node in nodes for kind, value in node.path if kind in ("attr", "key")}
+    fields = {step_name(key) for node in nodes for key in node.path if not is_index(key)}
     fields = {f for f in fields if isinstance(f, str)}
     text = selector.text
     start = selector.span.column
@@ -298,8 +356,6 @@ def _respelt(selector: A.Selector, nodes: list[Node]) -> str | None:
         return None
     for begin, end, word in sorted(edits, reverse=True):
         text = text[:begin] + word + text[end:]
-    from ._parse import parse
-
     try:
         fixed = parse(f"where {text} -> init zeros").rules[0].selector
     except Exception:  # a correction that does not parse is no suggestion
@@ -334,7 +390,7 @@ def fans(node: Node) -> tuple[int, int] | tuple[None, None]:
 
 
 def context(node: Node) -> dict[str, Any]:
-    indices = [value for kind, value in node.path if kind == "idx"]
+    indices = [key.idx for key in node.path if is_index(key)]
     ctx: dict[str, Any] = {
         "path": node.text,
         "index": indices[-1] if indices else None,
@@ -359,3 +415,104 @@ def context(node: Node) -> dict[str, Any]:
             fan_out=fan_out,
         )
     return ctx
+
+
+# ---- rules: a selector, a filter and an expected count ----------------------
+
+
+def evaluate_at(
+    expr: A.Expr, node: Node | None, env: Mapping[str, Any], source: A.Source, ctx=None
+) -> Any:
+    """`expr` with the `let` names and, given a node, the match's properties."""
+    scope = dict(env)
+    if node is not None:
+        scope.update(ctx if ctx is not None else context(node))
+    try:
+        return evaluate(expr, scope)
+    except EvalError as e:
+        where = f" at `{node.text}`" if node is not None else ""
+        raise SpecError(Diagnostic("E204", e.message + where, e.span, e.help, source)) from None
+
+
+def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:
+    near = nearest_paths(selector, nodes)
+    return SpecError(
+        Diagnostic(
+            "E201",
+            f"`{selector.text}` matches nothing in the model",
+            selector.span,
+            (did_you_mean(selector.text, near) or "")
+            + (" " if near else "")
+            + "(`eqxform show MODEL` lists every path)",
+            source,
+        )
+    )
+
+
+def describe_match(node: Node) -> str:
+    if is_array(node.obj):
+        return f"`{node.text}` {np.dtype(node.obj.dtype).name}{list(node.obj.shape)}"
+    return f"`{node.text}` ({type(node.obj).__name__})"
+
+
+def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Source) -> list[Node]:
+    """The nodes a rule acts on: its selector's matches that pass its `if`
+    filter, checked against its `expect` count. Matching nothing is an error."""
+    nodes = walk(model)
+    found = select(rule.selector, nodes)
+    if not found:
+        raise no_match(rule.selector, nodes, source)
+    if rule.filter is not None:
+        candidates = found
+        found = [n for n in candidates if evaluate_at(rule.filter, n, env, source)]
+        if not found:
+            raise SpecError(
+                Diagnostic(
+                    "E201",
+                    f"`{rule.selector.text}` matches {len(candidates)} "
+                    f"node{'s' if len(candidates) != 1 else ''}, but none passes the `if` filter",
+                    rule.filter.span,
+                    "e.g. " + ", ".join(describe_match(n) for n in candidates[:3]),
+                    source,
+                )
+            )
+    if rule.expect is not None and len(found) != rule.expect.value:
+        raise SpecError(
+            Diagnostic(
+                "E202",
+                f"`{rule.selector.text}` matches {len(found)} "
+                f"node{'s' if len(found) != 1 else ''}, not the {rule.expect.value} expected",
+                rule.expect.span,
+                "matched: "
+                + ", ".join(f"`{n.text}`" for n in found[:6])
+                + (", ..." if len(found) > 6 else ""),
+                source,
+            )
+        )
+    return found
+
+
+def _describe_kind(obj: Any) -> str:
+    if callable(obj):
+        return f"the function `{getattr(obj, '__name__', type(obj).__name__)}`"
+    return f"a `{type(obj).__name__}`"
+
+
+def matched_arrays(nodes: list[Node], action: str, span: A.Span, source: A.Source) -> list[Node]:
+    """The arrays matched nodes stand for: arrays as they are, modules and
+    containers by their floating-point arrays. Anything else is an error."""
+    out: dict[tuple, Node] = {}
+    for node in nodes:
+        if not is_array(node.obj) and not isinstance(node.obj, (eqx.Module, list, tuple, dict)):
+            raise SpecError(
+                Diagnostic(
+                    "E203",
+                    f"`{action}` needs arrays, but `{node.text}` is {_describe_kind(node.obj)}",
+                    span,
+                    "select arrays (e.g. `Linear.weight`) or the modules that hold them",
+                    source,
+                )
+            )
+        for leaf in array_leaves(node, inexact_only=not is_array(node.obj)):
+            out.setdefault(leaf.path, leaf)
+    return list(out.values())

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save as st_save
 
 import eqxform
-from eqxform import _io
+from eqxform import _recipes as _io
 
 
 def leaves(model):

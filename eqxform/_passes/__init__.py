@@ -1,13 +1,11 @@
-"""Passes: pure `(model, key) -> model` functions, one per action of a rule.
+"""Passes: pure `(model, key, context) -> model` functions, one per action of
+a rule (`_tree`) or structural directive (`_struct`); `_init` holds the
+initialisers that `init` draws from."""
 
-`_tree` holds the `eqx.tree_at` passes (init, replace, cast, scale); `_init`
-the initialisers they draw from. `PASSES` is imported lazily, as it needs JAX.
-"""
-
-
-def __getattr__(name):
-    if name == "PASSES":
-        from ._tree import PASSES
-
-        return PASSES
-    raise AttributeError(name)
+from ._base import Context as Context
+from ._base import Pass as Pass
+from ._struct import EnsemblePass as EnsemblePass
+from ._struct import StackPass as StackPass
+from ._struct import UnstackPass as UnstackPass
+from ._tree import PASSES as PASSES
+from ._tree import RulePass as RulePass

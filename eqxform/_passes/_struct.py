@@ -8,10 +8,8 @@ arrays carry a leading layer axis; `ensemble` turns the model into an
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,32 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _ast as A
-from .._diagnostics import Diagnostic
-from .._errors import SpecError
-from .._expr import evaluate
-from .._runtime._stack import Ensemble, Stacked
-from .._select import Node, fans, get, is_array, path_str, select, walk
-from ._tree import no_match
-
-# Set by `Program.apply` while it runs: `key -> model` that builds the model as
-# it stood before the `ensemble` line, from its constructor. Without it an
-# ensemble copies the weights.
-REBUILD: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("rebuild", default=None)
+from .._modules import Ensemble, Stacked
+from .._select import Node, fans, get, is_array, no_match, path_str, select, walk
+from ._base import Context, Pass
 
 
-@dataclass(frozen=True, eq=False)
-class StructPass:
-    stmt: A.Stmt
-    env: Mapping[str, Any]
-    source: A.Source
-    identity: int
+class StructPass(Pass):
+    """A structural directive. Its draws use the key folded with its identity."""
 
-    def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
-        return SpecError(Diagnostic(code, message, span, help, self.source))
+    def __call__(self, model, key, ctx: Context = Context()):
+        return self.run(model, key, ctx, self.select(model, ctx))
 
-    def __call__(self, model, key):
-        return self.run(model, jax.random.fold_in(key, self.identity), self.select(model))
+    def run(self, model, key, ctx, nodes):
+        return self.restructure(model, jax.random.fold_in(key, self.identity), ctx, nodes)
+
+    def restructure(self, model, key, ctx, nodes):
+        raise NotImplementedError
 
 
 def _describe(x) -> str:
@@ -100,7 +88,7 @@ class StackPass(StructPass):
     def options(self) -> dict[str, Any]:
         return {o.name: o.value for o in self.stmt.options}
 
-    def select(self, model):
+    def select(self, model, ctx):
         nodes = select(self.stmt.selector, walk(model))
         if not nodes:
             raise no_match(self.stmt.selector, walk(model), self.source)
@@ -111,20 +99,20 @@ class StackPass(StructPass):
         ]
         return outer
 
-    def run(self, model, key, nodes):
+    def restructure(self, model, key, ctx, nodes):
         stmt, options = self.stmt, self.options
         count = options.get("count")
         span = stmt.selector.span
         if any(n.batch for n in nodes):
             raise self.error(
-                "E203",
+                "E140",
                 f"`{stmt.selector.text}` is inside a stack or an ensemble already",
                 span,
                 "stack the layers before making the ensemble, or `unstack` first",
             )
         if len(nodes) == 1:
             node = nodes[0]
-            obj = node.obj
+            obj = get(model, node.path)
             if isinstance(obj, eqx.nn.Sequential):
                 items, kind = list(obj.layers), "sequential"
             elif isinstance(obj, (list, tuple)):
@@ -144,7 +132,7 @@ class StackPass(StructPass):
                 )
             else:
                 raise self.error(
-                    "E203",
+                    "E131",
                     f"`stack` needs a list, tuple or `Sequential` of modules, or one module "
                     f"with a count; `{node.text}` is a `{type(obj).__name__}`",
                     span,
@@ -158,10 +146,10 @@ class StackPass(StructPass):
     def run_slice(self, model, nodes, count):
         span = self.stmt.selector.span
         parents = {n.path[:-1] for n in nodes}
-        indices = [n.path[-1][1] for n in nodes]
+        indices = [getattr(n.path[-1], "idx", None) for n in nodes]
         if (
             len(parents) != 1
-            or any(n.path[-1][0] != "idx" for n in nodes)
+            or None in indices
             or indices != list(range(indices[0], indices[0] + len(indices)))
         ):
             raise self.error(
@@ -173,7 +161,7 @@ class StackPass(StructPass):
             )
         container_path = nodes[0].path[:-1]
         container = get(model, container_path)
-        items = [n.obj for n in nodes]
+        items = [get(model, n.path) for n in nodes]
         self.check(items, [n.text for n in nodes], count)
         stacked = self.wrap(_stack_arrays(items), len(items), "slice")
         start, stop = indices[0], indices[-1] + 1
@@ -230,7 +218,8 @@ class StackPass(StructPass):
             if not (
                 is_array(node.obj)
                 and node.path
-                and node.path[-1] in (("attr", "weight"), ("attr", "bias"))
+                and node.path[-1]
+                in (jax.tree_util.GetAttrKey("weight"), jax.tree_util.GetAttrKey("bias"))
             ):
                 continue
             if type(parent).__name__ not in _DEFAULT_INIT and not any(
@@ -252,7 +241,7 @@ class StackPass(StructPass):
 
 
 class UnstackPass(StructPass):
-    def select(self, model):
+    def select(self, model, ctx):
         nodes = select(self.stmt.selector, walk(model))
         if not nodes:
             raise no_match(self.stmt.selector, walk(model), self.source)
@@ -265,12 +254,12 @@ class UnstackPass(StructPass):
                 )
         return nodes
 
-    def run(self, model, key, nodes):
+    def restructure(self, model, key, ctx, nodes):
         for node in reversed(nodes):  # later paths first: splicing keeps earlier ones valid
             stacked = get(model, node.path)
             items = [stacked[i] for i in range(stacked.count)]
             if stacked.kind == "slice":
-                container_path, index = node.path[:-1], node.path[-1][1]
+                container_path, index = node.path[:-1], node.path[-1].idx
                 container = get(model, container_path)
                 new = list(container[:index]) + items + list(container[index + 1 :])
                 new = tuple(new) if isinstance(container, tuple) else new
@@ -284,37 +273,38 @@ class UnstackPass(StructPass):
         return model
 
 
+@dataclass(frozen=True, eq=False)
 class EnsemblePass(StructPass):
-    @property
-    def count(self) -> int:
-        from .._compile import is_whole
+    """`ensemble N`. Where the model's constructor is known (`ctx.base`), each
+    member is built by it from its own key under `filter_vmap` and the passes
+    above this line (`before`) run on each member; otherwise the arrays are
+    copied."""
 
-        value = evaluate(self.stmt.count, self.env)
-        if not is_whole(value, 1):
-            raise self.error(
-                "E134",
-                f"`ensemble` needs a whole number of members >= 1, not `{value}`",
-                self.stmt.count.span,
-            )
-        return value
+    count: int = 1
+    before: tuple[Pass, ...] = ()
 
-    def select(self, model):
-        self.count  # noqa: B018 -- checks the count
+    def select(self, model, ctx):
         if isinstance(model, Ensemble):
             raise self.error(
-                "E203",
+                "E141",
                 "the model is an ensemble already",
                 self.stmt.span,
                 "a spec makes one ensemble; take a member with `Ensemble.member(i)` first",
             )
         return [Node((), model, ())]
 
-    def run(self, model, key, nodes):
+    def restructure(self, model, key, ctx, nodes):
         count = self.count
-        rebuild = REBUILD.get()
-        if rebuild is not None:
-            keys = jax.random.split(key, count)
-            members = eqx.filter_vmap(rebuild)(keys)
+        if ctx.base is not None:
+            before = self.before
+
+            def member(k):
+                m = ctx.base(k)
+                for p in before:
+                    m = p(m, k, ctx)
+                return m
+
+            members = eqx.filter_vmap(member)(jax.random.split(key, count))
             if _same_structure(members, model):
                 return Ensemble(members, count)
         members = jax.tree_util.tree_map(
@@ -334,6 +324,3 @@ def _same_structure(members, model) -> bool:
         if is_array(x) and (tuple(x.shape[1:]) != tuple(y.shape) or x.dtype != y.dtype):
             return False
     return jax.tree_util.tree_structure(members) == jax.tree_util.tree_structure(model)
-
-
-STRUCT_PASSES = {A.StackStmt: StackPass, A.UnstackStmt: UnstackPass, A.EnsembleStmt: EnsemblePass}

@@ -1,2 +1,2 @@
-"""What runs at the jit/grad boundary and in training: wrappers and `resolve`,
-the optimiser built from a spec, and the low-overhead training step."""
+"""What runs on top of a compiled spec: the optimiser it describes, the
+low-overhead training step and the training loop."""

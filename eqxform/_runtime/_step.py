@@ -19,7 +19,8 @@ import optax
 
 from .._diagnostics import Diagnostic
 from .._errors import EqxformError
-from ._wrappers import resolve as resolve_wrappers
+from .._modules import resolve as resolve_wrappers
+from .._program import recipe_of, remember
 
 
 class RetraceError(EqxformError):
@@ -56,6 +57,9 @@ class Step:
         state = optimizer.init(params)
         self._state, self._state_def = jax.tree_util.tree_flatten(state)
         self._static = static
+        # The trained model is the model it started from, other values: it
+        # keeps that model's recipe.
+        self._recipe = recipe_of(model)
         self._allow_retrace = allow_retrace
         self._signature: tuple | None = None
         self.traces = 0
@@ -97,7 +101,9 @@ class Step:
     @property
     def model(self) -> Any:
         params = jax.tree_util.tree_unflatten(self._params_def, self._params)
-        return eqx.combine(params, self._static)
+        model = eqx.combine(params, self._static)
+        remember(model, self._recipe)
+        return model
 
     @property
     def opt_state(self) -> Any:

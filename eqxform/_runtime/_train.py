@@ -21,9 +21,9 @@ import optax
 
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
+from .._modules import resolve
 from ._optim import optimizer as build_optimizer
 from ._step import make_step
-from ._wrappers import resolve
 
 
 def mse(model, x, y):

@@ -8,6 +8,7 @@ is an ordinary pure function: call it inside `jit`, `grad` and `vmap`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -23,8 +24,6 @@ class Wrapper(eqx.Module):
         raise NotImplementedError
 
     def _inner(self) -> Any:
-        import dataclasses
-
         return getattr(self, dataclasses.fields(self)[0].name)
 
     @property
@@ -151,15 +150,3 @@ class Frozen(Wrapper):
 
 
 BUILTIN = {"symmetric": Symmetric, "positive": Positive, "weight_norm": WeightNormed}
-
-
-def frozen_paths(model: Any) -> list[str]:
-    """Names (as in model files) of the arrays inside a `Frozen`, wherever it
-    sits, inside another wrapper included."""
-    from .._select import array_leaves, walk
-
-    out = []
-    for node in walk(model):
-        if isinstance(node.obj, Frozen):
-            out.extend(".".join(str(v) for _, v in leaf.path) for leaf in array_leaves(node, False))
-    return out

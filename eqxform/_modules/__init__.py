@@ -1,0 +1,22 @@
+"""The model types a spec produces: wrappers (per-parameter behaviour),
+`Stacked` (scan-over-layers) and `Ensemble`.
+
+This package sits at the bottom of eqxform: it imports JAX and Equinox and
+nothing else of eqxform, so that selection, passes, files and training can all
+build on it.
+"""
+
+from ._stacks import Ensemble as Ensemble
+from ._stacks import Stacked as Stacked
+from ._stacks import batched as batched
+from ._stacks import evaluate_ensemble as evaluate_ensemble
+from ._stacks import evaluate_per_member as evaluate_per_member
+from ._wrappers import BUILTIN as BUILTIN
+from ._wrappers import Frozen as Frozen
+from ._wrappers import Positive as Positive
+from ._wrappers import Symmetric as Symmetric
+from ._wrappers import WeightNormed as WeightNormed
+from ._wrappers import Wrapper as Wrapper
+from ._wrappers import bake as bake
+from ._wrappers import is_wrapper as is_wrapper
+from ._wrappers import resolve as resolve

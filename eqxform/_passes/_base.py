@@ -1,0 +1,92 @@
+"""What every pass is: a pure function of the model, a key and a context.
+
+A `Pass` is plain data (the statement it came from, the `let` values, a stable
+identity for its random draws) plus two methods: `select` finds the nodes it
+acts on, `run` changes them. `pass_(model, key, ctx)` is `run` of `select`;
+`plan` calls the two apart, so that it selects once and runs under
+`eval_shape`. Nothing reaches a pass but its arguments: the allow-list, the
+constructor that rebuilds ensemble members and (later) the mesh travel in the
+`Context`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+
+from .. import _ast as A
+from .._diagnostics import Diagnostic
+from .._errors import SpecError
+from .._select import Node, get
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a pass may use besides the model and the key.
+
+    **Attributes:**
+
+    - `allow`: top-level packages whose `package.module:function`
+      constructors may be imported.
+    - `base`: `key -> model`, the model the program was applied to, rebuilt
+      from its constructor (its recipe); `None` when it is not known. An
+      `ensemble` builds its members with it.
+    """
+
+    allow: tuple[str, ...] = ()
+    base: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Pass:
+    """One step of a program. Subclasses define `select` and `run`."""
+
+    stmt: A.Stmt
+    env: Mapping[str, Any]
+    source: A.Source
+    identity: int
+
+    # ---- what the pass is, for plans and messages
+    @property
+    def line(self) -> int:
+        return self.stmt.span.line
+
+    @property
+    def text(self) -> str:
+        """The statement as written, comment removed."""
+        if isinstance(self.stmt, A.Rule):
+            return self.stmt.text
+        return self.source.line(self.stmt.span.line).split("#", 1)[0].strip()
+
+    @property
+    def label(self) -> str:
+        """What the pass does, as written: `init he_normal`, `stack`."""
+        return self.text.split(None, 1)[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(line {self.line}: {self.label})"
+
+    # ---- what it does
+    def select(self, model: Any, ctx: Context) -> list[Node]:
+        raise NotImplementedError
+
+    def run(self, model: Any, key: Any, ctx: Context, nodes: list[Node]) -> Any:
+        raise NotImplementedError
+
+    def __call__(self, model: Any, key: Any, ctx: Context = Context()) -> Any:
+        return self.run(model, key, ctx, self.select(model, ctx))
+
+    # ---- helpers
+    def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
+        return SpecError(Diagnostic(code, message, span, help, self.source))
+
+
+def replace_at(model: Any, paths: list, values: list[Any]) -> Any:
+    """`model` with the nodes at `paths` replaced: one `eqx.tree_at` call for
+    all of them, never one per leaf."""
+    if not paths:
+        return model
+    return eqx.tree_at(lambda m: [get(m, p) for p in paths], model, values)

@@ -1,0 +1,327 @@
+"""A compiled spec (`Program`) and how a model was made (`Recipe`).
+
+A `Program` is plain data: the tuple of passes and everything else the spec
+set (seed, `let` values, the `model` directive, the optimiser and its groups).
+`apply` is a fold over the passes, like `optax.chain`: each pass is a pure
+function of the model, a key and an explicit `Context`.
+
+A `Recipe` says how a model was made: a constructor call, then the programs
+applied to it. It is written into model files as JSON, and it holds the
+compiled programs themselves, so that rebuilding a model (for the members of
+an ensemble, or the skeleton of a file) compiles nothing again.
+
+Recipes travel with models by structure: `remember(model, recipe)` files the
+recipe under the model's tree structure (treedef, shapes, dtypes), so that
+whatever keeps the structure keeps the recipe: `eqx.tree_at` on values, a
+training step, `Step.model`, a copy. Surgery by hand that changes the
+structure drops it, rightly, as the recipe no longer describes the model. Of
+several recipes filed under one structure, the one filed for this very object
+wins; if none was and they disagree, none is returned rather than a guess.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import jax
+
+from . import _ast as A
+from ._build import MODEL_TAG, build, render_call
+from ._diagnostics import Diagnostic
+from ._errors import UsageError
+from ._passes import Context, Pass
+from ._select import is_array
+
+
+@dataclass(frozen=True)
+class Group:
+    """An `lr` or `weight_decay` action: it shapes the optimiser, not the
+    model, and selects on the model after every rule."""
+
+    rule: A.Rule
+    action: A.Action
+
+    @property
+    def line(self) -> int:
+        return self.rule.span.line
+
+
+@dataclass(frozen=True)
+class Program:
+    """A compiled spec: its passes and what they need. Apply it to models.
+
+    **Attributes:**
+
+    - `passes`: the tuple of passes, in the order the rules are written.
+    - `env`: the `let` values, overrides applied; `params`: the overrides.
+    - `seed`: the spec's `seed` (0 when it has none).
+    - `model_call`: the `model` directive's constructor call, if any.
+    - `optimizer`: `(name, arguments)` of the `optimizer` directive, if any.
+    - `groups`: the `lr` and `weight_decay` actions, in order.
+    - `allow`: packages whose constructors may be imported.
+    """
+
+    spec: A.Spec
+    passes: tuple[Pass, ...]
+    env: Mapping[str, Any]
+    params: Mapping[str, Any]
+    seed: int
+    model_call: A.Call | None
+    optimizer: tuple[str, Mapping[str, Any]] | None = None
+    groups: tuple[Group, ...] = ()
+    allow: tuple[str, ...] = field(default=())
+
+    @property
+    def source(self) -> A.Source:
+        return self.spec.source
+
+    @property
+    def text(self) -> str:
+        return self.spec.source.text
+
+    @property
+    def name(self) -> str:
+        return self.spec.source.name
+
+    # ---- running -----------------------------------------------------------
+
+    def run(self, model: Any, key: Any, ctx: Context | None = None) -> Any:
+        """The fold: every pass in turn, each given the same key and context."""
+        ctx = Context(allow=self.allow) if ctx is None else ctx
+        return functools.reduce(lambda m, p: p(m, key, ctx), self.passes, model)
+
+    def base_constructor(self) -> str | None:
+        return None if self.model_call is None else render_call(self.model_call, self.env)
+
+    def construct(self, key: Any) -> Any:
+        """The `model` directive's model, built from `key` (no recipe filed)."""
+        if self.model_call is None:
+            raise UsageError(
+                Diagnostic(
+                    "E403",
+                    "no model given, and the spec has no `model` directive",
+                    file=self.name,
+                    help="pass a model file, or add e.g. `model MLP(in_size=2, out_size=2, "
+                    "width_size=64, depth=2)` to the spec",
+                )
+            )
+        return build(
+            self.model_call, self.env, jax.random.fold_in(key, MODEL_TAG), self.source, self.allow
+        )
+
+    def base_recipe(self, seed: int | None) -> Recipe:
+        """The recipe of the `model` directive's model."""
+        assert self.model_call is not None
+        return Recipe(
+            call=self.model_call,
+            env=self.env,
+            constructor=self.base_constructor(),
+            seed=seed,
+            source=self.source,
+            allow=self.allow,
+        )
+
+    def build_model(self, key=None, *, seed: int | None = None):
+        """The `model` directive's model, built from `key` (default: the seed)."""
+        seed = self.seed if seed is None else seed
+        model = self.construct(jax.random.key(seed) if key is None else key)
+        if self.model_call is not None:
+            remember(model, self.base_recipe(seed if key is None else None))
+        return model
+
+    def apply(self, model=None, key=None, *, seed: int | None = None):
+        """Run every pass on `model` and return the new model.
+
+        **Arguments:**
+
+        - `model`: an Equinox model; `None` builds the spec's `model` directive.
+        - `key`: a `jax.random.key`; by default one is made from `seed`, or the
+          spec's own `seed`.
+
+        **Returns:** the transformed model. Raises `SpecError` when a rule does
+        not fit the model (a selector that matches nothing, say). The result
+        keeps the recipe of `model`, extended by this spec.
+        """
+        seed = self.seed if seed is None else seed
+        recorded_seed = seed if key is None else None
+        if key is None:
+            key = jax.random.key(seed)
+        if model is None:
+            model = self.build_model(key if recorded_seed is None else None, seed=seed)
+        recipe = recipe_of(model)
+        ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)
+        result = self.run(model, key, ctx)
+        if recipe is not None:
+            remember(result, recipe.then(self, recorded_seed))
+        return result
+
+    def check(self, model=None) -> list[Diagnostic]:
+        """Every diagnostic of running this program on `model`, allocating no arrays."""
+        return list(self.plan(model).diagnostics)
+
+    def plan(self, model=None):
+        """What each rule will change, computed with `eqx.filter_eval_shape`.
+
+        **Returns:** a `Plan`: per rule, the matched paths with their shape and
+        dtype before and after, and the change in parameter count.
+        """
+        from ._plan import make_plan
+
+        return make_plan(self, model)
+
+
+# ---- recipes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecipeStep:
+    program: Program
+    seed: int | None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": os.path.basename(self.program.name),
+            "text": self.program.text,
+            "seed": self.seed,
+            "params": dict(self.program.params),
+        }
+
+
+@dataclass(frozen=True)
+class Recipe(Mapping):
+    """How a model was made: a constructor call, then programs.
+
+    **Attributes:** `constructor` (the call as text, arguments evaluated),
+    `seed` (of the constructor's key; `None` when a key was given), `steps`
+    (the programs applied, each with its seed), `train` (what `eqxform train`
+    did, if anything). `to_dict()` is what a model file stores, and a recipe
+    reads as that mapping too (`recipe["base"]["constructor"]`).
+    """
+
+    call: A.Call
+    env: Mapping[str, Any]
+    constructor: str
+    seed: int | None
+    source: A.Source
+    allow: tuple[str, ...] = ()
+    steps: tuple[RecipeStep, ...] = ()
+    train: Mapping[str, Any] | None = None
+
+    def build(self, key: Any) -> Any:
+        """The model this recipe describes, drawn from `key`."""
+        model = build(
+            self.call, self.env, jax.random.fold_in(key, MODEL_TAG), self.source, self.allow
+        )
+        for i, step in enumerate(self.steps):
+            before = replace(self, steps=self.steps[:i])
+            model = step.program.run(model, key, Context(allow=self.allow, base=before.build))
+        return model
+
+    def then(self, program: Program, seed: int | None) -> Recipe:
+        return replace(self, steps=self.steps + (RecipeStep(program, seed),), train=None)
+
+    def with_training(self, info: Mapping[str, Any]) -> Recipe:
+        return replace(self, train=dict(info))
+
+    def to_dict(self) -> dict:
+        out: dict = {
+            "base": {"constructor": self.constructor, "seed": self.seed},
+            "specs": [s.to_dict() for s in self.steps],
+        }
+        if self.train is not None:
+            out["train"] = dict(self.train)
+        return out
+
+    def __getitem__(self, name: str) -> Any:
+        return self.to_dict()[name]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+
+def structure_key(model: Any) -> Any:
+    """What a model's recipe is filed under: its tree structure, the shape
+    and dtype of each array, and its other leaves (functions, numbers)."""
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    parts = []
+    for x in leaves:
+        if is_array(x):
+            parts.append((tuple(x.shape), str(x.dtype)))
+        else:
+            try:
+                hash(x)
+                parts.append(x)
+            except TypeError:
+                parts.append(type(x))
+    try:
+        hash(treedef)
+        return treedef, tuple(parts)
+    except TypeError:  # a static field that cannot be hashed
+        return str(treedef), tuple(parts)
+
+
+# structure -> [(weak reference to the model it was filed for, recipe)], newest last.
+_RECIPES: collections.OrderedDict[Any, list[tuple[Any, Recipe]]] = collections.OrderedDict()
+_MAX_STRUCTURES = 256
+_MAX_PER_STRUCTURE = 32
+
+
+def remember(model: Any, recipe: Recipe | None) -> None:
+    """File `recipe` as the recipe of `model` (and of every model of its
+    structure that no other recipe claims)."""
+    if recipe is None:
+        return
+    try:
+        key = structure_key(model)
+    except Exception:  # a model JAX cannot flatten carries no recipe
+        return
+    try:
+        ref = weakref.ref(model)
+    except TypeError:  # a tuple or a list takes no weak reference
+        ref = None
+    entries = _RECIPES.setdefault(key, [])
+    entries[:] = [(r, old) for r, old in entries if r is None or r() is not None][
+        -_MAX_PER_STRUCTURE + 1 :
+    ]
+    entries.append((ref, recipe))
+    _RECIPES.move_to_end(key)
+    while len(_RECIPES) > _MAX_STRUCTURES:
+        _RECIPES.popitem(last=False)
+
+
+def recipe_of(model: Any) -> Recipe | None:
+    """The recipe of a model that eqxform built, loaded or transformed (or
+    one of the same structure that it recorded), else None."""
+    try:
+        key = structure_key(model)
+    except Exception:
+        return None
+    entries = _RECIPES.get(key)
+    if not entries:
+        return None
+    for ref, recipe in reversed(entries):
+        if ref is not None and ref() is model:
+            return recipe
+    distinct = {_identity(r) for _, r in entries}
+    if len(distinct) == 1:
+        return entries[-1][1]
+    return None
+
+
+def _identity(recipe: Recipe) -> tuple:
+    return (
+        recipe.constructor,
+        recipe.seed,
+        tuple(
+            (s.program.text, s.seed, repr(sorted(s.program.params.items()))) for s in recipe.steps
+        ),
+    )

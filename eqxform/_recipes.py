@@ -1,0 +1,281 @@
+"""Model files as models: recipes written and replayed; `load`, `save`, `new`.
+
+This layer sits above the compiler: replaying a recipe compiles the specs it
+lists. Loading builds the skeleton with `eqx.filter_eval_shape` from the
+recipe, checks every tensor's name, shape and dtype against it, then fills the
+leaves, so a file written by eqxform loads with no code from its user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import _ast as A
+from ._build import render_call
+from ._check import Checker
+from ._compile import compile_collect
+from ._diagnostics import Diagnostic
+from ._errors import ModelFileError, SpecError, UsageError
+from ._files import Header, corrupt, encode, read_header, read_tensors
+from ._files import atomic_write as atomic_write
+from ._parse import parse_expr
+from ._program import Recipe, RecipeStep, recipe_of, remember
+from ._select import is_array, tensor_name
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("eqxform", "equinox", "jax"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+# What a file without a recipe says about itself.
+NO_RECIPE = (
+    "no recipe: eqxform did not build this model, or its structure changed after; "
+    "load it with `eqxform.load(path, like=model)` given a model of the same structure"
+)
+
+
+def named_arrays(model: Any) -> list[tuple[str, Any]]:
+    """(tensor name, array) of every array leaf, in tree order."""
+    leaves = jax.tree_util.tree_flatten_with_path(model)[0]
+    return [(tensor_name(path), leaf) for path, leaf in leaves if is_array(leaf)]
+
+
+# ---- recipes from files ----------------------------------------------------------
+
+
+def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
+    source = A.Source(f"{origin} (recipe)", str(text))
+    try:
+        call = parse_expr(str(text), source.name)
+    except SpecError as e:
+        raise ModelFileError(e.diagnostics) from None
+    if not isinstance(call, A.Call):
+        raise corrupt(origin, "its recipe's base is not a constructor call")
+    checker = Checker(A.Spec(source, ()))
+    checker.constructor_call(call, set())
+    if checker.diagnostics:
+        raise ModelFileError(checker.diagnostics)
+    return call, source
+
+
+def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<recipe>") -> Recipe:
+    """A recipe as a file stores it -> a `Recipe` whose specs are compiled."""
+    allow = tuple(allow)
+    base = data["base"]
+    constructor = base.get("constructor")
+    call, source = _constructor_call(constructor, origin, allow)
+    steps = []
+    for i, entry in enumerate(data.get("specs", [])):
+        program, diagnostics = compile_collect(
+            str(entry.get("text", "")),
+            f"{origin} (recipe spec {i + 1}: {entry.get('name', '?')})",
+            entry.get("params") or {},
+            allow,
+        )
+        if diagnostics:
+            raise ModelFileError(diagnostics)
+        steps.append(RecipeStep(program, entry.get("seed")))
+    return Recipe(
+        call=call,
+        env={},
+        constructor=str(constructor),
+        seed=base.get("seed"),
+        source=source,
+        allow=allow,
+        steps=tuple(steps),
+        train=data.get("train"),
+    )
+
+
+def _skeleton_of(recipe: Recipe, origin: str) -> Any:
+    """The structure a recipe builds, as `ShapeDtypeStruct` leaves."""
+    try:
+        return eqx.filter_eval_shape(recipe.build, jax.random.key(0))
+    except SpecError as e:
+        codes = {d.code for d in e.diagnostics}
+        if "E117" in codes:
+            d = e.diagnostics[0]
+            raise ModelFileError(
+                Diagnostic(
+                    "E306",
+                    f"`{origin}` names the module `{d.message.split('`')[1]}`; it was not imported",
+                    file=origin,
+                    help=d.help,
+                )
+            ) from None
+        raise ModelFileError(e.diagnostics) from None
+
+
+def skeleton(
+    path: str | os.PathLike, allow: Iterable[str] = (), like: Any = None
+) -> tuple[Header, Recipe | None, Any]:
+    """(header, recipe, skeleton) of a model file, without reading its tensors."""
+    header = read_header(path)
+    if like is not None:
+        return header, None, eqx.filter_eval_shape(lambda m: m, like)
+    data = header.recipe
+    if data is None:
+        raise ModelFileError(
+            Diagnostic(
+                "E304",
+                f"`{path}` has no eqxform recipe, so its structure is unknown",
+                file=str(path),
+                help="load it into a model of the same structure: `eqxform.load(path, like=model)`",
+            )
+        )
+    try:
+        recipe = recipe_from_dict(data, allow, str(path))
+    except SpecError as e:
+        raise ModelFileError(e.diagnostics) from None
+    return header, recipe, _skeleton_of(recipe, str(path))
+
+
+def check_tensors(header: Header, skel: Any) -> None:
+    """Every tensor of the file is the one the skeleton wants, and no more."""
+    problems = []
+    names = set()
+    for name, leaf in named_arrays(skel):
+        names.add(name)
+        info = header.tensors.get(name)
+        if info is None:
+            problems.append(f"tensor `{name}` is missing")
+            continue
+        want = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+        have = (info.shape, info.dtype)
+        if want != have:
+            problems.append(
+                f"tensor `{name}` is {have[1]}{list(have[0])}, the recipe makes "
+                f"{want[1]}{list(want[0])}"
+            )
+    extra = sorted(set(header.tensors) - names)
+    if extra:
+        problems.append(
+            "tensors the recipe does not make: " + ", ".join(f"`{e}`" for e in extra[:5])
+        )
+    if problems:
+        raise ModelFileError(
+            Diagnostic(
+                "E305",
+                f"`{header.path}` does not match its recipe: {problems[0]}",
+                file=header.path,
+                notes=tuple(problems[1:6]),
+                help="the file was changed after it was written, or written by another "
+                "version; rebuild it with `eqxform apply`",
+            )
+        )
+
+
+def fill(header: Header, skel: Any) -> Any:
+    """The skeleton with its leaves read from the file (checked first)."""
+    check_tensors(header, skel)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(skel)
+    names = [tensor_name(p) for p, x in leaves if is_array(x)]
+    values = read_tensors(header.path, names)
+    filled = [jnp.asarray(values[tensor_name(p)]) if is_array(x) else x for p, x in leaves]
+    return jax.tree_util.tree_unflatten(treedef, filled)
+
+
+def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None):
+    """Load a model file.
+
+    **Arguments:**
+
+    - `path`: a model file written by `eqxform.save` or `eqxform apply`.
+    - `allow`: top-level packages whose constructors the recipe may import
+      (`package.module:function`); nothing else is ever imported.
+    - `like`: a model of the same structure, for files without a recipe.
+
+    **Returns:** the model, its structure rebuilt from the recipe and every
+    tensor checked against it (names, shapes, dtypes).
+    """
+    header, recipe, skel = skeleton(path, allow, like)
+    model = fill(header, skel)
+    remember(model, recipe)
+    return model
+
+
+# ---- writing -------------------------------------------------------------------
+
+
+def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
+    """The model file of `model`: its arrays and its recipe (given, or the one
+    eqxform knows for it)."""
+    recipe = recipe if recipe is not None else recipe_of(model)
+    tensors = {}
+    for name, leaf in named_arrays(model):
+        if name in tensors:
+            raise UsageError(f"two leaves of the model are both named `{name}`")
+        tensors[name] = np.ascontiguousarray(np.asarray(leaf))
+    if recipe is None:
+        content = {"load": NO_RECIPE}
+    else:
+        content = {**recipe.to_dict(), "versions": versions()}
+    return encode(tensors, content)
+
+
+def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -> None:
+    """Write `model` to `path` (safetensors), atomically.
+
+    **Arguments:**
+
+    - `path`: the file to write; it is replaced whole or not at all.
+    - `model`: the model.
+    - `recipe`: how it was made (`eqxform.recipe_of(model)`); by default the
+      recipe eqxform knows for this model: models from `eqxform.new`,
+      `eqxform.load`, a spec's `model` directive, `Program.apply` of those,
+      and anything of the same structure (after `eqx.tree_at`, a training
+      step, `Step.model`).
+
+    Without a recipe the file loads only with `eqxform.load(path, like=model)`;
+    the file says so (`eqxform show` prints it, and `load` without `like=`
+    answers with that fix).
+    """
+    atomic_write(path, to_bytes(model, recipe))
+
+
+def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
+    """Build a model from a constructor call such as `"MLP(in_size=2, ...)"`."""
+    from ._build import MODEL_TAG, build
+
+    source = A.Source("<constructor>", constructor)
+    call = parse_expr(constructor, source.name)
+    if not isinstance(call, A.Call):
+        raise UsageError(
+            Diagnostic(
+                "E405",
+                f"`{constructor}` is not a constructor call",
+                help='write it as a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
+            )
+        )
+    checker = Checker(A.Spec(source, ()))
+    checker.constructor_call(call, set())
+    if checker.diagnostics:
+        raise SpecError(checker.diagnostics)
+    allow = tuple(allow)
+    key = jax.random.fold_in(jax.random.key(seed), MODEL_TAG)
+    model = build(call, {}, key, source, allow)
+    recipe = Recipe(
+        call=call,
+        env={},
+        constructor=render_call(call, {}),
+        seed=seed,
+        source=source,
+        allow=allow,
+    )
+    remember(model, recipe)
+    return model

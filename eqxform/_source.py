@@ -1,0 +1,138 @@
+"""Where a spec and its values come from: a spec file or text, `--set`
+values and `--params` YAML files. No JAX, no compiler."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from . import _ast as A
+from ._diagnostics import Diagnostic
+from ._errors import SpecError, UsageError
+from ._expr import EvalError, evaluate
+from ._parse import parse_expr
+
+
+def is_spec_path(spec: Any) -> bool:
+    """Is `spec` a path (rather than the text of a spec)?"""
+    return isinstance(spec, os.PathLike) or (
+        isinstance(spec, str) and "\n" not in spec and spec.endswith(".eqx")
+    )
+
+
+def looks_like_model_file(data: bytes) -> bool:
+    """Do these first bytes start a safetensors file (a length, then `{`)?"""
+    if len(data) < 9:
+        return False
+    size = int.from_bytes(data[:8], "little")
+    return 0 < size < (1 << 40) and data[8:9] == b"{"
+
+
+def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, str]:
+    """(text, name) of a spec given as a path or as text."""
+    if not is_spec_path(spec):
+        return str(spec), name or "<spec>"
+    path = Path(spec)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(
+            Diagnostic("E401", f"spec file `{path}` does not exist", file=str(path))
+        ) from None
+    except OSError as e:
+        raise UsageError(
+            Diagnostic("E401", f"cannot read `{path}`: {e.strerror}", file=str(path))
+        ) from None
+    if looks_like_model_file(data[:9]):
+        raise UsageError(
+            Diagnostic(
+                "E402",
+                f"`{path}` is a model file, not a spec",
+                file=str(path),
+                help="the spec comes first: `eqxform apply SPEC MODEL -o OUT`",
+            )
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(
+            Diagnostic("E402", f"`{path}` is not a text file", file=str(path))
+        ) from None
+    return text, name or str(path)
+
+
+def is_model_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return looks_like_model_file(f.read(9))
+    except OSError:
+        return False
+
+
+def parse_value(text: str, name: str) -> Any:
+    """A `--set NAME=VALUE` value: a constant expression (`32`, `1e-3`, `"relu"`)."""
+    try:
+        expr = parse_expr(text, f"--set {name}")
+    except SpecError as e:
+        raise UsageError(e.diagnostics) from None
+    try:
+        return evaluate(expr, {})
+    except EvalError:
+        # A bare word is a string (`--set act=gelu` means the function `gelu`
+        # through the evaluator; anything else stays text).
+        if isinstance(expr, A.Name):
+            return expr.id
+        raise UsageError(f"`--set {name}={text}` is not a constant") from None
+
+
+def load_params(sets: tuple[str, ...] = (), params_file: str | None = None) -> dict[str, Any]:
+    """`let` overrides from a YAML file (the form sweep tools write), then from
+    `--set NAME=VALUE` items, which win."""
+    values: dict[str, Any] = {}
+    if params_file:
+        import yaml
+
+        try:
+            loaded = yaml.safe_load(Path(params_file).read_text())
+        except FileNotFoundError:
+            raise UsageError(f"params file `{params_file}` does not exist") from None
+        except yaml.YAMLError as e:
+            raise UsageError(
+                Diagnostic(
+                    "E406",
+                    f"`{params_file}` is not valid YAML: {str(e).splitlines()[0]}",
+                    file=params_file,
+                )
+            ) from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+            raise UsageError(
+                Diagnostic(
+                    "E406",
+                    f"`{params_file}` must map `let` names to values",
+                    file=params_file,
+                    help="e.g. `width: 128`",
+                )
+            )
+        for k, v in loaded.items():
+            if not (v is None or isinstance(v, (bool, int, float, str))):
+                raise UsageError(
+                    Diagnostic(
+                        "E406",
+                        f"`{k}` in `{params_file}` must be a number, a string or a boolean",
+                        file=params_file,
+                    )
+                )
+            values[k] = v
+    for item in sets:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(
+                Diagnostic(
+                    "E407", f"`--set {item}` is not NAME=VALUE", help="e.g. `--set width=128`"
+                )
+            )
+        values[name.strip()] = parse_value(text.strip(), name.strip())
+    return values
