@@ -56,8 +56,8 @@ def build(
     except (ImportError, AttributeError) as e:
         raise SpecError(
             Diagnostic(
-                "E103",
-                f"cannot find constructor `{call.callee}`: {e}",
+                "E126",
+                f"cannot import constructor `{call.callee}`: {e}",
                 call.callee_span,
                 None,
                 source,

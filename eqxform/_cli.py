@@ -1,7 +1,9 @@
 """The command line: a thin shell over the Python API.
 
 Exit codes: 0 success, 1 a spec or model error, 2 a usage error. Every error is
-a rendered diagnostic, never a traceback. `check` without a model imports no JAX.
+a rendered diagnostic, never a traceback. `check` without a model imports no
+JAX: the commands import what they need inside their functions, so that the
+linter loads only the text layers (parse, check).
 """
 
 from __future__ import annotations
@@ -497,6 +499,33 @@ def show(model, fmt):
             click.echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+@main.command()
+@click.argument("code")
+def explain(code):
+    """Explain a diagnostic code: what it means, an example, the fix.
+
+    Example: eqxform explain E201
+    """
+
+    def go():
+        from ._codes import CODES, explain
+        from ._diagnostics import did_you_mean
+
+        entry = explain(code)
+        if entry is None:
+            raise UsageError(
+                Diagnostic(
+                    "E415",
+                    f"no diagnostic has the code `{code}`",
+                    help=did_you_mean(code.upper(), CODES)
+                    or "codes look like `E201`; every error message shows its code",
+                )
+            )
+        click.echo(entry.render())
+
+    _run(go)
 
 
 def _position(d: Diagnostic) -> tuple[int, int]:

@@ -7,7 +7,7 @@ file at once, and the lines that do parse still reach the semantic checks.
 
 from __future__ import annotations
 
-import contextvars
+import dataclasses
 import functools
 from pathlib import Path
 
@@ -42,10 +42,6 @@ _TOKEN_NAMES = {
     "_NL": "the end of the line",
     "$END": "the end of the line",
 }
-
-
-# The source being parsed, for the transformer that runs inside the parser.
-_SOURCE: contextvars.ContextVar[A.Source] = contextvars.ContextVar("source")
 
 
 def grammar_path() -> Path:
@@ -97,13 +93,9 @@ def _number(token: Token) -> A.Number:
 class _ToAst(Transformer):
     """Lark tree -> frozen dataclasses. Each method names one grammar alias."""
 
-    def __init__(self, source: A.Source | None = None):
+    def __init__(self, source: A.Source):
         super().__init__()
-        self._source = source
-
-    @property
-    def source(self) -> A.Source:
-        return self._source if self._source is not None else _SOURCE.get()
+        self.source = source
 
     def _text(self, span: A.Span) -> str:
         lines = self.source.lines
@@ -265,9 +257,7 @@ class _ToAst(Transformer):
 
 
 def _fields(step):
-    from dataclasses import fields
-
-    return [f.name for f in fields(step) if f.name != "span"]
+    return [f.name for f in dataclasses.fields(step) if f.name != "span"]
 
 
 # ---- syntax errors -------------------------------------------------------
@@ -339,8 +329,6 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
     def at(column: int, width: int = 1) -> A.Span:
         return A.Span(line_no, column, line_no, column + max(width, 1))
 
-    stripped = line_text.strip()
-    stripped.split(None, 1)[0] if stripped else ""
     first_col = len(line_text) - len(line_text.lstrip()) + 1
 
     if isinstance(exc, UnexpectedToken) and exc.token.type == "NAME" and exc.column == first_col:
@@ -460,11 +448,7 @@ def parse_collect(text: str, name: str = "<spec>") -> tuple[A.Spec, list[Diagnos
     if not text.endswith("\n"):
         text = text + "\n"
     try:
-        token = _SOURCE.set(source)
-        try:
-            statements = _ToAst().transform(_parser().parse(text, start="start"))
-        finally:
-            _SOURCE.reset(token)
+        statements = _ToAst(source).transform(_parser().parse(text, start="start"))
         return A.Spec(source, statements), []
     except UnexpectedInput:
         pass

@@ -36,6 +36,7 @@ from ._build import MODEL_TAG, build, render_call
 from ._diagnostics import Diagnostic
 from ._errors import UsageError
 from ._passes import Context, Pass
+from ._plan import make_plan
 from ._select import is_array
 
 
@@ -171,8 +172,6 @@ class Program:
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
         dtype before and after, and the change in parameter count.
         """
-        from ._plan import make_plan
-
         return make_plan(self, model)
 
 

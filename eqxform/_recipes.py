@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _ast as A
-from ._build import render_call
+from ._build import MODEL_TAG, build, render_call
 from ._check import Checker
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
@@ -219,7 +219,14 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
     tensors = {}
     for name, leaf in named_arrays(model):
         if name in tensors:
-            raise UsageError(f"two leaves of the model are both named `{name}`")
+            raise UsageError(
+                Diagnostic(
+                    "E414",
+                    f"two leaves of the model are both named `{name}`",
+                    help="tensor names are the leaves' paths; a dict key that contains a `.` "
+                    "can collide with a path: rename it",
+                )
+            )
         tensors[name] = np.ascontiguousarray(np.asarray(leaf))
     if recipe is None:
         content = {"load": NO_RECIPE}
@@ -250,8 +257,6 @@ def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -
 
 def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
     """Build a model from a constructor call such as `"MLP(in_size=2, ...)"`."""
-    from ._build import MODEL_TAG, build
-
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):

@@ -59,8 +59,12 @@ def register_type(cls: type, name: str | None = None) -> type:
     name = name or cls.__name__
     if not name[:1].isupper():
         raise UsageError(
-            f"type name `{name}` must start with a capital letter: selectors read "
-            "lowercase names as fields"
+            Diagnostic(
+                "E413",
+                f"type name `{name}` must start with a capital letter: selectors read "
+                "lowercase names as fields",
+                help=f"register it as `{name[:1].upper() + name[1:]}`",
+            )
         )
     _TYPES[name] = cls
     return cls
@@ -191,6 +195,7 @@ def user_initializer(name: str) -> Callable | None:
 def resolve_type(name: str) -> type:
     if name in _TYPES:
         return _TYPES[name]
+    # Imported here, not above, to keep JAX out of `eqxform check`.
     if name in N.EXAMPLE_MODELS:
         from . import models
 

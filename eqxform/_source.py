@@ -83,7 +83,13 @@ def parse_value(text: str, name: str) -> Any:
         # through the evaluator; anything else stays text).
         if isinstance(expr, A.Name):
             return expr.id
-        raise UsageError(f"`--set {name}={text}` is not a constant") from None
+        raise UsageError(
+            Diagnostic(
+                "E412",
+                f"`--set {name}={text}` is not a constant",
+                help="give a number, a string, `true`/`false` or a list, e.g. `--set width=128`",
+            )
+        ) from None
 
 
 def load_params(sets: tuple[str, ...] = (), params_file: str | None = None) -> dict[str, Any]:
@@ -96,7 +102,9 @@ def load_params(sets: tuple[str, ...] = (), params_file: str | None = None) -> d
         try:
             loaded = yaml.safe_load(Path(params_file).read_text())
         except FileNotFoundError:
-            raise UsageError(f"params file `{params_file}` does not exist") from None
+            raise UsageError(
+                Diagnostic("E411", f"params file `{params_file}` does not exist", file=params_file)
+            ) from None
         except yaml.YAMLError as e:
             raise UsageError(
                 Diagnostic(

@@ -182,7 +182,7 @@ class StackPass(StructPass):
             )
         if len(items) < 1:
             raise self.error(
-                "E132", f"`{self.stmt.selector.text}` is empty: nothing to stack", span
+                "E143", f"`{self.stmt.selector.text}` is empty: nothing to stack", span
             )
         problem = _structure_problem(items, names)
         if problem is not None:

@@ -153,7 +153,7 @@ class InitPass(RulePass):
                     value = self.draw_leaf(model, name, kwargs, shape, dtype, key, member)
                 except (TypeError, ValueError) as e:
                     raise self.error(
-                        "E204",
+                        "E209",
                         f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
                         self.action.span,
                     ) from None
@@ -214,7 +214,7 @@ class ScalePass(RulePass):
             factor = self.eval(self.action.arg, leaf)
             if not isinstance(factor, (int, float)) or isinstance(factor, bool):
                 raise self.error(
-                    "E204",
+                    "E210",
                     f"`scale` needs a number, but this gives `{factor}` at `{leaf.text}`",
                     self.action.arg.span,
                 )

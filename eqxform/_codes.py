@@ -1,0 +1,658 @@
+"""Every diagnostic code: what it means, an example, and the fix.
+
+One table, printed by `eqxform explain CODE` and by the diagnostics index of
+the documentation. The codes are stable: a code names one problem, and a new
+problem gets a new code. The hundreds say where a problem is found:
+
+- E0xx: the spec's syntax (the parser)
+- E1xx: the spec alone, without a model (the checker; `eqxform check`)
+- E2xx: the spec against a model (selection and the passes; `plan`, `apply`)
+- E3xx: model files
+- E4xx: the command line and the Python API's arguments
+- E5xx: running (training)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    title: str
+    explanation: str
+    example: str
+    fix: str
+
+    def render(self) -> str:
+        lines = [f"{self.code}: {self.title}", "", self.explanation]
+        if self.example:
+            lines += ["", "Example:", ""]
+            lines += ["    " + line for line in self.example.splitlines()]
+        lines += ["", "Fix: " + self.fix]
+        return "\n".join(lines)
+
+
+def _c(code: str, title: str, explanation: str, example: str, fix: str) -> Code:
+    return Code(code, title, explanation, example, fix)
+
+
+CODES: dict[str, Code] = {
+    c.code: c
+    for c in [
+        _c(
+            "E000",
+            "an error without a code",
+            "An `EqxformError` raised with a plain message, by code outside eqxform "
+            "that subclasses its errors.",
+            "",
+            "read the message; eqxform's own errors always carry a code.",
+        ),
+        # ---- syntax
+        _c(
+            "E001",
+            "unexpected token",
+            "The parser met a word or symbol where the grammar allows none of that kind.",
+            "where Linear.weight -> init normal(stddev=)",
+            "compare the line with the language reference; the help line lists what may come here.",
+        ),
+        _c(
+            "E002",
+            "unexpected character",
+            "A character that is no part of the language: `{`, `;`, `!`, `&`, ...",
+            "where layers{0} -> freeze",
+            "selectors use `[...]`, calls `(...)`; write `not`, `and`, `or`; one statement a line.",
+        ),
+        _c(
+            "E003",
+            "missing `->`",
+            "A `where` rule separates its selector from its actions with `->`.",
+            "where Linear.weight init zeros",
+            "write `where SELECTOR -> ACTION`.",
+        ),
+        _c(
+            "E004",
+            "unclosed bracket",
+            "A `(` or `[` is not closed before the end of the line; a statement is one line.",
+            "model MLP(in_size=2, out_size=2",
+            "add the closing bracket on the same line.",
+        ),
+        _c(
+            "E005",
+            "stray comma",
+            "A comma with nothing on one side of it, or separating selectors.",
+            "where x -> init zeros,",
+            "remove it; separate alternative selectors with `|`.",
+        ),
+        _c(
+            "E006",
+            "unknown directive",
+            "A line starts with a word that is no directive.",
+            "wher Linear.weight -> init zeros",
+            "start the line with `model`, `seed`, `let`, `where`, `optimizer`, `ensemble`, "
+            "`stack` or `unstack`.",
+        ),
+        _c(
+            "E007",
+            "unexpected end of line",
+            "The line ends where the grammar needs more.",
+            "where Linear.weight ->",
+            "complete the statement; the help line says what is missing.",
+        ),
+        _c(
+            "E008",
+            "missing comma",
+            "Two arguments or two actions follow each other without a comma.",
+            "where x -> freeze lr 0.1",
+            "separate them with `,`.",
+        ),
+        _c(
+            "E009",
+            "`where` without a selector",
+            "A rule must say what it acts on.",
+            "where -> freeze",
+            "add a selector, e.g. `where Linear.weight -> freeze`.",
+        ),
+        # ---- the spec alone
+        _c(
+            "E101",
+            "unknown action",
+            "The word after `->` (or after a comma) is no action.",
+            "where Linear.weight -> initialise zeros",
+            "use one of `init`, `replace`, `cast`, `scale`, `wrap`, `freeze`, `unwrap`, `lr`, "
+            "`weight_decay`.",
+        ),
+        _c(
+            "E102",
+            "unknown initialiser",
+            "`init` names a distribution that is neither in `jax.nn.initializers`, nor "
+            "`trunc_normal`, nor registered.",
+            "where Linear.weight -> init trunc_normall",
+            "check the spelling, or register yours with `eqxform.register_initializer`.",
+        ),
+        _c(
+            "E103",
+            "unknown constructor",
+            "A `model`, `replace` or `eqxform new` call names a constructor that is no "
+            "`equinox.nn` class, example model or registered constructor.",
+            "model MPL(in_size=2, out_size=2, width_size=8, depth=2)",
+            "check the spelling, or register it with `eqxform.register_constructor`.",
+        ),
+        _c(
+            "E104",
+            "unknown type in a selector",
+            "A capitalised selector step is a type, and no type of that name is known.",
+            "where Linaer.weight -> init zeros",
+            "check the spelling; a type is known when it is an `equinox.nn` class, an example "
+            "model, registered, or a class of the model's own tree.",
+        ),
+        _c(
+            "E105",
+            "unknown name",
+            "An expression uses a name that is no `let` name, match property or constant here.",
+            "where Linear.weight -> scale widht",
+            "define it with `let` above the line, or fix the spelling.",
+        ),
+        _c(
+            "E106",
+            "unknown argument",
+            "A call passes an argument its callee does not take.",
+            "model MLP(in_size=2, out_size=2, width=8, depth=2)",
+            "use one of the arguments the help line lists.",
+        ),
+        _c(
+            "E107",
+            "missing argument",
+            "A call leaves out an argument its callee needs.",
+            "model MLP(in_size=2, out_size=2)",
+            "add the arguments the message names.",
+        ),
+        _c(
+            "E109",
+            "given twice",
+            "A directive that is given once per spec (`model`, `seed`, `optimizer`, "
+            "`ensemble`), or a `let` name, appears twice.",
+            "seed 0\nseed 1",
+            "keep one; override a `let` from outside with `--set NAME=VALUE`.",
+        ),
+        _c(
+            "E110",
+            "unknown function",
+            "An expression calls a function that is not one of `sqrt log exp abs min max`.",
+            "where Linear.weight -> scale sqrtt(2)",
+            "use one of the expression functions.",
+        ),
+        _c(
+            "E111",
+            "unknown dtype",
+            "`cast` names no dtype eqxform knows.",
+            "where ** -> cast bf16",
+            "write the full name, e.g. `bfloat16`.",
+        ),
+        _c(
+            "E112",
+            "malformed action argument",
+            "The action takes no argument but has one, needs one but has none, or has one "
+            "of the wrong form (a number where a name is needed, say).",
+            "where x -> freeze 1",
+            "write the action as its example in the help line shows.",
+        ),
+        _c(
+            "E113",
+            "bad seed",
+            "A `seed` is a whole number from 0 to 2**64 - 1.",
+            "seed -1",
+            "give a whole number in range.",
+        ),
+        _c(
+            "E114",
+            "argument or option given twice",
+            "A call names one argument twice, or a `stack` line one option twice.",
+            "model MLP(in_size=2, in_size=3, out_size=2, width_size=8, depth=2)",
+            "keep one.",
+        ),
+        _c(
+            "E115",
+            "too many positional arguments",
+            "A call passes more positional arguments than its callee takes.",
+            "where x -> init normal(0.1, 0.2)",
+            "name the arguments.",
+        ),
+        _c(
+            "E116",
+            "`--set` names no `let`",
+            "A `--set NAME=VALUE` (or a `--params` entry) overrides a name the spec does not "
+            "define with `let`.",
+            "eqxform apply spec.eqx --set widht=64 -o out.eqx",
+            "use one of the spec's `let` names.",
+        ),
+        _c(
+            "E117",
+            "constructor module not allowed",
+            "A `package.module:function` constructor is imported only from packages the user "
+            "allows, so that a spec never runs code of its own choosing.",
+            "model mypkg.models:make(width=3)",
+            "pass `--allow mypkg` (Python: `allow=['mypkg']`) if you trust the package.",
+        ),
+        _c(
+            "E118",
+            "reserved name",
+            "A `let` name is a match property, constant, function, dtype or `jax.nn` function.",
+            "let shape = 3",
+            "choose another name.",
+        ),
+        _c(
+            "E119",
+            "`key` given",
+            "eqxform supplies every constructor's `key`, derived from the seed.",
+            "where layers[-1] -> replace Linear(8, 2, key=0)",
+            "remove `key=`.",
+        ),
+        _c(
+            "E120",
+            "not supported yet",
+            "The word is reserved for a feature this version of eqxform does not have.",
+            "where x -> shard (none, model)",
+            "remove the line, or use a version that supports it.",
+        ),
+        _c(
+            "E121",
+            "bad `expect` count",
+            "`expect N` takes a whole number of matches.",
+            "where Linear expect 2.5 -> freeze",
+            "give a whole number.",
+        ),
+        _c(
+            "E122",
+            "zero slice step",
+            "A slice in a selector steps by zero.",
+            "where layers[::0] -> freeze",
+            "use a step that is not zero.",
+        ),
+        _c(
+            "E123",
+            "optimiser group without an optimiser",
+            "`lr` and `weight_decay` shape the spec's optimiser, and the spec has none.",
+            "where **.bias -> lr 0.1",
+            "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
+        ),
+        _c(
+            "E124",
+            "unknown optimiser",
+            "`optimizer` names no optax optimiser eqxform knows.",
+            "optimizer adamm(learning_rate=1e-3)",
+            "use one of the optimisers the help line lists.",
+        ),
+        _c(
+            "E125",
+            "unknown wrapper",
+            "`wrap` names no built-in or registered wrapper.",
+            "where Linear.weight -> wrap symetric",
+            "check the spelling, or register yours with `eqxform.register_wrapper`.",
+        ),
+        _c(
+            "E126",
+            "constructor cannot be imported",
+            "An allowed `package.module:function` constructor names a module or function "
+            "that does not exist.",
+            "model mypkg.modls:make()",
+            "check the module path and the function's name.",
+        ),
+        _c(
+            "E130",
+            "stack of one module without a count",
+            "`stack` on a single module makes copies of it, and needs to know how many.",
+            "stack mlps scan",
+            "write the count: `stack mlps scan 10`.",
+        ),
+        _c(
+            "E131",
+            "nothing to stack",
+            "`stack` takes a list, tuple or `Sequential` of modules, a consecutive slice of "
+            "one, or a single module with a count.",
+            "stack layers[0].weight scan",
+            "select the sequence of layers itself, e.g. `stack blocks scan` or "
+            "`stack blocks[2:6] scan`.",
+        ),
+        _c(
+            "E132",
+            "stack count differs",
+            "The count on a `stack` line differs from the number of layers it found.",
+            "stack blocks scan 7",
+            "write the number found, or leave the count out.",
+        ),
+        _c(
+            "E133",
+            "layers differ",
+            "Only layers of one structure, shapes and dtypes stack into one array each.",
+            "stack blocks scan   # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
+            "stack a slice of the identical layers, e.g. `stack blocks[1:] scan`.",
+        ),
+        _c(
+            "E134",
+            "bad ensemble count",
+            "`ensemble N` takes a whole number of members of at least 1.",
+            "ensemble 0",
+            "give a whole number >= 1.",
+        ),
+        _c(
+            "E135",
+            "unknown stack mode",
+            "A `stack` line says how to call the layers: `scan` (one after another) or `vmap` "
+            "(side by side).",
+            "stack blocks sacn",
+            "write `scan` or `vmap`.",
+        ),
+        _c(
+            "E136",
+            "bad stack option",
+            "A `stack` line takes a count, `remat` and `unroll K`.",
+            "stack blocks scan unrol 2",
+            "use the options as written in the help line.",
+        ),
+        _c(
+            "E137",
+            "action on some layers of a stack",
+            "A selector picks some layers of a stacked array, and the action can only act on "
+            "whole arrays (only `init` and `scale` act per layer).",
+            "stack blocks scan\nwhere blocks[1:3] -> cast bfloat16",
+            "select the whole stack, or `unstack` it first.",
+        ),
+        _c(
+            "E138",
+            "`replace` inside a stack or an ensemble",
+            "A stacked or ensembled module holds every layer's arrays in one; one layer "
+            "cannot be swapped for another module.",
+            "stack blocks scan\nwhere blocks[2] -> replace Linear(8, 8)",
+            "replace before the `stack`/`ensemble` line, or `unstack` first.",
+        ),
+        _c(
+            "E139",
+            "`weight_norm` on stacked weights",
+            "`weight_norm` takes its norm over one layer's axes and cannot tell a layer axis "
+            "from them.",
+            "stack blocks scan\nwhere Linear.weight -> wrap weight_norm",
+            "wrap before the `stack`/`ensemble` line.",
+        ),
+        _c(
+            "E140",
+            "stack inside a stack or an ensemble",
+            "What `stack` selects is already inside a stack or an ensemble.",
+            "ensemble 4\nstack layers scan",
+            "stack before the `ensemble` line, or `unstack` first.",
+        ),
+        _c(
+            "E141",
+            "ensemble of an ensemble",
+            "A spec makes one ensemble; the model already is one.",
+            "ensemble 4   # applied to an ensemble",
+            "take a member first (`Ensemble.member(i)`), or ensemble once.",
+        ),
+        _c(
+            "E142",
+            "bad stack count",
+            "The count on a `stack` line is a whole number of layers of at least 1.",
+            "stack mlps scan 0",
+            "give a whole number >= 1.",
+        ),
+        _c(
+            "E143",
+            "empty stack",
+            "The list, tuple or `Sequential` that `stack` selects holds no layers.",
+            "stack blocks scan   # where blocks is []",
+            "stack a sequence that has layers.",
+        ),
+        # ---- the spec against a model
+        _c(
+            "E201",
+            "rule matches nothing",
+            "A selector matches no node of the model (or none passes the rule's `if` filter). "
+            "By default that is an error, so that a misspelt selector never passes silently.",
+            "where layrs[-1] -> init zeros",
+            "use the path the help line suggests; `eqxform show MODEL` lists every path.",
+        ),
+        _c(
+            "E202",
+            "wrong number of matches",
+            "A rule's `expect N` says how many nodes it must match, and it matches another number.",
+            "where Linear.weight expect 3 -> init zeros   # the model has 4",
+            "fix the selector or the count; the help line lists what matched.",
+        ),
+        _c(
+            "E203",
+            "the action cannot take what the rule matched",
+            "The matched node is of a kind the action does not act on: a function where "
+            "arrays are needed, a vector where an initialiser with fans needs a weight of two "
+            "or more dimensions, or a module that is no stack for `unstack`.",
+            "where activation -> init zeros",
+            "narrow the selector to the arrays or modules the action is for (e.g. "
+            "`Linear.weight`).",
+        ),
+        _c(
+            "E204",
+            "expression cannot be evaluated",
+            "An expression fails when evaluated: a division by zero, an index out of range, "
+            "an operation on values of the wrong kinds.",
+            "where Linear.bias if shape[1] == 2 -> init zeros",
+            "guard it, e.g. `if ndim == 2 and shape[1] == 2`.",
+        ),
+        _c(
+            "E205",
+            "building failed",
+            "A constructor or wrapper refused the arguments it was given; its own message follows.",
+            'where layers[-1] -> replace Linear(in_features=8, out_features="x")',
+            "pass the arguments the constructor or wrapper expects.",
+        ),
+        _c(
+            "E208",
+            "`init` on integer arrays",
+            "Initialisers draw floating-point numbers.",
+            "where ** -> init normal   # the model holds an int32 counter",
+            'narrow the selector, e.g. `if dtype == "float32"`.',
+        ),
+        _c(
+            "E209",
+            "initialiser cannot draw this shape",
+            "The initialiser refused the shape of a matched array (e.g. `orthogonal` with "
+            "`column_axis` out of range).",
+            "where Linear.weight -> init orthogonal(column_axis=5)",
+            "use arguments that fit the array, or another initialiser.",
+        ),
+        _c(
+            "E210",
+            "value of the wrong type",
+            "An argument evaluates to a value of a type the action does not take.",
+            'where Linear.weight -> scale "two"',
+            "give a value of the type the message names.",
+        ),
+        # ---- model files
+        _c(
+            "E301",
+            "model file cannot be read",
+            "The model file does not exist, is a directory, or cannot be opened.",
+            "eqxform show missing.eqx",
+            "check the path and its permissions.",
+        ),
+        _c(
+            "E302",
+            "not a valid model file",
+            "The file is not a safetensors file, or its header, metadata or recipe is malformed.",
+            "eqxform show spec.eqx",
+            "pass a file written by eqxform (or another safetensors writer), copied whole.",
+        ),
+        _c(
+            "E303",
+            "model file truncated",
+            "The header claims more bytes than the file holds, or a tensor lies outside it.",
+            "",
+            "copy the file again, whole.",
+        ),
+        _c(
+            "E304",
+            "model file without a recipe",
+            "A file saved from a model eqxform did not build carries no recipe, so its "
+            "structure is unknown.",
+            "eqxform.load('plain.eqx')",
+            "load it into a model of the same structure: `eqxform.load(path, like=model)`.",
+        ),
+        _c(
+            "E305",
+            "tensors differ from the recipe",
+            "A tensor of the file is missing, extra, or of another shape or dtype than the "
+            "recipe builds.",
+            "",
+            "rebuild the file with `eqxform apply`; it was changed after it was written.",
+        ),
+        _c(
+            "E306",
+            "recipe needs a module that was not allowed",
+            "The file's recipe builds its model with a `package.module:function` constructor.",
+            "eqxform show model.eqx",
+            "pass `--allow package` if you trust it.",
+        ),
+        # ---- command line and API arguments
+        _c(
+            "E401",
+            "spec file cannot be read",
+            "The spec file does not exist or cannot be opened.",
+            "eqxform check nope.eqx",
+            "check the path.",
+        ),
+        _c(
+            "E402",
+            "not a spec",
+            "The file given as a spec is a model file or not text (or the arguments are swapped).",
+            "eqxform apply model.eqx spec.eqx -o out.eqx",
+            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`.",
+        ),
+        _c(
+            "E403",
+            "no model",
+            "No model file is given and the spec has no `model` directive.",
+            "eqxform apply spec.eqx -o out.eqx",
+            "pass a model file, or add a `model` directive.",
+        ),
+        _c(
+            "E404",
+            "output folder missing",
+            "The folder of the output file does not exist.",
+            "eqxform apply spec.eqx -o missing/out.eqx",
+            "create the folder, or write elsewhere.",
+        ),
+        _c(
+            "E405",
+            "not a constructor call",
+            "`eqxform new` takes a constructor call.",
+            'eqxform new "3 + 4" -o m.eqx',
+            'write a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)".',
+        ),
+        _c(
+            "E406",
+            "bad `--params` file",
+            "A `--params` file is YAML mapping `let` names to numbers, strings or booleans.",
+            "- 1\n- 2",
+            "write e.g. `width: 128`.",
+        ),
+        _c(
+            "E407",
+            "bad `--set`",
+            "`--set` takes `NAME=VALUE`.",
+            "eqxform apply spec.eqx --set width -o out.eqx",
+            "write e.g. `--set width=128`.",
+        ),
+        _c(
+            "E408",
+            "no such device",
+            "`--device` names a platform that JAX does not have here.",
+            "eqxform apply spec.eqx --device tpu -o out.eqx",
+            "use one of the platforms the help line lists.",
+        ),
+        _c(
+            "E409",
+            "output is the input",
+            "The output file is the input model; eqxform does not overwrite its input.",
+            "eqxform apply spec.eqx model.eqx -o model.eqx",
+            "write elsewhere, or pass `--force`.",
+        ),
+        _c(
+            "E410",
+            "no optimiser",
+            "Training needs the spec's `optimizer` directive.",
+            "eqxform train spec.eqx -o out.eqx   # the spec has no `optimizer`",
+            "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
+        ),
+        _c(
+            "E411",
+            "params file cannot be read",
+            "The `--params` file does not exist.",
+            "eqxform apply spec.eqx --params nope.yaml -o out.eqx",
+            "check the path.",
+        ),
+        _c(
+            "E412",
+            "`--set` value is not a constant",
+            "A `--set` value is a constant expression: a number, a string, a boolean, a list.",
+            "eqxform apply spec.eqx --set width=2*w -o out.eqx",
+            "give the value itself.",
+        ),
+        _c(
+            "E413",
+            "type name not capitalised",
+            "Selectors read capitalised names as types and lowercase ones as fields.",
+            'eqxform.register_type(Block, name="block")',
+            "register the type under a capitalised name.",
+        ),
+        _c(
+            "E414",
+            "two leaves share a tensor name",
+            "A model file names each tensor by its path; two paths of the model give the "
+            "same name (a dict key containing `.`, say).",
+            "",
+            "rename the key.",
+        ),
+        _c(
+            "E415",
+            "unknown diagnostic code",
+            "`eqxform explain` takes a code that eqxform's messages show.",
+            "eqxform explain E999",
+            "copy the code from the message, e.g. `E201`.",
+        ),
+        _c(
+            "E420",
+            "bad training data",
+            "The `--data` file is missing, not an `.npz`, lacks `x` or `y`, or does not fit "
+            "the model.",
+            "eqxform train spec.eqx --data d.npz -o out.eqx",
+            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example.",
+        ),
+        _c(
+            "E421",
+            "no built-in data for this model",
+            "Without `--data`, `train` makes a toy task sized from the model's `in_size` and "
+            "`out_size`.",
+            "eqxform train cnn.eqx -o out.eqx",
+            "pass `--data data.npz`.",
+        ),
+        _c(
+            "E422",
+            "batch larger than the data",
+            "`--batch-size` is larger than the number of examples.",
+            "eqxform train spec.eqx --batch-size 9999 -o out.eqx",
+            "use a smaller batch.",
+        ),
+        # ---- running
+        _c(
+            "E501",
+            "batch would recompile the step",
+            "A training step is compiled for one batch shape and dtype; a batch of another "
+            "would compile it again, silently costing seconds per step.",
+            "step(x[:5], y[:5])   # after step(x, y) with 16 rows",
+            "give every batch the same shape, or pass `allow_retrace=True` to `make_step`.",
+        ),
+    ]
+}
+
+
+def explain(code: str) -> Code | None:
+    return CODES.get(code.upper())
