@@ -16,7 +16,9 @@ whatever keeps the structure keeps the recipe: `eqx.tree_at` on values, a
 training step, `Step.model`, a copy. Surgery by hand that changes the
 structure drops it, rightly, as the recipe no longer describes the model. Of
 several recipes filed under one structure, the one filed for this very object
-wins; if none was and they disagree, none is returned rather than a guess.
+wins, then the one filed for the model that shares the most arrays with it
+(`eqx.tree_at` keeps the arrays it does not replace); if neither decides and
+the recipes disagree, none is returned rather than a guess.
 """
 
 from __future__ import annotations
@@ -154,8 +156,10 @@ class Program:
         if key is None:
             key = jax.random.key(seed)
         if model is None:
-            model = self.build_model(key if recorded_seed is None else None, seed=seed)
-        recipe = recipe_of(model)
+            model = self.construct(key)
+            recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
+        else:
+            recipe = recipe_of(model)
         ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)
         result = self.run(model, key, ctx)
         if recipe is not None:
@@ -268,15 +272,29 @@ def structure_key(model: Any) -> Any:
         return str(treedef), tuple(parts)
 
 
-# structure -> [(weak reference to the model it was filed for, recipe)], newest last.
-_RECIPES: collections.OrderedDict[Any, list[tuple[Any, Recipe]]] = collections.OrderedDict()
+def _array_ids(model: Any) -> frozenset[int]:
+    return frozenset(id(x) for x in jax.tree_util.tree_leaves(model) if is_array(x))
+
+
+@dataclass(frozen=True, eq=False)
+class _Filed:
+    ref: Any  # a weak reference to the model, or None
+    arrays: frozenset[int]  # ids of its arrays, meaningful while it lives
+    recipe: Recipe
+
+    def alive(self) -> Any:
+        return None if self.ref is None else self.ref()
+
+
+# structure -> filed recipes, newest last.
+_RECIPES: collections.OrderedDict[Any, list[_Filed]] = collections.OrderedDict()
 _MAX_STRUCTURES = 256
 _MAX_PER_STRUCTURE = 32
 
 
 def remember(model: Any, recipe: Recipe | None) -> None:
-    """File `recipe` as the recipe of `model` (and of every model of its
-    structure that no other recipe claims)."""
+    """File `recipe` as the recipe of `model` (and of the models derived from
+    it that keep its structure)."""
     if recipe is None:
         return
     try:
@@ -288,18 +306,16 @@ def remember(model: Any, recipe: Recipe | None) -> None:
     except TypeError:  # a tuple or a list takes no weak reference
         ref = None
     entries = _RECIPES.setdefault(key, [])
-    entries[:] = [(r, old) for r, old in entries if r is None or r() is not None][
-        -_MAX_PER_STRUCTURE + 1 :
-    ]
-    entries.append((ref, recipe))
+    entries.append(_Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe))
+    del entries[:-_MAX_PER_STRUCTURE]
     _RECIPES.move_to_end(key)
     while len(_RECIPES) > _MAX_STRUCTURES:
         _RECIPES.popitem(last=False)
 
 
 def recipe_of(model: Any) -> Recipe | None:
-    """The recipe of a model that eqxform built, loaded or transformed (or
-    one of the same structure that it recorded), else None."""
+    """The recipe of a model that eqxform built, loaded or transformed, or of
+    one derived from such a model without changing its structure; else None."""
     try:
         key = structure_key(model)
     except Exception:
@@ -307,12 +323,19 @@ def recipe_of(model: Any) -> Recipe | None:
     entries = _RECIPES.get(key)
     if not entries:
         return None
-    for ref, recipe in reversed(entries):
-        if ref is not None and ref() is model:
-            return recipe
-    distinct = {_identity(r) for _, r in entries}
-    if len(distinct) == 1:
-        return entries[-1][1]
+    for entry in reversed(entries):
+        if entry.alive() is model:
+            return entry.recipe
+    arrays = _array_ids(model)
+    best, shared = None, 0
+    for entry in reversed(entries):
+        # Ids mean something only while the model they were taken from lives.
+        if entry.alive() is not None and len(arrays & entry.arrays) > shared:
+            best, shared = entry.recipe, len(arrays & entry.arrays)
+    if best is not None:
+        return best
+    if len({_identity(e.recipe) for e in entries}) == 1:
+        return entries[-1].recipe
     return None
 
 
