@@ -286,8 +286,9 @@ class _Filed:
         return None if self.ref is None else self.ref()
 
 
-# structure -> filed recipes, newest last.
+# structure -> filed recipes, newest last; and id of a filed live model -> its entry.
 _RECIPES: collections.OrderedDict[Any, list[_Filed]] = collections.OrderedDict()
+_BY_ID: dict[int, _Filed] = {}
 _MAX_STRUCTURES = 256
 _MAX_PER_STRUCTURE = 32
 
@@ -306,7 +307,11 @@ def remember(model: Any, recipe: Recipe | None) -> None:
     except TypeError:  # a tuple or a list takes no weak reference
         ref = None
     entries = _RECIPES.setdefault(key, [])
-    entries.append(_Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe))
+    filed = _Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe)
+    entries.append(filed)
+    if ref is not None:
+        _BY_ID[id(model)] = filed
+        weakref.finalize(model, _BY_ID.pop, id(model), None)
     del entries[:-_MAX_PER_STRUCTURE]
     _RECIPES.move_to_end(key)
     while len(_RECIPES) > _MAX_STRUCTURES:
@@ -316,6 +321,11 @@ def remember(model: Any, recipe: Recipe | None) -> None:
 def recipe_of(model: Any) -> Recipe | None:
     """The recipe of a model that eqxform built, loaded or transformed, or of
     one derived from such a model without changing its structure; else None."""
+    filed = _BY_ID.get(id(model))
+    if filed is not None and filed.alive() is model:
+        return filed.recipe
+    if not _RECIPES:
+        return None
     try:
         key = structure_key(model)
     except Exception:

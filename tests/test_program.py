@@ -62,7 +62,9 @@ def test_apply_is_a_fold_with_an_explicit_context(getkey):
     by_hand = model
     for p in program.passes:
         by_hand = p(by_hand, key, ctx)
-    assert all(np.array_equal(a, b) for a, b in zip(leaves(program.apply(model, key)), leaves(by_hand)))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(leaves(program.apply(model, key)), leaves(by_hand))
+    )
     # Without a constructor in the context, the members are copies.
     copies = program.passes[-1](model, key, eqxform.Context())
     assert np.array_equal(copies.model.layers[0].bias[0], copies.model.layers[0].bias[1])
@@ -80,8 +82,7 @@ def test_weight_norm_is_refused_on_stacks():
 
 def test_wrap_on_stacked_leaves(getkey):
     program = eqxform.compile(
-        "model MLPChain(size=4, count=5)\nstack mlps scan\n"
-        "where Linear.weight -> wrap symmetric"
+        "model MLPChain(size=4, count=5)\nstack mlps scan\nwhere Linear.weight -> wrap symmetric"
     )
     model = program.apply()
     w = model.mlps.layers.layers[0].weight
@@ -100,8 +101,10 @@ def test_wrap_on_stacked_leaves(getkey):
         m = w.matrix[i]
         by_hand = eqx.tree_at(lambda t: t.mlps.layers[i].layers[0].weight, by_hand, 0.5 * (m + m.T))
     by_hand = eqx.tree_at(
-        lambda t: [t.mlps.layers[i].layers[1].weight for i in range(5)]
-        + [t.mlps.layers[i].layers[j].bias for i in range(5) for j in range(2)],
+        lambda t: (
+            [t.mlps.layers[i].layers[1].weight for i in range(5)]
+            + [t.mlps.layers[i].layers[j].bias for i in range(5) for j in range(2)]
+        ),
         by_hand,
         [model.mlps.layers.layers[1].weight.matrix[i] for i in range(5)]
         + [model.mlps.layers.layers[j].bias[i] for i in range(5) for j in range(2)],
@@ -203,9 +206,7 @@ def test_make_step_does_not_flatten_per_call(getkey):
             return x @ self.w
 
     model = Counted(jax.random.normal(getkey(), (3, 2)))
-    step = eqxform.make_step(
-        lambda m, x, y: jnp.mean((m(x) - y) ** 2), optax.sgd(0.1), model
-    )
+    step = eqxform.make_step(lambda m, x, y: jnp.mean((m(x) - y) ** 2), optax.sgd(0.1), model)
     x, y = jnp.ones((4, 3)), jnp.zeros((4, 2))
     step(x, y)
     after_first = len(flattens)
