@@ -118,13 +118,18 @@ class Step:
 
 @dataclass(frozen=True)
 class NameStep(Step):
-    """A field (`weight`) or, when capitalised, a type (`Linear`)."""
+    """A field (`weight`) or, when capitalised, a type (`Linear`); a type may
+    be qualified by its module (`mylib.norms:BatchNorm`)."""
 
     name: str
 
     @property
     def is_type(self) -> bool:
-        return self.name[:1].isupper()
+        return self.name[:1].isupper() or self.is_qualified
+
+    @property
+    def is_qualified(self) -> bool:
+        return ":" in self.name
 
 
 @dataclass(frozen=True)
@@ -162,9 +167,30 @@ class SelPath:
 
 @dataclass(frozen=True)
 class Selector:
+    """Alternatives (`A | B`), less what `except` names (`** except head`)."""
+
     paths: tuple[SelPath, ...]
     span: Span = field(compare=False)
     text: str = ""
+    excluded: tuple[SelPath, ...] = ()
+
+
+@dataclass(frozen=True)
+class Expect:
+    """`expect N`, `expect >= N`, `expect <= N`, `expect any` (>= 0)."""
+
+    op: str  # "==", ">=", "<="
+    count: int | float
+    span: Span = field(compare=False)
+    text: str = ""
+
+    def allows(self, n: int) -> bool:
+        return {"==": n == self.count, ">=": n >= self.count, "<=": n <= self.count}[self.op]
+
+    def describe(self) -> str:
+        if self.op == "==":
+            return f"the {self.count} expected"
+        return ("at least " if self.op == ">=" else "at most ") + str(self.count)
 
 
 # ---- statements ----------------------------------------------------------
@@ -187,7 +213,7 @@ class Action:
 class Rule(Stmt):
     selector: Selector
     filter: Expr | None
-    expect: Number | None
+    expect: Expect | None
     actions: tuple[Action, ...]
     text: str = ""
 

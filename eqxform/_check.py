@@ -181,13 +181,19 @@ class Checker:
         context = set(self.lets) | set(N.CONTEXT_NAMES)
         if rule.filter is not None:
             self.names(rule.filter, context, "an `if` filter")
-        if rule.expect is not None and (
-            not isinstance(rule.expect.value, int) or rule.expect.value < 0
-        ):
+        expect = rule.expect
+        if expect is not None and not is_whole(expect.count, 0):
             self.error(
                 "E121",
-                f"`expect` needs a whole number of matches, not `{rule.expect.text}`",
-                rule.expect.span,
+                f"`expect` needs a whole number of matches, not `{expect.text}`",
+                expect.span,
+            )
+        elif expect is not None and expect.op not in ("==", ">=", "<="):
+            self.error(
+                "E121",
+                f"`expect {expect.op} {expect.text}` is no count",
+                expect.span,
+                "write `expect N`, `expect >= N`, `expect <= N`, or `expect any`",
             )
         for action in rule.actions:
             self.action(action, context)
@@ -228,10 +234,13 @@ class Checker:
                         f"a stack needs a whole number of layers >= 1, not `{option.value}`",
                         option.span,
                     )
-            elif option.name == "remat":
+            elif option.name in ("remat", "layerwise"):
                 if option.value is not None:
                     self.error(
-                        "E136", "`remat` takes no number", option.span, "write `remat` alone"
+                        "E136",
+                        f"`{option.name}` takes no number",
+                        option.span,
+                        f"write `{option.name}` alone",
                     )
             elif option.name == "unroll":
                 if not isinstance(option.value, int) or option.value < 1:
@@ -243,8 +252,8 @@ class Checker:
                     "E136",
                     f"unknown stack option `{option.name}`",
                     option.span,
-                    (did_you_mean(option.name, ("remat", "unroll")) or "")
-                    + " options are a count, `remat` and `unroll K`",
+                    (did_you_mean(option.name, ("remat", "unroll", "layerwise")) or "")
+                    + " options are a count, `remat`, `unroll K` and `layerwise`",
                 )
 
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
@@ -262,19 +271,25 @@ class Checker:
 
     def selector(self, selector: A.Selector):
         known = R.type_names()
-        for path in selector.paths:
+        for path in selector.paths + selector.excluded:
             for step in path.steps:
-                if isinstance(step, A.NameStep) and step.is_type and step.name not in known:
+                if (
+                    isinstance(step, A.NameStep)
+                    and step.is_type
+                    and not step.is_qualified
+                    and step.name not in known
+                ):
+                    # Any class of the model's own tree is a type too, and only
+                    # the model knows those: without it, a name is reported
+                    # only when it looks like a misspelt known one.
                     hint = did_you_mean(step.name, known)
-                    self.error(
-                        "E104",
-                        f"unknown type `{step.name}`",
-                        step.span,
-                        hint
-                        or "a capitalised name in a selector is a type: every `equinox.nn` "
-                        "class, the example models, and types registered with "
-                        "`eqxform.register_type`",
-                    )
+                    if hint is not None:
+                        self.error(
+                            "E104",
+                            f"unknown type `{step.name}`",
+                            step.span,
+                            hint,
+                        )
                 if isinstance(step, A.SliceStep) and step.step == 0:
                     self.error("E122", "a slice step cannot be zero", step.span)
 

@@ -142,10 +142,12 @@ CODES: dict[str, Code] = {
         _c(
             "E104",
             "unknown type in a selector",
-            "A capitalised selector step is a type, and no type of that name is known.",
+            "A capitalised selector step is a type, and no type of that name is known: no "
+            "class of the model's tree, `equinox.nn` class, example model or registered "
+            "type has it. Without a model, `eqxform check` reports only names that look like "
+            "a misspelt known one.",
             "where Linaer.weight -> init zeros",
-            "check the spelling; a type is known when it is an `equinox.nn` class, an example "
-            "model, registered, or a class of the model's own tree.",
+            "check the spelling; qualify a class by its module if needed (`mylib.layers:Block`).",
         ),
         _c(
             "E105",
@@ -259,9 +261,10 @@ CODES: dict[str, Code] = {
         _c(
             "E121",
             "bad `expect` count",
-            "`expect N` takes a whole number of matches.",
+            "`expect` takes a whole number of matches: `expect N` (exactly), `expect >= N`, "
+            "`expect <= N`, or `expect any` (the rule may match nothing).",
             "where Linear expect 2.5 -> freeze",
-            "give a whole number.",
+            "give a whole number, with `>=` or `<=` for a range.",
         ),
         _c(
             "E122",
@@ -443,6 +446,14 @@ CODES: dict[str, Code] = {
             "A constructor or wrapper refused the arguments it was given; its own message follows.",
             'where layers[-1] -> replace Linear(in_features=8, out_features="x")',
             "pass the arguments the constructor or wrapper expects.",
+        ),
+        _c(
+            "E206",
+            "ambiguous type name",
+            "Two classes of the model share the short name a selector uses (a library's "
+            "`BatchNorm` beside `equinox.nn.BatchNorm`, say).",
+            "where BatchNorm -> freeze",
+            "qualify the name with its package or module: `where equinox:BatchNorm -> freeze`.",
         ),
         _c(
             "E208",

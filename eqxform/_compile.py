@@ -95,7 +95,16 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
     def identity(text: str, *more) -> int:
         return stable_hash("#".join([text, *map(str, more)]))
 
-    for stmt in spec.statements:
+    statements = spec.statements
+
+    def inits_after(k: int) -> tuple[A.Rule, ...]:
+        return tuple(
+            s
+            for s in statements[k + 1 :]
+            if isinstance(s, A.Rule) and any(a.name == "init" for a in s.actions)
+        )
+
+    for k, stmt in enumerate(statements):
         if isinstance(stmt, A.ModelStmt):
             model_call = stmt.call
             continue
@@ -121,13 +130,19 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
                     env,
                     source,
                     identity(text_key, occurrence),
+                    later_inits=inits_after(k),
                     count=checker.counts[id(stmt)],
                     before=tuple(passes),
                 )
             )
+        elif isinstance(stmt, A.StackStmt):
+            passes.append(
+                StackPass(
+                    stmt, env, source, identity(text_key, occurrence), later_inits=inits_after(k)
+                )
+            )
         else:
-            cls = StackPass if isinstance(stmt, A.StackStmt) else UnstackPass
-            passes.append(cls(stmt, env, source, identity(text_key, occurrence)))
+            passes.append(UnstackPass(stmt, env, source, identity(text_key, occurrence)))
     return Program(
         spec,
         tuple(passes),

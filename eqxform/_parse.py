@@ -148,8 +148,13 @@ class _ToAst(Transformer):
     def rule_filter(self, meta, children):
         return children[0]
 
-    def rule_expect(self, meta, children):
-        return _number(children[0])
+    def expect_count(self, meta, children):
+        op, number = children
+        number = _number(number)
+        return A.Expect(str(op) if op is not None else "==", number.value, number.span, number.text)
+
+    def expect_any(self, meta, children):
+        return A.Expect(">=", 0, _span(meta), "any")
 
     def action(self, meta, children):
         name, arg = children
@@ -158,7 +163,11 @@ class _ToAst(Transformer):
     # ---- selectors
     def selector(self, meta, children):
         span = _span(meta)
-        return A.Selector(tuple(children), span, self._text(span))
+        paths, excluded = children
+        return A.Selector(paths, span, self._text(span), excluded or ())
+
+    def sel_alts(self, meta, children):
+        return tuple(children)
 
     def sel_path(self, meta, children):
         return A.SelPath(tuple(children), _span(meta))
@@ -242,8 +251,7 @@ class _ToAst(Transformer):
         return str(children[0]), _span(meta)
 
     def module_callee(self, meta, children):
-        *module, function = (str(c) for c in children)
-        return ".".join(module) + ":" + function, _span(meta)
+        return str(children[0]), _span(meta)
 
     def arguments(self, meta, children):
         return [c for c in children if c is not None]

@@ -17,9 +17,8 @@ import numpy as np
 
 from ._diagnostics import Diagnostic
 from ._errors import SpecError
-from ._modules import Ensemble, Stacked
 from ._passes import Context
-from ._select import get, is_array, select_rule
+from ._select import is_array, node_at, select_rule
 
 
 @dataclass(frozen=True)
@@ -104,18 +103,6 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     return type(obj).__name__
 
 
-def _axes(model: Any, path) -> tuple[str, ...]:
-    """Names of the leading stack/member axes of the node at `path`."""
-    names, obj = [], model
-    for key in path:
-        if isinstance(obj, Ensemble):
-            names.append("member")
-        elif isinstance(obj, Stacked):
-            names.append("layer")
-        obj = get(obj, (key,))
-    return tuple(names)
-
-
 def count_params(model: Any) -> int:
     return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(model) if is_array(x))
 
@@ -129,17 +116,21 @@ def _position(d: Diagnostic) -> tuple[int, int]:
     return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
 
-def _matches(nodes, before_model, after_model) -> tuple[PlanMatch, ...]:
+def _describe_node(node) -> str:
+    return describe(node.obj, node.axis_names if is_array(node.obj) else ())
+
+
+def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
     out = []
     for node in nodes:
         try:
-            after = describe(get(after_model, node.path), _axes(after_model, node.path))
+            after = _describe_node(node_at(after_model, node.path))
         except (AttributeError, IndexError, KeyError, TypeError):
             after = "(removed)"
         text = node.text
         if node.layers is not None:
             text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
-        out.append(PlanMatch(text, describe(node.obj, _axes(before_model, node.path)), after))
+        out.append(PlanMatch(text, _describe_node(node), after))
     return tuple(out)
 
 
@@ -161,9 +152,7 @@ def make_plan(program, model=None) -> Plan:
             diagnostics.extend(e.diagnostics)
             continue
         steps.append(
-            PlanStep(
-                p.line, p.text, p.label, _matches(nodes, struct, new), before, count_params(new)
-            )
+            PlanStep(p.line, p.text, p.label, _matches(nodes, new), before, count_params(new))
         )
         struct = new
     # `lr` and `weight_decay` select on the model after every rule.
@@ -178,9 +167,7 @@ def make_plan(program, model=None) -> Plan:
             group.action.span.column - 1 : group.action.span.end_column - 1
         ]
         steps.append(
-            PlanStep(
-                group.line, group.rule.text, label, _matches(nodes, struct, struct), params, params
-            )
+            PlanStep(group.line, group.rule.text, label, _matches(nodes, struct), params, params)
         )
     steps.sort(key=lambda s: s.line)
     diagnostics.sort(key=_position)

@@ -162,6 +162,11 @@ def type_names() -> set[str]:
     )
 
 
+def registered_type(name: str) -> type | None:
+    """The type registered under `name` with `register_type`, if any."""
+    return _TYPES.get(name)
+
+
 def constructor_names() -> set[str]:
     return set(N.EQUINOX_NN) | set(N.EXAMPLE_MODELS) | set(_CONSTRUCTORS)
 

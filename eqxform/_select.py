@@ -27,9 +27,9 @@ from . import _ast as A
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
-from ._modules import Stacked, batched
+from ._modules import Ensemble, Stacked, Wrapper, batched
 from ._parse import parse
-from ._registry import resolve_type
+from ._registry import registered_type, resolve_type, type_names
 
 GetAttrKey = jax.tree_util.GetAttrKey
 SequenceKey = jax.tree_util.SequenceKey
@@ -82,10 +82,61 @@ class Node:
     def objects(self) -> tuple[Any, ...]:
         return self.parents + (self.obj,)
 
-    @property
+    @functools.cached_property
     def batch(self) -> int:
-        """How many leading axes of this node's arrays are stack or member axes."""
+        """How many leading axes of this node's array are layer or member axes:
+        those of the stacks and ensembles it sits in, or, for an array of a
+        known layer type, every axis beyond that type's layout (a `Linear`
+        weight built under `eqx.filter_vmap` is `(layers, out, in)`)."""
+        if is_array(self.obj):
+            known = layout_ndim(self)
+            if known is not None and self.obj.ndim >= known:
+                return self.obj.ndim - known
         return sum(1 for p in self.parents if batched(p))
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """Names of the leading axes: `member` and `layer` for ensembles and
+        stacks, `layer` for other leading axes of a known layout."""
+        names = [
+            "member" if isinstance(p, Ensemble) else "layer" for p in self.parents if batched(p)
+        ]
+        extra = self.batch - len(names)
+        return tuple(names + ["layer"] * extra) if extra >= 0 else tuple(names[: self.batch])
+
+
+def _field_layout(module: Any, field: str) -> int | None:
+    """How many axes the array at `module.field` has in one layer, for the
+    layer types whose layouts Equinox fixes; None for any other."""
+    nn = eqx.nn
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        return {"weight": 2, "bias": 1}.get(field)
+    if isinstance(module, (nn.Conv, nn.ConvTranspose)):
+        return {"weight": module.num_spatial_dims + 2, "bias": module.num_spatial_dims + 1}.get(
+            field
+        )
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        shape = module.shape
+        return len(shape) if isinstance(shape, tuple) else 1
+    if isinstance(module, (nn.GroupNorm, nn.BatchNorm)):
+        return 1 if field in ("weight", "bias") else None
+    if isinstance(module, (nn.GRUCell, nn.LSTMCell)):
+        return {"weight_ih": 2, "weight_hh": 2, "bias": 1, "bias_n": 1}.get(field)
+    return None
+
+
+def layout_ndim(node: Node) -> int | None:
+    """The layout of the array at `node` in one layer, if its module is a
+    known layer type; wrappers between the module and the array are looked
+    through (`Linear.weight` wrapped in `Symmetric` keeps its layout)."""
+    for k in range(len(node.parents) - 1, -1, -1):
+        owner = node.parents[k]
+        if isinstance(owner, Wrapper):
+            continue
+        if isinstance(owner, eqx.Module) and isinstance(node.path[k], GetAttrKey):
+            return _field_layout(owner, node.path[k].name)
+        return None
+    return None
 
 
 def path_str(path: Path, parents: tuple[Any, ...] = ()) -> str:
@@ -166,6 +217,15 @@ def get(model: Any, path: Path) -> Any:
     return obj
 
 
+def node_at(model: Any, path: Path) -> Node:
+    """The node at `path`, with the objects along the way."""
+    parents, obj = [], model
+    for key in path:
+        parents.append(obj)
+        obj = get(obj, (key,))
+    return Node(tuple(path), obj, tuple(parents))
+
+
 def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
     """The arrays at or under `node`."""
     if is_array(node.obj):
@@ -182,9 +242,86 @@ def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
 # ---- matching ----------------------------------------------------------------
 
 
-@functools.cache
-def _type(name: str) -> type:
-    return resolve_type(name)
+class Types:
+    """The type names of selectors, resolved against one model.
+
+    A name is a class of the model's own tree (any class in the MRO of any of
+    its nodes: a library's `Block`, a base class such as `Conv`), a type
+    registered with `eqxform.register_type` (which wins), or one eqxform knows
+    without the model (`equinox.nn`, the example models). A name that two
+    classes of the model share is ambiguous; `module:Name` picks one.
+    """
+
+    def __init__(self, nodes: list[Node], source: A.Source | None = None):
+        self.source = source
+        self.classes: dict[str, set[type]] = {}
+        for t in {type(n.obj) for n in nodes}:
+            for c in t.__mro__:
+                if c is not object:
+                    self.classes.setdefault(c.__name__, set()).add(c)
+        self.resolved: dict[str, type | None] = {}
+
+    def __call__(self, step: A.NameStep) -> type | None:
+        """The class `step` names, or None when the model has no such class
+        (the step then matches nothing)."""
+        name = step.name
+        if name not in self.resolved:
+            self.resolved[name] = self._resolve(step)
+        return self.resolved[name]
+
+    def _resolve(self, step: A.NameStep) -> type | None:
+        name = step.name
+        if step.is_qualified:
+            module, _, qualname = name.partition(":")
+            for found in self.classes.values():
+                for c in found:
+                    if c.__qualname__ == qualname and (
+                        c.__module__ == module or c.__module__.startswith(module + ".")
+                    ):
+                        return c
+            return None
+        registered = registered_type(name)
+        if registered is not None:
+            return registered
+        found = self.classes.get(name, set())
+        if len(found) == 1:
+            return next(iter(found))
+        if len(found) > 1:
+            names = qualified_names(found)
+            raise SpecError(
+                Diagnostic(
+                    "E206",
+                    f"`{name}` names {len(found)} classes of the model: "
+                    + ", ".join(f"`{n}`" for n in names),
+                    step.span,
+                    f"write the one you mean with its module, e.g. `{names[0]}`",
+                    self.source,
+                )
+            )
+        if name in type_names():
+            return resolve_type(name)
+        known = sorted(set(self.classes) | type_names())
+        raise SpecError(
+            Diagnostic(
+                "E104",
+                f"unknown type `{name}`",
+                step.span,
+                (did_you_mean(name, [k for k in known if k != name]) or "")
+                + " a type is a class of the model's tree, an `equinox.nn` class or a "
+                "registered type; `eqxform show MODEL` lists the model's paths",
+                self.source,
+            )
+        )
+
+
+def qualified_names(classes) -> list[str]:
+    """`package:Name` for each class, with the whole module where the
+    packages alone do not tell them apart."""
+    classes = sorted(classes, key=lambda c: (c.__module__, c.__qualname__))
+    tops = [c.__module__.split(".")[0] for c in classes]
+    if len(set(tops)) == len(tops):
+        return [f"{t}:{c.__qualname__}" for t, c in zip(tops, classes)]
+    return [f"{c.__module__}:{c.__qualname__}" for c in classes]
 
 
 def _index_matches(step: A.Step, index: int, length: int) -> bool:
@@ -219,8 +356,9 @@ def _union(a, b):
     return a | b
 
 
-def match(path: A.SelPath, node: Node):
+def match(path: A.SelPath, node: Node, types: Types | None = None):
     """`_NO`, or the layers of the innermost indexed stack that match (None: all)."""
+    types = types if types is not None else Types([node])
     pattern = _steps(path)
     steps = node.path
     objects = node.objects
@@ -241,7 +379,9 @@ def match(path: A.SelPath, node: Node):
         if isinstance(s, A.DeepStep):
             return _union(m(i + 1, k), m(i, k + 1) if k < n else _NO)
         if isinstance(s, A.NameStep) and s.is_type:
-            return m(i + 1, k) if isinstance(objects[k], _type(s.name)) else _NO
+            cls = types(s)
+            # The MRO, not `isinstance`: Modules are ABCs, whose checks are slow.
+            return m(i + 1, k) if cls is not None and cls in type(objects[k]).__mro__ else _NO
         if k == n:
             return _NO
         key = steps[k]
@@ -275,8 +415,8 @@ def match(path: A.SelPath, node: Node):
     return m(0, 0)
 
 
-def matches(path: A.SelPath, node: Node) -> bool:
-    return match(path, node) is not _NO
+def matches(path: A.SelPath, node: Node, types: Types | None = None) -> bool:
+    return match(path, node, types) is not _NO
 
 
 def _last_field(path: A.SelPath) -> str | None:
@@ -287,22 +427,37 @@ def _last_field(path: A.SelPath) -> str | None:
     return None
 
 
-def select(selector: A.Selector, nodes: list[Node]) -> list[Node]:
-    """The nodes that `selector` names, in tree order, each once."""
+def _select_paths(paths, nodes, types):
     out = []
-    lasts = [_last_field(p) for p in selector.paths]
+    lasts = [_last_field(p) for p in paths]
     for node in nodes:
         # A cheap test on the last step first: most nodes fail it.
         end = step_name(node.path[-1]) if node.path else None
         found = _NO
-        for path, last in zip(selector.paths, lasts):
+        for path, last in zip(paths, lasts):
             if last is None or last == end:
-                found = _union(found, match(path, node))
+                found = _union(found, match(path, node, types))
         if found is _NO:
             continue
         if found is not None and len(found) < _innermost_count(node):
             node = dataclasses.replace(node, layers=found)
         out.append(node)
+    return out
+
+
+def select(selector: A.Selector, nodes: list[Node], source: A.Source | None = None) -> list[Node]:
+    """The nodes that `selector` names, in tree order, each once. What its
+    `except` part names is left out, with everything under it and every node
+    that holds it (so that no action reaches it through an ancestor)."""
+    types = Types(nodes, source)
+    out = _select_paths(selector.paths, nodes, types)
+    if selector.excluded:
+        cut = [n.path for n in _select_paths(selector.excluded, nodes, types)]
+        out = [
+            n
+            for n in out
+            if not any(n.path[: len(c)] == c or c[: len(n.path)] == n.path for c in cut)
+        ]
     return out
 
 
@@ -358,9 +513,9 @@ def _respelt(selector: A.Selector, nodes: list[Node]) -> str | None:
         text = text[:begin] + word + text[end:]
     try:
         fixed = parse(f"where {text} -> init zeros").rules[0].selector
-    except Exception:  # a correction that does not parse is no suggestion
+        return text if select(fixed, nodes) else None
+    except SpecError:  # a correction that does not parse or resolve is no suggestion
         return None
-    return text if select(fixed, nodes) else None
 
 
 # ---- what a match tells a filter -------------------------------------------
@@ -381,8 +536,12 @@ def fans(node: Node) -> tuple[int, int] | tuple[None, None]:
         return shape[1] * receptive, shape[0] * receptive
     parent = node.parents[-1] if node.parents else None
     weight = getattr(parent, "weight", None) if isinstance(parent, eqx.Module) else None
-    wshape = tuple(weight.shape)[batch:] if weight is not None and is_array(weight) else ()
-    if weight is not node.obj and len(wshape) >= 2:
+    if weight is not None and is_array(weight) and weight is not node.obj:
+        sibling = Node(node.path[:-1] + (GetAttrKey("weight"),), weight, node.parents)
+        wshape = tuple(weight.shape)[sibling.batch :]
+    else:
+        wshape = ()
+    if len(wshape) >= 2:
         receptive = math.prod(wshape[2:])
         return wshape[1] * receptive, wshape[0] * receptive
     size = math.prod(shape) if shape else 1
@@ -459,13 +618,16 @@ def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sour
     """The nodes a rule acts on: its selector's matches that pass its `if`
     filter, checked against its `expect` count. Matching nothing is an error."""
     nodes = walk(model)
-    found = select(rule.selector, nodes)
+    found = select(rule.selector, nodes, source)
+    expect = rule.expect
     if not found:
+        if expect is not None and expect.allows(0):
+            return []
         raise no_match(rule.selector, nodes, source)
     if rule.filter is not None:
         candidates = found
         found = [n for n in candidates if evaluate_at(rule.filter, n, env, source)]
-        if not found:
+        if not found and not (expect is not None and expect.allows(0)):
             raise SpecError(
                 Diagnostic(
                     "E201",
@@ -476,13 +638,13 @@ def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sour
                     source,
                 )
             )
-    if rule.expect is not None and len(found) != rule.expect.value:
+    if expect is not None and not expect.allows(len(found)):
         raise SpecError(
             Diagnostic(
                 "E202",
                 f"`{rule.selector.text}` matches {len(found)} "
-                f"node{'s' if len(found) != 1 else ''}, not the {rule.expect.value} expected",
-                rule.expect.span,
+                f"node{'s' if len(found) != 1 else ''}, not {expect.describe()}",
+                expect.span,
                 "matched: "
                 + ", ".join(f"`{n.text}`" for n in found[:6])
                 + (", ..." if len(found) > 6 else ""),
@@ -498,21 +660,34 @@ def _describe_kind(obj: Any) -> str:
     return f"a `{type(obj).__name__}`"
 
 
-def matched_arrays(nodes: list[Node], action: str, span: A.Span, source: A.Source) -> list[Node]:
-    """The arrays matched nodes stand for: arrays as they are, modules and
-    containers by their floating-point arrays. Anything else is an error."""
+def names_fields(selector: A.Selector) -> bool:
+    """Does every alternative of `selector` end in a field name (`Linear.weight`,
+    `activation`), rather than a wildcard, an index or a type?"""
+    return all(_last_field(p) is not None for p in selector.paths)
+
+
+def matched_arrays(
+    nodes: list[Node], action: str, selector: A.Selector, source: A.Source
+) -> list[Node]:
+    """The arrays matched nodes stand for: modules and containers by their
+    floating-point arrays, arrays as they are. A selector that names fields
+    must name arrays or modules (anything else is an error); a broad one
+    (`**`, `[*]`, a type) skips other leaves and non-floating arrays."""
+    broad = not names_fields(selector)
     out: dict[tuple, Node] = {}
     for node in nodes:
         if not is_array(node.obj) and not isinstance(node.obj, (eqx.Module, list, tuple, dict)):
+            if broad:
+                continue
             raise SpecError(
                 Diagnostic(
                     "E203",
                     f"`{action}` needs arrays, but `{node.text}` is {_describe_kind(node.obj)}",
-                    span,
+                    selector.span,
                     "select arrays (e.g. `Linear.weight`) or the modules that hold them",
                     source,
                 )
             )
-        for leaf in array_leaves(node, inexact_only=not is_array(node.obj)):
+        for leaf in array_leaves(node, inexact_only=broad or not is_array(node.obj)):
             out.setdefault(leaf.path, leaf)
     return list(out.values())

@@ -65,9 +65,12 @@ def test_apply_is_a_fold_with_an_explicit_context(getkey):
     assert all(
         np.array_equal(a, b) for a, b in zip(leaves(program.apply(model, key)), leaves(by_hand))
     )
-    # Without a constructor in the context, the members are copies.
-    copies = program.passes[-1](model, key, eqxform.Context())
-    assert np.array_equal(copies.model.layers[0].bias[0], copies.model.layers[0].bias[1])
+    # Without a constructor in the context, the members are drawn from the
+    # model itself: Equinox's default draw for its layers, and the `init`
+    # rules above the line again per member.
+    drawn = program.passes[-1](model, key, eqxform.Context())
+    assert not np.array_equal(drawn.model.layers[0].bias[0], drawn.model.layers[0].bias[1])
+    assert not np.array_equal(drawn.model.layers[0].weight[0], drawn.model.layers[0].weight[1])
 
 
 def test_weight_norm_is_refused_on_stacks():

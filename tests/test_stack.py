@@ -152,10 +152,15 @@ def test_ensemble_rules_act_per_member(getkey):
     assert not np.array_equal(w[0], w[1])
 
 
-def test_ensemble_without_constructor_copies(getkey):
-    model = eqx.nn.Linear(3, 2, key=getkey())
+def test_ensemble_without_constructor_draws_members_anew(getkey):
+    # Without a constructor, each member's layers get Equinox's default draw,
+    # uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)): members differ, none is a copy.
+    model = eqx.nn.Linear(64, 32, key=getkey())
     ens = eqxform.compile("ensemble 3").apply(model, key=getkey())
-    assert all(np.array_equal(ens.model.weight[i], model.weight) for i in range(3))
+    w = np.asarray(ens.model.weight)
+    assert w.shape == (3, 32, 64)
+    assert not np.array_equal(w[0], w[1]) and not np.array_equal(w[0], model.weight)
+    assert np.abs(w).max() <= 1 / 8 and np.std(w) == pytest.approx(1 / 8 / np.sqrt(3), rel=0.1)
 
 
 def test_stacked_and_ensembled_files_reload(tmp_path):

@@ -8,9 +8,17 @@ build on it.
 
 from ._stacks import Ensemble as Ensemble
 from ._stacks import Stacked as Stacked
+from ._stacks import StackedMarker as StackedMarker
 from ._stacks import batched as batched
 from ._stacks import evaluate_ensemble as evaluate_ensemble
 from ._stacks import evaluate_per_member as evaluate_per_member
+from ._stacks import join_state as join_state
+from ._stacks import make_ensemble as make_ensemble
+from ._stacks import make_state as make_state
+from ._stacks import marked as marked
+from ._stacks import restate as restate
+from ._stacks import split_state as split_state
+from ._stacks import state_values as state_values
 from ._wrappers import BUILTIN as BUILTIN
 from ._wrappers import Frozen as Frozen
 from ._wrappers import Positive as Positive

@@ -5,10 +5,18 @@ layer axis and runs them with `lax.scan` (one after another) or `vmap` (side
 by side): the scan-over-layers trick, which compiles one layer, not N.
 `Ensemble` holds N members with a leading member axis: the ensembling trick.
 Selectors see through both: `blocks[2:5].weight` names those layers' slices.
+
+Both call their layers the way a parent's loop would: extra positional and
+keyword arguments go to every layer, a `key=` is split into one key per layer
+(or member), and an `eqx.nn.State` is threaded through. Stateful layers keep
+their state under one `StackedMarker` per stacked `StateIndex`, whose value
+carries the layer axis; `restate` rebuilds a `State` for a model whose stacks
+changed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
@@ -17,9 +25,62 @@ import jax.numpy as jnp
 
 from ._wrappers import resolve
 
+State = eqx.nn.State
+StateIndex = eqx.nn.StateIndex
+
 
 def _take(tree: Any, index) -> Any:
     return jax.tree_util.tree_map(lambda x: x[index] if eqx.is_array(x) else x, tree)
+
+
+def _is_index(x: Any) -> bool:
+    return isinstance(x, StateIndex)
+
+
+@dataclass(frozen=True)
+class StackedMarker:
+    """The state key of a stacked `StateIndex`: the keys of the layers'
+    indices it stands for, in layer order."""
+
+    parts: tuple
+
+
+def marked(index: StateIndex, marker: Any) -> StateIndex:
+    """A copy of `index` under another state key (as `make_with_state` does)."""
+    new = StateIndex(index.init)
+    object.__setattr__(new, "marker", marker)
+    return new
+
+
+def _states(args: tuple, kwargs: dict) -> list:
+    """Where a `State` is among the call's arguments: positions and names."""
+    where: list = [i for i, a in enumerate(args) if isinstance(a, State)]
+    where += [k for k, v in kwargs.items() if isinstance(v, State)]
+    return where
+
+
+def _with_state(args: tuple, kwargs: dict, where, state) -> tuple[tuple, dict]:
+    if isinstance(where, int):
+        args = args[:where] + (state,) + args[where + 1 :]
+    else:
+        kwargs = {**kwargs, where: state}
+    return args, kwargs
+
+
+def _split_output(out: Any, what: str) -> tuple[Any, State]:
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], State):
+        return out
+    raise TypeError(
+        f"{what} was given an `eqx.nn.State`, so each layer must return `(output, state)`; "
+        f"this one returned {type(out).__name__}"
+    )
+
+
+def _substate(state: State, module: Any) -> tuple[list, Any]:
+    """The state of the indices inside `module`: its leaves and structure."""
+    sub = state.substate(module)
+    leaves, treedef = jax.tree_util.tree_flatten(sub)
+    return leaves, treedef
 
 
 class Stacked(eqx.Module):
@@ -29,7 +90,15 @@ class Stacked(eqx.Module):
     length `count`), `mode` (`"scan"`: each layer's output feeds the next;
     `"vmap"`: every layer sees the same input, outputs stacked), `remat`
     (checkpoint each layer), `unroll` (passed to `lax.scan`), `kind` (what
-    `unstack` gives back: `list`, `tuple`, `sequential`, `module` or `slice`).
+    `unstack` gives back: `list`, `tuple`, `sequential`, `module` or `slice`),
+    `layerwise` (what iterating gives: by default the stack itself, once, so
+    that a parent's `for block in self.blocks: x = block(x, ...)` runs one
+    scan over every layer; with `layerwise`, each layer in turn).
+
+    `stacked(x, *args, key=None, **kwargs)` calls layer i as
+    `layer_i(h, *args, key=key_i, **kwargs)`, where `key_i` is the i-th key
+    split from `key`; an `eqx.nn.State` among the arguments is threaded
+    through, each layer returning `(h, state)`.
     """
 
     layers: Any
@@ -38,6 +107,7 @@ class Stacked(eqx.Module):
     remat: bool = eqx.field(static=True, default=False)
     unroll: int = eqx.field(static=True, default=1)
     kind: str = eqx.field(static=True, default="list")
+    layerwise: bool = eqx.field(static=True, default=False)
 
     def __len__(self) -> int:
         return self.count
@@ -46,48 +116,131 @@ class Stacked(eqx.Module):
         if isinstance(index, slice):
             count = len(range(*index.indices(self.count)))
             return Stacked(
-                _take(self.layers, index), count, self.mode, self.remat, self.unroll, self.kind
+                _take(self.layers, index),
+                count,
+                self.mode,
+                self.remat,
+                self.unroll,
+                self.kind,
+                self.layerwise,
             )
-        return _take(self.layers, index)
+        if not -self.count <= index < self.count:
+            raise IndexError(f"the stack has {self.count} layers, not {index}")
+        i = index % self.count
+        layer = _take(self.layers, i)
+        # Each layer's state goes back under its own key.
+        return jax.tree_util.tree_map(
+            lambda x: (
+                marked(x, x.marker.parts[i])
+                if _is_index(x) and isinstance(x.marker, StackedMarker)
+                else x
+            ),
+            layer,
+            is_leaf=_is_index,
+        )
 
     def __iter__(self):
-        # For callers that loop over their layers; calling the stack scans.
-        return (self[i] for i in range(self.count))
+        if self.layerwise:
+            return (self[i] for i in range(self.count))
+        # One item: the stack itself, which runs every layer when called. A
+        # parent's `for block in blocks: x = block(x, ...)` becomes one scan.
+        return iter((self,))
 
-    def __call__(self, x, *, key=None):
+    def __getattr__(self, name: str) -> Any:
+        # A parent that iterates the stack may reach into its block
+        # (`block.attn`): that is the stacked block's attribute, layer axis
+        # included.
+        if name.startswith("__") or name == "layers":
+            raise AttributeError(name)
+        return getattr(self.layers, name)
+
+    def __call__(self, x, *args, key=None, **kwargs):
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
+        keys = None if key is None else jax.random.split(key, self.count)
+        where = _states(args, kwargs)
+        if len(where) > 1:
+            raise TypeError("a stack threads one `eqx.nn.State`; the call passes several")
+        state = None
+        if where:
+            state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+            state_leaves, state_def = _substate(state, self.layers)
+        else:
+            state_leaves, state_def = [], None
 
-        def apply(d, h):
-            return eqx.combine(d, static)(h)
+        def apply(d, h, k, s):
+            layer = eqx.combine(d, static)
+            call_args, call_kwargs = args, dict(kwargs)
+            if k is not None:
+                call_kwargs["key"] = k
+            if state_def is None:
+                return layer(h, *call_args, **call_kwargs), s
+            layer_state = jax.tree_util.tree_unflatten(state_def, s)
+            call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], layer_state)
+            out, new_state = _split_output(layer(h, *call_args, **call_kwargs), "a stack")
+            return out, jax.tree_util.tree_leaves(new_state)
 
         if self.remat:
             apply = eqx.filter_checkpoint(apply)
         if self.mode == "vmap":
-            return jax.vmap(apply, in_axes=(0, None))(dynamic, x)
+            out, new_leaves = jax.vmap(apply, in_axes=(0, None, 0, 0))(
+                dynamic, x, keys, state_leaves
+            )
+        else:
 
-        def body(h, d):
-            return apply(d, h), None
+            def body(h, xs):
+                d, k, s = xs
+                h, s = apply(d, h, k, s)
+                return h, s
 
-        out, _ = jax.lax.scan(body, x, dynamic, unroll=self.unroll)
-        return out
+            out, new_leaves = jax.lax.scan(
+                body, x, (dynamic, keys, state_leaves), unroll=self.unroll
+            )
+        if state_def is None:
+            return out
+        return out, state.update(jax.tree_util.tree_unflatten(state_def, new_leaves))
 
 
 class Ensemble(eqx.Module):
     """N members of one model, each array with a leading member axis.
 
-    `ensemble(x)` evaluates every member on the same `x` (shape `(N, ...)` out);
+    `ensemble(x, *args, key=None, **kwargs)` evaluates every member on the
+    same `x` (outputs with a leading member axis), `key` split per member, an
+    `eqx.nn.State` (whose values carry the member axis) threaded per member;
     `ensemble.per_member(xs)` gives member i the input `xs[i]`;
     `ensemble.member(i)` is member i as a plain model. Wrappers are resolved.
+    Attributes read through to the member-axis model (`ens.layers[0].weight`).
+
+    Called on one member's arrays, as the Equinox tricks page's
+    `eqx.filter_vmap(lambda m, x: m(x), in_axes=(eqx.if_array(0), None))`
+    does, it is that member.
     """
 
     model: Any
     count: int = eqx.field(static=True)
+    # The number of axes of each array of one member, to tell a whole
+    # ensemble from a member of it inside someone else's `vmap`.
+    member_ndims: tuple = eqx.field(static=True, default=())
 
-    def __call__(self, x):
-        return evaluate_ensemble(self, x)
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("model", "count", "member_ndims"):
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
-    def per_member(self, xs):
-        return evaluate_per_member(self, xs)
+    def _is_one_member(self) -> bool:
+        leaves = [x for x in jax.tree_util.tree_leaves(self.model) if eqx.is_array(x)]
+        if not leaves or not self.member_ndims:
+            return False
+        return tuple(x.ndim for x in leaves) == self.member_ndims
+
+    def __call__(self, x, *args, key=None, **kwargs):
+        if self._is_one_member():
+            if key is not None:
+                kwargs["key"] = key
+            return resolve(self.model)(x, *args, **kwargs)
+        return _evaluate(self, x, False, args, key, kwargs)
+
+    def per_member(self, xs, *args, key=None, **kwargs):
+        return _evaluate(self, xs, True, args, key, kwargs)
 
     def member(self, i: int) -> Any:
         if not -self.count <= i < self.count:
@@ -95,20 +248,55 @@ class Ensemble(eqx.Module):
         return _take(self.model, i)
 
 
-def evaluate_ensemble(ensemble: Ensemble, x):
-    """Every member of `ensemble` on the same input: `(N, ...)` out."""
-    dynamic, static = eqx.partition(ensemble.model, eqx.is_array)
-    return jax.vmap(lambda d: resolve(eqx.combine(d, static))(x))(dynamic)
+def make_ensemble(members: Any, count: int) -> Ensemble:
+    """An `Ensemble` of `members` (arrays with a leading member axis)."""
+    ndims = tuple(x.ndim - 1 for x in jax.tree_util.tree_leaves(members) if eqx.is_array(x))
+    return Ensemble(members, count, ndims)
 
 
-def evaluate_per_member(ensemble: Ensemble, xs):
-    """Member i on `xs[i]`; `xs` has a leading axis of length N."""
-    if jnp.shape(xs)[:1] != (ensemble.count,):
+def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):
+    if per_member and jnp.shape(x)[:1] != (ensemble.count,):
         raise ValueError(
-            f"per-member data needs a leading axis of {ensemble.count}, got shape {jnp.shape(xs)}"
+            f"per-member data needs a leading axis of {ensemble.count}, got shape {jnp.shape(x)}"
         )
     dynamic, static = eqx.partition(ensemble.model, eqx.is_array)
-    return jax.vmap(lambda d, x: resolve(eqx.combine(d, static))(x))(dynamic, xs)
+    keys = None if key is None else jax.random.split(key, ensemble.count)
+    where = _states(args, kwargs)
+    state = None
+    if where:
+        state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+        state_leaves, state_def = jax.tree_util.tree_flatten(state)
+    else:
+        state_leaves, state_def = [], None
+
+    def one(d, h, k, s):
+        member = resolve(eqx.combine(d, static))
+        call_args, call_kwargs = args, dict(kwargs)
+        if k is not None:
+            call_kwargs["key"] = k
+        if state_def is None:
+            return member(h, *call_args, **call_kwargs), s
+        member_state = jax.tree_util.tree_unflatten(state_def, s)
+        call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], member_state)
+        out, new_state = _split_output(member(h, *call_args, **call_kwargs), "an ensemble")
+        return out, jax.tree_util.tree_leaves(new_state)
+
+    out, new_leaves = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0, 0))(
+        dynamic, x, keys, state_leaves
+    )
+    if state_def is None:
+        return out
+    return out, jax.tree_util.tree_unflatten(state_def, new_leaves)
+
+
+def evaluate_ensemble(ensemble: Ensemble, x, *args, **kwargs):
+    """Every member of `ensemble` on the same input: `(N, ...)` out."""
+    return ensemble(x, *args, **kwargs)
+
+
+def evaluate_per_member(ensemble: Ensemble, xs, *args, **kwargs):
+    """Member i on `xs[i]`; `xs` has a leading axis of length N."""
+    return ensemble.per_member(xs, *args, **kwargs)
 
 
 def batched(obj: Any) -> bool:
@@ -119,3 +307,64 @@ def batched(obj: Any) -> bool:
 
 
 _BATCHED = frozenset({Stacked, Ensemble})
+
+
+# ---- state ------------------------------------------------------------------------
+
+
+def split_state(subject: Any) -> tuple[Any, State | None]:
+    """(model, state) of what a spec is applied to: a model, or a stateful
+    model's `(model, state)` pair, as `eqx.nn.make_with_state` returns it."""
+    if isinstance(subject, tuple) and len(subject) == 2 and isinstance(subject[1], State):
+        return subject[0], subject[1]
+    return subject, None
+
+
+def join_state(model: Any, state: State | None) -> Any:
+    return model if state is None else (model, state)
+
+
+def state_values(state: State) -> dict:
+    """A `State` as a dict from state keys to values."""
+    values, keys = state.tree_flatten()
+    return dict(zip(keys, values))
+
+
+def make_state(values: dict) -> State:
+    return State.tree_unflatten(tuple(values), tuple(values.values()))
+
+
+def restate(model: Any, state: State, members: int | None = None) -> State:
+    """The `State` of `model` made from `state`, the state of the model it was
+    made from: a stacked index's value is its layers' values stacked, a layer
+    taken out of a stack gets its slice, and with `members`, values gain a
+    member axis (copied)."""
+    old = state_values(state)
+    owner = {}
+    for marker in old:
+        if isinstance(marker, StackedMarker):
+            for i, part in enumerate(marker.parts):
+                owner[part] = (marker, i)
+
+    def value(marker, index=None):
+        if marker in old:
+            return old[marker]
+        if isinstance(marker, StackedMarker):
+            parts = [value(p) for p in marker.parts]
+            return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *parts)
+        if marker in owner:
+            whole, i = owner[marker]
+            return _take(value(whole), i)
+        if index is not None and not isinstance(index.init, eqx.Module):
+            # A new stateful layer (from `replace`) starts from its initial state.
+            return jax.tree_util.tree_map(jnp.asarray, index.init)
+        raise KeyError(marker)
+
+    new = {}
+    for leaf in jax.tree_util.tree_leaves(model, is_leaf=_is_index):
+        if _is_index(leaf) and leaf.marker not in new:
+            v = value(leaf.marker, leaf)
+            if members is not None:
+                v = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), v)
+            new[leaf.marker] = v
+    return make_state(new)

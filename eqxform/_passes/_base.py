@@ -20,6 +20,7 @@ import equinox as eqx
 from .. import _ast as A
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
+from .._modules import join_state, restate, split_state
 from .._select import Node, get
 
 
@@ -34,10 +35,19 @@ class Context:
     - `base`: `key -> model`, the model the program was applied to, rebuilt
       from its constructor (its recipe); `None` when it is not known. An
       `ensemble` builds its members with it.
+    - `inputs`: the model's inputs (`jax.ShapeDtypeStruct`s), when the spec
+      declares them with `input`.
+    - `verify`: run the model on random inputs to check that a `stack` keeps
+      its outputs (`apply` does; `plan`, which allocates nothing, does not).
+    - `report`: where a pass sends warnings (`plan` collects them, `apply`
+      issues them as Python warnings); None drops them.
     """
 
     allow: tuple[str, ...] = ()
     base: Callable[[Any], Any] | None = None
+    inputs: tuple[Any, ...] | None = None
+    verify: bool = False
+    report: Callable[[Diagnostic], None] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,6 +58,10 @@ class Pass:
     env: Mapping[str, Any]
     source: A.Source
     identity: int
+
+    # Does the pass draw random numbers (so that running it again per member
+    # of an ensemble gives each member its own)?
+    draws = False
 
     # ---- what the pass is, for plans and messages
     @property
@@ -76,8 +90,19 @@ class Pass:
     def run(self, model: Any, key: Any, ctx: Context, nodes: list[Node]) -> Any:
         raise NotImplementedError
 
-    def __call__(self, model: Any, key: Any, ctx: Context = Context()) -> Any:
-        return self.run(model, key, ctx, self.select(model, ctx))
+    def run_stateful(self, model: Any, state: Any, key: Any, ctx: Context, nodes: list[Node]):
+        """`run`, and the state of the new model made from `state` (an
+        `eqx.nn.State`): stacked layers' states stack with them."""
+        new = self.run(model, key, ctx, nodes)
+        return new, restate(new, state)
+
+    def __call__(self, subject: Any, key: Any, ctx: Context = Context()) -> Any:
+        """The pass on a model, or on a stateful model's `(model, state)`."""
+        model, state = split_state(subject)
+        nodes = self.select(model, ctx)
+        if state is None:
+            return self.run(model, key, ctx, nodes)
+        return join_state(*self.run_stateful(model, state, key, ctx, nodes))
 
     # ---- helpers
     def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:

@@ -18,22 +18,58 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._modules import Ensemble, Stacked
-from .._select import Node, fans, get, is_array, no_match, path_str, select, walk
-from ._base import Context, Pass
+from .._diagnostics import Diagnostic
+from .._errors import SpecError
+from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
+from .._select import Node, fans, get, is_array, no_match, node_at, path_str, select, walk
+from ._base import Pass
 
 
+@dataclass(frozen=True, eq=False)
 class StructPass(Pass):
-    """A structural directive. Its draws use the key folded with its identity."""
+    """A structural directive. Its draws use the key folded with its identity.
+    `later_inits` are the rules below it with an `init` action (they may
+    draw what the directive copies)."""
 
-    def __call__(self, model, key, ctx: Context = Context()):
-        return self.run(model, key, ctx, self.select(model, ctx))
+    later_inits: tuple[A.Rule, ...] = ()
 
     def run(self, model, key, ctx, nodes):
         return self.restructure(model, jax.random.fold_in(key, self.identity), ctx, nodes)
 
     def restructure(self, model, key, ctx, nodes):
         raise NotImplementedError
+
+    def report_copies(self, ctx, model, copied: list, what: str, extra=()) -> None:
+        """Tell the user which arrays every copy shares (a warning), leaving
+        out those an `init` rule below this line (or in `extra`) draws anew."""
+        if not copied or ctx.report is None:
+            return
+        drawn = []
+        for rule in self.later_inits + tuple(extra):
+            try:
+                drawn += [n.path for n in select(rule.selector, walk(model))]
+            except SpecError:  # the rule's own error is reported at its line
+                continue
+        copied = [
+            node_at(model, p).text for p in copied if not any(p[: len(d)] == d for d in drawn)
+        ]
+        if not copied:
+            return
+        first = copied[0]
+        ctx.report(
+            Diagnostic(
+                "W201",
+                f"{what} share {len(copied)} array{'s' if len(copied) != 1 else ''} that no "
+                "default initialisation draws: "
+                + ", ".join(f"`{c}`" for c in copied[:5])
+                + (", ..." if len(copied) > 5 else ""),
+                self.stmt.span,
+                f"draw them per copy with a rule below this line, e.g. "
+                f"`where {first} -> init normal(stddev=0.02)`",
+                self.source,
+                severity="warning",
+            )
+        )
 
 
 def _describe(x) -> str:
@@ -79,8 +115,101 @@ def _stack_arrays(items: list) -> Any:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs) if is_array(xs[0]) else xs[0], *items)
 
 
-# Equinox's own default draw for these layers: uniform(-1/sqrt(fan_in), ...).
-_DEFAULT_INIT = ("Linear", "Conv", "ConvTranspose")
+def _is_index(x: Any) -> bool:
+    return isinstance(x, eqx.nn.StateIndex)
+
+
+def _one_state_key_per_position(items: list) -> list:
+    """The items with each stateful layer's `StateIndex` keyed by one
+    `StackedMarker` per position, so that they stack into one index whose
+    state holds every layer's."""
+    indices = [
+        [x for x in jax.tree_util.tree_leaves(i, is_leaf=_is_index) if _is_index(x)] for i in items
+    ]
+    if not indices[0] or any(len(found) != len(indices[0]) for found in indices):
+        return items  # no state, or different layers: the structure check says which
+    markers = [
+        StackedMarker(tuple(found[j].marker for found in indices)) for j in range(len(indices[0]))
+    ]
+    out = []
+    for item in items:
+        position = iter(range(len(markers)))
+        out.append(
+            jax.tree_util.tree_map(
+                lambda x: marked(x, markers[next(position)]) if _is_index(x) else x,
+                item,
+                is_leaf=_is_index,
+            )
+        )
+    return out
+
+
+def _is_a(module: Any, *names: str) -> bool:
+    return isinstance(module, tuple(getattr(eqx.nn, n) for n in names))
+
+
+def _default_draw(module: Any, field: str, node: Node, key, shape, dtype):
+    """Equinox's own initialisation of `module.field`, drawn anew for a leaf
+    of `shape`; None for a leaf Equinox initialises to a constant (norms) or
+    of a layer type it does not know."""
+    if _is_a(module, "Linear", "Conv", "ConvTranspose") and field in ("weight", "bias"):
+        lim = 1 / math.sqrt(fans(node)[0])
+        return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
+    if _is_a(module, "GRUCell", "LSTMCell") and field in (
+        "weight_ih",
+        "weight_hh",
+        "bias",
+        "bias_n",
+    ):
+        lim = 1 / math.sqrt(module.hidden_size)
+        return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
+    if _is_a(module, "Embedding") and field == "weight":
+        return jax.random.normal(key, shape, dtype)
+    return None
+
+
+def _constant_by_design(module: Any) -> bool:
+    """Layers whose arrays Equinox initialises to constants: their copies are
+    what a fresh construction would give."""
+    return _is_a(module, "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm", "PReLU") or _is_index(
+        module
+    )
+
+
+def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list[str]]:
+    """`count` copies of `module` with a leading axis: the arrays of the layer
+    types Equinox knows drawn anew for each copy (its default draw), the rest
+    copied. Also returns the key paths (within `module`) of the copied arrays
+    that are no constants by design: those every copy shares."""
+    stacked = jax.tree_util.tree_map(
+        lambda x: jnp.broadcast_to(x, (count, *x.shape)) if is_array(x) else x, module
+    )
+    targets, values, copied = [], [], []
+    for i, node in enumerate(walk(module)):
+        if not is_array(node.obj) or not node.path:
+            continue
+        parent = node.parents[-1]
+        field = getattr(node.path[-1], "name", None)
+        if not jnp.issubdtype(node.obj.dtype, jnp.inexact):
+            continue
+        value = None
+        if isinstance(parent, eqx.Module) and field is not None:
+            value = _default_draw(
+                parent,
+                field,
+                node,
+                jax.random.fold_in(key, i),
+                (count, *node.obj.shape),
+                node.obj.dtype,
+            )
+        if value is not None:
+            targets.append(node.path)
+            values.append(value)
+        elif not any(_constant_by_design(p) for p in node.parents):
+            copied.append(node.path)
+    if targets:
+        stacked = eqx.tree_at(lambda m: [get(m, p) for p in targets], stacked, values)
+    return stacked, copied
 
 
 class StackPass(StructPass):
@@ -126,10 +255,15 @@ class StackPass(StructPass):
                         f"e.g. `stack {stmt.selector.text} {stmt.mode} 10` makes 10 independently "
                         "initialised copies",
                     )
-                stacked = self.copies(obj, count, key)
-                return eqx.tree_at(
+                stacked, copied = redrawn_copies(obj, count, key)
+                new = eqx.tree_at(
                     lambda m: get(m, node.path), model, self.wrap(stacked, count, "module")
                 )
+                inner = node.path + (jax.tree_util.GetAttrKey("layers"),)
+                self.report_copies(
+                    ctx, new, [inner + p for p in copied], f"the {count} copies of `{node.text}`"
+                )
+                return new
             else:
                 raise self.error(
                     "E131",
@@ -138,6 +272,7 @@ class StackPass(StructPass):
                     span,
                 )
             names = [f"{node.text}[{i}]" for i in range(len(items))]
+            items = _one_state_key_per_position(items)
             self.check(items, names, count)
             stacked = self.wrap(_stack_arrays(items), len(items), kind)
             return eqx.tree_at(lambda m: get(m, node.path), model, stacked)
@@ -161,7 +296,7 @@ class StackPass(StructPass):
             )
         container_path = nodes[0].path[:-1]
         container = get(model, container_path)
-        items = [get(model, n.path) for n in nodes]
+        items = _one_state_key_per_position([get(model, n.path) for n in nodes])
         self.check(items, [n.text for n in nodes], count)
         stacked = self.wrap(_stack_arrays(items), len(items), "slice")
         start, stop = indices[0], indices[-1] + 1
@@ -203,41 +338,8 @@ class StackPass(StructPass):
             "remat" in options,
             options.get("unroll") or 1,
             kind,
+            "layerwise" in options,
         )
-
-    def copies(self, module, count: int, key):
-        """`count` copies of `module`, the weights and biases of its `Linear` and
-        convolution layers drawn anew for each (Equinox's default draw),
-        everything else copied."""
-        stacked = jax.tree_util.tree_map(
-            lambda x: jnp.broadcast_to(x, (count, *x.shape)) if is_array(x) else x, module
-        )
-        targets, values = [], []
-        for i, node in enumerate(walk(module)):
-            parent = node.parents[-1] if node.parents else None
-            if not (
-                is_array(node.obj)
-                and node.path
-                and node.path[-1]
-                in (jax.tree_util.GetAttrKey("weight"), jax.tree_util.GetAttrKey("bias"))
-            ):
-                continue
-            if type(parent).__name__ not in _DEFAULT_INIT and not any(
-                type(parent).__name__.startswith(n) for n in _DEFAULT_INIT
-            ):
-                continue
-            fan_in, _ = fans(node)
-            lim = 1 / math.sqrt(fan_in)
-            leaf_key = jax.random.fold_in(key, i)
-            targets.append(node.path)
-            values.append(
-                jax.random.uniform(
-                    leaf_key, (count, *node.obj.shape), node.obj.dtype, minval=-lim, maxval=lim
-                )
-            )
-        if not targets:
-            return stacked
-        return eqx.tree_at(lambda m: [get(m, p) for p in targets], stacked, values)
 
 
 class UnstackPass(StructPass):
@@ -277,8 +379,10 @@ class UnstackPass(StructPass):
 class EnsemblePass(StructPass):
     """`ensemble N`. Where the model's constructor is known (`ctx.base`), each
     member is built by it from its own key under `filter_vmap` and the passes
-    above this line (`before`) run on each member; otherwise the arrays are
-    copied."""
+    above this line (`before`) run on each member. Otherwise each member's
+    arrays of the layer types Equinox knows are drawn anew with its default
+    initialisation, the `init` rules above this line draw again per member,
+    and what stays a copy is reported."""
 
     count: int = 1
     before: tuple[Pass, ...] = ()
@@ -294,23 +398,46 @@ class EnsemblePass(StructPass):
         return [Node((), model, ())]
 
     def restructure(self, model, key, ctx, nodes):
+        return self.members(model, None, key, ctx)[0]
+
+    def run_stateful(self, model, state, key, ctx, nodes):
+        return self.members(model, state, jax.random.fold_in(key, self.identity), ctx)
+
+    def members(self, model, state, key, ctx):
         count = self.count
+        keys = jax.random.split(key, count)
         if ctx.base is not None:
             before = self.before
 
             def member(k):
-                m = ctx.base(k)
+                subject = ctx.base(k)
                 for p in before:
+                    subject = p(subject, k, ctx)
+                return subject
+
+            built, built_state = split_state(eqx.filter_vmap(member)(keys))
+            if _same_structure(built, model) and (built_state is None) == (state is None):
+                return make_ensemble(built, count), built_state
+        stacked, copied = redrawn_copies(model, count, key)
+        inits = tuple(p for p in self.before if p.draws)
+        if inits:
+
+            def redraw(m, k):
+                for p in inits:
                     m = p(m, k, ctx)
                 return m
 
-            members = eqx.filter_vmap(member)(jax.random.split(key, count))
-            if _same_structure(members, model):
-                return Ensemble(members, count)
-        members = jax.tree_util.tree_map(
-            lambda x: jnp.broadcast_to(x, (count, *x.shape)) if is_array(x) else x, model
+            stacked = eqx.filter_vmap(redraw)(stacked, keys)
+        ensemble = make_ensemble(stacked, count)
+        inner = (jax.tree_util.GetAttrKey("model"),)
+        self.report_copies(
+            ctx,
+            ensemble,
+            [inner + p for p in copied],
+            f"the {count} members",
+            extra=tuple(p.rule for p in inits),
         )
-        return Ensemble(members, count)
+        return ensemble, None if state is None else restate(ensemble, state, members=count)
 
 
 def _same_structure(members, model) -> bool:

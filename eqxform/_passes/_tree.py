@@ -91,10 +91,12 @@ class RulePass(Pass):
         return jax.random.fold_in(key, self.identity)
 
     def arrays(self, nodes: list[Node]) -> list[Node]:
-        return matched_arrays(nodes, self.action.name, self.rule.selector.span, self.source)
+        return matched_arrays(nodes, self.action.name, self.rule.selector, self.source)
 
 
 class InitPass(RulePass):
+    draws = True
+
     def run(self, model, key, ctx, nodes):
         arg = self.action.arg
         if isinstance(arg, A.Call):

@@ -64,7 +64,7 @@ def groups(program, model) -> dict[tuple, tuple[float, float | None]]:
     for group in program.groups:
         rule, action = group.rule, group.action
         nodes = select_rule(rule, model, program.env, program.source)
-        for leaf in matched_arrays(nodes, action.name, rule.selector.span, program.source):
+        for leaf in matched_arrays(nodes, action.name, rule.selector, program.source):
             value = evaluate_at(action.arg, leaf, program.env, program.source)
             scale, decay = out.get(leaf.path, (1.0, None))
             if action.name == "lr":
