@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import _ast as A
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
 from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
