@@ -266,6 +266,18 @@ class UnstackStmt(Stmt):
 
 
 @dataclass(frozen=True)
+class InputStmt(Stmt):
+    """`input f32[3,224,224]`: one positional argument of the model."""
+
+    dtype: str
+    shape: tuple[int | float, ...]
+    dtype_span: Span = field(compare=False)
+
+    def describe(self) -> str:
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
 class Spec:
     source: Source
     statements: tuple[Stmt, ...]

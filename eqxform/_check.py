@@ -41,6 +41,7 @@ class Checker:
         self.seed = 0
         self.counts: dict[int, int] = {}  # id(ensemble statement) -> members
         self.optimizer: tuple[str, dict[str, Any]] | None = None
+        self.inputs: list[A.InputStmt] = []
 
     def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
@@ -255,6 +256,26 @@ class Checker:
                     (did_you_mean(option.name, ("remat", "unroll", "layerwise")) or "")
                     + " options are a count, `remat`, `unroll K` and `layerwise`",
                 )
+
+    def check_InputStmt(self, stmt: A.InputStmt):
+        if stmt.dtype not in N.INPUT_DTYPES:
+            self.error(
+                "E127",
+                f"unknown input dtype `{stmt.dtype}`",
+                stmt.dtype_span,
+                did_you_mean(stmt.dtype, N.INPUT_DTYPES)
+                or "e.g. `input f32[3,224,224]` or `input i32[128]`",
+            )
+        for d in stmt.shape:
+            if not is_whole(d, 0):
+                self.error(
+                    "E127",
+                    f"an input's dimensions are whole numbers, not `{d}`",
+                    stmt.span,
+                    "e.g. `input f32[3,224,224]`",
+                )
+                break
+        self.inputs.append(stmt)
 
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
         self.selector(stmt.selector)

@@ -8,6 +8,7 @@ linter loads only the text layers (parse, check).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -45,6 +46,15 @@ def _fail(diagnostics, as_json: bool, code: int) -> None:
     sys.exit(code)
 
 
+def _report(diagnostics, as_json: bool = False) -> None:
+    """Fail on errors (exit 1); print warnings and go on."""
+    diagnostics = list(diagnostics)
+    if any(d.severity == "error" for d in diagnostics):
+        _fail(diagnostics, as_json, 1)
+    if diagnostics and not as_json:
+        click.echo(render_all(diagnostics), err=True)
+
+
 def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
     try:
         return fn()
@@ -74,15 +84,13 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
         )
 
 
-def _compile(spec: str, params: dict, allow: tuple[str, ...]):
+def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=()):
     from ._compile import compile
 
-    return compile(spec, params, allow=allow)
+    return compile(spec, params, allow=allow, inputs=list(inputs) or None)
 
 
 def _device(name: str | None):
-    import contextlib
-
     if name is None:
         return contextlib.nullcontext()
     import jax
@@ -113,6 +121,14 @@ _set = click.option(
 )
 _params_opt = click.option(
     "--params", "params_file", type=click.Path(dir_okay=False), help="YAML file of `let` values."
+)
+_input = click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="TYPE[SHAPE]",
+    help="The model's input, e.g. f32[3,224,224]; repeat per positional argument "
+    "(replaces the spec's `input` lines).",
 )
 _format = click.option(
     "--format",
@@ -160,8 +176,9 @@ def new(constructor, output, seed, allow):
 @_set
 @_params_opt
 @_allow
+@_input
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
-def check(spec, model, sets, params_file, allow, as_json):
+def check(spec, model, sets, params_file, allow, inputs, as_json):
     """Report every problem of a spec (and, given a model, of applying it).
 
     Without a model this is a linter: it imports no JAX and answers at once.
@@ -189,12 +206,13 @@ def check(spec, model, sets, params_file, allow, as_json):
             from ._compile import compile_collect
             from ._recipes import skeleton
 
-            program, diagnostics = compile_collect(text, name, params, allow)
+            program, diagnostics = compile_collect(
+                text, name, params, allow, list(inputs) or None
+            )
             if not diagnostics:
                 diagnostics = program.check(skeleton(model, allow)[2])
             statements = len(program.spec.statements) if program is not None else 0
-        if diagnostics:
-            _fail(diagnostics, as_json, 1)
+        _report(diagnostics, as_json)
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
@@ -209,19 +227,19 @@ def check(spec, model, sets, params_file, allow, as_json):
 @_set
 @_params_opt
 @_allow
+@_input
 @_format
-def plan(spec, model, sets, params_file, allow, fmt):
+def plan(spec, model, sets, params_file, allow, inputs, fmt):
     """Show what each rule will change, before applying anything."""
 
     def go():
         _swapped(spec, model, "plan")
-        program = _compile(spec, _params(sets, params_file), allow)
+        program = _compile(spec, _params(sets, params_file), allow, inputs)
         from ._recipes import skeleton
 
         struct = skeleton(model, allow)[2] if model is not None else None
         result = program.plan(struct)
-        if result.diagnostics:
-            _fail(result.diagnostics, fmt == "json", 1)
+        _report(result.diagnostics, fmt == "json")
         _print_plan(result, fmt)
 
     _run(go, fmt == "json")
@@ -254,6 +272,8 @@ def _print_plan(result, fmt: str) -> None:
             )
     out.print(table)
     click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
+    if result.output is not None:
+        click.echo(f"output: {result.output}")
 
 
 @main.command()
@@ -266,18 +286,21 @@ def _print_plan(result, fmt: str) -> None:
 @_set
 @_params_opt
 @_allow
+@_input
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
-def apply(spec, model, output, seed, sets, params_file, allow, device, force):
+def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, force):
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
-        program = _prepare("apply", spec, model, output, sets, params_file, allow, force)
+        program = _prepare("apply", spec, model, output, sets, params_file, allow, force, inputs)
         from ._plan import count_params
         from ._recipes import save
 
         with _device(device):
-            result = program.apply(_checked_base(program, model, allow), seed=seed)
+            base = _checked_base(program, model, allow)
+            with _quiet():
+                result = program.apply(base, seed=seed)
             save(output, result)
         click.echo(
             f"wrote {output} ({count_params(result):,} parameters, "
@@ -313,6 +336,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, device, force):
 @_set
 @_params_opt
 @_allow
+@_input
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 def train(
@@ -328,6 +352,7 @@ def train(
     sets,
     params_file,
     allow,
+    inputs,
     device,
     force,
 ):
@@ -337,7 +362,7 @@ def train(
     """
 
     def go():
-        program = _prepare("train", spec, model, output, sets, params_file, allow, force)
+        program = _prepare("train", spec, model, output, sets, params_file, allow, force, inputs)
         from ._program import recipe_of
         from ._recipes import save
         from ._runtime import _train
@@ -345,7 +370,9 @@ def train(
 
         with _device(device):
             base_optimizer(program)  # a missing `optimizer` fails before any work
-            start = program.apply(_checked_base(program, model, allow), seed=seed)
+            base = _checked_base(program, model, allow)
+            with _quiet():
+                start = program.apply(base, seed=seed)
             recipe = recipe_of(start)
             if data is None:
                 x, y = _train.toy_data(start, loss, seed=program.seed if seed is None else seed)
@@ -404,10 +431,22 @@ def train(
     _run(go)
 
 
-def _prepare(command, spec, model, output, sets, params_file, allow, force):
+@contextlib.contextmanager
+def _quiet():
+    """The plan has shown the warnings already; `apply` need not repeat them."""
+    import warnings
+
+    from ._errors import EqxformWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EqxformWarning)
+        yield
+
+
+def _prepare(command, spec, model, output, sets, params_file, allow, force, inputs=()):
     """The checks `apply` and `train` share before any JAX work."""
     _swapped(spec, model, command)
-    program = _compile(spec, _params(sets, params_file), allow)
+    program = _compile(spec, _params(sets, params_file), allow, inputs)
     _refuse_overwrite(model, output, force)
     return program
 
@@ -420,14 +459,10 @@ def _checked_base(program, model, allow):
     from ._recipes import fill, skeleton
 
     if model is None:
-        diagnostics = program.check(None)
-        if diagnostics:
-            _fail(diagnostics, False, 1)
+        _report(program.check(None))
         return None
     header, recipe, struct = skeleton(model, allow)
-    diagnostics = program.check(struct)
-    if diagnostics:
-        _fail(diagnostics, False, 1)
+    _report(program.check(struct))
     loaded = fill(header, struct)
     remember(loaded, recipe)
     return loaded
@@ -510,17 +545,18 @@ def explain(code):
     """
 
     def go():
-        from ._codes import CODES, explain
-        from ._diagnostics import did_you_mean
+        from ._codes import explain, near
 
         entry = explain(code)
         if entry is None:
+            close = near(code)
             raise UsageError(
                 Diagnostic(
                     "E415",
                     f"no diagnostic has the code `{code}`",
-                    help=did_you_mean(code.upper(), CODES)
-                    or "codes look like `E201`; every error message shows its code",
+                    help="did you mean " + " or ".join(f"`{c}`" for c in close[:4]) + "?"
+                    if close
+                    else "codes look like `E201`; every error message shows its code",
                 )
             )
         click.echo(entry.render())

@@ -303,6 +303,14 @@ CODES: dict[str, Code] = {
             "check the module path and the function's name.",
         ),
         _c(
+            "E127",
+            "bad `input` line",
+            "An `input` line declares one positional argument of the model: a dtype (`f32`, "
+            "`bf16`, `i32`, `bool`, ... or a full name) and a shape of whole numbers.",
+            "input float[3,224,224]",
+            "write e.g. `input f32[3,224,224]`; give one line per positional argument.",
+        ),
+        _c(
             "E130",
             "stack of one module without a count",
             "`stack` on a single module makes copies of it, and needs to know how many.",
@@ -408,6 +416,18 @@ CODES: dict[str, Code] = {
         ),
         # ---- the spec against a model
         _c(
+            "E144",
+            "a stack changes the model's outputs",
+            "With the model's inputs declared, `apply` runs the model before and after each "
+            "`stack` on random inputs. A stack runs its layers as one scan, "
+            "`h = layer(h, ...)` for each, also when the parent loops over them; a loop that "
+            "does more (collects the layers' outputs, uses a layer's index, zips the layers "
+            "with another list) computes something else once stacked.",
+            "stack blocks scan   # where the parent returns every block's output",
+            "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
+            "what the parent calls as one.",
+        ),
+        _c(
             "E201",
             "rule matches nothing",
             "A selector matches no node of the model (or none passes the rule's `if` filter). "
@@ -456,6 +476,15 @@ CODES: dict[str, Code] = {
             "qualify the name with its package or module: `where equinox:BatchNorm -> freeze`.",
         ),
         _c(
+            "E207",
+            "a rule breaks the forward pass",
+            "With the model's inputs declared, `check`, `plan` and `apply` run the forward "
+            "pass under `eval_shape` after the rules; it fails after this rule (the first "
+            "after which it does).",
+            "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)   # the layer before gives 8",
+            "make the rule keep the shapes the model needs (a new head's `in_features`, say).",
+        ),
+        _c(
             "E208",
             "`init` on integer arrays",
             "Initialisers draw floating-point numbers.",
@@ -471,11 +500,31 @@ CODES: dict[str, Code] = {
             "use arguments that fit the array, or another initialiser.",
         ),
         _c(
+            "E212",
+            "the model does not take its declared input",
+            "The forward pass fails on the `input` lines before any rule runs.",
+            "input f32[3]   # for an MLP(in_size=4, ...)",
+            "declare one `input` line per positional argument, with the shapes and dtypes "
+            "the model takes (a stateful model gets its state after them).",
+        ),
+        _c(
             "E210",
             "value of the wrong type",
             "An argument evaluates to a value of a type the action does not take.",
             'where Linear.weight -> scale "two"',
             "give a value of the type the message names.",
+        ),
+        # ---- warnings: the work is done, but may not be what you meant
+        _c(
+            "W201",
+            "copies share arrays",
+            "`ensemble N` without a known constructor, and `stack PATH N` of one module, draw "
+            "the arrays of the layer types Equinox knows anew for each copy (its default "
+            "initialisation) and copy the rest: raw arrays of the model's own classes (a "
+            "class token, a positional embedding) are the same in every copy.",
+            "ensemble 4   # of a model with a raw `cls_token` array",
+            "draw them per copy with an `init` rule below the line, e.g. "
+            "`where cls_token -> init normal(stddev=0.02)`.",
         ),
         # ---- model files
         _c(
@@ -667,3 +716,12 @@ CODES: dict[str, Code] = {
 
 def explain(code: str) -> Code | None:
     return CODES.get(code.upper())
+
+
+def near(code: str) -> list[str]:
+    """Codes the user may have meant: letters read as digits (`E2O1`), then
+    the codes one digit away."""
+    typed = code.upper().translate(str.maketrans("OIL", "011"))
+    if typed in CODES:
+        return [typed]
+    return [c for c in CODES if len(c) == len(typed) and sum(a != b for a, b in zip(c, typed)) == 1]

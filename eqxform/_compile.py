@@ -38,6 +38,7 @@ def compile(
     *,
     name: str | None = None,
     allow: Iterable[str] = (),
+    inputs: Iterable[str] | None = None,
 ) -> Program:
     """Read, parse and check a spec; return its `Program`.
 
@@ -48,6 +49,8 @@ def compile(
     - `name`: the name diagnostics show for text given directly.
     - `allow`: top-level packages whose `package.module:function` constructors
       may be imported.
+    - `inputs`: the model's inputs (`["f32[3,224,224]"]`), in place of the
+      spec's `input` lines (as `--input` on the command line).
 
     **Returns:** a `Program`. Raises `SpecError` with every diagnostic of the
     spec at once when it has errors.
@@ -58,7 +61,7 @@ def compile(
     ```
     """
     text, name = read_spec(spec, name)
-    program, diagnostics = compile_collect(text, name, params, allow)
+    program, diagnostics = compile_collect(text, name, params, allow, inputs)
     if diagnostics:
         raise SpecError(diagnostics)
     assert program is not None
@@ -70,17 +73,32 @@ def compile_collect(
     name: str,
     params: Mapping[str, Any] | None = None,
     allow: Iterable[str] = (),
+    inputs: Iterable[str] | None = None,
 ) -> tuple[Program | None, list[Diagnostic]]:
     """Like `compile`, but returns the diagnostics instead of raising."""
     spec, diagnostics = parse_collect(text, name)
     checker = Checker(spec, params)
     diagnostics += checker.run()
+    if inputs is not None:
+        bad = _override_inputs(checker, list(inputs))
+        if bad:
+            raise UsageError(bad)
     usage = [d for d in diagnostics if d.code == "E116"]
     if usage:
         raise UsageError(usage)
     if diagnostics:
         return None, sorted(diagnostics, key=_position)
     return _program(spec, checker, tuple(allow)), []
+
+
+def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
+    """`--input` values in place of the spec's `input` lines."""
+    text = "".join(f"input {i}\n" for i in inputs)
+    spec, diagnostics = parse_collect(text, "--input")
+    given = Checker(spec)
+    diagnostics += given.run()
+    checker.inputs = given.inputs
+    return diagnostics
 
 
 def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
@@ -153,4 +171,5 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
         checker.optimizer,
         tuple(groups),
         allow,
+        tuple(checker.inputs),
     )

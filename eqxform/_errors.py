@@ -39,3 +39,12 @@ class UsageError(EqxformError):
     """An argument of a call or of the command line is wrong (exit code 2)."""
 
     exit_code = 2
+
+
+class EqxformWarning(UserWarning):
+    """A warning eqxform gives while it applies a spec (its diagnostic's
+    severity is `warning`): the work is done, but may not be what you meant."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        self.diagnostic = diagnostic
+        super().__init__(diagnostic.render())

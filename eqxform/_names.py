@@ -336,6 +336,22 @@ DTYPES = (
     "bool",
 )
 
+# The dtypes an `input` line may name, short and long.
+INPUT_DTYPES = {
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "f32": "float32",
+    "f64": "float64",
+    "i8": "int8",
+    "i16": "int16",
+    "i32": "int32",
+    "i64": "int64",
+    "u8": "uint8",
+    "u32": "uint32",
+    "bool": "bool",
+    **{d: d for d in DTYPES},
+}
+
 CONSTANTS = {"true": True, "false": False, "none": None}
 
 # What a matched array or module tells an `if` filter or an `init` argument.

@@ -18,7 +18,17 @@ from . import _ast as A
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 
-DIRECTIVES = ("model", "seed", "let", "where", "optimizer", "ensemble", "stack", "unstack")
+DIRECTIVES = (
+    "model",
+    "seed",
+    "let",
+    "where",
+    "optimizer",
+    "ensemble",
+    "stack",
+    "unstack",
+    "input",
+)
 
 _TOKEN_NAMES = {
     "NAME": "a name",
@@ -136,6 +146,11 @@ class _ToAst(Transformer):
         return A.StackOption(
             str(name), None if value is None else _number(value).value, _span(meta)
         )
+
+    def input_stmt(self, meta, children):
+        dtype, *dims = children
+        shape = tuple(_number(d).value for d in dims if d is not None)
+        return A.InputStmt(_span(meta), str(dtype), shape, _span(dtype))
 
     def unstack_stmt(self, meta, children):
         return A.UnstackStmt(_span(meta), children[0])

@@ -17,7 +17,9 @@ import numpy as np
 
 from ._diagnostics import Diagnostic
 from ._errors import SpecError
+from ._modules import split_state
 from ._passes import Context
+from ._passes._forward import output_shape
 from ._select import is_array, node_at, select_rule
 
 
@@ -51,6 +53,15 @@ class Plan:
     params_after: int
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
+    output: str | None = None  # the forward pass's output, when the inputs are declared
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "error")
+
+    @property
+    def warnings(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.severity == "warning")
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +80,7 @@ class Plan:
                 }
                 for s in self.steps
             ],
+            "output": self.output,
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
@@ -83,6 +95,8 @@ class Plan:
                 change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
                 lines.append(f"    {m.path.ljust(width)}  {change}")
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        if self.output is not None:
+            lines.append(f"output: {self.output}")
         return "\n".join(lines)
 
 
@@ -134,32 +148,66 @@ def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
     return tuple(out)
 
 
+def _forward_error(program, e: Exception, line_span, what: str) -> Diagnostic:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return Diagnostic(
+        "E207" if what == "rule" else "E212",
+        (
+            f"after this rule the model fails on its declared input: {message}"
+            if what == "rule"
+            else f"the model does not accept its declared input: {message}"
+        ),
+        line_span,
+        "fix the rule so that the model still takes its input (a new head's `in_features`, say)"
+        if what == "rule"
+        else "check the `input` lines: one per positional argument, in order, with the "
+        "model's shapes and dtypes",
+        program.source,
+    )
+
+
+def _forward(subject, structs):
+    """The model's output on the declared inputs, or the exception it raises."""
+    try:
+        return output_shape(subject, structs), None
+    except SpecError:
+        raise
+    except Exception as e:  # the model's own complaint about its input
+        return None, e
+
+
 def make_plan(program, model=None) -> Plan:
     key = jax.random.key(program.seed)
     if model is None:
         struct = eqx.filter_eval_shape(program.construct, key)
     else:
         struct = structure(model)
-    ctx = Context(allow=program.allow)
-    start = count_params(struct)
-    steps, diagnostics = [], []
+    diagnostics: list[Diagnostic] = []
+    structs = program.input_structs()
+    ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
+    start = _params(struct)
+    steps, history = [], []  # history: (pass, subject after it)
     for p in program.passes:
-        before = count_params(struct)
+        before = _params(struct)
         try:
-            nodes = p.select(struct, ctx)
-            new = eqx.filter_eval_shape(lambda m, k: p.run(m, k, ctx, nodes), struct, key)
+            nodes = p.select(split_state(struct)[0], ctx)
+            new = eqx.filter_eval_shape(lambda m, k: p.run_on(m, k, ctx, nodes), struct, key)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
         steps.append(
-            PlanStep(p.line, p.text, p.label, _matches(nodes, new), before, count_params(new))
+            PlanStep(
+                p.line, p.text, p.label, _matches(nodes, split_state(new)[0]), before, _params(new)
+            )
         )
         struct = new
+        history.append((p, new))
     # `lr` and `weight_decay` select on the model after every rule.
-    params = count_params(struct)
+    params = _params(struct)
+    final = split_state(struct)[0]
     for group in program.groups:
         try:
-            nodes = select_rule(group.rule, struct, program.env, program.source)
+            nodes = select_rule(group.rule, final, program.env, program.source)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
@@ -167,8 +215,52 @@ def make_plan(program, model=None) -> Plan:
             group.action.span.column - 1 : group.action.span.end_column - 1
         ]
         steps.append(
-            PlanStep(group.line, group.rule.text, label, _matches(nodes, struct), params, params)
+            PlanStep(group.line, group.rule.text, label, _matches(nodes, final), params, params)
         )
+    output = None
+    if structs is not None and not any(d.severity == "error" for d in diagnostics):
+        output, problem = _forward(struct, structs)
+        if problem is not None:
+            diagnostics.append(_locate_break(program, model, key, structs, history, problem))
     steps.sort(key=lambda s: s.line)
     diagnostics.sort(key=_position)
-    return Plan(tuple(steps), start, count_params(struct), tuple(diagnostics), struct)
+    return Plan(
+        tuple(steps),
+        start,
+        _params(struct),
+        tuple(diagnostics),
+        struct,
+        None if output is None else _describe_output(output),
+    )
+
+
+def _locate_break(program, model, key, structs, history, problem) -> Diagnostic:
+    """The diagnostic of a forward pass that fails after the rules: at the
+    first rule after which it fails (found by bisection), or at the `input`
+    line when the model never took its input."""
+    start = eqx.filter_eval_shape(program.construct, key) if model is None else structure(model)
+    first_input = program.inputs[0].span
+    if _forward(start, structs)[1] is not None:
+        return _forward_error(program, _forward(start, structs)[1], first_input, "input")
+    lo, hi = 0, len(history) - 1  # the model works before history[0], fails after history[hi]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _forward(history[mid][1], structs)[1] is None:
+            lo = mid + 1
+        else:
+            hi = mid
+    breaker, after = history[lo]
+    error = _forward(after, structs)[1] or problem
+    span = breaker.stmt.span
+    return _forward_error(program, error, span, "rule")
+
+
+def _params(subject: Any) -> int:
+    return count_params(split_state(subject)[0])
+
+
+def _describe_output(out: Any) -> str:
+    leaves = [x for x in jax.tree_util.tree_leaves(out) if is_array(x)]
+    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], eqx.nn.State):
+        leaves = [x for x in jax.tree_util.tree_leaves(out[0]) if is_array(x)]
+    return ", ".join(describe(x) for x in leaves)

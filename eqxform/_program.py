@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import warnings
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -36,8 +37,9 @@ import jax
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
 from ._diagnostics import Diagnostic
-from ._errors import UsageError
+from ._errors import EqxformWarning, UsageError
 from ._passes import Context, Pass
+from ._passes._forward import input_structs
 from ._plan import make_plan
 from ._select import is_array
 
@@ -68,6 +70,7 @@ class Program:
     - `optimizer`: `(name, arguments)` of the `optimizer` directive, if any.
     - `groups`: the `lr` and `weight_decay` actions, in order.
     - `allow`: packages whose constructors may be imported.
+    - `inputs`: the model's inputs (`input` lines), one per positional argument.
     """
 
     spec: A.Spec
@@ -79,6 +82,7 @@ class Program:
     optimizer: tuple[str, Mapping[str, Any]] | None = None
     groups: tuple[Group, ...] = ()
     allow: tuple[str, ...] = field(default=())
+    inputs: tuple[A.InputStmt, ...] = ()
 
     @property
     def source(self) -> A.Source:
@@ -91,6 +95,10 @@ class Program:
     @property
     def name(self) -> str:
         return self.spec.source.name
+
+    def input_structs(self) -> tuple[jax.ShapeDtypeStruct, ...] | None:
+        """The declared inputs as `jax.ShapeDtypeStruct`s, or None."""
+        return input_structs(self.inputs) if self.inputs else None
 
     # ---- running -----------------------------------------------------------
 
@@ -160,7 +168,13 @@ class Program:
             recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
         else:
             recipe = recipe_of(model)
-        ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)
+        ctx = Context(
+            allow=self.allow,
+            base=None if recipe is None else recipe.build,
+            inputs=self.input_structs(),
+            verify=True,
+            report=_warn,
+        )
         result = self.run(model, key, ctx)
         if recipe is not None:
             remember(result, recipe.then(self, recorded_seed))
@@ -177,6 +191,10 @@ class Program:
         dtype before and after, and the change in parameter count.
         """
         return make_plan(self, model)
+
+
+def _warn(diagnostic: Diagnostic) -> None:
+    warnings.warn(EqxformWarning(diagnostic), stacklevel=4)
 
 
 # ---- recipes -------------------------------------------------------------------

@@ -96,13 +96,16 @@ class Pass:
         new = self.run(model, key, ctx, nodes)
         return new, restate(new, state)
 
-    def __call__(self, subject: Any, key: Any, ctx: Context = Context()) -> Any:
-        """The pass on a model, or on a stateful model's `(model, state)`."""
+    def run_on(self, subject: Any, key: Any, ctx: Context, nodes: list[Node]) -> Any:
+        """`run` on a model, or `run_stateful` on a `(model, state)` pair."""
         model, state = split_state(subject)
-        nodes = self.select(model, ctx)
         if state is None:
             return self.run(model, key, ctx, nodes)
         return join_state(*self.run_stateful(model, state, key, ctx, nodes))
+
+    def __call__(self, subject: Any, key: Any, ctx: Context = Context()) -> Any:
+        """The pass on a model, or on a stateful model's `(model, state)`."""
+        return self.run_on(subject, key, ctx, self.select(split_state(subject)[0], ctx))
 
     # ---- helpers
     def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:

@@ -24,6 +24,7 @@ from .._errors import SpecError
 from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
 from .._select import Node, fans, get, is_array, no_match, node_at, path_str, select, walk
 from ._base import Pass
+from ._forward import outputs, random_inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +115,14 @@ def _structure_problem(items: list, names: list[str]) -> str | None:
 
 def _stack_arrays(items: list) -> Any:
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs) if is_array(xs[0]) else xs[0], *items)
+
+
+_LOOP_HELP = (
+    "a stack runs its layers as one scan, `h = layer(h, *args, **kwargs)` for each, "
+    "also when the parent loops over them; a loop that does more per layer (collects "
+    "outputs, uses the layer's index, zips with another list) needs `layerwise` on the "
+    "`stack` line, which iterates layer by layer"
+)
 
 
 def _is_index(x: Any) -> bool:
@@ -217,6 +226,51 @@ class StackPass(StructPass):
     @property
     def options(self) -> dict[str, Any]:
         return {o.name: o.value for o in self.stmt.options}
+
+    # A stack changes how the layers are called (one scan, where a parent may
+    # have looped in Python). With the model's inputs declared, `apply` runs
+    # the model before and after on random inputs and refuses a stack that
+    # changes what it computes.
+    def run(self, model, key, ctx, nodes):
+        new = super().run(model, key, ctx, nodes)
+        if ctx.verify and ctx.inputs:
+            self.verify(model, new, ctx)
+        return new
+
+    def run_stateful(self, model, state, key, ctx, nodes):
+        new, new_state = super().run_stateful(model, state, key, ctx, nodes)
+        if ctx.verify and ctx.inputs:
+            self.verify((model, state), (new, new_state), ctx)
+        return new, new_state
+
+    def verify(self, before, after, ctx) -> None:
+        xs = random_inputs(ctx.inputs, jax.random.key(0))
+        try:
+            want, got = outputs(before, xs), outputs(after, xs)
+        except Exception as e:  # the stacked model's own complaint
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise self.error(
+                "E144",
+                f"the model fails once `{self.stmt.selector.text}` is stacked: {message}",
+                self.stmt.span,
+                _LOOP_HELP,
+            ) from None
+        same = len(want) == len(got) and all(
+            a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + np.abs(a).max()))
+            for a, b in zip(want, got)
+        )
+        if not same:
+            gap = max(
+                (float(np.abs(a - b).max()) for a, b in zip(want, got) if a.shape == b.shape),
+                default=float("nan"),
+            )
+            raise self.error(
+                "E144",
+                f"stacking `{self.stmt.selector.text}` changes the model's outputs on random "
+                f"inputs (largest difference {gap:.3g})",
+                self.stmt.span,
+                _LOOP_HELP,
+            )
 
     def select(self, model, ctx):
         nodes = select(self.stmt.selector, walk(model))
