@@ -206,9 +206,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
             from ._compile import compile_collect
             from ._recipes import skeleton
 
-            program, diagnostics = compile_collect(
-                text, name, params, allow, list(inputs) or None
-            )
+            program, diagnostics = compile_collect(text, name, params, allow, list(inputs) or None)
             if not diagnostics:
                 diagnostics = program.check(skeleton(model, allow)[2])
             statements = len(program.spec.statements) if program is not None else 0

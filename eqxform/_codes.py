@@ -710,6 +710,16 @@ CODES: dict[str, Code] = {
             "step(x[:5], y[:5])   # after step(x, y) with 16 rows",
             "give every batch the same shape, or pass `allow_retrace=True` to `make_step`.",
         ),
+        _c(
+            "E502",
+            "the training step fails on a batch",
+            "The first call of a training step traces the loss on the batch; the loss or the "
+            "model refused it (a batch of the wrong shape, a loss that returns no scalar).",
+            "step(x[:, :3], y)   # the model takes 4 features",
+            "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
+            "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
+            "`make_step(..., state=state)`.",
+        ),
     ]
 }
 

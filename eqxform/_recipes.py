@@ -25,6 +25,7 @@ from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import Header, corrupt, encode, read_header, read_tensors
 from ._files import atomic_write as atomic_write
+from ._modules import split_state, state_values
 from ._parse import parse_expr
 from ._program import Recipe, RecipeStep, recipe_of, remember
 from ._select import is_array, tensor_name
@@ -49,10 +50,38 @@ NO_RECIPE = (
 )
 
 
-def named_arrays(model: Any) -> list[tuple[str, Any]]:
+def leaf_names(subject: Any) -> list[str | None]:
+    """The tensor name of each leaf of `subject` (None for leaves that are no
+    arrays), in `jax.tree_util.tree_leaves` order.
+
+    A model's arrays are named by their key paths (`layers.0.weight`). A
+    stateful model's `(model, state)` names its state by where it is used:
+    the value of the `StateIndex` at `blocks.0.bn.state_index` is
+    `state.blocks.0.bn.state_index` (its parts `.0`, `.1`, ...).
+    """
+    model, state = split_state(subject)
+    names = [
+        tensor_name(p) if is_array(x) else None
+        for p, x in jax.tree_util.tree_flatten_with_path(model)[0]
+    ]
+    if state is None:
+        return names
+    where = {}
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+    for path, leaf in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_index)[0]:
+        if is_index(leaf):
+            where.setdefault(leaf.marker, tensor_name(path))
+    for i, (marker, value) in enumerate(state_values(state).items()):
+        base = "state." + where.get(marker, f"#{i}")
+        for p, x in jax.tree_util.tree_flatten_with_path(value)[0]:
+            names.append(base + ("." + tensor_name(p) if p else "") if is_array(x) else None)
+    return names
+
+
+def named_arrays(subject: Any) -> list[tuple[str, Any]]:
     """(tensor name, array) of every array leaf, in tree order."""
-    leaves = jax.tree_util.tree_flatten_with_path(model)[0]
-    return [(tensor_name(path), leaf) for path, leaf in leaves if is_array(leaf)]
+    leaves = jax.tree_util.tree_leaves(subject)
+    return [(n, x) for n, x in zip(leaf_names(subject), leaves) if n is not None]
 
 
 # ---- recipes from files ----------------------------------------------------------
@@ -183,10 +212,10 @@ def check_tensors(header: Header, skel: Any) -> None:
 def fill(header: Header, skel: Any) -> Any:
     """The skeleton with its leaves read from the file (checked first)."""
     check_tensors(header, skel)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(skel)
-    names = [tensor_name(p) for p, x in leaves if is_array(x)]
-    values = read_tensors(header.path, names)
-    filled = [jnp.asarray(values[tensor_name(p)]) if is_array(x) else x for p, x in leaves]
+    leaves, treedef = jax.tree_util.tree_flatten(skel)
+    names = leaf_names(skel)
+    values = read_tensors(header.path, [n for n in names if n is not None])
+    filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
@@ -227,7 +256,8 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                     "can collide with a path: rename it",
                 )
             )
-        tensors[name] = np.ascontiguousarray(np.asarray(leaf))
+        # Not `np.ascontiguousarray`: it turns a scalar into a vector.
+        tensors[name] = np.array(leaf, order="C")
     if recipe is None:
         content = {"load": NO_RECIPE}
     else:

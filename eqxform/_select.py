@@ -461,6 +461,18 @@ def select(selector: A.Selector, nodes: list[Node], source: A.Source | None = No
     return out
 
 
+def stack_axis(node: Node) -> int:
+    """The axis of the node's array that runs over the layers of its innermost
+    stack (stacks and ensembles outside it have theirs before)."""
+    axis = -1
+    for p in node.parents:
+        if batched(p):
+            axis += 1
+        if isinstance(p, Stacked):
+            innermost = axis
+    return innermost
+
+
 def _innermost_count(node: Node) -> int:
     for p in reversed(node.parents):
         if isinstance(p, Stacked):

@@ -182,7 +182,7 @@ def test_stacked_and_ensembled_files_reload(tmp_path):
         ("stack blocks sacn", "E135", "did you mean `scan`?"),
         ("stack blocks scan unrol 2", "E136", "did you mean `unroll`?"),
         ("ensemble 0", "E134", "whole number of members"),
-        ("stack blocks scan\nwhere blocks[1:3] -> freeze", "E137", "some layers of a stack"),
+        ("stack blocks scan\nwhere blocks[1:3] -> cast bfloat16", "E137", "some layers of a stack"),
         ("unstack blocks", "E203", "needs a stack"),
     ],
 )

@@ -141,12 +141,27 @@ def _norm(w):
 
 class Frozen(Wrapper):
     """No gradient passes (`stop_gradient` at resolve), and the optimiser that
-    eqxform builds leaves it alone, weight decay included."""
+    eqxform builds leaves it alone, weight decay included.
+
+    `layers` (with `axis`) freezes only those layers of a stacked array: the
+    others train (`where blocks[0:4] -> freeze` on a stack).
+    """
 
     value: Any
+    layers: tuple[int, ...] | None = eqx.field(static=True, default=None)
+    axis: int = eqx.field(static=True, default=0)
 
     def get(self):
-        return jax.lax.stop_gradient(_value(self.value))
+        value = _value(self.value)
+        if self.layers is None:
+            return jax.lax.stop_gradient(value)
+        return jnp.where(self.mask(value.shape), jax.lax.stop_gradient(value), value)
+
+    def mask(self, shape: tuple[int, ...]) -> jax.Array:
+        """True at the frozen layers, broadcastable to an array of `shape`."""
+        count = shape[self.axis]
+        frozen = jnp.zeros(count, bool).at[jnp.asarray(self.layers, jnp.int32)].set(True)
+        return frozen.reshape([count if i == self.axis else 1 for i in range(len(shape))])
 
 
 BUILTIN = {"symmetric": Symmetric, "positive": Positive, "weight_norm": WeightNormed}

@@ -4,7 +4,10 @@ checks under `eval_shape` and that `apply` runs to verify a `stack`.
 A model is called with one argument per `input` line, then its state when it
 is a stateful `(model, state)` pair (`model(*inputs, state)`, as Equinox's
 stateful layers are called), and a `key=` only when its `__call__` requires
-one. Wrappers are resolved first, as at a training step.
+one. Wrappers are resolved first, as at a training step. The call is made on
+a batch of two examples under `jax.vmap(..., axis_name="batch")`, as a
+training loop makes it, so that layers that reduce over the batch
+(`eqx.nn.BatchNorm`) find their axis; the state is shared by the batch.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ def input_structs(inputs: tuple[A.InputStmt, ...]) -> tuple[jax.ShapeDtypeStruct
 
 
 def random_inputs(structs, key) -> tuple[jax.Array, ...]:
-    """Inputs of the declared shapes and dtypes: normal floats, small integers
-    (valid token ids and class labels), random booleans."""
+    """A batch of inputs of the declared shapes and dtypes: normal floats,
+    small integers (valid token ids and class labels), random booleans."""
     out = []
-    for i, s in enumerate(structs):
+    for i, s in enumerate(batched(structs)):
         k = jax.random.fold_in(key, i)
         if jnp.issubdtype(s.dtype, jnp.floating):
             out.append(jax.random.normal(k, s.shape, s.dtype))
@@ -53,24 +56,43 @@ def _needs_key(model: Any) -> bool:
     return key is not None and key.default is inspect.Parameter.empty
 
 
+BATCH = 2
+
+
+def batched(structs) -> tuple[jax.ShapeDtypeStruct, ...]:
+    return tuple(jax.ShapeDtypeStruct((BATCH, *s.shape), s.dtype) for s in structs)
+
+
 def call(subject: Any, xs: tuple) -> Any:
-    """`model(*xs)`, or `model(*xs, state)` for a `(model, state)` pair."""
+    """`model(*x)` for each example `x` of the batch `xs`, or
+    `model(*x, state)` for a `(model, state)` pair (returning `(y, state)`)."""
     model, state = split_state(subject)
     model = resolve(model)
-    args = tuple(xs) + (() if state is None else (state,))
-    if _needs_key(model):
-        return model(*args, key=jax.random.key(0))
-    return model(*args)
+    extra = {"key": jax.random.key(0)} if _needs_key(model) else {}
+    if state is None:
+        return jax.vmap(lambda *x: model(*x, **extra), axis_name="batch")(*xs)
+    return jax.vmap(lambda *x: model(*x, state, **extra), axis_name="batch", out_axes=(0, None))(
+        *xs
+    )
 
 
 def output_shape(subject: Any, structs) -> Any:
-    """The output of the forward pass, as `ShapeDtypeStruct`s; raises what the
-    model raises on these inputs."""
-    return eqx.filter_eval_shape(call, subject, structs)
+    """The output of the forward pass on one example (`ShapeDtypeStruct`s);
+    raises what the model raises on these inputs."""
+    out = eqx.filter_eval_shape(call, subject, batched(structs))
+    if split_state(subject)[1] is not None and isinstance(out, tuple):
+        out = out[0]
+    return jax.tree_util.tree_map(
+        lambda x: (
+            jax.ShapeDtypeStruct(x.shape[1:], x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+        ),
+        out,
+    )
 
 
 def outputs(subject: Any, xs: tuple) -> list[np.ndarray]:
-    """The arrays the model gives on `xs` (a stateful model's output only)."""
+    """The arrays the model gives on the batch `xs` (a stateful model's output
+    only)."""
     out = eqx.filter_jit(call)(subject, xs)
     if split_state(subject)[1] is not None and isinstance(out, tuple):
         out = out[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,17 +101,33 @@ def _structure_problem(items: list, names: list[str]) -> str | None:
                 for field in dataclasses.fields(a.obj):
                     if field.metadata.get("static", False):
                         x, y = getattr(a.obj, field.name), getattr(b.obj, field.name)
-                        if x != y:
+                        if not _same_value(x, y):
                             return (
                                 f"{here} has `{field.name}={y!r}`, {there} has `{field.name}={x!r}`"
                             )
-            elif not isinstance(a.obj, (list, tuple, dict)) and not (
-                a.obj is b.obj or a.obj == b.obj
-            ):
+            elif not isinstance(a.obj, (list, tuple, dict)) and not _same_value(a.obj, b.obj):
                 return f"{here} differs from {there}"
         if jax.tree_util.tree_structure(item) != jax.tree_util.tree_structure(items[0]):
             return f"`{name}` has another structure than `{names[0]}`"
     return None
+
+
+def _same_value(x: Any, y: Any) -> bool:
+    """Equal, or two functions made by one definition with equal closures
+    (a library that stores `lambda x: x` in each block makes a new one each)."""
+    if x is y:
+        return True
+    if isinstance(x, types.FunctionType) and isinstance(y, types.FunctionType):
+        cells = lambda f: tuple(c.cell_contents for c in f.__closure__ or ())  # noqa: E731
+        return (
+            x.__code__ is y.__code__
+            and x.__defaults__ == y.__defaults__
+            and all(_same_value(a, b) for a, b in zip(cells(x), cells(y)))
+        )
+    try:
+        return bool(x == y)
+    except Exception:  # values that do not compare (arrays in a static field)
+        return False
 
 
 def _stack_arrays(items: list) -> Any:
@@ -238,7 +255,8 @@ class StackPass(StructPass):
         return new
 
     def run_stateful(self, model, state, key, ctx, nodes):
-        new, new_state = super().run_stateful(model, state, key, ctx, nodes)
+        new = StructPass.run(self, model, key, ctx, nodes)
+        new_state = restate(new, state)
         if ctx.verify and ctx.inputs:
             self.verify((model, state), (new, new_state), ctx)
         return new, new_state

@@ -35,6 +35,7 @@ from .._select import (
     is_array,
     matched_arrays,
     select_rule,
+    stack_axis,
     walk,
 )
 from . import _init
@@ -62,7 +63,7 @@ class RulePass(Pass):
         return evaluate_at(expr, node, self.env, self.source, ctx)
 
     # Actions that can act on some layers of a stack (the others need whole arrays).
-    PER_LAYER = ("init", "scale")
+    PER_LAYER = ("init", "scale", "freeze")
 
     def select(self, model: Any, ctx: Context) -> list[Node]:
         rule = self.rule
@@ -276,24 +277,43 @@ class FreezePass(RulePass):
     def run(self, model, key, ctx, nodes):
         leaves = []
         for node in nodes:
-            if isinstance(node.obj, Frozen) or any(isinstance(p, Frozen) for p in node.parents):
+            if any(_wholly_frozen(p) for p in node.objects):
                 continue  # frozen already
-            if isinstance(node.obj, Wrapper):
+            if isinstance(node.obj, Wrapper) and not isinstance(node.obj, Frozen):
                 leaves.append(node)
             else:
                 leaves.extend(
                     leaf
                     for leaf in self.arrays([node])
-                    if not any(isinstance(p, Frozen) for p in leaf.parents)
+                    if not any(_wholly_frozen(p) for p in leaf.parents)
                 )
         unique = list({leaf.path: leaf for leaf in leaves}.values())
         # A wrapper and an array inside it may both be listed: keep the outer.
         outer = [
-            n.path
+            n
             for n in unique
             if not any(o.path == n.path[: len(o.path)] and o is not n for o in unique)
         ]
-        return replace_at(model, outer, [Frozen(get(model, p)) for p in outer])
+        targets = [_frozen(model, n) for n in outer]
+        return replace_at(model, [p for p, _ in targets], [v for _, v in targets])
+
+
+def _wholly_frozen(obj) -> bool:
+    return isinstance(obj, Frozen) and obj.layers is None
+
+
+def _frozen(model, node: Node) -> tuple:
+    """(path, `Frozen`) for the node: its value frozen whole, or the layers a
+    selector picked of a stack (joined with those frozen before)."""
+    parent = node.parents[-1] if node.parents else None
+    if isinstance(parent, Frozen):  # some layers frozen before: replace that wrapper
+        path, before = node.path[:-1], set(parent.layers)
+    else:
+        path, before = node.path, set()
+    value = get(model, node.path)
+    if node.layers is None:
+        return path, Frozen(value)
+    return path, Frozen(value, tuple(sorted(before | set(node.layers))), stack_axis(node))
 
 
 class UnwrapPass(RulePass):

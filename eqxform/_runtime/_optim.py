@@ -10,10 +10,14 @@ on the tree it is given); frozen parameters go through
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from .. import _names as N
@@ -21,7 +25,15 @@ from .._build import to_python
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
 from .._modules import Frozen
-from .._select import array_leaves, evaluate_at, matched_arrays, select_rule, tensor_name, walk
+from .._select import (
+    array_leaves,
+    evaluate_at,
+    matched_arrays,
+    select_rule,
+    stack_axis,
+    tensor_name,
+    walk,
+)
 
 DEFAULT = "default"
 
@@ -54,47 +66,128 @@ def _make(name: str, kwargs: dict[str, Any], lr_scale: float, decay: float | Non
     return opt
 
 
-def groups(program, model) -> dict[tuple, tuple[float, float | None]]:
-    """Per array path, its (learning-rate scale, weight decay); later rules win.
+@dataclass
+class Setting:
+    """What the spec says of one array: its learning-rate scale and weight
+    decay (None: the optimiser's own), each one number or, when rules act on
+    some layers of a stack, one per layer along `axis`."""
 
-    `lr` and `weight_decay` rules select on `model` as it is given (the model
-    after every rule of the spec).
-    """
-    out: dict[tuple, tuple[float, float | None]] = {}
+    scale: Any = 1.0
+    decay: Any = None
+    axis: int | None = None
+
+    def per_layer(self, count: int, axis: int) -> Setting:
+        if self.axis is not None:
+            return self
+        decay = None if self.decay is None else np.full(count, self.decay, float)
+        return Setting(np.full(count, self.scale, float), decay, axis)
+
+    @property
+    def label(self) -> str:
+        return f"lr*{self.scale:g}" + ("" if self.decay is None else f",wd={self.decay:g}")
+
+
+def groups(program, model) -> dict[tuple, Setting]:
+    """Per array path, what the `lr` and `weight_decay` rules say; later
+    rules win. They select on `model` as it is given (the model after every
+    rule of the spec); on some layers of a stack they set those layers only."""
+    out: dict[tuple, Setting] = {}
     for group in program.groups:
         rule, action = group.rule, group.action
         nodes = select_rule(rule, model, program.env, program.source)
         for leaf in matched_arrays(nodes, action.name, rule.selector, program.source):
-            value = evaluate_at(action.arg, leaf, program.env, program.source)
-            scale, decay = out.get(leaf.path, (1.0, None))
-            if action.name == "lr":
-                scale = float(value)
+            value = float(evaluate_at(action.arg, leaf, program.env, program.source))
+            setting = out.get(leaf.path, Setting())
+            field = "scale" if action.name == "lr" else "decay"
+            if leaf.layers is None and setting.axis is None:
+                setattr(setting, field, value)
             else:
-                decay = float(value)
-            out[leaf.path] = (scale, decay)
+                axis = stack_axis(leaf) if setting.axis is None else setting.axis
+                setting = setting.per_layer(leaf.obj.shape[axis], axis)
+                if getattr(setting, field) is None:
+                    setting.decay = np.full(leaf.obj.shape[axis], np.nan)
+                layers = (
+                    list(range(leaf.obj.shape[axis]))
+                    if leaf.layers is None
+                    else sorted(leaf.layers)
+                )
+                getattr(setting, field)[layers] = value
+            out[leaf.path] = setting
     return out
 
 
-def frozen_paths(model: Any) -> set[tuple]:
-    """Key paths of the arrays inside a `Frozen`, wherever it sits (inside
-    another wrapper included)."""
-    out = set()
+def frozen_paths(model: Any) -> dict[tuple, Frozen]:
+    """Key paths of the arrays inside a `Frozen` (wherever it sits, inside
+    another wrapper included), each with its `Frozen`."""
+    out = {}
     for node in walk(model):
         if isinstance(node.obj, Frozen):
-            out.update(leaf.path for leaf in array_leaves(node, False))
+            out.update({leaf.path: node.obj for leaf in array_leaves(node, False)})
     return out
-
-
-def _label(scale: float, decay: float | None) -> str:
-    return f"lr*{scale:g}" + ("" if decay is None else f",wd={decay:g}")
 
 
 def labels(program, model) -> dict[str, str]:
-    """Per tensor name, its optimiser label (`frozen`, `lr*0.5`, ...); the
-    parameters not listed get the base optimiser."""
-    out = {tensor_name(p): _label(*v) for p, v in groups(program, model).items()}
-    out.update({tensor_name(p): "frozen" for p in frozen_paths(model)})
+    """Per tensor name, its optimiser label (`frozen`, `lr*0.5`, `layers`,
+    ...); the parameters not listed get the base optimiser."""
+    out = {}
+    for path, setting in groups(program, model).items():
+        out[tensor_name(path)] = "layers" if setting.axis is not None else setting.label
+    for path, frozen in frozen_paths(model).items():
+        out[tensor_name(path)] = "frozen" if frozen.layers is None else "layers"
     return out
+
+
+def _along(vector, axis: int, ndim: int) -> jax.Array:
+    shape = [1] * ndim
+    shape[axis] = len(vector)
+    return jnp.asarray(vector, jnp.float32).reshape(shape)
+
+
+def _map_updates(fn) -> optax.GradientTransformation:
+    """A stateless transformation `u -> fn(u, p)` of each update."""
+
+    def update(updates, state, params=None):
+        return jax.tree_util.tree_map(fn, updates, params), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, count, axis):
+    """The optimiser of one stacked array whose layers differ: the base
+    optimiser, then per layer the learning-rate scale, the weight decay (as
+    the base optimiser applies it: decoupled, or added to the gradient) and
+    the freezing."""
+    scale = np.ones(count) if setting.axis is None else setting.scale
+    if setting.axis is None:
+        scale = scale * setting.scale
+    takes_decay = "weight_decay" in N.OPTIMIZERS[name].names
+    own = kwargs.get("weight_decay", _default_decay(name)) if takes_decay else 0.0
+    decay = setting.decay
+    if decay is None:
+        decay = np.full(count, own, float)
+    elif np.ndim(decay) == 0:
+        decay = np.full(count, decay, float)
+    decay = np.where(np.isnan(decay), own, decay)
+    keep = np.ones(count)
+    if frozen is not None:
+        keep[list(frozen.layers)] = 0.0
+    lr = kwargs["learning_rate"]
+    kw = dict(kwargs)
+    parts = []
+    if takes_decay:
+        kw["weight_decay"] = 0.0
+    else:
+        parts.append(_map_updates(lambda u, p: u + _along(decay, axis, u.ndim) * p))
+    parts.append(getattr(optax, name)(**kw))
+    parts.append(_map_updates(lambda u, p: u * _along(scale, axis, u.ndim)))
+    if takes_decay:
+        parts.append(_map_updates(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
+    parts.append(_map_updates(lambda u, p: u * _along(keep, axis, u.ndim)))
+    return optax.chain(*parts)
+
+
+def _default_decay(name: str) -> float:
+    return inspect.signature(getattr(optax, name)).parameters["weight_decay"].default
 
 
 def optimizer(program, model) -> optax.GradientTransformation:
@@ -108,23 +201,38 @@ def optimizer(program, model) -> optax.GradientTransformation:
     **Returns:** an `optax.GradientTransformation`: the base optimiser per
     `lr`/`weight_decay` group (`optax.partition`), inside
     `optax.selective_transform`, which holds frozen parameters still (no
-    gradient, no weight decay) and keeps no state for them. Initialise it with
+    gradient, no weight decay) and keeps no state for them. A stacked array
+    whose layers the rules treat differently gets its own optimiser that
+    scales, decays and freezes per layer. Initialise it with
     `eqx.filter(model, eqx.is_inexact_array)`.
     """
     name, kwargs = base_optimizer(program)
     settings = groups(program, model)
-    by_path = {p: _label(*v) for p, v in settings.items()}
+    frozen = frozen_paths(model)
     transforms = {DEFAULT: _make(name, kwargs, 1.0, None)}
-    for scale, decay in set(settings.values()):
-        transforms[_label(scale, decay)] = _make(name, kwargs, scale, decay)
+    by_path = {}
+    for path, setting in settings.items():
+        if setting.axis is None and (path not in frozen or frozen[path].layers is None):
+            by_path[path] = setting.label
+            transforms.setdefault(setting.label, _make(name, kwargs, setting.scale, setting.decay))
+    leaves = {p: x for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
+    for path in set(settings) | set(frozen):
+        setting = settings.get(path, Setting())
+        part = frozen.get(path)
+        if setting.axis is None and (part is None or part.layers is None):
+            continue
+        axis = setting.axis if setting.axis is not None else part.axis
+        label = f"layers@{tensor_name(path)}"
+        by_path[path] = label
+        transforms[label] = _layered(name, kwargs, setting, part, leaves[path].shape[axis], axis)
 
     def label_tree(params):
         return jax.tree_util.tree_map_with_path(
             lambda path, _: by_path.get(tuple(path), DEFAULT), params
         )
 
-    frozen = frozen_paths(model)
     mask = jax.tree_util.tree_map_with_path(
-        lambda path, _: tuple(path) in frozen, eqx.filter(model, eqx.is_inexact_array)
+        lambda path, _: tuple(path) in frozen and frozen[tuple(path)].layers is None,
+        eqx.filter(model, eqx.is_inexact_array),
     )
     return optax.selective_transform(optax.partition(transforms, label_tree), freeze_mask=mask)

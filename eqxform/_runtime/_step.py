@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from .._diagnostics import Diagnostic
-from .._errors import EqxformError
+from .._errors import EqxformError, UsageError
 from .._modules import resolve as resolve_wrappers
 from .._program import recipe_of, remember
 
@@ -34,8 +34,9 @@ def _signature(batch) -> tuple:
 class Step:
     """A compiled training step with the model and optimiser state inside.
 
-    Call it with a batch; it returns the loss. `step.model` and
-    `step.opt_state` rebuild the trees (only when asked).
+    Call it with a batch; it returns the loss. `step.model`, `step.state` (the
+    model's `eqx.nn.State`, for a stateful model) and `step.opt_state`
+    rebuild the trees (only when asked).
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class Step:
         optimizer: optax.GradientTransformation,
         model: Any,
         *,
+        state: Any = None,
         resolve: bool = True,
         donate: bool = True,
         allow_retrace: bool = False,
@@ -51,40 +53,53 @@ class Step:
         params, static = eqx.partition(model, eqx.is_inexact_array)
         if donate:
             # Donation hands the buffers to the step; copy them once, so that
-            # the caller's `model` stays usable.
+            # the caller's `model` (and state) stay usable.
             params = jax.tree_util.tree_map(jnp.copy, params)
+            state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
         self._params, self._params_def = jax.tree_util.tree_flatten(params)
-        state = optimizer.init(params)
+        opt_state = optimizer.init(params)
+        self._opt, self._opt_def = jax.tree_util.tree_flatten(opt_state)
+        self._stateful = state is not None
         self._state, self._state_def = jax.tree_util.tree_flatten(state)
         self._static = static
         # The trained model is the model it started from, other values: it
         # keeps that model's recipe.
-        self._recipe = recipe_of(model)
+        self._recipe = recipe_of(model if state is None else (model, state))
         self._allow_retrace = allow_retrace
         self._signature: tuple | None = None
         self.traces = 0
-        params_def, state_def = self._params_def, self._state_def
+        params_def, opt_def, state_def = self._params_def, self._opt_def, self._state_def
+        stateful = self._stateful
 
-        def step(flat_params, flat_state, *batch):
+        def step(flat_params, flat_opt, flat_state, *batch):
             self.traces += 1
             params = jax.tree_util.tree_unflatten(params_def, flat_params)
-            state = jax.tree_util.tree_unflatten(state_def, flat_state)
+            opt_state = jax.tree_util.tree_unflatten(opt_def, flat_opt)
+            model_state = jax.tree_util.tree_unflatten(state_def, flat_state)
 
             def loss_of(p):
                 m = eqx.combine(p, static)
-                return loss_fn(resolve_wrappers(m) if resolve else m, *batch)
+                m = resolve_wrappers(m) if resolve else m
+                if stateful:
+                    return loss_fn(m, model_state, *batch)
+                return loss_fn(m, *batch), model_state
 
-            loss, grads = jax.value_and_grad(loss_of)(params)
-            updates, state = optimizer.update(grads, state, params)
+            (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            return jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(state), loss
+            return (
+                jax.tree_util.tree_leaves(params),
+                jax.tree_util.tree_leaves(opt_state),
+                jax.tree_util.tree_leaves(model_state),
+                loss,
+            )
 
-        self._compiled = jax.jit(step, donate_argnums=(0, 1) if donate else ())
+        self._compiled = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
 
     def __call__(self, *batch) -> jax.Array:
         signature = _signature(batch)
         if self._signature is None:
-            self._signature = signature
+            first = True
         elif signature != self._signature and not self._allow_retrace:
             raise RetraceError(
                 Diagnostic(
@@ -95,19 +110,55 @@ class Step:
                     "pass `allow_retrace=True` to `make_step`",
                 )
             )
-        self._params, self._state, loss = self._compiled(self._params, self._state, *batch)
+        else:
+            first = False
+        try:
+            out = self._compiled(self._params, self._opt, self._state, *batch)
+        except (TypeError, ValueError) as e:
+            if not first:
+                raise
+            # The first call traces the loss on this batch: what fails here is
+            # the batch (or the loss), said plainly rather than as a traceback.
+            raise UsageError(
+                Diagnostic(
+                    "E502",
+                    f"the training step fails on a batch of {_show(signature)}: "
+                    + (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__),
+                    help="the loss is `loss_fn(model, *batch) -> scalar`, or for a stateful "
+                    "model `loss_fn(model, state, *batch) -> (scalar, state)` with "
+                    "`make_step(..., state=state)`; check the batch's shapes against the model",
+                )
+            ) from None
+        self._params, self._opt, self._state, loss = out
+        self._signature = signature
         return loss
 
     @property
     def model(self) -> Any:
         params = jax.tree_util.tree_unflatten(self._params_def, self._params)
         model = eqx.combine(params, self._static)
-        remember(model, self._recipe)
+        if not self._stateful:
+            remember(model, self._recipe)
         return model
 
     @property
-    def opt_state(self) -> Any:
+    def state(self) -> Any:
+        """The model's state (`eqx.nn.State`), for a stateful model; else None."""
+        if not self._stateful:
+            return None
         return jax.tree_util.tree_unflatten(self._state_def, self._state)
+
+    @property
+    def result(self) -> Any:
+        """The trained model, with its state when it has one (`(model, state)`),
+        as `eqxform.save` takes it; it keeps the recipe of what was trained."""
+        subject = self.model if not self._stateful else (self.model, self.state)
+        remember(subject, self._recipe)
+        return subject
+
+    @property
+    def opt_state(self) -> Any:
+        return jax.tree_util.tree_unflatten(self._opt_def, self._opt)
 
 
 def _show(signature: tuple) -> str:
@@ -119,6 +170,7 @@ def make_step(
     optimizer: optax.GradientTransformation,
     model: Any,
     *,
+    state: Any = None,
     resolve: bool = True,
     donate: bool = True,
     allow_retrace: bool = False,
@@ -127,10 +179,13 @@ def make_step(
 
     **Arguments:**
 
-    - `loss_fn`: `loss_fn(model, *batch) -> scalar`. The model it receives is
-      resolved (`eqxform.resolve`) unless `resolve=False`.
+    - `loss_fn`: `loss_fn(model, *batch) -> scalar`; with `state`,
+      `loss_fn(model, state, *batch) -> (scalar, state)`. The model it
+      receives is resolved (`eqxform.resolve`) unless `resolve=False`.
     - `optimizer`: an `optax` optimiser, e.g. `eqxform.optimizer(program, model)`.
     - `model`: the model to train; its floating-point arrays are the parameters.
+    - `state`: the model's `eqx.nn.State` (BatchNorm statistics, say), carried
+      from step to step and not trained; `step.state` gives it back.
     - `donate`: reuse the old buffers for the new parameters and state.
     - `allow_retrace`: accept batches of a new shape (each compiles the step
       again); by default such a batch raises `RetraceError`.
@@ -145,5 +200,11 @@ def make_step(
     ```
     """
     return Step(
-        loss_fn, optimizer, model, resolve=resolve, donate=donate, allow_retrace=allow_retrace
+        loss_fn,
+        optimizer,
+        model,
+        state=state,
+        resolve=resolve,
+        donate=donate,
+        allow_retrace=allow_retrace,
     )
