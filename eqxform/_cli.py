@@ -373,7 +373,12 @@ def train(
                 start = program.apply(base, seed=seed)
             recipe = recipe_of(start)
             if data is None:
-                x, y = _train.toy_data(start, loss, seed=program.seed if seed is None else seed)
+                x, y = _train.toy_data(
+                    start,
+                    loss,
+                    program.input_structs(),
+                    seed=program.seed if seed is None else seed,
+                )
                 where = "built-in data"
             else:
                 x, y = _train.load_data(data)

@@ -701,6 +701,14 @@ CODES: dict[str, Code] = {
             "eqxform train spec.eqx --batch-size 9999 -o out.eqx",
             "use a smaller batch.",
         ),
+        _c(
+            "E423",
+            "the model's output cannot be trained by `eqxform train`",
+            "`train`'s losses (`mse`, `cross_entropy`) compare one output array with `y`; "
+            "this model returns several (a tuple).",
+            "eqxform train spec.eqx -o out.eqx   # a model returning (logits, aux)",
+            "train it from Python with `eqxform.make_step` and a loss of your own.",
+        ),
         # ---- running
         _c(
             "E501",

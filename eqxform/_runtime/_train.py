@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,21 +20,55 @@ import optax
 
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
-from .._modules import resolve
+from .._modules import Ensemble, split_state
+from .._passes._forward import output_shape
 from ._optim import optimizer as build_optimizer
 from ._step import make_step
 
 
-def mse(model, x, y):
-    return jnp.mean((jax.vmap(model)(x) - y) ** 2)
+def _mse(pred, y):
+    return jnp.mean((pred - y) ** 2)
 
 
-def cross_entropy(model, x, y):
-    logits = jax.vmap(model)(x)
+def _cross_entropy(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-LOSSES: dict[str, Callable] = {"mse": mse, "cross_entropy": cross_entropy}
+_PER_BATCH = {"mse": _mse, "cross_entropy": _cross_entropy}
+LOSSES = tuple(_PER_BATCH)
+
+
+def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) -> Callable:
+    """The training loss of a model on a batch `(x, y)`.
+
+    The model is called per example under `jax.vmap(..., axis_name="batch")`
+    (so that BatchNorm finds its axis), a stateful one as `model(x, state)`
+    with the state shared by the batch. For an ensemble, whose outputs carry
+    a member axis, the loss is the sum of the members' losses: each member's
+    gradient is that of its own loss, and the members train independently.
+    """
+    per_batch = _PER_BATCH[kind]
+
+    def total(pred, y):
+        if members is None:
+            return per_batch(pred, y)
+        # pred: (batch, members, ...); y: (batch, ...) for every member.
+        return jnp.sum(jax.vmap(per_batch, in_axes=(1, None))(pred, y))
+
+    if stateful:
+
+        def loss(model, state, x, y):
+            pred, state = jax.vmap(
+                model, axis_name="batch", in_axes=(0, None), out_axes=(0, None)
+            )(x, state)
+            return total(pred, y), state
+
+        return loss
+
+    def loss(model, x, y):
+        return total(jax.vmap(model, axis_name="batch")(x), y)
+
+    return loss
 
 
 def _data_error(path: str, message: str, help: str | None = None) -> UsageError:
@@ -72,44 +105,96 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def toy_data(model: Any, loss: str, count: int = 512, seed: int = 0):
-    """A built-in regression (or classification) task for models with
-    `in_size` and `out_size`, such as `MLP`: y = sin(x A) B."""
-    in_size = getattr(model, "in_size", None)
-    out_size = getattr(model, "out_size", None)
-    if not isinstance(in_size, int) or not isinstance(out_size, int):
-        raise UsageError(
-            Diagnostic(
-                "E421",
-                f"the built-in data set needs a model with integer `in_size` and `out_size` "
-                f"(an `MLP`); this model is a `{type(model).__name__}`",
-                help="pass your data with `--data data.npz` (arrays `x` and `y`)",
-            )
-        )
+def toy_data(subject: Any, loss: str, inputs=None, count: int = 512, seed: int = 0):
+    """A built-in task: `y = sin(x A) B` (or its argmax, for `cross_entropy`),
+    with `x` of the model's declared input (`input` lines) or, for models with
+    `in_size` and `out_size` such as `MLP`, of `in_size` features; `y` of the
+    model's output shape."""
+    model, _ = split_state(subject)
+    core = model.model if isinstance(model, Ensemble) else model
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, (count, in_size)).astype(np.float32)
-    a = rng.normal(size=(in_size, 16)).astype(np.float32)
-    b = rng.normal(size=(16, out_size)).astype(np.float32) / 4
-    y = np.sin(x @ a) @ b
+    if inputs:
+        if len(inputs) != 1:
+            raise UsageError(
+                Diagnostic(
+                    "E421",
+                    f"the built-in data set feeds one input, and the spec declares {len(inputs)}",
+                    help="pass your data with `--data data.npz` (arrays `x` and `y`)",
+                )
+            )
+        shape, dtype = tuple(inputs[0].shape), np.dtype(inputs[0].dtype)
+        out = output_shape(subject, inputs)
+        out_shape = tuple(out.shape) if hasattr(out, "shape") else None
+        if out_shape is not None and isinstance(model, Ensemble):
+            out_shape = out_shape[1:]
+    else:
+        in_size = getattr(core, "in_size", None)
+        out_size = getattr(core, "out_size", None)
+        if not isinstance(in_size, int) or not isinstance(out_size, int):
+            raise UsageError(
+                Diagnostic(
+                    "E421",
+                    f"the built-in data set needs a model with integer `in_size` and `out_size` "
+                    f"(an `MLP`) or an `input` line; this model is a `{type(core).__name__}`",
+                    help="pass your data with `--data data.npz` (arrays `x` and `y`), or "
+                    "declare the model's input, e.g. `input f32[3,32,32]`",
+                )
+            )
+        shape, dtype, out_shape = (in_size,), np.dtype(np.float32), (out_size,)
+    if out_shape is None:
+        raise _tuple_output("built-in data")
+    if np.issubdtype(dtype, np.floating):
+        x = rng.uniform(-1, 1, (count, *shape)).astype(dtype)
+    else:
+        x = rng.integers(0, 2, (count, *shape)).astype(dtype)
+    features = int(np.prod(shape))
+    a = rng.normal(size=(features, 16)).astype(np.float32) / np.sqrt(features)
+    outputs = int(np.prod(out_shape)) if out_shape else 1
+    b = rng.normal(size=(16, outputs)).astype(np.float32) / 4
+    y = np.sin(x.reshape(count, -1).astype(np.float32) @ a * 3) @ b
     if loss == "cross_entropy":
-        y = np.argmax(y, axis=1).astype(np.int32)
-    return x, y.astype(np.float32) if loss == "mse" else y
+        return x, np.argmax(y, axis=1).astype(np.int32)
+    return x, y.reshape(count, *out_shape).astype(np.float32)
 
 
-def check_fits(model: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str) -> None:
+def _tuple_output(where: str) -> UsageError:
+    return UsageError(
+        Diagnostic(
+            "E423",
+            "the model returns several outputs (a tuple); `eqxform train`'s losses compare "
+            "one output with `y`",
+            file=where,
+            help="train it from Python with `eqxform.make_step` and a loss of your own, or "
+            "give the model one output",
+        )
+    )
+
+
+def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str) -> None:
+    """The model takes rows of `x` and gives outputs that `y` can be compared
+    with: checked on shapes alone, before any step is compiled."""
+    if np.iscomplexobj(x) or np.iscomplexobj(y):
+        raise _data_error(where, "`x` and `y` must be real numbers, not complex")
+    model, _ = split_state(subject)
     try:
-        out = eqx.filter_eval_shape(lambda m, a: resolve(m)(a), model, x[0])
+        out = output_shape(subject, (jax.ShapeDtypeStruct(x.shape[1:], x.dtype),))
     except Exception as e:  # the model's own complaint about the input
         raise _data_error(
             where,
             f"the model does not accept rows of `x` of shape {list(x.shape[1:])}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
         ) from None
-    if loss == "mse" and tuple(out.shape) != tuple(y.shape[1:]):
+    if not hasattr(out, "shape"):
+        raise _tuple_output(where)
+    shape = tuple(out.shape)
+    if isinstance(model, Ensemble):
+        shape = shape[1:]  # one member's output
+    if loss == "mse" and shape != tuple(y.shape[1:]):
         raise _data_error(
             where,
-            f"the model gives outputs of shape {list(out.shape)}, but rows of `y` have shape "
-            f"{list(y.shape[1:])}",
+            f"the model gives outputs of shape {list(shape)}"
+            + (" per member" if isinstance(model, Ensemble) else "")
+            + f", but rows of `y` have shape {list(y.shape[1:])}",
         )
     if loss == "cross_entropy":
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -118,9 +203,9 @@ def check_fits(model: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str) 
                 f"`cross_entropy` needs integer class labels of shape [N], not "
                 f"{y.dtype}{list(y.shape)}",
             )
-        if out.ndim != 1 or (len(y) and (y.min() < 0 or y.max() >= out.shape[0])):
+        if len(shape) != 1 or (len(y) and (y.min() < 0 or y.max() >= shape[0])):
             raise _data_error(
-                where, f"labels must lie in [0, {out.shape[0] if out.ndim == 1 else '?'})"
+                where, f"labels must lie in [0, {shape[0] if len(shape) == 1 else '?'})"
             )
 
 
@@ -154,7 +239,14 @@ def train(
                 help=f"use at most {len(x)}",
             )
         )
-    step = make_step(LOSSES[loss], build_optimizer(program, model), model)
+    model_only, state = split_state(model)
+    members = model_only.count if isinstance(model_only, Ensemble) else None
+    step = make_step(
+        make_loss(loss, stateful=state is not None, members=members),
+        build_optimizer(program, model_only),
+        model_only,
+        state=state,
+    )
     xs, ys = jnp.asarray(x), jnp.asarray(y)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
@@ -179,12 +271,12 @@ def train(
             value = step(xs[idx], ys[idx])
             done = i + 1
             if on_step is not None and (done % 10 == 0 or done == steps):
-                last = float(value)
+                last = float(value) / (members or 1)
                 on_step(done, last)
             if checkpoint_every and on_checkpoint and done % checkpoint_every == 0:
-                on_checkpoint(step.model, done)
+                on_checkpoint(step.result, done)
     finally:
         signal.signal(signal.SIGINT, previous)
     if done and last is None:
-        last = float(value)
-    return Result(step.model, done, last, stop["now"])
+        last = float(value) / (members or 1)
+    return Result(step.result, done, last, stop["now"])
