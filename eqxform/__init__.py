@@ -5,6 +5,7 @@ Every name here is a re-export; the code lives in the private modules.
 
 from ._diagnostics import Diagnostic as Diagnostic
 from ._errors import EqxformError as EqxformError
+from ._errors import EqxformWarning as EqxformWarning
 from ._errors import ModelFileError as ModelFileError
 from ._errors import SpecError as SpecError
 from ._errors import UsageError as UsageError

@@ -3,8 +3,8 @@ checks under `eval_shape` and that `apply` runs to verify a `stack`.
 
 A model is called with one argument per `input` line, then its state when it
 is a stateful `(model, state)` pair (`model(*inputs, state)`, as Equinox's
-stateful layers are called), and a `key=` only when its `__call__` requires
-one. Wrappers are resolved first, as at a training step. The call is made on
+stateful layers are called), `inference=True` where its `__call__` takes it
+and a `key=` only where it requires one. Wrappers are resolved first, as at a training step. The call is made on
 a batch of two examples under `jax.vmap(..., axis_name="batch")`, as a
 training loop makes it, so that layers that reduce over the batch
 (`eqx.nn.BatchNorm`) find their axis; the state is shared by the batch.
@@ -47,13 +47,20 @@ def random_inputs(structs, key) -> tuple[jax.Array, ...]:
     return tuple(out)
 
 
-def _needs_key(model: Any) -> bool:
+def _extra(model: Any) -> dict:
+    """Keyword arguments that make the call deterministic: `inference=True`
+    where `__call__` takes it, and a `key` where it requires one."""
     try:
         params = inspect.signature(type(model).__call__).parameters
     except (TypeError, ValueError):
-        return False
+        return {}
+    extra: dict = {}
+    if "inference" in params:
+        extra["inference"] = True
     key = params.get("key")
-    return key is not None and key.default is inspect.Parameter.empty
+    if key is not None and key.default is inspect.Parameter.empty:
+        extra["key"] = jax.random.key(0)
+    return extra
 
 
 BATCH = 2
@@ -65,10 +72,12 @@ def batched(structs) -> tuple[jax.ShapeDtypeStruct, ...]:
 
 def call(subject: Any, xs: tuple) -> Any:
     """`model(*x)` for each example `x` of the batch `xs`, or
-    `model(*x, state)` for a `(model, state)` pair (returning `(y, state)`)."""
+    `model(*x, state)` for a `(model, state)` pair (returning `(y, state)`).
+    The model runs in inference mode (`eqx.nn.inference_mode`: no dropout),
+    so that two models that should agree give the same numbers."""
     model, state = split_state(subject)
-    model = resolve(model)
-    extra = {"key": jax.random.key(0)} if _needs_key(model) else {}
+    model = resolve(eqx.nn.inference_mode(model))
+    extra = _extra(model)
     if state is None:
         return jax.vmap(lambda *x: model(*x, **extra), axis_name="batch")(*xs)
     return jax.vmap(lambda *x: model(*x, state, **extra), axis_name="batch", out_axes=(0, None))(

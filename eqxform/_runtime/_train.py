@@ -58,9 +58,9 @@ def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) 
     if stateful:
 
         def loss(model, state, x, y):
-            pred, state = jax.vmap(
-                model, axis_name="batch", in_axes=(0, None), out_axes=(0, None)
-            )(x, state)
+            pred, state = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+                x, state
+            )
             return total(pred, y), state
 
         return loss
