@@ -127,14 +127,14 @@ class _Roles:
     """The positions of the tokens whose spacing depends on their role."""
 
     def __init__(self, spec: A.Spec):
-        self.selectors: list[A.Span] = []
+        self.selectors: dict[int, list[A.Span]] = {}  # by line
         self.signs: set[tuple[int, int]] = set()  # a unary `-` or `+`
         self.callees: set[tuple[int, int]] = set()  # where a call's name ends
         self.keywords: set[tuple[int, int]] = set()  # where a keyword argument's name ends
         self.actions: set[tuple[int, int]] = set()  # where an action's name starts
         for node in _nodes(spec.statements):
             if isinstance(node, A.Selector):
-                self.selectors.append(node.span)
+                self.selectors.setdefault(node.span.line, []).append(node.span)
             elif isinstance(node, A.Unary) and node.op in ("-", "+"):
                 self.signs.add((node.span.line, node.span.column))
             elif isinstance(node, A.Call):
@@ -146,7 +146,7 @@ class _Roles:
 
     def in_selector(self, token: SpecToken) -> bool:
         return any(
-            s.line == token.line and s.column <= token.column < s.end_column for s in self.selectors
+            s.column <= token.column < s.end_column for s in self.selectors.get(token.line, ())
         )
 
 

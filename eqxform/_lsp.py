@@ -175,10 +175,10 @@ class Analyzer:
             if program.model_call is None:
                 return ModelView()
             line = program.model_call.span.line
-            skeleton, errors = self._skeleton(program)
+            skeleton, errors, model = self._skeleton(program)
             if skeleton is None:
                 return ModelView(tuple(errors), model_line=line)
-            chunks = self._plan(uri, program, skeleton, is_current)
+            chunks = self._plan(uri, program, skeleton, model, is_current)
         steps: dict[int, list] = {}
         for chunk in chunks:
             for step in chunk.steps:
@@ -198,13 +198,14 @@ class Analyzer:
         with self._lock:
             try:
                 program = _compile(text, source.name)
-                skeleton, _ = self._skeleton(program)
+                skeleton, _, _ = self._skeleton(program)
             except SpecError:
                 return ModelView()
         return ModelView(skeleton=skeleton, model_line=models[0].span.line)
 
-    def _skeleton(self, program) -> tuple[Any, list[Diagnostic]]:
-        """The model's structure, built once per `model` call (as evaluated)."""
+    def _skeleton(self, program) -> tuple[Any, list[Diagnostic], tuple]:
+        """The model's structure, built once per `model` call (as evaluated), or
+        why it cannot be built; and the call, which names it."""
         from ._io import eval_shape
 
         line = program.model_call.span.line
@@ -225,10 +226,13 @@ class Analyzer:
         value, built_at = cached
         if isinstance(value, SpecError):
             # The same call may sit on another line than when it was built.
-            return None, [_moved(d, line - built_at, program.source) for d in value.diagnostics]
-        return value, []
+            moved = [_moved(d, line - built_at, program.source) for d in value.diagnostics]
+            return None, moved, key
+        return value, [], key
 
-    def _plan(self, uri: str, program, skeleton: Any, is_current) -> tuple[_Chunk, ...]:
+    def _plan(
+        self, uri: str, program, skeleton: Any, model: tuple, is_current
+    ) -> tuple[_Chunk, ...]:
         groups: list[tuple[int, str, list]] = []
         for p in program.passes:
             if groups and groups[-1][0] == p.line:
@@ -236,7 +240,7 @@ class Analyzer:
             else:
                 groups.append((p.line, p.text, [p]))
         old = self._chunks.get(uri, ())
-        key = hash((id(skeleton), repr(sorted(program.env.items())), program.seed))
+        key = hash((model, repr(sorted(program.env.items())), program.seed))
         struct = skeleton
         done: list[_Chunk] = []
         for i, (line, text, passes) in enumerate(groups):
@@ -529,8 +533,9 @@ class EqxformServer(LanguageServer):
         doc = self.docs.get(uri)
         if doc is None or doc.version != version:
             return
-        doc.view, doc.skeleton = view, view
-        doc.valid_below = doc.skeleton_valid_below = math.inf
+        doc.view, doc.valid_below = view, math.inf
+        if view.skeleton is not None or not doc.has_model:
+            doc.skeleton, doc.skeleton_valid_below = view, math.inf
         self.publish(doc)
 
     # ---- hover
@@ -1043,7 +1048,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     return server
 
 
-def main(argv: list[str] | None = None) -> None:
+def main() -> None:
     """Run the language server over stdio until the editor says `exit`."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     make_server().start_io()
