@@ -41,16 +41,26 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from lsprotocol import types as T
-from pygls.lsp.server import LanguageServer
-
 from . import _ast as A
 from . import _docs as D
 from . import _names as N
 from . import _registry as R
 from ._check import check
 from ._diagnostics import Diagnostic
-from ._errors import EqxformError, SpecError
+from ._errors import EqxformError, SpecError, UsageError
+
+try:
+    from lsprotocol import types as T
+    from pygls.lsp.server import LanguageServer
+except ImportError as e:
+    raise UsageError(
+        Diagnostic(
+            "E602",
+            "the language server needs `pygls` 2 (and `lsprotocol`)",
+            help="install them: `pip install 'pygls>=2'`",
+        )
+    ) from e
+
 from ._format import format_spec
 from ._parse import SpecToken, parse, parse_collect, tokens
 
@@ -491,6 +501,15 @@ class EqxformServer(LanguageServer):
             code=d.code,
             source="eqxform",
         )
+
+    def stop_work(self) -> None:
+        """Let the work in flight stop at its next line, and start no more: the
+        process waits for its worker before it exits."""
+        self.stopping = True
+        for doc in self.docs.values():
+            if doc.pending is not None:
+                doc.pending.cancel()
+        self.worker.shutdown(wait=False, cancel_futures=True)
 
     def is_current(self, uri: str, version: int) -> bool:
         doc = self.docs.get(uri)
@@ -1038,12 +1057,11 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
 
     @server.feature(T.SHUTDOWN)
     def shutdown(ls: EqxformServer, *args):
-        # Work in flight stops at its next line; nothing new starts.
-        ls.stopping = True
-        for doc in ls.docs.values():
-            if doc.pending is not None:
-                doc.pending.cancel()
-        ls.worker.shutdown(wait=False, cancel_futures=True)
+        ls.stop_work()
+
+    @server.feature(T.EXIT)
+    def on_exit(ls: EqxformServer, *args):
+        ls.stop_work()  # an editor may say `exit` without `shutdown`
 
     return server
 
@@ -1051,7 +1069,11 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
 def main() -> None:
     """Run the language server over stdio until the editor says `exit`."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    make_server().start_io()
+    # The protocol owns stdout: anything else printed (by a library, say) goes
+    # to stderr instead of corrupting it.
+    protocol = sys.stdout.buffer
+    sys.stdout = sys.stderr
+    make_server().start_io(sys.stdin.buffer, protocol)
 
 
 if __name__ == "__main__":

@@ -302,6 +302,25 @@ def test_typing_stays_responsive_while_the_model_is_planned():
     run(go(), timeout=300)
 
 
+def test_exit_does_not_wait_for_a_long_plan():
+    rules = "".join(f"where layers[{i}].weight -> init zeros\n" for i in range(150))
+    text = "model MLP(in_size=4, out_size=4, width_size=4, depth=400)\n" + rules
+
+    async def go():
+        session = Session()
+        async with session as s:
+            uri = s.open(text)
+            await s.diagnostics(uri, timeout=30)
+            await asyncio.sleep(4)  # the plan (some ten seconds) is under way
+            assert len(s.published[uri]) == 1
+            start = time.perf_counter()
+        return time.perf_counter() - start, session.client._server.returncode
+
+    seconds, returncode = run(go())
+    assert returncode == 0
+    assert seconds < 3.0
+
+
 # ---- the model-aware half, in process -----------------------------------------
 
 
