@@ -378,7 +378,6 @@ def _index(spec: A.Spec) -> dict:
         elif isinstance(stmt, A.OptimizerStmt):
             named(stmt.value, "optimizer")
         for node in _nodes(stmt):
-            key = None
             if isinstance(node, A.Call):
                 key = (node.callee_span.line, node.callee_span.column)
                 role = "function" if node.callee in N.EXPR_FUNCTIONS else "constructor"
@@ -518,7 +517,7 @@ class EqxformServer(LanguageServer):
     async def _analyse_later(self, uri: str, version: int) -> None:
         await asyncio.sleep(self.debounce)
         doc = self.docs.get(uri)
-        if doc is None or doc.version != version:
+        if doc is None or not self.is_current(uri, version):
             return
         loop = asyncio.get_running_loop()
         errors = any(d.severity == "error" for d in doc.local)
@@ -585,7 +584,15 @@ class EqxformServer(LanguageServer):
         steps = doc.steps(line)
         if steps is None:
             if any(d.severity == "error" for d in doc.local):
-                return f"`{selector}`\n\nFix the errors above to see what this selector matches."
+                return f"`{selector}`\n\nFix the errors to see what this selector matches."
+            view = doc.view
+            if view.model_line is not None and line < doc.valid_below:
+                # The plan of this text is in, and has no step for this line.
+                if view.skeleton is None:
+                    return f"`{selector}`\n\nThe model (line {view.model_line}) cannot be built."
+                problems = [d.message for d in view.diagnostics if d.span and d.span.line == line]
+                if problems:
+                    return f"`{selector}`\n\n" + "\n\n".join(problems)
             return f"`{selector}`\n\nMatching against the model…"
         parts = [f"`{selector}`"]
         for step in steps:

@@ -97,6 +97,10 @@ def test_model_aware_diagnostics_follow_the_plan():
                 assert got.range.start == T.Position(want.span.line - 1, want.span.column - 1)
                 assert got.message.startswith(want.message)
 
+            # Hover on the selector says why it has no matches.
+            hover = await s.hover(uri, 2, 8)
+            assert expected[0].message in hover.contents.value
+
             # An edit that fixes the selector clears them, for that version.
             version = s.edit(uri, 2, 6, 12, "layers[1]")
             assert await s.settled(uri, version) == []
