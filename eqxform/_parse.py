@@ -516,3 +516,139 @@ def parse_expr(text: str, name: str = "<expr>") -> A.Expr:
     except UnexpectedInput as exc:
         raise SpecError(_syntax_diagnostic(exc, text, 1).with_source(source)) from None
     return _ToAst(source).transform(tree)
+
+
+# ==== the token stream, for the formatter and the editors ===================
+#
+# Everything below exposes the lexer's tokens as plain records, so that the
+# formatter, the highlighting tests and the language server read a spec exactly
+# as the parser does, without importing Lark themselves. (The record is not
+# called `Token`: that name is Lark's in this module.)
+
+import dataclasses as _dataclasses  # noqa: E402
+
+
+@_dataclasses.dataclass(frozen=True)
+class SpecToken:
+    """One token of a spec: its terminal's name, its text and where it sits.
+
+    `type` is the grammar's terminal name (`NAME`, `NUMBER`, `WHERE`, `LPAR`,
+    `COMMENT`, ...), except that `->` is `ARROW`, `**` is `DOUBLESTAR`, a run of
+    line breaks (with the indentation after it) is `NEWLINE`, and text the lexer
+    cannot read is `ERROR`. Lines and columns are 1-based and count characters;
+    the end is exclusive.
+    """
+
+    type: str
+    text: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+
+
+_RENAMED = {"->": "ARROW", "**": "DOUBLESTAR"}
+
+# Comments are ignored by the parser, so they never reach it; Lark still hands
+# each one to a lexer callback, which collects them here.
+_COMMENTS: contextvars.ContextVar[list] = contextvars.ContextVar("comments")
+
+
+def _collect_comment(token: Token) -> Token:
+    _COMMENTS.get().append(token)
+    return token
+
+
+@functools.cache
+def _token_parser() -> Lark:
+    return _open(lexer_callbacks={"COMMENT": _collect_comment})
+
+
+@functools.cache
+def _type_name(terminal: str) -> str:
+    if terminal == "_NL":
+        return "NEWLINE"
+    if terminal.startswith("__"):
+        value = _token_parser().get_terminal(terminal).pattern.value
+        return _RENAMED.get(value, terminal)
+    return terminal
+
+
+def _record(token: Token, line_offset: int) -> SpecToken:
+    return SpecToken(
+        _type_name(token.type),
+        str(token),
+        token.line + line_offset,
+        token.column,
+        token.end_line + line_offset,
+        token.end_column,
+    )
+
+
+def _parsed_tokens(text: str, line_offset: int = 0) -> list[SpecToken]:
+    """The tokens of `text` as the contextual lexer feeds them to the parser,
+    comments included. Raises `UnexpectedInput` when `text` does not parse."""
+    comments: list[Token] = []
+    reset = _COMMENTS.set(comments)
+    try:
+        interactive = _token_parser().parse_interactive(text, start="start")
+        found = list(interactive.iter_parse())
+        interactive.feed_eof()
+    finally:
+        _COMMENTS.reset(reset)
+    found.extend(comments)
+    found.sort(key=lambda t: (t.line, t.column))
+    return [_record(t, line_offset) for t in found]
+
+
+def _loose_tokens(line: str, number: int) -> list[SpecToken]:
+    """The tokens of a line that does not parse, read without the parser's
+    context (a keyword is always a keyword); what the lexer cannot read, up to
+    the end of the line, is one `ERROR` token."""
+    out: list[SpecToken] = []
+    try:
+        for token in _token_parser().lex(line + "\n", dont_ignore=True):
+            if token.type != "WS":
+                out.append(_record(token, number - 1))
+    except UnexpectedCharacters as exc:
+        rest = line[exc.column - 1 :].rstrip("\r")
+        out.append(SpecToken("ERROR", rest, number, exc.column, number, exc.column + len(rest)))
+        out.append(SpecToken("NEWLINE", "\n", number, len(line) + 1, number + 1, 1))
+    return out
+
+
+def tokens(text: str) -> list[SpecToken]:
+    """Every token of `text`, comments and line breaks included, in order.
+
+    Text that parses is read as the parser reads it (a keyword in the place of
+    a field name is a `NAME`, as in `layers.model`). Text that does not is read
+    line by line: a line that parses as above, any other as far as the lexer
+    can. Spaces and tabs are left out; the gaps between tokens are theirs.
+
+    **Arguments:**
+
+    - `text`: a spec.
+
+    **Returns:** a list of `SpecToken` records, in the order of the text.
+    """
+    padded = text if text.endswith("\n") else text + "\n"
+    try:
+        found = _parsed_tokens(padded)
+    except UnexpectedInput:
+        found = []
+        for number, line in enumerate(padded.split("\n")[:-1], start=1):
+            try:
+                found.extend(_parsed_tokens(line + "\n", number - 1))
+            except UnexpectedInput:
+                found.extend(_loose_tokens(line, number))
+    if padded is not text and found and found[-1].type == "NEWLINE":
+        # The line break added above is not the text's: trim it off the last token.
+        last = found.pop()
+        kept = last.text[:-1]
+        if kept:
+            end_line = last.line + kept.count("\n")
+            end_column = (1 if "\n" in kept else last.column) + len(kept.rsplit("\n", 1)[-1])
+            found.append(
+                _dataclasses.replace(last, text=kept, end_line=end_line, end_column=end_column)
+            )
+    return found

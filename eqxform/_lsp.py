@@ -1,0 +1,1087 @@
+"""The language server: what an editor shows while a spec is being written.
+
+It speaks the Language Server Protocol over stdio (`eqxform lsp`, or
+`python -m eqxform._lsp`), on pygls, and offers:
+
+- diagnostics as the text changes: at once those that need no model (parse
+  and check); then, when the spec has a `model` and no such errors, those of
+  its plan on that model (`Program.plan`), computed in the background;
+- hover: on a selector, what it matches in the spec's model (paths, shapes,
+  dtypes, from the plan of that line); on any other word, one line of
+  documentation (`_docs`);
+- completion of directives, actions, initialisers, wrappers, optimisers,
+  dtypes, constructor arguments, `let` names, and selector steps (the model's
+  field and type names);
+- go to the definition of a `let` name;
+- formatting, with `_format.format_spec`.
+
+Everything is computed by eqxform's own modules; this one only translates
+between them and the protocol.
+
+The model-aware half is the slow one: a plan runs every pass under
+`eval_shape`, which for a model of a thousand leaves is tens of milliseconds a
+rule. So it runs on a worker thread, after the typing pauses (`DEBOUNCE_S`),
+and never twice for the same thing: the model's skeleton is built once per
+`model` line, and the plan is computed line by line, each line's result keyed
+by everything above it, so that an edit replans only the lines from the edit
+down. Work for a version of the text that has since changed stops at the next
+line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _ast as A
+from . import _docs as D
+from . import _names as N
+from . import _registry as R
+from ._check import check
+from ._diagnostics import Diagnostic
+from ._errors import EqxformError, SpecError, UsageError
+
+try:
+    from lsprotocol import types as T
+    from pygls.lsp.server import LanguageServer
+except ImportError as e:
+    raise UsageError(
+        Diagnostic(
+            "E602",
+            "the language server needs `pygls` 2 (and `lsprotocol`)",
+            help="install them: `pip install 'pygls>=2'`",
+        )
+    ) from e
+
+from ._format import format_spec
+from ._parse import SpecToken, parse, parse_collect, tokens
+
+logger = logging.getLogger(__name__)
+
+# How long the text must stay unchanged before the model-aware diagnostics
+# are computed. Model-free diagnostics are published at once.
+DEBOUNCE_S = 0.15
+
+# Hover shows at most this many matches per action.
+MAX_HOVER_MATCHES = 20
+
+_DIRECTIVE_TOKENS = {
+    "MODEL": "model",
+    "SEED": "seed",
+    "LET": "let",
+    "WHERE": "where",
+    "OPTIMIZER": "optimizer",
+    "ENSEMBLE": "ensemble",
+    "STACK": "stack",
+    "UNSTACK": "unstack",
+}
+_KEYWORD_TOKENS = {"IF": "if", "EXPECT": "expect", "AND": "and", "OR": "or", "NOT": "not"}
+_WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
+_SEVERITY = {
+    "error": T.DiagnosticSeverity.Error,
+    "warning": T.DiagnosticSeverity.Warning,
+    "note": T.DiagnosticSeverity.Information,
+    "info": T.DiagnosticSeverity.Information,
+}
+
+
+# ---- the model-aware half ---------------------------------------------------
+
+
+class _Stale(Exception):
+    """The text changed while it was being analysed; the result is not wanted."""
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """The plan of one line's passes, and the model's structure after them."""
+
+    key: int  # the line, its text and everything above it that shapes the model
+    line: int
+    struct: Any
+    steps: tuple
+    diagnostics: tuple[Diagnostic, ...]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the model-aware analysis of one version of a spec found.
+
+    **Attributes:**
+
+    - `diagnostics`: those of compiling the spec and planning it on its model.
+    - `steps`: the plan's steps (`PlanStep`) by line.
+    - `skeleton`: the model's structure before any rule, when it could be built.
+    - `chunks`: the plan line by line, with the structure after each line.
+    - `model_line`: the line of the `model` directive.
+    """
+
+    diagnostics: tuple[Diagnostic, ...] = ()
+    steps: dict[int, list] = field(default_factory=dict)
+    skeleton: Any = None
+    chunks: tuple[_Chunk, ...] = ()
+    model_line: int | None = None
+
+    def struct_before(self, line: int, valid_below: float = math.inf) -> Any:
+        """The model's structure as the rule on `line` sees it, if still known
+        for a text that agrees with this view's above `valid_below`."""
+        if self.model_line is None or self.model_line >= valid_below:
+            return None
+        struct = self.skeleton
+        for chunk in self.chunks:
+            if chunk.line >= line or chunk.line >= valid_below:
+                break
+            struct = chunk.struct
+        return struct
+
+
+class Analyzer:
+    """Compiles a spec and plans it on its model, reusing all it can.
+
+    The skeleton of a model (its structure, no arrays) is cached by the
+    `model` call as evaluated, and each document's plan by line, so that an
+    edit recomputes only what it can have changed.
+    """
+
+    MAX_SKELETONS = 8
+
+    def __init__(self):
+        self._skeletons: dict[tuple, tuple[Any, int]] = {}
+        self._chunks: dict[str, tuple[_Chunk, ...]] = {}
+        self._lock = threading.Lock()
+
+    def forget(self, uri: str) -> None:
+        self._chunks.pop(uri, None)
+
+    def analyse(
+        self, uri: str, text: str, name: str, is_current: Callable[[], bool] = lambda: True
+    ) -> ModelView:
+        """The model-aware diagnostics and plan of `text`, which should have no
+        model-free errors (else the view holds `compile`'s diagnostics alone).
+
+        **Arguments:**
+
+        - `uri`: the document, whose earlier plans are reused.
+        - `text`: the spec.
+        - `name`: the name diagnostics are reported under.
+        - `is_current`: asked between lines; when it returns `False` the work
+          stops with `_Stale`.
+
+        **Returns:** a `ModelView`.
+        """
+        with self._lock:
+            try:
+                program = _compile(text, name)
+            except SpecError as e:
+                return ModelView(tuple(e.diagnostics))
+            if program.model_call is None:
+                return ModelView()
+            line = program.model_call.span.line
+            skeleton, errors, model = self._skeleton(program)
+            if skeleton is None:
+                return ModelView(tuple(errors), model_line=line)
+            chunks = self._plan(uri, program, skeleton, model, is_current)
+        steps: dict[int, list] = {}
+        for chunk in chunks:
+            for step in chunk.steps:
+                steps.setdefault(step.line, []).append(step)
+        diagnostics = tuple(d for chunk in chunks for d in chunk.diagnostics)
+        return ModelView(diagnostics, steps, skeleton, chunks, line)
+
+    def skeleton_of(self, spec: A.Spec) -> ModelView:
+        """The skeleton of a spec's model, from its `model` and `let` lines alone:
+        what completion needs while the rest of the text has errors."""
+        kept = [s for s in spec.statements if isinstance(s, (A.ModelStmt, A.LetStmt))]
+        models = [s for s in kept if isinstance(s, A.ModelStmt)]
+        if len(models) != 1:
+            return ModelView()
+        source = spec.source
+        text = "".join(source.line(s.span.line) + "\n" for s in kept)
+        with self._lock:
+            try:
+                program = _compile(text, source.name)
+                skeleton, _, _ = self._skeleton(program)
+            except SpecError:
+                return ModelView()
+        return ModelView(skeleton=skeleton, model_line=models[0].span.line)
+
+    def _skeleton(self, program) -> tuple[Any, list[Diagnostic], tuple]:
+        """The model's structure, built once per `model` call (as evaluated), or
+        why it cannot be built; and the call, which names it."""
+        from ._io import eval_shape
+
+        line = program.model_call.span.line
+        try:
+            constructor = program.base_constructor()
+        except Exception:  # an argument that does not evaluate: `build_model` says why
+            constructor = program.source.line(line)
+        key = (constructor, program.allow)
+        cached = self._skeletons.get(key)
+        if cached is None:
+            try:
+                value: Any = eval_shape(program.build_model)
+            except SpecError as e:
+                value = e
+            while len(self._skeletons) >= self.MAX_SKELETONS:
+                self._skeletons.pop(next(iter(self._skeletons)))
+            cached = self._skeletons[key] = (value, line)
+        value, built_at = cached
+        if isinstance(value, SpecError):
+            # The same call may sit on another line than when it was built.
+            moved = [_moved(d, line - built_at, program.source) for d in value.diagnostics]
+            return None, moved, key
+        return value, [], key
+
+    def _plan(
+        self, uri: str, program, skeleton: Any, model: tuple, is_current
+    ) -> tuple[_Chunk, ...]:
+        groups: list[tuple[int, str, list]] = []
+        for p in program.passes:
+            if groups and groups[-1][0] == p.line:
+                groups[-1][2].append(p)
+            else:
+                groups.append((p.line, p.text, [p]))
+        old = self._chunks.get(uri, ())
+        key = hash((model, repr(sorted(program.env.items())), program.seed))
+        struct = skeleton
+        done: list[_Chunk] = []
+        for i, (line, text, passes) in enumerate(groups):
+            key = hash((key, line, text))
+            if i < len(old) and old[i].key == key:
+                chunk = old[i]
+            else:
+                if not is_current():
+                    self._chunks[uri] = tuple(done)
+                    raise _Stale
+                plan = dataclasses.replace(program, passes=tuple(passes)).plan(struct)
+                chunk = _Chunk(key, line, plan.result, plan.steps, plan.diagnostics)
+            done.append(chunk)
+            struct = chunk.struct
+        self._chunks[uri] = tuple(done)
+        return tuple(done)
+
+
+def _compile(text: str, name: str):
+    from ._compile import compile
+
+    # `compile` reads a one-line text ending in `.eqx` as a file name.
+    return compile(text if text.endswith("\n") else text + "\n", name=name)
+
+
+def _moved(d: Diagnostic, lines: int, source: A.Source) -> Diagnostic:
+    span = d.span
+    if span is not None and lines:
+        span = A.Span(span.line + lines, span.column, span.end_line + lines, span.end_column)
+    return dataclasses.replace(d, span=span, source=source)
+
+
+# ---- documents ----------------------------------------------------------------
+
+
+@dataclass
+class _Doc:
+    uri: str
+    version: int
+    text: str
+    spec: A.Spec
+    local: list[Diagnostic]  # parse and check: no model needed
+    # The last plan of the document, and the model's skeleton.
+    view: ModelView = field(default_factory=ModelView)
+    skeleton: ModelView = field(default_factory=ModelView)
+    # Each was computed for a text that agrees with this one on every line
+    # above these (1-based).
+    valid_below: float = math.inf
+    skeleton_valid_below: float = math.inf
+    pending: asyncio.Task | None = None
+    _index: dict | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+    @property
+    def has_model(self) -> bool:
+        return any(isinstance(s, A.ModelStmt) for s in self.spec.statements)
+
+    def lets(self, before: int | None = None) -> dict[str, A.LetStmt]:
+        return {
+            s.name: s
+            for s in self.spec.statements
+            if isinstance(s, A.LetStmt) and (before is None or s.span.line < before)
+        }
+
+    def model_diagnostics(self) -> list[Diagnostic]:
+        return [
+            d for d in self.view.diagnostics if d.span is None or d.span.line < self.valid_below
+        ]
+
+    def steps(self, line: int) -> list | None:
+        if line >= self.valid_below:
+            return None
+        return self.view.steps.get(line)
+
+    @property
+    def index(self) -> dict:
+        """What each name of the parsed text is, by its start: `(role, name,
+        detail)`, and the spans of its selectors."""
+        if self._index is None:
+            self._index = _index(self.spec)
+        return self._index
+
+
+def _first_difference(old: list[str], new: list[str]) -> int:
+    """The 1-based number of the first line that differs."""
+    for i, (a, b) in enumerate(zip(old, new)):
+        if a != b:
+            return i + 1
+    return min(len(old), len(new)) + (0 if len(old) == len(new) else 1)
+
+
+def _index(spec: A.Spec) -> dict:
+    names: dict[tuple[int, int], tuple[str, str, Any]] = {}
+    selectors: list[tuple[A.Span, int]] = []
+
+    def at(span: A.Span, role: str, name: str, detail: Any = None):
+        names[(span.line, span.column)] = (role, name, detail)
+
+    def named(arg: A.Expr | None, role: str):
+        if isinstance(arg, A.Name):
+            at(arg.span, role, arg.id)
+        elif isinstance(arg, A.Call):
+            at(arg.callee_span, role, arg.callee)
+
+    for stmt in spec.statements:
+        if isinstance(stmt, A.Rule):
+            selectors.append((stmt.selector.span, stmt.span.line))
+            for action in stmt.actions:
+                at(action.name_span, "action", action.name)
+                role = {"init": "initializer", "wrap": "wrapper"}.get(action.name)
+                if role is not None:
+                    named(action.arg, role)
+        elif isinstance(stmt, (A.StackStmt, A.UnstackStmt)):
+            selectors.append((stmt.selector.span, stmt.span.line))
+            if isinstance(stmt, A.StackStmt):
+                at(stmt.mode_span, "keyword", stmt.mode)
+                for option in stmt.options:
+                    if option.name != "count":
+                        at(option.span, "keyword", option.name)
+        elif isinstance(stmt, A.LetStmt):
+            at(stmt.name_span, "let", stmt.name, stmt)
+        elif isinstance(stmt, A.OptimizerStmt):
+            named(stmt.value, "optimizer")
+        for node in _nodes(stmt):
+            if isinstance(node, A.Call):
+                key = (node.callee_span.line, node.callee_span.column)
+                role = "function" if node.callee in N.EXPR_FUNCTIONS else "constructor"
+                names.setdefault(key, (role, node.callee, None))
+                for arg in node.args:
+                    if arg.name_span is not None:
+                        at(arg.name_span, "argument", arg.name, names[key])
+            elif isinstance(node, A.Name):
+                names.setdefault((node.span.line, node.span.column), ("name", node.id, None))
+    return {"names": names, "selectors": selectors}
+
+
+def _nodes(obj: Any):
+    """Every AST node under `obj`, found through the dataclass fields."""
+    if isinstance(obj, tuple):
+        for item in obj:
+            yield from _nodes(item)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, (A.Span, A.Source)):
+        yield obj
+        for f in dataclasses.fields(obj):
+            yield from _nodes(getattr(obj, f.name))
+
+
+# ---- the server -------------------------------------------------------------
+
+
+class EqxformServer(LanguageServer):
+    """The eqxform language server; `main()` runs it over stdio."""
+
+    def __init__(self, debounce: float = DEBOUNCE_S):
+        from . import __version__
+
+        super().__init__(
+            "eqxform", __version__, text_document_sync_kind=T.TextDocumentSyncKind.Incremental
+        )
+        self.docs: dict[str, _Doc] = {}
+        self.analyzer = Analyzer()
+        self.debounce = debounce
+        # One worker: JAX work for a document waits for the work before it,
+        # which stops early once it is stale.
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqxform-plan")
+        self._walks: dict[int, tuple[Any, list]] = {}
+        self.stopping = False
+
+    # ---- positions
+
+    @property
+    def codec(self):
+        return self.workspace.position_codec
+
+    def to_client(self, lines: list[str], line: int, column: int) -> T.Position:
+        """A 1-based line and column (in characters) as an LSP position."""
+        line = min(max(line, 1), len(lines))
+        column = min(max(column, 1), len(lines[line - 1]) + 1)
+        return self.codec.position_to_client_units(lines, T.Position(line - 1, column - 1))
+
+    def span_range(self, lines: list[str], span: A.Span | None) -> T.Range:
+        if span is None:
+            return T.Range(self.to_client(lines, 1, 1), self.to_client(lines, 1, 1))
+        return T.Range(
+            self.to_client(lines, span.line, span.column),
+            self.to_client(lines, span.end_line, span.end_column),
+        )
+
+    def from_client(self, doc: _Doc, position: T.Position) -> tuple[int, int]:
+        """An LSP position as a 1-based line and 0-based column in characters."""
+        lines = doc.lines
+        if position.line >= len(lines):
+            return len(lines), len(lines[-1])
+        server = self.codec.position_from_client_units(
+            lines, T.Position(position.line, position.character)
+        )
+        return server.line + 1, server.character
+
+    # ---- diagnostics
+
+    def update(self, uri: str, version: int, text: str) -> _Doc:
+        # As `eqxform check` does, the lines that parse are checked even when
+        # others do not.
+        spec, local = parse_collect(text, _name(uri))
+        local = local + check(spec)
+        old = self.docs.get(uri)
+        doc = _Doc(uri, version, text, spec, list(local))
+        if old is not None:
+            doc.view, doc.skeleton = old.view, old.skeleton
+            first = _first_difference(old.lines, doc.lines)
+            doc.valid_below = min(old.valid_below, first)
+            doc.skeleton_valid_below = min(old.skeleton_valid_below, first)
+            if old.pending is not None:
+                old.pending.cancel()
+        self.docs[uri] = doc
+        self.publish(doc)
+        doc.pending = asyncio.ensure_future(self._analyse_later(uri, version))
+        return doc
+
+    def publish(self, doc: _Doc) -> None:
+        lines = doc.lines
+        found = sorted(
+            doc.local + doc.model_diagnostics(),
+            key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0),
+        )
+        self.text_document_publish_diagnostics(
+            T.PublishDiagnosticsParams(
+                uri=doc.uri,
+                version=doc.version,
+                diagnostics=[self.lsp_diagnostic(d, lines) for d in found],
+            )
+        )
+
+    def lsp_diagnostic(self, d: Diagnostic, lines: list[str]) -> T.Diagnostic:
+        message = d.message
+        for note in d.notes:
+            message += f"\nnote: {note}"
+        if d.help:
+            message += f"\nhelp: {d.help}"
+        return T.Diagnostic(
+            range=self.span_range(lines, d.span),
+            message=message,
+            severity=_SEVERITY.get(d.severity, T.DiagnosticSeverity.Error),
+            code=d.code,
+            source="eqxform",
+        )
+
+    def stop_work(self) -> None:
+        """Let the work in flight stop at its next line, and start no more: the
+        process waits for its worker before it exits."""
+        self.stopping = True
+        for doc in self.docs.values():
+            if doc.pending is not None:
+                doc.pending.cancel()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+    def is_current(self, uri: str, version: int) -> bool:
+        doc = self.docs.get(uri)
+        return not self.stopping and doc is not None and doc.version == version
+
+    async def _analyse_later(self, uri: str, version: int) -> None:
+        await asyncio.sleep(self.debounce)
+        doc = self.docs.get(uri)
+        if doc is None or not self.is_current(uri, version):
+            return
+        loop = asyncio.get_running_loop()
+        errors = any(d.severity == "error" for d in doc.local)
+        try:
+            if errors:
+                # No plan for a text with errors; the plan above them is kept,
+                # and the model's skeleton is built for completion.
+                if doc.skeleton.struct_before(1, doc.skeleton_valid_below) is None:
+                    skeleton = await loop.run_in_executor(
+                        self.worker, self.analyzer.skeleton_of, doc.spec
+                    )
+                    if self.is_current(uri, version):
+                        doc.skeleton, doc.skeleton_valid_below = skeleton, math.inf
+                return
+            view = await loop.run_in_executor(
+                self.worker,
+                self.analyzer.analyse,
+                uri,
+                doc.text,
+                _name(uri),
+                lambda: self.is_current(uri, version),
+            )
+        except _Stale:
+            return
+        except Exception as e:  # a bug in a pass must not take the editor down
+            logger.exception("model-aware analysis failed")
+            self.window_log_message(
+                T.LogMessageParams(T.MessageType.Error, f"eqxform: the plan failed: {e!r}")
+            )
+            return
+        doc = self.docs.get(uri)
+        if doc is None or doc.version != version:
+            return
+        doc.view, doc.valid_below = view, math.inf
+        if view.skeleton is not None or not doc.has_model:
+            doc.skeleton, doc.skeleton_valid_below = view, math.inf
+        self.publish(doc)
+
+    # ---- hover
+
+    def hover(self, doc: _Doc, line: int, column: int) -> T.Hover | None:
+        token = _token_at(doc.lines[line - 1], line, column)
+        if token is None:
+            return None
+        lines = doc.lines
+        where = T.Range(
+            self.to_client(lines, line, token.column), self.to_client(lines, line, token.end_column)
+        )
+        for span, stmt_line in doc.index["selectors"]:
+            if span.line == line and span.column <= token.column < span.end_column:
+                text = self.selector_hover(doc, stmt_line, span)
+                where = self.span_range(lines, span)
+                return _markdown(text, where)
+        text = _word_doc(doc, token)
+        return None if text is None else _markdown(text, where)
+
+    def selector_hover(self, doc: _Doc, line: int, span: A.Span) -> str:
+        selector = doc.lines[line - 1][span.column - 1 : span.end_column - 1]
+        if not doc.has_model:
+            return (
+                f"`{selector}`\n\nThe spec names no `model`: add one (`model MLP(...)`) "
+                "to see what this selector matches."
+            )
+        steps = doc.steps(line)
+        if steps is None:
+            if any(d.severity == "error" for d in doc.local):
+                return f"`{selector}`\n\nFix the errors to see what this selector matches."
+            view = doc.view
+            if view.model_line is not None and line < doc.valid_below:
+                # The plan of this text is in, and has no step for this line.
+                if view.skeleton is None:
+                    return f"`{selector}`\n\nThe model (line {view.model_line}) cannot be built."
+                problems = [d.message for d in view.diagnostics if d.span and d.span.line == line]
+                if problems:
+                    return f"`{selector}`\n\n" + "\n\n".join(problems)
+            return f"`{selector}`\n\nMatching against the model…"
+        parts = [f"`{selector}`"]
+        for step in steps:
+            count = len(step.matches)
+            parts.append(f"**{step.action}**: {count} match{'es' if count != 1 else ''}")
+            if step.matches:
+                rows = ["| path | before | after |", "|---|---|---|"]
+                for m in step.matches[:MAX_HOVER_MATCHES]:
+                    after = "" if m.after == m.before else m.after
+                    rows.append(f"| `{m.path}` | `{m.before}` | {f'`{after}`' if after else ''} |")
+                if count > MAX_HOVER_MATCHES:
+                    rows.append(f"| … and {count - MAX_HOVER_MATCHES} more | | |")
+                parts.append("\n".join(rows))
+        return "\n\n".join(parts)
+
+    # ---- definition
+
+    def definition(self, doc: _Doc, line: int, column: int) -> T.Location | None:
+        token = _token_at(doc.lines[line - 1], line, column)
+        if token is None or token.type != "NAME":
+            return None
+        role = doc.index["names"].get((line, token.column))
+        if role is None or role[0] not in ("name", "let"):
+            return None
+        let = doc.lets().get(token.text)
+        if let is None:
+            return None
+        return T.Location(doc.uri, self.span_range(doc.lines, let.name_span))
+
+    # ---- completion
+
+    def complete(self, doc: _Doc, line: int, column: int) -> list[T.CompletionItem]:
+        before = doc.lines[line - 1][:column]
+        found = [t for t in tokens(before) if t.type != "NEWLINE"]
+        if found and found[-1].type in ("COMMENT", "ERROR", "STRING"):
+            return []
+        if found and found[-1].type in _WORDS and found[-1].end_column == column + 1:
+            found.pop()  # the word being typed: the editor filters by it
+        return _Completer(self, doc, line).items(found)
+
+    def model_nodes(self, struct: Any) -> list:
+        """Every node of a model's structure (cached: a walk is linear in leaves)."""
+        from ._select import walk
+
+        cached = self._walks.get(id(struct))
+        if cached is None or cached[0] is not struct:
+            if len(self._walks) > 16:
+                self._walks.clear()
+            cached = self._walks[id(struct)] = (struct, walk(struct))
+        return cached[1]
+
+
+def _name(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1] if "/" in uri else uri
+
+
+def _markdown(text: str, where: T.Range) -> T.Hover:
+    return T.Hover(T.MarkupContent(T.MarkupKind.Markdown, text), where)
+
+
+def _token_at(line_text: str, line: int, column: int) -> SpecToken | None:
+    """The token of `line_text` under (or just before) the 0-based `column`."""
+    best = None
+    for token in tokens(line_text):
+        if token.type in ("NEWLINE", "COMMENT", "ERROR"):
+            continue
+        if token.column - 1 <= column < token.end_column - 1:
+            best = token
+            break
+        if token.end_column - 1 == column:
+            best = token  # the cursor just after a word still names it
+    if best is None:
+        return None
+    return dataclasses.replace(best, line=line, end_line=line)
+
+
+def _signature_doc(name: str, signature, summary: str | None, kind: str) -> str:
+    head = D.signature(name, signature.params) if signature is not None else name
+    return f"```eqxform\n{head}\n```\n{kind}" + (f": {summary}" if summary else "")
+
+
+def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
+    """One line on the word `token`, from its role in the parsed spec (or, on
+    a line that does not parse, from the word alone)."""
+    if token.type in _DIRECTIVE_TOKENS and token.column == _first_column(doc, token.line):
+        return D.DIRECTIVES[_DIRECTIVE_TOKENS[token.type]]
+    if token.type in _KEYWORD_TOKENS:
+        return D.KEYWORDS[_KEYWORD_TOKENS[token.type]]
+    if token.type != "NAME":
+        return None
+    word = token.text
+    role, name, detail = doc.index["names"].get((token.line, token.column), ("", word, None))
+    if role == "action":
+        summary = D.ACTIONS.get(name)
+        return f"`{name}`: {summary}" if summary else None
+    if role == "initializer" and R.initializer_signature(name) is not None:
+        return _signature_doc(
+            name, R.initializer_signature(name), D.INITIALIZERS.get(name), "initialiser"
+        )
+    if role == "wrapper" and R.wrapper_signature(name) is not None:
+        return _signature_doc(name, R.wrapper_signature(name), D.WRAPPERS.get(name), "wrapper")
+    if role == "optimizer" and name in N.OPTIMIZERS:
+        return _signature_doc(name, N.OPTIMIZERS[name], D.OPTIMIZERS[name], "optax optimiser")
+    if role == "function":
+        return D.EXPR_FUNCTIONS.get(name)
+    if role == "constructor":
+        signature = R.constructor_signature(name)
+        return _signature_doc(name, signature, None, "constructor") if signature else None
+    if role == "argument":
+        callee = detail[1] if detail else ""
+        return f"argument `{name}` of `{callee}`"
+    if role == "keyword":
+        return D.KEYWORDS.get(name)
+    if role == "let":
+        return _let_doc(doc, detail)
+    let = doc.lets().get(word)
+    if let is not None and role == "name":
+        return _let_doc(doc, let)
+    for table in (D.CONTEXT, D.FUNCTIONS, D.KEYWORDS, D.EXPR_FUNCTIONS):
+        if word in table:
+            return table[word]
+    if word in N.DTYPES:
+        return D.DTYPE.format(name=word)
+    if role == "":
+        # A line that does not parse: go by the word.
+        for table in (D.ACTIONS, D.INITIALIZERS, D.WRAPPERS, D.OPTIMIZERS):
+            if word in table:
+                return f"`{word}`: {table[word]}"
+    return None
+
+
+def _first_column(doc: _Doc, line: int) -> int:
+    text = doc.lines[line - 1]
+    return len(text) - len(text.lstrip()) + 1
+
+
+def _let_doc(doc: _Doc, let: A.LetStmt) -> str:
+    text = doc.lines[let.span.line - 1][let.span.column - 1 : let.span.end_column - 1]
+    return f"```eqxform\n{text}\n```\ndefined on line {let.span.line}"
+
+
+# ---- completion -------------------------------------------------------------
+
+_K = T.CompletionItemKind
+
+
+def _item(
+    label: str, kind: T.CompletionItemKind, detail: str | None = None, **kw
+) -> T.CompletionItem:
+    return T.CompletionItem(label=label, kind=kind, detail=detail, **kw)
+
+
+class _Completer:
+    """What may come next, from the tokens before the cursor on its line."""
+
+    def __init__(self, server: EqxformServer, doc: _Doc, line: int):
+        self.server = server
+        self.doc = doc
+        self.line = line
+
+    def items(self, found: list[SpecToken]) -> list[T.CompletionItem]:
+        if not found:
+            return self.directives()
+        head, rest = found[0].type, found[1:]
+        if head == "WHERE":
+            arrow = next((i for i, t in enumerate(rest) if t.type == "ARROW"), None)
+            if arrow is not None:
+                return self.actions_part(rest[arrow + 1 :])
+            if any(t.type == "IF" for t in rest):
+                return [] if rest[-1].type == "EXPECT" else self.expression(in_rule=True)
+            if rest and rest[-1].type == "EXPECT":
+                return []
+            return self.selector(rest, after=["if", "expect", "->"])
+        if head in ("STACK", "UNSTACK"):
+            if not rest or rest[-1].type in ("DOT", "VBAR"):
+                return self.selector(rest, after=[])
+            if head == "UNSTACK":
+                return []
+            if not any(t.text in ("scan", "vmap") for t in rest):
+                return self.selector(rest, after=["scan", "vmap"])
+            return [_item(w, _K.Keyword, D.KEYWORDS[w]) for w in ("remat", "unroll")]
+        if head == "MODEL":
+            return self.call_or(rest, self.constructors, "constructor")
+        if head == "OPTIMIZER":
+            return self.call_or(rest, self.optimizers, "optimizer")
+        if head == "LET":
+            return self.expression() if any(t.type == "EQUAL" for t in rest) else []
+        if head in ("SEED", "ENSEMBLE"):
+            return self.expression()
+        return []
+
+    # -- the parts of a line
+
+    def directives(self) -> list[T.CompletionItem]:
+        return [
+            _item(d, _K.Keyword, D.DIRECTIVES[d], insert_text=d + " ")
+            for d in ("model", "seed", "let", "where", "optimizer", "ensemble", "stack", "unstack")
+        ]
+
+    def actions_part(self, rest: list[SpecToken]) -> list[T.CompletionItem]:
+        opened, current = _brackets(rest)
+        if opened:
+            return self.in_brackets(rest, opened[-1], in_rule=True)
+        if not current:
+            return self.actions()
+        if len(current) == 1:
+            action = current[0].text
+            kind = N.ACTIONS[action].arg if action in N.ACTIONS else None
+            if kind == "initializer":
+                return self.named(
+                    R.initializer_names(), R.initializer_signature, D.INITIALIZERS, "initialiser"
+                )
+            if kind == "wrapper":
+                return self.named(R.wrapper_names(), R.wrapper_signature, D.WRAPPERS, "wrapper")
+            if kind == "dtype":
+                return [_item(d, _K.TypeParameter, D.DTYPE.format(name=d)) for d in N.DTYPES]
+            if kind == "constructor":
+                functions = [_item(f, _K.Function, D.FUNCTIONS.get(f)) for f in N.FUNCTIONS]
+                return self.constructors() + functions
+            if kind == "none":
+                return []
+        return self.expression(in_rule=True)
+
+    def call_or(self, rest, first: Callable[[], list], role: str) -> list[T.CompletionItem]:
+        if not rest:
+            return first()
+        opened, _ = _brackets(rest)
+        if opened:
+            return self.in_brackets(rest, opened[-1], in_rule=False, role=role)
+        return []
+
+    def in_brackets(self, rest, opened: int, in_rule: bool, role: str | None = None):
+        """Inside `(...)` or `[...]`: argument names right after `(` or `,` of a
+        call, else what an expression may name."""
+        bracket = rest[opened]
+        last = rest[-1]
+        if bracket.type == "LPAR" and opened > 0 and rest[opened - 1].type == "NAME":
+            callee = rest[opened - 1].text
+            before = rest[opened - 2].text if opened > 1 else None
+            if last.type in ("LPAR", "COMMA"):
+                given = {
+                    rest[i].text
+                    for i in range(opened + 1, len(rest) - 1)
+                    if rest[i].type == "NAME" and rest[i + 1].type == "EQUAL"
+                }
+                arguments = self.arguments(callee, before, role, given)
+                return arguments + self.expression(in_rule=in_rule)
+        return self.expression(in_rule=in_rule)
+
+    def arguments(self, callee, before, role, given) -> list[T.CompletionItem]:
+        if role == "optimizer":
+            signature = N.OPTIMIZERS.get(callee)
+        elif before == "init":
+            signature = R.initializer_signature(callee)
+        elif before == "wrap":
+            signature = R.wrapper_signature(callee)
+        elif callee in N.EXPR_FUNCTIONS:
+            signature = None
+        else:
+            signature = R.constructor_signature(callee)
+        if signature is None:
+            return []
+        return [
+            _item(
+                name + "=",
+                _K.Property,
+                f"argument of {callee}" + ("" if "?" in p else " (required)"),
+                insert_text=name + "=",
+                sort_text="0" + name,
+            )
+            for p, name in zip(signature.params, signature.names)
+            if name != "key" and not p.startswith("*") and name not in given
+        ]
+
+    def expression(self, in_rule: bool = False) -> list[T.CompletionItem]:
+        out = [
+            _item(name, _K.Variable, _let_doc(self.doc, let), sort_text="0" + name)
+            for name, let in self.doc.lets(before=self.line).items()
+        ]
+        if in_rule:
+            out += [_item(c, _K.Variable, D.CONTEXT[c], sort_text="1" + c) for c in N.CONTEXT_NAMES]
+        out += [
+            _item(f, _K.Function, D.EXPR_FUNCTIONS[f], insert_text=f + "(", sort_text="2" + f)
+            for f in N.EXPR_FUNCTIONS
+        ]
+        out += [_item(c, _K.Constant, D.KEYWORDS[c], sort_text="3" + c) for c in N.CONSTANTS]
+        return out
+
+    def actions(self) -> list[T.CompletionItem]:
+        return [_item(a, _K.Function, D.ACTIONS[a]) for a in N.ACTIONS]
+
+    def constructors(self) -> list[T.CompletionItem]:
+        return [
+            _item(c, _K.Class, _call_detail(c, R.constructor_signature(c)))
+            for c in sorted(R.constructor_names())
+        ]
+
+    def optimizers(self) -> list[T.CompletionItem]:
+        return [_item(o, _K.Function, _call_detail(o, N.OPTIMIZERS[o])) for o in N.OPTIMIZERS]
+
+    def named(self, names: Iterable[str], signature_of, docs, kind) -> list[T.CompletionItem]:
+        return [
+            _item(n, _K.Function, _call_detail(n, signature_of(n)), documentation=docs.get(n, kind))
+            for n in sorted(names)
+        ]
+
+    def selector(self, rest: list[SpecToken], after: list[str]) -> list[T.CompletionItem]:
+        """Selector steps: the fields and types of the model the rule sees."""
+        segment = rest
+        for i, token in enumerate(rest):
+            if token.type == "VBAR":
+                segment = rest[i + 1 :]
+        if segment and segment[-1].type in ("LSQB", "COLON", "MINUS"):
+            return []  # an index is being written
+        if segment and segment[-1].type != "DOT":
+            # A whole selector is written: what may follow it.
+            return [_item(w, _K.Keyword, D.KEYWORDS.get(w)) for w in after]
+        wildcards = [
+            _item(w, _K.Operator, D.SELECTOR_SYMBOLS[w], sort_text="9" + w) for w in ("**", "*")
+        ]
+        struct = self.struct()
+        if struct is None:
+            return [_item(t, _K.Class, "type") for t in sorted(R.type_names())] + wildcards
+        nodes = self.server.model_nodes(struct)
+        if not segment:
+            fields = _fields(nodes[:1])
+            types = sorted(
+                {type(n.obj).__name__ for n in nodes if type(n.obj).__name__ in R.type_names()}
+            )
+        else:
+            matched = _matched(segment[:-1], nodes)
+            fields = _fields(matched)
+            types = sorted(
+                {type(n.obj).__name__ for n in matched if type(n.obj).__name__ in R.type_names()}
+            )
+        return (
+            [_item(f, _K.Field, "field", sort_text="0" + f) for f in fields]
+            + [_item(t, _K.Class, "type in the model", sort_text="1" + t) for t in types]
+            + wildcards
+        )
+
+    def struct(self) -> Any:
+        doc = self.doc
+        if not doc.has_model:
+            return None
+        struct = doc.view.struct_before(self.line, doc.valid_below)
+        if struct is None:
+            struct = doc.skeleton.struct_before(self.line, doc.skeleton_valid_below)
+        return struct
+
+
+def _call_detail(name: str, signature) -> str:
+    return D.signature(name, signature.params) if signature is not None else name
+
+
+def _brackets(rest: list[SpecToken]) -> tuple[list[int], list[SpecToken]]:
+    """The indices of the brackets still open, and the tokens after the last
+    top-level comma (the action or argument being written)."""
+    opened: list[int] = []
+    start = 0
+    for i, token in enumerate(rest):
+        if token.type in ("LPAR", "LSQB"):
+            opened.append(i)
+        elif token.type in ("RPAR", "RSQB"):
+            if opened:
+                opened.pop()
+        elif token.type == "COMMA" and not opened:
+            start = i + 1
+    return opened, rest[start:]
+
+
+def _matched(prefix: list[SpecToken], nodes: list) -> list:
+    """The nodes a selector prefix (`layers[0]`) names, or none if it does not parse."""
+    from ._select import select
+
+    text = "".join(t.text for t in prefix)
+    try:
+        selector = parse(f"where {text} -> freeze").rules[0].selector
+    except EqxformError:
+        return []
+    return select(selector, nodes)
+
+
+def _fields(nodes: list) -> list[str]:
+    from ._select import children
+
+    names: dict[str, None] = {}
+    for node in nodes[:256]:
+        for (kind, value), _ in children(node.obj):
+            if kind in ("attr", "key") and isinstance(value, str):
+                names[value] = None
+    return list(names)
+
+
+# ---- wiring -----------------------------------------------------------------
+
+
+def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
+    """The language server with its features registered.
+
+    **Arguments:**
+
+    - `debounce`: seconds the text must stay unchanged before the model-aware
+      diagnostics are computed.
+
+    **Returns:** an `EqxformServer`; `server.start_io()` runs it over stdio.
+    """
+    server = EqxformServer(debounce)
+
+    @server.feature(T.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: EqxformServer, params: T.DidOpenTextDocumentParams):
+        document = params.text_document
+        ls.update(document.uri, document.version, document.text)
+
+    @server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: EqxformServer, params: T.DidChangeTextDocumentParams):
+        document = ls.workspace.get_text_document(params.text_document.uri)
+        ls.update(document.uri, params.text_document.version, document.source)
+
+    @server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: EqxformServer, params: T.DidCloseTextDocumentParams):
+        uri = params.text_document.uri
+        doc = ls.docs.pop(uri, None)
+        if doc is not None and doc.pending is not None:
+            doc.pending.cancel()
+        ls.analyzer.forget(uri)
+        ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+
+    @server.feature(T.TEXT_DOCUMENT_HOVER)
+    def hover(ls: EqxformServer, params: T.HoverParams):
+        doc = ls.docs.get(params.text_document.uri)
+        if doc is None:
+            return None
+        return ls.hover(doc, *ls.from_client(doc, params.position))
+
+    @server.feature(
+        T.TEXT_DOCUMENT_COMPLETION,
+        T.CompletionOptions(trigger_characters=[" ", ".", "(", ",", "|", "["]),
+    )
+    def completion(ls: EqxformServer, params: T.CompletionParams):
+        doc = ls.docs.get(params.text_document.uri)
+        if doc is None:
+            return None
+        return T.CompletionList(
+            is_incomplete=False, items=ls.complete(doc, *ls.from_client(doc, params.position))
+        )
+
+    @server.feature(T.TEXT_DOCUMENT_DEFINITION)
+    def definition(ls: EqxformServer, params: T.DefinitionParams):
+        doc = ls.docs.get(params.text_document.uri)
+        if doc is None:
+            return None
+        return ls.definition(doc, *ls.from_client(doc, params.position))
+
+    @server.feature(T.TEXT_DOCUMENT_FORMATTING)
+    def formatting(ls: EqxformServer, params: T.DocumentFormattingParams):
+        doc = ls.docs.get(params.text_document.uri)
+        if doc is None:
+            return None
+        try:
+            formatted = format_spec(doc.text, _name(doc.uri))
+        except EqxformError:
+            return None  # broken text is never formatted; its diagnostics say why
+        if formatted == doc.text:
+            return []
+        lines = doc.lines
+        end = ls.to_client(lines, len(lines), len(lines[-1]) + 1)
+        return [T.TextEdit(T.Range(T.Position(0, 0), end), formatted)]
+
+    @server.feature(T.SHUTDOWN)
+    def shutdown(ls: EqxformServer, *args):
+        ls.stop_work()
+
+    @server.feature(T.EXIT)
+    def on_exit(ls: EqxformServer, *args):
+        ls.stop_work()  # an editor may say `exit` without `shutdown`
+
+    return server
+
+
+def main() -> None:
+    """Run the language server over stdio until the editor says `exit`."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    # The protocol owns stdout: anything else printed (by a library, say) goes
+    # to stderr instead of corrupting it.
+    protocol = sys.stdout.buffer
+    sys.stdout = sys.stderr
+    make_server().start_io(sys.stdin.buffer, protocol)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.lark import from_lark
+
+import eqxform
+from eqxform import _ast as A
+from eqxform._format import format_spec
+from eqxform._parse import _parser, parse, parse_collect, tokens
+
+ROOT = Path(__file__).parent.parent
+SPECS = sorted((ROOT / "specs").glob("*.eqx"))
+FIXTURES = sorted((ROOT / "tests" / "fixtures").rglob("*.eqx"))
+GOLDEN = sorted((ROOT / "tests" / "fixtures" / "format").glob("*.eqx"))
+
+
+def _plain(node):
+    """`node` with what may change under formatting blanked out: the source text
+    rules and selectors keep, and the span a stack keeps of its mode."""
+    if isinstance(node, tuple):
+        return tuple(_plain(n) for n in node)
+    if not dataclasses.is_dataclass(node) or isinstance(node, A.Span):
+        return node
+    changes = {f.name: _plain(getattr(node, f.name)) for f in dataclasses.fields(node)}
+    if isinstance(node, (A.Rule, A.Selector)):
+        changes["text"] = ""
+    if isinstance(node, A.StackStmt):
+        changes["mode_span"] = None
+    return dataclasses.replace(node, **changes)
+
+
+def assert_same_meaning(before: str, after: str):
+    a, b = parse(before), parse(after)
+    assert _plain(a.statements) == _plain(b.statements)
+
+
+def _parses(path: Path) -> bool:
+    return not parse_collect(path.read_text())[1]
+
+
+def test_every_spec_is_formatted_idempotently_and_keeps_its_meaning():
+    assert SPECS
+    for path in SPECS:
+        text = path.read_text()
+        out = format_spec(text)
+        assert format_spec(out) == out, path
+        assert_same_meaning(text, out)
+        assert out.endswith("\n") and not out.endswith("\n\n")
+
+
+def test_every_fixture_that_parses_is_formatted():
+    parsing = [p for p in FIXTURES if _parses(p)]
+    assert len(parsing) > 10
+    for path in parsing:
+        text = path.read_text()
+        out = format_spec(text)
+        assert format_spec(out) == out, path
+        assert_same_meaning(text, out)
+
+
+def test_text_that_does_not_parse_is_refused_with_its_diagnostics():
+    broken = [p for p in FIXTURES if not _parses(p)]
+    assert broken
+    for path in broken:
+        text = path.read_text()
+        with pytest.raises(eqxform.SpecError) as info:
+            format_spec(text)
+        assert info.value.diagnostics == tuple(parse_collect(text)[1])
+
+
+@pytest.mark.parametrize("path", GOLDEN, ids=lambda p: p.stem)
+def test_golden(path):
+    expected = path.with_suffix(".expected").read_text()
+    out = format_spec(path.read_text())
+    assert out == expected
+    assert format_spec(expected) == expected
+
+
+def test_arrows_align_within_a_run_only():
+    text = "where a -> freeze\nwhere bbbb.c -> freeze\n\nwhere d -> freeze\n"
+    assert format_spec(text) == (
+        "where a      -> freeze\nwhere bbbb.c -> freeze\n\nwhere d -> freeze\n"
+    )
+    # A comment line, or any other statement, ends the run too.
+    text = "where a -> freeze\n# note\nwhere bbbb.c -> freeze\nseed 1\nwhere dd -> freeze\n"
+    assert format_spec(text) == text
+
+
+def test_trailing_comments_align_within_a_run():
+    text = "seed 1 # one\nlet long_name = 2 # two\n\nlet x = 3   # three\n"
+    assert format_spec(text) == (
+        "seed 1             # one\nlet long_name = 2  # two\n\nlet x = 3  # three\n"
+    )
+
+
+def test_blank_lines_and_line_ends():
+    assert format_spec("\n\n\nseed 1\n\n\n\nseed 2   \n\n") == "seed 1\n\nseed 2\n"
+    assert format_spec("seed 1") == "seed 1\n"
+    assert format_spec("seed 1\r\nseed 2\r\n") == "seed 1\nseed 2\n"
+    assert format_spec("") == ""
+    assert format_spec("\n \n# only a comment   ") == "# only a comment\n"
+
+
+def test_signs_and_operators():
+    cases = {
+        "let a = 1+2": "let a = 1 + 2\n",
+        "let a = 1 + -2": "let a = 1 + -2\n",
+        "let a = - 2": "let a = -2\n",
+        "let a = 2**-1": "let a = 2 ** -1\n",
+        "let a = 2*3//4%5": "let a = 2 * 3 // 4 % 5\n",
+        "let a = not(1<2)": "let a = not (1 < 2)\n",
+        "where x -> lr - 1": "where x -> lr -1\n",
+        "where x -> scale(2)": "where x -> scale (2)\n",
+        "where x -> scale [1][0]": "where x -> scale [1][0]\n",
+        "where x if shape [0] ==1 -> freeze": "where x if shape[0] == 1 -> freeze\n",
+        "where ** -> freeze": "where ** -> freeze\n",
+        "where a|b . c -> freeze": "where a | b.c -> freeze\n",
+        "where a [ - 1 ] -> freeze": "where a[-1] -> freeze\n",
+        "seed - 1": "seed -1\n",
+    }
+    for text, expected in cases.items():
+        assert format_spec(text) == expected, text
+        assert_same_meaning(text, expected)
+
+
+def test_keyword_arguments_are_tight_and_let_is_spaced():
+    assert format_spec("let w=1\nmodel MLP(in_size = w, out_size =2, width_size= 3, depth=1)") == (
+        "let w = 1\nmodel MLP(in_size=w, out_size=2, width_size=3, depth=1)\n"
+    )
+
+
+def test_keywords_as_field_names_stay_names():
+    # `model` after a `.` is a field; the lexer reads it in its context.
+    text = "where layers.model -> freeze  # model\n"
+    assert format_spec(text) == text
+    types = [t.type for t in tokens(text)]
+    assert types[:4] == ["WHERE", "NAME", "DOT", "NAME"]
+
+
+def test_tokens_cover_the_text():
+    # Between the tokens there is only space: nothing is lost.
+    for path in SPECS + FIXTURES:
+        text = path.read_text()
+        lines = text.split("\n")
+        found = tokens(text)
+        for token in found:
+            assert token.type != "ERROR" or not _parses(path)
+            if token.type == "NEWLINE":
+                continue
+            assert lines[token.line - 1][token.column - 1 : token.end_column - 1] == token.text
+        rebuilt = {
+            (t.line, c) for t in found if t.type != "NEWLINE" for c in range(t.column, t.end_column)
+        }
+        for number, line in enumerate(lines, start=1):
+            for column, char in enumerate(line, start=1):
+                if (number, column) not in rebuilt:
+                    assert char in " \t\r\f", (path, number, column)
+
+
+def test_formatter_does_not_import_lark():
+    source = (ROOT / "eqxform" / "_format.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+    assert imported and not any(name.split(".")[0] == "lark" for name in imported)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a rule's random key comes from its text with runs of spaces collapsed "
+    "(`_compile._normalise`), so a space the formatter adds or removes inside a rule "
+    "changes the numbers it draws; deriving the key from the rule's tokens would fix it",
+)
+def test_formatting_keeps_the_random_draws():
+    text = (ROOT / "specs" / "custom_init.eqx").read_text()
+    before = eqxform.compile(text)
+    after = eqxform.compile(format_spec(text))
+    assert [p.identity for p in before.passes] == [p.identity for p in after.passes]
+
+
+# ---- generated specs -------------------------------------------------------
+
+
+def _generated_specs():
+    """Specs drawn from the grammar itself. Words get a space on either side (the
+    generator would otherwise glue `where` to the name after it), and names are
+    drawn from a few that are no keywords."""
+    grammar = _parser()
+    explicit = {}
+    for terminal in grammar.terminals:
+        value = getattr(terminal.pattern, "value", "")
+        if terminal.pattern.type == "str" and value.isalpha():
+            explicit[terminal.name] = st.just(f" {value} ")
+    names = ["x", "weight", "Linear", "layers", "init", "normal", "fan_in", "MLP", "lr", "scan"]
+    explicit.update(
+        NAME=st.sampled_from(names).map(lambda n: f" {n} "),
+        NUMBER=st.sampled_from(["0", "1", "2.5", "1e-3", "10", ".5"]),
+        STRING=st.sampled_from(['"a"', "'b # c'"]),
+        _NL=st.sampled_from(["\n", "\n\n", "\n\n\n", "\n  ", "\r\n"]),
+        WS=st.sampled_from([" ", "  ", "\t"]),
+        COMMENT=st.sampled_from(["# c", "#x  "]),
+    )
+    return from_lark(grammar, start="start", explicit=explicit)
+
+
+def test_generated_specs_format_idempotently_and_keep_their_meaning():
+    parsed = []
+
+    @settings(
+        max_examples=200,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(_generated_specs())
+    def check(text):
+        if parse_collect(text)[1]:
+            return  # the generator knows the grammar, not the lexer's context
+        parsed.append(text)
+        out = format_spec(text)
+        assert format_spec(out) == out
+        assert_same_meaning(text, out)
+
+    check()
+    # Most of what the grammar generates parses; the test is not vacuous.
+    assert len(parsed) >= 50
