@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -537,6 +538,54 @@ def show(model, fmt):
             click.echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+@main.command()
+@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file would change.")
+def fmt(specs, check):
+    """Write specs in the canonical layout (in place), comments kept.
+
+    Spacing, aligned arrows, one blank line at most; the meaning and the
+    numbers a spec draws stay the same. With --check, list the files that are
+    not formatted and exit 1 (for CI).
+    """
+
+    def go():
+        from ._files import atomic_write
+        from ._format import format_spec
+        from ._source import read_spec
+
+        changed = []
+        for path in specs:
+            text, name = read_spec(Path(path))
+            formatted = format_spec(text, name)
+            if formatted != text:
+                changed.append(path)
+                if not check:
+                    atomic_write(path, formatted.encode("utf-8"))
+        if check:
+            for path in changed:
+                click.echo(f"would reformat {path}", err=True)
+            if changed:
+                sys.exit(1)
+            click.echo(f"{_plural(len(specs), 'spec')} already formatted")
+        else:
+            click.echo(f"reformatted {len(changed)} of {_plural(len(specs), 'spec')}")
+
+    _run(go)
+
+
+@main.command()
+def lsp():
+    """Run the language server over stdio (for editors: VS Code, Neovim, Helix)."""
+
+    def go():
+        from ._lsp import main as serve
+
+        serve()
+
+    _run(go)
 
 
 @main.command()

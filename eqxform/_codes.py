@@ -10,6 +10,8 @@ problem gets a new code. The hundreds say where a problem is found:
 - E3xx: model files
 - E4xx: the command line and the Python API's arguments
 - E5xx: running (training)
+- E6xx: the formatter and the language server
+- W2xx: warnings (the work is done, but may not be what was meant)
 """
 
 from __future__ import annotations
@@ -727,6 +729,23 @@ CODES: dict[str, Code] = {
             "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
             "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
             "`make_step(..., state=state)`.",
+        ),
+        _c(
+            "E601",
+            "the formatter would change the spec's meaning",
+            "`eqxform fmt` parses its own output and compares it with the spec; they "
+            "differ, so it left the text as it was. This is a bug in eqxform, never in the "
+            "spec.",
+            "",
+            "report it with the spec; the spec itself is fine as it is.",
+        ),
+        _c(
+            "E602",
+            "the language server's library is missing",
+            "`eqxform lsp` runs on `pygls` 2, which eqxform installs; it was removed or an "
+            "older version shadows it.",
+            "eqxform lsp",
+            "install it: `pip install 'pygls>=2'`.",
         ),
     ]
 }

@@ -29,7 +29,9 @@ def _position(d: Diagnostic) -> tuple[int, int]:
 
 
 def _normalise(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip())
+    # No whitespace at all: what identifies a rule's draws is its tokens, not
+    # how they are spaced, so that `eqxform fmt` changes no number a spec draws.
+    return re.sub(r"\s+", "", text)
 
 
 def compile(

@@ -23,7 +23,15 @@ DIRECTIVES = {
 }
 
 ACTIONS = {
-    **{name: info.summary for name, info in N.ACTIONS.items()},
+    "init": "re-draw arrays from an initialiser, with fans in Equinox's layouts",
+    "replace": "swap the matched module for a new one (or a function for another)",
+    "cast": "change the dtype of the matched floating-point arrays",
+    "scale": "multiply arrays by a number",
+    "wrap": "give arrays a per-parameter behaviour, resolved at the jit/grad boundary",
+    "freeze": "no gradient, and the optimiser leaves them alone (weight decay included)",
+    "unwrap": "bake wrappers into plain arrays",
+    "lr": "scale the base learning rate for these parameters",
+    "weight_decay": "set the weight decay for these parameters",
     "lora": "low-rank adapters on a `Linear` or a 2-D weight, the base frozen",
     "merge": "bake low-rank adapters into their base weights",
     "shard": "the partition spec of the matched arrays on the spec's `mesh`",

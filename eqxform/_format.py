@@ -144,10 +144,20 @@ class _Roles:
             elif isinstance(node, A.Action):
                 self.actions.add((node.name_span.line, node.name_span.column))
 
+        self.qualified_dots: set[tuple[int, int]] = set()  # a `.` just before `mod:Type`
+
     def in_selector(self, token: SpecToken) -> bool:
         return any(
             s.column <= token.column < s.end_column for s in self.selectors.get(token.line, ())
         )
+
+    def note(self, tokens: list[SpecToken]) -> None:
+        for token, after in zip(tokens, tokens[1:]):
+            if token.type == "DOT" and after.type == "QUALNAME":
+                self.qualified_dots.add((token.line, token.column))
+
+    def before_qualified(self, token: SpecToken) -> bool:
+        return (token.line, token.column) in self.qualified_dots
 
 
 # ---- lines -----------------------------------------------------------------
@@ -210,8 +220,12 @@ def _spaced(tokens: list[SpecToken], roles: _Roles) -> str:
 
 def _space_between(prev: SpecToken, token: SpecToken, roles: _Roles, keyword_equals: bool) -> bool:
     if roles.in_selector(prev) and roles.in_selector(token):
-        # `layers[-1].weight`, `**.bias`: a selector is written solid, but for `|`.
-        return "VBAR" in (prev.type, token.type)
+        # `layers[-1].weight`, `**.bias`: a selector is written solid, but for
+        # `|` and `except`, and before the dot of `blocks .mylib:Block`, which
+        # written solid would read as the module `blocks.mylib`.
+        if token.type == "DOT" and roles.before_qualified(token):
+            return True
+        return bool({"VBAR", "EXCEPT"} & {prev.type, token.type})
     if token.type in _NO_SPACE_BEFORE or prev.type in _NO_SPACE_AFTER:
         return False
     if (prev.line, prev.column) in roles.signs or keyword_equals:
@@ -230,6 +244,8 @@ def _space_between(prev: SpecToken, token: SpecToken, roles: _Roles, keyword_equ
 
 
 def _render(lines: list[_Line], roles: _Roles) -> str:
+    for line in lines:
+        roles.note(line.tokens)
     codes: list[str] = []
     for line in lines:
         codes.append(_spaced(line.tokens, roles) if line.kind == "statement" else "")

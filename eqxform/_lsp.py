@@ -189,11 +189,19 @@ class Analyzer:
             if skeleton is None:
                 return ModelView(tuple(errors), model_line=line)
             chunks = self._plan(uri, program, skeleton, model, is_current)
+            # After the last line: the `lr`/`weight_decay` groups and the
+            # forward pass on the declared inputs, as `plan` checks them.
+            from ._plan import finish
+
+            by_line = {p.line: p for p in reversed(program.passes)}
+            history = [(by_line[c.line], c.struct) for c in chunks if c.line in by_line]
+            final = chunks[-1].struct if chunks else skeleton
+            tail_steps, tail_diagnostics, _ = finish(program, skeleton, final, history)
         steps: dict[int, list] = {}
-        for chunk in chunks:
-            for step in chunk.steps:
-                steps.setdefault(step.line, []).append(step)
+        for step in [s for chunk in chunks for s in chunk.steps] + list(tail_steps):
+            steps.setdefault(step.line, []).append(step)
         diagnostics = tuple(d for chunk in chunks for d in chunk.diagnostics)
+        diagnostics += tuple(tail_diagnostics)
         return ModelView(diagnostics, steps, skeleton, chunks, line)
 
     def skeleton_of(self, spec: A.Spec) -> ModelView:
@@ -216,7 +224,8 @@ class Analyzer:
     def _skeleton(self, program) -> tuple[Any, list[Diagnostic], tuple]:
         """The model's structure, built once per `model` call (as evaluated), or
         why it cannot be built; and the call, which names it."""
-        from ._io import eval_shape
+        import equinox as eqx
+        import jax
 
         line = program.model_call.span.line
         try:
@@ -227,7 +236,7 @@ class Analyzer:
         cached = self._skeletons.get(key)
         if cached is None:
             try:
-                value: Any = eval_shape(program.build_model)
+                value: Any = eqx.filter_eval_shape(program.construct, jax.random.key(program.seed))
             except SpecError as e:
                 value = e
             while len(self._skeletons) >= self.MAX_SKELETONS:
@@ -261,7 +270,11 @@ class Analyzer:
                 if not is_current():
                     self._chunks[uri] = tuple(done)
                     raise _Stale
-                plan = dataclasses.replace(program, passes=tuple(passes)).plan(struct)
+                # One line's passes, alone: the `lr`/`weight_decay` groups and
+                # the forward pass are checked once, after the last line.
+                plan = dataclasses.replace(
+                    program, passes=tuple(passes), groups=(), inputs=()
+                ).plan(struct)
                 chunk = _Chunk(key, line, plan.result, plan.steps, plan.diagnostics)
             done.append(chunk)
             struct = chunk.struct
@@ -408,11 +421,13 @@ class EqxformServer(LanguageServer):
     """The eqxform language server; `main()` runs it over stdio."""
 
     def __init__(self, debounce: float = DEBOUNCE_S):
-        from . import __version__
+        from importlib.metadata import PackageNotFoundError, version
 
-        super().__init__(
-            "eqxform", __version__, text_document_sync_kind=T.TextDocumentSyncKind.Incremental
-        )
+        try:
+            own = version("eqxform")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            own = "unknown"
+        super().__init__("eqxform", own, text_document_sync_kind=T.TextDocumentSyncKind.Incremental)
         self.docs: dict[str, _Doc] = {}
         self.analyzer = Analyzer()
         self.debounce = debounce
@@ -977,12 +992,13 @@ def _matched(prefix: list[SpecToken], nodes: list) -> list:
 
 
 def _fields(nodes: list) -> list[str]:
-    from ._select import children
+    from ._select import children, is_index, step_name
 
     names: dict[str, None] = {}
     for node in nodes[:256]:
-        for (kind, value), _ in children(node.obj):
-            if kind in ("attr", "key") and isinstance(value, str):
+        for key, _ in children(node.obj):
+            value = step_name(key)
+            if not is_index(key) and isinstance(value, str):
                 names[value] = None
     return list(names)
 

@@ -7,6 +7,7 @@ file at once, and the lines that do parse still reach the semantic checks.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 from pathlib import Path
@@ -525,10 +526,8 @@ def parse_expr(text: str, name: str = "<expr>") -> A.Expr:
 # as the parser does, without importing Lark themselves. (The record is not
 # called `Token`: that name is Lark's in this module.)
 
-import dataclasses as _dataclasses  # noqa: E402
 
-
-@_dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class SpecToken:
     """One token of a spec: its terminal's name, its text and where it sits.
 
@@ -649,6 +648,6 @@ def tokens(text: str) -> list[SpecToken]:
             end_line = last.line + kept.count("\n")
             end_column = (1 if "\n" in kept else last.column) + len(kept.rsplit("\n", 1)[-1])
             found.append(
-                _dataclasses.replace(last, text=kept, end_line=end_line, end_column=end_column)
+                dataclasses.replace(last, text=kept, end_line=end_line, end_column=end_column)
             )
     return found

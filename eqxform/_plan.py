@@ -178,10 +178,7 @@ def _forward(subject, structs):
 
 def make_plan(program, model=None) -> Plan:
     key = jax.random.key(program.seed)
-    if model is None:
-        struct = eqx.filter_eval_shape(program.construct, key)
-    else:
-        struct = structure(model)
+    first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = []
     structs = program.input_structs()
     ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
@@ -202,7 +199,32 @@ def make_plan(program, model=None) -> Plan:
         )
         struct = new
         history.append((p, new))
-    # `lr` and `weight_decay` select on the model after every rule.
+    group_steps, more, output = finish(program, first, struct, history)
+    steps += group_steps
+    diagnostics += more
+    steps.sort(key=lambda s: s.line)
+    diagnostics.sort(key=_position)
+    return Plan(
+        tuple(steps),
+        start,
+        _params(struct),
+        tuple(diagnostics),
+        struct,
+        None if output is None else _describe_output(output),
+    )
+
+
+def start_struct(program, model, key):
+    """The skeleton a plan starts from: `model`'s, or the `model` directive's."""
+    return eqx.filter_eval_shape(program.construct, key) if model is None else structure(model)
+
+
+def finish(program, start, struct, history):
+    """What a plan checks after the passes, on the final skeleton `struct`:
+    the `lr`/`weight_decay` groups (their steps) and the forward pass on the
+    declared inputs (the rule that breaks it found in `history`, the list of
+    (pass, skeleton after it)). Returns (steps, diagnostics, output)."""
+    steps, diagnostics = [], []
     params = _params(struct)
     final = split_state(struct)[0]
     for group in program.groups:
@@ -218,30 +240,22 @@ def make_plan(program, model=None) -> Plan:
             PlanStep(group.line, group.rule.text, label, _matches(nodes, final), params, params)
         )
     output = None
+    structs = program.input_structs()
     if structs is not None and not any(d.severity == "error" for d in diagnostics):
         output, problem = _forward(struct, structs)
         if problem is not None:
-            diagnostics.append(_locate_break(program, model, key, structs, history, problem))
-    steps.sort(key=lambda s: s.line)
-    diagnostics.sort(key=_position)
-    return Plan(
-        tuple(steps),
-        start,
-        _params(struct),
-        tuple(diagnostics),
-        struct,
-        None if output is None else _describe_output(output),
-    )
+            diagnostics.append(_locate_break(program, start, structs, history, problem))
+    return steps, diagnostics, output
 
 
-def _locate_break(program, model, key, structs, history, problem) -> Diagnostic:
+def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     """The diagnostic of a forward pass that fails after the rules: at the
     first rule after which it fails (found by bisection), or at the `input`
     line when the model never took its input."""
-    start = eqx.filter_eval_shape(program.construct, key) if model is None else structure(model)
     first_input = program.inputs[0].span
-    if _forward(start, structs)[1] is not None:
-        return _forward_error(program, _forward(start, structs)[1], first_input, "input")
+    failure = _forward(start, structs)[1]
+    if failure is not None or not history:
+        return _forward_error(program, failure or problem, first_input, "input")
     lo, hi = 0, len(history) - 1  # the model works before history[0], fails after history[hi]
     while lo < hi:
         mid = (lo + hi) // 2

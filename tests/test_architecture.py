@@ -54,14 +54,17 @@ LAYERS = {
     "eqxform._runtime._step": 14,
     "eqxform._runtime._train": 15,
     "eqxform._runtime": 16,
+    "eqxform._docs": 1,
+    "eqxform._format": 4,
     "eqxform._cli": 17,
+    "eqxform._lsp": 16,
     "eqxform.__main__": 18,
     "eqxform": 19,
 }
 
 # Modules that may import eqxform modules inside functions, and why: to keep
 # JAX out of `eqxform check` (which loads only the text layers).
-LAZY_IMPORTERS = {"eqxform", "eqxform._cli", "eqxform._registry"}
+LAZY_IMPORTERS = {"eqxform", "eqxform._cli", "eqxform._lsp", "eqxform._registry"}
 
 
 def _modules():

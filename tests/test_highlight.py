@@ -19,11 +19,24 @@ SPECS = sorted((ROOT / "specs").glob("*.eqx"))
 FIXTURES = sorted((ROOT / "tests" / "fixtures").rglob("*.eqx"))
 
 ACTIONS = set(N.ACTIONS) | {"lora", "merge", "shard"}
-DIRECTIVE_TOKENS = {"MODEL", "SEED", "LET", "WHERE", "OPTIMIZER", "ENSEMBLE", "STACK", "UNSTACK"}
+DIRECTIVE_TOKENS = {
+    "MODEL",
+    "SEED",
+    "LET",
+    "WHERE",
+    "OPTIMIZER",
+    "ENSEMBLE",
+    "STACK",
+    "UNSTACK",
+    "INPUT",
+}
 
 # Lark token type -> scope, for the tokens whose scope does not depend on place.
 BY_TYPE = {
     "COMMENT": "comment.line.number-sign.eqxform",
+    "QUALNAME": "entity.name.type.qualified.eqxform",
+    "EXCEPT": "keyword.operator.except.eqxform",
+    "ANY": "keyword.other.eqxform",
     "IF": "keyword.control.eqxform",
     "EXPECT": "keyword.control.eqxform",
     "AND": "keyword.operator.logical.eqxform",
@@ -271,7 +284,16 @@ CASES = [
     ("let a = [1, 2]", "[", 0, "punctuation.section.brackets.begin.eqxform"),
     ("where x -> replace gelu", "gelu", 0, "support.function.activation.eqxform"),
     ("where x -> cast bfloat16", "bfloat16", 0, "support.type.dtype.eqxform"),
-    ("model pkg.mod:make(width=3)", ":", 0, "punctuation.separator.colon.eqxform"),
+    ("model pkg.mod:make(width=3)", "pkg.mod:make", 0, "entity.name.type.qualified.eqxform"),
+    (
+        "where equinox:BatchNorm except head -> freeze",
+        "equinox:BatchNorm",
+        0,
+        "entity.name.type.qualified.eqxform",
+    ),
+    ("where ** except head -> freeze", "except", 0, "keyword.operator.except.eqxform"),
+    ("where x expect any -> freeze", "any", 0, "keyword.other.eqxform"),
+    ("input f32[3,8,8]", "input", 0, "keyword.control.directive.eqxform"),
     ("model MLP(scan=true)", "scan", 0, "variable.parameter.eqxform"),
     ("ensemble 4 over data", "over", 0, "keyword.other.eqxform"),
 ]
