@@ -22,3 +22,14 @@ def mlp(getkey):
     import equinox as eqx
 
     return eqx.nn.MLP(in_size=2, out_size=2, width_size=8, depth=3, key=getkey())
+
+
+# Tests marked `slow` (long fuzzing, multi-process runs, large models) are
+# skipped unless EQXFORM_SLOW=1, so that CI stays within its time budget.
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("EQXFORM_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow; run with EQXFORM_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
