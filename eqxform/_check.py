@@ -10,7 +10,8 @@ that need the model (does a selector match?) live with the passes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from . import _ast as A
@@ -46,12 +47,40 @@ class Checker:
     def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
 
+    def warn(self, code: str, message: str, span: A.Span | None, help: str | None = None):
+        self.diagnostics.append(
+            Diagnostic(code, message, span, help, self.source, severity="warning")
+        )
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.diagnostics if d.severity == "error"]
+
     def run(self) -> list[Diagnostic]:
+        """Every diagnostic, warnings included (their severity says which)."""
         self.overrides()
         self.statements()
-        if not self.diagnostics:
+        self.unused_lets()
+        if not self.errors:
             self.evaluate()
         return self.diagnostics
+
+    def unused_lets(self):
+        """A `let` that no expression reads is dead text, or a misspelling of
+        the name a rule meant to use (which then fails as unknown)."""
+        used: set[str] = set()
+        for stmt in self.spec.statements:
+            parts = stmt.value if isinstance(stmt, A.LetStmt) else stmt
+            used.update(n.id for n in _names_in(parts))
+        for stmt in self.spec.statements:
+            if isinstance(stmt, A.LetStmt) and stmt.name not in used:
+                self.warn(
+                    "W205",
+                    f"`let {stmt.name}` is never used",
+                    stmt.name_span,
+                    f"remove it, or use `{stmt.name}` in a rule"
+                    + (" (it is set from outside with `--set`)" if stmt.name in self.params else ""),
+                )
 
     def overrides(self):
         """Every `--set NAME` names a `let` of the spec."""
@@ -565,6 +594,18 @@ class Checker:
         line = self.source.line(span.line)
         end = span.end_column - 1 if span.end_line == span.line else len(line)
         return line[span.column - 1 : end]
+
+
+def _names_in(obj: Any) -> Iterator[A.Name]:
+    """Every `Name` in an AST node, found through the dataclass fields."""
+    if isinstance(obj, tuple):
+        for item in obj:
+            yield from _names_in(item)
+    elif isinstance(obj, A.Name):
+        yield obj
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, (A.Span, A.Source)):
+        for f in dataclasses.fields(obj):
+            yield from _names_in(getattr(obj, f.name))
 
 
 def check(spec: A.Spec, params: Mapping[str, Any] | None = None) -> list[Diagnostic]:

@@ -9,6 +9,7 @@ linter loads only the text layers (parse, check).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 import click
 
-from ._diagnostics import Diagnostic, render_all
+from ._diagnostics import Diagnostic, denied, render_all
 from ._errors import EqxformError, UsageError
 
 
@@ -131,6 +132,12 @@ _input = click.option(
     help="The model's input, e.g. f32[3,224,224]; repeat per positional argument "
     "(replaces the spec's `input` lines).",
 )
+_deny = click.option(
+    "--deny",
+    multiple=True,
+    metavar="warnings|CODE",
+    help="Treat warnings (all, or of one code such as W202) as errors: exit 1 (for CI).",
+)
 _format = click.option(
     "--format",
     "fmt",
@@ -178,25 +185,32 @@ def new(constructor, output, seed, allow):
 @_params_opt
 @_allow
 @_input
-@click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
-def check(spec, model, sets, params_file, allow, inputs, as_json):
+@click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
+@_deny
+def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
     """Report every problem of a spec (and, given a model, of applying it).
 
-    Without a model this is a linter: it imports no JAX and answers at once.
-    `eqxform plan SPEC` checks the rules against the spec's own `model`.
+    With a model (a model file, or the spec's `model` directive) every rule
+    is checked against the model's skeleton under `eqx.filter_eval_shape`, as
+    `apply` checks it, allocating nothing: selectors, fans, stacks, the
+    forward pass on the `input` lines; each rule's match count is reported.
+    Without one this is a linter: it imports no JAX and answers at once.
     """
 
     def go():
-        from ._check import Checker
+        from . import _ast as A
         from ._parse import parse_collect
         from ._source import read_spec
 
         _swapped(spec, model, "check")
         text, name = read_spec(spec)
         params = _params(sets, params_file)
-        if model is None:
+        parsed, diagnostics = parse_collect(text, name)
+        steps, against = None, None
+        if model is None and not any(isinstance(s, A.ModelStmt) for s in parsed.statements):
             # The linter: parse and check, no JAX.
-            parsed, diagnostics = parse_collect(text, name)
+            from ._check import Checker
+
             checker = Checker(parsed, params)
             diagnostics = sorted(diagnostics + checker.run(), key=_position)
             usage = [d for d in diagnostics if d.code == "E116"]
@@ -204,18 +218,44 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
                 raise UsageError(usage)
             statements = len(parsed.statements)
         else:
+            # Model-aware: the plan's checks, on the model's skeleton.
             from ._compile import compile_collect
             from ._recipes import skeleton
 
             program, diagnostics = compile_collect(text, name, params, allow, list(inputs) or None)
-            if not diagnostics:
-                diagnostics = program.check(skeleton(model, allow)[2])
-            statements = len(program.spec.statements) if program is not None else 0
-        _report(diagnostics, as_json)
+            statements = len(parsed.statements)
+            if program is not None:
+                struct = skeleton(model, allow)[2] if model is not None else None
+                against = model if model is not None else f"`{program.base_constructor()}`"
+                result = program.plan(struct)
+                diagnostics, steps = list(result.diagnostics), result.steps
+        diagnostics = denied(diagnostics, deny)
+        errors = any(d.severity == "error" for d in diagnostics)
         if as_json:
-            click.echo(json.dumps({"ok": True, "diagnostics": []}))
-        else:
-            click.echo(f"{name}: no problems found ({_plural(statements, 'statement')})")
+            data: dict[str, Any] = {
+                "ok": not errors,
+                "model": against,
+                "diagnostics": [d.to_dict() for d in diagnostics],
+            }
+            if steps is not None:
+                data["rules"] = [
+                    {"line": s.line, "rule": s.rule, "action": s.action, "count": s.count}
+                    for s in steps
+                ]
+            click.echo(json.dumps(data, indent=2))
+            sys.exit(1 if errors else 0)
+        if diagnostics:
+            click.echo(render_all(diagnostics), err=True)
+        if errors:
+            sys.exit(1)
+        warned = sum(d.severity == "warning" for d in diagnostics)
+        head = "no problems found" if not warned else _plural(warned, "warning")
+        where = f"; checked against {against}" if against is not None else ""
+        click.echo(f"{name}: {head} ({_plural(statements, 'statement')}{where})")
+        if steps:
+            width = max(len(s.action) for s in steps)
+            for s in steps:
+                click.echo(f"  line {s.line:<4} {s.action.ljust(width)}  {_plural(s.count, 'match')}")
 
     _run(go, as_json)
 
@@ -228,7 +268,11 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
 @_allow
 @_input
 @_format
-def plan(spec, model, sets, params_file, allow, inputs, fmt):
+@click.option(
+    "--untouched", is_flag=True, help="Also list the arrays that no rule touched."
+)
+@_deny
+def plan(spec, model, sets, params_file, allow, inputs, fmt, untouched, deny):
     """Show what each rule will change, before applying anything."""
 
     def go():
@@ -238,41 +282,53 @@ def plan(spec, model, sets, params_file, allow, inputs, fmt):
 
         struct = skeleton(model, allow)[2] if model is not None else None
         result = program.plan(struct)
+        result = dataclasses.replace(result, diagnostics=tuple(denied(result.diagnostics, deny)))
         _report(result.diagnostics, fmt == "json")
-        _print_plan(result, fmt)
+        _print_plan(result, fmt, untouched)
 
     _run(go, fmt == "json")
 
 
-def _print_plan(result, fmt: str) -> None:
+def _print_plan(result, fmt: str, untouched: bool = False) -> None:
+    data = result.to_dict()
+    if not untouched:
+        del data["untouched"]
     if fmt == "json":
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(json.dumps(data, indent=2))
         return
     if fmt == "yaml":
         import yaml
 
-        click.echo(yaml.safe_dump(result.to_dict(), sort_keys=False))
+        click.echo(yaml.safe_dump(data, sort_keys=False))
         return
     from rich.table import Table
 
+    from ._plan import PlanMatch
+
     table = Table(show_lines=False, header_style="bold")
-    for column in ("line", "action", "path", "before", "after"):
+    for column in ("line", "action", "matches", "path", "before", "after"):
         table.add_column(column)
     for step in result.steps:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
-        for i, m in enumerate(step.matches):
+        rows = step.matches or (PlanMatch("(nothing)", "", ""),)
+        for i, m in enumerate(rows):
             table.add_row(
                 str(step.line) if i == 0 else "",
                 step.action + delta if i == 0 else "",
+                str(step.count) if i == 0 else "",
                 m.path,
                 m.before,
                 "=" if m.after == m.before else m.after,
-                end_section=i == len(step.matches) - 1,
+                end_section=i == len(rows) - 1,
             )
     out.print(table)
     click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
     if result.output is not None:
         click.echo(f"output: {result.output}")
+    if untouched:
+        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        for path in result.untouched:
+            click.echo(f"  {path}")
 
 
 @main.command()
@@ -288,7 +344,8 @@ def _print_plan(result, fmt: str) -> None:
 @_input
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
-def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, force):
+@_deny
+def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, force, deny):
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
@@ -297,7 +354,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
         from ._recipes import save
 
         with _device(device):
-            base = _checked_base(program, model, allow)
+            base = _checked_base(program, model, allow, deny)
             with _quiet():
                 result = program.apply(base, seed=seed)
             save(output, result)
@@ -338,6 +395,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 @_input
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+@_deny
 def train(
     spec,
     model,
@@ -354,6 +412,7 @@ def train(
     inputs,
     device,
     force,
+    deny,
 ):
     """Train with the spec's optimiser, rules and freezing; write the model.
 
@@ -369,7 +428,7 @@ def train(
 
         with _device(device):
             base_optimizer(program)  # a missing `optimizer` fails before any work
-            base = _checked_base(program, model, allow)
+            base = _checked_base(program, model, allow, deny)
             with _quiet():
                 start = program.apply(base, seed=seed)
             recipe = recipe_of(start)
@@ -455,7 +514,7 @@ def _prepare(command, spec, model, output, sets, params_file, allow, force, inpu
     return program
 
 
-def _checked_base(program, model, allow):
+def _checked_base(program, model, allow, deny=()):
     """Check the whole spec against the model's structure (no tensors read),
     then fill that structure from the file: a spec error writes nothing and
     costs no loading, and the skeleton is built once."""
@@ -463,10 +522,10 @@ def _checked_base(program, model, allow):
     from ._recipes import fill, skeleton
 
     if model is None:
-        _report(program.check(None))
+        _report(denied(program.check(None), deny))
         return None
     header, recipe, struct = skeleton(model, allow)
-    _report(program.check(struct))
+    _report(denied(program.check(struct), deny))
     loaded = fill(header, struct)
     remember(loaded, recipe)
     return loaded
@@ -621,7 +680,9 @@ def _position(d: Diagnostic) -> tuple[int, int]:
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}{'es' if word.endswith(('ch', 's')) else 's'}"
 
 
 def _prod(shape) -> int:

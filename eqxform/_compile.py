@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -55,7 +56,8 @@ def compile(
       spec's `input` lines (as `--input` on the command line).
 
     **Returns:** a `Program`. Raises `SpecError` with every diagnostic of the
-    spec at once when it has errors.
+    spec at once when it has errors; its warnings (a `let` never used, say)
+    are in `program.warnings` and in its plan.
 
     ```python
     program = eqxform.compile("where Linear.weight -> init he_normal")
@@ -88,9 +90,12 @@ def compile_collect(
     usage = [d for d in diagnostics if d.code == "E116"]
     if usage:
         raise UsageError(usage)
-    if diagnostics:
+    if any(d.severity == "error" for d in diagnostics):
         return None, sorted(diagnostics, key=_position)
-    return _program(spec, checker, tuple(allow)), []
+    # Warnings do not stop the compiler: the program carries them, and its
+    # plan reports them with its own.
+    program = _program(spec, checker, tuple(allow))
+    return replace(program, warnings=tuple(sorted(diagnostics, key=_position))), []
 
 
 def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ._ast import Source, Span
 
@@ -86,6 +86,21 @@ class Diagnostic:
         if self.notes:
             out["notes"] = list(self.notes)
         return out
+
+
+def denied(diagnostics: Iterable[Diagnostic], deny: Iterable[str]) -> list[Diagnostic]:
+    """`diagnostics`, with the warnings that `deny` names made errors: all of
+    them for `warnings`, else those of the codes listed (`--deny W202`)."""
+    deny = {d.upper() for d in deny}
+    out = []
+    for d in diagnostics:
+        if d.severity == "warning" and ("WARNINGS" in deny or d.code in deny):
+            word = "warnings" if "WARNINGS" in deny else d.code
+            d = replace(
+                d, severity="error", notes=d.notes + (f"`--deny {word}` makes this an error",)
+            )
+        out.append(d)
+    return out
 
 
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:

@@ -70,6 +70,9 @@ logger = logging.getLogger(__name__)
 # are computed. Model-free diagnostics are published at once.
 DEBOUNCE_S = 0.15
 
+# The warnings of the match accounting, which the plan of one line cannot give.
+_ACCOUNTING = ("W202", "W203")
+
 # Hover shows at most this many matches per action.
 MAX_HOVER_MATCHES = 20
 
@@ -191,17 +194,22 @@ class Analyzer:
             chunks = self._plan(uri, program, skeleton, model, is_current)
             # After the last line: the `lr`/`weight_decay` groups and the
             # forward pass on the declared inputs, as `plan` checks them.
-            from ._plan import finish
+            from ._plan import finish, overwritten
 
             by_line = {p.line: p for p in reversed(program.passes)}
             history = [(by_line[c.line], c.struct) for c in chunks if c.line in by_line]
             final = chunks[-1].struct if chunks else skeleton
             tail_steps, tail_diagnostics, _ = finish(program, skeleton, final, history)
+            # The match accounting spans lines, so it runs on the whole plan.
+            ordered = [s for chunk in chunks for s in chunk.steps]
+            accounting = overwritten(ordered, program.source)
         steps: dict[int, list] = {}
-        for step in [s for chunk in chunks for s in chunk.steps] + list(tail_steps):
+        for step in ordered + list(tail_steps):
             steps.setdefault(step.line, []).append(step)
-        diagnostics = tuple(d for chunk in chunks for d in chunk.diagnostics)
-        diagnostics += tuple(tail_diagnostics)
+        diagnostics = tuple(
+            d for chunk in chunks for d in chunk.diagnostics if d.code not in _ACCOUNTING
+        )
+        diagnostics += tuple(tail_diagnostics) + tuple(accounting)
         return ModelView(diagnostics, steps, skeleton, chunks, line)
 
     def skeleton_of(self, spec: A.Spec) -> ModelView:
@@ -272,8 +280,9 @@ class Analyzer:
                     raise _Stale
                 # One line's passes, alone: the `lr`/`weight_decay` groups and
                 # the forward pass are checked once, after the last line.
+                # The checker's warnings are the model-free half's.
                 plan = dataclasses.replace(
-                    program, passes=tuple(passes), groups=(), inputs=()
+                    program, passes=tuple(passes), groups=(), inputs=(), warnings=()
                 ).plan(struct)
                 chunk = _Chunk(key, line, plan.result, plan.steps, plan.diagnostics)
             done.append(chunk)

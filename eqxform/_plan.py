@@ -7,6 +7,7 @@ selects once: its nodes are found on the skeleton, then it runs on them.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,10 +18,10 @@ import numpy as np
 
 from ._diagnostics import Diagnostic
 from ._errors import SpecError
-from ._modules import split_state
-from ._passes import Context
+from ._modules import Frozen, Wrapper, batched, split_state
+from ._passes import Context, RulePass
 from ._passes._forward import output_shape
-from ._select import is_array, node_at, select_rule
+from ._select import is_array, is_index, matched_arrays, node_at, select_rule, step_name, walk
 
 
 @dataclass(frozen=True)
@@ -32,16 +33,33 @@ class PlanMatch:
 
 @dataclass(frozen=True)
 class PlanStep:
+    """What one pass (one action of a rule, or a structural directive) did.
+
+    `kind` is the action's name (`init`, `lr`, ...) or `structure` for a
+    `stack`, `unstack` or `ensemble` line; `writes` holds what it changed, for
+    the match accounting: each array (or, for `replace`, each module) as its
+    logical path (wrappers and stacks seen through) and the layers of a stack
+    it picked (None: all of them); `span` is the statement's.
+    """
+
     line: int
     rule: str
     action: str
     matches: tuple[PlanMatch, ...]
     params_before: int
     params_after: int
+    kind: str = ""
+    writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
+    span: Any = None
 
     @property
     def params_delta(self) -> int:
         return self.params_after - self.params_before
+
+    @property
+    def count(self) -> int:
+        """How many nodes the step's selector matched."""
+        return len(self.matches)
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,11 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
     output: str | None = None  # the forward pass's output, when the inputs are declared
+
+    @functools.cached_property
+    def untouched(self) -> tuple[str, ...]:
+        """The arrays of the result that no rule touched (`plan --untouched`)."""
+        return () if self.result is None else untouched(self.steps, self.result)
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -72,6 +95,7 @@ class Plan:
                     "line": s.line,
                     "rule": s.rule,
                     "action": s.action,
+                    "count": s.count,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
                     "matches": [
@@ -81,6 +105,7 @@ class Plan:
                 for s in self.steps
             ],
             "output": self.output,
+            "untouched": list(self.untouched),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
@@ -179,7 +204,7 @@ def _forward(subject, structs):
 def make_plan(program, model=None) -> Plan:
     key = jax.random.key(program.seed)
     first = struct = start_struct(program, model, key)
-    diagnostics: list[Diagnostic] = []
+    diagnostics: list[Diagnostic] = list(program.warnings)
     structs = program.input_structs()
     ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
     start = _params(struct)
@@ -192,17 +217,14 @@ def make_plan(program, model=None) -> Plan:
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
-        steps.append(
-            PlanStep(
-                p.line, p.text, p.label, _matches(nodes, split_state(new)[0]), before, _params(new)
-            )
-        )
+        steps.append(step_of(p, nodes, split_state(new)[0], before, _params(new)))
         struct = new
         history.append((p, new))
     group_steps, more, output = finish(program, first, struct, history)
     steps += group_steps
     diagnostics += more
     steps.sort(key=lambda s: s.line)
+    diagnostics += overwritten(steps, program.source)
     diagnostics.sort(key=_position)
     return Plan(
         tuple(steps),
@@ -212,6 +234,202 @@ def make_plan(program, model=None) -> Plan:
         struct,
         None if output is None else _describe_output(output),
     )
+
+
+def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
+    """The plan's step of pass `p`, which matched `nodes` and gave `after`."""
+    if isinstance(p, RulePass):
+        kind = p.action.name
+        if kind in ("replace", "wrap", "unwrap"):
+            targets = nodes
+        else:
+            try:
+                targets = p.arrays(nodes)
+            except SpecError:
+                targets = nodes
+        writes = tuple((logical_path(n), n.layers) for n in targets)
+        span = p.action.span
+    else:
+        kind, writes = "structure", tuple((logical_path(n), None) for n in nodes)
+        span = p.stmt.span
+    return PlanStep(
+        p.line,
+        p.text,
+        p.label,
+        _matches(nodes, after),
+        params_before,
+        params_after,
+        kind,
+        writes,
+        span,
+    )
+
+
+def logical_path(node) -> str:
+    """`layers[0].weight`, as selectors write it, for a node inside wrappers
+    too: a frozen or wrapped weight is the same weight (`Frozen.value` is
+    left out), so that rules before and after a `freeze` name one array."""
+    out = ""
+    for k, key in enumerate(node.path):
+        parent = node.parents[k] if k < len(node.parents) else None
+        if parent is not None and (batched(parent) or isinstance(parent, Wrapper)):
+            continue
+        value = step_name(key)
+        if is_index(key):
+            out += f"[{value}]"
+        else:
+            out += ("." if out else "") + str(value)
+    return out or "<root>"
+
+
+# ---- match accounting --------------------------------------------------------------
+
+# What a later action does to what an earlier one wrote. `init` writes values
+# without reading them, so it overwrites an earlier `init` or `scale` of the
+# same array (not a `cast`: it draws in the array's dtype; not a `wrap` or a
+# `freeze`: it draws inside them). `replace` discards everything below the
+# node it replaces. Every other action reads what it changes (`scale` reads
+# the values `init` drew), so what came before it lives on.
+_VALUE_WRITERS = ("init", "scale")
+_OVERWRITES_VALUES = ("init",)
+
+
+def _covers(killer: frozenset[int] | None, victim: frozenset[int] | None) -> bool:
+    """Does a write of the layers `killer` (None: all) cover the layers `victim`?"""
+    return killer is None or (victim is not None and victim <= killer)
+
+
+def _under(path: str, root: str) -> bool:
+    return (
+        root == "<root>"
+        or path == root
+        or (path.startswith(root) and path[len(root)] in ".[")
+    )
+
+
+def overwritten(steps, source) -> list[Diagnostic]:
+    """The warnings of rules whose work a later rule undoes.
+
+    - `W202`: every array (or module) a rule changed is overwritten later
+      without being read: re-drawn by an `init`, or discarded by a `replace`
+      of it or of a module above it. An `init` followed by a `scale` is not
+      overwritten (the `scale` reads what `init` drew).
+    - `W203`: some arrays an `init` drew are discarded by a later `replace`
+      (the new module is not drawn by that `init`: move the `replace` up).
+
+    A `stack`, `unstack` or `ensemble` line ends the accounting of the rules
+    above it (it reads every array and renames many), so nothing is reported
+    across one. `steps` are the plan's, in the order of the passes.
+    """
+    diagnostics: list[Diagnostic] = []
+    # For each step that wrote something: which of its writes are still live,
+    # and by which steps the others were undone.
+    live: list[tuple[PlanStep, list[tuple[str, frozenset[int] | None]], dict]] = []
+
+    def settle():
+        for step, alive, killers in live:
+            if not step.writes:
+                continue
+            replaced = killers.get("replace", [])
+            if step.kind == "init" and replaced:
+                lines = sorted({k.line for k in replaced})
+                n = len({w for w, _ in step.writes if any(_under(w, r) for r in _roots(replaced))})
+                diagnostics.append(
+                    Diagnostic(
+                        "W203",
+                        f"`init` draws {_count(n, 'array')} that the `replace` on "
+                        + _lines(lines)
+                        + " then discards",
+                        step.span,
+                        "move the `replace` above this rule, so that the new module is drawn "
+                        "by this `init` too, or narrow the selector",
+                        source,
+                        severity="warning",
+                    )
+                )
+            elif not alive:
+                by = sorted({k.line for ks in killers.values() for k in ks})
+                diagnostics.append(
+                    Diagnostic(
+                        "W202",
+                        f"every match of this rule's `{step.action}` is overwritten by "
+                        + _lines(by)
+                        + f" ({_count(len(step.writes), 'match')})",
+                        step.span,
+                        "remove this action, or move it below the rules that overwrite it "
+                        "(a later `init` draws anew, a `replace` discards the module)",
+                        source,
+                        severity="warning",
+                    )
+                )
+        live.clear()
+
+    for step in steps:
+        if step.kind in ("structure", "lr", "weight_decay"):
+            if step.kind == "structure":
+                settle()
+            continue
+        if step.kind == "replace":
+            roots = [w for w, _ in step.writes]
+            for earlier, alive, killers in live:
+                dead = [w for w in alive if any(_under(w[0], r) for r in roots)]
+                if dead:
+                    alive[:] = [w for w in alive if w not in dead]
+                    killers.setdefault("replace", []).append(step)
+        elif step.kind in _OVERWRITES_VALUES:
+            written = {}
+            for w, layers in step.writes:
+                written.setdefault(w, []).append(layers)
+            for earlier, alive, killers in live:
+                if earlier.kind not in _VALUE_WRITERS:
+                    continue
+                dead = [
+                    w
+                    for w in alive
+                    if any(_covers(k, w[1]) for k in written.get(w[0], ()))
+                ]
+                if dead:
+                    alive[:] = [w for w in alive if w not in dead]
+                    killers.setdefault("init", []).append(step)
+        if step.writes:
+            live.append((step, list(step.writes), {}))
+    settle()
+    return diagnostics
+
+
+def _roots(steps) -> list[str]:
+    return [w for s in steps for w, _ in s.writes]
+
+
+def _lines(lines) -> str:
+    lines = sorted(set(lines))
+    if len(lines) == 1:
+        return f"line {lines[0]}"
+    return "lines " + ", ".join(str(n) for n in lines[:-1]) + f" and {lines[-1]}"
+
+
+def _count(n: int, word: str) -> str:
+    plural = word + ("es" if word.endswith("ch") else "s")
+    return f"{n} {word if n == 1 else plural}"
+
+
+def untouched(steps, model) -> tuple[str, ...]:
+    """The arrays of `model` (the plan's result) that no step touched: not
+    matched, and under no matched module."""
+    touched: set[str] = set()
+    for step in steps:
+        touched.update(w for w, _ in step.writes)
+    if "<root>" in touched:
+        return ()
+    out = []
+    for node in walk(split_state(model)[0]):
+        if not is_array(node.obj):
+            continue
+        text = logical_path(node)
+        cut = [i for i, c in enumerate(text) if c in ".["] + [len(text)]
+        if not any(text[:i] in touched for i in cut):
+            out.append(text)
+    return tuple(out)
 
 
 def start_struct(program, model, key):
@@ -230,6 +448,7 @@ def finish(program, start, struct, history):
     for group in program.groups:
         try:
             nodes = select_rule(group.rule, final, program.env, program.source)
+            leaves = matched_arrays(nodes, group.action.name, group.rule.selector, program.source)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
@@ -237,8 +456,32 @@ def finish(program, start, struct, history):
             group.action.span.column - 1 : group.action.span.end_column - 1
         ]
         steps.append(
-            PlanStep(group.line, group.rule.text, label, _matches(nodes, final), params, params)
+            PlanStep(
+                group.line,
+                group.rule.text,
+                label,
+                _matches(nodes, final),
+                params,
+                params,
+                group.action.name,
+                tuple((logical_path(n), n.layers) for n in leaves),
+                group.action.span,
+            )
         )
+        if leaves and all(_is_frozen(leaf) for leaf in leaves):
+            diagnostics.append(
+                Diagnostic(
+                    "W204",
+                    f"`{group.action.name}` on frozen parameters: every array this rule "
+                    f"matches ({_count(len(leaves), 'array')}) is frozen, so the optimiser "
+                    "never updates it",
+                    group.action.span,
+                    f"remove the `{group.action.name}`, or narrow the `freeze` rule above "
+                    "to leave these parameters trainable",
+                    program.source,
+                    severity="warning",
+                )
+            )
     output = None
     structs = program.input_structs()
     if structs is not None and not any(d.severity == "error" for d in diagnostics):
@@ -267,6 +510,18 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     error = _forward(after, structs)[1] or problem
     span = breaker.stmt.span
     return _forward_error(program, error, span, "rule")
+
+
+def _is_frozen(leaf) -> bool:
+    """Is the array at `leaf` frozen: inside a `Frozen`, which holds all its
+    layers or at least those the selector picked?"""
+    for parent in leaf.parents:
+        if isinstance(parent, Frozen):
+            if parent.layers is None:
+                return True
+            if leaf.layers is not None and leaf.layers <= set(parent.layers):
+                return True
+    return False
 
 
 def _params(subject: Any) -> int:

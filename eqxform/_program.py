@@ -71,6 +71,8 @@ class Program:
     - `groups`: the `lr` and `weight_decay` actions, in order.
     - `allow`: packages whose constructors may be imported.
     - `inputs`: the model's inputs (`input` lines), one per positional argument.
+    - `warnings`: what the checker warned of (`W205`, a `let` never used); the
+      plan reports them with its own.
     """
 
     spec: A.Spec
@@ -83,6 +85,7 @@ class Program:
     groups: tuple[Group, ...] = ()
     allow: tuple[str, ...] = field(default=())
     inputs: tuple[A.InputStmt, ...] = ()
+    warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def source(self) -> A.Source:
