@@ -648,16 +648,46 @@ def lsp():
 
 
 @main.command()
-@click.argument("code")
-def explain(code):
+@click.argument("code", required=False)
+@click.option("--all", "every", is_flag=True, help="Every code, one after another.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "markdown"]),
+    default="text",
+    show_default=True,
+    help="markdown: the diagnostics index of the documentation (with --all).",
+)
+def explain(code, every, fmt):
     """Explain a diagnostic code: what it means, an example, the fix.
 
-    Example: eqxform explain E201
+    Example: eqxform explain E201. `eqxform explain --all --format markdown`
+    writes the diagnostics index (docs/diagnostics.md).
     """
 
     def go():
-        from ._codes import explain, near
+        from ._codes import CODES, explain, markdown, near, text
 
+        if every:
+            if code is not None:
+                raise UsageError(
+                    Diagnostic(
+                        "E415",
+                        "give a code or `--all`, not both",
+                        help="`eqxform explain E201`, or `eqxform explain --all`",
+                    )
+                )
+            click.echo(markdown() if fmt == "markdown" else text(), nl=False)
+            return
+        if code is None:
+            raise UsageError(
+                Diagnostic(
+                    "E415",
+                    "no code given",
+                    help="e.g. `eqxform explain E201`, or `eqxform explain --all`; "
+                    f"there are {len(CODES)} codes",
+                )
+            )
         entry = explain(code)
         if entry is None:
             close = near(code)
@@ -670,6 +700,12 @@ def explain(code):
                     else "codes look like `E201`; every error message shows its code",
                 )
             )
+        if fmt == "markdown":
+            click.echo(f"### {entry.code}\n\n**{entry.title}**\n\n{entry.explanation}")
+            if entry.example:
+                click.echo(f"\nExample:\n\n```\n{entry.example}\n```")
+            click.echo(f"\nFix: {entry.fix}")
+            return
         click.echo(entry.render())
 
     _run(go)

@@ -528,6 +528,47 @@ CODES: dict[str, Code] = {
             "draw them per copy with an `init` rule below the line, e.g. "
             "`where cls_token -> init normal(stddev=0.02)`.",
         ),
+        _c(
+            "W202",
+            "a rule's every match is overwritten by a later rule",
+            "Every array (or module) this action changed is later overwritten without being "
+            "read, so the action has no effect on the model: a later `init` draws the values "
+            "anew (after an `init` or a `scale`), or a later `replace` discards the module "
+            "(after any action). An action that reads what came before does not overwrite "
+            "it: `init` followed by `scale` scales what `init` drew, and `init` keeps the "
+            "dtype a `cast` gave and the wrappers of `wrap` and `freeze`. Across a `stack`, "
+            "`unstack` or `ensemble` line nothing is reported.",
+            "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros   # the scale is lost",
+            "remove the overwritten action, or move it below the rule that overwrites it.",
+        ),
+        _c(
+            "W203",
+            "`init` on arrays that a later `replace` discards",
+            "An `init` drew arrays of a module that a `replace` below it swaps for a new one. "
+            "The new module keeps its constructor's own initialisation, not this rule's: "
+            "usually the rules are in the wrong order.",
+            "where Linear.weight -> init he_normal\n"
+            "where layers[-1] -> replace Linear(in_features=64, out_features=10)",
+            "put the `replace` above the `init`, so that the new module is drawn too; or "
+            "narrow the `init`'s selector to the modules that stay.",
+        ),
+        _c(
+            "W204",
+            "`lr` or `weight_decay` on frozen parameters",
+            "Every array this `lr` or `weight_decay` rule matches is frozen (`freeze`), and the "
+            "optimiser eqxform builds never updates a frozen array, so the rule changes "
+            "nothing.",
+            "where layers[0] -> freeze\nwhere layers[0].weight -> lr 0.1",
+            "remove the rule, or narrow the `freeze` so that these parameters train.",
+        ),
+        _c(
+            "W205",
+            "a `let` never used",
+            "No expression of the spec reads this `let` name: the line is dead, or a rule "
+            "meant to use it under another name. The check needs no model.",
+            "let width = 64\nwhere layers[-1] -> replace Linear(in_features=64, out_features=2)",
+            "use the name (`in_features=width`), or remove the `let`.",
+        ),
         # ---- model files
         _c(
             "E301",
@@ -749,6 +790,56 @@ CODES: dict[str, Code] = {
         ),
     ]
 }
+
+
+_GROUPS = (
+    ("E0", "Syntax (the parser)"),
+    ("E1", "The spec alone (the checker, `eqxform check` without a model)"),
+    ("E2", "The spec against a model (selection and the passes: `check` with a model, `plan`, `apply`)"),
+    ("E3", "Model files"),
+    ("E4", "The command line and the Python API's arguments"),
+    ("E5", "Running (training)"),
+    ("E6", "The formatter and the language server"),
+    ("W", "Warnings (the work is done, but may not be what was meant; `--deny warnings` makes them errors)"),
+)
+
+
+def _group(code: str) -> str:
+    return next(title for prefix, title in _GROUPS if code.startswith(prefix))
+
+
+def markdown() -> str:
+    """The diagnostics index as Markdown: a table of every code, then each
+    code's entry as `eqxform explain CODE` prints it
+    (`eqxform explain --all --format markdown`)."""
+    out = [
+        "# Diagnostics",
+        "",
+        "Every diagnostic eqxform gives has a stable code. `eqxform explain CODE` prints an",
+        "entry below; this page is generated from the same table",
+        "(`eqxform explain --all --format markdown`).",
+    ]
+    codes = sorted(CODES.values(), key=lambda c: (c.code[0] != "E", c.code))
+    group = None
+    for c in codes:
+        if _group(c.code) != group:
+            group = _group(c.code)
+            out += ["", f"## {group}", "", "| code | problem |", "|---|---|"]
+        title = c.title.replace("|", "\\|")
+        out.append(f"| [{c.code}](#{c.code.lower()}) | {title} |")
+    out += ["", "## Entries"]
+    for c in codes:
+        out += ["", f"### {c.code}", "", f"**{c.title}**", "", c.explanation]
+        if c.example:
+            out += ["", "Example:", "", "```", c.example, "```"]
+        out += ["", "Fix: " + c.fix]
+    return "\n".join(out) + "\n"
+
+
+def text() -> str:
+    """Every entry as `eqxform explain CODE` prints it, one after another."""
+    codes = sorted(CODES.values(), key=lambda c: (c.code[0] != "E", c.code))
+    return "\n\n".join(c.render() for c in codes) + "\n"
 
 
 def explain(code: str) -> Code | None:

@@ -16,6 +16,9 @@ from ._ast import Source, Span
 
 @dataclass(frozen=True)
 class Diagnostic:
+    """One problem: a stable `code`, a `message`, where (`span` in `source`, or
+    a `file`), a `help` line, and a `severity` (`error` or `warning`)."""
+
     code: str
     message: str
     span: Span | None = None

@@ -122,6 +122,9 @@ KEYWORDS = {
     "vmap": "`stack ... vmap`: the layers run side by side, with `vmap`",
     "remat": "`stack ... remat`: each layer is checkpointed (recomputed on the backward pass)",
     "unroll": "`stack ... unroll K`: K layers per step of the scan",
+    "layerwise": "`stack ... layerwise`: iterating the stack gives each layer (for a parent "
+    "that loops over it in Python)",
+    "except": "`SELECTOR except SELECTOR`: what the first matches and the second does not",
 }
 
 DTYPE = "a dtype: `cast {name}` stores the matched arrays as {name}"
@@ -130,6 +133,26 @@ SELECTOR_SYMBOLS = {
     "*": "`*`: any one step of a path",
     "**": "`**`: any number of steps, none included",
     "|": "`A | B`: what either selector matches",
+}
+
+
+# Every form a selector step can take, for the language reference.
+SELECTOR_FORMS = {
+    "weight": "a field (of a module, or a key of a dict)",
+    "Linear": "a node of that type; a selector that starts with a type matches it anywhere "
+    "in the tree, so `Linear.weight` is the `weight` of every `Linear`",
+    "mypkg.Block": "a type by its qualified name, when two classes share a short name",
+    "[3]": "an element of a list, tuple or `Sequential` (of a stack: that layer)",
+    "[-1]": "counting from the end",
+    "[1:-1]": "a slice (`[::2]`, `[2:]`, ...)",
+    "[*]": "every element",
+    "*": "any one step",
+    "**": "any number of steps, none included (`**.bias`)",
+    "A | B": "what either matches",
+    "A except B": "what `A` matches and `B` does not",
+    "SEL if EXPR": "the matches for which `EXPR` holds (see the match properties)",
+    "SEL expect N": "an error unless exactly N nodes match (`expect >= N`, `expect <= N`)",
+    "SEL expect any": "the rule may match nothing (an optional rule)",
 }
 
 

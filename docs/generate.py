@@ -1,0 +1,264 @@
+"""Write the generated parts of the documentation from eqxform's own tables.
+
+Run `python docs/generate.py` after changing a table (a directive in the
+grammar, an action in `eqxform/_names.py`, a code in `eqxform/_codes.py`, a
+command-line option); `python docs/generate.py --check` exits 1 when a page is
+out of date, and `tests/test_docs.py` runs that check, so the reference cannot
+drift from the code.
+
+A page's generated parts sit between `<!-- generated: NAME -->` and
+`<!-- end generated -->`; the text around them is written by hand.
+`docs/diagnostics.md` is generated whole (`eqxform explain --all --format
+markdown`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
+
+BLOCK = re.compile(
+    r"(<!-- generated: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end generated -->)", re.S
+)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _table(header: tuple[str, ...], rows) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_escape(str(c)) for c in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def directives() -> list[str]:
+    """Every directive word of the grammar (`model`, `seed`, ..., `where`), in
+    the grammar's order."""
+    grammar = (ROOT / "grammar" / "eqxform.lark").read_text()
+    return re.findall(r'^(?:\w+_stmt|rule):\s*"(\w+)"', grammar, re.M)
+
+
+def _signature(name, sig) -> str:
+    from eqxform import _docs as D
+
+    return D.signature(name, sig.params) if sig is not None and sig.params else name
+
+
+# ---- the language reference -------------------------------------------------------
+
+
+def gen_directives() -> str:
+    from eqxform import _docs as D
+
+    rows = []
+    for word in directives():
+        text = D.DIRECTIVES.get(word, "")
+        form, _, what = text.partition(": ")
+        rows.append((f"`{word}`", form, what))
+    return _table(("directive", "form", "what it does"), rows)
+
+
+_ACTION_FORMS = {
+    "initializer": "init NAME | NAME(ARGS)",
+    "constructor": "CTOR(ARGS) | FUNCTION",
+    "dtype": "DTYPE",
+    "expr": "EXPR",
+    "wrapper": "NAME | NAME(ARGS)",
+    "none": "",
+}
+
+
+def gen_actions() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    rows = []
+    for name, info in N.ACTIONS.items():
+        arg = _ACTION_FORMS.get(info.arg, info.arg.upper())
+        arg = arg.removeprefix("init ")
+        form = f"{name} {arg}".strip()
+        shapes = "optimiser" if name in N.OPTIMIZER_ACTIONS else "model"
+        rows.append((f"`{name}`", f"`{form}`", shapes, D.ACTIONS.get(name, "")))
+    return _table(("action", "form", "changes", "what it does"), rows)
+
+
+def gen_selectors() -> str:
+    from eqxform import _docs as D
+
+    return _table(("selector", "matches"), [(f"`{k}`", v) for k, v in D.SELECTOR_FORMS.items()])
+
+
+def gen_context() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    return _table(("name", "value"), [(f"`{n}`", D.CONTEXT.get(n, "")) for n in N.CONTEXT_NAMES])
+
+
+def gen_functions() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    rows = []
+    for name, arity in N.EXPR_FUNCTIONS.items():
+        rows.append((f"`{name}`", "1" if arity == 1 else "any", D.EXPR_FUNCTIONS.get(name, "")))
+    return _table(("function", "arguments", "value"), rows)
+
+
+def gen_initializers() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    rows = []
+    for name, sig in N.INITIALIZERS.items():
+        fans = "yes" if name in N.FAN_INITIALIZERS else ""
+        rows.append((f"`{_signature(name, sig)}`", fans, D.INITIALIZERS.get(name, "")))
+    return _table(("initialiser", "needs fans", "draws"), rows)
+
+
+def gen_wrappers() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    rows = [(f"`{_signature(n, s)}`", D.WRAPPERS.get(n, "")) for n, s in N.WRAPPERS.items()]
+    return _table(("wrapper", "what it does"), rows)
+
+
+def gen_optimizers() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    rows = [(f"`{_signature(n, s)}`", D.OPTIMIZERS.get(n, "")) for n, s in N.OPTIMIZERS.items()]
+    return _table(("optimizer", "optax's"), rows)
+
+
+def gen_values() -> str:
+    from eqxform import _names as N
+
+    return "\n".join(
+        [
+            "Functions (`activation=gelu`, `replace gelu`): "
+            + ", ".join(f"`{f}`" for f in N.FUNCTIONS)
+            + ".",
+            "",
+            "Dtypes (`cast`): " + ", ".join(f"`{d}`" for d in N.DTYPES) + ".",
+            "",
+            "Input dtypes (`input f32[3,224,224]`): "
+            + ", ".join(f"`{d}`" for d in N.INPUT_DTYPES)
+            + ".",
+            "",
+            "Constants: " + ", ".join(f"`{c}`" for c in N.CONSTANTS) + ".",
+        ]
+    )
+
+
+def gen_stack_options() -> str:
+    from eqxform import _docs as D
+
+    words = ("scan", "vmap", "remat", "unroll", "layerwise")
+    return _table(("word", "meaning"), [(f"`{w}`", D.KEYWORDS[w]) for w in words])
+
+
+def gen_types() -> str:
+    from eqxform import _names as N
+
+    rows = [(f"`{_signature(n, s)}`", "`equinox.nn`") for n, s in N.EQUINOX_NN.items()]
+    rows += [(f"`{_signature(n, s)}`", "`eqxform.models`") for n, s in N.EXAMPLE_MODELS.items()]
+    return _table(("constructor", "from"), rows)
+
+
+# ---- the command line and the Python API ----------------------------------------------
+
+
+def gen_commands() -> str:
+    import click
+
+    from eqxform._cli import main
+
+    out = []
+    for name, command in main.commands.items():
+        ctx = click.Context(
+            command, info_name=f"eqxform {name}", terminal_width=88, max_content_width=88
+        )
+        out += [f"### `eqxform {name}`", "", "```", command.get_help(ctx).rstrip(), "```", ""]
+    return "\n".join(out).rstrip()
+
+
+def gen_api() -> str:
+    import inspect
+
+    import eqxform
+
+    rows = []
+    for name in sorted(n for n in dir(eqxform) if not n.startswith("_")):
+        obj = getattr(eqxform, name)
+        if inspect.ismodule(obj):
+            continue
+        doc = inspect.getdoc(obj) or ""
+        summary = doc.split("\n\n", 1)[0].replace("\n", " ")
+        kind = "class" if inspect.isclass(obj) else "function"
+        rows.append((f"`eqxform.{name}`", kind, summary))
+    return _table(("name", "kind", "what it is"), rows)
+
+
+GENERATORS = {
+    "directives": gen_directives,
+    "actions": gen_actions,
+    "selectors": gen_selectors,
+    "context": gen_context,
+    "functions": gen_functions,
+    "initializers": gen_initializers,
+    "wrappers": gen_wrappers,
+    "optimizers": gen_optimizers,
+    "values": gen_values,
+    "stack-options": gen_stack_options,
+    "types": gen_types,
+    "commands": gen_commands,
+    "api": gen_api,
+}
+
+
+def render(text: str) -> str:
+    """`text` with each generated block written anew."""
+
+    def fill(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in GENERATORS:
+            raise KeyError(f"no generator for the block `{name}`")
+        return m.group(1) + GENERATORS[name]() + "\n" + m.group(4)
+
+    return BLOCK.sub(fill, text)
+
+
+def pages() -> dict[Path, str]:
+    """Every generated page: path -> the text it should have."""
+    from eqxform._codes import markdown
+
+    out = {DOCS / "diagnostics.md": markdown()}
+    for path in sorted(DOCS.rglob("*.md")):
+        text = path.read_text()
+        if BLOCK.search(text):
+            out[path] = render(text)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for path, text in pages().items():
+        if not path.exists() or path.read_text() != text:
+            stale.append(path)
+            if not check:
+                path.write_text(text)
+    for path in stale:
+        print(("out of date: " if check else "wrote ") + str(path.relative_to(ROOT)))
+    return 1 if check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
