@@ -60,9 +60,12 @@ class Checker:
         """Every diagnostic, warnings included (their severity says which)."""
         self.overrides()
         self.statements()
-        self.unused_lets()
         if not self.errors:
             self.evaluate()
+        # Dead text is worth a warning only once the spec has no errors: a
+        # `let` that is misspelt, reserved or fails is reported as that.
+        if not self.errors:
+            self.unused_lets()
         return self.diagnostics
 
     def unused_lets(self):

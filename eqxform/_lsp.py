@@ -210,6 +210,9 @@ class Analyzer:
             d for chunk in chunks for d in chunk.diagnostics if d.code not in _ACCOUNTING
         )
         diagnostics += tuple(tail_diagnostics) + tuple(accounting)
+        diagnostics = tuple(
+            sorted(diagnostics, key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+        )
         return ModelView(diagnostics, steps, skeleton, chunks, line)
 
     def skeleton_of(self, spec: A.Spec) -> ModelView:

@@ -233,7 +233,9 @@ def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
     out = []
     for sub in walk(node.obj):
         if sub.path and is_array(sub.obj):
-            if inexact_only and not np.issubdtype(sub.obj.dtype, np.inexact):
+            # `jnp.issubdtype` knows bfloat16 (an `ml_dtypes` type) is floating;
+            # NumPy's does not, and would skip the arrays a `cast bfloat16` made.
+            if inexact_only and not jax.numpy.issubdtype(sub.obj.dtype, jax.numpy.inexact):
                 continue
             out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers))
     return out

@@ -229,7 +229,9 @@ def test_scan_over_layers_page():
     mine = _arrays(got.mlps)
     assert [x.shape for x in mine] == [x.shape for x in _arrays(hand.mlps)]
     # The hand-written model, given the stacked arrays, computes the same.
-    transplanted = eqx.tree_at(lambda m: _arrays(m.mlps), hand, mine)
+    dynamic, static = eqx.partition(hand.mlps, eqx.is_array)
+    stacked = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(dynamic), mine)
+    transplanted = eqx.tree_at(lambda m: m.mlps, hand, eqx.combine(stacked, static))
     x = scope["x"]
     np.testing.assert_allclose(transplanted(x), got(x), rtol=1e-5, atol=1e-6)
     assert not np.allclose(mine[0][0], mine[0][1])  # each layer drawn anew

@@ -75,7 +75,7 @@ def test_model_free_diagnostics_on_open_and_change():
             assert initialiser.range.start == T.Position(1, 16)
             assert "trunc_normal" in initialiser.message
 
-            s.change(uri, "let b = 1\nlet a = b\nwhere x -> init trunc_normal\n")
+            s.change(uri, "let b = 1\nlet a = b\nwhere x -> init normal(stddev=a)\n")
             assert await s.diagnostics(uri, timeout=30) == []
 
     run(go())
@@ -332,12 +332,19 @@ def _same_diagnostics(got, want):
     assert [(d.code, d.message, d.span) for d in got] == [(d.code, d.message, d.span) for d in want]
 
 
+def _model_aware(program, plan):
+    """The plan's diagnostics but the checker's warnings, which the server
+    publishes with its model-free half."""
+    return [d for d in plan.diagnostics if d not in program.warnings]
+
+
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_analysis_equals_the_plan(path):
     text = path.read_text()
-    plan = eqxform.compile(text).plan()
+    program = eqxform.compile(text)
+    plan = program.plan()
     view = Analyzer().analyse("file:///spec.eqx", text, "spec.eqx")
-    _same_diagnostics(view.diagnostics, plan.diagnostics)
+    _same_diagnostics(view.diagnostics, _model_aware(program, plan))
     steps = [step for line in sorted(view.steps) for step in view.steps[line]]
     assert steps == list(plan.steps)
 
@@ -354,6 +361,60 @@ def test_analysis_of_errors_equals_the_plan():
     assert len(plan.diagnostics) >= 3
     view = Analyzer().analyse("file:///spec.eqx", text, "spec.eqx")
     _same_diagnostics(view.diagnostics, plan.diagnostics)
+
+
+# Rules whose work is undone, across lines: the accounting runs on the whole plan.
+ACCOUNTING = (
+    MODEL
+    + "optimizer adam(learning_rate=1e-3)\n"
+    + "let unused = 3\n"
+    + "where Linear.weight -> init normal(stddev=0.1)\n"
+    + "where Linear.bias -> scale 2\n"
+    + "where layers[-1] -> replace Linear(in_features=8, out_features=2)\n"
+    + "where Linear.bias -> init zeros\n"
+    + "where layers[0] -> freeze\n"
+    + "where layers[0].weight -> lr 0.1\n"
+)
+
+
+def test_analysis_of_the_accounting_equals_the_plan():
+    program = eqxform.compile(ACCOUNTING)
+    plan = program.plan()
+    assert [(d.code, d.span.line) for d in plan.warnings] == [
+        ("W205", 3),
+        ("W203", 4),
+        ("W202", 5),
+        ("W204", 9),
+    ]
+    view = Analyzer().analyse("file:///spec.eqx", ACCOUNTING, "spec.eqx")
+    _same_diagnostics(view.diagnostics, _model_aware(program, plan))
+
+
+def test_warnings_are_published_as_warnings():
+    async def go():
+        async with Session() as s:
+            uri = s.open(ACCOUNTING)
+            # The model-free one at once, then those of the plan.
+            found = await s.diagnostics(uri, timeout=30)
+            assert [(d.code, d.range.start.line) for d in found] == [("W205", 2)]
+            found = await s.settled(uri)
+            assert [(d.code, d.range.start.line) for d in found] == [
+                ("W205", 2),
+                ("W203", 3),
+                ("W202", 4),
+                ("W204", 8),
+            ]
+            assert {d.severity for d in found} == {T.DiagnosticSeverity.Warning}
+            w203 = next(d for d in found if d.code == "W203")
+            assert "line 6" in w203.message and "help: move the `replace`" in w203.message
+            # Moving the `replace` to the top clears what it caused.
+            lines = ACCOUNTING.split("\n")
+            fixed = "\n".join([lines[0], lines[5]] + lines[1:5] + lines[6:])
+            version = s.change(uri, fixed)
+            found = await s.settled(uri, version)
+            assert [d.code for d in found] == ["W205", "W202", "W204"]
+
+    run(go())
 
 
 def test_analysis_reuses_the_lines_above_an_edit():

@@ -32,7 +32,7 @@ def test_there_are_golden_plans():
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
 def test_golden_plan(path):
     plan = eqxform.compile(path).plan()
-    assert plan.diagnostics == ()
+    assert plan.errors == ()
     got = str(plan) + "\n"
     expected = path.with_suffix(".expected")
     if os.environ.get("EQXFORM_UPDATE_GOLDEN"):

@@ -116,7 +116,7 @@ class InitPass(RulePass):
         )
         cache: dict[tuple, tuple] = {}
         for leaf in leaves:
-            if not np.issubdtype(leaf.obj.dtype, np.inexact):
+            if not jnp.issubdtype(leaf.obj.dtype, jnp.inexact):
                 raise self.error(
                     "E208",
                     f"`init` draws floating-point numbers, but `{leaf.text}` is "

@@ -1,0 +1,312 @@
+"""The model-aware `check`, match accounting and its warnings: what `apply`
+would report, reported before it runs, and the rules that do nothing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+import realmodels as rm
+from click.testing import CliRunner
+
+import eqxform
+from eqxform._cli import main
+
+MODEL = "model MLP(in_size=2, out_size=2, width_size=8, depth=2)\n"
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+def codes(diagnostics) -> list[tuple[str, int]]:
+    return [(d.code, d.span.line) for d in diagnostics]
+
+
+def warnings_of(text: str, model=None) -> list[tuple[str, int]]:
+    plan = eqxform.compile(text).plan(model)
+    assert plan.errors == ()
+    return codes(plan.warnings)
+
+
+@pytest.fixture
+def cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+# ---- check with a model ------------------------------------------------------------
+
+
+def test_check_with_a_model_directive_reports_what_apply_reports(cwd):
+    # The new user's spec: it passed `check` and failed `apply`.
+    Path("spec.eqx").write_text(
+        MODEL
+        + "where Linear.wieght -> init zeros\n"
+        + "where layers[5] -> freeze\n"
+        + "where layers[0].weight -> init ones\n"
+    )
+    code, checked = run("check", "spec.eqx")
+    assert code == 1
+    assert "error[E201]: `Linear.wieght` matches nothing" in checked
+    assert "did you mean `Linear.weight`?" in checked
+    assert "error[E201]: `layers[5]` matches nothing" in checked
+    assert "2 errors found" in checked
+    code, applied = run("apply", "spec.eqx", "-o", "out.eqx")
+    assert code == 1 and not Path("out.eqx").exists()
+    # One set of diagnostics: `check` says exactly what `apply` says.
+    assert checked == applied
+
+
+def test_check_with_a_model_reports_match_counts(cwd):
+    Path("spec.eqx").write_text(
+        MODEL + "where Linear.weight -> init zeros\nwhere layers[-1] -> cast bfloat16\n"
+    )
+    code, out = run("check", "spec.eqx")
+    assert code == 0
+    assert "spec.eqx: no problems found (3 statements; checked against `MLP(" in out
+    assert "  line 2    init zeros     3 matches\n" in out
+    assert "  line 3    cast bfloat16  1 match\n" in out
+    code, out = run("check", "spec.eqx", "--json")
+    data = json.loads(out)
+    assert data["ok"] is True and data["diagnostics"] == []
+    assert data["model"].startswith("`MLP(in_size=2")
+    assert [(r["line"], r["action"], r["count"]) for r in data["rules"]] == [
+        (2, "init zeros", 3),
+        (3, "cast bfloat16", 1),
+    ]
+
+
+def test_check_with_a_model_file_and_json_errors(cwd):
+    assert run("new", "MLP(in_size=4, out_size=3, width_size=16, depth=2)", "-o", "m.eqx")[0] == 0
+    Path("spec.eqx").write_text(
+        "where Linear.bias -> init zeros\nwhere layerz -> freeze\nwhere layers[-1] -> freeze\n"
+    )
+    code, out = run("check", "spec.eqx", "m.eqx", "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert data["ok"] is False and data["model"] == "m.eqx"
+    assert [(d["code"], d["line"]) for d in data["diagnostics"]] == [("E201", 2)]
+    # The rules that did match still report their counts.
+    assert [(r["line"], r["count"]) for r in data["rules"]] == [(1, 3), (3, 1)]
+
+
+def test_check_runs_the_forward_pass_of_the_input_lines(cwd):
+    Path("spec.eqx").write_text(
+        MODEL + "input f32[2]\nwhere layers[-1] -> replace Linear(in_features=3, out_features=2)\n"
+    )
+    code, out = run("check", "spec.eqx")
+    assert code == 1
+    assert "error[E207]: after this rule the model fails on its declared input" in out
+    assert "spec.eqx:3:1" in out
+
+
+def test_check_on_a_stack_checks_its_structure(cwd):
+    Path("spec.eqx").write_text(
+        "model MLPChain(size=4, count=6, depth=1)\n"
+        "stack mlps scan\n"
+        "where mlps[2:4].layers[0].weight -> init zeros\n"
+        "where mlps[1].layers[0] -> replace Linear(in_features=4, out_features=4)\n"
+    )
+    code, out = run("check", "spec.eqx")
+    assert code == 1
+    assert "error[E137]: `replace` cannot act on some layers of a stack" in out
+    assert "spec.eqx:4:7" in out
+
+
+def test_check_without_a_model_stays_a_jax_free_linter(tmp_path):
+    spec = tmp_path / "spec.eqx"
+    spec.write_text("let unused = 1\nwhere Linear.wieght -> init zeros\n")
+    script = (
+        "import sys\n"
+        "from eqxform._cli import main\n"
+        "try:\n"
+        f"    main(['check', {str(spec)!r}])\n"
+        "except SystemExit as e:\n"
+        "    status = e.code\n"
+        "print(status, 'jax' in sys.modules, 'equinox' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    # No model: the misspelt field cannot be known, the unused `let` can.
+    assert result.stdout.split()[-3:] == ["0", "False", "False"]
+    assert "warning[W205]: `let unused` is never used" in result.stderr
+    assert "1 warning (2 statements)" in result.stdout
+
+
+# ---- warnings and --deny ----------------------------------------------------------------
+
+ACCOUNTING = (
+    MODEL
+    + "optimizer adam(learning_rate=1e-3)\n"
+    + "where Linear.weight -> init normal(stddev=0.1)\n"
+    + "where layers[-1] -> replace Linear(in_features=8, out_features=2)\n"
+)
+
+
+def test_warnings_pass_and_deny_warnings_fails(cwd):
+    Path("spec.eqx").write_text(ACCOUNTING)
+    for command in (["check"], ["plan"], ["apply", "-o", "out.eqx"]):
+        code, out = run(*command, "spec.eqx")
+        assert code == 0, command
+        assert "warning[W203]" in out
+        code, out = run(*command, "spec.eqx", "--deny", "warnings")
+        assert code == 1, command
+        assert "error[W203]" in out and "`--deny warnings` makes this an error" in out
+    code, _ = run("check", "spec.eqx", "--deny", "W202")  # another code: still a warning
+    assert code == 0
+    code, _ = run("check", "spec.eqx", "--deny", "W203")
+    assert code == 1
+
+
+def test_the_linter_denies_warnings_too(cwd):
+    Path("spec.eqx").write_text("let width = 3\nwhere layers[0] -> freeze\n")
+    assert run("check", "spec.eqx")[0] == 0
+    code, out = run("check", "spec.eqx", "--deny", "warnings", "--json")
+    assert code == 1
+    assert [d["code"] for d in json.loads(out)["diagnostics"]] == ["W205"]
+
+
+def test_overwritten_means_written_again_without_being_read():
+    base = MODEL + "optimizer adam(learning_rate=1e-3)\n"
+    # A later `init` of the same arrays overwrites an `init` or a `scale`...
+    assert warnings_of(base + "where Linear.bias -> init ones\nwhere Linear.bias -> init zeros\n") == [
+        ("W202", 3)
+    ]
+    assert warnings_of(base + "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros\n") == [
+        ("W202", 3)
+    ]
+    # ... but not a `scale` after it, which reads what `init` drew.
+    assert warnings_of(base + "where Linear.bias -> init ones\nwhere Linear.bias -> scale 2\n") == []
+    # `init` keeps the dtype of a `cast` and draws inside `wrap` and `freeze`.
+    for first in ("cast bfloat16", "freeze"):
+        text = base + f"where layers[0].weight -> {first}\nwhere layers[0].weight -> init zeros\n"
+        assert warnings_of(text) == [], first
+    # Only when every match is overwritten: a narrower later rule is no overwrite.
+    assert warnings_of(base + "where Linear.bias -> init ones\nwhere layers[0].bias -> init zeros\n") == []
+    # A `replace` overwrites whatever was done below the module, a `replace` included.
+    text = base + "where layers[0] -> freeze\nwhere layers[0] -> replace Linear(in_features=2, out_features=8)\n"
+    assert warnings_of(text) == [("W202", 3)]
+    text = base + "where activation -> replace gelu\nwhere activation -> replace relu\n"
+    assert warnings_of(text) == [("W202", 3)]
+
+
+def test_init_discarded_by_a_replace_is_its_own_warning():
+    plan = eqxform.compile(ACCOUNTING).plan()
+    (w,) = plan.warnings
+    assert w.code == "W203" and w.severity == "warning"
+    assert w.message == "`init` draws 1 array that the `replace` on line 4 then discards"
+    assert "move the `replace` above this rule" in w.help
+    assert (w.span.line, w.span.column) == (3, 24)  # the action
+    # In the other order the new layer is drawn too: nothing to say.
+    lines = ACCOUNTING.splitlines(keepends=True)
+    assert warnings_of("".join(lines[:2] + [lines[3], lines[2]])) == []
+
+
+def test_lr_and_weight_decay_on_frozen_parameters():
+    base = MODEL + "optimizer adamw(learning_rate=1e-3)\nwhere layers[0] -> freeze\n"
+    assert warnings_of(base + "where layers[0].weight -> lr 0.1\n") == [("W204", 4)]
+    assert warnings_of(base + "where layers[0] -> weight_decay 0\n") == [("W204", 4)]
+    # Some of its arrays train: the rule does something.
+    assert warnings_of(base + "where **.bias -> lr 0.1\n") == []
+
+
+def test_accounting_on_stacked_layers():
+    stacked = "model MLPChain(size=4, count=6, depth=1)\nstack mlps scan\n"
+    # Layers 0 and 1 drawn, then every layer: overwritten.
+    text = "where mlps[0:2].layers[0].weight -> init zeros\nwhere Linear.weight -> init ones\n"
+    assert warnings_of(stacked + text) == [("W202", 3)]
+    # Every layer, then two of them: the first still sets layers 2 to 5.
+    text = "where Linear.weight -> init zeros\nwhere mlps[0:2].layers[0].weight -> init ones\n"
+    assert warnings_of(stacked + text) == []
+    text = "where mlps[0:2] -> init zeros\nwhere mlps[1:4] -> init ones\n"
+    assert warnings_of(stacked + text) == []  # layer 0 keeps the first draw
+    text = "where mlps[1:3] -> init zeros\nwhere mlps[0:4] -> init ones\n"
+    assert warnings_of(stacked + text) == [("W202", 3)]
+
+
+def test_a_module_cast_to_bfloat16_is_still_floating_point():
+    # `init` and `scale` of a module act on its floating-point arrays, bfloat16 ones too.
+    text = MODEL + "where layers[0] -> cast bfloat16\nwhere layers[0] -> scale 2\n"
+    plan = eqxform.compile(text).plan()
+    assert plan.steps[1].count == 1 and len(plan.steps[1].writes) == 2
+    before = eqxform.compile(MODEL).apply()
+    after = eqxform.compile(text).apply()
+    np.testing.assert_allclose(
+        np.asarray(after.layers[0].weight, np.float32),
+        2 * np.asarray(before.layers[0].weight.astype(jax.numpy.bfloat16), np.float32),
+    )
+
+
+def test_nothing_is_reported_across_a_stack_line():
+    text = (
+        "model MLPChain(size=4, count=3, depth=1)\n"
+        "where Linear.weight -> init zeros\n"
+        "stack mlps scan\n"
+        "where Linear.weight -> init ones\n"
+    )
+    assert warnings_of(text) == []
+
+
+def test_accounting_on_a_library_model_with_state():
+    model, state = rm.make_tiny_resnet(key=jax.random.key(0))
+    text = "where Conv2d.weight -> init he_normal\nwhere Conv2d.weight -> init lecun_normal\n"
+    plan = eqxform.compile(text).plan((model, state))
+    assert codes(plan.warnings) == [("W202", 1)]
+    assert plan.steps[0].count == plan.steps[1].count > 0
+
+
+def test_check_of_a_library_model_finds_its_misspelt_fields():
+    model = rm.LoopingTransformer(depth=2, key=jax.random.key(0))
+    text = "where blocks[*].linear1.weight -> init zeros\nwhere blocks[*].lineer2 -> freeze\n"
+    diagnostics = eqxform.compile(text).check(model)
+    assert codes(diagnostics) == [("E201", 2)]
+    assert "linear2" in diagnostics[0].help
+
+
+# ---- plan: counts and untouched arrays --------------------------------------------------
+
+
+def test_plan_reports_counts_and_untouched_arrays(cwd):
+    Path("spec.eqx").write_text(
+        MODEL + "where layers[0] -> freeze\nwhere layers[1].weight -> init zeros\n"
+        "where layers[5] expect any -> freeze\n"
+    )
+    code, out = run("plan", "spec.eqx", "--untouched")
+    assert code == 0
+    assert "untouched: 3 arrays" in out
+    for path in ("layers[1].bias", "layers[2].weight", "layers[2].bias"):
+        assert f"  {path}\n" in out
+    assert "layers[0].weight\n" not in out.split("untouched:")[1]
+    assert "(nothing)" in out  # the optional rule that matched nothing has a row
+    code, out = run("plan", "spec.eqx", "--format", "json", "--untouched")
+    data = json.loads(out)
+    assert [(s["line"], s["count"]) for s in data["steps"]] == [(2, 1), (3, 1), (4, 0)]
+    assert data["untouched"] == ["layers[1].bias", "layers[2].weight", "layers[2].bias"]
+    code, out = run("plan", "spec.eqx", "--format", "yaml")
+    assert "count: 1" in out and "untouched" not in out
+
+
+def test_untouched_sees_through_stacks_and_wrappers():
+    text = (
+        "model MLPChain(size=4, count=3, depth=1)\n"
+        "where mlps[0].layers[0].weight -> wrap symmetric\n"
+        "stack mlps[1:3] scan\n"
+    )
+    plan = eqxform.compile(text).plan()
+    assert plan.untouched == (
+        "mlps.layers[0].layers[0].bias",
+        "mlps.layers[0].layers[1].weight",
+        "mlps.layers[0].layers[1].bias",
+    )
+    model = eqxform.compile(text).apply()
+    # What `plan` says is untouched is, bit for bit.
+    original = eqxform.compile("model MLPChain(size=4, count=3, depth=1)\n").apply()
+    np.testing.assert_array_equal(
+        model.mlps.layers[0].layers[1].weight, original.mlps.layers[0].layers[1].weight
+    )
+    assert isinstance(model.mlps.layers[0].layers[0].weight, eqx.Module)
