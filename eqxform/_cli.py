@@ -222,13 +222,25 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
             from ._compile import compile_collect
             from ._recipes import skeleton
 
-            program, diagnostics = compile_collect(text, name, params, allow, list(inputs) or None)
+            from ._compile import compile_without_broken_rules
+
+            given = list(inputs) or None
+            program, diagnostics = compile_collect(text, name, params, allow, given)
             statements = len(parsed.statements)
             if program is not None:
                 struct = skeleton(model, allow)[2] if model is not None else None
                 against = model if model is not None else f"`{program.base_constructor()}`"
                 result = program.plan(struct)
                 diagnostics, steps = list(result.diagnostics), result.steps
+            else:
+                # All at once: the rules without model-free errors are still
+                # checked against the model (their errors only: what the
+                # others would have done is unknown).
+                rest = compile_without_broken_rules(text, name, diagnostics, params, allow, given)
+                if rest is not None:
+                    struct = skeleton(model, allow)[2] if model is not None else None
+                    more = list(rest.plan(struct).errors)
+                    diagnostics = sorted(diagnostics + more, key=_position)
         diagnostics = denied(diagnostics, deny)
         errors = any(d.severity == "error" for d in diagnostics)
         if as_json:

@@ -98,6 +98,45 @@ def compile_collect(
     return replace(program, warnings=tuple(sorted(diagnostics, key=_position))), []
 
 
+# Actions that neither change the model's structure nor what later selectors
+# see: a rule of these alone can be left out without changing what the rules
+# after it match.
+_TRANSPARENT = frozenset({"init", "scale", "cast", "freeze", "lr", "weight_decay"})
+
+
+def compile_without_broken_rules(
+    text: str,
+    name: str,
+    diagnostics: list[Diagnostic],
+    params: Mapping[str, Any] | None = None,
+    allow: Iterable[str] = (),
+    inputs: Iterable[str] | None = None,
+) -> Program | None:
+    """The program of `text` without the rules that `diagnostics` (its
+    model-free errors) are about, so that the model-aware checks can run on
+    the others at once; None when an error lies elsewhere (a `let`, the
+    `model` line, a syntax error) or in a rule whose absence could change
+    what later rules match (a `replace`, a `stack`, an unknown action)."""
+    spec, _ = parse_collect(text, name)
+    rules = {s.span.line: s for s in spec.statements if isinstance(s, A.Rule)}
+    broken = set()
+    for d in diagnostics:
+        if d.severity != "error":
+            continue
+        rule = rules.get(d.span.line) if d.span is not None else None
+        if rule is None or not all(a.name in _TRANSPARENT for a in rule.actions):
+            return None
+        broken.add(rule.span.line)
+    lines = text.split("\n")
+    for line in broken:
+        lines[line - 1] = ""
+    try:
+        program, more = compile_collect("\n".join(lines), name, params, allow, inputs)
+    except UsageError:
+        return None
+    return program if not more else None
+
+
 def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
     """`--input` values in place of the spec's `input` lines."""
     text = "".join(f"input {i}\n" for i in inputs)

@@ -63,6 +63,28 @@ def test_check_with_a_model_directive_reports_what_apply_reports(cwd):
     assert checked == applied
 
 
+def test_check_reports_model_free_and_model_errors_at_once(cwd):
+    Path("spec.eqx").write_text(
+        MODEL
+        + "where Linear.weight -> init trunc_normall\n"
+        + "where Linear.wieght -> init zeros\n"
+        + "where layers[5] -> freeze\n"
+    )
+    code, out = run("check", "spec.eqx", "--json")
+    assert code == 1
+    found = [(d["code"], d["line"]) for d in json.loads(out)["diagnostics"]]
+    assert found == [("E102", 2), ("E201", 3), ("E201", 4)]
+    # A broken `replace` could change what every later rule matches: then
+    # only the model-free errors are certain.
+    Path("spec.eqx").write_text(
+        MODEL
+        + "where layers[-1] -> replace Linaer(in_features=8, out_features=3)\n"
+        + "where layers[5] -> freeze\n"
+    )
+    code, out = run("check", "spec.eqx", "--json")
+    assert [d["code"] for d in json.loads(out)["diagnostics"]] == ["E103"]
+
+
 def test_check_with_a_model_reports_match_counts(cwd):
     Path("spec.eqx").write_text(
         MODEL + "where Linear.weight -> init zeros\nwhere layers[-1] -> cast bfloat16\n"
