@@ -82,7 +82,9 @@ class Checker:
                     f"`let {stmt.name}` is never used",
                     stmt.name_span,
                     f"remove it, or use `{stmt.name}` in a rule"
-                    + (" (it is set from outside with `--set`)" if stmt.name in self.params else ""),
+                    + (
+                        " (it is set from outside with `--set`)" if stmt.name in self.params else ""
+                    ),
                 )
 
     def overrides(self):

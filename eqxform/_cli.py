@@ -219,10 +219,8 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
             statements = len(parsed.statements)
         else:
             # Model-aware: the plan's checks, on the model's skeleton.
-            from ._compile import compile_collect
+            from ._compile import compile_collect, compile_without_broken_rules
             from ._recipes import skeleton
-
-            from ._compile import compile_without_broken_rules
 
             given = list(inputs) or None
             program, diagnostics = compile_collect(text, name, params, allow, given)
@@ -267,7 +265,9 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
-                click.echo(f"  line {s.line:<4} {s.action.ljust(width)}  {_plural(s.count, 'match')}")
+                click.echo(
+                    f"  line {s.line:<4} {s.action.ljust(width)}  {_plural(s.count, 'match')}"
+                )
 
     _run(go, as_json)
 
@@ -280,9 +280,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
 @_allow
 @_input
 @_format
-@click.option(
-    "--untouched", is_flag=True, help="Also list the arrays that no rule touched."
-)
+@click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
 @_deny
 def plan(spec, model, sets, params_file, allow, inputs, fmt, untouched, deny):
     """Show what each rule will change, before applying anything."""

@@ -795,12 +795,18 @@ CODES: dict[str, Code] = {
 _GROUPS = (
     ("E0", "Syntax (the parser)"),
     ("E1", "The spec alone (the checker, `eqxform check` without a model)"),
-    ("E2", "The spec against a model (selection and the passes: `check` with a model, `plan`, `apply`)"),
+    (
+        "E2",
+        "The spec against a model (selection and the passes: `check` with a model, `plan`, `apply`)",
+    ),
     ("E3", "Model files"),
     ("E4", "The command line and the Python API's arguments"),
     ("E5", "Running (training)"),
     ("E6", "The formatter and the language server"),
-    ("W", "Warnings (the work is done, but may not be what was meant; `--deny warnings` makes them errors)"),
+    (
+        "W",
+        "Warnings (the work is done, but may not be what was meant; `--deny warnings` makes them errors)",
+    ),
 )
 
 

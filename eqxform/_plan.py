@@ -300,11 +300,7 @@ def _covers(killer: frozenset[int] | None, victim: frozenset[int] | None) -> boo
 
 
 def _under(path: str, root: str) -> bool:
-    return (
-        root == "<root>"
-        or path == root
-        or (path.startswith(root) and path[len(root)] in ".[")
-    )
+    return root == "<root>" or path == root or (path.startswith(root) and path[len(root)] in ".[")
 
 
 def overwritten(steps, source) -> list[Diagnostic]:
@@ -383,11 +379,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
             for earlier, alive, killers in live:
                 if earlier.kind not in _VALUE_WRITERS:
                     continue
-                dead = [
-                    w
-                    for w in alive
-                    if any(_covers(k, w[1]) for k in written.get(w[0], ()))
-                ]
+                dead = [w for w in alive if any(_covers(k, w[1]) for k in written.get(w[0], ()))]
                 if dead:
                     alive[:] = [w for w in alive if w not in dead]
                     killers.setdefault("init", []).append(step)

@@ -196,22 +196,30 @@ def test_the_linter_denies_warnings_too(cwd):
 def test_overwritten_means_written_again_without_being_read():
     base = MODEL + "optimizer adam(learning_rate=1e-3)\n"
     # A later `init` of the same arrays overwrites an `init` or a `scale`...
-    assert warnings_of(base + "where Linear.bias -> init ones\nwhere Linear.bias -> init zeros\n") == [
-        ("W202", 3)
-    ]
-    assert warnings_of(base + "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros\n") == [
-        ("W202", 3)
-    ]
+    assert warnings_of(
+        base + "where Linear.bias -> init ones\nwhere Linear.bias -> init zeros\n"
+    ) == [("W202", 3)]
+    assert warnings_of(
+        base + "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros\n"
+    ) == [("W202", 3)]
     # ... but not a `scale` after it, which reads what `init` drew.
-    assert warnings_of(base + "where Linear.bias -> init ones\nwhere Linear.bias -> scale 2\n") == []
+    assert (
+        warnings_of(base + "where Linear.bias -> init ones\nwhere Linear.bias -> scale 2\n") == []
+    )
     # `init` keeps the dtype of a `cast` and draws inside `wrap` and `freeze`.
     for first in ("cast bfloat16", "freeze"):
         text = base + f"where layers[0].weight -> {first}\nwhere layers[0].weight -> init zeros\n"
         assert warnings_of(text) == [], first
     # Only when every match is overwritten: a narrower later rule is no overwrite.
-    assert warnings_of(base + "where Linear.bias -> init ones\nwhere layers[0].bias -> init zeros\n") == []
+    assert (
+        warnings_of(base + "where Linear.bias -> init ones\nwhere layers[0].bias -> init zeros\n")
+        == []
+    )
     # A `replace` overwrites whatever was done below the module, a `replace` included.
-    text = base + "where layers[0] -> freeze\nwhere layers[0] -> replace Linear(in_features=2, out_features=8)\n"
+    text = (
+        base
+        + "where layers[0] -> freeze\nwhere layers[0] -> replace Linear(in_features=2, out_features=8)\n"
+    )
     assert warnings_of(text) == [("W202", 3)]
     text = base + "where activation -> replace gelu\nwhere activation -> replace relu\n"
     assert warnings_of(text) == [("W202", 3)]

@@ -90,8 +90,9 @@ def test_readme_is_short_and_links_every_page():
         "python3 -m venv .venv && . .venv/bin/activate && pip install . && "
         "eqxform apply specs/custom_init.eqx -o model.eqx && eqxform show model.eqx"
     ) in readme
-    assert 'python3 -m venv .venv && . .venv/bin/activate && pip install ".[test]" && pytest -q' in (
-        readme
+    assert (
+        'python3 -m venv .venv && . .venv/bin/activate && pip install ".[test]" && pytest -q'
+        in (readme)
     )
     index = (DOCS / "README.md").read_text()
     for page in sorted(DOCS.rglob("*.md")):
