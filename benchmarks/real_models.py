@@ -246,9 +246,10 @@ def main() -> None:
             print(json.dumps(ensemble(int(rest[0]))))
         return
 
-    import jax
     from rich.console import Console
     from rich.table import Table
+
+    import jax
 
     repeats = 5 if args.quick else 15
     compiled = {k: _subprocess("compile", k) for k in ("unstacked", "stack", "hand")}
@@ -277,9 +278,7 @@ def main() -> None:
     table = Table(title="evaluate an ensemble of 8, with a keyword argument (us per call)")
     for column in ("Ensemble", "hand-written filter_vmap", "ratio"):
         table.add_column(column, justify="right")
-    table.add_row(
-        f"{e['ours'] * 1e6:.1f}", f"{e['hand'] * 1e6:.1f}", f"{e['ours'] / e['hand']:.2f}x"
-    )
+    table.add_row(f"{e['ours'] * 1e6:.1f}", f"{e['hand'] * 1e6:.1f}", f"{e['ours'] / e['hand']:.2f}x")
     console.print(table)
     console.print(f"device: {jax.devices()[0].platform}")
 
