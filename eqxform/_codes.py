@@ -537,7 +537,9 @@ CODES: dict[str, Code] = {
             "(after any action). An action that reads what came before does not overwrite "
             "it: `init` followed by `scale` scales what `init` drew, and `init` keeps the "
             "dtype a `cast` gave and the wrappers of `wrap` and `freeze`. Across a `stack`, "
-            "`unstack` or `ensemble` line nothing is reported.",
+            "`unstack` or `ensemble` line nothing is reported. An `lr` or `weight_decay` is "
+            "overwritten by a later one of the same kind that sets all its arrays (later "
+            "rules win).",
             "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros   # the scale is lost",
             "remove the overwritten action, or move it below the rule that overwrites it.",
         ),

@@ -291,6 +291,7 @@ def logical_path(node) -> str:
 # node it replaces. Every other action reads what it changes (`scale` reads
 # the values `init` drew), so what came before it lives on.
 _VALUE_WRITERS = ("init", "scale")
+_GROUPS = ("lr", "weight_decay")
 _OVERWRITES_VALUES = ("init",)
 
 
@@ -312,6 +313,8 @@ def overwritten(steps, source) -> list[Diagnostic]:
       overwritten (the `scale` reads what `init` drew).
     - `W203`: some arrays an `init` drew are discarded by a later `replace`
       (the new module is not drawn by that `init`: move the `replace` up).
+    - `W202` too for an `lr` or `weight_decay` whose every array a later one
+      of the same kind sets (later rules win).
 
     A `stack`, `unstack` or `ensemble` line ends the accounting of the rules
     above it (it reads every array and renames many), so nothing is reported
@@ -361,9 +364,10 @@ def overwritten(steps, source) -> list[Diagnostic]:
         live.clear()
 
     for step in steps:
-        if step.kind in ("structure", "lr", "weight_decay"):
-            if step.kind == "structure":
-                settle()
+        if step.kind in _GROUPS:
+            continue
+        if step.kind == "structure":
+            settle()
             continue
         if step.kind == "replace":
             roots = [w for w, _ in step.writes]
@@ -386,6 +390,34 @@ def overwritten(steps, source) -> list[Diagnostic]:
         if step.writes:
             live.append((step, list(step.writes), {}))
     settle()
+    # `lr` and `weight_decay` select on the final model, and a later one sets
+    # what an earlier one of the same kind set.
+    groups = [s for s in steps if s.kind in _GROUPS]
+    for i, step in enumerate(groups):
+        alive, by = list(step.writes), set()
+        for later in groups[i + 1 :]:
+            if later.kind != step.kind:
+                continue
+            written: dict[str, list] = {}
+            for w, layers in later.writes:
+                written.setdefault(w, []).append(layers)
+            kept = [w for w in alive if not any(_covers(k, w[1]) for k in written.get(w[0], ()))]
+            if len(kept) < len(alive):
+                by.add(later.line)
+            alive = kept
+        if step.writes and not alive:
+            diagnostics.append(
+                Diagnostic(
+                    "W202",
+                    f"every match of this rule's `{step.action}` is overwritten by "
+                    + _lines(by)
+                    + f" ({_count(len(step.writes), 'match')})",
+                    step.span,
+                    f"remove this action: the later `{step.kind}` sets these parameters",
+                    source,
+                    severity="warning",
+                )
+            )
     return diagnostics
 
 

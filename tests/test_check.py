@@ -237,6 +237,17 @@ def test_init_discarded_by_a_replace_is_its_own_warning():
     assert warnings_of("".join(lines[:2] + [lines[3], lines[2]])) == []
 
 
+def test_a_later_lr_overwrites_an_earlier_one():
+    base = MODEL + "optimizer adamw(learning_rate=1e-3)\n"
+    text = base + "where layers[0].weight -> lr 0.5\nwhere Linear.weight -> lr 0.1\n"
+    assert warnings_of(text) == [("W202", 3)]
+    # Another kind, or a part of the arrays, is no overwrite.
+    text = base + "where layers[0].weight -> lr 0.5\nwhere Linear.weight -> weight_decay 0\n"
+    assert warnings_of(text) == []
+    text = base + "where layers[0] -> lr 0.5\nwhere Linear.weight -> lr 0.1\n"
+    assert warnings_of(text) == []
+
+
 def test_lr_and_weight_decay_on_frozen_parameters():
     base = MODEL + "optimizer adamw(learning_rate=1e-3)\nwhere layers[0] -> freeze\n"
     assert warnings_of(base + "where layers[0].weight -> lr 0.1\n") == [("W204", 4)]
