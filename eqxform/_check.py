@@ -10,8 +10,7 @@ that need the model (does a selector match?) live with the passes.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _ast as A
@@ -43,6 +42,7 @@ class Checker:
         self.counts: dict[int, int] = {}  # id(ensemble statement) -> members
         self.optimizer: tuple[str, dict[str, Any]] | None = None
         self.inputs: list[A.InputStmt] = []
+        self.used: set[str] = set()  # every name an expression reads
 
     def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
@@ -71,12 +71,8 @@ class Checker:
     def unused_lets(self):
         """A `let` that no expression reads is dead text, or a misspelling of
         the name a rule meant to use (which then fails as unknown)."""
-        used: set[str] = set()
         for stmt in self.spec.statements:
-            parts = stmt.value if isinstance(stmt, A.LetStmt) else stmt
-            used.update(n.id for n in _names_in(parts))
-        for stmt in self.spec.statements:
-            if isinstance(stmt, A.LetStmt) and stmt.name not in used:
+            if isinstance(stmt, A.LetStmt) and stmt.name not in self.used:
                 self.warn(
                     "W205",
                     f"`let {stmt.name}` is never used",
@@ -570,6 +566,7 @@ class Checker:
     def names(self, expr: A.Expr, allowed: set[str], where: str):
         for node in walk(expr):
             if isinstance(node, A.Name):
+                self.used.add(node.id)
                 known = node.id in allowed or node.id in N.CONSTANTS
                 known = known or node.id in N.FUNCTIONS or node.id in N.DTYPES
                 if not known:
@@ -599,18 +596,6 @@ class Checker:
         line = self.source.line(span.line)
         end = span.end_column - 1 if span.end_line == span.line else len(line)
         return line[span.column - 1 : end]
-
-
-def _names_in(obj: Any) -> Iterator[A.Name]:
-    """Every `Name` in an AST node, found through the dataclass fields."""
-    if isinstance(obj, tuple):
-        for item in obj:
-            yield from _names_in(item)
-    elif isinstance(obj, A.Name):
-        yield obj
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, (A.Span, A.Source)):
-        for f in dataclasses.fields(obj):
-            yield from _names_in(getattr(obj, f.name))
 
 
 def check(spec: A.Spec, params: Mapping[str, Any] | None = None) -> list[Diagnostic]:

@@ -78,9 +78,11 @@ def compile_collect(
     params: Mapping[str, Any] | None = None,
     allow: Iterable[str] = (),
     inputs: Iterable[str] | None = None,
+    cache: dict | None = None,
 ) -> tuple[Program | None, list[Diagnostic]]:
-    """Like `compile`, but returns the diagnostics instead of raising."""
-    spec, diagnostics = parse_collect(text, name)
+    """Like `compile`, but returns the diagnostics instead of raising; `cache`
+    goes to `parse_collect` (the language server parses edits line by line)."""
+    spec, diagnostics = parse_collect(text, name, cache)
     checker = Checker(spec, params)
     diagnostics += checker.run()
     if inputs is not None:

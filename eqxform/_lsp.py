@@ -159,10 +159,13 @@ class Analyzer:
     def __init__(self):
         self._skeletons: dict[tuple, tuple[Any, int]] = {}
         self._chunks: dict[str, tuple[_Chunk, ...]] = {}
+        # Each document's lines as last parsed: an edit reparses its own lines.
+        self._parses: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def forget(self, uri: str) -> None:
         self._chunks.pop(uri, None)
+        self._parses.pop(uri, None)
 
     def analyse(
         self, uri: str, text: str, name: str, is_current: Callable[[], bool] = lambda: True
@@ -182,7 +185,7 @@ class Analyzer:
         """
         with self._lock:
             try:
-                program = _compile(text, name)
+                program = _compile(text, name, self._parses.setdefault(uri, {}))
             except SpecError as e:
                 return ModelView(tuple(e.diagnostics))
             if program.model_call is None:
@@ -294,11 +297,14 @@ class Analyzer:
         return tuple(done)
 
 
-def _compile(text: str, name: str):
-    from ._compile import compile
+def _compile(text: str, name: str, cache: dict | None = None):
+    """`compile` of a text (never read as a file name), parsed through `cache`."""
+    from ._compile import compile_collect
 
-    # `compile` reads a one-line text ending in `.eqx` as a file name.
-    return compile(text if text.endswith("\n") else text + "\n", name=name)
+    program, diagnostics = compile_collect(text, name, cache=cache)
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return program
 
 
 def _moved(d: Diagnostic, lines: int, source: A.Source) -> Diagnostic:
@@ -441,6 +447,7 @@ class EqxformServer(LanguageServer):
             own = "unknown"
         super().__init__("eqxform", own, text_document_sync_kind=T.TextDocumentSyncKind.Incremental)
         self.docs: dict[str, _Doc] = {}
+        self.parses: dict[str, dict] = {}  # each document's parsed lines
         self.analyzer = Analyzer()
         self.debounce = debounce
         # One worker: JAX work for a document waits for the work before it,
@@ -484,7 +491,9 @@ class EqxformServer(LanguageServer):
     def update(self, uri: str, version: int, text: str) -> _Doc:
         # As `eqxform check` does, the lines that parse are checked even when
         # others do not.
-        spec, local = parse_collect(text, _name(uri))
+        # Parsed line by line through the document's cache: one edited line
+        # costs the parse of one line, not of the whole text.
+        spec, local = parse_collect(text, _name(uri), self.parses.setdefault(uri, {}))
         local = local + check(spec)
         old = self.docs.get(uri)
         doc = _Doc(uri, version, text, spec, list(local))
@@ -1044,6 +1053,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     def did_close(ls: EqxformServer, params: T.DidCloseTextDocumentParams):
         uri = params.text_document.uri
         doc = ls.docs.pop(uri, None)
+        ls.parses.pop(uri, None)
         if doc is not None and doc.pending is not None:
             doc.pending.cancel()
         ls.analyzer.forget(uri)

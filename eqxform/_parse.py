@@ -466,9 +466,19 @@ def parse(text: str, name: str = "<spec>") -> A.Spec:
     return spec
 
 
-def parse_collect(text: str, name: str = "<spec>") -> tuple[A.Spec, list[Diagnostic]]:
-    """Parse what parses; return the spec of the good lines and the errors of the bad."""
+def parse_collect(
+    text: str, name: str = "<spec>", cache: dict | None = None
+) -> tuple[A.Spec, list[Diagnostic]]:
+    """Parse what parses; return the spec of the good lines and the errors of the bad.
+
+    With `cache` (a dict the caller keeps between calls) the text is parsed
+    line by line, and a line whose number and text are in the cache is not
+    parsed again: an editor's edit of one line costs the parse of one line.
+    The cache is left holding the lines of `text`.
+    """
     source = A.Source(name, text)
+    if cache is not None:
+        return _parse_lines(source, cache)
     if not text.endswith("\n"):
         text = text + "\n"
     try:
@@ -479,21 +489,43 @@ def parse_collect(text: str, name: str = "<spec>") -> tuple[A.Spec, list[Diagnos
     except VisitError as exc:  # a transformer bug must not hide behind a parse error
         raise exc.orig_exc from None
 
+    return _parse_lines(source, {})
+
+
+def _parse_lines(source: A.Source, cache: dict) -> tuple[A.Spec, list[Diagnostic]]:
+    """Every line on its own (a statement is one line), through `cache`."""
     statements: list[A.Stmt] = []
     diagnostics: list[Diagnostic] = []
+    used: dict[tuple[int, str], tuple] = {}
     for number, line in enumerate(source.text.splitlines(), start=1):
-        body = (
-            line.split("#", 1)[0] if "#" in line and "'" not in line and '"' not in line else line
-        )
-        if not body.strip():
-            continue
-        try:
-            tree = _parser().parse(line + "\n", start="start")
-            _shift_lines(tree, number - 1)
-            statements.extend(_ToAst(source).transform(tree))
-        except UnexpectedInput as exc:
-            diagnostics.append(_syntax_diagnostic(exc, line, number).with_source(source))
+        key = (number, line)
+        found = cache.get(key)
+        if found is None:
+            found = _parse_line(source, number, line)
+        used[key] = found
+        statements.extend(found[0])
+        if found[1] is not None:
+            diagnostics.append(found[1].with_source(source))
+    cache.clear()
+    cache.update(used)
     return A.Spec(source, tuple(statements)), diagnostics
+
+
+def _parse_line(source: A.Source, number: int, line: str) -> tuple[tuple, Diagnostic | None]:
+    """The statements of line `number` (its AST depends on nothing else), or
+    its syntax error."""
+    body = line.split("#", 1)[0] if "#" in line and "'" not in line and '"' not in line else line
+    if not body.strip():
+        return (), None
+    try:
+        tree = _parser().parse(line + "\n", start="start")
+    except UnexpectedInput as exc:
+        return (), _syntax_diagnostic(exc, line, number)
+    _shift_lines(tree, number - 1)
+    try:
+        return tuple(_ToAst(source).transform(tree)), None
+    except VisitError as exc:
+        raise exc.orig_exc from None
 
 
 def _shift_lines(tree: Tree, offset: int) -> None:

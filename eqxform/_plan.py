@@ -39,7 +39,8 @@ class PlanStep:
     `stack`, `unstack` or `ensemble` line; `writes` holds what it changed, for
     the match accounting: each array (or, for `replace`, each module) as its
     logical path (wrappers and stacks seen through) and the layers of a stack
-    it picked (None: all of them); `span` is the statement's.
+    it picked (None: all of them); `span` is the action's (the statement's
+    for a structural directive), where warnings about the step point.
     """
 
     line: int
@@ -148,6 +149,10 @@ def count_params(model: Any) -> int:
 
 def structure(model: Any) -> Any:
     """`model` with every array replaced by its `ShapeDtypeStruct`."""
+    # A skeleton already (a model file's, or a plan's result): tracing it again
+    # would cost as much as a pass and change nothing.
+    if not any(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree_util.tree_leaves(model)):
+        return model
     return eqx.filter_eval_shape(lambda m: m, model)
 
 
