@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import equinox as eqx
@@ -87,18 +88,30 @@ def named_arrays(subject: Any) -> list[tuple[str, Any]]:
 # ---- recipes from files ----------------------------------------------------------
 
 
+_EDITED = (
+    "this is the file's recipe, not your spec: it was edited or damaged; rebuild the file "
+    "with `eqxform new` or `eqxform apply`"
+)
+
+
+def _recipe_error(diagnostics) -> ModelFileError:
+    """A spec error in a file's recipe (its constructor, a spec it lists):
+    the file's error, with a help line where the diagnostic has none."""
+    return ModelFileError([d if d.help else dc_replace(d, help=_EDITED) for d in diagnostics])
+
+
 def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     source = A.Source(f"{origin} (recipe)", str(text))
     try:
         call = parse_expr(str(text), source.name)
     except SpecError as e:
-        raise ModelFileError(e.diagnostics) from None
+        raise _recipe_error(e.diagnostics) from None
     if not isinstance(call, A.Call):
-        raise corrupt(origin, "its recipe's base is not a constructor call")
+        raise corrupt(origin, "its recipe's base is not a constructor call", help=_EDITED)
     checker = Checker(A.Spec(source, ()))
     checker.constructor_call(call, set())
     if checker.diagnostics:
-        raise ModelFileError(checker.diagnostics)
+        raise _recipe_error(checker.diagnostics)
     return call, source
 
 
@@ -126,7 +139,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
             # file's fault, not the command line's.
             unknown = [d for d in e.diagnostics if d.code == "E116"]
             if not unknown:
-                raise ModelFileError(e.diagnostics) from None
+                raise _recipe_error(e.diagnostics) from None
             names = [k for k in params if any(f"`--set {k}`" in d.message for d in unknown)]
             raise ModelFileError(
                 Diagnostic(
@@ -140,7 +153,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
                 )
             ) from None
         if diagnostics:
-            raise ModelFileError(diagnostics)
+            raise _recipe_error(diagnostics)
         steps.append(RecipeStep(program, entry.get("seed")))
     return Recipe(
         call=call,
@@ -170,7 +183,7 @@ def _skeleton_of(recipe: Recipe, origin: str) -> Any:
                     help=d.help,
                 )
             ) from None
-        raise ModelFileError(e.diagnostics) from None
+        raise _recipe_error(e.diagnostics) from None
 
 
 def skeleton(
