@@ -124,7 +124,7 @@ def _device(name: str | None):
 
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
-_model_arg = click.argument("model", required=False, type=click.Path(dir_okay=False))
+_model_arg = click.argument("model", required=False, type=click.Path())
 _allow = click.option(
     "--allow",
     multiple=True,
@@ -163,7 +163,7 @@ def main():
 @main.command()
 @click.argument("constructor")
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+    "-o", "--output", required=True, type=click.Path(), help="Model file to write."
 )
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @_allow
@@ -295,7 +295,7 @@ def _print_plan(result, fmt: str) -> None:
 @_spec_arg
 @_model_arg
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+    "-o", "--output", required=True, type=click.Path(), help="Model file to write."
 )
 @click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
 @_set
@@ -332,7 +332,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 @_model_arg
 @click.option(
     "--data",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
@@ -341,7 +341,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
     "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
 )
 @click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
+    "-o", "--output", required=True, type=click.Path(), help="Model file to write."
 )
 @click.option(
     "--checkpoint-every",
@@ -520,7 +520,7 @@ def _refuse_overwrite(model, output, force) -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @_format
 @_allow
 def show(model, fmt, allow):

@@ -879,6 +879,14 @@ CODES: dict[str, Code] = {
             "free space, or write elsewhere.",
         ),
         _c(
+            "E449",
+            "`allow` is not a list of package names",
+            "`eqxform.load` and `eqxform.new` take `allow` as a list of top-level package "
+            "names; a single string would be read letter by letter.",
+            'eqxform.load("m.eqx", allow="mypkg")',
+            'pass a list: `allow=["mypkg"]`.',
+        ),
+        _c(
             "E525",
             "training data is not an `.npz` of arrays",
             "`--data` takes an `.npz` (a zip of `.npy` arrays, as `numpy.savez` writes): not "

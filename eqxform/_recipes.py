@@ -115,6 +115,26 @@ def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     return call, source
 
 
+def allowed(allow: Any) -> tuple[str, ...]:
+    """`allow` (package names) as a tuple, or a usage error: a single string
+    would otherwise be read as its letters."""
+    ok = not isinstance(allow, (str, bytes))
+    if ok:
+        try:
+            allow = tuple(allow)
+        except TypeError:
+            ok = False
+    if not ok or not all(isinstance(a, str) for a in allow):
+        raise UsageError(
+            Diagnostic(
+                "E449",
+                f"`allow` must be a list of package names, not {allow!r:.60}",
+                help='e.g. `allow=["mypkg"]`',
+            )
+        )
+    return allow
+
+
 def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<recipe>") -> Recipe:
     """A recipe as a file stores it (checked against its schema by
     `_files.read_header`) -> a `Recipe` whose specs are compiled."""
@@ -277,7 +297,7 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
     """
-    header, recipe, skel = skeleton(path, allow, like)
+    header, recipe, skel = skeleton(path, allowed(allow), like)
     model = fill(header, skel)
     remember(model, recipe)
     return model
@@ -394,6 +414,7 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
                 help='e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
             )
         )
+    allow = allowed(allow)
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):
