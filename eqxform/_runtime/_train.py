@@ -110,7 +110,14 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         headers = _npz_headers(path)
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise _data_error(path, f"`{path}` is not a readable .npz file: {e}", code="E525") from None
+        # A zip (that was checked first) whose directory, lengths or checksums
+        # are wrong.
+        raise _data_error(
+            path,
+            f"`{path}` could not be read: {e}",
+            "the file is damaged (a checksum or a length does not match); write it again",
+            code="E528",
+        ) from None
     names = sorted(headers)
     if "x" not in names or "y" not in names:
         raise _data_error(
