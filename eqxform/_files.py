@@ -403,7 +403,7 @@ class _Schema:
     def seed(self, value: Any, where: str) -> None:
         if value is None:
             return
-        if type(value) is not int or not 0 <= value <= _limits.MAX_RECIPE_SEED:
+        if type(value) is not int or not 0 <= value <= _limits.MAX_SEED:
             raise self.fail(
                 where,
                 f"is {_kind(value)}; a seed is an integer from 0 to 2**64 - 1, or null",

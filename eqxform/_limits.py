@@ -35,8 +35,8 @@ MAX_RECIPE_STRING = 8 * 1024 * 1024
 # The specs a recipe lists (each `apply` of a model adds one).
 MAX_RECIPE_SPECS = 10_000
 
-# Seeds a recipe may hold: unsigned 64-bit integers.
-MAX_RECIPE_SEED = 2**64 - 1
+# Seeds (a recipe's among them): any unsigned 64-bit integer.
+MAX_SEED = 2**64 - 1
 
 # ---- output files -------------------------------------------------------------
 
