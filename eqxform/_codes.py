@@ -668,6 +668,15 @@ CODES: dict[str, Code] = {
             "",
             "read the file again; if it persists, copy it again.",
         ),
+        _c(
+            "E321",
+            "model file JSON holds too many values",
+            "The header or the recipe holds more values (counted by their separators and "
+            "brackets) than any real model file; parsing them would cost seconds and "
+            "gigabytes.",
+            '{"a": [[], [], [], ... millions more]}',
+            "rebuild the file; eqxform never writes one like it.",
+        ),
         # ---- command line and API arguments
         _c(
             "E401",

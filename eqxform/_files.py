@@ -129,32 +129,48 @@ def _object(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-# Strings (escapes included), then everything but brackets, are removed before
-# the nesting is measured: what is left is brackets only.
+# Strings (escapes included) are removed before the nesting is measured.
 _STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
-_INNERMOST = re.compile(r"\[\]|\{\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _depth(text: str) -> int:
+    """The deepest bracket nesting of `text`, counted in C (numpy), never by
+    recursion: +1 at each `[` or `{`, -1 at each `]` or `}`."""
+    import numpy as np
+
+    brackets = text.encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps, dtype=np.int32).max())
 
 
 def _nests_deeper_than(text: str, limit: int) -> bool:
-    """Does the JSON `text` nest deeper than `limit`? Measured without
-    recursion, by removing innermost bracket pairs `limit` times: a text that
-    nests deeper still has brackets left. (Text whose brackets do not pair up
-    is left to the JSON reader, which says it is not JSON.)"""
-    brackets = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
-    for _ in range(limit):
-        if not brackets:
-            return False
-        reduced = _INNERMOST.sub("", brackets)
-        if reduced == brackets:
-            return False
-        brackets = reduced
-    return bool(brackets)
+    """Does the JSON `text` nest deeper than `limit`? A text with no more
+    opening brackets than `limit` cannot; otherwise the strings (whose
+    brackets do not nest) are removed and the rest measured. (In a prefix the
+    JSON reader accepts, the running count is the reader's depth, so text
+    whose brackets do not pair up cannot hide a deep nest either.)"""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    return _depth(_STRINGS.sub("", text)) > limit
 
 
 def _load_json(text: str, path: str, what: str) -> Any:
     """The JSON `text` (a file's header or recipe), its nesting, its integers
     and its keys bounded before and while it is read."""
+    # Parsing costs time and memory per value: the values are bounded first,
+    # from above, by the separators and brackets (those inside strings count too).
+    items = text.count(",") + text.count("[") + text.count("{")
+    if items > _limits.MAX_JSON_ITEMS:
+        raise corrupt(
+            path,
+            f"its {what} holds about {items:,} values; eqxform reads at most "
+            f"{_limits.MAX_JSON_ITEMS:,}",
+            "E321",
+        )
     if _nests_deeper_than(text, _limits.MAX_JSON_DEPTH):
         raise corrupt(
             path,

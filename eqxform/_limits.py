@@ -8,10 +8,18 @@ imports eqxform (or anything else): every layer may read it.
 
 # ---- model files (safetensors header and recipe) ------------------------------
 
-# The JSON header of a model file. safetensors itself refuses headers over
-# 100 MB; a real header is about 100 bytes per tensor plus the recipe, so
-# 64 MiB holds hundreds of thousands of tensors.
-MAX_HEADER_BYTES = 64 * 1024 * 1024
+# The JSON header of a model file. A real header is about 100 bytes per tensor
+# plus the recipe, so 16 MiB holds over a hundred thousand tensors (a large
+# language model has about a thousand); the bound also caps the time a hostile
+# header can cost the JSON reader at a few seconds. (safetensors itself stops
+# at 100 MB.)
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+# Values in the header's or the recipe's JSON, counted from above by their
+# separators and brackets: a tensor takes about six, so a header within the
+# size bound above holds far fewer; the bound keeps a hostile header (millions
+# of empty lists) from costing more than about a second to parse.
+MAX_JSON_ITEMS = 2_000_000
 
 # Nesting of the header's and the recipe's JSON. A valid header nests 3 deep
 # (tensors -> entry -> shape); a recipe 5 (specs -> entry -> params -> list);
@@ -29,8 +37,8 @@ MAX_TENSOR_NDIM = 64
 MAX_TENSOR_DIM = 2**48
 
 # A string of a recipe (a spec's text, its constructor, a name). The spec texts
-# of a recipe are what `apply` was given; 8 MiB is far beyond a hand-written spec.
-MAX_RECIPE_STRING = 8 * 1024 * 1024
+# of a recipe are what `apply` was given; 4 MiB is far beyond a hand-written spec.
+MAX_RECIPE_STRING = 4 * 1024 * 1024
 
 # The specs a recipe lists (each `apply` of a model adds one).
 MAX_RECIPE_SPECS = 10_000

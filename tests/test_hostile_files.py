@@ -136,6 +136,13 @@ HEADERS = [
         "E310",
         "nests deeper",
     ),
+    (
+        "millions of values",
+        '{"a":[' + "[]," * (_limits.MAX_JSON_ITEMS // 2) + "[]]}",
+        0,
+        "E321",
+        "values",
+    ),
     ("duplicate key", '{"a":' + entry() + ',"a":' + entry() + "}", 8, "E318", "twice"),
     ("header a list", "[1, 2]", 0, "E302", "not a JSON object"),
     ("header not utf-8", b'{"\xff\xfe":1}', 0, "E302", "not JSON"),
