@@ -162,9 +162,7 @@ def main():
 
 @main.command()
 @click.argument("constructor")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(), help="Model file to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @_allow
 def new(constructor, output, seed, allow):
@@ -294,9 +292,7 @@ def _print_plan(result, fmt: str) -> None:
 @main.command()
 @_spec_arg
 @_model_arg
-@click.option(
-    "-o", "--output", required=True, type=click.Path(), help="Model file to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
 @_set
 @_params_opt
@@ -340,9 +336,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 @click.option(
     "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
 )
-@click.option(
-    "-o", "--output", required=True, type=click.Path(), help="Model file to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from ._ast import Source, Span
 
-
 # What must not reach a terminal as it is: the C0 and C1 control characters
 # (ESC starts escape sequences that recolour, move the cursor or set the
 # window title; `\r` rewrites the line), DEL, and the Unicode format

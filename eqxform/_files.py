@@ -74,7 +74,7 @@ def as_path(path: Any, what: str) -> str:
                 "E445",
                 f"the {what} must be a path (a `str` or `os.PathLike`), not a "
                 f"`{type(path).__name__}`",
-                help="pass the file's name, e.g. `\"model.eqx\"` or `pathlib.Path(...)`",
+                help='pass the file\'s name, e.g. `"model.eqx"` or `pathlib.Path(...)`',
             )
         )
     if not path or "\0" in path:
@@ -82,7 +82,7 @@ def as_path(path: Any, what: str) -> str:
             Diagnostic(
                 "E445",
                 f"the {what} path {'is empty' if not path else 'contains a NUL character'}",
-                help="pass the file's name, e.g. `\"model.eqx\"`",
+                help='pass the file\'s name, e.g. `"model.eqx"`',
             )
         )
     return path
@@ -190,9 +190,7 @@ def _load_json(text: str, path: str, what: str) -> Any:
     except (ValueError, RecursionError):
         # RecursionError cannot come after the nesting check; kept so that no
         # file can ever make it escape.
-        raise corrupt(
-            path, f"its {what} is not JSON (is this a spec or another file?)"
-        ) from None
+        raise corrupt(path, f"its {what} is not JSON (is this a spec or another file?)") from None
 
 
 # ---- header ------------------------------------------------------------------
@@ -328,13 +326,12 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
     for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
         if t.start < at:
             raise corrupt(
-                path, f"tensors `{previous}` and `{t.name}` overlap (bytes {t.start} to {at})",
+                path,
+                f"tensors `{previous}` and `{t.name}` overlap (bytes {t.start} to {at})",
                 "E313",
             )
         if t.start > at:
-            raise corrupt(
-                path, f"bytes {at} to {t.start} of the data belong to no tensor", "E313"
-            )
+            raise corrupt(path, f"bytes {at} to {t.start} of the data belong to no tensor", "E313")
         at, previous = t.end, t.name
     if at != data_size:
         raise corrupt(path, f"its last {data_size - at} bytes belong to no tensor", "E313")
@@ -567,8 +564,10 @@ def check_output(
             raise _too_long(name) from None
     if info is not None and stat.S_ISDIR(info.st_mode):
         raise _refuse(
-            "E441", f"cannot write `{name}`: it is a directory", name, "name a file, e.g. `-o "
-            f"{os.path.join(name, 'model.eqx')}`",
+            "E441",
+            f"cannot write `{name}`: it is a directory",
+            name,
+            f"name a file, e.g. `-o {os.path.join(name, 'model.eqx')}`",
         )
     if info is not None and not stat.S_ISREG(info.st_mode):
         kind = (
@@ -748,9 +747,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         tmp = None
         try:
             with _held():
-                fd, tmp = tempfile.mkstemp(
-                    dir=folder, prefix=_temp_prefix(target), suffix=".tmp"
-                )
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 os.chmod(tmp, mode)
                 f.write(data)

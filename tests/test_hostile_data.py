@@ -82,7 +82,9 @@ def cases(tmp: Path):
     )
     yield (
         "broken header",
-        lambda p: npz(p, {"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 1}    \n", "y.npy": real(Y)}),
+        lambda p: npz(
+            p, {"x.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 1}    \n", "y.npy": real(Y)}
+        ),
         "E525",
         "not a readable",
     )
@@ -101,9 +103,7 @@ def cases(tmp: Path):
 CASES = list(cases(Path()))
 
 
-@pytest.mark.parametrize(
-    "write,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize("write,code,words", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_hostile_data(tmp_path, write, code, words):
     path = tmp_path / "data.npz"
     write(str(path))

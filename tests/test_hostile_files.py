@@ -36,9 +36,7 @@ def craft(path: Path, header: str | bytes, data: bytes = b"", length: int | None
 
 def entry(dtype="F32", shape=(2,), offsets=(0, 8)) -> str:
     """One tensor's header entry, written as text so that any value fits."""
-    return (
-        f'{{"dtype":{_lit(dtype)},"shape":{_lit(shape)},"data_offsets":{_lit(offsets)}}}'
-    )
+    return f'{{"dtype":{_lit(dtype)},"shape":{_lit(shape)},"data_offsets":{_lit(offsets)}}}'
 
 
 def _lit(value) -> str:
@@ -267,9 +265,7 @@ RECIPES = [
 ]
 
 
-@pytest.mark.parametrize(
-    "recipe,code,words", [r[1:] for r in RECIPES], ids=[r[0] for r in RECIPES]
-)
+@pytest.mark.parametrize("recipe,code,words", [r[1:] for r in RECIPES], ids=[r[0] for r in RECIPES])
 def test_hostile_recipes(tmp_path, good, recipe, code, words):
     refused(with_recipe(tmp_path / "bad.eqx", good, recipe), code, words)
 
@@ -283,7 +279,7 @@ def test_too_many_specs(tmp_path, good, monkeypatch):
 def test_a_recipe_with_every_field_loads(tmp_path, good):
     """The schema takes everything eqxform writes."""
     program = eqxform.compile(
-        "model MLP(2, 2, 4, 1)\nlet w = [1, 2]\nlet s = \"x\"\n"
+        'model MLP(2, 2, 4, 1)\nlet w = [1, 2]\nlet s = "x"\n'
         "where Linear.weight -> init normal(stddev=0.5)\n",
         params={"w": [3, 4.5], "s": "y"},
     )

@@ -76,9 +76,7 @@ def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) 
     return loss
 
 
-def _data_error(
-    path: str, message: str, help: str | None = None, code: str = "E420"
-) -> UsageError:
+def _data_error(path: str, message: str, help: str | None = None, code: str = "E420") -> UsageError:
     return UsageError(
         Diagnostic(
             code,
@@ -149,9 +147,7 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     for key, array in (("x", x), ("y", y)):
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
-            raise _data_error(
-                path, f"`{key}` of `{path}` changed while it was read", code="E528"
-            )
+            raise _data_error(path, f"`{key}` of `{path}` changed while it was read", code="E528")
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise _data_error(
             path,
@@ -174,7 +170,9 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
         raise _data_error(
             path,
             f"`{path}` is "
-            + ("a single `.npy` array" if single else "not an `.npz` file (a zip of `.npy` arrays)"),
+            + (
+                "a single `.npy` array" if single else "not an `.npz` file (a zip of `.npy` arrays)"
+            ),
             "write it with `numpy.savez(path, x=inputs, y=targets)`",
             code="E525",
         )
