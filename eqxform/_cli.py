@@ -328,7 +328,8 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     from ._plan import PlanMatch
 
     table = Table(show_lines=False, header_style="bold")
-    for column in ("line", "action", "matches", "path", "before", "after"):
+    # `#`: how many nodes the rule matched (a narrow header leaves room for the rule).
+    for column in ("line", "action", "#", "path", "before", "after"):
         table.add_column(column)
     for step in result.steps:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
