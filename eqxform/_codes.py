@@ -528,6 +528,57 @@ CODES: dict[str, Code] = {
             "draw them per copy with an `init` rule below the line, e.g. "
             "`where cls_token -> init normal(stddev=0.02)`.",
         ),
+        _c(
+            "E220",
+            "adapter on something that is no `Linear` or 2-D weight",
+            "`lora` and `ia3` adapt a `Linear` (any module whose `weight` is `(out, in)` and "
+            "that computes `W x + b`), a `Linear`'s weight (which adapts the module), or a "
+            "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
+            "selector matched something else: a bias, a convolution, a container.",
+            "where layers[0] -> lora(rank=4)   # layers[0] is a Conv2d",
+            "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
+        ),
+        _c(
+            "E221",
+            "bad LoRA rank",
+            "`rank` gives the inner size of the factors, a whole number of at least 1. It may "
+            "depend on the match (`rank=16 if fan_in >= 1024 else 8`); it gave something else "
+            "at the module named.",
+            "where Linear -> lora(rank=fan_in / 64)",
+            "give a whole number, e.g. `rank=max(1, fan_in // 64)`.",
+        ),
+        _c(
+            "E222",
+            "bad LoRA alpha",
+            "`alpha` sets the scale `alpha / rank` of the adapter's output; it must be a number.",
+            'where Linear -> lora(rank=8, alpha="16")',
+            "give a number, e.g. `alpha=16`.",
+        ),
+        _c(
+            "E223",
+            "module adapted twice",
+            "The matched module (or weight) carries an adapter already; one adapter per "
+            "module keeps the base, the factors and `merge` unambiguous.",
+            "where Linear -> lora(rank=8)\nwhere Linear -> lora(rank=4)",
+            "select each module once, or `merge` the first adapter before adding another.",
+        ),
+        _c(
+            "E224",
+            "nothing to merge",
+            "`merge` bakes the adapters at or under the matched nodes into their base "
+            "weights; it found none there.",
+            "where layers[-1] -> merge   # no adapter in the last layer",
+            "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
+            "`where ** -> merge`.",
+        ),
+        _c(
+            "E225",
+            "bad `feedforward` for ia3",
+            "`ia3(feedforward=true)` scales a `Linear`'s input (PEFT's feed-forward layers), "
+            "`false` its output; it must be a boolean.",
+            "where Linear -> ia3(feedforward=1)",
+            "write `true` or `false`.",
+        ),
         # ---- model files
         _c(
             "E301",

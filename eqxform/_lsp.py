@@ -83,7 +83,7 @@ _DIRECTIVE_TOKENS = {
     "STACK": "stack",
     "UNSTACK": "unstack",
 }
-_KEYWORD_TOKENS = {"IF": "if", "EXPECT": "expect", "AND": "and", "OR": "or", "NOT": "not"}
+_KEYWORD_TOKENS = {"IF": "if", "ELSE": "else", "EXPECT": "expect", "AND": "and", "OR": "or", "NOT": "not"}
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
     "error": T.DiagnosticSeverity.Error,
