@@ -106,11 +106,16 @@ class AdapterPass(RulePass):
             )
         if isinstance(obj, eqx.Module) and not isinstance(obj, Wrapper):
             weight = getattr(obj, "weight", None)
-            if weight is not None and callable(obj):
+            inner = _inner(weight)
+            if weight is not None and is_array(inner):
                 wnode = Node(node.path + (GetAttrKey("weight"),), weight, node.objects, node.layers)
-                inner = _inner(weight)
-                if is_array(inner) and self.per_layer_ndim(wnode, inner) == 2:
-                    if getattr(obj, "in_features", None) == "scalar":
+                if self.per_layer_ndim(wnode, inner) == 2:
+                    if not isinstance(obj, eqx.nn.Linear):
+                        # A module of unknown layout (a ported `(in, out)`
+                        # dense layer): adapt its weight matrix, whatever its
+                        # layout, as a wrapper.
+                        return _Target("weight", wnode, self.array_node(wnode))
+                    if obj.in_features == "scalar":
                         raise self._not_adaptable(node, "takes scalar inputs")
                     return _Target("module", node, self.array_node(wnode))
             raise self._not_adaptable(node, f"is {_describe_kind(obj)} without a 2-D `weight`")
