@@ -17,10 +17,10 @@ import numpy as np
 
 from ._diagnostics import Diagnostic
 from ._errors import SpecError
-from ._modules import split_state
+from ._modules import Frozen, split_state
 from ._passes import Context
 from ._passes._forward import output_shape
-from ._select import is_array, node_at, select_rule
+from ._select import is_array, node_at, select_rule, walk
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
     output: str | None = None  # the forward pass's output, when the inputs are declared
+    trainable: int = 0  # floating-point parameters the optimiser updates
+    frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
+    opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -81,6 +84,9 @@ class Plan:
                 for s in self.steps
             ],
             "output": self.output,
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "opt_state_bytes": self.opt_state_bytes,
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
@@ -95,6 +101,7 @@ class Plan:
                 change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
                 lines.append(f"    {m.path.ljust(width)}  {change}")
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        lines.append(budget(self))
         if self.output is not None:
             lines.append(f"output: {self.output}")
         return "\n".join(lines)
@@ -115,6 +122,36 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     if callable(obj):
         return getattr(obj, "__name__", type(obj).__name__)
     return type(obj).__name__
+
+
+def budget(plan: Plan) -> str:
+    """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
+    text = f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"
+    if plan.opt_state_bytes is not None:
+        text += f", optimizer state: {plan.opt_state_bytes:,} bytes"
+    return text
+
+
+def trainable_frozen(model: Any) -> tuple[int, int]:
+    """(trainable, frozen) floating-point parameters of `model`: those inside a
+    `Frozen` (for one frozen on some layers of a stack, those layers) are frozen."""
+    trainable = frozen = 0
+    for node in walk(model):
+        x = node.obj
+        if not is_array(x) or not np.issubdtype(x.dtype, np.inexact):
+            continue
+        size = math.prod(x.shape)
+        wrapper = next((p for p in reversed(node.parents) if isinstance(p, Frozen)), None)
+        if wrapper is None:
+            trainable += size
+            continue
+        if wrapper.layers is None:
+            frozen += size
+            continue
+        share = size * len(wrapper.layers) // x.shape[wrapper.axis]
+        frozen += share
+        trainable += size - share
+    return trainable, frozen
 
 
 def count_params(model: Any) -> int:
@@ -204,6 +241,7 @@ def make_plan(program, model=None) -> Plan:
     diagnostics += more
     steps.sort(key=lambda s: s.line)
     diagnostics.sort(key=_position)
+    trainable, frozen = trainable_frozen(split_state(struct)[0])
     return Plan(
         tuple(steps),
         start,
@@ -211,6 +249,8 @@ def make_plan(program, model=None) -> Plan:
         tuple(diagnostics),
         struct,
         None if output is None else _describe_output(output),
+        trainable,
+        frozen,
     )
 
 
