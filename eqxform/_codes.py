@@ -418,6 +418,15 @@ CODES: dict[str, Code] = {
         ),
         # ---- the spec against a model
         _c(
+            "E180",
+            "adapter arguments are keyword arguments",
+            "`lora` and `ia3` take their arguments by name, in parentheses right after the "
+            "action (`lora(rank=8, alpha=16)`); each may be an expression of the match. "
+            "Without parentheses they take their defaults (`lora`: rank 8, alpha 8, as PEFT).",
+            "where Linear -> lora 8",
+            "write `lora(rank=8, alpha=16)` or `ia3(feedforward=true)`.",
+        ),
+        _c(
             "E144",
             "a stack changes the model's outputs",
             "With the model's inputs declared, `apply` runs the model before and after each "
@@ -626,6 +635,38 @@ CODES: dict[str, Code] = {
         ),
         # ---- command line and API arguments
         _c(
+            "E330",
+            "adapters of another base",
+            "An adapter file carries a fingerprint of the base tensors its adapters were "
+            "trained on (a hash of their names, shapes, dtypes and bytes, after the file's "
+            "spec is replayed). The model given as the base has other tensors, or the spec "
+            "does not fit it, so the adapters would compute something they were never "
+            "trained for.",
+            "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
+            "load the adapters onto the model they were trained on (the file written by "
+            "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
+            "that model).",
+        ),
+        _c(
+            "E331",
+            "a model file where an adapter file was expected",
+            "`eqxform.load(path, base=model)` and `eqxform merge` read adapter files "
+            "(written with `adapters_only=True` or `apply --adapters-only`); this file holds "
+            "a whole model.",
+            "eqxform merge model.eqx base.eqx -o merged.eqx",
+            "load a whole model file with `eqxform.load(path)`; pass the adapter file first "
+            "to `merge`.",
+        ),
+        _c(
+            "E332",
+            "an adapter file loaded without its base",
+            "An adapter file holds only the adapters, not the base they adapt, so it cannot "
+            "be loaded on its own.",
+            "eqxform.load('adapters.eqx')",
+            "give the base: `eqxform.load(path, base=model)`, or "
+            "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+        ),
+        _c(
             "E401",
             "spec file cannot be read",
             "The spec file does not exist or cannot be opened.",
@@ -763,6 +804,24 @@ CODES: dict[str, Code] = {
             "train it from Python with `eqxform.make_step` and a loss of your own.",
         ),
         # ---- running
+        _c(
+            "E460",
+            "no adapters to save",
+            "`save(..., adapters_only=True)` (`apply --adapters-only`) writes a model's "
+            "adapters; the model has none.",
+            "eqxform apply init.eqx -o out.eqx --adapters-only   # no lora rule",
+            "add a `lora` or `ia3` rule to the spec, or save the whole model.",
+        ),
+        _c(
+            "E461",
+            "the adapters' spec is unknown",
+            "An adapter file records the spec that added its adapters, to replay it on the "
+            "base. eqxform knows it for models it built (`eqxform.new`, `load`, a spec's "
+            "`model` directive, and `Program.apply` of those); this model came from "
+            "elsewhere.",
+            "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
+            "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
+        ),
         _c(
             "E501",
             "batch would recompile the step",

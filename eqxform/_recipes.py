@@ -8,6 +8,8 @@ leaves, so a file written by eqxform loads with no code from its user.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -27,7 +29,8 @@ from ._files import Header, corrupt, encode, read_header, read_tensors
 from ._files import atomic_write as atomic_write
 from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
 from ._parse import parse_expr
-from ._program import Recipe, RecipeStep, recipe_of, remember
+from ._passes import Context
+from ._program import Program, Recipe, RecipeStep, recipe_of, remember
 from ._select import is_array, tensor_name, walk
 
 
@@ -394,8 +397,6 @@ def _split_leaves(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, An
 def fingerprint(model: Any) -> str:
     """A hash of the base tensors of `model` (adapters left out): their names,
     shapes, dtypes and bytes, read one tensor at a time."""
-    import hashlib
-
     digest = hashlib.blake2b(digest_size=16)
     _, base = _split_leaves(model)
     for name, array in sorted(base, key=lambda item: item[0]):
@@ -424,8 +425,6 @@ def adapters_to_bytes(model: Any, spec: Any = None) -> bytes:
     """The adapter file of `model`: its adapter tensors, the specs that added
     them (`spec`, a `Program` or a list of them, or the model's recipe) and the
     fingerprint of its base tensors."""
-    from ._program import Program, RecipeStep
-
     adapters, _ = _split_leaves(split_state(model)[0])
     if not adapters:
         raise UsageError(
@@ -464,8 +463,6 @@ def adapters_to_bytes(model: Any, spec: Any = None) -> bytes:
 
 def adapter_info(header: Header) -> dict | None:
     """The `adapters` entry of an adapter file's metadata, or None for a model file."""
-    import json
-
     text = header.metadata.get("eqxform")
     if text is None:
         return None
@@ -485,8 +482,6 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     """The adapters of the file at `path` on `base`: its specs replayed on
     `base` (with their seeds), the base's tensors checked against the file's
     fingerprint, the adapter tensors filled in from the file."""
-    from ._passes import Context
-
     header = read_header(path)
     info = adapter_info(header)
     if info is None:
