@@ -77,7 +77,9 @@ def loss_fn(model, x, y):
 
 
 def opt_bytes(state) -> int:
-    return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state) if eqx.is_array(x))
+    return sum(
+        x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state) if eqx.is_array(x)
+    )
 
 
 def peak(step_fn, *args) -> str:
@@ -149,13 +151,13 @@ def main():
         w = layer.base.weight.value
         return HandLoRA(w, layer.base.bias.value, layer.lora_a, layer.lora_b, 2.0)
 
-    hand = jax.tree_util.tree_map(
-        to_hand, adapted, is_leaf=lambda n: isinstance(n, eqxform.LoRA)
-    )
+    hand = jax.tree_util.tree_map(to_hand, adapted, is_leaf=lambda n: isinstance(n, eqxform.LoRA))
     is_factor = jax.tree_util.tree_map(lambda _: False, hand)
     is_factor = eqx.tree_at(
-        lambda m: [l.a for b in m.blocks for l in (b.attn_in, b.attn_out, b.fc1, b.fc2)]
-        + [l.b for b in m.blocks for l in (b.attn_in, b.attn_out, b.fc1, b.fc2)],
+        lambda m: (
+            [lin.a for b in m.blocks for lin in (b.attn_in, b.attn_out, b.fc1, b.fc2)]
+            + [lin.b for b in m.blocks for lin in (b.attn_in, b.attn_out, b.fc1, b.fc2)]
+        ),
         is_factor,
         replace_fn=lambda _: True,
     )
@@ -193,7 +195,9 @@ def main():
         jax.block_until_ready(carry[0])
 
     t_ours, t_hand = timed(run_ours, 3) / steps, timed(run_hand, 3) / steps
-    print(f"model: {depth} blocks, dim {dim}, batch {batch}x{seq}; adam; LoRA rank 8 on every Linear")
+    print(
+        f"model: {depth} blocks, dim {dim}, batch {batch}x{seq}; adam; LoRA rank 8 on every Linear"
+    )
     print(f"parameters: {sum(x.size for x in jax.tree_util.tree_leaves(full_params)):,}, "
           f"trainable with LoRA: {program.plan(model).trainable:,}")  # fmt: skip
     print()

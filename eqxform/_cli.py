@@ -241,9 +241,8 @@ def plan(spec, model, sets, params_file, allow, inputs, fmt):
         if program.optimizer is not None and not result.errors and result.result is not None:
             from dataclasses import replace
 
-            from ._runtime._optim import state_bytes
-
             from ._modules import split_state
+            from ._runtime._optim import state_bytes
 
             model_only = split_state(result.result)[0]
             result = replace(result, opt_state_bytes=state_bytes(program, model_only))

@@ -864,6 +864,8 @@ class _Completer:
             signature = R.initializer_signature(callee)
         elif before == "wrap":
             signature = R.wrapper_signature(callee)
+        elif callee in N.ADAPTERS and before in (None, "->", ","):
+            signature = N.ADAPTERS[callee]  # `lora(rank=...)` right after the arrow
         elif callee in N.EXPR_FUNCTIONS:
             signature = None
         else:

@@ -96,9 +96,7 @@ class IA3(eqx.Module):
             new_w = w * vector[..., None, :]
             new = eqx.tree_at(lambda m: m.weight, self.base, new_w.astype(w.dtype))
             return _thaw_bias(new)
-        new = eqx.tree_at(
-            lambda m: m.weight, self.base, (w * vector[..., :, None]).astype(w.dtype)
-        )
+        new = eqx.tree_at(lambda m: m.weight, self.base, (w * vector[..., :, None]).astype(w.dtype))
         bias = getattr(new, "bias", None)
         if bias is not None:
             b = _unfrozen(bias)

@@ -3,7 +3,6 @@ a rule (`_tree`, `_adapters`) or structural directive (`_struct`); `_init`
 holds the initialisers that `init` draws from."""
 
 from ._adapters import PASSES as _ADAPTER_PASSES
-
 from ._base import Context as Context
 from ._base import Pass as Pass
 from ._struct import EnsemblePass as EnsemblePass

@@ -95,7 +95,6 @@ class AdapterPass(RulePass):
         return list(out.values())
 
     def target(self, node: Node) -> _Target:
-        name = self.action.name
         obj = node.obj
         if is_adapter(obj) or any(is_adapter(p) for p in node.parents):
             raise self.error(
