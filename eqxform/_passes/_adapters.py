@@ -69,6 +69,11 @@ class AdapterPass(RulePass):
     # Adapters act on some layers of a stack too.
     PER_LAYER = RulePass.PER_LAYER + ("lora", "ia3")
 
+    def select(self, model: Any, ctx: Any) -> list[Node]:
+        # What the adapters replace: a `Linear` matched by its weight is
+        # reported (and replaced) as the module.
+        return [t.node for t in self.targets(model, super().select(model, ctx))]
+
     def arguments(self, weight: Node) -> dict[str, Any]:
         defaults = dict(ADAPTER_DEFAULTS[self.action.name])
         arg = self.action.arg
