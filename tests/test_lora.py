@@ -395,6 +395,14 @@ def test_cli_adapters_only_then_merge(tmp_path):
     # B is zero in a fresh adapter: the merged model is the base.
     x = jnp.ones(24)
     assert np.allclose(model(x), eqxform.load(base)(x))
+    # `train` trains the adapters of an adapted model, and the base stays.
+    trained = str(tmp_path / "trained.eqx")
+    args = ["train", str(spec), base, "-o", trained, "--steps", "3", "--batch-size", "4"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    model = eqxform.load(trained)
+    assert np.any(model.layers[0].lora_b)
+    assert np.array_equal(model.layers[0].base.weight.value, eqxform.load(base).layers[0].weight)
     other = str(tmp_path / "other.eqx")
     args = ["new", "MLP(in_size=24, out_size=40, width_size=32, depth=2)", "-o", other]
     assert runner.invoke(main, args + ["--seed", "3"]).exit_code == 0
