@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, printable
 from ._errors import SpecError
 from ._modules import Frozen, split_state
 from ._passes import Context
@@ -104,7 +104,8 @@ class Plan:
         lines.append(budget(self))
         if self.output is not None:
             lines.append(f"output: {self.output}")
-        return "\n".join(lines)
+        # Rules and paths come from the spec and the model: printed as text.
+        return printable("\n".join(lines), keep="\n")
 
 
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
