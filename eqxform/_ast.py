@@ -79,6 +79,15 @@ class Binary(Expr):
 
 
 @dataclass(frozen=True)
+class Conditional(Expr):
+    """`then if test else orelse`, as in Python."""
+
+    test: Expr
+    then: Expr
+    orelse: Expr
+
+
+@dataclass(frozen=True)
 class Subscript(Expr):
     value: Expr
     index: Expr

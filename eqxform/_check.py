@@ -369,6 +369,8 @@ class Checker:
                     f"write `-> {name}` alone; separate further actions with `,`",
                 )
             return
+        if arg is None and info.arg == "adapter":
+            return  # every argument has a default
         if arg is None:
             example = {
                 "wrapper": "wrap symmetric",
@@ -379,7 +381,9 @@ class Checker:
             }[info.arg]
             self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{example}`")
             return
-        if info.arg == "initializer":
+        if info.arg == "adapter":
+            self.adapter(action, context)
+        elif info.arg == "initializer":
             self.initializer(arg, context)
         elif info.arg == "wrapper":
             signatures = {n: R.wrapper_signature(n) for n in R.wrapper_names()}
@@ -418,6 +422,22 @@ class Checker:
                 )
         else:
             self.names(arg, context, f"`{name}`")
+
+    def adapter(self, action: A.Action, context: set[str]):
+        """`lora(rank=8, alpha=16)`: keyword arguments of the adapter's table."""
+        name, arg = action.name, action.arg
+        example = {"lora": "lora(rank=8, alpha=16)", "ia3": "ia3(feedforward=true)"}[name]
+        if not (isinstance(arg, A.Call) and arg.callee == name and arg.span == action.span):
+            self.error(
+                "E180",
+                f"`{name}` takes keyword arguments in parentheses",
+                arg.span,
+                f"write `{example}`",
+            )
+            return
+        self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span, context)
+        for a in arg.args:
+            self.names(a.value, context, f"a `{name}` argument")
 
     def named_call(self, arg, kind, signatures, context, code, example, listing):
         """`NAME` or `NAME(ARGS)` from a table of signatures."""

@@ -304,6 +304,14 @@ def plan(spec, model, sets, params_file, allow, inputs, fmt, untouched, deny):
 
         struct = skeleton(model, allow)[2] if model is not None else None
         result = program.plan(struct)
+        if program.optimizer is not None and not result.errors and result.result is not None:
+            from dataclasses import replace
+
+            from ._modules import split_state
+            from ._runtime._optim import state_bytes
+
+            model_only = split_state(result.result)[0]
+            result = replace(result, opt_state_bytes=state_bytes(program, model_only))
         result = dataclasses.replace(result, diagnostics=tuple(denied(result.diagnostics, deny)))
         _report(result.diagnostics, fmt == "json")
         _print_plan(result, fmt, untouched)
@@ -345,7 +353,10 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
                 end_section=i == len(rows) - 1,
             )
     out.print(table)
+    from ._plan import budget
+
     click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
+    click.echo(budget(result))
     if result.output is not None:
         _echo(f"output: {result.output}")
     if untouched:
@@ -365,8 +376,15 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 @_input
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+@click.option(
+    "--adapters-only",
+    is_flag=True,
+    help="Write only the adapters (`lora`, `ia3`), the spec and a fingerprint of the base.",
+)
 @_deny
-def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, force, deny):
+def apply(
+    spec, model, output, seed, sets, params_file, allow, inputs, device, force, adapters_only, deny
+):
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
@@ -380,9 +398,17 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
             base = _checked_base(program, model, allow, deny)
             with _quiet():
                 result = program.apply(base, seed=seed)
-            save(output, result)
+            if adapters_only:
+                # This spec's adapters, whatever the base's recipe holds.
+                from dataclasses import replace
+
+                step = replace(program, seed=program.seed if seed is None else seed)
+                save(output, result, adapters_only=True, spec=step)
+            else:
+                save(output, result)
+        what = "adapters of " if adapters_only else ""
         click.echo(
-            f"wrote {output} ({count_params(result):,} parameters, "
+            f"wrote {output} ({what}{count_params(result):,} parameters, "
             f"{_plural(len(program.spec.rules), 'rule')} applied)"
         )
 
@@ -579,6 +605,32 @@ def _refuse_overwrite(model, output, force) -> None:
                     help="write elsewhere with `-o`, or pass `--force` to replace it",
                 )
             )
+
+
+@main.command()
+@click.argument("adapters", type=click.Path())
+@click.argument("base", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
+@_allow
+@click.option("--force", is_flag=True, help="Allow the output to replace the base model file.")
+def merge(adapters, base, output, allow, force):
+    """Load an adapter file onto its base model, bake the adapters into the
+    base weights, and write the merged model."""
+
+    def go():
+        _refuse_overwrite(base, output, force)
+        from ._compile import compile as compile_spec
+        from ._plan import count_params
+        from ._recipes import load, save
+
+        with _quiet():
+            model = load(base, allow=allow)
+            adapted = load(adapters, base=model, allow=allow)
+            merged = compile_spec("where ** -> merge\n", name="merge").apply(adapted)
+        save(output, merged)
+        _echo(f"wrote {output} ({count_params(merged):,} parameters, adapters merged)")
+
+    _run(go)
 
 
 @main.command()

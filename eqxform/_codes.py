@@ -418,6 +418,15 @@ CODES: dict[str, Code] = {
         ),
         # ---- the spec against a model
         _c(
+            "E180",
+            "adapter arguments are keyword arguments",
+            "`lora` and `ia3` take their arguments by name, in parentheses right after the "
+            "action (`lora(rank=8, alpha=16)`); each may be an expression of the match. "
+            "Without parentheses they take their defaults (`lora`: rank 8, alpha 8, as PEFT).",
+            "where Linear -> lora 8",
+            "write `lora(rank=8, alpha=16)` or `ia3(feedforward=true)`.",
+        ),
+        _c(
             "E144",
             "a stack changes the model's outputs",
             "With the model's inputs declared, `apply` runs the model before and after each "
@@ -571,6 +580,57 @@ CODES: dict[str, Code] = {
             "let width = 64\nwhere layers[-1] -> replace Linear(in_features=64, out_features=2)",
             "use the name (`in_features=width`), or remove the `let`.",
         ),
+        _c(
+            "E220",
+            "adapter on something that is no `Linear` or 2-D weight",
+            "`lora` and `ia3` adapt a `Linear` (any module whose `weight` is `(out, in)` and "
+            "that computes `W x + b`), a `Linear`'s weight (which adapts the module), or a "
+            "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
+            "selector matched something else: a bias, a convolution, a container.",
+            "where layers[0] -> lora(rank=4)   # layers[0] is a Conv2d",
+            "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
+        ),
+        _c(
+            "E221",
+            "bad LoRA rank",
+            "`rank` gives the inner size of the factors, a whole number of at least 1. It may "
+            "depend on the match (`rank=16 if fan_in >= 1024 else 8`); it gave something else "
+            "at the module named.",
+            "where Linear -> lora(rank=fan_in / 64)",
+            "give a whole number, e.g. `rank=max(1, fan_in // 64)`.",
+        ),
+        _c(
+            "E222",
+            "bad LoRA alpha",
+            "`alpha` sets the scale `alpha / rank` of the adapter's output; it must be a number.",
+            'where Linear -> lora(rank=8, alpha="16")',
+            "give a number, e.g. `alpha=16`.",
+        ),
+        _c(
+            "E223",
+            "module adapted twice",
+            "The matched module (or weight) carries an adapter already; one adapter per "
+            "module keeps the base, the factors and `merge` unambiguous.",
+            "where Linear -> lora(rank=8)\nwhere Linear -> lora(rank=4)",
+            "select each module once, or `merge` the first adapter before adding another.",
+        ),
+        _c(
+            "E224",
+            "nothing to merge",
+            "`merge` bakes the adapters at or under the matched nodes into their base "
+            "weights; it found none there.",
+            "where layers[-1] -> merge   # no adapter in the last layer",
+            "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
+            "`where ** -> merge`.",
+        ),
+        _c(
+            "E225",
+            "bad `feedforward` for ia3",
+            "`ia3(feedforward=true)` scales a `Linear`'s input (PEFT's feed-forward layers), "
+            "`false` its output; it must be a boolean.",
+            "where Linear -> ia3(feedforward=1)",
+            "write `true` or `false`.",
+        ),
         # ---- model files
         _c(
             "E301",
@@ -721,6 +781,38 @@ CODES: dict[str, Code] = {
             "rebuild the file; eqxform never writes one like it.",
         ),
         # ---- command line and API arguments
+        _c(
+            "E330",
+            "adapters of another base",
+            "An adapter file carries a fingerprint of the base tensors its adapters were "
+            "trained on (a hash of their names, shapes, dtypes and bytes, after the file's "
+            "spec is replayed). The model given as the base has other tensors, or the spec "
+            "does not fit it, so the adapters would compute something they were never "
+            "trained for.",
+            "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
+            "load the adapters onto the model they were trained on (the file written by "
+            "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
+            "that model).",
+        ),
+        _c(
+            "E331",
+            "a model file where an adapter file was expected",
+            "`eqxform.load(path, base=model)` and `eqxform merge` read adapter files "
+            "(written with `adapters_only=True` or `apply --adapters-only`); this file holds "
+            "a whole model.",
+            "eqxform merge model.eqx base.eqx -o merged.eqx",
+            "load a whole model file with `eqxform.load(path)`; pass the adapter file first "
+            "to `merge`.",
+        ),
+        _c(
+            "E332",
+            "an adapter file loaded without its base",
+            "An adapter file holds only the adapters, not the base they adapt, so it cannot "
+            "be loaded on its own.",
+            "eqxform.load('adapters.eqx')",
+            "give the base: `eqxform.load(path, base=model)`, or "
+            "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+        ),
         _c(
             "E401",
             "spec file cannot be read",
@@ -974,6 +1066,24 @@ CODES: dict[str, Code] = {
             "write the file again.",
         ),
         # ---- running
+        _c(
+            "E460",
+            "no adapters to save",
+            "`save(..., adapters_only=True)` (`apply --adapters-only`) writes a model's "
+            "adapters; the model has none.",
+            "eqxform apply init.eqx -o out.eqx --adapters-only   # no lora rule",
+            "add a `lora` or `ia3` rule to the spec, or save the whole model.",
+        ),
+        _c(
+            "E461",
+            "the adapters' spec is unknown",
+            "An adapter file records the spec that added its adapters, to replay it on the "
+            "base. eqxform knows it for models it built (`eqxform.new`, `load`, a spec's "
+            "`model` directive, and `Program.apply` of those); this model came from "
+            "elsewhere.",
+            "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
+            "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
+        ),
         _c(
             "E501",
             "batch would recompile the step",

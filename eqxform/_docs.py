@@ -33,7 +33,8 @@ ACTIONS = {
     "lr": "scale the base learning rate for these parameters",
     "weight_decay": "set the weight decay for these parameters",
     "lora": "low-rank adapters on a `Linear` or a 2-D weight, the base frozen",
-    "merge": "bake low-rank adapters into their base weights",
+    "merge": "bake adapters (`lora`, `ia3`) into their base weights",
+    "ia3": "(IA)^3: a learned scaling vector on a `Linear`'s output (or input, `feedforward=true`)",
     "shard": "the partition spec of the matched arrays on the spec's `mesh`",
 }
 
@@ -111,6 +112,7 @@ CONTEXT = {
 
 KEYWORDS = {
     "if": "`SELECTOR if EXPR`: keep the matches for which EXPR holds",
+    "else": "`A if C else B`: A when C holds, else B (`rank=16 if fan_in >= 1024 else 8`)",
     "expect": "`SELECTOR expect N`: an error unless exactly N nodes match",
     "and": "logical and",
     "or": "logical or",

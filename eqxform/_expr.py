@@ -134,6 +134,9 @@ def evaluate(
             raise EvalError(
                 f"cannot apply `{expr.op}` to {_kind(left)} and {_kind(right)}", expr.span
             ) from None
+    if isinstance(expr, A.Conditional):
+        branch = expr.then if evaluate(expr.test, env, call) else expr.orelse
+        return evaluate(branch, env, call)
     if isinstance(expr, A.Subscript):
         value = evaluate(expr.value, env, call)
         index = evaluate(expr.index, env, call)
@@ -191,6 +194,10 @@ def walk(expr: A.Expr | None) -> Iterator[A.Expr]:
     elif isinstance(expr, A.Binary):
         yield from walk(expr.left)
         yield from walk(expr.right)
+    elif isinstance(expr, A.Conditional):
+        yield from walk(expr.then)
+        yield from walk(expr.test)
+        yield from walk(expr.orelse)
     elif isinstance(expr, A.Subscript):
         yield from walk(expr.value)
         yield from walk(expr.index)

@@ -176,6 +176,17 @@ class _ToAst(Transformer):
         name, arg = children
         return A.Action(str(name), arg, _span(meta), _span(name))
 
+    def action_call(self, meta, children):
+        # `lora(rank=8)`: the arguments are held as a call of the action's own
+        # name, so that checks, the formatter and passes read them as any call.
+        name, arguments = children
+        span = _span(meta)
+        call = A.Call(span, str(name), tuple(arguments or ()), _span(name))
+        return A.Action(str(name), call, span, _span(name))
+
+    def kw_arguments(self, meta, children):
+        return [c for c in children if c is not None]
+
     # ---- selectors
     def selector(self, meta, children):
         span = _span(meta)
@@ -246,6 +257,10 @@ class _ToAst(Transformer):
 
     def pow(self, meta, children):
         return A.Binary(_span(meta), "**", children[0], children[1])
+
+    def conditional(self, meta, children):
+        then, test, orelse = children
+        return A.Conditional(_span(meta), test, then, orelse)
 
     def and_(self, meta, children):
         return A.Binary(_span(meta), "and", children[0], children[1])

@@ -83,6 +83,9 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
     output: str | None = None  # the forward pass's output, when the inputs are declared
+    trainable: int = 0  # floating-point parameters the optimiser updates
+    frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
+    opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -117,6 +120,9 @@ class Plan:
             ],
             "output": self.output,
             "untouched": list(self.untouched),
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "opt_state_bytes": self.opt_state_bytes,
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
@@ -131,6 +137,7 @@ class Plan:
                 change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
                 lines.append(f"    {m.path.ljust(width)}  {change}")
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        lines.append(budget(self))
         if self.output is not None:
             lines.append(f"output: {self.output}")
         # Rules and paths come from the spec and the model: printed as text.
@@ -152,6 +159,36 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     if callable(obj):
         return getattr(obj, "__name__", type(obj).__name__)
     return type(obj).__name__
+
+
+def budget(plan: Plan) -> str:
+    """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
+    text = f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"
+    if plan.opt_state_bytes is not None:
+        text += f", optimizer state: {plan.opt_state_bytes:,} bytes"
+    return text
+
+
+def trainable_frozen(model: Any) -> tuple[int, int]:
+    """(trainable, frozen) floating-point parameters of `model`: those inside a
+    `Frozen` (for one frozen on some layers of a stack, those layers) are frozen."""
+    trainable = frozen = 0
+    for node in walk(model):
+        x = node.obj
+        if not is_array(x) or not np.issubdtype(x.dtype, np.inexact):
+            continue
+        size = math.prod(x.shape)
+        wrapper = next((p for p in reversed(node.parents) if isinstance(p, Frozen)), None)
+        if wrapper is None:
+            trainable += size
+            continue
+        if wrapper.layers is None:
+            frozen += size
+            continue
+        share = size * len(wrapper.layers) // x.shape[wrapper.axis]
+        frozen += share
+        trainable += size - share
+    return trainable, frozen
 
 
 def count_params(model: Any) -> int:
@@ -242,6 +279,7 @@ def make_plan(program, model=None) -> Plan:
     steps.sort(key=lambda s: s.line)
     diagnostics += overwritten(steps, program.source)
     diagnostics.sort(key=_position)
+    trainable, frozen = trainable_frozen(split_state(struct)[0])
     return Plan(
         tuple(steps),
         start,
@@ -249,6 +287,8 @@ def make_plan(program, model=None) -> Plan:
         tuple(diagnostics),
         struct,
         None if output is None else _describe_output(output),
+        trainable,
+        frozen,
     )
 
 

@@ -8,6 +8,8 @@ leaves, so a file written by eqxform loads with no code from its user.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import replace as dc_replace
@@ -26,10 +28,11 @@ from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import STORABLE, Header, check_output, corrupt, encode, read_header, read_tensors
 from ._files import atomic_write as atomic_write
-from ._modules import split_state, state_values
+from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
 from ._parse import parse_expr
-from ._program import Recipe, RecipeStep, recipe_of, remember
-from ._select import is_array, tensor_name
+from ._passes import Context
+from ._program import Program, Recipe, RecipeStep, recipe_of, remember
+from ._select import is_array, tensor_name, walk
 
 
 def versions() -> dict[str, str]:
@@ -284,7 +287,7 @@ def fill(header: Header, skel: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
-def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None):
+def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None, base: Any = None):
     """Load a model file.
 
     **Arguments:**
@@ -293,10 +296,24 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
     - `allow`: top-level packages whose constructors the recipe may import
       (`package.module:function`); nothing else is ever imported.
     - `like`: a model of the same structure, for files without a recipe.
+    - `base`: for an adapter file (`save(..., adapters_only=True)`), the model
+      the adapters were trained on; the result is that model with them.
 
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
     """
+    if base is not None:
+        return load_adapters(path, base, allow=allow)
+    info = adapter_info(read_header(path))
+    if info is not None:
+        raise ModelFileError(
+            Diagnostic(
+                "E332",
+                f"`{path}` holds only adapters; they load onto their base model",
+                file=str(path),
+                help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
+            )
+        )
     header, recipe, skel = skeleton(path, allowed(allow), like)
     model = fill(header, skel)
     remember(model, recipe)
@@ -382,7 +399,14 @@ def _storable(name: str, leaf: Any) -> None:
     )
 
 
-def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -> None:
+def save(
+    path: str | os.PathLike,
+    model: Any,
+    *,
+    recipe: Recipe | None = None,
+    adapters_only: bool = False,
+    spec: Any = None,
+) -> None:
     """Write `model` to `path` (safetensors), atomically.
 
     **Arguments:**
@@ -395,11 +419,19 @@ def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -
       and anything of the same structure (after `eqx.tree_at`, a training
       step, `Step.model`).
 
+    - `adapters_only`: write only the adapters (`lora`, `ia3`): their tensors,
+      the specs that added them (from the model's recipe, or `spec`: the
+      `Program`s) and a fingerprint of the base's tensors. Load it onto its
+      base with `eqxform.load(path, base=model)`, which refuses another base.
+
     Without a recipe the file loads only with `eqxform.load(path, like=model)`;
     the file says so (`eqxform show` prints it, and `load` without `like=`
     answers with that fix).
     """
     check_output(path)  # before the work of encoding
+    if adapters_only:
+        atomic_write(path, adapters_to_bytes(model, spec))
+        return
     atomic_write(path, to_bytes(model, recipe))
 
 
@@ -441,4 +473,227 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
         allow=allow,
     )
     remember(model, recipe)
+    return model
+
+
+# ---- adapter files -----------------------------------------------------------------
+#
+# An adapter file holds only the adapters' tensors (LoRA's factors and scales,
+# (IA)^3's vectors), the specs that put them in, and a fingerprint of the base
+# tensors they were trained against. Loading one onto a base replays those
+# specs on it, checks that the base's tensors are the ones the adapters expect,
+# and fills in the adapters.
+
+# The fields of the adapter modules that hold trainable adapter tensors.
+_ADAPTER_FIELDS = {
+    LoRA: ("lora_a", "lora_b", "scale"),
+    LoRAWeight: ("lora_a", "lora_b", "scale"),
+    IA3: ("ia3",),
+    IA3Weight: ("ia3",),
+}
+# The fields through which an adapter or a `Frozen` holds the base's own value:
+# the base's tensor names leave them out, so that a base and its adapted model
+# name the same tensor alike (`layers.0.weight`, not `layers.0.base.weight.value`).
+_THROUGH = {LoRA: "base", IA3: "base", LoRAWeight: "weight", IA3Weight: "weight", Frozen: "value"}
+
+
+def _split_leaves(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """(adapter tensors by tensor name, base tensors by their name in the base)."""
+    adapters, base = [], []
+    for node in walk(model):
+        if not is_array(node.obj):
+            continue
+        inside, canonical = False, []
+        for k, key in enumerate(node.path):
+            parent = node.parents[k]
+            fields = _ADAPTER_FIELDS.get(type(parent))
+            if fields is not None and getattr(key, "name", None) in fields:
+                inside = True
+                break
+            if getattr(key, "name", None) == _THROUGH.get(type(parent)):
+                continue
+            canonical.append(key)
+        if inside:
+            adapters.append((tensor_name(node.path), node.obj))
+        else:
+            base.append((tensor_name(tuple(canonical)), node.obj))
+    return adapters, base
+
+
+def fingerprint(model: Any) -> str:
+    """A hash of the base tensors of `model` (adapters left out): their names,
+    shapes, dtypes and bytes, read one tensor at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    _, base = _split_leaves(model)
+    for name, array in sorted(base, key=lambda item: item[0]):
+        value = np.asarray(array)
+        digest.update(f"{name}|{value.shape}|{value.dtype.name}|".encode())
+        digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+    return digest.hexdigest()
+
+
+def _adapter_steps(recipe: Recipe | None) -> list:
+    """The steps of `recipe` from the first that adds adapters: what an
+    adapter file replays on its base."""
+    if recipe is None:
+        return []
+    for i, step in enumerate(recipe.steps):
+        if any(
+            action.name in ("lora", "ia3")
+            for rule in step.program.spec.rules
+            for action in rule.actions
+        ):
+            return list(recipe.steps[i:])
+    return []
+
+
+def adapters_to_bytes(model: Any, spec: Any = None) -> bytes:
+    """The adapter file of `model`: its adapter tensors, the specs that added
+    them (`spec`, a `Program` or a list of them, or the model's recipe) and the
+    fingerprint of its base tensors."""
+    adapters, _ = _split_leaves(split_state(model)[0])
+    if not adapters:
+        raise UsageError(
+            Diagnostic(
+                "E460",
+                "the model has no adapters to save",
+                help="apply a spec with a `lora` or `ia3` rule first, or save the whole model "
+                "(without `adapters_only`)",
+            )
+        )
+    if spec is not None:
+        programs = [spec] if isinstance(spec, Program) else list(spec)
+        steps = [RecipeStep(p, p.seed) for p in programs]
+    else:
+        steps = _adapter_steps(recipe_of(model))
+    if not steps:
+        raise UsageError(
+            Diagnostic(
+                "E461",
+                "the specs that added the adapters are unknown",
+                help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; "
+                "eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's "
+                "`model` directive)",
+            )
+        )
+    for name, leaf in adapters:
+        _storable(name, leaf)
+    tensors = {name: np.array(x, order="C") for name, x in adapters}
+    content = {
+        "adapters": {
+            "fingerprint": fingerprint(split_state(model)[0]),
+            "specs": [s.to_dict() for s in steps],
+        },
+        "versions": versions(),
+    }
+    return encode(tensors, content)
+
+
+def adapter_info(header: Header) -> dict | None:
+    """The `adapters` entry of an adapter file's metadata, or None for a model file."""
+    text = header.metadata.get("eqxform")
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise corrupt(header.path, "its metadata is not valid JSON") from None
+    info = data.get("adapters") if isinstance(data, dict) else None
+    if info is not None and not (
+        isinstance(info, dict) and isinstance(info.get("specs"), list) and "fingerprint" in info
+    ):
+        raise corrupt(header.path, "its `adapters` entry is malformed")
+    return info
+
+
+def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = ()) -> Any:
+    """The adapters of the file at `path` on `base`: its specs replayed on
+    `base` (with their seeds), the base's tensors checked against the file's
+    fingerprint, the adapter tensors filled in from the file."""
+    header = read_header(path)
+    info = adapter_info(header)
+    if info is None:
+        raise ModelFileError(
+            Diagnostic(
+                "E331",
+                f"`{path}` is a model file, not an adapter file",
+                file=str(path),
+                help="load it with `eqxform.load(path)`; adapter files are written by "
+                "`eqxform.save(path, model, adapters_only=True)` or `apply --adapters-only`",
+            )
+        )
+    allow = allowed(allow)
+    model = base
+    recipe = recipe_of(base)
+    for i, entry in enumerate(info["specs"]):
+        program, diagnostics = compile_collect(
+            str(entry.get("text", "")),
+            f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
+            entry.get("params") or {},
+            allow,
+        )
+        if diagnostics:
+            raise ModelFileError(diagnostics)
+        seed = entry.get("seed")
+        key = jax.random.key(program.seed if seed is None else seed)
+        try:
+            model = program.run(
+                model, key, Context(allow=allow, base=None if recipe is None else recipe.build)
+            )
+        except SpecError as e:
+            raise ModelFileError(
+                Diagnostic(
+                    "E330",
+                    f"`{path}` was trained on another base: its specs do not fit this model",
+                    file=str(path),
+                    notes=tuple(d.message for d in e.diagnostics[:3]),
+                    help="load it onto the model the adapters were trained on",
+                )
+            ) from None
+        if recipe is not None:
+            recipe = recipe.then(program, seed)
+    have = fingerprint(split_state(model)[0])
+    if have != info["fingerprint"]:
+        raise ModelFileError(
+            Diagnostic(
+                "E330",
+                f"`{path}` was trained on another base: the base's tensors differ "
+                f"(fingerprint {have[:12]}, the file wants {str(info['fingerprint'])[:12]})",
+                file=str(path),
+                help="load it onto the model the adapters were trained on (the same "
+                "tensors: names, shapes, dtypes and values)",
+            )
+        )
+    adapters, _ = _split_leaves(split_state(model)[0])
+    problems = []
+    for name, leaf in adapters:
+        tensor = header.tensors.get(name)
+        if tensor is None:
+            problems.append(f"tensor `{name}` is missing")
+        elif (tensor.shape, tensor.dtype) != (tuple(leaf.shape), np.dtype(leaf.dtype).name):
+            problems.append(
+                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)}, the specs make "
+                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+            )
+    extra = sorted(set(header.tensors) - {n for n, _ in adapters})
+    if extra:
+        problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    if problems:
+        raise ModelFileError(
+            Diagnostic(
+                "E305",
+                f"`{path}` does not match its specs: {problems[0]}",
+                file=str(path),
+                notes=tuple(problems[1:6]),
+                help="the file was changed after it was written; write it again",
+            )
+        )
+    values = read_tensors(header, [n for n, _ in adapters])
+    by_name = {n: jnp.asarray(values[n]) for n, _ in adapters}
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    names = leaf_names(model)
+    filled = [by_name.get(n, x) if n is not None else x for n, x in zip(names, leaves)]
+    model = jax.tree_util.tree_unflatten(treedef, filled)
+    if recipe is not None:
+        remember(model, recipe)
     return model

@@ -38,6 +38,7 @@ BY_TYPE = {
     "EXCEPT": "keyword.operator.except.eqxform",
     "ANY": "keyword.other.eqxform",
     "IF": "keyword.control.eqxform",
+    "ELSE": "keyword.control.eqxform",
     "EXPECT": "keyword.control.eqxform",
     "AND": "keyword.operator.logical.eqxform",
     "OR": "keyword.operator.logical.eqxform",
