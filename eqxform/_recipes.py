@@ -287,7 +287,9 @@ def fill(header: Header, skel: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
-def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None, base: Any = None):
+def load(
+    path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None, base: Any = None
+):
     """Load a model file.
 
     **Arguments:**
