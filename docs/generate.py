@@ -181,10 +181,13 @@ def gen_commands() -> str:
     from eqxform._cli import main
 
     out = []
+    # Each command's context under the group's, as on the command line (the
+    # group's settings, `-h` among them, reach the commands).
+    parent = click.Context(
+        main, info_name="eqxform", terminal_width=88, max_content_width=88, **main.context_settings
+    )
     for name, command in main.commands.items():
-        ctx = click.Context(
-            command, info_name=f"eqxform {name}", terminal_width=88, max_content_width=88
-        )
+        ctx = click.Context(command, info_name=name, parent=parent)
         out += [f"### `eqxform {name}`", "", "```", command.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(out).rstrip()
 

@@ -3,6 +3,7 @@
 to them, and each page of the tricks runs: its hand-written Equinox code and
 its spec give the same model."""
 
+import difflib
 import importlib.util
 import math
 import re
@@ -34,12 +35,15 @@ GEN = _generator()
 
 
 def test_generated_pages_are_up_to_date():
-    stale = [
-        str(path.relative_to(ROOT))
-        for path, text in GEN.pages().items()
-        if not path.exists() or path.read_text() != text
-    ]
-    assert stale == [], "run `python docs/generate.py` to write: " + ", ".join(stale)
+    stale, diff = [], []
+    for path, text in GEN.pages().items():
+        old = path.read_text() if path.exists() else ""
+        if old != text:
+            stale.append(str(path.relative_to(ROOT)))
+            diff += list(difflib.unified_diff(old.splitlines(), text.splitlines(), lineterm=""))
+    assert stale == [], (
+        "run `python docs/generate.py` to write: " + ", ".join(stale) + "\n" + "\n".join(diff[:30])
+    )
 
 
 def test_every_directive_action_and_code_is_in_the_reference():
