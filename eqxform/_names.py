@@ -360,7 +360,7 @@ CONTEXT_NAMES = ("shape", "ndim", "size", "dtype", "fan_in", "fan_out", "path", 
 
 @dataclass(frozen=True)
 class ActionInfo:
-    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper"
+    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper", "spec"
 
 
 ACTIONS = {
@@ -373,10 +373,14 @@ ACTIONS = {
     "unwrap": ActionInfo("none"),
     "lr": ActionInfo("expr"),
     "weight_decay": ActionInfo("expr"),
+    "shard": ActionInfo("spec"),
 }
 
 # Actions that only shape the optimiser, not the model.
 OPTIMIZER_ACTIONS = ("lr", "weight_decay")
+
+# Actions that place arrays on the device mesh, not change them.
+PLACEMENT_ACTIONS = ("shard",)
 
 # Built-in wrappers (`wrap NAME(ARGS)`); users add theirs with
 # `eqxform.register_wrapper`.

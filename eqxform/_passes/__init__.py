@@ -1,9 +1,12 @@
 """Passes: pure `(model, key, context) -> model` functions, one per action of
-a rule (`_tree`) or structural directive (`_struct`); `_init` holds the
-initialisers that `init` draws from."""
+a rule (`_tree`) or structural directive (`_struct`), and the placement on a
+device mesh (`_shard`); `_init` holds the initialisers that `init` draws from."""
 
 from ._base import Context as Context
 from ._base import Pass as Pass
+from ._shard import MeshSpec as MeshSpec
+from ._shard import PlacePass as PlacePass
+from ._shard import ShardRule as ShardRule
 from ._struct import EnsemblePass as EnsemblePass
 from ._struct import StackPass as StackPass
 from ._struct import UnstackPass as UnstackPass

@@ -1,0 +1,448 @@
+"""Placement on a device mesh: the `mesh` directive, `shard` rules, and the
+pass that puts every array of the finished model in its sharding.
+
+`shard` rules, like `lr` and `weight_decay`, select on the model after every
+rule, so that a spec reads the same whatever order its lines come in: a rule
+names the arrays of one layer (`Linear.weight -> shard (model, none)`), and
+the leading axes of the stacks and ensembles an array sits in are added in
+front, unsplit, or split over the axis their `stack ... over AXIS` or
+`ensemble N over AXIS` names. An array no rule matches is replicated.
+
+`PlacePass` is the last pass of a program with a mesh. It is a pure function
+of (model, key, context) like every pass: with a `jax.sharding.Mesh` in the
+context it constrains each array to its `NamedSharding` (under `jit`, where
+`Program.apply` runs it with the same shardings as outputs, so that every
+array is created in place and no device holds a whole sharded one), and
+without one it returns the model as it is (the replay of a recipe, a plan).
+The arithmetic of a placement needs only the axis sizes, so `plan` computes
+bytes per device without touching a device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from .. import _ast as A
+from .._diagnostics import Diagnostic, did_you_mean
+from .._errors import SpecError, UsageError
+from .._modules import Ensemble, Stacked, split_state
+from .._select import Node, is_array, matched_arrays, select_rule, walk
+from ._base import Context, Pass
+
+# One dimension of a spec: unsplit (None), one mesh axis, or several.
+Dim = None | str | tuple[str, ...]
+
+
+# ---- the mesh ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeshSpec:
+    """The device mesh a spec asks for: axis names and sizes, in order
+    (`-1`: the devices left over). Plain data; `make()` builds the
+    `jax.sharding.Mesh` on the devices there are.
+
+    **Attributes:** `axes` (`(name, size)` pairs), and where it was written:
+    `span` and `source` for a `mesh` directive, `origin` (`"--mesh"`) for a
+    mesh given on the command line or through the Python API.
+    """
+
+    axes: tuple[tuple[str, int], ...]
+    span: A.Span | None = None
+    source: A.Source | None = None
+    origin: str = "mesh"
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.axes)
+
+    def text(self) -> str:
+        return " ".join(f"{n}={s}" for n, s in self.axes)
+
+    def sizes(self, device_count: int | None = None) -> dict[str, int]:
+        """Each axis's size, `-1` resolved against `device_count` (by default
+        every device JAX sees). Raises `SpecError` (E196) when the mesh needs
+        more devices than there are."""
+        count = jax.device_count() if device_count is None else device_count
+        fixed = math.prod(s for _, s in self.axes if s != -1)
+        rest = [n for n, s in self.axes if s == -1]
+        where = f"`{self.origin} {self.text()}`" if self.origin != "mesh" else f"`mesh {self.text()}`"
+        if fixed > count or (rest and count % fixed):
+            raise SpecError(
+                Diagnostic(
+                    "E196",
+                    f"{where} needs {fixed}"
+                    + (" times a whole number of" if rest else "")
+                    + f" devices, and there are {count}",
+                    self.span,
+                    f"use a mesh of at most {count} devices"
+                    + (
+                        " (on the CPU, simulate more with "
+                        "`XLA_FLAGS=--xla_force_host_platform_device_count=N`)"
+                        if jax.default_backend() == "cpu"
+                        else ""
+                    ),
+                    self.source,
+                )
+            )
+        return {n: (count // fixed if s == -1 else s) for n, s in self.axes}
+
+    def make(self, devices=None) -> Mesh:
+        """The `jax.sharding.Mesh` on `devices` (default: every device, across
+        every process); a mesh of fewer devices takes the first ones."""
+        devices = list(jax.devices() if devices is None else devices)
+        sizes = self.sizes(len(devices))
+        needed = math.prod(sizes.values())
+        grid = np.array(devices[:needed], dtype=object).reshape(tuple(sizes.values()))
+        return Mesh(grid, tuple(sizes))
+
+
+def mesh_from_text(text: str, origin: str = "--mesh") -> MeshSpec:
+    """`"data=2,model=4"` (commas or spaces) -> a `MeshSpec`. Raises
+    `UsageError` (E465) on anything else."""
+    axes: list[tuple[str, int]] = []
+    parts = [p for p in text.replace(",", " ").split() if p]
+    problem = None if parts else "it names no axis"
+    for part in parts:
+        name, eq, size = part.partition("=")
+        if not eq or not name.isidentifier():
+            problem = f"`{part}` is not `AXIS=SIZE`"
+        elif size.strip() not in ("-1",) and not size.strip().isdigit():
+            problem = f"the size of `{name}` must be a whole number or -1, not `{size}`"
+        elif int(size) == 0:
+            problem = f"the size of `{name}` must be at least 1 (or -1), not 0"
+        elif name in dict(axes):
+            problem = f"axis `{name}` is given twice"
+        if problem:
+            break
+        axes.append((name, int(size)))
+    if problem is None and sum(1 for _, s in axes if s == -1) > 1:
+        problem = "only one axis may be -1 (the devices left over)"
+    if problem is not None:
+        raise UsageError(
+            Diagnostic(
+                "E465",
+                f"`{origin} {text}`: {problem}",
+                help=f"write it as `{origin} data=2,model=4` (`-1`: the devices left over)",
+            )
+        )
+    return MeshSpec(tuple(axes), origin=origin)
+
+
+def as_mesh_spec(mesh: Any) -> MeshSpec | None:
+    """What the Python API takes for a mesh: a `MeshSpec`, a
+    `jax.sharding.Mesh`, a mapping `{"data": 2, "model": 4}`, or the text
+    `"data=2,model=4"`."""
+    if mesh is None or isinstance(mesh, MeshSpec):
+        return mesh
+    if isinstance(mesh, Mesh):
+        return MeshSpec(tuple(mesh.shape.items()), origin="mesh=")
+    if isinstance(mesh, Mapping):
+        return mesh_from_text(",".join(f"{k}={v}" for k, v in mesh.items()), "mesh=")
+    if isinstance(mesh, str):
+        return mesh_from_text(mesh, "mesh=")
+    raise UsageError(
+        Diagnostic(
+            "E465",
+            f"`mesh=` takes a `jax.sharding.Mesh`, a mapping of axis sizes or the text "
+            f"`data=2,model=4`, not {type(mesh).__name__}",
+        )
+    )
+
+
+def as_mesh(mesh: Any, spec: MeshSpec | None = None) -> Mesh | None:
+    """A `jax.sharding.Mesh` from what the API takes (`spec` when `mesh` is None)."""
+    if isinstance(mesh, Mesh):
+        return mesh
+    spec = as_mesh_spec(mesh) if mesh is not None else spec
+    return None if spec is None else spec.make()
+
+
+# ---- shard rules --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardRule:
+    """One `shard` action: the partition spec of one layer's arrays."""
+
+    rule: A.Rule
+    action: A.Action
+    dims: tuple[Dim, ...]
+
+    @property
+    def line(self) -> int:
+        return self.rule.span.line
+
+    def text(self) -> str:
+        return show_spec(self.dims)
+
+
+def spec_dims(arg: A.Expr | None) -> tuple[Dim, ...]:
+    """The dimensions of a checked `shard` argument: `model` -> `("model",)`,
+    `(none, model)` -> `(None, "model")`, `((data, model), none)`."""
+
+    def one(e: A.Expr, top: bool) -> Dim:
+        if isinstance(e, A.Name):
+            return None if e.id == "none" else e.id
+        assert isinstance(e, A.TupleExpr) and not top
+        return tuple(i.id for i in e.items if isinstance(i, A.Name))
+
+    if isinstance(arg, A.TupleExpr):
+        return tuple(one(i, False) for i in arg.items)
+    assert arg is not None
+    return (one(arg, True),)
+
+
+def spec_axes(arg: A.Expr | None) -> list[A.Name]:
+    """The mesh-axis names a `shard` argument uses, with their spans."""
+    out = []
+    if isinstance(arg, A.Name):
+        return [arg] if arg.id != "none" else []
+    if isinstance(arg, A.TupleExpr):
+        for item in arg.items:
+            out += spec_axes(item)
+    return out
+
+
+def show_spec(dims) -> str:
+    def one(d):
+        if d is None:
+            return "none"
+        if isinstance(d, tuple):
+            return "(" + ", ".join(d) + ")"
+        return d
+
+    return "(" + ", ".join(one(d) for d in dims) + ")"
+
+
+def _axes_of(d: Dim) -> tuple[str, ...]:
+    if d is None:
+        return ()
+    return d if isinstance(d, tuple) else (d,)
+
+
+# ---- placements -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one array lives: its full partition spec (leading stack and
+    ensemble axes included) and the rule that gave it (None: replicated)."""
+
+    node: Node
+    dims: tuple[Dim, ...]
+    rule: ShardRule | None
+
+    @property
+    def spec(self) -> PartitionSpec:
+        return PartitionSpec(*self.dims)
+
+    def shard_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        shape = tuple(self.node.obj.shape)
+        return tuple(
+            d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims)
+        ) + shape[len(self.dims) :]
+
+    def bytes_per_device(self, sizes: Mapping[str, int]) -> int:
+        itemsize = np.dtype(self.node.obj.dtype).itemsize
+        return math.prod(self.shard_shape(sizes)) * itemsize
+
+    def describe(self) -> str:
+        if self.rule is None and not any(d is not None for d in self.dims):
+            return "replicated"
+        return show_spec(self.dims)
+
+
+def _leading(node: Node) -> list[Dim]:
+    """The dims of a node's leading stack and member axes: the `over` axis of
+    each stack or ensemble it sits in, outermost first, unsplit beyond."""
+    overs: list[Dim] = [p.over for p in node.parents if isinstance(p, (Stacked, Ensemble))]
+    batch = node.batch
+    return (overs + [None] * batch)[:batch]
+
+
+def placements(
+    model: Any,
+    rules: tuple[ShardRule, ...],
+    sizes: Mapping[str, int],
+    env: Mapping[str, Any],
+    source: A.Source,
+) -> list[Placement]:
+    """The placement of every array of `model` (a model, or `(model, state)`;
+    the state is replicated), in tree order. The last rule that matches an
+    array wins. Raises `SpecError` with every rank and divisibility problem."""
+    model, _ = split_state(model)
+    arrays = [n for n in walk(model) if n.path and is_array(n.obj)]
+    chosen: dict[tuple, ShardRule] = {}
+    diagnostics: list[Diagnostic] = []
+    for rule in rules:
+        try:
+            nodes = select_rule(rule.rule, model, env, source)
+            for leaf in matched_arrays(nodes, "shard", rule.rule.selector, source):
+                chosen[leaf.path] = rule
+        except SpecError as e:
+            diagnostics.extend(e.diagnostics)
+    out = []
+    for node in arrays:
+        rule = chosen.get(node.path)
+        lead = _leading(node)
+        dims: tuple[Dim, ...] = tuple(lead)
+        if rule is not None:
+            layer_rank = node.obj.ndim - node.batch
+            if len(rule.dims) != layer_rank:
+                diagnostics.append(
+                    Diagnostic(
+                        "E230",
+                        f"`shard {rule.text()}` gives {len(rule.dims)} dimension"
+                        f"{'s' if len(rule.dims) != 1 else ''}, but `{node.text}` has "
+                        f"{layer_rank} in one layer (shape {list(node.obj.shape[node.batch :])})",
+                        rule.action.span,
+                        "write one entry per dimension of one layer, `none` for those not split"
+                        + (
+                            f"; the {node.batch} leading stack or member axes are added for you"
+                            if node.batch
+                            else ""
+                        )
+                        + ", or narrow the selector (e.g. `if ndim == 2`)",
+                        source,
+                    )
+                )
+                continue
+            dims = tuple(lead) + rule.dims
+        problem = _check_dims(node, dims, sizes, rule)
+        if problem is not None:
+            diagnostics.append(problem.with_source(source))
+            continue
+        out.append(Placement(node, dims, rule))
+    if diagnostics:
+        raise SpecError(diagnostics)
+    return out
+
+
+def _check_dims(node: Node, dims, sizes, rule: ShardRule | None) -> Diagnostic | None:
+    span = rule.action.span if rule is not None else None
+    used: list[str] = []
+    for axis, d in enumerate(dims):
+        for a in _axes_of(d):
+            if a in used:
+                return Diagnostic(
+                    "E232",
+                    f"mesh axis `{a}` splits two dimensions of `{node.text}` "
+                    f"({show_spec(dims)})",
+                    span,
+                    "a mesh axis splits one dimension of an array; a stack or ensemble "
+                    "`over` that axis uses it for the leading axis already"
+                    if axis >= node.batch and any(a in _axes_of(x) for x in dims[: node.batch])
+                    else "use each mesh axis once per array",
+                )
+            used.append(a)
+        parts = math.prod(sizes[a] for a in _axes_of(d))
+        size = node.obj.shape[axis]
+        if size % parts:
+            named = " x ".join(f"`{a}`={sizes[a]}" for a in _axes_of(d))
+            kind = ""
+            if axis < node.batch:
+                kind = " (its leading stack or member axis)"
+            return Diagnostic(
+                "E231",
+                f"dimension {axis} of `{node.text}`{kind} has size {size}, which {named} "
+                f"does not divide",
+                span,
+                "split a dimension whose size the mesh axes divide, change the mesh, or leave "
+                "it `none`",
+            )
+    return None
+
+
+def named_shardings(placed: list[Placement], mesh: Mesh) -> dict[tuple, NamedSharding]:
+    """path -> `NamedSharding` of each placement."""
+    return {p.node.path: NamedSharding(mesh, p.spec) for p in placed}
+
+
+def sharding_tree(subject: Any, placed: list[Placement], mesh: Mesh) -> Any:
+    """A tree like `subject` with a `NamedSharding` for each array (a state's
+    arrays replicated) and None elsewhere."""
+    model, state = split_state(subject)
+    by_path = named_shardings(placed, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    flat, treedef = jax.tree_util.tree_flatten_with_path(model)
+    model_sh = jax.tree_util.tree_unflatten(
+        treedef, [by_path.get(tuple(p), replicated) if is_array(x) else None for p, x in flat]
+    )
+    if state is None:
+        return model_sh
+    state_sh = jax.tree_util.tree_map(lambda x: replicated if is_array(x) else None, state)
+    return (model_sh, state_sh)
+
+
+def constrain(subject: Any, shardings: Any) -> Any:
+    """Every array of `subject` in its sharding: a constraint under a trace,
+    a transfer outside one."""
+
+    def place(x, s):
+        if s is None or not is_array(x):
+            return x
+        if isinstance(x, jax.core.Tracer):
+            return jax.lax.with_sharding_constraint(x, s)
+        return jax.device_put(x, s)
+
+    return jax.tree_util.tree_map(place, subject, shardings, is_leaf=lambda x: x is None)
+
+
+@dataclass(frozen=True, eq=False)
+class PlacePass(Pass):
+    """The last pass of a program with a mesh: every array in its sharding.
+    `stmt` is the `mesh` directive (or, with the mesh given from outside,
+    the first `shard` rule)."""
+
+    rules: tuple[ShardRule, ...] = ()
+    mesh: MeshSpec | None = None
+
+    @property
+    def label(self) -> str:
+        return "mesh"
+
+    def placements(self, model: Any, sizes: Mapping[str, int]) -> list[Placement]:
+        return placements(model, self.rules, sizes, self.env, self.source)
+
+    def select(self, model: Any, ctx: Context) -> list[Node]:
+        return []
+
+    def run(self, model, key, ctx, nodes):
+        if ctx.mesh is None:
+            return model
+        return self.place(model, ctx.mesh)
+
+    def run_stateful(self, model, state, key, ctx, nodes):
+        if ctx.mesh is None:
+            return model, state
+        return self.place((model, state), ctx.mesh)
+
+    def place(self, subject: Any, mesh: Mesh) -> Any:
+        placed = self.placements(subject, dict(mesh.shape))
+        return constrain(subject, sharding_tree(subject, placed, mesh))
+
+
+def check_axes(names: list[tuple[str, A.Span]], mesh: MeshSpec, source) -> list[Diagnostic]:
+    """Every axis named (`shard` specs, `over`) is an axis of `mesh`."""
+    out = []
+    for name, span in names:
+        if name not in mesh.names:
+            out.append(
+                Diagnostic(
+                    "E190",
+                    f"`{name}` is no axis of the mesh (`{mesh.origin} {mesh.text()}`)",
+                    span,
+                    did_you_mean(name, mesh.names)
+                    or "the mesh's axes are " + ", ".join(f"`{n}`" for n in mesh.names),
+                    source,
+                )
+            )
+    return out
