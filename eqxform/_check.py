@@ -33,9 +33,7 @@ class Checker:
     """The checks of one spec. After `run()`, when it found no errors, the
     evaluated directives are in `env`, `seed`, `counts` and `optimizer`."""
 
-    def __init__(
-        self, spec: A.Spec, params: Mapping[str, Any] | None = None, mesh: Any = None
-    ):
+    def __init__(self, spec: A.Spec, params: Mapping[str, Any] | None = None, mesh: Any = None):
         self.spec = spec
         self.source = spec.source
         self.params = dict(params or {})
@@ -244,8 +242,7 @@ class Checker:
             if axis.size != -1 and axis.size < 1:
                 self.error(
                     "E192",
-                    f"mesh axis `{axis.name}` needs a size of at least 1 (or -1), not "
-                    f"{axis.size}",
+                    f"mesh axis `{axis.name}` needs a size of at least 1 (or -1), not {axis.size}",
                     axis.span,
                     "e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
                 )

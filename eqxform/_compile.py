@@ -170,7 +170,7 @@ def _program(
                     groups.append(Group(stmt, action))
                     continue
                 if action.name in PLACEMENT_ACTIONS:
-                    shards.append(ShardRule(stmt, action, spec_dims(action.arg)))
+                    shards.append(ShardRule(stmt, action, spec_dims(action.arg), env, source))
                     continue
                 cls = PASSES[action.name]
                 passes.append(cls(stmt, env, source, identity(text_key, occurrence, index), action))
@@ -200,9 +200,7 @@ def _program(
         anchor = checker.mesh or (shards[0].rule if shards else None)
         if anchor is None:
             anchor = A.MeshStmt(A.Span(1, 1, 1, 1), ())
-        passes.append(
-            PlacePass(anchor, env, source, identity("mesh"), tuple(shards), device_mesh)
-        )
+        passes.append(PlacePass(anchor, env, source, identity("mesh"), tuple(shards), device_mesh))
     return Program(
         spec,
         tuple(passes),

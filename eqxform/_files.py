@@ -11,9 +11,12 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, UsageError
@@ -153,6 +156,12 @@ def read_header(path: str | os.PathLike) -> Header:
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """Call `write(file)` on a temporary file in the folder of `path`, then
+    rename it into place: `path` is replaced whole or not at all."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -168,7 +177,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -189,6 +198,104 @@ def encode(tensors: dict[str, Any], content: dict) -> bytes:
     # and the same model and seed must give the same bytes.
     metadata = {"eqxform": json.dumps({"format": FORMAT, **content}, sort_keys=True)}
     return st_save(tensors, metadata=metadata)
+
+
+# The order in which safetensors lays out tensors: by dtype (this order), then
+# by name. `write_stream` follows it, so that a file written tensor by tensor
+# is byte for byte the file `encode` makes.
+_LAYOUT = (
+    "U64",
+    "I64",
+    "F64",
+    "F32",
+    "U32",
+    "I32",
+    "BF16",
+    "F16",
+    "U16",
+    "I16",
+    "I8",
+    "U8",
+    "BOOL",
+)
+_CODES = {numpy: code for code, (numpy, _) in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor to be written: its name, numpy dtype name and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def layout(tensors: Iterable[TensorSpec]) -> list[TensorSpec]:
+    """The tensors in the order a model file holds them."""
+    return sorted(tensors, key=lambda t: (_LAYOUT.index(_CODES[t.dtype]), t.name))
+
+
+def write_stream(
+    f,
+    tensors: Iterable[TensorSpec],
+    fetch: Callable[[str], Any],
+    content: dict,
+) -> None:
+    """Write a model file to the open file `f`, one tensor at a time:
+    `fetch(name)` gives each tensor's values (a numpy array) when its turn
+    comes, so that no more than one tensor is ever held on the host. The
+    bytes equal `encode` of the same tensors and content."""
+    specs = layout(tensors)
+    header: dict[str, Any] = {
+        "__metadata__": {"eqxform": json.dumps({"format": FORMAT, **content}, sort_keys=True)}
+    }
+    offset = 0
+    for t in specs:
+        size = math.prod(t.shape) * _DTYPES[_CODES[t.dtype]][1]
+        header[t.name] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for t in specs:
+        value = np.ascontiguousarray(np.asarray(fetch(t.name)).reshape(t.shape))
+        if value.dtype.name != t.dtype:
+            raise ValueError(f"tensor `{t.name}` came as {value.dtype.name}, not {t.dtype}")
+        f.write(value.tobytes())
+
+
+class SliceReader:
+    """Reads slices of the tensors of a model file (safetensors' `get_slice`),
+    each distinct slice once: what one device of a mesh needs, never more."""
+
+    def __init__(self, path: str | os.PathLike):
+        from safetensors import safe_open
+
+        self._context = safe_open(str(path), framework="numpy")
+        self._file = self._context.__enter__()
+        self._cache: dict[tuple, Any] = {}
+
+    def read(self, name: str, index: tuple) -> Any:
+        """`tensor[index]` for a tuple of slices (a device's shard)."""
+        key = (name,) + tuple((s.start, s.stop, s.step) for s in index)
+        cached = self._cache.get(key)
+        if cached is None:
+            piece = self._file.get_slice(name)
+            cached = piece[index] if index and piece.get_shape() else self._file.get_tensor(name)
+            self._cache[key] = cached
+        return cached
+
+    def forget(self) -> None:
+        """Drop the slices read so far (after a tensor is placed)."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
 
 
 def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, Any]:

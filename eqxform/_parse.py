@@ -151,8 +151,7 @@ class _ToAst(Transformer):
     def stack_stmt(self, meta, children):
         selector, mode, *options = children
         options = [
-            A.StackOption("over", None, o.span, o) if isinstance(o, A.Over) else o
-            for o in options
+            A.StackOption("over", None, o.span, o) if isinstance(o, A.Over) else o for o in options
         ]
         return A.StackStmt(_span(meta), selector, str(mode), _span(mode), tuple(options))
 

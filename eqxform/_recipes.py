@@ -23,7 +23,18 @@ from ._check import Checker
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
-from ._files import Header, corrupt, encode, read_header, read_tensors
+from ._files import (
+    Header,
+    SliceReader,
+    TensorSpec,
+    atomic_write_with,
+    corrupt,
+    encode,
+    layout,
+    read_header,
+    read_tensors,
+    write_stream,
+)
 from ._files import atomic_write as atomic_write
 from ._modules import split_state, state_values
 from ._parse import parse_expr
@@ -209,17 +220,68 @@ def check_tensors(header: Header, skel: Any) -> None:
         )
 
 
-def fill(header: Header, skel: Any) -> Any:
-    """The skeleton with its leaves read from the file (checked first)."""
+def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> Any:
+    """The skeleton with its leaves read from the file (checked first). With
+    `shardings` (tensor name -> `jax.sharding.Sharding`, every tensor), each
+    tensor is placed in its sharding as it is read, each device's shard read
+    alone from the file (safetensors slices): no device, and no host buffer,
+    ever holds more of a sharded tensor than one shard."""
     check_tensors(header, skel)
     leaves, treedef = jax.tree_util.tree_flatten(skel)
     names = leaf_names(skel)
-    values = read_tensors(header.path, [n for n in names if n is not None])
-    filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
+    if shardings is None:
+        values = read_tensors(header.path, [n for n in names if n is not None])
+        filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
+        return jax.tree_util.tree_unflatten(treedef, filled)
+    reader = SliceReader(header.path)
+    filled = []
+    try:
+        for name, leaf in zip(names, leaves):
+            if name is None:
+                filled.append(leaf)
+                continue
+            filled.append(
+                jax.make_array_from_callback(
+                    tuple(leaf.shape),
+                    shardings[name],
+                    lambda index, name=name: reader.read(name, index),
+                )
+            )
+            reader.forget()
+    finally:
+        reader.close()
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
-def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None):
+def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = None) -> dict:
+    """tensor name -> `NamedSharding` of every tensor of a file whose
+    structure is `skel`: the `shard` rules of the specs in its recipe, then
+    those of `program`, on `mesh`; the rest replicated."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from ._passes._shard import as_mesh, placements
+
+    device_mesh = as_mesh(mesh)
+    rules: tuple = ()
+    if recipe is not None:
+        for step in recipe.steps:
+            rules += step.program.shards
+    if program is not None:
+        rules += program.shards
+    placed = placements(skel, rules, dict(device_mesh.shape))
+    replicated = NamedSharding(device_mesh, PartitionSpec())
+    by_name = {p.node.name: NamedSharding(device_mesh, p.spec) for p in placed}
+    return {n: by_name.get(n, replicated) for n in leaf_names(skel) if n is not None}
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    allow: Iterable[str] = (),
+    like: Any = None,
+    mesh: Any = None,
+    program: Any = None,
+):
     """Load a model file.
 
     **Arguments:**
@@ -228,12 +290,17 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
     - `allow`: top-level packages whose constructors the recipe may import
       (`package.module:function`); nothing else is ever imported.
     - `like`: a model of the same structure, for files without a recipe.
+    - `mesh`: a device mesh (`jax.sharding.Mesh`, `"data=2,model=4"`, or a
+      mapping of axis sizes): each tensor is placed as the `shard` rules of
+      the file's recipe say (then those of `program`, a compiled spec),
+      reading from the file only the slices each device holds.
 
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
     """
     header, recipe, skel = skeleton(path, allow, like)
-    model = fill(header, skel)
+    shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
+    model = fill(header, skel, shardings)
     remember(model, recipe)
     return model
 
@@ -241,11 +308,8 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
 # ---- writing -------------------------------------------------------------------
 
 
-def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
-    """The model file of `model`: its arrays and its recipe (given, or the one
-    eqxform knows for it)."""
-    recipe = recipe if recipe is not None else recipe_of(model)
-    tensors = {}
+def _unique_arrays(model: Any) -> dict[str, Any]:
+    tensors: dict[str, Any] = {}
     for name, leaf in named_arrays(model):
         if name in tensors:
             raise UsageError(
@@ -256,13 +320,33 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                     "can collide with a path: rename it",
                 )
             )
-        # Not `np.ascontiguousarray`: it turns a scalar into a vector.
-        tensors[name] = np.array(leaf, order="C")
+        tensors[name] = leaf
+    return tensors
+
+
+def _content(model: Any, recipe: Recipe | None) -> dict:
+    recipe = recipe if recipe is not None else recipe_of(model)
     if recipe is None:
-        content = {"load": NO_RECIPE}
-    else:
-        content = {**recipe.to_dict(), "versions": versions()}
-    return encode(tensors, content)
+        return {"load": NO_RECIPE}
+    return {**recipe.to_dict(), "versions": versions()}
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """One array's values on this host. An array spread over the devices of
+    several processes is gathered (every process must take part)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    # Not `np.ascontiguousarray`: it turns a scalar into a vector.
+    return np.array(leaf, order="C")
+
+
+def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
+    """The model file of `model`: its arrays and its recipe (given, or the one
+    eqxform knows for it)."""
+    tensors = {name: _host(leaf) for name, leaf in _unique_arrays(model).items()}
+    return encode(tensors, _content(model, recipe))
 
 
 def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -> None:
@@ -281,8 +365,24 @@ def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -
     Without a recipe the file loads only with `eqxform.load(path, like=model)`;
     the file says so (`eqxform show` prints it, and `load` without `like=`
     answers with that fix).
+
+    The file is written tensor by tensor: one tensor at a time is brought to
+    the host (gathered from its shards, for a sharded model), so saving never
+    needs the whole model in one place. In a run of several processes every
+    process calls `save` (the gathers are collective) and process 0 writes.
     """
-    atomic_write(path, to_bytes(model, recipe))
+    tensors = _unique_arrays(model)
+    content = _content(model, recipe)
+    specs = [
+        TensorSpec(name, np.dtype(leaf.dtype).name, tuple(leaf.shape))
+        for name, leaf in tensors.items()
+    ]
+    fetch = lambda name: _host(tensors[name])  # noqa: E731
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        for spec in layout(specs):  # the same gathers, in the same order
+            fetch(spec.name)
+        return
+    atomic_write_with(path, lambda f: write_stream(f, specs, fetch, content))
 
 
 def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):

@@ -73,7 +73,9 @@ class MeshSpec:
         count = jax.device_count() if device_count is None else device_count
         fixed = math.prod(s for _, s in self.axes if s != -1)
         rest = [n for n, s in self.axes if s == -1]
-        where = f"`{self.origin} {self.text()}`" if self.origin != "mesh" else f"`mesh {self.text()}`"
+        where = (
+            f"`{self.origin} {self.text()}`" if self.origin != "mesh" else f"`mesh {self.text()}`"
+        )
         if fixed > count or (rest and count % fixed):
             raise SpecError(
                 Diagnostic(
@@ -175,6 +177,8 @@ class ShardRule:
     rule: A.Rule
     action: A.Action
     dims: tuple[Dim, ...]
+    env: Mapping[str, Any]
+    source: A.Source
 
     @property
     def line(self) -> int:
@@ -246,9 +250,10 @@ class Placement:
 
     def shard_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         shape = tuple(self.node.obj.shape)
-        return tuple(
-            d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims)
-        ) + shape[len(self.dims) :]
+        return (
+            tuple(d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims))
+            + shape[len(self.dims) :]
+        )
 
     def bytes_per_device(self, sizes: Mapping[str, int]) -> int:
         itemsize = np.dtype(self.node.obj.dtype).itemsize
@@ -269,11 +274,7 @@ def _leading(node: Node) -> list[Dim]:
 
 
 def placements(
-    model: Any,
-    rules: tuple[ShardRule, ...],
-    sizes: Mapping[str, int],
-    env: Mapping[str, Any],
-    source: A.Source,
+    model: Any, rules: tuple[ShardRule, ...], sizes: Mapping[str, int]
 ) -> list[Placement]:
     """The placement of every array of `model` (a model, or `(model, state)`;
     the state is replicated), in tree order. The last rule that matches an
@@ -284,8 +285,8 @@ def placements(
     diagnostics: list[Diagnostic] = []
     for rule in rules:
         try:
-            nodes = select_rule(rule.rule, model, env, source)
-            for leaf in matched_arrays(nodes, "shard", rule.rule.selector, source):
+            nodes = select_rule(rule.rule, model, rule.env, rule.source)
+            for leaf in matched_arrays(nodes, "shard", rule.rule.selector, rule.source):
                 chosen[leaf.path] = rule
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
@@ -311,14 +312,14 @@ def placements(
                             else ""
                         )
                         + ", or narrow the selector (e.g. `if ndim == 2`)",
-                        source,
+                        rule.source,
                     )
                 )
                 continue
             dims = tuple(lead) + rule.dims
         problem = _check_dims(node, dims, sizes, rule)
         if problem is not None:
-            diagnostics.append(problem.with_source(source))
+            diagnostics.append(problem if rule is None else problem.with_source(rule.source))
             continue
         out.append(Placement(node, dims, rule))
     if diagnostics:
@@ -331,11 +332,18 @@ def _check_dims(node: Node, dims, sizes, rule: ShardRule | None) -> Diagnostic |
     used: list[str] = []
     for axis, d in enumerate(dims):
         for a in _axes_of(d):
+            if a not in sizes:
+                return Diagnostic(
+                    "E190",
+                    f"`{node.text}` is split over `{a}`, which is no axis of the mesh "
+                    f"({', '.join(f'`{n}`' for n in sizes)})",
+                    span,
+                    did_you_mean(a, list(sizes)) or f"place it on a mesh that has the axis `{a}`",
+                )
             if a in used:
                 return Diagnostic(
                     "E232",
-                    f"mesh axis `{a}` splits two dimensions of `{node.text}` "
-                    f"({show_spec(dims)})",
+                    f"mesh axis `{a}` splits two dimensions of `{node.text}` ({show_spec(dims)})",
                     span,
                     "a mesh axis splits one dimension of an array; a stack or ensemble "
                     "`over` that axis uses it for the leading axis already"
@@ -410,7 +418,7 @@ class PlacePass(Pass):
         return "mesh"
 
     def placements(self, model: Any, sizes: Mapping[str, int]) -> list[Placement]:
-        return placements(model, self.rules, sizes, self.env, self.source)
+        return placements(model, self.rules, sizes)
 
     def select(self, model: Any, ctx: Context) -> list[Node]:
         return []
