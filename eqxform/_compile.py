@@ -17,19 +17,19 @@ from ._check import Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
+from ._mesh import MeshSpec, as_mesh_spec
 from ._names import OPTIMIZER_ACTIONS, PLACEMENT_ACTIONS
 from ._parse import parse_collect
 from ._passes import (
     PASSES,
     EnsemblePass,
-    MeshSpec,
     Pass,
     PlacePass,
     ShardRule,
     StackPass,
     UnstackPass,
 )
-from ._passes._shard import as_mesh_spec, spec_dims
+from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
 

@@ -41,9 +41,10 @@ from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
-from ._passes import Context, MeshSpec, Pass, PlacePass, ShardRule
+from ._mesh import MeshSpec, as_mesh_spec
+from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
-from ._passes._shard import as_mesh_spec, check_axes, sharding_tree
+from ._passes._shard import check_axes, sharding_tree
 from ._plan import make_plan
 from ._select import is_array
 

@@ -16,6 +16,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
@@ -36,8 +37,10 @@ from ._files import (
     write_stream,
 )
 from ._files import atomic_write as atomic_write
+from ._mesh import as_mesh
 from ._modules import split_state, state_values
 from ._parse import parse_expr
+from ._passes._shard import placements
 from ._program import Recipe, RecipeStep, recipe_of, remember
 from ._select import is_array, tensor_name
 
@@ -257,10 +260,6 @@ def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = N
     """tensor name -> `NamedSharding` of every tensor of a file whose
     structure is `skel`: the `shard` rules of the specs in its recipe, then
     those of `program`, on `mesh`; the rest replicated."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from ._passes._shard import as_mesh, placements
-
     device_mesh = as_mesh(mesh)
     rules: tuple = ()
     if recipe is not None:

@@ -4,7 +4,6 @@ device mesh (`_shard`); `_init` holds the initialisers that `init` draws from.""
 
 from ._base import Context as Context
 from ._base import Pass as Pass
-from ._shard import MeshSpec as MeshSpec
 from ._shard import PlacePass as PlacePass
 from ._shard import ShardRule as ShardRule
 from ._struct import EnsemblePass as EnsemblePass

@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._diagnostics import Diagnostic, did_you_mean
 from .._errors import EqxformError, UsageError
+from .._mesh import as_mesh
 from .._modules import resolve as resolve_wrappers
 from .._program import recipe_of, remember
 
@@ -189,6 +190,11 @@ class Step:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     @property
+    def mesh(self) -> Mesh | None:
+        """The mesh the step runs on, or None."""
+        return self._mesh
+
+    @property
     def model(self) -> Any:
         params = jax.tree_util.tree_unflatten(self._params_def, self._params)
         model = eqx.combine(params, self._static)
@@ -220,8 +226,6 @@ def _mesh_of(mesh: Any, params: Any) -> Mesh | None:
     """The mesh to train on: the one given, else the one the parameters are
     placed on (by `Program.apply` or `load` with a mesh); None for neither."""
     if mesh is not None:
-        from .._passes._shard import as_mesh
-
         return as_mesh(mesh)
     for x in jax.tree_util.tree_leaves(params):
         sharding = getattr(x, "sharding", None)
