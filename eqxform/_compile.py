@@ -128,6 +128,36 @@ def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
     return diagnostics
 
 
+def _without_shard(rule: A.Rule) -> str:
+    """A rule's identity, its `shard` actions left out: placing arrays
+    changes no number a rule draws."""
+    text = rule.text
+    cuts = [
+        a.span
+        for a in rule.actions
+        if a.name in PLACEMENT_ACTIONS and a.span.line == rule.span.line == a.span.end_line
+    ]
+    if not cuts:
+        return _normalise(text)
+    for span in sorted(cuts, key=lambda s: -s.column):
+        start, end = span.column - rule.span.column, span.end_column - rule.span.column
+        text = text[:start] + text[end:]
+    key = re.sub(",+", ",", _normalise(text)).replace("->,", "->")
+    return key.rstrip(",")
+
+
+def _without_over(stmt: A.Stmt, source: A.Source) -> str:
+    """The line of a statement less its `over AXIS`: where the arrays live
+    changes no number they are drawn with."""
+    line = source.line(stmt.span.line)
+    overs = [o.over for o in getattr(stmt, "options", ()) if o.over is not None]
+    if isinstance(stmt, A.EnsembleStmt) and stmt.over is not None:
+        overs.append(stmt.over)
+    for over in sorted(overs, key=lambda o: -o.span.column):
+        line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
+    return line
+
+
 def _program(
     spec: A.Spec, checker: Checker, allow: tuple[str, ...], mesh: MeshSpec | None = None
 ) -> Program:
@@ -157,15 +187,17 @@ def _program(
             model_call = stmt.call
             continue
         if isinstance(stmt, A.Rule):
-            text_key = _normalise(stmt.text)
+            text_key = _without_shard(stmt)
         elif isinstance(stmt, (A.StackStmt, A.UnstackStmt, A.EnsembleStmt)):
-            text_key = _normalise(source.line(stmt.span.line).split("#", 1)[0])
+            text_key = _normalise(_without_over(stmt, source).split("#", 1)[0])
         else:
             continue
         occurrence = seen.get(text_key, 0)
         seen[text_key] = occurrence + 1
         if isinstance(stmt, A.Rule):
-            for index, action in enumerate(stmt.actions):
+            drawing = [a for a in stmt.actions if a.name not in PLACEMENT_ACTIONS]
+            for action in stmt.actions:
+                index = drawing.index(action) if action in drawing else -1
                 if action.name in OPTIMIZER_ACTIONS:
                     groups.append(Group(stmt, action))
                     continue
