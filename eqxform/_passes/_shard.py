@@ -165,6 +165,7 @@ def placements(
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
     out = []
+    reported: set[tuple] = set()
     for node in arrays:
         rule = chosen.get(node.path)
         lead = _leading(node)
@@ -192,6 +193,13 @@ def placements(
                 continue
             dims = tuple(lead) + rule.dims
         problem = _check_dims(node, dims, sizes, rule)
+        if problem is not None and rule is None:
+            # A stack or an ensemble over an axis that does not divide it: once
+            # per stack, not once per array in it.
+            seen = (problem.code, tuple(node.obj.shape[: node.batch]), tuple(lead))
+            if seen in reported:
+                continue
+            reported.add(seen)
         if problem is not None:
             diagnostics.append(problem if rule is None else problem.with_source(rule.source))
             continue
