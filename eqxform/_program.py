@@ -230,7 +230,7 @@ class Program:
             remember(result, recipe.then(self, recorded_seed))
         return result
 
-    def _apply_on_mesh(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
+    def _sharded_build(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
         """The fold under `jax.jit`, every array's sharding its output sharding.
 
         The shapes come first (`eqx.filter_eval_shape`, where every error of
@@ -239,6 +239,7 @@ class Program:
         is given) and transforms it. The key enters as data, so that every
         process of a multi-process run feeds the same replicated input.
         Stacks are not run on random inputs here (that needs the values).
+        Returns the jitted function, its arguments and the model's static part.
         """
         passes = tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
 
@@ -264,8 +265,26 @@ class Program:
             subject = None if model is None else eqx.combine(arrays, given_static)
             return eqx.partition(fold(subject, k, traced), eqx.is_array)[0]
 
-        arrays = jax.jit(build, out_shardings=shardings)(given, key_data)
-        return eqx.combine(arrays, static)
+        return jax.jit(build, out_shardings=shardings), (given, key_data), static
+
+    def _apply_on_mesh(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
+        run, args, static = self._sharded_build(model, key, ctx, placer, mesh)
+        return eqx.combine(run(*args), static)
+
+    def lower(self, model=None, key=None, *, seed: int | None = None, mesh: Any = None):
+        """The compiled run of `apply` on a mesh, lowered and not run: a
+        `jax.stages.Lowered`, whose `.compile().memory_analysis()` says how
+        many bytes each device needs to build the model. For measuring."""
+        seed = self.seed if seed is None else seed
+        key = jax.random.key(seed) if key is None else key
+        placer = self.placer(mesh)
+        if placer is None:
+            placer = self.placer({"data": 1})
+        device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
+        recipe = self.base_recipe(None) if model is None and self.model_call else recipe_of(model)
+        ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)
+        run, args, _ = self._sharded_build(model, key, ctx, placer, device_mesh)
+        return run.lower(*args)
 
     def check(self, model=None) -> list[Diagnostic]:
         """Every diagnostic of running this program on `model`, allocating no arrays."""
