@@ -139,6 +139,7 @@ def test_rank_and_divisibility_are_checked_with_spans_before_anything_runs():
     )
     (d,) = program.plan().diagnostics
     assert d.code == "E231" and "leading stack or member axis" in d.message
+    assert (d.span.line, d.span.column) == (3, 24)  # at the stack's `over data`
 
 
 def test_the_formatter_keeps_the_new_lines():

@@ -20,6 +20,7 @@ bytes per device without touching a device.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -148,11 +149,16 @@ def _leading(node: Node) -> list[Dim]:
 
 
 def placements(
-    model: Any, rules: tuple[ShardRule, ...], sizes: Mapping[str, int]
+    model: Any,
+    rules: tuple[ShardRule, ...],
+    sizes: Mapping[str, int],
+    overs: Mapping[str, tuple[A.Span, A.Source]] | None = None,
 ) -> list[Placement]:
     """The placement of every array of `model` (a model, or `(model, state)`;
     the state is replicated), in tree order. The last rule that matches an
-    array wins. Raises `SpecError` with every rank and divisibility problem."""
+    array wins. Raises `SpecError` with every rank and divisibility problem;
+    `overs` (mesh axis -> where an `over` names it) locates those of the
+    leading axes of stacks and ensembles."""
     model, _ = split_state(model)
     arrays = [n for n in walk(model) if n.path and is_array(n.obj)]
     chosen: dict[tuple, ShardRule] = {}
@@ -200,8 +206,15 @@ def placements(
             if seen in reported:
                 continue
             reported.add(seen)
+        if problem is not None and rule is not None:
+            problem = problem.with_source(rule.source)
+        elif problem is not None and overs:
+            # Not a rule's doing: the `over` of the stack or ensemble around it.
+            where = next((overs[a] for d in lead for a in _axes_of(d) if a in overs), None)
+            if where is not None:
+                problem = dataclasses.replace(problem, span=where[0], source=where[1])
         if problem is not None:
-            diagnostics.append(problem if rule is None else problem.with_source(rule.source))
+            diagnostics.append(problem)
             continue
         out.append(Placement(node, dims, rule))
     if diagnostics:
@@ -294,13 +307,15 @@ class PlacePass(Pass):
 
     rules: tuple[ShardRule, ...] = ()
     mesh: MeshSpec | None = None
+    overs: tuple[tuple[str, A.Span], ...] = ()  # where each `over` names its axis
 
     @property
     def label(self) -> str:
         return "mesh"
 
     def placements(self, model: Any, sizes: Mapping[str, int]) -> list[Placement]:
-        return placements(model, self.rules, sizes)
+        overs = {axis: (span, self.source) for axis, span in reversed(self.overs)}
+        return placements(model, self.rules, sizes, overs)
 
     def select(self, model: Any, ctx: Context) -> list[Node]:
         return []
