@@ -232,7 +232,23 @@ def _program(
         anchor = checker.mesh or (shards[0].rule if shards else None)
         if anchor is None:
             anchor = A.MeshStmt(A.Span(1, 1, 1, 1), ())
-        passes.append(PlacePass(anchor, env, source, identity("mesh"), tuple(shards), device_mesh))
+        overs = [
+            (s.over.axis, s.over.axis_span)
+            for s in statements
+            if isinstance(s, A.EnsembleStmt) and s.over is not None
+        ] + [
+            (o.over.axis, o.over.axis_span)
+            for s in statements
+            if isinstance(s, A.StackStmt)
+            for o in s.options
+            if o.over is not None
+        ]
+        overs.sort(key=lambda o: (o[1].line, o[1].column))
+        passes.append(
+            PlacePass(
+                anchor, env, source, identity("mesh"), tuple(shards), device_mesh, tuple(overs)
+            )
+        )
     return Program(
         spec,
         tuple(passes),

@@ -135,7 +135,8 @@ class Program:
         if problems:
             raise SpecError(problems)
         anchor = own.stmt if own is not None else A.MeshStmt(A.Span(1, 1, 1, 1), ())
-        return PlacePass(anchor, self.env, self.source, 0, self.shards, spec)
+        overs = own.overs if own is not None else ()
+        return PlacePass(anchor, self.env, self.source, 0, self.shards, spec, overs)
 
     def device_mesh(self, mesh: Any = None) -> Mesh | None:
         """The `jax.sharding.Mesh` the program places arrays on: `mesh` (a
