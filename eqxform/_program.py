@@ -315,12 +315,16 @@ class RecipeStep:
     seed: int | None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": os.path.basename(self.program.name),
             "text": self.program.text,
             "seed": self.seed,
             "params": dict(self.program.params),
         }
+        if self.program.mesh_given is not None:
+            # A mesh given from outside (`--mesh`): the spec's axes need it.
+            out["mesh"] = self.program.mesh_given.text()
+        return out
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
             f"{origin} (recipe spec {i + 1}: {entry.get('name', '?')})",
             entry.get("params") or {},
             allow,
+            mesh=entry.get("mesh"),
         )
         if diagnostics:
             raise ModelFileError(diagnostics)

@@ -96,12 +96,20 @@ def test_spec_errors_have_a_code_and_a_span(text, code, line, column, help_part)
     assert help_part in d.help
 
 
-def test_a_mesh_given_from_outside_replaces_the_spec_s():
+def test_a_mesh_given_from_outside_replaces_the_spec_s(tmp_path):
     text = "mesh data=8\nwhere layers[0].weight -> shard (none, model)\n"
     with pytest.raises(eqxform.SpecError):
         eqxform.compile(text)
     program = eqxform.compile(text, mesh="data=2,model=4")
     assert program.mesh.axes == (("data", 2), ("model", 4))
+    # A model made with it keeps the mesh in its recipe, so its file loads.
+    made = eqxform.compile(
+        "model MLP(in_size=4, out_size=2, width_size=4, depth=1)\n" + text, mesh="data=2,model=4"
+    ).apply()
+    assert eqxform.recipe_of(made)["specs"][0]["mesh"] == "data=2 model=4"
+    eqxform.save(tmp_path / "m.eqx", made)
+    back = eqxform.load(tmp_path / "m.eqx", mesh="data=2,model=4")
+    assert spec_of(back.layers[0].weight) == PartitionSpec(None, "model")
     with pytest.raises(eqxform.UsageError) as e:
         eqxform.compile(text, mesh="data=2,model")
     assert codes(e) == ["E465"]
