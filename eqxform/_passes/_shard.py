@@ -79,17 +79,6 @@ def spec_dims(arg: A.Expr | None) -> tuple[Dim, ...]:
     return (one(arg, True),)
 
 
-def spec_axes(arg: A.Expr | None) -> list[A.Name]:
-    """The mesh-axis names a `shard` argument uses, with their spans."""
-    out = []
-    if isinstance(arg, A.Name):
-        return [arg] if arg.id != "none" else []
-    if isinstance(arg, A.TupleExpr):
-        for item in arg.items:
-            out += spec_axes(item)
-    return out
-
-
 def show_spec(dims) -> str:
     def one(d):
         if d is None:
