@@ -15,7 +15,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, printable
 from ._errors import SpecError
 from ._modules import split_state
 from ._passes import Context, PlacePass
@@ -174,7 +174,8 @@ class Plan:
             lines.append(f"output: {self.output}")
         if self.placement is not None:
             lines += self.placement.lines()
-        return "\n".join(lines)
+        # Rules and paths come from the spec and the model: printed as text.
+        return printable("\n".join(lines), keep="\n")
 
 
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:

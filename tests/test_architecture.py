@@ -31,6 +31,7 @@ LAYERS = {
     "eqxform.models": 0,
     "eqxform._diagnostics": 1,
     "eqxform._codes": 0,
+    "eqxform._limits": 0,
     "eqxform._errors": 2,
     "eqxform._parse": 3,
     "eqxform._expr": 3,
@@ -169,7 +170,7 @@ def test_model_types_import_nothing_else_of_eqxform():
 
 def test_the_file_layer_knows_nothing_of_the_compiler():
     targets = {t for t, _ in _graph()["eqxform._files"]}
-    assert targets <= {"eqxform._diagnostics", "eqxform._errors"}
+    assert targets <= {"eqxform._diagnostics", "eqxform._errors", "eqxform._limits"}
 
 
 # ---- one path representation -------------------------------------------------
