@@ -82,8 +82,17 @@ _DIRECTIVE_TOKENS = {
     "ENSEMBLE": "ensemble",
     "STACK": "stack",
     "UNSTACK": "unstack",
+    "MESH": "mesh",
 }
-_KEYWORD_TOKENS = {"IF": "if", "ELSE": "else", "EXPECT": "expect", "AND": "and", "OR": "or", "NOT": "not"}
+_KEYWORD_TOKENS = {
+    "IF": "if",
+    "ELSE": "else",
+    "EXPECT": "expect",
+    "AND": "and",
+    "OR": "or",
+    "NOT": "not",
+    "OVER": "over",
+}
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
     "error": T.DiagnosticSeverity.Error,
