@@ -49,6 +49,8 @@ _LAZY = {
     "make_step": "._runtime._step",
     "Step": "._runtime._step",
     "RetraceError": "._runtime._step",
+    "MeshSpec": "._mesh",
+    "initialize_distributed": "._runtime._distributed",
 }
 
 

@@ -100,10 +100,19 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
         )
 
 
-def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=()):
+def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
     from ._compile import compile
 
-    return compile(spec, params, allow=allow, inputs=list(inputs) or None)
+    return compile(spec, params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
+
+
+def _mesh(text: str | None):
+    """`--mesh data=2,model=4` as a `MeshSpec` (no JAX), or None."""
+    if text is None:
+        return None
+    from ._mesh import mesh_from_text
+
+    return mesh_from_text(text)
 
 
 def _device(name: str | None):
@@ -152,6 +161,12 @@ _deny = click.option(
     metavar="warnings|CODE",
     help="Treat warnings (all, or of one code such as W202) as errors: exit 1 (for CI).",
 )
+_mesh_opt = click.option(
+    "--mesh",
+    metavar="AXIS=N,...",
+    help="The device mesh, e.g. data=2,model=4 (-1: the devices left over); replaces the "
+    "spec's `mesh`.",
+)
 _format = click.option(
     "--format",
     "fmt",
@@ -199,9 +214,10 @@ def new(constructor, output, seed, allow):
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
 @_deny
-def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
+def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
     """Report every problem of a spec (and, given a model, of applying it).
 
     With a model (a model file, or the spec's `model` directive) every rule
@@ -225,7 +241,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
             # The linter: parse and check, no JAX.
             from ._check import Checker
 
-            checker = Checker(parsed, params)
+            checker = Checker(parsed, params, _mesh(mesh))
             diagnostics = sorted(diagnostics + checker.run(), key=_position)
             usage = [d for d in diagnostics if d.code == "E116"]
             if usage:
@@ -237,7 +253,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
             from ._recipes import skeleton
 
             given = list(inputs) or None
-            program, diagnostics = compile_collect(text, name, params, allow, given)
+            program, diagnostics = compile_collect(text, name, params, allow, given, _mesh(mesh))
             statements = len(parsed.statements)
             if program is not None:
                 struct = skeleton(model, allow)[2] if model is not None else None
@@ -291,15 +307,17 @@ def check(spec, model, sets, params_file, allow, inputs, as_json, deny):
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
 @_format
 @click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
 @_deny
-def plan(spec, model, sets, params_file, allow, inputs, fmt, untouched, deny):
-    """Show what each rule will change, before applying anything."""
+def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, deny):
+    """Show what each rule will change, before applying anything; with a mesh,
+    each array's partition spec and bytes per device."""
 
     def go():
         _swapped(spec, model, "plan")
-        program = _compile(spec, _params(sets, params_file), allow, inputs)
+        program = _compile(spec, _params(sets, params_file), allow, inputs, mesh)
         from ._recipes import skeleton
 
         struct = skeleton(model, allow)[2] if model is not None else None
@@ -359,6 +377,8 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     click.echo(budget(result))
     if result.output is not None:
         _echo(f"output: {result.output}")
+    if result.placement is not None:
+        _echo("\n".join(result.placement.lines()))
     if untouched:
         click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
         for path in result.untouched:
@@ -374,6 +394,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 @click.option(
@@ -383,13 +404,35 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 )
 @_deny
 def apply(
-    spec, model, output, seed, sets, params_file, allow, inputs, device, force, adapters_only, deny
+    spec,
+    model,
+    output,
+    seed,
+    sets,
+    params_file,
+    allow,
+    inputs,
+    mesh,
+    device,
+    force,
+    adapters_only,
+    deny,
 ):
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
         program = _prepare(
-            "apply", spec, model, output, sets, params_file, allow, force, inputs, data=None
+            "apply",
+            spec,
+            model,
+            output,
+            sets,
+            params_file,
+            allow,
+            force,
+            inputs,
+            data=None,
+            mesh=mesh,
         )
         from ._plan import count_params
         from ._recipes import save
@@ -440,6 +483,19 @@ def apply(
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
+@click.option(
+    "--batch-axis",
+    metavar="AXIS",
+    help="The mesh axis the batch is split over (default: `data`, when the mesh has it).",
+)
+@click.option(
+    "--coordinator",
+    metavar="HOST:PORT",
+    help="Join a run of several processes: process 0's address (every process gives the same).",
+)
+@click.option("--num-processes", type=click.IntRange(min=1), help="How many processes the run has.")
+@click.option("--process-id", type=click.IntRange(min=0), help="This process's place, 0..N-1.")
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 @_deny
@@ -457,6 +513,11 @@ def train(
     params_file,
     allow,
     inputs,
+    mesh,
+    batch_axis,
+    coordinator,
+    num_processes,
+    process_id,
     device,
     force,
     deny,
@@ -464,11 +525,26 @@ def train(
     """Train with the spec's optimiser, rules and freezing; write the model.
 
     Ctrl-C stops after the step in flight and writes the model trained so far.
+    On a mesh (the spec's `mesh`, or `--mesh`) the step runs data- and
+    model-parallel. For several processes, start the same command in each with
+    `--coordinator HOST:PORT --num-processes N --process-id I`; process 0
+    writes the model.
     """
 
     def go():
+        _join(coordinator, num_processes, process_id)
         program = _prepare(
-            "train", spec, model, output, sets, params_file, allow, force, inputs, data=data
+            "train",
+            spec,
+            model,
+            output,
+            sets,
+            params_file,
+            allow,
+            force,
+            inputs,
+            data=data,
+            mesh=mesh,
         )
         from ._program import recipe_of
         from ._recipes import save
@@ -517,6 +593,7 @@ def train(
                 TimeRemainingColumn(),
                 console=_console(),
                 transient=False,
+                disable=not _writer(),
             ) as progress:
                 task = progress.add_task("train", total=steps, loss="-")
                 result = _train.train(
@@ -533,6 +610,8 @@ def train(
                     on_step=lambda done, value: progress.update(
                         task, completed=done, loss=f"{value:.4g}"
                     ),
+                    mesh=program.device_mesh(),
+                    batch_axis=batch_axis,
                 )
             write(result.model, result.steps)
         final = "-" if result.loss is None else f"{result.loss:.4g}"
@@ -541,7 +620,8 @@ def train(
                 f"interrupted after {result.steps} steps; wrote {output} (loss {final})", err=True
             )
             sys.exit(130)
-        click.echo(f"trained {result.steps} steps (loss {final}); wrote {output}")
+        wrote = f"wrote {output}" if _writer() else f"process 0 wrote {output}"
+        click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
 
     _run(go)
 
@@ -558,7 +638,36 @@ def _quiet():
         yield
 
 
-def _prepare(command, spec, model, output, sets, params_file, allow, force, inputs=(), data=None):
+def _writer() -> bool:
+    """Is this the process that writes files (process 0, or the only one)?"""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _join(coordinator, num_processes, process_id) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id`: all or none."""
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if not any(given):
+        return
+    if not all(given):
+        raise UsageError(
+            Diagnostic(
+                "E466",
+                "a run of several processes needs `--coordinator`, `--num-processes` and "
+                "`--process-id` together",
+                help="e.g. `--coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0` on the "
+                "first host, `--process-id 1` on the second",
+            )
+        )
+    from ._runtime._distributed import initialize_distributed
+
+    initialize_distributed(coordinator, num_processes, process_id)
+
+
+def _prepare(
+    command, spec, model, output, sets, params_file, allow, force, inputs=(), data=None, mesh=None
+):
     """The checks `apply` and `train` share before any JAX work: the output
     first (it may replace no input, and must be writable), then the spec."""
     from ._files import check_output
@@ -574,7 +683,7 @@ def _prepare(command, spec, model, output, sets, params_file, allow, force, inpu
         ],
     )
     _swapped(spec, model, command)
-    return _compile(spec, _params(sets, params_file), allow, inputs)
+    return _compile(spec, _params(sets, params_file), allow, inputs, mesh)
 
 
 def _checked_base(program, model, allow, deny=()):
@@ -589,7 +698,19 @@ def _checked_base(program, model, allow, deny=()):
         return None
     header, recipe, struct = skeleton(model, allow)
     _report(denied(program.check(struct), deny))
-    loaded = fill(header, struct)
+    shardings = None
+    device_mesh = program.device_mesh()
+    if device_mesh is not None:
+        # Each tensor straight into its shards: as the file's own `shard`
+        # rules and the spec's say (those that fit the file's structure).
+        from ._errors import SpecError
+        from ._recipes import file_shardings
+
+        try:
+            shardings = file_shardings(struct, recipe, device_mesh, program)
+        except SpecError:
+            shardings = file_shardings(struct, recipe, device_mesh)
+    loaded = fill(header, struct, shardings)
     remember(loaded, recipe)
     return loaded
 

@@ -256,8 +256,9 @@ CODES: dict[str, Code] = {
         _c(
             "E120",
             "not supported yet",
-            "The word is reserved for a feature this version of eqxform does not have.",
-            "where x -> shard (none, model)",
+            "The word is reserved for a feature this version of eqxform does not have. "
+            "(`shard` was, until sharding on a device mesh arrived.)",
+            "",
             "remove the line, or use a version that supports it.",
         ),
         _c(
@@ -437,6 +438,57 @@ CODES: dict[str, Code] = {
             "stack blocks scan   # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
+        ),
+        _c(
+            "E190",
+            "no such mesh axis",
+            "A `shard` spec, a `stack ... over AXIS` or an `ensemble N over AXIS` names a mesh "
+            "axis that the mesh (the spec's `mesh`, or `--mesh`) does not have.",
+            "mesh data=2 model=4\nwhere Linear.weight -> shard (none, modle)",
+            "name one of the mesh's axes (the help line lists them), or add the axis to the mesh.",
+        ),
+        _c(
+            "E191",
+            "mesh axis named without a mesh",
+            "The spec places arrays on mesh axes (`shard`, `over`), but neither the spec (`mesh`) "
+            "nor the command line (`--mesh`) gives a device mesh.",
+            "where Linear.weight -> shard (none, model)",
+            "add `mesh data=2 model=4` (your axes and sizes), or pass `--mesh data=2,model=4`.",
+        ),
+        _c(
+            "E192",
+            "bad mesh axis size",
+            "A mesh axis's size is a whole number of devices, at least 1, or `-1` for the "
+            "devices left over by the other axes (at most one axis may say `-1`).",
+            "mesh data=0 model=4",
+            "give every axis a size >= 1, and `-1` to one axis at most.",
+        ),
+        _c(
+            "E193",
+            "mesh axis given twice",
+            "Each axis of a mesh has its own name; a name given twice leaves it unclear which "
+            "size it has.",
+            "mesh data=2 data=4",
+            "rename or remove one of them.",
+        ),
+        _c(
+            "E194",
+            "not a partition spec",
+            "`shard` takes a partition spec: one entry per dimension of one layer's array, each a "
+            "mesh axis, `none` (not split), or a tuple of mesh axes (split over their product). "
+            "A tuple `(a, b)` is nothing else in a spec.",
+            "where Linear.weight -> shard (none, 2)",
+            "write e.g. `shard (none, model)` or `shard ((data, model), none)`; for a value, "
+            "write a list `[a, b]`.",
+        ),
+        _c(
+            "E196",
+            "mesh larger than the devices",
+            "The mesh needs more devices than JAX sees (across every process of the run), or "
+            "`-1` cannot divide the devices evenly.",
+            "mesh data=4 model=4   # on 8 devices",
+            "use a smaller mesh; on the CPU, simulate devices with "
+            "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
         ),
         _c(
             "E201",
@@ -632,6 +684,32 @@ CODES: dict[str, Code] = {
             "write `true` or `false`.",
         ),
         # ---- model files
+        _c(
+            "E230",
+            "partition spec of the wrong length",
+            "A `shard` spec gives one entry per dimension of one layer's array; this array has "
+            "another number of dimensions. The leading axes of stacks and ensembles are added "
+            "for you (unsplit, or on their `over` axis).",
+            "where Linear -> shard (model, none)   # the bias has one dimension",
+            "write one entry per dimension, or narrow the selector (`Linear.weight`, "
+            "`if ndim == 2`).",
+        ),
+        _c(
+            "E231",
+            "dimension not divisible by its mesh axes",
+            "An array's dimension is split over mesh axes whose sizes (multiplied) do not "
+            "divide it, so the shards would differ in size.",
+            "mesh model=4\nwhere layers[0].weight -> shard (none, model)   # in_features=6",
+            "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
+        ),
+        _c(
+            "E232",
+            "mesh axis used twice in one array",
+            "A mesh axis splits at most one dimension of an array; the spec (with the `over` axis "
+            "of a stack or ensemble around the array) uses one twice.",
+            "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
+            "use each mesh axis once per array.",
+        ),
         _c(
             "E301",
             "model file cannot be read",
@@ -951,6 +1029,41 @@ CODES: dict[str, Code] = {
             "train it from Python with `eqxform.make_step` and a loss of your own.",
         ),
         _c(
+            "E465",
+            "bad mesh",
+            "`--mesh` (or `mesh=` of the Python API) is a list of `AXIS=SIZE`, separated by "
+            "commas or spaces, each size a whole number >= 1 or -1, each name once.",
+            "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
+            "write e.g. `--mesh data=2,model=4`.",
+        ),
+        _c(
+            "E466",
+            "bad multi-process options",
+            "A run of several processes needs `--coordinator HOST:PORT` (process 0's address), "
+            "`--num-processes N` and `--process-id I` (0 <= I < N), all three.",
+            "eqxform train spec.eqx --coordinator 10.0.0.1:1234 -o out.eqx",
+            "give all three, the same coordinator and count to every process.",
+        ),
+        _c(
+            "E467",
+            "could not join the run",
+            "`jax.distributed.initialize` failed: the coordinator did not answer within the "
+            "timeout, or JAX had already started in this process.",
+            "eqxform train spec.eqx --coordinator 10.0.0.9:1234 --num-processes 2 "
+            "--process-id 1 -o out.eqx",
+            "start process 0 first, check that every host reaches its address and port, and "
+            "start the others within the timeout.",
+        ),
+        _c(
+            "E468",
+            "batch axis not in the mesh",
+            "The batch is split over `--batch-axis` (`batch_axis=`), which must be an axis of "
+            "the mesh.",
+            "eqxform train spec.eqx --mesh data=8 --batch-axis batch -o out.eqx",
+            "name a mesh axis, or leave it out: the batch then goes over `data` when the mesh "
+            "has it, and is replicated otherwise.",
+        ),
+        _c(
             "E440",
             "output is an input of the command",
             "`-o` names the spec, the `--data` file or the `--params` file of the command (by "
@@ -1101,6 +1214,14 @@ CODES: dict[str, Code] = {
             "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
             "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
             "`make_step(..., state=state)`.",
+        ),
+        _c(
+            "E510",
+            "batch not divisible over the mesh",
+            "On a mesh, each batch is split over the batch axis; its number of rows must be a "
+            "multiple of that axis's size.",
+            "eqxform train spec.eqx --mesh data=8 --batch-size 12 -o out.eqx",
+            "make the batch size a multiple of the batch axis's size.",
         ),
         _c(
             "E601",

@@ -18,9 +18,19 @@ from ._check import Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
-from ._names import OPTIMIZER_ACTIONS
+from ._mesh import MeshSpec, as_mesh_spec
+from ._names import OPTIMIZER_ACTIONS, PLACEMENT_ACTIONS
 from ._parse import parse_collect
-from ._passes import PASSES, EnsemblePass, Pass, StackPass, UnstackPass
+from ._passes import (
+    PASSES,
+    EnsemblePass,
+    Pass,
+    PlacePass,
+    ShardRule,
+    StackPass,
+    UnstackPass,
+)
+from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
 
@@ -42,6 +52,7 @@ def compile(
     name: str | None = None,
     allow: Iterable[str] = (),
     inputs: Iterable[str] | None = None,
+    mesh: Any = None,
 ) -> Program:
     """Read, parse and check a spec; return its `Program`.
 
@@ -54,6 +65,9 @@ def compile(
       may be imported.
     - `inputs`: the model's inputs (`["f32[3,224,224]"]`), in place of the
       spec's `input` lines (as `--input` on the command line).
+    - `mesh`: the device mesh, in place of the spec's `mesh` directive (as
+      `--mesh` on the command line): `"data=2,model=4"`, `{"data": 2}`, or a
+      `jax.sharding.Mesh`.
 
     **Returns:** a `Program`. Raises `SpecError` with every diagnostic of the
     spec at once when it has errors; its warnings (a `let` never used, say)
@@ -65,7 +79,7 @@ def compile(
     ```
     """
     text, name = read_spec(spec, name)
-    program, diagnostics = compile_collect(text, name, params, allow, inputs)
+    program, diagnostics = compile_collect(text, name, params, allow, inputs, mesh)
     if diagnostics:
         raise SpecError(diagnostics)
     assert program is not None
@@ -78,12 +92,14 @@ def compile_collect(
     params: Mapping[str, Any] | None = None,
     allow: Iterable[str] = (),
     inputs: Iterable[str] | None = None,
+    mesh: Any = None,
     cache: dict | None = None,
 ) -> tuple[Program | None, list[Diagnostic]]:
     """Like `compile`, but returns the diagnostics instead of raising; `cache`
     goes to `parse_collect` (the language server parses edits line by line)."""
     spec, diagnostics = parse_collect(text, name, cache)
-    checker = Checker(spec, params)
+    mesh = as_mesh_spec(mesh)
+    checker = Checker(spec, params, mesh)
     diagnostics += checker.run()
     if inputs is not None:
         bad = _override_inputs(checker, list(inputs))
@@ -96,7 +112,7 @@ def compile_collect(
         return None, sorted(diagnostics, key=_position)
     # Warnings do not stop the compiler: the program carries them, and its
     # plan reports them with its own.
-    program = _program(spec, checker, tuple(allow))
+    program = _program(spec, checker, tuple(allow), mesh)
     return replace(program, warnings=tuple(sorted(diagnostics, key=_position))), []
 
 
@@ -139,6 +155,15 @@ def compile_without_broken_rules(
     return program if not more else None
 
 
+def _mesh_of(spec: A.Spec, checker: Checker, given: MeshSpec | None) -> MeshSpec | None:
+    if given is not None:
+        return given
+    stmt = checker.mesh
+    if stmt is None:
+        return None
+    return MeshSpec(tuple((a.name, a.size) for a in stmt.axes), stmt.span, spec.source)
+
+
 def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
     """`--input` values in place of the spec's `input` lines."""
     text = "".join(f"input {i}\n" for i in inputs)
@@ -149,10 +174,43 @@ def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
     return diagnostics
 
 
-def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
+def _without_shard(rule: A.Rule) -> str:
+    """A rule's identity, its `shard` actions left out: placing arrays
+    changes no number a rule draws."""
+    text = rule.text
+    cuts = [
+        a.span
+        for a in rule.actions
+        if a.name in PLACEMENT_ACTIONS and a.span.line == rule.span.line == a.span.end_line
+    ]
+    if not cuts:
+        return _normalise(text)
+    for span in sorted(cuts, key=lambda s: -s.column):
+        start, end = span.column - rule.span.column, span.end_column - rule.span.column
+        text = text[:start] + text[end:]
+    key = re.sub(",+", ",", _normalise(text)).replace("->,", "->")
+    return key.rstrip(",")
+
+
+def _without_over(stmt: A.Stmt, source: A.Source) -> str:
+    """The line of a statement less its `over AXIS`: where the arrays live
+    changes no number they are drawn with."""
+    line = source.line(stmt.span.line)
+    overs = [o.over for o in getattr(stmt, "options", ()) if o.over is not None]
+    if isinstance(stmt, A.EnsembleStmt) and stmt.over is not None:
+        overs.append(stmt.over)
+    for over in sorted(overs, key=lambda o: -o.span.column):
+        line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
+    return line
+
+
+def _program(
+    spec: A.Spec, checker: Checker, allow: tuple[str, ...], mesh: MeshSpec | None = None
+) -> Program:
     source, env = spec.source, checker.env
     passes: list[Pass] = []
     groups: list[Group] = []
+    shards: list[ShardRule] = []
     model_call = None
     # A pass's identity is a stable hash of its text and how often that text
     # came before, so adding a rule does not change what the others draw.
@@ -175,17 +233,22 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
             model_call = stmt.call
             continue
         if isinstance(stmt, A.Rule):
-            text_key = _normalise(stmt.text)
+            text_key = _without_shard(stmt)
         elif isinstance(stmt, (A.StackStmt, A.UnstackStmt, A.EnsembleStmt)):
-            text_key = _normalise(source.line(stmt.span.line).split("#", 1)[0])
+            text_key = _normalise(_without_over(stmt, source).split("#", 1)[0])
         else:
             continue
         occurrence = seen.get(text_key, 0)
         seen[text_key] = occurrence + 1
         if isinstance(stmt, A.Rule):
-            for index, action in enumerate(stmt.actions):
+            drawing = [a for a in stmt.actions if a.name not in PLACEMENT_ACTIONS]
+            for action in stmt.actions:
+                index = drawing.index(action) if action in drawing else -1
                 if action.name in OPTIMIZER_ACTIONS:
                     groups.append(Group(stmt, action))
+                    continue
+                if action.name in PLACEMENT_ACTIONS:
+                    shards.append(ShardRule(stmt, action, spec_dims(action.arg), env, source))
                     continue
                 cls = PASSES[action.name]
                 passes.append(cls(stmt, env, source, identity(text_key, occurrence, index), action))
@@ -209,6 +272,29 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
             )
         else:
             passes.append(UnstackPass(stmt, env, source, identity(text_key, occurrence)))
+    device_mesh = _mesh_of(spec, checker, mesh)
+    if device_mesh is not None:
+        # Placement comes last: `shard` rules select on the finished model.
+        anchor = checker.mesh or (shards[0].rule if shards else None)
+        if anchor is None:
+            anchor = A.MeshStmt(A.Span(1, 1, 1, 1), ())
+        overs = [
+            (s.over.axis, s.over.axis_span)
+            for s in statements
+            if isinstance(s, A.EnsembleStmt) and s.over is not None
+        ] + [
+            (o.over.axis, o.over.axis_span)
+            for s in statements
+            if isinstance(s, A.StackStmt)
+            for o in s.options
+            if o.over is not None
+        ]
+        overs.sort(key=lambda o: (o[1].line, o[1].column))
+        passes.append(
+            PlacePass(
+                anchor, env, source, identity("mesh"), tuple(shards), device_mesh, tuple(overs)
+            )
+        )
     return Program(
         spec,
         tuple(passes),
@@ -220,4 +306,8 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
         tuple(groups),
         allow,
         tuple(checker.inputs),
+        device_mesh,
+        tuple(shards),
+        tuple(checker.axis_uses),
+        mesh,
     )

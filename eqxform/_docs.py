@@ -15,10 +15,11 @@ DIRECTIVES = {
     "let": "`let NAME = EXPR`: a named value (override with `--set NAME=VALUE`)",
     "where": "`where SELECTOR [if EXPR] [expect N] -> ACTION, ...`: a rule",
     "optimizer": "`optimizer NAME(ARGS)`: the base optax optimiser for training",
-    "ensemble": "`ensemble N`: N members with a leading member axis",
-    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K]`: identical layers as one stacked module",
+    "ensemble": "`ensemble N [over AXIS]`: N members with a leading member axis",
+    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K] [over AXIS]`: identical layers as "
+    "one stacked module",
     "unstack": "`unstack PATH`: a stacked module back into its layers",
-    "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules",
+    "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules (`-1`: the devices left over)",
     "input": "`input DTYPE[SHAPE]`: the model's input, to check the forward pass",
 }
 
@@ -35,7 +36,8 @@ ACTIONS = {
     "lora": "low-rank adapters on a `Linear` or a 2-D weight, the base frozen",
     "merge": "bake adapters (`lora`, `ia3`) into their base weights",
     "ia3": "(IA)^3: a learned scaling vector on a `Linear`'s output (or input, `feedforward=true`)",
-    "shard": "the partition spec of the matched arrays on the spec's `mesh`",
+    "shard": "`shard (AXIS | none, ...)`: the partition spec of one layer's arrays on the "
+    "spec's `mesh`; the rest are replicated",
 }
 
 INITIALIZERS = {
@@ -127,6 +129,8 @@ KEYWORDS = {
     "layerwise": "`stack ... layerwise`: iterating the stack gives each layer (for a parent "
     "that loops over it in Python)",
     "except": "`SELECTOR except SELECTOR`: what the first matches and the second does not",
+    "over": "`stack ... over AXIS`, `ensemble N over AXIS`: the leading axis split over a "
+    "mesh axis",
 }
 
 DTYPE = "a dtype: `cast {name}` stores the matched arrays as {name}"

@@ -112,6 +112,10 @@ def evaluate(
         return lookup(expr, env)
     if isinstance(expr, A.ListExpr):
         return [evaluate(item, env, call) for item in expr.items]
+    if isinstance(expr, A.TupleExpr):
+        raise EvalError(
+            "a tuple is only a `shard` spec", expr.span, "write a list `[a, b]` for a value"
+        )
     if isinstance(expr, A.Unary):
         value = evaluate(expr.operand, env, call)
         if expr.op == "not":
@@ -201,7 +205,7 @@ def walk(expr: A.Expr | None) -> Iterator[A.Expr]:
     elif isinstance(expr, A.Subscript):
         yield from walk(expr.value)
         yield from walk(expr.index)
-    elif isinstance(expr, A.ListExpr):
+    elif isinstance(expr, (A.ListExpr, A.TupleExpr)):
         for item in expr.items:
             yield from walk(item)
     elif isinstance(expr, A.Call):

@@ -85,6 +85,16 @@ _DIRECTIVE_TOKENS = {
     "ENSEMBLE": "ensemble",
     "STACK": "stack",
     "UNSTACK": "unstack",
+    "MESH": "mesh",
+}
+_KEYWORD_TOKENS = {
+    "IF": "if",
+    "ELSE": "else",
+    "EXPECT": "expect",
+    "AND": "and",
+    "OR": "or",
+    "NOT": "not",
+    "OVER": "over",
 }
 _KEYWORD_TOKENS = {
     "IF": "if",

@@ -360,7 +360,7 @@ CONTEXT_NAMES = ("shape", "ndim", "size", "dtype", "fan_in", "fan_out", "path", 
 
 @dataclass(frozen=True)
 class ActionInfo:
-    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper", "adapter"
+    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper", "adapter", "spec"
 
 
 ACTIONS = {
@@ -376,6 +376,7 @@ ACTIONS = {
     "lora": ActionInfo("adapter"),
     "ia3": ActionInfo("adapter"),
     "merge": ActionInfo("none"),
+    "shard": ActionInfo("spec"),
 }
 
 # Adapters (`lora(rank=8, alpha=16)`, `ia3`), with their keyword arguments.
@@ -391,6 +392,9 @@ ADAPTER_DEFAULTS = {
 
 # Actions that only shape the optimiser, not the model.
 OPTIMIZER_ACTIONS = ("lr", "weight_decay")
+
+# Actions that place arrays on the device mesh, not change them.
+PLACEMENT_ACTIONS = ("shard",)
 
 # Built-in wrappers (`wrap NAME(ARGS)`); users add theirs with
 # `eqxform.register_wrapper`.

@@ -29,6 +29,7 @@ DIRECTIVES = (
     "stack",
     "unstack",
     "input",
+    "mesh",
 )
 
 _TOKEN_NAMES = {
@@ -132,10 +133,26 @@ class _ToAst(Transformer):
         return A.OptimizerStmt(_span(meta), children[0])
 
     def ensemble_stmt(self, meta, children):
-        return A.EnsembleStmt(_span(meta), children[0])
+        return A.EnsembleStmt(_span(meta), children[0], children[1])
+
+    def stack_over(self, meta, children):
+        return children[0]
+
+    def over(self, meta, children):
+        return A.Over(str(children[0]), _span(meta), _span(children[0]))
+
+    def mesh_stmt(self, meta, children):
+        return A.MeshStmt(_span(meta), tuple(children))
+
+    def mesh_axis(self, meta, children):
+        name, size = children
+        return A.MeshAxis(str(name), size, _span(meta), _span(name))
 
     def stack_stmt(self, meta, children):
         selector, mode, *options = children
+        options = [
+            A.StackOption("over", None, o.span, o) if isinstance(o, A.Over) else o for o in options
+        ]
         return A.StackStmt(_span(meta), selector, str(mode), _span(mode), tuple(options))
 
     def stack_count(self, meta, children):
@@ -270,6 +287,9 @@ class _ToAst(Transformer):
 
     def list(self, meta, children):
         return A.ListExpr(_span(meta), tuple(c for c in children if c is not None))
+
+    def tuple(self, meta, children):
+        return A.TupleExpr(_span(meta), tuple(c for c in children if c is not None))
 
     def subscript(self, meta, children):
         return A.Subscript(_span(meta), children[0], children[1])

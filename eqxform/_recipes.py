@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
@@ -26,11 +27,26 @@ from ._check import Checker
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
-from ._files import STORABLE, Header, check_output, corrupt, encode, read_header, read_tensors
+from ._files import (
+    STORABLE,
+    Header,
+    SliceReader,
+    TensorSpec,
+    atomic_write_with,
+    check_output,
+    corrupt,
+    encode,
+    layout,
+    read_header,
+    read_tensors,
+    write_stream,
+)
 from ._files import atomic_write as atomic_write
+from ._mesh import as_mesh
 from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
 from ._parse import parse_expr
 from ._passes import Context
+from ._passes._shard import placements
 from ._program import Program, Recipe, RecipeStep, recipe_of, remember
 from ._select import is_array, tensor_name, walk
 
@@ -155,6 +171,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
                 f"{origin} (recipe spec {i + 1}: {name})",
                 params,
                 allow,
+                mesh=entry.get("mesh"),
             )
         except UsageError as e:
             # The only usage error of a compile without `--input`: a value
@@ -277,18 +294,64 @@ def check_tensors(header: Header, skel: Any) -> None:
         )
 
 
-def fill(header: Header, skel: Any) -> Any:
+def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> Any:
     """The skeleton (from `skeleton`, so checked against the file) with its
-    leaves read from the file."""
+    leaves read from the file. With `shardings` (tensor name ->
+    `jax.sharding.Sharding`, every tensor), each tensor is placed in its
+    sharding as it is read, each device's shard read alone from the file
+    (safetensors slices): no device ever holds more of a sharded tensor than
+    its shard."""
     leaves, treedef = jax.tree_util.tree_flatten(skel)
     names = leaf_names(skel)
-    values = read_tensors(header, [n for n in names if n is not None])
-    filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
+    if shardings is None:
+        values = read_tensors(header, [n for n in names if n is not None])
+        filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
+        return jax.tree_util.tree_unflatten(treedef, filled)
+    reader = SliceReader(header.path)
+    filled = []
+    try:
+        for name, leaf in zip(names, leaves):
+            if name is None:
+                filled.append(leaf)
+                continue
+            filled.append(
+                jax.make_array_from_callback(
+                    tuple(leaf.shape),
+                    shardings[name],
+                    lambda index, name=name: reader.read(name, index),
+                )
+            )
+            reader.forget()
+    finally:
+        reader.close()
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
+def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = None) -> dict:
+    """tensor name -> `NamedSharding` of every tensor of a file whose
+    structure is `skel`: the `shard` rules of the specs in its recipe, then
+    those of `program`, on `mesh`; the rest replicated."""
+    device_mesh = as_mesh(mesh)
+    rules: tuple = ()
+    if recipe is not None:
+        for step in recipe.steps:
+            rules += step.program.shards
+    if program is not None:
+        rules += program.shards
+    placed = placements(skel, rules, dict(device_mesh.shape))
+    replicated = NamedSharding(device_mesh, PartitionSpec())
+    by_name = {p.node.name: NamedSharding(device_mesh, p.spec) for p in placed}
+    return {n: by_name.get(n, replicated) for n in leaf_names(skel) if n is not None}
+
+
 def load(
-    path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None, base: Any = None
+    path: str | os.PathLike,
+    *,
+    allow: Iterable[str] = (),
+    like: Any = None,
+    mesh: Any = None,
+    program: Any = None,
+    base: Any = None,
 ):
     """Load a model file.
 
@@ -300,6 +363,10 @@ def load(
     - `like`: a model of the same structure, for files without a recipe.
     - `base`: for an adapter file (`save(..., adapters_only=True)`), the model
       the adapters were trained on; the result is that model with them.
+    - `mesh`: a device mesh (`jax.sharding.Mesh`, `"data=2,model=4"`, or a
+      mapping of axis sizes): each tensor is placed as the `shard` rules of
+      the file's recipe say (then those of `program`, a compiled spec),
+      reading from the file only the slices each device holds.
 
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
@@ -317,7 +384,8 @@ def load(
             )
         )
     header, recipe, skel = skeleton(path, allowed(allow), like)
-    model = fill(header, skel)
+    shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
+    model = fill(header, skel, shardings)
     remember(model, recipe)
     return model
 
@@ -325,9 +393,9 @@ def load(
 # ---- writing -------------------------------------------------------------------
 
 
-def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
-    """The model file of `model`: its arrays and its recipe (given, or the one
-    eqxform knows for it)."""
+def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], dict]:
+    """The arrays of `model` by tensor name, each checked storable, and the
+    file's content (the recipe given, or the one eqxform knows for it)."""
     if recipe is not None and not isinstance(recipe, Recipe):
         raise UsageError(
             Diagnostic(
@@ -346,7 +414,7 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                 help="pass a model (an `equinox.Module` or a pytree of arrays)",
             )
         )
-    tensors = {}
+    tensors: dict[str, Any] = {}
     for name, leaf in arrays:
         _storable(name, leaf)
         if name in tensors:
@@ -358,22 +426,38 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                     "can collide with a path: rename it",
                 )
             )
-        # Not `np.ascontiguousarray`: it turns a scalar into a vector.
-        try:
-            tensors[name] = np.array(leaf, order="C")
-        except jax.errors.JAXTypeError:
+        if isinstance(leaf, jax.core.Tracer):
             raise UsageError(
                 Diagnostic(
                     "E446",
                     f"leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
                     help="save the model the jitted function returns",
                 )
-            ) from None
+            )
+        tensors[name] = leaf
     if recipe is None:
         content = {"load": NO_RECIPE}
     else:
         content = {**recipe.to_dict(), "versions": versions()}
-    return encode(tensors, content)
+    return tensors, content
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """One array's values on this host. An array spread over the devices of
+    several processes is gathered (every process must take part)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    # Not `np.ascontiguousarray`: it turns a scalar into a vector.
+    return np.array(leaf, order="C")
+
+
+def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
+    """The model file of `model`: its arrays and its recipe (given, or the one
+    eqxform knows for it)."""
+    tensors, content = _checked_arrays(model, recipe)
+    return encode({name: _host(leaf) for name, leaf in tensors.items()}, content)
 
 
 def _storable(name: str, leaf: Any) -> None:
@@ -429,12 +513,28 @@ def save(
     Without a recipe the file loads only with `eqxform.load(path, like=model)`;
     the file says so (`eqxform show` prints it, and `load` without `like=`
     answers with that fix).
+
+    The file is written tensor by tensor: one tensor at a time is brought to
+    the host (gathered from its shards, for a sharded model), so saving never
+    needs the whole model in one place. In a run of several processes every
+    process calls `save` (the gathers are collective) and process 0 writes.
     """
-    check_output(path)  # before the work of encoding
     if adapters_only:
+        check_output(path)  # before the work of encoding
         atomic_write(path, adapters_to_bytes(model, spec))
         return
-    atomic_write(path, to_bytes(model, recipe))
+    tensors, content = _checked_arrays(model, recipe)
+    specs = [
+        TensorSpec(name, np.dtype(leaf.dtype).name, tuple(leaf.shape))
+        for name, leaf in tensors.items()
+    ]
+    fetch = lambda name: _host(tensors[name])  # noqa: E731
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        for tensor in layout(specs):  # the same gathers, in the same order
+            fetch(tensor.name)
+        return
+    check_output(path)  # before the work of writing
+    atomic_write_with(path, lambda f: write_stream(f, specs, fetch, content))
 
 
 def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):

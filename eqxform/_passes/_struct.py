@@ -434,6 +434,7 @@ class StackPass(StructPass):
             options.get("unroll") or 1,
             kind,
             "layerwise" in options,
+            next((o.over.axis for o in self.stmt.options if o.over is not None), None),
         )
 
 
@@ -492,6 +493,10 @@ class EnsemblePass(StructPass):
             )
         return [Node((), model, ())]
 
+    @property
+    def over(self) -> str | None:
+        return None if self.stmt.over is None else self.stmt.over.axis
+
     def restructure(self, model, key, ctx, nodes):
         return self.members(model, None, key, ctx)[0]
 
@@ -512,7 +517,7 @@ class EnsemblePass(StructPass):
 
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
             if _same_structure(built, model) and (built_state is None) == (state is None):
-                return make_ensemble(built, count), built_state
+                return make_ensemble(built, count, self.over), built_state
         stacked, copied = redrawn_copies(model, count, key)
         inits = tuple(p for p in self.before if p.draws)
         if inits:
@@ -523,7 +528,7 @@ class EnsemblePass(StructPass):
                 return m
 
             stacked = eqx.filter_vmap(redraw)(stacked, keys)
-        ensemble = make_ensemble(stacked, count)
+        ensemble = make_ensemble(stacked, count, self.over)
         inner = (jax.tree_util.GetAttrKey("model"),)
         self.report_copies(
             ctx,
