@@ -94,11 +94,11 @@ class Program:
     groups: tuple[Group, ...] = ()
     allow: tuple[str, ...] = field(default=())
     inputs: tuple[A.InputStmt, ...] = ()
-    warnings: tuple[Diagnostic, ...] = ()
     mesh: MeshSpec | None = None
     shards: tuple[ShardRule, ...] = ()
     mesh_axes: tuple[tuple[str, A.Span], ...] = ()
     mesh_given: MeshSpec | None = None
+    warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def source(self) -> A.Source:
