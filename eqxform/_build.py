@@ -78,7 +78,7 @@ def build(
             else:
                 kwargs[arg.name] = value
     except EvalError as e:
-        raise SpecError(Diagnostic("E204", e.message, e.span, e.help, source)) from None
+        raise SpecError(Diagnostic(e.code_or("E204"), e.message, e.span, e.help, source)) from None
     if _takes_key(fn, call.callee):
         kwargs["key"] = key
     try:

@@ -187,7 +187,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
     """
 
     def go():
-        from ._check import Checker
+        from ._check import USAGE_CODES, Checker
         from ._parse import parse_collect
         from ._source import read_spec
 
@@ -199,7 +199,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
             parsed, diagnostics = parse_collect(text, name)
             checker = Checker(parsed, params)
             diagnostics = sorted(diagnostics + checker.run(), key=_position)
-            usage = [d for d in diagnostics if d.code == "E116"]
+            usage = [d for d in diagnostics if d.code in USAGE_CODES]
             if usage:
                 raise UsageError(usage)
             statements = len(parsed.statements)

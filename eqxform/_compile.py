@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _ast as A
-from ._check import Checker
+from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
@@ -85,7 +85,7 @@ def compile_collect(
         bad = _override_inputs(checker, list(inputs))
         if bad:
             raise UsageError(bad)
-    usage = [d for d in diagnostics if d.code == "E116"]
+    usage = [d for d in diagnostics if d.code in USAGE_CODES]
     if usage:
         raise UsageError(usage)
     if diagnostics:
