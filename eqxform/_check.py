@@ -11,6 +11,7 @@ that need the model (does a selector match?) live with the passes.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -234,12 +235,18 @@ class Checker:
                     )
                 elif isinstance(stmt, A.SeedStmt):
                     value = evaluate(stmt.value, env)
-                    if not is_whole(value, 0) or value > L.MAX_SEED:
+                    if not is_whole(value, 0):
                         self.error(
                             "E113",
-                            f"`seed` must be a whole number from 0 to 2**64 - 1, "
-                            f"not {describe_value(value)}",
+                            f"`seed` must be a whole number >= 0, not `{value}`",
                             stmt.value.span,
+                        )
+                    elif value > L.MAX_SEED:
+                        self.error(
+                            "E113",
+                            f"`seed` must be at most 2**64 - 1, not `{value}`",
+                            stmt.value.span,
+                            "seeds run from 0 to 18446744073709551615",
                         )
                     else:
                         self.seed = value
@@ -519,9 +526,9 @@ class Checker:
                     "E157",
                     f"the input `{stmt.describe()}` is too large",
                     stmt.span,
-                    f"eqxform draws the input to check the model ({_bytes(size * 8)} at most); "
+                    f"eqxform draws the input to check the model ({format_bytes(size * 8)} at most); "
                     f"dimensions stop at {L.MAX_DIMENSION:,} and the memory budget is "
-                    + (_bytes(budget) if budget is not None else "off")
+                    + (format_bytes(budget) if budget is not None else "off")
                     + f" (`{L.MAX_BYTES_ENV}`)",
                 )
         self.inputs.append(stmt)
@@ -828,6 +835,21 @@ class Checker:
         return line[span.column - 1 : end]
 
 
+def check_seed(seed: Any, what: str = "`seed`") -> int:
+    """A seed given to the API or the command line, as an `int`; anything but a
+    whole number from 0 to 2**64 - 1 is a usage error (E430)."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if 0 <= int(seed) <= L.MAX_SEED:
+            return int(seed)
+    raise UsageError(
+        Diagnostic(
+            "E430",
+            f"{what} must be a whole number from 0 to 2**64 - 1, not {describe_value(seed)}",
+            help="e.g. `--seed 0` (Python: `seed=0`)",
+        )
+    )
+
+
 def _reads_match(expr: A.Expr) -> bool:
     """Does `expr` read a match's properties (`fan_in`, `shape`, ...)?"""
     return any(isinstance(e, A.Name) and e.id in N.CONTEXT_NAMES for e in walk(expr))
@@ -883,7 +905,7 @@ def byte_budget() -> int | None:
     return int(value)
 
 
-def _bytes(n: int) -> str:
+def format_bytes(n: int) -> str:
     for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if n >= size:
             return f"{n / size:.1f} {unit}"

@@ -72,6 +72,12 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
     return load_params(sets, params_file)
 
 
+def _seed(text: str | None) -> int | None:
+    from ._source import parse_seed
+
+    return parse_seed(text)
+
+
 def _swapped(spec: str, model: str | None, command: str) -> None:
     from ._source import is_model_file
 
@@ -88,7 +94,8 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
 def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=()):
     from ._compile import compile
 
-    return compile(spec, params, allow=allow, inputs=list(inputs) or None)
+    # The argument is a file's path, whatever its name: never spec text.
+    return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None)
 
 
 def _device(name: str | None):
@@ -151,7 +158,7 @@ def main():
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
 )
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default="0", show_default=True, help="0 to 2**64 - 1.")
 @_allow
 def new(constructor, output, seed, allow):
     """Build a model from a constructor call and write it.
@@ -164,7 +171,7 @@ def new(constructor, output, seed, allow):
         from ._recipes import new as make
         from ._recipes import save
 
-        model = make(constructor, seed=seed, allow=allow)
+        model = make(constructor, seed=_seed(seed), allow=allow)
         save(output, model)
         click.echo(f"wrote {output} ({count_params(model):,} parameters)")
 
@@ -192,7 +199,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
         from ._source import read_spec
 
         _swapped(spec, model, "check")
-        text, name = read_spec(spec)
+        text, name = read_spec(Path(spec))
         params = _params(sets, params_file)
         if model is None:
             # The linter: parse and check, no JAX.
@@ -281,7 +288,7 @@ def _print_plan(result, fmt: str) -> None:
 @click.option(
     "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
 )
-@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
+@click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
 @_params_opt
 @_allow
@@ -292,6 +299,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
+        seed_value = _seed(seed)
         program = _prepare("apply", spec, model, output, sets, params_file, allow, force, inputs)
         from ._plan import count_params
         from ._recipes import save
@@ -299,7 +307,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
         with _device(device):
             base = _checked_base(program, model, allow)
             with _quiet():
-                result = program.apply(base, seed=seed)
+                result = program.apply(base, seed=seed_value)
             save(output, result)
         click.echo(
             f"wrote {output} ({count_params(result):,} parameters, "
@@ -331,7 +339,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
     metavar="K",
     help="Also write the model every K steps.",
 )
-@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
+@click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
 @_params_opt
 @_allow
@@ -361,6 +369,7 @@ def train(
     """
 
     def go():
+        seed_value = _seed(seed)
         program = _prepare("train", spec, model, output, sets, params_file, allow, force, inputs)
         from ._program import recipe_of
         from ._recipes import save
@@ -371,14 +380,14 @@ def train(
             base_optimizer(program)  # a missing `optimizer` fails before any work
             base = _checked_base(program, model, allow)
             with _quiet():
-                start = program.apply(base, seed=seed)
+                start = program.apply(base, seed=seed_value)
             recipe = recipe_of(start)
             if data is None:
                 x, y = _train.toy_data(
                     start,
                     loss,
                     program.input_structs(),
-                    seed=program.seed if seed is None else seed,
+                    seed=program.seed if seed_value is None else seed_value,
                 )
                 where = "built-in data"
             else:
@@ -416,7 +425,7 @@ def train(
                     steps=steps,
                     batch_size=batch_size,
                     loss=loss,
-                    seed=program.seed if seed is None else seed,
+                    seed=program.seed if seed_value is None else seed_value,
                     checkpoint_every=checkpoint_every,
                     on_checkpoint=write,
                     on_step=lambda done, value: progress.update(

@@ -45,7 +45,7 @@ MAX_COUNT = 1_000_000
 # of an `MLP`, `count` of an `MLPChain`): building the skeleton runs that loop
 # even under `eval_shape`, one traced layer at a time, so `depth=1000000` would
 # hang before any size could be checked. No real network has more layers.
-MAX_LAYERS = 10_000
+MAX_LAYERS = 1_000
 
 # Any dimension of an array a spec declares or a constructor argument names
 # (`width_size`, `in_features`, an `input` shape): XLA indexes with 32 bits.

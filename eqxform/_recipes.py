@@ -19,11 +19,12 @@ import numpy as np
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
-from ._check import Checker
+from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import Header, corrupt, encode, read_header, read_tensors
+from ._hashing import seed_key
 from ._files import atomic_write as atomic_write
 from ._modules import split_state, state_values
 from ._parse import parse_expr
@@ -302,7 +303,7 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
     if checker.diagnostics:
         raise SpecError(checker.diagnostics)
     allow = tuple(allow)
-    key = jax.random.fold_in(jax.random.key(seed), MODEL_TAG)
+    key = jax.random.fold_in(seed_key(check_seed(seed)), MODEL_TAG)
     model = build(call, {}, key, source, allow)
     recipe = Recipe(
         call=call,

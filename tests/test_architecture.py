@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).parent.parent / "eqxform"
 LAYERS = {
     "eqxform._ast": 0,
     "eqxform._hashing": 0,
+    "eqxform._limits": 0,
     "eqxform._names": 0,
     "eqxform._modules._wrappers": 0,
     "eqxform._modules._stacks": 1,

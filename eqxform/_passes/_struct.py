@@ -240,6 +240,8 @@ def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list[str]]:
 
 
 class StackPass(StructPass):
+    grows = True
+
     @property
     def options(self) -> dict[str, Any]:
         return {o.name: o.value for o in self.stmt.options}
@@ -459,6 +461,7 @@ class EnsemblePass(StructPass):
 
     count: int = 1
     before: tuple[Pass, ...] = ()
+    grows = True
 
     def select(self, model, ctx):
         if isinstance(model, Ensemble):
