@@ -13,7 +13,7 @@ from . import _names as N
 from . import _registry as R
 from ._check import byte_budget, constructor_limit, format_bytes
 from ._diagnostics import Diagnostic
-from ._errors import SpecError
+from ._errors import EqxformError, SpecError
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
 from ._hashing import stable_hash
 
@@ -105,7 +105,7 @@ def build(
                 source,
             )
         return fn(*args, **kwargs)
-    except SpecError:
+    except EqxformError:
         raise
     except Exception as e:  # the constructor's own complaint, shown where it was called
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

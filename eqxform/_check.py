@@ -121,7 +121,7 @@ def _example(kind: str | tuple) -> str:
         return f'`"{kind[0]}"`'
     return {
         "real": "`0.5`",
-        "nonneg": "`0.02` or `1/sqrt(fan_in)`",
+        "nonneg": "`0.02`",
         "int": "`0`",
         "bool": "`true`",
         "dtype": "`float32`",
@@ -519,17 +519,21 @@ class Checker:
             for d in stmt.shape:
                 size *= d
             budget = byte_budget()
-            if any(d > L.MAX_DIMENSION for d in stmt.shape) or (
-                budget is not None and size * 8 > budget
-            ):
+            if any(d > L.MAX_DIMENSION for d in stmt.shape):
                 self.error(
                     "E157",
                     f"the input `{stmt.describe()}` is too large",
                     stmt.span,
-                    f"eqxform draws the input to check the model ({format_bytes(size * 8)} at most); "
-                    f"dimensions stop at {L.MAX_DIMENSION:,} and the memory budget is "
-                    + (format_bytes(budget) if budget is not None else "off")
-                    + f" (`{L.MAX_BYTES_ENV}`)",
+                    f"an array's dimensions stop at {L.MAX_DIMENSION:,}",
+                )
+            elif budget is not None and size * 8 > budget:
+                self.error(
+                    "E157",
+                    f"the input `{stmt.describe()}` is too large",
+                    stmt.span,
+                    f"eqxform draws the input to check the model ({format_bytes(size * 8)} at "
+                    f"most), beyond the memory budget of {format_bytes(budget)} "
+                    f"(`{L.MAX_BYTES_ENV}`)",
                 )
         self.inputs.append(stmt)
 

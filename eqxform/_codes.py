@@ -866,6 +866,15 @@ CODES: dict[str, Code] = {
             'program.apply(model, key="0")',
             "pass `key=jax.random.key(0)`, or `seed=0`.",
         ),
+        _c(
+            "E434",
+            "Python API argument of the wrong type",
+            "An argument of `eqxform.compile` or `eqxform.new` is not of the type it takes: "
+            "`spec` a path or text, `params` a mapping of names to values, `allow` and `inputs` "
+            "lists of strings, the constructor a string.",
+            'eqxform.compile("spec.eqx", allow="mypkg")',
+            'pass the documented type, e.g. `allow=["mypkg"]`.',
+        ),
         # ---- running
         _c(
             "E501",

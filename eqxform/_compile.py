@@ -62,12 +62,44 @@ def compile(
     model = program.apply(model, key=jax.random.key(0))
     ```
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise _wrong_type("spec", spec, "a path or the text of a spec")
+    if params is not None and not (
+        isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
+    ):
+        raise _wrong_type("params", params, "a mapping from `let` names to values")
+    allow = _strings("allow", allow, "package names")
+    if inputs is not None:
+        inputs = _strings("inputs", inputs, 'input types such as `"f32[3,224,224]"`')
+    if name is not None and not isinstance(name, str):
+        raise _wrong_type("name", name, "a string")
     text, name = read_spec(spec, name)
     program, diagnostics = compile_collect(text, name, params, allow, inputs)
     if diagnostics:
         raise SpecError(diagnostics)
     assert program is not None
     return program
+
+
+def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
+    return UsageError(
+        Diagnostic(
+            "E434",
+            f"`{argument}` must be {expected}, not a `{type(value).__name__}`",
+            help="see `help(eqxform.compile)`",
+        )
+    )
+
+
+def _strings(argument: str, value: Any, expected: str) -> tuple[str, ...]:
+    """An argument that is a list of strings (a lone string is a list of one
+    mistake: `allow="pkg"` would allow `p`, `k` and `g`)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise _wrong_type(argument, value, f"a list of {expected}")
+    items = tuple(value)
+    if not all(isinstance(v, str) for v in items):
+        raise _wrong_type(argument, value, f"a list of {expected}")
+    return items
 
 
 def compile_collect(

@@ -288,6 +288,19 @@ def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -
 
 def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
     """Build a model from a constructor call such as `"MLP(in_size=2, ...)"`."""
+    if not isinstance(constructor, str):
+        raise UsageError(
+            Diagnostic(
+                "E434",
+                f"the constructor must be a string, not a `{type(constructor).__name__}`",
+                help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)")',
+            )
+        )
+    seed = check_seed(seed)
+    if isinstance(allow, str) or not all(isinstance(a, str) for a in allow):
+        raise UsageError(
+            Diagnostic("E434", "`allow` must be a list of package names", help='e.g. allow=["mypkg"]')
+        )
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):
