@@ -105,7 +105,7 @@ class _Refused(Exception):
 def _number(token: Token) -> A.Number:
     text = str(token)
     span = _span(token)
-    digits = sum(c.isdigit() for c in text.split("e")[0].split("E")[0])
+    digits = sum(c.isdigit() for c in text)
     if digits > L.MAX_LITERAL_DIGITS:
         raise _Refused(
             Diagnostic(

@@ -12,7 +12,9 @@ and the worker is replaced.
 By default the two sources draw about 200 specs together, in well under a
 minute; `EQXFORM_FUZZ_EXAMPLES=N` draws N. `EQXFORM_FUZZ_REPORT=path` writes
 the counts (examples, compiled, errors by code, other exceptions, hangs) as
-JSON.
+JSON, `EQXFORM_FUZZ_LOG=path` appends each bad example to a JSON-lines file as
+it is found, and `EQXFORM_FUZZ_OWN=1` also builds and transforms each spec's
+own `model` for real (slower: it compiles the draws of every model shape).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ from eqxform._parse import _parser
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = int(os.environ.get("EQXFORM_FUZZ_EXAMPLES", "200"))
-TIMEOUT = float(os.environ.get("EQXFORM_FUZZ_TIMEOUT", "15"))
+# A hang is a spec still running after a minute: every example that does
+# finish takes well under a second once the worker has compiled its draws (the
+# first examples of a worker compile for a few seconds, more on a busy machine).
+TIMEOUT = float(os.environ.get("EQXFORM_FUZZ_TIMEOUT", "60"))
 # The worker's budget for one model's arrays: small, so that a spec that
 # would allocate gigabytes meets the limit rather than the machine's memory.
 WORKER_BYTES = str(64 << 20)
@@ -134,6 +139,10 @@ class Tally:
                 self.other[f"{answer['stage']}: {answer['code']}"] += 1
             if len(self.bad) < 20:
                 self.bad.append((text, answer))
+            log = os.environ.get("EQXFORM_FUZZ_LOG")
+            if log:
+                with open(log, "a") as f:
+                    f.write(json.dumps({"text": text, **answer}) + "\n")
 
     def to_dict(self) -> dict:
         return {
