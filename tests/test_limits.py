@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import equinox as eqx
@@ -58,10 +57,8 @@ def error_codes(call) -> list[str]:
     ids=["minus", "not", "brackets", "sum", "digits", "float"],
 )
 def test_deep_or_huge_expressions_are_diagnostics_not_recursion_errors(expr, code):
-    started = time.perf_counter()
     found = diagnostics(f"seed 1\nlet x = {expr}\nlet y = 2\n")
     assert [(d.code, d.span.line) for d in found] == [(code, 2)]
-    assert time.perf_counter() - started < 5
 
 
 def test_nesting_below_the_limit_evaluates():
@@ -106,10 +103,8 @@ def test_digits_of_other_scripts_are_no_numbers():
     ],
 )
 def test_evaluation_is_bounded_before_it_runs(expr, code):
-    started = time.perf_counter()
     (d,) = diagnostics(f"let x = {expr}\n")
     assert d.code == code and d.span.line == 1 and d.span.column == 9
-    assert time.perf_counter() - started < 2
 
 
 def test_printf_formatting_is_refused():
@@ -191,10 +186,17 @@ def test_counts_and_loop_arguments_are_bounded_without_a_model():
 
 def test_a_loop_argument_from_a_let_is_refused_before_building(monkeypatch):
     program = eqxform.compile(f"let d = 10**6\nmodel {MLP_CALL[:-9]}depth=d)")
-    started = time.perf_counter()
     assert error_codes(program.plan) == ["E156"]
     assert error_codes(program.apply) == ["E156"]
-    assert time.perf_counter() - started < 5
+
+
+def test_a_recipe_with_an_absurd_depth_is_refused_before_building():
+    from eqxform._recipes import recipe_from_dict
+
+    recipe = {"base": {"constructor": f"{MLP_CALL[:-9]}depth=1000000)", "seed": 0}, "specs": []}
+    with pytest.raises(eqxform.ModelFileError) as info:
+        recipe_from_dict(recipe, origin="model.eqx")
+    assert [d.code for d in info.value.diagnostics] == ["E156"]
 
 
 def test_models_over_the_budget_are_refused_before_allocating(monkeypatch, mlp):
