@@ -95,15 +95,18 @@ def build(
         kwargs["key"] = key
     try:
         if not isinstance(key, jax.core.Tracer):
-            # Built for real (not traced for a plan): its size first, on shapes alone.
+            # Built for real (not traced for a plan): its size first, on shapes
+            # alone. A constructor that cannot be traced (one that reads its
+            # key's value, say) is built as it is, unmeasured.
             import equinox as eqx
 
-            check_budget(
-                eqx.filter_eval_shape(lambda: fn(*args, **kwargs)),
-                f"`{call.callee}(...)`",
-                call.span,
-                source,
-            )
+            try:
+                skeleton = eqx.filter_eval_shape(lambda: fn(*args, **kwargs))
+            except EqxformError:
+                raise
+            except Exception:
+                skeleton = None
+            check_budget(skeleton, f"`{call.callee}(...)`", call.span, source)
         return fn(*args, **kwargs)
     except EqxformError:
         raise

@@ -172,7 +172,7 @@ def evaluate(
     if isinstance(expr, A.Name):
         return lookup(expr, env)
     if isinstance(expr, A.ListExpr):
-        return [evaluate(item, env, call) for item in expr.items]
+        return _checked([evaluate(item, env, call) for item in expr.items], expr.span)
     if isinstance(expr, A.Unary):
         value = evaluate(expr.operand, env, call)
         if expr.op == "not":

@@ -609,12 +609,8 @@ def _transform(tree: Tree, source: A.Source):
     evaluator and the AST's equality all recurse once per level."""
     deep = _too_deep(tree)
     if deep is not None:
-        outer = tree
-        for child in tree.children:  # the statement (or expression) it sits in
-            if isinstance(child, Tree) and not child.meta.empty:
-                if (child.meta.line, child.meta.column) <= (deep.meta.line, deep.meta.column):
-                    outer = child
-        span = _span(deep) if not deep.meta.empty else _span(outer)
+        # Where the limit is crossed (the node of level `MAX_NESTING + 1`).
+        span = _span(deep) if not deep.meta.empty else _span(tree)
         raise _Refused(
             Diagnostic(
                 "E012",
@@ -626,10 +622,8 @@ def _transform(tree: Tree, source: A.Source):
     try:
         return _ToAst(source).transform(tree)
     except VisitError as exc:
-        # A refused literal is a diagnostic; a transformer bug must not hide
-        # behind a parse error.
-        if isinstance(exc.orig_exc, _Refused):
-            raise exc.orig_exc from None
+        # A refused literal (`_Refused`) goes on as itself; so does any other
+        # exception, as a transformer bug must not hide behind a parse error.
         raise exc.orig_exc from None
 
 
