@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from ._diagnostics import Diagnostic, render_all
+from ._diagnostics import Diagnostic, printable, render_all
 from ._errors import EqxformError, UsageError
 
 
@@ -32,6 +32,20 @@ def _console():
 class _Out:
     def print(self, *args, **kwargs):
         _console().print(*args, **kwargs)
+
+
+def _text(value: Any, style: str = ""):
+    """A table cell or tree label of text from a file or a spec: never read as
+    rich markup (`[bold]` stays `[bold]`), control characters escaped."""
+    from rich.text import Text
+
+    return Text(printable(str(value)), style=style)
+
+
+def _echo(text: str, err: bool = False) -> None:
+    """A line of human output; whatever came from a file or a spec in it is
+    printed as text, its control characters escaped."""
+    click.echo(printable(text), err=err)
 
 
 out = _Out()
@@ -117,7 +131,7 @@ def _device(name: str | None):
 
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
-_model_arg = click.argument("model", required=False, type=click.Path(dir_okay=False))
+_model_arg = click.argument("model", required=False, type=click.Path())
 _allow = click.option(
     "--allow",
     multiple=True,
@@ -155,9 +169,7 @@ def main():
 
 @main.command()
 @click.argument("constructor")
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", default="0", show_default=True, help="0 to 2**64 - 1.")
 @_allow
 def new(constructor, output, seed, allow):
@@ -167,10 +179,12 @@ def new(constructor, output, seed, allow):
     """
 
     def go():
+        from ._files import check_output
         from ._plan import count_params
         from ._recipes import new as make
         from ._recipes import save
 
+        check_output(output)
         model = make(constructor, seed=_seed(seed), allow=allow)
         save(output, model)
         click.echo(f"wrote {output} ({count_params(model):,} parameters)")
@@ -222,7 +236,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
         if as_json:
             click.echo(json.dumps({"ok": True, "diagnostics": []}))
         else:
-            click.echo(f"{name}: no problems found ({_plural(statements, 'statement')})")
+            _echo(f"{name}: no problems found ({_plural(statements, 'statement')})")
 
     _run(go, as_json)
 
@@ -269,25 +283,23 @@ def _print_plan(result, fmt: str) -> None:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
         for i, m in enumerate(step.matches):
             table.add_row(
-                str(step.line) if i == 0 else "",
-                step.action + delta if i == 0 else "",
-                m.path,
-                m.before,
-                "=" if m.after == m.before else m.after,
+                _text(step.line if i == 0 else ""),
+                _text(step.action + delta if i == 0 else ""),
+                _text(m.path),
+                _text(m.before),
+                _text("=" if m.after == m.before else m.after),
                 end_section=i == len(step.matches) - 1,
             )
     out.print(table)
     click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
     if result.output is not None:
-        click.echo(f"output: {result.output}")
+        _echo(f"output: {result.output}")
 
 
 @main.command()
 @_spec_arg
 @_model_arg
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
 @_params_opt
@@ -300,7 +312,9 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 
     def go():
         seed_value = _seed(seed)
-        program = _prepare("apply", spec, model, output, sets, params_file, allow, force, inputs)
+        program = _prepare(
+            "apply", spec, model, output, sets, params_file, allow, force, inputs, data=None
+        )
         from ._plan import count_params
         from ._recipes import save
 
@@ -322,7 +336,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 @_model_arg
 @click.option(
     "--data",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
@@ -330,9 +344,7 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 @click.option(
     "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
 )
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Model file to write."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
@@ -370,7 +382,9 @@ def train(
 
     def go():
         seed_value = _seed(seed)
-        program = _prepare("train", spec, model, output, sets, params_file, allow, force, inputs)
+        program = _prepare(
+            "train", spec, model, output, sets, params_file, allow, force, inputs, data=data
+        )
         from ._program import recipe_of
         from ._recipes import save
         from ._runtime import _train
@@ -378,6 +392,10 @@ def train(
 
         with _device(device):
             base_optimizer(program)  # a missing `optimizer` fails before any work
+            if data is not None:
+                # The data set is read (and its headers checked) before the
+                # model is built.
+                x, y = _train.load_data(data)
             base = _checked_base(program, model, allow)
             with _quiet():
                 start = program.apply(base, seed=seed_value)
@@ -391,7 +409,6 @@ def train(
                 )
                 where = "built-in data"
             else:
-                x, y = _train.load_data(data)
                 where = data
             _train.check_fits(start, x, y, loss, where)
             trained = {
@@ -456,12 +473,22 @@ def _quiet():
         yield
 
 
-def _prepare(command, spec, model, output, sets, params_file, allow, force, inputs=()):
-    """The checks `apply` and `train` share before any JAX work."""
-    _swapped(spec, model, command)
-    program = _compile(spec, _params(sets, params_file), allow, inputs)
+def _prepare(command, spec, model, output, sets, params_file, allow, force, inputs=(), data=None):
+    """The checks `apply` and `train` share before any JAX work: the output
+    first (it may replace no input, and must be writable), then the spec."""
+    from ._files import check_output
+
     _refuse_overwrite(model, output, force)
-    return program
+    check_output(
+        output,
+        [
+            ("spec", spec),  # on the command line, always a path
+            ("`--data` file", data),
+            ("`--params` file", params_file),
+        ],
+    )
+    _swapped(spec, model, command)
+    return _compile(spec, _params(sets, params_file), allow, inputs)
 
 
 def _checked_base(program, model, allow):
@@ -483,6 +510,7 @@ def _checked_base(program, model, allow):
 
 def _refuse_overwrite(model, output, force) -> None:
     if model is not None and not force and os.path.exists(output) and os.path.exists(model):
+        # Same file by identity: the path itself, a symbolic or a hard link.
         if os.path.samefile(model, output):
             raise UsageError(
                 Diagnostic(
@@ -494,22 +522,35 @@ def _refuse_overwrite(model, output, force) -> None:
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model", type=click.Path())
 @_format
-def show(model, fmt):
-    """Show a model file: its tensors and its recipe."""
+@_allow
+def show(model, fmt, allow):
+    """Show a model file: its tensors and its recipe.
+
+    The file is checked whole first: its header, its recipe, and its tensors
+    against the structure the recipe builds (a recipe whose constructor comes
+    from your own package is built only with `--allow`).
+    """
 
     def go():
         from ._files import read_header
 
         header = read_header(model)
         recipe = header.recipe
+        checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
             for t in sorted(header.tensors.values(), key=lambda t: t.start)
         ]
         params = sum(_prod(t["shape"]) for t in tensors)
-        data = {"file": model, "parameters": params, "tensors": tensors, "recipe": recipe}
+        data = {
+            "file": model,
+            "parameters": params,
+            "tensors": tensors,
+            "recipe": recipe,
+            "checked": checked is None,
+        }
         if fmt == "json":
             click.echo(json.dumps(data, indent=2))
             return
@@ -518,35 +559,60 @@ def show(model, fmt):
 
             click.echo(yaml.safe_dump(data, sort_keys=False))
             return
+        from rich.text import Text
         from rich.tree import Tree
 
-        tree = Tree(f"[bold]{model}[/bold]  {params:,} parameters")
+        label = _text(model, "bold")
+        label.append(f"  {params:,} parameters")
+        tree = Tree(label)
         for t in tensors:
-            tree.add(f"{t['path']}  [dim]{t['dtype']}{t['shape']}[/dim]")
+            line = _text(t["path"])
+            line.append_text(Text("  ").append_text(_text(f"{t['dtype']}{t['shape']}", "dim")))
+            tree.add(line)
         out.print(tree)
+        if checked is not None:
+            _echo(f"note: {checked}", err=True)
         if recipe is None:
             click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
             return
         base = recipe["base"]
-        click.echo(f"base: {base.get('constructor')}  (seed {base.get('seed')})")
+        _echo(f"base: {base.get('constructor')}  (seed {base.get('seed')})")
         for i, entry in enumerate(recipe.get("specs", []), 1):
             params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
-            click.echo(
+            _echo(
                 f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
                 + (f"; {params_text}" if params_text else "")
                 + ")"
             )
         trained = recipe.get("train")
         if trained:
-            click.echo(
+            _echo(
                 f"trained: {trained.get('steps')} steps on {trained.get('data')} "
                 f"({trained.get('loss')}, batch size {trained.get('batch_size')})"
             )
         versions = recipe.get("versions") or {}
         if versions:
-            click.echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+            _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
+    """Check a file's tensors against the structure its recipe builds; None
+    when they were checked (a mismatch is an error), else why they were not."""
+    if recipe is None:
+        return None  # nothing to check against: a file without a recipe
+    from ._errors import ModelFileError
+    from ._recipes import skeleton
+
+    try:
+        skeleton(model, allow)
+    except ModelFileError as e:
+        if e.diagnostics[0].code != "E306":
+            raise
+        d = e.diagnostics[0]
+        return f"the tensors were not checked against the recipe: {d.message}; {d.help}"
+    return None
 
 
 @main.command()
@@ -561,10 +627,15 @@ def fmt(specs, check):
     """
 
     def go():
-        from ._files import atomic_write
+        from ._files import atomic_write, check_output
         from ._format import format_spec
         from ._source import read_spec
 
+        if not check:
+            # Every spec is written in place: each must be a regular file in a
+            # writable folder, known before the first is rewritten.
+            for path in specs:
+                check_output(path)
         changed = []
         for path in specs:
             text, name = read_spec(Path(path))
@@ -575,7 +646,7 @@ def fmt(specs, check):
                     atomic_write(path, formatted.encode("utf-8"))
         if check:
             for path in changed:
-                click.echo(f"would reformat {path}", err=True)
+                _echo(f"would reformat {path}", err=True)
             if changed:
                 sys.exit(1)
             click.echo(f"{_plural(len(specs), 'spec')} already formatted")

@@ -692,6 +692,110 @@ CODES: dict[str, Code] = {
             "eqxform show model.eqx",
             "pass `--allow package` if you trust it.",
         ),
+        _c(
+            "E310",
+            "model file JSON nested too deeply",
+            "The JSON of a model file's header or recipe nests deeper than eqxform reads "
+            "(a valid header nests 3 levels, a recipe 5); deeper nesting is refused before "
+            "it is parsed.",
+            '{"a": [[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]}',
+            "rebuild the file with `eqxform new` or `eqxform apply`.",
+        ),
+        _c(
+            "E311",
+            "tensor shape invalid",
+            "A tensor's shape in the header is not a list of non-negative integers within "
+            "bounds (a fraction, a boolean, a negative number, too many dimensions or a "
+            "dimension too large).",
+            '{"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}',
+            "rebuild the file; a writer that produced it is broken.",
+        ),
+        _c(
+            "E312",
+            "tensor dtype unsupported",
+            "A tensor's dtype is not one eqxform reads (F64, F32, F16, BF16, I8 to I64, "
+            "U8 to U64, BOOL).",
+            '{"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}',
+            "cast the tensor to a supported dtype before saving.",
+        ),
+        _c(
+            "E313",
+            "tensor byte ranges overlap or leave gaps",
+            "safetensors stores tensors back to back: their data offsets must be pairs "
+            "`[start, end]` that tile the data exactly. Offsets that overlap would read one "
+            "tensor's bytes as another's; gaps and trailing bytes hide data.",
+            '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+            '"b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
+            "rebuild the file; it was edited or written by a broken writer.",
+        ),
+        _c(
+            "E314",
+            "number out of range in a model file",
+            "The header or recipe holds an integer of more digits than eqxform reads, a "
+            "float beyond the range of a double (`1e999`), or `NaN`/`Infinity`.",
+            '{"w": {"dtype": "F32", "shape": [99999999999999999999999999], ...}}',
+            "rebuild the file.",
+        ),
+        _c(
+            "E315",
+            "recipe does not fit its schema",
+            "A field of the file's recipe has the wrong type: `specs` must be a list of "
+            "records (`text`, `name`, `seed`, `params`), `params` a map of `let` names to "
+            "numbers, strings, booleans or lists, seeds integers from 0 to 2**64 - 1 or null, "
+            "`base.constructor` a string.",
+            '{"base": {"constructor": "MLP(2, 2, 8, 2)", "seed": 0}, "specs": 3}',
+            "rebuild the file with `eqxform apply`; the recipe was edited by hand or "
+            "written by another program.",
+        ),
+        _c(
+            "E316",
+            "recipe of an unknown format",
+            "The recipe says it is of a format this eqxform does not read (written by a newer "
+            "version).",
+            '{"format": "eqxform/2", ...}',
+            "upgrade eqxform, or load the file with the version that wrote it.",
+        ),
+        _c(
+            "E317",
+            "recipe too large",
+            "A string of the recipe (a spec's text, the constructor) or its list of specs is "
+            "longer than eqxform reads from a file.",
+            "",
+            "rebuild the file; no recipe written by eqxform comes near the limits.",
+        ),
+        _c(
+            "E318",
+            "key repeated in a model file's JSON",
+            "An object of the header or the recipe names the same key twice; a JSON reader "
+            "would silently keep one of them.",
+            '{"w": {...}, "w": {...}}',
+            "rebuild the file.",
+        ),
+        _c(
+            "E319",
+            "recipe sets a `let` its spec lacks",
+            "A spec in the file's recipe is listed with a value for a `let` name that the "
+            "spec does not define.",
+            '"specs": [{"text": "let w = 1\\n...", "params": {"zz": 1}, ...}]',
+            "rebuild the file with `eqxform apply`; the recipe was edited.",
+        ),
+        _c(
+            "E320",
+            "tensors cannot be read",
+            "The header was valid, but reading the tensors failed: the file changed while it "
+            "was read, or the disk failed.",
+            "",
+            "read the file again; if it persists, copy it again.",
+        ),
+        _c(
+            "E321",
+            "model file JSON holds too many values",
+            "The header or the recipe holds more values (counted by their separators and "
+            "brackets) than any real model file; parsing them would cost seconds and "
+            "gigabytes.",
+            '{"a": [[], [], [], ... millions more]}',
+            "rebuild the file; eqxform never writes one like it.",
+        ),
         # ---- command line and API arguments
         _c(
             "E401",
@@ -869,11 +973,126 @@ CODES: dict[str, Code] = {
         _c(
             "E434",
             "Python API argument of the wrong type",
-            "An argument of `eqxform.compile` or `eqxform.new` is not of the type it takes: "
-            "`spec` a path or text, `params` a mapping of names to values, `allow` and `inputs` "
-            "lists of strings, the constructor a string.",
-            'eqxform.compile("spec.eqx", allow="mypkg")',
-            'pass the documented type, e.g. `allow=["mypkg"]`.',
+            "An argument of `eqxform.compile` is not of the type it takes: `spec` a path or "
+            "the text of a spec, `params` a mapping of `let` names to values, `inputs` a list "
+            "of strings, `name` a string.",
+            'eqxform.compile("spec.eqx", params=[("width", 8)])',
+            'pass the documented type, e.g. `params={"width": 8}`.',
+        ),
+        _c(
+            "E440",
+            "output is an input of the command",
+            "`-o` names the spec, the `--data` file or the `--params` file of the command (by "
+            "path, or through a symbolic or hard link); writing the model there would destroy "
+            "that input. `--force` does not change this.",
+            "eqxform apply spec.eqx model.eqx -o spec.eqx",
+            "write the model elsewhere with `-o`.",
+        ),
+        _c(
+            "E441",
+            "output is a directory",
+            "`-o` (or `eqxform.save`'s path) names a directory.",
+            "eqxform apply spec.eqx -o models/",
+            "name a file inside it, e.g. `-o models/model.eqx`.",
+        ),
+        _c(
+            "E442",
+            "output is a special file",
+            "The output is a named pipe (FIFO), a device or a socket. eqxform writes a whole "
+            "file and renames it into place, which would replace the special file by a "
+            "regular one.",
+            "eqxform apply spec.eqx -o /dev/null",
+            "write a regular file; pipe the file afterwards if you need to.",
+        ),
+        _c(
+            "E443",
+            "output folder not writable",
+            "The folder of the output cannot be written (permissions, a read-only file system); "
+            "found before any work.",
+            "eqxform apply spec.eqx -o /read-only/out.eqx",
+            "write elsewhere, or fix the folder's permissions.",
+        ),
+        _c(
+            "E444",
+            "output name too long",
+            "The output's file name is longer than its folder's file system takes.",
+            "eqxform apply spec.eqx -o aaaa...(300 characters).eqx",
+            "use a shorter name.",
+        ),
+        _c(
+            "E445",
+            "not a path",
+            "A path argument of the Python API is not a `str` or `os.PathLike`, is empty, or "
+            "contains a NUL character.",
+            "eqxform.load(None)",
+            "pass the file's name.",
+        ),
+        _c(
+            "E446",
+            "not a model",
+            "`eqxform.save` was given something that holds no arrays (or a traced value "
+            "inside `jax.jit`), or a `recipe` that is no `eqxform.Recipe`.",
+            'eqxform.save("m.eqx", "hello")',
+            "pass the model (an `equinox.Module` or a pytree of arrays).",
+        ),
+        _c(
+            "E447",
+            "array cannot be stored",
+            "A leaf of the model has a dtype that a model file cannot store (complex numbers, "
+            "PRNG key arrays, 8-bit floats, objects).",
+            'eqxform.save("m.eqx", {"key": jax.random.key(0)})',
+            "cast the leaf to a stored dtype, or store a key's bits (`jax.random.key_data`).",
+        ),
+        _c(
+            "E448",
+            "output could not be written",
+            "Writing the output failed part way (the disk is full, the file system failed). "
+            "The old file, if there was one, is unchanged, and no temporary file is left.",
+            "",
+            "free space, or write elsewhere.",
+        ),
+        _c(
+            "E449",
+            "`allow` is not a list of package names",
+            "`eqxform.load` and `eqxform.new` take `allow` as a list of top-level package "
+            "names; a single string would be read letter by letter.",
+            'eqxform.load("m.eqx", allow="mypkg")',
+            'pass a list: `allow=["mypkg"]`.',
+        ),
+        _c(
+            "E525",
+            "training data is not an `.npz` of arrays",
+            "`--data` takes an `.npz` (a zip of `.npy` arrays, as `numpy.savez` writes): not "
+            "a single `.npy`, not a zip with other members, not a member whose `.npy` header "
+            "cannot be read.",
+            "eqxform train spec.eqx --data x.npy -o out.eqx",
+            "write it with `numpy.savez(path, x=inputs, y=targets)`.",
+        ),
+        _c(
+            "E526",
+            "training data of the wrong kind",
+            "`x` or `y` holds complex numbers, Python objects, strings, dates or records; "
+            "training data are booleans, integers or floats.",
+            "numpy.savez('d.npz', x=x.astype(complex), y=y)",
+            "convert it before saving, e.g. `x.real.astype(numpy.float32)`.",
+        ),
+        _c(
+            "E527",
+            "training data too large, or its size misstated",
+            "An array's `.npy` header claims more (or fewer) bytes than the file holds, or "
+            "the arrays would not fit in memory; found from the headers, before anything is "
+            "loaded.",
+            "an .npz whose header claims an array of 7 TiB",
+            "write the file again with numpy; train on less data, or from Python with "
+            "batches you load yourself.",
+        ),
+        _c(
+            "E528",
+            "training data damaged",
+            "Reading `x` or `y` failed after their headers were checked: a checksum or a "
+            "length in the zip does not match.",
+            "",
+            "write the file again.",
         ),
         # ---- running
         _c(

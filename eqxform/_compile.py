@@ -68,7 +68,11 @@ def compile(
         isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
     ):
         raise _wrong_type("params", params, "a mapping from `let` names to values")
-    allow = _strings("allow", allow, "package names")
+    if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
+        raise _not_packages(allow)
+    allow = tuple(allow)
+    if not all(isinstance(a, str) for a in allow):
+        raise _not_packages(allow)
     if inputs is not None:
         inputs = _strings("inputs", inputs, 'input types such as `"f32[3,224,224]"`')
     if name is not None and not isinstance(name, str):
@@ -91,9 +95,20 @@ def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
     )
 
 
+def _not_packages(allow: Any) -> UsageError:
+    # The same problem, and code, as `allow` of `eqxform.load` and `eqxform.new`.
+    return UsageError(
+        Diagnostic(
+            "E449",
+            f"`allow` must be a list of package names, not {allow!r:.60}",
+            help='e.g. `allow=["mypkg"]`',
+        )
+    )
+
+
 def _strings(argument: str, value: Any, expected: str) -> tuple[str, ...]:
-    """An argument that is a list of strings (a lone string is a list of one
-    mistake: `allow="pkg"` would allow `p`, `k` and `g`)."""
+    """An argument that is a list of strings (a lone string is a mistake: it
+    would be read letter by letter)."""
     if isinstance(value, str) or not isinstance(value, Iterable):
         raise _wrong_type(argument, value, f"a list of {expected}")
     items = tuple(value)

@@ -8,10 +8,33 @@ a one-line form for CI and editors, and a dict for `--json`.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ._ast import Source, Span
+
+# What must not reach a terminal as it is: the C0 and C1 control characters
+# (ESC starts escape sequences that recolour, move the cursor or set the
+# window title; `\r` rewrites the line), DEL, and the Unicode format
+# characters that reorder or hide text (bidirectional overrides and isolates,
+# zero-width characters, line and paragraph separators, the byte order mark).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with every control character written as its escape (`\\x1b`,
+    `\\u202e`): text from a file or a spec printed as what it is, never as
+    instructions to the terminal. `keep` names characters left as they are
+    (a tab in a source line)."""
+    if keep:
+        return _UNPRINTABLE.sub(lambda m: m.group() if m.group() in keep else _escape(m), text)
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 @dataclass(frozen=True)
@@ -47,10 +70,13 @@ class Diagnostic:
         )
 
     def render(self) -> str:
-        head = f"{self.severity}[{self.code}]: {self.message}"
+        """The long form. Everything that comes from a spec or a file (names
+        in the message, the source line) is printed with its control
+        characters escaped (`printable`)."""
+        head = f"{self.severity}[{self.code}]: {printable(self.message)}"
         lines = [head]
         if self.location:
-            lines.append(f" --> {self.location}")
+            lines.append(f" --> {printable(self.location)}")
         if self.span is not None and self.source is not None:
             text = self.source.line(self.span.line)
             number = str(self.span.line)
@@ -60,13 +86,19 @@ class Diagnostic:
                 end = max(self.span.end_column, start + 1)
             else:
                 end = max(len(text) + 1, start + 1)
+            # The caret goes under the escaped text, so the escapes are measured.
+            before = printable(text[: start - 1], keep="\t")
+            marked = text[start - 1 : end - 1]
+            width = len(printable(marked, keep="\t")) + (end - start) - len(marked)
             lines.append(f"{pad} |")
-            lines.append(f"{number} | {text}")
-            lines.append(f"{pad} | " + " " * (start - 1) + "^" * (end - start))
+            lines.append(f"{number} | " + printable(text, keep="\t"))
+            lines.append(
+                f"{pad} | " + "".join("\t" if c == "\t" else " " for c in before) + "^" * width
+            )
         for note in self.notes:
-            lines.append(f"  = note: {note}")
+            lines.append(f"  = note: {printable(note)}")
         if self.help:
-            lines.append(f"  = help: {self.help}")
+            lines.append(f"  = help: {printable(self.help)}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -3,23 +3,41 @@
 This layer knows bytes, names and JSON, nothing of specs or the compiler: a
 model file is a safetensors file whose `__metadata__["eqxform"]` holds a JSON
 object (the recipe, written and read by `_recipes`).
+
+Everything a file says is checked here, completely, before anything else sees
+it: the header against the safetensors layout (tensors of known dtypes, shapes
+of bounded non-negative integers, byte ranges that tile the data exactly), the
+recipe against its schema, and the JSON of both for size, nesting and number
+range, so that no part of a hostile file reaches the JSON reader's recursion,
+Python's integer conversion or the safetensors library unchecked.
+
+Writes go through a temporary file in the target's folder, renamed into place;
+the target is checked before any work (`check_output`), and a SIGINT or SIGTERM
+during the write leaves the old file or the whole new one, never a temporary.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
+import re
+import signal
+import stat
 import tempfile
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _limits
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, UsageError
 
 FORMAT = "eqxform/1"
-MAX_HEADER = 64 * 1024 * 1024
 
 _DTYPES = {
     "F64": ("float64", 8),
@@ -36,6 +54,143 @@ _DTYPES = {
     "U8": ("uint8", 1),
     "BOOL": ("bool", 1),
 }
+# numpy dtype name -> safetensors dtype, for what `save` can store.
+STORABLE = {name: code for code, (name, _) in _DTYPES.items()}
+
+
+# ---- paths given by the user ---------------------------------------------------
+
+
+def as_path(path: Any, what: str) -> str:
+    """`path` as a `str`, or a usage error saying why it is no path."""
+    if isinstance(path, (os.PathLike, bytes)):
+        try:
+            path = os.fsdecode(path)
+        except (TypeError, ValueError, UnicodeDecodeError):
+            pass
+    if not isinstance(path, str):
+        raise UsageError(
+            Diagnostic(
+                "E445",
+                f"the {what} must be a path (a `str` or `os.PathLike`), not a "
+                f"`{type(path).__name__}`",
+                help='pass the file\'s name, e.g. `"model.eqx"` or `pathlib.Path(...)`',
+            )
+        )
+    if not path or "\0" in path:
+        raise UsageError(
+            Diagnostic(
+                "E445",
+                f"the {what} path {'is empty' if not path else 'contains a NUL character'}",
+                help='pass the file\'s name, e.g. `"model.eqx"`',
+            )
+        )
+    return path
+
+
+# ---- JSON, bounded ------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A value of a file's JSON refused while it is parsed."""
+
+    def __init__(self, code: str, why: str):
+        self.code, self.why = code, why
+
+
+def _int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > _limits.MAX_JSON_INT_DIGITS:
+        raise _Refused(
+            "E314",
+            f"it holds an integer of {digits:,} digits (at most "
+            f"{_limits.MAX_JSON_INT_DIGITS} are read)",
+        )
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Refused("E314", f"it holds the number `{text[:24]}`, beyond the range of a float")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise _Refused("E314", f"it holds `{name}`, which is no JSON number")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Refused("E318", f"the key `{key}` appears twice in one object")
+        out[key] = value
+    return out
+
+
+# Strings (escapes included) are removed before the nesting is measured.
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _depth(text: str) -> int:
+    """The deepest bracket nesting of `text`, counted in C (numpy), never by
+    recursion: +1 at each `[` or `{`, -1 at each `]` or `}`."""
+    import numpy as np
+
+    brackets = text.encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, np.uint8)
+    steps = np.where((codes == ord("[")) | (codes == ord("{")), 1, -1).astype(np.int32)
+    return int(np.cumsum(steps, dtype=np.int32).max())
+
+
+def _nests_deeper_than(text: str, limit: int) -> bool:
+    """Does the JSON `text` nest deeper than `limit`? A text with no more
+    opening brackets than `limit` cannot; otherwise the strings (whose
+    brackets do not nest) are removed and the rest measured. (In a prefix the
+    JSON reader accepts, the running count is the reader's depth, so text
+    whose brackets do not pair up cannot hide a deep nest either.)"""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    return _depth(_STRINGS.sub("", text)) > limit
+
+
+def _load_json(text: str, path: str, what: str) -> Any:
+    """The JSON `text` (a file's header or recipe), its nesting, its integers
+    and its keys bounded before and while it is read."""
+    # Parsing costs time and memory per value: the values are bounded first,
+    # from above, by the separators and brackets (those inside strings count too).
+    items = text.count(",") + text.count("[") + text.count("{")
+    if items > _limits.MAX_JSON_ITEMS:
+        raise corrupt(
+            path,
+            f"its {what} holds about {items:,} values; eqxform reads at most "
+            f"{_limits.MAX_JSON_ITEMS:,}",
+            "E321",
+        )
+    if _nests_deeper_than(text, _limits.MAX_JSON_DEPTH):
+        raise corrupt(
+            path,
+            f"its {what} nests deeper than {_limits.MAX_JSON_DEPTH} levels",
+            "E310",
+        )
+    try:
+        return json.loads(
+            text,
+            parse_int=_int,
+            parse_float=_float,
+            parse_constant=_constant,
+            object_pairs_hook=_object,
+        )
+    except _Refused as e:
+        raise corrupt(path, f"its {what} is refused: {e.why}", e.code) from None
+    except (ValueError, RecursionError):
+        # RecursionError cannot come after the nesting check; kept so that no
+        # file can ever make it escape.
+        raise corrupt(path, f"its {what} is not JSON (is this a spec or another file?)") from None
 
 
 # ---- header ------------------------------------------------------------------
@@ -52,132 +207,576 @@ class TensorInfo:
 
 @dataclass(frozen=True)
 class Header:
+    """A model file's header, checked: `tensors` by name, `metadata` (a map of
+    strings), `recipe` (the recipe as the file stores it, checked against its
+    schema; None for a file without one)."""
+
     path: str
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
-
-    @property
-    def recipe(self) -> dict | None:
-        """The recipe as the file stores it (a JSON object), or None."""
-        text = self.metadata.get("eqxform")
-        if text is None:
-            return None
-        try:
-            recipe = json.loads(text)
-        except json.JSONDecodeError:
-            raise corrupt(self.path, "its recipe is not valid JSON") from None
-        if not isinstance(recipe, dict):
-            raise corrupt(self.path, "its recipe is not a JSON object")
-        if "base" not in recipe:
-            return None  # written by `save` for a model eqxform did not build
-        if not isinstance(recipe["base"], dict):
-            raise corrupt(self.path, "its recipe has no `base` constructor")
-        return recipe
+    recipe: dict | None = None
 
 
-def corrupt(path: str, why: str, code: str = "E302") -> ModelFileError:
+def corrupt(path: str, why: str, code: str = "E302", help: str | None = None) -> ModelFileError:
     return ModelFileError(
         Diagnostic(
             code,
             f"`{path}` is not a valid model file: {why}",
             file=path,
-            help="was it written by `eqxform` (or another safetensors writer) and copied whole?",
+            help=help
+            or "was it written by `eqxform` (or another safetensors writer) and copied whole?",
         )
     )
 
 
+def _cannot_read(path: str, why: str) -> UsageError:
+    return UsageError(Diagnostic("E301", why, file=path, help="check the path and its permissions"))
+
+
 def read_header(path: str | os.PathLike) -> Header:
     """Read and check the header of a model file, allocating nothing for tensors."""
-    path = str(path)
+    path = as_path(path, "model file")
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise _cannot_read(path, f"`{path}` is a directory, not a model file")
+        if not stat.S_ISREG(info.st_mode):
+            # Opening a FIFO would wait for a writer; a device is no model file.
+            raise _cannot_read(path, f"`{path}` is not a regular file (a pipe or a device?)")
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise corrupt(path, f"it is {size} bytes long, too short for a header")
             length = int.from_bytes(head, "little")
-            if length > MAX_HEADER or length > size - 8:
+            if length > _limits.MAX_HEADER_BYTES or length > size - 8:
                 raise corrupt(
                     path,
                     f"its header claims {length} bytes, but the file has {size - 8} after "
                     "the length"
                     + (
-                        f" and headers are capped at {MAX_HEADER} bytes"
-                        if length > MAX_HEADER
+                        f" and headers are capped at {_limits.MAX_HEADER_BYTES} bytes"
+                        if length > _limits.MAX_HEADER_BYTES
                         else ""
                     ),
                     "E303",
                 )
             raw = f.read(length)
     except FileNotFoundError:
-        raise UsageError(
-            Diagnostic("E301", f"model file `{path}` does not exist", file=path)
-        ) from None
+        raise _cannot_read(path, f"model file `{path}` does not exist") from None
     except IsADirectoryError:
-        raise UsageError(
-            Diagnostic("E301", f"`{path}` is a directory, not a model file", file=path)
-        ) from None
+        raise _cannot_read(path, f"`{path}` is a directory, not a model file") from None
     except PermissionError:
-        raise UsageError(
-            Diagnostic("E301", f"cannot read `{path}`: permission denied", file=path)
-        ) from None
+        raise _cannot_read(path, f"cannot read `{path}`: permission denied") from None
+    except OSError as e:
+        raise _cannot_read(path, f"cannot read `{path}`: {e.strerror or e}") from None
+    if len(raw) < length:
+        raise corrupt(path, "it was cut short while it was read", "E303")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         raise corrupt(path, "its header is not JSON (is this a spec or another file?)") from None
+    header = _load_json(text, path, "header")
     if not isinstance(header, dict):
         raise corrupt(path, "its header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise corrupt(path, "its `__metadata__` is not a map of strings")
-    data_size = size - 8 - length
+    tensors = _tensors(path, header, size - 8 - length)
+    return Header(path, tensors, metadata, _recipe(path, metadata))
+
+
+def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
+    """The header's tensor entries, each checked, and their byte ranges
+    checked to tile the data exactly as safetensors lays them out."""
     tensors = {}
     for name, info in header.items():
-        try:
-            dtype, itemsize = _DTYPES[info["dtype"]]
-            shape = tuple(int(d) for d in info["shape"])
-            start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise corrupt(path, f"tensor `{name}` has a malformed entry") from None
-        if any(d < 0 for d in shape) or not 0 <= start <= end <= data_size:
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+            raise corrupt(
+                path,
+                f"tensor `{name}` has a malformed entry (it needs `dtype`, `shape` and "
+                "`data_offsets`)",
+            )
+        code = info["dtype"]
+        if not isinstance(code, str) or code not in _DTYPES:
+            raise corrupt(
+                path,
+                f"tensor `{name}` has the dtype `{code}`, which eqxform does not read",
+                "E312",
+                help="eqxform reads " + ", ".join(f"`{c}`" for c in _DTYPES),
+            )
+        dtype, itemsize = _DTYPES[code]
+        shape = _shape(path, name, info["shape"])
+        start, end = _offsets(path, name, info["data_offsets"])
+        if end > data_size:
             raise corrupt(
                 path, f"tensor `{name}` lies outside the file (is the file truncated?)", "E303"
             )
         if (end - start) != math.prod(shape) * itemsize:
             raise corrupt(path, f"tensor `{name}` has {end - start} bytes for shape {list(shape)}")
         tensors[name] = TensorInfo(name, dtype, shape, start, end)
-    return Header(path, tensors, metadata)
+    # safetensors stores the tensors back to back, in the order of their
+    # offsets, and nothing else: an overlap would let one tensor's bytes be
+    # read as another's, a gap or a tail would hide data.
+    at, previous = 0, None
+    for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if t.start < at:
+            raise corrupt(
+                path,
+                f"tensors `{previous}` and `{t.name}` overlap (bytes {t.start} to {at})",
+                "E313",
+            )
+        if t.start > at:
+            raise corrupt(path, f"bytes {at} to {t.start} of the data belong to no tensor", "E313")
+        at, previous = t.end, t.name
+    if at != data_size:
+        raise corrupt(path, f"its last {data_size - at} bytes belong to no tensor", "E313")
+    return tensors
+
+
+def _shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list):
+        raise corrupt(path, f"tensor `{name}` has a shape that is no list", "E311")
+    if len(shape) > _limits.MAX_TENSOR_NDIM:
+        raise corrupt(
+            path,
+            f"tensor `{name}` has {len(shape)} dimensions (at most "
+            f"{_limits.MAX_TENSOR_NDIM} are read)",
+            "E311",
+        )
+    for d in shape:
+        if type(d) is not int or not 0 <= d <= _limits.MAX_TENSOR_DIM:
+            what = (
+                "is no integer"
+                if type(d) is not int
+                else "is negative"
+                if d < 0
+                else f"exceeds {_limits.MAX_TENSOR_DIM}"
+            )
+            raise corrupt(
+                path,
+                f"tensor `{name}` has the dimension `{json.dumps(d)[:24]}`, which {what}",
+                "E311",
+            )
+    return tuple(shape)
+
+
+def _offsets(path: str, name: str, offsets: Any) -> tuple[int, int]:
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise corrupt(
+            path,
+            f"tensor `{name}` has the data offsets `{json.dumps(offsets)[:60]}`; two "
+            "non-negative integers `[start, end]` with start <= end are expected",
+            "E313",
+        )
+    return offsets[0], offsets[1]
+
+
+# ---- the recipe's schema --------------------------------------------------------
+
+
+class _Schema:
+    """Checks of a recipe's fields, each named by its place (`specs[2].params`)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def fail(self, where: str, why: str, code: str = "E315") -> ModelFileError:
+        return corrupt(
+            self.path,
+            f"its recipe's `{where}` {why}",
+            code,
+            help="the recipe was edited or written by another program; rebuild the file "
+            "with `eqxform apply` or `eqxform new`",
+        )
+
+    def string(self, value: Any, where: str, optional: bool = False) -> str | None:
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(where, f"is {_kind(value)}; a string is expected")
+        if len(value) > _limits.MAX_RECIPE_STRING:
+            raise self.fail(
+                where,
+                f"is {len(value):,} characters long; recipes hold strings of at most "
+                f"{_limits.MAX_RECIPE_STRING:,}",
+                "E317",
+            )
+        return value
+
+    def seed(self, value: Any, where: str) -> None:
+        if value is None:
+            return
+        if type(value) is not int or not 0 <= value <= _limits.MAX_SEED:
+            raise self.fail(
+                where,
+                f"is {_kind(value)}; a seed is an integer from 0 to 2**64 - 1, or null",
+            )
+
+    def mapping(self, value: Any, where: str, optional: bool = True) -> dict:
+        if value is None and optional:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(where, f"is {_kind(value)}; a map is expected")
+        return value
+
+    def value(self, value: Any, where: str) -> None:
+        """A `let` value: what `--set` and `--params` give (a constant or a list)."""
+        if value is None or isinstance(value, (bool, int, float)):
+            return
+        if isinstance(value, str):
+            self.string(value, where)
+            return
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                self.value(item, f"{where}[{i}]")
+            return
+        raise self.fail(where, f"is {_kind(value)}; a number, a string, a boolean or a list")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean `{json.dumps(value)}`"
+    if isinstance(value, (int, float)):
+        return f"the number `{json.dumps(value)[:24]}`"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "a map"
+
+
+def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
+    """The file's recipe, checked against its schema; None for a file without
+    one (`save` of a model eqxform did not build writes only a note)."""
+    text = metadata.get("eqxform")
+    if text is None:
+        return None
+    data = _load_json(text, path, "recipe")
+    schema = _Schema(path)
+    if not isinstance(data, dict):
+        raise corrupt(path, "its recipe is not a JSON object", "E315")
+    written = data.get("format", FORMAT)
+    if written != FORMAT:
+        raise corrupt(
+            path,
+            f"its recipe is of the format `{str(written)[:40]}`; this eqxform reads `{FORMAT}`",
+            "E316",
+            help="load it with the eqxform version that wrote it (`eqxform show` names it), "
+            "or upgrade eqxform",
+        )
+    if "base" not in data:
+        schema.string(data.get("load"), "load", optional=True)
+        return None
+    base = schema.mapping(data["base"], "base", optional=False)
+    schema.string(base.get("constructor"), "base.constructor")
+    schema.seed(base.get("seed"), "base.seed")
+    specs = data.get("specs", [])
+    if not isinstance(specs, list):
+        raise schema.fail("specs", f"is {_kind(specs)}; a list of the specs applied is expected")
+    if len(specs) > _limits.MAX_RECIPE_SPECS:
+        raise schema.fail(
+            "specs",
+            f"lists {len(specs):,} specs; recipes list at most {_limits.MAX_RECIPE_SPECS:,}",
+            "E317",
+        )
+    for i, entry in enumerate(specs):
+        where = f"specs[{i}]"
+        entry = schema.mapping(entry, where, optional=False)
+        schema.string(entry.get("text"), f"{where}.text")
+        schema.string(entry.get("name"), f"{where}.name", optional=True)
+        schema.seed(entry.get("seed"), f"{where}.seed")
+        for key, value in schema.mapping(entry.get("params"), f"{where}.params").items():
+            schema.value(value, f"{where}.params.{key}")
+    for key, value in schema.mapping(data.get("train"), "train").items():
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            raise schema.fail(f"train.{key}", f"is {_kind(value)}; a number or a string")
+        if isinstance(value, str):
+            schema.string(value, f"train.{key}")
+    for key, value in schema.mapping(data.get("versions"), "versions").items():
+        schema.string(value, f"versions.{key}")
+    return data
+
+
+# ---- tensors ------------------------------------------------------------------
+
+
+def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
+    """The named tensors of a model file (its header checked), as numpy arrays."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(header.path, framework="numpy") as f:
+            return {name: f.get_tensor(name) for name in names}
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        # The header was checked to the same rules safetensors holds it to, so
+        # this is a file that changed since, or a disk that failed.
+        raise corrupt(
+            header.path,
+            f"its tensors could not be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+            "E320",
+            help="was the file changed while it was read? read it again, or copy it again",
+        ) from None
+
+
+# ---- writing ------------------------------------------------------------------
+
+
+def _refuse(code: str, message: str, path: str, help: str) -> UsageError:
+    return UsageError(Diagnostic(code, message, file=path, help=help))
+
+
+def check_output(
+    path: str | os.PathLike,
+    inputs: Iterable[tuple[str, str | os.PathLike | None]] = (),
+) -> Path:
+    """Check, before any work, that `path` can be written as a whole new file
+    and that writing it replaces none of `inputs` ((what, path) pairs: the
+    spec, the data, ...). Returns the file that will be written: `path`, or
+    the file a symbolic link at `path` points to (the link is kept).
+
+    Refused: a directory, anything but a regular file (a FIFO or a device,
+    which a rename would replace by a regular file), a missing or unwritable
+    folder, a name too long for the folder, and a path that is (by resolved
+    path or by identity: symbolic and hard links) one of the inputs.
+    """
+    name = as_path(path, "output file")
+    target = Path(os.path.realpath(name)) if os.path.islink(name) else Path(name)
+    fix = "write elsewhere with `-o`"
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError as e:
+        info = None
+        if e.errno == errno.ENAMETOOLONG:
+            raise _too_long(name) from None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        raise _refuse(
+            "E441",
+            f"cannot write `{name}`: it is a directory",
+            name,
+            f"name a file, e.g. `-o {os.path.join(name, 'model.eqx')}`",
+        )
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        kind = (
+            "a named pipe (FIFO)"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a device"
+            if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "no regular file"
+        )
+        raise _refuse(
+            "E442",
+            f"cannot write `{name}`: it is {kind}; eqxform writes whole files and would "
+            "replace it with one",
+            name,
+            fix,
+        )
+    for what, other in inputs:
+        if other is None or info is None:
+            continue
+        try:
+            same = os.path.samefile(other, target)
+        except (OSError, ValueError):
+            same = False
+        if same:
+            raise _refuse(
+                "E440",
+                f"`{name}` is the {what}; eqxform will not write over an input of the command",
+                name,
+                fix,
+            )
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise _refuse(
+            "E404",
+            f"cannot write `{name}`: folder `{folder}` does not exist",
+            name,
+            f"create it first (`mkdir -p {folder}`), or {fix}",
+        )
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = _limits.DEFAULT_NAME_MAX
+    if len(os.fsencode(target.name)) > limit:
+        raise _too_long(name, limit)
+    # Writability is asked of the folder itself, the way the write will use
+    # it (a temporary file), which also covers read-only file systems and
+    # access control lists that permission bits do not show.
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target))
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            raise _too_long(name) from None
+        raise _refuse(
+            "E443",
+            f"cannot write `{name}`: folder `{folder}` is not writable ({e.strerror or e})",
+            name,
+            f"check the folder's permissions, or {fix}",
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+    return target
+
+
+def _too_long(name: str, limit: int | None = None) -> UsageError:
+    return _refuse(
+        "E444",
+        f"cannot write `{name[:60]}{'...' if len(name) > 60 else ''}`: the name is too long"
+        + (f" (this folder takes names of at most {limit} bytes)" if limit else ""),
+        name,
+        "use a shorter file name",
+    )
+
+
+def _temp_prefix(target: Path) -> str:
+    # Short enough that a name the folder takes also gives a temporary it takes.
+    return f".{target.name[:32]}."
+
+
+class _Interrupted(BaseException):
+    """A SIGINT or SIGTERM that stopped a write."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+
+
+_WRITE_SIGNALS = ("SIGINT", "SIGTERM")
+
+
+@contextlib.contextmanager
+def _held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM for a few lines whose effect and bookkeeping
+    must not be separated (a temporary file made and its name kept; the
+    rename done and the write disarmed); they are handled right after."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not (
+        threading.main_thread()
+    ):
+        yield
+        return
+    held = {getattr(signal, n) for n in _WRITE_SIGNALS if hasattr(signal, n)}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+@contextlib.contextmanager
+def _signals_during_write() -> Iterator[dict]:
+    """SIGINT and SIGTERM while a file is written.
+
+    Where nothing handles them but the defaults (Ctrl-C's `KeyboardInterrupt`,
+    `kill`'s termination), a signal stops the write: the temporary file is
+    removed, the old file stays, and the signal is delivered again once the
+    default is back, so the process ends as it would have. Where the program
+    handles them itself (`train` stops after the step in flight), the write
+    finishes first and the handler runs after. Either way the file is the old
+    one or the whole new one, and no temporary is left.
+
+    The body sets `state["armed"] = False` once the file is in place.
+    """
+    state: dict = {"armed": True, "pending": []}
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous: dict[int, Any] = {}
+
+    def handler(signum, frame):
+        if state["armed"] and previous[signum] in (signal.default_int_handler, signal.SIG_DFL):
+            state["armed"] = False
+            raise _Interrupted(signum)
+        state["pending"].append(signum)
+
+    for name in _WRITE_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:
+            continue
+        before = signal.getsignal(signum)
+        if before in (signal.SIG_IGN, None):
+            continue
+        previous[signum] = before
+        signal.signal(signum, handler)
+    stopped = None
+    try:
+        yield state
+    except _Interrupted as e:
+        stopped = e.signum
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+        for signum in [stopped] if stopped is not None else state["pending"]:
+            signal.raise_signal(signum)
+    if stopped is not None:
+        # The default handler ran (the process would have ended on SIGTERM);
+        # should it not have raised, the write still did not happen.
+        raise KeyboardInterrupt
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise UsageError(
-            Diagnostic(
-                "E404", f"cannot write `{path}`: folder `{folder}` does not exist", file=str(path)
-            )
-        )
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` through a temporary file in the same folder,
+    renamed into place: `path` holds its old content or all of `data`.
+    `path` is checked first (`check_output`); a symbolic link is kept and the
+    file it points to written; an existing file keeps its permissions."""
+    target = check_output(path)
+    name = str(path)
     try:
-        # mkstemp makes the file private; give it the mode a plain `open` would.
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        # A new file gets the mode a plain `open` would give it (mkstemp makes
+        # it private).
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        mode = 0o666 & ~umask
+    folder = target.parent if str(target.parent) else Path(".")
+    with _signals_during_write() as state:
+        tmp = None
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            with _held():
+                fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                os.chmod(tmp, mode)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            with _held():
+                os.replace(tmp, target)
+                state["armed"] = False
+        except BaseException as e:
+            state["armed"] = False
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise _refuse(
+                    "E443" if isinstance(e, PermissionError) else "E448",
+                    f"cannot write `{name}`: {e.strerror or e}",
+                    name,
+                    "the old file, if any, is unchanged; free space or write elsewhere",
+                ) from None
+            raise
+    # The rename is durable once the folder is synced (not every file
+    # system can sync a folder).
+    with contextlib.suppress(OSError):
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
 
 def encode(tensors: dict[str, Any], content: dict) -> bytes:
@@ -189,11 +788,3 @@ def encode(tensors: dict[str, Any], content: dict) -> bytes:
     # and the same model and seed must give the same bytes.
     metadata = {"eqxform": json.dumps({"format": FORMAT, **content}, sort_keys=True)}
     return st_save(tensors, metadata=metadata)
-
-
-def read_tensors(path: str | os.PathLike, names: list[str]) -> dict[str, Any]:
-    """The named tensors of a model file, as numpy arrays."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as f:
-        return {name: f.get_tensor(name) for name in names}

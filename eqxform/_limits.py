@@ -1,14 +1,13 @@
-"""eqxform's resource policy: every bound on what its input may ask for.
+"""Every resource limit eqxform enforces on its input, in one place.
 
 A spec, a `--set` value or a model file is input from someone else: it must
-not be able to hang eqxform, exhaust its memory or crash the interpreter. Each
-bound is a named constant here, and each is enforced where the input enters,
-with its own diagnostic (a code, a span, a `help:` line). The bounds are far
-above what any real spec or model needs; reaching one means a mistake or an
-attack. This module imports nothing of eqxform.
+not be able to hang eqxform, exhaust its memory or crash the interpreter. This
+is a flat list of named constants, each with why it has the value it has. The
+modules that read input check against these before they allocate or recurse,
+and each limit that is hit is a diagnostic with its own code. The bounds are
+far above what any real spec or model needs. Nothing here imports eqxform (or
+anything else): every layer may read it.
 """
-
-from __future__ import annotations
 
 # ---- spec text (the parser) -------------------------------------------------
 
@@ -33,9 +32,6 @@ MAX_INT_BITS = 256
 MAX_SEQUENCE_LENGTH = 10_000
 
 # ---- directives and arguments (the checker) -------------------------------------
-
-# Seeds: any unsigned 64-bit integer; each gives its own key.
-MAX_SEED = 2**64 - 1
 
 # Members of an `ensemble`, layers of a `stack`: a count this large is a typo
 # whatever the model (the memory budget below catches the smaller absurd ones).
@@ -64,3 +60,60 @@ MAX_DIMENSION = 2**31 - 1
 MAX_BYTES_ENV = "EQXFORM_MAX_BYTES"
 # When the machine's memory cannot be read.
 DEFAULT_MAX_BYTES = 16 * 2**30
+
+# ---- model files (safetensors header and recipe) ------------------------------
+
+# The JSON header of a model file. A real header is about 100 bytes per tensor
+# plus the recipe, so 16 MiB holds over a hundred thousand tensors (a large
+# language model has about a thousand); the bound also caps the time a hostile
+# header can cost the JSON reader at a few seconds. (safetensors itself stops
+# at 100 MB.)
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+# Values in the header's or the recipe's JSON, counted from above by their
+# separators and brackets: a tensor takes about six, so a header within the
+# size bound above holds far fewer; the bound keeps a hostile header (millions
+# of empty lists) from costing more than about a second to parse.
+MAX_JSON_ITEMS = 2_000_000
+
+# Nesting of the header's and the recipe's JSON. A valid header nests 3 deep
+# (tensors -> entry -> shape); a recipe 5 (specs -> entry -> params -> list);
+# deeper is hostile and would make the JSON reader recurse.
+MAX_JSON_DEPTH = 16
+
+# Digits of an integer in a model file's JSON. 2**64 has 20 digits; Python
+# refuses to convert more than 4,300 and the refusal is no diagnostic.
+MAX_JSON_INT_DIGITS = 24
+
+# Dimensions of one tensor, and the largest single dimension. XLA supports
+# far fewer than 64 dimensions; no file of real data has a dimension of 2**48
+# elements (256 TiB of bytes).
+MAX_TENSOR_NDIM = 64
+MAX_TENSOR_DIM = 2**48
+
+# A string of a recipe (a spec's text, its constructor, a name). The spec texts
+# of a recipe are what `apply` was given; 4 MiB is far beyond a hand-written spec.
+MAX_RECIPE_STRING = 4 * 1024 * 1024
+
+# The specs a recipe lists (each `apply` of a model adds one).
+MAX_RECIPE_SPECS = 10_000
+
+# Seeds (a recipe's among them): any unsigned 64-bit integer.
+MAX_SEED = 2**64 - 1
+
+# ---- output files -------------------------------------------------------------
+
+# The longest file name most file systems take (NAME_MAX), used where the
+# folder cannot be asked (`os.pathconf`).
+DEFAULT_NAME_MAX = 255
+
+# ---- training data (`eqxform train --data`) ------------------------------------
+
+# The bytes one array of a data set may take once loaded. A header that claims
+# more is refused before anything is read; the data must also fit the memory
+# of the machine (checked separately, where it can be asked).
+MAX_DATA_BYTES = 256 * 1024**3
+
+# The bytes of one `.npy` header inside an `.npz` (numpy writes 64-byte
+# multiples, at most a few KiB for any real dtype).
+MAX_NPY_HEADER_BYTES = 64 * 1024

@@ -18,7 +18,7 @@ import numpy as np
 from . import _names as N
 from ._build import budget_diagnostic, nbytes
 from ._check import argument_diagnostic
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, printable
 from ._hashing import seed_key
 from ._errors import SpecError
 from ._modules import split_state
@@ -101,7 +101,8 @@ class Plan:
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
         if self.output is not None:
             lines.append(f"output: {self.output}")
-        return "\n".join(lines)
+        # Rules and paths come from the spec and the model: printed as text.
+        return printable("\n".join(lines), keep="\n")
 
 
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace as dc_replace
 from typing import Any
 
 import equinox as eqx
@@ -23,7 +24,7 @@ from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
-from ._files import Header, corrupt, encode, read_header, read_tensors
+from ._files import STORABLE, Header, check_output, corrupt, encode, read_header, read_tensors
 from ._hashing import seed_key
 from ._files import atomic_write as atomic_write
 from ._modules import split_state, state_values
@@ -88,37 +89,92 @@ def named_arrays(subject: Any) -> list[tuple[str, Any]]:
 # ---- recipes from files ----------------------------------------------------------
 
 
+_EDITED = (
+    "this is the file's recipe, not your spec: it was edited or damaged; rebuild the file "
+    "with `eqxform new` or `eqxform apply`"
+)
+
+
+def _recipe_error(diagnostics) -> ModelFileError:
+    """A spec error in a file's recipe (its constructor, a spec it lists):
+    the file's error, with a help line where the diagnostic has none."""
+    return ModelFileError([d if d.help else dc_replace(d, help=_EDITED) for d in diagnostics])
+
+
 def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     source = A.Source(f"{origin} (recipe)", str(text))
     try:
         call = parse_expr(str(text), source.name)
     except SpecError as e:
-        raise ModelFileError(e.diagnostics) from None
+        raise _recipe_error(e.diagnostics) from None
     if not isinstance(call, A.Call):
-        raise corrupt(origin, "its recipe's base is not a constructor call")
+        raise corrupt(origin, "its recipe's base is not a constructor call", help=_EDITED)
     checker = Checker(A.Spec(source, ()))
     checker.constructor_call(call, set())
     if checker.diagnostics:
-        raise ModelFileError(checker.diagnostics)
+        raise _recipe_error(checker.diagnostics)
     return call, source
 
 
+def allowed(allow: Any) -> tuple[str, ...]:
+    """`allow` (package names) as a tuple, or a usage error: a single string
+    would otherwise be read as its letters."""
+    ok = not isinstance(allow, (str, bytes))
+    if ok:
+        try:
+            allow = tuple(allow)
+        except TypeError:
+            ok = False
+    if not ok or not all(isinstance(a, str) for a in allow):
+        raise UsageError(
+            Diagnostic(
+                "E449",
+                f"`allow` must be a list of package names, not {allow!r:.60}",
+                help='e.g. `allow=["mypkg"]`',
+            )
+        )
+    return allow
+
+
 def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<recipe>") -> Recipe:
-    """A recipe as a file stores it -> a `Recipe` whose specs are compiled."""
+    """A recipe as a file stores it (checked against its schema by
+    `_files.read_header`) -> a `Recipe` whose specs are compiled."""
     allow = tuple(allow)
     base = data["base"]
     constructor = base.get("constructor")
     call, source = _constructor_call(constructor, origin, allow)
     steps = []
     for i, entry in enumerate(data.get("specs", [])):
-        program, diagnostics = compile_collect(
-            str(entry.get("text", "")),
-            f"{origin} (recipe spec {i + 1}: {entry.get('name', '?')})",
-            entry.get("params") or {},
-            allow,
-        )
+        name = entry.get("name") or "?"
+        params = entry.get("params") or {}
+        try:
+            program, diagnostics = compile_collect(
+                str(entry.get("text", "")),
+                f"{origin} (recipe spec {i + 1}: {name})",
+                params,
+                allow,
+            )
+        except UsageError as e:
+            # The only usage error of a compile without `--input`: a value
+            # for a `let` the spec does not have. From a file, that is the
+            # file's fault, not the command line's.
+            unknown = [d for d in e.diagnostics if d.code == "E116"]
+            if not unknown:
+                raise _recipe_error(e.diagnostics) from None
+            names = [k for k in params if any(f"`--set {k}`" in d.message for d in unknown)]
+            raise ModelFileError(
+                Diagnostic(
+                    "E319",
+                    f"`{origin}`'s recipe sets "
+                    + ", ".join(f"`{k}`" for k in names or params)
+                    + f" for its spec {i + 1} (`{name}`), which has no such `let`",
+                    file=origin,
+                    help="the recipe was edited or written by another program; rebuild the "
+                    "file with `eqxform apply`",
+                )
+            ) from None
         if diagnostics:
-            raise ModelFileError(diagnostics)
+            raise _recipe_error(diagnostics)
         steps.append(RecipeStep(program, entry.get("seed")))
     return Recipe(
         call=call,
@@ -148,16 +204,20 @@ def _skeleton_of(recipe: Recipe, origin: str) -> Any:
                     help=d.help,
                 )
             ) from None
-        raise ModelFileError(e.diagnostics) from None
+        raise _recipe_error(e.diagnostics) from None
 
 
 def skeleton(
     path: str | os.PathLike, allow: Iterable[str] = (), like: Any = None
 ) -> tuple[Header, Recipe | None, Any]:
-    """(header, recipe, skeleton) of a model file, without reading its tensors."""
+    """(header, recipe, skeleton) of a model file, without reading its tensors;
+    the header's tensors are checked against the skeleton (names, shapes,
+    dtypes)."""
     header = read_header(path)
     if like is not None:
-        return header, None, eqx.filter_eval_shape(lambda m: m, like)
+        skel = eqx.filter_eval_shape(lambda m: m, like)
+        check_tensors(header, skel)
+        return header, None, skel
     data = header.recipe
     if data is None:
         raise ModelFileError(
@@ -169,10 +229,15 @@ def skeleton(
             )
         )
     try:
-        recipe = recipe_from_dict(data, allow, str(path))
+        recipe = recipe_from_dict(data, allow, header.path)
     except SpecError as e:
         raise ModelFileError(e.diagnostics) from None
-    return header, recipe, _skeleton_of(recipe, str(path))
+    skel = _skeleton_of(recipe, header.path)
+    # The tensors are checked against the structure here, where every command
+    # that reads a model file passes (`check`, `plan`, `show`, `apply`), not
+    # only when they are loaded.
+    check_tensors(header, skel)
+    return header, recipe, skel
 
 
 def check_tensors(header: Header, skel: Any) -> None:
@@ -211,11 +276,11 @@ def check_tensors(header: Header, skel: Any) -> None:
 
 
 def fill(header: Header, skel: Any) -> Any:
-    """The skeleton with its leaves read from the file (checked first)."""
-    check_tensors(header, skel)
+    """The skeleton (from `skeleton`, so checked against the file) with its
+    leaves read from the file."""
     leaves, treedef = jax.tree_util.tree_flatten(skel)
     names = leaf_names(skel)
-    values = read_tensors(header.path, [n for n in names if n is not None])
+    values = read_tensors(header, [n for n in names if n is not None])
     filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
     return jax.tree_util.tree_unflatten(treedef, filled)
 
@@ -233,7 +298,7 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
     """
-    header, recipe, skel = skeleton(path, allow, like)
+    header, recipe, skel = skeleton(path, allowed(allow), like)
     model = fill(header, skel)
     remember(model, recipe)
     return model
@@ -245,9 +310,27 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
 def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
     """The model file of `model`: its arrays and its recipe (given, or the one
     eqxform knows for it)."""
+    if recipe is not None and not isinstance(recipe, Recipe):
+        raise UsageError(
+            Diagnostic(
+                "E446",
+                f"`recipe` must be an `eqxform.Recipe`, not a `{type(recipe).__name__}`",
+                help="pass `eqxform.recipe_of(model)`, or leave `recipe` out",
+            )
+        )
     recipe = recipe if recipe is not None else recipe_of(model)
+    arrays = named_arrays(model)
+    if not arrays:
+        raise UsageError(
+            Diagnostic(
+                "E446",
+                f"there is nothing to save: the `{type(model).__name__}` given holds no arrays",
+                help="pass a model (an `equinox.Module` or a pytree of arrays)",
+            )
+        )
     tensors = {}
-    for name, leaf in named_arrays(model):
+    for name, leaf in arrays:
+        _storable(name, leaf)
         if name in tensors:
             raise UsageError(
                 Diagnostic(
@@ -258,12 +341,46 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                 )
             )
         # Not `np.ascontiguousarray`: it turns a scalar into a vector.
-        tensors[name] = np.array(leaf, order="C")
+        try:
+            tensors[name] = np.array(leaf, order="C")
+        except jax.errors.JAXTypeError:
+            raise UsageError(
+                Diagnostic(
+                    "E446",
+                    f"leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
+                    help="save the model the jitted function returns",
+                )
+            ) from None
     if recipe is None:
         content = {"load": NO_RECIPE}
     else:
         content = {**recipe.to_dict(), "versions": versions()}
     return encode(tensors, content)
+
+
+def _storable(name: str, leaf: Any) -> None:
+    """A model file stores the dtypes safetensors and eqxform's reader share."""
+    dtype = leaf.dtype
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        why, fix = (
+            "a PRNG key array",
+            "store its bits instead (`jax.random.key_data`), and rebuild the key with "
+            "`jax.random.wrap_key_data` after loading",
+        )
+    else:
+        try:
+            name_of = np.dtype(dtype).name
+        except TypeError:
+            name_of = str(dtype)
+        if name_of in STORABLE:
+            return
+        why, fix = (
+            f"of dtype `{name_of}`",
+            "cast it to one of " + ", ".join(f"`{d}`" for d in STORABLE) + " before saving",
+        )
+    raise UsageError(
+        Diagnostic("E447", f"leaf `{name}` is {why}, which a model file cannot store", help=fix)
+    )
 
 
 def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -> None:
@@ -283,6 +400,7 @@ def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -
     the file says so (`eqxform show` prints it, and `load` without `like=`
     answers with that fix).
     """
+    check_output(path)  # before the work of encoding
     atomic_write(path, to_bytes(model, recipe))
 
 
@@ -291,16 +409,14 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
     if not isinstance(constructor, str):
         raise UsageError(
             Diagnostic(
-                "E434",
-                f"the constructor must be a string, not a `{type(constructor).__name__}`",
-                help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)")',
+                "E405",
+                f"the constructor must be a call written as a string, not a "
+                f"`{type(constructor).__name__}`",
+                help='e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
             )
         )
+    allow = allowed(allow)
     seed = check_seed(seed)
-    if isinstance(allow, str) or not all(isinstance(a, str) for a in allow):
-        raise UsageError(
-            Diagnostic("E434", "`allow` must be a list of package names", help='e.g. allow=["mypkg"]')
-        )
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):
@@ -316,7 +432,7 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
     if checker.diagnostics:
         raise SpecError(checker.diagnostics)
     allow = tuple(allow)
-    key = jax.random.fold_in(seed_key(check_seed(seed)), MODEL_TAG)
+    key = jax.random.fold_in(seed_key(seed), MODEL_TAG)
     model = build(call, {}, key, source, allow)
     recipe = Recipe(
         call=call,

@@ -112,9 +112,12 @@ def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, st
 
 def is_model_file(path: str) -> bool:
     try:
+        # Only a regular file is opened: opening a FIFO would wait for a writer.
+        if not os.path.isfile(path):
+            return False
         with open(path, "rb") as f:
             return looks_like_model_file(f.read(9))
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 

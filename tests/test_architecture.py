@@ -24,7 +24,6 @@ PACKAGE = Path(__file__).parent.parent / "eqxform"
 LAYERS = {
     "eqxform._ast": 0,
     "eqxform._hashing": 0,
-    "eqxform._limits": 0,
     "eqxform._names": 0,
     "eqxform._modules._wrappers": 0,
     "eqxform._modules._stacks": 1,
@@ -32,6 +31,7 @@ LAYERS = {
     "eqxform.models": 0,
     "eqxform._diagnostics": 1,
     "eqxform._codes": 0,
+    "eqxform._limits": 0,
     "eqxform._errors": 2,
     "eqxform._parse": 3,
     "eqxform._expr": 3,
@@ -167,7 +167,7 @@ def test_model_types_import_nothing_else_of_eqxform():
 
 def test_the_file_layer_knows_nothing_of_the_compiler():
     targets = {t for t, _ in _graph()["eqxform._files"]}
-    assert targets <= {"eqxform._diagnostics", "eqxform._errors"}
+    assert targets <= {"eqxform._diagnostics", "eqxform._errors", "eqxform._limits"}
 
 
 # ---- one path representation -------------------------------------------------

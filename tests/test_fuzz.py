@@ -123,6 +123,10 @@ class Tally:
 
     def add(self, text: str, answer: dict) -> None:
         self.examples += 1
+        log = os.environ.get("EQXFORM_FUZZ_LOG")
+        if log and self.examples % 100 == 0:
+            with open(log, "a") as f:
+                f.write(json.dumps({"progress": self.to_dict()}) + "\n")
         outcome = answer["outcome"]
         if answer.get("stage") not in (None, "compile"):
             self.compiled += 1

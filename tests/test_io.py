@@ -184,8 +184,9 @@ def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(eqxform.UsageError) as info:
         eqxform.save(target, model)
+    assert info.value.diagnostics[0].code == "E448" and "disk full" in str(info.value)
     assert target.read_bytes() == b"previous contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.eqx"]
 

@@ -7,10 +7,14 @@ flight finishes), and the last good model is written before exit; with
 
 from __future__ import annotations
 
+import math
+import os
 import signal
+import stat
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from .. import _limits
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
 from .._modules import Ensemble, split_state
@@ -71,29 +76,78 @@ def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) 
     return loss
 
 
-def _data_error(path: str, message: str, help: str | None = None) -> UsageError:
-    return UsageError(Diagnostic("E420", message, file=path, help=help))
+def _data_error(path: str, message: str, help: str | None = None, code: str = "E420") -> UsageError:
+    return UsageError(
+        Diagnostic(
+            code,
+            message,
+            file=path,
+            help=help or "write it with `numpy.savez(path, x=inputs, y=targets)`",
+        )
+    )
 
 
 def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays `x` and `y` of an `.npz` file, checked for presence and length."""
-    if not Path(path).is_file():
-        raise _data_error(path, f"data file `{path}` does not exist")
+    """Arrays `x` and `y` of an `.npz` file.
+
+    The file is checked before any array is read: it is a zip of `.npy`
+    members only; the headers of `x` and `y` (read with numpy's header reader,
+    nothing unpickled) give real numbers of a shape whose bytes the member
+    holds and that fit in memory. Only then are the two arrays loaded."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        info = None
+    if info is None or not stat.S_ISREG(info.st_mode):
+        raise _data_error(
+            path,
+            f"data file `{path}` does not exist"
+            if info is None
+            else f"data file `{path}` is not a regular file",
+        )
+    try:
+        headers = _npz_headers(path)
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+        # A zip (that was checked first) whose directory, lengths or checksums
+        # are wrong.
+        raise _data_error(
+            path,
+            f"`{path}` could not be read: {e}",
+            "the file is damaged (a checksum or a length does not match); write it again",
+            code="E528",
+        ) from None
+    names = sorted(headers)
+    if "x" not in names or "y" not in names:
+        raise _data_error(
+            path,
+            f"`{path}` must hold arrays named `x` and `y`; it holds "
+            + (", ".join(f"`{n}`" for n in names) or "none"),
+            "write it with `numpy.savez(path, x=inputs, y=targets)`",
+        )
+    total = sum(headers[k][2] for k in ("x", "y"))
+    limit = _memory_limit()
+    if total > limit:
+        raise _data_error(
+            path,
+            f"`x` and `y` of `{path}` take {_size(total)} in memory, more than the "
+            f"{_size(limit)} eqxform loads",
+            "train on a smaller data set, or from Python with `eqxform.make_step` "
+            "and batches you load yourself",
+            code="E527",
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
-            names = list(data.files)
-            if "x" not in names or "y" not in names:
-                raise _data_error(
-                    path,
-                    f"`{path}` must hold arrays named `x` and `y`; it holds "
-                    + (", ".join(f"`{n}`" for n in names) or "none"),
-                    "write it with `numpy.savez(path, x=inputs, y=targets)`",
-                )
             x, y = data["x"], data["y"]
-    except UsageError:
-        raise
-    except (ValueError, OSError) as e:
-        raise _data_error(path, f"`{path}` is not a readable .npz file: {e}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise _data_error(
+            path,
+            f"`{path}` could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+            "the file is damaged (a checksum or a length does not match); write it again",
+            code="E528",
+        ) from None
+    for key, array in (("x", x), ("y", y)):
+        if array.shape != headers[key][0] or array.dtype != headers[key][1]:
+            raise _data_error(path, f"`{key}` of `{path}` changed while it was read", code="E528")
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise _data_error(
             path,
@@ -103,6 +157,110 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     if len(x) == 0:
         raise _data_error(path, f"`{path}` holds no examples")
     return x, y
+
+
+def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
+    """(shape, dtype, bytes) of every array of an `.npz`, from the headers
+    alone; every member must be an `.npy` array of real numbers whose bytes
+    the member holds."""
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not zipfile.is_zipfile(path):
+        single = magic == b"\x93NUMPY"
+        raise _data_error(
+            path,
+            f"`{path}` is "
+            + (
+                "a single `.npy` array" if single else "not an `.npz` file (a zip of `.npy` arrays)"
+            ),
+            "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            code="E525",
+        )
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for member in z.infolist():
+            name = member.filename
+            if not name.endswith(".npy"):
+                raise _data_error(
+                    path,
+                    f"`{path}` holds `{name}`, which is no `.npy` array",
+                    "an `.npz` holds `.npy` arrays only: write it with "
+                    "`numpy.savez(path, x=inputs, y=targets)`",
+                    code="E525",
+                )
+            key = name[: -len(".npy")]
+            with z.open(member) as f:
+                try:
+                    version = np.lib.format.read_magic(f)
+                    if version == (1, 0):
+                        read = np.lib.format.read_array_header_1_0
+                    elif version == (2, 0):
+                        read = np.lib.format.read_array_header_2_0
+                    else:
+                        raise ValueError(f"`.npy` version {version[0]}.{version[1]} is not read")
+                    shape, _, dtype = read(f, max_header_size=_limits.MAX_NPY_HEADER_BYTES)
+                except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
+                    raise _data_error(
+                        path,
+                        f"`{name}` in `{path}` is not a readable `.npy` array: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
+                        code="E525",
+                    ) from None
+                offset = f.tell()
+            if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
+                kind = {
+                    "c": "complex numbers",
+                    "O": "Python objects",
+                    "U": "strings",
+                    "S": "bytes",
+                    "M": "dates",
+                    "m": "time deltas",
+                }.get(dtype.kind, "records" if dtype.fields is not None else f"`{dtype}`")
+                raise _data_error(
+                    path,
+                    f"`{key}` of `{path}` holds {kind} ({dtype}); training data are real "
+                    "numbers (booleans, integers or floats)",
+                    "convert it before saving, e.g. `x.real.astype(numpy.float32)` or "
+                    "`numpy.asarray(y, numpy.int32)`",
+                    code="E526",
+                )
+            if any(type(d) is not int or d < 0 for d in shape):
+                raise _data_error(
+                    path,
+                    f"`{key}` of `{path}` has the shape {shape}, which is no shape",
+                    code="E525",
+                )
+            claimed = math.prod(shape) * dtype.itemsize
+            held = member.file_size - offset
+            if claimed != held:
+                raise _data_error(
+                    path,
+                    f"`{key}` of `{path}` claims {list(shape)} of {dtype} ({_size(claimed)}), "
+                    f"but the file holds {_size(max(held, 0))} of it",
+                    "the file is damaged or was not written by numpy; write it again",
+                    code="E527",
+                )
+            out[key] = (tuple(shape), dtype, claimed)
+    return out
+
+
+def _memory_limit() -> int:
+    """The bytes a data set may take: the limit, and half the machine's memory
+    (the arrays are copied once more onto the device)."""
+    limit = _limits.MAX_DATA_BYTES
+    try:
+        limit = min(limit, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
+    except (ValueError, OSError, AttributeError):
+        pass
+    return limit
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n} PiB"
 
 
 def toy_data(subject: Any, loss: str, inputs=None, count: int = 512, seed: int = 0):
