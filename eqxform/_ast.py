@@ -34,9 +34,7 @@ class Source:
             # parser counts them; `str.splitlines` would also break at `\x0b`,
             # `\x0c`, `\x85`, U+2028 and more, and put every later diagnostic
             # on the wrong line.
-            cached = [
-                line[:-1] if line.endswith("\r") else line for line in self.text.split("\n")
-            ]
+            cached = [line[:-1] if line.endswith("\r") else line for line in self.text.split("\n")]
             if cached and cached[-1] == "" and self.text.endswith("\n"):
                 cached.pop()
             object.__setattr__(self, "_lines", cached)

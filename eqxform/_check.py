@@ -80,7 +80,11 @@ def fits(value: Any, kind: str | tuple) -> bool:
 def as_argument(value: Any, kind: str | tuple | None) -> Any:
     """A checked value as JAX should get it: a number as a Python float, so that
     `3000000000` or `-2**63` is no integer that overflows int32."""
-    if kind in ("real", "nonneg", "real?") and isinstance(value, int) and not isinstance(value, bool):
+    if (
+        kind in ("real", "nonneg", "real?")
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
         return float(value)
     return value
 
@@ -203,7 +207,7 @@ class Checker:
                         f"the value of `{key}` {problem}",
                         file=self.source.name,
                         help="give a number, a string, `true`/`false`/`none` or a list of "
-                        "those, e.g. `--set width=128` or `params={\"width\": 128}`",
+                        'those, e.g. `--set width=128` or `params={"width": 128}`',
                     )
                 )
             if key not in let_names:
@@ -720,7 +724,9 @@ class Checker:
                     if isinstance(value, A.Number):
                         name = arg.name or (positional[i] if i < len(positional) else None)
                         number = -value.value if negative else value.value
-                        bad = constructor_limit(call.callee, name, number, arg.value.span, self.source)
+                        bad = constructor_limit(
+                            call.callee, name, number, arg.value.span, self.source
+                        )
                         if bad is not None:
                             self.diagnostics.append(bad)
         for arg in call.args:
@@ -866,7 +872,9 @@ def override_problem(value: Any, depth: int = 0) -> str | None:
             return f"is a string of more than {L.MAX_SEQUENCE_LENGTH:,} characters"
         return None
     if isinstance(value, int):
-        return f"has more than {L.MAX_INT_BITS} bits" if value.bit_length() > L.MAX_INT_BITS else None
+        return (
+            f"has more than {L.MAX_INT_BITS} bits" if value.bit_length() > L.MAX_INT_BITS else None
+        )
     if isinstance(value, float):
         return None if math.isfinite(value) else f"is `{value}`, not a finite number"
     if isinstance(value, (list, tuple)):

@@ -494,7 +494,7 @@ CODES: dict[str, Code] = {
             "one of a few strings). `check` reports the arguments it can evaluate without a "
             "model; one that reads the match (`1/sqrt(fan_in)`) is checked per match by `plan` "
             "and `apply`, at the argument's span, naming the match.",
-            "where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate=\"x\")",
+            'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
             "give the argument a value of the type the help line names.",
         ),
         _c(
@@ -952,7 +952,7 @@ CODES: dict[str, Code] = {
             "spec's own values (an integer of more than 256 bits, a float that is not finite, "
             "a string or list of more than 10,000 elements).",
             'eqxform.compile("let w = 1", params={"w": object()})',
-            "pass a constant, e.g. `params={\"w\": 128}`.",
+            'pass a constant, e.g. `params={"w": 128}`.',
         ),
         _c(
             "E432",

@@ -200,7 +200,9 @@ def evaluate(
             ) from None
         if isinstance(result, complex):  # `(-8) ** 0.5`
             raise EvalError(
-                f"`{expr.op}` gives a complex number here", expr.span, "the base must not be negative"
+                f"`{expr.op}` gives a complex number here",
+                expr.span,
+                "the base must not be negative",
             )
         return _checked(result, expr.span)
     if isinstance(expr, A.Subscript):

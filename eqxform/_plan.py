@@ -19,8 +19,8 @@ from . import _names as N
 from ._build import budget_diagnostic, nbytes
 from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
-from ._hashing import seed_key
 from ._errors import SpecError
+from ._hashing import seed_key
 from ._modules import split_state
 from ._passes import Context
 from ._passes._forward import output_shape
@@ -257,7 +257,9 @@ def finish(program, start, struct, history):
             diagnostics.extend(e.diagnostics)
             continue
         try:
-            for leaf in matched_arrays(nodes, group.action.name, group.rule.selector, program.source):
+            for leaf in matched_arrays(
+                nodes, group.action.name, group.rule.selector, program.source
+            ):
                 group_value(program, group.action, leaf)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)

@@ -25,8 +25,8 @@ from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import STORABLE, Header, check_output, corrupt, encode, read_header, read_tensors
-from ._hashing import seed_key
 from ._files import atomic_write as atomic_write
+from ._hashing import seed_key
 from ._modules import split_state, state_values
 from ._parse import parse_expr
 from ._program import Recipe, RecipeStep, recipe_of, remember

@@ -40,7 +40,9 @@ def is_spec_path(spec: Any) -> bool:
 def _looks_like_path(text: str) -> bool:
     if any(c.isspace() for c in text) or text.startswith("#"):
         return False
-    return "/" in text or "\\" in text or re.search(r"\.[A-Za-z][A-Za-z0-9]{0,5}$", text) is not None
+    return (
+        "/" in text or "\\" in text or re.search(r"\.[A-Za-z][A-Za-z0-9]{0,5}$", text) is not None
+    )
 
 
 def parse_seed(text: str | None, option: str = "--seed") -> int | None:
@@ -131,7 +133,9 @@ def parse_value(text: str, name: str) -> Any:
         return evaluate(expr, {})
     except EvalError as e:
         if e.code is not None:  # a limit: `--set x=9**9**9`
-            raise UsageError(Diagnostic(e.code, f"`--set {name}`: {e.message}", help=e.help)) from None
+            raise UsageError(
+                Diagnostic(e.code, f"`--set {name}`: {e.message}", help=e.help)
+            ) from None
         # A bare word is a string (`--set act=gelu` means the function `gelu`
         # through the evaluator; anything else stays text).
         if isinstance(expr, A.Name):

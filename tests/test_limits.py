@@ -9,7 +9,6 @@ import re
 import sys
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,7 +71,12 @@ def test_nesting_below_the_limit_evaluates():
 
 @pytest.mark.parametrize(
     "selector, code",
-    [("layers[1.5]", "E013"), ("layers[::0.5]", "E013"), ("layers[1e0]", "E013"), ("layers[::0]", "E122")],
+    [
+        ("layers[1.5]", "E013"),
+        ("layers[::0.5]", "E013"),
+        ("layers[1e0]", "E013"),
+        ("layers[::0]", "E122"),
+    ],
 )
 def test_indices_are_whole_numbers(selector, code):
     found = diagnostics(f"where {selector} -> freeze")
@@ -207,7 +211,9 @@ def test_models_over_the_budget_are_refused_before_allocating(monkeypatch, mlp):
     (d,) = program.plan().diagnostics
     assert d.code == "E158" and d.span.line == 1 and "37.3 GB" in d.message
     assert error_codes(program.apply) == ["E158"]
-    replace = eqxform.compile("where layers[0] -> replace Linear(in_features=2, out_features=10**6)")
+    replace = eqxform.compile(
+        "where layers[0] -> replace Linear(in_features=2, out_features=10**6)"
+    )
     assert error_codes(lambda: replace.apply(mlp)) == ["E158"]
     ensemble = eqxform.compile("ensemble 100000")  # 100,000 copies of 124 parameters
     (d,) = ensemble.plan(mlp).diagnostics
@@ -334,7 +340,10 @@ def test_a_spec_argument_is_always_a_path(tmp_path):
         (lambda m: eqxform.compile("seed 1", inputs=["f32[3.5]"]), "E127"),
         (lambda m: eqxform.compile("seed 1", inputs=["f32[99999999999]"]), "E157"),
         (lambda m: eqxform.compile(b"seed 1"), "E434"),
-        (lambda m: eqxform.compile("where layers[0].weight -> init normal").apply(m, key="0"), "E433"),
+        (
+            lambda m: eqxform.compile("where layers[0].weight -> init normal").apply(m, key="0"),
+            "E433",
+        ),
         (
             lambda m: eqxform.compile("where layers[0].weight -> init normal").apply(
                 m, key=jnp.zeros(3)

@@ -28,7 +28,6 @@ from .._modules import Frozen
 from .._plan import group_value
 from .._select import (
     array_leaves,
-    evaluate_at,
     matched_arrays,
     select_rule,
     stack_axis,
