@@ -9,6 +9,7 @@ import re
 import sys
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -366,6 +367,18 @@ def test_the_api_raises_only_eqxform_errors(mlp, call, code):
     with pytest.raises(eqxform.EqxformError) as info:
         call(mlp)
     assert info.value.diagnostics[0].code == code
+
+
+def test_an_ensemble_of_layers_without_inputs_draws_as_equinox(mlp):
+    # Found by the fuzz test: a fan of zero divided by zero.
+    spec = "model MLP(in_size=0, out_size=2, width_size=0, depth=2)\nensemble 2\n"
+    assert eqxform.compile(spec).plan().errors == ()
+    # A fan of zero leaves `he_normal` nothing to scale by: a diagnostic.
+    program = eqxform.compile(spec + "where Linear.weight -> init he_normal")
+    assert [d.code for d in program.plan().errors] == ["E209"]
+    out = eqxform.compile("ensemble 2").apply(eqx.nn.Linear(0, 3, key=jax.random.key(0)))
+    bias = out.member(0).bias
+    assert bias.shape == (3,) and bool(jnp.all(jnp.abs(bias) <= 1))
 
 
 def test_plan_reports_what_does_not_fit_instead_of_raising():

@@ -184,7 +184,7 @@ class InitPass(RulePass):
             for member in members:
                 try:
                     value = self.draw_leaf(model, name, kwargs, shape, dtype, key, member)
-                except (TypeError, ValueError, IndexError, OverflowError) as e:
+                except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError) as e:
                     raise self.error(
                         "E209",
                         f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
