@@ -36,6 +36,11 @@ _LAZY = {
     "Positive": "._modules",
     "WeightNormed": "._modules",
     "Frozen": "._modules",
+    "LoRA": "._modules",
+    "LoRAWeight": "._modules",
+    "IA3": "._modules",
+    "IA3Weight": "._modules",
+    "merge": "._modules",
     "Stacked": "._modules",
     "Ensemble": "._modules",
     "evaluate_ensemble": "._modules",
@@ -44,6 +49,8 @@ _LAZY = {
     "make_step": "._runtime._step",
     "Step": "._runtime._step",
     "RetraceError": "._runtime._step",
+    "MeshSpec": "._mesh",
+    "initialize_distributed": "._runtime._distributed",
 }
 
 

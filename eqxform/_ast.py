@@ -85,6 +85,15 @@ class Binary(Expr):
 
 
 @dataclass(frozen=True)
+class Conditional(Expr):
+    """`then if test else orelse`, as in Python."""
+
+    test: Expr
+    then: Expr
+    orelse: Expr
+
+
+@dataclass(frozen=True)
 class Subscript(Expr):
     value: Expr
     index: Expr
@@ -92,6 +101,13 @@ class Subscript(Expr):
 
 @dataclass(frozen=True)
 class ListExpr(Expr):
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class TupleExpr(Expr):
+    """`(a, b)`: only a `shard` spec (`(none, model)`) is a tuple."""
+
     items: tuple[Expr, ...]
 
 
@@ -247,15 +263,26 @@ class OptimizerStmt(Stmt):
 
 
 @dataclass(frozen=True)
+class Over:
+    """`over AXIS`: the leading axis of a stack or an ensemble on a mesh axis."""
+
+    axis: str
+    span: Span = field(compare=False)
+    axis_span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class EnsembleStmt(Stmt):
     count: Expr
+    over: Over | None = None
 
 
 @dataclass(frozen=True)
 class StackOption:
-    name: str  # "count", "remat", "unroll"
+    name: str  # "count", "remat", "unroll", "layerwise", "over"
     value: int | None
     span: Span = field(compare=False)
+    over: Over | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +296,21 @@ class StackStmt(Stmt):
 @dataclass(frozen=True)
 class UnstackStmt(Stmt):
     selector: Selector
+
+
+@dataclass(frozen=True)
+class MeshAxis:
+    name: str
+    size: int  # -1: the rest of the devices
+    span: Span = field(compare=False)
+    name_span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
+class MeshStmt(Stmt):
+    """`mesh data=2 model=4`: the device mesh of the `shard` rules."""
+
+    axes: tuple[MeshAxis, ...]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,9 @@ from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._errors import UsageError
 from ._expr import DTypeRef, EvalError, _kind, evaluate, render, walk
 
-NOT_YET = {"shard": "sharding is planned"}
+# Reserved words of planned features: an action here is reported (E120) rather
+# than taken for a misspelling. None is planned at present.
+NOT_YET: dict[str, str] = {}
 
 
 def is_whole(value: Any, minimum: int) -> bool:
@@ -173,7 +175,7 @@ class Checker:
     """The checks of one spec. After `run()`, when it found no errors, the
     evaluated directives are in `env`, `seed`, `counts` and `optimizer`."""
 
-    def __init__(self, spec: A.Spec, params: Mapping[str, Any] | None = None):
+    def __init__(self, spec: A.Spec, params: Mapping[str, Any] | None = None, mesh: Any = None):
         self.spec = spec
         self.source = spec.source
         self.params = dict(params or {})
@@ -184,6 +186,12 @@ class Checker:
         self.counts: dict[int, int] = {}  # id(ensemble statement) -> members
         self.optimizer: tuple[str, dict[str, Any]] | None = None
         self.inputs: list[A.InputStmt] = []
+        # The mesh: given from outside (`--mesh`, a `MeshOverride`), else the
+        # spec's `mesh` directive; and every mesh axis the spec names, with
+        # where (`shard` specs, `over`), checked against it at the end.
+        self.mesh_override = mesh
+        self.mesh: A.MeshStmt | None = None
+        self.axis_uses: list[tuple[str, A.Span]] = []
 
     def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
         self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
@@ -350,7 +358,9 @@ class Checker:
     def statements(self):
         seen: dict[type, A.Stmt] = {}
         for stmt in self.spec.statements:
-            if isinstance(stmt, (A.ModelStmt, A.SeedStmt, A.OptimizerStmt, A.EnsembleStmt)):
+            if isinstance(
+                stmt, (A.ModelStmt, A.SeedStmt, A.OptimizerStmt, A.EnsembleStmt, A.MeshStmt)
+            ):
                 first = seen.get(type(stmt))
                 if first is not None:
                     word = {
@@ -358,6 +368,7 @@ class Checker:
                         A.SeedStmt: "seed",
                         A.OptimizerStmt: "optimizer",
                         A.EnsembleStmt: "ensemble",
+                        A.MeshStmt: "mesh",
                     }[type(stmt)]
                     self.error(
                         "E109",
@@ -367,6 +378,7 @@ class Checker:
                     )
                 seen.setdefault(type(stmt), stmt)
             getattr(self, "check_" + type(stmt).__name__)(stmt)
+        self.mesh_axes()
         if A.OptimizerStmt not in seen:
             for rule in self.spec.rules:
                 for action in rule.actions:
@@ -440,6 +452,67 @@ class Checker:
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
         self.names(stmt.count, set(self.lets), "`ensemble`")
+        if stmt.over is not None:
+            self.axis_uses.append((stmt.over.axis, stmt.over.axis_span))
+
+    def check_MeshStmt(self, stmt: A.MeshStmt):
+        self.mesh = self.mesh or stmt
+        seen: set[str] = set()
+        for axis in stmt.axes:
+            if axis.name in seen:
+                self.error(
+                    "E193",
+                    f"mesh axis `{axis.name}` is given twice",
+                    axis.name_span,
+                    "give each axis of the mesh its own name",
+                )
+            seen.add(axis.name)
+            if axis.size != -1 and axis.size < 1:
+                self.error(
+                    "E192",
+                    f"mesh axis `{axis.name}` needs a size of at least 1 (or -1), not {axis.size}",
+                    axis.span,
+                    "e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
+                )
+        rest = [a for a in stmt.axes if a.size == -1]
+        if len(rest) > 1:
+            self.error(
+                "E192",
+                "only one mesh axis may be -1 (the devices left over)",
+                rest[1].span,
+                "give the other axes their sizes",
+            )
+
+    def mesh_axes(self):
+        """Every mesh axis a `shard` spec or an `over` names is an axis of the
+        mesh; naming one needs a mesh."""
+        if not self.axis_uses:
+            return
+        names: tuple[str, ...]
+        if self.mesh_override is not None:
+            names, where = self.mesh_override.names, f"`{self.mesh_override.origin} "
+            where += self.mesh_override.text() + "`"
+        elif self.mesh is not None:
+            names = tuple(a.name for a in self.mesh.axes)
+            where = f"the `mesh` on line {self.mesh.span.line}"
+        else:
+            name, span = self.axis_uses[0]
+            self.error(
+                "E191",
+                f"mesh axis `{name}` is named, but the spec has no `mesh`",
+                span,
+                "add the device mesh, e.g. `mesh data=2 model=4`, or give one with `--mesh`",
+            )
+            return
+        for name, span in self.axis_uses:
+            if name not in names:
+                self.error(
+                    "E190",
+                    f"`{name}` is no axis of {where}",
+                    span,
+                    did_you_mean(name, names)
+                    or "the mesh's axes are " + ", ".join(f"`{n}`" for n in names),
+                )
 
     def check_StackStmt(self, stmt: A.StackStmt):
         self.selector(stmt.selector)
@@ -479,6 +552,9 @@ class Checker:
                         option.span,
                         f"write `{option.name}` alone",
                     )
+            elif option.name == "over":
+                assert option.over is not None
+                self.axis_uses.append((option.over.axis, option.over.axis_span))
             elif option.name == "unroll":
                 if not isinstance(option.value, int) or option.value < 1:
                     self.error(
@@ -497,7 +573,7 @@ class Checker:
                     f"unknown stack option `{option.name}`",
                     option.span,
                     (did_you_mean(option.name, ("remat", "unroll", "layerwise")) or "")
-                    + " options are a count, `remat`, `unroll K` and `layerwise`",
+                    + " options are a count, `remat`, `unroll K`, `layerwise` and `over AXIS`",
                 )
 
     def check_InputStmt(self, stmt: A.InputStmt):
@@ -594,6 +670,9 @@ class Checker:
             )
             return
         arg = action.arg
+        if info.arg == "spec":
+            self.shard_spec(action)
+            return
         if info.arg == "none":
             if arg is not None:
                 self.error(
@@ -603,6 +682,8 @@ class Checker:
                     f"write `-> {name}` alone; separate further actions with `,`",
                 )
             return
+        if arg is None and info.arg == "adapter":
+            return  # every argument has a default
         if arg is None:
             example = {
                 "wrapper": "wrap symmetric",
@@ -613,7 +694,9 @@ class Checker:
             }[info.arg]
             self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{example}`")
             return
-        if info.arg == "initializer":
+        if info.arg == "adapter":
+            self.adapter(action, context)
+        elif info.arg == "initializer":
             self.initializer(arg, context)
         elif info.arg == "wrapper":
             signatures = {n: R.wrapper_signature(n) for n in R.wrapper_names()}
@@ -652,6 +735,58 @@ class Checker:
                 )
         else:
             self.names(arg, context, f"`{name}`")
+
+    def adapter(self, action: A.Action, context: set[str]):
+        """`lora(rank=8, alpha=16)`: keyword arguments of the adapter's table."""
+        name, arg = action.name, action.arg
+        example = {"lora": "lora(rank=8, alpha=16)", "ia3": "ia3(feedforward=true)"}[name]
+        if not (isinstance(arg, A.Call) and arg.callee == name and arg.span == action.span):
+            self.error(
+                "E180",
+                f"`{name}` takes keyword arguments in parentheses",
+                arg.span,
+                f"write `{example}`",
+            )
+            return
+        self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span, context)
+        for a in arg.args:
+            self.names(a.value, context, f"a `{name}` argument")
+    def shard_spec(self, action: A.Action):
+        """`shard (AXIS | none, ...)`: names, `none`, or tuples of names."""
+        arg = action.arg
+        example = "e.g. `shard (none, model)`, or `shard ((data, model), none)`"
+        if arg is None:
+            self.error("E194", "`shard` needs a partition spec", action.span, example)
+            return
+
+        def dim(e: A.Expr, top: bool) -> bool:
+            if isinstance(e, A.Name):
+                return True
+            if isinstance(e, A.TupleExpr) and not top:
+                if all(isinstance(i, A.Name) and i.id != "none" for i in e.items):
+                    return True
+            self.error(
+                "E194",
+                f"`{self.text(e.span)}` is no dimension of a partition spec",
+                e.span,
+                "each dimension is a mesh axis, `none`, or a tuple of mesh axes; " + example,
+            )
+            return False
+
+        items = arg.items if isinstance(arg, A.TupleExpr) else (arg,)
+        if not all([dim(i, not isinstance(arg, A.TupleExpr)) for i in items]):
+            return
+        seen: set[str] = set()
+        for name in _spec_names(arg):
+            if name.id in seen:
+                self.error(
+                    "E232",
+                    f"mesh axis `{name.id}` splits two dimensions",
+                    name.span,
+                    "use each mesh axis once per array",
+                )
+            seen.add(name.id)
+            self.axis_uses.append((name.id, name.span))
 
     def named_call(self, arg, kind, signatures, context, code, example, listing):
         """`NAME` or `NAME(ARGS)` from a table of signatures."""
@@ -813,6 +948,14 @@ class Checker:
 
     def names(self, expr: A.Expr, allowed: set[str], where: str):
         for node in walk(expr):
+            if isinstance(node, A.TupleExpr):
+                self.error(
+                    "E194",
+                    "a tuple `(a, b)` is only a `shard` spec",
+                    node.span,
+                    "write a list `[a, b]` for a value",
+                )
+                return
             if isinstance(node, A.Name):
                 known = node.id in allowed or node.id in N.CONSTANTS
                 known = known or node.id in N.FUNCTIONS or node.id in N.DTYPES
@@ -924,6 +1067,19 @@ def format_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def check(spec: A.Spec, params: Mapping[str, Any] | None = None) -> list[Diagnostic]:
-    """Every model-independent diagnostic of `spec`."""
-    return Checker(spec, params).run()
+def _spec_names(arg: A.Expr) -> list[A.Name]:
+    if isinstance(arg, A.Name):
+        return [] if arg.id == "none" else [arg]
+    out: list[A.Name] = []
+    if isinstance(arg, A.TupleExpr):
+        for item in arg.items:
+            out += _spec_names(item)
+    return out
+
+
+def check(
+    spec: A.Spec, params: Mapping[str, Any] | None = None, mesh: Any = None
+) -> list[Diagnostic]:
+    """Every model-independent diagnostic of `spec` (with `mesh`, a mesh given
+    from outside: anything with `names`, `origin` and `text()`)."""
+    return Checker(spec, params, mesh).run()

@@ -105,11 +105,20 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
         )
 
 
-def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=()):
+def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
     from ._compile import compile
 
     # The argument is a file's path, whatever its name: never spec text.
-    return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None)
+    return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
+
+
+def _mesh(text: str | None):
+    """`--mesh data=2,model=4` as a `MeshSpec` (no JAX), or None."""
+    if text is None:
+        return None
+    from ._mesh import mesh_from_text
+
+    return mesh_from_text(text)
 
 
 def _device(name: str | None):
@@ -151,6 +160,12 @@ _input = click.option(
     metavar="TYPE[SHAPE]",
     help="The model's input, e.g. f32[3,224,224]; repeat per positional argument "
     "(replaces the spec's `input` lines).",
+)
+_mesh_opt = click.option(
+    "--mesh",
+    metavar="AXIS=N,...",
+    help="The device mesh, e.g. data=2,model=4 (-1: the devices left over); replaces the "
+    "spec's `mesh`.",
 )
 _format = click.option(
     "--format",
@@ -199,8 +214,9 @@ def new(constructor, output, seed, allow):
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics as JSON.")
-def check(spec, model, sets, params_file, allow, inputs, as_json):
+def check(spec, model, sets, params_file, allow, inputs, mesh, as_json):
     """Report every problem of a spec (and, given a model, of applying it).
 
     Without a model this is a linter: it imports no JAX and answers at once.
@@ -218,7 +234,7 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
         if model is None:
             # The linter: parse and check, no JAX.
             parsed, diagnostics = parse_collect(text, name)
-            checker = Checker(parsed, params)
+            checker = Checker(parsed, params, _mesh(mesh))
             diagnostics = sorted(diagnostics + checker.run(), key=_position)
             usage = [d for d in diagnostics if d.code in USAGE_CODES]
             if usage:
@@ -228,7 +244,9 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
             from ._compile import compile_collect
             from ._recipes import skeleton
 
-            program, diagnostics = compile_collect(text, name, params, allow, list(inputs) or None)
+            program, diagnostics = compile_collect(
+                text, name, params, allow, list(inputs) or None, _mesh(mesh)
+            )
             if not diagnostics:
                 diagnostics = program.check(skeleton(model, allow)[2])
             statements = len(program.spec.statements) if program is not None else 0
@@ -248,17 +266,27 @@ def check(spec, model, sets, params_file, allow, inputs, as_json):
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
 @_format
-def plan(spec, model, sets, params_file, allow, inputs, fmt):
-    """Show what each rule will change, before applying anything."""
+def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt):
+    """Show what each rule will change, before applying anything; with a mesh,
+    each array's partition spec and bytes per device."""
 
     def go():
         _swapped(spec, model, "plan")
-        program = _compile(spec, _params(sets, params_file), allow, inputs)
+        program = _compile(spec, _params(sets, params_file), allow, inputs, mesh)
         from ._recipes import skeleton
 
         struct = skeleton(model, allow)[2] if model is not None else None
         result = program.plan(struct)
+        if program.optimizer is not None and not result.errors and result.result is not None:
+            from dataclasses import replace
+
+            from ._modules import split_state
+            from ._runtime._optim import state_bytes
+
+            model_only = split_state(result.result)[0]
+            result = replace(result, opt_state_bytes=state_bytes(program, model_only))
         _report(result.diagnostics, fmt == "json")
         _print_plan(result, fmt)
 
@@ -291,9 +319,14 @@ def _print_plan(result, fmt: str) -> None:
                 end_section=i == len(step.matches) - 1,
             )
     out.print(table)
+    from ._plan import budget
+
     click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
+    click.echo(budget(result))
     if result.output is not None:
         _echo(f"output: {result.output}")
+    if result.placement is not None:
+        _echo("\n".join(result.placement.lines()))
 
 
 @main.command()
@@ -305,15 +338,33 @@ def _print_plan(result, fmt: str) -> None:
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
-def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, force):
+@click.option(
+    "--adapters-only",
+    is_flag=True,
+    help="Write only the adapters (`lora`, `ia3`), the spec and a fingerprint of the base.",
+)
+def apply(
+    spec, model, output, seed, sets, params_file, allow, inputs, mesh, device, force, adapters_only
+):
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
         seed_value = _seed(seed)
         program = _prepare(
-            "apply", spec, model, output, sets, params_file, allow, force, inputs, data=None
+            "apply",
+            spec,
+            model,
+            output,
+            sets,
+            params_file,
+            allow,
+            force,
+            inputs,
+            data=None,
+            mesh=mesh,
         )
         from ._plan import count_params
         from ._recipes import save
@@ -322,9 +373,17 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
             base = _checked_base(program, model, allow)
             with _quiet():
                 result = program.apply(base, seed=seed_value)
-            save(output, result)
+            if adapters_only:
+                # This spec's adapters, whatever the base's recipe holds.
+                from dataclasses import replace
+
+                step = replace(program, seed=program.seed if seed_value is None else seed_value)
+                save(output, result, adapters_only=True, spec=step)
+            else:
+                save(output, result)
+        what = "adapters of " if adapters_only else ""
         click.echo(
-            f"wrote {output} ({count_params(result):,} parameters, "
+            f"wrote {output} ({what}{count_params(result):,} parameters, "
             f"{_plural(len(program.spec.rules), 'rule')} applied)"
         )
 
@@ -356,6 +415,19 @@ def apply(spec, model, output, seed, sets, params_file, allow, inputs, device, f
 @_params_opt
 @_allow
 @_input
+@_mesh_opt
+@click.option(
+    "--batch-axis",
+    metavar="AXIS",
+    help="The mesh axis the batch is split over (default: `data`, when the mesh has it).",
+)
+@click.option(
+    "--coordinator",
+    metavar="HOST:PORT",
+    help="Join a run of several processes: process 0's address (every process gives the same).",
+)
+@click.option("--num-processes", type=click.IntRange(min=1), help="How many processes the run has.")
+@click.option("--process-id", type=click.IntRange(min=0), help="This process's place, 0..N-1.")
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 def train(
@@ -372,18 +444,38 @@ def train(
     params_file,
     allow,
     inputs,
+    mesh,
+    batch_axis,
+    coordinator,
+    num_processes,
+    process_id,
     device,
     force,
 ):
     """Train with the spec's optimiser, rules and freezing; write the model.
 
     Ctrl-C stops after the step in flight and writes the model trained so far.
+    On a mesh (the spec's `mesh`, or `--mesh`) the step runs data- and
+    model-parallel. For several processes, start the same command in each with
+    `--coordinator HOST:PORT --num-processes N --process-id I`; process 0
+    writes the model.
     """
 
     def go():
         seed_value = _seed(seed)
+        _join(coordinator, num_processes, process_id)
         program = _prepare(
-            "train", spec, model, output, sets, params_file, allow, force, inputs, data=data
+            "train",
+            spec,
+            model,
+            output,
+            sets,
+            params_file,
+            allow,
+            force,
+            inputs,
+            data=data,
+            mesh=mesh,
         )
         from ._program import recipe_of
         from ._recipes import save
@@ -432,6 +524,7 @@ def train(
                 TimeRemainingColumn(),
                 console=_console(),
                 transient=False,
+                disable=not _writer(),
             ) as progress:
                 task = progress.add_task("train", total=steps, loss="-")
                 result = _train.train(
@@ -448,6 +541,8 @@ def train(
                     on_step=lambda done, value: progress.update(
                         task, completed=done, loss=f"{value:.4g}"
                     ),
+                    mesh=program.device_mesh(),
+                    batch_axis=batch_axis,
                 )
             write(result.model, result.steps)
         final = "-" if result.loss is None else f"{result.loss:.4g}"
@@ -456,7 +551,8 @@ def train(
                 f"interrupted after {result.steps} steps; wrote {output} (loss {final})", err=True
             )
             sys.exit(130)
-        click.echo(f"trained {result.steps} steps (loss {final}); wrote {output}")
+        wrote = f"wrote {output}" if _writer() else f"process 0 wrote {output}"
+        click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
 
     _run(go)
 
@@ -473,7 +569,36 @@ def _quiet():
         yield
 
 
-def _prepare(command, spec, model, output, sets, params_file, allow, force, inputs=(), data=None):
+def _writer() -> bool:
+    """Is this the process that writes files (process 0, or the only one)?"""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _join(coordinator, num_processes, process_id) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id`: all or none."""
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if not any(given):
+        return
+    if not all(given):
+        raise UsageError(
+            Diagnostic(
+                "E466",
+                "a run of several processes needs `--coordinator`, `--num-processes` and "
+                "`--process-id` together",
+                help="e.g. `--coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0` on the "
+                "first host, `--process-id 1` on the second",
+            )
+        )
+    from ._runtime._distributed import initialize_distributed
+
+    initialize_distributed(coordinator, num_processes, process_id)
+
+
+def _prepare(
+    command, spec, model, output, sets, params_file, allow, force, inputs=(), data=None, mesh=None
+):
     """The checks `apply` and `train` share before any JAX work: the output
     first (it may replace no input, and must be writable), then the spec."""
     from ._files import check_output
@@ -488,7 +613,7 @@ def _prepare(command, spec, model, output, sets, params_file, allow, force, inpu
         ],
     )
     _swapped(spec, model, command)
-    return _compile(spec, _params(sets, params_file), allow, inputs)
+    return _compile(spec, _params(sets, params_file), allow, inputs, mesh)
 
 
 def _checked_base(program, model, allow):
@@ -503,7 +628,19 @@ def _checked_base(program, model, allow):
         return None
     header, recipe, struct = skeleton(model, allow)
     _report(program.check(struct))
-    loaded = fill(header, struct)
+    shardings = None
+    device_mesh = program.device_mesh()
+    if device_mesh is not None:
+        # Each tensor straight into its shards: as the file's own `shard`
+        # rules and the spec's say (those that fit the file's structure).
+        from ._errors import SpecError
+        from ._recipes import file_shardings
+
+        try:
+            shardings = file_shardings(struct, recipe, device_mesh, program)
+        except SpecError:
+            shardings = file_shardings(struct, recipe, device_mesh)
+    loaded = fill(header, struct, shardings)
     remember(loaded, recipe)
     return loaded
 
@@ -519,6 +656,32 @@ def _refuse_overwrite(model, output, force) -> None:
                     help="write elsewhere with `-o`, or pass `--force` to replace it",
                 )
             )
+
+
+@main.command()
+@click.argument("adapters", type=click.Path())
+@click.argument("base", type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
+@_allow
+@click.option("--force", is_flag=True, help="Allow the output to replace the base model file.")
+def merge(adapters, base, output, allow, force):
+    """Load an adapter file onto its base model, bake the adapters into the
+    base weights, and write the merged model."""
+
+    def go():
+        _refuse_overwrite(base, output, force)
+        from ._compile import compile as compile_spec
+        from ._plan import count_params
+        from ._recipes import load, save
+
+        with _quiet():
+            model = load(base, allow=allow)
+            adapted = load(adapters, base=model, allow=allow)
+            merged = compile_spec("where ** -> merge\n", name="merge").apply(adapted)
+        save(output, merged)
+        _echo(f"wrote {output} ({count_params(merged):,} parameters, adapters merged)")
+
+    _run(go)
 
 
 @main.command()

@@ -296,8 +296,9 @@ CODES: dict[str, Code] = {
         _c(
             "E120",
             "not supported yet",
-            "The word is reserved for a feature this version of eqxform does not have.",
-            "where x -> shard (none, model)",
+            "The word is reserved for a feature this version of eqxform does not have. "
+            "(`shard` was, until sharding on a device mesh arrived.)",
+            "",
             "remove the line, or use a version that supports it.",
         ),
         _c(
@@ -458,6 +459,15 @@ CODES: dict[str, Code] = {
         ),
         # ---- the spec against a model
         _c(
+            "E180",
+            "adapter arguments are keyword arguments",
+            "`lora` and `ia3` take their arguments by name, in parentheses right after the "
+            "action (`lora(rank=8, alpha=16)`); each may be an expression of the match. "
+            "Without parentheses they take their defaults (`lora`: rank 8, alpha 8, as PEFT).",
+            "where Linear -> lora 8",
+            "write `lora(rank=8, alpha=16)` or `ia3(feedforward=true)`.",
+        ),
+        _c(
             "E144",
             "a stack changes the model's outputs",
             "With the model's inputs declared, `apply` runs the model before and after each "
@@ -547,6 +557,57 @@ CODES: dict[str, Code] = {
             'eqxform new "MLP(in_size=2, out_size=2, width_size=100000, depth=2)" -o m.eqx',
             "make the model smaller, or raise the budget with `EQXFORM_MAX_BYTES` if the "
             "machine has the memory.",
+        ),
+        _c(
+            "E190",
+            "no such mesh axis",
+            "A `shard` spec, a `stack ... over AXIS` or an `ensemble N over AXIS` names a mesh "
+            "axis that the mesh (the spec's `mesh`, or `--mesh`) does not have.",
+            "mesh data=2 model=4\nwhere Linear.weight -> shard (none, modle)",
+            "name one of the mesh's axes (the help line lists them), or add the axis to the mesh.",
+        ),
+        _c(
+            "E191",
+            "mesh axis named without a mesh",
+            "The spec places arrays on mesh axes (`shard`, `over`), but neither the spec (`mesh`) "
+            "nor the command line (`--mesh`) gives a device mesh.",
+            "where Linear.weight -> shard (none, model)",
+            "add `mesh data=2 model=4` (your axes and sizes), or pass `--mesh data=2,model=4`.",
+        ),
+        _c(
+            "E192",
+            "bad mesh axis size",
+            "A mesh axis's size is a whole number of devices, at least 1, or `-1` for the "
+            "devices left over by the other axes (at most one axis may say `-1`).",
+            "mesh data=0 model=4",
+            "give every axis a size >= 1, and `-1` to one axis at most.",
+        ),
+        _c(
+            "E193",
+            "mesh axis given twice",
+            "Each axis of a mesh has its own name; a name given twice leaves it unclear which "
+            "size it has.",
+            "mesh data=2 data=4",
+            "rename or remove one of them.",
+        ),
+        _c(
+            "E194",
+            "not a partition spec",
+            "`shard` takes a partition spec: one entry per dimension of one layer's array, each a "
+            "mesh axis, `none` (not split), or a tuple of mesh axes (split over their product). "
+            "A tuple `(a, b)` is nothing else in a spec.",
+            "where Linear.weight -> shard (none, 2)",
+            "write e.g. `shard (none, model)` or `shard ((data, model), none)`; for a value, "
+            "write a list `[a, b]`.",
+        ),
+        _c(
+            "E196",
+            "mesh larger than the devices",
+            "The mesh needs more devices than JAX sees (across every process of the run), or "
+            "`-1` cannot divide the devices evenly.",
+            "mesh data=4 model=4   # on 8 devices",
+            "use a smaller mesh; on the CPU, simulate devices with "
+            "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
         ),
         _c(
             "E201",
@@ -647,7 +708,84 @@ CODES: dict[str, Code] = {
             "draw them per copy with an `init` rule below the line, e.g. "
             "`where cls_token -> init normal(stddev=0.02)`.",
         ),
+        _c(
+            "E220",
+            "adapter on something that is no `Linear` or 2-D weight",
+            "`lora` and `ia3` adapt a `Linear` (any module whose `weight` is `(out, in)` and "
+            "that computes `W x + b`), a `Linear`'s weight (which adapts the module), or a "
+            "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
+            "selector matched something else: a bias, a convolution, a container.",
+            "where layers[0] -> lora(rank=4)   # layers[0] is a Conv2d",
+            "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
+        ),
+        _c(
+            "E221",
+            "bad LoRA rank",
+            "`rank` gives the inner size of the factors, a whole number of at least 1. It may "
+            "depend on the match (`rank=16 if fan_in >= 1024 else 8`); it gave something else "
+            "at the module named.",
+            "where Linear -> lora(rank=fan_in / 64)",
+            "give a whole number, e.g. `rank=max(1, fan_in // 64)`.",
+        ),
+        _c(
+            "E222",
+            "bad LoRA alpha",
+            "`alpha` sets the scale `alpha / rank` of the adapter's output; it must be a number.",
+            'where Linear -> lora(rank=8, alpha="16")',
+            "give a number, e.g. `alpha=16`.",
+        ),
+        _c(
+            "E223",
+            "module adapted twice",
+            "The matched module (or weight) carries an adapter already; one adapter per "
+            "module keeps the base, the factors and `merge` unambiguous.",
+            "where Linear -> lora(rank=8)\nwhere Linear -> lora(rank=4)",
+            "select each module once, or `merge` the first adapter before adding another.",
+        ),
+        _c(
+            "E224",
+            "nothing to merge",
+            "`merge` bakes the adapters at or under the matched nodes into their base "
+            "weights; it found none there.",
+            "where layers[-1] -> merge   # no adapter in the last layer",
+            "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
+            "`where ** -> merge`.",
+        ),
+        _c(
+            "E225",
+            "bad `feedforward` for ia3",
+            "`ia3(feedforward=true)` scales a `Linear`'s input (PEFT's feed-forward layers), "
+            "`false` its output; it must be a boolean.",
+            "where Linear -> ia3(feedforward=1)",
+            "write `true` or `false`.",
+        ),
         # ---- model files
+        _c(
+            "E230",
+            "partition spec of the wrong length",
+            "A `shard` spec gives one entry per dimension of one layer's array; this array has "
+            "another number of dimensions. The leading axes of stacks and ensembles are added "
+            "for you (unsplit, or on their `over` axis).",
+            "where Linear -> shard (model, none)   # the bias has one dimension",
+            "write one entry per dimension, or narrow the selector (`Linear.weight`, "
+            "`if ndim == 2`).",
+        ),
+        _c(
+            "E231",
+            "dimension not divisible by its mesh axes",
+            "An array's dimension is split over mesh axes whose sizes (multiplied) do not "
+            "divide it, so the shards would differ in size.",
+            "mesh model=4\nwhere layers[0].weight -> shard (none, model)   # in_features=6",
+            "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
+        ),
+        _c(
+            "E232",
+            "mesh axis used twice in one array",
+            "A mesh axis splits at most one dimension of an array; the spec (with the `over` axis "
+            "of a stack or ensemble around the array) uses one twice.",
+            "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
+            "use each mesh axis once per array.",
+        ),
         _c(
             "E301",
             "model file cannot be read",
@@ -797,6 +935,38 @@ CODES: dict[str, Code] = {
             "rebuild the file; eqxform never writes one like it.",
         ),
         # ---- command line and API arguments
+        _c(
+            "E330",
+            "adapters of another base",
+            "An adapter file carries a fingerprint of the base tensors its adapters were "
+            "trained on (a hash of their names, shapes, dtypes and bytes, after the file's "
+            "spec is replayed). The model given as the base has other tensors, or the spec "
+            "does not fit it, so the adapters would compute something they were never "
+            "trained for.",
+            "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
+            "load the adapters onto the model they were trained on (the file written by "
+            "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
+            "that model).",
+        ),
+        _c(
+            "E331",
+            "a model file where an adapter file was expected",
+            "`eqxform.load(path, base=model)` and `eqxform merge` read adapter files "
+            "(written with `adapters_only=True` or `apply --adapters-only`); this file holds "
+            "a whole model.",
+            "eqxform merge model.eqx base.eqx -o merged.eqx",
+            "load a whole model file with `eqxform.load(path)`; pass the adapter file first "
+            "to `merge`.",
+        ),
+        _c(
+            "E332",
+            "an adapter file loaded without its base",
+            "An adapter file holds only the adapters, not the base they adapt, so it cannot "
+            "be loaded on its own.",
+            "eqxform.load('adapters.eqx')",
+            "give the base: `eqxform.load(path, base=model)`, or "
+            "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+        ),
         _c(
             "E401",
             "spec file cannot be read",
@@ -980,6 +1150,41 @@ CODES: dict[str, Code] = {
             'pass the documented type, e.g. `params={"width": 8}`.',
         ),
         _c(
+            "E465",
+            "bad mesh",
+            "`--mesh` (or `mesh=` of the Python API) is a list of `AXIS=SIZE`, separated by "
+            "commas or spaces, each size a whole number >= 1 or -1, each name once.",
+            "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
+            "write e.g. `--mesh data=2,model=4`.",
+        ),
+        _c(
+            "E466",
+            "bad multi-process options",
+            "A run of several processes needs `--coordinator HOST:PORT` (process 0's address), "
+            "`--num-processes N` and `--process-id I` (0 <= I < N), all three.",
+            "eqxform train spec.eqx --coordinator 10.0.0.1:1234 -o out.eqx",
+            "give all three, the same coordinator and count to every process.",
+        ),
+        _c(
+            "E467",
+            "could not join the run",
+            "`jax.distributed.initialize` failed: the coordinator did not answer within the "
+            "timeout, or JAX had already started in this process.",
+            "eqxform train spec.eqx --coordinator 10.0.0.9:1234 --num-processes 2 "
+            "--process-id 1 -o out.eqx",
+            "start process 0 first, check that every host reaches its address and port, and "
+            "start the others within the timeout.",
+        ),
+        _c(
+            "E468",
+            "batch axis not in the mesh",
+            "The batch is split over `--batch-axis` (`batch_axis=`), which must be an axis of "
+            "the mesh.",
+            "eqxform train spec.eqx --mesh data=8 --batch-axis batch -o out.eqx",
+            "name a mesh axis, or leave it out: the batch then goes over `data` when the mesh "
+            "has it, and is replicated otherwise.",
+        ),
+        _c(
             "E440",
             "output is an input of the command",
             "`-o` names the spec, the `--data` file or the `--params` file of the command (by "
@@ -1096,6 +1301,24 @@ CODES: dict[str, Code] = {
         ),
         # ---- running
         _c(
+            "E460",
+            "no adapters to save",
+            "`save(..., adapters_only=True)` (`apply --adapters-only`) writes a model's "
+            "adapters; the model has none.",
+            "eqxform apply init.eqx -o out.eqx --adapters-only   # no lora rule",
+            "add a `lora` or `ia3` rule to the spec, or save the whole model.",
+        ),
+        _c(
+            "E461",
+            "the adapters' spec is unknown",
+            "An adapter file records the spec that added its adapters, to replay it on the "
+            "base. eqxform knows it for models it built (`eqxform.new`, `load`, a spec's "
+            "`model` directive, and `Program.apply` of those); this model came from "
+            "elsewhere.",
+            "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
+            "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
+        ),
+        _c(
             "E501",
             "batch would recompile the step",
             "A training step is compiled for one batch shape and dtype; a batch of another "
@@ -1112,6 +1335,14 @@ CODES: dict[str, Code] = {
             "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
             "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
             "`make_step(..., state=state)`.",
+        ),
+        _c(
+            "E510",
+            "batch not divisible over the mesh",
+            "On a mesh, each batch is split over the batch axis; its number of rows must be a "
+            "multiple of that axis's size.",
+            "eqxform train spec.eqx --mesh data=8 --batch-size 12 -o out.eqx",
+            "make the batch size a multiple of the batch axis's size.",
         ),
         _c(
             "E601",

@@ -17,9 +17,19 @@ from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
-from ._names import OPTIMIZER_ACTIONS
+from ._mesh import MeshSpec, as_mesh_spec
+from ._names import OPTIMIZER_ACTIONS, PLACEMENT_ACTIONS
 from ._parse import parse_collect
-from ._passes import PASSES, EnsemblePass, Pass, StackPass, UnstackPass
+from ._passes import (
+    PASSES,
+    EnsemblePass,
+    Pass,
+    PlacePass,
+    ShardRule,
+    StackPass,
+    UnstackPass,
+)
+from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
 
@@ -41,6 +51,7 @@ def compile(
     name: str | None = None,
     allow: Iterable[str] = (),
     inputs: Iterable[str] | None = None,
+    mesh: Any = None,
 ) -> Program:
     """Read, parse and check a spec; return its `Program`.
 
@@ -53,6 +64,9 @@ def compile(
       may be imported.
     - `inputs`: the model's inputs (`["f32[3,224,224]"]`), in place of the
       spec's `input` lines (as `--input` on the command line).
+    - `mesh`: the device mesh, in place of the spec's `mesh` directive (as
+      `--mesh` on the command line): `"data=2,model=4"`, `{"data": 2}`, or a
+      `jax.sharding.Mesh`.
 
     **Returns:** a `Program`. Raises `SpecError` with every diagnostic of the
     spec at once when it has errors.
@@ -78,7 +92,7 @@ def compile(
     if name is not None and not isinstance(name, str):
         raise _wrong_type("name", name, "a string")
     text, name = read_spec(spec, name)
-    program, diagnostics = compile_collect(text, name, params, allow, inputs)
+    program, diagnostics = compile_collect(text, name, params, allow, inputs, mesh)
     if diagnostics:
         raise SpecError(diagnostics)
     assert program is not None
@@ -123,10 +137,12 @@ def compile_collect(
     params: Mapping[str, Any] | None = None,
     allow: Iterable[str] = (),
     inputs: Iterable[str] | None = None,
+    mesh: Any = None,
 ) -> tuple[Program | None, list[Diagnostic]]:
     """Like `compile`, but returns the diagnostics instead of raising."""
     spec, diagnostics = parse_collect(text, name)
-    checker = Checker(spec, params)
+    mesh = as_mesh_spec(mesh)
+    checker = Checker(spec, params, mesh)
     diagnostics += checker.run()
     if inputs is not None:
         bad = _override_inputs(checker, list(inputs))
@@ -137,7 +153,16 @@ def compile_collect(
         raise UsageError(usage)
     if diagnostics:
         return None, sorted(diagnostics, key=_position)
-    return _program(spec, checker, tuple(allow)), []
+    return _program(spec, checker, tuple(allow), mesh), []
+
+
+def _mesh_of(spec: A.Spec, checker: Checker, given: MeshSpec | None) -> MeshSpec | None:
+    if given is not None:
+        return given
+    stmt = checker.mesh
+    if stmt is None:
+        return None
+    return MeshSpec(tuple((a.name, a.size) for a in stmt.axes), stmt.span, spec.source)
 
 
 def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
@@ -150,10 +175,43 @@ def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
     return diagnostics
 
 
-def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
+def _without_shard(rule: A.Rule) -> str:
+    """A rule's identity, its `shard` actions left out: placing arrays
+    changes no number a rule draws."""
+    text = rule.text
+    cuts = [
+        a.span
+        for a in rule.actions
+        if a.name in PLACEMENT_ACTIONS and a.span.line == rule.span.line == a.span.end_line
+    ]
+    if not cuts:
+        return _normalise(text)
+    for span in sorted(cuts, key=lambda s: -s.column):
+        start, end = span.column - rule.span.column, span.end_column - rule.span.column
+        text = text[:start] + text[end:]
+    key = re.sub(",+", ",", _normalise(text)).replace("->,", "->")
+    return key.rstrip(",")
+
+
+def _without_over(stmt: A.Stmt, source: A.Source) -> str:
+    """The line of a statement less its `over AXIS`: where the arrays live
+    changes no number they are drawn with."""
+    line = source.line(stmt.span.line)
+    overs = [o.over for o in getattr(stmt, "options", ()) if o.over is not None]
+    if isinstance(stmt, A.EnsembleStmt) and stmt.over is not None:
+        overs.append(stmt.over)
+    for over in sorted(overs, key=lambda o: -o.span.column):
+        line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
+    return line
+
+
+def _program(
+    spec: A.Spec, checker: Checker, allow: tuple[str, ...], mesh: MeshSpec | None = None
+) -> Program:
     source, env = spec.source, checker.env
     passes: list[Pass] = []
     groups: list[Group] = []
+    shards: list[ShardRule] = []
     model_call = None
     # A pass's identity is a stable hash of its text and how often that text
     # came before, so adding a rule does not change what the others draw.
@@ -176,17 +234,22 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
             model_call = stmt.call
             continue
         if isinstance(stmt, A.Rule):
-            text_key = _normalise(stmt.text)
+            text_key = _without_shard(stmt)
         elif isinstance(stmt, (A.StackStmt, A.UnstackStmt, A.EnsembleStmt)):
-            text_key = _normalise(source.line(stmt.span.line).split("#", 1)[0])
+            text_key = _normalise(_without_over(stmt, source).split("#", 1)[0])
         else:
             continue
         occurrence = seen.get(text_key, 0)
         seen[text_key] = occurrence + 1
         if isinstance(stmt, A.Rule):
-            for index, action in enumerate(stmt.actions):
+            drawing = [a for a in stmt.actions if a.name not in PLACEMENT_ACTIONS]
+            for action in stmt.actions:
+                index = drawing.index(action) if action in drawing else -1
                 if action.name in OPTIMIZER_ACTIONS:
                     groups.append(Group(stmt, action))
+                    continue
+                if action.name in PLACEMENT_ACTIONS:
+                    shards.append(ShardRule(stmt, action, spec_dims(action.arg), env, source))
                     continue
                 cls = PASSES[action.name]
                 passes.append(cls(stmt, env, source, identity(text_key, occurrence, index), action))
@@ -210,6 +273,29 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
             )
         else:
             passes.append(UnstackPass(stmt, env, source, identity(text_key, occurrence)))
+    device_mesh = _mesh_of(spec, checker, mesh)
+    if device_mesh is not None:
+        # Placement comes last: `shard` rules select on the finished model.
+        anchor = checker.mesh or (shards[0].rule if shards else None)
+        if anchor is None:
+            anchor = A.MeshStmt(A.Span(1, 1, 1, 1), ())
+        overs = [
+            (s.over.axis, s.over.axis_span)
+            for s in statements
+            if isinstance(s, A.EnsembleStmt) and s.over is not None
+        ] + [
+            (o.over.axis, o.over.axis_span)
+            for s in statements
+            if isinstance(s, A.StackStmt)
+            for o in s.options
+            if o.over is not None
+        ]
+        overs.sort(key=lambda o: (o[1].line, o[1].column))
+        passes.append(
+            PlacePass(
+                anchor, env, source, identity("mesh"), tuple(shards), device_mesh, tuple(overs)
+            )
+        )
     return Program(
         spec,
         tuple(passes),
@@ -221,4 +307,8 @@ def _program(spec: A.Spec, checker: Checker, allow: tuple[str, ...]) -> Program:
         tuple(groups),
         allow,
         tuple(checker.inputs),
+        device_mesh,
+        tuple(shards),
+        tuple(checker.axis_uses),
+        mesh,
     )

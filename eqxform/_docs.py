@@ -15,10 +15,11 @@ DIRECTIVES = {
     "let": "`let NAME = EXPR`: a named value (override with `--set NAME=VALUE`)",
     "where": "`where SELECTOR [if EXPR] [expect N] -> ACTION, ...`: a rule",
     "optimizer": "`optimizer NAME(ARGS)`: the base optax optimiser for training",
-    "ensemble": "`ensemble N`: N members with a leading member axis",
-    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K]`: identical layers as one stacked module",
+    "ensemble": "`ensemble N [over AXIS]`: N members with a leading member axis",
+    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K] [over AXIS]`: identical layers as "
+    "one stacked module",
     "unstack": "`unstack PATH`: a stacked module back into its layers",
-    "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules",
+    "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules (`-1`: the devices left over)",
     "input": "`input DTYPE[SHAPE]`: the model's input, to check the forward pass",
 }
 
@@ -33,8 +34,10 @@ ACTIONS = {
     "lr": "scale the base learning rate for these parameters",
     "weight_decay": "set the weight decay for these parameters",
     "lora": "low-rank adapters on a `Linear` or a 2-D weight, the base frozen",
-    "merge": "bake low-rank adapters into their base weights",
-    "shard": "the partition spec of the matched arrays on the spec's `mesh`",
+    "merge": "bake adapters (`lora`, `ia3`) into their base weights",
+    "ia3": "(IA)^3: a learned scaling vector on a `Linear`'s output (or input, `feedforward=true`)",
+    "shard": "`shard (AXIS | none, ...)`: the partition spec of one layer's arrays on the "
+    "spec's `mesh`; the rest are replicated",
 }
 
 INITIALIZERS = {
@@ -111,6 +114,7 @@ CONTEXT = {
 
 KEYWORDS = {
     "if": "`SELECTOR if EXPR`: keep the matches for which EXPR holds",
+    "else": "`A if C else B`: A when C holds, else B (`rank=16 if fan_in >= 1024 else 8`)",
     "expect": "`SELECTOR expect N`: an error unless exactly N nodes match",
     "and": "logical and",
     "or": "logical or",
@@ -122,6 +126,8 @@ KEYWORDS = {
     "vmap": "`stack ... vmap`: the layers run side by side, with `vmap`",
     "remat": "`stack ... remat`: each layer is checkpointed (recomputed on the backward pass)",
     "unroll": "`stack ... unroll K`: K layers per step of the scan",
+    "over": "`stack ... over AXIS`, `ensemble N over AXIS`: the leading axis split over a "
+    "mesh axis",
 }
 
 DTYPE = "a dtype: `cast {name}` stores the matched arrays as {name}"

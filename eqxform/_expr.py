@@ -173,6 +173,10 @@ def evaluate(
         return lookup(expr, env)
     if isinstance(expr, A.ListExpr):
         return _checked([evaluate(item, env, call) for item in expr.items], expr.span)
+    if isinstance(expr, A.TupleExpr):
+        raise EvalError(
+            "a tuple is only a `shard` spec", expr.span, "write a list `[a, b]` for a value"
+        )
     if isinstance(expr, A.Unary):
         value = evaluate(expr.operand, env, call)
         if expr.op == "not":
@@ -205,6 +209,9 @@ def evaluate(
                 "the base must not be negative",
             )
         return _checked(result, expr.span)
+    if isinstance(expr, A.Conditional):
+        branch = expr.then if evaluate(expr.test, env, call) else expr.orelse
+        return evaluate(branch, env, call)
     if isinstance(expr, A.Subscript):
         value = evaluate(expr.value, env, call)
         index = evaluate(expr.index, env, call)
@@ -264,10 +271,14 @@ def walk(expr: A.Expr | None) -> Iterator[A.Expr]:
     elif isinstance(expr, A.Binary):
         yield from walk(expr.left)
         yield from walk(expr.right)
+    elif isinstance(expr, A.Conditional):
+        yield from walk(expr.then)
+        yield from walk(expr.test)
+        yield from walk(expr.orelse)
     elif isinstance(expr, A.Subscript):
         yield from walk(expr.value)
         yield from walk(expr.index)
-    elif isinstance(expr, A.ListExpr):
+    elif isinstance(expr, (A.ListExpr, A.TupleExpr)):
         for item in expr.items:
             yield from walk(item)
     elif isinstance(expr, A.Call):

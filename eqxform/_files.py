@@ -28,10 +28,12 @@ import signal
 import stat
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import _limits
 from ._diagnostics import Diagnostic
@@ -512,6 +514,104 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
 # ---- tensors ------------------------------------------------------------------
 
 
+# The order in which safetensors lays out tensors: by dtype (this order), then
+# by name. `write_stream` follows it, so that a file written tensor by tensor
+# is byte for byte the file `encode` makes.
+_LAYOUT = (
+    "U64",
+    "I64",
+    "F64",
+    "F32",
+    "U32",
+    "I32",
+    "BF16",
+    "F16",
+    "U16",
+    "I16",
+    "I8",
+    "U8",
+    "BOOL",
+)
+_CODES = {numpy: code for code, (numpy, _) in _DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor to be written: its name, numpy dtype name and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def layout(tensors: Iterable[TensorSpec]) -> list[TensorSpec]:
+    """The tensors in the order a model file holds them."""
+    return sorted(tensors, key=lambda t: (_LAYOUT.index(_CODES[t.dtype]), t.name))
+
+
+def write_stream(
+    f,
+    tensors: Iterable[TensorSpec],
+    fetch: Callable[[str], Any],
+    content: dict,
+) -> None:
+    """Write a model file to the open file `f`, one tensor at a time:
+    `fetch(name)` gives each tensor's values (a numpy array) when its turn
+    comes, so that no more than one tensor is ever held on the host. The
+    bytes equal `encode` of the same tensors and content."""
+    specs = layout(tensors)
+    header: dict[str, Any] = {
+        "__metadata__": {"eqxform": json.dumps({"format": FORMAT, **content}, sort_keys=True)}
+    }
+    offset = 0
+    for t in specs:
+        size = math.prod(t.shape) * _DTYPES[_CODES[t.dtype]][1]
+        header[t.name] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for t in specs:
+        value = np.ascontiguousarray(np.asarray(fetch(t.name)).reshape(t.shape))
+        if value.dtype.name != t.dtype:
+            raise ValueError(f"tensor `{t.name}` came as {value.dtype.name}, not {t.dtype}")
+        f.write(value.tobytes())
+
+
+class SliceReader:
+    """Reads slices of the tensors of a model file (safetensors' `get_slice`),
+    each distinct slice once: what one device of a mesh needs, never more."""
+
+    def __init__(self, path: str | os.PathLike):
+        from safetensors import safe_open
+
+        self._context = safe_open(str(path), framework="numpy")
+        self._file = self._context.__enter__()
+        self._cache: dict[tuple, Any] = {}
+
+    def read(self, name: str, index: tuple) -> Any:
+        """`tensor[index]` for a tuple of slices (a device's shard)."""
+        key = (name,) + tuple((s.start, s.stop, s.step) for s in index)
+        cached = self._cache.get(key)
+        if cached is None:
+            piece = self._file.get_slice(name)
+            cached = piece[index] if index and piece.get_shape() else self._file.get_tensor(name)
+            self._cache[key] = cached
+        return cached
+
+    def forget(self) -> None:
+        """Drop the slices read so far (after a tensor is placed)."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
+
+
 def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
     """The named tensors of a model file (its header checked), as numpy arrays."""
     from safetensors import SafetensorError, safe_open
@@ -732,6 +832,12 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     renamed into place: `path` holds its old content or all of `data`.
     `path` is checked first (`check_output`); a symbolic link is kept and the
     file it points to written; an existing file keeps its permissions."""
+    atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_with(path: str | os.PathLike, write: Callable[[Any], Any]) -> None:
+    """`atomic_write`, the content written by `write(file)` (a model written
+    tensor by tensor): `path` holds its old content or all that was written."""
     target = check_output(path)
     name = str(path)
     try:
@@ -750,7 +856,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 os.chmod(tmp, mode)
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             with _held():

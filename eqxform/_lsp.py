@@ -82,8 +82,17 @@ _DIRECTIVE_TOKENS = {
     "ENSEMBLE": "ensemble",
     "STACK": "stack",
     "UNSTACK": "unstack",
+    "MESH": "mesh",
 }
-_KEYWORD_TOKENS = {"IF": "if", "EXPECT": "expect", "AND": "and", "OR": "or", "NOT": "not"}
+_KEYWORD_TOKENS = {
+    "IF": "if",
+    "ELSE": "else",
+    "EXPECT": "expect",
+    "AND": "and",
+    "OR": "or",
+    "NOT": "not",
+    "OVER": "over",
+}
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
     "error": T.DiagnosticSeverity.Error,
@@ -865,6 +874,8 @@ class _Completer:
             signature = R.initializer_signature(callee)
         elif before == "wrap":
             signature = R.wrapper_signature(callee)
+        elif callee in N.ADAPTERS and before in (None, "->", ","):
+            signature = N.ADAPTERS[callee]  # `lora(rank=...)` right after the arrow
         elif callee in N.EXPR_FUNCTIONS:
             signature = None
         else:

@@ -360,7 +360,7 @@ CONTEXT_NAMES = ("shape", "ndim", "size", "dtype", "fan_in", "fan_out", "path", 
 
 @dataclass(frozen=True)
 class ActionInfo:
-    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper"
+    arg: str  # "none", "initializer", "constructor", "dtype", "expr", "wrapper", "adapter", "spec"
 
 
 ACTIONS = {
@@ -373,10 +373,28 @@ ACTIONS = {
     "unwrap": ActionInfo("none"),
     "lr": ActionInfo("expr"),
     "weight_decay": ActionInfo("expr"),
+    "lora": ActionInfo("adapter"),
+    "ia3": ActionInfo("adapter"),
+    "merge": ActionInfo("none"),
+    "shard": ActionInfo("spec"),
+}
+
+# Adapters (`lora(rank=8, alpha=16)`, `ia3`), with their keyword arguments.
+# `rank` and `alpha` default as in PEFT's `LoraConfig` (r=8, lora_alpha=8).
+ADAPTERS = {
+    "lora": _sig("rank?", "alpha?"),
+    "ia3": _sig("feedforward?"),
+}
+ADAPTER_DEFAULTS = {
+    "lora": {"rank": 8, "alpha": 8},
+    "ia3": {"feedforward": False},
 }
 
 # Actions that only shape the optimiser, not the model.
 OPTIMIZER_ACTIONS = ("lr", "weight_decay")
+
+# Actions that place arrays on the device mesh, not change them.
+PLACEMENT_ACTIONS = ("shard",)
 
 # Built-in wrappers (`wrap NAME(ARGS)`); users add theirs with
 # `eqxform.register_wrapper`.

@@ -32,6 +32,7 @@ DIRECTIVES = (
     "stack",
     "unstack",
     "input",
+    "mesh",
 )
 
 _TOKEN_NAMES = {
@@ -185,10 +186,26 @@ class _ToAst(Transformer):
         return A.OptimizerStmt(_span(meta), children[0])
 
     def ensemble_stmt(self, meta, children):
-        return A.EnsembleStmt(_span(meta), children[0])
+        return A.EnsembleStmt(_span(meta), children[0], children[1])
+
+    def stack_over(self, meta, children):
+        return children[0]
+
+    def over(self, meta, children):
+        return A.Over(str(children[0]), _span(meta), _span(children[0]))
+
+    def mesh_stmt(self, meta, children):
+        return A.MeshStmt(_span(meta), tuple(children))
+
+    def mesh_axis(self, meta, children):
+        name, size = children
+        return A.MeshAxis(str(name), size, _span(meta), _span(name))
 
     def stack_stmt(self, meta, children):
         selector, mode, *options = children
+        options = [
+            A.StackOption("over", None, o.span, o) if isinstance(o, A.Over) else o for o in options
+        ]
         return A.StackStmt(_span(meta), selector, str(mode), _span(mode), tuple(options))
 
     def stack_count(self, meta, children):
@@ -228,6 +245,17 @@ class _ToAst(Transformer):
     def action(self, meta, children):
         name, arg = children
         return A.Action(str(name), arg, _span(meta), _span(name))
+
+    def action_call(self, meta, children):
+        # `lora(rank=8)`: the arguments are held as a call of the action's own
+        # name, so that checks, the formatter and passes read them as any call.
+        name, arguments = children
+        span = _span(meta)
+        call = A.Call(span, str(name), tuple(arguments or ()), _span(name))
+        return A.Action(str(name), call, span, _span(name))
+
+    def kw_arguments(self, meta, children):
+        return [c for c in children if c is not None]
 
     # ---- selectors
     def selector(self, meta, children):
@@ -300,6 +328,10 @@ class _ToAst(Transformer):
     def pow(self, meta, children):
         return A.Binary(_span(meta), "**", children[0], children[1])
 
+    def conditional(self, meta, children):
+        then, test, orelse = children
+        return A.Conditional(_span(meta), test, then, orelse)
+
     def and_(self, meta, children):
         return A.Binary(_span(meta), "and", children[0], children[1])
 
@@ -308,6 +340,9 @@ class _ToAst(Transformer):
 
     def list(self, meta, children):
         return A.ListExpr(_span(meta), tuple(c for c in children if c is not None))
+
+    def tuple(self, meta, children):
+        return A.TupleExpr(_span(meta), tuple(c for c in children if c is not None))
 
     def subscript(self, meta, children):
         return A.Subscript(_span(meta), children[0], children[1])

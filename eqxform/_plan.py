@@ -21,10 +21,10 @@ from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import SpecError
 from ._hashing import seed_key
-from ._modules import split_state
-from ._passes import Context
+from ._modules import Frozen, split_state
+from ._passes import Context, PlacePass
 from ._passes._forward import output_shape
-from ._select import evaluate_at, is_array, matched_arrays, node_at, select_rule
+from ._select import evaluate_at, is_array, matched_arrays, node_at, select_rule, walk
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,79 @@ class PlanStep:
 
 
 @dataclass(frozen=True)
+class PlanPlacement:
+    """One array on the mesh: its partition spec (`replicated` when no rule
+    splits it), the `shard` rule's line (None: none), its bytes per device."""
+
+    path: str
+    shape: str
+    spec: str
+    line: int | None
+    bytes_per_device: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class PlanMesh:
+    """The placement of a model on a mesh: every array, and the totals."""
+
+    mesh: str
+    devices: int
+    arrays: tuple[PlanPlacement, ...]
+
+    @property
+    def bytes_per_device(self) -> int:
+        return sum(a.bytes_per_device for a in self.arrays)
+
+    @property
+    def bytes(self) -> int:
+        return sum(a.bytes for a in self.arrays)
+
+    def to_dict(self) -> dict:
+        return {
+            "mesh": self.mesh,
+            "devices": self.devices,
+            "bytes_per_device": self.bytes_per_device,
+            "bytes": self.bytes,
+            "arrays": [
+                {
+                    "path": a.path,
+                    "shape": a.shape,
+                    "spec": a.spec,
+                    "line": a.line,
+                    "bytes_per_device": a.bytes_per_device,
+                }
+                for a in self.arrays
+            ],
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"mesh {self.mesh} ({self.devices} devices):"]
+        width = max((len(a.path) for a in self.arrays), default=0)
+        shape_width = max((len(a.shape) for a in self.arrays), default=0)
+        spec_width = max((len(a.spec) for a in self.arrays), default=0)
+        for a in self.arrays:
+            where = f"  line {a.line}" if a.line is not None else ""
+            out.append(
+                f"    {a.path.ljust(width)}  {a.shape.ljust(shape_width)}  "
+                f"{a.spec.ljust(spec_width)}  {human_bytes(a.bytes_per_device)}/device{where}"
+            )
+        out.append(
+            f"  per device: {human_bytes(self.bytes_per_device)} "
+            f"(the whole model: {human_bytes(self.bytes)})"
+        )
+        return out
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
 class Plan:
     """The plan of a program on a model. `str(plan)` is the CLI's table."""
 
@@ -58,6 +131,10 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
     output: str | None = None  # the forward pass's output, when the inputs are declared
+    trainable: int = 0  # floating-point parameters the optimiser updates
+    frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
+    opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
+    placement: PlanMesh | None = None  # each array on the mesh, when there is one
 
     @property
     def errors(self) -> tuple[Diagnostic, ...]:
@@ -85,6 +162,10 @@ class Plan:
                 for s in self.steps
             ],
             "output": self.output,
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "opt_state_bytes": self.opt_state_bytes,
+            "placement": None if self.placement is None else self.placement.to_dict(),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
@@ -99,8 +180,11 @@ class Plan:
                 change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
                 lines.append(f"    {m.path.ljust(width)}  {change}")
         lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
+        lines.append(budget(self))
         if self.output is not None:
             lines.append(f"output: {self.output}")
+        if self.placement is not None:
+            lines += self.placement.lines()
         # Rules and paths come from the spec and the model: printed as text.
         return printable("\n".join(lines), keep="\n")
 
@@ -120,6 +204,36 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     if callable(obj):
         return getattr(obj, "__name__", type(obj).__name__)
     return type(obj).__name__
+
+
+def budget(plan: Plan) -> str:
+    """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
+    text = f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"
+    if plan.opt_state_bytes is not None:
+        text += f", optimizer state: {plan.opt_state_bytes:,} bytes"
+    return text
+
+
+def trainable_frozen(model: Any) -> tuple[int, int]:
+    """(trainable, frozen) floating-point parameters of `model`: those inside a
+    `Frozen` (for one frozen on some layers of a stack, those layers) are frozen."""
+    trainable = frozen = 0
+    for node in walk(model):
+        x = node.obj
+        if not is_array(x) or not np.issubdtype(x.dtype, np.inexact):
+            continue
+        size = math.prod(x.shape)
+        wrapper = next((p for p in reversed(node.parents) if isinstance(p, Frozen)), None)
+        if wrapper is None:
+            trainable += size
+            continue
+        if wrapper.layers is None:
+            frozen += size
+            continue
+        share = size * len(wrapper.layers) // x.shape[wrapper.axis]
+        frozen += share
+        trainable += size - share
+    return trainable, frozen
 
 
 def count_params(model: Any) -> int:
@@ -181,8 +295,39 @@ def _forward(subject, structs):
         return None, e
 
 
-def make_plan(program, model=None) -> Plan:
+def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
+    """Each array's partition spec and bytes per device, from the axis sizes
+    alone (no device is touched)."""
+    try:
+        sizes = placer.mesh.sizes()
+        placed = placer.placements(struct, sizes)
+    except SpecError as e:
+        diagnostics.extend(e.diagnostics)
+        return None
+    rows = []
+    for p in placed:
+        itemsize = np.dtype(p.node.obj.dtype).itemsize
+        rows.append(
+            PlanPlacement(
+                p.node.text,
+                _describe_node(p.node),
+                p.describe(),
+                None if p.rule is None else p.rule.line,
+                p.bytes_per_device(sizes),
+                math.prod(p.node.obj.shape) * itemsize,
+            )
+        )
+    text = " ".join(f"{n}={s}" for n, s in sizes.items())
+    return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
+
+
+def make_plan(program, model=None, mesh=None) -> Plan:
     key = seed_key(program.seed)
+    try:
+        placer = program.placer(mesh)
+    except SpecError as e:
+        return Plan((), 0, 0, tuple(e.diagnostics))
+    placement = None
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = []
     structs = program.input_structs()
@@ -201,6 +346,8 @@ def make_plan(program, model=None) -> Plan:
     over_budget = False
     steps, history = [], []  # history: (pass, subject after it)
     for p in program.passes:
+        if isinstance(p, PlacePass):
+            continue  # placed below, on the final skeleton
         before = _params(struct)
         try:
             nodes = p.select(split_state(struct)[0], ctx)
@@ -225,8 +372,11 @@ def make_plan(program, model=None) -> Plan:
     group_steps, more, output = finish(program, first, struct, history)
     steps += group_steps
     diagnostics += more
+    if placer is not None and not any(d.severity == "error" for d in diagnostics):
+        placement = _placement(placer, struct, diagnostics)
     steps.sort(key=lambda s: s.line)
     diagnostics.sort(key=_position)
+    trainable, frozen = trainable_frozen(split_state(struct)[0])
     return Plan(
         tuple(steps),
         start,
@@ -234,6 +384,9 @@ def make_plan(program, model=None) -> Plan:
         tuple(diagnostics),
         struct,
         None if output is None else _describe_output(output),
+        trainable,
+        frozen,
+        placement=placement,
     )
 
 

@@ -32,16 +32,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import equinox as eqx
 import jax
+import numpy as np
+from jax.sharding import Mesh
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
 from ._check import check_seed
 from ._diagnostics import Diagnostic
-from ._errors import EqxformWarning, UsageError
+from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
-from ._passes import Context, Pass
+from ._mesh import MeshSpec, as_mesh_spec
+from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
+from ._passes._shard import check_axes, sharding_tree
 from ._plan import make_plan
 from ._select import is_array
 
@@ -73,6 +78,10 @@ class Program:
     - `groups`: the `lr` and `weight_decay` actions, in order.
     - `allow`: packages whose constructors may be imported.
     - `inputs`: the model's inputs (`input` lines), one per positional argument.
+    - `mesh`: the device mesh (`MeshSpec`: the `mesh` directive, or the one
+      given to `compile`), or None; `shards`: the `shard` rules;
+      `mesh_axes`: every mesh axis the spec names, with where;
+      `mesh_given`: the mesh given to `compile`, if any (recipes keep it).
     """
 
     spec: A.Spec
@@ -85,6 +94,10 @@ class Program:
     groups: tuple[Group, ...] = ()
     allow: tuple[str, ...] = field(default=())
     inputs: tuple[A.InputStmt, ...] = ()
+    mesh: MeshSpec | None = None
+    shards: tuple[ShardRule, ...] = ()
+    mesh_axes: tuple[tuple[str, A.Span], ...] = ()
+    mesh_given: MeshSpec | None = None
 
     @property
     def source(self) -> A.Source:
@@ -108,6 +121,34 @@ class Program:
         """The fold: every pass in turn, each given the same key and context."""
         ctx = Context(allow=self.allow) if ctx is None else ctx
         return functools.reduce(lambda m, p: p(m, key, ctx), self.passes, model)
+
+    # ---- the device mesh ---------------------------------------------------
+
+    def placer(self, mesh: Any = None) -> PlacePass | None:
+        """The pass that places the arrays: the program's own (its `mesh`), or
+        for a mesh given here (anything `compile`'s `mesh=` takes) one with the
+        program's `shard` rules on that mesh, after checking that the mesh has
+        every axis the spec names. None without any mesh."""
+        own = self.passes[-1] if self.passes and isinstance(self.passes[-1], PlacePass) else None
+        if mesh is None:
+            return own
+        spec = as_mesh_spec(mesh)
+        problems = check_axes(list(self.mesh_axes), spec, self.source)
+        if problems:
+            raise SpecError(problems)
+        anchor = own.stmt if own is not None else A.MeshStmt(A.Span(1, 1, 1, 1), ())
+        overs = own.overs if own is not None else ()
+        return PlacePass(anchor, self.env, self.source, 0, self.shards, spec, overs)
+
+    def device_mesh(self, mesh: Any = None) -> Mesh | None:
+        """The `jax.sharding.Mesh` the program places arrays on: `mesh` (a
+        `jax.sharding.Mesh`, `"data=2,model=4"`, a mapping), else the spec's
+        `mesh`; None when there is neither. Raises `SpecError` (E196) when it
+        needs more devices than there are."""
+        placer = self.placer(mesh)
+        if placer is None:
+            return None
+        return mesh if isinstance(mesh, Mesh) else placer.mesh.make()
 
     def base_constructor(self) -> str | None:
         return None if self.model_call is None else render_call(self.model_call, self.env)
@@ -148,7 +189,7 @@ class Program:
             remember(model, self.base_recipe(seed if key is None else None))
         return model
 
-    def apply(self, model=None, key=None, *, seed: int | None = None):
+    def apply(self, model=None, key=None, *, seed: int | None = None, mesh: Any = None):
         """Run every pass on `model` and return the new model.
 
         **Arguments:**
@@ -156,6 +197,11 @@ class Program:
         - `model`: an Equinox model; `None` builds the spec's `model` directive.
         - `key`: a `jax.random.key`; by default one is made from `seed`, or the
           spec's own `seed`.
+        - `mesh`: the device mesh (a `jax.sharding.Mesh`, `"data=2,model=4"`,
+          or a mapping), in place of the spec's `mesh`. With a mesh, the
+          model is built and transformed under `jax.jit` with every array's
+          sharding as its output sharding: arrays are created in place, and
+          no device holds the whole of a sharded one.
 
         **Returns:** the transformed model. Raises `SpecError` when a rule does
         not fit the model (a selector that matches nothing, say). The result
@@ -176,22 +222,85 @@ class Program:
             verify=True,
             report=_warn,
         )
-        result = self.run(model, key, ctx)
+        placer = self.placer(mesh)
+        if placer is None:
+            result = self.run(model, key, ctx)
+        else:
+            device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
+            result = self._apply_on_mesh(model, key, ctx, placer, device_mesh)
         if recipe is not None:
             remember(result, recipe.then(self, recorded_seed))
         return result
+
+    def _sharded_build(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
+        """The fold under `jax.jit`, every array's sharding its output sharding.
+
+        The shapes come first (`eqx.filter_eval_shape`, where every error of
+        the spec surfaces before anything is allocated), then the placement
+        of each array, then one compiled run that builds the model (when none
+        is given) and transforms it. The key enters as data, so that every
+        process of a multi-process run feeds the same replicated input.
+        Stacks are not run on random inputs here (that needs the values).
+        Returns the jitted function, its arguments and the model's static part.
+        """
+        passes = tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+
+        def fold(subject, k, c):
+            if subject is None:
+                subject = self.construct(k)
+            return functools.reduce(lambda m, p: p(m, k, c), passes, subject)
+
+        shaped = replace(ctx, verify=False, mesh=None)
+        shapes = eqx.filter_eval_shape(lambda m, k: fold(m, k, shaped), model, key)
+        placed = placer.placements(shapes, dict(mesh.shape))
+        shardings = sharding_tree(shapes, placed, mesh)
+        is_struct = lambda x: isinstance(x, jax.ShapeDtypeStruct)  # noqa: E731
+        static = eqx.partition(shapes, is_struct)[1]
+        traced = replace(ctx, verify=False, report=None, mesh=mesh)
+        given, given_static = eqx.partition(model, eqx.is_array)
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        impl = jax.random.key_impl(key) if typed else None
+        key_data = np.asarray(jax.random.key_data(key) if typed else key)
+
+        def build(arrays, data):
+            k = jax.random.wrap_key_data(data, impl=impl) if typed else data
+            subject = None if model is None else eqx.combine(arrays, given_static)
+            return eqx.partition(fold(subject, k, traced), eqx.is_array)[0]
+
+        return jax.jit(build, out_shardings=shardings), (given, key_data), static
+
+    def _apply_on_mesh(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
+        run, args, static = self._sharded_build(model, key, ctx, placer, mesh)
+        return eqx.combine(run(*args), static)
+
+    def lower(self, model=None, key=None, *, seed: int | None = None, mesh: Any = None):
+        """The compiled run of `apply` on a mesh, lowered and not run: a
+        `jax.stages.Lowered`, whose `.compile().memory_analysis()` says how
+        many bytes each device needs to build the model. For measuring."""
+        seed = self.seed if seed is None else check_seed(seed)
+        key = seed_key(seed) if key is None else check_key(key)
+        placer = self.placer(mesh)
+        if placer is None:
+            placer = self.placer({"data": 1})
+        device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
+        recipe = self.base_recipe(None) if model is None and self.model_call else recipe_of(model)
+        ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)
+        run, args, _ = self._sharded_build(model, key, ctx, placer, device_mesh)
+        return run.lower(*args)
 
     def check(self, model=None) -> list[Diagnostic]:
         """Every diagnostic of running this program on `model`, allocating no arrays."""
         return list(self.plan(model).diagnostics)
 
-    def plan(self, model=None):
+    def plan(self, model=None, *, mesh: Any = None):
         """What each rule will change, computed with `eqx.filter_eval_shape`.
 
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
-        dtype before and after, and the change in parameter count.
+        dtype before and after, and the change in parameter count; with a
+        mesh (the spec's, or `mesh`), each array's partition spec and bytes
+        per device.
         """
-        return make_plan(self, model)
+        return make_plan(self, model, mesh)
 
 
 def check_key(key: Any) -> Any:
@@ -234,12 +343,16 @@ class RecipeStep:
     seed: int | None
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "name": os.path.basename(self.program.name),
             "text": self.program.text,
             "seed": self.seed,
             "params": dict(self.program.params),
         }
+        if self.program.mesh_given is not None:
+            # A mesh given from outside (`--mesh`): the spec's axes need it.
+            out["mesh"] = self.program.mesh_given.text()
+        return out
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ leaves, so a file written by eqxform loads with no code from its user.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterable
 from dataclasses import replace as dc_replace
@@ -17,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
@@ -24,13 +27,29 @@ from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
-from ._files import STORABLE, Header, check_output, corrupt, encode, read_header, read_tensors
+from ._files import (
+    STORABLE,
+    Header,
+    SliceReader,
+    TensorSpec,
+    atomic_write_with,
+    check_output,
+    corrupt,
+    encode,
+    layout,
+    read_header,
+    read_tensors,
+    write_stream,
+)
 from ._files import atomic_write as atomic_write
 from ._hashing import seed_key
-from ._modules import split_state, state_values
+from ._mesh import as_mesh
+from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
 from ._parse import parse_expr
-from ._program import Recipe, RecipeStep, recipe_of, remember
-from ._select import is_array, tensor_name
+from ._passes import Context
+from ._passes._shard import placements
+from ._program import Program, Recipe, RecipeStep, recipe_of, remember
+from ._select import is_array, tensor_name, walk
 
 
 def versions() -> dict[str, str]:
@@ -153,6 +172,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
                 f"{origin} (recipe spec {i + 1}: {name})",
                 params,
                 allow,
+                mesh=entry.get("mesh"),
             )
         except UsageError as e:
             # The only usage error of a compile without `--input`: a value
@@ -275,17 +295,65 @@ def check_tensors(header: Header, skel: Any) -> None:
         )
 
 
-def fill(header: Header, skel: Any) -> Any:
+def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> Any:
     """The skeleton (from `skeleton`, so checked against the file) with its
-    leaves read from the file."""
+    leaves read from the file. With `shardings` (tensor name ->
+    `jax.sharding.Sharding`, every tensor), each tensor is placed in its
+    sharding as it is read, each device's shard read alone from the file
+    (safetensors slices): no device ever holds more of a sharded tensor than
+    its shard."""
     leaves, treedef = jax.tree_util.tree_flatten(skel)
     names = leaf_names(skel)
-    values = read_tensors(header, [n for n in names if n is not None])
-    filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
+    if shardings is None:
+        values = read_tensors(header, [n for n in names if n is not None])
+        filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
+        return jax.tree_util.tree_unflatten(treedef, filled)
+    reader = SliceReader(header.path)
+    filled = []
+    try:
+        for name, leaf in zip(names, leaves):
+            if name is None:
+                filled.append(leaf)
+                continue
+            filled.append(
+                jax.make_array_from_callback(
+                    tuple(leaf.shape),
+                    shardings[name],
+                    lambda index, name=name: reader.read(name, index),
+                )
+            )
+            reader.forget()
+    finally:
+        reader.close()
     return jax.tree_util.tree_unflatten(treedef, filled)
 
 
-def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None):
+def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = None) -> dict:
+    """tensor name -> `NamedSharding` of every tensor of a file whose
+    structure is `skel`: the `shard` rules of the specs in its recipe, then
+    those of `program`, on `mesh`; the rest replicated."""
+    device_mesh = as_mesh(mesh)
+    rules: tuple = ()
+    if recipe is not None:
+        for step in recipe.steps:
+            rules += step.program.shards
+    if program is not None:
+        rules += program.shards
+    placed = placements(skel, rules, dict(device_mesh.shape))
+    replicated = NamedSharding(device_mesh, PartitionSpec())
+    by_name = {p.node.name: NamedSharding(device_mesh, p.spec) for p in placed}
+    return {n: by_name.get(n, replicated) for n in leaf_names(skel) if n is not None}
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    allow: Iterable[str] = (),
+    like: Any = None,
+    mesh: Any = None,
+    program: Any = None,
+    base: Any = None,
+):
     """Load a model file.
 
     **Arguments:**
@@ -294,12 +362,31 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
     - `allow`: top-level packages whose constructors the recipe may import
       (`package.module:function`); nothing else is ever imported.
     - `like`: a model of the same structure, for files without a recipe.
+    - `base`: for an adapter file (`save(..., adapters_only=True)`), the model
+      the adapters were trained on; the result is that model with them.
+    - `mesh`: a device mesh (`jax.sharding.Mesh`, `"data=2,model=4"`, or a
+      mapping of axis sizes): each tensor is placed as the `shard` rules of
+      the file's recipe say (then those of `program`, a compiled spec),
+      reading from the file only the slices each device holds.
 
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
     """
+    if base is not None:
+        return load_adapters(path, base, allow=allow)
+    info = adapter_info(read_header(path))
+    if info is not None:
+        raise ModelFileError(
+            Diagnostic(
+                "E332",
+                f"`{path}` holds only adapters; they load onto their base model",
+                file=str(path),
+                help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
+            )
+        )
     header, recipe, skel = skeleton(path, allowed(allow), like)
-    model = fill(header, skel)
+    shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
+    model = fill(header, skel, shardings)
     remember(model, recipe)
     return model
 
@@ -307,9 +394,9 @@ def load(path: str | os.PathLike, *, allow: Iterable[str] = (), like: Any = None
 # ---- writing -------------------------------------------------------------------
 
 
-def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
-    """The model file of `model`: its arrays and its recipe (given, or the one
-    eqxform knows for it)."""
+def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], dict]:
+    """The arrays of `model` by tensor name, each checked storable, and the
+    file's content (the recipe given, or the one eqxform knows for it)."""
     if recipe is not None and not isinstance(recipe, Recipe):
         raise UsageError(
             Diagnostic(
@@ -328,7 +415,7 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                 help="pass a model (an `equinox.Module` or a pytree of arrays)",
             )
         )
-    tensors = {}
+    tensors: dict[str, Any] = {}
     for name, leaf in arrays:
         _storable(name, leaf)
         if name in tensors:
@@ -340,22 +427,38 @@ def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
                     "can collide with a path: rename it",
                 )
             )
-        # Not `np.ascontiguousarray`: it turns a scalar into a vector.
-        try:
-            tensors[name] = np.array(leaf, order="C")
-        except jax.errors.JAXTypeError:
+        if isinstance(leaf, jax.core.Tracer):
             raise UsageError(
                 Diagnostic(
                     "E446",
                     f"leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
                     help="save the model the jitted function returns",
                 )
-            ) from None
+            )
+        tensors[name] = leaf
     if recipe is None:
         content = {"load": NO_RECIPE}
     else:
         content = {**recipe.to_dict(), "versions": versions()}
-    return encode(tensors, content)
+    return tensors, content
+
+
+def _host(leaf: Any) -> np.ndarray:
+    """One array's values on this host. An array spread over the devices of
+    several processes is gathered (every process must take part)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    # Not `np.ascontiguousarray`: it turns a scalar into a vector.
+    return np.array(leaf, order="C")
+
+
+def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
+    """The model file of `model`: its arrays and its recipe (given, or the one
+    eqxform knows for it)."""
+    tensors, content = _checked_arrays(model, recipe)
+    return encode({name: _host(leaf) for name, leaf in tensors.items()}, content)
 
 
 def _storable(name: str, leaf: Any) -> None:
@@ -383,7 +486,14 @@ def _storable(name: str, leaf: Any) -> None:
     )
 
 
-def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -> None:
+def save(
+    path: str | os.PathLike,
+    model: Any,
+    *,
+    recipe: Recipe | None = None,
+    adapters_only: bool = False,
+    spec: Any = None,
+) -> None:
     """Write `model` to `path` (safetensors), atomically.
 
     **Arguments:**
@@ -396,12 +506,36 @@ def save(path: str | os.PathLike, model: Any, *, recipe: Recipe | None = None) -
       and anything of the same structure (after `eqx.tree_at`, a training
       step, `Step.model`).
 
+    - `adapters_only`: write only the adapters (`lora`, `ia3`): their tensors,
+      the specs that added them (from the model's recipe, or `spec`: the
+      `Program`s) and a fingerprint of the base's tensors. Load it onto its
+      base with `eqxform.load(path, base=model)`, which refuses another base.
+
     Without a recipe the file loads only with `eqxform.load(path, like=model)`;
     the file says so (`eqxform show` prints it, and `load` without `like=`
     answers with that fix).
+
+    The file is written tensor by tensor: one tensor at a time is brought to
+    the host (gathered from its shards, for a sharded model), so saving never
+    needs the whole model in one place. In a run of several processes every
+    process calls `save` (the gathers are collective) and process 0 writes.
     """
-    check_output(path)  # before the work of encoding
-    atomic_write(path, to_bytes(model, recipe))
+    if adapters_only:
+        check_output(path)  # before the work of encoding
+        atomic_write(path, adapters_to_bytes(model, spec))
+        return
+    tensors, content = _checked_arrays(model, recipe)
+    specs = [
+        TensorSpec(name, np.dtype(leaf.dtype).name, tuple(leaf.shape))
+        for name, leaf in tensors.items()
+    ]
+    fetch = lambda name: _host(tensors[name])  # noqa: E731
+    if jax.process_count() > 1 and jax.process_index() != 0:
+        for tensor in layout(specs):  # the same gathers, in the same order
+            fetch(tensor.name)
+        return
+    check_output(path)  # before the work of writing
+    atomic_write_with(path, lambda f: write_stream(f, specs, fetch, content))
 
 
 def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
@@ -443,4 +577,227 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
         allow=allow,
     )
     remember(model, recipe)
+    return model
+
+
+# ---- adapter files -----------------------------------------------------------------
+#
+# An adapter file holds only the adapters' tensors (LoRA's factors and scales,
+# (IA)^3's vectors), the specs that put them in, and a fingerprint of the base
+# tensors they were trained against. Loading one onto a base replays those
+# specs on it, checks that the base's tensors are the ones the adapters expect,
+# and fills in the adapters.
+
+# The fields of the adapter modules that hold trainable adapter tensors.
+_ADAPTER_FIELDS = {
+    LoRA: ("lora_a", "lora_b", "scale"),
+    LoRAWeight: ("lora_a", "lora_b", "scale"),
+    IA3: ("ia3",),
+    IA3Weight: ("ia3",),
+}
+# The fields through which an adapter or a `Frozen` holds the base's own value:
+# the base's tensor names leave them out, so that a base and its adapted model
+# name the same tensor alike (`layers.0.weight`, not `layers.0.base.weight.value`).
+_THROUGH = {LoRA: "base", IA3: "base", LoRAWeight: "weight", IA3Weight: "weight", Frozen: "value"}
+
+
+def _split_leaves(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """(adapter tensors by tensor name, base tensors by their name in the base)."""
+    adapters, base = [], []
+    for node in walk(model):
+        if not is_array(node.obj):
+            continue
+        inside, canonical = False, []
+        for k, key in enumerate(node.path):
+            parent = node.parents[k]
+            fields = _ADAPTER_FIELDS.get(type(parent))
+            if fields is not None and getattr(key, "name", None) in fields:
+                inside = True
+                break
+            if getattr(key, "name", None) == _THROUGH.get(type(parent)):
+                continue
+            canonical.append(key)
+        if inside:
+            adapters.append((tensor_name(node.path), node.obj))
+        else:
+            base.append((tensor_name(tuple(canonical)), node.obj))
+    return adapters, base
+
+
+def fingerprint(model: Any) -> str:
+    """A hash of the base tensors of `model` (adapters left out): their names,
+    shapes, dtypes and bytes, read one tensor at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    _, base = _split_leaves(model)
+    for name, array in sorted(base, key=lambda item: item[0]):
+        value = np.asarray(array)
+        digest.update(f"{name}|{value.shape}|{value.dtype.name}|".encode())
+        digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+    return digest.hexdigest()
+
+
+def _adapter_steps(recipe: Recipe | None) -> list:
+    """The steps of `recipe` from the first that adds adapters: what an
+    adapter file replays on its base."""
+    if recipe is None:
+        return []
+    for i, step in enumerate(recipe.steps):
+        if any(
+            action.name in ("lora", "ia3")
+            for rule in step.program.spec.rules
+            for action in rule.actions
+        ):
+            return list(recipe.steps[i:])
+    return []
+
+
+def adapters_to_bytes(model: Any, spec: Any = None) -> bytes:
+    """The adapter file of `model`: its adapter tensors, the specs that added
+    them (`spec`, a `Program` or a list of them, or the model's recipe) and the
+    fingerprint of its base tensors."""
+    adapters, _ = _split_leaves(split_state(model)[0])
+    if not adapters:
+        raise UsageError(
+            Diagnostic(
+                "E460",
+                "the model has no adapters to save",
+                help="apply a spec with a `lora` or `ia3` rule first, or save the whole model "
+                "(without `adapters_only`)",
+            )
+        )
+    if spec is not None:
+        programs = [spec] if isinstance(spec, Program) else list(spec)
+        steps = [RecipeStep(p, p.seed) for p in programs]
+    else:
+        steps = _adapter_steps(recipe_of(model))
+    if not steps:
+        raise UsageError(
+            Diagnostic(
+                "E461",
+                "the specs that added the adapters are unknown",
+                help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; "
+                "eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's "
+                "`model` directive)",
+            )
+        )
+    for name, leaf in adapters:
+        _storable(name, leaf)
+    tensors = {name: np.array(x, order="C") for name, x in adapters}
+    content = {
+        "adapters": {
+            "fingerprint": fingerprint(split_state(model)[0]),
+            "specs": [s.to_dict() for s in steps],
+        },
+        "versions": versions(),
+    }
+    return encode(tensors, content)
+
+
+def adapter_info(header: Header) -> dict | None:
+    """The `adapters` entry of an adapter file's metadata, or None for a model file."""
+    text = header.metadata.get("eqxform")
+    if text is None:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        raise corrupt(header.path, "its metadata is not valid JSON") from None
+    info = data.get("adapters") if isinstance(data, dict) else None
+    if info is not None and not (
+        isinstance(info, dict) and isinstance(info.get("specs"), list) and "fingerprint" in info
+    ):
+        raise corrupt(header.path, "its `adapters` entry is malformed")
+    return info
+
+
+def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = ()) -> Any:
+    """The adapters of the file at `path` on `base`: its specs replayed on
+    `base` (with their seeds), the base's tensors checked against the file's
+    fingerprint, the adapter tensors filled in from the file."""
+    header = read_header(path)
+    info = adapter_info(header)
+    if info is None:
+        raise ModelFileError(
+            Diagnostic(
+                "E331",
+                f"`{path}` is a model file, not an adapter file",
+                file=str(path),
+                help="load it with `eqxform.load(path)`; adapter files are written by "
+                "`eqxform.save(path, model, adapters_only=True)` or `apply --adapters-only`",
+            )
+        )
+    allow = allowed(allow)
+    model = base
+    recipe = recipe_of(base)
+    for i, entry in enumerate(info["specs"]):
+        program, diagnostics = compile_collect(
+            str(entry.get("text", "")),
+            f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
+            entry.get("params") or {},
+            allow,
+        )
+        if diagnostics:
+            raise ModelFileError(diagnostics)
+        seed = entry.get("seed")
+        key = seed_key(program.seed if seed is None else seed)
+        try:
+            model = program.run(
+                model, key, Context(allow=allow, base=None if recipe is None else recipe.build)
+            )
+        except SpecError as e:
+            raise ModelFileError(
+                Diagnostic(
+                    "E330",
+                    f"`{path}` was trained on another base: its specs do not fit this model",
+                    file=str(path),
+                    notes=tuple(d.message for d in e.diagnostics[:3]),
+                    help="load it onto the model the adapters were trained on",
+                )
+            ) from None
+        if recipe is not None:
+            recipe = recipe.then(program, seed)
+    have = fingerprint(split_state(model)[0])
+    if have != info["fingerprint"]:
+        raise ModelFileError(
+            Diagnostic(
+                "E330",
+                f"`{path}` was trained on another base: the base's tensors differ "
+                f"(fingerprint {have[:12]}, the file wants {str(info['fingerprint'])[:12]})",
+                file=str(path),
+                help="load it onto the model the adapters were trained on (the same "
+                "tensors: names, shapes, dtypes and values)",
+            )
+        )
+    adapters, _ = _split_leaves(split_state(model)[0])
+    problems = []
+    for name, leaf in adapters:
+        tensor = header.tensors.get(name)
+        if tensor is None:
+            problems.append(f"tensor `{name}` is missing")
+        elif (tensor.shape, tensor.dtype) != (tuple(leaf.shape), np.dtype(leaf.dtype).name):
+            problems.append(
+                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)}, the specs make "
+                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+            )
+    extra = sorted(set(header.tensors) - {n for n, _ in adapters})
+    if extra:
+        problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    if problems:
+        raise ModelFileError(
+            Diagnostic(
+                "E305",
+                f"`{path}` does not match its specs: {problems[0]}",
+                file=str(path),
+                notes=tuple(problems[1:6]),
+                help="the file was changed after it was written; write it again",
+            )
+        )
+    values = read_tensors(header, [n for n, _ in adapters])
+    by_name = {n: jnp.asarray(values[n]) for n, _ in adapters}
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    names = leaf_names(model)
+    filled = [by_name.get(n, x) if n is not None else x for n, x in zip(names, leaves)]
+    model = jax.tree_util.tree_unflatten(treedef, filled)
+    if recipe is not None:
+        remember(model, recipe)
     return model

@@ -25,6 +25,8 @@ _ABSTRACT_TYPES = ("Module", "Pool", "AdaptivePool", "StatefulLayer", "Shared")
 # eqxform's own wrapper types, which selectors may name too.
 _WRAPPER_TYPES = ("Wrapper", "Symmetric", "Positive", "WeightNormed", "Frozen")
 _STACK_TYPES = ("Stacked", "Ensemble")
+# The adapters `lora` and `ia3` put in the model (`where LoRA -> merge`).
+_ADAPTER_TYPES = ("LoRA", "IA3", "LoRAWeight", "IA3Weight")
 
 
 def _signature_of(fn: Callable) -> N.Signature:
@@ -158,6 +160,7 @@ def type_names() -> set[str]:
         | set(_ABSTRACT_TYPES)
         | set(_WRAPPER_TYPES)
         | set(_STACK_TYPES)
+        | set(_ADAPTER_TYPES)
         | set(_TYPES)
     )
 
@@ -206,7 +209,7 @@ def resolve_type(name: str) -> type:
 
         return getattr(models, name)
     # Imported here, not above, to keep JAX out of `eqxform check`.
-    if name in _WRAPPER_TYPES or name in _STACK_TYPES:
+    if name in _WRAPPER_TYPES or name in _STACK_TYPES or name in _ADAPTER_TYPES:
         from . import _modules
 
         return getattr(_modules, name)

@@ -29,6 +29,7 @@ DIRECTIVE_TOKENS = {
     "STACK",
     "UNSTACK",
     "INPUT",
+    "MESH",
 }
 
 # Lark token type -> scope, for the tokens whose scope does not depend on place.
@@ -37,7 +38,9 @@ BY_TYPE = {
     "QUALNAME": "entity.name.type.qualified.eqxform",
     "EXCEPT": "keyword.operator.except.eqxform",
     "ANY": "keyword.other.eqxform",
+    "OVER": "keyword.other.eqxform",
     "IF": "keyword.control.eqxform",
+    "ELSE": "keyword.control.eqxform",
     "EXPECT": "keyword.control.eqxform",
     "AND": "keyword.operator.logical.eqxform",
     "OR": "keyword.operator.logical.eqxform",
@@ -104,6 +107,10 @@ class Roles:
                 self.names[key] = "entity.name.variable.eqxform"
             elif isinstance(stmt, A.OptimizerStmt):
                 self.named(stmt.value, N.OPTIMIZERS, "optimizer")
+            elif isinstance(stmt, A.MeshStmt):
+                for axis in stmt.axes:
+                    key = (axis.name_span.line, axis.name_span.column)
+                    self.names[key] = "variable.parameter.eqxform"
             for node in _nodes(stmt):
                 if isinstance(node, A.Arg) and node.name_span is not None:
                     key = (node.name_span.line, node.name_span.column)
@@ -372,3 +379,14 @@ def test_regexes_mean_the_same_in_python():
         for construct in (r"\h", r"\G", r"\A", r"\z", "(?<name>", "*+", "++", "?+", r"\k<"):
             assert construct not in pattern, pattern
     assert data["scopeName"] == "source.eqxform"
+
+
+def test_every_token_of_the_mesh_syntax_gets_its_scope(grammar):
+    text = (
+        "mesh data=2 model=-1\n"
+        "stack blocks scan 4 remat over model\n"
+        "ensemble 8 over data\n"
+        "where Linear.weight -> shard (none, (data, model)), init zeros\n"
+        "where **.bias -> shard model\n"
+    )
+    assert check_every_token(grammar, text) > 20

@@ -185,6 +185,7 @@ def test_completion_in_each_place():
         + "where x -> scale \n"  # 7
         + "\n"  # 8
         + "where x -> replace Linear(in_features=width, \n"  # 9
+        + "where x -> lora(rank=2, \n"  # 10
     )
 
     async def go():
@@ -216,6 +217,7 @@ def test_completion_in_each_place():
             after_comma = await at(9)
             assert "out_features=" in after_comma and "in_features=" not in after_comma
             assert "key=" not in after_comma
+            assert "alpha=" in await at(10) and "rank=" not in await at(10)
             # Inside a comment, nothing.
             assert await at(0, 0) >= {"model"}  # (line start: the directives)
 

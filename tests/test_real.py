@@ -465,3 +465,12 @@ def test_recipes_of_stateful_constructors_survive(tmp_path):
         n for n in eqxform._files.read_header(tmp_path / "m.eqx").tensors if n.startswith("state.")
     ]
     assert "state.bn.batch_state_index.0" in names
+
+
+def test_copies_of_one_module_are_checked_for_shapes_not_values():
+    # `stack mlps scan 6` of one MLP makes six new layers: the model is meant to
+    # compute something else, so the forward check holds the shapes only.
+    spec = "model Tower(size=3, width_size=3, depth=1)\nstack mlps scan 6\ninput f32[3]\n"
+    model = eqxform.compile(spec).apply()
+    assert len(model.mlps) == 6
+    assert model(jnp.ones(3)).shape == (3,)

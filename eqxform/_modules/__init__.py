@@ -1,11 +1,17 @@
 """The model types a spec produces: wrappers (per-parameter behaviour),
-`Stacked` (scan-over-layers) and `Ensemble`.
+adapters (LoRA, (IA)^3), `Stacked` (scan-over-layers) and `Ensemble`.
 
 This package sits at the bottom of eqxform: it imports JAX and Equinox and
 nothing else of eqxform, so that selection, passes, files and training can all
 build on it.
 """
 
+from ._adapters import IA3 as IA3
+from ._adapters import IA3Weight as IA3Weight
+from ._adapters import LoRA as LoRA
+from ._adapters import LoRAWeight as LoRAWeight
+from ._adapters import is_adapter as is_adapter
+from ._adapters import merge as merge
 from ._stacks import Ensemble as Ensemble
 from ._stacks import Stacked as Stacked
 from ._stacks import StackedMarker as StackedMarker

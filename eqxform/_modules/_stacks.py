@@ -108,6 +108,8 @@ class Stacked(eqx.Module):
     unroll: int = eqx.field(static=True, default=1)
     kind: str = eqx.field(static=True, default="list")
     layerwise: bool = eqx.field(static=True, default=False)
+    # The mesh axis the layer axis is split over (`stack ... over model`).
+    over: str | None = eqx.field(static=True, default=None)
 
     def __len__(self) -> int:
         return self.count
@@ -123,6 +125,7 @@ class Stacked(eqx.Module):
                 self.unroll,
                 self.kind,
                 self.layerwise,
+                self.over,
             )
         if not -self.count <= index < self.count:
             raise IndexError(f"the stack has {self.count} layers, not {index}")
@@ -220,9 +223,11 @@ class Ensemble(eqx.Module):
     # The number of axes of each array of one member, to tell a whole
     # ensemble from a member of it inside someone else's `vmap`.
     member_ndims: tuple = eqx.field(static=True, default=())
+    # The mesh axis the member axis is split over (`ensemble 8 over data`).
+    over: str | None = eqx.field(static=True, default=None)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in ("model", "count", "member_ndims"):
+        if name.startswith("__") or name in ("model", "count", "member_ndims", "over"):
             raise AttributeError(name)
         return getattr(self.model, name)
 
@@ -248,10 +253,10 @@ class Ensemble(eqx.Module):
         return _take(self.model, i)
 
 
-def make_ensemble(members: Any, count: int) -> Ensemble:
+def make_ensemble(members: Any, count: int, over: str | None = None) -> Ensemble:
     """An `Ensemble` of `members` (arrays with a leading member axis)."""
     ndims = tuple(x.ndim - 1 for x in jax.tree_util.tree_leaves(members) if eqx.is_array(x))
-    return Ensemble(members, count, ndims)
+    return Ensemble(members, count, ndims, over)
 
 
 def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):

@@ -5,7 +5,7 @@ identity for its random draws) plus two methods: `select` finds the nodes it
 acts on, `run` changes them. `pass_(model, key, ctx)` is `run` of `select`;
 `plan` calls the two apart, so that it selects once and runs under
 `eval_shape`. Nothing reaches a pass but its arguments: the allow-list, the
-constructor that rebuilds ensemble members and (later) the mesh travel in the
+constructor that rebuilds ensemble members and the device mesh travel in the
 `Context`.
 """
 
@@ -43,6 +43,9 @@ class Context:
       its outputs (`apply` does; `plan`, which allocates nothing, does not).
     - `report`: where a pass sends warnings (`plan` collects them, `apply`
       issues them as Python warnings); None drops them.
+    - `mesh`: the `jax.sharding.Mesh` the arrays are placed on (the last
+      pass of a program with a `mesh` puts each in its sharding); None
+      leaves them where they are.
     """
 
     allow: tuple[str, ...] = ()
@@ -50,6 +53,7 @@ class Context:
     inputs: tuple[Any, ...] | None = None
     verify: bool = False
     report: Callable[[Diagnostic], None] | None = None
+    mesh: Any = None
 
 
 @dataclass(frozen=True, eq=False)

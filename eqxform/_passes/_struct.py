@@ -252,20 +252,32 @@ class StackPass(StructPass):
     # have looped in Python). With the model's inputs declared, `apply` runs
     # the model before and after on random inputs and refuses a stack that
     # changes what it computes.
+    # `stack PATH scan N` of one module makes N new layers: the model is meant
+    # to compute something else then, so only its output shapes are held.
     def run(self, model, key, ctx, nodes):
         new = super().run(model, key, ctx, nodes)
         if ctx.verify and ctx.inputs:
-            self.verify(model, new, ctx)
+            self.verify(model, new, ctx, values=not self.makes_copies(model, nodes))
         return new
 
     def run_stateful(self, model, state, key, ctx, nodes):
         new = StructPass.run(self, model, key, ctx, nodes)
         new_state = restate(new, state)
         if ctx.verify and ctx.inputs:
-            self.verify((model, state), (new, new_state), ctx)
+            values = not self.makes_copies(model, nodes)
+            self.verify((model, state), (new, new_state), ctx, values=values)
         return new, new_state
 
-    def verify(self, before, after, ctx) -> None:
+    @staticmethod
+    def makes_copies(model, nodes) -> bool:
+        if len(nodes) != 1:
+            return False
+        obj = get(model, nodes[0].path)
+        return isinstance(obj, eqx.Module) and not isinstance(
+            obj, (eqx.nn.Sequential, Stacked, list, tuple)
+        )
+
+    def verify(self, before, after, ctx, values: bool = True) -> None:
         xs = random_inputs(ctx.inputs, jax.random.key(0))
         try:
             want, got = outputs(before, xs), outputs(after, xs)
@@ -278,9 +290,19 @@ class StackPass(StructPass):
                 _LOOP_HELP,
             ) from None
         same = len(want) == len(got) and all(
-            a.shape == b.shape and np.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + np.abs(a).max()))
+            a.shape == b.shape
+            and (not values or np.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + np.abs(a).max())))
             for a, b in zip(want, got)
         )
+        if not same and not values:
+            raise self.error(
+                "E144",
+                f"stacking copies of `{self.stmt.selector.text}` changes the shapes of the "
+                f"model's outputs: {[a.shape for a in want]} before, {[b.shape for b in got]} after",
+                self.stmt.span,
+                "copies are chained, each output feeding the next layer: the module must map "
+                "its input to an output of the same shape",
+            )
         if not same:
             gap = max(
                 (float(np.abs(a - b).max()) for a, b in zip(want, got) if a.shape == b.shape),
@@ -416,6 +438,7 @@ class StackPass(StructPass):
             options.get("unroll") or 1,
             kind,
             "layerwise" in options,
+            next((o.over.axis for o in self.stmt.options if o.over is not None), None),
         )
 
 
@@ -475,6 +498,10 @@ class EnsemblePass(StructPass):
             )
         return [Node((), model, ())]
 
+    @property
+    def over(self) -> str | None:
+        return None if self.stmt.over is None else self.stmt.over.axis
+
     def restructure(self, model, key, ctx, nodes):
         return self.members(model, None, key, ctx)[0]
 
@@ -495,7 +522,7 @@ class EnsemblePass(StructPass):
 
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
             if _same_structure(built, model) and (built_state is None) == (state is None):
-                return make_ensemble(built, count), built_state
+                return make_ensemble(built, count, self.over), built_state
         stacked, copied = redrawn_copies(model, count, key)
         inits = tuple(p for p in self.before if p.draws)
         if inits:
@@ -506,7 +533,7 @@ class EnsemblePass(StructPass):
                 return m
 
             stacked = eqx.filter_vmap(redraw)(stacked, keys)
-        ensemble = make_ensemble(stacked, count)
+        ensemble = make_ensemble(stacked, count, self.over)
         inner = (jax.tree_util.GetAttrKey("model"),)
         self.report_copies(
             ctx,

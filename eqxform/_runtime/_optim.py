@@ -11,6 +11,7 @@ on the tree it is given); frozen parameters go through
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,3 +237,18 @@ def optimizer(program, model) -> optax.GradientTransformation:
         eqx.filter(model, eqx.is_inexact_array),
     )
     return optax.selective_transform(optax.partition(transforms, label_tree), freeze_mask=mask)
+
+
+def state_bytes(program, model) -> int:
+    """The bytes of the optimiser state `optimizer(program, model)` keeps for
+    `model` (arrays or their `ShapeDtypeStruct`s), allocating nothing."""
+
+    def init(m):
+        return optimizer(program, m).init(eqx.filter(m, eqx.is_inexact_array))
+
+    state = eqx.filter_eval_shape(init, model)
+    return sum(
+        math.prod(x.shape) * np.dtype(x.dtype).itemsize
+        for x in jax.tree_util.tree_leaves(state)
+        if hasattr(x, "shape") and hasattr(x, "dtype")
+    )

@@ -8,6 +8,7 @@ their buffers, so a step costs what a `jax.jit` over flat arrays costs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,9 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._diagnostics import Diagnostic
+from .._diagnostics import Diagnostic, did_you_mean
 from .._errors import EqxformError, UsageError
+from .._mesh import as_mesh
 from .._modules import resolve as resolve_wrappers
 from .._program import recipe_of, remember
 
@@ -49,15 +52,27 @@ class Step:
         resolve: bool = True,
         donate: bool = True,
         allow_retrace: bool = False,
+        mesh: Any = None,
+        batch_axis: str | None = None,
     ):
         params, static = eqx.partition(model, eqx.is_inexact_array)
+        self._mesh = mesh = _mesh_of(mesh, params)
+        if mesh is not None:
+            params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
         if donate:
             # Donation hands the buffers to the step; copy them once, so that
             # the caller's `model` (and state) stay usable.
             params = jax.tree_util.tree_map(jnp.copy, params)
             state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
         self._params, self._params_def = jax.tree_util.tree_flatten(params)
-        opt_state = optimizer.init(params)
+        if mesh is None:
+            opt_state = optimizer.init(params)
+        else:
+            # The optimiser's state follows the parameters it mirrors (Adam's
+            # moments are split as their parameters are), the rest replicated.
+            opt_state = jax.jit(
+                optimizer.init, out_shardings=_opt_shardings(optimizer, params, mesh)
+            )(params)
         self._opt, self._opt_def = jax.tree_util.tree_flatten(opt_state)
         self._stateful = state is not None
         self._state, self._state_def = jax.tree_util.tree_flatten(state)
@@ -94,7 +109,23 @@ class Step:
                 loss,
             )
 
-        self._compiled = jax.jit(step, donate_argnums=(0, 1, 2) if donate else ())
+        donated = (0, 1, 2) if donate else ()
+        if mesh is None:
+            self._compiled = jax.jit(step, donate_argnums=donated)
+            return
+        # On a mesh: the parameters, the optimiser's state and the model's
+        # state keep their shardings from step to step (compiled once), the
+        # batch comes split over the batch axis, the loss replicated.
+        kept = tuple(
+            [x.sharding for x in leaves] for leaves in (self._params, self._opt, self._state)
+        )
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._compiled = jax.jit(
+            lambda p, o, s, batch: step(p, o, s, *batch),
+            in_shardings=(*kept, self._batch_sharding),
+            out_shardings=(*kept, replicated),
+            donate_argnums=donated,
+        )
 
     def __call__(self, *batch) -> jax.Array:
         signature = _signature(batch)
@@ -113,7 +144,11 @@ class Step:
         else:
             first = False
         try:
-            out = self._compiled(self._params, self._opt, self._state, *batch)
+            if self._mesh is None:
+                out = self._compiled(self._params, self._opt, self._state, *batch)
+            else:
+                batch = tuple(self._place(x) for x in batch)
+                out = self._compiled(self._params, self._opt, self._state, batch)
         except (TypeError, ValueError) as e:
             if not first:
                 raise
@@ -132,6 +167,32 @@ class Step:
         self._params, self._opt, self._state, loss = out
         self._signature = signature
         return loss
+
+    def _place(self, x: Any) -> jax.Array:
+        """A batch array split over the mesh's batch axis (from the whole batch,
+        which every process holds)."""
+        sharding = self._batch_sharding
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        host = np.asarray(x)
+        parts = math.prod(sharding.mesh.shape[a] for a in _axes(sharding.spec))
+        if host.ndim == 0 or host.shape[0] % parts:
+            raise UsageError(
+                Diagnostic(
+                    "E510",
+                    f"a batch of {host.shape[0] if host.ndim else 'no'} rows cannot be split "
+                    f"evenly over the mesh's batch axis `{sharding.spec[0]}` ({parts} devices)",
+                    help=f"make the batch size a multiple of {parts}",
+                )
+            )
+        if jax.process_count() == 1:
+            return jax.device_put(host, sharding)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    @property
+    def mesh(self) -> Mesh | None:
+        """The mesh the step runs on, or None."""
+        return self._mesh
 
     @property
     def model(self) -> Any:
@@ -161,6 +222,77 @@ class Step:
         return jax.tree_util.tree_unflatten(self._opt_def, self._opt)
 
 
+def _mesh_of(mesh: Any, params: Any) -> Mesh | None:
+    """The mesh to train on: the one given, else the one the parameters are
+    placed on (by `Program.apply` or `load` with a mesh); None for neither."""
+    if mesh is not None:
+        return as_mesh(mesh)
+    for x in jax.tree_util.tree_leaves(params):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding):
+            return sharding.mesh
+    return None
+
+
+def _axes(spec: PartitionSpec) -> tuple[str, ...]:
+    first = spec[0] if len(spec) else None
+    if first is None:
+        return ()
+    return first if isinstance(first, tuple) else (first,)
+
+
+def _on_mesh(mesh: Mesh, params: Any, state: Any, batch_axis: str | None):
+    """Parameters on the mesh (those placed on it keep their sharding, the
+    rest replicated), the state replicated, and the batch's sharding."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(x):
+        sharding = getattr(x, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return x
+        return jax.device_put(x, replicated)
+
+    params = jax.tree_util.tree_map(put, params)
+    state = None if state is None else jax.tree_util.tree_map(put, state)
+    axis = "data" if batch_axis is None else batch_axis
+    if axis not in mesh.axis_names:
+        if batch_axis is not None:
+            raise UsageError(
+                Diagnostic(
+                    "E468",
+                    f"the batch axis `{batch_axis}` is no axis of the mesh "
+                    f"({', '.join(f'`{a}`' for a in mesh.axis_names)})",
+                    help=(did_you_mean(batch_axis, mesh.axis_names) or "")
+                    + " name a mesh axis, or leave it out to split over `data` when the mesh "
+                    "has it (else the batch is replicated)",
+                )
+            )
+        return params, state, replicated
+    return params, state, NamedSharding(mesh, PartitionSpec(axis))
+
+
+def _opt_shardings(optimizer, params: Any, mesh: Mesh) -> Any:
+    """A sharding for each leaf of the optimiser's state: that of the
+    parameter whose key path ends it and whose shape it has, else replicated."""
+    by_path = {
+        tuple(path): x
+        for path, x in jax.tree_util.tree_flatten_with_path(params)[0]
+        if isinstance(x, jax.Array)
+    }
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def choose(path, leaf):
+        path = tuple(path)
+        for i in range(len(path)):
+            param = by_path.get(path[i:])
+            if param is not None and tuple(param.shape) == tuple(leaf.shape):
+                return param.sharding
+        return replicated
+
+    shapes = jax.eval_shape(optimizer.init, params)
+    return jax.tree_util.tree_map_with_path(choose, shapes)
+
+
 def _show(signature: tuple) -> str:
     return ", ".join(f"{getattr(d, 'name', d)}{list(s)}" for s, d in signature)
 
@@ -174,6 +306,8 @@ def make_step(
     resolve: bool = True,
     donate: bool = True,
     allow_retrace: bool = False,
+    mesh: Any = None,
+    batch_axis: str | None = None,
 ) -> Step:
     """A training step that pays for no pytree flattening per call.
 
@@ -189,6 +323,14 @@ def make_step(
     - `donate`: reuse the old buffers for the new parameters and state.
     - `allow_retrace`: accept batches of a new shape (each compiles the step
       again); by default such a batch raises `RetraceError`.
+    - `mesh`: train on a device mesh (a `jax.sharding.Mesh`, `"data=2,model=4"`
+      or a mapping); by default the mesh the model's arrays are placed on
+      (`Program.apply` or `eqxform.load` with a mesh), if any. Parameters and
+      the optimiser's state keep their shardings, arrays not on the mesh are
+      replicated, and the step is compiled once.
+    - `batch_axis`: the mesh axis the batch's first dimension is split over
+      (data parallelism); by default `data` when the mesh has it, else the
+      batch is replicated.
 
     **Returns:** a `Step`. In a plain Python loop:
 
@@ -207,4 +349,6 @@ def make_step(
         resolve=resolve,
         donate=donate,
         allow_retrace=allow_retrace,
+        mesh=mesh,
+        batch_axis=batch_axis,
     )

@@ -367,6 +367,13 @@ def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str
             )
 
 
+def _scalar(value: Any) -> float:
+    """A replicated loss as a number, also when it spans several processes."""
+    if isinstance(value, jax.Array) and not value.is_fully_addressable:
+        value = value.addressable_data(0)
+    return float(value)
+
+
 @dataclass
 class Result:
     model: Any
@@ -388,6 +395,8 @@ def train(
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Any, int], None] | None = None,
     on_step: Callable[[int, float | None], None] | None = None,
+    mesh: Any = None,
+    batch_axis: str | None = None,
 ) -> Result:
     if batch_size > len(x):
         raise UsageError(
@@ -404,8 +413,13 @@ def train(
         build_optimizer(program, model_only),
         model_only,
         state=state,
+        mesh=mesh,
+        batch_axis=batch_axis,
     )
-    xs, ys = jnp.asarray(x), jnp.asarray(y)
+    # On a mesh the batches stay on the host: the step splits each over the
+    # devices (of every process) itself.
+    on_mesh = step.mesh is not None
+    xs, ys = (x, y) if on_mesh else (jnp.asarray(x), jnp.asarray(y))
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     cursor = 0
@@ -429,12 +443,12 @@ def train(
             value = step(xs[idx], ys[idx])
             done = i + 1
             if on_step is not None and (done % 10 == 0 or done == steps):
-                last = float(value) / (members or 1)
+                last = _scalar(value) / (members or 1)
                 on_step(done, last)
             if checkpoint_every and on_checkpoint and done % checkpoint_every == 0:
                 on_checkpoint(step.result, done)
     finally:
         signal.signal(signal.SIGINT, previous)
     if done and last is None:
-        last = float(value) / (members or 1)
+        last = _scalar(value) / (members or 1)
     return Result(step.result, done, last, stop["now"])

@@ -1,0 +1,173 @@
+"""Adapters: small trainable parts added to a frozen base (LoRA, (IA)^3).
+
+`LoRA` stands where a `Linear` was and computes `W x + b + s * B (A x)`: the
+product `B A` is never formed, so a training step costs two thin matmuls more
+than the base, whatever the size of `W`. `IA3` scales a `Linear`'s output (or
+its input) by a learned vector. The base module's weight and bias are held in
+`Frozen`, so no gradient reaches them and the optimiser eqxform builds keeps no
+state for them. For a 2-D weight that no `Linear` owns (a raw parameter a
+model multiplies itself), `LoRAWeight` and `IA3Weight` are wrappers: their
+value is the adapted matrix, formed at resolve.
+
+Every array may carry leading stack or member axes (the adapter of a stacked
+`Linear` is itself stacked: `A` is `(layers, r, in)`). `scale` carries those
+axes too: a stack whose rule picked some of its layers holds `0` at the others,
+so that one scan runs every layer with one structure while the layers outside
+the slice compute exactly their base (their factors stay zero and frozen).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._wrappers import Frozen, Wrapper, _value, resolve
+
+
+def _expand(scale: jax.Array, trailing: int) -> jax.Array:
+    """`scale` (leading axes only) with `trailing` axes of length 1 after."""
+    return jnp.reshape(scale, jnp.shape(scale) + (1,) * trailing)
+
+
+class LoRA(eqx.Module):
+    """A `Linear` (or any module computing `W x + b` with an `(out, in)`
+    weight) with a low-rank adapter: `base(x) + scale * (x A^T) B^T`.
+
+    **Attributes:** `base` (the adapted module, its `weight` and `bias` frozen),
+    `lora_a` (`(r, in)`, drawn as PEFT draws it), `lora_b` (`(out, r)`, zeros,
+    so that the adapted module starts equal to its base), `scale`
+    (`alpha / rank`; a stacked adapter holds one per layer, 0 at layers without
+    an adapter).
+    """
+
+    base: Any
+    lora_a: Any
+    lora_b: Any
+    scale: Any
+
+    def __call__(self, x, *args, **kwargs):
+        a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
+        y = resolve(self.base)(x, *args, **kwargs)
+        delta = (x @ a.T) @ b.T
+        return y + (s * delta).astype(y.dtype)
+
+    @property
+    def rank(self) -> int:
+        return int(self.lora_a.shape[-2])
+
+    def merged(self) -> Any:
+        """The base module with `W + scale * B A` as its weight (stack and
+        member axes kept); its weight and bias train again."""
+        a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
+        w = _unfrozen(self.base.weight)
+        delta = _expand(s, 2) * (b @ a)
+        new = eqx.tree_at(lambda m: m.weight, self.base, (w + delta).astype(w.dtype))
+        return _thaw_bias(new)
+
+
+class IA3(eqx.Module):
+    """(IA)^3: a `Linear` whose output (or, with `feedforward`, whose input) is
+    scaled by a learned vector, initialised to ones.
+
+    **Attributes:** `base` (the module, weight and bias frozen), `ia3` (`(out,)`,
+    or `(in,)` for `feedforward`), `feedforward` (scale the input, as PEFT does
+    for feed-forward layers, rather than the output).
+    """
+
+    base: Any
+    ia3: Any
+    feedforward: bool = eqx.field(static=True, default=False)
+
+    def __call__(self, x, *args, **kwargs):
+        vector = _value(self.ia3)
+        base = resolve(self.base)
+        if self.feedforward:
+            return base((x * vector).astype(x.dtype), *args, **kwargs)
+        y = base(x, *args, **kwargs)
+        return (y * vector).astype(y.dtype)
+
+    def merged(self) -> Any:
+        vector = _value(self.ia3)
+        w = _unfrozen(self.base.weight)
+        if self.feedforward:
+            new_w = w * vector[..., None, :]
+            new = eqx.tree_at(lambda m: m.weight, self.base, new_w.astype(w.dtype))
+            return _thaw_bias(new)
+        new = eqx.tree_at(lambda m: m.weight, self.base, (w * vector[..., :, None]).astype(w.dtype))
+        bias = getattr(new, "bias", None)
+        if bias is not None:
+            b = _unfrozen(bias)
+            new = eqx.tree_at(lambda m: m.bias, new, (b * vector).astype(b.dtype))
+        return new
+
+
+class LoRAWeight(Wrapper):
+    """A 2-D weight with a low-rank adapter: `W + scale * B A`, formed at
+    resolve (the owner multiplies the matrix itself, so it must exist)."""
+
+    weight: Any
+    lora_a: Any
+    lora_b: Any
+    scale: Any
+
+    def get(self):
+        w = _value(self.weight)
+        a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
+        return w + (_expand(s, 2) * (b @ a)).astype(w.dtype)
+
+    @property
+    def rank(self) -> int:
+        return int(self.lora_a.shape[-2])
+
+    def merged(self) -> Any:
+        return self.get()
+
+
+class IA3Weight(Wrapper):
+    """A 2-D `(out, in)` weight whose rows (or, with `feedforward`, columns)
+    are scaled by a learned vector."""
+
+    weight: Any
+    ia3: Any
+    feedforward: bool = eqx.field(static=True, default=False)
+
+    def get(self):
+        w, vector = _value(self.weight), _value(self.ia3)
+        scaled = w * (vector[..., None, :] if self.feedforward else vector[..., :, None])
+        return scaled.astype(w.dtype)
+
+    def merged(self) -> Any:
+        return self.get()
+
+
+ADAPTERS = (LoRA, IA3, LoRAWeight, IA3Weight)
+
+
+def is_adapter(x: Any) -> bool:
+    return isinstance(x, ADAPTERS)
+
+
+def _unfrozen(x: Any) -> Any:
+    """The value inside the `Frozen` that an adapter put around its base."""
+    while isinstance(x, Frozen):
+        x = x.value
+    return _value(x)
+
+
+def _thaw_bias(module: Any) -> Any:
+    bias = getattr(module, "bias", None)
+    if isinstance(bias, Frozen):
+        return eqx.tree_at(lambda m: m.bias, module, _unfrozen(bias))
+    return module
+
+
+def merge(model: Any) -> Any:
+    """`model` with every adapter baked into its base weight: a `LoRA` or `IA3`
+    becomes its base module (weight `W + scale * B A`, or scaled rows), a
+    `LoRAWeight`/`IA3Weight` its matrix. The outputs do not change."""
+    return jax.tree_util.tree_map(
+        lambda x: x.merged() if is_adapter(x) else x, model, is_leaf=is_adapter
+    )

@@ -1,0 +1,315 @@
+"""The adapter passes: `lora(rank=R, alpha=A)`, `ia3` and `merge`.
+
+`lora` on a `Linear` (or on its `weight`) puts a `LoRA` module in its place,
+whose forward adds `scale * B (A x)` to the base's output; on a 2-D weight that
+no `Linear` owns it puts a `LoRAWeight` wrapper. A is drawn as PEFT draws it
+(`kaiming_uniform(a=sqrt(5))`, i.e. uniform in `+-1/sqrt(in)`), B is zeros, and
+the base's weight and bias are frozen. `rank` and `alpha` are expressions of
+the match (`fan_in`, `shape`, ...), evaluated on the adapted weight.
+
+On some layers of a stack (`blocks[0:6].attn.qkv`) the adapter still covers
+every layer, as one scan needs one structure per layer: the layers outside the
+slice hold `scale = 0` and zero factors, frozen for those layers, so they
+compute exactly their base and never train. The alternative, adapters of rank
+0 or a second scan, would change the structure the user stacked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _ast as A
+from .._build import to_python
+from .._hashing import stable_hash
+from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter
+from .._names import ADAPTER_DEFAULTS
+from .._select import GetAttrKey, Node, _describe_kind, context, get, is_array, stack_axis, walk
+from ._base import replace_at
+from ._tree import RulePass
+
+
+def _inner(x: Any) -> Any:
+    """The array inside any `Frozen` around it."""
+    while isinstance(x, Frozen):
+        x = x.value
+    return x
+
+
+def _freeze(x: Any) -> Any:
+    """`x` frozen whole (an array, or one frozen for some layers only)."""
+    if x is None or not (is_array(x) or isinstance(x, Wrapper)):
+        return x
+    if isinstance(x, Frozen) and x.layers is None:
+        return x
+    return Frozen(_inner(x))
+
+
+class _Target:
+    """Where an adapter goes: a module (`kind="module"`) or a weight."""
+
+    def __init__(self, kind: str, node: Node, weight: Node):
+        self.kind, self.node, self.weight = kind, node, weight
+
+    @property
+    def path(self):
+        return self.node.path
+
+
+class AdapterPass(RulePass):
+    """What `lora` and `ia3` share: finding the `Linear`s and 2-D weights to
+    adapt, their arguments, and freezing the base."""
+
+    draws = True
+    # Adapters act on some layers of a stack too.
+    PER_LAYER = RulePass.PER_LAYER + ("lora", "ia3")
+
+    def select(self, model: Any, ctx: Any) -> list[Node]:
+        # What the adapters replace: a `Linear` matched by its weight is
+        # reported (and replaced) as the module.
+        return [t.node for t in self.targets(model, super().select(model, ctx))]
+
+    def arguments(self, weight: Node) -> dict[str, Any]:
+        defaults = dict(ADAPTER_DEFAULTS[self.action.name])
+        arg = self.action.arg
+        if isinstance(arg, A.Call):
+            ctx = context(weight)
+            for a in arg.args:
+                defaults[a.name] = to_python(self.eval(a.value, weight, ctx))
+        return defaults
+
+    def arg_span(self, name: str) -> A.Span:
+        arg = self.action.arg
+        if isinstance(arg, A.Call):
+            for a in arg.args:
+                if a.name == name:
+                    return a.value.span
+        return self.action.span
+
+    def targets(self, model: Any, nodes: list[Node]) -> list[_Target]:
+        out: dict[tuple, _Target] = {}
+        for node in nodes:
+            target = self.target(node)
+            out.setdefault(tuple(target.path), target)
+        # A `Linear` and its own weight may both match: one adapter each place.
+        return list(out.values())
+
+    def target(self, node: Node) -> _Target:
+        obj = node.obj
+        if is_adapter(obj) or any(is_adapter(p) for p in node.parents):
+            raise self.error(
+                "E223",
+                f"`{node.text}` has an adapter already",
+                self.rule.selector.span,
+                "one adapter per module: `merge` the first one before adding another",
+            )
+        if isinstance(obj, eqx.Module) and not isinstance(obj, Wrapper):
+            weight = getattr(obj, "weight", None)
+            inner = _inner(weight)
+            if weight is not None and is_array(inner):
+                wnode = Node(node.path + (GetAttrKey("weight"),), weight, node.objects, node.layers)
+                if self.per_layer_ndim(wnode, inner) == 2:
+                    if not isinstance(obj, eqx.nn.Linear):
+                        # A module of unknown layout (a ported `(in, out)`
+                        # dense layer): adapt its weight matrix, whatever its
+                        # layout, as a wrapper.
+                        return _Target("weight", wnode, self.array_node(wnode))
+                    if obj.in_features == "scalar":
+                        raise self._not_adaptable(node, "takes scalar inputs")
+                    return _Target("module", node, self.array_node(wnode))
+            raise self._not_adaptable(node, f"is {_describe_kind(obj)} without a 2-D `weight`")
+        inner = _inner(obj)
+        if is_array(inner) and (is_array(obj) or isinstance(obj, Frozen)):
+            wnode = self.array_node(node)
+            if self.per_layer_ndim(node, inner) != 2:
+                shape = tuple(inner.shape)[wnode.batch :]
+                raise self._not_adaptable(node, f"has shape {shape}, not 2 dimensions")
+            k = len(node.parents) - 1
+            # A `Linear`'s weight (frozen already or not): adapt the module,
+            # so that `W + B A` is never formed.
+            while k >= 0 and isinstance(node.parents[k], Frozen):
+                k -= 1
+            owner = node.parents[k] if k >= 0 else None
+            if (
+                isinstance(owner, eqx.nn.Linear)
+                and node.path[k] == GetAttrKey("weight")
+                and owner.in_features != "scalar"
+            ):
+                module = Node(node.path[:k], owner, node.parents[:k], node.layers)
+                return _Target("module", module, wnode)
+            return _Target("weight", node, wnode)
+        raise self._not_adaptable(node, f"is {_describe_kind(obj)}")
+
+    def per_layer_ndim(self, node: Node, array: Any) -> int:
+        return array.ndim - self.array_node(node).batch
+
+    def array_node(self, node: Node) -> Node:
+        """`node`, or the array inside the `Frozen` it is."""
+        obj, path, parents = node.obj, node.path, node.parents
+        while isinstance(obj, Frozen):
+            parents = parents + (obj,)
+            path = path + (GetAttrKey("value"),)
+            obj = obj.value
+        return Node(path, obj, parents, node.layers)
+
+    def _not_adaptable(self, node: Node, why: str):
+        return self.error(
+            "E220",
+            f"`{self.action.name}` adapts a `Linear` or a 2-D weight, but `{node.text}` {why}",
+            self.rule.selector.span,
+            "select `Linear` modules or their weights, e.g. `where Linear -> "
+            f"{self.action.name}` or `where **.qkv.weight -> {self.action.name}`",
+        )
+
+    def lead_and_layers(self, target: _Target) -> tuple[tuple[int, ...], Any]:
+        """The weight's leading (stack, member) axes, and a `(mask, axis)` of
+        the layers the rule adapts when it picked some layers of a stack."""
+        weight = target.weight
+        lead = tuple(weight.obj.shape)[: weight.obj.ndim - 2]
+        if weight.layers is None:
+            return lead, None
+        axis = stack_axis(weight)
+        count = lead[axis]
+        picked = np.zeros(count, bool)
+        picked[sorted(weight.layers)] = True
+        return lead, (picked, axis)
+
+    def frozen_base(self, model: Any, target: _Target) -> Any:
+        """The module at the target with its weight and bias frozen."""
+        module = get(model, target.path)
+        names = [n for n in ("weight", "bias") if getattr(module, n, None) is not None]
+        return eqx.tree_at(
+            lambda m: [getattr(m, n) for n in names],
+            module,
+            [_freeze(getattr(module, n)) for n in names],
+        )
+
+    def key_for(self, key: Any, target: _Target) -> Any:
+        return jax.random.fold_in(self.rule_key(key), stable_hash(target.node.text))
+
+
+def _mask(picked: np.ndarray, axis: int, lead: tuple[int, ...], ndim: int) -> jax.Array:
+    shape = [1] * ndim
+    shape[axis] = lead[axis]
+    return jnp.asarray(picked).reshape(shape)
+
+
+def _others(picked: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.flatnonzero(~picked))
+
+
+class LoraPass(AdapterPass):
+    def run(self, model, key, ctx, nodes):
+        targets = self.targets(model, nodes)
+        values = []
+        for target in targets:
+            kwargs = self.arguments(target.weight)
+            rank, alpha = kwargs["rank"], kwargs["alpha"]
+            if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+                raise self.error(
+                    "E221",
+                    f"`lora` needs a whole rank of at least 1, but `rank` is `{rank}` "
+                    f"at `{target.node.text}`",
+                    self.arg_span("rank"),
+                    "e.g. `lora(rank=8, alpha=16)`",
+                )
+            if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+                raise self.error(
+                    "E222",
+                    f"`lora` needs a number for `alpha`, but it is `{alpha}` "
+                    f"at `{target.node.text}`",
+                    self.arg_span("alpha"),
+                    "e.g. `lora(rank=8, alpha=16)`",
+                )
+            w = get(model, target.weight.path)
+            out_features, in_features = w.shape[-2:]
+            lead, part = self.lead_and_layers(target)
+            # PEFT's default: `kaiming_uniform_(a=sqrt(5))` on A's `(r, in)`
+            # weight, a bound of `sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in)`.
+            bound = 1.0 / math.sqrt(in_features)
+            a = jax.random.uniform(
+                self.key_for(key, target),
+                lead + (rank, in_features),
+                w.dtype,
+                -bound,
+                bound,
+            )
+            b = jnp.zeros(lead + (out_features, rank), w.dtype)
+            scale = jnp.full(lead, alpha / rank, jnp.float32)
+            if part is not None:
+                picked, axis = part
+                a = jnp.where(_mask(picked, axis, lead, a.ndim), a, 0).astype(w.dtype)
+                scale = jnp.where(_mask(picked, axis, lead, scale.ndim), scale, 0.0)
+                others = _others(picked)
+                if others:
+                    a, b = Frozen(a, others, axis), Frozen(b, others, axis)
+            scale = Frozen(scale)
+            if target.kind == "module":
+                values.append(LoRA(self.frozen_base(model, target), a, b, scale))
+            else:
+                values.append(LoRAWeight(_freeze(get(model, target.path)), a, b, scale))
+        return replace_at(model, [t.path for t in targets], values)
+
+
+class IA3Pass(AdapterPass):
+    def run(self, model, key, ctx, nodes):
+        targets = self.targets(model, nodes)
+        values = []
+        for target in targets:
+            feedforward = self.arguments(target.weight)["feedforward"]
+            if not isinstance(feedforward, bool):
+                raise self.error(
+                    "E225",
+                    f"`ia3` needs `true` or `false` for `feedforward`, not `{feedforward}`",
+                    self.arg_span("feedforward"),
+                    "`ia3(feedforward=true)` scales the input, as for feed-forward layers",
+                )
+            w = get(model, target.weight.path)
+            out_features, in_features = w.shape[-2:]
+            lead, part = self.lead_and_layers(target)
+            size = in_features if feedforward else out_features
+            vector = jnp.ones(lead + (size,), w.dtype)
+            if part is not None:
+                picked, axis = part
+                others = _others(picked)
+                if others:
+                    vector = Frozen(vector, others, axis)
+            if target.kind == "module":
+                values.append(IA3(self.frozen_base(model, target), vector, feedforward))
+            else:
+                values.append(IA3Weight(_freeze(get(model, target.path)), vector, feedforward))
+        return replace_at(model, [t.path for t in targets], values)
+
+
+class MergePass(RulePass):
+    """`merge`: every adapter at or under the matched nodes baked into its
+    base (a `LoRA` becomes its `Linear`, weight `W + scale * B A`)."""
+
+    def run(self, model, key, ctx, nodes):
+        found: dict[tuple, None] = {}
+        for node in nodes:
+            for k in range(len(node.parents)):
+                if is_adapter(node.parents[k]):
+                    found.setdefault(node.path[:k])
+                    break
+            else:
+                for sub in walk(node.obj):
+                    if is_adapter(sub.obj):
+                        found.setdefault(node.path + sub.path)
+        outer = [p for p in found if not any(q != p and p[: len(q)] == q for q in found)]
+        if not outer:
+            raise self.error(
+                "E224",
+                f"`merge`: `{self.rule.selector.text}` holds no adapter",
+                self.rule.selector.span,
+                "merge where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge`",
+            )
+        return replace_at(model, outer, [get(model, p).merged() for p in outer])
+
+
+PASSES = {"lora": LoraPass, "ia3": IA3Pass, "merge": MergePass}
