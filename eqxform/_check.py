@@ -751,6 +751,7 @@ class Checker:
         self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span, context)
         for a in arg.args:
             self.names(a.value, context, f"a `{name}` argument")
+
     def shard_spec(self, action: A.Action):
         """`shard (AXIS | none, ...)`: names, `none`, or tuples of names."""
         arg = action.arg
