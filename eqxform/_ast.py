@@ -30,7 +30,13 @@ class Source:
     def lines(self) -> list[str]:
         cached = self.__dict__.get("_lines")
         if cached is None:
-            cached = self.text.splitlines()
+            # Lines end at `\n` (a `\r` before it belongs to the break), as the
+            # parser counts them; `str.splitlines` would also break at `\x0b`,
+            # `\x0c`, `\x85`, U+2028 and more, and put every later diagnostic
+            # on the wrong line.
+            cached = [line[:-1] if line.endswith("\r") else line for line in self.text.split("\n")]
+            if cached and cached[-1] == "" and self.text.endswith("\n"):
+                cached.pop()
             object.__setattr__(self, "_lines", cached)
         return cached
 

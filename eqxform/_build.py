@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _ast as A
+from . import _limits as L
 from . import _names as N
 from . import _registry as R
+from ._check import byte_budget, constructor_limit, format_bytes
 from ._diagnostics import Diagnostic
-from ._errors import SpecError
+from ._errors import EqxformError, SpecError
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
 from ._hashing import stable_hash
 
@@ -70,20 +73,42 @@ def build(
         return build(inner, env, jax.random.fold_in(key, next(counter)), source, allow)
 
     args, kwargs = [], {}
+    signature = R.constructor_signature(call.callee) if ":" not in call.callee else None
+    positional = [p for p in signature.positional if p != "key"] if signature else []
     try:
-        for arg in call.args:
-            value = to_python(evaluate(arg.value, env, nested))
+        for i, arg in enumerate(call.args):
+            value = evaluate(arg.value, env, nested)
+            name = arg.name or (positional[i] if i < len(positional) else None)
+            # Before anything is built: a loop count such as `depth=1000000`
+            # would hang even the skeleton.
+            bad = constructor_limit(call.callee, name, value, arg.value.span, source)
+            if bad is not None:
+                raise SpecError(bad)
+            value = to_python(value)
             if arg.name is None:
                 args.append(value)
             else:
                 kwargs[arg.name] = value
     except EvalError as e:
-        raise SpecError(Diagnostic("E204", e.message, e.span, e.help, source)) from None
+        raise SpecError(Diagnostic(e.code_or("E204"), e.message, e.span, e.help, source)) from None
     if _takes_key(fn, call.callee):
         kwargs["key"] = key
     try:
+        if not isinstance(key, jax.core.Tracer):
+            # Built for real (not traced for a plan): its size first, on shapes
+            # alone. A constructor that cannot be traced (one that reads its
+            # key's value, say) is built as it is, unmeasured.
+            import equinox as eqx
+
+            try:
+                skeleton = eqx.filter_eval_shape(lambda: fn(*args, **kwargs))
+            except EqxformError:
+                raise
+            except Exception:
+                skeleton = None
+            check_budget(skeleton, f"`{call.callee}(...)`", call.span, source)
         return fn(*args, **kwargs)
-    except SpecError:
+    except EqxformError:
         raise
     except Exception as e:  # the constructor's own complaint, shown where it was called
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -96,6 +121,42 @@ def build(
                 source,
             )
         ) from None
+
+
+def nbytes(tree: Any) -> int:
+    """The bytes of the arrays (or shape structs) of `tree`."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for x in jax.tree_util.tree_leaves(tree):
+        shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+        if shape is not None and dtype is not None:
+            total += math.prod(shape) * np.dtype(dtype).itemsize
+    return total
+
+
+def budget_diagnostic(size: int, what: str, span, source) -> Diagnostic | None:
+    """E158 when `size` bytes of arrays exceed the memory budget."""
+    budget = byte_budget()
+    if budget is None or size <= budget:
+        return None
+    return Diagnostic(
+        "E158",
+        f"{what} would hold {format_bytes(size)} of arrays, more than the memory budget of "
+        f"{format_bytes(budget)}",
+        span,
+        f"make it smaller; if the machine has the memory, raise the budget with "
+        f"`{L.MAX_BYTES_ENV}` (e.g. `{L.MAX_BYTES_ENV}=256G`, or `none`)",
+        source,
+    )
+
+
+def check_budget(tree: Any, what: str, span, source) -> None:
+    """Raise E158 when the arrays of `tree` (shapes suffice) exceed the budget."""
+    bad = budget_diagnostic(nbytes(tree), what, span, source)
+    if bad is not None:
+        raise SpecError(bad)
 
 
 def render_call(call: A.Call, env: Mapping[str, Any]) -> str:

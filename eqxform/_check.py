@@ -10,14 +10,19 @@ that need the model (does a selector match?) live with the passes.
 
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from . import _ast as A
+from . import _limits as L
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
-from ._expr import EvalError, evaluate, walk
+from ._errors import UsageError
+from ._expr import DTypeRef, EvalError, _kind, evaluate, render, walk
 
 # Reserved words of planned features: an action here is reported (E120) rather
 # than taken for a misspelling. None is planned at present.
@@ -27,6 +32,143 @@ NOT_YET: dict[str, str] = {}
 def is_whole(value: Any, minimum: int) -> bool:
     """Is `value` an integer (not a boolean) of at least `minimum`?"""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+# The codes of diagnostics about what the caller passed (`--set`, `params=`),
+# which `compile` raises as `UsageError` (exit code 2).
+USAGE_CODES = ("E116", "E431")
+
+
+# ---- argument types -----------------------------------------------------------
+
+
+def _expected(kind: str | tuple) -> str:
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join(f'`"{k}"`' for k in kind)
+    optional = kind.endswith("?")
+    base = kind.rstrip("?")
+    text = {
+        "real": "a number",
+        "nonneg": "a number >= 0",
+        "int": "a whole number",
+        "bool": "`true` or `false`",
+        "dtype": "a dtype such as `float32`",
+    }[base]
+    return text + (" or `none`" if optional else "")
+
+
+def fits(value: Any, kind: str | tuple) -> bool:
+    """Is `value` of `kind` (see `_names.INITIALIZER_ARGS`)?"""
+    if isinstance(kind, tuple):
+        return isinstance(value, str) and value in kind
+    if kind.endswith("?"):
+        if value is None:
+            return True
+        kind = kind[:-1]
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "real":
+        return number
+    if kind == "nonneg":
+        return number and value >= 0
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "dtype":
+        return isinstance(value, DTypeRef)
+    raise AssertionError(kind)
+
+
+def as_argument(value: Any, kind: str | tuple | None) -> Any:
+    """A checked value as JAX should get it: a number as a Python float, so that
+    `3000000000` or `-2**63` is no integer that overflows int32."""
+    if (
+        kind in ("real", "nonneg", "real?")
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+    ):
+        return float(value)
+    return value
+
+
+def describe_value(value: Any) -> str:
+    try:
+        text = render(value)
+    except TypeError:
+        text = str(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    kind = _kind(value)
+    return f"`{text}`" if kind.startswith("`") else f"{kind} (`{text}`)"
+
+
+def argument_diagnostic(
+    what: str,
+    value: Any,
+    kind: str | tuple | None,
+    span: A.Span,
+    source: A.Source | None,
+    at: str = "",
+) -> Diagnostic | None:
+    """E152 when `value` is not of `kind` (None: anything goes)."""
+    if kind is None or fits(value, kind):
+        return None
+    return Diagnostic(
+        "E152",
+        f"{what} must be {_expected(kind)}, not {describe_value(value)}{at}",
+        span,
+        f"e.g. {_example(kind)}",
+        source,
+    )
+
+
+def _example(kind: str | tuple) -> str:
+    if isinstance(kind, tuple):
+        return f'`"{kind[0]}"`'
+    return {
+        "real": "`0.5`",
+        "nonneg": "`0.02`",
+        "int": "`0`",
+        "bool": "`true`",
+        "dtype": "`float32`",
+    }[kind.rstrip("?")]
+
+
+def argument_kinds(kind: str, name: str) -> Mapping[str, Any]:
+    """The kinds of the arguments of initialiser, wrapper or optimiser `name`."""
+    table = {
+        "initialiser": N.INITIALIZER_ARGS,
+        "wrapper": N.WRAPPER_ARGS,
+        "optimiser": N.OPTIMIZER_ARGS,
+    }[kind]
+    if kind == "initialiser" and R.user_initializer(name) is not None:
+        return {}
+    if kind == "wrapper" and name not in N.WRAPPERS:
+        return {}
+    return table.get(name, {})
+
+
+def constructor_limit(callee: str, name: str | None, value: Any, span, source) -> Diagnostic | None:
+    """E156 for an integer argument of a built-in constructor beyond its bound:
+    a loop count (`depth`) beyond `MAX_LAYERS`, any other beyond `MAX_DIMENSION`."""
+    if not isinstance(value, int) or isinstance(value, bool) or ":" in callee:
+        return None
+    if callee not in N.EQUINOX_NN and callee not in N.EXAMPLE_MODELS:
+        return None
+    loop = name in N.LOOP_ARGS.get(callee, ())
+    bound = L.MAX_LAYERS if loop else L.MAX_DIMENSION
+    if abs(value) <= bound:
+        return None
+    label = f"`{name}` of `{callee}`" if name else f"an argument of `{callee}`"
+    return Diagnostic(
+        "E156",
+        f"{label} is {value:,}, beyond the limit of {bound:,}",
+        span,
+        f"`{name}` builds one layer per step, even to plan the model; no network has this many"
+        if loop
+        else "no array dimension is this large (XLA indexes with 32 bits)",
+        source,
+    )
 
 
 class Checker:
@@ -92,9 +234,20 @@ class Checker:
                 )
 
     def overrides(self):
-        """Every `--set NAME` names a `let` of the spec."""
+        """Every `--set NAME` names a `let` of the spec, with a constant value."""
         let_names = [s.name for s in self.spec.statements if isinstance(s, A.LetStmt)]
-        for key in self.params:
+        for key, value in self.params.items():
+            problem = override_problem(value)
+            if problem is not None:
+                self.diagnostics.append(
+                    Diagnostic(
+                        "E431",
+                        f"the value of `{key}` {problem}",
+                        file=self.source.name,
+                        help="give a number, a string, `true`/`false`/`none` or a list of "
+                        'those, e.g. `--set width=128` or `params={"width": 128}`',
+                    )
+                )
             if key not in let_names:
                 hint = did_you_mean(key, let_names)
                 self.diagnostics.append(
@@ -130,6 +283,13 @@ class Checker:
                             f"`seed` must be a whole number >= 0, not `{value}`",
                             stmt.value.span,
                         )
+                    elif value > L.MAX_SEED:
+                        self.error(
+                            "E113",
+                            f"`seed` must be at most 2**64 - 1, not `{value}`",
+                            stmt.value.span,
+                            "seeds run from 0 to 18446744073709551615",
+                        )
                     else:
                         self.seed = value
                 elif isinstance(stmt, A.EnsembleStmt):
@@ -141,21 +301,89 @@ class Checker:
                             stmt.count.span,
                             "e.g. `ensemble 8`",
                         )
+                    elif value > L.MAX_COUNT:
+                        self.error(
+                            "E155",
+                            f"`ensemble {value:,}` is beyond the limit of {L.MAX_COUNT:,} members",
+                            stmt.count.span,
+                            "an ensemble's members are held in memory side by side; "
+                            "e.g. `ensemble 8`",
+                        )
                     else:
                         self.counts[id(stmt)] = value
                 elif isinstance(stmt, A.OptimizerStmt):
                     self.optimizer = self.optimizer_call(stmt.value)
+                elif isinstance(stmt, A.Rule):
+                    self.rule_arguments(stmt)
             except EvalError as e:
-                self.diagnostics.append(Diagnostic("E204", e.message, e.span, e.help, self.source))
+                self.diagnostics.append(
+                    Diagnostic(e.code_or("E204"), e.message, e.span, e.help, self.source)
+                )
 
     def optimizer_call(self, expr: A.Expr) -> tuple[str, dict[str, Any]]:
         if isinstance(expr, A.Name):
             return expr.id, {}
         assert isinstance(expr, A.Call)
         positional = N.OPTIMIZERS[expr.callee].positional
-        return expr.callee, {
-            a.name or positional[i]: evaluate(a.value, self.env) for i, a in enumerate(expr.args)
-        }
+        kinds = argument_kinds("optimiser", expr.callee)
+        values = {}
+        for i, a in enumerate(expr.args):
+            param = a.name or positional[i]
+            value = evaluate(a.value, self.env)
+            bad = argument_diagnostic(
+                f"`{param}` of `{expr.callee}`", value, kinds.get(param), a.value.span, self.source
+            )
+            if bad is not None:
+                self.diagnostics.append(bad)
+            values[param] = as_argument(value, kinds.get(param))
+        return expr.callee, values
+
+    def rule_arguments(self, rule: A.Rule):
+        """The types of a rule's arguments that need no match (`stddev=0.02`);
+        those that read the match (`stddev=1/sqrt(fan_in)`) are checked per
+        match, when the rule runs or is planned."""
+        for action in rule.actions:
+            arg = action.arg
+            if arg is None:
+                continue
+            if action.name in N.ACTION_ARGS:
+                if _reads_match(arg):
+                    continue
+                bad = argument_diagnostic(
+                    f"`{action.name}`",
+                    evaluate(arg, self.env),
+                    N.ACTION_ARGS[action.name],
+                    arg.span,
+                    self.source,
+                )
+                if bad is not None:
+                    self.diagnostics.append(bad)
+                continue
+            kind = {"init": "initialiser", "wrap": "wrapper"}.get(action.name)
+            if kind is None or not isinstance(arg, A.Call):
+                continue
+            signature = (
+                R.initializer_signature(arg.callee)
+                if kind == "initialiser"
+                else R.wrapper_signature(arg.callee)
+            )
+            if signature is None:
+                continue
+            positional = signature.positional
+            kinds = argument_kinds(kind, arg.callee)
+            for i, a in enumerate(arg.args):
+                if _reads_match(a.value) or (a.name is None and i >= len(positional)):
+                    continue
+                param = a.name or positional[i]
+                bad = argument_diagnostic(
+                    f"`{param}` of `{arg.callee}`",
+                    evaluate(a.value, self.env),
+                    kinds.get(param),
+                    a.value.span,
+                    self.source,
+                )
+                if bad is not None:
+                    self.diagnostics.append(bad)
 
     def statements(self):
         seen: dict[type, A.Stmt] = {}
@@ -338,6 +566,14 @@ class Checker:
                         f"a stack needs a whole number of layers >= 1, not `{option.value}`",
                         option.span,
                     )
+                elif option.value > L.MAX_COUNT:
+                    self.error(
+                        "E155",
+                        f"a stack of {option.value:,} layers is beyond the limit of "
+                        f"{L.MAX_COUNT:,}",
+                        option.span,
+                        "e.g. `stack blocks scan 12`",
+                    )
             elif option.name in ("remat", "layerwise"):
                 if option.value is not None:
                     self.error(
@@ -353,6 +589,13 @@ class Checker:
                 if not isinstance(option.value, int) or option.value < 1:
                     self.error(
                         "E136", "`unroll` needs a whole number >= 1", option.span, "e.g. `unroll 2`"
+                    )
+                elif option.value > L.MAX_COUNT:
+                    self.error(
+                        "E155",
+                        f"`unroll {option.value:,}` is beyond the limit of {L.MAX_COUNT:,}",
+                        option.span,
+                        "unroll a few layers, e.g. `unroll 2`",
                     )
             else:
                 self.error(
@@ -381,6 +624,27 @@ class Checker:
                     "e.g. `input f32[3,224,224]`",
                 )
                 break
+        else:
+            size = 1
+            for d in stmt.shape:
+                size *= d
+            budget = byte_budget()
+            if any(d > L.MAX_DIMENSION for d in stmt.shape):
+                self.error(
+                    "E157",
+                    f"the input `{stmt.describe()}` is too large",
+                    stmt.span,
+                    f"an array's dimensions stop at {L.MAX_DIMENSION:,}",
+                )
+            elif budget is not None and size * 8 > budget:
+                self.error(
+                    "E157",
+                    f"the input `{stmt.describe()}` is too large",
+                    stmt.span,
+                    f"eqxform draws the input to check the model ({format_bytes(size * 8)} at "
+                    f"most), beyond the memory budget of {format_bytes(budget)} "
+                    f"(`{L.MAX_BYTES_ENV}`)",
+                )
         self.inputs.append(stmt)
 
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
@@ -617,6 +881,20 @@ class Checker:
                 )
             else:
                 self.arguments(call.callee, "constructor", signature, call.args, call.span, names)
+                positional = [p for p in signature.positional if p != "key"]
+                for i, arg in enumerate(call.args):
+                    value = arg.value
+                    negative = isinstance(value, A.Unary) and value.op == "-"
+                    if negative:
+                        value = value.operand
+                    if isinstance(value, A.Number):
+                        name = arg.name or (positional[i] if i < len(positional) else None)
+                        number = -value.value if negative else value.value
+                        bad = constructor_limit(
+                            call.callee, name, number, arg.value.span, self.source
+                        )
+                        if bad is not None:
+                            self.diagnostics.append(bad)
         for arg in call.args:
             self.constructor_arg(arg.value, names)
 
@@ -740,6 +1018,85 @@ class Checker:
         line = self.source.line(span.line)
         end = span.end_column - 1 if span.end_line == span.line else len(line)
         return line[span.column - 1 : end]
+
+
+def check_seed(seed: Any, what: str = "`seed`") -> int:
+    """A seed given to the API or the command line, as an `int`; anything but a
+    whole number from 0 to 2**64 - 1 is a usage error (E430)."""
+    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
+        if 0 <= int(seed) <= L.MAX_SEED:
+            return int(seed)
+    raise UsageError(
+        Diagnostic(
+            "E430",
+            f"{what} must be a whole number from 0 to 2**64 - 1, not {describe_value(seed)}",
+            help="e.g. `--seed 0` (Python: `seed=0`)",
+        )
+    )
+
+
+def _reads_match(expr: A.Expr) -> bool:
+    """Does `expr` read a match's properties (`fan_in`, `shape`, ...)?"""
+    return any(isinstance(e, A.Name) and e.id in N.CONTEXT_NAMES for e in walk(expr))
+
+
+def override_problem(value: Any, depth: int = 0) -> str | None:
+    """What is wrong with a `let` value given from outside, if anything."""
+    if value is None or isinstance(value, (bool, str)):
+        if isinstance(value, str) and len(value) > L.MAX_SEQUENCE_LENGTH:
+            return f"is a string of more than {L.MAX_SEQUENCE_LENGTH:,} characters"
+        return None
+    if isinstance(value, int):
+        return (
+            f"has more than {L.MAX_INT_BITS} bits" if value.bit_length() > L.MAX_INT_BITS else None
+        )
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"is `{value}`, not a finite number"
+    if isinstance(value, (list, tuple)):
+        if len(value) > L.MAX_SEQUENCE_LENGTH or depth > 8:
+            return "is a list too long or too deeply nested"
+        for item in value:
+            problem = override_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return f"is a `{type(value).__name__}`, not a constant"
+
+
+def byte_budget() -> int | None:
+    """The memory budget for one model's arrays, in bytes (None: no check).
+    See `_limits.MAX_BYTES_ENV`."""
+    text = os.environ.get(L.MAX_BYTES_ENV, "").strip()
+    if not text:
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError, AttributeError):
+            return L.DEFAULT_MAX_BYTES
+    if text.lower() in ("none", "off", "0"):
+        return None
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    scale = units.get(text[-1].lower(), 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = float(number) * scale
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(
+            Diagnostic(
+                "E432",
+                f"`{L.MAX_BYTES_ENV}={text}` is not a number of bytes",
+                help=f"e.g. `{L.MAX_BYTES_ENV}=64G`, or `none` to turn the memory check off",
+            )
+        )
+    return int(value)
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _spec_names(arg: A.Expr) -> list[A.Name]:

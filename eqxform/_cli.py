@@ -87,6 +87,12 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
     return load_params(sets, params_file)
 
 
+def _seed(text: str | None) -> int | None:
+    from ._source import parse_seed
+
+    return parse_seed(text)
+
+
 def _swapped(spec: str, model: str | None, command: str) -> None:
     from ._source import is_model_file
 
@@ -103,7 +109,8 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
 def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
     from ._compile import compile
 
-    return compile(spec, params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
+    # The argument is a file's path, whatever its name: never spec text.
+    return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
 
 
 def _mesh(text: str | None):
@@ -185,7 +192,7 @@ def main():
 @main.command()
 @click.argument("constructor")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default="0", show_default=True, help="0 to 2**64 - 1.")
 @_allow
 def new(constructor, output, seed, allow):
     """Build a model from a constructor call and write it.
@@ -200,7 +207,7 @@ def new(constructor, output, seed, allow):
         from ._recipes import save
 
         check_output(output)
-        model = make(constructor, seed=seed, allow=allow)
+        model = make(constructor, seed=_seed(seed), allow=allow)
         save(output, model)
         click.echo(f"wrote {output} ({count_params(model):,} parameters)")
 
@@ -229,11 +236,12 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
 
     def go():
         from . import _ast as A
+        from ._check import USAGE_CODES
         from ._parse import parse_collect
         from ._source import read_spec
 
         _swapped(spec, model, "check")
-        text, name = read_spec(spec)
+        text, name = read_spec(Path(spec))
         params = _params(sets, params_file)
         parsed, diagnostics = parse_collect(text, name)
         steps, against = None, None
@@ -243,7 +251,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
 
             checker = Checker(parsed, params, _mesh(mesh))
             diagnostics = sorted(diagnostics + checker.run(), key=_position)
-            usage = [d for d in diagnostics if d.code == "E116"]
+            usage = [d for d in diagnostics if d.code in USAGE_CODES]
             if usage:
                 raise UsageError(usage)
             statements = len(parsed.statements)
@@ -389,7 +397,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 @_spec_arg
 @_model_arg
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
-@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
+@click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
 @_params_opt
 @_allow
@@ -421,6 +429,7 @@ def apply(
     """Apply a spec to a model (or to the spec's `model`) and write the result."""
 
     def go():
+        seed_value = _seed(seed)
         program = _prepare(
             "apply",
             spec,
@@ -440,12 +449,12 @@ def apply(
         with _device(device):
             base = _checked_base(program, model, allow, deny)
             with _quiet():
-                result = program.apply(base, seed=seed)
+                result = program.apply(base, seed=seed_value)
             if adapters_only:
                 # This spec's adapters, whatever the base's recipe holds.
                 from dataclasses import replace
 
-                step = replace(program, seed=program.seed if seed is None else seed)
+                step = replace(program, seed=program.seed if seed_value is None else seed_value)
                 save(output, result, adapters_only=True, spec=step)
             else:
                 save(output, result)
@@ -478,7 +487,7 @@ def apply(
     metavar="K",
     help="Also write the model every K steps.",
 )
-@click.option("--seed", type=click.IntRange(min=0), help="Override the spec's `seed`.")
+@click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
 @_params_opt
 @_allow
@@ -532,6 +541,7 @@ def train(
     """
 
     def go():
+        seed_value = _seed(seed)
         _join(coordinator, num_processes, process_id)
         program = _prepare(
             "train",
@@ -559,14 +569,14 @@ def train(
                 x, y = _train.load_data(data)
             base = _checked_base(program, model, allow, deny)
             with _quiet():
-                start = program.apply(base, seed=seed)
+                start = program.apply(base, seed=seed_value)
             recipe = recipe_of(start)
             if data is None:
                 x, y = _train.toy_data(
                     start,
                     loss,
                     program.input_structs(),
-                    seed=program.seed if seed is None else seed,
+                    seed=program.seed if seed_value is None else seed_value,
                 )
                 where = "built-in data"
             else:
@@ -604,7 +614,7 @@ def train(
                     steps=steps,
                     batch_size=batch_size,
                     loss=loss,
-                    seed=program.seed if seed is None else seed,
+                    seed=program.seed if seed_value is None else seed_value,
                     checkpoint_every=checkpoint_every,
                     on_checkpoint=write,
                     on_step=lambda done, value: progress.update(
@@ -671,13 +681,12 @@ def _prepare(
     """The checks `apply` and `train` share before any JAX work: the output
     first (it may replace no input, and must be writable), then the spec."""
     from ._files import check_output
-    from ._source import is_spec_path
 
     _refuse_overwrite(model, output, force)
     check_output(
         output,
         [
-            ("spec", spec if is_spec_path(spec) else None),
+            ("spec", spec),  # on the command line, always a path
             ("`--data` file", data),
             ("`--params` file", params_file),
         ],

@@ -116,6 +116,46 @@ CODES: dict[str, Code] = {
             "where -> freeze",
             "add a selector, e.g. `where Linear.weight -> freeze`.",
         ),
+        _c(
+            "E010",
+            "a line break other than `\\n`",
+            "eqxform ends a line only at `\\n` (a `\\r` just before it belongs to the break). "
+            "A `\\r` alone, a vertical tab, NEL (U+0085), the Unicode line and paragraph "
+            "separators (U+2028, U+2029) and the information separators are line breaks to some "
+            "editors and to Python's `str.splitlines`, but not to eqxform: in a comment they would "
+            "hide what an editor shows as the next line (or the reverse). They are refused "
+            "wherever they are; the first is shown, with the count of the others. A form feed "
+            "is whitespace, as in Python.",
+            "# a comment (then U+2028) where Linear.weight -> freeze",
+            "remove the character, or save the file with Unix (`\\n`) or Windows (`\\r\\n`) "
+            "line endings.",
+        ),
+        _c(
+            "E011",
+            "number literal out of range",
+            "A number with more than 400 digits, or a decimal number beyond the largest float "
+            "(about `1.8e308`). No size, count or seed needs one (`_limits.MAX_LITERAL_DIGITS`).",
+            "let big = 1e400",
+            "write a smaller number; a large whole number can be written as a power, `2**64`.",
+        ),
+        _c(
+            "E012",
+            "expression nested too deeply",
+            "A statement nested more than 200 levels deep: brackets in brackets, a chain of "
+            "`-` or `not`, or a sum of hundreds of terms (each `+` nests one level). The "
+            "limit (`_limits.MAX_NESTING`) keeps the parser and the evaluator within Python's "
+            "recursion limit.",
+            "let x = 1 + 1 + 1 + ... (500 terms)",
+            "split the expression with `let` names.",
+        ),
+        _c(
+            "E013",
+            "index or slice bound that is not a whole number",
+            "A selector's index and its slice's start, stop and step are whole numbers; `1.5` "
+            "is refused rather than read as `1`.",
+            "where layers[::0.5] -> freeze",
+            "write a whole number, e.g. `layers[1]` or `layers[::2]`.",
+        ),
         # ---- the spec alone
         _c(
             "E101",
@@ -438,6 +478,85 @@ CODES: dict[str, Code] = {
             "stack blocks scan   # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
+        ),
+        _c(
+            "E150",
+            "number too large",
+            "An expression computes an integer of more than 256 bits (`_limits.MAX_INT_BITS`), "
+            "or a number that is not finite (`exp(1000)`, `1e308 * 10`). The power is refused "
+            "before it is computed: `9**9**9` would run for hours.",
+            "let x = 9**9**9",
+            "check the expression; no size, count or seed needs such a number.",
+        ),
+        _c(
+            "E151",
+            "string or list too long",
+            "An expression would build a string or a list of more than 10,000 elements "
+            "(`_limits.MAX_SEQUENCE_LENGTH`); it is refused before it is built.",
+            'let x = "a" * 10**10',
+            "a spec's strings and lists are short; check the repetition count.",
+        ),
+        _c(
+            "E152",
+            "argument of the wrong type",
+            "An argument of an initialiser, a wrapper, an optimiser, or of `scale`, `lr` or "
+            "`weight_decay` is not of the type it takes (a number, a number >= 0, `true`/`false`, "
+            "one of a few strings). `check` reports the arguments it can evaluate without a "
+            "model; one that reads the match (`1/sqrt(fan_in)`) is checked per match by `plan` "
+            "and `apply`, at the argument's span, naming the match.",
+            'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
+            "give the argument a value of the type the help line names.",
+        ),
+        _c(
+            "E153",
+            "number beyond the range of the array's dtype",
+            "A `scale` factor or a numeric argument of an initialiser or a wrapper is larger "
+            "than the matched array's dtype can hold (`scale 1e300` on a float32 weight); JAX "
+            "would silently make it infinite.",
+            "where Linear.weight -> scale 1e300",
+            "use a smaller number, or `cast` the array to a wider dtype first.",
+        ),
+        _c(
+            "E155",
+            "count beyond the limit",
+            "An `ensemble` with more than 1,000,000 members, or a `stack` count or `unroll` "
+            "beyond 1,000,000 (`_limits.MAX_COUNT`). Smaller counts that do not fit in memory "
+            "are caught by the memory budget (E158).",
+            "ensemble 1000000000",
+            "use a realistic count, e.g. `ensemble 8`.",
+        ),
+        _c(
+            "E156",
+            "constructor argument beyond its limit",
+            "An integer argument of a built-in constructor is beyond its bound: an argument "
+            "that builds one layer per step (`depth` of `MLP` or `Tower`, `count` and `depth` "
+            "of `MLPChain`) beyond 1,000 (`_limits.MAX_LAYERS`), any other beyond 2**31 - 1 "
+            "(`_limits.MAX_DIMENSION`). Building even the skeleton of such a model (to plan "
+            "it) runs the constructor's loop, so it is refused before it is called.",
+            "model MLP(in_size=2, out_size=2, width_size=8, depth=1000000)",
+            "use a realistic number of layers.",
+        ),
+        _c(
+            "E157",
+            "input too large",
+            "An `input` line (or `--input`) declares an array with a dimension beyond "
+            "2**31 - 1, or larger than the memory budget: eqxform draws random inputs of that "
+            "shape to check a `stack`.",
+            "input f32[99999999999]",
+            "declare the model's real input shape.",
+        ),
+        _c(
+            "E158",
+            "model larger than the memory budget",
+            "A model would hold more bytes of arrays than the memory budget allows: the "
+            "`model` directive's, a `replace` constructor's or `eqxform new`'s (measured with "
+            "`eqx.filter_eval_shape` before it is built), or the model after an `ensemble` or "
+            "a `stack` (measured on shapes by `plan`, and by `apply` before the pass "
+            "allocates). The budget is half the machine's memory by default; the environment "
+            "variable `EQXFORM_MAX_BYTES` sets it (`64G`, `512M`, or `none` for no check).",
+            'eqxform new "MLP(in_size=2, out_size=2, width_size=100000, depth=2)" -o m.eqx',
+            "make the model smaller, or raise the budget with `EQXFORM_MAX_BYTES` if the "
+            "machine has the memory.",
         ),
         _c(
             "E190",
@@ -1027,6 +1146,51 @@ CODES: dict[str, Code] = {
             "this model returns several (a tuple).",
             "eqxform train spec.eqx -o out.eqx   # a model returning (logits, aux)",
             "train it from Python with `eqxform.make_step` and a loss of your own.",
+        ),
+        _c(
+            "E430",
+            "seed out of range",
+            "A seed given on the command line (`--seed`) or to the Python API (`seed=`) is not "
+            "a whole number from 0 to 2**64 - 1. Every seed in that range gives its own key: "
+            "seeds below 2**32 draw as `jax.random.key(seed)`, larger ones put their high 32 "
+            "bits in the key's high word.",
+            "eqxform apply spec.eqx -o out.eqx --seed 2**63",
+            "write the seed in decimal digits, e.g. `--seed 9223372036854775808`.",
+        ),
+        _c(
+            "E431",
+            "`let` value from outside that is not a constant",
+            "A value given for a `let` through `params=` (or a sweep file) is not a number, a "
+            "string, `true`/`false`/`none` or a list of those, or is beyond the limits of a "
+            "spec's own values (an integer of more than 256 bits, a float that is not finite, "
+            "a string or list of more than 10,000 elements).",
+            'eqxform.compile("let w = 1", params={"w": object()})',
+            'pass a constant, e.g. `params={"w": 128}`.',
+        ),
+        _c(
+            "E432",
+            "bad memory budget",
+            "The environment variable `EQXFORM_MAX_BYTES` is not a positive number of bytes "
+            "(with an optional suffix K, M, G or T) nor `none`.",
+            "EQXFORM_MAX_BYTES=lots eqxform apply spec.eqx -o out.eqx",
+            "set it to e.g. `64G`, or `none` to turn the memory check off.",
+        ),
+        _c(
+            "E433",
+            "`key` that is not a JAX key",
+            "`Program.apply` and `Program.build_model` take one `jax.random.key` (or a legacy "
+            "`jax.random.PRNGKey`) as `key=`.",
+            'program.apply(model, key="0")',
+            "pass `key=jax.random.key(0)`, or `seed=0`.",
+        ),
+        _c(
+            "E434",
+            "Python API argument of the wrong type",
+            "An argument of `eqxform.compile` is not of the type it takes: `spec` a path or "
+            "the text of a spec, `params` a mapping of `let` names to values, `inputs` a list "
+            "of strings, `name` a string.",
+            'eqxform.compile("spec.eqx", params=[("width", 8)])',
+            'pass the documented type, e.g. `params={"width": 8}`.',
         ),
         _c(
             "E465",

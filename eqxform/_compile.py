@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
-from ._check import Checker
+from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
@@ -78,12 +78,59 @@ def compile(
     model = program.apply(model, key=jax.random.key(0))
     ```
     """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise _wrong_type("spec", spec, "a path or the text of a spec")
+    if params is not None and not (
+        isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
+    ):
+        raise _wrong_type("params", params, "a mapping from `let` names to values")
+    if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
+        raise _not_packages(allow)
+    allow = tuple(allow)
+    if not all(isinstance(a, str) for a in allow):
+        raise _not_packages(allow)
+    if inputs is not None:
+        inputs = _strings("inputs", inputs, 'input types such as `"f32[3,224,224]"`')
+    if name is not None and not isinstance(name, str):
+        raise _wrong_type("name", name, "a string")
     text, name = read_spec(spec, name)
     program, diagnostics = compile_collect(text, name, params, allow, inputs, mesh)
     if diagnostics:
         raise SpecError(diagnostics)
     assert program is not None
     return program
+
+
+def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
+    return UsageError(
+        Diagnostic(
+            "E434",
+            f"`{argument}` must be {expected}, not a `{type(value).__name__}`",
+            help="see `help(eqxform.compile)`",
+        )
+    )
+
+
+def _not_packages(allow: Any) -> UsageError:
+    # The same problem, and code, as `allow` of `eqxform.load` and `eqxform.new`.
+    return UsageError(
+        Diagnostic(
+            "E449",
+            f"`allow` must be a list of package names, not {allow!r:.60}",
+            help='e.g. `allow=["mypkg"]`',
+        )
+    )
+
+
+def _strings(argument: str, value: Any, expected: str) -> tuple[str, ...]:
+    """An argument that is a list of strings (a lone string is a mistake: it
+    would be read letter by letter)."""
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise _wrong_type(argument, value, f"a list of {expected}")
+    items = tuple(value)
+    if not all(isinstance(v, str) for v in items):
+        raise _wrong_type(argument, value, f"a list of {expected}")
+    return items
 
 
 def compile_collect(
@@ -105,7 +152,7 @@ def compile_collect(
         bad = _override_inputs(checker, list(inputs))
         if bad:
             raise UsageError(bad)
-    usage = [d for d in diagnostics if d.code == "E116"]
+    usage = [d for d in diagnostics if d.code in USAGE_CODES]
     if usage:
         raise UsageError(usage)
     if any(d.severity == "error" for d in diagnostics):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _ast as A
+from . import _limits as L
 from . import _names as N
 
 
@@ -37,11 +38,71 @@ class DTypeRef:
 
 
 class EvalError(Exception):
-    def __init__(self, message: str, span: A.Span, help: str | None = None):
+    """An expression that cannot be evaluated. `code` is the diagnostic code
+    when the problem has its own (a limit); otherwise the caller's (`E204`)."""
+
+    def __init__(
+        self, message: str, span: A.Span, help: str | None = None, code: str | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.span = span
         self.help = help
+        self.code = code
+
+    def code_or(self, default: str) -> str:
+        return self.code or default
+
+
+def _too_large(span: A.Span) -> EvalError:
+    return EvalError(
+        f"this number is too large (more than {L.MAX_INT_BITS} bits)",
+        span,
+        "no size, count or seed needs it; check the exponent",
+        code="E150",
+    )
+
+
+def _before(op: str, left: Any, right: Any, span: A.Span) -> None:
+    """Refuse an operation whose result would be too large, before computing it:
+    `9**9**9` would run for hours and `"a" * 10**10` allocate 10 GB."""
+    if op == "**" and isinstance(left, int) and isinstance(right, int):
+        if abs(left) > 1 and right > 0 and (abs(left).bit_length() - 1) * right > L.MAX_INT_BITS:
+            raise _too_large(span)
+    if op == "%" and isinstance(left, str):  # printf-style formatting: `"%.999999999f" % 1`
+        raise EvalError("cannot apply `%` to a string", span)
+    if op == "*":
+        for seq, n in ((left, right), (right, left)):
+            if isinstance(seq, (str, list)) and isinstance(n, int) and not isinstance(n, bool):
+                if len(seq) * n > L.MAX_SEQUENCE_LENGTH:
+                    raise _too_long(span)
+
+
+def _too_long(span: A.Span) -> EvalError:
+    return EvalError(
+        f"this string or list would have more than {L.MAX_SEQUENCE_LENGTH:,} elements",
+        span,
+        "a spec's strings and lists are short: constructor arguments, shapes",
+        code="E151",
+    )
+
+
+def _checked(value: Any, span: A.Span) -> Any:
+    """A computed value within the limits (finite, not too large, not too long)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value.bit_length() > L.MAX_INT_BITS:
+            raise _too_large(span)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise EvalError(
+                f"this gives `{value}`, not a finite number",
+                span,
+                "a spec's numbers stay below about `1.8e308`",
+                code="E150",
+            )
+    elif isinstance(value, (str, list)) and len(value) > L.MAX_SEQUENCE_LENGTH:
+        raise _too_long(span)
+    return value
 
 
 def _sqrt(x):
@@ -111,7 +172,7 @@ def evaluate(
     if isinstance(expr, A.Name):
         return lookup(expr, env)
     if isinstance(expr, A.ListExpr):
-        return [evaluate(item, env, call) for item in expr.items]
+        return _checked([evaluate(item, env, call) for item in expr.items], expr.span)
     if isinstance(expr, A.TupleExpr):
         raise EvalError(
             "a tuple is only a `shard` spec", expr.span, "write a list `[a, b]` for a value"
@@ -130,14 +191,24 @@ def evaluate(
             return evaluate(expr.left, env, call) or evaluate(expr.right, env, call)
         left = evaluate(expr.left, env, call)
         right = evaluate(expr.right, env, call)
+        _before(expr.op, left, right, expr.span)
         try:
-            return _BINARY[expr.op](left, right)
+            result = _BINARY[expr.op](left, right)
         except ZeroDivisionError:
             raise EvalError("division by zero", expr.span) from None
-        except (TypeError, OverflowError):
+        except OverflowError:
+            raise _too_large(expr.span) from None
+        except TypeError:
             raise EvalError(
                 f"cannot apply `{expr.op}` to {_kind(left)} and {_kind(right)}", expr.span
             ) from None
+        if isinstance(result, complex):  # `(-8) ** 0.5`
+            raise EvalError(
+                f"`{expr.op}` gives a complex number here",
+                expr.span,
+                "the base must not be negative",
+            )
+        return _checked(result, expr.span)
     if isinstance(expr, A.Conditional):
         branch = expr.then if evaluate(expr.test, env, call) else expr.orelse
         return evaluate(branch, env, call)
@@ -167,8 +238,10 @@ def evaluate(
                     f"`{expr.callee}` takes {arity} argument, not {len(args)}", expr.span
                 )
             try:
-                return _FUNCTIONS[expr.callee](*args)
-            except (ValueError, TypeError, OverflowError) as e:
+                return _checked(_FUNCTIONS[expr.callee](*args), expr.span)
+            except OverflowError:
+                raise _too_large(expr.span) from None
+            except (ValueError, TypeError) as e:
                 raise EvalError(str(e), expr.span) from None
         if call is None:
             raise EvalError(f"unknown function `{expr.callee}`", expr.callee_span)

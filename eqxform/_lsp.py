@@ -256,7 +256,8 @@ class Analyzer:
         """The model's structure, built once per `model` call (as evaluated), or
         why it cannot be built; and the call, which names it."""
         import equinox as eqx
-        import jax
+
+        from ._hashing import seed_key
 
         line = program.model_call.span.line
         try:
@@ -267,7 +268,7 @@ class Analyzer:
         cached = self._skeletons.get(key)
         if cached is None:
             try:
-                value: Any = eqx.filter_eval_shape(program.construct, jax.random.key(program.seed))
+                value: Any = eqx.filter_eval_shape(program.construct, seed_key(program.seed))
             except SpecError as e:
                 value = e
             while len(self._skeletons) >= self.MAX_SKELETONS:

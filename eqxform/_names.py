@@ -452,3 +452,60 @@ OPTIMIZERS = {
     "yogi": _sig("learning_rate", "b1?", "b2?", "eps?"),
     "novograd": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "weight_decay?"),
 }
+
+
+# What each argument of an initialiser, a wrapper, an optimiser and an action
+# must be, so that a wrong type is a diagnostic before JAX sees it. Kinds:
+# "real" (a number), "nonneg" (a number >= 0), "int", "bool", "dtype", or a
+# tuple of the strings allowed; a trailing "?" also allows `none`. Arguments
+# not listed (a user's initialiser, optax's `mask`) are passed as written.
+INITIALIZER_ARGS = {
+    "constant": {"value": "real"},
+    "normal": {"stddev": "nonneg"},
+    "truncated_normal": {"stddev": "nonneg", "lower": "real", "upper": "real"},
+    "trunc_normal": {"stddev": "nonneg", "lower": "real", "upper": "real"},
+    "uniform": {"scale": "real"},
+    "orthogonal": {"scale": "real", "column_axis": "int"},
+    "delta_orthogonal": {"scale": "real", "column_axis": "int"},
+    "variance_scaling": {
+        "scale": "nonneg",
+        "mode": ("fan_in", "fan_out", "fan_avg", "fan_geo_avg"),
+        "distribution": ("truncated_normal", "normal", "uniform"),
+    },
+}
+
+WRAPPER_ARGS = {"positive": {"minimum": "real"}}
+
+_OPTIMIZER_ARG_KINDS = {
+    "learning_rate": "nonneg",
+    "b1": "real",
+    "b2": "real",
+    "eps": "nonneg",
+    "eps_root": "nonneg",
+    "weight_decay": "nonneg",
+    "decay": "real",
+    "initial_scale": "real",
+    "initial_accumulator_value": "real",
+    "momentum": "real?",
+    "threshold": "real",
+    "nesterov": "bool",
+    "centered": "bool",
+    "eps_in_sqrt": "bool",
+    "bias_correction": "bool",
+    "mu_dtype": "dtype?",
+    "accumulator_dtype": "dtype?",
+}
+OPTIMIZER_ARGS = {
+    name: {p: _OPTIMIZER_ARG_KINDS[p] for p in sig.names if p in _OPTIMIZER_ARG_KINDS}
+    for name, sig in OPTIMIZERS.items()
+}
+
+ACTION_ARGS = {"scale": "real", "lr": "nonneg", "weight_decay": "nonneg"}
+
+# Integer arguments of the built-in constructors that drive a Python loop when
+# the model is built (and so when its skeleton is traced).
+LOOP_ARGS = {
+    "MLP": ("depth",),
+    "MLPChain": ("count", "depth"),
+    "Tower": ("depth",),
+}

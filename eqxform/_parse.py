@@ -10,12 +10,15 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import math
+import re
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import _ast as A
+from . import _limits as L
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 
@@ -91,14 +94,64 @@ def _span(node) -> A.Span:
     return A.Span(meta.line, meta.column, meta.end_line, meta.end_column)
 
 
+class _Refused(Exception):
+    """A statement the parser reads but refuses (a number too long, nesting too
+    deep): its diagnostic. The statement is left out, the others go on."""
+
+    def __init__(self, diagnostic: Diagnostic):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
 def _number(token: Token) -> A.Number:
     text = str(token)
+    span = _span(token)
+    digits = sum(c.isdigit() for c in text)
+    if digits > L.MAX_LITERAL_DIGITS:
+        raise _Refused(
+            Diagnostic(
+                "E011",
+                f"a number of {digits:,} digits is out of range",
+                span,
+                f"numbers in a spec have at most {L.MAX_LITERAL_DIGITS} digits; "
+                "write a large one as a power, e.g. `2**64`",
+            )
+        )
     value: int | float
     if any(c in text for c in ".eE"):
         value = float(text)
+        if math.isinf(value):
+            raise _Refused(
+                Diagnostic(
+                    "E011",
+                    f"`{_clip(text)}` is out of range",
+                    span,
+                    "the largest number a spec can hold is about `1.8e308`",
+                )
+            )
     else:
         value = int(text)
-    return A.Number(_span(token), value, text)
+    return A.Number(span, value, text)
+
+
+def _clip(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _whole(token: Token, what: str) -> int:
+    """A number that must be written as a whole number (an index, a slice
+    bound): `1.5` and `1e3` are refused, not rounded."""
+    number = _number(token)
+    if not isinstance(number.value, int):
+        raise _Refused(
+            Diagnostic(
+                "E013",
+                f"{what} must be a whole number, not `{_clip(number.text)}`",
+                number.span,
+                "write it without a point or an exponent, e.g. `layers[1]` or `layers[::2]`",
+            )
+        )
+    return number.value
 
 
 @v_args(meta=True)
@@ -242,7 +295,7 @@ class _ToAst(Transformer):
 
     def sint(self, meta, children):
         minus, number = children
-        value = int(_number(number).value)
+        value = _whole(number, "an index or a slice bound")
         return -value if minus is not None else value
 
     # ---- expressions
@@ -420,12 +473,10 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
             "!": "write `not` for negation; `!=` compares",
             "&": "write `and`",
         }
-        return Diagnostic(
-            "E002",
-            f"unexpected character `{char}`",
-            at(exc.column),
-            helps.get(char, "remove it, or quote it in a string"),
-        )
+        help = helps.get(char, "remove it, or quote it in a string")
+        if char.isdigit():  # a digit of another script: `٣`
+            help = "write numbers with the digits 0 to 9"
+        return Diagnostic("E002", f"unexpected character `{char}`", at(exc.column), help)
 
     assert isinstance(exc, UnexpectedToken)
     label = None
@@ -512,27 +563,30 @@ def parse_collect(
     The cache is left holding the lines of `text`.
     """
     source = A.Source(name, text)
+    diagnostics = _odd_breaks(text, source)
+    if diagnostics:
+        # One space for each: the other diagnostics keep their columns.
+        text = _ODD_BREAK.sub(" ", text)
     if cache is not None:
-        return _parse_lines(source, cache)
+        spec, more = _parse_lines(source, text, cache)
+        return spec, diagnostics + more
     if not text.endswith("\n"):
         text = text + "\n"
     try:
-        statements = _ToAst(source).transform(_parser().parse(text, start="start"))
-        return A.Spec(source, statements), []
-    except UnexpectedInput:
+        tree = _parser().parse(text, start="start")
+        return A.Spec(source, _transform(tree, source)), diagnostics
+    except (UnexpectedInput, _Refused):
         pass
-    except VisitError as exc:  # a transformer bug must not hide behind a parse error
-        raise exc.orig_exc from None
-
-    return _parse_lines(source, {})
+    spec, more = _parse_lines(source, text, {})
+    return spec, diagnostics + more
 
 
-def _parse_lines(source: A.Source, cache: dict) -> tuple[A.Spec, list[Diagnostic]]:
-    """Every line on its own (a statement is one line), through `cache`."""
+def _parse_lines(source: A.Source, text: str, cache: dict) -> tuple[A.Spec, list[Diagnostic]]:
+    """Every line of `text` on its own (a statement is one line), through `cache`."""
     statements: list[A.Stmt] = []
     diagnostics: list[Diagnostic] = []
     used: dict[tuple[int, str], tuple] = {}
-    for number, line in enumerate(source.text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         key = (number, line)
         found = cache.get(key)
         if found is None:
@@ -558,8 +612,85 @@ def _parse_line(source: A.Source, number: int, line: str) -> tuple[tuple, Diagno
         return (), _syntax_diagnostic(exc, line, number)
     _shift_lines(tree, number - 1)
     try:
-        return tuple(_ToAst(source).transform(tree)), None
+        return tuple(_transform(tree, source)), None
+    except _Refused as refused:
+        return (), refused.diagnostic
+
+
+# The characters that some editor or `str.splitlines` reads as a line break but
+# the grammar does not: a `\r` without its `\n`, the vertical tab, the
+# information separators, NEL, and the Unicode line and paragraph separators.
+# Within a comment they would hide the rest of a line from eqxform while an
+# editor shows it as code (or the reverse), so they are refused wherever they
+# are. A form feed is whitespace, as in Python; `\r\n` is a line break.
+_ODD_BREAK = re.compile("\r(?!\n)|[\x0b\x1c\x1d\x1e\x85\u2028\u2029]")
+
+_BREAK_NAMES = {
+    "\r": "a carriage return (`\\r`) without a line feed",
+    "\x0b": "a vertical tab (U+000B)",
+    "\x1c": "a file separator (U+001C)",
+    "\x1d": "a group separator (U+001D)",
+    "\x1e": "a record separator (U+001E)",
+    "\x85": "a next-line character (U+0085)",
+    "\u2028": "a line separator (U+2028)",
+    "\u2029": "a paragraph separator (U+2029)",
+}
+
+
+def _odd_breaks(text: str, source: A.Source) -> list[Diagnostic]:
+    """One diagnostic, at the first of the odd line breaks of `text` (a file
+    saved with old Mac line endings has thousands), noting how many there are."""
+    found = _ODD_BREAK.search(text)
+    if found is None:
+        return []
+    at = found.start()
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    more = len(_ODD_BREAK.findall(text)) - 1
+    return [
+        Diagnostic(
+            "E010",
+            f"{_BREAK_NAMES[found.group()]} in the text",
+            A.Span(line, column, line, column + 1),
+            "eqxform ends a line only at `\\n` (or `\\r\\n`), and editors disagree about "
+            "this character: remove it, or save the file with Unix line endings",
+            source,
+            notes=(f"{more} more in this text",) if more else (),
+        )
+    ]
+
+
+def _too_deep(tree: Tree) -> Tree | None:
+    """The first node nested deeper than `MAX_NESTING`, found without recursion."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > L.MAX_NESTING:
+            return node
+        stack.extend((c, depth + 1) for c in node.children if isinstance(c, Tree))
+    return None
+
+
+def _transform(tree: Tree, source: A.Source):
+    """Lark tree -> AST. The tree's depth is bounded first: the transformer, the
+    evaluator and the AST's equality all recurse once per level."""
+    deep = _too_deep(tree)
+    if deep is not None:
+        # Where the limit is crossed (the node of level `MAX_NESTING + 1`).
+        span = _span(deep) if not deep.meta.empty else _span(tree)
+        raise _Refused(
+            Diagnostic(
+                "E012",
+                f"this expression is nested more than {L.MAX_NESTING} levels deep",
+                span,
+                "split it with `let` names, e.g. `let a = ...` then `let b = a + ...`",
+            )
+        )
+    try:
+        return _ToAst(source).transform(tree)
     except VisitError as exc:
+        # A refused literal (`_Refused`) goes on as itself; so does any other
+        # exception, as a transformer bug must not hide behind a parse error.
         raise exc.orig_exc from None
 
 
@@ -579,11 +710,16 @@ def _shift_lines(tree: Tree, offset: int) -> None:
 def parse_expr(text: str, name: str = "<expr>") -> A.Expr:
     """Parse one expression (a `--set` value, a constructor call on the command line)."""
     source = A.Source(name, text)
+    odd = _odd_breaks(text, source)
+    if odd:
+        raise SpecError(odd)
     try:
         tree = _parser().parse(text, start="expr")
+        return _transform(tree, source)
     except UnexpectedInput as exc:
         raise SpecError(_syntax_diagnostic(exc, text, 1).with_source(source)) from None
-    return _ToAst(source).transform(tree)
+    except _Refused as refused:
+        raise SpecError(refused.diagnostic.with_source(source)) from None
 
 
 # ==== the token stream, for the formatter and the editors ===================

@@ -16,13 +16,18 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from . import _names as N
+from ._build import budget_diagnostic, nbytes
+from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import SpecError
+from ._hashing import seed_key
 from ._modules import Frozen, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import output_shape
 from ._select import (
+    evaluate_at,
     get,
     is_array,
     is_index,
@@ -358,7 +363,7 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
 
 
 def make_plan(program, model=None, mesh=None) -> Plan:
-    key = jax.random.key(program.seed)
+    key = seed_key(program.seed)
     try:
         placer = program.placer(mesh)
     except SpecError as e:
@@ -369,6 +374,17 @@ def make_plan(program, model=None, mesh=None) -> Plan:
     structs = program.input_structs()
     ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
     start = _params(struct)
+    if model is None and program.model_call is not None:
+        # The spec's own model: it is built for real by `apply`.
+        too_large = budget_diagnostic(
+            nbytes(struct),
+            f"`{program.model_call.callee}(...)`",
+            program.model_call.span,
+            program.source,
+        )
+        if too_large is not None:
+            diagnostics.append(too_large)
+    over_budget = False
     steps, history = [], []  # history: (pass, subject after it)
     for p in program.passes:
         if isinstance(p, PlacePass):
@@ -380,6 +396,13 @@ def make_plan(program, model=None, mesh=None) -> Plan:
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
+        if not over_budget and nbytes(new) > nbytes(struct):
+            too_large = budget_diagnostic(
+                nbytes(new), "the model after this line", p.stmt.span, program.source
+            )
+            if too_large is not None:
+                diagnostics.append(too_large)
+                over_budget = True
         steps.append(step_of(p, nodes, split_state(new)[0], before, _params(new)))
         struct = new
         history.append((p, new))
@@ -671,6 +694,14 @@ def finish(program, start, struct, history):
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
+        try:
+            for leaf in matched_arrays(
+                nodes, group.action.name, group.rule.selector, program.source
+            ):
+                group_value(program, group.action, leaf)
+        except SpecError as e:
+            diagnostics.extend(e.diagnostics)
+            continue
         label = program.source.line(group.action.span.line)[
             group.action.span.column - 1 : group.action.span.end_column - 1
         ]
@@ -708,6 +739,22 @@ def finish(program, start, struct, history):
         if problem is not None:
             diagnostics.append(_locate_break(program, start, structs, history, problem))
     return steps, diagnostics, output
+
+
+def group_value(program, action, leaf) -> float:
+    """The number an `lr` or `weight_decay` rule gives one matched array."""
+    value = evaluate_at(action.arg, leaf, program.env, program.source)
+    bad = argument_diagnostic(
+        f"`{action.name}`",
+        value,
+        N.ACTION_ARGS[action.name],
+        action.arg.span,
+        program.source,
+        f" at `{leaf.text}`",
+    )
+    if bad is not None:
+        raise SpecError(bad)
+    return float(value)
 
 
 def _locate_break(program, start, structs, history, problem) -> Diagnostic:

@@ -39,8 +39,10 @@ from jax.sharding import Mesh
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
+from ._check import check_seed
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
+from ._hashing import seed_key
 from ._mesh import MeshSpec, as_mesh_spec
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
@@ -184,8 +186,8 @@ class Program:
 
     def build_model(self, key=None, *, seed: int | None = None):
         """The `model` directive's model, built from `key` (default: the seed)."""
-        seed = self.seed if seed is None else seed
-        model = self.construct(jax.random.key(seed) if key is None else key)
+        seed = self.seed if seed is None else check_seed(seed)
+        model = self.construct(seed_key(seed) if key is None else check_key(key))
         if self.model_call is not None:
             remember(model, self.base_recipe(seed if key is None else None))
         return model
@@ -208,10 +210,9 @@ class Program:
         not fit the model (a selector that matches nothing, say). The result
         keeps the recipe of `model`, extended by this spec.
         """
-        seed = self.seed if seed is None else seed
+        seed = self.seed if seed is None else check_seed(seed)
         recorded_seed = seed if key is None else None
-        if key is None:
-            key = jax.random.key(seed)
+        key = seed_key(seed) if key is None else check_key(key)
         if model is None:
             model = self.construct(key)
             recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
@@ -279,8 +280,8 @@ class Program:
         """The compiled run of `apply` on a mesh, lowered and not run: a
         `jax.stages.Lowered`, whose `.compile().memory_analysis()` says how
         many bytes each device needs to build the model. For measuring."""
-        seed = self.seed if seed is None else seed
-        key = jax.random.key(seed) if key is None else key
+        seed = self.seed if seed is None else check_seed(seed)
+        key = seed_key(seed) if key is None else check_key(key)
         placer = self.placer(mesh)
         if placer is None:
             placer = self.placer({"data": 1})
@@ -303,6 +304,33 @@ class Program:
         per device.
         """
         return make_plan(self, model, mesh)
+
+
+def check_key(key: Any) -> Any:
+    """A key given to the API: a `jax.random.key` (or a legacy `PRNGKey`)."""
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    try:
+        typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    except TypeError:
+        typed = False
+    legacy = dtype is not None and str(dtype) == "uint32" and tuple(shape) == (2,)
+    if (typed and shape == ()) or legacy:
+        return key
+    raise UsageError(
+        Diagnostic(
+            "E433",
+            f"`key` must be one `jax.random.key`, not {_what(key)}",
+            help="e.g. `key=jax.random.key(0)`, or pass `seed=0` instead",
+        )
+    )
+
+
+def _what(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"an array of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
+    return f"a `{type(value).__name__}`"
 
 
 def _warn(diagnostic: Diagnostic) -> None:

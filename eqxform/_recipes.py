@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, render_call
-from ._check import Checker
+from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
@@ -42,6 +42,7 @@ from ._files import (
     write_stream,
 )
 from ._files import atomic_write as atomic_write
+from ._hashing import seed_key
 from ._mesh import as_mesh
 from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
 from ._parse import parse_expr
@@ -549,6 +550,7 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
             )
         )
     allow = allowed(allow)
+    seed = check_seed(seed)
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):
@@ -564,7 +566,7 @@ def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
     if checker.diagnostics:
         raise SpecError(checker.diagnostics)
     allow = tuple(allow)
-    key = jax.random.fold_in(jax.random.key(seed), MODEL_TAG)
+    key = jax.random.fold_in(seed_key(seed), MODEL_TAG)
     model = build(call, {}, key, source, allow)
     recipe = Recipe(
         call=call,
@@ -737,7 +739,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
         if diagnostics:
             raise ModelFileError(diagnostics)
         seed = entry.get("seed")
-        key = jax.random.key(program.seed if seed is None else seed)
+        key = seed_key(program.seed if seed is None else seed)
         try:
             model = program.run(
                 model, key, Context(allow=allow, base=None if recipe is None else recipe.build)

@@ -4,10 +4,12 @@ values and `--params` YAML files. No JAX, no compiler."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from . import _ast as A
+from . import _limits as L
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
 from ._expr import EvalError, evaluate
@@ -15,9 +17,47 @@ from ._parse import parse_expr
 
 
 def is_spec_path(spec: Any) -> bool:
-    """Is `spec` a path (rather than the text of a spec)?"""
-    return isinstance(spec, os.PathLike) or (
-        isinstance(spec, str) and "\n" not in spec and spec.endswith(".eqx")
+    """Is `spec` a path (rather than the text of a spec)?
+
+    A path object is; so is a string of one line that names a file, ends in
+    `.eqx`, or looks like a path (no spaces, a `/` or `\\`, or a file
+    extension). A statement always has a space after its first word, so no
+    spec text looks like that; and a path that does not exist is reported as
+    a missing file, not parsed as a spec.
+    """
+    if isinstance(spec, os.PathLike):
+        return True
+    if not isinstance(spec, str) or "\n" in spec or not spec.strip():
+        return False
+    if spec.endswith(".eqx") or _looks_like_path(spec):
+        return True
+    try:
+        return os.path.isfile(spec)
+    except (OSError, ValueError):  # a name the system cannot take
+        return False
+
+
+def _looks_like_path(text: str) -> bool:
+    if any(c.isspace() for c in text) or text.startswith("#"):
+        return False
+    return (
+        "/" in text or "\\" in text or re.search(r"\.[A-Za-z][A-Za-z0-9]{0,5}$", text) is not None
+    )
+
+
+def parse_seed(text: str | None, option: str = "--seed") -> int | None:
+    """A `--seed` value: a whole number from 0 to 2**64 - 1, in decimal digits."""
+    if text is None:
+        return None
+    digits = text.strip()
+    if re.fullmatch(r"[0-9]{1,20}", digits) and int(digits) <= L.MAX_SEED:
+        return int(digits)
+    raise UsageError(
+        Diagnostic(
+            "E430",
+            f"`{option} {text}` is not a whole number from 0 to 2**64 - 1",
+            help=f"write it in decimal digits, e.g. `{option} 0`",
+        )
     )
 
 
@@ -38,7 +78,17 @@ def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, st
         data = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(
-            Diagnostic("E401", f"spec file `{path}` does not exist", file=str(path))
+            Diagnostic(
+                "E401",
+                f"spec file `{path}` does not exist",
+                file=str(path),
+                help="this argument is read as the path of a spec file"
+                + ("" if isinstance(spec, os.PathLike) else "; spec text has a line break"),
+            )
+        ) from None
+    except IsADirectoryError:
+        raise UsageError(
+            Diagnostic("E401", f"`{path}` is a folder, not a spec file", file=str(path))
         ) from None
     except OSError as e:
         raise UsageError(
@@ -81,7 +131,11 @@ def parse_value(text: str, name: str) -> Any:
         raise UsageError(e.diagnostics) from None
     try:
         return evaluate(expr, {})
-    except EvalError:
+    except EvalError as e:
+        if e.code is not None:  # a limit: `--set x=9**9**9`
+            raise UsageError(
+                Diagnostic(e.code, f"`--set {name}`: {e.message}", help=e.help)
+            ) from None
         # A bare word is a string (`--set act=gelu` means the function `gelu`
         # through the evaluator; anything else stays text).
         if isinstance(expr, A.Name):

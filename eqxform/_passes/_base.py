@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
+import jax
 
 from .. import _ast as A
+from .._build import budget_diagnostic, nbytes
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
 from .._modules import join_state, restate, split_state
@@ -107,13 +109,30 @@ class Pass:
             return self.run(model, key, ctx, nodes)
         return join_state(*self.run_stateful(model, state, key, ctx, nodes))
 
+    # Can the pass make the model larger (an ensemble, a stack of copies)? Then
+    # its result is measured on shapes before it allocates anything.
+    grows = False
+
     def __call__(self, subject: Any, key: Any, ctx: Context = Context()) -> Any:
         """The pass on a model, or on a stateful model's `(model, state)`."""
-        return self.run_on(subject, key, ctx, self.select(split_state(subject)[0], ctx))
+        nodes = self.select(split_state(subject)[0], ctx)
+        if self.grows and not _traced(subject):
+            after = eqx.filter_eval_shape(lambda m, k: self.run_on(m, k, ctx, nodes), subject, key)
+            bad = budget_diagnostic(
+                nbytes(after), "the model after this line", self.stmt.span, self.source
+            )
+            if bad is not None and nbytes(after) > nbytes(subject):
+                raise SpecError(bad)
+        return self.run_on(subject, key, ctx, nodes)
 
     # ---- helpers
     def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
         return SpecError(Diagnostic(code, message, span, help, self.source))
+
+
+def _traced(subject: Any) -> bool:
+    """Is `subject` being traced (built per member, planned), not run for real?"""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(subject))
 
 
 def replace_at(model: Any, paths: list, values: list[Any]) -> Any:

@@ -180,7 +180,9 @@ def _default_draw(module: Any, field: str, node: Node, key, shape, dtype):
     of `shape`; None for a leaf Equinox initialises to a constant (norms) or
     of a layer type it does not know."""
     if _is_a(module, "Linear", "Conv", "ConvTranspose") and field in ("weight", "bias"):
-        lim = 1 / math.sqrt(fans(node)[0])
+        # As Equinox: a layer with no inputs draws from [-1, 1].
+        fan_in = fans(node)[0]
+        lim = 1.0 if fan_in == 0 else 1 / math.sqrt(fan_in)
         return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
     if _is_a(module, "GRUCell", "LSTMCell") and field in (
         "weight_ih",
@@ -188,7 +190,7 @@ def _default_draw(module: Any, field: str, node: Node, key, shape, dtype):
         "bias",
         "bias_n",
     ):
-        lim = 1 / math.sqrt(module.hidden_size)
+        lim = 1.0 if module.hidden_size == 0 else 1 / math.sqrt(module.hidden_size)
         return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
     if _is_a(module, "Embedding") and field == "weight":
         return jax.random.normal(key, shape, dtype)
@@ -240,6 +242,8 @@ def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list[str]]:
 
 
 class StackPass(StructPass):
+    grows = True
+
     @property
     def options(self) -> dict[str, Any]:
         return {o.name: o.value for o in self.stmt.options}
@@ -482,6 +486,7 @@ class EnsemblePass(StructPass):
 
     count: int = 1
     before: tuple[Pass, ...] = ()
+    grows = True
 
     def select(self, model, ctx):
         if isinstance(model, Ensemble):

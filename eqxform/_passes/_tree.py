@@ -20,6 +20,8 @@ import numpy as np
 from .. import _ast as A
 from .. import _registry as R
 from .._build import build, to_python
+from .._check import argument_diagnostic, argument_kinds, as_argument
+from .._errors import SpecError
 from .._expr import FunctionRef
 from .._expr import walk as walk_expr
 from .._hashing import stable_hash
@@ -61,6 +63,30 @@ class RulePass(Pass):
 
     def eval(self, expr: A.Expr, node: Node | None = None, ctx: dict | None = None) -> Any:
         return evaluate_at(expr, node, self.env, self.source, ctx)
+
+    def argument(self, what: str, expr: A.Expr, kind, node: Node, ctx: dict | None = None) -> Any:
+        """An argument evaluated at a match and checked against its kind (the
+        checker has checked those that need no match); numbers come as floats."""
+        value = self.eval(expr, node, ctx)
+        bad = argument_diagnostic(what, value, kind, expr.span, self.source, f" at `{node.text}`")
+        if bad is not None:
+            raise SpecError(bad)
+        return as_argument(value, kind)
+
+    def in_range(self, what: str, value: Any, expr: A.Expr, node: Node, dtype) -> None:
+        """A number an array of `dtype` cannot hold (`scale 1e300` on float32) is
+        refused: JAX would silently make it infinite."""
+        if not isinstance(value, float) or not np.issubdtype(dtype, np.inexact):
+            return
+        limit = float(jnp.finfo(dtype).max)
+        if abs(value) > limit:
+            raise self.error(
+                "E153",
+                f"{what} is `{value:g}`, beyond the range of {np.dtype(dtype).name} "
+                f"(`{limit:g}`) at `{node.text}`",
+                expr.span,
+                "use a smaller number, or `cast float64` first",
+            )
 
     # Actions that can act on some layers of a stack (the others need whole arrays).
     PER_LAYER = ("init", "scale", "freeze")
@@ -140,12 +166,16 @@ class InitPass(RulePass):
             kwargs = cache.get(memo) if memo is not None else None
             if kwargs is None:
                 ctx_values = context(leaf)
-                kwargs = tuple(
-                    sorted(
-                        (a.name or positional[i], to_python(self.eval(a.value, leaf, ctx_values)))
-                        for i, a in enumerate(args)
-                    )
-                )
+                kinds = argument_kinds("initialiser", name)
+                found = {}
+                for i, a in enumerate(args):
+                    param = a.name or positional[i]
+                    what = f"`{param}` of `{name}`"
+                    value = self.argument(what, a.value, kinds.get(param), leaf, ctx_values)
+                    if kinds.get(param) in ("real", "nonneg"):
+                        self.in_range(what, value, a.value, leaf, dtype)
+                    found[param] = to_python(value)
+                kwargs = tuple(sorted(found.items()))
                 if memo is not None:
                     cache[memo] = kwargs
             groups.setdefault((shape, dtype, kwargs), []).append(leaf)
@@ -154,7 +184,7 @@ class InitPass(RulePass):
             for member in members:
                 try:
                     value = self.draw_leaf(model, name, kwargs, shape, dtype, key, member)
-                except (TypeError, ValueError) as e:
+                except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError) as e:
                     raise self.error(
                         "E209",
                         f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
@@ -221,6 +251,9 @@ class ScalePass(RulePass):
                     f"`scale` needs a number, but this gives `{factor}` at `{leaf.text}`",
                     self.action.arg.span,
                 )
+            # A float: `3000000000` as a Python int would not fit JAX's int32.
+            factor = float(factor)
+            self.in_range("`scale`", factor, self.action.arg, leaf, leaf.obj.dtype)
             current = get(model, leaf.path)
             if leaf.layers is not None:
                 ids = jnp.asarray(sorted(leaf.layers))
@@ -254,11 +287,15 @@ class WrapPass(RulePass):
                     "wrap before the `stack`/`ensemble` line",
                 )
         values = []
+        kinds = argument_kinds("wrapper", name)
         for node in nodes:
-            kwargs = {
-                (a.name or positional[i]): to_python(self.eval(a.value, node))
-                for i, a in enumerate(args)
-            }
+            kwargs = {}
+            for i, a in enumerate(args):
+                param = a.name or positional[i]
+                value = self.argument(f"`{param}` of `{name}`", a.value, kinds.get(param), node)
+                if kinds.get(param) in ("real", "nonneg") and is_array(node.obj):
+                    self.in_range(f"`{param}` of `{name}`", value, a.value, node, node.obj.dtype)
+                kwargs[param] = to_python(value)
             try:
                 values.append(cls(get(model, node.path), **kwargs))
             except (ValueError, TypeError) as e:

@@ -26,9 +26,9 @@ from .._build import to_python
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
 from .._modules import Frozen
+from .._plan import group_value
 from .._select import (
     array_leaves,
-    evaluate_at,
     matched_arrays,
     select_rule,
     stack_axis,
@@ -97,7 +97,7 @@ def groups(program, model) -> dict[tuple, Setting]:
         rule, action = group.rule, group.action
         nodes = select_rule(rule, model, program.env, program.source)
         for leaf in matched_arrays(nodes, action.name, rule.selector, program.source):
-            value = float(evaluate_at(action.arg, leaf, program.env, program.source))
+            value = group_value(program, action, leaf)
             setting = out.get(leaf.path, Setting())
             field = "scale" if action.name == "lr" else "decay"
             if leaf.layers is None and setting.axis is None:
