@@ -246,10 +246,9 @@ def main() -> None:
             print(json.dumps(ensemble(int(rest[0]))))
         return
 
+    import jax
     from rich.console import Console
     from rich.table import Table
-
-    import jax
 
     repeats = 5 if args.quick else 15
     compiled = {k: _subprocess("compile", k) for k in ("unstacked", "stack", "hand")}
