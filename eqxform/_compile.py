@@ -156,6 +156,9 @@ def compile_collect(
     if usage:
         raise UsageError(usage)
     if any(d.severity == "error" for d in diagnostics):
+        # A `let` seems unused when the line that used it failed to parse:
+        # dead text is worth a warning only once the spec has no errors.
+        diagnostics = [d for d in diagnostics if d.code != "W205"]
         return None, sorted(diagnostics, key=_position)
     # Warnings do not stop the compiler: the program carries them, and its
     # plan reports them with its own.

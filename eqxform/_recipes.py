@@ -372,6 +372,7 @@ def load(
     **Returns:** the model, its structure rebuilt from the recipe and every
     tensor checked against it (names, shapes, dtypes).
     """
+    allow = allowed(allow)  # a usage error before the file is touched
     if base is not None:
         return load_adapters(path, base, allow=allow)
     info = adapter_info(read_header(path))
@@ -384,7 +385,7 @@ def load(
                 help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
             )
         )
-    header, recipe, skel = skeleton(path, allowed(allow), like)
+    header, recipe, skel = skeleton(path, allow, like)
     shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
     model = fill(header, skel, shardings)
     remember(model, recipe)

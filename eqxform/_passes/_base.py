@@ -12,7 +12,7 @@ constructor that rebuilds ensemble members and the device mesh travel in the
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import equinox as eqx
@@ -117,7 +117,12 @@ class Pass:
         """The pass on a model, or on a stateful model's `(model, state)`."""
         nodes = self.select(split_state(subject)[0], ctx)
         if self.grows and not _traced(subject):
-            after = eqx.filter_eval_shape(lambda m, k: self.run_on(m, k, ctx, nodes), subject, key)
+            # Shapes only: the forward check of a stack needs values, and the
+            # warnings are issued once, by the run below.
+            shaped = replace(ctx, verify=False, report=None)
+            after = eqx.filter_eval_shape(
+                lambda m, k: self.run_on(m, k, shaped, nodes), subject, key
+            )
             bad = budget_diagnostic(
                 nbytes(after), "the model after this line", self.stmt.span, self.source
             )
