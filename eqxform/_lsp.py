@@ -96,14 +96,6 @@ _KEYWORD_TOKENS = {
     "NOT": "not",
     "OVER": "over",
 }
-_KEYWORD_TOKENS = {
-    "IF": "if",
-    "ELSE": "else",
-    "EXPECT": "expect",
-    "AND": "and",
-    "OR": "or",
-    "NOT": "not",
-}
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
     "error": T.DiagnosticSeverity.Error,

@@ -30,11 +30,10 @@ from ._select import (
     evaluate_at,
     get,
     is_array,
-    is_index,
     matched_arrays,
     node_at,
+    path_str,
     select_rule,
-    step_name,
     walk,
 )
 
@@ -487,17 +486,9 @@ def logical_path(node) -> str:
     """`layers[0].weight`, as selectors write it, for a node inside wrappers
     too: a frozen or wrapped weight is the same weight (`Frozen.value` is
     left out), so that rules before and after a `freeze` name one array."""
-    out = ""
-    for k, key in enumerate(node.path):
-        parent = node.parents[k] if k < len(node.parents) else None
-        if parent is not None and (batched(parent) or isinstance(parent, Wrapper)):
-            continue
-        value = step_name(key)
-        if is_index(key):
-            out += f"[{value}]"
-        else:
-            out += ("." if out else "") + str(value)
-    return out or "<root>"
+    return path_str(
+        node.path, node.parents, lambda parent: batched(parent) or isinstance(parent, Wrapper)
+    )
 
 
 # ---- match accounting --------------------------------------------------------------
@@ -567,16 +558,12 @@ def overwritten(steps, source) -> list[Diagnostic]:
             elif not alive:
                 by = sorted({k.line for ks in killers.values() for k in ks})
                 diagnostics.append(
-                    Diagnostic(
-                        "W202",
-                        f"every match of this rule's `{step.action}` is overwritten by "
-                        + _lines(by)
-                        + f" ({_count(len(step.writes), 'match')})",
-                        step.span,
+                    _overwritten(
+                        step,
+                        by,
                         "remove this action, or move it below the rules that overwrite it "
                         "(a later `init` draws anew, a `replace` discards the module)",
                         source,
-                        severity="warning",
                     )
                 )
         live.clear()
@@ -625,18 +612,28 @@ def overwritten(steps, source) -> list[Diagnostic]:
             alive = kept
         if step.writes and not alive:
             diagnostics.append(
-                Diagnostic(
-                    "W202",
-                    f"every match of this rule's `{step.action}` is overwritten by "
-                    + _lines(by)
-                    + f" ({_count(len(step.writes), 'match')})",
-                    step.span,
+                _overwritten(
+                    step,
+                    by,
                     f"remove this action: the later `{step.kind}` sets these parameters",
                     source,
-                    severity="warning",
                 )
             )
     return diagnostics
+
+
+def _overwritten(step, by, help: str, source) -> Diagnostic:
+    """W202: every match of `step`'s action is overwritten by the lines `by`."""
+    return Diagnostic(
+        "W202",
+        f"every match of this rule's `{step.action}` is overwritten by "
+        + _lines(by)
+        + f" ({_count(len(step.writes), 'match')})",
+        step.span,
+        help,
+        source,
+        severity="warning",
+    )
 
 
 def _roots(steps) -> list[str]:

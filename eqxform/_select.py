@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -139,13 +139,15 @@ def layout_ndim(node: Node) -> int | None:
     return None
 
 
-def path_str(path: Path, parents: tuple[Any, ...] = ()) -> str:
-    """`layers[0].weight`, as selectors write it; the field of a stack or
-    ensemble that holds the stacked layers is left out, as selectors see
-    through it."""
+def path_str(
+    path: Path, parents: tuple[Any, ...] = (), skip: Callable[[Any], bool] = batched
+) -> str:
+    """`layers[0].weight`, as selectors write it; the step out of a parent
+    that `skip` names is left out: by default the field of a stack or
+    ensemble that holds the stacked layers, as selectors see through it."""
     out = ""
     for k, key in enumerate(path):
-        if k < len(parents) and batched(parents[k]):
+        if k < len(parents) and skip(parents[k]):
             continue
         value = step_name(key)
         if is_index(key):
