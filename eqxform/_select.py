@@ -612,15 +612,13 @@ def evaluate_at(
 
 
 def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:
-    near = nearest_paths(selector, nodes)
+    hint = did_you_mean(selector.text, nearest_paths(selector, nodes))
     return SpecError(
         Diagnostic(
             "E201",
             f"`{selector.text}` matches nothing in the model",
             selector.span,
-            (did_you_mean(selector.text, near) or "")
-            + (" " if near else "")
-            + "(`eqxform show MODEL` lists every path)",
+            (f"{hint} " if hint else "") + "(`eqxform show MODEL` lists every path)",
             source,
         )
     )
