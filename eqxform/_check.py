@@ -574,7 +574,7 @@ class Checker:
                         option.span,
                         "e.g. `stack blocks scan 12`",
                     )
-            elif option.name in ("remat", "layerwise"):
+            elif option.name in N.STACK_OPTIONS and option.name not in N.STACK_NUMBERED:
                 if option.value is not None:
                     self.error(
                         "E136",
@@ -602,8 +602,12 @@ class Checker:
                     "E136",
                     f"unknown stack option `{option.name}`",
                     option.span,
-                    (did_you_mean(option.name, ("remat", "unroll", "layerwise")) or "")
-                    + " options are a count, `remat`, `unroll K`, `layerwise` and `over AXIS`",
+                    (did_you_mean(option.name, N.STACK_OPTIONS) or "")
+                    + " options are a count, "
+                    + ", ".join(
+                        f"`{o} K`" if o in N.STACK_NUMBERED else f"`{o}`" for o in N.STACK_OPTIONS
+                    )
+                    + " and `over AXIS`",
                 )
 
     def check_InputStmt(self, stmt: A.InputStmt):

@@ -356,7 +356,9 @@ CODES: dict[str, Code] = {
         _c(
             "E130",
             "stack of one module without a count",
-            "`stack` on a single module makes copies of it, and needs to know how many.",
+            "`stack` on a single module makes copies of it, and needs to know how many. (A "
+            "module built pre-stacked, whose arrays carry a leading layer axis of the layer "
+            "types Equinox knows, is taken as it is, with no count.)",
             "stack mlps scan",
             "write the count: `stack mlps scan 10`.",
         ),
@@ -372,7 +374,8 @@ CODES: dict[str, Code] = {
         _c(
             "E132",
             "stack count differs",
-            "The count on a `stack` line differs from the number of layers it found.",
+            "The count on a `stack` line differs from the number of layers it found (for a "
+            "module built pre-stacked: the length of its layer axis).",
             "stack blocks scan 7",
             "write the number found, or leave the count out.",
         ),
@@ -401,7 +404,8 @@ CODES: dict[str, Code] = {
         _c(
             "E136",
             "bad stack option",
-            "A `stack` line takes a count, `remat` and `unroll K`.",
+            "A `stack` line takes a count, `remat`, `unroll K`, `layerwise`, `copies` and "
+            "`over AXIS`.",
             "stack blocks scan unrol 2",
             "use the options as written in the help line.",
         ),
@@ -752,6 +756,16 @@ CODES: dict[str, Code] = {
             "use the name (`in_features=width`), or remove the `let`.",
         ),
         _c(
+            "W210",
+            "copies of a stack",
+            "`stack PATH scan N copies` makes N copies of a module whose arrays already carry "
+            "a layer axis (built with `eqx.filter_vmap`, as esm2quinox's layers are): the "
+            "model gets N times that many layers and parameters.",
+            "stack layers scan 4 copies   # where layers holds 4 layers already",
+            "leave out the count and `copies` to take the module's own layers as a stack: "
+            "`stack layers scan`.",
+        ),
+        _c(
             "E220",
             "adapter on something that is no `Linear` or 2-D weight",
             "`lora` and `ia3` adapt a `Linear` (any module whose `weight` is `(out, in)` and "
@@ -828,6 +842,19 @@ CODES: dict[str, Code] = {
             "of a stack or ensemble around the array) uses one twice.",
             "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
             "use each mesh axis once per array.",
+        ),
+        _c(
+            "E235",
+            "stacked layers change what they pass on",
+            "A `scan` stack feeds each layer's output to the next layer as its input, so "
+            "each layer must return a value of the structure, shapes and dtypes it takes. "
+            "Layers that return more (a cache beside the hidden state, as Megalodon's do) or "
+            "something else cannot be scanned. With `input` lines, `check`, `plan` and "
+            "`apply` report it at the `stack` line; without them, the stacked model's first "
+            "call raises it.",
+            "stack model.layers scan   # where each layer returns (x, cache)",
+            "add `layerwise` to the `stack` line (the parent's own loop then calls each "
+            "layer in turn), or leave the layers unstacked.",
         ),
         _c(
             "E301",
@@ -1191,6 +1218,28 @@ CODES: dict[str, Code] = {
             "of strings, `name` a string.",
             'eqxform.compile("spec.eqx", params=[("width", 8)])',
             'pass the documented type, e.g. `params={"width": 8}`.',
+        ),
+        _c(
+            "E436",
+            "state made for another model",
+            "A stacked model was called with an `eqx.nn.State` that holds no value for the "
+            "stack's layers, in neither the stack's form nor the per-layer form of the model "
+            "before `stack`: it belongs to another model.",
+            "model, state = eqx.nn.make_with_state(Other)(key=key)\nstacked(x, state)",
+            "apply the spec to the model and its state together, "
+            "`model, state = program.apply((model, state))`, or make the state from the new "
+            "model: `state = eqx.nn.State(model)`.",
+        ),
+        _c(
+            "E437",
+            "model called with unresolved wrappers",
+            "`freeze`, `wrap` and the weight-level adapters put a wrapper where an array was; "
+            "`eqxform.resolve(model)` turns each back into its array (a frozen one under "
+            "`stop_gradient`) and belongs where the model is called, inside `jit`/`grad`. A "
+            "model called without it hands a wrapper to JAX.",
+            "model = program.apply(model)   # with `where ** -> freeze`\nmodel(x)",
+            "call `eqxform.resolve(model)(x)` inside your jit/grad, or make a plain model with "
+            "`where ** -> unwrap` or `eqxform.bake(model)`.",
         ),
         _c(
             "E465",

@@ -16,8 +16,9 @@ DIRECTIVES = {
     "where": "`where SELECTOR [if EXPR] [expect N] -> ACTION, ...`: a rule",
     "optimizer": "`optimizer NAME(ARGS)`: the base optax optimiser for training",
     "ensemble": "`ensemble N [over AXIS]`: N members with a leading member axis",
-    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K] [over AXIS]`: identical layers as "
-    "one stacked module",
+    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K] [layerwise] [over AXIS]`: identical "
+    "layers as one stacked module; a module built pre-stacked (a leading layer axis) is taken "
+    "as it is",
     "unstack": "`unstack PATH`: a stacked module back into its layers",
     "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules (`-1`: the devices left over)",
     "input": "`input DTYPE[SHAPE]`: the model's input, to check the forward pass",
@@ -128,6 +129,8 @@ KEYWORDS = {
     "unroll": "`stack ... unroll K`: K layers per step of the scan",
     "layerwise": "`stack ... layerwise`: iterating the stack gives each layer (for a parent "
     "that loops over it in Python)",
+    "copies": "`stack PATH scan N copies`: N copies of a module that carries a layer axis "
+    "already (without `copies`, `stack` takes its layers as they are)",
     "except": "`SELECTOR except SELECTOR`: what the first matches and the second does not",
     "over": "`stack ... over AXIS`, `ensemble N over AXIS`: the leading axis split over a "
     "mesh axis",

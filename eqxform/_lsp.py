@@ -819,7 +819,7 @@ class _Completer:
                 return []
             if not any(t.text in ("scan", "vmap") for t in rest):
                 return self.selector(rest, after=["scan", "vmap"])
-            return [_item(w, _K.Keyword, D.KEYWORDS[w]) for w in ("remat", "unroll")]
+            return [_item(w, _K.Keyword, D.KEYWORDS[w]) for w in N.STACK_OPTIONS]
         if head == "MODEL":
             return self.call_or(rest, self.constructors, "constructor")
         if head == "OPTIMIZER":

@@ -396,6 +396,11 @@ OPTIMIZER_ACTIONS = ("lr", "weight_decay")
 # Actions that place arrays on the device mesh, not change them.
 PLACEMENT_ACTIONS = ("shard",)
 
+# The words a `stack` line takes after its mode (besides a count and `over AXIS`),
+# and those of them that take a number.
+STACK_OPTIONS = ("remat", "unroll", "layerwise", "copies")
+STACK_NUMBERED = ("unroll",)
+
 # Built-in wrappers (`wrap NAME(ARGS)`); users add theirs with
 # `eqxform.register_wrapper`.
 WRAPPERS = {

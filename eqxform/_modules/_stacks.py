@@ -23,7 +23,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._wrappers import resolve
+from ._wrappers import Wrapper, resolve
 
 State = eqx.nn.State
 StateIndex = eqx.nn.StateIndex
@@ -83,6 +83,103 @@ def _substate(state: State, module: Any) -> tuple[list, Any]:
     return leaves, treedef
 
 
+def _has_layout(x: Any) -> bool:
+    return isinstance(x, (eqx.nn.Linear, eqx.nn.Embedding, eqx.nn.Conv, eqx.nn.ConvTranspose))
+
+
+def _layout(module: Any) -> int:
+    """The number of axes of one layer's `weight` of a `_has_layout` module."""
+    if isinstance(module, (eqx.nn.Conv, eqx.nn.ConvTranspose)):
+        return module.num_spatial_dims + 2
+    return 2
+
+
+def plain_error(code: str, message: str, help: str) -> Exception:
+    """The error a stack raises when it is called in a way it cannot run, made
+    by the `error` its builder gave it (eqxform's passes give one that makes an
+    `EqxformError`); this default makes a `TypeError` with the same text."""
+    return TypeError(f"error[{code}]: {message}\n  = help: {help}")
+
+
+_CARRY_HELP = (
+    "a `scan` stack feeds each layer's output to the next, so a layer must return "
+    "what it takes; add `layerwise` to the `stack` line (the parent's loop then "
+    "calls each layer in turn), or `unstack` it"
+)
+
+
+def _shape_text(tree: Any) -> str:
+    """A value's structure in a line: `f32[16,64]`, `(f32[16,64], Cache)`."""
+    if isinstance(tree, jax.ShapeDtypeStruct) or eqx.is_array(tree):
+        name = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(
+            str(tree.dtype), str(tree.dtype)
+        )
+        return f"{name}[{','.join(str(d) for d in tree.shape)}]"
+    if isinstance(tree, (tuple, list)):
+        inner = ", ".join(_shape_text(t) for t in tree)
+        return f"({inner})" if isinstance(tree, tuple) else f"[{inner}]"
+    if tree is None:
+        return "None"
+    return f"`{type(tree).__name__}`"
+
+
+def _carry_change(body, x, xs) -> str:
+    """What a scan's layers return, when it is not what they take."""
+    first = jax.tree_util.tree_map(lambda a: a[0], xs)
+    try:
+        out = jax.eval_shape(lambda: body(x, first)[0])
+        returned = _shape_text(out)
+    except Exception:  # the layer fails on its own input: its own error is the news
+        returned = "something else"
+    return (
+        f"the stacked layers change what they pass on: a layer takes {_shape_text(x)} "
+        f"and returns {returned}"
+    )
+
+
+def _indices(tree: Any) -> list:
+    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_index) if _is_index(x)]
+
+
+def _unstacked_state(state: State, layers: Any, error):
+    """For a `state` that holds the stacked layers' values per layer (made for
+    the model before `stack`): that state with the values stacked, and a
+    function that turns the stacked state after the call back into per-layer
+    values. None when `state` holds the stack's own values."""
+    markers = list(dict.fromkeys(x.marker for x in _indices(layers)))
+    values = state_values(state)
+    if all(m in values for m in markers):
+        return None
+    stacked = {}
+    for m in markers:
+        if m in values:
+            stacked[m] = values[m]
+        elif isinstance(m, StackedMarker) and all(p in values for p in m.parts):
+            parts = [values[p] for p in m.parts]
+            stacked[m] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *parts)
+        else:
+            raise error(
+                "E436",
+                "the `eqx.nn.State` passed to a stack holds no value for its layers: it "
+                "was made for another model",
+                "apply the spec to the model and its state together, "
+                "`model, state = program.apply((model, state))`, or make the state anew "
+                "from the new model: `state = eqx.nn.State(model)`",
+            )
+
+    def back(new: State) -> State:
+        out = {}
+        for m, v in state_values(new).items():
+            if m in values:
+                out[m] = v
+            else:
+                for i, p in enumerate(m.parts):
+                    out[p] = _take(v, i)
+        return make_state(out)
+
+    return make_state(stacked), back
+
+
 class Stacked(eqx.Module):
     """N layers of one structure, stacked. Call it like the layers in a row.
 
@@ -110,9 +207,32 @@ class Stacked(eqx.Module):
     layerwise: bool = eqx.field(static=True, default=False)
     # The mesh axis the layer axis is split over (`stack ... over model`).
     over: str | None = eqx.field(static=True, default=None)
+    # The number of axes of each array of one layer, to tell the whole stack
+    # from one layer of it inside someone else's `scan` (a library that scans
+    # over its pre-stacked layers itself, as esm2quinox does).
+    layer_ndims: tuple = eqx.field(static=True, default=())
+    # Makes the error raised when the stack is called in a way it cannot run.
+    error: Any = eqx.field(static=True, default=plain_error)
 
     def __len__(self) -> int:
         return self.count
+
+    def _is_one_layer(self) -> bool:
+        """Are these one layer's arrays (a parent's own scan sliced the stack)?
+        Told by the first weight of a layer type whose layout Equinox fixes
+        (adapters and wrappers add arrays, but leave that one's axes), else
+        by the first array."""
+        if not self.layer_ndims:
+            return False
+        for module in jax.tree_util.tree_leaves(self.layers, is_leaf=_has_layout):
+            if _has_layout(module):
+                weight = module.weight
+                while isinstance(weight, Wrapper):
+                    weight = weight._inner()
+                if eqx.is_array(weight):
+                    return weight.ndim == _layout(module)
+        leaves = [x for x in jax.tree_util.tree_leaves(self.layers) if eqx.is_array(x)]
+        return bool(leaves) and leaves[0].ndim == self.layer_ndims[0]
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -126,6 +246,8 @@ class Stacked(eqx.Module):
                 self.kind,
                 self.layerwise,
                 self.over,
+                self.layer_ndims,
+                self.error,
             )
         if not -self.count <= index < self.count:
             raise IndexError(f"the stack has {self.count} layers, not {index}")
@@ -158,11 +280,29 @@ class Stacked(eqx.Module):
         return getattr(self.layers, name)
 
     def __call__(self, x, *args, key=None, **kwargs):
-        dynamic, static = eqx.partition(self.layers, eqx.is_array)
-        keys = None if key is None else jax.random.split(key, self.count)
+        if self._is_one_layer():
+            # One layer, sliced out by the parent's own scan over the stack.
+            if key is not None:
+                kwargs["key"] = key
+            return self.layers(x, *args, **kwargs)
         where = _states(args, kwargs)
         if len(where) > 1:
             raise TypeError("a stack threads one `eqx.nn.State`; the call passes several")
+        if where:
+            state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+            unstacked = _unstacked_state(state, self.layers, self.error)
+            if unstacked is not None:
+                # A state made for the model before it was stacked: its layers'
+                # values are stacked for the call and written back per layer.
+                stacked, back = unstacked
+                call_args, call_kwargs = _with_state(args, kwargs, where[0], stacked)
+                out, new = self(x, *call_args, key=key, **call_kwargs)
+                return out, state.update(back(new))
+        return self._run(x, args, kwargs, key, where)
+
+    def _run(self, x, args, kwargs, key, where):
+        dynamic, static = eqx.partition(self.layers, eqx.is_array)
+        keys = None if key is None else jax.random.split(key, self.count)
         state = None
         if where:
             state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
@@ -195,9 +335,15 @@ class Stacked(eqx.Module):
                 h, s = apply(d, h, k, s)
                 return h, s
 
-            out, new_leaves = jax.lax.scan(
-                body, x, (dynamic, keys, state_leaves), unroll=self.unroll
-            )
+            try:
+                out, new_leaves = jax.lax.scan(
+                    body, x, (dynamic, keys, state_leaves), unroll=self.unroll
+                )
+            except TypeError as e:
+                if "carry" not in str(e):
+                    raise
+                message = _carry_change(body, x, (dynamic, keys, state_leaves))
+                raise self.error("E235", message, _CARRY_HELP) from None
         if state_def is None:
             return out
         return out, state.update(jax.tree_util.tree_unflatten(state_def, new_leaves))

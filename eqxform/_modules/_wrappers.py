@@ -15,6 +15,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+# Said when JAX is handed a wrapper as an array: the model was called
+# unresolved. (The model types import nothing of eqxform, so this is a
+# `TypeError` carrying the code, not an `EqxformError`.)
+UNRESOLVED = (
+    "error[E437]: `{name}` stands where an array was and is resolved at the jit/grad "
+    "boundary, but the model was called without `eqxform.resolve`\n"
+    "  = help: call `eqxform.resolve(model)(x)` inside your jit/grad (it gives every "
+    "wrapper's array, a frozen one under `stop_gradient`), or make a plain model with "
+    "`where ** -> unwrap` or `eqxform.bake(model)`"
+)
+
 
 class Wrapper(eqx.Module):
     """Base class of wrappers. Subclasses define `get()`; the first field holds
@@ -37,6 +48,12 @@ class Wrapper(eqx.Module):
     @property
     def ndim(self) -> int:
         return len(self.shape)
+
+    def __jax_array__(self):
+        # JAX asks for this when a layer computes with the wrapper itself:
+        # the model was called without `resolve`. Say so, not JAX's "not a
+        # valid JAX type" deep in a convolution.
+        raise TypeError(UNRESOLVED.format(name=type(self).__name__))
 
 
 def is_wrapper(x: Any) -> bool:

@@ -21,9 +21,20 @@ import numpy as np
 
 from .. import _ast as A
 from .._diagnostics import Diagnostic
-from .._errors import SpecError
+from .._errors import EqxformError, SpecError, UsageError
 from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
-from .._select import Node, fans, get, is_array, no_match, node_at, path_str, select, walk
+from .._select import (
+    Node,
+    fans,
+    get,
+    is_array,
+    layout_ndim,
+    no_match,
+    node_at,
+    path_str,
+    select,
+    walk,
+)
 from ._base import Pass
 from ._forward import outputs, random_inputs
 
@@ -73,6 +84,13 @@ class StructPass(Pass):
                 severity="warning",
             )
         )
+
+
+def stack_error(code: str, message: str, help: str) -> EqxformError:
+    """What a stack raises when it is called in a way it cannot run: an
+    `EqxformError` (E2xx: the stack does not fit the model; else a usage error)."""
+    kind = SpecError if code.startswith("E2") else UsageError
+    return kind(Diagnostic(code, message, help=help))
 
 
 def _describe(x) -> str:
@@ -169,6 +187,28 @@ def _one_state_key_per_position(items: list) -> list:
             )
         )
     return out
+
+
+def layer_axis(module: Any) -> int | None:
+    """The length of the layer axis of a module built pre-stacked (by
+    `eqx.filter_vmap` over keys, as esm2quinox and the Tricks page's TenMLPs
+    build theirs), or None. It is one: the arrays of the layer types whose
+    layouts Equinox fixes carry one axis more than their layout, all of the
+    same length, and every other array leads with that axis too."""
+    length = None
+    known = False
+    for node in walk(module):
+        if not is_array(node.obj):
+            continue
+        layout = layout_ndim(node)
+        if layout is not None:
+            if node.obj.ndim != layout + 1:
+                return None
+            known = True
+        if node.obj.ndim == 0 or length not in (None, node.obj.shape[0]):
+            return None
+        length = node.obj.shape[0]
+    return length if known else None
 
 
 def _is_a(module: Any, *names: str) -> bool:
@@ -268,11 +308,12 @@ class StackPass(StructPass):
             self.verify((model, state), (new, new_state), ctx, values=values)
         return new, new_state
 
-    @staticmethod
-    def makes_copies(model, nodes) -> bool:
+    def makes_copies(self, model, nodes) -> bool:
         if len(nodes) != 1:
             return False
         obj = get(model, nodes[0].path)
+        if isinstance(obj, eqx.Module) and layer_axis(obj) is not None:
+            return "copies" in self.options
         return isinstance(obj, eqx.Module) and not isinstance(
             obj, (eqx.nn.Sequential, Stacked, list, tuple)
         )
@@ -346,6 +387,23 @@ class StackPass(StructPass):
             elif isinstance(obj, (list, tuple)):
                 items, kind = list(obj), "tuple" if isinstance(obj, tuple) else "list"
             elif isinstance(obj, eqx.Module) and not isinstance(obj, Stacked):
+                layers = layer_axis(obj)
+                copies = "copies" in options
+                if layers is not None and not copies:
+                    if count is not None and count != layers:
+                        raise self.error(
+                            "E132",
+                            f"`{node.text}` already holds {layers} layers (its arrays carry a "
+                            f"leading layer axis of {layers}), but the spec says {count}",
+                            span,
+                            f"write `stack {stmt.selector.text} {stmt.mode}` to take its "
+                            f"{layers} layers as they are; `stack {stmt.selector.text} "
+                            f"{stmt.mode} {count} copies` makes {count} copies of the whole "
+                            f"{layers}-layer stack",
+                        )
+                    # Adopted as it is: no copy, the library's own layer axis.
+                    adopted = self.wrap(obj, layers, "adopted")
+                    return eqx.tree_at(lambda m: get(m, node.path), model, adopted)
                 if count is None:
                     raise self.error(
                         "E130",
@@ -354,6 +412,8 @@ class StackPass(StructPass):
                         f"e.g. `stack {stmt.selector.text} {stmt.mode} 10` makes 10 independently "
                         "initialised copies",
                     )
+                if layers is not None:
+                    self.report_stacked_copies(ctx, node, obj, layers, count)
                 stacked, copied = redrawn_copies(obj, count, key)
                 new = eqx.tree_at(
                     lambda m: get(m, node.path), model, self.wrap(stacked, count, "module")
@@ -439,6 +499,27 @@ class StackPass(StructPass):
             kind,
             "layerwise" in options,
             next((o.over.axis for o in self.stmt.options if o.over is not None), None),
+            tuple(x.ndim - 1 for x in jax.tree_util.tree_leaves(layers) if is_array(x)),
+            stack_error,
+        )
+
+    def report_stacked_copies(self, ctx, node: Node, obj, layers: int, count: int) -> None:
+        """Copies of a module that carries a layer axis already: said, as they
+        multiply its parameters."""
+        if ctx.report is None:
+            return
+        params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(obj) if is_array(x))
+        ctx.report(
+            Diagnostic(
+                "W210",
+                f"`{node.text}` already holds {layers} layers; {count} copies of it hold "
+                f"{count * layers} ({params:,} -> {count * params:,} parameters)",
+                self.stmt.span,
+                f"to take its {layers} layers as they are, write "
+                f"`stack {self.stmt.selector.text} {self.stmt.mode}` without `copies`",
+                self.source,
+                severity="warning",
+            )
         )
 
 
@@ -466,6 +547,10 @@ class UnstackPass(StructPass):
                 new = list(container[:index]) + items + list(container[index + 1 :])
                 new = tuple(new) if isinstance(container, tuple) else new
                 model = eqx.tree_at(lambda m: get(m, container_path), model, new)
+                continue
+            if stacked.kind == "adopted":
+                # Back to the library's own form: one module with a layer axis.
+                model = eqx.tree_at(lambda m: get(m, node.path), model, stacked.layers)
                 continue
             value = {
                 "tuple": tuple(items),
