@@ -857,6 +857,18 @@ CODES: dict[str, Code] = {
             "layer in turn), or leave the layers unstacked.",
         ),
         _c(
+            "E238",
+            "stateful model given without its state",
+            "The model holds state (`eqx.nn.State`: BatchNorm's running statistics, say) and "
+            "was given alone, so the forward pass on the `input` lines (which `plan` and "
+            "`apply` run to check the rules, and `apply` to check a `stack`) cannot run. "
+            "Without `input` lines a spec applies to the model alone, and a stacked model "
+            "still takes the state made for the model before it.",
+            "input f32[3,224,224]\nstack layer1 scan   # applied to `model`, not `(model, state)`",
+            "apply the spec to the pair that `eqx.nn.make_with_state` returns: "
+            "`model, state = program.apply((model, state))`.",
+        ),
+        _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",
@@ -1224,11 +1236,12 @@ CODES: dict[str, Code] = {
             "state made for another model",
             "A stacked model was called with an `eqx.nn.State` that holds no value for the "
             "stack's layers, in neither the stack's form nor the per-layer form of the model "
-            "before `stack`: it belongs to another model.",
+            "before `stack` (which a stack reads and writes back): it belongs to another "
+            "model.",
             "model, state = eqx.nn.make_with_state(Other)(key=key)\nstacked(x, state)",
-            "apply the spec to the model and its state together, "
-            "`model, state = program.apply((model, state))`, or make the state from the new "
-            "model: `state = eqx.nn.State(model)`.",
+            "call the model with the state of the model the spec was applied to, or apply the "
+            "spec to the model and its state together: "
+            "`model, state = program.apply((model, state))`.",
         ),
         _c(
             "E437",

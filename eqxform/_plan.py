@@ -7,6 +7,7 @@ selects once: its nodes are found on the skeleton, then it runs on them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -25,7 +26,8 @@ from ._hashing import seed_key
 from ._modules import Frozen, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
-from ._passes._forward import output_shape
+from ._passes._forward import STATELESS, STATELESS_HELP, missing_state, output_shape
+from ._passes._struct import StackCallError
 from ._select import (
     evaluate_at,
     get,
@@ -308,6 +310,9 @@ def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
 
 
 def _forward_error(program, e: Exception, line_span, what: str) -> Diagnostic:
+    if isinstance(e, StackCallError) and what == "rule":
+        # The stack said what is wrong, with its own code: at the `stack` line.
+        return dataclasses.replace(e.diagnostics[0], span=line_span, source=program.source)
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return Diagnostic(
         "E207" if what == "rule" else "E212",
@@ -329,6 +334,8 @@ def _forward(subject, structs):
     """The model's output on the declared inputs, or the exception it raises."""
     try:
         return output_shape(subject, structs), None
+    except StackCallError as e:  # a stack that cannot run its layers: the rule is wrong
+        return None, e
     except SpecError:
         raise
     except Exception as e:  # the model's own complaint about its input
@@ -760,6 +767,8 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     line when the model never took its input."""
     first_input = program.inputs[0].span
     failure = _forward(start, structs)[1]
+    if failure is not None and missing_state(start):
+        return Diagnostic("E238", STATELESS, first_input, STATELESS_HELP, program.source)
     if failure is not None or not history:
         return _forward_error(program, failure or problem, first_input, "input")
     lo, hi = 0, len(history) - 1  # the model works before history[0], fails after history[hi]

@@ -167,7 +167,24 @@ def _thaw_bias(module: Any) -> Any:
 def merge(model: Any) -> Any:
     """`model` with every adapter baked into its base weight: a `LoRA` or `IA3`
     becomes its base module (weight `W + scale * B A`, or scaled rows), a
-    `LoRAWeight`/`IA3Weight` its matrix. The outputs do not change."""
-    return jax.tree_util.tree_map(
+    `LoRAWeight`/`IA3Weight` its matrix; and every `Frozen` mark lifted (its
+    value kept), so that the result is a model to call. The outputs do not
+    change."""
+    merged = jax.tree_util.tree_map(
         lambda x: x.merged() if is_adapter(x) else x, model, is_leaf=is_adapter
     )
+    return thaw(merged)
+
+
+def thaw(tree: Any) -> Any:
+    """`tree` with every `Frozen` replaced by the value it holds."""
+    is_frozen = lambda x: isinstance(x, Frozen)  # noqa: E731
+    return jax.tree_util.tree_map(
+        lambda x: _unfrozen_only(x) if is_frozen(x) else x, tree, is_leaf=is_frozen
+    )
+
+
+def _unfrozen_only(x: Any) -> Any:
+    while isinstance(x, Frozen):
+        x = x.value
+    return x

@@ -162,9 +162,9 @@ def _unstacked_state(state: State, layers: Any, error):
                 "E436",
                 "the `eqx.nn.State` passed to a stack holds no value for its layers: it "
                 "was made for another model",
-                "apply the spec to the model and its state together, "
-                "`model, state = program.apply((model, state))`, or make the state anew "
-                "from the new model: `state = eqx.nn.State(model)`",
+                "call the model with the state of the model the spec was applied to (its "
+                "per-layer values are read and written back), or apply the spec to the "
+                "model and its state together: `model, state = program.apply((model, state))`",
             )
 
     def back(new: State) -> State:

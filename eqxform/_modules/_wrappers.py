@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 # Said when JAX is handed a wrapper as an array: the model was called
-# unresolved. (The model types import nothing of eqxform, so this is a
-# `TypeError` carrying the code, not an `EqxformError`.)
+# unresolved. (The model types import nothing of eqxform, so this is an
+# `UnresolvedError` carrying the code, not an `EqxformError`.)
 UNRESOLVED = (
     "error[E437]: `{name}` stands where an array was and is resolved at the jit/grad "
     "boundary, but the model was called without `eqxform.resolve`\n"
@@ -53,7 +53,37 @@ class Wrapper(eqx.Module):
         # JAX asks for this when a layer computes with the wrapper itself:
         # the model was called without `resolve`. Say so, not JAX's "not a
         # valid JAX type" deep in a convolution.
-        raise TypeError(UNRESOLVED.format(name=type(self).__name__))
+        _unresolved(self)
+
+
+class UnresolvedError(ValueError):
+    """A wrapper reached JAX as if it were an array: the model was called
+    without `eqxform.resolve`. (A `ValueError`: JAX rewrites a `TypeError`
+    raised while it reads an argument into its own message.)"""
+
+
+def _unresolved(x: Any):
+    raise UnresolvedError(UNRESOLVED.format(name=type(x).__name__))
+
+
+def _hook_primitives() -> None:
+    """JAX's primitives (a convolution, say) look an argument's type up in two
+    tables (its canonical value, then its abstract value) before anything
+    else, and refuse `__jax_array__` there: a wrapper is entered in both, so
+    that they say what `__jax_array__` says. The tables are JAX's own and
+    unpublished; where they are missing, JAX's message stands."""
+    try:
+        from jax._src import core, dtypes
+    except ImportError:
+        return
+    register = getattr(dtypes, "register_canonicalize_value_handler", None)
+    avals = getattr(core, "pytype_aval_mappings", None)
+    if callable(register) and isinstance(avals, dict):
+        register(Wrapper, _unresolved)
+        avals[Wrapper] = _unresolved
+
+
+_hook_primitives()
 
 
 def is_wrapper(x: Any) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 from .. import _ast as A
 from .._build import to_python
 from .._hashing import stable_hash
-from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter
+from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw
 from .._names import ADAPTER_DEFAULTS
 from .._select import GetAttrKey, Node, _describe_kind, context, get, is_array, stack_axis, walk
 from ._base import replace_at
@@ -309,7 +309,18 @@ class MergePass(RulePass):
                 self.rule.selector.span,
                 "merge where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge`",
             )
-        return replace_at(model, outer, [get(model, p).merged() for p in outer])
+        model = replace_at(model, outer, [get(model, p).merged() for p in outer])
+        # A merged model is a model to call: the `freeze` marks under the
+        # matched nodes go with the adapters (values kept).
+        roots = []
+        for node in nodes:
+            try:
+                get(model, node.path)
+            except (AttributeError, IndexError, KeyError, TypeError):
+                continue  # inside an adapter that is merged now
+            roots.append(node.path)
+        roots = [p for p in roots if not any(q != p and p[: len(q)] == q for q in roots)]
+        return replace_at(model, roots, [thaw(get(model, p)) for p in roots])
 
 
 PASSES = {"lora": LoraPass, "ia3": IA3Pass, "merge": MergePass}

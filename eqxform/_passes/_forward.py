@@ -106,3 +106,23 @@ def outputs(subject: Any, xs: tuple) -> list[np.ndarray]:
     if split_state(subject)[1] is not None and isinstance(out, tuple):
         out = out[0]
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(out) if eqx.is_array(x)]
+
+
+def missing_state(subject: Any) -> bool:
+    """Is `subject` a stateful model (it holds `eqx.nn.StateIndex`es, as
+    `eqx.nn.BatchNorm` does) given without its state?"""
+    model, state = split_state(subject)
+    if state is not None:
+        return False
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+    return any(is_index(x) for x in jax.tree_util.tree_leaves(model, is_leaf=is_index))
+
+
+STATELESS = (
+    "the model holds state (an `eqx.nn.State`, as its BatchNorm layers keep) but was given "
+    "without it, so its forward pass on the declared input cannot run"
+)
+STATELESS_HELP = (
+    "apply the spec to the model and its state together, as `eqx.nn.make_with_state` "
+    "returns them: `model, state = program.apply((model, state))`"
+)

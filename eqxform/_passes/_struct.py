@@ -36,7 +36,7 @@ from .._select import (
     walk,
 )
 from ._base import Pass
-from ._forward import outputs, random_inputs
+from ._forward import STATELESS, STATELESS_HELP, missing_state, outputs, random_inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,10 +86,19 @@ class StructPass(Pass):
         )
 
 
+class StackCallError(SpecError):
+    """A stacked model's call failed because of the stack: its layers change
+    what they pass on (E235). Raised by the call; `plan`, `check` and `apply`
+    report it at the `stack` line."""
+
+
+class StackStateError(UsageError):
+    """A stacked model was called with a state made for another model (E436)."""
+
+
 def stack_error(code: str, message: str, help: str) -> EqxformError:
-    """What a stack raises when it is called in a way it cannot run: an
-    `EqxformError` (E2xx: the stack does not fit the model; else a usage error)."""
-    kind = SpecError if code.startswith("E2") else UsageError
+    """What a stack raises when it is called in a way it cannot run."""
+    kind = StackCallError if code.startswith("E2") else StackStateError
     return kind(Diagnostic(code, message, help=help))
 
 
@@ -319,9 +328,15 @@ class StackPass(StructPass):
         )
 
     def verify(self, before, after, ctx, values: bool = True) -> None:
+        if missing_state(before):
+            raise self.error("E238", STATELESS, self.stmt.span, STATELESS_HELP)
         xs = random_inputs(ctx.inputs, jax.random.key(0))
         try:
             want, got = outputs(before, xs), outputs(after, xs)
+        except StackCallError as e:  # the stack cannot run these layers: said at its line
+            raise SpecError(
+                dataclasses.replace(e.diagnostics[0], span=self.stmt.span, source=self.source)
+            ) from None
         except Exception as e:  # the stacked model's own complaint
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise self.error(
