@@ -117,18 +117,24 @@ class Pass:
         """The pass on a model, or on a stateful model's `(model, state)`."""
         nodes = self.select(split_state(subject)[0], ctx)
         if self.grows and not _traced(subject):
-            # Shapes only: the forward check of a stack needs values, and the
-            # warnings are issued once, by the run below.
-            shaped = replace(ctx, verify=False, report=None)
-            after = eqx.filter_eval_shape(
-                lambda m, k: self.run_on(m, k, shaped, nodes), subject, key
-            )
-            bad = budget_diagnostic(
-                nbytes(after), "the model after this line", self.stmt.span, self.source
-            )
-            if bad is not None and nbytes(after) > nbytes(subject):
+            size = self.size_after(subject)
+            if size is None:
+                # Shapes only: the forward check of a stack needs values, and
+                # the warnings are issued once, by the run below.
+                shaped = replace(ctx, verify=False, report=None)
+                after = eqx.filter_eval_shape(
+                    lambda m, k: self.run_on(m, k, shaped, nodes), subject, key
+                )
+                size = nbytes(after)
+            bad = budget_diagnostic(size, "the model after this line", self.stmt.span, self.source)
+            if bad is not None and size > nbytes(subject):
                 raise SpecError(bad)
         return self.run_on(subject, key, ctx, nodes)
+
+    def size_after(self, subject: Any) -> int | None:
+        """The bytes of the model after a pass that `grows` it, where they
+        follow from the model without running the pass; None otherwise."""
+        return None
 
     # ---- helpers
     def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:

@@ -9,7 +9,9 @@ arrays carry a leading layer axis; `ensemble` turns the model into an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import re
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -20,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _ast as A
+from .._build import nbytes
 from .._diagnostics import Diagnostic
 from .._errors import EqxformError, SpecError, UsageError
+from .._hashing import stable_hash
 from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
 from .._select import (
     Node,
-    fans,
     get,
     is_array,
     layout_ndim,
@@ -224,28 +227,6 @@ def _is_a(module: Any, *names: str) -> bool:
     return isinstance(module, tuple(getattr(eqx.nn, n) for n in names))
 
 
-def _default_draw(module: Any, field: str, node: Node, key, shape, dtype):
-    """Equinox's own initialisation of `module.field`, drawn anew for a leaf
-    of `shape`; None for a leaf Equinox initialises to a constant (norms) or
-    of a layer type it does not know."""
-    if _is_a(module, "Linear", "Conv", "ConvTranspose") and field in ("weight", "bias"):
-        # As Equinox: a layer with no inputs draws from [-1, 1].
-        fan_in = fans(node)[0]
-        lim = 1.0 if fan_in == 0 else 1 / math.sqrt(fan_in)
-        return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
-    if _is_a(module, "GRUCell", "LSTMCell") and field in (
-        "weight_ih",
-        "weight_hh",
-        "bias",
-        "bias_n",
-    ):
-        lim = 1.0 if module.hidden_size == 0 else 1 / math.sqrt(module.hidden_size)
-        return jax.random.uniform(key, shape, dtype, minval=-lim, maxval=lim)
-    if _is_a(module, "Embedding") and field == "weight":
-        return jax.random.normal(key, shape, dtype)
-    return None
-
-
 def _constant_by_design(module: Any) -> bool:
     """Layers whose arrays Equinox initialises to constants: their copies are
     what a fresh construction would give."""
@@ -254,40 +235,150 @@ def _constant_by_design(module: Any) -> bool:
     )
 
 
-def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list[str]]:
-    """`count` copies of `module` with a leading axis: the arrays of the layer
-    types Equinox knows drawn anew for each copy (its default draw), the rest
-    copied. Also returns the key paths (within `module`) of the copied arrays
-    that are no constants by design: those every copy shares."""
-    stacked = jax.tree_util.tree_map(
-        lambda x: jnp.broadcast_to(x, (count, *x.shape)) if is_array(x) else x, module
+# The fields that hold a layer's parameters, in Equinox's layers and in the
+# libraries' own (`weight`, `bias`, `weights_real`, `weight_ih`, `kernel`).
+_PARAMETER_FIELD = re.compile(r"(weights?|bias(es)?|kernel)(_\w*)?")
+
+
+def is_parameter(node: Node) -> bool:
+    """Is the array at `node` a layer's parameter: a floating array of more
+    than one value in a `weight`- or `bias`-like field of a module?"""
+    field = getattr(node.path[-1], "name", None) if node.path else None
+    return (
+        is_array(node.obj)
+        and jnp.issubdtype(node.obj.dtype, jnp.inexact)
+        and math.prod(node.obj.shape) > 1
+        and field is not None
+        and isinstance(node.parents[-1], eqx.Module)
+        and _PARAMETER_FIELD.fullmatch(field) is not None
     )
-    targets, values, copied = [], [], []
-    for i, node in enumerate(walk(module)):
+
+
+def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
+    """`count` copies of `module` with a leading axis. Each layer parameter
+    (`is_parameter`) is drawn anew for each copy from the module's own values
+    (each value one of the array's, picked at random): its distribution is
+    the module's, whatever library drew it and however (a library's own
+    initialisation kept, zeros stay zeros). The other arrays are copied.
+    Returns the copies, the key paths (within `module`) of the copied
+    floating arrays that are no constants by design (every copy shares
+    them), and those of the arrays drawn anew."""
+    targets, copied = [], []
+    for node in walk(module):
         if not is_array(node.obj) or not node.path:
             continue
-        parent = node.parents[-1]
-        field = getattr(node.path[-1], "name", None)
-        if not jnp.issubdtype(node.obj.dtype, jnp.inexact):
-            continue
-        value = None
-        if isinstance(parent, eqx.Module) and field is not None:
-            value = _default_draw(
-                parent,
-                field,
-                node,
-                jax.random.fold_in(key, i),
-                (count, *node.obj.shape),
-                node.obj.dtype,
-            )
-        if value is not None:
-            targets.append(node.path)
-            values.append(value)
-        elif not any(_constant_by_design(p) for p in node.parents):
+        if is_parameter(node):
+            targets.append(node)
+        elif jnp.issubdtype(node.obj.dtype, jnp.inexact) and not any(
+            _constant_by_design(p) for p in node.parents
+        ):
             copied.append(node.path)
-    if targets:
-        stacked = eqx.tree_at(lambda m: [get(m, p) for p in targets], stacked, values)
-    return stacked, copied
+    # One compiled function makes every array of the copies: those drawn
+    # anew and the broadcast rest (eager, each shape would compile its own).
+    leaves, treedef = jax.tree_util.tree_flatten(module)
+    at = {id(n.obj): k for k, n in enumerate(targets)}
+    # Each array's draw depends on its own path, not on the others.
+    salts = np.array([stable_hash(n.name) % 2**31 for n in targets], np.uint32)
+    which = tuple(at.get(id(x), -1) if is_array(x) else -2 for x in leaves)
+    arrays = tuple(x for x in leaves if is_array(x))
+    draws = tuple(w for w in which if w != -2)
+    if any(isinstance(x, jax.core.Tracer) for x in arrays):
+        made = iter(_copies(arrays, key, salts, count, draws))
+    else:
+        made = iter(_copies_on_host(arrays, key, salts, count, draws))
+    stacked = jax.tree_util.tree_unflatten(
+        treedef, [next(made) if w != -2 else x for w, x in zip(which, leaves)]
+    )
+    return stacked, copied, [n.path for n in targets]
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _copies(arrays: tuple, key, salts, count: int, which: tuple) -> tuple:
+    """`count` copies of `arrays`, `(count, *shape)` each: array i drawn anew
+    from its own values with salt `which[i]`, or broadcast where that is -1."""
+    targets = tuple(i for i, w in enumerate(which) if w >= 0)
+    salts = salts[np.array([which[i] for i in targets], np.int32)]
+    drawn = _resampled(tuple(arrays[i] for i in targets), key, salts, count)
+    out = [jnp.broadcast_to(a, (count, *a.shape)) for a in arrays]
+    for i, d in zip(targets, drawn):
+        out[i] = d
+    return tuple(out)
+
+
+def _copies_on_host(arrays: tuple, key, salts, count: int, which: tuple) -> list:
+    """`_copies` of concrete arrays: the draws made by one compiled function
+    into one array, then cut and broadcast on the host and put back where
+    each array was. (Compiled, the cuts of a hundred arrays cost the CPU
+    compiler seconds; on the host they cost nothing.)"""
+    targets = tuple(i for i, w in enumerate(which) if w >= 0)
+    chosen = tuple(arrays[i] for i in targets)
+    drawn = {}
+    if chosen:
+        flat = np.asarray(_drawn(chosen, key, salts[np.array([which[i] for i in targets])], count))
+        ends = np.cumsum([count * math.prod(a.shape) for a in chosen])
+        for i, part in zip(targets, np.split(flat, ends[:-1])):
+            drawn[i] = part.reshape((count, *arrays[i].shape)).astype(arrays[i].dtype)
+    out = []
+    for i, a in enumerate(arrays):
+        value = drawn[i] if i in drawn else np.broadcast_to(np.asarray(a), (count, *a.shape))
+        out.append(jax.device_put(value, a.sharding) if isinstance(a, jax.Array) else value)
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _drawn(arrays: tuple, key, salts, count: int) -> jax.Array:
+    return _resampled_flat(arrays, key, salts, count)[0]
+
+
+def _resampled(arrays: tuple, key, salts, count: int) -> tuple:
+    """`_resampled_flat`, cut into each array's draws."""
+    if not arrays:
+        return ()
+    drawn, blocks = _resampled_flat(arrays, key, salts, count)
+    return tuple(
+        drawn[int(blocks[i]) : int(blocks[i + 1])].reshape((count, *a.shape)).astype(a.dtype)
+        for i, a in enumerate(arrays)
+    )
+
+
+def _resampled_flat(arrays: tuple, key, salts, count: int):
+    """`count` new draws of each of `arrays`, all in one flat array (array
+    i's `(count, *shape)` at `blocks[i]:blocks[i + 1]`), and `blocks`: each
+    value drawn from the array's own values (its empirical distribution:
+    whatever drew it, a constant stays that constant).
+
+    Each array gets a seed from `jax.random` (its key folded with its salt,
+    one vmapped draw for all); the indices into its values are a counter-based
+    integer hash (lowbias32) of that seed and the position. Threefry draws per
+    array would be the same numbers' worth, but XLA takes about a second on
+    the CPU to compile each one."""
+    seeds = jax.vmap(lambda s: jax.random.key_data(jax.random.fold_in(key, s)))(salts)
+    seeds = _mix(seeds[:, 0] ^ _mix(seeds[:, -1]))
+    # Every array in one gather: the arrays concatenated, and each position
+    # of the output (array i's block of `count * size_i`) mapped to its array
+    # by a search over the blocks' starts. (A gather per array, or per size,
+    # costs the compiler about a second each.)
+    dtype = jnp.result_type(*arrays)
+    sizes = np.array([math.prod(a.shape) for a in arrays], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    blocks = count * starts
+    if blocks[-1] >= 2**31:
+        raise ValueError("too many values to draw at once")
+    flat = jnp.concatenate([a.reshape(-1).astype(dtype) for a in arrays])
+    position = jnp.arange(int(blocks[-1]), dtype=jnp.int32)
+    which = jnp.searchsorted(jnp.asarray(blocks[1:-1], jnp.int32), position, side="right")
+    local = (position - jnp.asarray(blocks[:-1], jnp.int32)[which]).astype(jnp.uint32)
+    seed = seeds[which]
+    size = jnp.asarray(sizes, jnp.uint32)[which]
+    picks = (_mix(_mix(local ^ seed) + seed) % size).astype(jnp.int32)
+    return flat[jnp.asarray(starts[:-1], jnp.int32)[which] + picks], blocks
+
+
+def _mix(x):
+    """lowbias32: a 32-bit integer hash with good avalanche."""
+    x = (x ^ (x >> 16)) * jnp.uint32(0x7FEB352D)
+    x = (x ^ (x >> 15)) * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
 
 
 class StackPass(StructPass):
@@ -429,7 +520,7 @@ class StackPass(StructPass):
                     )
                 if layers is not None:
                     self.report_stacked_copies(ctx, node, obj, layers, count)
-                stacked, copied = redrawn_copies(obj, count, key)
+                stacked, copied, _ = redrawn_copies(obj, count, key)
                 new = eqx.tree_at(
                     lambda m: get(m, node.path), model, self.wrap(stacked, count, "module")
                 )
@@ -602,6 +693,10 @@ class EnsemblePass(StructPass):
     def over(self) -> str | None:
         return None if self.stmt.over is None else self.stmt.over.axis
 
+    def size_after(self, subject):
+        # Every member is the model's size: known without building one.
+        return self.count * nbytes(subject)
+
     def restructure(self, model, key, ctx, nodes):
         return self.members(model, None, key, ctx)[0]
 
@@ -623,7 +718,7 @@ class EnsemblePass(StructPass):
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
             if _same_structure(built, model) and (built_state is None) == (state is None):
                 return make_ensemble(built, count, self.over), built_state
-        stacked, copied = redrawn_copies(model, count, key)
+        stacked, copied, _ = redrawn_copies(model, count, key)
         inits = tuple(p for p in self.before if p.draws)
         if inits:
 
