@@ -13,7 +13,7 @@ from . import _names as N
 from . import _registry as R
 from ._check import byte_budget, constructor_limit, format_bytes
 from ._diagnostics import Diagnostic
-from ._errors import EqxformError, SpecError
+from ._errors import EqxformError, SpecError, UsageError
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
 from ._hashing import stable_hash
 
@@ -174,3 +174,35 @@ def render_call(call: A.Call, env: Mapping[str, Any]) -> str:
 
 
 MODEL_TAG = stable_hash("model")
+
+
+def is_constructor(subject: Any) -> bool:
+    """Is `subject`, given where a model is taken, a constructor of one: a
+    callable that is no model (a function of a key, as the Equinox Tricks
+    page's `make_ensemble` vmaps)?"""
+    import equinox as eqx
+
+    return callable(subject) and not isinstance(subject, (eqx.Module, tuple, list, dict))
+
+
+def from_constructor(constructor: Any, key: Any) -> Any:
+    """The model `constructor` builds from `key` (the key folded with the
+    model's tag, as a `model` directive's is)."""
+    import jax
+
+    try:
+        inspect.signature(constructor).bind(key)
+    except TypeError:
+        name = getattr(constructor, "__name__", type(constructor).__name__)
+        raise UsageError(
+            Diagnostic(
+                "E438",
+                f"a constructor given in place of a model is called with one key, "
+                f"`constructor(key)`, but `{name}` does not take one",
+                help="pass a function of a key, e.g. "
+                "`program.apply(lambda key: Model(..., key=key))`, or pass the model itself",
+            )
+        ) from None
+    except ValueError:  # no signature to read (a builtin): the call says
+        pass
+    return constructor(jax.random.fold_in(key, MODEL_TAG))

@@ -1290,6 +1290,17 @@ CODES: dict[str, Code] = {
             "has it, and is replicated otherwise.",
         ),
         _c(
+            "E438",
+            "constructor that takes no key",
+            "`Program.apply` and `Program.plan` take a model, or in its place the model's "
+            "constructor: a function called with one key, `constructor(key)`, whose draws an "
+            "`ensemble` then uses for its members, as the Equinox Tricks page's "
+            "`make_ensemble` does.",
+            "program.apply(eqx.nn.MLP)",
+            "pass a function of a key, e.g. "
+            "`program.apply(lambda key: eqx.nn.MLP(2, 2, 8, 2, key=key))`.",
+        ),
+        _c(
             "E440",
             "output is an input of the command",
             "`-o` names the spec, the `--data` file or the `--params` file of the command (by "

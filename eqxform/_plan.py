@@ -18,7 +18,7 @@ import jax
 import numpy as np
 
 from . import _names as N
-from ._build import budget_diagnostic, nbytes
+from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import SpecError
@@ -27,7 +27,7 @@ from ._modules import Frozen, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import STATELESS, STATELESS_HELP, missing_state, output_shape
-from ._passes._struct import StackCallError
+from ._passes._struct import EnsemblePass, StackCallError
 from ._select import (
     evaluate_at,
     get,
@@ -368,7 +368,9 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
 
 
-def make_plan(program, model=None, mesh=None) -> Plan:
+def make_plan(program, model=None, mesh=None, base=None) -> Plan:
+    """The plan of `program` on `model`; `base` rebuilds the model from a key
+    (its constructor), where it is known."""
     key = seed_key(program.seed)
     try:
         placer = program.placer(mesh)
@@ -378,7 +380,7 @@ def make_plan(program, model=None, mesh=None) -> Plan:
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
     structs = program.input_structs()
-    ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
+    ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append, base=base)
     start = _params(struct)
     if model is None and program.model_call is not None:
         # The spec's own model: it is built for real by `apply`.
@@ -409,7 +411,10 @@ def make_plan(program, model=None, mesh=None) -> Plan:
             if too_large is not None:
                 diagnostics.append(too_large)
                 over_budget = True
-        steps.append(step_of(p, nodes, split_state(new)[0], before, _params(new)))
+        step = step_of(p, nodes, split_state(new)[0], before, _params(new))
+        if isinstance(p, EnsemblePass):
+            step = dataclasses.replace(step, matches=_draws(p, struct, new, ctx))
+        steps.append(step)
         struct = new
         history.append((p, new))
     group_steps, more, output = finish(program, first, struct, history)
@@ -432,6 +437,19 @@ def make_plan(program, model=None, mesh=None) -> Plan:
         frozen,
         placement=placement,
     )
+
+
+def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
+    """An `ensemble` step's rows: each array, and how its members draw it."""
+    members = split_state(after)[0]
+    rows = []
+    for node, how in p.draws(split_state(before)[0], ctx):
+        try:
+            grown = describe(node_at(members.model, node.path).obj, ("member",))
+        except (AttributeError, IndexError, KeyError, TypeError):
+            grown = "?"
+        rows.append(PlanMatch(node.text, _describe_node(node), f"{grown}  {how}"))
+    return tuple(rows)
 
 
 def _run_shapes(p, struct, key, ctx, nodes):
@@ -679,8 +697,13 @@ def untouched(steps, model) -> tuple[str, ...]:
 
 
 def start_struct(program, model, key):
-    """The skeleton a plan starts from: `model`'s, or the `model` directive's."""
-    return eqx.filter_eval_shape(program.construct, key) if model is None else structure(model)
+    """The skeleton a plan starts from: `model`'s (or its constructor's), or
+    the `model` directive's."""
+    if model is None:
+        return eqx.filter_eval_shape(program.construct, key)
+    if is_constructor(model):
+        return eqx.filter_eval_shape(from_constructor, model, key)
+    return structure(model)
 
 
 def finish(program, start, struct, history):

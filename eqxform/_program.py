@@ -38,12 +38,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from . import _ast as A
-from ._build import MODEL_TAG, build, render_call
+from ._build import MODEL_TAG, build, from_constructor, is_constructor, render_call
 from ._check import check_seed
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
 from ._mesh import MeshSpec, as_mesh_spec
+from ._modules import split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
@@ -197,7 +198,10 @@ class Program:
 
         **Arguments:**
 
-        - `model`: an Equinox model; `None` builds the spec's `model` directive.
+        - `model`: an Equinox model (or a stateful model's `(model, state)`);
+          or its constructor, a function of a key (`lambda key: Model(...,
+          key=key)`), so that an `ensemble` draws its members with it as the
+          library does; `None` builds the spec's `model` directive.
         - `key`: a `jax.random.key`; by default one is made from `seed`, or the
           spec's own `seed`.
         - `mesh`: the device mesh (a `jax.sharding.Mesh`, `"data=2,model=4"`,
@@ -213,14 +217,22 @@ class Program:
         seed = self.seed if seed is None else check_seed(seed)
         recorded_seed = seed if key is None else None
         key = seed_key(seed) if key is None else check_key(key)
+        base = None
         if model is None:
             model = self.construct(key)
             recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
+        elif is_constructor(model):
+            # The library's own constructor: an ensemble's members are its draws.
+            constructor = model
+            model = from_constructor(constructor, key)
+            base, recipe = functools.partial(from_constructor, constructor), None
         else:
             recipe = recipe_of(model)
+        if recipe is not None:
+            base = recipe.build
         ctx = Context(
             allow=self.allow,
-            base=None if recipe is None else recipe.build,
+            base=base,
             inputs=self.input_structs(),
             verify=True,
             report=_warn,
@@ -303,7 +315,14 @@ class Program:
         mesh (the spec's, or `mesh`), each array's partition spec and bytes
         per device.
         """
-        return make_plan(self, model, mesh)
+        if model is None:
+            base = None if self.model_call is None else self.base_recipe(None).build
+        elif is_constructor(model):
+            base = functools.partial(from_constructor, model)
+        else:
+            recipe = recipe_of(split_state(model)[0])
+            base = None if recipe is None else recipe.build
+        return make_plan(self, model, mesh, base=base)
 
 
 def check_key(key: Any) -> Any:

@@ -697,6 +697,34 @@ class EnsemblePass(StructPass):
         # Every member is the model's size: known without building one.
         return self.count * nbytes(subject)
 
+    def draws(self, model, ctx) -> list[tuple[Node, str]]:
+        """How each floating array of `model` is drawn for the members, as the
+        plan says it: by the model's constructor, by an `init` rule above this
+        line, from the array's own values, or copied."""
+        if ctx.base is not None:
+            how = "each member drawn by the model's constructor"
+            return [(n, how) for n in walk(model) if is_array(n.obj) and n.path]
+        by_init = {}
+        for p in self.before:
+            if p.draws:
+                for node in select(p.rule.selector, walk(model)):
+                    by_init.setdefault(node.path, p.line)
+        out = []
+        for node in walk(model):
+            if not is_array(node.obj) or not jnp.issubdtype(node.obj.dtype, jnp.inexact):
+                continue
+            line = next((v for k, v in by_init.items() if node.path[: len(k)] == k), None)
+            if line is not None:
+                how = f"drawn per member by the `init` rule of line {line}"
+            elif is_parameter(node):
+                how = "drawn per member from its own values"
+            elif any(_constant_by_design(p) for p in node.parents):
+                how = "copied (a constant by design)"
+            else:
+                how = "copied: every member shares it"
+            out.append((node, how))
+        return out
+
     def restructure(self, model, key, ctx, nodes):
         return self.members(model, None, key, ctx)[0]
 
