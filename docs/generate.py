@@ -159,8 +159,9 @@ def gen_values() -> str:
 
 def gen_stack_options() -> str:
     from eqxform import _docs as D
+    from eqxform import _names as N
 
-    words = ("scan", "vmap", "remat", "unroll", "layerwise")
+    words = ("scan", "vmap", *N.STACK_OPTIONS)
     return _table(("word", "meaning"), [(f"`{w}`", D.KEYWORDS[w]) for w in words])
 
 
