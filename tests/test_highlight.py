@@ -235,6 +235,7 @@ CASES = [
     ("stack mlps vmap unroll 2", "unroll", 0, "keyword.other.eqxform"),
     ("stack mlps scan 10 remat", "remat", 0, "keyword.other.eqxform"),
     ("stack mlps scan 10 remat", "mlps", 0, "variable.other.member.eqxform"),
+    ("stack layers scan 4 copies", "copies", 0, "keyword.other.eqxform"),
     ("unstack blocks[0:4]", "unstack", 0, "keyword.control.directive.eqxform"),
     ("mesh data=2 model=4", "mesh", 0, "keyword.control.directive.eqxform"),
     ("mesh data=2 model=4", "model", 0, "variable.parameter.eqxform"),
