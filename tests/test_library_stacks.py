@@ -237,7 +237,7 @@ def test_an_ensemble_of_a_constructor_draws_its_members_with_it():
         if np.std(b[0]) > 0 and not np.array_equal(b[0], b[1]):
             assert not np.array_equal(a[0], a[1])  # members differ where the library's do
     plan = str(program.plan(_equimo_vit))
-    assert "drawn by the model's constructor" in plan
+    assert "drawn per member by the model's constructor" in plan
     with pytest.raises(eqxform.UsageError) as info:
         program.apply(eqx.nn.MLP)
     assert code_of(info) == "E438"

@@ -18,8 +18,9 @@ import jax.numpy as jnp
 # Said when JAX is handed a wrapper as an array: the model was called
 # unresolved. (The model types import nothing of eqxform, so this is an
 # `UnresolvedError` carrying the code, not an `EqxformError`.)
+UNRESOLVED_CODE = "E437"
 UNRESOLVED = (
-    "error[E437]: `{name}` stands where an array was and is resolved at the jit/grad "
+    "error[{code}]: `{name}` stands where an array was and is resolved at the jit/grad "
     "boundary, but the model was called without `eqxform.resolve`\n"
     "  = help: call `eqxform.resolve(model)(x)` inside your jit/grad (it gives every "
     "wrapper's array, a frozen one under `stop_gradient`), or make a plain model with "
@@ -63,7 +64,7 @@ class UnresolvedError(ValueError):
 
 
 def _unresolved(x: Any):
-    raise UnresolvedError(UNRESOLVED.format(name=type(x).__name__))
+    raise UnresolvedError(UNRESOLVED.format(code=UNRESOLVED_CODE, name=type(x).__name__))
 
 
 def _hook_primitives() -> None:

@@ -702,7 +702,9 @@ class EnsemblePass(StructPass):
         plan says it: by the model's constructor, by an `init` rule above this
         line, from the array's own values, or copied."""
         if ctx.base is not None:
-            how = "each member drawn by the model's constructor"
+            how = "drawn per member by the model's constructor" + (
+                " and the rules above" if self.before else ""
+            )
             return [(n, how) for n in walk(model) if is_array(n.obj) and n.path]
         by_init = {}
         for p in self.before:
