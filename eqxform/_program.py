@@ -48,6 +48,7 @@ from ._modules import split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
+from ._passes._struct import EnsemblePass
 from ._plan import make_plan
 from ._select import is_array
 
@@ -224,8 +225,13 @@ class Program:
         elif is_constructor(model):
             # The library's own constructor: an ensemble's members are its draws.
             constructor = model
-            model = from_constructor(constructor, key)
             base, recipe = functools.partial(from_constructor, constructor), None
+            if self.passes and isinstance(self.passes[0], EnsemblePass):
+                # The ensemble draws every member with the constructor: the
+                # model itself is needed for its shapes only.
+                model = eqx.filter_eval_shape(base, key)
+            else:
+                model = base(key)
         else:
             recipe = recipe_of(model)
         if recipe is not None:
