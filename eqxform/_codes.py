@@ -340,10 +340,17 @@ CODES: dict[str, Code] = {
         _c(
             "E126",
             "constructor cannot be imported",
-            "An allowed `package.module:function` constructor names a module or function "
-            "that does not exist.",
+            "An allowed `package.module:function` constructor names a module that Python "
+            "cannot import (not installed, not on the module path, misspelt, or failing while "
+            "it is imported) or a function the module does not have. eqxform imports the "
+            "module as `import package.module` would in the Python that runs it; the `eqxform` "
+            "command does not put the current directory on the module path.",
             "model mypkg.modls:make()",
-            "check the module path and the function's name.",
+            "make the module importable: install its package in the environment "
+            "(`pip install -e FOLDER` for your own source), or put the folder that holds the "
+            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, `PYTHONPATH=.` for the "
+            "current directory; `sys.path.insert(0, FOLDER)` in Python); check the module path "
+            "and the function's name.",
         ),
         _c(
             "E127",
