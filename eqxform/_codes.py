@@ -1027,9 +1027,14 @@ CODES: dict[str, Code] = {
         _c(
             "E402",
             "not a spec",
-            "The file given as a spec is a model file or not text (or the arguments are swapped).",
+            "The file given as a spec is a model file (the arguments may be swapped), is not "
+            "UTF-8 text, or is text of another kind: its first line starts with neither a "
+            "directive nor a comment and none of its lines is a statement (`/etc/passwd`, a "
+            "YAML file). Its contents are not shown, as they may not be meant for a terminal "
+            "or a log.",
             "eqxform apply model.eqx spec.eqx -o out.eqx",
-            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`.",
+            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`; check that the path "
+            "names the spec you meant.",
         ),
         _c(
             "E403",
@@ -1193,11 +1198,21 @@ CODES: dict[str, Code] = {
         _c(
             "E434",
             "Python API argument of the wrong type",
-            "An argument of `eqxform.compile` is not of the type it takes: `spec` a path or "
-            "the text of a spec, `params` a mapping of `let` names to values, `inputs` a list "
-            "of strings, `name` a string.",
-            'eqxform.compile("spec.eqx", params=[("width", 8)])',
+            "An argument of `eqxform.compile` is not of the type it takes: `spec` the text of "
+            "a spec (a `str`) or a file (a `pathlib.Path`), `params` a mapping of `let` names "
+            "to values, `inputs` a list of strings, `name` a string.",
+            'eqxform.compile(Path("spec.eqx"), params=[("width", 8)])',
             'pass the documented type, e.g. `params={"width": 8}`.',
+        ),
+        _c(
+            "E435",
+            "spec text that looks like a path",
+            "`eqxform.compile` reads a `str` as the text of a spec and a path object "
+            "(`pathlib.Path`) as a file. A `str` of one line that looks like a path (it ends "
+            "in `.eqx`, names a file, or has a `/` and no spaces) and does not parse as a "
+            "statement was meant as a file; it is refused, and never read.",
+            'eqxform.compile("specs/lora.eqx")',
+            'pass a path object: `eqxform.compile(pathlib.Path("specs/lora.eqx"))`.',
         ),
         _c(
             "E465",

@@ -320,9 +320,93 @@ def test_a_spec_argument_is_always_a_path(tmp_path):
     assert result.exit_code == 1 and "E102" in result.output and "rules.txt:1:29" in result.output
     result = runner.invoke(main, ["check", "seed 1"])
     assert result.exit_code == 2 and "E401" in result.output and "path" in result.output
-    # The API reads a string that looks like a path as one.
-    assert error_codes(lambda: eqxform.compile(str(tmp_path / "missing.txt"))) == ["E401"]
-    assert error_codes(lambda: eqxform.compile(str(spec))) == ["E102"]
+    # The API reads a path object as a file, and never a `str`: a string that
+    # looks like a path is refused (it was read as a file before E435).
+    assert error_codes(lambda: eqxform.compile(tmp_path / "missing.txt")) == ["E401"]
+    assert error_codes(lambda: eqxform.compile(spec)) == ["E102"]
+    assert error_codes(lambda: eqxform.compile(str(tmp_path / "missing.txt"))) == ["E435"]
+    assert error_codes(lambda: eqxform.compile(str(spec))) == ["E435"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seed 1  # copied from base.eqx",
+        "where ** -> freeze",
+        "seed 1",
+        "let where_from = 'specs/lora.eqx'",
+        "# notes.eqx",
+        "",
+    ],
+)
+def test_a_str_is_spec_text_even_when_it_mentions_a_file(text):
+    program = eqxform.compile(text)
+    assert program.spec.source.name == "<spec>"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["specs/lora.eqx", "lora.eqx", "  lora.eqx\n", "/etc/passwd", "C:\\specs\\a.eqx", "x.yaml"],
+)
+def test_a_str_that_looks_like_a_path_points_to_pathlib(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lora.eqx").write_text("seed 1\n")  # exists, and is still not read
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.compile(text)
+    d = info.value.diagnostics[0]
+    assert d.code == "E435" and text.strip() in d.message
+    assert f"eqxform.compile(pathlib.Path({text.strip()!r}))" in d.help
+    # The CLI's spec argument is a path whatever it looks like.
+    assert run("check", "lora.eqx")[0] == 0
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+SECRET = "hunter2-do-not-print"
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("passwd", f"root:x:0:0:{SECRET}:/root:/bin/bash\ndaemon:x:1:1::/:\n", "is not a spec"),
+        ("config.yaml", f"# settings\n\ntoken: {SECRET}\nwidth: 8\n", "is not a spec"),
+        ("notes.md", f"# Title\n\n{SECRET} and more\nwhere x -> freeze\n", "is not a spec"),
+        ("data.json", f'{{"key": "{SECRET}"}}\n', "is not a spec"),
+        ("blob.bin", SECRET.encode() + b"\x00\x01\x02", "is not a text file"),
+        ("latin1.eqx", ("seed 1 # caf\xe9 " + SECRET).encode("latin-1"), "is not a text file"),
+    ],
+)
+def test_a_file_that_is_not_a_spec_is_refused_without_quoting_it(tmp_path, name, data, message):
+    path = tmp_path / name
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.compile(path)
+    d = info.value.diagnostics[0]
+    assert d.code == "E402" and message in d.message
+    assert SECRET not in str(info.value) and SECRET not in json.dumps(d.to_dict())
+    code, out = run("check", path)
+    assert code == 2 and "E402" in out and SECRET not in out
+    if message == "is not a spec":
+        line = 1 if name in ("passwd", "data.json") else 3
+        assert f"line {line}," in d.help
+
+
+def test_a_broken_spec_is_still_quoted(tmp_path):
+    # A spec with mistakes (a misspelt directive on line 1) is a spec: its
+    # diagnostics show the lines, as always.
+    path = tmp_path / "typo.eqx"
+    path.write_text("# a spec\nsede 1\nwhere Linear.weight -> init nrmal\n")
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile(path)
+    codes = [d.code for d in info.value.diagnostics]
+    assert codes == ["E006", "E102"]
+    assert "sede 1" in info.value.diagnostics[0].render()
 
 
 # ---- the Python API raises only EqxformError ---------------------------------------------------
