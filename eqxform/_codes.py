@@ -1028,10 +1028,10 @@ CODES: dict[str, Code] = {
             "E402",
             "not a spec",
             "The file given as a spec is a model file (the arguments may be swapped), is not "
-            "UTF-8 text, or is text of another kind: its first line starts with neither a "
-            "directive nor a comment and none of its lines is a statement (`/etc/passwd`, a "
-            "YAML file). Its contents are not shown, as they may not be meant for a terminal "
-            "or a log.",
+            "UTF-8 text, or is text of another kind: its first line that is neither blank nor "
+            "a comment does not start with a directive or a misspelling of one (`/etc/passwd`, "
+            "a YAML or Markdown file). Its contents are not shown, as they may not be meant "
+            "for a terminal or a log.",
             "eqxform apply model.eqx spec.eqx -o out.eqx",
             "the spec comes first: `eqxform apply SPEC MODEL -o OUT`; check that the path "
             "names the spec you meant.",
