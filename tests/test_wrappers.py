@@ -276,3 +276,22 @@ def test_stacked_frozen_layers_have_one_layers_shape(getkey):
     out = eqxform.compile(spec).apply(model, key=getkey())
     weight = eqxform.bake(out).blocks.layers.linear1.weight
     assert weight.shape == (3, 32, 16) and not bool(weight.any())
+
+
+@pytest.mark.parametrize("adapter", ["lora(rank=2)", "ia3"])
+def test_an_adapted_raw_weight_has_its_base_weights_properties(getkey, adapter):
+    # A raw `(width, out)` parameter that no `Linear` owns gets a weight-level
+    # adapter (`LoRAWeight`, `IA3Weight`); filters then read the base weight.
+    import realmodels as R
+
+    model = R.RawHead(key=getkey())
+    adapted = eqxform.compile(f"where w -> {adapter}").apply(model, key=getkey())
+    assert type(adapted.w).__name__ in ("LoRAWeight", "IA3Weight")
+    spec = (
+        'where w if ndim == 2 and shape[0] == 16 and shape[1] == 3 and dtype == "float32" '
+        "and fan_in == 3 and fan_out == 16 and size == 48 expect 1 -> init zeros"
+    )
+    out = eqxform.compile(spec).apply(adapted, key=getkey())
+    base = out.w.weight  # frozen by the adapter
+    assert isinstance(base, eqxform.Frozen) and not bool(base.value.any())
+    assert np.array_equal(out.layers[0].weight, adapted.layers[0].weight)
