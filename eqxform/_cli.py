@@ -303,7 +303,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
-                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {_plural(s.count, 'match')}")
+                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {s.counted}")
 
     _run(go, as_json)
 
@@ -357,13 +357,34 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 
         click.echo(yaml.safe_dump(data, sort_keys=False))
         return
+    console = _console()
+    table = _plan_table(result)
+    # The table's natural width: what it takes with no cell wrapped or cut.
+    natural = console.measure(table, options=console.options.update(max_width=1 << 20))
+    if natural.maximum <= console.width:
+        out.print(table)
+        lines = result.totals(console.width)
+    else:
+        # Too narrow for the table at its natural width: rich would cut the
+        # paths (`blocks[0].att…`) and wrap the actions; the text layout
+        # keeps every path whole.
+        lines = result.lines(console.width)
+    for line in lines:
+        click.echo(line)
+    if untouched:
+        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        for path in result.untouched:
+            _echo(f"  {path}")
+
+
+def _plan_table(result):
+    """The plan's steps as a rich table: a row per array or module acted on."""
     from rich.table import Table
 
     from ._plan import PlanMatch
 
     table = Table(show_lines=False, header_style="bold")
-    # `#`: how many nodes the rule matched (a narrow header leaves room for the rule).
-    for column in ("line", "action", "#", "path", "before", "after"):
+    for column in ("line", "action", "acts on", "path", "before", "after"):
         table.add_column(column)
     for step in result.steps:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
@@ -372,25 +393,13 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
             table.add_row(
                 _text(step.line if i == 0 else ""),
                 _text(step.action + delta if i == 0 else ""),
-                _text(step.count if i == 0 else ""),
+                _text(step.counted if i == 0 else ""),
                 _text(m.path),
                 _text(m.before),
                 _text("=" if m.after == m.before else m.after),
                 end_section=i == len(rows) - 1,
             )
-    out.print(table)
-    from ._plan import budget
-
-    click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
-    click.echo(budget(result))
-    if result.output is not None:
-        _echo(f"output: {result.output}")
-    if result.placement is not None:
-        _echo("\n".join(result.placement.lines()))
-    if untouched:
-        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
-        for path in result.untouched:
-            _echo(f"  {path}")
+    return table
 
 
 @main.command()
