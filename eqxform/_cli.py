@@ -287,7 +287,13 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
             }
             if steps is not None:
                 data["rules"] = [
-                    {"line": s.line, "rule": s.rule, "action": s.action, "count": s.count}
+                    {
+                        "line": s.line,
+                        "rule": s.rule,
+                        "action": s.action,
+                        "count": s.count,
+                        "unit": s.unit,
+                    }
                     for s in steps
                 ]
             click.echo(json.dumps(data, indent=2))

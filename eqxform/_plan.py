@@ -238,7 +238,7 @@ class Plan:
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
                 for m in s.matches
             ]
-            lines += _columns("    ", rows, width)
+            lines += _columns("    ", rows, width) if rows else ["    (nothing)"]
         # Rules and paths come from the spec and the model: printed as text.
         return [printable(line) for line in lines] + self.totals(width)
 
@@ -538,7 +538,9 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
     """The plan's step of pass `p`, which matched `nodes` and gave `after`."""
     if isinstance(p, RulePass):
         kind = p.action.name
-        if kind in _NODE_ACTIONS:
+        if kind == "replace":
+            targets = nodes  # a module, or a function (`replace gelu`)
+        elif kind in _NODE_ACTIONS:
             targets = acted_on(nodes)
         else:
             try:
@@ -581,13 +583,19 @@ def acted_on(nodes) -> list:
 
 
 def unit_of(targets) -> str:
-    """What a step counts: `array` (wrapped arrays too), `module`, or `node`
-    when its targets are of both kinds."""
-    arrays = sum(is_array(n.obj) or isinstance(n.obj, Wrapper) for n in targets)
-    modules = sum(isinstance(n.obj, eqx.Module) for n in targets) - arrays
-    if arrays == len(targets):
-        return "array"
-    return "module" if modules == len(targets) else "node"
+    """What a step counts: `array` (wrapped arrays too), `module`, `function`,
+    or `node` when its targets are of several kinds."""
+    kinds = {
+        "array"
+        if is_array(n.obj) or isinstance(n.obj, Wrapper)
+        else "module"
+        if isinstance(n.obj, eqx.Module)
+        else "function"
+        if callable(n.obj)
+        else "node"
+        for n in targets
+    }
+    return kinds.pop() if len(kinds) == 1 else "array" if not kinds else "node"
 
 
 def logical_path(node) -> str:
