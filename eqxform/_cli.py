@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -476,7 +477,7 @@ def apply(
         what = "adapters of " if adapters_only else ""
         click.echo(
             f"wrote {output} ({what}{count_params(result):,} parameters, "
-            f"{_plural(len(program.spec.rules), 'rule')} applied)"
+            f"{_applied(program.spec)} applied)"
         )
 
     _run(go)
@@ -792,9 +793,11 @@ def show(model, fmt, allow):
 
     def go():
         from ._files import read_header
+        from ._recipes import adapter_info
 
         header = read_header(model)
         recipe = header.recipe
+        adapters = adapter_info(header)
         checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
@@ -808,6 +811,8 @@ def show(model, fmt, allow):
             "recipe": recipe,
             "checked": checked is None,
         }
+        if adapters is not None:
+            data["adapters"] = adapters
         if fmt == "json":
             click.echo(json.dumps(data, indent=2))
             return
@@ -829,6 +834,9 @@ def show(model, fmt, allow):
         out.print(tree)
         if checked is not None:
             _echo(f"note: {checked}", err=True)
+        if adapters is not None:
+            _show_adapters(model, adapters, len(tensors))
+            return
         if recipe is None:
             click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
             return
@@ -852,6 +860,29 @@ def show(model, fmt, allow):
             _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _show_adapters(path: str, info: dict, tensors: int) -> None:
+    """What `show` says of an adapter file: whose adapters, from which specs,
+    and how to use them (they are no model on their own)."""
+    fingerprint = str(info.get("fingerprint"))
+    _echo(
+        f"adapters: {_plural(tensors, 'tensor')} for the base model of fingerprint "
+        f"{fingerprint[:12]}"
+    )
+    for i, entry in enumerate(info.get("specs", []), 1):
+        entry = entry if isinstance(entry, dict) else {}
+        params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
+        _echo(
+            f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
+            + (f"; {params_text}" if params_text else "")
+            + ")"
+        )
+    _echo(
+        f"load onto the base model in Python with `eqxform.load({json.dumps(path)}, "
+        f"base=model)`, or bake them into it: `eqxform merge {shlex.quote(path)} BASE.eqx "
+        "-o merged.eqx`"
+    )
 
 
 def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
@@ -991,6 +1022,22 @@ def explain(code, every, fmt):
 
 def _position(d: Diagnostic) -> tuple[int, int]:
     return (d.span.line, d.span.column) if d.span is not None else (0, 0)
+
+
+def _applied(spec) -> str:
+    """`2 rules and 1 `stack` line`: what a spec applies, its structural
+    lines (which change a model as much as a rule does) counted beside its rules."""
+    from . import _ast as A
+
+    words = {A.StackStmt: "stack", A.UnstackStmt: "unstack", A.EnsembleStmt: "ensemble"}
+    lines: dict[str, int] = {}
+    for stmt in spec.statements:
+        if type(stmt) in words:
+            lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
+    parts = [_plural(n, f"`{word}` line") for word, n in lines.items()]
+    if spec.rules or not parts:
+        parts.insert(0, _plural(len(spec.rules), "rule"))
+    return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _plural(n: int, word: str) -> str:
