@@ -167,7 +167,8 @@ def human_bytes(n: int) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """The plan of a program on a model. `str(plan)` is the CLI's table."""
+    """The plan of a program on a model. `str(plan)` is its text: what `eqxform
+    plan` prints when the terminal is too narrow for its table."""
 
     steps: tuple[PlanStep, ...]
     params_before: int
