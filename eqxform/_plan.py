@@ -68,7 +68,7 @@ class PlanStep:
     kind: str = ""
     writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
     span: Any = None
-    unit: str = "array"  # what `matches` holds: `array`, `module` or `node` (both)
+    unit: str = "array"  # what `matches` holds: see `unit_of`
 
     @property
     def params_delta(self) -> int:
@@ -76,7 +76,7 @@ class PlanStep:
 
     @property
     def count(self) -> int:
-        """How many arrays (or modules, see `unit`) the step acts on."""
+        """How many arrays (or modules, functions, lists: see `unit`) the step acts on."""
         return len(self.matches)
 
     @property
@@ -585,18 +585,20 @@ def acted_on(nodes) -> list:
 
 def unit_of(targets) -> str:
     """What a step counts: `array` (wrapped arrays too), `module`, `function`,
-    or `node` when its targets are of several kinds."""
-    kinds = {
-        "array"
-        if is_array(n.obj) or isinstance(n.obj, Wrapper)
-        else "module"
-        if isinstance(n.obj, eqx.Module)
-        else "function"
-        if callable(n.obj)
-        else "node"
-        for n in targets
-    }
+    `list` (a list or tuple a `stack` names), or `node` when its targets are
+    of several kinds."""
+    kinds = {_kind(n.obj) for n in targets}
     return kinds.pop() if len(kinds) == 1 else "array" if not kinds else "node"
+
+
+def _kind(obj: Any) -> str:
+    if is_array(obj) or isinstance(obj, Wrapper):
+        return "array"
+    if isinstance(obj, eqx.Module):
+        return "module"
+    if isinstance(obj, (list, tuple)):
+        return "list"
+    return "function" if callable(obj) else "node"
 
 
 def logical_path(node) -> str:
