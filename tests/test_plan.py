@@ -75,6 +75,16 @@ def test_trainable_counts_every_floating_dtype_and_frozen_stays_right(dtype):
     assert updated_by_the_optimizer(program, model) == plan.trainable
 
 
+def test_a_scale_beyond_bfloat16s_range_is_refused_as_for_float32():
+    # bfloat16 is floating too: `scale 1e300` would make its arrays infinite.
+    text = (
+        "model MLP(in_size=2, out_size=2, width_size=8, depth=1)\n"
+        "where layers[0] -> cast bfloat16, scale 1e300\n"
+    )
+    (d,) = eqxform.compile(text).check()
+    assert d.code == "E153" and "bfloat16" in d.message and d.span.line == 2
+
+
 # ---- 10: a step counts what its action acts on ------------------------------------------
 
 MLP = "model MLP(in_size=2, out_size=2, width_size=8, depth=2)\n"
