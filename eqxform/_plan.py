@@ -247,7 +247,11 @@ class Plan:
         """The lines below the steps: the parameter counts, the forward
         pass's output, the placement on the mesh."""
         lines = [f"parameters: {self.params_before:,} -> {self.params_after:,}"]
-        lines += _wrap(budget(self), "  ", width)
+        if width is None or len(budget(self)) <= width:
+            lines.append(budget(self))
+        else:  # a part a line, no number split from its unit
+            parts = _budget_parts(self)
+            lines += [parts[0] + ("," if len(parts) > 1 else "")] + ["  " + p for p in parts[1:]]
         if self.output is not None:
             lines += _wrap(f"output: {self.output}", "  ", width)
         if self.placement is not None:
@@ -307,10 +311,14 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
 
 def budget(plan: Plan) -> str:
     """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
-    text = f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"
+    return ", ".join(_budget_parts(plan))
+
+
+def _budget_parts(plan: Plan) -> list[str]:
+    parts = [f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"]
     if plan.opt_state_bytes is not None:
-        text += f", optimizer state: {plan.opt_state_bytes:,} bytes"
-    return text
+        parts.append(f"optimizer state: {plan.opt_state_bytes:,} bytes")
+    return parts
 
 
 def trainable_frozen(model: Any) -> tuple[int, int]:
