@@ -379,9 +379,9 @@ def test_a_burst_of_edits_is_checked_once_in_its_last_version():
     checked in its last version (not once per edit), and the hover answers
     from that version."""
     text = _rules(2000).replace("model MLP", "# model MLP", 1)  # no plan: the check alone
-    line = 1000
+    line = 1003  # `where layers[0].weight -> init normal(stddev=s)`
     before = text.split("\n")[line]
-    cut = before.index("normal(")  # `init normal(...)` on this line
+    cut = before.index("normal(")
     names = ["zeros", "ones", "normal", "uniform", "he_normal", "glorot_uniform"]
 
     async def go():
