@@ -1414,7 +1414,7 @@ CODES: dict[str, Code] = {
             "of a wrong length ends where its JSON does, bytes that are no message are skipped "
             "to the next `Content-Length` header, and a request it cannot read is answered with "
             "a JSON-RPC error (-32700 or -32600). The mistake is the editor's or its plugin's.",
-            'Content-Length: abc\r\n\r\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
+            'Content-Length: abc\n\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
             "report it to the editor's plugin; send the body's length in bytes (UTF-8), in ASCII "
             "digits, and exactly that many bytes.",
         ),

@@ -50,7 +50,7 @@ class Session:
             self.stderr.extend(params.message.encode() + b"\n")
 
     async def __aenter__(self) -> Session:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), **self._env)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self._env}
         await self.client.start_io(sys.executable, "-m", "eqxform._lsp", env=env, cwd=str(ROOT))
         # The server's stderr must be read, or a chatty server would block on it.
         self._drain = asyncio.ensure_future(self._read_stderr())
