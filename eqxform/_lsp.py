@@ -31,7 +31,8 @@ The model-free half is checked off the event loop too, on its own worker, and
 only in the text's latest version: a burst of edits (a paste, a macro, an
 editor catching up) is checked once, after it, and a request (hover,
 completion) starts the check of the latest text at once and answers from it.
-A check that an edit overtakes is dropped before its slow half. So requests
+A check that an edit overtakes stops after its parse (whose lines the next
+check reuses), and its result is dropped. So requests
 and `exit` are answered while a long text is parsed, and the process ends on
 `exit` without waiting for its workers: nothing they compute is wanted then.
 
@@ -519,7 +520,7 @@ class EqxformServer(LanguageServer):
         except SystemExit as e:  # how pygls ends on `exit`
             return e.code if isinstance(e.code, int) else 1
         except BrokenPipeError:
-            _report("E603", "the editor closed the server's output")
+            logger.error("the editor closed the server's output; the server stops")
             return 1
         return 0 if self.shut_down else 1
 
@@ -596,6 +597,8 @@ class EqxformServer(LanguageServer):
             return
         try:
             self.protocol.handle_message(message)
+        except BrokenPipeError:
+            raise  # no editor to answer: `serve` stops
         except Exception:  # a bug in a handler must not stop the server
             logger.exception("the message could not be handled")
 
