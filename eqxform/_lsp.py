@@ -1307,7 +1307,8 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     - `debounce`: seconds the text must stay unchanged before the model-aware
       diagnostics are computed.
 
-    **Returns:** an `EqxformServer`; `server.start_io()` runs it over stdio.
+    **Returns:** an `EqxformServer`; `server.serve(stdin, stdout)` runs it over byte
+    streams (`main()` over stdio).
     """
     server = EqxformServer(debounce)
 
