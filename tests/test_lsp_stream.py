@@ -6,6 +6,8 @@ mistake costs only its own message, with a sentence that says what it was.
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from eqxform._lsp_stream import Frame, Framer
 
@@ -123,3 +125,62 @@ def test_a_header_block_without_its_blank_line_is_not_waited_for_forever(piece):
     frames = _feed(stream, piece)
     assert _bodies(frames) == [1]
     assert any("skipped" in p for p in _problems(frames))
+
+
+_JUNK = st.lists(
+    st.sampled_from(
+        [
+            b"Content-Length: ",
+            b"Content-Length: 7",
+            b"abc",
+            b"-5",
+            b"\r\n",
+            b"\r\n\r\n",
+            b"{",
+            b"}",
+            b'"',
+            b"x: y\r\n",
+            b"\xff",
+            b" ",
+            b"0",
+            b"99999",
+        ]
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    junk=st.lists(st.tuples(st.integers(0, 5), _JUNK), max_size=3),
+    pieces=st.lists(st.integers(1, 300), min_size=1, max_size=20),
+)
+def test_junk_anywhere_never_stops_the_framer(junk, pieces):
+    """Junk between messages, the stream cut anywhere: the framer never
+    fails, gives only messages that were sent, and every message before the
+    first junk whole and in order."""
+    parts = [_framed(_message(n)) for n in range(6)]
+    for at, noise in sorted(junk, reverse=True):
+        parts.insert(at, noise)
+    stream = b"".join(parts)
+    framer = Framer()
+    frames: list[Frame] = []
+    start = 0
+    for size in pieces * (len(stream) // max(sum(pieces), 1) + 1):
+        if start >= len(stream):
+            break
+        frames += framer.feed(stream[start : start + size])
+        start += size
+    frames += framer.close()
+    ids = []
+    for f in frames:
+        if f.body is not None:
+            try:
+                data = json.loads(f.body)
+            except ValueError:
+                continue  # a body cut short by junk: the server answers it with -32700
+            if isinstance(data, dict):  # else junk that is JSON: answered with -32600
+                ids.append(data["id"])
+    assert set(ids) <= set(range(6))
+    clean = min([at for at, noise in junk if noise] or [6])
+    assert ids[:clean] == list(range(clean))
