@@ -216,10 +216,7 @@ def test_per_device_section_prints_real_lines_on_eight_devices(tmp_path):
     assert row.endswith("64.0 KiB/device  line 5")
     narrow = outputs["60"].splitlines()
     at = narrow.index("    layers[1].weight")
-    assert narrow[at + 1].split() == ["f32[256,256]", "(model,", "none)", "64.0", "KiB/device"] + [
-        "line",
-        "5",
-    ]
+    assert narrow[at + 1].split() == "f32[256,256] (model, none) 64.0 KiB/device line 5".split()
 
 
 # ---- 10: `show` of an adapter file, and what `apply` says it applied ------------------
