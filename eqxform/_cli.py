@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -589,41 +590,39 @@ def train(
                 "batch_size": batch_size,
             }
 
-            def write(m, done):
+            def write(m, done, result=None):
                 info = {**trained, "steps": done}
+                if result is not None and result.nonfinite is not None:
+                    info["stopped"] = f"step {result.nonfinite} was not finite"
                 save(output, m, recipe=None if recipe is None else recipe.with_training(info))
 
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(
-                TextColumn("training"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} steps"),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=_console(),
-                transient=False,
-                disable=not _writer(),
-            ) as progress:
-                task = progress.add_task("train", total=steps, loss="-")
-                result = _train.train(
-                    program,
-                    start,
-                    x,
-                    y,
-                    steps=steps,
-                    batch_size=batch_size,
-                    loss=loss,
-                    seed=program.seed if seed_value is None else seed_value,
-                    checkpoint_every=checkpoint_every,
-                    on_checkpoint=write,
-                    on_step=lambda done, value: progress.update(
-                        task, completed=done, loss=f"{value:.4g}"
-                    ),
-                    mesh=program.device_mesh(),
-                    batch_axis=batch_axis,
-                )
-            write(result.model, result.steps)
+            seed_used = program.seed if seed_value is None else seed_value
+            run = functools.partial(
+                _train.train,
+                program,
+                start,
+                x,
+                y,
+                steps=steps,
+                batch_size=batch_size,
+                loss=loss,
+                seed=seed_used,
+                checkpoint_every=checkpoint_every,
+                on_checkpoint=write,
+                mesh=program.device_mesh(),
+                batch_axis=batch_axis,
+            )
+            if not _writer():
+                result = run()
+            elif _console().is_terminal:
+                result = _train_with_bar(run, steps)
+            else:
+                result = _train_with_lines(run, steps)
+            if result.nonfinite is not None and result.steps == 0:
+                raise _diverged(result, output, wrote=False)
+            write(result.model, result.steps, result)
+        if result.nonfinite is not None:
+            raise _diverged(result, output, wrote=True)
         final = "-" if result.loss is None else f"{result.loss:.4g}"
         if result.interrupted:
             click.echo(
@@ -634,6 +633,73 @@ def train(
         click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
 
     _run(go)
+
+
+def _train_with_bar(run, steps: int):
+    """Training on a terminal: a progress bar with the loss."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=_console(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("train", total=steps, loss="-")
+        return run(
+            on_step=lambda done, value: progress.update(task, completed=done, loss=f"{value:.4g}")
+        )
+
+
+# Off a terminal (a log, a pipe), `train` prints a line for the initial loss,
+# one per tenth of the steps, and one at least this often on a slow run.
+_LINE_EVERY_S = 60.0
+
+
+def _train_with_lines(run, steps: int):
+    """Training with its output going to a file or a pipe: plain lines at a
+    bounded rate (at most 10 milestones, plus one per minute), each flushed."""
+    import time
+
+    last = {"tenth": 0, "at": time.monotonic()}
+
+    def report(done: int, total: int) -> bool:
+        tenth = done * 10 // total
+        due = (
+            done in (1, total)
+            or tenth > last["tenth"]
+            or time.monotonic() - last["at"] >= _LINE_EVERY_S
+        )
+        if due:
+            last["tenth"], last["at"] = tenth, time.monotonic()
+        return due
+
+    def line(done: int, value: float) -> None:
+        what = "initial loss" if done == 1 else "loss"
+        click.echo(f"step {done}/{steps}: {what} {value:.4g}")
+        sys.stdout.flush()
+
+    return run(on_step=line, report=report)
+
+
+def _diverged(result, output: str, wrote: bool) -> EqxformError:
+    """Training stopped at a step whose loss or update was not finite."""
+    kept = (
+        f"wrote the model of step {result.steps}, the last finite one, to `{output}`"
+        if wrote
+        else f"nothing was written to `{output}`"
+    )
+    return EqxformError(
+        Diagnostic(
+            "E530",
+            f"training stopped at step {result.nonfinite}: {result.nonfinite_what}; {kept}",
+            help="lower the learning rate in the spec's `optimizer` (or clip gradients), check "
+            "the data's scale, or start from a model whose outputs are finite",
+        )
+    )
 
 
 @contextlib.contextmanager

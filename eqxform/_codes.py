@@ -1120,9 +1120,14 @@ CODES: dict[str, Code] = {
             "E420",
             "bad training data",
             "The `--data` file is missing, not an `.npz`, lacks `x` or `y`, or does not fit "
-            "the model.",
-            "eqxform train spec.eqx --data d.npz -o out.eqx",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example.",
+            "the model: rows of `x` the model does not take, targets of another shape than "
+            "its output (`--loss mse`), labels that are not integers of shape [N] or lie "
+            "outside the model's classes (`--loss cross_entropy`). The message says which, "
+            "with the shapes and dtypes found.",
+            "eqxform train spec.eqx --data d.npz --loss cross_entropy -o out.eqx   # y is f32[N,3]",
+            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example; "
+            "for `cross_entropy`, `y` holds one integer class per example "
+            "(`y.argmax(axis=1).astype(numpy.int32)` of one-hot rows).",
         ),
         _c(
             "E421",
@@ -1342,7 +1347,30 @@ CODES: dict[str, Code] = {
             "",
             "write the file again.",
         ),
+        _c(
+            "E529",
+            "training data not finite",
+            "`x` or `y` holds NaN or an infinity. One such value makes the loss of every "
+            "batch that holds it NaN, and the training after it worthless, so the data is "
+            "refused before any step; the message names the array and the index of the "
+            "first bad element.",
+            "numpy.savez('d.npz', x=x, y=numpy.where(mask, numpy.nan, y))",
+            "drop the rows that hold them, or replace the values (`numpy.nan_to_num`), then "
+            "save the file again.",
+        ),
         # ---- running
+        _c(
+            "E530",
+            "training stopped: a loss or an update was not finite",
+            "`eqxform train` checks every step (inside the compiled step, without waiting "
+            "for the device): at the first step whose loss, or whose updated parameters, are "
+            "NaN or infinite, it stops. It writes the model as it was before that step (the "
+            "last finite one) to the output and exits with status 1; when the very first "
+            "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
+            "optimizer sgd(learning_rate=1e10)",
+            "lower the learning rate (or clip the gradients), check the scale of the data, "
+            "and check that the model's outputs are finite at the start.",
+        ),
         _c(
             "E460",
             "no adapters to save",
