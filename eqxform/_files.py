@@ -14,6 +14,8 @@ Python's integer conversion or the safetensors library unchecked.
 Writes go through a temporary file in the target's folder, renamed into place;
 the target is checked before any work (`check_output`), and a SIGINT or SIGTERM
 during the write leaves the old file or the whole new one, never a temporary.
+A writer killed outright (SIGKILL) cannot clean up: the next write to the same
+file removes the temporaries of its naming that no live writer holds.
 """
 
 from __future__ import annotations
@@ -748,6 +750,71 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name[:32]}."
 
 
+# A temporary of a write to `target` is `.{name}.XXXXXXXX.tmp` (`tempfile`'s
+# eight letters), locked (`flock`) by its writer until it is renamed or removed.
+_TEMP_LETTERS = r"[a-z0-9_]{8}"
+
+# A temporary younger than this is never removed as stale: its writer may be
+# between creating and locking it.
+STALE_TEMP_AGE_S = 60.0
+
+
+def _lock(fd: int) -> None:
+    """Mark a temporary as in use for as long as `fd` is open: the lock goes
+    with the process, so a killed writer's temporary is found unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # no `flock` here: stale temporaries are left alone
+        return
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_stale_temporaries(target: Path) -> list[str]:
+    """Remove the temporaries that earlier writes to `target` left behind
+    (a process killed with SIGKILL, or a machine that stopped, cannot remove
+    its own): files of exactly this target's temporary naming, older than
+    `STALE_TEMP_AGE_S`, that no process holds locked. A live writer's
+    temporary is locked, and stays; no other file is touched. Returns the
+    names removed."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    import time
+
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(_temp_prefix(target)) + _TEMP_LETTERS + r"\.tmp")
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if pattern.fullmatch(n)]
+    except OSError:
+        return []
+    for name in names:
+        path = folder / name
+        try:
+            # Not through a link, and only a regular file.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < STALE_TEMP_AGE_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            # Still the file that was checked (not replaced since it was opened).
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.lstat(path), info):
+                    os.unlink(path)
+                    removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
 class _Interrupted(BaseException):
     """A SIGINT or SIGTERM that stopped a write."""
 
@@ -849,11 +916,13 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Any], Any]) -> N
         os.umask(umask)
         mode = 0o666 & ~umask
     folder = target.parent if str(target.parent) else Path(".")
+    remove_stale_temporaries(target)
     with _signals_during_write() as state:
         tmp = None
         try:
             with _held():
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".tmp")
+                _lock(fd)
             with os.fdopen(fd, "wb") as f:
                 os.chmod(tmp, mode)
                 write(f)
