@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -139,6 +140,28 @@ def _device(name: str | None):
             )
         ) from None
     return jax.default_device(devices[0])
+
+
+class _Whole(click.ParamType):
+    """A whole number on the command line, written in the digits 0-9: Python's
+    `int` (click's `INT`) would also take `１`, `٣` and `1_000`."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not re.fullmatch(r"[0-9]{1,18}", text):
+                self.fail(f"`{value}` is not a whole number written in the digits 0-9", param, ctx)
+            number = int(text)
+        if number < self.minimum:
+            self.fail(f"{number} is less than {self.minimum}", param, ctx)
+        return number
 
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
@@ -476,17 +499,17 @@ def apply(
     type=click.Path(),
     help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
+@click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")
 @click.option(
     "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
 )
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
     "--checkpoint-every",
-    type=click.IntRange(min=1),
+    type=_Whole(1),
     metavar="K",
-    help="Also write the model every K steps.",
+    help="Also write the model every K steps (K at least 1).",
 )
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
@@ -504,8 +527,17 @@ def apply(
     metavar="HOST:PORT",
     help="Join a run of several processes: process 0's address (every process gives the same).",
 )
-@click.option("--num-processes", type=click.IntRange(min=1), help="How many processes the run has.")
-@click.option("--process-id", type=click.IntRange(min=0), help="This process's place, 0..N-1.")
+@click.option(
+    "--num-processes", type=_Whole(1), help="How many processes the run has (at least 1)."
+)
+@click.option("--process-id", type=_Whole(0), help="This process's place, 0..N-1.")
+@click.option(
+    "--timeout",
+    type=_Whole(1),
+    metavar="SECONDS",
+    help="How long to wait for the coordinator and the other processes, then fail with "
+    "E467 (exit 2); default 60.",
+)
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 @_deny
@@ -528,6 +560,7 @@ def train(
     coordinator,
     num_processes,
     process_id,
+    timeout,
     device,
     force,
     deny,
@@ -543,7 +576,7 @@ def train(
 
     def go():
         seed_value = _seed(seed)
-        _join(coordinator, num_processes, process_id)
+        _join(coordinator, num_processes, process_id, timeout)
         program = _prepare(
             "train",
             spec,
@@ -721,10 +754,21 @@ def _writer() -> bool:
     return jax.process_index() == 0
 
 
-def _join(coordinator, num_processes, process_id) -> None:
-    """`--coordinator`, `--num-processes`, `--process-id`: all or none."""
+def _join(coordinator, num_processes, process_id, timeout=None) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id`: all or none
+    (`--timeout` only with them)."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if not any(given):
+        if timeout is not None:
+            raise UsageError(
+                Diagnostic(
+                    "E466",
+                    "`--timeout` is how long a run of several processes waits to start; this "
+                    "run has one process",
+                    help="leave `--timeout` out, or join a run with `--coordinator`, "
+                    "`--num-processes` and `--process-id`",
+                )
+            )
         return
     if not all(given):
         raise UsageError(
@@ -736,9 +780,14 @@ def _join(coordinator, num_processes, process_id) -> None:
                 "first host, `--process-id 1` on the second",
             )
         )
-    from ._runtime._distributed import initialize_distributed
+    from ._runtime._distributed import DEFAULT_TIMEOUT_S, initialize_distributed
 
-    initialize_distributed(coordinator, num_processes, process_id)
+    initialize_distributed(
+        coordinator,
+        num_processes,
+        process_id,
+        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else timeout,
+    )
 
 
 def _prepare(

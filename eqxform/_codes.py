@@ -1176,9 +1176,11 @@ CODES: dict[str, Code] = {
             "E432",
             "bad memory budget",
             "The environment variable `EQXFORM_MAX_BYTES` is not a positive number of bytes "
-            "(with an optional suffix K, M, G or T) nor `none`.",
-            "EQXFORM_MAX_BYTES=lots eqxform apply spec.eqx -o out.eqx",
-            "set it to e.g. `64G`, or `none` to turn the memory check off.",
+            "(written in the digits 0-9, a whole number or a decimal with a unit K, M, G or "
+            'T) nor `none`. `0` and negative numbers are refused rather than read as "no '
+            'limit": the word `none` is the one way to turn the check off.',
+            "EQXFORM_MAX_BYTES=0 eqxform apply spec.eqx -o out.eqx",
+            "set it to e.g. `64G` or `1.5T`, or `none` to turn the memory check off.",
         ),
         _c(
             "E433",
@@ -1201,7 +1203,8 @@ CODES: dict[str, Code] = {
             "E465",
             "bad mesh",
             "`--mesh` (or `mesh=` of the Python API) is a list of `AXIS=SIZE`, separated by "
-            "commas or spaces, each size a whole number >= 1 or -1, each name once.",
+            "commas or spaces, each size a whole number >= 1 (in the digits 0-9) or -1, each "
+            "name once.",
             "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
             "write e.g. `--mesh data=2,model=4`.",
         ),

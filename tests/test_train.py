@@ -276,3 +276,88 @@ def test_nonfinite_training_data_is_refused_before_any_step(here, bad, words):
     assert code == 2 and "E529" in out and words in out and "Traceback" not in out
     assert "step 1/" not in out  # refused before training
     assert not Path("m.eqx").exists()
+
+
+# ---- whole numbers on the command line; joining a run of several processes ---------------
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--steps", "１"),  # a fullwidth digit: Python's int() takes it
+        ("--steps", "1_0"),  # so does an underscore
+        ("--batch-size", "٣"),  # an Arabic-Indic digit
+        ("--checkpoint-every", "²"),
+        ("--num-processes", "２"),
+        ("--timeout", "1e3"),
+    ],
+)
+def test_counts_on_the_command_line_are_ascii_digits(here, option, value):
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", option, value)
+    assert code == 2 and "Traceback" not in out
+    assert (
+        f"Invalid value for '{option}': `{value}` is not a whole number written in the digits 0-9"
+        in out
+    )
+
+
+@pytest.mark.parametrize("size", ["１", "²", "1_0", "٣"])
+def test_a_mesh_size_in_other_digits_is_refused(here, size):
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--mesh", f"data={size}")
+    assert code == 2 and "E465" in out and "Traceback" not in out
+    assert (
+        f"the size of `data` must be a whole number in the digits 0-9, or -1, not `{size}`" in out
+    )
+    with pytest.raises(eqxform.UsageError):
+        eqxform.compile("seed 0", mesh=f"data={size}")
+
+
+def test_a_port_in_other_digits_is_refused():
+    with pytest.raises(eqxform.UsageError) as e:
+        eqxform.initialize_distributed("127.0.0.1:１２３４", 2, 1)
+    assert [d.code for d in e.value.diagnostics] == ["E466"]
+    assert "is not `HOST:PORT`" in e.value.diagnostics[0].message
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--timeout", "5")
+    assert code == 2 and "E466" in out and "`--timeout` is how long a run of several" in out
+
+
+def _train_joining(tmp_path, process_id: int, port: int) -> subprocess.CompletedProcess:
+    """`eqxform train` as one process of a run of two that never forms, with
+    a timeout of 3 s; the test itself is bounded (a hang is a failure)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "eqxform", "train", str(SPECS / "freeze_backbone.eqx")]
+        + ["-o", str(tmp_path / "m.eqx"), "--coordinator", f"127.0.0.1:{port}"]
+        + ["--num-processes", "2", "--process-id", str(process_id), "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_a_coordinator_that_never_answers_is_a_diagnostic_not_an_abort(tmp_path):
+    # Port 1: nothing listens. JAX alone waits 5 minutes, then aborts (SIGABRT).
+    done = _train_joining(tmp_path, 1, 1)
+    assert done.returncode == 2, done.stderr
+    assert "error[E467]: process 1 of 2 could not join the run at `127.0.0.1:1`" in done.stderr
+    assert "nothing listens there" in done.stderr and "after 3 s" in done.stderr
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m.eqx").exists()
+
+
+def test_a_coordinator_whose_run_never_forms_is_a_diagnostic_not_an_abort(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = _train_joining(tmp_path, 0, port)  # process 0 serves; process 1 never comes
+    assert done.returncode == 2, done.stderr
+    assert "error[E467]: process 0 of 2" in done.stderr
+    assert "the 2 processes did not all join within 3 s" in done.stderr
+    assert "start the other 1 process(es)" in done.stderr
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m.eqx").exists()
