@@ -540,6 +540,12 @@ def apply(
 )
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+@click.option(
+    "--adapters-only",
+    is_flag=True,
+    help="Write only the adapters and the arrays trained beside them (an adapter file for "
+    "`eqxform merge` or `eqxform.load(path, base=...)`).",
+)
 @_deny
 def train(
     spec,
@@ -563,6 +569,7 @@ def train(
     timeout,
     device,
     force,
+    adapters_only,
     deny,
 ):
     """Train with the spec's optimiser, rules and freezing; write the model.
@@ -623,13 +630,33 @@ def train(
                 "batch_size": batch_size,
             }
 
+            seed_used = program.seed if seed_value is None else seed_value
+            if adapters_only:
+                from dataclasses import replace
+
+                from ._recipes import require_adapters
+
+                # This spec's adapters (and what trains beside them), whatever
+                # the base's recipe holds; refused before training when the
+                # model would have none.
+                require_adapters(start)
+                this_spec = replace(program, seed=seed_used)
+
             def write(m, done, result=None):
                 info = {**trained, "steps": done}
                 if result is not None and result.nonfinite is not None:
                     info["stopped"] = f"step {result.nonfinite} was not finite"
+                if adapters_only:
+                    save(
+                        output,
+                        m,
+                        adapters_only=True,
+                        spec=this_spec,
+                        recipe=None if recipe is None else recipe.with_training(info),
+                    )
+                    return
                 save(output, m, recipe=None if recipe is None else recipe.with_training(info))
 
-            seed_used = program.seed if seed_value is None else seed_value
             run = functools.partial(
                 _train.train,
                 program,
