@@ -981,11 +981,13 @@ CODES: dict[str, Code] = {
         _c(
             "E330",
             "adapters of another base",
-            "An adapter file carries a fingerprint of the base tensors its adapters were "
-            "trained on (a hash of their names, shapes, dtypes and bytes, after the file's "
-            "spec is replayed). The model given as the base has other tensors, or the spec "
-            "does not fit it, so the adapters would compute something they were never "
-            "trained for.",
+            "An adapter file carries a digest of each frozen base tensor its adapters were "
+            "trained on (of its name, shape, dtype and bytes, after the file's specs are "
+            "replayed), and the arrays trained beside the adapters. The model given as the "
+            "base has other frozen tensors (the message names them), or the specs do not fit "
+            "it, so the adapters would compute something they were never trained for. Arrays "
+            "the file carries (a new head, layers left trainable) may differ: they come from "
+            "the file.",
             "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
             "load the adapters onto the model they were trained on (the file written by "
             "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
@@ -1009,6 +1011,30 @@ CODES: dict[str, Code] = {
             "eqxform.load('adapters.eqx')",
             "give the base: `eqxform.load(path, base=model)`, or "
             "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+        ),
+        _c(
+            "E333",
+            "adapter file changed after it was written",
+            "An adapter file carries a digest over its record (the specs it replays, with "
+            "their seeds and values, the digests of the base tensors it relies on) and over "
+            "its tensors. They do not match: the file was edited (a rule added to its spec, "
+            "say) or damaged, or written by an eqxform without the digest. Replaying an edited "
+            "spec would compute something the adapters were never trained for, so the file is "
+            "refused.",
+            "eqxform merge edited.eqx base.eqx -o merged.eqx",
+            "write the adapter file again from the trained model "
+            "(`eqxform.save(path, model, adapters_only=True)`, `apply`/`train --adapters-only`).",
+        ),
+        _c(
+            "E334",
+            "an adapter file's specs build another model",
+            "Replayed on the base, the file's specs give a model whose structure (module "
+            "types, functions such as activations, static fields) is not the one the adapters "
+            "were saved from, although the tensors match: another version of eqxform or "
+            "Equinox builds it differently, or the record was rewritten with a digest to match.",
+            "eqxform merge adapters.eqx base.eqx -o merged.eqx",
+            "load it with the versions that wrote it, or write the adapter file again from the "
+            "trained model.",
         ),
         _c(
             "E401",
