@@ -625,3 +625,37 @@ def test_an_adapter_file_loads_in_another_process(tmp_path, getkey):
     x = jnp.ones(24)
     adapted = eqxform.load(path, base=base)
     assert np.allclose(eqxform.load(merged)(x), eqxform.resolve(adapted)(x), atol=1e-5)
+
+
+def test_the_state_trained_beside_the_adapters_of_a_stateful_model_is_saved(tmp_path, getkey):
+    from eqxform._runtime._train import make_loss
+
+    model, state = RM.make_tiny_resnet(3, 8, 2, 4, key=getkey())
+    program = eqxform.compile(
+        "optimizer adam(learning_rate=1e-2)\nwhere ** -> freeze\nwhere fc -> lora(rank=2, alpha=4)"
+    )
+    adapted, adapted_state = program.apply((model, state), key=getkey())
+    step = eqxform.make_step(
+        make_loss("mse", stateful=True),
+        eqxform.optimizer(program, adapted),
+        adapted,
+        state=adapted_state,
+    )
+    x, y = jax.random.normal(getkey(), (8, 3, 8, 8)), jax.random.normal(getkey(), (8, 4))
+    for _ in range(3):
+        step(x, y)
+    trained = step.result
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(trained[1]), jax.tree_util.tree_leaves(state))
+    ]
+    assert any(changed)  # the running statistics moved
+    path = tmp_path / "adapters.eqx"
+    eqxform.save(path, trained, adapters_only=True, spec=program)
+    loaded_model, loaded_state = eqxform.load(path, base=(model, state))
+    for a, b in zip(jax.tree_util.tree_leaves(loaded_state), jax.tree_util.tree_leaves(trained[1])):
+        assert np.array_equal(a, b)
+    run = lambda m, s: jax.vmap(  # noqa: E731
+        lambda xi: eqxform.resolve(m)(xi, s)[0], axis_name="batch"
+    )(x)
+    assert np.array_equal(run(loaded_model, loaded_state), run(*trained))
