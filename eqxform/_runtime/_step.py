@@ -262,10 +262,10 @@ def _keep_if_finite(old: list, new: list, loss, guard: list) -> tuple[list, list
     count = count + 1
     finite = jnp.isfinite(loss) & _finite(new[0])
     ok = finite & (bad == 0)
-    kept = [
-        [jnp.where(ok, n, o) for n, o in zip(new_leaves, old_leaves)]
-        for new_leaves, old_leaves in zip(new, old)
-    ]
+    # One conditional, not a `where` per leaf: a select per leaf costs a
+    # kernel each on the CPU and can take XLA minutes to compile for a deep
+    # model.
+    kept = jax.lax.cond(ok, lambda: new, lambda: old)
     bad = jnp.where((bad == 0) & ~finite, count, bad)
     return kept, [count, bad]
 
