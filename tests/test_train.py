@@ -361,3 +361,16 @@ def test_a_coordinator_whose_run_never_forms_is_a_diagnostic_not_an_abort(tmp_pa
     assert "start the other 1 process(es)" in done.stderr
     assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "m.eqx").exists()
+
+
+def test_a_slow_run_off_a_terminal_prints_a_line_at_least_every_interval(here, monkeypatch):
+    from eqxform import _cli
+
+    # Every step "takes" longer than the interval: each gets its line.
+    monkeypatch.setattr(_cli, "_LINE_EVERY_S", 0.0)
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--steps", "25")
+    assert code == 0, out
+    steps = [
+        int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("step ")
+    ]
+    assert steps == list(range(1, 26))
