@@ -478,9 +478,9 @@ def train(
     picks (step 1's loss is the initial model's, on the first batch). The
     loop stops at the first step whose loss or updated parameters are not
     finite: the model returned is the one before that step, and `nonfinite`
-    names the step. The device is waited for at the reported steps and
-    every 10 steps, not at each step: the check itself runs inside the
-    compiled step.
+    names the step. The check runs inside the compiled step; the loop reads
+    its result every 10 steps, at checkpoints and at the end (the same steps
+    in every process), so it waits for the device there, not at each step.
     """
     if batch_size > len(x):
         raise UsageError(
@@ -532,13 +532,14 @@ def train(
             done = i + 1
             recent[done] = value
             recent.pop(done - 10, None)
-            reporting = on_step is not None and report(done, steps)
             checkpoint = bool(checkpoint_every and on_checkpoint and done % checkpoint_every == 0)
-            if reporting or checkpoint or done % 10 == 0 or done == steps:
+            # At the same steps in every process of a run (not at the steps
+            # this process reports): they stop together.
+            if checkpoint or done % 10 == 0 or done == steps:
                 bad = step.nonfinite_step
                 if bad is not None:
                     break
-            if reporting:
+            if on_step is not None and report(done, steps):
                 last = _scalar(value) / (members or 1)
                 on_step(done, last)
             if checkpoint:
