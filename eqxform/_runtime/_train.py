@@ -366,6 +366,8 @@ def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str
             where,
             f"the model does not accept rows of `x` of shape {list(x.shape[1:])}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+            "each row of `x` is one input of the model (the spec's `input` line, or the "
+            "`in_size` of an `MLP`): save `x` with one such input per row",
         ) from None
     if not hasattr(out, "shape"):
         raise _tuple_output(where)
