@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from typing import Any
@@ -873,36 +873,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
             "its record (the specs, the base's digests) or its tensors "
             "do not match the digest it carries",
         )
-    model = base
-    recipe = recipe_of(base)
-    for i, entry in enumerate(info["specs"]):
-        program, diagnostics = compile_collect(
-            str(entry.get("text", "")),
-            f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
-            entry.get("params") or {},
-            allow,
-            mesh=entry.get("mesh"),
-        )
-        if diagnostics:
-            raise ModelFileError(diagnostics)
-        seed = entry.get("seed")
-        key = seed_key(program.seed if seed is None else seed)
-        try:
-            model = program.run(
-                model, key, Context(allow=allow, base=None if recipe is None else recipe.build)
-            )
-        except SpecError as e:
-            raise ModelFileError(
-                Diagnostic(
-                    "E330",
-                    f"`{path}` was trained on another base: its specs do not fit this model",
-                    file=str(path),
-                    notes=tuple(d.message for d in e.diagnostics[:3]),
-                    help="load it onto the model the adapters were trained on",
-                )
-            ) from None
-        if recipe is not None:
-            recipe = recipe.then(program, seed)
+    model, recipe = _replay(str(path), info, base, allow)
     parts = _parts(model)
     carried = {n: x for n, x in parts.adapters + parts.trained}
     problems = []
@@ -929,7 +900,12 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
                 help="load it onto the model the adapters were trained on",
             )
         )
-    _check_base(str(path), info, _base_digests(parts))
+    _check_base(
+        str(path),
+        info,
+        _base_digests(parts),
+        lambda: _base_digests(_parts(_replay(str(path), info, base, allow, redraw=True)[0])),
+    )
     if info.get("structure") is not None and structure(model) != info["structure"]:
         raise ModelFileError(
             Diagnostic(
@@ -951,15 +927,72 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     return model
 
 
-def _check_base(path: str, info: dict, have: dict[str, str]) -> None:
+def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tuple[Any, Any]:
+    """(the model, its recipe) of an adapter file's specs replayed on
+    `base`, each with its recorded seed (with `redraw`, with other keys: to
+    find what the specs draw at random)."""
+    model = base
+    recipe = recipe_of(base)
+    for i, entry in enumerate(info["specs"]):
+        program, diagnostics = compile_collect(
+            str(entry.get("text", "")),
+            f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
+            entry.get("params") or {},
+            allow,
+            mesh=entry.get("mesh"),
+        )
+        if diagnostics:
+            raise ModelFileError(diagnostics)
+        seed = entry.get("seed")
+        key = seed_key(program.seed if seed is None else seed)
+        if redraw:
+            key = jax.random.fold_in(key, 1)
+        try:
+            model = program.run(
+                model, key, Context(allow=allow, base=None if recipe is None else recipe.build)
+            )
+        except SpecError as e:
+            raise ModelFileError(
+                Diagnostic(
+                    "E330",
+                    f"`{path}` was trained on another base: its specs do not fit this model",
+                    file=path,
+                    notes=tuple(d.message for d in e.diagnostics[:3]),
+                    help="load it onto the model the adapters were trained on",
+                )
+            ) from None
+        if recipe is not None:
+            recipe = recipe.then(program, seed)
+    return model, recipe
+
+
+def _check_base(
+    path: str, info: dict, have: dict[str, str], redrawn: Callable[[], dict[str, str]]
+) -> None:
     """The frozen tensors of the base, after the replay, are the ones the
-    adapters were trained on: by name, shape, dtype and bytes."""
+    adapters were trained on: by name, shape, dtype and bytes. When they are
+    not, `redrawn()` (the digests of a replay with other keys) tells the
+    tensors that the specs draw at random from those of another base."""
     want = info.get("base") or {}
     if _fingerprint_of(have) == info["fingerprint"] and have == want:
         return
     differ = sorted(n for n in set(have) & set(want) if have[n] != want[n])
     missing = sorted(set(want) - set(have))
     extra = sorted(set(have) - set(want))
+    again = redrawn() if differ else {}
+    drawn = [n for n in differ if again.get(n) != have[n]]
+    if drawn:
+        raise ModelFileError(
+            Diagnostic(
+                "E330",
+                f"`{path}` cannot be replayed: its specs draw frozen tensors at random "
+                "(" + ", ".join(f"`{n}`" for n in drawn[:5]) + "), and they were drawn "
+                "from another key than the spec's seed when the adapters were trained",
+                file=path,
+                help="save the whole model instead, or apply the spec with `seed=` (not "
+                "`key=`) before training and save the adapters again",
+            )
+        )
     notes = []
     if differ:
         notes.append("tensors that differ: " + ", ".join(f"`{n}`" for n in differ[:5]))

@@ -659,3 +659,29 @@ def test_the_state_trained_beside_the_adapters_of_a_stateful_model_is_saved(tmp_
         lambda xi: eqxform.resolve(m)(xi, s)[0], axis_name="batch"
     )(x)
     assert np.array_equal(run(loaded_model, loaded_state), run(*trained))
+
+
+def test_frozen_tensors_a_spec_draws_with_a_key_are_named_as_what_cannot_be_replayed(
+    tmp_path, getkey
+):
+    base = eqxform.new("MLP(in_size=24, out_size=40, width_size=32, depth=2)", seed=0)
+    program = eqxform.compile(
+        "where layers[0].weight -> init normal(stddev=0.1)\n"
+        "where layers[0] -> freeze\n"
+        "where layers[1:] -> lora(rank=4, alpha=8)\n"
+    )
+    path = tmp_path / "adapters.eqx"
+    # Applied from the spec's seed, the replay draws the same frozen weight.
+    eqxform.save(path, with_b(program.apply(base), getkey()), adapters_only=True, spec=program)
+    assert eqxform.load(path, base=base) is not None
+    # Applied with a key of its own, it cannot: refused, naming the tensor.
+    adapted = with_b(program.apply(base, key=jax.random.key(9)), getkey())
+    eqxform.save(path, adapted, adapters_only=True, spec=program)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    (d,) = e.value.diagnostics
+    assert (
+        d.code == "E330"
+        and "its specs draw frozen tensors at random (`layers.0.weight`)" in d.message
+    )
+    assert "`seed=` (not `key=`)" in d.help
