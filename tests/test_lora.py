@@ -685,3 +685,21 @@ def test_frozen_tensors_a_spec_draws_with_a_key_are_named_as_what_cannot_be_repl
         and "its specs draw frozen tensors at random (`layers.0.weight`)" in d.message
     )
     assert "`seed=` (not `key=`)" in d.help
+
+
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (lambda r: r.update(base=[1, 2]), "`adapters.base` is a list; a map is expected"),
+        (lambda r: r.update(trained="all"), "`adapters.trained` is a string"),
+        (lambda r: r.pop("fingerprint"), "`adapters.fingerprint` is null; a string"),
+        (lambda r: r["specs"][0].update(text=7), "`adapters.specs[0].text` is the number `7`"),
+    ],
+)
+def test_a_malformed_adapter_record_is_a_located_diagnostic(tmp_path, getkey, change, words):
+    base, path = _adapter_file(tmp_path, getkey)
+    _rewrite_record(path, change)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    (d,) = e.value.diagnostics
+    assert d.code == "E315" and words in d.message and "adapter record" in d.message
