@@ -988,11 +988,13 @@ CODES: dict[str, Code] = {
         _c(
             "E330",
             "adapters of another base",
-            "An adapter file carries a fingerprint of the base tensors its adapters were "
-            "trained on (a hash of their names, shapes, dtypes and bytes, after the file's "
-            "spec is replayed). The model given as the base has other tensors, or the spec "
-            "does not fit it, so the adapters would compute something they were never "
-            "trained for.",
+            "An adapter file carries a digest of each frozen base tensor its adapters were "
+            "trained on (of its name, shape, dtype and bytes, after the file's specs are "
+            "replayed), and the arrays trained beside the adapters. The model given as the "
+            "base has other frozen tensors (the message names them), or the specs do not fit "
+            "it, so the adapters would compute something they were never trained for. Arrays "
+            "the file carries (a new head, layers left trainable) may differ: they come from "
+            "the file.",
             "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
             "load the adapters onto the model they were trained on (the file written by "
             "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
@@ -1016,6 +1018,30 @@ CODES: dict[str, Code] = {
             "eqxform.load('adapters.eqx')",
             "give the base: `eqxform.load(path, base=model)`, or "
             "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+        ),
+        _c(
+            "E333",
+            "adapter file changed after it was written",
+            "An adapter file carries a digest over its record (the specs it replays, with "
+            "their seeds and values, the digests of the base tensors it relies on) and over "
+            "its tensors. They do not match: the file was edited (a rule added to its spec, "
+            "say) or damaged, or written by an eqxform without the digest. Replaying an edited "
+            "spec would compute something the adapters were never trained for, so the file is "
+            "refused.",
+            "eqxform merge edited.eqx base.eqx -o merged.eqx",
+            "write the adapter file again from the trained model "
+            "(`eqxform.save(path, model, adapters_only=True)`, `apply`/`train --adapters-only`).",
+        ),
+        _c(
+            "E334",
+            "an adapter file's specs build another model",
+            "Replayed on the base, the file's specs give a model whose structure (module "
+            "types, functions such as activations, static fields) is not the one the adapters "
+            "were saved from, although the tensors match: another version of eqxform or "
+            "Equinox builds it differently, or the record was rewritten with a digest to match.",
+            "eqxform merge adapters.eqx base.eqx -o merged.eqx",
+            "load it with the versions that wrote it, or write the adapter file again from the "
+            "trained model.",
         ),
         _c(
             "E401",
@@ -1132,9 +1158,14 @@ CODES: dict[str, Code] = {
             "E420",
             "bad training data",
             "The `--data` file is missing, not an `.npz`, lacks `x` or `y`, or does not fit "
-            "the model.",
-            "eqxform train spec.eqx --data d.npz -o out.eqx",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example.",
+            "the model: rows of `x` the model does not take, targets of another shape than "
+            "its output (`--loss mse`), labels that are not integers of shape [N] or lie "
+            "outside the model's classes (`--loss cross_entropy`). The message says which, "
+            "with the shapes and dtypes found.",
+            "eqxform train spec.eqx --data d.npz --loss cross_entropy -o out.eqx   # y is f32[N,3]",
+            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example; "
+            "for `cross_entropy`, `y` holds one integer class per example "
+            "(`y.argmax(axis=1).astype(numpy.int32)` of one-hot rows).",
         ),
         _c(
             "E421",
@@ -1183,9 +1214,11 @@ CODES: dict[str, Code] = {
             "E432",
             "bad memory budget",
             "The environment variable `EQXFORM_MAX_BYTES` is not a positive number of bytes "
-            "(with an optional suffix K, M, G or T) nor `none`.",
-            "EQXFORM_MAX_BYTES=lots eqxform apply spec.eqx -o out.eqx",
-            "set it to e.g. `64G`, or `none` to turn the memory check off.",
+            "(written in the digits 0-9, a whole number or a decimal with a unit K, M, G or "
+            'T) nor `none`. `0` and negative numbers are refused rather than read as "no '
+            'limit": the word `none` is the one way to turn the check off.',
+            "EQXFORM_MAX_BYTES=0 eqxform apply spec.eqx -o out.eqx",
+            "set it to e.g. `64G` or `1.5T`, or `none` to turn the memory check off.",
         ),
         _c(
             "E433",
@@ -1218,7 +1251,8 @@ CODES: dict[str, Code] = {
             "E465",
             "bad mesh",
             "`--mesh` (or `mesh=` of the Python API) is a list of `AXIS=SIZE`, separated by "
-            "commas or spaces, each size a whole number >= 1 or -1, each name once.",
+            "commas or spaces, each size a whole number >= 1 (in the digits 0-9) or -1, each "
+            "name once.",
             "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
             "write e.g. `--mesh data=2,model=4`.",
         ),
@@ -1364,7 +1398,30 @@ CODES: dict[str, Code] = {
             "",
             "write the file again.",
         ),
+        _c(
+            "E529",
+            "training data not finite",
+            "`x` or `y` holds NaN or an infinity. One such value makes the loss of every "
+            "batch that holds it NaN, and the training after it worthless, so the data is "
+            "refused before any step; the message names the array and the index of the "
+            "first bad element.",
+            "numpy.savez('d.npz', x=x, y=numpy.where(mask, numpy.nan, y))",
+            "drop the rows that hold them, or replace the values (`numpy.nan_to_num`), then "
+            "save the file again.",
+        ),
         # ---- running
+        _c(
+            "E530",
+            "training stopped: a loss or an update was not finite",
+            "`eqxform train` checks every step (inside the compiled step, without waiting "
+            "for the device): at the first step whose loss, or whose updated parameters, are "
+            "NaN or infinite, it stops. It writes the model as it was before that step (the "
+            "last finite one) to the output and exits with status 1; when the very first "
+            "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
+            "optimizer sgd(learning_rate=1e10)",
+            "lower the learning rate (or clip the gradients), check the scale of the data, "
+            "and check that the model's outputs are finite at the start.",
+        ),
         _c(
             "E460",
             "no adapters to save",

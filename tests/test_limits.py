@@ -475,3 +475,41 @@ def test_the_limits_are_named_constants_in_one_module():
     text = Path(L.__file__).read_text()
     assert re.findall(r"^(?:from|import) .*$", text, re.M) == []
     assert L.MAX_SEED == 2**64 - 1 and L.MAX_NESTING < sys.getrecursionlimit() // 4
+
+
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("0", "would allow no array at all"),
+        ("0K", "would allow no array at all"),
+        ("-1", "is negative"),
+        ("-64G", "is negative"),
+        ("1.5", "is not a whole number of bytes"),
+        ("0.0001", "is not a whole number of bytes"),
+        ("1_000_000", "is not a number of bytes"),
+        ("１G", "is not a number of bytes"),  # a fullwidth digit
+        ("1e9", "is not a number of bytes"),
+        ("off", "is not a number of bytes"),  # `none` is the one word for no limit
+        ("inf", "is not a number of bytes"),
+    ],
+)
+def test_a_memory_budget_that_is_no_positive_number_is_refused(monkeypatch, value, why):
+    monkeypatch.setenv(L.MAX_BYTES_ENV, value)
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.new("MLP(in_size=2, out_size=2, width_size=4, depth=1)")
+    (d,) = info.value.diagnostics
+    assert d.code == "E432" and d.message == f"`{L.MAX_BYTES_ENV}={value}` {why}"
+    assert "`none` to turn the memory check off" in d.help
+
+
+@pytest.mark.parametrize(
+    "value,budget",
+    [("100", 100), ("64G", 64 * 2**30), ("1.5K", 1536), ("2t", 2 * 2**40), (" 8M ", 8 * 2**20)],
+)
+def test_a_memory_budget_in_bytes_or_units(monkeypatch, value, budget):
+    from eqxform._check import byte_budget
+
+    monkeypatch.setenv(L.MAX_BYTES_ENV, value)
+    assert byte_budget() == budget
+    monkeypatch.setenv(L.MAX_BYTES_ENV, "NONE")
+    assert byte_budget() is None
