@@ -226,6 +226,14 @@ def ensemble(repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _work(kind: str, *rest: str) -> dict:
+    if kind == "compile":
+        return compile_worker(rest[0], int(rest[1]))
+    if kind == "reinit":
+        return reinit(int(rest[0]), int(rest[1]))
+    return ensemble(int(rest[0]))
+
+
 def _subprocess(*args) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True
@@ -240,13 +248,7 @@ def main() -> None:
     parser.add_argument("--worker", nargs="+")
     args = parser.parse_args()
     if args.worker:
-        kind, *rest = args.worker
-        if kind == "compile":
-            print(json.dumps(compile_worker(rest[0], int(rest[1]))))
-        elif kind == "reinit":
-            print(json.dumps(reinit(int(rest[0]), int(rest[1]))))
-        else:
-            print(json.dumps(ensemble(int(rest[0]))))
+        print(json.dumps(_work(*args.worker)))
         return
 
     import jax
@@ -255,7 +257,9 @@ def main() -> None:
 
     repeats = 1 if args.smoke else 5 if args.quick else 15
     blocks, vit_blocks = (2, 2) if args.smoke else (BLOCKS, VIT_BLOCKS)
-    compiled = {k: _subprocess("compile", k, str(blocks)) for k in ("unstacked", "stack", "hand")}
+    # A smoke run (that it runs) spares itself the fresh processes.
+    worker = _work if args.smoke else _subprocess
+    compiled = {k: worker("compile", k, str(blocks)) for k in ("unstacked", "stack", "hand")}
     table = Table(title=f"compile, forward + gradient, {blocks} blocks looped by their parent (s)")
     for column in ("model", "compile", "ours / hand", "ours / unstacked", "run (ms)"):
         table.add_column(column, justify="right")
@@ -270,14 +274,14 @@ def main() -> None:
     console = Console()
     console.print(table)
 
-    r = _subprocess("reinit", str(repeats), str(vit_blocks))
+    r = worker("reinit", str(repeats), str(vit_blocks))
     table = Table(title=f"re-initialise every Linear weight, {r['leaves']:,} leaves, warm (s)")
     for column in ("ours", "hand-written tree_at", "ratio"):
         table.add_column(column, justify="right")
     table.add_row(f"{r['ours']:.4f}", f"{r['hand']:.4f}", f"{r['ours'] / r['hand']:.2f}x")
     console.print(table)
 
-    e = _subprocess("ensemble", str(repeats))
+    e = worker("ensemble", str(repeats))
     table = Table(title="evaluate an ensemble of 8, with a keyword argument (us per call)")
     for column in ("Ensemble", "hand-written filter_vmap", "ratio"):
         table.add_column(column, justify="right")
