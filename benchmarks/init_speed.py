@@ -89,9 +89,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="the smallest size: that it runs")
     parser.add_argument("--worker", nargs=4)
     args = parser.parse_args()
-    if args.smoke:
-        global CASES, SCALING
-        CASES, SCALING = {"10 x Linear(8, 8)": (10, 8)}, (10,)
+    if args.smoke:  # that it runs: small, and in this process (no cold starts)
+        global CASES, SCALING, measure
+        CASES, SCALING, measure = {"10 x Linear(8, 8)": (10, 8)}, (10,), worker
     if args.worker:
         kind, count, size, repeats = args.worker
         print(json.dumps(worker(kind, int(count), int(size), int(repeats))))
