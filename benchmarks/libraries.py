@@ -15,7 +15,8 @@
    <= 1.1x at 2 blocks.
 
 Every number is measured in a fresh process, so that nothing is cached.
-Run: `python benchmarks/libraries.py` (`--quick`: one repeat). Prints a table
+Run: `python benchmarks/libraries.py` (`--quick`: one repeat; `--smoke`: the
+smallest size, in one process, to see that it runs). Prints a table
 of seconds and ratios (ours / baseline; below 1 is faster). Needs equimo.
 """
 
@@ -37,7 +38,7 @@ warnings.simplefilter("ignore")
 import eqxform
 
 
-def vit(key, depth=12):
+def vit(key, depth=VIT_DEPTH):
     import equimo.models as em
     return em.VisionTransformer(img_size=32, in_channels=3, dim=32, patch_size=8, num_heads=2,
                                 depths=[depth], num_classes=10, key=key)
@@ -171,11 +172,11 @@ print(json.dumps({"cold": cold, "warm": warm}))
 
 COMPILE = r"""
 if MODEL == "vit":
-    model, state = vit(jr.key(0), depth=8), None
+    model, state = vit(jr.key(0), depth=STACK_DEPTH), None
     spec, x = "stack blocks[0].blocks scan", jnp.ones((3, 32, 32))
     call = lambda m, s, x: m(x, key=jr.key(0), inference=True)
 elif MODEL == "clip":
-    model, state = ClipText(key=jr.key(0)), None
+    model, state = ClipText(depth=STACK_DEPTH, key=jr.key(0)), None
     spec, x = "stack blocks scan", jnp.arange(16) % 100
     call = lambda m, s, x: m(x)
 else:
@@ -201,8 +202,26 @@ print(json.dumps({"compile": time.perf_counter() - start}))
 """
 
 
+# The sizes: as the issue states them, and the smallest (`--smoke`).
+SIZES = {
+    "full": {"VIT_DEPTH": 12, "STACK_DEPTH": 8},
+    "smoke": {"VIT_DEPTH": 2, "STACK_DEPTH": 2},
+}
+SIZE = dict(SIZES["full"])
+IN_PROCESS = False
+
+
 def measure(body: str, **names) -> dict:
-    code = "import json\n" + SETUP + "".join(f"{k} = {v!r}\n" for k, v in names.items()) + body
+    names = {**SIZE, **names}
+    code = "import json\n" + "".join(f"{k} = {v!r}\n" for k, v in names.items()) + SETUP + body
+    if IN_PROCESS:  # `--smoke`: that it runs, not what it measures
+        import contextlib
+        import io
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(code, "<benchmark>", "exec"), {"__name__": __name__})
+        return json.loads(printed.getvalue().strip().splitlines()[-1])
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=1800
     )
@@ -218,9 +237,18 @@ def median(body: str, repeats: int, key: str, **names) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat per number")
-    repeats = 1 if parser.parse_args().quick else 3
+    parser.add_argument(
+        "--smoke", action="store_true", help="the smallest size, in this process: that it runs"
+    )
+    args = parser.parse_args()
+    repeats = 1 if args.quick or args.smoke else 3
+    if args.smoke:
+        global IN_PROCESS
+        IN_PROCESS = True
+        SIZE.update(SIZES["smoke"])
     rows = []
-    for model, label in (("vit", "equimo ViT, 12 blocks"), ("resnet", "ResNet-18 shape")):
+    depth, blocks = SIZE["VIT_DEPTH"], SIZE["STACK_DEPTH"]
+    for model, label in (("vit", f"equimo ViT, {depth} blocks"), ("resnet", "ResNet-18 shape")):
         runs = {
             who: [measure(ENSEMBLE, MODEL=model, WHO=who) for _ in range(repeats)]
             for who in ("hand", "constructor", "model")
@@ -231,17 +259,18 @@ def main() -> None:
                 ours = statistics.median(r[phase] for r in runs[who])
                 rows.append((f"ensemble 4, {label}, {phase}, given the {who}", ours, hand, 1.5))
     for model, label, target in (
-        ("vit", "equimo ViT, 8 blocks", 0.5),
-        ("clip", "CLIP-like text, 8 blocks", 0.5),
+        ("vit", f"equimo ViT, {blocks} blocks", 0.5),
+        ("clip", f"CLIP-like text, {blocks} blocks", 0.5),
         ("resnet", "ResNet layer1, 2 blocks", 1.1),
     ):
         ours = median(COMPILE, repeats, "compile", MODEL=model, WHO="stack")
         base = median(COMPILE, repeats, "compile", MODEL=model, WHO="unstacked")
         rows.append((f"stack compile (fwd+grad), {label}", ours, base, target))
     width = max(len(r[0]) for r in rows)
-    print(f"{'measurement'.ljust(width)}  {'ours s':>8}  {'base s':>8}  {'ratio':>6}  target")
+    print(f"{'measurement'.ljust(width)}  {'ours s':>8}  {'base s':>8}  {'ratio':>7}  target")
     for name, ours, base, target in rows:
-        print(f"{name.ljust(width)}  {ours:8.2f}  {base:8.2f}  {ours / base:6.2f}  <= {target}")
+        ratio = f"{ours / base:.2f}x"
+        print(f"{name.ljust(width)}  {ours:8.2f}  {base:8.2f}  {ratio:>7}  <= {target}x")
 
 
 if __name__ == "__main__":
