@@ -32,6 +32,7 @@ from ._select import (
     is_array,
     matched_arrays,
     node_at,
+    outermost,
     path_str,
     select_rule,
     walk,
@@ -280,9 +281,20 @@ def structure(model: Any) -> Any:
     """`model` with every array replaced by its `ShapeDtypeStruct`."""
     # A skeleton already (a model file's, or a plan's result): tracing it again
     # would cost as much as a pass and change nothing.
-    if not any(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree_util.tree_leaves(model)):
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    if not any(isinstance(x, (jax.Array, np.ndarray)) for x in leaves):
         return model
-    return eqx.filter_eval_shape(lambda m: m, model)
+    # What `eqx.filter_eval_shape(lambda m: m, model)` gives, without tracing
+    # an identity over every leaf.
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False))
+            if isinstance(x, (jax.Array, np.ndarray))
+            else x
+            for x in leaves
+        ],
+    )
 
 
 def _position(d: Diagnostic) -> tuple[int, int]:
@@ -435,10 +447,7 @@ def _run_shapes(p, struct, key, ctx, nodes):
     the whole model would cost time in proportion to all its leaves, for
     every rule: on a model of a thousand leaves, most of a plan's time."""
     model, state = split_state(struct)
-    outer: list = []
-    for node in sorted(nodes, key=lambda n: len(n.path)):
-        if not any(node.path[: len(o)] == o for o in outer):
-            outer.append(node.path)
+    outer = outermost(n.path for n in nodes)
     # `freeze` may rewrap the `Frozen` above a node; a stateful model's state
     # follows its modules.
     local = isinstance(p, RulePass) and p.action.name != "freeze" and state is None

@@ -23,7 +23,19 @@ from .. import _ast as A
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
 from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
-from .._select import Node, fans, get, is_array, no_match, node_at, path_str, select, walk
+from .._select import (
+    Node,
+    PathSet,
+    fans,
+    get,
+    is_array,
+    no_match,
+    node_at,
+    outermost,
+    path_str,
+    select,
+    walk,
+)
 from ._base import Pass
 from ._forward import outputs, random_inputs
 
@@ -53,9 +65,8 @@ class StructPass(Pass):
                 drawn += [n.path for n in select(rule.selector, walk(model))]
             except SpecError:  # the rule's own error is reported at its line
                 continue
-        copied = [
-            node_at(model, p).text for p in copied if not any(p[: len(d)] == d for d in drawn)
-        ]
+        drawn = PathSet(drawn)
+        copied = [node_at(model, p).text for p in copied if not drawn.covers(p)]
         if not copied:
             return
         first = copied[0]
@@ -320,12 +331,7 @@ class StackPass(StructPass):
         nodes = select(self.stmt.selector, walk(model))
         if not nodes:
             raise no_match(self.stmt.selector, walk(model), self.source)
-        outer = [
-            n
-            for n in nodes
-            if not any(o is not n and n.path[: len(o.path)] == o.path for o in nodes)
-        ]
-        return outer
+        return outermost(nodes, lambda n: n.path)
 
     def restructure(self, model, key, ctx, nodes):
         stmt, options = self.stmt, self.options

@@ -36,6 +36,7 @@ from .._select import (
     get,
     is_array,
     matched_arrays,
+    outermost,
     select_rule,
     stack_axis,
     walk,
@@ -213,10 +214,7 @@ class InitPass(RulePass):
 class ReplacePass(RulePass):
     def run(self, model, key, ctx, nodes):
         # A match inside another match is replaced with it.
-        outer: list[Node] = []
-        for node in nodes:
-            if not any(node.path[: len(o.path)] == o.path for o in outer):
-                outer.append(node)
+        outer = outermost(nodes, lambda n: n.path)
         arg = self.action.arg
         values = []
         rule_key = self.rule_key(key)
@@ -326,11 +324,7 @@ class FreezePass(RulePass):
                 )
         unique = list({leaf.path: leaf for leaf in leaves}.values())
         # A wrapper and an array inside it may both be listed: keep the outer.
-        outer = [
-            n
-            for n in unique
-            if not any(o.path == n.path[: len(o.path)] and o is not n for o in unique)
-        ]
+        outer = outermost(unique, lambda n: n.path)
         targets = [_frozen(model, n) for n in outer]
         return replace_at(model, [p for p, _ in targets], [v for _, v in targets])
 
@@ -360,7 +354,7 @@ class UnwrapPass(RulePass):
             for sub in walk(node.obj):
                 if isinstance(sub.obj, Wrapper):
                     found.setdefault(node.path + sub.path)
-        outer = [p for p in found if not any(q != p and p[: len(q)] == q for q in found)]
+        outer = outermost(found)
         return replace_at(model, outer, [bake(get(model, p)) for p in outer])
 
 
