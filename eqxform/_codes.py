@@ -559,6 +559,19 @@ CODES: dict[str, Code] = {
             "machine has the memory.",
         ),
         _c(
+            "E159",
+            "model nested too deep",
+            "A model (given to `check`, `plan`, `apply` or `save`, built by a constructor, or "
+            "made by a `replace`) nests modules, lists, tuples and dicts more than 600 levels "
+            "deep (`_limits.MAX_MODEL_DEPTH`). eqxform walks any depth, but JAX flattens a "
+            "model recursively, each level counted against Python's recursion limit, and "
+            "fails at about a thousand levels less the frames of the code that calls it. The "
+            "model is measured when it enters, before JAX sees it.",
+            "model mypkg.models:chain(depth=1000)   # each block inside the last",
+            "keep repeated layers side by side in one list (or `stack` them) rather than each "
+            "inside the last.",
+        ),
+        _c(
             "E190",
             "no such mesh axis",
             "A `shard` spec, a `stack ... over AXIS` or an `ensemble N over AXIS` names a mesh "

@@ -383,7 +383,7 @@ def make_plan(program, model=None, mesh=None) -> Plan:
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
     structs = program.input_structs()
-    ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
+    ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append, shapes_only=True)
     start = _params(struct)
     if model is None and program.model_call is not None:
         # The spec's own model: it is built for real by `apply`.

@@ -48,7 +48,7 @@ from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
 from ._plan import make_plan
-from ._select import is_array
+from ._select import is_array, too_deep
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ class Program:
             model = self.construct(key)
             recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
         else:
-            recipe = recipe_of(model)
+            recipe = recipe_of(check_model(model))
         ctx = Context(
             allow=self.allow,
             base=None if recipe is None else recipe.build,
@@ -253,7 +253,7 @@ class Program:
                 subject = self.construct(k)
             return functools.reduce(lambda m, p: p(m, k, c), passes, subject)
 
-        shaped = replace(ctx, verify=False, mesh=None)
+        shaped = replace(ctx, verify=False, mesh=None, shapes_only=True)
         shapes = eqx.filter_eval_shape(lambda m, k: fold(m, k, shaped), model, key)
         placed = placer.placements(shapes, dict(mesh.shape))
         shardings = sharding_tree(shapes, placed, mesh)
@@ -282,6 +282,8 @@ class Program:
         many bytes each device needs to build the model. For measuring."""
         seed = self.seed if seed is None else check_seed(seed)
         key = seed_key(seed) if key is None else check_key(key)
+        if model is not None:
+            check_model(model)
         placer = self.placer(mesh)
         if placer is None:
             placer = self.placer({"data": 1})
@@ -303,7 +305,7 @@ class Program:
         mesh (the spec's, or `mesh`), each array's partition spec and bytes
         per device.
         """
-        return make_plan(self, model, mesh)
+        return make_plan(self, None if model is None else check_model(model), mesh)
 
 
 def check_key(key: Any) -> Any:
@@ -324,6 +326,14 @@ def check_key(key: Any) -> Any:
             help="e.g. `key=jax.random.key(0)`, or pass `seed=0` instead",
         )
     )
+
+
+def check_model(model: Any) -> Any:
+    """A model given to the API: no deeper than JAX can flatten (E159)."""
+    bad = too_deep(model, f"the `{type(model).__name__}` given as the model")
+    if bad is not None:
+        raise UsageError(bad)
+    return model
 
 
 def _what(value: Any) -> str:

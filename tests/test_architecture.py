@@ -41,7 +41,7 @@ LAYERS = {
     "eqxform._registry": 4,
     "eqxform._source": 4,
     "eqxform._check": 5,
-    "eqxform._select": 6,
+    "eqxform._select": 5,
     "eqxform._build": 6,
     "eqxform._passes._init": 7,
     "eqxform._passes._base": 7,

@@ -23,7 +23,7 @@ from .._build import budget_diagnostic, nbytes
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
 from .._modules import join_state, restate, split_state
-from .._select import Node, get
+from .._select import GetAttrKey, Node, get
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class Context:
     - `mesh`: the `jax.sharding.Mesh` the arrays are placed on (the last
       pass of a program with a `mesh` puts each in its sharding); None
       leaves them where they are.
+    - `shapes_only`: the pass runs under `eval_shape` for the shapes it
+      makes, and no value it computes is read (a plan, a budget check): work
+      that gives every leaf of one shape the same shape may be done once.
     """
 
     allow: tuple[str, ...] = ()
@@ -54,6 +57,7 @@ class Context:
     verify: bool = False
     report: Callable[[Diagnostic], None] | None = None
     mesh: Any = None
+    shapes_only: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,7 +123,7 @@ class Pass:
         if self.grows and not _traced(subject):
             # Shapes only: the forward check of a stack needs values, and the
             # warnings are issued once, by the run below.
-            shaped = replace(ctx, verify=False, report=None)
+            shaped = replace(ctx, verify=False, report=None, shapes_only=True)
             after = eqx.filter_eval_shape(
                 lambda m, k: self.run_on(m, k, shaped, nodes), subject, key
             )
@@ -202,6 +206,14 @@ def _with_children(obj: Any, changed: dict) -> Any:
         out = dict(obj)
         for key, value in changed.items():
             out[key.key] = value
+        return out
+    if isinstance(obj, eqx.Module) and all(isinstance(k, GetAttrKey) for k in changed):
+        # As Equinox's own unflattening: a new instance, its fields set
+        # directly (one dict copy instead of a flatten and an unflatten).
+        out = object.__new__(type(obj))
+        out.__dict__.update(obj.__dict__)
+        for key, value in changed.items():
+            object.__setattr__(out, key.name, value)
         return out
     flat, treedef = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
     children = [changed.get(path[0], value) for path, value in flat]

@@ -39,6 +39,7 @@ from .._select import (
     outermost,
     select_rule,
     stack_axis,
+    too_deep,
     walk,
 )
 from . import _init
@@ -182,7 +183,15 @@ class InitPass(RulePass):
             groups.setdefault((shape, dtype, kwargs), []).append(leaf)
         order, values = [], []
         for (shape, dtype, kwargs), members in groups.items():
+            # For shapes alone (a plan), one draw per shape stands for all:
+            # tracing a draw per leaf cost a plan most of its time.
+            drawn: dict[tuple, Any] = {}
             for member in members:
+                same = (tuple(member.obj.shape), member.batch, member.layers)
+                if same in drawn:
+                    order.append(member.path)
+                    values.append(drawn[same])
+                    continue
                 try:
                     value = self.draw_leaf(model, name, kwargs, shape, dtype, key, member)
                 except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError) as e:
@@ -191,6 +200,8 @@ class InitPass(RulePass):
                         f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
                         self.action.span,
                     ) from None
+                if ctx.shapes_only:
+                    drawn[same] = value
                 order.append(member.path)
                 values.append(value)
         return replace_at(model, order, values)
@@ -225,7 +236,12 @@ class ReplacePass(RulePass):
             env = dict(self.env)
             env.update(context(node))
             leaf_key = jax.random.fold_in(rule_key, stable_hash(node.text))
-            values.append(build(arg, env, leaf_key, self.source, ctx.allow))
+            value = build(arg, env, leaf_key, self.source, ctx.allow)
+            what = f"the model with `{arg.callee}(...)` at `{node.text}`"
+            bad = too_deep(value, what, arg.span, self.source, above=len(node.path))
+            if bad is not None:
+                raise SpecError(bad)
+            values.append(value)
         return replace_at(model, [n.path for n in outer], values)
 
 
