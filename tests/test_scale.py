@@ -167,7 +167,7 @@ def test_a_replace_that_nests_too_deep_is_refused_at_its_constructor(deeppkg, ge
     with pytest.raises(eqxform.SpecError) as info:
         program.apply(model, key=jax.random.key(0))
     (d,) = info.value.diagnostics
-    assert d.code == "E159" and "at `[1]`" in d.message and d.span.column == 21
+    assert d.code == "E159" and "at `[1]`" in d.message and d.span.column == 22
 
 
 def test_the_depth_limit_leaves_room_below_python_s_recursion_limit():

@@ -1,8 +1,9 @@
 """The `eqx.tree_at` passes: one per action of a rule (init, replace, cast,
 scale, wrap, freeze, unwrap).
 
-Each pass selects its nodes once and makes one `tree_at` call for all of them,
-never one per leaf. Values are read from the model it is given (by path), not
+Each pass selects its nodes once and replaces them all in one `replace_at`
+(what one `eqx.tree_at` call would do, rebuilding only the nodes on the way to
+them), never one call per leaf. Values are read from the model it is given (by path), not
 from the selected nodes, so that `plan` can run a pass under `eval_shape` on
 the nodes it selected from a skeleton.
 """
