@@ -298,7 +298,7 @@ class PathSet:
             node = node.get(key)
             if node is None:
                 return False
-        return True
+        return bool(node)  # a node of the trie holds a path's end or a way on
 
 
 def outermost(items: Iterable[Any], path: Callable[[Any], Path] = lambda x: x) -> list:

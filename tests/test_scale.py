@@ -255,3 +255,21 @@ def test_a_wide_model_is_transformed_as_by_hand():
         assert float(jnp.max(jnp.abs(layer.weight))) <= 0.5 * 0.5 * 2 + 1e-6
     weights = np.stack([np.asarray(layer.weight) for layer in resolved])
     assert len({w.tobytes() for w in weights}) == 300  # each layer draws its own
+
+
+def test_paths_above_and_below_are_found_as_by_comparing_every_pair():
+    from eqxform._select import PathSet, outermost
+
+    key = jax.tree_util
+    a, b = key.GetAttrKey("a"), key.GetAttrKey("b")
+    paths = [(a, key.SequenceKey(0)), (a,), (b,), (a,), (b, a), (), (b, b, a)]
+    for held in ([], paths[:1], paths[1:3], paths[4:], paths):
+        found = PathSet(held)
+        for p in paths + [(a, key.SequenceKey(1)), (b, b)]:
+            assert found.covers(p) == any(p[: len(q)] == q for q in held)
+            assert found.covers(p, strict=True) == any(
+                p[: len(q)] == q and len(q) < len(p) for q in held
+            )
+            assert found.reaches(p) == any(q[: len(p)] == p for q in held)
+    assert outermost(paths[:5]) == [(a,), (b,)]
+    assert outermost(paths) == [()]
