@@ -164,6 +164,9 @@ class Plan:
     frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
     opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
     placement: PlanMesh | None = None  # each array on the mesh, when there is one
+    # The checkpoint's mapping (model path, checkpoint name, transform, shape),
+    # when the spec has `map` lines and a checkpoint to read.
+    weights: tuple[dict, ...] | None = None
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -202,11 +205,12 @@ class Plan:
             "frozen": self.frozen,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
+            "weights": None if self.weights is None else list(self.weights),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
     def __str__(self) -> str:
-        lines = []
+        lines = weight_lines(self.weights)
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines.append(f"line {s.line}: {s.rule}")
@@ -223,6 +227,19 @@ class Plan:
             lines += self.placement.lines()
         # Rules and paths come from the spec and the model: printed as text.
         return printable("\n".join(lines), keep="\n")
+
+
+def weight_lines(rows: tuple[dict, ...] | None) -> list[str]:
+    """The checkpoint's mapping, one line per model array (or stack slice)."""
+    if rows is None:
+        return []
+    out = [f"weights: {len(rows):,} arrays from the checkpoint"]
+    width = max((len(r["model"]) for r in rows), default=0)
+    for r in rows:
+        shape = "[" + ",".join(map(str, r["shape"])) + "]"
+        how = "" if r["transform"] == "-" else f"  ({r['transform']})"
+        out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
+    return out
 
 
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
@@ -361,7 +378,7 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
 
 
-def make_plan(program, model=None, mesh=None) -> Plan:
+def make_plan(program, model=None, mesh=None, weights=None) -> Plan:
     key = seed_key(program.seed)
     try:
         placer = program.placer(mesh)
@@ -370,6 +387,10 @@ def make_plan(program, model=None, mesh=None) -> Plan:
     placement = None
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
+    # The checkpoint against the model as given, from its header alone.
+    mapped = program.plan_weights(first, weights)
+    if mapped is not None:
+        diagnostics += mapped.diagnostics
     structs = program.input_structs()
     ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
     start = _params(struct)
@@ -424,6 +445,7 @@ def make_plan(program, model=None, mesh=None) -> Plan:
         trainable,
         frozen,
         placement=placement,
+        weights=None if mapped is None else tuple(mapped.table()),
     )
 
 
