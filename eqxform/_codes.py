@@ -946,6 +946,16 @@ CODES: dict[str, Code] = {
             "alone supplies the shapes and dtypes.",
         ),
         _c(
+            "E250",
+            "an adapter that PEFT's layout cannot name",
+            "PEFT names a LoRA adapter after its base module in the original checkpoint "
+            "(`base_model.model.blocks.0.attn.qkv.lora_A.weight`): the spec's `map` lines must "
+            "map the base weight as it is (no `transpose`, `reshape`, fuse or split), to a name "
+            "ending in `.weight`; or the model has no adapters at all.",
+            "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
+            "map the adapted modules' weights, or put the adapters on modules that map as they are.",
+        ),
+        _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",

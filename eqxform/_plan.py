@@ -7,6 +7,7 @@ selects once: its nodes are found on the skeleton, then it runs on them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from . import _names as N
 from ._build import budget_diagnostic, nbytes
 from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
-from ._errors import SpecError
+from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Frozen, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
@@ -388,7 +389,17 @@ def make_plan(program, model=None, mesh=None, weights=None) -> Plan:
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
     # The checkpoint against the model as given, from its header alone.
-    mapped = program.plan_weights(first, weights)
+    try:
+        mapped = program.plan_weights(first, weights)
+    except (UsageError, ModelFileError) as e:
+        if weights is not None:
+            raise  # a path given on the command line or to the API
+        # The spec's own `weights` line names a file that cannot be read.
+        mapped = None
+        anchor = program.weights.anchor.span
+        diagnostics += [
+            dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
+        ]
     if mapped is not None:
         diagnostics += mapped.diagnostics
     structs = program.input_structs()

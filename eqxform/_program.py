@@ -53,7 +53,9 @@ from ._select import is_array
 from ._weights import (
     Checkpoint,
     WeightPlan,
+    export_peft,
     export_weights,
+    load_peft,
     load_weights,
     open_checkpoint,
     plan_weights,
@@ -417,9 +419,35 @@ class Program:
             state=state if state is not None else pair_state,
         )
 
-    def check(self, model=None) -> list[Diagnostic]:
-        """Every diagnostic of running this program on `model`, allocating no arrays."""
-        return list(self.plan(model).diagnostics)
+    def export_peft(self, model, folder: str | os.PathLike) -> list[str]:
+        """Write `model`'s LoRA adapters in PEFT's layout into `folder`:
+        `adapter_model.safetensors` (PEFT's names, from the checkpoint names
+        the `map` lines give the adapted weights) and `adapter_config.json`
+        (`r`, `lora_alpha`, `target_modules`). Returns the tensor names."""
+        return export_peft(split_state(model)[0], self._rules("write adapters"), folder)
+
+    def load_peft(self, model, folder: str | os.PathLike):
+        """`model`, its spec's `lora` rules applied, with the LoRA factors of
+        the PEFT adapter in `folder` (PEFT's names, through the `map` lines)."""
+        inner, state = split_state(model)
+        return join_state(load_peft(inner, self._rules("read adapters"), folder), state)
+
+    def _rules(self, what: str) -> WeightRules:
+        if self.weights is None or not self.weights.maps:
+            raise UsageError(
+                Diagnostic(
+                    "E450",
+                    f"the spec has no `map` lines to {what} by",
+                    file=self.name,
+                    help="docs/weights.md shows how a spec maps a checkpoint's names",
+                )
+            )
+        return self.weights
+
+    def check(self, model=None, *, weights: str | os.PathLike | None = None) -> list[Diagnostic]:
+        """Every diagnostic of running this program on `model` (with the `map`
+        lines, against the checkpoint's header), allocating no arrays."""
+        return list(self.plan(model, weights=weights).diagnostics)
 
     def plan(self, model=None, *, mesh: Any = None, weights: str | os.PathLike | None = None):
         """What each rule will change, computed with `eqx.filter_eval_shape`.

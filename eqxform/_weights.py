@@ -43,7 +43,17 @@ from . import _limits
 from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import TensorSpec, as_path, atomic_write_with, read_header, write_stream
-from ._wnames import Capture, Field, Index, MapRule, PathPattern, Step, WeightRules, show_steps
+from ._wnames import (
+    Capture,
+    Field,
+    Index,
+    MapRule,
+    PathPattern,
+    RestStep,
+    Step,
+    WeightRules,
+    show_steps,
+)
 
 # ---- the checkpoint ------------------------------------------------------------
 
@@ -311,7 +321,13 @@ def _match_path(pattern: PathPattern, leaf: Leaf) -> tuple[dict, list] | None:
     steps = leaf.steps
     for step in pattern.steps:
         here = steps[j] if j < len(steps) else None
-        if isinstance(step, Field):
+        if isinstance(step, RestStep):
+            if here is None:
+                return None
+            rest = ".".join(str(s.name if isinstance(s, Field) else s.value) for s in steps[j:])
+            bindings["**"] = rest  # type: ignore[assignment]
+            j = len(steps)
+        elif isinstance(step, Field):
             if not isinstance(here, Field) or here.name != step.name:
                 return None
             j += 1
@@ -574,15 +590,18 @@ def plan_weights(
             tensors = [checkpoint.tensors[n] for n in got]
             why = _forward_shapes(rule, [t.shape for t in tensors], [s.shape for s in slots])
             if why is not None:
+                # Still counted as filled: the line means to fill it, and one
+                # diagnostic is enough.
                 bad_shapes.append(f"`{got[0]}` into `{slots[0].path}`: {why}")
-                continue
             dtypes = {t.dtype for t in tensors}
-            if not rule.cast and any(jnp.dtype(d) != s.leaf.dtype for d in dtypes for s in slots):
+            wrong = not rule.cast and any(
+                jnp.dtype(d) != s.leaf.dtype for d in dtypes for s in slots
+            )
+            if wrong:
                 bad_dtype.append(
                     f"`{got[0]}` is {tensors[0].dtype}, `{slots[0].path}` "
                     f"{slots[0].leaf.dtype.name}"
                 )
-                continue
             twice = []
             for s in slots:
                 seen = filled.setdefault(s.leaf.index, {})
@@ -597,7 +616,8 @@ def plan_weights(
                 seen[s.at] = rule.line
                 pre.update(s.at[:i] for i in range(len(s.at)))
             doubled += twice
-            plan.entries.append(Entry(rule, tuple(got), tuple(slots)))  # type: ignore[arg-type]
+            if why is None and not wrong:
+                plan.entries.append(Entry(rule, tuple(got), tuple(slots)))  # type: ignore[arg-type]
         if doubled:
             first = doubled[0][1]
             error(
@@ -720,15 +740,16 @@ def _transposed_fits(message: str) -> bool:
     return found[0].split(", ")[::-1] == found[-1].split(", ")
 
 
-def _format_path(pattern: PathPattern, bindings: dict[str, int]) -> str:
-    return show_steps(
-        [
-            Index(s.value.show(bindings))  # type: ignore[arg-type]
-            if isinstance(s, Index) and isinstance(s.value, Capture)
-            else s
-            for s in pattern.steps
-        ]
-    )
+def _format_path(pattern: PathPattern, bindings: dict) -> str:
+    steps: list[Step] = []
+    for s in pattern.steps:
+        if isinstance(s, RestStep):
+            steps += [Index(int(p)) if p.isdigit() else Field(p) for p in bindings["**"].split(".")]
+        elif isinstance(s, Index) and isinstance(s.value, Capture):
+            steps.append(Index(int(s.value.show(bindings))))
+        else:
+            steps.append(s)
+    return show_steps(steps)
 
 
 # ---- loading ------------------------------------------------------------------
@@ -1009,3 +1030,235 @@ def _through(rule: MapRule, shape: tuple) -> list[int]:
             rest = math.prod(d for d in arg if d != -1)
             current = [size // rest if d == -1 else d for d in arg]
     return current
+
+
+# ---- LoRA adapters in PEFT's layout ----------------------------------------------
+
+PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A `LoRA` of the model with the checkpoint's name of its base module
+    (`blocks.0.attn.qkv`), per layer of a stack (`at`)."""
+
+    node: Any
+    keypath: tuple
+    module: str
+    at: tuple[int, ...]
+
+
+def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagnostic]]:
+    """Each `LoRA` (each layer of a stacked one) with the name its base
+    weight has in the checkpoint, by the `map` lines."""
+    from ._modules import LoRA
+
+    found, problems = [], []
+    is_lora = lambda x: isinstance(x, LoRA)  # noqa: E731
+    for keypath, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_lora)[0]:
+        if not is_lora(node):
+            continue
+        steps, *_ = _logical(model, keypath)
+        lead = tuple(node.lora_a.shape[:-2])
+        out_features, in_features = node.lora_b.shape[-2], node.lora_a.shape[-1]
+        weight = Leaf(
+            -1, tuple(steps) + (Field("weight"),), lead + (out_features, in_features), None
+        )
+        named = []
+        for rule in rules.maps:
+            if len(rule.sources) != 1 or len(rule.targets) != 1:
+                continue
+            for b, at in _slots(rule.targets[0], weight):
+                named.append((rule, rule.sources[0].format(b), at))
+        if not named:
+            problems.append(
+                Diagnostic(
+                    "E250",
+                    f"no `map` line names the base weight of the adapter at `{weight.path}`",
+                    rules.anchor.span,
+                    "PEFT names an adapter by its base module's name in the checkpoint: map "
+                    f"`{weight.path}` to it",
+                    rules.source,
+                )
+            )
+            continue
+        for rule, name, at in named:
+            if any(op for op, _ in rule.ops) or not name.endswith(".weight"):
+                problems.append(
+                    Diagnostic(
+                        "E250",
+                        f"the adapter at `{weight.path}` has a base (`{name}`) that PEFT cannot "
+                        "name: "
+                        + (
+                            "its `map` changes the layout"
+                            if rule.ops
+                            else "the tensor's name does not end in `.weight`"
+                        ),
+                        rule.stmt.span,
+                        "put adapters on modules whose weight maps as it is",
+                        rules.source,
+                    )
+                )
+                continue
+            found.append(Adapter(node, keypath, name[: -len(".weight")], at))
+    return found, problems
+
+
+def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> list[str]:
+    """Write `model`'s LoRA adapters as PEFT does: `folder/adapter_model.safetensors`
+    (`base_model.model.NAME.lora_A.weight`, `lora_B.weight`) and
+    `folder/adapter_config.json` (`r`, `lora_alpha`, `target_modules`)."""
+    import json
+
+    from ._modules._wrappers import _value as plain
+
+    adapters, problems = _adapters(model, rules)
+    if problems:
+        raise SpecError(problems)
+    if not adapters:
+        raise UsageError(
+            Diagnostic(
+                "E250",
+                "the model has no LoRA adapters to write in PEFT's layout",
+                file=str(folder),
+                help="add them with a rule such as `where **.qkv -> lora(rank=8, alpha=16)`",
+            )
+        )
+    tensors: dict[str, np.ndarray] = {}
+    ranks, alphas = {}, {}
+    for a in adapters:
+        lora_a = np.asarray(plain(a.node.lora_a))[a.at]
+        lora_b = np.asarray(plain(a.node.lora_b))[a.at]
+        scale = float(
+            np.asarray(plain(a.node.scale))[a.at]
+            if np.ndim(plain(a.node.scale))
+            else plain(a.node.scale)
+        )
+        prefix = f"base_model.model.{a.module}"
+        tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(lora_a)
+        tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(lora_b)
+        ranks[a.module] = int(lora_a.shape[0])
+        alphas[a.module] = scale * lora_a.shape[0]
+    r = max(set(ranks.values()), key=list(ranks.values()).count)
+    alpha = max(set(alphas.values()), key=list(alphas.values()).count)
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": None,
+        "r": r,
+        "lora_alpha": _number(alpha),
+        "target_modules": sorted(ranks),
+        "rank_pattern": {m: k for m, k in ranks.items() if k != r},
+        "alpha_pattern": {m: _number(k) for m, k in alphas.items() if k != alpha},
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "inference_mode": True,
+        "modules_to_save": None,
+    }
+    folder = as_path(folder, "PEFT folder")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise UsageError(
+            Diagnostic("E448", f"cannot make the folder `{folder}`: {e.strerror or e}", file=folder)
+        ) from None
+    specs = [TensorSpec(n, v.dtype.name, v.shape) for n, v in tensors.items()]
+    atomic_write_with(
+        os.path.join(folder, PEFT_WEIGHTS),
+        lambda f: write_stream(f, specs, tensors.__getitem__, None, {"format": "pt"}),
+    )
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write_with(os.path.join(folder, PEFT_CONFIG), lambda f: f.write(text.encode()))
+    return sorted(tensors)
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
+    """`model` (its spec's `lora` rules applied, at the ranks the adapter was
+    trained with) with its LoRA factors read from a PEFT adapter folder;
+    every adapter filled and every PEFT tensor used, else diagnostics."""
+    import json
+
+    folder = as_path(folder, "PEFT folder")
+    checkpoint = open_checkpoint(os.path.join(folder, PEFT_WEIGHTS))
+    try:
+        with open(os.path.join(folder, PEFT_CONFIG), encoding="utf-8") as f:
+            config = json.load(f)
+        alpha, r = float(config["lora_alpha"]), int(config["r"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(
+            Diagnostic(
+                "E341",
+                f"`{folder}` holds no readable `{PEFT_CONFIG}`: {e}",
+                file=folder,
+                help="a PEFT adapter folder holds adapter_model.safetensors and adapter_config.json",
+            )
+        ) from None
+    adapters, problems = _adapters(model, rules)
+    if problems:
+        raise SpecError(problems)
+    wanted: dict[str, tuple[Adapter, str]] = {}
+    for a in adapters:
+        for part in ("lora_A", "lora_B"):
+            wanted[f"base_model.model.{a.module}.{part}.weight"] = (a, part)
+    missing = [n for n in wanted if n not in checkpoint.tensors]
+    unused = [n for n in checkpoint.tensors if n not in wanted]
+    if missing or unused:
+        raise ModelFileError(
+            Diagnostic(
+                "E245",
+                f"the PEFT adapter `{folder}` does not fit the model's adapters: "
+                + (f"it lacks {_listing(missing, 3)}" if missing else "")
+                + ("; " if missing and unused else "")
+                + (f"it also holds {_listing(unused, 3)}" if unused else ""),
+                file=folder,
+                help="apply the spec's `lora` rules to the modules PEFT adapted "
+                f"({_listing(sorted(config.get('target_modules') or []), 4)})",
+            )
+        )
+    from ._modules._wrappers import _value as plain
+
+    values: dict[int, dict[str, np.ndarray]] = {}
+    for name, (a, part) in wanted.items():
+        field_name = "lora_a" if part == "lora_A" else "lora_b"
+        store = values.setdefault(id(a.node), {"node": a.node})
+        if field_name not in store:
+            store[field_name] = np.array(plain(getattr(a.node, field_name)))
+        tensor = checkpoint.read(name)
+        target = store[field_name][a.at] if a.at else store[field_name]
+        if tensor.shape != target.shape:
+            raise ModelFileError(
+                Diagnostic(
+                    "E243",
+                    f"`{name}` is {list(tensor.shape)}, the model's adapter {list(target.shape)}",
+                    file=folder,
+                    help=f"apply `lora(rank={r}, alpha={_number(alpha)})` as the adapter was trained",
+                )
+            )
+        if a.at:
+            store[field_name][a.at] = tensor
+        else:
+            store[field_name] = tensor.astype(target.dtype)
+    nodes = [v["node"] for v in values.values()]
+    is_node = lambda x: any(x is n for n in nodes)  # noqa: E731
+
+    def fill(node):
+        if not any(node is n for n in nodes):
+            return node
+        v = values[id(node)]
+        scale = jnp.full(
+            jnp.shape(plain(node.scale)), alpha / r, jnp.result_type(plain(node.scale))
+        )
+        return eqx.tree_at(
+            lambda m: (m.lora_a, m.lora_b, m.scale),
+            node,
+            (jnp.asarray(v["lora_a"]), jnp.asarray(v["lora_b"]), scale),
+        )
+
+    return jax.tree_util.tree_map(fill, model, is_leaf=is_node)

@@ -56,6 +56,24 @@ class Capture:
         return True
 
 
+@dataclass(frozen=True)
+class Rest(Capture):
+    """`**` at the end of a `map`'s name and path: the rest of the name, one
+    or more dotted parts, which the path repeats with its numbers as indices
+    (`layer1.0.downsample.0.weight` <-> `...downsample[0].weight`)."""
+
+    name: str = "**"
+
+    def show(self, bindings: dict) -> str:
+        return bindings[self.name]
+
+    def bind(self, text: str, bindings: dict) -> bool:
+        return bindings.setdefault(self.name, text) == text
+
+
+_REST = r"([A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*)"
+
+
 def _capture(match: re.Match) -> Capture:
     name, sign, amount = match.groups()
     offset = 0 if sign is None else (int(amount) if sign == "+" else -int(amount))
@@ -116,8 +134,17 @@ def name_pattern(text: str) -> NamePattern:
         raise PatternError(
             "a tensor name with a space", next(i for i, c in enumerate(text) if c.isspace())
         )
-    pieces = _pieces(text)
-    regex = "".join(re.escape(p) if isinstance(p, str) else _NUMBER for p in pieces)
+    rest = text == "**" or text.endswith(".**")
+    head = text[:-2] if rest else text
+    if "**" in head:
+        raise PatternError(
+            "`**` stands only at the end of a name (`blocks.{i}.**`)", head.find("**")
+        )
+    pieces = _pieces(head) + ((Rest(),) if rest else ())
+    regex = "".join(
+        re.escape(p) if isinstance(p, str) else _REST if isinstance(p, Rest) else _NUMBER
+        for p in pieces
+    )
     return NamePattern(text, pieces, re.compile(regex))
 
 
@@ -134,7 +161,12 @@ class Index:
     value: int | Capture
 
 
-Step = Field | Index
+@dataclass(frozen=True)
+class RestStep:
+    """`.**` at the end of a model path: one or more steps (see `Rest`)."""
+
+
+Step = Field | Index | RestStep
 
 _STEP = re.compile(
     r"(?P<dot>\.)?(?P<name>" + _NAME + r")|\[(?P<index>[0-9]+|\{[^}\]]*\})\]",
@@ -150,18 +182,21 @@ class PathPattern:
 
     @property
     def captures(self) -> tuple[Capture, ...]:
-        return tuple(
+        found = tuple(
             s.value for s in self.steps if isinstance(s, Index) and isinstance(s.value, Capture)
         )
+        return found + ((Rest(),) if self.steps and isinstance(self.steps[-1], RestStep) else ())
 
 
 def path_pattern(text: str) -> PathPattern:
     """A model pattern (`layers[{i}].conv1.weight`); raises `PatternError`."""
     if not text:
         raise PatternError("an empty model path")
+    rest = text == "**" or text.endswith(".**")
+    end = len(text) - (2 if text == "**" else 3 if rest else 0)
     steps: list[Step] = []
     at = 0
-    while at < len(text):
+    while at < end:
         m = _STEP.match(text, at)
         if (
             m is None
@@ -188,13 +223,17 @@ def path_pattern(text: str) -> PathPattern:
             else:
                 steps.append(Index(int(index)))
         at = m.end()
+    if rest:
+        steps.append(RestStep())
     return PathPattern(text, tuple(steps))
 
 
 def show_steps(steps: tuple[Step, ...] | list[Step]) -> str:
     out = []
     for s in steps:
-        if isinstance(s, Field):
+        if isinstance(s, RestStep):
+            out.append(".**" if out else "**")
+        elif isinstance(s, Field):
             out.append(("." if out else "") + s.name)
         else:
             out.append(f"[{s.value}]")
