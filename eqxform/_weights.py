@@ -531,11 +531,27 @@ def plan_weights(
     used: set[str] = set()
     missing_names: list[str] = []
     paths = [leaf.path for leaf in leaves if not leaf.derived]
+    # A `skip` wins over a `map` whose pattern also covers the tensor
+    # (`bn1.**` and `**.num_batches_tracked`): a skipped tensor is never read.
+    skipped: set[str] = set()
+    for rule in rules.skips:
+        for g, string in rule.globs:
+            hits = [n for n in names if g.match(n)]
+            if not hits:
+                error(
+                    "E248",
+                    f'`skip "{g.text}"` matches no checkpoint tensor',
+                    string.span,
+                    did_you_mean(g.text, names),
+                )
+            skipped.update(hits)
     for rule in rules.maps:
         by_target = []
         for t in rule.targets:
             found = {}
             for leaf in leaves:
+                if leaf.derived:
+                    continue
                 for b, at in _slots(t, leaf):
                     found[_key(b)] = Slot(leaf, at)
             by_target.append(found)
@@ -543,6 +559,8 @@ def plan_weights(
         for s in rule.sources:
             found = {}
             for name in names:
+                if name in skipped:
+                    continue
                 b = s.match(name)
                 if b is not None:
                     found[_key(b)] = name
@@ -568,6 +586,7 @@ def plan_weights(
             )
             continue
         lacking: dict[int, list[str]] = {}
+        lacking_for: dict[int, str | None] = {}
         absent: dict[int, list[str]] = {}
         bad_shapes: list[str] = []
         bad_dtype: list[str] = []
@@ -576,15 +595,25 @@ def plan_weights(
             b = dict(key)
             got = [d.get(key) for d in by_source]
             slots = [d.get(key) for d in by_target]
+            # One diagnostic per mistake: an array whose tensor is missing is
+            # not also reported unfilled, nor a tensor whose array is missing
+            # unread.
             if None in got:
                 for k, (s, n) in enumerate(zip(rule.sources, got)):
                     if n is None:
                         lacking.setdefault(k, []).append(s.format(b))
+                        if k not in lacking_for:
+                            lacking_for[k] = next((sl.path for sl in slots if sl), None)
+                for sl in slots:
+                    if sl is not None:
+                        filled.setdefault(sl.leaf.index, {}).setdefault(sl.at, rule.line)
+                used.update(n for n in got if n is not None)
                 continue
             if None in slots:
                 for k, (t, sl) in enumerate(zip(rule.targets, slots)):
                     if sl is None:
                         absent.setdefault(k, []).append(_format_path(t, b))
+                used.update(got)
                 continue
             used.update(got)
             tensors = [checkpoint.tensors[n] for n in got]
@@ -637,7 +666,8 @@ def plan_weights(
             error(
                 "E241",
                 f"the checkpoint has no {_listing(missing)}"
-                + f" ({len(missing)} tensor{'s' if len(missing) > 1 else ''} this `map` needs)",
+                + f" ({len(missing)} tensor{'s' if len(missing) > 1 else ''} this `map` needs"
+                + (f", the first for `{lacking_for[k]}`)" if lacking_for.get(k) else ")"),
                 _string_span(rule, k, True),
                 (hint + " " if hint else "")
                 + "fix the name, or `keep` the model arrays they would fill",
@@ -671,18 +701,6 @@ def plan_weights(
                 rule.stmt.span,
                 "add `with cast` to convert to the model's dtype",
             )
-    skipped: set[str] = set()
-    for rule in rules.skips:
-        for g, string in rule.globs:
-            hits = [n for n in names if g.match(n)]
-            if not hits:
-                error(
-                    "E248",
-                    f'`skip "{g.text}"` matches no checkpoint tensor',
-                    string.span,
-                    did_you_mean(g.text, names),
-                )
-            skipped.update(hits)
     kept: set[int] = set()
     for rule in rules.keeps:
         for g, string in rule.globs:
