@@ -86,6 +86,10 @@ _DIRECTIVE_TOKENS = {
     "STACK": "stack",
     "UNSTACK": "unstack",
     "MESH": "mesh",
+    "WEIGHTS": "weights",
+    "MAP": "map",
+    "SKIP": "skip",
+    "KEEP": "keep",
 }
 _KEYWORD_TOKENS = {
     "IF": "if",
@@ -95,6 +99,7 @@ _KEYWORD_TOKENS = {
     "OR": "or",
     "NOT": "not",
     "OVER": "over",
+    "WITH": "with",
 }
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {

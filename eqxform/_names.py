@@ -396,7 +396,7 @@ MAP_ACTIONS = {
     "reshape": MapActionInfo(
         "shape?", "e.g. `reshape` (to the array's shape) or `reshape [-1, 1, 1]`"
     ),
-    "cast": MapActionInfo("none", "`cast`: the model's dtype on load, the checkpoint's on export"),
+    "cast": MapActionInfo("none", 'e.g. `map "fc.weight" -> "fc.weight" with cast`'),
     "axis": MapActionInfo("axis", "e.g. `axis 0`: fuse or split along the first axis"),
 }
 

@@ -26,8 +26,10 @@ axis.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ from . import _limits
 from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import TensorSpec, as_path, atomic_write_with, read_header, write_stream
+from ._modules import LoRA
+from ._modules._wrappers import _value as plain
 from ._wnames import (
     Capture,
     Field,
@@ -750,8 +754,6 @@ def plan_weights(
 
 
 def _transposed_fits(message: str) -> bool:
-    import re
-
     found = re.findall(r"\[([0-9, ]*)\]", message)
     if len(found) < 2:
         return False
@@ -1070,8 +1072,6 @@ class Adapter:
 def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagnostic]]:
     """Each `LoRA` (each layer of a stacked one) with the name its base
     weight has in the checkpoint, by the `map` lines."""
-    from ._modules import LoRA
-
     found, problems = [], []
     is_lora = lambda x: isinstance(x, LoRA)  # noqa: E731
     for keypath, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_lora)[0]:
@@ -1127,10 +1127,6 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
     """Write `model`'s LoRA adapters as PEFT does: `folder/adapter_model.safetensors`
     (`base_model.model.NAME.lora_A.weight`, `lora_B.weight`) and
     `folder/adapter_config.json` (`r`, `lora_alpha`, `target_modules`)."""
-    import json
-
-    from ._modules._wrappers import _value as plain
-
     adapters, problems = _adapters(model, rules)
     if problems:
         raise SpecError(problems)
@@ -1201,8 +1197,6 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     """`model` (its spec's `lora` rules applied, at the ranks the adapter was
     trained with) with its LoRA factors read from a PEFT adapter folder;
     every adapter filled and every PEFT tensor used, else diagnostics."""
-    import json
-
     folder = as_path(folder, "PEFT folder")
     checkpoint = open_checkpoint(os.path.join(folder, PEFT_WEIGHTS))
     try:
@@ -1240,8 +1234,6 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
                 f"({_listing(sorted(config.get('target_modules') or []), 4)})",
             )
         )
-    from ._modules._wrappers import _value as plain
-
     values: dict[int, dict[str, np.ndarray]] = {}
     for name, (a, part) in wanted.items():
         field_name = "lora_a" if part == "lora_A" else "lora_b"
