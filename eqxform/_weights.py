@@ -799,8 +799,9 @@ def _forward(rule: MapRule, arrays: list[np.ndarray], slots: list[Slot]) -> list
 
 
 def _place(value: np.ndarray, old: Any) -> jax.Array:
+    # `device_put`, not `jnp.asarray`: the latter stages an op per new shape.
     sharding = getattr(old, "sharding", None)
-    return jax.device_put(value, sharding) if isinstance(old, jax.Array) else jnp.asarray(value)
+    return jax.device_put(value, sharding if isinstance(old, jax.Array) else None)
 
 
 def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, Any]:
@@ -824,7 +825,7 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
     def put(leaf: Leaf, value: np.ndarray) -> None:
         if leaf.in_state:
             index, rest = leaf.state  # type: ignore[misc]
-            stated.setdefault(id(index), [index, {}])[1][rest] = jnp.asarray(value)
+            stated.setdefault(id(index), [index, {}])[1][rest] = jax.device_put(value)
         else:
             new[leaf.index] = _place(value, flat[leaf.index])
 
