@@ -175,7 +175,24 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "ckpt.safetensors"
-        size = write_checkpoint(path, args.blocks, args.width)
+        # Written by a child process: Linux carries a process's peak resident
+        # memory over `fork` and `exec`, so the driver stays small for the
+        # loads' peaks to be their own.
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]); import weights; "
+                "weights.write_checkpoint(__import__('pathlib').Path(sys.argv[2]), "
+                "int(sys.argv[3]), int(sys.argv[4]))",
+                str(Path(__file__).parent),
+                str(path),
+                str(args.blocks),
+                str(args.width),
+            ],
+            check=True,
+        )
+        size = path.stat().st_size
         results: dict[str, list[dict]] = {"hand": [], "rules": []}
         for _ in range(args.repeats):
             for how in ("hand", "rules"):
