@@ -830,6 +830,27 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
             new[leaf.index] = _place(value, flat[leaf.index])
 
     for e in plan.entries:
+        [slot] = e.slots if len(e.slots) == 1 else [None]
+        sharding = None if slot is None else getattr(flat[slot.leaf.index], "sharding", None)
+        if (
+            len(e.names) == 1
+            and slot is not None
+            and not slot.at
+            and not e.rule.ops
+            and not slot.leaf.in_state
+            and sharding is not None
+            and not sharding.is_fully_replicated
+        ):
+            # A sharded array: each device reads only its slice of the tensor.
+            name, leaf = e.names[0], slot.leaf
+            new[leaf.index] = jax.make_array_from_callback(
+                leaf.shape,
+                sharding,
+                lambda index, name=name, leaf=leaf: plan.checkpoint.read(name, index).astype(
+                    leaf.dtype
+                ),
+            )
+            continue
         arrays = [plan.checkpoint.read(n) for n in e.names]
         values = _forward(e.rule, arrays, list(e.slots))
         del arrays

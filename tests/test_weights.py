@@ -537,3 +537,69 @@ def test_apply_and_export_on_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     got = stn.load_file(back)
     assert sorted(got) == sorted(ck) and all(np.array_equal(got[n], ck[n]) for n in ck)
+
+
+_SHARDED = r"""
+import json, sys
+import equinox as eqx, jax, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import eqxform
+from eqxform._weights import Checkpoint
+
+reads = []
+original = Checkpoint.read
+def read(self, name, index=None):
+    reads.append([name, None if index is None else str(index)])
+    return original(self, name, index)
+Checkpoint.read = read
+
+mesh = Mesh(np.array(jax.devices()).reshape(8), ("model",))
+model = eqx.nn.Linear(16, 64, key=jax.random.key(0))
+model = eqx.tree_at(
+    lambda m: m.weight, model, jax.device_put(model.weight, NamedSharding(mesh, P("model", None)))
+)
+program = eqxform.compile('map "fc.weight" -> "weight"\nmap "fc.bias" -> "bias"')
+loaded = program.load_weights(model, sys.argv[1])
+weight = loaded.weight
+print(json.dumps({
+    "reads": reads,
+    "spec": list(weight.sharding.spec),
+    "shard_rows": [s.data.shape[0] for s in weight.addressable_shards],
+    "equal": bool(np.array_equal(np.asarray(weight), np.load(sys.argv[2]))),
+}))
+"""
+
+
+def test_a_sharded_array_is_read_slice_by_slice(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    ck = {
+        "fc.weight": rng.normal(size=(64, 16)).astype(np.float32),
+        "fc.bias": np.zeros(64, np.float32),
+    }
+    stn.save_file(ck, tmp_path / "fc.safetensors")
+    np.save(tmp_path / "w.npy", ck["fc.weight"])
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", _SHARDED, str(tmp_path / "fc.safetensors"), str(tmp_path / "w.npy")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["equal"] and result["spec"] == ["model", None]
+    assert result["shard_rows"] == [8] * 8
+    weight_reads = [index for name, index in result["reads"] if name == "fc.weight"]
+    # Eight reads of eight rows each, never the whole tensor.
+    assert len(weight_reads) == 8 and None not in weight_reads
+    assert ["fc.bias", None] in result["reads"]
