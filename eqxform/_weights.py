@@ -64,9 +64,8 @@ from ._wnames import (
 _PICKLES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".tar")
 
 CONVERT_HELP = (
-    "convert it once, where you trust the file:\n"
-    "    import torch, safetensors.torch\n"
-    '    safetensors.torch.save_file(torch.load("{path}", map_location="cpu"), "{stem}.safetensors")'
+    "convert it once, where you trust the file: `import torch, safetensors.torch`, then "
+    '`safetensors.torch.save_file(torch.load("{path}", map_location="cpu"), "{stem}.safetensors")`'
 )
 
 
@@ -135,6 +134,15 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """The header of a safetensors file or an `.npz` archive; nothing else is
     read, and a pickle is refused."""
     path = as_path(path, "checkpoint")
+    if not os.path.exists(path):
+        raise UsageError(
+            Diagnostic(
+                "E301",
+                f"checkpoint `{path}` does not exist",
+                file=path,
+                help="check the path (a relative one is taken from the working directory)",
+            )
+        )
     lower = path.lower()
     if lower.endswith(_PICKLES):
         raise _refuse_pickle(path)

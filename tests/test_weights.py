@@ -603,3 +603,39 @@ def test_a_sharded_array_is_read_slice_by_slice(tmp_path):
     # Eight reads of eight rows each, never the whole tensor.
     assert len(weight_reads) == 8 and None not in weight_reads
     assert ["fc.bias", None] in result["reads"]
+
+
+def test_peft_export_on_the_command_line(tmp_path):
+    runner = CliRunner()
+    spec = tmp_path / "r.eqx"
+    spec.write_text(
+        "model MLP(in_size=4, out_size=2, width_size=4, depth=1)\n"
+        'map "l{i}.**" -> "layers[{i}].**"\n'
+        "where layers[0] -> lora(rank=2, alpha=4)\n"
+    )
+    rng = np.random.default_rng(0)
+    ck = {
+        "l0.weight": rng.normal(size=(4, 4)).astype(np.float32),
+        "l0.bias": rng.normal(size=4).astype(np.float32),
+        "l1.weight": rng.normal(size=(2, 4)).astype(np.float32),
+        "l1.bias": rng.normal(size=2).astype(np.float32),
+    }
+    stn.save_file(ck, tmp_path / "ck.safetensors")
+    out = tmp_path / "out.eqx"
+    args = ["apply", str(spec), "--weights", str(tmp_path / "ck.safetensors"), "-o", str(out)]
+    assert runner.invoke(main, args).exit_code == 0
+    result = runner.invoke(
+        main, ["export", str(spec), str(out), "--peft", "-o", str(tmp_path / "ad")]
+    )
+    assert result.exit_code == 0, result.output
+    tensors = stn.load_file(tmp_path / "ad" / "adapter_model.safetensors")
+    assert sorted(tensors) == [
+        "base_model.model.l0.lora_A.weight",
+        "base_model.model.l0.lora_B.weight",
+    ]
+    config = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["target_modules"]) == (2, 4, ["l0"])
+    # A pickle on the command line: refused, a usage error (exit 2), no traceback.
+    (tmp_path / "m.pth").write_bytes(b"\x80\x02}q\x00.")
+    result = runner.invoke(main, ["check", str(spec), "--weights", str(tmp_path / "m.pth")])
+    assert result.exit_code == 2 and "E340" in result.output and "Traceback" not in result.output
