@@ -389,8 +389,11 @@ def make_plan(program, model=None, mesh=None, weights=None) -> Plan:
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
     # The checkpoint against the model as given, from its header alone.
+    named = weights is not None or (program.weights is not None and program.weights.path)
     try:
-        mapped = program.plan_weights(first, weights)
+        # Without a checkpoint to read (none given, no `weights` line), the
+        # `map` lines are checked as text only; `apply` asks for one (E450).
+        mapped = program.plan_weights(first, weights) if named else None
     except (UsageError, ModelFileError) as e:
         if weights is not None:
             raise  # a path given on the command line or to the API

@@ -839,7 +839,8 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
 
     for e in plan.entries:
         [slot] = e.slots if len(e.slots) == 1 else [None]
-        sharding = None if slot is None else getattr(flat[slot.leaf.index], "sharding", None)
+        in_model = slot is not None and not slot.leaf.in_state
+        sharding = getattr(flat[slot.leaf.index], "sharding", None) if in_model else None
         if (
             len(e.names) == 1
             and slot is not None
