@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -295,7 +296,13 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
             }
             if steps is not None:
                 data["rules"] = [
-                    {"line": s.line, "rule": s.rule, "action": s.action, "count": s.count}
+                    {
+                        "line": s.line,
+                        "rule": s.rule,
+                        "action": s.action,
+                        "count": s.count,
+                        "unit": s.unit,
+                    }
                     for s in steps
                 ]
             click.echo(json.dumps(data, indent=2))
@@ -311,7 +318,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
-                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {_plural(s.count, 'match')}")
+                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {s.counted}")
 
     _run(go, as_json)
 
@@ -366,13 +373,38 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 
         click.echo(yaml.safe_dump(data, sort_keys=False))
         return
+    console = _console()
+    table = _plan_table(result)
+    # The table's natural width: what it takes with no cell wrapped or cut.
+    natural = console.measure(table, options=console.options.update(max_width=1 << 20))
+    if natural.maximum <= console.width:
+        out.print(table)
+        lines = result.totals(console.width)
+    else:
+        # Too narrow for the table at its natural width: rich would cut the
+        # paths (`blocks[0].att…`) and wrap the actions; the text layout
+        # keeps every path whole.
+        lines = result.lines(console.width)
+    if result.weights is not None:
+        from ._plan import weight_lines
+
+        _echo("\n".join(weight_lines(result.weights)))
+    for line in lines:
+        click.echo(line)
+    if untouched:
+        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        for path in result.untouched:
+            _echo(f"  {path}")
+
+
+def _plan_table(result):
+    """The plan's steps as a rich table: a row per array or module acted on."""
     from rich.table import Table
 
     from ._plan import PlanMatch
 
     table = Table(show_lines=False, header_style="bold")
-    # `#`: how many nodes the rule matched (a narrow header leaves room for the rule).
-    for column in ("line", "action", "#", "path", "before", "after"):
+    for column in ("line", "action", "acts on", "path", "before", "after"):
         table.add_column(column)
     for step in result.steps:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
@@ -381,28 +413,13 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
             table.add_row(
                 _text(step.line if i == 0 else ""),
                 _text(step.action + delta if i == 0 else ""),
-                _text(step.count if i == 0 else ""),
+                _text(step.counted if i == 0 else ""),
                 _text(m.path),
                 _text(m.before),
                 _text("=" if m.after == m.before else m.after),
                 end_section=i == len(rows) - 1,
             )
-    out.print(table)
-    from ._plan import budget, weight_lines
-
-    if result.weights is not None:
-        _echo("\n".join(weight_lines(result.weights)))
-
-    click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
-    click.echo(budget(result))
-    if result.output is not None:
-        _echo(f"output: {result.output}")
-    if result.placement is not None:
-        _echo("\n".join(result.placement.lines()))
-    if untouched:
-        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
-        for path in result.untouched:
-            _echo(f"  {path}")
+    return table
 
 
 @main.command()
@@ -477,7 +494,7 @@ def apply(
         what = "adapters of " if adapters_only else ""
         click.echo(
             f"wrote {output} ({what}{count_params(result):,} parameters, "
-            f"{_plural(len(program.spec.rules), 'rule')} applied)"
+            f"{_applied(program.spec)} applied)"
         )
 
     _run(go)
@@ -833,9 +850,11 @@ def show(model, fmt, allow):
 
     def go():
         from ._files import read_header
+        from ._recipes import adapter_info
 
         header = read_header(model)
         recipe = header.recipe
+        adapters = adapter_info(header)
         checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
@@ -849,6 +868,8 @@ def show(model, fmt, allow):
             "recipe": recipe,
             "checked": checked is None,
         }
+        if adapters is not None:
+            data["adapters"] = adapters
         if fmt == "json":
             click.echo(json.dumps(data, indent=2))
             return
@@ -870,6 +891,9 @@ def show(model, fmt, allow):
         out.print(tree)
         if checked is not None:
             _echo(f"note: {checked}", err=True)
+        if adapters is not None:
+            _show_adapters(model, adapters, len(tensors))
+            return
         if recipe is None:
             click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
             return
@@ -893,6 +917,29 @@ def show(model, fmt, allow):
             _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _show_adapters(path: str, info: dict, tensors: int) -> None:
+    """What `show` says of an adapter file: whose adapters, from which specs,
+    and how to use them (they are no model on their own)."""
+    fingerprint = str(info.get("fingerprint"))
+    _echo(
+        f"adapters: {_plural(tensors, 'tensor')} for the base model of fingerprint "
+        f"{fingerprint[:12]}"
+    )
+    for i, entry in enumerate(info.get("specs", []), 1):
+        entry = entry if isinstance(entry, dict) else {}
+        params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
+        _echo(
+            f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
+            + (f"; {params_text}" if params_text else "")
+            + ")"
+        )
+    _echo(
+        f"load onto the base model in Python with `eqxform.load({json.dumps(path)}, "
+        f"base=model)`, or bake them into it: `eqxform merge {shlex.quote(path)} BASE.eqx "
+        "-o merged.eqx`"
+    )
 
 
 def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
@@ -1032,6 +1079,22 @@ def explain(code, every, fmt):
 
 def _position(d: Diagnostic) -> tuple[int, int]:
     return (d.span.line, d.span.column) if d.span is not None else (0, 0)
+
+
+def _applied(spec) -> str:
+    """`2 rules and 1 `stack` line`: what a spec applies, its structural
+    lines (which change a model as much as a rule does) counted beside its rules."""
+    from . import _ast as A
+
+    words = {A.StackStmt: "stack", A.UnstackStmt: "unstack", A.EnsembleStmt: "ensemble"}
+    lines: dict[str, int] = {}
+    for stmt in spec.statements:
+        if type(stmt) in words:
+            lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
+    parts = [_plural(n, f"`{word}` line") for word, n in lines.items()]
+    if spec.rules or not parts:
+        parts.insert(0, _plural(len(spec.rules), "rule"))
+    return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _plural(n: int, word: str) -> str:

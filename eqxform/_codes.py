@@ -1556,6 +1556,34 @@ CODES: dict[str, Code] = {
             "eqxform lsp",
             "install it: `pip install 'pygls>=2'`.",
         ),
+        _c(
+            "E603",
+            "a message from the editor that the language server cannot read",
+            "The Language Server Protocol frames each message as `Content-Length: N`, a blank "
+            "line, then N bytes of JSON-RPC. A length that is no number of bytes (`abc`, `-5`), "
+            "one longer or shorter than the body, bytes between messages, or a body that is not "
+            "JSON-RPC break that framing. `eqxform lsp` says so on stderr and reads on: a body "
+            "of a wrong length ends where its JSON does, bytes that are no message are skipped "
+            "to the next `Content-Length` header, and a request it cannot read is answered with "
+            "a JSON-RPC error (-32700 or -32600). The mistake is the editor's or its plugin's.",
+            'Content-Length: abc\n\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
+            "report it to the editor's plugin; send the body's length in bytes (UTF-8), in ASCII "
+            "digits, and exactly that many bytes.",
+        ),
+        _c(
+            "E604",
+            "a request's parameters do not fit the Language Server Protocol",
+            "The server checks each message's parameters against the protocol's types before "
+            "acting on it. A request that does not fit (a position with a negative line or "
+            "character, a missing field) is answered with a JSON-RPC error, -32602 (invalid "
+            "params), that names the field; a notification that does not fit is ignored, and "
+            "said so on stderr.",
+            '{"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": '
+            '{"textDocument": {"uri": "file:///spec.eqx"}, "position": {"line": -1, '
+            '"character": 0}}}',
+            "send positions as zero-based lines and characters, 0 or more; the error's message "
+            "names the field that is wrong.",
+        ),
     ]
 }
 
@@ -1605,7 +1633,10 @@ def markdown() -> str:
     for c in codes:
         out += ["", f"### {c.code}", "", f"**{c.title}**", "", c.explanation]
         if c.example:
-            out += ["", "Example:", "", "```", c.example, "```"]
+            # Marked for the test that runs the documentation's blocks: an
+            # example is a fragment, its model and command line in the text.
+            skip = f"<!-- docs-test: skip (an example of {c.code}, a fragment) -->"
+            out += ["", "Example:", "", skip, "```", c.example, "```"]
         out += ["", "Fix: " + c.fix]
     return "\n".join(out) + "\n"
 

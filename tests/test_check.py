@@ -92,16 +92,19 @@ def test_check_with_a_model_reports_match_counts(cwd):
     code, out = run("check", "spec.eqx")
     assert code == 0
     assert "spec.eqx: no problems found (3 statements; checked against `MLP(" in out
-    assert "  line 2    init zeros     3 matches\n" in out
-    assert "  line 3    cast bfloat16  1 match\n" in out
+    # Each rule's count says what it counts: the arrays its action acts on
+    # (a `cast` of a module casts its weight and its bias).
+    assert "  line 2    init zeros     3 arrays\n" in out
+    assert "  line 3    cast bfloat16  2 arrays\n" in out
     code, out = run("check", "spec.eqx", "--json")
     data = json.loads(out)
     assert data["ok"] is True and data["diagnostics"] == []
     assert data["model"].startswith("`MLP(in_size=2")
     assert [(r["line"], r["action"], r["count"]) for r in data["rules"]] == [
         (2, "init zeros", 3),
-        (3, "cast bfloat16", 1),
+        (3, "cast bfloat16", 2),
     ]
+    assert [r["unit"] for r in data["rules"]] == ["array", "array"]
 
 
 def test_check_with_a_model_file_and_json_errors(cwd):
@@ -115,7 +118,7 @@ def test_check_with_a_model_file_and_json_errors(cwd):
     assert data["ok"] is False and data["model"] == "m.eqx"
     assert [(d["code"], d["line"]) for d in data["diagnostics"]] == [("E201", 2)]
     # The rules that did match still report their counts.
-    assert [(r["line"], r["count"]) for r in data["rules"]] == [(1, 3), (3, 1)]
+    assert [(r["line"], r["count"]) for r in data["rules"]] == [(1, 3), (3, 2)]
 
 
 def test_check_runs_the_forward_pass_of_the_input_lines(cwd):
@@ -274,7 +277,8 @@ def test_a_module_cast_to_bfloat16_is_still_floating_point():
     # `init` and `scale` of a module act on its floating-point arrays, bfloat16 ones too.
     text = MODEL + "where layers[0] -> cast bfloat16\nwhere layers[0] -> scale 2\n"
     plan = eqxform.compile(text).plan()
-    assert plan.steps[1].count == 1 and len(plan.steps[1].writes) == 2
+    assert plan.steps[1].count == 2 and len(plan.steps[1].writes) == 2
+    assert [m.after for m in plan.steps[1].matches] == ["bf16[8,2]", "bf16[8]"]
     before = eqxform.compile(MODEL).apply()
     after = eqxform.compile(text).apply()
     np.testing.assert_allclose(
@@ -326,10 +330,10 @@ def test_plan_reports_counts_and_untouched_arrays(cwd):
     assert "(nothing)" in out  # the optional rule that matched nothing has a row
     code, out = run("plan", "spec.eqx", "--format", "json", "--untouched")
     data = json.loads(out)
-    assert [(s["line"], s["count"]) for s in data["steps"]] == [(2, 1), (3, 1), (4, 0)]
+    assert [(s["line"], s["count"]) for s in data["steps"]] == [(2, 2), (3, 1), (4, 0)]
     assert data["untouched"] == ["layers[1].bias", "layers[2].weight", "layers[2].bias"]
     code, out = run("plan", "spec.eqx", "--format", "yaml")
-    assert "count: 1" in out and "untouched" not in out
+    assert "count: 2" in out and "untouched" not in out
 
 
 def test_untouched_sees_through_stacks_and_wrappers():
