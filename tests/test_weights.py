@@ -639,3 +639,48 @@ def test_peft_export_on_the_command_line(tmp_path):
     (tmp_path / "m.pth").write_bytes(b"\x80\x02}q\x00.")
     result = runner.invoke(main, ["check", str(spec), "--weights", str(tmp_path / "m.pth")])
     assert result.exit_code == 2 and "E340" in result.output and "Traceback" not in result.output
+
+
+def test_keep_leaves_an_array_its_own_values(net_ckpt):
+    path, ck = net_ckpt
+    spec = NET_SPEC.replace('map "fc.weight" -> "head.weight"\nmap "fc.bias" -> "head.bias"\n', "")
+    spec += 'skip "fc.*"\n'
+    model = Net(key=jax.random.key(0))
+    found = {d.code: d for d in eqxform.compile(spec).check(model, weights=path)}
+    assert set(found) == {"E246"} and "`head.weight`, `head.bias`" in found["E246"].message
+    kept = eqxform.compile(spec + 'keep "head.*"\n').load_weights(model, path)
+    assert kept.head.weight is model.head.weight
+    assert np.array_equal(np.asarray(kept.embed.weight), ck["patch.weight"])
+
+
+def test_a_torch_zip_checkpoint_is_refused_as_a_pickle(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "model.safetensors", "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    with pytest.raises(eqxform.UsageError) as e:
+        eqxform.compile(NET_SPEC).check(
+            Net(key=jax.random.key(0)), weights=tmp_path / "model.safetensors"
+        )
+    assert _codes(e) == ["E340"]
+
+
+def test_batchnorm_statistics_into_a_model_that_holds_its_initial_state():
+    # Built without `make_with_state`: the statistics go into the model's
+    # `StateIndex`es, and `eqx.nn.State(model)` holds them.
+    from weightmodels import ResNet18
+
+    model = ResNet18(num_classes=10, width=6, key=jax.random.key(0))
+    program = eqxform.compile(SPECS / "resnet18_torchvision.eqx")
+    loaded = program.load_weights(model, FIXTURES / "resnet18.safetensors")
+    state = eqx.nn.State(loaded)
+    original = stn.load_file(FIXTURES / "resnet18.safetensors")
+    bn = loaded.layers[2][0].downsample[1]
+    mean, var = state.get(bn.ema_state_index)
+    assert np.array_equal(np.asarray(mean), original["layer3.0.downsample.1.running_mean"])
+    assert np.array_equal(np.asarray(var), original["layer3.0.downsample.1.running_var"])
+    # Loaded statistics are used from the first training step, as PyTorch's are.
+    assert not bool(state.get(bn.ema_first_time_index))
+    x, y = _io("resnet18")
+    logits = resnet18_logits(loaded, state, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(logits), y, atol=1e-4)
