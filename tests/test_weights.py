@@ -271,16 +271,31 @@ def test_malformed_lines_are_caught_without_a_model(line, code):
     assert e.value.diagnostics[0].span.line == 1
 
 
-def test_check_on_the_command_line_reads_only_the_header(net_ckpt, tmp_path):
-    path, _ = net_ckpt
+def test_check_on_the_command_line_reads_only_the_header(tmp_path, reads):
     model_file = tmp_path / "model.eqx"
-    model = eqxform.compile("model MLP(in_size=8, out_size=4, width_size=8, depth=1)").apply()
+    model = eqxform.compile("model MLP(in_size=4, out_size=2, width_size=4, depth=1)").apply()
     eqxform.save(model_file, model)
+    rng = np.random.default_rng(0)
+    shapes = {"l0.weight": (4, 4), "l0.bias": (4,), "l1.weight": (2, 4), "l1.bias": (2,)}
+    stn.save_file(
+        {n: rng.normal(size=s).astype(np.float32) for n, s in shapes.items()},
+        tmp_path / "ck.safetensors",
+    )
     spec = tmp_path / "s.eqx"
-    spec.write_text('map "fc.weigth" -> "layers[{i}].weight"\n')
-    result = CliRunner().invoke(main, ["check", str(spec), str(model_file), "--weights", str(path)])
+    spec.write_text(
+        'map "l{i}.weigth" -> "layers[{i}].weight"\nmap "l{i}.bias" -> "layers[{i}].bias"\n'
+    )
+    args = ["check", str(spec), str(model_file), "--weights", str(tmp_path / "ck.safetensors")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
-    assert "s.eqx:1:" in result.output and "E162" in result.output
+    assert "error[E241]: the checkpoint has no `l0.weigth`, `l1.weigth`" in result.output
+    assert "s.eqx:1:5" in result.output and "did you mean one of `l0.weight`" in result.output
+    assert "E245" in result.output
+    assert reads == []
+    # A spec error found without a model is reported at once, before any file is read.
+    spec.write_text('map "fc.weigth" -> "layers[{i}].weight"\n')
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "s.eqx:1:" in result.output and "E162" in result.output
 
 
 def test_pickles_are_refused_with_the_conversion(tmp_path):
