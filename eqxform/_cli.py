@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -139,6 +141,28 @@ def _device(name: str | None):
             )
         ) from None
     return jax.default_device(devices[0])
+
+
+class _Whole(click.ParamType):
+    """A whole number on the command line, written in the digits 0-9: Python's
+    `int` (click's `INT`) would also take `１`, `٣` and `1_000`."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not re.fullmatch(r"[0-9]{1,18}", text):
+                self.fail(f"`{value}` is not a whole number written in the digits 0-9", param, ctx)
+            number = int(text)
+        if number < self.minimum:
+            self.fail(f"{number} is less than {self.minimum}", param, ctx)
+        return number
 
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
@@ -508,17 +532,17 @@ def apply(
     type=click.Path(),
     help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
+@click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")
 @click.option(
     "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
 )
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
     "--checkpoint-every",
-    type=click.IntRange(min=1),
+    type=_Whole(1),
     metavar="K",
-    help="Also write the model every K steps.",
+    help="Also write the model every K steps (K at least 1).",
 )
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
@@ -536,10 +560,25 @@ def apply(
     metavar="HOST:PORT",
     help="Join a run of several processes: process 0's address (every process gives the same).",
 )
-@click.option("--num-processes", type=click.IntRange(min=1), help="How many processes the run has.")
-@click.option("--process-id", type=click.IntRange(min=0), help="This process's place, 0..N-1.")
+@click.option(
+    "--num-processes", type=_Whole(1), help="How many processes the run has (at least 1)."
+)
+@click.option("--process-id", type=_Whole(0), help="This process's place, 0..N-1.")
+@click.option(
+    "--timeout",
+    type=_Whole(1),
+    metavar="SECONDS",
+    help="How long to wait for the coordinator and the other processes, then fail with "
+    "E467 (exit 2); default 60.",
+)
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+@click.option(
+    "--adapters-only",
+    is_flag=True,
+    help="Write only the adapters and the arrays trained beside them (an adapter file for "
+    "`eqxform merge` or `eqxform.load(path, base=...)`).",
+)
 @_weights
 @_deny
 def train(
@@ -561,8 +600,10 @@ def train(
     coordinator,
     num_processes,
     process_id,
+    timeout,
     device,
     force,
+    adapters_only,
     weights,
     deny,
 ):
@@ -577,7 +618,7 @@ def train(
 
     def go():
         seed_value = _seed(seed)
-        _join(coordinator, num_processes, process_id)
+        _join(coordinator, num_processes, process_id, timeout)
         program = _prepare(
             "train",
             spec,
@@ -624,41 +665,59 @@ def train(
                 "batch_size": batch_size,
             }
 
-            def write(m, done):
+            seed_used = program.seed if seed_value is None else seed_value
+            if adapters_only:
+                from dataclasses import replace
+
+                from ._recipes import require_adapters
+
+                # This spec's adapters (and what trains beside them), whatever
+                # the base's recipe holds; refused before training when the
+                # model would have none.
+                require_adapters(start)
+                this_spec = replace(program, seed=seed_used)
+
+            def write(m, done, result=None):
                 info = {**trained, "steps": done}
+                if result is not None and result.nonfinite is not None:
+                    info["stopped"] = f"step {result.nonfinite} was not finite"
+                if adapters_only:
+                    save(
+                        output,
+                        m,
+                        adapters_only=True,
+                        spec=this_spec,
+                        recipe=None if recipe is None else recipe.with_training(info),
+                    )
+                    return
                 save(output, m, recipe=None if recipe is None else recipe.with_training(info))
 
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(
-                TextColumn("training"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} steps"),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=_console(),
-                transient=False,
-                disable=not _writer(),
-            ) as progress:
-                task = progress.add_task("train", total=steps, loss="-")
-                result = _train.train(
-                    program,
-                    start,
-                    x,
-                    y,
-                    steps=steps,
-                    batch_size=batch_size,
-                    loss=loss,
-                    seed=program.seed if seed_value is None else seed_value,
-                    checkpoint_every=checkpoint_every,
-                    on_checkpoint=write,
-                    on_step=lambda done, value: progress.update(
-                        task, completed=done, loss=f"{value:.4g}"
-                    ),
-                    mesh=program.device_mesh(),
-                    batch_axis=batch_axis,
-                )
-            write(result.model, result.steps)
+            run = functools.partial(
+                _train.train,
+                program,
+                start,
+                x,
+                y,
+                steps=steps,
+                batch_size=batch_size,
+                loss=loss,
+                seed=seed_used,
+                checkpoint_every=checkpoint_every,
+                on_checkpoint=write,
+                mesh=program.device_mesh(),
+                batch_axis=batch_axis,
+            )
+            if not _writer():
+                result = run()
+            elif _console().is_terminal:
+                result = _train_with_bar(run, steps)
+            else:
+                result = _train_with_lines(run, steps)
+            if result.nonfinite is not None and result.steps == 0:
+                raise _diverged(result, output, wrote=False)
+            write(result.model, result.steps, result)
+        if result.nonfinite is not None:
+            raise _diverged(result, output, wrote=True)
         final = "-" if result.loss is None else f"{result.loss:.4g}"
         if result.interrupted:
             click.echo(
@@ -669,6 +728,73 @@ def train(
         click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
 
     _run(go)
+
+
+def _train_with_bar(run, steps: int):
+    """Training on a terminal: a progress bar with the loss."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=_console(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("train", total=steps, loss="-")
+        return run(
+            on_step=lambda done, value: progress.update(task, completed=done, loss=f"{value:.4g}")
+        )
+
+
+# Off a terminal (a log, a pipe), `train` prints a line for the initial loss,
+# one per tenth of the steps, and one at least this often on a slow run.
+_LINE_EVERY_S = 60.0
+
+
+def _train_with_lines(run, steps: int):
+    """Training with its output going to a file or a pipe: plain lines at a
+    bounded rate (at most 10 milestones, plus one per minute), each flushed."""
+    import time
+
+    last = {"tenth": 0, "at": time.monotonic()}
+
+    def report(done: int, total: int) -> bool:
+        tenth = done * 10 // total
+        due = (
+            done in (1, total)
+            or tenth > last["tenth"]
+            or time.monotonic() - last["at"] >= _LINE_EVERY_S
+        )
+        if due:
+            last["tenth"], last["at"] = tenth, time.monotonic()
+        return due
+
+    def line(done: int, value: float) -> None:
+        what = "initial loss" if done == 1 else "loss"
+        click.echo(f"step {done}/{steps}: {what} {value:.4g}")
+        sys.stdout.flush()
+
+    return run(on_step=line, report=report)
+
+
+def _diverged(result, output: str, wrote: bool) -> EqxformError:
+    """Training stopped at a step whose loss or update was not finite."""
+    kept = (
+        f"wrote the model of step {result.steps}, the last finite one, to `{output}`"
+        if wrote
+        else f"nothing was written to `{output}`"
+    )
+    return EqxformError(
+        Diagnostic(
+            "E530",
+            f"training stopped at step {result.nonfinite}: {result.nonfinite_what}; {kept}",
+            help="lower the learning rate in the spec's `optimizer` (or clip gradients), check "
+            "the data's scale, or start from a model whose outputs are finite",
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -690,10 +816,21 @@ def _writer() -> bool:
     return jax.process_index() == 0
 
 
-def _join(coordinator, num_processes, process_id) -> None:
-    """`--coordinator`, `--num-processes`, `--process-id`: all or none."""
+def _join(coordinator, num_processes, process_id, timeout=None) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id`: all or none
+    (`--timeout` only with them)."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if not any(given):
+        if timeout is not None:
+            raise UsageError(
+                Diagnostic(
+                    "E466",
+                    "`--timeout` is how long a run of several processes waits to start; this "
+                    "run has one process",
+                    help="leave `--timeout` out, or join a run with `--coordinator`, "
+                    "`--num-processes` and `--process-id`",
+                )
+            )
         return
     if not all(given):
         raise UsageError(
@@ -705,9 +842,14 @@ def _join(coordinator, num_processes, process_id) -> None:
                 "first host, `--process-id 1` on the second",
             )
         )
-    from ._runtime._distributed import initialize_distributed
+    from ._runtime._distributed import DEFAULT_TIMEOUT_S, initialize_distributed
 
-    initialize_distributed(coordinator, num_processes, process_id)
+    initialize_distributed(
+        coordinator,
+        num_processes,
+        process_id,
+        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else timeout,
+    )
 
 
 def _prepare(

@@ -2,6 +2,7 @@
 would report, reported before it runs, and the rules that do nothing."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -355,3 +356,65 @@ def test_untouched_sees_through_stacks_and_wrappers():
         model.mlps.layers[0].layers[1].weight, original.mlps.layers[0].layers[1].weight
     )
     assert isinstance(model.mlps.layers[0].layers[0].weight, eqx.Module)
+
+
+# ---- E126: an allowed module that cannot be imported --------------------------------
+
+ROOT = Path(__file__).parent.parent
+
+
+def _package(folder: Path) -> None:
+    pkg = folder / "upkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(
+        "import equinox as eqx\n"
+        "def make(width, *, key):\n"
+        "    return eqx.nn.MLP(2, 2, width, 1, key=key)\n"
+    )
+    (pkg / "needs.py").write_text("import upkg_missing_dependency\n")
+    (pkg / "broken.py").write_text("def make(:\n")
+
+
+@pytest.mark.parametrize(
+    "callee,message,help",
+    [
+        ("nopkg.models:make", "no module named `nopkg`", "PYTHONPATH=."),
+        ("upkg.modls:make", "no module named `upkg.modls`", "`upkg` was found, but it has no"),
+        ("upkg.models:mke", "module `upkg.models` has no `mke`", "did you mean `make`?"),
+        ("upkg.needs:make", "needs `upkg_missing_dependency`", "install `upkg_missing_depen"),
+        ("upkg.broken:make", "raised SyntaxError", 'python -c "import upkg.broken"'),
+    ],
+)
+def test_an_allowed_module_that_cannot_be_imported_says_how_to_fix_it(
+    tmp_path, monkeypatch, callee, message, help
+):
+    _package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    top = callee.split(".")[0]
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile(f"model {callee}(width=3)", allow=[top]).apply()
+    d = info.value.diagnostics[0]
+    assert d.code == "E126" and message in d.message, d.message
+    assert d.help is not None and help in d.help, d.help
+    assert (d.span.line, d.span.column) == (1, 7)  # the callee, not the whole line
+
+
+def test_the_help_of_e126_is_what_makes_the_module_importable(tmp_path):
+    """`eqxform` (the installed command) does not put the current directory on
+    the module path; the help's `PYTHONPATH=.` does. `python -P` runs the CLI
+    the same way (no current directory on the path)."""
+    _package(tmp_path)
+    (tmp_path / "spec.eqx").write_text("model upkg.models:make(width=3)\n")
+    command = [sys.executable, "-P", "-m", "eqxform", "check", "spec.eqx", "--allow", "upkg"]
+
+    def run_with(path):
+        env = {**os.environ, "PYTHONPATH": path}
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    refused = run_with(str(ROOT))
+    assert refused.returncode == 1, refused.stderr
+    assert "error[E126]" in refused.stderr and "PYTHONPATH=." in refused.stderr
+    assert "Traceback" not in refused.stderr
+    accepted = run_with(f"{ROOT}{os.pathsep}.")
+    assert accepted.returncode == 0, accepted.stderr
