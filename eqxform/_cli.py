@@ -1102,12 +1102,35 @@ def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
     return None
 
 
+def _spec_files(paths: tuple[str, ...]) -> list[str]:
+    """The spec files that `paths` name: a file as it is, a folder as every
+    `*.eqx` file under it (sorted, subfolders included)."""
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = sorted(str(p) for p in Path(path).rglob("*.eqx") if p.is_file())
+        if not found:
+            raise UsageError(
+                Diagnostic(
+                    "E401",
+                    f"the folder `{path}` holds no spec (no `*.eqx` file, subfolders included)",
+                    file=path,
+                    help="pass spec files, or a folder with `.eqx` files in it",
+                )
+            )
+        out.extend(found)
+    return out
+
+
 @main.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", metavar="SPECS...", nargs=-1, required=True, type=click.Path())
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file would change.")
-def fmt(specs, check):
+def fmt(paths, check):
     """Write specs in the canonical layout (in place), comments kept.
 
+    SPECS are spec files, or folders: every `*.eqx` file under a folder.
     Spacing, aligned arrows, one blank line at most; the meaning and the
     numbers a spec draws stay the same. With --check, list the files that are
     not formatted and exit 1 (for CI).
@@ -1118,6 +1141,7 @@ def fmt(specs, check):
         from ._format import format_spec
         from ._source import read_spec
 
+        specs = _spec_files(paths)
         if not check:
             # Every spec is written in place: each must be a regular file in a
             # writable folder, known before the first is rewritten.

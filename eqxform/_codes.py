@@ -357,7 +357,7 @@ CODES: dict[str, Code] = {
             "bad `input` line",
             "An `input` line declares one positional argument of the model: a dtype (`f32`, "
             "`bf16`, `i32`, `bool`, ... or a full name) and a shape of whole numbers.",
-            "input float[3,224,224]",
+            "input float[3, 224, 224]",
             "write e.g. `input f32[3,224,224]`; give one line per positional argument.",
         ),
         _c(
@@ -387,7 +387,7 @@ CODES: dict[str, Code] = {
             "E133",
             "layers differ",
             "Only layers of one structure, shapes and dtypes stack into one array each.",
-            "stack blocks scan   # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
+            "stack blocks scan  # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
             "stack a slice of the identical layers, e.g. `stack blocks[1:] scan`.",
         ),
         _c(
@@ -447,7 +447,7 @@ CODES: dict[str, Code] = {
             "E141",
             "ensemble of an ensemble",
             "A spec makes one ensemble; the model already is one.",
-            "ensemble 4   # applied to an ensemble",
+            "ensemble 4  # applied to an ensemble",
             "take a member first (`Ensemble.member(i)`), or ensemble once.",
         ),
         _c(
@@ -461,7 +461,7 @@ CODES: dict[str, Code] = {
             "E143",
             "empty stack",
             "The list, tuple or `Sequential` that `stack` selects holds no layers.",
-            "stack blocks scan   # where blocks is []",
+            "stack blocks scan  # where blocks is []",
             "stack a sequence that has layers.",
         ),
         # ---- the spec against a model
@@ -482,7 +482,7 @@ CODES: dict[str, Code] = {
             "`h = layer(h, ...)` for each, also when the parent loops over them; a loop that "
             "does more (collects the layers' outputs, uses a layer's index, zips the layers "
             "with another list) computes something else once stacked.",
-            "stack blocks scan   # where the parent returns every block's output",
+            "stack blocks scan  # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
         ),
@@ -492,7 +492,7 @@ CODES: dict[str, Code] = {
             "An expression computes an integer of more than 256 bits (`_limits.MAX_INT_BITS`), "
             "or a number that is not finite (`exp(1000)`, `1e308 * 10`). The power is refused "
             "before it is computed: `9**9**9` would run for hours.",
-            "let x = 9**9**9",
+            "let x = 9 ** 9 ** 9",
             "check the expression; no size, count or seed needs such a number.",
         ),
         _c(
@@ -500,7 +500,7 @@ CODES: dict[str, Code] = {
             "string or list too long",
             "An expression would build a string or a list of more than 10,000 elements "
             "(`_limits.MAX_SEQUENCE_LENGTH`); it is refused before it is built.",
-            'let x = "a" * 10**10',
+            'let x = "a" * 10 ** 10',
             "a spec's strings and lists are short; check the repetition count.",
         ),
         _c(
@@ -646,7 +646,7 @@ CODES: dict[str, Code] = {
             "mesh larger than the devices",
             "The mesh needs more devices than JAX sees (across every process of the run), or "
             "`-1` cannot divide the devices evenly.",
-            "mesh data=4 model=4   # on 8 devices",
+            "mesh data=4 model=4  # on 8 devices",
             "use a smaller mesh; on the CPU, simulate devices with "
             "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
         ),
@@ -662,7 +662,7 @@ CODES: dict[str, Code] = {
             "E202",
             "wrong number of matches",
             "A rule's `expect N` says how many nodes it must match, and it matches another number.",
-            "where Linear.weight expect 3 -> init zeros   # the model has 4",
+            "where Linear.weight expect 3 -> init zeros  # the model has 4",
             "fix the selector or the count; the help line lists what matched.",
         ),
         _c(
@@ -704,14 +704,14 @@ CODES: dict[str, Code] = {
             "With the model's inputs declared, `check`, `plan` and `apply` run the forward "
             "pass under `eval_shape` after the rules; it fails after this rule (the first "
             "after which it does).",
-            "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)   # the layer before gives 8",
+            "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)  # the layer before gives 8",
             "make the rule keep the shapes the model needs (a new head's `in_features`, say).",
         ),
         _c(
             "E208",
             "`init` on integer arrays",
             "Initialisers draw floating-point numbers.",
-            "where ** -> init normal   # the model holds an int32 counter",
+            "where ** -> init normal  # the model holds an int32 counter",
             'narrow the selector, e.g. `if dtype == "float32"`.',
         ),
         _c(
@@ -726,7 +726,7 @@ CODES: dict[str, Code] = {
             "E212",
             "the model does not take its declared input",
             "The forward pass fails on the `input` lines before any rule runs.",
-            "input f32[3]   # for an MLP(in_size=4, ...)",
+            "input f32[3]  # for an MLP(in_size=4, ...)",
             "declare one `input` line per positional argument, with the shapes and dtypes "
             "the model takes (a stateful model gets its state after them).",
         ),
@@ -745,7 +745,7 @@ CODES: dict[str, Code] = {
             "the arrays of the layer types Equinox knows anew for each copy (its default "
             "initialisation) and copy the rest: raw arrays of the model's own classes (a "
             "class token, a positional embedding) are the same in every copy.",
-            "ensemble 4   # of a model with a raw `cls_token` array",
+            "ensemble 4  # of a model with a raw `cls_token` array",
             "draw them per copy with an `init` rule below the line, e.g. "
             "`where cls_token -> init normal(stddev=0.02)`.",
         ),
@@ -761,7 +761,7 @@ CODES: dict[str, Code] = {
             "`unstack` or `ensemble` line nothing is reported. An `lr` or `weight_decay` is "
             "overwritten by a later one of the same kind that sets all its arrays (later "
             "rules win).",
-            "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros   # the scale is lost",
+            "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros  # the scale is lost",
             "remove the overwritten action, or move it below the rule that overwrites it.",
         ),
         _c(
@@ -771,7 +771,7 @@ CODES: dict[str, Code] = {
             "The new module keeps its constructor's own initialisation, not this rule's: "
             "usually the rules are in the wrong order.",
             "where Linear.weight -> init he_normal\n"
-            "where layers[-1] -> replace Linear(in_features=64, out_features=10)",
+            "where layers[-1]    -> replace Linear(in_features=64, out_features=10)",
             "put the `replace` above the `init`, so that the new module is drawn too; or "
             "narrow the `init`'s selector to the modules that stay.",
         ),
@@ -781,7 +781,7 @@ CODES: dict[str, Code] = {
             "Every array this `lr` or `weight_decay` rule matches is frozen (`freeze`), and the "
             "optimiser eqxform builds never updates a frozen array, so the rule changes "
             "nothing.",
-            "where layers[0] -> freeze\nwhere layers[0].weight -> lr 0.1",
+            "where layers[0]        -> freeze\nwhere layers[0].weight -> lr 0.1",
             "remove the rule, or narrow the `freeze` so that these parameters train.",
         ),
         _c(
@@ -799,7 +799,7 @@ CODES: dict[str, Code] = {
             "that computes `W x + b`), a `Linear`'s weight (which adapts the module), or a "
             "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
             "selector matched something else: a bias, a convolution, a container.",
-            "where layers[0] -> lora(rank=4)   # layers[0] is a Conv2d",
+            "where layers[0] -> lora(rank=4)  # layers[0] is a Conv2d",
             "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
         ),
         _c(
@@ -831,7 +831,7 @@ CODES: dict[str, Code] = {
             "nothing to merge",
             "`merge` bakes the adapters at or under the matched nodes into their base "
             "weights; it found none there.",
-            "where layers[-1] -> merge   # no adapter in the last layer",
+            "where layers[-1] -> merge  # no adapter in the last layer",
             "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
             "`where ** -> merge`.",
         ),
@@ -850,7 +850,7 @@ CODES: dict[str, Code] = {
             "A `shard` spec gives one entry per dimension of one layer's array; this array has "
             "another number of dimensions. The leading axes of stacks and ensembles are added "
             "for you (unsplit, or on their `over` axis).",
-            "where Linear -> shard (model, none)   # the bias has one dimension",
+            "where Linear -> shard (model, none)  # the bias has one dimension",
             "write one entry per dimension, or narrow the selector (`Linear.weight`, "
             "`if ndim == 2`).",
         ),
@@ -859,7 +859,7 @@ CODES: dict[str, Code] = {
             "dimension not divisible by its mesh axes",
             "An array's dimension is split over mesh axes whose sizes (multiplied) do not "
             "divide it, so the shards would differ in size.",
-            "mesh model=4\nwhere layers[0].weight -> shard (none, model)   # in_features=6",
+            "mesh model=4\nwhere layers[0].weight -> shard (none, model)  # in_features=6",
             "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
         ),
         _c(
