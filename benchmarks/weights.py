@@ -19,7 +19,7 @@ the peak above the process's memory before the load, and the ratios
 the start well under twice the file's size.
 
     python benchmarks/weights.py                      # ~1 GB
-    python benchmarks/weights.py --blocks 2 --width 256   # a quick run
+    python benchmarks/weights.py --smoke                  # the smallest size, once
 """
 
 from __future__ import annotations
@@ -169,10 +169,13 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=24)
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="The smallest size, once.")
     parser.add_argument(
         "--dir", default=None, help="Folder for the checkpoint (default: a temp dir)."
     )
     args = parser.parse_args()
+    if args.smoke:
+        args.blocks, args.width, args.repeats = 2, 128, 1
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "ckpt.safetensors"
         # Written by a child process: Linux carries a process's peak resident
@@ -208,17 +211,17 @@ def main() -> None:
     print(f"{'':28} {'by hand':>12} {'by rules':>12} {'ratio':>7}")
     print(
         f"{'time (s)':28} {best['hand']:12.2f} {best['rules']:12.2f} "
-        f"{best['rules'] / best['hand']:7.2f}"
+        f"{best['rules'] / best['hand']:7.2f}x"
     )
     compile_s = min(r["compile"] for r in results["rules"])
     print(f"{'compiling the spec (s)':28} {'':>12} {compile_s:12.2f}")
     print(
         f"{'peak RSS':28} {mib(peak['hand']):>12} {mib(peak['rules']):>12} "
-        f"{peak['rules'] / peak['hand']:7.2f}"
+        f"{peak['rules'] / peak['hand']:7.2f}x"
     )
     print(
         f"{'peak RSS above the start':28} {mib(above['hand']):>12} {mib(above['rules']):>12} "
-        f"{above['rules'] / above['hand']:7.2f}"
+        f"{above['rules'] / above['hand']:7.2f}x"
     )
     print(f"{'  / checkpoint size':28} {above['hand'] / size:12.2f} {above['rules'] / size:12.2f}")
 
