@@ -4,7 +4,11 @@ The baseline is `init_linear_weight` from the Equinox documentation's tricks
 page, with its `trunc_init`. Each case runs in a fresh process, so "cold" is a
 real first call (tracing and compilation included); "warm" is the median of the
 calls after it. Run: `python benchmarks/init_speed.py` (`--quick` for fewer
-repeats, `--smoke` for the smallest size: that it runs). Prints ratios ours / hand-written; below 1 means eqxform is faster.
+repeats, `--scaling` for the scaling table alone, `--smoke` for the smallest
+size: that it runs). Prints ratios ours / hand-written; below 1 means eqxform is
+faster. The scaling table also gives `Program.plan`'s time per leaf (it has no
+hand-written counterpart): both stay flat from 100 to 20,000 layers when the
+work grows linearly.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ CASES = {
     "1000 x Linear(32, 32)": (1000, 32),
     "8 x Linear(2048, 2048)": (8, 2048),
 }
-SCALING = (100, 1000, 10000)
+# Layers of the scaling table: the cost per leaf stays flat when the work grows
+# linearly (20,000 layers once took minutes: paths were compared pairwise).
+SCALING = (100, 1000, 10000, 20000)
 
 
 def worker(kind: str, count: int, size: int, repeats: int) -> dict:
@@ -57,6 +63,9 @@ def worker(kind: str, count: int, size: int, repeats: int) -> dict:
     if kind == "ours":
         program = eqxform.compile(SPEC)
         run = lambda key: program.apply(model, key=key)  # noqa: E731
+    elif kind == "plan":
+        program = eqxform.compile(SPEC)
+        run = lambda key: program.plan(model)  # noqa: E731
     else:
         run = lambda key: init_linear_weight(model, trunc_init, key)  # noqa: E731
 
@@ -86,6 +95,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--scaling", action="store_true", help="only the scaling table")
     parser.add_argument("--smoke", action="store_true", help="the smallest size: that it runs")
     parser.add_argument("--worker", nargs=4)
     args = parser.parse_args()
@@ -102,7 +112,7 @@ def main() -> None:
     table = Table(title="init trunc_normal: eqxform vs hand-written (seconds)")
     for column in ("model", "hand cold", "ours cold", "ratio", "hand warm", "ours warm", "ratio"):
         table.add_column(column, justify="right")
-    for name, (count, size) in CASES.items():
+    for name, (count, size) in CASES.items() if not args.scaling else ():
         hand = measure("hand", count, size, repeats)
         ours = measure("ours", count, size, repeats)
         table.add_row(
@@ -114,20 +124,27 @@ def main() -> None:
             f"{ours['warm']:.4f}",
             f"{ours['warm'] / hand['warm']:.2f}x",
         )
-    console.print(table)
+    if not args.scaling:
+        console.print(table)
 
     table = Table(title="scaling: warm time per matched leaf, Linear(8, 8) layers")
-    for column in ("leaves", "ours warm (s)", "per leaf (us)", "hand warm (s)", "ratio"):
+    columns = ("leaves", "ours warm (s)", "per leaf (us)", "hand warm (s)", "hand per leaf (us)")
+    columns += ("ratio", "plan warm (s)", "plan per leaf (us)")
+    for column in columns:
         table.add_column(column, justify="right")
     for count in SCALING:
         ours = measure("ours", count, 8, repeats)
         hand = measure("hand", count, 8, repeats)
+        plan = measure("plan", count, 8, repeats)
         table.add_row(
             f"{count:,}",
             f"{ours['warm']:.4f}",
             f"{ours['warm'] / count * 1e6:.1f}",
             f"{hand['warm']:.4f}",
+            f"{hand['warm'] / count * 1e6:.1f}",
             f"{ours['warm'] / hand['warm']:.2f}x",
+            f"{plan['warm']:.4f}",
+            f"{plan['warm'] / count * 1e6:.1f}",
         )
     console.print(table)
 

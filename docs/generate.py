@@ -87,6 +87,24 @@ def gen_actions() -> str:
     return _table(("action", "form", "changes", "what it does"), rows)
 
 
+def gen_map_actions() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    forms = {"none": "", "axes?": " [AXES]", "shape?": " [SHAPE]", "axis": " N"}
+    rows = []
+    for name, info in N.MAP_ACTIONS.items():
+        rows.append((f"`{name}{forms[info.arg]}`", D.MAP_ACTIONS.get(name, ""), info.example))
+    return _table(("action", "what it does", "example"), rows)
+
+
+def gen_weight_codes() -> str:
+    from eqxform._codes import CODES
+
+    codes = [c for c in CODES.values() if "E240" <= c.code <= "E250" or c.code in ("E340", "E450")]
+    return _table(("code", "problem"), [(f"`{c.code}`", c.title) for c in codes])
+
+
 def gen_selectors() -> str:
     from eqxform import _docs as D
 
@@ -210,9 +228,47 @@ def gen_api() -> str:
     return _table(("name", "kind", "what it is"), rows)
 
 
+def _first_sentence(text: str) -> str:
+    """Up to the first `. ` outside backticks."""
+    inside = False
+    for i, c in enumerate(text):
+        inside ^= c == "`"
+        if c == "." and not inside and text[i + 1 : i + 2] in ("", " "):
+            return text[: i + 1]
+    return text
+
+
+def gen_limits() -> str:
+    """Every constant of `eqxform/_limits.py`: its name, its value, and the
+    first sentence of the comment above it (why it has that value)."""
+    import ast
+
+    from eqxform import _limits as L
+
+    path = Path(L.__file__)
+    lines = path.read_text().splitlines()
+    rows, first = [], ""
+    for node in ast.parse(path.read_text()).body:
+        if not (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)):
+            continue
+        name = node.targets[0].id
+        comment, k = [], node.lineno - 2
+        while k >= 0 and lines[k].startswith("#") and not lines[k].startswith("# ----"):
+            comment.insert(0, lines[k].lstrip("# ").rstrip())
+            k -= 1
+        if comment:  # else the constant shares the comment of the one above
+            first = _first_sentence(" ".join(comment))
+        value = getattr(L, name)
+        shown = f"{value:,}" if isinstance(value, int) else repr(value)
+        rows.append((f"`{name}`", shown, first))
+    return _table(("constant", "value", "what it bounds"), rows)
+
+
 GENERATORS = {
     "directives": gen_directives,
     "actions": gen_actions,
+    "map-actions": gen_map_actions,
+    "weight-codes": gen_weight_codes,
     "selectors": gen_selectors,
     "context": gen_context,
     "functions": gen_functions,
@@ -224,6 +280,7 @@ GENERATORS = {
     "types": gen_types,
     "commands": gen_commands,
     "api": gen_api,
+    "limits": gen_limits,
 }
 
 

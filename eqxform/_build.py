@@ -16,6 +16,7 @@ from ._diagnostics import Diagnostic
 from ._errors import EqxformError, SpecError, UsageError
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
 from ._hashing import stable_hash
+from ._select import too_deep
 
 
 def to_python(value: Any) -> Any:
@@ -87,6 +88,15 @@ def build(
         raise SpecError(Diagnostic(e.code_or("E204"), e.message, e.span, e.help, source)) from None
     if _takes_key(fn, call.callee):
         kwargs["key"] = key
+
+    def measured():
+        # Its depth before anything of JAX flattens it.
+        model = fn(*args, **kwargs)
+        bad = too_deep(model, f"the model `{call.callee}(...)` builds", call.span, source)
+        if bad is not None:
+            raise SpecError(bad)
+        return model
+
     try:
         if not isinstance(key, jax.core.Tracer):
             # Built for real (not traced for a plan): its size first, on shapes
@@ -95,13 +105,15 @@ def build(
             import equinox as eqx
 
             try:
-                skeleton = eqx.filter_eval_shape(lambda: fn(*args, **kwargs))
+                skeleton = eqx.filter_eval_shape(measured)
             except EqxformError:
                 raise
             except Exception:
                 skeleton = None
             check_budget(skeleton, f"`{call.callee}(...)`", call.span, source)
-        return fn(*args, **kwargs)
+            if skeleton is not None:
+                return fn(*args, **kwargs)
+        return measured()
     except EqxformError:
         raise
     except Exception as e:  # the constructor's own complaint, shown where it was called

@@ -570,6 +570,53 @@ CODES: dict[str, Code] = {
             "machine has the memory.",
         ),
         _c(
+            "E159",
+            "model nested too deep",
+            "A model (given to `check`, `plan`, `apply` or `save`, built by a constructor, or "
+            "made by a `replace`) nests modules, lists, tuples and dicts more than 600 levels "
+            "deep (`_limits.MAX_MODEL_DEPTH`). eqxform walks any depth, but JAX flattens a "
+            "model recursively, each level counted against Python's recursion limit, and "
+            "fails at about a thousand levels less the frames of the code that calls it. The "
+            "model is measured when it enters, before JAX sees it.",
+            "model mypkg.models:chain(depth=1000)   # each block inside the last",
+            "keep repeated layers side by side in one list (or `stack` them) rather than each "
+            "inside the last.",
+        ),
+        _c(
+            "E160",
+            "a weight pattern that does not parse",
+            "A `weights`, `map`, `skip` or `keep` line holds a tensor name, a model path or a "
+            "pattern that cannot be read: a `{` that opens no capture, a path with a space, an "
+            "index that is not a number or a capture.",
+            'map "blocks.{i.attn.qkv.weight" -> "blocks[{i}].attn.qkv.weight"',
+            "write captures as `{name}` (`{name-1}`, `{name+1}` to shift them), model paths as "
+            "`eqxform show` prints them (`blocks[{i}].attn.qkv.weight`).",
+        ),
+        _c(
+            "E161",
+            "a `map` of several tensors onto several arrays",
+            "A `map` line either fuses several checkpoint tensors into one array or splits one "
+            "tensor into several arrays; several on both sides has no one meaning.",
+            'map "q.weight", "k.weight" -> "a.weight", "b.weight"',
+            "write one `map` per pair.",
+        ),
+        _c(
+            "E162",
+            "the two sides of a `map` capture different names",
+            "Each tensor a `map` reads names one model array and back, so every pattern of the "
+            "line has the same captures.",
+            'map "layer{a}.{b}.conv1.weight" -> "layers[{a-1}].conv1.weight"',
+            "use every capture on both sides: `layers[{a-1}][{b}].conv1.weight`.",
+        ),
+        _c(
+            "E163",
+            "an unknown or malformed `map` action",
+            "After `with`, a `map` takes `transpose [AXES]`, `reshape [SHAPE]`, `cast` and "
+            "`axis N` (where several tensors fuse or one splits), each once.",
+            'map "head.weight" -> "head.weight" with transpose [1, 1]',
+            "see docs/weights.md for each action and its argument.",
+        ),
+        _c(
             "E190",
             "no such mesh axis",
             "A `shard` spec, a `stack ... over AXIS` or an `ensemble N over AXIS` names a mesh "
@@ -876,6 +923,98 @@ CODES: dict[str, Code] = {
             "`model, state = program.apply((model, state))`.",
         ),
         _c(
+            "E240",
+            "a `map` that matches nothing",
+            "No checkpoint tensor matches the `map` line's names, and no model array its paths.",
+            'map "blocks.{i}.mlp.fc3.weight" -> "blocks[{i}].mlp.fc3.weight"',
+            "compare the names with `eqxform show CHECKPOINT` and the paths with `eqxform show "
+            "MODEL`; the help line names the nearest of each.",
+        ),
+        _c(
+            "E241",
+            "a checkpoint tensor a `map` needs is missing",
+            "The `map` line names, for a model array it matches, a tensor the checkpoint does not "
+            "hold (a typo in the name, a layer the checkpoint lacks).",
+            'map "layer{a}.{b}.conv1.weigth" -> "layers[{a-1}][{b}].conv1.weight"',
+            "fix the name (the help line shows the nearest the checkpoint holds), or `keep` the "
+            "array's own values.",
+        ),
+        _c(
+            "E242",
+            "a model array a `map` names is missing",
+            "A checkpoint tensor matches the `map` line, but the model has no array at the path "
+            "it names (a typo in the path, a layer the model lacks).",
+            'map "blocks.{i}.norm1.weight" -> "blocks[{i}].norm.weight"',
+            "fix the path (the help line shows the nearest the model has), or `skip` the tensor.",
+        ),
+        _c(
+            "E243",
+            "a checkpoint tensor's shape does not fit the model array",
+            "After the line's layout changes (`transpose`, `reshape`, fuse or split), a tensor's "
+            "shape differs from the model array's (or the slice of it a capture names).",
+            'map "head.weight" -> "head.weight"   # (1000, 768) into (768, 1000)',
+            "add `with transpose` or `with reshape`, or map the tensor onto the right array.",
+        ),
+        _c(
+            "E244",
+            "a checkpoint tensor's dtype differs from the model array's",
+            "A tensor stored as one dtype would fill an array of another; eqxform converts only "
+            "when asked, so that no precision is lost unseen.",
+            'map "**" ... # float16 tensors into a float32 model',
+            "add `with cast`, or cast the model to the checkpoint's dtype first.",
+        ),
+        _c(
+            "E245",
+            "checkpoint tensors that no line reads",
+            "Every tensor of the checkpoint is read by a `map` or left out by a `skip`, so that "
+            "a tensor forgotten by mistake is never silently dropped.",
+            "map ...   # the checkpoint also holds `fc.weight`",
+            'map the tensors, or `skip` them (`skip "fc.*"`).',
+        ),
+        _c(
+            "E246",
+            "model arrays that no line fills",
+            "Every array of the model is filled by a `map` or kept by a `keep`, so that an array "
+            "left at its random initial value is never mistaken for a loaded one.",
+            "map ...   # nothing fills `head.weight`",
+            'map a tensor onto it, or `keep` it (`keep "head.*"`).',
+        ),
+        _c(
+            "E247",
+            "a model array filled twice",
+            "Two `map` lines (or one, through overlapping captures) fill the same array or the "
+            "same slice of a stacked array.",
+            'map "a.weight" -> "fc.weight"\nmap "b.weight" -> "fc.weight"',
+            "fill each array once; `skip` the tensor that should not be read.",
+        ),
+        _c(
+            "E248",
+            "a `skip` or `keep` pattern that matches nothing",
+            "A pattern of a `skip` line matches no checkpoint tensor, or one of a `keep` line no "
+            "model array: a typo, or a line left over from another checkpoint.",
+            'skip "**.num_batches_trackd"',
+            "fix the pattern, or remove it.",
+        ),
+        _c(
+            "E249",
+            "an export that needs the original checkpoint",
+            "Writing weights back runs each `map` in reverse; a `reshape` without the original "
+            "shapes cannot be undone, nor can a `cast` know the dtype to return to.",
+            "eqxform export spec.eqx model.eqx -o out.safetensors   # the spec has `reshape`",
+            "give the original checkpoint (`weights` in the spec, or `--weights PATH`): its header "
+            "alone supplies the shapes and dtypes.",
+        ),
+        _c(
+            "E250",
+            "an adapter that PEFT's layout cannot name",
+            "PEFT names a LoRA adapter after its base module in the original checkpoint "
+            "(`base_model.model.blocks.0.attn.qkv.lora_A.weight`): the spec's `map` lines must "
+            "map the base weight as it is (no `transpose`, `reshape`, fuse or split), to a name "
+            "ending in `.weight`; or the model has no adapters at all.",
+            "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
+            "map the adapted modules' weights, or put the adapters on modules that map as they are.",
+        ),
+        _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",
@@ -1081,6 +1220,23 @@ CODES: dict[str, Code] = {
             "eqxform merge adapters.eqx base.eqx -o merged.eqx",
             "load it with the versions that wrote it, or write the adapter file again from the "
             "trained model.",
+        ),
+        _c(
+            "E340",
+            "a pickled checkpoint refused",
+            "A `.pt`, `.pth`, `.bin` or `.ckpt` file from `torch.save` is a pickle: loading it "
+            "can run any code the file holds, so eqxform never reads one.",
+            'weights "resnet18.pth"',
+            "convert it once, where you trust the file: `import torch, safetensors.torch` then "
+            '`safetensors.torch.save_file(torch.load("resnet18.pth"), "resnet18.safetensors")`.',
+        ),
+        _c(
+            "E341",
+            "a checkpoint of a kind eqxform does not read",
+            "Checkpoints are read from safetensors files and from `.npz` archives of `.npy` "
+            "arrays; anything else is refused.",
+            'weights "model.h5"',
+            "save the checkpoint as safetensors (`safetensors.numpy.save_file`) or `.npz`.",
         ),
         _c(
             "E401",
@@ -1435,6 +1591,15 @@ CODES: dict[str, Code] = {
             "names; a single string would be read letter by letter.",
             'eqxform.load("m.eqx", allow="mypkg")',
             'pass a list: `allow=["mypkg"]`.',
+        ),
+        _c(
+            "E450",
+            "no checkpoint to map",
+            "The spec's `map` lines read a checkpoint, but neither a `weights` line nor "
+            "`--weights PATH` (`weights=` in Python) names one; or weights were given to a spec "
+            "without `map` lines.",
+            "eqxform apply resnet.eqx -o out.eqx   # the spec has `map` lines, no `weights`",
+            'add `weights "PATH"` to the spec, or pass `--weights PATH`.',
         ),
         _c(
             "E525",

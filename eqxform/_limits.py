@@ -61,6 +61,19 @@ MAX_BYTES_ENV = "EQXFORM_MAX_BYTES"
 # When the machine's memory cannot be read.
 DEFAULT_MAX_BYTES = 16 * 2**30
 
+# ---- models ---------------------------------------------------------------------
+
+# Levels of a model's tree (modules, lists, tuples and dicts inside each other)
+# from the root down to its deepest array. eqxform walks a model with a stack
+# of its own, but JAX flattens a pytree recursively, each level counted against
+# Python's recursion limit of 1,000 frames: `jax.tree_util.tree_flatten` fails
+# at about 990 levels less the frames of its caller (and may leave the
+# interpreter unable to continue), and `apply` calls it from inside traces some
+# 200 frames deep. So every model given to eqxform and every constructor's
+# result is measured first, and a deeper one refused; the rules' wrappers and
+# stacks add a few levels below the bound. A real network nests a few dozen.
+MAX_MODEL_DEPTH = 600
+
 # ---- model files (safetensors header and recipe) ------------------------------
 
 # The JSON header of a model file. A real header is about 100 bytes per tensor

@@ -23,7 +23,7 @@ from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
-from ._errors import SpecError
+from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Frozen, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
@@ -36,6 +36,7 @@ from ._select import (
     is_array,
     matched_arrays,
     node_at,
+    outermost,
     path_str,
     select_rule,
     walk,
@@ -182,6 +183,9 @@ class Plan:
     frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
     opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
     placement: PlanMesh | None = None  # each array on the mesh, when there is one
+    # The checkpoint's mapping (model path, checkpoint name, transform, shape),
+    # when the spec has `map` lines and a checkpoint to read.
+    weights: tuple[dict, ...] | None = None
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -221,11 +225,15 @@ class Plan:
             "frozen": self.frozen,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
+            "weights": None if self.weights is None else list(self.weights),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
     def __str__(self) -> str:
-        return "\n".join(self.lines())
+        # The checkpoint's mapping first, when there is one: the rules
+        # run on the loaded model.
+        mapping = [printable(line) for line in weight_lines(self.weights)]
+        return "\n".join(mapping + self.lines())
 
     def lines(self, width: int | None = None) -> list[str]:
         """The plan as lines of text: what `str(plan)` is, and what `eqxform
@@ -288,6 +296,19 @@ def _columns(indent: str, rows: list[tuple[str, str]], width: int | None) -> lis
     for path, what in rows:
         out.append(indent + path)
         out += _wrap(indent + "  " + what, indent + "    ", width) if what else []
+    return out
+
+
+def weight_lines(rows: tuple[dict, ...] | None) -> list[str]:
+    """The checkpoint's mapping, one line per model array (or stack slice)."""
+    if rows is None:
+        return []
+    out = [f"weights: {len(rows):,} arrays from the checkpoint"]
+    width = max((len(r["model"]) for r in rows), default=0)
+    for r in rows:
+        shape = "[" + ",".join(map(str, r["shape"])) + "]"
+        how = "" if r["transform"] == "-" else f"  ({r['transform']})"
+        out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
     return out
 
 
@@ -355,9 +376,20 @@ def structure(model: Any) -> Any:
     """`model` with every array replaced by its `ShapeDtypeStruct`."""
     # A skeleton already (a model file's, or a plan's result): tracing it again
     # would cost as much as a pass and change nothing.
-    if not any(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree_util.tree_leaves(model)):
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    if not any(isinstance(x, (jax.Array, np.ndarray)) for x in leaves):
         return model
-    return eqx.filter_eval_shape(lambda m: m, model)
+    # What `eqx.filter_eval_shape(lambda m: m, model)` gives, without tracing
+    # an identity over every leaf.
+    return jax.tree_util.tree_unflatten(
+        treedef,
+        [
+            jax.ShapeDtypeStruct(x.shape, x.dtype, weak_type=getattr(x, "weak_type", False))
+            if isinstance(x, (jax.Array, np.ndarray))
+            else x
+            for x in leaves
+        ],
+    )
 
 
 def _position(d: Diagnostic) -> tuple[int, int]:
@@ -458,7 +490,7 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
 
 
-def make_plan(program, model=None, mesh=None, base=None) -> Plan:
+def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
     """The plan of `program` on `model`; `base` rebuilds the model from a key
     (its constructor), where it is known."""
     key = seed_key(program.seed)
@@ -469,8 +501,31 @@ def make_plan(program, model=None, mesh=None, base=None) -> Plan:
     placement = None
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
+    # The checkpoint against the model as given, from its header alone.
+    named = weights is not None or (program.weights is not None and program.weights.path)
+    try:
+        # Without a checkpoint to read (none given, no `weights` line), the
+        # `map` lines are checked as text only; `apply` asks for one (E450).
+        mapped = program.plan_weights(first, weights) if named else None
+    except (UsageError, ModelFileError) as e:
+        if weights is not None:
+            raise  # a path given on the command line or to the API
+        # The spec's own `weights` line names a file that cannot be read.
+        mapped = None
+        anchor = program.weights.anchor.span
+        diagnostics += [
+            dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
+        ]
+    if mapped is not None:
+        diagnostics += mapped.diagnostics
     structs = program.input_structs()
-    ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append, base=base)
+    ctx = Context(
+        allow=program.allow,
+        inputs=structs,
+        report=diagnostics.append,
+        shapes_only=True,
+        base=base,
+    )
     start = _params(struct)
     if model is None and program.model_call is not None:
         # The spec's own model: it is built for real by `apply`.
@@ -526,6 +581,7 @@ def make_plan(program, model=None, mesh=None, base=None) -> Plan:
         trainable,
         frozen,
         placement=placement,
+        weights=None if mapped is None else tuple(mapped.table()),
     )
 
 
@@ -550,10 +606,7 @@ def _run_shapes(p, struct, key, ctx, nodes):
     the whole model would cost time in proportion to all its leaves, for
     every rule: on a model of a thousand leaves, most of a plan's time."""
     model, state = split_state(struct)
-    outer: list = []
-    for node in sorted(nodes, key=lambda n: len(n.path)):
-        if not any(node.path[: len(o)] == o for o in outer):
-            outer.append(node.path)
+    outer = outermost(n.path for n in nodes)
     # `freeze` may rewrap the `Frozen` above a node; a stateful model's state
     # follows its modules.
     local = isinstance(p, RulePass) and p.action.name != "freeze" and state is None

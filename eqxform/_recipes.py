@@ -53,7 +53,7 @@ from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, sta
 from ._parse import parse_expr
 from ._passes import Context
 from ._passes._shard import placements
-from ._program import Program, Recipe, RecipeStep, recipe_of, remember
+from ._program import Program, Recipe, RecipeStep, check_model, recipe_of, remember
 from ._select import is_array, tensor_name, walk
 
 
@@ -411,6 +411,7 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
                 help="pass `eqxform.recipe_of(model)`, or leave `recipe` out",
             )
         )
+    check_model(model)
     recipe = recipe if recipe is not None else recipe_of(model)
     arrays = named_arrays(model)
     if not arrays:

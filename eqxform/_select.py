@@ -16,7 +16,7 @@ import dataclasses
 import difflib
 import functools
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from . import _ast as A
+from . import _limits
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
@@ -192,17 +193,54 @@ def children(obj: Any) -> Iterator[tuple[Any, Any]]:
 
 
 def walk(model: Any) -> list[Node]:
-    """Every node of `model`, the root first, in tree order."""
+    """Every node of `model`, the root first, in tree order. The walk keeps
+    its own stack: a model may nest deeper than Python's recursion limit."""
     out: list[Node] = []
-
-    def visit(obj, path, parents):
+    todo = [((), model, ())]
+    while todo:
+        path, obj, parents = todo.pop()
         out.append(Node(path, obj, parents))
         inner = parents + (obj,)
-        for key, child in children(obj):
-            visit(child, path + (key,), inner)
-
-    visit(model, (), ())
+        todo.extend((path + (key,), child, inner) for key, child in reversed(list(children(obj))))
     return out
+
+
+def nesting(tree: Any, limit: int = _limits.MAX_MODEL_DEPTH) -> int:
+    """How many levels of pytree nodes `tree` nests (a list of arrays: 1, a
+    `Linear`: 1, an `MLP`: 3), walked with a stack of its own and no deeper
+    than `limit + 1`."""
+    deepest = 0
+    todo = [(tree, 0)]
+    while todo:
+        obj, level = todo.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > limit:
+                break
+        if not is_array(obj):
+            todo.extend((child, level + 1) for _, child in children(obj))
+    return deepest
+
+
+def too_deep(
+    tree: Any, what: str, span: A.Span | None = None, source: A.Source | None = None, above: int = 0
+) -> Diagnostic | None:
+    """E159 when `tree`, `above` levels down a model, nests deeper than
+    `_limits.MAX_MODEL_DEPTH`: JAX's own flattening would fail on it."""
+    limit = _limits.MAX_MODEL_DEPTH
+    depth = above + nesting(tree, limit - above)
+    if depth <= limit:
+        return None
+    return Diagnostic(
+        "E159",
+        f"{what} nests more than {limit} levels deep (modules, lists, tuples and dicts "
+        "inside each other)",
+        span,
+        "JAX flattens a model recursively and stops at Python's recursion limit: keep "
+        "repeated layers side by side in one list (or stack them) rather than each "
+        "inside the last",
+        source,
+    )
 
 
 def get(model: Any, path: Path) -> Any:
@@ -217,6 +255,66 @@ def get(model: Any, path: Path) -> Any:
         else:  # a key of a custom pytree node: find the child by its key
             obj = dict(children(obj))[key]
     return obj
+
+
+_HERE = object()  # marks where a path of a `PathSet` ends
+
+
+class PathSet:
+    """Key paths, asked whether one of them lies above (or below) a given path.
+
+    A trie of the paths' steps: each question costs the length of the path
+    asked about, not the number of paths held. Comparing every pair of paths
+    (`any(p[: len(q)] == q for q in paths)`) made a rule over the 20,000
+    layers of a model take minutes.
+    """
+
+    def __init__(self, paths: Iterable[Path] = ()):
+        self._root: dict = {}
+        for path in paths:
+            self.add(path)
+
+    def add(self, path: Path) -> None:
+        node = self._root
+        for key in path:
+            node = node.setdefault(key, {})
+        node[_HERE] = True
+
+    def covers(self, path: Path, strict: bool = False) -> bool:
+        """Is `path` (unless `strict`) or a path above it in the set?"""
+        node = self._root
+        for key in path:
+            if _HERE in node:
+                return True
+            node = node.get(key)
+            if node is None:
+                return False
+        return not strict and _HERE in node
+
+    def reaches(self, path: Path) -> bool:
+        """Is `path` or a path below it in the set?"""
+        node = self._root
+        for key in path:
+            node = node.get(key)
+            if node is None:
+                return False
+        return bool(node)  # a node of the trie holds a path's end or a way on
+
+
+def outermost(items: Iterable[Any], path: Callable[[Any], Path] = lambda x: x) -> list:
+    """The items whose path lies under no other item's path, in their order,
+    one per path: what a pass acting on a node and everything under it
+    replaces (a match inside another match goes with it)."""
+    items = list(items)
+    held = PathSet(path(item) for item in items)
+    seen: set = set()
+    out = []
+    for item in items:
+        p = path(item)
+        if p not in seen and not held.covers(p, strict=True):
+            seen.add(p)
+            out.append(item)
+    return out
 
 
 def node_at(model: Any, path: Path) -> Node:
@@ -361,62 +459,101 @@ def _union(a, b):
 
 
 def match(path: A.SelPath, node: Node, types: Types | None = None):
-    """`_NO`, or the layers of the innermost indexed stack that match (None: all)."""
+    """`_NO`, or the layers of the innermost indexed stack that match (None: all).
+
+    The match of pattern steps `i:` against path steps `k:` is a table over
+    (i, k): its cells are found from (0, 0) by the moves below, then filled
+    from the end, each cell from cells after it. No recursion: a model nested
+    a thousand levels deep has paths a thousand steps long.
+    """
     types = types if types is not None else Types([node])
     pattern = _steps(path)
     steps = node.path
     objects = node.objects
-    n = len(steps)
+    n, last = len(steps), len(pattern)
 
-    @functools.cache
-    def m(i: int, k: int):
-        result = _NO
-        if i < len(pattern) and k < n and batched(objects[k]):
+    def moves(i: int, k: int) -> list[tuple[int, int]]:
+        """The cells that cell (i, k) reads."""
+        out = []
+        if i < last and k < n and batched(objects[k]):
             # Stacks and ensembles are transparent: their field can be skipped.
-            result = m(i, k + 1)
-        return _union(result, step(i, k))
-
-    def step(i: int, k: int):
-        if i == len(pattern):
-            return None if k == n else _NO
+            out.append((i, k + 1))
+        if i == last:
+            return out
         s = pattern[i]
         if isinstance(s, A.DeepStep):
-            return _union(m(i + 1, k), m(i, k + 1) if k < n else _NO)
+            return out + [(i + 1, k)] + ([(i, k + 1)] if k < n else [])
         if isinstance(s, A.NameStep) and s.is_type:
             cls = types(s)
             # The MRO, not `isinstance`: Modules are ABCs, whose checks are slow.
-            return m(i + 1, k) if cls is not None and cls in type(objects[k]).__mro__ else _NO
+            if cls is not None and cls in type(objects[k]).__mro__:
+                out.append((i + 1, k))
+            return out
         if k == n:
-            return _NO
+            return out
         key = steps[k]
         if isinstance(s, A.AnyStep):
-            return m(i + 1, k + 1)
-        if isinstance(s, A.NameStep):
+            out.append((i + 1, k + 1))
+        elif isinstance(s, A.NameStep):
             if not is_index(key) and step_name(key) == s.name:
-                return m(i + 1, k + 1)
-            return _NO
-        container = objects[k]
-        if isinstance(container, Stacked):
-            # `blocks[2:5]` names those layers of the stacked arrays.
-            picked = frozenset(
-                j for j in range(container.count) if _index_matches(s, j, container.count)
-            )
-            rest = m(i + 1, k + 1) if picked else _NO
-            if rest is _NO:
-                return _NO
-            return picked if rest is None else rest
-        if isinstance(container, eqx.nn.Sequential):
-            # `seq[2]` names `seq.layers[2]`.
-            if key != GetAttrKey("layers") or k + 1 >= n:
-                return _NO
-            index, length, nxt = step_name(steps[k + 1]), len(container.layers), k + 2
-        elif isinstance(container, (list, tuple)) and is_index(key):
-            index, length, nxt = key.idx, len(container), k + 1
+                out.append((i + 1, k + 1))
+        elif isinstance(objects[k], Stacked):
+            if _picked(s, objects[k]):
+                out.append((i + 1, k + 1))
         else:
-            return _NO
-        return m(i + 1, nxt) if _index_matches(s, index, length) else _NO
+            index = _indexed(s, k, steps, objects)
+            if index is not None:
+                out.append((i + 1, index))
+        return out
 
-    return m(0, 0)
+    reads: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    todo = [(0, 0)]
+    while todo:
+        cell = todo.pop()
+        if cell not in reads:
+            reads[cell] = moves(*cell)
+            todo.extend(reversed(reads[cell]))
+    value: dict[tuple[int, int], Any] = {}
+    for i, k in sorted(reads, reverse=True):
+        result = _NO
+        if i < last and k < n and batched(objects[k]):
+            result = value[(i, k + 1)]
+        if i == last:
+            step = None if k == n else _NO
+        elif isinstance(pattern[i], A.DeepStep):
+            step = _union(value[(i + 1, k)], value[(i, k + 1)] if k < n else _NO)
+        else:
+            # Every other step moves to at most one cell, after the skip's.
+            onward = [c for c in reads[(i, k)] if c[0] == i + 1]
+            step = value[onward[0]] if onward else _NO
+            if step is not _NO and k < n and isinstance(objects[k], Stacked):
+                if not (isinstance(pattern[i], A.NameStep) or isinstance(pattern[i], A.AnyStep)):
+                    # `blocks[2:5]` names those layers of the stacked arrays.
+                    picked = _picked(pattern[i], objects[k])
+                    step = picked if step is None else step
+        value[(i, k)] = _union(result, step)
+    return value[(0, 0)]
+
+
+def _picked(step: A.Step, stacked: Stacked) -> frozenset[int]:
+    """The layers of a stack that an index step (`[2]`, `[2:5]`, `[*]`) picks."""
+    return frozenset(j for j in range(stacked.count) if _index_matches(step, j, stacked.count))
+
+
+def _indexed(step: A.Step, k: int, steps: Path, objects: tuple) -> int | None:
+    """Where an index step at path step `k` leads when it picks that element of
+    a list, a tuple or a `Sequential` (`seq[2]` names `seq.layers[2]`); None
+    when it does not."""
+    container, key = objects[k], steps[k]
+    if isinstance(container, eqx.nn.Sequential):
+        if key != GetAttrKey("layers") or k + 1 >= len(steps):
+            return None
+        index, length, nxt = step_name(steps[k + 1]), len(container.layers), k + 2
+    elif isinstance(container, (list, tuple)) and is_index(key):
+        index, length, nxt = key.idx, len(container), k + 1
+    else:
+        return None
+    return nxt if _index_matches(step, index, length) else None
 
 
 def matches(path: A.SelPath, node: Node, types: Types | None = None) -> bool:
@@ -456,12 +593,8 @@ def select(selector: A.Selector, nodes: list[Node], source: A.Source | None = No
     types = Types(nodes, source)
     out = _select_paths(selector.paths, nodes, types)
     if selector.excluded:
-        cut = [n.path for n in _select_paths(selector.excluded, nodes, types)]
-        out = [
-            n
-            for n in out
-            if not any(n.path[: len(c)] == c or c[: len(n.path)] == n.path for c in cut)
-        ]
+        cut = PathSet(n.path for n in _select_paths(selector.excluded, nodes, types))
+        out = [n for n in out if not (cut.covers(n.path) or cut.reaches(n.path))]
     return out
 
 

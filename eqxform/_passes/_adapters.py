@@ -29,7 +29,17 @@ from .._build import to_python
 from .._hashing import stable_hash
 from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw
 from .._names import ADAPTER_DEFAULTS
-from .._select import GetAttrKey, Node, _describe_kind, context, get, is_array, stack_axis, walk
+from .._select import (
+    GetAttrKey,
+    Node,
+    _describe_kind,
+    context,
+    get,
+    is_array,
+    outermost,
+    stack_axis,
+    walk,
+)
 from ._base import replace_at
 from ._tree import RulePass
 
@@ -301,7 +311,7 @@ class MergePass(RulePass):
                 for sub in walk(node.obj):
                     if is_adapter(sub.obj):
                         found.setdefault(node.path + sub.path)
-        outer = [p for p in found if not any(q != p and p[: len(q)] == q for q in found)]
+        outer = outermost(found)
         if not outer:
             raise self.error(
                 "E224",

@@ -23,7 +23,7 @@ from .._build import budget_diagnostic, nbytes
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
 from .._modules import join_state, restate, split_state
-from .._select import Node, get
+from .._select import GetAttrKey, Node, get
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,9 @@ class Context:
     - `mesh`: the `jax.sharding.Mesh` the arrays are placed on (the last
       pass of a program with a `mesh` puts each in its sharding); None
       leaves them where they are.
+    - `shapes_only`: the pass runs under `eval_shape` for the shapes it
+      makes, and no value it computes is read (a plan, a budget check): work
+      that gives every leaf of one shape the same shape may be done once.
     """
 
     allow: tuple[str, ...] = ()
@@ -54,6 +57,7 @@ class Context:
     verify: bool = False
     report: Callable[[Diagnostic], None] | None = None
     mesh: Any = None
+    shapes_only: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +125,7 @@ class Pass:
             if size is None:
                 # Shapes only: the forward check of a stack needs values, and
                 # the warnings are issued once, by the run below.
-                shaped = replace(ctx, verify=False, report=None)
+                shaped = replace(ctx, verify=False, report=None, shapes_only=True)
                 after = eqx.filter_eval_shape(
                     lambda m, k: self.run_on(m, k, shaped, nodes), subject, key
                 )
@@ -147,8 +151,76 @@ def _traced(subject: Any) -> bool:
 
 
 def replace_at(model: Any, paths: list, values: list[Any]) -> Any:
-    """`model` with the nodes at `paths` replaced: one `eqx.tree_at` call for
-    all of them, never one per leaf."""
+    """`model` with the nodes at `paths` replaced, all in one walk, as
+    `eqx.tree_at(lambda m: [get(m, p) for p in paths], model, values)` would.
+
+    Only the nodes on the way from the root to a replaced node are rebuilt
+    (each once, by its own pytree flattening); everything else is shared with
+    `model`. `eqx.tree_at` maps over the whole tree five times and flattens
+    every module on the way: for a pass over a few leaves of a large model, or
+    the several calls of a plan, most of the time. The walk keeps its own
+    stack, so a model nested deeper than Python's recursion limit is no error.
+    A path under another path is replaced with it (the outer one wins).
+    """
     if not paths:
         return model
-    return eqx.tree_at(lambda m: [get(m, p) for p in paths], model, values)
+    trie: dict = {}
+    for path, value in zip(paths, values, strict=True):
+        node = trie
+        for key in path:
+            node = node.setdefault(key, {})
+        node[_VALUE] = value
+    if _VALUE in trie:
+        return trie[_VALUE]
+    # Each frame: the object, its part of the trie, the keys of it still to
+    # visit, its children replaced so far, and its key in its parent.
+    frames = [(model, trie, list(trie), {}, None)]
+    while True:
+        obj, node, pending, changed, at = frames[-1]
+        if pending:
+            key = pending.pop()
+            below = node[key]
+            if _VALUE in below:
+                changed[key] = below[_VALUE]
+            else:
+                frames.append((get(obj, (key,)), below, list(below), {}, key))
+            continue
+        frames.pop()
+        new = _with_children(obj, changed)
+        if not frames:
+            return new
+        frames[-1][3][at] = new
+
+
+_VALUE = object()  # where a path of `replace_at` ends: the value there
+
+
+def _with_children(obj: Any, changed: dict) -> Any:
+    """`obj` (one pytree node) with the children at the keys of `changed`
+    replaced, built as JAX unflattens it (no `__init__` runs)."""
+    if type(obj) is list:
+        out = list(obj)
+        for key, value in changed.items():
+            out[key.idx] = value
+        return out
+    if type(obj) is tuple:
+        out = list(obj)
+        for key, value in changed.items():
+            out[key.idx] = value
+        return tuple(out)
+    if type(obj) is dict:
+        out = dict(obj)
+        for key, value in changed.items():
+            out[key.key] = value
+        return out
+    if isinstance(obj, eqx.Module) and all(isinstance(k, GetAttrKey) for k in changed):
+        # As Equinox's own unflattening: a new instance, its fields set
+        # directly (one dict copy instead of a flatten and an unflatten).
+        out = object.__new__(type(obj))
+        out.__dict__.update(obj.__dict__)
+        for key, value in changed.items():
+            object.__setattr__(out, key.name, value)
+        return out
+    flat, treedef = jax.tree_util.tree_flatten_with_path(obj, is_leaf=lambda x: x is not obj)
+    children = [changed.get(path[0], value) for path, value in flat]
+    return jax.tree_util.tree_unflatten(treedef, children)

@@ -29,11 +29,13 @@ from .._hashing import stable_hash
 from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
 from .._select import (
     Node,
+    PathSet,
     get,
     is_array,
     layout_ndim,
     no_match,
     node_at,
+    outermost,
     path_str,
     select,
     walk,
@@ -67,9 +69,8 @@ class StructPass(Pass):
                 drawn += [n.path for n in select(rule.selector, walk(model))]
             except SpecError:  # the rule's own error is reported at its line
                 continue
-        copied = [
-            node_at(model, p).text for p in copied if not any(p[: len(d)] == d for d in drawn)
-        ]
+        drawn = PathSet(drawn)
+        copied = [node_at(model, p).text for p in copied if not drawn.covers(p)]
         if not copied:
             return
         first = copied[0]
@@ -467,12 +468,7 @@ class StackPass(StructPass):
         nodes = select(self.stmt.selector, walk(model))
         if not nodes:
             raise no_match(self.stmt.selector, walk(model), self.source)
-        outer = [
-            n
-            for n in nodes
-            if not any(o is not n and n.path[: len(o.path)] == o.path for o in nodes)
-        ]
-        return outer
+        return outermost(nodes, lambda n: n.path)
 
     def restructure(self, model, key, ctx, nodes):
         stmt, options = self.stmt, self.options

@@ -1,8 +1,9 @@
 """The `eqx.tree_at` passes: one per action of a rule (init, replace, cast,
 scale, wrap, freeze, unwrap).
 
-Each pass selects its nodes once and makes one `tree_at` call for all of them,
-never one per leaf. Values are read from the model it is given (by path), not
+Each pass selects its nodes once and replaces them all in one `replace_at`
+(what one `eqx.tree_at` call would do, rebuilding only the nodes on the way to
+them), never one call per leaf. Values are read from the model it is given (by path), not
 from the selected nodes, so that `plan` can run a pass under `eval_shape` on
 the nodes it selected from a skeleton.
 """
@@ -36,8 +37,10 @@ from .._select import (
     get,
     is_array,
     matched_arrays,
+    outermost,
     select_rule,
     stack_axis,
+    too_deep,
     walk,
 )
 from . import _init
@@ -181,7 +184,15 @@ class InitPass(RulePass):
             groups.setdefault((shape, dtype, kwargs), []).append(leaf)
         order, values = [], []
         for (shape, dtype, kwargs), members in groups.items():
+            # For shapes alone (a plan), one draw per shape stands for all:
+            # tracing a draw per leaf cost a plan most of its time.
+            drawn: dict[tuple, Any] = {}
             for member in members:
+                same = (tuple(member.obj.shape), member.batch, member.layers)
+                if same in drawn:
+                    order.append(member.path)
+                    values.append(drawn[same])
+                    continue
                 try:
                     value = self.draw_leaf(model, name, kwargs, shape, dtype, key, member)
                 except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError) as e:
@@ -190,6 +201,8 @@ class InitPass(RulePass):
                         f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
                         self.action.span,
                     ) from None
+                if ctx.shapes_only:
+                    drawn[same] = value
                 order.append(member.path)
                 values.append(value)
         return replace_at(model, order, values)
@@ -213,10 +226,7 @@ class InitPass(RulePass):
 class ReplacePass(RulePass):
     def run(self, model, key, ctx, nodes):
         # A match inside another match is replaced with it.
-        outer: list[Node] = []
-        for node in nodes:
-            if not any(node.path[: len(o.path)] == o.path for o in outer):
-                outer.append(node)
+        outer = outermost(nodes, lambda n: n.path)
         arg = self.action.arg
         values = []
         rule_key = self.rule_key(key)
@@ -227,7 +237,12 @@ class ReplacePass(RulePass):
             env = dict(self.env)
             env.update(context(node))
             leaf_key = jax.random.fold_in(rule_key, stable_hash(node.text))
-            values.append(build(arg, env, leaf_key, self.source, ctx.allow))
+            value = build(arg, env, leaf_key, self.source, ctx.allow)
+            what = f"the model with `{arg.callee}(...)` at `{node.text}`"
+            bad = too_deep(value, what, arg.span, self.source, above=len(node.path))
+            if bad is not None:
+                raise SpecError(bad)
+            values.append(value)
         return replace_at(model, [n.path for n in outer], values)
 
 
@@ -326,11 +341,7 @@ class FreezePass(RulePass):
                 )
         unique = list({leaf.path: leaf for leaf in leaves}.values())
         # A wrapper and an array inside it may both be listed: keep the outer.
-        outer = [
-            n
-            for n in unique
-            if not any(o.path == n.path[: len(o.path)] and o is not n for o in unique)
-        ]
+        outer = outermost(unique, lambda n: n.path)
         targets = [_frozen(model, n) for n in outer]
         return replace_at(model, [p for p, _ in targets], [v for _, v in targets])
 
@@ -360,7 +371,7 @@ class UnwrapPass(RulePass):
             for sub in walk(node.obj):
                 if isinstance(sub.obj, Wrapper):
                     found.setdefault(node.path + sub.path)
-        outer = [p for p in found if not any(q != p and p[: len(q)] == q for q in found)]
+        outer = outermost(found)
         return replace_at(model, outer, [bake(get(model, p)) for p in outer])
 
 
