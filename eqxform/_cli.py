@@ -298,6 +298,9 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
             sys.exit(1)
         warned = sum(d.severity == "warning" for d in diagnostics)
         head = "no problems found" if not warned else _plural(warned, "warning")
+        noted = sum(d.severity == "note" for d in diagnostics)
+        if noted:
+            head += f", {_plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
         _echo(f"{name}: {head} ({_plural(statements, 'statement')}{where})")
         if steps:

@@ -12,6 +12,7 @@ problem gets a new code. The hundreds say where a problem is found:
 - E5xx: running (training)
 - E6xx: the formatter and the language server
 - W2xx: warnings (the work is done, but may not be what was meant)
+- I1xx: notes (nothing is wrong: what `eqxform check` without a model leaves to the model)
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ CODES: dict[str, Code] = {
             "unknown type in a selector",
             "A capitalised selector step is a type, and no type of that name is known: no "
             "class of the model's tree, `equinox.nn` class, example model or registered "
-            "type has it. Without a model, `eqxform check` reports only names that look like "
-            "a misspelt known one.",
+            "type has it. This is decided against a model (`check` with a model, `plan`, "
+            "`apply`), whose classes the help suggests; without one a name is only noted "
+            "(I104), since any class of the model's tree is a type name.",
             "where Linaer.weight -> init zeros",
             "check the spelling; qualify a class by its module if needed (`mylib.layers:Block`).",
         ),
@@ -1404,6 +1406,20 @@ CODES: dict[str, Code] = {
             "eqxform lsp",
             "install it: `pip install 'pygls>=2'`.",
         ),
+        # ---- notes
+        _c(
+            "I104",
+            "type name resolved against the model",
+            "A capitalised selector step names no `equinox.nn` class, example model or "
+            "registered type. Any class of the model's tree is a type name too "
+            "(`MegalodonAttention`, a library's block), and only the model knows those, so "
+            "a check without a model notes the name and goes on: it is no error and no "
+            "warning, and `--deny warnings` passes it. Against a model, a name no class has "
+            "is E104.",
+            "where MegalodonAttention.wz -> lora(rank=8)",
+            "nothing, if the model has that class; check it against the model with "
+            "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
+        ),
     ]
 }
 
@@ -1423,6 +1439,7 @@ _GROUPS = (
         "W",
         "Warnings (the work is done, but may not be what was meant; `--deny warnings` makes them errors)",
     ),
+    ("I", "Notes (nothing is wrong; what a check without the model leaves to the model)"),
 )
 
 
@@ -1441,7 +1458,7 @@ def markdown() -> str:
         "entry below; this page is generated from the same table",
         "(`eqxform explain --all --format markdown`).",
     ]
-    codes = sorted(CODES.values(), key=lambda c: (c.code[0] != "E", c.code))
+    codes = sorted(CODES.values(), key=lambda c: ("EWI".index(c.code[0]), c.code))
     group = None
     for c in codes:
         if _group(c.code) != group:
@@ -1460,7 +1477,7 @@ def markdown() -> str:
 
 def text() -> str:
     """Every entry as `eqxform explain CODE` prints it, one after another."""
-    codes = sorted(CODES.values(), key=lambda c: (c.code[0] != "E", c.code))
+    codes = sorted(CODES.values(), key=lambda c: ("EWI".index(c.code[0]), c.code))
     return "\n\n".join(c.render() for c in codes) + "\n"
 
 

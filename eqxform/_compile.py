@@ -147,7 +147,9 @@ def compile_collect(
     spec, diagnostics = parse_collect(text, name, cache)
     mesh = as_mesh_spec(mesh)
     checker = Checker(spec, params, mesh)
-    diagnostics += checker.run()
+    # The checker's notes (a type name left to the model) are for `eqxform
+    # check` and editors to show; a program is resolved against its model.
+    diagnostics += [d for d in checker.run() if d.severity != "note"]
     if inputs is not None:
         bad = _override_inputs(checker, list(inputs))
         if bad:

@@ -454,6 +454,13 @@ def select(selector: A.Selector, nodes: list[Node], source: A.Source | None = No
     `except` part names is left out, with everything under it and every node
     that holds it (so that no action reaches it through an ancestor)."""
     types = Types(nodes, source)
+    # Every type name is resolved before matching, which tries a name only on
+    # the nodes its other steps reach: an unknown name is E104 at its step
+    # (with the model's classes to suggest), not a selector matching nothing.
+    for path in selector.paths + selector.excluded:
+        for s in path.steps:
+            if isinstance(s, A.NameStep) and s.is_type:
+                types(s)
     out = _select_paths(selector.paths, nodes, types)
     if selector.excluded:
         cut = [n.path for n in _select_paths(selector.excluded, nodes, types)]

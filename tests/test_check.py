@@ -351,3 +351,46 @@ def test_untouched_sees_through_stacks_and_wrappers():
         model.mlps.layers[0].layers[1].weight, original.mlps.layers[0].layers[1].weight
     )
     assert isinstance(model.mlps.layers[0].layers[0].weight, eqx.Module)
+
+
+# ---- type names of the model alone (issue 16) --------------------------------------------
+
+
+def test_a_type_name_of_the_model_alone_compiles_and_resolves_when_applied():
+    # `ViTBlock` is no `equinox.nn` class and no registered type: only the
+    # model knows it, so compiling is no error and applying resolves it.
+    program = eqxform.compile("where ViTBlock.fc1 -> freeze")
+    model = rm.TinyViT(depth=2, key=jax.random.key(0))
+    frozen = program.apply(model, key=jax.random.key(1))
+    for block in frozen.blocks:
+        assert isinstance(block.fc1.weight, eqxform.Frozen)
+        assert not isinstance(block.fc2.weight, eqxform.Frozen)
+    assert program.plan(model).steps[0].count == 2
+    # Misspelt, it is an error against the model, with the model's classes
+    # suggested.
+    with pytest.raises(eqxform.SpecError) as e:
+        eqxform.compile("where ViTBlok.fc1 -> freeze").apply(model)
+    [d] = e.value.diagnostics
+    assert d.code == "E104" and d.message == "unknown type `ViTBlok`"
+    assert d.help.startswith("did you mean `ViTBlock`?")
+    assert (d.span.line, d.span.column) == (1, 7)
+
+
+def test_the_linter_notes_a_type_name_it_leaves_to_the_model(cwd):
+    Path("spec.eqx").write_text("where MegalodonAttention.wz -> lora(rank=8)\n")
+    code, out = run("check", "spec.eqx", "--deny", "warnings")
+    assert code == 0
+    assert "note[I104]: `MegalodonAttention` is no `equinox.nn` class or registered type" in out
+    assert "did you mean `MultiheadAttention`?" in out
+    assert "spec.eqx: no problems found, 1 note (1 statement)" in out
+    code, out = run("check", "spec.eqx", "--json")
+    assert code == 0
+    [d] = json.loads(out)["diagnostics"]
+    assert (d["code"], d["severity"], d["line"], d["column"]) == ("I104", "note", 1, 7)
+    # Against a model that lacks the class, it is an error at the same place.
+    Path("spec.eqx").write_text(MODEL + "where MegalodonAttention.wz -> lora(rank=8)\n")
+    code, out = run("check", "spec.eqx")
+    assert code == 1
+    assert "error[E104]: unknown type `MegalodonAttention`" in out
+    assert "spec.eqx:2:7" in out
+    assert "note[I104]" not in out
