@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
+from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
@@ -347,6 +348,13 @@ def _program(
                 anchor, env, source, identity("mesh"), tuple(shards), device_mesh, tuple(overs)
             )
         )
+    # The modules the spec's constructors name, imported before any pass or
+    # plan traces them.
+    import_allowed(
+        [s.call for s in statements if isinstance(s, A.ModelStmt)]
+        + [a.arg for s in statements if isinstance(s, A.Rule) for a in s.actions],
+        allow,
+    )
     return Program(
         spec,
         tuple(passes),

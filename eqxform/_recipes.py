@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
-from ._build import MODEL_TAG, build, render_call
+from ._build import MODEL_TAG, build, import_allowed, render_call
 from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
@@ -132,6 +132,9 @@ def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     checker.constructor_call(call, set())
     if checker.diagnostics:
         raise _recipe_error(checker.diagnostics)
+    # The skeleton is built under `filter_eval_shape`: the allowed modules
+    # are imported before, so that arrays they create on import are concrete.
+    import_allowed([call], allow)
     return call, source
 
 
