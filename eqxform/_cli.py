@@ -142,11 +142,43 @@ def _device(name: str | None):
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
 _model_arg = click.argument("model", required=False, type=click.Path())
+
+
+class _AllowedHere:
+    """Finds the allowed modules (and only those) in the current directory,
+    as `python -m` would find them: a user's factory module (`factory.py`,
+    or a package folder) next to the model file loads from the shell without
+    `PYTHONPATH`. It comes last on `sys.meta_path`, so an installed package
+    of the same name wins, and nothing else in the folder becomes importable.
+    """
+
+    def __init__(self, names: set[str], folder: str):
+        self.names, self.folder = names, folder
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or fullname not in self.names:
+            return None
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(fullname, [self.folder])
+
+
+def _allow_here(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
+    names = {v.split(".", 1)[0] for v in value if v.split(".", 1)[0].isidentifier()}
+    # One finder, for this command's names and folder.
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AllowedHere)]
+    if names:
+        sys.meta_path.append(_AllowedHere(names, os.getcwd()))
+    return value
+
+
 _allow = click.option(
     "--allow",
     multiple=True,
     metavar="PACKAGE",
-    help="Allow constructors from this package (repeatable).",
+    callback=_allow_here,
+    help="Allow constructors from this package (repeatable); an allowed module in the "
+    "current directory is found too.",
 )
 _set = click.option(
     "--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a `let` (repeatable)."

@@ -1043,9 +1043,26 @@ CODES: dict[str, Code] = {
         _c(
             "E405",
             "not a constructor call",
-            "`eqxform new` takes a constructor call.",
+            "`eqxform new` takes a constructor call; `eqxform.new` takes one written as text, "
+            "or a class or function with its arguments (`eqxform.new(MLP, in_size=2, ...)`), "
+            "not text and arguments both.",
             'eqxform new "3 + 4" -o m.eqx',
             'write a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)".',
+        ),
+        _c(
+            "E450",
+            "a constructor argument a recipe cannot record",
+            "`eqxform.new(cls, *args, **kwargs)` records the call in the model's recipe as "
+            "text, so that the file loads with no code from its user. Numbers, strings, "
+            "booleans, `None`, lists (a tuple is written as a list), dtypes, `jax.nn` "
+            "functions, and config objects (dataclasses and named tuples) of those can be "
+            "written; a config object becomes a call of its class with every field. Classes "
+            "and functions are named `package.module:Name`, so they must be importable by "
+            "that name (not defined in `__main__` or inside a function). Anything else (an "
+            "array, a dict, a lambda) cannot.",
+            "eqxform.new(MyNet, table=jnp.ones(3))",
+            "pass values the recipe can write, or put the construction in a function of a "
+            "module (`factory.py`) and pass that function: `eqxform.new(factory.make, width=3)`.",
         ),
         _c(
             "E406",
