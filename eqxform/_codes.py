@@ -1437,6 +1437,20 @@ CODES: dict[str, Code] = {
             "nothing, if the model has that class; check it against the model with "
             "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
         ),
+        _c(
+            "I221",
+            "an adapter whose matrix the forward pass forms",
+            "`lora` puts a `LoRA` module where a `Linear` was; called, it adds "
+            "`scale * B (A x)` without forming `B A`. A parent that reads the module's "
+            "`weight` itself (`x @ linear.weight.T + linear.bias`, as code ported from "
+            "PyTorch does: CLIP's attention `out_proj`, Megalodon's `linear_3d`) gets the "
+            "adapted matrix `W + scale * B A`, formed at each read. `plan` (with `input` "
+            "lines) notes the rules whose adapters are read so, and the numbers formed per "
+            "call. The outputs and gradients are those of LoRA; only the cost differs.",
+            "input i32[1,8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
+            "nothing, if the cost is acceptable (an `(out, in)` matrix per call, like the base "
+            "weight); `merge` the adapters after training, or adapt modules the model calls.",
+        ),
     ]
 }
 

@@ -22,10 +22,10 @@ from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import SpecError
 from ._hashing import seed_key
-from ._modules import Frozen, Wrapper, batched, split_state
+from ._modules import Frozen, LoRA, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
-from ._passes._forward import output_shape
+from ._passes._forward import formed_adapters, output_shape
 from ._select import (
     evaluate_at,
     get,
@@ -735,7 +735,47 @@ def finish(program, start, struct, history):
         output, problem = _forward(struct, structs)
         if problem is not None:
             diagnostics.append(_locate_break(program, start, structs, history, problem))
+        else:
+            diagnostics += _formed(program, struct, structs, history)
     return steps, diagnostics, output
+
+
+def _formed(program, struct, structs, history) -> list[Diagnostic]:
+    """I221 for each `lora` rule whose adapted matrices the forward pass forms
+    (the parent reads the module's `weight` itself): their cost, at the rule."""
+    try:
+        formed = formed_adapters(struct, structs)
+    except Exception:  # traced once more for its jaxpr: best effort, the pass itself ran
+        return []
+    by_rule: dict[Any, list[tuple[str, int]]] = {}
+    for path, (rows, cols) in formed:
+        span = None
+        for p, after in history:
+            action = getattr(p, "action", None)
+            if action is not None and action.name == "lora":
+                made = {n.text for n in walk(split_state(after)[0]) if isinstance(n.obj, LoRA)}
+                if path in made:
+                    span = action.span
+                    break
+        by_rule.setdefault(span, []).append((path, rows * cols))
+    out = []
+    for span, found in by_rule.items():
+        paths = ", ".join(f"`{p}`" for p, _ in found[:3]) + (", ..." if len(found) > 3 else "")
+        total = sum(n for _, n in found)
+        out.append(
+            Diagnostic(
+                "I221",
+                f"the model reads the `weight` of {_count(len(found), 'adapted module')} itself "
+                f"({paths}) rather than calling {'it' if len(found) == 1 else 'them'}, so each call "
+                f"forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
+                span,
+                "that is the cost of an adapter where the parent multiplies the weight "
+                "itself; `merge` after training removes it",
+                program.source,
+                severity="note",
+            )
+        )
+    return out
 
 
 def group_value(program, action, leaf) -> float:
