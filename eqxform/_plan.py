@@ -34,6 +34,7 @@ from ._select import (
     node_at,
     path_str,
     select_rule,
+    skipped_arrays,
     walk,
 )
 
@@ -66,6 +67,9 @@ class PlanStep:
     kind: str = ""
     writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
     span: Any = None
+    skipped: int = (
+        0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
+    )
 
     @property
     def params_delta(self) -> int:
@@ -188,6 +192,7 @@ class Plan:
                     "rule": s.rule,
                     "action": s.action,
                     "count": s.count,
+                    "skipped": s.skipped,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
                     "matches": [
@@ -210,7 +215,8 @@ class Plan:
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines.append(f"line {s.line}: {s.rule}")
-            lines.append(f"  {s.action}: {len(s.matches)} matched, {delta}")
+            skipped = f", {_count(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            lines.append(f"  {s.action}: {len(s.matches)} matched{skipped}, {delta}")
             width = max((len(m.path) for m in s.matches), default=0)
             for m in s.matches:
                 change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
@@ -466,9 +472,14 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
                 targets = nodes
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
+        skipped = (
+            skipped_arrays(nodes, p.rule.selector)
+            if kind in ("init", "cast", "scale", "freeze")
+            else 0
+        )
     else:
         kind, writes = "structure", tuple((logical_path(n), None) for n in nodes)
-        span = p.stmt.span
+        span, skipped = p.stmt.span, 0
     return PlanStep(
         p.line,
         p.text,
@@ -479,6 +490,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         kind,
         writes,
         span,
+        skipped,
     )
 
 
