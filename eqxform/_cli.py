@@ -513,7 +513,19 @@ def apply(
 @click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
-    "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
+    "--loss",
+    default="mse",
+    show_default=True,
+    metavar="mse|cross_entropy|PKG.MOD:FN",
+    help="The loss: `mse`, `cross_entropy`, or a function `(pred, y) -> scalar` of your own "
+    "from an allowed package (`--allow PKG`).",
+)
+@click.option(
+    "--model-output",
+    "output_path",
+    metavar="PATH",
+    help="The part of what the model returns that the loss compares with `y`: an attribute "
+    "or index, e.g. `logits` (a result object) or `0` (a tuple).",
 )
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
@@ -550,6 +562,7 @@ def train(
     steps,
     batch_size,
     loss,
+    output_path,
     output,
     checkpoint_every,
     seed,
@@ -598,6 +611,8 @@ def train(
 
         with _device(device):
             base_optimizer(program)  # a missing `optimizer` fails before any work
+            loss_fn = _train.resolve_loss(loss, tuple(allow))
+            _train.output_steps(output_path)  # a malformed `--model-output` fails before any work
             if data is not None:
                 # The data set is read (and its headers checked) before the
                 # model is built.
@@ -609,20 +624,23 @@ def train(
             if data is None:
                 x, y = _train.toy_data(
                     start,
-                    loss,
+                    loss_fn,
                     program.input_structs(),
                     seed=program.seed if seed_value is None else seed_value,
+                    output=output_path,
                 )
                 where = "built-in data"
             else:
                 where = data
-            _train.check_fits(start, x, y, loss, where)
+            _train.check_fits(start, x, y, loss_fn, where, output_path)
             trained = {
                 "steps": 0,
                 "data": data or "built-in",
                 "loss": loss,
                 "batch_size": batch_size,
             }
+            if output_path is not None:
+                trained["output"] = output_path
 
             def write(m, done):
                 info = {**trained, "steps": done}
@@ -648,7 +666,7 @@ def train(
                     y,
                     steps=steps,
                     batch_size=batch_size,
-                    loss=loss,
+                    loss=loss_fn,
                     seed=program.seed if seed_value is None else seed_value,
                     checkpoint_every=checkpoint_every,
                     on_checkpoint=write,
@@ -657,6 +675,7 @@ def train(
                     ),
                     mesh=program.device_mesh(),
                     batch_axis=batch_axis,
+                    output=output_path,
                 )
             write(result.model, result.steps)
         final = "-" if result.loss is None else f"{result.loss:.4g}"

@@ -1160,11 +1160,36 @@ CODES: dict[str, Code] = {
         ),
         _c(
             "E423",
-            "the model's output cannot be trained by `eqxform train`",
+            "the model's output is not one array",
             "`train`'s losses (`mse`, `cross_entropy`) compare one output array with `y`; "
-            "this model returns several (a tuple).",
-            "eqxform train spec.eqx -o out.eqx   # a model returning (logits, aux)",
-            "train it from Python with `eqxform.make_step` and a loss of your own.",
+            "this model returns something else: a tuple (`(logits, cache)`), a result object "
+            "(ESM2's `ESM2Result` with `hidden` and `logits`), a dict. The message shows what "
+            "it returned.",
+            "eqxform train spec.eqx esm2.eqx --data d.npz --loss cross_entropy -o out.eqx",
+            "name the array with `--model-output logits` (an attribute, a key or an index: `0`, "
+            "`[0].logits`), or give a loss of your own, `--loss package.module:function "
+            "--allow package`, a function `(pred, y) -> scalar` of the batch's outputs.",
+        ),
+        _c(
+            "E424",
+            "`--model-output` names no part of the model's output",
+            "`eqxform train --model-output PATH` picks the array the loss compares with `y` from "
+            "what the model returns: attribute names, mapping keys and indices, joined by `.` "
+            "or written `[i]`. The path does not fit what the model returned (shown).",
+            "eqxform train spec.eqx esm2.eqx --model-output logit -o out.eqx",
+            "name one of the parts the message lists, e.g. `--model-output logits` or `--model-output 0`.",
+        ),
+        _c(
+            "E425",
+            "bad `--loss`",
+            "`--loss` is `mse`, `cross_entropy`, or `package.module:function`: a function of "
+            "the batch's outputs and targets, `(pred, y) -> scalar`, from a package given with "
+            "`--allow` (an allowed module in the current directory is found). It cannot be "
+            "imported, is not allowed, is no function, or fails on the model's output shapes "
+            "or gives no single number.",
+            "eqxform train spec.eqx m.eqx --loss mylosses:masked_ce -o out.eqx",
+            "add `--allow mylosses`; make it return the batch's loss as a scalar "
+            "(`jnp.mean(...)`).",
         ),
         _c(
             "E430",
