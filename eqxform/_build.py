@@ -14,7 +14,7 @@ from . import _registry as R
 from ._check import byte_budget, constructor_limit, format_bytes
 from ._diagnostics import Diagnostic
 from ._errors import EqxformError, SpecError
-from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
+from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render, walk
 from ._hashing import stable_hash
 
 
@@ -131,8 +131,6 @@ def import_allowed(exprs: Iterable[A.Expr | None], allow: Iterable[str]) -> None
     creates at import time (a table of constants), and the model would fail
     later with `UnexpectedTracerError`. A module that fails to import is left
     to `build`, which reports it where the call is written (E117, E126)."""
-    from ._expr import walk
-
     allow = tuple(allow)
     if not allow:
         return

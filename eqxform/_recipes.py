@@ -8,10 +8,13 @@ leaves, so a file written by eqxform loads with no code from its user.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import replace as dc_replace
 from typing import Any
@@ -23,11 +26,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
+from . import _registry as R
 from ._build import MODEL_TAG, build, import_allowed, render_call
 from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
+from ._expr import render
 from ._files import (
     STORABLE,
     Header,
@@ -46,6 +51,7 @@ from ._files import atomic_write as atomic_write
 from ._hashing import seed_key
 from ._mesh import as_mesh
 from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
+from ._names import DTYPES
 from ._parse import parse_expr
 from ._passes import Context
 from ._passes._shard import placements
@@ -562,8 +568,6 @@ class _Unwritable(Exception):
 def _importable_name(obj: Any) -> str:
     """`package.module:Name` of a class or function that a recipe can name:
     importable by that name, so that loading finds the same object."""
-    import importlib
-
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not qualname or module == "__main__" or "." in qualname:
         raise _Unwritable(f"`{getattr(obj, '__name__', obj)!s:.60}` (defined in `{module}`)")
@@ -579,8 +583,6 @@ def _importable_name(obj: Any) -> str:
 def _constructor_name(fn: Any) -> str:
     """The name a recipe calls `fn` by: its registered short name (`MLP`),
     else `package.module:Name`."""
-    from . import _registry as R
-
     name = getattr(fn, "__name__", None)
     if isinstance(name, str):
         try:
@@ -596,11 +598,6 @@ def _spec_value(value: Any) -> str:
     literals, lists (a tuple is written as a list), dtypes, `jax.nn`
     functions, and config objects (dataclasses, named tuples) as calls of
     their class with every field."""
-    import dataclasses
-
-    from ._expr import render
-    from ._names import DTYPES
-
     if value is None or isinstance(value, (bool, int, str)):
         return render(value)
     if isinstance(value, float):
@@ -649,8 +646,6 @@ def python_call(fn: Any, args: tuple, kwargs: dict) -> str:
 
 def _package(call_text: str) -> list[str]:
     """The top-level packages of the `package.module:Name` calls in a call."""
-    import re
-
     return sorted(
         {m.split(".", 1)[0] for m in re.findall(r"([A-Za-z_][\w.]*):[A-Za-z_]", call_text)}
     )

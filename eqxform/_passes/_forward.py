@@ -22,7 +22,8 @@ import numpy as np
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import LoRA, resolve, split_state
+from .._modules import Frozen, LoRA, resolve, split_state
+from .._select import get, walk
 
 
 def input_structs(inputs: tuple[A.InputStmt, ...]) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -131,10 +132,6 @@ def formed_adapters(subject: Any, structs) -> list[tuple[str, tuple[int, int]]]:
     rank of its own for this trace (the rank is only a shape, and no array is
     made), so a product of an `(out, r)` and an `(r, in)` matrix into an
     `(out, in)` one names its adapter exactly, inside scans and vmaps too."""
-    from .._modules import Frozen
-    from .._select import walk
-    from ._base import replace_at
-
     model, state = split_state(subject)
     paths, widened, wanted = [], [], {}
     for node in walk(model):
@@ -161,7 +158,7 @@ def formed_adapters(subject: Any, structs) -> list[tuple[str, tuple[int, int]]]:
         widened.append(lora)
     if not paths:
         return []
-    model = replace_at(model, paths, widened)
+    model = eqx.tree_at(lambda m: [get(m, p) for p in paths], model, widened)
     probe = model if state is None else (model, state)
     jaxpr = eqx.filter_make_jaxpr(call)(probe, batched(structs))[0]
     found: set = set()

@@ -7,6 +7,7 @@ flight finishes), and the last good model is written before exit; with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -23,6 +24,7 @@ import numpy as np
 import optax
 
 from .. import _limits
+from .. import _registry as R
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
 from .._modules import Ensemble, split_state
@@ -137,8 +139,6 @@ def _output_error(path: str, why: str, help: str | None = None) -> UsageError:
 def describe_output(out: Any, depth: int = 0) -> str:
     """What a model returned, in a line: `f32[5,33]`, `a tuple of 2
     (f32[1,8,64], None)`, `an ESM2Result (hidden: f32[5,32], logits: f32[5,33])`."""
-    import dataclasses
-
     if hasattr(out, "shape") and hasattr(out, "dtype"):
         short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
         name = np.dtype(out.dtype).name
@@ -167,8 +167,6 @@ def describe_output(out: Any, depth: int = 0) -> str:
 
 def _output_names(out: Any) -> list[str]:
     """What `--model-output` could name at the top of `out`."""
-    import dataclasses
-
     if isinstance(out, (tuple, list)) and not hasattr(type(out), "_fields"):
         return [str(i) for i in range(len(out))]
     if isinstance(out, dict):
@@ -199,8 +197,6 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
     package (a function `(pred, y) -> scalar` of a batch)."""
     if name in _PER_BATCH:
         return name
-    from .. import _registry as R
-
     if ":" not in name:
         raise UsageError(
             Diagnostic(
