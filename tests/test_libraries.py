@@ -269,7 +269,7 @@ def megalodon():
     config = MegalodonConfig(
         vocab_size=64,
         model_dim=32,
-        num_layers=2,
+        num_layers=1,
         num_heads=1,
         z_dim=16,
         value_dim=32,
@@ -312,7 +312,10 @@ def test_megalodon_lora_by_a_type_of_the_library_matches_hand_written(megalodon)
         assert np.allclose(g.lora_b, h, atol=1e-4) and np.abs(np.asarray(h)).max() > 0
     # `linear_3d` reads the weight: the plan states what that costs.
     notes = [d for d in program.plan(model).diagnostics if d.code == "I221"]
-    assert len(notes) == 1 and "2 adapted modules" in notes[0].message
+    assert (
+        len(notes) == 1
+        and "1 adapted module itself (`model.layers[0].attn.wz`)" in notes[0].message
+    )
 
 
 def test_megalodon_file_records_its_config(megalodon, tmp_path):
@@ -320,7 +323,7 @@ def test_megalodon_file_records_its_config(megalodon, tmp_path):
     constructor = eqxform.recipe_of(model).constructor
     assert constructor.startswith(
         "megalodon_jax.model:MegalodonForCausalLM(megalodon_jax.config:MegalodonConfig("
-        "vocab_size=64, model_dim=32, num_layers=2,"
+        "vocab_size=64, model_dim=32, num_layers=1,"
     )
     eqxform.save(tmp_path / "m.eqx", model)
     back = eqxform.load(tmp_path / "m.eqx", allow=["megalodon_jax"])
@@ -355,7 +358,7 @@ def test_megalodon_trains_on_the_first_of_its_outputs(megalodon):
 @pytest.fixture(scope="module")
 def unet():
     pdequinox = pytest.importorskip("pdequinox")
-    return eqxform.new(pdequinox.arch.ClassicUNet, 1, 1, 1, hidden_channels=4, num_levels=2)
+    return eqxform.new(pdequinox.arch.ClassicUNet, 1, 1, 1, hidden_channels=4, num_levels=1)
 
 
 def test_pdequinox_init_freeze_and_surgery(unet):
@@ -368,7 +371,7 @@ def test_pdequinox_init_freeze_and_surgery(unet):
     is_conv = lambda x: type(x).__name__ == "PhysicsConv"  # noqa: E731
     convs = [c for c in jax.tree_util.tree_leaves(ours, is_leaf=is_conv) if is_conv(c)]
     before = [c for c in jax.tree_util.tree_leaves(unet, is_leaf=is_conv) if is_conv(c)]
-    assert len(convs) == len(before) > 4
+    assert len(convs) == len(before) >= 4
     for c, b in zip(convs, before):
         fan_in = int(np.prod(b.weight.shape[1:]))
         # He normal, drawn per conv of the library's own type: variance 2 / fan_in.
