@@ -1,16 +1,20 @@
 """How fast the language server answers, on a 200-rule spec over a model of
 1,002 leaves (`MLP(..., depth=500)`), driven over stdio as an editor drives it.
 
-Run: `python benchmarks/lsp_speed.py`. Every latency is measured at the client,
+Run: `python benchmarks/lsp_speed.py` (`--burst` for the burst alone). Every latency is measured at the client,
 from sending a message to receiving its answer; the table gives the median of
 the requests after the first (the first of each kind is shown on its own).
 
 - model-free diagnostics: an edit -> the diagnostics of parse and check,
-  published at once;
+  published once the edits pause (`CHECK_DEBOUNCE_S` of it is waiting);
 - model-aware diagnostics: an edit -> the plan's diagnostics, published after
   the typing pauses (`DEBOUNCE_S` of it is waiting, shown apart) and after the
   plan of the lines from the edit down;
-- hover and completion, with the plan settled, and while a whole plan runs.
+- hover and completion, with the plan settled, and while a whole plan runs;
+- a burst: 300 edits to a 2,000-line spec sent together (a paste, a macro, an
+  editor catching up), then a hover, against one edit then a hover: the
+  server checks the last version only, so the burst costs about one check.
+  The ratio column is the burst's time over the single edit's.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from _lsp_client import Session  # noqa: E402
 
-from eqxform._lsp import DEBOUNCE_S  # noqa: E402
+from eqxform._lsp import CHECK_DEBOUNCE_S, DEBOUNCE_S  # noqa: E402
 
 RULES = 200
 MODEL = "model MLP(in_size=8, out_size=8, width_size=8, depth=500)"
@@ -73,7 +77,14 @@ async def measure() -> list[tuple[str, float | None, float, str]]:
             version = s.edit(uri, last, 0, 0, " ") if i % 2 == 0 else s.edit(uri, last, 0, 1, "")
             seconds, _ = await timed(s.diagnostics(uri, version, timeout=60))
             times.append(seconds)
-        rows.append(("model-free diagnostics (edit)", first_free, statistics.median(times), ""))
+        rows.append(
+            (
+                "model-free diagnostics (edit)",
+                first_free,
+                statistics.median(times),
+                f"of which {CHECK_DEBOUNCE_S * 1e3:.0f} ms is the pause for more edits",
+            )
+        )
         await s.settled(uri, timeout=900)
 
         # Model-aware diagnostics after an edit of the last rule: only it is replanned.
@@ -164,11 +175,79 @@ async def measure() -> list[tuple[str, float | None, float, str]]:
     return rows
 
 
+BURST = 300
+BURST_LINES = 2000
+
+
+async def measure_burst(repeats: int = 5) -> list[tuple[str, float | None, float, str]]:
+    """A burst of `BURST` edits to one line of a `BURST_LINES`-line spec, then a
+    hover on that line, against one edit then a hover."""
+    text = make_spec(BURST_LINES - 4)
+    lines = text.split("\n")
+    line = BURST_LINES // 2
+    original = lines[line]
+    cut = original.index("-> ") + 3
+    rows: list[tuple[str, float | None, float, str]] = []
+    async with Session() as s:
+        uri = s.open(text)
+        await s.diagnostics(uri, timeout=300)
+
+        async def burst(edits: int) -> tuple[float, float, int]:
+            """Seconds to the hover's answer and to the last version's
+            diagnostics, and how many versions were checked (published)."""
+            start = time.perf_counter()
+            first = s._versions[uri] + 1
+            end = len(original)
+            for i in range(edits):
+                action = "freeze" if (edits - i) % 2 else "init zeros"  # the last: `freeze`
+                version = s.edit(uri, line, cut, end, action)
+                end = cut + len(action)
+            hover = await s.hover(uri, line, cut + 1)
+            answered = time.perf_counter() - start
+            assert "freeze" in hover.contents.value, hover.contents.value
+            await s.diagnostics(uri, version, timeout=300)
+            published = time.perf_counter() - start
+            checked = {p.version for p in s.published[uri]} & set(range(first, version + 1))
+            # Back to the original line, checked, before the next round.
+            version = s.edit(uri, line, cut, end, original[cut:])
+            await s.diagnostics(uri, version, timeout=300)
+            return answered, published, len(checked)
+
+        results = {n: [await burst(n) for _ in range(repeats)] for n in (1, BURST)}
+    one = statistics.median(r[0] for r in results[1])
+    one_published = statistics.median(r[1] for r in results[1])
+    for n in (1, BURST):
+        answered = statistics.median(r[0] for r in results[n])
+        published = statistics.median(r[1] for r in results[n])
+        checked = max(r[2] for r in results[n])
+        what = "1 edit" if n == 1 else f"{n} edits sent together"
+        rows.append(
+            (
+                f"{what}, then a hover: the hover's answer",
+                None,
+                answered,
+                f"{answered / one:.2f}x one edit",
+            )
+        )
+        rows.append(
+            (
+                f"{what}: the last version's diagnostics",
+                None,
+                published,
+                f"{published / one_published:.2f}x one edit; "
+                f"{checked} of {n} version{'s' if n > 1 else ''} checked",
+            )
+        )
+    return rows
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    rows = asyncio.run(measure())
+    burst_only = "--burst" in sys.argv[1:]
+    rows = [] if burst_only else asyncio.run(measure())
+    burst = asyncio.run(measure_burst())
     table = Table(
         title=f"eqxform lsp: {RULES} rules, {MODEL.removeprefix('model ')} (1,002 leaves)"
     )
@@ -180,6 +259,18 @@ def main() -> None:
         table.add_row(
             name, "" if first is None else f"{first * 1e3:,.0f} ms", f"{median * 1e3:,.1f} ms", note
         )
+    if rows:
+        Console(width=120).print(table)
+
+    table = Table(
+        title=f"eqxform lsp: a burst of {BURST} edits to a {BURST_LINES:,}-line spec "
+        f"(median of 5 rounds)"
+    )
+    table.add_column("request")
+    table.add_column("median", justify="right")
+    table.add_column("")
+    for name, _, median, note in burst:
+        table.add_row(name, f"{median * 1e3:,.0f} ms", note)
     Console(width=120).print(table)
 
 

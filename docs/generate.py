@@ -188,7 +188,7 @@ def gen_commands() -> str:
     )
     for name, command in main.commands.items():
         ctx = click.Context(command, info_name=name, parent=parent)
-        out += [f"### `eqxform {name}`", "", "```", command.get_help(ctx).rstrip(), "```", ""]
+        out += [f"### `eqxform {name}`", "", "```text", command.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(out).rstrip()
 
 

@@ -56,15 +56,9 @@ def build(
         fn = R.resolve_constructor(call.callee, allow)
     except R.NotAllowed as e:
         raise SpecError(R.not_allowed_diagnostic(e.module, call.callee_span, source)) from None
-    except (ImportError, AttributeError) as e:
+    except R.ImportFailed as e:
         raise SpecError(
-            Diagnostic(
-                "E126",
-                f"cannot import constructor `{call.callee}`: {e}",
-                call.callee_span,
-                None,
-                source,
-            )
+            R.import_failed_diagnostic(e, call.callee, call.callee_span, source)
         ) from None
 
     counter = iter(range(1, 1 << 30))

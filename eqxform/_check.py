@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -1070,6 +1071,14 @@ def override_problem(value: Any, depth: int = 0) -> str | None:
     return f"is a `{type(value).__name__}`, not a constant"
 
 
+# `EQXFORM_MAX_BYTES`: a whole number of bytes, or a number with a unit, in
+# ASCII digits (Python's `int` and `float` would also take `１`, `1_000` and
+# `1e9`); `none` turns the check off.
+_BUDGET = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>[KMGT]?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+BUDGET_OFF = "none"
+
+
 def byte_budget() -> int | None:
     """The memory budget for one model's arrays, in bytes (None: no check).
     See `_limits.MAX_BYTES_ENV`."""
@@ -1079,24 +1088,27 @@ def byte_budget() -> int | None:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
         except (ValueError, OSError, AttributeError):
             return L.DEFAULT_MAX_BYTES
-    if text.lower() in ("none", "off", "0"):
+    if text.lower() == BUDGET_OFF:
         return None
-    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-    scale = units.get(text[-1].lower(), 1)
-    number = text[:-1] if scale != 1 else text
-    try:
-        value = float(number) * scale
-    except ValueError:
-        value = -1.0
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(
-            Diagnostic(
-                "E432",
-                f"`{L.MAX_BYTES_ENV}={text}` is not a number of bytes",
-                help=f"e.g. `{L.MAX_BYTES_ENV}=64G`, or `none` to turn the memory check off",
-            )
+    found = _BUDGET.fullmatch(text)
+    if found is None:
+        why = "is negative" if text.startswith("-") else "is not a number of bytes"
+    elif not found["unit"] and "." in found["number"]:
+        why = "is not a whole number of bytes"
+    else:
+        value = float(found["number"]) * _UNITS[found["unit"].lower()]
+        if value >= 1:
+            return int(value)
+        why = "would allow no array at all" if value == 0 else "is less than one byte"
+    raise UsageError(
+        Diagnostic(
+            "E432",
+            f"`{L.MAX_BYTES_ENV}={text}` {why}",
+            help=f"give a positive number of bytes in digits 0-9, with an optional unit "
+            f"K, M, G or T (e.g. `{L.MAX_BYTES_ENV}=64G`), or `{BUDGET_OFF}` to turn the "
+            "memory check off",
         )
-    return int(value)
+    )
 
 
 def format_bytes(n: int) -> str:

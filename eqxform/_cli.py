@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
+import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -138,6 +141,28 @@ def _device(name: str | None):
             )
         ) from None
     return jax.default_device(devices[0])
+
+
+class _Whole(click.ParamType):
+    """A whole number on the command line, written in the digits 0-9: Python's
+    `int` (click's `INT`) would also take `１`, `٣` and `1_000`."""
+
+    name = "integer"
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            text = str(value).strip()
+            if not re.fullmatch(r"[0-9]{1,18}", text):
+                self.fail(f"`{value}` is not a whole number written in the digits 0-9", param, ctx)
+            number = int(text)
+        if number < self.minimum:
+            self.fail(f"{number} is less than {self.minimum}", param, ctx)
+        return number
 
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
@@ -319,7 +344,13 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
             }
             if steps is not None:
                 data["rules"] = [
-                    {"line": s.line, "rule": s.rule, "action": s.action, "count": s.count}
+                    {
+                        "line": s.line,
+                        "rule": s.rule,
+                        "action": s.action,
+                        "count": s.count,
+                        "unit": s.unit,
+                    }
                     for s in steps
                 ]
             click.echo(json.dumps(data, indent=2))
@@ -338,7 +369,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
-                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {_plural(s.count, 'match')}")
+                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {s.counted}")
 
     _run(go, as_json)
 
@@ -392,13 +423,34 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
 
         click.echo(yaml.safe_dump(data, sort_keys=False))
         return
+    console = _console()
+    table = _plan_table(result)
+    # The table's natural width: what it takes with no cell wrapped or cut.
+    natural = console.measure(table, options=console.options.update(max_width=1 << 20))
+    if natural.maximum <= console.width:
+        out.print(table)
+        lines = result.totals(console.width)
+    else:
+        # Too narrow for the table at its natural width: rich would cut the
+        # paths (`blocks[0].att…`) and wrap the actions; the text layout
+        # keeps every path whole.
+        lines = result.lines(console.width)
+    for line in lines:
+        click.echo(line)
+    if untouched:
+        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        for path in result.untouched:
+            _echo(f"  {path}")
+
+
+def _plan_table(result):
+    """The plan's steps as a rich table: a row per array or module acted on."""
     from rich.table import Table
 
     from ._plan import PlanMatch
 
     table = Table(show_lines=False, header_style="bold")
-    # `#`: how many nodes the rule matched (a narrow header leaves room for the rule).
-    for column in ("line", "action", "#", "path", "before", "after"):
+    for column in ("line", "action", "acts on", "path", "before", "after"):
         table.add_column(column)
     for step in result.steps:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
@@ -407,25 +459,13 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
             table.add_row(
                 _text(step.line if i == 0 else ""),
                 _text(step.action + delta if i == 0 else ""),
-                _text(step.count if i == 0 else ""),
+                _text(step.counted if i == 0 else ""),
                 _text(m.path),
                 _text(m.before),
                 _text("=" if m.after == m.before else m.after),
                 end_section=i == len(rows) - 1,
             )
-    out.print(table)
-    from ._plan import budget
-
-    click.echo(f"parameters: {result.params_before:,} -> {result.params_after:,}")
-    click.echo(budget(result))
-    if result.output is not None:
-        _echo(f"output: {result.output}")
-    if result.placement is not None:
-        _echo("\n".join(result.placement.lines()))
-    if untouched:
-        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
-        for path in result.untouched:
-            _echo(f"  {path}")
+    return table
 
 
 @main.command()
@@ -496,7 +536,7 @@ def apply(
         what = "adapters of " if adapters_only else ""
         click.echo(
             f"wrote {output} ({what}{count_params(result):,} parameters, "
-            f"{_plural(len(program.spec.rules), 'rule')} applied)"
+            f"{_applied(program.spec)} applied)"
         )
 
     _run(go)
@@ -510,8 +550,8 @@ def apply(
     type=click.Path(),
     help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=200, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
+@click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")
 @click.option(
     "--loss",
     default="mse",
@@ -530,9 +570,9 @@ def apply(
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
     "--checkpoint-every",
-    type=click.IntRange(min=1),
+    type=_Whole(1),
     metavar="K",
-    help="Also write the model every K steps.",
+    help="Also write the model every K steps (K at least 1).",
 )
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
 @_set
@@ -550,10 +590,25 @@ def apply(
     metavar="HOST:PORT",
     help="Join a run of several processes: process 0's address (every process gives the same).",
 )
-@click.option("--num-processes", type=click.IntRange(min=1), help="How many processes the run has.")
-@click.option("--process-id", type=click.IntRange(min=0), help="This process's place, 0..N-1.")
+@click.option(
+    "--num-processes", type=_Whole(1), help="How many processes the run has (at least 1)."
+)
+@click.option("--process-id", type=_Whole(0), help="This process's place, 0..N-1.")
+@click.option(
+    "--timeout",
+    type=_Whole(1),
+    metavar="SECONDS",
+    help="How long to wait for the coordinator and the other processes, then fail with "
+    "E467 (exit 2); default 60.",
+)
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
+@click.option(
+    "--adapters-only",
+    is_flag=True,
+    help="Write only the adapters and the arrays trained beside them (an adapter file for "
+    "`eqxform merge` or `eqxform.load(path, base=...)`).",
+)
 @_deny
 def train(
     spec,
@@ -575,8 +630,10 @@ def train(
     coordinator,
     num_processes,
     process_id,
+    timeout,
     device,
     force,
+    adapters_only,
     deny,
 ):
     """Train with the spec's optimiser, rules and freezing; write the model.
@@ -590,7 +647,7 @@ def train(
 
     def go():
         seed_value = _seed(seed)
-        _join(coordinator, num_processes, process_id)
+        _join(coordinator, num_processes, process_id, timeout)
         program = _prepare(
             "train",
             spec,
@@ -642,42 +699,60 @@ def train(
             if output_path is not None:
                 trained["output"] = output_path
 
-            def write(m, done):
+            seed_used = program.seed if seed_value is None else seed_value
+            if adapters_only:
+                from dataclasses import replace
+
+                from ._recipes import require_adapters
+
+                # This spec's adapters (and what trains beside them), whatever
+                # the base's recipe holds; refused before training when the
+                # model would have none.
+                require_adapters(start)
+                this_spec = replace(program, seed=seed_used)
+
+            def write(m, done, result=None):
                 info = {**trained, "steps": done}
+                if result is not None and result.nonfinite is not None:
+                    info["stopped"] = f"step {result.nonfinite} was not finite"
+                if adapters_only:
+                    save(
+                        output,
+                        m,
+                        adapters_only=True,
+                        spec=this_spec,
+                        recipe=None if recipe is None else recipe.with_training(info),
+                    )
+                    return
                 save(output, m, recipe=None if recipe is None else recipe.with_training(info))
 
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(
-                TextColumn("training"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} steps"),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=_console(),
-                transient=False,
-                disable=not _writer(),
-            ) as progress:
-                task = progress.add_task("train", total=steps, loss="-")
-                result = _train.train(
-                    program,
-                    start,
-                    x,
-                    y,
-                    steps=steps,
-                    batch_size=batch_size,
-                    loss=loss_fn,
-                    seed=program.seed if seed_value is None else seed_value,
-                    checkpoint_every=checkpoint_every,
-                    on_checkpoint=write,
-                    on_step=lambda done, value: progress.update(
-                        task, completed=done, loss=f"{value:.4g}"
-                    ),
-                    mesh=program.device_mesh(),
-                    batch_axis=batch_axis,
-                    output=output_path,
-                )
-            write(result.model, result.steps)
+            run = functools.partial(
+                _train.train,
+                program,
+                start,
+                x,
+                y,
+                steps=steps,
+                batch_size=batch_size,
+                loss=loss_fn,
+                seed=seed_used,
+                checkpoint_every=checkpoint_every,
+                on_checkpoint=write,
+                mesh=program.device_mesh(),
+                batch_axis=batch_axis,
+                output=output_path,
+            )
+            if not _writer():
+                result = run()
+            elif _console().is_terminal:
+                result = _train_with_bar(run, steps)
+            else:
+                result = _train_with_lines(run, steps)
+            if result.nonfinite is not None and result.steps == 0:
+                raise _diverged(result, output, wrote=False)
+            write(result.model, result.steps, result)
+        if result.nonfinite is not None:
+            raise _diverged(result, output, wrote=True)
         final = "-" if result.loss is None else f"{result.loss:.4g}"
         if result.interrupted:
             click.echo(
@@ -688,6 +763,73 @@ def train(
         click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
 
     _run(go)
+
+
+def _train_with_bar(run, steps: int):
+    """Training on a terminal: a progress bar with the loss."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("training"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeRemainingColumn(),
+        console=_console(),
+        transient=False,
+    ) as progress:
+        task = progress.add_task("train", total=steps, loss="-")
+        return run(
+            on_step=lambda done, value: progress.update(task, completed=done, loss=f"{value:.4g}")
+        )
+
+
+# Off a terminal (a log, a pipe), `train` prints a line for the initial loss,
+# one per tenth of the steps, and one at least this often on a slow run.
+_LINE_EVERY_S = 60.0
+
+
+def _train_with_lines(run, steps: int):
+    """Training with its output going to a file or a pipe: plain lines at a
+    bounded rate (at most 10 milestones, plus one per minute), each flushed."""
+    import time
+
+    last = {"tenth": 0, "at": time.monotonic()}
+
+    def report(done: int, total: int) -> bool:
+        tenth = done * 10 // total
+        due = (
+            done in (1, total)
+            or tenth > last["tenth"]
+            or time.monotonic() - last["at"] >= _LINE_EVERY_S
+        )
+        if due:
+            last["tenth"], last["at"] = tenth, time.monotonic()
+        return due
+
+    def line(done: int, value: float) -> None:
+        what = "initial loss" if done == 1 else "loss"
+        click.echo(f"step {done}/{steps}: {what} {value:.4g}")
+        sys.stdout.flush()
+
+    return run(on_step=line, report=report)
+
+
+def _diverged(result, output: str, wrote: bool) -> EqxformError:
+    """Training stopped at a step whose loss or update was not finite."""
+    kept = (
+        f"wrote the model of step {result.steps}, the last finite one, to `{output}`"
+        if wrote
+        else f"nothing was written to `{output}`"
+    )
+    return EqxformError(
+        Diagnostic(
+            "E530",
+            f"training stopped at step {result.nonfinite}: {result.nonfinite_what}; {kept}",
+            help="lower the learning rate in the spec's `optimizer` (or clip gradients), check "
+            "the data's scale, or start from a model whose outputs are finite",
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -709,10 +851,21 @@ def _writer() -> bool:
     return jax.process_index() == 0
 
 
-def _join(coordinator, num_processes, process_id) -> None:
-    """`--coordinator`, `--num-processes`, `--process-id`: all or none."""
+def _join(coordinator, num_processes, process_id, timeout=None) -> None:
+    """`--coordinator`, `--num-processes`, `--process-id`: all or none
+    (`--timeout` only with them)."""
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if not any(given):
+        if timeout is not None:
+            raise UsageError(
+                Diagnostic(
+                    "E466",
+                    "`--timeout` is how long a run of several processes waits to start; this "
+                    "run has one process",
+                    help="leave `--timeout` out, or join a run with `--coordinator`, "
+                    "`--num-processes` and `--process-id`",
+                )
+            )
         return
     if not all(given):
         raise UsageError(
@@ -724,9 +877,14 @@ def _join(coordinator, num_processes, process_id) -> None:
                 "first host, `--process-id 1` on the second",
             )
         )
-    from ._runtime._distributed import initialize_distributed
+    from ._runtime._distributed import DEFAULT_TIMEOUT_S, initialize_distributed
 
-    initialize_distributed(coordinator, num_processes, process_id)
+    initialize_distributed(
+        coordinator,
+        num_processes,
+        process_id,
+        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else timeout,
+    )
 
 
 def _prepare(
@@ -831,9 +989,11 @@ def show(model, fmt, allow):
 
     def go():
         from ._files import read_header
+        from ._recipes import adapter_info
 
         header = read_header(model)
         recipe = header.recipe
+        adapters = adapter_info(header)
         checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
@@ -847,6 +1007,8 @@ def show(model, fmt, allow):
             "recipe": recipe,
             "checked": checked is None,
         }
+        if adapters is not None:
+            data["adapters"] = adapters
         if fmt == "json":
             click.echo(json.dumps(data, indent=2))
             return
@@ -868,6 +1030,9 @@ def show(model, fmt, allow):
         out.print(tree)
         if checked is not None:
             _echo(f"note: {checked}", err=True)
+        if adapters is not None:
+            _show_adapters(model, adapters, len(tensors))
+            return
         if recipe is None:
             click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
             return
@@ -891,6 +1056,29 @@ def show(model, fmt, allow):
             _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _show_adapters(path: str, info: dict, tensors: int) -> None:
+    """What `show` says of an adapter file: whose adapters, from which specs,
+    and how to use them (they are no model on their own)."""
+    fingerprint = str(info.get("fingerprint"))
+    _echo(
+        f"adapters: {_plural(tensors, 'tensor')} for the base model of fingerprint "
+        f"{fingerprint[:12]}"
+    )
+    for i, entry in enumerate(info.get("specs", []), 1):
+        entry = entry if isinstance(entry, dict) else {}
+        params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
+        _echo(
+            f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
+            + (f"; {params_text}" if params_text else "")
+            + ")"
+        )
+    _echo(
+        f"load onto the base model in Python with `eqxform.load({json.dumps(path)}, "
+        f"base=model)`, or bake them into it: `eqxform merge {shlex.quote(path)} BASE.eqx "
+        "-o merged.eqx`"
+    )
 
 
 def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
@@ -1030,6 +1218,22 @@ def explain(code, every, fmt):
 
 def _position(d: Diagnostic) -> tuple[int, int]:
     return (d.span.line, d.span.column) if d.span is not None else (0, 0)
+
+
+def _applied(spec) -> str:
+    """`2 rules and 1 `stack` line`: what a spec applies, its structural
+    lines (which change a model as much as a rule does) counted beside its rules."""
+    from . import _ast as A
+
+    words = {A.StackStmt: "stack", A.UnstackStmt: "unstack", A.EnsembleStmt: "ensemble"}
+    lines: dict[str, int] = {}
+    for stmt in spec.statements:
+        if type(stmt) in words:
+            lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
+    parts = [_plural(n, f"`{word}` line") for word, n in lines.items()]
+    if spec.rules or not parts:
+        parts.insert(0, _plural(len(spec.rules), "rule"))
+    return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def _plural(n: int, word: str) -> str:

@@ -342,10 +342,17 @@ CODES: dict[str, Code] = {
         _c(
             "E126",
             "constructor cannot be imported",
-            "An allowed `package.module:function` constructor names a module or function "
-            "that does not exist.",
+            "An allowed `package.module:function` constructor names a module that Python "
+            "cannot import (not installed, not on the module path, misspelt, or failing while "
+            "it is imported) or a function the module does not have. eqxform imports the "
+            "module as `import package.module` would in the Python that runs it; the `eqxform` "
+            "command does not put the current directory on the module path.",
             "model mypkg.modls:make()",
-            "check the module path and the function's name.",
+            "make the module importable: install its package in the environment "
+            "(`pip install -e FOLDER` for your own source), or put the folder that holds the "
+            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, `PYTHONPATH=.` for the "
+            "current directory; `sys.path.insert(0, FOLDER)` in Python); check the module path "
+            "and the function's name.",
         ),
         _c(
             "E127",
@@ -983,11 +990,13 @@ CODES: dict[str, Code] = {
         _c(
             "E330",
             "adapters of another base",
-            "An adapter file carries a fingerprint of the base tensors its adapters were "
-            "trained on (a hash of their names, shapes, dtypes and bytes, after the file's "
-            "spec is replayed). The model given as the base has other tensors, or the spec "
-            "does not fit it, so the adapters would compute something they were never "
-            "trained for.",
+            "An adapter file carries a digest of each frozen base tensor its adapters were "
+            "trained on (of its name, shape, dtype and bytes, after the file's specs are "
+            "replayed), and the arrays trained beside the adapters. The model given as the "
+            "base has other frozen tensors (the message names them), or the specs do not fit "
+            "it, so the adapters would compute something they were never trained for. Arrays "
+            "the file carries (a new head, layers left trainable) may differ: they come from "
+            "the file.",
             "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
             "load the adapters onto the model they were trained on (the file written by "
             "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
@@ -1013,6 +1022,30 @@ CODES: dict[str, Code] = {
             "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
         ),
         _c(
+            "E333",
+            "adapter file changed after it was written",
+            "An adapter file carries a digest over its record (the specs it replays, with "
+            "their seeds and values, the digests of the base tensors it relies on) and over "
+            "its tensors. They do not match: the file was edited (a rule added to its spec, "
+            "say) or damaged, or written by an eqxform without the digest. Replaying an edited "
+            "spec would compute something the adapters were never trained for, so the file is "
+            "refused.",
+            "eqxform merge edited.eqx base.eqx -o merged.eqx",
+            "write the adapter file again from the trained model "
+            "(`eqxform.save(path, model, adapters_only=True)`, `apply`/`train --adapters-only`).",
+        ),
+        _c(
+            "E334",
+            "an adapter file's specs build another model",
+            "Replayed on the base, the file's specs give a model whose structure (module "
+            "types, functions such as activations, static fields) is not the one the adapters "
+            "were saved from, although the tensors match: another version of eqxform or "
+            "Equinox builds it differently, or the record was rewritten with a digest to match.",
+            "eqxform merge adapters.eqx base.eqx -o merged.eqx",
+            "load it with the versions that wrote it, or write the adapter file again from the "
+            "trained model.",
+        ),
+        _c(
             "E401",
             "spec file cannot be read",
             "The spec file does not exist or cannot be opened.",
@@ -1022,9 +1055,14 @@ CODES: dict[str, Code] = {
         _c(
             "E402",
             "not a spec",
-            "The file given as a spec is a model file or not text (or the arguments are swapped).",
+            "The file given as a spec is a model file (the arguments may be swapped), is not "
+            "UTF-8 text, or is text of another kind: its first line that is neither blank nor "
+            "a comment does not start with a directive or a misspelling of one (`/etc/passwd`, "
+            "a YAML or Markdown file). Its contents are not shown, as they may not be meant "
+            "for a terminal or a log.",
             "eqxform apply model.eqx spec.eqx -o out.eqx",
-            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`.",
+            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`; check that the path "
+            "names the spec you meant.",
         ),
         _c(
             "E403",
@@ -1139,9 +1177,14 @@ CODES: dict[str, Code] = {
             "E420",
             "bad training data",
             "The `--data` file is missing, not an `.npz`, lacks `x` or `y`, or does not fit "
-            "the model.",
-            "eqxform train spec.eqx --data d.npz -o out.eqx",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example.",
+            "the model: rows of `x` the model does not take, targets of another shape than "
+            "its output (`--loss mse`), labels that are not integers of shape [N] or lie "
+            "outside the model's classes (`--loss cross_entropy`). The message says which, "
+            "with the shapes and dtypes found.",
+            "eqxform train spec.eqx --data d.npz --loss cross_entropy -o out.eqx   # y is f32[N,3]",
+            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example; "
+            "for `cross_entropy`, `y` holds one integer class per example "
+            "(`y.argmax(axis=1).astype(numpy.int32)` of one-hot rows).",
         ),
         _c(
             "E421",
@@ -1215,9 +1258,11 @@ CODES: dict[str, Code] = {
             "E432",
             "bad memory budget",
             "The environment variable `EQXFORM_MAX_BYTES` is not a positive number of bytes "
-            "(with an optional suffix K, M, G or T) nor `none`.",
-            "EQXFORM_MAX_BYTES=lots eqxform apply spec.eqx -o out.eqx",
-            "set it to e.g. `64G`, or `none` to turn the memory check off.",
+            "(written in the digits 0-9, a whole number or a decimal with a unit K, M, G or "
+            'T) nor `none`. `0` and negative numbers are refused rather than read as "no '
+            'limit": the word `none` is the one way to turn the check off.',
+            "EQXFORM_MAX_BYTES=0 eqxform apply spec.eqx -o out.eqx",
+            "set it to e.g. `64G` or `1.5T`, or `none` to turn the memory check off.",
         ),
         _c(
             "E433",
@@ -1230,17 +1275,28 @@ CODES: dict[str, Code] = {
         _c(
             "E434",
             "Python API argument of the wrong type",
-            "An argument of `eqxform.compile` is not of the type it takes: `spec` a path or "
-            "the text of a spec, `params` a mapping of `let` names to values, `inputs` a list "
-            "of strings, `name` a string.",
-            'eqxform.compile("spec.eqx", params=[("width", 8)])',
+            "An argument of `eqxform.compile` is not of the type it takes: `spec` the text of "
+            "a spec (a `str`) or a file (a `pathlib.Path`), `params` a mapping of `let` names "
+            "to values, `inputs` a list of strings, `name` a string.",
+            'eqxform.compile(Path("spec.eqx"), params=[("width", 8)])',
             'pass the documented type, e.g. `params={"width": 8}`.',
+        ),
+        _c(
+            "E435",
+            "spec text that looks like a path",
+            "`eqxform.compile` reads a `str` as the text of a spec and a path object "
+            "(`pathlib.Path`) as a file. A `str` of one line that looks like a path (it ends "
+            "in `.eqx`, names a file, or has a `/` and no spaces) and does not parse as a "
+            "statement was meant as a file; it is refused, and never read.",
+            'eqxform.compile("specs/lora.eqx")',
+            'pass a path object: `eqxform.compile(pathlib.Path("specs/lora.eqx"))`.',
         ),
         _c(
             "E465",
             "bad mesh",
             "`--mesh` (or `mesh=` of the Python API) is a list of `AXIS=SIZE`, separated by "
-            "commas or spaces, each size a whole number >= 1 or -1, each name once.",
+            "commas or spaces, each size a whole number >= 1 (in the digits 0-9) or -1, each "
+            "name once.",
             "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
             "write e.g. `--mesh data=2,model=4`.",
         ),
@@ -1386,7 +1442,30 @@ CODES: dict[str, Code] = {
             "",
             "write the file again.",
         ),
+        _c(
+            "E529",
+            "training data not finite",
+            "`x` or `y` holds NaN or an infinity. One such value makes the loss of every "
+            "batch that holds it NaN, and the training after it worthless, so the data is "
+            "refused before any step; the message names the array and the index of the "
+            "first bad element.",
+            "numpy.savez('d.npz', x=x, y=numpy.where(mask, numpy.nan, y))",
+            "drop the rows that hold them, or replace the values (`numpy.nan_to_num`), then "
+            "save the file again.",
+        ),
         # ---- running
+        _c(
+            "E530",
+            "training stopped: a loss or an update was not finite",
+            "`eqxform train` checks every step (inside the compiled step, without waiting "
+            "for the device): at the first step whose loss, or whose updated parameters, are "
+            "NaN or infinite, it stops. It writes the model as it was before that step (the "
+            "last finite one) to the output and exits with status 1; when the very first "
+            "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
+            "optimizer sgd(learning_rate=1e10)",
+            "lower the learning rate (or clip the gradients), check the scale of the data, "
+            "and check that the model's outputs are finite at the start.",
+        ),
         _c(
             "E460",
             "no adapters to save",
@@ -1447,6 +1526,34 @@ CODES: dict[str, Code] = {
             "older version shadows it.",
             "eqxform lsp",
             "install it: `pip install 'pygls>=2'`.",
+        ),
+        _c(
+            "E603",
+            "a message from the editor that the language server cannot read",
+            "The Language Server Protocol frames each message as `Content-Length: N`, a blank "
+            "line, then N bytes of JSON-RPC. A length that is no number of bytes (`abc`, `-5`), "
+            "one longer or shorter than the body, bytes between messages, or a body that is not "
+            "JSON-RPC break that framing. `eqxform lsp` says so on stderr and reads on: a body "
+            "of a wrong length ends where its JSON does, bytes that are no message are skipped "
+            "to the next `Content-Length` header, and a request it cannot read is answered with "
+            "a JSON-RPC error (-32700 or -32600). The mistake is the editor's or its plugin's.",
+            'Content-Length: abc\n\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
+            "report it to the editor's plugin; send the body's length in bytes (UTF-8), in ASCII "
+            "digits, and exactly that many bytes.",
+        ),
+        _c(
+            "E604",
+            "a request's parameters do not fit the Language Server Protocol",
+            "The server checks each message's parameters against the protocol's types before "
+            "acting on it. A request that does not fit (a position with a negative line or "
+            "character, a missing field) is answered with a JSON-RPC error, -32602 (invalid "
+            "params), that names the field; a notification that does not fit is ignored, and "
+            "said so on stderr.",
+            '{"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": '
+            '{"textDocument": {"uri": "file:///spec.eqx"}, "position": {"line": -1, '
+            '"character": 0}}}',
+            "send positions as zero-based lines and characters, 0 or more; the error's message "
+            "names the field that is wrong.",
         ),
         # ---- notes
         _c(
@@ -1526,7 +1633,10 @@ def markdown() -> str:
     for c in codes:
         out += ["", f"### {c.code}", "", f"**{c.title}**", "", c.explanation]
         if c.example:
-            out += ["", "Example:", "", "```", c.example, "```"]
+            # Marked for the test that runs the documentation's blocks: an
+            # example is a fragment, its model and command line in the text.
+            skip = f"<!-- docs-test: skip (an example of {c.code}, a fragment) -->"
+            out += ["", "Example:", "", skip, "```", c.example, "```"]
         out += ["", "Fix: " + c.fix]
     return "\n".join(out) + "\n"
 

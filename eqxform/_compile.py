@@ -59,7 +59,10 @@ def compile(
 
     **Arguments:**
 
-    - `spec`: a path to a `.eqx` spec file, or the spec's text.
+    - `spec`: the spec's text as a `str`, or a spec file as a path object
+      (`pathlib.Path`, any `os.PathLike`). A `str` is never read as a file:
+      one that looks like a path (`"specs/lora.eqx"`) is refused with `E435`,
+      and a file that is not a spec with `E402`, its contents not shown.
     - `params`: values for the spec's `let` names (as `--set NAME=VALUE`).
     - `name`: the name diagnostics show for text given directly.
     - `allow`: top-level packages whose `package.module:function` constructors
@@ -77,10 +80,11 @@ def compile(
     ```python
     program = eqxform.compile("where Linear.weight -> init he_normal")
     model = program.apply(model, key=jax.random.key(0))
+    program = eqxform.compile(pathlib.Path("specs/lora.eqx"), params={"rank": 16})
     ```
     """
     if not isinstance(spec, (str, os.PathLike)):
-        raise _wrong_type("spec", spec, "a path or the text of a spec")
+        raise _wrong_type("spec", spec, "spec text (a `str`) or a `pathlib.Path`")
     if params is not None and not (
         isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
     ):

@@ -14,6 +14,8 @@ Python's integer conversion or the safetensors library unchecked.
 Writes go through a temporary file in the target's folder, renamed into place;
 the target is checked before any work (`check_output`), and a SIGINT or SIGTERM
 during the write leaves the old file or the whole new one, never a temporary.
+A writer killed outright (SIGKILL) cannot clean up: the next write to the same
+file removes the temporaries of its naming that no live writer holds.
 """
 
 from __future__ import annotations
@@ -389,16 +391,20 @@ def _offsets(path: str, name: str, offsets: Any) -> tuple[int, int]:
 class _Schema:
     """Checks of a recipe's fields, each named by its place (`specs[2].params`)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, what: str = "recipe"):
         self.path = path
+        self.what = what
 
     def fail(self, where: str, why: str, code: str = "E315") -> ModelFileError:
         return corrupt(
             self.path,
-            f"its recipe's `{where}` {why}",
+            f"its {self.what}'s `{where}` {why}",
             code,
-            help="the recipe was edited or written by another program; rebuild the file "
-            "with `eqxform apply` or `eqxform new`",
+            help=f"the {self.what} was edited or written by another program; rebuild the file "
+            "with `eqxform apply` or `eqxform new`"
+            if self.what == "recipe"
+            else f"the {self.what} was edited or written by another program; write the file "
+            "again with `eqxform.save(..., adapters_only=True)` or `--adapters-only`",
         )
 
     def string(self, value: Any, where: str, optional: bool = False) -> str | None:
@@ -484,31 +490,69 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
     base = schema.mapping(data["base"], "base", optional=False)
     schema.string(base.get("constructor"), "base.constructor")
     schema.seed(base.get("seed"), "base.seed")
-    specs = data.get("specs", [])
+    _check_specs(schema, data.get("specs", []), "specs")
+    _check_train(schema, data.get("train"), "train")
+    for key, value in schema.mapping(data.get("versions"), "versions").items():
+        schema.string(value, f"versions.{key}")
+    return data
+
+
+def _check_specs(schema: _Schema, specs: Any, where: str) -> None:
+    """A list of applied specs (text, name, seed, params), as recipes and
+    adapter records hold them."""
     if not isinstance(specs, list):
-        raise schema.fail("specs", f"is {_kind(specs)}; a list of the specs applied is expected")
+        raise schema.fail(where, f"is {_kind(specs)}; a list of the specs applied is expected")
     if len(specs) > _limits.MAX_RECIPE_SPECS:
         raise schema.fail(
-            "specs",
+            where,
             f"lists {len(specs):,} specs; recipes list at most {_limits.MAX_RECIPE_SPECS:,}",
             "E317",
         )
     for i, entry in enumerate(specs):
-        where = f"specs[{i}]"
-        entry = schema.mapping(entry, where, optional=False)
-        schema.string(entry.get("text"), f"{where}.text")
-        schema.string(entry.get("name"), f"{where}.name", optional=True)
-        schema.seed(entry.get("seed"), f"{where}.seed")
-        for key, value in schema.mapping(entry.get("params"), f"{where}.params").items():
-            schema.value(value, f"{where}.params.{key}")
-    for key, value in schema.mapping(data.get("train"), "train").items():
+        at = f"{where}[{i}]"
+        entry = schema.mapping(entry, at, optional=False)
+        schema.string(entry.get("text"), f"{at}.text")
+        schema.string(entry.get("name"), f"{at}.name", optional=True)
+        schema.seed(entry.get("seed"), f"{at}.seed")
+        for key, value in schema.mapping(entry.get("params"), f"{at}.params").items():
+            schema.value(value, f"{at}.params.{key}")
+        schema.string(entry.get("mesh"), f"{at}.mesh", optional=True)
+
+
+def _check_train(schema: _Schema, train: Any, where: str) -> None:
+    for key, value in schema.mapping(train, where).items():
         if not (value is None or isinstance(value, (bool, int, float, str))):
-            raise schema.fail(f"train.{key}", f"is {_kind(value)}; a number or a string")
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
         if isinstance(value, str):
-            schema.string(value, f"train.{key}")
-    for key, value in schema.mapping(data.get("versions"), "versions").items():
-        schema.string(value, f"versions.{key}")
-    return data
+            schema.string(value, f"{where}.{key}")
+
+
+def adapter_record(header: Header) -> dict | None:
+    """The `adapters` record of an adapter file (the specs to replay, the
+    digests of the base tensors it relies on, the names of the other trained
+    tensors it carries, the digest over all of it), checked against its
+    schema; None for a model file."""
+    text = header.metadata.get("eqxform")
+    if text is None:
+        return None
+    data = _load_json(text, header.path, "metadata")
+    if not isinstance(data, dict) or data.get("adapters") is None:
+        return None
+    schema = _Schema(header.path, "adapter record")
+    info = schema.mapping(data["adapters"], "adapters", optional=False)
+    _check_specs(schema, info.get("specs"), "adapters.specs")
+    schema.string(info.get("fingerprint"), "adapters.fingerprint")
+    for key in ("digest", "structure"):
+        schema.string(info.get(key), f"adapters.{key}", optional=True)
+    for name, digest in schema.mapping(info.get("base"), "adapters.base").items():
+        schema.string(digest, f"adapters.base.{name}")
+    trained = info.get("trained", [])
+    if not isinstance(trained, list):
+        raise schema.fail("adapters.trained", f"is {_kind(trained)}; a list of names is expected")
+    for i, name in enumerate(trained):
+        schema.string(name, f"adapters.trained[{i}]")
+    _check_train(schema, info.get("train"), "adapters.train")
+    return info
 
 
 # ---- tensors ------------------------------------------------------------------
@@ -748,6 +792,71 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name[:32]}."
 
 
+# A temporary of a write to `target` is `.{name}.XXXXXXXX.tmp` (`tempfile`'s
+# eight letters), locked (`flock`) by its writer until it is renamed or removed.
+_TEMP_LETTERS = r"[a-z0-9_]{8}"
+
+# A temporary younger than this is never removed as stale: its writer may be
+# between creating and locking it.
+STALE_TEMP_AGE_S = 60.0
+
+
+def _lock(fd: int) -> None:
+    """Mark a temporary as in use for as long as `fd` is open: the lock goes
+    with the process, so a killed writer's temporary is found unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # no `flock` here: stale temporaries are left alone
+        return
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def remove_stale_temporaries(target: Path) -> list[str]:
+    """Remove the temporaries that earlier writes to `target` left behind
+    (a process killed with SIGKILL, or a machine that stopped, cannot remove
+    its own): files of exactly this target's temporary naming, older than
+    `STALE_TEMP_AGE_S`, that no process holds locked. A live writer's
+    temporary is locked, and stays; no other file is touched. Returns the
+    names removed."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    import time
+
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(_temp_prefix(target)) + _TEMP_LETTERS + r"\.tmp")
+    removed = []
+    try:
+        names = [n for n in os.listdir(folder) if pattern.fullmatch(n)]
+    except OSError:
+        return []
+    for name in names:
+        path = folder / name
+        try:
+            # Not through a link, and only a regular file.
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime < STALE_TEMP_AGE_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            # Still the file that was checked (not replaced since it was opened).
+            with contextlib.suppress(OSError):
+                if os.path.samestat(os.lstat(path), info):
+                    os.unlink(path)
+                    removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
 class _Interrupted(BaseException):
     """A SIGINT or SIGTERM that stopped a write."""
 
@@ -849,11 +958,13 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Any], Any]) -> N
         os.umask(umask)
         mode = 0o666 & ~umask
     folder = target.parent if str(target.parent) else Path(".")
+    remove_stale_temporaries(target)
     with _signals_during_write() as state:
         tmp = None
         try:
             with _held():
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(target), suffix=".tmp")
+                _lock(fd)
             with os.fdopen(fd, "wb") as f:
                 os.chmod(tmp, mode)
                 write(f)

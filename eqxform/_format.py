@@ -31,7 +31,7 @@ from typing import Any
 from . import _ast as A
 from ._diagnostics import Diagnostic
 from ._errors import EqxformError
-from ._parse import SpecToken, parse, tokens
+from ._parse import BOM, SpecToken, parse, tokens, without_bom
 
 _NO_SPACE_BEFORE = frozenset({"RPAR", "RSQB", "COMMA", "DOT", "COLON"})
 _NO_SPACE_AFTER = frozenset({"LPAR", "LSQB", "DOT", "COLON"})
@@ -76,7 +76,8 @@ def format_spec(text: str, name: str = "<spec>") -> str:
     out = _render(_lines(tokens(text)), _Roles(spec))
     if not equivalent(spec, parse(out, name)):
         raise FormatError(Diagnostic("E601", _CHANGED_MEANING, file=name))
-    return out
+    # A leading byte-order mark is kept: the editor that wrote it expects it.
+    return out if without_bom(text) == text or not out else BOM + out
 
 
 def equivalent(a: A.Spec, b: A.Spec) -> bool:

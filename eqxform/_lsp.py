@@ -26,14 +26,29 @@ and never twice for the same thing: the model's skeleton is built once per
 by everything above it, so that an edit replans only the lines from the edit
 down. Work for a version of the text that has since changed stops at the next
 line.
+
+The model-free half is checked off the event loop too, on its own worker, and
+only in the text's latest version: a burst of edits (a paste, a macro, an
+editor catching up) is checked once, after it, and a request (hover,
+completion) starts the check of the latest text at once and answers from it.
+A check that an edit overtakes stops after its parse (whose lines the next
+check reuses), and its result is dropped. So requests
+and `exit` are answered while a long text is parsed, and the process ends on
+`exit` without waiting for its workers: nothing they compute is wanted then.
+
+The messages are read by `_lsp_stream.Framer`, so that a badly framed one
+costs only itself; a request whose parameters do not fit the protocol (a
+negative position) gets an error response (-32602).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import math
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
@@ -67,8 +82,12 @@ from ._parse import SpecToken, parse, parse_collect, tokens
 logger = logging.getLogger(__name__)
 
 # How long the text must stay unchanged before the model-aware diagnostics
-# are computed. Model-free diagnostics are published at once.
+# are computed.
 DEBOUNCE_S = 0.15
+# How long it must stay unchanged before it is parsed and checked (the
+# model-free diagnostics): long enough that a burst of edits sent together is
+# checked once, short enough not to be seen. A request skips the wait.
+CHECK_DEBOUNCE_S = 0.05
 
 # The warnings of the match accounting, which the plan of one line cannot give.
 _ACCOUNTING = ("W202", "W203")
@@ -378,6 +397,17 @@ class _Doc:
         return self._index
 
 
+@dataclass(eq=False)
+class _Latest:
+    """A document's latest text, which its `_Doc` may not have caught up with."""
+
+    version: int
+    text: str
+    changed: float  # when (the event loop's clock)
+    task: asyncio.Task | None = None  # the check that catches up
+    urgent: asyncio.Event = field(default_factory=asyncio.Event)  # a request waits
+
+
 def _first_difference(old: list[str], new: list[str]) -> int:
     """The 1-based number of the first line that differs."""
     for i, (a, b) in enumerate(zip(old, new)):
@@ -448,7 +478,7 @@ def _nodes(obj: Any):
 class EqxformServer(LanguageServer):
     """The eqxform language server; `main()` runs it over stdio."""
 
-    def __init__(self, debounce: float = DEBOUNCE_S):
+    def __init__(self, debounce: float = DEBOUNCE_S, check_debounce: float = CHECK_DEBOUNCE_S):
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -456,15 +486,129 @@ class EqxformServer(LanguageServer):
         except PackageNotFoundError:  # run from a checkout that is not installed
             own = "unknown"
         super().__init__("eqxform", own, text_document_sync_kind=T.TextDocumentSyncKind.Incremental)
+        # Each document as last checked, and its latest text (which may be newer).
         self.docs: dict[str, _Doc] = {}
+        self.latest: dict[str, _Latest] = {}
         self.parses: dict[str, dict] = {}  # each document's parsed lines
         self.analyzer = Analyzer()
         self.debounce = debounce
+        self.check_debounce = check_debounce
         # One worker: JAX work for a document waits for the work before it,
         # which stops early once it is stale.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqxform-plan")
+        # And one for parsing and checking: never behind a plan.
+        self.checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqxform-check")
         self._walks: dict[int, tuple[Any, list]] = {}
         self.stopping = False
+        self.shut_down = False
+
+    # ---- the stream
+
+    def serve(self, stdin, stdout) -> int:
+        """Serve the protocol over byte streams until `exit` or the end of the
+        input; the exit status (0 after `shutdown`, else 1).
+
+        The input is read on a thread of its own and cut into messages by
+        `Framer`, which recovers from bad framing; each mistake is reported on
+        stderr (E603) and costs only its own message.
+        """
+        from pygls.io_ import StdoutWriter
+
+        self.protocol.set_writer(StdoutWriter(stdout))
+        try:
+            asyncio.run(self._serve(stdin))
+        except SystemExit as e:  # how pygls ends on `exit`
+            return e.code if isinstance(e.code, int) else 1
+        except BrokenPipeError:
+            logger.error("the editor closed the server's output; the server stops")
+            return 1
+        return 0 if self.shut_down else 1
+
+    async def _serve(self, stdin) -> None:
+        from ._lsp_stream import Framer
+
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[bytes] = asyncio.Queue()
+        read = getattr(stdin, "read1", None)
+        if read is None:
+            fd = stdin.fileno()
+
+            def read(n: int) -> bytes:
+                return os.read(fd, n)
+
+        def pump() -> None:
+            # Blocking reads, each handing whatever arrived to the event loop.
+            while True:
+                try:
+                    data = read(1 << 16)
+                except (OSError, ValueError):
+                    data = b""
+                try:
+                    loop.call_soon_threadsafe(chunks.put_nowait, data)
+                except RuntimeError:  # the loop has closed: the server is ending
+                    return
+                if not data:
+                    return
+
+        threading.Thread(target=pump, name="eqxform-stdin", daemon=True).start()
+        framer = Framer()
+        while True:
+            data = await chunks.get()
+            for frame in framer.feed(data) if data else framer.close():
+                if frame.problem is not None:
+                    _report("E603", frame.problem, _FRAMING_HELP)
+                if frame.body is not None:
+                    self.receive(frame.body)
+            if not data:
+                return
+
+    def receive(self, body: bytes) -> None:
+        """Handle one message's body: a JSON-RPC message, or an error response
+        that says why it is none (the JSON-RPC codes: -32700 for text that is
+        not JSON, -32600 for JSON that is no message, -32602 for parameters
+        that do not fit the method)."""
+        from pygls.exceptions import JsonRpcException
+
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            self.refuse(None, -32700, "E603", f"a message is not JSON: {e}")
+            return
+        if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
+            ident = data.get("id") if isinstance(data, dict) else None
+            self.refuse(
+                ident if isinstance(ident, (int, str)) else None,
+                -32600,
+                "E603",
+                'a message is not a JSON-RPC 2.0 message (an object with `"jsonrpc": "2.0"`)',
+            )
+            return
+        try:
+            message = self.protocol.structure_message(data)
+        except JsonRpcException as e:
+            method = data.get("method")
+            where = f" of `{method}`" if isinstance(method, str) else ""
+            problem = f"the parameters{where} do not fit the protocol: {_invalid(e)}"
+            ident = data.get("id")
+            if isinstance(method, str) and isinstance(ident, (int, str)):
+                self.refuse(ident, e.code, "E604", problem)  # a request: it is answered
+            else:
+                _report("E604", problem, _PARAMS_HELP)
+            return
+        try:
+            self.protocol.handle_message(message)
+        except BrokenPipeError:
+            raise  # no editor to answer: `serve` stops
+        except Exception:  # a bug in a handler must not stop the server
+            logger.exception("the message could not be handled")
+
+    def refuse(self, ident: int | str | None, code: int, ours: str, problem: str) -> None:
+        """Answer a message with an error response, and say why on stderr."""
+        help = _PARAMS_HELP if ours == "E604" else _FRAMING_HELP
+        _report(ours, problem, help)
+        self.protocol._send_response(
+            ident, error=T.ResponseError(code=code, message=f"{problem} ({ours})")
+        )
 
     # ---- positions
 
@@ -498,13 +642,82 @@ class EqxformServer(LanguageServer):
 
     # ---- diagnostics
 
-    def update(self, uri: str, version: int, text: str) -> _Doc:
-        # As `eqxform check` does, the lines that parse are checked even when
-        # others do not.
-        # Parsed line by line through the document's cache: one edited line
-        # costs the parse of one line, not of the whole text.
+    def update(self, uri: str, version: int, text: str) -> None:
+        """Note a document's new text: it is checked once the edits pause (at
+        once if a request needs it), in whatever version is the latest then."""
+        loop = asyncio.get_running_loop()
+        latest = self.latest.get(uri)
+        if latest is None:
+            latest = self.latest[uri] = _Latest(version, text, loop.time())
+        latest.version, latest.text, latest.changed = version, text, loop.time()
+        doc = self.docs.get(uri)
+        if doc is not None and doc.pending is not None:
+            doc.pending.cancel()  # its plan stops at its next line
+        if latest.task is None or latest.task.done():
+            latest.task = asyncio.ensure_future(self._check_latest(uri, latest))
+
+    async def current(self, uri: str) -> _Doc | None:
+        """The document checked in its latest text: what a request answers
+        from. The check starts at once (no pause for more edits)."""
+        latest = self.latest.get(uri)
+        doc = self.docs.get(uri)
+        if latest is None or self.stopping or (doc is not None and doc.version == latest.version):
+            return doc
+        latest.urgent.set()
+        if latest.task is None or latest.task.done():
+            latest.task = asyncio.ensure_future(self._check_latest(uri, latest))
+        # Shielded: a request that is cancelled does not cancel the check.
+        await asyncio.shield(latest.task)
+        return self.docs.get(uri)
+
+    async def _check_latest(self, uri: str, latest: _Latest) -> None:
+        """Check the document's latest text, after the edits pause; a text
+        overtaken by an edit while it is checked is dropped, and the newer
+        one checked instead."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping and self.latest.get(uri) is latest:
+            doc = self.docs.get(uri)
+            if doc is not None and doc.version == latest.version:
+                return
+            wait = latest.changed + self.check_debounce - loop.time()
+            if wait > 0 and not latest.urgent.is_set():
+                try:
+                    await asyncio.wait_for(latest.urgent.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            version, text = latest.version, latest.text
+            try:
+                spec, local = await loop.run_in_executor(
+                    self.checker, self._check_text, uri, text, lambda: latest.version == version
+                )
+            except _Stale:
+                continue
+            except Exception as e:  # a bug in the checker must not take the editor down
+                logger.exception("the check failed")
+                self.window_log_message(
+                    T.LogMessageParams(T.MessageType.Error, f"eqxform: the check failed: {e!r}")
+                )
+                return
+            if latest.version != version or self.latest.get(uri) is not latest:
+                continue
+            latest.urgent.clear()
+            self._install(uri, version, text, spec, local)
+            return
+
+    def _check_text(self, uri: str, text: str, is_current: Callable[[], bool]):
+        """Parse and check `text` (on the checker's thread). As `eqxform check`
+        does, the lines that parse are checked even when others do not; the
+        text is parsed line by line through the document's cache, so an edited
+        line costs the parse of that line."""
         spec, local = parse_collect(text, _name(uri), self.parses.setdefault(uri, {}))
-        local = local + check(spec)
+        if not is_current():
+            raise _Stale  # the parse is kept (in the cache); the check is not wanted
+        return spec, local + check(spec)
+
+    def _install(self, uri: str, version: int, text: str, spec: A.Spec, local: list) -> _Doc:
+        """Make a checked text the document's, publish its diagnostics, and
+        plan it on its model after the typing pauses."""
         old = self.docs.get(uri)
         doc = _Doc(uri, version, text, spec, list(local))
         if old is not None:
@@ -518,6 +731,16 @@ class EqxformServer(LanguageServer):
         self.publish(doc)
         doc.pending = asyncio.ensure_future(self._analyse_later(uri, version))
         return doc
+
+    def close(self, uri: str) -> None:
+        latest = self.latest.pop(uri, None)
+        if latest is not None and latest.task is not None:
+            latest.task.cancel()
+        doc = self.docs.pop(uri, None)
+        self.parses.pop(uri, None)
+        if doc is not None and doc.pending is not None:
+            doc.pending.cancel()
+        self.analyzer.forget(uri)
 
     def publish(self, doc: _Doc) -> None:
         lines = doc.lines
@@ -553,17 +776,21 @@ class EqxformServer(LanguageServer):
         )
 
     def stop_work(self) -> None:
-        """Let the work in flight stop at its next line, and start no more: the
-        process waits for its worker before it exits."""
+        """Start no more work, and let the plan in flight stop at its next line.
+        (On `exit` the process does not wait for its workers: `serve`.)"""
         self.stopping = True
         for doc in self.docs.values():
             if doc.pending is not None:
                 doc.pending.cancel()
+        for latest in self.latest.values():
+            if latest.task is not None:
+                latest.task.cancel()
         self.worker.shutdown(wait=False, cancel_futures=True)
+        self.checker.shutdown(wait=False, cancel_futures=True)
 
     def is_current(self, uri: str, version: int) -> bool:
-        doc = self.docs.get(uri)
-        return not self.stopping and doc is not None and doc.version == version
+        latest = self.latest.get(uri)
+        return not self.stopping and latest is not None and latest.version == version
 
     async def _analyse_later(self, uri: str, version: int) -> None:
         await asyncio.sleep(self.debounce)
@@ -694,6 +921,39 @@ class EqxformServer(LanguageServer):
                 self._walks.clear()
             cached = self._walks[id(struct)] = (struct, walk(struct))
         return cached[1]
+
+
+_FRAMING_HELP = (
+    "each message is `Content-Length: N` (N bytes of UTF-8, in ASCII digits), a blank line, "
+    "then exactly N bytes of JSON-RPC; the server read on from the next message's header"
+)
+_PARAMS_HELP = (
+    "lines and characters are zero-based and never negative; see the method's parameters in "
+    "the Language Server Protocol specification"
+)
+
+
+def _report(code: str, problem: str, help: str | None = None) -> None:
+    """A diagnostic about the protocol, on stderr (where editors log it)."""
+    print(Diagnostic(code, problem, help=help).render(), file=sys.stderr, flush=True)
+
+
+def _invalid(error: Exception) -> str:
+    """What a structuring error found wrong: the innermost messages."""
+    found: list[str] = []
+
+    def leaves(e: BaseException) -> None:
+        inner = getattr(e, "exceptions", None)
+        if inner:
+            for x in inner:
+                leaves(x)
+        elif e.__cause__ is not None:
+            leaves(e.__cause__)
+        else:
+            found.append(str(e) or type(e).__name__)
+
+    leaves(error.__cause__ if error.__cause__ is not None else error)
+    return "; ".join(dict.fromkeys(found)) or str(error)
 
 
 def _name(uri: str) -> str:
@@ -1052,7 +1312,8 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     - `debounce`: seconds the text must stay unchanged before the model-aware
       diagnostics are computed.
 
-    **Returns:** an `EqxformServer`; `server.start_io()` runs it over stdio.
+    **Returns:** an `EqxformServer`; `server.serve(stdin, stdout)` runs it over byte
+    streams (`main()` over stdio).
     """
     server = EqxformServer(debounce)
 
@@ -1069,16 +1330,14 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     @server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: EqxformServer, params: T.DidCloseTextDocumentParams):
         uri = params.text_document.uri
-        doc = ls.docs.pop(uri, None)
-        ls.parses.pop(uri, None)
-        if doc is not None and doc.pending is not None:
-            doc.pending.cancel()
-        ls.analyzer.forget(uri)
+        ls.close(uri)
         ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
 
+    # Requests answer from the document checked in its latest text.
+
     @server.feature(T.TEXT_DOCUMENT_HOVER)
-    def hover(ls: EqxformServer, params: T.HoverParams):
-        doc = ls.docs.get(params.text_document.uri)
+    async def hover(ls: EqxformServer, params: T.HoverParams):
+        doc = await ls.current(params.text_document.uri)
         if doc is None:
             return None
         return ls.hover(doc, *ls.from_client(doc, params.position))
@@ -1087,8 +1346,8 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
         T.TEXT_DOCUMENT_COMPLETION,
         T.CompletionOptions(trigger_characters=[" ", ".", "(", ",", "|", "["]),
     )
-    def completion(ls: EqxformServer, params: T.CompletionParams):
-        doc = ls.docs.get(params.text_document.uri)
+    async def completion(ls: EqxformServer, params: T.CompletionParams):
+        doc = await ls.current(params.text_document.uri)
         if doc is None:
             return None
         return T.CompletionList(
@@ -1096,15 +1355,15 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
         )
 
     @server.feature(T.TEXT_DOCUMENT_DEFINITION)
-    def definition(ls: EqxformServer, params: T.DefinitionParams):
-        doc = ls.docs.get(params.text_document.uri)
+    async def definition(ls: EqxformServer, params: T.DefinitionParams):
+        doc = await ls.current(params.text_document.uri)
         if doc is None:
             return None
         return ls.definition(doc, *ls.from_client(doc, params.position))
 
     @server.feature(T.TEXT_DOCUMENT_FORMATTING)
-    def formatting(ls: EqxformServer, params: T.DocumentFormattingParams):
-        doc = ls.docs.get(params.text_document.uri)
+    async def formatting(ls: EqxformServer, params: T.DocumentFormattingParams):
+        doc = await ls.current(params.text_document.uri)
         if doc is None:
             return None
         try:
@@ -1119,6 +1378,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
 
     @server.feature(T.SHUTDOWN)
     def shutdown(ls: EqxformServer, *args):
+        ls.shut_down = True
         ls.stop_work()
 
     @server.feature(T.EXIT)
@@ -1128,14 +1388,28 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     return server
 
 
+class _ReportedByUs(logging.Filter):
+    """pygls logs a traceback for a message it cannot structure; the server
+    reports those itself, as a diagnostic (E604) and an error response."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unable to deserialize message")
+
+
 def main() -> None:
-    """Run the language server over stdio until the editor says `exit`."""
+    """Run the language server over stdio until the editor says `exit` (or
+    closes its input); the process's exit status is 0 after `shutdown`, else 1."""
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    logging.getLogger("pygls.protocol.json_rpc").addFilter(_ReportedByUs())
     # The protocol owns stdout: anything else printed (by a library, say) goes
     # to stderr instead of corrupting it.
     protocol = sys.stdout.buffer
     sys.stdout = sys.stderr
-    make_server().start_io(sys.stdin.buffer, protocol)
+    status = make_server().serve(sys.stdin.buffer, protocol)
+    sys.stderr.flush()
+    # Not `sys.exit`: it would wait for the worker threads to finish what they
+    # are doing (the parse of a long text, a plan), whose results nobody wants now.
+    os._exit(status)
 
 
 if __name__ == "__main__":

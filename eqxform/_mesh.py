@@ -7,6 +7,7 @@ linter (`eqxform check` without a model) parses `--mesh` without it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +86,10 @@ class MeshSpec:
         return Mesh(grid, tuple(sizes))
 
 
+# An axis size: a whole number in ASCII digits, or -1.
+_SIZE = re.compile(r"-1|[0-9]{1,10}")
+
+
 def mesh_from_text(text: str, origin: str = "--mesh") -> MeshSpec:
     """`"data=2,model=4"` (commas or spaces) -> a `MeshSpec`. Raises
     `UsageError` (E465) on anything else."""
@@ -95,8 +100,12 @@ def mesh_from_text(text: str, origin: str = "--mesh") -> MeshSpec:
         name, eq, size = part.partition("=")
         if not eq or not name.isidentifier():
             problem = f"`{part}` is not `AXIS=SIZE`"
-        elif size.strip() not in ("-1",) and not size.strip().isdigit():
-            problem = f"the size of `{name}` must be a whole number or -1, not `{size}`"
+        elif not _SIZE.fullmatch(size.strip()):
+            # Not `str.isdigit`/`int`: they take `１`, `²` and `1_0` too.
+            problem = (
+                f"the size of `{name}` must be a whole number in the digits 0-9, or -1, "
+                f"not `{size}`"
+            )
         elif int(size) == 0:
             problem = f"the size of `{name}` must be at least 1 (or -1), not 0"
         elif name in dict(axes):

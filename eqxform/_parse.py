@@ -476,6 +476,13 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         help = helps.get(char, "remove it, or quote it in a string")
         if char.isdigit():  # a digit of another script: `٣`
             help = "write numbers with the digits 0 to 9"
+        if char == BOM:  # invisible in the source line: name it
+            return Diagnostic(
+                "E002",
+                "unexpected byte-order mark (U+FEFF)",
+                at(exc.column),
+                "a byte-order mark may only begin the text; remove this one",
+            )
         return Diagnostic("E002", f"unexpected character `{char}`", at(exc.column), help)
 
     assert isinstance(exc, UnexpectedToken)
@@ -552,6 +559,16 @@ def parse(text: str, name: str = "<spec>") -> A.Spec:
     return spec
 
 
+# A UTF-8 byte-order mark, which editors on Windows write at the start of a file.
+BOM = "\ufeff"
+
+
+def without_bom(text: str) -> str:
+    """`text` less the byte-order mark it begins with, if any. Editors do not
+    show one, so the columns of line 1 are counted after it."""
+    return text[1:] if text.startswith(BOM) else text
+
+
 def parse_collect(
     text: str, name: str = "<spec>", cache: dict | None = None
 ) -> tuple[A.Spec, list[Diagnostic]]:
@@ -560,8 +577,10 @@ def parse_collect(
     With `cache` (a dict the caller keeps between calls) the text is parsed
     line by line, and a line whose number and text are in the cache is not
     parsed again: an editor's edit of one line costs the parse of one line.
-    The cache is left holding the lines of `text`.
+    The cache is left holding the lines of `text`. A leading byte-order mark
+    is not part of the spec.
     """
+    text = without_bom(text)
     source = A.Source(name, text)
     diagnostics = _odd_breaks(text, source)
     if diagnostics:
@@ -831,8 +850,10 @@ def tokens(text: str) -> list[SpecToken]:
 
     - `text`: a spec.
 
-    **Returns:** a list of `SpecToken` records, in the order of the text.
+    **Returns:** a list of `SpecToken` records, in the order of the text
+    (less a leading byte-order mark, as the parser reads it).
     """
+    text = without_bom(text)
     padded = text if text.endswith("\n") else text + "\n"
     try:
         found = _parsed_tokens(padded)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import _names as N
@@ -67,6 +69,7 @@ class PlanStep:
     kind: str = ""
     writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
     span: Any = None
+    unit: str = "array"  # what `matches` holds: see `unit_of`
     skipped: int = (
         0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
     )
@@ -77,8 +80,13 @@ class PlanStep:
 
     @property
     def count(self) -> int:
-        """How many nodes the step's selector matched."""
+        """How many arrays (or modules, functions, lists: see `unit`) the step acts on."""
         return len(self.matches)
+
+    @property
+    def counted(self) -> str:
+        """`3 arrays`, `1 module`: the count and what it counts."""
+        return _count(self.count, self.unit)
 
 
 @dataclass(frozen=True)
@@ -128,20 +136,27 @@ class PlanMesh:
             ],
         }
 
-    def lines(self) -> list[str]:
+    def lines(self, width: int | None = None) -> list[str]:
+        """The placement as lines of text, fitted to `width` as `Plan.lines` is."""
         out = [f"mesh {self.mesh} ({self.devices} devices):"]
-        width = max((len(a.path) for a in self.arrays), default=0)
         shape_width = max((len(a.shape) for a in self.arrays), default=0)
         spec_width = max((len(a.spec) for a in self.arrays), default=0)
+        rows = []
         for a in self.arrays:
             where = f"  line {a.line}" if a.line is not None else ""
-            out.append(
-                f"    {a.path.ljust(width)}  {a.shape.ljust(shape_width)}  "
-                f"{a.spec.ljust(spec_width)}  {human_bytes(a.bytes_per_device)}/device{where}"
+            rows.append(
+                (
+                    a.path,
+                    f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
+                    f"{human_bytes(a.bytes_per_device)}/device{where}",
+                )
             )
-        out.append(
+        out += _columns("    ", rows, width)
+        out += _wrap(
             f"  per device: {human_bytes(self.bytes_per_device)} "
-            f"(the whole model: {human_bytes(self.bytes)})"
+            f"(the whole model: {human_bytes(self.bytes)})",
+            "    ",
+            width,
         )
         return out
 
@@ -156,7 +171,8 @@ def human_bytes(n: int) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """The plan of a program on a model. `str(plan)` is the CLI's table."""
+    """The plan of a program on a model. `str(plan)` is its text: what `eqxform
+    plan` prints when the terminal is too narrow for its table."""
 
     steps: tuple[PlanStep, ...]
     params_before: int
@@ -192,6 +208,7 @@ class Plan:
                     "rule": s.rule,
                     "action": s.action,
                     "count": s.count,
+                    "unit": s.unit,
                     "skipped": s.skipped,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
@@ -211,24 +228,71 @@ class Plan:
         }
 
     def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+    def lines(self, width: int | None = None) -> list[str]:
+        """The plan as lines of text: what `str(plan)` is, and what `eqxform
+        plan` prints on a terminal too narrow for its table. With `width`, a
+        line longer than that is broken (a match's change below its path,
+        a rule at its spaces), never a path: a path is printed whole."""
         lines = []
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
-            lines.append(f"line {s.line}: {s.rule}")
+            lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
             skipped = f", {_count(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
-            lines.append(f"  {s.action}: {len(s.matches)} matched{skipped}, {delta}")
-            width = max((len(m.path) for m in s.matches), default=0)
-            for m in s.matches:
-                change = m.before if m.before == m.after else f"{m.before} -> {m.after}"
-                lines.append(f"    {m.path.ljust(width)}  {change}")
-        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,}")
-        lines.append(budget(self))
-        if self.output is not None:
-            lines.append(f"output: {self.output}")
-        if self.placement is not None:
-            lines += self.placement.lines()
+            lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
+            rows = [
+                (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
+                for m in s.matches
+            ]
+            lines += _columns("    ", rows, width) if rows else ["    (nothing)"]
         # Rules and paths come from the spec and the model: printed as text.
-        return printable("\n".join(lines), keep="\n")
+        return [printable(line) for line in lines] + self.totals(width)
+
+    def totals(self, width: int | None = None) -> list[str]:
+        """The lines below the steps: the parameter counts, the forward
+        pass's output, the placement on the mesh."""
+        lines = [f"parameters: {self.params_before:,} -> {self.params_after:,}"]
+        if width is None or len(budget(self)) <= width:
+            lines.append(budget(self))
+        else:  # a part a line, no number split from its unit
+            parts = _budget_parts(self)
+            lines += [parts[0] + ("," if len(parts) > 1 else "")] + ["  " + p for p in parts[1:]]
+        if self.output is not None:
+            lines += _wrap(f"output: {self.output}", "  ", width)
+        if self.placement is not None:
+            lines += self.placement.lines(width)
+        return [printable(line) for line in lines]
+
+
+def _wrap(text: str, indent: str, width: int | None) -> list[str]:
+    """`text` broken at its spaces to fit `width` (None: one line), the lines
+    after the first indented; a word longer than the width (a path) stays whole."""
+    if width is None or len(text) <= width:
+        return [text]
+    lead = text[: len(text) - len(text.lstrip(" "))]
+    return textwrap.wrap(
+        text.lstrip(" "),
+        width,
+        initial_indent=lead,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+def _columns(indent: str, rows: list[tuple[str, str]], width: int | None) -> list[str]:
+    """Rows of (path, what): aligned in two columns when they fit `width`,
+    else each path whole on its line and what follows it on the next."""
+    column = max((len(path) for path, _ in rows), default=0)
+    aligned = [f"{indent}{path.ljust(column)}  {what}".rstrip() for path, what in rows]
+    if width is None or all(len(line) <= width for line in aligned):
+        return aligned
+    out = []
+    for path, what in rows:
+        out.append(indent + path)
+        out += _wrap(indent + "  " + what, indent + "    ", width) if what else []
+    return out
 
 
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
@@ -241,6 +305,9 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
         rest = ",".join(shape[len(lead) :])
         inner = ", ".join(lead + [rest]) if lead else rest
         return f"{short.get(dtype, dtype)}[{inner}]"
+    if isinstance(obj, Wrapper):
+        # `Frozen(f32[8,8])`: the wrappers around an array, innermost last.
+        return f"{type(obj).__name__}({describe(obj._inner(), axes)})"
     if isinstance(obj, eqx.Module):
         return f"{type(obj).__name__} ({count_params(obj):,} params)"
     if callable(obj):
@@ -250,10 +317,14 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
 
 def budget(plan: Plan) -> str:
     """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
-    text = f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"
+    return ", ".join(_budget_parts(plan))
+
+
+def _budget_parts(plan: Plan) -> list[str]:
+    parts = [f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"]
     if plan.opt_state_bytes is not None:
-        text += f", optimizer state: {plan.opt_state_bytes:,} bytes"
-    return text
+        parts.append(f"optimizer state: {plan.opt_state_bytes:,} bytes")
+    return parts
 
 
 def trainable_frozen(model: Any) -> tuple[int, int]:
@@ -262,7 +333,9 @@ def trainable_frozen(model: Any) -> tuple[int, int]:
     trainable = frozen = 0
     for node in walk(model):
         x = node.obj
-        if not is_array(x) or not np.issubdtype(x.dtype, np.inexact):
+        # `jnp.issubdtype` knows bfloat16 and the float8 types (`ml_dtypes`) are
+        # floating; NumPy's does not, and would count them as neither.
+        if not is_array(x) or not jnp.issubdtype(x.dtype, jnp.inexact):
             continue
         size = math.prod(x.shape)
         wrapper = next((p for p in reversed(node.parents) if isinstance(p, Frozen)), None)
@@ -299,17 +372,34 @@ def _describe_node(node) -> str:
     return describe(node.obj, node.axis_names if is_array(node.obj) else ())
 
 
+def _wrapped(node) -> tuple:
+    """The path of the outermost wrapper around the array at `node` (its own
+    path when nothing wraps it): where a plan looks for what became of it."""
+    k = len(node.path)
+    while k > 0 and isinstance(node.parents[k - 1], Wrapper):
+        k -= 1
+    return node.path[:k]
+
+
 def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
     out = []
     for node in nodes:
+        if is_array(node.obj):
+            # An array is shown with its wrappers (`Frozen(f32[8,8])`), under
+            # its logical path, as selectors name it.
+            axes, outer = node.axis_names, _wrapped(node)
+            holder = node.parents[len(outer)] if len(outer) < len(node.path) else node.obj
+            before = describe(holder, axes)
+            text = logical_path(node)
+        else:
+            axes, outer, before, text = (), node.path, _describe_node(node), node.text
         try:
-            after = _describe_node(node_at(after_model, node.path))
+            after = describe(node_at(after_model, outer).obj, axes)
         except (AttributeError, IndexError, KeyError, TypeError):
             after = "(removed)"
-        text = node.text
         if node.layers is not None:
             text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
-        out.append(PlanMatch(text, _describe_node(node), after))
+        out.append(PlanMatch(text, before, after))
     return tuple(out)
 
 
@@ -463,13 +553,15 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
     """The plan's step of pass `p`, which matched `nodes` and gave `after`."""
     if isinstance(p, RulePass):
         kind = p.action.name
-        if kind in ("replace", "wrap", "unwrap"):
-            targets = nodes
+        if kind == "replace":
+            targets = nodes  # a module, or a function (`replace gelu`)
+        elif kind in _NODE_ACTIONS:
+            targets = acted_on(nodes)
         else:
             try:
                 targets = p.arrays(nodes)
             except SpecError:
-                targets = nodes
+                targets = acted_on(nodes)
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
         skipped = (
@@ -478,20 +570,55 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
             else 0
         )
     else:
-        kind, writes = "structure", tuple((logical_path(n), None) for n in nodes)
+        # A structural directive acts on the list, tuple or module it names.
+        targets = nodes
+        kind, writes = "structure", tuple((logical_path(n), None) for n in targets)
         span, skipped = p.stmt.span, 0
     return PlanStep(
         p.line,
         p.text,
         p.label,
-        _matches(nodes, after),
+        _matches(targets, after),
         params_before,
         params_after,
         kind,
         writes,
         span,
+        unit_of(targets),
         skipped,
     )
+
+
+# The actions that act on the nodes their selector matched, as they are (a
+# module replaced, an array wrapped, a `Linear` given an adapter); every other
+# action acts on the floating-point arrays at or under its matches, and the
+# plan counts those: `where ** -> freeze` freezes arrays, not the model's
+# root, its tuples or its activation functions.
+_NODE_ACTIONS = ("replace", "wrap", "unwrap", "lora", "ia3", "merge")
+
+
+def acted_on(nodes) -> list:
+    """The matched nodes an action can act on: arrays and modules (wrapped
+    arrays included), not functions, numbers or strings."""
+    return [n for n in nodes if is_array(n.obj) or isinstance(n.obj, eqx.Module)]
+
+
+def unit_of(targets) -> str:
+    """What a step counts: `array` (wrapped arrays too), `module`, `function`,
+    `list` (a list or tuple a `stack` names), or `node` when its targets are
+    of several kinds."""
+    kinds = {_kind(n.obj) for n in targets}
+    return kinds.pop() if len(kinds) == 1 else "array" if not kinds else "node"
+
+
+def _kind(obj: Any) -> str:
+    if is_array(obj) or isinstance(obj, Wrapper):
+        return "array"
+    if isinstance(obj, eqx.Module):
+        return "module"
+    if isinstance(obj, (list, tuple)):
+        return "list"
+    return "function" if callable(obj) else "node"
 
 
 def logical_path(node) -> str:
@@ -719,7 +846,7 @@ def finish(program, start, struct, history):
                 group.line,
                 group.rule.text,
                 label,
-                _matches(nodes, final),
+                _matches(leaves, final),
                 params,
                 params,
                 group.action.name,

@@ -8,14 +8,17 @@ leaves, so a file written by eqxform loads with no code from its user.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from dataclasses import replace as dc_replace
 from typing import Any
 
@@ -38,6 +41,7 @@ from ._files import (
     Header,
     SliceReader,
     TensorSpec,
+    adapter_record,
     atomic_write_with,
     check_output,
     corrupt,
@@ -528,10 +532,15 @@ def save(
       and anything of the same structure (after `eqx.tree_at`, a training
       step, `Step.model`).
 
-    - `adapters_only`: write only the adapters (`lora`, `ia3`): their tensors,
-      the specs that added them (from the model's recipe, or `spec`: the
-      `Program`s) and a fingerprint of the base's tensors. Load it onto its
-      base with `eqxform.load(path, base=model)`, which refuses another base.
+    - `adapters_only`: write only the adapters (`lora`, `ia3`) and what was
+      trained beside them: the adapter tensors, every other array that is not
+      frozen (a new head, layers left trainable, the state), the specs that
+      added the adapters (from the model's recipe, or `spec`: the `Program`s),
+      a digest of each frozen base tensor, and a digest over the whole file.
+      Load it onto its base with `eqxform.load(path, base=model)`, which
+      replays the specs, refuses another base (E330) and an edited file (E333),
+      and takes the carried arrays from the file (so it does not matter which
+      `key` the specs were first applied with).
 
     Without a recipe the file loads only with `eqxform.load(path, like=model)`;
     the file says so (`eqxform show` prints it, and `load` without `like=`
@@ -542,9 +551,14 @@ def save(
     needs the whole model in one place. In a run of several processes every
     process calls `save` (the gathers are collective) and process 0 writes.
     """
+    writer = jax.process_count() == 1 or jax.process_index() == 0
     if adapters_only:
-        check_output(path)  # before the work of encoding
-        atomic_write(path, adapters_to_bytes(model, spec))
+        if writer:
+            check_output(path)  # before the work of encoding
+        # Every process takes part (the gathers of sharded arrays are collective).
+        data = adapters_to_bytes(model, spec, None if recipe is None else recipe.train)
+        if writer:
+            atomic_write(path, data)
         return
     tensors, content = _checked_arrays(model, recipe)
     specs = [
@@ -732,11 +746,21 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
 
 # ---- adapter files -----------------------------------------------------------------
 #
-# An adapter file holds only the adapters' tensors (LoRA's factors and scales,
-# (IA)^3's vectors), the specs that put them in, and a fingerprint of the base
-# tensors they were trained against. Loading one onto a base replays those
-# specs on it, checks that the base's tensors are the ones the adapters expect,
-# and fills in the adapters.
+# An adapter file holds the adapters' tensors (LoRA's factors and scales,
+# (IA)^3's vectors), every other array that training changes (what is not
+# frozen: a new head trained beside the adapters, layers left trainable, the
+# model's state), the specs that put the adapters in, and a digest of each
+# frozen base tensor the adapters rely on. Loading one onto a base replays
+# those specs on it, checks that the frozen tensors are the ones the file
+# wants, and fills in the rest from the file. So whatever key the specs were
+# first applied with, what they drew at random and then trained comes from
+# the file; and a base whose frozen tensors differ is refused.
+#
+# A digest over the whole record (the specs' text, seeds and values, the base
+# digests, the names and bytes of the tensors) and a description of the
+# adapted model's structure (module types, functions, static fields) are
+# checked too: a file whose recorded spec was edited, or that replays into
+# another model here, is refused instead of computing something else.
 
 # The fields of the adapter modules that hold trainable adapter tensors.
 _ADAPTER_FIELDS = {
@@ -751,38 +775,147 @@ _ADAPTER_FIELDS = {
 _THROUGH = {LoRA: "base", IA3: "base", LoRAWeight: "weight", IA3Weight: "weight", Frozen: "value"}
 
 
-def _split_leaves(model: Any) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """(adapter tensors by tensor name, base tensors by their name in the base)."""
-    adapters, base = [], []
+@dataclass(frozen=True)
+class _Parts:
+    """The arrays of an adapted model, by what an adapter file does with them."""
+
+    adapters: list[tuple[str, Any]]  # carried: the adapters' own tensors
+    trained: list[tuple[str, Any]]  # carried: other arrays training changes
+    base: list[tuple[str, Any]]  # relied on: frozen, by their name in the base
+
+
+def _parts(subject: Any) -> _Parts:
+    """Split the arrays of `subject` (a model, or `(model, state)`): adapter
+    tensors; arrays that are trained beside them (floating-point, not inside
+    a `Frozen` that freezes all its layers; the state); and the frozen base
+    arrays (also the integer ones, which no optimiser changes)."""
+    model, state = split_state(subject)
+    adapters, trained, base = [], [], []
     for node in walk(model):
         if not is_array(node.obj):
             continue
-        inside, canonical = False, []
+        inside, frozen, canonical = False, False, []
         for k, key in enumerate(node.path):
             parent = node.parents[k]
             fields = _ADAPTER_FIELDS.get(type(parent))
             if fields is not None and getattr(key, "name", None) in fields:
                 inside = True
                 break
-            if getattr(key, "name", None) == _THROUGH.get(type(parent)):
+            if isinstance(parent, Frozen) and parent.layers is None:
+                frozen = True
+            through = _THROUGH.get(type(parent))
+            if through is not None and getattr(key, "name", None) == through:
                 continue
             canonical.append(key)
         if inside:
             adapters.append((tensor_name(node.path), node.obj))
+        elif frozen or not jnp.issubdtype(node.obj.dtype, jnp.inexact):
+            base.append((tensor_name(tuple(canonical)), tensor_name(node.path), node.obj))
         else:
-            base.append((tensor_name(tuple(canonical)), node.obj))
-    return adapters, base
+            trained.append((tensor_name(node.path), node.obj))
+    # Two arrays that would share a name in the base keep their full names.
+    counts = collections.Counter(name for name, _, _ in base)
+    base = [(name if counts[name] == 1 else full, x) for name, full, x in base]
+    if state is not None:
+        own = {n for n, _ in named_arrays(model)}
+        trained += [(n, x) for n, x in named_arrays(subject) if n not in own]
+    return _Parts(adapters, trained, base)
+
+
+def require_adapters(model: Any) -> _Parts:
+    """The parts of `model`, which must hold adapters for an adapter file."""
+    parts = _parts(model)
+    if not parts.adapters:
+        raise UsageError(
+            Diagnostic(
+                "E460",
+                "the model has no adapters to save",
+                help="apply a spec with a `lora` or `ia3` rule first, or save the whole model "
+                "(without `adapters_only`)",
+            )
+        )
+    return parts
+
+
+def _tensor_digest(name: str, value: Any) -> str:
+    """A hash of one tensor: its name, shape, dtype and bytes."""
+    value = np.asarray(value)
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{name}|{value.shape}|{value.dtype.name}|".encode())
+    digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+    return digest.hexdigest()
+
+
+def _base_digests(parts: _Parts) -> dict[str, str]:
+    """Each frozen base tensor's digest, by its name in the base; read one
+    tensor at a time."""
+    return {
+        name: _tensor_digest(name, _host(x)) for name, x in sorted(parts.base, key=lambda i: i[0])
+    }
+
+
+def _fingerprint_of(digests: dict[str, str]) -> str:
+    return hashlib.blake2b(json.dumps(digests, sort_keys=True).encode(), digest_size=16).hexdigest()
 
 
 def fingerprint(model: Any) -> str:
-    """A hash of the base tensors of `model` (adapters left out): their names,
-    shapes, dtypes and bytes, read one tensor at a time."""
+    """A hash of the frozen base tensors of `model` (adapters and the arrays
+    trained beside them left out): their names, shapes, dtypes and bytes."""
+    return _fingerprint_of(_base_digests(_parts(model)))
+
+
+def _describe(x: Any) -> str:
+    """A stable description of what is no array (a function, a number, a
+    static field), the same in every process: functions by their qualified
+    name, never by `repr` (which holds an address)."""
+    if isinstance(x, functools.partial):
+        args = ", ".join(_describe(a) for a in x.args)
+        kwargs = ", ".join(f"{k}={_describe(v)}" for k, v in sorted(x.keywords.items()))
+        return f"partial({_describe(x.func)}; {args}; {kwargs})"
+    if x is None or isinstance(x, (bool, int, float, str)):
+        return repr(x)
+    if isinstance(x, (tuple, list)):
+        return "(" + ", ".join(_describe(i) for i in x) + ")"
+    if isinstance(x, (np.dtype, type)):
+        return f"{getattr(x, '__module__', '')}.{getattr(x, '__qualname__', str(x))}"
+    if callable(x):
+        name = getattr(x, "__qualname__", None) or getattr(x, "__name__", None)
+        if name is not None:
+            return f"{getattr(x, '__module__', '')}.{name}"
+    return f"<{type(x).__module__}.{type(x).__qualname__}>"
+
+
+def structure(subject: Any) -> str:
+    """A digest of what an adapted model is besides its array values: every
+    node's path and type, its static fields, the functions it holds, and the
+    shape and dtype of each array."""
     digest = hashlib.blake2b(digest_size=16)
-    _, base = _split_leaves(model)
-    for name, array in sorted(base, key=lambda item: item[0]):
-        value = np.asarray(array)
-        digest.update(f"{name}|{value.shape}|{value.dtype.name}|".encode())
-        digest.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+    for node in walk(subject):
+        obj = node.obj
+        if is_array(obj):
+            line = f"{node.text}|{np.dtype(obj.dtype).name}{tuple(obj.shape)}"
+        else:
+            line = f"{node.text}|{_describe(type(obj))}"
+            if isinstance(obj, eqx.Module):
+                for f in dataclasses.fields(obj):
+                    if f.metadata.get("static", False):
+                        line += f"|{f.name}={_describe(getattr(obj, f.name, None))}"
+            elif not isinstance(obj, (tuple, list, dict)) and not hasattr(obj, "__dict__"):
+                line += f"|{_describe(obj)}"
+            elif callable(obj):
+                line += f"|{_describe(obj)}"
+        digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
+    return digest.hexdigest()
+
+
+def _record_digest(record: dict, tensors: dict[str, Any]) -> str:
+    """The digest an adapter file carries over its record (all but the
+    digest itself) and its tensors (names, shapes, dtypes, bytes)."""
+    digest = hashlib.blake2b(digest_size=16)
+    body = {k: v for k, v in record.items() if k != "digest"}
+    digest.update(json.dumps(body, sort_keys=True, ensure_ascii=True).encode())
+    for name in sorted(tensors):
+        digest.update(_tensor_digest(name, tensors[name]).encode())
     return digest.hexdigest()
 
 
@@ -801,20 +934,13 @@ def _adapter_steps(recipe: Recipe | None) -> list:
     return []
 
 
-def adapters_to_bytes(model: Any, spec: Any = None) -> bytes:
-    """The adapter file of `model`: its adapter tensors, the specs that added
-    them (`spec`, a `Program` or a list of them, or the model's recipe) and the
-    fingerprint of its base tensors."""
-    adapters, _ = _split_leaves(split_state(model)[0])
-    if not adapters:
-        raise UsageError(
-            Diagnostic(
-                "E460",
-                "the model has no adapters to save",
-                help="apply a spec with a `lora` or `ia3` rule first, or save the whole model "
-                "(without `adapters_only`)",
-            )
-        )
+def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -> bytes:
+    """The adapter file of `model`: its adapter tensors and the arrays trained
+    beside them, the specs that added the adapters (`spec`, a `Program` or a
+    list of them, or the model's recipe), the digests of its frozen base
+    tensors, and a digest over all of it. `train` is what `eqxform train`
+    did, if it wrote the file."""
+    parts = require_adapters(model)
     if spec is not None:
         programs = [spec] if isinstance(spec, Program) else list(spec)
         steps = [RecipeStep(p, p.seed) for p in programs]
@@ -830,40 +956,47 @@ def adapters_to_bytes(model: Any, spec: Any = None) -> bytes:
                 "`model` directive)",
             )
         )
-    for name, leaf in adapters:
+    carried = parts.adapters + parts.trained
+    for name, leaf in carried:
         _storable(name, leaf)
-    tensors = {name: np.array(x, order="C") for name, x in adapters}
-    content = {
-        "adapters": {
-            "fingerprint": fingerprint(split_state(model)[0]),
-            "specs": [s.to_dict() for s in steps],
-        },
-        "versions": versions(),
+    tensors = {name: _host(x) for name, x in carried}
+    digests = _base_digests(parts)
+    record: dict[str, Any] = {
+        "specs": [s.to_dict() for s in steps],
+        "fingerprint": _fingerprint_of(digests),
+        "base": digests,
+        "trained": sorted(n for n, _ in parts.trained),
+        "structure": structure(model),
     }
-    return encode(tensors, content)
+    if train:
+        record["train"] = dict(train)
+    record["digest"] = _record_digest(record, tensors)
+    return encode(tensors, {"adapters": record, "versions": versions()})
 
 
 def adapter_info(header: Header) -> dict | None:
-    """The `adapters` entry of an adapter file's metadata, or None for a model file."""
-    text = header.metadata.get("eqxform")
-    if text is None:
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        raise corrupt(header.path, "its metadata is not valid JSON") from None
-    info = data.get("adapters") if isinstance(data, dict) else None
-    if info is not None and not (
-        isinstance(info, dict) and isinstance(info.get("specs"), list) and "fingerprint" in info
-    ):
-        raise corrupt(header.path, "its `adapters` entry is malformed")
-    return info
+    """The `adapters` record of an adapter file's metadata, or None for a model file."""
+    return adapter_record(header)
+
+
+def _edited(path: str, why: str) -> ModelFileError:
+    return ModelFileError(
+        Diagnostic(
+            "E333",
+            f"`{path}` was changed after it was written: {why}",
+            file=str(path),
+            help="an adapter file is replayed on its base, so an edited spec would compute "
+            "something the adapters were never trained for; write the file again from the "
+            "trained model (`eqxform.save(..., adapters_only=True)`, `--adapters-only`)",
+        )
+    )
 
 
 def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = ()) -> Any:
-    """The adapters of the file at `path` on `base`: its specs replayed on
-    `base` (with their seeds), the base's tensors checked against the file's
-    fingerprint, the adapter tensors filled in from the file."""
+    """The adapters of the file at `path` on `base`: the file's digest
+    checked, its specs replayed on `base` (with their seeds), the frozen
+    tensors checked against the file's digests, the adapter tensors and the
+    arrays trained beside them filled in from the file."""
     header = read_header(path)
     info = adapter_info(header)
     if info is None:
@@ -877,6 +1010,75 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
             )
         )
     allow = allowed(allow)
+    values = read_tensors(header, list(header.tensors))
+    if "digest" not in info:
+        raise _edited(
+            str(path), "it carries no digest (an earlier eqxform wrote it, or it was removed)"
+        )
+    if _record_digest(info, values) != info["digest"]:
+        raise _edited(
+            str(path),
+            "its record (the specs, the base's digests) or its tensors "
+            "do not match the digest it carries",
+        )
+    model, recipe = _replay(str(path), info, base, allow)
+    parts = _parts(model)
+    carried = {n: x for n, x in parts.adapters + parts.trained}
+    problems = []
+    for name, leaf in carried.items():
+        tensor = header.tensors.get(name)
+        if tensor is None:
+            problems.append(f"tensor `{name}` is missing")
+        elif (tensor.shape, tensor.dtype) != (tuple(leaf.shape), np.dtype(leaf.dtype).name):
+            problems.append(
+                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)}, the specs make "
+                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
+            )
+    extra = sorted(set(header.tensors) - set(carried))
+    if extra:
+        problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    if problems:
+        raise ModelFileError(
+            Diagnostic(
+                "E330",
+                f"`{path}` was trained on another base: on this model its specs make other "
+                f"tensors ({problems[0]})",
+                file=str(path),
+                notes=tuple(problems[1:6]),
+                help="load it onto the model the adapters were trained on",
+            )
+        )
+    _check_base(
+        str(path),
+        info,
+        _base_digests(parts),
+        lambda: _base_digests(_parts(_replay(str(path), info, base, allow, redraw=True)[0])),
+    )
+    if info.get("structure") is not None and structure(model) != info["structure"]:
+        raise ModelFileError(
+            Diagnostic(
+                "E334",
+                f"`{path}`'s specs build another model on this base than the one its adapters "
+                "were saved from (the same tensors, but other module types, functions or "
+                "static fields)",
+                file=str(path),
+                help="load it with the versions of eqxform and Equinox that wrote it, or write "
+                "the adapter file again from the trained model",
+            )
+        )
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    names = leaf_names(model)
+    filled = [jnp.asarray(values[n]) if n in carried else x for n, x in zip(names, leaves)]
+    model = jax.tree_util.tree_unflatten(treedef, filled)
+    if recipe is not None:
+        remember(model, recipe)
+    return model
+
+
+def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tuple[Any, Any]:
+    """(the model, its recipe) of an adapter file's specs replayed on
+    `base`, each with its recorded seed (with `redraw`, with other keys: to
+    find what the specs draw at random)."""
     model = base
     recipe = recipe_of(base)
     for i, entry in enumerate(info["specs"]):
@@ -885,11 +1087,14 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
             f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
             entry.get("params") or {},
             allow,
+            mesh=entry.get("mesh"),
         )
         if diagnostics:
             raise ModelFileError(diagnostics)
         seed = entry.get("seed")
         key = seed_key(program.seed if seed is None else seed)
+        if redraw:
+            key = jax.random.fold_in(key, 1)
         try:
             model = program.run(
                 model, key, Context(allow=allow, base=None if recipe is None else recipe.build)
@@ -899,55 +1104,64 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
                 Diagnostic(
                     "E330",
                     f"`{path}` was trained on another base: its specs do not fit this model",
-                    file=str(path),
+                    file=path,
                     notes=tuple(d.message for d in e.diagnostics[:3]),
                     help="load it onto the model the adapters were trained on",
                 )
             ) from None
         if recipe is not None:
             recipe = recipe.then(program, seed)
-    have = fingerprint(split_state(model)[0])
-    if have != info["fingerprint"]:
+    return model, recipe
+
+
+def _check_base(
+    path: str, info: dict, have: dict[str, str], redrawn: Callable[[], dict[str, str]]
+) -> None:
+    """The frozen tensors of the base, after the replay, are the ones the
+    adapters were trained on: by name, shape, dtype and bytes. When they are
+    not, `redrawn()` (the digests of a replay with other keys) tells the
+    tensors that the specs draw at random from those of another base."""
+    want = info.get("base") or {}
+    if _fingerprint_of(have) == info["fingerprint"] and have == want:
+        return
+    differ = sorted(n for n in set(have) & set(want) if have[n] != want[n])
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    again = redrawn() if differ else {}
+    drawn = [n for n in differ if again.get(n) != have[n]]
+    if drawn:
         raise ModelFileError(
             Diagnostic(
                 "E330",
-                f"`{path}` was trained on another base: the base's tensors differ "
-                f"(fingerprint {have[:12]}, the file wants {str(info['fingerprint'])[:12]})",
-                file=str(path),
-                help="load it onto the model the adapters were trained on (the same "
-                "tensors: names, shapes, dtypes and values)",
+                f"`{path}` cannot be replayed: its specs draw frozen tensors at random "
+                "(" + ", ".join(f"`{n}`" for n in drawn[:5]) + "), and they were drawn "
+                "from another key than the spec's seed when the adapters were trained",
+                file=path,
+                help="save the whole model instead, or apply the spec with `seed=` (not "
+                "`key=`) before training and save the adapters again",
             )
         )
-    adapters, _ = _split_leaves(split_state(model)[0])
-    problems = []
-    for name, leaf in adapters:
-        tensor = header.tensors.get(name)
-        if tensor is None:
-            problems.append(f"tensor `{name}` is missing")
-        elif (tensor.shape, tensor.dtype) != (tuple(leaf.shape), np.dtype(leaf.dtype).name):
-            problems.append(
-                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)}, the specs make "
-                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
-            )
-    extra = sorted(set(header.tensors) - {n for n, _ in adapters})
+    notes = []
+    if differ:
+        notes.append("tensors that differ: " + ", ".join(f"`{n}`" for n in differ[:5]))
+    if missing:
+        notes.append("tensors this base lacks: " + ", ".join(f"`{n}`" for n in missing[:5]))
     if extra:
-        problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
-    if problems:
-        raise ModelFileError(
-            Diagnostic(
-                "E305",
-                f"`{path}` does not match its specs: {problems[0]}",
-                file=str(path),
-                notes=tuple(problems[1:6]),
-                help="the file was changed after it was written; write it again",
+        notes.append("tensors the file does not know: " + ", ".join(f"`{n}`" for n in extra[:5]))
+    raise ModelFileError(
+        Diagnostic(
+            "E330",
+            f"`{path}` was trained on another base: "
+            + (
+                f"{len(differ)} of its {len(want)} frozen tensors differ"
+                if differ and not missing and not extra
+                else "the base's frozen tensors differ"
             )
+            + f" (fingerprint {_fingerprint_of(have)[:12]}, the file wants "
+            f"{str(info['fingerprint'])[:12]})",
+            file=path,
+            notes=tuple(notes),
+            help="load it onto the model the adapters were trained on (the same frozen "
+            "tensors: names, shapes, dtypes and values)",
         )
-    values = read_tensors(header, [n for n, _ in adapters])
-    by_name = {n: jnp.asarray(values[n]) for n, _ in adapters}
-    leaves, treedef = jax.tree_util.tree_flatten(model)
-    names = leaf_names(model)
-    filled = [by_name.get(n, x) if n is not None else x for n, x in zip(names, leaves)]
-    model = jax.tree_util.tree_unflatten(treedef, filled)
-    if recipe is not None:
-        remember(model, recipe)
-    return model
+    )

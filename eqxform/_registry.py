@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from . import _names as N
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import UsageError
 
 _TYPES: dict[str, type] = {}
@@ -225,11 +226,21 @@ class NotAllowed(Exception):
         self.module = module
 
 
+class ImportFailed(Exception):
+    """An allowed `package.module:function` could not be imported: the module
+    is not found, fails while it is imported, or has no such function."""
+
+    def __init__(self, module: str, attr: str, error: BaseException, found: Any = None):
+        super().__init__(str(error))
+        self.module, self.attr, self.error, self.found = module, attr, error, found
+
+
 def resolve_constructor(name: str, allow: Iterable[str] = ()) -> Callable:
     """The callable behind a constructor name, or `package.module:function`.
 
     A module path is imported only when its top-level package is in `allow`;
-    otherwise `NotAllowed` is raised and nothing is imported.
+    otherwise `NotAllowed` is raised and nothing is imported. An allowed module
+    that cannot be imported, or lacks the function, raises `ImportFailed`.
     """
     if ":" in name:
         module, _, attr = name.partition(":")
@@ -237,7 +248,14 @@ def resolve_constructor(name: str, allow: Iterable[str] = ()) -> Callable:
         allowed = {a.split(".", 1)[0] for a in allow}
         if top not in allowed:
             raise NotAllowed(module)
-        return getattr(importlib.import_module(module), attr)
+        try:
+            imported = importlib.import_module(module)
+        except Exception as e:  # the user's module, whatever it raises while imported
+            raise ImportFailed(module, attr, e) from None
+        try:
+            return getattr(imported, attr)
+        except AttributeError as e:
+            raise ImportFailed(module, attr, e, imported) from None
     if name in _CONSTRUCTORS:
         return _CONSTRUCTORS[name]
     return resolve_type(name)
@@ -248,6 +266,51 @@ def function(name: str) -> Callable:
     import jax
 
     return getattr(jax.nn, name)
+
+
+# How a module becomes importable, the same for every way of failing to find one.
+_IMPORTABLE = (
+    "the module must be importable by the Python that runs eqxform: install its package "
+    "in this environment (`pip install PACKAGE`, or `pip install -e FOLDER` for your own "
+    "source), or put the folder that holds `{top}/` on the module path: "
+    "`PYTHONPATH=FOLDER eqxform ...` (`PYTHONPATH=.` for the current directory; "
+    "in Python, `sys.path.insert(0, FOLDER)`)"
+)
+
+
+def import_failed_diagnostic(failed: ImportFailed, name: str, span=None, source=None):
+    """E126 for a constructor `name` (`package.module:function`) whose module
+    cannot be imported or has no such function, with how to fix each case."""
+    module, attr, error = failed.module, failed.attr, failed.error
+    top = module.split(".", 1)[0]
+    if isinstance(error, AttributeError):
+        public = [n for n in dir(failed.found) if not n.startswith("_")]
+        hint = did_you_mean(attr, public)
+        message = f"module `{module}` has no `{attr}`"
+        help = (hint + " " if hint else "") + f"check the function's name in `{module}`"
+    elif isinstance(error, ModuleNotFoundError) and error.name is not None:
+        missing = error.name
+        if missing == module or module.startswith(missing + "."):
+            message = f"cannot import constructor `{name}`: no module named `{missing}`"
+            if missing == top:
+                help = _IMPORTABLE.format(top=top)
+            else:
+                parent, _, leaf = missing.rpartition(".")
+                help = f"`{parent}` was found, but it has no module `{leaf}`: check the module path"
+        else:
+            message = (
+                f"cannot import constructor `{name}`: importing `{module}` needs "
+                f"`{missing}`, which is not installed"
+            )
+            help = f"install `{missing.split('.')[0]}` in the environment that runs eqxform"
+    else:
+        first = str(error).splitlines()[0] if str(error) else ""
+        message = (
+            f"cannot import constructor `{name}`: importing `{module}` raised "
+            f"{type(error).__name__}" + (f": {first}" if first else "")
+        )
+        help = f'fix the module: `python -c "import {module}"` shows the whole error'
+    return Diagnostic("E126", message, span, help, source)
 
 
 def not_allowed_diagnostic(module: str, span=None, source=None) -> Diagnostic:

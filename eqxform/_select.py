@@ -27,7 +27,7 @@ from . import _ast as A
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
-from ._modules import Ensemble, Stacked, Wrapper, batched
+from ._modules import Ensemble, Stacked, Wrapper, batched, wrapped_field
 from ._parse import parse
 from ._registry import registered_type, resolve_type, type_names
 
@@ -577,7 +577,27 @@ def fans(node: Node) -> tuple[int, int] | tuple[None, None]:
     return size, size
 
 
+def unwrapped(node: Node) -> Node:
+    """The array a wrapped node stands for: through each wrapper's wrapped
+    field (`Frozen.value`, `Symmetric.matrix`, `LoRAWeight.weight`, a
+    registered wrapper's first field), down to the array. Any other node is
+    itself."""
+    while isinstance(node.obj, Wrapper):
+        field = wrapped_field(node.obj)
+        node = Node(
+            node.path + (GetAttrKey(field),),
+            getattr(node.obj, field),
+            node.parents + (node.obj,),
+            node.layers,
+        )
+    return node
+
+
 def context(node: Node) -> dict[str, Any]:
+    """The match's properties that filters and arguments read. A wrapped array
+    (a frozen weight, a symmetric one) has the properties of the array it
+    wraps, so that a rule reads the same whatever rules above it did; `path`
+    stays the matched node's."""
     indices = [key.idx for key in node.path if is_index(key)]
     ctx: dict[str, Any] = {
         "path": node.text,
@@ -589,16 +609,17 @@ def context(node: Node) -> dict[str, Any]:
         "fan_in": None,
         "fan_out": None,
     }
-    if is_array(node.obj):
+    array = unwrapped(node)
+    if is_array(array.obj):
         # Stack and member axes are not the array's own: a stacked layer's
         # `shape` is one layer's shape.
-        shape = tuple(int(d) for d in node.obj.shape)[node.batch :]
-        fan_in, fan_out = fans(node)
+        shape = tuple(int(d) for d in array.obj.shape)[array.batch :]
+        fan_in, fan_out = fans(array)
         ctx.update(
             shape=shape,
             ndim=len(shape),
             size=math.prod(shape) if shape else 1,
-            dtype=np.dtype(node.obj.dtype).name,
+            dtype=np.dtype(array.obj.dtype).name,
             fan_in=fan_in,
             fan_out=fan_out,
         )
@@ -640,6 +661,12 @@ def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecE
 def describe_match(node: Node) -> str:
     if is_array(node.obj):
         return f"`{node.text}` {np.dtype(node.obj.dtype).name}{list(node.obj.shape)}"
+    array = unwrapped(node).obj
+    if is_array(array):
+        return (
+            f"`{node.text}` {np.dtype(array.dtype).name}{list(array.shape)} "
+            f"(in `{type(node.obj).__name__}`)"
+        )
     return f"`{node.text}` ({type(node.obj).__name__})"
 
 

@@ -10,38 +10,45 @@ from typing import Any
 
 from . import _ast as A
 from . import _limits as L
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError, UsageError
 from ._expr import EvalError, evaluate
-from ._parse import parse_expr
+from ._parse import DIRECTIVES, parse_collect, parse_expr, without_bom
 
 
-def is_spec_path(spec: Any) -> bool:
-    """Is `spec` a path (rather than the text of a spec)?
-
-    A path object is; so is a string of one line that names a file, ends in
-    `.eqx`, or looks like a path (no spaces, a `/` or `\\`, or a file
-    extension). A statement always has a space after its first word, so no
-    spec text looks like that; and a path that does not exist is reported as
-    a missing file, not parsed as a spec.
-    """
-    if isinstance(spec, os.PathLike):
-        return True
-    if not isinstance(spec, str) or "\n" in spec or not spec.strip():
+def _looks_like_path(text: str) -> bool:
+    """One line that reads as a file's path: it ends in `.eqx`, names a file
+    that exists, or has no spaces and a `/`, a `\\` or a file extension."""
+    text = text.strip()
+    if not text or "\n" in text or text.startswith("#"):
         return False
-    if spec.endswith(".eqx") or _looks_like_path(spec):
+    if text.endswith(".eqx"):
+        return True
+    if not any(c.isspace() for c in text) and (
+        "/" in text or "\\" in text or re.search(r"\.[A-Za-z][A-Za-z0-9]{0,5}$", text)
+    ):
         return True
     try:
-        return os.path.isfile(spec)
+        return os.path.isfile(text)  # a look at the name; the file is never opened
     except (OSError, ValueError):  # a name the system cannot take
         return False
 
 
-def _looks_like_path(text: str) -> bool:
-    if any(c.isspace() for c in text) or text.startswith("#"):
-        return False
-    return (
-        "/" in text or "\\" in text or re.search(r"\.[A-Za-z][A-Za-z0-9]{0,5}$", text) is not None
+def _path_given_as_text(text: str) -> UsageError | None:
+    """The error for spec text that is a path by mistake: one line that looks
+    like a path and does not parse as a statement (`"specs/lora.eqx"`, but not
+    `"seed 1  # as in base.eqx"`). Such text is never read as a file."""
+    if not _looks_like_path(text) or not parse_collect(text)[1]:
+        return None
+    shown = text.strip()
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    return UsageError(
+        Diagnostic(
+            "E435",
+            f"the spec text `{shown}` looks like the path of a file",
+            help="a `str` is the text of a spec; pass a file as a path object: "
+            f"`eqxform.compile(pathlib.Path({shown!r}))`",
+        )
     )
 
 
@@ -70,9 +77,14 @@ def looks_like_model_file(data: bytes) -> bool:
 
 
 def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, str]:
-    """(text, name) of a spec given as a path or as text."""
-    if not is_spec_path(spec):
-        return str(spec), name or "<spec>"
+    """(text, name) of a spec: a `str` is its text, a path object (any
+    `os.PathLike`) a file to read. Text that looks like a path is refused
+    (E435), and so is a file that is not a spec (E402), without its contents."""
+    if not isinstance(spec, os.PathLike):
+        refused = _path_given_as_text(spec)
+        if refused is not None:
+            raise refused
+        return spec, name or "<spec>"
     path = Path(spec)
     try:
         data = path.read_bytes()
@@ -82,8 +94,7 @@ def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, st
                 "E401",
                 f"spec file `{path}` does not exist",
                 file=str(path),
-                help="this argument is read as the path of a spec file"
-                + ("" if isinstance(spec, os.PathLike) else "; spec text has a line break"),
+                help="this argument is read as the path of a spec file",
             )
         ) from None
     except IsADirectoryError:
@@ -106,10 +117,48 @@ def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, st
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
         raise UsageError(
-            Diagnostic("E402", f"`{path}` is not a text file", file=str(path))
-        ) from None
+            Diagnostic(
+                "E402",
+                f"`{path}` is not a text file",
+                file=str(path),
+                help="a spec is UTF-8 text; its contents are not shown",
+            )
+        )
+    line = _not_a_statement(text)
+    if line is not None:
+        raise UsageError(
+            Diagnostic(
+                "E402",
+                f"`{path}` is not a spec",
+                file=str(path),
+                help=f"line {line}, the first that is not blank or a comment, does not start "
+                "with a directive ("
+                + ", ".join(f"`{d}`" for d in DIRECTIVES[:4])
+                + ", ...); its contents are not shown",
+            )
+        )
     return text, name or str(path)
+
+
+def _not_a_statement(text: str) -> int | None:
+    """The number of the first line of `text` that is neither blank nor a
+    comment, when it does not start as a statement can (with a directive, or a
+    misspelling of one): such text is not a spec (`/etc/passwd`, a YAML or
+    Markdown file), and its lines are not quoted back in diagnostics."""
+    for number, line in enumerate(without_bom(text).split("\n"), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word = re.match(r"[A-Za-z_][A-Za-z_0-9]*(?![A-Za-z_0-9.:])", line)
+        if word is not None and (
+            word.group() in DIRECTIVES or did_you_mean(word.group(), DIRECTIVES) is not None
+        ):
+            return None
+        return number
+    return None
 
 
 def is_model_file(path: str) -> bool:

@@ -4,8 +4,11 @@ in a subprocess over stdio, as an editor would."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from lsprotocol import types as T
@@ -31,6 +34,7 @@ class Session:
         self._changed = asyncio.Event()
         self._versions: dict[str, int] = {}
         self._env = env or {}
+        self._raw = 0
 
         @self.client.feature(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)
         def published(params: T.PublishDiagnosticsParams):
@@ -46,7 +50,7 @@ class Session:
             self.stderr.extend(params.message.encode() + b"\n")
 
     async def __aenter__(self) -> Session:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), **self._env)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self._env}
         await self.client.start_io(sys.executable, "-m", "eqxform._lsp", env=env, cwd=str(ROOT))
         # The server's stderr must be read, or a chatty server would block on it.
         self._drain = asyncio.ensure_future(self._read_stderr())
@@ -67,9 +71,10 @@ class Session:
 
     async def __aexit__(self, *exc):
         try:
-            await asyncio.wait_for(self.client.shutdown_async(None), timeout=30)
-            self.client.exit(None)
-            await asyncio.wait_for(self.client.stop(), timeout=30)
+            if self.client._server.returncode is None:  # (a test may have ended it)
+                await asyncio.wait_for(self.client.shutdown_async(None), timeout=60)
+                self.client.exit(None)
+            await asyncio.wait_for(self.client.stop(), timeout=60)
         finally:
             server = self.client._server
             if server is not None and server.returncode is None:
@@ -156,6 +161,43 @@ class Session:
             return count == 2
 
         return await self.diagnostics(uri, version, until=second, timeout=timeout)
+
+    # ---- the stream itself
+
+    def write(self, data: bytes) -> None:
+        """Bytes to the server's input, as they are."""
+        self.client._server.stdin.write(data)
+
+    def request(self, method: str, params, mangle: Callable[[bytes], bytes] | None = None):
+        """Send a request as plain data (so that it can break the protocol's
+        types), its framed bytes passed through `mangle`; the answer,
+        awaitable (a `JsonRpcException` for an error response)."""
+        protocol = self.client.protocol
+        self._raw += 1
+        ident = f"raw-{self._raw}"
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        protocol._request_futures[ident] = future
+        protocol._result_types[ident] = protocol.get_result_type(method)
+        body = json.dumps({"jsonrpc": "2.0", "id": ident, "method": method, "params": params})
+        data = b"Content-Length: %d\r\n\r\n" % len(body.encode()) + body.encode()
+        self.write(mangle(data) if mangle is not None else data)
+        return asyncio.wait_for(asyncio.wrap_future(future), 60)
+
+    async def said(self, text: str, times: int = 1, timeout: float = 60) -> str:
+        """The server's stderr, once it holds `text` (`times` times); it is
+        read as it comes."""
+
+        async def wait():
+            while self.stderr.decode(errors="replace").count(text) < times:
+                await asyncio.sleep(0.05)
+
+        try:
+            await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(
+                f"{text!r} not on the server's stderr: {self.stderr.decode()}"
+            ) from None
+        return self.stderr.decode(errors="replace")
 
     # ---- requests
 

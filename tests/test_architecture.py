@@ -63,6 +63,7 @@ LAYERS = {
     "eqxform._docs": 1,
     "eqxform._format": 4,
     "eqxform._cli": 18,
+    "eqxform._lsp_stream": 0,
     "eqxform._lsp": 17,
     "eqxform.__main__": 19,
     "eqxform": 20,

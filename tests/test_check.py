@@ -2,6 +2,7 @@
 would report, reported before it runs, and the rules that do nothing."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,16 +93,19 @@ def test_check_with_a_model_reports_match_counts(cwd):
     code, out = run("check", "spec.eqx")
     assert code == 0
     assert "spec.eqx: no problems found (3 statements; checked against `MLP(" in out
-    assert "  line 2    init zeros     3 matches\n" in out
-    assert "  line 3    cast bfloat16  1 match\n" in out
+    # Each rule's count says what it counts: the arrays its action acts on
+    # (a `cast` of a module casts its weight and its bias).
+    assert "  line 2    init zeros     3 arrays\n" in out
+    assert "  line 3    cast bfloat16  2 arrays\n" in out
     code, out = run("check", "spec.eqx", "--json")
     data = json.loads(out)
     assert data["ok"] is True and data["diagnostics"] == []
     assert data["model"].startswith("`MLP(in_size=2")
     assert [(r["line"], r["action"], r["count"]) for r in data["rules"]] == [
         (2, "init zeros", 3),
-        (3, "cast bfloat16", 1),
+        (3, "cast bfloat16", 2),
     ]
+    assert [r["unit"] for r in data["rules"]] == ["array", "array"]
 
 
 def test_check_with_a_model_file_and_json_errors(cwd):
@@ -115,7 +119,7 @@ def test_check_with_a_model_file_and_json_errors(cwd):
     assert data["ok"] is False and data["model"] == "m.eqx"
     assert [(d["code"], d["line"]) for d in data["diagnostics"]] == [("E201", 2)]
     # The rules that did match still report their counts.
-    assert [(r["line"], r["count"]) for r in data["rules"]] == [(1, 3), (3, 1)]
+    assert [(r["line"], r["count"]) for r in data["rules"]] == [(1, 3), (3, 2)]
 
 
 def test_check_runs_the_forward_pass_of_the_input_lines(cwd):
@@ -274,7 +278,8 @@ def test_a_module_cast_to_bfloat16_is_still_floating_point():
     # `init` and `scale` of a module act on its floating-point arrays, bfloat16 ones too.
     text = MODEL + "where layers[0] -> cast bfloat16\nwhere layers[0] -> scale 2\n"
     plan = eqxform.compile(text).plan()
-    assert plan.steps[1].count == 1 and len(plan.steps[1].writes) == 2
+    assert plan.steps[1].count == 2 and len(plan.steps[1].writes) == 2
+    assert [m.after for m in plan.steps[1].matches] == ["bf16[8,2]", "bf16[8]"]
     before = eqxform.compile(MODEL).apply()
     after = eqxform.compile(text).apply()
     np.testing.assert_allclose(
@@ -326,10 +331,10 @@ def test_plan_reports_counts_and_untouched_arrays(cwd):
     assert "(nothing)" in out  # the optional rule that matched nothing has a row
     code, out = run("plan", "spec.eqx", "--format", "json", "--untouched")
     data = json.loads(out)
-    assert [(s["line"], s["count"]) for s in data["steps"]] == [(2, 1), (3, 1), (4, 0)]
+    assert [(s["line"], s["count"]) for s in data["steps"]] == [(2, 2), (3, 1), (4, 0)]
     assert data["untouched"] == ["layers[1].bias", "layers[2].weight", "layers[2].bias"]
     code, out = run("plan", "spec.eqx", "--format", "yaml")
-    assert "count: 1" in out and "untouched" not in out
+    assert "count: 2" in out and "untouched" not in out
 
 
 def test_untouched_sees_through_stacks_and_wrappers():
@@ -351,6 +356,68 @@ def test_untouched_sees_through_stacks_and_wrappers():
         model.mlps.layers[0].layers[1].weight, original.mlps.layers[0].layers[1].weight
     )
     assert isinstance(model.mlps.layers[0].layers[0].weight, eqx.Module)
+
+
+# ---- E126: an allowed module that cannot be imported --------------------------------
+
+ROOT = Path(__file__).parent.parent
+
+
+def _package(folder: Path) -> None:
+    pkg = folder / "upkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(
+        "import equinox as eqx\n"
+        "def make(width, *, key):\n"
+        "    return eqx.nn.MLP(2, 2, width, 1, key=key)\n"
+    )
+    (pkg / "needs.py").write_text("import upkg_missing_dependency\n")
+    (pkg / "broken.py").write_text("def make(:\n")
+
+
+@pytest.mark.parametrize(
+    "callee,message,help",
+    [
+        ("nopkg.models:make", "no module named `nopkg`", "PYTHONPATH=."),
+        ("upkg.modls:make", "no module named `upkg.modls`", "`upkg` was found, but it has no"),
+        ("upkg.models:mke", "module `upkg.models` has no `mke`", "did you mean `make`?"),
+        ("upkg.needs:make", "needs `upkg_missing_dependency`", "install `upkg_missing_depen"),
+        ("upkg.broken:make", "raised SyntaxError", 'python -c "import upkg.broken"'),
+    ],
+)
+def test_an_allowed_module_that_cannot_be_imported_says_how_to_fix_it(
+    tmp_path, monkeypatch, callee, message, help
+):
+    _package(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    top = callee.split(".")[0]
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile(f"model {callee}(width=3)", allow=[top]).apply()
+    d = info.value.diagnostics[0]
+    assert d.code == "E126" and message in d.message, d.message
+    assert d.help is not None and help in d.help, d.help
+    assert (d.span.line, d.span.column) == (1, 7)  # the callee, not the whole line
+
+
+def test_the_help_of_e126_is_what_makes_the_module_importable(tmp_path):
+    """`eqxform` (the installed command) does not put the current directory on
+    the module path; the help's `PYTHONPATH=.` does. `python -P` runs the CLI
+    the same way (no current directory on the path)."""
+    _package(tmp_path)
+    (tmp_path / "spec.eqx").write_text("model upkg.models:make(width=3)\n")
+    command = [sys.executable, "-P", "-m", "eqxform", "check", "spec.eqx", "--allow", "upkg"]
+
+    def run_with(path):
+        env = {**os.environ, "PYTHONPATH": path}
+        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+
+    refused = run_with(str(ROOT))
+    assert refused.returncode == 1, refused.stderr
+    assert "error[E126]" in refused.stderr and "PYTHONPATH=." in refused.stderr
+    assert "Traceback" not in refused.stderr
+    accepted = run_with(f"{ROOT}{os.pathsep}.")
+    assert accepted.returncode == 0, accepted.stderr
 
 
 # ---- type names of the model alone (issue 16) --------------------------------------------

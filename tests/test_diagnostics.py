@@ -59,3 +59,58 @@ def test_all_errors_of_a_file_at_once():
         (3, "E102"),
         (4, "E004"),
     ]
+
+
+# ---- a leading byte-order mark -----------------------------------------------
+
+BOM = "\ufeff"
+
+
+def test_a_leading_byte_order_mark_is_accepted_and_spans_stay_right():
+    import eqxform
+
+    for text in [
+        "let a = b\nseed 1\n",  # the error on line 1, right after the mark
+        "seed 1\nwhere Linear.weight -> init trunc_normall\n",
+        "where Linear.weight -> init trunc_normall",
+    ]:
+        plain = compile_collect(text, "spec.eqx")[1]
+        marked = compile_collect(BOM + text, "spec.eqx")[1]
+        assert plain and [d.span for d in marked] == [d.span for d in plain]
+        assert render_all(marked) == render_all(plain)  # the source line shows no mark
+    first = compile_collect(BOM + "let a = b\n", "spec.eqx")[1][0]
+    assert (first.code, first.span.line, first.span.column) == ("E105", 1, 9)
+    program = eqxform.compile(BOM + "seed 3\nwhere Linear.weight -> init zeros\n")
+    assert program.seed == 3 and not program.spec.source.text.startswith(BOM)
+
+
+def test_a_byte_order_mark_elsewhere_is_named():
+    _, diagnostics = compile_collect("seed 1\nseed 2" + BOM + "\n", "spec.eqx")
+    d = diagnostics[0]
+    assert (d.code, d.span.line, d.span.column) == ("E002", 2, 7)
+    assert "byte-order mark (U+FEFF)" in d.message and "remove" in d.help
+
+
+def test_cli_reads_a_file_with_a_byte_order_mark(tmp_path):
+    from click.testing import CliRunner
+
+    from eqxform._cli import main
+
+    good = tmp_path / "good.eqx"
+    good.write_bytes(b"\xef\xbb\xbfseed 1\nwhere Linear.weight -> init zeros\n")
+    bad = tmp_path / "bad.eqx"
+    bad.write_bytes(b"\xef\xbb\xbflet a = b\n")
+    runner = CliRunner()
+    result = runner.invoke(main, ["check", str(good)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["check", str(bad)])
+    assert result.exit_code == 1
+    assert "error[E105]" in result.output and "bad.eqx:1:9\n" in result.output
+    assert "1 | let a = b\n" in result.output
+    assert BOM not in result.output
+    # `fmt` keeps the mark (the editor that wrote it expects it) and is idempotent.
+    messy = tmp_path / "messy.eqx"
+    messy.write_bytes(b"\xef\xbb\xbfseed  1\n")
+    assert runner.invoke(main, ["fmt", str(messy)]).exit_code == 0
+    assert messy.read_bytes() == b"\xef\xbb\xbfseed 1\n"
+    assert runner.invoke(main, ["fmt", "--check", str(messy)]).exit_code == 0

@@ -143,3 +143,103 @@ def test_registered_initialiser(getkey):
     model = eqx.nn.Linear(3, 4, key=getkey())
     out = eqxform.compile("where weight -> init fill(value=fan_in)").apply(model, key=getkey())
     assert bool((out.weight == 3).all())
+
+
+# ---- half-precision leaves ----------------------------------------------------
+
+_ARGS = {
+    "constant": "(value=0.5)",
+    "variance_scaling": '(scale=1.0, mode="fan_in", distribution="normal")',
+}
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_every_initialiser_draws_half_precision_leaves_in_float32(getkey, dtype):
+    """`cast bfloat16` then `init orthogonal` crashed `apply` (the CPU has no
+    bfloat16 QR). Every built-in initialiser now draws in float32 and rounds:
+    a half-precision leaf holds exactly the float32 model's numbers, rounded."""
+    names = sorted(set(_names.INITIALIZERS) - {"delta_orthogonal"})
+    # One layer per initialiser, so that one spec covers them all.
+    model = eqx.nn.MLP(8, 8, 16, len(names) - 1, key=getkey())
+    rules = "\n".join(
+        f"where layers[{i}].weight -> init {name}{_ARGS.get(name, '')}"
+        for i, name in enumerate(names)
+    )
+    conv = eqx.nn.Conv2d(4, 8, 3, key=getkey())
+    conv_rule = "where weight -> init delta_orthogonal"
+    for base, cast, spec, labels in [
+        (model, "where Linear.weight", rules, names),
+        (conv, "where weight", conv_rule, ["delta_orthogonal"]),
+    ]:
+        low = eqxform.compile(f"{cast} -> cast {dtype}\n{spec}").apply(base, seed=5)
+        full = eqxform.compile(spec).apply(base, seed=5)
+        for name, a, b in zip(labels, _weights(low), _weights(full), strict=True):
+            assert a.dtype == jnp.dtype(dtype) and b.dtype == jnp.float32, name
+            assert bool(jnp.isfinite(a.astype(jnp.float32)).all()), name
+            np.testing.assert_array_equal(
+                np.asarray(a.astype(jnp.float32)),
+                np.asarray(b.astype(dtype).astype(jnp.float32)),
+                err_msg=name,
+            )
+
+
+def _weights(model):
+    return [layer.weight for layer in model.layers] if hasattr(model, "layers") else [model.weight]
+
+
+def test_orthogonal_on_bfloat16_weights(getkey):
+    model = eqx.nn.MLP(16, 16, 32, 2, key=getkey())
+    program = eqxform.compile(
+        "where Linear.weight -> cast bfloat16\nwhere Linear.weight -> init orthogonal"
+    )
+    assert [d for d in program.check(model) if d.severity == "error"] == []
+    out = program.apply(model, key=getkey())
+    drawn = eqxform.compile("where Linear.weight -> init orthogonal").apply(
+        model, key=jax.random.key(0)
+    )
+    for layer in out.layers:
+        assert layer.weight.dtype == jnp.bfloat16
+        w = np.asarray(layer.weight.astype(jnp.float32))
+        small = min(w.shape)
+        gram = w @ w.T if w.shape[0] == small else w.T @ w
+        # Orthogonal up to bfloat16's rounding (8 bits of mantissa).
+        np.testing.assert_allclose(gram, np.eye(small), atol=3e-2)
+    for layer in drawn.layers:  # the float32 draw itself: orthogonal to float32 precision
+        w = np.asarray(layer.weight)
+        small = min(w.shape)
+        gram = w @ w.T if w.shape[0] == small else w.T @ w
+        np.testing.assert_allclose(gram, np.eye(small), atol=1e-5)
+
+
+def test_orthogonal_on_stacked_bfloat16_layers(getkey):
+    import realmodels as R
+
+    model = R.LoopingTransformer(key=getkey())
+    spec = (
+        "stack blocks scan\n"
+        "where blocks.linear1.weight -> cast bfloat16\n"
+        "where blocks.linear1.weight -> init orthogonal\n"
+    )
+    out = eqxform.compile(spec).apply(model, key=getkey())
+    weights = out.blocks.layers.linear1.weight
+    assert weights.dtype == jnp.bfloat16 and weights.shape == (3, 32, 16)
+    stacked = np.asarray(weights.astype(jnp.float32))
+    for w in stacked:  # (32, 16): orthonormal columns, each layer its own draw
+        np.testing.assert_allclose(w.T @ w, np.eye(16), atol=3e-2)
+    assert not np.array_equal(stacked[0], stacked[1])
+
+
+def test_a_registered_initialiser_gets_the_leafs_own_dtype(getkey):
+    seen = []
+
+    def fill_dtype(key, shape, dtype):
+        seen.append(jnp.dtype(dtype))
+        return jnp.ones(shape, dtype)
+
+    eqxform.register_initializer("fill_dtype", fill_dtype, params=[])
+    model = eqx.nn.Linear(3, 4, key=getkey())
+    out = eqxform.compile("where weight -> cast float16\nwhere weight -> init fill_dtype").apply(
+        model, key=getkey()
+    )
+    assert seen and set(seen) == {jnp.dtype(jnp.float16)}
+    assert out.weight.dtype == jnp.float16 and bool((out.weight == 1).all())

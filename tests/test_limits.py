@@ -320,9 +320,93 @@ def test_a_spec_argument_is_always_a_path(tmp_path):
     assert result.exit_code == 1 and "E102" in result.output and "rules.txt:1:29" in result.output
     result = runner.invoke(main, ["check", "seed 1"])
     assert result.exit_code == 2 and "E401" in result.output and "path" in result.output
-    # The API reads a string that looks like a path as one.
-    assert error_codes(lambda: eqxform.compile(str(tmp_path / "missing.txt"))) == ["E401"]
-    assert error_codes(lambda: eqxform.compile(str(spec))) == ["E102"]
+    # The API reads a path object as a file, and never a `str`: a string that
+    # looks like a path is refused (it was read as a file before E435).
+    assert error_codes(lambda: eqxform.compile(tmp_path / "missing.txt")) == ["E401"]
+    assert error_codes(lambda: eqxform.compile(spec)) == ["E102"]
+    assert error_codes(lambda: eqxform.compile(str(tmp_path / "missing.txt"))) == ["E435"]
+    assert error_codes(lambda: eqxform.compile(str(spec))) == ["E435"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "seed 1  # copied from base.eqx",
+        "where ** -> freeze",
+        "seed 1",
+        "let where_from = 'specs/lora.eqx'",
+        "# notes.eqx",
+        "",
+    ],
+)
+def test_a_str_is_spec_text_even_when_it_mentions_a_file(text):
+    program = eqxform.compile(text)
+    assert program.spec.source.name == "<spec>"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["specs/lora.eqx", "lora.eqx", "  lora.eqx\n", "/etc/passwd", "C:\\specs\\a.eqx", "x.yaml"],
+)
+def test_a_str_that_looks_like_a_path_points_to_pathlib(text, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lora.eqx").write_text("seed 1\n")  # exists, and is still not read
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.compile(text)
+    d = info.value.diagnostics[0]
+    assert d.code == "E435" and text.strip() in d.message
+    assert f"eqxform.compile(pathlib.Path({text.strip()!r}))" in d.help
+    # The CLI's spec argument is a path whatever it looks like.
+    assert run("check", "lora.eqx")[0] == 0
+
+
+def run(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+SECRET = "hunter2-do-not-print"
+
+
+@pytest.mark.parametrize(
+    "name, data, message",
+    [
+        ("passwd", f"root:x:0:0:{SECRET}:/root:/bin/bash\ndaemon:x:1:1::/:\n", "is not a spec"),
+        ("config.yaml", f"# settings\n\ntoken: {SECRET}\nwidth: 8\n", "is not a spec"),
+        ("notes.md", f"# Title\n\n{SECRET} and more\nwhere x -> freeze\n", "is not a spec"),
+        ("data.json", f'{{"key": "{SECRET}"}}\n', "is not a spec"),
+        ("blob.bin", SECRET.encode() + b"\x00\x01\x02", "is not a text file"),
+        ("latin1.eqx", ("seed 1 # caf\xe9 " + SECRET).encode("latin-1"), "is not a text file"),
+    ],
+)
+def test_a_file_that_is_not_a_spec_is_refused_without_quoting_it(tmp_path, name, data, message):
+    path = tmp_path / name
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.compile(path)
+    d = info.value.diagnostics[0]
+    assert d.code == "E402" and message in d.message
+    assert SECRET not in str(info.value) and SECRET not in json.dumps(d.to_dict())
+    code, out = run("check", path)
+    assert code == 2 and "E402" in out and SECRET not in out
+    if message == "is not a spec":
+        line = 1 if name in ("passwd", "data.json") else 3
+        assert f"line {line}," in d.help
+
+
+def test_a_broken_spec_is_still_quoted(tmp_path):
+    # A spec with mistakes (a misspelt directive on line 1) is a spec: its
+    # diagnostics show the lines, as always.
+    path = tmp_path / "typo.eqx"
+    path.write_text("# a spec\nsede 1\nwhere Linear.weight -> init nrmal\n")
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile(path)
+    codes = [d.code for d in info.value.diagnostics]
+    assert codes == ["E006", "E102"]
+    assert "sede 1" in info.value.diagnostics[0].render()
 
 
 # ---- the Python API raises only EqxformError ---------------------------------------------------
@@ -391,3 +475,41 @@ def test_the_limits_are_named_constants_in_one_module():
     text = Path(L.__file__).read_text()
     assert re.findall(r"^(?:from|import) .*$", text, re.M) == []
     assert L.MAX_SEED == 2**64 - 1 and L.MAX_NESTING < sys.getrecursionlimit() // 4
+
+
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("0", "would allow no array at all"),
+        ("0K", "would allow no array at all"),
+        ("-1", "is negative"),
+        ("-64G", "is negative"),
+        ("1.5", "is not a whole number of bytes"),
+        ("0.0001", "is not a whole number of bytes"),
+        ("1_000_000", "is not a number of bytes"),
+        ("１G", "is not a number of bytes"),  # a fullwidth digit
+        ("1e9", "is not a number of bytes"),
+        ("off", "is not a number of bytes"),  # `none` is the one word for no limit
+        ("inf", "is not a number of bytes"),
+    ],
+)
+def test_a_memory_budget_that_is_no_positive_number_is_refused(monkeypatch, value, why):
+    monkeypatch.setenv(L.MAX_BYTES_ENV, value)
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.new("MLP(in_size=2, out_size=2, width_size=4, depth=1)")
+    (d,) = info.value.diagnostics
+    assert d.code == "E432" and d.message == f"`{L.MAX_BYTES_ENV}={value}` {why}"
+    assert "`none` to turn the memory check off" in d.help
+
+
+@pytest.mark.parametrize(
+    "value,budget",
+    [("100", 100), ("64G", 64 * 2**30), ("1.5K", 1536), ("2t", 2 * 2**40), (" 8M ", 8 * 2**20)],
+)
+def test_a_memory_budget_in_bytes_or_units(monkeypatch, value, budget):
+    from eqxform._check import byte_budget
+
+    monkeypatch.setenv(L.MAX_BYTES_ENV, value)
+    assert byte_budget() == budget
+    monkeypatch.setenv(L.MAX_BYTES_ENV, "NONE")
+    assert byte_budget() is None

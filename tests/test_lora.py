@@ -3,6 +3,7 @@
 Compared with hand-written LoRA in plain Equinox where one exists."""
 
 import math
+import os
 
 import equinox as eqx
 import jax
@@ -500,3 +501,297 @@ def test_cli_adapters_only_then_merge(tmp_path):
     assert runner.invoke(main, args + ["--seed", "3"]).exit_code == 0
     result = runner.invoke(main, ["merge", adapters, other, "-o", merged, "--force"])
     assert result.exit_code == 1 and "E330" in result.output
+
+
+# ---- adapter files: keys, heads trained beside, training, edits ---------------------------
+
+
+def _rewrite_record(path, change):
+    """The adapter file at `path` with its record changed by `change(record)`
+    (the tensors and everything else kept), as an editor would leave it."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        metadata = dict(f.metadata())
+    content = json.loads(metadata["eqxform"])
+    change(content["adapters"])
+    metadata["eqxform"] = json.dumps(content, sort_keys=True)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+HEAD_SPEC = (
+    "where layers[:-1] -> lora(rank=4, alpha=8)\n"
+    "where layers[-1] -> replace Linear(in_features=32, out_features=10)\n"
+)
+
+
+def test_an_adapter_file_of_a_program_applied_with_a_key_loads_on_its_base(tmp_path, getkey):
+    base = eqxform.new("MLP(in_size=24, out_size=40, width_size=32, depth=2)", seed=0)
+    program = eqxform.compile(HEAD_SPEC)
+    # The key draws the adapters' A and the new head: neither can be replayed
+    # from the spec's seed, so the file carries both.
+    adapted = program.apply(base, key=jax.random.key(7))
+    trained = with_b(adapted, getkey())
+    trained = eqx.tree_at(lambda m: m.layers[-1].weight, trained, trained.layers[-1].weight + 1)
+    path = tmp_path / "adapters.eqx"
+    eqxform.save(path, trained, adapters_only=True, spec=program)
+    loaded = eqxform.load(path, base=base)
+    x = jax.random.normal(getkey(), (24,))
+    assert np.array_equal(eqxform.resolve(loaded)(x), eqxform.resolve(trained)(x))
+    assert np.array_equal(loaded.layers[-1].weight, trained.layers[-1].weight)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        names = set(f.keys())
+    # The adapters and the head; never the frozen base weights.
+    assert {"layers.2.weight", "layers.2.bias", "layers.0.lora_a", "layers.1.lora_b"} <= names
+    assert not any(n.endswith("base.weight.value") for n in names)
+    # The same file refuses another base, naming the frozen tensors that differ.
+    other = eqxform.new("MLP(in_size=24, out_size=40, width_size=32, depth=2)", seed=1)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=other)
+    assert codes(e) == {"E330"}
+    d = e.value.diagnostics[0]
+    assert "4 of its 4 frozen tensors differ" in d.message
+    assert "`layers.0.bias`, `layers.0.weight`, `layers.1.bias`, `layers.1.weight`" in d.notes[0]
+    # A base that differs only where the file carries its own arrays (the old
+    # head, replaced) is the right base.
+    new_head = eqx.tree_at(lambda m: m.layers[-1].weight, base, base.layers[-1].weight * 3)
+    reloaded = eqxform.load(path, base=new_head)
+    assert np.array_equal(eqxform.resolve(reloaded)(x), eqxform.resolve(trained)(x))
+
+
+def test_trained_layers_beside_the_adapters_are_saved_with_them(tmp_path, getkey):
+    # Only the first layer is adapted; the others stay trainable and train.
+    base = eqx.nn.MLP(24, 40, 32, 2, key=getkey())
+    program = eqxform.compile(
+        "optimizer adam(learning_rate=1e-2)\nwhere layers[0] -> lora(rank=4, alpha=8)"
+    )
+    adapted = program.apply(base, key=getkey())
+    opt = eqxform.optimizer(program, adapted)
+    step = eqxform.make_step(lambda m, x, y: jnp.mean((jax.vmap(m)(x) - y) ** 2), opt, adapted)
+    x, y = jax.random.normal(getkey(), (16, 24)), jax.random.normal(getkey(), (16, 40))
+    for _ in range(3):
+        step(x, y)
+    trained = step.model
+    assert not np.array_equal(trained.layers[1].weight, base.layers[1].weight)
+    path = tmp_path / "adapters.eqx"
+    eqxform.save(path, trained, adapters_only=True, spec=program)
+    loaded = eqxform.load(path, base=base)
+    assert np.array_equal(
+        jax.vmap(eqxform.resolve(loaded))(x), jax.vmap(eqxform.resolve(trained))(x)
+    )
+    merged = eqxform.compile("where ** -> merge").apply(loaded)
+    assert np.allclose(jax.vmap(merged)(x), jax.vmap(eqxform.resolve(trained))(x), atol=1e-5)
+
+
+def test_cli_train_writes_an_adapter_file_that_merges_onto_its_base(tmp_path):
+    spec = tmp_path / "lora.eqx"
+    spec.write_text(
+        mlp_spec(
+            "optimizer adam(learning_rate=1e-2)\nwhere layers[:-1] -> lora(rank=4, alpha=8)\n"
+            "where layers[-1] -> replace Linear(in_features=32, out_features=40)\n"
+        )
+    )
+    runner = CliRunner()
+    base, adapters, full, merged = (
+        str(tmp_path / n) for n in ("base.eqx", "ad.eqx", "full.eqx", "merged.eqx")
+    )
+    args = ["new", "MLP(in_size=24, out_size=40, width_size=32, depth=2)", "-o", base]
+    assert runner.invoke(main, args).exit_code == 0
+    common = ["train", str(spec), base, "--steps", "5", "--batch-size", "8", "--seed", "3"]
+    result = runner.invoke(main, common + ["-o", adapters, "--adapters-only"])
+    assert result.exit_code == 0, result.output
+    assert "trained 5 steps" in result.output
+    result = runner.invoke(main, common + ["-o", full])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["merge", adapters, base, "-o", merged])
+    assert result.exit_code == 0, result.output
+    # The merged adapter file computes what the whole trained model computes.
+    x = jax.random.normal(jax.random.key(0), (8, 24))
+    want = jax.vmap(eqxform.resolve(eqxform.load(full)))(x)
+    assert np.allclose(jax.vmap(eqxform.load(merged))(x), want, atol=1e-5)
+    assert os.path.getsize(adapters) < os.path.getsize(full)
+    other = str(tmp_path / "other.eqx")
+    args = ["new", "MLP(in_size=24, out_size=40, width_size=32, depth=2)", "-o", other]
+    assert runner.invoke(main, args + ["--seed", "5"]).exit_code == 0
+    result = runner.invoke(main, ["merge", adapters, other, "-o", merged, "--force"])
+    assert result.exit_code == 1 and "E330" in result.output
+    # A spec without adapters: refused before any training.
+    plain = tmp_path / "plain.eqx"
+    plain.write_text(mlp_spec("optimizer adam(learning_rate=1e-2)\n"))
+    result = runner.invoke(
+        main, ["train", str(plain), "-o", str(tmp_path / "p.eqx"), "--adapters-only"]
+    )
+    assert result.exit_code == 2 and "E460" in result.output and "step 1/" not in result.output
+    assert not (tmp_path / "p.eqx").exists()
+
+
+def _adapter_file(tmp_path, getkey):
+    base = eqxform.new("MLP(in_size=24, out_size=40, width_size=32, depth=2)", seed=0)
+    program = eqxform.compile("where Linear -> lora(rank=4, alpha=8)")
+    adapted = with_b(program.apply(base), getkey())
+    path = tmp_path / "adapters.eqx"
+    eqxform.save(path, adapted, adapters_only=True, spec=program)
+    return base, path
+
+
+def test_an_adapter_file_whose_spec_was_edited_is_refused(tmp_path, getkey):
+    base, path = _adapter_file(tmp_path, getkey)
+    assert eqxform.load(path, base=base) is not None
+
+    def swap_activation(record):
+        record["specs"][0]["text"] += "\nwhere activation -> replace gelu\n"
+
+    _rewrite_record(path, swap_activation)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    assert codes(e) == {"E333"} and "was changed after it was written" in str(e.value)
+    base_file, merged = str(tmp_path / "base.eqx"), str(tmp_path / "merged.eqx")
+    eqxform.save(base_file, base)
+    result = CliRunner().invoke(main, ["merge", str(path), base_file, "-o", merged])
+    assert result.exit_code == 1 and "E333" in result.output and "Traceback" not in result.output
+    assert not os.path.exists(merged)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r["specs"][0].update(seed=r["specs"][0]["seed"] + 1),
+        lambda r: r["specs"][0]["params"].update(rank=2),
+        lambda r: r.update(fingerprint="0" * 32),
+        lambda r: r["base"].pop(sorted(r["base"])[0]),
+        lambda r: r.pop("digest"),
+    ],
+)
+def test_any_edit_of_an_adapter_record_is_refused(tmp_path, getkey, change):
+    base, path = _adapter_file(tmp_path, getkey)
+    _rewrite_record(path, change)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    assert codes(e) == {"E333"}
+
+
+def test_a_spec_that_replays_into_another_model_is_refused_even_with_its_digest_redone(
+    tmp_path, getkey
+):
+    from eqxform._recipes import _record_digest
+
+    base, path = _adapter_file(tmp_path, getkey)
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path))
+
+    def forge(record):
+        record["specs"][0]["text"] += "\nwhere activation -> replace gelu\n"
+        record["digest"] = _record_digest(record, tensors)
+
+    _rewrite_record(path, forge)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    assert codes(e) == {"E334"} and "other module types, functions" in str(e.value)
+
+
+def test_an_adapter_file_loads_in_another_process(tmp_path, getkey):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base, path = _adapter_file(tmp_path, getkey)
+    base_file, merged = tmp_path / "base.eqx", tmp_path / "merged.eqx"
+    eqxform.save(base_file, base)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "eqxform", "merge", str(path), str(base_file), "-o", str(merged)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    x = jnp.ones(24)
+    adapted = eqxform.load(path, base=base)
+    assert np.allclose(eqxform.load(merged)(x), eqxform.resolve(adapted)(x), atol=1e-5)
+
+
+def test_the_state_trained_beside_the_adapters_of_a_stateful_model_is_saved(tmp_path, getkey):
+    from eqxform._runtime._train import make_loss
+
+    model, state = RM.make_tiny_resnet(3, 8, 2, 4, key=getkey())
+    program = eqxform.compile(
+        "optimizer adam(learning_rate=1e-2)\nwhere ** -> freeze\nwhere fc -> lora(rank=2, alpha=4)"
+    )
+    adapted, adapted_state = program.apply((model, state), key=getkey())
+    step = eqxform.make_step(
+        make_loss("mse", stateful=True),
+        eqxform.optimizer(program, adapted),
+        adapted,
+        state=adapted_state,
+    )
+    x, y = jax.random.normal(getkey(), (8, 3, 8, 8)), jax.random.normal(getkey(), (8, 4))
+    for _ in range(3):
+        step(x, y)
+    trained = step.result
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(trained[1]), jax.tree_util.tree_leaves(state))
+    ]
+    assert any(changed)  # the running statistics moved
+    path = tmp_path / "adapters.eqx"
+    eqxform.save(path, trained, adapters_only=True, spec=program)
+    loaded_model, loaded_state = eqxform.load(path, base=(model, state))
+    for a, b in zip(jax.tree_util.tree_leaves(loaded_state), jax.tree_util.tree_leaves(trained[1])):
+        assert np.array_equal(a, b)
+    run = lambda m, s: jax.vmap(  # noqa: E731
+        lambda xi: eqxform.resolve(m)(xi, s)[0], axis_name="batch"
+    )(x)
+    assert np.array_equal(run(loaded_model, loaded_state), run(*trained))
+
+
+def test_frozen_tensors_a_spec_draws_with_a_key_are_named_as_what_cannot_be_replayed(
+    tmp_path, getkey
+):
+    base = eqxform.new("MLP(in_size=24, out_size=40, width_size=32, depth=2)", seed=0)
+    program = eqxform.compile(
+        "where layers[0].weight -> init normal(stddev=0.1)\n"
+        "where layers[0] -> freeze\n"
+        "where layers[1:] -> lora(rank=4, alpha=8)\n"
+    )
+    path = tmp_path / "adapters.eqx"
+    # Applied from the spec's seed, the replay draws the same frozen weight.
+    eqxform.save(path, with_b(program.apply(base), getkey()), adapters_only=True, spec=program)
+    assert eqxform.load(path, base=base) is not None
+    # Applied with a key of its own, it cannot: refused, naming the tensor.
+    adapted = with_b(program.apply(base, key=jax.random.key(9)), getkey())
+    eqxform.save(path, adapted, adapters_only=True, spec=program)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    (d,) = e.value.diagnostics
+    assert (
+        d.code == "E330"
+        and "its specs draw frozen tensors at random (`layers.0.weight`)" in d.message
+    )
+    assert "`seed=` (not `key=`)" in d.help
+
+
+@pytest.mark.parametrize(
+    "change,words",
+    [
+        (lambda r: r.update(base=[1, 2]), "`adapters.base` is a list; a map is expected"),
+        (lambda r: r.update(trained="all"), "`adapters.trained` is a string"),
+        (lambda r: r.pop("fingerprint"), "`adapters.fingerprint` is null; a string"),
+        (lambda r: r["specs"][0].update(text=7), "`adapters.specs[0].text` is the number `7`"),
+    ],
+)
+def test_a_malformed_adapter_record_is_a_located_diagnostic(tmp_path, getkey, change, words):
+    base, path = _adapter_file(tmp_path, getkey)
+    _rewrite_record(path, change)
+    with pytest.raises(ModelFileError) as e:
+        eqxform.load(path, base=base)
+    (d,) = e.value.diagnostics
+    assert d.code == "E315" and words in d.message and "adapter record" in d.message

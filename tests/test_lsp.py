@@ -2,6 +2,7 @@
 drive it, and its model-aware half (`Analyzer`) held to `Program.plan`."""
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -279,52 +280,237 @@ def test_formatting():
 
 
 def test_typing_stays_responsive_while_the_model_is_planned():
-    """Model-free diagnostics and hovers answer at once while a long plan runs,
-    and only the last version's plan is published."""
+    """Model-free diagnostics and hovers answer while a long plan runs. Each answer is held to the
+    plan's own duration, not to a number of seconds: a server that waited for
+    the plan would answer in about that time, one that does not in a small
+    part of it, however busy the machine."""
     rules = "".join(f"where layers[{i}].weight -> init normal(stddev=0.1)\n" for i in range(60))
     text = "model MLP(in_size=4, out_size=4, width_size=4, depth=80)\n" + rules
 
     async def go():
         async with Session() as s:
             uri = s.open(text)
-            await s.diagnostics(uri, timeout=30)
+            start = time.perf_counter()
+            await s.settled(uri, timeout=300)
+            whole = time.perf_counter() - start
             latencies = []
             for i in range(8):
                 start = time.perf_counter()
+                # Indenting rule i replans every line from it down.
                 version = s.edit(uri, 1 + i, 0, 0, " ")
-                await s.diagnostics(uri, version, timeout=30)
+                await s.diagnostics(uri, version, timeout=60)
                 latencies.append(time.perf_counter() - start)
-                await asyncio.sleep(0.05)
-            assert max(latencies) < 2.0, latencies
+                await asyncio.sleep(whole / 50)
             start = time.perf_counter()
             await s.hover(uri, 0, 2)
-            assert time.perf_counter() - start < 2.0
+            latencies.append(time.perf_counter() - start)
+            assert max(latencies) < whole / 2, (latencies, whole)
             # The last version is planned (its second publication); its
             # diagnostics are the plan's: none.
-            assert await s.settled(uri, version, timeout=180) == []
+            assert await s.settled(uri, version, timeout=300) == []
             published = [p.version for p in s.published[uri]]
             assert set(range(1, version + 1)) <= set(published)
 
-    run(go(), timeout=300)
+    run(go(), timeout=600)
+
+
+def _ends(session) -> float:
+    """Say `shutdown` and `exit` to the server; seconds until its process ended."""
+
+    async def go():
+        start = time.perf_counter()
+        await asyncio.wait_for(session.client.shutdown_async(None), timeout=120)
+        session.client.exit(None)
+        await asyncio.wait_for(session.client._server.wait(), timeout=600)
+        return time.perf_counter() - start
+
+    return go()
 
 
 def test_exit_does_not_wait_for_a_long_plan():
-    rules = "".join(f"where layers[{i}].weight -> init zeros\n" for i in range(150))
+    """`exit` while a plan runs ends the process in a small part of the time
+    the plan takes (measured on the same text, in the same server), and the
+    plan is never published."""
+    rules = "".join(f"where layers[{i}].weight -> init zeros\n" for i in range(25))
     text = "model MLP(in_size=4, out_size=4, width_size=4, depth=400)\n" + rules
+    first = text.split("\n")[1]
 
     async def go():
         session = Session()
         async with session as s:
             uri = s.open(text)
-            await s.diagnostics(uri, timeout=30)
-            await asyncio.sleep(4)  # the plan (some ten seconds) is under way
-            assert len(s.published[uri]) == 1
+            await s.settled(uri, timeout=300)
+            # An edit of the first rule replans every line: how long that takes.
             start = time.perf_counter()
-        return time.perf_counter() - start, session.client._server.returncode
+            version = s.edit(uri, 1, 0, len(first), first.replace("zeros", "ones"))
+            await s.settled(uri, version, timeout=300)
+            replan = time.perf_counter() - start
+            # The same again, and `exit` while it runs.
+            version = s.edit(uri, 1, 0, len(first), first)
+            await s.diagnostics(uri, version, timeout=60)
+            await asyncio.sleep(replan / 10)
+            assert [p.version for p in s.published[uri]].count(version) == 1, "planned already"
+            seconds = await _ends(s)
+            # The plan of the last version never came.
+            assert [p.version for p in s.published[uri]].count(version) == 1
+        return seconds, replan, session.client._server.returncode
 
-    seconds, returncode = run(go())
+    seconds, replan, returncode = run(go(), timeout=900)
+    assert returncode == 0  # `shutdown` came first
+    assert seconds < replan / 2, (seconds, replan)
+
+
+def _rules(lines: int) -> str:
+    """A spec of `lines` lines shaped like a long real one: a model and rules
+    of every kind on its layers, no diagnostics."""
+    forms = [
+        "where layers[{i}].weight -> init normal(stddev=s)",
+        "where layers[{i}].bias -> init zeros",
+        "where layers[{i}].weight if ndim == 2 -> scale 0.5",
+        "where layers[{i}] -> init trunc_normal(stddev=1 / sqrt(fan_in), lower=-2, upper=2)",
+    ]
+    head = ["model MLP(in_size=8, out_size=8, width_size=8, depth=500)", "seed 0", "let s = 0.5"]
+    body = [forms[i % len(forms)].format(i=i % 500) for i in range(lines - len(head))]
+    return "\n".join(head + body) + "\n"
+
+
+def test_a_burst_of_edits_is_checked_once_in_its_last_version():
+    """300 edits sent together to a 2,000-line spec, then a hover: the text is
+    checked in its last version (not once per edit), and the hover answers
+    from that version."""
+    text = _rules(2000).replace("model MLP", "# model MLP", 1)  # no plan: the check alone
+    line = 1003  # `where layers[0].weight -> init normal(stddev=s)`
+    before = text.split("\n")[line]
+    cut = before.index("normal(")
+    names = ["zeros", "ones", "normal", "uniform", "he_normal", "glorot_uniform"]
+
+    async def go():
+        async with Session() as s:
+            uri = s.open(text)
+            assert await s.diagnostics(uri, timeout=120) == []
+            end = len(before)
+            for i in range(300):
+                # Retype the initialiser, in turn a known one and a misspelt one.
+                name = names[i % len(names)] + ("" if i % 2 else "z")
+                new = before[:cut] + name
+                version = s.edit(uri, line, cut, end, name)
+                end = len(new)
+            assert version == 301 and name == "glorot_uniform"
+            hover = await s.hover(uri, line, cut + 2)
+            assert "glorot_uniform(" in hover.contents.value  # the last text's word
+            found = await s.diagnostics(uri, version, timeout=120)
+            assert found == []  # `glorot_uniform` is known: no E102 of an older version
+            checked = sorted({p.version for p in s.published[uri]} - {1})
+            assert checked[-1] == version
+            # Not one check per edit: a handful at most (the edits may reach
+            # the server in a few pieces), all but the last ones unpublished.
+            assert len(checked) <= 10, checked
+
+    run(go(), timeout=600)
+
+
+def test_exit_while_a_long_spec_is_checked():
+    """`exit` while a 100,000-line spec is parsed and checked ends the process
+    (and frees its memory) long before the check would end: the check's
+    length is measured on 2,000 of its lines, in the same server."""
+    long = _rules(100_000)
+    short = _rules(2000)
+
+    async def go():
+        session = Session()
+        async with session as s:
+            start = time.perf_counter()
+            small = s.open(short, "short.eqx")
+            await s.diagnostics(small, timeout=300)
+            per_2000 = time.perf_counter() - start  # 1/50 of the long check, or more
+            uri = s.open(long, "long.eqx")
+            await asyncio.sleep(per_2000)
+            seconds = await _ends(s)
+            # The long text was never checked to the end.
+            assert uri not in s.published
+        return seconds, per_2000, session.client._server.returncode
+
+    seconds, per_2000, returncode = run(go(), timeout=900)
     assert returncode == 0
-    assert seconds < 3.0
+    assert seconds < 10 * per_2000, (seconds, per_2000)  # the check: 50 times that
+
+
+def test_a_request_with_a_negative_position_gets_an_error_response():
+    from pygls.exceptions import JsonRpcException
+
+    async def go():
+        async with Session() as s:
+            uri = s.open(FREEZE)
+            await s.diagnostics(uri, timeout=60)
+            for position, field in [
+                ({"line": -1, "character": 0}, "Position.line"),
+                ({"line": 0, "character": -3}, "Position.character"),
+            ]:
+                params = {"textDocument": {"uri": uri}, "position": position}
+                with pytest.raises(JsonRpcException) as info:
+                    await s.request("textDocument/hover", params)
+                assert info.value.code == -32602
+                assert field in info.value.message and "E604" in info.value.message
+            # A completion too; and the server goes on answering.
+            params = {"textDocument": {"uri": uri}, "position": {"line": 2, "character": -1}}
+            with pytest.raises(JsonRpcException) as info:
+                await s.request("textDocument/completion", params)
+            assert info.value.code == -32602
+            assert (await s.hover(uri, *_position(FREEZE, "adamw(", 1))) is not None
+            stderr = await s.said("error[E604]", times=3)
+            assert "Traceback" not in stderr
+
+    run(go())
+
+
+def _length(value: bytes):
+    return lambda data: re.sub(rb"Content-Length: \d+", b"Content-Length: " + value, data, count=1)
+
+
+@pytest.mark.parametrize(
+    "mangle, said",
+    [
+        (_length(b"abc"), "`Content-Length: abc` is not a number of bytes"),
+        (_length(b"-5"), "`Content-Length: -5` is not a number of bytes"),
+        (_length(b"100000"), "`Content-Length: 100000` was longer than its body"),
+        (lambda data: b"some noise\r\n" + data, "skipped 12 bytes that were no message"),
+    ],
+    ids=["abc", "negative", "longer", "noise"],
+)
+def test_a_badly_framed_message_costs_only_itself(mangle, said):
+    """The server reads on after a framing mistake: the badly framed request
+    is answered (its JSON is whole), the requests after it too, and stderr
+    says what was wrong."""
+    line, character = _position(FREEZE, "model MLP", 2)
+    params = {"textDocument": {"uri": None}, "position": {"line": line, "character": character}}
+
+    async def go():
+        async with Session() as s:
+            uri = params["textDocument"]["uri"] = s.open(FREEZE)
+            await s.diagnostics(uri, timeout=60)
+            hover = await s.request("textDocument/hover", params, mangle)
+            assert hover.contents.value == D.DIRECTIVES["model"]
+            for _ in range(3):
+                hover = await s.hover(uri, *_position(FREEZE, "-> replace", 4))
+                assert hover.contents.value == f"`replace`: {D.ACTIONS['replace']}"
+            stderr = await s.said(said)
+            assert "error[E603]: " in stderr and "Traceback" not in stderr
+
+    run(go())
+
+
+def test_a_body_that_is_not_json_gets_a_parse_error():
+    async def go():
+        async with Session() as s:
+            uri = s.open(FREEZE)
+            await s.diagnostics(uri, timeout=60)
+            s.write(b"Content-Length: 9\r\n\r\n{not json")
+            # The server answers it (-32700, to no id) and reads on.
+            hover = await s.hover(uri, *_position(FREEZE, "-> replace", 4))
+            assert hover.contents.value == f"`replace`: {D.ACTIONS['replace']}"
+            await s.said("error[E603]: a message is not JSON")
+
+    run(go())
 
 
 # ---- the model-aware half, in process -----------------------------------------

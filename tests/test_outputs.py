@@ -331,3 +331,56 @@ def test_a_real_signal_during_eqxform_new(tmp_path, signum):
     stderr = _signal_mid_write(tmp_path, _CLI, ["new", MODEL, "-o"], signum)
     if signum == signal.SIGINT:
         assert "interrupted; nothing was written" in stderr
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_and_a_live_ones_kept(
+    tmp_path, monkeypatch
+):
+    from eqxform import _files
+
+    monkeypatch.setattr(_files, "STALE_TEMP_AGE_S", 0.0)
+    target = tmp_path / "m.eqx"
+    target.write_bytes(b"old contents")
+    with subprocess.Popen(
+        [sys.executable, "-c", _LIGHT, str(target)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout.readline().strip() == "writing", child.stderr.read()
+            (live,) = _temporaries(tmp_path)
+            assert live.startswith(".m.eqx.")
+            # A live writer's temporary is locked: another write leaves it.
+            _files.atomic_write(target, b"first")
+            assert _temporaries(tmp_path) == [live] and target.read_bytes() == b"first"
+            child.kill()  # SIGKILL: no chance to clean up
+            child.wait(timeout=60)
+        finally:
+            child.kill()
+    assert _temporaries(tmp_path) == [live]  # what `kill -9` leaves
+    # Files that are not this output's temporaries, and one too young to judge.
+    others = [".m.eqx.notmine", ".other.eqx.abcdefgh.tmp", ".m.eqx.abc.tmp", "m.eqx.abcdefgh.tmp"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"x")
+    _files.atomic_write(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert _temporaries(tmp_path) == sorted(n for n in others if n.endswith(".tmp"))
+    assert all((tmp_path / n).read_bytes() == b"x" for n in others)
+
+
+def test_a_recent_temporary_is_never_taken_for_a_stale_one(tmp_path):
+    target = tmp_path / "m.eqx"
+    young = tmp_path / ".m.eqx.abcd1234.tmp"
+    young.write_bytes(b"a writer that has not locked it yet")
+    eqxform.save(target, {"w": jnp.ones(2)})
+    assert young.exists()
+    old = os.path.getmtime(young) - 3600
+    os.utime(young, (old, old))  # an hour old, and no process holds it
+    eqxform.save(target, {"w": jnp.zeros(2)})
+    assert not young.exists()
+    assert np.array_equal(eqxform.load(target, like={"w": jnp.ones(2)})["w"], np.zeros(2))

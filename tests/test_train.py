@@ -134,7 +134,7 @@ def test_ctrl_c_keeps_the_last_good_model(here):
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a hang bound: the first checkpoint takes some seconds
     while not Path("m.eqx").exists() and time.time() < deadline:
         time.sleep(0.2)
     assert Path("m.eqx").exists(), (
@@ -148,3 +148,229 @@ def test_ctrl_c_keeps_the_last_good_model(here):
     recipe = eqxform.recipe_of(model)
     assert recipe["train"]["steps"] > 0
     assert not [p for p in os.listdir(".") if p.endswith(".tmp")]
+
+
+# ---- labels, progress off a terminal, non-finite training ---------------------------------
+
+
+def test_cross_entropy_labels_say_what_is_wrong_and_how_to_fix_it(here):
+    Path("s.eqx").write_text(
+        "model MLP(in_size=4, out_size=3, width_size=8, depth=1)\noptimizer adam(learning_rate=1e-2)\n"
+    )
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 4)).astype(np.float32)
+    np.savez("onehot.npz", x=x, y=np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)])
+    code, out = run(
+        "train", "s.eqx", "--data", "onehot.npz", "--loss", "cross_entropy", "-o", "m.eqx"
+    )
+    assert code == 2 and "E420" in out and "Traceback" not in out
+    assert "labels that are integers of shape [N], got f32[16,3]" in out
+    assert "y.argmax(axis=1).astype(numpy.int32)" in out
+    assert "numpy.savez(path, x=inputs" not in out  # the generic help is not what is wrong here
+    np.savez("classes.npz", x=x, y=np.arange(16, dtype=np.int32) % 5)
+    code, out = run(
+        "train", "s.eqx", "--data", "classes.npz", "--loss", "cross_entropy", "-o", "m.eqx"
+    )
+    assert code == 2 and "labels must lie in [0, 3); they run from 0 to 4" in out
+    assert "give labels from 0 to 2" in out
+    assert not Path("m.eqx").exists()
+
+
+def test_train_off_a_terminal_prints_the_initial_loss_and_bounded_progress(here):
+    # CliRunner's output is no terminal, as a pipe or a log file is not.
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--steps", "200")
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("step 1/200: initial loss ")
+    float(lines[0].rsplit(" ", 1)[1])
+    progress = [line for line in lines if line.startswith("step ")]
+    # The first step, one line per tenth of the run, nothing more.
+    assert [int(line.split()[1].split("/")[0]) for line in progress] == [1] + list(
+        range(20, 201, 20)
+    )
+    assert lines[-1].startswith("trained 200 steps (loss ") and "wrote m.eqx" in lines[-1]
+    # A short run: every step is its own tenth.
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--steps", "3")
+    assert [line.split(":")[0] for line in out.splitlines()[:3]] == [
+        "step 1/3",
+        "step 2/3",
+        "step 3/3",
+    ]
+
+
+def test_a_diverging_run_stops_at_the_first_nonfinite_step_and_keeps_the_last_finite_model(here):
+    Path("s.eqx").write_text(
+        "model MLP(in_size=2, out_size=2, width_size=8, depth=2)\noptimizer sgd(learning_rate=1e10)\n"
+    )
+    code, out = run("train", "s.eqx", "-o", "m.eqx", "--steps", "50")
+    assert code == 1 and "Traceback" not in out
+    assert "error[E530]: training stopped at step 2: its loss is inf" in out
+    assert "wrote the model of step 1, the last finite one, to `m.eqx`" in out
+    assert "trained 50 steps" not in out
+    model = eqxform.load("m.eqx")
+    import equinox as eqx
+    import jax
+
+    arrays = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
+    assert arrays and all(np.isfinite(np.asarray(a)).all() for a in arrays)
+    recipe = eqxform.recipe_of(model)
+    assert recipe["train"]["steps"] == 1
+    assert recipe["train"]["stopped"] == "step 2 was not finite"
+
+
+def test_a_model_whose_first_loss_is_not_finite_writes_nothing(here):
+    # `scale` by 1e30 in both layers: the outputs overflow, and the first loss is NaN.
+    Path("s.eqx").write_text(
+        "model MLP(in_size=2, out_size=2, width_size=8, depth=1)\n"
+        "optimizer adam(learning_rate=1e-3)\n"
+        "where Linear.weight -> scale 1e30\n"
+    )
+    code, out = run("train", "s.eqx", "-o", "m.eqx", "--steps", "20")
+    assert code == 1 and "training stopped at step 1: its loss is nan" in out
+    assert "nothing was written to `m.eqx`" in out
+    assert not Path("m.eqx").exists()
+
+
+def test_the_step_keeps_the_model_before_the_first_nonfinite_step(getkey):
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    model = eqx.nn.Linear(2, 1, key=getkey())
+
+    def loss_fn(m, x, y):
+        return jnp.mean((jax.vmap(m)(x) - y) ** 2)
+
+    step = eqxform.make_step(loss_fn, optax.sgd(0.1), model, stop_if_nonfinite=True)
+    x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
+    step(x, y)
+    good = np.array(step.model.weight)  # a copy: the step donates its buffers
+    assert step.nonfinite_step is None
+    step(x.at[0, 0].set(jnp.nan), y)  # step 2: NaN loss
+    step(x, y)  # later finite steps change nothing
+    assert step.nonfinite_step == 2
+    assert np.array_equal(step.model.weight, good)
+    # Without the option the step is what it was: the NaN goes into the model.
+    plain = eqxform.make_step(loss_fn, optax.sgd(0.1), model)
+    plain(x.at[0, 0].set(jnp.nan), y)
+    assert plain.nonfinite_step is None and np.isnan(plain.model.weight).all()
+
+
+@pytest.mark.parametrize(
+    "bad,words",
+    [
+        ("x", "`x` of `d.npz` holds nan at index [3, 1] (2 elements not finite)"),
+        ("y", "`y` of `d.npz` holds inf at index [7, 0] (1 element not finite)"),
+    ],
+)
+def test_nonfinite_training_data_is_refused_before_any_step(here, bad, words):
+    x = np.zeros((16, 2), np.float32)
+    y = np.zeros((16, 2), np.float32)
+    if bad == "x":
+        x[3, 1] = x[9, 0] = np.nan
+    else:
+        y[7, 0] = np.inf
+    np.savez("d.npz", x=x, y=y)
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "--data", "d.npz", "-o", "m.eqx")
+    assert code == 2 and "E529" in out and words in out and "Traceback" not in out
+    assert "step 1/" not in out  # refused before training
+    assert not Path("m.eqx").exists()
+
+
+# ---- whole numbers on the command line; joining a run of several processes ---------------
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--steps", "１"),  # a fullwidth digit: Python's int() takes it
+        ("--steps", "1_0"),  # so does an underscore
+        ("--batch-size", "٣"),  # an Arabic-Indic digit
+        ("--checkpoint-every", "²"),
+        ("--num-processes", "２"),
+        ("--timeout", "1e3"),
+    ],
+)
+def test_counts_on_the_command_line_are_ascii_digits(here, option, value):
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", option, value)
+    assert code == 2 and "Traceback" not in out
+    assert (
+        f"Invalid value for '{option}': `{value}` is not a whole number written in the digits 0-9"
+        in out
+    )
+
+
+@pytest.mark.parametrize("size", ["１", "²", "1_0", "٣"])
+def test_a_mesh_size_in_other_digits_is_refused(here, size):
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--mesh", f"data={size}")
+    assert code == 2 and "E465" in out and "Traceback" not in out
+    assert (
+        f"the size of `data` must be a whole number in the digits 0-9, or -1, not `{size}`" in out
+    )
+    with pytest.raises(eqxform.UsageError):
+        eqxform.compile("seed 0", mesh=f"data={size}")
+
+
+def test_a_port_in_other_digits_is_refused():
+    with pytest.raises(eqxform.UsageError) as e:
+        eqxform.initialize_distributed("127.0.0.1:１２３４", 2, 1)
+    assert [d.code for d in e.value.diagnostics] == ["E466"]
+    assert "is not `HOST:PORT`" in e.value.diagnostics[0].message
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--timeout", "5")
+    assert code == 2 and "E466" in out and "`--timeout` is how long a run of several" in out
+
+
+def _train_joining(tmp_path, process_id: int, port: int) -> subprocess.CompletedProcess:
+    """`eqxform train` as one process of a run of two that never forms, with
+    a timeout of 3 s; the test itself is bounded (a hang is a failure)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    env.pop("XLA_FLAGS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "eqxform", "train", str(SPECS / "freeze_backbone.eqx")]
+        + ["-o", str(tmp_path / "m.eqx"), "--coordinator", f"127.0.0.1:{port}"]
+        + ["--num-processes", "2", "--process-id", str(process_id), "--timeout", "3"],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_a_coordinator_that_never_answers_is_a_diagnostic_not_an_abort(tmp_path):
+    # Port 1: nothing listens. JAX alone waits 5 minutes, then aborts (SIGABRT).
+    done = _train_joining(tmp_path, 1, 1)
+    assert done.returncode == 2, done.stderr
+    assert "error[E467]: process 1 of 2 could not join the run at `127.0.0.1:1`" in done.stderr
+    assert "nothing listens there" in done.stderr and "after 3 s" in done.stderr
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m.eqx").exists()
+
+
+def test_a_coordinator_whose_run_never_forms_is_a_diagnostic_not_an_abort(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = _train_joining(tmp_path, 0, port)  # process 0 serves; process 1 never comes
+    assert done.returncode == 2, done.stderr
+    assert "error[E467]: process 0 of 2" in done.stderr
+    assert "the 2 processes did not all join within 3 s" in done.stderr
+    assert "start the other 1 process(es)" in done.stderr
+    assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m.eqx").exists()
+
+
+def test_a_slow_run_off_a_terminal_prints_a_line_at_least_every_interval(here, monkeypatch):
+    from eqxform import _cli
+
+    # Every step "takes" longer than the interval: each gets its line.
+    monkeypatch.setattr(_cli, "_LINE_EVERY_S", 0.0)
+    code, out = run("train", SPECS / "freeze_backbone.eqx", "-o", "m.eqx", "--steps", "25")
+    assert code == 0, out
+    steps = [
+        int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("step ")
+    ]
+    assert steps == list(range(1, 26))

@@ -165,3 +165,133 @@ def test_wrap_errors(getkey):
     with pytest.raises(eqxform.SpecError) as info:
         eqxform.compile("where layers[0] -> wrap symmetric").apply(model, key=getkey())
     assert "select the arrays themselves" in info.value.diagnostics[0].help
+
+
+# ---- match properties read through wrappers ---------------------------------
+
+
+class Scaled(eqxform.Wrapper):
+    """A user's wrapper, registered as users register theirs."""
+
+    value: jax.Array
+    factor: float = eqx.field(static=True)
+
+    def __init__(self, value, factor=1.0):
+        self.value, self.factor = value, factor
+
+    def get(self):
+        return self.factor * eqxform.resolve(self.value)
+
+
+# (the lines that wrap the weights first, the wrapper the weight is then in)
+WRAPPED_FIRST = {
+    "frozen": ("where ** -> freeze", "Frozen"),
+    "symmetric": ("where Linear.weight if shape[0] == shape[1] -> wrap symmetric", "Symmetric"),
+    "weight_norm": ("where Linear.weight -> wrap weight_norm", "WeightNormed"),
+    "positive": ("where Linear.weight -> wrap positive", "Positive"),
+    "registered": ("where Linear.weight -> wrap scaled(factor=2.0)", "Scaled"),
+    "nested": (
+        "where Linear.weight if shape[0] == shape[1] -> wrap symmetric\nwhere ** -> freeze",
+        "Frozen",
+    ),
+    "adapter": ("where Linear -> lora(rank=2)", "Frozen"),  # the base weight of a LoRA
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WRAPPED_FIRST))
+def test_filters_read_the_wrapped_arrays_properties(getkey, kind):
+    """A library model (ViT blocks of a hand-written attention): after any
+    wrapper, `Linear.weight if ...` selects by the wrapped array's own
+    properties, exactly the weights it selects on the plain model."""
+    import realmodels as R
+
+    eqxform.register_wrapper("scaled", Scaled)
+    vit = R.TinyViT(key=getkey())
+    first, wrapper = WRAPPED_FIRST[kind]
+    wrapped = eqxform.compile(first).apply(vit, key=getkey())
+    square = "ndim == 2 and shape[0] == shape[1]"
+    # The three `attn.proj` weights are the model's only square ones (16, 16).
+    for condition, count in [
+        (square, 3),
+        (f'{square} and size == 256 and dtype == "float32"', 3),
+        ("fan_in == 16 and fan_out == 48", 3),  # the `qkv` weights, (48, 16)
+        ("fan_in == 32", 3),  # `fc2`, (16, 32)
+        ("ndim == 2", 3 * 4 + 1),
+    ]:
+        spec = f"where Linear.weight if {condition} expect {count} -> scale 2"
+        plain = eqxform.compile(spec).apply(vit, key=getkey())
+        out = eqxform.compile(spec).apply(wrapped, key=getkey())
+        changed = [
+            path
+            for path, a, b in _weights(eqxform.bake(wrapped), eqxform.bake(out))
+            if not np.array_equal(a, b)
+        ]
+        expected = [path for path, a, b in _weights(vit, plain) if not np.array_equal(a, b)]
+        assert changed == expected and len(changed) == count, (kind, condition)
+    proj = wrapped.blocks[0].attn.proj
+    node = proj.base.weight if isinstance(proj, eqxform.LoRA) else proj.weight
+    assert type(node).__name__ == wrapper  # the filter did read through a wrapper
+
+
+def _weights(a, b):
+    """(path, leaf of a, leaf of b) for every `weight` of two models of one structure."""
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    leaves_b = jax.tree_util.tree_leaves(b)
+    return [
+        (jax.tree_util.keystr(path).replace(".base.", "."), x, y)
+        for (path, x), y in zip(leaves_a, leaves_b)
+        if jax.tree_util.keystr(path).endswith(".weight")
+    ]
+
+
+def test_adapter_arguments_read_a_frozen_weights_fans(getkey):
+    # `lora(rank=...)` reads the match's `fan_in`: the weights an earlier
+    # `freeze` wrapped keep their fans.
+    model = eqx.nn.MLP(16, 4, 32, 2, key=getkey())
+    spec = "where ** -> freeze\nwhere Linear -> lora(rank=4 if fan_in >= 32 else 2)"
+    out = eqxform.compile(spec).apply(model, key=getkey())
+    assert [layer.rank for layer in out.layers] == [2, 4, 4]
+
+
+def test_a_filter_that_no_wrapped_weight_passes_names_the_wrapped_shapes(getkey):
+    model = eqx.nn.MLP(4, 4, 8, 2, key=getkey())
+    spec = "where ** -> freeze\nwhere Linear.weight if shape[0] == 99 -> init zeros"
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile(spec).apply(model, key=getkey())
+    d = info.value.diagnostics[0]
+    assert d.code == "E201" and d.span.line == 2
+    assert "`layers[0].weight` float32[8, 4] (in `Frozen`)" in d.help
+
+
+def test_stacked_frozen_layers_have_one_layers_shape(getkey):
+    import realmodels as R
+
+    model = R.LoopingTransformer(key=getkey())
+    spec = (
+        "stack blocks scan\n"
+        "where ** -> freeze\n"
+        "where blocks.linear1.weight if ndim == 2 and shape[0] == 32 and shape[1] == 16"
+        " expect 1 -> init zeros\n"
+    )
+    out = eqxform.compile(spec).apply(model, key=getkey())
+    weight = eqxform.bake(out).blocks.layers.linear1.weight
+    assert weight.shape == (3, 32, 16) and not bool(weight.any())
+
+
+@pytest.mark.parametrize("adapter", ["lora(rank=2)", "ia3"])
+def test_an_adapted_raw_weight_has_its_base_weights_properties(getkey, adapter):
+    # A raw `(width, out)` parameter that no `Linear` owns gets a weight-level
+    # adapter (`LoRAWeight`, `IA3Weight`); filters then read the base weight.
+    import realmodels as R
+
+    model = R.RawHead(key=getkey())
+    adapted = eqxform.compile(f"where w -> {adapter}").apply(model, key=getkey())
+    assert type(adapted.w).__name__ in ("LoRAWeight", "IA3Weight")
+    spec = (
+        'where w if ndim == 2 and shape[0] == 16 and shape[1] == 3 and dtype == "float32" '
+        "and fan_in == 3 and fan_out == 16 and size == 48 expect 1 -> init zeros"
+    )
+    out = eqxform.compile(spec).apply(adapted, key=getkey())
+    base = out.w.weight  # frozen by the adapter
+    assert isinstance(base, eqxform.Frozen) and not bool(base.value.any())
+    assert np.array_equal(out.layers[0].weight, adapted.layers[0].weight)

@@ -34,3 +34,4 @@ from ._wrappers import Wrapper as Wrapper
 from ._wrappers import bake as bake
 from ._wrappers import is_wrapper as is_wrapper
 from ._wrappers import resolve as resolve
+from ._wrappers import wrapped_field as wrapped_field

@@ -24,7 +24,7 @@ class Wrapper(eqx.Module):
         raise NotImplementedError
 
     def _inner(self) -> Any:
-        return getattr(self, dataclasses.fields(self)[0].name)
+        return getattr(self, wrapped_field(self))
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -41,6 +41,12 @@ class Wrapper(eqx.Module):
 
 def is_wrapper(x: Any) -> bool:
     return isinstance(x, Wrapper)
+
+
+def wrapped_field(wrapper: Wrapper) -> str:
+    """The field of `wrapper` that holds what it wraps: its first, by the contract
+    of `Wrapper` (`Frozen.value`, `Symmetric.matrix`, `LoRAWeight.weight`)."""
+    return dataclasses.fields(wrapper)[0].name
 
 
 def _value(x: Any) -> jax.Array:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from .. import _registry as R
 
@@ -42,10 +43,34 @@ def _trunc_normal(stddev: float = 1.0, lower: float = -2.0, upper: float = 2.0):
 
 
 def make(name: str, kwargs: dict[str, Any]) -> Callable:
-    """`name(**kwargs)` as a `(key, shape, dtype) -> array` function."""
+    """`name(**kwargs)` as a `(key, shape, dtype) -> array` function.
+
+    A built-in initialiser draws a half-precision leaf (`bfloat16`, `float16`,
+    the float8 types) in float32 and rounds the draw to the leaf's dtype: some
+    draws have no kernel below float32 (`orthogonal` is a QR, which the CPU
+    does not run in bfloat16), and this way a leaf holds the same numbers,
+    rounded, whatever its precision. A registered initialiser gets the leaf's
+    own dtype, as its signature promises.
+    """
     user = R.user_initializer(name)
     if user is not None:
         return lambda key, shape, dtype: user(key, shape, dtype, **kwargs)
+    init = _builtin(name, kwargs)
+
+    def draw(key, shape, dtype):
+        if _below_float32(dtype):
+            return init(key, shape, jnp.float32).astype(dtype)
+        return init(key, shape, dtype)
+
+    return draw
+
+
+def _below_float32(dtype) -> bool:
+    dtype = jnp.dtype(dtype)
+    return jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4
+
+
+def _builtin(name: str, kwargs: dict[str, Any]) -> Callable:
     inits = jax.nn.initializers
     if name == "trunc_normal":
         return _trunc_normal(**kwargs)

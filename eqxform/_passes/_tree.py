@@ -76,7 +76,7 @@ class RulePass(Pass):
     def in_range(self, what: str, value: Any, expr: A.Expr, node: Node, dtype) -> None:
         """A number an array of `dtype` cannot hold (`scale 1e300` on float32) is
         refused: JAX would silently make it infinite."""
-        if not isinstance(value, float) or not np.issubdtype(dtype, np.inexact):
+        if not isinstance(value, float) or not jnp.issubdtype(dtype, jnp.inexact):
             return
         limit = float(jnp.finfo(dtype).max)
         if abs(value) > limit:

@@ -8,14 +8,65 @@ place, and says plainly what is wrong when that fails.
 
 from __future__ import annotations
 
+import re
+
 import jax
 
-from .._diagnostics import Diagnostic
+from .._diagnostics import Diagnostic, render_all
 from .._errors import UsageError
+
+# How long `eqxform train --coordinator ...` waits for the run, by default.
+DEFAULT_TIMEOUT_S = 60
+
+# JAX's own deadline is set this much beyond ours: when it passes, its runtime
+# aborts the process (SIGABRT and a C++ stack trace), so ours must come first.
+_JAX_MARGIN_S = 30
+
+
+def _problem(process_id: int, num_processes: int, coordinator: str, what: str) -> Diagnostic:
+    return Diagnostic(
+        "E467",
+        f"process {process_id} of {num_processes} could not join the run at "
+        f"`{coordinator}`: {what}",
+        help=(
+            f"start the other {num_processes - 1} process(es) with the same `--coordinator` "
+            "and `--num-processes`, each with its own `--process-id`, within the timeout "
+            "(`--timeout SECONDS`)"
+            if process_id == 0
+            else "start process 0 first (it listens at the coordinator's address), check "
+            "that every process can reach it, and start the others within the timeout "
+            "(`--timeout SECONDS`); JAX must not have run anything before"
+        ),
+    )
+
+
+def _wait_for(host: str, port: int, deadline: float) -> str | None:
+    """Try to reach the coordinator until `deadline` (a `time.monotonic`
+    time); None once it answers, else why it did not."""
+    import socket
+    import time
+
+    why = "nothing answered"
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return why
+        try:
+            with socket.create_connection((host.strip("[]"), port), timeout=min(left, 2.0)):
+                return None
+        except socket.gaierror as e:
+            return f"the host `{host}` is unknown ({e.strerror or e})"
+        except OSError as e:
+            why = f"nothing listens there ({e.strerror or e})"
+        time.sleep(min(0.25, max(deadline - time.monotonic(), 0)))
 
 
 def initialize_distributed(
-    coordinator: str, num_processes: int, process_id: int, *, timeout_s: int = 300
+    coordinator: str,
+    num_processes: int,
+    process_id: int,
+    *,
+    timeout_s: int = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Join a run of `num_processes` processes as process `process_id`.
 
@@ -26,15 +77,20 @@ def initialize_distributed(
     - `num_processes`: how many processes take part.
     - `process_id`: this process's place, from 0 to `num_processes - 1`;
       process 0 writes the model files.
-    - `timeout_s`: how long to wait for the others.
+    - `timeout_s`: how long to wait, in seconds, for the coordinator to
+      answer and every process to join (default 60).
 
     Call it before any other JAX work, in every process, with the same spec
     and data. Raises `UsageError` (E466) for arguments that cannot work and
-    (E467) when the run cannot be joined.
+    (E467) when the coordinator cannot be reached within `timeout_s`. When
+    the coordinator answers but the other processes do not all join within
+    `timeout_s`, JAX's runtime would abort the process; instead the process
+    prints E467 on stderr and exits with status 2.
     """
     host, _, port = coordinator.rpartition(":")
     problem = None
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # ASCII digits only: `str.isdigit` and `int` also take `１` and `²`.
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         problem = f"`--coordinator {coordinator}` is not `HOST:PORT`"
     elif num_processes < 1:
         problem = f"`--num-processes {num_processes}` must be at least 1"
@@ -43,6 +99,8 @@ def initialize_distributed(
             f"`--process-id {process_id}` must lie in 0..{num_processes - 1} "
             f"for {num_processes} processes"
         )
+    elif isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
+        problem = f"the timeout must be a whole number of seconds, at least 1, not {timeout_s!r}"
     if problem is not None:
         raise UsageError(
             Diagnostic(
@@ -52,22 +110,55 @@ def initialize_distributed(
                 "address) and `--num-processes N`, and its own `--process-id` from 0 to N-1",
             )
         )
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    if process_id != 0:
+        # Process 0 serves at the coordinator's address. JAX would wait for
+        # it and then abort the process; here an unreachable coordinator is
+        # a diagnostic, after the timeout.
+        why = _wait_for(host, int(port), deadline)
+        if why is not None:
+            raise UsageError(
+                _problem(process_id, num_processes, coordinator, f"{why} after {timeout_s} s")
+            )
+    # What remains to wait for (the others registering) is watched: past the
+    # deadline the process says so and exits, before JAX's runtime aborts it.
+    watchdog = _watchdog(
+        _problem(
+            process_id,
+            num_processes,
+            coordinator,
+            f"the {num_processes} processes did not all join within {timeout_s} s",
+        ),
+        max(deadline - time.monotonic(), 0.0),
+    )
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator,
             num_processes=num_processes,
             process_id=process_id,
-            initialization_timeout=timeout_s,
+            initialization_timeout=timeout_s + _JAX_MARGIN_S,
         )
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(
-            Diagnostic(
-                "E467",
-                f"process {process_id} of {num_processes} could not join the run at "
-                f"`{coordinator}`: {first}",
-                help="start process 0 first (it listens at the coordinator's address), check "
-                "that every process can reach it, and start the others within the timeout; "
-                "JAX must not have run anything before",
-            )
-        ) from None
+        raise UsageError(_problem(process_id, num_processes, coordinator, first)) from None
+    finally:
+        watchdog.cancel()
+
+
+def _watchdog(diagnostic: Diagnostic, seconds: float):
+    """A timer that prints `diagnostic` and ends the process with status 2."""
+    import os
+    import sys
+    import threading
+
+    def fire():
+        sys.stderr.write(render_all([diagnostic]) + "\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer

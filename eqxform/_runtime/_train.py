@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from .. import _limits
+from .. import _names as N
 from .. import _registry as R
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
@@ -318,7 +319,31 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
         )
     if len(x) == 0:
         raise _data_error(path, f"`{path}` holds no examples")
+    for key, array in (("x", x), ("y", y)):
+        check_finite(array, key, path)
     return x, y
+
+
+def check_finite(array: np.ndarray, key: str, path: str) -> None:
+    """Training data holds no NaN and no infinity: one would make every loss
+    after it NaN. The first bad element is named by its index."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    where = tuple(int(i) for i in np.argwhere(~finite)[0])
+    count = int(finite.size - np.count_nonzero(finite))
+    raise _data_error(
+        path,
+        f"`{key}` of `{path}` holds {array[where]} at index {list(where)} "
+        f"({count:,} element{'s' if count != 1 else ''} not finite); training data must be "
+        "finite numbers",
+        f"clean the data before saving, e.g. drop those rows "
+        f"(`keep = numpy.isfinite({key}).all(axis=tuple(range(1, {key}.ndim)))`) or "
+        f"replace the values (`numpy.nan_to_num`)",
+        code="E529",
+    )
 
 
 def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
@@ -521,6 +546,8 @@ def check_fits(
             where,
             f"the model does not accept rows of `x` of shape {list(x.shape[1:])}: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+            "each row of `x` is one input of the model (the spec's `input` line, or the "
+            "`in_size` of an `MLP`): save `x` with one such input per row",
         ) from None
     out = picked_output(whole, output, where)
     if callable(loss):
@@ -537,19 +564,36 @@ def check_fits(
             f"the model gives outputs of shape {list(shape)}"
             + (" per member" if isinstance(model, Ensemble) else "")
             + f", but rows of `y` have shape {list(y.shape[1:])}",
+            "`--loss mse` compares each output with its row of `y`: give `y` the shape "
+            f"{list((len(y), *shape))} (or change the model's output)"
+            + (
+                "; for class labels use `--loss cross_entropy`"
+                if y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
+                else ""
+            ),
         )
     if loss == "cross_entropy":
         # One label per row of logits: `[N]` for `[classes]` outputs, `[N, L]`
         # for `[L, classes]` (a label per token).
         if not np.issubdtype(y.dtype, np.integer) or tuple(y.shape[1:]) != shape[:-1]:
+            want = "[" + ", ".join(["N", *map(str, shape[:-1])]) + "]"
             raise _data_error(
                 where,
-                f"`cross_entropy` needs integer class labels of shape "
-                f"{[len(y), *shape[:-1]] if shape else '[N]'} for outputs of shape "
-                f"{list(shape)}, not {y.dtype}{list(y.shape)}",
+                f"`--loss cross_entropy` needs labels that are integers of shape {want}, "
+                f"got {_typed(y)}",
+                _labels_help(y),
             )
         if not shape or (y.size and (y.min() < 0 or y.max() >= shape[-1])):
-            raise _data_error(where, f"labels must lie in [0, {shape[-1] if shape else '?'})")
+            classes = shape[-1] if shape else None
+            found = f"; they run from {y.min()} to {y.max()}" if y.size else ""
+            raise _data_error(
+                where,
+                f"labels must lie in [0, {classes if classes is not None else '?'})" + found,
+                f"the model has {classes} outputs, one per class: give labels from 0 to "
+                f"{classes - 1}"
+                if classes is not None
+                else "`cross_entropy` needs a model whose output is one vector of class scores",
+            )
 
 
 def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, where: str) -> None:
@@ -593,6 +637,27 @@ def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, whe
         )
 
 
+def _typed(a: np.ndarray) -> str:
+    """`f32[256,3]`: an array's dtype and shape as `input` lines write them."""
+    short = {long: s for s, long in reversed(list(N.INPUT_DTYPES.items()))}
+    name = np.dtype(a.dtype).name
+    return f"{short.get(name, name)}[{','.join(map(str, a.shape))}]"
+
+
+def _labels_help(y: np.ndarray) -> str:
+    if y.ndim == 2 and np.issubdtype(y.dtype, np.number):
+        return (
+            "one row of scores or a one-hot row per example is not a label: save "
+            "`y=y.argmax(axis=1).astype(numpy.int32)`, or train on these rows with `--loss mse`"
+        )
+    if y.ndim == 1:
+        return (
+            "save the class indices as integers: `y=y.astype(numpy.int32)`, or train on real "
+            "targets with `--loss mse`"
+        )
+    return "save one integer class index per example: `numpy.savez(path, x=x, y=labels)`"
+
+
 def _scalar(value: Any) -> float:
     """A replicated loss as a number, also when it spans several processes."""
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
@@ -602,10 +667,22 @@ def _scalar(value: Any) -> float:
 
 @dataclass
 class Result:
+    """What `train` did: the model (the last one whose loss and parameters
+    were finite), the steps it took, the last loss reported, whether Ctrl-C
+    stopped it, and the first step that was not finite (`nonfinite`), with
+    what was not (`nonfinite_what`)."""
+
     model: Any
     steps: int
     loss: float | None
     interrupted: bool
+    nonfinite: int | None = None
+    nonfinite_what: str = ""
+
+
+def every_tenth(done: int, steps: int) -> bool:
+    """`train`'s default reporting: step 1, every 10th step, the last."""
+    return done == 1 or done % 10 == 0 or done == steps
 
 
 def train(
@@ -620,11 +697,22 @@ def train(
     seed: int = 0,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Any, int], None] | None = None,
-    on_step: Callable[[int, float | None], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    report: Callable[[int, int], bool] = every_tenth,
     mesh: Any = None,
     batch_axis: str | None = None,
     output: str | None = None,
 ) -> Result:
+    """Train `model` for `steps` steps on batches of `(x, y)`.
+
+    `on_step(done, loss)` is called after the steps `report(done, steps)`
+    picks (step 1's loss is the initial model's, on the first batch). The
+    loop stops at the first step whose loss or updated parameters are not
+    finite: the model returned is the one before that step, and `nonfinite`
+    names the step. The check runs inside the compiled step; the loop reads
+    its result every 10 steps, at checkpoints and at the end (the same steps
+    in every process), so it waits for the device there, not at each step.
+    """
     if batch_size > len(x):
         raise UsageError(
             Diagnostic(
@@ -642,6 +730,7 @@ def train(
         state=state,
         mesh=mesh,
         batch_axis=batch_axis,
+        stop_if_nonfinite=True,
     )
     # On a mesh the batches stay on the host: the step splits each over the
     # devices (of every process) itself.
@@ -657,8 +746,11 @@ def train(
             raise KeyboardInterrupt
         stop["now"] = True
 
+    # The losses of the last steps, on the device: read only to say which
+    # value a failing step had.
+    recent: dict[int, Any] = {}
     previous = signal.signal(signal.SIGINT, on_sigint)
-    done, last = 0, None
+    done, last, bad = 0, None, None
     try:
         for i in range(steps):
             if stop["now"]:
@@ -669,13 +761,37 @@ def train(
             cursor += batch_size
             value = step(xs[idx], ys[idx])
             done = i + 1
-            if on_step is not None and (done % 10 == 0 or done == steps):
+            recent[done] = value
+            recent.pop(done - 10, None)
+            checkpoint = bool(checkpoint_every and on_checkpoint and done % checkpoint_every == 0)
+            # At the same steps in every process of a run (not at the steps
+            # this process reports): they stop together.
+            if checkpoint or done % 10 == 0 or done == steps:
+                bad = step.nonfinite_step
+                if bad is not None:
+                    break
+            if on_step is not None and report(done, steps):
                 last = _scalar(value) / (members or 1)
                 on_step(done, last)
-            if checkpoint_every and on_checkpoint and done % checkpoint_every == 0:
+            if checkpoint:
                 on_checkpoint(step.result, done)
     finally:
         signal.signal(signal.SIGINT, previous)
+    if bad is None and done:
+        bad = step.nonfinite_step
+    if bad is not None:
+        return Result(step.result, bad - 1, last, stop["now"], bad, _what_failed(recent.get(bad)))
     if done and last is None:
         last = _scalar(value) / (members or 1)
     return Result(step.result, done, last, stop["now"])
+
+
+def _what_failed(loss: Any) -> str:
+    """What was not finite at a failing step: its loss, or (its loss finite)
+    the parameters its update made."""
+    if loss is None:
+        return "its loss or its update was not finite"
+    value = _scalar(loss)
+    if not math.isfinite(value):
+        return f"its loss is {value}"
+    return f"its update made parameters non-finite (its loss was {value:.4g})"
