@@ -346,13 +346,15 @@ CODES: dict[str, Code] = {
             "cannot import (not installed, not on the module path, misspelt, or failing while "
             "it is imported) or a function the module does not have. eqxform imports the "
             "module as `import package.module` would in the Python that runs it; the `eqxform` "
-            "command does not put the current directory on the module path.",
+            "command also finds an allowed module or package in the current directory (and "
+            "nothing else there), so a factory module beside the model file needs no "
+            "`PYTHONPATH`.",
             "model mypkg.modls:make()",
             "make the module importable: install its package in the environment "
             "(`pip install -e FOLDER` for your own source), or put the folder that holds the "
-            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, `PYTHONPATH=.` for the "
-            "current directory; `sys.path.insert(0, FOLDER)` in Python); check the module path "
-            "and the function's name.",
+            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, or run `eqxform` in that "
+            "folder; `sys.path.insert(0, FOLDER)` in Python); check the module path and the "
+            "function's name.",
         ),
         _c(
             "E127",

@@ -125,21 +125,10 @@ _EDITED = (
 )
 
 
-_IMPORT = (
-    "the recipe's constructor module must be importable: install its package, add its folder "
-    "to `PYTHONPATH`, or (`eqxform` command) run the command in the folder that holds it"
-)
-
-
 def _recipe_error(diagnostics) -> ModelFileError:
     """A spec error in a file's recipe (its constructor, a spec it lists):
     the file's error, with a help line where the diagnostic has none."""
-    return ModelFileError(
-        [
-            d if d.help else dc_replace(d, help=_IMPORT if d.code == "E126" else _EDITED)
-            for d in diagnostics
-        ]
-    )
+    return ModelFileError([d if d.help else dc_replace(d, help=_EDITED) for d in diagnostics])
 
 
 def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:

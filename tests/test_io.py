@@ -344,7 +344,8 @@ def test_the_command_line_finds_an_allowed_module_in_the_current_directory(tmp_p
         tmp_path / "elsewhere", "", "-m", "eqxform", "show", "../t.eqx", "--allow", "factory"
     )
     assert "cannot import constructor `factory:make`" in lost.stdout + lost.stderr
-    assert "run the command in the folder that holds it" in lost.stdout + lost.stderr
+    assert "PYTHONPATH=FOLDER" in lost.stdout + lost.stderr
+    assert "finds an allowed package in the current directory" in lost.stdout + lost.stderr
 
 
 def test_a_python_call_a_recipe_cannot_write_is_refused(getkey):
