@@ -4,7 +4,7 @@ The baseline is `init_linear_weight` from the Equinox documentation's tricks
 page, with its `trunc_init`. Each case runs in a fresh process, so "cold" is a
 real first call (tracing and compilation included); "warm" is the median of the
 calls after it. Run: `python benchmarks/init_speed.py` (`--quick` for fewer
-repeats). Prints ratios ours / hand-written; below 1 means eqxform is faster.
+repeats, `--smoke` for the smallest size: that it runs). Prints ratios ours / hand-written; below 1 means eqxform is faster.
 """
 
 from __future__ import annotations
@@ -86,13 +86,17 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="the smallest size: that it runs")
     parser.add_argument("--worker", nargs=4)
     args = parser.parse_args()
+    if args.smoke:  # that it runs: small, and in this process (no cold starts)
+        global CASES, SCALING, measure
+        CASES, SCALING, measure = {"10 x Linear(8, 8)": (10, 8)}, (10,), worker
     if args.worker:
         kind, count, size, repeats = args.worker
         print(json.dumps(worker(kind, int(count), int(size), int(repeats))))
         return
-    repeats = 3 if args.quick else 7
+    repeats = 1 if args.smoke else 3 if args.quick else 7
     console = Console()
 
     table = Table(title="init trunc_normal: eqxform vs hand-written (seconds)")

@@ -1,7 +1,8 @@
 """How fast the language server answers, on a 200-rule spec over a model of
 1,002 leaves (`MLP(..., depth=500)`), driven over stdio as an editor drives it.
 
-Run: `python benchmarks/lsp_speed.py` (`--burst` for the burst alone). Every latency is measured at the client,
+Run: `python benchmarks/lsp_speed.py` (`--burst` for the burst alone, `--smoke`
+for the smallest size: that it runs). Every latency is measured at the client,
 from sending a message to receiving its answer; the table gives the median of
 the requests after the first (the first of each kind is shown on its own).
 
@@ -57,7 +58,7 @@ async def timed(coroutine) -> tuple[float, object]:
 
 
 async def measure() -> list[tuple[str, float | None, float, str]]:
-    text = make_spec()
+    text = make_spec(RULES)
     lines = text.split("\n")
     last = len(lines) - 2  # 0-based: the last rule
     rows: list[tuple[str, float | None, float, str]] = []
@@ -246,6 +247,10 @@ def main() -> None:
     from rich.table import Table
 
     burst_only = "--burst" in sys.argv[1:]
+    if "--smoke" in sys.argv[1:]:
+        global RULES, MODEL, REPEATS, BURST, BURST_LINES
+        RULES, REPEATS, BURST, BURST_LINES = 8, 2, 4, 40
+        MODEL = "model MLP(in_size=8, out_size=8, width_size=8, depth=8)"
     rows = [] if burst_only else asyncio.run(measure())
     burst = asyncio.run(measure_burst())
     table = Table(

@@ -12,7 +12,8 @@
    keyword argument) against a hand-written `eqx.filter_vmap` (the tricks
    page's). Target <= 1.05x.
 
-Run: `python benchmarks/real_models.py` (`--quick` for fewer repeats). Prints
+Run: `python benchmarks/real_models.py` (`--quick` for fewer repeats, `--smoke`
+for the smallest size: that it runs). Prints
 a table of seconds and ratios (ours / baseline; below 1 is faster).
 """
 
@@ -26,6 +27,7 @@ import sys
 import time
 
 BLOCKS = 48
+VIT_BLOCKS = 64
 WIDTH = 64
 
 
@@ -103,7 +105,7 @@ def _models():
     return Looper, hand_scan, ViT
 
 
-def compile_worker(kind: str) -> dict:
+def compile_worker(kind: str, blocks: int = BLOCKS) -> dict:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -112,7 +114,7 @@ def compile_worker(kind: str) -> dict:
     import eqxform
 
     Looper, hand_scan, _ = _models()
-    model = Looper(BLOCKS, WIDTH, jr.key(0))
+    model = Looper(blocks, WIDTH, jr.key(0))
     if kind == "stack":
         model = eqxform.compile("stack blocks scan").apply(model, key=jr.key(1))
         forward = lambda m, x: m(x)  # noqa: E731
@@ -135,7 +137,7 @@ def compile_worker(kind: str) -> dict:
     return {"compile": first, "run": (time.perf_counter() - start) / 5}
 
 
-def reinit(repeats: int) -> dict:
+def reinit(repeats: int, blocks: int = VIT_BLOCKS) -> dict:
     import math
 
     import equinox as eqx
@@ -145,7 +147,7 @@ def reinit(repeats: int) -> dict:
     import eqxform
 
     _, _, ViT = _models()
-    model = ViT(64, WIDTH, jr.key(0))
+    model = ViT(blocks, WIDTH, jr.key(0))
     leaves = len([x for x in jax.tree_util.tree_leaves(model) if eqx.is_array(x)])
     program = eqxform.compile(
         "where Linear.weight -> init trunc_normal(stddev=1/sqrt(fan_in), lower=-2, upper=2)"
@@ -224,6 +226,14 @@ def ensemble(repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def _work(kind: str, *rest: str) -> dict:
+    if kind == "compile":
+        return compile_worker(rest[0], int(rest[1]))
+    if kind == "reinit":
+        return reinit(int(rest[0]), int(rest[1]))
+    return ensemble(int(rest[0]))
+
+
 def _subprocess(*args) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=True
@@ -234,25 +244,23 @@ def _subprocess(*args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="the smallest size: that it runs")
     parser.add_argument("--worker", nargs="+")
     args = parser.parse_args()
     if args.worker:
-        kind, *rest = args.worker
-        if kind == "compile":
-            print(json.dumps(compile_worker(rest[0])))
-        elif kind == "reinit":
-            print(json.dumps(reinit(int(rest[0]))))
-        else:
-            print(json.dumps(ensemble(int(rest[0]))))
+        print(json.dumps(_work(*args.worker)))
         return
 
     import jax
     from rich.console import Console
     from rich.table import Table
 
-    repeats = 5 if args.quick else 15
-    compiled = {k: _subprocess("compile", k) for k in ("unstacked", "stack", "hand")}
-    table = Table(title=f"compile, forward + gradient, {BLOCKS} blocks looped by their parent (s)")
+    repeats = 1 if args.smoke else 5 if args.quick else 15
+    blocks, vit_blocks = (2, 2) if args.smoke else (BLOCKS, VIT_BLOCKS)
+    # A smoke run (that it runs) spares itself the fresh processes.
+    worker = _work if args.smoke else _subprocess
+    compiled = {k: worker("compile", k, str(blocks)) for k in ("unstacked", "stack", "hand")}
+    table = Table(title=f"compile, forward + gradient, {blocks} blocks looped by their parent (s)")
     for column in ("model", "compile", "ours / hand", "ours / unstacked", "run (ms)"):
         table.add_column(column, justify="right")
     for name, r in compiled.items():
@@ -266,18 +274,20 @@ def main() -> None:
     console = Console()
     console.print(table)
 
-    r = _subprocess("reinit", str(repeats))
+    r = worker("reinit", str(repeats), str(vit_blocks))
     table = Table(title=f"re-initialise every Linear weight, {r['leaves']:,} leaves, warm (s)")
     for column in ("ours", "hand-written tree_at", "ratio"):
         table.add_column(column, justify="right")
     table.add_row(f"{r['ours']:.4f}", f"{r['hand']:.4f}", f"{r['ours'] / r['hand']:.2f}x")
     console.print(table)
 
-    e = _subprocess("ensemble", str(repeats))
+    e = worker("ensemble", str(repeats))
     table = Table(title="evaluate an ensemble of 8, with a keyword argument (us per call)")
     for column in ("Ensemble", "hand-written filter_vmap", "ratio"):
         table.add_column(column, justify="right")
-    table.add_row(f"{e['ours'] * 1e6:.1f}", f"{e['hand'] * 1e6:.1f}", f"{e['ours'] / e['hand']:.2f}x")
+    table.add_row(
+        f"{e['ours'] * 1e6:.1f}", f"{e['hand'] * 1e6:.1f}", f"{e['ours'] / e['hand']:.2f}x"
+    )
     console.print(table)
     console.print(f"device: {jax.devices()[0].platform}")
 

@@ -18,7 +18,9 @@ than one device's share, and the spec splits every weight 8 ways over `model`
   simulated devices. The simulated devices share this machine's cores, so
   this shows the overhead of the sharded step, not a speed-up.
 
-    python benchmarks/shard_memory.py
+    python benchmarks/shard_memory.py [--smoke]
+
+`--smoke` is the smallest size: that it runs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 
 import gc  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
@@ -118,17 +121,17 @@ def load_rows(model, folder: Path):
     return rows
 
 
-def step_times(steps: int = 20):
-    spec = "model MLP(in_size=256, out_size=256, width_size=1024, depth=2)\n"
+def step_times(steps: int = 20, size: int = 256):
+    spec = f"model MLP(in_size={size}, out_size={size}, width_size={4 * size}, depth=2)\n"
     spec += "optimizer adam(learning_rate=1e-3)\n"
     shard = (
         "mesh data=2 model=4\n"
-        "where Linear.weight if shape[0] == 1024 -> shard (model, none)\n"
+        f"where Linear.weight if shape[0] == {4 * size} -> shard (model, none)\n"
         "where layers[-1].weight -> shard (none, model)\n"
     )
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(64, 256)).astype(np.float32)
-    y = rng.normal(size=(64, 256)).astype(np.float32)
+    x = rng.normal(size=(64, size)).astype(np.float32)
+    y = rng.normal(size=(64, size)).astype(np.float32)
 
     def loss_fn(m, x, y):
         return jnp.mean((jax.vmap(m)(x) - y) ** 2)
@@ -150,6 +153,10 @@ def step_times(steps: int = 20):
 
 def main():
     assert jax.device_count() == 8, "run this script as it is: it sets XLA_FLAGS itself"
+    smoke = "--smoke" in sys.argv[1:]
+    if smoke:
+        global MODEL
+        MODEL = "model MLP(in_size=64, out_size=64, width_size=256, depth=2)\n"
     rows, model = apply_rows()
     with tempfile.TemporaryDirectory() as folder:
         rows += load_rows(model, Path(folder))
@@ -161,7 +168,7 @@ def main():
         if label.startswith("load: host"):
             verdict = "(host, info)"
         print(f"{label:40s} {mib(one):>13s} {mib(eight):>13s} {ratio:8.4f}  {verdict}")
-    times = step_times()
+    times = step_times(2, 32) if smoke else step_times()
     base = times["1 device"]
     print()
     print(f"{'training step':40s} {'ms/step':>13s} {'vs 1 device':>13s}")

@@ -6,7 +6,8 @@
 2. An ensemble of 8 evaluated through `evaluate_ensemble` against a
    hand-written `filter_vmap` and a Python loop over 8 models.
 
-Run: `python benchmarks/stack_speed.py` (`--quick` for N up to 64).
+Run: `python benchmarks/stack_speed.py` (`--quick` for N up to 64, `--smoke` for
+the smallest size: that it runs).
 """
 
 from __future__ import annotations
@@ -71,8 +72,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="the smallest size: that it runs")
     args = parser.parse_args()
     counts = (8, 32, 64) if args.quick else (8, 32, 64, 128, 256)
+    if args.smoke:
+        counts = (2,)
     console = Console()
     x = jnp.ones(WIDTH)
 
@@ -124,7 +128,7 @@ def main() -> None:
     members = [ens.member(i) for i in range(8)]
     loop = eqx.filter_jit(lambda m, x: m(x))
 
-    def timed(f, repeats=2000):
+    def timed(f, repeats=25 if args.smoke else 2000):
         jax.block_until_ready(f())
         samples = []
         for _ in range(5):
@@ -137,7 +141,7 @@ def main() -> None:
 
     t_hand = timed(lambda: hand(ens.model, x))
     t_ours = timed(lambda: ours(ens, x))
-    t_loop = timed(lambda: [loop(m, x) for m in members], 400)
+    t_loop = timed(lambda: [loop(m, x) for m in members], 5 if args.smoke else 400)
     table.add_row(
         f"{t_hand * 1e6:.0f}",
         f"{t_ours * 1e6:.0f}",

@@ -4,7 +4,8 @@ with donated buffers; and of `make_step(stop_if_nonfinite=True)` (what
 `eqxform train` runs: the step keeps the last finite model inside the compiled
 step). MLPs of width 16, batch 16, adam, on the default device.
 
-Run: `python benchmarks/step_speed.py` (`--quick` for fewer steps).
+Run: `python benchmarks/step_speed.py` (`--quick` for fewer steps, `--smoke` for
+the smallest size: that it runs).
 """
 
 from __future__ import annotations
@@ -91,8 +92,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="the smallest size: that it runs")
     args = parser.parse_args()
     steps, repeats = (100, 3) if args.quick else (300, 5)
+    depths = DEPTHS[:1] if args.smoke else DEPTHS
+    if args.smoke:
+        steps, repeats = 5, 1
 
     table = Table(title=f"time per training step on {jax.devices()[0].platform} (microseconds)")
     for column in (
@@ -109,7 +114,7 @@ def main() -> None:
     key = jax.random.key(0)
     x = jax.random.normal(key, (16, 16))
     y = jax.random.normal(jax.random.fold_in(key, 1), (16, 16))
-    for depth in DEPTHS:
+    for depth in depths:
         model = eqx.nn.MLP(16, 16, 16, depth, key=jax.random.fold_in(key, depth))
         opt = optax.adam(1e-3)
         t_floor = per_step(floor(model, opt, x, y), steps, repeats)

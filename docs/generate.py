@@ -87,6 +87,24 @@ def gen_actions() -> str:
     return _table(("action", "form", "changes", "what it does"), rows)
 
 
+def gen_map_actions() -> str:
+    from eqxform import _docs as D
+    from eqxform import _names as N
+
+    forms = {"none": "", "axes?": " [AXES]", "shape?": " [SHAPE]", "axis": " N"}
+    rows = []
+    for name, info in N.MAP_ACTIONS.items():
+        rows.append((f"`{name}{forms[info.arg]}`", D.MAP_ACTIONS.get(name, ""), info.example))
+    return _table(("action", "what it does", "example"), rows)
+
+
+def gen_weight_codes() -> str:
+    from eqxform._codes import CODES
+
+    codes = [c for c in CODES.values() if "E240" <= c.code <= "E250" or c.code in ("E340", "E450")]
+    return _table(("code", "problem"), [(f"`{c.code}`", c.title) for c in codes])
+
+
 def gen_selectors() -> str:
     from eqxform import _docs as D
 
@@ -212,6 +230,8 @@ def gen_api() -> str:
 GENERATORS = {
     "directives": gen_directives,
     "actions": gen_actions,
+    "map-actions": gen_map_actions,
+    "weight-codes": gen_weight_codes,
     "selectors": gen_selectors,
     "context": gen_context,
     "functions": gen_functions,

@@ -326,6 +326,41 @@ class InputStmt(Stmt):
 
 
 @dataclass(frozen=True)
+class WeightsStmt(Stmt):
+    """`weights "model.safetensors"`: the checkpoint the `map` lines read."""
+
+    path: String
+
+
+@dataclass(frozen=True)
+class MapStmt(Stmt):
+    """`map "CKPT", ... -> "MODEL", ... with ACTION, ...`: checkpoint tensors
+    (by name pattern) to model arrays (by path pattern)."""
+
+    sources: tuple[String, ...]
+    targets: tuple[String, ...]
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True)
+class SkipStmt(Stmt):
+    """`skip "PATTERN", ...`: checkpoint tensors left unread on purpose."""
+
+    patterns: tuple[String, ...]
+
+
+@dataclass(frozen=True)
+class KeepStmt(Stmt):
+    """`keep "PATTERN", ...`: model arrays that keep their values."""
+
+    patterns: tuple[String, ...]
+
+
+# The statements that map a checkpoint onto the model.
+WEIGHT_STMTS = (WeightsStmt, MapStmt, SkipStmt, KeepStmt)
+
+
+@dataclass(frozen=True)
 class Spec:
     source: Source
     statements: tuple[Stmt, ...]

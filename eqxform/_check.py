@@ -24,6 +24,7 @@ from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
 from ._errors import UsageError
 from ._expr import DTypeRef, EvalError, _kind, evaluate, render, walk
+from ._wnames import read_globs, read_map
 
 # Reserved words of planned features: an action here is reported (E120) rather
 # than taken for a misspelling. None is planned at present.
@@ -395,7 +396,15 @@ class Checker:
         seen: dict[type, A.Stmt] = {}
         for stmt in self.spec.statements:
             if isinstance(
-                stmt, (A.ModelStmt, A.SeedStmt, A.OptimizerStmt, A.EnsembleStmt, A.MeshStmt)
+                stmt,
+                (
+                    A.ModelStmt,
+                    A.SeedStmt,
+                    A.OptimizerStmt,
+                    A.EnsembleStmt,
+                    A.MeshStmt,
+                    A.WeightsStmt,
+                ),
             ):
                 first = seen.get(type(stmt))
                 if first is not None:
@@ -405,6 +414,7 @@ class Checker:
                         A.OptimizerStmt: "optimizer",
                         A.EnsembleStmt: "ensemble",
                         A.MeshStmt: "mesh",
+                        A.WeightsStmt: "weights",
                     }[type(stmt)]
                     self.error(
                         "E109",
@@ -474,6 +484,27 @@ class Checker:
             )
         for action in rule.actions:
             self.action(action, context)
+
+    # ---- weights from a checkpoint (the patterns; the checkpoint and the
+    # model are held to them when both are known, in `_weights.py`)
+
+    def check_WeightsStmt(self, stmt: A.WeightsStmt):
+        if not stmt.path.value.strip():
+            self.error(
+                "E160",
+                "`weights` names no file",
+                stmt.path.span,
+                'e.g. `weights "resnet18.safetensors"`',
+            )
+
+    def check_MapStmt(self, stmt: A.MapStmt):
+        self.diagnostics += read_map(stmt, self.source)[1]
+
+    def check_SkipStmt(self, stmt: A.SkipStmt):
+        self.diagnostics += read_globs(stmt, self.source)[1]
+
+    def check_KeepStmt(self, stmt: A.KeepStmt):
+        self.diagnostics += read_globs(stmt, self.source)[1]
 
     def check_OptimizerStmt(self, stmt: A.OptimizerStmt):
         self.named_call(

@@ -231,6 +231,13 @@ _mesh_opt = click.option(
     help="The device mesh, e.g. data=2,model=4 (-1: the devices left over); replaces the "
     "spec's `mesh`.",
 )
+_weights = click.option(
+    "--weights",
+    metavar="CHECKPOINT",
+    type=click.Path(dir_okay=False),
+    help="A checkpoint in another library's names (safetensors or .npz), read by the spec's "
+    "`map` lines; replaces the spec's `weights` line.",
+)
 _format = click.option(
     "--format",
     "fmt",
@@ -279,9 +286,10 @@ def new(constructor, output, seed, allow):
 @_allow
 @_input
 @_mesh_opt
+@_weights
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
 @_deny
-def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
+def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json, deny):
     """Report every problem of a spec (and, given a model, of applying it).
 
     With a model (a model file, or the spec's `model` directive) every rule
@@ -323,7 +331,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
             if program is not None:
                 struct = skeleton(model, allow)[2] if model is not None else None
                 against = model if model is not None else f"`{program.base_constructor()}`"
-                result = program.plan(struct)
+                result = program.plan(struct, weights=weights)
                 diagnostics, steps = list(result.diagnostics), result.steps
             else:
                 # All at once: the rules without model-free errors are still
@@ -384,8 +392,9 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, as_json, deny):
 @_mesh_opt
 @_format
 @click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
+@_weights
 @_deny
-def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, deny):
+def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, weights, deny):
     """Show what each rule will change, before applying anything; with a mesh,
     each array's partition spec and bytes per device."""
 
@@ -395,7 +404,7 @@ def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, de
         from ._recipes import skeleton
 
         struct = skeleton(model, allow)[2] if model is not None else None
-        result = program.plan(struct)
+        result = program.plan(struct, weights=weights)
         if program.optimizer is not None and not result.errors and result.result is not None:
             from dataclasses import replace
 
@@ -435,6 +444,10 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
         # paths (`blocks[0].att…`) and wrap the actions; the text layout
         # keeps every path whole.
         lines = result.lines(console.width)
+    if result.weights is not None:
+        from ._plan import weight_lines
+
+        _echo("\n".join(weight_lines(result.weights)))
     for line in lines:
         click.echo(line)
     if untouched:
@@ -485,6 +498,7 @@ def _plan_table(result):
     is_flag=True,
     help="Write only the adapters (`lora`, `ia3`), the spec and a fingerprint of the base.",
 )
+@_weights
 @_deny
 def apply(
     spec,
@@ -499,9 +513,12 @@ def apply(
     device,
     force,
     adapters_only,
+    weights,
     deny,
 ):
-    """Apply a spec to a model (or to the spec's `model`) and write the result."""
+    """Apply a spec to a model (or to the spec's `model`) and write the result;
+    with `map` lines, the model's arrays are first read from a checkpoint in
+    another library's names (`weights` line, or `--weights`)."""
 
     def go():
         seed_value = _seed(seed)
@@ -522,9 +539,9 @@ def apply(
         from ._recipes import save
 
         with _device(device):
-            base = _checked_base(program, model, allow, deny)
+            base = _checked_base(program, model, allow, deny, weights)
             with _quiet():
-                result = program.apply(base, seed=seed_value)
+                result = program.apply(base, seed=seed_value, weights=weights)
             if adapters_only:
                 # This spec's adapters, whatever the base's recipe holds.
                 from dataclasses import replace
@@ -609,6 +626,7 @@ def apply(
     help="Write only the adapters and the arrays trained beside them (an adapter file for "
     "`eqxform merge` or `eqxform.load(path, base=...)`).",
 )
+@_weights
 @_deny
 def train(
     spec,
@@ -634,6 +652,7 @@ def train(
     device,
     force,
     adapters_only,
+    weights,
     deny,
 ):
     """Train with the spec's optimiser, rules and freezing; write the model.
@@ -674,9 +693,9 @@ def train(
                 # The data set is read (and its headers checked) before the
                 # model is built.
                 x, y = _train.load_data(data)
-            base = _checked_base(program, model, allow, deny)
+            base = _checked_base(program, model, allow, deny, weights)
             with _quiet():
-                start = program.apply(base, seed=seed_value)
+                start = program.apply(base, seed=seed_value, weights=weights)
             recipe = recipe_of(start)
             if data is None:
                 x, y = _train.toy_data(
@@ -907,7 +926,7 @@ def _prepare(
     return _compile(spec, _params(sets, params_file), allow, inputs, mesh)
 
 
-def _checked_base(program, model, allow, deny=()):
+def _checked_base(program, model, allow, deny=(), weights=None):
     """Check the whole spec against the model's structure (no tensors read),
     then fill that structure from the file: a spec error writes nothing and
     costs no loading, and the skeleton is built once."""
@@ -915,10 +934,10 @@ def _checked_base(program, model, allow, deny=()):
     from ._recipes import fill, skeleton
 
     if model is None:
-        _report(denied(program.check(None), deny))
+        _report(denied(program.check(None, weights=weights), deny))
         return None
     header, recipe, struct = skeleton(model, allow)
-    _report(denied(program.check(struct), deny))
+    _report(denied(program.check(struct, weights=weights), deny))
     shardings = None
     device_mesh = program.device_mesh()
     if device_mesh is not None:
@@ -947,6 +966,44 @@ def _refuse_overwrite(model, output, force) -> None:
                     help="write elsewhere with `-o`, or pass `--force` to replace it",
                 )
             )
+
+
+@main.command("export")
+@_spec_arg
+@click.argument("model", type=click.Path())
+@click.option(
+    "-o", "--output", required=True, type=click.Path(), help="Checkpoint (or PEFT folder) to write."
+)
+@_weights
+@click.option(
+    "--peft",
+    is_flag=True,
+    help="Write the model's LoRA adapters in PEFT's layout: a folder of "
+    "adapter_model.safetensors and adapter_config.json.",
+)
+@_set
+@_params_opt
+@_allow
+def export(spec, model, output, weights, peft, sets, params_file, allow):
+    """Write a model's weights in another library's names: the spec's `map`
+    lines run in reverse (the original checkpoint, from `--weights` or the
+    spec's `weights` line, gives back its shapes, dtypes and skipped tensors).
+    With --peft, the LoRA adapters only, as PEFT writes them."""
+
+    def go():
+        from ._recipes import load
+
+        _swapped(spec, model, "export")
+        program = _compile(spec, _params(sets, params_file), allow)
+        subject = load(model, allow=allow)
+        if peft:
+            names = program.export_peft(subject, output)
+            click.echo(f"wrote {output}/ ({_plural(len(names), 'adapter tensor')}, PEFT layout)")
+            return
+        names = program.export_weights(subject, output, weights=weights)
+        click.echo(f"wrote {output} ({_plural(len(names), 'tensor')})")
+
+    _run(go)
 
 
 @main.command()
@@ -1099,12 +1156,35 @@ def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
     return None
 
 
+def _spec_files(paths: tuple[str, ...]) -> list[str]:
+    """The spec files that `paths` name: a file as it is, a folder as every
+    `*.eqx` file under it (sorted, subfolders included)."""
+    out: list[str] = []
+    for path in paths:
+        if not os.path.isdir(path):
+            out.append(path)
+            continue
+        found = sorted(str(p) for p in Path(path).rglob("*.eqx") if p.is_file())
+        if not found:
+            raise UsageError(
+                Diagnostic(
+                    "E401",
+                    f"the folder `{path}` holds no spec (no `*.eqx` file, subfolders included)",
+                    file=path,
+                    help="pass spec files, or a folder with `.eqx` files in it",
+                )
+            )
+        out.extend(found)
+    return out
+
+
 @main.command()
-@click.argument("specs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", metavar="SPECS...", nargs=-1, required=True, type=click.Path())
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file would change.")
-def fmt(specs, check):
+def fmt(paths, check):
     """Write specs in the canonical layout (in place), comments kept.
 
+    SPECS are spec files, or folders: every `*.eqx` file under a folder.
     Spacing, aligned arrows, one blank line at most; the meaning and the
     numbers a spec draws stay the same. With --check, list the files that are
     not formatted and exit 1 (for CI).
@@ -1115,6 +1195,7 @@ def fmt(specs, check):
         from ._format import format_spec
         from ._source import read_spec
 
+        specs = _spec_files(paths)
         if not check:
             # Every spec is written in place: each must be a regular file in a
             # writable folder, known before the first is rewritten.

@@ -361,7 +361,7 @@ CODES: dict[str, Code] = {
             "bad `input` line",
             "An `input` line declares one positional argument of the model: a dtype (`f32`, "
             "`bf16`, `i32`, `bool`, ... or a full name) and a shape of whole numbers.",
-            "input float[3,224,224]",
+            "input float[3, 224, 224]",
             "write e.g. `input f32[3,224,224]`; give one line per positional argument.",
         ),
         _c(
@@ -391,7 +391,7 @@ CODES: dict[str, Code] = {
             "E133",
             "layers differ",
             "Only layers of one structure, shapes and dtypes stack into one array each.",
-            "stack blocks scan   # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
+            "stack blocks scan  # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
             "stack a slice of the identical layers, e.g. `stack blocks[1:] scan`.",
         ),
         _c(
@@ -451,7 +451,7 @@ CODES: dict[str, Code] = {
             "E141",
             "ensemble of an ensemble",
             "A spec makes one ensemble; the model already is one.",
-            "ensemble 4   # applied to an ensemble",
+            "ensemble 4  # applied to an ensemble",
             "take a member first (`Ensemble.member(i)`), or ensemble once.",
         ),
         _c(
@@ -465,7 +465,7 @@ CODES: dict[str, Code] = {
             "E143",
             "empty stack",
             "The list, tuple or `Sequential` that `stack` selects holds no layers.",
-            "stack blocks scan   # where blocks is []",
+            "stack blocks scan  # where blocks is []",
             "stack a sequence that has layers.",
         ),
         # ---- the spec against a model
@@ -486,7 +486,7 @@ CODES: dict[str, Code] = {
             "`h = layer(h, ...)` for each, also when the parent loops over them; a loop that "
             "does more (collects the layers' outputs, uses a layer's index, zips the layers "
             "with another list) computes something else once stacked.",
-            "stack blocks scan   # where the parent returns every block's output",
+            "stack blocks scan  # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
         ),
@@ -496,7 +496,7 @@ CODES: dict[str, Code] = {
             "An expression computes an integer of more than 256 bits (`_limits.MAX_INT_BITS`), "
             "or a number that is not finite (`exp(1000)`, `1e308 * 10`). The power is refused "
             "before it is computed: `9**9**9` would run for hours.",
-            "let x = 9**9**9",
+            "let x = 9 ** 9 ** 9",
             "check the expression; no size, count or seed needs such a number.",
         ),
         _c(
@@ -504,7 +504,7 @@ CODES: dict[str, Code] = {
             "string or list too long",
             "An expression would build a string or a list of more than 10,000 elements "
             "(`_limits.MAX_SEQUENCE_LENGTH`); it is refused before it is built.",
-            'let x = "a" * 10**10',
+            'let x = "a" * 10 ** 10',
             "a spec's strings and lists are short; check the repetition count.",
         ),
         _c(
@@ -570,6 +570,40 @@ CODES: dict[str, Code] = {
             "machine has the memory.",
         ),
         _c(
+            "E160",
+            "a weight pattern that does not parse",
+            "A `weights`, `map`, `skip` or `keep` line holds a tensor name, a model path or a "
+            "pattern that cannot be read: a `{` that opens no capture, a path with a space, an "
+            "index that is not a number or a capture.",
+            'map "blocks.{i.attn.qkv.weight" -> "blocks[{i}].attn.qkv.weight"',
+            "write captures as `{name}` (`{name-1}`, `{name+1}` to shift them), model paths as "
+            "`eqxform show` prints them (`blocks[{i}].attn.qkv.weight`).",
+        ),
+        _c(
+            "E161",
+            "a `map` of several tensors onto several arrays",
+            "A `map` line either fuses several checkpoint tensors into one array or splits one "
+            "tensor into several arrays; several on both sides has no one meaning.",
+            'map "q.weight", "k.weight" -> "a.weight", "b.weight"',
+            "write one `map` per pair.",
+        ),
+        _c(
+            "E162",
+            "the two sides of a `map` capture different names",
+            "Each tensor a `map` reads names one model array and back, so every pattern of the "
+            "line has the same captures.",
+            'map "layer{a}.{b}.conv1.weight" -> "layers[{a-1}].conv1.weight"',
+            "use every capture on both sides: `layers[{a-1}][{b}].conv1.weight`.",
+        ),
+        _c(
+            "E163",
+            "an unknown or malformed `map` action",
+            "After `with`, a `map` takes `transpose [AXES]`, `reshape [SHAPE]`, `cast` and "
+            "`axis N` (where several tensors fuse or one splits), each once.",
+            'map "head.weight" -> "head.weight" with transpose [1, 1]',
+            "see docs/weights.md for each action and its argument.",
+        ),
+        _c(
             "E190",
             "no such mesh axis",
             "A `shard` spec, a `stack ... over AXIS` or an `ensemble N over AXIS` names a mesh "
@@ -616,7 +650,7 @@ CODES: dict[str, Code] = {
             "mesh larger than the devices",
             "The mesh needs more devices than JAX sees (across every process of the run), or "
             "`-1` cannot divide the devices evenly.",
-            "mesh data=4 model=4   # on 8 devices",
+            "mesh data=4 model=4  # on 8 devices",
             "use a smaller mesh; on the CPU, simulate devices with "
             "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
         ),
@@ -632,7 +666,7 @@ CODES: dict[str, Code] = {
             "E202",
             "wrong number of matches",
             "A rule's `expect N` says how many nodes it must match, and it matches another number.",
-            "where Linear.weight expect 3 -> init zeros   # the model has 4",
+            "where Linear.weight expect 3 -> init zeros  # the model has 4",
             "fix the selector or the count; the help line lists what matched.",
         ),
         _c(
@@ -674,14 +708,14 @@ CODES: dict[str, Code] = {
             "With the model's inputs declared, `check`, `plan` and `apply` run the forward "
             "pass under `eval_shape` after the rules; it fails after this rule (the first "
             "after which it does).",
-            "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)   # the layer before gives 8",
+            "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)  # the layer before gives 8",
             "make the rule keep the shapes the model needs (a new head's `in_features`, say).",
         ),
         _c(
             "E208",
             "`init` on integer arrays",
             "Initialisers draw floating-point numbers.",
-            "where ** -> init normal   # the model holds an int32 counter",
+            "where ** -> init normal  # the model holds an int32 counter",
             'narrow the selector, e.g. `if dtype == "float32"`.',
         ),
         _c(
@@ -696,7 +730,7 @@ CODES: dict[str, Code] = {
             "E212",
             "the model does not take its declared input",
             "The forward pass fails on the `input` lines before any rule runs.",
-            "input f32[3]   # for an MLP(in_size=4, ...)",
+            "input f32[3]  # for an MLP(in_size=4, ...)",
             "declare one `input` line per positional argument, with the shapes and dtypes "
             "the model takes (a stateful model gets its state after them).",
         ),
@@ -715,7 +749,7 @@ CODES: dict[str, Code] = {
             "the arrays of the layer types Equinox knows anew for each copy (its default "
             "initialisation) and copy the rest: raw arrays of the model's own classes (a "
             "class token, a positional embedding) are the same in every copy.",
-            "ensemble 4   # of a model with a raw `cls_token` array",
+            "ensemble 4  # of a model with a raw `cls_token` array",
             "draw them per copy with an `init` rule below the line, e.g. "
             "`where cls_token -> init normal(stddev=0.02)`.",
         ),
@@ -731,7 +765,7 @@ CODES: dict[str, Code] = {
             "`unstack` or `ensemble` line nothing is reported. An `lr` or `weight_decay` is "
             "overwritten by a later one of the same kind that sets all its arrays (later "
             "rules win).",
-            "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros   # the scale is lost",
+            "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros  # the scale is lost",
             "remove the overwritten action, or move it below the rule that overwrites it.",
         ),
         _c(
@@ -741,7 +775,7 @@ CODES: dict[str, Code] = {
             "The new module keeps its constructor's own initialisation, not this rule's: "
             "usually the rules are in the wrong order.",
             "where Linear.weight -> init he_normal\n"
-            "where layers[-1] -> replace Linear(in_features=64, out_features=10)",
+            "where layers[-1]    -> replace Linear(in_features=64, out_features=10)",
             "put the `replace` above the `init`, so that the new module is drawn too; or "
             "narrow the `init`'s selector to the modules that stay.",
         ),
@@ -751,7 +785,7 @@ CODES: dict[str, Code] = {
             "Every array this `lr` or `weight_decay` rule matches is frozen (`freeze`), and the "
             "optimiser eqxform builds never updates a frozen array, so the rule changes "
             "nothing.",
-            "where layers[0] -> freeze\nwhere layers[0].weight -> lr 0.1",
+            "where layers[0]        -> freeze\nwhere layers[0].weight -> lr 0.1",
             "remove the rule, or narrow the `freeze` so that these parameters train.",
         ),
         _c(
@@ -769,7 +803,7 @@ CODES: dict[str, Code] = {
             "that computes `W x + b`), a `Linear`'s weight (which adapts the module), or a "
             "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
             "selector matched something else: a bias, a convolution, a container.",
-            "where layers[0] -> lora(rank=4)   # layers[0] is a Conv2d",
+            "where layers[0] -> lora(rank=4)  # layers[0] is a Conv2d",
             "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
         ),
         _c(
@@ -801,7 +835,7 @@ CODES: dict[str, Code] = {
             "nothing to merge",
             "`merge` bakes the adapters at or under the matched nodes into their base "
             "weights; it found none there.",
-            "where layers[-1] -> merge   # no adapter in the last layer",
+            "where layers[-1] -> merge  # no adapter in the last layer",
             "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
             "`where ** -> merge`.",
         ),
@@ -820,7 +854,7 @@ CODES: dict[str, Code] = {
             "A `shard` spec gives one entry per dimension of one layer's array; this array has "
             "another number of dimensions. The leading axes of stacks and ensembles are added "
             "for you (unsplit, or on their `over` axis).",
-            "where Linear -> shard (model, none)   # the bias has one dimension",
+            "where Linear -> shard (model, none)  # the bias has one dimension",
             "write one entry per dimension, or narrow the selector (`Linear.weight`, "
             "`if ndim == 2`).",
         ),
@@ -829,7 +863,7 @@ CODES: dict[str, Code] = {
             "dimension not divisible by its mesh axes",
             "An array's dimension is split over mesh axes whose sizes (multiplied) do not "
             "divide it, so the shards would differ in size.",
-            "mesh model=4\nwhere layers[0].weight -> shard (none, model)   # in_features=6",
+            "mesh model=4\nwhere layers[0].weight -> shard (none, model)  # in_features=6",
             "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
         ),
         _c(
@@ -839,6 +873,98 @@ CODES: dict[str, Code] = {
             "of a stack or ensemble around the array) uses one twice.",
             "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
             "use each mesh axis once per array.",
+        ),
+        _c(
+            "E240",
+            "a `map` that matches nothing",
+            "No checkpoint tensor matches the `map` line's names, and no model array its paths.",
+            'map "blocks.{i}.mlp.fc3.weight" -> "blocks[{i}].mlp.fc3.weight"',
+            "compare the names with `eqxform show CHECKPOINT` and the paths with `eqxform show "
+            "MODEL`; the help line names the nearest of each.",
+        ),
+        _c(
+            "E241",
+            "a checkpoint tensor a `map` needs is missing",
+            "The `map` line names, for a model array it matches, a tensor the checkpoint does not "
+            "hold (a typo in the name, a layer the checkpoint lacks).",
+            'map "layer{a}.{b}.conv1.weigth" -> "layers[{a-1}][{b}].conv1.weight"',
+            "fix the name (the help line shows the nearest the checkpoint holds), or `keep` the "
+            "array's own values.",
+        ),
+        _c(
+            "E242",
+            "a model array a `map` names is missing",
+            "A checkpoint tensor matches the `map` line, but the model has no array at the path "
+            "it names (a typo in the path, a layer the model lacks).",
+            'map "blocks.{i}.norm1.weight" -> "blocks[{i}].norm.weight"',
+            "fix the path (the help line shows the nearest the model has), or `skip` the tensor.",
+        ),
+        _c(
+            "E243",
+            "a checkpoint tensor's shape does not fit the model array",
+            "After the line's layout changes (`transpose`, `reshape`, fuse or split), a tensor's "
+            "shape differs from the model array's (or the slice of it a capture names).",
+            'map "head.weight" -> "head.weight"   # (1000, 768) into (768, 1000)',
+            "add `with transpose` or `with reshape`, or map the tensor onto the right array.",
+        ),
+        _c(
+            "E244",
+            "a checkpoint tensor's dtype differs from the model array's",
+            "A tensor stored as one dtype would fill an array of another; eqxform converts only "
+            "when asked, so that no precision is lost unseen.",
+            'map "**" ... # float16 tensors into a float32 model',
+            "add `with cast`, or cast the model to the checkpoint's dtype first.",
+        ),
+        _c(
+            "E245",
+            "checkpoint tensors that no line reads",
+            "Every tensor of the checkpoint is read by a `map` or left out by a `skip`, so that "
+            "a tensor forgotten by mistake is never silently dropped.",
+            "map ...   # the checkpoint also holds `fc.weight`",
+            'map the tensors, or `skip` them (`skip "fc.*"`).',
+        ),
+        _c(
+            "E246",
+            "model arrays that no line fills",
+            "Every array of the model is filled by a `map` or kept by a `keep`, so that an array "
+            "left at its random initial value is never mistaken for a loaded one.",
+            "map ...   # nothing fills `head.weight`",
+            'map a tensor onto it, or `keep` it (`keep "head.*"`).',
+        ),
+        _c(
+            "E247",
+            "a model array filled twice",
+            "Two `map` lines (or one, through overlapping captures) fill the same array or the "
+            "same slice of a stacked array.",
+            'map "a.weight" -> "fc.weight"\nmap "b.weight" -> "fc.weight"',
+            "fill each array once; `skip` the tensor that should not be read.",
+        ),
+        _c(
+            "E248",
+            "a `skip` or `keep` pattern that matches nothing",
+            "A pattern of a `skip` line matches no checkpoint tensor, or one of a `keep` line no "
+            "model array: a typo, or a line left over from another checkpoint.",
+            'skip "**.num_batches_trackd"',
+            "fix the pattern, or remove it.",
+        ),
+        _c(
+            "E249",
+            "an export that needs the original checkpoint",
+            "Writing weights back runs each `map` in reverse; a `reshape` without the original "
+            "shapes cannot be undone, nor can a `cast` know the dtype to return to.",
+            "eqxform export spec.eqx model.eqx -o out.safetensors   # the spec has `reshape`",
+            "give the original checkpoint (`weights` in the spec, or `--weights PATH`): its header "
+            "alone supplies the shapes and dtypes.",
+        ),
+        _c(
+            "E250",
+            "an adapter that PEFT's layout cannot name",
+            "PEFT names a LoRA adapter after its base module in the original checkpoint "
+            "(`base_model.model.blocks.0.attn.qkv.lora_A.weight`): the spec's `map` lines must "
+            "map the base weight as it is (no `transpose`, `reshape`, fuse or split), to a name "
+            "ending in `.weight`; or the model has no adapters at all.",
+            "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
+            "map the adapted modules' weights, or put the adapters on modules that map as they are.",
         ),
         _c(
             "E301",
@@ -1046,6 +1172,23 @@ CODES: dict[str, Code] = {
             "eqxform merge adapters.eqx base.eqx -o merged.eqx",
             "load it with the versions that wrote it, or write the adapter file again from the "
             "trained model.",
+        ),
+        _c(
+            "E340",
+            "a pickled checkpoint refused",
+            "A `.pt`, `.pth`, `.bin` or `.ckpt` file from `torch.save` is a pickle: loading it "
+            "can run any code the file holds, so eqxform never reads one.",
+            'weights "resnet18.pth"',
+            "convert it once, where you trust the file: `import torch, safetensors.torch` then "
+            '`safetensors.torch.save_file(torch.load("resnet18.pth"), "resnet18.safetensors")`.',
+        ),
+        _c(
+            "E341",
+            "a checkpoint of a kind eqxform does not read",
+            "Checkpoints are read from safetensors files and from `.npz` archives of `.npy` "
+            "arrays; anything else is refused.",
+            'weights "model.h5"',
+            "save the checkpoint as safetensors (`safetensors.numpy.save_file`) or `.npz`.",
         ),
         _c(
             "E401",
@@ -1408,6 +1551,15 @@ CODES: dict[str, Code] = {
             "names; a single string would be read letter by letter.",
             'eqxform.load("m.eqx", allow="mypkg")',
             'pass a list: `allow=["mypkg"]`.',
+        ),
+        _c(
+            "E450",
+            "no checkpoint to map",
+            "The spec's `map` lines read a checkpoint, but neither a `weights` line nor "
+            "`--weights PATH` (`weights=` in Python) names one; or weights were given to a spec "
+            "without `map` lines.",
+            "eqxform apply resnet.eqx -o out.eqx   # the spec has `map` lines, no `weights`",
+            'add `weights "PATH"` to the spec, or pass `--weights PATH`.',
         ),
         _c(
             "E525",

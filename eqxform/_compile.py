@@ -34,6 +34,7 @@ from ._passes import (
 from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
+from ._wnames import weight_rules
 
 
 def _position(d: Diagnostic) -> tuple[int, int]:
@@ -374,4 +375,5 @@ def _program(
         tuple(shards),
         tuple(checker.axis_uses),
         mesh,
+        weights=weight_rules(spec),
     )

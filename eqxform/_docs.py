@@ -21,6 +21,19 @@ DIRECTIVES = {
     "unstack": "`unstack PATH`: a stacked module back into its layers",
     "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules (`-1`: the devices left over)",
     "input": "`input DTYPE[SHAPE]`: the model's input, to check the forward pass",
+    "weights": '`weights "PATH"`: a checkpoint in another library\'s names, read by the `map` lines',
+    "map": '`map "NAME", ... -> "PATH", ... [with ACTION, ...]`: checkpoint tensors into model '
+    "arrays (docs/weights.md)",
+    "skip": '`skip "PATTERN", ...`: checkpoint tensors left unread on purpose',
+    "keep": '`keep "PATTERN", ...`: model arrays that keep their values (no tensor fills them)',
+}
+
+# What may follow `with` on a `map` line (their arguments: `_names.MAP_ACTIONS`).
+MAP_ACTIONS = {
+    "transpose": "reverse (or, with a list, permute) each tensor's axes on load; undone on export",
+    "reshape": "each tensor into the array's shape (or the one given); undone on export",
+    "cast": "into the array's dtype on load, back into the checkpoint's on export",
+    "axis": "where several tensors fuse into one array, or one splits into several",
 }
 
 ACTIONS = {
@@ -131,6 +144,7 @@ KEYWORDS = {
     "except": "`SELECTOR except SELECTOR`: what the first matches and the second does not",
     "over": "`stack ... over AXIS`, `ensemble N over AXIS`: the leading axis split over a "
     "mesh axis",
+    "with": '`map "NAME" -> "PATH" with ACTION, ...`: how a tensor changes on its way',
 }
 
 DTYPE = "a dtype: `cast {name}` stores the matched arrays as {name}"

@@ -597,16 +597,18 @@ def write_stream(
     f,
     tensors: Iterable[TensorSpec],
     fetch: Callable[[str], Any],
-    content: dict,
+    content: dict | None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write a model file to the open file `f`, one tensor at a time:
     `fetch(name)` gives each tensor's values (a numpy array) when its turn
     comes, so that no more than one tensor is ever held on the host. The
-    bytes equal `encode` of the same tensors and content."""
+    bytes equal `encode` of the same tensors and content. A checkpoint in
+    another library's names has no `content`, and `metadata` of its own."""
     specs = layout(tensors)
-    header: dict[str, Any] = {
-        "__metadata__": {"eqxform": json.dumps({"format": FORMAT, **content}, sort_keys=True)}
-    }
+    if content is not None:
+        metadata = {"eqxform": json.dumps({"format": FORMAT, **content}, sort_keys=True)}
+    header: dict[str, Any] = {"__metadata__": dict(metadata or {})}
     offset = 0
     for t in specs:
         size = math.prod(t.shape) * _DTYPES[_CODES[t.dtype]][1]

@@ -10,7 +10,7 @@ A statement is one line, so the layout is decided line by line:
 - tokens are re-spaced (one space around `->`, a `let`'s `=`, the binary
   operators and `|`, and after commas; none inside brackets, around `.` and
   `:`, after a sign, before a call's `(` or a subscript's `[`, or around the
-  `=` of a keyword argument, as in Python);
+  `=` of a keyword argument, as in Python, or of a mesh axis, `data=2`);
 - a run of consecutive `where` rules has its arrows in one column;
 - in a run of consecutive statements, trailing comments start in one column,
   two spaces past the longest statement that carries one;
@@ -133,6 +133,7 @@ class _Roles:
         self.callees: set[tuple[int, int]] = set()  # where a call's name ends
         self.keywords: set[tuple[int, int]] = set()  # where a keyword argument's name ends
         self.actions: set[tuple[int, int]] = set()  # where an action's name starts
+        self.mesh_names: set[tuple[int, int]] = set()  # where a mesh axis's name ends
         for node in _nodes(spec.statements):
             if isinstance(node, A.Selector):
                 self.selectors.setdefault(node.span.line, []).append(node.span)
@@ -142,6 +143,9 @@ class _Roles:
                 self.callees.add((node.callee_span.end_line, node.callee_span.end_column))
             elif isinstance(node, A.Arg) and node.name_span is not None:
                 self.keywords.add((node.name_span.end_line, node.name_span.end_column))
+            elif isinstance(node, A.MeshAxis):
+                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
+                self.mesh_names.add((node.name_span.end_line, node.name_span.end_column))
             elif isinstance(node, A.Action):
                 self.actions.add((node.name_span.line, node.name_span.column))
 
@@ -156,6 +160,15 @@ class _Roles:
         for token, after in zip(tokens, tokens[1:]):
             if token.type == "DOT" and after.type == "QUALNAME":
                 self.qualified_dots.add((token.line, token.column))
+        # A mesh axis's size is a signed number, not an expression: its `-`
+        # (`model=-1`) is a sign, which no AST node marks.
+        for name, equals, sign in zip(tokens, tokens[1:], tokens[2:]):
+            if (
+                (name.end_line, name.end_column) in self.mesh_names
+                and equals.type == "EQUAL"
+                and sign.type == "MINUS"
+            ):
+                self.signs.add((sign.line, sign.column))
 
     def before_qualified(self, token: SpecToken) -> bool:
         return (token.line, token.column) in self.qualified_dots

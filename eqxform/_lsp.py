@@ -105,6 +105,10 @@ _DIRECTIVE_TOKENS = {
     "STACK": "stack",
     "UNSTACK": "unstack",
     "MESH": "mesh",
+    "WEIGHTS": "weights",
+    "MAP": "map",
+    "SKIP": "skip",
+    "KEEP": "keep",
 }
 _KEYWORD_TOKENS = {
     "IF": "if",
@@ -114,6 +118,7 @@ _KEYWORD_TOKENS = {
     "OR": "or",
     "NOT": "not",
     "OVER": "over",
+    "WITH": "with",
 }
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
@@ -437,6 +442,9 @@ def _index(spec: A.Spec) -> dict:
                 role = {"init": "initializer", "wrap": "wrapper"}.get(action.name)
                 if role is not None:
                     named(action.arg, role)
+        elif isinstance(stmt, A.MapStmt):
+            for action in stmt.actions:
+                at(action.name_span, "map_action", action.name)
         elif isinstance(stmt, (A.StackStmt, A.UnstackStmt)):
             selectors.append((stmt.selector.span, stmt.span.line))
             if isinstance(stmt, A.StackStmt):
@@ -999,6 +1007,9 @@ def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
     if role == "action":
         summary = D.ACTIONS.get(name)
         return f"`{name}`: {summary}" if summary else None
+    if role == "map_action":
+        summary = D.MAP_ACTIONS.get(name)
+        return f"`{name}` (on a `map` line): {summary}" if summary else None
     if role == "initializer" and R.initializer_signature(name) is not None:
         return _signature_doc(
             name, R.initializer_signature(name), D.INITIALIZERS.get(name), "initialiser"

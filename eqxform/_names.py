@@ -379,6 +379,27 @@ ACTIONS = {
     "shard": ActionInfo("spec"),
 }
 
+
+@dataclass(frozen=True)
+class MapActionInfo:
+    arg: str  # "none", "axes?" (a permutation or none), "shape?", "axis"
+    example: str
+
+
+# What may follow `with` on a `map` line (docs/weights.md). `transpose` and
+# `reshape` change each checkpoint tensor's layout, in the order written;
+# `axis` is where several tensors fuse or one splits, in the model's layout.
+MAP_ACTIONS = {
+    "transpose": MapActionInfo(
+        "axes?", "e.g. `transpose` (reverse the axes) or `transpose [2, 3, 1, 0]`"
+    ),
+    "reshape": MapActionInfo(
+        "shape?", "e.g. `reshape` (to the array's shape) or `reshape [-1, 1, 1]`"
+    ),
+    "cast": MapActionInfo("none", 'e.g. `map "fc.weight" -> "fc.weight" with cast`'),
+    "axis": MapActionInfo("axis", "e.g. `axis 0`: fuse or split along the first axis"),
+}
+
 # Adapters (`lora(rank=8, alpha=16)`, `ia3`), with their keyword arguments.
 # `rank` and `alpha` default as in PEFT's `LoraConfig` (r=8, lora_alpha=8).
 ADAPTERS = {

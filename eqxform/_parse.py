@@ -33,6 +33,10 @@ DIRECTIVES = (
     "unstack",
     "input",
     "mesh",
+    "weights",
+    "map",
+    "skip",
+    "keep",
 )
 
 _TOKEN_NAMES = {
@@ -222,6 +226,25 @@ class _ToAst(Transformer):
         dtype, *dims = children
         shape = tuple(_number(d).value for d in dims if d is not None)
         return A.InputStmt(_span(meta), str(dtype), shape, _span(dtype))
+
+    def weights_stmt(self, meta, children):
+        return A.WeightsStmt(_span(meta), self.string(children[0], [children[0]]))
+
+    def map_stmt(self, meta, children):
+        sources, targets, actions = children
+        return A.MapStmt(_span(meta), sources, targets, tuple(actions or ()))
+
+    def map_with(self, meta, children):
+        return list(children)
+
+    def skip_stmt(self, meta, children):
+        return A.SkipStmt(_span(meta), children[0])
+
+    def keep_stmt(self, meta, children):
+        return A.KeepStmt(_span(meta), children[0])
+
+    def names(self, meta, children):
+        return tuple(self.string(c, [c]) for c in children)
 
     def unstack_stmt(self, meta, children):
         return A.UnstackStmt(_span(meta), children[0])

@@ -7,6 +7,7 @@ selects once: its nodes are found on the skeleton, then it runs on them.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import textwrap
@@ -22,7 +23,7 @@ from . import _names as N
 from ._build import budget_diagnostic, nbytes
 from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
-from ._errors import SpecError
+from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Frozen, LoRA, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
@@ -184,6 +185,9 @@ class Plan:
     frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
     opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
     placement: PlanMesh | None = None  # each array on the mesh, when there is one
+    # The checkpoint's mapping (model path, checkpoint name, transform, shape),
+    # when the spec has `map` lines and a checkpoint to read.
+    weights: tuple[dict, ...] | None = None
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -224,11 +228,15 @@ class Plan:
             "frozen": self.frozen,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
+            "weights": None if self.weights is None else list(self.weights),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
     def __str__(self) -> str:
-        return "\n".join(self.lines())
+        # The checkpoint's mapping first, when there is one: the rules
+        # run on the loaded model.
+        mapping = [printable(line) for line in weight_lines(self.weights)]
+        return "\n".join(mapping + self.lines())
 
     def lines(self, width: int | None = None) -> list[str]:
         """The plan as lines of text: what `str(plan)` is, and what `eqxform
@@ -292,6 +300,19 @@ def _columns(indent: str, rows: list[tuple[str, str]], width: int | None) -> lis
     for path, what in rows:
         out.append(indent + path)
         out += _wrap(indent + "  " + what, indent + "    ", width) if what else []
+    return out
+
+
+def weight_lines(rows: tuple[dict, ...] | None) -> list[str]:
+    """The checkpoint's mapping, one line per model array (or stack slice)."""
+    if rows is None:
+        return []
+    out = [f"weights: {len(rows):,} arrays from the checkpoint"]
+    width = max((len(r["model"]) for r in rows), default=0)
+    for r in rows:
+        shape = "[" + ",".join(map(str, r["shape"])) + "]"
+        how = "" if r["transform"] == "-" else f"  ({r['transform']})"
+        out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
     return out
 
 
@@ -457,7 +478,7 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
 
 
-def make_plan(program, model=None, mesh=None) -> Plan:
+def make_plan(program, model=None, mesh=None, weights=None) -> Plan:
     key = seed_key(program.seed)
     try:
         placer = program.placer(mesh)
@@ -466,6 +487,23 @@ def make_plan(program, model=None, mesh=None) -> Plan:
     placement = None
     first = struct = start_struct(program, model, key)
     diagnostics: list[Diagnostic] = list(program.warnings)
+    # The checkpoint against the model as given, from its header alone.
+    named = weights is not None or (program.weights is not None and program.weights.path)
+    try:
+        # Without a checkpoint to read (none given, no `weights` line), the
+        # `map` lines are checked as text only; `apply` asks for one (E450).
+        mapped = program.plan_weights(first, weights) if named else None
+    except (UsageError, ModelFileError) as e:
+        if weights is not None:
+            raise  # a path given on the command line or to the API
+        # The spec's own `weights` line names a file that cannot be read.
+        mapped = None
+        anchor = program.weights.anchor.span
+        diagnostics += [
+            dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
+        ]
+    if mapped is not None:
+        diagnostics += mapped.diagnostics
     structs = program.input_structs()
     ctx = Context(allow=program.allow, inputs=structs, report=diagnostics.append)
     start = _params(struct)
@@ -520,6 +558,7 @@ def make_plan(program, model=None, mesh=None) -> Plan:
         trainable,
         frozen,
         placement=placement,
+        weights=None if mapped is None else tuple(mapped.table()),
     )
 
 

@@ -44,11 +44,23 @@ from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
 from ._mesh import MeshSpec, as_mesh_spec
+from ._modules import join_state, split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
 from ._plan import make_plan
 from ._select import is_array
+from ._weights import (
+    Checkpoint,
+    WeightPlan,
+    export_peft,
+    export_weights,
+    load_peft,
+    load_weights,
+    open_checkpoint,
+    plan_weights,
+)
+from ._wnames import WeightRules
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,9 @@ class Program:
       given to `compile`), or None; `shards`: the `shard` rules;
       `mesh_axes`: every mesh axis the spec names, with where;
       `mesh_given`: the mesh given to `compile`, if any (recipes keep it).
+    - `weights`: the `weights`, `map`, `skip` and `keep` lines (a checkpoint in
+      another library's names, read onto the model before the first pass), or
+      None.
     """
 
     spec: A.Spec
@@ -101,6 +116,7 @@ class Program:
     mesh_axes: tuple[tuple[str, A.Span], ...] = ()
     mesh_given: MeshSpec | None = None
     warnings: tuple[Diagnostic, ...] = ()
+    weights: WeightRules | None = None
 
     @property
     def source(self) -> A.Source:
@@ -192,7 +208,15 @@ class Program:
             remember(model, self.base_recipe(seed if key is None else None))
         return model
 
-    def apply(self, model=None, key=None, *, seed: int | None = None, mesh: Any = None):
+    def apply(
+        self,
+        model=None,
+        key=None,
+        *,
+        seed: int | None = None,
+        mesh: Any = None,
+        weights: str | os.PathLike | None = None,
+    ):
         """Run every pass on `model` and return the new model.
 
         **Arguments:**
@@ -205,6 +229,9 @@ class Program:
           model is built and transformed under `jax.jit` with every array's
           sharding as its output sharding: arrays are created in place, and
           no device holds the whole of a sharded one.
+        - `weights`: a checkpoint (safetensors or `.npz`) in the place of the
+          spec's `weights` line, read onto the model by its `map` lines before
+          the first rule (see `load_weights`).
 
         **Returns:** the transformed model. Raises `SpecError` when a rule does
         not fit the model (a selector that matches nothing, say). The result
@@ -218,6 +245,7 @@ class Program:
             recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
         else:
             recipe = recipe_of(model)
+        model = self.load_weights(model, weights)
         ctx = Context(
             allow=self.allow,
             base=None if recipe is None else recipe.build,
@@ -291,11 +319,137 @@ class Program:
         run, args, _ = self._sharded_build(model, key, ctx, placer, device_mesh)
         return run.lower(*args)
 
-    def check(self, model=None) -> list[Diagnostic]:
-        """Every diagnostic of running this program on `model`, allocating no arrays."""
-        return list(self.plan(model).diagnostics)
+    # ---- checkpoints in another library's names -----------------------------
 
-    def plan(self, model=None, *, mesh: Any = None):
+    def checkpoint(self, weights: str | os.PathLike | None = None) -> Checkpoint | None:
+        """The header of the checkpoint the `map` lines read (`weights`, else
+        the spec's `weights` line); None when the spec has no `map` lines.
+        Raises `UsageError` (E450) when weights are given to a spec without
+        `map` lines, or a spec with them has none to read."""
+        rules = self.weights
+        if rules is None or not rules.maps:
+            if weights is not None:
+                raise UsageError(
+                    Diagnostic(
+                        "E450",
+                        "weights were given, but the spec has no `map` lines to read them by",
+                        file=self.name,
+                        help='add `map "CHECKPOINT NAME" -> "MODEL PATH"` lines (docs/weights.md); '
+                        "a model file of eqxform's own loads with `eqxform.load`",
+                    )
+                )
+            return None
+        path = weights if weights is not None else rules.path
+        if path is None:
+            raise UsageError(
+                Diagnostic(
+                    "E450",
+                    "the spec's `map` lines read a checkpoint, but none is named",
+                    file=self.name,
+                    help='add `weights "PATH"` to the spec, or pass `--weights PATH` '
+                    "(`weights=` in Python)",
+                )
+            )
+        return open_checkpoint(path)
+
+    def plan_weights(self, model, weights: str | os.PathLike | None = None) -> WeightPlan | None:
+        """The `map` lines held to the checkpoint's header and the model's
+        shapes, reading no tensor: the mapping table (`.table()`) and every
+        diagnostic (`.diagnostics`). None when the spec has no `map` lines."""
+        checkpoint = self.checkpoint(weights)
+        if checkpoint is None:
+            return None
+        assert self.weights is not None
+        inner, state = split_state(model)
+        return plan_weights(self.weights, inner, checkpoint, state)
+
+    def load_weights(self, model, weights: str | os.PathLike | None = None):
+        """`model` with its arrays read from a checkpoint in another library's
+        names, by the spec's `map` lines (docs/weights.md); the model as it is
+        when the spec has none. Every array is filled exactly once and every
+        tensor read or skipped, checked from the header before any tensor is
+        read (else `SpecError`, every diagnostic at its line); tensors are
+        then read one at a time. For a `(model, state)` pair (as
+        `eqx.nn.make_with_state` makes it), the `BatchNorm` statistics go into
+        the state, and the pair is returned; for a model whose `StateIndex`es
+        hold their initial values, into those (`eqx.nn.State(model)` then
+        holds them)."""
+        plan = self.plan_weights(model, weights)
+        if plan is None:
+            return model
+        inner, state = split_state(model)
+        loaded, state = load_weights(inner, plan, state)
+        return join_state(loaded, state)
+
+    def export_weights(
+        self,
+        model,
+        path: str | os.PathLike,
+        *,
+        weights: str | os.PathLike | None = None,
+        state: Any = None,
+    ) -> list[str]:
+        """Write `model`'s arrays in the checkpoint's names: the `map` lines
+        run in reverse, into the safetensors file `path` (written whole or
+        not at all). The original checkpoint (`weights`, else the spec's
+        `weights` line, when the file exists) gives back each tensor's shape
+        and dtype and the tensors the spec skips, so that the file loads where
+        the original did; `state` (or a `(model, state)` pair) supplies
+        `BatchNorm` statistics updated by training. Returns the names written.
+        """
+        rules = self.weights
+        if rules is None or not rules.maps:
+            raise UsageError(
+                Diagnostic(
+                    "E450",
+                    "the spec has no `map` lines to write the weights back by",
+                    file=self.name,
+                    help="docs/weights.md shows how a spec maps a checkpoint's names",
+                )
+            )
+        inner, pair_state = split_state(model)
+        reference = None
+        if weights is not None or (rules.path is not None and os.path.exists(rules.path)):
+            reference = self.checkpoint(weights)
+        return export_weights(
+            inner,
+            rules,
+            path,
+            reference=reference,
+            state=state if state is not None else pair_state,
+        )
+
+    def export_peft(self, model, folder: str | os.PathLike) -> list[str]:
+        """Write `model`'s LoRA adapters in PEFT's layout into `folder`:
+        `adapter_model.safetensors` (PEFT's names, from the checkpoint names
+        the `map` lines give the adapted weights) and `adapter_config.json`
+        (`r`, `lora_alpha`, `target_modules`). Returns the tensor names."""
+        return export_peft(split_state(model)[0], self._rules("write adapters"), folder)
+
+    def load_peft(self, model, folder: str | os.PathLike):
+        """`model`, its spec's `lora` rules applied, with the LoRA factors of
+        the PEFT adapter in `folder` (PEFT's names, through the `map` lines)."""
+        inner, state = split_state(model)
+        return join_state(load_peft(inner, self._rules("read adapters"), folder), state)
+
+    def _rules(self, what: str) -> WeightRules:
+        if self.weights is None or not self.weights.maps:
+            raise UsageError(
+                Diagnostic(
+                    "E450",
+                    f"the spec has no `map` lines to {what} by",
+                    file=self.name,
+                    help="docs/weights.md shows how a spec maps a checkpoint's names",
+                )
+            )
+        return self.weights
+
+    def check(self, model=None, *, weights: str | os.PathLike | None = None) -> list[Diagnostic]:
+        """Every diagnostic of running this program on `model` (with the `map`
+        lines, against the checkpoint's header), allocating no arrays."""
+        return list(self.plan(model, weights=weights).diagnostics)
+
+    def plan(self, model=None, *, mesh: Any = None, weights: str | os.PathLike | None = None):
         """What each rule will change, computed with `eqx.filter_eval_shape`.
 
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
@@ -303,7 +457,7 @@ class Program:
         mesh (the spec's, or `mesh`), each array's partition spec and bytes
         per device.
         """
-        return make_plan(self, model, mesh)
+        return make_plan(self, model, mesh, weights)
 
 
 def check_key(key: Any) -> Any:

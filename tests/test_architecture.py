@@ -38,6 +38,8 @@ LAYERS = {
     "eqxform._expr": 3,
     "eqxform._files": 3,
     "eqxform._mesh": 3,
+    "eqxform._wnames": 3,
+    "eqxform._weights": 7,
     "eqxform._registry": 4,
     "eqxform._source": 4,
     "eqxform._check": 5,

@@ -1,17 +1,20 @@
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.lark import from_lark
 
 import eqxform
 from eqxform import _ast as A
+from eqxform._cli import main
 from eqxform._format import format_spec
 from eqxform._parse import _parser, parse, parse_collect, tokens
 
@@ -134,6 +137,85 @@ def test_keyword_arguments_are_tight_and_let_is_spaced():
     assert format_spec("let w=1\nmodel MLP(in_size = w, out_size =2, width_size= 3, depth=1)") == (
         "let w = 1\nmodel MLP(in_size=w, out_size=2, width_size=3, depth=1)\n"
     )
+
+
+def test_mesh_axes_are_tight_like_keyword_arguments():
+    # `data=2` is a name and its size, as in `--mesh data=2,model=4`; the
+    # size's `-` is a sign, which no expression node marks.
+    cases = {
+        "mesh data = 2  model=4": "mesh data=2 model=4\n",
+        "mesh data =2 model= - 1   # the rest": "mesh data=2 model=-1  # the rest\n",
+    }
+    for text, expected in cases.items():
+        assert format_spec(text) == expected, text
+        assert_same_meaning(text, expected)
+
+
+def _spec_blocks(text: str) -> list[tuple[int, str]]:
+    """(line, body) of every fenced block of a Markdown page that is a spec:
+    untagged or tagged `eqx`, and parsing to at least one statement (a shell
+    session, a diagnostic or a table does not parse)."""
+    out = []
+    for m in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        lang, body = m.groups()
+        if lang in ("", "eqx"):
+            spec, errors = parse_collect(body)
+            if not errors and spec.statements:
+                out.append((text.count("\n", 0, m.start()) + 1, body))
+    return out
+
+
+def test_every_spec_shown_in_the_docs_is_in_the_formatters_layout():
+    # The pages show specs exactly as `eqxform fmt` writes them, so that a
+    # spec copied from them stays as it is under `fmt --check`. Every page,
+    # the generated ones included (their examples come from `_codes.py`).
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    blocks = [(page, line, body) for page in pages for line, body in _spec_blocks(page.read_text())]
+    assert len(blocks) > 50
+    stray = [
+        f"{page.relative_to(ROOT)}:{line}"
+        for page, line, body in blocks
+        if format_spec(body) != body
+    ]
+    assert not stray, f"not in `eqxform fmt`'s layout: {stray}"
+
+
+def test_the_projects_specs_pass_fmt_check():
+    # `eqxform fmt --check specs/`, as CI runs it: whatever specs there are.
+    result = CliRunner().invoke(main, ["fmt", "--check", str(ROOT / "specs")])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{len(SPECS)} specs already formatted\n"
+
+
+def test_fmt_takes_folders(tmp_path):
+    (tmp_path / "sub").mkdir()
+    tidy = tmp_path / "a.eqx"
+    tidy.write_text("seed 1\n")
+    messy = tmp_path / "sub" / "b.eqx"
+    messy.write_text("where a->freeze\n")
+    (tmp_path / "notes.txt").write_text("where a->freeze\n")  # not a spec: left alone
+
+    result = CliRunner().invoke(main, ["fmt", "--check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"would reformat {messy}" in result.output
+    assert str(tidy) not in result.output
+    assert messy.read_text() == "where a->freeze\n"
+
+    result = CliRunner().invoke(main, ["fmt", str(tmp_path), str(tidy)])
+    assert result.exit_code == 0, result.output
+    assert result.output == "reformatted 1 of 3 specs\n"
+    assert messy.read_text() == "where a -> freeze\n"
+    assert (tmp_path / "notes.txt").read_text() == "where a->freeze\n"
+
+
+def test_fmt_refuses_a_folder_without_specs(tmp_path):
+    (tmp_path / "notes.txt").write_text("seed 1\n")
+    result = CliRunner().invoke(main, ["fmt", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "error[E401]" in result.output
+    assert f"the folder `{tmp_path}` holds no spec" in result.output
+    assert "help: pass spec files, or a folder with `.eqx` files in it" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_keywords_as_field_names_stay_names():

@@ -650,3 +650,30 @@ def test_every_name_has_a_doc():
     for table in (D.DIRECTIVES, D.ACTIONS, D.INITIALIZERS, D.WRAPPERS, D.OPTIMIZERS, D.KEYWORDS):
         for name, line in table.items():
             assert line and "\n" not in line, name
+
+
+def test_hover_on_the_weight_lines():
+    text = (
+        'weights "ckpt.safetensors"\n'
+        'map "fc.weight" -> "layers[0].weight" with transpose, cast\n'
+        'skip "**.num_batches_tracked"\n'
+    )
+
+    async def go():
+        async with Session() as s:
+            uri = s.open(text)
+            await s.diagnostics(uri, timeout=30)
+            cases = {
+                ("weights", 1): D.DIRECTIVES["weights"],
+                ("map", 1): D.DIRECTIVES["map"],
+                ("skip", 1): D.DIRECTIVES["skip"],
+                ("with", 1): D.KEYWORDS["with"],
+                ("transpose", 1): D.MAP_ACTIONS["transpose"],
+                (", cast", 3): D.MAP_ACTIONS["cast"],
+            }
+            for (needle, offset), expected in cases.items():
+                hover = await s.hover(uri, *_position(text, needle, offset))
+                assert hover is not None, needle
+                assert expected in hover.contents.value, (needle, hover.contents.value)
+
+    run(go())
