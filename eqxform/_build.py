@@ -14,7 +14,7 @@ from . import _registry as R
 from ._check import byte_budget, constructor_limit, format_bytes
 from ._diagnostics import Diagnostic
 from ._errors import EqxformError, SpecError, UsageError
-from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render
+from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render, walk
 from ._hashing import stable_hash
 from ._select import too_deep
 
@@ -127,6 +127,26 @@ def build(
                 source,
             )
         ) from None
+
+
+def import_allowed(exprs: Iterable[A.Expr | None], allow: Iterable[str]) -> None:
+    """Import the module of every `package.module:function` constructor that
+    `exprs` call (nested calls too) and `allow` permits, now, before any JAX
+    transformation runs: a module imported first under `filter_eval_shape`
+    (loading builds the skeleton so) would keep the tracers of the arrays it
+    creates at import time (a table of constants), and the model would fail
+    later with `UnexpectedTracerError`. A module that fails to import is left
+    to `build`, which reports it where the call is written (E117, E126)."""
+    allow = tuple(allow)
+    if not allow:
+        return
+    for expr in exprs:
+        for e in walk(expr):
+            if isinstance(e, A.Call) and ":" in e.callee:
+                try:
+                    R.resolve_constructor(e.callee, allow)
+                except Exception:
+                    pass
 
 
 def nbytes(tree: Any) -> int:

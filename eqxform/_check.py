@@ -204,6 +204,11 @@ class Checker:
             Diagnostic(code, message, span, help, self.source, severity="warning")
         )
 
+    def note(self, code: str, message: str, span: A.Span | None, help: str | None = None):
+        """What a check without the model cannot decide: no error, no warning
+        (so `--deny warnings` passes it), shown by `eqxform check` and editors."""
+        self.diagnostics.append(Diagnostic(code, message, span, help, self.source, severity="note"))
+
     @property
     def errors(self) -> list[Diagnostic]:
         return [d for d in self.diagnostics if d.severity == "error"]
@@ -707,16 +712,18 @@ class Checker:
                     and step.name not in known
                 ):
                     # Any class of the model's own tree is a type too, and only
-                    # the model knows those: without it, a name is reported
-                    # only when it looks like a misspelt known one.
+                    # the model knows those (`MegalodonAttention`): without it,
+                    # an unknown name is no error, only a note that the model
+                    # decides (E104 there, with the model's classes to suggest).
                     hint = did_you_mean(step.name, known)
-                    if hint is not None:
-                        self.error(
-                            "E104",
-                            f"unknown type `{step.name}`",
-                            step.span,
-                            hint,
-                        )
+                    self.note(
+                        "I104",
+                        f"`{step.name}` is no `equinox.nn` class or registered type: it is "
+                        "resolved against the model's classes",
+                        step.span,
+                        (f"if you meant a known type, {hint} " if hint else "")
+                        + "`eqxform check SPEC MODEL` checks it against a model",
+                    )
                 if isinstance(step, A.SliceStep) and step.step == 0:
                     self.error("E122", "a slice step cannot be zero", step.span)
 

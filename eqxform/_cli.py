@@ -167,11 +167,43 @@ class _Whole(click.ParamType):
 
 _spec_arg = click.argument("spec", type=click.Path(dir_okay=False))
 _model_arg = click.argument("model", required=False, type=click.Path())
+
+
+class _AllowedHere:
+    """Finds the allowed modules (and only those) in the current directory,
+    as `python -m` would find them: a user's factory module (`factory.py`,
+    or a package folder) next to the model file loads from the shell without
+    `PYTHONPATH`. It comes last on `sys.meta_path`, so an installed package
+    of the same name wins, and nothing else in the folder becomes importable.
+    """
+
+    def __init__(self, names: set[str], folder: str):
+        self.names, self.folder = names, folder
+
+    def find_spec(self, fullname, path=None, target=None):
+        if path is not None or fullname not in self.names:
+            return None
+        from importlib.machinery import PathFinder
+
+        return PathFinder.find_spec(fullname, [self.folder])
+
+
+def _allow_here(ctx, param, value: tuple[str, ...]) -> tuple[str, ...]:
+    names = {v.split(".", 1)[0] for v in value if v.split(".", 1)[0].isidentifier()}
+    # One finder, for this command's names and folder.
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _AllowedHere)]
+    if names:
+        sys.meta_path.append(_AllowedHere(names, os.getcwd()))
+    return value
+
+
 _allow = click.option(
     "--allow",
     multiple=True,
     metavar="PACKAGE",
-    help="Allow constructors from this package (repeatable).",
+    callback=_allow_here,
+    help="Allow constructors from this package (repeatable); an allowed module in the "
+    "current directory is found too.",
 )
 _set = click.option(
     "--set", "sets", multiple=True, metavar="NAME=VALUE", help="Override a `let` (repeatable)."
@@ -337,6 +369,9 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
             sys.exit(1)
         warned = sum(d.severity == "warning" for d in diagnostics)
         head = "no problems found" if not warned else _plural(warned, "warning")
+        noted = sum(d.severity == "note" for d in diagnostics)
+        if noted:
+            head += f", {_plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
         _echo(f"{name}: {head} ({_plural(statements, 'statement')}{where})")
         if steps:
@@ -535,7 +570,19 @@ def apply(
 @click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
 @click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")
 @click.option(
-    "--loss", type=click.Choice(["mse", "cross_entropy"]), default="mse", show_default=True
+    "--loss",
+    default="mse",
+    show_default=True,
+    metavar="mse|cross_entropy|PKG.MOD:FN",
+    help="The loss: `mse`, `cross_entropy`, or a function `(pred, y) -> scalar` of your own "
+    "from an allowed package (`--allow PKG`).",
+)
+@click.option(
+    "--model-output",
+    "output_path",
+    metavar="PATH",
+    help="The part of what the model returns that the loss compares with `y`: an attribute "
+    "or index, e.g. `logits` (a result object) or `0` (a tuple).",
 )
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option(
@@ -588,6 +635,7 @@ def train(
     steps,
     batch_size,
     loss,
+    output_path,
     output,
     checkpoint_every,
     seed,
@@ -639,6 +687,8 @@ def train(
 
         with _device(device):
             base_optimizer(program)  # a missing `optimizer` fails before any work
+            loss_fn = _train.resolve_loss(loss, tuple(allow))
+            _train.output_steps(output_path)  # a malformed `--model-output` fails before any work
             if data is not None:
                 # The data set is read (and its headers checked) before the
                 # model is built.
@@ -650,20 +700,23 @@ def train(
             if data is None:
                 x, y = _train.toy_data(
                     start,
-                    loss,
+                    loss_fn,
                     program.input_structs(),
                     seed=program.seed if seed_value is None else seed_value,
+                    output=output_path,
                 )
                 where = "built-in data"
             else:
                 where = data
-            _train.check_fits(start, x, y, loss, where)
+            _train.check_fits(start, x, y, loss_fn, where, output_path)
             trained = {
                 "steps": 0,
                 "data": data or "built-in",
                 "loss": loss,
                 "batch_size": batch_size,
             }
+            if output_path is not None:
+                trained["output"] = output_path
 
             seed_used = program.seed if seed_value is None else seed_value
             if adapters_only:
@@ -700,12 +753,13 @@ def train(
                 y,
                 steps=steps,
                 batch_size=batch_size,
-                loss=loss,
+                loss=loss_fn,
                 seed=seed_used,
                 checkpoint_every=checkpoint_every,
                 on_checkpoint=write,
                 mesh=program.device_mesh(),
                 batch_axis=batch_axis,
+                output=output_path,
             )
             if not _writer():
                 result = run()

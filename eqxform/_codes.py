@@ -12,6 +12,7 @@ problem gets a new code. The hundreds say where a problem is found:
 - E5xx: running (training)
 - E6xx: the formatter and the language server
 - W2xx: warnings (the work is done, but may not be what was meant)
+- I1xx: notes (nothing is wrong: what `eqxform check` without a model leaves to the model)
 """
 
 from __future__ import annotations
@@ -186,8 +187,9 @@ CODES: dict[str, Code] = {
             "unknown type in a selector",
             "A capitalised selector step is a type, and no type of that name is known: no "
             "class of the model's tree, `equinox.nn` class, example model or registered "
-            "type has it. Without a model, `eqxform check` reports only names that look like "
-            "a misspelt known one.",
+            "type has it. This is decided against a model (`check` with a model, `plan`, "
+            "`apply`), whose classes the help suggests; without one a name is only noted "
+            "(I104), since any class of the model's tree is a type name.",
             "where Linaer.weight -> init zeros",
             "check the spelling; qualify a class by its module if needed (`mylib.layers:Block`).",
         ),
@@ -344,13 +346,15 @@ CODES: dict[str, Code] = {
             "cannot import (not installed, not on the module path, misspelt, or failing while "
             "it is imported) or a function the module does not have. eqxform imports the "
             "module as `import package.module` would in the Python that runs it; the `eqxform` "
-            "command does not put the current directory on the module path.",
+            "command also finds an allowed module or package in the current directory (and "
+            "nothing else there), so a factory module beside the model file needs no "
+            "`PYTHONPATH`.",
             "model mypkg.modls:make()",
             "make the module importable: install its package in the environment "
             "(`pip install -e FOLDER` for your own source), or put the folder that holds the "
-            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, `PYTHONPATH=.` for the "
-            "current directory; `sys.path.insert(0, FOLDER)` in Python); check the module path "
-            "and the function's name.",
+            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, or run `eqxform` in that "
+            "folder; `sys.path.insert(0, FOLDER)` in Python); check the module path and the "
+            "function's name.",
         ),
         _c(
             "E127",
@@ -1274,9 +1278,26 @@ CODES: dict[str, Code] = {
         _c(
             "E405",
             "not a constructor call",
-            "`eqxform new` takes a constructor call.",
+            "`eqxform new` takes a constructor call; `eqxform.new` takes one written as text, "
+            "or a class or function with its arguments (`eqxform.new(MLP, in_size=2, ...)`), "
+            "not text and arguments both.",
             'eqxform new "3 + 4" -o m.eqx',
             'write a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)".',
+        ),
+        _c(
+            "E451",
+            "a constructor argument a recipe cannot record",
+            "`eqxform.new(cls, *args, **kwargs)` records the call in the model's recipe as "
+            "text, so that the file loads with no code from its user. Numbers, strings, "
+            "booleans, `None`, lists (a tuple is written as a list), dtypes, `jax.nn` "
+            "functions, and config objects (dataclasses and named tuples) of those can be "
+            "written; a config object becomes a call of its class with every field. Classes "
+            "and functions are named `package.module:Name`, so they must be importable by "
+            "that name (not defined in `__main__` or inside a function). Anything else (an "
+            "array, a dict, a lambda) cannot.",
+            "eqxform.new(MyNet, table=jnp.ones(3))",
+            "pass values the recipe can write, or put the construction in a function of a "
+            "module (`factory.py`) and pass that function: `eqxform.new(factory.make, width=3)`.",
         ),
         _c(
             "E406",
@@ -1379,11 +1400,36 @@ CODES: dict[str, Code] = {
         ),
         _c(
             "E423",
-            "the model's output cannot be trained by `eqxform train`",
+            "the model's output is not one array",
             "`train`'s losses (`mse`, `cross_entropy`) compare one output array with `y`; "
-            "this model returns several (a tuple).",
-            "eqxform train spec.eqx -o out.eqx   # a model returning (logits, aux)",
-            "train it from Python with `eqxform.make_step` and a loss of your own.",
+            "this model returns something else: a tuple (`(logits, cache)`), a result object "
+            "(ESM2's `ESM2Result` with `hidden` and `logits`), a dict. The message shows what "
+            "it returned.",
+            "eqxform train spec.eqx esm2.eqx --data d.npz --loss cross_entropy -o out.eqx",
+            "name the array with `--model-output logits` (an attribute, a key or an index: `0`, "
+            "`[0].logits`), or give a loss of your own, `--loss package.module:function "
+            "--allow package`, a function `(pred, y) -> scalar` of the batch's outputs.",
+        ),
+        _c(
+            "E424",
+            "`--model-output` names no part of the model's output",
+            "`eqxform train --model-output PATH` picks the array the loss compares with `y` from "
+            "what the model returns: attribute names, mapping keys and indices, joined by `.` "
+            "or written `[i]`. The path does not fit what the model returned (shown).",
+            "eqxform train spec.eqx esm2.eqx --model-output logit -o out.eqx",
+            "name one of the parts the message lists, e.g. `--model-output logits` or `--model-output 0`.",
+        ),
+        _c(
+            "E425",
+            "bad `--loss`",
+            "`--loss` is `mse`, `cross_entropy`, or `package.module:function`: a function of "
+            "the batch's outputs and targets, `(pred, y) -> scalar`, from a package given with "
+            "`--allow` (an allowed module in the current directory is found). It cannot be "
+            "imported, is not allowed, is no function, or fails on the model's output shapes "
+            "or gives no single number.",
+            "eqxform train spec.eqx m.eqx --loss mylosses:masked_ce -o out.eqx",
+            "add `--allow mylosses`; make it return the batch's loss as a scalar "
+            "(`jnp.mean(...)`).",
         ),
         _c(
             "E430",
@@ -1749,6 +1795,34 @@ CODES: dict[str, Code] = {
             "send positions as zero-based lines and characters, 0 or more; the error's message "
             "names the field that is wrong.",
         ),
+        # ---- notes
+        _c(
+            "I104",
+            "type name resolved against the model",
+            "A capitalised selector step names no `equinox.nn` class, example model or "
+            "registered type. Any class of the model's tree is a type name too "
+            "(`MegalodonAttention`, a library's block), and only the model knows those, so "
+            "a check without a model notes the name and goes on: it is no error and no "
+            "warning, and `--deny warnings` passes it. Against a model, a name no class has "
+            "is E104.",
+            "where MegalodonAttention.wz -> lora(rank=8)",
+            "nothing, if the model has that class; check it against the model with "
+            "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
+        ),
+        _c(
+            "I221",
+            "an adapter whose matrix the forward pass forms",
+            "`lora` puts a `LoRA` module where a `Linear` was; called, it adds "
+            "`scale * B (A x)` without forming `B A`. A parent that reads the module's "
+            "`weight` itself (`x @ linear.weight.T + linear.bias`, as code ported from "
+            "PyTorch does: CLIP's attention `out_proj`, Megalodon's `linear_3d`) gets the "
+            "adapted matrix `W + scale * B A`, formed at each read. `plan` (with `input` "
+            "lines) notes the rules whose adapters are read so, and the numbers formed per "
+            "call. The outputs and gradients are those of LoRA; only the cost differs.",
+            "input i32[1,8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
+            "nothing, if the cost is acceptable (an `(out, in)` matrix per call, like the base "
+            "weight); `merge` the adapters after training, or adapt modules the model calls.",
+        ),
     ]
 }
 
@@ -1768,6 +1842,7 @@ _GROUPS = (
         "W",
         "Warnings (the work is done, but may not be what was meant; `--deny warnings` makes them errors)",
     ),
+    ("I", "Notes (nothing is wrong; what a check without the model leaves to the model)"),
 )
 
 
@@ -1786,7 +1861,7 @@ def markdown() -> str:
         "entry below; this page is generated from the same table",
         "(`eqxform explain --all --format markdown`).",
     ]
-    codes = sorted(CODES.values(), key=lambda c: (c.code[0] != "E", c.code))
+    codes = sorted(CODES.values(), key=lambda c: ("EWI".index(c.code[0]), c.code))
     group = None
     for c in codes:
         if _group(c.code) != group:
@@ -1808,7 +1883,7 @@ def markdown() -> str:
 
 def text() -> str:
     """Every entry as `eqxform explain CODE` prints it, one after another."""
-    codes = sorted(CODES.values(), key=lambda c: (c.code[0] != "E", c.code))
+    codes = sorted(CODES.values(), key=lambda c: ("EWI".index(c.code[0]), c.code))
     return "\n\n".join(c.render() for c in codes) + "\n"
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
+from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic
 from ._errors import SpecError, UsageError
@@ -152,7 +153,9 @@ def compile_collect(
     spec, diagnostics = parse_collect(text, name, cache)
     mesh = as_mesh_spec(mesh)
     checker = Checker(spec, params, mesh)
-    diagnostics += checker.run()
+    # The checker's notes (a type name left to the model) are for `eqxform
+    # check` and editors to show; a program is resolved against its model.
+    diagnostics += [d for d in checker.run() if d.severity != "note"]
     if inputs is not None:
         bad = _override_inputs(checker, list(inputs))
         if bad:
@@ -350,6 +353,13 @@ def _program(
                 anchor, env, source, identity("mesh"), tuple(shards), device_mesh, tuple(overs)
             )
         )
+    # The modules the spec's constructors name, imported before any pass or
+    # plan traces them.
+    import_allowed(
+        [s.call for s in statements if isinstance(s, A.ModelStmt)]
+        + [a.arg for s in statements if isinstance(s, A.Rule) for a in s.actions],
+        allow,
+    )
     return Program(
         spec,
         tuple(passes),

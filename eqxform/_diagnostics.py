@@ -40,7 +40,8 @@ def printable(text: str, keep: str = "") -> str:
 @dataclass(frozen=True)
 class Diagnostic:
     """One problem: a stable `code`, a `message`, where (`span` in `source`, or
-    a `file`), a `help` line, and a `severity` (`error` or `warning`)."""
+    a `file`), a `help` line, and a `severity` (`error`, `warning`, or `note`:
+    what a check without the model leaves to the model)."""
 
     code: str
     message: str

@@ -752,8 +752,13 @@ class EqxformServer(LanguageServer):
 
     def publish(self, doc: _Doc) -> None:
         lines = doc.lines
+        local = doc.local
+        if any(isinstance(s, A.ModelStmt) for s in doc.spec.statements):
+            # Checked against the spec's model: a type name it has is no news,
+            # one it lacks is its E104.
+            local = [d for d in local if d.code != "I104"]
         found = sorted(
-            doc.local + doc.model_diagnostics(),
+            local + doc.model_diagnostics(),
             key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0),
         )
         self.text_document_publish_diagnostics(

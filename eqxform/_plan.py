@@ -25,10 +25,16 @@ from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Frozen, Wrapper, batched, split_state
+from ._modules import Frozen, LoRA, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
-from ._passes._forward import STATELESS, STATELESS_HELP, missing_state, output_shape
+from ._passes._forward import (
+    STATELESS,
+    STATELESS_HELP,
+    formed_adapters,
+    missing_state,
+    output_shape,
+)
 from ._passes._struct import EnsemblePass, StackCallError
 from ._select import (
     evaluate_at,
@@ -39,6 +45,7 @@ from ._select import (
     outermost,
     path_str,
     select_rule,
+    skipped_arrays,
     walk,
 )
 
@@ -72,6 +79,9 @@ class PlanStep:
     writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
     span: Any = None
     unit: str = "array"  # what `matches` holds: see `unit_of`
+    skipped: int = (
+        0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
+    )
 
     @property
     def params_delta(self) -> int:
@@ -211,6 +221,7 @@ class Plan:
                     "action": s.action,
                     "count": s.count,
                     "unit": s.unit,
+                    "skipped": s.skipped,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
                     "matches": [
@@ -244,7 +255,8 @@ class Plan:
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
-            lines += _wrap(f"  {s.action}: {s.counted}, {delta}", "      ", width)
+            skipped = f", {_count(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
                 for m in s.matches
@@ -636,11 +648,16 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
                 targets = acted_on(nodes)
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
+        skipped = (
+            skipped_arrays(nodes, p.rule.selector)
+            if kind in ("init", "cast", "scale", "freeze")
+            else 0
+        )
     else:
         # A structural directive acts on the list, tuple or module it names.
         targets = nodes
         kind, writes = "structure", tuple((logical_path(n), None) for n in targets)
-        span = p.stmt.span
+        span, skipped = p.stmt.span, 0
     return PlanStep(
         p.line,
         p.text,
@@ -652,6 +669,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         writes,
         span,
         unit_of(targets),
+        skipped,
     )
 
 
@@ -945,7 +963,47 @@ def finish(program, start, struct, history):
         output, problem = _forward(struct, structs)
         if problem is not None:
             diagnostics.append(_locate_break(program, start, structs, history, problem))
+        else:
+            diagnostics += _formed(program, struct, structs, history)
     return steps, diagnostics, output
+
+
+def _formed(program, struct, structs, history) -> list[Diagnostic]:
+    """I221 for each `lora` rule whose adapted matrices the forward pass forms
+    (the parent reads the module's `weight` itself): their cost, at the rule."""
+    try:
+        formed = formed_adapters(struct, structs)
+    except Exception:  # traced once more for its jaxpr: best effort, the pass itself ran
+        return []
+    by_rule: dict[Any, list[tuple[str, int]]] = {}
+    for path, (rows, cols) in formed:
+        span = None
+        for p, after in history:
+            action = getattr(p, "action", None)
+            if action is not None and action.name == "lora":
+                made = {n.text for n in walk(split_state(after)[0]) if isinstance(n.obj, LoRA)}
+                if path in made:
+                    span = action.span
+                    break
+        by_rule.setdefault(span, []).append((path, rows * cols))
+    out = []
+    for span, found in by_rule.items():
+        paths = ", ".join(f"`{p}`" for p, _ in found[:3]) + (", ..." if len(found) > 3 else "")
+        total = sum(n for _, n in found)
+        out.append(
+            Diagnostic(
+                "I221",
+                f"the model reads the `weight` of {_count(len(found), 'adapted module')} itself "
+                f"({paths}) rather than calling {'it' if len(found) == 1 else 'them'}, so each call "
+                f"forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
+                span,
+                "that is the cost of an adapter where the parent multiplies the weight "
+                "itself; `merge` after training removes it",
+                program.source,
+                severity="note",
+            )
+        )
+    return out
 
 
 def group_value(program, action, leaf) -> float:

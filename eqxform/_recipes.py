@@ -12,8 +12,11 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import importlib
 import json
+import math
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from dataclasses import replace as dc_replace
@@ -26,11 +29,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from . import _ast as A
-from ._build import MODEL_TAG, build, render_call
+from . import _registry as R
+from ._build import MODEL_TAG, build, import_allowed, render_call
 from ._check import Checker, check_seed
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
+from ._expr import render
 from ._files import (
     STORABLE,
     Header,
@@ -50,6 +55,7 @@ from ._files import atomic_write as atomic_write
 from ._hashing import seed_key
 from ._mesh import as_mesh
 from ._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, split_state, state_values
+from ._names import DTYPES
 from ._parse import parse_expr
 from ._passes import Context
 from ._passes._shard import placements
@@ -137,6 +143,9 @@ def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     checker.constructor_call(call, set())
     if checker.diagnostics:
         raise _recipe_error(checker.diagnostics)
+    # The skeleton is built under `filter_eval_shape`: the allowed modules
+    # are imported before, so that arrays they create on import are concrete.
+    import_allowed([call], allow)
     return call, source
 
 
@@ -555,8 +564,136 @@ def save(
     atomic_write_with(path, lambda f: write_stream(f, specs, fetch, content))
 
 
-def new(constructor: str, *, seed: int = 0, allow: Iterable[str] = ()):
-    """Build a model from a constructor call such as `"MLP(in_size=2, ...)"`."""
+class _Unwritable(Exception):
+    def __init__(self, what: str):
+        self.what = what
+
+
+def _importable_name(obj: Any) -> str:
+    """`package.module:Name` of a class or function that a recipe can name:
+    importable by that name, so that loading finds the same object."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "." in qualname:
+        raise _Unwritable(f"`{getattr(obj, '__name__', obj)!s:.60}` (defined in `{module}`)")
+    try:
+        found = getattr(importlib.import_module(module), qualname)
+    except Exception:
+        found = None
+    if found is not obj:
+        raise _Unwritable(f"`{qualname}` (not importable as `{module}:{qualname}`)")
+    return f"{module}:{qualname}"
+
+
+def _constructor_name(fn: Any) -> str:
+    """The name a recipe calls `fn` by: its registered short name (`MLP`),
+    else `package.module:Name`."""
+    name = getattr(fn, "__name__", None)
+    if isinstance(name, str):
+        try:
+            if R.resolve_constructor(name) is fn:
+                return name
+        except Exception:
+            pass
+    return _importable_name(fn)
+
+
+def _spec_value(value: Any) -> str:
+    """A Python constructor argument as spec text that evaluates back to it:
+    literals, lists (a tuple is written as a list), dtypes, `jax.nn`
+    functions, and config objects (dataclasses, named tuples) as calls of
+    their class with every field."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return render(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Unwritable(f"`{value}`")
+        return render(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [f for f in dataclasses.fields(value) if f.init]
+        parts = [f"{f.name}={_spec_value(getattr(value, f.name))}" for f in fields]
+        return f"{_importable_name(type(value))}({', '.join(parts)})"
+    if isinstance(value, tuple) and hasattr(type(value), "_fields"):
+        parts = [f"{k}={_spec_value(v)}" for k, v in zip(type(value)._fields, value)]
+        return f"{_importable_name(type(value))}({', '.join(parts)})"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_spec_value(v) for v in value) + "]"
+    try:
+        dtype = np.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is not None and not isinstance(value, str) and dtype.name in DTYPES:
+        return dtype.name
+    name = getattr(value, "__name__", None)
+    if callable(value) and isinstance(name, str) and getattr(jax.nn, name, None) is value:
+        return name
+    raise _Unwritable(f"a `{type(value).__name__}` (`{value!r:.60}`)")
+
+
+def python_call(fn: Any, args: tuple, kwargs: dict) -> str:
+    """`fn(*args, **kwargs)` as the constructor call a recipe records."""
+    try:
+        parts = [_spec_value(a) for a in args]
+        parts += [f"{k}={_spec_value(v)}" for k, v in kwargs.items()]
+        return f"{_constructor_name(fn)}({', '.join(parts)})"
+    except _Unwritable as e:
+        raise UsageError(
+            Diagnostic(
+                "E451",
+                f"a recipe cannot record {e.what}",
+                help="a recipe records numbers, strings, booleans, `none`, lists, dtypes, "
+                "`jax.nn` functions and config objects (dataclasses, named tuples) of those, "
+                "naming classes and functions by an importable `package.module:Name`; pass "
+                "such values, or write a factory function in a module and pass that",
+            )
+        ) from None
+
+
+def _package(call_text: str) -> list[str]:
+    """The top-level packages of the `package.module:Name` calls in a call."""
+    return sorted(
+        {m.split(".", 1)[0] for m in re.findall(r"([A-Za-z_][\w.]*):[A-Za-z_]", call_text)}
+    )
+
+
+def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), **kwargs: Any):
+    """Build a model from a constructor call, and remember its recipe.
+
+    **Arguments:**
+
+    - `constructor`: a call written as text (`"MLP(in_size=2, ...)"`), or a
+      class or function, called with `*args` and `**kwargs` (a library's
+      `MegalodonForCausalLM` and its config object). A Python call is recorded
+      as text: a config object (a dataclass or named tuple of literals)
+      becomes a call of its class (`megalodon_jax.config:MegalodonConfig(...)`)
+      and a class or function its `package.module:Name`; the model is built
+      from that text, as loading the file will build it.
+    - `seed`: the key of the constructor (`key=` is supplied).
+    - `allow`: packages whose constructors a text call may import; a Python
+      call allows the packages of the objects it was given.
+
+    **Returns:** the model; `eqxform.save` writes it with its recipe, so the
+    file loads with `eqxform.load(path, allow=[...])` and no other code.
+
+    **Example:**
+
+    ```python
+    config = MegalodonConfig(vocab_size=64, model_dim=32, num_layers=2)
+    model = eqxform.new(MegalodonForCausalLM, config)
+    eqxform.save("megalodon.eqx", model)  # `eqxform show megalodon.eqx --allow megalodon_jax`
+    ```
+    """
+    if not isinstance(constructor, str) and callable(constructor):
+        text = python_call(constructor, args, kwargs)
+        return new(text, seed=seed, allow=tuple(allowed(allow)) + tuple(_package(text)))
+    if args or kwargs:
+        raise UsageError(
+            Diagnostic(
+                "E405",
+                "a constructor written as text takes its arguments in the text",
+                help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)"), '
+                "or pass the class: eqxform.new(MLP, in_size=2, ...)",
+            )
+        )
     if not isinstance(constructor, str):
         raise UsageError(
             Diagnostic(

@@ -273,8 +273,8 @@ _IMPORTABLE = (
     "the module must be importable by the Python that runs eqxform: install its package "
     "in this environment (`pip install PACKAGE`, or `pip install -e FOLDER` for your own "
     "source), or put the folder that holds `{top}/` on the module path: "
-    "`PYTHONPATH=FOLDER eqxform ...` (`PYTHONPATH=.` for the current directory; "
-    "in Python, `sys.path.insert(0, FOLDER)`)"
+    "`PYTHONPATH=FOLDER eqxform ...` (the `eqxform` command finds an allowed package in "
+    "the current directory itself; in Python, `sys.path.insert(0, FOLDER)`)"
 )
 
 

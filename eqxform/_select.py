@@ -326,16 +326,22 @@ def node_at(model: Any, path: Path) -> Node:
     return Node(tuple(path), obj, tuple(parents))
 
 
+def _inexact(x: Any) -> bool:
+    # `jnp.issubdtype` knows bfloat16 (an `ml_dtypes` type) is floating;
+    # NumPy's does not, and would skip the arrays a `cast bfloat16` made.
+    return bool(jax.numpy.issubdtype(x.dtype, jax.numpy.inexact))
+
+
 def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
-    """The arrays at or under `node`."""
+    """The arrays at or under `node` (with `inexact_only`, its floating-point
+    ones: a bool mask or an int counter is no parameter to draw, cast, scale
+    or freeze)."""
     if is_array(node.obj):
-        return [node]
+        return [node] if not inexact_only or _inexact(node.obj) else []
     out = []
     for sub in walk(node.obj):
         if sub.path and is_array(sub.obj):
-            # `jnp.issubdtype` knows bfloat16 (an `ml_dtypes` type) is floating;
-            # NumPy's does not, and would skip the arrays a `cast bfloat16` made.
-            if inexact_only and not jax.numpy.issubdtype(sub.obj.dtype, jax.numpy.inexact):
+            if inexact_only and not _inexact(sub.obj):
                 continue
             out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers))
     return out
@@ -591,6 +597,13 @@ def select(selector: A.Selector, nodes: list[Node], source: A.Source | None = No
     `except` part names is left out, with everything under it and every node
     that holds it (so that no action reaches it through an ancestor)."""
     types = Types(nodes, source)
+    # Every type name is resolved before matching, which tries a name only on
+    # the nodes its other steps reach: an unknown name is E104 at its step
+    # (with the model's classes to suggest), not a selector matching nothing.
+    for path in selector.paths + selector.excluded:
+        for s in path.steps:
+            if isinstance(s, A.NameStep) and s.is_type:
+                types(s)
     out = _select_paths(selector.paths, nodes, types)
     if selector.excluded:
         cut = PathSet(n.path for n in _select_paths(selector.excluded, nodes, types))
@@ -867,3 +880,22 @@ def matched_arrays(
         for leaf in array_leaves(node, inexact_only=broad or not is_array(node.obj)):
             out.setdefault(leaf.path, leaf)
     return list(out.values())
+
+
+def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
+    """How many non-floating arrays (bool masks, int counters) at or under the
+    matched nodes `matched_arrays` leaves out: those under a matched module,
+    and those a broad selector (`**`, `[*]`, a type) matched themselves."""
+    broad = not names_fields(selector)
+    paths = set()
+    for node in nodes:
+        if is_array(node.obj):
+            if broad and not _inexact(node.obj):
+                paths.add(node.path)
+        elif isinstance(node.obj, (eqx.Module, list, tuple, dict)):
+            paths.update(
+                leaf.path
+                for leaf in array_leaves(node, inexact_only=False)
+                if not _inexact(leaf.obj)
+            )
+    return len(paths)

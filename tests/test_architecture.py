@@ -215,7 +215,7 @@ def test_every_code_raised_has_an_explanation_and_every_explanation_a_use():
     used = set()
     for path in PACKAGE.rglob("*.py"):
         if path.name != "_codes.py":
-            used |= set(re.findall(r'"([EW]\d{3})"', path.read_text()))
+            used |= set(re.findall(r'"([EWI]\d{3})"', path.read_text()))
     assert used - set(CODES) == set(), "codes without an explanation"
     assert set(CODES) - used == set(), "explanations of codes never raised"
     for entry in CODES.values():

@@ -379,7 +379,7 @@ def _package(folder: Path) -> None:
 @pytest.mark.parametrize(
     "callee,message,help",
     [
-        ("nopkg.models:make", "no module named `nopkg`", "PYTHONPATH=."),
+        ("nopkg.models:make", "no module named `nopkg`", "PYTHONPATH=FOLDER"),
         ("upkg.modls:make", "no module named `upkg.modls`", "`upkg` was found, but it has no"),
         ("upkg.models:mke", "module `upkg.models` has no `mke`", "did you mean `make`?"),
         ("upkg.needs:make", "needs `upkg_missing_dependency`", "install `upkg_missing_depen"),
@@ -401,20 +401,67 @@ def test_an_allowed_module_that_cannot_be_imported_says_how_to_fix_it(
 
 
 def test_the_help_of_e126_is_what_makes_the_module_importable(tmp_path):
-    """`eqxform` (the installed command) does not put the current directory on
-    the module path; the help's `PYTHONPATH=.` does. `python -P` runs the CLI
-    the same way (no current directory on the path)."""
+    """`eqxform` (the installed command) finds an allowed package in the
+    current directory (issue 16); from another folder, the help's
+    `PYTHONPATH=FOLDER` does. `python -P` runs the CLI the same way (no current
+    directory on the path)."""
     _package(tmp_path)
     (tmp_path / "spec.eqx").write_text("model upkg.models:make(width=3)\n")
-    command = [sys.executable, "-P", "-m", "eqxform", "check", "spec.eqx", "--allow", "upkg"]
+    (tmp_path / "sub").mkdir()
 
-    def run_with(path):
+    def run_with(path, cwd, spec):
         env = {**os.environ, "PYTHONPATH": path}
-        return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        command = [sys.executable, "-P", "-m", "eqxform", "check", spec, "--allow", "upkg"]
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
 
-    refused = run_with(str(ROOT))
+    here = run_with(str(ROOT), tmp_path, "spec.eqx")
+    assert here.returncode == 0, here.stderr
+    refused = run_with(str(ROOT), tmp_path / "sub", "../spec.eqx")
     assert refused.returncode == 1, refused.stderr
-    assert "error[E126]" in refused.stderr and "PYTHONPATH=." in refused.stderr
+    assert "error[E126]" in refused.stderr and "PYTHONPATH=FOLDER" in refused.stderr
     assert "Traceback" not in refused.stderr
-    accepted = run_with(f"{ROOT}{os.pathsep}.")
+    accepted = run_with(f"{ROOT}{os.pathsep}..", tmp_path / "sub", "../spec.eqx")
     assert accepted.returncode == 0, accepted.stderr
+
+
+# ---- type names of the model alone (issue 16) --------------------------------------------
+
+
+def test_a_type_name_of_the_model_alone_compiles_and_resolves_when_applied():
+    # `ViTBlock` is no `equinox.nn` class and no registered type: only the
+    # model knows it, so compiling is no error and applying resolves it.
+    program = eqxform.compile("where ViTBlock.fc1 -> freeze")
+    model = rm.TinyViT(depth=2, key=jax.random.key(0))
+    frozen = program.apply(model, key=jax.random.key(1))
+    for block in frozen.blocks:
+        assert isinstance(block.fc1.weight, eqxform.Frozen)
+        assert not isinstance(block.fc2.weight, eqxform.Frozen)
+    assert program.plan(model).steps[0].count == 4  # the weight and bias of each `fc1`
+    # Misspelt, it is an error against the model, with the model's classes
+    # suggested.
+    with pytest.raises(eqxform.SpecError) as e:
+        eqxform.compile("where ViTBlok.fc1 -> freeze").apply(model)
+    [d] = e.value.diagnostics
+    assert d.code == "E104" and d.message == "unknown type `ViTBlok`"
+    assert d.help.startswith("did you mean `ViTBlock`?")
+    assert (d.span.line, d.span.column) == (1, 7)
+
+
+def test_the_linter_notes_a_type_name_it_leaves_to_the_model(cwd):
+    Path("spec.eqx").write_text("where MegalodonAttention.wz -> lora(rank=8)\n")
+    code, out = run("check", "spec.eqx", "--deny", "warnings")
+    assert code == 0
+    assert "note[I104]: `MegalodonAttention` is no `equinox.nn` class or registered type" in out
+    assert "did you mean `MultiheadAttention`?" in out
+    assert "spec.eqx: no problems found, 1 note (1 statement)" in out
+    code, out = run("check", "spec.eqx", "--json")
+    assert code == 0
+    [d] = json.loads(out)["diagnostics"]
+    assert (d["code"], d["severity"], d["line"], d["column"]) == ("I104", "note", 1, 7)
+    # Against a model that lacks the class, it is an error at the same place.
+    Path("spec.eqx").write_text(MODEL + "where MegalodonAttention.wz -> lora(rank=8)\n")
+    code, out = run("check", "spec.eqx")
+    assert code == 1
+    assert "error[E104]: unknown type `MegalodonAttention`" in out
+    assert "spec.eqx:2:7" in out
+    assert "note[I104]" not in out

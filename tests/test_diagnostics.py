@@ -55,7 +55,7 @@ def test_all_errors_of_a_file_at_once():
     _, diagnostics = compile_collect(path.read_text(), path.name)
     assert [(d.span.line, d.code) for d in diagnostics] == [
         (1, "E106"),
-        (2, "E104"),
+        (2, "E101"),
         (3, "E102"),
         (4, "E004"),
     ]

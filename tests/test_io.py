@@ -195,3 +195,169 @@ def test_missing_file_is_a_usage_error(tmp_path):
     with pytest.raises(eqxform.UsageError) as info:
         eqxform.load(tmp_path / "nope.eqx")
     assert "does not exist" in info.value.diagnostics[0].message
+
+
+# ---- library and user models as self-contained files (issue 16) -------------------------
+
+TABLENET = """
+import dataclasses
+from typing import NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+
+# A module-level array, as libraries keep tables of constants: created when
+# the module is imported, so it must be imported outside any trace.
+TABLE = jnp.arange(4.0)
+
+
+class Act(NamedTuple):
+    name: str
+    slope: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    width: int
+    widths: tuple = (3, 5)
+    act: Act = Act("leaky", 0.1)
+    dtype: object = jnp.float32
+
+
+class TableNet(eqx.Module):
+    config: Config = eqx.field(static=True)
+    linear: eqx.nn.Linear
+
+    def __init__(self, config, *, key):
+        self.config = config
+        self.linear = eqx.nn.Linear(4, config.width, dtype=config.dtype, key=key)
+
+    def __call__(self, x):
+        return self.linear(x * TABLE)
+
+
+def make(config, *, key):
+    return TableNet(config, key=key)
+"""
+
+
+def _python(cwd, code: str, *args: str):
+    """Python in a fresh process, in `cwd`, with only eqxform on the path: `-P`
+    keeps the current directory off `sys.path`, as for the `eqxform` command."""
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(eqxform.__file__))}
+    return subprocess.run(
+        [sys.executable, "-P", *(["-c", code] if code else []), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_config_object_is_recorded_as_a_call_and_the_file_needs_no_user_code(tmp_path):
+    (tmp_path / "tablenet.py").write_text(TABLENET)
+    made = _python(
+        tmp_path,
+        "import sys; sys.path.insert(0, '.')\n"
+        "import eqxform, tablenet\n"
+        "config = tablenet.Config(width=3, widths=(2, 7))\n"
+        "model = eqxform.new(tablenet.TableNet, config, seed=4)\n"
+        "print(eqxform.recipe_of(model).constructor)\n"
+        "eqxform.save('t.eqx', model)\n"
+        "import jax.numpy as jnp, numpy as np\n"
+        "np.save('out.npy', np.asarray(model(jnp.linspace(-1, 1, 4))))\n",
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip() == (
+        "tablenet:TableNet(tablenet:Config(width=3, widths=[2, 7], "
+        'act=tablenet:Act(name="leaky", slope=0.1), dtype=float32))'
+    )
+    # A fresh process: loading imports the allowed module before the skeleton
+    # is traced, so its module-level array is concrete and the model runs.
+    loaded = _python(
+        tmp_path,
+        "import sys; sys.path.insert(0, '.')\n"
+        "import eqxform, jax.numpy as jnp, numpy as np\n"
+        "model = eqxform.load('t.eqx', allow=['tablenet'])\n"
+        "print(model.config)\n"
+        "print(np.abs(np.asarray(model(jnp.linspace(-1, 1, 4))) - np.load('out.npy')).max())\n",
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    config, diff = loaded.stdout.strip().splitlines()
+    assert config.startswith("Config(width=3, widths=[2, 7], act=Act(name='leaky', slope=0.1)")
+    assert float(diff) == 0.0
+
+
+def test_the_command_line_finds_an_allowed_module_in_the_current_directory(tmp_path):
+    (tmp_path / "factory.py").write_text(TABLENET)
+    made = _python(
+        tmp_path,
+        "import sys; sys.path.insert(0, '.')\n"
+        "import eqxform, factory\n"
+        "eqxform.save('t.eqx', eqxform.new(factory.make, factory.Config(width=3)))\n",
+    )
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "spec.eqx").write_text(
+        "optimizer adam(learning_rate=1e-2)\ninput f32[4]\nwhere Linear.bias -> freeze\n"
+    )
+    show = _python(tmp_path, "", "-m", "eqxform", "show", "t.eqx", "--allow", "factory")
+    assert show.returncode == 0, show.stderr
+    assert "linear.weight  float32[3, 4]" in show.stdout
+    assert "base: factory:make(factory:Config(width=3, widths=[3, 5]" in show.stdout
+    plan = _python(tmp_path, "", "-m", "eqxform", "plan", "spec.eqx", "t.eqx", "--allow", "factory")
+    assert plan.returncode == 0, plan.stderr
+    assert "freeze" in plan.stdout
+    train = _python(
+        tmp_path,
+        "",
+        "-m",
+        "eqxform",
+        "train",
+        "spec.eqx",
+        "t.eqx",
+        "--allow",
+        "factory",
+        "--steps",
+        "5",
+        "-o",
+        "trained.eqx",
+    )
+    assert train.returncode == 0, train.stderr
+    assert "trained 5 steps" in train.stdout
+    check = _python(
+        tmp_path,
+        "import sys; sys.path.insert(0, '.')\n"
+        "import eqxform, jax.numpy as jnp\n"
+        "m = eqxform.load('trained.eqx', allow=['factory'])\n"
+        "print(eqxform.resolve(m)(jnp.ones(4)).shape)\n",
+    )
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "(3,)"
+    # Not allowed, the module is not imported, and the message says how.
+    refused = _python(tmp_path, "", "-m", "eqxform", "plan", "spec.eqx", "t.eqx")
+    assert refused.returncode == 1
+    assert "--allow factory" in refused.stderr
+    # Allowed but elsewhere: the help says where a module is looked for.
+    os.mkdir(tmp_path / "elsewhere")
+    lost = _python(
+        tmp_path / "elsewhere", "", "-m", "eqxform", "show", "../t.eqx", "--allow", "factory"
+    )
+    assert "cannot import constructor `factory:make`" in lost.stdout + lost.stderr
+    assert "PYTHONPATH=FOLDER" in lost.stdout + lost.stderr
+    assert "finds an allowed package in the current directory" in lost.stdout + lost.stderr
+
+
+def test_a_python_call_a_recipe_cannot_write_is_refused(getkey):
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.new(eqx.nn.MLP, 2, 2, 8, 2, activation=lambda x: x)
+    [d] = info.value.diagnostics
+    assert d.code == "E451" and "a recipe cannot record" in d.message
+    assert "factory function" in d.help
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.new("MLP(2, 2, 8, 2)", 3)
+    assert info.value.diagnostics[0].code == "E405"
+    # A registered constructor is recorded by its name.
+    model = eqxform.new(eqx.nn.MLP, 2, 2, 8, 2, activation=jax.nn.gelu, seed=1)
+    assert eqxform.recipe_of(model).constructor == "MLP(2, 2, 8, 2, activation=gelu)"
+    assert same(model, eqxform.new("MLP(2, 2, 8, 2, activation=gelu)", seed=1))

@@ -298,6 +298,98 @@ def test_tinyvit_qkv_matches_hand_written_lora(getkey):
         assert np.allclose(g_ours.blocks[i].fc1.weight, g_theirs.blocks[i].fc1.weight, atol=1e-5)
 
 
+class ReadsWeight(eqx.Module):
+    """CLIP's attention pattern: `q_proj` is called, `out_proj`'s weight and bias
+    are read by the parent (`x @ W.T + b`), as code ported from PyTorch does."""
+
+    q_proj: eqx.nn.Linear
+    out_proj: eqx.nn.Linear
+
+    def __init__(self, dim, *, key):
+        k1, k2 = jax.random.split(key)
+        self.q_proj = eqx.nn.Linear(dim, dim, key=k1)
+        self.out_proj = eqx.nn.Linear(dim, dim, key=k2)
+
+    def __call__(self, x):
+        h = jax.nn.gelu(jax.vmap(self.q_proj)(x))
+        return h @ self.out_proj.weight.T + self.out_proj.bias
+
+
+class HandWeightLoRA(eqx.Module):
+    """Hand-written LoRA for a parent that reads `.weight`: the adapted matrix."""
+
+    linear: eqx.nn.Linear
+    a: jax.Array
+    b: jax.Array
+    scale: float = eqx.field(static=True)
+
+    @property
+    def weight(self):
+        w = jax.lax.stop_gradient(self.linear.weight)
+        return w + self.scale * (self.b @ self.a)
+
+    @property
+    def bias(self):
+        return jax.lax.stop_gradient(self.linear.bias)
+
+
+def test_lora_where_the_parent_reads_the_weight_matches_hand_written_lora(getkey):
+    model = ReadsWeight(8, key=getkey())
+    program = eqxform.compile("input f32[5,8]\nwhere Linear -> lora(rank=2, alpha=4)")
+    adapted = with_b(program.apply(model, key=getkey()), getkey())
+    hand = eqx.tree_at(
+        lambda m: m.out_proj,
+        model,
+        HandWeightLoRA(model.out_proj, adapted.out_proj.lora_a, adapted.out_proj.lora_b, 2.0),
+    )
+    hand = eqx.tree_at(
+        lambda m: m.q_proj,
+        hand,
+        HandLoRA(model.q_proj, adapted.q_proj.lora_a, adapted.q_proj.lora_b, 2.0),
+    )
+    x = jax.random.normal(getkey(), (5, 8))
+
+    def ours(m):
+        return jnp.sum(eqxform.resolve(m)(x) ** 2)
+
+    def theirs(m):
+        return jnp.sum(m(x) ** 2)
+
+    v_ours, g_ours = eqx.filter_value_and_grad(ours)(adapted)
+    v_theirs, g_theirs = eqx.filter_value_and_grad(theirs)(hand)
+    assert np.allclose(v_ours, v_theirs, rtol=1e-5)
+    for name in ("q_proj", "out_proj"):
+        a, h = getattr(g_ours, name), getattr(g_theirs, name)
+        assert np.allclose(a.lora_a, h.a, atol=1e-5) and np.allclose(a.lora_b, h.b, atol=1e-5)
+        assert np.abs(np.asarray(a.lora_b)).max() > 0
+        # No gradient reaches the frozen base.
+        assert not np.any(np.asarray(eqxform.resolve(a.base).weight))
+    # Merged, it is the same function of a plain model.
+    merged = eqxform.merge(adapted)
+    assert isinstance(merged.out_proj, eqx.nn.Linear)
+    assert np.allclose(eqxform.resolve(merged)(x), eqxform.resolve(adapted)(x), atol=1e-5)
+    # The plan notes the cost where the matrix is formed (out_proj), not where
+    # the module is called (q_proj).
+    [note] = [d for d in program.plan(model).diagnostics if d.code == "I221"]
+    assert note.severity == "note" and (note.span.line, note.span.column) == (2, 17)
+    assert "`out_proj`" in note.message and "`q_proj`" not in note.message
+    assert "(64 numbers in all)" in note.message
+    # The attributes a parent may read of a `Linear`.
+    lora = adapted.out_proj
+    assert (lora.in_features, lora.out_features, lora.use_bias) == (8, 8, True)
+
+
+def test_ia3_where_the_parent_reads_the_weight(getkey):
+    model = ReadsWeight(8, key=getkey())
+    adapted = eqxform.compile("where out_proj -> ia3").apply(model, key=getkey())
+    vector = jax.random.uniform(getkey(), (8,), minval=0.5, maxval=1.5)
+    adapted = eqx.tree_at(lambda m: m.out_proj.ia3, adapted, vector)
+    x = jax.random.normal(getkey(), (5, 8))
+    expected = model(x) * vector  # (W x + b) scaled per output
+    assert np.allclose(eqxform.resolve(adapted)(x), expected, atol=1e-5)
+    assert np.allclose(eqxform.merge(adapted)(x), expected, atol=1e-5)
+
+
 # ---- optimiser --------------------------------------------------------------------
 
 

@@ -438,6 +438,99 @@ def test_the_training_command_on_stacks_and_state(tmp_path, monkeypatch):
     assert result.exit_code == 2 and "E423" in result.output and "Traceback" not in result.output
 
 
+class Result(eqx.Module):
+    """A result object, as ESM2 returns (`hidden`, `logits`)."""
+
+    hidden: jax.Array
+    logits: jax.Array
+
+
+class ResultOut(eqx.Module):
+    body: eqx.nn.Linear
+    head: eqx.nn.Linear
+
+    def __init__(self, *, key):
+        k1, k2 = jr.split(key)
+        self.body = eqx.nn.Linear(4, 8, key=k1)
+        self.head = eqx.nn.Linear(8, 3, key=k2)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.body(x))
+        return Result(h, self.head(h))
+
+
+def _hand_trained(model, x, y, steps, pred):
+    """Full-batch Adam written by hand: the reference for `train`."""
+    opt = optax.adam(1e-2)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        def loss(p):
+            out = jax.vmap(eqx.combine(p, static))(x)
+            return jnp.mean((pred(out) - y) ** 2)
+
+        grads = jax.grad(loss)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return eqx.combine(params, static)
+
+
+def test_train_names_the_output_of_a_tuple_or_a_result_object(tmp_path, monkeypatch):
+    from eqxform._errors import UsageError
+    from eqxform._runtime import _train
+
+    x = np.asarray(jr.normal(jr.key(1), (16, 4)))
+    y = np.asarray(jr.normal(jr.key(2), (16, 3)))
+    program = eqxform.compile("optimizer adam(learning_rate=1e-2)")
+    # A tuple `(logits, aux)`: `--model-output 0`.
+    model = R.TupleOut(key=jr.key(0))
+    _train.check_fits(model, x, y, "mse", "d.npz", "0")
+    ours = _train.train(program, model, x, y, steps=5, batch_size=16, output="0").model
+    theirs = _hand_trained(model, x, y, 5, lambda out: out[0])
+    assert close(ours, theirs, atol=1e-5)
+    # A result object: `--model-output logits`.
+    model = ResultOut(key=jr.key(0))
+    with pytest.raises(UsageError) as info:
+        _train.check_fits(model, x, y, "mse", "d.npz")
+    [d] = info.value.diagnostics
+    assert d.code == "E423"
+    assert d.message.startswith("the model returns a `Result` (hidden: f32[8], logits: f32[3]); ")
+    assert "`--model-output logits` (one of `hidden`, `logits`)" in d.help
+    with pytest.raises(UsageError) as info:
+        _train.check_fits(model, x, y, "mse", "d.npz", "logit")
+    assert info.value.diagnostics[0].code == "E424"
+    assert "name one of `hidden`, `logits`" in info.value.diagnostics[0].help
+    ours = _train.train(program, model, x, y, steps=5, batch_size=16, output="logits").model
+    theirs = _hand_trained(model, x, y, 5, lambda out: out.logits)
+    assert close(ours, theirs, atol=1e-5)
+    # A loss of the user's own, from an allowed module.
+    (tmp_path / "mylosses.py").write_text(
+        "import jax.numpy as jnp\n"
+        "def on_logits(pred, y):\n"
+        "    return jnp.mean((pred.logits - y) ** 2)\n"
+        "def per_row(pred, y):\n"
+        "    return jnp.mean((pred.logits - y) ** 2, axis=1)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UsageError) as info:
+        _train.resolve_loss("mylosses:on_logits")
+    assert info.value.diagnostics[0].code == "E425"
+    assert "--allow mylosses" in info.value.diagnostics[0].help
+    loss = _train.resolve_loss("mylosses:on_logits", ("mylosses",))
+    _train.check_fits(model, x, y, loss, "d.npz")
+    ours = _train.train(program, model, x, y, steps=5, batch_size=16, loss=loss).model
+    assert close(ours, theirs, atol=1e-5)
+    with pytest.raises(UsageError) as info:
+        _train.check_fits(model, x, y, _train.resolve_loss("mylosses:per_row", ("mylosses",)), "d")
+    assert info.value.diagnostics[0].code == "E425"
+    assert "gives f32[2], not one floating-point number" in info.value.diagnostics[0].message
+
+
 # ---- the model's input -------------------------------------------------------------
 
 

@@ -167,3 +167,67 @@ def test_plan_of_a_huge_model_allocates_nothing():
     assert sum(isinstance(x, jax.ShapeDtypeStruct) for x in leaves) == 26  # 13 weights, biases
     assert not any(isinstance(x, (jax.Array, np.ndarray)) for x in leaves)
     assert _peak_memory() - before < 1 << 30  # the weights: 3.2 GB
+
+
+# ---- `**` and modules act on floating-point arrays (issue 16) ----------------------------
+
+
+class Masked(eqx.Module):
+    """A model with a bool mask and an int counter beside its parameters, as
+    attention masks and step counters sit in real models."""
+
+    linear: eqx.nn.Linear
+    mask: jax.Array
+    count: jax.Array
+
+    def __init__(self, key):
+        self.linear = eqx.nn.Linear(4, 4, key=key)
+        self.mask = jnp.array([True, False, True, True])
+        self.count = jnp.array(3, jnp.int32)
+
+    def __call__(self, x):
+        return jnp.where(self.mask, self.linear(x), 0.0) * self.count
+
+
+def _floats(model, f):
+    """The hand-written form: `f` on the floating-point arrays, the rest kept."""
+    return jax.tree_util.tree_map(lambda x: f(x) if eqx.is_inexact_array(x) else x, model)
+
+
+@pytest.mark.parametrize(
+    "action, hand",
+    [
+        ("scale 2", lambda x: x * 2),
+        ("cast bfloat16", lambda x: x.astype(jnp.bfloat16)),
+        ("init zeros", jnp.zeros_like),
+    ],
+)
+@pytest.mark.parametrize("selector", ["**", "Masked"])
+def test_broad_actions_skip_non_floating_arrays(getkey, selector, action, hand):
+    model = Masked(getkey())
+    program = eqxform.compile(f"where {selector} -> {action}")
+    ours = program.apply(model, key=getkey())
+    theirs = _floats(model, hand)
+    assert ours.mask is model.mask and ours.count is model.count
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    [step] = program.plan(model).steps
+    assert step.skipped == 2
+    assert "2 non-floating arrays skipped" in str(program.plan(model))
+
+
+def test_freeze_everything_leaves_masks_and_counters_plain(getkey):
+    model = Masked(getkey())
+    program = eqxform.compile("where ** -> freeze")
+    frozen = program.apply(model, key=getkey())
+    assert frozen.mask is model.mask and frozen.count is model.count
+    assert isinstance(frozen.linear.weight, eqxform.Frozen)
+    assert isinstance(frozen.linear.bias, eqxform.Frozen)
+    x = jnp.arange(4.0)
+    assert np.array_equal(eqxform.resolve(frozen)(x), model(x))
+    assert program.plan(model).steps[0].skipped == 2
+    # Named explicitly, a non-floating array is still what the rule says.
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where count -> init zeros").apply(model, key=getkey())
+    assert info.value.diagnostics[0].code == "E208"
+    assert eqxform.compile("where count -> scale 2").apply(model).count == 6

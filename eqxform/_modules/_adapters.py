@@ -54,6 +54,37 @@ class LoRA(eqx.Module):
         delta = (x @ a.T) @ b.T
         return y + (s * delta).astype(y.dtype)
 
+    # A parent that reads the weight itself (`x @ linear.weight.T + linear.bias`,
+    # as code ported from PyTorch often does: CLIP's attention `out_proj`,
+    # Megalodon's `linear_3d`) rather than calling the module gets the adapted
+    # matrix `W + scale * B A`, formed at each read: an `(out, in)` matrix per
+    # call, the cost `plan` states (I221) when it sees such a read.
+
+    @property
+    def weight(self) -> Any:
+        """The adapted weight `W + scale * B A` (formed; the frozen base's
+        weight gets no gradient, the factors do)."""
+        w = _value(resolve(self.base).weight)
+        a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
+        return w + (_expand(s, 2) * (b @ a)).astype(w.dtype)
+
+    @property
+    def bias(self) -> Any:
+        """The base's bias (frozen), or None."""
+        return _value(resolve(self.base).bias) if hasattr(self.base, "bias") else None
+
+    @property
+    def in_features(self) -> Any:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> Any:
+        return self.base.out_features
+
+    @property
+    def use_bias(self) -> Any:
+        return self.base.use_bias
+
     @property
     def rank(self) -> int:
         return int(self.lora_a.shape[-2])
@@ -88,6 +119,34 @@ class IA3(eqx.Module):
             return base((x * vector).astype(x.dtype), *args, **kwargs)
         y = base(x, *args, **kwargs)
         return (y * vector).astype(y.dtype)
+
+    @property
+    def weight(self) -> Any:
+        """The scaled weight (rows, or columns for `feedforward`), formed: for
+        a parent that reads the weight itself rather than calling the module."""
+        w, vector = _value(resolve(self.base).weight), _value(self.ia3)
+        scaled = w * (vector[..., None, :] if self.feedforward else vector[..., :, None])
+        return scaled.astype(w.dtype)
+
+    @property
+    def bias(self) -> Any:
+        """The base's bias, scaled with the output (unless `feedforward`), or None."""
+        bias = _value(resolve(self.base).bias) if hasattr(self.base, "bias") else None
+        if bias is None or self.feedforward:
+            return bias
+        return (bias * _value(self.ia3)).astype(bias.dtype)
+
+    @property
+    def in_features(self) -> Any:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> Any:
+        return self.base.out_features
+
+    @property
+    def use_bias(self) -> Any:
+        return self.base.use_bias
 
     def merged(self) -> Any:
         vector = _value(self.ia3)

@@ -22,7 +22,8 @@ import numpy as np
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import resolve, split_state
+from .._modules import Frozen, LoRA, resolve, split_state
+from .._select import get, walk
 
 
 def input_structs(inputs: tuple[A.InputStmt, ...]) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -126,3 +127,60 @@ STATELESS_HELP = (
     "apply the spec to the model and its state together, as `eqx.nn.make_with_state` "
     "returns them: `model, state = program.apply((model, state))`"
 )
+
+
+def _dot_shapes(jaxpr: Any, out: set) -> None:
+    """The (lhs, rhs, result) shapes of every `dot_general` in `jaxpr` and the
+    jaxprs inside it (scan bodies, jitted calls, branches)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            lhs, rhs = (tuple(v.aval.shape) for v in eqn.invars[:2])
+            out.add((lhs[-2:], rhs[-2:], tuple(eqn.outvars[0].aval.shape)[-2:]))
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    _dot_shapes(inner, out)
+
+
+def formed_adapters(subject: Any, structs) -> list[tuple[str, tuple[int, int]]]:
+    """The `LoRA` modules whose adapted matrix `W + scale * B A` the forward
+    pass forms, because the model reads their `weight` rather than calling
+    them: (path, (out, in)) for each.
+
+    Found in the jaxpr of the pass on the skeleton: each adapter is given a
+    rank of its own for this trace (the rank is only a shape, and no array is
+    made), so a product of an `(out, r)` and an `(r, in)` matrix into an
+    `(out, in)` one names its adapter exactly, inside scans and vmaps too."""
+    model, state = split_state(subject)
+    paths, widened, wanted = [], [], {}
+    for node in walk(model):
+        if not isinstance(node.obj, LoRA):
+            continue
+        lora = node.obj
+        a, b = lora.lora_a, lora.lora_b
+        a_in = a.value if isinstance(a, Frozen) else a
+        b_in = b.value if isinstance(b, Frozen) else b
+        rank = 100_003 + len(paths)  # no dimension of a real model
+        new_a = jax.ShapeDtypeStruct(tuple(a_in.shape)[:-2] + (rank, a_in.shape[-1]), a_in.dtype)
+        new_b = jax.ShapeDtypeStruct(tuple(b_in.shape)[:-1] + (rank,), b_in.dtype)
+        lora = eqx.tree_at(
+            lambda m: (
+                m.lora_a.value if isinstance(m.lora_a, Frozen) else m.lora_a,
+                m.lora_b.value if isinstance(m.lora_b, Frozen) else m.lora_b,
+            ),
+            lora,
+            (new_a, new_b),
+        )
+        out_f, in_f = int(b_in.shape[-2]), int(a_in.shape[-1])
+        wanted[((out_f, rank), (rank, in_f), (out_f, in_f))] = (node.text, (out_f, in_f))
+        paths.append(node.path)
+        widened.append(lora)
+    if not paths:
+        return []
+    model = eqx.tree_at(lambda m: [get(m, p) for p in paths], model, widened)
+    probe = model if state is None else (model, state)
+    jaxpr = eqx.filter_make_jaxpr(call)(probe, batched(structs))[0]
+    found: set = set()
+    _dot_shapes(jaxpr.jaxpr, found)
+    return [wanted[k] for k in wanted if k in found]

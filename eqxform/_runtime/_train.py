@@ -7,6 +7,7 @@ flight finishes), and the last good model is written before exit; with
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -24,6 +25,7 @@ import optax
 
 from .. import _limits
 from .. import _names as N
+from .. import _registry as R
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
 from .._modules import Ensemble, split_state
@@ -44,16 +46,26 @@ _PER_BATCH = {"mse": _mse, "cross_entropy": _cross_entropy}
 LOSSES = tuple(_PER_BATCH)
 
 
-def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) -> Callable:
+def make_loss(
+    kind: str | Callable,
+    *,
+    stateful: bool = False,
+    members: int | None = None,
+    output: str | None = None,
+) -> Callable:
     """The training loss of a model on a batch `(x, y)`.
 
     The model is called per example under `jax.vmap(..., axis_name="batch")`
     (so that BatchNorm finds its axis), a stateful one as `model(x, state)`
-    with the state shared by the batch. For an ensemble, whose outputs carry
-    a member axis, the loss is the sum of the members' losses: each member's
-    gradient is that of its own loss, and the members train independently.
+    with the state shared by the batch. `output` names the part of what the
+    model returns that the loss compares with `y` (`logits`, `0`; see
+    `pick`). `kind` is a built-in loss (`mse`, `cross_entropy`) or a function
+    `(pred, y) -> scalar` of the batch's outputs and targets. For an ensemble,
+    whose outputs carry a member axis, the loss is the sum of the members'
+    losses: each member's gradient is that of its own loss, and the members
+    train independently.
     """
-    per_batch = _PER_BATCH[kind]
+    per_batch = _PER_BATCH[kind] if isinstance(kind, str) else kind
 
     def total(pred, y):
         if members is None:
@@ -64,7 +76,11 @@ def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) 
     if stateful:
 
         def loss(model, state, x, y):
-            pred, state = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
+            def one(x, state):
+                out, state = model(x, state)
+                return pick(out, output), state
+
+            pred, state = jax.vmap(one, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
                 x, state
             )
             return total(pred, y), state
@@ -72,9 +88,155 @@ def make_loss(kind: str, *, stateful: bool = False, members: int | None = None) 
         return loss
 
     def loss(model, x, y):
-        return total(jax.vmap(model, axis_name="batch")(x), y)
+        return total(jax.vmap(lambda x: pick(model(x), output), axis_name="batch")(x), y)
 
     return loss
+
+
+def output_steps(path: str | None) -> list[str | int]:
+    """`--model-output logits`, `0`, `[0]`, `out.logits`, `[1].hidden` as steps:
+    attribute (or mapping key) names and sequence indices; None for none."""
+    if path is None:
+        return []
+    steps: list[str | int] = []
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        if not part:
+            continue
+        if part.lstrip("-").isdigit():
+            steps.append(int(part))
+        elif part.isidentifier():
+            steps.append(part)
+        else:
+            raise _output_error(path, f"`{part}` is neither a name nor an index")
+    if not steps:
+        raise _output_error(path, "it names nothing")
+    return steps
+
+
+def pick(out: Any, path: str | None) -> Any:
+    """The part of a model's output that `path` names (all of it for None)."""
+    for step in output_steps(path):
+        if isinstance(step, int):
+            out = out[step]
+        elif isinstance(out, dict):
+            out = out[step]
+        else:
+            out = getattr(out, step)
+    return out
+
+
+def _output_error(path: str, why: str, help: str | None = None) -> UsageError:
+    return UsageError(
+        Diagnostic(
+            "E424",
+            f"`--model-output {path}`: {why}",
+            help=help
+            or "name an attribute or an index of what the model returns, e.g. "
+            "`--model-output logits` or `--model-output 0`",
+        )
+    )
+
+
+def describe_output(out: Any, depth: int = 0) -> str:
+    """What a model returned, in a line: `f32[5,33]`, `a tuple of 2
+    (f32[1,8,64], None)`, `an ESM2Result (hidden: f32[5,32], logits: f32[5,33])`."""
+    if hasattr(out, "shape") and hasattr(out, "dtype"):
+        short = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+        name = np.dtype(out.dtype).name
+        return f"{short.get(name, name)}[{','.join(str(d) for d in out.shape)}]"
+    if out is None:
+        return "None"
+    if depth > 1:
+        return type(out).__name__
+    if isinstance(out, (tuple, list)) and not hasattr(type(out), "_fields"):
+        items = ", ".join(describe_output(v, depth + 1) for v in out[:4])
+        more = ", ..." if len(out) > 4 else ""
+        return f"a {type(out).__name__} of {len(out)} ({items}{more})"
+    if isinstance(out, dict):
+        items = ", ".join(f"{k}: {describe_output(v, depth + 1)}" for k, v in list(out.items())[:4])
+        return f"a dict ({items})"
+    if dataclasses.is_dataclass(out):
+        fields = [(f.name, getattr(out, f.name)) for f in dataclasses.fields(out)]
+    elif hasattr(type(out), "_fields"):
+        fields = list(zip(type(out)._fields, out))
+    else:
+        return f"a `{type(out).__name__}`"
+    items = ", ".join(f"{k}: {describe_output(v, depth + 1)}" for k, v in fields[:6])
+    article = "an" if type(out).__name__[:1].lower() in "aeiou" else "a"
+    return f"{article} `{type(out).__name__}` ({items})"
+
+
+def _output_names(out: Any) -> list[str]:
+    """What `--model-output` could name at the top of `out`."""
+    if isinstance(out, (tuple, list)) and not hasattr(type(out), "_fields"):
+        return [str(i) for i in range(len(out))]
+    if isinstance(out, dict):
+        return [str(k) for k in out]
+    if dataclasses.is_dataclass(out):
+        return [f.name for f in dataclasses.fields(out)]
+    if hasattr(type(out), "_fields"):
+        return list(type(out)._fields)
+    return []
+
+
+def picked_output(out: Any, path: str | None, where: str) -> Any:
+    """`pick` on a model's output (shapes), or a diagnostic that shows what
+    the model returned."""
+    try:
+        return pick(out, path)
+    except (AttributeError, IndexError, KeyError, TypeError):
+        names = _output_names(out)
+        raise _output_error(
+            path,
+            f"the model returns {describe_output(out)}, which has no such part",
+            "name one of " + ", ".join(f"`{n}`" for n in names) if names else None,
+        ) from None
+
+
+def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
+    """`--loss`: a built-in loss, or `package.module:function` of an allowed
+    package (a function `(pred, y) -> scalar` of a batch)."""
+    if name in _PER_BATCH:
+        return name
+    if ":" not in name:
+        raise UsageError(
+            Diagnostic(
+                "E425",
+                f"unknown loss `{name}`",
+                help="the losses are `mse` and `cross_entropy`, or a function of your own as "
+                "`package.module:function` with `--allow package`",
+            )
+        )
+    try:
+        fn = R.resolve_constructor(name, allow)
+    except R.NotAllowed as e:
+        top = e.module.split(".", 1)[0]
+        raise UsageError(
+            Diagnostic(
+                "E425",
+                f"the loss `{name}` comes from `{e.module}`, which is not allowed",
+                help=f"eqxform imports no module unless you allow it: add `--allow {top}` "
+                "if you trust it",
+            )
+        ) from None
+    except Exception as e:
+        raise UsageError(
+            Diagnostic(
+                "E425",
+                f"cannot import the loss `{name}`: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                help="write it as `package.module:function`, importable from the current "
+                "directory or an installed package",
+            )
+        ) from None
+    if not callable(fn):
+        raise UsageError(
+            Diagnostic(
+                "E425",
+                f"the loss `{name}` is a `{type(fn).__name__}`, not a function",
+                help="a loss is a function `(pred, y) -> scalar` of a batch",
+            )
+        )
+    return fn
 
 
 def _data_error(path: str, message: str, help: str | None = None, code: str = "E420") -> UsageError:
@@ -288,7 +450,14 @@ def _size(n: int) -> str:
     return f"{n} PiB"
 
 
-def toy_data(subject: Any, loss: str, inputs=None, count: int = 512, seed: int = 0):
+def toy_data(
+    subject: Any,
+    loss: Any,
+    inputs=None,
+    count: int = 512,
+    seed: int = 0,
+    output: str | None = None,
+):
     """A built-in task: `y = sin(x A) B` (or its argmax, for `cross_entropy`),
     with `x` of the model's declared input (`input` lines) or, for models with
     `in_size` and `out_size` such as `MLP`, of `in_size` features; `y` of the
@@ -306,8 +475,10 @@ def toy_data(subject: Any, loss: str, inputs=None, count: int = 512, seed: int =
                 )
             )
         shape, dtype = tuple(inputs[0].shape), np.dtype(inputs[0].dtype)
-        out = output_shape(subject, inputs)
-        out_shape = tuple(out.shape) if hasattr(out, "shape") else None
+        out = picked_output(output_shape(subject, inputs), output, "built-in data")
+        if not hasattr(out, "shape"):
+            raise _tuple_output("built-in data", out, loss)
+        out_shape = tuple(out.shape)
         if out_shape is not None and isinstance(model, Ensemble):
             out_shape = out_shape[1:]
     else:
@@ -324,8 +495,6 @@ def toy_data(subject: Any, loss: str, inputs=None, count: int = 512, seed: int =
                 )
             )
         shape, dtype, out_shape = (in_size,), np.dtype(np.float32), (out_size,)
-    if out_shape is None:
-        raise _tuple_output("built-in data")
     if np.issubdtype(dtype, np.floating):
         x = rng.uniform(-1, 1, (count, *shape)).astype(dtype)
     else:
@@ -340,27 +509,38 @@ def toy_data(subject: Any, loss: str, inputs=None, count: int = 512, seed: int =
     return x, y.reshape(count, *out_shape).astype(np.float32)
 
 
-def _tuple_output(where: str) -> UsageError:
+def _tuple_output(where: str, out: Any, loss: Any = "mse") -> UsageError:
+    names = _output_names(out)
+    example = "logits" if "logits" in names or not names else names[0]
     return UsageError(
         Diagnostic(
             "E423",
-            "the model returns several outputs (a tuple); `eqxform train`'s losses compare "
-            "one output with `y`",
+            f"the model returns {describe_output(out)}; `eqxform train`'s `{loss}` compares "
+            "one array with `y`",
             file=where,
-            help="train it from Python with `eqxform.make_step` and a loss of your own, or "
-            "give the model one output",
+            help=f"name the array to train with `--model-output {example}`"
+            + (" (one of " + ", ".join(f"`{n}`" for n in names) + ")" if len(names) > 1 else "")
+            + ", or give a loss of your own: `--loss package.module:function --allow package`",
         )
     )
 
 
-def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str) -> None:
+def check_fits(
+    subject: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss: Any,
+    where: str,
+    output: str | None = None,
+) -> None:
     """The model takes rows of `x` and gives outputs that `y` can be compared
-    with: checked on shapes alone, before any step is compiled."""
+    with: checked on shapes alone, before any step is compiled. A loss of the
+    user's own is checked on shapes too: it must give one number."""
     if np.iscomplexobj(x) or np.iscomplexobj(y):
         raise _data_error(where, "`x` and `y` must be real numbers, not complex")
     model, _ = split_state(subject)
     try:
-        out = output_shape(subject, (jax.ShapeDtypeStruct(x.shape[1:], x.dtype),))
+        whole = output_shape(subject, (jax.ShapeDtypeStruct(x.shape[1:], x.dtype),))
     except Exception as e:  # the model's own complaint about the input
         raise _data_error(
             where,
@@ -369,8 +549,12 @@ def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str
             "each row of `x` is one input of the model (the spec's `input` line, or the "
             "`in_size` of an `MLP`): save `x` with one such input per row",
         ) from None
+    out = picked_output(whole, output, where)
+    if callable(loss):
+        _check_own_loss(loss, out, y, isinstance(model, Ensemble), where)
+        return
     if not hasattr(out, "shape"):
-        raise _tuple_output(where)
+        raise _tuple_output(where, out, loss)
     shape = tuple(out.shape)
     if isinstance(model, Ensemble):
         shape = shape[1:]  # one member's output
@@ -389,16 +573,19 @@ def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str
             ),
         )
     if loss == "cross_entropy":
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        # One label per row of logits: `[N]` for `[classes]` outputs, `[N, L]`
+        # for `[L, classes]` (a label per token).
+        if not np.issubdtype(y.dtype, np.integer) or tuple(y.shape[1:]) != shape[:-1]:
+            want = "[" + ", ".join(["N", *map(str, shape[:-1])]) + "]"
             raise _data_error(
                 where,
-                f"`--loss cross_entropy` needs labels that are integers of shape [N], "
+                f"`--loss cross_entropy` needs labels that are integers of shape {want}, "
                 f"got {_typed(y)}",
                 _labels_help(y),
             )
-        if len(shape) != 1 or (len(y) and (y.min() < 0 or y.max() >= shape[0])):
-            classes = shape[0] if len(shape) == 1 else None
-            found = f"; they run from {y.min()} to {y.max()}" if len(y) else ""
+        if not shape or (y.size and (y.min() < 0 or y.max() >= shape[-1])):
+            classes = shape[-1] if shape else None
+            found = f"; they run from {y.min()} to {y.max()}" if y.size else ""
             raise _data_error(
                 where,
                 f"labels must lie in [0, {classes if classes is not None else '?'})" + found,
@@ -407,6 +594,47 @@ def check_fits(subject: Any, x: np.ndarray, y: np.ndarray, loss: str, where: str
                 if classes is not None
                 else "`cross_entropy` needs a model whose output is one vector of class scores",
             )
+
+
+def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, where: str) -> None:
+    """A loss of the user's own, tried on shapes: `loss(pred, y)` of a batch
+    gives one number."""
+    name = f"{getattr(loss, '__module__', '?')}:{getattr(loss, '__qualname__', loss)}"
+    batch = 2
+    pred = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct((batch, *s.shape), s.dtype) if hasattr(s, "shape") else s,
+        out,
+    )
+    if ensemble:
+        pred = jax.tree_util.tree_map(
+            lambda s: (
+                jax.ShapeDtypeStruct((s.shape[0], *s.shape[2:]), s.dtype)
+                if hasattr(s, "shape")
+                else s
+            ),
+            pred,
+        )
+    target = jax.ShapeDtypeStruct((batch, *y.shape[1:]), y.dtype)
+    try:
+        value = jax.eval_shape(loss, pred, target)
+    except Exception as e:
+        raise _data_error(
+            where,
+            f"the loss `{name}` fails on the model's output ({describe_output(out)}) and rows "
+            f"of `y` ({describe_output(target)}): "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+            "a loss is a function `(pred, y) -> scalar` of a batch's outputs and targets",
+            code="E425",
+        ) from None
+    if not (
+        hasattr(value, "shape") and value.shape == () and jnp.issubdtype(value.dtype, jnp.floating)
+    ):
+        raise _data_error(
+            where,
+            f"the loss `{name}` gives {describe_output(value)}, not one floating-point number",
+            "return the batch's loss as a scalar, e.g. with `jnp.mean`",
+            code="E425",
+        )
 
 
 def _typed(a: np.ndarray) -> str:
@@ -465,7 +693,7 @@ def train(
     *,
     steps: int,
     batch_size: int,
-    loss: str = "mse",
+    loss: str | Callable = "mse",
     seed: int = 0,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Any, int], None] | None = None,
@@ -473,6 +701,7 @@ def train(
     report: Callable[[int, int], bool] = every_tenth,
     mesh: Any = None,
     batch_axis: str | None = None,
+    output: str | None = None,
 ) -> Result:
     """Train `model` for `steps` steps on batches of `(x, y)`.
 
@@ -495,7 +724,7 @@ def train(
     model_only, state = split_state(model)
     members = model_only.count if isinstance(model_only, Ensemble) else None
     step = make_step(
-        make_loss(loss, stateful=state is not None, members=members),
+        make_loss(loss, stateful=state is not None, members=members, output=output),
         build_optimizer(program, model_only),
         model_only,
         state=state,
