@@ -582,7 +582,7 @@ CODES: dict[str, Code] = {
             "model recursively, each level counted against Python's recursion limit, and "
             "fails at about a thousand levels less the frames of the code that calls it. The "
             "model is measured when it enters, before JAX sees it.",
-            "model mypkg.models:chain(depth=1000)   # each block inside the last",
+            "model mypkg.models:chain(depth=1000)  # each block inside the last",
             "keep repeated layers side by side in one list (or `stack` them) rather than each "
             "inside the last.",
         ),
@@ -819,7 +819,7 @@ CODES: dict[str, Code] = {
             "`stack PATH scan N copies` makes N copies of a module whose arrays already carry "
             "a layer axis (built with `eqx.filter_vmap`, as esm2quinox's layers are): the "
             "model gets N times that many layers and parameters.",
-            "stack layers scan 4 copies   # where layers holds 4 layers already",
+            "stack layers scan 4 copies  # where layers holds 4 layers already",
             "leave out the count and `copies` to take the module's own layers as a stack: "
             "`stack layers scan`.",
         ),
@@ -910,7 +910,7 @@ CODES: dict[str, Code] = {
             "something else cannot be scanned. With `input` lines, `check`, `plan` and "
             "`apply` report it at the `stack` line; without them, the stacked model's first "
             "call raises it.",
-            "stack model.layers scan   # where each layer returns (x, cache)",
+            "stack model.layers scan  # where each layer returns (x, cache)",
             "add `layerwise` to the `stack` line (the parent's own loop then calls each "
             "layer in turn), or leave the layers unstacked.",
         ),
@@ -922,7 +922,7 @@ CODES: dict[str, Code] = {
             "`apply` run to check the rules, and `apply` to check a `stack`) cannot run. "
             "Without `input` lines a spec applies to the model alone, and a stacked model "
             "still takes the state made for the model before it.",
-            "input f32[3,224,224]\nstack layer1 scan   # applied to `model`, not `(model, state)`",
+            "input f32[3, 224, 224]\nstack layer1 scan  # applied to `model`, not `(model, state)`",
             "apply the spec to the pair that `eqx.nn.make_with_state` returns: "
             "`model, state = program.apply((model, state))`.",
         ),
@@ -956,7 +956,7 @@ CODES: dict[str, Code] = {
             "a checkpoint tensor's shape does not fit the model array",
             "After the line's layout changes (`transpose`, `reshape`, fuse or split), a tensor's "
             "shape differs from the model array's (or the slice of it a capture names).",
-            'map "head.weight" -> "head.weight"   # (1000, 768) into (768, 1000)',
+            'map "head.weight" -> "head.weight"  # (1000, 768) into (768, 1000)',
             "add `with transpose` or `with reshape`, or map the tensor onto the right array.",
         ),
         _c(
@@ -1819,7 +1819,7 @@ CODES: dict[str, Code] = {
             "adapted matrix `W + scale * B A`, formed at each read. `plan` (with `input` "
             "lines) notes the rules whose adapters are read so, and the numbers formed per "
             "call. The outputs and gradients are those of LoRA; only the cost differs.",
-            "input i32[1,8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
+            "input i32[1, 8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
             "nothing, if the cost is acceptable (an `(out, in)` matrix per call, like the base "
             "weight); `merge` the adapters after training, or adapt modules the model calls.",
         ),

@@ -300,6 +300,8 @@ class Analyzer:
     def _plan(
         self, uri: str, program, skeleton: Any, model: tuple, is_current
     ) -> tuple[_Chunk, ...]:
+        from ._plan import make_plan
+
         groups: list[tuple[int, str, list]] = []
         for p in program.passes:
             if groups and groups[-1][0] == p.line:
@@ -308,6 +310,9 @@ class Analyzer:
                 groups.append((p.line, p.text, [p]))
         old = self._chunks.get(uri, ())
         key = hash((model, repr(sorted(program.env.items())), program.seed))
+        # The model is the `model` line's: an ensemble's members are drawn by its
+        # constructor, as `eqxform plan` draws them.
+        base = None if program.model_call is None else program.base_recipe(None).build
         struct = skeleton
         done: list[_Chunk] = []
         for i, (line, text, passes) in enumerate(groups):
@@ -321,9 +326,13 @@ class Analyzer:
                 # One line's passes, alone: the `lr`/`weight_decay` groups and
                 # the forward pass are checked once, after the last line.
                 # The checker's warnings are the model-free half's.
-                plan = dataclasses.replace(
-                    program, passes=tuple(passes), groups=(), inputs=(), warnings=()
-                ).plan(struct)
+                plan = make_plan(
+                    dataclasses.replace(
+                        program, passes=tuple(passes), groups=(), inputs=(), warnings=()
+                    ),
+                    struct,
+                    base=base,
+                )
                 chunk = _Chunk(key, line, plan.result, plan.steps, plan.diagnostics)
             done.append(chunk)
             struct = chunk.struct

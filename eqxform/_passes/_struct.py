@@ -70,7 +70,13 @@ class StructPass(Pass):
             except SpecError:  # the rule's own error is reported at its line
                 continue
         drawn = PathSet(drawn)
-        copied = [node_at(model, p).text for p in copied if not drawn.covers(p)]
+        # An empty array (a layer of no inputs) is the same in every copy,
+        # whatever draws it: nothing is shared that could differ.
+        copied = [
+            node.text
+            for node in (node_at(model, p) for p in copied if not drawn.covers(p))
+            if getattr(node.obj, "size", 1) != 0
+        ]
         if not copied:
             return
         first = copied[0]
