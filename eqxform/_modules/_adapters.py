@@ -32,6 +32,11 @@ def _expand(scale: jax.Array, trailing: int) -> jax.Array:
     return jnp.reshape(scale, jnp.shape(scale) + (1,) * trailing)
 
 
+def _of_base(name: str) -> property:
+    """An adapter's attribute that is its base module's."""
+    return property(lambda self: getattr(self.base, name), doc=f"The base module's `{name}`.")
+
+
 class LoRA(eqx.Module):
     """A `Linear` (or any module computing `W x + b` with an `(out, in)`
     weight) with a low-rank adapter: `base(x) + scale * (x A^T) B^T`.
@@ -73,17 +78,10 @@ class LoRA(eqx.Module):
         """The base's bias (frozen), or None."""
         return _value(resolve(self.base).bias) if hasattr(self.base, "bias") else None
 
-    @property
-    def in_features(self) -> Any:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> Any:
-        return self.base.out_features
-
-    @property
-    def use_bias(self) -> Any:
-        return self.base.use_bias
+    # Read through to the base, for a parent that reads them itself.
+    in_features = _of_base("in_features")
+    out_features = _of_base("out_features")
+    use_bias = _of_base("use_bias")
 
     @property
     def rank(self) -> int:
@@ -136,17 +134,10 @@ class IA3(eqx.Module):
             return bias
         return (bias * _value(self.ia3)).astype(bias.dtype)
 
-    @property
-    def in_features(self) -> Any:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> Any:
-        return self.base.out_features
-
-    @property
-    def use_bias(self) -> Any:
-        return self.base.use_bias
+    # Read through to the base, for a parent that reads them itself.
+    in_features = _of_base("in_features")
+    out_features = _of_base("out_features")
+    use_bias = _of_base("use_bias")
 
     def merged(self) -> Any:
         vector = _value(self.ia3)
