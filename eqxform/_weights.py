@@ -1051,21 +1051,26 @@ def _backward(
     return out
 
 
+def _after(op: str, arg: tuple[int, ...] | None, shape: list[int]) -> list[int] | None:
+    """The shape a layout change makes of `shape`; None for a `reshape` back to
+    a shape only the reference checkpoint knows."""
+    if op == "transpose":
+        perm = list(range(len(shape)))[::-1] if arg is None else list(arg)
+        return [shape[p] for p in perm]
+    if arg is None:
+        return None
+    size, rest = math.prod(shape), math.prod(d for d in arg if d != -1)
+    return [size // rest if d == -1 else d for d in arg]
+
+
 def _op_inputs(rule: MapRule, shape: tuple) -> list[tuple]:
     """The shape each layout change of `rule` receives, from a tensor's shape."""
     out = []
-    current = list(shape)
+    current: list[int] | None = list(shape)
     for op, arg in rule.ops:
         out.append(tuple(current))
-        if op == "transpose":
-            perm = list(range(len(current)))[::-1] if arg is None else list(arg)
-            current = [current[p] for p in perm]
-        elif arg is not None:
-            size = math.prod(current)
-            rest = math.prod(d for d in arg if d != -1)
-            current = [size // rest if d == -1 else d for d in arg]
-        else:
-            current = None  # type: ignore[assignment]
+        current = _after(op, arg, current)
+        if current is None:
             break
     return out
 
@@ -1073,13 +1078,8 @@ def _op_inputs(rule: MapRule, shape: tuple) -> list[tuple]:
 def _through(rule: MapRule, shape: tuple) -> list[int]:
     current = list(shape)
     for op, arg in rule.ops:
-        if op == "transpose":
-            perm = list(range(len(current)))[::-1] if arg is None else list(arg)
-            current = [current[p] for p in perm]
-        elif arg is not None:
-            size = math.prod(current)
-            rest = math.prod(d for d in arg if d != -1)
-            current = [size // rest if d == -1 else d for d in arg]
+        after = _after(op, arg, current)
+        current = current if after is None else after
     return current
 
 
