@@ -687,6 +687,14 @@ class EqxformServer(LanguageServer):
         await asyncio.shield(latest.task)
         return self.docs.get(uri)
 
+    def _failed(self, what: str, error: Exception) -> None:
+        """A bug in eqxform's own work must not take the editor down: it is
+        logged, and shown in the editor's log."""
+        logger.exception("%s failed", what)
+        self.window_log_message(
+            T.LogMessageParams(T.MessageType.Error, f"eqxform: {what} failed: {error!r}")
+        )
+
     async def _check_latest(self, uri: str, latest: _Latest) -> None:
         """Check the document's latest text, after the edits pause; a text
         overtaken by an edit while it is checked is dropped, and the newer
@@ -711,10 +719,7 @@ class EqxformServer(LanguageServer):
             except _Stale:
                 continue
             except Exception as e:  # a bug in the checker must not take the editor down
-                logger.exception("the check failed")
-                self.window_log_message(
-                    T.LogMessageParams(T.MessageType.Error, f"eqxform: the check failed: {e!r}")
-                )
+                self._failed("the check", e)
                 return
             if latest.version != version or self.latest.get(uri) is not latest:
                 continue
@@ -838,10 +843,7 @@ class EqxformServer(LanguageServer):
         except _Stale:
             return
         except Exception as e:  # a bug in a pass must not take the editor down
-            logger.exception("model-aware analysis failed")
-            self.window_log_message(
-                T.LogMessageParams(T.MessageType.Error, f"eqxform: the plan failed: {e!r}")
-            )
+            self._failed("the plan", e)
             return
         doc = self.docs.get(uri)
         if doc is None or doc.version != version:
