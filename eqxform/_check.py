@@ -21,7 +21,7 @@ from . import _ast as A
 from . import _limits as L
 from . import _names as N
 from . import _registry as R
-from ._diagnostics import Diagnostic, did_you_mean, suggest
+from ._diagnostics import Diagnostic, did_you_mean, report, suggest
 from ._errors import UsageError
 from ._expr import DTypeRef, EvalError, _kind, evaluate, render, walk
 from ._wnames import read_globs, read_map
@@ -115,12 +115,15 @@ def argument_diagnostic(
     """E152 when `value` is not of `kind` (None: anything goes)."""
     if kind is None or fits(value, kind):
         return None
-    return Diagnostic(
+    return report(
         "E152",
-        f"{what} must be {_expected(kind)}, not {describe_value(value)}{at}",
-        span,
-        f"e.g. {_example(kind)}",
-        source,
+        span=span,
+        source=source,
+        what=what,
+        expected_kind=_expected(kind),
+        describe_value_value=describe_value(value),
+        at=at,
+        example_kind=_example(kind),
     )
 
 
@@ -162,14 +165,16 @@ def constructor_limit(callee: str, name: str | None, value: Any, span, source) -
     if abs(value) <= bound:
         return None
     label = f"`{name}` of `{callee}`" if name else f"an argument of `{callee}`"
-    return Diagnostic(
+    return report(
         "E156",
-        f"{label} is {value:,}, beyond the limit of {bound:,}",
-        span,
-        f"`{name}` builds one layer per step, even to plan the model; no network has this many"
+        span=span,
+        source=source,
+        help=f"`{name}` builds one layer per step, even to plan the model; no network has this many"
         if loop
         else "no array dimension is this large (XLA indexes with 32 bits)",
-        source,
+        label=label,
+        value=value,
+        bound=bound,
     )
 
 
@@ -196,18 +201,13 @@ class Checker:
         self.mesh: A.MeshStmt | None = None
         self.axis_uses: list[tuple[str, A.Span]] = []
 
-    def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
-        self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
+    def error(self, code: str, span: A.Span | None, **fields):
+        """Reports `code` at `span`, its record's templates filled with
+        `fields`. Its severity is the code's: a note (`I`) is what a check
+        without the model cannot decide, shown by `eqxform check` and editors."""
+        self.diagnostics.append(report(code, span=span, source=self.source, **fields))
 
-    def warn(self, code: str, message: str, span: A.Span | None, help: str | None = None):
-        self.diagnostics.append(
-            Diagnostic(code, message, span, help, self.source, severity="warning")
-        )
-
-    def note(self, code: str, message: str, span: A.Span | None, help: str | None = None):
-        """What a check without the model cannot decide: no error, no warning
-        (so `--deny warnings` passes it), shown by `eqxform check` and editors."""
-        self.diagnostics.append(Diagnostic(code, message, span, help, self.source, severity="note"))
+    warn = note = error
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -232,12 +232,12 @@ class Checker:
             if isinstance(stmt, A.LetStmt) and stmt.name not in self.used:
                 self.warn(
                     "W205",
-                    f"`let {stmt.name}` is never used",
                     stmt.name_span,
-                    f"remove it, or use `{stmt.name}` in a rule"
+                    help=f"remove it, or use `{stmt.name}` in a rule"
                     + (
                         " (it is set from outside with `--set`)" if stmt.name in self.params else ""
                     ),
+                    name=stmt.name,
                 )
 
     def overrides(self):
@@ -247,20 +247,13 @@ class Checker:
             problem = override_problem(value)
             if problem is not None:
                 self.diagnostics.append(
-                    Diagnostic(
-                        "E431",
-                        f"the value of `{key}` {problem}",
-                        file=self.source.name,
-                        help="give a number, a string, `true`/`false`/`none` or a list of "
-                        'those, e.g. `--set width=128` or `params={"width": 128}`',
-                    )
+                    report("E431", file=self.source.name, key=key, problem=problem)
                 )
             if key not in let_names:
                 hint = did_you_mean(key, let_names)
                 self.diagnostics.append(
-                    Diagnostic(
+                    report(
                         "E116",
-                        f"`--set {key}`: the spec has no `let {key}`",
                         file=self.source.name,
                         help=hint
                         or (
@@ -268,6 +261,7 @@ class Checker:
                             if let_names
                             else "the spec defines no `let` names"
                         ),
+                        key=key,
                     )
                 )
 
@@ -285,37 +279,17 @@ class Checker:
                 elif isinstance(stmt, A.SeedStmt):
                     value = evaluate(stmt.value, env)
                     if not is_whole(value, 0):
-                        self.error(
-                            "E113",
-                            f"`seed` must be a whole number >= 0, not `{value}`",
-                            stmt.value.span,
-                        )
+                        self.error("E113", stmt.value.span, value=value)
                     elif value > L.MAX_SEED:
-                        self.error(
-                            "E113",
-                            f"`seed` must be at most 2**64 - 1, not `{value}`",
-                            stmt.value.span,
-                            "seeds run from 0 to 18446744073709551615",
-                        )
+                        self.error("E113", stmt.value.span, variant="at_most", value=value)
                     else:
                         self.seed = value
                 elif isinstance(stmt, A.EnsembleStmt):
                     value = evaluate(stmt.count, env)
                     if not is_whole(value, 1):
-                        self.error(
-                            "E134",
-                            f"`ensemble` needs a whole number of members >= 1, not `{value}`",
-                            stmt.count.span,
-                            "e.g. `ensemble 8`",
-                        )
+                        self.error("E134", stmt.count.span, value=value)
                     elif value > L.MAX_COUNT:
-                        self.error(
-                            "E155",
-                            f"`ensemble {value:,}` is beyond the limit of {L.MAX_COUNT:,} members",
-                            stmt.count.span,
-                            "an ensemble's members are held in memory side by side; "
-                            "e.g. `ensemble 8`",
-                        )
+                        self.error("E155", stmt.count.span, value=value, max_count=L.MAX_COUNT)
                     else:
                         self.counts[id(stmt)] = value
                 elif isinstance(stmt, A.OptimizerStmt):
@@ -323,9 +297,7 @@ class Checker:
                 elif isinstance(stmt, A.Rule):
                     self.rule_arguments(stmt)
             except EvalError as e:
-                self.diagnostics.append(
-                    Diagnostic(e.code_or("E204"), e.message, e.span, e.help, self.source)
-                )
+                self.diagnostics.append(e.diagnostic("E204", self.source))
 
     def optimizer_call(self, expr: A.Expr) -> tuple[str, dict[str, Any]]:
         if isinstance(expr, A.Name):
@@ -416,12 +388,7 @@ class Checker:
                         A.MeshStmt: "mesh",
                         A.WeightsStmt: "weights",
                     }[type(stmt)]
-                    self.error(
-                        "E109",
-                        f"`{word}` is given twice",
-                        stmt.span,
-                        f"the first is on line {first.span.line}; keep one",
-                    )
+                    self.error("E109", stmt.span, word=word, line=first.span.line)
                 seen.setdefault(type(stmt), stmt)
             getattr(self, "check_" + type(stmt).__name__)(stmt)
         self.mesh_axes()
@@ -429,12 +396,7 @@ class Checker:
             for rule in self.spec.rules:
                 for action in rule.actions:
                     if action.name in N.OPTIMIZER_ACTIONS:
-                        self.error(
-                            "E123",
-                            f"`{action.name}` needs an `optimizer` directive",
-                            action.name_span,
-                            "add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
-                        )
+                        self.error("E123", action.name_span, name=action.name)
 
     # ---- statements ------------------------------------------------------
 
@@ -447,19 +409,9 @@ class Checker:
     def check_LetStmt(self, stmt: A.LetStmt):
         reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
         if stmt.name in reserved | set(N.FUNCTIONS) | set(N.DTYPES):
-            self.error(
-                "E118",
-                f"`{stmt.name}` is a reserved name",
-                stmt.name_span,
-                "choose another name for this `let`",
-            )
+            self.error("E118", stmt.name_span, name=stmt.name)
         elif stmt.name in self.lets:
-            self.error(
-                "E109",
-                f"`{stmt.name}` is defined twice",
-                stmt.name_span,
-                "a `let` name is set once; override it from outside with `--set NAME=VALUE`",
-            )
+            self.error("E109", stmt.name_span, variant="defined", name=stmt.name)
         self.names(stmt.value, set(self.lets), "a `let`")
         self.lets.append(stmt.name)
 
@@ -470,18 +422,9 @@ class Checker:
             self.names(rule.filter, context, "an `if` filter")
         expect = rule.expect
         if expect is not None and not is_whole(expect.count, 0):
-            self.error(
-                "E121",
-                f"`expect` needs a whole number of matches, not `{expect.text}`",
-                expect.span,
-            )
+            self.error("E121", expect.span, text=expect.text)
         elif expect is not None and expect.op not in ("==", ">=", "<="):
-            self.error(
-                "E121",
-                f"`expect {expect.op} {expect.text}` is no count",
-                expect.span,
-                "write `expect N`, `expect >= N`, `expect <= N`, or `expect any`",
-            )
+            self.error("E121", expect.span, variant="count", op=expect.op, text=expect.text)
         for action in rule.actions:
             self.action(action, context)
 
@@ -490,12 +433,7 @@ class Checker:
 
     def check_WeightsStmt(self, stmt: A.WeightsStmt):
         if not stmt.path.value.strip():
-            self.error(
-                "E160",
-                "`weights` names no file",
-                stmt.path.span,
-                'e.g. `weights "resnet18.safetensors"`',
-            )
+            self.error("E160", stmt.path.span)
 
     def check_MapStmt(self, stmt: A.MapStmt):
         self.diagnostics += read_map(stmt, self.source)[1]
@@ -527,28 +465,13 @@ class Checker:
         seen: set[str] = set()
         for axis in stmt.axes:
             if axis.name in seen:
-                self.error(
-                    "E193",
-                    f"mesh axis `{axis.name}` is given twice",
-                    axis.name_span,
-                    "give each axis of the mesh its own name",
-                )
+                self.error("E193", axis.name_span, name=axis.name)
             seen.add(axis.name)
             if axis.size != -1 and axis.size < 1:
-                self.error(
-                    "E192",
-                    f"mesh axis `{axis.name}` needs a size of at least 1 (or -1), not {axis.size}",
-                    axis.span,
-                    "e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
-                )
+                self.error("E192", axis.span, name=axis.name, size=axis.size)
         rest = [a for a in stmt.axes if a.size == -1]
         if len(rest) > 1:
-            self.error(
-                "E192",
-                "only one mesh axis may be -1 (the devices left over)",
-                rest[1].span,
-                "give the other axes their sizes",
-            )
+            self.error("E192", rest[1].span, variant="only_one")
 
     def mesh_axes(self):
         """Every mesh axis a `shard` spec or an `over` names is an axis of the
@@ -564,21 +487,17 @@ class Checker:
             where = f"the `mesh` on line {self.mesh.span.line}"
         else:
             name, span = self.axis_uses[0]
-            self.error(
-                "E191",
-                f"mesh axis `{name}` is named, but the spec has no `mesh`",
-                span,
-                "add the device mesh, e.g. `mesh data=2 model=4`, or give one with `--mesh`",
-            )
+            self.error("E191", span, name=name)
             return
         for name, span in self.axis_uses:
             if name not in names:
                 self.error(
                     "E190",
-                    f"`{name}` is no axis of {where}",
                     span,
-                    did_you_mean(name, names)
+                    help=did_you_mean(name, names)
                     or "the mesh's axes are " + ", ".join(f"`{n}`" for n in names),
+                    name=name,
+                    where=where,
                 )
 
     def check_StackStmt(self, stmt: A.StackStmt):
@@ -586,84 +505,70 @@ class Checker:
         if stmt.mode not in ("scan", "vmap"):
             self.error(
                 "E135",
-                f"unknown stack mode `{stmt.mode}`",
                 stmt.mode_span,
-                (did_you_mean(stmt.mode, ("scan", "vmap")) or "")
+                help=(did_you_mean(stmt.mode, ("scan", "vmap")) or "")
                 + " `scan` runs the layers one after another, `vmap` side by side",
+                mode=stmt.mode,
             )
         seen: set[str] = set()
         for option in stmt.options:
             if option.name in seen:
-                self.error("E114", f"`{option.name}` is given twice", option.span)
+                self.error("E114", option.span, name=option.name)
             seen.add(option.name)
             if option.name == "count":
                 if not isinstance(option.value, int) or option.value < 1:
-                    self.error(
-                        "E142",
-                        f"a stack needs a whole number of layers >= 1, not `{option.value}`",
-                        option.span,
-                    )
+                    self.error("E142", option.span, value=option.value)
                 elif option.value > L.MAX_COUNT:
                     self.error(
                         "E155",
-                        f"a stack of {option.value:,} layers is beyond the limit of "
-                        f"{L.MAX_COUNT:,}",
                         option.span,
-                        "e.g. `stack blocks scan 12`",
+                        variant="stack_layers",
+                        value=option.value,
+                        max_count=L.MAX_COUNT,
                     )
             elif option.name in N.STACK_OPTIONS and option.name not in N.STACK_NUMBERED:
                 if option.value is not None:
-                    self.error(
-                        "E136",
-                        f"`{option.name}` takes no number",
-                        option.span,
-                        f"write `{option.name}` alone",
-                    )
+                    self.error("E136", option.span, name=option.name)
             elif option.name == "over":
                 assert option.over is not None
                 self.axis_uses.append((option.over.axis, option.over.axis_span))
             elif option.name == "unroll":
                 if not isinstance(option.value, int) or option.value < 1:
-                    self.error(
-                        "E136", "`unroll` needs a whole number >= 1", option.span, "e.g. `unroll 2`"
-                    )
+                    self.error("E136", option.span, variant="unroll_needs")
                 elif option.value > L.MAX_COUNT:
                     self.error(
                         "E155",
-                        f"`unroll {option.value:,}` is beyond the limit of {L.MAX_COUNT:,}",
                         option.span,
-                        "unroll a few layers, e.g. `unroll 2`",
+                        variant="unroll",
+                        value=option.value,
+                        max_count=L.MAX_COUNT,
                     )
             else:
                 self.error(
                     "E136",
-                    f"unknown stack option `{option.name}`",
                     option.span,
-                    (did_you_mean(option.name, N.STACK_OPTIONS) or "")
+                    variant="unknown_stack",
+                    help=(did_you_mean(option.name, N.STACK_OPTIONS) or "")
                     + " options are a count, "
                     + ", ".join(
                         f"`{o} K`" if o in N.STACK_NUMBERED else f"`{o}`" for o in N.STACK_OPTIONS
                     )
                     + " and `over AXIS`",
+                    name=option.name,
                 )
 
     def check_InputStmt(self, stmt: A.InputStmt):
         if stmt.dtype not in N.INPUT_DTYPES:
             self.error(
                 "E127",
-                f"unknown input dtype `{stmt.dtype}`",
                 stmt.dtype_span,
-                did_you_mean(stmt.dtype, N.INPUT_DTYPES)
+                help=did_you_mean(stmt.dtype, N.INPUT_DTYPES)
                 or "e.g. `input f32[3,224,224]` or `input i32[128]`",
+                dtype=stmt.dtype,
             )
         for d in stmt.shape:
             if not is_whole(d, 0):
-                self.error(
-                    "E127",
-                    f"an input's dimensions are whole numbers, not `{d}`",
-                    stmt.span,
-                    "e.g. `input f32[3,224,224]`",
-                )
+                self.error("E127", stmt.span, variant="dimensions_are", d=d)
                 break
         else:
             size = 1
@@ -672,19 +577,17 @@ class Checker:
             budget = byte_budget()
             if any(d > L.MAX_DIMENSION for d in stmt.shape):
                 self.error(
-                    "E157",
-                    f"the input `{stmt.describe()}` is too large",
-                    stmt.span,
-                    f"an array's dimensions stop at {L.MAX_DIMENSION:,}",
+                    "E157", stmt.span, describe=stmt.describe(), max_dimension=L.MAX_DIMENSION
                 )
             elif budget is not None and size * 8 > budget:
                 self.error(
                     "E157",
-                    f"the input `{stmt.describe()}` is too large",
                     stmt.span,
-                    f"eqxform draws the input to check the model ({format_bytes(size * 8)} at "
-                    f"most), beyond the memory budget of {format_bytes(budget)} "
-                    f"(`{L.MAX_BYTES_ENV}`)",
+                    variant="input_too",
+                    describe=stmt.describe(),
+                    format_bytes_value=format_bytes(size * 8),
+                    format_bytes_budget=format_bytes(budget),
+                    max_bytes_env=L.MAX_BYTES_ENV,
                 )
         self.inputs.append(stmt)
 
@@ -692,12 +595,7 @@ class Checker:
         self.selector(stmt.selector)
 
     def not_yet(self, word: str, feature: str, span: A.Span):
-        self.error(
-            "E120",
-            f"`{word}` is not supported by this version of eqxform",
-            span,
-            f"{feature}; remove this line for now",
-        )
+        self.error("E120", span, word=word, feature=feature)
 
     # ---- parts -----------------------------------------------------------
 
@@ -718,14 +616,13 @@ class Checker:
                     hint = did_you_mean(step.name, known)
                     self.note(
                         "I104",
-                        f"`{step.name}` is no `equinox.nn` class or registered type: it is "
-                        "resolved against the model's classes",
                         step.span,
-                        (f"if you meant a known type, {hint} " if hint else "")
+                        help=(f"if you meant a known type, {hint} " if hint else "")
                         + "`eqxform check SPEC MODEL` checks it against a model",
+                        name=step.name,
                     )
                 if isinstance(step, A.SliceStep) and step.step == 0:
-                    self.error("E122", "a slice step cannot be zero", step.span)
+                    self.error("E122", step.span)
 
     def action(self, action: A.Action, context: set[str]):
         name = action.name
@@ -737,9 +634,9 @@ class Checker:
             hint = did_you_mean(name, list(N.ACTIONS) + list(NOT_YET))
             self.error(
                 "E101",
-                f"unknown action `{name}`",
                 action.name_span,
-                hint or "actions are " + ", ".join(f"`{a}`" for a in N.ACTIONS),
+                help=hint or "actions are " + ", ".join(f"`{a}`" for a in N.ACTIONS),
+                name=name,
             )
             return
         arg = action.arg
@@ -748,12 +645,7 @@ class Checker:
             return
         if info.arg == "none":
             if arg is not None:
-                self.error(
-                    "E112",
-                    f"`{name}` takes no argument",
-                    arg.span,
-                    f"write `-> {name}` alone; separate further actions with `,`",
-                )
+                self.error("E112", arg.span, name=name)
             return
         if arg is None and info.arg == "adapter":
             return  # every argument has a default
@@ -765,7 +657,7 @@ class Checker:
                 "dtype": "cast bfloat16",
                 "expr": f"{name} 0.5",
             }[info.arg]
-            self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{example}`")
+            self.error("E112", action.span, variant="needs", name=name, example=example)
             return
         if info.arg == "adapter":
             self.adapter(action, context)
@@ -788,12 +680,7 @@ class Checker:
             if isinstance(arg, A.Name) and arg.id in N.FUNCTIONS:
                 return
             if not isinstance(arg, A.Call):
-                self.error(
-                    "E112",
-                    "`replace` needs a constructor call or a `jax.nn` function",
-                    arg.span,
-                    "e.g. `replace Linear(in_features=8, out_features=2)` or `replace gelu`",
-                )
+                self.error("E112", arg.span, variant="replace_needs")
                 return
             self.constructor_call(arg, set(self.lets))
         elif info.arg == "dtype":
@@ -802,9 +689,9 @@ class Checker:
                 hint = did_you_mean(word, N.DTYPES)
                 self.error(
                     "E111",
-                    f"unknown dtype `{word}`",
                     arg.span,
-                    hint or "dtypes are " + ", ".join(f"`{d}`" for d in N.DTYPES),
+                    help=hint or "dtypes are " + ", ".join(f"`{d}`" for d in N.DTYPES),
+                    word=word,
                 )
         else:
             self.names(arg, context, f"`{name}`")
@@ -814,12 +701,7 @@ class Checker:
         name, arg = action.name, action.arg
         example = {"lora": "lora(rank=8, alpha=16)", "ia3": "ia3(feedforward=true)"}[name]
         if not (isinstance(arg, A.Call) and arg.callee == name and arg.span == action.span):
-            self.error(
-                "E180",
-                f"`{name}` takes keyword arguments in parentheses",
-                arg.span,
-                f"write `{example}`",
-            )
+            self.error("E180", arg.span, name=name, example=example)
             return
         self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span, context)
         for a in arg.args:
@@ -830,7 +712,7 @@ class Checker:
         arg = action.arg
         example = "e.g. `shard (none, model)`, or `shard ((data, model), none)`"
         if arg is None:
-            self.error("E194", "`shard` needs a partition spec", action.span, example)
+            self.error("E194", action.span, help=example)
             return
 
         def dim(e: A.Expr, top: bool) -> bool:
@@ -841,9 +723,10 @@ class Checker:
                     return True
             self.error(
                 "E194",
-                f"`{self.text(e.span)}` is no dimension of a partition spec",
                 e.span,
-                "each dimension is a mesh axis, `none`, or a tuple of mesh axes; " + example,
+                variant="dimension",
+                help="each dimension is a mesh axis, `none`, or a tuple of mesh axes; " + example,
+                text=self.text(e.span),
             )
             return False
 
@@ -853,12 +736,7 @@ class Checker:
         seen: set[str] = set()
         for name in _spec_names(arg):
             if name.id in seen:
-                self.error(
-                    "E232",
-                    f"mesh axis `{name.id}` splits two dimensions",
-                    name.span,
-                    "use each mesh axis once per array",
-                )
+                self.error("E232", name.span, id=name.id)
             seen.add(name.id)
             self.axis_uses.append((name.id, name.span))
 
@@ -869,13 +747,11 @@ class Checker:
         elif isinstance(arg, A.Call) and not arg.is_module_path:
             name, span, args = arg.callee, arg.callee_span, arg.args
         else:
-            self.error("E112", f"expected a {kind} name", arg.span, example)
+            self.error("E112", arg.span, variant="expected_name", help=example, kind=kind)
             return
         signature = signatures.get(name)
         if signature is None:
-            self.error(
-                code, f"unknown {kind} `{name}`", span, did_you_mean(name, signatures) or listing
-            )
+            self.error(code, span, help=did_you_mean(name, signatures) or listing, name=name)
             return
         self.arguments(name, kind, signature, args, arg.span, context)
         for a in args:
@@ -887,22 +763,17 @@ class Checker:
         elif isinstance(arg, A.Call) and not arg.is_module_path:
             name, span, args = arg.callee, arg.callee_span, arg.args
         else:
-            self.error(
-                "E112",
-                "`init` needs an initialiser name",
-                arg.span,
-                "e.g. `init he_normal` or `init normal(stddev=0.02)`",
-            )
+            self.error("E112", arg.span, variant="init_needs")
             return
         signature = R.initializer_signature(name)
         if signature is None:
             hint = did_you_mean(name, R.initializer_names())
             self.error(
                 "E102",
-                f"unknown initialiser `{name}`",
                 span,
-                hint
+                help=hint
                 or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
+                name=name,
             )
             return
         self.arguments(name, "initialiser", signature, args, arg.span, context)
@@ -916,11 +787,11 @@ class Checker:
                 hint = did_you_mean(call.callee, R.constructor_names())
                 self.error(
                     "E103",
-                    f"unknown constructor `{call.callee}`",
                     call.callee_span,
-                    hint
+                    help=hint
                     or "constructors are the `equinox.nn` classes, the example models, and "
                     "those registered with `eqxform.register_constructor`",
+                    callee=call.callee,
                 )
             else:
                 self.arguments(call.callee, "constructor", signature, call.args, call.span, names)
@@ -968,11 +839,13 @@ class Checker:
             extra = positional[len(params)]
             self.error(
                 "E115",
-                f"`{name}` takes {len(params)} positional argument"
-                f"{'s' if len(params) != 1 else ''}, not {len(positional)}",
                 extra.span,
-                "name the arguments: "
+                help="name the arguments: "
                 + ", ".join(f"`{p}=`" for p in signature.names if p != "key"),
+                name=name,
+                len_params=len(params),
+                value="s" if len(params) != 1 else "",
+                len_positional=len(positional),
             )
         for param, arg in zip(params, positional):
             given[param] = arg
@@ -980,17 +853,10 @@ class Checker:
             if arg.name is None:
                 continue
             if arg.name == "key" and kind == "constructor":
-                self.error(
-                    "E119",
-                    "`key` is supplied by eqxform",
-                    arg.name_span,
-                    "remove it: each rule draws from a key derived from the seed",
-                )
+                self.error("E119", arg.name_span)
                 continue
             if arg.name in given:
-                self.error(
-                    "E114", f"argument `{arg.name}` is given twice", arg.name_span or arg.span
-                )
+                self.error("E114", arg.name_span or arg.span, variant="argument", name=arg.name)
                 continue
             if arg.name not in signature.names and not signature.varkw:
                 names = [n for n in signature.names if n != "key"]
@@ -998,13 +864,15 @@ class Checker:
                 suggested.update(suggest(arg.name, names)[:1])
                 self.error(
                     "E106",
-                    f"{kind} `{name}` has no argument `{arg.name}`",
                     arg.name_span or arg.span,
-                    hint
+                    help=hint
                     or f"`{name}` takes "
                     + (
                         ", ".join(f"`{n}`" for n in signature.names if n != "key") or "no arguments"
                     ),
+                    kind=kind,
+                    name=name,
+                    name2=arg.name,
                 )
                 continue
             given[arg.name] = arg
@@ -1015,20 +883,17 @@ class Checker:
         if missing:
             self.error(
                 "E107",
-                f"{kind} `{name}` is missing " + ", ".join(f"`{m}`" for m in missing),
                 span,
-                "add " + ", ".join(f"`{m}=...`" for m in missing),
+                kind=kind,
+                name=name,
+                missing=", ".join(f"`{m}`" for m in missing),
+                additions=", ".join(f"`{m}=...`" for m in missing),
             )
 
     def names(self, expr: A.Expr, allowed: set[str], where: str):
         for node in walk(expr):
             if isinstance(node, A.TupleExpr):
-                self.error(
-                    "E194",
-                    "a tuple `(a, b)` is only a `shard` spec",
-                    node.span,
-                    "write a list `[a, b]` for a value",
-                )
+                self.error("E194", node.span, variant="tuple_b")
                 return
             if isinstance(node, A.Name):
                 self.used.add(node.id)
@@ -1039,22 +904,22 @@ class Checker:
                     in_scope = sorted(allowed)
                     self.error(
                         "E105",
-                        f"unknown name `{node.id}`",
                         node.span,
-                        hint
+                        help=hint
                         or (
                             f"names known in {where}: " + ", ".join(f"`{n}`" for n in in_scope)
                             if in_scope
                             else f"define it above this line with `let {node.id} = ...`"
                         ),
+                        id=node.id,
                     )
             elif isinstance(node, A.Call) and node.callee not in N.EXPR_FUNCTIONS:
                 hint = did_you_mean(node.callee, N.EXPR_FUNCTIONS)
                 self.error(
                     "E110",
-                    f"unknown function `{node.callee}`",
                     node.callee_span,
-                    hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
+                    help=hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
+                    callee=node.callee,
                 )
 
     def text(self, span: A.Span) -> str:
@@ -1069,13 +934,7 @@ def check_seed(seed: Any, what: str = "`seed`") -> int:
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         if 0 <= int(seed) <= L.MAX_SEED:
             return int(seed)
-    raise UsageError(
-        Diagnostic(
-            "E430",
-            f"{what} must be a whole number from 0 to 2**64 - 1, not {describe_value(seed)}",
-            help="e.g. `--seed 0` (Python: `seed=0`)",
-        )
-    )
+    raise UsageError(report("E430", what=what, describe_value_seed=describe_value(seed)))
 
 
 def _reads_match(expr: A.Expr) -> bool:
@@ -1136,13 +995,7 @@ def byte_budget() -> int | None:
             return int(value)
         why = "would allow no array at all" if value == 0 else "is less than one byte"
     raise UsageError(
-        Diagnostic(
-            "E432",
-            f"`{L.MAX_BYTES_ENV}={text}` {why}",
-            help=f"give a positive number of bytes in digits 0-9, with an optional unit "
-            f"K, M, G or T (e.g. `{L.MAX_BYTES_ENV}=64G`), or `{BUDGET_OFF}` to turn the "
-            "memory check off",
-        )
+        report("E432", max_bytes_env=L.MAX_BYTES_ENV, text=text, why=why, budget_off=BUDGET_OFF)
     )
 
 

@@ -1,8 +1,13 @@
-"""Every diagnostic code: what it means, an example, and the fix.
+"""Every diagnostic code: what it says, what it means, an example, and the fix.
 
-One table, printed by `eqxform explain CODE` and by the diagnostics index of
-the documentation. The codes are stable: a code names one problem, and a new
-problem gets a new code. The hundreds say where a problem is found:
+One record a code, and everything else is derived from it: a diagnostic is
+built from its code and named fields (`report("E134", span=..., value=...)`
+in `_diagnostics`), `eqxform explain CODE` prints the record, and so does the
+diagnostics index of the documentation. A record's `message` and `help` are
+templates whose `{fields}` a report fills; where one code says its problem in
+more than one way, each way is a named variant (`variant="too_large"`). The
+codes are stable: a code names one problem, and a new problem gets a new code.
+The hundreds say where a problem is found:
 
 - E0xx: the spec's syntax (the parser)
 - E1xx: the spec alone, without a model (the checker; `eqxform check`)
@@ -17,19 +22,52 @@ problem gets a new code. The hundreds say where a problem is found:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, field
+
+SEVERITY = {"E": "error", "W": "warning", "I": "note"}
+
+
+def fields(template: str | None) -> set[str]:
+    """The names of a template's fields (`{value:,}` -> `value`)."""
+    if not template:
+        return set()
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 @dataclass(frozen=True)
 class Code:
+    """A code's record: its `title`, the `explanation`, an `example` spec, the
+    general `fix`, and what a diagnostic of it says: the `message` and `help`
+    templates, and further named `variants` of that pair."""
+
     code: str
     title: str
     explanation: str
     example: str
     fix: str
+    message: str = ""
+    help: str | None = None
+    variants: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    def says(self, variant: str | None = None) -> tuple[str, str | None]:
+        """The (message, help) templates of `variant` (None: the first)."""
+        if variant is None:
+            return self.message, self.help
+        return self.variants[variant]
 
     def render(self) -> str:
-        lines = [f"{self.code}: {self.title}", "", self.explanation]
+        lines = [f"{self.code}: {self.title}", ""]
+        severity = SEVERITY[self.code[0]]
+        ways = [(None, self.message, self.help)] if self.message else []
+        ways += [(name, m, h) for name, (m, h) in self.variants.items()]
+        for name, message, help in ways:
+            lines.append(f"{severity}[{self.code}]: {message}" + (f"  ({name})" if name else ""))
+            if help:
+                lines.append(f"  = help: {help}")
+        if ways:
+            lines.append("")
+        lines.append(self.explanation)
         if self.example:
             lines += ["", "Example:", ""]
             lines += ["    " + line for line in self.example.splitlines()]
@@ -37,8 +75,17 @@ class Code:
         return "\n".join(lines)
 
 
-def _c(code: str, title: str, explanation: str, example: str, fix: str) -> Code:
-    return Code(code, title, explanation, example, fix)
+def _c(
+    code: str,
+    title: str,
+    explanation: str,
+    example: str,
+    fix: str,
+    message: str = "",
+    help: str | None = None,
+    **variants: tuple[str, str | None],
+) -> Code:
+    return Code(code, title, explanation, example, fix, message, help, variants)
 
 
 CODES: dict[str, Code] = {
@@ -165,6 +212,7 @@ CODES: dict[str, Code] = {
             "where Linear.weight -> initialise zeros",
             "use one of `init`, `replace`, `cast`, `scale`, `wrap`, `freeze`, `unwrap`, `lr`, "
             "`weight_decay`.",
+            message="unknown action `{name}`",
         ),
         _c(
             "E102",
@@ -173,6 +221,7 @@ CODES: dict[str, Code] = {
             "`trunc_normal`, nor registered.",
             "where Linear.weight -> init trunc_normall",
             "check the spelling, or register yours with `eqxform.register_initializer`.",
+            message="unknown initialiser `{name}`",
         ),
         _c(
             "E103",
@@ -181,6 +230,7 @@ CODES: dict[str, Code] = {
             "`equinox.nn` class, example model or registered constructor.",
             "model MPL(in_size=2, out_size=2, width_size=8, depth=2)",
             "check the spelling, or register it with `eqxform.register_constructor`.",
+            message="unknown constructor `{callee}`",
         ),
         _c(
             "E104",
@@ -199,6 +249,7 @@ CODES: dict[str, Code] = {
             "An expression uses a name that is no `let` name, match property or constant here.",
             "where Linear.weight -> scale widht",
             "define it with `let` above the line, or fix the spelling.",
+            message="unknown name `{id}`",
         ),
         _c(
             "E106",
@@ -206,6 +257,7 @@ CODES: dict[str, Code] = {
             "A call passes an argument its callee does not take.",
             "model MLP(in_size=2, out_size=2, width=8, depth=2)",
             "use one of the arguments the help line lists.",
+            message="{kind} `{name}` has no argument `{name2}`",
         ),
         _c(
             "E107",
@@ -213,6 +265,8 @@ CODES: dict[str, Code] = {
             "A call leaves out an argument its callee needs.",
             "model MLP(in_size=2, out_size=2)",
             "add the arguments the message names.",
+            message="{kind} `{name}` is missing {missing}",
+            help="add {additions}",
         ),
         _c(
             "E109",
@@ -221,6 +275,12 @@ CODES: dict[str, Code] = {
             "`ensemble`), or a `let` name, appears twice.",
             "seed 0\nseed 1",
             "keep one; override a `let` from outside with `--set NAME=VALUE`.",
+            message="`{word}` is given twice",
+            help="the first is on line {line}; keep one",
+            defined=(
+                "`{name}` is defined twice",
+                "a `let` name is set once; override it from outside with `--set NAME=VALUE`",
+            ),
         ),
         _c(
             "E110",
@@ -228,6 +288,7 @@ CODES: dict[str, Code] = {
             "An expression calls a function that is not one of `sqrt log exp abs min max`.",
             "where Linear.weight -> scale sqrtt(2)",
             "use one of the expression functions.",
+            message="unknown function `{callee}`",
         ),
         _c(
             "E111",
@@ -235,6 +296,7 @@ CODES: dict[str, Code] = {
             "`cast` names no dtype eqxform knows.",
             "where ** -> cast bf16",
             "write the full name, e.g. `bfloat16`.",
+            message="unknown dtype `{word}`",
         ),
         _c(
             "E112",
@@ -243,6 +305,18 @@ CODES: dict[str, Code] = {
             "of the wrong form (a number where a name is needed, say).",
             "where x -> freeze 1",
             "write the action as its example in the help line shows.",
+            message="`{name}` takes no argument",
+            help="write `-> {name}` alone; separate further actions with `,`",
+            needs=("`{name}` needs an argument", "e.g. `{example}`"),
+            replace_needs=(
+                "`replace` needs a constructor call or a `jax.nn` function",
+                "e.g. `replace Linear(in_features=8, out_features=2)` or `replace gelu`",
+            ),
+            expected_name=("expected a {kind} name", None),
+            init_needs=(
+                "`init` needs an initialiser name",
+                "e.g. `init he_normal` or `init normal(stddev=0.02)`",
+            ),
         ),
         _c(
             "E113",
@@ -250,6 +324,11 @@ CODES: dict[str, Code] = {
             "A `seed` is a whole number from 0 to 2**64 - 1.",
             "seed -1",
             "give a whole number in range.",
+            message="`seed` must be a whole number >= 0, not `{value}`",
+            at_most=(
+                "`seed` must be at most 2**64 - 1, not `{value}`",
+                "seeds run from 0 to 18446744073709551615",
+            ),
         ),
         _c(
             "E114",
@@ -257,6 +336,8 @@ CODES: dict[str, Code] = {
             "A call names one argument twice, or a `stack` line one option twice.",
             "model MLP(in_size=2, in_size=3, out_size=2, width_size=8, depth=2)",
             "keep one.",
+            message="`{name}` is given twice",
+            argument=("argument `{name}` is given twice", None),
         ),
         _c(
             "E115",
@@ -264,6 +345,7 @@ CODES: dict[str, Code] = {
             "A call passes more positional arguments than its callee takes.",
             "where x -> init normal(0.1, 0.2)",
             "name the arguments.",
+            message="`{name}` takes {len_params} positional argument{value}, not {len_positional}",
         ),
         _c(
             "E116",
@@ -272,6 +354,7 @@ CODES: dict[str, Code] = {
             "define with `let`.",
             "eqxform apply spec.eqx --set widht=64 -o out.eqx",
             "use one of the spec's `let` names.",
+            message="`--set {key}`: the spec has no `let {key}`",
         ),
         _c(
             "E117",
@@ -287,6 +370,8 @@ CODES: dict[str, Code] = {
             "A `let` name is a match property, constant, function, dtype or `jax.nn` function.",
             "let shape = 3",
             "choose another name.",
+            message="`{name}` is a reserved name",
+            help="choose another name for this `let`",
         ),
         _c(
             "E119",
@@ -294,6 +379,8 @@ CODES: dict[str, Code] = {
             "eqxform supplies every constructor's `key`, derived from the seed.",
             "where layers[-1] -> replace Linear(8, 2, key=0)",
             "remove `key=`.",
+            message="`key` is supplied by eqxform",
+            help="remove it: each rule draws from a key derived from the seed",
         ),
         _c(
             "E120",
@@ -302,6 +389,8 @@ CODES: dict[str, Code] = {
             "(`shard` was, until sharding on a device mesh arrived.)",
             "",
             "remove the line, or use a version that supports it.",
+            message="`{word}` is not supported by this version of eqxform",
+            help="{feature}; remove this line for now",
         ),
         _c(
             "E121",
@@ -310,6 +399,11 @@ CODES: dict[str, Code] = {
             "`expect <= N`, or `expect any` (the rule may match nothing).",
             "where Linear expect 2.5 -> freeze",
             "give a whole number, with `>=` or `<=` for a range.",
+            message="`expect` needs a whole number of matches, not `{text}`",
+            count=(
+                "`expect {op} {text}` is no count",
+                "write `expect N`, `expect >= N`, `expect <= N`, or `expect any`",
+            ),
         ),
         _c(
             "E122",
@@ -317,6 +411,7 @@ CODES: dict[str, Code] = {
             "A slice in a selector steps by zero.",
             "where layers[::0] -> freeze",
             "use a step that is not zero.",
+            message="a slice step cannot be zero",
         ),
         _c(
             "E123",
@@ -324,6 +419,8 @@ CODES: dict[str, Code] = {
             "`lr` and `weight_decay` shape the spec's optimiser, and the spec has none.",
             "where **.bias -> lr 0.1",
             "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
+            message="`{name}` needs an `optimizer` directive",
+            help="add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
         ),
         _c(
             "E124",
@@ -331,6 +428,7 @@ CODES: dict[str, Code] = {
             "`optimizer` names no optax optimiser eqxform knows.",
             "optimizer adamm(learning_rate=1e-3)",
             "use one of the optimisers the help line lists.",
+            message="unknown optimiser `{name}`",
         ),
         _c(
             "E125",
@@ -338,6 +436,7 @@ CODES: dict[str, Code] = {
             "`wrap` names no built-in or registered wrapper.",
             "where Linear.weight -> wrap symetric",
             "check the spelling, or register yours with `eqxform.register_wrapper`.",
+            message="unknown wrapper `{name}`",
         ),
         _c(
             "E126",
@@ -363,6 +462,11 @@ CODES: dict[str, Code] = {
             "`bf16`, `i32`, `bool`, ... or a full name) and a shape of whole numbers.",
             "input float[3, 224, 224]",
             "write e.g. `input f32[3,224,224]`; give one line per positional argument.",
+            message="unknown input dtype `{dtype}`",
+            dimensions_are=(
+                "an input's dimensions are whole numbers, not `{d}`",
+                "e.g. `input f32[3,224,224]`",
+            ),
         ),
         _c(
             "E130",
@@ -403,6 +507,8 @@ CODES: dict[str, Code] = {
             "`ensemble N` takes a whole number of members of at least 1.",
             "ensemble 0",
             "give a whole number >= 1.",
+            message="`ensemble` needs a whole number of members >= 1, not `{value}`",
+            help="e.g. `ensemble 8`",
         ),
         _c(
             "E135",
@@ -411,6 +517,7 @@ CODES: dict[str, Code] = {
             "(side by side).",
             "stack blocks sacn",
             "write `scan` or `vmap`.",
+            message="unknown stack mode `{mode}`",
         ),
         _c(
             "E136",
@@ -419,6 +526,10 @@ CODES: dict[str, Code] = {
             "`over AXIS`.",
             "stack blocks scan unrol 2",
             "use the options as written in the help line.",
+            message="`{name}` takes no number",
+            help="write `{name}` alone",
+            unroll_needs=("`unroll` needs a whole number >= 1", "e.g. `unroll 2`"),
+            unknown_stack=("unknown stack option `{name}`", None),
         ),
         _c(
             "E137",
@@ -464,6 +575,7 @@ CODES: dict[str, Code] = {
             "The count on a `stack` line is a whole number of layers of at least 1.",
             "stack mlps scan 0",
             "give a whole number >= 1.",
+            message="a stack needs a whole number of layers >= 1, not `{value}`",
         ),
         _c(
             "E143",
@@ -481,6 +593,8 @@ CODES: dict[str, Code] = {
             "Without parentheses they take their defaults (`lora`: rank 8, alpha 8, as PEFT).",
             "where Linear -> lora 8",
             "write `lora(rank=8, alpha=16)` or `ia3(feedforward=true)`.",
+            message="`{name}` takes keyword arguments in parentheses",
+            help="write `{example}`",
         ),
         _c(
             "E144",
@@ -521,6 +635,8 @@ CODES: dict[str, Code] = {
             "and `apply`, at the argument's span, naming the match.",
             'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
             "give the argument a value of the type the help line names.",
+            message="{what} must be {expected_kind}, not {describe_value_value}{at}",
+            help="e.g. {example_kind}",
         ),
         _c(
             "E153",
@@ -539,6 +655,16 @@ CODES: dict[str, Code] = {
             "are caught by the memory budget (E158).",
             "ensemble 1000000000",
             "use a realistic count, e.g. `ensemble 8`.",
+            message="`ensemble {value:,}` is beyond the limit of {max_count:,} members",
+            help="an ensemble's members are held in memory side by side; e.g. `ensemble 8`",
+            stack_layers=(
+                "a stack of {value:,} layers is beyond the limit of {max_count:,}",
+                "e.g. `stack blocks scan 12`",
+            ),
+            unroll=(
+                "`unroll {value:,}` is beyond the limit of {max_count:,}",
+                "unroll a few layers, e.g. `unroll 2`",
+            ),
         ),
         _c(
             "E156",
@@ -550,6 +676,7 @@ CODES: dict[str, Code] = {
             "it) runs the constructor's loop, so it is refused before it is called.",
             "model MLP(in_size=2, out_size=2, width_size=8, depth=1000000)",
             "use a realistic number of layers.",
+            message="{label} is {value:,}, beyond the limit of {bound:,}",
         ),
         _c(
             "E157",
@@ -559,6 +686,12 @@ CODES: dict[str, Code] = {
             "shape to check a `stack`.",
             "input f32[99999999999]",
             "declare the model's real input shape.",
+            message="the input `{describe}` is too large",
+            help="an array's dimensions stop at {max_dimension:,}",
+            input_too=(
+                "the input `{describe}` is too large",
+                "eqxform draws the input to check the model ({format_bytes_value} at most), beyond the memory budget of {format_bytes_budget} (`{max_bytes_env}`)",
+            ),
         ),
         _c(
             "E158",
@@ -595,6 +728,8 @@ CODES: dict[str, Code] = {
             'map "blocks.{i.attn.qkv.weight" -> "blocks[{i}].attn.qkv.weight"',
             "write captures as `{name}` (`{name-1}`, `{name+1}` to shift them), model paths as "
             "`eqxform show` prints them (`blocks[{i}].attn.qkv.weight`).",
+            message="`weights` names no file",
+            help='e.g. `weights "resnet18.safetensors"`',
         ),
         _c(
             "E161",
@@ -627,6 +762,7 @@ CODES: dict[str, Code] = {
             "axis that the mesh (the spec's `mesh`, or `--mesh`) does not have.",
             "mesh data=2 model=4\nwhere Linear.weight -> shard (none, modle)",
             "name one of the mesh's axes (the help line lists them), or add the axis to the mesh.",
+            message="`{name}` is no axis of {where}",
         ),
         _c(
             "E191",
@@ -635,6 +771,8 @@ CODES: dict[str, Code] = {
             "nor the command line (`--mesh`) gives a device mesh.",
             "where Linear.weight -> shard (none, model)",
             "add `mesh data=2 model=4` (your axes and sizes), or pass `--mesh data=2,model=4`.",
+            message="mesh axis `{name}` is named, but the spec has no `mesh`",
+            help="add the device mesh, e.g. `mesh data=2 model=4`, or give one with `--mesh`",
         ),
         _c(
             "E192",
@@ -643,6 +781,12 @@ CODES: dict[str, Code] = {
             "devices left over by the other axes (at most one axis may say `-1`).",
             "mesh data=0 model=4",
             "give every axis a size >= 1, and `-1` to one axis at most.",
+            message="mesh axis `{name}` needs a size of at least 1 (or -1), not {size}",
+            help="e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
+            only_one=(
+                "only one mesh axis may be -1 (the devices left over)",
+                "give the other axes their sizes",
+            ),
         ),
         _c(
             "E193",
@@ -651,6 +795,8 @@ CODES: dict[str, Code] = {
             "size it has.",
             "mesh data=2 data=4",
             "rename or remove one of them.",
+            message="mesh axis `{name}` is given twice",
+            help="give each axis of the mesh its own name",
         ),
         _c(
             "E194",
@@ -661,6 +807,12 @@ CODES: dict[str, Code] = {
             "where Linear.weight -> shard (none, 2)",
             "write e.g. `shard (none, model)` or `shard ((data, model), none)`; for a value, "
             "write a list `[a, b]`.",
+            message="`shard` needs a partition spec",
+            dimension=("`{text}` is no dimension of a partition spec", None),
+            tuple_b=(
+                "a tuple `(a, b)` is only a `shard` spec",
+                "write a list `[a, b]` for a value",
+            ),
         ),
         _c(
             "E196",
@@ -812,6 +964,7 @@ CODES: dict[str, Code] = {
             "meant to use it under another name. The check needs no model.",
             "let width = 64\nwhere layers[-1] -> replace Linear(in_features=64, out_features=2)",
             "use the name (`in_features=width`), or remove the `let`.",
+            message="`let {name}` is never used",
         ),
         _c(
             "W210",
@@ -900,6 +1053,8 @@ CODES: dict[str, Code] = {
             "of a stack or ensemble around the array) uses one twice.",
             "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
             "use each mesh axis once per array.",
+            message="mesh axis `{id}` splits two dimensions",
+            help="use each mesh axis once per array",
         ),
         _c(
             "E235",
@@ -1440,6 +1595,8 @@ CODES: dict[str, Code] = {
             "bits in the key's high word.",
             "eqxform apply spec.eqx -o out.eqx --seed 2**63",
             "write the seed in decimal digits, e.g. `--seed 9223372036854775808`.",
+            message="{what} must be a whole number from 0 to 2**64 - 1, not {describe_value_seed}",
+            help="e.g. `--seed 0` (Python: `seed=0`)",
         ),
         _c(
             "E431",
@@ -1450,6 +1607,8 @@ CODES: dict[str, Code] = {
             "a string or list of more than 10,000 elements).",
             'eqxform.compile("let w = 1", params={"w": object()})',
             'pass a constant, e.g. `params={"w": 128}`.',
+            message="the value of `{key}` {problem}",
+            help='give a number, a string, `true`/`false`/`none` or a list of those, e.g. `--set width=128` or `params={{"width": 128}}`',
         ),
         _c(
             "E432",
@@ -1460,6 +1619,8 @@ CODES: dict[str, Code] = {
             'limit": the word `none` is the one way to turn the check off.',
             "EQXFORM_MAX_BYTES=0 eqxform apply spec.eqx -o out.eqx",
             "set it to e.g. `64G` or `1.5T`, or `none` to turn the memory check off.",
+            message="`{max_bytes_env}={text}` {why}",
+            help="give a positive number of bytes in digits 0-9, with an optional unit K, M, G or T (e.g. `{max_bytes_env}=64G`), or `{budget_off}` to turn the memory check off",
         ),
         _c(
             "E433",
@@ -1808,6 +1969,7 @@ CODES: dict[str, Code] = {
             "where MegalodonAttention.wz -> lora(rank=8)",
             "nothing, if the model has that class; check it against the model with "
             "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
+            message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes",
         ),
         _c(
             "I221",
@@ -1871,7 +2033,11 @@ def markdown() -> str:
         out.append(f"| [{c.code}](#{c.code.lower()}) | {title} |")
     out += ["", "## Entries"]
     for c in codes:
-        out += ["", f"### {c.code}", "", f"**{c.title}**", "", c.explanation]
+        out += ["", f"### {c.code}", "", f"**{c.title}**", ""]
+        says = c.render().split("\n\n", 2)[1] if c.message or c.variants else ""
+        if says:
+            out += ["```text", says, "```", ""]
+        out.append(c.explanation)
         if c.example:
             # Marked for the test that runs the documentation's blocks: an
             # example is a fragment, its model and command line in the text.

@@ -15,6 +15,7 @@ from typing import Any
 from . import _ast as A
 from . import _limits as L
 from . import _names as N
+from ._diagnostics import Diagnostic
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class EvalError(Exception):
 
     def code_or(self, default: str) -> str:
         return self.code or default
+
+    def diagnostic(self, default: str, source: A.Source | None = None) -> Diagnostic:
+        return Diagnostic(self.code_or(default), self.message, self.span, self.help, source)
 
 
 def _too_large(span: A.Span) -> EvalError:
