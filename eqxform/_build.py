@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
@@ -85,7 +86,7 @@ def build(
             else:
                 kwargs[arg.name] = value
     except EvalError as e:
-        raise SpecError(Diagnostic(e.code_or("E204"), e.message, e.span, e.help, source)) from None
+        raise SpecError(replace(e.diagnostic, source=source)) from None
     if _takes_key(fn, call.callee):
         kwargs["key"] = key
 

@@ -15,6 +15,7 @@ import numbers
 import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
@@ -297,7 +298,7 @@ class Checker:
                 elif isinstance(stmt, A.Rule):
                     self.rule_arguments(stmt)
             except EvalError as e:
-                self.diagnostics.append(e.diagnostic("E204", self.source))
+                self.diagnostics.append(replace(e.diagnostic, source=self.source))
 
     def optimizer_call(self, expr: A.Expr) -> tuple[str, dict[str, Any]]:
         if isinstance(expr, A.Name):

@@ -616,6 +616,12 @@ CODES: dict[str, Code] = {
             "before it is computed: `9**9**9` would run for hours.",
             "let x = 9 ** 9 ** 9",
             "check the expression; no size, count or seed needs such a number.",
+            message="this number is too large (more than {max_int_bits} bits)",
+            help="no size, count or seed needs it; check the exponent",
+            gives_finite=(
+                "this gives `{value}`, not a finite number",
+                "a spec's numbers stay below about `1.8e308`",
+            ),
         ),
         _c(
             "E151",
@@ -624,6 +630,8 @@ CODES: dict[str, Code] = {
             "(`_limits.MAX_SEQUENCE_LENGTH`); it is refused before it is built.",
             'let x = "a" * 10 ** 10',
             "a spec's strings and lists are short; check the repetition count.",
+            message="this string or list would have more than {max_sequence_length:,} elements",
+            help="a spec's strings and lists are short: constructor arguments, shapes",
         ),
         _c(
             "E152",
@@ -855,6 +863,23 @@ CODES: dict[str, Code] = {
             "an operation on values of the wrong kinds.",
             "where Linear.bias if shape[1] == 2 -> init zeros",
             "guard it, e.g. `if ndim == 2 and shape[1] == 2`.",
+            message="cannot apply `%` to a string",
+            tuple_only=("a tuple is only a `shard` spec", "write a list `[a, b]` for a value"),
+            needs_number=("`{op}` needs a number, not {kind_value}", None),
+            division_by=("division by zero", None),
+            cannot_apply=("cannot apply `{op}` to {kind_left} and {kind_right}", None),
+            gives_complex=("`{op}` gives a complex number here", "the base must not be negative"),
+            index=("cannot index {kind_value}", None),
+            index_integer=("an index must be an integer, not {kind_index}", None),
+            index_out=(
+                "index {index} is out of range for {kind_value} of length {len_value}",
+                "check `ndim` first, e.g. `if ndim == 2 and shape[0] == shape[1]`",
+            ),
+            takes_keyword=("`{callee}` takes no keyword arguments", None),
+            takes_argument=("`{callee}` takes {arity} argument, not {len_args}", None),
+            unknown_function=("unknown function `{callee}`", None),
+            evaluate_this=("cannot evaluate this expression", None),
+            unknown_name=("unknown name `{id}`", None),
         ),
         _c(
             "E205",
@@ -862,6 +887,7 @@ CODES: dict[str, Code] = {
             "A constructor or wrapper refused the arguments it was given; its own message follows.",
             'where layers[-1] -> replace Linear(in_features=8, out_features="x")',
             "pass the arguments the constructor or wrapper expects.",
+            failed=("{error}", None),
         ),
         _c(
             "E206",

@@ -143,13 +143,13 @@ def report(
     `help` replaces the record's help line where it is computed (a
     suggestion); `severity` defaults to the code's (`E`, `W`, `I`)."""
     message, help_template = CODES[code].says(variant)
-    needed = fields(message) | (fields(help_template) if help is None else set())
+    needed = fields(message) | (set() if help else fields(help_template))
     known = fields(message) | fields(help_template)
     if not needed <= values.keys() <= known:
         missing, unknown = needed - values.keys(), values.keys() - known
         raise TypeError(f"{code}: missing fields {sorted(missing)}, unknown {sorted(unknown)}")
-    if help is None and help_template is not None:
-        help = help_template.format(**values)
+    if not help:
+        help = help_template.format(**values) if help_template else None
     return Diagnostic(
         code,
         message.format(**values),

@@ -773,9 +773,8 @@ def evaluate_at(
         return evaluate(expr, scope)
     except EvalError as e:
         where = f" at `{node.text}`" if node is not None else ""
-        raise SpecError(
-            Diagnostic(e.code_or("E204"), e.message + where, e.span, e.help, source)
-        ) from None
+        d = e.diagnostic
+        raise SpecError(dataclasses.replace(d, message=d.message + where, source=source)) from None
 
 
 def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,9 +182,10 @@ def parse_value(text: str, name: str) -> Any:
     try:
         return evaluate(expr, {})
     except EvalError as e:
-        if e.code is not None:  # a limit: `--set x=9**9**9`
+        d = e.diagnostic
+        if d.code != "E204":  # a limit: `--set x=9**9**9`
             raise UsageError(
-                Diagnostic(e.code, f"`--set {name}`: {e.message}", help=e.help)
+                replace(d, message=f"`--set {name}`: {d.message}", span=None)
             ) from None
         # A bare word is a string (`--set act=gelu` means the function `gelu`
         # through the evaluator; anything else stays text).
