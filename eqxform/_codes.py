@@ -106,6 +106,8 @@ CODES: dict[str, Code] = {
             "The parser met a word or symbol where the grammar allows none of that kind.",
             "where Linear.weight -> init normal(stddev=)",
             "compare the line with the language reference; the help line lists what may come here.",
+            message="unexpected `{token}`",
+            expected=("unexpected `{token}`", "expected {expected} here"),
         ),
         _c(
             "E002",
@@ -113,6 +115,9 @@ CODES: dict[str, Code] = {
             "A character that is no part of the language: `{`, `;`, `!`, `&`, ...",
             "where layers{0} -> freeze",
             "selectors use `[...]`, calls `(...)`; write `not`, `and`, `or`; one statement a line.",
+            message="unexpected byte-order mark (U+FEFF)",
+            help="a byte-order mark may only begin the text; remove this one",
+            character=("unexpected character `{char}`", None),
         ),
         _c(
             "E003",
@@ -120,6 +125,8 @@ CODES: dict[str, Code] = {
             "A `where` rule separates its selector from its actions with `->`.",
             "where Linear.weight init zeros",
             "write `where SELECTOR -> ACTION`.",
+            message="expected `->` between the selector and its actions",
+            help="write `where SELECTOR -> ACTION`, e.g. `where Linear.weight -> init zeros`",
         ),
         _c(
             "E004",
@@ -127,6 +134,8 @@ CODES: dict[str, Code] = {
             "A `(` or `[` is not closed before the end of the line; a statement is one line.",
             "model MLP(in_size=2, out_size=2",
             "add the closing bracket on the same line.",
+            message="unclosed `{bracket}`",
+            help="add the closing `{closing}`",
         ),
         _c(
             "E005",
@@ -134,6 +143,8 @@ CODES: dict[str, Code] = {
             "A comma with nothing on one side of it, or separating selectors.",
             "where x -> init zeros,",
             "remove it; separate alternative selectors with `|`.",
+            message="stray comma",
+            help="remove this `,`: actions, arguments and selectors are separated by single commas, and a selector list uses `|`",
         ),
         _c(
             "E006",
@@ -142,6 +153,7 @@ CODES: dict[str, Code] = {
             "wher Linear.weight -> init zeros",
             "start the line with `model`, `seed`, `let`, `where`, `optimizer`, `ensemble`, "
             "`stack` or `unstack`.",
+            message="unknown directive `{word}`",
         ),
         _c(
             "E007",
@@ -149,6 +161,8 @@ CODES: dict[str, Code] = {
             "The line ends where the grammar needs more.",
             "where Linear.weight ->",
             "complete the statement; the help line says what is missing.",
+            message="unexpected end of line",
+            expected=("unexpected end of line", "expected {expected}"),
         ),
         _c(
             "E008",
@@ -156,6 +170,8 @@ CODES: dict[str, Code] = {
             "Two arguments or two actions follow each other without a comma.",
             "where x -> freeze lr 0.1",
             "separate them with `,`.",
+            message="expected `,` before `{token}`",
+            help="separate {things} with `,`",
         ),
         _c(
             "E009",
@@ -163,6 +179,8 @@ CODES: dict[str, Code] = {
             "A rule must say what it acts on.",
             "where -> freeze",
             "add a selector, e.g. `where Linear.weight -> freeze`.",
+            message="`where` needs a selector before `->`",
+            help="e.g. `where Linear.weight -> init zeros`",
         ),
         _c(
             "E010",
@@ -177,6 +195,8 @@ CODES: dict[str, Code] = {
             "# a comment (then U+2028) where Linear.weight -> freeze",
             "remove the character, or save the file with Unix (`\\n`) or Windows (`\\r\\n`) "
             "line endings.",
+            message="{break_names} in the text",
+            help="eqxform ends a line only at `\\n` (or `\\r\\n`), and editors disagree about this character: remove it, or save the file with Unix line endings",
         ),
         _c(
             "E011",
@@ -185,6 +205,12 @@ CODES: dict[str, Code] = {
             "(about `1.8e308`). No size, count or seed needs one (`_limits.MAX_LITERAL_DIGITS`).",
             "let big = 1e400",
             "write a smaller number; a large whole number can be written as a power, `2**64`.",
+            message="a number of {digits:,} digits is out of range",
+            help="numbers in a spec have at most {max_literal_digits} digits; write a large one as a power, e.g. `2**64`",
+            out_range=(
+                "`{clip_text}` is out of range",
+                "the largest number a spec can hold is about `1.8e308`",
+            ),
         ),
         _c(
             "E012",
@@ -195,6 +221,8 @@ CODES: dict[str, Code] = {
             "recursion limit.",
             "let x = 1 + 1 + 1 + ... (500 terms)",
             "split the expression with `let` names.",
+            message="this expression is nested more than {max_nesting} levels deep",
+            help="split it with `let` names, e.g. `let a = ...` then `let b = a + ...`",
         ),
         _c(
             "E013",
@@ -203,6 +231,8 @@ CODES: dict[str, Code] = {
             "is refused rather than read as `1`.",
             "where layers[::0.5] -> freeze",
             "write a whole number, e.g. `layers[1]` or `layers[::2]`.",
+            message="{what} must be a whole number, not `{clip_text}`",
+            help="write it without a point or an exponent, e.g. `layers[1]` or `layers[::2]`",
         ),
         # ---- the spec alone
         _c(
