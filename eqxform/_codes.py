@@ -272,6 +272,8 @@ CODES: dict[str, Code] = {
             "(I104), since any class of the model's tree is a type name.",
             "where Linaer.weight -> init zeros",
             "check the spelling; qualify a class by its module if needed (`mylib.layers:Block`).",
+            message="unknown type `{name}`",
+            help="{value} a type is a class of the model's tree, an `equinox.nn` class or a registered type; `eqxform show MODEL` lists the model's paths",
         ),
         _c(
             "E105",
@@ -756,6 +758,8 @@ CODES: dict[str, Code] = {
             "model mypkg.models:chain(depth=1000)  # each block inside the last",
             "keep repeated layers side by side in one list (or `stack` them) rather than each "
             "inside the last.",
+            message="{what} nests more than {limit} levels deep (modules, lists, tuples and dicts inside each other)",
+            help="JAX flattens a model recursively and stops at Python's recursion limit: keep repeated layers side by side in one list (or stack them) rather than each inside the last",
         ),
         _c(
             "E160",
@@ -768,6 +772,18 @@ CODES: dict[str, Code] = {
             "`eqxform show` prints them (`blocks[{i}].attn.qkv.weight`).",
             message="`weights` names no file",
             help='e.g. `weights "resnet18.safetensors"`',
+            checkpoint_tensor=(
+                "`{value}` is no checkpoint tensor name: {e}",
+                'a tensor name as the checkpoint spells it, with captures such as `{{i}}`: `"blocks.{{i}}.attn.qkv.weight"`',
+            ),
+            model_path=(
+                "`{value}` is no model path: {e}",
+                'a path as `eqxform show` prints it: `"blocks[{{i}}].attn.qkv.weight"`',
+            ),
+            pattern=(
+                "`{value}` is no pattern: {e}",
+                '`*` matches within one dotted part, `**` anything: `"**.num_batches_tracked"`',
+            ),
         ),
         _c(
             "E161",
@@ -776,6 +792,8 @@ CODES: dict[str, Code] = {
             "tensor into several arrays; several on both sides has no one meaning.",
             'map "q.weight", "k.weight" -> "a.weight", "b.weight"',
             "write one `map` per pair.",
+            message="{len_sources} tensors map onto {len_targets} arrays",
+            help="a `map` fuses several tensors into one array, or splits one tensor into several; write one line per pair otherwise",
         ),
         _c(
             "E162",
@@ -784,6 +802,8 @@ CODES: dict[str, Code] = {
             "line has the same captures.",
             'map "layer{a}.{b}.conv1.weight" -> "layers[{a-1}].conv1.weight"',
             "use every capture on both sides: `layers[{a-1}][{b}].conv1.weight`.",
+            message="`{value}` lacks the capture{value2}{listing}",
+            help="every name and path of a `map` has the same captures, so that each tensor names one array and each array one tensor; {listing2}",
         ),
         _c(
             "E163",
@@ -792,6 +812,19 @@ CODES: dict[str, Code] = {
             "`axis N` (where several tensors fuse or one splits), each once.",
             'map "head.weight" -> "head.weight" with transpose [1, 1]',
             "see docs/weights.md for each action and its argument.",
+            message="unknown `map` action `{name}`",
+            help="{value}a `map` takes {listing}",
+            given_twice=("`{name}` is given twice", "keep one"),
+            takes_argument=("`{name}` takes no argument", None),
+            takes_list=("`{name}` takes a list of axes", None),
+            takes_shape=("`{name}` takes a shape, a list of whole numbers", None),
+            takes_one=("`{name}` takes one whole number", None),
+            transpose_permutation=("`transpose {list_value}` is no permutation of the axes", None),
+            reshape_shape=("`reshape {list_value}` is no shape (at most one `-1`)", None),
+            axis_says=(
+                "`axis` says where tensors fuse or split, and this `map` does neither",
+                "leave `axis` out, or name several tensors or arrays",
+            ),
         ),
         _c(
             "E190",
@@ -868,6 +901,12 @@ CODES: dict[str, Code] = {
             "By default that is an error, so that a misspelt selector never passes silently.",
             "where layrs[-1] -> init zeros",
             "use the path the help line suggests; `eqxform show MODEL` lists every path.",
+            message="`{text}` matches nothing in the model",
+            help="{value}(`eqxform show MODEL` lists every path)",
+            node_but=(
+                "`{text}` matches {len_candidates} node{value}, but none passes the `if` filter",
+                "e.g. {listing}",
+            ),
         ),
         _c(
             "E202",
@@ -875,6 +914,8 @@ CODES: dict[str, Code] = {
             "A rule's `expect N` says how many nodes it must match, and it matches another number.",
             "where Linear.weight expect 3 -> init zeros  # the model has 4",
             "fix the selector or the count; the help line lists what matched.",
+            message="`{text}` matches {len_found} node{value}, not {describe}",
+            help="matched: {listing}{value2}",
         ),
         _c(
             "E203",
@@ -885,6 +926,8 @@ CODES: dict[str, Code] = {
             "where activation -> init zeros",
             "narrow the selector to the arrays or modules the action is for (e.g. "
             "`Linear.weight`).",
+            message="`{action}` needs arrays, but `{text}` is {describe_kind_obj}",
+            help="select arrays (e.g. `Linear.weight`) or the modules that hold them",
         ),
         _c(
             "E204",
@@ -926,6 +969,8 @@ CODES: dict[str, Code] = {
             "`BatchNorm` beside `equinox.nn.BatchNorm`, say).",
             "where BatchNorm -> freeze",
             "qualify the name with its package or module: `where equinox:BatchNorm -> freeze`.",
+            message="`{name}` names {len_found} classes of the model: {listing}",
+            help="write the one you mean with its module, e.g. `{names}`",
         ),
         _c(
             "E207",
@@ -1459,6 +1504,10 @@ CODES: dict[str, Code] = {
             "The spec file does not exist or cannot be opened.",
             "eqxform check nope.eqx",
             "check the path.",
+            message="spec file `{path}` does not exist",
+            help="this argument is read as the path of a spec file",
+            folder=("`{path}` is a folder, not a spec file", None),
+            cannot_read=("cannot read `{path}`: {strerror}", None),
         ),
         _c(
             "E402",
@@ -1471,6 +1520,16 @@ CODES: dict[str, Code] = {
             "eqxform apply model.eqx spec.eqx -o out.eqx",
             "the spec comes first: `eqxform apply SPEC MODEL -o OUT`; check that the path "
             "names the spec you meant.",
+            message="`{path}` is a model file, not a spec",
+            help="the spec comes first: `eqxform apply SPEC MODEL -o OUT`",
+            text=(
+                "`{path}` is not a text file",
+                "a spec is UTF-8 text; its contents are not shown",
+            ),
+            spec=(
+                "`{path}` is not a spec",
+                "line {line}, the first that is not blank or a comment, does not start with a directive ({listing}, ...); its contents are not shown",
+            ),
         ),
         _c(
             "E403",
@@ -1516,6 +1575,12 @@ CODES: dict[str, Code] = {
             "A `--params` file is YAML mapping `let` names to numbers, strings or booleans.",
             "- 1\n- 2",
             "write e.g. `width: 128`.",
+            message="`{params_file}` is not valid YAML: {splitlines}",
+            map_let=("`{params_file}` must map `let` names to values", "e.g. `width: 128`"),
+            number_string=(
+                "`{k}` in `{params_file}` must be a number, a string or a boolean",
+                None,
+            ),
         ),
         _c(
             "E407",
@@ -1523,6 +1588,8 @@ CODES: dict[str, Code] = {
             "`--set` takes `NAME=VALUE`.",
             "eqxform apply spec.eqx --set width -o out.eqx",
             "write e.g. `--set width=128`.",
+            message="`--set {item}` is not NAME=VALUE",
+            help="e.g. `--set width=128`",
         ),
         _c(
             "E408",
@@ -1551,6 +1618,7 @@ CODES: dict[str, Code] = {
             "The `--params` file does not exist.",
             "eqxform apply spec.eqx --params nope.yaml -o out.eqx",
             "check the path.",
+            message="params file `{params_file}` does not exist",
         ),
         _c(
             "E412",
@@ -1558,6 +1626,8 @@ CODES: dict[str, Code] = {
             "A `--set` value is a constant expression: a number, a string, a boolean, a list.",
             "eqxform apply spec.eqx --set width=2*w -o out.eqx",
             "give the value itself.",
+            message="`--set {name}={text}` is not a constant",
+            help="give a number, a string, `true`/`false` or a list, e.g. `--set width=128`",
         ),
         _c(
             "E413",
@@ -1653,6 +1723,10 @@ CODES: dict[str, Code] = {
             "write the seed in decimal digits, e.g. `--seed 9223372036854775808`.",
             message="{what} must be a whole number from 0 to 2**64 - 1, not {describe_value_seed}",
             help="e.g. `--seed 0` (Python: `seed=0`)",
+            whole_number=(
+                "`{option} {text}` is not a whole number from 0 to 2**64 - 1",
+                "write it in decimal digits, e.g. `{option} 0`",
+            ),
         ),
         _c(
             "E431",
@@ -1704,6 +1778,8 @@ CODES: dict[str, Code] = {
             "statement was meant as a file; it is refused, and never read.",
             'eqxform.compile("specs/lora.eqx")',
             'pass a path object: `eqxform.compile(pathlib.Path("specs/lora.eqx"))`.',
+            message="the spec text `{shown}` looks like the path of a file",
+            help="a `str` is the text of a spec; pass a file as a path object: `eqxform.compile(pathlib.Path({shown!r}))`",
         ),
         _c(
             "E436",
