@@ -234,11 +234,10 @@ class Checker:
                 self.warn(
                     "W205",
                     stmt.name_span,
-                    help=f"remove it, or use `{stmt.name}` in a rule"
-                    + (
-                        " (it is set from outside with `--set`)" if stmt.name in self.params else ""
-                    ),
                     name=stmt.name,
+                    outside=" (it is set from outside with `--set`)"
+                    if stmt.name in self.params
+                    else "",
                 )
 
     def overrides(self):
@@ -453,7 +452,7 @@ class Checker:
             set(self.lets),
             "E124",
             "e.g. `optimizer adamw(learning_rate=1e-3)`",
-            "optimisers are " + ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
+            ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
         )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
@@ -507,9 +506,8 @@ class Checker:
             self.error(
                 "E135",
                 stmt.mode_span,
-                help=(did_you_mean(stmt.mode, ("scan", "vmap")) or "")
-                + " `scan` runs the layers one after another, `vmap` side by side",
                 mode=stmt.mode,
+                hint=did_you_mean(stmt.mode, ("scan", "vmap")) or "",
             )
         seen: set[str] = set()
         for option in stmt.options:
@@ -549,13 +547,11 @@ class Checker:
                     "E136",
                     option.span,
                     variant="unknown_stack",
-                    help=(did_you_mean(option.name, N.STACK_OPTIONS) or "")
-                    + " options are a count, "
-                    + ", ".join(
-                        f"`{o} K`" if o in N.STACK_NUMBERED else f"`{o}`" for o in N.STACK_OPTIONS
-                    )
-                    + " and `over AXIS`",
                     name=option.name,
+                    hint=did_you_mean(option.name, N.STACK_OPTIONS) or "",
+                    options=", ".join(
+                        f"`{o} K`" if o in N.STACK_NUMBERED else f"`{o}`" for o in N.STACK_OPTIONS
+                    ),
                 )
 
     def check_InputStmt(self, stmt: A.InputStmt):
@@ -618,9 +614,8 @@ class Checker:
                     self.note(
                         "I104",
                         step.span,
-                        help=(f"if you meant a known type, {hint} " if hint else "")
-                        + "`eqxform check SPEC MODEL` checks it against a model",
                         name=step.name,
+                        meant=f"if you meant a known type, {hint} " if hint else "",
                     )
                 if isinstance(step, A.SliceStep) and step.step == 0:
                     self.error("E122", step.span)
@@ -673,9 +668,7 @@ class Checker:
                 context,
                 "E125",
                 "e.g. `wrap symmetric` or `wrap positive(minimum=0.01)`",
-                "wrappers are "
-                + ", ".join(f"`{w}`" for w in sorted(signatures))
-                + "; add your own with `eqxform.register_wrapper`",
+                ", ".join(f"`{w}`" for w in sorted(signatures)),
             )
         elif info.arg == "constructor":
             if isinstance(arg, A.Name) and arg.id in N.FUNCTIONS:
@@ -726,8 +719,8 @@ class Checker:
                 "E194",
                 e.span,
                 variant="dimension",
-                help="each dimension is a mesh axis, `none`, or a tuple of mesh axes; " + example,
                 text=self.text(e.span),
+                example=example,
             )
             return False
 
@@ -752,7 +745,7 @@ class Checker:
             return
         signature = signatures.get(name)
         if signature is None:
-            self.error(code, span, help=did_you_mean(name, signatures) or listing, name=name)
+            self.error(code, span, help=did_you_mean(name, signatures), name=name, names=listing)
             return
         self.arguments(name, kind, signature, args, arg.span, context)
         for a in args:
@@ -841,9 +834,8 @@ class Checker:
             self.error(
                 "E115",
                 extra.span,
-                help="name the arguments: "
-                + ", ".join(f"`{p}=`" for p in signature.names if p != "key"),
                 name=name,
+                names=", ".join(f"`{p}=`" for p in signature.names if p != "key"),
                 len_params=len(params),
                 value="s" if len(params) != 1 else "",
                 len_positional=len(positional),

@@ -154,6 +154,7 @@ CODES: dict[str, Code] = {
             "start the line with `model`, `seed`, `let`, `where`, `optimizer`, `ensemble`, "
             "`stack` or `unstack`.",
             message="unknown directive `{word}`",
+            help="{hint}a line starts with one of {directives}",
         ),
         _c(
             "E007",
@@ -378,6 +379,7 @@ CODES: dict[str, Code] = {
             "where x -> init normal(0.1, 0.2)",
             "name the arguments.",
             message="`{name}` takes {len_params} positional argument{value}, not {len_positional}",
+            help="name the arguments: {names}",
         ),
         _c(
             "E116",
@@ -395,6 +397,8 @@ CODES: dict[str, Code] = {
             "allows, so that a spec never runs code of its own choosing.",
             "model mypkg.models:make(width=3)",
             "pass `--allow mypkg` (Python: `allow=['mypkg']`) if you trust the package.",
+            message="constructor module `{module}` is not allowed",
+            help='eqxform imports no module named in a spec or model file unless you allow it: pass `--allow {top}` (Python: `allow=["{top}"]`) if you trust it',
         ),
         _c(
             "E118",
@@ -461,6 +465,7 @@ CODES: dict[str, Code] = {
             "optimizer adamm(learning_rate=1e-3)",
             "use one of the optimisers the help line lists.",
             message="unknown optimiser `{name}`",
+            help="optimisers are {names}",
         ),
         _c(
             "E125",
@@ -469,6 +474,7 @@ CODES: dict[str, Code] = {
             "where Linear.weight -> wrap symetric",
             "check the spelling, or register yours with `eqxform.register_wrapper`.",
             message="unknown wrapper `{name}`",
+            help="wrappers are {names}; add your own with `eqxform.register_wrapper`",
         ),
         _c(
             "E126",
@@ -486,6 +492,29 @@ CODES: dict[str, Code] = {
             "package on the path (`PYTHONPATH=FOLDER eqxform ...`, or run `eqxform` in that "
             "folder; `sys.path.insert(0, FOLDER)` in Python); check the module path and the "
             "function's name.",
+            message="module `{module}` has no `{attr}`",
+            help="{hint}check the function's name in `{module}`",
+            no_module=(
+                "cannot import constructor `{name}`: no module named `{missing}`",
+                "the module must be importable by the Python that runs eqxform: install its "
+                "package in this environment (`pip install PACKAGE`, or `pip install -e FOLDER` "
+                "for your own source), or put the folder that holds `{top}/` on the module path: "
+                "`PYTHONPATH=FOLDER eqxform ...` (the `eqxform` command finds an allowed package "
+                "in the current directory itself; in Python, `sys.path.insert(0, FOLDER)`)",
+            ),
+            no_submodule=(
+                "cannot import constructor `{name}`: no module named `{missing}`",
+                "`{parent}` was found, but it has no module `{leaf}`: check the module path",
+            ),
+            needs=(
+                "cannot import constructor `{name}`: importing `{module}` needs `{missing}`, "
+                "which is not installed",
+                "install `{package}` in the environment that runs eqxform",
+            ),
+            raised=(
+                "cannot import constructor `{name}`: importing `{module}` raised {error}",
+                'fix the module: `python -c "import {module}"` shows the whole error',
+            ),
         ),
         _c(
             "E127",
@@ -508,6 +537,8 @@ CODES: dict[str, Code] = {
             "types Equinox knows, is taken as it is, with no count.)",
             "stack mlps scan",
             "write the count: `stack mlps scan 10`.",
+            message="`{text}` is a single `{name}`: say how many copies",
+            help="e.g. `stack {text2} {mode} 10` makes 10 independently initialised copies",
         ),
         _c(
             "E131",
@@ -517,6 +548,11 @@ CODES: dict[str, Code] = {
             "stack layers[0].weight scan",
             "select the sequence of layers itself, e.g. `stack blocks scan` or "
             "`stack blocks[2:6] scan`.",
+            message="`stack` needs a list, tuple or `Sequential` of modules, or one module with a count; `{text}` is a `{name}`",
+            matches_nodes=(
+                "`{text}` matches {len_nodes} nodes that are not a run of one list: {listing}",
+                "stack a whole list, tuple or `Sequential`, or a slice of one, e.g. `blocks[2:6]`",
+            ),
         ),
         _c(
             "E132",
@@ -525,6 +561,12 @@ CODES: dict[str, Code] = {
             "module built pre-stacked: the length of its layer axis).",
             "stack blocks scan 7",
             "write the number found, or leave the count out.",
+            message="`{text}` already holds {layers} layers (its arrays carry a leading layer axis of {layers}), but the spec says {count}",
+            help="write `stack {text2} {mode}` to take its {layers} layers as they are; `stack {text2} {mode} {count} copies` makes {count} copies of the whole {layers}-layer stack",
+            stack_found=(
+                "`stack` found {len_items} members at `{text}`, but the spec says {count}",
+                "write `stack {text} {mode} {len_items}`, or leave the count out",
+            ),
         ),
         _c(
             "E133",
@@ -532,6 +574,8 @@ CODES: dict[str, Code] = {
             "Only layers of one structure, shapes and dtypes stack into one array each.",
             "stack blocks scan  # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
             "stack a slice of the identical layers, e.g. `stack blocks[1:] scan`.",
+            message="the members of `{text}` differ: {problem}",
+            help="only modules of the same structure and shapes stack; stack a slice of the identical ones, e.g. `blocks[1:-1]`",
         ),
         _c(
             "E134",
@@ -550,6 +594,7 @@ CODES: dict[str, Code] = {
             "stack blocks sacn",
             "write `scan` or `vmap`.",
             message="unknown stack mode `{mode}`",
+            help="{hint} `scan` runs the layers one after another, `vmap` side by side",
         ),
         _c(
             "E136",
@@ -561,7 +606,10 @@ CODES: dict[str, Code] = {
             message="`{name}` takes no number",
             help="write `{name}` alone",
             unroll_needs=("`unroll` needs a whole number >= 1", "e.g. `unroll 2`"),
-            unknown_stack=("unknown stack option `{name}`", None),
+            unknown_stack=(
+                "unknown stack option `{name}`",
+                "{hint} options are a count, {options} and `over AXIS`",
+            ),
         ),
         _c(
             "E137",
@@ -570,6 +618,8 @@ CODES: dict[str, Code] = {
             "whole arrays (only `init` and `scale` act per layer).",
             "stack blocks scan\nwhere blocks[1:3] -> cast bfloat16",
             "select the whole stack, or `unstack` it first.",
+            message="`{name}` cannot act on some layers of a stack: `{text}` picks layers {listing} of `{text2}`",
+            help="select the whole stack, or `unstack` it first",
         ),
         _c(
             "E138",
@@ -578,6 +628,8 @@ CODES: dict[str, Code] = {
             "cannot be swapped for another module.",
             "stack blocks scan\nwhere blocks[2] -> replace Linear(8, 8)",
             "replace before the `stack`/`ensemble` line, or `unstack` first.",
+            message="`replace` cannot act inside a stack or an ensemble (`{text}`)",
+            help="replace before the `stack`/`ensemble` line, or `unstack` first",
         ),
         _c(
             "E139",
@@ -586,6 +638,8 @@ CODES: dict[str, Code] = {
             "from them.",
             "stack blocks scan\nwhere Linear.weight -> wrap weight_norm",
             "wrap before the `stack`/`ensemble` line.",
+            message="`weight_norm` takes its norm over one layer's axes and cannot wrap the stacked `{text}`",
+            help="wrap before the `stack`/`ensemble` line",
         ),
         _c(
             "E140",
@@ -593,6 +647,8 @@ CODES: dict[str, Code] = {
             "What `stack` selects is already inside a stack or an ensemble.",
             "ensemble 4\nstack layers scan",
             "stack before the `ensemble` line, or `unstack` first.",
+            message="`{text}` is inside a stack or an ensemble already",
+            help="stack the layers before making the ensemble, or `unstack` first",
         ),
         _c(
             "E141",
@@ -600,6 +656,8 @@ CODES: dict[str, Code] = {
             "A spec makes one ensemble; the model already is one.",
             "ensemble 4  # applied to an ensemble",
             "take a member first (`Ensemble.member(i)`), or ensemble once.",
+            message="the model is an ensemble already",
+            help="a spec makes one ensemble; take a member with `Ensemble.member(i)` first",
         ),
         _c(
             "E142",
@@ -615,6 +673,7 @@ CODES: dict[str, Code] = {
             "The list, tuple or `Sequential` that `stack` selects holds no layers.",
             "stack blocks scan  # where blocks is []",
             "stack a sequence that has layers.",
+            message="`{text}` is empty: nothing to stack",
         ),
         # ---- the spec against a model
         _c(
@@ -639,6 +698,15 @@ CODES: dict[str, Code] = {
             "stack blocks scan  # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
+            message="the model fails once `{text}` is stacked: {message}",
+            stacking_copies=(
+                "stacking copies of `{text}` changes the shapes of the model's outputs: {value} before, {value2} after",
+                "copies are chained, each output feeding the next layer: the module must map its input to an output of the same shape",
+            ),
+            stacking_changes=(
+                "stacking `{text}` changes the model's outputs on random inputs (largest difference {gap:.3g})",
+                None,
+            ),
         ),
         _c(
             "E150",
@@ -686,6 +754,8 @@ CODES: dict[str, Code] = {
             "would silently make it infinite.",
             "where Linear.weight -> scale 1e300",
             "use a smaller number, or `cast` the array to a wider dtype first.",
+            message="{what} is `{value:g}`, beyond the range of {name} (`{limit:g}`) at `{text}`",
+            help="use a smaller number, or `cast float64` first",
         ),
         _c(
             "E155",
@@ -745,6 +815,8 @@ CODES: dict[str, Code] = {
             'eqxform new "MLP(in_size=2, out_size=2, width_size=100000, depth=2)" -o m.eqx',
             "make the model smaller, or raise the budget with `EQXFORM_MAX_BYTES` if the "
             "machine has the memory.",
+            message="{what} would hold {format_bytes_size} of arrays, more than the memory budget of {format_bytes_budget}",
+            help="make it smaller; if the machine has the memory, raise the budget with `{max_bytes_env}` (e.g. `{max_bytes_env}=256G`, or `none`)",
         ),
         _c(
             "E159",
@@ -834,6 +906,14 @@ CODES: dict[str, Code] = {
             "mesh data=2 model=4\nwhere Linear.weight -> shard (none, modle)",
             "name one of the mesh's axes (the help line lists them), or add the axis to the mesh.",
             message="`{name}` is no axis of {where}",
+            split_over=(
+                "`{text}` is split over `{a}`, which is no axis of the mesh ({listing})",
+                "place it on a mesh that has the axis `{a}`",
+            ),
+            mesh=(
+                "`{name}` is no axis of the mesh (`{origin} {text}`)",
+                "the mesh's axes are {listing}",
+            ),
         ),
         _c(
             "E191",
@@ -879,7 +959,10 @@ CODES: dict[str, Code] = {
             "write e.g. `shard (none, model)` or `shard ((data, model), none)`; for a value, "
             "write a list `[a, b]`.",
             message="`shard` needs a partition spec",
-            dimension=("`{text}` is no dimension of a partition spec", None),
+            dimension=(
+                "`{text}` is no dimension of a partition spec",
+                "each dimension is a mesh axis, `none`, or a tuple of mesh axes; {example}",
+            ),
             tuple_b=(
                 "a tuple `(a, b)` is only a `shard` spec",
                 "write a list `[a, b]` for a value",
@@ -893,6 +976,8 @@ CODES: dict[str, Code] = {
             "mesh data=4 model=4  # on 8 devices",
             "use a smaller mesh; on the CPU, simulate devices with "
             "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
+            message="{where} needs {fixed}{value} devices, and there are {count}",
+            help="use a mesh of at most {count} devices{value2}",
         ),
         _c(
             "E201",
@@ -928,6 +1013,15 @@ CODES: dict[str, Code] = {
             "`Linear.weight`).",
             message="`{action}` needs arrays, but `{text}` is {describe_kind_obj}",
             help="select arrays (e.g. `Linear.weight`) or the modules that hold them",
+            weight_2=(
+                "`{name}` needs a weight of 2 or more dimensions, but `{text}` has shape {tuple_shape}",
+                "select weights only (e.g. `Linear.weight`), or use an initialiser without fans such as `zeros` or `normal(stddev=0.01)`",
+            ),
+            wrap=(
+                "`wrap` needs arrays, but `{text}` is {describe_kind_obj}",
+                "select the arrays themselves, e.g. `Linear.weight`",
+            ),
+            unstack_stack=("`unstack` needs a stack, but `{text}` is a `{name}`", None),
         ),
         _c(
             "E204",
@@ -953,6 +1047,7 @@ CODES: dict[str, Code] = {
             unknown_function=("unknown function `{callee}`", None),
             evaluate_this=("cannot evaluate this expression", None),
             unknown_name=("unknown name `{id}`", None),
+            failed=("{error}", None),
         ),
         _c(
             "E205",
@@ -960,7 +1055,9 @@ CODES: dict[str, Code] = {
             "A constructor or wrapper refused the arguments it was given; its own message follows.",
             'where layers[-1] -> replace Linear(in_features=8, out_features="x")',
             "pass the arguments the constructor or wrapper expects.",
-            failed=("{error}", None),
+            message="`{callee}(...)` failed: {message}",
+            help="check the arguments against the constructor's documentation",
+            wrap_at=("`wrap {name}` failed at `{text}`: {splitlines}", None),
         ),
         _c(
             "E206",
@@ -980,6 +1077,9 @@ CODES: dict[str, Code] = {
             "after which it does).",
             "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)  # the layer before gives 8",
             "make the rule keep the shapes the model needs (a new head's `in_features`, say).",
+            message="after this rule the model fails on its declared input: {message}",
+            help="fix the rule so that the model still takes its input (a new head's "
+            "`in_features`, say)",
         ),
         _c(
             "E208",
@@ -987,6 +1087,8 @@ CODES: dict[str, Code] = {
             "Initialisers draw floating-point numbers.",
             "where ** -> init normal  # the model holds an int32 counter",
             'narrow the selector, e.g. `if dtype == "float32"`.',
+            message="`init` draws floating-point numbers, but `{text}` is {name}",
+            help='narrow the selector, e.g. with `if dtype == "float32"`',
         ),
         _c(
             "E209",
@@ -995,6 +1097,7 @@ CODES: dict[str, Code] = {
             "`column_axis` out of range).",
             "where Linear.weight -> init orthogonal(column_axis=5)",
             "use arguments that fit the array, or another initialiser.",
+            message="`{name}` cannot draw an array of shape {shape}: {splitlines}",
         ),
         _c(
             "E212",
@@ -1003,6 +1106,9 @@ CODES: dict[str, Code] = {
             "input f32[3]  # for an MLP(in_size=4, ...)",
             "declare one `input` line per positional argument, with the shapes and dtypes "
             "the model takes (a stateful model gets its state after them).",
+            message="the model does not accept its declared input: {message}",
+            help="check the `input` lines: one per positional argument, in order, with the "
+            "model's shapes and dtypes",
         ),
         _c(
             "E210",
@@ -1010,6 +1116,7 @@ CODES: dict[str, Code] = {
             "An argument evaluates to a value of a type the action does not take.",
             'where Linear.weight -> scale "two"',
             "give a value of the type the message names.",
+            message="`scale` needs a number, but this gives `{factor}` at `{text}`",
         ),
         # ---- warnings: the work is done, but may not be what you meant
         _c(
@@ -1022,6 +1129,8 @@ CODES: dict[str, Code] = {
             "ensemble 4  # of a model with a raw `cls_token` array",
             "draw them per copy with an `init` rule below the line, e.g. "
             "`where cls_token -> init normal(stddev=0.02)`.",
+            message="{what} share {len_copied} array{value} that no default initialisation draws: {listing}{value2}",
+            help="draw them per copy with a rule below this line, e.g. `where {first} -> init normal(stddev=0.02)`",
         ),
         _c(
             "W202",
@@ -1037,6 +1146,7 @@ CODES: dict[str, Code] = {
             "rules win).",
             "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros  # the scale is lost",
             "remove the overwritten action, or move it below the rule that overwrites it.",
+            message="every match of this rule's `{action}` is overwritten by {lines_by} ({count_len_writes})",
         ),
         _c(
             "W203",
@@ -1048,6 +1158,8 @@ CODES: dict[str, Code] = {
             "where layers[-1]    -> replace Linear(in_features=64, out_features=10)",
             "put the `replace` above the `init`, so that the new module is drawn too; or "
             "narrow the `init`'s selector to the modules that stay.",
+            message="`init` draws {count_n} that the `replace` on {lines_lines} then discards",
+            help="move the `replace` above this rule, so that the new module is drawn by this `init` too, or narrow the selector",
         ),
         _c(
             "W204",
@@ -1057,6 +1169,8 @@ CODES: dict[str, Code] = {
             "nothing.",
             "where layers[0]        -> freeze\nwhere layers[0].weight -> lr 0.1",
             "remove the rule, or narrow the `freeze` so that these parameters train.",
+            message="`{name}` on frozen parameters: every array this rule matches ({count_len_leaves}) is frozen, so the optimiser never updates it",
+            help="remove the `{name}`, or narrow the `freeze` rule above to leave these parameters trainable",
         ),
         _c(
             "W205",
@@ -1066,6 +1180,7 @@ CODES: dict[str, Code] = {
             "let width = 64\nwhere layers[-1] -> replace Linear(in_features=64, out_features=2)",
             "use the name (`in_features=width`), or remove the `let`.",
             message="`let {name}` is never used",
+            help="remove it, or use `{name}` in a rule{outside}",
         ),
         _c(
             "W210",
@@ -1076,6 +1191,8 @@ CODES: dict[str, Code] = {
             "stack layers scan 4 copies  # where layers holds 4 layers already",
             "leave out the count and `copies` to take the module's own layers as a stack: "
             "`stack layers scan`.",
+            message="`{text}` already holds {layers} layers; {count} copies of it hold {value} ({params:,} -> {value2:,} parameters)",
+            help="to take its {layers} layers as they are, write `stack {text2} {mode}` without `copies`",
         ),
         _c(
             "E220",
@@ -1086,6 +1203,8 @@ CODES: dict[str, Code] = {
             "selector matched something else: a bias, a convolution, a container.",
             "where layers[0] -> lora(rank=4)  # layers[0] is a Conv2d",
             "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
+            message="`{name}` adapts a `Linear` or a 2-D weight, but `{text}` {why}",
+            help="select `Linear` modules or their weights, e.g. `where Linear -> {name}` or `where **.qkv.weight -> {name}`",
         ),
         _c(
             "E221",
@@ -1095,6 +1214,8 @@ CODES: dict[str, Code] = {
             "at the module named.",
             "where Linear -> lora(rank=fan_in / 64)",
             "give a whole number, e.g. `rank=max(1, fan_in // 64)`.",
+            message="`lora` needs a whole rank of at least 1, but `rank` is `{rank}` at `{text}`",
+            help="e.g. `lora(rank=8, alpha=16)`",
         ),
         _c(
             "E222",
@@ -1102,6 +1223,8 @@ CODES: dict[str, Code] = {
             "`alpha` sets the scale `alpha / rank` of the adapter's output; it must be a number.",
             'where Linear -> lora(rank=8, alpha="16")',
             "give a number, e.g. `alpha=16`.",
+            message="`lora` needs a number for `alpha`, but it is `{alpha}` at `{text}`",
+            help="e.g. `lora(rank=8, alpha=16)`",
         ),
         _c(
             "E223",
@@ -1110,6 +1233,8 @@ CODES: dict[str, Code] = {
             "module keeps the base, the factors and `merge` unambiguous.",
             "where Linear -> lora(rank=8)\nwhere Linear -> lora(rank=4)",
             "select each module once, or `merge` the first adapter before adding another.",
+            message="`{text}` has an adapter already",
+            help="one adapter per module: `merge` the first one before adding another",
         ),
         _c(
             "E224",
@@ -1119,6 +1244,8 @@ CODES: dict[str, Code] = {
             "where layers[-1] -> merge  # no adapter in the last layer",
             "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
             "`where ** -> merge`.",
+            message="`merge`: `{text}` holds no adapter",
+            help="merge where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge`",
         ),
         _c(
             "E225",
@@ -1127,6 +1254,8 @@ CODES: dict[str, Code] = {
             "`false` its output; it must be a boolean.",
             "where Linear -> ia3(feedforward=1)",
             "write `true` or `false`.",
+            message="`ia3` needs `true` or `false` for `feedforward`, not `{feedforward}`",
+            help="`ia3(feedforward=true)` scales the input, as for feed-forward layers",
         ),
         # ---- model files
         _c(
@@ -1138,6 +1267,8 @@ CODES: dict[str, Code] = {
             "where Linear -> shard (model, none)  # the bias has one dimension",
             "write one entry per dimension, or narrow the selector (`Linear.weight`, "
             "`if ndim == 2`).",
+            message="`shard {text}` gives {len_dims} dimension{value}, but `{text2}` has {layer_rank} in one layer (shape {list_shape})",
+            help="write one entry per dimension of one layer, `none` for those not split{value2}, or narrow the selector (e.g. `if ndim == 2`)",
         ),
         _c(
             "E231",
@@ -1146,6 +1277,8 @@ CODES: dict[str, Code] = {
             "divide it, so the shards would differ in size.",
             "mesh model=4\nwhere layers[0].weight -> shard (none, model)  # in_features=6",
             "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
+            message="dimension {axis} of `{text}`{kind} has size {size}, which {named} does not divide",
+            help="split a dimension whose size the mesh axes divide, change the mesh, or leave it `none`",
         ),
         _c(
             "E232",
@@ -1156,6 +1289,10 @@ CODES: dict[str, Code] = {
             "use each mesh axis once per array.",
             message="mesh axis `{id}` splits two dimensions",
             help="use each mesh axis once per array",
+            mesh_axis=(
+                "mesh axis `{a}` splits two dimensions of `{text}` ({show_spec_dims})",
+                None,
+            ),
         ),
         _c(
             "E235",
@@ -1169,6 +1306,11 @@ CODES: dict[str, Code] = {
             "stack model.layers scan  # where each layer returns (x, cache)",
             "add `layerwise` to the `stack` line (the parent's own loop then calls each "
             "layer in turn), or leave the layers unstacked.",
+            message="the stacked layers change what they pass on: a layer takes {takes} and "
+            "returns {returns}",
+            help="a `scan` stack feeds each layer's output to the next, so a layer must return "
+            "what it takes; add `layerwise` to the `stack` line (the parent's loop then calls "
+            "each layer in turn), or `unstack` it",
         ),
         _c(
             "E238",
@@ -1181,6 +1323,10 @@ CODES: dict[str, Code] = {
             "input f32[3, 224, 224]\nstack layer1 scan  # applied to `model`, not `(model, state)`",
             "apply the spec to the pair that `eqx.nn.make_with_state` returns: "
             "`model, state = program.apply((model, state))`.",
+            message="the model holds state (an `eqx.nn.State`, as its BatchNorm layers keep) but "
+            "was given without it, so its forward pass on the declared input cannot run",
+            help="apply the spec to the model and its state together, as "
+            "`eqx.nn.make_with_state` returns them: `model, state = program.apply((model, state))`",
         ),
         _c(
             "E240",
@@ -1537,6 +1683,8 @@ CODES: dict[str, Code] = {
             "No model file is given and the spec has no `model` directive.",
             "eqxform apply spec.eqx -o out.eqx",
             "pass a model file, or add a `model` directive.",
+            message="no model given, and the spec has no `model` directive",
+            help="pass a model file, or add e.g. `model MLP(in_size=2, out_size=2, width_size=64, depth=2)` to the spec",
         ),
         _c(
             "E404",
@@ -1635,6 +1783,8 @@ CODES: dict[str, Code] = {
             "Selectors read capitalised names as types and lowercase ones as fields.",
             'eqxform.register_type(Block, name="block")',
             "register the type under a capitalised name.",
+            message="type name `{name}` must start with a capital letter: selectors read lowercase names as fields",
+            help="register it as `{value}`",
         ),
         _c(
             "E414",
@@ -1759,6 +1909,8 @@ CODES: dict[str, Code] = {
             "`jax.random.PRNGKey`) as `key=`.",
             'program.apply(model, key="0")',
             "pass `key=jax.random.key(0)`, or `seed=0`.",
+            message="`key` must be one `jax.random.key`, not {what_key}",
+            help="e.g. `key=jax.random.key(0)`, or pass `seed=0` instead",
         ),
         _c(
             "E434",
@@ -1768,6 +1920,8 @@ CODES: dict[str, Code] = {
             "to values, `inputs` a list of strings, `name` a string.",
             'eqxform.compile(Path("spec.eqx"), params=[("width", 8)])',
             'pass the documented type, e.g. `params={"width": 8}`.',
+            message="`{argument}` must be {expected}, not a `{name}`",
+            help="see `help(eqxform.compile)`",
         ),
         _c(
             "E435",
@@ -1792,6 +1946,11 @@ CODES: dict[str, Code] = {
             "call the model with the state of the model the spec was applied to, or apply the "
             "spec to the model and its state together: "
             "`model, state = program.apply((model, state))`.",
+            message="the `eqx.nn.State` passed to a stack holds no value for its layers: it was "
+            "made for another model",
+            help="call the model with the state of the model the spec was applied to (its "
+            "per-layer values are read and written back), or apply the spec to the model and "
+            "its state together: `model, state = program.apply((model, state))`",
         ),
         _c(
             "E437",
@@ -1812,6 +1971,12 @@ CODES: dict[str, Code] = {
             "name once.",
             "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
             "write e.g. `--mesh data=2,model=4`.",
+            message="`{origin} {text}`: {problem}",
+            help="write it as `{origin} data=2,model=4` (`-1`: the devices left over)",
+            mesh_takes=(
+                "`mesh=` takes a `jax.sharding.Mesh`, a mapping of axis sizes or the text `data=2,model=4`, not {name}",
+                None,
+            ),
         ),
         _c(
             "E466",
@@ -1850,6 +2015,8 @@ CODES: dict[str, Code] = {
             "program.apply(eqx.nn.MLP)",
             "pass a function of a key, e.g. "
             "`program.apply(lambda key: eqx.nn.MLP(2, 2, 8, 2, key=key))`.",
+            message="a constructor given in place of a model is called with one key, `constructor(key)`, but `{name}` does not take one",
+            help="pass a function of a key, e.g. `program.apply(lambda key: Model(..., key=key))`, or pass the model itself",
         ),
         _c(
             "E440",
@@ -1930,6 +2097,8 @@ CODES: dict[str, Code] = {
             "names; a single string would be read letter by letter.",
             'eqxform.load("m.eqx", allow="mypkg")',
             'pass a list: `allow=["mypkg"]`.',
+            message="`allow` must be a list of package names, not {allow!r:.60}",
+            help='e.g. `allow=["mypkg"]`',
         ),
         _c(
             "E450",
@@ -1939,6 +2108,20 @@ CODES: dict[str, Code] = {
             "without `map` lines.",
             "eqxform apply resnet.eqx -o out.eqx   # the spec has `map` lines, no `weights`",
             'add `weights "PATH"` to the spec, or pass `--weights PATH`.',
+            message="weights were given, but the spec has no `map` lines to read them by",
+            help='add `map "CHECKPOINT NAME" -> "MODEL PATH"` lines (docs/weights.md); a model file of eqxform\'s own loads with `eqxform.load`',
+            checkpoint_none=(
+                "the spec's `map` lines read a checkpoint, but none is named",
+                'add `weights "PATH"` to the spec, or pass `--weights PATH` (`weights=` in Python)',
+            ),
+            write_back=(
+                "the spec has no `map` lines to write the weights back by",
+                "docs/weights.md shows how a spec maps a checkpoint's names",
+            ),
+            spec_has=(
+                "the spec has no `map` lines to {what} by",
+                "docs/weights.md shows how a spec maps a checkpoint's names",
+            ),
         ),
         _c(
             "E525",
@@ -2051,6 +2234,8 @@ CODES: dict[str, Code] = {
             "spec.",
             "",
             "report it with the spec; the spec itself is fine as it is.",
+            message="the formatter would change what this spec means; the text was left as it "
+            "is. This is a bug in eqxform: please report it with the spec",
         ),
         _c(
             "E602",
@@ -2102,6 +2287,7 @@ CODES: dict[str, Code] = {
             "nothing, if the model has that class; check it against the model with "
             "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
             message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes",
+            help="{meant}`eqxform check SPEC MODEL` checks it against a model",
         ),
         _c(
             "I221",
@@ -2116,6 +2302,8 @@ CODES: dict[str, Code] = {
             "input i32[1, 8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
             "nothing, if the cost is acceptable (an `(out, in)` matrix per call, like the base "
             "weight); `merge` the adapters after training, or adapt modules the model calls.",
+            message="the model reads the `weight` of {count_len_found} itself ({paths}) rather than calling {value}, so each call forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
+            help="that is the cost of an adapter where the parent multiplies the weight itself; `merge` after training removes it",
         ),
     ]
 }

@@ -16,7 +16,7 @@ from typing import Any
 from . import _ast as A
 from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, report
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
 from ._mesh import MeshSpec, as_mesh_spec
@@ -109,23 +109,13 @@ def compile(
 
 def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
     return UsageError(
-        Diagnostic(
-            "E434",
-            f"`{argument}` must be {expected}, not a `{type(value).__name__}`",
-            help="see `help(eqxform.compile)`",
-        )
+        report("E434", argument=argument, expected=expected, name=type(value).__name__)
     )
 
 
 def _not_packages(allow: Any) -> UsageError:
     # The same problem, and code, as `allow` of `eqxform.load` and `eqxform.new`.
-    return UsageError(
-        Diagnostic(
-            "E449",
-            f"`allow` must be a list of package names, not {allow!r:.60}",
-            help='e.g. `allow=["mypkg"]`',
-        )
-    )
+    return UsageError(report("E449", allow=allow))
 
 
 def _strings(argument: str, value: Any, expected: str) -> tuple[str, ...]:

@@ -452,10 +452,9 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         return report(
             "E006",
             span=at(exc.column, len(word)),
-            help=(hint + " " if hint else "")
-            + "a line starts with one of "
-            + ", ".join(f"`{d}`" for d in DIRECTIVES),
             word=word,
+            hint=hint + " " if hint else "",
+            directives=", ".join(f"`{d}`" for d in DIRECTIVES),
         )
 
     unclosed = _unclosed(line_text)
