@@ -88,6 +88,12 @@ def _c(
     return Code(code, title, explanation, example, fix, message, help, variants)
 
 
+# The help of each way a run of several processes is started wrongly.
+_JOIN = (
+    "start every process with the same `--coordinator HOST:PORT` (process 0's address) and "
+    "`--num-processes N`, and its own `--process-id` from 0 to N-1"
+)
+
 CODES: dict[str, Code] = {
     c.code: c
     for c in [
@@ -1335,6 +1341,7 @@ CODES: dict[str, Code] = {
             'map "blocks.{i}.mlp.fc3.weight" -> "blocks[{i}].mlp.fc3.weight"',
             "compare the names with `eqxform show CHECKPOINT` and the paths with `eqxform show "
             "MODEL`; the help line names the nearest of each.",
+            message="this `map` matches no checkpoint tensor and no model array",
         ),
         _c(
             "E241",
@@ -1344,6 +1351,8 @@ CODES: dict[str, Code] = {
             'map "layer{a}.{b}.conv1.weigth" -> "layers[{a-1}][{b}].conv1.weight"',
             "fix the name (the help line shows the nearest the checkpoint holds), or `keep` the "
             "array's own values.",
+            message="the checkpoint has no {listing_missing} ({len_missing} tensor{value} this `map` needs{value2}",
+            help="{value3}fix the name, or `keep` the model arrays they would fill",
         ),
         _c(
             "E242",
@@ -1352,6 +1361,8 @@ CODES: dict[str, Code] = {
             "it names (a typo in the path, a layer the model lacks).",
             'map "blocks.{i}.norm1.weight" -> "blocks[{i}].norm.weight"',
             "fix the path (the help line shows the nearest the model has), or `skip` the tensor.",
+            message="the model has no {listing_missing} (named by this `map` for tensors the checkpoint holds)",
+            help="{value}fix the path (see `eqxform show` of the model), or `skip` the tensors",
         ),
         _c(
             "E243",
@@ -1360,6 +1371,11 @@ CODES: dict[str, Code] = {
             "shape differs from the model array's (or the slice of it a capture names).",
             'map "head.weight" -> "head.weight"  # (1000, 768) into (768, 1000)',
             "add `with transpose` or `with reshape`, or map the tensor onto the right array.",
+            message="{len_bad_shapes} shape{value} do not fit: {bad_shapes}",
+            model_adapter=(
+                "`{name}` is {list_shape}, the model's adapter {list_shape2}",
+                "apply `lora(rank={r}, alpha={number_alpha})` as the adapter was trained",
+            ),
         ),
         _c(
             "E244",
@@ -1368,6 +1384,8 @@ CODES: dict[str, Code] = {
             "when asked, so that no precision is lost unseen.",
             'map "**" ... # float16 tensors into a float32 model',
             "add `with cast`, or cast the model to the checkpoint's dtype first.",
+            message="dtypes differ: {bad_dtype}{value}",
+            help="add `with cast` to convert to the model's dtype",
         ),
         _c(
             "E245",
@@ -1376,6 +1394,12 @@ CODES: dict[str, Code] = {
             "a tensor forgotten by mistake is never silently dropped.",
             "map ...   # the checkpoint also holds `fc.weight`",
             'map the tensors, or `skip` them (`skip "fc.*"`).',
+            message="{len_unused} checkpoint tensor{value} read by no `map`: {listing_unused}",
+            help='{value2}`map` them, or `skip "{unused}"`',
+            peft_adapter=(
+                "the PEFT adapter `{folder}` does not fit the model's adapters: {value}{value2}{value3}",
+                "apply the spec's `lora` rules to the modules PEFT adapted ({listing_sorted_value})",
+            ),
         ),
         _c(
             "E246",
@@ -1384,6 +1408,8 @@ CODES: dict[str, Code] = {
             "left at its random initial value is never mistaken for a loaded one.",
             "map ...   # nothing fills `head.weight`",
             'map a tensor onto it, or `keep` it (`keep "head.*"`).',
+            message="{len_unfilled} model array{value} filled by no `map`: {listing_unfilled}",
+            help='{value2}map a tensor onto them, or `keep "{unfilled}"`',
         ),
         _c(
             "E247",
@@ -1392,6 +1418,8 @@ CODES: dict[str, Code] = {
             "same slice of a stacked array.",
             'map "a.weight" -> "fc.weight"\nmap "b.weight" -> "fc.weight"',
             "fill each array once; `skip` the tensor that should not be read.",
+            message="{listing_value} {value} filled twice",
+            help="line {first} fills {value2} already; fill each array once{value3}",
         ),
         _c(
             "E248",
@@ -1400,6 +1428,8 @@ CODES: dict[str, Code] = {
             "model array: a typo, or a line left over from another checkpoint.",
             'skip "**.num_batches_trackd"',
             "fix the pattern, or remove it.",
+            message='`skip "{text}"` matches no checkpoint tensor',
+            keep_model=('`keep "{text}"` matches no model array', None),
         ),
         _c(
             "E249",
@@ -1409,6 +1439,8 @@ CODES: dict[str, Code] = {
             "eqxform export spec.eqx model.eqx -o out.safetensors   # the spec has `reshape`",
             "give the original checkpoint (`weights` in the spec, or `--weights PATH`): its header "
             "alone supplies the shapes and dtypes.",
+            message="`{value}` cannot be undone without the original checkpoint's header",
+            help="give the original checkpoint (`weights` in the spec, `--weights PATH`, `reference=` in Python)",
         ),
         _c(
             "E250",
@@ -1419,6 +1451,16 @@ CODES: dict[str, Code] = {
             "ending in `.weight`; or the model has no adapters at all.",
             "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
             "map the adapted modules' weights, or put the adapters on modules that map as they are.",
+            message="no `map` line names the base weight of the adapter at `{path}`",
+            help="PEFT names an adapter by its base module's name in the checkpoint: map `{path}` to it",
+            has_that=(
+                "the adapter at `{path}` has a base (`{name}`) that PEFT cannot name: {value}",
+                "put adapters on modules whose weight maps as it is",
+            ),
+            model_has=(
+                "the model has no LoRA adapters to write in PEFT's layout",
+                "add them with a rule such as `where **.qkv -> lora(rank=8, alpha=16)`",
+            ),
         ),
         _c(
             "E301",
@@ -1426,6 +1468,8 @@ CODES: dict[str, Code] = {
             "The model file does not exist, is a directory, or cannot be opened.",
             "eqxform show missing.eqx",
             "check the path and its permissions.",
+            message="checkpoint `{path}` does not exist",
+            help="check the path (a relative one is taken from the working directory)",
         ),
         _c(
             "E302",
@@ -1433,6 +1477,8 @@ CODES: dict[str, Code] = {
             "The file is not a safetensors file, or its header, metadata or recipe is malformed.",
             "eqxform show spec.eqx",
             "pass a file written by eqxform (or another safetensors writer), copied whole.",
+            message="`{path}` is not a readable `.npz` checkpoint: {str_e}",
+            help="write it with `numpy.savez(path, **state_dict)`",
         ),
         _c(
             "E303",
@@ -1448,6 +1494,8 @@ CODES: dict[str, Code] = {
             "structure is unknown.",
             "eqxform.load('plain.eqx')",
             "load it into a model of the same structure: `eqxform.load(path, like=model)`.",
+            message="`{path}` has no eqxform recipe, so its structure is unknown",
+            help="load it into a model of the same structure: `eqxform.load(path, like=model)`",
         ),
         _c(
             "E305",
@@ -1456,6 +1504,8 @@ CODES: dict[str, Code] = {
             "recipe builds.",
             "",
             "rebuild the file with `eqxform apply`; it was changed after it was written.",
+            message="`{path}` does not match its recipe: {problems}",
+            help="the file was changed after it was written, or written by another version; rebuild it with `eqxform apply`",
         ),
         _c(
             "E306",
@@ -1463,6 +1513,7 @@ CODES: dict[str, Code] = {
             "The file's recipe builds its model with a `package.module:function` constructor.",
             "eqxform show model.eqx",
             "pass `--allow package` if you trust it.",
+            message="`{origin}` names the module `{split}`; it was not imported",
         ),
         _c(
             "E310",
@@ -1550,6 +1601,8 @@ CODES: dict[str, Code] = {
             "spec does not define.",
             '"specs": [{"text": "let w = 1\\n...", "params": {"zz": 1}, ...}]',
             "rebuild the file with `eqxform apply`; the recipe was edited.",
+            message="`{origin}`'s recipe sets {listing} for its spec {value} (`{name}`), which has no such `let`",
+            help="the recipe was edited or written by another program; rebuild the file with `eqxform apply`",
         ),
         _c(
             "E320",
@@ -1558,6 +1611,8 @@ CODES: dict[str, Code] = {
             "was read, or the disk failed.",
             "",
             "read the file again; if it persists, copy it again.",
+            message="tensor `{name}` of `{path}` could not be read: {e}",
+            help="was the file changed while it was read? read it again",
         ),
         _c(
             "E321",
@@ -1583,6 +1638,20 @@ CODES: dict[str, Code] = {
             "load the adapters onto the model they were trained on (the file written by "
             "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
             "that model).",
+            message="`{path}` was trained on another base: on this model its specs make other tensors ({problems})",
+            help="load it onto the model the adapters were trained on",
+            do_fit=(
+                "`{path}` was trained on another base: its specs do not fit this model",
+                "load it onto the model the adapters were trained on",
+            ),
+            cannot_replayed=(
+                "`{path}` cannot be replayed: its specs draw frozen tensors at random ({listing}), and they were drawn from another key than the spec's seed when the adapters were trained",
+                "save the whole model instead, or apply the spec with `seed=` (not `key=`) before training and save the adapters again",
+            ),
+            fingerprint_file=(
+                "`{path}` was trained on another base: {value} (fingerprint {fingerprint_of_have}, the file wants {str_info})",
+                "load it onto the model the adapters were trained on (the same frozen tensors: names, shapes, dtypes and values)",
+            ),
         ),
         _c(
             "E331",
@@ -1593,6 +1662,8 @@ CODES: dict[str, Code] = {
             "eqxform merge model.eqx base.eqx -o merged.eqx",
             "load a whole model file with `eqxform.load(path)`; pass the adapter file first "
             "to `merge`.",
+            message="`{path}` is a model file, not an adapter file",
+            help="load it with `eqxform.load(path)`; adapter files are written by `eqxform.save(path, model, adapters_only=True)` or `apply --adapters-only`",
         ),
         _c(
             "E332",
@@ -1602,6 +1673,8 @@ CODES: dict[str, Code] = {
             "eqxform.load('adapters.eqx')",
             "give the base: `eqxform.load(path, base=model)`, or "
             "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+            message="`{path}` holds only adapters; they load onto their base model",
+            help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
         ),
         _c(
             "E333",
@@ -1615,6 +1688,8 @@ CODES: dict[str, Code] = {
             "eqxform merge edited.eqx base.eqx -o merged.eqx",
             "write the adapter file again from the trained model "
             "(`eqxform.save(path, model, adapters_only=True)`, `apply`/`train --adapters-only`).",
+            message="`{path}` was changed after it was written: {why}",
+            help="an adapter file is replayed on its base, so an edited spec would compute something the adapters were never trained for; write the file again from the trained model (`eqxform.save(..., adapters_only=True)`, `--adapters-only`)",
         ),
         _c(
             "E334",
@@ -1626,6 +1701,8 @@ CODES: dict[str, Code] = {
             "eqxform merge adapters.eqx base.eqx -o merged.eqx",
             "load it with the versions that wrote it, or write the adapter file again from the "
             "trained model.",
+            message="`{path}`'s specs build another model on this base than the one its adapters were saved from (the same tensors, but other module types, functions or static fields)",
+            help="load it with the versions of eqxform and Equinox that wrote it, or write the adapter file again from the trained model",
         ),
         _c(
             "E340",
@@ -1635,6 +1712,7 @@ CODES: dict[str, Code] = {
             'weights "resnet18.pth"',
             "convert it once, where you trust the file: `import torch, safetensors.torch` then "
             '`safetensors.torch.save_file(torch.load("resnet18.pth"), "resnet18.safetensors")`.',
+            message="`{path}` is a pickle (PyTorch's `torch.save`), which eqxform never reads: loading one can run any code it holds",
         ),
         _c(
             "E341",
@@ -1643,6 +1721,12 @@ CODES: dict[str, Code] = {
             "arrays; anything else is refused.",
             'weights "model.h5"',
             "save the checkpoint as safetensors (`safetensors.numpy.save_file`) or `.npz`.",
+            message="`{path}` is no safetensors or `.npz` file",
+            help="save it with `safetensors.numpy.save_file` or `numpy.savez`",
+            holds_readable=(
+                "`{folder}` holds no readable `{peft_config}`: {e}",
+                "a PEFT adapter folder holds adapter_model.safetensors and adapter_config.json",
+            ),
         ),
         _c(
             "E401",
@@ -1654,6 +1738,10 @@ CODES: dict[str, Code] = {
             help="this argument is read as the path of a spec file",
             folder=("`{path}` is a folder, not a spec file", None),
             cannot_read=("cannot read `{path}`: {strerror}", None),
+            folder_holds=(
+                "the folder `{path}` holds no spec (no `*.eqx` file, subfolders included)",
+                "pass spec files, or a folder with `.eqx` files in it",
+            ),
         ),
         _c(
             "E402",
@@ -1675,6 +1763,10 @@ CODES: dict[str, Code] = {
             spec=(
                 "`{path}` is not a spec",
                 "line {line}, the first that is not blank or a comment, does not start with a directive ({listing}, ...); its contents are not shown",
+            ),
+            arguments_are=(
+                "`{spec}` is a model file and `{model}` a spec: the arguments are swapped",
+                "the spec comes first: `eqxform {command} {model} {spec} ...`",
             ),
         ),
         _c(
@@ -1701,6 +1793,16 @@ CODES: dict[str, Code] = {
             "not text and arguments both.",
             'eqxform new "3 + 4" -o m.eqx',
             'write a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)".',
+            message="a constructor written as text takes its arguments in the text",
+            help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)"), or pass the class: eqxform.new(MLP, in_size=2, ...)',
+            call_string=(
+                "the constructor must be a call written as a string, not a `{name}`",
+                'e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
+            ),
+            call=(
+                "`{constructor}` is not a constructor call",
+                'write it as a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
+            ),
         ),
         _c(
             "E451",
@@ -1716,6 +1818,8 @@ CODES: dict[str, Code] = {
             "eqxform.new(MyNet, table=jnp.ones(3))",
             "pass values the recipe can write, or put the construction in a function of a "
             "module (`factory.py`) and pass that function: `eqxform.new(factory.make, width=3)`.",
+            message="a recipe cannot record {what}",
+            help="a recipe records numbers, strings, booleans, `none`, lists, dtypes, `jax.nn` functions and config objects (dataclasses, named tuples) of those, naming classes and functions by an importable `package.module:Name`; pass such values, or write a factory function in a module and pass that",
         ),
         _c(
             "E406",
@@ -1745,6 +1849,8 @@ CODES: dict[str, Code] = {
             "`--device` names a platform that JAX does not have here.",
             "eqxform apply spec.eqx --device tpu -o out.eqx",
             "use one of the platforms the help line lists.",
+            message="no `{name}` device is available",
+            help="devices here: {listing}",
         ),
         _c(
             "E409",
@@ -1752,6 +1858,8 @@ CODES: dict[str, Code] = {
             "The output file is the input model; eqxform does not overwrite its input.",
             "eqxform apply spec.eqx model.eqx -o model.eqx",
             "write elsewhere, or pass `--force`.",
+            message="`{output}` is the input model; eqxform will not overwrite its input",
+            help="write elsewhere with `-o`, or pass `--force` to replace it",
         ),
         _c(
             "E410",
@@ -1759,6 +1867,8 @@ CODES: dict[str, Code] = {
             "Training needs the spec's `optimizer` directive.",
             "eqxform train spec.eqx -o out.eqx   # the spec has no `optimizer`",
             "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
+            message="the spec has no `optimizer` directive",
+            help="add one, e.g. `optimizer adamw(learning_rate=1e-3)`",
         ),
         _c(
             "E411",
@@ -1793,6 +1903,8 @@ CODES: dict[str, Code] = {
             "same name (a dict key containing `.`, say).",
             "",
             "rename the key.",
+            message="two leaves of the model are both named `{name}`",
+            help="tensor names are the leaves' paths; a dict key that contains a `.` can collide with a path: rename it",
         ),
         _c(
             "E415",
@@ -1800,6 +1912,13 @@ CODES: dict[str, Code] = {
             "`eqxform explain` takes a code that eqxform's messages show.",
             "eqxform explain E999",
             "copy the code from the message, e.g. `E201`.",
+            message="give a code or `--all`, not both",
+            help="`eqxform explain E201`, or `eqxform explain --all`",
+            given=(
+                "no code given",
+                "e.g. `eqxform explain E201`, or `eqxform explain --all`; there are {len_codes} codes",
+            ),
+            diagnostic_has=("no diagnostic has the code `{code_}`", None),
         ),
         _c(
             "E420",
@@ -1813,6 +1932,41 @@ CODES: dict[str, Code] = {
             "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example; "
             "for `cross_entropy`, `y` holds one integer class per example "
             "(`y.argmax(axis=1).astype(numpy.int32)` of one-hot rows).",
+            message="`{path}` must hold arrays named `x` and `y`; it holds {value}",
+            help="write it with `numpy.savez(path, x=inputs, y=targets)`",
+            have_one=(
+                "`x` and `y` must have one row per example: `x` is {list_shape}, `y` is {list_shape2}",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            examples=(
+                "`{path}` holds no examples",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            real_numbers=(
+                "`x` and `y` must be real numbers, not complex",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            model_does=(
+                "the model does not accept rows of `x` of shape {list_shape}: {value}",
+                "each row of `x` is one input of the model (the spec's `input` line, or the `in_size` of an `MLP`): save `x` with one such input per row",
+            ),
+            model_gives=(
+                "the model gives outputs of shape {list_shape}{value}, but rows of `y` have shape {list_shape2}",
+                "`--loss mse` compares each output with its row of `y`: give `y` the shape {list_value} (or change the model's output){value2}",
+            ),
+            loss_cross=(
+                "`--loss cross_entropy` needs labels that are integers of shape {want}, got {typed_y}",
+                None,
+            ),
+            labels_lie=("labels must lie in [0, {value}){found}", None),
+            no_file=(
+                "data file `{path}` does not exist",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            not_a_file=(
+                "data file `{path}` is not a regular file",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
         ),
         _c(
             "E421",
@@ -1821,6 +1975,12 @@ CODES: dict[str, Code] = {
             "`out_size`.",
             "eqxform train cnn.eqx -o out.eqx",
             "pass `--data data.npz`.",
+            message="the built-in data set feeds one input, and the spec declares {len_inputs}",
+            help="pass your data with `--data data.npz` (arrays `x` and `y`)",
+            needs_model=(
+                "the built-in data set needs a model with integer `in_size` and `out_size` (an `MLP`) or an `input` line; this model is a `{name}`",
+                "pass your data with `--data data.npz` (arrays `x` and `y`), or declare the model's input, e.g. `input f32[3,32,32]`",
+            ),
         ),
         _c(
             "E422",
@@ -1828,6 +1988,8 @@ CODES: dict[str, Code] = {
             "`--batch-size` is larger than the number of examples.",
             "eqxform train spec.eqx --batch-size 9999 -o out.eqx",
             "use a smaller batch.",
+            message="`--batch-size {batch_size}` is larger than the data set ({len_x} examples)",
+            help="use at most {len_x}",
         ),
         _c(
             "E423",
@@ -1840,6 +2002,8 @@ CODES: dict[str, Code] = {
             "name the array with `--model-output logits` (an attribute, a key or an index: `0`, "
             "`[0].logits`), or give a loss of your own, `--loss package.module:function "
             "--allow package`, a function `(pred, y) -> scalar` of the batch's outputs.",
+            message="the model returns {describe_output_out}; `eqxform train`'s `{loss}` compares one array with `y`",
+            help="name the array to train with `--model-output {example}`{value}, or give a loss of your own: `--loss package.module:function --allow package`",
         ),
         _c(
             "E424",
@@ -1849,6 +2013,8 @@ CODES: dict[str, Code] = {
             "or written `[i]`. The path does not fit what the model returned (shown).",
             "eqxform train spec.eqx esm2.eqx --model-output logit -o out.eqx",
             "name one of the parts the message lists, e.g. `--model-output logits` or `--model-output 0`.",
+            message="`--model-output {path}`: {why}",
+            help="name an attribute or an index of what the model returns, e.g. `--model-output logits` or `--model-output 0`",
         ),
         _c(
             "E425",
@@ -1861,6 +2027,28 @@ CODES: dict[str, Code] = {
             "eqxform train spec.eqx m.eqx --loss mylosses:masked_ce -o out.eqx",
             "add `--allow mylosses`; make it return the batch's loss as a scalar "
             "(`jnp.mean(...)`).",
+            message="unknown loss `{name}`",
+            help="the losses are `mse` and `cross_entropy`, or a function of your own as `package.module:function` with `--allow package`",
+            comes_from=(
+                "the loss `{name}` comes from `{module}`, which is not allowed",
+                "eqxform imports no module unless you allow it: add `--allow {top}` if you trust it",
+            ),
+            cannot_import=(
+                "cannot import the loss `{name}`: {value}",
+                "write it as `package.module:function`, importable from the current directory or an installed package",
+            ),
+            function=(
+                "the loss `{name}` is a `{name2}`, not a function",
+                "a loss is a function `(pred, y) -> scalar` of a batch",
+            ),
+            fails_on=(
+                "the loss `{name}` fails on the model's output ({describe_output_out}) and rows of `y` ({describe_output_target}): {value}",
+                "a loss is a function `(pred, y) -> scalar` of a batch's outputs and targets",
+            ),
+            gives_one=(
+                "the loss `{name}` gives {describe_output_value}, not one floating-point number",
+                "return the batch's loss as a scalar, e.g. with `jnp.mean`",
+            ),
         ),
         _c(
             "E430",
@@ -1985,6 +2173,22 @@ CODES: dict[str, Code] = {
             "`--num-processes N` and `--process-id I` (0 <= I < N), all three.",
             "eqxform train spec.eqx --coordinator 10.0.0.1:1234 -o out.eqx",
             "give all three, the same coordinator and count to every process.",
+            message="`--timeout` is how long a run of several processes waits to start; this run has one process",
+            help="leave `--timeout` out, or join a run with `--coordinator`, `--num-processes` and `--process-id`",
+            needs_coordinator=(
+                "a run of several processes needs `--coordinator`, `--num-processes` and `--process-id` together",
+                "e.g. `--coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0` on the first host, `--process-id 1` on the second",
+            ),
+            coordinator=("`--coordinator {coordinator}` is not `HOST:PORT`", _JOIN),
+            num_processes=("`--num-processes {num_processes}` must be at least 1", _JOIN),
+            process_id=(
+                "`--process-id {process_id}` must lie in 0..{last} for {num_processes} processes",
+                _JOIN,
+            ),
+            timeout=(
+                "the timeout must be a whole number of seconds, at least 1, not {timeout_s!s}",
+                _JOIN,
+            ),
         ),
         _c(
             "E467",
@@ -1995,6 +2199,7 @@ CODES: dict[str, Code] = {
             "--process-id 1 -o out.eqx",
             "start process 0 first, check that every host reaches its address and port, and "
             "start the others within the timeout.",
+            message="process {process_id} of {num_processes} could not join the run at `{coordinator}`: {what}",
         ),
         _c(
             "E468",
@@ -2004,6 +2209,8 @@ CODES: dict[str, Code] = {
             "eqxform train spec.eqx --mesh data=8 --batch-axis batch -o out.eqx",
             "name a mesh axis, or leave it out: the batch then goes over `data` when the mesh "
             "has it, and is replicated otherwise.",
+            message="the batch axis `{batch_axis}` is no axis of the mesh ({listing})",
+            help="{value} name a mesh axis, or leave it out to split over `data` when the mesh has it (else the batch is replicated)",
         ),
         _c(
             "E438",
@@ -2073,6 +2280,16 @@ CODES: dict[str, Code] = {
             "inside `jax.jit`), or a `recipe` that is no `eqxform.Recipe`.",
             'eqxform.save("m.eqx", "hello")',
             "pass the model (an `equinox.Module` or a pytree of arrays).",
+            message="`recipe` must be an `eqxform.Recipe`, not a `{name}`",
+            help="pass `eqxform.recipe_of(model)`, or leave `recipe` out",
+            there_nothing=(
+                "there is nothing to save: the `{name}` given holds no arrays",
+                "pass a model (an `equinox.Module` or a pytree of arrays)",
+            ),
+            leaf_traced=(
+                "leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
+                "save the model the jitted function returns",
+            ),
         ),
         _c(
             "E447",
@@ -2081,6 +2298,7 @@ CODES: dict[str, Code] = {
             "PRNG key arrays, 8-bit floats, objects).",
             'eqxform.save("m.eqx", {"key": jax.random.key(0)})',
             "cast the leaf to a stored dtype, or store a key's bits (`jax.random.key_data`).",
+            message="leaf `{name}` is {why}, which a model file cannot store",
         ),
         _c(
             "E448",
@@ -2089,6 +2307,7 @@ CODES: dict[str, Code] = {
             "The old file, if there was one, is unchanged, and no temporary file is left.",
             "",
             "free space, or write elsewhere.",
+            message="cannot make the folder `{folder}`: {value}",
         ),
         _c(
             "E449",
@@ -2131,6 +2350,20 @@ CODES: dict[str, Code] = {
             "cannot be read.",
             "eqxform train spec.eqx --data x.npy -o out.eqx",
             "write it with `numpy.savez(path, x=inputs, y=targets)`.",
+            message="`{path}` is {value}",
+            help="write it with `numpy.savez(path, x=inputs, y=targets)`",
+            holds_which=(
+                "`{path}` holds `{name}`, which is no `.npy` array",
+                "an `.npz` holds `.npy` arrays only: write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            readable_npy=(
+                "`{name}` in `{path}` is not a readable `.npy` array: {value}",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            has_shape=(
+                "`{key}` of `{path}` has the shape {shape}, which is no shape",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
         ),
         _c(
             "E526",
@@ -2139,6 +2372,8 @@ CODES: dict[str, Code] = {
             "training data are booleans, integers or floats.",
             "numpy.savez('d.npz', x=x.astype(complex), y=y)",
             "convert it before saving, e.g. `x.real.astype(numpy.float32)`.",
+            message="`{key}` of `{path}` holds {kind} ({dtype}); training data are real numbers (booleans, integers or floats)",
+            help="convert it before saving, e.g. `x.real.astype(numpy.float32)` or `numpy.asarray(y, numpy.int32)`",
         ),
         _c(
             "E527",
@@ -2149,6 +2384,12 @@ CODES: dict[str, Code] = {
             "an .npz whose header claims an array of 7 TiB",
             "write the file again with numpy; train on less data, or from Python with "
             "batches you load yourself.",
+            message="`x` and `y` of `{path}` take {size_total} in memory, more than the {size_limit} eqxform loads",
+            help="train on a smaller data set, or from Python with `eqxform.make_step` and batches you load yourself",
+            claims_but=(
+                "`{key}` of `{path}` claims {list_shape} of {dtype} ({size_claimed}), but the file holds {size_max_held} of it",
+                "the file is damaged or was not written by numpy; write it again",
+            ),
         ),
         _c(
             "E528",
@@ -2157,6 +2398,16 @@ CODES: dict[str, Code] = {
             "length in the zip does not match.",
             "",
             "write the file again.",
+            message="`{path}` could not be read: {e}",
+            help="the file is damaged (a checksum or a length does not match); write it again",
+            could_read=(
+                "`{path}` could not be read: {value}",
+                "the file is damaged (a checksum or a length does not match); write it again",
+            ),
+            changed_while=(
+                "`{key}` of `{path}` changed while it was read",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
         ),
         _c(
             "E529",
@@ -2168,6 +2419,8 @@ CODES: dict[str, Code] = {
             "numpy.savez('d.npz', x=x, y=numpy.where(mask, numpy.nan, y))",
             "drop the rows that hold them, or replace the values (`numpy.nan_to_num`), then "
             "save the file again.",
+            message="`{key}` of `{path}` holds {array} at index {list_where} ({count:,} element{value} not finite); training data must be finite numbers",
+            help="clean the data before saving, e.g. drop those rows (`keep = numpy.isfinite({key}).all(axis=tuple(range(1, {key}.ndim)))`) or replace the values (`numpy.nan_to_num`)",
         ),
         # ---- running
         _c(
@@ -2181,6 +2434,8 @@ CODES: dict[str, Code] = {
             "optimizer sgd(learning_rate=1e10)",
             "lower the learning rate (or clip the gradients), check the scale of the data, "
             "and check that the model's outputs are finite at the start.",
+            message="training stopped at step {nonfinite}: {nonfinite_what}; {kept}",
+            help="lower the learning rate in the spec's `optimizer` (or clip gradients), check the data's scale, or start from a model whose outputs are finite",
         ),
         _c(
             "E460",
@@ -2189,6 +2444,8 @@ CODES: dict[str, Code] = {
             "adapters; the model has none.",
             "eqxform apply init.eqx -o out.eqx --adapters-only   # no lora rule",
             "add a `lora` or `ia3` rule to the spec, or save the whole model.",
+            message="the model has no adapters to save",
+            help="apply a spec with a `lora` or `ia3` rule first, or save the whole model (without `adapters_only`)",
         ),
         _c(
             "E461",
@@ -2199,6 +2456,8 @@ CODES: dict[str, Code] = {
             "elsewhere.",
             "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
             "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
+            message="the specs that added the adapters are unknown",
+            help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's `model` directive)",
         ),
         _c(
             "E501",
@@ -2207,6 +2466,8 @@ CODES: dict[str, Code] = {
             "would compile it again, silently costing seconds per step.",
             "step(x[:5], y[:5])   # after step(x, y) with 16 rows",
             "give every batch the same shape, or pass `allow_retrace=True` to `make_step`.",
+            message="the batch changed shape or dtype, which would compile the step again: {show__signature} before, {show_signature} now",
+            help="give every batch the same shape (drop or pad the last one), or pass `allow_retrace=True` to `make_step`",
         ),
         _c(
             "E502",
@@ -2217,6 +2478,8 @@ CODES: dict[str, Code] = {
             "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
             "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
             "`make_step(..., state=state)`.",
+            message="the training step fails on a batch of {show_signature}: {value}",
+            help="the loss is `loss_fn(model, *batch) -> scalar`, or for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with `make_step(..., state=state)`; check the batch's shapes against the model",
         ),
         _c(
             "E510",
@@ -2225,6 +2488,8 @@ CODES: dict[str, Code] = {
             "multiple of that axis's size.",
             "eqxform train spec.eqx --mesh data=8 --batch-size 12 -o out.eqx",
             "make the batch size a multiple of the batch axis's size.",
+            message="a batch of {value} rows cannot be split evenly over the mesh's batch axis `{spec}` ({parts} devices)",
+            help="make the batch size a multiple of {parts}",
         ),
         _c(
             "E601",

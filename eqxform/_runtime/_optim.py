@@ -23,7 +23,7 @@ import optax
 
 from .. import _names as N
 from .._build import to_python
-from .._diagnostics import Diagnostic
+from .._diagnostics import report
 from .._errors import UsageError
 from .._modules import Frozen
 from .._plan import group_value
@@ -42,14 +42,7 @@ DEFAULT = "default"
 def base_optimizer(program) -> tuple[str, dict[str, Any]]:
     """(name, arguments) of the spec's `optimizer` directive."""
     if program.optimizer is None:
-        raise UsageError(
-            Diagnostic(
-                "E410",
-                "the spec has no `optimizer` directive",
-                file=program.name,
-                help="add one, e.g. `optimizer adamw(learning_rate=1e-3)`",
-            )
-        )
+        raise UsageError(report("E410", file=program.name))
     name, kwargs = program.optimizer
     return name, {k: to_python(v) for k, v in kwargs.items()}
 
