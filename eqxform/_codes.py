@@ -88,6 +88,15 @@ def _c(
     return Code(code, title, explanation, example, fix, message, help, variants)
 
 
+# What every diagnostic of a damaged model file starts with, and its usual help.
+_INVALID = "`{path}` is not a valid model file: "
+_COPIED = "was it written by `eqxform` (or another safetensors writer) and copied whole?"
+# The help of a recipe or an adapter record whose fields are wrong.
+_REWRITE = (
+    "the {what} was edited or written by another program; write the file again (a model with "
+    "`eqxform apply` or `eqxform new`, adapters with `eqxform.save(..., adapters_only=True)` "
+    "or `--adapters-only`)"
+)
 # The help of each way a run of several processes is started wrongly.
 _JOIN = (
     "start every process with the same `--coordinator HOST:PORT` (process 0's address) and "
@@ -1470,6 +1479,20 @@ CODES: dict[str, Code] = {
             "check the path and its permissions.",
             message="checkpoint `{path}` does not exist",
             help="check the path (a relative one is taken from the working directory)",
+            directory_model=(
+                "`{path}` is a directory, not a model file",
+                "check the path and its permissions",
+            ),
+            regular_file=(
+                "`{path}` is not a regular file (a pipe or a device?)",
+                "check the path and its permissions",
+            ),
+            model_file=("model file `{path}` does not exist", "check the path and its permissions"),
+            cannot_read=(
+                "cannot read `{path}`: permission denied",
+                "check the path and its permissions",
+            ),
+            cannot_read2=("cannot read `{path}`: {value}", "check the path and its permissions"),
         ),
         _c(
             "E302",
@@ -1479,6 +1502,35 @@ CODES: dict[str, Code] = {
             "pass a file written by eqxform (or another safetensors writer), copied whole.",
             message="`{path}` is not a readable `.npz` checkpoint: {str_e}",
             help="write it with `numpy.savez(path, **state_dict)`",
+            its_json=(
+                _INVALID + "its {what} is not JSON (is this a spec or another file?)",
+                _COPIED,
+            ),
+            it_bytes=(
+                _INVALID + "it is {size} bytes long, too short for a header",
+                _COPIED,
+            ),
+            its_header=(
+                _INVALID + "its header is not JSON (is this a spec or another file?)",
+                _COPIED,
+            ),
+            its_header_json=(
+                _INVALID + "its header is not a JSON object",
+                _COPIED,
+            ),
+            its_metadata=(
+                _INVALID + "its `__metadata__` is not a map of strings",
+                _COPIED,
+            ),
+            tensor_has=(
+                _INVALID
+                + "tensor `{name}` has a malformed entry (it needs `dtype`, `shape` and `data_offsets`)",
+                _COPIED,
+            ),
+            tensor_has_bytes=(
+                _INVALID + "tensor `{name}` has {value} bytes for shape {list_shape}",
+                _COPIED,
+            ),
         ),
         _c(
             "E303",
@@ -1486,6 +1538,17 @@ CODES: dict[str, Code] = {
             "The header claims more bytes than the file holds, or a tensor lies outside it.",
             "",
             "copy the file again, whole.",
+            message=_INVALID
+            + "its header claims {length} bytes, but the file has {value} after the length{value2}",
+            help=_COPIED,
+            it_was=(
+                _INVALID + "it was cut short while it was read",
+                _COPIED,
+            ),
+            tensor_lies=(
+                _INVALID + "tensor `{name}` lies outside the file (is the file truncated?)",
+                _COPIED,
+            ),
         ),
         _c(
             "E304",
@@ -1523,6 +1586,8 @@ CODES: dict[str, Code] = {
             "it is parsed.",
             '{"a": [[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]}',
             "rebuild the file with `eqxform new` or `eqxform apply`.",
+            message=_INVALID + "its {what} nests deeper than {max_json_depth} levels",
+            help=_COPIED,
         ),
         _c(
             "E311",
@@ -1532,6 +1597,17 @@ CODES: dict[str, Code] = {
             "dimension too large).",
             '{"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}',
             "rebuild the file; a writer that produced it is broken.",
+            message=_INVALID + "tensor `{name}` has a shape that is no list",
+            help=_COPIED,
+            dimensions_at=(
+                _INVALID
+                + "tensor `{name}` has {len_shape} dimensions (at most {max_tensor_ndim} are read)",
+                _COPIED,
+            ),
+            dimension_which=(
+                _INVALID + "tensor `{name}` has the dimension `{dumps}`, which {what}",
+                _COPIED,
+            ),
         ),
         _c(
             "E312",
@@ -1540,6 +1616,9 @@ CODES: dict[str, Code] = {
             "U8 to U64, BOOL).",
             '{"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}',
             "cast the tensor to a supported dtype before saving.",
+            message=_INVALID
+            + "tensor `{name}` has the dtype `{code_}`, which eqxform does not read",
+            help="eqxform reads {listing}",
         ),
         _c(
             "E313",
@@ -1550,6 +1629,21 @@ CODES: dict[str, Code] = {
             '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
             '"b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
             "rebuild the file; it was edited or written by a broken writer.",
+            message=_INVALID + "tensors `{previous}` and `{name}` overlap (bytes {start} to {at})",
+            help=_COPIED,
+            data_belong=(
+                _INVALID + "bytes {at} to {start} of the data belong to no tensor",
+                _COPIED,
+            ),
+            its_last=(
+                _INVALID + "its last {value} bytes belong to no tensor",
+                _COPIED,
+            ),
+            tensor_has=(
+                _INVALID
+                + "tensor `{name}` has the data offsets `{dumps}`; two non-negative integers `[start, end]` with start <= end are expected",
+                _COPIED,
+            ),
         ),
         _c(
             "E314",
@@ -1558,6 +1652,18 @@ CODES: dict[str, Code] = {
             "float beyond the range of a double (`1e999`), or `NaN`/`Infinity`.",
             '{"w": {"dtype": "F32", "shape": [99999999999999999999999999], ...}}',
             "rebuild the file.",
+            message=_INVALID + "its {what} is refused: it holds an integer of {digits:,} digits "
+            "(at most {most} are read)",
+            help=_COPIED,
+            float=(
+                _INVALID + "its {what} is refused: it holds the number `{number}`, beyond the "
+                "range of a float",
+                _COPIED,
+            ),
+            constant=(
+                _INVALID + "its {what} is refused: it holds `{name}`, which is no JSON number",
+                _COPIED,
+            ),
         ),
         _c(
             "E315",
@@ -1569,6 +1675,30 @@ CODES: dict[str, Code] = {
             '{"base": {"constructor": "MLP(2, 2, 8, 2)", "seed": 0}, "specs": 3}',
             "rebuild the file with `eqxform apply`; the recipe was edited by hand or "
             "written by another program.",
+            message=_INVALID + "its recipe is not a JSON object",
+            help=_COPIED,
+            string=(_INVALID + "its {what}'s `{where}` is {kind}; a string is expected", _REWRITE),
+            seed=(
+                _INVALID
+                + "its {what}'s `{where}` is {kind}; a seed is an integer from 0 to 2**64 - 1, or null",
+                _REWRITE,
+            ),
+            map=(_INVALID + "its {what}'s `{where}` is {kind}; a map is expected", _REWRITE),
+            value=(
+                _INVALID
+                + "its {what}'s `{where}` is {kind}; a number, a string, a boolean or a list",
+                _REWRITE,
+            ),
+            specs=(
+                _INVALID
+                + "its {what}'s `{where}` is {kind}; a list of the specs applied is expected",
+                _REWRITE,
+            ),
+            number=(_INVALID + "its {what}'s `{where}` is {kind}; a number or a string", _REWRITE),
+            names=(
+                _INVALID + "its {what}'s `{where}` is {kind}; a list of names is expected",
+                _REWRITE,
+            ),
         ),
         _c(
             "E316",
@@ -1577,6 +1707,9 @@ CODES: dict[str, Code] = {
             "version).",
             '{"format": "eqxform/2", ...}',
             "upgrade eqxform, or load the file with the version that wrote it.",
+            message=_INVALID
+            + "its recipe is of the format `{str_written}`; this eqxform reads `{format}`",
+            help="load it with the eqxform version that wrote it (`eqxform show` names it), or upgrade eqxform",
         ),
         _c(
             "E317",
@@ -1585,6 +1718,16 @@ CODES: dict[str, Code] = {
             "longer than eqxform reads from a file.",
             "",
             "rebuild the file; no recipe written by eqxform comes near the limits.",
+            long=(
+                _INVALID + "its {what}'s `{where}` is {length:,} characters long; recipes hold "
+                "strings of at most {most:,}",
+                _REWRITE,
+            ),
+            specs=(
+                _INVALID + "its {what}'s `{where}` lists {count:,} specs; recipes list at most "
+                "{most:,}",
+                _REWRITE,
+            ),
         ),
         _c(
             "E318",
@@ -1593,6 +1736,8 @@ CODES: dict[str, Code] = {
             "would silently keep one of them.",
             '{"w": {...}, "w": {...}}',
             "rebuild the file.",
+            message=_INVALID + "its {what} is refused: the key `{key}` appears twice in one object",
+            help=_COPIED,
         ),
         _c(
             "E319",
@@ -1613,6 +1758,10 @@ CODES: dict[str, Code] = {
             "read the file again; if it persists, copy it again.",
             message="tensor `{name}` of `{path}` could not be read: {e}",
             help="was the file changed while it was read? read it again",
+            its_tensors=(
+                _INVALID + "its tensors could not be read ({value})",
+                "was the file changed while it was read? read it again, or copy it again",
+            ),
         ),
         _c(
             "E321",
@@ -1622,6 +1771,9 @@ CODES: dict[str, Code] = {
             "gigabytes.",
             '{"a": [[], [], [], ... millions more]}',
             "rebuild the file; eqxform never writes one like it.",
+            message=_INVALID
+            + "its {what} holds about {items:,} values; eqxform reads at most {max_json_items:,}",
+            help=_COPIED,
         ),
         # ---- command line and API arguments
         _c(
@@ -1784,6 +1936,8 @@ CODES: dict[str, Code] = {
             "The folder of the output file does not exist.",
             "eqxform apply spec.eqx -o missing/out.eqx",
             "create the folder, or write elsewhere.",
+            message="cannot write `{name}`: folder `{folder}` does not exist",
+            help="create it first (`mkdir -p {folder}`), or {fix}",
         ),
         _c(
             "E405",
@@ -2233,6 +2387,7 @@ CODES: dict[str, Code] = {
             "that input. `--force` does not change this.",
             "eqxform apply spec.eqx model.eqx -o spec.eqx",
             "write the model elsewhere with `-o`.",
+            message="`{name}` is the {what}; eqxform will not write over an input of the command",
         ),
         _c(
             "E441",
@@ -2240,6 +2395,8 @@ CODES: dict[str, Code] = {
             "`-o` (or `eqxform.save`'s path) names a directory.",
             "eqxform apply spec.eqx -o models/",
             "name a file inside it, e.g. `-o models/model.eqx`.",
+            message="cannot write `{name}`: it is a directory",
+            help="name a file, e.g. `-o {listing}`",
         ),
         _c(
             "E442",
@@ -2249,6 +2406,7 @@ CODES: dict[str, Code] = {
             "regular one.",
             "eqxform apply spec.eqx -o /dev/null",
             "write a regular file; pipe the file afterwards if you need to.",
+            message="cannot write `{name}`: it is {kind}; eqxform writes whole files and would replace it with one",
         ),
         _c(
             "E443",
@@ -2257,6 +2415,12 @@ CODES: dict[str, Code] = {
             "found before any work.",
             "eqxform apply spec.eqx -o /read-only/out.eqx",
             "write elsewhere, or fix the folder's permissions.",
+            message="cannot write `{name}`: folder `{folder}` is not writable ({value})",
+            help="check the folder's permissions, or {fix}",
+            write=(
+                "cannot write `{name}`: {error}",
+                "the old file, if any, is unchanged; free space or write elsewhere",
+            ),
         ),
         _c(
             "E444",
@@ -2264,6 +2428,8 @@ CODES: dict[str, Code] = {
             "The output's file name is longer than its folder's file system takes.",
             "eqxform apply spec.eqx -o aaaa...(300 characters).eqx",
             "use a shorter name.",
+            message="cannot write `{name}{value}`: the name is too long{value2}",
+            help="use a shorter file name",
         ),
         _c(
             "E445",
@@ -2272,6 +2438,9 @@ CODES: dict[str, Code] = {
             "contains a NUL character.",
             "eqxform.load(None)",
             "pass the file's name.",
+            message="the {what} must be a path (a `str` or `os.PathLike`), not a `{name}`",
+            help='pass the file\'s name, e.g. `"model.eqx"` or `pathlib.Path(...)`',
+            path=("the {what} path {value}", 'pass the file\'s name, e.g. `"model.eqx"`'),
         ),
         _c(
             "E446",
@@ -2308,6 +2477,10 @@ CODES: dict[str, Code] = {
             "",
             "free space, or write elsewhere.",
             message="cannot make the folder `{folder}`: {value}",
+            write=(
+                "cannot write `{name}`: {error}",
+                "the old file, if any, is unchanged; free space or write elsewhere",
+            ),
         ),
         _c(
             "E449",
