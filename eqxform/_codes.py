@@ -97,6 +97,11 @@ _REWRITE = (
     "`eqxform apply` or `eqxform new`, adapters with `eqxform.save(..., adapters_only=True)` "
     "or `--adapters-only`)"
 )
+# The help of a message the language server cannot read.
+_FRAMING = (
+    "each message is `Content-Length: N` (N bytes of UTF-8, in ASCII digits), a blank line, "
+    "then exactly N bytes of JSON-RPC; the server read on from the next message's header"
+)
 # The help of each way a run of several processes is started wrongly.
 _JOIN = (
     "start every process with the same `--coordinator HOST:PORT` (process 0's address) and "
@@ -2682,6 +2687,8 @@ CODES: dict[str, Code] = {
             "older version shadows it.",
             "eqxform lsp",
             "install it: `pip install 'pygls>=2'`.",
+            message="the language server needs `pygls` 2 (and `lsprotocol`)",
+            help="install them: `pip install 'pygls>=2'`",
         ),
         _c(
             "E603",
@@ -2696,6 +2703,13 @@ CODES: dict[str, Code] = {
             'Content-Length: abc\n\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
             "report it to the editor's plugin; send the body's length in bytes (UTF-8), in ASCII "
             "digits, and exactly that many bytes.",
+            message="{problem}",
+            help=_FRAMING,
+            not_json=("a message is not JSON: {error}", _FRAMING),
+            not_rpc=(
+                'a message is not a JSON-RPC 2.0 message (an object with `"jsonrpc": "2.0"`)',
+                _FRAMING,
+            ),
         ),
         _c(
             "E604",
@@ -2710,6 +2724,9 @@ CODES: dict[str, Code] = {
             '"character": 0}}}',
             "send positions as zero-based lines and characters, 0 or more; the error's message "
             "names the field that is wrong.",
+            message="the parameters{where} do not fit the protocol: {why}",
+            help="lines and characters are zero-based and never negative; see the method's "
+            "parameters in the Language Server Protocol specification",
         ),
         # ---- notes
         _c(

@@ -28,11 +28,6 @@ BUILDERS = {
     "bad",
     "EvalError",
 }
-# Modules whose diagnostics are still written at their call sites (both
-# styles work; this set only shrinks).
-REMAINING = {
-    "_lsp.py",
-}
 
 
 def _ways():
@@ -80,16 +75,12 @@ def test_explain_prints_what_the_diagnostic_says():
 
 def _calls():
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "_codes.py" or str(path.relative_to(PACKAGE)) in REMAINING:
+        if path.name == "_codes.py":
             continue
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Call):
                 yield path.relative_to(PACKAGE.parent), node
-
-
-def test_remaining_is_up_to_date():
-    assert all((PACKAGE / name).exists() for name in REMAINING)
 
 
 def _is_text(node) -> bool:
