@@ -565,7 +565,7 @@ class Checker:
             )
         for d in stmt.shape:
             if not is_whole(d, 0):
-                self.error("E127", stmt.span, variant="dimensions_are", d=d)
+                self.error("E127", stmt.span, variant="dimension", d=d)
                 break
         else:
             size = 1
@@ -580,7 +580,7 @@ class Checker:
                 self.error(
                     "E157",
                     stmt.span,
-                    variant="input_too",
+                    variant="budget",
                     describe=stmt.describe(),
                     format_bytes_value=format_bytes(size * 8),
                     format_bytes_budget=format_bytes(budget),
@@ -837,7 +837,7 @@ class Checker:
                 name=name,
                 names=", ".join(f"`{p}=`" for p in signature.names if p != "key"),
                 len_params=len(params),
-                value="s" if len(params) != 1 else "",
+                s="s" if len(params) != 1 else "",
                 len_positional=len(positional),
             )
         for param, arg in zip(params, positional):
@@ -886,7 +886,7 @@ class Checker:
     def names(self, expr: A.Expr, allowed: set[str], where: str):
         for node in walk(expr):
             if isinstance(node, A.TupleExpr):
-                self.error("E194", node.span, variant="tuple_b")
+                self.error("E194", node.span, variant="tuple")
                 return
             if isinstance(node, A.Name):
                 self.used.add(node.id)

@@ -2,12 +2,14 @@
 
 One record a code, and everything else is derived from it: a diagnostic is
 built from its code and named fields (`report("E134", span=..., value=...)`
-in `_diagnostics`), `eqxform explain CODE` prints the record, and so does the
+in `_diagnostics`); `eqxform explain CODE` prints the record, and so does the
 diagnostics index of the documentation. A record's `message` and `help` are
-templates whose `{fields}` a report fills; where one code says its problem in
-more than one way, each way is a named variant (`variant="too_large"`). The
-codes are stable: a code names one problem, and a new problem gets a new code.
-The hundreds say where a problem is found:
+templates whose `{fields}` a report fills, and its fix is its help line unless
+it says more than that; where one code says its problem in more than one way,
+each way is a named variant (`variant="at_most"`). Text that several records
+share (a damaged file's prefix, a help) is a constant here. The codes are
+stable: a code names one problem, and a new problem gets a new code. The
+hundreds say where a problem is found:
 
 - E0xx: the spec's syntax (the parser)
 - E1xx: the spec alone, without a model (the checker; `eqxform check`)
@@ -80,12 +82,13 @@ def _c(
     title: str,
     explanation: str,
     example: str,
-    fix: str,
+    fix: str = "",
     message: str = "",
     help: str | None = None,
     **variants: tuple[str, str | None],
 ) -> Code:
-    return Code(code, title, explanation, example, fix, message, help, variants)
+    """A record; its fix is its help line unless it says more than that."""
+    return Code(code, title, explanation, example, fix or help or "", message, help, variants)
 
 
 # What every diagnostic of a damaged model file starts with, and its usual help.
@@ -134,7 +137,6 @@ CODES: dict[str, Code] = {
             "unexpected character",
             "A character that is no part of the language: `{`, `;`, `!`, `&`, ...",
             "where layers{0} -> freeze",
-            "selectors use `[...]`, calls `(...)`; write `not`, `and`, `or`; one statement a line.",
             message="unexpected byte-order mark (U+FEFF)",
             help="a byte-order mark may only begin the text; remove this one",
             character=("unexpected character `{char}`", None),
@@ -144,7 +146,6 @@ CODES: dict[str, Code] = {
             "missing `->`",
             "A `where` rule separates its selector from its actions with `->`.",
             "where Linear.weight init zeros",
-            "write `where SELECTOR -> ACTION`.",
             message="expected `->` between the selector and its actions",
             help="write `where SELECTOR -> ACTION`, e.g. `where Linear.weight -> init zeros`",
         ),
@@ -153,7 +154,6 @@ CODES: dict[str, Code] = {
             "unclosed bracket",
             "A `(` or `[` is not closed before the end of the line; a statement is one line.",
             "model MLP(in_size=2, out_size=2",
-            "add the closing bracket on the same line.",
             message="unclosed `{bracket}`",
             help="add the closing `{closing}`",
         ),
@@ -162,7 +162,6 @@ CODES: dict[str, Code] = {
             "stray comma",
             "A comma with nothing on one side of it, or separating selectors.",
             "where x -> init zeros,",
-            "remove it; separate alternative selectors with `|`.",
             message="stray comma",
             help="remove this `,`: actions, arguments and selectors are separated by single commas, and a selector list uses `|`",
         ),
@@ -171,8 +170,6 @@ CODES: dict[str, Code] = {
             "unknown directive",
             "A line starts with a word that is no directive.",
             "wher Linear.weight -> init zeros",
-            "start the line with `model`, `seed`, `let`, `where`, `optimizer`, `ensemble`, "
-            "`stack` or `unstack`.",
             message="unknown directive `{word}`",
             help="{hint}a line starts with one of {directives}",
         ),
@@ -190,7 +187,6 @@ CODES: dict[str, Code] = {
             "missing comma",
             "Two arguments or two actions follow each other without a comma.",
             "where x -> freeze lr 0.1",
-            "separate them with `,`.",
             message="expected `,` before `{token}`",
             help="separate {things} with `,`",
         ),
@@ -199,7 +195,6 @@ CODES: dict[str, Code] = {
             "`where` without a selector",
             "A rule must say what it acts on.",
             "where -> freeze",
-            "add a selector, e.g. `where Linear.weight -> freeze`.",
             message="`where` needs a selector before `->`",
             help="e.g. `where Linear.weight -> init zeros`",
         ),
@@ -214,8 +209,6 @@ CODES: dict[str, Code] = {
             "wherever they are; the first is shown, with the count of the others. A form feed "
             "is whitespace, as in Python.",
             "# a comment (then U+2028) where Linear.weight -> freeze",
-            "remove the character, or save the file with Unix (`\\n`) or Windows (`\\r\\n`) "
-            "line endings.",
             message="{break_names} in the text",
             help="eqxform ends a line only at `\\n` (or `\\r\\n`), and editors disagree about this character: remove it, or save the file with Unix line endings",
         ),
@@ -225,7 +218,6 @@ CODES: dict[str, Code] = {
             "A number with more than 400 digits, or a decimal number beyond the largest float "
             "(about `1.8e308`). No size, count or seed needs one (`_limits.MAX_LITERAL_DIGITS`).",
             "let big = 1e400",
-            "write a smaller number; a large whole number can be written as a power, `2**64`.",
             message="a number of {digits:,} digits is out of range",
             help="numbers in a spec have at most {max_literal_digits} digits; write a large one as a power, e.g. `2**64`",
             out_range=(
@@ -241,7 +233,6 @@ CODES: dict[str, Code] = {
             "limit (`_limits.MAX_NESTING`) keeps the parser and the evaluator within Python's "
             "recursion limit.",
             "let x = 1 + 1 + 1 + ... (500 terms)",
-            "split the expression with `let` names.",
             message="this expression is nested more than {max_nesting} levels deep",
             help="split it with `let` names, e.g. `let a = ...` then `let b = a + ...`",
         ),
@@ -251,7 +242,6 @@ CODES: dict[str, Code] = {
             "A selector's index and its slice's start, stop and step are whole numbers; `1.5` "
             "is refused rather than read as `1`.",
             "where layers[::0.5] -> freeze",
-            "write a whole number, e.g. `layers[1]` or `layers[::2]`.",
             message="{what} must be a whole number, not `{clip_text}`",
             help="write it without a point or an exponent, e.g. `layers[1]` or `layers[::2]`",
         ),
@@ -292,7 +282,6 @@ CODES: dict[str, Code] = {
             "`apply`), whose classes the help suggests; without one a name is only noted "
             "(I104), since any class of the model's tree is a type name.",
             "where Linaer.weight -> init zeros",
-            "check the spelling; qualify a class by its module if needed (`mylib.layers:Block`).",
             message="unknown type `{name}`",
             help="{value} a type is a class of the model's tree, an `equinox.nn` class or a registered type; `eqxform show MODEL` lists the model's paths",
         ),
@@ -317,7 +306,6 @@ CODES: dict[str, Code] = {
             "missing argument",
             "A call leaves out an argument its callee needs.",
             "model MLP(in_size=2, out_size=2)",
-            "add the arguments the message names.",
             message="{kind} `{name}` is missing {missing}",
             help="add {additions}",
         ),
@@ -327,7 +315,6 @@ CODES: dict[str, Code] = {
             "A directive that is given once per spec (`model`, `seed`, `optimizer`, "
             "`ensemble`), or a `let` name, appears twice.",
             "seed 0\nseed 1",
-            "keep one; override a `let` from outside with `--set NAME=VALUE`.",
             message="`{word}` is given twice",
             help="the first is on line {line}; keep one",
             defined=(
@@ -357,7 +344,6 @@ CODES: dict[str, Code] = {
             "The action takes no argument but has one, needs one but has none, or has one "
             "of the wrong form (a number where a name is needed, say).",
             "where x -> freeze 1",
-            "write the action as its example in the help line shows.",
             message="`{name}` takes no argument",
             help="write `-> {name}` alone; separate further actions with `,`",
             needs=("`{name}` needs an argument", "e.g. `{example}`"),
@@ -397,8 +383,7 @@ CODES: dict[str, Code] = {
             "too many positional arguments",
             "A call passes more positional arguments than its callee takes.",
             "where x -> init normal(0.1, 0.2)",
-            "name the arguments.",
-            message="`{name}` takes {len_params} positional argument{value}, not {len_positional}",
+            message="`{name}` takes {len_params} positional argument{s}, not {len_positional}",
             help="name the arguments: {names}",
         ),
         _c(
@@ -416,7 +401,6 @@ CODES: dict[str, Code] = {
             "A `package.module:function` constructor is imported only from packages the user "
             "allows, so that a spec never runs code of its own choosing.",
             "model mypkg.models:make(width=3)",
-            "pass `--allow mypkg` (Python: `allow=['mypkg']`) if you trust the package.",
             message="constructor module `{module}` is not allowed",
             help='eqxform imports no module named in a spec or model file unless you allow it: pass `--allow {top}` (Python: `allow=["{top}"]`) if you trust it',
         ),
@@ -425,7 +409,6 @@ CODES: dict[str, Code] = {
             "reserved name",
             "A `let` name is a match property, constant, function, dtype or `jax.nn` function.",
             "let shape = 3",
-            "choose another name.",
             message="`{name}` is a reserved name",
             help="choose another name for this `let`",
         ),
@@ -434,7 +417,6 @@ CODES: dict[str, Code] = {
             "`key` given",
             "eqxform supplies every constructor's `key`, derived from the seed.",
             "where layers[-1] -> replace Linear(8, 2, key=0)",
-            "remove `key=`.",
             message="`key` is supplied by eqxform",
             help="remove it: each rule draws from a key derived from the seed",
         ),
@@ -444,7 +426,6 @@ CODES: dict[str, Code] = {
             "The word is reserved for a feature this version of eqxform does not have. "
             "(`shard` was, until sharding on a device mesh arrived.)",
             "",
-            "remove the line, or use a version that supports it.",
             message="`{word}` is not supported by this version of eqxform",
             help="{feature}; remove this line for now",
         ),
@@ -474,7 +455,6 @@ CODES: dict[str, Code] = {
             "optimiser group without an optimiser",
             "`lr` and `weight_decay` shape the spec's optimiser, and the spec has none.",
             "where **.bias -> lr 0.1",
-            "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
             message="`{name}` needs an `optimizer` directive",
             help="add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
         ),
@@ -483,7 +463,6 @@ CODES: dict[str, Code] = {
             "unknown optimiser",
             "`optimizer` names no optax optimiser eqxform knows.",
             "optimizer adamm(learning_rate=1e-3)",
-            "use one of the optimisers the help line lists.",
             message="unknown optimiser `{name}`",
             help="optimisers are {names}",
         ),
@@ -492,7 +471,6 @@ CODES: dict[str, Code] = {
             "unknown wrapper",
             "`wrap` names no built-in or registered wrapper.",
             "where Linear.weight -> wrap symetric",
-            "check the spelling, or register yours with `eqxform.register_wrapper`.",
             message="unknown wrapper `{name}`",
             help="wrappers are {names}; add your own with `eqxform.register_wrapper`",
         ),
@@ -507,11 +485,6 @@ CODES: dict[str, Code] = {
             "nothing else there), so a factory module beside the model file needs no "
             "`PYTHONPATH`.",
             "model mypkg.modls:make()",
-            "make the module importable: install its package in the environment "
-            "(`pip install -e FOLDER` for your own source), or put the folder that holds the "
-            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, or run `eqxform` in that "
-            "folder; `sys.path.insert(0, FOLDER)` in Python); check the module path and the "
-            "function's name.",
             message="module `{module}` has no `{attr}`",
             help="{hint}check the function's name in `{module}`",
             no_module=(
@@ -544,7 +517,7 @@ CODES: dict[str, Code] = {
             "input float[3, 224, 224]",
             "write e.g. `input f32[3,224,224]`; give one line per positional argument.",
             message="unknown input dtype `{dtype}`",
-            dimensions_are=(
+            dimension=(
                 "an input's dimensions are whole numbers, not `{d}`",
                 "e.g. `input f32[3,224,224]`",
             ),
@@ -556,7 +529,6 @@ CODES: dict[str, Code] = {
             "module built pre-stacked, whose arrays carry a leading layer axis of the layer "
             "types Equinox knows, is taken as it is, with no count.)",
             "stack mlps scan",
-            "write the count: `stack mlps scan 10`.",
             message="`{text}` is a single `{name}`: say how many copies",
             help="e.g. `stack {text2} {mode} 10` makes 10 independently initialised copies",
         ),
@@ -569,7 +541,7 @@ CODES: dict[str, Code] = {
             "select the sequence of layers itself, e.g. `stack blocks scan` or "
             "`stack blocks[2:6] scan`.",
             message="`stack` needs a list, tuple or `Sequential` of modules, or one module with a count; `{text}` is a `{name}`",
-            matches_nodes=(
+            nodes=(
                 "`{text}` matches {len_nodes} nodes that are not a run of one list: {listing}",
                 "stack a whole list, tuple or `Sequential`, or a slice of one, e.g. `blocks[2:6]`",
             ),
@@ -580,7 +552,6 @@ CODES: dict[str, Code] = {
             "The count on a `stack` line differs from the number of layers it found (for a "
             "module built pre-stacked: the length of its layer axis).",
             "stack blocks scan 7",
-            "write the number found, or leave the count out.",
             message="`{text}` already holds {layers} layers (its arrays carry a leading layer axis of {layers}), but the spec says {count}",
             help="write `stack {text2} {mode}` to take its {layers} layers as they are; `stack {text2} {mode} {count} copies` makes {count} copies of the whole {layers}-layer stack",
             stack_found=(
@@ -593,7 +564,6 @@ CODES: dict[str, Code] = {
             "layers differ",
             "Only layers of one structure, shapes and dtypes stack into one array each.",
             "stack blocks scan  # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
-            "stack a slice of the identical layers, e.g. `stack blocks[1:] scan`.",
             message="the members of `{text}` differ: {problem}",
             help="only modules of the same structure and shapes stack; stack a slice of the identical ones, e.g. `blocks[1:-1]`",
         ),
@@ -602,7 +572,6 @@ CODES: dict[str, Code] = {
             "bad ensemble count",
             "`ensemble N` takes a whole number of members of at least 1.",
             "ensemble 0",
-            "give a whole number >= 1.",
             message="`ensemble` needs a whole number of members >= 1, not `{value}`",
             help="e.g. `ensemble 8`",
         ),
@@ -612,7 +581,6 @@ CODES: dict[str, Code] = {
             "A `stack` line says how to call the layers: `scan` (one after another) or `vmap` "
             "(side by side).",
             "stack blocks sacn",
-            "write `scan` or `vmap`.",
             message="unknown stack mode `{mode}`",
             help="{hint} `scan` runs the layers one after another, `vmap` side by side",
         ),
@@ -622,7 +590,6 @@ CODES: dict[str, Code] = {
             "A `stack` line takes a count, `remat`, `unroll K`, `layerwise`, `copies` and "
             "`over AXIS`.",
             "stack blocks scan unrol 2",
-            "use the options as written in the help line.",
             message="`{name}` takes no number",
             help="write `{name}` alone",
             unroll_needs=("`unroll` needs a whole number >= 1", "e.g. `unroll 2`"),
@@ -637,7 +604,6 @@ CODES: dict[str, Code] = {
             "A selector picks some layers of a stacked array, and the action can only act on "
             "whole arrays (only `init` and `scale` act per layer).",
             "stack blocks scan\nwhere blocks[1:3] -> cast bfloat16",
-            "select the whole stack, or `unstack` it first.",
             message="`{name}` cannot act on some layers of a stack: `{text}` picks layers {listing} of `{text2}`",
             help="select the whole stack, or `unstack` it first",
         ),
@@ -647,7 +613,6 @@ CODES: dict[str, Code] = {
             "A stacked or ensembled module holds every layer's arrays in one; one layer "
             "cannot be swapped for another module.",
             "stack blocks scan\nwhere blocks[2] -> replace Linear(8, 8)",
-            "replace before the `stack`/`ensemble` line, or `unstack` first.",
             message="`replace` cannot act inside a stack or an ensemble (`{text}`)",
             help="replace before the `stack`/`ensemble` line, or `unstack` first",
         ),
@@ -657,7 +622,6 @@ CODES: dict[str, Code] = {
             "`weight_norm` takes its norm over one layer's axes and cannot tell a layer axis "
             "from them.",
             "stack blocks scan\nwhere Linear.weight -> wrap weight_norm",
-            "wrap before the `stack`/`ensemble` line.",
             message="`weight_norm` takes its norm over one layer's axes and cannot wrap the stacked `{text}`",
             help="wrap before the `stack`/`ensemble` line",
         ),
@@ -666,7 +630,6 @@ CODES: dict[str, Code] = {
             "stack inside a stack or an ensemble",
             "What `stack` selects is already inside a stack or an ensemble.",
             "ensemble 4\nstack layers scan",
-            "stack before the `ensemble` line, or `unstack` first.",
             message="`{text}` is inside a stack or an ensemble already",
             help="stack the layers before making the ensemble, or `unstack` first",
         ),
@@ -675,7 +638,6 @@ CODES: dict[str, Code] = {
             "ensemble of an ensemble",
             "A spec makes one ensemble; the model already is one.",
             "ensemble 4  # applied to an ensemble",
-            "take a member first (`Ensemble.member(i)`), or ensemble once.",
             message="the model is an ensemble already",
             help="a spec makes one ensemble; take a member with `Ensemble.member(i)` first",
         ),
@@ -703,7 +665,6 @@ CODES: dict[str, Code] = {
             "action (`lora(rank=8, alpha=16)`); each may be an expression of the match. "
             "Without parentheses they take their defaults (`lora`: rank 8, alpha 8, as PEFT).",
             "where Linear -> lora 8",
-            "write `lora(rank=8, alpha=16)` or `ia3(feedforward=true)`.",
             message="`{name}` takes keyword arguments in parentheses",
             help="write `{example}`",
         ),
@@ -735,7 +696,6 @@ CODES: dict[str, Code] = {
             "or a number that is not finite (`exp(1000)`, `1e308 * 10`). The power is refused "
             "before it is computed: `9**9**9` would run for hours.",
             "let x = 9 ** 9 ** 9",
-            "check the expression; no size, count or seed needs such a number.",
             message="this number is too large (more than {max_int_bits} bits)",
             help="no size, count or seed needs it; check the exponent",
             gives_finite=(
@@ -749,7 +709,6 @@ CODES: dict[str, Code] = {
             "An expression would build a string or a list of more than 10,000 elements "
             "(`_limits.MAX_SEQUENCE_LENGTH`); it is refused before it is built.",
             'let x = "a" * 10 ** 10',
-            "a spec's strings and lists are short; check the repetition count.",
             message="this string or list would have more than {max_sequence_length:,} elements",
             help="a spec's strings and lists are short: constructor arguments, shapes",
         ),
@@ -762,7 +721,6 @@ CODES: dict[str, Code] = {
             "model; one that reads the match (`1/sqrt(fan_in)`) is checked per match by `plan` "
             "and `apply`, at the argument's span, naming the match.",
             'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
-            "give the argument a value of the type the help line names.",
             message="{what} must be {expected_kind}, not {describe_value_value}{at}",
             help="e.g. {example_kind}",
         ),
@@ -773,7 +731,6 @@ CODES: dict[str, Code] = {
             "than the matched array's dtype can hold (`scale 1e300` on a float32 weight); JAX "
             "would silently make it infinite.",
             "where Linear.weight -> scale 1e300",
-            "use a smaller number, or `cast` the array to a wider dtype first.",
             message="{what} is `{value:g}`, beyond the range of {name} (`{limit:g}`) at `{text}`",
             help="use a smaller number, or `cast float64` first",
         ),
@@ -784,7 +741,6 @@ CODES: dict[str, Code] = {
             "beyond 1,000,000 (`_limits.MAX_COUNT`). Smaller counts that do not fit in memory "
             "are caught by the memory budget (E158).",
             "ensemble 1000000000",
-            "use a realistic count, e.g. `ensemble 8`.",
             message="`ensemble {value:,}` is beyond the limit of {max_count:,} members",
             help="an ensemble's members are held in memory side by side; e.g. `ensemble 8`",
             stack_layers=(
@@ -815,10 +771,9 @@ CODES: dict[str, Code] = {
             "2**31 - 1, or larger than the memory budget: eqxform draws random inputs of that "
             "shape to check a `stack`.",
             "input f32[99999999999]",
-            "declare the model's real input shape.",
             message="the input `{describe}` is too large",
             help="an array's dimensions stop at {max_dimension:,}",
-            input_too=(
+            budget=(
                 "the input `{describe}` is too large",
                 "eqxform draws the input to check the model ({format_bytes_value} at most), beyond the memory budget of {format_bytes_budget} (`{max_bytes_env}`)",
             ),
@@ -833,8 +788,6 @@ CODES: dict[str, Code] = {
             "allocates). The budget is half the machine's memory by default; the environment "
             "variable `EQXFORM_MAX_BYTES` sets it (`64G`, `512M`, or `none` for no check).",
             'eqxform new "MLP(in_size=2, out_size=2, width_size=100000, depth=2)" -o m.eqx',
-            "make the model smaller, or raise the budget with `EQXFORM_MAX_BYTES` if the "
-            "machine has the memory.",
             message="{what} would hold {format_bytes_size} of arrays, more than the memory budget of {format_bytes_budget}",
             help="make it smaller; if the machine has the memory, raise the budget with `{max_bytes_env}` (e.g. `{max_bytes_env}=256G`, or `none`)",
         ),
@@ -848,8 +801,6 @@ CODES: dict[str, Code] = {
             "fails at about a thousand levels less the frames of the code that calls it. The "
             "model is measured when it enters, before JAX sees it.",
             "model mypkg.models:chain(depth=1000)  # each block inside the last",
-            "keep repeated layers side by side in one list (or `stack` them) rather than each "
-            "inside the last.",
             message="{what} nests more than {limit} levels deep (modules, lists, tuples and dicts inside each other)",
             help="JAX flattens a model recursively and stops at Python's recursion limit: keep repeated layers side by side in one list (or stack them) rather than each inside the last",
         ),
@@ -860,20 +811,18 @@ CODES: dict[str, Code] = {
             "pattern that cannot be read: a `{` that opens no capture, a path with a space, an "
             "index that is not a number or a capture.",
             'map "blocks.{i.attn.qkv.weight" -> "blocks[{i}].attn.qkv.weight"',
-            "write captures as `{name}` (`{name-1}`, `{name+1}` to shift them), model paths as "
-            "`eqxform show` prints them (`blocks[{i}].attn.qkv.weight`).",
             message="`weights` names no file",
             help='e.g. `weights "resnet18.safetensors"`',
             checkpoint_tensor=(
-                "`{value}` is no checkpoint tensor name: {e}",
+                "`{value}` is no checkpoint tensor name: {error}",
                 'a tensor name as the checkpoint spells it, with captures such as `{{i}}`: `"blocks.{{i}}.attn.qkv.weight"`',
             ),
             model_path=(
-                "`{value}` is no model path: {e}",
+                "`{value}` is no model path: {error}",
                 'a path as `eqxform show` prints it: `"blocks[{{i}}].attn.qkv.weight"`',
             ),
             pattern=(
-                "`{value}` is no pattern: {e}",
+                "`{value}` is no pattern: {error}",
                 '`*` matches within one dotted part, `**` anything: `"**.num_batches_tracked"`',
             ),
         ),
@@ -883,7 +832,6 @@ CODES: dict[str, Code] = {
             "A `map` line either fuses several checkpoint tensors into one array or splits one "
             "tensor into several arrays; several on both sides has no one meaning.",
             'map "q.weight", "k.weight" -> "a.weight", "b.weight"',
-            "write one `map` per pair.",
             message="{len_sources} tensors map onto {len_targets} arrays",
             help="a `map` fuses several tensors into one array, or splits one tensor into several; write one line per pair otherwise",
         ),
@@ -893,7 +841,6 @@ CODES: dict[str, Code] = {
             "Each tensor a `map` reads names one model array and back, so every pattern of the "
             "line has the same captures.",
             'map "layer{a}.{b}.conv1.weight" -> "layers[{a-1}].conv1.weight"',
-            "use every capture on both sides: `layers[{a-1}][{b}].conv1.weight`.",
             message="`{value}` lacks the capture{value2}{listing}",
             help="every name and path of a `map` has the same captures, so that each tensor names one array and each array one tensor; {listing2}",
         ),
@@ -903,7 +850,6 @@ CODES: dict[str, Code] = {
             "After `with`, a `map` takes `transpose [AXES]`, `reshape [SHAPE]`, `cast` and "
             "`axis N` (where several tensors fuse or one splits), each once.",
             'map "head.weight" -> "head.weight" with transpose [1, 1]',
-            "see docs/weights.md for each action and its argument.",
             message="unknown `map` action `{name}`",
             help="{value}a `map` takes {listing}",
             given_twice=("`{name}` is given twice", "keep one"),
@@ -941,7 +887,6 @@ CODES: dict[str, Code] = {
             "The spec places arrays on mesh axes (`shard`, `over`), but neither the spec (`mesh`) "
             "nor the command line (`--mesh`) gives a device mesh.",
             "where Linear.weight -> shard (none, model)",
-            "add `mesh data=2 model=4` (your axes and sizes), or pass `--mesh data=2,model=4`.",
             message="mesh axis `{name}` is named, but the spec has no `mesh`",
             help="add the device mesh, e.g. `mesh data=2 model=4`, or give one with `--mesh`",
         ),
@@ -951,7 +896,6 @@ CODES: dict[str, Code] = {
             "A mesh axis's size is a whole number of devices, at least 1, or `-1` for the "
             "devices left over by the other axes (at most one axis may say `-1`).",
             "mesh data=0 model=4",
-            "give every axis a size >= 1, and `-1` to one axis at most.",
             message="mesh axis `{name}` needs a size of at least 1 (or -1), not {size}",
             help="e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
             only_one=(
@@ -965,7 +909,6 @@ CODES: dict[str, Code] = {
             "Each axis of a mesh has its own name; a name given twice leaves it unclear which "
             "size it has.",
             "mesh data=2 data=4",
-            "rename or remove one of them.",
             message="mesh axis `{name}` is given twice",
             help="give each axis of the mesh its own name",
         ),
@@ -983,7 +926,7 @@ CODES: dict[str, Code] = {
                 "`{text}` is no dimension of a partition spec",
                 "each dimension is a mesh axis, `none`, or a tuple of mesh axes; {example}",
             ),
-            tuple_b=(
+            tuple=(
                 "a tuple `(a, b)` is only a `shard` spec",
                 "write a list `[a, b]` for a value",
             ),
@@ -994,8 +937,6 @@ CODES: dict[str, Code] = {
             "The mesh needs more devices than JAX sees (across every process of the run), or "
             "`-1` cannot divide the devices evenly.",
             "mesh data=4 model=4  # on 8 devices",
-            "use a smaller mesh; on the CPU, simulate devices with "
-            "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
             message="{where} needs {fixed}{value} devices, and there are {count}",
             help="use a mesh of at most {count} devices{value2}",
         ),
@@ -1005,11 +946,10 @@ CODES: dict[str, Code] = {
             "A selector matches no node of the model (or none passes the rule's `if` filter). "
             "By default that is an error, so that a misspelt selector never passes silently.",
             "where layrs[-1] -> init zeros",
-            "use the path the help line suggests; `eqxform show MODEL` lists every path.",
             message="`{text}` matches nothing in the model",
             help="{value}(`eqxform show MODEL` lists every path)",
-            node_but=(
-                "`{text}` matches {len_candidates} node{value}, but none passes the `if` filter",
+            filtered=(
+                "`{text}` matches {len_candidates} node{s}, but none passes the `if` filter",
                 "e.g. {listing}",
             ),
         ),
@@ -1018,8 +958,7 @@ CODES: dict[str, Code] = {
             "wrong number of matches",
             "A rule's `expect N` says how many nodes it must match, and it matches another number.",
             "where Linear.weight expect 3 -> init zeros  # the model has 4",
-            "fix the selector or the count; the help line lists what matched.",
-            message="`{text}` matches {len_found} node{value}, not {describe}",
+            message="`{text}` matches {len_found} node{s}, not {describe}",
             help="matched: {listing}{value2}",
         ),
         _c(
@@ -1029,11 +968,9 @@ CODES: dict[str, Code] = {
             "arrays are needed, a vector where an initialiser with fans needs a weight of two "
             "or more dimensions, or a module that is no stack for `unstack`.",
             "where activation -> init zeros",
-            "narrow the selector to the arrays or modules the action is for (e.g. "
-            "`Linear.weight`).",
             message="`{action}` needs arrays, but `{text}` is {describe_kind_obj}",
             help="select arrays (e.g. `Linear.weight`) or the modules that hold them",
-            weight_2=(
+            weight=(
                 "`{name}` needs a weight of 2 or more dimensions, but `{text}` has shape {tuple_shape}",
                 "select weights only (e.g. `Linear.weight`), or use an initialiser without fans such as `zeros` or `normal(stddev=0.01)`",
             ),
@@ -1053,19 +990,19 @@ CODES: dict[str, Code] = {
             message="cannot apply `%` to a string",
             tuple_only=("a tuple is only a `shard` spec", "write a list `[a, b]` for a value"),
             needs_number=("`{op}` needs a number, not {kind_value}", None),
-            division_by=("division by zero", None),
+            division_by_zero=("division by zero", None),
             cannot_apply=("cannot apply `{op}` to {kind_left} and {kind_right}", None),
             gives_complex=("`{op}` gives a complex number here", "the base must not be negative"),
-            index=("cannot index {kind_value}", None),
+            not_indexable=("cannot index {kind_value}", None),
             index_integer=("an index must be an integer, not {kind_index}", None),
-            index_out=(
+            out_of_range=(
                 "index {index} is out of range for {kind_value} of length {len_value}",
                 "check `ndim` first, e.g. `if ndim == 2 and shape[0] == shape[1]`",
             ),
             takes_keyword=("`{callee}` takes no keyword arguments", None),
             takes_argument=("`{callee}` takes {arity} argument, not {len_args}", None),
             unknown_function=("unknown function `{callee}`", None),
-            evaluate_this=("cannot evaluate this expression", None),
+            unevaluable=("cannot evaluate this expression", None),
             unknown_name=("unknown name `{id}`", None),
             failed=("{error}", None),
         ),
@@ -1074,7 +1011,6 @@ CODES: dict[str, Code] = {
             "building failed",
             "A constructor or wrapper refused the arguments it was given; its own message follows.",
             'where layers[-1] -> replace Linear(in_features=8, out_features="x")',
-            "pass the arguments the constructor or wrapper expects.",
             message="`{callee}(...)` failed: {message}",
             help="check the arguments against the constructor's documentation",
             wrap_at=("`wrap {name}` failed at `{text}`: {splitlines}", None),
@@ -1085,7 +1021,6 @@ CODES: dict[str, Code] = {
             "Two classes of the model share the short name a selector uses (a library's "
             "`BatchNorm` beside `equinox.nn.BatchNorm`, say).",
             "where BatchNorm -> freeze",
-            "qualify the name with its package or module: `where equinox:BatchNorm -> freeze`.",
             message="`{name}` names {len_found} classes of the model: {listing}",
             help="write the one you mean with its module, e.g. `{names}`",
         ),
@@ -1096,7 +1031,6 @@ CODES: dict[str, Code] = {
             "pass under `eval_shape` after the rules; it fails after this rule (the first "
             "after which it does).",
             "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)  # the layer before gives 8",
-            "make the rule keep the shapes the model needs (a new head's `in_features`, say).",
             message="after this rule the model fails on its declared input: {message}",
             help="fix the rule so that the model still takes its input (a new head's "
             "`in_features`, say)",
@@ -1106,7 +1040,6 @@ CODES: dict[str, Code] = {
             "`init` on integer arrays",
             "Initialisers draw floating-point numbers.",
             "where ** -> init normal  # the model holds an int32 counter",
-            'narrow the selector, e.g. `if dtype == "float32"`.',
             message="`init` draws floating-point numbers, but `{text}` is {name}",
             help='narrow the selector, e.g. with `if dtype == "float32"`',
         ),
@@ -1124,8 +1057,6 @@ CODES: dict[str, Code] = {
             "the model does not take its declared input",
             "The forward pass fails on the `input` lines before any rule runs.",
             "input f32[3]  # for an MLP(in_size=4, ...)",
-            "declare one `input` line per positional argument, with the shapes and dtypes "
-            "the model takes (a stateful model gets its state after them).",
             message="the model does not accept its declared input: {message}",
             help="check the `input` lines: one per positional argument, in order, with the "
             "model's shapes and dtypes",
@@ -1147,9 +1078,7 @@ CODES: dict[str, Code] = {
             "initialisation) and copy the rest: raw arrays of the model's own classes (a "
             "class token, a positional embedding) are the same in every copy.",
             "ensemble 4  # of a model with a raw `cls_token` array",
-            "draw them per copy with an `init` rule below the line, e.g. "
-            "`where cls_token -> init normal(stddev=0.02)`.",
-            message="{what} share {len_copied} array{value} that no default initialisation draws: {listing}{value2}",
+            message="{what} share {len_copied} array{s} that no default initialisation draws: {listing}{value2}",
             help="draw them per copy with a rule below this line, e.g. `where {first} -> init normal(stddev=0.02)`",
         ),
         _c(
@@ -1176,8 +1105,6 @@ CODES: dict[str, Code] = {
             "usually the rules are in the wrong order.",
             "where Linear.weight -> init he_normal\n"
             "where layers[-1]    -> replace Linear(in_features=64, out_features=10)",
-            "put the `replace` above the `init`, so that the new module is drawn too; or "
-            "narrow the `init`'s selector to the modules that stay.",
             message="`init` draws {count_n} that the `replace` on {lines_lines} then discards",
             help="move the `replace` above this rule, so that the new module is drawn by this `init` too, or narrow the selector",
         ),
@@ -1188,7 +1115,6 @@ CODES: dict[str, Code] = {
             "optimiser eqxform builds never updates a frozen array, so the rule changes "
             "nothing.",
             "where layers[0]        -> freeze\nwhere layers[0].weight -> lr 0.1",
-            "remove the rule, or narrow the `freeze` so that these parameters train.",
             message="`{name}` on frozen parameters: every array this rule matches ({count_len_leaves}) is frozen, so the optimiser never updates it",
             help="remove the `{name}`, or narrow the `freeze` rule above to leave these parameters trainable",
         ),
@@ -1198,7 +1124,6 @@ CODES: dict[str, Code] = {
             "No expression of the spec reads this `let` name: the line is dead, or a rule "
             "meant to use it under another name. The check needs no model.",
             "let width = 64\nwhere layers[-1] -> replace Linear(in_features=64, out_features=2)",
-            "use the name (`in_features=width`), or remove the `let`.",
             message="`let {name}` is never used",
             help="remove it, or use `{name}` in a rule{outside}",
         ),
@@ -1209,8 +1134,6 @@ CODES: dict[str, Code] = {
             "a layer axis (built with `eqx.filter_vmap`, as esm2quinox's layers are): the "
             "model gets N times that many layers and parameters.",
             "stack layers scan 4 copies  # where layers holds 4 layers already",
-            "leave out the count and `copies` to take the module's own layers as a stack: "
-            "`stack layers scan`.",
             message="`{text}` already holds {layers} layers; {count} copies of it hold {value} ({params:,} -> {value2:,} parameters)",
             help="to take its {layers} layers as they are, write `stack {text2} {mode}` without `copies`",
         ),
@@ -1222,7 +1145,6 @@ CODES: dict[str, Code] = {
             "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
             "selector matched something else: a bias, a convolution, a container.",
             "where layers[0] -> lora(rank=4)  # layers[0] is a Conv2d",
-            "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
             message="`{name}` adapts a `Linear` or a 2-D weight, but `{text}` {why}",
             help="select `Linear` modules or their weights, e.g. `where Linear -> {name}` or `where **.qkv.weight -> {name}`",
         ),
@@ -1233,7 +1155,6 @@ CODES: dict[str, Code] = {
             "depend on the match (`rank=16 if fan_in >= 1024 else 8`); it gave something else "
             "at the module named.",
             "where Linear -> lora(rank=fan_in / 64)",
-            "give a whole number, e.g. `rank=max(1, fan_in // 64)`.",
             message="`lora` needs a whole rank of at least 1, but `rank` is `{rank}` at `{text}`",
             help="e.g. `lora(rank=8, alpha=16)`",
         ),
@@ -1242,7 +1163,6 @@ CODES: dict[str, Code] = {
             "bad LoRA alpha",
             "`alpha` sets the scale `alpha / rank` of the adapter's output; it must be a number.",
             'where Linear -> lora(rank=8, alpha="16")',
-            "give a number, e.g. `alpha=16`.",
             message="`lora` needs a number for `alpha`, but it is `{alpha}` at `{text}`",
             help="e.g. `lora(rank=8, alpha=16)`",
         ),
@@ -1252,7 +1172,6 @@ CODES: dict[str, Code] = {
             "The matched module (or weight) carries an adapter already; one adapter per "
             "module keeps the base, the factors and `merge` unambiguous.",
             "where Linear -> lora(rank=8)\nwhere Linear -> lora(rank=4)",
-            "select each module once, or `merge` the first adapter before adding another.",
             message="`{text}` has an adapter already",
             help="one adapter per module: `merge` the first one before adding another",
         ),
@@ -1262,8 +1181,6 @@ CODES: dict[str, Code] = {
             "`merge` bakes the adapters at or under the matched nodes into their base "
             "weights; it found none there.",
             "where layers[-1] -> merge  # no adapter in the last layer",
-            "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
-            "`where ** -> merge`.",
             message="`merge`: `{text}` holds no adapter",
             help="merge where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge`",
         ),
@@ -1273,7 +1190,6 @@ CODES: dict[str, Code] = {
             "`ia3(feedforward=true)` scales a `Linear`'s input (PEFT's feed-forward layers), "
             "`false` its output; it must be a boolean.",
             "where Linear -> ia3(feedforward=1)",
-            "write `true` or `false`.",
             message="`ia3` needs `true` or `false` for `feedforward`, not `{feedforward}`",
             help="`ia3(feedforward=true)` scales the input, as for feed-forward layers",
         ),
@@ -1285,9 +1201,7 @@ CODES: dict[str, Code] = {
             "another number of dimensions. The leading axes of stacks and ensembles are added "
             "for you (unsplit, or on their `over` axis).",
             "where Linear -> shard (model, none)  # the bias has one dimension",
-            "write one entry per dimension, or narrow the selector (`Linear.weight`, "
-            "`if ndim == 2`).",
-            message="`shard {text}` gives {len_dims} dimension{value}, but `{text2}` has {layer_rank} in one layer (shape {list_shape})",
+            message="`shard {text}` gives {len_dims} dimension{s}, but `{text2}` has {layer_rank} in one layer (shape {list_shape})",
             help="write one entry per dimension of one layer, `none` for those not split{value2}, or narrow the selector (e.g. `if ndim == 2`)",
         ),
         _c(
@@ -1296,7 +1210,6 @@ CODES: dict[str, Code] = {
             "An array's dimension is split over mesh axes whose sizes (multiplied) do not "
             "divide it, so the shards would differ in size.",
             "mesh model=4\nwhere layers[0].weight -> shard (none, model)  # in_features=6",
-            "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
             message="dimension {axis} of `{text}`{kind} has size {size}, which {named} does not divide",
             help="split a dimension whose size the mesh axes divide, change the mesh, or leave it `none`",
         ),
@@ -1306,7 +1219,6 @@ CODES: dict[str, Code] = {
             "A mesh axis splits at most one dimension of an array; the spec (with the `over` axis "
             "of a stack or ensemble around the array) uses one twice.",
             "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
-            "use each mesh axis once per array.",
             message="mesh axis `{id}` splits two dimensions",
             help="use each mesh axis once per array",
             mesh_axis=(
@@ -1324,8 +1236,6 @@ CODES: dict[str, Code] = {
             "`apply` report it at the `stack` line; without them, the stacked model's first "
             "call raises it.",
             "stack model.layers scan  # where each layer returns (x, cache)",
-            "add `layerwise` to the `stack` line (the parent's own loop then calls each "
-            "layer in turn), or leave the layers unstacked.",
             message="the stacked layers change what they pass on: a layer takes {takes} and "
             "returns {returns}",
             help="a `scan` stack feeds each layer's output to the next, so a layer must return "
@@ -1341,8 +1251,6 @@ CODES: dict[str, Code] = {
             "Without `input` lines a spec applies to the model alone, and a stacked model "
             "still takes the state made for the model before it.",
             "input f32[3, 224, 224]\nstack layer1 scan  # applied to `model`, not `(model, state)`",
-            "apply the spec to the pair that `eqx.nn.make_with_state` returns: "
-            "`model, state = program.apply((model, state))`.",
             message="the model holds state (an `eqx.nn.State`, as its BatchNorm layers keep) but "
             "was given without it, so its forward pass on the declared input cannot run",
             help="apply the spec to the model and its state together, as "
@@ -1363,9 +1271,7 @@ CODES: dict[str, Code] = {
             "The `map` line names, for a model array it matches, a tensor the checkpoint does not "
             "hold (a typo in the name, a layer the checkpoint lacks).",
             'map "layer{a}.{b}.conv1.weigth" -> "layers[{a-1}][{b}].conv1.weight"',
-            "fix the name (the help line shows the nearest the checkpoint holds), or `keep` the "
-            "array's own values.",
-            message="the checkpoint has no {listing_missing} ({len_missing} tensor{value} this `map` needs{value2}",
+            message="the checkpoint has no {listing_missing} ({len_missing} tensor{s} this `map` needs{value2}",
             help="{value3}fix the name, or `keep` the model arrays they would fill",
         ),
         _c(
@@ -1374,7 +1280,6 @@ CODES: dict[str, Code] = {
             "A checkpoint tensor matches the `map` line, but the model has no array at the path "
             "it names (a typo in the path, a layer the model lacks).",
             'map "blocks.{i}.norm1.weight" -> "blocks[{i}].norm.weight"',
-            "fix the path (the help line shows the nearest the model has), or `skip` the tensor.",
             message="the model has no {listing_missing} (named by this `map` for tensors the checkpoint holds)",
             help="{value}fix the path (see `eqxform show` of the model), or `skip` the tensors",
         ),
@@ -1385,7 +1290,7 @@ CODES: dict[str, Code] = {
             "shape differs from the model array's (or the slice of it a capture names).",
             'map "head.weight" -> "head.weight"  # (1000, 768) into (768, 1000)',
             "add `with transpose` or `with reshape`, or map the tensor onto the right array.",
-            message="{len_bad_shapes} shape{value} do not fit: {bad_shapes}",
+            message="{len_bad_shapes} shape{s} do not fit: {bad_shapes}",
             model_adapter=(
                 "`{name}` is {list_shape}, the model's adapter {list_shape2}",
                 "apply `lora(rank={r}, alpha={number_alpha})` as the adapter was trained",
@@ -1397,7 +1302,6 @@ CODES: dict[str, Code] = {
             "A tensor stored as one dtype would fill an array of another; eqxform converts only "
             "when asked, so that no precision is lost unseen.",
             'map "**" ... # float16 tensors into a float32 model',
-            "add `with cast`, or cast the model to the checkpoint's dtype first.",
             message="dtypes differ: {bad_dtype}{value}",
             help="add `with cast` to convert to the model's dtype",
         ),
@@ -1407,7 +1311,6 @@ CODES: dict[str, Code] = {
             "Every tensor of the checkpoint is read by a `map` or left out by a `skip`, so that "
             "a tensor forgotten by mistake is never silently dropped.",
             "map ...   # the checkpoint also holds `fc.weight`",
-            'map the tensors, or `skip` them (`skip "fc.*"`).',
             message="{len_unused} checkpoint tensor{value} read by no `map`: {listing_unused}",
             help='{value2}`map` them, or `skip "{unused}"`',
             peft_adapter=(
@@ -1421,7 +1324,6 @@ CODES: dict[str, Code] = {
             "Every array of the model is filled by a `map` or kept by a `keep`, so that an array "
             "left at its random initial value is never mistaken for a loaded one.",
             "map ...   # nothing fills `head.weight`",
-            'map a tensor onto it, or `keep` it (`keep "head.*"`).',
             message="{len_unfilled} model array{value} filled by no `map`: {listing_unfilled}",
             help='{value2}map a tensor onto them, or `keep "{unfilled}"`',
         ),
@@ -1431,7 +1333,6 @@ CODES: dict[str, Code] = {
             "Two `map` lines (or one, through overlapping captures) fill the same array or the "
             "same slice of a stacked array.",
             'map "a.weight" -> "fc.weight"\nmap "b.weight" -> "fc.weight"',
-            "fill each array once; `skip` the tensor that should not be read.",
             message="{listing_value} {value} filled twice",
             help="line {first} fills {value2} already; fill each array once{value3}",
         ),
@@ -1451,8 +1352,6 @@ CODES: dict[str, Code] = {
             "Writing weights back runs each `map` in reverse; a `reshape` without the original "
             "shapes cannot be undone, nor can a `cast` know the dtype to return to.",
             "eqxform export spec.eqx model.eqx -o out.safetensors   # the spec has `reshape`",
-            "give the original checkpoint (`weights` in the spec, or `--weights PATH`): its header "
-            "alone supplies the shapes and dtypes.",
             message="`{value}` cannot be undone without the original checkpoint's header",
             help="give the original checkpoint (`weights` in the spec, `--weights PATH`, `reference=` in Python)",
         ),
@@ -1464,10 +1363,9 @@ CODES: dict[str, Code] = {
             "map the base weight as it is (no `transpose`, `reshape`, fuse or split), to a name "
             "ending in `.weight`; or the model has no adapters at all.",
             "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
-            "map the adapted modules' weights, or put the adapters on modules that map as they are.",
             message="no `map` line names the base weight of the adapter at `{path}`",
             help="PEFT names an adapter by its base module's name in the checkpoint: map `{path}` to it",
-            has_that=(
+            unnamed=(
                 "the adapter at `{path}` has a base (`{name}`) that PEFT cannot name: {value}",
                 "put adapters on modules whose weight maps as it is",
             ),
@@ -1481,7 +1379,6 @@ CODES: dict[str, Code] = {
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",
             "eqxform show missing.eqx",
-            "check the path and its permissions.",
             message="checkpoint `{path}` does not exist",
             help="check the path (a relative one is taken from the working directory)",
             directory_model=(
@@ -1497,33 +1394,32 @@ CODES: dict[str, Code] = {
                 "cannot read `{path}`: permission denied",
                 "check the path and its permissions",
             ),
-            cannot_read2=("cannot read `{path}`: {value}", "check the path and its permissions"),
+            os_error=("cannot read `{path}`: {error}", "check the path and its permissions"),
         ),
         _c(
             "E302",
             "not a valid model file",
             "The file is not a safetensors file, or its header, metadata or recipe is malformed.",
             "eqxform show spec.eqx",
-            "pass a file written by eqxform (or another safetensors writer), copied whole.",
             message="`{path}` is not a readable `.npz` checkpoint: {str_e}",
             help="write it with `numpy.savez(path, **state_dict)`",
-            its_json=(
+            not_json=(
                 _INVALID + "its {what} is not JSON (is this a spec or another file?)",
                 _COPIED,
             ),
-            it_bytes=(
+            too_short=(
                 _INVALID + "it is {size} bytes long, too short for a header",
                 _COPIED,
             ),
-            its_header=(
+            header_not_json=(
                 _INVALID + "its header is not JSON (is this a spec or another file?)",
                 _COPIED,
             ),
-            its_header_json=(
+            header_not_object=(
                 _INVALID + "its header is not a JSON object",
                 _COPIED,
             ),
-            its_metadata=(
+            metadata=(
                 _INVALID + "its `__metadata__` is not a map of strings",
                 _COPIED,
             ),
@@ -1542,11 +1438,10 @@ CODES: dict[str, Code] = {
             "model file truncated",
             "The header claims more bytes than the file holds, or a tensor lies outside it.",
             "",
-            "copy the file again, whole.",
             message=_INVALID
             + "its header claims {length} bytes, but the file has {value} after the length{value2}",
             help=_COPIED,
-            it_was=(
+            cut_short=(
                 _INVALID + "it was cut short while it was read",
                 _COPIED,
             ),
@@ -1561,7 +1456,6 @@ CODES: dict[str, Code] = {
             "A file saved from a model eqxform did not build carries no recipe, so its "
             "structure is unknown.",
             "eqxform.load('plain.eqx')",
-            "load it into a model of the same structure: `eqxform.load(path, like=model)`.",
             message="`{path}` has no eqxform recipe, so its structure is unknown",
             help="load it into a model of the same structure: `eqxform.load(path, like=model)`",
         ),
@@ -1571,7 +1465,6 @@ CODES: dict[str, Code] = {
             "A tensor of the file is missing, extra, or of another shape or dtype than the "
             "recipe builds.",
             "",
-            "rebuild the file with `eqxform apply`; it was changed after it was written.",
             message="`{path}` does not match its recipe: {problems}",
             help="the file was changed after it was written, or written by another version; rebuild it with `eqxform apply`",
         ),
@@ -1590,7 +1483,6 @@ CODES: dict[str, Code] = {
             "(a valid header nests 3 levels, a recipe 5); deeper nesting is refused before "
             "it is parsed.",
             '{"a": [[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]}',
-            "rebuild the file with `eqxform new` or `eqxform apply`.",
             message=_INVALID + "its {what} nests deeper than {max_json_depth} levels",
             help=_COPIED,
         ),
@@ -1601,7 +1493,6 @@ CODES: dict[str, Code] = {
             "bounds (a fraction, a boolean, a negative number, too many dimensions or a "
             "dimension too large).",
             '{"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}',
-            "rebuild the file; a writer that produced it is broken.",
             message=_INVALID + "tensor `{name}` has a shape that is no list",
             help=_COPIED,
             dimensions_at=(
@@ -1620,7 +1511,6 @@ CODES: dict[str, Code] = {
             "A tensor's dtype is not one eqxform reads (F64, F32, F16, BF16, I8 to I64, "
             "U8 to U64, BOOL).",
             '{"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}',
-            "cast the tensor to a supported dtype before saving.",
             message=_INVALID
             + "tensor `{name}` has the dtype `{code_}`, which eqxform does not read",
             help="eqxform reads {listing}",
@@ -1633,7 +1523,6 @@ CODES: dict[str, Code] = {
             "tensor's bytes as another's; gaps and trailing bytes hide data.",
             '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
             '"b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
-            "rebuild the file; it was edited or written by a broken writer.",
             message=_INVALID + "tensors `{previous}` and `{name}` overlap (bytes {start} to {at})",
             help=_COPIED,
             data_belong=(
@@ -1656,7 +1545,6 @@ CODES: dict[str, Code] = {
             "The header or recipe holds an integer of more digits than eqxform reads, a "
             "float beyond the range of a double (`1e999`), or `NaN`/`Infinity`.",
             '{"w": {"dtype": "F32", "shape": [99999999999999999999999999], ...}}',
-            "rebuild the file.",
             message=_INVALID + "its {what} is refused: it holds an integer of {digits:,} digits "
             "(at most {most} are read)",
             help=_COPIED,
@@ -1678,8 +1566,6 @@ CODES: dict[str, Code] = {
             "numbers, strings, booleans or lists, seeds integers from 0 to 2**64 - 1 or null, "
             "`base.constructor` a string.",
             '{"base": {"constructor": "MLP(2, 2, 8, 2)", "seed": 0}, "specs": 3}',
-            "rebuild the file with `eqxform apply`; the recipe was edited by hand or "
-            "written by another program.",
             message=_INVALID + "its recipe is not a JSON object",
             help=_COPIED,
             string=(_INVALID + "its {what}'s `{where}` is {kind}; a string is expected", _REWRITE),
@@ -1711,7 +1597,6 @@ CODES: dict[str, Code] = {
             "The recipe says it is of a format this eqxform does not read (written by a newer "
             "version).",
             '{"format": "eqxform/2", ...}',
-            "upgrade eqxform, or load the file with the version that wrote it.",
             message=_INVALID
             + "its recipe is of the format `{str_written}`; this eqxform reads `{format}`",
             help="load it with the eqxform version that wrote it (`eqxform show` names it), or upgrade eqxform",
@@ -1740,7 +1625,6 @@ CODES: dict[str, Code] = {
             "An object of the header or the recipe names the same key twice; a JSON reader "
             "would silently keep one of them.",
             '{"w": {...}, "w": {...}}',
-            "rebuild the file.",
             message=_INVALID + "its {what} is refused: the key `{key}` appears twice in one object",
             help=_COPIED,
         ),
@@ -1750,7 +1634,6 @@ CODES: dict[str, Code] = {
             "A spec in the file's recipe is listed with a value for a `let` name that the "
             "spec does not define.",
             '"specs": [{"text": "let w = 1\\n...", "params": {"zz": 1}, ...}]',
-            "rebuild the file with `eqxform apply`; the recipe was edited.",
             message="`{origin}`'s recipe sets {listing} for its spec {value} (`{name}`), which has no such `let`",
             help="the recipe was edited or written by another program; rebuild the file with `eqxform apply`",
         ),
@@ -1760,11 +1643,10 @@ CODES: dict[str, Code] = {
             "The header was valid, but reading the tensors failed: the file changed while it "
             "was read, or the disk failed.",
             "",
-            "read the file again; if it persists, copy it again.",
-            message="tensor `{name}` of `{path}` could not be read: {e}",
+            message="tensor `{name}` of `{path}` could not be read: {error}",
             help="was the file changed while it was read? read it again",
-            its_tensors=(
-                _INVALID + "its tensors could not be read ({value})",
+            tensors=(
+                _INVALID + "its tensors could not be read ({error})",
                 "was the file changed while it was read? read it again, or copy it again",
             ),
         ),
@@ -1775,7 +1657,6 @@ CODES: dict[str, Code] = {
             "brackets) than any real model file; parsing them would cost seconds and "
             "gigabytes.",
             '{"a": [[], [], [], ... millions more]}',
-            "rebuild the file; eqxform never writes one like it.",
             message=_INVALID
             + "its {what} holds about {items:,} values; eqxform reads at most {max_json_items:,}",
             help=_COPIED,
@@ -1792,16 +1673,13 @@ CODES: dict[str, Code] = {
             "the file carries (a new head, layers left trainable) may differ: they come from "
             "the file.",
             "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
-            "load the adapters onto the model they were trained on (the file written by "
-            "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
-            "that model).",
             message="`{path}` was trained on another base: on this model its specs make other tensors ({problems})",
             help="load it onto the model the adapters were trained on",
-            do_fit=(
+            no_fit=(
                 "`{path}` was trained on another base: its specs do not fit this model",
                 "load it onto the model the adapters were trained on",
             ),
-            cannot_replayed=(
+            not_replayable=(
                 "`{path}` cannot be replayed: its specs draw frozen tensors at random ({listing}), and they were drawn from another key than the spec's seed when the adapters were trained",
                 "save the whole model instead, or apply the spec with `seed=` (not `key=`) before training and save the adapters again",
             ),
@@ -1817,8 +1695,6 @@ CODES: dict[str, Code] = {
             "(written with `adapters_only=True` or `apply --adapters-only`); this file holds "
             "a whole model.",
             "eqxform merge model.eqx base.eqx -o merged.eqx",
-            "load a whole model file with `eqxform.load(path)`; pass the adapter file first "
-            "to `merge`.",
             message="`{path}` is a model file, not an adapter file",
             help="load it with `eqxform.load(path)`; adapter files are written by `eqxform.save(path, model, adapters_only=True)` or `apply --adapters-only`",
         ),
@@ -1828,8 +1704,6 @@ CODES: dict[str, Code] = {
             "An adapter file holds only the adapters, not the base they adapt, so it cannot "
             "be loaded on its own.",
             "eqxform.load('adapters.eqx')",
-            "give the base: `eqxform.load(path, base=model)`, or "
-            "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
             message="`{path}` holds only adapters; they load onto their base model",
             help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
         ),
@@ -1843,8 +1717,6 @@ CODES: dict[str, Code] = {
             "spec would compute something the adapters were never trained for, so the file is "
             "refused.",
             "eqxform merge edited.eqx base.eqx -o merged.eqx",
-            "write the adapter file again from the trained model "
-            "(`eqxform.save(path, model, adapters_only=True)`, `apply`/`train --adapters-only`).",
             message="`{path}` was changed after it was written: {why}",
             help="an adapter file is replayed on its base, so an edited spec would compute something the adapters were never trained for; write the file again from the trained model (`eqxform.save(..., adapters_only=True)`, `--adapters-only`)",
         ),
@@ -1856,8 +1728,6 @@ CODES: dict[str, Code] = {
             "were saved from, although the tensors match: another version of eqxform or "
             "Equinox builds it differently, or the record was rewritten with a digest to match.",
             "eqxform merge adapters.eqx base.eqx -o merged.eqx",
-            "load it with the versions that wrote it, or write the adapter file again from the "
-            "trained model.",
             message="`{path}`'s specs build another model on this base than the one its adapters were saved from (the same tensors, but other module types, functions or static fields)",
             help="load it with the versions of eqxform and Equinox that wrote it, or write the adapter file again from the trained model",
         ),
@@ -1877,11 +1747,10 @@ CODES: dict[str, Code] = {
             "Checkpoints are read from safetensors files and from `.npz` archives of `.npy` "
             "arrays; anything else is refused.",
             'weights "model.h5"',
-            "save the checkpoint as safetensors (`safetensors.numpy.save_file`) or `.npz`.",
             message="`{path}` is no safetensors or `.npz` file",
             help="save it with `safetensors.numpy.save_file` or `numpy.savez`",
-            holds_readable=(
-                "`{folder}` holds no readable `{peft_config}`: {e}",
+            unreadable=(
+                "`{folder}` holds no readable `{peft_config}`: {error}",
                 "a PEFT adapter folder holds adapter_model.safetensors and adapter_config.json",
             ),
         ),
@@ -1890,7 +1759,6 @@ CODES: dict[str, Code] = {
             "spec file cannot be read",
             "The spec file does not exist or cannot be opened.",
             "eqxform check nope.eqx",
-            "check the path.",
             message="spec file `{path}` does not exist",
             help="this argument is read as the path of a spec file",
             folder=("`{path}` is a folder, not a spec file", None),
@@ -1909,8 +1777,6 @@ CODES: dict[str, Code] = {
             "a YAML or Markdown file). Its contents are not shown, as they may not be meant "
             "for a terminal or a log.",
             "eqxform apply model.eqx spec.eqx -o out.eqx",
-            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`; check that the path "
-            "names the spec you meant.",
             message="`{path}` is a model file, not a spec",
             help="the spec comes first: `eqxform apply SPEC MODEL -o OUT`",
             text=(
@@ -1931,7 +1797,6 @@ CODES: dict[str, Code] = {
             "no model",
             "No model file is given and the spec has no `model` directive.",
             "eqxform apply spec.eqx -o out.eqx",
-            "pass a model file, or add a `model` directive.",
             message="no model given, and the spec has no `model` directive",
             help="pass a model file, or add e.g. `model MLP(in_size=2, out_size=2, width_size=64, depth=2)` to the spec",
         ),
@@ -1940,7 +1805,6 @@ CODES: dict[str, Code] = {
             "output folder missing",
             "The folder of the output file does not exist.",
             "eqxform apply spec.eqx -o missing/out.eqx",
-            "create the folder, or write elsewhere.",
             message="cannot write `{name}`: folder `{folder}` does not exist",
             help="create it first (`mkdir -p {folder}`), or {fix}",
         ),
@@ -1951,7 +1815,6 @@ CODES: dict[str, Code] = {
             "or a class or function with its arguments (`eqxform.new(MLP, in_size=2, ...)`), "
             "not text and arguments both.",
             'eqxform new "3 + 4" -o m.eqx',
-            'write a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)".',
             message="a constructor written as text takes its arguments in the text",
             help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)"), or pass the class: eqxform.new(MLP, in_size=2, ...)',
             call_string=(
@@ -1975,8 +1838,6 @@ CODES: dict[str, Code] = {
             "that name (not defined in `__main__` or inside a function). Anything else (an "
             "array, a dict, a lambda) cannot.",
             "eqxform.new(MyNet, table=jnp.ones(3))",
-            "pass values the recipe can write, or put the construction in a function of a "
-            "module (`factory.py`) and pass that function: `eqxform.new(factory.make, width=3)`.",
             message="a recipe cannot record {what}",
             help="a recipe records numbers, strings, booleans, `none`, lists, dtypes, `jax.nn` functions and config objects (dataclasses, named tuples) of those, naming classes and functions by an importable `package.module:Name`; pass such values, or write a factory function in a module and pass that",
         ),
@@ -1998,7 +1859,6 @@ CODES: dict[str, Code] = {
             "bad `--set`",
             "`--set` takes `NAME=VALUE`.",
             "eqxform apply spec.eqx --set width -o out.eqx",
-            "write e.g. `--set width=128`.",
             message="`--set {item}` is not NAME=VALUE",
             help="e.g. `--set width=128`",
         ),
@@ -2007,7 +1867,6 @@ CODES: dict[str, Code] = {
             "no such device",
             "`--device` names a platform that JAX does not have here.",
             "eqxform apply spec.eqx --device tpu -o out.eqx",
-            "use one of the platforms the help line lists.",
             message="no `{name}` device is available",
             help="devices here: {listing}",
         ),
@@ -2016,7 +1875,6 @@ CODES: dict[str, Code] = {
             "output is the input",
             "The output file is the input model; eqxform does not overwrite its input.",
             "eqxform apply spec.eqx model.eqx -o model.eqx",
-            "write elsewhere, or pass `--force`.",
             message="`{output}` is the input model; eqxform will not overwrite its input",
             help="write elsewhere with `-o`, or pass `--force` to replace it",
         ),
@@ -2025,7 +1883,6 @@ CODES: dict[str, Code] = {
             "no optimiser",
             "Training needs the spec's `optimizer` directive.",
             "eqxform train spec.eqx -o out.eqx   # the spec has no `optimizer`",
-            "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
             message="the spec has no `optimizer` directive",
             help="add one, e.g. `optimizer adamw(learning_rate=1e-3)`",
         ),
@@ -2042,7 +1899,6 @@ CODES: dict[str, Code] = {
             "`--set` value is not a constant",
             "A `--set` value is a constant expression: a number, a string, a boolean, a list.",
             "eqxform apply spec.eqx --set width=2*w -o out.eqx",
-            "give the value itself.",
             message="`--set {name}={text}` is not a constant",
             help="give a number, a string, `true`/`false` or a list, e.g. `--set width=128`",
         ),
@@ -2051,7 +1907,6 @@ CODES: dict[str, Code] = {
             "type name not capitalised",
             "Selectors read capitalised names as types and lowercase ones as fields.",
             'eqxform.register_type(Block, name="block")',
-            "register the type under a capitalised name.",
             message="type name `{name}` must start with a capital letter: selectors read lowercase names as fields",
             help="register it as `{value}`",
         ),
@@ -2061,7 +1916,6 @@ CODES: dict[str, Code] = {
             "A model file names each tensor by its path; two paths of the model give the "
             "same name (a dict key containing `.`, say).",
             "",
-            "rename the key.",
             message="two leaves of the model are both named `{name}`",
             help="tensor names are the leaves' paths; a dict key that contains a `.` can collide with a path: rename it",
         ),
@@ -2070,7 +1924,6 @@ CODES: dict[str, Code] = {
             "unknown diagnostic code",
             "`eqxform explain` takes a code that eqxform's messages show.",
             "eqxform explain E999",
-            "copy the code from the message, e.g. `E201`.",
             message="give a code or `--all`, not both",
             help="`eqxform explain E201`, or `eqxform explain --all`",
             given=(
@@ -2088,16 +1941,13 @@ CODES: dict[str, Code] = {
             "outside the model's classes (`--loss cross_entropy`). The message says which, "
             "with the shapes and dtypes found.",
             "eqxform train spec.eqx --data d.npz --loss cross_entropy -o out.eqx   # y is f32[N,3]",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example; "
-            "for `cross_entropy`, `y` holds one integer class per example "
-            "(`y.argmax(axis=1).astype(numpy.int32)` of one-hot rows).",
             message="`{path}` must hold arrays named `x` and `y`; it holds {value}",
             help="write it with `numpy.savez(path, x=inputs, y=targets)`",
-            have_one=(
+            rows=(
                 "`x` and `y` must have one row per example: `x` is {list_shape}, `y` is {list_shape2}",
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
-            examples=(
+            empty=(
                 "`{path}` holds no examples",
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
@@ -2106,7 +1956,7 @@ CODES: dict[str, Code] = {
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
             model_does=(
-                "the model does not accept rows of `x` of shape {list_shape}: {value}",
+                "the model does not accept rows of `x` of shape {list_shape}: {error}",
                 "each row of `x` is one input of the model (the spec's `input` line, or the `in_size` of an `MLP`): save `x` with one such input per row",
             ),
             model_gives=(
@@ -2133,7 +1983,6 @@ CODES: dict[str, Code] = {
             "Without `--data`, `train` makes a toy task sized from the model's `in_size` and "
             "`out_size`.",
             "eqxform train cnn.eqx -o out.eqx",
-            "pass `--data data.npz`.",
             message="the built-in data set feeds one input, and the spec declares {len_inputs}",
             help="pass your data with `--data data.npz` (arrays `x` and `y`)",
             needs_model=(
@@ -2146,7 +1995,6 @@ CODES: dict[str, Code] = {
             "batch larger than the data",
             "`--batch-size` is larger than the number of examples.",
             "eqxform train spec.eqx --batch-size 9999 -o out.eqx",
-            "use a smaller batch.",
             message="`--batch-size {batch_size}` is larger than the data set ({len_x} examples)",
             help="use at most {len_x}",
         ),
@@ -2158,9 +2006,6 @@ CODES: dict[str, Code] = {
             "(ESM2's `ESM2Result` with `hidden` and `logits`), a dict. The message shows what "
             "it returned.",
             "eqxform train spec.eqx esm2.eqx --data d.npz --loss cross_entropy -o out.eqx",
-            "name the array with `--model-output logits` (an attribute, a key or an index: `0`, "
-            "`[0].logits`), or give a loss of your own, `--loss package.module:function "
-            "--allow package`, a function `(pred, y) -> scalar` of the batch's outputs.",
             message="the model returns {describe_output_out}; `eqxform train`'s `{loss}` compares one array with `y`",
             help="name the array to train with `--model-output {example}`{value}, or give a loss of your own: `--loss package.module:function --allow package`",
         ),
@@ -2171,7 +2016,6 @@ CODES: dict[str, Code] = {
             "what the model returns: attribute names, mapping keys and indices, joined by `.` "
             "or written `[i]`. The path does not fit what the model returned (shown).",
             "eqxform train spec.eqx esm2.eqx --model-output logit -o out.eqx",
-            "name one of the parts the message lists, e.g. `--model-output logits` or `--model-output 0`.",
             message="`--model-output {path}`: {why}",
             help="name an attribute or an index of what the model returns, e.g. `--model-output logits` or `--model-output 0`",
         ),
@@ -2184,8 +2028,6 @@ CODES: dict[str, Code] = {
             "imported, is not allowed, is no function, or fails on the model's output shapes "
             "or gives no single number.",
             "eqxform train spec.eqx m.eqx --loss mylosses:masked_ce -o out.eqx",
-            "add `--allow mylosses`; make it return the batch's loss as a scalar "
-            "(`jnp.mean(...)`).",
             message="unknown loss `{name}`",
             help="the losses are `mse` and `cross_entropy`, or a function of your own as `package.module:function` with `--allow package`",
             comes_from=(
@@ -2193,7 +2035,7 @@ CODES: dict[str, Code] = {
                 "eqxform imports no module unless you allow it: add `--allow {top}` if you trust it",
             ),
             cannot_import=(
-                "cannot import the loss `{name}`: {value}",
+                "cannot import the loss `{name}`: {error}",
                 "write it as `package.module:function`, importable from the current directory or an installed package",
             ),
             function=(
@@ -2201,7 +2043,7 @@ CODES: dict[str, Code] = {
                 "a loss is a function `(pred, y) -> scalar` of a batch",
             ),
             fails_on=(
-                "the loss `{name}` fails on the model's output ({describe_output_out}) and rows of `y` ({describe_output_target}): {value}",
+                "the loss `{name}` fails on the model's output ({describe_output_out}) and rows of `y` ({describe_output_target}): {error}",
                 "a loss is a function `(pred, y) -> scalar` of a batch's outputs and targets",
             ),
             gives_one=(
@@ -2217,7 +2059,6 @@ CODES: dict[str, Code] = {
             "seeds below 2**32 draw as `jax.random.key(seed)`, larger ones put their high 32 "
             "bits in the key's high word.",
             "eqxform apply spec.eqx -o out.eqx --seed 2**63",
-            "write the seed in decimal digits, e.g. `--seed 9223372036854775808`.",
             message="{what} must be a whole number from 0 to 2**64 - 1, not {describe_value_seed}",
             help="e.g. `--seed 0` (Python: `seed=0`)",
             whole_number=(
@@ -2233,7 +2074,6 @@ CODES: dict[str, Code] = {
             "spec's own values (an integer of more than 256 bits, a float that is not finite, "
             "a string or list of more than 10,000 elements).",
             'eqxform.compile("let w = 1", params={"w": object()})',
-            'pass a constant, e.g. `params={"w": 128}`.',
             message="the value of `{key}` {problem}",
             help='give a number, a string, `true`/`false`/`none` or a list of those, e.g. `--set width=128` or `params={{"width": 128}}`',
         ),
@@ -2245,7 +2085,6 @@ CODES: dict[str, Code] = {
             'T) nor `none`. `0` and negative numbers are refused rather than read as "no '
             'limit": the word `none` is the one way to turn the check off.',
             "EQXFORM_MAX_BYTES=0 eqxform apply spec.eqx -o out.eqx",
-            "set it to e.g. `64G` or `1.5T`, or `none` to turn the memory check off.",
             message="`{max_bytes_env}={text}` {why}",
             help="give a positive number of bytes in digits 0-9, with an optional unit K, M, G or T (e.g. `{max_bytes_env}=64G`), or `{budget_off}` to turn the memory check off",
         ),
@@ -2255,7 +2094,6 @@ CODES: dict[str, Code] = {
             "`Program.apply` and `Program.build_model` take one `jax.random.key` (or a legacy "
             "`jax.random.PRNGKey`) as `key=`.",
             'program.apply(model, key="0")',
-            "pass `key=jax.random.key(0)`, or `seed=0`.",
             message="`key` must be one `jax.random.key`, not {what_key}",
             help="e.g. `key=jax.random.key(0)`, or pass `seed=0` instead",
         ),
@@ -2266,7 +2104,6 @@ CODES: dict[str, Code] = {
             "a spec (a `str`) or a file (a `pathlib.Path`), `params` a mapping of `let` names "
             "to values, `inputs` a list of strings, `name` a string.",
             'eqxform.compile(Path("spec.eqx"), params=[("width", 8)])',
-            'pass the documented type, e.g. `params={"width": 8}`.',
             message="`{argument}` must be {expected}, not a `{name}`",
             help="see `help(eqxform.compile)`",
         ),
@@ -2278,7 +2115,6 @@ CODES: dict[str, Code] = {
             "in `.eqx`, names a file, or has a `/` and no spaces) and does not parse as a "
             "statement was meant as a file; it is refused, and never read.",
             'eqxform.compile("specs/lora.eqx")',
-            'pass a path object: `eqxform.compile(pathlib.Path("specs/lora.eqx"))`.',
             message="the spec text `{shown}` looks like the path of a file",
             help="a `str` is the text of a spec; pass a file as a path object: `eqxform.compile(pathlib.Path({shown!r}))`",
         ),
@@ -2290,9 +2126,6 @@ CODES: dict[str, Code] = {
             "before `stack` (which a stack reads and writes back): it belongs to another "
             "model.",
             "model, state = eqx.nn.make_with_state(Other)(key=key)\nstacked(x, state)",
-            "call the model with the state of the model the spec was applied to, or apply the "
-            "spec to the model and its state together: "
-            "`model, state = program.apply((model, state))`.",
             message="the `eqx.nn.State` passed to a stack holds no value for its layers: it was "
             "made for another model",
             help="call the model with the state of the model the spec was applied to (its "
@@ -2317,7 +2150,6 @@ CODES: dict[str, Code] = {
             "commas or spaces, each size a whole number >= 1 (in the digits 0-9) or -1, each "
             "name once.",
             "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
-            "write e.g. `--mesh data=2,model=4`.",
             message="`{origin} {text}`: {problem}",
             help="write it as `{origin} data=2,model=4` (`-1`: the devices left over)",
             mesh_takes=(
@@ -2331,7 +2163,6 @@ CODES: dict[str, Code] = {
             "A run of several processes needs `--coordinator HOST:PORT` (process 0's address), "
             "`--num-processes N` and `--process-id I` (0 <= I < N), all three.",
             "eqxform train spec.eqx --coordinator 10.0.0.1:1234 -o out.eqx",
-            "give all three, the same coordinator and count to every process.",
             message="`--timeout` is how long a run of several processes waits to start; this run has one process",
             help="leave `--timeout` out, or join a run with `--coordinator`, `--num-processes` and `--process-id`",
             needs_coordinator=(
@@ -2366,8 +2197,6 @@ CODES: dict[str, Code] = {
             "The batch is split over `--batch-axis` (`batch_axis=`), which must be an axis of "
             "the mesh.",
             "eqxform train spec.eqx --mesh data=8 --batch-axis batch -o out.eqx",
-            "name a mesh axis, or leave it out: the batch then goes over `data` when the mesh "
-            "has it, and is replicated otherwise.",
             message="the batch axis `{batch_axis}` is no axis of the mesh ({listing})",
             help="{value} name a mesh axis, or leave it out to split over `data` when the mesh has it (else the batch is replicated)",
         ),
@@ -2379,8 +2208,6 @@ CODES: dict[str, Code] = {
             "`ensemble` then uses for its members, as the Equinox Tricks page's "
             "`make_ensemble` does.",
             "program.apply(eqx.nn.MLP)",
-            "pass a function of a key, e.g. "
-            "`program.apply(lambda key: eqx.nn.MLP(2, 2, 8, 2, key=key))`.",
             message="a constructor given in place of a model is called with one key, `constructor(key)`, but `{name}` does not take one",
             help="pass a function of a key, e.g. `program.apply(lambda key: Model(..., key=key))`, or pass the model itself",
         ),
@@ -2399,7 +2226,6 @@ CODES: dict[str, Code] = {
             "output is a directory",
             "`-o` (or `eqxform.save`'s path) names a directory.",
             "eqxform apply spec.eqx -o models/",
-            "name a file inside it, e.g. `-o models/model.eqx`.",
             message="cannot write `{name}`: it is a directory",
             help="name a file, e.g. `-o {listing}`",
         ),
@@ -2419,8 +2245,7 @@ CODES: dict[str, Code] = {
             "The folder of the output cannot be written (permissions, a read-only file system); "
             "found before any work.",
             "eqxform apply spec.eqx -o /read-only/out.eqx",
-            "write elsewhere, or fix the folder's permissions.",
-            message="cannot write `{name}`: folder `{folder}` is not writable ({value})",
+            message="cannot write `{name}`: folder `{folder}` is not writable ({error})",
             help="check the folder's permissions, or {fix}",
             write=(
                 "cannot write `{name}`: {error}",
@@ -2432,7 +2257,6 @@ CODES: dict[str, Code] = {
             "output name too long",
             "The output's file name is longer than its folder's file system takes.",
             "eqxform apply spec.eqx -o aaaa...(300 characters).eqx",
-            "use a shorter name.",
             message="cannot write `{name}{value}`: the name is too long{value2}",
             help="use a shorter file name",
         ),
@@ -2442,7 +2266,6 @@ CODES: dict[str, Code] = {
             "A path argument of the Python API is not a `str` or `os.PathLike`, is empty, or "
             "contains a NUL character.",
             "eqxform.load(None)",
-            "pass the file's name.",
             message="the {what} must be a path (a `str` or `os.PathLike`), not a `{name}`",
             help='pass the file\'s name, e.g. `"model.eqx"` or `pathlib.Path(...)`',
             path=("the {what} path {value}", 'pass the file\'s name, e.g. `"model.eqx"`'),
@@ -2453,14 +2276,13 @@ CODES: dict[str, Code] = {
             "`eqxform.save` was given something that holds no arrays (or a traced value "
             "inside `jax.jit`), or a `recipe` that is no `eqxform.Recipe`.",
             'eqxform.save("m.eqx", "hello")',
-            "pass the model (an `equinox.Module` or a pytree of arrays).",
             message="`recipe` must be an `eqxform.Recipe`, not a `{name}`",
             help="pass `eqxform.recipe_of(model)`, or leave `recipe` out",
-            there_nothing=(
+            nothing=(
                 "there is nothing to save: the `{name}` given holds no arrays",
                 "pass a model (an `equinox.Module` or a pytree of arrays)",
             ),
-            leaf_traced=(
+            traced=(
                 "leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
                 "save the model the jitted function returns",
             ),
@@ -2481,7 +2303,7 @@ CODES: dict[str, Code] = {
             "The old file, if there was one, is unchanged, and no temporary file is left.",
             "",
             "free space, or write elsewhere.",
-            message="cannot make the folder `{folder}`: {value}",
+            message="cannot make the folder `{folder}`: {error}",
             write=(
                 "cannot write `{name}`: {error}",
                 "the old file, if any, is unchanged; free space or write elsewhere",
@@ -2493,7 +2315,6 @@ CODES: dict[str, Code] = {
             "`eqxform.load` and `eqxform.new` take `allow` as a list of top-level package "
             "names; a single string would be read letter by letter.",
             'eqxform.load("m.eqx", allow="mypkg")',
-            'pass a list: `allow=["mypkg"]`.',
             message="`allow` must be a list of package names, not {allow!r:.60}",
             help='e.g. `allow=["mypkg"]`',
         ),
@@ -2504,7 +2325,6 @@ CODES: dict[str, Code] = {
             "`--weights PATH` (`weights=` in Python) names one; or weights were given to a spec "
             "without `map` lines.",
             "eqxform apply resnet.eqx -o out.eqx   # the spec has `map` lines, no `weights`",
-            'add `weights "PATH"` to the spec, or pass `--weights PATH`.',
             message="weights were given, but the spec has no `map` lines to read them by",
             help='add `map "CHECKPOINT NAME" -> "MODEL PATH"` lines (docs/weights.md); a model file of eqxform\'s own loads with `eqxform.load`',
             checkpoint_none=(
@@ -2527,7 +2347,6 @@ CODES: dict[str, Code] = {
             "a single `.npy`, not a zip with other members, not a member whose `.npy` header "
             "cannot be read.",
             "eqxform train spec.eqx --data x.npy -o out.eqx",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`.",
             message="`{path}` is {value}",
             help="write it with `numpy.savez(path, x=inputs, y=targets)`",
             holds_which=(
@@ -2535,7 +2354,7 @@ CODES: dict[str, Code] = {
                 "an `.npz` holds `.npy` arrays only: write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
             readable_npy=(
-                "`{name}` in `{path}` is not a readable `.npy` array: {value}",
+                "`{name}` in `{path}` is not a readable `.npy` array: {error}",
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
             has_shape=(
@@ -2549,7 +2368,6 @@ CODES: dict[str, Code] = {
             "`x` or `y` holds complex numbers, Python objects, strings, dates or records; "
             "training data are booleans, integers or floats.",
             "numpy.savez('d.npz', x=x.astype(complex), y=y)",
-            "convert it before saving, e.g. `x.real.astype(numpy.float32)`.",
             message="`{key}` of `{path}` holds {kind} ({dtype}); training data are real numbers (booleans, integers or floats)",
             help="convert it before saving, e.g. `x.real.astype(numpy.float32)` or `numpy.asarray(y, numpy.int32)`",
         ),
@@ -2560,11 +2378,9 @@ CODES: dict[str, Code] = {
             "the arrays would not fit in memory; found from the headers, before anything is "
             "loaded.",
             "an .npz whose header claims an array of 7 TiB",
-            "write the file again with numpy; train on less data, or from Python with "
-            "batches you load yourself.",
             message="`x` and `y` of `{path}` take {size_total} in memory, more than the {size_limit} eqxform loads",
             help="train on a smaller data set, or from Python with `eqxform.make_step` and batches you load yourself",
-            claims_but=(
+            claims=(
                 "`{key}` of `{path}` claims {list_shape} of {dtype} ({size_claimed}), but the file holds {size_max_held} of it",
                 "the file is damaged or was not written by numpy; write it again",
             ),
@@ -2575,13 +2391,8 @@ CODES: dict[str, Code] = {
             "Reading `x` or `y` failed after their headers were checked: a checksum or a "
             "length in the zip does not match.",
             "",
-            "write the file again.",
-            message="`{path}` could not be read: {e}",
+            message="`{path}` could not be read: {error}",
             help="the file is damaged (a checksum or a length does not match); write it again",
-            could_read=(
-                "`{path}` could not be read: {value}",
-                "the file is damaged (a checksum or a length does not match); write it again",
-            ),
             changed_while=(
                 "`{key}` of `{path}` changed while it was read",
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
@@ -2595,9 +2406,7 @@ CODES: dict[str, Code] = {
             "refused before any step; the message names the array and the index of the "
             "first bad element.",
             "numpy.savez('d.npz', x=x, y=numpy.where(mask, numpy.nan, y))",
-            "drop the rows that hold them, or replace the values (`numpy.nan_to_num`), then "
-            "save the file again.",
-            message="`{key}` of `{path}` holds {array} at index {list_where} ({count:,} element{value} not finite); training data must be finite numbers",
+            message="`{key}` of `{path}` holds {array} at index {list_where} ({count:,} element{s} not finite); training data must be finite numbers",
             help="clean the data before saving, e.g. drop those rows (`keep = numpy.isfinite({key}).all(axis=tuple(range(1, {key}.ndim)))`) or replace the values (`numpy.nan_to_num`)",
         ),
         # ---- running
@@ -2610,8 +2419,6 @@ CODES: dict[str, Code] = {
             "last finite one) to the output and exits with status 1; when the very first "
             "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
             "optimizer sgd(learning_rate=1e10)",
-            "lower the learning rate (or clip the gradients), check the scale of the data, "
-            "and check that the model's outputs are finite at the start.",
             message="training stopped at step {nonfinite}: {nonfinite_what}; {kept}",
             help="lower the learning rate in the spec's `optimizer` (or clip gradients), check the data's scale, or start from a model whose outputs are finite",
         ),
@@ -2621,7 +2428,6 @@ CODES: dict[str, Code] = {
             "`save(..., adapters_only=True)` (`apply --adapters-only`) writes a model's "
             "adapters; the model has none.",
             "eqxform apply init.eqx -o out.eqx --adapters-only   # no lora rule",
-            "add a `lora` or `ia3` rule to the spec, or save the whole model.",
             message="the model has no adapters to save",
             help="apply a spec with a `lora` or `ia3` rule first, or save the whole model (without `adapters_only`)",
         ),
@@ -2633,7 +2439,6 @@ CODES: dict[str, Code] = {
             "`model` directive, and `Program.apply` of those); this model came from "
             "elsewhere.",
             "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
-            "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
             message="the specs that added the adapters are unknown",
             help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's `model` directive)",
         ),
@@ -2643,7 +2448,6 @@ CODES: dict[str, Code] = {
             "A training step is compiled for one batch shape and dtype; a batch of another "
             "would compile it again, silently costing seconds per step.",
             "step(x[:5], y[:5])   # after step(x, y) with 16 rows",
-            "give every batch the same shape, or pass `allow_retrace=True` to `make_step`.",
             message="the batch changed shape or dtype, which would compile the step again: {show__signature} before, {show_signature} now",
             help="give every batch the same shape (drop or pad the last one), or pass `allow_retrace=True` to `make_step`",
         ),
@@ -2653,10 +2457,7 @@ CODES: dict[str, Code] = {
             "The first call of a training step traces the loss on the batch; the loss or the "
             "model refused it (a batch of the wrong shape, a loss that returns no scalar).",
             "step(x[:, :3], y)   # the model takes 4 features",
-            "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
-            "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
-            "`make_step(..., state=state)`.",
-            message="the training step fails on a batch of {show_signature}: {value}",
+            message="the training step fails on a batch of {show_signature}: {error}",
             help="the loss is `loss_fn(model, *batch) -> scalar`, or for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with `make_step(..., state=state)`; check the batch's shapes against the model",
         ),
         _c(
@@ -2665,7 +2466,6 @@ CODES: dict[str, Code] = {
             "On a mesh, each batch is split over the batch axis; its number of rows must be a "
             "multiple of that axis's size.",
             "eqxform train spec.eqx --mesh data=8 --batch-size 12 -o out.eqx",
-            "make the batch size a multiple of the batch axis's size.",
             message="a batch of {value} rows cannot be split evenly over the mesh's batch axis `{spec}` ({parts} devices)",
             help="make the batch size a multiple of {parts}",
         ),
@@ -2686,7 +2486,6 @@ CODES: dict[str, Code] = {
             "`eqxform lsp` runs on `pygls` 2, which eqxform installs; it was removed or an "
             "older version shadows it.",
             "eqxform lsp",
-            "install it: `pip install 'pygls>=2'`.",
             message="the language server needs `pygls` 2 (and `lsprotocol`)",
             help="install them: `pip install 'pygls>=2'`",
         ),
@@ -2701,8 +2500,6 @@ CODES: dict[str, Code] = {
             "to the next `Content-Length` header, and a request it cannot read is answered with "
             "a JSON-RPC error (-32700 or -32600). The mistake is the editor's or its plugin's.",
             'Content-Length: abc\n\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
-            "report it to the editor's plugin; send the body's length in bytes (UTF-8), in ASCII "
-            "digits, and exactly that many bytes.",
             message="{problem}",
             help=_FRAMING,
             not_json=("a message is not JSON: {error}", _FRAMING),
@@ -2722,8 +2519,6 @@ CODES: dict[str, Code] = {
             '{"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": '
             '{"textDocument": {"uri": "file:///spec.eqx"}, "position": {"line": -1, '
             '"character": 0}}}',
-            "send positions as zero-based lines and characters, 0 or more; the error's message "
-            "names the field that is wrong.",
             message="the parameters{where} do not fit the protocol: {why}",
             help="lines and characters are zero-based and never negative; see the method's "
             "parameters in the Language Server Protocol specification",
@@ -2739,8 +2534,6 @@ CODES: dict[str, Code] = {
             "warning, and `--deny warnings` passes it. Against a model, a name no class has "
             "is E104.",
             "where MegalodonAttention.wz -> lora(rank=8)",
-            "nothing, if the model has that class; check it against the model with "
-            "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
             message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes",
             help="{meant}`eqxform check SPEC MODEL` checks it against a model",
         ),
@@ -2755,8 +2548,6 @@ CODES: dict[str, Code] = {
             "lines) notes the rules whose adapters are read so, and the numbers formed per "
             "call. The outputs and gradients are those of LoRA; only the cost differs.",
             "input i32[1, 8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
-            "nothing, if the cost is acceptable (an `(out, in)` matrix per call, like the base "
-            "weight); `merge` the adapters after training, or adapt modules the model calls.",
             message="the model reads the `weight` of {count_len_found} itself ({paths}) rather than calling {value}, so each call forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
             help="that is the cost of an adapter where the parent multiplies the weight itself; `merge` after training removes it",
         ),

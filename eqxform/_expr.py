@@ -175,7 +175,7 @@ def evaluate(
         try:
             result = _BINARY[expr.op](left, right)
         except ZeroDivisionError:
-            raise EvalError("E204", expr.span, variant="division_by") from None
+            raise EvalError("E204", expr.span, variant="division_by_zero") from None
         except OverflowError:
             raise _too_large(expr.span) from None
         except TypeError:
@@ -197,7 +197,7 @@ def evaluate(
         value = evaluate(expr.value, env, call)
         index = evaluate(expr.index, env, call)
         if not isinstance(value, (tuple, list, str)):
-            raise EvalError("E204", expr.span, variant="index", kind_value=_kind(value))
+            raise EvalError("E204", expr.span, variant="not_indexable", kind_value=_kind(value))
         if not isinstance(index, int) or isinstance(index, bool):
             raise EvalError(
                 "E204", expr.index.span, variant="index_integer", kind_index=_kind(index)
@@ -208,7 +208,7 @@ def evaluate(
             raise EvalError(
                 "E204",
                 expr.span,
-                variant="index_out",
+                variant="out_of_range",
                 index=index,
                 kind_value=_kind(value),
                 len_value=len(value),
@@ -239,7 +239,7 @@ def evaluate(
                 "E204", expr.callee_span, variant="unknown_function", callee=expr.callee
             )
         return call(expr, env)
-    raise EvalError("E204", expr.span, variant="evaluate_this")
+    raise EvalError("E204", expr.span, variant="unevaluable")
 
 
 def lookup(name: A.Name, env: Mapping[str, Any]) -> Any:

@@ -177,7 +177,7 @@ def _load_json(text: str, path: str, what: str) -> Any:
     except (ValueError, RecursionError):
         # RecursionError cannot come after the nesting check; kept so that no
         # file can ever make it escape.
-        raise corrupt("E302", path, variant="its_json", what=what, path=path) from None
+        raise corrupt("E302", path, variant="not_json", what=what, path=path) from None
 
 
 # ---- header ------------------------------------------------------------------
@@ -226,7 +226,7 @@ def read_header(path: str | os.PathLike) -> Header:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise corrupt("E302", path, variant="it_bytes", size=size, path=path)
+                raise corrupt("E302", path, variant="too_short", size=size, path=path)
             length = int.from_bytes(head, "little")
             if length > _limits.MAX_HEADER_BYTES or length > size - 8:
                 raise corrupt(
@@ -248,24 +248,24 @@ def read_header(path: str | os.PathLike) -> Header:
         raise _cannot_read("E301", path, variant="cannot_read", path=path) from None
     except OSError as e:
         raise _cannot_read(
-            "E301", path, variant="cannot_read2", path=path, value=e.strerror or e
+            "E301", path, variant="os_error", path=path, error=e.strerror or e
         ) from None
     if len(raw) < length:
-        raise corrupt("E303", path, variant="it_was", path=path)
+        raise corrupt("E303", path, variant="cut_short", path=path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise corrupt("E302", path, variant="its_header", path=path) from None
+        raise corrupt("E302", path, variant="header_not_json", path=path) from None
     header = _load_json(text, path, "header")
     if not isinstance(header, dict):
-        raise corrupt("E302", path, variant="its_header_json", path=path)
+        raise corrupt("E302", path, variant="header_not_object", path=path)
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise corrupt("E302", path, variant="its_metadata", path=path)
+        raise corrupt("E302", path, variant="metadata", path=path)
     tensors = _tensors(path, header, size - 8 - length)
     return Header(path, tensors, metadata, _recipe(path, metadata))
 
@@ -635,8 +635,8 @@ def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
         raise corrupt(
             "E320",
             header.path,
-            variant="its_tensors",
-            value=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            variant="tensors",
+            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
             path=header.path,
         ) from None
 
@@ -713,7 +713,7 @@ def check_output(
         if e.errno == errno.ENAMETOOLONG:
             raise _too_long(name) from None
         raise _refuse(
-            "E443", name, name=name, folder=folder, value=e.strerror or e, fix=fix
+            "E443", name, name=name, folder=folder, error=e.strerror or e, fix=fix
         ) from None
     os.close(fd)
     os.unlink(probe)

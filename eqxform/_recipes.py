@@ -393,14 +393,14 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
     recipe = recipe if recipe is not None else recipe_of(model)
     arrays = named_arrays(model)
     if not arrays:
-        raise UsageError(report("E446", variant="there_nothing", name=type(model).__name__))
+        raise UsageError(report("E446", variant="nothing", name=type(model).__name__))
     tensors: dict[str, Any] = {}
     for name, leaf in arrays:
         _storable(name, leaf)
         if name in tensors:
             raise UsageError(report("E414", name=name))
         if isinstance(leaf, jax.core.Tracer):
-            raise UsageError(report("E446", variant="leaf_traced", name=name))
+            raise UsageError(report("E446", variant="traced", name=name))
         tensors[name] = leaf
     if recipe is None:
         content = {"load": NO_RECIPE}
@@ -965,7 +965,7 @@ def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tu
             raise ModelFileError(
                 report(
                     "E330",
-                    variant="do_fit",
+                    variant="no_fit",
                     file=path,
                     notes=tuple(d.message for d in e.diagnostics[:3]),
                     path=path,
@@ -995,7 +995,7 @@ def _check_base(
         raise ModelFileError(
             report(
                 "E330",
-                variant="cannot_replayed",
+                variant="not_replayable",
                 file=path,
                 path=path,
                 listing=", ".join(f"`{n}`" for n in drawn[:5]),

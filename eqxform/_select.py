@@ -809,12 +809,12 @@ def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sour
             raise SpecError(
                 report(
                     "E201",
-                    variant="node_but",
+                    variant="filtered",
                     span=rule.filter.span,
                     source=source,
                     text=rule.selector.text,
                     len_candidates=len(candidates),
-                    value="s" if len(candidates) != 1 else "",
+                    s="s" if len(candidates) != 1 else "",
                     listing=", ".join(describe_match(n) for n in candidates[:3]),
                 )
             )
@@ -826,7 +826,7 @@ def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sour
                 source=source,
                 text=rule.selector.text,
                 len_found=len(found),
-                value="s" if len(found) != 1 else "",
+                s="s" if len(found) != 1 else "",
                 describe=expect.describe(),
                 listing=", ".join(f"`{n.text}`" for n in found[:6]),
                 value2=", ..." if len(found) > 6 else "",

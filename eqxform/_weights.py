@@ -108,7 +108,7 @@ class Checkpoint:
             return value.reshape(t.shape)
         except (OSError, ValueError) as e:
             raise ModelFileError(
-                report("E320", file=self.path, name=name, path=self.path, e=e)
+                report("E320", file=self.path, name=name, path=self.path, error=e)
             ) from None
 
 
@@ -640,7 +640,7 @@ def plan_weights(
                 _string_span(rule, k, True),
                 listing_missing=_listing(missing),
                 len_missing=len(missing),
-                value="s" if len(missing) > 1 else "",
+                s="s" if len(missing) > 1 else "",
                 value2=f", the first for `{lacking_for[k]}`)" if lacking_for.get(k) else ")",
                 value3=hint + " " if hint else "",
             )
@@ -661,7 +661,7 @@ def plan_weights(
                 if hint and _transposed_fits(bad_shapes[0])
                 else "change the layout with `transpose` or `reshape`, or map onto the right array",
                 len_bad_shapes=len(bad_shapes),
-                value="s" if len(bad_shapes) > 1 else "",
+                s="s" if len(bad_shapes) > 1 else "",
                 bad_shapes=bad_shapes[0],
             )
         if bad_dtype:
@@ -1085,7 +1085,7 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
                 problems.append(
                     report(
                         "E250",
-                        variant="has_that",
+                        variant="unnamed",
                         span=rule.stmt.span,
                         source=rules.source,
                         path=weight.path,
@@ -1147,7 +1147,7 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise UsageError(
-            report("E448", file=folder, folder=folder, value=e.strerror or e)
+            report("E448", file=folder, folder=folder, error=e.strerror or e)
         ) from None
     specs = [TensorSpec(n, v.dtype.name, v.shape) for n, v in tensors.items()]
     atomic_write_with(
@@ -1177,11 +1177,11 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
         raise UsageError(
             report(
                 "E341",
-                variant="holds_readable",
+                variant="unreadable",
                 file=folder,
                 folder=folder,
                 peft_config=PEFT_CONFIG,
-                e=e,
+                error=e,
             )
         ) from None
     adapters, problems = _adapters(model, rules)

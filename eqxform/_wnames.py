@@ -345,12 +345,12 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
         try:
             sources.append(name_pattern(s.value))
         except PatternError as e:
-            bad("E160", _inside(s, e.offset), variant="checkpoint_tensor", value=s.value, e=e)
+            bad("E160", _inside(s, e.offset), variant="checkpoint_tensor", value=s.value, error=e)
     for t in stmt.targets:
         try:
             targets.append(path_pattern(t.value))
         except PatternError as e:
-            bad("E160", _inside(t, e.offset), variant="model_path", value=t.value, e=e)
+            bad("E160", _inside(t, e.offset), variant="model_path", value=t.value, error=e)
     if len(stmt.sources) > 1 and len(stmt.targets) > 1:
         bad("E161", stmt.span, len_sources=len(stmt.sources), len_targets=len(stmt.targets))
     if not problems:
@@ -460,7 +460,7 @@ def read_globs(
                     span=_inside(s, e.offset),
                     source=source,
                     value=s.value,
-                    e=e,
+                    error=e,
                 )
             )
     return (None, problems) if problems else (GlobRule(stmt, tuple(globs)), [])

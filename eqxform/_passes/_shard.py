@@ -175,7 +175,7 @@ def placements(
                         source=rule.source,
                         text=rule.text(),
                         len_dims=len(rule.dims),
-                        value="s" if len(rule.dims) != 1 else "",
+                        s="s" if len(rule.dims) != 1 else "",
                         text2=node.text,
                         layer_rank=layer_rank,
                         list_shape=list(node.obj.shape[node.batch :]),

@@ -88,7 +88,7 @@ class StructPass(Pass):
                 severity="warning",
                 what=what,
                 len_copied=len(copied),
-                value="s" if len(copied) != 1 else "",
+                s="s" if len(copied) != 1 else "",
                 listing=", ".join(f"`{c}`" for c in copied[:5]),
                 value2=", ..." if len(copied) > 5 else "",
                 first=first,
@@ -549,7 +549,7 @@ class StackPass(StructPass):
             raise self.error(
                 "E131",
                 span,
-                variant="matches_nodes",
+                variant="nodes",
                 text=self.stmt.selector.text,
                 len_nodes=len(nodes),
                 listing=", ".join(f"`{n.text}`" for n in nodes[:4]),

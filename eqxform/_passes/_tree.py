@@ -152,7 +152,7 @@ class InitPass(RulePass):
                 raise self.error(
                     "E203",
                     self.action.span,
-                    variant="weight_2",
+                    variant="weight",
                     name=name,
                     text=leaf.text,
                     tuple_shape=tuple(leaf.obj.shape),

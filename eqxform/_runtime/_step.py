@@ -164,7 +164,7 @@ class Step:
                 report(
                     "E502",
                     show_signature=_show(signature),
-                    value=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                    error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
                 )
             ) from None
         self._params, self._opt, self._state, self._guard, loss = out

@@ -205,7 +205,7 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
                 "E425",
                 variant="cannot_import",
                 name=name,
-                value=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
             )
         ) from None
     if not callable(fn):
@@ -237,7 +237,7 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         # A zip (that was checked first) whose directory, lengths or checksums
         # are wrong.
-        raise _data_error("E528", path, path=path, e=e) from None
+        raise _data_error("E528", path, path=path, error=e) from None
     names = sorted(headers)
     if "x" not in names or "y" not in names:
         raise _data_error(
@@ -254,19 +254,18 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise _data_error(
             "E528",
             path,
-            variant="could_read",
             path=path,
-            value=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
         ) from None
     for key, array in (("x", x), ("y", y)):
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
             raise _data_error("E528", path, variant="changed_while", key=key, path=path)
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise _data_error(
-            "E420", path, variant="have_one", list_shape=list(x.shape), list_shape2=list(y.shape)
+            "E420", path, variant="rows", list_shape=list(x.shape), list_shape2=list(y.shape)
         )
     if len(x) == 0:
-        raise _data_error("E420", path, variant="examples", path=path)
+        raise _data_error("E420", path, variant="empty", path=path)
     for key, array in (("x", x), ("y", y)):
         check_finite(array, key, path)
     return x, y
@@ -290,7 +289,7 @@ def check_finite(array: np.ndarray, key: str, path: str) -> None:
         array=array[where],
         list_where=list(where),
         count=count,
-        value="s" if count != 1 else "",
+        s="s" if count != 1 else "",
     )
 
 
@@ -334,7 +333,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                         variant="readable_npy",
                         name=name,
                         path=path,
-                        value=str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
+                        error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
                     ) from None
                 offset = f.tell()
             if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
@@ -357,7 +356,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                 raise _data_error(
                     "E527",
                     path,
-                    variant="claims_but",
+                    variant="claims",
                     key=key,
                     path=path,
                     list_shape=list(shape),
@@ -470,7 +469,7 @@ def check_fits(
             where,
             variant="model_does",
             list_shape=list(x.shape[1:]),
-            value=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
         ) from None
     out = picked_output(whole, output, where)
     if callable(loss):
@@ -552,7 +551,7 @@ def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, whe
             name=name,
             describe_output_out=describe_output(out),
             describe_output_target=describe_output(target),
-            value=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
         ) from None
     if not (
         hasattr(value, "shape") and value.shape == () and jnp.issubdtype(value.dtype, jnp.floating)
