@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +197,8 @@ class Plan:
     # The checkpoint's mapping (model path, checkpoint name, transform, shape),
     # when the spec has `map` lines and a checkpoint to read.
     weights: tuple[dict, ...] | None = None
+    # The plan line by line, with the skeleton after each (what `Planner` reuses).
+    rules: tuple[PlannedRule, ...] = field(default=(), repr=False, compare=False)
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -502,99 +505,222 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
 
 
-def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
-    """The plan of `program` on `model`; `base` rebuilds the model from a key
-    (its constructor), where it is known."""
-    key = seed_key(program.seed)
-    try:
-        placer = program.placer(mesh)
-    except SpecError as e:
-        return Plan((), 0, 0, tuple(e.diagnostics))
-    placement = None
-    first = struct = start_struct(program, model, key)
-    diagnostics: list[Diagnostic] = list(program.warnings)
-    # The checkpoint against the model as given, from its header alone.
-    named = weights is not None or (program.weights is not None and program.weights.path)
-    try:
-        # Without a checkpoint to read (none given, no `weights` line), the
-        # `map` lines are checked as text only; `apply` asks for one (E450).
-        mapped = program.plan_weights(first, weights) if named else None
-    except (UsageError, ModelFileError) as e:
-        if weights is not None:
-            raise  # a path given on the command line or to the API
-        # The spec's own `weights` line names a file that cannot be read.
-        mapped = None
-        anchor = program.weights.anchor.span
-        diagnostics += [
-            dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
-        ]
-    if mapped is not None:
-        diagnostics += mapped.diagnostics
-    structs = program.input_structs()
-    ctx = Context(
-        allow=program.allow,
-        inputs=structs,
-        report=diagnostics.append,
-        shapes_only=True,
-        base=base,
-    )
-    start = _params(struct)
-    if model is None and program.model_call is not None:
-        # The spec's own model: it is built for real by `apply`.
-        too_large = budget_diagnostic(
-            nbytes(struct),
-            f"`{program.model_call.callee}(...)`",
-            program.model_call.span,
-            program.source,
+@dataclass(frozen=True, eq=False)
+class PlannedRule:
+    """The plan of one line's passes (a rule's actions, or a structural
+    directive), and the model's skeleton after them: what `Planner` keeps.
+
+    `key` stands for the line (its number and text) and everything above it
+    that shapes the model; `history` holds each pass with the skeleton after it.
+    """
+
+    key: int
+    line: int
+    struct: Any
+    steps: tuple[PlanStep, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    history: tuple[tuple[Any, Any], ...]
+    params: int  # the parameters of `struct`
+    size: int  # its bytes
+    over_budget: bool  # a line up to this one made the model larger than the budget
+
+
+class Planner:
+    """Plans programs, remembering each rule's plan for the next call.
+
+    A rule's plan depends on its text and line, on what is above it (the model
+    it sees, the directives that shape it) and on the model planned; it is
+    kept under a key made of all of them, so that planning an edited spec
+    again plans only the lines from the first edited one down. One planner
+    serves one document (an editor's buffer, a file planned again and again):
+    the model given, or the spec's `model` directive, starts the plan, and a
+    different model object starts it afresh.
+
+    **Attributes:** `replanned`, how many lines the last `plan` planned (the
+    others were reused).
+    """
+
+    def __init__(self):
+        self.replanned = 0
+        self._rules: tuple[PlannedRule, ...] = ()
+        self._model: Any = None
+        self._start: Any = None
+        self._counts: tuple[Any, tuple[int, int]] | None = None
+
+    def plan(
+        self,
+        program,
+        model=None,
+        mesh=None,
+        weights=None,
+        base=None,
+        between: Callable[[], None] | None = None,
+    ) -> Plan:
+        """The plan of `program` on `model` (a model, its skeleton, or None for
+        the spec's `model` directive); `base` rebuilds the model from a key
+        (its constructor), where it is known. `between` is called before each
+        line that is planned anew; it may raise to stop the plan (an editor's
+        text that changed meanwhile)."""
+        key = seed_key(program.seed)
+        try:
+            placer = program.placer(mesh)
+        except SpecError as e:
+            return Plan((), 0, 0, tuple(e.diagnostics))
+        first = self._start_struct(program, model, key)
+        diagnostics: list[Diagnostic] = list(program.warnings)
+        # The checkpoint against the model as given, from its header alone.
+        named = weights is not None or (program.weights is not None and program.weights.path)
+        try:
+            # Without a checkpoint to read (none given, no `weights` line), the
+            # `map` lines are checked as text only; `apply` asks for one (E450).
+            mapped = program.plan_weights(first, weights) if named else None
+        except (UsageError, ModelFileError) as e:
+            if weights is not None:
+                raise  # a path given on the command line or to the API
+            # The spec's own `weights` line names a file that cannot be read.
+            mapped = None
+            anchor = program.weights.anchor.span
+            diagnostics += [
+                dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
+            ]
+        if mapped is not None:
+            diagnostics += mapped.diagnostics
+        structs = program.input_structs()
+        ctx = Context(allow=program.allow, inputs=structs, shapes_only=True, base=base)
+        if model is None and program.model_call is not None:
+            # The spec's own model: it is built for real by `apply`.
+            too_large = budget_diagnostic(
+                nbytes(first),
+                f"`{program.model_call.callee}(...)`",
+                program.model_call.span,
+                program.source,
+            )
+            if too_large is not None:
+                diagnostics.append(too_large)
+        rules = self._fold(program, model, first, key, ctx, between)
+        steps = [s for r in rules for s in r.steps]
+        diagnostics += [d for r in rules for d in r.diagnostics]
+        history = [h for r in rules for h in r.history]
+        struct = rules[-1].struct if rules else first
+        group_steps, more, output = finish(program, first, struct, history)
+        steps += group_steps
+        diagnostics += more
+        placement = None
+        if placer is not None and not any(d.severity == "error" for d in diagnostics):
+            placement = _placement(placer, struct, diagnostics)
+        steps.sort(key=lambda s: s.line)
+        diagnostics += overwritten(steps, program.source)
+        diagnostics.sort(key=_position)
+        if self._counts is None or self._counts[0] is not struct:
+            self._counts = (struct, trainable_frozen(split_state(struct)[0]))
+        trainable, frozen = self._counts[1]
+        return Plan(
+            tuple(steps),
+            _params(first),
+            rules[-1].params if rules else _params(first),
+            tuple(diagnostics),
+            struct,
+            None if output is None else _describe_output(output),
+            trainable,
+            frozen,
+            placement=placement,
+            weights=None if mapped is None else tuple(mapped.table()),
+            rules=rules,
         )
-        if too_large is not None:
-            diagnostics.append(too_large)
-    over_budget = False
-    steps, history = [], []  # history: (pass, subject after it)
-    for p in program.passes:
+
+    def _start_struct(self, program, model, key):
+        """The skeleton the plan starts from, kept for the model object given
+        (a model directive's skeleton depends on its call, so is not kept)."""
+        if model is not None and model is self._model:
+            return self._start
+        start = start_struct(program, model, key)
+        if model is not None:
+            self._model, self._start, self._rules = model, start, ()
+        return start
+
+    def _fold(self, program, model, struct, key, ctx, between) -> tuple[PlannedRule, ...]:
+        """The fold over the passes, line by line, reusing the lines whose key
+        is unchanged: those above the first line that differs."""
+        chain = hash(
+            (
+                # The model given (kept alive by `_start_struct`, so its id
+                # is not reused), or the `model` directive's call.
+                id(model) if model is not None else program.base_constructor(),
+                repr(sorted(program.env.items())),
+                program.seed,
+                program.allow,
+                tuple(program.source.line(i.span.line) for i in program.inputs),
+            )
+        )
+        old, done = self._rules, []
+        params, size, over = _params(struct), nbytes(struct), False
+        self.replanned = 0
+        try:
+            for i, (line, text, passes) in enumerate(_by_line(program.passes)):
+                chain = hash((chain, line, text))
+                if i < len(old) and old[i].key == chain:
+                    rule = old[i]
+                else:
+                    if between is not None:
+                        between()
+                    rule = _plan_line(
+                        program, passes, struct, params, size, over, key, ctx, chain, line
+                    )
+                    self.replanned += 1
+                done.append(rule)
+                struct, params, size, over = rule.struct, rule.params, rule.size, rule.over_budget
+        finally:
+            self._rules = tuple(done)
+        return tuple(done)
+
+
+def _by_line(passes) -> list[tuple[int, str, list]]:
+    """The passes by line (the placement, run on the final skeleton, left out)."""
+    groups: list[tuple[int, str, list]] = []
+    for p in passes:
         if isinstance(p, PlacePass):
-            continue  # placed below, on the final skeleton
-        before = _params(struct)
+            continue
+        if groups and groups[-1][0] == p.line:
+            groups[-1][2].append(p)
+        else:
+            groups.append((p.line, p.text, [p]))
+    return groups
+
+
+def _plan_line(program, passes, struct, params, size, over, key, ctx, chain, line) -> PlannedRule:
+    """One line's passes on the skeleton `struct`, under `eval_shape`."""
+    diagnostics: list[Diagnostic] = []
+    ctx = dataclasses.replace(ctx, report=diagnostics.append)
+    steps, history = [], []
+    for p in passes:
         try:
             nodes = p.select(split_state(struct)[0], ctx)
             new = _run_shapes(p, struct, key, ctx, nodes)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
-        if not over_budget and nbytes(new) > nbytes(struct):
+        new_size, new_params = nbytes(new), _params(new)
+        if not over and new_size > size:
             too_large = budget_diagnostic(
-                nbytes(new), "the model after this line", p.stmt.span, program.source
+                new_size, "the model after this line", p.stmt.span, program.source
             )
             if too_large is not None:
                 diagnostics.append(too_large)
-                over_budget = True
-        step = step_of(p, nodes, split_state(new)[0], before, _params(new))
+                over = True
+        step = step_of(p, nodes, split_state(new)[0], params, new_params)
         if isinstance(p, EnsemblePass):
             step = dataclasses.replace(step, matches=_draws(p, struct, new, ctx), unit="array")
         steps.append(step)
-        struct = new
         history.append((p, new))
-    group_steps, more, output = finish(program, first, struct, history)
-    steps += group_steps
-    diagnostics += more
-    if placer is not None and not any(d.severity == "error" for d in diagnostics):
-        placement = _placement(placer, struct, diagnostics)
-    steps.sort(key=lambda s: s.line)
-    diagnostics += overwritten(steps, program.source)
-    diagnostics.sort(key=_position)
-    trainable, frozen = trainable_frozen(split_state(struct)[0])
-    return Plan(
-        tuple(steps),
-        start,
-        _params(struct),
-        tuple(diagnostics),
-        struct,
-        None if output is None else _describe_output(output),
-        trainable,
-        frozen,
-        placement=placement,
-        weights=None if mapped is None else tuple(mapped.table()),
+        struct, params, size = new, new_params, new_size
+    return PlannedRule(
+        chain, line, struct, tuple(steps), tuple(diagnostics), tuple(history), params, size, over
     )
+
+
+def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
+    """The plan of `program` on `model`, by a planner of its own."""
+    return Planner().plan(program, model, mesh, weights, base)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
