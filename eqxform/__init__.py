@@ -26,6 +26,7 @@ _LAZY = {
     "Pass": "._passes",
     "Context": "._passes",
     "Plan": "._plan",
+    "Planner": "._plan",
     "load": "._recipes",
     "save": "._recipes",
     "new": "._recipes",

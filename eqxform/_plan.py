@@ -190,8 +190,6 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
     output: str | None = None  # the forward pass's output, when the inputs are declared
-    trainable: int = 0  # floating-point parameters the optimiser updates
-    frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
     opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
     placement: PlanMesh | None = None  # each array on the mesh, when there is one
     # The checkpoint's mapping (model path, checkpoint name, transform, shape),
@@ -199,6 +197,20 @@ class Plan:
     weights: tuple[dict, ...] | None = None
     # The plan line by line, with the skeleton after each (what `Planner` reuses).
     rules: tuple[PlannedRule, ...] = field(default=(), repr=False, compare=False)
+
+    @functools.cached_property
+    def _counts(self) -> tuple[int, int]:
+        return (0, 0) if self.result is None else trainable_frozen(split_state(self.result)[0])
+
+    @property
+    def trainable(self) -> int:
+        """Floating-point parameters the optimiser updates."""
+        return self._counts[0]
+
+    @property
+    def frozen(self) -> int:
+        """Floating-point parameters held still (`freeze`, an adapter's base)."""
+        return self._counts[1]
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -538,6 +550,12 @@ class Planner:
 
     **Attributes:** `replanned`, how many lines the last `plan` planned (the
     others were reused).
+
+    ```python
+    planner = eqxform.Planner()
+    program.plan(model, planner=planner)  # every line planned
+    edited.plan(model, planner=planner)   # the lines from the first edited one down
+    ```
     """
 
     def __init__(self):
@@ -545,7 +563,8 @@ class Planner:
         self._rules: tuple[PlannedRule, ...] = ()
         self._model: Any = None
         self._start: Any = None
-        self._counts: tuple[Any, tuple[int, int]] | None = None
+        # The parameters and bytes of the skeleton the last plan started from.
+        self._params = self._size = 0
 
     def plan(
         self,
@@ -590,7 +609,7 @@ class Planner:
         if model is None and program.model_call is not None:
             # The spec's own model: it is built for real by `apply`.
             too_large = budget_diagnostic(
-                nbytes(first),
+                self._size,
                 f"`{program.model_call.callee}(...)`",
                 program.model_call.span,
                 program.source,
@@ -602,7 +621,8 @@ class Planner:
         diagnostics += [d for r in rules for d in r.diagnostics]
         history = [h for r in rules for h in r.history]
         struct = rules[-1].struct if rules else first
-        group_steps, more, output = finish(program, first, struct, history)
+        params = rules[-1].params if rules else self._params
+        group_steps, more, output = finish(program, first, struct, history, params)
         steps += group_steps
         diagnostics += more
         placement = None
@@ -611,18 +631,13 @@ class Planner:
         steps.sort(key=lambda s: s.line)
         diagnostics += overwritten(steps, program.source)
         diagnostics.sort(key=_position)
-        if self._counts is None or self._counts[0] is not struct:
-            self._counts = (struct, trainable_frozen(split_state(struct)[0]))
-        trainable, frozen = self._counts[1]
         return Plan(
             tuple(steps),
-            _params(first),
-            rules[-1].params if rules else _params(first),
+            self._params,
+            params,
             tuple(diagnostics),
             struct,
             None if output is None else _describe_output(output),
-            trainable,
-            frozen,
             placement=placement,
             weights=None if mapped is None else tuple(mapped.table()),
             rules=rules,
@@ -631,12 +646,13 @@ class Planner:
     def _start_struct(self, program, model, key):
         """The skeleton the plan starts from, kept for the model object given
         (a model directive's skeleton depends on its call, so is not kept)."""
-        if model is not None and model is self._model:
-            return self._start
-        start = start_struct(program, model, key)
-        if model is not None:
+        if model is None or model is not self._model:
+            start = start_struct(program, model, key)
+            self._params, self._size = _params(start), nbytes(start)
+            if model is None:
+                return start
             self._model, self._start, self._rules = model, start, ()
-        return start
+        return self._start
 
     def _fold(self, program, model, struct, key, ctx, between) -> tuple[PlannedRule, ...]:
         """The fold over the passes, line by line, reusing the lines whose key
@@ -653,7 +669,7 @@ class Planner:
             )
         )
         old, done = self._rules, []
-        params, size, over = _params(struct), nbytes(struct), False
+        params, size, over = self._params, self._size, False
         self.replanned = 0
         try:
             for i, (line, text, passes) in enumerate(_by_line(program.passes)):
@@ -716,11 +732,6 @@ def _plan_line(program, passes, struct, params, size, over, key, ctx, chain, lin
     return PlannedRule(
         chain, line, struct, tuple(steps), tuple(diagnostics), tuple(history), params, size, over
     )
-
-
-def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
-    """The plan of `program` on `model`, by a planner of its own."""
-    return Planner().plan(program, model, mesh, weights, base)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
@@ -1030,13 +1041,13 @@ def start_struct(program, model, key):
     return structure(model)
 
 
-def finish(program, start, struct, history):
-    """What a plan checks after the passes, on the final skeleton `struct`:
-    the `lr`/`weight_decay` groups (their steps) and the forward pass on the
-    declared inputs (the rule that breaks it found in `history`, the list of
-    (pass, skeleton after it)). Returns (steps, diagnostics, output)."""
+def finish(program, start, struct, history, params):
+    """What a plan checks after the passes, on the final skeleton `struct`
+    (of `params` parameters): the `lr`/`weight_decay` groups (their steps) and
+    the forward pass on the declared inputs (the rule that breaks it found in
+    `history`, the list of (pass, skeleton after it)). Returns (steps,
+    diagnostics, output)."""
     steps, diagnostics = [], []
-    params = _params(struct)
     final = split_state(struct)[0]
     for group in program.groups:
         try:

@@ -192,16 +192,32 @@ def children(obj: Any) -> Iterator[tuple[Any, Any]]:
                 yield path[0], value
 
 
+# The last few skeletons walked (models of `ShapeDtypeStruct`s, which hold no
+# memory), with their nodes: a plan walks the skeleton a line left for the
+# line's selection, and again for the next edit of that line.
+_WALKED: list[tuple[Any, tuple[Node, ...]]] = []
+_MAX_WALKED = 8
+
+
 def walk(model: Any) -> list[Node]:
     """Every node of `model`, the root first, in tree order. The walk keeps
     its own stack: a model may nest deeper than Python's recursion limit."""
+    for walked, nodes in _WALKED:
+        if walked is model:
+            return list(nodes)
     out: list[Node] = []
     todo = [((), model, ())]
+    skeleton = True
     while todo:
         path, obj, parents = todo.pop()
         out.append(Node(path, obj, parents))
+        if isinstance(obj, (jax.Array, np.ndarray)):
+            skeleton = False
         inner = parents + (obj,)
         todo.extend((path + (key,), child, inner) for key, child in reversed(list(children(obj))))
+    if skeleton and len(out) > 1:
+        _WALKED.insert(0, (model, tuple(out)))
+        del _WALKED[_MAX_WALKED:]
     return out
 
 
