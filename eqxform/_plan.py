@@ -665,7 +665,7 @@ class Planner:
                 repr(sorted(program.env.items())),
                 program.seed,
                 program.allow,
-                tuple(program.source.line(i.span.line) for i in program.inputs),
+                repr(program.inputs),  # the `input` lines, or those given to `compile`
             )
         )
         old, done = self._rules, []

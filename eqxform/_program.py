@@ -291,12 +291,12 @@ class Program:
         Stacks are not run on random inputs here (that needs the values).
         Returns the jitted function, its arguments and the model's static part.
         """
-        passes = tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+        on_mesh = replace(
+            self, passes=tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+        )
 
         def fold(subject, k, c):
-            if subject is None:
-                subject = self.construct(k)
-            return functools.reduce(lambda m, p: p(m, k, c), passes, subject)
+            return on_mesh.run(self.construct(k) if subject is None else subject, k, c)
 
         shaped = replace(ctx, verify=False, mesh=None, shapes_only=True)
         shapes = eqx.filter_eval_shape(lambda m, k: fold(m, k, shaped), model, key)
