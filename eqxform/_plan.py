@@ -893,6 +893,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
     # For each step that wrote something: which of its writes are still live,
     # and by which steps the others were undone.
     live: list[tuple[PlanStep, list[tuple[str, frozenset[int] | None]], dict]] = []
+    writers: dict[str, list[int]] = {}  # path -> the indices in `live` of its writers
 
     def settle():
         for step, alive, killers in live:
@@ -927,6 +928,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                     )
                 )
         live.clear()
+        writers.clear()
 
     for step in steps:
         if step.kind in _GROUPS:
@@ -945,7 +947,9 @@ def overwritten(steps, source) -> list[Diagnostic]:
             written = {}
             for w, layers in step.writes:
                 written.setdefault(w, []).append(layers)
-            for earlier, alive, killers in live:
+            # Only the steps that wrote one of these paths (most wrote none).
+            hit = sorted({i for w in written for i in writers.get(w, ())})
+            for earlier, alive, killers in (live[i] for i in hit):
                 if earlier.kind not in _VALUE_WRITERS:
                     continue
                 dead = [w for w in alive if any(_covers(k, w[1]) for k in written.get(w[0], ()))]
@@ -953,6 +957,8 @@ def overwritten(steps, source) -> list[Diagnostic]:
                     alive[:] = [w for w in alive if w not in dead]
                     killers.setdefault("init", []).append(step)
         if step.writes:
+            for w, _ in step.writes:
+                writers.setdefault(w, []).append(len(live))
             live.append((step, list(step.writes), {}))
     settle()
     # `lr` and `weight_decay` select on the final model, and a later one sets

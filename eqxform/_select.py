@@ -819,9 +819,27 @@ def describe_match(node: Node) -> str:
     return f"`{node.text}` ({type(node.obj).__name__})"
 
 
+# The last selections made on kept skeletons (see `walk`): a rule whose
+# actions are edited selects the same nodes again, on the same skeleton.
+_SELECTED: list[tuple[Any, tuple, list[Node]]] = []
+
+
 def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Source) -> list[Node]:
     """The nodes a rule acts on: its selector's matches that pass its `if`
     filter, checked against its `expect` count. Matching nothing is an error."""
+    if not any(walked is model for walked, _ in _WALKED):
+        return _select_rule(rule, model, env, source)
+    key = (rule.selector, rule.filter, rule.expect, repr(sorted(env.items())))
+    for selected, found_key, found in _SELECTED:
+        if selected is model and found_key == key:
+            return list(found)
+    found = _select_rule(rule, model, env, source)
+    _SELECTED.insert(0, (model, key, list(found)))
+    del _SELECTED[_MAX_WALKED:]
+    return found
+
+
+def _select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Source) -> list[Node]:
     nodes = walk(model)
     found = select(rule.selector, nodes, source)
     expect = rule.expect
