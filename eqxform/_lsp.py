@@ -60,7 +60,7 @@ from . import _ast as A
 from . import _docs as D
 from . import _names as N
 from . import _registry as R
-from ._check import check
+from ._check import Checker
 from ._diagnostics import Diagnostic
 from ._errors import EqxformError, SpecError, UsageError
 
@@ -190,7 +190,12 @@ class Analyzer:
         self._parses.pop(uri, None)
 
     def analyse(
-        self, uri: str, text: str, name: str, is_current: Callable[[], bool] = lambda: True
+        self,
+        uri: str,
+        text: str,
+        name: str,
+        is_current: Callable[[], bool] = lambda: True,
+        checked: tuple | None = None,
     ) -> ModelView:
         """The model-aware diagnostics and plan of `text`, which should have no
         model-free errors (else the view holds `compile`'s diagnostics alone).
@@ -202,6 +207,8 @@ class Analyzer:
         - `name`: the name diagnostics are reported under.
         - `is_current`: asked between lines; when it returns `False` the work
           stops with `_Stale`.
+        - `checked`: `(spec, checker, diagnostics)` of `text`, when it has been
+          parsed and checked already (else it is, here).
 
         **Returns:** a `ModelView`.
         """
@@ -213,7 +220,7 @@ class Analyzer:
 
         with self._lock:
             try:
-                program = _compile(text, name, self._parses.setdefault(uri, {}))
+                program = _compile(text, name, self._parses.setdefault(uri, {}), checked)
             except SpecError as e:
                 return ModelView(tuple(e.diagnostics))
             if program.model_call is None:
@@ -284,11 +291,15 @@ class Analyzer:
         return value, [], key
 
 
-def _compile(text: str, name: str, cache: dict | None = None):
-    """`compile` of a text (never read as a file name), parsed through `cache`."""
-    from ._compile import compile_collect
+def _compile(text: str, name: str, cache: dict | None = None, checked: tuple | None = None):
+    """`compile` of a text (never read as a file name), parsed through `cache`;
+    or of its parse and check, `checked`."""
+    from ._compile import compile_checked, compile_collect
 
-    program, diagnostics = compile_collect(text, name, cache=cache)
+    if checked is not None:
+        program, diagnostics = compile_checked(*checked)
+    else:
+        program, diagnostics = compile_collect(text, name, cache=cache)
     if diagnostics:
         raise SpecError(diagnostics)
     return program
@@ -320,6 +331,7 @@ class _Doc:
     skeleton_valid_below: float = math.inf
     pending: asyncio.Task | None = None
     _index: dict | None = None
+    checker: Any = None  # the `Checker` that ran on `spec`, when there is one
 
     @property
     def lines(self) -> list[str]:
@@ -657,7 +669,7 @@ class EqxformServer(LanguageServer):
                 continue
             version, text = latest.version, latest.text
             try:
-                spec, local = await loop.run_in_executor(
+                spec, local, checker = await loop.run_in_executor(
                     self.checker, self._check_text, uri, text, lambda: latest.version == version
                 )
             except _Stale:
@@ -668,7 +680,7 @@ class EqxformServer(LanguageServer):
             if latest.version != version or self.latest.get(uri) is not latest:
                 continue
             latest.urgent.clear()
-            self._install(uri, version, text, spec, local)
+            self._install(uri, version, text, spec, local, checker)
             return
 
     def _check_text(self, uri: str, text: str, is_current: Callable[[], bool]):
@@ -679,13 +691,16 @@ class EqxformServer(LanguageServer):
         spec, local = parse_collect(text, _name(uri), self.parses.setdefault(uri, {}))
         if not is_current():
             raise _Stale  # the parse is kept (in the cache); the check is not wanted
-        return spec, local + check(spec)
+        checker = Checker(spec)
+        return spec, local + checker.run(), checker
 
-    def _install(self, uri: str, version: int, text: str, spec: A.Spec, local: list) -> _Doc:
+    def _install(
+        self, uri: str, version: int, text: str, spec: A.Spec, local: list, checker: Any = None
+    ) -> _Doc:
         """Make a checked text the document's, publish its diagnostics, and
-        plan it on its model after the typing pauses."""
+        plan it on its model (which compiles it with the same `checker`)."""
         old = self.docs.get(uri)
-        doc = _Doc(uri, version, text, spec, list(local))
+        doc = _Doc(uri, version, text, spec, list(local), checker=checker)
         if old is not None:
             doc.view, doc.skeleton = old.view, old.skeleton
             first = _first_difference(old.lines, doc.lines)
@@ -783,6 +798,7 @@ class EqxformServer(LanguageServer):
                 doc.text,
                 _name(uri),
                 lambda: self.is_current(uri, version),
+                None if doc.checker is None else (doc.spec, doc.checker, list(doc.local)),
             )
         except _Stale:
             return
