@@ -562,9 +562,8 @@ class Planner:
         self.replanned = 0
         self._rules: tuple[PlannedRule, ...] = ()
         self._model: Any = None
-        self._start: Any = None
-        # The parameters and bytes of the skeleton the last plan started from.
-        self._params = self._size = 0
+        # The skeleton of the model given last, with its parameters and bytes.
+        self._start: tuple[Any, int, int] | None = None
 
     def plan(
         self,
@@ -585,7 +584,7 @@ class Planner:
             placer = program.placer(mesh)
         except SpecError as e:
             return Plan((), 0, 0, tuple(e.diagnostics))
-        first = self._start_struct(program, model, key)
+        first, start_params, start_size = self._start_struct(program, model, key)
         diagnostics: list[Diagnostic] = list(program.warnings)
         # The checkpoint against the model as given, from its header alone.
         named = weights is not None or (program.weights is not None and program.weights.path)
@@ -609,19 +608,19 @@ class Planner:
         if model is None and program.model_call is not None:
             # The spec's own model: it is built for real by `apply`.
             too_large = budget_diagnostic(
-                self._size,
+                start_size,
                 f"`{program.model_call.callee}(...)`",
                 program.model_call.span,
                 program.source,
             )
             if too_large is not None:
                 diagnostics.append(too_large)
-        rules = self._fold(program, model, first, key, ctx, between)
+        rules = self._fold(program, model, first, start_params, start_size, key, ctx, between)
         steps = [s for r in rules for s in r.steps]
         diagnostics += [d for r in rules for d in r.diagnostics]
         history = [h for r in rules for h in r.history]
         struct = rules[-1].struct if rules else first
-        params = rules[-1].params if rules else self._params
+        params = rules[-1].params if rules else start_params
         group_steps, more, output = finish(program, first, struct, history, params)
         steps += group_steps
         diagnostics += more
@@ -633,7 +632,7 @@ class Planner:
         diagnostics.sort(key=_position)
         return Plan(
             tuple(steps),
-            self._params,
+            start_params,
             params,
             tuple(diagnostics),
             struct,
@@ -643,18 +642,21 @@ class Planner:
             rules=rules,
         )
 
-    def _start_struct(self, program, model, key):
-        """The skeleton the plan starts from, kept for the model object given
-        (a model directive's skeleton depends on its call, so is not kept)."""
-        if model is None or model is not self._model:
-            start = start_struct(program, model, key)
-            self._params, self._size = _params(start), nbytes(start)
-            if model is None:
-                return start
+    def _start_struct(self, program, model, key) -> tuple[Any, int, int]:
+        """The skeleton the plan starts from, with its parameters and bytes;
+        kept for the model object given (the `model` directive's skeleton is
+        not: the plan's key holds its call)."""
+        if model is not None and self._start is not None and model is self._model:
+            return self._start
+        struct = start_struct(program, model, key)
+        start = (struct, _params(struct), nbytes(struct))
+        if model is not None:
             self._model, self._start, self._rules = model, start, ()
-        return self._start
+        return start
 
-    def _fold(self, program, model, struct, key, ctx, between) -> tuple[PlannedRule, ...]:
+    def _fold(
+        self, program, model, struct, params, size, key, ctx, between
+    ) -> tuple[PlannedRule, ...]:
         """The fold over the passes, line by line, reusing the lines whose key
         is unchanged: those above the first line that differs."""
         chain = hash(
@@ -669,7 +671,7 @@ class Planner:
             )
         )
         old, done = self._rules, []
-        params, size, over = self._params, self._size, False
+        over = False
         self.replanned = 0
         try:
             for i, (line, text, passes) in enumerate(_by_line(program.passes)):
