@@ -82,7 +82,7 @@ from ._parse import SpecToken, parse, parse_collect, tokens
 logger = logging.getLogger(__name__)
 
 # How long the text must stay unchanged, once checked, before the model-aware
-# diagnostics are computed. None: the check already waits for the edits to
+# diagnostics are computed: none, as the check already waits for the edits to
 # pause (`CHECK_DEBOUNCE_S`), and the plan of an edit is that of the lines
 # from the edit down, stopped at the next line when the text changes again.
 DEBOUNCE_S = 0.0
