@@ -829,7 +829,8 @@ def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sour
     filter, checked against its `expect` count. Matching nothing is an error."""
     if not any(walked is model for walked, _ in _WALKED):
         return _select_rule(rule, model, env, source)
-    key = (rule.selector, rule.filter, rule.expect, repr(sorted(env.items())))
+    # What else a selection depends on: the `let` values, the names of types.
+    key = (rule.selector, rule.filter, rule.expect, repr(sorted(env.items())), type_names())
     for selected, found_key, found in _SELECTED:
         if selected is model and found_key == key:
             return list(found)
