@@ -91,7 +91,7 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
 
 
 def _seed(text: str | None) -> int | None:
-    from ._source import parse_seed
+    from ._values import parse_seed
 
     return parse_seed(text)
 

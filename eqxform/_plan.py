@@ -21,7 +21,6 @@ import numpy as np
 
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
-from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
@@ -48,6 +47,7 @@ from ._select import (
     skipped_arrays,
     walk,
 )
+from ._values import argument_diagnostic, format_bytes
 
 
 @dataclass(frozen=True)
@@ -157,25 +157,17 @@ class PlanMesh:
                 (
                     a.path,
                     f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
-                    f"{human_bytes(a.bytes_per_device)}/device{where}",
+                    f"{format_bytes(a.bytes_per_device)}/device{where}",
                 )
             )
         out += _columns("    ", rows, width)
         out += _wrap(
-            f"  per device: {human_bytes(self.bytes_per_device)} "
-            f"(the whole model: {human_bytes(self.bytes)})",
+            f"  per device: {format_bytes(self.bytes_per_device)} "
+            f"(the whole model: {format_bytes(self.bytes)})",
             "    ",
             width,
         )
         return out
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from jax.sharding import Mesh
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, from_constructor, is_constructor, render_call
-from ._check import check_seed
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
@@ -51,6 +50,7 @@ from ._passes._shard import check_axes, sharding_tree
 from ._passes._struct import EnsemblePass
 from ._plan import make_plan
 from ._select import is_array, too_deep
+from ._values import check_seed
 from ._weights import (
     Checkpoint,
     WeightPlan,

@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from . import _ast as A
 from . import _registry as R
 from ._build import MODEL_TAG, build, import_allowed, render_call
-from ._check import Checker, check_seed
+from ._check import Checker
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
@@ -61,6 +61,7 @@ from ._passes import Context
 from ._passes._shard import placements
 from ._program import Program, Recipe, RecipeStep, check_model, recipe_of, remember
 from ._select import is_array, tensor_name, walk
+from ._values import check_seed
 
 
 def versions() -> dict[str, str]:
