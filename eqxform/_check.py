@@ -693,7 +693,7 @@ class Checker:
                 f"write `{example}`",
             )
             return
-        self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span, context)
+        self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span)
         for a in arg.args:
             self.names(a.value, context, f"a `{name}` argument")
 
@@ -749,7 +749,7 @@ class Checker:
                 code, f"unknown {kind} `{name}`", span, did_you_mean(name, signatures) or listing
             )
             return
-        self.arguments(name, kind, signature, args, arg.span, context)
+        self.arguments(name, kind, signature, args, arg.span)
         for a in args:
             self.names(a.value, context, f"a {kind} argument")
 
@@ -777,7 +777,7 @@ class Checker:
                 or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
             )
             return
-        self.arguments(name, "initialiser", signature, args, arg.span, context)
+        self.arguments(name, "initialiser", signature, args, arg.span)
         for a in args:
             self.names(a.value, context, "an initialiser argument")
 
@@ -795,7 +795,7 @@ class Checker:
                     "those registered with `eqxform.register_constructor`",
                 )
             else:
-                self.arguments(call.callee, "constructor", signature, call.args, call.span, names)
+                self.arguments(call.callee, "constructor", signature, call.args, call.span)
                 positional = [p for p in signature.positional if p != "key"]
                 for i, arg in enumerate(call.args):
                     value = arg.value
@@ -829,7 +829,6 @@ class Checker:
         signature: N.Signature,
         args: Iterable[A.Arg],
         span: A.Span,
-        context: set[str],
     ):
         args = list(args)
         suggested: set[str] = set()

@@ -720,7 +720,6 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
     checker.constructor_call(call, set())
     if checker.diagnostics:
         raise SpecError(checker.diagnostics)
-    allow = tuple(allow)
     key = jax.random.fold_in(seed_key(seed), MODEL_TAG)
     model = build(call, {}, key, source, allow)
     recipe = Recipe(

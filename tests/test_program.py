@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _optim_labels import labels
 
 import eqxform
 from eqxform import _names as N
 from eqxform._modules import BUILTIN
-from eqxform._runtime._optim import labels
 
 FIXTURES = Path(__file__).parent / "fixtures" / "plans"
 CASES = sorted(FIXTURES.glob("*.eqx"))
