@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -22,7 +23,7 @@ from typing import Any
 
 import click
 
-from ._diagnostics import Diagnostic, denied, printable, render_all
+from ._diagnostics import Diagnostic, denied, plural, position, printable, render_all
 from ._errors import EqxformError, UsageError
 
 
@@ -315,7 +316,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
             from ._check import Checker
 
             checker = Checker(parsed, params, _mesh(mesh))
-            diagnostics = sorted(diagnostics + checker.run(), key=_position)
+            diagnostics = sorted(diagnostics + checker.run(), key=position)
             usage = [d for d in diagnostics if d.code in USAGE_CODES]
             if usage:
                 raise UsageError(usage)
@@ -341,7 +342,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
                 if rest is not None:
                     struct = skeleton(model, allow)[2] if model is not None else None
                     more = list(rest.plan(struct).errors)
-                    diagnostics = sorted(diagnostics + more, key=_position)
+                    diagnostics = sorted(diagnostics + more, key=position)
         diagnostics = denied(diagnostics, deny)
         errors = any(d.severity == "error" for d in diagnostics)
         if as_json:
@@ -368,12 +369,12 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
         if errors:
             sys.exit(1)
         warned = sum(d.severity == "warning" for d in diagnostics)
-        head = "no problems found" if not warned else _plural(warned, "warning")
+        head = "no problems found" if not warned else plural(warned, "warning")
         noted = sum(d.severity == "note" for d in diagnostics)
         if noted:
-            head += f", {_plural(noted, 'note')}"
+            head += f", {plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
-        _echo(f"{name}: {head} ({_plural(statements, 'statement')}{where})")
+        _echo(f"{name}: {head} ({plural(statements, 'statement')}{where})")
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
@@ -451,7 +452,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     for line in lines:
         click.echo(line)
     if untouched:
-        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        click.echo(f"untouched: {plural(len(result.untouched), 'array')}")
         for path in result.untouched:
             _echo(f"  {path}")
 
@@ -998,10 +999,10 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
         subject = load(model, allow=allow)
         if peft:
             names = program.export_peft(subject, output)
-            click.echo(f"wrote {output}/ ({_plural(len(names), 'adapter tensor')}, PEFT layout)")
+            click.echo(f"wrote {output}/ ({plural(len(names), 'adapter tensor')}, PEFT layout)")
             return
         names = program.export_weights(subject, output, weights=weights)
-        click.echo(f"wrote {output} ({_plural(len(names), 'tensor')})")
+        click.echo(f"wrote {output} ({plural(len(names), 'tensor')})")
 
     _run(go)
 
@@ -1056,7 +1057,7 @@ def show(model, fmt, allow):
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
             for t in sorted(header.tensors.values(), key=lambda t: t.start)
         ]
-        params = sum(_prod(t["shape"]) for t in tensors)
+        params = sum(math.prod(t["shape"]) for t in tensors)
         data = {
             "file": model,
             "parameters": params,
@@ -1120,7 +1121,7 @@ def _show_adapters(path: str, info: dict, tensors: int) -> None:
     and how to use them (they are no model on their own)."""
     fingerprint = str(info.get("fingerprint"))
     _echo(
-        f"adapters: {_plural(tensors, 'tensor')} for the base model of fingerprint "
+        f"adapters: {plural(tensors, 'tensor')} for the base model of fingerprint "
         f"{fingerprint[:12]}"
     )
     for i, entry in enumerate(info.get("specs", []), 1):
@@ -1214,9 +1215,9 @@ def fmt(paths, check):
                 _echo(f"would reformat {path}", err=True)
             if changed:
                 sys.exit(1)
-            click.echo(f"{_plural(len(specs), 'spec')} already formatted")
+            click.echo(f"{plural(len(specs), 'spec')} already formatted")
         else:
-            click.echo(f"reformatted {len(changed)} of {_plural(len(specs), 'spec')}")
+            click.echo(f"reformatted {len(changed)} of {plural(len(specs), 'spec')}")
 
     _run(go)
 
@@ -1297,10 +1298,6 @@ def explain(code, every, fmt):
     _run(go)
 
 
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
-
-
 def _applied(spec) -> str:
     """`2 rules and 1 `stack` line`: what a spec applies, its structural
     lines (which change a model as much as a rule does) counted beside its rules."""
@@ -1311,23 +1308,10 @@ def _applied(spec) -> str:
     for stmt in spec.statements:
         if type(stmt) in words:
             lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
-    parts = [_plural(n, f"`{word}` line") for word, n in lines.items()]
+    parts = [plural(n, f"`{word}` line") for word, n in lines.items()]
     if spec.rules or not parts:
-        parts.insert(0, _plural(len(spec.rules), "rule"))
+        parts.insert(0, plural(len(spec.rules), "rule"))
     return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word}{'es' if word.endswith(('ch', 's')) else 's'}"
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":

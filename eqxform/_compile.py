@@ -16,7 +16,7 @@ from typing import Any
 from . import _ast as A
 from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, position
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
 from ._mesh import MeshSpec, as_mesh_spec
@@ -35,10 +35,6 @@ from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
 from ._wnames import weight_rules
-
-
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
 
 def _normalise(text: str) -> str:
@@ -167,11 +163,11 @@ def compile_collect(
         # A `let` seems unused when the line that used it failed to parse:
         # dead text is worth a warning only once the spec has no errors.
         diagnostics = [d for d in diagnostics if d.code != "W205"]
-        return None, sorted(diagnostics, key=_position)
+        return None, sorted(diagnostics, key=position)
     # Warnings do not stop the compiler: the program carries them, and its
     # plan reports them with its own.
     program = _program(spec, checker, tuple(allow), mesh)
-    return replace(program, warnings=tuple(sorted(diagnostics, key=_position))), []
+    return replace(program, warnings=tuple(sorted(diagnostics, key=position))), []
 
 
 # Actions that neither change the model's structure nor what later selectors

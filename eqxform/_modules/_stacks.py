@@ -33,7 +33,8 @@ def _take(tree: Any, index) -> Any:
     return jax.tree_util.tree_map(lambda x: x[index] if eqx.is_array(x) else x, tree)
 
 
-def _is_index(x: Any) -> bool:
+def is_state_index(x: Any) -> bool:
+    """Is `x` an `eqx.nn.StateIndex` (where a stateful layer keeps its state)?"""
     return isinstance(x, StateIndex)
 
 
@@ -74,6 +75,28 @@ def _split_output(out: Any, what: str) -> tuple[Any, State]:
         f"{what} was given an `eqx.nn.State`, so each layer must return `(output, state)`; "
         f"this one returned {type(out).__name__}"
     )
+
+
+def _one_call(static, args, kwargs, where, state_def, what: str, prepare=lambda m: m):
+    """The call of one layer of a stack (or member of an ensemble) as a function
+    `(arrays, input, key, state leaves) -> (output, state leaves)` to map over the
+    layers: the layer is `static` with `arrays`, made ready by `prepare`; `key`
+    (when not None) and the layer's part of the state (when the call passes a
+    state at `where`, flattened by `state_def`) join the call's own arguments."""
+
+    def call(d, h, k, s):
+        layer = prepare(eqx.combine(d, static))
+        call_args, call_kwargs = args, dict(kwargs)
+        if k is not None:
+            call_kwargs["key"] = k
+        if state_def is None:
+            return layer(h, *call_args, **call_kwargs), s
+        layer_state = jax.tree_util.tree_unflatten(state_def, s)
+        call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], layer_state)
+        out, new_state = _split_output(layer(h, *call_args, **call_kwargs), what)
+        return out, jax.tree_util.tree_leaves(new_state)
+
+    return call
 
 
 def _substate(state: State, module: Any) -> tuple[list, Any]:
@@ -138,7 +161,7 @@ def _carry_change(body, x, xs) -> str:
 
 
 def _indices(tree: Any) -> list:
-    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_index) if _is_index(x)]
+    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_state_index) if is_state_index(x)]
 
 
 def _unstacked_state(state: State, layers: Any, error):
@@ -257,11 +280,11 @@ class Stacked(eqx.Module):
         return jax.tree_util.tree_map(
             lambda x: (
                 marked(x, x.marker.parts[i])
-                if _is_index(x) and isinstance(x.marker, StackedMarker)
+                if is_state_index(x) and isinstance(x.marker, StackedMarker)
                 else x
             ),
             layer,
-            is_leaf=_is_index,
+            is_leaf=is_state_index,
         )
 
     def __iter__(self):
@@ -310,18 +333,7 @@ class Stacked(eqx.Module):
         else:
             state_leaves, state_def = [], None
 
-        def apply(d, h, k, s):
-            layer = eqx.combine(d, static)
-            call_args, call_kwargs = args, dict(kwargs)
-            if k is not None:
-                call_kwargs["key"] = k
-            if state_def is None:
-                return layer(h, *call_args, **call_kwargs), s
-            layer_state = jax.tree_util.tree_unflatten(state_def, s)
-            call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], layer_state)
-            out, new_state = _split_output(layer(h, *call_args, **call_kwargs), "a stack")
-            return out, jax.tree_util.tree_leaves(new_state)
-
+        apply = _one_call(static, args, kwargs, where, state_def, "a stack")
         if self.remat:
             apply = eqx.filter_checkpoint(apply)
         if self.mode == "vmap":
@@ -420,18 +432,7 @@ def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):
     else:
         state_leaves, state_def = [], None
 
-    def one(d, h, k, s):
-        member = resolve(eqx.combine(d, static))
-        call_args, call_kwargs = args, dict(kwargs)
-        if k is not None:
-            call_kwargs["key"] = k
-        if state_def is None:
-            return member(h, *call_args, **call_kwargs), s
-        member_state = jax.tree_util.tree_unflatten(state_def, s)
-        call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], member_state)
-        out, new_state = _split_output(member(h, *call_args, **call_kwargs), "an ensemble")
-        return out, jax.tree_util.tree_leaves(new_state)
-
+    one = _one_call(static, args, kwargs, where, state_def, "an ensemble", resolve)
     out, new_leaves = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0, 0))(
         dynamic, x, keys, state_leaves
     )
@@ -512,8 +513,8 @@ def restate(model: Any, state: State, members: int | None = None) -> State:
         raise KeyError(marker)
 
     new = {}
-    for leaf in jax.tree_util.tree_leaves(model, is_leaf=_is_index):
-        if _is_index(leaf) and leaf.marker not in new:
+    for leaf in jax.tree_util.tree_leaves(model, is_leaf=is_state_index):
+        if is_state_index(leaf) and leaf.marker not in new:
             v = value(leaf.marker, leaf)
             if members is not None:
                 v = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), v)
