@@ -239,6 +239,17 @@ _weights = click.option(
     help="A checkpoint in another library's names (safetensors or .npz), read by the spec's "
     "`map` lines; replaces the spec's `weights` line.",
 )
+
+
+def _spec_options(command):
+    """The spec and model arguments, and the options that say how to read and
+    run the spec (`--set`, `--params`, `--allow`, `--input`, `--mesh`), that
+    `check`, `plan`, `apply` and `train` share."""
+    for decorate in (_mesh_opt, _input, _allow, _params_opt, _set, _model_arg, _spec_arg):
+        command = decorate(command)
+    return command
+
+
 _format = click.option(
     "--format",
     "fmt",
@@ -280,13 +291,7 @@ def new(constructor, output, seed, allow):
 
 
 @main.command()
-@_spec_arg
-@_model_arg
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
+@_spec_options
 @_weights
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
 @_deny
@@ -384,13 +389,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
 
 
 @main.command()
-@_spec_arg
-@_model_arg
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
+@_spec_options
 @_format
 @click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
 @_weights
@@ -483,15 +482,9 @@ def _plan_table(result):
 
 
 @main.command()
-@_spec_arg
-@_model_arg
+@_spec_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 @click.option(
@@ -561,8 +554,7 @@ def apply(
 
 
 @main.command()
-@_spec_arg
-@_model_arg
+@_spec_options
 @click.option(
     "--data",
     type=click.Path(),
@@ -593,11 +585,6 @@ def apply(
     help="Also write the model every K steps (K at least 1).",
 )
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
 @click.option(
     "--batch-axis",
     metavar="AXIS",
