@@ -59,7 +59,15 @@ from ._names import DTYPES
 from ._parse import parse_expr
 from ._passes import Context
 from ._passes._shard import placements
-from ._program import Program, Recipe, RecipeStep, check_model, recipe_of, remember
+from ._program import (
+    Program,
+    Recipe,
+    RecipeStep,
+    check_model,
+    recipe_of,
+    recipe_to_write,
+    remember,
+)
 from ._select import is_array, tensor_name, walk
 from ._values import check_seed
 
@@ -422,7 +430,7 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
             )
         )
     check_model(model)
-    recipe = recipe if recipe is not None else recipe_of(model)
+    recipe = recipe if recipe is not None else recipe_to_write(model)
     arrays = named_arrays(model)
     if not arrays:
         raise UsageError(
