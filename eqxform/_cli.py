@@ -420,17 +420,22 @@ def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, we
     _run(go, fmt == "json")
 
 
+def _dumped(data: dict, fmt: str) -> bool:
+    """Print `data` as JSON or YAML when `--format` asks for one; False for a table."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False))
+    return fmt in ("json", "yaml")
+
+
 def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     data = result.to_dict()
     if not untouched:
         del data["untouched"]
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-        return
-    if fmt == "yaml":
-        import yaml
-
-        click.echo(yaml.safe_dump(data, sort_keys=False))
+    if _dumped(data, fmt):
         return
     console = _console()
     table = _plan_table(result)
@@ -1054,13 +1059,7 @@ def show(model, fmt, allow):
         }
         if adapters is not None:
             data["adapters"] = adapters
-        if fmt == "json":
-            click.echo(json.dumps(data, indent=2))
-            return
-        if fmt == "yaml":
-            import yaml
-
-            click.echo(yaml.safe_dump(data, sort_keys=False))
+        if _dumped(data, fmt):
             return
         from rich.text import Text
         from rich.tree import Tree
