@@ -34,6 +34,7 @@ from ._passes import (
 from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
+from ._values import allowed
 from ._wnames import weight_rules
 
 
@@ -86,11 +87,7 @@ def compile(
         isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
     ):
         raise _wrong_type("params", params, "a mapping from `let` names to values")
-    if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
-        raise _not_packages(allow)
-    allow = tuple(allow)
-    if not all(isinstance(a, str) for a in allow):
-        raise _not_packages(allow)
+    allow = allowed(allow)
     if inputs is not None:
         inputs = _strings("inputs", inputs, 'input types such as `"f32[3,224,224]"`')
     if name is not None and not isinstance(name, str):
@@ -109,17 +106,6 @@ def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
             "E434",
             f"`{argument}` must be {expected}, not a `{type(value).__name__}`",
             help="see `help(eqxform.compile)`",
-        )
-    )
-
-
-def _not_packages(allow: Any) -> UsageError:
-    # The same problem, and code, as `allow` of `eqxform.load` and `eqxform.new`.
-    return UsageError(
-        Diagnostic(
-            "E449",
-            f"`allow` must be a list of package names, not {allow!r:.60}",
-            help='e.g. `allow=["mypkg"]`',
         )
     )
 

@@ -69,7 +69,7 @@ from ._program import (
     remember,
 )
 from ._select import is_array, tensor_name, walk
-from ._values import check_seed
+from ._values import allowed, check_seed
 
 
 def versions() -> dict[str, str]:
@@ -156,26 +156,6 @@ def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     # are imported before, so that arrays they create on import are concrete.
     import_allowed([call], allow)
     return call, source
-
-
-def allowed(allow: Any) -> tuple[str, ...]:
-    """`allow` (package names) as a tuple, or a usage error: a single string
-    would otherwise be read as its letters."""
-    ok = not isinstance(allow, (str, bytes))
-    if ok:
-        try:
-            allow = tuple(allow)
-        except TypeError:
-            ok = False
-    if not ok or not all(isinstance(a, str) for a in allow):
-        raise UsageError(
-            Diagnostic(
-                "E449",
-                f"`allow` must be a list of package names, not {allow!r:.60}",
-                help='e.g. `allow=["mypkg"]`',
-            )
-        )
-    return allow
 
 
 def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<recipe>") -> Recipe:
@@ -693,7 +673,7 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
     """
     if not isinstance(constructor, str) and callable(constructor):
         text = python_call(constructor, args, kwargs)
-        return new(text, seed=seed, allow=tuple(allowed(allow)) + tuple(_package(text)))
+        return new(text, seed=seed, allow=allowed(allow) + tuple(_package(text)))
     if args or kwargs:
         raise UsageError(
             Diagnostic(

@@ -152,6 +152,27 @@ def constructor_limit(callee: str, name: str | None, value: Any, span, source) -
     )
 
 
+def allowed(allow: Any) -> tuple[str, ...]:
+    """`allow` (the packages whose constructors may be imported, given to the
+    API) as a tuple, or a usage error: a single string would otherwise be read
+    as its letters."""
+    ok = not isinstance(allow, (str, bytes))
+    if ok:
+        try:
+            allow = tuple(allow)
+        except TypeError:
+            ok = False
+    if not ok or not all(isinstance(a, str) for a in allow):
+        raise UsageError(
+            Diagnostic(
+                "E449",
+                f"`allow` must be a list of package names, not {allow!r:.60}",
+                help='e.g. `allow=["mypkg"]`',
+            )
+        )
+    return allow
+
+
 # ---- seeds ----------------------------------------------------------------------
 
 
