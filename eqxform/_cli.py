@@ -1038,12 +1038,11 @@ def show(model, fmt, allow):
     """
 
     def go():
-        from ._files import read_header
-        from ._recipes import adapter_info
+        from ._files import adapter_record, read_header
 
         header = read_header(model)
         recipe = header.recipe
-        adapters = adapter_info(header)
+        adapters = adapter_record(header)
         checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}

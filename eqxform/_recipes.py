@@ -378,7 +378,7 @@ def load(
     allow = allowed(allow)  # a usage error before the file is touched
     if base is not None:
         return load_adapters(path, base, allow=allow)
-    info = adapter_info(read_header(path))
+    info = adapter_record(read_header(path))
     if info is not None:
         raise ModelFileError(
             Diagnostic(
@@ -952,11 +952,6 @@ def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -
     return encode(tensors, {"adapters": record, "versions": versions()})
 
 
-def adapter_info(header: Header) -> dict | None:
-    """The `adapters` record of an adapter file's metadata, or None for a model file."""
-    return adapter_record(header)
-
-
 def _edited(path: str, why: str) -> ModelFileError:
     return ModelFileError(
         Diagnostic(
@@ -976,7 +971,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     tensors checked against the file's digests, the adapter tensors and the
     arrays trained beside them filled in from the file."""
     header = read_header(path)
-    info = adapter_info(header)
+    info = adapter_record(header)
     if info is None:
         raise ModelFileError(
             Diagnostic(
