@@ -27,6 +27,7 @@ from ._values import (
     byte_budget,
     constructor_limit,
     format_bytes,
+    is_seed,
 )
 from ._wnames import read_globs, read_map
 
@@ -162,7 +163,7 @@ class Checker:
                             f"`seed` must be a whole number >= 0, not `{value}`",
                             stmt.value.span,
                         )
-                    elif value > L.MAX_SEED:
+                    elif not is_seed(value):
                         self.error(
                             "E113",
                             f"`seed` must be at most 2**64 - 1, not `{value}`",

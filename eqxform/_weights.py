@@ -928,7 +928,6 @@ def export_weights(
     *,
     reference: Checkpoint | None = None,
     state: Any = None,
-    check_inputs: Iterable[tuple[str, Any]] = (),
 ) -> list[str]:
     """Write `model`'s arrays under the checkpoint's names (the `map` lines in
     reverse) to the safetensors file `path`; with the original checkpoint
