@@ -60,6 +60,13 @@ def _states(args: tuple, kwargs: dict) -> list:
     return where
 
 
+def _state_arg(args: tuple, kwargs: dict, where: list) -> State | None:
+    """The `State` the call passes (at `where[0]`), or None."""
+    if not where:
+        return None
+    return args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+
+
 def _with_state(args: tuple, kwargs: dict, where, state) -> tuple[tuple, dict]:
     if isinstance(where, int):
         args = args[:where] + (state,) + args[where + 1 :]
@@ -311,8 +318,8 @@ class Stacked(eqx.Module):
         where = _states(args, kwargs)
         if len(where) > 1:
             raise TypeError("a stack threads one `eqx.nn.State`; the call passes several")
-        if where:
-            state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+        state = _state_arg(args, kwargs, where)
+        if state is not None:
             unstacked = _unstacked_state(state, self.layers, self.error)
             if unstacked is not None:
                 # A state made for the model before it was stacked: its layers'
@@ -326,12 +333,8 @@ class Stacked(eqx.Module):
     def _run(self, x, args, kwargs, key, where):
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         keys = None if key is None else jax.random.split(key, self.count)
-        state = None
-        if where:
-            state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
-            state_leaves, state_def = _substate(state, self.layers)
-        else:
-            state_leaves, state_def = [], None
+        state = _state_arg(args, kwargs, where)
+        state_leaves, state_def = ([], None) if state is None else _substate(state, self.layers)
 
         apply = _one_call(static, args, kwargs, where, state_def, "a stack")
         if self.remat:
@@ -425,12 +428,8 @@ def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):
     dynamic, static = eqx.partition(ensemble.model, eqx.is_array)
     keys = None if key is None else jax.random.split(key, ensemble.count)
     where = _states(args, kwargs)
-    state = None
-    if where:
-        state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
-        state_leaves, state_def = jax.tree_util.tree_flatten(state)
-    else:
-        state_leaves, state_def = [], None
+    state = _state_arg(args, kwargs, where)
+    state_leaves, state_def = ([], None) if state is None else jax.tree_util.tree_flatten(state)
 
     one = _one_call(static, args, kwargs, where, state_def, "an ensemble", resolve)
     out, new_leaves = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0, 0))(
