@@ -154,22 +154,17 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
         keep[list(frozen.layers)] = 0.0
     lr = kwargs["learning_rate"]
     kw = dict(kwargs)
+    each = optax.stateless_with_tree_map  # `u -> f(u, p)` on each update
     parts = []
     if takes_decay:
         kw["weight_decay"] = 0.0
     else:
-        parts.append(
-            optax.stateless_with_tree_map(lambda u, p: u + _along(decay, axis, u.ndim) * p)
-        )
+        parts.append(each(lambda u, p: u + _along(decay, axis, u.ndim) * p))
     parts.append(getattr(optax, name)(**kw))
-    parts.append(optax.stateless_with_tree_map(lambda u, p: u * _along(scale, axis, u.ndim)))
+    parts.append(each(lambda u, p: u * _along(scale, axis, u.ndim)))
     if takes_decay:
-        parts.append(
-            optax.stateless_with_tree_map(
-                lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p
-            )
-        )
-    parts.append(optax.stateless_with_tree_map(lambda u, p: u * _along(keep, axis, u.ndim)))
+        parts.append(each(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
+    parts.append(each(lambda u, p: u * _along(keep, axis, u.ndim)))
     return optax.chain(*parts)
 
 
