@@ -37,19 +37,6 @@ _KINDS = {
 }
 
 
-def _expected(kind: str | tuple) -> str:
-    if isinstance(kind, tuple):
-        return "one of " + ", ".join(f'`"{k}"`' for k in kind)
-    text = _KINDS[kind.rstrip("?")][0]
-    return text + (" or `none`" if kind.endswith("?") else "")
-
-
-def _example(kind: str | tuple) -> str:
-    if isinstance(kind, tuple):
-        return f'`"{kind[0]}"`'
-    return _KINDS[kind.rstrip("?")][1]
-
-
 def fits(value: Any, kind: str | tuple) -> bool:
     """Is `value` of `kind` (see `_names.INITIALIZER_ARGS`)?"""
     if isinstance(kind, tuple):
@@ -106,11 +93,16 @@ def argument_diagnostic(
     """E152 when `value` is not of `kind` (None: anything goes)."""
     if kind is None or fits(value, kind):
         return None
+    if isinstance(kind, tuple):
+        expected, example = "one of " + ", ".join(f'`"{k}"`' for k in kind), f'`"{kind[0]}"`'
+    else:
+        expected, example = _KINDS[kind.rstrip("?")]
+        expected += " or `none`" if kind.endswith("?") else ""
     return Diagnostic(
         "E152",
-        f"{what} must be {_expected(kind)}, not {describe_value(value)}{at}",
+        f"{what} must be {expected}, not {describe_value(value)}{at}",
         span,
-        f"e.g. {_example(kind)}",
+        f"e.g. {example}",
         source,
     )
 
