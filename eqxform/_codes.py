@@ -721,8 +721,8 @@ CODES: dict[str, Code] = {
             "model; one that reads the match (`1/sqrt(fan_in)`) is checked per match by `plan` "
             "and `apply`, at the argument's span, naming the match.",
             'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
-            message="{what} must be {expected_kind}, not {describe_value_value}{at}",
-            help="e.g. {example_kind}",
+            message="{what} must be {expected}, not {describe_value_value}{at}",
+            help="e.g. {example}",
         ),
         _c(
             "E153",
@@ -2468,6 +2468,21 @@ CODES: dict[str, Code] = {
             "eqxform train spec.eqx --mesh data=8 --batch-size 12 -o out.eqx",
             message="a batch of {value} rows cannot be split evenly over the mesh's batch axis `{spec}` ({parts} devices)",
             help="make the batch size a multiple of {parts}",
+        ),
+        _c(
+            "E590",
+            "which recipe is ambiguous",
+            "A model computed from an eqxform model by hand (`jax.tree_util.tree_map`, "
+            "arithmetic on its arrays) shares none of its arrays, so eqxform finds its recipe "
+            "only by its structure; when models of that structure with different recipes are "
+            "alive (two seeds, two specs), saving it would have to guess which one it came "
+            "from.",
+            "a, b = program.apply(seed=1), program.apply(seed=2)\n"
+            'eqxform.save("m.eqx", jax.tree_util.tree_map(lambda x: x * 2, a))',
+            "pass the recipe of the model it came from: "
+            "`eqxform.save(path, model, recipe=eqxform.recipe_of(a))`.",
+            message="models of this `{name}`'s structure were made by {ambiguous} different recipes, and it shares no arrays with any of them: which one made it is ambiguous",
+            help="pass the recipe of the model it was computed from: `eqxform.save(path, model, recipe=eqxform.recipe_of(source))`",
         ),
         _c(
             "E601",

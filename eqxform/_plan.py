@@ -22,8 +22,7 @@ import numpy as np
 
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
-from ._check import argument_diagnostic
-from ._diagnostics import Diagnostic, printable, report
+from ._diagnostics import Diagnostic, plural, position, printable, report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Frozen, LoRA, Wrapper, batched, split_state
@@ -47,6 +46,7 @@ from ._select import (
     skipped_arrays,
     walk,
 )
+from ._values import argument_diagnostic, format_bytes
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class PlanStep:
     @property
     def counted(self) -> str:
         """`3 arrays`, `1 module`: the count and what it counts."""
-        return _count(self.count, self.unit)
+        return plural(self.count, self.unit)
 
 
 @dataclass(frozen=True)
@@ -156,25 +156,17 @@ class PlanMesh:
                 (
                     a.path,
                     f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
-                    f"{human_bytes(a.bytes_per_device)}/device{where}",
+                    f"{format_bytes(a.bytes_per_device)}/device{where}",
                 )
             )
         out += _columns("    ", rows, width)
         out += _wrap(
-            f"  per device: {human_bytes(self.bytes_per_device)} "
-            f"(the whole model: {human_bytes(self.bytes)})",
+            f"  per device: {format_bytes(self.bytes_per_device)} "
+            f"(the whole model: {format_bytes(self.bytes)})",
             "    ",
             width,
         )
         return out
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 @dataclass(frozen=True)
@@ -268,7 +260,7 @@ class Plan:
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
-            skipped = f", {_count(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            skipped = f", {plural(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
             lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
@@ -415,10 +407,6 @@ def structure(model: Any) -> Any:
             for x in leaves
         ],
     )
-
-
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
 
 def _describe_node(node) -> str:
@@ -615,7 +603,7 @@ class Planner:
             placement = _placement(placer, struct, diagnostics)
         steps.sort(key=lambda s: s.line)
         diagnostics += overwritten(steps, program.source)
-        diagnostics.sort(key=_position)
+        diagnostics.sort(key=position)
         return Plan(
             tuple(steps),
             start_params,
@@ -896,8 +884,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                         "W203",
                         span=step.span,
                         source=source,
-                        severity="warning",
-                        count_n=_count(n, "array"),
+                        count_n=plural(n, "array"),
                         lines_lines=_lines(lines),
                     )
                 )
@@ -979,11 +966,10 @@ def _overwritten(step, by, help: str, source) -> Diagnostic:
         "W202",
         span=step.span,
         source=source,
-        severity="warning",
         help=help,
         action=step.action,
         lines_by=_lines(by),
-        count_len_writes=_count(len(step.writes), "match"),
+        count_len_writes=plural(len(step.writes), "match"),
     )
 
 
@@ -996,11 +982,6 @@ def _lines(lines) -> str:
     if len(lines) == 1:
         return f"line {lines[0]}"
     return "lines " + ", ".join(str(n) for n in lines[:-1]) + f" and {lines[-1]}"
-
-
-def _count(n: int, word: str) -> str:
-    plural = word + ("es" if word.endswith("ch") else "s")
-    return f"{n} {word if n == 1 else plural}"
 
 
 def untouched(steps, model) -> tuple[str, ...]:
@@ -1048,9 +1029,7 @@ def finish(program, start, struct, history, params):
             diagnostics.extend(e.diagnostics)
             continue
         try:
-            for leaf in matched_arrays(
-                nodes, group.action.name, group.rule.selector, program.source
-            ):
+            for leaf in leaves:
                 group_value(program, group.action, leaf)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
@@ -1077,9 +1056,8 @@ def finish(program, start, struct, history, params):
                     "W204",
                     span=group.action.span,
                     source=program.source,
-                    severity="warning",
                     name=group.action.name,
-                    count_len_leaves=_count(len(leaves), "array"),
+                    count_len_leaves=plural(len(leaves), "array"),
                 )
             )
     output = None
@@ -1120,8 +1098,7 @@ def _formed(program, struct, structs, history) -> list[Diagnostic]:
                 "I221",
                 span=span,
                 source=program.source,
-                severity="note",
-                count_len_found=_count(len(found), "adapted module"),
+                count_len_found=plural(len(found), "adapted module"),
                 paths=paths,
                 value="it" if len(found) == 1 else "them",
                 total=total,

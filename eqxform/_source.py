@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from . import _ast as A
-from . import _limits as L
 from ._diagnostics import did_you_mean, report
 from ._errors import SpecError, UsageError
 from ._expr import EvalError, evaluate
@@ -44,16 +43,6 @@ def _path_given_as_text(text: str) -> UsageError | None:
     shown = text.strip()
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
     return UsageError(report("E435", shown=shown))
-
-
-def parse_seed(text: str | None, option: str = "--seed") -> int | None:
-    """A `--seed` value: a whole number from 0 to 2**64 - 1, in decimal digits."""
-    if text is None:
-        return None
-    digits = text.strip()
-    if re.fullmatch(r"[0-9]{1,20}", digits) and int(digits) <= L.MAX_SEED:
-        return int(digits)
-    raise UsageError(report("E430", variant="whole_number", option=option, text=text))
 
 
 def looks_like_model_file(data: bytes) -> bool:

@@ -30,6 +30,7 @@ from .._diagnostics import report as diagnostic
 from .._errors import UsageError
 from .._modules import Ensemble, split_state
 from .._passes._forward import output_shape
+from .._values import format_bytes, half_of_memory
 from ._optim import optimizer as build_optimizer
 from ._step import make_step
 
@@ -246,7 +247,13 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     total = sum(headers[k][2] for k in ("x", "y"))
     limit = _memory_limit()
     if total > limit:
-        raise _data_error("E527", path, path=path, size_total=_size(total), size_limit=_size(limit))
+        raise _data_error(
+            "E527",
+            path,
+            path=path,
+            size_total=format_bytes(total),
+            size_limit=format_bytes(limit),
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             x, y = data["x"], data["y"]
@@ -361,8 +368,8 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                     path=path,
                     list_shape=list(shape),
                     dtype=dtype,
-                    size_claimed=_size(claimed),
-                    size_max_held=_size(max(held, 0)),
+                    size_claimed=format_bytes(claimed),
+                    size_max_held=format_bytes(max(held, 0)),
                 )
             out[key] = (tuple(shape), dtype, claimed)
     return out
@@ -371,20 +378,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
 def _memory_limit() -> int:
     """The bytes a data set may take: the limit, and half the machine's memory
     (the arrays are copied once more onto the device)."""
-    limit = _limits.MAX_DATA_BYTES
-    try:
-        limit = min(limit, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return limit
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} PiB"
+    return min(_limits.MAX_DATA_BYTES, half_of_memory(_limits.MAX_DATA_BYTES))
 
 
 def toy_data(
