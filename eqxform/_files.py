@@ -492,6 +492,7 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
     schema.seed(base.get("seed"), "base.seed")
     _check_specs(schema, data.get("specs", []), "specs")
     _check_train(schema, data.get("train"), "train")
+    _check_picked(schema, data.get("picked"), "picked")
     for key, value in schema.mapping(data.get("versions"), "versions").items():
         schema.string(value, f"versions.{key}")
     return data
@@ -525,6 +526,21 @@ def _check_train(schema: _Schema, train: Any, where: str) -> None:
             raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
         if isinstance(value, str):
             schema.string(value, f"{where}.{key}")
+
+
+def _check_picked(schema: _Schema, picked: Any, where: str) -> None:
+    """Where a member taken out of an ensemble came from (`eqxform pick`): the
+    file, the member's index and the member count, its values and losses."""
+    if picked is None:
+        return
+    picked = schema.mapping(picked, where, optional=False)
+    for key in ("member", "members"):
+        value = picked.get(key)
+        if type(value) is not int or value < 0:
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a whole number is expected")
+    values = picked.get("values")
+    _check_train(schema, {k: v for k, v in picked.items() if k != "values"}, where)
+    _check_train(schema, values, f"{where}.values")
 
 
 def adapter_record(header: Header) -> dict | None:

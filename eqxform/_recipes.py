@@ -209,7 +209,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
             ) from None
         if diagnostics:
             raise _recipe_error(diagnostics)
-        steps.append(RecipeStep(program, entry.get("seed")))
+        steps.append(RecipeStep(program, entry.get("seed"), entry.get("name")))
     return Recipe(
         call=call,
         env={},
@@ -219,6 +219,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
         allow=allow,
         steps=tuple(steps),
         train=data.get("train"),
+        picked=data.get("picked"),
     )
 
 
