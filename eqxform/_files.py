@@ -522,6 +522,18 @@ def _check_specs(schema: _Schema, specs: Any, where: str) -> None:
 
 def _check_train(schema: _Schema, train: Any, where: str) -> None:
     for key, value in schema.mapping(train, where).items():
+        if key == "members" and where == "train" and isinstance(value, list):
+            # An ensemble's members, one record each: {"member": k, "values":
+            # {name: number}, "loss": ..., "eval_loss": ...}.
+            for i, entry in enumerate(value):
+                entry = schema.mapping(entry, f"{where}.members[{i}]", optional=False)
+                _check_train(
+                    schema,
+                    {k: v for k, v in entry.items() if k != "values"},
+                    f"{where}.members[{i}]",
+                )
+                _check_train(schema, entry.get("values"), f"{where}.members[{i}].values")
+            continue
         if not (value is None or isinstance(value, (bool, int, float, str))):
             raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
         if isinstance(value, str):

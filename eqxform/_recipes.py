@@ -272,6 +272,11 @@ def skeleton(
     # that reads a model file passes (`check`, `plan`, `show`, `apply`), not
     # only when they are loaded.
     check_tensors(header, skel)
+    # The skeleton carries the file's recipe, so that a plan of it (`eqxform
+    # plan SPEC FILE`) draws an ensemble's members with the recipe's
+    # constructor, as `apply` and `train` of the loaded model do.
+    remember(skel, recipe)
+    remember(split_state(skel)[0], recipe)
     return header, recipe, skel
 
 
