@@ -119,7 +119,8 @@ def _spread(vary: A.Vary, call: A.Call, env, count: int, source) -> list[float]:
     if count == 1:
         return [float(lo)]
     if call.callee == "linspace":
-        return [lo + (hi - lo) * k / (count - 1) for k in range(count)]
+        inner = [lo + (hi - lo) * k / (count - 1) for k in range(1, count - 1)]
+        return [lo, *inner, hi]
     if lo <= 0 or hi <= 0:
         raise EvalError(
             f"`logspace` needs two numbers > 0, not `{lo}` and `{hi}`",
@@ -128,8 +129,10 @@ def _spread(vary: A.Vary, call: A.Call, env, count: int, source) -> list[float]:
             "or use `linspace`",
             code="E171",
         )
-    a, b = math.log(lo), math.log(hi)
-    return [math.exp(a + (b - a) * k / (count - 1)) for k in range(count)]
+    # Powers of ten, as `numpy.logspace` computes them; the ends exactly as written.
+    a, b = math.log10(lo), math.log10(hi)
+    inner = [10 ** (a + (b - a) * k / (count - 1)) for k in range(1, count - 1)]
+    return [lo, *inner, hi]
 
 
 def _per_member(vary: A.Vary, env, count: int, source, grid: bool) -> list:
