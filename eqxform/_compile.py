@@ -294,7 +294,14 @@ def _sweep_program(
         )
     whole = copy.copy(checker)
     whole.env = sweep.env(checker.env, 0)
-    return replace(_program(spec, whole, allow, mesh), sweep=sweep, members=tuple(members))
+    program = _program(spec, whole, allow, mesh)
+    how = "built per member by the spec with that member's values, " + (
+        "each from its own seed" if sweep.varies_seed else "every member from the same seed"
+    )
+    passes = tuple(
+        replace(p, sweep=how) if isinstance(p, EnsemblePass) else p for p in program.passes
+    )
+    return replace(program, passes=passes, sweep=sweep, members=tuple(members))
 
 
 def _program(

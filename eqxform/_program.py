@@ -39,7 +39,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from . import _ast as A
-from ._build import MODEL_TAG, build, from_constructor, is_constructor, render_call
+from ._build import (
+    MODEL_TAG,
+    budget_diagnostic,
+    build,
+    from_constructor,
+    is_constructor,
+    nbytes,
+    render_call,
+)
 from ._check import check_seed
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
@@ -311,6 +319,17 @@ class Program:
                 k_key = jax.random.fold_in(key, k) if sweep.varies_seed else key
                 one = member.apply(model, k_key, weights=weights)
             built.append(one)
+            if k == 0:
+                # The whole sweep is measured on its first member, before the
+                # others are built.
+                bad = budget_diagnostic(
+                    sweep.count * nbytes(one),
+                    "the model after this line",
+                    sweep.stmt.span,
+                    self.source,
+                )
+                if bad is not None:
+                    raise SpecError(bad)
         structures = {jax.tree_util.tree_structure(m) for m in built}
         assert len(structures) == 1, "a varied value changed the model's structure"
         stacked = jax.tree_util.tree_map(
