@@ -25,7 +25,7 @@ from ._check import argument_diagnostic
 from ._diagnostics import Diagnostic, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Frozen, LoRA, Wrapper, batched, split_state
+from ._modules import Ensemble, Frozen, LoRA, Wrapper, batched, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
@@ -170,6 +170,55 @@ class PlanMesh:
         return out
 
 
+@dataclass(frozen=True)
+class PlanMembers:
+    """An ensemble's members: for a sweep, each one's hyper-parameters (the
+    seed as the spec's seed gives it); the bytes of one member's arrays and
+    of all of them."""
+
+    count: int
+    names: tuple[str, ...]
+    rows: tuple[dict, ...]  # {"member": k, "values": {name: number}}
+    bytes_per_member: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "names": list(self.names),
+            "rows": [dict(r) for r in self.rows],
+            "bytes_per_member": self.bytes_per_member,
+            "bytes": self.bytes,
+        }
+
+    def lines(self, opt_state_bytes: int | None, width: int | None = None) -> list[str]:
+        """The member table and the memory per member and in total."""
+        out = [f"members: {self.count}"]
+        if self.names:
+            head = ["member", *self.names]
+            table = [
+                [str(r["member"])] + [f"{r['values'][n]:.4g}" for n in self.names]
+                for r in self.rows
+            ]
+            widths = [max(len(c) for c in col) for col in zip(head, *table)]
+            out += [
+                "  " + "  ".join(c.rjust(w) for c, w in zip(line, widths))
+                for line in [head, *table]
+            ]
+        per, total = self.bytes_per_member, self.bytes
+        what = "arrays"
+        if opt_state_bytes is not None:
+            per += opt_state_bytes // self.count
+            total += opt_state_bytes
+            what = "arrays and optimizer state"
+        out += _wrap(
+            f"  memory ({what}): {human_bytes(per)} per member, {human_bytes(total)} in total",
+            "    ",
+            width,
+        )
+        return out
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -196,6 +245,7 @@ class Plan:
     # The checkpoint's mapping (model path, checkpoint name, transform, shape),
     # when the spec has `map` lines and a checkpoint to read.
     weights: tuple[dict, ...] | None = None
+    members: PlanMembers | None = None  # an ensemble's members (a sweep's table)
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -236,6 +286,7 @@ class Plan:
             "frozen": self.frozen,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
+            "members": None if self.members is None else self.members.to_dict(),
             "weights": None if self.weights is None else list(self.weights),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
@@ -276,6 +327,8 @@ class Plan:
             lines += [parts[0] + ("," if len(parts) > 1 else "")] + ["  " + p for p in parts[1:]]
         if self.output is not None:
             lines += _wrap(f"output: {self.output}", "  ", width)
+        if self.members is not None:
+            lines += self.members.lines(self.opt_state_bytes, width)
         if self.placement is not None:
             lines += self.placement.lines(width)
         return [printable(line) for line in lines]
@@ -594,7 +647,26 @@ def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
         frozen,
         placement=placement,
         weights=None if mapped is None else tuple(mapped.table()),
+        members=_members(program, struct),
     )
+
+
+def _members(program, struct) -> PlanMembers | None:
+    """The members of the ensemble the program makes, if it makes one."""
+    ensemble = split_state(struct)[0]
+    if not isinstance(ensemble, Ensemble):
+        return None
+    sweep = getattr(program, "sweep", None)
+    total = nbytes(ensemble)
+    count = ensemble.count
+    rows: tuple[dict, ...] = ()
+    names: tuple[str, ...] = ()
+    if sweep is not None:
+        names = sweep.names
+        rows = tuple(
+            {"member": k, "values": sweep.values(k, program.seed)} for k in range(sweep.count)
+        )
+    return PlanMembers(count, names, rows, total // count, total)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:

@@ -42,6 +42,7 @@ LAYERS = {
     "eqxform._weights": 7,
     "eqxform._registry": 4,
     "eqxform._source": 4,
+    "eqxform._sweep": 4,
     "eqxform._check": 5,
     "eqxform._select": 5,
     "eqxform._build": 6,
