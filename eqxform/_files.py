@@ -541,9 +541,15 @@ def _check_picked(schema: _Schema, picked: Any, where: str) -> None:
         value = picked.get(key)
         if type(value) is not int or value < 0:
             raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a whole number is expected")
-    values = picked.get("values")
-    _check_train(schema, {k: v for k, v in picked.items() if k != "values"}, where)
-    _check_train(schema, values, f"{where}.values")
+    for key, value in picked.items():
+        if key == "values":
+            for name, number in schema.mapping(value, f"{where}.values").items():
+                if not _number(number):
+                    raise schema.fail(f"{where}.values.{name}", f"is {_kind(number)}; a number")
+        elif isinstance(value, str):
+            schema.string(value, f"{where}.{key}")
+        elif not (value is None or _number(value)):
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
 
 
 def _number(value: Any) -> bool:

@@ -149,10 +149,23 @@ def _ensemble_step(recipe: Recipe) -> tuple[int, A.EnsembleStmt] | None:
     return None
 
 
-def member_values(program: Any, stmt: A.EnsembleStmt, k: int) -> dict[str, Any]:
-    """The names the `ensemble` line binds for member `k`, with their values
-    (none for a plain `ensemble N`)."""
-    return {}
+def member_values(program: Any, k: int) -> dict[str, Any]:
+    """The names a sweep's `ensemble` line binds for member `k`, with their
+    values (none for a plain `ensemble N`, and never `seed`, which is the
+    member's recipe seed)."""
+    sweep = getattr(program, "sweep", None)
+    if sweep is None:
+        return {}
+    return {name: sweep.members[k][name] for name in sweep.bound}
+
+
+def member_seed(program: Any, seed: int | None, k: int) -> int | None:
+    """The seed member `k` was built from: the spec's (the recipe's), or with
+    `vary seed` its own."""
+    sweep = getattr(program, "sweep", None)
+    if sweep is None or seed is None:
+        return seed
+    return sweep.seed(seed, k)
 
 
 def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict) -> str:
@@ -187,7 +200,7 @@ def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) 
         raise _cannot(origin, "its recipe has no `ensemble` line to take out")
     i, stmt = found
     step = recipe.steps[i]
-    values = member_values(step.program, stmt, k)
+    values = member_values(step.program, k)
     text = _rewritten(step.program.text, stmt, k, count, values)
     name = step.to_dict()["name"]
     program, diagnostics = compile_collect(
@@ -200,15 +213,18 @@ def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) 
             [d.message for d in diagnostics[:3]],
         )
     steps = list(recipe.steps)
-    steps[i] = RecipeStep(program, step.seed, name)
+    steps[i] = RecipeStep(program, member_seed(step.program, step.seed, k), name)
     train = None
     if recipe.train is not None:
         # How the member was trained (steps, data, loss); the ensemble's
         # record of every member stays with the ensemble.
         train = {k_: v for k_, v in recipe.train.items() if not isinstance(v, (list, dict))}
     record = dict(picked)
-    if values and "values" not in record:
-        record["values"] = {n: v for n, v in values.items() if _finite(v)}
+    sweep = getattr(step.program, "sweep", None)
+    if sweep is not None and "values" not in record:
+        # Not trained: the values the line gives the member.
+        seed = step.seed if step.seed is not None else step.program.seed
+        record["values"] = sweep.values(k, seed)
     return replace(recipe, steps=tuple(steps), train=train, picked=record)
 
 

@@ -339,3 +339,82 @@ def test_the_cli_draws_an_ensemble_with_the_model_lines_library_constructor(tmp_
         ens(x, key=jr.key(0), inference=True)[1],
         atol=1e-5,
     )
+
+
+# ---- sweeps: the member's hyper-parameters become its spec's `let`s ----------------
+
+SWEEP = """model MLP(in_size=3, out_size=2, width_size=16, depth=2)
+seed 3
+ensemble 4 vary lr=logspace(1e-4, 1e-2), s=0.5 * (member + 1), seed
+where Linear.weight -> init normal(stddev=s)
+optimizer adam(learning_rate=lr)
+"""
+
+
+def _task(path, n, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = np.stack([2 * x[:, 0], x[:, 1] - x[:, 2]], 1).astype(np.float32)
+    np.savez(path, x=x, y=y)
+
+
+def test_pick_best_of_a_trained_sweep_writes_that_member_with_its_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("sweep.eqx").write_text(SWEEP)
+    _task("train.npz", 64, 0)
+    _task("held.npz", 32, 1)
+    code, out = run(
+        "train", "sweep.eqx", "--data", "train.npz", "--eval-data", "held.npz",
+        "--steps", "5", "-o", "swept.eqx",
+    )  # fmt: skip
+    assert code == 0, out
+    members = show("swept.eqx")["recipe"]["train"]["members"]
+    best = int(np.argmin([m["eval_loss"] for m in members]))
+    code, out = run("pick", "swept.eqx", "--best", "-o", "best.eqx")
+    assert code == 0, out
+    assert f"member {best} of 4, the lowest held-out loss" in out
+    ensemble = eqxform.load("swept.eqx")
+    one = eqxform.load("best.eqx")
+    assert isinstance(one, eqx.nn.MLP) and same(one, ensemble.member(best))
+    recipe = show("best.eqx")["recipe"]
+    assert recipe["picked"] == {
+        "file": "swept.eqx",
+        "member": best,
+        "members": 4,
+        "values": members[best]["values"],
+        "loss": members[best]["loss"],
+        "eval_loss": members[best]["eval_loss"],
+    }
+    assert members[best]["values"]["seed"] == 3 + best  # `vary seed`: the spec's seed + k
+    # The spec reads as it did for that member: its varied names are `let`s of
+    # its values (exactly), the seed its own, the line kept as a comment.
+    spec = recipe["specs"][0]
+    assert spec["seed"] == 3 + best
+    assert "\nensemble" not in spec["text"]
+    assert "# `eqxform pick`: member" in spec["text"] and "vary lr=logspace" in spec["text"]
+    program = eqxform.compile(spec["text"])
+    assert program.env["lr"] == members[best]["values"]["lr"]
+    assert program.env["s"] == members[best]["values"]["s"] == 0.5 * (best + 1)
+    assert program.optimizer[1]["learning_rate"] == members[best]["values"]["lr"]
+    # It trains on its own with a spec without `ensemble`.
+    Path("plain.eqx").write_text("optimizer adam(learning_rate=1e-3)\n")
+    code, out = run(
+        "train", "plain.eqx", "best.eqx", "--data", "train.npz", "--steps", "2", "-o", "t.eqx"
+    )
+    assert code == 0, out
+    assert show("t.eqx")["recipe"]["picked"]["member"] == best
+
+
+def test_pick_of_an_applied_sweep_records_the_values_its_line_gives(tmp_path):
+    ensemble = eqxform.compile(SWEEP).apply()
+    one = eqxform.pick(ensemble, 1)
+    picked = eqxform.recipe_of(one)["picked"]
+    assert picked["values"] == {"lr": pytest.approx(1e-4 * 10 ** (2 / 3)), "s": 1.0, "seed": 4}
+    assert "loss" not in picked  # not trained: no losses to record
+    # Its recipe's spec, applied with its recipe seed, builds the member again.
+    step = eqxform.recipe_of(one)["specs"][0]
+    rebuilt = eqxform.compile(step["text"]).apply(seed=step["seed"])
+    assert same(rebuilt, ensemble.member(1))
+    assert same(one, ensemble.member(1))
+    eqxform.save(tmp_path / "one.eqx", one)
+    assert same(eqxform.load(tmp_path / "one.eqx"), one)
