@@ -1087,6 +1087,17 @@ CODES: dict[str, Code] = {
             "map the adapted modules' weights, or put the adapters on modules that map as they are.",
         ),
         _c(
+            "E260",
+            "a sweep's optimiser that differs in more than numbers",
+            "A sweep's members share one optimiser program: only numbers may differ per member "
+            "(the optimiser's numeric arguments, whole arrays' `lr` and `weight_decay` values). "
+            "An `lr` or `weight_decay` rule on some layers of a stack (`where blocks[0:2] -> lr "
+            "x`) whose value varies per member, or an optimiser argument that is not a number "
+            "and differs between members, cannot be carried as an array with the member axis.",
+            "ensemble 2 vary x=[0.1, 1]\nstack blocks scan\nwhere blocks[0:2] -> lr x",
+            "vary the group's value on whole arrays, or the optimiser's own arguments.",
+        ),
+        _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",

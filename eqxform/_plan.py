@@ -172,9 +172,8 @@ class PlanMesh:
 
 @dataclass(frozen=True)
 class PlanMembers:
-    """An ensemble's members: for a sweep, each one's hyper-parameters (the
-    seed as the spec's seed gives it); the bytes of one member's arrays and
-    of all of them."""
+    """A sweep's members: each one's hyper-parameters (the seed as the spec's
+    seed gives it); the bytes of one member's arrays and of all of them."""
 
     count: int
     names: tuple[str, ...]
@@ -245,7 +244,7 @@ class Plan:
     # The checkpoint's mapping (model path, checkpoint name, transform, shape),
     # when the spec has `map` lines and a checkpoint to read.
     weights: tuple[dict, ...] | None = None
-    members: PlanMembers | None = None  # an ensemble's members (a sweep's table)
+    members: PlanMembers | None = None  # a sweep's members, their values and memory
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -652,21 +651,15 @@ def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
 
 
 def _members(program, struct) -> PlanMembers | None:
-    """The members of the ensemble the program makes, if it makes one."""
+    """The members of the sweep the program makes, if it makes one."""
     ensemble = split_state(struct)[0]
-    if not isinstance(ensemble, Ensemble):
-        return None
     sweep = getattr(program, "sweep", None)
+    if not isinstance(ensemble, Ensemble) or sweep is None:
+        return None
     total = nbytes(ensemble)
     count = ensemble.count
-    rows: tuple[dict, ...] = ()
-    names: tuple[str, ...] = ()
-    if sweep is not None:
-        names = sweep.names
-        rows = tuple(
-            {"member": k, "values": sweep.values(k, program.seed)} for k in range(sweep.count)
-        )
-    return PlanMembers(count, names, rows, total // count, total)
+    rows = tuple({"member": k, "values": sweep.values(k, program.seed)} for k in range(sweep.count))
+    return PlanMembers(count, sweep.names, rows, total // count, total)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
