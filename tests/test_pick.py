@@ -118,6 +118,22 @@ def test_a_picked_member_trains_on_its_own_and_keeps_its_origin(ensemble_file):
     assert [s["name"] for s in recipe["specs"]] == ["ens.eqx", "plain.eqx"]
 
 
+def test_pick_after_more_specs_on_the_ensemble_replays_them_on_the_member(ensemble_file):
+    # Specs applied to the ensemble after it was made (a frozen layer, LoRA
+    # adapters) are replayed on the plain member.
+    Path("adapt.eqx").write_text("where layers[0] -> freeze\nwhere layers[1] -> lora(rank=2)\n")
+    assert run("apply", "adapt.eqx", "e4.eqx", "-o", "adapted.eqx")[0] == 0
+    code, out = run("pick", "adapted.eqx", "--member", "3", "-o", "one.eqx")
+    assert code == 0, out
+    ensemble = eqxform.load("adapted.eqx")
+    one = eqxform.load("one.eqx")
+    assert isinstance(one.layers[0], eqxform.Frozen) and isinstance(one.layers[1], eqxform.LoRA)
+    assert same(one, ensemble.member(3))
+    x = jr.normal(jr.key(2), (3,))
+    np.testing.assert_allclose(eqxform.resolve(one)(x), ensemble(x)[3], atol=1e-6)
+    assert [s["name"] for s in show("one.eqx")["recipe"]["specs"]] == ["ens.eqx", "adapt.eqx"]
+
+
 def _trained_ensemble(path, members):
     """An ensemble file whose recipe records each member as `eqxform train
     --eval-data` does (`recipe.train["members"]`)."""
