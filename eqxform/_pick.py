@@ -44,6 +44,18 @@ def _members_recorded(recipe: Recipe | None) -> list | None:
     return members if isinstance(members, list) else None
 
 
+# What the messages call an ensemble given in Python (a file is named by its path).
+_GIVEN = "the ensemble given"
+
+
+def _named(origin: str) -> str:
+    return origin if origin == _GIVEN else f"`{origin}`"
+
+
+def _file(origin: str) -> str | None:
+    return None if origin == _GIVEN else origin
+
+
 def _finite(value: Any) -> bool:
     return (
         isinstance(value, (int, float))
@@ -66,8 +78,8 @@ def _check_members(members: list, count: int, origin: str) -> None:
         raise ModelFileError(
             Diagnostic(
                 "E485",
-                f"`{origin}`'s recipe {problem}",
-                file=origin,
+                f"{_named(origin)}'s recipe {problem}",
+                file=_file(origin),
                 help="the recipe was edited or written by another program; pick by index with "
                 "`--member K`, or train the ensemble again",
             )
@@ -110,9 +122,9 @@ def choose(
             raise UsageError(
                 Diagnostic(
                     "E481",
-                    f"`{origin}` has {count} members (0 to {count - 1}); there is no member "
+                    f"{_named(origin)} has {count} members (0 to {count - 1}); there is no member "
                     f"{member}",
-                    file=origin,
+                    file=_file(origin),
                     help=f"pick one of 0 to {count - 1}",
                 )
             )
@@ -126,9 +138,9 @@ def choose(
         raise UsageError(
             Diagnostic(
                 "E483",
-                f"`{origin}` records no held-out loss of its members, so `--best` has nothing "
+                f"{_named(origin)} records no held-out loss of its members, so `--best` has nothing "
                 "to compare",
-                file=origin,
+                file=_file(origin),
                 help="train the ensemble with `eqxform train ... --eval-data HELD_OUT.npz` "
                 "(it records each member's held-out loss), or pick by index with `--member K`",
             )
@@ -183,8 +195,8 @@ def _cannot(origin: str, why: str, notes: Iterable[str] = ()) -> ModelFileError:
     return ModelFileError(
         Diagnostic(
             "E486",
-            f"member of `{origin}` cannot be written as a plain model: {why}",
-            file=origin,
+            f"a member of {_named(origin)} cannot be written as a plain model: {why}",
+            file=_file(origin),
             notes=tuple(notes),
             help="load the ensemble in Python and take the member with `Ensemble.member(k)`; "
             "save it with `eqxform.save(path, member, recipe=...)` or load it with `like=`",
@@ -410,7 +422,7 @@ def pick(
             )
         )
     recipe = recipe_of(model) or recipe_of(ensemble)
-    origin = "the ensemble"
+    origin = _GIVEN
     k, _ = choose(member, best, ensemble.count, recipe, origin)
     taken = join_state(
         ensemble.member(k),
