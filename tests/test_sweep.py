@@ -135,6 +135,16 @@ BAD = [
         17,
     ),
     ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr\n", "E176", 4, 17),
+    # Too many members: refused before any member's values or program is made.
+    ("optimizer sgd(learning_rate=lr)\nensemble 5000 vary lr=1e-3 * member\n", "E155", 4, 1),
+    (
+        "optimizer sgd(learning_rate=a * b)\nensemble grid a=[{0}] b=[{0}]\n".format(
+            ", ".join(["1"] * 100)
+        ),
+        "E155",
+        4,
+        1,
+    ),
 ]
 
 
