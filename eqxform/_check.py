@@ -370,14 +370,6 @@ class Checker:
         self.diagnostics += problems
         if sweep is None:
             return
-        if sweep.count > L.MAX_COUNT:
-            self.error(
-                "E155",
-                f"the grid's {sweep.count:,} members are beyond the limit of {L.MAX_COUNT:,}",
-                stmt.span,
-                "an ensemble's members are held in memory side by side; sweep fewer values",
-            )
-            return
         self.sweep = sweep
         self.counts[id(stmt)] = sweep.count
 

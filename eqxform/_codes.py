@@ -535,7 +535,8 @@ CODES: dict[str, Code] = {
             "E155",
             "count beyond the limit",
             "An `ensemble` with more than 1,000,000 members, or a `stack` count or `unroll` "
-            "beyond 1,000,000 (`_limits.MAX_COUNT`). Smaller counts that do not fit in memory "
+            "beyond 1,000,000 (`_limits.MAX_COUNT`); a sweep (`ensemble N vary ...`, "
+            "`ensemble grid ...`) of more than 4,096 members (`_limits.MAX_SWEEP`). Smaller counts that do not fit in memory "
             "are caught by the memory budget (E158).",
             "ensemble 1000000000",
             "use a realistic count, e.g. `ensemble 8`.",

@@ -311,6 +311,11 @@ class Program:
         the `ensemble` line makes with that member's values."""
         sweep = self.sweep
         assert sweep is not None
+        if model is not None and not is_constructor(model):
+            # A model that is an ensemble already is refused as `ensemble N` refuses it.
+            for p in self.passes:
+                if isinstance(p, EnsemblePass):
+                    p.select(split_state(model)[0], None)
         built = []
         for k, member in enumerate(self.members):
             if from_seed:

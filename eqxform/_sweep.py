@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _ast as A
+from . import _limits as L
 from ._diagnostics import Diagnostic
 from ._expr import EvalError, evaluate
 
@@ -192,12 +193,24 @@ def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
         )
 
 
+def _too_many(stmt: A.EnsembleStmt, count: int, source: A.Source) -> Diagnostic:
+    return Diagnostic(
+        "E155",
+        f"a sweep of {count:,} members is beyond the limit of {L.MAX_SWEEP:,}",
+        stmt.span,
+        "each member's values and program are made one by one; sweep fewer values",
+        source,
+    )
+
+
 def evaluate_sweep(
     stmt: A.EnsembleStmt, env: Mapping[str, Any], count: int | None, source: A.Source
 ) -> tuple[Sweep | None, list[Diagnostic]]:
     """The members of `stmt` (`count` of them for `vary`; None for `grid`),
     or the diagnostics that stop them."""
     problems: list[Diagnostic] = []
+    if count is not None and count > L.MAX_SWEEP:
+        return None, [_too_many(stmt, count, source)]
     columns: dict[str, list] = {}
     seed_offsets = False
     # The checker has refused a name given twice, and a name without values
@@ -218,6 +231,8 @@ def evaluate_sweep(
     if problems:
         return None, problems
     names = tuple(columns)
+    if stmt.grid and math.prod(len(c) for c in columns.values()) > L.MAX_SWEEP:
+        return None, [_too_many(stmt, math.prod(len(c) for c in columns.values()), source)]
     if stmt.grid:
         rows = [dict(zip(names, point)) for point in itertools.product(*columns.values())]
     else:

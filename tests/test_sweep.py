@@ -135,6 +135,16 @@ BAD = [
         17,
     ),
     ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr\n", "E176", 4, 17),
+    # Too many members: refused before any member's values or program is made.
+    ("optimizer sgd(learning_rate=lr)\nensemble 5000 vary lr=1e-3 * member\n", "E155", 4, 1),
+    (
+        "optimizer sgd(learning_rate=a * b)\nensemble grid a=[{0}] b=[{0}]\n".format(
+            ", ".join(["1"] * 100)
+        ),
+        "E155",
+        4,
+        1,
+    ),
 ]
 
 
@@ -410,3 +420,12 @@ def test_a_sweep_over_data_puts_one_member_on_each_of_8_devices():
     member_bytes = (16 * 4 + 16 + 16 * 16 + 16 + 3 * 16 + 3) * 4
     assert placement["bytes_per_device"] == member_bytes
     assert placement["bytes"] == 8 * member_bytes
+
+
+def test_a_sweep_on_a_model_that_is_an_ensemble_already_is_refused():
+    program = eqxform.compile(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 2 vary lr=[0.1, 0.2]\n"
+    )
+    with pytest.raises(SpecError) as info:
+        program.apply(program.apply())
+    assert [(d.code, d.span.line) for d in info.value.diagnostics] == [("E141", 4)]
