@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
+from . import EqxformError, UsageError
 from ._diagnostics import Diagnostic, denied, printable, render_all
-from ._errors import EqxformError, UsageError
 
 
 def _console():
@@ -110,7 +110,7 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
 
 
 def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
-    from ._compile import compile
+    from . import compile
 
     # The argument is a file's path, whatever its name: never spec text.
     return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
@@ -265,10 +265,10 @@ def new(constructor, output, seed, allow):
     """
 
     def go():
+        from . import new as make
+        from . import save
         from ._files import check_output
         from ._plan import count_params
-        from ._recipes import new as make
-        from ._recipes import save
 
         check_output(output)
         model = make(constructor, seed=_seed(seed), allow=allow)
@@ -300,48 +300,25 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
     """
 
     def go():
-        from . import _ast as A
-        from ._check import USAGE_CODES
-        from ._parse import parse_collect
-        from ._source import read_spec
+        from . import check as check_spec
 
         _swapped(spec, model, "check")
-        text, name = read_spec(Path(spec))
-        params = _params(sets, params_file)
-        parsed, diagnostics = parse_collect(text, name)
-        steps, against = None, None
-        if model is None and not any(isinstance(s, A.ModelStmt) for s in parsed.statements):
-            # The linter: parse and check, no JAX.
-            from ._check import Checker
-
-            checker = Checker(parsed, params, _mesh(mesh))
-            diagnostics = sorted(diagnostics + checker.run(), key=_position)
-            usage = [d for d in diagnostics if d.code in USAGE_CODES]
-            if usage:
-                raise UsageError(usage)
-            statements = len(parsed.statements)
-        else:
-            # Model-aware: the plan's checks, on the model's skeleton.
-            from ._compile import compile_collect, compile_without_broken_rules
-            from ._recipes import skeleton
-
-            given = list(inputs) or None
-            program, diagnostics = compile_collect(text, name, params, allow, given, _mesh(mesh))
-            statements = len(parsed.statements)
-            if program is not None:
-                struct = skeleton(model, allow)[2] if model is not None else None
-                against = model if model is not None else f"`{program.base_constructor()}`"
-                result = program.plan(struct, weights=weights)
-                diagnostics, steps = list(result.diagnostics), result.steps
-            else:
-                # All at once: the rules without model-free errors are still
-                # checked against the model (their errors only: what the
-                # others would have done is unknown).
-                rest = compile_without_broken_rules(text, name, diagnostics, params, allow, given)
-                if rest is not None:
-                    struct = skeleton(model, allow)[2] if model is not None else None
-                    more = list(rest.plan(struct).errors)
-                    diagnostics = sorted(diagnostics + more, key=_position)
+        report = check_spec(
+            Path(spec),
+            model,
+            params=_params(sets, params_file),
+            allow=allow,
+            inputs=list(inputs) or None,
+            mesh=_mesh(mesh),
+            weights=weights,
+        )
+        name, statements, against, steps = (
+            report.name,
+            report.statements,
+            report.model,
+            report.steps,
+        )
+        diagnostics = report.diagnostics
         diagnostics = denied(diagnostics, deny)
         errors = any(d.severity == "error" for d in diagnostics)
         if as_json:
@@ -535,8 +512,8 @@ def apply(
             data=None,
             mesh=mesh,
         )
+        from . import save
         from ._plan import count_params
-        from ._recipes import save
 
         with _device(device):
             base = _checked_base(program, model, allow, deny, weights)
@@ -693,8 +670,7 @@ def train(
             data=data,
             mesh=mesh,
         )
-        from ._program import recipe_of
-        from ._recipes import save
+        from . import recipe_of, save
         from ._runtime import _train
         from ._runtime._optim import base_optimizer
 
@@ -969,7 +945,7 @@ def _quiet():
     """The plan has shown the warnings already; `apply` need not repeat them."""
     import warnings
 
-    from ._errors import EqxformWarning
+    from . import EqxformWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EqxformWarning)
@@ -1009,14 +985,11 @@ def _join(coordinator, num_processes, process_id, timeout=None) -> None:
                 "first host, `--process-id 1` on the second",
             )
         )
-    from ._runtime._distributed import DEFAULT_TIMEOUT_S, initialize_distributed
+    from . import initialize_distributed
 
-    initialize_distributed(
-        coordinator,
-        num_processes,
-        process_id,
-        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else timeout,
-    )
+    # Without `--timeout`, the API's own default.
+    timeout_s = {} if timeout is None else {"timeout_s": timeout}
+    initialize_distributed(coordinator, num_processes, process_id, **timeout_s)
 
 
 def _prepare(
@@ -1056,7 +1029,7 @@ def _checked_base(program, model, allow, deny=(), weights=None):
     if device_mesh is not None:
         # Each tensor straight into its shards: as the file's own `shard`
         # rules and the spec's say (those that fit the file's structure).
-        from ._errors import SpecError
+        from . import SpecError
         from ._recipes import file_shardings
 
         try:
@@ -1104,7 +1077,7 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
     With --peft, the LoRA adapters only, as PEFT writes them."""
 
     def go():
-        from ._recipes import load
+        from . import load
 
         _swapped(spec, model, "export")
         program = _compile(spec, _params(sets, params_file), allow)
@@ -1131,9 +1104,9 @@ def merge(adapters, base, output, allow, force):
 
     def go():
         _refuse_overwrite(base, output, force)
-        from ._compile import compile as compile_spec
+        from . import compile as compile_spec
+        from . import load, save
         from ._plan import count_params
-        from ._recipes import load, save
 
         with _quiet():
             model = load(base, allow=allow)
@@ -1256,7 +1229,7 @@ def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
     when they were checked (a mismatch is an error), else why they were not."""
     if recipe is None:
         return None  # nothing to check against: a file without a recipe
-    from ._errors import ModelFileError
+    from . import ModelFileError
     from ._recipes import skeleton
 
     try:

@@ -154,9 +154,23 @@ def compile_collect(
     spec, diagnostics = parse_collect(text, name, cache)
     mesh = as_mesh_spec(mesh)
     checker = Checker(spec, params, mesh)
+    return compile_checked(spec, checker, diagnostics + checker.run(), allow, inputs, mesh)
+
+
+def compile_checked(
+    spec: A.Spec,
+    checker: Checker,
+    diagnostics: list[Diagnostic],
+    allow: Iterable[str] = (),
+    inputs: Iterable[str] | None = None,
+    mesh: MeshSpec | None = None,
+) -> tuple[Program | None, list[Diagnostic]]:
+    """`compile_collect` of a parsed spec whose `checker` has run (the
+    language server checks each text once); `diagnostics` are those of the
+    parse and the check."""
     # The checker's notes (a type name left to the model) are for `eqxform
     # check` and editors to show; a program is resolved against its model.
-    diagnostics += [d for d in checker.run() if d.severity != "note"]
+    diagnostics = [d for d in diagnostics if d.severity != "note"]
     if inputs is not None:
         bad = _override_inputs(checker, list(inputs))
         if bad:

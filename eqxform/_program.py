@@ -58,7 +58,7 @@ from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
 from ._passes._struct import EnsemblePass
-from ._plan import make_plan
+from ._plan import Planner
 from ._select import is_array, too_deep
 from ._sweep import Sweep
 from ._weights import (
@@ -356,12 +356,12 @@ class Program:
         Stacks are not run on random inputs here (that needs the values).
         Returns the jitted function, its arguments and the model's static part.
         """
-        passes = tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+        on_mesh = replace(
+            self, passes=tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+        )
 
         def fold(subject, k, c):
-            if subject is None:
-                subject = self.construct(k)
-            return functools.reduce(lambda m, p: p(m, k, c), passes, subject)
+            return on_mesh.run(self.construct(k) if subject is None else subject, k, c)
 
         shaped = replace(ctx, verify=False, mesh=None, shapes_only=True)
         shapes = eqx.filter_eval_shape(lambda m, k: fold(m, k, shaped), model, key)
@@ -533,8 +533,21 @@ class Program:
         lines, against the checkpoint's header), allocating no arrays."""
         return list(self.plan(model, weights=weights).diagnostics)
 
-    def plan(self, model=None, *, mesh: Any = None, weights: str | os.PathLike | None = None):
+    def plan(
+        self,
+        model=None,
+        *,
+        mesh: Any = None,
+        weights: str | os.PathLike | None = None,
+        planner: Planner | None = None,
+    ):
         """What each rule will change, computed with `eqx.filter_eval_shape`.
+
+        **Arguments:** `model` (a model, its constructor, or None: the spec's
+        `model` directive), `mesh`, `weights` as for `apply`; `planner`, a
+        `Planner` that planned an earlier version of this spec on the same
+        model: only the lines from the first changed one down are planned
+        again (what an editor does on each edit).
 
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
         dtype before and after, and the change in parameter count; with a
@@ -548,7 +561,7 @@ class Program:
         else:
             recipe = recipe_of(split_state(check_model(model))[0])
             base = None if recipe is None else recipe.build
-        return make_plan(self, model, mesh, weights, base=base)
+        return (Planner() if planner is None else planner).plan(self, model, mesh, weights, base)
 
 
 def check_key(key: Any) -> Any:

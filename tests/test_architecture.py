@@ -63,18 +63,20 @@ LAYERS = {
     "eqxform._runtime._distributed": 15,
     "eqxform._runtime._train": 16,
     "eqxform._runtime": 17,
+    "eqxform._api": 15,
     "eqxform._docs": 1,
     "eqxform._format": 4,
-    "eqxform._cli": 18,
+    # The command line is a shell over the public API (`eqxform`).
+    "eqxform._cli": 21,
     "eqxform._lsp_stream": 0,
     "eqxform._lsp": 17,
-    "eqxform.__main__": 19,
+    "eqxform.__main__": 22,
     "eqxform": 20,
 }
 
 # Modules that may import eqxform modules inside functions, and why: to keep
 # JAX out of `eqxform check` (which loads only the text layers).
-LAZY_IMPORTERS = {"eqxform", "eqxform._cli", "eqxform._lsp", "eqxform._registry"}
+LAZY_IMPORTERS = {"eqxform", "eqxform._api", "eqxform._cli", "eqxform._lsp", "eqxform._registry"}
 
 
 def _modules():
