@@ -17,7 +17,7 @@ from typing import Any
 
 from . import _ast as A
 from ._check import USAGE_CODES, Checker
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, position
 from ._errors import UsageError
 from ._mesh import as_mesh_spec
 from ._parse import parse_collect
@@ -92,7 +92,7 @@ def check(
     statements = len(parsed.statements)
     if model is None and not any(isinstance(s, A.ModelStmt) for s in parsed.statements):
         # The linter: parse and check, no JAX.
-        diagnostics = sorted(diagnostics + Checker(parsed, params, mesh).run(), key=_position)
+        diagnostics = sorted(diagnostics + Checker(parsed, params, mesh).run(), key=position)
         usage = [d for d in diagnostics if d.code in USAGE_CODES]
         if usage:
             raise UsageError(usage)
@@ -115,7 +115,7 @@ def check(
     rest = compile_without_broken_rules(text, name, diagnostics, params, allow, given)
     if rest is not None:
         more = rest.plan(_skeleton(model, allow)[0]).errors
-        diagnostics = sorted(diagnostics + list(more), key=_position)
+        diagnostics = sorted(diagnostics + list(more), key=position)
     return CheckReport(name, tuple(diagnostics), statements)
 
 
@@ -129,7 +129,3 @@ def _skeleton(model: Any, allow: tuple[str, ...]) -> tuple[Any, str | None]:
     if model is None:
         return None, None
     return model, f"a `{type(model).__name__}`"
-
-
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)

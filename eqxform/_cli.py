@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -23,7 +24,7 @@ from typing import Any
 import click
 
 from . import EqxformError, UsageError
-from ._diagnostics import Diagnostic, denied, printable, render_all
+from ._diagnostics import Diagnostic, denied, plural, printable, render_all
 
 
 def _console():
@@ -91,7 +92,7 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
 
 
 def _seed(text: str | None) -> int | None:
-    from ._source import parse_seed
+    from ._values import parse_seed
 
     return parse_seed(text)
 
@@ -238,6 +239,17 @@ _weights = click.option(
     help="A checkpoint in another library's names (safetensors or .npz), read by the spec's "
     "`map` lines; replaces the spec's `weights` line.",
 )
+
+
+def _spec_options(command):
+    """The spec and model arguments, and the options that say how to read and
+    run the spec (`--set`, `--params`, `--allow`, `--input`, `--mesh`), that
+    `check`, `plan`, `apply` and `train` share."""
+    for decorate in (_mesh_opt, _input, _allow, _params_opt, _set, _model_arg, _spec_arg):
+        command = decorate(command)
+    return command
+
+
 _format = click.option(
     "--format",
     "fmt",
@@ -279,13 +291,7 @@ def new(constructor, output, seed, allow):
 
 
 @main.command()
-@_spec_arg
-@_model_arg
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
+@_spec_options
 @_weights
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
 @_deny
@@ -345,12 +351,12 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
         if errors:
             sys.exit(1)
         warned = sum(d.severity == "warning" for d in diagnostics)
-        head = "no problems found" if not warned else _plural(warned, "warning")
+        head = "no problems found" if not warned else plural(warned, "warning")
         noted = sum(d.severity == "note" for d in diagnostics)
         if noted:
-            head += f", {_plural(noted, 'note')}"
+            head += f", {plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
-        _echo(f"{name}: {head} ({_plural(statements, 'statement')}{where})")
+        _echo(f"{name}: {head} ({plural(statements, 'statement')}{where})")
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
@@ -360,13 +366,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
 
 
 @main.command()
-@_spec_arg
-@_model_arg
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
+@_spec_options
 @_format
 @click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
 @_weights
@@ -397,17 +397,22 @@ def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, we
     _run(go, fmt == "json")
 
 
+def _dumped(data: dict, fmt: str) -> bool:
+    """Print `data` as JSON or YAML when `--format` asks for one; False for a table."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False))
+    return fmt in ("json", "yaml")
+
+
 def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     data = result.to_dict()
     if not untouched:
         del data["untouched"]
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-        return
-    if fmt == "yaml":
-        import yaml
-
-        click.echo(yaml.safe_dump(data, sort_keys=False))
+    if _dumped(data, fmt):
         return
     console = _console()
     table = _plan_table(result)
@@ -428,7 +433,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     for line in lines:
         click.echo(line)
     if untouched:
-        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        click.echo(f"untouched: {plural(len(result.untouched), 'array')}")
         for path in result.untouched:
             _echo(f"  {path}")
 
@@ -459,15 +464,9 @@ def _plan_table(result):
 
 
 @main.command()
-@_spec_arg
-@_model_arg
+@_spec_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 @click.option(
@@ -537,8 +536,7 @@ def apply(
 
 
 @main.command()
-@_spec_arg
-@_model_arg
+@_spec_options
 @click.option(
     "--data",
     type=click.Path(),
@@ -575,11 +573,6 @@ def apply(
     help="Also write the model every K steps (K at least 1).",
 )
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
 @click.option(
     "--batch-axis",
     metavar="AXIS",
@@ -1084,10 +1077,10 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
         subject = load(model, allow=allow)
         if peft:
             names = program.export_peft(subject, output)
-            click.echo(f"wrote {output}/ ({_plural(len(names), 'adapter tensor')}, PEFT layout)")
+            click.echo(f"wrote {output}/ ({plural(len(names), 'adapter tensor')}, PEFT layout)")
             return
         names = program.export_weights(subject, output, weights=weights)
-        click.echo(f"wrote {output} ({_plural(len(names), 'tensor')})")
+        click.echo(f"wrote {output} ({plural(len(names), 'tensor')})")
 
     _run(go)
 
@@ -1172,18 +1165,17 @@ def show(model, fmt, allow):
     """
 
     def go():
-        from ._files import read_header
-        from ._recipes import adapter_info
+        from ._files import adapter_record, read_header
 
         header = read_header(model)
         recipe = header.recipe
-        adapters = adapter_info(header)
+        adapters = adapter_record(header)
         checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
             for t in sorted(header.tensors.values(), key=lambda t: t.start)
         ]
-        params = sum(_prod(t["shape"]) for t in tensors)
+        params = sum(math.prod(t["shape"]) for t in tensors)
         data = {
             "file": model,
             "parameters": params,
@@ -1193,13 +1185,7 @@ def show(model, fmt, allow):
         }
         if adapters is not None:
             data["adapters"] = adapters
-        if fmt == "json":
-            click.echo(json.dumps(data, indent=2))
-            return
-        if fmt == "yaml":
-            import yaml
-
-            click.echo(yaml.safe_dump(data, sort_keys=False))
+        if _dumped(data, fmt):
             return
         from rich.text import Text
         from rich.tree import Tree
@@ -1276,7 +1262,7 @@ def _show_adapters(path: str, info: dict, tensors: int) -> None:
     and how to use them (they are no model on their own)."""
     fingerprint = str(info.get("fingerprint"))
     _echo(
-        f"adapters: {_plural(tensors, 'tensor')} for the base model of fingerprint "
+        f"adapters: {plural(tensors, 'tensor')} for the base model of fingerprint "
         f"{fingerprint[:12]}"
     )
     for i, entry in enumerate(info.get("specs", []), 1):
@@ -1370,9 +1356,9 @@ def fmt(paths, check):
                 _echo(f"would reformat {path}", err=True)
             if changed:
                 sys.exit(1)
-            click.echo(f"{_plural(len(specs), 'spec')} already formatted")
+            click.echo(f"{plural(len(specs), 'spec')} already formatted")
         else:
-            click.echo(f"reformatted {len(changed)} of {_plural(len(specs), 'spec')}")
+            click.echo(f"reformatted {len(changed)} of {plural(len(specs), 'spec')}")
 
     _run(go)
 
@@ -1453,10 +1439,6 @@ def explain(code, every, fmt):
     _run(go)
 
 
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
-
-
 def _applied(spec) -> str:
     """`2 rules and 1 `stack` line`: what a spec applies, its structural
     lines (which change a model as much as a rule does) counted beside its rules."""
@@ -1467,23 +1449,10 @@ def _applied(spec) -> str:
     for stmt in spec.statements:
         if type(stmt) in words:
             lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
-    parts = [_plural(n, f"`{word}` line") for word, n in lines.items()]
+    parts = [plural(n, f"`{word}` line") for word, n in lines.items()]
     if spec.rules or not parts:
-        parts.insert(0, _plural(len(spec.rules), "rule"))
+        parts.insert(0, plural(len(spec.rules), "rule"))
     return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word}{'es' if word.endswith(('ch', 's')) else 's'}"
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":

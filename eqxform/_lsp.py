@@ -61,7 +61,7 @@ from . import _docs as D
 from . import _names as N
 from . import _registry as R
 from ._check import Checker
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, position
 from ._errors import EqxformError, SpecError, UsageError
 
 try:
@@ -423,7 +423,7 @@ def _index(spec: A.Spec) -> dict:
             at(stmt.name_span, "let", stmt.name, stmt)
         elif isinstance(stmt, A.OptimizerStmt):
             named(stmt.value, "optimizer")
-        for node in _nodes(stmt):
+        for node in A.nodes(stmt):
             if isinstance(node, A.Call):
                 key = (node.callee_span.line, node.callee_span.column)
                 role = "function" if node.callee in N.EXPR_FUNCTIONS else "constructor"
@@ -434,17 +434,6 @@ def _index(spec: A.Spec) -> dict:
             elif isinstance(node, A.Name):
                 names.setdefault((node.span.line, node.span.column), ("name", node.id, None))
     return {"names": names, "selectors": selectors}
-
-
-def _nodes(obj: Any):
-    """Every AST node under `obj`, found through the dataclass fields."""
-    if isinstance(obj, tuple):
-        for item in obj:
-            yield from _nodes(item)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, (A.Span, A.Source)):
-        yield obj
-        for f in dataclasses.fields(obj):
-            yield from _nodes(getattr(obj, f.name))
 
 
 # ---- the server -------------------------------------------------------------
@@ -734,7 +723,7 @@ class EqxformServer(LanguageServer):
             local = [d for d in local if d.code != "I104"]
         found = sorted(
             local + doc.model_diagnostics(),
-            key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0),
+            key=position,
         )
         self.text_document_publish_diagnostics(
             T.PublishDiagnosticsParams(

@@ -22,8 +22,7 @@ import numpy as np
 
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
-from ._check import argument_diagnostic
-from ._diagnostics import Diagnostic, printable
+from ._diagnostics import Diagnostic, plural, position, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Ensemble, Frozen, LoRA, Wrapper, batched, split_state
@@ -49,6 +48,7 @@ from ._select import (
     skipped_arrays,
     walk,
 )
+from ._values import argument_diagnostic, format_bytes
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ class PlanStep:
     @property
     def counted(self) -> str:
         """`3 arrays`, `1 module`: the count and what it counts."""
-        return _count(self.count, self.unit)
+        return plural(self.count, self.unit)
 
 
 @dataclass(frozen=True)
@@ -158,13 +158,13 @@ class PlanMesh:
                 (
                     a.path,
                     f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
-                    f"{human_bytes(a.bytes_per_device)}/device{where}",
+                    f"{format_bytes(a.bytes_per_device)}/device{where}",
                 )
             )
         out += _columns("    ", rows, width)
         out += _wrap(
-            f"  per device: {human_bytes(self.bytes_per_device)} "
-            f"(the whole model: {human_bytes(self.bytes)})",
+            f"  per device: {format_bytes(self.bytes_per_device)} "
+            f"(the whole model: {format_bytes(self.bytes)})",
             "    ",
             width,
         )
@@ -212,19 +212,11 @@ class PlanMembers:
             total += opt_state_bytes
             what = "arrays and optimizer state"
         out += _wrap(
-            f"  memory ({what}): {human_bytes(per)} per member, {human_bytes(total)} in total",
+            f"  memory ({what}): {format_bytes(per)} per member, {format_bytes(total)} in total",
             "    ",
             width,
         )
         return out
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 @dataclass(frozen=True)
@@ -243,9 +235,9 @@ class Plan:
     # The checkpoint's mapping (model path, checkpoint name, transform, shape),
     # when the spec has `map` lines and a checkpoint to read.
     weights: tuple[dict, ...] | None = None
-    members: PlanMembers | None = None  # a sweep's members, their values and memory
     # The plan line by line, with the skeleton after each (what `Planner` reuses).
     rules: tuple[PlannedRule, ...] = field(default=(), repr=False, compare=False)
+    members: PlanMembers | None = None  # a sweep's members, their values and memory
 
     @functools.cached_property
     def _counts(self) -> tuple[int, int]:
@@ -320,7 +312,7 @@ class Plan:
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
-            skipped = f", {_count(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            skipped = f", {plural(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
             lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
@@ -469,10 +461,6 @@ def structure(model: Any) -> Any:
             for x in leaves
         ],
     )
-
-
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
 
 def _describe_node(node) -> str:
@@ -681,7 +669,7 @@ class Planner:
             placement = _placement(placer, struct, diagnostics)
         steps.sort(key=lambda s: s.line)
         diagnostics += overwritten(steps, program.source)
-        diagnostics.sort(key=_position)
+        diagnostics.sort(key=position)
         return Plan(
             tuple(steps),
             start_params,
@@ -973,7 +961,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                 diagnostics.append(
                     Diagnostic(
                         "W203",
-                        f"`init` draws {_count(n, 'array')} that the `replace` on "
+                        f"`init` draws {plural(n, 'array')} that the `replace` on "
                         + _lines(lines)
                         + " then discards",
                         step.span,
@@ -1061,7 +1049,7 @@ def _overwritten(step, by, help: str, source) -> Diagnostic:
         "W202",
         f"every match of this rule's `{step.action}` is overwritten by "
         + _lines(by)
-        + f" ({_count(len(step.writes), 'match')})",
+        + f" ({plural(len(step.writes), 'match')})",
         step.span,
         help,
         source,
@@ -1078,11 +1066,6 @@ def _lines(lines) -> str:
     if len(lines) == 1:
         return f"line {lines[0]}"
     return "lines " + ", ".join(str(n) for n in lines[:-1]) + f" and {lines[-1]}"
-
-
-def _count(n: int, word: str) -> str:
-    plural = word + ("es" if word.endswith("ch") else "s")
-    return f"{n} {word if n == 1 else plural}"
 
 
 def untouched(steps, model) -> tuple[str, ...]:
@@ -1130,9 +1113,7 @@ def finish(program, start, struct, history, params):
             diagnostics.extend(e.diagnostics)
             continue
         try:
-            for leaf in matched_arrays(
-                nodes, group.action.name, group.rule.selector, program.source
-            ):
+            for leaf in leaves:
                 group_value(program, group.action, leaf)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
@@ -1158,7 +1139,7 @@ def finish(program, start, struct, history, params):
                 Diagnostic(
                     "W204",
                     f"`{group.action.name}` on frozen parameters: every array this rule "
-                    f"matches ({_count(len(leaves), 'array')}) is frozen, so the optimiser "
+                    f"matches ({plural(len(leaves), 'array')}) is frozen, so the optimiser "
                     "never updates it",
                     group.action.span,
                     f"remove the `{group.action.name}`, or narrow the `freeze` rule above "
@@ -1203,7 +1184,7 @@ def _formed(program, struct, structs, history) -> list[Diagnostic]:
         out.append(
             Diagnostic(
                 "I221",
-                f"the model reads the `weight` of {_count(len(found), 'adapted module')} itself "
+                f"the model reads the `weight` of {plural(len(found), 'adapted module')} itself "
                 f"({paths}) rather than calling {'it' if len(found) == 1 else 'them'}, so each call "
                 f"forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
                 span,

@@ -21,7 +21,6 @@ import numpy as np
 from .. import _ast as A
 from .. import _registry as R
 from .._build import build, to_python
-from .._check import argument_diagnostic, argument_kinds, as_argument
 from .._errors import SpecError
 from .._expr import FunctionRef
 from .._expr import walk as walk_expr
@@ -43,6 +42,7 @@ from .._select import (
     too_deep,
     walk,
 )
+from .._values import argument_diagnostic, argument_kinds, as_argument
 from . import _init
 from ._base import Context, Pass, replace_at
 
