@@ -29,11 +29,12 @@ from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, UsageError
 from ._expr import render
-from ._files import SliceReader, read_header
+from ._files import SliceReader, adapter_record, read_header
 from ._modules import Ensemble, join_state, split_state
 from ._program import Recipe, RecipeStep, check_model, recipe_of, remember
-from ._recipes import _skeleton_of, adapter_info, allowed, leaf_names, skeleton
+from ._recipes import _skeleton_of, leaf_names, skeleton
 from ._select import is_array
+from ._values import allowed
 
 
 def _members_recorded(recipe: Recipe | None) -> list | None:
@@ -337,7 +338,7 @@ def pick_file(
     one_way(member, best)
     origin = str(path)
     header = read_header(path)
-    if adapter_info(header) is not None:
+    if adapter_record(header) is not None:
         raise ModelFileError(
             Diagnostic(
                 "E484",
