@@ -650,8 +650,9 @@ class Recipe(Mapping):
     `seed` (of the constructor's key; `None` when a key was given), `steps`
     (the programs applied, each with its seed), `train` (what `eqxform train`
     did, if anything), `picked` (for a member taken out of an ensemble by
-    `eqxform pick`: the file, the member and what was recorded of it). `to_dict()` is what a model file stores, and a recipe
-    reads as that mapping too (`recipe["base"]["constructor"]`).
+    `eqxform pick`: the file, the member and what was recorded of it).
+    `to_dict()` is what a model file stores, and a recipe reads as that
+    mapping too (`recipe["base"]["constructor"]`).
     """
 
     call: A.Call
