@@ -32,6 +32,7 @@ _LAZY = {
     "load": "._recipes",
     "save": "._recipes",
     "new": "._recipes",
+    "pick": "._pick",
     "resolve": "._modules",
     "bake": "._modules",
     "Wrapper": "._modules",

@@ -539,6 +539,12 @@ def apply(
 @click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
 @click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")
 @click.option(
+    "--eval-data",
+    type=click.Path(),
+    help="An .npz with held-out `x` and `y`: after training, the loss on it (per member of an "
+    "ensemble) is shown and recorded in the model file's recipe.",
+)
+@click.option(
     "--loss",
     default="mse",
     show_default=True,
@@ -598,6 +604,7 @@ def train(
     data,
     steps,
     batch_size,
+    eval_data,
     loss,
     output_path,
     output,
@@ -626,6 +633,12 @@ def train(
     model-parallel. For several processes, start the same command in each with
     `--coordinator HOST:PORT --num-processes N --process-id I`; process 0
     writes the model.
+
+    An ensemble (a sweep: `ensemble 8 vary lr=...`) trains as one program;
+    the progress shows the best, median and worst member's loss, and the end
+    a table of every member with its hyper-parameters, its loss on the
+    training data and (with `--eval-data`) on the held-out data, which the
+    model file's recipe records (`train.members`).
     """
 
     def go():
@@ -656,6 +669,7 @@ def train(
                 # The data set is read (and its headers checked) before the
                 # model is built.
                 x, y = _train.load_data(data)
+            held_out = None if eval_data is None else _train.load_data(eval_data)
             base = _checked_base(program, model, allow, deny, weights)
             with _quiet():
                 start = program.apply(base, seed=seed_value, weights=weights)
@@ -672,6 +686,9 @@ def train(
             else:
                 where = data
             _train.check_fits(start, x, y, loss_fn, where, output_path)
+            if held_out is not None:
+                _train.check_fits(start, *held_out, loss_fn, eval_data, output_path)
+            ensemble = _is_ensemble(start)
             trained = {
                 "steps": 0,
                 "data": data or "built-in",
@@ -680,6 +697,8 @@ def train(
             }
             if output_path is not None:
                 trained["output"] = output_path
+            if eval_data is not None:
+                trained["eval_data"] = eval_data
 
             seed_used = program.seed if seed_value is None else seed_value
             if adapters_only:
@@ -727,11 +746,20 @@ def train(
             if not _writer():
                 result = run()
             elif _console().is_terminal:
-                result = _train_with_bar(run, steps)
+                result = _train_with_bar(run, steps, ensemble)
             else:
-                result = _train_with_lines(run, steps)
+                result = _train_with_lines(run, steps, ensemble)
             if result.nonfinite is not None and result.steps == 0:
                 raise _diverged(result, output, wrote=False)
+            losses = _final_losses(result.model, x, y, held_out, loss_fn, output_path)
+            if losses is not None:
+                rows = _member_rows(program, seed_used, *losses)
+                if ensemble:
+                    trained["members"] = rows
+                else:
+                    trained["eval_loss"] = rows[0]["eval_loss"]
+                if _writer() and (ensemble or held_out is not None):
+                    _echo_members(rows, ensemble)
             write(result.model, result.steps, result)
         if result.nonfinite is not None:
             raise _diverged(result, output, wrote=True)
@@ -747,8 +775,75 @@ def train(
     _run(go)
 
 
-def _train_with_bar(run, steps: int):
-    """Training on a terminal: a progress bar with the loss."""
+def _is_ensemble(model) -> bool:
+    from ._modules import Ensemble, split_state
+
+    return isinstance(split_state(model)[0], Ensemble)
+
+
+def _spread(losses) -> str:
+    """An ensemble's losses as the progress shows them: best, median, worst."""
+    import numpy as np
+
+    order = np.argsort(losses)
+    best, worst = int(order[0]), int(order[-1])
+    return (
+        f"best {losses[best]:.4g} (member {best}), median {float(np.median(losses)):.4g}, "
+        f"worst {losses[worst]:.4g} (member {worst})"
+    )
+
+
+def _final_losses(model, x, y, held_out, loss_fn, output_path):
+    """Each member's loss on the training data and on the held-out data (None
+    without `--eval-data`); None for a plain model without `--eval-data`."""
+    from ._runtime import _train
+
+    if not _is_ensemble(model) and held_out is None:
+        return None
+    train = _train.member_losses(model, x, y, loss_fn, output=output_path)
+    held = (
+        None
+        if held_out is None
+        else _train.member_losses(model, *held_out, loss_fn, output=output_path)
+    )
+    return train, held
+
+
+def _member_rows(program, seed: int, train, held) -> list[dict]:
+    """The recipe's record of each member: `{"member": k, "values": {name:
+    number}, "loss": float, "eval_loss": float or None}`."""
+    sweep = program.sweep
+    return [
+        {
+            "member": k,
+            "values": {} if sweep is None else sweep.values(k, seed),
+            "loss": float(train[k]),
+            "eval_loss": None if held is None else float(held[k]),
+        }
+        for k in range(len(train))
+    ]
+
+
+def _echo_members(rows: list[dict], ensemble: bool) -> None:
+    """The final table: a row per member, its hyper-parameters and losses."""
+    names = list(rows[0]["values"])
+    held = rows[0]["eval_loss"] is not None
+    head = (["member"] if ensemble else []) + names + ["loss"] + (["eval loss"] if held else [])
+    table = [
+        ([str(r["member"])] if ensemble else [])
+        + [f"{r['values'][n]:.4g}" for n in names]
+        + [f"{r['loss']:.4g}"]
+        + ([f"{r['eval_loss']:.4g}"] if held else [])
+        for r in rows
+    ]
+    widths = [max(len(c) for c in column) for column in zip(head, *table)]
+    for line in [head, *table]:
+        _echo("  ".join(c.rjust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def _train_with_bar(run, steps: int, ensemble: bool = False):
+    """Training on a terminal: a progress bar with the loss (an ensemble's:
+    best, median and worst member)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -761,6 +856,14 @@ def _train_with_bar(run, steps: int):
         transient=False,
     ) as progress:
         task = progress.add_task("train", total=steps, loss="-")
+        if ensemble:
+            mean: dict[int, float] = {}
+
+            def members(done, losses):
+                loss = f"{mean.pop(done):.4g}; members {_spread(losses)}"
+                progress.update(task, completed=done, loss=loss)
+
+            return run(on_step=mean.__setitem__, on_members=members)
         return run(
             on_step=lambda done, value: progress.update(task, completed=done, loss=f"{value:.4g}")
         )
@@ -771,9 +874,10 @@ def _train_with_bar(run, steps: int):
 _LINE_EVERY_S = 60.0
 
 
-def _train_with_lines(run, steps: int):
+def _train_with_lines(run, steps: int, ensemble: bool = False):
     """Training with its output going to a file or a pipe: plain lines at a
-    bounded rate (at most 10 milestones, plus one per minute), each flushed."""
+    bounded rate (at most 10 milestones, plus one per minute), each flushed;
+    an ensemble's show its best, median and worst member's loss."""
     import time
 
     last = {"tenth": 0, "at": time.monotonic()}
@@ -794,7 +898,16 @@ def _train_with_lines(run, steps: int):
         click.echo(f"step {done}/{steps}: {what} {value:.4g}")
         sys.stdout.flush()
 
-    return run(on_step=line, report=report)
+    if not ensemble:
+        return run(on_step=line, report=report)
+    mean: dict[int, float] = {}
+
+    def members(done: int, losses) -> None:
+        what = "initial loss" if done == 1 else "loss"
+        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; members {_spread(losses)}")
+        sys.stdout.flush()
+
+    return run(on_step=mean.__setitem__, on_members=members, report=report)
 
 
 def _diverged(result, output: str, wrote: bool) -> EqxformError:
@@ -967,6 +1080,47 @@ def merge(adapters, base, output, allow, force):
 
 @main.command()
 @click.argument("model", type=click.Path())
+@click.option("--member", type=_Whole(0), metavar="K", help="The member to write, 0-based.")
+@click.option(
+    "--best",
+    is_flag=True,
+    help="The member with the lowest held-out loss (recorded by `train --eval-data`).",
+)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
+@_allow
+def pick(model, member, best, output, allow):
+    """Write one member of an ensemble as a plain model file.
+
+    MODEL is an ensemble's model file (`ensemble N`, or a sweep's `ensemble
+    ... vary`). The member's recipe is the ensemble's without the `ensemble`
+    line (a varied name becomes a `let` of the member's value), and records
+    where it came from: the file, the member, its hyper-parameters and
+    losses. It loads, plans and trains as a plain model. Only the member's
+    slice of each tensor is read.
+
+    Example: eqxform pick sweep.eqx --best -o one.eqx
+    """
+
+    def go():
+        from ._files import check_output
+        from ._pick import one_way, pick_file
+        from ._plan import count_params
+        from ._recipes import save
+
+        one_way(member, best)
+        check_output(output, [("ensemble's model file", model)])
+        one, recipe, how = pick_file(model, member, best=best, allow=allow)
+        save(output, one, recipe=recipe)
+        _echo(f"wrote {output} ({how} of {model}; {count_params(one):,} parameters)")
+        detail = _picked_detail(recipe.picked or {})
+        if detail:
+            _echo(f"  {detail}")
+
+    _run(go)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
 @_format
 @_allow
 def show(model, fmt, allow):
@@ -1028,6 +1182,9 @@ def show(model, fmt, allow):
                 + (f"; {params_text}" if params_text else "")
                 + ")"
             )
+        picked = recipe.get("picked")
+        if picked:
+            _echo(f"picked: {_picked_text(picked)}")
         trained = recipe.get("train")
         if trained:
             _echo(
@@ -1039,6 +1196,32 @@ def show(model, fmt, allow):
             _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _picked_detail(picked: dict) -> str:
+    """`lr=0.001; loss 0.12, held-out loss 0.15`: what training recorded of a
+    member picked out of an ensemble."""
+    parts = [", ".join(f"{k}={_number(v)}" for k, v in (picked.get("values") or {}).items())]
+    parts.append(
+        ", ".join(
+            f"{what} {_number(picked[key])}"
+            for key, what in (("loss", "loss"), ("eval_loss", "held-out loss"))
+            if picked.get(key) is not None
+        )
+    )
+    return "; ".join(p for p in parts if p)
+
+
+def _picked_text(picked: dict) -> str:
+    """`member 3 of 8 of sweep.eqx (lr=0.001; ...)`: where a member picked
+    out of an ensemble came from."""
+    detail = _picked_detail(picked)
+    text = f"member {picked.get('member')} of {picked.get('members')} of {picked.get('file')}"
+    return text + (f" ({detail})" if detail else "")
 
 
 def _show_adapters(path: str, info: dict, tensors: int) -> None:

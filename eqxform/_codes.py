@@ -738,7 +738,8 @@ CODES: dict[str, Code] = {
             "E155",
             "count beyond the limit",
             "An `ensemble` with more than 1,000,000 members, or a `stack` count or `unroll` "
-            "beyond 1,000,000 (`_limits.MAX_COUNT`). Smaller counts that do not fit in memory "
+            "beyond 1,000,000 (`_limits.MAX_COUNT`); a sweep (`ensemble N vary ...`, "
+            "`ensemble grid ...`) of more than 4,096 members (`_limits.MAX_SWEEP`). Smaller counts that do not fit in memory "
             "are caught by the memory budget (E158).",
             "ensemble 1000000000",
             message="`ensemble {value:,}` is beyond the limit of {max_count:,} members",
@@ -750,6 +751,10 @@ CODES: dict[str, Code] = {
             unroll=(
                 "`unroll {value:,}` is beyond the limit of {max_count:,}",
                 "unroll a few layers, e.g. `unroll 2`",
+            ),
+            sweep=(
+                "a sweep of {count:,} members is beyond the limit of {max_sweep:,}",
+                "each member's values and program are made one by one; sweep fewer values",
             ),
         ),
         _c(
@@ -863,6 +868,117 @@ CODES: dict[str, Code] = {
                 "`axis` says where tensors fuse or split, and this `map` does neither",
                 "leave `axis` out, or name several tensors or arrays",
             ),
+        ),
+        # ---- sweeps (`ensemble ... vary`, `ensemble grid`)
+        _c(
+            "E170",
+            "a varied name the spec never uses",
+            "An `ensemble ... vary` or `ensemble grid` line names a hyper-parameter that no "
+            "expression of the spec reads, so every member would be the same in it. A varied "
+            "name is read like a `let` name: in the optimiser's arguments, an `lr`, "
+            "`weight_decay` or `scale` action, or a numeric argument of `init`.",
+            "optimizer adamw(learning_rate=1e-3)\nensemble 4 vary lr=logspace(1e-4, 1e-2)",
+            "read the name where it belongs (`optimizer adamw(learning_rate=lr)`), or remove it.",
+            message="`{name}` varies, but the spec never uses it",
+            help="read `{name}` in an argument of the optimiser, an `init` or a `scale`, `lr` or `weight_decay` action (e.g. `optimizer adamw(learning_rate={name})`), or remove it",
+        ),
+        _c(
+            "E171",
+            "a varied value of the wrong type",
+            "Each member's value of a varied name is one number (its seed: a whole number >= 0). "
+            "A `vary` value is an expression of `member` (the member's index from 0), a list of "
+            "one number per member, or `logspace(FIRST, LAST)` / `linspace(FIRST, LAST)` "
+            "(both ends included; `logspace` needs both > 0); a `grid` axis is a list.",
+            'ensemble 4 vary lr="fast"\nensemble grid lr=1e-3',
+            "give numbers: `vary lr=1e-3 * 2 ** member`, `vary lr=[1e-3, 3e-3, 1e-2, 3e-2]`, "
+            "`grid lr=[1e-3, 1e-2]`.",
+            message="`{callee}` takes the first and the last value, as `{callee}(1e-4, 1e-2)`",
+            help="the {count} members' values run from the first to the last, both included",
+            needs_numbers=(
+                "`{callee}` needs numbers, not {describe_v}",
+                "e.g. `{name}={callee}(1e-4, 1e-2)`",
+            ),
+            logspace_needs=(
+                "`logspace` needs two numbers > 0, not `{lo}` and `{hi}`",
+                "spread over a log scale from a positive first to a positive last value, or use `linspace`",
+            ),
+            grid_axis=(
+                "a `grid` axis needs a list of values, `{name}=[...]`",
+                "e.g. `ensemble grid {name}=[1e-3, 3e-3, 1e-2]`; `ensemble N vary NAME=EXPR` computes a value per member",
+            ),
+            seed_member=(
+                "the seed of member {k} must be a whole number >= 0, not {describe_value}",
+                "e.g. `vary seed` (the spec's seed plus the member's index) or `vary seed=[0, 7, 42, 99]`",
+            ),
+            member_number=(
+                "`{name}` of member {k} must be a number, not {describe_value}",
+                "a varied value is one number per member; a list gives the members' values in order (`vary lr=[1e-3, 1e-2]`), `logspace(a, b)` spreads them",
+            ),
+        ),
+        _c(
+            "E172",
+            "a list of varied values of the wrong length",
+            "A `vary` list gives one value per member, in order, so its length is the member "
+            "count; a `grid` list needs at least one value (the members are the product of the "
+            "lists' lengths).",
+            "ensemble 4 vary lr=[1e-3, 1e-2]",
+            "give one value per member, or compute them: `vary lr=logspace(1e-3, 1e-2)`.",
+            message="the list of `{name}` is empty",
+            help="give at least one value",
+            gives_values=(
+                "`{name}` gives {len_items} values for the {count} members",
+                "give one value per member ({count}), or compute them from `member`, e.g. `{name}=1e-3 * 2 ** member`",
+            ),
+        ),
+        _c(
+            "E173",
+            "a member's value does not fit where it goes",
+            "Evaluated for one member, an argument that reads a varied name is out of its "
+            "range (a negative learning rate or weight decay, a negative `stddev`). It is "
+            "reported at the varied value, naming the member and the line that reads it.",
+            "optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=[1e-3, -1e-2, 1e-2]",
+            "give every member a value the argument takes.",
+            message="member {k}'s `{name}={render_members}` does not fit where it goes: {message}",
+            help="{value}the spec reads `{name}` on line {line}",
+        ),
+        _c(
+            "E174",
+            "a varied name where a value cannot vary",
+            "The members of a sweep are one program with a leading member axis: they can differ "
+            "in numbers, never in structure. A varied name may go in the optimiser's arguments, "
+            "`lr`, `weight_decay`, `scale` and the numeric arguments of `init`; not in the "
+            "model's constructor (a width), a `let`, an `if` filter, `replace`, `lora` (a rank), "
+            "`cast`, `shard`, the seed or the member count.",
+            "model MLP(in_size=2, out_size=2, width_size=w, depth=2)\nensemble 2 vary w=[32, 64]",
+            "sweep structural choices as separate runs; vary only numbers that change no shape.",
+            message="`{id}` varies per member and cannot go in {where}",
+            help="a varied value may go in the optimiser's arguments, `lr`, `weight_decay`, `scale` and the numeric arguments of `init`: places where a number changes no shape, count or type",
+        ),
+        _c(
+            "E175",
+            "a varied name given twice, or also a `let` or reserved",
+            "A varied name is bound per member by the `ensemble` line, once; a `let` of the "
+            "same name, a second entry of it, or a reserved word (`member`, a function or a "
+            "context name) would make its value ambiguous.",
+            "let lr = 1e-3\nensemble 4 vary lr=logspace(1e-4, 1e-2)",
+            "keep one definition: remove the `let` (or the second entry), or rename.",
+            message="`{name}` is both a `let` and a varied name",
+            help="remove `let {name}`: the `ensemble` line binds `{name}` per member",
+            reserved=(
+                "`{name}` is a reserved name",
+                "choose another name for this hyper-parameter",
+            ),
+            varies_twice=("`{name}` varies twice", "give `{name}` once on the `ensemble` line"),
+        ),
+        _c(
+            "E176",
+            "a varied name without values",
+            "`vary NAME` alone gives no values; only `seed` may stand alone (`vary seed`: member "
+            "k is built with the spec's seed plus k).",
+            "ensemble 4 vary lr",
+            "give the values: `vary lr=logspace(1e-4, 1e-2)`.",
+            message="`vary {name}` gives no values",
+            help="give one per member, e.g. `{name}=logspace(1e-4, 1e-2)` or `{name}=[...]`; only `seed` stands alone",
         ),
         _c(
             "E190",
@@ -1375,6 +1491,23 @@ CODES: dict[str, Code] = {
             ),
         ),
         _c(
+            "E260",
+            "a sweep's optimiser that differs in more than numbers",
+            "A sweep's members share one optimiser program: only numbers may differ per member "
+            "(the optimiser's numeric arguments, whole arrays' `lr` and `weight_decay` values). "
+            "An `lr` or `weight_decay` rule on some layers of a stack (`where blocks[0:2] -> lr "
+            "x`) whose value varies per member, or an optimiser argument that is not a number "
+            "and differs between members, cannot be carried as an array with the member axis.",
+            "ensemble 2 vary x=[0.1, 1]\nstack blocks scan\nwhere blocks[0:2] -> lr x",
+            "vary the group's value on whole arrays, or the optimiser's own arguments.",
+            message="the members' optimisers differ in more than numbers",
+            help="vary only the optimiser's numeric arguments",
+            layers=(
+                "the `lr` or `weight_decay` rule on some layers of `{name}` varies per member",
+                "vary a group's value on whole arrays, or the optimiser's own arguments",
+            ),
+        ),
+        _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",
@@ -1590,6 +1723,11 @@ CODES: dict[str, Code] = {
                 _INVALID + "its {what}'s `{where}` is {kind}; a list of names is expected",
                 _REWRITE,
             ),
+            members=(_INVALID + "its {what}'s `{where}` is {kind}; a list of members", _REWRITE),
+            member=(
+                _INVALID + "its {what}'s `{where}` is not {index}, the member's place in the list",
+                _REWRITE,
+            ),
         ),
         _c(
             "E316",
@@ -1618,6 +1756,7 @@ CODES: dict[str, Code] = {
                 "{most:,}",
                 _REWRITE,
             ),
+            members=(_INVALID + "its {what}'s `{where}` lists {count:,} members", _REWRITE),
         ),
         _c(
             "E318",
@@ -2441,6 +2580,98 @@ CODES: dict[str, Code] = {
             "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
             message="the specs that added the adapters are unknown",
             help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's `model` directive)",
+        ),
+        # ---- `eqxform pick`: a member of an ensemble as a plain model
+        _c(
+            "E480",
+            "no ensemble to pick from",
+            "`eqxform pick` (`eqxform.pick`) takes one member out of an ensemble: a model "
+            "file, or a model, that a spec's `ensemble N` made. This one has no member axis.",
+            "eqxform pick model.eqx --member 0 -o one.eqx   # model.eqx is one MLP",
+            "pick from the ensemble's file (what `eqxform apply` or `eqxform train` of a spec "
+            "with an `ensemble` line wrote).",
+            message="`{origin}` is no ensemble (its model is a `{kind}`); there is no member to pick",
+            help="pick from a file that `ensemble N` made (`eqxform apply` or `eqxform train` of a spec with an `ensemble` line)",
+            given=(
+                "the `{name}` given is no ensemble; there is no member to pick",
+                "pass an `eqxform.Ensemble` (what a spec's `ensemble N` makes), or the path of its model file",
+            ),
+        ),
+        _c(
+            "E481",
+            "no such member",
+            "Members are numbered from 0; an ensemble of N has the members 0 to N - 1.",
+            "eqxform pick sweep.eqx --member 8 -o one.eqx   # `ensemble 8`: members 0 to 7",
+            "pick one of 0 to N - 1 (`eqxform show` lists the tensors, whose first axis is N).",
+            message="the member must be a whole number, not {member!r:.40}",
+            help="0 to {value}",
+            has_members=(
+                "{named_origin} has {count} members (0 to {value}); there is no member {member}",
+                "pick one of 0 to {value}",
+            ),
+        ),
+        _c(
+            "E482",
+            "pick by `--member` or by `--best`",
+            "`eqxform pick` writes one member: the one named by `--member K`, or with `--best` "
+            "the one with the lowest held-out loss that training recorded. It needs exactly "
+            "one of the two.",
+            "eqxform pick sweep.eqx -o one.eqx",
+            "add `--member K` (0-based) or `--best`, not both.",
+            message="no member given: pass `--member K` (0-based) or `--best`",
+            help="`--member K` picks member K (0-based); `--best` the one with the lowest held-out loss that `eqxform train --eval-data` recorded",
+            both=(
+                "give the member to pick by `--member K` or by `--best`, not both",
+                "`--member K` picks member K (0-based); `--best` the one with the lowest held-out loss that `eqxform train --eval-data` recorded",
+            ),
+        ),
+        _c(
+            "E483",
+            "no held-out loss recorded",
+            "`--best` picks by the held-out loss that `eqxform train --eval-data` records for "
+            "every member (`recipe.train.members[k].eval_loss`). The file records none: it was "
+            "trained without `--eval-data`, or only applied. `--best` never falls back to "
+            "another measure (the training loss favours the member that overfits).",
+            "eqxform pick sweep.eqx --best -o one.eqx   # trained without --eval-data",
+            "train the ensemble with `--eval-data HELD_OUT.npz`, or pick by index with "
+            "`--member K`.",
+            message="{named_origin} records no held-out loss of its members, so `--best` has nothing to compare",
+            help="train the ensemble with `eqxform train ... --eval-data HELD_OUT.npz` (it records each member's held-out loss), or pick by index with `--member K`",
+        ),
+        _c(
+            "E484",
+            "an adapter file has no members to pick",
+            "An adapter file holds adapters for a base model, not a whole ensemble.",
+            "eqxform pick adapters.eqx --member 0 -o one.eqx",
+            "bake the adapters into their base first (`eqxform merge ADAPTERS BASE -o "
+            "merged.eqx`), then pick from the merged file.",
+            message="`{origin}` holds only adapters; a member is picked from a whole ensemble",
+            help="bake the adapters into their base first: `eqxform merge {origin} BASE.eqx -o merged.eqx`, then `eqxform pick merged.eqx ...`",
+        ),
+        _c(
+            "E485",
+            "the recorded members do not match the ensemble",
+            "A trained ensemble's recipe records one entry per member "
+            "(`recipe.train.members`, in order). This file records another number of "
+            "members than its ensemble has, or out of order: it was edited, or written by "
+            "another program.",
+            "",
+            "pick by index with `--member K`, or train the ensemble again.",
+            message="{named_origin}'s recipe {problem}",
+            help="the recipe was edited or written by another program; pick by index with `--member K`, or train the ensemble again",
+        ),
+        _c(
+            "E486",
+            "the member cannot be written as a plain model",
+            "A picked member's recipe is the ensemble's, with the spec that made the ensemble "
+            "written without its `ensemble` line. For this file that does not work: its "
+            "recipe has no `ensemble` line, the spec does not compile without it, or the "
+            "plain model it builds has other tensors than the member. Nothing is written.",
+            "",
+            "take the member in Python (`eqxform.load(path).member(k)`) and save it, or load "
+            "the ensemble and apply the spec without its `ensemble` line to a member.",
+            message="a member of {named_origin} cannot be written as a plain model: {why}",
+            help="load the ensemble in Python and take the member with `Ensemble.member(k)`; save it with `eqxform.save(path, member, recipe=...)` or load it with `like=`",
         ),
         _c(
             "E501",

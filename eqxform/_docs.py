@@ -15,7 +15,9 @@ DIRECTIVES = {
     "let": "`let NAME = EXPR`: a named value (override with `--set NAME=VALUE`)",
     "where": "`where SELECTOR [if EXPR] [expect N] -> ACTION, ...`: a rule",
     "optimizer": "`optimizer NAME(ARGS)`: the base optax optimiser for training",
-    "ensemble": "`ensemble N [over AXIS]`: N members with a leading member axis",
+    "ensemble": "`ensemble N [vary NAME=EXPR, ...] [over AXIS]`: N members with a leading "
+    "member axis; `vary` (or `ensemble grid NAME=[...] ...`) gives each member its own "
+    "hyper-parameters, trained as one program",
     "stack": "`stack PATH scan|vmap [N] [remat] [unroll K] [layerwise] [over AXIS]`: identical "
     "layers as one stacked module; a module built pre-stacked (a leading layer axis) is taken "
     "as it is",
@@ -130,6 +132,10 @@ KEYWORDS = {
     "if": "`SELECTOR if EXPR`: keep the matches for which EXPR holds",
     "else": "`A if C else B`: A when C holds, else B (`rank=16 if fan_in >= 1024 else 8`)",
     "expect": "`SELECTOR expect N`: an error unless exactly N nodes match",
+    "vary": "`ensemble N vary NAME=EXPR, ..., seed`: each member's own value of NAME (a list, "
+    "`logspace(FIRST, LAST)`, `linspace(FIRST, LAST)`, or an expression of `member`)",
+    "grid": "`ensemble grid NAME=[...] NAME=[...]`: one member per point of the product",
+    "member": "in a `vary` value: the member's index, from 0 (`lr=1e-3 * 2 ** member`)",
     "and": "logical and",
     "or": "logical or",
     "not": "logical not",

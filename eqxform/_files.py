@@ -458,6 +458,7 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
     schema.seed(base.get("seed"), "base.seed")
     _check_specs(schema, data.get("specs", []), "specs")
     _check_train(schema, data.get("train"), "train")
+    _check_picked(schema, data.get("picked"), "picked")
     for key, value in schema.mapping(data.get("versions"), "versions").items():
         schema.string(value, f"versions.{key}")
     return data
@@ -485,10 +486,60 @@ def _check_specs(schema: _Schema, specs: Any, where: str) -> None:
 
 def _check_train(schema: _Schema, train: Any, where: str) -> None:
     for key, value in schema.mapping(train, where).items():
+        if key == "members":
+            _check_members(schema, value, f"{where}.members")
+            continue
         if not (value is None or isinstance(value, (bool, int, float, str))):
             raise schema.fail("E315", variant="number", where=f"{where}.{key}", kind=_kind(value))
         if isinstance(value, str):
             schema.string(value, f"{where}.{key}")
+
+
+def _check_picked(schema: _Schema, picked: Any, where: str) -> None:
+    """Where a member taken out of an ensemble came from (`eqxform pick`): the
+    file, the member's index and the member count, its values and losses."""
+    if picked is None:
+        return
+    picked = schema.mapping(picked, where, optional=False)
+    for key in ("member", "members"):
+        value = picked.get(key)
+        if type(value) is not int or value < 0:
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a whole number is expected")
+    for key, value in picked.items():
+        if key == "values":
+            for name, number in schema.mapping(value, f"{where}.values").items():
+                if not _number(number):
+                    raise schema.fail(f"{where}.values.{name}", f"is {_kind(number)}; a number")
+        elif isinstance(value, str):
+            schema.string(value, f"{where}.{key}")
+        elif not (value is None or _number(value)):
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_members(schema: _Schema, members: Any, where: str) -> None:
+    """`train.members` of an ensemble's recipe: per member `{"member": k,
+    "values": {name: number}, "loss": number, "eval_loss": number or null}`."""
+    if not isinstance(members, list):
+        raise schema.fail("E315", variant="members", where=where, kind=_kind(members))
+    if len(members) > _limits.MAX_COUNT:
+        raise schema.fail("E317", variant="members", where=where, count=len(members))
+    for i, entry in enumerate(members):
+        at = f"{where}[{i}]"
+        entry = schema.mapping(entry, at, optional=False)
+        if entry.get("member") != i:
+            raise schema.fail("E315", variant="member", where=f"{at}.member", index=i)
+        for key, value in schema.mapping(entry.get("values"), f"{at}.values").items():
+            if not _number(value):
+                raise schema.fail(f"{at}.values.{key}", f"is {_kind(value)}; a number")
+        if not _number(entry.get("loss")):
+            raise schema.fail(f"{at}.loss", f"is {_kind(entry.get('loss'))}; a number")
+        held = entry.get("eval_loss")
+        if held is not None and not _number(held):
+            raise schema.fail(f"{at}.eval_loss", f"is {_kind(held)}; a number or null")
 
 
 def adapter_record(header: Header) -> dict | None:
