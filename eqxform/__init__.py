@@ -3,6 +3,7 @@
 Every name here is a re-export; the code lives in the private modules.
 """
 
+from . import _names
 from ._diagnostics import Diagnostic as Diagnostic
 from ._errors import EqxformError as EqxformError
 from ._errors import EqxformWarning as EqxformWarning
@@ -31,15 +32,8 @@ _LAZY = {
     "new": "._recipes",
     "resolve": "._modules",
     "bake": "._modules",
-    "Wrapper": "._modules",
-    "Symmetric": "._modules",
-    "Positive": "._modules",
-    "WeightNormed": "._modules",
-    "Frozen": "._modules",
-    "LoRA": "._modules",
-    "LoRAWeight": "._modules",
-    "IA3": "._modules",
-    "IA3Weight": "._modules",
+    # The types the actions put in the model (`Frozen`, `LoRA`, ...).
+    **dict.fromkeys(_names.ACTION_TYPES, "._modules"),
     "merge": "._modules",
     "Stacked": "._modules",
     "Ensemble": "._modules",
