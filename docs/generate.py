@@ -89,7 +89,7 @@ def gen_actions() -> str:
 def gen_remat_policies() -> str:
     from eqxform import _names as N
 
-    return "Policies (`remat(policy=NAME)`): " + ", ".join(f"`{p}`" for p in N.REMAT_POLICIES)
+    return "Policies (`remat(policy=NAME)`): " + ", ".join(f"`{p}`" for p in N.REMAT_POLICIES) + "."
 
 
 def gen_map_actions() -> str:

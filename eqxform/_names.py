@@ -585,8 +585,8 @@ ACTIONS = dict(
         _action(
             "shard",
             "spec",
-            "`shard (AXIS | none, ...)`: the partition spec of one layer's "
-            "arrays on the spec's `mesh`; the rest are replicated",
+            "the partition spec of one layer's arrays on the spec's `mesh`; the rest are "
+            "replicated",
             "shard (none, model)",
             changes="placement",
         ),
