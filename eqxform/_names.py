@@ -42,8 +42,9 @@ class Signature:
         return any(p.startswith("**") for p in self.params)
 
 
-def _sig(*params: str) -> Signature:
-    return Signature(tuple(params))
+def _sig(params: str = "") -> Signature:
+    """A signature from its parameters, separated by spaces: `_sig("size depth? key!")`."""
+    return Signature(tuple(params.split()))
 
 
 # Every `equinox.nn` class a spec may construct, with its `__init__` signature
@@ -55,188 +56,78 @@ EQUINOX_NN = {
     "AdaptiveMaxPool1d": _sig("target_shape"),
     "AdaptiveMaxPool2d": _sig("target_shape"),
     "AdaptiveMaxPool3d": _sig("target_shape"),
-    "AvgPool1d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
-    "AvgPool2d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
-    "AvgPool3d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "AvgPool1d": _sig("kernel_size stride? padding? use_ceil?"),
+    "AvgPool2d": _sig("kernel_size stride? padding? use_ceil?"),
+    "AvgPool3d": _sig("kernel_size stride? padding? use_ceil?"),
     "BatchNorm": _sig(
-        "input_size",
-        "axis_name",
-        "eps?",
-        "channelwise_affine?",
-        "momentum?",
-        "inference?",
-        "dtype?",
-        "mode?",
+        "input_size axis_name eps? channelwise_affine? momentum? inference? dtype? mode?"
     ),
     "Conv": _sig(
-        "num_spatial_dims",
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "num_spatial_dims in_channels out_channels kernel_size stride? padding? dilation? groups? "
+        "use_bias? padding_mode? dtype? key!"
     ),
     "Conv1d": _sig(
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
+        "padding_mode? dtype? key!"
     ),
     "Conv2d": _sig(
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
+        "padding_mode? dtype? key!"
     ),
     "Conv3d": _sig(
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
+        "padding_mode? dtype? key!"
     ),
     "ConvTranspose": _sig(
-        "num_spatial_dims",
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "padding?",
-        "output_padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "num_spatial_dims in_channels out_channels kernel_size stride? padding? output_padding? "
+        "dilation? groups? use_bias? padding_mode? dtype? key!"
     ),
     "ConvTranspose1d": _sig(
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "output_padding?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
+        "use_bias? padding_mode? dtype? key!"
     ),
     "ConvTranspose2d": _sig(
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "output_padding?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
+        "use_bias? padding_mode? dtype? key!"
     ),
     "ConvTranspose3d": _sig(
-        "in_channels",
-        "out_channels",
-        "kernel_size",
-        "stride?",
-        "output_padding?",
-        "padding?",
-        "dilation?",
-        "groups?",
-        "use_bias?",
-        "padding_mode?",
-        "dtype?",
-        "key!",
+        "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
+        "use_bias? padding_mode? dtype? key!"
     ),
-    "Dropout": _sig("p?", "inference?", "deterministic?!"),
-    "Embedding": _sig("num_embeddings?", "embedding_size?", "weight?", "dtype?", "key?!"),
-    "GRUCell": _sig("input_size", "hidden_size", "use_bias?", "dtype?", "key!"),
-    "GroupNorm": _sig("groups", "channels?", "eps?", "channelwise_affine?", "dtype?"),
-    "Identity": _sig("*args", "**kwargs"),
-    "LSTMCell": _sig("input_size", "hidden_size", "use_bias?", "dtype?", "key!"),
+    "Dropout": _sig("p? inference? deterministic?!"),
+    "Embedding": _sig("num_embeddings? embedding_size? weight? dtype? key?!"),
+    "GRUCell": _sig("input_size hidden_size use_bias? dtype? key!"),
+    "GroupNorm": _sig("groups channels? eps? channelwise_affine? dtype?"),
+    "Identity": _sig("*args **kwargs"),
+    "LSTMCell": _sig("input_size hidden_size use_bias? dtype? key!"),
     "Lambda": _sig("fn"),
-    "LayerNorm": _sig(
-        "shape", "eps?", "use_weight?", "use_bias?", "dtype?", "elementwise_affine?!"
-    ),
-    "Linear": _sig("in_features", "out_features", "use_bias?", "dtype?", "key!"),
+    "LayerNorm": _sig("shape eps? use_weight? use_bias? dtype? elementwise_affine?!"),
+    "Linear": _sig("in_features out_features use_bias? dtype? key!"),
     "MLP": _sig(
-        "in_size",
-        "out_size",
-        "width_size",
-        "depth",
-        "activation?",
-        "final_activation?",
-        "use_bias?",
-        "use_final_bias?",
-        "dtype?",
-        "scan?!",
-        "key!",
+        "in_size out_size width_size depth activation? final_activation? use_bias? "
+        "use_final_bias? dtype? scan?! key!"
     ),
-    "MaxPool1d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
-    "MaxPool2d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
-    "MaxPool3d": _sig("kernel_size", "stride?", "padding?", "use_ceil?"),
+    "MaxPool1d": _sig("kernel_size stride? padding? use_ceil?"),
+    "MaxPool2d": _sig("kernel_size stride? padding? use_ceil?"),
+    "MaxPool3d": _sig("kernel_size stride? padding? use_ceil?"),
     "MultiheadAttention": _sig(
-        "num_heads",
-        "query_size",
-        "key_size?",
-        "value_size?",
-        "output_size?",
-        "qk_size?",
-        "vo_size?",
-        "use_query_bias?",
-        "use_key_bias?",
-        "use_value_bias?",
-        "use_output_bias?",
-        "dropout_p?",
-        "inference?",
-        "dtype?",
-        "key!",
+        "num_heads query_size key_size? value_size? output_size? qk_size? vo_size? "
+        "use_query_bias? use_key_bias? use_value_bias? use_output_bias? dropout_p? inference? "
+        "dtype? key!"
     ),
     "PReLU": _sig("init_alpha?"),
-    "RMSNorm": _sig("shape", "eps?", "use_weight?", "use_bias?", "dtype?"),
-    "RotaryPositionalEmbedding": _sig("embedding_size", "theta?", "dtype?"),
+    "RMSNorm": _sig("shape eps? use_weight? use_bias? dtype?"),
+    "RotaryPositionalEmbedding": _sig("embedding_size theta? dtype?"),
     "Sequential": _sig("layers"),
-    "SpectralNorm": _sig(
-        "layer", "weight_name", "num_power_iterations?", "eps?", "inference?", "key!"
-    ),
-    "WeightNorm": _sig("layer", "weight_name?", "axis?"),
+    "SpectralNorm": _sig("layer weight_name num_power_iterations? eps? inference? key!"),
+    "WeightNorm": _sig("layer weight_name? axis?"),
 }
 
 # The example models of `eqxform.models`.
 EXAMPLE_MODELS = {
-    "MLPChain": _sig("size", "count", "width_size?", "depth?", "activation?", "key!"),
-    "Tower": _sig("size", "width_size?", "depth?", "activation?", "key!"),
-    "SmallCNN": _sig("in_channels?", "num_classes?", "width?", "key!"),
+    "MLPChain": _sig("size count width_size? depth? activation? key!"),
+    "Tower": _sig("size width_size? depth? activation? key!"),
+    "SmallCNN": _sig("in_channels? num_classes? width? key!"),
 }
 
 # Initialisers by name, with the arguments a spec may pass. `dtype` and the
@@ -246,12 +137,12 @@ INITIALIZERS = {
     "ones": _sig(),
     "constant": _sig("value"),
     "normal": _sig("stddev?"),
-    "truncated_normal": _sig("stddev?", "lower?", "upper?"),
-    "trunc_normal": _sig("stddev?", "lower?", "upper?"),
+    "truncated_normal": _sig("stddev? lower? upper?"),
+    "trunc_normal": _sig("stddev? lower? upper?"),
     "uniform": _sig("scale?"),
-    "orthogonal": _sig("scale?", "column_axis?"),
-    "delta_orthogonal": _sig("scale?", "column_axis?"),
-    "variance_scaling": _sig("scale", "mode", "distribution"),
+    "orthogonal": _sig("scale? column_axis?"),
+    "delta_orthogonal": _sig("scale? column_axis?"),
+    "variance_scaling": _sig("scale mode distribution"),
     "glorot_normal": _sig(),
     "glorot_uniform": _sig(),
     "xavier_normal": _sig(),
@@ -266,51 +157,16 @@ INITIALIZERS = {
 
 # Initialisers that need fans, and so a weight of two or more dimensions.
 FAN_INITIALIZERS = frozenset(
-    {
-        "variance_scaling",
-        "glorot_normal",
-        "glorot_uniform",
-        "xavier_normal",
-        "xavier_uniform",
-        "he_normal",
-        "he_uniform",
-        "kaiming_normal",
-        "kaiming_uniform",
-        "lecun_normal",
-        "lecun_uniform",
-        "orthogonal",
-        "delta_orthogonal",
-    }
+    "variance_scaling glorot_normal glorot_uniform xavier_normal xavier_uniform he_normal "
+    "he_uniform kaiming_normal kaiming_uniform lecun_normal lecun_uniform orthogonal "
+    "delta_orthogonal".split()
 )
 
 # `jax.nn` functions a spec may name as a value (`activation=gelu`).
-FUNCTIONS = (
-    "celu",
-    "elu",
-    "gelu",
-    "glu",
-    "hard_sigmoid",
-    "hard_silu",
-    "hard_swish",
-    "hard_tanh",
-    "identity",
-    "leaky_relu",
-    "log_sigmoid",
-    "log_softmax",
-    "mish",
-    "relu",
-    "relu6",
-    "selu",
-    "sigmoid",
-    "silu",
-    "soft_sign",
-    "softmax",
-    "softplus",
-    "sparse_plus",
-    "sparse_sigmoid",
-    "squareplus",
-    "swish",
-    "tanh",
+FUNCTIONS = tuple(
+    "celu elu gelu glu hard_sigmoid hard_silu hard_swish hard_tanh identity leaky_relu "
+    "log_sigmoid log_softmax mish relu relu6 selu sigmoid silu soft_sign softmax softplus "
+    "sparse_plus sparse_sigmoid squareplus swish tanh".split()
 )
 
 # Functions an expression may call.
@@ -323,19 +179,7 @@ EXPR_FUNCTIONS = {
     "max": None,
 }
 
-DTYPES = (
-    "float16",
-    "bfloat16",
-    "float32",
-    "float64",
-    "int8",
-    "int16",
-    "int32",
-    "int64",
-    "uint8",
-    "uint32",
-    "bool",
-)
+DTYPES = tuple("float16 bfloat16 float32 float64 int8 int16 int32 int64 uint8 uint32 bool".split())
 
 # The dtypes an `input` line may name, short and long.
 INPUT_DTYPES = {
@@ -459,20 +303,17 @@ class Action:
     types: tuple[str, ...] = ()  # the module types it puts in the model (selectors name them)
 
 
-def _action(name: str, arg: str, doc: str, example: str, **flags: Any) -> tuple[str, Action]:
-    return name, Action(name, arg, doc, example, **flags)
+def _action(name: str, arg: str, doc: str, example: str, flags: str = "", **more: Any):
+    """`name` and its record; `flags` names the record's flags that are true."""
+    return name, Action(name, arg, doc, example, **more, **dict.fromkeys(flags.split(), True))
 
 
 # The policies of `remat(policy=...)`: the names in `jax.checkpoint_policies`
 # that are policies themselves (not functions that make one); none saves only
 # the module's inputs, as `jax.checkpoint` does by default.
-REMAT_POLICIES = (
-    "nothing_saveable",
-    "everything_saveable",
-    "dots_saveable",
-    "dots_with_no_batch_dims_saveable",
-    "checkpoint_dots",
-    "checkpoint_dots_with_no_batch_dims",
+REMAT_POLICIES = tuple(
+    "nothing_saveable everything_saveable dots_saveable dots_with_no_batch_dims_saveable "
+    "checkpoint_dots checkpoint_dots_with_no_batch_dims".split()
 )
 
 # The adapters' defaults are PEFT's (`LoraConfig`: r=8, lora_alpha=8).
@@ -483,26 +324,21 @@ ACTIONS = dict(
             "initializer",
             "re-draw arrays from an initialiser, with fans in Equinox's layouts",
             "init zeros",
-            per_layer=True,
-            transparent=True,
-            floats=True,
-            writes_values=True,
-            overwrites=True,
+            flags="per_layer transparent floats writes_values overwrites",
         ),
         _action(
             "replace",
             "constructor",
             "swap the matched module for a new one (or a function for another)",
             "replace Linear(in_features=8, out_features=2)",
-            nodes=True,
+            flags="nodes",
         ),
         _action(
             "cast",
             "dtype",
             "change the dtype of the matched floating-point arrays",
             "cast bfloat16",
-            transparent=True,
-            floats=True,
+            flags="transparent floats",
         ),
         _action(
             "scale",
@@ -510,28 +346,23 @@ ACTIONS = dict(
             "multiply arrays by a number",
             "scale 0.5",
             value="real",
-            per_layer=True,
-            transparent=True,
-            floats=True,
-            writes_values=True,
+            flags="per_layer transparent floats writes_values",
         ),
         _action(
             "wrap",
             "wrapper",
             "give arrays a per-parameter behaviour, resolved at the jit/grad boundary",
             "wrap symmetric",
-            nodes=True,
             types=("Wrapper", "Symmetric", "Positive", "WeightNormed"),
+            flags="nodes",
         ),
         _action(
             "freeze",
             "none",
             "no gradient, and the optimiser leaves them alone (weight decay included)",
             "freeze",
-            per_layer=True,
-            transparent=True,
-            floats=True,
             types=("Frozen",),
+            flags="per_layer transparent floats",
         ),
         _action("unwrap", "none", "bake wrappers into plain arrays", "unwrap", nodes=True),
         _action(
@@ -541,7 +372,7 @@ ACTIONS = dict(
             "lr 0.5",
             value="nonneg",
             changes="optimiser",
-            transparent=True,
+            flags="transparent",
         ),
         _action(
             "weight_decay",
@@ -550,18 +381,17 @@ ACTIONS = dict(
             "weight_decay 0.5",
             value="nonneg",
             changes="optimiser",
-            transparent=True,
+            flags="transparent",
         ),
         _action(
             "lora",
             "keywords",
             "low-rank adapters on a `Linear` or a 2-D weight, the base frozen",
             "lora(rank=8, alpha=16)",
-            keywords=_sig("rank?", "alpha?"),
+            keywords=_sig("rank? alpha?"),
             defaults=(("rank", 8), ("alpha", 8)),
-            nodes=True,
-            per_layer=True,
             types=("LoRA", "LoRAWeight"),
+            flags="nodes per_layer",
         ),
         _action(
             "ia3",
@@ -571,16 +401,15 @@ ACTIONS = dict(
             "ia3(feedforward=true)",
             keywords=_sig("feedforward?"),
             defaults=(("feedforward", False),),
-            nodes=True,
-            per_layer=True,
             types=("IA3", "IA3Weight"),
+            flags="nodes per_layer",
         ),
         _action(
             "merge",
             "none",
             "bake adapters (`lora`, `ia3`) into their base weights",
             "merge",
-            nodes=True,
+            flags="nodes",
         ),
         _action(
             "shard",
@@ -599,8 +428,8 @@ ACTIONS = dict(
             keywords=_sig("policy?"),
             defaults=(("policy", None),),
             kinds=(("policy", REMAT_POLICIES),),
-            nodes=True,
             types=("Remat",),
+            flags="nodes",
         ),
     )
 )
@@ -662,51 +491,24 @@ WRAPPERS = {
 
 # optax optimisers by name, with their signatures.
 OPTIMIZERS = {
-    "adam": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "mu_dtype?", "nesterov?!"),
-    "adamw": _sig(
-        "learning_rate",
-        "b1?",
-        "b2?",
-        "eps?",
-        "eps_root?",
-        "mu_dtype?",
-        "weight_decay?",
-        "mask?",
-        "nesterov?!",
-    ),
-    "sgd": _sig("learning_rate", "momentum?", "nesterov?", "accumulator_dtype?"),
-    "lion": _sig("learning_rate", "b1?", "b2?", "mu_dtype?", "weight_decay?", "mask?"),
+    "adam": _sig("learning_rate b1? b2? eps? eps_root? mu_dtype? nesterov?!"),
+    "adamw": _sig("learning_rate b1? b2? eps? eps_root? mu_dtype? weight_decay? mask? nesterov?!"),
+    "sgd": _sig("learning_rate momentum? nesterov? accumulator_dtype?"),
+    "lion": _sig("learning_rate b1? b2? mu_dtype? weight_decay? mask?"),
     "rmsprop": _sig(
-        "learning_rate",
-        "decay?",
-        "eps?",
-        "initial_scale?",
-        "eps_in_sqrt?",
-        "centered?",
-        "momentum?",
-        "nesterov?",
-        "bias_correction?",
+        "learning_rate decay? eps? initial_scale? eps_in_sqrt? centered? momentum? nesterov? "
+        "bias_correction?"
     ),
-    "adagrad": _sig("learning_rate", "initial_accumulator_value?", "eps?"),
-    "adabelief": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "nesterov?!"),
-    "adamax": _sig("learning_rate", "b1?", "b2?", "eps?"),
-    "adamaxw": _sig("learning_rate", "b1?", "b2?", "eps?", "weight_decay?", "mask?"),
-    "nadam": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "mu_dtype?", "nesterov?!"),
-    "nadamw": _sig(
-        "learning_rate",
-        "b1?",
-        "b2?",
-        "eps?",
-        "eps_root?",
-        "mu_dtype?",
-        "weight_decay?",
-        "mask?",
-        "nesterov?!",
-    ),
-    "radam": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "threshold?", "nesterov?!"),
-    "lamb": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "weight_decay?", "mask?"),
-    "yogi": _sig("learning_rate", "b1?", "b2?", "eps?"),
-    "novograd": _sig("learning_rate", "b1?", "b2?", "eps?", "eps_root?", "weight_decay?"),
+    "adagrad": _sig("learning_rate initial_accumulator_value? eps?"),
+    "adabelief": _sig("learning_rate b1? b2? eps? eps_root? nesterov?!"),
+    "adamax": _sig("learning_rate b1? b2? eps?"),
+    "adamaxw": _sig("learning_rate b1? b2? eps? weight_decay? mask?"),
+    "nadam": _sig("learning_rate b1? b2? eps? eps_root? mu_dtype? nesterov?!"),
+    "nadamw": _sig("learning_rate b1? b2? eps? eps_root? mu_dtype? weight_decay? mask? nesterov?!"),
+    "radam": _sig("learning_rate b1? b2? eps? eps_root? threshold? nesterov?!"),
+    "lamb": _sig("learning_rate b1? b2? eps? eps_root? weight_decay? mask?"),
+    "yogi": _sig("learning_rate b1? b2? eps?"),
+    "novograd": _sig("learning_rate b1? b2? eps? eps_root? weight_decay?"),
 }
 
 

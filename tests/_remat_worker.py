@@ -18,9 +18,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+from realmodels import LoopingTransformer, sinusoidal_positions
 
 import eqxform
-from realmodels import LoopingTransformer, sinusoidal_positions
 
 SEQ, BATCH = 128, 4
 
