@@ -691,8 +691,10 @@ def test_every_directive_and_action_is_offered_and_has_hover_text():
     assert {c.label for c in server.complete(doc, len(lines), 0)} == set(N.DIRECTIVES)
     for number, word in enumerate(N.DIRECTIVES, start=1):
         hover = _word_doc(doc, _token_at(lines[number - 1], number, 1))
-        assert hover == D.DIRECTIVES[word] == f"`{N.DIRECTIVES[word].form}`: " + (
-            N.DIRECTIVES[word].doc
+        assert (
+            hover
+            == D.DIRECTIVES[word]
+            == f"`{N.DIRECTIVES[word].form}`: " + (N.DIRECTIVES[word].doc)
         )
     # After the arrow: every action, `remat` included.
     first = len(N.DIRECTIVES) + 1

@@ -48,7 +48,7 @@ def test_outputs_and_gradients_unchanged(action):
 
 def test_policy_reaches_jax():
     model = LoopingTransformer(depth=1, key=jr.key(0))
-    new = eqxform.compile("where blocks[*] -> remat(policy=\"dots_saveable\")\n").apply(model)
+    new = eqxform.compile('where blocks[*] -> remat(policy="dots_saveable")\n').apply(model)
     assert new.blocks[0].policy == "dots_saveable"
     # Traced, the block's call is one `jax.checkpoint` (a `remat` equation)
     # with JAX's `dots_saveable` as its policy.
