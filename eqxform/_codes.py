@@ -1019,23 +1019,6 @@ CODES: dict[str, Code] = {
             "map the adapted modules' weights, or put the adapters on modules that map as they are.",
         ),
         _c(
-            "E280",
-            "`remat` on something that is not a module to call",
-            "`remat` checkpoints a module's call: what it matches must be modules that the "
-            "model calls (a block, a layer), not arrays, functions or containers.",
-            "where blocks[*].weight -> remat",
-            "select the modules, e.g. `where blocks[*] -> remat` or `where Block -> remat`.",
-        ),
-        _c(
-            "E281",
-            "`remat` inside a stack or an ensemble",
-            "A stacked or ensembled module calls its layers (or members) from one scan or vmap; "
-            "its layers cannot be checkpointed one by one from inside it.",
-            "stack blocks scan\nwhere blocks[*] -> remat",
-            "checkpoint every layer of a stack with `stack blocks scan remat`, or `remat` "
-            "before the `stack`/`ensemble` line.",
-        ),
-        _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",

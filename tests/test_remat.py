@@ -121,11 +121,11 @@ def test_a_model_file_keeps_its_remat(tmp_path):
         ('where blocks[*] -> remat(policy="dots")', "E152", "must be one of"),
         ("where blocks[*] -> remat(polcy=dots_saveable)", "E106", "did you mean `policy`?"),
         ("where blocks[*] -> remat 2", "E180", "remat(policy=dots_saveable)"),
-        ("where blocks[0].linear1.weight -> remat", "E280", "`blocks[0].linear1.weight`"),
-        ("where blocks -> remat", "E280", "select the modules"),
-        ("stack blocks scan\nwhere blocks[*] -> remat", "E281", "`stack PATH scan remat`"),
+        ("where blocks[0].linear1.weight -> remat", "E203", "`blocks[0].linear1.weight`"),
+        ("where blocks -> remat", "E203", "select the modules"),
+        ("stack blocks scan\nwhere blocks[*] -> remat", "E203", "`stack PATH scan remat`"),
         ("stack blocks scan\nwhere blocks[0] -> remat", "E137", "some layers of a stack"),
-        ("stack blocks scan\nwhere blocks.linear1 -> remat", "E281", "inside a stack"),
+        ("stack blocks scan\nwhere blocks.linear1 -> remat", "E203", "inside a stack"),
     ],
 )
 def test_mistakes_are_diagnosed(rule, code, words):

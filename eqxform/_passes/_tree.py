@@ -399,7 +399,7 @@ class RematPass(RulePass):
                 node.obj, Wrapper
             ):
                 raise self.error(
-                    "E280",
+                    "E203",
                     f"`remat` checkpoints a module's call, but `{node.text}` is "
                     f"{_describe_kind(node.obj)}",
                     self.rule.selector.span,
@@ -407,7 +407,7 @@ class RematPass(RulePass):
                 )
             if node.batch:
                 raise self.error(
-                    "E281",
+                    "E203",
                     f"`remat` cannot act inside a stack or an ensemble (`{node.text}`)",
                     self.rule.selector.span,
                     "checkpoint a stack's layers with `stack PATH scan remat`, or `remat` "
