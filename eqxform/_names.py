@@ -42,9 +42,9 @@ class Signature:
         return any(p.startswith("**") for p in self.params)
 
 
-def _sig(params: str = "") -> Signature:
+def _sig(*params: str) -> Signature:
     """A signature from its parameters, separated by spaces: `_sig("size depth? key!")`."""
-    return Signature(tuple(params.split()))
+    return Signature(tuple(word for p in params for word in p.split()))
 
 
 # Every `equinox.nn` class a spec may construct, with its `__init__` signature
