@@ -4,6 +4,8 @@ Every name here is a re-export; the code lives in the private modules.
 """
 
 from . import _names
+from ._api import CheckReport as CheckReport
+from ._api import check as check
 from ._diagnostics import Diagnostic as Diagnostic
 from ._errors import EqxformError as EqxformError
 from ._errors import EqxformWarning as EqxformWarning
@@ -27,6 +29,7 @@ _LAZY = {
     "Pass": "._passes",
     "Context": "._passes",
     "Plan": "._plan",
+    "Planner": "._plan",
     "load": "._recipes",
     "save": "._recipes",
     "new": "._recipes",

@@ -6,7 +6,9 @@ the checker reads them, the compiler turns them into passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -368,3 +370,15 @@ class Spec:
     @property
     def rules(self) -> tuple[Rule, ...]:
         return tuple(s for s in self.statements if isinstance(s, Rule))
+
+
+def nodes(obj: Any) -> Iterator[Any]:
+    """Every AST node under `obj` (a node or a tuple of them), found through the
+    dataclass fields, so that a new kind of node needs no change here."""
+    if isinstance(obj, tuple):
+        for item in obj:
+            yield from nodes(item)
+    elif is_dataclass(obj) and not isinstance(obj, (Span, Source)):
+        yield obj
+        for f in fields(obj):
+            yield from nodes(getattr(obj, f.name))

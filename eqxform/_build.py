@@ -11,12 +11,12 @@ from . import _ast as A
 from . import _limits as L
 from . import _names as N
 from . import _registry as R
-from ._check import byte_budget, constructor_limit, format_bytes
 from ._diagnostics import Diagnostic
 from ._errors import EqxformError, SpecError, UsageError
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render, walk
 from ._hashing import stable_hash
 from ._select import too_deep
+from ._values import byte_budget, constructor_limit, format_bytes
 
 
 def to_python(value: Any) -> Any:

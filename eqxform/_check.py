@@ -11,9 +11,6 @@ that need the model (does a selector match?) live with the passes.
 from __future__ import annotations
 
 import math
-import numbers
-import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,8 +19,16 @@ from . import _limits as L
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
-from ._errors import UsageError
-from ._expr import DTypeRef, EvalError, _kind, bare_word, evaluate, render, walk
+from ._expr import EvalError, bare_word, evaluate, walk
+from ._values import (
+    argument_diagnostic,
+    argument_kinds,
+    as_argument,
+    byte_budget,
+    constructor_limit,
+    format_bytes,
+    is_seed,
+)
 from ._wnames import read_globs, read_map
 
 # Reserved words of planned features: an action here is reported (E120) rather
@@ -39,138 +44,6 @@ def is_whole(value: Any, minimum: int) -> bool:
 # The codes of diagnostics about what the caller passed (`--set`, `params=`),
 # which `compile` raises as `UsageError` (exit code 2).
 USAGE_CODES = ("E116", "E431")
-
-
-# ---- argument types -----------------------------------------------------------
-
-
-def _expected(kind: str | tuple) -> str:
-    if isinstance(kind, tuple):
-        return "one of " + ", ".join(f'`"{k}"`' for k in kind)
-    optional = kind.endswith("?")
-    base = kind.rstrip("?")
-    text = {
-        "real": "a number",
-        "nonneg": "a number >= 0",
-        "int": "a whole number",
-        "bool": "`true` or `false`",
-        "dtype": "a dtype such as `float32`",
-    }[base]
-    return text + (" or `none`" if optional else "")
-
-
-def fits(value: Any, kind: str | tuple) -> bool:
-    """Is `value` of `kind` (see `_names.INITIALIZER_ARGS`)?"""
-    if isinstance(kind, tuple):
-        return isinstance(value, str) and value in kind
-    if kind.endswith("?"):
-        if value is None:
-            return True
-        kind = kind[:-1]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "real":
-        return number
-    if kind == "nonneg":
-        return number and value >= 0
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "dtype":
-        return isinstance(value, DTypeRef)
-    raise AssertionError(kind)
-
-
-def as_argument(value: Any, kind: str | tuple | None) -> Any:
-    """A checked value as JAX should get it: a number as a Python float, so that
-    `3000000000` or `-2**63` is no integer that overflows int32."""
-    if (
-        kind in ("real", "nonneg", "real?")
-        and isinstance(value, int)
-        and not isinstance(value, bool)
-    ):
-        return float(value)
-    return value
-
-
-def describe_value(value: Any) -> str:
-    try:
-        text = render(value)
-    except TypeError:
-        text = str(value)
-    if len(text) > 40:
-        text = text[:37] + "..."
-    kind = _kind(value)
-    return f"`{text}`" if kind.startswith("`") else f"{kind} (`{text}`)"
-
-
-def argument_diagnostic(
-    what: str,
-    value: Any,
-    kind: str | tuple | None,
-    span: A.Span,
-    source: A.Source | None,
-    at: str = "",
-) -> Diagnostic | None:
-    """E152 when `value` is not of `kind` (None: anything goes)."""
-    if kind is None or fits(value, kind):
-        return None
-    return Diagnostic(
-        "E152",
-        f"{what} must be {_expected(kind)}, not {describe_value(value)}{at}",
-        span,
-        f"e.g. {_example(kind)}",
-        source,
-    )
-
-
-def _example(kind: str | tuple) -> str:
-    if isinstance(kind, tuple):
-        return f'`"{kind[0]}"`'
-    return {
-        "real": "`0.5`",
-        "nonneg": "`0.02`",
-        "int": "`0`",
-        "bool": "`true`",
-        "dtype": "`float32`",
-    }[kind.rstrip("?")]
-
-
-def argument_kinds(kind: str, name: str) -> Mapping[str, Any]:
-    """The kinds of the arguments of initialiser, wrapper or optimiser `name`."""
-    table = {
-        "initialiser": N.INITIALIZER_ARGS,
-        "wrapper": N.WRAPPER_ARGS,
-        "optimiser": N.OPTIMIZER_ARGS,
-    }[kind]
-    if kind == "initialiser" and R.user_initializer(name) is not None:
-        return {}
-    if kind == "wrapper" and name not in N.WRAPPERS:
-        return {}
-    return table.get(name, {})
-
-
-def constructor_limit(callee: str, name: str | None, value: Any, span, source) -> Diagnostic | None:
-    """E156 for an integer argument of a built-in constructor beyond its bound:
-    a loop count (`depth`) beyond `MAX_LAYERS`, any other beyond `MAX_DIMENSION`."""
-    if not isinstance(value, int) or isinstance(value, bool) or ":" in callee:
-        return None
-    if callee not in N.EQUINOX_NN and callee not in N.EXAMPLE_MODELS:
-        return None
-    loop = name in N.LOOP_ARGS.get(callee, ())
-    bound = L.MAX_LAYERS if loop else L.MAX_DIMENSION
-    if abs(value) <= bound:
-        return None
-    label = f"`{name}` of `{callee}`" if name else f"an argument of `{callee}`"
-    return Diagnostic(
-        "E156",
-        f"{label} is {value:,}, beyond the limit of {bound:,}",
-        span,
-        f"`{name}` builds one layer per step, even to plan the model; no network has this many"
-        if loop
-        else "no array dimension is this large (XLA indexes with 32 bits)",
-        source,
-    )
 
 
 class Checker:
@@ -290,7 +163,7 @@ class Checker:
                             f"`seed` must be a whole number >= 0, not `{value}`",
                             stmt.value.span,
                         )
-                    elif value > L.MAX_SEED:
+                    elif not is_seed(value):
                         self.error(
                             "E113",
                             f"`seed` must be at most 2**64 - 1, not `{value}`",
@@ -815,7 +688,7 @@ class Checker:
                 f"write `{info.example}`",
             )
             return
-        self.arguments(name, "action", info.keywords, arg.args, arg.span, context)
+        self.arguments(name, "action", info.keywords, arg.args, arg.span)
         for a in arg.args:
             kind = dict(info.kinds).get(a.name)
             value = a.value
@@ -885,7 +758,7 @@ class Checker:
                 code, f"unknown {kind} `{name}`", span, did_you_mean(name, signatures) or listing
             )
             return
-        self.arguments(name, kind, signature, args, arg.span, context)
+        self.arguments(name, kind, signature, args, arg.span)
         for a in args:
             self.names(a.value, context, f"a {kind} argument")
 
@@ -913,7 +786,7 @@ class Checker:
                 or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
             )
             return
-        self.arguments(name, "initialiser", signature, args, arg.span, context)
+        self.arguments(name, "initialiser", signature, args, arg.span)
         for a in args:
             self.names(a.value, context, "an initialiser argument")
 
@@ -931,7 +804,7 @@ class Checker:
                     "those registered with `eqxform.register_constructor`",
                 )
             else:
-                self.arguments(call.callee, "constructor", signature, call.args, call.span, names)
+                self.arguments(call.callee, "constructor", signature, call.args, call.span)
                 positional = [p for p in signature.positional if p != "key"]
                 for i, arg in enumerate(call.args):
                     value = arg.value
@@ -965,7 +838,6 @@ class Checker:
         signature: N.Signature,
         args: Iterable[A.Arg],
         span: A.Span,
-        context: set[str],
     ):
         args = list(args)
         suggested: set[str] = set()
@@ -1071,21 +943,6 @@ class Checker:
         return line[span.column - 1 : end]
 
 
-def check_seed(seed: Any, what: str = "`seed`") -> int:
-    """A seed given to the API or the command line, as an `int`; anything but a
-    whole number from 0 to 2**64 - 1 is a usage error (E430)."""
-    if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
-        if 0 <= int(seed) <= L.MAX_SEED:
-            return int(seed)
-    raise UsageError(
-        Diagnostic(
-            "E430",
-            f"{what} must be a whole number from 0 to 2**64 - 1, not {describe_value(seed)}",
-            help="e.g. `--seed 0` (Python: `seed=0`)",
-        )
-    )
-
-
 def _reads_match(expr: A.Expr) -> bool:
     """Does `expr` read a match's properties (`fan_in`, `shape`, ...)?"""
     return any(isinstance(e, A.Name) and e.id in N.CONTEXT_NAMES for e in walk(expr))
@@ -1112,53 +969,6 @@ def override_problem(value: Any, depth: int = 0) -> str | None:
                 return problem
         return None
     return f"is a `{type(value).__name__}`, not a constant"
-
-
-# `EQXFORM_MAX_BYTES`: a whole number of bytes, or a number with a unit, in
-# ASCII digits (Python's `int` and `float` would also take `１`, `1_000` and
-# `1e9`); `none` turns the check off.
-_BUDGET = re.compile(r"(?P<number>[0-9]+(?:\.[0-9]+)?)(?P<unit>[KMGT]?)", re.IGNORECASE)
-_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
-BUDGET_OFF = "none"
-
-
-def byte_budget() -> int | None:
-    """The memory budget for one model's arrays, in bytes (None: no check).
-    See `_limits.MAX_BYTES_ENV`."""
-    text = os.environ.get(L.MAX_BYTES_ENV, "").strip()
-    if not text:
-        try:
-            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-        except (ValueError, OSError, AttributeError):
-            return L.DEFAULT_MAX_BYTES
-    if text.lower() == BUDGET_OFF:
-        return None
-    found = _BUDGET.fullmatch(text)
-    if found is None:
-        why = "is negative" if text.startswith("-") else "is not a number of bytes"
-    elif not found["unit"] and "." in found["number"]:
-        why = "is not a whole number of bytes"
-    else:
-        value = float(found["number"]) * _UNITS[found["unit"].lower()]
-        if value >= 1:
-            return int(value)
-        why = "would allow no array at all" if value == 0 else "is less than one byte"
-    raise UsageError(
-        Diagnostic(
-            "E432",
-            f"`{L.MAX_BYTES_ENV}={text}` {why}",
-            help=f"give a positive number of bytes in digits 0-9, with an optional unit "
-            f"K, M, G or T (e.g. `{L.MAX_BYTES_ENV}=64G`), or `{BUDGET_OFF}` to turn the "
-            "memory check off",
-        )
-    )
-
-
-def format_bytes(n: int) -> str:
-    for unit, size in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def _spec_names(arg: A.Expr) -> list[A.Name]:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import shlex
@@ -22,9 +23,9 @@ from typing import Any
 
 import click
 
+from . import EqxformError, UsageError
 from . import _names as N
-from ._diagnostics import Diagnostic, denied, printable, render_all
-from ._errors import EqxformError, UsageError
+from ._diagnostics import Diagnostic, denied, plural, printable, render_all
 
 
 def _console():
@@ -92,7 +93,7 @@ def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
 
 
 def _seed(text: str | None) -> int | None:
-    from ._source import parse_seed
+    from ._values import parse_seed
 
     return parse_seed(text)
 
@@ -111,7 +112,7 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
 
 
 def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
-    from ._compile import compile
+    from . import compile
 
     # The argument is a file's path, whatever its name: never spec text.
     return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
@@ -239,6 +240,17 @@ _weights = click.option(
     help="A checkpoint in another library's names (safetensors or .npz), read by the spec's "
     "`map` lines; replaces the spec's `weights` line.",
 )
+
+
+def _spec_options(command):
+    """The spec and model arguments, and the options that say how to read and
+    run the spec (`--set`, `--params`, `--allow`, `--input`, `--mesh`), that
+    `check`, `plan`, `apply` and `train` share."""
+    for decorate in (_mesh_opt, _input, _allow, _params_opt, _set, _model_arg, _spec_arg):
+        command = decorate(command)
+    return command
+
+
 _format = click.option(
     "--format",
     "fmt",
@@ -266,10 +278,10 @@ def new(constructor, output, seed, allow):
     """
 
     def go():
+        from . import new as make
+        from . import save
         from ._files import check_output
         from ._plan import count_params
-        from ._recipes import new as make
-        from ._recipes import save
 
         check_output(output)
         model = make(constructor, seed=_seed(seed), allow=allow)
@@ -280,13 +292,7 @@ def new(constructor, output, seed, allow):
 
 
 @main.command()
-@_spec_arg
-@_model_arg
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
+@_spec_options
 @_weights
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
 @_deny
@@ -301,48 +307,25 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
     """
 
     def go():
-        from . import _ast as A
-        from ._check import USAGE_CODES
-        from ._parse import parse_collect
-        from ._source import read_spec
+        from . import check as check_spec
 
         _swapped(spec, model, "check")
-        text, name = read_spec(Path(spec))
-        params = _params(sets, params_file)
-        parsed, diagnostics = parse_collect(text, name)
-        steps, against = None, None
-        if model is None and not any(isinstance(s, A.ModelStmt) for s in parsed.statements):
-            # The linter: parse and check, no JAX.
-            from ._check import Checker
-
-            checker = Checker(parsed, params, _mesh(mesh))
-            diagnostics = sorted(diagnostics + checker.run(), key=_position)
-            usage = [d for d in diagnostics if d.code in USAGE_CODES]
-            if usage:
-                raise UsageError(usage)
-            statements = len(parsed.statements)
-        else:
-            # Model-aware: the plan's checks, on the model's skeleton.
-            from ._compile import compile_collect, compile_without_broken_rules
-            from ._recipes import skeleton
-
-            given = list(inputs) or None
-            program, diagnostics = compile_collect(text, name, params, allow, given, _mesh(mesh))
-            statements = len(parsed.statements)
-            if program is not None:
-                struct = skeleton(model, allow)[2] if model is not None else None
-                against = model if model is not None else f"`{program.base_constructor()}`"
-                result = program.plan(struct, weights=weights)
-                diagnostics, steps = list(result.diagnostics), result.steps
-            else:
-                # All at once: the rules without model-free errors are still
-                # checked against the model (their errors only: what the
-                # others would have done is unknown).
-                rest = compile_without_broken_rules(text, name, diagnostics, params, allow, given)
-                if rest is not None:
-                    struct = skeleton(model, allow)[2] if model is not None else None
-                    more = list(rest.plan(struct).errors)
-                    diagnostics = sorted(diagnostics + more, key=_position)
+        report = check_spec(
+            Path(spec),
+            model,
+            params=_params(sets, params_file),
+            allow=allow,
+            inputs=list(inputs) or None,
+            mesh=_mesh(mesh),
+            weights=weights,
+        )
+        name, statements, against, steps = (
+            report.name,
+            report.statements,
+            report.model,
+            report.steps,
+        )
+        diagnostics = report.diagnostics
         diagnostics = denied(diagnostics, deny)
         errors = any(d.severity == "error" for d in diagnostics)
         if as_json:
@@ -369,12 +352,12 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
         if errors:
             sys.exit(1)
         warned = sum(d.severity == "warning" for d in diagnostics)
-        head = "no problems found" if not warned else _plural(warned, "warning")
+        head = "no problems found" if not warned else plural(warned, "warning")
         noted = sum(d.severity == "note" for d in diagnostics)
         if noted:
-            head += f", {_plural(noted, 'note')}"
+            head += f", {plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
-        _echo(f"{name}: {head} ({_plural(statements, 'statement')}{where})")
+        _echo(f"{name}: {head} ({plural(statements, 'statement')}{where})")
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
@@ -384,13 +367,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
 
 
 @main.command()
-@_spec_arg
-@_model_arg
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
+@_spec_options
 @_format
 @click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
 @_weights
@@ -421,17 +398,22 @@ def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, we
     _run(go, fmt == "json")
 
 
+def _dumped(data: dict, fmt: str) -> bool:
+    """Print `data` as JSON or YAML when `--format` asks for one; False for a table."""
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "yaml":
+        import yaml
+
+        click.echo(yaml.safe_dump(data, sort_keys=False))
+    return fmt in ("json", "yaml")
+
+
 def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     data = result.to_dict()
     if not untouched:
         del data["untouched"]
-    if fmt == "json":
-        click.echo(json.dumps(data, indent=2))
-        return
-    if fmt == "yaml":
-        import yaml
-
-        click.echo(yaml.safe_dump(data, sort_keys=False))
+    if _dumped(data, fmt):
         return
     console = _console()
     table = _plan_table(result)
@@ -452,7 +434,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     for line in lines:
         click.echo(line)
     if untouched:
-        click.echo(f"untouched: {_plural(len(result.untouched), 'array')}")
+        click.echo(f"untouched: {plural(len(result.untouched), 'array')}")
         for path in result.untouched:
             _echo(f"  {path}")
 
@@ -483,15 +465,9 @@ def _plan_table(result):
 
 
 @main.command()
-@_spec_arg
-@_model_arg
+@_spec_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
 @click.option("--device", help="XLA platform to run on (cpu, gpu, ...).")
 @click.option("--force", is_flag=True, help="Allow the output to replace the input model file.")
 @click.option(
@@ -536,8 +512,8 @@ def apply(
             data=None,
             mesh=mesh,
         )
+        from . import save
         from ._plan import count_params
-        from ._recipes import save
 
         with _device(device):
             base = _checked_base(program, model, allow, deny, weights)
@@ -561,8 +537,7 @@ def apply(
 
 
 @main.command()
-@_spec_arg
-@_model_arg
+@_spec_options
 @click.option(
     "--data",
     type=click.Path(),
@@ -594,11 +569,6 @@ def apply(
     help="Also write the model every K steps (K at least 1).",
 )
 @click.option("--seed", help="Override the spec's `seed` (0 to 2**64 - 1).")
-@_set
-@_params_opt
-@_allow
-@_input
-@_mesh_opt
 @click.option(
     "--batch-axis",
     metavar="AXIS",
@@ -682,8 +652,7 @@ def train(
             data=data,
             mesh=mesh,
         )
-        from ._program import recipe_of
-        from ._recipes import save
+        from . import recipe_of, save
         from ._runtime import _train
         from ._runtime._optim import base_optimizer
 
@@ -858,7 +827,7 @@ def _quiet():
     """The plan has shown the warnings already; `apply` need not repeat them."""
     import warnings
 
-    from ._errors import EqxformWarning
+    from . import EqxformWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EqxformWarning)
@@ -898,14 +867,11 @@ def _join(coordinator, num_processes, process_id, timeout=None) -> None:
                 "first host, `--process-id 1` on the second",
             )
         )
-    from ._runtime._distributed import DEFAULT_TIMEOUT_S, initialize_distributed
+    from . import initialize_distributed
 
-    initialize_distributed(
-        coordinator,
-        num_processes,
-        process_id,
-        timeout_s=DEFAULT_TIMEOUT_S if timeout is None else timeout,
-    )
+    # Without `--timeout`, the API's own default.
+    timeout_s = {} if timeout is None else {"timeout_s": timeout}
+    initialize_distributed(coordinator, num_processes, process_id, **timeout_s)
 
 
 def _prepare(
@@ -945,7 +911,7 @@ def _checked_base(program, model, allow, deny=(), weights=None):
     if device_mesh is not None:
         # Each tensor straight into its shards: as the file's own `shard`
         # rules and the spec's say (those that fit the file's structure).
-        from ._errors import SpecError
+        from . import SpecError
         from ._recipes import file_shardings
 
         try:
@@ -993,17 +959,17 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
     With --peft, the LoRA adapters only, as PEFT writes them."""
 
     def go():
-        from ._recipes import load
+        from . import load
 
         _swapped(spec, model, "export")
         program = _compile(spec, _params(sets, params_file), allow)
         subject = load(model, allow=allow)
         if peft:
             names = program.export_peft(subject, output)
-            click.echo(f"wrote {output}/ ({_plural(len(names), 'adapter tensor')}, PEFT layout)")
+            click.echo(f"wrote {output}/ ({plural(len(names), 'adapter tensor')}, PEFT layout)")
             return
         names = program.export_weights(subject, output, weights=weights)
-        click.echo(f"wrote {output} ({_plural(len(names), 'tensor')})")
+        click.echo(f"wrote {output} ({plural(len(names), 'tensor')})")
 
     _run(go)
 
@@ -1020,9 +986,9 @@ def merge(adapters, base, output, allow, force):
 
     def go():
         _refuse_overwrite(base, output, force)
-        from ._compile import compile as compile_spec
+        from . import compile as compile_spec
+        from . import load, save
         from ._plan import count_params
-        from ._recipes import load, save
 
         with _quiet():
             model = load(base, allow=allow)
@@ -1047,18 +1013,17 @@ def show(model, fmt, allow):
     """
 
     def go():
-        from ._files import read_header
-        from ._recipes import adapter_info
+        from ._files import adapter_record, read_header
 
         header = read_header(model)
         recipe = header.recipe
-        adapters = adapter_info(header)
+        adapters = adapter_record(header)
         checked = _check_against_recipe(model, recipe, allow)
         tensors = [
             {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
             for t in sorted(header.tensors.values(), key=lambda t: t.start)
         ]
-        params = sum(_prod(t["shape"]) for t in tensors)
+        params = sum(math.prod(t["shape"]) for t in tensors)
         data = {
             "file": model,
             "parameters": params,
@@ -1068,13 +1033,7 @@ def show(model, fmt, allow):
         }
         if adapters is not None:
             data["adapters"] = adapters
-        if fmt == "json":
-            click.echo(json.dumps(data, indent=2))
-            return
-        if fmt == "yaml":
-            import yaml
-
-            click.echo(yaml.safe_dump(data, sort_keys=False))
+        if _dumped(data, fmt):
             return
         from rich.text import Text
         from rich.tree import Tree
@@ -1122,7 +1081,7 @@ def _show_adapters(path: str, info: dict, tensors: int) -> None:
     and how to use them (they are no model on their own)."""
     fingerprint = str(info.get("fingerprint"))
     _echo(
-        f"adapters: {_plural(tensors, 'tensor')} for the base model of fingerprint "
+        f"adapters: {plural(tensors, 'tensor')} for the base model of fingerprint "
         f"{fingerprint[:12]}"
     )
     for i, entry in enumerate(info.get("specs", []), 1):
@@ -1145,7 +1104,7 @@ def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
     when they were checked (a mismatch is an error), else why they were not."""
     if recipe is None:
         return None  # nothing to check against: a file without a recipe
-    from ._errors import ModelFileError
+    from . import ModelFileError
     from ._recipes import skeleton
 
     try:
@@ -1216,9 +1175,9 @@ def fmt(paths, check):
                 _echo(f"would reformat {path}", err=True)
             if changed:
                 sys.exit(1)
-            click.echo(f"{_plural(len(specs), 'spec')} already formatted")
+            click.echo(f"{plural(len(specs), 'spec')} already formatted")
         else:
-            click.echo(f"reformatted {len(changed)} of {_plural(len(specs), 'spec')}")
+            click.echo(f"reformatted {len(changed)} of {plural(len(specs), 'spec')}")
 
     _run(go)
 
@@ -1299,10 +1258,6 @@ def explain(code, every, fmt):
     _run(go)
 
 
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
-
-
 def _applied(spec) -> str:
     """`2 rules and 1 `stack` line`: what a spec applies, its structural
     lines (which change a model as much as a rule does) counted beside its rules."""
@@ -1313,23 +1268,10 @@ def _applied(spec) -> str:
     for stmt in spec.statements:
         if type(stmt) in words:
             lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
-    parts = [_plural(n, f"`{word}` line") for word, n in lines.items()]
+    parts = [plural(n, f"`{word}` line") for word, n in lines.items()]
     if spec.rules or not parts:
-        parts.insert(0, _plural(len(spec.rules), "rule"))
+        parts.insert(0, plural(len(spec.rules), "rule"))
     return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word}{'es' if word.endswith(('ch', 's')) else 's'}"
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 if __name__ == "__main__":

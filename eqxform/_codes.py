@@ -1751,6 +1751,19 @@ CODES: dict[str, Code] = {
             "make the batch size a multiple of the batch axis's size.",
         ),
         _c(
+            "E590",
+            "which recipe is ambiguous",
+            "A model computed from an eqxform model by hand (`jax.tree_util.tree_map`, "
+            "arithmetic on its arrays) shares none of its arrays, so eqxform finds its recipe "
+            "only by its structure; when models of that structure with different recipes are "
+            "alive (two seeds, two specs), saving it would have to guess which one it came "
+            "from.",
+            "a, b = program.apply(seed=1), program.apply(seed=2)\n"
+            'eqxform.save("m.eqx", jax.tree_util.tree_map(lambda x: x * 2, a))',
+            "pass the recipe of the model it came from: "
+            "`eqxform.save(path, model, recipe=eqxform.recipe_of(a))`.",
+        ),
+        _c(
             "E601",
             "the formatter would change the spec's meaning",
             "`eqxform fmt` parses its own output and compares it with the spec; they "

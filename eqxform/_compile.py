@@ -17,7 +17,7 @@ from . import _ast as A
 from . import _names as N
 from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, position
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
 from ._mesh import MeshSpec, as_mesh_spec
@@ -34,11 +34,8 @@ from ._passes import (
 from ._passes._shard import spec_dims
 from ._program import Group, Program
 from ._source import read_spec
+from ._values import allowed
 from ._wnames import weight_rules
-
-
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
 
 
 def _normalise(text: str) -> str:
@@ -90,11 +87,7 @@ def compile(
         isinstance(params, Mapping) and all(isinstance(k, str) for k in params)
     ):
         raise _wrong_type("params", params, "a mapping from `let` names to values")
-    if isinstance(allow, (str, bytes)) or not isinstance(allow, Iterable):
-        raise _not_packages(allow)
-    allow = tuple(allow)
-    if not all(isinstance(a, str) for a in allow):
-        raise _not_packages(allow)
+    allow = allowed(allow)
     if inputs is not None:
         inputs = _strings("inputs", inputs, 'input types such as `"f32[3,224,224]"`')
     if name is not None and not isinstance(name, str):
@@ -113,17 +106,6 @@ def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
             "E434",
             f"`{argument}` must be {expected}, not a `{type(value).__name__}`",
             help="see `help(eqxform.compile)`",
-        )
-    )
-
-
-def _not_packages(allow: Any) -> UsageError:
-    # The same problem, and code, as `allow` of `eqxform.load` and `eqxform.new`.
-    return UsageError(
-        Diagnostic(
-            "E449",
-            f"`allow` must be a list of package names, not {allow!r:.60}",
-            help='e.g. `allow=["mypkg"]`',
         )
     )
 
@@ -153,9 +135,23 @@ def compile_collect(
     spec, diagnostics = parse_collect(text, name, cache)
     mesh = as_mesh_spec(mesh)
     checker = Checker(spec, params, mesh)
+    return compile_checked(spec, checker, diagnostics + checker.run(), allow, inputs, mesh)
+
+
+def compile_checked(
+    spec: A.Spec,
+    checker: Checker,
+    diagnostics: list[Diagnostic],
+    allow: Iterable[str] = (),
+    inputs: Iterable[str] | None = None,
+    mesh: MeshSpec | None = None,
+) -> tuple[Program | None, list[Diagnostic]]:
+    """`compile_collect` of a parsed spec whose `checker` has run (the
+    language server checks each text once); `diagnostics` are those of the
+    parse and the check."""
     # The checker's notes (a type name left to the model) are for `eqxform
     # check` and editors to show; a program is resolved against its model.
-    diagnostics += [d for d in checker.run() if d.severity != "note"]
+    diagnostics = [d for d in diagnostics if d.severity != "note"]
     if inputs is not None:
         bad = _override_inputs(checker, list(inputs))
         if bad:
@@ -167,11 +163,11 @@ def compile_collect(
         # A `let` seems unused when the line that used it failed to parse:
         # dead text is worth a warning only once the spec has no errors.
         diagnostics = [d for d in diagnostics if d.code != "W205"]
-        return None, sorted(diagnostics, key=_position)
+        return None, sorted(diagnostics, key=position)
     # Warnings do not stop the compiler: the program carries them, and its
     # plan reports them with its own.
     program = _program(spec, checker, tuple(allow), mesh)
-    return replace(program, warnings=tuple(sorted(diagnostics, key=_position))), []
+    return replace(program, warnings=tuple(sorted(diagnostics, key=position))), []
 
 
 def _changes(action: str) -> str | None:

@@ -139,6 +139,18 @@ def denied(diagnostics: Iterable[Diagnostic], deny: Iterable[str]) -> list[Diagn
     return out
 
 
+def position(d: Diagnostic) -> tuple[int, int]:
+    """Where `d` starts, (line, column), to sort by; one of no place sorts first."""
+    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
+
+
+def plural(n: int, word: str) -> str:
+    """`1 rule`, `2 rules`, `3 matches`."""
+    if n == 1:
+        return f"{n} {word}"
+    return f"{n} {word}{'es' if word.endswith(('ch', 's')) else 's'}"
+
+
 def render_all(diagnostics: Iterable[Diagnostic]) -> str:
     diagnostics = list(diagnostics)
     blocks = [d.render() for d in diagnostics]

@@ -112,18 +112,6 @@ def _same(a: Any, b: Any) -> bool:
 # ---- what each token is, from the parsed spec ------------------------------
 
 
-def _nodes(obj: Any) -> Iterator[Any]:
-    """Every AST node under `obj`, found through the dataclass fields, so that a
-    new kind of node needs no change here."""
-    if isinstance(obj, tuple):
-        for item in obj:
-            yield from _nodes(item)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, (A.Span, A.Source)):
-        yield obj
-        for f in dataclasses.fields(obj):
-            yield from _nodes(getattr(obj, f.name))
-
-
 class _Roles:
     """The positions of the tokens whose spacing depends on their role."""
 
@@ -134,7 +122,7 @@ class _Roles:
         self.keywords: set[tuple[int, int]] = set()  # where a keyword argument's name ends
         self.actions: set[tuple[int, int]] = set()  # where an action's name starts
         self.mesh_names: set[tuple[int, int]] = set()  # where a mesh axis's name ends
-        for node in _nodes(spec.statements):
+        for node in A.nodes(spec.statements):
             if isinstance(node, A.Selector):
                 self.selectors.setdefault(node.span.line, []).append(node.span)
             elif isinstance(node, A.Unary) and node.op in ("-", "+"):

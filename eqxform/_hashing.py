@@ -24,7 +24,7 @@ def seed_key(seed: int):
     seed below 2**32 draws what it always drew, and the high 32 bits fill the
     key's high word, as `jax.random.key` does with 64-bit integers enabled.
     (With a key implementation of another layout the high bits are folded in.)
-    The caller checks the range (`_check.check_seed`).
+    The caller checks the range (`_values.check_seed`).
     """
     import jax
     import numpy as np

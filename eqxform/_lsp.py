@@ -20,12 +20,12 @@ between them and the protocol.
 
 The model-aware half is the slow one: a plan runs every pass under
 `eval_shape`, which for a model of a thousand leaves is tens of milliseconds a
-rule. So it runs on a worker thread, after the typing pauses (`DEBOUNCE_S`),
-and never twice for the same thing: the model's skeleton is built once per
-`model` line, and the plan is computed line by line, each line's result keyed
-by everything above it, so that an edit replans only the lines from the edit
-down. Work for a version of the text that has since changed stops at the next
-line.
+rule. So it runs on a worker thread, once the text is checked, and never twice
+for the same thing: the model's skeleton is built once per `model` line, and
+the plan is `Program.plan`'s own planner (`Planner`), which keeps each line's
+plan under a key of everything above it, so that an edit replans only the
+lines from the edit down. Work for a version of the text that has since
+changed stops at the next line.
 
 The model-free half is checked off the event loop too, on its own worker, and
 only in the text's latest version: a burst of edits (a paste, a macro, an
@@ -60,8 +60,8 @@ from . import _ast as A
 from . import _docs as D
 from . import _names as N
 from . import _registry as R
-from ._check import check
-from ._diagnostics import Diagnostic
+from ._check import Checker
+from ._diagnostics import Diagnostic, position
 from ._errors import EqxformError, SpecError, UsageError
 
 try:
@@ -81,16 +81,15 @@ from ._parse import SpecToken, parse, parse_collect, tokens
 
 logger = logging.getLogger(__name__)
 
-# How long the text must stay unchanged before the model-aware diagnostics
-# are computed.
-DEBOUNCE_S = 0.15
+# How long the text must stay unchanged, once checked, before the model-aware
+# diagnostics are computed: none, as the check already waits for the edits to
+# pause (`CHECK_DEBOUNCE_S`), and the plan of an edit is that of the lines
+# from the edit down, stopped at the next line when the text changes again.
+DEBOUNCE_S = 0.0
 # How long it must stay unchanged before it is parsed and checked (the
 # model-free diagnostics): long enough that a burst of edits sent together is
 # checked once, short enough not to be seen. A request skips the wait.
 CHECK_DEBOUNCE_S = 0.05
-
-# The warnings of the match accounting, which the plan of one line cannot give.
-_ACCOUNTING = ("W202", "W203")
 
 # Hover shows at most this many matches per action.
 MAX_HOVER_MATCHES = 20
@@ -124,17 +123,6 @@ class _Stale(Exception):
 
 
 @dataclass(frozen=True)
-class _Chunk:
-    """The plan of one line's passes, and the model's structure after them."""
-
-    key: int  # the line, its text and everything above it that shapes the model
-    line: int
-    struct: Any
-    steps: tuple
-    diagnostics: tuple[Diagnostic, ...]
-
-
-@dataclass(frozen=True)
 class ModelView:
     """What the model-aware analysis of one version of a spec found.
 
@@ -143,14 +131,15 @@ class ModelView:
     - `diagnostics`: those of compiling the spec and planning it on its model.
     - `steps`: the plan's steps (`PlanStep`) by line.
     - `skeleton`: the model's structure before any rule, when it could be built.
-    - `chunks`: the plan line by line, with the structure after each line.
+    - `chunks`: the plan line by line (`PlannedRule`), with the structure
+      after each line.
     - `model_line`: the line of the `model` directive.
     """
 
     diagnostics: tuple[Diagnostic, ...] = ()
     steps: dict[int, list] = field(default_factory=dict)
     skeleton: Any = None
-    chunks: tuple[_Chunk, ...] = ()
+    chunks: tuple = ()
     model_line: int | None = None
 
     def struct_before(self, line: int, valid_below: float = math.inf) -> Any:
@@ -178,17 +167,22 @@ class Analyzer:
 
     def __init__(self):
         self._skeletons: dict[tuple, tuple[Any, int]] = {}
-        self._chunks: dict[str, tuple[_Chunk, ...]] = {}
+        self._planners: dict[str, Any] = {}  # each document's `Planner`
         # Each document's lines as last parsed: an edit reparses its own lines.
         self._parses: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def forget(self, uri: str) -> None:
-        self._chunks.pop(uri, None)
+        self._planners.pop(uri, None)
         self._parses.pop(uri, None)
 
     def analyse(
-        self, uri: str, text: str, name: str, is_current: Callable[[], bool] = lambda: True
+        self,
+        uri: str,
+        text: str,
+        name: str,
+        is_current: Callable[[], bool] = lambda: True,
+        checked: tuple | None = None,
     ) -> ModelView:
         """The model-aware diagnostics and plan of `text`, which should have no
         model-free errors (else the view holds `compile`'s diagnostics alone).
@@ -200,43 +194,42 @@ class Analyzer:
         - `name`: the name diagnostics are reported under.
         - `is_current`: asked between lines; when it returns `False` the work
           stops with `_Stale`.
+        - `checked`: `(spec, checker, diagnostics)` of `text`, when it has been
+          parsed and checked already (else it is, here).
 
         **Returns:** a `ModelView`.
         """
+        from ._plan import Planner
+
+        def between() -> None:
+            if not is_current():
+                raise _Stale
+
         with self._lock:
             try:
-                program = _compile(text, name, self._parses.setdefault(uri, {}))
+                program = _compile(text, name, self._parses.setdefault(uri, {}), checked)
             except SpecError as e:
                 return ModelView(tuple(e.diagnostics))
             if program.model_call is None:
                 return ModelView()
             line = program.model_call.span.line
-            skeleton, errors, model = self._skeleton(program)
+            skeleton, errors, _ = self._skeleton(program)
             if skeleton is None:
                 return ModelView(tuple(errors), model_line=line)
-            chunks = self._plan(uri, program, skeleton, model, is_current)
-            # After the last line: the `lr`/`weight_decay` groups and the
-            # forward pass on the declared inputs, as `plan` checks them.
-            from ._plan import finish, overwritten
-
-            by_line = {p.line: p for p in reversed(program.passes)}
-            history = [(by_line[c.line], c.struct) for c in chunks if c.line in by_line]
-            final = chunks[-1].struct if chunks else skeleton
-            tail_steps, tail_diagnostics, _ = finish(program, skeleton, final, history)
-            # The match accounting spans lines, so it runs on the whole plan.
-            ordered = [s for chunk in chunks for s in chunk.steps]
-            accounting = overwritten(ordered, program.source)
+            # The model is the `model` line's: an ensemble's members are drawn
+            # by its constructor, as `eqxform plan` draws them. The checker's
+            # warnings are the model-free half's.
+            planner = self._planners.setdefault(uri, Planner())
+            plan = planner.plan(
+                dataclasses.replace(program, warnings=()),
+                skeleton,
+                base=program.base_recipe(None).build,
+                between=between,
+            )
         steps: dict[int, list] = {}
-        for step in ordered + list(tail_steps):
+        for step in plan.steps:
             steps.setdefault(step.line, []).append(step)
-        diagnostics = tuple(
-            d for chunk in chunks for d in chunk.diagnostics if d.code not in _ACCOUNTING
-        )
-        diagnostics += tuple(tail_diagnostics) + tuple(accounting)
-        diagnostics = tuple(
-            sorted(diagnostics, key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
-        )
-        return ModelView(diagnostics, steps, skeleton, chunks, line)
+        return ModelView(plan.diagnostics, steps, skeleton, plan.rules, line)
 
     def skeleton_of(self, spec: A.Spec) -> ModelView:
         """The skeleton of a spec's model, from its `model` and `let` lines alone:
@@ -284,54 +277,16 @@ class Analyzer:
             return None, moved, key
         return value, [], key
 
-    def _plan(
-        self, uri: str, program, skeleton: Any, model: tuple, is_current
-    ) -> tuple[_Chunk, ...]:
-        from ._plan import make_plan
 
-        groups: list[tuple[int, str, list]] = []
-        for p in program.passes:
-            if groups and groups[-1][0] == p.line:
-                groups[-1][2].append(p)
-            else:
-                groups.append((p.line, p.text, [p]))
-        old = self._chunks.get(uri, ())
-        key = hash((model, repr(sorted(program.env.items())), program.seed))
-        # The model is the `model` line's: an ensemble's members are drawn by its
-        # constructor, as `eqxform plan` draws them.
-        base = None if program.model_call is None else program.base_recipe(None).build
-        struct = skeleton
-        done: list[_Chunk] = []
-        for i, (line, text, passes) in enumerate(groups):
-            key = hash((key, line, text))
-            if i < len(old) and old[i].key == key:
-                chunk = old[i]
-            else:
-                if not is_current():
-                    self._chunks[uri] = tuple(done)
-                    raise _Stale
-                # One line's passes, alone: the `lr`/`weight_decay` groups and
-                # the forward pass are checked once, after the last line.
-                # The checker's warnings are the model-free half's.
-                plan = make_plan(
-                    dataclasses.replace(
-                        program, passes=tuple(passes), groups=(), inputs=(), warnings=()
-                    ),
-                    struct,
-                    base=base,
-                )
-                chunk = _Chunk(key, line, plan.result, plan.steps, plan.diagnostics)
-            done.append(chunk)
-            struct = chunk.struct
-        self._chunks[uri] = tuple(done)
-        return tuple(done)
+def _compile(text: str, name: str, cache: dict | None = None, checked: tuple | None = None):
+    """`compile` of a text (never read as a file name), parsed through `cache`;
+    or of its parse and check, `checked`."""
+    from ._compile import compile_checked, compile_collect
 
-
-def _compile(text: str, name: str, cache: dict | None = None):
-    """`compile` of a text (never read as a file name), parsed through `cache`."""
-    from ._compile import compile_collect
-
-    program, diagnostics = compile_collect(text, name, cache=cache)
+    if checked is not None:
+        program, diagnostics = compile_checked(*checked)
+    else:
+        program, diagnostics = compile_collect(text, name, cache=cache)
     if diagnostics:
         raise SpecError(diagnostics)
     return program
@@ -363,6 +318,7 @@ class _Doc:
     skeleton_valid_below: float = math.inf
     pending: asyncio.Task | None = None
     _index: dict | None = None
+    checker: Any = None  # the `Checker` that ran on `spec`, when there is one
 
     @property
     def lines(self) -> list[str]:
@@ -452,7 +408,7 @@ def _index(spec: A.Spec) -> dict:
             at(stmt.name_span, "let", stmt.name, stmt)
         elif isinstance(stmt, A.OptimizerStmt):
             named(stmt.value, "optimizer")
-        for node in _nodes(stmt):
+        for node in A.nodes(stmt):
             if isinstance(node, A.Call):
                 key = (node.callee_span.line, node.callee_span.column)
                 role = "function" if node.callee in N.EXPR_FUNCTIONS else "constructor"
@@ -463,17 +419,6 @@ def _index(spec: A.Spec) -> dict:
             elif isinstance(node, A.Name):
                 names.setdefault((node.span.line, node.span.column), ("name", node.id, None))
     return {"names": names, "selectors": selectors}
-
-
-def _nodes(obj: Any):
-    """Every AST node under `obj`, found through the dataclass fields."""
-    if isinstance(obj, tuple):
-        for item in obj:
-            yield from _nodes(item)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, (A.Span, A.Source)):
-        yield obj
-        for f in dataclasses.fields(obj):
-            yield from _nodes(getattr(obj, f.name))
 
 
 # ---- the server -------------------------------------------------------------
@@ -700,7 +645,7 @@ class EqxformServer(LanguageServer):
                 continue
             version, text = latest.version, latest.text
             try:
-                spec, local = await loop.run_in_executor(
+                spec, local, checker = await loop.run_in_executor(
                     self.checker, self._check_text, uri, text, lambda: latest.version == version
                 )
             except _Stale:
@@ -711,7 +656,7 @@ class EqxformServer(LanguageServer):
             if latest.version != version or self.latest.get(uri) is not latest:
                 continue
             latest.urgent.clear()
-            self._install(uri, version, text, spec, local)
+            self._install(uri, version, text, spec, local, checker)
             return
 
     def _check_text(self, uri: str, text: str, is_current: Callable[[], bool]):
@@ -722,13 +667,16 @@ class EqxformServer(LanguageServer):
         spec, local = parse_collect(text, _name(uri), self.parses.setdefault(uri, {}))
         if not is_current():
             raise _Stale  # the parse is kept (in the cache); the check is not wanted
-        return spec, local + check(spec)
+        checker = Checker(spec)
+        return spec, local + checker.run(), checker
 
-    def _install(self, uri: str, version: int, text: str, spec: A.Spec, local: list) -> _Doc:
+    def _install(
+        self, uri: str, version: int, text: str, spec: A.Spec, local: list, checker: Any = None
+    ) -> _Doc:
         """Make a checked text the document's, publish its diagnostics, and
-        plan it on its model after the typing pauses."""
+        plan it on its model (which compiles it with the same `checker`)."""
         old = self.docs.get(uri)
-        doc = _Doc(uri, version, text, spec, list(local))
+        doc = _Doc(uri, version, text, spec, list(local), checker=checker)
         if old is not None:
             doc.view, doc.skeleton = old.view, old.skeleton
             first = _first_difference(old.lines, doc.lines)
@@ -760,7 +708,7 @@ class EqxformServer(LanguageServer):
             local = [d for d in local if d.code != "I104"]
         found = sorted(
             local + doc.model_diagnostics(),
-            key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0),
+            key=position,
         )
         self.text_document_publish_diagnostics(
             T.PublishDiagnosticsParams(
@@ -826,6 +774,7 @@ class EqxformServer(LanguageServer):
                 doc.text,
                 _name(uri),
                 lambda: self.is_current(uri, version),
+                None if doc.checker is None else (doc.spec, doc.checker, list(doc.local)),
             )
         except _Stale:
             return

@@ -137,16 +137,16 @@ class Framer:
         if not _HEADER_LINE.match(buffer) and not (
             len(buffer) < 32 and _could_start_header(buffer)
         ):
-            return self._resync(frames)
+            return self._resync()
         end = buffer.find(b"\r\n\r\n", 0, MAX_HEADERS + 4)
         if end < 0:
             if len(buffer) > MAX_HEADERS:
-                return self._resync(frames, start=1)
+                return self._resync(start=1)
             return False
         block = bytes(buffer[:end])
         length, problem, bad = _parse_headers(block)
         if bad:
-            return self._resync(frames, start=1)
+            return self._resync(start=1)
         if self._skipped:
             frames.append(Frame(None, self._skip_problem(self._skipped)))
             self._skipped = 0
@@ -216,7 +216,7 @@ class Framer:
             "the message was read to the end of its JSON, and the next one from its own header"
         )
 
-    def _resync(self, frames: list[Frame], start: int = 0) -> bool:
+    def _resync(self, start: int = 0) -> bool:
         """Skip to the next `Content-Length` header (after `start`)."""
         buffer = self._buffer
         found = _CONTENT_LENGTH.search(buffer, start)

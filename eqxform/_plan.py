@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,8 +22,7 @@ import numpy as np
 
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
-from ._check import argument_diagnostic
-from ._diagnostics import Diagnostic, printable
+from ._diagnostics import Diagnostic, plural, position, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Frozen, LoRA, Wrapper, split_state
@@ -49,6 +49,7 @@ from ._select import (
     skipped_arrays,
     walk,
 )
+from ._values import argument_diagnostic, format_bytes
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class PlanStep:
     @property
     def counted(self) -> str:
         """`3 arrays`, `1 module`: the count and what it counts."""
-        return _count(self.count, self.unit)
+        return plural(self.count, self.unit)
 
 
 @dataclass(frozen=True)
@@ -158,25 +159,17 @@ class PlanMesh:
                 (
                     a.path,
                     f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
-                    f"{human_bytes(a.bytes_per_device)}/device{where}",
+                    f"{format_bytes(a.bytes_per_device)}/device{where}",
                 )
             )
         out += _columns("    ", rows, width)
         out += _wrap(
-            f"  per device: {human_bytes(self.bytes_per_device)} "
-            f"(the whole model: {human_bytes(self.bytes)})",
+            f"  per device: {format_bytes(self.bytes_per_device)} "
+            f"(the whole model: {format_bytes(self.bytes)})",
             "    ",
             width,
         )
         return out
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 @dataclass(frozen=True)
@@ -190,13 +183,27 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
     result: Any = None  # the model's structure after every pass
     output: str | None = None  # the forward pass's output, when the inputs are declared
-    trainable: int = 0  # floating-point parameters the optimiser updates
-    frozen: int = 0  # floating-point parameters held still (`freeze`, an adapter's base)
     opt_state_bytes: int | None = None  # the spec's optimiser's state, when it has one
     placement: PlanMesh | None = None  # each array on the mesh, when there is one
     # The checkpoint's mapping (model path, checkpoint name, transform, shape),
     # when the spec has `map` lines and a checkpoint to read.
     weights: tuple[dict, ...] | None = None
+    # The plan line by line, with the skeleton after each (what `Planner` reuses).
+    rules: tuple[PlannedRule, ...] = field(default=(), repr=False, compare=False)
+
+    @functools.cached_property
+    def _counts(self) -> tuple[int, int]:
+        return (0, 0) if self.result is None else trainable_frozen(split_state(self.result)[0])
+
+    @property
+    def trainable(self) -> int:
+        """Floating-point parameters the optimiser updates."""
+        return self._counts[0]
+
+    @property
+    def frozen(self) -> int:
+        """Floating-point parameters held still (`freeze`, an adapter's base)."""
+        return self._counts[1]
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -256,7 +263,7 @@ class Plan:
         for s in self.steps:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
-            skipped = f", {_count(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            skipped = f", {plural(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
             lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
@@ -405,10 +412,6 @@ def structure(model: Any) -> Any:
     )
 
 
-def _position(d: Diagnostic) -> tuple[int, int]:
-    return (d.span.line, d.span.column) if d.span is not None else (0, 0)
-
-
 def _describe_node(node) -> str:
     return describe(node.obj, node.axis_names if is_array(node.obj) else ())
 
@@ -503,98 +506,222 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
 
 
-def make_plan(program, model=None, mesh=None, weights=None, base=None) -> Plan:
-    """The plan of `program` on `model`; `base` rebuilds the model from a key
-    (its constructor), where it is known."""
-    key = seed_key(program.seed)
-    try:
-        placer = program.placer(mesh)
-    except SpecError as e:
-        return Plan((), 0, 0, tuple(e.diagnostics))
-    placement = None
-    first = struct = start_struct(program, model, key)
-    diagnostics: list[Diagnostic] = list(program.warnings)
-    # The checkpoint against the model as given, from its header alone.
-    named = weights is not None or (program.weights is not None and program.weights.path)
-    try:
-        # Without a checkpoint to read (none given, no `weights` line), the
-        # `map` lines are checked as text only; `apply` asks for one (E450).
-        mapped = program.plan_weights(first, weights) if named else None
-    except (UsageError, ModelFileError) as e:
-        if weights is not None:
-            raise  # a path given on the command line or to the API
-        # The spec's own `weights` line names a file that cannot be read.
-        mapped = None
-        anchor = program.weights.anchor.span
-        diagnostics += [
-            dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
-        ]
-    if mapped is not None:
-        diagnostics += mapped.diagnostics
-    structs = program.input_structs()
-    ctx = Context(
-        allow=program.allow,
-        inputs=structs,
-        report=diagnostics.append,
-        shapes_only=True,
-        base=base,
-    )
-    start = _params(struct)
-    if model is None and program.model_call is not None:
-        # The spec's own model: it is built for real by `apply`.
-        too_large = budget_diagnostic(
-            nbytes(struct),
-            f"`{program.model_call.callee}(...)`",
-            program.model_call.span,
-            program.source,
+@dataclass(frozen=True, eq=False)
+class PlannedRule:
+    """The plan of one line's passes (a rule's actions, or a structural
+    directive), and the model's skeleton after them: what `Planner` keeps.
+
+    `key` stands for the line (its number and text) and everything above it
+    that shapes the model; `history` holds each pass with the skeleton after it.
+    """
+
+    key: int
+    line: int
+    struct: Any
+    steps: tuple[PlanStep, ...]
+    diagnostics: tuple[Diagnostic, ...]
+    history: tuple[tuple[Any, Any], ...]
+    params: int  # the parameters of `struct`
+    size: int  # its bytes
+    over_budget: bool  # a line up to this one made the model larger than the budget
+
+
+class Planner:
+    """Plans programs, remembering each rule's plan for the next call.
+
+    A rule's plan depends on its text and line, on what is above it (the model
+    it sees, the directives that shape it) and on the model planned; it is
+    kept under a key made of all of them, so that planning an edited spec
+    again plans only the lines from the first edited one down. One planner
+    serves one document (an editor's buffer, a file planned again and again):
+    the model given, or the spec's `model` directive, starts the plan, and a
+    different model object starts it afresh.
+
+    **Attributes:** `replanned`, how many lines the last `plan` planned (the
+    others were reused).
+
+    ```python
+    planner = eqxform.Planner()
+    program.plan(model, planner=planner)  # every line planned
+    edited.plan(model, planner=planner)   # the lines from the first edited one down
+    ```
+    """
+
+    def __init__(self):
+        self.replanned = 0
+        self._rules: tuple[PlannedRule, ...] = ()
+        self._model: Any = None
+        # The skeleton of the model given last, with its parameters and bytes.
+        self._start: tuple[Any, int, int] | None = None
+
+    def plan(
+        self,
+        program,
+        model=None,
+        mesh=None,
+        weights=None,
+        base=None,
+        between: Callable[[], None] | None = None,
+    ) -> Plan:
+        """The plan of `program` on `model` (a model, its skeleton, or None for
+        the spec's `model` directive); `base` rebuilds the model from a key
+        (its constructor), where it is known. `between` is called before each
+        line that is planned anew; it may raise to stop the plan (an editor's
+        text that changed meanwhile)."""
+        key = seed_key(program.seed)
+        try:
+            placer = program.placer(mesh)
+        except SpecError as e:
+            return Plan((), 0, 0, tuple(e.diagnostics))
+        first, start_params, start_size = self._start_struct(program, model, key)
+        diagnostics: list[Diagnostic] = list(program.warnings)
+        # The checkpoint against the model as given, from its header alone.
+        named = weights is not None or (program.weights is not None and program.weights.path)
+        try:
+            # Without a checkpoint to read (none given, no `weights` line), the
+            # `map` lines are checked as text only; `apply` asks for one (E450).
+            mapped = program.plan_weights(first, weights) if named else None
+        except (UsageError, ModelFileError) as e:
+            if weights is not None:
+                raise  # a path given on the command line or to the API
+            # The spec's own `weights` line names a file that cannot be read.
+            mapped = None
+            anchor = program.weights.anchor.span
+            diagnostics += [
+                dataclasses.replace(d, span=anchor, source=program.source) for d in e.diagnostics
+            ]
+        if mapped is not None:
+            diagnostics += mapped.diagnostics
+        structs = program.input_structs()
+        ctx = Context(allow=program.allow, inputs=structs, shapes_only=True, base=base)
+        if model is None and program.model_call is not None:
+            # The spec's own model: it is built for real by `apply`.
+            too_large = budget_diagnostic(
+                start_size,
+                f"`{program.model_call.callee}(...)`",
+                program.model_call.span,
+                program.source,
+            )
+            if too_large is not None:
+                diagnostics.append(too_large)
+        rules = self._fold(program, model, first, start_params, start_size, key, ctx, between)
+        steps = [s for r in rules for s in r.steps]
+        diagnostics += [d for r in rules for d in r.diagnostics]
+        history = [h for r in rules for h in r.history]
+        struct = rules[-1].struct if rules else first
+        params = rules[-1].params if rules else start_params
+        group_steps, more, output = finish(program, first, struct, history, params)
+        steps += group_steps
+        diagnostics += more
+        placement = None
+        if placer is not None and not any(d.severity == "error" for d in diagnostics):
+            placement = _placement(placer, struct, diagnostics)
+        steps.sort(key=lambda s: s.line)
+        diagnostics += overwritten(steps, program.source)
+        diagnostics.sort(key=position)
+        return Plan(
+            tuple(steps),
+            start_params,
+            params,
+            tuple(diagnostics),
+            struct,
+            None if output is None else _describe_output(output),
+            placement=placement,
+            weights=None if mapped is None else tuple(mapped.table()),
+            rules=rules,
         )
-        if too_large is not None:
-            diagnostics.append(too_large)
-    over_budget = False
-    steps, history = [], []  # history: (pass, subject after it)
-    for p in program.passes:
+
+    def _start_struct(self, program, model, key) -> tuple[Any, int, int]:
+        """The skeleton the plan starts from, with its parameters and bytes;
+        kept for the model object given (the `model` directive's skeleton is
+        not: the plan's key holds its call)."""
+        if model is not None and self._start is not None and model is self._model:
+            return self._start
+        struct = start_struct(program, model, key)
+        start = (struct, _params(struct), nbytes(struct))
+        if model is not None:
+            self._model, self._start, self._rules = model, start, ()
+        return start
+
+    def _fold(
+        self, program, model, struct, params, size, key, ctx, between
+    ) -> tuple[PlannedRule, ...]:
+        """The fold over the passes, line by line, reusing the lines whose key
+        is unchanged: those above the first line that differs."""
+        chain = hash(
+            (
+                # The model given (kept alive by `_start_struct`, so its id
+                # is not reused), or the `model` directive's call.
+                id(model) if model is not None else program.base_constructor(),
+                repr(sorted(program.env.items())),
+                program.seed,
+                program.allow,
+                repr(program.inputs),  # the `input` lines, or those given to `compile`
+            )
+        )
+        old, done = self._rules, []
+        over = False
+        self.replanned = 0
+        try:
+            for i, (line, text, passes) in enumerate(_by_line(program.passes)):
+                chain = hash((chain, line, text))
+                if i < len(old) and old[i].key == chain:
+                    rule = old[i]
+                else:
+                    if between is not None:
+                        between()
+                    rule = _plan_line(
+                        program, passes, struct, params, size, over, key, ctx, chain, line
+                    )
+                    self.replanned += 1
+                done.append(rule)
+                struct, params, size, over = rule.struct, rule.params, rule.size, rule.over_budget
+        finally:
+            self._rules = tuple(done)
+        return tuple(done)
+
+
+def _by_line(passes) -> list[tuple[int, str, list]]:
+    """The passes by line (the placement, run on the final skeleton, left out)."""
+    groups: list[tuple[int, str, list]] = []
+    for p in passes:
         if isinstance(p, PlacePass):
-            continue  # placed below, on the final skeleton
-        before = _params(struct)
+            continue
+        if groups and groups[-1][0] == p.line:
+            groups[-1][2].append(p)
+        else:
+            groups.append((p.line, p.text, [p]))
+    return groups
+
+
+def _plan_line(program, passes, struct, params, size, over, key, ctx, chain, line) -> PlannedRule:
+    """One line's passes on the skeleton `struct`, under `eval_shape`."""
+    diagnostics: list[Diagnostic] = []
+    ctx = dataclasses.replace(ctx, report=diagnostics.append)
+    steps, history = [], []
+    for p in passes:
         try:
             nodes = p.select(split_state(struct)[0], ctx)
             new = _run_shapes(p, struct, key, ctx, nodes)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
-        if not over_budget and nbytes(new) > nbytes(struct):
+        new_size, new_params = nbytes(new), _params(new)
+        if not over and new_size > size:
             too_large = budget_diagnostic(
-                nbytes(new), "the model after this line", p.stmt.span, program.source
+                new_size, "the model after this line", p.stmt.span, program.source
             )
             if too_large is not None:
                 diagnostics.append(too_large)
-                over_budget = True
-        step = step_of(p, nodes, split_state(new)[0], before, _params(new))
+                over = True
+        step = step_of(p, nodes, split_state(new)[0], params, new_params)
         if isinstance(p, EnsemblePass):
             step = dataclasses.replace(step, matches=_draws(p, struct, new, ctx), unit="array")
         steps.append(step)
-        struct = new
         history.append((p, new))
-    group_steps, more, output = finish(program, first, struct, history)
-    steps += group_steps
-    diagnostics += more
-    if placer is not None and not any(d.severity == "error" for d in diagnostics):
-        placement = _placement(placer, struct, diagnostics)
-    steps.sort(key=lambda s: s.line)
-    diagnostics += overwritten(steps, program.source)
-    diagnostics.sort(key=_position)
-    trainable, frozen = trainable_frozen(split_state(struct)[0])
-    return Plan(
-        tuple(steps),
-        start,
-        _params(struct),
-        tuple(diagnostics),
-        struct,
-        None if output is None else _describe_output(output),
-        trainable,
-        frozen,
-        placement=placement,
-        weights=None if mapped is None else tuple(mapped.table()),
+        struct, params, size = new, new_params, new_size
+    return PlannedRule(
+        chain, line, struct, tuple(steps), tuple(diagnostics), tuple(history), params, size, over
     )
 
 
@@ -754,6 +881,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
     # For each step that wrote something: which of its writes are still live,
     # and by which steps the others were undone.
     live: list[tuple[PlanStep, list[tuple[str, frozenset[int] | None]], dict]] = []
+    writers: dict[str, list[int]] = {}  # path -> the indices in `live` of its writers
 
     def settle():
         for step, alive, killers in live:
@@ -766,7 +894,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                 diagnostics.append(
                     Diagnostic(
                         "W203",
-                        f"`init` draws {_count(n, 'array')} that the `replace` on "
+                        f"`init` draws {plural(n, 'array')} that the `replace` on "
                         + _lines(lines)
                         + " then discards",
                         step.span,
@@ -788,6 +916,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                     )
                 )
         live.clear()
+        writers.clear()
 
     for step in steps:
         if _group(step.kind):
@@ -806,7 +935,9 @@ def overwritten(steps, source) -> list[Diagnostic]:
             written = {}
             for w, layers in step.writes:
                 written.setdefault(w, []).append(layers)
-            for earlier, alive, killers in live:
+            # Only the steps that wrote one of these paths (most wrote none).
+            hit = sorted({i for w in written for i in writers.get(w, ())})
+            for earlier, alive, killers in (live[i] for i in hit):
                 if not _flag(earlier.kind, "writes_values"):
                     continue
                 dead = [w for w in alive if any(_covers(k, w[1]) for k in written.get(w[0], ()))]
@@ -814,6 +945,8 @@ def overwritten(steps, source) -> list[Diagnostic]:
                     alive[:] = [w for w in alive if w not in dead]
                     killers.setdefault("init", []).append(step)
         if step.writes:
+            for w, _ in step.writes:
+                writers.setdefault(w, []).append(len(live))
             live.append((step, list(step.writes), {}))
     settle()
     # `lr` and `weight_decay` select on the final model, and a later one sets
@@ -849,7 +982,7 @@ def _overwritten(step, by, help: str, source) -> Diagnostic:
         "W202",
         f"every match of this rule's `{step.action}` is overwritten by "
         + _lines(by)
-        + f" ({_count(len(step.writes), 'match')})",
+        + f" ({plural(len(step.writes), 'match')})",
         step.span,
         help,
         source,
@@ -866,11 +999,6 @@ def _lines(lines) -> str:
     if len(lines) == 1:
         return f"line {lines[0]}"
     return "lines " + ", ".join(str(n) for n in lines[:-1]) + f" and {lines[-1]}"
-
-
-def _count(n: int, word: str) -> str:
-    plural = word + ("es" if word.endswith("ch") else "s")
-    return f"{n} {word if n == 1 else plural}"
 
 
 def untouched(steps, model) -> tuple[str, ...]:
@@ -902,13 +1030,13 @@ def start_struct(program, model, key):
     return structure(model)
 
 
-def finish(program, start, struct, history):
-    """What a plan checks after the passes, on the final skeleton `struct`:
-    the `lr`/`weight_decay` groups (their steps) and the forward pass on the
-    declared inputs (the rule that breaks it found in `history`, the list of
-    (pass, skeleton after it)). Returns (steps, diagnostics, output)."""
+def finish(program, start, struct, history, params):
+    """What a plan checks after the passes, on the final skeleton `struct`
+    (of `params` parameters): the `lr`/`weight_decay` groups (their steps) and
+    the forward pass on the declared inputs (the rule that breaks it found in
+    `history`, the list of (pass, skeleton after it)). Returns (steps,
+    diagnostics, output)."""
     steps, diagnostics = [], []
-    params = _params(struct)
     final = split_state(struct)[0]
     for group in program.groups:
         try:
@@ -918,9 +1046,7 @@ def finish(program, start, struct, history):
             diagnostics.extend(e.diagnostics)
             continue
         try:
-            for leaf in matched_arrays(
-                nodes, group.action.name, group.rule.selector, program.source
-            ):
+            for leaf in leaves:
                 group_value(program, group.action, leaf)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
@@ -946,7 +1072,7 @@ def finish(program, start, struct, history):
                 Diagnostic(
                     "W204",
                     f"`{group.action.name}` on frozen parameters: every array this rule "
-                    f"matches ({_count(len(leaves), 'array')}) is frozen, so the optimiser "
+                    f"matches ({plural(len(leaves), 'array')}) is frozen, so the optimiser "
                     "never updates it",
                     group.action.span,
                     f"remove the `{group.action.name}`, or narrow the `freeze` rule above "
@@ -991,7 +1117,7 @@ def _formed(program, struct, structs, history) -> list[Diagnostic]:
         out.append(
             Diagnostic(
                 "I221",
-                f"the model reads the `weight` of {_count(len(found), 'adapted module')} itself "
+                f"the model reads the `weight` of {plural(len(found), 'adapted module')} itself "
                 f"({paths}) rather than calling {'it' if len(found) == 1 else 'them'}, so each call "
                 f"forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
                 span,

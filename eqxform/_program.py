@@ -18,7 +18,22 @@ structure drops it, rightly, as the recipe no longer describes the model. Of
 several recipes filed under one structure, the one filed for this very object
 wins, then the one filed for the model that shares the most arrays with it
 (`eqx.tree_at` keeps the arrays it does not replace); if neither decides and
-the recipes disagree, none is returned rather than a guess.
+the recipes disagree, none is returned rather than a guess, and writing such
+a model to a file is an error (E590) that asks for `recipe=`.
+
+Why a table, and not the recipe inside the values users hold: the model a
+user holds is their own `equinox.Module` (an `MLP`, a library's `ViT`), and
+eqxform must hand back exactly that type, with no field or wrapper of its
+own, or the user's code and the libraries' own functions stop working on it.
+The models users then derive from it (`eqx.tree_at`, `Step.model`, the
+result of `jax.jit`) are new objects that eqxform never sees. So a value
+cannot carry the recipe; what survives all of those is the structure and
+the arrays, and those are what the table is keyed by. Where a recipe can be
+passed, it is: `eqxform.save(..., recipe=)`, the `Step` (which takes its
+model's recipe when it is made and files it for every model it returns),
+and the model file itself (`load` files the recipe it reads). The table is
+bounded (`_MAX_STRUCTURES` structures, `_MAX_PER_STRUCTURE` recipes each)
+and holds its models by weak reference, so it keeps nothing alive.
 """
 
 from __future__ import annotations
@@ -39,7 +54,6 @@ from jax.sharding import Mesh
 
 from . import _ast as A
 from ._build import MODEL_TAG, build, from_constructor, is_constructor, render_call
-from ._check import check_seed
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
@@ -49,8 +63,9 @@ from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
 from ._passes._struct import EnsemblePass
-from ._plan import make_plan
+from ._plan import Planner
 from ._select import is_array, too_deep
+from ._values import check_seed
 from ._weights import (
     Checkpoint,
     WeightPlan,
@@ -291,12 +306,12 @@ class Program:
         Stacks are not run on random inputs here (that needs the values).
         Returns the jitted function, its arguments and the model's static part.
         """
-        passes = tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+        on_mesh = replace(
+            self, passes=tuple(p for p in self.passes if not isinstance(p, PlacePass)) + (placer,)
+        )
 
         def fold(subject, k, c):
-            if subject is None:
-                subject = self.construct(k)
-            return functools.reduce(lambda m, p: p(m, k, c), passes, subject)
+            return on_mesh.run(self.construct(k) if subject is None else subject, k, c)
 
         shaped = replace(ctx, verify=False, mesh=None, shapes_only=True)
         shapes = eqx.filter_eval_shape(lambda m, k: fold(m, k, shaped), model, key)
@@ -468,8 +483,21 @@ class Program:
         lines, against the checkpoint's header), allocating no arrays."""
         return list(self.plan(model, weights=weights).diagnostics)
 
-    def plan(self, model=None, *, mesh: Any = None, weights: str | os.PathLike | None = None):
+    def plan(
+        self,
+        model=None,
+        *,
+        mesh: Any = None,
+        weights: str | os.PathLike | None = None,
+        planner: Planner | None = None,
+    ):
         """What each rule will change, computed with `eqx.filter_eval_shape`.
+
+        **Arguments:** `model` (a model, its constructor, or None: the spec's
+        `model` directive), `mesh`, `weights` as for `apply`; `planner`, a
+        `Planner` that planned an earlier version of this spec on the same
+        model: only the lines from the first changed one down are planned
+        again (what an editor does on each edit).
 
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
         dtype before and after, and the change in parameter count; with a
@@ -483,7 +511,7 @@ class Program:
         else:
             recipe = recipe_of(split_state(check_model(model))[0])
             base = None if recipe is None else recipe.build
-        return make_plan(self, model, mesh, weights, base=base)
+        return (Planner() if planner is None else planner).plan(self, model, mesh, weights, base)
 
 
 def check_key(key: Any) -> Any:
@@ -671,21 +699,46 @@ def remember(model: Any, recipe: Recipe | None) -> None:
 def recipe_of(model: Any) -> Recipe | None:
     """The recipe of a model that eqxform built, loaded or transformed, or of
     one derived from such a model without changing its structure; else None."""
+    return _lookup(model)[0]
+
+
+def recipe_to_write(model: Any) -> Recipe | None:
+    """The recipe to write into `model`'s file: `recipe_of(model)`, and a
+    usage error (E590) where recipes of its structure disagree and none is
+    its own, rather than a file without one."""
+    recipe, ambiguous = _lookup(model)
+    if ambiguous:
+        raise UsageError(
+            Diagnostic(
+                "E590",
+                f"models of this `{type(model).__name__}`'s structure were made by "
+                f"{ambiguous} different recipes, and it shares no arrays with any of them: "
+                "which one made it is ambiguous",
+                help="pass the recipe of the model it was computed from: "
+                "`eqxform.save(path, model, recipe=eqxform.recipe_of(source))`",
+            )
+        )
+    return recipe
+
+
+def _lookup(model: Any) -> tuple[Recipe | None, int]:
+    """(the recipe of `model` or None, and where none is returned because
+    several disagree, how many)."""
     filed = _BY_ID.get(id(model))
     if filed is not None and filed.alive() is model:
-        return filed.recipe
+        return filed.recipe, 0
     if not _RECIPES:
-        return None
+        return None, 0
     try:
         key = structure_key(model)
     except Exception:
-        return None
+        return None, 0
     entries = _RECIPES.get(key)
     if not entries:
-        return None
+        return None, 0
     for entry in reversed(entries):
         if entry.alive() is model:
-            return entry.recipe
+            return entry.recipe, 0
     arrays = _array_ids(model)
     best, shared = None, 0
     for entry in reversed(entries):
@@ -693,10 +746,11 @@ def recipe_of(model: Any) -> Recipe | None:
         if entry.alive() is not None and len(arrays & entry.arrays) > shared:
             best, shared = entry.recipe, len(arrays & entry.arrays)
     if best is not None:
-        return best
-    if len({_identity(e.recipe) for e in entries}) == 1:
-        return entries[-1].recipe
-    return None
+        return best, 0
+    identities = {_identity(e.recipe) for e in entries}
+    if len(identities) == 1:
+        return entries[-1].recipe, 0
+    return None, len(identities)
 
 
 def _identity(recipe: Recipe) -> tuple:

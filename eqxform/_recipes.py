@@ -31,7 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from . import _ast as A
 from . import _registry as R
 from ._build import MODEL_TAG, build, import_allowed, render_call
-from ._check import Checker, check_seed
+from ._check import Checker
 from ._compile import compile_collect
 from ._diagnostics import Diagnostic
 from ._errors import ModelFileError, SpecError, UsageError
@@ -59,8 +59,17 @@ from ._names import DTYPES
 from ._parse import parse_expr
 from ._passes import Context
 from ._passes._shard import placements
-from ._program import Program, Recipe, RecipeStep, check_model, recipe_of, remember
+from ._program import (
+    Program,
+    Recipe,
+    RecipeStep,
+    check_model,
+    recipe_of,
+    recipe_to_write,
+    remember,
+)
 from ._select import is_array, tensor_name, walk
+from ._values import allowed, check_seed
 
 
 def versions() -> dict[str, str]:
@@ -147,26 +156,6 @@ def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     # are imported before, so that arrays they create on import are concrete.
     import_allowed([call], allow)
     return call, source
-
-
-def allowed(allow: Any) -> tuple[str, ...]:
-    """`allow` (package names) as a tuple, or a usage error: a single string
-    would otherwise be read as its letters."""
-    ok = not isinstance(allow, (str, bytes))
-    if ok:
-        try:
-            allow = tuple(allow)
-        except TypeError:
-            ok = False
-    if not ok or not all(isinstance(a, str) for a in allow):
-        raise UsageError(
-            Diagnostic(
-                "E449",
-                f"`allow` must be a list of package names, not {allow!r:.60}",
-                help='e.g. `allow=["mypkg"]`',
-            )
-        )
-    return allow
 
 
 def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<recipe>") -> Recipe:
@@ -389,7 +378,7 @@ def load(
     allow = allowed(allow)  # a usage error before the file is touched
     if base is not None:
         return load_adapters(path, base, allow=allow)
-    info = adapter_info(read_header(path))
+    info = adapter_record(read_header(path))
     if info is not None:
         raise ModelFileError(
             Diagnostic(
@@ -421,7 +410,7 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
             )
         )
     check_model(model)
-    recipe = recipe if recipe is not None else recipe_of(model)
+    recipe = recipe if recipe is not None else recipe_to_write(model)
     arrays = named_arrays(model)
     if not arrays:
         raise UsageError(
@@ -684,7 +673,7 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
     """
     if not isinstance(constructor, str) and callable(constructor):
         text = python_call(constructor, args, kwargs)
-        return new(text, seed=seed, allow=tuple(allowed(allow)) + tuple(_package(text)))
+        return new(text, seed=seed, allow=allowed(allow) + tuple(_package(text)))
     if args or kwargs:
         raise UsageError(
             Diagnostic(
@@ -719,7 +708,6 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
     checker.constructor_call(call, set())
     if checker.diagnostics:
         raise SpecError(checker.diagnostics)
-    allow = tuple(allow)
     key = jax.random.fold_in(seed_key(seed), MODEL_TAG)
     model = build(call, {}, key, source, allow)
     recipe = Recipe(
@@ -964,11 +952,6 @@ def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -
     return encode(tensors, {"adapters": record, "versions": versions()})
 
 
-def adapter_info(header: Header) -> dict | None:
-    """The `adapters` record of an adapter file's metadata, or None for a model file."""
-    return adapter_record(header)
-
-
 def _edited(path: str, why: str) -> ModelFileError:
     return ModelFileError(
         Diagnostic(
@@ -988,7 +971,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     tensors checked against the file's digests, the adapter tensors and the
     arrays trained beside them filled in from the file."""
     header = read_header(path)
-    info = adapter_info(header)
+    info = adapter_record(header)
     if info is None:
         raise ModelFileError(
             Diagnostic(

@@ -202,16 +202,32 @@ def children(obj: Any) -> Iterator[tuple[Any, Any]]:
                 yield path[0], value
 
 
+# The last few skeletons walked (models of `ShapeDtypeStruct`s, which hold no
+# memory), with their nodes: a plan walks the skeleton a line left for the
+# line's selection, and again for the next edit of that line.
+_WALKED: list[tuple[Any, tuple[Node, ...]]] = []
+_MAX_WALKED = 8
+
+
 def walk(model: Any) -> list[Node]:
     """Every node of `model`, the root first, in tree order. The walk keeps
     its own stack: a model may nest deeper than Python's recursion limit."""
+    for walked, nodes in _WALKED:
+        if walked is model:
+            return list(nodes)
     out: list[Node] = []
     todo = [((), model, ())]
+    skeleton = True
     while todo:
         path, obj, parents = todo.pop()
         out.append(Node(path, obj, parents))
+        if isinstance(obj, (jax.Array, np.ndarray)):
+            skeleton = False
         inner = parents + (obj,)
         todo.extend((path + (key,), child, inner) for key, child in reversed(list(children(obj))))
+    if skeleton and len(out) > 1:
+        _WALKED.insert(0, (model, tuple(out)))
+        del _WALKED[_MAX_WALKED:]
     return out
 
 
@@ -813,9 +829,28 @@ def describe_match(node: Node) -> str:
     return f"`{node.text}` ({type(node.obj).__name__})"
 
 
+# The last selections made on kept skeletons (see `walk`): a rule whose
+# actions are edited selects the same nodes again, on the same skeleton.
+_SELECTED: list[tuple[Any, tuple, list[Node]]] = []
+
+
 def select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Source) -> list[Node]:
     """The nodes a rule acts on: its selector's matches that pass its `if`
     filter, checked against its `expect` count. Matching nothing is an error."""
+    if not any(walked is model for walked, _ in _WALKED):
+        return _select_rule(rule, model, env, source)
+    # What else a selection depends on: the `let` values, the names of types.
+    key = (rule.selector, rule.filter, rule.expect, repr(sorted(env.items())), type_names())
+    for selected, found_key, found in _SELECTED:
+        if selected is model and found_key == key:
+            return list(found)
+    found = _select_rule(rule, model, env, source)
+    _SELECTED.insert(0, (model, key, list(found)))
+    del _SELECTED[_MAX_WALKED:]
+    return found
+
+
+def _select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Source) -> list[Node]:
     nodes = walk(model)
     found = select(rule.selector, nodes, source)
     expect = rule.expect

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from . import _ast as A
-from . import _limits as L
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError, UsageError
 from ._expr import EvalError, evaluate
@@ -48,22 +47,6 @@ def _path_given_as_text(text: str) -> UsageError | None:
             f"the spec text `{shown}` looks like the path of a file",
             help="a `str` is the text of a spec; pass a file as a path object: "
             f"`eqxform.compile(pathlib.Path({shown!r}))`",
-        )
-    )
-
-
-def parse_seed(text: str | None, option: str = "--seed") -> int | None:
-    """A `--seed` value: a whole number from 0 to 2**64 - 1, in decimal digits."""
-    if text is None:
-        return None
-    digits = text.strip()
-    if re.fullmatch(r"[0-9]{1,20}", digits) and int(digits) <= L.MAX_SEED:
-        return int(digits)
-    raise UsageError(
-        Diagnostic(
-            "E430",
-            f"`{option} {text}` is not a whole number from 0 to 2**64 - 1",
-            help=f"write it in decimal digits, e.g. `{option} 0`",
         )
     )
 

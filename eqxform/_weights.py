@@ -42,10 +42,10 @@ import numpy as np
 
 from . import _ast as A
 from . import _limits
-from ._diagnostics import Diagnostic, did_you_mean, suggest
+from ._diagnostics import Diagnostic, did_you_mean, position, suggest
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import TensorSpec, as_path, atomic_write_with, read_header, write_stream
-from ._modules import LoRA
+from ._modules import LoRA, is_state_index
 from ._modules._wrappers import _value as plain
 from ._wnames import (
     Capture,
@@ -251,10 +251,6 @@ def _is_array(x: Any) -> bool:
     return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
 
 
-def _is_index(x: Any) -> bool:
-    return isinstance(x, eqx.nn.StateIndex)
-
-
 def _logical(model: Any, keypath: tuple) -> tuple[list[Step], Any, bool, tuple]:
     """The path of the array at `keypath` as a spec names it: a `Sequential`
     indexed directly, a `BatchNorm`'s state by PyTorch's names. Returns the
@@ -280,7 +276,7 @@ def _logical(model: Any, keypath: tuple) -> tuple[list[Step], Any, bool, tuple]:
             if not (isinstance(node, eqx.nn.Sequential) and key.name == "layers"):
                 steps.append(Field(key.name))
             child = getattr(node, key.name, None)
-            if _is_index(child):
+            if is_state_index(child):
                 rest = tuple(getattr(r, "idx", None) for r in keypath[k + 2 :])
                 state = (child, rest)
         elif isinstance(key, jax.tree_util.SequenceKey):
@@ -311,8 +307,8 @@ def model_leaves(model: Any, state: Any = None) -> list[Leaf]:
         return out
     index = len(flat)
     init = jax.tree_util.GetAttrKey("init")
-    for keypath, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=_is_index)[0]:
-        if not _is_index(node):
+    for keypath, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_state_index)[0]:
+        if not is_state_index(node):
             continue
         for inner, leaf in jax.tree_util.tree_flatten_with_path(state.get(node))[0]:
             steps, _, derived, owner = _logical(model, keypath + (init,) + inner)
@@ -757,7 +753,7 @@ def plan_weights(
             anchor,
             (hint + " " if hint else "") + f'map a tensor onto them, or `keep "{unfilled[0]}"`',
         )
-    plan.diagnostics.sort(key=lambda d: (d.span.line, d.span.column) if d.span else (0, 0))
+    plan.diagnostics.sort(key=position)
     return plan
 
 
@@ -919,8 +915,8 @@ def _value(leaf: Leaf, flat: list, state: Any) -> np.ndarray:
 def _init_deleted(model: Any) -> bool:
     """Whether `model`'s `StateIndex`es hold no initial values (a model from
     `eqx.nn.make_with_state`: its state is all in its `State`)."""
-    for node in jax.tree_util.tree_leaves(model, is_leaf=_is_index):
-        if _is_index(node):
+    for node in jax.tree_util.tree_leaves(model, is_leaf=is_state_index):
+        if is_state_index(node):
             return not any(_is_array(x) for x in jax.tree_util.tree_leaves(node.init))
     return False
 
@@ -932,7 +928,6 @@ def export_weights(
     *,
     reference: Checkpoint | None = None,
     state: Any = None,
-    check_inputs: Iterable[tuple[str, Any]] = (),
 ) -> list[str]:
     """Write `model`'s arrays under the checkpoint's names (the `map` lines in
     reverse) to the safetensors file `path`; with the original checkpoint

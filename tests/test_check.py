@@ -465,3 +465,44 @@ def test_the_linter_notes_a_type_name_it_leaves_to_the_model(cwd):
     assert "error[E104]: unknown type `MegalodonAttention`" in out
     assert "spec.eqx:2:7" in out
     assert "note[I104]" not in out
+
+
+# ---- eqxform.check: the linter or the model-aware check, decided by the API --------
+
+
+def test_the_api_check_is_the_linter_without_a_model_and_imports_no_jax():
+    code = (
+        "import sys, eqxform\n"
+        "r = eqxform.check('where Linear.bias -> init zeros\\nwhere Linear.weight -> init zerz\\n')\n"
+        "print([(d.code, d.span.line) for d in r.diagnostics], r.model, r.steps, r.statements)\n"
+        "print('jax' in sys.modules)\n"
+    )
+    root = Path(__file__).parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    ).stdout.split("\n")
+    assert out[:2] == ["[('E102', 2)] None None 2", "False"]
+
+
+def test_the_api_check_is_model_aware_with_a_model_line_or_a_model(getkey):
+    text = (
+        "model MLP(in_size=2, out_size=2, width_size=4, depth=1)\n"
+        "where Linear.bias -> init zeros\n"
+        "where layers[5] -> init zeros\n"
+    )
+    report = eqxform.check(text)
+    assert not report.ok and report.statements == 3
+    assert report.model == "`MLP(in_size=2, out_size=2, width_size=4, depth=1)`"
+    assert [(d.code, d.span.line) for d in report.diagnostics] == [("E201", 3)]
+    assert [(s.line, s.count, s.unit) for s in report.steps] == [(2, 2, "array")]
+    # The same as the plan's diagnostics.
+    assert report.diagnostics == eqxform.compile(text).plan().diagnostics
+    # A model given in place of the `model` line: its own shapes.
+    model = eqx.nn.MLP(2, 2, 4, 5, key=getkey())
+    report = eqxform.check(text, model)
+    assert report.ok and report.model == "a `MLP`"
+    assert [(s.line, s.count) for s in report.steps] == [(2, 6), (3, 2)]

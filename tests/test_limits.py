@@ -210,7 +210,7 @@ def test_models_over_the_budget_are_refused_before_allocating(monkeypatch, mlp):
     assert error_codes(lambda: eqxform.new(big)) == ["E158"]
     program = eqxform.compile(f"model {big}")
     (d,) = program.plan().diagnostics
-    assert d.code == "E158" and d.span.line == 1 and "37.3 GB" in d.message
+    assert d.code == "E158" and d.span.line == 1 and "37.3 GiB" in d.message
     assert error_codes(program.apply) == ["E158"]
     replace = eqxform.compile(
         "where layers[0] -> replace Linear(in_features=2, out_features=10**6)"
@@ -507,7 +507,7 @@ def test_a_memory_budget_that_is_no_positive_number_is_refused(monkeypatch, valu
     [("100", 100), ("64G", 64 * 2**30), ("1.5K", 1536), ("2t", 2 * 2**40), (" 8M ", 8 * 2**20)],
 )
 def test_a_memory_budget_in_bytes_or_units(monkeypatch, value, budget):
-    from eqxform._check import byte_budget
+    from eqxform._values import byte_budget
 
     monkeypatch.setenv(L.MAX_BYTES_ENV, value)
     assert byte_budget() == budget

@@ -615,11 +615,14 @@ def test_analysis_reuses_the_lines_above_an_edit():
     assert second.chunks[:2] == first.chunks[:2]
     assert all(a is b for a, b in zip(second.chunks[:2], first.chunks[:2]))
     assert second.chunks[2] is not first.chunks[2]
+    # The server's planner is `Program.plan`'s: it planned the edited line alone.
+    assert analyzer._planners["u"].replanned == 1
     # An edit of the first rule replans all three.
     third = analyzer.analyse(
         "u", MODEL + "where layers[0].bias -> freeze\n" + "".join(rules[1:]), "u"
     )
     assert not any(a is b for a, b in zip(third.chunks, second.chunks))
+    assert analyzer._planners["u"].replanned == 3
 
 
 def test_stale_analysis_stops():

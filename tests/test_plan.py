@@ -270,3 +270,57 @@ def test_plan_of_a_frozen_model_agrees_with_trainable_leaves():
     plan = eqxform.compile(text).plan()
     per_layer = plan.params_after // 3
     assert (plan.frozen, plan.trainable) == (2 * per_layer, per_layer)
+
+
+# ---- the incremental planner ---------------------------------------------------
+
+PLANNED_MODEL = "model MLP(in_size=4, out_size=4, width_size=8, depth=7)\nlet s = 0.5\n"
+
+
+def _planned_rules(edit: int | None = None, stddev: str = "s") -> str:
+    rules = [f"where layers[{i}].weight -> init normal(stddev={stddev})" for i in range(8)]
+    if edit is not None:
+        rules[edit] = f"where layers[{edit}].bias -> init zeros"
+    return PLANNED_MODEL + "\n".join(rules) + "\n"
+
+
+@pytest.mark.parametrize("k", [0, 3, 7])
+def test_an_edit_of_rule_k_replans_rule_k_and_the_rules_below_only(k):
+    planner = eqxform.Planner()
+    first = eqxform.compile(_planned_rules()).plan(planner=planner)
+    assert planner.replanned == 8 and len(first.steps) == 8
+    again = eqxform.compile(_planned_rules()).plan(planner=planner)
+    assert planner.replanned == 0
+    assert again.steps == first.steps and again.diagnostics == first.diagnostics
+    edited = eqxform.compile(_planned_rules(edit=k))
+    plan = edited.plan(planner=planner)
+    assert planner.replanned == 8 - k
+    # What is reused is what a plan from scratch computes.
+    fresh = edited.plan()
+    assert plan.steps == fresh.steps and plan.diagnostics == fresh.diagnostics
+    assert plan.steps[k].matches[0].path == f"layers[{k}].bias"
+    assert [s.line for s in plan.steps] == list(range(3, 11))
+
+
+def test_the_planner_replans_everything_when_what_is_above_the_rules_changes(getkey):
+    planner = eqxform.Planner()
+    eqxform.compile(_planned_rules()).plan(planner=planner)
+    # A `let` the rules read.
+    eqxform.compile(_planned_rules().replace("let s = 0.5", "let s = 0.25")).plan(planner=planner)
+    assert planner.replanned == 8
+    # A model given in place of the `model` line, then another model object.
+    program = eqxform.compile(_planned_rules())
+    model = eqx.nn.MLP(4, 4, 8, 7, key=getkey())
+    program.plan(model, planner=planner)
+    assert planner.replanned == 8
+    program.plan(model, planner=planner)
+    assert planner.replanned == 0
+    program.plan(eqx.nn.MLP(4, 4, 8, 7, key=getkey()), planner=planner)
+    assert planner.replanned == 8
+    # An error in rule k is the plan's from scratch, and is kept with its line.
+    broken = eqxform.compile(_planned_rules().replace("layers[5].weight", "layers[9].weight"))
+    plan = broken.plan(model, planner=planner)
+    assert [(d.code, d.span.line) for d in plan.errors] == [("E201", 8)]
+    assert planner.replanned == 8
+    again = broken.plan(model, planner=planner)
+    assert planner.replanned == 0 and again.diagnostics == plan.diagnostics

@@ -11,11 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _optim_labels import labels
 
 import eqxform
 from eqxform import _names as N
 from eqxform._modules import BUILTIN
-from eqxform._runtime._optim import labels
 
 FIXTURES = Path(__file__).parent / "fixtures" / "plans"
 CASES = sorted(FIXTURES.glob("*.eqx"))
@@ -252,3 +252,23 @@ def test_two_models_of_one_structure_keep_their_own_recipes(tmp_path):
     # A model of new arrays matches both: no recipe is guessed.
     d = jax.tree_util.tree_map(lambda x: x + 0 if eqx.is_array(x) else x, a)
     assert eqxform.recipe_of(d) is None
+
+
+def test_saving_a_model_whose_recipe_is_ambiguous_asks_for_the_recipe(tmp_path):
+    # A structure no other test builds, so that only `a` and `b` are filed under it.
+    program = eqxform.compile("model MLP(in_size=3, out_size=5, width_size=7, depth=1)")
+    a, b = program.apply(seed=1), program.apply(seed=2)
+    doubled = jax.tree_util.tree_map(lambda x: x * 2 if eqx.is_array(x) else x, a)
+    assert eqxform.recipe_of(doubled) is None
+    with pytest.raises(eqxform.UsageError) as info:
+        eqxform.save(tmp_path / "d.eqx", doubled)
+    (d,) = info.value.diagnostics
+    assert d.code == "E590" and "2 different recipes" in d.message
+    assert "recipe=eqxform.recipe_of(source)" in d.help
+    assert not (tmp_path / "d.eqx").exists()
+    # With the recipe given, the file loads by itself, with the doubled values.
+    eqxform.save(tmp_path / "d.eqx", doubled, recipe=eqxform.recipe_of(a))
+    back = eqxform.load(tmp_path / "d.eqx")
+    assert eqxform.recipe_of(back)["base"]["seed"] == 1
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(back), leaves(doubled)))
+    assert b is not None  # `b` alive is what makes the structure ambiguous

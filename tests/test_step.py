@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _optim_labels import labels
 
 import eqxform
-from eqxform._runtime._optim import labels
 
 
 def loss_fn(model, x, y):

@@ -33,7 +33,8 @@ def _take(tree: Any, index) -> Any:
     return jax.tree_util.tree_map(lambda x: x[index] if eqx.is_array(x) else x, tree)
 
 
-def _is_index(x: Any) -> bool:
+def is_state_index(x: Any) -> bool:
+    """Is `x` an `eqx.nn.StateIndex` (where a stateful layer keeps its state)?"""
     return isinstance(x, StateIndex)
 
 
@@ -59,6 +60,13 @@ def _states(args: tuple, kwargs: dict) -> list:
     return where
 
 
+def _state_arg(args: tuple, kwargs: dict, where: list) -> State | None:
+    """The `State` the call passes (at `where[0]`), or None."""
+    if not where:
+        return None
+    return args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+
+
 def _with_state(args: tuple, kwargs: dict, where, state) -> tuple[tuple, dict]:
     if isinstance(where, int):
         args = args[:where] + (state,) + args[where + 1 :]
@@ -74,6 +82,28 @@ def _split_output(out: Any, what: str) -> tuple[Any, State]:
         f"{what} was given an `eqx.nn.State`, so each layer must return `(output, state)`; "
         f"this one returned {type(out).__name__}"
     )
+
+
+def _one_call(static, args, kwargs, where, state_def, what: str, prepare=lambda m: m):
+    """The call of one layer of a stack (or member of an ensemble) as a function
+    `(arrays, input, key, state leaves) -> (output, state leaves)` to map over the
+    layers: the layer is `static` with `arrays`, made ready by `prepare`; `key`
+    (when not None) and the layer's part of the state (when the call passes a
+    state at `where`, flattened by `state_def`) join the call's own arguments."""
+
+    def call(d, h, k, s):
+        layer = prepare(eqx.combine(d, static))
+        call_args, call_kwargs = args, dict(kwargs)
+        if k is not None:
+            call_kwargs["key"] = k
+        if state_def is None:
+            return layer(h, *call_args, **call_kwargs), s
+        layer_state = jax.tree_util.tree_unflatten(state_def, s)
+        call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], layer_state)
+        out, new_state = _split_output(layer(h, *call_args, **call_kwargs), what)
+        return out, jax.tree_util.tree_leaves(new_state)
+
+    return call
 
 
 def _substate(state: State, module: Any) -> tuple[list, Any]:
@@ -138,7 +168,7 @@ def _carry_change(body, x, xs) -> str:
 
 
 def _indices(tree: Any) -> list:
-    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=_is_index) if _is_index(x)]
+    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_state_index) if is_state_index(x)]
 
 
 def _unstacked_state(state: State, layers: Any, error):
@@ -257,11 +287,11 @@ class Stacked(eqx.Module):
         return jax.tree_util.tree_map(
             lambda x: (
                 marked(x, x.marker.parts[i])
-                if _is_index(x) and isinstance(x.marker, StackedMarker)
+                if is_state_index(x) and isinstance(x.marker, StackedMarker)
                 else x
             ),
             layer,
-            is_leaf=_is_index,
+            is_leaf=is_state_index,
         )
 
     def __iter__(self):
@@ -288,8 +318,8 @@ class Stacked(eqx.Module):
         where = _states(args, kwargs)
         if len(where) > 1:
             raise TypeError("a stack threads one `eqx.nn.State`; the call passes several")
-        if where:
-            state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+        state = _state_arg(args, kwargs, where)
+        if state is not None:
             unstacked = _unstacked_state(state, self.layers, self.error)
             if unstacked is not None:
                 # A state made for the model before it was stacked: its layers'
@@ -303,25 +333,10 @@ class Stacked(eqx.Module):
     def _run(self, x, args, kwargs, key, where):
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         keys = None if key is None else jax.random.split(key, self.count)
-        state = None
-        if where:
-            state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
-            state_leaves, state_def = _substate(state, self.layers)
-        else:
-            state_leaves, state_def = [], None
+        state = _state_arg(args, kwargs, where)
+        state_leaves, state_def = ([], None) if state is None else _substate(state, self.layers)
 
-        def apply(d, h, k, s):
-            layer = eqx.combine(d, static)
-            call_args, call_kwargs = args, dict(kwargs)
-            if k is not None:
-                call_kwargs["key"] = k
-            if state_def is None:
-                return layer(h, *call_args, **call_kwargs), s
-            layer_state = jax.tree_util.tree_unflatten(state_def, s)
-            call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], layer_state)
-            out, new_state = _split_output(layer(h, *call_args, **call_kwargs), "a stack")
-            return out, jax.tree_util.tree_leaves(new_state)
-
+        apply = _one_call(static, args, kwargs, where, state_def, "a stack")
         if self.remat:
             apply = eqx.filter_checkpoint(apply)
         if self.mode == "vmap":
@@ -413,25 +428,10 @@ def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):
     dynamic, static = eqx.partition(ensemble.model, eqx.is_array)
     keys = None if key is None else jax.random.split(key, ensemble.count)
     where = _states(args, kwargs)
-    state = None
-    if where:
-        state = args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
-        state_leaves, state_def = jax.tree_util.tree_flatten(state)
-    else:
-        state_leaves, state_def = [], None
+    state = _state_arg(args, kwargs, where)
+    state_leaves, state_def = ([], None) if state is None else jax.tree_util.tree_flatten(state)
 
-    def one(d, h, k, s):
-        member = resolve(eqx.combine(d, static))
-        call_args, call_kwargs = args, dict(kwargs)
-        if k is not None:
-            call_kwargs["key"] = k
-        if state_def is None:
-            return member(h, *call_args, **call_kwargs), s
-        member_state = jax.tree_util.tree_unflatten(state_def, s)
-        call_args, call_kwargs = _with_state(call_args, call_kwargs, where[0], member_state)
-        out, new_state = _split_output(member(h, *call_args, **call_kwargs), "an ensemble")
-        return out, jax.tree_util.tree_leaves(new_state)
-
+    one = _one_call(static, args, kwargs, where, state_def, "an ensemble", resolve)
     out, new_leaves = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0, 0))(
         dynamic, x, keys, state_leaves
     )
@@ -512,8 +512,8 @@ def restate(model: Any, state: State, members: int | None = None) -> State:
         raise KeyError(marker)
 
     new = {}
-    for leaf in jax.tree_util.tree_leaves(model, is_leaf=_is_index):
-        if _is_index(leaf) and leaf.marker not in new:
+    for leaf in jax.tree_util.tree_leaves(model, is_leaf=is_state_index):
+        if is_state_index(leaf) and leaf.marker not in new:
             v = value(leaf.marker, leaf)
             if members is not None:
                 v = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), v)

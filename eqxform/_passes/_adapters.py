@@ -80,7 +80,7 @@ class AdapterPass(RulePass):
     def select(self, model: Any, ctx: Any) -> list[Node]:
         # What the adapters replace: a `Linear` matched by its weight is
         # reported (and replaced) as the module.
-        return [t.node for t in self.targets(model, super().select(model, ctx))]
+        return [t.node for t in self.targets(super().select(model, ctx))]
 
     def arguments(self, weight: Node) -> dict[str, Any]:
         defaults = dict(N.ACTIONS[self.action.name].defaults)
@@ -99,7 +99,7 @@ class AdapterPass(RulePass):
                     return a.value.span
         return self.action.span
 
-    def targets(self, model: Any, nodes: list[Node]) -> list[_Target]:
+    def targets(self, nodes: list[Node]) -> list[_Target]:
         out: dict[tuple, _Target] = {}
         for node in nodes:
             target = self.target(node)
@@ -214,7 +214,7 @@ def _others(picked: np.ndarray) -> tuple[int, ...]:
 @action_pass("lora")
 class LoraPass(AdapterPass):
     def run(self, model, key, ctx, nodes):
-        targets = self.targets(model, nodes)
+        targets = self.targets(nodes)
         values = []
         for target in targets:
             kwargs = self.arguments(target.weight)
@@ -268,7 +268,7 @@ class LoraPass(AdapterPass):
 @action_pass("ia3")
 class IA3Pass(AdapterPass):
     def run(self, model, key, ctx, nodes):
-        targets = self.targets(model, nodes)
+        targets = self.targets(nodes)
         values = []
         for target in targets:
             feedforward = self.arguments(target.weight)["feedforward"]

@@ -26,7 +26,16 @@ from .._build import nbytes
 from .._diagnostics import Diagnostic
 from .._errors import EqxformError, SpecError, UsageError
 from .._hashing import stable_hash
-from .._modules import Ensemble, Stacked, StackedMarker, make_ensemble, marked, restate, split_state
+from .._modules import (
+    Ensemble,
+    Stacked,
+    StackedMarker,
+    is_state_index,
+    make_ensemble,
+    marked,
+    restate,
+    split_state,
+)
 from .._select import (
     Node,
     PathSet,
@@ -179,16 +188,13 @@ _LOOP_HELP = (
 )
 
 
-def _is_index(x: Any) -> bool:
-    return isinstance(x, eqx.nn.StateIndex)
-
-
 def _one_state_key_per_position(items: list) -> list:
     """The items with each stateful layer's `StateIndex` keyed by one
     `StackedMarker` per position, so that they stack into one index whose
     state holds every layer's."""
     indices = [
-        [x for x in jax.tree_util.tree_leaves(i, is_leaf=_is_index) if _is_index(x)] for i in items
+        [x for x in jax.tree_util.tree_leaves(i, is_leaf=is_state_index) if is_state_index(x)]
+        for i in items
     ]
     if not indices[0] or any(len(found) != len(indices[0]) for found in indices):
         return items  # no state, or different layers: the structure check says which
@@ -200,9 +206,9 @@ def _one_state_key_per_position(items: list) -> list:
         position = iter(range(len(markers)))
         out.append(
             jax.tree_util.tree_map(
-                lambda x: marked(x, markers[next(position)]) if _is_index(x) else x,
+                lambda x: marked(x, markers[next(position)]) if is_state_index(x) else x,
                 item,
-                is_leaf=_is_index,
+                is_leaf=is_state_index,
             )
         )
     return out
@@ -237,9 +243,9 @@ def _is_a(module: Any, *names: str) -> bool:
 def _constant_by_design(module: Any) -> bool:
     """Layers whose arrays Equinox initialises to constants: their copies are
     what a fresh construction would give."""
-    return _is_a(module, "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm", "PReLU") or _is_index(
-        module
-    )
+    return _is_a(
+        module, "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm", "PReLU"
+    ) or is_state_index(module)
 
 
 # The fields that hold a layer's parameters, in Equinox's layers and in the

@@ -23,7 +23,6 @@ from .. import _ast as A
 from .. import _names as N
 from .. import _registry as R
 from .._build import build, to_python
-from .._check import argument_diagnostic, argument_kinds, as_argument
 from .._errors import SpecError
 from .._expr import FunctionRef, bare_word
 from .._expr import walk as walk_expr
@@ -44,6 +43,7 @@ from .._select import (
     too_deep,
     walk,
 )
+from .._values import argument_diagnostic, argument_kinds, as_argument
 from . import _init
 from ._base import Context, Pass, action_pass, replace_at
 

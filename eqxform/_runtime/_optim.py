@@ -127,30 +127,10 @@ def frozen_paths(model: Any) -> dict[tuple, Frozen]:
     return out
 
 
-def labels(program, model) -> dict[str, str]:
-    """Per tensor name, its optimiser label (`frozen`, `lr*0.5`, `layers`,
-    ...); the parameters not listed get the base optimiser."""
-    out = {}
-    for path, setting in groups(program, model).items():
-        out[tensor_name(path)] = "layers" if setting.axis is not None else setting.label
-    for path, frozen in frozen_paths(model).items():
-        out[tensor_name(path)] = "frozen" if frozen.layers is None else "layers"
-    return out
-
-
 def _along(vector, axis: int, ndim: int) -> jax.Array:
     shape = [1] * ndim
     shape[axis] = len(vector)
     return jnp.asarray(vector, jnp.float32).reshape(shape)
-
-
-def _map_updates(fn) -> optax.GradientTransformation:
-    """A stateless transformation `u -> fn(u, p)` of each update."""
-
-    def update(updates, state, params=None):
-        return jax.tree_util.tree_map(fn, updates, params), state
-
-    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, count, axis):
@@ -174,16 +154,17 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
         keep[list(frozen.layers)] = 0.0
     lr = kwargs["learning_rate"]
     kw = dict(kwargs)
+    each = optax.stateless_with_tree_map  # `u -> f(u, p)` on each update
     parts = []
     if takes_decay:
         kw["weight_decay"] = 0.0
     else:
-        parts.append(_map_updates(lambda u, p: u + _along(decay, axis, u.ndim) * p))
+        parts.append(each(lambda u, p: u + _along(decay, axis, u.ndim) * p))
     parts.append(getattr(optax, name)(**kw))
-    parts.append(_map_updates(lambda u, p: u * _along(scale, axis, u.ndim)))
+    parts.append(each(lambda u, p: u * _along(scale, axis, u.ndim)))
     if takes_decay:
-        parts.append(_map_updates(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
-    parts.append(_map_updates(lambda u, p: u * _along(keep, axis, u.ndim)))
+        parts.append(each(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
+    parts.append(each(lambda u, p: u * _along(keep, axis, u.ndim)))
     return optax.chain(*parts)
 
 

@@ -30,6 +30,7 @@ from .._diagnostics import Diagnostic
 from .._errors import UsageError
 from .._modules import Ensemble, split_state
 from .._passes._forward import output_shape
+from .._values import format_bytes, half_of_memory
 from ._optim import optimizer as build_optimizer
 from ._step import make_step
 
@@ -42,7 +43,7 @@ def _cross_entropy(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-# The functions of the losses named in `_names.LOSSES` (`tests/test_train.py`
+# The functions of the losses named in `_names.LOSSES` (`tests/test_names.py`
 # holds the two to each other).
 _PER_BATCH = {"mse": _mse, "cross_entropy": _cross_entropy}
 
@@ -294,8 +295,8 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     if total > limit:
         raise _data_error(
             path,
-            f"`x` and `y` of `{path}` take {_size(total)} in memory, more than the "
-            f"{_size(limit)} eqxform loads",
+            f"`x` and `y` of `{path}` take {format_bytes(total)} in memory, more than the "
+            f"{format_bytes(limit)} eqxform loads",
             "train on a smaller data set, or from Python with `eqxform.make_step` "
             "and batches you load yourself",
             code="E527",
@@ -424,8 +425,8 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
             if claimed != held:
                 raise _data_error(
                     path,
-                    f"`{key}` of `{path}` claims {list(shape)} of {dtype} ({_size(claimed)}), "
-                    f"but the file holds {_size(max(held, 0))} of it",
+                    f"`{key}` of `{path}` claims {list(shape)} of {dtype} ({format_bytes(claimed)}), "
+                    f"but the file holds {format_bytes(max(held, 0))} of it",
                     "the file is damaged or was not written by numpy; write it again",
                     code="E527",
                 )
@@ -436,20 +437,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
 def _memory_limit() -> int:
     """The bytes a data set may take: the limit, and half the machine's memory
     (the arrays are copied once more onto the device)."""
-    limit = _limits.MAX_DATA_BYTES
-    try:
-        limit = min(limit, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2)
-    except (ValueError, OSError, AttributeError):
-        pass
-    return limit
-
-
-def _size(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:,} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} PiB"
+    return min(_limits.MAX_DATA_BYTES, half_of_memory(_limits.MAX_DATA_BYTES))
 
 
 def toy_data(
