@@ -312,7 +312,8 @@ def _keyword_lists() -> dict[str, tuple[str, ...]]:
         "support.function.initializer.eqxform": tuple(N.INITIALIZERS),
         "support.function.wrapper.eqxform": tuple(N.WRAPPERS),
         "keyword.other.action.eqxform": tuple(N.ACTIONS),
-        "keyword.other.eqxform": ("scan", "vmap", *N.STACK_OPTIONS, "over", "any", "with"),
+        "keyword.other.eqxform": ("scan", "vmap", *N.STACK_OPTIONS, "over", "any", "with")
+        + ("vary", "grid"),
         "constant.language.eqxform": tuple(N.CONSTANTS),
         "support.function.builtin.eqxform": tuple(N.EXPR_FUNCTIONS),
         "variable.language.eqxform": N.CONTEXT_NAMES,

@@ -274,9 +274,31 @@ class Over:
 
 
 @dataclass(frozen=True)
+class Vary:
+    """One hyper-parameter of a sweep: `lr=logspace(1e-4, 1e-2)` after `vary`
+    (a value per member), `lr=[1e-3, 1e-2]` after `grid` (one axis of the
+    product), or `seed` alone (each member its own seed)."""
+
+    name: str
+    value: Expr | None
+    span: Span = field(compare=False)
+    name_span: Span = field(compare=False)
+
+
+@dataclass(frozen=True)
 class EnsembleStmt(Stmt):
-    count: Expr
+    """`ensemble N [over AXIS]`; a sweep names what varies per member:
+    `ensemble N vary NAME=EXPR, ...` or `ensemble grid NAME=[...] ...` (then
+    `count` is None: the product of the lists' lengths)."""
+
+    count: Expr | None
     over: Over | None = None
+    vary: tuple[Vary, ...] = ()
+    grid: bool = False
+
+    @property
+    def is_sweep(self) -> bool:
+        return bool(self.vary)
 
 
 @dataclass(frozen=True)

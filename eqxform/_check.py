@@ -19,7 +19,8 @@ from . import _limits as L
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
-from ._expr import EvalError, bare_word, evaluate, walk
+from ._expr import EvalError, bare_word, evaluate, render, walk
+from ._sweep import MEMBER, SEED, SPREADS, Sweep, evaluate_sweep
 from ._values import (
     argument_diagnostic,
     argument_kinds,
@@ -39,6 +40,11 @@ NOT_YET: dict[str, str] = {}
 def is_whole(value: Any, minimum: int) -> bool:
     """Is `value` an integer (not a boolean) of at least `minimum`?"""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+# The actions whose argument may read a sweep's varied names: a number there
+# changes values, never the model's structure (a shape, a count, a dtype).
+SWEEP_ACTIONS = ("init", "scale", "lr", "weight_decay")
 
 
 # The codes of diagnostics about what the caller passed (`--set`, `params=`),
@@ -62,6 +68,12 @@ class Checker:
         self.optimizer: tuple[str, dict[str, Any]] | None = None
         self.inputs: list[A.InputStmt] = []
         self.used: set[str] = set()  # every name an expression reads
+        # A sweep (`ensemble ... vary`, `ensemble grid`): its varied names
+        # (`seed` aside), where each is read, and once evaluated its members.
+        self.varied: dict[str, A.Vary] = {}
+        self.varied_used: set[str] = set()
+        self.sweep: Sweep | None = None
+        self.sweep_optimizers: list[tuple[str, dict[str, Any]]] = []
         # The mesh: given from outside (`--mesh`, a `MeshOverride`), else the
         # spec's `mesh` directive; and every mesh axis the spec names, with
         # where (`shard` specs, `over`), checked against it at the end.
@@ -90,6 +102,7 @@ class Checker:
         """Every diagnostic, warnings included (their severity says which)."""
         self.overrides()
         self.statements()
+        self.unused_varied()
         if not self.errors:
             self.evaluate()
         # Dead text is worth a warning only once the spec has no errors: a
@@ -111,6 +124,19 @@ class Checker:
                     + (
                         " (it is set from outside with `--set`)" if stmt.name in self.params else ""
                     ),
+                )
+
+    def unused_varied(self):
+        """A varied name that no expression reads makes every member the same."""
+        for name, vary in self.varied.items():
+            if name not in self.varied_used and vary.value is not None:
+                self.error(
+                    "E170",
+                    f"`{name}` varies, but the spec never uses it",
+                    vary.name_span,
+                    f"read `{name}` in an argument of the optimiser, an `init` or a `scale`, "
+                    f"`lr` or `weight_decay` action (e.g. `optimizer adamw(learning_rate={name})`)"
+                    ", or remove it",
                 )
 
     def overrides(self):
@@ -147,7 +173,13 @@ class Checker:
     def evaluate(self):
         """The values of the directives, overrides applied."""
         env = self.env
+        deferred: list[A.Stmt] = []
+        sweeping = any(isinstance(s, A.EnsembleStmt) and s.is_sweep for s in self.spec.statements)
         for stmt in self.spec.statements:
+            if sweeping and isinstance(stmt, (A.OptimizerStmt, A.Rule)):
+                # They read the varied names: evaluated per member below.
+                deferred.append(stmt)
+                continue
             try:
                 if isinstance(stmt, A.LetStmt):
                     env[stmt.name] = (
@@ -172,6 +204,8 @@ class Checker:
                         )
                     else:
                         self.seed = value
+                elif isinstance(stmt, A.EnsembleStmt) and stmt.grid:
+                    self.evaluate_sweep(stmt, None)
                 elif isinstance(stmt, A.EnsembleStmt):
                     value = evaluate(stmt.count, env)
                     if not is_whole(value, 1):
@@ -191,6 +225,8 @@ class Checker:
                         )
                     else:
                         self.counts[id(stmt)] = value
+                        if stmt.is_sweep:
+                            self.evaluate_sweep(stmt, value)
                 elif isinstance(stmt, A.OptimizerStmt):
                     self.optimizer = self.optimizer_call(stmt.value)
                 elif isinstance(stmt, A.Rule):
@@ -199,6 +235,83 @@ class Checker:
                 self.diagnostics.append(
                     Diagnostic(e.code_or("E204"), e.message, e.span, e.help, self.source)
                 )
+        if deferred and self.sweep is not None:
+            self.evaluate_members(deferred)
+
+    def evaluate_sweep(self, stmt: A.EnsembleStmt, count: int | None):
+        sweep, problems = evaluate_sweep(stmt, self.env, count, self.source)
+        self.diagnostics += problems
+        if sweep is None:
+            return
+        self.sweep = sweep
+        self.counts[id(stmt)] = sweep.count
+
+    def evaluate_members(self, statements: list[A.Stmt]):
+        """The optimiser and the rules' arguments, evaluated for each member of
+        the sweep. A value that does not fit where it goes (a negative learning
+        rate) is reported at the varied value that gives it, naming the member."""
+        sweep, base = self.sweep, self.env
+        assert sweep is not None
+        reported: set[tuple[str, str]] = set()
+        for k in range(sweep.count):
+            self.env = sweep.env(base, k)
+            before = len(self.diagnostics)
+            optimizer = None
+            for stmt in statements:
+                try:
+                    if isinstance(stmt, A.OptimizerStmt):
+                        optimizer = self.optimizer_call(stmt.value)
+                    else:
+                        self.rule_arguments(stmt)
+                except EvalError as e:
+                    self.diagnostics.append(
+                        Diagnostic(e.code_or("E204"), e.message, e.span, e.help, self.source)
+                    )
+            found = self.diagnostics[before:]
+            del self.diagnostics[before:]
+            for d in found:
+                vary = self.culprit(d.span)
+                if vary is None:
+                    if (d.code, "") not in reported:
+                        reported.add((d.code, ""))
+                        self.diagnostics.append(d)
+                    continue
+                if (d.code, vary.name) in reported:
+                    continue
+                reported.add((d.code, vary.name))
+                self.error(
+                    "E173",
+                    f"member {k}'s `{vary.name}={render(sweep.members[k][vary.name])}` does not "
+                    f"fit where it goes: {d.message}",
+                    vary.value.span if vary.value is not None else vary.span,
+                    (f"{d.help}; " if d.help else "")
+                    + f"the spec reads `{vary.name}` on line {d.span.line}",
+                )
+            if optimizer is not None:
+                self.sweep_optimizers.append(optimizer)
+        self.env = base
+        if self.sweep_optimizers:
+            self.optimizer = self.sweep_optimizers[0]
+
+    def culprit(self, span: A.Span | None) -> A.Vary | None:
+        """The varied name read inside `span`, if any."""
+        if span is None:
+            return None
+        for stmt in self.spec.statements:
+            exprs: list[A.Expr] = []
+            if isinstance(stmt, A.OptimizerStmt):
+                exprs = [stmt.value]
+            elif isinstance(stmt, A.Rule):
+                exprs = [a.arg for a in stmt.actions if a.arg is not None]
+            for expr in exprs:
+                for node in walk(expr):
+                    if (
+                        isinstance(node, A.Name)
+                        and node.id in self.varied
+                        and _inside(node.span, span)
+                    ):
+                        return self.varied[node.id]
+        return None
 
     def optimizer_call(self, expr: A.Expr) -> tuple[str, dict[str, Any]]:
         if isinstance(expr, A.Name):
@@ -283,6 +396,7 @@ class Checker:
 
     def statements(self):
         seen: dict[type, A.Stmt] = {}
+        self.sweep_names()
         for stmt in self.spec.statements:
             # A directive's statement is its word's (`ModelStmt`: `model`).
             word = type(stmt).__name__.removesuffix("Stmt").lower()
@@ -310,6 +424,36 @@ class Checker:
                         )
 
     # ---- statements ------------------------------------------------------
+
+    def sweep_names(self):
+        """The varied names of the (first) sweep line, known to every line
+        before and after it; a name that is also a `let` or a reserved word
+        is refused."""
+        sweeps = [s for s in self.spec.statements if isinstance(s, A.EnsembleStmt) and s.is_sweep]
+        if not sweeps:
+            return
+        lets = {s.name for s in self.spec.statements if isinstance(s, A.LetStmt)}
+        reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
+        reserved |= set(N.FUNCTIONS) | set(N.DTYPES) | {MEMBER, *SPREADS}
+        for vary in sweeps[0].vary:
+            if vary.name == SEED or vary.name in self.varied:
+                continue
+            if vary.name in lets:
+                self.error(
+                    "E175",
+                    f"`{vary.name}` is both a `let` and a varied name",
+                    vary.name_span,
+                    f"remove `let {vary.name}`: the `ensemble` line binds `{vary.name}` per member",
+                )
+            elif vary.name in reserved:
+                self.error(
+                    "E175",
+                    f"`{vary.name}` is a reserved name",
+                    vary.name_span,
+                    "choose another name for this hyper-parameter",
+                )
+            else:
+                self.varied[vary.name] = vary
 
     def check_ModelStmt(self, stmt: A.ModelStmt):
         self.constructor_call(stmt.call, set(self.lets))
@@ -356,7 +500,8 @@ class Checker:
                 "write `expect N`, `expect >= N`, `expect <= N`, or `expect any`",
             )
         for action in rule.actions:
-            self.action(action, context)
+            varied = set(self.varied) if action.name in SWEEP_ACTIONS else set()
+            self.action(action, context | varied)
 
     # ---- weights from a checkpoint (the patterns; the checkpoint and the
     # model are held to them when both are known, in `_weights.py`)
@@ -384,14 +529,42 @@ class Checker:
             stmt.value,
             "optimiser",
             N.OPTIMIZERS,
-            set(self.lets),
+            set(self.lets) | set(self.varied),
             "E124",
             "e.g. `optimizer adamw(learning_rate=1e-3)`",
             "optimisers are " + ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
         )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
-        self.names(stmt.count, set(self.lets), "`ensemble`")
+        if stmt.count is not None:
+            self.names(stmt.count, set(self.lets), "`ensemble`")
+        seen: set[str] = set()
+        for vary in stmt.vary:
+            value = vary.value
+            if vary.name in seen:
+                self.error(
+                    "E175",
+                    f"`{vary.name}` varies twice",
+                    vary.name_span,
+                    f"give `{vary.name}` once on the `ensemble` line",
+                )
+            seen.add(vary.name)
+            if value is None and vary.name != SEED:
+                self.error(
+                    "E176",
+                    f"`vary {vary.name}` gives no values",
+                    vary.span,
+                    f"give one per member, e.g. `{vary.name}=logspace(1e-4, 1e-2)` or "
+                    f"`{vary.name}=[...]`; only `seed` stands alone",
+                )
+            if value is None:
+                continue
+            context = set(self.lets) | {MEMBER}
+            if isinstance(value, A.Call) and value.callee in SPREADS:
+                for a in value.args:
+                    self.names(a.value, context, "a varied value")
+            else:
+                self.names(value, context, "a varied value")
         if stmt.over is not None:
             self.axis_uses.append((stmt.over.axis, stmt.over.axis_span))
 
@@ -910,7 +1083,18 @@ class Checker:
                     "write a list `[a, b]` for a value",
                 )
                 return
-            if isinstance(node, A.Name):
+            if isinstance(node, A.Name) and node.id in self.varied:
+                self.varied_used.add(node.id)
+                if node.id not in allowed:
+                    self.error(
+                        "E174",
+                        f"`{node.id}` varies per member and cannot go in {where}",
+                        node.span,
+                        "a varied value may go in the optimiser's arguments, `lr`, "
+                        "`weight_decay`, `scale` and the numeric arguments of `init`: "
+                        "places where a number changes no shape, count or type",
+                    )
+            elif isinstance(node, A.Name):
                 self.used.add(node.id)
                 known = node.id in allowed or node.id in N.CONSTANTS
                 known = known or node.id in N.FUNCTIONS or node.id in N.DTYPES
@@ -941,6 +1125,13 @@ class Checker:
         line = self.source.line(span.line)
         end = span.end_column - 1 if span.end_line == span.line else len(line)
         return line[span.column - 1 : end]
+
+
+def _inside(inner: A.Span, outer: A.Span) -> bool:
+    return (outer.line, outer.column) <= (inner.line, inner.column) and (
+        inner.end_line,
+        inner.end_column,
+    ) <= (outer.end_line, outer.end_column)
 
 
 def _reads_match(expr: A.Expr) -> bool:

@@ -546,6 +546,12 @@ def apply(
 @click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
 @click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")
 @click.option(
+    "--eval-data",
+    type=click.Path(),
+    help="An .npz with held-out `x` and `y`: after training, the loss on it (per member of an "
+    "ensemble) is shown and recorded in the model file's recipe.",
+)
+@click.option(
     "--loss",
     default="mse",
     show_default=True,
@@ -606,6 +612,7 @@ def train(
     data,
     steps,
     batch_size,
+    eval_data,
     loss,
     output_path,
     output,
@@ -634,6 +641,12 @@ def train(
     model-parallel. For several processes, start the same command in each with
     `--coordinator HOST:PORT --num-processes N --process-id I`; process 0
     writes the model.
+
+    An ensemble (a sweep: `ensemble 8 vary lr=...`) trains as one program;
+    the progress shows the best, median and worst member's loss, and the end
+    a table of every member with its hyper-parameters, its loss on the
+    training data and (with `--eval-data`) on the held-out data, which the
+    model file's recipe records (`train.members`).
     """
 
     def go():
@@ -664,6 +677,7 @@ def train(
                 # The data set is read (and its headers checked) before the
                 # model is built.
                 x, y = _train.load_data(data)
+            held_out = None if eval_data is None else _train.load_data(eval_data)
             base = _checked_base(program, model, allow, deny, weights)
             with _quiet():
                 start = program.apply(base, seed=seed_value, weights=weights)
@@ -680,6 +694,9 @@ def train(
             else:
                 where = data
             _train.check_fits(start, x, y, loss_fn, where, output_path)
+            if held_out is not None:
+                _train.check_fits(start, *held_out, loss_fn, eval_data, output_path)
+            ensemble = _is_ensemble(start)
             trained = {
                 "steps": 0,
                 "data": data or "built-in",
@@ -688,6 +705,8 @@ def train(
             }
             if output_path is not None:
                 trained["output"] = output_path
+            if eval_data is not None:
+                trained["eval_data"] = eval_data
 
             seed_used = program.seed if seed_value is None else seed_value
             if adapters_only:
@@ -735,11 +754,20 @@ def train(
             if not _writer():
                 result = run()
             elif _console().is_terminal:
-                result = _train_with_bar(run, steps)
+                result = _train_with_bar(run, steps, ensemble)
             else:
-                result = _train_with_lines(run, steps)
+                result = _train_with_lines(run, steps, ensemble)
             if result.nonfinite is not None and result.steps == 0:
                 raise _diverged(result, output, wrote=False)
+            losses = _final_losses(result.model, x, y, held_out, loss_fn, output_path)
+            if losses is not None:
+                rows = _member_rows(program, seed_used, *losses)
+                if ensemble:
+                    trained["members"] = rows
+                else:
+                    trained["eval_loss"] = rows[0]["eval_loss"]
+                if _writer() and (ensemble or held_out is not None):
+                    _echo_members(rows, ensemble)
             write(result.model, result.steps, result)
         if result.nonfinite is not None:
             raise _diverged(result, output, wrote=True)
@@ -755,8 +783,75 @@ def train(
     _run(go)
 
 
-def _train_with_bar(run, steps: int):
-    """Training on a terminal: a progress bar with the loss."""
+def _is_ensemble(model) -> bool:
+    from ._modules import Ensemble, split_state
+
+    return isinstance(split_state(model)[0], Ensemble)
+
+
+def _spread(losses) -> str:
+    """An ensemble's losses as the progress shows them: best, median, worst."""
+    import numpy as np
+
+    order = np.argsort(losses)
+    best, worst = int(order[0]), int(order[-1])
+    return (
+        f"best {losses[best]:.4g} (member {best}), median {float(np.median(losses)):.4g}, "
+        f"worst {losses[worst]:.4g} (member {worst})"
+    )
+
+
+def _final_losses(model, x, y, held_out, loss_fn, output_path):
+    """Each member's loss on the training data and on the held-out data (None
+    without `--eval-data`); None for a plain model without `--eval-data`."""
+    from ._runtime import _train
+
+    if not _is_ensemble(model) and held_out is None:
+        return None
+    train = _train.member_losses(model, x, y, loss_fn, output=output_path)
+    held = (
+        None
+        if held_out is None
+        else _train.member_losses(model, *held_out, loss_fn, output=output_path)
+    )
+    return train, held
+
+
+def _member_rows(program, seed: int, train, held) -> list[dict]:
+    """The recipe's record of each member: `{"member": k, "values": {name:
+    number}, "loss": float, "eval_loss": float or None}`."""
+    sweep = program.sweep
+    return [
+        {
+            "member": k,
+            "values": {} if sweep is None else sweep.values(k, seed),
+            "loss": float(train[k]),
+            "eval_loss": None if held is None else float(held[k]),
+        }
+        for k in range(len(train))
+    ]
+
+
+def _echo_members(rows: list[dict], ensemble: bool) -> None:
+    """The final table: a row per member, its hyper-parameters and losses."""
+    names = list(rows[0]["values"])
+    held = rows[0]["eval_loss"] is not None
+    head = (["member"] if ensemble else []) + names + ["loss"] + (["eval loss"] if held else [])
+    table = [
+        ([str(r["member"])] if ensemble else [])
+        + [f"{r['values'][n]:.4g}" for n in names]
+        + [f"{r['loss']:.4g}"]
+        + ([f"{r['eval_loss']:.4g}"] if held else [])
+        for r in rows
+    ]
+    widths = [max(len(c) for c in column) for column in zip(head, *table)]
+    for line in [head, *table]:
+        _echo("  ".join(c.rjust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def _train_with_bar(run, steps: int, ensemble: bool = False):
+    """Training on a terminal: a progress bar with the loss (an ensemble's:
+    best, median and worst member)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(
@@ -769,6 +864,14 @@ def _train_with_bar(run, steps: int):
         transient=False,
     ) as progress:
         task = progress.add_task("train", total=steps, loss="-")
+        if ensemble:
+            mean: dict[int, float] = {}
+
+            def members(done, losses):
+                loss = f"{mean.pop(done):.4g}; members {_spread(losses)}"
+                progress.update(task, completed=done, loss=loss)
+
+            return run(on_step=mean.__setitem__, on_members=members)
         return run(
             on_step=lambda done, value: progress.update(task, completed=done, loss=f"{value:.4g}")
         )
@@ -779,9 +882,10 @@ def _train_with_bar(run, steps: int):
 _LINE_EVERY_S = 60.0
 
 
-def _train_with_lines(run, steps: int):
+def _train_with_lines(run, steps: int, ensemble: bool = False):
     """Training with its output going to a file or a pipe: plain lines at a
-    bounded rate (at most 10 milestones, plus one per minute), each flushed."""
+    bounded rate (at most 10 milestones, plus one per minute), each flushed;
+    an ensemble's show its best, median and worst member's loss."""
     import time
 
     last = {"tenth": 0, "at": time.monotonic()}
@@ -802,7 +906,16 @@ def _train_with_lines(run, steps: int):
         click.echo(f"step {done}/{steps}: {what} {value:.4g}")
         sys.stdout.flush()
 
-    return run(on_step=line, report=report)
+    if not ensemble:
+        return run(on_step=line, report=report)
+    mean: dict[int, float] = {}
+
+    def members(done: int, losses) -> None:
+        what = "initial loss" if done == 1 else "loss"
+        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; members {_spread(losses)}")
+        sys.stdout.flush()
+
+    return run(on_step=mean.__setitem__, on_members=members, report=report)
 
 
 def _diverged(result, output: str, wrote: bool) -> EqxformError:

@@ -535,7 +535,8 @@ CODES: dict[str, Code] = {
             "E155",
             "count beyond the limit",
             "An `ensemble` with more than 1,000,000 members, or a `stack` count or `unroll` "
-            "beyond 1,000,000 (`_limits.MAX_COUNT`). Smaller counts that do not fit in memory "
+            "beyond 1,000,000 (`_limits.MAX_COUNT`); a sweep (`ensemble N vary ...`, "
+            "`ensemble grid ...`) of more than 4,096 members (`_limits.MAX_SWEEP`). Smaller counts that do not fit in memory "
             "are caught by the memory budget (E158).",
             "ensemble 1000000000",
             "use a realistic count, e.g. `ensemble 8`.",
@@ -619,6 +620,74 @@ CODES: dict[str, Code] = {
             "`axis N` (where several tensors fuse or one splits), each once.",
             'map "head.weight" -> "head.weight" with transpose [1, 1]',
             "see docs/weights.md for each action and its argument.",
+        ),
+        # ---- sweeps (`ensemble ... vary`, `ensemble grid`)
+        _c(
+            "E170",
+            "a varied name the spec never uses",
+            "An `ensemble ... vary` or `ensemble grid` line names a hyper-parameter that no "
+            "expression of the spec reads, so every member would be the same in it. A varied "
+            "name is read like a `let` name: in the optimiser's arguments, an `lr`, "
+            "`weight_decay` or `scale` action, or a numeric argument of `init`.",
+            "optimizer adamw(learning_rate=1e-3)\nensemble 4 vary lr=logspace(1e-4, 1e-2)",
+            "read the name where it belongs (`optimizer adamw(learning_rate=lr)`), or remove it.",
+        ),
+        _c(
+            "E171",
+            "a varied value of the wrong type",
+            "Each member's value of a varied name is one number (its seed: a whole number >= 0). "
+            "A `vary` value is an expression of `member` (the member's index from 0), a list of "
+            "one number per member, or `logspace(FIRST, LAST)` / `linspace(FIRST, LAST)` "
+            "(both ends included; `logspace` needs both > 0); a `grid` axis is a list.",
+            'ensemble 4 vary lr="fast"\nensemble grid lr=1e-3',
+            "give numbers: `vary lr=1e-3 * 2 ** member`, `vary lr=[1e-3, 3e-3, 1e-2, 3e-2]`, "
+            "`grid lr=[1e-3, 1e-2]`.",
+        ),
+        _c(
+            "E172",
+            "a list of varied values of the wrong length",
+            "A `vary` list gives one value per member, in order, so its length is the member "
+            "count; a `grid` list needs at least one value (the members are the product of the "
+            "lists' lengths).",
+            "ensemble 4 vary lr=[1e-3, 1e-2]",
+            "give one value per member, or compute them: `vary lr=logspace(1e-3, 1e-2)`.",
+        ),
+        _c(
+            "E173",
+            "a member's value does not fit where it goes",
+            "Evaluated for one member, an argument that reads a varied name is out of its "
+            "range (a negative learning rate or weight decay, a negative `stddev`). It is "
+            "reported at the varied value, naming the member and the line that reads it.",
+            "optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=[1e-3, -1e-2, 1e-2]",
+            "give every member a value the argument takes.",
+        ),
+        _c(
+            "E174",
+            "a varied name where a value cannot vary",
+            "The members of a sweep are one program with a leading member axis: they can differ "
+            "in numbers, never in structure. A varied name may go in the optimiser's arguments, "
+            "`lr`, `weight_decay`, `scale` and the numeric arguments of `init`; not in the "
+            "model's constructor (a width), a `let`, an `if` filter, `replace`, `lora` (a rank), "
+            "`cast`, `shard`, the seed or the member count.",
+            "model MLP(in_size=2, out_size=2, width_size=w, depth=2)\nensemble 2 vary w=[32, 64]",
+            "sweep structural choices as separate runs; vary only numbers that change no shape.",
+        ),
+        _c(
+            "E175",
+            "a varied name given twice, or also a `let` or reserved",
+            "A varied name is bound per member by the `ensemble` line, once; a `let` of the "
+            "same name, a second entry of it, or a reserved word (`member`, a function or a "
+            "context name) would make its value ambiguous.",
+            "let lr = 1e-3\nensemble 4 vary lr=logspace(1e-4, 1e-2)",
+            "keep one definition: remove the `let` (or the second entry), or rename.",
+        ),
+        _c(
+            "E176",
+            "a varied name without values",
+            "`vary NAME` alone gives no values; only `seed` may stand alone (`vary seed`: member "
+            "k is built with the spec's seed plus k).",
+            "ensemble 4 vary lr",
+            "give the values: `vary lr=logspace(1e-4, 1e-2)`.",
         ),
         _c(
             "E190",
@@ -1017,6 +1086,17 @@ CODES: dict[str, Code] = {
             "ending in `.weight`; or the model has no adapters at all.",
             "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
             "map the adapted modules' weights, or put the adapters on modules that map as they are.",
+        ),
+        _c(
+            "E260",
+            "a sweep's optimiser that differs in more than numbers",
+            "A sweep's members share one optimiser program: only numbers may differ per member "
+            "(the optimiser's numeric arguments, whole arrays' `lr` and `weight_decay` values). "
+            "An `lr` or `weight_decay` rule on some layers of a stack (`where blocks[0:2] -> lr "
+            "x`) whose value varies per member, or an optimiser argument that is not a number "
+            "and differs between members, cannot be carried as an array with the member axis.",
+            "ensemble 2 vary x=[0.1, 1]\nstack blocks scan\nwhere blocks[0:2] -> lr x",
+            "vary the group's value on whole arrays, or the optimiser's own arguments.",
         ),
         _c(
             "E301",

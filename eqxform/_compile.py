@@ -7,6 +7,7 @@ rule and one per structural directive. Nothing here runs a pass.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -166,7 +167,11 @@ def compile_checked(
         return None, sorted(diagnostics, key=position)
     # Warnings do not stop the compiler: the program carries them, and its
     # plan reports them with its own.
-    program = _program(spec, checker, tuple(allow), mesh)
+    program = (
+        _program(spec, checker, tuple(allow), mesh)
+        if checker.sweep is None
+        else _sweep_program(spec, checker, tuple(allow), mesh)
+    )
     return replace(program, warnings=tuple(sorted(diagnostics, key=position))), []
 
 
@@ -262,6 +267,43 @@ def _without_over(stmt: A.Stmt, source: A.Source) -> str:
     for over in sorted(overs, key=lambda o: -o.span.column):
         line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
     return line
+
+
+def _sweep_program(
+    spec: A.Spec, checker: Checker, allow: tuple[str, ...], mesh: MeshSpec | None
+) -> Program:
+    """A sweep's program, and one program per member: the spec without its
+    `ensemble` line, that member's values bound (its optimiser evaluated with
+    them), and no placement (the whole ensemble is placed). The sweep's own
+    passes see member 0's values, which give every member's shapes."""
+    sweep = checker.sweep
+    assert sweep is not None
+    single = A.Spec(spec.source, tuple(s for s in spec.statements if s is not sweep.stmt))
+    members = []
+    for k in range(sweep.count):
+        one = copy.copy(checker)
+        one.env = sweep.env(checker.env, k)
+        if checker.sweep_optimizers:
+            one.optimizer = checker.sweep_optimizers[k]
+        one.sweep = None
+        if sweep.stmt.over is not None:
+            one.axis_uses = [u for u in checker.axis_uses if u[1] != sweep.stmt.over.axis_span]
+        program = _program(single, one, allow, None)
+        members.append(
+            replace(
+                program, passes=tuple(p for p in program.passes if not isinstance(p, PlacePass))
+            )
+        )
+    whole = copy.copy(checker)
+    whole.env = sweep.env(checker.env, 0)
+    program = _program(spec, whole, allow, mesh)
+    how = "built per member by the spec with that member's values, " + (
+        "each from its own seed" if sweep.varies_seed else "every member from the same seed"
+    )
+    passes = tuple(
+        replace(p, sweep=how) if isinstance(p, EnsemblePass) else p for p in program.passes
+    )
+    return replace(program, passes=passes, sweep=sweep, members=tuple(members))
 
 
 def _program(

@@ -91,6 +91,10 @@ KEYWORDS = {
     "if": "`SELECTOR if EXPR`: keep the matches for which EXPR holds",
     "else": "`A if C else B`: A when C holds, else B (`rank=16 if fan_in >= 1024 else 8`)",
     "expect": "`SELECTOR expect N`: an error unless exactly N nodes match",
+    "vary": "`ensemble N vary NAME=EXPR, ..., seed`: each member's own value of NAME (a list, "
+    "`logspace(FIRST, LAST)`, `linspace(FIRST, LAST)`, or an expression of `member`)",
+    "grid": "`ensemble grid NAME=[...] NAME=[...]`: one member per point of the product",
+    "member": "in a `vary` value: the member's index, from 0 (`lr=1e-3 * 2 ** member`)",
     "and": "logical and",
     "or": "logical or",
     "not": "logical not",

@@ -521,10 +521,39 @@ def _check_specs(schema: _Schema, specs: Any, where: str) -> None:
 
 def _check_train(schema: _Schema, train: Any, where: str) -> None:
     for key, value in schema.mapping(train, where).items():
+        if key == "members":
+            _check_members(schema, value, f"{where}.members")
+            continue
         if not (value is None or isinstance(value, (bool, int, float, str))):
             raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
         if isinstance(value, str):
             schema.string(value, f"{where}.{key}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_members(schema: _Schema, members: Any, where: str) -> None:
+    """`train.members` of an ensemble's recipe: per member `{"member": k,
+    "values": {name: number}, "loss": number, "eval_loss": number or null}`."""
+    if not isinstance(members, list):
+        raise schema.fail(where, f"is {_kind(members)}; a list of members")
+    if len(members) > _limits.MAX_COUNT:
+        raise schema.fail(where, f"lists {len(members):,} members", "E317")
+    for i, entry in enumerate(members):
+        at = f"{where}[{i}]"
+        entry = schema.mapping(entry, at, optional=False)
+        if entry.get("member") != i:
+            raise schema.fail(f"{at}.member", f"is not {i}, the member's place in the list")
+        for key, value in schema.mapping(entry.get("values"), f"{at}.values").items():
+            if not _number(value):
+                raise schema.fail(f"{at}.values.{key}", f"is {_kind(value)}; a number")
+        if not _number(entry.get("loss")):
+            raise schema.fail(f"{at}.loss", f"is {_kind(entry.get('loss'))}; a number")
+        held = entry.get("eval_loss")
+        if held is not None and not _number(held):
+            raise schema.fail(f"{at}.eval_loss", f"is {_kind(held)}; a number or null")
 
 
 def adapter_record(header: Header) -> dict | None:

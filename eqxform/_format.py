@@ -131,6 +131,9 @@ class _Roles:
                 self.callees.add((node.callee_span.end_line, node.callee_span.end_column))
             elif isinstance(node, A.Arg) and node.name_span is not None:
                 self.keywords.add((node.name_span.end_line, node.name_span.end_column))
+            elif isinstance(node, A.Vary):
+                # `vary lr=...`, `grid lr=[...]`: written as keyword arguments are.
+                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
             elif isinstance(node, A.MeshAxis):
                 self.keywords.add((node.name_span.end_line, node.name_span.end_column))
                 self.mesh_names.add((node.name_span.end_line, node.name_span.end_column))

@@ -37,6 +37,11 @@ MAX_SEQUENCE_LENGTH = 10_000
 # whatever the model (the memory budget below catches the smaller absurd ones).
 MAX_COUNT = 1_000_000
 
+# Members of a sweep (`ensemble N vary ...`, `ensemble grid ...`): each member's
+# values are evaluated and its program compiled one by one, so a count this
+# large is refused before any of that work starts.
+MAX_SWEEP = 4_096
+
 # Integer arguments of the constructors whose Python loops they drive (`depth`
 # of an `MLP`, `count` of an `MLPChain`): building the skeleton runs that loop
 # even under `eval_shape`, one traced layer at a time, so `depth=1000000` would

@@ -105,6 +105,8 @@ _KEYWORD_TOKENS = {
     "NOT": "not",
     "OVER": "over",
     "WITH": "with",
+    "VARY": "vary",
+    "GRID": "grid",
 }
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {

@@ -239,7 +239,11 @@ DIRECTIVES = {
             "optimizer", "optimizer NAME(ARGS)", "the base optax optimiser for training", once=True
         ),
         Directive(
-            "ensemble", "ensemble N [over AXIS]", "N members with a leading member axis", once=True
+            "ensemble",
+            "ensemble N [vary NAME=EXPR, ...] [over AXIS]",
+            "N members with a leading member axis; `vary` (or `ensemble grid NAME=[...] ...`) "
+            "gives each member its own hyper-parameters, trained as one program",
+            once=True,
         ),
         Directive(
             "stack",

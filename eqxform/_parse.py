@@ -176,7 +176,29 @@ class _ToAst(Transformer):
         return A.OptimizerStmt(_span(meta), children[0])
 
     def ensemble_stmt(self, meta, children):
-        return A.EnsembleStmt(_span(meta), children[0], children[1])
+        count, vary, over = children
+        return A.EnsembleStmt(_span(meta), count, over, tuple(vary or ()))
+
+    def ensemble_grid(self, meta, children):
+        *axes, over = children
+        return A.EnsembleStmt(_span(meta), None, over, tuple(axes), grid=True)
+
+    def vary(self, meta, children):
+        return list(children)
+
+    def vary_item(self, meta, children):
+        name, value = children
+        return A.Vary(str(name), value, _span(meta), _span(name))
+
+    grid_axis = vary_item
+
+    def vary_seed(self, meta, children):
+        # `seed` is a keyword: its token is not kept; the span starts at it.
+        span = _span(meta)
+        name_span = A.Span(span.line, span.column, span.line, span.column + 4)
+        return A.Vary("seed", children[0], span, name_span)
+
+    grid_seed = vary_seed
 
     def stack_over(self, meta, children):
         return children[0]

@@ -25,7 +25,7 @@ from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Frozen, LoRA, Wrapper, split_state
+from ._modules import Ensemble, Frozen, LoRA, Wrapper, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
@@ -173,6 +173,54 @@ class PlanMesh:
 
 
 @dataclass(frozen=True)
+class PlanMembers:
+    """A sweep's members: each one's hyper-parameters (the seed as the spec's
+    seed gives it); the bytes of one member's arrays and of all of them."""
+
+    count: int
+    names: tuple[str, ...]
+    rows: tuple[dict, ...]  # {"member": k, "values": {name: number}}
+    bytes_per_member: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {
+            "count": self.count,
+            "names": list(self.names),
+            "rows": [dict(r) for r in self.rows],
+            "bytes_per_member": self.bytes_per_member,
+            "bytes": self.bytes,
+        }
+
+    def lines(self, opt_state_bytes: int | None, width: int | None = None) -> list[str]:
+        """The member table and the memory per member and in total."""
+        out = [f"members: {self.count}"]
+        if self.names:
+            head = ["member", *self.names]
+            table = [
+                [str(r["member"])] + [f"{r['values'][n]:.4g}" for n in self.names]
+                for r in self.rows
+            ]
+            widths = [max(len(c) for c in col) for col in zip(head, *table)]
+            out += [
+                "  " + "  ".join(c.rjust(w) for c, w in zip(line, widths))
+                for line in [head, *table]
+            ]
+        per, total = self.bytes_per_member, self.bytes
+        what = "arrays"
+        if opt_state_bytes is not None:
+            per += opt_state_bytes // self.count
+            total += opt_state_bytes
+            what = "arrays and optimizer state"
+        out += _wrap(
+            f"  memory ({what}): {format_bytes(per)} per member, {format_bytes(total)} in total",
+            "    ",
+            width,
+        )
+        return out
+
+
+@dataclass(frozen=True)
 class Plan:
     """The plan of a program on a model. `str(plan)` is its text: what `eqxform
     plan` prints when the terminal is too narrow for its table."""
@@ -190,6 +238,7 @@ class Plan:
     weights: tuple[dict, ...] | None = None
     # The plan line by line, with the skeleton after each (what `Planner` reuses).
     rules: tuple[PlannedRule, ...] = field(default=(), repr=False, compare=False)
+    members: PlanMembers | None = None  # a sweep's members, their values and memory
 
     @functools.cached_property
     def _counts(self) -> tuple[int, int]:
@@ -244,6 +293,7 @@ class Plan:
             "frozen": self.frozen,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
+            "members": None if self.members is None else self.members.to_dict(),
             "weights": None if self.weights is None else list(self.weights),
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
@@ -284,6 +334,8 @@ class Plan:
             lines += [parts[0] + ("," if len(parts) > 1 else "")] + ["  " + p for p in parts[1:]]
         if self.output is not None:
             lines += _wrap(f"output: {self.output}", "  ", width)
+        if self.members is not None:
+            lines += self.members.lines(self.opt_state_bytes, width)
         if self.placement is not None:
             lines += self.placement.lines(width)
         return [printable(line) for line in lines]
@@ -629,6 +681,7 @@ class Planner:
             placement=placement,
             weights=None if mapped is None else tuple(mapped.table()),
             rules=rules,
+            members=_members(program, struct),
         )
 
     def _start_struct(self, program, model, key) -> tuple[Any, int, int]:
@@ -723,6 +776,18 @@ def _plan_line(program, passes, struct, params, size, over, key, ctx, chain, lin
     return PlannedRule(
         chain, line, struct, tuple(steps), tuple(diagnostics), tuple(history), params, size, over
     )
+
+
+def _members(program, struct) -> PlanMembers | None:
+    """The members of the sweep the program makes, if it makes one."""
+    ensemble = split_state(struct)[0]
+    sweep = getattr(program, "sweep", None)
+    if not isinstance(ensemble, Ensemble) or sweep is None:
+        return None
+    total = nbytes(ensemble)
+    count = ensemble.count
+    rows = tuple({"member": k, "values": sweep.values(k, program.seed)} for k in range(sweep.count))
+    return PlanMembers(count, sweep.names, rows, total // count, total)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:

@@ -49,22 +49,32 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from . import _ast as A
-from ._build import MODEL_TAG, build, from_constructor, is_constructor, render_call
+from ._build import (
+    MODEL_TAG,
+    budget_diagnostic,
+    build,
+    from_constructor,
+    is_constructor,
+    nbytes,
+    render_call,
+)
 from ._diagnostics import Diagnostic
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
 from ._mesh import MeshSpec, as_mesh_spec
-from ._modules import join_state, split_state
+from ._modules import join_state, make_ensemble, split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
 from ._passes._struct import EnsemblePass
 from ._plan import Planner
 from ._select import is_array, too_deep
+from ._sweep import Sweep
 from ._values import check_seed
 from ._weights import (
     Checkpoint,
@@ -115,6 +125,10 @@ class Program:
     - `weights`: the `weights`, `map`, `skip` and `keep` lines (a checkpoint in
       another library's names, read onto the model before the first pass), or
       None.
+    - `sweep`: for `ensemble ... vary` or `ensemble grid`, the members' values
+      (`Sweep`), else None; `members`: then one program per member (the spec
+      without its `ensemble` line, with that member's values), which builds
+      and trains that member as a single model.
     """
 
     spec: A.Spec
@@ -133,6 +147,8 @@ class Program:
     mesh_given: MeshSpec | None = None
     warnings: tuple[Diagnostic, ...] = ()
     weights: WeightRules | None = None
+    sweep: Sweep | None = None
+    members: tuple[Program, ...] = ()
 
     @property
     def source(self) -> A.Source:
@@ -260,6 +276,7 @@ class Program:
         recorded_seed = seed if key is None else None
         key = seed_key(seed) if key is None else check_key(key)
         base = None
+        given = model
         if model is None:
             model = self.construct(key)
             recipe = None if self.model_call is None else self.base_recipe(recorded_seed)
@@ -286,7 +303,12 @@ class Program:
             report=_warn,
         )
         placer = self.placer(mesh)
-        if placer is None:
+        if self.sweep is not None:
+            result = self._apply_sweep(given, key, seed, recorded_seed is not None, weights)
+            if placer is not None:
+                device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
+                result = placer.place(result, device_mesh)
+        elif placer is None:
             result = self.run(model, key, ctx)
         else:
             device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
@@ -294,6 +316,49 @@ class Program:
         if recipe is not None:
             remember(result, recipe.then(self, recorded_seed))
         return result
+
+    def _apply_sweep(self, model, key, seed: int, from_seed: bool, weights) -> Any:
+        """A sweep's ensemble: member k is the single model its own program
+        (`members[k]`) builds from `model` (None: the `model` directive) with
+        its seed (the spec's, or with `vary seed` its own; from an explicit
+        `key`, `fold_in(key, k)` when the seed varies), stacked along a
+        leading member axis. So each member equals the model a spec without
+        the `ensemble` line makes with that member's values."""
+        sweep = self.sweep
+        assert sweep is not None
+        if model is not None and not is_constructor(model):
+            # A model that is an ensemble already is refused as `ensemble N` refuses it.
+            for p in self.passes:
+                if isinstance(p, EnsemblePass):
+                    p.select(split_state(model)[0], None)
+        built = []
+        for k, member in enumerate(self.members):
+            if from_seed:
+                one = member.apply(model, seed=sweep.seed(seed, k), weights=weights)
+            else:
+                k_key = jax.random.fold_in(key, k) if sweep.varies_seed else key
+                one = member.apply(model, k_key, weights=weights)
+            built.append(one)
+            if k == 0:
+                # The whole sweep is measured on its first member, before the
+                # others are built.
+                bad = budget_diagnostic(
+                    sweep.count * nbytes(one),
+                    "the model after this line",
+                    sweep.stmt.span,
+                    self.source,
+                )
+                if bad is not None:
+                    raise SpecError(bad)
+        structures = {jax.tree_util.tree_structure(m) for m in built}
+        assert len(structures) == 1, "a varied value changed the model's structure"
+        stacked = jax.tree_util.tree_map(
+            lambda *xs: jnp.stack(xs) if eqx.is_array(xs[0]) else xs[0], *built
+        )
+        model_only, state = split_state(stacked)
+        over = None if sweep.stmt.over is None else sweep.stmt.over.axis
+        ensemble = make_ensemble(model_only, sweep.count, over)
+        return ensemble if state is None else (ensemble, state)
 
     def _sharded_build(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
         """The fold under `jax.jit`, every array's sharding its output sharding.

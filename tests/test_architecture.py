@@ -43,6 +43,7 @@ LAYERS = {
     "eqxform._registry": 3,
     "eqxform._values": 4,
     "eqxform._source": 4,
+    "eqxform._sweep": 4,
     "eqxform._check": 5,
     "eqxform._select": 5,
     "eqxform._build": 6,

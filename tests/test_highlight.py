@@ -39,6 +39,8 @@ BY_TYPE = {
     "EXCEPT": "keyword.operator.except.eqxform",
     "ANY": "keyword.other.eqxform",
     "OVER": "keyword.other.eqxform",
+    "VARY": "keyword.other.eqxform",
+    "GRID": "keyword.other.eqxform",
     "IF": "keyword.control.eqxform",
     "ELSE": "keyword.control.eqxform",
     "EXPECT": "keyword.control.eqxform",
@@ -111,6 +113,16 @@ class Roles:
                 for axis in stmt.axes:
                     key = (axis.name_span.line, axis.name_span.column)
                     self.names[key] = "variable.parameter.eqxform"
+            elif isinstance(stmt, A.EnsembleStmt):
+                # A sweep's `NAME=VALUE` reads as a keyword argument.
+                for vary in stmt.vary:
+                    key = (vary.name_span.line, vary.name_span.column)
+                    # `seed=...` too; `seed` alone is a plain name.
+                    self.names[key] = (
+                        "variable.other.eqxform"
+                        if vary.value is None
+                        else "variable.parameter.eqxform"
+                    )
             for node in _nodes(stmt):
                 if isinstance(node, A.Arg) and node.name_span is not None:
                     key = (node.name_span.line, node.name_span.column)
@@ -151,6 +163,8 @@ class Roles:
             if self.in_selector(token):
                 return "punctuation.separator.slice.eqxform"
             return "punctuation.separator.colon.eqxform"
+        if kind == "SEED" and (token.line, token.column) in self.names:
+            return self.names[(token.line, token.column)]  # `vary seed`: a name
         if kind != "NAME":
             return BY_TYPE[kind]
         if self.in_selector(token):
@@ -304,6 +318,9 @@ CASES = [
     ("input f32[3,8,8]", "input", 0, "keyword.control.directive.eqxform"),
     ("model MLP(scan=true)", "scan", 0, "variable.parameter.eqxform"),
     ("ensemble 4 over data", "over", 0, "keyword.other.eqxform"),
+    ("ensemble 4 vary lr=logspace(1e-4, 1e-2)", "vary", 0, "keyword.other.eqxform"),
+    ("ensemble 4 vary lr=logspace(1e-4, 1e-2)", "lr", 0, "variable.parameter.eqxform"),
+    ("ensemble grid lr=[1e-3, 1e-2]", "grid", 0, "keyword.other.eqxform"),
 ]
 
 

@@ -685,6 +685,9 @@ class EnsemblePass(StructPass):
 
     count: int = 1
     before: tuple[Pass, ...] = ()
+    # A sweep's members are built by their own programs (`Program.members`);
+    # this says how, for the plan.
+    sweep: str | None = None
     grows = True
 
     def select(self, model, ctx):
@@ -709,6 +712,8 @@ class EnsemblePass(StructPass):
         """How each floating array of `model` is drawn for the members, as the
         plan says it: by the model's constructor, by an `init` rule above this
         line, from the array's own values, or copied."""
+        if self.sweep is not None:
+            return [(n, self.sweep) for n in walk(model) if is_array(n.obj) and n.path]
         if ctx.base is not None:
             how = "drawn per member by the model's constructor" + (
                 " and the rules above" if self.before else ""

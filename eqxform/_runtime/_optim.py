@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -25,7 +25,7 @@ from .. import _names as N
 from .._build import to_python
 from .._diagnostics import Diagnostic
 from .._errors import UsageError
-from .._modules import Frozen
+from .._modules import Ensemble, Frozen
 from .._plan import group_value
 from .._select import (
     array_leaves,
@@ -61,7 +61,7 @@ def _make(name: str, kwargs: dict[str, Any], lr_scale: float, decay: float | Non
     if decay is not None and takes_decay:
         kwargs["weight_decay"] = decay
     opt = getattr(optax, name)(**kwargs)
-    if decay is not None and not takes_decay and decay != 0:
+    if decay is not None and not takes_decay and (not _number(decay) or decay != 0):
         # An optimiser without decoupled decay gets an L2 term on the gradient.
         opt = optax.chain(optax.add_decayed_weights(decay), opt)
     return opt
@@ -144,11 +144,16 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
     takes_decay = "weight_decay" in N.OPTIMIZERS[name].names
     own = kwargs.get("weight_decay", _default_decay(name)) if takes_decay else 0.0
     decay = setting.decay
-    if decay is None:
+    if not _number(own):
+        # A sweep's weight decay: a traced number per member.
+        decay = np.full(count, np.nan) if decay is None else np.broadcast_to(decay, (count,))
+        decay = jnp.where(jnp.isnan(jnp.asarray(decay, jnp.float32)), own, decay)
+    elif decay is None:
         decay = np.full(count, own, float)
     elif np.ndim(decay) == 0:
         decay = np.full(count, decay, float)
-    decay = np.where(np.isnan(decay), own, decay)
+    else:
+        decay = np.where(np.isnan(decay), own, decay)
     keep = np.ones(count)
     if frozen is not None:
         keep[list(frozen.layers)] = 0.0
@@ -166,6 +171,10 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
         parts.append(each(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
     parts.append(each(lambda u, p: u * _along(keep, axis, u.ndim)))
     return optax.chain(*parts)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _default_decay(name: str) -> float:
@@ -188,15 +197,25 @@ def optimizer(program, model) -> optax.GradientTransformation:
     scales, decays and freezes per layer. Initialise it with
     `eqx.filter(model, eqx.is_inexact_array)`.
     """
+    if getattr(program, "sweep", None) is not None and isinstance(model, Ensemble):
+        return sweep_optimizer(program, model)
     name, kwargs = base_optimizer(program)
     settings = groups(program, model)
+    labels = {path: setting.label for path, setting in settings.items()}
+    return _assemble(name, kwargs, settings, labels, model)
+
+
+def _assemble(name: str, kwargs: dict, settings: dict, labels: dict, model):
+    """The optimiser of `optimizer`, from the base optimiser's arguments and
+    each array's `Setting` (its group by `labels`); the numbers may be traced
+    (a sweep builds it per member inside `vmap`)."""
     frozen = frozen_paths(model)
     transforms = {DEFAULT: _make(name, kwargs, 1.0, None)}
     by_path = {}
     for path, setting in settings.items():
         if setting.axis is None and (path not in frozen or frozen[path].layers is None):
-            by_path[path] = setting.label
-            transforms.setdefault(setting.label, _make(name, kwargs, setting.scale, setting.decay))
+            by_path[path] = labels[path]
+            transforms.setdefault(labels[path], _make(name, kwargs, setting.scale, setting.decay))
     leaves = {p: x for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
     for path in set(settings) | set(frozen):
         setting = settings.get(path, Setting())
@@ -218,6 +237,90 @@ def optimizer(program, model) -> optax.GradientTransformation:
         eqx.filter(model, eqx.is_inexact_array),
     )
     return optax.selective_transform(optax.partition(transforms, label_tree), freeze_mask=mask)
+
+
+class SweepState(NamedTuple):
+    """The state of a sweep's optimiser: the members' hyper-parameters (each
+    an array with the member axis, as `optax.inject_hyperparams` keeps them)
+    and the members' own optimiser states."""
+
+    hyperparams: Any
+    inner: Any
+
+
+def _sweep_error(message: str, help: str) -> UsageError:
+    return UsageError(Diagnostic("E260", message, help=help))
+
+
+def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
+    """The optimiser of a sweep: member k's is the one its own program gives
+    a single model, and the members' numbers (learning rate, weight decay,
+    betas, the `lr` and `weight_decay` groups' values) are arrays with the
+    member axis, carried in the state: `init` and `update` run the members'
+    optimisers under `jax.vmap`, so a training step compiles once for the
+    whole sweep, whatever the values."""
+    per = []
+    for member in program.members:
+        name, kwargs = base_optimizer(member)
+        per.append((name, kwargs, groups(member, model)))
+    name = per[0][0]
+    numeric = sorted(k for k, v in per[0][1].items() if _number(v))
+    static = {k: v for k, v in per[0][1].items() if k not in numeric}
+    for _, kwargs, _ in per[1:]:
+        if {k: v for k, v in kwargs.items() if k not in numeric} != static:
+            raise _sweep_error(
+                "the members' optimisers differ in more than numbers",
+                "vary only the optimiser's numeric arguments",
+            )
+    hyper: dict[str, Any] = {
+        "kwargs": {k: jnp.asarray([p[1][k] for p in per], jnp.float32) for k in numeric},
+        "groups": {},
+    }
+    paths = per[0][2]
+    labels: dict[tuple, str] = {}
+    layered: dict[tuple, Setting] = {}
+    for path, setting in paths.items():
+        column = [p[2][path] for p in per]
+        if setting.axis is not None:
+            if any(
+                not np.array_equal(c.scale, setting.scale)
+                or not np.array_equal(c.decay, setting.decay, equal_nan=True)
+                for c in column
+            ):
+                raise _sweep_error(
+                    f"the `lr` or `weight_decay` rule on some layers of `{tensor_name(path)}` "
+                    "varies per member",
+                    "vary a group's value on whole arrays, or the optimiser's own arguments",
+                )
+            layered[path] = setting
+            continue
+        label = "|".join(c.label for c in column)
+        labels[path] = label
+        group = {"scale": jnp.asarray([c.scale for c in column], jnp.float32)}
+        if setting.decay is not None:
+            group["decay"] = jnp.asarray([c.decay for c in column], jnp.float32)
+        hyper["groups"].setdefault(label, group)
+
+    def build(h):
+        kwargs = {**static, **h["kwargs"]}
+        settings = dict(layered)
+        for path, label in labels.items():
+            g = h["groups"][label]
+            settings[path] = Setting(g["scale"], g.get("decay"))
+        return _assemble(name, kwargs, settings, labels, model)
+
+    def init(params):
+        inner = jax.vmap(lambda p, h: build(h).init(p))(params, hyper)
+        return SweepState(hyper, inner)
+
+    def update(updates, state, params=None):
+        def one(u, s, p, h):
+            return build(h).update(u, s, p)
+
+        updates, inner = jax.vmap(one)(updates, state.inner, params, state.hyperparams)
+        return updates, SweepState(state.hyperparams, inner)
+
+    return optax.GradientTransformation(init, update)
 
 
 def state_bytes(program, model) -> int:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -670,6 +671,49 @@ class Result:
     nonfinite_what: str = ""
 
 
+# `member_losses` evaluates at most this many examples at once.
+EVAL_CHUNK = 1024
+
+
+def member_losses(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    loss: str | Callable = "mse",
+    *,
+    output: str | None = None,
+    chunk: int = EVAL_CHUNK,
+) -> np.ndarray:
+    """The loss of each member of an ensemble on `(x, y)` (a plain model: one
+    value), averaged over chunks of at most `chunk` examples weighted by their
+    size (the mean loss itself for `mse` and `cross_entropy`). A model with an
+    `eqx.nn.State` is evaluated with it as it is (inference)."""
+    model_only, state = split_state(model)
+    one = make_loss(loss, stateful=state is not None, output=output)
+
+    def per_member(m, s, xb, yb):
+        return one(m, s, xb, yb)[0] if s is not None else one(m, xb, yb)
+
+    if isinstance(model_only, Ensemble):
+        # Over the member axis, each member is a plain model (`Ensemble` acts
+        # as one member on one member's arrays); a state carries it too.
+        fn = eqx.filter_vmap(per_member, in_axes=(eqx.if_array(0), eqx.if_array(0), None, None))
+    else:
+
+        def fn(m, s, xb, yb):
+            return jnp.reshape(per_member(m, s, xb, yb), (1,))
+
+    fn = eqx.filter_jit(fn)
+    total, count = None, 0
+    for start in range(0, len(x), chunk):
+        xb, yb = jnp.asarray(x[start : start + chunk]), jnp.asarray(y[start : start + chunk])
+        value = np.asarray(fn(model_only, state, xb, yb), np.float64) * len(xb)
+        total = value if total is None else total + value
+        count += len(xb)
+    assert total is not None
+    return total / count
+
+
 def every_tenth(done: int, steps: int) -> bool:
     """`train`'s default reporting: step 1, every 10th step, the last."""
     return done == 1 or done % 10 == 0 or done == steps
@@ -692,6 +736,7 @@ def train(
     mesh: Any = None,
     batch_axis: str | None = None,
     output: str | None = None,
+    on_members: Callable[[int, np.ndarray], None] | None = None,
 ) -> Result:
     """Train `model` for `steps` steps on batches of `(x, y)`.
 
@@ -702,6 +747,8 @@ def train(
     names the step. The check runs inside the compiled step; the loop reads
     its result every 10 steps, at checkpoints and at the end (the same steps
     in every process), so it waits for the device there, not at each step.
+    For an ensemble, `on_members(done, losses)` is called at the same steps
+    with each member's loss on that step's batch (after its update).
     """
     if batch_size > len(x):
         raise UsageError(
@@ -763,6 +810,10 @@ def train(
             if on_step is not None and report(done, steps):
                 last = _scalar(value) / (members or 1)
                 on_step(done, last)
+                if on_members is not None and members is not None:
+                    on_members(
+                        done, member_losses(step.result, xs[idx], ys[idx], loss, output=output)
+                    )
             if checkpoint:
                 on_checkpoint(step.result, done)
     finally:

@@ -1,0 +1,431 @@
+"""Sweeps: `ensemble N vary ...` and `ensemble grid ...`, an ensemble whose
+members differ in hyper-parameters, built and trained as one program."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import eqxform
+from eqxform._cli import main
+from eqxform._codes import CODES
+from eqxform._errors import SpecError
+from eqxform._program import recipe_of
+from eqxform._runtime._train import make_loss, member_losses
+
+ROOT = Path(__file__).parent.parent
+MLP = "model MLP(in_size=4, out_size=3, width_size=16, depth=2)\nseed 0\n"
+
+
+def _arrays(model):
+    return jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
+
+
+def _same(a, b, **tol):
+    xs, ys = _arrays(a), _arrays(b)
+    assert len(xs) == len(ys)
+    for x, y in zip(xs, ys):
+        assert x.shape == y.shape
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def _single(values: dict, body: str) -> eqxform.Program:
+    """The spec of one member: its values as `let`s, no `ensemble` line."""
+    lets = "".join(f"let {k} = {v!r}\n" for k, v in values.items())
+    return eqxform.compile(MLP + lets + body)
+
+
+# ---- the language ---------------------------------------------------------------
+
+
+def test_the_members_values_follow_the_ensemble_line():
+    spec = MLP + (
+        "optimizer adamw(learning_rate=lr, weight_decay=wd)\n"
+        "ensemble 4 vary lr=logspace(1e-4, 1e-1), wd=1e-4 * member, seed\n"
+    )
+    sweep = eqxform.compile(spec).sweep
+    assert sweep.count == 4 and sweep.names == ("lr", "wd", "seed")
+    np.testing.assert_allclose([m["lr"] for m in sweep.members], [1e-4, 1e-3, 1e-2, 1e-1])
+    assert sweep.members[0]["lr"] == 1e-4 and sweep.members[3]["lr"] == 1e-1  # ends exact
+    np.testing.assert_allclose([m["wd"] for m in sweep.members], [0, 1e-4, 2e-4, 3e-4])
+    # `vary seed`: the spec's seed plus the member's index (and `--seed` moves it).
+    assert [sweep.seed(0, k) for k in range(4)] == [0, 1, 2, 3]
+    assert [sweep.values(k, 10)["seed"] for k in range(4)] == [10, 11, 12, 13]
+
+    grid = eqxform.compile(
+        MLP + "optimizer adamw(learning_rate=lr, weight_decay=weight_decay)\n"
+        "ensemble grid lr=[1e-3, 3e-3, 1e-2] weight_decay=[0, 1e-4]\n"
+    ).sweep
+    # The product, the first name varying slowest.
+    assert [(m["lr"], m["weight_decay"]) for m in grid.members] == [
+        (1e-3, 0),
+        (1e-3, 1e-4),
+        (3e-3, 0),
+        (3e-3, 1e-4),
+        (1e-2, 0),
+        (1e-2, 1e-4),
+    ]
+    powers = eqxform.compile(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 4 vary lr=1e-3 * 2 ** member, "
+        "seed=[7, 0, 42, 3]\n"
+    ).sweep
+    assert [m["lr"] for m in powers.members] == [1e-3, 2e-3, 4e-3, 8e-3]
+    assert [powers.seed(0, k) for k in range(4)] == [7, 0, 42, 3]
+    spread = eqxform.compile(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=linspace(0.1, 0.3)\n"
+    ).sweep
+    np.testing.assert_allclose([m["lr"] for m in spread.members], [0.1, 0.2, 0.3])
+
+
+BAD = [
+    # (ensemble line and more, code, line, column of the span)
+    (
+        "optimizer adamw(learning_rate=1e-3)\nensemble 4 vary lr=logspace(1e-4, 1e-2)\n",
+        "E170",
+        4,
+        17,
+    ),
+    ('optimizer adamw(learning_rate=lr)\nensemble 2 vary lr="fast"\n', "E171", 4, 20),
+    ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=[[1e-3], [1e-2]]\n", "E171", 4, 20),
+    ("optimizer adamw(learning_rate=lr)\nensemble grid lr=1e-3\n", "E171", 4, 18),
+    ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=logspace(0, 1)\n", "E171", 4, 20),
+    ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=1e-3, seed=[0, -1]\n", "E171", 4, 31),
+    ("optimizer adamw(learning_rate=lr)\nensemble 4 vary lr=[1e-3, 1e-2]\n", "E172", 4, 20),
+    ("optimizer adamw(learning_rate=lr)\nensemble grid lr=[]\n", "E172", 4, 18),
+    ("optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=[1e-3, -1e-2, 1e-2]\n", "E173", 4, 20),
+    (
+        "optimizer adamw(learning_rate=1e-3)\nensemble 2 vary s=[0.1, -1]\n"
+        "where Linear.weight -> init normal(stddev=s)\n",
+        "E173",
+        4,
+        19,
+    ),
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=[1e-3, 1e-2], w=[8, 16]\n"
+        "where Linear if w > 8 -> freeze\n",
+        "E174",
+        5,
+        17,
+    ),
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=[1e-3, 1e-2], r=[2, 4]\n"
+        "where layers[0] -> lora(rank=r)\n",
+        "E174",
+        5,
+        30,
+    ),
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=[1e-3, 1e-2], lr=[1, 2]\n",
+        "E175",
+        4,
+        34,
+    ),
+    (
+        "let lr = 1e-3\noptimizer adamw(learning_rate=lr)\nensemble 2 vary lr=[1e-3, 1e-2]\n",
+        "E175",
+        5,
+        17,
+    ),
+    ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr\n", "E176", 4, 17),
+    # Too many members: refused before any member's values or program is made.
+    ("optimizer sgd(learning_rate=lr)\nensemble 5000 vary lr=1e-3 * member\n", "E155", 4, 1),
+    (
+        "optimizer sgd(learning_rate=a * b)\nensemble grid a=[{0}] b=[{0}]\n".format(
+            ", ".join(["1"] * 100)
+        ),
+        "E155",
+        4,
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize("text, code, line, column", BAD)
+def test_check_reports_a_bad_sweep_at_its_span(text, code, line, column):
+    with pytest.raises(SpecError) as info:
+        eqxform.compile(MLP + text)
+    found = [(d.code, d.span.line, d.span.column) for d in info.value.diagnostics]
+    assert (code, line, column) in found, found
+    assert CODES[code].explanation
+
+
+def test_a_varied_name_in_the_model_is_refused_with_its_own_code(tmp_path):
+    spec = tmp_path / "s.eqx"
+    spec.write_text(
+        "model MLP(in_size=4, out_size=3, width_size=w, depth=2)\n"
+        "optimizer adamw(learning_rate=1e-3)\nensemble 2 vary w=[8, 16]\n"
+    )
+    result = CliRunner().invoke(main, ["check", str(spec)])
+    assert result.exit_code == 1
+    assert "error[E174]: `w` varies per member and cannot go in a constructor argument" in (
+        result.output
+    )
+    assert "s.eqx:1:45" in result.output
+
+
+# ---- building the members --------------------------------------------------------
+
+INIT = (
+    "optimizer adamw(learning_rate=1e-3)\n"
+    "where Linear.weight -> init normal(stddev=s)\n"
+    "where layers[-1].weight -> scale k\n"
+)
+
+
+def test_each_member_starts_as_the_single_model_with_its_values():
+    program = eqxform.compile(MLP + "ensemble 3 vary s=[0.01, 0.1, 1.0], k=[1, 2, 3]\n" + INIT)
+    ensemble = program.apply()
+    assert isinstance(ensemble, eqxform.Ensemble) and ensemble.count == 3
+    for k, (s, f) in enumerate([(0.01, 1), (0.1, 2), (1.0, 3)]):
+        _same(ensemble.member(k), _single({"s": s, "k": f}, INIT).apply(), rtol=0, atol=0)
+    # Without `vary seed` the members draw the same numbers: only the values differ.
+    w = ensemble.layers[0].weight
+    np.testing.assert_allclose(w[1] / 0.1, w[0] / 0.01, rtol=1e-5)
+
+
+def test_vary_seed_builds_each_member_from_its_own_seed():
+    body = "optimizer adamw(learning_rate=1e-3)\nwhere Linear.weight -> init normal(stddev=0.1)\n"
+    ensemble = eqxform.compile(MLP + "ensemble 3 vary seed\n" + body).apply(seed=5)
+    for k in range(3):
+        _same(ensemble.member(k), eqxform.compile(MLP + body).apply(seed=5 + k), rtol=0, atol=0)
+    assert not np.allclose(ensemble.layers[0].weight[0], ensemble.layers[0].weight[1])
+
+
+# ---- training: one compiled program, each member its own run ----------------------
+
+TRAIN = (
+    "optimizer adamw(learning_rate=lr, weight_decay=wd, b1=b1)\n"
+    "where layers[0] -> freeze\n"
+    "where layers[1] -> lora(rank=2, alpha=4)\n"
+    "where layers[2].weight -> lr head\n"
+)
+VALUES = [
+    {"lr": 1e-3, "wd": 0.0, "b1": 0.9, "head": 1.0},
+    {"lr": 1e-2, "wd": 1e-4, "b1": 0.8, "head": 0.5},
+    {"lr": 3e-2, "wd": 1e-3, "b1": 0.95, "head": 2.0},
+]
+
+
+def _batches(count: int = 20):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(count, 8, 4)).astype(np.float32)
+    return x, np.tanh(x[..., :3] * 2).astype(np.float32)
+
+
+def test_a_sweep_compiles_once_and_each_member_follows_its_own_single_run():
+    line = "ensemble 3 vary " + ", ".join(
+        f"{name}={[v[name] for v in VALUES]}" for name in VALUES[0]
+    )
+    program = eqxform.compile(MLP + line + "\n" + TRAIN)
+    ensemble = program.apply()
+    step = eqxform.make_step(
+        make_loss("mse", members=3), eqxform.optimizer(program, ensemble), ensemble
+    )
+    xs, ys = _batches()
+    for x, y in zip(xs, ys):
+        step(x, y)
+    # One trace (one compilation) of the training step for the whole sweep.
+    assert step.traces == 1
+    trained = step.model
+    for k, values in enumerate(VALUES):
+        single = _single(values, TRAIN)
+        model = single.apply()
+        _same(model, ensemble.member(k), rtol=0, atol=0)
+        one = eqx.filter(model, eqx.is_inexact_array)
+        assert jax.tree_util.tree_structure(one) == jax.tree_util.tree_structure(
+            eqx.filter(ensemble.member(k), eqx.is_inexact_array)
+        )
+        alone = eqxform.make_step(make_loss("mse"), eqxform.optimizer(single, model), model)
+        for x, y in zip(xs, ys):
+            alone(x, y)
+        _same(alone.model, trained.member(k), rtol=1e-5, atol=1e-6)
+        # The frozen layer did not move; the LoRA adapter did.
+        np.testing.assert_array_equal(
+            trained.member(k).layers[0].weight, ensemble.member(k).layers[0].weight
+        )
+    lora_b = [leaf for leaf in _arrays(trained.member(2).layers[1]) if leaf.shape == (16, 2)]
+    assert lora_b and float(jnp.abs(lora_b[0]).max()) > 0
+
+
+def test_the_sweeps_values_are_data_of_the_compiled_step():
+    """Another sweep of the same shape runs in the first one's compiled step:
+    its values are the optimiser state's arrays, not constants of the program."""
+    spec = MLP + "optimizer adamw(learning_rate=lr)\nensemble 2 vary lr={}\n"
+    a = eqxform.compile(spec.format([1e-3, 1e-2]))
+    b = eqxform.compile(spec.format([3e-2, 1e-1]))
+    model = a.apply()
+    state_a = eqxform.optimizer(a, model).init(eqx.filter(model, eqx.is_inexact_array))
+    state_b = eqxform.optimizer(b, model).init(eqx.filter(model, eqx.is_inexact_array))
+    assert jax.tree_util.tree_structure(state_a) == jax.tree_util.tree_structure(state_b)
+    np.testing.assert_allclose(state_b.hyperparams["kwargs"]["learning_rate"], [3e-2, 1e-1])
+    optimizer = eqxform.optimizer(a, model)
+    params = eqx.filter(model, eqx.is_inexact_array)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    update = jax.jit(optimizer.update)
+    _, _ = update(grads, state_a, params)
+    updates_b, _ = update(grads, state_b, params)
+    assert update._cache_size() == 1
+    # Adam's first update is -lr * sign(g): member k's learning rate.
+    first = updates_b.layers[0].bias
+    np.testing.assert_allclose(first[:, 0], [-3e-2, -1e-1], rtol=1e-4)
+
+
+# ---- the command line: train, plan ----------------------------------------------------
+
+
+def _npz(path, x, y):
+    np.savez(path, x=x, y=y)
+    return str(path)
+
+
+def test_train_shows_and_records_every_members_losses(tmp_path):
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(
+        MLP + "optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=logspace(1e-3, 1e-1)\n"
+    )
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = np.tanh(x[:, :3]).astype(np.float32)
+    data = _npz(tmp_path / "train.npz", x, y)
+    held = _npz(tmp_path / "eval.npz", x[:16] * 2, y[:16])
+    out = tmp_path / "out.eqx"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            str(spec),
+            "--data",
+            data,
+            "--eval-data",
+            held,
+            "--steps",
+            "20",
+            "--batch-size",
+            "16",
+            "-o",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert any(
+        "step 20/20: loss" in ln and "best" in ln and "median" in ln and "worst" in ln
+        for ln in lines
+    )
+    head = next(
+        i for i, ln in enumerate(lines) if ln.split() == ["member", "lr", "loss", "eval", "loss"]
+    )
+    rows = [ln.split() for ln in lines[head + 1 : head + 4]]
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    assert [float(r[1]) for r in rows] == pytest.approx([1e-3, 1e-2, 1e-1], rel=1e-3)
+
+    model = eqxform.load(out)
+    members = recipe_of(model).train["members"]
+    assert [m["member"] for m in members] == [0, 1, 2]
+    assert [m["values"]["lr"] for m in members] == pytest.approx([1e-3, 1e-2, 1e-1])
+    losses = member_losses(model, x, y)
+    held_losses = member_losses(model, x[:16] * 2, y[:16])
+    assert [m["loss"] for m in members] == pytest.approx(list(losses), rel=1e-5)
+    assert [m["eval_loss"] for m in members] == pytest.approx(list(held_losses), rel=1e-5)
+    for k, m in enumerate(members):
+        assert f"{m['loss']:.4g}" == rows[k][2]
+
+
+def test_plan_shows_the_member_table_and_the_memory(tmp_path):
+    spec = tmp_path / "grid.eqx"
+    spec.write_text(
+        MLP + "optimizer adamw(learning_rate=lr, weight_decay=wd)\n"
+        "ensemble grid lr=[1e-3, 1e-2] wd=[0, 1e-4] seed=[1, 2]\n"
+    )
+    result = CliRunner().invoke(main, ["plan", str(spec)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = lines.index("members: 8")
+    assert lines[start + 1].split() == ["member", "lr", "wd", "seed"]
+    assert lines[start + 2].split() == ["0", "0.001", "0", "1"]
+    assert lines[start + 9].split() == ["7", "0.01", "0.0001", "2"]
+    params = (16 * 4 + 16 + 16 * 16 + 16 + 3 * 16 + 3) * 4
+    data = json.loads(CliRunner().invoke(main, ["plan", str(spec), "--format", "json"]).output)
+    members = data["members"]
+    assert members["count"] == 8 and members["bytes_per_member"] == params
+    assert members["bytes"] == 8 * params
+    assert members["rows"][5] == {"member": 5, "values": {"lr": 0.01, "wd": 0, "seed": 2}}
+    per = (params + data["opt_state_bytes"] // 8) / 1024
+    assert f"{per:.1f} KiB per member" in result.output
+
+
+def test_a_sweep_beyond_the_memory_budget_is_refused_before_it_is_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("EQXFORM_MAX_BYTES", "1M")
+    text = (
+        "model MLP(in_size=4, out_size=3, width_size=256, depth=2)\n"
+        "optimizer adamw(learning_rate=lr)\nensemble 8 vary lr=logspace(1e-4, 1e-1)\n"
+    )
+    plan = eqxform.compile(text).plan()
+    assert [(d.code, d.span.line) for d in plan.errors] == [("E158", 3)]
+    with pytest.raises(SpecError) as info:
+        eqxform.compile(text).apply()
+    assert info.value.diagnostics[0].code == "E158"
+
+
+# ---- on a mesh --------------------------------------------------------------------------
+
+MESH_SCRIPT = """
+import json, sys
+import jax, numpy as np
+import eqxform
+from eqxform._runtime._train import make_loss
+spec = sys.argv[1]
+program = eqxform.compile(spec)
+model = program.apply()
+w = model.layers[1].weight
+shards = {s.device.id: list(s.data.shape) for s in w.addressable_shards}
+step = eqxform.make_step(make_loss("mse", members=8), eqxform.optimizer(program, model), model)
+x = np.random.default_rng(0).normal(size=(16, 4)).astype("f4")
+for _ in range(3):
+    step(x, x[:, :3])
+after = {s.device.id: list(s.data.shape) for s in step.model.layers[1].weight.addressable_shards}
+plan = program.plan().to_dict()["placement"]
+print(json.dumps({"shards": shards, "after": after, "traces": step.traces, "plan": plan}))
+"""
+
+
+def test_a_sweep_over_data_puts_one_member_on_each_of_8_devices():
+    spec = MLP + (
+        "mesh data=8\noptimizer adamw(learning_rate=lr)\n"
+        "ensemble 8 vary lr=logspace(1e-4, 1e-1), seed over data\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env["PYTHONPATH"] = str(ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", MESH_SCRIPT, spec],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    assert data["shards"] == {str(d): [1, 16, 16] for d in range(8)}
+    assert data["after"] == data["shards"]
+    assert data["traces"] == 1
+    placement = data["plan"]
+    member_bytes = (16 * 4 + 16 + 16 * 16 + 16 + 3 * 16 + 3) * 4
+    assert placement["bytes_per_device"] == member_bytes
+    assert placement["bytes"] == 8 * member_bytes
+
+
+def test_a_sweep_on_a_model_that_is_an_ensemble_already_is_refused():
+    program = eqxform.compile(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 2 vary lr=[0.1, 0.2]\n"
+    )
+    with pytest.raises(SpecError) as info:
+        program.apply(program.apply())
+    assert [(d.code, d.span.line) for d in info.value.diagnostics] == [("E141", 4)]
