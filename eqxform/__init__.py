@@ -33,6 +33,7 @@ _LAZY = {
     "load": "._recipes",
     "save": "._recipes",
     "new": "._recipes",
+    "pick": "._pick",
     "resolve": "._modules",
     "bake": "._modules",
     # The types the actions put in the model (`Frozen`, `LoRA`, ...).

@@ -1115,6 +1115,47 @@ def merge(adapters, base, output, allow, force):
 
 @main.command()
 @click.argument("model", type=click.Path())
+@click.option("--member", type=_Whole(0), metavar="K", help="The member to write, 0-based.")
+@click.option(
+    "--best",
+    is_flag=True,
+    help="The member with the lowest held-out loss (recorded by `train --eval-data`).",
+)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
+@_allow
+def pick(model, member, best, output, allow):
+    """Write one member of an ensemble as a plain model file.
+
+    MODEL is an ensemble's model file (`ensemble N`, or a sweep's `ensemble
+    ... vary`). The member's recipe is the ensemble's without the `ensemble`
+    line (a varied name becomes a `let` of the member's value), and records
+    where it came from: the file, the member, its hyper-parameters and
+    losses. It loads, plans and trains as a plain model. Only the member's
+    slice of each tensor is read.
+
+    Example: eqxform pick sweep.eqx --best -o one.eqx
+    """
+
+    def go():
+        from ._files import check_output
+        from ._pick import one_way, pick_file
+        from ._plan import count_params
+        from ._recipes import save
+
+        one_way(member, best)
+        check_output(output, [("ensemble's model file", model)])
+        one, recipe, how = pick_file(model, member, best=best, allow=allow)
+        save(output, one, recipe=recipe)
+        _echo(f"wrote {output} ({how} of {model}; {count_params(one):,} parameters)")
+        detail = _picked_detail(recipe.picked or {})
+        if detail:
+            _echo(f"  {detail}")
+
+    _run(go)
+
+
+@main.command()
+@click.argument("model", type=click.Path())
 @_format
 @_allow
 def show(model, fmt, allow):
@@ -1176,6 +1217,9 @@ def show(model, fmt, allow):
                 + (f"; {params_text}" if params_text else "")
                 + ")"
             )
+        picked = recipe.get("picked")
+        if picked:
+            _echo(f"picked: {_picked_text(picked)}")
         trained = recipe.get("train")
         if trained:
             _echo(
@@ -1187,6 +1231,32 @@ def show(model, fmt, allow):
             _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
     _run(go, fmt == "json")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _picked_detail(picked: dict) -> str:
+    """`lr=0.001; loss 0.12, held-out loss 0.15`: what training recorded of a
+    member picked out of an ensemble."""
+    parts = [", ".join(f"{k}={_number(v)}" for k, v in (picked.get("values") or {}).items())]
+    parts.append(
+        ", ".join(
+            f"{what} {_number(picked[key])}"
+            for key, what in (("loss", "loss"), ("eval_loss", "held-out loss"))
+            if picked.get(key) is not None
+        )
+    )
+    return "; ".join(p for p in parts if p)
+
+
+def _picked_text(picked: dict) -> str:
+    """`member 3 of 8 of sweep.eqx (lr=0.001; ...)`: where a member picked
+    out of an ensemble came from."""
+    detail = _picked_detail(picked)
+    text = f"member {picked.get('member')} of {picked.get('members')} of {picked.get('file')}"
+    return text + (f" ({detail})" if detail else "")
 
 
 def _show_adapters(path: str, info: dict, tensors: int) -> None:

@@ -1804,6 +1804,72 @@ CODES: dict[str, Code] = {
             "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
             "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
         ),
+        # ---- `eqxform pick`: a member of an ensemble as a plain model
+        _c(
+            "E480",
+            "no ensemble to pick from",
+            "`eqxform pick` (`eqxform.pick`) takes one member out of an ensemble: a model "
+            "file, or a model, that a spec's `ensemble N` made. This one has no member axis.",
+            "eqxform pick model.eqx --member 0 -o one.eqx   # model.eqx is one MLP",
+            "pick from the ensemble's file (what `eqxform apply` or `eqxform train` of a spec "
+            "with an `ensemble` line wrote).",
+        ),
+        _c(
+            "E481",
+            "no such member",
+            "Members are numbered from 0; an ensemble of N has the members 0 to N - 1.",
+            "eqxform pick sweep.eqx --member 8 -o one.eqx   # `ensemble 8`: members 0 to 7",
+            "pick one of 0 to N - 1 (`eqxform show` lists the tensors, whose first axis is N).",
+        ),
+        _c(
+            "E482",
+            "pick by `--member` or by `--best`",
+            "`eqxform pick` writes one member: the one named by `--member K`, or with `--best` "
+            "the one with the lowest held-out loss that training recorded. It needs exactly "
+            "one of the two.",
+            "eqxform pick sweep.eqx -o one.eqx",
+            "add `--member K` (0-based) or `--best`, not both.",
+        ),
+        _c(
+            "E483",
+            "no held-out loss recorded",
+            "`--best` picks by the held-out loss that `eqxform train --eval-data` records for "
+            "every member (`recipe.train.members[k].eval_loss`). The file records none: it was "
+            "trained without `--eval-data`, or only applied. `--best` never falls back to "
+            "another measure (the training loss favours the member that overfits).",
+            "eqxform pick sweep.eqx --best -o one.eqx   # trained without --eval-data",
+            "train the ensemble with `--eval-data HELD_OUT.npz`, or pick by index with "
+            "`--member K`.",
+        ),
+        _c(
+            "E484",
+            "an adapter file has no members to pick",
+            "An adapter file holds adapters for a base model, not a whole ensemble.",
+            "eqxform pick adapters.eqx --member 0 -o one.eqx",
+            "bake the adapters into their base first (`eqxform merge ADAPTERS BASE -o "
+            "merged.eqx`), then pick from the merged file.",
+        ),
+        _c(
+            "E485",
+            "the recorded members do not match the ensemble",
+            "A trained ensemble's recipe records one entry per member "
+            "(`recipe.train.members`, in order). This file records another number of "
+            "members than its ensemble has, or out of order: it was edited, or written by "
+            "another program.",
+            "",
+            "pick by index with `--member K`, or train the ensemble again.",
+        ),
+        _c(
+            "E486",
+            "the member cannot be written as a plain model",
+            "A picked member's recipe is the ensemble's, with the spec that made the ensemble "
+            "written without its `ensemble` line. For this file that does not work: its "
+            "recipe has no `ensemble` line, the spec does not compile without it, or the "
+            "plain model it builds has other tensors than the member. Nothing is written.",
+            "",
+            "take the member in Python (`eqxform.load(path).member(k)`) and save it, or load "
+            "the ensemble and apply the spec without its `ensemble` line to a member.",
+        ),
         _c(
             "E501",
             "batch would recompile the step",

@@ -492,6 +492,7 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
     schema.seed(base.get("seed"), "base.seed")
     _check_specs(schema, data.get("specs", []), "specs")
     _check_train(schema, data.get("train"), "train")
+    _check_picked(schema, data.get("picked"), "picked")
     for key, value in schema.mapping(data.get("versions"), "versions").items():
         schema.string(value, f"versions.{key}")
     return data
@@ -528,6 +529,27 @@ def _check_train(schema: _Schema, train: Any, where: str) -> None:
             raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
         if isinstance(value, str):
             schema.string(value, f"{where}.{key}")
+
+
+def _check_picked(schema: _Schema, picked: Any, where: str) -> None:
+    """Where a member taken out of an ensemble came from (`eqxform pick`): the
+    file, the member's index and the member count, its values and losses."""
+    if picked is None:
+        return
+    picked = schema.mapping(picked, where, optional=False)
+    for key in ("member", "members"):
+        value = picked.get(key)
+        if type(value) is not int or value < 0:
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a whole number is expected")
+    for key, value in picked.items():
+        if key == "values":
+            for name, number in schema.mapping(value, f"{where}.values").items():
+                if not _number(number):
+                    raise schema.fail(f"{where}.values.{name}", f"is {_kind(number)}; a number")
+        elif isinstance(value, str):
+            schema.string(value, f"{where}.{key}")
+        elif not (value is None or _number(value)):
+            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
 
 
 def _number(value: Any) -> bool:

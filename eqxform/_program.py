@@ -625,10 +625,13 @@ def _warn(diagnostic: Diagnostic) -> None:
 class RecipeStep:
     program: Program
     seed: int | None
+    # The name a model file recorded for the spec (a step read from a file is
+    # compiled under a longer name that says where it came from).
+    name: str | None = None
 
     def to_dict(self) -> dict:
         out = {
-            "name": os.path.basename(self.program.name),
+            "name": self.name if self.name is not None else os.path.basename(self.program.name),
             "text": self.program.text,
             "seed": self.seed,
             "params": dict(self.program.params),
@@ -646,8 +649,10 @@ class Recipe(Mapping):
     **Attributes:** `constructor` (the call as text, arguments evaluated),
     `seed` (of the constructor's key; `None` when a key was given), `steps`
     (the programs applied, each with its seed), `train` (what `eqxform train`
-    did, if anything). `to_dict()` is what a model file stores, and a recipe
-    reads as that mapping too (`recipe["base"]["constructor"]`).
+    did, if anything), `picked` (for a member taken out of an ensemble by
+    `eqxform pick`: the file, the member and what was recorded of it).
+    `to_dict()` is what a model file stores, and a recipe reads as that
+    mapping too (`recipe["base"]["constructor"]`).
     """
 
     call: A.Call
@@ -658,6 +663,7 @@ class Recipe(Mapping):
     allow: tuple[str, ...] = ()
     steps: tuple[RecipeStep, ...] = ()
     train: Mapping[str, Any] | None = None
+    picked: Mapping[str, Any] | None = None
 
     def build(self, key: Any) -> Any:
         """The model this recipe describes, drawn from `key`."""
@@ -682,6 +688,8 @@ class Recipe(Mapping):
         }
         if self.train is not None:
             out["train"] = dict(self.train)
+        if self.picked is not None:
+            out["picked"] = dict(self.picked)
         return out
 
     def __getitem__(self, name: str) -> Any:

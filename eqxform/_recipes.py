@@ -198,7 +198,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
             ) from None
         if diagnostics:
             raise _recipe_error(diagnostics)
-        steps.append(RecipeStep(program, entry.get("seed")))
+        steps.append(RecipeStep(program, entry.get("seed"), entry.get("name")))
     return Recipe(
         call=call,
         env={},
@@ -208,6 +208,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
         allow=allow,
         steps=tuple(steps),
         train=data.get("train"),
+        picked=data.get("picked"),
     )
 
 
@@ -260,6 +261,11 @@ def skeleton(
     # that reads a model file passes (`check`, `plan`, `show`, `apply`), not
     # only when they are loaded.
     check_tensors(header, skel)
+    # The skeleton carries the file's recipe, so that a plan of it (`eqxform
+    # plan SPEC FILE`) draws an ensemble's members with the recipe's
+    # constructor, as `apply` and `train` of the loaded model do.
+    remember(skel, recipe)
+    remember(split_state(skel)[0], recipe)
     return header, recipe, skel
 
 

@@ -59,6 +59,7 @@ LAYERS = {
     "eqxform._program": 12,
     "eqxform._compile": 13,
     "eqxform._recipes": 14,
+    "eqxform._pick": 15,
     "eqxform._runtime._optim": 15,
     "eqxform._runtime._step": 15,
     "eqxform._runtime._distributed": 15,

@@ -1,0 +1,442 @@
+"""One member of an ensemble as a plain model (`eqxform pick`).
+
+The member gets a recipe of its own, so that its file loads, plans and
+trains as any plain model does: the ensemble's recipe, with the spec that
+made the ensemble written again without its `ensemble` line (each name the
+line varied becomes a `let` of the member's value, so the rest of the spec
+reads as it did for that member). The recipe's `picked` record says where
+the member came from: the file, its index, the member count, and what
+training recorded of it (its hyper-parameters and losses).
+
+The rewritten recipe is held to the member before anything is written: the
+plain model it builds must have exactly the member's tensors (names, shapes,
+dtypes), else the member cannot be picked (E486) and nothing is written.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from . import _ast as A
+from ._compile import compile_collect
+from ._diagnostics import Diagnostic
+from ._errors import ModelFileError, UsageError
+from ._expr import render
+from ._files import SliceReader, adapter_record, read_header
+from ._modules import Ensemble, join_state, split_state
+from ._program import Recipe, RecipeStep, check_model, recipe_of, remember
+from ._recipes import _skeleton_of, leaf_names, skeleton
+from ._select import is_array
+from ._values import allowed
+
+
+def _members_recorded(recipe: Recipe | None) -> list | None:
+    """`recipe.train["members"]` (what `eqxform train` recorded of each
+    member of an ensemble), or None."""
+    train = None if recipe is None else recipe.train
+    members = None if not isinstance(train, Mapping) else train.get("members")
+    return members if isinstance(members, list) else None
+
+
+# What the messages call an ensemble given in Python (a file is named by its path).
+_GIVEN = "the ensemble given"
+
+
+def _named(origin: str) -> str:
+    return origin if origin == _GIVEN else f"`{origin}`"
+
+
+def _file(origin: str) -> str | None:
+    return None if origin == _GIVEN else origin
+
+
+def _finite(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+def _check_members(members: list, count: int, origin: str) -> None:
+    """The recorded members are one entry per member, in order."""
+    problem = None
+    if len(members) != count:
+        problem = f"records {len(members)} members for an ensemble of {count}"
+    else:
+        for i, entry in enumerate(members):
+            if not isinstance(entry, Mapping) or entry.get("member", i) != i:
+                problem = f"records member {i} as {str(entry)[:60]}"
+                break
+    if problem is not None:
+        raise ModelFileError(
+            Diagnostic(
+                "E485",
+                f"{_named(origin)}'s recipe {problem}",
+                file=_file(origin),
+                help="the recipe was edited or written by another program; pick by index with "
+                "`--member K`, or train the ensemble again",
+            )
+        )
+
+
+def one_way(member: int | None, best: bool) -> None:
+    """`--member K` or `--best`: one of them."""
+    if (member is None) == (not best):
+        raise UsageError(
+            Diagnostic(
+                "E482",
+                "give the member to pick by `--member K` or by `--best`, not both"
+                if best
+                else "no member given: pass `--member K` (0-based) or `--best`",
+                help="`--member K` picks member K (0-based); `--best` the one with the lowest "
+                "held-out loss that `eqxform train --eval-data` recorded",
+            )
+        )
+
+
+def choose(
+    member: int | None, best: bool, count: int, recipe: Recipe | None, origin: str
+) -> tuple[int, str]:
+    """The member to pick, and how it was chosen (for the command's report)."""
+    one_way(member, best)
+    members = _members_recorded(recipe)
+    if members is not None:
+        _check_members(members, count, origin)
+    if not best:
+        if isinstance(member, bool) or not isinstance(member, int):
+            raise UsageError(
+                Diagnostic(
+                    "E481",
+                    f"the member must be a whole number, not {member!r:.40}",
+                    help=f"0 to {count - 1}",
+                )
+            )
+        if not 0 <= member < count:
+            raise UsageError(
+                Diagnostic(
+                    "E481",
+                    f"{_named(origin)} has {count} members (0 to {count - 1}); there is no member "
+                    f"{member}",
+                    file=_file(origin),
+                    help=f"pick one of 0 to {count - 1}",
+                )
+            )
+        return member, f"member {member} of {count}"
+    losses = [
+        (float(e["eval_loss"]), i)
+        for i, e in enumerate(members or [])
+        if _finite(e.get("eval_loss"))
+    ]
+    if not losses:
+        raise UsageError(
+            Diagnostic(
+                "E483",
+                f"{_named(origin)} records no held-out loss of its members, so `--best` has nothing "
+                "to compare",
+                file=_file(origin),
+                help="train the ensemble with `eqxform train ... --eval-data HELD_OUT.npz` "
+                "(it records each member's held-out loss), or pick by index with `--member K`",
+            )
+        )
+    value, k = min(losses)
+    how = f"member {k} of {count}, the lowest held-out loss ({value:.4g})"
+    if len(losses) < count:
+        how += f" of the {len(losses)} members with one recorded"
+    return k, how
+
+
+def _ensemble_step(recipe: Recipe) -> tuple[int, A.EnsembleStmt] | None:
+    """The step of `recipe` whose spec has the `ensemble` line, and the line."""
+    for i, step in enumerate(recipe.steps):
+        for stmt in step.program.spec.statements:
+            if isinstance(stmt, A.EnsembleStmt):
+                return i, stmt
+    return None
+
+
+def member_values(program: Any, k: int) -> dict[str, Any]:
+    """The names a sweep's `ensemble` line binds for member `k`, with their
+    values (none for a plain `ensemble N`, and never `seed`, which is the
+    member's recipe seed)."""
+    sweep = getattr(program, "sweep", None)
+    if sweep is None:
+        return {}
+    return {name: sweep.members[k][name] for name in sweep.bound}
+
+
+def member_seed(program: Any, seed: int | None, k: int) -> int | None:
+    """The seed member `k` was built from: the spec's (the recipe's), or with
+    `vary seed` its own."""
+    sweep = getattr(program, "sweep", None)
+    if sweep is None or seed is None:
+        return seed
+    return sweep.seed(seed, k)
+
+
+def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict) -> str:
+    """The spec `text` without its `ensemble` line: the line kept as a
+    comment, and each name it bound for member `k` a `let` of its value."""
+    lines = text.splitlines(keepends=True)
+    start, end = stmt.span.line - 1, stmt.span.end_line
+    original = " ".join(line.strip() for line in lines[start:end])
+    new = [f"# `eqxform pick`: member {k} of {count}, of `{original}`\n"]
+    new += [f"let {name} = {render(value)}\n" for name, value in values.items()]
+    return "".join(lines[:start] + new + lines[end:])
+
+
+def _cannot(origin: str, why: str, notes: Iterable[str] = ()) -> ModelFileError:
+    return ModelFileError(
+        Diagnostic(
+            "E486",
+            f"a member of {_named(origin)} cannot be written as a plain model: {why}",
+            file=_file(origin),
+            notes=tuple(notes),
+            help="load the ensemble in Python and take the member with `Ensemble.member(k)`; "
+            "save it with `eqxform.save(path, member, recipe=...)` or load it with `like=`",
+        )
+    )
+
+
+def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) -> Recipe:
+    """The recipe of member `k` of the ensemble `recipe` describes: the
+    spec with the `ensemble` line written without it, and `picked`."""
+    found = _ensemble_step(recipe)
+    if found is None:
+        raise _cannot(origin, "its recipe has no `ensemble` line to take out")
+    i, stmt = found
+    step = recipe.steps[i]
+    values = member_values(step.program, k)
+    text = _rewritten(step.program.text, stmt, k, count, values)
+    name = step.to_dict()["name"]
+    program, diagnostics = compile_collect(
+        text, name, dict(step.program.params), recipe.allow, mesh=step.program.mesh_given
+    )
+    if program is None:
+        raise _cannot(
+            origin,
+            f"its spec {i + 1} (`{name}`) does not compile without its `ensemble` line",
+            [d.message for d in diagnostics[:3]],
+        )
+    steps = list(recipe.steps)
+    steps[i] = RecipeStep(program, member_seed(step.program, step.seed, k), name)
+    train = None
+    if recipe.train is not None:
+        # How the member was trained (steps, data, loss); the ensemble's
+        # record of every member stays with the ensemble.
+        train = {k_: v for k_, v in recipe.train.items() if not isinstance(v, (list, dict))}
+    record = dict(picked)
+    sweep = getattr(step.program, "sweep", None)
+    if sweep is not None and "values" not in record:
+        # Not trained: the values the line gives the member.
+        seed = step.seed if step.seed is not None else step.program.seed
+        record["values"] = sweep.values(k, seed)
+    return replace(recipe, steps=tuple(steps), train=train, picked=record)
+
+
+def _picked_record(origin: str, k: int, count: int, recipe: Recipe | None) -> dict:
+    record: dict[str, Any] = {"file": os.path.basename(origin), "member": k, "members": count}
+    members = _members_recorded(recipe)
+    if members is not None:
+        entry = members[k]
+        values = entry.get("values")
+        if isinstance(values, Mapping):
+            record["values"] = dict(values)
+        for key in ("loss", "eval_loss"):
+            if key in entry:
+                record[key] = entry[key]
+    return record
+
+
+def _member_struct(ensemble: Ensemble, state: Any) -> Any:
+    """One member's structure: every array without its member axis."""
+
+    def one(x):
+        return jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype) if is_array(x) else x
+
+    return join_state(
+        jax.tree_util.tree_map(one, ensemble.model),
+        None if state is None else jax.tree_util.tree_map(one, state),
+    )
+
+
+def _shapes(subject: Any) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_leaves(subject)
+    return {
+        n: (tuple(x.shape), jnp.dtype(x.dtype).name)
+        for n, x in zip(leaf_names(subject), leaves)
+        if n is not None
+    }
+
+
+def _filled(skel: Any, value_of) -> Any:
+    """`skel` with each array leaf `value_of(its tensor name)`."""
+    leaves, treedef = jax.tree_util.tree_flatten(skel)
+    names = leaf_names(skel)
+    out = [x if n is None else jnp.asarray(value_of(n)) for n, x in zip(names, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _plain(
+    ensemble: Ensemble, state: Any, recipe: Recipe, k: int, origin: str, picked: dict
+) -> tuple[Any, Recipe, dict[str, str]]:
+    """(the plain skeleton of member `k`, its recipe, member tensor name ->
+    the ensemble's tensor name), checked against each other."""
+    count = ensemble.count
+    whole = join_state(ensemble, state)
+    for name, (shape, _) in _shapes(whole).items():
+        if not shape or shape[0] != count:
+            raise _cannot(origin, f"its tensor `{name}` has no member axis of {count}")
+    member = _member_struct(ensemble, state)
+    names = dict(
+        zip(
+            [n for n in leaf_names(member) if n is not None],
+            [n for n in leaf_names(whole) if n is not None],
+        )
+    )
+    new = plain_recipe(recipe, k, count, origin, picked)
+    try:
+        skel = _skeleton_of(new, origin)
+    except ModelFileError as e:
+        raise _cannot(
+            origin,
+            "its recipe does not build without the `ensemble` line",
+            [d.message for d in e.diagnostics[:3]],
+        ) from None
+    want, have = _shapes(member), _shapes(skel)
+    if want != have:
+        differ = sorted(set(want) ^ set(have)) or sorted(n for n in want if want[n] != have[n])
+        raise _cannot(
+            origin,
+            "without the `ensemble` line its recipe builds other tensors than the member's",
+            [
+                f"tensor `{n}`: the member has {want.get(n)}, the recipe {have.get(n)}"
+                for n in differ
+            ][:5],
+        )
+    return skel, new, names
+
+
+def pick_file(
+    path: str | os.PathLike,
+    member: int | None = None,
+    *,
+    best: bool = False,
+    allow: Iterable[str] = (),
+) -> tuple[Any, Recipe, str]:
+    """(member `member` of the ensemble in the model file `path`, as a plain
+    model; its recipe; how it was chosen). Only the member's slice of each
+    tensor is read."""
+    allow = allowed(allow)
+    one_way(member, best)
+    origin = str(path)
+    header = read_header(path)
+    if adapter_record(header) is not None:
+        raise ModelFileError(
+            Diagnostic(
+                "E484",
+                f"`{origin}` holds only adapters; a member is picked from a whole ensemble",
+                file=origin,
+                help=f"bake the adapters into their base first: `eqxform merge {origin} BASE.eqx "
+                "-o merged.eqx`, then `eqxform pick merged.eqx ...`",
+            )
+        )
+    header, recipe, skel = skeleton(path, allow)
+    ensemble, state = split_state(skel)
+    if not isinstance(ensemble, Ensemble):
+        raise _not_an_ensemble(origin, type(ensemble).__name__)
+    assert recipe is not None  # `skeleton` refuses a file without one
+    k, how = choose(member, best, ensemble.count, recipe, origin)
+    plain, new, names = _plain(
+        ensemble, state, recipe, k, origin, _picked_record(origin, k, ensemble.count, recipe)
+    )
+    reader = SliceReader(header.path)
+    try:
+        model = _filled(plain, lambda n: reader.read(names[n], (slice(k, k + 1),))[0])
+    finally:
+        reader.close()
+    remember(model, new)
+    return model, new, how
+
+
+def _not_an_ensemble(origin: str, kind: str) -> ModelFileError:
+    return ModelFileError(
+        Diagnostic(
+            "E480",
+            f"`{origin}` is no ensemble (its model is a `{kind}`); there is no member to pick",
+            file=origin,
+            help="pick from a file that `ensemble N` made (`eqxform apply` or `eqxform train` "
+            "of a spec with an `ensemble` line)",
+        )
+    )
+
+
+def pick(
+    model: Any,
+    member: int | None = None,
+    *,
+    best: bool = False,
+    allow: Iterable[str] = (),
+) -> Any:
+    """One member of an ensemble, as a plain model.
+
+    **Arguments:**
+
+    - `model`: an ensemble (`eqxform.Ensemble`, or a stateful ensemble's
+      `(ensemble, state)`), or the path of its model file.
+    - `member`: the member's index, 0-based.
+    - `best`: instead of `member`, the member with the lowest held-out loss
+      that `eqxform train --eval-data` recorded in the recipe.
+    - `allow`: packages whose constructors the file's recipe may import.
+
+    **Returns:** the member (with its state, for a stateful ensemble), whose
+    recipe is the ensemble's without the `ensemble` line (a varied name is a
+    `let` of the member's value) and says where it came from
+    (`recipe_of(m)["picked"]`). `eqxform.save` writes it as a plain model
+    file, which loads and trains on its own.
+
+    **Example:**
+
+    ```python
+    one = eqxform.pick("sweep.eqx", best=True)
+    eqxform.save("one.eqx", one)
+    ```
+    """
+    if isinstance(model, (str, os.PathLike)):
+        return pick_file(model, member, best=best, allow=allow)[0]
+    allowed(allow)
+    ensemble, state = split_state(check_model(model))
+    if not isinstance(ensemble, Ensemble):
+        raise UsageError(
+            Diagnostic(
+                "E480",
+                f"the `{type(ensemble).__name__}` given is no ensemble; there is no member to pick",
+                help="pass an `eqxform.Ensemble` (what a spec's `ensemble N` makes), or the "
+                "path of its model file",
+            )
+        )
+    recipe = recipe_of(model) or recipe_of(ensemble)
+    origin = _GIVEN
+    k, _ = choose(member, best, ensemble.count, recipe, origin)
+    taken = join_state(
+        ensemble.member(k),
+        None if state is None else jax.tree_util.tree_map(lambda x: x[k], state),
+    )
+    if recipe is None or _ensemble_step(recipe) is None:
+        # No recipe describes it (an ensemble of a Python constructor):
+        # the member as it is.
+        return taken
+    record = _picked_record(origin, k, ensemble.count, recipe)
+    del record["file"]
+    plain, new, _ = _plain(ensemble, state, recipe, k, origin, record)
+    arrays = dict((n, x) for n, x in zip(leaf_names(taken), jax.tree_util.tree_leaves(taken)) if n)
+    result = _filled(plain, arrays.__getitem__)
+    remember(result, new)
+    return result
