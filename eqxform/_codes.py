@@ -723,6 +723,10 @@ CODES: dict[str, Code] = {
             'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
             message="{what} must be {expected}, not {describe_value_value}{at}",
             help="e.g. {example}",
+            choice=(
+                "`{name}` of `{name2}` must be one of {listing}, not `{id}`",
+                "e.g. `{example}`",
+            ),
         ),
         _c(
             "E153",
@@ -1095,6 +1099,14 @@ CODES: dict[str, Code] = {
                 "select the arrays themselves, e.g. `Linear.weight`",
             ),
             unstack_stack=("`unstack` needs a stack, but `{text}` is a `{name}`", None),
+            remat_checkpoints=(
+                "`remat` checkpoints a module's call, but `{text}` is {describe_kind_obj}",
+                "select the modules the model calls, e.g. `where blocks[*] -> remat`",
+            ),
+            remat_cannot=(
+                "`remat` cannot act inside a stack or an ensemble (`{text}`)",
+                "checkpoint a stack's layers with `stack PATH scan remat`, or `remat` before the `stack`/`ensemble` line",
+            ),
         ),
         _c(
             "E204",
@@ -2168,7 +2180,7 @@ CODES: dict[str, Code] = {
             "or gives no single number.",
             "eqxform train spec.eqx m.eqx --loss mylosses:masked_ce -o out.eqx",
             message="unknown loss `{name}`",
-            help="the losses are `mse` and `cross_entropy`, or a function of your own as `package.module:function` with `--allow package`",
+            help="the losses are {losses}, or a function of your own as `package.module:function` with `--allow package`",
             comes_from=(
                 "the loss `{name}` comes from `{module}`, which is not allowed",
                 "eqxform imports no module unless you allow it: add `--allow {top}` if you trust it",
