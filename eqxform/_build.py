@@ -5,13 +5,14 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
 from . import _limits as L
 from . import _names as N
 from . import _registry as R
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, report
 from ._errors import EqxformError, SpecError, UsageError
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render, walk
 from ._hashing import stable_hash
@@ -85,7 +86,7 @@ def build(
             else:
                 kwargs[arg.name] = value
     except EvalError as e:
-        raise SpecError(Diagnostic(e.code_or("E204"), e.message, e.span, e.help, source)) from None
+        raise SpecError(replace(e.diagnostic, source=source)) from None
     if _takes_key(fn, call.callee):
         kwargs["key"] = key
 
@@ -119,12 +120,12 @@ def build(
     except Exception as e:  # the constructor's own complaint, shown where it was called
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(
-            Diagnostic(
+            report(
                 "E205",
-                f"`{call.callee}(...)` failed: {message}",
-                call.span,
-                "check the arguments against the constructor's documentation",
-                source,
+                span=call.span,
+                source=source,
+                callee=call.callee,
+                message=message,
             )
         ) from None
 
@@ -167,14 +168,14 @@ def budget_diagnostic(size: int, what: str, span, source) -> Diagnostic | None:
     budget = byte_budget()
     if budget is None or size <= budget:
         return None
-    return Diagnostic(
+    return report(
         "E158",
-        f"{what} would hold {format_bytes(size)} of arrays, more than the memory budget of "
-        f"{format_bytes(budget)}",
-        span,
-        f"make it smaller; if the machine has the memory, raise the budget with "
-        f"`{L.MAX_BYTES_ENV}` (e.g. `{L.MAX_BYTES_ENV}=256G`, or `none`)",
-        source,
+        span=span,
+        source=source,
+        what=what,
+        format_bytes_size=format_bytes(size),
+        format_bytes_budget=format_bytes(budget),
+        max_bytes_env=L.MAX_BYTES_ENV,
     )
 
 
@@ -220,15 +221,7 @@ def from_constructor(constructor: Any, key: Any) -> Any:
         inspect.signature(constructor).bind(key)
     except TypeError:
         name = getattr(constructor, "__name__", type(constructor).__name__)
-        raise UsageError(
-            Diagnostic(
-                "E438",
-                f"a constructor given in place of a model is called with one key, "
-                f"`constructor(key)`, but `{name}` does not take one",
-                help="pass a function of a key, e.g. "
-                "`program.apply(lambda key: Model(..., key=key))`, or pass the model itself",
-            )
-        ) from None
+        raise UsageError(report("E438", name=name)) from None
     except ValueError:  # no signature to read (a builtin): the call says
         pass
     return constructor(jax.random.fold_in(key, MODEL_TAG))

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
 from . import _limits as L
 from . import _names as N
 from . import _registry as R
-from ._diagnostics import Diagnostic, did_you_mean, suggest
+from ._diagnostics import Diagnostic, did_you_mean, report, suggest
 from ._expr import EvalError, bare_word, evaluate, render, walk
 from ._sweep import MEMBER, SEED, SPREADS, Sweep, evaluate_sweep
 from ._values import (
@@ -81,18 +82,13 @@ class Checker:
         self.mesh: A.MeshStmt | None = None
         self.axis_uses: list[tuple[str, A.Span]] = []
 
-    def error(self, code: str, message: str, span: A.Span | None, help: str | None = None):
-        self.diagnostics.append(Diagnostic(code, message, span, help, self.source))
+    def error(self, code: str, span: A.Span | None, **fields):
+        """Reports `code` at `span`, its record's templates filled with
+        `fields`. Its severity is the code's: a note (`I`) is what a check
+        without the model cannot decide, shown by `eqxform check` and editors."""
+        self.diagnostics.append(report(code, span=span, source=self.source, **fields))
 
-    def warn(self, code: str, message: str, span: A.Span | None, help: str | None = None):
-        self.diagnostics.append(
-            Diagnostic(code, message, span, help, self.source, severity="warning")
-        )
-
-    def note(self, code: str, message: str, span: A.Span | None, help: str | None = None):
-        """What a check without the model cannot decide: no error, no warning
-        (so `--deny warnings` passes it), shown by `eqxform check` and editors."""
-        self.diagnostics.append(Diagnostic(code, message, span, help, self.source, severity="note"))
+    warn = note = error
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -118,26 +114,18 @@ class Checker:
             if isinstance(stmt, A.LetStmt) and stmt.name not in self.used:
                 self.warn(
                     "W205",
-                    f"`let {stmt.name}` is never used",
                     stmt.name_span,
-                    f"remove it, or use `{stmt.name}` in a rule"
-                    + (
-                        " (it is set from outside with `--set`)" if stmt.name in self.params else ""
-                    ),
+                    name=stmt.name,
+                    outside=" (it is set from outside with `--set`)"
+                    if stmt.name in self.params
+                    else "",
                 )
 
     def unused_varied(self):
         """A varied name that no expression reads makes every member the same."""
         for name, vary in self.varied.items():
             if name not in self.varied_used and vary.value is not None:
-                self.error(
-                    "E170",
-                    f"`{name}` varies, but the spec never uses it",
-                    vary.name_span,
-                    f"read `{name}` in an argument of the optimiser, an `init` or a `scale`, "
-                    f"`lr` or `weight_decay` action (e.g. `optimizer adamw(learning_rate={name})`)"
-                    ", or remove it",
-                )
+                self.error("E170", vary.name_span, name=name)
 
     def overrides(self):
         """Every `--set NAME` names a `let` of the spec, with a constant value."""
@@ -146,20 +134,13 @@ class Checker:
             problem = override_problem(value)
             if problem is not None:
                 self.diagnostics.append(
-                    Diagnostic(
-                        "E431",
-                        f"the value of `{key}` {problem}",
-                        file=self.source.name,
-                        help="give a number, a string, `true`/`false`/`none` or a list of "
-                        'those, e.g. `--set width=128` or `params={"width": 128}`',
-                    )
+                    report("E431", file=self.source.name, key=key, problem=problem)
                 )
             if key not in let_names:
                 hint = did_you_mean(key, let_names)
                 self.diagnostics.append(
-                    Diagnostic(
+                    report(
                         "E116",
-                        f"`--set {key}`: the spec has no `let {key}`",
                         file=self.source.name,
                         help=hint
                         or (
@@ -167,6 +148,7 @@ class Checker:
                             if let_names
                             else "the spec defines no `let` names"
                         ),
+                        key=key,
                     )
                 )
 
@@ -190,18 +172,9 @@ class Checker:
                 elif isinstance(stmt, A.SeedStmt):
                     value = evaluate(stmt.value, env)
                     if not is_whole(value, 0):
-                        self.error(
-                            "E113",
-                            f"`seed` must be a whole number >= 0, not `{value}`",
-                            stmt.value.span,
-                        )
+                        self.error("E113", stmt.value.span, value=value)
                     elif not is_seed(value):
-                        self.error(
-                            "E113",
-                            f"`seed` must be at most 2**64 - 1, not `{value}`",
-                            stmt.value.span,
-                            "seeds run from 0 to 18446744073709551615",
-                        )
+                        self.error("E113", stmt.value.span, variant="at_most", value=value)
                     else:
                         self.seed = value
                 elif isinstance(stmt, A.EnsembleStmt) and stmt.grid:
@@ -209,20 +182,9 @@ class Checker:
                 elif isinstance(stmt, A.EnsembleStmt):
                     value = evaluate(stmt.count, env)
                     if not is_whole(value, 1):
-                        self.error(
-                            "E134",
-                            f"`ensemble` needs a whole number of members >= 1, not `{value}`",
-                            stmt.count.span,
-                            "e.g. `ensemble 8`",
-                        )
+                        self.error("E134", stmt.count.span, value=value)
                     elif value > L.MAX_COUNT:
-                        self.error(
-                            "E155",
-                            f"`ensemble {value:,}` is beyond the limit of {L.MAX_COUNT:,} members",
-                            stmt.count.span,
-                            "an ensemble's members are held in memory side by side; "
-                            "e.g. `ensemble 8`",
-                        )
+                        self.error("E155", stmt.count.span, value=value, max_count=L.MAX_COUNT)
                     else:
                         self.counts[id(stmt)] = value
                         if stmt.is_sweep:
@@ -232,9 +194,7 @@ class Checker:
                 elif isinstance(stmt, A.Rule):
                     self.rule_arguments(stmt)
             except EvalError as e:
-                self.diagnostics.append(
-                    Diagnostic(e.code_or("E204"), e.message, e.span, e.help, self.source)
-                )
+                self.diagnostics.append(replace(e.diagnostic, source=self.source))
         if deferred and self.sweep is not None:
             self.evaluate_members(deferred)
 
@@ -264,9 +224,7 @@ class Checker:
                     else:
                         self.rule_arguments(stmt)
                 except EvalError as e:
-                    self.diagnostics.append(
-                        Diagnostic(e.code_or("E204"), e.message, e.span, e.help, self.source)
-                    )
+                    self.diagnostics.append(replace(e.diagnostic, source=self.source))
             found = self.diagnostics[before:]
             del self.diagnostics[before:]
             for d in found:
@@ -281,11 +239,13 @@ class Checker:
                 reported.add((d.code, vary.name))
                 self.error(
                     "E173",
-                    f"member {k}'s `{vary.name}={render(sweep.members[k][vary.name])}` does not "
-                    f"fit where it goes: {d.message}",
                     vary.value.span if vary.value is not None else vary.span,
-                    (f"{d.help}; " if d.help else "")
-                    + f"the spec reads `{vary.name}` on line {d.span.line}",
+                    k=k,
+                    name=vary.name,
+                    render_members=render(sweep.members[k][vary.name]),
+                    message=d.message,
+                    value=f"{d.help}; " if d.help else "",
+                    line=d.span.line,
                 )
             if optimizer is not None:
                 self.sweep_optimizers.append(optimizer)
@@ -403,12 +363,7 @@ class Checker:
             if word in N.DIRECTIVES and N.DIRECTIVES[word].once:
                 first = seen.get(type(stmt))
                 if first is not None:
-                    self.error(
-                        "E109",
-                        f"`{word}` is given twice",
-                        stmt.span,
-                        f"the first is on line {first.span.line}; keep one",
-                    )
+                    self.error("E109", stmt.span, word=word, line=first.span.line)
                 seen.setdefault(type(stmt), stmt)
             getattr(self, "check_" + type(stmt).__name__)(stmt)
         self.mesh_axes()
@@ -416,12 +371,7 @@ class Checker:
             for rule in self.spec.rules:
                 for action in rule.actions:
                     if action.name in N.ACTIONS and N.ACTIONS[action.name].changes == "optimiser":
-                        self.error(
-                            "E123",
-                            f"`{action.name}` needs an `optimizer` directive",
-                            action.name_span,
-                            "add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
-                        )
+                        self.error("E123", action.name_span, name=action.name)
 
     # ---- statements ------------------------------------------------------
 
@@ -439,19 +389,9 @@ class Checker:
             if vary.name == SEED or vary.name in self.varied:
                 continue
             if vary.name in lets:
-                self.error(
-                    "E175",
-                    f"`{vary.name}` is both a `let` and a varied name",
-                    vary.name_span,
-                    f"remove `let {vary.name}`: the `ensemble` line binds `{vary.name}` per member",
-                )
+                self.error("E175", vary.name_span, name=vary.name)
             elif vary.name in reserved:
-                self.error(
-                    "E175",
-                    f"`{vary.name}` is a reserved name",
-                    vary.name_span,
-                    "choose another name for this hyper-parameter",
-                )
+                self.error("E175", vary.name_span, variant="reserved", name=vary.name)
             else:
                 self.varied[vary.name] = vary
 
@@ -464,19 +404,9 @@ class Checker:
     def check_LetStmt(self, stmt: A.LetStmt):
         reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
         if stmt.name in reserved | set(N.FUNCTIONS) | set(N.DTYPES):
-            self.error(
-                "E118",
-                f"`{stmt.name}` is a reserved name",
-                stmt.name_span,
-                "choose another name for this `let`",
-            )
+            self.error("E118", stmt.name_span, name=stmt.name)
         elif stmt.name in self.lets:
-            self.error(
-                "E109",
-                f"`{stmt.name}` is defined twice",
-                stmt.name_span,
-                "a `let` name is set once; override it from outside with `--set NAME=VALUE`",
-            )
+            self.error("E109", stmt.name_span, variant="defined", name=stmt.name)
         self.names(stmt.value, set(self.lets), "a `let`")
         self.lets.append(stmt.name)
 
@@ -487,18 +417,9 @@ class Checker:
             self.names(rule.filter, context, "an `if` filter")
         expect = rule.expect
         if expect is not None and not is_whole(expect.count, 0):
-            self.error(
-                "E121",
-                f"`expect` needs a whole number of matches, not `{expect.text}`",
-                expect.span,
-            )
+            self.error("E121", expect.span, text=expect.text)
         elif expect is not None and expect.op not in ("==", ">=", "<="):
-            self.error(
-                "E121",
-                f"`expect {expect.op} {expect.text}` is no count",
-                expect.span,
-                "write `expect N`, `expect >= N`, `expect <= N`, or `expect any`",
-            )
+            self.error("E121", expect.span, variant="count", op=expect.op, text=expect.text)
         for action in rule.actions:
             varied = set(self.varied) if action.name in SWEEP_ACTIONS else set()
             self.action(action, context | varied)
@@ -508,12 +429,7 @@ class Checker:
 
     def check_WeightsStmt(self, stmt: A.WeightsStmt):
         if not stmt.path.value.strip():
-            self.error(
-                "E160",
-                "`weights` names no file",
-                stmt.path.span,
-                'e.g. `weights "resnet18.safetensors"`',
-            )
+            self.error("E160", stmt.path.span)
 
     def check_MapStmt(self, stmt: A.MapStmt):
         self.diagnostics += read_map(stmt, self.source)[1]
@@ -532,7 +448,7 @@ class Checker:
             set(self.lets) | set(self.varied),
             "E124",
             "e.g. `optimizer adamw(learning_rate=1e-3)`",
-            "optimisers are " + ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
+            ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
         )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
@@ -542,21 +458,10 @@ class Checker:
         for vary in stmt.vary:
             value = vary.value
             if vary.name in seen:
-                self.error(
-                    "E175",
-                    f"`{vary.name}` varies twice",
-                    vary.name_span,
-                    f"give `{vary.name}` once on the `ensemble` line",
-                )
+                self.error("E175", vary.name_span, variant="varies_twice", name=vary.name)
             seen.add(vary.name)
             if value is None and vary.name != SEED:
-                self.error(
-                    "E176",
-                    f"`vary {vary.name}` gives no values",
-                    vary.span,
-                    f"give one per member, e.g. `{vary.name}=logspace(1e-4, 1e-2)` or "
-                    f"`{vary.name}=[...]`; only `seed` stands alone",
-                )
+                self.error("E176", vary.span, name=vary.name)
             if value is None:
                 continue
             context = set(self.lets) | {MEMBER}
@@ -573,28 +478,13 @@ class Checker:
         seen: set[str] = set()
         for axis in stmt.axes:
             if axis.name in seen:
-                self.error(
-                    "E193",
-                    f"mesh axis `{axis.name}` is given twice",
-                    axis.name_span,
-                    "give each axis of the mesh its own name",
-                )
+                self.error("E193", axis.name_span, name=axis.name)
             seen.add(axis.name)
             if axis.size != -1 and axis.size < 1:
-                self.error(
-                    "E192",
-                    f"mesh axis `{axis.name}` needs a size of at least 1 (or -1), not {axis.size}",
-                    axis.span,
-                    "e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
-                )
+                self.error("E192", axis.span, name=axis.name, size=axis.size)
         rest = [a for a in stmt.axes if a.size == -1]
         if len(rest) > 1:
-            self.error(
-                "E192",
-                "only one mesh axis may be -1 (the devices left over)",
-                rest[1].span,
-                "give the other axes their sizes",
-            )
+            self.error("E192", rest[1].span, variant="only_one")
 
     def mesh_axes(self):
         """Every mesh axis a `shard` spec or an `over` names is an axis of the
@@ -610,21 +500,17 @@ class Checker:
             where = f"the `mesh` on line {self.mesh.span.line}"
         else:
             name, span = self.axis_uses[0]
-            self.error(
-                "E191",
-                f"mesh axis `{name}` is named, but the spec has no `mesh`",
-                span,
-                "add the device mesh, e.g. `mesh data=2 model=4`, or give one with `--mesh`",
-            )
+            self.error("E191", span, name=name)
             return
         for name, span in self.axis_uses:
             if name not in names:
                 self.error(
                     "E190",
-                    f"`{name}` is no axis of {where}",
                     span,
-                    did_you_mean(name, names)
+                    help=did_you_mean(name, names)
                     or "the mesh's axes are " + ", ".join(f"`{n}`" for n in names),
+                    name=name,
+                    where=where,
                 )
 
     def check_StackStmt(self, stmt: A.StackStmt):
@@ -632,84 +518,67 @@ class Checker:
         if stmt.mode not in ("scan", "vmap"):
             self.error(
                 "E135",
-                f"unknown stack mode `{stmt.mode}`",
                 stmt.mode_span,
-                (did_you_mean(stmt.mode, ("scan", "vmap")) or "")
-                + " `scan` runs the layers one after another, `vmap` side by side",
+                mode=stmt.mode,
+                hint=did_you_mean(stmt.mode, ("scan", "vmap")) or "",
             )
         seen: set[str] = set()
         for option in stmt.options:
             if option.name in seen:
-                self.error("E114", f"`{option.name}` is given twice", option.span)
+                self.error("E114", option.span, name=option.name)
             seen.add(option.name)
             if option.name == "count":
                 if not isinstance(option.value, int) or option.value < 1:
-                    self.error(
-                        "E142",
-                        f"a stack needs a whole number of layers >= 1, not `{option.value}`",
-                        option.span,
-                    )
+                    self.error("E142", option.span, value=option.value)
                 elif option.value > L.MAX_COUNT:
                     self.error(
                         "E155",
-                        f"a stack of {option.value:,} layers is beyond the limit of "
-                        f"{L.MAX_COUNT:,}",
                         option.span,
-                        "e.g. `stack blocks scan 12`",
+                        variant="stack_layers",
+                        value=option.value,
+                        max_count=L.MAX_COUNT,
                     )
             elif option.name in N.STACK_OPTIONS and option.name not in N.STACK_NUMBERED:
                 if option.value is not None:
-                    self.error(
-                        "E136",
-                        f"`{option.name}` takes no number",
-                        option.span,
-                        f"write `{option.name}` alone",
-                    )
+                    self.error("E136", option.span, name=option.name)
             elif option.name == "over":
                 assert option.over is not None
                 self.axis_uses.append((option.over.axis, option.over.axis_span))
             elif option.name == "unroll":
                 if not isinstance(option.value, int) or option.value < 1:
-                    self.error(
-                        "E136", "`unroll` needs a whole number >= 1", option.span, "e.g. `unroll 2`"
-                    )
+                    self.error("E136", option.span, variant="unroll_needs")
                 elif option.value > L.MAX_COUNT:
                     self.error(
                         "E155",
-                        f"`unroll {option.value:,}` is beyond the limit of {L.MAX_COUNT:,}",
                         option.span,
-                        "unroll a few layers, e.g. `unroll 2`",
+                        variant="unroll",
+                        value=option.value,
+                        max_count=L.MAX_COUNT,
                     )
             else:
                 self.error(
                     "E136",
-                    f"unknown stack option `{option.name}`",
                     option.span,
-                    (did_you_mean(option.name, N.STACK_OPTIONS) or "")
-                    + " options are a count, "
-                    + ", ".join(
+                    variant="unknown_stack",
+                    name=option.name,
+                    hint=did_you_mean(option.name, N.STACK_OPTIONS) or "",
+                    options=", ".join(
                         f"`{o} K`" if o in N.STACK_NUMBERED else f"`{o}`" for o in N.STACK_OPTIONS
-                    )
-                    + " and `over AXIS`",
+                    ),
                 )
 
     def check_InputStmt(self, stmt: A.InputStmt):
         if stmt.dtype not in N.INPUT_DTYPES:
             self.error(
                 "E127",
-                f"unknown input dtype `{stmt.dtype}`",
                 stmt.dtype_span,
-                did_you_mean(stmt.dtype, N.INPUT_DTYPES)
+                help=did_you_mean(stmt.dtype, N.INPUT_DTYPES)
                 or "e.g. `input f32[3,224,224]` or `input i32[128]`",
+                dtype=stmt.dtype,
             )
         for d in stmt.shape:
             if not is_whole(d, 0):
-                self.error(
-                    "E127",
-                    f"an input's dimensions are whole numbers, not `{d}`",
-                    stmt.span,
-                    "e.g. `input f32[3,224,224]`",
-                )
+                self.error("E127", stmt.span, variant="dimension", d=d)
                 break
         else:
             size = 1
@@ -718,19 +587,17 @@ class Checker:
             budget = byte_budget()
             if any(d > L.MAX_DIMENSION for d in stmt.shape):
                 self.error(
-                    "E157",
-                    f"the input `{stmt.describe()}` is too large",
-                    stmt.span,
-                    f"an array's dimensions stop at {L.MAX_DIMENSION:,}",
+                    "E157", stmt.span, describe=stmt.describe(), max_dimension=L.MAX_DIMENSION
                 )
             elif budget is not None and size * 8 > budget:
                 self.error(
                     "E157",
-                    f"the input `{stmt.describe()}` is too large",
                     stmt.span,
-                    f"eqxform draws the input to check the model ({format_bytes(size * 8)} at "
-                    f"most), beyond the memory budget of {format_bytes(budget)} "
-                    f"(`{L.MAX_BYTES_ENV}`)",
+                    variant="budget",
+                    describe=stmt.describe(),
+                    format_bytes_value=format_bytes(size * 8),
+                    format_bytes_budget=format_bytes(budget),
+                    max_bytes_env=L.MAX_BYTES_ENV,
                 )
         self.inputs.append(stmt)
 
@@ -738,12 +605,7 @@ class Checker:
         self.selector(stmt.selector)
 
     def not_yet(self, word: str, feature: str, span: A.Span):
-        self.error(
-            "E120",
-            f"`{word}` is not supported by this version of eqxform",
-            span,
-            f"{feature}; remove this line for now",
-        )
+        self.error("E120", span, word=word, feature=feature)
 
     # ---- parts -----------------------------------------------------------
 
@@ -764,14 +626,12 @@ class Checker:
                     hint = did_you_mean(step.name, known)
                     self.note(
                         "I104",
-                        f"`{step.name}` is no `equinox.nn` class or registered type: it is "
-                        "resolved against the model's classes",
                         step.span,
-                        (f"if you meant a known type, {hint} " if hint else "")
-                        + "`eqxform check SPEC MODEL` checks it against a model",
+                        name=step.name,
+                        meant=f"if you meant a known type, {hint} " if hint else "",
                     )
                 if isinstance(step, A.SliceStep) and step.step == 0:
-                    self.error("E122", "a slice step cannot be zero", step.span)
+                    self.error("E122", step.span)
 
     def action(self, action: A.Action, context: set[str]):
         name = action.name
@@ -783,9 +643,9 @@ class Checker:
             hint = did_you_mean(name, list(N.ACTIONS) + list(NOT_YET))
             self.error(
                 "E101",
-                f"unknown action `{name}`",
                 action.name_span,
-                hint or "actions are " + ", ".join(f"`{a}`" for a in N.ACTIONS),
+                help=hint or "actions are " + ", ".join(f"`{a}`" for a in N.ACTIONS),
+                name=name,
             )
             return
         arg = action.arg
@@ -794,17 +654,12 @@ class Checker:
             return
         if info.arg == "none":
             if arg is not None:
-                self.error(
-                    "E112",
-                    f"`{name}` takes no argument",
-                    arg.span,
-                    f"write `-> {name}` alone; separate further actions with `,`",
-                )
+                self.error("E112", arg.span, name=name)
             return
         if arg is None and info.arg == "keywords":
             return  # every argument has a default
         if arg is None:
-            self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{info.example}`")
+            self.error("E112", action.span, variant="needs", name=name, example=info.example)
             return
         if info.arg == "keywords":
             self.keywords(action, info, context)
@@ -819,20 +674,13 @@ class Checker:
                 context,
                 "E125",
                 "e.g. `wrap symmetric` or `wrap positive(minimum=0.01)`",
-                "wrappers are "
-                + ", ".join(f"`{w}`" for w in sorted(signatures))
-                + "; add your own with `eqxform.register_wrapper`",
+                ", ".join(f"`{w}`" for w in sorted(signatures)),
             )
         elif info.arg == "constructor":
             if isinstance(arg, A.Name) and arg.id in N.FUNCTIONS:
                 return
             if not isinstance(arg, A.Call):
-                self.error(
-                    "E112",
-                    "`replace` needs a constructor call or a `jax.nn` function",
-                    arg.span,
-                    "e.g. `replace Linear(in_features=8, out_features=2)` or `replace gelu`",
-                )
+                self.error("E112", arg.span, variant="replace_needs")
                 return
             self.constructor_call(arg, set(self.lets))
         elif info.arg == "dtype":
@@ -841,9 +689,9 @@ class Checker:
                 hint = did_you_mean(word, N.DTYPES)
                 self.error(
                     "E111",
-                    f"unknown dtype `{word}`",
                     arg.span,
-                    hint or "dtypes are " + ", ".join(f"`{d}`" for d in N.DTYPES),
+                    help=hint or "dtypes are " + ", ".join(f"`{d}`" for d in N.DTYPES),
+                    word=word,
                 )
         else:
             self.names(arg, context, f"`{name}`")
@@ -854,12 +702,7 @@ class Checker:
         them, bare or quoted."""
         name, arg = action.name, action.arg
         if not (isinstance(arg, A.Call) and arg.callee == name and arg.span == action.span):
-            self.error(
-                "E180",
-                f"`{name}` takes keyword arguments in parentheses",
-                arg.span,
-                f"write `{info.example}`",
-            )
+            self.error("E180", arg.span, name=name, example=info.example)
             return
         self.arguments(name, "action", info.keywords, arg.args, arg.span)
         for a in arg.args:
@@ -870,11 +713,14 @@ class Checker:
             if isinstance(kind, tuple) and isinstance(value, A.Name) and value.id not in context:
                 self.error(
                     "E152",
-                    f"`{a.name}` of `{name}` must be one of "
-                    + ", ".join(f"`{k}`" for k in kind)
-                    + f", not `{value.id}`",
                     value.span,
-                    did_you_mean(value.id, kind) or f"e.g. `{info.example}`",
+                    variant="choice",
+                    help=did_you_mean(value.id, kind),
+                    name=a.name,
+                    name2=name,
+                    listing=", ".join(f"`{k}`" for k in kind),
+                    id=value.id,
+                    example=info.example,
                 )
                 continue
             self.names(value, context, f"a `{name}` argument")
@@ -884,7 +730,7 @@ class Checker:
         arg = action.arg
         example = "e.g. `shard (none, model)`, or `shard ((data, model), none)`"
         if arg is None:
-            self.error("E194", "`shard` needs a partition spec", action.span, example)
+            self.error("E194", action.span, help=example)
             return
 
         def dim(e: A.Expr, top: bool) -> bool:
@@ -895,9 +741,10 @@ class Checker:
                     return True
             self.error(
                 "E194",
-                f"`{self.text(e.span)}` is no dimension of a partition spec",
                 e.span,
-                "each dimension is a mesh axis, `none`, or a tuple of mesh axes; " + example,
+                variant="dimension",
+                text=self.text(e.span),
+                example=example,
             )
             return False
 
@@ -907,12 +754,7 @@ class Checker:
         seen: set[str] = set()
         for name in _spec_names(arg):
             if name.id in seen:
-                self.error(
-                    "E232",
-                    f"mesh axis `{name.id}` splits two dimensions",
-                    name.span,
-                    "use each mesh axis once per array",
-                )
+                self.error("E232", name.span, id=name.id)
             seen.add(name.id)
             self.axis_uses.append((name.id, name.span))
 
@@ -923,13 +765,11 @@ class Checker:
         elif isinstance(arg, A.Call) and not arg.is_module_path:
             name, span, args = arg.callee, arg.callee_span, arg.args
         else:
-            self.error("E112", f"expected a {kind} name", arg.span, example)
+            self.error("E112", arg.span, variant="expected_name", help=example, kind=kind)
             return
         signature = signatures.get(name)
         if signature is None:
-            self.error(
-                code, f"unknown {kind} `{name}`", span, did_you_mean(name, signatures) or listing
-            )
+            self.error(code, span, help=did_you_mean(name, signatures), name=name, names=listing)
             return
         self.arguments(name, kind, signature, args, arg.span)
         for a in args:
@@ -941,22 +781,17 @@ class Checker:
         elif isinstance(arg, A.Call) and not arg.is_module_path:
             name, span, args = arg.callee, arg.callee_span, arg.args
         else:
-            self.error(
-                "E112",
-                "`init` needs an initialiser name",
-                arg.span,
-                "e.g. `init he_normal` or `init normal(stddev=0.02)`",
-            )
+            self.error("E112", arg.span, variant="init_needs")
             return
         signature = R.initializer_signature(name)
         if signature is None:
             hint = did_you_mean(name, R.initializer_names())
             self.error(
                 "E102",
-                f"unknown initialiser `{name}`",
                 span,
-                hint
+                help=hint
                 or "see `jax.nn.initializers`; add your own with `eqxform.register_initializer`",
+                name=name,
             )
             return
         self.arguments(name, "initialiser", signature, args, arg.span)
@@ -970,11 +805,11 @@ class Checker:
                 hint = did_you_mean(call.callee, R.constructor_names())
                 self.error(
                     "E103",
-                    f"unknown constructor `{call.callee}`",
                     call.callee_span,
-                    hint
+                    help=hint
                     or "constructors are the `equinox.nn` classes, the example models, and "
                     "those registered with `eqxform.register_constructor`",
+                    callee=call.callee,
                 )
             else:
                 self.arguments(call.callee, "constructor", signature, call.args, call.span)
@@ -1021,11 +856,12 @@ class Checker:
             extra = positional[len(params)]
             self.error(
                 "E115",
-                f"`{name}` takes {len(params)} positional argument"
-                f"{'s' if len(params) != 1 else ''}, not {len(positional)}",
                 extra.span,
-                "name the arguments: "
-                + ", ".join(f"`{p}=`" for p in signature.names if p != "key"),
+                name=name,
+                names=", ".join(f"`{p}=`" for p in signature.names if p != "key"),
+                len_params=len(params),
+                s="s" if len(params) != 1 else "",
+                len_positional=len(positional),
             )
         for param, arg in zip(params, positional):
             given[param] = arg
@@ -1033,17 +869,10 @@ class Checker:
             if arg.name is None:
                 continue
             if arg.name == "key" and kind == "constructor":
-                self.error(
-                    "E119",
-                    "`key` is supplied by eqxform",
-                    arg.name_span,
-                    "remove it: each rule draws from a key derived from the seed",
-                )
+                self.error("E119", arg.name_span)
                 continue
             if arg.name in given:
-                self.error(
-                    "E114", f"argument `{arg.name}` is given twice", arg.name_span or arg.span
-                )
+                self.error("E114", arg.name_span or arg.span, variant="argument", name=arg.name)
                 continue
             if arg.name not in signature.names and not signature.varkw:
                 names = [n for n in signature.names if n != "key"]
@@ -1051,13 +880,15 @@ class Checker:
                 suggested.update(suggest(arg.name, names)[:1])
                 self.error(
                     "E106",
-                    f"{kind} `{name}` has no argument `{arg.name}`",
                     arg.name_span or arg.span,
-                    hint
+                    help=hint
                     or f"`{name}` takes "
                     + (
                         ", ".join(f"`{n}`" for n in signature.names if n != "key") or "no arguments"
                     ),
+                    kind=kind,
+                    name=name,
+                    name2=arg.name,
                 )
                 continue
             given[arg.name] = arg
@@ -1068,32 +899,22 @@ class Checker:
         if missing:
             self.error(
                 "E107",
-                f"{kind} `{name}` is missing " + ", ".join(f"`{m}`" for m in missing),
                 span,
-                "add " + ", ".join(f"`{m}=...`" for m in missing),
+                kind=kind,
+                name=name,
+                missing=", ".join(f"`{m}`" for m in missing),
+                additions=", ".join(f"`{m}=...`" for m in missing),
             )
 
     def names(self, expr: A.Expr, allowed: set[str], where: str):
         for node in walk(expr):
             if isinstance(node, A.TupleExpr):
-                self.error(
-                    "E194",
-                    "a tuple `(a, b)` is only a `shard` spec",
-                    node.span,
-                    "write a list `[a, b]` for a value",
-                )
+                self.error("E194", node.span, variant="tuple")
                 return
             if isinstance(node, A.Name) and node.id in self.varied:
                 self.varied_used.add(node.id)
                 if node.id not in allowed:
-                    self.error(
-                        "E174",
-                        f"`{node.id}` varies per member and cannot go in {where}",
-                        node.span,
-                        "a varied value may go in the optimiser's arguments, `lr`, "
-                        "`weight_decay`, `scale` and the numeric arguments of `init`: "
-                        "places where a number changes no shape, count or type",
-                    )
+                    self.error("E174", node.span, id=node.id, where=where)
             elif isinstance(node, A.Name):
                 self.used.add(node.id)
                 known = node.id in allowed or node.id in N.CONSTANTS
@@ -1103,22 +924,22 @@ class Checker:
                     in_scope = sorted(allowed)
                     self.error(
                         "E105",
-                        f"unknown name `{node.id}`",
                         node.span,
-                        hint
+                        help=hint
                         or (
                             f"names known in {where}: " + ", ".join(f"`{n}`" for n in in_scope)
                             if in_scope
                             else f"define it above this line with `let {node.id} = ...`"
                         ),
+                        id=node.id,
                     )
             elif isinstance(node, A.Call) and node.callee not in N.EXPR_FUNCTIONS:
                 hint = did_you_mean(node.callee, N.EXPR_FUNCTIONS)
                 self.error(
                     "E110",
-                    f"unknown function `{node.callee}`",
                     node.callee_span,
-                    hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
+                    help=hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
+                    callee=node.callee,
                 )
 
     def text(self, span: A.Span) -> str:

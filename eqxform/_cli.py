@@ -25,7 +25,7 @@ import click
 
 from . import EqxformError, UsageError
 from . import _names as N
-from ._diagnostics import Diagnostic, denied, plural, printable, render_all
+from ._diagnostics import denied, plural, printable, render_all, report
 
 
 def _console():
@@ -103,11 +103,7 @@ def _swapped(spec: str, model: str | None, command: str) -> None:
 
     if model is not None and is_model_file(spec) and not is_model_file(model):
         raise UsageError(
-            Diagnostic(
-                "E402",
-                f"`{spec}` is a model file and `{model}` a spec: the arguments are swapped",
-                help=f"the spec comes first: `eqxform {command} {model} {spec} ...`",
-            )
+            report("E402", variant="arguments_are", spec=spec, model=model, command=command)
         )
 
 
@@ -136,10 +132,8 @@ def _device(name: str | None):
         devices = jax.devices(name)
     except RuntimeError:
         raise UsageError(
-            Diagnostic(
-                "E408",
-                f"no `{name}` device is available",
-                help="devices here: " + ", ".join(sorted({d.platform for d in jax.devices()})),
+            report(
+                "E408", name=name, listing=", ".join(sorted({d.platform for d in jax.devices()}))
             )
         ) from None
     return jax.default_device(devices[0])
@@ -926,12 +920,7 @@ def _diverged(result, output: str, wrote: bool) -> EqxformError:
         else f"nothing was written to `{output}`"
     )
     return EqxformError(
-        Diagnostic(
-            "E530",
-            f"training stopped at step {result.nonfinite}: {result.nonfinite_what}; {kept}",
-            help="lower the learning rate in the spec's `optimizer` (or clip gradients), check "
-            "the data's scale, or start from a model whose outputs are finite",
-        )
+        report("E530", nonfinite=result.nonfinite, nonfinite_what=result.nonfinite_what, kept=kept)
     )
 
 
@@ -960,26 +949,10 @@ def _join(coordinator, num_processes, process_id, timeout=None) -> None:
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if not any(given):
         if timeout is not None:
-            raise UsageError(
-                Diagnostic(
-                    "E466",
-                    "`--timeout` is how long a run of several processes waits to start; this "
-                    "run has one process",
-                    help="leave `--timeout` out, or join a run with `--coordinator`, "
-                    "`--num-processes` and `--process-id`",
-                )
-            )
+            raise UsageError(report("E466"))
         return
     if not all(given):
-        raise UsageError(
-            Diagnostic(
-                "E466",
-                "a run of several processes needs `--coordinator`, `--num-processes` and "
-                "`--process-id` together",
-                help="e.g. `--coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0` on the "
-                "first host, `--process-id 1` on the second",
-            )
-        )
+        raise UsageError(report("E466", variant="needs_coordinator"))
     from . import initialize_distributed
 
     # Without `--timeout`, the API's own default.
@@ -1040,13 +1013,7 @@ def _refuse_overwrite(model, output, force) -> None:
     if model is not None and not force and os.path.exists(output) and os.path.exists(model):
         # Same file by identity: the path itself, a symbolic or a hard link.
         if os.path.samefile(model, output):
-            raise UsageError(
-                Diagnostic(
-                    "E409",
-                    f"`{output}` is the input model; eqxform will not overwrite its input",
-                    help="write elsewhere with `-o`, or pass `--force` to replace it",
-                )
-            )
+            raise UsageError(report("E409", output=output))
 
 
 @main.command("export")
@@ -1310,14 +1277,7 @@ def _spec_files(paths: tuple[str, ...]) -> list[str]:
             continue
         found = sorted(str(p) for p in Path(path).rglob("*.eqx") if p.is_file())
         if not found:
-            raise UsageError(
-                Diagnostic(
-                    "E401",
-                    f"the folder `{path}` holds no spec (no `*.eqx` file, subfolders included)",
-                    file=path,
-                    help="pass spec files, or a folder with `.eqx` files in it",
-                )
-            )
+            raise UsageError(report("E401", variant="folder_holds", file=path, path=path))
         out.extend(found)
     return out
 
@@ -1400,34 +1360,22 @@ def explain(code, every, fmt):
 
         if every:
             if code is not None:
-                raise UsageError(
-                    Diagnostic(
-                        "E415",
-                        "give a code or `--all`, not both",
-                        help="`eqxform explain E201`, or `eqxform explain --all`",
-                    )
-                )
+                raise UsageError(report("E415"))
             click.echo(markdown() if fmt == "markdown" else text(), nl=False)
             return
         if code is None:
-            raise UsageError(
-                Diagnostic(
-                    "E415",
-                    "no code given",
-                    help="e.g. `eqxform explain E201`, or `eqxform explain --all`; "
-                    f"there are {len(CODES)} codes",
-                )
-            )
+            raise UsageError(report("E415", variant="given", len_codes=len(CODES)))
         entry = explain(code)
         if entry is None:
             close = near(code)
             raise UsageError(
-                Diagnostic(
+                report(
                     "E415",
-                    f"no diagnostic has the code `{code}`",
+                    variant="diagnostic_has",
                     help="did you mean " + " or ".join(f"`{c}`" for c in close[:4]) + "?"
                     if close
                     else "codes look like `E201`; every error message shows its code",
+                    code_=code,
                 )
             )
         if fmt == "markdown":

@@ -1,8 +1,15 @@
-"""Every diagnostic code: what it means, an example, and the fix.
+"""Every diagnostic code: what it says, what it means, an example, and the fix.
 
-One table, printed by `eqxform explain CODE` and by the diagnostics index of
-the documentation. The codes are stable: a code names one problem, and a new
-problem gets a new code. The hundreds say where a problem is found:
+One record a code, and everything else is derived from it: a diagnostic is
+built from its code and named fields (`report("E134", span=..., value=...)`
+in `_diagnostics`); `eqxform explain CODE` prints the record, and so does the
+diagnostics index of the documentation. A record's `message` and `help` are
+templates whose `{fields}` a report fills, and its fix is its help line unless
+it says more than that; where one code says its problem in more than one way,
+each way is a named variant (`variant="at_most"`). Text that several records
+share (a damaged file's prefix, a help) is a constant here. The codes are
+stable: a code names one problem, and a new problem gets a new code. The
+hundreds say where a problem is found:
 
 - E0xx: the spec's syntax (the parser)
 - E1xx: the spec alone, without a model (the checker; `eqxform check`)
@@ -17,19 +24,52 @@ problem gets a new code. The hundreds say where a problem is found:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, field
+
+SEVERITY = {"E": "error", "W": "warning", "I": "note"}
+
+
+def fields(template: str | None) -> set[str]:
+    """The names of a template's fields (`{value:,}` -> `value`)."""
+    if not template:
+        return set()
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 @dataclass(frozen=True)
 class Code:
+    """A code's record: its `title`, the `explanation`, an `example` spec, the
+    general `fix`, and what a diagnostic of it says: the `message` and `help`
+    templates, and further named `variants` of that pair."""
+
     code: str
     title: str
     explanation: str
     example: str
     fix: str
+    message: str = ""
+    help: str | None = None
+    variants: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+
+    def says(self, variant: str | None = None) -> tuple[str, str | None]:
+        """The (message, help) templates of `variant` (None: the first)."""
+        if variant is None:
+            return self.message, self.help
+        return self.variants[variant]
 
     def render(self) -> str:
-        lines = [f"{self.code}: {self.title}", "", self.explanation]
+        lines = [f"{self.code}: {self.title}", ""]
+        severity = SEVERITY[self.code[0]]
+        ways = [(None, self.message, self.help)] if self.message else []
+        ways += [(name, m, h) for name, (m, h) in self.variants.items()]
+        for name, message, help in ways:
+            lines.append(f"{severity}[{self.code}]: {message}" + (f"  ({name})" if name else ""))
+            if help:
+                lines.append(f"  = help: {help}")
+        if ways:
+            lines.append("")
+        lines.append(self.explanation)
         if self.example:
             lines += ["", "Example:", ""]
             lines += ["    " + line for line in self.example.splitlines()]
@@ -37,9 +77,39 @@ class Code:
         return "\n".join(lines)
 
 
-def _c(code: str, title: str, explanation: str, example: str, fix: str) -> Code:
-    return Code(code, title, explanation, example, fix)
+def _c(
+    code: str,
+    title: str,
+    explanation: str,
+    example: str,
+    fix: str = "",
+    message: str = "",
+    help: str | None = None,
+    **variants: tuple[str, str | None],
+) -> Code:
+    """A record; its fix is its help line unless it says more than that."""
+    return Code(code, title, explanation, example, fix or help or "", message, help, variants)
 
+
+# What every diagnostic of a damaged model file starts with, and its usual help.
+_INVALID = "`{path}` is not a valid model file: "
+_COPIED = "was it written by `eqxform` (or another safetensors writer) and copied whole?"
+# The help of a recipe or an adapter record whose fields are wrong.
+_REWRITE = (
+    "the {what} was edited or written by another program; write the file again (a model with "
+    "`eqxform apply` or `eqxform new`, adapters with `eqxform.save(..., adapters_only=True)` "
+    "or `--adapters-only`)"
+)
+# The help of a message the language server cannot read.
+_FRAMING = (
+    "each message is `Content-Length: N` (N bytes of UTF-8, in ASCII digits), a blank line, "
+    "then exactly N bytes of JSON-RPC; the server read on from the next message's header"
+)
+# The help of each way a run of several processes is started wrongly.
+_JOIN = (
+    "start every process with the same `--coordinator HOST:PORT` (process 0's address) and "
+    "`--num-processes N`, and its own `--process-id` from 0 to N-1"
+)
 
 CODES: dict[str, Code] = {
     c.code: c
@@ -59,42 +129,49 @@ CODES: dict[str, Code] = {
             "The parser met a word or symbol where the grammar allows none of that kind.",
             "where Linear.weight -> init normal(stddev=)",
             "compare the line with the language reference; the help line lists what may come here.",
+            message="unexpected `{token}`",
+            expected=("unexpected `{token}`", "expected {expected} here"),
         ),
         _c(
             "E002",
             "unexpected character",
             "A character that is no part of the language: `{`, `;`, `!`, `&`, ...",
             "where layers{0} -> freeze",
-            "selectors use `[...]`, calls `(...)`; write `not`, `and`, `or`; one statement a line.",
+            message="unexpected byte-order mark (U+FEFF)",
+            help="a byte-order mark may only begin the text; remove this one",
+            character=("unexpected character `{char}`", None),
         ),
         _c(
             "E003",
             "missing `->`",
             "A `where` rule separates its selector from its actions with `->`.",
             "where Linear.weight init zeros",
-            "write `where SELECTOR -> ACTION`.",
+            message="expected `->` between the selector and its actions",
+            help="write `where SELECTOR -> ACTION`, e.g. `where Linear.weight -> init zeros`",
         ),
         _c(
             "E004",
             "unclosed bracket",
             "A `(` or `[` is not closed before the end of the line; a statement is one line.",
             "model MLP(in_size=2, out_size=2",
-            "add the closing bracket on the same line.",
+            message="unclosed `{bracket}`",
+            help="add the closing `{closing}`",
         ),
         _c(
             "E005",
             "stray comma",
             "A comma with nothing on one side of it, or separating selectors.",
             "where x -> init zeros,",
-            "remove it; separate alternative selectors with `|`.",
+            message="stray comma",
+            help="remove this `,`: actions, arguments and selectors are separated by single commas, and a selector list uses `|`",
         ),
         _c(
             "E006",
             "unknown directive",
             "A line starts with a word that is no directive.",
             "wher Linear.weight -> init zeros",
-            "start the line with `model`, `seed`, `let`, `where`, `optimizer`, `ensemble`, "
-            "`stack` or `unstack`.",
+            message="unknown directive `{word}`",
+            help="{hint}a line starts with one of {directives}",
         ),
         _c(
             "E007",
@@ -102,20 +179,24 @@ CODES: dict[str, Code] = {
             "The line ends where the grammar needs more.",
             "where Linear.weight ->",
             "complete the statement; the help line says what is missing.",
+            message="unexpected end of line",
+            expected=("unexpected end of line", "expected {expected}"),
         ),
         _c(
             "E008",
             "missing comma",
             "Two arguments or two actions follow each other without a comma.",
             "where x -> freeze lr 0.1",
-            "separate them with `,`.",
+            message="expected `,` before `{token}`",
+            help="separate {things} with `,`",
         ),
         _c(
             "E009",
             "`where` without a selector",
             "A rule must say what it acts on.",
             "where -> freeze",
-            "add a selector, e.g. `where Linear.weight -> freeze`.",
+            message="`where` needs a selector before `->`",
+            help="e.g. `where Linear.weight -> init zeros`",
         ),
         _c(
             "E010",
@@ -128,8 +209,8 @@ CODES: dict[str, Code] = {
             "wherever they are; the first is shown, with the count of the others. A form feed "
             "is whitespace, as in Python.",
             "# a comment (then U+2028) where Linear.weight -> freeze",
-            "remove the character, or save the file with Unix (`\\n`) or Windows (`\\r\\n`) "
-            "line endings.",
+            message="{break_names} in the text",
+            help="eqxform ends a line only at `\\n` (or `\\r\\n`), and editors disagree about this character: remove it, or save the file with Unix line endings",
         ),
         _c(
             "E011",
@@ -137,7 +218,12 @@ CODES: dict[str, Code] = {
             "A number with more than 400 digits, or a decimal number beyond the largest float "
             "(about `1.8e308`). No size, count or seed needs one (`_limits.MAX_LITERAL_DIGITS`).",
             "let big = 1e400",
-            "write a smaller number; a large whole number can be written as a power, `2**64`.",
+            message="a number of {digits:,} digits is out of range",
+            help="numbers in a spec have at most {max_literal_digits} digits; write a large one as a power, e.g. `2**64`",
+            out_range=(
+                "`{clip_text}` is out of range",
+                "the largest number a spec can hold is about `1.8e308`",
+            ),
         ),
         _c(
             "E012",
@@ -147,7 +233,8 @@ CODES: dict[str, Code] = {
             "limit (`_limits.MAX_NESTING`) keeps the parser and the evaluator within Python's "
             "recursion limit.",
             "let x = 1 + 1 + 1 + ... (500 terms)",
-            "split the expression with `let` names.",
+            message="this expression is nested more than {max_nesting} levels deep",
+            help="split it with `let` names, e.g. `let a = ...` then `let b = a + ...`",
         ),
         _c(
             "E013",
@@ -155,7 +242,8 @@ CODES: dict[str, Code] = {
             "A selector's index and its slice's start, stop and step are whole numbers; `1.5` "
             "is refused rather than read as `1`.",
             "where layers[::0.5] -> freeze",
-            "write a whole number, e.g. `layers[1]` or `layers[::2]`.",
+            message="{what} must be a whole number, not `{clip_text}`",
+            help="write it without a point or an exponent, e.g. `layers[1]` or `layers[::2]`",
         ),
         # ---- the spec alone
         _c(
@@ -165,6 +253,7 @@ CODES: dict[str, Code] = {
             "where Linear.weight -> initialise zeros",
             "use one of `init`, `replace`, `cast`, `scale`, `wrap`, `freeze`, `unwrap`, `lr`, "
             "`weight_decay`.",
+            message="unknown action `{name}`",
         ),
         _c(
             "E102",
@@ -173,6 +262,7 @@ CODES: dict[str, Code] = {
             "`trunc_normal`, nor registered.",
             "where Linear.weight -> init trunc_normall",
             "check the spelling, or register yours with `eqxform.register_initializer`.",
+            message="unknown initialiser `{name}`",
         ),
         _c(
             "E103",
@@ -181,6 +271,7 @@ CODES: dict[str, Code] = {
             "`equinox.nn` class, example model or registered constructor.",
             "model MPL(in_size=2, out_size=2, width_size=8, depth=2)",
             "check the spelling, or register it with `eqxform.register_constructor`.",
+            message="unknown constructor `{callee}`",
         ),
         _c(
             "E104",
@@ -191,7 +282,8 @@ CODES: dict[str, Code] = {
             "`apply`), whose classes the help suggests; without one a name is only noted "
             "(I104), since any class of the model's tree is a type name.",
             "where Linaer.weight -> init zeros",
-            "check the spelling; qualify a class by its module if needed (`mylib.layers:Block`).",
+            message="unknown type `{name}`",
+            help="{value} a type is a class of the model's tree, an `equinox.nn` class or a registered type; `eqxform show MODEL` lists the model's paths",
         ),
         _c(
             "E105",
@@ -199,6 +291,7 @@ CODES: dict[str, Code] = {
             "An expression uses a name that is no `let` name, match property or constant here.",
             "where Linear.weight -> scale widht",
             "define it with `let` above the line, or fix the spelling.",
+            message="unknown name `{id}`",
         ),
         _c(
             "E106",
@@ -206,13 +299,15 @@ CODES: dict[str, Code] = {
             "A call passes an argument its callee does not take.",
             "model MLP(in_size=2, out_size=2, width=8, depth=2)",
             "use one of the arguments the help line lists.",
+            message="{kind} `{name}` has no argument `{name2}`",
         ),
         _c(
             "E107",
             "missing argument",
             "A call leaves out an argument its callee needs.",
             "model MLP(in_size=2, out_size=2)",
-            "add the arguments the message names.",
+            message="{kind} `{name}` is missing {missing}",
+            help="add {additions}",
         ),
         _c(
             "E109",
@@ -220,7 +315,12 @@ CODES: dict[str, Code] = {
             "A directive that is given once per spec (`model`, `seed`, `optimizer`, "
             "`ensemble`), or a `let` name, appears twice.",
             "seed 0\nseed 1",
-            "keep one; override a `let` from outside with `--set NAME=VALUE`.",
+            message="`{word}` is given twice",
+            help="the first is on line {line}; keep one",
+            defined=(
+                "`{name}` is defined twice",
+                "a `let` name is set once; override it from outside with `--set NAME=VALUE`",
+            ),
         ),
         _c(
             "E110",
@@ -228,6 +328,7 @@ CODES: dict[str, Code] = {
             "An expression calls a function that is not one of `sqrt log exp abs min max`.",
             "where Linear.weight -> scale sqrtt(2)",
             "use one of the expression functions.",
+            message="unknown function `{callee}`",
         ),
         _c(
             "E111",
@@ -235,6 +336,7 @@ CODES: dict[str, Code] = {
             "`cast` names no dtype eqxform knows.",
             "where ** -> cast bf16",
             "write the full name, e.g. `bfloat16`.",
+            message="unknown dtype `{word}`",
         ),
         _c(
             "E112",
@@ -242,7 +344,18 @@ CODES: dict[str, Code] = {
             "The action takes no argument but has one, needs one but has none, or has one "
             "of the wrong form (a number where a name is needed, say).",
             "where x -> freeze 1",
-            "write the action as its example in the help line shows.",
+            message="`{name}` takes no argument",
+            help="write `-> {name}` alone; separate further actions with `,`",
+            needs=("`{name}` needs an argument", "e.g. `{example}`"),
+            replace_needs=(
+                "`replace` needs a constructor call or a `jax.nn` function",
+                "e.g. `replace Linear(in_features=8, out_features=2)` or `replace gelu`",
+            ),
+            expected_name=("expected a {kind} name", None),
+            init_needs=(
+                "`init` needs an initialiser name",
+                "e.g. `init he_normal` or `init normal(stddev=0.02)`",
+            ),
         ),
         _c(
             "E113",
@@ -250,6 +363,11 @@ CODES: dict[str, Code] = {
             "A `seed` is a whole number from 0 to 2**64 - 1.",
             "seed -1",
             "give a whole number in range.",
+            message="`seed` must be a whole number >= 0, not `{value}`",
+            at_most=(
+                "`seed` must be at most 2**64 - 1, not `{value}`",
+                "seeds run from 0 to 18446744073709551615",
+            ),
         ),
         _c(
             "E114",
@@ -257,13 +375,16 @@ CODES: dict[str, Code] = {
             "A call names one argument twice, or a `stack` line one option twice.",
             "model MLP(in_size=2, in_size=3, out_size=2, width_size=8, depth=2)",
             "keep one.",
+            message="`{name}` is given twice",
+            argument=("argument `{name}` is given twice", None),
         ),
         _c(
             "E115",
             "too many positional arguments",
             "A call passes more positional arguments than its callee takes.",
             "where x -> init normal(0.1, 0.2)",
-            "name the arguments.",
+            message="`{name}` takes {len_params} positional argument{s}, not {len_positional}",
+            help="name the arguments: {names}",
         ),
         _c(
             "E116",
@@ -272,6 +393,7 @@ CODES: dict[str, Code] = {
             "define with `let`.",
             "eqxform apply spec.eqx --set widht=64 -o out.eqx",
             "use one of the spec's `let` names.",
+            message="`--set {key}`: the spec has no `let {key}`",
         ),
         _c(
             "E117",
@@ -279,21 +401,24 @@ CODES: dict[str, Code] = {
             "A `package.module:function` constructor is imported only from packages the user "
             "allows, so that a spec never runs code of its own choosing.",
             "model mypkg.models:make(width=3)",
-            "pass `--allow mypkg` (Python: `allow=['mypkg']`) if you trust the package.",
+            message="constructor module `{module}` is not allowed",
+            help='eqxform imports no module named in a spec or model file unless you allow it: pass `--allow {top}` (Python: `allow=["{top}"]`) if you trust it',
         ),
         _c(
             "E118",
             "reserved name",
             "A `let` name is a match property, constant, function, dtype or `jax.nn` function.",
             "let shape = 3",
-            "choose another name.",
+            message="`{name}` is a reserved name",
+            help="choose another name for this `let`",
         ),
         _c(
             "E119",
             "`key` given",
             "eqxform supplies every constructor's `key`, derived from the seed.",
             "where layers[-1] -> replace Linear(8, 2, key=0)",
-            "remove `key=`.",
+            message="`key` is supplied by eqxform",
+            help="remove it: each rule draws from a key derived from the seed",
         ),
         _c(
             "E120",
@@ -301,7 +426,8 @@ CODES: dict[str, Code] = {
             "The word is reserved for a feature this version of eqxform does not have. "
             "(`shard` was, until sharding on a device mesh arrived.)",
             "",
-            "remove the line, or use a version that supports it.",
+            message="`{word}` is not supported by this version of eqxform",
+            help="{feature}; remove this line for now",
         ),
         _c(
             "E121",
@@ -310,6 +436,11 @@ CODES: dict[str, Code] = {
             "`expect <= N`, or `expect any` (the rule may match nothing).",
             "where Linear expect 2.5 -> freeze",
             "give a whole number, with `>=` or `<=` for a range.",
+            message="`expect` needs a whole number of matches, not `{text}`",
+            count=(
+                "`expect {op} {text}` is no count",
+                "write `expect N`, `expect >= N`, `expect <= N`, or `expect any`",
+            ),
         ),
         _c(
             "E122",
@@ -317,27 +448,31 @@ CODES: dict[str, Code] = {
             "A slice in a selector steps by zero.",
             "where layers[::0] -> freeze",
             "use a step that is not zero.",
+            message="a slice step cannot be zero",
         ),
         _c(
             "E123",
             "optimiser group without an optimiser",
             "`lr` and `weight_decay` shape the spec's optimiser, and the spec has none.",
             "where **.bias -> lr 0.1",
-            "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
+            message="`{name}` needs an `optimizer` directive",
+            help="add the base optimiser, e.g. `optimizer adamw(learning_rate=1e-3)`",
         ),
         _c(
             "E124",
             "unknown optimiser",
             "`optimizer` names no optax optimiser eqxform knows.",
             "optimizer adamm(learning_rate=1e-3)",
-            "use one of the optimisers the help line lists.",
+            message="unknown optimiser `{name}`",
+            help="optimisers are {names}",
         ),
         _c(
             "E125",
             "unknown wrapper",
             "`wrap` names no built-in or registered wrapper.",
             "where Linear.weight -> wrap symetric",
-            "check the spelling, or register yours with `eqxform.register_wrapper`.",
+            message="unknown wrapper `{name}`",
+            help="wrappers are {names}; add your own with `eqxform.register_wrapper`",
         ),
         _c(
             "E126",
@@ -350,11 +485,29 @@ CODES: dict[str, Code] = {
             "nothing else there), so a factory module beside the model file needs no "
             "`PYTHONPATH`.",
             "model mypkg.modls:make()",
-            "make the module importable: install its package in the environment "
-            "(`pip install -e FOLDER` for your own source), or put the folder that holds the "
-            "package on the path (`PYTHONPATH=FOLDER eqxform ...`, or run `eqxform` in that "
-            "folder; `sys.path.insert(0, FOLDER)` in Python); check the module path and the "
-            "function's name.",
+            message="module `{module}` has no `{attr}`",
+            help="{hint}check the function's name in `{module}`",
+            no_module=(
+                "cannot import constructor `{name}`: no module named `{missing}`",
+                "the module must be importable by the Python that runs eqxform: install its "
+                "package in this environment (`pip install PACKAGE`, or `pip install -e FOLDER` "
+                "for your own source), or put the folder that holds `{top}/` on the module path: "
+                "`PYTHONPATH=FOLDER eqxform ...` (the `eqxform` command finds an allowed package "
+                "in the current directory itself; in Python, `sys.path.insert(0, FOLDER)`)",
+            ),
+            no_submodule=(
+                "cannot import constructor `{name}`: no module named `{missing}`",
+                "`{parent}` was found, but it has no module `{leaf}`: check the module path",
+            ),
+            needs=(
+                "cannot import constructor `{name}`: importing `{module}` needs `{missing}`, "
+                "which is not installed",
+                "install `{package}` in the environment that runs eqxform",
+            ),
+            raised=(
+                "cannot import constructor `{name}`: importing `{module}` raised {error}",
+                'fix the module: `python -c "import {module}"` shows the whole error',
+            ),
         ),
         _c(
             "E127",
@@ -363,6 +516,11 @@ CODES: dict[str, Code] = {
             "`bf16`, `i32`, `bool`, ... or a full name) and a shape of whole numbers.",
             "input float[3, 224, 224]",
             "write e.g. `input f32[3,224,224]`; give one line per positional argument.",
+            message="unknown input dtype `{dtype}`",
+            dimension=(
+                "an input's dimensions are whole numbers, not `{d}`",
+                "e.g. `input f32[3,224,224]`",
+            ),
         ),
         _c(
             "E130",
@@ -371,7 +529,8 @@ CODES: dict[str, Code] = {
             "module built pre-stacked, whose arrays carry a leading layer axis of the layer "
             "types Equinox knows, is taken as it is, with no count.)",
             "stack mlps scan",
-            "write the count: `stack mlps scan 10`.",
+            message="`{text}` is a single `{name}`: say how many copies",
+            help="e.g. `stack {text2} {mode} 10` makes 10 independently initialised copies",
         ),
         _c(
             "E131",
@@ -381,6 +540,11 @@ CODES: dict[str, Code] = {
             "stack layers[0].weight scan",
             "select the sequence of layers itself, e.g. `stack blocks scan` or "
             "`stack blocks[2:6] scan`.",
+            message="`stack` needs a list, tuple or `Sequential` of modules, or one module with a count; `{text}` is a `{name}`",
+            nodes=(
+                "`{text}` matches {len_nodes} nodes that are not a run of one list: {listing}",
+                "stack a whole list, tuple or `Sequential`, or a slice of one, e.g. `blocks[2:6]`",
+            ),
         ),
         _c(
             "E132",
@@ -388,21 +552,28 @@ CODES: dict[str, Code] = {
             "The count on a `stack` line differs from the number of layers it found (for a "
             "module built pre-stacked: the length of its layer axis).",
             "stack blocks scan 7",
-            "write the number found, or leave the count out.",
+            message="`{text}` already holds {layers} layers (its arrays carry a leading layer axis of {layers}), but the spec says {count}",
+            help="write `stack {text2} {mode}` to take its {layers} layers as they are; `stack {text2} {mode} {count} copies` makes {count} copies of the whole {layers}-layer stack",
+            stack_found=(
+                "`stack` found {len_items} members at `{text}`, but the spec says {count}",
+                "write `stack {text} {mode} {len_items}`, or leave the count out",
+            ),
         ),
         _c(
             "E133",
             "layers differ",
             "Only layers of one structure, shapes and dtypes stack into one array each.",
             "stack blocks scan  # where blocks[0] is Linear(3, 3) and blocks[1] Linear(3, 4)",
-            "stack a slice of the identical layers, e.g. `stack blocks[1:] scan`.",
+            message="the members of `{text}` differ: {problem}",
+            help="only modules of the same structure and shapes stack; stack a slice of the identical ones, e.g. `blocks[1:-1]`",
         ),
         _c(
             "E134",
             "bad ensemble count",
             "`ensemble N` takes a whole number of members of at least 1.",
             "ensemble 0",
-            "give a whole number >= 1.",
+            message="`ensemble` needs a whole number of members >= 1, not `{value}`",
+            help="e.g. `ensemble 8`",
         ),
         _c(
             "E135",
@@ -410,7 +581,8 @@ CODES: dict[str, Code] = {
             "A `stack` line says how to call the layers: `scan` (one after another) or `vmap` "
             "(side by side).",
             "stack blocks sacn",
-            "write `scan` or `vmap`.",
+            message="unknown stack mode `{mode}`",
+            help="{hint} `scan` runs the layers one after another, `vmap` side by side",
         ),
         _c(
             "E136",
@@ -418,7 +590,13 @@ CODES: dict[str, Code] = {
             "A `stack` line takes a count, `remat`, `unroll K`, `layerwise`, `copies` and "
             "`over AXIS`.",
             "stack blocks scan unrol 2",
-            "use the options as written in the help line.",
+            message="`{name}` takes no number",
+            help="write `{name}` alone",
+            unroll_needs=("`unroll` needs a whole number >= 1", "e.g. `unroll 2`"),
+            unknown_stack=(
+                "unknown stack option `{name}`",
+                "{hint} options are a count, {options} and `over AXIS`",
+            ),
         ),
         _c(
             "E137",
@@ -426,7 +604,8 @@ CODES: dict[str, Code] = {
             "A selector picks some layers of a stacked array, and the action can only act on "
             "whole arrays (only `init` and `scale` act per layer).",
             "stack blocks scan\nwhere blocks[1:3] -> cast bfloat16",
-            "select the whole stack, or `unstack` it first.",
+            message="`{name}` cannot act on some layers of a stack: `{text}` picks layers {listing} of `{text2}`",
+            help="select the whole stack, or `unstack` it first",
         ),
         _c(
             "E138",
@@ -434,7 +613,8 @@ CODES: dict[str, Code] = {
             "A stacked or ensembled module holds every layer's arrays in one; one layer "
             "cannot be swapped for another module.",
             "stack blocks scan\nwhere blocks[2] -> replace Linear(8, 8)",
-            "replace before the `stack`/`ensemble` line, or `unstack` first.",
+            message="`replace` cannot act inside a stack or an ensemble (`{text}`)",
+            help="replace before the `stack`/`ensemble` line, or `unstack` first",
         ),
         _c(
             "E139",
@@ -442,21 +622,24 @@ CODES: dict[str, Code] = {
             "`weight_norm` takes its norm over one layer's axes and cannot tell a layer axis "
             "from them.",
             "stack blocks scan\nwhere Linear.weight -> wrap weight_norm",
-            "wrap before the `stack`/`ensemble` line.",
+            message="`weight_norm` takes its norm over one layer's axes and cannot wrap the stacked `{text}`",
+            help="wrap before the `stack`/`ensemble` line",
         ),
         _c(
             "E140",
             "stack inside a stack or an ensemble",
             "What `stack` selects is already inside a stack or an ensemble.",
             "ensemble 4\nstack layers scan",
-            "stack before the `ensemble` line, or `unstack` first.",
+            message="`{text}` is inside a stack or an ensemble already",
+            help="stack the layers before making the ensemble, or `unstack` first",
         ),
         _c(
             "E141",
             "ensemble of an ensemble",
             "A spec makes one ensemble; the model already is one.",
             "ensemble 4  # applied to an ensemble",
-            "take a member first (`Ensemble.member(i)`), or ensemble once.",
+            message="the model is an ensemble already",
+            help="a spec makes one ensemble; take a member with `Ensemble.member(i)` first",
         ),
         _c(
             "E142",
@@ -464,6 +647,7 @@ CODES: dict[str, Code] = {
             "The count on a `stack` line is a whole number of layers of at least 1.",
             "stack mlps scan 0",
             "give a whole number >= 1.",
+            message="a stack needs a whole number of layers >= 1, not `{value}`",
         ),
         _c(
             "E143",
@@ -471,6 +655,7 @@ CODES: dict[str, Code] = {
             "The list, tuple or `Sequential` that `stack` selects holds no layers.",
             "stack blocks scan  # where blocks is []",
             "stack a sequence that has layers.",
+            message="`{text}` is empty: nothing to stack",
         ),
         # ---- the spec against a model
         _c(
@@ -480,7 +665,8 @@ CODES: dict[str, Code] = {
             "action (`lora(rank=8, alpha=16)`); each may be an expression of the match. "
             "Without parentheses they take their defaults (`lora`: rank 8, alpha 8, as PEFT).",
             "where Linear -> lora 8",
-            "write `lora(rank=8, alpha=16)` or `ia3(feedforward=true)`.",
+            message="`{name}` takes keyword arguments in parentheses",
+            help="write `{example}`",
         ),
         _c(
             "E144",
@@ -493,6 +679,15 @@ CODES: dict[str, Code] = {
             "stack blocks scan  # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
+            message="the model fails once `{text}` is stacked: {message}",
+            stacking_copies=(
+                "stacking copies of `{text}` changes the shapes of the model's outputs: {value} before, {value2} after",
+                "copies are chained, each output feeding the next layer: the module must map its input to an output of the same shape",
+            ),
+            stacking_changes=(
+                "stacking `{text}` changes the model's outputs on random inputs (largest difference {gap:.3g})",
+                None,
+            ),
         ),
         _c(
             "E150",
@@ -501,7 +696,12 @@ CODES: dict[str, Code] = {
             "or a number that is not finite (`exp(1000)`, `1e308 * 10`). The power is refused "
             "before it is computed: `9**9**9` would run for hours.",
             "let x = 9 ** 9 ** 9",
-            "check the expression; no size, count or seed needs such a number.",
+            message="this number is too large (more than {max_int_bits} bits)",
+            help="no size, count or seed needs it; check the exponent",
+            gives_finite=(
+                "this gives `{value}`, not a finite number",
+                "a spec's numbers stay below about `1.8e308`",
+            ),
         ),
         _c(
             "E151",
@@ -509,7 +709,8 @@ CODES: dict[str, Code] = {
             "An expression would build a string or a list of more than 10,000 elements "
             "(`_limits.MAX_SEQUENCE_LENGTH`); it is refused before it is built.",
             'let x = "a" * 10 ** 10',
-            "a spec's strings and lists are short; check the repetition count.",
+            message="this string or list would have more than {max_sequence_length:,} elements",
+            help="a spec's strings and lists are short: constructor arguments, shapes",
         ),
         _c(
             "E152",
@@ -520,7 +721,12 @@ CODES: dict[str, Code] = {
             "model; one that reads the match (`1/sqrt(fan_in)`) is checked per match by `plan` "
             "and `apply`, at the argument's span, naming the match.",
             'where Linear.weight -> init normal(stddev=[1, 2])\noptimizer adam(learning_rate="x")',
-            "give the argument a value of the type the help line names.",
+            message="{what} must be {expected}, not {describe_value_value}{at}",
+            help="e.g. {example}",
+            choice=(
+                "`{name}` of `{name2}` must be one of {listing}, not `{id}`",
+                "e.g. `{example}`",
+            ),
         ),
         _c(
             "E153",
@@ -529,7 +735,8 @@ CODES: dict[str, Code] = {
             "than the matched array's dtype can hold (`scale 1e300` on a float32 weight); JAX "
             "would silently make it infinite.",
             "where Linear.weight -> scale 1e300",
-            "use a smaller number, or `cast` the array to a wider dtype first.",
+            message="{what} is `{value:g}`, beyond the range of {name} (`{limit:g}`) at `{text}`",
+            help="use a smaller number, or `cast float64` first",
         ),
         _c(
             "E155",
@@ -539,7 +746,20 @@ CODES: dict[str, Code] = {
             "`ensemble grid ...`) of more than 4,096 members (`_limits.MAX_SWEEP`). Smaller counts that do not fit in memory "
             "are caught by the memory budget (E158).",
             "ensemble 1000000000",
-            "use a realistic count, e.g. `ensemble 8`.",
+            message="`ensemble {value:,}` is beyond the limit of {max_count:,} members",
+            help="an ensemble's members are held in memory side by side; e.g. `ensemble 8`",
+            stack_layers=(
+                "a stack of {value:,} layers is beyond the limit of {max_count:,}",
+                "e.g. `stack blocks scan 12`",
+            ),
+            unroll=(
+                "`unroll {value:,}` is beyond the limit of {max_count:,}",
+                "unroll a few layers, e.g. `unroll 2`",
+            ),
+            sweep=(
+                "a sweep of {count:,} members is beyond the limit of {max_sweep:,}",
+                "each member's values and program are made one by one; sweep fewer values",
+            ),
         ),
         _c(
             "E156",
@@ -551,6 +771,7 @@ CODES: dict[str, Code] = {
             "it) runs the constructor's loop, so it is refused before it is called.",
             "model MLP(in_size=2, out_size=2, width_size=8, depth=1000000)",
             "use a realistic number of layers.",
+            message="{label} is {value:,}, beyond the limit of {bound:,}",
         ),
         _c(
             "E157",
@@ -559,7 +780,12 @@ CODES: dict[str, Code] = {
             "2**31 - 1, or larger than the memory budget: eqxform draws random inputs of that "
             "shape to check a `stack`.",
             "input f32[99999999999]",
-            "declare the model's real input shape.",
+            message="the input `{describe}` is too large",
+            help="an array's dimensions stop at {max_dimension:,}",
+            budget=(
+                "the input `{describe}` is too large",
+                "eqxform draws the input to check the model ({format_bytes_value} at most), beyond the memory budget of {format_bytes_budget} (`{max_bytes_env}`)",
+            ),
         ),
         _c(
             "E158",
@@ -571,8 +797,8 @@ CODES: dict[str, Code] = {
             "allocates). The budget is half the machine's memory by default; the environment "
             "variable `EQXFORM_MAX_BYTES` sets it (`64G`, `512M`, or `none` for no check).",
             'eqxform new "MLP(in_size=2, out_size=2, width_size=100000, depth=2)" -o m.eqx',
-            "make the model smaller, or raise the budget with `EQXFORM_MAX_BYTES` if the "
-            "machine has the memory.",
+            message="{what} would hold {format_bytes_size} of arrays, more than the memory budget of {format_bytes_budget}",
+            help="make it smaller; if the machine has the memory, raise the budget with `{max_bytes_env}` (e.g. `{max_bytes_env}=256G`, or `none`)",
         ),
         _c(
             "E159",
@@ -584,8 +810,8 @@ CODES: dict[str, Code] = {
             "fails at about a thousand levels less the frames of the code that calls it. The "
             "model is measured when it enters, before JAX sees it.",
             "model mypkg.models:chain(depth=1000)  # each block inside the last",
-            "keep repeated layers side by side in one list (or `stack` them) rather than each "
-            "inside the last.",
+            message="{what} nests more than {limit} levels deep (modules, lists, tuples and dicts inside each other)",
+            help="JAX flattens a model recursively and stops at Python's recursion limit: keep repeated layers side by side in one list (or stack them) rather than each inside the last",
         ),
         _c(
             "E160",
@@ -594,8 +820,20 @@ CODES: dict[str, Code] = {
             "pattern that cannot be read: a `{` that opens no capture, a path with a space, an "
             "index that is not a number or a capture.",
             'map "blocks.{i.attn.qkv.weight" -> "blocks[{i}].attn.qkv.weight"',
-            "write captures as `{name}` (`{name-1}`, `{name+1}` to shift them), model paths as "
-            "`eqxform show` prints them (`blocks[{i}].attn.qkv.weight`).",
+            message="`weights` names no file",
+            help='e.g. `weights "resnet18.safetensors"`',
+            checkpoint_tensor=(
+                "`{value}` is no checkpoint tensor name: {error}",
+                'a tensor name as the checkpoint spells it, with captures such as `{{i}}`: `"blocks.{{i}}.attn.qkv.weight"`',
+            ),
+            model_path=(
+                "`{value}` is no model path: {error}",
+                'a path as `eqxform show` prints it: `"blocks[{{i}}].attn.qkv.weight"`',
+            ),
+            pattern=(
+                "`{value}` is no pattern: {error}",
+                '`*` matches within one dotted part, `**` anything: `"**.num_batches_tracked"`',
+            ),
         ),
         _c(
             "E161",
@@ -603,7 +841,8 @@ CODES: dict[str, Code] = {
             "A `map` line either fuses several checkpoint tensors into one array or splits one "
             "tensor into several arrays; several on both sides has no one meaning.",
             'map "q.weight", "k.weight" -> "a.weight", "b.weight"',
-            "write one `map` per pair.",
+            message="{len_sources} tensors map onto {len_targets} arrays",
+            help="a `map` fuses several tensors into one array, or splits one tensor into several; write one line per pair otherwise",
         ),
         _c(
             "E162",
@@ -611,7 +850,8 @@ CODES: dict[str, Code] = {
             "Each tensor a `map` reads names one model array and back, so every pattern of the "
             "line has the same captures.",
             'map "layer{a}.{b}.conv1.weight" -> "layers[{a-1}].conv1.weight"',
-            "use every capture on both sides: `layers[{a-1}][{b}].conv1.weight`.",
+            message="`{value}` lacks the capture{value2}{listing}",
+            help="every name and path of a `map` has the same captures, so that each tensor names one array and each array one tensor; {listing2}",
         ),
         _c(
             "E163",
@@ -619,7 +859,19 @@ CODES: dict[str, Code] = {
             "After `with`, a `map` takes `transpose [AXES]`, `reshape [SHAPE]`, `cast` and "
             "`axis N` (where several tensors fuse or one splits), each once.",
             'map "head.weight" -> "head.weight" with transpose [1, 1]',
-            "see docs/weights.md for each action and its argument.",
+            message="unknown `map` action `{name}`",
+            help="{value}a `map` takes {listing}",
+            given_twice=("`{name}` is given twice", "keep one"),
+            takes_argument=("`{name}` takes no argument", None),
+            takes_list=("`{name}` takes a list of axes", None),
+            takes_shape=("`{name}` takes a shape, a list of whole numbers", None),
+            takes_one=("`{name}` takes one whole number", None),
+            transpose_permutation=("`transpose {list_value}` is no permutation of the axes", None),
+            reshape_shape=("`reshape {list_value}` is no shape (at most one `-1`)", None),
+            axis_says=(
+                "`axis` says where tensors fuse or split, and this `map` does neither",
+                "leave `axis` out, or name several tensors or arrays",
+            ),
         ),
         # ---- sweeps (`ensemble ... vary`, `ensemble grid`)
         _c(
@@ -631,6 +883,8 @@ CODES: dict[str, Code] = {
             "`weight_decay` or `scale` action, or a numeric argument of `init`.",
             "optimizer adamw(learning_rate=1e-3)\nensemble 4 vary lr=logspace(1e-4, 1e-2)",
             "read the name where it belongs (`optimizer adamw(learning_rate=lr)`), or remove it.",
+            message="`{name}` varies, but the spec never uses it",
+            help="read `{name}` in an argument of the optimiser, an `init` or a `scale`, `lr` or `weight_decay` action (e.g. `optimizer adamw(learning_rate={name})`), or remove it",
         ),
         _c(
             "E171",
@@ -642,6 +896,28 @@ CODES: dict[str, Code] = {
             'ensemble 4 vary lr="fast"\nensemble grid lr=1e-3',
             "give numbers: `vary lr=1e-3 * 2 ** member`, `vary lr=[1e-3, 3e-3, 1e-2, 3e-2]`, "
             "`grid lr=[1e-3, 1e-2]`.",
+            message="`{callee}` takes the first and the last value, as `{callee}(1e-4, 1e-2)`",
+            help="the {count} members' values run from the first to the last, both included",
+            needs_numbers=(
+                "`{callee}` needs numbers, not {describe_v}",
+                "e.g. `{name}={callee}(1e-4, 1e-2)`",
+            ),
+            logspace_needs=(
+                "`logspace` needs two numbers > 0, not `{lo}` and `{hi}`",
+                "spread over a log scale from a positive first to a positive last value, or use `linspace`",
+            ),
+            grid_axis=(
+                "a `grid` axis needs a list of values, `{name}=[...]`",
+                "e.g. `ensemble grid {name}=[1e-3, 3e-3, 1e-2]`; `ensemble N vary NAME=EXPR` computes a value per member",
+            ),
+            seed_member=(
+                "the seed of member {k} must be a whole number >= 0, not {describe_value}",
+                "e.g. `vary seed` (the spec's seed plus the member's index) or `vary seed=[0, 7, 42, 99]`",
+            ),
+            member_number=(
+                "`{name}` of member {k} must be a number, not {describe_value}",
+                "a varied value is one number per member; a list gives the members' values in order (`vary lr=[1e-3, 1e-2]`), `logspace(a, b)` spreads them",
+            ),
         ),
         _c(
             "E172",
@@ -651,6 +927,12 @@ CODES: dict[str, Code] = {
             "lists' lengths).",
             "ensemble 4 vary lr=[1e-3, 1e-2]",
             "give one value per member, or compute them: `vary lr=logspace(1e-3, 1e-2)`.",
+            message="the list of `{name}` is empty",
+            help="give at least one value",
+            gives_values=(
+                "`{name}` gives {len_items} values for the {count} members",
+                "give one value per member ({count}), or compute them from `member`, e.g. `{name}=1e-3 * 2 ** member`",
+            ),
         ),
         _c(
             "E173",
@@ -660,6 +942,8 @@ CODES: dict[str, Code] = {
             "reported at the varied value, naming the member and the line that reads it.",
             "optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=[1e-3, -1e-2, 1e-2]",
             "give every member a value the argument takes.",
+            message="member {k}'s `{name}={render_members}` does not fit where it goes: {message}",
+            help="{value}the spec reads `{name}` on line {line}",
         ),
         _c(
             "E174",
@@ -671,6 +955,8 @@ CODES: dict[str, Code] = {
             "`cast`, `shard`, the seed or the member count.",
             "model MLP(in_size=2, out_size=2, width_size=w, depth=2)\nensemble 2 vary w=[32, 64]",
             "sweep structural choices as separate runs; vary only numbers that change no shape.",
+            message="`{id}` varies per member and cannot go in {where}",
+            help="a varied value may go in the optimiser's arguments, `lr`, `weight_decay`, `scale` and the numeric arguments of `init`: places where a number changes no shape, count or type",
         ),
         _c(
             "E175",
@@ -680,6 +966,13 @@ CODES: dict[str, Code] = {
             "context name) would make its value ambiguous.",
             "let lr = 1e-3\nensemble 4 vary lr=logspace(1e-4, 1e-2)",
             "keep one definition: remove the `let` (or the second entry), or rename.",
+            message="`{name}` is both a `let` and a varied name",
+            help="remove `let {name}`: the `ensemble` line binds `{name}` per member",
+            reserved=(
+                "`{name}` is a reserved name",
+                "choose another name for this hyper-parameter",
+            ),
+            varies_twice=("`{name}` varies twice", "give `{name}` once on the `ensemble` line"),
         ),
         _c(
             "E176",
@@ -688,6 +981,8 @@ CODES: dict[str, Code] = {
             "k is built with the spec's seed plus k).",
             "ensemble 4 vary lr",
             "give the values: `vary lr=logspace(1e-4, 1e-2)`.",
+            message="`vary {name}` gives no values",
+            help="give one per member, e.g. `{name}=logspace(1e-4, 1e-2)` or `{name}=[...]`; only `seed` stands alone",
         ),
         _c(
             "E190",
@@ -696,6 +991,15 @@ CODES: dict[str, Code] = {
             "axis that the mesh (the spec's `mesh`, or `--mesh`) does not have.",
             "mesh data=2 model=4\nwhere Linear.weight -> shard (none, modle)",
             "name one of the mesh's axes (the help line lists them), or add the axis to the mesh.",
+            message="`{name}` is no axis of {where}",
+            split_over=(
+                "`{text}` is split over `{a}`, which is no axis of the mesh ({listing})",
+                "place it on a mesh that has the axis `{a}`",
+            ),
+            mesh=(
+                "`{name}` is no axis of the mesh (`{origin} {text}`)",
+                "the mesh's axes are {listing}",
+            ),
         ),
         _c(
             "E191",
@@ -703,7 +1007,8 @@ CODES: dict[str, Code] = {
             "The spec places arrays on mesh axes (`shard`, `over`), but neither the spec (`mesh`) "
             "nor the command line (`--mesh`) gives a device mesh.",
             "where Linear.weight -> shard (none, model)",
-            "add `mesh data=2 model=4` (your axes and sizes), or pass `--mesh data=2,model=4`.",
+            message="mesh axis `{name}` is named, but the spec has no `mesh`",
+            help="add the device mesh, e.g. `mesh data=2 model=4`, or give one with `--mesh`",
         ),
         _c(
             "E192",
@@ -711,7 +1016,12 @@ CODES: dict[str, Code] = {
             "A mesh axis's size is a whole number of devices, at least 1, or `-1` for the "
             "devices left over by the other axes (at most one axis may say `-1`).",
             "mesh data=0 model=4",
-            "give every axis a size >= 1, and `-1` to one axis at most.",
+            message="mesh axis `{name}` needs a size of at least 1 (or -1), not {size}",
+            help="e.g. `mesh data=2 model=4`; `-1` takes the devices left over",
+            only_one=(
+                "only one mesh axis may be -1 (the devices left over)",
+                "give the other axes their sizes",
+            ),
         ),
         _c(
             "E193",
@@ -719,7 +1029,8 @@ CODES: dict[str, Code] = {
             "Each axis of a mesh has its own name; a name given twice leaves it unclear which "
             "size it has.",
             "mesh data=2 data=4",
-            "rename or remove one of them.",
+            message="mesh axis `{name}` is given twice",
+            help="give each axis of the mesh its own name",
         ),
         _c(
             "E194",
@@ -730,6 +1041,15 @@ CODES: dict[str, Code] = {
             "where Linear.weight -> shard (none, 2)",
             "write e.g. `shard (none, model)` or `shard ((data, model), none)`; for a value, "
             "write a list `[a, b]`.",
+            message="`shard` needs a partition spec",
+            dimension=(
+                "`{text}` is no dimension of a partition spec",
+                "each dimension is a mesh axis, `none`, or a tuple of mesh axes; {example}",
+            ),
+            tuple=(
+                "a tuple `(a, b)` is only a `shard` spec",
+                "write a list `[a, b]` for a value",
+            ),
         ),
         _c(
             "E196",
@@ -737,8 +1057,8 @@ CODES: dict[str, Code] = {
             "The mesh needs more devices than JAX sees (across every process of the run), or "
             "`-1` cannot divide the devices evenly.",
             "mesh data=4 model=4  # on 8 devices",
-            "use a smaller mesh; on the CPU, simulate devices with "
-            "`XLA_FLAGS=--xla_force_host_platform_device_count=N` (set before JAX starts).",
+            message="{where} needs {fixed}{value} devices, and there are {count}",
+            help="use a mesh of at most {count} devices{value2}",
         ),
         _c(
             "E201",
@@ -746,14 +1066,20 @@ CODES: dict[str, Code] = {
             "A selector matches no node of the model (or none passes the rule's `if` filter). "
             "By default that is an error, so that a misspelt selector never passes silently.",
             "where layrs[-1] -> init zeros",
-            "use the path the help line suggests; `eqxform show MODEL` lists every path.",
+            message="`{text}` matches nothing in the model",
+            help="{value}(`eqxform show MODEL` lists every path)",
+            filtered=(
+                "`{text}` matches {len_candidates} node{s}, but none passes the `if` filter",
+                "e.g. {listing}",
+            ),
         ),
         _c(
             "E202",
             "wrong number of matches",
             "A rule's `expect N` says how many nodes it must match, and it matches another number.",
             "where Linear.weight expect 3 -> init zeros  # the model has 4",
-            "fix the selector or the count; the help line lists what matched.",
+            message="`{text}` matches {len_found} node{s}, not {describe}",
+            help="matched: {listing}{value2}",
         ),
         _c(
             "E203",
@@ -762,8 +1088,25 @@ CODES: dict[str, Code] = {
             "arrays are needed, a vector where an initialiser with fans needs a weight of two "
             "or more dimensions, or a module that is no stack for `unstack`.",
             "where activation -> init zeros",
-            "narrow the selector to the arrays or modules the action is for (e.g. "
-            "`Linear.weight`).",
+            message="`{action}` needs arrays, but `{text}` is {describe_kind_obj}",
+            help="select arrays (e.g. `Linear.weight`) or the modules that hold them",
+            weight=(
+                "`{name}` needs a weight of 2 or more dimensions, but `{text}` has shape {tuple_shape}",
+                "select weights only (e.g. `Linear.weight`), or use an initialiser without fans such as `zeros` or `normal(stddev=0.01)`",
+            ),
+            wrap=(
+                "`wrap` needs arrays, but `{text}` is {describe_kind_obj}",
+                "select the arrays themselves, e.g. `Linear.weight`",
+            ),
+            unstack_stack=("`unstack` needs a stack, but `{text}` is a `{name}`", None),
+            remat_checkpoints=(
+                "`remat` checkpoints a module's call, but `{text}` is {describe_kind_obj}",
+                "select the modules the model calls, e.g. `where blocks[*] -> remat`",
+            ),
+            remat_cannot=(
+                "`remat` cannot act inside a stack or an ensemble (`{text}`)",
+                "checkpoint a stack's layers with `stack PATH scan remat`, or `remat` before the `stack`/`ensemble` line",
+            ),
         ),
         _c(
             "E204",
@@ -772,13 +1115,33 @@ CODES: dict[str, Code] = {
             "an operation on values of the wrong kinds.",
             "where Linear.bias if shape[1] == 2 -> init zeros",
             "guard it, e.g. `if ndim == 2 and shape[1] == 2`.",
+            message="cannot apply `%` to a string",
+            tuple_only=("a tuple is only a `shard` spec", "write a list `[a, b]` for a value"),
+            needs_number=("`{op}` needs a number, not {kind_value}", None),
+            division_by_zero=("division by zero", None),
+            cannot_apply=("cannot apply `{op}` to {kind_left} and {kind_right}", None),
+            gives_complex=("`{op}` gives a complex number here", "the base must not be negative"),
+            not_indexable=("cannot index {kind_value}", None),
+            index_integer=("an index must be an integer, not {kind_index}", None),
+            out_of_range=(
+                "index {index} is out of range for {kind_value} of length {len_value}",
+                "check `ndim` first, e.g. `if ndim == 2 and shape[0] == shape[1]`",
+            ),
+            takes_keyword=("`{callee}` takes no keyword arguments", None),
+            takes_argument=("`{callee}` takes {arity} argument, not {len_args}", None),
+            unknown_function=("unknown function `{callee}`", None),
+            unevaluable=("cannot evaluate this expression", None),
+            unknown_name=("unknown name `{id}`", None),
+            failed=("{error}", None),
         ),
         _c(
             "E205",
             "building failed",
             "A constructor or wrapper refused the arguments it was given; its own message follows.",
             'where layers[-1] -> replace Linear(in_features=8, out_features="x")',
-            "pass the arguments the constructor or wrapper expects.",
+            message="`{callee}(...)` failed: {message}",
+            help="check the arguments against the constructor's documentation",
+            wrap_at=("`wrap {name}` failed at `{text}`: {splitlines}", None),
         ),
         _c(
             "E206",
@@ -786,7 +1149,8 @@ CODES: dict[str, Code] = {
             "Two classes of the model share the short name a selector uses (a library's "
             "`BatchNorm` beside `equinox.nn.BatchNorm`, say).",
             "where BatchNorm -> freeze",
-            "qualify the name with its package or module: `where equinox:BatchNorm -> freeze`.",
+            message="`{name}` names {len_found} classes of the model: {listing}",
+            help="write the one you mean with its module, e.g. `{names}`",
         ),
         _c(
             "E207",
@@ -795,14 +1159,17 @@ CODES: dict[str, Code] = {
             "pass under `eval_shape` after the rules; it fails after this rule (the first "
             "after which it does).",
             "input f32[4]\nwhere layers[-1] -> replace Linear(5, 2)  # the layer before gives 8",
-            "make the rule keep the shapes the model needs (a new head's `in_features`, say).",
+            message="after this rule the model fails on its declared input: {message}",
+            help="fix the rule so that the model still takes its input (a new head's "
+            "`in_features`, say)",
         ),
         _c(
             "E208",
             "`init` on integer arrays",
             "Initialisers draw floating-point numbers.",
             "where ** -> init normal  # the model holds an int32 counter",
-            'narrow the selector, e.g. `if dtype == "float32"`.',
+            message="`init` draws floating-point numbers, but `{text}` is {name}",
+            help='narrow the selector, e.g. with `if dtype == "float32"`',
         ),
         _c(
             "E209",
@@ -811,14 +1178,16 @@ CODES: dict[str, Code] = {
             "`column_axis` out of range).",
             "where Linear.weight -> init orthogonal(column_axis=5)",
             "use arguments that fit the array, or another initialiser.",
+            message="`{name}` cannot draw an array of shape {shape}: {splitlines}",
         ),
         _c(
             "E212",
             "the model does not take its declared input",
             "The forward pass fails on the `input` lines before any rule runs.",
             "input f32[3]  # for an MLP(in_size=4, ...)",
-            "declare one `input` line per positional argument, with the shapes and dtypes "
-            "the model takes (a stateful model gets its state after them).",
+            message="the model does not accept its declared input: {message}",
+            help="check the `input` lines: one per positional argument, in order, with the "
+            "model's shapes and dtypes",
         ),
         _c(
             "E210",
@@ -826,6 +1195,7 @@ CODES: dict[str, Code] = {
             "An argument evaluates to a value of a type the action does not take.",
             'where Linear.weight -> scale "two"',
             "give a value of the type the message names.",
+            message="`scale` needs a number, but this gives `{factor}` at `{text}`",
         ),
         # ---- warnings: the work is done, but may not be what you meant
         _c(
@@ -836,8 +1206,8 @@ CODES: dict[str, Code] = {
             "initialisation) and copy the rest: raw arrays of the model's own classes (a "
             "class token, a positional embedding) are the same in every copy.",
             "ensemble 4  # of a model with a raw `cls_token` array",
-            "draw them per copy with an `init` rule below the line, e.g. "
-            "`where cls_token -> init normal(stddev=0.02)`.",
+            message="{what} share {len_copied} array{s} that no default initialisation draws: {listing}{value2}",
+            help="draw them per copy with a rule below this line, e.g. `where {first} -> init normal(stddev=0.02)`",
         ),
         _c(
             "W202",
@@ -853,6 +1223,7 @@ CODES: dict[str, Code] = {
             "rules win).",
             "where Linear.bias -> scale 2\nwhere Linear.bias -> init zeros  # the scale is lost",
             "remove the overwritten action, or move it below the rule that overwrites it.",
+            message="every match of this rule's `{action}` is overwritten by {lines_by} ({count_len_writes})",
         ),
         _c(
             "W203",
@@ -862,8 +1233,8 @@ CODES: dict[str, Code] = {
             "usually the rules are in the wrong order.",
             "where Linear.weight -> init he_normal\n"
             "where layers[-1]    -> replace Linear(in_features=64, out_features=10)",
-            "put the `replace` above the `init`, so that the new module is drawn too; or "
-            "narrow the `init`'s selector to the modules that stay.",
+            message="`init` draws {count_n} that the `replace` on {lines_lines} then discards",
+            help="move the `replace` above this rule, so that the new module is drawn by this `init` too, or narrow the selector",
         ),
         _c(
             "W204",
@@ -872,7 +1243,8 @@ CODES: dict[str, Code] = {
             "optimiser eqxform builds never updates a frozen array, so the rule changes "
             "nothing.",
             "where layers[0]        -> freeze\nwhere layers[0].weight -> lr 0.1",
-            "remove the rule, or narrow the `freeze` so that these parameters train.",
+            message="`{name}` on frozen parameters: every array this rule matches ({count_len_leaves}) is frozen, so the optimiser never updates it",
+            help="remove the `{name}`, or narrow the `freeze` rule above to leave these parameters trainable",
         ),
         _c(
             "W205",
@@ -880,7 +1252,8 @@ CODES: dict[str, Code] = {
             "No expression of the spec reads this `let` name: the line is dead, or a rule "
             "meant to use it under another name. The check needs no model.",
             "let width = 64\nwhere layers[-1] -> replace Linear(in_features=64, out_features=2)",
-            "use the name (`in_features=width`), or remove the `let`.",
+            message="`let {name}` is never used",
+            help="remove it, or use `{name}` in a rule{outside}",
         ),
         _c(
             "W210",
@@ -889,8 +1262,8 @@ CODES: dict[str, Code] = {
             "a layer axis (built with `eqx.filter_vmap`, as esm2quinox's layers are): the "
             "model gets N times that many layers and parameters.",
             "stack layers scan 4 copies  # where layers holds 4 layers already",
-            "leave out the count and `copies` to take the module's own layers as a stack: "
-            "`stack layers scan`.",
+            message="`{text}` already holds {layers} layers; {count} copies of it hold {value} ({params:,} -> {value2:,} parameters)",
+            help="to take its {layers} layers as they are, write `stack {text2} {mode}` without `copies`",
         ),
         _c(
             "E220",
@@ -900,7 +1273,8 @@ CODES: dict[str, Code] = {
             "2-D weight array (whose value then becomes `W + scale * B A` at resolve). A "
             "selector matched something else: a bias, a convolution, a container.",
             "where layers[0] -> lora(rank=4)  # layers[0] is a Conv2d",
-            "select the `Linear` modules or their weights, e.g. `where Linear -> lora(rank=8)`.",
+            message="`{name}` adapts a `Linear` or a 2-D weight, but `{text}` {why}",
+            help="select `Linear` modules or their weights, e.g. `where Linear -> {name}` or `where **.qkv.weight -> {name}`",
         ),
         _c(
             "E221",
@@ -909,14 +1283,16 @@ CODES: dict[str, Code] = {
             "depend on the match (`rank=16 if fan_in >= 1024 else 8`); it gave something else "
             "at the module named.",
             "where Linear -> lora(rank=fan_in / 64)",
-            "give a whole number, e.g. `rank=max(1, fan_in // 64)`.",
+            message="`lora` needs a whole rank of at least 1, but `rank` is `{rank}` at `{text}`",
+            help="e.g. `lora(rank=8, alpha=16)`",
         ),
         _c(
             "E222",
             "bad LoRA alpha",
             "`alpha` sets the scale `alpha / rank` of the adapter's output; it must be a number.",
             'where Linear -> lora(rank=8, alpha="16")',
-            "give a number, e.g. `alpha=16`.",
+            message="`lora` needs a number for `alpha`, but it is `{alpha}` at `{text}`",
+            help="e.g. `lora(rank=8, alpha=16)`",
         ),
         _c(
             "E223",
@@ -924,7 +1300,8 @@ CODES: dict[str, Code] = {
             "The matched module (or weight) carries an adapter already; one adapter per "
             "module keeps the base, the factors and `merge` unambiguous.",
             "where Linear -> lora(rank=8)\nwhere Linear -> lora(rank=4)",
-            "select each module once, or `merge` the first adapter before adding another.",
+            message="`{text}` has an adapter already",
+            help="one adapter per module: `merge` the first one before adding another",
         ),
         _c(
             "E224",
@@ -932,8 +1309,8 @@ CODES: dict[str, Code] = {
             "`merge` bakes the adapters at or under the matched nodes into their base "
             "weights; it found none there.",
             "where layers[-1] -> merge  # no adapter in the last layer",
-            "select where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge` or "
-            "`where ** -> merge`.",
+            message="`merge`: `{text}` holds no adapter",
+            help="merge where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge`",
         ),
         _c(
             "E225",
@@ -941,7 +1318,8 @@ CODES: dict[str, Code] = {
             "`ia3(feedforward=true)` scales a `Linear`'s input (PEFT's feed-forward layers), "
             "`false` its output; it must be a boolean.",
             "where Linear -> ia3(feedforward=1)",
-            "write `true` or `false`.",
+            message="`ia3` needs `true` or `false` for `feedforward`, not `{feedforward}`",
+            help="`ia3(feedforward=true)` scales the input, as for feed-forward layers",
         ),
         # ---- model files
         _c(
@@ -951,8 +1329,8 @@ CODES: dict[str, Code] = {
             "another number of dimensions. The leading axes of stacks and ensembles are added "
             "for you (unsplit, or on their `over` axis).",
             "where Linear -> shard (model, none)  # the bias has one dimension",
-            "write one entry per dimension, or narrow the selector (`Linear.weight`, "
-            "`if ndim == 2`).",
+            message="`shard {text}` gives {len_dims} dimension{s}, but `{text2}` has {layer_rank} in one layer (shape {list_shape})",
+            help="write one entry per dimension of one layer, `none` for those not split{value2}, or narrow the selector (e.g. `if ndim == 2`)",
         ),
         _c(
             "E231",
@@ -960,7 +1338,8 @@ CODES: dict[str, Code] = {
             "An array's dimension is split over mesh axes whose sizes (multiplied) do not "
             "divide it, so the shards would differ in size.",
             "mesh model=4\nwhere layers[0].weight -> shard (none, model)  # in_features=6",
-            "split a dimension the mesh axes divide, change the mesh, or leave it `none`.",
+            message="dimension {axis} of `{text}`{kind} has size {size}, which {named} does not divide",
+            help="split a dimension whose size the mesh axes divide, change the mesh, or leave it `none`",
         ),
         _c(
             "E232",
@@ -968,7 +1347,12 @@ CODES: dict[str, Code] = {
             "A mesh axis splits at most one dimension of an array; the spec (with the `over` axis "
             "of a stack or ensemble around the array) uses one twice.",
             "mesh model=4\nstack blocks scan over model\nwhere **.weight -> shard (model, none)",
-            "use each mesh axis once per array.",
+            message="mesh axis `{id}` splits two dimensions",
+            help="use each mesh axis once per array",
+            mesh_axis=(
+                "mesh axis `{a}` splits two dimensions of `{text}` ({show_spec_dims})",
+                None,
+            ),
         ),
         _c(
             "E235",
@@ -980,8 +1364,11 @@ CODES: dict[str, Code] = {
             "`apply` report it at the `stack` line; without them, the stacked model's first "
             "call raises it.",
             "stack model.layers scan  # where each layer returns (x, cache)",
-            "add `layerwise` to the `stack` line (the parent's own loop then calls each "
-            "layer in turn), or leave the layers unstacked.",
+            message="the stacked layers change what they pass on: a layer takes {takes} and "
+            "returns {returns}",
+            help="a `scan` stack feeds each layer's output to the next, so a layer must return "
+            "what it takes; add `layerwise` to the `stack` line (the parent's loop then calls "
+            "each layer in turn), or `unstack` it",
         ),
         _c(
             "E238",
@@ -992,8 +1379,10 @@ CODES: dict[str, Code] = {
             "Without `input` lines a spec applies to the model alone, and a stacked model "
             "still takes the state made for the model before it.",
             "input f32[3, 224, 224]\nstack layer1 scan  # applied to `model`, not `(model, state)`",
-            "apply the spec to the pair that `eqx.nn.make_with_state` returns: "
-            "`model, state = program.apply((model, state))`.",
+            message="the model holds state (an `eqx.nn.State`, as its BatchNorm layers keep) but "
+            "was given without it, so its forward pass on the declared input cannot run",
+            help="apply the spec to the model and its state together, as "
+            "`eqx.nn.make_with_state` returns them: `model, state = program.apply((model, state))`",
         ),
         _c(
             "E240",
@@ -1002,6 +1391,7 @@ CODES: dict[str, Code] = {
             'map "blocks.{i}.mlp.fc3.weight" -> "blocks[{i}].mlp.fc3.weight"',
             "compare the names with `eqxform show CHECKPOINT` and the paths with `eqxform show "
             "MODEL`; the help line names the nearest of each.",
+            message="this `map` matches no checkpoint tensor and no model array",
         ),
         _c(
             "E241",
@@ -1009,8 +1399,8 @@ CODES: dict[str, Code] = {
             "The `map` line names, for a model array it matches, a tensor the checkpoint does not "
             "hold (a typo in the name, a layer the checkpoint lacks).",
             'map "layer{a}.{b}.conv1.weigth" -> "layers[{a-1}][{b}].conv1.weight"',
-            "fix the name (the help line shows the nearest the checkpoint holds), or `keep` the "
-            "array's own values.",
+            message="the checkpoint has no {listing_missing} ({len_missing} tensor{s} this `map` needs{value2}",
+            help="{value3}fix the name, or `keep` the model arrays they would fill",
         ),
         _c(
             "E242",
@@ -1018,7 +1408,8 @@ CODES: dict[str, Code] = {
             "A checkpoint tensor matches the `map` line, but the model has no array at the path "
             "it names (a typo in the path, a layer the model lacks).",
             'map "blocks.{i}.norm1.weight" -> "blocks[{i}].norm.weight"',
-            "fix the path (the help line shows the nearest the model has), or `skip` the tensor.",
+            message="the model has no {listing_missing} (named by this `map` for tensors the checkpoint holds)",
+            help="{value}fix the path (see `eqxform show` of the model), or `skip` the tensors",
         ),
         _c(
             "E243",
@@ -1027,6 +1418,11 @@ CODES: dict[str, Code] = {
             "shape differs from the model array's (or the slice of it a capture names).",
             'map "head.weight" -> "head.weight"  # (1000, 768) into (768, 1000)',
             "add `with transpose` or `with reshape`, or map the tensor onto the right array.",
+            message="{len_bad_shapes} shape{s} do not fit: {bad_shapes}",
+            model_adapter=(
+                "`{name}` is {list_shape}, the model's adapter {list_shape2}",
+                "apply `lora(rank={r}, alpha={number_alpha})` as the adapter was trained",
+            ),
         ),
         _c(
             "E244",
@@ -1034,7 +1430,8 @@ CODES: dict[str, Code] = {
             "A tensor stored as one dtype would fill an array of another; eqxform converts only "
             "when asked, so that no precision is lost unseen.",
             'map "**" ... # float16 tensors into a float32 model',
-            "add `with cast`, or cast the model to the checkpoint's dtype first.",
+            message="dtypes differ: {bad_dtype}{value}",
+            help="add `with cast` to convert to the model's dtype",
         ),
         _c(
             "E245",
@@ -1042,7 +1439,12 @@ CODES: dict[str, Code] = {
             "Every tensor of the checkpoint is read by a `map` or left out by a `skip`, so that "
             "a tensor forgotten by mistake is never silently dropped.",
             "map ...   # the checkpoint also holds `fc.weight`",
-            'map the tensors, or `skip` them (`skip "fc.*"`).',
+            message="{len_unused} checkpoint tensor{value} read by no `map`: {listing_unused}",
+            help='{value2}`map` them, or `skip "{unused}"`',
+            peft_adapter=(
+                "the PEFT adapter `{folder}` does not fit the model's adapters: {value}{value2}{value3}",
+                "apply the spec's `lora` rules to the modules PEFT adapted ({listing_sorted_value})",
+            ),
         ),
         _c(
             "E246",
@@ -1050,7 +1452,8 @@ CODES: dict[str, Code] = {
             "Every array of the model is filled by a `map` or kept by a `keep`, so that an array "
             "left at its random initial value is never mistaken for a loaded one.",
             "map ...   # nothing fills `head.weight`",
-            'map a tensor onto it, or `keep` it (`keep "head.*"`).',
+            message="{len_unfilled} model array{value} filled by no `map`: {listing_unfilled}",
+            help='{value2}map a tensor onto them, or `keep "{unfilled}"`',
         ),
         _c(
             "E247",
@@ -1058,7 +1461,8 @@ CODES: dict[str, Code] = {
             "Two `map` lines (or one, through overlapping captures) fill the same array or the "
             "same slice of a stacked array.",
             'map "a.weight" -> "fc.weight"\nmap "b.weight" -> "fc.weight"',
-            "fill each array once; `skip` the tensor that should not be read.",
+            message="{listing_value} {value} filled twice",
+            help="line {first} fills {value2} already; fill each array once{value3}",
         ),
         _c(
             "E248",
@@ -1067,6 +1471,8 @@ CODES: dict[str, Code] = {
             "model array: a typo, or a line left over from another checkpoint.",
             'skip "**.num_batches_trackd"',
             "fix the pattern, or remove it.",
+            message='`skip "{text}"` matches no checkpoint tensor',
+            keep_model=('`keep "{text}"` matches no model array', None),
         ),
         _c(
             "E249",
@@ -1074,8 +1480,8 @@ CODES: dict[str, Code] = {
             "Writing weights back runs each `map` in reverse; a `reshape` without the original "
             "shapes cannot be undone, nor can a `cast` know the dtype to return to.",
             "eqxform export spec.eqx model.eqx -o out.safetensors   # the spec has `reshape`",
-            "give the original checkpoint (`weights` in the spec, or `--weights PATH`): its header "
-            "alone supplies the shapes and dtypes.",
+            message="`{value}` cannot be undone without the original checkpoint's header",
+            help="give the original checkpoint (`weights` in the spec, `--weights PATH`, `reference=` in Python)",
         ),
         _c(
             "E250",
@@ -1085,7 +1491,16 @@ CODES: dict[str, Code] = {
             "map the base weight as it is (no `transpose`, `reshape`, fuse or split), to a name "
             "ending in `.weight`; or the model has no adapters at all.",
             "eqxform export spec.eqx tuned.eqx -o adapter --peft   # no `map` names the weight",
-            "map the adapted modules' weights, or put the adapters on modules that map as they are.",
+            message="no `map` line names the base weight of the adapter at `{path}`",
+            help="PEFT names an adapter by its base module's name in the checkpoint: map `{path}` to it",
+            unnamed=(
+                "the adapter at `{path}` has a base (`{name}`) that PEFT cannot name: {value}",
+                "put adapters on modules whose weight maps as it is",
+            ),
+            model_has=(
+                "the model has no LoRA adapters to write in PEFT's layout",
+                "add them with a rule such as `where **.qkv -> lora(rank=8, alpha=16)`",
+            ),
         ),
         _c(
             "E260",
@@ -1097,27 +1512,88 @@ CODES: dict[str, Code] = {
             "and differs between members, cannot be carried as an array with the member axis.",
             "ensemble 2 vary x=[0.1, 1]\nstack blocks scan\nwhere blocks[0:2] -> lr x",
             "vary the group's value on whole arrays, or the optimiser's own arguments.",
+            message="the members' optimisers differ in more than numbers",
+            help="vary only the optimiser's numeric arguments",
+            layers=(
+                "the `lr` or `weight_decay` rule on some layers of `{name}` varies per member",
+                "vary a group's value on whole arrays, or the optimiser's own arguments",
+            ),
         ),
         _c(
             "E301",
             "model file cannot be read",
             "The model file does not exist, is a directory, or cannot be opened.",
             "eqxform show missing.eqx",
-            "check the path and its permissions.",
+            message="checkpoint `{path}` does not exist",
+            help="check the path (a relative one is taken from the working directory)",
+            directory_model=(
+                "`{path}` is a directory, not a model file",
+                "check the path and its permissions",
+            ),
+            regular_file=(
+                "`{path}` is not a regular file (a pipe or a device?)",
+                "check the path and its permissions",
+            ),
+            model_file=("model file `{path}` does not exist", "check the path and its permissions"),
+            cannot_read=(
+                "cannot read `{path}`: permission denied",
+                "check the path and its permissions",
+            ),
+            os_error=("cannot read `{path}`: {error}", "check the path and its permissions"),
         ),
         _c(
             "E302",
             "not a valid model file",
             "The file is not a safetensors file, or its header, metadata or recipe is malformed.",
             "eqxform show spec.eqx",
-            "pass a file written by eqxform (or another safetensors writer), copied whole.",
+            message="`{path}` is not a readable `.npz` checkpoint: {str_e}",
+            help="write it with `numpy.savez(path, **state_dict)`",
+            not_json=(
+                _INVALID + "its {what} is not JSON (is this a spec or another file?)",
+                _COPIED,
+            ),
+            too_short=(
+                _INVALID + "it is {size} bytes long, too short for a header",
+                _COPIED,
+            ),
+            header_not_json=(
+                _INVALID + "its header is not JSON (is this a spec or another file?)",
+                _COPIED,
+            ),
+            header_not_object=(
+                _INVALID + "its header is not a JSON object",
+                _COPIED,
+            ),
+            metadata=(
+                _INVALID + "its `__metadata__` is not a map of strings",
+                _COPIED,
+            ),
+            tensor_has=(
+                _INVALID
+                + "tensor `{name}` has a malformed entry (it needs `dtype`, `shape` and `data_offsets`)",
+                _COPIED,
+            ),
+            tensor_has_bytes=(
+                _INVALID + "tensor `{name}` has {value} bytes for shape {list_shape}",
+                _COPIED,
+            ),
         ),
         _c(
             "E303",
             "model file truncated",
             "The header claims more bytes than the file holds, or a tensor lies outside it.",
             "",
-            "copy the file again, whole.",
+            message=_INVALID
+            + "its header claims {length} bytes, but the file has {value} after the length{value2}",
+            help=_COPIED,
+            cut_short=(
+                _INVALID + "it was cut short while it was read",
+                _COPIED,
+            ),
+            tensor_lies=(
+                _INVALID + "tensor `{name}` lies outside the file (is the file truncated?)",
+                _COPIED,
+            ),
         ),
         _c(
             "E304",
@@ -1125,7 +1601,8 @@ CODES: dict[str, Code] = {
             "A file saved from a model eqxform did not build carries no recipe, so its "
             "structure is unknown.",
             "eqxform.load('plain.eqx')",
-            "load it into a model of the same structure: `eqxform.load(path, like=model)`.",
+            message="`{path}` has no eqxform recipe, so its structure is unknown",
+            help="load it into a model of the same structure: `eqxform.load(path, like=model)`",
         ),
         _c(
             "E305",
@@ -1133,7 +1610,8 @@ CODES: dict[str, Code] = {
             "A tensor of the file is missing, extra, or of another shape or dtype than the "
             "recipe builds.",
             "",
-            "rebuild the file with `eqxform apply`; it was changed after it was written.",
+            message="`{path}` does not match its recipe: {problems}",
+            help="the file was changed after it was written, or written by another version; rebuild it with `eqxform apply`",
         ),
         _c(
             "E306",
@@ -1141,6 +1619,7 @@ CODES: dict[str, Code] = {
             "The file's recipe builds its model with a `package.module:function` constructor.",
             "eqxform show model.eqx",
             "pass `--allow package` if you trust it.",
+            message="`{origin}` names the module `{split}`; it was not imported",
         ),
         _c(
             "E310",
@@ -1149,7 +1628,8 @@ CODES: dict[str, Code] = {
             "(a valid header nests 3 levels, a recipe 5); deeper nesting is refused before "
             "it is parsed.",
             '{"a": [[[[[[[[[[[[[[[[[[0]]]]]]]]]]]]]]]]]}',
-            "rebuild the file with `eqxform new` or `eqxform apply`.",
+            message=_INVALID + "its {what} nests deeper than {max_json_depth} levels",
+            help=_COPIED,
         ),
         _c(
             "E311",
@@ -1158,7 +1638,17 @@ CODES: dict[str, Code] = {
             "bounds (a fraction, a boolean, a negative number, too many dimensions or a "
             "dimension too large).",
             '{"w": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}',
-            "rebuild the file; a writer that produced it is broken.",
+            message=_INVALID + "tensor `{name}` has a shape that is no list",
+            help=_COPIED,
+            dimensions_at=(
+                _INVALID
+                + "tensor `{name}` has {len_shape} dimensions (at most {max_tensor_ndim} are read)",
+                _COPIED,
+            ),
+            dimension_which=(
+                _INVALID + "tensor `{name}` has the dimension `{dumps}`, which {what}",
+                _COPIED,
+            ),
         ),
         _c(
             "E312",
@@ -1166,7 +1656,9 @@ CODES: dict[str, Code] = {
             "A tensor's dtype is not one eqxform reads (F64, F32, F16, BF16, I8 to I64, "
             "U8 to U64, BOOL).",
             '{"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}',
-            "cast the tensor to a supported dtype before saving.",
+            message=_INVALID
+            + "tensor `{name}` has the dtype `{code_}`, which eqxform does not read",
+            help="eqxform reads {listing}",
         ),
         _c(
             "E313",
@@ -1176,7 +1668,21 @@ CODES: dict[str, Code] = {
             "tensor's bytes as another's; gaps and trailing bytes hide data.",
             '{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
             '"b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}',
-            "rebuild the file; it was edited or written by a broken writer.",
+            message=_INVALID + "tensors `{previous}` and `{name}` overlap (bytes {start} to {at})",
+            help=_COPIED,
+            data_belong=(
+                _INVALID + "bytes {at} to {start} of the data belong to no tensor",
+                _COPIED,
+            ),
+            its_last=(
+                _INVALID + "its last {value} bytes belong to no tensor",
+                _COPIED,
+            ),
+            tensor_has=(
+                _INVALID
+                + "tensor `{name}` has the data offsets `{dumps}`; two non-negative integers `[start, end]` with start <= end are expected",
+                _COPIED,
+            ),
         ),
         _c(
             "E314",
@@ -1184,7 +1690,18 @@ CODES: dict[str, Code] = {
             "The header or recipe holds an integer of more digits than eqxform reads, a "
             "float beyond the range of a double (`1e999`), or `NaN`/`Infinity`.",
             '{"w": {"dtype": "F32", "shape": [99999999999999999999999999], ...}}',
-            "rebuild the file.",
+            message=_INVALID + "its {what} is refused: it holds an integer of {digits:,} digits "
+            "(at most {most} are read)",
+            help=_COPIED,
+            float=(
+                _INVALID + "its {what} is refused: it holds the number `{number}`, beyond the "
+                "range of a float",
+                _COPIED,
+            ),
+            constant=(
+                _INVALID + "its {what} is refused: it holds `{name}`, which is no JSON number",
+                _COPIED,
+            ),
         ),
         _c(
             "E315",
@@ -1194,8 +1711,35 @@ CODES: dict[str, Code] = {
             "numbers, strings, booleans or lists, seeds integers from 0 to 2**64 - 1 or null, "
             "`base.constructor` a string.",
             '{"base": {"constructor": "MLP(2, 2, 8, 2)", "seed": 0}, "specs": 3}',
-            "rebuild the file with `eqxform apply`; the recipe was edited by hand or "
-            "written by another program.",
+            message=_INVALID + "its recipe is not a JSON object",
+            help=_COPIED,
+            string=(_INVALID + "its {what}'s `{where}` is {kind}; a string is expected", _REWRITE),
+            seed=(
+                _INVALID
+                + "its {what}'s `{where}` is {kind}; a seed is an integer from 0 to 2**64 - 1, or null",
+                _REWRITE,
+            ),
+            map=(_INVALID + "its {what}'s `{where}` is {kind}; a map is expected", _REWRITE),
+            value=(
+                _INVALID
+                + "its {what}'s `{where}` is {kind}; a number, a string, a boolean or a list",
+                _REWRITE,
+            ),
+            specs=(
+                _INVALID
+                + "its {what}'s `{where}` is {kind}; a list of the specs applied is expected",
+                _REWRITE,
+            ),
+            number=(_INVALID + "its {what}'s `{where}` is {kind}; a number or a string", _REWRITE),
+            names=(
+                _INVALID + "its {what}'s `{where}` is {kind}; a list of names is expected",
+                _REWRITE,
+            ),
+            members=(_INVALID + "its {what}'s `{where}` is {kind}; a list of members", _REWRITE),
+            member=(
+                _INVALID + "its {what}'s `{where}` is not {index}, the member's place in the list",
+                _REWRITE,
+            ),
         ),
         _c(
             "E316",
@@ -1203,7 +1747,9 @@ CODES: dict[str, Code] = {
             "The recipe says it is of a format this eqxform does not read (written by a newer "
             "version).",
             '{"format": "eqxform/2", ...}',
-            "upgrade eqxform, or load the file with the version that wrote it.",
+            message=_INVALID
+            + "its recipe is of the format `{str_written}`; this eqxform reads `{format}`",
+            help="load it with the eqxform version that wrote it (`eqxform show` names it), or upgrade eqxform",
         ),
         _c(
             "E317",
@@ -1212,6 +1758,17 @@ CODES: dict[str, Code] = {
             "longer than eqxform reads from a file.",
             "",
             "rebuild the file; no recipe written by eqxform comes near the limits.",
+            long=(
+                _INVALID + "its {what}'s `{where}` is {length:,} characters long; recipes hold "
+                "strings of at most {most:,}",
+                _REWRITE,
+            ),
+            specs=(
+                _INVALID + "its {what}'s `{where}` lists {count:,} specs; recipes list at most "
+                "{most:,}",
+                _REWRITE,
+            ),
+            members=(_INVALID + "its {what}'s `{where}` lists {count:,} members", _REWRITE),
         ),
         _c(
             "E318",
@@ -1219,7 +1776,8 @@ CODES: dict[str, Code] = {
             "An object of the header or the recipe names the same key twice; a JSON reader "
             "would silently keep one of them.",
             '{"w": {...}, "w": {...}}',
-            "rebuild the file.",
+            message=_INVALID + "its {what} is refused: the key `{key}` appears twice in one object",
+            help=_COPIED,
         ),
         _c(
             "E319",
@@ -1227,7 +1785,8 @@ CODES: dict[str, Code] = {
             "A spec in the file's recipe is listed with a value for a `let` name that the "
             "spec does not define.",
             '"specs": [{"text": "let w = 1\\n...", "params": {"zz": 1}, ...}]',
-            "rebuild the file with `eqxform apply`; the recipe was edited.",
+            message="`{origin}`'s recipe sets {listing} for its spec {value} (`{name}`), which has no such `let`",
+            help="the recipe was edited or written by another program; rebuild the file with `eqxform apply`",
         ),
         _c(
             "E320",
@@ -1235,7 +1794,12 @@ CODES: dict[str, Code] = {
             "The header was valid, but reading the tensors failed: the file changed while it "
             "was read, or the disk failed.",
             "",
-            "read the file again; if it persists, copy it again.",
+            message="tensor `{name}` of `{path}` could not be read: {error}",
+            help="was the file changed while it was read? read it again",
+            tensors=(
+                _INVALID + "its tensors could not be read ({error})",
+                "was the file changed while it was read? read it again, or copy it again",
+            ),
         ),
         _c(
             "E321",
@@ -1244,7 +1808,9 @@ CODES: dict[str, Code] = {
             "brackets) than any real model file; parsing them would cost seconds and "
             "gigabytes.",
             '{"a": [[], [], [], ... millions more]}',
-            "rebuild the file; eqxform never writes one like it.",
+            message=_INVALID
+            + "its {what} holds about {items:,} values; eqxform reads at most {max_json_items:,}",
+            help=_COPIED,
         ),
         # ---- command line and API arguments
         _c(
@@ -1258,9 +1824,20 @@ CODES: dict[str, Code] = {
             "the file carries (a new head, layers left trainable) may differ: they come from "
             "the file.",
             "eqxform merge adapters.eqx other_base.eqx -o merged.eqx",
-            "load the adapters onto the model they were trained on (the file written by "
-            "`eqxform new`/`apply` before training, or `eqxform.load(path, base=model)` with "
-            "that model).",
+            message="`{path}` was trained on another base: on this model its specs make other tensors ({problems})",
+            help="load it onto the model the adapters were trained on",
+            no_fit=(
+                "`{path}` was trained on another base: its specs do not fit this model",
+                "load it onto the model the adapters were trained on",
+            ),
+            not_replayable=(
+                "`{path}` cannot be replayed: its specs draw frozen tensors at random ({listing}), and they were drawn from another key than the spec's seed when the adapters were trained",
+                "save the whole model instead, or apply the spec with `seed=` (not `key=`) before training and save the adapters again",
+            ),
+            fingerprint_file=(
+                "`{path}` was trained on another base: {value} (fingerprint {fingerprint_of_have}, the file wants {str_info})",
+                "load it onto the model the adapters were trained on (the same frozen tensors: names, shapes, dtypes and values)",
+            ),
         ),
         _c(
             "E331",
@@ -1269,8 +1846,8 @@ CODES: dict[str, Code] = {
             "(written with `adapters_only=True` or `apply --adapters-only`); this file holds "
             "a whole model.",
             "eqxform merge model.eqx base.eqx -o merged.eqx",
-            "load a whole model file with `eqxform.load(path)`; pass the adapter file first "
-            "to `merge`.",
+            message="`{path}` is a model file, not an adapter file",
+            help="load it with `eqxform.load(path)`; adapter files are written by `eqxform.save(path, model, adapters_only=True)` or `apply --adapters-only`",
         ),
         _c(
             "E332",
@@ -1278,8 +1855,8 @@ CODES: dict[str, Code] = {
             "An adapter file holds only the adapters, not the base they adapt, so it cannot "
             "be loaded on its own.",
             "eqxform.load('adapters.eqx')",
-            "give the base: `eqxform.load(path, base=model)`, or "
-            "`eqxform merge adapters.eqx base.eqx -o merged.eqx`.",
+            message="`{path}` holds only adapters; they load onto their base model",
+            help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
         ),
         _c(
             "E333",
@@ -1291,8 +1868,8 @@ CODES: dict[str, Code] = {
             "spec would compute something the adapters were never trained for, so the file is "
             "refused.",
             "eqxform merge edited.eqx base.eqx -o merged.eqx",
-            "write the adapter file again from the trained model "
-            "(`eqxform.save(path, model, adapters_only=True)`, `apply`/`train --adapters-only`).",
+            message="`{path}` was changed after it was written: {why}",
+            help="an adapter file is replayed on its base, so an edited spec would compute something the adapters were never trained for; write the file again from the trained model (`eqxform.save(..., adapters_only=True)`, `--adapters-only`)",
         ),
         _c(
             "E334",
@@ -1302,8 +1879,8 @@ CODES: dict[str, Code] = {
             "were saved from, although the tensors match: another version of eqxform or "
             "Equinox builds it differently, or the record was rewritten with a digest to match.",
             "eqxform merge adapters.eqx base.eqx -o merged.eqx",
-            "load it with the versions that wrote it, or write the adapter file again from the "
-            "trained model.",
+            message="`{path}`'s specs build another model on this base than the one its adapters were saved from (the same tensors, but other module types, functions or static fields)",
+            help="load it with the versions of eqxform and Equinox that wrote it, or write the adapter file again from the trained model",
         ),
         _c(
             "E340",
@@ -1313,6 +1890,7 @@ CODES: dict[str, Code] = {
             'weights "resnet18.pth"',
             "convert it once, where you trust the file: `import torch, safetensors.torch` then "
             '`safetensors.torch.save_file(torch.load("resnet18.pth"), "resnet18.safetensors")`.',
+            message="`{path}` is a pickle (PyTorch's `torch.save`), which eqxform never reads: loading one can run any code it holds",
         ),
         _c(
             "E341",
@@ -1320,14 +1898,26 @@ CODES: dict[str, Code] = {
             "Checkpoints are read from safetensors files and from `.npz` archives of `.npy` "
             "arrays; anything else is refused.",
             'weights "model.h5"',
-            "save the checkpoint as safetensors (`safetensors.numpy.save_file`) or `.npz`.",
+            message="`{path}` is no safetensors or `.npz` file",
+            help="save it with `safetensors.numpy.save_file` or `numpy.savez`",
+            unreadable=(
+                "`{folder}` holds no readable `{peft_config}`: {error}",
+                "a PEFT adapter folder holds adapter_model.safetensors and adapter_config.json",
+            ),
         ),
         _c(
             "E401",
             "spec file cannot be read",
             "The spec file does not exist or cannot be opened.",
             "eqxform check nope.eqx",
-            "check the path.",
+            message="spec file `{path}` does not exist",
+            help="this argument is read as the path of a spec file",
+            folder=("`{path}` is a folder, not a spec file", None),
+            cannot_read=("cannot read `{path}`: {strerror}", None),
+            folder_holds=(
+                "the folder `{path}` holds no spec (no `*.eqx` file, subfolders included)",
+                "pass spec files, or a folder with `.eqx` files in it",
+            ),
         ),
         _c(
             "E402",
@@ -1338,22 +1928,36 @@ CODES: dict[str, Code] = {
             "a YAML or Markdown file). Its contents are not shown, as they may not be meant "
             "for a terminal or a log.",
             "eqxform apply model.eqx spec.eqx -o out.eqx",
-            "the spec comes first: `eqxform apply SPEC MODEL -o OUT`; check that the path "
-            "names the spec you meant.",
+            message="`{path}` is a model file, not a spec",
+            help="the spec comes first: `eqxform apply SPEC MODEL -o OUT`",
+            text=(
+                "`{path}` is not a text file",
+                "a spec is UTF-8 text; its contents are not shown",
+            ),
+            spec=(
+                "`{path}` is not a spec",
+                "line {line}, the first that is not blank or a comment, does not start with a directive ({listing}, ...); its contents are not shown",
+            ),
+            arguments_are=(
+                "`{spec}` is a model file and `{model}` a spec: the arguments are swapped",
+                "the spec comes first: `eqxform {command} {model} {spec} ...`",
+            ),
         ),
         _c(
             "E403",
             "no model",
             "No model file is given and the spec has no `model` directive.",
             "eqxform apply spec.eqx -o out.eqx",
-            "pass a model file, or add a `model` directive.",
+            message="no model given, and the spec has no `model` directive",
+            help="pass a model file, or add e.g. `model MLP(in_size=2, out_size=2, width_size=64, depth=2)` to the spec",
         ),
         _c(
             "E404",
             "output folder missing",
             "The folder of the output file does not exist.",
             "eqxform apply spec.eqx -o missing/out.eqx",
-            "create the folder, or write elsewhere.",
+            message="cannot write `{name}`: folder `{folder}` does not exist",
+            help="create it first (`mkdir -p {folder}`), or {fix}",
         ),
         _c(
             "E405",
@@ -1362,7 +1966,16 @@ CODES: dict[str, Code] = {
             "or a class or function with its arguments (`eqxform.new(MLP, in_size=2, ...)`), "
             "not text and arguments both.",
             'eqxform new "3 + 4" -o m.eqx',
-            'write a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)".',
+            message="a constructor written as text takes its arguments in the text",
+            help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)"), or pass the class: eqxform.new(MLP, in_size=2, ...)',
+            call_string=(
+                "the constructor must be a call written as a string, not a `{name}`",
+                'e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
+            ),
+            call=(
+                "`{constructor}` is not a constructor call",
+                'write it as a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
+            ),
         ),
         _c(
             "E451",
@@ -1376,8 +1989,8 @@ CODES: dict[str, Code] = {
             "that name (not defined in `__main__` or inside a function). Anything else (an "
             "array, a dict, a lambda) cannot.",
             "eqxform.new(MyNet, table=jnp.ones(3))",
-            "pass values the recipe can write, or put the construction in a function of a "
-            "module (`factory.py`) and pass that function: `eqxform.new(factory.make, width=3)`.",
+            message="a recipe cannot record {what}",
+            help="a recipe records numbers, strings, booleans, `none`, lists, dtypes, `jax.nn` functions and config objects (dataclasses, named tuples) of those, naming classes and functions by an importable `package.module:Name`; pass such values, or write a factory function in a module and pass that",
         ),
         _c(
             "E406",
@@ -1385,34 +1998,44 @@ CODES: dict[str, Code] = {
             "A `--params` file is YAML mapping `let` names to numbers, strings or booleans.",
             "- 1\n- 2",
             "write e.g. `width: 128`.",
+            message="`{params_file}` is not valid YAML: {splitlines}",
+            map_let=("`{params_file}` must map `let` names to values", "e.g. `width: 128`"),
+            number_string=(
+                "`{k}` in `{params_file}` must be a number, a string or a boolean",
+                None,
+            ),
         ),
         _c(
             "E407",
             "bad `--set`",
             "`--set` takes `NAME=VALUE`.",
             "eqxform apply spec.eqx --set width -o out.eqx",
-            "write e.g. `--set width=128`.",
+            message="`--set {item}` is not NAME=VALUE",
+            help="e.g. `--set width=128`",
         ),
         _c(
             "E408",
             "no such device",
             "`--device` names a platform that JAX does not have here.",
             "eqxform apply spec.eqx --device tpu -o out.eqx",
-            "use one of the platforms the help line lists.",
+            message="no `{name}` device is available",
+            help="devices here: {listing}",
         ),
         _c(
             "E409",
             "output is the input",
             "The output file is the input model; eqxform does not overwrite its input.",
             "eqxform apply spec.eqx model.eqx -o model.eqx",
-            "write elsewhere, or pass `--force`.",
+            message="`{output}` is the input model; eqxform will not overwrite its input",
+            help="write elsewhere with `-o`, or pass `--force` to replace it",
         ),
         _c(
             "E410",
             "no optimiser",
             "Training needs the spec's `optimizer` directive.",
             "eqxform train spec.eqx -o out.eqx   # the spec has no `optimizer`",
-            "add e.g. `optimizer adamw(learning_rate=1e-3)`.",
+            message="the spec has no `optimizer` directive",
+            help="add one, e.g. `optimizer adamw(learning_rate=1e-3)`",
         ),
         _c(
             "E411",
@@ -1420,20 +2043,23 @@ CODES: dict[str, Code] = {
             "The `--params` file does not exist.",
             "eqxform apply spec.eqx --params nope.yaml -o out.eqx",
             "check the path.",
+            message="params file `{params_file}` does not exist",
         ),
         _c(
             "E412",
             "`--set` value is not a constant",
             "A `--set` value is a constant expression: a number, a string, a boolean, a list.",
             "eqxform apply spec.eqx --set width=2*w -o out.eqx",
-            "give the value itself.",
+            message="`--set {name}={text}` is not a constant",
+            help="give a number, a string, `true`/`false` or a list, e.g. `--set width=128`",
         ),
         _c(
             "E413",
             "type name not capitalised",
             "Selectors read capitalised names as types and lowercase ones as fields.",
             'eqxform.register_type(Block, name="block")',
-            "register the type under a capitalised name.",
+            message="type name `{name}` must start with a capital letter: selectors read lowercase names as fields",
+            help="register it as `{value}`",
         ),
         _c(
             "E414",
@@ -1441,14 +2067,21 @@ CODES: dict[str, Code] = {
             "A model file names each tensor by its path; two paths of the model give the "
             "same name (a dict key containing `.`, say).",
             "",
-            "rename the key.",
+            message="two leaves of the model are both named `{name}`",
+            help="tensor names are the leaves' paths; a dict key that contains a `.` can collide with a path: rename it",
         ),
         _c(
             "E415",
             "unknown diagnostic code",
             "`eqxform explain` takes a code that eqxform's messages show.",
             "eqxform explain E999",
-            "copy the code from the message, e.g. `E201`.",
+            message="give a code or `--all`, not both",
+            help="`eqxform explain E201`, or `eqxform explain --all`",
+            given=(
+                "no code given",
+                "e.g. `eqxform explain E201`, or `eqxform explain --all`; there are {len_codes} codes",
+            ),
+            diagnostic_has=("no diagnostic has the code `{code_}`", None),
         ),
         _c(
             "E420",
@@ -1459,9 +2092,41 @@ CODES: dict[str, Code] = {
             "outside the model's classes (`--loss cross_entropy`). The message says which, "
             "with the shapes and dtypes found.",
             "eqxform train spec.eqx --data d.npz --loss cross_entropy -o out.eqx   # y is f32[N,3]",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`, one row per example; "
-            "for `cross_entropy`, `y` holds one integer class per example "
-            "(`y.argmax(axis=1).astype(numpy.int32)` of one-hot rows).",
+            message="`{path}` must hold arrays named `x` and `y`; it holds {value}",
+            help="write it with `numpy.savez(path, x=inputs, y=targets)`",
+            rows=(
+                "`x` and `y` must have one row per example: `x` is {list_shape}, `y` is {list_shape2}",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            empty=(
+                "`{path}` holds no examples",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            real_numbers=(
+                "`x` and `y` must be real numbers, not complex",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            model_does=(
+                "the model does not accept rows of `x` of shape {list_shape}: {error}",
+                "each row of `x` is one input of the model (the spec's `input` line, or the `in_size` of an `MLP`): save `x` with one such input per row",
+            ),
+            model_gives=(
+                "the model gives outputs of shape {list_shape}{value}, but rows of `y` have shape {list_shape2}",
+                "`--loss mse` compares each output with its row of `y`: give `y` the shape {list_value} (or change the model's output){value2}",
+            ),
+            loss_cross=(
+                "`--loss cross_entropy` needs labels that are integers of shape {want}, got {typed_y}",
+                None,
+            ),
+            labels_lie=("labels must lie in [0, {value}){found}", None),
+            no_file=(
+                "data file `{path}` does not exist",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            not_a_file=(
+                "data file `{path}` is not a regular file",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
         ),
         _c(
             "E421",
@@ -1469,14 +2134,20 @@ CODES: dict[str, Code] = {
             "Without `--data`, `train` makes a toy task sized from the model's `in_size` and "
             "`out_size`.",
             "eqxform train cnn.eqx -o out.eqx",
-            "pass `--data data.npz`.",
+            message="the built-in data set feeds one input, and the spec declares {len_inputs}",
+            help="pass your data with `--data data.npz` (arrays `x` and `y`)",
+            needs_model=(
+                "the built-in data set needs a model with integer `in_size` and `out_size` (an `MLP`) or an `input` line; this model is a `{name}`",
+                "pass your data with `--data data.npz` (arrays `x` and `y`), or declare the model's input, e.g. `input f32[3,32,32]`",
+            ),
         ),
         _c(
             "E422",
             "batch larger than the data",
             "`--batch-size` is larger than the number of examples.",
             "eqxform train spec.eqx --batch-size 9999 -o out.eqx",
-            "use a smaller batch.",
+            message="`--batch-size {batch_size}` is larger than the data set ({len_x} examples)",
+            help="use at most {len_x}",
         ),
         _c(
             "E423",
@@ -1486,9 +2157,8 @@ CODES: dict[str, Code] = {
             "(ESM2's `ESM2Result` with `hidden` and `logits`), a dict. The message shows what "
             "it returned.",
             "eqxform train spec.eqx esm2.eqx --data d.npz --loss cross_entropy -o out.eqx",
-            "name the array with `--model-output logits` (an attribute, a key or an index: `0`, "
-            "`[0].logits`), or give a loss of your own, `--loss package.module:function "
-            "--allow package`, a function `(pred, y) -> scalar` of the batch's outputs.",
+            message="the model returns {describe_output_out}; `eqxform train`'s `{loss}` compares one array with `y`",
+            help="name the array to train with `--model-output {example}`{value}, or give a loss of your own: `--loss package.module:function --allow package`",
         ),
         _c(
             "E424",
@@ -1497,7 +2167,8 @@ CODES: dict[str, Code] = {
             "what the model returns: attribute names, mapping keys and indices, joined by `.` "
             "or written `[i]`. The path does not fit what the model returned (shown).",
             "eqxform train spec.eqx esm2.eqx --model-output logit -o out.eqx",
-            "name one of the parts the message lists, e.g. `--model-output logits` or `--model-output 0`.",
+            message="`--model-output {path}`: {why}",
+            help="name an attribute or an index of what the model returns, e.g. `--model-output logits` or `--model-output 0`",
         ),
         _c(
             "E425",
@@ -1508,8 +2179,28 @@ CODES: dict[str, Code] = {
             "imported, is not allowed, is no function, or fails on the model's output shapes "
             "or gives no single number.",
             "eqxform train spec.eqx m.eqx --loss mylosses:masked_ce -o out.eqx",
-            "add `--allow mylosses`; make it return the batch's loss as a scalar "
-            "(`jnp.mean(...)`).",
+            message="unknown loss `{name}`",
+            help="the losses are {losses}, or a function of your own as `package.module:function` with `--allow package`",
+            comes_from=(
+                "the loss `{name}` comes from `{module}`, which is not allowed",
+                "eqxform imports no module unless you allow it: add `--allow {top}` if you trust it",
+            ),
+            cannot_import=(
+                "cannot import the loss `{name}`: {error}",
+                "write it as `package.module:function`, importable from the current directory or an installed package",
+            ),
+            function=(
+                "the loss `{name}` is a `{name2}`, not a function",
+                "a loss is a function `(pred, y) -> scalar` of a batch",
+            ),
+            fails_on=(
+                "the loss `{name}` fails on the model's output ({describe_output_out}) and rows of `y` ({describe_output_target}): {error}",
+                "a loss is a function `(pred, y) -> scalar` of a batch's outputs and targets",
+            ),
+            gives_one=(
+                "the loss `{name}` gives {describe_output_value}, not one floating-point number",
+                "return the batch's loss as a scalar, e.g. with `jnp.mean`",
+            ),
         ),
         _c(
             "E430",
@@ -1519,7 +2210,12 @@ CODES: dict[str, Code] = {
             "seeds below 2**32 draw as `jax.random.key(seed)`, larger ones put their high 32 "
             "bits in the key's high word.",
             "eqxform apply spec.eqx -o out.eqx --seed 2**63",
-            "write the seed in decimal digits, e.g. `--seed 9223372036854775808`.",
+            message="{what} must be a whole number from 0 to 2**64 - 1, not {describe_value_seed}",
+            help="e.g. `--seed 0` (Python: `seed=0`)",
+            whole_number=(
+                "`{option} {text}` is not a whole number from 0 to 2**64 - 1",
+                "write it in decimal digits, e.g. `{option} 0`",
+            ),
         ),
         _c(
             "E431",
@@ -1529,7 +2225,8 @@ CODES: dict[str, Code] = {
             "spec's own values (an integer of more than 256 bits, a float that is not finite, "
             "a string or list of more than 10,000 elements).",
             'eqxform.compile("let w = 1", params={"w": object()})',
-            'pass a constant, e.g. `params={"w": 128}`.',
+            message="the value of `{key}` {problem}",
+            help='give a number, a string, `true`/`false`/`none` or a list of those, e.g. `--set width=128` or `params={{"width": 128}}`',
         ),
         _c(
             "E432",
@@ -1539,7 +2236,8 @@ CODES: dict[str, Code] = {
             'T) nor `none`. `0` and negative numbers are refused rather than read as "no '
             'limit": the word `none` is the one way to turn the check off.',
             "EQXFORM_MAX_BYTES=0 eqxform apply spec.eqx -o out.eqx",
-            "set it to e.g. `64G` or `1.5T`, or `none` to turn the memory check off.",
+            message="`{max_bytes_env}={text}` {why}",
+            help="give a positive number of bytes in digits 0-9, with an optional unit K, M, G or T (e.g. `{max_bytes_env}=64G`), or `{budget_off}` to turn the memory check off",
         ),
         _c(
             "E433",
@@ -1547,7 +2245,8 @@ CODES: dict[str, Code] = {
             "`Program.apply` and `Program.build_model` take one `jax.random.key` (or a legacy "
             "`jax.random.PRNGKey`) as `key=`.",
             'program.apply(model, key="0")',
-            "pass `key=jax.random.key(0)`, or `seed=0`.",
+            message="`key` must be one `jax.random.key`, not {what_key}",
+            help="e.g. `key=jax.random.key(0)`, or pass `seed=0` instead",
         ),
         _c(
             "E434",
@@ -1556,7 +2255,8 @@ CODES: dict[str, Code] = {
             "a spec (a `str`) or a file (a `pathlib.Path`), `params` a mapping of `let` names "
             "to values, `inputs` a list of strings, `name` a string.",
             'eqxform.compile(Path("spec.eqx"), params=[("width", 8)])',
-            'pass the documented type, e.g. `params={"width": 8}`.',
+            message="`{argument}` must be {expected}, not a `{name}`",
+            help="see `help(eqxform.compile)`",
         ),
         _c(
             "E435",
@@ -1566,7 +2266,8 @@ CODES: dict[str, Code] = {
             "in `.eqx`, names a file, or has a `/` and no spaces) and does not parse as a "
             "statement was meant as a file; it is refused, and never read.",
             'eqxform.compile("specs/lora.eqx")',
-            'pass a path object: `eqxform.compile(pathlib.Path("specs/lora.eqx"))`.',
+            message="the spec text `{shown}` looks like the path of a file",
+            help="a `str` is the text of a spec; pass a file as a path object: `eqxform.compile(pathlib.Path({shown!r}))`",
         ),
         _c(
             "E436",
@@ -1576,9 +2277,11 @@ CODES: dict[str, Code] = {
             "before `stack` (which a stack reads and writes back): it belongs to another "
             "model.",
             "model, state = eqx.nn.make_with_state(Other)(key=key)\nstacked(x, state)",
-            "call the model with the state of the model the spec was applied to, or apply the "
-            "spec to the model and its state together: "
-            "`model, state = program.apply((model, state))`.",
+            message="the `eqx.nn.State` passed to a stack holds no value for its layers: it was "
+            "made for another model",
+            help="call the model with the state of the model the spec was applied to (its "
+            "per-layer values are read and written back), or apply the spec to the model and "
+            "its state together: `model, state = program.apply((model, state))`",
         ),
         _c(
             "E437",
@@ -1598,7 +2301,12 @@ CODES: dict[str, Code] = {
             "commas or spaces, each size a whole number >= 1 (in the digits 0-9) or -1, each "
             "name once.",
             "eqxform train spec.eqx --mesh data=2,model -o out.eqx",
-            "write e.g. `--mesh data=2,model=4`.",
+            message="`{origin} {text}`: {problem}",
+            help="write it as `{origin} data=2,model=4` (`-1`: the devices left over)",
+            mesh_takes=(
+                "`mesh=` takes a `jax.sharding.Mesh`, a mapping of axis sizes or the text `data=2,model=4`, not {name}",
+                None,
+            ),
         ),
         _c(
             "E466",
@@ -1606,7 +2314,22 @@ CODES: dict[str, Code] = {
             "A run of several processes needs `--coordinator HOST:PORT` (process 0's address), "
             "`--num-processes N` and `--process-id I` (0 <= I < N), all three.",
             "eqxform train spec.eqx --coordinator 10.0.0.1:1234 -o out.eqx",
-            "give all three, the same coordinator and count to every process.",
+            message="`--timeout` is how long a run of several processes waits to start; this run has one process",
+            help="leave `--timeout` out, or join a run with `--coordinator`, `--num-processes` and `--process-id`",
+            needs_coordinator=(
+                "a run of several processes needs `--coordinator`, `--num-processes` and `--process-id` together",
+                "e.g. `--coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0` on the first host, `--process-id 1` on the second",
+            ),
+            coordinator=("`--coordinator {coordinator}` is not `HOST:PORT`", _JOIN),
+            num_processes=("`--num-processes {num_processes}` must be at least 1", _JOIN),
+            process_id=(
+                "`--process-id {process_id}` must lie in 0..{last} for {num_processes} processes",
+                _JOIN,
+            ),
+            timeout=(
+                "the timeout must be a whole number of seconds, at least 1, not {timeout_s!s}",
+                _JOIN,
+            ),
         ),
         _c(
             "E467",
@@ -1617,6 +2340,7 @@ CODES: dict[str, Code] = {
             "--process-id 1 -o out.eqx",
             "start process 0 first, check that every host reaches its address and port, and "
             "start the others within the timeout.",
+            message="process {process_id} of {num_processes} could not join the run at `{coordinator}`: {what}",
         ),
         _c(
             "E468",
@@ -1624,8 +2348,8 @@ CODES: dict[str, Code] = {
             "The batch is split over `--batch-axis` (`batch_axis=`), which must be an axis of "
             "the mesh.",
             "eqxform train spec.eqx --mesh data=8 --batch-axis batch -o out.eqx",
-            "name a mesh axis, or leave it out: the batch then goes over `data` when the mesh "
-            "has it, and is replicated otherwise.",
+            message="the batch axis `{batch_axis}` is no axis of the mesh ({listing})",
+            help="{value} name a mesh axis, or leave it out to split over `data` when the mesh has it (else the batch is replicated)",
         ),
         _c(
             "E438",
@@ -1635,8 +2359,8 @@ CODES: dict[str, Code] = {
             "`ensemble` then uses for its members, as the Equinox Tricks page's "
             "`make_ensemble` does.",
             "program.apply(eqx.nn.MLP)",
-            "pass a function of a key, e.g. "
-            "`program.apply(lambda key: eqx.nn.MLP(2, 2, 8, 2, key=key))`.",
+            message="a constructor given in place of a model is called with one key, `constructor(key)`, but `{name}` does not take one",
+            help="pass a function of a key, e.g. `program.apply(lambda key: Model(..., key=key))`, or pass the model itself",
         ),
         _c(
             "E440",
@@ -1646,13 +2370,15 @@ CODES: dict[str, Code] = {
             "that input. `--force` does not change this.",
             "eqxform apply spec.eqx model.eqx -o spec.eqx",
             "write the model elsewhere with `-o`.",
+            message="`{name}` is the {what}; eqxform will not write over an input of the command",
         ),
         _c(
             "E441",
             "output is a directory",
             "`-o` (or `eqxform.save`'s path) names a directory.",
             "eqxform apply spec.eqx -o models/",
-            "name a file inside it, e.g. `-o models/model.eqx`.",
+            message="cannot write `{name}`: it is a directory",
+            help="name a file, e.g. `-o {listing}`",
         ),
         _c(
             "E442",
@@ -1662,6 +2388,7 @@ CODES: dict[str, Code] = {
             "regular one.",
             "eqxform apply spec.eqx -o /dev/null",
             "write a regular file; pipe the file afterwards if you need to.",
+            message="cannot write `{name}`: it is {kind}; eqxform writes whole files and would replace it with one",
         ),
         _c(
             "E443",
@@ -1669,14 +2396,20 @@ CODES: dict[str, Code] = {
             "The folder of the output cannot be written (permissions, a read-only file system); "
             "found before any work.",
             "eqxform apply spec.eqx -o /read-only/out.eqx",
-            "write elsewhere, or fix the folder's permissions.",
+            message="cannot write `{name}`: folder `{folder}` is not writable ({error})",
+            help="check the folder's permissions, or {fix}",
+            write=(
+                "cannot write `{name}`: {error}",
+                "the old file, if any, is unchanged; free space or write elsewhere",
+            ),
         ),
         _c(
             "E444",
             "output name too long",
             "The output's file name is longer than its folder's file system takes.",
             "eqxform apply spec.eqx -o aaaa...(300 characters).eqx",
-            "use a shorter name.",
+            message="cannot write `{name}{value}`: the name is too long{value2}",
+            help="use a shorter file name",
         ),
         _c(
             "E445",
@@ -1684,7 +2417,9 @@ CODES: dict[str, Code] = {
             "A path argument of the Python API is not a `str` or `os.PathLike`, is empty, or "
             "contains a NUL character.",
             "eqxform.load(None)",
-            "pass the file's name.",
+            message="the {what} must be a path (a `str` or `os.PathLike`), not a `{name}`",
+            help='pass the file\'s name, e.g. `"model.eqx"` or `pathlib.Path(...)`',
+            path=("the {what} path {value}", 'pass the file\'s name, e.g. `"model.eqx"`'),
         ),
         _c(
             "E446",
@@ -1692,7 +2427,16 @@ CODES: dict[str, Code] = {
             "`eqxform.save` was given something that holds no arrays (or a traced value "
             "inside `jax.jit`), or a `recipe` that is no `eqxform.Recipe`.",
             'eqxform.save("m.eqx", "hello")',
-            "pass the model (an `equinox.Module` or a pytree of arrays).",
+            message="`recipe` must be an `eqxform.Recipe`, not a `{name}`",
+            help="pass `eqxform.recipe_of(model)`, or leave `recipe` out",
+            nothing=(
+                "there is nothing to save: the `{name}` given holds no arrays",
+                "pass a model (an `equinox.Module` or a pytree of arrays)",
+            ),
+            traced=(
+                "leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
+                "save the model the jitted function returns",
+            ),
         ),
         _c(
             "E447",
@@ -1701,6 +2445,7 @@ CODES: dict[str, Code] = {
             "PRNG key arrays, 8-bit floats, objects).",
             'eqxform.save("m.eqx", {"key": jax.random.key(0)})',
             "cast the leaf to a stored dtype, or store a key's bits (`jax.random.key_data`).",
+            message="leaf `{name}` is {why}, which a model file cannot store",
         ),
         _c(
             "E448",
@@ -1709,6 +2454,11 @@ CODES: dict[str, Code] = {
             "The old file, if there was one, is unchanged, and no temporary file is left.",
             "",
             "free space, or write elsewhere.",
+            message="cannot make the folder `{folder}`: {error}",
+            write=(
+                "cannot write `{name}`: {error}",
+                "the old file, if any, is unchanged; free space or write elsewhere",
+            ),
         ),
         _c(
             "E449",
@@ -1716,7 +2466,8 @@ CODES: dict[str, Code] = {
             "`eqxform.load` and `eqxform.new` take `allow` as a list of top-level package "
             "names; a single string would be read letter by letter.",
             'eqxform.load("m.eqx", allow="mypkg")',
-            'pass a list: `allow=["mypkg"]`.',
+            message="`allow` must be a list of package names, not {allow!r:.60}",
+            help='e.g. `allow=["mypkg"]`',
         ),
         _c(
             "E450",
@@ -1725,7 +2476,20 @@ CODES: dict[str, Code] = {
             "`--weights PATH` (`weights=` in Python) names one; or weights were given to a spec "
             "without `map` lines.",
             "eqxform apply resnet.eqx -o out.eqx   # the spec has `map` lines, no `weights`",
-            'add `weights "PATH"` to the spec, or pass `--weights PATH`.',
+            message="weights were given, but the spec has no `map` lines to read them by",
+            help='add `map "CHECKPOINT NAME" -> "MODEL PATH"` lines (docs/weights.md); a model file of eqxform\'s own loads with `eqxform.load`',
+            checkpoint_none=(
+                "the spec's `map` lines read a checkpoint, but none is named",
+                'add `weights "PATH"` to the spec, or pass `--weights PATH` (`weights=` in Python)',
+            ),
+            write_back=(
+                "the spec has no `map` lines to write the weights back by",
+                "docs/weights.md shows how a spec maps a checkpoint's names",
+            ),
+            spec_has=(
+                "the spec has no `map` lines to {what} by",
+                "docs/weights.md shows how a spec maps a checkpoint's names",
+            ),
         ),
         _c(
             "E525",
@@ -1734,7 +2498,20 @@ CODES: dict[str, Code] = {
             "a single `.npy`, not a zip with other members, not a member whose `.npy` header "
             "cannot be read.",
             "eqxform train spec.eqx --data x.npy -o out.eqx",
-            "write it with `numpy.savez(path, x=inputs, y=targets)`.",
+            message="`{path}` is {value}",
+            help="write it with `numpy.savez(path, x=inputs, y=targets)`",
+            holds_which=(
+                "`{path}` holds `{name}`, which is no `.npy` array",
+                "an `.npz` holds `.npy` arrays only: write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            readable_npy=(
+                "`{name}` in `{path}` is not a readable `.npy` array: {error}",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
+            has_shape=(
+                "`{key}` of `{path}` has the shape {shape}, which is no shape",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
         ),
         _c(
             "E526",
@@ -1742,7 +2519,8 @@ CODES: dict[str, Code] = {
             "`x` or `y` holds complex numbers, Python objects, strings, dates or records; "
             "training data are booleans, integers or floats.",
             "numpy.savez('d.npz', x=x.astype(complex), y=y)",
-            "convert it before saving, e.g. `x.real.astype(numpy.float32)`.",
+            message="`{key}` of `{path}` holds {kind} ({dtype}); training data are real numbers (booleans, integers or floats)",
+            help="convert it before saving, e.g. `x.real.astype(numpy.float32)` or `numpy.asarray(y, numpy.int32)`",
         ),
         _c(
             "E527",
@@ -1751,8 +2529,12 @@ CODES: dict[str, Code] = {
             "the arrays would not fit in memory; found from the headers, before anything is "
             "loaded.",
             "an .npz whose header claims an array of 7 TiB",
-            "write the file again with numpy; train on less data, or from Python with "
-            "batches you load yourself.",
+            message="`x` and `y` of `{path}` take {size_total} in memory, more than the {size_limit} eqxform loads",
+            help="train on a smaller data set, or from Python with `eqxform.make_step` and batches you load yourself",
+            claims=(
+                "`{key}` of `{path}` claims {list_shape} of {dtype} ({size_claimed}), but the file holds {size_max_held} of it",
+                "the file is damaged or was not written by numpy; write it again",
+            ),
         ),
         _c(
             "E528",
@@ -1760,7 +2542,12 @@ CODES: dict[str, Code] = {
             "Reading `x` or `y` failed after their headers were checked: a checksum or a "
             "length in the zip does not match.",
             "",
-            "write the file again.",
+            message="`{path}` could not be read: {error}",
+            help="the file is damaged (a checksum or a length does not match); write it again",
+            changed_while=(
+                "`{key}` of `{path}` changed while it was read",
+                "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            ),
         ),
         _c(
             "E529",
@@ -1770,8 +2557,8 @@ CODES: dict[str, Code] = {
             "refused before any step; the message names the array and the index of the "
             "first bad element.",
             "numpy.savez('d.npz', x=x, y=numpy.where(mask, numpy.nan, y))",
-            "drop the rows that hold them, or replace the values (`numpy.nan_to_num`), then "
-            "save the file again.",
+            message="`{key}` of `{path}` holds {array} at index {list_where} ({count:,} element{s} not finite); training data must be finite numbers",
+            help="clean the data before saving, e.g. drop those rows (`keep = numpy.isfinite({key}).all(axis=tuple(range(1, {key}.ndim)))`) or replace the values (`numpy.nan_to_num`)",
         ),
         # ---- running
         _c(
@@ -1783,8 +2570,8 @@ CODES: dict[str, Code] = {
             "last finite one) to the output and exits with status 1; when the very first "
             "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
             "optimizer sgd(learning_rate=1e10)",
-            "lower the learning rate (or clip the gradients), check the scale of the data, "
-            "and check that the model's outputs are finite at the start.",
+            message="training stopped at step {nonfinite}: {nonfinite_what}; {kept}",
+            help="lower the learning rate in the spec's `optimizer` (or clip gradients), check the data's scale, or start from a model whose outputs are finite",
         ),
         _c(
             "E460",
@@ -1792,7 +2579,8 @@ CODES: dict[str, Code] = {
             "`save(..., adapters_only=True)` (`apply --adapters-only`) writes a model's "
             "adapters; the model has none.",
             "eqxform apply init.eqx -o out.eqx --adapters-only   # no lora rule",
-            "add a `lora` or `ia3` rule to the spec, or save the whole model.",
+            message="the model has no adapters to save",
+            help="apply a spec with a `lora` or `ia3` rule first, or save the whole model (without `adapters_only`)",
         ),
         _c(
             "E461",
@@ -1802,7 +2590,8 @@ CODES: dict[str, Code] = {
             "`model` directive, and `Program.apply` of those); this model came from "
             "elsewhere.",
             "eqxform.save('a.eqx', program.apply(my_model), adapters_only=True)",
-            "pass the program: `eqxform.save(path, model, adapters_only=True, spec=program)`.",
+            message="the specs that added the adapters are unknown",
+            help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's `model` directive)",
         ),
         # ---- `eqxform pick`: a member of an ensemble as a plain model
         _c(
@@ -1813,6 +2602,12 @@ CODES: dict[str, Code] = {
             "eqxform pick model.eqx --member 0 -o one.eqx   # model.eqx is one MLP",
             "pick from the ensemble's file (what `eqxform apply` or `eqxform train` of a spec "
             "with an `ensemble` line wrote).",
+            message="`{origin}` is no ensemble (its model is a `{kind}`); there is no member to pick",
+            help="pick from a file that `ensemble N` made (`eqxform apply` or `eqxform train` of a spec with an `ensemble` line)",
+            given=(
+                "the `{name}` given is no ensemble; there is no member to pick",
+                "pass an `eqxform.Ensemble` (what a spec's `ensemble N` makes), or the path of its model file",
+            ),
         ),
         _c(
             "E481",
@@ -1820,6 +2615,12 @@ CODES: dict[str, Code] = {
             "Members are numbered from 0; an ensemble of N has the members 0 to N - 1.",
             "eqxform pick sweep.eqx --member 8 -o one.eqx   # `ensemble 8`: members 0 to 7",
             "pick one of 0 to N - 1 (`eqxform show` lists the tensors, whose first axis is N).",
+            message="the member must be a whole number, not {member!r:.40}",
+            help="0 to {value}",
+            has_members=(
+                "{named_origin} has {count} members (0 to {value}); there is no member {member}",
+                "pick one of 0 to {value}",
+            ),
         ),
         _c(
             "E482",
@@ -1829,6 +2630,12 @@ CODES: dict[str, Code] = {
             "one of the two.",
             "eqxform pick sweep.eqx -o one.eqx",
             "add `--member K` (0-based) or `--best`, not both.",
+            message="no member given: pass `--member K` (0-based) or `--best`",
+            help="`--member K` picks member K (0-based); `--best` the one with the lowest held-out loss that `eqxform train --eval-data` recorded",
+            both=(
+                "give the member to pick by `--member K` or by `--best`, not both",
+                "`--member K` picks member K (0-based); `--best` the one with the lowest held-out loss that `eqxform train --eval-data` recorded",
+            ),
         ),
         _c(
             "E483",
@@ -1840,6 +2647,8 @@ CODES: dict[str, Code] = {
             "eqxform pick sweep.eqx --best -o one.eqx   # trained without --eval-data",
             "train the ensemble with `--eval-data HELD_OUT.npz`, or pick by index with "
             "`--member K`.",
+            message="{named_origin} records no held-out loss of its members, so `--best` has nothing to compare",
+            help="train the ensemble with `eqxform train ... --eval-data HELD_OUT.npz` (it records each member's held-out loss), or pick by index with `--member K`",
         ),
         _c(
             "E484",
@@ -1848,6 +2657,8 @@ CODES: dict[str, Code] = {
             "eqxform pick adapters.eqx --member 0 -o one.eqx",
             "bake the adapters into their base first (`eqxform merge ADAPTERS BASE -o "
             "merged.eqx`), then pick from the merged file.",
+            message="`{origin}` holds only adapters; a member is picked from a whole ensemble",
+            help="bake the adapters into their base first: `eqxform merge {origin} BASE.eqx -o merged.eqx`, then `eqxform pick merged.eqx ...`",
         ),
         _c(
             "E485",
@@ -1858,6 +2669,8 @@ CODES: dict[str, Code] = {
             "another program.",
             "",
             "pick by index with `--member K`, or train the ensemble again.",
+            message="{named_origin}'s recipe {problem}",
+            help="the recipe was edited or written by another program; pick by index with `--member K`, or train the ensemble again",
         ),
         _c(
             "E486",
@@ -1869,6 +2682,8 @@ CODES: dict[str, Code] = {
             "",
             "take the member in Python (`eqxform.load(path).member(k)`) and save it, or load "
             "the ensemble and apply the spec without its `ensemble` line to a member.",
+            message="a member of {named_origin} cannot be written as a plain model: {why}",
+            help="load the ensemble in Python and take the member with `Ensemble.member(k)`; save it with `eqxform.save(path, member, recipe=...)` or load it with `like=`",
         ),
         _c(
             "E501",
@@ -1876,7 +2691,8 @@ CODES: dict[str, Code] = {
             "A training step is compiled for one batch shape and dtype; a batch of another "
             "would compile it again, silently costing seconds per step.",
             "step(x[:5], y[:5])   # after step(x, y) with 16 rows",
-            "give every batch the same shape, or pass `allow_retrace=True` to `make_step`.",
+            message="the batch changed shape or dtype, which would compile the step again: {show__signature} before, {show_signature} now",
+            help="give every batch the same shape (drop or pad the last one), or pass `allow_retrace=True` to `make_step`",
         ),
         _c(
             "E502",
@@ -1884,9 +2700,8 @@ CODES: dict[str, Code] = {
             "The first call of a training step traces the loss on the batch; the loss or the "
             "model refused it (a batch of the wrong shape, a loss that returns no scalar).",
             "step(x[:, :3], y)   # the model takes 4 features",
-            "give batches the model takes; the loss is `loss_fn(model, *batch) -> scalar`, or "
-            "for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with "
-            "`make_step(..., state=state)`.",
+            message="the training step fails on a batch of {show_signature}: {error}",
+            help="the loss is `loss_fn(model, *batch) -> scalar`, or for a stateful model `loss_fn(model, state, *batch) -> (scalar, state)` with `make_step(..., state=state)`; check the batch's shapes against the model",
         ),
         _c(
             "E510",
@@ -1894,7 +2709,8 @@ CODES: dict[str, Code] = {
             "On a mesh, each batch is split over the batch axis; its number of rows must be a "
             "multiple of that axis's size.",
             "eqxform train spec.eqx --mesh data=8 --batch-size 12 -o out.eqx",
-            "make the batch size a multiple of the batch axis's size.",
+            message="a batch of {value} rows cannot be split evenly over the mesh's batch axis `{spec}` ({parts} devices)",
+            help="make the batch size a multiple of {parts}",
         ),
         _c(
             "E590",
@@ -1908,6 +2724,8 @@ CODES: dict[str, Code] = {
             'eqxform.save("m.eqx", jax.tree_util.tree_map(lambda x: x * 2, a))',
             "pass the recipe of the model it came from: "
             "`eqxform.save(path, model, recipe=eqxform.recipe_of(a))`.",
+            message="models of this `{name}`'s structure were made by {ambiguous} different recipes, and it shares no arrays with any of them: which one made it is ambiguous",
+            help="pass the recipe of the model it was computed from: `eqxform.save(path, model, recipe=eqxform.recipe_of(source))`",
         ),
         _c(
             "E601",
@@ -1917,6 +2735,8 @@ CODES: dict[str, Code] = {
             "spec.",
             "",
             "report it with the spec; the spec itself is fine as it is.",
+            message="the formatter would change what this spec means; the text was left as it "
+            "is. This is a bug in eqxform: please report it with the spec",
         ),
         _c(
             "E602",
@@ -1924,7 +2744,8 @@ CODES: dict[str, Code] = {
             "`eqxform lsp` runs on `pygls` 2, which eqxform installs; it was removed or an "
             "older version shadows it.",
             "eqxform lsp",
-            "install it: `pip install 'pygls>=2'`.",
+            message="the language server needs `pygls` 2 (and `lsprotocol`)",
+            help="install them: `pip install 'pygls>=2'`",
         ),
         _c(
             "E603",
@@ -1937,8 +2758,13 @@ CODES: dict[str, Code] = {
             "to the next `Content-Length` header, and a request it cannot read is answered with "
             "a JSON-RPC error (-32700 or -32600). The mistake is the editor's or its plugin's.",
             'Content-Length: abc\n\n{"jsonrpc": "2.0", "id": 1, "method": "shutdown"}',
-            "report it to the editor's plugin; send the body's length in bytes (UTF-8), in ASCII "
-            "digits, and exactly that many bytes.",
+            message="{problem}",
+            help=_FRAMING,
+            not_json=("a message is not JSON: {error}", _FRAMING),
+            not_rpc=(
+                'a message is not a JSON-RPC 2.0 message (an object with `"jsonrpc": "2.0"`)',
+                _FRAMING,
+            ),
         ),
         _c(
             "E604",
@@ -1951,8 +2777,9 @@ CODES: dict[str, Code] = {
             '{"jsonrpc": "2.0", "id": 2, "method": "textDocument/hover", "params": '
             '{"textDocument": {"uri": "file:///spec.eqx"}, "position": {"line": -1, '
             '"character": 0}}}',
-            "send positions as zero-based lines and characters, 0 or more; the error's message "
-            "names the field that is wrong.",
+            message="the parameters{where} do not fit the protocol: {why}",
+            help="lines and characters are zero-based and never negative; see the method's "
+            "parameters in the Language Server Protocol specification",
         ),
         # ---- notes
         _c(
@@ -1965,8 +2792,8 @@ CODES: dict[str, Code] = {
             "warning, and `--deny warnings` passes it. Against a model, a name no class has "
             "is E104.",
             "where MegalodonAttention.wz -> lora(rank=8)",
-            "nothing, if the model has that class; check it against the model with "
-            "`eqxform check SPEC MODEL` (or a `model` line in the spec).",
+            message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes",
+            help="{meant}`eqxform check SPEC MODEL` checks it against a model",
         ),
         _c(
             "I221",
@@ -1979,8 +2806,8 @@ CODES: dict[str, Code] = {
             "lines) notes the rules whose adapters are read so, and the numbers formed per "
             "call. The outputs and gradients are those of LoRA; only the cost differs.",
             "input i32[1, 8]\nwhere MegalodonAttention.wz -> lora(rank=8)",
-            "nothing, if the cost is acceptable (an `(out, in)` matrix per call, like the base "
-            "weight); `merge` the adapters after training, or adapt modules the model calls.",
+            message="the model reads the `weight` of {count_len_found} itself ({paths}) rather than calling {value}, so each call forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
+            help="that is the cost of an adapter where the parent multiplies the weight itself; `merge` after training removes it",
         ),
     ]
 }
@@ -2030,7 +2857,11 @@ def markdown() -> str:
         out.append(f"| [{c.code}](#{c.code.lower()}) | {title} |")
     out += ["", "## Entries"]
     for c in codes:
-        out += ["", f"### {c.code}", "", f"**{c.title}**", "", c.explanation]
+        out += ["", f"### {c.code}", "", f"**{c.title}**", ""]
+        says = c.render().split("\n\n", 2)[1] if c.message or c.variants else ""
+        if says:
+            out += ["```text", says, "```", ""]
+        out.append(c.explanation)
         if c.example:
             # Marked for the test that runs the documentation's blocks: an
             # example is a fragment, its model and command line in the text.

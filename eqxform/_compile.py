@@ -18,7 +18,7 @@ from . import _ast as A
 from . import _names as N
 from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
-from ._diagnostics import Diagnostic, position
+from ._diagnostics import Diagnostic, position, report
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
 from ._mesh import MeshSpec, as_mesh_spec
@@ -103,11 +103,7 @@ def compile(
 
 def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
     return UsageError(
-        Diagnostic(
-            "E434",
-            f"`{argument}` must be {expected}, not a `{type(value).__name__}`",
-            help="see `help(eqxform.compile)`",
-        )
+        report("E434", argument=argument, expected=expected, name=type(value).__name__)
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from ._ast import Source, Span
+from ._codes import CODES, SEVERITY, fields
 
 # What must not reach a terminal as it is: the C0 and C1 control characters
 # (ESC starts escape sequences that recolour, move the cursor or set the
@@ -122,6 +123,43 @@ class Diagnostic:
         if self.notes:
             out["notes"] = list(self.notes)
         return out
+
+
+def report(
+    code: str,
+    *,
+    variant: str | None = None,
+    span: Span | None = None,
+    source: Source | None = None,
+    file: str | None = None,
+    notes: tuple[str, ...] = (),
+    severity: str | None = None,
+    help: str | None = None,
+    **values,
+) -> Diagnostic:
+    """The diagnostic `code` says (its record in `_codes`, or the record's
+    `variant`), its templates filled with the named `values`. A value missing
+    or misnamed is a `TypeError`, so a typo fails where it is first run.
+    `help` replaces the record's help line where it is computed (a
+    suggestion); `severity` defaults to the code's (`E`, `W`, `I`)."""
+    message, help_template = CODES[code].says(variant)
+    needed = fields(message) | (set() if help else fields(help_template))
+    known = fields(message) | fields(help_template)
+    if not needed <= values.keys() <= known:
+        missing, unknown = needed - values.keys(), values.keys() - known
+        raise TypeError(f"{code}: missing fields {sorted(missing)}, unknown {sorted(unknown)}")
+    if not help:
+        help = help_template.format(**values) if help_template else None
+    return Diagnostic(
+        code,
+        message.format(**values),
+        span,
+        help,
+        source,
+        file,
+        tuple(notes),
+        severity or SEVERITY[code[0]],
+    )
 
 
 def denied(diagnostics: Iterable[Diagnostic], deny: Iterable[str]) -> list[Diagnostic]:

@@ -15,6 +15,7 @@ from typing import Any
 from . import _ast as A
 from . import _limits as L
 from . import _names as N
+from ._diagnostics import report
 
 
 @dataclass(frozen=True)
@@ -38,29 +39,18 @@ class DTypeRef:
 
 
 class EvalError(Exception):
-    """An expression that cannot be evaluated. `code` is the diagnostic code
-    when the problem has its own (a limit); otherwise the caller's (`E204`)."""
+    """An expression that cannot be evaluated: the diagnostic of `code` (its
+    own where the problem has one, a limit; else `E204`), with no source yet:
+    the caller knows which spec it is."""
 
-    def __init__(
-        self, message: str, span: A.Span, help: str | None = None, code: str | None = None
-    ):
-        super().__init__(message)
-        self.message = message
-        self.span = span
-        self.help = help
-        self.code = code
-
-    def code_or(self, default: str) -> str:
-        return self.code or default
+    def __init__(self, code: str, span: A.Span, **fields):
+        self.diagnostic = report(code, span=span, **fields)
+        self.code, self.message = code, self.diagnostic.message
+        super().__init__(self.message)
 
 
 def _too_large(span: A.Span) -> EvalError:
-    return EvalError(
-        f"this number is too large (more than {L.MAX_INT_BITS} bits)",
-        span,
-        "no size, count or seed needs it; check the exponent",
-        code="E150",
-    )
+    return EvalError("E150", span, max_int_bits=L.MAX_INT_BITS)
 
 
 def _before(op: str, left: Any, right: Any, span: A.Span) -> None:
@@ -70,7 +60,7 @@ def _before(op: str, left: Any, right: Any, span: A.Span) -> None:
         if abs(left) > 1 and right > 0 and (abs(left).bit_length() - 1) * right > L.MAX_INT_BITS:
             raise _too_large(span)
     if op == "%" and isinstance(left, str):  # printf-style formatting: `"%.999999999f" % 1`
-        raise EvalError("cannot apply `%` to a string", span)
+        raise EvalError("E204", span)
     if op == "*":
         for seq, n in ((left, right), (right, left)):
             if isinstance(seq, (str, list)) and isinstance(n, int) and not isinstance(n, bool):
@@ -79,12 +69,7 @@ def _before(op: str, left: Any, right: Any, span: A.Span) -> None:
 
 
 def _too_long(span: A.Span) -> EvalError:
-    return EvalError(
-        f"this string or list would have more than {L.MAX_SEQUENCE_LENGTH:,} elements",
-        span,
-        "a spec's strings and lists are short: constructor arguments, shapes",
-        code="E151",
-    )
+    return EvalError("E151", span, max_sequence_length=L.MAX_SEQUENCE_LENGTH)
 
 
 def _checked(value: Any, span: A.Span) -> Any:
@@ -94,12 +79,7 @@ def _checked(value: Any, span: A.Span) -> Any:
             raise _too_large(span)
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise EvalError(
-                f"this gives `{value}`, not a finite number",
-                span,
-                "a spec's numbers stay below about `1.8e308`",
-                code="E150",
-            )
+            raise EvalError("E150", span, variant="gives_finite", value=value)
     elif isinstance(value, (str, list)) and len(value) > L.MAX_SEQUENCE_LENGTH:
         raise _too_long(span)
     return value
@@ -174,15 +154,15 @@ def evaluate(
     if isinstance(expr, A.ListExpr):
         return _checked([evaluate(item, env, call) for item in expr.items], expr.span)
     if isinstance(expr, A.TupleExpr):
-        raise EvalError(
-            "a tuple is only a `shard` spec", expr.span, "write a list `[a, b]` for a value"
-        )
+        raise EvalError("E204", expr.span, variant="tuple_only")
     if isinstance(expr, A.Unary):
         value = evaluate(expr.operand, env, call)
         if expr.op == "not":
             return not value
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise EvalError(f"`{expr.op}` needs a number, not {_kind(value)}", expr.span)
+            raise EvalError(
+                "E204", expr.span, variant="needs_number", op=expr.op, kind_value=_kind(value)
+            )
         return -value if expr.op == "-" else value
     if isinstance(expr, A.Binary):
         if expr.op == "and":
@@ -195,19 +175,20 @@ def evaluate(
         try:
             result = _BINARY[expr.op](left, right)
         except ZeroDivisionError:
-            raise EvalError("division by zero", expr.span) from None
+            raise EvalError("E204", expr.span, variant="division_by_zero") from None
         except OverflowError:
             raise _too_large(expr.span) from None
         except TypeError:
             raise EvalError(
-                f"cannot apply `{expr.op}` to {_kind(left)} and {_kind(right)}", expr.span
+                "E204",
+                expr.span,
+                variant="cannot_apply",
+                op=expr.op,
+                kind_left=_kind(left),
+                kind_right=_kind(right),
             ) from None
         if isinstance(result, complex):  # `(-8) ** 0.5`
-            raise EvalError(
-                f"`{expr.op}` gives a complex number here",
-                expr.span,
-                "the base must not be negative",
-            )
+            raise EvalError("E204", expr.span, variant="gives_complex", op=expr.op)
         return _checked(result, expr.span)
     if isinstance(expr, A.Conditional):
         branch = expr.then if evaluate(expr.test, env, call) else expr.orelse
@@ -216,37 +197,49 @@ def evaluate(
         value = evaluate(expr.value, env, call)
         index = evaluate(expr.index, env, call)
         if not isinstance(value, (tuple, list, str)):
-            raise EvalError(f"cannot index {_kind(value)}", expr.span)
+            raise EvalError("E204", expr.span, variant="not_indexable", kind_value=_kind(value))
         if not isinstance(index, int) or isinstance(index, bool):
-            raise EvalError(f"an index must be an integer, not {_kind(index)}", expr.index.span)
+            raise EvalError(
+                "E204", expr.index.span, variant="index_integer", kind_index=_kind(index)
+            )
         try:
             return value[index]
         except IndexError:
             raise EvalError(
-                f"index {index} is out of range for {_kind(value)} of length {len(value)}",
+                "E204",
                 expr.span,
-                "check `ndim` first, e.g. `if ndim == 2 and shape[0] == shape[1]`",
+                variant="out_of_range",
+                index=index,
+                kind_value=_kind(value),
+                len_value=len(value),
             ) from None
     if isinstance(expr, A.Call):
         if expr.callee in _FUNCTIONS:
             args = [evaluate(a.value, env, call) for a in expr.args]
             if any(a.name is not None for a in expr.args):
-                raise EvalError(f"`{expr.callee}` takes no keyword arguments", expr.span)
+                raise EvalError("E204", expr.span, variant="takes_keyword", callee=expr.callee)
             arity = N.EXPR_FUNCTIONS[expr.callee]
             if arity is not None and len(args) != arity:
                 raise EvalError(
-                    f"`{expr.callee}` takes {arity} argument, not {len(args)}", expr.span
+                    "E204",
+                    expr.span,
+                    variant="takes_argument",
+                    callee=expr.callee,
+                    arity=arity,
+                    len_args=len(args),
                 )
             try:
                 return _checked(_FUNCTIONS[expr.callee](*args), expr.span)
             except OverflowError:
                 raise _too_large(expr.span) from None
             except (ValueError, TypeError) as e:
-                raise EvalError(str(e), expr.span) from None
+                raise EvalError("E204", expr.span, variant="failed", error=str(e)) from None
         if call is None:
-            raise EvalError(f"unknown function `{expr.callee}`", expr.callee_span)
+            raise EvalError(
+                "E204", expr.callee_span, variant="unknown_function", callee=expr.callee
+            )
         return call(expr, env)
-    raise EvalError("cannot evaluate this expression", expr.span)
+    raise EvalError("E204", expr.span, variant="unevaluable")
 
 
 def bare_word(expr: A.Expr, kind: Any) -> A.Expr | str:
@@ -266,7 +259,7 @@ def lookup(name: A.Name, env: Mapping[str, Any]) -> Any:
         return FunctionRef(name.id)
     if name.id in N.DTYPES:
         return DTypeRef(name.id)
-    raise EvalError(f"unknown name `{name.id}`", name.span)
+    raise EvalError("E204", name.span, variant="unknown_name", id=name.id)
 
 
 def walk(expr: A.Expr | None) -> Iterator[A.Expr]:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import _limits
-from ._diagnostics import Diagnostic
+from ._diagnostics import report
 from ._errors import ModelFileError, UsageError
 
 FORMAT = "eqxform/1"
@@ -73,20 +73,14 @@ def as_path(path: Any, what: str) -> str:
         except (TypeError, ValueError, UnicodeDecodeError):
             pass
     if not isinstance(path, str):
-        raise UsageError(
-            Diagnostic(
-                "E445",
-                f"the {what} must be a path (a `str` or `os.PathLike`), not a "
-                f"`{type(path).__name__}`",
-                help='pass the file\'s name, e.g. `"model.eqx"` or `pathlib.Path(...)`',
-            )
-        )
+        raise UsageError(report("E445", what=what, name=type(path).__name__))
     if not path or "\0" in path:
         raise UsageError(
-            Diagnostic(
+            report(
                 "E445",
-                f"the {what} path {'is empty' if not path else 'contains a NUL character'}",
-                help='pass the file\'s name, e.g. `"model.eqx"`',
+                variant="path",
+                what=what,
+                value="is empty" if not path else "contains a NUL character",
             )
         )
     return path
@@ -98,37 +92,33 @@ def as_path(path: Any, what: str) -> str:
 class _Refused(Exception):
     """A value of a file's JSON refused while it is parsed."""
 
-    def __init__(self, code: str, why: str):
-        self.code, self.why = code, why
+    def __init__(self, code: str, variant: str | None = None, **fields):
+        self.code, self.variant, self.fields = code, variant, fields
 
 
 def _int(text: str) -> int:
     digits = len(text.lstrip("-"))
     if digits > _limits.MAX_JSON_INT_DIGITS:
-        raise _Refused(
-            "E314",
-            f"it holds an integer of {digits:,} digits (at most "
-            f"{_limits.MAX_JSON_INT_DIGITS} are read)",
-        )
+        raise _Refused("E314", digits=digits, most=_limits.MAX_JSON_INT_DIGITS)
     return int(text)
 
 
 def _float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise _Refused("E314", f"it holds the number `{text[:24]}`, beyond the range of a float")
+        raise _Refused("E314", variant="float", number=text[:24])
     return value
 
 
 def _constant(name: str) -> Any:
-    raise _Refused("E314", f"it holds `{name}`, which is no JSON number")
+    raise _Refused("E314", variant="constant", name=name)
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict:
     out: dict = {}
     for key, value in pairs:
         if key in out:
-            raise _Refused("E318", f"the key `{key}` appears twice in one object")
+            raise _Refused("E318", key=key)
         out[key] = value
     return out
 
@@ -170,17 +160,10 @@ def _load_json(text: str, path: str, what: str) -> Any:
     items = text.count(",") + text.count("[") + text.count("{")
     if items > _limits.MAX_JSON_ITEMS:
         raise corrupt(
-            path,
-            f"its {what} holds about {items:,} values; eqxform reads at most "
-            f"{_limits.MAX_JSON_ITEMS:,}",
-            "E321",
+            "E321", path, what=what, items=items, max_json_items=_limits.MAX_JSON_ITEMS, path=path
         )
     if _nests_deeper_than(text, _limits.MAX_JSON_DEPTH):
-        raise corrupt(
-            path,
-            f"its {what} nests deeper than {_limits.MAX_JSON_DEPTH} levels",
-            "E310",
-        )
+        raise corrupt("E310", path, what=what, max_json_depth=_limits.MAX_JSON_DEPTH, path=path)
     try:
         return json.loads(
             text,
@@ -190,11 +173,11 @@ def _load_json(text: str, path: str, what: str) -> Any:
             object_pairs_hook=_object,
         )
     except _Refused as e:
-        raise corrupt(path, f"its {what} is refused: {e.why}", e.code) from None
+        raise corrupt(e.code, path, variant=e.variant, path=path, what=what, **e.fields) from None
     except (ValueError, RecursionError):
         # RecursionError cannot come after the nesting check; kept so that no
         # file can ever make it escape.
-        raise corrupt(path, f"its {what} is not JSON (is this a spec or another file?)") from None
+        raise corrupt("E302", path, variant="not_json", what=what, path=path) from None
 
 
 # ---- header ------------------------------------------------------------------
@@ -221,20 +204,12 @@ class Header:
     recipe: dict | None = None
 
 
-def corrupt(path: str, why: str, code: str = "E302", help: str | None = None) -> ModelFileError:
-    return ModelFileError(
-        Diagnostic(
-            code,
-            f"`{path}` is not a valid model file: {why}",
-            file=path,
-            help=help
-            or "was it written by `eqxform` (or another safetensors writer) and copied whole?",
-        )
-    )
+def corrupt(code: str, file: str, /, **fields) -> ModelFileError:
+    return ModelFileError(report(code, file=file, **fields))
 
 
-def _cannot_read(path: str, why: str) -> UsageError:
-    return UsageError(Diagnostic("E301", why, file=path, help="check the path and its permissions"))
+def _cannot_read(code: str, file: str, /, **fields) -> UsageError:
+    return UsageError(report(code, file=file, **fields))
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -243,53 +218,54 @@ def read_header(path: str | os.PathLike) -> Header:
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
-            raise _cannot_read(path, f"`{path}` is a directory, not a model file")
+            raise _cannot_read("E301", path, variant="directory_model", path=path)
         if not stat.S_ISREG(info.st_mode):
             # Opening a FIFO would wait for a writer; a device is no model file.
-            raise _cannot_read(path, f"`{path}` is not a regular file (a pipe or a device?)")
+            raise _cannot_read("E301", path, variant="regular_file", path=path)
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise corrupt(path, f"it is {size} bytes long, too short for a header")
+                raise corrupt("E302", path, variant="too_short", size=size, path=path)
             length = int.from_bytes(head, "little")
             if length > _limits.MAX_HEADER_BYTES or length > size - 8:
                 raise corrupt(
-                    path,
-                    f"its header claims {length} bytes, but the file has {size - 8} after "
-                    "the length"
-                    + (
-                        f" and headers are capped at {_limits.MAX_HEADER_BYTES} bytes"
-                        if length > _limits.MAX_HEADER_BYTES
-                        else ""
-                    ),
                     "E303",
+                    path,
+                    length=length,
+                    value=size - 8,
+                    value2=f" and headers are capped at {_limits.MAX_HEADER_BYTES} bytes"
+                    if length > _limits.MAX_HEADER_BYTES
+                    else "",
+                    path=path,
                 )
             raw = f.read(length)
     except FileNotFoundError:
-        raise _cannot_read(path, f"model file `{path}` does not exist") from None
+        raise _cannot_read("E301", path, variant="model_file", path=path) from None
     except IsADirectoryError:
-        raise _cannot_read(path, f"`{path}` is a directory, not a model file") from None
+        raise _cannot_read("E301", path, variant="directory_model", path=path) from None
     except PermissionError:
-        raise _cannot_read(path, f"cannot read `{path}`: permission denied") from None
+        raise _cannot_read("E301", path, variant="cannot_read", path=path) from None
     except OSError as e:
-        raise _cannot_read(path, f"cannot read `{path}`: {e.strerror or e}") from None
+        raise _cannot_read(
+            "E301", path, variant="os_error", path=path, error=e.strerror or e
+        ) from None
     if len(raw) < length:
-        raise corrupt(path, "it was cut short while it was read", "E303")
+        raise corrupt("E303", path, variant="cut_short", path=path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise corrupt(path, "its header is not JSON (is this a spec or another file?)") from None
+        raise corrupt("E302", path, variant="header_not_json", path=path) from None
     header = _load_json(text, path, "header")
     if not isinstance(header, dict):
-        raise corrupt(path, "its header is not a JSON object")
+        raise corrupt("E302", path, variant="header_not_object", path=path)
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise corrupt(path, "its `__metadata__` is not a map of strings")
+        raise corrupt("E302", path, variant="metadata", path=path)
     tensors = _tensors(path, header, size - 8 - length)
     return Header(path, tensors, metadata, _recipe(path, metadata))
 
@@ -300,28 +276,32 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
     tensors = {}
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise corrupt(
-                path,
-                f"tensor `{name}` has a malformed entry (it needs `dtype`, `shape` and "
-                "`data_offsets`)",
-            )
+            raise corrupt("E302", path, variant="tensor_has", name=name, path=path)
         code = info["dtype"]
         if not isinstance(code, str) or code not in _DTYPES:
             raise corrupt(
-                path,
-                f"tensor `{name}` has the dtype `{code}`, which eqxform does not read",
                 "E312",
-                help="eqxform reads " + ", ".join(f"`{c}`" for c in _DTYPES),
+                path,
+                name=name,
+                code_=code,
+                listing=", ".join(f"`{c}`" for c in _DTYPES),
+                path=path,
             )
         dtype, itemsize = _DTYPES[code]
         shape = _shape(path, name, info["shape"])
         start, end = _offsets(path, name, info["data_offsets"])
         if end > data_size:
-            raise corrupt(
-                path, f"tensor `{name}` lies outside the file (is the file truncated?)", "E303"
-            )
+            raise corrupt("E303", path, variant="tensor_lies", name=name, path=path)
         if (end - start) != math.prod(shape) * itemsize:
-            raise corrupt(path, f"tensor `{name}` has {end - start} bytes for shape {list(shape)}")
+            raise corrupt(
+                "E302",
+                path,
+                variant="tensor_has_bytes",
+                name=name,
+                value=end - start,
+                list_shape=list(shape),
+                path=path,
+            )
         tensors[name] = TensorInfo(name, dtype, shape, start, end)
     # safetensors stores the tensors back to back, in the order of their
     # offsets, and nothing else: an overlap would let one tensor's bytes be
@@ -330,27 +310,28 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
     for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
         if t.start < at:
             raise corrupt(
-                path,
-                f"tensors `{previous}` and `{t.name}` overlap (bytes {t.start} to {at})",
-                "E313",
+                "E313", path, previous=previous, name=t.name, start=t.start, at=at, path=path
             )
         if t.start > at:
-            raise corrupt(path, f"bytes {at} to {t.start} of the data belong to no tensor", "E313")
+            raise corrupt("E313", path, variant="data_belong", at=at, start=t.start, path=path)
         at, previous = t.end, t.name
     if at != data_size:
-        raise corrupt(path, f"its last {data_size - at} bytes belong to no tensor", "E313")
+        raise corrupt("E313", path, variant="its_last", value=data_size - at, path=path)
     return tensors
 
 
 def _shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list):
-        raise corrupt(path, f"tensor `{name}` has a shape that is no list", "E311")
+        raise corrupt("E311", path, name=name, path=path)
     if len(shape) > _limits.MAX_TENSOR_NDIM:
         raise corrupt(
-            path,
-            f"tensor `{name}` has {len(shape)} dimensions (at most "
-            f"{_limits.MAX_TENSOR_NDIM} are read)",
             "E311",
+            path,
+            variant="dimensions_at",
+            name=name,
+            len_shape=len(shape),
+            max_tensor_ndim=_limits.MAX_TENSOR_NDIM,
+            path=path,
         )
     for d in shape:
         if type(d) is not int or not 0 <= d <= _limits.MAX_TENSOR_DIM:
@@ -362,9 +343,13 @@ def _shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
                 else f"exceeds {_limits.MAX_TENSOR_DIM}"
             )
             raise corrupt(
-                path,
-                f"tensor `{name}` has the dimension `{json.dumps(d)[:24]}`, which {what}",
                 "E311",
+                path,
+                variant="dimension_which",
+                name=name,
+                dumps=json.dumps(d)[:24],
+                what=what,
+                path=path,
             )
     return tuple(shape)
 
@@ -377,10 +362,7 @@ def _offsets(path: str, name: str, offsets: Any) -> tuple[int, int]:
         or offsets[0] > offsets[1]
     ):
         raise corrupt(
-            path,
-            f"tensor `{name}` has the data offsets `{json.dumps(offsets)[:60]}`; two "
-            "non-negative integers `[start, end]` with start <= end are expected",
-            "E313",
+            "E313", path, variant="tensor_has", name=name, dumps=json.dumps(offsets)[:60], path=path
         )
     return offsets[0], offsets[1]
 
@@ -395,29 +377,22 @@ class _Schema:
         self.path = path
         self.what = what
 
-    def fail(self, where: str, why: str, code: str = "E315") -> ModelFileError:
-        return corrupt(
-            self.path,
-            f"its {self.what}'s `{where}` {why}",
-            code,
-            help=f"the {self.what} was edited or written by another program; rebuild the file "
-            "with `eqxform apply` or `eqxform new`"
-            if self.what == "recipe"
-            else f"the {self.what} was edited or written by another program; write the file "
-            "again with `eqxform.save(..., adapters_only=True)` or `--adapters-only`",
-        )
+    def fail(self, code: str, /, variant: str, **fields) -> ModelFileError:
+        """The field `where` is wrong in the way `variant` of `code` says."""
+        return corrupt(code, self.path, variant=variant, path=self.path, what=self.what, **fields)
 
     def string(self, value: Any, where: str, optional: bool = False) -> str | None:
         if value is None and optional:
             return None
         if not isinstance(value, str):
-            raise self.fail(where, f"is {_kind(value)}; a string is expected")
+            raise self.fail("E315", variant="string", where=where, kind=_kind(value))
         if len(value) > _limits.MAX_RECIPE_STRING:
             raise self.fail(
-                where,
-                f"is {len(value):,} characters long; recipes hold strings of at most "
-                f"{_limits.MAX_RECIPE_STRING:,}",
                 "E317",
+                variant="long",
+                where=where,
+                length=len(value),
+                most=_limits.MAX_RECIPE_STRING,
             )
         return value
 
@@ -425,16 +400,13 @@ class _Schema:
         if value is None:
             return
         if type(value) is not int or not 0 <= value <= _limits.MAX_SEED:
-            raise self.fail(
-                where,
-                f"is {_kind(value)}; a seed is an integer from 0 to 2**64 - 1, or null",
-            )
+            raise self.fail("E315", variant="seed", where=where, kind=_kind(value))
 
     def mapping(self, value: Any, where: str, optional: bool = True) -> dict:
         if value is None and optional:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(where, f"is {_kind(value)}; a map is expected")
+            raise self.fail("E315", variant="map", where=where, kind=_kind(value))
         return value
 
     def value(self, value: Any, where: str) -> None:
@@ -448,7 +420,7 @@ class _Schema:
             for i, item in enumerate(value):
                 self.value(item, f"{where}[{i}]")
             return
-        raise self.fail(where, f"is {_kind(value)}; a number, a string, a boolean or a list")
+        raise self.fail("E315", variant="value", where=where, kind=_kind(value))
 
 
 def _kind(value: Any) -> str:
@@ -474,16 +446,10 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
     data = _load_json(text, path, "recipe")
     schema = _Schema(path)
     if not isinstance(data, dict):
-        raise corrupt(path, "its recipe is not a JSON object", "E315")
+        raise corrupt("E315", path, path=path)
     written = data.get("format", FORMAT)
     if written != FORMAT:
-        raise corrupt(
-            path,
-            f"its recipe is of the format `{str(written)[:40]}`; this eqxform reads `{FORMAT}`",
-            "E316",
-            help="load it with the eqxform version that wrote it (`eqxform show` names it), "
-            "or upgrade eqxform",
-        )
+        raise corrupt("E316", path, str_written=str(written)[:40], format=FORMAT, path=path)
     if "base" not in data:
         schema.string(data.get("load"), "load", optional=True)
         return None
@@ -502,12 +468,10 @@ def _check_specs(schema: _Schema, specs: Any, where: str) -> None:
     """A list of applied specs (text, name, seed, params), as recipes and
     adapter records hold them."""
     if not isinstance(specs, list):
-        raise schema.fail(where, f"is {_kind(specs)}; a list of the specs applied is expected")
+        raise schema.fail("E315", variant="specs", where=where, kind=_kind(specs))
     if len(specs) > _limits.MAX_RECIPE_SPECS:
         raise schema.fail(
-            where,
-            f"lists {len(specs):,} specs; recipes list at most {_limits.MAX_RECIPE_SPECS:,}",
-            "E317",
+            "E317", variant="specs", where=where, count=len(specs), most=_limits.MAX_RECIPE_SPECS
         )
     for i, entry in enumerate(specs):
         at = f"{where}[{i}]"
@@ -526,7 +490,7 @@ def _check_train(schema: _Schema, train: Any, where: str) -> None:
             _check_members(schema, value, f"{where}.members")
             continue
         if not (value is None or isinstance(value, (bool, int, float, str))):
-            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
+            raise schema.fail("E315", variant="number", where=f"{where}.{key}", kind=_kind(value))
         if isinstance(value, str):
             schema.string(value, f"{where}.{key}")
 
@@ -560,14 +524,14 @@ def _check_members(schema: _Schema, members: Any, where: str) -> None:
     """`train.members` of an ensemble's recipe: per member `{"member": k,
     "values": {name: number}, "loss": number, "eval_loss": number or null}`."""
     if not isinstance(members, list):
-        raise schema.fail(where, f"is {_kind(members)}; a list of members")
+        raise schema.fail("E315", variant="members", where=where, kind=_kind(members))
     if len(members) > _limits.MAX_COUNT:
-        raise schema.fail(where, f"lists {len(members):,} members", "E317")
+        raise schema.fail("E317", variant="members", where=where, count=len(members))
     for i, entry in enumerate(members):
         at = f"{where}[{i}]"
         entry = schema.mapping(entry, at, optional=False)
         if entry.get("member") != i:
-            raise schema.fail(f"{at}.member", f"is not {i}, the member's place in the list")
+            raise schema.fail("E315", variant="member", where=f"{at}.member", index=i)
         for key, value in schema.mapping(entry.get("values"), f"{at}.values").items():
             if not _number(value):
                 raise schema.fail(f"{at}.values.{key}", f"is {_kind(value)}; a number")
@@ -599,7 +563,7 @@ def adapter_record(header: Header) -> dict | None:
         schema.string(digest, f"adapters.base.{name}")
     trained = info.get("trained", [])
     if not isinstance(trained, list):
-        raise schema.fail("adapters.trained", f"is {_kind(trained)}; a list of names is expected")
+        raise schema.fail("E315", variant="names", where="adapters.trained", kind=_kind(trained))
     for i, name in enumerate(trained):
         schema.string(name, f"adapters.trained[{i}]")
     _check_train(schema, info.get("train"), "adapters.train")
@@ -720,18 +684,19 @@ def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
         # The header was checked to the same rules safetensors holds it to, so
         # this is a file that changed since, or a disk that failed.
         raise corrupt(
-            header.path,
-            f"its tensors could not be read ({str(e).splitlines()[0] if str(e) else type(e).__name__})",
             "E320",
-            help="was the file changed while it was read? read it again, or copy it again",
+            header.path,
+            variant="tensors",
+            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            path=header.path,
         ) from None
 
 
 # ---- writing ------------------------------------------------------------------
 
 
-def _refuse(code: str, message: str, path: str, help: str) -> UsageError:
-    return UsageError(Diagnostic(code, message, file=path, help=help))
+def _refuse(code: str, file: str, /, **fields) -> UsageError:
+    return UsageError(report(code, file=file, **fields))
 
 
 def check_output(
@@ -760,12 +725,7 @@ def check_output(
         if e.errno == errno.ENAMETOOLONG:
             raise _too_long(name) from None
     if info is not None and stat.S_ISDIR(info.st_mode):
-        raise _refuse(
-            "E441",
-            f"cannot write `{name}`: it is a directory",
-            name,
-            f"name a file, e.g. `-o {os.path.join(name, 'model.eqx')}`",
-        )
+        raise _refuse("E441", name, name=name, listing=os.path.join(name, "model.eqx"))
     if info is not None and not stat.S_ISREG(info.st_mode):
         kind = (
             "a named pipe (FIFO)"
@@ -776,13 +736,7 @@ def check_output(
             if stat.S_ISSOCK(info.st_mode)
             else "no regular file"
         )
-        raise _refuse(
-            "E442",
-            f"cannot write `{name}`: it is {kind}; eqxform writes whole files and would "
-            "replace it with one",
-            name,
-            fix,
-        )
+        raise _refuse("E442", name, help=fix, name=name, kind=kind)
     for what, other in inputs:
         if other is None or info is None:
             continue
@@ -791,20 +745,10 @@ def check_output(
         except (OSError, ValueError):
             same = False
         if same:
-            raise _refuse(
-                "E440",
-                f"`{name}` is the {what}; eqxform will not write over an input of the command",
-                name,
-                fix,
-            )
+            raise _refuse("E440", name, help=fix, name=name, what=what)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
-        raise _refuse(
-            "E404",
-            f"cannot write `{name}`: folder `{folder}` does not exist",
-            name,
-            f"create it first (`mkdir -p {folder}`), or {fix}",
-        )
+        raise _refuse("E404", name, name=name, folder=folder, fix=fix)
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -820,10 +764,7 @@ def check_output(
         if e.errno == errno.ENAMETOOLONG:
             raise _too_long(name) from None
         raise _refuse(
-            "E443",
-            f"cannot write `{name}`: folder `{folder}` is not writable ({e.strerror or e})",
-            name,
-            f"check the folder's permissions, or {fix}",
+            "E443", name, name=name, folder=folder, error=e.strerror or e, fix=fix
         ) from None
     os.close(fd)
     os.unlink(probe)
@@ -833,10 +774,10 @@ def check_output(
 def _too_long(name: str, limit: int | None = None) -> UsageError:
     return _refuse(
         "E444",
-        f"cannot write `{name[:60]}{'...' if len(name) > 60 else ''}`: the name is too long"
-        + (f" (this folder takes names of at most {limit} bytes)" if limit else ""),
         name,
-        "use a shorter file name",
+        name=name[:60],
+        value="..." if len(name) > 60 else "",
+        value2=f" (this folder takes names of at most {limit} bytes)" if limit else "",
     )
 
 
@@ -1032,11 +973,9 @@ def atomic_write_with(path: str | os.PathLike, write: Callable[[Any], Any]) -> N
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
             if isinstance(e, OSError):
+                code = "E443" if isinstance(e, PermissionError) else "E448"
                 raise _refuse(
-                    "E443" if isinstance(e, PermissionError) else "E448",
-                    f"cannot write `{name}`: {e.strerror or e}",
-                    name,
-                    "the old file, if any, is unchanged; free space or write elsewhere",
+                    code, name, variant="write", name=name, error=e.strerror or e
                 ) from None
             raise
     # The rename is durable once the folder is synced (not every file

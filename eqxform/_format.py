@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _ast as A
-from ._diagnostics import Diagnostic
+from ._diagnostics import report
 from ._errors import EqxformError
 from ._parse import BOM, SpecToken, parse, tokens, without_bom
 
@@ -42,11 +42,6 @@ _OPERAND_END = frozenset({"NAME", "NUMBER", "STRING", "RPAR", "RSQB"})
 # between a spec and its formatted text by construction, so the check that the
 # formatter keeps the meaning leaves them out.
 _SOURCE_SLICES = frozenset({(A.Rule, "text"), (A.Selector, "text")})
-
-_CHANGED_MEANING = (
-    "the formatter would change what this spec means; the text was left as it is. "
-    "This is a bug in eqxform: please report it with the spec"
-)
 
 
 class FormatError(EqxformError):
@@ -75,7 +70,7 @@ def format_spec(text: str, name: str = "<spec>") -> str:
     spec = parse(text, name)
     out = _render(_lines(tokens(text)), _Roles(spec))
     if not equivalent(spec, parse(out, name)):
-        raise FormatError(Diagnostic("E601", _CHANGED_MEANING, file=name))
+        raise FormatError(report("E601", file=name))
     # A leading byte-order mark is kept: the editor that wrote it expects it.
     return out if without_bom(text) == text or not out else BOM + out
 

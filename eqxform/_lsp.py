@@ -61,20 +61,14 @@ from . import _docs as D
 from . import _names as N
 from . import _registry as R
 from ._check import Checker
-from ._diagnostics import Diagnostic, position
+from ._diagnostics import Diagnostic, position, report
 from ._errors import EqxformError, SpecError, UsageError
 
 try:
     from lsprotocol import types as T
     from pygls.lsp.server import LanguageServer
 except ImportError as e:
-    raise UsageError(
-        Diagnostic(
-            "E602",
-            "the language server needs `pygls` 2 (and `lsprotocol`)",
-            help="install them: `pip install 'pygls>=2'`",
-        )
-    ) from e
+    raise UsageError(report("E602")) from e
 
 from ._format import format_spec
 from ._parse import SpecToken, parse, parse_collect, tokens
@@ -507,7 +501,7 @@ class EqxformServer(LanguageServer):
             data = await chunks.get()
             for frame in framer.feed(data) if data else framer.close():
                 if frame.problem is not None:
-                    _report("E603", frame.problem, _FRAMING_HELP)
+                    _report(report("E603", problem=frame.problem))
                 if frame.body is not None:
                     self.receive(frame.body)
             if not data:
@@ -523,28 +517,24 @@ class EqxformServer(LanguageServer):
         try:
             data = json.loads(body)
         except ValueError as e:
-            self.refuse(None, -32700, "E603", f"a message is not JSON: {e}")
+            self.refuse(None, -32700, report("E603", variant="not_json", error=e))
             return
         if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":
             ident = data.get("id") if isinstance(data, dict) else None
-            self.refuse(
-                ident if isinstance(ident, (int, str)) else None,
-                -32600,
-                "E603",
-                'a message is not a JSON-RPC 2.0 message (an object with `"jsonrpc": "2.0"`)',
-            )
+            ident = ident if isinstance(ident, (int, str)) else None
+            self.refuse(ident, -32600, report("E603", variant="not_rpc"))
             return
         try:
             message = self.protocol.structure_message(data)
         except JsonRpcException as e:
             method = data.get("method")
             where = f" of `{method}`" if isinstance(method, str) else ""
-            problem = f"the parameters{where} do not fit the protocol: {_invalid(e)}"
+            problem = report("E604", where=where, why=_invalid(e))
             ident = data.get("id")
             if isinstance(method, str) and isinstance(ident, (int, str)):
-                self.refuse(ident, e.code, "E604", problem)  # a request: it is answered
+                self.refuse(ident, e.code, problem)  # a request: it is answered
             else:
-                _report("E604", problem, _PARAMS_HELP)
+                _report(problem)
             return
         try:
             self.protocol.handle_message(message)
@@ -553,13 +543,11 @@ class EqxformServer(LanguageServer):
         except Exception:  # a bug in a handler must not stop the server
             logger.exception("the message could not be handled")
 
-    def refuse(self, ident: int | str | None, code: int, ours: str, problem: str) -> None:
+    def refuse(self, ident: int | str | None, code: int, problem: Diagnostic) -> None:
         """Answer a message with an error response, and say why on stderr."""
-        help = _PARAMS_HELP if ours == "E604" else _FRAMING_HELP
-        _report(ours, problem, help)
-        self.protocol._send_response(
-            ident, error=T.ResponseError(code=code, message=f"{problem} ({ours})")
-        )
+        _report(problem)
+        message = f"{problem.message} ({problem.code})"
+        self.protocol._send_response(ident, error=T.ResponseError(code=code, message=message))
 
     # ---- positions
 
@@ -880,19 +868,9 @@ class EqxformServer(LanguageServer):
         return cached[1]
 
 
-_FRAMING_HELP = (
-    "each message is `Content-Length: N` (N bytes of UTF-8, in ASCII digits), a blank line, "
-    "then exactly N bytes of JSON-RPC; the server read on from the next message's header"
-)
-_PARAMS_HELP = (
-    "lines and characters are zero-based and never negative; see the method's parameters in "
-    "the Language Server Protocol specification"
-)
-
-
-def _report(code: str, problem: str, help: str | None = None) -> None:
+def _report(problem: Diagnostic) -> None:
     """A diagnostic about the protocol, on stderr (where editors log it)."""
-    print(Diagnostic(code, problem, help=help).render(), file=sys.stderr, flush=True)
+    print(problem.render(), file=sys.stderr, flush=True)
 
 
 def _invalid(error: Exception) -> str:

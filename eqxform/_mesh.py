@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _ast as A
-from ._diagnostics import Diagnostic
+from ._diagnostics import report
 from ._errors import SpecError, UsageError
 
 
@@ -54,20 +54,18 @@ class MeshSpec:
         )
         if fixed > count or (rest and count % fixed):
             raise SpecError(
-                Diagnostic(
+                report(
                     "E196",
-                    f"{where} needs {fixed}"
-                    + (" times a whole number of" if rest else "")
-                    + f" devices, and there are {count}",
-                    self.span,
-                    f"use a mesh of at most {count} devices"
-                    + (
-                        " (on the CPU, simulate more with "
-                        "`XLA_FLAGS=--xla_force_host_platform_device_count=N`)"
-                        if jax.default_backend() == "cpu"
-                        else ""
-                    ),
-                    self.source,
+                    span=self.span,
+                    source=self.source,
+                    where=where,
+                    fixed=fixed,
+                    value=" times a whole number of" if rest else "",
+                    count=count,
+                    value2=" (on the CPU, simulate more with "
+                    "`XLA_FLAGS=--xla_force_host_platform_device_count=N`)"
+                    if jax.default_backend() == "cpu"
+                    else "",
                 )
             )
         return {n: (count // fixed if s == -1 else s) for n, s in self.axes}
@@ -116,13 +114,7 @@ def mesh_from_text(text: str, origin: str = "--mesh") -> MeshSpec:
     if problem is None and sum(1 for _, s in axes if s == -1) > 1:
         problem = "only one axis may be -1 (the devices left over)"
     if problem is not None:
-        raise UsageError(
-            Diagnostic(
-                "E465",
-                f"`{origin} {text}`: {problem}",
-                help=f"write it as `{origin} data=2,model=4` (`-1`: the devices left over)",
-            )
-        )
+        raise UsageError(report("E465", origin=origin, text=text, problem=problem))
     return MeshSpec(tuple(axes), origin=origin)
 
 
@@ -138,13 +130,7 @@ def as_mesh_spec(mesh: Any) -> MeshSpec | None:
         return mesh_from_text(",".join(f"{k}={v}" for k, v in mesh.items()), "mesh=")
     if isinstance(mesh, str):
         return mesh_from_text(mesh, "mesh=")
-    raise UsageError(
-        Diagnostic(
-            "E465",
-            f"`mesh=` takes a `jax.sharding.Mesh`, a mapping of axis sizes or the text "
-            f"`data=2,model=4`, not {type(mesh).__name__}",
-        )
-    )
+    raise UsageError(report("E465", variant="mesh_takes", name=type(mesh).__name__))
 
 
 def as_mesh(mesh: Any, spec: MeshSpec | None = None) -> Any:

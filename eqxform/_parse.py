@@ -20,7 +20,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from . import _ast as A
 from . import _limits as L
 from . import _names as N
-from ._diagnostics import Diagnostic, did_you_mean
+from ._diagnostics import Diagnostic, did_you_mean, report
 from ._errors import SpecError
 
 DIRECTIVES = tuple(N.DIRECTIVES)
@@ -99,26 +99,13 @@ def _number(token: Token) -> A.Number:
     digits = sum(c.isdigit() for c in text)
     if digits > L.MAX_LITERAL_DIGITS:
         raise _Refused(
-            Diagnostic(
-                "E011",
-                f"a number of {digits:,} digits is out of range",
-                span,
-                f"numbers in a spec have at most {L.MAX_LITERAL_DIGITS} digits; "
-                "write a large one as a power, e.g. `2**64`",
-            )
+            report("E011", span=span, digits=digits, max_literal_digits=L.MAX_LITERAL_DIGITS)
         )
     value: int | float
     if any(c in text for c in ".eE"):
         value = float(text)
         if math.isinf(value):
-            raise _Refused(
-                Diagnostic(
-                    "E011",
-                    f"`{_clip(text)}` is out of range",
-                    span,
-                    "the largest number a spec can hold is about `1.8e308`",
-                )
-            )
+            raise _Refused(report("E011", variant="out_range", span=span, clip_text=_clip(text)))
     else:
         value = int(text)
     return A.Number(span, value, text)
@@ -133,14 +120,7 @@ def _whole(token: Token, what: str) -> int:
     bound): `1.5` and `1e3` are refused, not rounded."""
     number = _number(token)
     if not isinstance(number.value, int):
-        raise _Refused(
-            Diagnostic(
-                "E013",
-                f"{what} must be a whole number, not `{_clip(number.text)}`",
-                number.span,
-                "write it without a point or an exponent, e.g. `layers[1]` or `layers[::2]`",
-            )
-        )
+        raise _Refused(report("E013", span=number.span, what=what, clip_text=_clip(number.text)))
     return number.value
 
 
@@ -477,13 +457,12 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
     if isinstance(exc, UnexpectedToken) and exc.token.type == "NAME" and exc.column == first_col:
         word = str(exc.token)
         hint = did_you_mean(word, DIRECTIVES)
-        return Diagnostic(
+        return report(
             "E006",
-            f"unknown directive `{word}`",
-            at(exc.column, len(word)),
-            (hint + " " if hint else "")
-            + "a line starts with one of "
-            + ", ".join(f"`{d}`" for d in DIRECTIVES),
+            span=at(exc.column, len(word)),
+            word=word,
+            hint=hint + " " if hint else "",
+            directives=", ".join(f"`{d}`" for d in DIRECTIVES),
         )
 
     unclosed = _unclosed(line_text)
@@ -492,9 +471,7 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         closing = ")" if bracket == "(" else "]"
         wants_closing = ("RPAR" if bracket == "(" else "RSQB") in exc.expected
         if exc.token.type in ("$END", "_NL") or (wants_closing and exc.column > col):
-            return Diagnostic(
-                "E004", f"unclosed `{bracket}`", at(col + 1), f"add the closing `{closing}`"
-            )
+            return report("E004", span=at(col + 1), bracket=bracket, closing=closing)
 
     if isinstance(exc, UnexpectedCharacters):
         char = line_text[exc.column - 1] if exc.column - 1 < len(line_text) else "?"
@@ -508,13 +485,8 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         if char.isdigit():  # a digit of another script: `٣`
             help = "write numbers with the digits 0 to 9"
         if char == BOM:  # invisible in the source line: name it
-            return Diagnostic(
-                "E002",
-                "unexpected byte-order mark (U+FEFF)",
-                at(exc.column),
-                "a byte-order mark may only begin the text; remove this one",
-            )
-        return Diagnostic("E002", f"unexpected character `{char}`", at(exc.column), help)
+            return report("E002", span=at(exc.column))
+        return report("E002", variant="character", span=at(exc.column), help=help, char=char)
 
     assert isinstance(exc, UnexpectedToken)
     label = None
@@ -534,52 +506,32 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         comma = column
         if token.type != "COMMA":
             comma = line_text.rstrip().rfind(",") + 1 or column
-        return Diagnostic(
-            "E005",
-            "stray comma",
-            at(comma),
-            "remove this `,`: actions, arguments and selectors are separated by single commas, "
-            "and a selector list uses `|`",
-        )
+        return report("E005", span=at(comma))
     if label == "missing-arrow":
-        return Diagnostic(
-            "E003",
-            "expected `->` between the selector and its actions",
-            at(column, width),
-            "write `where SELECTOR -> ACTION`, e.g. `where Linear.weight -> init zeros`",
-        )
+        return report("E003", span=at(column, width))
     if token.type in ("$END", "_NL"):
         expected = _expected(exc)
-        return Diagnostic(
-            "E007",
-            "unexpected end of line",
-            at(column),
-            f"expected {expected}" if expected else None,
-        )
+        if expected:
+            return report("E007", variant="expected", span=at(column), expected=expected)
+        return report("E007", span=at(column))
     expected = _expected(exc)
     if str(token) == "->" and line_text.strip().split()[:2] == ["where", "->"]:
-        return Diagnostic(
-            "E009",
-            "`where` needs a selector before `->`",
-            at(column, width),
-            "e.g. `where Linear.weight -> init zeros`",
-        )
+        return report("E009", span=at(column, width))
     if token.type == "NAME" and "COMMA" in exc.expected:
         inside = _unclosed(line_text[: column - 1]) is not None
-        return Diagnostic(
+        return report(
             "E008",
-            f"expected `,` before `{token}`",
-            at(column, width),
-            "separate arguments with `,`" if inside else "separate actions with `,`",
+            span=at(column, width),
+            things="arguments" if inside else "actions",
+            token=token,
         )
     if len(exc.expected) > 6:
         expected = ""
-    return Diagnostic(
-        "E001",
-        f"unexpected `{token}`",
-        at(column, width),
-        f"expected {expected} here" if expected else None,
-    )
+    if expected:
+        return report(
+            "E001", variant="expected", span=at(column, width), token=token, expected=expected
+        )
+    return report("E001", span=at(column, width), token=token)
 
 
 def parse(text: str, name: str = "<spec>") -> A.Spec:
@@ -698,14 +650,12 @@ def _odd_breaks(text: str, source: A.Source) -> list[Diagnostic]:
     column = at - (text.rfind("\n", 0, at) + 1) + 1
     more = len(_ODD_BREAK.findall(text)) - 1
     return [
-        Diagnostic(
+        report(
             "E010",
-            f"{_BREAK_NAMES[found.group()]} in the text",
-            A.Span(line, column, line, column + 1),
-            "eqxform ends a line only at `\\n` (or `\\r\\n`), and editors disagree about "
-            "this character: remove it, or save the file with Unix line endings",
-            source,
+            span=A.Span(line, column, line, column + 1),
+            source=source,
             notes=(f"{more} more in this text",) if more else (),
+            break_names=_BREAK_NAMES[found.group()],
         )
     ]
 
@@ -728,14 +678,7 @@ def _transform(tree: Tree, source: A.Source):
     if deep is not None:
         # Where the limit is crossed (the node of level `MAX_NESTING + 1`).
         span = _span(deep) if not deep.meta.empty else _span(tree)
-        raise _Refused(
-            Diagnostic(
-                "E012",
-                f"this expression is nested more than {L.MAX_NESTING} levels deep",
-                span,
-                "split it with `let` names, e.g. `let a = ...` then `let b = a + ...`",
-            )
-        )
+        raise _Refused(report("E012", span=span, max_nesting=L.MAX_NESTING))
     try:
         return _ToAst(source).transform(tree)
     except VisitError as exc:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from . import _ast as A
 from ._compile import compile_collect
-from ._diagnostics import Diagnostic
+from ._diagnostics import report
 from ._errors import ModelFileError, UsageError
 from ._expr import render
 from ._files import SliceReader, adapter_record, read_header
@@ -77,29 +77,14 @@ def _check_members(members: list, count: int, origin: str) -> None:
                 break
     if problem is not None:
         raise ModelFileError(
-            Diagnostic(
-                "E485",
-                f"{_named(origin)}'s recipe {problem}",
-                file=_file(origin),
-                help="the recipe was edited or written by another program; pick by index with "
-                "`--member K`, or train the ensemble again",
-            )
+            report("E485", file=_file(origin), named_origin=_named(origin), problem=problem)
         )
 
 
 def one_way(member: int | None, best: bool) -> None:
     """`--member K` or `--best`: one of them."""
     if (member is None) == (not best):
-        raise UsageError(
-            Diagnostic(
-                "E482",
-                "give the member to pick by `--member K` or by `--best`, not both"
-                if best
-                else "no member given: pass `--member K` (0-based) or `--best`",
-                help="`--member K` picks member K (0-based); `--best` the one with the lowest "
-                "held-out loss that `eqxform train --eval-data` recorded",
-            )
-        )
+        raise UsageError(report("E482", variant="both" if best else None))
 
 
 def choose(
@@ -112,21 +97,17 @@ def choose(
         _check_members(members, count, origin)
     if not best:
         if isinstance(member, bool) or not isinstance(member, int):
-            raise UsageError(
-                Diagnostic(
-                    "E481",
-                    f"the member must be a whole number, not {member!r:.40}",
-                    help=f"0 to {count - 1}",
-                )
-            )
+            raise UsageError(report("E481", member=member, value=count - 1))
         if not 0 <= member < count:
             raise UsageError(
-                Diagnostic(
+                report(
                     "E481",
-                    f"{_named(origin)} has {count} members (0 to {count - 1}); there is no member "
-                    f"{member}",
+                    variant="has_members",
                     file=_file(origin),
-                    help=f"pick one of 0 to {count - 1}",
+                    named_origin=_named(origin),
+                    count=count,
+                    value=count - 1,
+                    member=member,
                 )
             )
         return member, f"member {member} of {count}"
@@ -136,16 +117,7 @@ def choose(
         if _finite(e.get("eval_loss"))
     ]
     if not losses:
-        raise UsageError(
-            Diagnostic(
-                "E483",
-                f"{_named(origin)} records no held-out loss of its members, so `--best` has nothing "
-                "to compare",
-                file=_file(origin),
-                help="train the ensemble with `eqxform train ... --eval-data HELD_OUT.npz` "
-                "(it records each member's held-out loss), or pick by index with `--member K`",
-            )
-        )
+        raise UsageError(report("E483", file=_file(origin), named_origin=_named(origin)))
     value, k = min(losses)
     how = f"member {k} of {count}, the lowest held-out loss ({value:.4g})"
     if len(losses) < count:
@@ -194,14 +166,7 @@ def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict
 
 def _cannot(origin: str, why: str, notes: Iterable[str] = ()) -> ModelFileError:
     return ModelFileError(
-        Diagnostic(
-            "E486",
-            f"a member of {_named(origin)} cannot be written as a plain model: {why}",
-            file=_file(origin),
-            notes=tuple(notes),
-            help="load the ensemble in Python and take the member with `Ensemble.member(k)`; "
-            "save it with `eqxform.save(path, member, recipe=...)` or load it with `like=`",
-        )
+        report("E486", file=_file(origin), notes=tuple(notes), named_origin=_named(origin), why=why)
     )
 
 
@@ -339,15 +304,7 @@ def pick_file(
     origin = str(path)
     header = read_header(path)
     if adapter_record(header) is not None:
-        raise ModelFileError(
-            Diagnostic(
-                "E484",
-                f"`{origin}` holds only adapters; a member is picked from a whole ensemble",
-                file=origin,
-                help=f"bake the adapters into their base first: `eqxform merge {origin} BASE.eqx "
-                "-o merged.eqx`, then `eqxform pick merged.eqx ...`",
-            )
-        )
+        raise ModelFileError(report("E484", file=origin, origin=origin))
     header, recipe, skel = skeleton(path, allow)
     ensemble, state = split_state(skel)
     if not isinstance(ensemble, Ensemble):
@@ -367,15 +324,7 @@ def pick_file(
 
 
 def _not_an_ensemble(origin: str, kind: str) -> ModelFileError:
-    return ModelFileError(
-        Diagnostic(
-            "E480",
-            f"`{origin}` is no ensemble (its model is a `{kind}`); there is no member to pick",
-            file=origin,
-            help="pick from a file that `ensemble N` made (`eqxform apply` or `eqxform train` "
-            "of a spec with an `ensemble` line)",
-        )
-    )
+    return ModelFileError(report("E480", file=origin, origin=origin, kind=kind))
 
 
 def pick(
@@ -414,14 +363,7 @@ def pick(
     allowed(allow)
     ensemble, state = split_state(check_model(model))
     if not isinstance(ensemble, Ensemble):
-        raise UsageError(
-            Diagnostic(
-                "E480",
-                f"the `{type(ensemble).__name__}` given is no ensemble; there is no member to pick",
-                help="pass an `eqxform.Ensemble` (what a spec's `ensemble N` makes), or the "
-                "path of its model file",
-            )
-        )
+        raise UsageError(report("E480", variant="given", name=type(ensemble).__name__))
     recipe = recipe_of(model) or recipe_of(ensemble)
     origin = _GIVEN
     k, _ = choose(member, best, ensemble.count, recipe, origin)

@@ -22,15 +22,13 @@ import numpy as np
 
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
-from ._diagnostics import Diagnostic, plural, position, printable
+from ._diagnostics import Diagnostic, plural, position, printable, report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
 from ._modules import Ensemble, Frozen, LoRA, Wrapper, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
-    STATELESS,
-    STATELESS_HELP,
     formed_adapters,
     missing_state,
     output_shape,
@@ -504,20 +502,8 @@ def _forward_error(program, e: Exception, line_span, what: str) -> Diagnostic:
         # The stack said what is wrong, with its own code: at the `stack` line.
         return dataclasses.replace(e.diagnostics[0], span=line_span, source=program.source)
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return Diagnostic(
-        "E207" if what == "rule" else "E212",
-        (
-            f"after this rule the model fails on its declared input: {message}"
-            if what == "rule"
-            else f"the model does not accept its declared input: {message}"
-        ),
-        line_span,
-        "fix the rule so that the model still takes its input (a new head's `in_features`, say)"
-        if what == "rule"
-        else "check the `input` lines: one per positional argument, in order, with the "
-        "model's shapes and dtypes",
-        program.source,
-    )
+    code = "E207" if what == "rule" else "E212"
+    return report(code, span=line_span, source=program.source, message=message)
 
 
 def _forward(subject, structs):
@@ -957,16 +943,12 @@ def overwritten(steps, source) -> list[Diagnostic]:
                 lines = sorted({k.line for k in replaced})
                 n = len({w for w, _ in step.writes if any(_under(w, r) for r in _roots(replaced))})
                 diagnostics.append(
-                    Diagnostic(
+                    report(
                         "W203",
-                        f"`init` draws {plural(n, 'array')} that the `replace` on "
-                        + _lines(lines)
-                        + " then discards",
-                        step.span,
-                        "move the `replace` above this rule, so that the new module is drawn "
-                        "by this `init` too, or narrow the selector",
-                        source,
-                        severity="warning",
+                        span=step.span,
+                        source=source,
+                        count_n=plural(n, "array"),
+                        lines_lines=_lines(lines),
                     )
                 )
             elif not alive:
@@ -1043,15 +1025,14 @@ def overwritten(steps, source) -> list[Diagnostic]:
 
 def _overwritten(step, by, help: str, source) -> Diagnostic:
     """W202: every match of `step`'s action is overwritten by the lines `by`."""
-    return Diagnostic(
+    return report(
         "W202",
-        f"every match of this rule's `{step.action}` is overwritten by "
-        + _lines(by)
-        + f" ({plural(len(step.writes), 'match')})",
-        step.span,
-        help,
-        source,
-        severity="warning",
+        span=step.span,
+        source=source,
+        help=help,
+        action=step.action,
+        lines_by=_lines(by),
+        count_len_writes=plural(len(step.writes), "match"),
     )
 
 
@@ -1134,16 +1115,12 @@ def finish(program, start, struct, history, params):
         )
         if leaves and all(_is_frozen(leaf) for leaf in leaves):
             diagnostics.append(
-                Diagnostic(
+                report(
                     "W204",
-                    f"`{group.action.name}` on frozen parameters: every array this rule "
-                    f"matches ({plural(len(leaves), 'array')}) is frozen, so the optimiser "
-                    "never updates it",
-                    group.action.span,
-                    f"remove the `{group.action.name}`, or narrow the `freeze` rule above "
-                    "to leave these parameters trainable",
-                    program.source,
-                    severity="warning",
+                    span=group.action.span,
+                    source=program.source,
+                    name=group.action.name,
+                    count_len_leaves=plural(len(leaves), "array"),
                 )
             )
     output = None
@@ -1180,16 +1157,14 @@ def _formed(program, struct, structs, history) -> list[Diagnostic]:
         paths = ", ".join(f"`{p}`" for p, _ in found[:3]) + (", ..." if len(found) > 3 else "")
         total = sum(n for _, n in found)
         out.append(
-            Diagnostic(
+            report(
                 "I221",
-                f"the model reads the `weight` of {plural(len(found), 'adapted module')} itself "
-                f"({paths}) rather than calling {'it' if len(found) == 1 else 'them'}, so each call "
-                f"forms the adapted matrix `W + scale * B A` ({total:,} numbers in all)",
-                span,
-                "that is the cost of an adapter where the parent multiplies the weight "
-                "itself; `merge` after training removes it",
-                program.source,
-                severity="note",
+                span=span,
+                source=program.source,
+                count_len_found=plural(len(found), "adapted module"),
+                paths=paths,
+                value="it" if len(found) == 1 else "them",
+                total=total,
             )
         )
     return out
@@ -1218,7 +1193,7 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     first_input = program.inputs[0].span
     failure = _forward(start, structs)[1]
     if failure is not None and missing_state(start):
-        return Diagnostic("E238", STATELESS, first_input, STATELESS_HELP, program.source)
+        return report("E238", span=first_input, source=program.source)
     if failure is not None or not history:
         return _forward_error(program, failure or problem, first_input, "input")
     lo, hi = 0, len(history) - 1  # the model works before history[0], fails after history[hi]

@@ -63,7 +63,7 @@ from ._build import (
     nbytes,
     render_call,
 )
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, report
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
 from ._mesh import MeshSpec, as_mesh_spec
@@ -207,15 +207,7 @@ class Program:
     def construct(self, key: Any) -> Any:
         """The `model` directive's model, built from `key` (no recipe filed)."""
         if self.model_call is None:
-            raise UsageError(
-                Diagnostic(
-                    "E403",
-                    "no model given, and the spec has no `model` directive",
-                    file=self.name,
-                    help="pass a model file, or add e.g. `model MLP(in_size=2, out_size=2, "
-                    "width_size=64, depth=2)` to the spec",
-                )
-            )
+            raise UsageError(report("E403", file=self.name))
         return build(
             self.model_call, self.env, jax.random.fold_in(key, MODEL_TAG), self.source, self.allow
         )
@@ -428,27 +420,11 @@ class Program:
         rules = self.weights
         if rules is None or not rules.maps:
             if weights is not None:
-                raise UsageError(
-                    Diagnostic(
-                        "E450",
-                        "weights were given, but the spec has no `map` lines to read them by",
-                        file=self.name,
-                        help='add `map "CHECKPOINT NAME" -> "MODEL PATH"` lines (docs/weights.md); '
-                        "a model file of eqxform's own loads with `eqxform.load`",
-                    )
-                )
+                raise UsageError(report("E450", file=self.name))
             return None
         path = weights if weights is not None else rules.path
         if path is None:
-            raise UsageError(
-                Diagnostic(
-                    "E450",
-                    "the spec's `map` lines read a checkpoint, but none is named",
-                    file=self.name,
-                    help='add `weights "PATH"` to the spec, or pass `--weights PATH` '
-                    "(`weights=` in Python)",
-                )
-            )
+            raise UsageError(report("E450", variant="checkpoint_none", file=self.name))
         return open_checkpoint(path)
 
     def plan_weights(self, model, weights: str | os.PathLike | None = None) -> WeightPlan | None:
@@ -498,14 +474,7 @@ class Program:
         """
         rules = self.weights
         if rules is None or not rules.maps:
-            raise UsageError(
-                Diagnostic(
-                    "E450",
-                    "the spec has no `map` lines to write the weights back by",
-                    file=self.name,
-                    help="docs/weights.md shows how a spec maps a checkpoint's names",
-                )
-            )
+            raise UsageError(report("E450", variant="write_back", file=self.name))
         inner, pair_state = split_state(model)
         reference = None
         if weights is not None or (rules.path is not None and os.path.exists(rules.path)):
@@ -533,14 +502,7 @@ class Program:
 
     def _rules(self, what: str) -> WeightRules:
         if self.weights is None or not self.weights.maps:
-            raise UsageError(
-                Diagnostic(
-                    "E450",
-                    f"the spec has no `map` lines to {what} by",
-                    file=self.name,
-                    help="docs/weights.md shows how a spec maps a checkpoint's names",
-                )
-            )
+            raise UsageError(report("E450", variant="spec_has", file=self.name, what=what))
         return self.weights
 
     def check(self, model=None, *, weights: str | os.PathLike | None = None) -> list[Diagnostic]:
@@ -590,13 +552,7 @@ def check_key(key: Any) -> Any:
     legacy = dtype is not None and str(dtype) == "uint32" and tuple(shape) == (2,)
     if (typed and shape == ()) or legacy:
         return key
-    raise UsageError(
-        Diagnostic(
-            "E433",
-            f"`key` must be one `jax.random.key`, not {_what(key)}",
-            help="e.g. `key=jax.random.key(0)`, or pass `seed=0` instead",
-        )
-    )
+    raise UsageError(report("E433", what_key=_what(key)))
 
 
 def check_model(model: Any) -> Any:
@@ -781,16 +737,7 @@ def recipe_to_write(model: Any) -> Recipe | None:
     its own, rather than a file without one."""
     recipe, ambiguous = _lookup(model)
     if ambiguous:
-        raise UsageError(
-            Diagnostic(
-                "E590",
-                f"models of this `{type(model).__name__}`'s structure were made by "
-                f"{ambiguous} different recipes, and it shares no arrays with any of them: "
-                "which one made it is ambiguous",
-                help="pass the recipe of the model it was computed from: "
-                "`eqxform.save(path, model, recipe=eqxform.recipe_of(source))`",
-            )
-        )
+        raise UsageError(report("E590", name=type(model).__name__, ambiguous=ambiguous))
     return recipe
 
 

@@ -33,7 +33,7 @@ from . import _registry as R
 from ._build import MODEL_TAG, build, import_allowed, render_call
 from ._check import Checker
 from ._compile import compile_collect
-from ._diagnostics import Diagnostic
+from ._diagnostics import report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._expr import render
 from ._files import (
@@ -186,14 +186,13 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
                 raise _recipe_error(e.diagnostics) from None
             names = [k for k in params if any(f"`--set {k}`" in d.message for d in unknown)]
             raise ModelFileError(
-                Diagnostic(
+                report(
                     "E319",
-                    f"`{origin}`'s recipe sets "
-                    + ", ".join(f"`{k}`" for k in names or params)
-                    + f" for its spec {i + 1} (`{name}`), which has no such `let`",
                     file=origin,
-                    help="the recipe was edited or written by another program; rebuild the "
-                    "file with `eqxform apply`",
+                    origin=origin,
+                    listing=", ".join(f"`{k}`" for k in names or params),
+                    value=i + 1,
+                    name=name,
                 )
             ) from None
         if diagnostics:
@@ -221,11 +220,8 @@ def _skeleton_of(recipe: Recipe, origin: str) -> Any:
         if "E117" in codes:
             d = e.diagnostics[0]
             raise ModelFileError(
-                Diagnostic(
-                    "E306",
-                    f"`{origin}` names the module `{d.message.split('`')[1]}`; it was not imported",
-                    file=origin,
-                    help=d.help,
+                report(
+                    "E306", file=origin, help=d.help, origin=origin, split=d.message.split("`")[1]
                 )
             ) from None
         raise _recipe_error(e.diagnostics) from None
@@ -244,14 +240,7 @@ def skeleton(
         return header, None, skel
     data = header.recipe
     if data is None:
-        raise ModelFileError(
-            Diagnostic(
-                "E304",
-                f"`{path}` has no eqxform recipe, so its structure is unknown",
-                file=str(path),
-                help="load it into a model of the same structure: `eqxform.load(path, like=model)`",
-            )
-        )
+        raise ModelFileError(report("E304", file=str(path), path=path))
     try:
         recipe = recipe_from_dict(data, allow, header.path)
     except SpecError as e:
@@ -293,13 +282,12 @@ def check_tensors(header: Header, skel: Any) -> None:
         )
     if problems:
         raise ModelFileError(
-            Diagnostic(
+            report(
                 "E305",
-                f"`{header.path}` does not match its recipe: {problems[0]}",
                 file=header.path,
                 notes=tuple(problems[1:6]),
-                help="the file was changed after it was written, or written by another "
-                "version; rebuild it with `eqxform apply`",
+                path=header.path,
+                problems=problems[0],
             )
         )
 
@@ -386,14 +374,7 @@ def load(
         return load_adapters(path, base, allow=allow)
     info = adapter_record(read_header(path))
     if info is not None:
-        raise ModelFileError(
-            Diagnostic(
-                "E332",
-                f"`{path}` holds only adapters; they load onto their base model",
-                file=str(path),
-                help="`eqxform.load(path, base=model)`, or `eqxform merge ADAPTERS BASE -o OUT`",
-            )
-        )
+        raise ModelFileError(report("E332", file=str(path), path=path))
     header, recipe, skel = skeleton(path, allow, like)
     shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
     model = fill(header, skel, shardings)
@@ -408,44 +389,19 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
     """The arrays of `model` by tensor name, each checked storable, and the
     file's content (the recipe given, or the one eqxform knows for it)."""
     if recipe is not None and not isinstance(recipe, Recipe):
-        raise UsageError(
-            Diagnostic(
-                "E446",
-                f"`recipe` must be an `eqxform.Recipe`, not a `{type(recipe).__name__}`",
-                help="pass `eqxform.recipe_of(model)`, or leave `recipe` out",
-            )
-        )
+        raise UsageError(report("E446", name=type(recipe).__name__))
     check_model(model)
     recipe = recipe if recipe is not None else recipe_to_write(model)
     arrays = named_arrays(model)
     if not arrays:
-        raise UsageError(
-            Diagnostic(
-                "E446",
-                f"there is nothing to save: the `{type(model).__name__}` given holds no arrays",
-                help="pass a model (an `equinox.Module` or a pytree of arrays)",
-            )
-        )
+        raise UsageError(report("E446", variant="nothing", name=type(model).__name__))
     tensors: dict[str, Any] = {}
     for name, leaf in arrays:
         _storable(name, leaf)
         if name in tensors:
-            raise UsageError(
-                Diagnostic(
-                    "E414",
-                    f"two leaves of the model are both named `{name}`",
-                    help="tensor names are the leaves' paths; a dict key that contains a `.` "
-                    "can collide with a path: rename it",
-                )
-            )
+            raise UsageError(report("E414", name=name))
         if isinstance(leaf, jax.core.Tracer):
-            raise UsageError(
-                Diagnostic(
-                    "E446",
-                    f"leaf `{name}` is a traced value; a model is saved outside `jax.jit`",
-                    help="save the model the jitted function returns",
-                )
-            )
+            raise UsageError(report("E446", variant="traced", name=name))
         tensors[name] = leaf
     if recipe is None:
         content = {"load": NO_RECIPE}
@@ -492,9 +448,7 @@ def _storable(name: str, leaf: Any) -> None:
             f"of dtype `{name_of}`",
             "cast it to one of " + ", ".join(f"`{d}`" for d in STORABLE) + " before saving",
         )
-    raise UsageError(
-        Diagnostic("E447", f"leaf `{name}` is {why}, which a model file cannot store", help=fix)
-    )
+    raise UsageError(report("E447", help=fix, name=name, why=why))
 
 
 def save(
@@ -631,16 +585,7 @@ def python_call(fn: Any, args: tuple, kwargs: dict) -> str:
         parts += [f"{k}={_spec_value(v)}" for k, v in kwargs.items()]
         return f"{_constructor_name(fn)}({', '.join(parts)})"
     except _Unwritable as e:
-        raise UsageError(
-            Diagnostic(
-                "E451",
-                f"a recipe cannot record {e.what}",
-                help="a recipe records numbers, strings, booleans, `none`, lists, dtypes, "
-                "`jax.nn` functions and config objects (dataclasses, named tuples) of those, "
-                "naming classes and functions by an importable `package.module:Name`; pass "
-                "such values, or write a factory function in a module and pass that",
-            )
-        ) from None
+        raise UsageError(report("E451", what=e.what)) from None
 
 
 def _package(call_text: str) -> list[str]:
@@ -681,35 +626,15 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
         text = python_call(constructor, args, kwargs)
         return new(text, seed=seed, allow=allowed(allow) + tuple(_package(text)))
     if args or kwargs:
-        raise UsageError(
-            Diagnostic(
-                "E405",
-                "a constructor written as text takes its arguments in the text",
-                help='e.g. eqxform.new("MLP(in_size=2, out_size=2, width_size=8, depth=2)"), '
-                "or pass the class: eqxform.new(MLP, in_size=2, ...)",
-            )
-        )
+        raise UsageError(report("E405"))
     if not isinstance(constructor, str):
-        raise UsageError(
-            Diagnostic(
-                "E405",
-                f"the constructor must be a call written as a string, not a "
-                f"`{type(constructor).__name__}`",
-                help='e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
-            )
-        )
+        raise UsageError(report("E405", variant="call_string", name=type(constructor).__name__))
     allow = allowed(allow)
     seed = check_seed(seed)
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):
-        raise UsageError(
-            Diagnostic(
-                "E405",
-                f"`{constructor}` is not a constructor call",
-                help='write it as a call, e.g. "MLP(in_size=2, out_size=2, width_size=8, depth=2)"',
-            )
-        )
+        raise UsageError(report("E405", variant="call", constructor=constructor))
     checker = Checker(A.Spec(source, ()))
     checker.constructor_call(call, set())
     if checker.diagnostics:
@@ -810,14 +735,7 @@ def require_adapters(model: Any) -> _Parts:
     """The parts of `model`, which must hold adapters for an adapter file."""
     parts = _parts(model)
     if not parts.adapters:
-        raise UsageError(
-            Diagnostic(
-                "E460",
-                "the model has no adapters to save",
-                help="apply a spec with a `lora` or `ia3` rule first, or save the whole model "
-                "(without `adapters_only`)",
-            )
-        )
+        raise UsageError(report("E460"))
     return parts
 
 
@@ -931,15 +849,7 @@ def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -
     else:
         steps = _adapter_steps(recipe_of(model))
     if not steps:
-        raise UsageError(
-            Diagnostic(
-                "E461",
-                "the specs that added the adapters are unknown",
-                help="pass them: `eqxform.save(path, model, adapters_only=True, spec=program)`; "
-                "eqxform knows them only for models it built (`eqxform.new`, `load`, a spec's "
-                "`model` directive)",
-            )
-        )
+        raise UsageError(report("E461"))
     carried = parts.adapters + parts.trained
     for name, leaf in carried:
         _storable(name, leaf)
@@ -959,16 +869,7 @@ def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -
 
 
 def _edited(path: str, why: str) -> ModelFileError:
-    return ModelFileError(
-        Diagnostic(
-            "E333",
-            f"`{path}` was changed after it was written: {why}",
-            file=str(path),
-            help="an adapter file is replayed on its base, so an edited spec would compute "
-            "something the adapters were never trained for; write the file again from the "
-            "trained model (`eqxform.save(..., adapters_only=True)`, `--adapters-only`)",
-        )
-    )
+    return ModelFileError(report("E333", file=str(path), path=path, why=why))
 
 
 def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = ()) -> Any:
@@ -979,15 +880,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     header = read_header(path)
     info = adapter_record(header)
     if info is None:
-        raise ModelFileError(
-            Diagnostic(
-                "E331",
-                f"`{path}` is a model file, not an adapter file",
-                file=str(path),
-                help="load it with `eqxform.load(path)`; adapter files are written by "
-                "`eqxform.save(path, model, adapters_only=True)` or `apply --adapters-only`",
-            )
-        )
+        raise ModelFileError(report("E331", file=str(path), path=path))
     allow = allowed(allow)
     values = read_tensors(header, list(header.tensors))
     if "digest" not in info:
@@ -1018,13 +911,8 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
         problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
     if problems:
         raise ModelFileError(
-            Diagnostic(
-                "E330",
-                f"`{path}` was trained on another base: on this model its specs make other "
-                f"tensors ({problems[0]})",
-                file=str(path),
-                notes=tuple(problems[1:6]),
-                help="load it onto the model the adapters were trained on",
+            report(
+                "E330", file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
             )
         )
     _check_base(
@@ -1034,17 +922,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
         lambda: _base_digests(_parts(_replay(str(path), info, base, allow, redraw=True)[0])),
     )
     if info.get("structure") is not None and structure(model) != info["structure"]:
-        raise ModelFileError(
-            Diagnostic(
-                "E334",
-                f"`{path}`'s specs build another model on this base than the one its adapters "
-                "were saved from (the same tensors, but other module types, functions or "
-                "static fields)",
-                file=str(path),
-                help="load it with the versions of eqxform and Equinox that wrote it, or write "
-                "the adapter file again from the trained model",
-            )
-        )
+        raise ModelFileError(report("E334", file=str(path), path=path))
     leaves, treedef = jax.tree_util.tree_flatten(model)
     names = leaf_names(model)
     filled = [jnp.asarray(values[n]) if n in carried else x for n, x in zip(names, leaves)]
@@ -1080,12 +958,12 @@ def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tu
             )
         except SpecError as e:
             raise ModelFileError(
-                Diagnostic(
+                report(
                     "E330",
-                    f"`{path}` was trained on another base: its specs do not fit this model",
+                    variant="no_fit",
                     file=path,
                     notes=tuple(d.message for d in e.diagnostics[:3]),
-                    help="load it onto the model the adapters were trained on",
+                    path=path,
                 )
             ) from None
         if recipe is not None:
@@ -1110,14 +988,12 @@ def _check_base(
     drawn = [n for n in differ if again.get(n) != have[n]]
     if drawn:
         raise ModelFileError(
-            Diagnostic(
+            report(
                 "E330",
-                f"`{path}` cannot be replayed: its specs draw frozen tensors at random "
-                "(" + ", ".join(f"`{n}`" for n in drawn[:5]) + "), and they were drawn "
-                "from another key than the spec's seed when the adapters were trained",
+                variant="not_replayable",
                 file=path,
-                help="save the whole model instead, or apply the spec with `seed=` (not "
-                "`key=`) before training and save the adapters again",
+                path=path,
+                listing=", ".join(f"`{n}`" for n in drawn[:5]),
             )
         )
     notes = []
@@ -1128,19 +1004,16 @@ def _check_base(
     if extra:
         notes.append("tensors the file does not know: " + ", ".join(f"`{n}`" for n in extra[:5]))
     raise ModelFileError(
-        Diagnostic(
+        report(
             "E330",
-            f"`{path}` was trained on another base: "
-            + (
-                f"{len(differ)} of its {len(want)} frozen tensors differ"
-                if differ and not missing and not extra
-                else "the base's frozen tensors differ"
-            )
-            + f" (fingerprint {_fingerprint_of(have)[:12]}, the file wants "
-            f"{str(info['fingerprint'])[:12]})",
+            variant="fingerprint_file",
             file=path,
             notes=tuple(notes),
-            help="load it onto the model the adapters were trained on (the same frozen "
-            "tensors: names, shapes, dtypes and values)",
+            path=path,
+            value=f"{len(differ)} of its {len(want)} frozen tensors differ"
+            if differ and not missing and not extra
+            else "the base's frozen tensors differ",
+            fingerprint_of_have=_fingerprint_of(have)[:12],
+            str_info=str(info["fingerprint"])[:12],
         )
     )

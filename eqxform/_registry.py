@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import _names as N
-from ._diagnostics import Diagnostic, did_you_mean
+from ._diagnostics import Diagnostic, did_you_mean, report
 from ._errors import UsageError
 
 _TYPES: dict[str, type] = {}
@@ -59,14 +59,7 @@ def register_type(cls: type, name: str | None = None) -> type:
     """
     name = name or cls.__name__
     if not name[:1].isupper():
-        raise UsageError(
-            Diagnostic(
-                "E413",
-                f"type name `{name}` must start with a capital letter: selectors read "
-                "lowercase names as fields",
-                help=f"register it as `{name[:1].upper() + name[1:]}`",
-            )
-        )
+        raise UsageError(report("E413", name=name, value=name[:1].upper() + name[1:]))
     _TYPES[name] = cls
     return cls
 
@@ -264,58 +257,51 @@ def function(name: str) -> Callable:
     return getattr(jax.nn, name)
 
 
-# How a module becomes importable, the same for every way of failing to find one.
-_IMPORTABLE = (
-    "the module must be importable by the Python that runs eqxform: install its package "
-    "in this environment (`pip install PACKAGE`, or `pip install -e FOLDER` for your own "
-    "source), or put the folder that holds `{top}/` on the module path: "
-    "`PYTHONPATH=FOLDER eqxform ...` (the `eqxform` command finds an allowed package in "
-    "the current directory itself; in Python, `sys.path.insert(0, FOLDER)`)"
-)
-
-
 def import_failed_diagnostic(failed: ImportFailed, name: str, span=None, source=None):
     """E126 for a constructor `name` (`package.module:function`) whose module
     cannot be imported or has no such function, with how to fix each case."""
     module, attr, error = failed.module, failed.attr, failed.error
     top = module.split(".", 1)[0]
+    at = dict(span=span, source=source)
     if isinstance(error, AttributeError):
         public = [n for n in dir(failed.found) if not n.startswith("_")]
         hint = did_you_mean(attr, public)
-        message = f"module `{module}` has no `{attr}`"
-        help = (hint + " " if hint else "") + f"check the function's name in `{module}`"
-    elif isinstance(error, ModuleNotFoundError) and error.name is not None:
+        return report("E126", **at, module=module, attr=attr, hint=hint + " " if hint else "")
+    if isinstance(error, ModuleNotFoundError) and error.name is not None:
         missing = error.name
+        if missing == top:
+            return report("E126", variant="no_module", **at, name=name, missing=missing, top=top)
         if missing == module or module.startswith(missing + "."):
-            message = f"cannot import constructor `{name}`: no module named `{missing}`"
-            if missing == top:
-                help = _IMPORTABLE.format(top=top)
-            else:
-                parent, _, leaf = missing.rpartition(".")
-                help = f"`{parent}` was found, but it has no module `{leaf}`: check the module path"
-        else:
-            message = (
-                f"cannot import constructor `{name}`: importing `{module}` needs "
-                f"`{missing}`, which is not installed"
+            parent, _, leaf = missing.rpartition(".")
+            return report(
+                "E126",
+                variant="no_submodule",
+                **at,
+                name=name,
+                missing=missing,
+                parent=parent,
+                leaf=leaf,
             )
-            help = f"install `{missing.split('.')[0]}` in the environment that runs eqxform"
-    else:
-        first = str(error).splitlines()[0] if str(error) else ""
-        message = (
-            f"cannot import constructor `{name}`: importing `{module}` raised "
-            f"{type(error).__name__}" + (f": {first}" if first else "")
+        return report(
+            "E126",
+            variant="needs",
+            **at,
+            module=module,
+            name=name,
+            missing=missing,
+            package=missing.split(".")[0],
         )
-        help = f'fix the module: `python -c "import {module}"` shows the whole error'
-    return Diagnostic("E126", message, span, help, source)
+    first = str(error).splitlines()[0] if str(error) else ""
+    return report(
+        "E126",
+        variant="raised",
+        **at,
+        module=module,
+        name=name,
+        error=type(error).__name__ + (f": {first}" if first else ""),
+    )
 
 
 def not_allowed_diagnostic(module: str, span=None, source=None) -> Diagnostic:
     top = module.split(".", 1)[0]
-    return Diagnostic(
-        "E117",
-        f"constructor module `{module}` is not allowed",
-        span,
-        f"eqxform imports no module named in a spec or model file unless you allow it: "
-        f'pass `--allow {top}` (Python: `allow=["{top}"]`) if you trust it',
-        source,
-    )
+    return report("E117", span=span, source=source, module=module, top=top)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _ast as A
 from . import _limits
-from ._diagnostics import Diagnostic, did_you_mean
+from ._diagnostics import Diagnostic, did_you_mean, report
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
 from ._modules import AROUND, Ensemble, Stacked, Wrapper, batched, wrapped_field
@@ -257,16 +257,7 @@ def too_deep(
     depth = above + nesting(tree, limit - above)
     if depth <= limit:
         return None
-    return Diagnostic(
-        "E159",
-        f"{what} nests more than {limit} levels deep (modules, lists, tuples and dicts "
-        "inside each other)",
-        span,
-        "JAX flattens a model recursively and stops at Python's recursion limit: keep "
-        "repeated layers side by side in one list (or stack them) rather than each "
-        "inside the last",
-        source,
-    )
+    return report("E159", span=span, source=source, what=what, limit=limit)
 
 
 def get(model: Any, path: Path) -> Any:
@@ -423,27 +414,26 @@ class Types:
         if len(found) > 1:
             names = qualified_names(found)
             raise SpecError(
-                Diagnostic(
+                report(
                     "E206",
-                    f"`{name}` names {len(found)} classes of the model: "
-                    + ", ".join(f"`{n}`" for n in names),
-                    step.span,
-                    f"write the one you mean with its module, e.g. `{names[0]}`",
-                    self.source,
+                    span=step.span,
+                    source=self.source,
+                    name=name,
+                    len_found=len(found),
+                    listing=", ".join(f"`{n}`" for n in names),
+                    names=names[0],
                 )
             )
         if name in type_names():
             return resolve_type(name)
         known = sorted(set(self.classes) | type_names())
         raise SpecError(
-            Diagnostic(
+            report(
                 "E104",
-                f"unknown type `{name}`",
-                step.span,
-                (did_you_mean(name, [k for k in known if k != name]) or "")
-                + " a type is a class of the model's tree, an `equinox.nn` class or a "
-                "registered type; `eqxform show MODEL` lists the model's paths",
-                self.source,
+                span=step.span,
+                source=self.source,
+                name=name,
+                value=did_you_mean(name, [k for k in known if k != name]) or "",
             )
         )
 
@@ -799,20 +789,19 @@ def evaluate_at(
         return evaluate(expr, scope)
     except EvalError as e:
         where = f" at `{node.text}`" if node is not None else ""
-        raise SpecError(
-            Diagnostic(e.code_or("E204"), e.message + where, e.span, e.help, source)
-        ) from None
+        d = e.diagnostic
+        raise SpecError(dataclasses.replace(d, message=d.message + where, source=source)) from None
 
 
 def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:
     hint = did_you_mean(selector.text, nearest_paths(selector, nodes))
     return SpecError(
-        Diagnostic(
+        report(
             "E201",
-            f"`{selector.text}` matches nothing in the model",
-            selector.span,
-            (f"{hint} " if hint else "") + "(`eqxform show MODEL` lists every path)",
-            source,
+            span=selector.span,
+            source=source,
+            text=selector.text,
+            value=f"{hint} " if hint else "",
         )
     )
 
@@ -863,26 +852,29 @@ def _select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sou
         found = [n for n in candidates if evaluate_at(rule.filter, n, env, source)]
         if not found and not (expect is not None and expect.allows(0)):
             raise SpecError(
-                Diagnostic(
+                report(
                     "E201",
-                    f"`{rule.selector.text}` matches {len(candidates)} "
-                    f"node{'s' if len(candidates) != 1 else ''}, but none passes the `if` filter",
-                    rule.filter.span,
-                    "e.g. " + ", ".join(describe_match(n) for n in candidates[:3]),
-                    source,
+                    variant="filtered",
+                    span=rule.filter.span,
+                    source=source,
+                    text=rule.selector.text,
+                    len_candidates=len(candidates),
+                    s="s" if len(candidates) != 1 else "",
+                    listing=", ".join(describe_match(n) for n in candidates[:3]),
                 )
             )
     if expect is not None and not expect.allows(len(found)):
         raise SpecError(
-            Diagnostic(
+            report(
                 "E202",
-                f"`{rule.selector.text}` matches {len(found)} "
-                f"node{'s' if len(found) != 1 else ''}, not {expect.describe()}",
-                expect.span,
-                "matched: "
-                + ", ".join(f"`{n.text}`" for n in found[:6])
-                + (", ..." if len(found) > 6 else ""),
-                source,
+                span=expect.span,
+                source=source,
+                text=rule.selector.text,
+                len_found=len(found),
+                s="s" if len(found) != 1 else "",
+                describe=expect.describe(),
+                listing=", ".join(f"`{n.text}`" for n in found[:6]),
+                value2=", ..." if len(found) > 6 else "",
             )
         )
     return found
@@ -914,12 +906,13 @@ def matched_arrays(
             if broad:
                 continue
             raise SpecError(
-                Diagnostic(
+                report(
                     "E203",
-                    f"`{action}` needs arrays, but `{node.text}` is {_describe_kind(node.obj)}",
-                    selector.span,
-                    "select arrays (e.g. `Linear.weight`) or the modules that hold them",
-                    source,
+                    span=selector.span,
+                    source=source,
+                    action=action,
+                    text=node.text,
+                    describe_kind_obj=_describe_kind(node.obj),
                 )
             )
         for leaf in array_leaves(node, inexact_only=broad or not is_array(node.obj)):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import _ast as A
-from ._diagnostics import Diagnostic, did_you_mean
+from ._diagnostics import did_you_mean, report
 from ._errors import SpecError, UsageError
 from ._expr import EvalError, evaluate
 from ._parse import DIRECTIVES, parse_collect, parse_expr, without_bom
@@ -41,14 +42,7 @@ def _path_given_as_text(text: str) -> UsageError | None:
         return None
     shown = text.strip()
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return UsageError(
-        Diagnostic(
-            "E435",
-            f"the spec text `{shown}` looks like the path of a file",
-            help="a `str` is the text of a spec; pass a file as a path object: "
-            f"`eqxform.compile(pathlib.Path({shown!r}))`",
-        )
-    )
+    return UsageError(report("E435", shown=shown))
 
 
 def looks_like_model_file(data: bytes) -> bool:
@@ -72,55 +66,31 @@ def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, st
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(
-            Diagnostic(
-                "E401",
-                f"spec file `{path}` does not exist",
-                file=str(path),
-                help="this argument is read as the path of a spec file",
-            )
-        ) from None
+        raise UsageError(report("E401", file=str(path), path=path)) from None
     except IsADirectoryError:
-        raise UsageError(
-            Diagnostic("E401", f"`{path}` is a folder, not a spec file", file=str(path))
-        ) from None
+        raise UsageError(report("E401", variant="folder", file=str(path), path=path)) from None
     except OSError as e:
         raise UsageError(
-            Diagnostic("E401", f"cannot read `{path}`: {e.strerror}", file=str(path))
+            report("E401", variant="cannot_read", file=str(path), path=path, strerror=e.strerror)
         ) from None
     if looks_like_model_file(data[:9]):
-        raise UsageError(
-            Diagnostic(
-                "E402",
-                f"`{path}` is a model file, not a spec",
-                file=str(path),
-                help="the spec comes first: `eqxform apply SPEC MODEL -o OUT`",
-            )
-        )
+        raise UsageError(report("E402", file=str(path), path=path))
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is None or "\x00" in text:
-        raise UsageError(
-            Diagnostic(
-                "E402",
-                f"`{path}` is not a text file",
-                file=str(path),
-                help="a spec is UTF-8 text; its contents are not shown",
-            )
-        )
+        raise UsageError(report("E402", variant="text", file=str(path), path=path))
     line = _not_a_statement(text)
     if line is not None:
         raise UsageError(
-            Diagnostic(
+            report(
                 "E402",
-                f"`{path}` is not a spec",
+                variant="spec",
                 file=str(path),
-                help=f"line {line}, the first that is not blank or a comment, does not start "
-                "with a directive ("
-                + ", ".join(f"`{d}`" for d in DIRECTIVES[:4])
-                + ", ...); its contents are not shown",
+                path=path,
+                line=line,
+                listing=", ".join(f"`{d}`" for d in DIRECTIVES[:4]),
             )
         )
     return text, name or str(path)
@@ -164,21 +134,16 @@ def parse_value(text: str, name: str) -> Any:
     try:
         return evaluate(expr, {})
     except EvalError as e:
-        if e.code is not None:  # a limit: `--set x=9**9**9`
+        d = e.diagnostic
+        if d.code != "E204":  # a limit: `--set x=9**9**9`
             raise UsageError(
-                Diagnostic(e.code, f"`--set {name}`: {e.message}", help=e.help)
+                replace(d, message=f"`--set {name}`: {d.message}", span=None)
             ) from None
         # A bare word is a string (`--set act=gelu` means the function `gelu`
         # through the evaluator; anything else stays text).
         if isinstance(expr, A.Name):
             return expr.id
-        raise UsageError(
-            Diagnostic(
-                "E412",
-                f"`--set {name}={text}` is not a constant",
-                help="give a number, a string, `true`/`false` or a list, e.g. `--set width=128`",
-            )
-        ) from None
+        raise UsageError(report("E412", name=name, text=text)) from None
 
 
 def load_params(sets: tuple[str, ...] = (), params_file: str | None = None) -> dict[str, Any]:
@@ -191,45 +156,37 @@ def load_params(sets: tuple[str, ...] = (), params_file: str | None = None) -> d
         try:
             loaded = yaml.safe_load(Path(params_file).read_text())
         except FileNotFoundError:
-            raise UsageError(
-                Diagnostic("E411", f"params file `{params_file}` does not exist", file=params_file)
-            ) from None
+            raise UsageError(report("E411", file=params_file, params_file=params_file)) from None
         except yaml.YAMLError as e:
             raise UsageError(
-                Diagnostic(
+                report(
                     "E406",
-                    f"`{params_file}` is not valid YAML: {str(e).splitlines()[0]}",
                     file=params_file,
+                    params_file=params_file,
+                    splitlines=str(e).splitlines()[0],
                 )
             ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
             raise UsageError(
-                Diagnostic(
-                    "E406",
-                    f"`{params_file}` must map `let` names to values",
-                    file=params_file,
-                    help="e.g. `width: 128`",
-                )
+                report("E406", variant="map_let", file=params_file, params_file=params_file)
             )
         for k, v in loaded.items():
             if not (v is None or isinstance(v, (bool, int, float, str))):
                 raise UsageError(
-                    Diagnostic(
+                    report(
                         "E406",
-                        f"`{k}` in `{params_file}` must be a number, a string or a boolean",
+                        variant="number_string",
                         file=params_file,
+                        k=k,
+                        params_file=params_file,
                     )
                 )
             values[k] = v
     for item in sets:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():
-            raise UsageError(
-                Diagnostic(
-                    "E407", f"`--set {item}` is not NAME=VALUE", help="e.g. `--set width=128`"
-                )
-            )
+            raise UsageError(report("E407", item=item))
         values[name.strip()] = parse_value(text.strip(), name.strip())
     return values

@@ -15,12 +15,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import _ast as A
 from . import _limits as L
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, report
 from ._expr import EvalError, evaluate
 
 MEMBER = "member"
@@ -102,20 +102,17 @@ def _describe(value: Any) -> str:
 
 def _spread(vary: A.Vary, call: A.Call, env, count: int, source) -> list[float]:
     if len(call.args) != 2 or any(a.name is not None for a in call.args):
-        raise EvalError(
-            f"`{call.callee}` takes the first and the last value, as `{call.callee}(1e-4, 1e-2)`",
-            call.span,
-            f"the {count} members' values run from the first to the last, both included",
-            code="E171",
-        )
+        raise EvalError("E171", call.span, callee=call.callee, count=count)
     lo, hi = (evaluate(a.value, env) for a in call.args)
     for a, v in zip(call.args, (lo, hi)):
         if not _number(v):
             raise EvalError(
-                f"`{call.callee}` needs numbers, not {_describe(v)}",
+                "E171",
                 a.value.span,
-                f"e.g. `{vary.name}={call.callee}(1e-4, 1e-2)`",
-                code="E171",
+                variant="needs_numbers",
+                callee=call.callee,
+                describe_v=_describe(v),
+                name=vary.name,
             )
     if count == 1:
         return [float(lo)]
@@ -123,13 +120,7 @@ def _spread(vary: A.Vary, call: A.Call, env, count: int, source) -> list[float]:
         inner = [lo + (hi - lo) * k / (count - 1) for k in range(1, count - 1)]
         return [lo, *inner, hi]
     if lo <= 0 or hi <= 0:
-        raise EvalError(
-            f"`logspace` needs two numbers > 0, not `{lo}` and `{hi}`",
-            call.span,
-            "spread over a log scale from a positive first to a positive last value, "
-            "or use `linspace`",
-            code="E171",
-        )
+        raise EvalError("E171", call.span, variant="logspace_needs", lo=lo, hi=hi)
     # Powers of ten, as `numpy.logspace` computes them; the ends exactly as written.
     a, b = math.log10(lo), math.log10(hi)
     inner = [10 ** (a + (b - a) * k / (count - 1)) for k in range(1, count - 1)]
@@ -145,28 +136,18 @@ def _per_member(vary: A.Vary, env, count: int, source, grid: bool) -> list:
         return _spread(vary, value, env, count, source)
     if grid or isinstance(value, A.ListExpr):
         if not isinstance(value, A.ListExpr):
-            raise EvalError(
-                f"a `grid` axis needs a list of values, `{vary.name}=[...]`",
-                value.span,
-                f"e.g. `ensemble grid {vary.name}=[1e-3, 3e-3, 1e-2]`; "
-                "`ensemble N vary NAME=EXPR` computes a value per member",
-                code="E171",
-            )
+            raise EvalError("E171", value.span, variant="grid_axis", name=vary.name)
         items = evaluate(value, env)
         if not items:
-            raise EvalError(
-                f"the list of `{vary.name}` is empty",
-                value.span,
-                "give at least one value",
-                code="E172",
-            )
+            raise EvalError("E172", value.span, name=vary.name)
         if not grid and len(items) != count:
             raise EvalError(
-                f"`{vary.name}` gives {len(items)} values for the {count} members",
+                "E172",
                 value.span,
-                f"give one value per member ({count}), or compute them from `member`, "
-                f"e.g. `{vary.name}=1e-3 * 2 ** member`",
-                code="E172",
+                variant="gives_values",
+                name=vary.name,
+                len_items=len(items),
+                count=count,
             )
         return list(items)
     return [evaluate(value, {**env, MEMBER: k}) for k in range(count)]
@@ -176,30 +157,23 @@ def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
     if vary.name == SEED:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise EvalError(
-                f"the seed of member {k} must be a whole number >= 0, not {_describe(value)}",
-                span,
-                "e.g. `vary seed` (the spec's seed plus the member's index) or "
-                "`vary seed=[0, 7, 42, 99]`",
-                code="E171",
+                "E171", span, variant="seed_member", k=k, describe_value=_describe(value)
             )
         return
     if not _number(value):
         raise EvalError(
-            f"`{vary.name}` of member {k} must be a number, not {_describe(value)}",
+            "E171",
             span,
-            "a varied value is one number per member; a list gives the members' values "
-            "in order (`vary lr=[1e-3, 1e-2]`), `logspace(a, b)` spreads them",
-            code="E171",
+            variant="member_number",
+            name=vary.name,
+            k=k,
+            describe_value=_describe(value),
         )
 
 
 def _too_many(stmt: A.EnsembleStmt, count: int, source: A.Source) -> Diagnostic:
-    return Diagnostic(
-        "E155",
-        f"a sweep of {count:,} members is beyond the limit of {L.MAX_SWEEP:,}",
-        stmt.span,
-        "each member's values and program are made one by one; sweep fewer values",
-        source,
+    return report(
+        "E155", variant="sweep", span=stmt.span, source=source, count=count, max_sweep=L.MAX_SWEEP
     )
 
 
@@ -225,7 +199,8 @@ def evaluate_sweep(
             for k, v in enumerate(values):
                 _check_value(vary, k, v, vary.value.span)
         except EvalError as e:
-            problems.append(Diagnostic(e.code_or("E171"), e.message, e.span, e.help, source))
+            d = e.diagnostic  # an expression's own failure is the sweep's E171
+            problems.append(replace(d, code="E171" if d.code == "E204" else d.code, source=source))
             continue
         columns[vary.name] = values
     if problems:

@@ -20,7 +20,7 @@ from . import _ast as A
 from . import _limits as L
 from . import _names as N
 from . import _registry as R
-from ._diagnostics import Diagnostic
+from ._diagnostics import Diagnostic, report
 from ._errors import UsageError
 from ._expr import DTypeRef, _kind, render
 
@@ -98,12 +98,15 @@ def argument_diagnostic(
     else:
         expected, example = _KINDS[kind.rstrip("?")]
         expected += " or `none`" if kind.endswith("?") else ""
-    return Diagnostic(
+    return report(
         "E152",
-        f"{what} must be {expected}, not {describe_value(value)}{at}",
-        span,
-        f"e.g. {example}",
-        source,
+        span=span,
+        source=source,
+        what=what,
+        expected=expected,
+        describe_value_value=describe_value(value),
+        at=at,
+        example=example,
     )
 
 
@@ -133,14 +136,16 @@ def constructor_limit(callee: str, name: str | None, value: Any, span, source) -
     if abs(value) <= bound:
         return None
     label = f"`{name}` of `{callee}`" if name else f"an argument of `{callee}`"
-    return Diagnostic(
+    return report(
         "E156",
-        f"{label} is {value:,}, beyond the limit of {bound:,}",
-        span,
-        f"`{name}` builds one layer per step, even to plan the model; no network has this many"
+        span=span,
+        source=source,
+        help=f"`{name}` builds one layer per step, even to plan the model; no network has this many"
         if loop
         else "no array dimension is this large (XLA indexes with 32 bits)",
-        source,
+        label=label,
+        value=value,
+        bound=bound,
     )
 
 
@@ -155,13 +160,7 @@ def allowed(allow: Any) -> tuple[str, ...]:
         except TypeError:
             ok = False
     if not ok or not all(isinstance(a, str) for a in allow):
-        raise UsageError(
-            Diagnostic(
-                "E449",
-                f"`allow` must be a list of package names, not {allow!r:.60}",
-                help='e.g. `allow=["mypkg"]`',
-            )
-        )
+        raise UsageError(report("E449", allow=allow))
     return allow
 
 
@@ -182,13 +181,7 @@ def check_seed(seed: Any, what: str = "`seed`") -> int:
     0 to 2**64 - 1 is a usage error (E430)."""
     if is_seed(seed):
         return int(seed)
-    raise UsageError(
-        Diagnostic(
-            "E430",
-            f"{what} must be a whole number from 0 to 2**64 - 1, not {describe_value(seed)}",
-            help="e.g. `--seed 0` (Python: `seed=0`)",
-        )
-    )
+    raise UsageError(report("E430", what=what, describe_value_seed=describe_value(seed)))
 
 
 def parse_seed(text: str | None, option: str = "--seed") -> int | None:
@@ -198,13 +191,7 @@ def parse_seed(text: str | None, option: str = "--seed") -> int | None:
     digits = text.strip()
     if re.fullmatch(r"[0-9]{1,20}", digits) and is_seed(int(digits)):
         return int(digits)
-    raise UsageError(
-        Diagnostic(
-            "E430",
-            f"`{option} {text}` is not a whole number from 0 to 2**64 - 1",
-            help=f"write it in decimal digits, e.g. `{option} 0`",
-        )
-    )
+    raise UsageError(report("E430", variant="whole_number", option=option, text=text))
 
 
 # ---- bytes ----------------------------------------------------------------------
@@ -256,11 +243,5 @@ def byte_budget() -> int | None:
             return int(value)
         why = "would allow no array at all" if value == 0 else "is less than one byte"
     raise UsageError(
-        Diagnostic(
-            "E432",
-            f"`{L.MAX_BYTES_ENV}={text}` {why}",
-            help=f"give a positive number of bytes in digits 0-9, with an optional unit "
-            f"K, M, G or T (e.g. `{L.MAX_BYTES_ENV}=64G`), or `{BUDGET_OFF}` to turn the "
-            "memory check off",
-        )
+        report("E432", max_bytes_env=L.MAX_BYTES_ENV, text=text, why=why, budget_off=BUDGET_OFF)
     )

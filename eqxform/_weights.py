@@ -42,7 +42,7 @@ import numpy as np
 
 from . import _ast as A
 from . import _limits
-from ._diagnostics import Diagnostic, did_you_mean, position, suggest
+from ._diagnostics import Diagnostic, did_you_mean, position, report, suggest
 from ._errors import ModelFileError, SpecError, UsageError
 from ._files import TensorSpec, as_path, atomic_write_with, read_header, write_stream
 from ._modules import LoRA, is_state_index
@@ -108,25 +108,14 @@ class Checkpoint:
             return value.reshape(t.shape)
         except (OSError, ValueError) as e:
             raise ModelFileError(
-                Diagnostic(
-                    "E320",
-                    f"tensor `{name}` of `{self.path}` could not be read: {e}",
-                    file=self.path,
-                    help="was the file changed while it was read? read it again",
-                )
+                report("E320", file=self.path, name=name, path=self.path, error=e)
             ) from None
 
 
 def _refuse_pickle(path: str) -> UsageError:
     stem = os.path.splitext(os.path.basename(path))[0]
     return UsageError(
-        Diagnostic(
-            "E340",
-            f"`{path}` is a pickle (PyTorch's `torch.save`), which eqxform never reads: "
-            "loading one can run any code it holds",
-            file=path,
-            help=CONVERT_HELP.format(path=path, stem=stem),
-        )
+        report("E340", file=path, help=CONVERT_HELP.format(path=path, stem=stem), path=path)
     )
 
 
@@ -135,14 +124,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     read, and a pickle is refused."""
     path = as_path(path, "checkpoint")
     if not os.path.exists(path):
-        raise UsageError(
-            Diagnostic(
-                "E301",
-                f"checkpoint `{path}` does not exist",
-                file=path,
-                help="check the path (a relative one is taken from the working directory)",
-            )
-        )
+        raise UsageError(report("E301", file=path, path=path))
     lower = path.lower()
     if lower.endswith(_PICKLES):
         raise _refuse_pickle(path)
@@ -158,14 +140,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if head[:2] == b"PK":
         return _open_npz(path)
     if lower.endswith((".h5", ".hdf5", ".msgpack", ".onnx", ".gguf", ".npy")):
-        raise UsageError(
-            Diagnostic(
-                "E341",
-                f"`{path}` is no safetensors or `.npz` file",
-                file=path,
-                help="save it with `safetensors.numpy.save_file` or `numpy.savez`",
-            )
-        )
+        raise UsageError(report("E341", file=path, path=path))
     header = read_header(path)
     with open(path, "rb") as f:
         start = 8 + int.from_bytes(f.read(8), "little")
@@ -200,14 +175,7 @@ def _open_npz(path: str) -> Checkpoint:
                     raise ValueError(f"`{name}` holds `{dtype}`, not numbers")
                 tensors[name] = Tensor(name, dtype.name, tuple(int(d) for d in shape))
     except (ValueError, SyntaxError, TypeError, OSError, zipfile.BadZipFile) as e:
-        raise ModelFileError(
-            Diagnostic(
-                "E302",
-                f"`{path}` is not a readable `.npz` checkpoint: {str(e)[:200]}",
-                file=path,
-                help="write it with `numpy.savez(path, **state_dict)`",
-            )
-        ) from None
+        raise ModelFileError(report("E302", file=path, path=path, str_e=str(e)[:200])) from None
     return Checkpoint(path, "npz", tensors, {})
 
 
@@ -531,8 +499,8 @@ def plan_weights(
     source = rules.source
     names = list(checkpoint.tensors)
 
-    def error(code: str, message: str, span: A.Span, help: str | None = None):
-        plan.diagnostics.append(Diagnostic(code, message, span, help, source))
+    def error(code: str, span: A.Span, **fields):
+        plan.diagnostics.append(report(code, span=span, source=source, **fields))
 
     filled: dict[int, dict[tuple, int]] = {}
     prefixes: dict[int, set[tuple]] = {}
@@ -546,12 +514,7 @@ def plan_weights(
         for g, string in rule.globs:
             hits = [n for n in names if g.match(n)]
             if not hits:
-                error(
-                    "E248",
-                    f'`skip "{g.text}"` matches no checkpoint tensor',
-                    string.span,
-                    did_you_mean(g.text, names),
-                )
+                error("E248", string.span, help=did_you_mean(g.text, names), text=g.text)
             skipped.update(hits)
     for rule in rules.maps:
         by_target = []
@@ -580,9 +543,8 @@ def plan_weights(
             near_m = suggest(rule.targets[0].text.replace("{", "").replace("}", ""), paths)
             error(
                 "E240",
-                "this `map` matches no checkpoint tensor and no model array",
                 rule.stmt.span,
-                "; ".join(
+                help="; ".join(
                     x
                     for x in (
                         near_ck and "the checkpoint has " + _listing(near_ck, 3),
@@ -659,55 +621,51 @@ def plan_weights(
             first = doubled[0][1]
             error(
                 "E247",
-                f"{_listing([s.path for s, _ in doubled])} "
-                + ("is" if len(doubled) == 1 else "are")
-                + " filled twice",
                 rule.stmt.span,
-                f"line {first} fills "
-                + ("it" if len(doubled) == 1 else "them")
-                + " already; fill each array once"
-                + ("" if first != rule.line else " (two bindings of this line name it)"),
+                listing_value=_listing([s.path for s, _ in doubled]),
+                value="is" if len(doubled) == 1 else "are",
+                first=first,
+                value2="it" if len(doubled) == 1 else "them",
+                value3="" if first != rule.line else " (two bindings of this line name it)",
             )
         for k, missing in lacking.items():
             missing_names += missing
             hint = did_you_mean(missing[0], [n for n in names if n not in used])
             error(
                 "E241",
-                f"the checkpoint has no {_listing(missing)}"
-                + f" ({len(missing)} tensor{'s' if len(missing) > 1 else ''} this `map` needs"
-                + (f", the first for `{lacking_for[k]}`)" if lacking_for.get(k) else ")"),
                 _string_span(rule, k, True),
-                (hint + " " if hint else "")
-                + "fix the name, or `keep` the model arrays they would fill",
+                listing_missing=_listing(missing),
+                len_missing=len(missing),
+                s="s" if len(missing) > 1 else "",
+                value2=f", the first for `{lacking_for[k]}`)" if lacking_for.get(k) else ")",
+                value3=hint + " " if hint else "",
             )
         for k, missing in absent.items():
             hint = did_you_mean(missing[0], paths)
             error(
                 "E242",
-                f"the model has no {_listing(missing)}"
-                + " (named by this `map` for tensors the checkpoint holds)",
                 _string_span(rule, k, False),
-                (hint + " " if hint else "")
-                + "fix the path (see `eqxform show` of the model), or `skip` the tensors",
+                listing_missing=_listing(missing),
+                value=hint + " " if hint else "",
             )
         if bad_shapes:
             hint = "add `with transpose`" if "transpose" not in str(rule.ops) else None
             error(
                 "E243",
-                f"{len(bad_shapes)} shape{'s' if len(bad_shapes) > 1 else ''} do not fit: "
-                + bad_shapes[0],
                 rule.stmt.span,
-                hint
+                help=hint
                 if hint and _transposed_fits(bad_shapes[0])
                 else "change the layout with `transpose` or `reshape`, or map onto the right array",
+                len_bad_shapes=len(bad_shapes),
+                s="s" if len(bad_shapes) > 1 else "",
+                bad_shapes=bad_shapes[0],
             )
         if bad_dtype:
             error(
                 "E244",
-                f"dtypes differ: {bad_dtype[0]}"
-                + (f" (and {len(bad_dtype) - 1} more)" if len(bad_dtype) > 1 else ""),
                 rule.stmt.span,
-                "add `with cast` to convert to the model's dtype",
+                bad_dtype=bad_dtype[0],
+                value=f" (and {len(bad_dtype) - 1} more)" if len(bad_dtype) > 1 else "",
             )
     kept: set[int] = set()
     for rule in rules.keeps:
@@ -716,9 +674,10 @@ def plan_weights(
             if not hits:
                 error(
                     "E248",
-                    f'`keep "{g.text}"` matches no model array',
                     string.span,
-                    did_you_mean(g.text, paths),
+                    variant="keep_model",
+                    help=did_you_mean(g.text, paths),
+                    text=g.text,
                 )
             kept.update(hits)
     plan.skipped = sorted(skipped - used)
@@ -729,10 +688,12 @@ def plan_weights(
         hint = did_you_mean(unused[0], missing_names) if missing_names else None
         error(
             "E245",
-            f"{len(unused)} checkpoint tensor{'s are' if len(unused) > 1 else ' is'} read by no "
-            f"`map`: {_listing(unused)}",
             anchor,
-            (hint + " " if hint else "") + f'`map` them, or `skip "{unused[0]}"`',
+            len_unused=len(unused),
+            value="s are" if len(unused) > 1 else " is",
+            listing_unused=_listing(unused),
+            value2=hint + " " if hint else "",
+            unused=unused[0],
         )
     unfilled = []
     for leaf in leaves:
@@ -748,10 +709,12 @@ def plan_weights(
         hint = did_you_mean(unfilled[0], unused) if unused else None
         error(
             "E246",
-            f"{len(unfilled)} model array{'s are' if len(unfilled) > 1 else ' is'} filled by "
-            f"no `map`: {_listing(unfilled)}",
             anchor,
-            (hint + " " if hint else "") + f'map a tensor onto them, or `keep "{unfilled[0]}"`',
+            len_unfilled=len(unfilled),
+            value="s are" if len(unfilled) > 1 else " is",
+            listing_unfilled=_listing(unfilled),
+            value2=hint + " " if hint else "",
+            unfilled=unfilled[0],
         )
     plan.diagnostics.sort(key=position)
     return plan
@@ -946,15 +909,7 @@ def export_weights(
         )
         if reference is None and (needs or any(op == "reshape" for op, _ in rule.ops)):
             problems.append(
-                Diagnostic(
-                    "E249",
-                    f"`{(needs or ['reshape'])[0]}` cannot be undone without the original "
-                    "checkpoint's header",
-                    rule.stmt.span,
-                    "give the original checkpoint (`weights` in the spec, `--weights PATH`, "
-                    "`reference=` in Python)",
-                    source,
-                )
+                report("E249", span=rule.stmt.span, source=source, value=(needs or ["reshape"])[0])
             )
             continue
         by_target = []
@@ -1117,31 +1072,22 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
                 named.append((rule, rule.sources[0].format(b), at))
         if not named:
             problems.append(
-                Diagnostic(
-                    "E250",
-                    f"no `map` line names the base weight of the adapter at `{weight.path}`",
-                    rules.anchor.span,
-                    "PEFT names an adapter by its base module's name in the checkpoint: map "
-                    f"`{weight.path}` to it",
-                    rules.source,
-                )
+                report("E250", span=rules.anchor.span, source=rules.source, path=weight.path)
             )
             continue
         for rule, name, at in named:
             if any(op for op, _ in rule.ops) or not name.endswith(".weight"):
                 problems.append(
-                    Diagnostic(
+                    report(
                         "E250",
-                        f"the adapter at `{weight.path}` has a base (`{name}`) that PEFT cannot "
-                        "name: "
-                        + (
-                            "its `map` changes the layout"
-                            if rule.ops
-                            else "the tensor's name does not end in `.weight`"
-                        ),
-                        rule.stmt.span,
-                        "put adapters on modules whose weight maps as it is",
-                        rules.source,
+                        variant="unnamed",
+                        span=rule.stmt.span,
+                        source=rules.source,
+                        path=weight.path,
+                        name=name,
+                        value="its `map` changes the layout"
+                        if rule.ops
+                        else "the tensor's name does not end in `.weight`",
                     )
                 )
                 continue
@@ -1157,14 +1103,7 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
     if problems:
         raise SpecError(problems)
     if not adapters:
-        raise UsageError(
-            Diagnostic(
-                "E250",
-                "the model has no LoRA adapters to write in PEFT's layout",
-                file=str(folder),
-                help="add them with a rule such as `where **.qkv -> lora(rank=8, alpha=16)`",
-            )
-        )
+        raise UsageError(report("E250", variant="model_has", file=str(folder)))
     tensors: dict[str, np.ndarray] = {}
     ranks, alphas = {}, {}
     for a in adapters:
@@ -1203,7 +1142,7 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
         raise UsageError(
-            Diagnostic("E448", f"cannot make the folder `{folder}`: {e.strerror or e}", file=folder)
+            report("E448", file=folder, folder=folder, error=e.strerror or e)
         ) from None
     specs = [TensorSpec(n, v.dtype.name, v.shape) for n, v in tensors.items()]
     atomic_write_with(
@@ -1231,11 +1170,13 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
         alpha, r = float(config["lora_alpha"]), int(config["r"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UsageError(
-            Diagnostic(
+            report(
                 "E341",
-                f"`{folder}` holds no readable `{PEFT_CONFIG}`: {e}",
+                variant="unreadable",
                 file=folder,
-                help="a PEFT adapter folder holds adapter_model.safetensors and adapter_config.json",
+                folder=folder,
+                peft_config=PEFT_CONFIG,
+                error=e,
             )
         ) from None
     adapters, problems = _adapters(model, rules)
@@ -1249,15 +1190,15 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     unused = [n for n in checkpoint.tensors if n not in wanted]
     if missing or unused:
         raise ModelFileError(
-            Diagnostic(
+            report(
                 "E245",
-                f"the PEFT adapter `{folder}` does not fit the model's adapters: "
-                + (f"it lacks {_listing(missing, 3)}" if missing else "")
-                + ("; " if missing and unused else "")
-                + (f"it also holds {_listing(unused, 3)}" if unused else ""),
+                variant="peft_adapter",
                 file=folder,
-                help="apply the spec's `lora` rules to the modules PEFT adapted "
-                f"({_listing(sorted(config.get('target_modules') or []), 4)})",
+                folder=folder,
+                value=f"it lacks {_listing(missing, 3)}" if missing else "",
+                value2="; " if missing and unused else "",
+                value3=f"it also holds {_listing(unused, 3)}" if unused else "",
+                listing_sorted_value=_listing(sorted(config.get("target_modules") or []), 4),
             )
         )
     values: dict[int, dict[str, np.ndarray]] = {}
@@ -1270,11 +1211,15 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
         target = store[field_name][a.at] if a.at else store[field_name]
         if tensor.shape != target.shape:
             raise ModelFileError(
-                Diagnostic(
+                report(
                     "E243",
-                    f"`{name}` is {list(tensor.shape)}, the model's adapter {list(target.shape)}",
+                    variant="model_adapter",
                     file=folder,
-                    help=f"apply `lora(rank={r}, alpha={_number(alpha)})` as the adapter was trained",
+                    name=name,
+                    list_shape=list(tensor.shape),
+                    list_shape2=list(target.shape),
+                    r=r,
+                    number_alpha=_number(alpha),
                 )
             )
         if a.at:

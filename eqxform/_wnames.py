@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from . import _ast as A
 from . import _names as N
-from ._diagnostics import Diagnostic, did_you_mean
+from ._diagnostics import Diagnostic, did_you_mean, report
 
 _NAME = r"[A-Za-z_][A-Za-z_0-9]*"
 _CAPTURE = re.compile(r"\{(" + _NAME + r")(?:([+-])([0-9]+))?\}")
@@ -337,39 +337,22 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
     """The rule of a `map` line, or its diagnostics (every one at once)."""
     problems: list[Diagnostic] = []
 
-    def bad(code: str, message: str, span: A.Span, help: str | None = None):
-        problems.append(Diagnostic(code, message, span, help, source))
+    def bad(code: str, span: A.Span, **fields):
+        problems.append(report(code, span=span, source=source, **fields))
 
     sources, targets = [], []
     for s in stmt.sources:
         try:
             sources.append(name_pattern(s.value))
         except PatternError as e:
-            bad(
-                "E160",
-                f"`{s.value}` is no checkpoint tensor name: {e}",
-                _inside(s, e.offset),
-                "a tensor name as the checkpoint spells it, with captures such as `{i}`: "
-                '`"blocks.{i}.attn.qkv.weight"`',
-            )
+            bad("E160", _inside(s, e.offset), variant="checkpoint_tensor", value=s.value, error=e)
     for t in stmt.targets:
         try:
             targets.append(path_pattern(t.value))
         except PatternError as e:
-            bad(
-                "E160",
-                f"`{t.value}` is no model path: {e}",
-                _inside(t, e.offset),
-                'a path as `eqxform show` prints it: `"blocks[{i}].attn.qkv.weight"`',
-            )
+            bad("E160", _inside(t, e.offset), variant="model_path", value=t.value, error=e)
     if len(stmt.sources) > 1 and len(stmt.targets) > 1:
-        bad(
-            "E161",
-            f"{len(stmt.sources)} tensors map onto {len(stmt.targets)} arrays",
-            stmt.span,
-            "a `map` fuses several tensors into one array, or splits one tensor into "
-            "several; write one line per pair otherwise",
-        )
+        bad("E161", stmt.span, len_sources=len(stmt.sources), len_targets=len(stmt.targets))
     if not problems:
         names = {p.text: {c.name for c in p.captures} for p in [*sources, *targets]}
         want = {c.name for c in sources[0].captures}
@@ -379,13 +362,13 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
                 missing = sorted((want | have) - have)
                 bad(
                     "E162",
-                    f"`{string.value}` lacks the capture"
-                    + ("s " if len(missing) > 1 else " ")
-                    + ", ".join(f"`{{{m}}}`" for m in missing),
                     string.span,
-                    "every name and path of a `map` has the same captures, so that each "
-                    "tensor names one array and each array one tensor; "
-                    + ", ".join(f"`{k}` has {sorted(v) or 'none'}" for k, v in names.items()),
+                    value=string.value,
+                    value2="s " if len(missing) > 1 else " ",
+                    listing=", ".join(f"`{{{m}}}`" for m in missing),
+                    listing2=", ".join(
+                        f"`{k}` has {sorted(v) or 'none'}" for k, v in names.items()
+                    ),
                 )
                 break
     ops: list[tuple[str, tuple[int, ...] | None]] = []
@@ -398,15 +381,14 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
             hint = did_you_mean(action.name, N.MAP_ACTIONS)
             bad(
                 "E163",
-                f"unknown `map` action `{action.name}`",
                 action.name_span,
-                (hint + " " if hint else "")
-                + "a `map` takes "
-                + ", ".join(f"`{a}`" for a in N.MAP_ACTIONS),
+                name=action.name,
+                value=hint + " " if hint else "",
+                listing=", ".join(f"`{a}`" for a in N.MAP_ACTIONS),
             )
             continue
         if action.name in seen:
-            bad("E163", f"`{action.name}` is given twice", action.span, "keep one")
+            bad("E163", action.span, variant="given_twice", name=action.name)
             continue
         seen.add(action.name)
         try:
@@ -414,18 +396,13 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
         except ValueError:
             value = "bad"
         if kind.arg == "none" and value is not None:
-            bad("E163", f"`{action.name}` takes no argument", action.span, kind.example)
+            bad("E163", action.span, variant="takes_argument", help=kind.example, name=action.name)
         elif kind.arg == "axes?" and not (value is None or isinstance(value, tuple)):
-            bad("E163", f"`{action.name}` takes a list of axes", action.span, kind.example)
+            bad("E163", action.span, variant="takes_list", help=kind.example, name=action.name)
         elif kind.arg == "shape?" and not (value is None or isinstance(value, tuple)):
-            bad(
-                "E163",
-                f"`{action.name}` takes a shape, a list of whole numbers",
-                action.span,
-                kind.example,
-            )
+            bad("E163", action.span, variant="takes_shape", help=kind.example, name=action.name)
         elif kind.arg == "axis" and not isinstance(value, int):
-            bad("E163", f"`{action.name}` takes one whole number", action.span, kind.example)
+            bad("E163", action.span, variant="takes_one", help=kind.example, name=action.name)
         elif (
             action.name == "transpose"
             and value is not None
@@ -435,9 +412,10 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
         ):
             bad(
                 "E163",
-                f"`transpose {list(value)}` is no permutation of the axes",  # type: ignore[arg-type]
                 action.span,
-                kind.example,
+                variant="transpose_permutation",
+                help=kind.example,
+                list_value=list(value),
             )
         elif (
             action.name == "reshape"
@@ -448,18 +426,14 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
         ):
             bad(
                 "E163",
-                f"`reshape {list(value)}` is no shape (at most one `-1`)",  # type: ignore[arg-type]
                 action.span,
-                kind.example,
+                variant="reshape_shape",
+                help=kind.example,
+                list_value=list(value),
             )
         elif action.name == "axis":
             if len(stmt.sources) == 1 and len(stmt.targets) == 1:
-                bad(
-                    "E163",
-                    "`axis` says where tensors fuse or split, and this `map` does neither",
-                    action.span,
-                    "leave `axis` out, or name several tensors or arrays",
-                )
+                bad("E163", action.span, variant="axis_says")
             axis = value  # type: ignore[assignment]
         elif action.name == "cast":
             cast = True
@@ -480,12 +454,13 @@ def read_globs(
             globs.append((glob(s.value), s))
         except PatternError as e:
             problems.append(
-                Diagnostic(
+                report(
                     "E160",
-                    f"`{s.value}` is no pattern: {e}",
-                    _inside(s, e.offset),
-                    '`*` matches within one dotted part, `**` anything: `"**.num_batches_tracked"`',
-                    source,
+                    variant="pattern",
+                    span=_inside(s, e.offset),
+                    source=source,
+                    value=s.value,
+                    error=e,
                 )
             )
     return (None, problems) if problems else (GlobRule(stmt, tuple(globs)), [])

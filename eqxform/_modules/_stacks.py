@@ -124,18 +124,14 @@ def _layout(module: Any) -> int:
     return 2
 
 
-def plain_error(code: str, message: str, help: str) -> Exception:
+def plain_error(code: str, **fields) -> Exception:
     """The error a stack raises when it is called in a way it cannot run, made
     by the `error` its builder gave it (eqxform's passes give one that makes an
-    `EqxformError`); this default makes a `TypeError` with the same text."""
-    return TypeError(f"error[{code}]: {message}\n  = help: {help}")
-
-
-_CARRY_HELP = (
-    "a `scan` stack feeds each layer's output to the next, so a layer must return "
-    "what it takes; add `layerwise` to the `stack` line (the parent's loop then "
-    "calls each layer in turn), or `unstack` it"
-)
+    `EqxformError` from the code's record); this default, for a stack built
+    without them (the model types import nothing else of eqxform), makes a
+    `TypeError` that names the code and its fields."""
+    said = "".join(f"; {name}: {value}" for name, value in fields.items())
+    return TypeError(f"error[{code}]: see `eqxform explain {code}`{said}")
 
 
 def _shape_text(tree: Any) -> str:
@@ -153,7 +149,7 @@ def _shape_text(tree: Any) -> str:
     return f"`{type(tree).__name__}`"
 
 
-def _carry_change(body, x, xs) -> str:
+def _carry_change(body, x, xs) -> dict[str, str]:
     """What a scan's layers return, when it is not what they take."""
     first = jax.tree_util.tree_map(lambda a: a[0], xs)
     try:
@@ -161,10 +157,7 @@ def _carry_change(body, x, xs) -> str:
         returned = _shape_text(out)
     except Exception:  # the layer fails on its own input: its own error is the news
         returned = "something else"
-    return (
-        f"the stacked layers change what they pass on: a layer takes {_shape_text(x)} "
-        f"and returns {returned}"
-    )
+    return dict(takes=_shape_text(x), returns=returned)
 
 
 def _indices(tree: Any) -> list:
@@ -188,14 +181,7 @@ def _unstacked_state(state: State, layers: Any, error):
             parts = [values[p] for p in m.parts]
             stacked[m] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *parts)
         else:
-            raise error(
-                "E436",
-                "the `eqx.nn.State` passed to a stack holds no value for its layers: it "
-                "was made for another model",
-                "call the model with the state of the model the spec was applied to (its "
-                "per-layer values are read and written back), or apply the spec to the "
-                "model and its state together: `model, state = program.apply((model, state))`",
-            )
+            raise error("E436")
 
     def back(new: State) -> State:
         out = {}
@@ -357,8 +343,9 @@ class Stacked(eqx.Module):
             except TypeError as e:
                 if "carry" not in str(e):
                     raise
-                message = _carry_change(body, x, (dynamic, keys, state_leaves))
-                raise self.error("E235", message, _CARRY_HELP) from None
+                raise self.error(
+                    "E235", **_carry_change(body, x, (dynamic, keys, state_leaves))
+                ) from None
         if state_def is None:
             return out
         return out, state.update(jax.tree_util.tree_unflatten(state_def, new_leaves))

@@ -110,12 +110,7 @@ class AdapterPass(RulePass):
     def target(self, node: Node) -> _Target:
         obj = node.obj
         if is_adapter(obj) or any(is_adapter(p) for p in node.parents):
-            raise self.error(
-                "E223",
-                f"`{node.text}` has an adapter already",
-                self.rule.selector.span,
-                "one adapter per module: `merge` the first one before adding another",
-            )
+            raise self.error("E223", self.rule.selector.span, text=node.text)
         if isinstance(obj, eqx.Module) and not isinstance(obj, Wrapper):
             weight = getattr(obj, "weight", None)
             inner = _inner(weight)
@@ -167,11 +162,7 @@ class AdapterPass(RulePass):
 
     def _not_adaptable(self, node: Node, why: str):
         return self.error(
-            "E220",
-            f"`{self.action.name}` adapts a `Linear` or a 2-D weight, but `{node.text}` {why}",
-            self.rule.selector.span,
-            "select `Linear` modules or their weights, e.g. `where Linear -> "
-            f"{self.action.name}` or `where **.qkv.weight -> {self.action.name}`",
+            "E220", self.rule.selector.span, name=self.action.name, text=node.text, why=why
         )
 
     def lead_and_layers(self, target: _Target) -> tuple[tuple[int, ...], Any]:
@@ -220,21 +211,9 @@ class LoraPass(AdapterPass):
             kwargs = self.arguments(target.weight)
             rank, alpha = kwargs["rank"], kwargs["alpha"]
             if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-                raise self.error(
-                    "E221",
-                    f"`lora` needs a whole rank of at least 1, but `rank` is `{rank}` "
-                    f"at `{target.node.text}`",
-                    self.arg_span("rank"),
-                    "e.g. `lora(rank=8, alpha=16)`",
-                )
+                raise self.error("E221", self.arg_span("rank"), rank=rank, text=target.node.text)
             if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-                raise self.error(
-                    "E222",
-                    f"`lora` needs a number for `alpha`, but it is `{alpha}` "
-                    f"at `{target.node.text}`",
-                    self.arg_span("alpha"),
-                    "e.g. `lora(rank=8, alpha=16)`",
-                )
+                raise self.error("E222", self.arg_span("alpha"), alpha=alpha, text=target.node.text)
             w = get(model, target.weight.path)
             out_features, in_features = w.shape[-2:]
             lead, part = self.lead_and_layers(target)
@@ -273,12 +252,7 @@ class IA3Pass(AdapterPass):
         for target in targets:
             feedforward = self.arguments(target.weight)["feedforward"]
             if not isinstance(feedforward, bool):
-                raise self.error(
-                    "E225",
-                    f"`ia3` needs `true` or `false` for `feedforward`, not `{feedforward}`",
-                    self.arg_span("feedforward"),
-                    "`ia3(feedforward=true)` scales the input, as for feed-forward layers",
-                )
+                raise self.error("E225", self.arg_span("feedforward"), feedforward=feedforward)
             w = get(model, target.weight.path)
             out_features, in_features = w.shape[-2:]
             lead, part = self.lead_and_layers(target)
@@ -314,12 +288,7 @@ class MergePass(RulePass):
                         found.setdefault(node.path + sub.path)
         outer = outermost(found)
         if not outer:
-            raise self.error(
-                "E224",
-                f"`merge`: `{self.rule.selector.text}` holds no adapter",
-                self.rule.selector.span,
-                "merge where a `lora` or `ia3` rule put adapters, e.g. `where LoRA -> merge`",
-            )
+            raise self.error("E224", self.rule.selector.span, text=self.rule.selector.text)
         model = replace_at(model, outer, [get(model, p).merged() for p in outer])
         # A merged model is a model to call: the `freeze` marks under the
         # matched nodes go with the adapters (values kept).

@@ -21,7 +21,7 @@ import jax
 from .. import _ast as A
 from .. import _names as N
 from .._build import budget_diagnostic, nbytes
-from .._diagnostics import Diagnostic
+from .._diagnostics import Diagnostic, report
 from .._errors import SpecError
 from .._modules import join_state, restate, split_state
 from .._select import GetAttrKey, Node, get
@@ -142,8 +142,8 @@ class Pass:
         return None
 
     # ---- helpers
-    def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
-        return SpecError(Diagnostic(code, message, span, help, self.source))
+    def error(self, code: str, span: A.Span, **fields) -> SpecError:
+        return SpecError(report(code, span=span, source=self.source, **fields))
 
 
 # The pass of each action that changes the model, by the action's name (its

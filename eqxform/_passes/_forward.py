@@ -119,16 +119,6 @@ def missing_state(subject: Any) -> bool:
     return any(is_index(x) for x in jax.tree_util.tree_leaves(model, is_leaf=is_index))
 
 
-STATELESS = (
-    "the model holds state (an `eqx.nn.State`, as its BatchNorm layers keep) but was given "
-    "without it, so its forward pass on the declared input cannot run"
-)
-STATELESS_HELP = (
-    "apply the spec to the model and its state together, as `eqx.nn.make_with_state` "
-    "returns them: `model, state = program.apply((model, state))`"
-)
-
-
 def _dot_shapes(jaxpr: Any, out: set) -> None:
     """The (lhs, rhs, result) shapes of every `dot_general` in `jaxpr` and the
     jaxprs inside it (scan bodies, jitted calls, branches)."""

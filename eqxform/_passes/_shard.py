@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .. import _ast as A
-from .._diagnostics import Diagnostic, did_you_mean
+from .._diagnostics import Diagnostic, did_you_mean, report
 from .._errors import SpecError
 from .._mesh import MeshSpec
 from .._modules import Ensemble, Stacked, split_state
@@ -169,20 +169,19 @@ def placements(
             layer_rank = node.obj.ndim - node.batch
             if len(rule.dims) != layer_rank:
                 diagnostics.append(
-                    Diagnostic(
+                    report(
                         "E230",
-                        f"`shard {rule.text()}` gives {len(rule.dims)} dimension"
-                        f"{'s' if len(rule.dims) != 1 else ''}, but `{node.text}` has "
-                        f"{layer_rank} in one layer (shape {list(node.obj.shape[node.batch :])})",
-                        rule.action.span,
-                        "write one entry per dimension of one layer, `none` for those not split"
-                        + (
-                            f"; the {node.batch} leading stack or member axes are added for you"
-                            if node.batch
-                            else ""
-                        )
-                        + ", or narrow the selector (e.g. `if ndim == 2`)",
-                        rule.source,
+                        span=rule.action.span,
+                        source=rule.source,
+                        text=rule.text(),
+                        len_dims=len(rule.dims),
+                        s="s" if len(rule.dims) != 1 else "",
+                        text2=node.text,
+                        layer_rank=layer_rank,
+                        list_shape=list(node.obj.shape[node.batch :]),
+                        value2=f"; the {node.batch} leading stack or member axes are added for you"
+                        if node.batch
+                        else "",
                     )
                 )
                 continue
@@ -217,22 +216,27 @@ def _check_dims(node: Node, dims, sizes, rule: ShardRule | None) -> Diagnostic |
     for axis, d in enumerate(dims):
         for a in _axes_of(d):
             if a not in sizes:
-                return Diagnostic(
+                return report(
                     "E190",
-                    f"`{node.text}` is split over `{a}`, which is no axis of the mesh "
-                    f"({', '.join(f'`{n}`' for n in sizes)})",
-                    span,
-                    did_you_mean(a, list(sizes)) or f"place it on a mesh that has the axis `{a}`",
+                    variant="split_over",
+                    span=span,
+                    help=did_you_mean(a, list(sizes)),
+                    text=node.text,
+                    a=a,
+                    listing=", ".join(f"`{n}`" for n in sizes),
                 )
             if a in used:
-                return Diagnostic(
+                return report(
                     "E232",
-                    f"mesh axis `{a}` splits two dimensions of `{node.text}` ({show_spec(dims)})",
-                    span,
-                    "a mesh axis splits one dimension of an array; a stack or ensemble "
+                    variant="mesh_axis",
+                    span=span,
+                    help="a mesh axis splits one dimension of an array; a stack or ensemble "
                     "`over` that axis uses it for the leading axis already"
                     if axis >= node.batch and any(a in _axes_of(x) for x in dims[: node.batch])
                     else "use each mesh axis once per array",
+                    a=a,
+                    text=node.text,
+                    show_spec_dims=show_spec(dims),
                 )
             used.append(a)
         parts = math.prod(sizes[a] for a in _axes_of(d))
@@ -242,13 +246,8 @@ def _check_dims(node: Node, dims, sizes, rule: ShardRule | None) -> Diagnostic |
             kind = ""
             if axis < node.batch:
                 kind = " (its leading stack or member axis)"
-            return Diagnostic(
-                "E231",
-                f"dimension {axis} of `{node.text}`{kind} has size {size}, which {named} "
-                f"does not divide",
-                span,
-                "split a dimension whose size the mesh axes divide, change the mesh, or leave "
-                "it `none`",
+            return report(
+                "E231", span=span, axis=axis, text=node.text, kind=kind, size=size, named=named
             )
     return None
 
@@ -330,13 +329,16 @@ def check_axes(names: list[tuple[str, A.Span]], mesh: MeshSpec, source) -> list[
     for name, span in names:
         if name not in mesh.names:
             out.append(
-                Diagnostic(
+                report(
                     "E190",
-                    f"`{name}` is no axis of the mesh (`{mesh.origin} {mesh.text()}`)",
-                    span,
-                    did_you_mean(name, mesh.names)
-                    or "the mesh's axes are " + ", ".join(f"`{n}`" for n in mesh.names),
-                    source,
+                    variant="mesh",
+                    span=span,
+                    source=source,
+                    help=did_you_mean(name, mesh.names),
+                    name=name,
+                    origin=mesh.origin,
+                    text=mesh.text(),
+                    listing=", ".join(f"`{n}`" for n in mesh.names),
                 )
             )
     return out

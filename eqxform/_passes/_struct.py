@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import _ast as A
 from .._build import nbytes
-from .._diagnostics import Diagnostic
+from .._diagnostics import report
 from .._errors import EqxformError, SpecError, UsageError
 from .._hashing import stable_hash
 from .._modules import (
@@ -50,7 +50,7 @@ from .._select import (
     walk,
 )
 from ._base import Pass
-from ._forward import STATELESS, STATELESS_HELP, missing_state, outputs, random_inputs
+from ._forward import missing_state, outputs, random_inputs
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,17 +90,17 @@ class StructPass(Pass):
             return
         first = copied[0]
         ctx.report(
-            Diagnostic(
+            report(
                 "W201",
-                f"{what} share {len(copied)} array{'s' if len(copied) != 1 else ''} that no "
-                "default initialisation draws: "
-                + ", ".join(f"`{c}`" for c in copied[:5])
-                + (", ..." if len(copied) > 5 else ""),
-                self.stmt.span,
-                f"draw them per copy with a rule below this line, e.g. "
-                f"`where {first} -> init normal(stddev=0.02)`",
-                self.source,
+                span=self.stmt.span,
+                source=self.source,
                 severity="warning",
+                what=what,
+                len_copied=len(copied),
+                s="s" if len(copied) != 1 else "",
+                listing=", ".join(f"`{c}`" for c in copied[:5]),
+                value2=", ..." if len(copied) > 5 else "",
+                first=first,
             )
         )
 
@@ -115,10 +115,10 @@ class StackStateError(UsageError):
     """A stacked model was called with a state made for another model (E436)."""
 
 
-def stack_error(code: str, message: str, help: str) -> EqxformError:
+def stack_error(code: str, **fields) -> EqxformError:
     """What a stack raises when it is called in a way it cannot run."""
     kind = StackCallError if code.startswith("E2") else StackStateError
-    return kind(Diagnostic(code, message, help=help))
+    return kind(report(code, **fields))
 
 
 def _describe(x) -> str:
@@ -433,7 +433,7 @@ class StackPass(StructPass):
 
     def verify(self, before, after, ctx, values: bool = True) -> None:
         if missing_state(before):
-            raise self.error("E238", STATELESS, self.stmt.span, STATELESS_HELP)
+            raise self.error("E238", self.stmt.span)
         xs = random_inputs(ctx.inputs, jax.random.key(0))
         try:
             want, got = outputs(before, xs), outputs(after, xs)
@@ -445,9 +445,10 @@ class StackPass(StructPass):
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise self.error(
                 "E144",
-                f"the model fails once `{self.stmt.selector.text}` is stacked: {message}",
                 self.stmt.span,
-                _LOOP_HELP,
+                help=_LOOP_HELP,
+                text=self.stmt.selector.text,
+                message=message,
             ) from None
         same = len(want) == len(got) and all(
             a.shape == b.shape
@@ -457,11 +458,11 @@ class StackPass(StructPass):
         if not same and not values:
             raise self.error(
                 "E144",
-                f"stacking copies of `{self.stmt.selector.text}` changes the shapes of the "
-                f"model's outputs: {[a.shape for a in want]} before, {[b.shape for b in got]} after",
                 self.stmt.span,
-                "copies are chained, each output feeding the next layer: the module must map "
-                "its input to an output of the same shape",
+                variant="stacking_copies",
+                text=self.stmt.selector.text,
+                value=[a.shape for a in want],
+                value2=[b.shape for b in got],
             )
         if not same:
             gap = max(
@@ -470,10 +471,11 @@ class StackPass(StructPass):
             )
             raise self.error(
                 "E144",
-                f"stacking `{self.stmt.selector.text}` changes the model's outputs on random "
-                f"inputs (largest difference {gap:.3g})",
                 self.stmt.span,
-                _LOOP_HELP,
+                variant="stacking_changes",
+                help=_LOOP_HELP,
+                text=self.stmt.selector.text,
+                gap=gap,
             )
 
     def select(self, model, ctx):
@@ -487,12 +489,7 @@ class StackPass(StructPass):
         count = options.get("count")
         span = stmt.selector.span
         if any(n.batch for n in nodes):
-            raise self.error(
-                "E140",
-                f"`{stmt.selector.text}` is inside a stack or an ensemble already",
-                span,
-                "stack the layers before making the ensemble, or `unstack` first",
-            )
+            raise self.error("E140", span, text=stmt.selector.text)
         if len(nodes) == 1:
             node = nodes[0]
             obj = get(model, node.path)
@@ -507,13 +504,12 @@ class StackPass(StructPass):
                     if count is not None and count != layers:
                         raise self.error(
                             "E132",
-                            f"`{node.text}` already holds {layers} layers (its arrays carry a "
-                            f"leading layer axis of {layers}), but the spec says {count}",
                             span,
-                            f"write `stack {stmt.selector.text} {stmt.mode}` to take its "
-                            f"{layers} layers as they are; `stack {stmt.selector.text} "
-                            f"{stmt.mode} {count} copies` makes {count} copies of the whole "
-                            f"{layers}-layer stack",
+                            text=node.text,
+                            layers=layers,
+                            count=count,
+                            text2=stmt.selector.text,
+                            mode=stmt.mode,
                         )
                     # Adopted as it is: no copy, the library's own layer axis.
                     adopted = self.wrap(obj, layers, "adopted")
@@ -521,10 +517,11 @@ class StackPass(StructPass):
                 if count is None:
                     raise self.error(
                         "E130",
-                        f"`{node.text}` is a single `{type(obj).__name__}`: say how many copies",
                         span,
-                        f"e.g. `stack {stmt.selector.text} {stmt.mode} 10` makes 10 independently "
-                        "initialised copies",
+                        text=node.text,
+                        name=type(obj).__name__,
+                        text2=stmt.selector.text,
+                        mode=stmt.mode,
                     )
                 if layers is not None:
                     self.report_stacked_copies(ctx, node, obj, layers, count)
@@ -538,12 +535,7 @@ class StackPass(StructPass):
                 )
                 return new
             else:
-                raise self.error(
-                    "E131",
-                    f"`stack` needs a list, tuple or `Sequential` of modules, or one module "
-                    f"with a count; `{node.text}` is a `{type(obj).__name__}`",
-                    span,
-                )
+                raise self.error("E131", span, text=node.text, name=type(obj).__name__)
             names = [f"{node.text}[{i}]" for i in range(len(items))]
             items = _one_state_key_per_position(items)
             self.check(items, names, count)
@@ -562,10 +554,11 @@ class StackPass(StructPass):
         ):
             raise self.error(
                 "E131",
-                f"`{self.stmt.selector.text}` matches {len(nodes)} nodes that are not a run of "
-                "one list: " + ", ".join(f"`{n.text}`" for n in nodes[:4]),
                 span,
-                "stack a whole list, tuple or `Sequential`, or a slice of one, e.g. `blocks[2:6]`",
+                variant="nodes",
+                text=self.stmt.selector.text,
+                len_nodes=len(nodes),
+                listing=", ".join(f"`{n.text}`" for n in nodes[:4]),
             )
         container_path = nodes[0].path[:-1]
         container = get(model, container_path)
@@ -582,25 +575,18 @@ class StackPass(StructPass):
         if count is not None and count != len(items):
             raise self.error(
                 "E132",
-                f"`stack` found {len(items)} members at `{self.stmt.selector.text}`, "
-                f"but the spec says {count}",
                 span,
-                f"write `stack {self.stmt.selector.text} {self.stmt.mode} {len(items)}`, or "
-                "leave the count out",
+                variant="stack_found",
+                len_items=len(items),
+                text=self.stmt.selector.text,
+                count=count,
+                mode=self.stmt.mode,
             )
         if len(items) < 1:
-            raise self.error(
-                "E143", f"`{self.stmt.selector.text}` is empty: nothing to stack", span
-            )
+            raise self.error("E143", span, text=self.stmt.selector.text)
         problem = _structure_problem(items, names)
         if problem is not None:
-            raise self.error(
-                "E133",
-                f"the members of `{self.stmt.selector.text}` differ: {problem}",
-                span,
-                "only modules of the same structure and shapes stack; stack a slice of the "
-                "identical ones, e.g. `blocks[1:-1]`",
-            )
+            raise self.error("E133", span, text=self.stmt.selector.text, problem=problem)
 
     def wrap(self, layers, count: int, kind: str) -> Stacked:
         options = self.options
@@ -624,15 +610,19 @@ class StackPass(StructPass):
             return
         params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(obj) if is_array(x))
         ctx.report(
-            Diagnostic(
+            report(
                 "W210",
-                f"`{node.text}` already holds {layers} layers; {count} copies of it hold "
-                f"{count * layers} ({params:,} -> {count * params:,} parameters)",
-                self.stmt.span,
-                f"to take its {layers} layers as they are, write "
-                f"`stack {self.stmt.selector.text} {self.stmt.mode}` without `copies`",
-                self.source,
+                span=self.stmt.span,
+                source=self.source,
                 severity="warning",
+                text=node.text,
+                layers=layers,
+                count=count,
+                value=count * layers,
+                params=params,
+                value2=count * params,
+                text2=self.stmt.selector.text,
+                mode=self.stmt.mode,
             )
         )
 
@@ -646,8 +636,10 @@ class UnstackPass(StructPass):
             if not isinstance(n.obj, Stacked):
                 raise self.error(
                     "E203",
-                    f"`unstack` needs a stack, but `{n.text}` is a `{type(n.obj).__name__}`",
                     self.stmt.selector.span,
+                    variant="unstack_stack",
+                    text=n.text,
+                    name=type(n.obj).__name__,
                 )
         return nodes
 
@@ -692,12 +684,7 @@ class EnsemblePass(StructPass):
 
     def select(self, model, ctx):
         if isinstance(model, Ensemble):
-            raise self.error(
-                "E141",
-                "the model is an ensemble already",
-                self.stmt.span,
-                "a spec makes one ensemble; take a member with `Ensemble.member(i)` first",
-            )
+            raise self.error("E141", self.stmt.span)
         return [Node((), model, ())]
 
     @property

@@ -86,10 +86,12 @@ class RulePass(Pass):
         if abs(value) > limit:
             raise self.error(
                 "E153",
-                f"{what} is `{value:g}`, beyond the range of {np.dtype(dtype).name} "
-                f"(`{limit:g}`) at `{node.text}`",
                 expr.span,
-                "use a smaller number, or `cast float64` first",
+                what=what,
+                value=value,
+                name=np.dtype(dtype).name,
+                limit=limit,
+                text=node.text,
             )
 
     def select(self, model: Any, ctx: Context) -> list[Node]:
@@ -99,20 +101,14 @@ class RulePass(Pass):
         if partial and not N.ACTIONS[self.action.name].per_layer:
             raise self.error(
                 "E137",
-                f"`{self.action.name}` cannot act on some layers of a stack: "
-                f"`{rule.selector.text}` picks layers "
-                + ", ".join(str(i) for i in sorted(partial[0].layers))
-                + f" of `{partial[0].text}`",
                 rule.selector.span,
-                "select the whole stack, or `unstack` it first",
+                name=self.action.name,
+                text=rule.selector.text,
+                listing=", ".join(str(i) for i in sorted(partial[0].layers)),
+                text2=partial[0].text,
             )
         if self.action.name == "replace" and any(n.batch for n in found):
-            raise self.error(
-                "E138",
-                f"`replace` cannot act inside a stack or an ensemble (`{found[0].text}`)",
-                rule.selector.span,
-                "replace before the `stack`/`ensemble` line, or `unstack` first",
-            )
+            raise self.error("E138", rule.selector.span, text=found[0].text)
         return found
 
     def rule_key(self, key: Any) -> Any:
@@ -147,19 +143,18 @@ class InitPass(RulePass):
             if not jnp.issubdtype(leaf.obj.dtype, jnp.inexact):
                 raise self.error(
                     "E208",
-                    f"`init` draws floating-point numbers, but `{leaf.text}` is "
-                    f"{np.dtype(leaf.obj.dtype).name}",
                     self.rule.selector.span,
-                    'narrow the selector, e.g. with `if dtype == "float32"`',
+                    text=leaf.text,
+                    name=np.dtype(leaf.obj.dtype).name,
                 )
             if name in N.FAN_INITIALIZERS and leaf.obj.ndim - leaf.batch < 2:
                 raise self.error(
                     "E203",
-                    f"`{name}` needs a weight of 2 or more dimensions, but `{leaf.text}` "
-                    f"has shape {tuple(leaf.obj.shape)}",
                     self.action.span,
-                    "select weights only (e.g. `Linear.weight`), or use an initialiser "
-                    "without fans such as `zeros` or `normal(stddev=0.01)`",
+                    variant="weight",
+                    name=name,
+                    text=leaf.text,
+                    tuple_shape=tuple(leaf.obj.shape),
                 )
             # Arguments that read only shape-like properties are the same for
             # every leaf of one shape: evaluate them once per shape.
@@ -197,8 +192,10 @@ class InitPass(RulePass):
                 except (TypeError, ValueError, IndexError, OverflowError, ZeroDivisionError) as e:
                     raise self.error(
                         "E209",
-                        f"`{name}` cannot draw an array of shape {shape}: {str(e).splitlines()[0]}",
                         self.action.span,
+                        name=name,
+                        shape=shape,
+                        splitlines=str(e).splitlines()[0],
                     ) from None
                 if ctx.shapes_only:
                     drawn[same] = value
@@ -263,11 +260,7 @@ class ScalePass(RulePass):
         for leaf in leaves:
             factor = self.eval(self.action.arg, leaf)
             if not isinstance(factor, (int, float)) or isinstance(factor, bool):
-                raise self.error(
-                    "E210",
-                    f"`scale` needs a number, but this gives `{factor}` at `{leaf.text}`",
-                    self.action.arg.span,
-                )
+                raise self.error("E210", self.action.arg.span, factor=factor, text=leaf.text)
             # A float: `3000000000` as a Python int would not fit JAX's int32.
             factor = float(factor)
             self.in_range("`scale`", factor, self.action.arg, leaf, leaf.obj.dtype)
@@ -292,18 +285,13 @@ class WrapPass(RulePass):
             if not (is_array(node.obj) or isinstance(node.obj, Wrapper)):
                 raise self.error(
                     "E203",
-                    f"`wrap` needs arrays, but `{node.text}` is {_describe_kind(node.obj)}",
                     self.rule.selector.span,
-                    "select the arrays themselves, e.g. `Linear.weight`",
+                    variant="wrap",
+                    text=node.text,
+                    describe_kind_obj=_describe_kind(node.obj),
                 )
             if name == "weight_norm" and node.batch:
-                raise self.error(
-                    "E139",
-                    f"`weight_norm` takes its norm over one layer's axes and cannot wrap the "
-                    f"stacked `{node.text}`",
-                    self.rule.selector.span,
-                    "wrap before the `stack`/`ensemble` line",
-                )
+                raise self.error("E139", self.rule.selector.span, text=node.text)
         values = []
         kinds = argument_kinds("wrapper", name)
         for node in nodes:
@@ -319,11 +307,14 @@ class WrapPass(RulePass):
             except (ValueError, TypeError) as e:
                 raise self.error(
                     "E205",
-                    f"`wrap {name}` failed at `{node.text}`: {str(e).splitlines()[0]}",
                     self.action.span,
-                    "narrow the selector, e.g. `if ndim == 2 and shape[0] == shape[1]`"
+                    variant="wrap_at",
+                    help="narrow the selector, e.g. `if ndim == 2 and shape[0] == shape[1]`"
                     if name == "symmetric"
                     else None,
+                    name=name,
+                    text=node.text,
+                    splitlines=str(e).splitlines()[0],
                 ) from None
         return replace_at(model, [n.path for n in nodes], values)
 
@@ -400,18 +391,14 @@ class RematPass(RulePass):
             ):
                 raise self.error(
                     "E203",
-                    f"`remat` checkpoints a module's call, but `{node.text}` is "
-                    f"{_describe_kind(node.obj)}",
                     self.rule.selector.span,
-                    "select the modules the model calls, e.g. `where blocks[*] -> remat`",
+                    variant="remat_checkpoints",
+                    text=node.text,
+                    describe_kind_obj=_describe_kind(node.obj),
                 )
             if node.batch:
                 raise self.error(
-                    "E203",
-                    f"`remat` cannot act inside a stack or an ensemble (`{node.text}`)",
-                    self.rule.selector.span,
-                    "checkpoint a stack's layers with `stack PATH scan remat`, or `remat` "
-                    "before the `stack`/`ensemble` line",
+                    "E203", self.rule.selector.span, variant="remat_cannot", text=node.text
                 )
         # A module a `Remat` stands around already gets the new policy.
         paths = [

@@ -12,7 +12,7 @@ import re
 
 import jax
 
-from .._diagnostics import Diagnostic, render_all
+from .._diagnostics import Diagnostic, render_all, report
 from .._errors import UsageError
 
 # How long `eqxform train --coordinator ...` waits for the run, by default.
@@ -24,19 +24,19 @@ _JAX_MARGIN_S = 30
 
 
 def _problem(process_id: int, num_processes: int, coordinator: str, what: str) -> Diagnostic:
-    return Diagnostic(
+    return report(
         "E467",
-        f"process {process_id} of {num_processes} could not join the run at "
-        f"`{coordinator}`: {what}",
-        help=(
-            f"start the other {num_processes - 1} process(es) with the same `--coordinator` "
-            "and `--num-processes`, each with its own `--process-id`, within the timeout "
-            "(`--timeout SECONDS`)"
-            if process_id == 0
-            else "start process 0 first (it listens at the coordinator's address), check "
-            "that every process can reach it, and start the others within the timeout "
-            "(`--timeout SECONDS`); JAX must not have run anything before"
-        ),
+        help=f"start the other {num_processes - 1} process(es) with the same `--coordinator` "
+        "and `--num-processes`, each with its own `--process-id`, within the timeout "
+        "(`--timeout SECONDS`)"
+        if process_id == 0
+        else "start process 0 first (it listens at the coordinator's address), check "
+        "that every process can reach it, and start the others within the timeout "
+        "(`--timeout SECONDS`); JAX must not have run anything before",
+        process_id=process_id,
+        num_processes=num_processes,
+        coordinator=coordinator,
+        what=what,
     )
 
 
@@ -88,28 +88,23 @@ def initialize_distributed(
     prints E467 on stderr and exits with status 2.
     """
     host, _, port = coordinator.rpartition(":")
-    problem = None
     # ASCII digits only: `str.isdigit` and `int` also take `１` and `²`.
     if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        problem = f"`--coordinator {coordinator}` is not `HOST:PORT`"
-    elif num_processes < 1:
-        problem = f"`--num-processes {num_processes}` must be at least 1"
-    elif not 0 <= process_id < num_processes:
-        problem = (
-            f"`--process-id {process_id}` must lie in 0..{num_processes - 1} "
-            f"for {num_processes} processes"
-        )
-    elif isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
-        problem = f"the timeout must be a whole number of seconds, at least 1, not {timeout_s!r}"
-    if problem is not None:
+        raise UsageError(report("E466", variant="coordinator", coordinator=coordinator))
+    if num_processes < 1:
+        raise UsageError(report("E466", variant="num_processes", num_processes=num_processes))
+    if not 0 <= process_id < num_processes:
         raise UsageError(
-            Diagnostic(
+            report(
                 "E466",
-                problem,
-                help="start every process with the same `--coordinator HOST:PORT` (process 0's "
-                "address) and `--num-processes N`, and its own `--process-id` from 0 to N-1",
+                variant="process_id",
+                process_id=process_id,
+                last=num_processes - 1,
+                num_processes=num_processes,
             )
         )
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
+        raise UsageError(report("E466", variant="timeout", timeout_s=repr(timeout_s)))
     import time
 
     deadline = time.monotonic() + timeout_s

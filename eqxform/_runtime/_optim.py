@@ -23,7 +23,7 @@ import optax
 
 from .. import _names as N
 from .._build import to_python
-from .._diagnostics import Diagnostic
+from .._diagnostics import report
 from .._errors import UsageError
 from .._modules import Ensemble, Frozen
 from .._plan import group_value
@@ -42,14 +42,7 @@ DEFAULT = "default"
 def base_optimizer(program) -> tuple[str, dict[str, Any]]:
     """(name, arguments) of the spec's `optimizer` directive."""
     if program.optimizer is None:
-        raise UsageError(
-            Diagnostic(
-                "E410",
-                "the spec has no `optimizer` directive",
-                file=program.name,
-                help="add one, e.g. `optimizer adamw(learning_rate=1e-3)`",
-            )
-        )
+        raise UsageError(report("E410", file=program.name))
     name, kwargs = program.optimizer
     return name, {k: to_python(v) for k, v in kwargs.items()}
 
@@ -248,8 +241,8 @@ class SweepState(NamedTuple):
     inner: Any
 
 
-def _sweep_error(message: str, help: str) -> UsageError:
-    return UsageError(Diagnostic("E260", message, help=help))
+def _sweep_error(**fields) -> UsageError:
+    return UsageError(report("E260", **fields))
 
 
 def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
@@ -268,10 +261,7 @@ def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
     static = {k: v for k, v in per[0][1].items() if k not in numeric}
     for _, kwargs, _ in per[1:]:
         if {k: v for k, v in kwargs.items() if k not in numeric} != static:
-            raise _sweep_error(
-                "the members' optimisers differ in more than numbers",
-                "vary only the optimiser's numeric arguments",
-            )
+            raise _sweep_error()
     hyper: dict[str, Any] = {
         "kwargs": {k: jnp.asarray([p[1][k] for p in per], jnp.float32) for k in numeric},
         "groups": {},
@@ -287,11 +277,7 @@ def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
                 or not np.array_equal(c.decay, setting.decay, equal_nan=True)
                 for c in column
             ):
-                raise _sweep_error(
-                    f"the `lr` or `weight_decay` rule on some layers of `{tensor_name(path)}` "
-                    "varies per member",
-                    "vary a group's value on whole arrays, or the optimiser's own arguments",
-                )
+                raise _sweep_error(variant="layers", name=tensor_name(path))
             layered[path] = setting
             continue
         label = "|".join(c.label for c in column)

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._diagnostics import Diagnostic, did_you_mean
+from .._diagnostics import did_you_mean, report
 from .._errors import EqxformError, UsageError
 from .._mesh import as_mesh
 from .._modules import resolve as resolve_wrappers
@@ -142,12 +142,8 @@ class Step:
             first = True
         elif signature != self._signature and not self._allow_retrace:
             raise RetraceError(
-                Diagnostic(
-                    "E501",
-                    "the batch changed shape or dtype, which would compile the step again: "
-                    f"{_show(self._signature)} before, {_show(signature)} now",
-                    help="give every batch the same shape (drop or pad the last one), or "
-                    "pass `allow_retrace=True` to `make_step`",
+                report(
+                    "E501", show__signature=_show(self._signature), show_signature=_show(signature)
                 )
             )
         else:
@@ -165,13 +161,10 @@ class Step:
             # The first call traces the loss on this batch: what fails here is
             # the batch (or the loss), said plainly rather than as a traceback.
             raise UsageError(
-                Diagnostic(
+                report(
                     "E502",
-                    f"the training step fails on a batch of {_show(signature)}: "
-                    + (str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__),
-                    help="the loss is `loss_fn(model, *batch) -> scalar`, or for a stateful "
-                    "model `loss_fn(model, state, *batch) -> (scalar, state)` with "
-                    "`make_step(..., state=state)`; check the batch's shapes against the model",
+                    show_signature=_show(signature),
+                    error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
                 )
             ) from None
         self._params, self._opt, self._state, self._guard, loss = out
@@ -201,11 +194,11 @@ class Step:
         parts = math.prod(sharding.mesh.shape[a] for a in _axes(sharding.spec))
         if host.ndim == 0 or host.shape[0] % parts:
             raise UsageError(
-                Diagnostic(
+                report(
                     "E510",
-                    f"a batch of {host.shape[0] if host.ndim else 'no'} rows cannot be split "
-                    f"evenly over the mesh's batch axis `{sharding.spec[0]}` ({parts} devices)",
-                    help=f"make the batch size a multiple of {parts}",
+                    value=host.shape[0] if host.ndim else "no",
+                    spec=sharding.spec[0],
+                    parts=parts,
                 )
             )
         if jax.process_count() == 1:
@@ -306,13 +299,11 @@ def _on_mesh(mesh: Mesh, params: Any, state: Any, batch_axis: str | None):
     if axis not in mesh.axis_names:
         if batch_axis is not None:
             raise UsageError(
-                Diagnostic(
+                report(
                     "E468",
-                    f"the batch axis `{batch_axis}` is no axis of the mesh "
-                    f"({', '.join(f'`{a}`' for a in mesh.axis_names)})",
-                    help=(did_you_mean(batch_axis, mesh.axis_names) or "")
-                    + " name a mesh axis, or leave it out to split over `data` when the mesh "
-                    "has it (else the batch is replicated)",
+                    batch_axis=batch_axis,
+                    listing=", ".join(f"`{a}`" for a in mesh.axis_names),
+                    value=did_you_mean(batch_axis, mesh.axis_names) or "",
                 )
             )
         return params, state, replicated

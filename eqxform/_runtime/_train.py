@@ -27,7 +27,7 @@ import optax
 from .. import _limits
 from .. import _names as N
 from .. import _registry as R
-from .._diagnostics import Diagnostic
+from .._diagnostics import report as diagnostic
 from .._errors import UsageError
 from .._modules import Ensemble, split_state
 from .._passes._forward import output_shape
@@ -129,15 +129,7 @@ def pick(out: Any, path: str | None) -> Any:
 
 
 def _output_error(path: str, why: str, help: str | None = None) -> UsageError:
-    return UsageError(
-        Diagnostic(
-            "E424",
-            f"`--model-output {path}`: {why}",
-            help=help
-            or "name an attribute or an index of what the model returns, e.g. "
-            "`--model-output logits` or `--model-output 0`",
-        )
-    )
+    return UsageError(diagnostic("E424", help=help, path=path, why=why))
 
 
 def describe_output(out: Any, depth: int = 0) -> str:
@@ -203,55 +195,31 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
         return name
     if ":" not in name:
         raise UsageError(
-            Diagnostic(
-                "E425",
-                f"unknown loss `{name}`",
-                help="the losses are "
-                + ", ".join(f"`{n}`" for n in N.LOSSES)
-                + ", or a function of your own as `package.module:function` with `--allow package`",
-            )
+            diagnostic("E425", name=name, losses=", ".join(f"`{n}`" for n in N.LOSSES))
         )
     try:
         fn = R.resolve_constructor(name, allow)
     except R.NotAllowed as e:
         top = e.module.split(".", 1)[0]
         raise UsageError(
-            Diagnostic(
-                "E425",
-                f"the loss `{name}` comes from `{e.module}`, which is not allowed",
-                help=f"eqxform imports no module unless you allow it: add `--allow {top}` "
-                "if you trust it",
-            )
+            diagnostic("E425", variant="comes_from", name=name, module=e.module, top=top)
         ) from None
     except Exception as e:
         raise UsageError(
-            Diagnostic(
+            diagnostic(
                 "E425",
-                f"cannot import the loss `{name}`: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-                help="write it as `package.module:function`, importable from the current "
-                "directory or an installed package",
+                variant="cannot_import",
+                name=name,
+                error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
             )
         ) from None
     if not callable(fn):
-        raise UsageError(
-            Diagnostic(
-                "E425",
-                f"the loss `{name}` is a `{type(fn).__name__}`, not a function",
-                help="a loss is a function `(pred, y) -> scalar` of a batch",
-            )
-        )
+        raise UsageError(diagnostic("E425", variant="function", name=name, name2=type(fn).__name__))
     return fn
 
 
-def _data_error(path: str, message: str, help: str | None = None, code: str = "E420") -> UsageError:
-    return UsageError(
-        Diagnostic(
-            code,
-            message,
-            file=path,
-            help=help or "write it with `numpy.savez(path, x=inputs, y=targets)`",
-        )
-    )
+def _data_error(code: str, file: str, /, **fields) -> UsageError:
+    return UsageError(diagnostic(code, file=file, **fields))
 
 
 def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -267,62 +235,48 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
         info = None
     if info is None or not stat.S_ISREG(info.st_mode):
         raise _data_error(
-            path,
-            f"data file `{path}` does not exist"
-            if info is None
-            else f"data file `{path}` is not a regular file",
+            "E420", path, variant="no_file" if info is None else "not_a_file", path=path
         )
     try:
         headers = _npz_headers(path)
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         # A zip (that was checked first) whose directory, lengths or checksums
         # are wrong.
-        raise _data_error(
-            path,
-            f"`{path}` could not be read: {e}",
-            "the file is damaged (a checksum or a length does not match); write it again",
-            code="E528",
-        ) from None
+        raise _data_error("E528", path, path=path, error=e) from None
     names = sorted(headers)
     if "x" not in names or "y" not in names:
         raise _data_error(
-            path,
-            f"`{path}` must hold arrays named `x` and `y`; it holds "
-            + (", ".join(f"`{n}`" for n in names) or "none"),
-            "write it with `numpy.savez(path, x=inputs, y=targets)`",
+            "E420", path, path=path, value=", ".join(f"`{n}`" for n in names) or "none"
         )
     total = sum(headers[k][2] for k in ("x", "y"))
     limit = _memory_limit()
     if total > limit:
         raise _data_error(
+            "E527",
             path,
-            f"`x` and `y` of `{path}` take {format_bytes(total)} in memory, more than the "
-            f"{format_bytes(limit)} eqxform loads",
-            "train on a smaller data set, or from Python with `eqxform.make_step` "
-            "and batches you load yourself",
-            code="E527",
+            path=path,
+            size_total=format_bytes(total),
+            size_limit=format_bytes(limit),
         )
     try:
         with np.load(path, allow_pickle=False) as data:
             x, y = data["x"], data["y"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise _data_error(
+            "E528",
             path,
-            f"`{path}` could not be read: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-            "the file is damaged (a checksum or a length does not match); write it again",
-            code="E528",
+            path=path,
+            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
         ) from None
     for key, array in (("x", x), ("y", y)):
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
-            raise _data_error(path, f"`{key}` of `{path}` changed while it was read", code="E528")
+            raise _data_error("E528", path, variant="changed_while", key=key, path=path)
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise _data_error(
-            path,
-            f"`x` and `y` must have one row per example: `x` is {list(x.shape)}, "
-            f"`y` is {list(y.shape)}",
+            "E420", path, variant="rows", list_shape=list(x.shape), list_shape2=list(y.shape)
         )
     if len(x) == 0:
-        raise _data_error(path, f"`{path}` holds no examples")
+        raise _data_error("E420", path, variant="empty", path=path)
     for key, array in (("x", x), ("y", y)):
         check_finite(array, key, path)
     return x, y
@@ -339,14 +293,14 @@ def check_finite(array: np.ndarray, key: str, path: str) -> None:
     where = tuple(int(i) for i in np.argwhere(~finite)[0])
     count = int(finite.size - np.count_nonzero(finite))
     raise _data_error(
+        "E529",
         path,
-        f"`{key}` of `{path}` holds {array[where]} at index {list(where)} "
-        f"({count:,} element{'s' if count != 1 else ''} not finite); training data must be "
-        "finite numbers",
-        f"clean the data before saving, e.g. drop those rows "
-        f"(`keep = numpy.isfinite({key}).all(axis=tuple(range(1, {key}.ndim)))`) or "
-        f"replace the values (`numpy.nan_to_num`)",
-        code="E529",
+        key=key,
+        path=path,
+        array=array[where],
+        list_where=list(where),
+        count=count,
+        s="s" if count != 1 else "",
     )
 
 
@@ -359,26 +313,19 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
     if not zipfile.is_zipfile(path):
         single = magic == b"\x93NUMPY"
         raise _data_error(
+            "E525",
             path,
-            f"`{path}` is "
-            + (
-                "a single `.npy` array" if single else "not an `.npz` file (a zip of `.npy` arrays)"
-            ),
-            "write it with `numpy.savez(path, x=inputs, y=targets)`",
-            code="E525",
+            path=path,
+            value="a single `.npy` array"
+            if single
+            else "not an `.npz` file (a zip of `.npy` arrays)",
         )
     out = {}
     with zipfile.ZipFile(path) as z:
         for member in z.infolist():
             name = member.filename
             if not name.endswith(".npy"):
-                raise _data_error(
-                    path,
-                    f"`{path}` holds `{name}`, which is no `.npy` array",
-                    "an `.npz` holds `.npy` arrays only: write it with "
-                    "`numpy.savez(path, x=inputs, y=targets)`",
-                    code="E525",
-                )
+                raise _data_error("E525", path, variant="holds_which", path=path, name=name)
             key = name[: -len(".npy")]
             with z.open(member) as f:
                 try:
@@ -392,10 +339,12 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                     shape, _, dtype = read(f, max_header_size=_limits.MAX_NPY_HEADER_BYTES)
                 except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
                     raise _data_error(
+                        "E525",
                         path,
-                        f"`{name}` in `{path}` is not a readable `.npy` array: "
-                        f"{str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
-                        code="E525",
+                        variant="readable_npy",
+                        name=name,
+                        path=path,
+                        error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
                     ) from None
                 offset = f.tell()
             if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
@@ -407,29 +356,24 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                     "M": "dates",
                     "m": "time deltas",
                 }.get(dtype.kind, "records" if dtype.fields is not None else f"`{dtype}`")
-                raise _data_error(
-                    path,
-                    f"`{key}` of `{path}` holds {kind} ({dtype}); training data are real "
-                    "numbers (booleans, integers or floats)",
-                    "convert it before saving, e.g. `x.real.astype(numpy.float32)` or "
-                    "`numpy.asarray(y, numpy.int32)`",
-                    code="E526",
-                )
+                raise _data_error("E526", path, key=key, path=path, kind=kind, dtype=dtype)
             if any(type(d) is not int or d < 0 for d in shape):
                 raise _data_error(
-                    path,
-                    f"`{key}` of `{path}` has the shape {shape}, which is no shape",
-                    code="E525",
+                    "E525", path, variant="has_shape", key=key, path=path, shape=shape
                 )
             claimed = math.prod(shape) * dtype.itemsize
             held = member.file_size - offset
             if claimed != held:
                 raise _data_error(
+                    "E527",
                     path,
-                    f"`{key}` of `{path}` claims {list(shape)} of {dtype} ({format_bytes(claimed)}), "
-                    f"but the file holds {format_bytes(max(held, 0))} of it",
-                    "the file is damaged or was not written by numpy; write it again",
-                    code="E527",
+                    variant="claims",
+                    key=key,
+                    path=path,
+                    list_shape=list(shape),
+                    dtype=dtype,
+                    size_claimed=format_bytes(claimed),
+                    size_max_held=format_bytes(max(held, 0)),
                 )
             out[key] = (tuple(shape), dtype, claimed)
     return out
@@ -458,13 +402,7 @@ def toy_data(
     rng = np.random.default_rng(seed)
     if inputs:
         if len(inputs) != 1:
-            raise UsageError(
-                Diagnostic(
-                    "E421",
-                    f"the built-in data set feeds one input, and the spec declares {len(inputs)}",
-                    help="pass your data with `--data data.npz` (arrays `x` and `y`)",
-                )
-            )
+            raise UsageError(diagnostic("E421", len_inputs=len(inputs)))
         shape, dtype = tuple(inputs[0].shape), np.dtype(inputs[0].dtype)
         out = picked_output(output_shape(subject, inputs), output, "built-in data")
         if not hasattr(out, "shape"):
@@ -476,15 +414,7 @@ def toy_data(
         in_size = getattr(core, "in_size", None)
         out_size = getattr(core, "out_size", None)
         if not isinstance(in_size, int) or not isinstance(out_size, int):
-            raise UsageError(
-                Diagnostic(
-                    "E421",
-                    f"the built-in data set needs a model with integer `in_size` and `out_size` "
-                    f"(an `MLP`) or an `input` line; this model is a `{type(core).__name__}`",
-                    help="pass your data with `--data data.npz` (arrays `x` and `y`), or "
-                    "declare the model's input, e.g. `input f32[3,32,32]`",
-                )
-            )
+            raise UsageError(diagnostic("E421", variant="needs_model", name=type(core).__name__))
         shape, dtype, out_shape = (in_size,), np.dtype(np.float32), (out_size,)
     if np.issubdtype(dtype, np.floating):
         x = rng.uniform(-1, 1, (count, *shape)).astype(dtype)
@@ -504,14 +434,13 @@ def _tuple_output(where: str, out: Any, loss: Any = "mse") -> UsageError:
     names = _output_names(out)
     example = "logits" if "logits" in names or not names else names[0]
     return UsageError(
-        Diagnostic(
+        diagnostic(
             "E423",
-            f"the model returns {describe_output(out)}; `eqxform train`'s `{loss}` compares "
-            "one array with `y`",
             file=where,
-            help=f"name the array to train with `--model-output {example}`"
-            + (" (one of " + ", ".join(f"`{n}`" for n in names) + ")" if len(names) > 1 else "")
-            + ", or give a loss of your own: `--loss package.module:function --allow package`",
+            describe_output_out=describe_output(out),
+            loss=loss,
+            example=example,
+            value=" (one of " + ", ".join(f"`{n}`" for n in names) + ")" if len(names) > 1 else "",
         )
     )
 
@@ -528,17 +457,17 @@ def check_fits(
     with: checked on shapes alone, before any step is compiled. A loss of the
     user's own is checked on shapes too: it must give one number."""
     if np.iscomplexobj(x) or np.iscomplexobj(y):
-        raise _data_error(where, "`x` and `y` must be real numbers, not complex")
+        raise _data_error("E420", where, variant="real_numbers")
     model, _ = split_state(subject)
     try:
         whole = output_shape(subject, (jax.ShapeDtypeStruct(x.shape[1:], x.dtype),))
     except Exception as e:  # the model's own complaint about the input
         raise _data_error(
+            "E420",
             where,
-            f"the model does not accept rows of `x` of shape {list(x.shape[1:])}: "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-            "each row of `x` is one input of the model (the spec's `input` line, or the "
-            "`in_size` of an `MLP`): save `x` with one such input per row",
+            variant="model_does",
+            list_shape=list(x.shape[1:]),
+            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
         ) from None
     out = picked_output(whole, output, where)
     if callable(loss):
@@ -551,17 +480,16 @@ def check_fits(
         shape = shape[1:]  # one member's output
     if loss == "mse" and shape != tuple(y.shape[1:]):
         raise _data_error(
+            "E420",
             where,
-            f"the model gives outputs of shape {list(shape)}"
-            + (" per member" if isinstance(model, Ensemble) else "")
-            + f", but rows of `y` have shape {list(y.shape[1:])}",
-            "`--loss mse` compares each output with its row of `y`: give `y` the shape "
-            f"{list((len(y), *shape))} (or change the model's output)"
-            + (
-                "; for class labels use `--loss cross_entropy`"
-                if y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
-                else ""
-            ),
+            variant="model_gives",
+            list_shape=list(shape),
+            value=" per member" if isinstance(model, Ensemble) else "",
+            list_shape2=list(y.shape[1:]),
+            list_value=list((len(y), *shape)),
+            value2="; for class labels use `--loss cross_entropy`"
+            if y.ndim == 1 and np.issubdtype(y.dtype, np.integer)
+            else "",
         )
     if loss == "cross_entropy":
         # One label per row of logits: `[N]` for `[classes]` outputs, `[N, L]`
@@ -569,21 +497,26 @@ def check_fits(
         if not np.issubdtype(y.dtype, np.integer) or tuple(y.shape[1:]) != shape[:-1]:
             want = "[" + ", ".join(["N", *map(str, shape[:-1])]) + "]"
             raise _data_error(
+                "E420",
                 where,
-                f"`--loss cross_entropy` needs labels that are integers of shape {want}, "
-                f"got {_typed(y)}",
-                _labels_help(y),
+                variant="loss_cross",
+                help=_labels_help(y),
+                want=want,
+                typed_y=_typed(y),
             )
         if not shape or (y.size and (y.min() < 0 or y.max() >= shape[-1])):
             classes = shape[-1] if shape else None
             found = f"; they run from {y.min()} to {y.max()}" if y.size else ""
             raise _data_error(
+                "E420",
                 where,
-                f"labels must lie in [0, {classes if classes is not None else '?'})" + found,
-                f"the model has {classes} outputs, one per class: give labels from 0 to "
+                variant="labels_lie",
+                help=f"the model has {classes} outputs, one per class: give labels from 0 to "
                 f"{classes - 1}"
                 if classes is not None
                 else "`cross_entropy` needs a model whose output is one vector of class scores",
+                value=classes if classes is not None else "?",
+                found=found,
             )
 
 
@@ -610,21 +543,23 @@ def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, whe
         value = jax.eval_shape(loss, pred, target)
     except Exception as e:
         raise _data_error(
+            "E425",
             where,
-            f"the loss `{name}` fails on the model's output ({describe_output(out)}) and rows "
-            f"of `y` ({describe_output(target)}): "
-            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-            "a loss is a function `(pred, y) -> scalar` of a batch's outputs and targets",
-            code="E425",
+            variant="fails_on",
+            name=name,
+            describe_output_out=describe_output(out),
+            describe_output_target=describe_output(target),
+            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
         ) from None
     if not (
         hasattr(value, "shape") and value.shape == () and jnp.issubdtype(value.dtype, jnp.floating)
     ):
         raise _data_error(
+            "E425",
             where,
-            f"the loss `{name}` gives {describe_output(value)}, not one floating-point number",
-            "return the batch's loss as a scalar, e.g. with `jnp.mean`",
-            code="E425",
+            variant="gives_one",
+            name=name,
+            describe_output_value=describe_output(value),
         )
 
 
@@ -751,13 +686,7 @@ def train(
     with each member's loss on that step's batch (after its update).
     """
     if batch_size > len(x):
-        raise UsageError(
-            Diagnostic(
-                "E422",
-                f"`--batch-size {batch_size}` is larger than the data set ({len(x)} examples)",
-                help=f"use at most {len(x)}",
-            )
-        )
+        raise UsageError(diagnostic("E422", batch_size=batch_size, len_x=len(x)))
     model_only, state = split_state(model)
     members = model_only.count if isinstance(model_only, Ensemble) else None
     step = make_step(
