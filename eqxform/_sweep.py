@@ -182,6 +182,13 @@ def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
                 "`vary seed=[0, 7, 42, 99]`",
                 code="E171",
             )
+        if value > L.MAX_SEED:
+            raise EvalError(
+                f"the seed of member {k} must be at most 2**64 - 1, not `{value}`",
+                span,
+                "seeds run from 0 to 18446744073709551615, e.g. `vary seed=[0, 7, 42, 99]`",
+                code="E171",
+            )
         return
     if not _number(value):
         raise EvalError(

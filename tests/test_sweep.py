@@ -98,6 +98,19 @@ BAD = [
     ("optimizer adamw(learning_rate=lr)\nensemble grid lr=1e-3\n", "E171", 4, 18),
     ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=logspace(0, 1)\n", "E171", 4, 20),
     ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=1e-3, seed=[0, -1]\n", "E171", 4, 31),
+    # A seed beyond 2**64 - 1 is refused at its span, as `seed` itself is.
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=1e-3, seed=[2 ** 64, 2]\n",
+        "E171",
+        4,
+        31,
+    ),
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble grid lr=[1e-3] seed=[0, 2 ** 70]\n",
+        "E171",
+        4,
+        30,
+    ),
     ("optimizer adamw(learning_rate=lr)\nensemble 4 vary lr=[1e-3, 1e-2]\n", "E172", 4, 20),
     ("optimizer adamw(learning_rate=lr)\nensemble grid lr=[]\n", "E172", 4, 18),
     ("optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=[1e-3, -1e-2, 1e-2]\n", "E173", 4, 20),
