@@ -442,3 +442,28 @@ def test_a_sweep_on_a_model_that_is_an_ensemble_already_is_refused():
     with pytest.raises(SpecError) as info:
         program.apply(program.apply())
     assert [(d.code, d.span.line) for d in info.value.diagnostics] == [("E141", 4)]
+
+
+def test_members_losses_compile_once_however_often_train_reports_them():
+    # `train` reads every member's loss at each reported step and at the end:
+    # one compilation for all of them, not one per report.
+    traces = []
+
+    def mse(pred, y):
+        traces.append(pred.shape)
+        return jnp.mean((pred - y) ** 2)
+
+    program = eqxform.compile(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=[1e-3, 1e-2, 1e-1]\n"
+    )
+    ensemble = program.apply()
+    x, y = _batches(2)
+    first = member_losses(ensemble, x[0], y[0], mse)
+    assert len(traces) == 1
+    for _ in range(3):
+        np.testing.assert_array_equal(member_losses(ensemble, x[0], y[0], mse), first)
+    assert len(traces) == 1
+    # The values are each member's own loss.
+    for k in range(3):
+        pred = jax.vmap(ensemble.member(k))(jnp.asarray(x[0]))
+        np.testing.assert_allclose(first[k], mse(pred, jnp.asarray(y[0])), rtol=1e-6)
