@@ -172,11 +172,14 @@ def _per_member(vary: A.Vary, env, count: int, source, grid: bool) -> list:
     return [evaluate(value, {**env, MEMBER: k}) for k in range(count)]
 
 
-def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
+def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span, grid: bool) -> None:
+    # A grid axis's value `k` goes to several members: it is named by its place.
+    seed = f"value {k} of `seed=[...]`" if grid else f"the seed of member {k}"
+    what = f"value {k} of `{vary.name}=[...]`" if grid else f"`{vary.name}` of member {k}"
     if vary.name == SEED:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
             raise EvalError(
-                f"the seed of member {k} must be a whole number >= 0, not {_describe(value)}",
+                f"{seed} must be a whole number >= 0, not {_describe(value)}",
                 span,
                 "e.g. `vary seed` (the spec's seed plus the member's index) or "
                 "`vary seed=[0, 7, 42, 99]`",
@@ -184,7 +187,7 @@ def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
             )
         if value > L.MAX_SEED:
             raise EvalError(
-                f"the seed of member {k} must be at most 2**64 - 1, not `{value}`",
+                f"{seed} must be at most 2**64 - 1, not `{value}`",
                 span,
                 "seeds run from 0 to 18446744073709551615, e.g. `vary seed=[0, 7, 42, 99]`",
                 code="E171",
@@ -192,7 +195,7 @@ def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
         return
     if not _number(value):
         raise EvalError(
-            f"`{vary.name}` of member {k} must be a number, not {_describe(value)}",
+            f"{what} must be a number, not {_describe(value)}",
             span,
             "a varied value is one number per member; a list gives the members' values "
             "in order (`vary lr=[1e-3, 1e-2]`), `logspace(a, b)` spreads them",
@@ -230,7 +233,7 @@ def evaluate_sweep(
         try:
             values = _per_member(vary, env, count or 0, source, stmt.grid)
             for k, v in enumerate(values):
-                _check_value(vary, k, v, vary.value.span)
+                _check_value(vary, k, v, vary.value.span, stmt.grid)
         except EvalError as e:
             problems.append(Diagnostic(e.code_or("E171"), e.message, e.span, e.help, source))
             continue

@@ -467,3 +467,17 @@ def test_members_losses_compile_once_however_often_train_reports_them():
     for k in range(3):
         pred = jax.vmap(ensemble.member(k))(jnp.asarray(x[0]))
         np.testing.assert_allclose(first[k], mse(pred, jnp.asarray(y[0])), rtol=1e-6)
+
+
+def test_a_bad_grid_value_is_named_by_its_place_in_its_list_not_as_a_member():
+    # Value 1 of the `lr` list goes to members 1 and 3 of the grid, not to "member 1".
+    with pytest.raises(SpecError) as info:
+        eqxform.compile(
+            MLP + "optimizer adamw(learning_rate=lr, weight_decay=wd)\n"
+            'ensemble grid wd=[0, 1e-4] lr=[1e-3, "x"] seed=[0, 2 ** 64]\n'
+        )
+    messages = [d.message for d in info.value.diagnostics]
+    assert 'value 1 of `lr=[...]` must be a number, not `"x"` (a string)' in messages
+    assert "value 1 of `seed=[...]` must be at most 2**64 - 1, not `18446744073709551616`" in (
+        messages
+    )
