@@ -481,3 +481,34 @@ def test_a_bad_grid_value_is_named_by_its_place_in_its_list_not_as_a_member():
     assert "value 1 of `seed=[...]` must be at most 2**64 - 1, not `18446744073709551616`" in (
         messages
     )
+
+
+def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecorded(tmp_path):
+    # The top of a learning-rate sweep diverges: training stops (E530) and
+    # writes the last finite model, whose recipe must still load (JSON holds
+    # no `Infinity`): that member's losses are recorded as null.
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=[1e-2, 1e-1, 1e12]\n"
+    )
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = np.tanh(x[:, :3]).astype(np.float32)
+    data, held = _npz(tmp_path / "t.npz", x, y), _npz(tmp_path / "e.npz", x[:16], y[:16])
+    out = tmp_path / "out.eqx"
+    result = CliRunner().invoke(
+        main,
+        ["train", str(spec), "--data", data, "--eval-data", held, "--steps", "3"]
+        + ["--batch-size", "16", "-o", str(out)],
+    )
+    assert result.exit_code == 1 and "error[E530]" in result.output, result.output
+    assert "inf" in result.output.split("error[E530]")[0]  # the table shows what happened
+    ensemble = eqxform.load(out)
+    members = recipe_of(ensemble)["train"]["members"]
+    assert [m["values"]["lr"] for m in members] == [1e-2, 1e-1, 1e12]
+    assert members[2]["loss"] is None and members[2]["eval_loss"] is None
+    assert all(np.isfinite(m["loss"]) and np.isfinite(m["eval_loss"]) for m in members[:2])
+    # `pick --best` passes over the member without a held-out loss.
+    best = int(np.argmin([m["eval_loss"] for m in members[:2]]))
+    assert eqxform.pick(str(out), best=True).layers[0].weight.shape == (16, 4)
+    _same(eqxform.pick(str(out), best=True), ensemble.member(best), rtol=0, atol=0)
