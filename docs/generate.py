@@ -1,10 +1,11 @@
 """Write the generated parts of the documentation from eqxform's own tables.
 
-Run `python docs/generate.py` after changing a table (a directive in the
-grammar, an action in `eqxform/_names.py`, a code in `eqxform/_codes.py`, a
-command-line option); `python docs/generate.py --check` exits 1 when a page is
-out of date, and `tests/test_docs.py` runs that check, so the reference cannot
-drift from the code.
+Run `python docs/generate.py` after changing a table (a directive or an action
+record in `eqxform/_names.py`, a code in `eqxform/_codes.py`, a command-line
+option); `python docs/generate.py --check` exits 1 when a page is out of date,
+and `tests/test_docs.py` runs that check, so the reference cannot drift from
+the code. The keyword lists of the editors' TextMate grammar (`grammar/` and
+its copy under `editors/`) are written from the same tables.
 
 A page's generated parts sit between `<!-- generated: NAME -->` and
 `<!-- end generated -->`; the text around them is written by hand.
@@ -14,6 +15,7 @@ markdown`).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -53,22 +55,19 @@ def _signature(name, sig) -> str:
 
 
 def gen_directives() -> str:
-    from eqxform import _docs as D
+    from eqxform import _names as N
 
-    rows = []
-    for word in directives():
-        text = D.DIRECTIVES.get(word, "")
-        form, _, what = text.partition(": ")
-        rows.append((f"`{word}`", form, what))
+    rows = [(f"`{d.name}`", f"`{d.form}`", d.doc) for d in N.DIRECTIVES.values()]
     return _table(("directive", "form", "what it does"), rows)
 
 
 _ACTION_FORMS = {
-    "initializer": "init NAME | NAME(ARGS)",
+    "initializer": "NAME | NAME(ARGS)",
     "constructor": "CTOR(ARGS) | FUNCTION",
     "dtype": "DTYPE",
     "expr": "EXPR",
     "wrapper": "NAME | NAME(ARGS)",
+    "spec": "(AXIS | none, ...)",
     "none": "",
 }
 
@@ -78,23 +77,28 @@ def gen_actions() -> str:
     from eqxform import _names as N
 
     rows = []
-    for name, info in N.ACTIONS.items():
-        arg = _ACTION_FORMS.get(info.arg, info.arg.upper())
-        arg = arg.removeprefix("init ")
-        form = f"{name} {arg}".strip()
-        shapes = "optimiser" if name in N.OPTIMIZER_ACTIONS else "model"
-        rows.append((f"`{name}`", f"`{form}`", shapes, D.ACTIONS.get(name, "")))
-    return _table(("action", "form", "changes", "what it does"), rows)
+    for a in N.ACTIONS.values():
+        if a.arg == "keywords":
+            form = f"{a.name} | {D.signature(a.name, a.keywords.params)}"
+        else:
+            form = f"{a.name} {_ACTION_FORMS[a.arg]}".strip()
+        rows.append((f"`{a.name}`", f"`{form}`", a.changes, a.doc, f"`{a.example}`"))
+    return _table(("action", "form", "changes", "what it does", "example"), rows)
+
+
+def gen_remat_policies() -> str:
+    from eqxform import _names as N
+
+    return "Policies (`remat(policy=NAME)`): " + ", ".join(f"`{p}`" for p in N.REMAT_POLICIES) + "."
 
 
 def gen_map_actions() -> str:
-    from eqxform import _docs as D
     from eqxform import _names as N
 
     forms = {"none": "", "axes?": " [AXES]", "shape?": " [SHAPE]", "axis": " N"}
     rows = []
     for name, info in N.MAP_ACTIONS.items():
-        rows.append((f"`{name}{forms[info.arg]}`", D.MAP_ACTIONS.get(name, ""), info.example))
+        rows.append((f"`{name}{forms[info.arg]}`", info.doc, info.example))
     return _table(("action", "what it does", "example"), rows)
 
 
@@ -267,6 +271,7 @@ def gen_limits() -> str:
 GENERATORS = {
     "directives": gen_directives,
     "actions": gen_actions,
+    "remat-policies": gen_remat_policies,
     "map-actions": gen_map_actions,
     "weight-codes": gen_weight_codes,
     "selectors": gen_selectors,
@@ -282,6 +287,68 @@ GENERATORS = {
     "api": gen_api,
     "limits": gen_limits,
 }
+
+
+# ---- the editors' TextMate grammar ----------------------------------------------------
+
+# The grammar and the copy the VS Code extension ships.
+TEXTMATE = (
+    ROOT / "grammar" / "eqxform.tmLanguage.json",
+    ROOT / "editors" / "vscode" / "syntaxes" / "eqxform.tmLanguage.json",
+)
+
+# A keyword list of the grammar: a group of words alone, `(a|b)` or `(?:a|b)`.
+_WORD_GROUP = re.compile(r"\((\?:)?[A-Za-z_0-9|]+\)")
+
+
+def _keyword_lists() -> dict[str, tuple[str, ...]]:
+    """The words of each scope of the TextMate grammar whose words are the
+    language's: a scope -> its words, from eqxform's tables."""
+    from eqxform import _names as N
+
+    return {
+        "keyword.control.directive.eqxform": tuple(N.DIRECTIVES),
+        "support.function.optimizer.eqxform": tuple(N.OPTIMIZERS),
+        "support.function.initializer.eqxform": tuple(N.INITIALIZERS),
+        "support.function.wrapper.eqxform": tuple(N.WRAPPERS),
+        "keyword.other.action.eqxform": tuple(N.ACTIONS),
+        "keyword.other.eqxform": ("scan", "vmap", *N.STACK_OPTIONS, "over", "any", "with")
+        + ("vary", "grid"),
+        "constant.language.eqxform": tuple(N.CONSTANTS),
+        "support.function.builtin.eqxform": tuple(N.EXPR_FUNCTIONS),
+        "variable.language.eqxform": N.CONTEXT_NAMES,
+        "support.function.activation.eqxform": N.FUNCTIONS,
+        "support.type.dtype.eqxform": N.DTYPES,
+    }
+
+
+def textmate() -> str:
+    """The TextMate grammar with its keyword lists written from the tables.
+
+    A pattern's list is the last group of words in its regular expression;
+    its scope is the pattern's `name`, or that of its last capture. Words are
+    listed longest first, so that no word stops the match of a longer one."""
+    grammar = json.loads(TEXTMATE[0].read_text())
+    lists = _keyword_lists()
+    todo: list = [grammar]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, list):
+            todo.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        todo.extend(node.values())
+        captures = node.get("captures", {})
+        scope = captures[max(captures, key=int)]["name"] if captures else node.get("name")
+        if "match" not in node or scope not in lists:
+            continue
+        groups = list(_WORD_GROUP.finditer(node["match"]))
+        last = groups[-1]
+        words = "|".join(sorted(lists[scope], key=lambda w: (-len(w), w)))
+        group = f"({last.group(1) or ''}{words})"
+        node["match"] = node["match"][: last.start()] + group + node["match"][last.end() :]
+    return json.dumps(grammar, indent=2) + "\n"
 
 
 def render(text: str) -> str:
@@ -301,6 +368,8 @@ def pages() -> dict[Path, str]:
     from eqxform._codes import markdown
 
     out = {DOCS / "diagnostics.md": markdown()}
+    grammar = textmate()
+    out.update({path: grammar for path in TEXTMATE})
     for path in sorted(DOCS.rglob("*.md")):
         text = path.read_text()
         if BLOCK.search(text):

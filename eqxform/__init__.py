@@ -3,6 +3,7 @@
 Every name here is a re-export; the code lives in the private modules.
 """
 
+from . import _names
 from ._api import CheckReport as CheckReport
 from ._api import check as check
 from ._diagnostics import Diagnostic as Diagnostic
@@ -35,15 +36,8 @@ _LAZY = {
     "pick": "._pick",
     "resolve": "._modules",
     "bake": "._modules",
-    "Wrapper": "._modules",
-    "Symmetric": "._modules",
-    "Positive": "._modules",
-    "WeightNormed": "._modules",
-    "Frozen": "._modules",
-    "LoRA": "._modules",
-    "LoRAWeight": "._modules",
-    "IA3": "._modules",
-    "IA3Weight": "._modules",
+    # The types the actions put in the model (`Frozen`, `LoRA`, ...).
+    **dict.fromkeys(_names.ACTION_TYPES, "._modules"),
     "merge": "._modules",
     "Stacked": "._modules",
     "Ensemble": "._modules",

@@ -19,7 +19,7 @@ from . import _limits as L
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, did_you_mean, suggest
-from ._expr import EvalError, evaluate, render, walk
+from ._expr import EvalError, bare_word, evaluate, render, walk
 from ._sweep import MEMBER, SEED, SPREADS, Sweep, evaluate_sweep
 from ._values import (
     argument_diagnostic,
@@ -339,19 +339,35 @@ class Checker:
             arg = action.arg
             if arg is None:
                 continue
-            if action.name in N.ACTION_ARGS:
+            info = N.ACTIONS.get(action.name)
+            if info is not None and info.value is not None:
                 if _reads_match(arg):
                     continue
                 bad = argument_diagnostic(
                     f"`{action.name}`",
                     evaluate(arg, self.env),
-                    N.ACTION_ARGS[action.name],
+                    info.value,
                     arg.span,
                     self.source,
                 )
                 if bad is not None:
                     self.diagnostics.append(bad)
                 continue
+            if info is not None and info.kinds and isinstance(arg, A.Call):
+                kinds = dict(info.kinds)
+                for a in arg.args:
+                    value = bare_word(a.value, kinds.get(a.name))
+                    if isinstance(value, A.Expr) and _reads_match(value):
+                        continue
+                    bad = argument_diagnostic(
+                        f"`{a.name}` of `{action.name}`",
+                        value if isinstance(value, str) else evaluate(value, self.env),
+                        kinds.get(a.name),
+                        a.value.span,
+                        self.source,
+                    )
+                    if bad is not None:
+                        self.diagnostics.append(bad)
             kind = {"init": "initialiser", "wrap": "wrapper"}.get(action.name)
             if kind is None or not isinstance(arg, A.Call):
                 continue
@@ -382,27 +398,11 @@ class Checker:
         seen: dict[type, A.Stmt] = {}
         self.sweep_names()
         for stmt in self.spec.statements:
-            if isinstance(
-                stmt,
-                (
-                    A.ModelStmt,
-                    A.SeedStmt,
-                    A.OptimizerStmt,
-                    A.EnsembleStmt,
-                    A.MeshStmt,
-                    A.WeightsStmt,
-                ),
-            ):
+            # A directive's statement is its word's (`ModelStmt`: `model`).
+            word = type(stmt).__name__.removesuffix("Stmt").lower()
+            if word in N.DIRECTIVES and N.DIRECTIVES[word].once:
                 first = seen.get(type(stmt))
                 if first is not None:
-                    word = {
-                        A.ModelStmt: "model",
-                        A.SeedStmt: "seed",
-                        A.OptimizerStmt: "optimizer",
-                        A.EnsembleStmt: "ensemble",
-                        A.MeshStmt: "mesh",
-                        A.WeightsStmt: "weights",
-                    }[type(stmt)]
                     self.error(
                         "E109",
                         f"`{word}` is given twice",
@@ -415,7 +415,7 @@ class Checker:
         if A.OptimizerStmt not in seen:
             for rule in self.spec.rules:
                 for action in rule.actions:
-                    if action.name in N.OPTIMIZER_ACTIONS:
+                    if action.name in N.ACTIONS and N.ACTIONS[action.name].changes == "optimiser":
                         self.error(
                             "E123",
                             f"`{action.name}` needs an `optimizer` directive",
@@ -801,20 +801,13 @@ class Checker:
                     f"write `-> {name}` alone; separate further actions with `,`",
                 )
             return
-        if arg is None and info.arg == "adapter":
+        if arg is None and info.arg == "keywords":
             return  # every argument has a default
         if arg is None:
-            example = {
-                "wrapper": "wrap symmetric",
-                "initializer": "init zeros",
-                "constructor": "replace Linear(in_features=8, out_features=2)",
-                "dtype": "cast bfloat16",
-                "expr": f"{name} 0.5",
-            }[info.arg]
-            self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{example}`")
+            self.error("E112", f"`{name}` needs an argument", action.span, f"e.g. `{info.example}`")
             return
-        if info.arg == "adapter":
-            self.adapter(action, context)
+        if info.arg == "keywords":
+            self.keywords(action, info, context)
         elif info.arg == "initializer":
             self.initializer(arg, context)
         elif info.arg == "wrapper":
@@ -855,21 +848,36 @@ class Checker:
         else:
             self.names(arg, context, f"`{name}`")
 
-    def adapter(self, action: A.Action, context: set[str]):
-        """`lora(rank=8, alpha=16)`: keyword arguments of the adapter's table."""
+    def keywords(self, action: A.Action, info: N.Action, context: set[str]):
+        """`lora(rank=8, alpha=16)`: the keyword arguments of the action's record.
+        An argument of a few words (`remat(policy=dots_saveable)`) is one of
+        them, bare or quoted."""
         name, arg = action.name, action.arg
-        example = {"lora": "lora(rank=8, alpha=16)", "ia3": "ia3(feedforward=true)"}[name]
         if not (isinstance(arg, A.Call) and arg.callee == name and arg.span == action.span):
             self.error(
                 "E180",
                 f"`{name}` takes keyword arguments in parentheses",
                 arg.span,
-                f"write `{example}`",
+                f"write `{info.example}`",
             )
             return
-        self.arguments(name, "adapter", N.ADAPTERS[name], arg.args, arg.span)
+        self.arguments(name, "action", info.keywords, arg.args, arg.span)
         for a in arg.args:
-            self.names(a.value, context, f"a `{name}` argument")
+            kind = dict(info.kinds).get(a.name)
+            value = a.value
+            if isinstance(bare_word(value, kind), str):
+                continue
+            if isinstance(kind, tuple) and isinstance(value, A.Name) and value.id not in context:
+                self.error(
+                    "E152",
+                    f"`{a.name}` of `{name}` must be one of "
+                    + ", ".join(f"`{k}`" for k in kind)
+                    + f", not `{value.id}`",
+                    value.span,
+                    did_you_mean(value.id, kind) or f"e.g. `{info.example}`",
+                )
+                continue
+            self.names(value, context, f"a `{name}` argument")
 
     def shard_spec(self, action: A.Action):
         """`shard (AXIS | none, ...)`: names, `none`, or tuples of names."""

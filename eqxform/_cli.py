@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 from . import EqxformError, UsageError
+from . import _names as N
 from ._diagnostics import Diagnostic, denied, plural, printable, render_all
 
 
@@ -554,9 +555,10 @@ def apply(
     "--loss",
     default="mse",
     show_default=True,
-    metavar="mse|cross_entropy|PKG.MOD:FN",
-    help="The loss: `mse`, `cross_entropy`, or a function `(pred, y) -> scalar` of your own "
-    "from an allowed package (`--allow PKG`).",
+    metavar="|".join(N.LOSSES) + "|PKG.MOD:FN",
+    help="The loss: "
+    + ", ".join(f"`{n}`" for n in N.LOSSES)
+    + ", or a function `(pred, y) -> scalar` of your own from an allowed package (`--allow PKG`).",
 )
 @click.option(
     "--model-output",

@@ -15,13 +15,13 @@ from dataclasses import replace
 from typing import Any
 
 from . import _ast as A
+from . import _names as N
 from ._build import import_allowed
 from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic, position
 from ._errors import SpecError, UsageError
 from ._hashing import stable_hash
 from ._mesh import MeshSpec, as_mesh_spec
-from ._names import OPTIMIZER_ACTIONS, PLACEMENT_ACTIONS
 from ._parse import parse_collect
 from ._passes import (
     PASSES,
@@ -175,10 +175,16 @@ def compile_checked(
     return replace(program, warnings=tuple(sorted(diagnostics, key=position))), []
 
 
-# Actions that neither change the model's structure nor what later selectors
-# see: a rule of these alone can be left out without changing what the rules
-# after it match.
-_TRANSPARENT = frozenset({"init", "scale", "cast", "freeze", "lr", "weight_decay"})
+def _changes(action: str) -> str | None:
+    info = N.ACTIONS.get(action)
+    return info.changes if info else None
+
+
+def _transparent(action: str) -> bool:
+    """Does `action` leave the model's structure, and what later selectors
+    see, as they are? A rule of such actions alone can be left out without
+    changing what the rules after it match."""
+    return action in N.ACTIONS and N.ACTIONS[action].transparent
 
 
 def compile_without_broken_rules(
@@ -201,7 +207,7 @@ def compile_without_broken_rules(
         if d.severity != "error":
             continue
         rule = rules.get(d.span.line) if d.span is not None else None
-        if rule is None or not all(a.name in _TRANSPARENT for a in rule.actions):
+        if rule is None or not all(_transparent(a.name) for a in rule.actions):
             return None
         broken.add(rule.span.line)
     lines = text.split("\n")
@@ -240,7 +246,7 @@ def _without_shard(rule: A.Rule) -> str:
     cuts = [
         a.span
         for a in rule.actions
-        if a.name in PLACEMENT_ACTIONS and a.span.line == rule.span.line == a.span.end_line
+        if _changes(a.name) == "placement" and a.span.line == rule.span.line == a.span.end_line
     ]
     if not cuts:
         return _normalise(text)
@@ -337,13 +343,13 @@ def _program(
         occurrence = seen.get(text_key, 0)
         seen[text_key] = occurrence + 1
         if isinstance(stmt, A.Rule):
-            drawing = [a for a in stmt.actions if a.name not in PLACEMENT_ACTIONS]
+            drawing = [a for a in stmt.actions if _changes(a.name) != "placement"]
             for action in stmt.actions:
                 index = drawing.index(action) if action in drawing else -1
-                if action.name in OPTIMIZER_ACTIONS:
+                if _changes(action.name) == "optimiser":
                     groups.append(Group(stmt, action))
                     continue
-                if action.name in PLACEMENT_ACTIONS:
+                if _changes(action.name) == "placement":
                     shards.append(ShardRule(stmt, action, spec_dims(action.arg), env, source))
                     continue
                 cls = PASSES[action.name]

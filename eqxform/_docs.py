@@ -1,60 +1,19 @@
 """One line of documentation for every word of the language, for the editors.
 
 The language server shows these on hover and beside completions. The names are
-those of `_names` (held to the libraries by `tests/test_names.py`), and
-`tests/test_lsp.py` holds this table to them, so that no name goes undocumented.
+those of `_names` (held to the libraries by `tests/test_names.py`); directives
+and actions carry their line in their records there. `tests/test_lsp.py` holds
+these tables to the names, so that no name goes undocumented.
 """
 
 from __future__ import annotations
 
 from . import _names as N
 
-DIRECTIVES = {
-    "model": "`model CTOR(ARGS)`: the base model, built when no model file is given",
-    "seed": "`seed N`: the seed every rule's random key is derived from",
-    "let": "`let NAME = EXPR`: a named value (override with `--set NAME=VALUE`)",
-    "where": "`where SELECTOR [if EXPR] [expect N] -> ACTION, ...`: a rule",
-    "optimizer": "`optimizer NAME(ARGS)`: the base optax optimiser for training",
-    "ensemble": "`ensemble N [vary NAME=EXPR, ...] [over AXIS]`: N members with a leading "
-    "member axis; `vary` (or `ensemble grid NAME=[...] ...`) gives each member its own "
-    "hyper-parameters, trained as one program",
-    "stack": "`stack PATH scan|vmap [N] [remat] [unroll K] [layerwise] [over AXIS]`: identical "
-    "layers as one stacked module; a module built pre-stacked (a leading layer axis) is taken "
-    "as it is",
-    "unstack": "`unstack PATH`: a stacked module back into its layers",
-    "mesh": "`mesh AXIS=N ...`: the device mesh for `shard` rules (`-1`: the devices left over)",
-    "input": "`input DTYPE[SHAPE]`: the model's input, to check the forward pass",
-    "weights": '`weights "PATH"`: a checkpoint in another library\'s names, read by the `map` lines',
-    "map": '`map "NAME", ... -> "PATH", ... [with ACTION, ...]`: checkpoint tensors into model '
-    "arrays (docs/weights.md)",
-    "skip": '`skip "PATTERN", ...`: checkpoint tensors left unread on purpose',
-    "keep": '`keep "PATTERN", ...`: model arrays that keep their values (no tensor fills them)',
-}
-
-# What may follow `with` on a `map` line (their arguments: `_names.MAP_ACTIONS`).
-MAP_ACTIONS = {
-    "transpose": "reverse (or, with a list, permute) each tensor's axes on load; undone on export",
-    "reshape": "each tensor into the array's shape (or the one given); undone on export",
-    "cast": "into the array's dtype on load, back into the checkpoint's on export",
-    "axis": "where several tensors fuse into one array, or one splits into several",
-}
-
-ACTIONS = {
-    "init": "re-draw arrays from an initialiser, with fans in Equinox's layouts",
-    "replace": "swap the matched module for a new one (or a function for another)",
-    "cast": "change the dtype of the matched floating-point arrays",
-    "scale": "multiply arrays by a number",
-    "wrap": "give arrays a per-parameter behaviour, resolved at the jit/grad boundary",
-    "freeze": "no gradient, and the optimiser leaves them alone (weight decay included)",
-    "unwrap": "bake wrappers into plain arrays",
-    "lr": "scale the base learning rate for these parameters",
-    "weight_decay": "set the weight decay for these parameters",
-    "lora": "low-rank adapters on a `Linear` or a 2-D weight, the base frozen",
-    "merge": "bake adapters (`lora`, `ia3`) into their base weights",
-    "ia3": "(IA)^3: a learned scaling vector on a `Linear`'s output (or input, `feedforward=true`)",
-    "shard": "`shard (AXIS | none, ...)`: the partition spec of one layer's arrays on the "
-    "spec's `mesh`; the rest are replicated",
-}
+# The directives, actions and `map` actions are documented in their records.
+DIRECTIVES = {d.name: f"`{d.form}`: {d.doc}" for d in N.DIRECTIVES.values()}
+ACTIONS = {a.name: a.doc for a in N.ACTIONS.values()}
+MAP_ACTIONS = {name: a.doc for name, a in N.MAP_ACTIONS.items()}
 
 INITIALIZERS = {
     "zeros": "all zeros",

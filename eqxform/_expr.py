@@ -249,6 +249,14 @@ def evaluate(
     raise EvalError("cannot evaluate this expression", expr.span)
 
 
+def bare_word(expr: A.Expr, kind: Any) -> A.Expr | str:
+    """An argument that is one of a few words (`policy=dots_saveable`) may be
+    written bare: the word, for a name among `kind`'s; else the expression."""
+    if isinstance(kind, tuple) and isinstance(expr, A.Name) and expr.id in kind:
+        return expr.id
+    return expr
+
+
 def lookup(name: A.Name, env: Mapping[str, Any]) -> Any:
     if name.id in env:
         return env[name.id]

@@ -94,21 +94,8 @@ CHECK_DEBOUNCE_S = 0.05
 # Hover shows at most this many matches per action.
 MAX_HOVER_MATCHES = 20
 
-_DIRECTIVE_TOKENS = {
-    "MODEL": "model",
-    "SEED": "seed",
-    "LET": "let",
-    "WHERE": "where",
-    "OPTIMIZER": "optimizer",
-    "ENSEMBLE": "ensemble",
-    "STACK": "stack",
-    "UNSTACK": "unstack",
-    "MESH": "mesh",
-    "WEIGHTS": "weights",
-    "MAP": "map",
-    "SKIP": "skip",
-    "KEEP": "keep",
-}
+# Lark names a keyword's token by the keyword (`"model"`: `MODEL`).
+_DIRECTIVE_TOKENS = {d.upper(): d for d in N.DIRECTIVES}
 _KEYWORD_TOKENS = {
     "IF": "if",
     "ELSE": "else",
@@ -1071,10 +1058,7 @@ class _Completer:
     # -- the parts of a line
 
     def directives(self) -> list[T.CompletionItem]:
-        return [
-            _item(d, _K.Keyword, D.DIRECTIVES[d], insert_text=d + " ")
-            for d in ("model", "seed", "let", "where", "optimizer", "ensemble", "stack", "unstack")
-        ]
+        return [_item(d, _K.Keyword, D.DIRECTIVES[d], insert_text=d + " ") for d in N.DIRECTIVES]
 
     def actions_part(self, rest: list[SpecToken]) -> list[T.CompletionItem]:
         opened, current = _brackets(rest)
@@ -1133,8 +1117,8 @@ class _Completer:
             signature = R.initializer_signature(callee)
         elif before == "wrap":
             signature = R.wrapper_signature(callee)
-        elif callee in N.ADAPTERS and before in (None, "->", ","):
-            signature = N.ADAPTERS[callee]  # `lora(rank=...)` right after the arrow
+        elif callee in N.ACTIONS and before in (None, "->", ","):
+            signature = N.ACTIONS[callee].keywords  # `lora(rank=...)` right after the arrow
         elif callee in N.EXPR_FUNCTIONS:
             signature = None
         else:

@@ -19,25 +19,11 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 
 from . import _ast as A
 from . import _limits as L
+from . import _names as N
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 
-DIRECTIVES = (
-    "model",
-    "seed",
-    "let",
-    "where",
-    "optimizer",
-    "ensemble",
-    "stack",
-    "unstack",
-    "input",
-    "mesh",
-    "weights",
-    "map",
-    "skip",
-    "keep",
-)
+DIRECTIVES = tuple(N.DIRECTIVES)
 
 _TOKEN_NAMES = {
     "NAME": "a name",

@@ -25,7 +25,7 @@ from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Ensemble, Frozen, LoRA, Wrapper, batched, split_state
+from ._modules import Ensemble, Frozen, LoRA, Wrapper, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
@@ -44,6 +44,7 @@ from ._select import (
     node_at,
     outermost,
     path_str,
+    seen_through,
     select_rule,
     skipped_arrays,
     walk,
@@ -828,10 +829,10 @@ def _run_shapes(p, struct, key, ctx, nodes):
 def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
     """The plan's step of pass `p`, which matched `nodes` and gave `after`."""
     if isinstance(p, RulePass):
-        kind = p.action.name
+        kind, info = p.action.name, N.ACTIONS[p.action.name]
         if kind == "replace":
             targets = nodes  # a module, or a function (`replace gelu`)
-        elif kind in _NODE_ACTIONS:
+        elif info.nodes:
             targets = acted_on(nodes)
         else:
             try:
@@ -840,11 +841,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
                 targets = acted_on(nodes)
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
-        skipped = (
-            skipped_arrays(nodes, p.rule.selector)
-            if kind in ("init", "cast", "scale", "freeze")
-            else 0
-        )
+        skipped = skipped_arrays(nodes, p.rule.selector) if info.floats else 0
     else:
         # A structural directive acts on the list, tuple or module it names.
         targets = nodes
@@ -863,14 +860,6 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         unit_of(targets),
         skipped,
     )
-
-
-# The actions that act on the nodes their selector matched, as they are (a
-# module replaced, an array wrapped, a `Linear` given an adapter); every other
-# action acts on the floating-point arrays at or under its matches, and the
-# plan counts those: `where ** -> freeze` freezes arrays, not the model's
-# root, its tuples or its activation functions.
-_NODE_ACTIONS = ("replace", "wrap", "unwrap", "lora", "ia3", "merge")
 
 
 def acted_on(nodes) -> list:
@@ -902,21 +891,30 @@ def logical_path(node) -> str:
     too: a frozen or wrapped weight is the same weight (`Frozen.value` is
     left out), so that rules before and after a `freeze` name one array."""
     return path_str(
-        node.path, node.parents, lambda parent: batched(parent) or isinstance(parent, Wrapper)
+        node.path, node.parents, lambda parent: seen_through(parent) or isinstance(parent, Wrapper)
     )
 
 
 # ---- match accounting --------------------------------------------------------------
 
-# What a later action does to what an earlier one wrote. `init` writes values
-# without reading them, so it overwrites an earlier `init` or `scale` of the
-# same array (not a `cast`: it draws in the array's dtype; not a `wrap` or a
-# `freeze`: it draws inside them). `replace` discards everything below the
-# node it replaces. Every other action reads what it changes (`scale` reads
-# the values `init` drew), so what came before it lives on.
-_VALUE_WRITERS = ("init", "scale")
-_GROUPS = ("lr", "weight_decay")
-_OVERWRITES_VALUES = ("init",)
+# What a later action does to what an earlier one wrote (the records' flags).
+# `init` writes values without reading them (`overwrites`), so it overwrites
+# an earlier `init` or `scale` of the same array (`writes_values`; not a
+# `cast`: it draws in the array's dtype; not a `wrap` or a `freeze`: it draws
+# inside them). `replace` discards everything below the node it replaces.
+# Every other action reads what it changes (`scale` reads the values `init`
+# drew), so what came before it lives on. The optimiser's groups (`lr`,
+# `weight_decay`) are accounted apart.
+
+
+def _flag(kind: str, flag: str) -> Any:
+    """Field `flag` of the record of a step's kind (None for a structure)."""
+    info = N.ACTIONS.get(kind)
+    return None if info is None else getattr(info, flag)
+
+
+def _group(kind: str) -> bool:
+    return _flag(kind, "changes") == "optimiser"
 
 
 def _covers(killer: frozenset[int] | None, victim: frozenset[int] | None) -> bool:
@@ -986,7 +984,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
         writers.clear()
 
     for step in steps:
-        if step.kind in _GROUPS:
+        if _group(step.kind):
             continue
         if step.kind == "structure":
             settle()
@@ -998,14 +996,14 @@ def overwritten(steps, source) -> list[Diagnostic]:
                 if dead:
                     alive[:] = [w for w in alive if w not in dead]
                     killers.setdefault("replace", []).append(step)
-        elif step.kind in _OVERWRITES_VALUES:
+        elif _flag(step.kind, "overwrites"):
             written = {}
             for w, layers in step.writes:
                 written.setdefault(w, []).append(layers)
             # Only the steps that wrote one of these paths (most wrote none).
             hit = sorted({i for w in written for i in writers.get(w, ())})
             for earlier, alive, killers in (live[i] for i in hit):
-                if earlier.kind not in _VALUE_WRITERS:
+                if not _flag(earlier.kind, "writes_values"):
                     continue
                 dead = [w for w in alive if any(_covers(k, w[1]) for k in written.get(w[0], ()))]
                 if dead:
@@ -1018,7 +1016,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
     settle()
     # `lr` and `weight_decay` select on the final model, and a later one sets
     # what an earlier one of the same kind set.
-    groups = [s for s in steps if s.kind in _GROUPS]
+    groups = [s for s in steps if _group(s.kind)]
     for i, step in enumerate(groups):
         alive, by = list(step.writes), set()
         for later in groups[i + 1 :]:
@@ -1203,7 +1201,7 @@ def group_value(program, action, leaf) -> float:
     bad = argument_diagnostic(
         f"`{action.name}`",
         value,
-        N.ACTION_ARGS[action.name],
+        N.ACTIONS[action.name].value,
         action.arg.span,
         program.source,
         f" at `{leaf.text}`",

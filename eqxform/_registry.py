@@ -23,11 +23,9 @@ _WRAPPERS: dict[str, tuple[type, N.Signature]] = {}
 
 # Abstract types a selector may name besides the constructible ones.
 _ABSTRACT_TYPES = ("Module", "Pool", "AdaptivePool", "StatefulLayer", "Shared")
-# eqxform's own wrapper types, which selectors may name too.
-_WRAPPER_TYPES = ("Wrapper", "Symmetric", "Positive", "WeightNormed", "Frozen")
-_STACK_TYPES = ("Stacked", "Ensemble")
-# The adapters `lora` and `ia3` put in the model (`where LoRA -> merge`).
-_ADAPTER_TYPES = ("LoRA", "IA3", "LoRAWeight", "IA3Weight")
+# eqxform's own types, which selectors may name too: those the actions put in
+# the model (`Frozen`, `where LoRA -> merge`), and the stacks.
+_OWN_TYPES = (*N.ACTION_TYPES, "Stacked", "Ensemble")
 
 
 def _signature_of(fn: Callable) -> N.Signature:
@@ -159,9 +157,7 @@ def type_names() -> set[str]:
         set(N.EQUINOX_NN)
         | set(N.EXAMPLE_MODELS)
         | set(_ABSTRACT_TYPES)
-        | set(_WRAPPER_TYPES)
-        | set(_STACK_TYPES)
-        | set(_ADAPTER_TYPES)
+        | set(_OWN_TYPES)
         | set(_TYPES)
     )
 
@@ -210,7 +206,7 @@ def resolve_type(name: str) -> type:
 
         return getattr(models, name)
     # Imported here, not above, to keep JAX out of `eqxform check`.
-    if name in _WRAPPER_TYPES or name in _STACK_TYPES or name in _ADAPTER_TYPES:
+    if name in _OWN_TYPES:
         from . import _modules
 
         return getattr(_modules, name)

@@ -28,7 +28,7 @@ from . import _limits
 from ._diagnostics import Diagnostic, did_you_mean
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
-from ._modules import Ensemble, Stacked, Wrapper, batched, wrapped_field
+from ._modules import AROUND, Ensemble, Stacked, Wrapper, batched, wrapped_field
 from ._parse import parse
 from ._registry import registered_type, resolve_type, type_names
 
@@ -140,12 +140,22 @@ def layout_ndim(node: Node) -> int | None:
     return None
 
 
+_SEEN_THROUGH = frozenset({Stacked, Ensemble, *AROUND})
+
+
+def seen_through(obj: Any) -> bool:
+    """Do selectors see through `obj`'s field: a stack's or an ensemble's
+    layers, the module a `Remat` stands around?"""
+    return type(obj) in _SEEN_THROUGH
+
+
 def path_str(
-    path: Path, parents: tuple[Any, ...] = (), skip: Callable[[Any], bool] = batched
+    path: Path, parents: tuple[Any, ...] = (), skip: Callable[[Any], bool] = seen_through
 ) -> str:
     """`layers[0].weight`, as selectors write it; the step out of a parent
     that `skip` names is left out: by default the field of a stack or
-    ensemble that holds the stacked layers, as selectors see through it."""
+    ensemble that holds the stacked layers, or of a `Remat`, as selectors see
+    through it."""
     out = ""
     for k, key in enumerate(path):
         if k < len(parents) and skip(parents[k]):
@@ -497,8 +507,8 @@ def match(path: A.SelPath, node: Node, types: Types | None = None):
     def moves(i: int, k: int) -> list[tuple[int, int]]:
         """The cells that cell (i, k) reads."""
         out = []
-        if i < last and k < n and batched(objects[k]):
-            # Stacks and ensembles are transparent: their field can be skipped.
+        if i < last and k < n and seen_through(objects[k]):
+            # Stacks, ensembles and `Remat`s are transparent: their field can be skipped.
             out.append((i, k + 1))
         if i == last:
             return out
@@ -538,7 +548,7 @@ def match(path: A.SelPath, node: Node, types: Types | None = None):
     value: dict[tuple[int, int], Any] = {}
     for i, k in sorted(reads, reverse=True):
         result = _NO
-        if i < last and k < n and batched(objects[k]):
+        if i < last and k < n and seen_through(objects[k]):
             result = value[(i, k + 1)]
         if i == last:
             step = None if k == n else _NO

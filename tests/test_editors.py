@@ -68,3 +68,39 @@ def test_neovim_set_up_starts_the_server():
     for block in blocks:
         assert 'cmd = { "eqxform", "lsp" }' in block
         assert 'eqx = "eqxform"' in block
+
+
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_generate", ROOT / "docs" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_textmate_grammar_is_generated_from_the_records():
+    gen = _generator()
+    generated = gen.textmate()
+    for path in gen.TEXTMATE:
+        assert path.read_text() == generated, (
+            f"{path.relative_to(ROOT)} is stale: run `python docs/generate.py`"
+        )
+    grammar = json.loads(generated)
+    directive = grammar["repository"]["directive"]["match"]
+    from eqxform import _names as N
+
+    assert set(re.search(r"\(([\w|]+)\)", directive).group(1).split("|")) == set(N.DIRECTIVES)
+    assert "|remat|" in generated and "|input|" in directive
+
+
+def test_a_new_action_makes_the_committed_grammar_stale(monkeypatch):
+    from eqxform import _names as N
+
+    gen = _generator()
+    action = N.Action("noise", "expr", "add noise", "noise 0.1", value="nonneg")
+    monkeypatch.setitem(N.ACTIONS, "noise", action)
+    generated = gen.textmate()
+    assert generated != (ROOT / "grammar" / "eqxform.tmLanguage.json").read_text()
+    actions = json.loads(generated)["repository"]["actions"]["patterns"]
+    assert any("|noise|" in p.get("match", "") for p in actions)

@@ -680,3 +680,33 @@ def test_hover_on_the_weight_lines():
                 assert expected in hover.contents.value, (needle, hover.contents.value)
 
     run(go())
+
+
+def test_every_directive_and_action_is_offered_and_has_hover_text():
+    from eqxform._lsp import _Doc, _token_at, _word_doc, make_server
+    from eqxform._parse import parse_collect
+
+    lines = [f"{d} " for d in N.DIRECTIVES] + [f"where x -> {a}" for a in N.ACTIONS] + [""]
+    text = "\n".join(lines)
+    doc = _Doc("u", 1, text, parse_collect(text, "u")[0], [])
+    server = make_server()
+    # At the start of a line: every directive, `mesh` and `input` included.
+    assert {c.label for c in server.complete(doc, len(lines), 0)} == set(N.DIRECTIVES)
+    for number, word in enumerate(N.DIRECTIVES, start=1):
+        hover = _word_doc(doc, _token_at(lines[number - 1], number, 1))
+        assert (
+            hover
+            == D.DIRECTIVES[word]
+            == f"`{N.DIRECTIVES[word].form}`: " + (N.DIRECTIVES[word].doc)
+        )
+    # After the arrow: every action, `remat` included.
+    first = len(N.DIRECTIVES) + 1
+    arrow = len("where x -> ")
+    assert {c.label for c in server.complete(doc, first, arrow)} == set(N.ACTIONS)
+    for number, name in enumerate(N.ACTIONS, start=first):
+        hover = _word_doc(doc, _token_at(lines[number - 1], number, arrow + 1))
+        assert hover == f"`{name}`: {N.ACTIONS[name].doc}", name
+    # A keyword action offers its arguments: `remat(` offers `policy=`.
+    remat = "where x -> remat("
+    doc = _Doc("v", 1, remat, parse_collect(remat, "v")[0], [])
+    assert "policy=" in {c.label for c in server.complete(doc, 1, len(remat))}

@@ -1,5 +1,6 @@
-"""The model types a spec produces: wrappers (per-parameter behaviour),
-adapters (LoRA, (IA)^3), `Stacked` (scan-over-layers) and `Ensemble`.
+"""The model types a spec produces: wrappers (per-parameter behaviour), `Remat`
+(gradient checkpointing), adapters (LoRA, (IA)^3), `Stacked` (scan-over-layers)
+and `Ensemble`.
 
 This package sits at the bottom of eqxform: it imports JAX and Equinox and
 nothing else of eqxform, so that selection, passes, files and training can all
@@ -27,13 +28,4 @@ from ._stacks import marked as marked
 from ._stacks import restate as restate
 from ._stacks import split_state as split_state
 from ._stacks import state_values as state_values
-from ._wrappers import BUILTIN as BUILTIN
-from ._wrappers import Frozen as Frozen
-from ._wrappers import Positive as Positive
-from ._wrappers import Symmetric as Symmetric
-from ._wrappers import WeightNormed as WeightNormed
-from ._wrappers import Wrapper as Wrapper
-from ._wrappers import bake as bake
-from ._wrappers import is_wrapper as is_wrapper
-from ._wrappers import resolve as resolve
-from ._wrappers import wrapped_field as wrapped_field
+from ._wrappers import *  # noqa: F403 (the wrappers, by `_wrappers.__all__`)

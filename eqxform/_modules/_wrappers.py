@@ -1,4 +1,5 @@
-"""Per-parameter behaviour: wrappers, resolved at the jit/grad boundary.
+"""What the actions put around parts of a model: wrappers of arrays, resolved
+at the jit/grad boundary, and `Remat`, a module whose call is checkpointed.
 
 A wrapper is a module that stands where an array was (`Linear.weight` becomes
 `Symmetric(matrix=...)`) and whose `get()` gives the array the model computes
@@ -14,6 +15,22 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+# What `eqxform._modules` re-exports.
+__all__ = [
+    "AROUND",
+    "BUILTIN",
+    "Frozen",
+    "Positive",
+    "Remat",
+    "Symmetric",
+    "WeightNormed",
+    "Wrapper",
+    "bake",
+    "is_wrapper",
+    "resolve",
+    "wrapped_field",
+]
 
 # Said when JAX is handed a wrapper as an array: the model was called
 # unresolved. (The model types import nothing of eqxform, so this is an
@@ -219,3 +236,28 @@ class Frozen(Wrapper):
 
 
 BUILTIN = {"symmetric": Symmetric, "positive": Positive, "weight_norm": WeightNormed}
+
+
+class Remat(eqx.Module):
+    """A module whose call is checkpointed (`eqx.filter_checkpoint`, that is
+    `jax.checkpoint`): on the backward pass its activations are recomputed
+    rather than kept, save what `policy` (a name in `jax.checkpoint_policies`;
+    None: only the inputs) keeps. Outputs and gradients are the module's own.
+    Any arguments pass through, keyword arguments and keys included."""
+
+    module: Any
+    policy: str | None = eqx.field(static=True, default=None)
+
+    def __call__(self, *args, **kwargs):
+        policy = None if self.policy is None else getattr(jax.checkpoint_policies, self.policy)
+        return eqx.filter_checkpoint(_call, policy=policy)(self.module, args, kwargs)
+
+
+def _call(module, args, kwargs):
+    return module(*args, **kwargs)
+
+
+# The module types that stand around a module (in their first field) and that
+# selectors and paths see through: `blocks[0].mlp` is the `mlp` of a block
+# that `remat` wrapped.
+AROUND = frozenset({Remat})

@@ -25,10 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _ast as A
+from .. import _names as N
 from .._build import to_python
 from .._hashing import stable_hash
 from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw
-from .._names import ADAPTER_DEFAULTS
 from .._select import (
     GetAttrKey,
     Node,
@@ -40,7 +40,7 @@ from .._select import (
     stack_axis,
     walk,
 )
-from ._base import replace_at
+from ._base import action_pass, replace_at
 from ._tree import RulePass
 
 
@@ -76,8 +76,6 @@ class AdapterPass(RulePass):
     adapt, their arguments, and freezing the base."""
 
     draws = True
-    # Adapters act on some layers of a stack too.
-    PER_LAYER = RulePass.PER_LAYER + ("lora", "ia3")
 
     def select(self, model: Any, ctx: Any) -> list[Node]:
         # What the adapters replace: a `Linear` matched by its weight is
@@ -85,7 +83,7 @@ class AdapterPass(RulePass):
         return [t.node for t in self.targets(super().select(model, ctx))]
 
     def arguments(self, weight: Node) -> dict[str, Any]:
-        defaults = dict(ADAPTER_DEFAULTS[self.action.name])
+        defaults = dict(N.ACTIONS[self.action.name].defaults)
         arg = self.action.arg
         if isinstance(arg, A.Call):
             ctx = context(weight)
@@ -213,6 +211,7 @@ def _others(picked: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.flatnonzero(~picked))
 
 
+@action_pass("lora")
 class LoraPass(AdapterPass):
     def run(self, model, key, ctx, nodes):
         targets = self.targets(nodes)
@@ -266,6 +265,7 @@ class LoraPass(AdapterPass):
         return replace_at(model, [t.path for t in targets], values)
 
 
+@action_pass("ia3")
 class IA3Pass(AdapterPass):
     def run(self, model, key, ctx, nodes):
         targets = self.targets(nodes)
@@ -296,6 +296,7 @@ class IA3Pass(AdapterPass):
         return replace_at(model, [t.path for t in targets], values)
 
 
+@action_pass("merge")
 class MergePass(RulePass):
     """`merge`: every adapter at or under the matched nodes baked into its
     base (a `LoRA` becomes its `Linear`, weight `W + scale * B A`)."""
@@ -331,6 +332,3 @@ class MergePass(RulePass):
             roots.append(node.path)
         roots = [p for p in roots if not any(q != p and p[: len(q)] == q for q in roots)]
         return replace_at(model, roots, [thaw(get(model, p)) for p in roots])
-
-
-PASSES = {"lora": LoraPass, "ia3": IA3Pass, "merge": MergePass}

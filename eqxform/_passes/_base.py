@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 
 from .. import _ast as A
+from .. import _names as N
 from .._build import budget_diagnostic, nbytes
 from .._diagnostics import Diagnostic
 from .._errors import SpecError
@@ -143,6 +144,23 @@ class Pass:
     # ---- helpers
     def error(self, code: str, message: str, span: A.Span, help: str | None = None) -> SpecError:
         return SpecError(Diagnostic(code, message, span, help, self.source))
+
+
+# The pass of each action that changes the model, by the action's name (its
+# record in `_names.ACTIONS`): each pass class registers itself with
+# `action_pass`, so no table repeats the actions.
+PASSES: dict[str, type[Pass]] = {}
+
+
+def action_pass(name: str) -> Callable[[type[Pass]], type[Pass]]:
+    """Class decorator: the decorated pass is the one of action `name`."""
+
+    def register(cls: type[Pass]) -> type[Pass]:
+        assert name in N.ACTIONS and name not in PASSES, name
+        PASSES[name] = cls
+        return cls
+
+    return register
 
 
 def _traced(subject: Any) -> bool:

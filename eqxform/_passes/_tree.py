@@ -1,5 +1,5 @@
 """The `eqx.tree_at` passes: one per action of a rule (init, replace, cast,
-scale, wrap, freeze, unwrap).
+scale, wrap, freeze, unwrap, remat).
 
 Each pass selects its nodes once and replaces them all in one `replace_at`
 (what one `eqx.tree_at` call would do, rebuilding only the nodes on the way to
@@ -14,19 +14,20 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .. import _ast as A
+from .. import _names as N
 from .. import _registry as R
 from .._build import build, to_python
 from .._errors import SpecError
-from .._expr import FunctionRef
+from .._expr import FunctionRef, bare_word
 from .._expr import walk as walk_expr
 from .._hashing import stable_hash
-from .._modules import Frozen, Wrapper, bake
-from .._names import FAN_INITIALIZERS
+from .._modules import Frozen, Remat, Wrapper, bake
 from .._select import (
     Node,
     _describe_kind,
@@ -44,7 +45,7 @@ from .._select import (
 )
 from .._values import argument_diagnostic, argument_kinds, as_argument
 from . import _init
-from ._base import Context, Pass, replace_at
+from ._base import Context, Pass, action_pass, replace_at
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,14 +92,11 @@ class RulePass(Pass):
                 "use a smaller number, or `cast float64` first",
             )
 
-    # Actions that can act on some layers of a stack (the others need whole arrays).
-    PER_LAYER = ("init", "scale", "freeze")
-
     def select(self, model: Any, ctx: Context) -> list[Node]:
         rule = self.rule
         found = select_rule(rule, model, self.env, self.source)
         partial = [n for n in found if n.layers is not None]
-        if partial and self.action.name not in self.PER_LAYER:
+        if partial and not N.ACTIONS[self.action.name].per_layer:
             raise self.error(
                 "E137",
                 f"`{self.action.name}` cannot act on some layers of a stack: "
@@ -124,6 +122,7 @@ class RulePass(Pass):
         return matched_arrays(nodes, self.action.name, self.rule.selector, self.source)
 
 
+@action_pass("init")
 class InitPass(RulePass):
     draws = True
 
@@ -153,7 +152,7 @@ class InitPass(RulePass):
                     self.rule.selector.span,
                     'narrow the selector, e.g. with `if dtype == "float32"`',
                 )
-            if name in FAN_INITIALIZERS and leaf.obj.ndim - leaf.batch < 2:
+            if name in N.FAN_INITIALIZERS and leaf.obj.ndim - leaf.batch < 2:
                 raise self.error(
                     "E203",
                     f"`{name}` needs a weight of 2 or more dimensions, but `{leaf.text}` "
@@ -223,6 +222,7 @@ class InitPass(RulePass):
         return current.at[ids.astype(jnp.int32)].set(draw(key, self.identity, h, ids))
 
 
+@action_pass("replace")
 class ReplacePass(RulePass):
     def run(self, model, key, ctx, nodes):
         # A match inside another match is replaced with it.
@@ -246,6 +246,7 @@ class ReplacePass(RulePass):
         return replace_at(model, [n.path for n in outer], values)
 
 
+@action_pass("cast")
 class CastPass(RulePass):
     def run(self, model, key, ctx, nodes):
         dtype = jnp.dtype(self.action.arg.id)
@@ -254,6 +255,7 @@ class CastPass(RulePass):
         return replace_at(model, paths, [get(model, p).astype(dtype) for p in paths])
 
 
+@action_pass("scale")
 class ScalePass(RulePass):
     def run(self, model, key, ctx, nodes):
         leaves = self.arrays(nodes)
@@ -278,6 +280,7 @@ class ScalePass(RulePass):
         return replace_at(model, [leaf.path for leaf in leaves], values)
 
 
+@action_pass("wrap")
 class WrapPass(RulePass):
     def run(self, model, key, ctx, nodes):
         arg = self.action.arg
@@ -325,6 +328,7 @@ class WrapPass(RulePass):
         return replace_at(model, [n.path for n in nodes], values)
 
 
+@action_pass("freeze")
 class FreezePass(RulePass):
     def run(self, model, key, ctx, nodes):
         leaves = []
@@ -364,6 +368,7 @@ def _frozen(model, node: Node) -> tuple:
     return path, Frozen(value, tuple(sorted(before | set(node.layers))), stack_axis(node))
 
 
+@action_pass("unwrap")
 class UnwrapPass(RulePass):
     def run(self, model, key, ctx, nodes):
         found: dict[tuple, None] = {}
@@ -375,14 +380,45 @@ class UnwrapPass(RulePass):
         return replace_at(model, outer, [bake(get(model, p)) for p in outer])
 
 
-# The passes of the actions that change the model; `lr` and `weight_decay`
-# shape the optimiser and are no passes.
-PASSES = {
-    "init": InitPass,
-    "replace": ReplacePass,
-    "cast": CastPass,
-    "scale": ScalePass,
-    "wrap": WrapPass,
-    "freeze": FreezePass,
-    "unwrap": UnwrapPass,
-}
+@action_pass("remat")
+class RematPass(RulePass):
+    """`remat(policy=NAME)`: each matched module (the outermost of nested
+    matches) is called under `eqx.filter_checkpoint`; one already so is given
+    the new policy."""
+
+    def run(self, model, key, ctx, nodes):
+        policy = None
+        for a in self.action.arg.args if isinstance(self.action.arg, A.Call) else ():
+            kind = dict(N.ACTIONS["remat"].kinds)[a.name]
+            policy = bare_word(a.value, kind)
+            if not isinstance(policy, str) and nodes:
+                policy = self.argument(f"`{a.name}` of `remat`", a.value, kind, nodes[0])
+        outer = outermost(nodes, lambda n: n.path)
+        for node in outer:
+            if not (isinstance(node.obj, eqx.Module) and callable(node.obj)) or isinstance(
+                node.obj, Wrapper
+            ):
+                raise self.error(
+                    "E203",
+                    f"`remat` checkpoints a module's call, but `{node.text}` is "
+                    f"{_describe_kind(node.obj)}",
+                    self.rule.selector.span,
+                    "select the modules the model calls, e.g. `where blocks[*] -> remat`",
+                )
+            if node.batch:
+                raise self.error(
+                    "E203",
+                    f"`remat` cannot act inside a stack or an ensemble (`{node.text}`)",
+                    self.rule.selector.span,
+                    "checkpoint a stack's layers with `stack PATH scan remat`, or `remat` "
+                    "before the `stack`/`ensemble` line",
+                )
+        # A module a `Remat` stands around already gets the new policy.
+        paths = [
+            n.path[:-1] if n.parents and type(n.parents[-1]) is Remat else n.path for n in outer
+        ]
+        values = []
+        for path in paths:
+            module = get(model, path)
+            values.append(Remat(module.module if type(module) is Remat else module, policy))
+        return replace_at(model, paths, values)

@@ -45,8 +45,9 @@ def _cross_entropy(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+# The functions of the losses named in `_names.LOSSES` (`tests/test_names.py`
+# holds the two to each other).
 _PER_BATCH = {"mse": _mse, "cross_entropy": _cross_entropy}
-LOSSES = tuple(_PER_BATCH)
 
 
 def make_loss(
@@ -206,8 +207,9 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
             Diagnostic(
                 "E425",
                 f"unknown loss `{name}`",
-                help="the losses are `mse` and `cross_entropy`, or a function of your own as "
-                "`package.module:function` with `--allow package`",
+                help="the losses are "
+                + ", ".join(f"`{n}`" for n in N.LOSSES)
+                + ", or a function of your own as `package.module:function` with `--allow package`",
             )
         )
     try:
