@@ -512,3 +512,16 @@ def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecor
     best = int(np.argmin([m["eval_loss"] for m in members[:2]]))
     assert eqxform.pick(str(out), best=True).layers[0].weight.shape == (16, 4)
     _same(eqxform.pick(str(out), best=True), ensemble.member(best), rtol=0, atol=0)
+
+
+def test_vary_seed_past_the_largest_seed_is_refused_naming_the_members_seed():
+    from eqxform._errors import UsageError
+
+    program = eqxform.compile(MLP + "optimizer adamw(learning_rate=1e-3)\nensemble 3 vary seed\n")
+    assert program.apply(seed=2**64 - 3).count == 3  # the last member's seed is 2**64 - 1
+    with pytest.raises(UsageError) as info:
+        program.apply(seed=2**64 - 2)
+    d = info.value.diagnostics[0]
+    assert d.code == "E430"
+    assert "member 2's seed" in d.message and "`vary seed`" in d.message
+    assert "at most 18446744073709551613" in d.help
