@@ -756,10 +756,15 @@ def train(
             losses = _final_losses(result.model, x, y, held_out, loss_fn, output_path)
             if losses is not None:
                 rows = _member_rows(program, seed_used, *losses)
+                # A diverged member's loss is not finite: JSON holds no
+                # `inf` or `nan`, so the recipe records null.
+                kept = [
+                    {**r, **{k: _finite_or_none(r[k]) for k in ("loss", "eval_loss")}} for r in rows
+                ]
                 if ensemble:
-                    trained["members"] = rows
+                    trained["members"] = kept
                 else:
-                    trained["eval_loss"] = rows[0]["eval_loss"]
+                    trained["eval_loss"] = kept[0]["eval_loss"]
                 if _writer() and (ensemble or held_out is not None):
                     _echo_members(rows, ensemble)
             write(result.model, result.steps, result)
@@ -809,6 +814,10 @@ def _final_losses(model, x, y, held_out, loss_fn, output_path):
         else _train.member_losses(model, *held_out, loss_fn, output=output_path)
     )
     return train, held
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _member_rows(program, seed: int, train, held) -> list[dict]:

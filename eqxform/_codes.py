@@ -918,6 +918,22 @@ CODES: dict[str, Code] = {
                 "`{name}` of member {k} must be a number, not {describe_value}",
                 "a varied value is one number per member; a list gives the members' values in order (`vary lr=[1e-3, 1e-2]`), `logspace(a, b)` spreads them",
             ),
+            grid_number=(
+                "value {k} of `{name}=[...]` must be a number, not {describe_value}",
+                "a varied value is one number per member; a list gives the members' values in order (`vary lr=[1e-3, 1e-2]`), `logspace(a, b)` spreads them",
+            ),
+            seed_value=(
+                "value {k} of `seed=[...]` must be a whole number >= 0, not {describe_value}",
+                "e.g. `vary seed` (the spec's seed plus the member's index) or `vary seed=[0, 7, 42, 99]`",
+            ),
+            seed_member_max=(
+                "the seed of member {k} must be at most 2**64 - 1, not `{value}`",
+                "seeds run from 0 to 18446744073709551615, e.g. `vary seed=[0, 7, 42, 99]`",
+            ),
+            seed_value_max=(
+                "value {k} of `seed=[...]` must be at most 2**64 - 1, not `{value}`",
+                "seeds run from 0 to 18446744073709551615, e.g. `vary seed=[0, 7, 42, 99]`",
+            ),
         ),
         _c(
             "E172",
@@ -2215,6 +2231,10 @@ CODES: dict[str, Code] = {
             whole_number=(
                 "`{option} {text}` is not a whole number from 0 to 2**64 - 1",
                 "write it in decimal digits, e.g. `{option} 0`",
+            ),
+            vary_seed=(
+                "`vary seed` gives member k the seed plus k: with seed {seed}, member {last}'s seed is beyond 2**64 - 1",
+                "use a seed at most {largest} (e.g. `--seed 0`)",
             ),
         ),
         _c(

@@ -522,7 +522,7 @@ def _number(value: Any) -> bool:
 
 def _check_members(schema: _Schema, members: Any, where: str) -> None:
     """`train.members` of an ensemble's recipe: per member `{"member": k,
-    "values": {name: number}, "loss": number, "eval_loss": number or null}`."""
+    "values": {name: number}, "loss": number or null, "eval_loss": number or null}`."""
     if not isinstance(members, list):
         raise schema.fail("E315", variant="members", where=where, kind=_kind(members))
     if len(members) > _limits.MAX_COUNT:
@@ -535,11 +535,13 @@ def _check_members(schema: _Schema, members: Any, where: str) -> None:
         for key, value in schema.mapping(entry.get("values"), f"{at}.values").items():
             if not _number(value):
                 raise schema.fail(f"{at}.values.{key}", f"is {_kind(value)}; a number")
-        if not _number(entry.get("loss")):
-            raise schema.fail(f"{at}.loss", f"is {_kind(entry.get('loss'))}; a number")
-        held = entry.get("eval_loss")
-        if held is not None and not _number(held):
-            raise schema.fail(f"{at}.eval_loss", f"is {_kind(held)}; a number or null")
+        if "loss" not in entry:
+            raise schema.fail(f"{at}.loss", "is missing; a number or null")
+        # null: the member's loss was not finite (it diverged).
+        for key in ("loss", "eval_loss"):
+            value = entry.get(key)
+            if value is not None and not _number(value):
+                raise schema.fail(f"{at}.{key}", f"is {_kind(value)}; a number or null")
 
 
 def adapter_record(header: Header) -> dict | None:

@@ -155,13 +155,15 @@ def member_seed(program: Any, seed: int | None, k: int) -> int | None:
 
 def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict) -> str:
     """The spec `text` without its `ensemble` line: the line kept as a
-    comment, and each name it bound for member `k` a `let` of its value."""
+    comment, and each name it bound for member `k` a `let` of its value.
+    The `let`s come first: the line binds its names for the whole spec, so
+    a line above it may read them."""
     lines = text.splitlines(keepends=True)
     start, end = stmt.span.line - 1, stmt.span.end_line
     original = " ".join(line.strip() for line in lines[start:end])
-    new = [f"# `eqxform pick`: member {k} of {count}, of `{original}`\n"]
-    new += [f"let {name} = {render(value)}\n" for name, value in values.items()]
-    return "".join(lines[:start] + new + lines[end:])
+    comment = [f"# `eqxform pick`: member {k} of {count}, of `{original}`\n"]
+    lets = [f"let {name} = {render(value)}\n" for name, value in values.items()]
+    return "".join(lets + lines[:start] + comment + lines[end:])
 
 
 def _cannot(origin: str, why: str, notes: Iterable[str] = ()) -> ModelFileError:

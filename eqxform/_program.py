@@ -66,6 +66,7 @@ from ._build import (
 from ._diagnostics import Diagnostic, report
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
+from ._limits import MAX_SEED
 from ._mesh import MeshSpec, as_mesh_spec
 from ._modules import join_state, make_ensemble, split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
@@ -323,6 +324,11 @@ class Program:
             for p in self.passes:
                 if isinstance(p, EnsemblePass):
                     p.select(split_state(model)[0], None)
+        last = sweep.count - 1
+        if from_seed and sweep.seed(seed, last) > MAX_SEED:
+            raise UsageError(
+                report("E430", variant="vary_seed", seed=seed, last=last, largest=MAX_SEED - last)
+            )
         built = []
         for k, member in enumerate(self.members):
             if from_seed:

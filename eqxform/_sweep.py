@@ -153,18 +153,21 @@ def _per_member(vary: A.Vary, env, count: int, source, grid: bool) -> list:
     return [evaluate(value, {**env, MEMBER: k}) for k in range(count)]
 
 
-def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span) -> None:
+def _check_value(vary: A.Vary, k: int, value: Any, span: A.Span, grid: bool) -> None:
+    # A grid axis's value `k` goes to several members: it is named by its place.
     if vary.name == SEED:
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            raise EvalError(
-                "E171", span, variant="seed_member", k=k, describe_value=_describe(value)
-            )
+            variant = "seed_value" if grid else "seed_member"
+            raise EvalError("E171", span, variant=variant, k=k, describe_value=_describe(value))
+        if value > L.MAX_SEED:
+            variant = "seed_value_max" if grid else "seed_member_max"
+            raise EvalError("E171", span, variant=variant, k=k, value=value)
         return
     if not _number(value):
         raise EvalError(
             "E171",
             span,
-            variant="member_number",
+            variant="grid_number" if grid else "member_number",
             name=vary.name,
             k=k,
             describe_value=_describe(value),
@@ -197,7 +200,7 @@ def evaluate_sweep(
         try:
             values = _per_member(vary, env, count or 0, source, stmt.grid)
             for k, v in enumerate(values):
-                _check_value(vary, k, v, vary.value.span)
+                _check_value(vary, k, v, vary.value.span, stmt.grid)
         except EvalError as e:
             d = e.diagnostic  # an expression's own failure is the sweep's E171
             problems.append(replace(d, code="E171" if d.code == "E204" else d.code, source=source))

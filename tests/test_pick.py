@@ -435,3 +435,23 @@ def test_pick_of_an_applied_sweep_records_the_values_its_line_gives(tmp_path):
     assert same(one, ensemble.member(1))
     eqxform.save(tmp_path / "one.eqx", one)
     assert same(eqxform.load(tmp_path / "one.eqx"), one)
+
+
+def test_pick_of_a_sweep_whose_varied_names_are_read_before_its_ensemble_line(tmp_path):
+    # A varied name is bound for the whole spec, so a line above `ensemble`
+    # may read it; the member's spec binds it before that line too.
+    spec = (
+        "model MLP(in_size=3, out_size=2, width_size=16, depth=2)\nseed 3\n"
+        "optimizer adam(learning_rate=lr)\n"
+        "where Linear.weight -> init normal(stddev=s)\n"
+        "ensemble 3 vary lr=logspace(1e-3, 1e-1), s=[0.1, 0.2, 0.3]\n"
+    )
+    ensemble = eqxform.compile(spec).apply()
+    one = eqxform.pick(ensemble, 2)
+    assert same(one, ensemble.member(2))
+    step = eqxform.recipe_of(one)["specs"][0]
+    program = eqxform.compile(step["text"])
+    assert program.optimizer[1]["learning_rate"] == 1e-1
+    assert same(program.apply(seed=step["seed"]), ensemble.member(2))
+    eqxform.save(tmp_path / "one.eqx", one)
+    assert same(eqxform.load(tmp_path / "one.eqx"), ensemble.member(2))

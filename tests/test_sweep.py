@@ -98,6 +98,19 @@ BAD = [
     ("optimizer adamw(learning_rate=lr)\nensemble grid lr=1e-3\n", "E171", 4, 18),
     ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=logspace(0, 1)\n", "E171", 4, 20),
     ("optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=1e-3, seed=[0, -1]\n", "E171", 4, 31),
+    # A seed beyond 2**64 - 1 is refused at its span, as `seed` itself is.
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble 2 vary lr=1e-3, seed=[2 ** 64, 2]\n",
+        "E171",
+        4,
+        31,
+    ),
+    (
+        "optimizer adamw(learning_rate=lr)\nensemble grid lr=[1e-3] seed=[0, 2 ** 70]\n",
+        "E171",
+        4,
+        30,
+    ),
     ("optimizer adamw(learning_rate=lr)\nensemble 4 vary lr=[1e-3, 1e-2]\n", "E172", 4, 20),
     ("optimizer adamw(learning_rate=lr)\nensemble grid lr=[]\n", "E172", 4, 18),
     ("optimizer adamw(learning_rate=lr)\nensemble 3 vary lr=[1e-3, -1e-2, 1e-2]\n", "E173", 4, 20),
@@ -429,3 +442,86 @@ def test_a_sweep_on_a_model_that_is_an_ensemble_already_is_refused():
     with pytest.raises(SpecError) as info:
         program.apply(program.apply())
     assert [(d.code, d.span.line) for d in info.value.diagnostics] == [("E141", 4)]
+
+
+def test_members_losses_compile_once_however_often_train_reports_them():
+    # `train` reads every member's loss at each reported step and at the end:
+    # one compilation for all of them, not one per report.
+    traces = []
+
+    def mse(pred, y):
+        traces.append(pred.shape)
+        return jnp.mean((pred - y) ** 2)
+
+    program = eqxform.compile(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=[1e-3, 1e-2, 1e-1]\n"
+    )
+    ensemble = program.apply()
+    x, y = _batches(2)
+    first = member_losses(ensemble, x[0], y[0], mse)
+    assert len(traces) == 1
+    for _ in range(3):
+        np.testing.assert_array_equal(member_losses(ensemble, x[0], y[0], mse), first)
+    assert len(traces) == 1
+    # The values are each member's own loss.
+    for k in range(3):
+        pred = jax.vmap(ensemble.member(k))(jnp.asarray(x[0]))
+        np.testing.assert_allclose(first[k], mse(pred, jnp.asarray(y[0])), rtol=1e-6)
+
+
+def test_a_bad_grid_value_is_named_by_its_place_in_its_list_not_as_a_member():
+    # Value 1 of the `lr` list goes to members 1 and 3 of the grid, not to "member 1".
+    with pytest.raises(SpecError) as info:
+        eqxform.compile(
+            MLP + "optimizer adamw(learning_rate=lr, weight_decay=wd)\n"
+            'ensemble grid wd=[0, 1e-4] lr=[1e-3, "x"] seed=[0, 2 ** 64]\n'
+        )
+    messages = [d.message for d in info.value.diagnostics]
+    assert 'value 1 of `lr=[...]` must be a number, not `"x"` (a string)' in messages
+    assert "value 1 of `seed=[...]` must be at most 2**64 - 1, not `18446744073709551616`" in (
+        messages
+    )
+
+
+def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecorded(tmp_path):
+    # The top of a learning-rate sweep diverges: training stops (E530) and
+    # writes the last finite model, whose recipe must still load (JSON holds
+    # no `Infinity`): that member's losses are recorded as null.
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(
+        MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=[1e-2, 1e-1, 1e12]\n"
+    )
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 4)).astype(np.float32)
+    y = np.tanh(x[:, :3]).astype(np.float32)
+    data, held = _npz(tmp_path / "t.npz", x, y), _npz(tmp_path / "e.npz", x[:16], y[:16])
+    out = tmp_path / "out.eqx"
+    result = CliRunner().invoke(
+        main,
+        ["train", str(spec), "--data", data, "--eval-data", held, "--steps", "3"]
+        + ["--batch-size", "16", "-o", str(out)],
+    )
+    assert result.exit_code == 1 and "error[E530]" in result.output, result.output
+    assert "inf" in result.output.split("error[E530]")[0]  # the table shows what happened
+    ensemble = eqxform.load(out)
+    members = recipe_of(ensemble)["train"]["members"]
+    assert [m["values"]["lr"] for m in members] == [1e-2, 1e-1, 1e12]
+    assert members[2]["loss"] is None and members[2]["eval_loss"] is None
+    assert all(np.isfinite(m["loss"]) and np.isfinite(m["eval_loss"]) for m in members[:2])
+    # `pick --best` passes over the member without a held-out loss.
+    best = int(np.argmin([m["eval_loss"] for m in members[:2]]))
+    assert eqxform.pick(str(out), best=True).layers[0].weight.shape == (16, 4)
+    _same(eqxform.pick(str(out), best=True), ensemble.member(best), rtol=0, atol=0)
+
+
+def test_vary_seed_past_the_largest_seed_is_refused_naming_the_members_seed():
+    from eqxform._errors import UsageError
+
+    program = eqxform.compile(MLP + "optimizer adamw(learning_rate=1e-3)\nensemble 3 vary seed\n")
+    assert program.apply(seed=2**64 - 3).count == 3  # the last member's seed is 2**64 - 1
+    with pytest.raises(UsageError) as info:
+        program.apply(seed=2**64 - 2)
+    d = info.value.diagnostics[0]
+    assert d.code == "E430"
+    assert "member 2's seed" in d.message and "`vary seed`" in d.message
+    assert "at most 18446744073709551613" in d.help

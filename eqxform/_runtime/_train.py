@@ -8,6 +8,7 @@ flight finishes), and the last good model is written before exit; with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -610,6 +611,27 @@ class Result:
 EVAL_CHUNK = 1024
 
 
+@functools.lru_cache(maxsize=16)
+def _member_loss_fn(loss: str | Callable, stateful: bool, output: str | None, ensemble: bool):
+    """The compiled loss of each member (of a plain model: its one loss), made
+    once per loss, so that `train`'s reports and final losses compile once."""
+    one = make_loss(loss, stateful=stateful, output=output)
+
+    def per_member(m, s, xb, yb):
+        return one(m, s, xb, yb)[0] if s is not None else one(m, xb, yb)
+
+    if ensemble:
+        # Over the member axis, each member is a plain model (`Ensemble` acts
+        # as one member on one member's arrays); a state carries it too.
+        fn = eqx.filter_vmap(per_member, in_axes=(eqx.if_array(0), eqx.if_array(0), None, None))
+    else:
+
+        def fn(m, s, xb, yb):
+            return jnp.reshape(per_member(m, s, xb, yb), (1,))
+
+    return eqx.filter_jit(fn)
+
+
 def member_losses(
     model: Any,
     x: np.ndarray,
@@ -624,21 +646,11 @@ def member_losses(
     size (the mean loss itself for `mse` and `cross_entropy`). A model with an
     `eqx.nn.State` is evaluated with it as it is (inference)."""
     model_only, state = split_state(model)
-    one = make_loss(loss, stateful=state is not None, output=output)
-
-    def per_member(m, s, xb, yb):
-        return one(m, s, xb, yb)[0] if s is not None else one(m, xb, yb)
-
-    if isinstance(model_only, Ensemble):
-        # Over the member axis, each member is a plain model (`Ensemble` acts
-        # as one member on one member's arrays); a state carries it too.
-        fn = eqx.filter_vmap(per_member, in_axes=(eqx.if_array(0), eqx.if_array(0), None, None))
-    else:
-
-        def fn(m, s, xb, yb):
-            return jnp.reshape(per_member(m, s, xb, yb), (1,))
-
-    fn = eqx.filter_jit(fn)
+    key = (loss, state is not None, output, isinstance(model_only, Ensemble))
+    try:
+        fn = _member_loss_fn(*key)
+    except TypeError:  # a loss function that cannot be a cache key
+        fn = _member_loss_fn.__wrapped__(*key)
     total, count = None, 0
     for start in range(0, len(x), chunk):
         xb, yb = jnp.asarray(x[start : start + chunk]), jnp.asarray(y[start : start + chunk])
