@@ -194,7 +194,8 @@ def optimizer(program, model) -> optax.GradientTransformation:
         return sweep_optimizer(program, model)
     name, kwargs = base_optimizer(program)
     settings = groups(program, model)
-    labels = {path: setting.label for path, setting in settings.items()}
+    # A per-layer setting (`axis` set) gets its own label in `_assemble`.
+    labels = {path: s.label for path, s in settings.items() if s.axis is None}
     return _assemble(name, kwargs, settings, labels, model)
 
 
