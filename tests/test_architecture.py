@@ -2,6 +2,7 @@
 path representation, one table of diagnostic codes."""
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def _imports(name: str, path: Path):
                 yield target, id(node) in function_level
 
 
+@functools.cache
 def _graph():
     modules = _modules()
     edges = {}

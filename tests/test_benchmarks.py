@@ -35,7 +35,18 @@ def test_there_are_benchmarks():
     assert len(BENCHMARKS) >= 8
 
 
-@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.stem)
+# `libraries.py` compiles each published library's model several times even
+# at its smallest size (over a minute); the jobs it times are run and checked
+# against hand-written code by tests/test_libraries.py and
+# tests/test_library_stacks.py, so its smoke run is `slow` (EQXFORM_SLOW=1).
+_SLOW = {"libraries"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in _SLOW else p for p in BENCHMARKS],
+    ids=lambda p: p.stem,
+)
 def test_benchmark_runs_at_its_smallest_size(path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "160"}
     result = subprocess.run(
