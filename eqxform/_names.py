@@ -540,15 +540,17 @@ WRAPPER_ARGS = {"positive": {"minimum": "real"}}
 
 _OPTIMIZER_ARG_KINDS = {
     "learning_rate": "nonneg",
-    "b1": "real",
-    "b2": "real",
+    # A moment's decay rate: 1 or more never forgets (adam's bias correction
+    # divides by 1 - b1**t), below 0 flips the sign of the history.
+    "b1": "fraction",
+    "b2": "fraction",
     "eps": "nonneg",
     "eps_root": "nonneg",
     "weight_decay": "nonneg",
     "decay": "real",
     "initial_scale": "real",
     "initial_accumulator_value": "real",
-    "momentum": "real?",
+    "momentum": "fraction?",
     "threshold": "real",
     "nesterov": "bool",
     "centered": "bool",

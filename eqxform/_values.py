@@ -31,6 +31,7 @@ from ._expr import DTypeRef, _kind, render
 _KINDS = {
     "real": ("a number", "`0.5`"),
     "nonneg": ("a number >= 0", "`0.02`"),
+    "fraction": ("a number from 0 up to (not including) 1", "`0.9`"),
     "int": ("a whole number", "`0`"),
     "bool": ("`true` or `false`", "`true`"),
     "dtype": ("a dtype such as `float32`", "`float32`"),
@@ -50,6 +51,8 @@ def fits(value: Any, kind: str | tuple) -> bool:
         return number
     if kind == "nonneg":
         return number and value >= 0
+    if kind == "fraction":
+        return number and 0 <= value < 1
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "bool":
@@ -63,7 +66,7 @@ def as_argument(value: Any, kind: str | tuple | None) -> Any:
     """A checked value as JAX should get it: a number as a Python float, so that
     `3000000000` or `-2**63` is no integer that overflows int32."""
     if (
-        kind in ("real", "nonneg", "real?")
+        kind in ("real", "nonneg", "real?", "fraction", "fraction?")
         and isinstance(value, int)
         and not isinstance(value, bool)
     ):

@@ -506,3 +506,28 @@ def test_the_api_check_is_model_aware_with_a_model_line_or_a_model(getkey):
     report = eqxform.check(text, model)
     assert report.ok and report.model == "a `MLP`"
     assert [(s.line, s.count) for s in report.steps] == [(2, 6), (3, 2)]
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [("b1=-0.1", "b1"), ("b1=1", "b1"), ("b2=1.5", "b2"), ("b1=0.9, b2=2", "b2")],
+)
+def test_a_moment_rate_outside_zero_to_one_is_refused_at_its_span(args, name):
+    text = f"optimizer adam(learning_rate=1e-3, {args})\n"
+    found = eqxform.check(text).diagnostics
+    assert [(d.code, d.span.line) for d in found] == [("E152", 1)]
+    (d,) = found
+    assert f"`{name}` of `adam` must be a number from 0 up to (not including) 1" in d.message
+    # The span is the value, as for every argument of the wrong kind.
+    value = args.split(f"{name}=")[1].split(",")[0]
+    assert text[d.span.column - 1 :].startswith(value + ")")
+    assert d.help == "e.g. `0.9`"
+
+
+def test_moment_rates_from_zero_up_to_one_check_clean_and_a_sweep_member_is_named():
+    assert eqxform.check("optimizer adam(learning_rate=1e-3, b1=0, b2=0.999)\n").diagnostics == ()
+    found = eqxform.check(
+        "optimizer adam(learning_rate=1e-3, b1=b)\nensemble 2 vary b=[0.9, -1]\n"
+    ).diagnostics
+    assert [(d.code, d.span.line) for d in found] == [("E173", 2)]
+    assert "member 1's `b=-1`" in found[0].message
