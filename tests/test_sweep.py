@@ -3,6 +3,7 @@ members differ in hyper-parameters, built and trained as one program."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -333,6 +334,15 @@ def test_train_shows_and_records_every_members_losses(tmp_path):
         "step 20/20: loss" in ln and "best" in ln and "median" in ln and "worst" in ln
         for ln in lines
     )
+    # Each progress line's loss and its members' are one measurement (the
+    # model before that step's update, on its batch): three members' mean is
+    # their best, median and worst over three.
+    progress = [ln for ln in lines if ln.startswith("step ")]
+    assert progress[0].startswith("step 1/20: initial loss ")
+    for ln in progress:
+        numbers = re.findall(r"(?:loss|best|median|worst) (\S+?)[;,]? ", ln + " ")
+        mean, best, median, worst = (float(n) for n in numbers)
+        assert mean == pytest.approx((best + median + worst) / 3, rel=2e-3), ln
     head = next(
         i for i, ln in enumerate(lines) if ln.split() == ["member", "lr", "loss", "eval", "loss"]
     )

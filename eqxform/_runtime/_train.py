@@ -695,7 +695,8 @@ def train(
     its result every 10 steps, at checkpoints and at the end (the same steps
     in every process), so it waits for the device there, not at each step.
     For an ensemble, `on_members(done, losses)` is called at the same steps
-    with each member's loss on that step's batch (after its update).
+    with each member's loss on that step's batch, measured as the step's own
+    loss is (before its update): their mean is the loss `on_step` gets.
     """
     if batch_size > len(x):
         raise UsageError(diagnostic("E422", batch_size=batch_size, len_x=len(x)))
@@ -737,6 +738,12 @@ def train(
                 order, cursor = rng.permutation(len(x)), 0
             idx = order[cursor : cursor + batch_size]
             cursor += batch_size
+            due = on_step is not None and report(i + 1, steps)
+            # The members' losses as the step's own loss is: the model before
+            # this step's update, on this step's batch.
+            before = None
+            if due and on_members is not None and members is not None:
+                before = member_losses(step.result, xs[idx], ys[idx], loss, output=output)
             value = step(xs[idx], ys[idx])
             done = i + 1
             recent[done] = value
@@ -748,13 +755,11 @@ def train(
                 bad = step.nonfinite_step
                 if bad is not None:
                     break
-            if on_step is not None and report(done, steps):
+            if due:
                 last = _scalar(value) / (members or 1)
                 on_step(done, last)
-                if on_members is not None and members is not None:
-                    on_members(
-                        done, member_losses(step.result, xs[idx], ys[idx], loss, output=output)
-                    )
+                if before is not None:
+                    on_members(done, before)
             if checkpoint:
                 on_checkpoint(step.result, done)
     finally:
