@@ -487,8 +487,8 @@ STACK_NUMBERED = ("unroll",)
 # array) that a few unrolled copies of one layer do not: measured on the CPU
 # (`benchmarks/libraries.py`), a rolled scan of 2 or 3 blocks compiled its
 # forward and gradient 1.15x-1.5x slower than the blocks unstacked, unrolled
-# ones as fast; from 4 blocks the loop pays for itself. Run time is the same or
-# better unrolled, and the model (stacked arrays, selectors, `unstack`) is the same.
+# ones as fast; from 4 blocks the loop pays for itself. The model (stacked arrays,
+# selectors, `unstack`) and its numbers are the same either way.
 UNROLLED_UP_TO = 3
 
 # The losses `eqxform train` knows by name (`--loss`); `_runtime._train` holds

@@ -592,8 +592,11 @@ class StackPass(StructPass):
     def wrap(self, layers, count: int, kind: str) -> Stacked:
         options = self.options
         unroll = options.get("unroll")
-        if unroll is None and self.stmt.mode == "scan" and count <= N.UNROLLED_UP_TO:
-            unroll = count  # a short stack compiles faster unrolled (see `UNROLLED_UP_TO`)
+        # A short stack compiles faster unrolled (see `UNROLLED_UP_TO`); an adopted
+        # one is run by its library's own scan.
+        short = count <= N.UNROLLED_UP_TO and kind != "adopted"
+        if unroll is None and self.stmt.mode == "scan" and short:
+            unroll = count
         return Stacked(
             layers,
             count,
