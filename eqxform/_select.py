@@ -902,7 +902,8 @@ def _select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sou
 
 
 def _describe_kind(obj: Any) -> str:
-    if callable(obj):
+    # A module is callable too (its `__call__`), but it is no function.
+    if callable(obj) and not isinstance(obj, eqx.Module):
         return f"the function `{getattr(obj, '__name__', type(obj).__name__)}`"
     return f"a `{type(obj).__name__}`"
 

@@ -85,6 +85,23 @@ def test_a_capitalised_field_is_a_field_where_no_class_has_its_name():
     assert info.value.diagnostics[0].code == "E104"
 
 
+class Gate(eqx.Module):
+    weight: jax.Array
+
+    def __call__(self, x):
+        return self.weight * x
+
+
+def test_lora_on_a_module_without_a_matrix_calls_it_a_module():
+    # A module is callable, but the message names it as the module it is.
+    model = [Gate(jnp.ones(4)), eqx.nn.Linear(4, 4, key=jr.key(0))]
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where Gate -> lora(rank=2)").apply(model, key=jr.key(1))
+    [d] = info.value.diagnostics
+    assert d.code == "E220"
+    assert "`[0]` is a `Gate` without a 2-D `weight`" in d.message
+
+
 class Cached(eqx.Module):
     """A layer with a cache in a `StateIndex`, built without
     `make_with_state` (as KV caches are), and an offset of its own
