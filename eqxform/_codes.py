@@ -1205,6 +1205,12 @@ CODES: dict[str, Code] = {
             message="the model does not accept its declared input: {message}",
             help="check the `input` lines: one per positional argument, in order, with the "
             "model's shapes and dtypes",
+            not_callable=(
+                "the model `{name}` has no `__call__`, so its forward pass on the declared input "
+                "cannot run",
+                "`input` lines check a model that is called as `model(x)`; for a model whose "
+                "entry point is a method (`{name}.forward`, say), leave them out",
+            ),
         ),
         _c(
             "E210",
