@@ -83,6 +83,10 @@ def test_a_capitalised_field_is_a_field_where_no_class_has_its_name():
     with pytest.raises(eqxform.SpecError) as info:
         eqxform.compile("where W_sr.weight -> init zeros").apply(layer, key=jr.key(1))
     assert info.value.diagnostics[0].code == "E104"
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where Qqqqqq.weight -> init zeros").apply(layer, key=jr.key(1))
+    [d] = info.value.diagnostics
+    assert d.code == "E104" and d.help.startswith("a type is a class of the model's tree")
 
 
 class Gate(eqx.Module):
@@ -141,6 +145,15 @@ def test_ensemble_of_a_model_with_a_state_index_draws_with_its_constructor():
             assert np.allclose(out[i], members.member(i)(x), atol=1e-6)
     plan = program.plan(Cached)
     assert "drawn per member by the model's constructor" in str(plan)
+
+
+def test_a_state_index_the_call_does_not_read_is_no_missing_state():
+    # A KV cache is state for sampling; `__call__` runs without it. An input
+    # that does not fit is then said as such, not as a missing state (E238).
+    model = Cached(jr.key(0))
+    assert not eqxform.compile("input f32[4]\nwhere proj -> freeze").plan(model).diagnostics
+    [d] = eqxform.compile("input f32[5]\nwhere proj -> freeze").plan(model).diagnostics
+    assert d.code == "E212" and "does not accept its declared input" in d.message
 
 
 # ---- transformer-flows: TransformerFlow ------------------------------------------
@@ -214,6 +227,58 @@ def test_transformer_flow_star_actions_skip_its_integer_arrays(flow):
     assert np.array_equal(zeroed.blocks.permutation.permute, [0, 1])
     plan = str(eqxform.compile("where ** -> cast bfloat16").plan(flow))
     assert "3 non-floating arrays skipped" in plan
+
+
+def test_transformer_flow_replace_inside_its_nested_stacks_draws_per_layer(live):
+    # `net[0]` of the attention blocks carries both layer axes (2 blocks of 2
+    # layers): the replacement gets them too, each layer its own draw, as a
+    # hand-written `eqx.filter_vmap` of the constructor builds it.
+    program = eqxform.compile(
+        "where blocks.attn_blocks.mlp.net[0] -> replace Linear(in_features=16, out_features=32)"
+    )
+    out = program.apply(live, key=jr.key(1))
+    new = out.blocks.attn_blocks.mlp.net.layers[0]
+    assert isinstance(new, eqx.nn.Linear) and new.weight.shape == (2, 2, 32, 16)
+    w = np.asarray(new.weight).reshape(4, -1)
+    assert len({tuple(row) for row in w}) == 4
+    assert np.abs(w).max() <= 1 / np.sqrt(16)  # Equinox's own init of a `Linear(16, 32)`
+    # By hand: the same module put in with `tree_at`; the rest of the model as it was.
+    hand = eqx.tree_at(lambda m: m.blocks.attn_blocks.mlp.net.layers[0], live, new)
+    assert same(
+        eqx.tree_at(lambda m: m.blocks.attn_blocks.mlp.net.layers[0], out, None),
+        eqx.tree_at(lambda m: m.blocks.attn_blocks.mlp.net.layers[0], live, None),
+    )
+    assert np.allclose(run_flow(out)[0], run_flow(hand)[0], atol=1e-6)
+    assert not np.allclose(run_flow(out)[0], run_flow(live)[0], atol=1e-3)
+
+
+def test_esm2_replace_inside_its_pre_stacked_layers_draws_per_layer():
+    esm2quinox = pytest.importorskip("esm2quinox")
+    esm = eqxform.new(
+        esm2quinox.ESM2, num_layers=2, embed_size=32, num_heads=2, token_dropout=False
+    )
+    program = eqxform.compile(
+        "where layers.linear1 -> replace Linear(in_features=32, out_features=128)"
+    )
+    [step] = program.plan(esm).steps
+    assert step.params_before == step.params_after  # no layer lost
+    out = program.apply(esm, key=jr.key(1))
+    w = np.asarray(out.layers.linear1.weight)
+    assert w.shape == (2, 128, 32) and not np.allclose(w[0], w[1])
+    tokens = jnp.array([0, 5, 6, 7, 8, 9, 10, 2])
+    logits = out(tokens).logits
+    assert logits.shape == (8, 33) and not np.allclose(logits, esm(tokens).logits, atol=1e-4)
+
+
+def test_transformer_flow_input_line_says_the_model_has_no_call(flow):
+    # Its entry point is `forward`, and it holds a KV cache: neither is the
+    # matter of E238 (a missing state).
+    [d] = eqxform.compile("input f32[1,8,8]\nwhere ** -> scale 2").plan(flow).diagnostics
+    assert d.code == "E212" and d.span.line == 1
+    assert d.message == (
+        "the model `TransformerFlow` has no `__call__`, so its forward pass on the declared "
+        "input cannot run"
+    )
 
 
 def test_transformer_flow_freeze_and_train_matches_hand_written(live):
