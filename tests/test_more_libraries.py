@@ -314,6 +314,9 @@ def test_transformer_flow_freeze_and_train_matches_hand_written(live):
     assert not np.allclose(run_flow(changed)[0], run_flow(flow)[0], atol=1e-3)
 
 
+# Half a minute on two cores (the library's constructor compiled under `vmap`);
+# `test_ensemble_of_a_model_with_a_state_index_...` tests the same path quickly.
+@pytest.mark.slow
 def test_transformer_flow_ensemble_keeps_the_library_initialisation(flows, flow):
     constructor = lambda key: flows.TransformerFlow(**FLOW, key=key)  # noqa: E731
     program = eqxform.compile("ensemble 2")
