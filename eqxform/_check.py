@@ -461,7 +461,8 @@ class Checker:
                 self.error("E175", vary.name_span, variant="varies_twice", name=vary.name)
             seen.add(vary.name)
             if value is None and vary.name != SEED:
-                self.error("E176", vary.span, name=vary.name)
+                variant = "grid" if stmt.grid else None
+                self.error("E176", vary.span, variant=variant, name=vary.name)
             if value is None:
                 continue
             context = set(self.lets) | {MEMBER}

@@ -993,12 +993,17 @@ CODES: dict[str, Code] = {
         _c(
             "E176",
             "a varied name without values",
-            "`vary NAME` alone gives no values; only `seed` may stand alone (`vary seed`: member "
-            "k is built with the spec's seed plus k).",
+            "`vary NAME` (or a grid axis `NAME`) alone gives no values; only `seed` may stand "
+            "alone (`vary seed`, or `seed` among a grid's axes: member k is built with the "
+            "spec's seed plus k).",
             "ensemble 4 vary lr",
             "give the values: `vary lr=logspace(1e-4, 1e-2)`.",
             message="`vary {name}` gives no values",
             help="give one per member, e.g. `{name}=logspace(1e-4, 1e-2)` or `{name}=[...]`; only `seed` stands alone",
+            grid=(
+                "the grid axis `{name}` gives no values",
+                "give the axis its values, e.g. `{name}=[1e-3, 1e-2]`; only `seed` stands alone (each member its own seed)",
+            ),
         ),
         _c(
             "E190",
