@@ -494,9 +494,10 @@ def test_a_bad_grid_value_is_named_by_its_place_in_its_list_not_as_a_member():
 
 
 def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecorded(tmp_path):
-    # The top of a learning-rate sweep diverges: training stops (E530) and
-    # writes the last finite model, whose recipe must still load (JSON holds
-    # no `Infinity`): that member's losses are recorded as null.
+    # The top of a learning-rate sweep diverges: that member stops (its
+    # arrays kept as they were before), the others train on, and the file
+    # written loads (JSON holds no `Infinity`): that member's losses are
+    # recorded as null, with the step it diverged at.
     spec = tmp_path / "sweep.eqx"
     spec.write_text(
         MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=[1e-2, 1e-1, 1e12]\n"
@@ -511,17 +512,124 @@ def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecor
         ["train", str(spec), "--data", data, "--eval-data", held, "--steps", "3"]
         + ["--batch-size", "16", "-o", str(out)],
     )
-    assert result.exit_code == 1 and "error[E530]" in result.output, result.output
-    assert "inf" in result.output.split("error[E530]")[0]  # the table shows what happened
+    assert result.exit_code == 0 and "error[E530]" not in result.output, result.output
+    assert "member 2 diverged at step 2" in result.output  # the progress and the end say so
+    table = [ln.split() for ln in result.output.splitlines() if ln.lstrip().startswith("2 ")]
+    assert table == [["2", "1e+12", "diverged", "at", "step", "2", "-"]]
     ensemble = eqxform.load(out)
     members = recipe_of(ensemble)["train"]["members"]
     assert [m["values"]["lr"] for m in members] == [1e-2, 1e-1, 1e12]
     assert members[2]["loss"] is None and members[2]["eval_loss"] is None
+    assert members[2]["diverged_at"] == 2
     assert all(np.isfinite(m["loss"]) and np.isfinite(m["eval_loss"]) for m in members[:2])
+    assert all("diverged_at" not in m for m in members[:2])
     # `pick --best` passes over the member without a held-out loss.
     best = int(np.argmin([m["eval_loss"] for m in members[:2]]))
     assert eqxform.pick(str(out), best=True).layers[0].weight.shape == (16, 4)
     _same(eqxform.pick(str(out), best=True), ensemble.member(best), rtol=0, atol=0)
+
+
+def _lr_sweep_task():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(96, 4)).astype(np.float32)
+    return x, np.tanh(x[:, :3] * 2).astype(np.float32)
+
+
+def test_a_diverging_member_stops_alone_and_the_others_follow_their_separate_runs(tmp_path):
+    from eqxform._runtime import _train
+
+    lrs = [1e-3, 1e-2, 1e13, 3e-2]
+    body = "optimizer adam(learning_rate=lr)\n"
+    program = eqxform.compile(MLP + body + f"ensemble 4 vary lr={lrs}\n")
+    x, y = _lr_sweep_task()
+    reported = []
+    result = _train.train(
+        program,
+        program.apply(),
+        x,
+        y,
+        steps=20,
+        batch_size=16,
+        on_step=lambda done, loss: None,
+        on_members=lambda done, losses, diverged: reported.append((done, losses, diverged)),
+    )
+    # Adam's first step moves each weight by the learning rate: member 2's
+    # second loss is infinite.
+    assert result.diverged == {2: 2} and result.nonfinite is None and result.steps == 20
+    start = program.apply()
+    for k, lr in enumerate(lrs):
+        single = _single({"lr": lr}, body)
+        alone = _train.train(single, single.apply(), x, y, steps=20, batch_size=16)
+        if k == 2:
+            # Stopped at the step it diverged: kept as one step of its own run left it.
+            assert alone.nonfinite == 2 and alone.steps == 1
+            assert all(np.isfinite(a).all() for a in _arrays(result.model.member(k)))
+        else:
+            assert alone.nonfinite is None
+            assert not np.allclose(
+                result.model.member(k).layers[0].weight, start.member(k).layers[0].weight
+            )
+        _same(alone.model, result.model.member(k), rtol=1e-4, atol=1e-6)
+    # The reports name the diverged member from its step on, with no loss.
+    for done, losses, diverged in reported:
+        assert diverged == ({} if done < 2 else {2: 2})
+        assert np.isnan(losses[2]) == (done >= 2)
+        assert np.isfinite(np.delete(losses, 2)).all()
+
+    # The command line: reported, recorded, and never picked as the best.
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(MLP + body + f"ensemble 4 vary lr={lrs}\n")
+    data, held = _npz(tmp_path / "t.npz", x, y), _npz(tmp_path / "e.npz", x[:32], y[:32])
+    out = tmp_path / "out.eqx"
+    run = CliRunner().invoke(
+        main,
+        ["train", str(spec), "--data", data, "--eval-data", held, "--steps", "20"]
+        + ["--batch-size", "16", "-o", str(out)],
+    )
+    assert run.exit_code == 0, run.output
+    progress = [ln for ln in run.output.splitlines() if ln.startswith("step 20/20")]
+    assert progress and progress[0].endswith("; member 2 diverged at step 2")
+    assert "worst" in progress[0] and "(member 2)" not in progress[0]
+    members = recipe_of(eqxform.load(out))["train"]["members"]
+    assert [m.get("diverged_at") for m in members] == [None, None, 2, None]
+    # Its kept arrays are finite and its held-out loss may be low: it is
+    # still never the best.
+    picked = CliRunner().invoke(main, ["pick", str(out), "--best", "-o", str(tmp_path / "b.eqx")])
+    assert picked.exit_code == 0, picked.output
+    assert "member 2 " not in picked.output
+    eval_losses = [m["eval_loss"] for m in members]
+    best = min((v, k) for k, v in enumerate(eval_losses) if v is not None)[1]
+    assert f"member {best} of 4" in picked.output
+
+
+def test_a_recorded_member_that_diverged_is_skipped_by_pick_best_whatever_its_loss():
+    from types import SimpleNamespace
+
+    from eqxform._pick import choose
+
+    members = [
+        {"member": 0, "values": {}, "loss": 0.5, "eval_loss": 0.5},
+        {"member": 1, "values": {}, "loss": 0.1, "eval_loss": 0.1, "diverged_at": 7},
+    ]
+    # What `pick --best` reads of a file: the recipe's `train.members`.
+    recipe = SimpleNamespace(train={"members": members})
+    assert choose(None, True, 2, recipe, "f.eqx")[0] == 0
+
+
+def test_when_every_member_diverges_training_stops_with_e530(tmp_path):
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(MLP + "optimizer sgd(learning_rate=lr)\nensemble 2 vary lr=[1e12, 1e13]\n")
+    x, y = _lr_sweep_task()
+    out = tmp_path / "out.eqx"
+    result = CliRunner().invoke(
+        main,
+        ["train", str(spec), "--data", _npz(tmp_path / "t.npz", x, y), "--steps", "20"]
+        + ["--batch-size", "16", "-o", str(out)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "error[E530]: training stopped at step 2: every member diverged" in result.output
+    members = recipe_of(eqxform.load(out))["train"]["members"]
+    assert [m["diverged_at"] for m in members] == [2, 2]
 
 
 def test_vary_seed_past_the_largest_seed_is_refused_naming_the_members_seed():
