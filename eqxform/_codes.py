@@ -2593,7 +2593,10 @@ CODES: dict[str, Code] = {
             "for the device): at the first step whose loss, or whose updated parameters, are "
             "NaN or infinite, it stops. It writes the model as it was before that step (the "
             "last finite one) to the output and exits with status 1; when the very first "
-            "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
+            "step fails it writes nothing. The recipe's `train` entry says where it stopped. "
+            "In an ensemble (a sweep) a member that diverges stops alone, kept as it was "
+            "before that step, and the others train on: training stops only when every "
+            "member has diverged.",
             "optimizer sgd(learning_rate=1e10)",
             message="training stopped at step {nonfinite}: {nonfinite_what}; {kept}",
             help="lower the learning rate in the spec's `optimizer` (or clip gradients), check the data's scale, or start from a model whose outputs are finite",

@@ -643,3 +643,98 @@ def test_vary_seed_past_the_largest_seed_is_refused_naming_the_members_seed():
     assert d.code == "E430"
     assert "member 2's seed" in d.message and "`vary seed`" in d.message
     assert "at most 18446744073709551613" in d.help
+
+
+# ---- known bugs: a grid's bare `seed`, the plan of a stacked sweep, a stateful sweep ----
+
+
+def test_a_grid_with_a_bare_seed_gives_each_member_its_own_seed():
+    body = "optimizer adam(learning_rate=lr)\nwhere Linear.weight -> init normal(stddev=0.1)\n"
+    program = eqxform.compile(MLP + "ensemble grid lr=[1e-3, 1e-2, 1e-1] seed\n" + body)
+    sweep = program.sweep
+    # `seed` alone among a grid's axes adds no points: member k takes the
+    # spec's seed plus k, as `vary seed` does.
+    assert sweep.count == 3 and sweep.names == ("lr", "seed")
+    assert [sweep.values(k, 5) for k in range(3)] == [
+        {"lr": 1e-3, "seed": 5},
+        {"lr": 1e-2, "seed": 6},
+        {"lr": 1e-1, "seed": 7},
+    ]
+    ensemble = program.apply(seed=5)
+    for k, lr in enumerate([1e-3, 1e-2, 1e-1]):
+        _same(ensemble.member(k), _single({"lr": lr}, body).apply(seed=5 + k), rtol=0, atol=0)
+    # A grid of explicit seeds is an axis of the product, as before.
+    assert (
+        eqxform.compile(MLP + "ensemble grid lr=[1e-3, 1e-2] seed=[0, 9]\n" + body).sweep.count == 4
+    )
+
+
+def test_a_grid_axis_without_values_is_one_diagnostic_at_its_span():
+    with pytest.raises(SpecError) as info:
+        eqxform.compile(
+            MLP + "optimizer adamw(learning_rate=lr, weight_decay=wd)\n"
+            "ensemble grid lr=[1e-3, 1e-2] wd\n"
+        )
+    found = [(d.code, d.span.line, d.span.column, d.message) for d in info.value.diagnostics]
+    assert found == [("E176", 4, 31, "the grid axis `wd` gives no values")]
+    assert "`wd=[" in info.value.diagnostics[0].help
+
+
+def test_plan_names_a_stacked_arrays_layer_axis_after_the_member_axis(tmp_path):
+    spec = tmp_path / "s.eqx"
+    spec.write_text(
+        "model MLP(in_size=4, out_size=1, width_size=8, depth=4)\n"
+        "stack layers[1:4] scan\n"
+        "ensemble 2 vary lr=[1e-3, 1e-2]\n"
+        "optimizer adam(learning_rate=lr)\n"
+    )
+    text = CliRunner().invoke(main, ["plan", str(spec)])
+    assert text.exit_code == 0, text.output
+    assert "f32[layer:3, 8,8] -> f32[member:2, layer:3, 8,8]" in text.output
+    assert "f32[8,4] -> f32[member:2, 8,4]" in text.output
+    yaml_out = CliRunner().invoke(main, ["plan", str(spec), "--format", "yaml"])
+    assert yaml_out.exit_code == 0, yaml_out.output
+    import yaml
+
+    steps = yaml.safe_load(yaml_out.output)["steps"]
+    rows = {m["path"]: m for m in steps[1]["matches"]}
+    assert rows["layers[1].weight"]["before"] == "f32[layer:3, 8,8]"
+    assert rows["layers[1].weight"]["after"].startswith("f32[member:2, layer:3, 8,8] ")
+    assert rows["layers[1].bias"]["after"].startswith("f32[member:2, layer:3, 8] ")
+    assert rows["layers[0].weight"]["after"].startswith("f32[member:2, 8,4] ")
+
+
+def test_a_sweep_of_a_model_with_batchnorm_state_trains_each_member_as_its_own_run():
+    import realmodels as R
+
+    from eqxform._runtime import _train
+
+    eqxform.register_constructor("TinyResNet", R.make_tiny_resnet)
+    head = "model TinyResNet(width=4, depth=2, num_classes=3)\nseed 0\n"
+    body = "optimizer adam(learning_rate=lr)\n"
+    program = eqxform.compile(head + "ensemble 2 vary lr=[1e-3, 3e-2]\n" + body)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, size=(32,)).astype(np.int32)
+    ensemble, state = program.apply()
+    result = _train.train(
+        program, (ensemble, state), x, y, steps=6, batch_size=8, loss="cross_entropy"
+    )
+    assert result.nonfinite is None and not result.diverged
+    trained, trained_state = result.model
+    for k, lr in enumerate([1e-3, 3e-2]):
+        single = eqxform.compile(head + f"let lr = {lr!r}\n" + body)
+        alone = _train.train(
+            single, single.apply(), x, y, steps=6, batch_size=8, loss="cross_entropy"
+        )
+        model, model_state = alone.model
+        _same(model, trained.member(k), rtol=1e-4, atol=1e-6)
+        # The BatchNorm statistics moved, and each member's are its own run's.
+        mine = jax.tree_util.tree_map(lambda a: a[k], trained_state)
+        _same(model_state, mine, rtol=1e-4, atol=1e-6)
+        assert not all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                _arrays(model_state), _arrays(jax.tree_util.tree_map(lambda a: a[k], state))
+            )
+        )
