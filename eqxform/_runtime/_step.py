@@ -61,15 +61,17 @@ class Step:
         self._mesh = mesh = _mesh_of(mesh, params)
         if mesh is not None:
             params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
-        if donate:
-            # Donation hands the buffers to the step; copy them once, so that
-            # the caller's `model` (and state) stay usable.
+        if mesh is None:
+            # One compiled program makes the optimiser's state and (for
+            # donation, which hands the buffers to the step) the copies that
+            # keep the caller's `model` and state usable: run op by op, each
+            # leaf's shape would compile small programs of its own.
+            params, state, opt_state = eqx.filter_jit(_start)(optimizer, params, state, donate)
+        elif donate:
             params = jax.tree_util.tree_map(jnp.copy, params)
             state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
         self._params, self._params_def = jax.tree_util.tree_flatten(params)
-        if mesh is None:
-            opt_state = optimizer.init(params)
-        else:
+        if mesh is not None:
             # The optimiser's state follows the parameters it mirrors (Adam's
             # moments are split as their parameters are), the rest replicated.
             opt_state = jax.jit(
@@ -91,7 +93,10 @@ class Step:
         self._guarded = stop_if_nonfinite
         self._members = members
         first_bad = () if members is None else (members,)
-        self._guard = [jnp.zeros((), jnp.int32), jnp.zeros(first_bad, jnp.int32)]
+        self._guard = [
+            jnp.asarray(np.zeros((), np.int32)),
+            jnp.asarray(np.zeros(first_bad, np.int32)),
+        ]
         params_def, opt_def, state_def = self._params_def, self._opt_def, self._state_def
         stateful = self._stateful
 
@@ -267,6 +272,16 @@ class Step:
     @property
     def opt_state(self) -> Any:
         return jax.tree_util.tree_unflatten(self._opt_def, self._opt)
+
+
+def _start(optimizer, params, state, copy: bool):
+    """The optimiser's state of `params`, and (with `copy`) copies of the
+    parameters and the model's state."""
+    opt_state = optimizer.init(params)
+    if copy:
+        params = jax.tree_util.tree_map(jnp.copy, params)
+        state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
+    return params, state, opt_state
 
 
 def _finite(leaves: list) -> jax.Array:

@@ -680,6 +680,17 @@ def member_losses(
     return total / count
 
 
+@jax.jit
+def _rows(xs: jax.Array, ys: jax.Array, idx) -> tuple[jax.Array, jax.Array]:
+    """A batch: the rows `idx` of `xs` and `ys`, in one dispatch (indexing
+    each on its own runs several small programs per step)."""
+    return jnp.take(xs, idx, axis=0), jnp.take(ys, idx, axis=0)
+
+
+def _rows_on_host(xs: np.ndarray, ys: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray]:
+    return xs[idx], ys[idx]
+
+
 def every_tenth(done: int, steps: int) -> bool:
     """`train`'s default reporting: step 1, every 10th step, the last."""
     return done == 1 or done % 10 == 0 or done == steps
@@ -744,9 +755,11 @@ def train(
         members=members,
     )
     # On a mesh the batches stay on the host: the step splits each over the
-    # devices (of every process) itself.
+    # devices (of every process) itself. Else the data sits on the device and
+    # each batch is taken there, by one compiled gather.
     on_mesh = step.mesh is not None
     xs, ys = (x, y) if on_mesh else (jnp.asarray(x), jnp.asarray(y))
+    rows = _rows_on_host if on_mesh else _rows
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     cursor = 0
@@ -771,7 +784,7 @@ def train(
             idx = order[cursor : cursor + batch_size]
             cursor += batch_size
             due = on_step is not None and report(i + 1, steps)
-            value = step(xs[idx], ys[idx])
+            value = step(*rows(xs, ys, idx))
             done = i + 1
             recent[done] = value
             recent.pop(done - 10, None)
