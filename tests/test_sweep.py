@@ -738,3 +738,39 @@ def test_a_sweep_of_a_model_with_batchnorm_state_trains_each_member_as_its_own_r
                 _arrays(model_state), _arrays(jax.tree_util.tree_map(lambda a: a[k], state))
             )
         )
+
+
+def test_members_that_differ_only_in_the_optimiser_are_built_once():
+    calls = []
+
+    def constructor(key):
+        calls.append(key)
+        return eqx.nn.MLP(4, 3, 16, 2, key=key)
+
+    lr_only = eqxform.compile("optimizer adam(learning_rate=lr)\nensemble 4 vary lr=[1, 2, 3, 4]\n")
+    assert lr_only.sweep.model_names == ()
+    ensemble = lr_only.apply(constructor)
+    once = len(calls)
+    # The members are equal, each the single model.
+    for k in range(4):
+        _same(ensemble.member(k), ensemble.member(0), rtol=0, atol=0)
+    calls.clear()
+    body = "optimizer adam(learning_rate=lr)\nwhere Linear.weight -> init normal(stddev=s)\n"
+    varied = eqxform.compile(body + "ensemble 4 vary lr=[1, 2, 3, 4], s=[0.1, 0.1, 0.2, 0.2]\n")
+    assert varied.sweep.model_names == ("s",)
+    ensemble = varied.apply(constructor)
+    # Two models (one per `s`): one build more than the lr-only sweep's one
+    # (`once` counts it with the calls every `apply` of a constructor makes).
+    assert len(calls) == once + 1
+    w = ensemble.layers[0].weight
+    np.testing.assert_array_equal(w[0], w[1])
+    np.testing.assert_allclose(w[2], 2 * w[0], rtol=1e-6)
+    for k, (lr, s) in enumerate([(1, 0.1), (2, 0.1), (3, 0.2), (4, 0.2)]):
+        single = eqxform.compile(f"let lr = {lr}\nlet s = {s}\n" + body)
+        _same(ensemble.member(k), single.apply(constructor), rtol=0, atol=0)
+    # With `vary seed`, each member is drawn from its own seed.
+    calls.clear()
+    eqxform.compile(body + "ensemble 3 vary lr=[1, 2, 3], s=[0.1, 0.1, 0.1], seed\n").apply(
+        constructor
+    )
+    assert len(calls) == once + 2
