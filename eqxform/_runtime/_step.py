@@ -59,24 +59,23 @@ class Step:
     ):
         params, static = eqx.partition(model, eqx.is_inexact_array)
         self._mesh = mesh = _mesh_of(mesh, params)
-        if mesh is not None:
-            params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
         if mesh is None:
             # One compiled program makes the optimiser's state and (for
             # donation, which hands the buffers to the step) the copies that
             # keep the caller's `model` and state usable: run op by op, each
             # leaf's shape would compile small programs of its own.
             params, state, opt_state = eqx.filter_jit(_start)(optimizer, params, state, donate)
-        elif donate:
-            params = jax.tree_util.tree_map(jnp.copy, params)
-            state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
-        self._params, self._params_def = jax.tree_util.tree_flatten(params)
-        if mesh is not None:
+        else:
+            params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
+            if donate:
+                params = jax.tree_util.tree_map(jnp.copy, params)
+                state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
             # The optimiser's state follows the parameters it mirrors (Adam's
             # moments are split as their parameters are), the rest replicated.
             opt_state = jax.jit(
                 optimizer.init, out_shardings=_opt_shardings(optimizer, params, mesh)
             )(params)
+        self._params, self._params_def = jax.tree_util.tree_flatten(params)
         self._opt, self._opt_def = jax.tree_util.tree_flatten(opt_state)
         self._stateful = state is not None
         self._state, self._state_def = jax.tree_util.tree_flatten(state)
