@@ -805,7 +805,7 @@ def _spread(losses, diverged=None) -> str:
         best, worst = order[0], order[-1]
         median = float(np.median([losses[k] for k in live]))
         out.append(
-            f"best {losses[best]:.4g} (member {best}), median {median:.4g}, "
+            f"members best {losses[best]:.4g} (member {best}), median {median:.4g}, "
             f"worst {losses[worst]:.4g} (member {worst})"
         )
     out += [f"member {k} diverged at step {at}" for k, at in sorted(diverged.items())]
@@ -893,7 +893,7 @@ def _train_with_bar(run, steps: int, ensemble: bool = False):
             mean: dict[int, float] = {}
 
             def members(done, losses, diverged):
-                loss = f"{mean.pop(done):.4g}; members {_spread(losses, diverged)}"
+                loss = f"{mean.pop(done):.4g}; {_spread(losses, diverged)}"
                 progress.update(task, completed=done, loss=loss)
 
             return run(on_step=mean.__setitem__, on_members=members)
@@ -938,7 +938,7 @@ def _train_with_lines(run, steps: int, ensemble: bool = False):
     def members(done: int, losses, diverged) -> None:
         what = "initial loss" if done == 1 else "loss"
         spread = _spread(losses, diverged)
-        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; members {spread}")
+        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; {spread}")
         sys.stdout.flush()
 
     return run(on_step=mean.__setitem__, on_members=members, report=report)

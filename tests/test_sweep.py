@@ -628,6 +628,10 @@ def test_when_every_member_diverges_training_stops_with_e530(tmp_path):
     )
     assert result.exit_code == 1, result.output
     assert "error[E530]: training stopped at step 2: every member diverged" in result.output
+    # The progress says so, with no best or worst among none.
+    assert "step 2/20: loss nan; member 0 diverged at step 2; member 1 diverged at step 2\n" in (
+        result.output
+    )
     members = recipe_of(eqxform.load(out))["train"]["members"]
     assert [m["diverged_at"] for m in members] == [2, 2]
 
