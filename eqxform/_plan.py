@@ -782,7 +782,10 @@ def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
     rows = []
     for node, how in p.draws(split_state(before)[0], ctx):
         try:
-            grown = describe(node_at(members.model, node.path).obj, ("member",))
+            # The member axis comes first, then the axes the array had (a
+            # stack's `layer`).
+            axes = ("member", *node.axis_names)
+            grown = describe(node_at(members.model, node.path).obj, axes)
         except (AttributeError, IndexError, KeyError, TypeError):
             grown = "?"
         rows.append(PlanMatch(node.text, _describe_node(node), f"{grown}  {how}"))
