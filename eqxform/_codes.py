@@ -994,12 +994,17 @@ CODES: dict[str, Code] = {
         _c(
             "E176",
             "a varied name without values",
-            "`vary NAME` alone gives no values; only `seed` may stand alone (`vary seed`: member "
-            "k is built with the spec's seed plus k).",
+            "`vary NAME` (or a grid axis `NAME`) alone gives no values; only `seed` may stand "
+            "alone (`vary seed`, or `seed` among a grid's axes: member k is built with the "
+            "spec's seed plus k).",
             "ensemble 4 vary lr",
             "give the values: `vary lr=logspace(1e-4, 1e-2)`.",
             message="`vary {name}` gives no values",
             help="give one per member, e.g. `{name}=logspace(1e-4, 1e-2)` or `{name}=[...]`; only `seed` stands alone",
+            grid=(
+                "the grid axis `{name}` gives no values",
+                "give the axis its values, e.g. `{name}=[1e-3, 1e-2]`; only `seed` stands alone (each member its own seed)",
+            ),
         ),
         _c(
             "E190",
@@ -2595,7 +2600,10 @@ CODES: dict[str, Code] = {
             "for the device): at the first step whose loss, or whose updated parameters, are "
             "NaN or infinite, it stops. It writes the model as it was before that step (the "
             "last finite one) to the output and exits with status 1; when the very first "
-            "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
+            "step fails it writes nothing. The recipe's `train` entry says where it stopped. "
+            "In an ensemble (a sweep) a member that diverges stops alone, kept as it was "
+            "before that step, and the others train on: training stops only when every "
+            "member has diverged.",
             "optimizer sgd(learning_rate=1e10)",
             message="training stopped at step {nonfinite}: {nonfinite_what}; {kept}",
             help="lower the learning rate in the spec's `optimizer` (or clip gradients), check the data's scale, or start from a model whose outputs are finite",

@@ -33,7 +33,7 @@ from ._passes._forward import (
     missing_state,
     output_shape,
 )
-from ._passes._struct import EnsemblePass, StackCallError
+from ._passes._struct import EnsemblePass, StackCallError, StackPass
 from ._select import (
     evaluate_at,
     get,
@@ -475,9 +475,12 @@ def _wrapped(node) -> tuple:
     return node.path[:k]
 
 
-def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
+def _matches(nodes, after_model, gathered: bool = False) -> tuple[PlanMatch, ...]:
+    """What each node was and became. `gathered`: the nodes became one (a
+    stack of list items, in the first one's place), so the later ones are said
+    to be in it, not compared with what now stands at their old place."""
     out = []
-    for node in nodes:
+    for k, node in enumerate(nodes):
         if is_array(node.obj):
             # An array is shown with its wrappers (`Frozen(f32[8,8])`), under
             # its logical path, as selectors name it.
@@ -491,6 +494,8 @@ def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
             after = describe(node_at(after_model, outer).obj, axes)
         except (AttributeError, IndexError, KeyError, TypeError):
             after = "(removed)"
+        if gathered and k:
+            after = f"(stacked into {nodes[0].text})"
         if node.layers is not None:
             text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
         out.append(PlanMatch(text, before, after))
@@ -782,7 +787,10 @@ def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
     rows = []
     for node, how in p.draws(split_state(before)[0], ctx):
         try:
-            grown = describe(node_at(members.model, node.path).obj, ("member",))
+            # The member axis comes first, then the axes the array had (a
+            # stack's `layer`).
+            axes = ("member", *node.axis_names)
+            grown = describe(node_at(members.model, node.path).obj, axes)
         except (AttributeError, IndexError, KeyError, TypeError):
             grown = "?"
         rows.append(PlanMatch(node.text, _describe_node(node), f"{grown}  {how}"))
@@ -837,7 +845,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         p.line,
         p.text,
         p.label,
-        _matches(targets, after),
+        _matches(targets, after, gathered=isinstance(p, StackPass)),
         params_before,
         params_after,
         kind,
