@@ -280,7 +280,8 @@ CODES: dict[str, Code] = {
             "class of the model's tree, `equinox.nn` class, example model or registered "
             "type has it. This is decided against a model (`check` with a model, `plan`, "
             "`apply`), whose classes the help suggests; without one a name is only noted "
-            "(I104), since any class of the model's tree is a type name.",
+            "(I104), since any class of the model's tree is a type name. A capitalised name "
+            "that no class has but a field of the model has (`W_src`) names that field.",
             "where Linaer.weight -> init zeros",
             message="unknown type `{name}`",
             help="{value} a type is a class of the model's tree, an `equinox.nn` class or a registered type; `eqxform show MODEL` lists the model's paths",
@@ -1209,6 +1210,12 @@ CODES: dict[str, Code] = {
             message="the model does not accept its declared input: {message}",
             help="check the `input` lines: one per positional argument, in order, with the "
             "model's shapes and dtypes",
+            not_callable=(
+                "the model `{name}` has no `__call__`, so its forward pass on the declared input "
+                "cannot run",
+                "`input` lines check a model that is called as `model(x)`; for a model whose "
+                "entry point is a method (`{name}.forward`, say), leave them out",
+            ),
         ),
         _c(
             "E210",
@@ -2818,9 +2825,10 @@ CODES: dict[str, Code] = {
             "(`MegalodonAttention`, a library's block), and only the model knows those, so "
             "a check without a model notes the name and goes on: it is no error and no "
             "warning, and `--deny warnings` passes it. Against a model, a name no class has "
-            "is E104.",
+            "is E104, unless the model has a field of that name and no class does: then it "
+            "names that field (PyTorch-style weights such as `W_src` or `Wq`).",
             "where MegalodonAttention.wz -> lora(rank=8)",
-            message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes",
+            message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes (or, where none has that name, its fields)",
             help="{meant}`eqxform check SPEC MODEL` checks it against a model",
         ),
         _c(

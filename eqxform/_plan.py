@@ -1199,8 +1199,15 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     first rule after which it fails (found by bisection), or at the `input`
     line when the model never took its input."""
     first_input = program.inputs[0].span
+    model = split_state(start)[0]
+    if not callable(model):
+        # Its entry point is a method (`forward`): there is no call to check.
+        name = type(model).__name__
+        return report(
+            "E212", variant="not_callable", span=first_input, source=program.source, name=name
+        )
     failure = _forward(start, structs)[1]
-    if failure is not None and missing_state(start):
+    if failure is not None and missing_state(start) and _runs_with_state(model, structs):
         return report("E238", span=first_input, source=program.source)
     if failure is not None or not history:
         return _forward_error(program, failure or problem, first_input, "input")
@@ -1215,6 +1222,27 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     error = _forward(after, structs)[1] or problem
     span = breaker.stmt.span
     return _forward_error(program, error, span, "rule")
+
+
+def _runs_with_state(model, structs) -> bool:
+    """Does the model run on its input given the state made for it? Then the
+    state is what it lacked; a model that holds an `eqx.nn.StateIndex` but does
+    not read it in `__call__` (a KV cache for sampling) failed for another
+    reason, which is said instead."""
+    # A plan's model is a skeleton: only the state's own initial values (small,
+    # the model's weights stay shapes) are made to build the state from.
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+    concrete = lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x  # noqa: E731
+    indexed = jax.tree_util.tree_map(
+        lambda x: jax.tree_util.tree_map(concrete, x) if is_index(x) else x,
+        model,
+        is_leaf=is_index,
+    )
+    try:
+        state = eqx.nn.State(indexed)
+    except Exception:  # no state to make from this model: say it lacks one
+        return True
+    return _forward((model, state), structs)[1] is None
 
 
 def _is_frozen(leaf) -> bool:
