@@ -755,7 +755,7 @@ def train(
                 raise _diverged(result, output, wrote=False)
             losses = _final_losses(result.model, x, y, held_out, loss_fn, output_path)
             if losses is not None:
-                rows = _member_rows(program, seed_used, *losses)
+                rows = _member_rows(program, seed_used, *losses, diverged=result.diverged)
                 # A diverged member's loss is not finite: JSON holds no
                 # `inf` or `nan`, so the recipe records null.
                 kept = [
@@ -777,7 +777,11 @@ def train(
             )
             sys.exit(130)
         wrote = f"wrote {output}" if _writer() else f"process 0 wrote {output}"
-        click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
+        diverged = "".join(
+            f"; member {k} diverged at step {at} (kept as it was before that step)"
+            for k, at in sorted(result.diverged.items())
+        )
+        click.echo(f"trained {result.steps} steps (loss {final}){diverged}; {wrote}")
 
     _run(go)
 
@@ -788,16 +792,24 @@ def _is_ensemble(model) -> bool:
     return isinstance(split_state(model)[0], Ensemble)
 
 
-def _spread(losses) -> str:
-    """An ensemble's losses as the progress shows them: best, median, worst."""
+def _spread(losses, diverged=None) -> str:
+    """An ensemble's losses as the progress shows them: best, median, worst
+    of the members that train, then those that diverged."""
     import numpy as np
 
-    order = np.argsort(losses)
-    best, worst = int(order[0]), int(order[-1])
-    return (
-        f"best {losses[best]:.4g} (member {best}), median {float(np.median(losses)):.4g}, "
-        f"worst {losses[worst]:.4g} (member {worst})"
-    )
+    diverged = diverged or {}
+    live = [k for k in range(len(losses)) if k not in diverged]
+    out = []
+    if live:
+        order = sorted(live, key=lambda k: losses[k])
+        best, worst = order[0], order[-1]
+        median = float(np.median([losses[k] for k in live]))
+        out.append(
+            f"members best {losses[best]:.4g} (member {best}), median {median:.4g}, "
+            f"worst {losses[worst]:.4g} (member {worst})"
+        )
+    out += [f"member {k} diverged at step {at}" for k, at in sorted(diverged.items())]
+    return "; ".join(out)
 
 
 def _final_losses(model, x, y, held_out, loss_fn, output_path):
@@ -820,31 +832,41 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _member_rows(program, seed: int, train, held) -> list[dict]:
+def _member_rows(program, seed: int, train, held, diverged=None) -> list[dict]:
     """The recipe's record of each member: `{"member": k, "values": {name:
-    number}, "loss": float, "eval_loss": float or None}`."""
+    number}, "loss": float, "eval_loss": float or None}`; a member that
+    diverged has no losses (None) and `"diverged_at": step`."""
     sweep = program.sweep
-    return [
-        {
+    diverged = diverged or {}
+    rows = []
+    for k in range(len(train)):
+        row = {
             "member": k,
             "values": {} if sweep is None else sweep.values(k, seed),
             "loss": float(train[k]),
             "eval_loss": None if held is None else float(held[k]),
         }
-        for k in range(len(train))
-    ]
+        if k in diverged:
+            row.update(loss=None, eval_loss=None, diverged_at=diverged[k])
+        rows.append(row)
+    return rows
 
 
 def _echo_members(rows: list[dict], ensemble: bool) -> None:
     """The final table: a row per member, its hyper-parameters and losses."""
     names = list(rows[0]["values"])
-    held = rows[0]["eval_loss"] is not None
+    held = any(r["eval_loss"] is not None for r in rows)
     head = (["member"] if ensemble else []) + names + ["loss"] + (["eval loss"] if held else [])
+
+    def losses(r):
+        if "diverged_at" in r:
+            return [f"diverged at step {r['diverged_at']}"] + (["-"] if held else [])
+        return [f"{r['loss']:.4g}"] + ([f"{r['eval_loss']:.4g}"] if held else [])
+
     table = [
         ([str(r["member"])] if ensemble else [])
         + [f"{r['values'][n]:.4g}" for n in names]
-        + [f"{r['loss']:.4g}"]
-        + ([f"{r['eval_loss']:.4g}"] if held else [])
+        + losses(r)
         for r in rows
     ]
     widths = [max(len(c) for c in column) for column in zip(head, *table)]
@@ -870,8 +892,8 @@ def _train_with_bar(run, steps: int, ensemble: bool = False):
         if ensemble:
             mean: dict[int, float] = {}
 
-            def members(done, losses):
-                loss = f"{mean.pop(done):.4g}; members {_spread(losses)}"
+            def members(done, losses, diverged):
+                loss = f"{mean.pop(done):.4g}; {_spread(losses, diverged)}"
                 progress.update(task, completed=done, loss=loss)
 
             return run(on_step=mean.__setitem__, on_members=members)
@@ -913,9 +935,10 @@ def _train_with_lines(run, steps: int, ensemble: bool = False):
         return run(on_step=line, report=report)
     mean: dict[int, float] = {}
 
-    def members(done: int, losses) -> None:
+    def members(done: int, losses, diverged) -> None:
         what = "initial loss" if done == 1 else "loss"
-        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; members {_spread(losses)}")
+        spread = _spread(losses, diverged)
+        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; {spread}")
         sys.stdout.flush()
 
     return run(on_step=mean.__setitem__, on_members=members, report=report)
