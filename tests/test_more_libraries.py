@@ -350,11 +350,6 @@ def test_transformer_flow_blocks_are_adopted_as_a_stack(flow):
     assert not np.any(np.asarray(out.blocks.layers.proj_in.weight[0]))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a method read through an `Ensemble` is the member-axis model's own method: "
-    "`members.forward(x, None)` runs the library's code on every member's arrays at once",
-)
 def test_transformer_flow_ensemble_method_runs_per_member(flow):
     members = eqxform.compile("ensemble 2").apply(flow, key=jr.key(1))
     z = members.forward(IMAGE, None)[0]

@@ -239,3 +239,31 @@ def test_members_of_different_structure(getkey):
     with pytest.raises(eqxform.SpecError) as info:
         eqxform.compile("stack [*] scan").apply(model, key=getkey())
     assert "`[1]`" in info.value.diagnostics[0].message
+
+
+def test_a_method_read_through_an_ensemble_runs_per_member():
+    # A model whose entry point is a method: reading it through the ensemble
+    # must run each member on its own arrays, as calling the ensemble does
+    # (the member-axis model's own method would sum over every member at once).
+    class Scorer(eqx.Module):
+        w: jax.Array
+
+        def __init__(self, key):
+            self.w = jax.random.normal(key, (4,))
+
+        def score(self, x, *, scale=1.0):
+            return scale * jnp.sum(self.w * x)
+
+        def norm(self):
+            return jnp.sum(self.w**2)
+
+    members = eqxform.compile("ensemble 3").apply(Scorer, key=jax.random.key(0))
+    x = jnp.arange(4.0)
+    want = jnp.stack([members.member(i).score(x, scale=2.0) for i in range(3)])
+    assert members.score(x, scale=2.0).shape == (3,)
+    assert np.allclose(members.score(x, scale=2.0), want)
+    assert np.allclose(members.norm(), [members.member(i).norm() for i in range(3)])
+    # Inside someone else's vmap over members, it is that member's method.
+    by_hand = eqx.filter_vmap(lambda m: m.score(x, scale=2.0))(members)
+    assert np.allclose(by_hand, want)
+    assert members.w.shape == (3, 4)  # fields still read through

@@ -16,6 +16,8 @@ changed.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,7 +384,24 @@ class Ensemble(eqx.Module):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("model", "count", "member_ndims", "over"):
             raise AttributeError(name)
+        if inspect.isfunction(inspect.getattr_static(type(self.model), name, None)):
+            # A method of the model (`members.forward(x)`) runs per member, as a
+            # call does; the member-axis model's own would see every member's arrays.
+            return functools.partial(self._method, name)
         return getattr(self.model, name)
+
+    def _method(self, name: str, *args, key=None, **kwargs):
+        def prepare(m):
+            bound = getattr(resolve(m), name)
+            # A method without positional arguments ignores the mapped input.
+            return bound if args else lambda _, *a, **kw: bound(*a, **kw)
+
+        if self._is_one_member():
+            if key is not None:
+                kwargs["key"] = key
+            return getattr(resolve(self.model), name)(*args, **kwargs)
+        x, rest = (args[0], args[1:]) if args else (None, ())
+        return _evaluate(self, x, False, rest, key, kwargs, prepare)
 
     def _is_one_member(self) -> bool:
         leaves = [x for x in jax.tree_util.tree_leaves(self.model) if eqx.is_array(x)]
@@ -412,7 +431,7 @@ def make_ensemble(members: Any, count: int, over: str | None = None) -> Ensemble
     return Ensemble(members, count, ndims, over)
 
 
-def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):
+def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs, prepare=resolve):
     if per_member and jnp.shape(x)[:1] != (ensemble.count,):
         raise ValueError(
             f"per-member data needs a leading axis of {ensemble.count}, got shape {jnp.shape(x)}"
@@ -423,7 +442,7 @@ def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs):
     state = _state_arg(args, kwargs, where)
     state_leaves, state_def = ([], None) if state is None else jax.tree_util.tree_flatten(state)
 
-    one = _one_call(static, args, kwargs, where, state_def, "an ensemble", resolve)
+    one = _one_call(static, args, kwargs, where, state_def, "an ensemble", prepare)
     out, new_leaves = jax.vmap(one, in_axes=(0, 0 if per_member else None, 0, 0))(
         dynamic, x, keys, state_leaves
     )
