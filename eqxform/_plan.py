@@ -296,10 +296,14 @@ class Plan:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
+    def weight_lines(self) -> list[str]:
+        """The checkpoint's mapping as text lines (none without `map` lines)."""
+        return weight_lines(self.weights)
+
     def __str__(self) -> str:
         # The checkpoint's mapping first, when there is one: the rules
         # run on the loaded model.
-        mapping = [printable(line) for line in weight_lines(self.weights)]
+        mapping = [printable(line) for line in self.weight_lines()]
         return "\n".join(mapping + self.lines())
 
     def lines(self, width: int | None = None) -> list[str]:
