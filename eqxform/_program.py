@@ -292,7 +292,7 @@ class Program:
         recorded_seed = seed if key is None else None
         key = seed_key(seed) if key is None else check_key(key)
         if plan is None:
-            plan = self.plan(model, mesh=mesh, weights=weights)
+            plan = self.plan(model, mesh=mesh, weights=weights, detail=False)
         if plan.errors:
             raise SpecError(plan.errors)
         base = None
@@ -551,6 +551,7 @@ class Program:
         mesh: Any = None,
         weights: str | os.PathLike | None = None,
         planner: Planner | None = None,
+        detail: bool = True,
     ):
         """What each rule will change, computed with `eqx.filter_eval_shape`.
 
@@ -558,7 +559,8 @@ class Program:
         `model` directive), `mesh`, `weights` as for `apply`; `planner`, a
         `Planner` that planned an earlier version of this spec on the same
         model: only the lines from the first changed one down are planned
-        again (what an editor does on each edit).
+        again (what an editor does on each edit); `detail=False`: the errors
+        only (`apply`'s check), no step listing what a rule acts on.
 
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
         dtype before and after, and the change in parameter count; with a
@@ -572,7 +574,8 @@ class Program:
         else:
             recipe = recipe_of(split_state(check_model(model))[0])
             base = None if recipe is None else recipe.build
-        return (Planner() if planner is None else planner).plan(self, model, mesh, weights, base)
+        planner = Planner() if planner is None else planner
+        return planner.plan(self, model, mesh, weights, base, detail=detail)
 
 
 def check_key(key: Any) -> Any:
