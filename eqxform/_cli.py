@@ -299,13 +299,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
             weights=weights,
             deny=deny,
         )
-        name, statements, against, steps = (
-            report.name,
-            report.statements,
-            report.model,
-            report.steps,
-        )
-        diagnostics = report.diagnostics
+        diagnostics, against, steps = report.diagnostics, report.model, report.steps
         errors = any(d.severity == "error" for d in diagnostics)
         if as_json:
             data: dict[str, Any] = {
@@ -314,16 +308,8 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
                 "diagnostics": [d.to_dict() for d in diagnostics],
             }
             if steps is not None:
-                data["rules"] = [
-                    {
-                        "line": s.line,
-                        "rule": s.rule,
-                        "action": s.action,
-                        "count": s.count,
-                        "unit": s.unit,
-                    }
-                    for s in steps
-                ]
+                keys = ("line", "rule", "action", "count", "unit")
+                data["rules"] = [{k: getattr(s, k) for k in keys} for s in steps]
             click.echo(json.dumps(data, indent=2))
             sys.exit(1 if errors else 0)
         if diagnostics:
@@ -336,7 +322,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
         if noted:
             head += f", {plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
-        _echo(f"{name}: {head} ({plural(statements, 'statement')}{where})")
+        _echo(f"{report.name}: {head} ({plural(report.statements, 'statement')}{where})")
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
