@@ -150,6 +150,8 @@ class Program:
     weights: WeightRules | None = None
     sweep: Sweep | None = None
     members: tuple[Program, ...] = ()
+    # `apply`'s last plan, under the structure it was made for (see `_checked`).
+    _last_plan: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def source(self) -> A.Source:
@@ -292,7 +294,7 @@ class Program:
         recorded_seed = seed if key is None else None
         key = seed_key(seed) if key is None else check_key(key)
         if plan is None:
-            plan = self.plan(model, mesh=mesh, weights=weights, detail=False)
+            plan = self._checked(model, mesh, weights)
         if plan.errors:
             raise SpecError(plan.errors)
         base = None
@@ -336,6 +338,28 @@ class Program:
         if recipe is not None:
             remember(result, recipe.then(self, recorded_seed))
         return result
+
+    def _checked(self, model, mesh, weights):
+        """`apply`'s plan (its errors only). A plan depends on the model's
+        structure, not on its values: the last one is kept with the structure
+        (and recipe, mesh) it was made for, so that applying the program again
+        to a model of that structure (a loop that re-initialises a model, a
+        benchmark) plans nothing again. A checkpoint read by `map` lines is
+        read afresh each time."""
+        if weights is not None or self.weights is not None:
+            return self.plan(model, mesh=mesh, weights=weights, detail=False)
+        if model is None or is_constructor(model):
+            held, key = model, ("given", id(model))
+        else:
+            held = recipe_of(split_state(check_model(model))[0])
+            key = ("structure", structure_key(model), id(held))
+        key = (key, mesh if isinstance(mesh, (str, type(None))) else id(mesh))
+        if self._last_plan and self._last_plan[0][0] == key:
+            return self._last_plan[0][2]
+        plan = self.plan(model, mesh=mesh, weights=weights, detail=False)
+        # What the key's ids name is held with it, so that no id is reused.
+        self._last_plan[:] = [(key, (held, mesh), plan)]
+        return plan
 
     def _apply_sweep(self, model, key, seed: int, from_seed: bool, weights, plan) -> Any:
         """A sweep's ensemble: member k is the single model its own program

@@ -5,6 +5,7 @@ before anything is allocated), and a plan already made is not made again."""
 import json
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import numpy as np
 import pytest
@@ -186,3 +187,20 @@ def test_usage_errors_of_the_command_line_are_written_by_code():
     assert e.render() == str(e) and e.exit_code == 2
     with pytest.raises(TypeError):
         eqxform.UsageError.of("E409", outptu="m.eqx")
+
+
+def test_apply_again_on_a_model_of_the_same_structure_plans_nothing_again(plans):
+    program = eqxform.compile("where Linear.weight -> init he_normal\n")
+    one, two = (eqx.nn.MLP(2, 2, 8, 2, key=jax.random.key(k)) for k in (0, 1))
+    a = program.apply(one, key=jax.random.key(0))
+    b = program.apply(two, key=jax.random.key(0))
+    assert plans[0] == 1
+    # The same draws whichever plan was kept: only the structure is planned.
+    assert all(np.array_equal(x.weight, y.weight) for x, y in zip(a.layers, b.layers))
+    assert not np.array_equal(a.layers[0].bias, b.layers[0].bias)  # the values are each model's
+    wider = eqx.nn.MLP(2, 2, 16, 2, key=jax.random.key(2))
+    program.apply(wider)
+    assert plans[0] == 2
+    with pytest.raises(eqxform.SpecError):  # another structure, planned and refused
+        program.apply(eqx.nn.Conv2d(3, 4, 3, key=jax.random.key(0)))
+    assert plans[0] == 3
