@@ -20,24 +20,43 @@ compile the spec), then every step.
   `optax.inject_hyperparams(optax.adam)` state per member with its learning
   rate, a `filter_jit` step vmapped over the members, in a Python loop.
 
+Two groups of rows, each against its own "8 separate" baseline:
+
+- in-process (one Python process per contender, its imports not timed): the
+  three above;
+- commands (what a user types, timed from the first process's start to the
+  last one's end, Python's start-up and imports included): one `python -m
+  eqxform train sweep.eqx --data data.npz ...` command against 8 `python -m
+  eqxform train lr_K.eqx --data data.npz ...` commands, one per learning
+  rate, each spec with `optimizer adam(learning_rate=LR)`. This is the
+  literal baseline: 8 separate `eqxform train` runs of one member each. Each
+  command also writes its model file and evaluates its final loss(es) on the
+  whole data, as `eqxform train` does.
+
 Every contender draws its batches the same way (a permutation of the data
 per epoch, as `eqxform train` does). "compiles" counts the XLA
-compilations of the whole job (`jax.monitoring`'s backend-compile events:
+compilations of the whole job (in-process rows only) (`jax.monitoring`'s backend-compile events:
 the training step, and the small programs that build the models and draw the
 batches), "compile s" the seconds they took, and "step traces" the traces of
 the training step (1: one program for the whole sweep).
 
 Run: `python benchmarks/sweep.py` (`--smoke` for the smallest size: that it runs).
+The first line of the table under "commands" against the second is the
+issue's target (<= 0.35x); "eqxform sweep" against "hand-written vmap" the
+other (<= 1.10x).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -210,6 +229,56 @@ def contender(name: str, size: dict) -> dict:
     }
 
 
+def commands(size: dict) -> dict:
+    """The command rows: one `eqxform train` of the sweep spec, and one
+    `eqxform train` per learning rate, each a process of its own."""
+    lrs = learning_rates(size["members"])
+    x, y = task(size["rows"], FEATURES)
+    head = model_line(FEATURES, size["width"], DEPTH)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = folder / "data.npz"
+        np.savez(data, x=x, y=y)
+
+        def train(spec_text: str, name: str) -> Path:
+            spec = folder / f"{name}.eqx"
+            spec.write_text(spec_text)
+            model = folder / f"{name}.out.eqx"
+            done = subprocess.run(
+                [sys.executable, "-m", "eqxform", "train", str(spec), "--data", str(data)]
+                + ["--steps", str(size["steps"]), "--batch-size", str(BATCH), "-o", str(model)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"`eqxform train {name}.eqx` failed:\n{done.stdout[-3000:]}")
+            return model
+
+        start = time.perf_counter()
+        swept = train(
+            head
+            + f"ensemble {len(lrs)} vary lr=logspace({lrs[0]!r}, {lrs[-1]!r})\n"
+            + "optimizer adam(learning_rate=lr)\n",
+            "sweep",
+        )
+        out["sweep"] = time.perf_counter() - start
+        start = time.perf_counter()
+        alone = [
+            train(head + f"optimizer adam(learning_rate={lr!r})\n", f"lr_{k}")
+            for k, lr in enumerate(lrs)
+        ]
+        out["separate"] = time.perf_counter() - start
+        out["losses"] = (
+            final_losses(eqxform.load(swept), x, y),
+            [final_losses(eqxform.load(m), x, y)[0] for m in alone],
+        )
+    return out
+
+
 FEATURES, DEPTH, BATCH = 16, 3, 32
 CONTENDERS = {
     "sweep": "eqxform sweep",
@@ -234,6 +303,7 @@ def main() -> None:
     if args.smoke:
         size = {"steps": 5, "members": 2, "width": 8, "rows": 64}
     count = size["members"]
+    commanded = commands(size)
     # Each contender in a process of its own, so that none reuses what
     # another compiled; the timing starts after JAX and eqxform are imported.
     results = {}
@@ -251,23 +321,33 @@ def main() -> None:
     print(
         f"{count}-member learning-rate sweep, MLP of {DEPTH + 1} Linear layers (width "
         f"{size['width']}), adam, batch {BATCH}, {size['steps']} steps; "
-        f"{jax.default_backend()}; wall time including compilation, each in its own process"
+        f"{jax.default_backend()}; wall time including compilation"
     )
     base_sep = results[f"{count} separate runs"]["seconds"]
     base_hand = results["hand-written vmap"]["seconds"]
     print(
-        f"{'contender':<22} {'wall s':>8} {'vs separate':>12} {'vs hand-written':>16} "
+        f"{'contender':<34} {'wall s':>8} {'vs separate':>12} {'vs hand-written':>16} "
         f"{'compiles':>9} {'compile s':>10} {'step traces':>12}"
     )
+    print("in process (each contender in its own process; imports not timed):")
     for name, r in results.items():
         print(
-            f"{name:<22} {r['seconds']:8.2f} {r['seconds'] / base_sep:11.2f}x "
+            f"  {name:<32} {r['seconds']:8.2f} {r['seconds'] / base_sep:11.2f}x "
             f"{r['seconds'] / base_hand:15.2f}x {r['compiles']:9d} "
             f"{r['compile_seconds']:10.2f} {r['traces']:12d}"
         )
+    print("commands (`python -m eqxform train`, a process each; start-up and imports timed):")
+    for name, seconds in (
+        ("1 `eqxform train` of the sweep", commanded["sweep"]),
+        (f"{count} `eqxform train` commands", commanded["separate"]),
+    ):
+        print(
+            f"  {name:<32} {seconds:8.2f} {seconds / commanded['separate']:11.2f}x "
+            f"{'-':>16} {'-':>9} {'-':>10} {'-':>12}"
+        )
     print(
-        "targets: eqxform sweep <= 0.35x the separate runs and <= 1.10x the hand-written "
-        "loop; step traces 1"
+        "targets: the sweep <= 0.35x the 8 separate `eqxform train` commands, <= 1.10x the "
+        "hand-written loop (in process); step traces 1"
     )
     swept = results["eqxform sweep"]["losses"]
     alone = results[f"{count} separate runs"]["losses"]
@@ -282,6 +362,13 @@ def main() -> None:
     # rounding into a few per cent.)
     if not np.allclose(swept, alone, rtol=0.2, atol=1e-5):
         raise SystemExit("the sweep's members did not train as the separate runs did")
+    swept, alone = commanded["losses"]
+    print(
+        "final loss per member (first 256 rows), sweep command / separate commands: "
+        + ", ".join(f"{a:.4g}/{b:.4g}" for a, b in zip(swept, alone))
+    )
+    if not np.allclose(swept, alone, rtol=0.2, atol=1e-5):
+        raise SystemExit("the sweep command's members did not train as the separate commands did")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +332,9 @@ class TrainResult:
     - `interrupted`: Ctrl-C stopped it (after the step in flight).
     - `nonfinite`: the first step whose loss or update was not finite (and
       `nonfinite_what`, which), else None.
-    - `ensemble`: the model is an ensemble (a sweep: `ensemble 8 vary ...`).
+    - `ensemble`: the model is an ensemble (a sweep: `ensemble 8 vary ...`);
+      `diverged`: each member that diverged, with its step (it is kept as it
+      was before that step; the others trained on).
     - `members`: for an ensemble, or with `eval_data`, each member's record
       as the recipe keeps it: `{"member": k, "values": {name: value}, "loss":
       float, "eval_loss": float or None}` (a plain model is member 0); else
@@ -347,6 +349,7 @@ class TrainResult:
     nonfinite_what: str = ""
     ensemble: bool = False
     members: tuple[dict, ...] | None = None
+    diverged: dict[int, int] = field(default_factory=dict)
 
 
 def train(
@@ -371,7 +374,7 @@ def train(
     adapters_only: bool = False,
     checkpoint_every: int | None = None,
     on_checkpoint: Callable[[Any, int], None] | None = None,
-    on_step: Callable[[int, float, Any], None] | None = None,
+    on_step: Callable[[int, float, Any, dict], None] | None = None,
     report: Callable[[int, int], bool] | None = None,
 ) -> TrainResult:
     """Train a model with a spec's optimiser, rules and freezing: what `eqxform
@@ -394,10 +397,12 @@ def train(
       no adapters is refused before training (E460).
     - `checkpoint_every`, `on_checkpoint`: `on_checkpoint(model, steps)` every
       `checkpoint_every` steps, the model with its recipe.
-    - `on_step`: `on_step(steps, loss, member_losses)` at the steps `report(steps,
-      total)` picks (default: step 1, every tenth, the last);
-      `member_losses` is each member's loss (an array) for an ensemble, else
-      None.
+    - `on_step`: `on_step(steps, loss, member_losses, diverged)` at the steps
+      `report(steps, total)` picks (default: step 1, every tenth, the last);
+      for an ensemble `member_losses` is each member's loss (an array; NaN for
+      a member that diverged) and `diverged` maps each member that diverged to
+      its step (`loss` is the mean of the others); for a plain model, None and
+      `{}`.
 
     **Returns:** a `TrainResult`, whose `model` carries its recipe with what
     training did (`eqxform.recipe_of(model)["train"]`), as `eqxform train`
@@ -468,9 +473,11 @@ def train(
         if on_step is not None and ensemble:
             mean: dict[int, float] = {}
             hooks["on_step"] = mean.__setitem__
-            hooks["on_members"] = lambda done, losses: on_step(done, mean.pop(done), losses)
+            hooks["on_members"] = lambda done, losses, diverged: on_step(
+                done, mean.pop(done), losses, diverged
+            )
         elif on_step is not None:
-            hooks["on_step"] = lambda done, value: on_step(done, value, None)
+            hooks["on_step"] = lambda done, value: on_step(done, value, None, {})
         result = _train.train(
             program,
             start,
@@ -497,13 +504,14 @@ def train(
             result.nonfinite,
             result.nonfinite_what,
             ensemble,
+            diverged=dict(result.diverged),
         )
         if result.nonfinite is not None and result.steps == 0:
             return done  # nothing trained: no model to record
         members = None
         if ensemble or held_out is not None:
             members = _member_rows(
-                program, seed_used, result.model, (x, y), held_out, loss_fn, model_output
+                program, seed_used, result, (x, y), held_out, loss_fn, model_output
             )
             # A diverged member's loss is not finite: JSON holds no `inf` or
             # `nan`, so the recipe records null.
@@ -522,26 +530,31 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _member_rows(program, seed: int, model, data, held_out, loss_fn, output) -> list[dict]:
+def _member_rows(program, seed: int, result, data, held_out, loss_fn, output) -> list[dict]:
     """The recipe's record of each member: `{"member": k, "values": {name:
     number}, "loss": float, "eval_loss": float or None}`, its losses on the
-    training data and on the held-out data (None without it)."""
+    training data and on the held-out data (None without it); a member that
+    diverged has no losses (None) and `"diverged_at": step`."""
     from ._runtime import _train
 
+    model = result.model
     trained = _train.member_losses(model, *data, loss_fn, output=output)
     held = (
         None if held_out is None else _train.member_losses(model, *held_out, loss_fn, output=output)
     )
     sweep = program.sweep
-    return [
-        {
+    rows = []
+    for k in range(len(trained)):
+        row = {
             "member": k,
             "values": {} if sweep is None else sweep.values(k, seed),
             "loss": float(trained[k]),
             "eval_loss": None if held is None else float(held[k]),
         }
-        for k in range(len(trained))
-    ]
+        if k in result.diverged:
+            row.update(loss=None, eval_loss=None, diverged_at=result.diverged[k])
+        rows.append(row)
+    return rows
 
 
 def export(

@@ -73,6 +73,9 @@ class Checker:
         # (`seed` aside), where each is read, and once evaluated its members.
         self.varied: dict[str, A.Vary] = {}
         self.varied_used: set[str] = set()
+        # The varied names that rules changing the model read (`init`,
+        # `scale`): members that agree on them (and on their seed) are alike.
+        self.varied_model: set[str] = set()
         self.sweep: Sweep | None = None
         self.sweep_optimizers: list[tuple[str, dict[str, Any]]] = []
         # The mesh: given from outside (`--mesh`, a `MeshOverride`), else the
@@ -203,7 +206,9 @@ class Checker:
         self.diagnostics += problems
         if sweep is None:
             return
-        self.sweep = sweep
+        self.sweep = replace(
+            sweep, model_names=tuple(n for n in sweep.bound if n in self.varied_model)
+        )
         self.counts[id(stmt)] = sweep.count
 
     def evaluate_members(self, statements: list[A.Stmt]):
@@ -422,7 +427,14 @@ class Checker:
             self.error("E121", expect.span, variant="count", op=expect.op, text=expect.text)
         for action in rule.actions:
             varied = set(self.varied) if action.name in SWEEP_ACTIONS else set()
+            info = N.ACTIONS.get(action.name)
+            if info is not None and info.changes == "optimiser":
+                self.action(action, context | varied)
+                continue
+            used, self.varied_used = self.varied_used, set()
             self.action(action, context | varied)
+            self.varied_model |= self.varied_used
+            self.varied_used |= used
 
     # ---- weights from a checkpoint (the patterns; the checkpoint and the
     # model are held to them when both are known, in `_weights.py`)
@@ -461,7 +473,8 @@ class Checker:
                 self.error("E175", vary.name_span, variant="varies_twice", name=vary.name)
             seen.add(vary.name)
             if value is None and vary.name != SEED:
-                self.error("E176", vary.span, name=vary.name)
+                variant = "grid" if stmt.grid else None
+                self.error("E176", vary.span, variant=variant, name=vary.name)
             if value is None:
                 continue
             context = set(self.lets) | {MEMBER}

@@ -664,33 +664,50 @@ def train(
             )
             sys.exit(130)
         wrote = f"wrote {output}" if _writer() else f"process 0 wrote {output}"
-        click.echo(f"trained {result.steps} steps (loss {final}); {wrote}")
+        diverged = "".join(
+            f"; member {k} diverged at step {at} (kept as it was before that step)"
+            for k, at in sorted(result.diverged.items())
+        )
+        click.echo(f"trained {result.steps} steps (loss {final}){diverged}; {wrote}")
 
     _run(go)
 
 
-def _spread(losses) -> str:
-    """An ensemble's losses as the progress shows them: best, median, worst."""
+def _spread(losses, diverged=None) -> str:
+    """An ensemble's losses as the progress shows them: best, median, worst
+    of the members that train, then those that diverged."""
     import numpy as np
 
-    order = np.argsort(losses)
-    best, worst = int(order[0]), int(order[-1])
-    return (
-        f"best {losses[best]:.4g} (member {best}), median {float(np.median(losses)):.4g}, "
-        f"worst {losses[worst]:.4g} (member {worst})"
-    )
+    diverged = diverged or {}
+    live = [k for k in range(len(losses)) if k not in diverged]
+    out = []
+    if live:
+        order = sorted(live, key=lambda k: losses[k])
+        best, worst = order[0], order[-1]
+        median = float(np.median([losses[k] for k in live]))
+        out.append(
+            f"members best {losses[best]:.4g} (member {best}), median {median:.4g}, "
+            f"worst {losses[worst]:.4g} (member {worst})"
+        )
+    out += [f"member {k} diverged at step {at}" for k, at in sorted(diverged.items())]
+    return "; ".join(out)
 
 
 def _echo_members(rows: list[dict], ensemble: bool) -> None:
     """The final table: a row per member, its hyper-parameters and losses."""
     names = list(rows[0]["values"])
-    held = rows[0]["eval_loss"] is not None
+    held = any(r["eval_loss"] is not None for r in rows)
     head = (["member"] if ensemble else []) + names + ["loss"] + (["eval loss"] if held else [])
+
+    def losses(r):
+        if "diverged_at" in r:
+            return [f"diverged at step {r['diverged_at']}"] + (["-"] if held else [])
+        return [f"{r['loss']:.4g}"] + ([f"{r['eval_loss']:.4g}"] if held else [])
+
     table = [
         ([str(r["member"])] if ensemble else [])
         + [f"{r['values'][n]:.4g}" for n in names]
-        + [f"{r['loss']:.4g}"]
-        + ([f"{r['eval_loss']:.4g}"] if held else [])
+        + losses(r)
         for r in rows
     ]
     widths = [max(len(c) for c in column) for column in zip(head, *table)]
@@ -714,9 +731,9 @@ def _train_with_bar(run, steps: int):
     ) as progress:
         task = progress.add_task("train", total=steps, loss="-")
 
-        def step(done, value, members):
-            loss = f"{value:.4g}" + ("" if members is None else f"; members {_spread(members)}")
-            progress.update(task, completed=done, loss=loss)
+        def step(done, value, members, diverged):
+            spread = "" if members is None else f"; {_spread(members, diverged)}"
+            progress.update(task, completed=done, loss=f"{value:.4g}{spread}")
 
         return run(on_step=step)
 
@@ -745,9 +762,9 @@ def _train_with_lines(run, steps: int):
             last["tenth"], last["at"] = tenth, time.monotonic()
         return due
 
-    def line(done: int, value: float, members) -> None:
+    def line(done: int, value: float, members, diverged) -> None:
         what = "initial loss" if done == 1 else "loss"
-        spread = "" if members is None else f"; members {_spread(members)}"
+        spread = "" if members is None else f"; {_spread(members, diverged)}"
         click.echo(f"step {done}/{steps}: {what} {value:.4g}{spread}")
         sys.stdout.flush()
 

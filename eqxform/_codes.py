@@ -280,7 +280,8 @@ CODES: dict[str, Code] = {
             "class of the model's tree, `equinox.nn` class, example model or registered "
             "type has it. This is decided against a model (`check` with a model, `plan`, "
             "`apply`), whose classes the help suggests; without one a name is only noted "
-            "(I104), since any class of the model's tree is a type name.",
+            "(I104), since any class of the model's tree is a type name. A capitalised name "
+            "that no class has but a field of the model has (`W_src`) names that field.",
             "where Linaer.weight -> init zeros",
             message="unknown type `{name}`",
             help="{value} a type is a class of the model's tree, an `equinox.nn` class or a registered type; `eqxform show MODEL` lists the model's paths",
@@ -993,12 +994,17 @@ CODES: dict[str, Code] = {
         _c(
             "E176",
             "a varied name without values",
-            "`vary NAME` alone gives no values; only `seed` may stand alone (`vary seed`: member "
-            "k is built with the spec's seed plus k).",
+            "`vary NAME` (or a grid axis `NAME`) alone gives no values; only `seed` may stand "
+            "alone (`vary seed`, or `seed` among a grid's axes: member k is built with the "
+            "spec's seed plus k).",
             "ensemble 4 vary lr",
             "give the values: `vary lr=logspace(1e-4, 1e-2)`.",
             message="`vary {name}` gives no values",
             help="give one per member, e.g. `{name}=logspace(1e-4, 1e-2)` or `{name}=[...]`; only `seed` stands alone",
+            grid=(
+                "the grid axis `{name}` gives no values",
+                "give the axis its values, e.g. `{name}=[1e-3, 1e-2]`; only `seed` stands alone (each member its own seed)",
+            ),
         ),
         _c(
             "E190",
@@ -1204,6 +1210,12 @@ CODES: dict[str, Code] = {
             message="the model does not accept its declared input: {message}",
             help="check the `input` lines: one per positional argument, in order, with the "
             "model's shapes and dtypes",
+            not_callable=(
+                "the model `{name}` has no `__call__`, so its forward pass on the declared input "
+                "cannot run",
+                "`input` lines check a model that is called as `model(x)`; for a model whose "
+                "entry point is a method (`{name}.forward`, say), leave them out",
+            ),
         ),
         _c(
             "E210",
@@ -2588,7 +2600,10 @@ CODES: dict[str, Code] = {
             "for the device): at the first step whose loss, or whose updated parameters, are "
             "NaN or infinite, it stops. It writes the model as it was before that step (the "
             "last finite one) to the output and exits with status 1; when the very first "
-            "step fails it writes nothing. The recipe's `train` entry says where it stopped.",
+            "step fails it writes nothing. The recipe's `train` entry says where it stopped. "
+            "In an ensemble (a sweep) a member that diverges stops alone, kept as it was "
+            "before that step, and the others train on: training stops only when every "
+            "member has diverged.",
             "optimizer sgd(learning_rate=1e10)",
             message="training stopped at step {nonfinite}: {nonfinite_what}; {kept}",
             help="lower the learning rate in the spec's `optimizer` (or clip gradients), check the data's scale, or start from a model whose outputs are finite",
@@ -2810,9 +2825,10 @@ CODES: dict[str, Code] = {
             "(`MegalodonAttention`, a library's block), and only the model knows those, so "
             "a check without a model notes the name and goes on: it is no error and no "
             "warning, and `--deny warnings` passes it. Against a model, a name no class has "
-            "is E104.",
+            "is E104, unless the model has a field of that name and no class does: then it "
+            "names that field (PyTorch-style weights such as `W_src` or `Wq`).",
             "where MegalodonAttention.wz -> lora(rank=8)",
-            message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes",
+            message="`{name}` is no `equinox.nn` class or registered type: it is resolved against the model's classes (or, where none has that name, its fields)",
             help="{meant}`eqxform check SPEC MODEL` checks it against a model",
         ),
         _c(

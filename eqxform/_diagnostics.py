@@ -149,7 +149,8 @@ def report(
         missing, unknown = needed - values.keys(), values.keys() - known
         raise TypeError(f"{code}: missing fields {sorted(missing)}, unknown {sorted(unknown)}")
     if not help:
-        help = help_template.format(**values) if help_template else None
+        # A template may open with an optional part (`{value} a type is ...`).
+        help = help_template.format(**values).strip() if help_template else None
     return Diagnostic(
         code,
         message.format(**values),

@@ -114,7 +114,8 @@ def choose(
     losses = [
         (float(e["eval_loss"]), i)
         for i, e in enumerate(members or [])
-        if _finite(e.get("eval_loss"))
+        # A member that diverged in training is never the best.
+        if _finite(e.get("eval_loss")) and e.get("diverged_at") is None
     ]
     if not losses:
         raise UsageError(report("E483", file=_file(origin), named_origin=_named(origin)))

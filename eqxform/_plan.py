@@ -33,7 +33,7 @@ from ._passes._forward import (
     missing_state,
     output_shape,
 )
-from ._passes._struct import EnsemblePass, StackCallError
+from ._passes._struct import EnsemblePass, StackCallError, StackPass
 from ._select import (
     evaluate_at,
     get,
@@ -479,9 +479,12 @@ def _wrapped(node) -> tuple:
     return node.path[:k]
 
 
-def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
+def _matches(nodes, after_model, gathered: bool = False) -> tuple[PlanMatch, ...]:
+    """What each node was and became. `gathered`: the nodes became one (a
+    stack of list items, in the first one's place), so the later ones are said
+    to be in it, not compared with what now stands at their old place."""
     out = []
-    for node in nodes:
+    for k, node in enumerate(nodes):
         if is_array(node.obj):
             # An array is shown with its wrappers (`Frozen(f32[8,8])`), under
             # its logical path, as selectors name it.
@@ -495,6 +498,8 @@ def _matches(nodes, after_model) -> tuple[PlanMatch, ...]:
             after = describe(node_at(after_model, outer).obj, axes)
         except (AttributeError, IndexError, KeyError, TypeError):
             after = "(removed)"
+        if gathered and k:
+            after = f"(stacked into {nodes[0].text})"
         if node.layers is not None:
             text += " (layers " + ",".join(str(i) for i in sorted(node.layers)) + ")"
         out.append(PlanMatch(text, before, after))
@@ -797,7 +802,10 @@ def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
     rows = []
     for node, how in p.draws(split_state(before)[0], ctx):
         try:
-            grown = describe(node_at(members.model, node.path).obj, ("member",))
+            # The member axis comes first, then the axes the array had (a
+            # stack's `layer`).
+            axes = ("member", *node.axis_names)
+            grown = describe(node_at(members.model, node.path).obj, axes)
         except (AttributeError, IndexError, KeyError, TypeError):
             grown = "?"
         rows.append(PlanMatch(node.text, _describe_node(node), f"{grown}  {how}"))
@@ -852,7 +860,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         p.line,
         p.text,
         p.label,
-        _matches(targets, after),
+        _matches(targets, after, gathered=isinstance(p, StackPass)),
         params_before,
         params_after,
         kind,
@@ -1206,8 +1214,15 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     first rule after which it fails (found by bisection), or at the `input`
     line when the model never took its input."""
     first_input = program.inputs[0].span
+    model = split_state(start)[0]
+    if not callable(model):
+        # Its entry point is a method (`forward`): there is no call to check.
+        name = type(model).__name__
+        return report(
+            "E212", variant="not_callable", span=first_input, source=program.source, name=name
+        )
     failure = _forward(start, structs)[1]
-    if failure is not None and missing_state(start):
+    if failure is not None and missing_state(start) and _runs_with_state(model, structs):
         return report("E238", span=first_input, source=program.source)
     if failure is not None or not history:
         return _forward_error(program, failure or problem, first_input, "input")
@@ -1222,6 +1237,27 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     error = _forward(after, structs)[1] or problem
     span = breaker.stmt.span
     return _forward_error(program, error, span, "rule")
+
+
+def _runs_with_state(model, structs) -> bool:
+    """Does the model run on its input given the state made for it? Then the
+    state is what it lacked; a model that holds an `eqx.nn.StateIndex` but does
+    not read it in `__call__` (a KV cache for sampling) failed for another
+    reason, which is said instead."""
+    # A plan's model is a skeleton: only the state's own initial values (small,
+    # the model's weights stay shapes) are made to build the state from.
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+    concrete = lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x  # noqa: E731
+    indexed = jax.tree_util.tree_map(
+        lambda x: jax.tree_util.tree_map(concrete, x) if is_index(x) else x,
+        model,
+        is_leaf=is_index,
+    )
+    try:
+        state = eqx.nn.State(indexed)
+    except Exception:  # no state to make from this model: say it lacks one
+        return True
+    return _forward((model, state), structs)[1] is None
 
 
 def _is_frozen(leaf) -> bool:

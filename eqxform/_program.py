@@ -383,6 +383,13 @@ class Program:
             )
         built = []
         for k, member in enumerate(self.members):
+            # Members whose models are alike (they differ only in what the
+            # optimiser reads) are built once; an explicit key with `vary
+            # seed` gives each its own draw.
+            same = sweep.alike(k, seed) if from_seed or not sweep.varies_seed else k
+            if same < k:
+                built.append(built[same])
+                continue
             if from_seed:
                 one = member.apply(model, seed=sweep.seed(seed, k), weights=weights, plan=plan)
             else:

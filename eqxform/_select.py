@@ -385,6 +385,25 @@ class Types:
                 if c is not object:
                     self.classes.setdefault(c.__name__, set()).add(c)
         self.resolved: dict[str, type | None] = {}
+        self.nodes = nodes
+        self._fields: set[str] | None = None
+
+    def names_type(self, step: A.Step) -> bool:
+        """Does `step` name a type? A capitalised name does, unless no class
+        has that name and the model has a field of it: PyTorch-style code
+        names its weights `W_src`, `Wq` or `A`, and those are fields."""
+        if not (isinstance(step, A.NameStep) and step.is_type):
+            return False
+        name = step.name
+        if step.is_qualified or name in self.classes or name in type_names():
+            return True
+        if registered_type(name) is not None:
+            return True
+        if self._fields is None:
+            self._fields = {
+                step_name(k) for n in self.nodes for k in n.path if isinstance(k, GetAttrKey)
+            }
+        return name not in self._fields
 
     def __call__(self, step: A.NameStep) -> type | None:
         """The class `step` names, or None when the model has no such class
@@ -458,10 +477,10 @@ def _index_matches(step: A.Step, index: int, length: int) -> bool:
     return index in range(*slice(step.start, step.stop, step.step).indices(length))
 
 
-def _steps(path: A.SelPath) -> tuple[A.Step, ...]:
+def _steps(path: A.SelPath, types: Types) -> tuple[A.Step, ...]:
     steps = path.steps
     first = steps[0]
-    if isinstance(first, A.NameStep) and first.is_type:
+    if types.names_type(first):
         # A selector that starts with a type matches it anywhere in the tree.
         steps = (A.DeepStep(first.span),) + steps
     return steps
@@ -489,7 +508,7 @@ def match(path: A.SelPath, node: Node, types: Types | None = None):
     a thousand levels deep has paths a thousand steps long.
     """
     types = types if types is not None else Types([node])
-    pattern = _steps(path)
+    pattern = _steps(path, types)
     steps = node.path
     objects = node.objects
     n, last = len(steps), len(pattern)
@@ -505,7 +524,7 @@ def match(path: A.SelPath, node: Node, types: Types | None = None):
         s = pattern[i]
         if isinstance(s, A.DeepStep):
             return out + [(i + 1, k)] + ([(i, k + 1)] if k < n else [])
-        if isinstance(s, A.NameStep) and s.is_type:
+        if types.names_type(s):
             cls = types(s)
             # The MRO, not `isinstance`: Modules are ABCs, whose checks are slow.
             if cls is not None and cls in type(objects[k]).__mro__:
@@ -582,17 +601,19 @@ def matches(path: A.SelPath, node: Node, types: Types | None = None) -> bool:
     return match(path, node, types) is not _NO
 
 
-def _last_field(path: A.SelPath) -> str | None:
+def _last_field(path: A.SelPath, types: Types | None = None) -> str | None:
     """The field a match must end in, when the selector says (`Linear.weight`)."""
     last = path.steps[-1]
-    if isinstance(last, A.NameStep) and not last.is_type:
+    if not isinstance(last, A.NameStep):
+        return None
+    if not (last.is_type if types is None else types.names_type(last)):
         return last.name
     return None
 
 
 def _select_paths(paths, nodes, types):
     out = []
-    lasts = [_last_field(p) for p in paths]
+    lasts = [_last_field(p, types) for p in paths]
     for node in nodes:
         # A cheap test on the last step first: most nodes fail it.
         end = step_name(node.path[-1]) if node.path else None
@@ -618,7 +639,7 @@ def select(selector: A.Selector, nodes: list[Node], source: A.Source | None = No
     # (with the model's classes to suggest), not a selector matching nothing.
     for path in selector.paths + selector.excluded:
         for s in path.steps:
-            if isinstance(s, A.NameStep) and s.is_type:
+            if types.names_type(s):
                 types(s)
     out = _select_paths(selector.paths, nodes, types)
     if selector.excluded:
@@ -881,7 +902,8 @@ def _select_rule(rule: A.Rule, model: Any, env: Mapping[str, Any], source: A.Sou
 
 
 def _describe_kind(obj: Any) -> str:
-    if callable(obj):
+    # A module is callable too (its `__call__`), but it is no function.
+    if callable(obj) and not isinstance(obj, eqx.Module):
         return f"the function `{getattr(obj, '__name__', type(obj).__name__)}`"
     return f"a `{type(obj).__name__}`"
 

@@ -42,12 +42,15 @@ class Sweep:
     - `members`: per member, its values by name (`seed`: the member's seed).
     - `seed_offsets`: True when `seed` stands alone (`vary seed`): member `k`
       takes the spec's seed plus `k`, so `--seed` moves every member's seed.
+    - `model_names`: the varied names that the model's rules read (`init`,
+      `scale`; not the optimiser's); the others change only the training.
     """
 
     stmt: A.EnsembleStmt
     names: tuple[str, ...]
     members: tuple[Mapping[str, int | float], ...]
     seed_offsets: bool = False
+    model_names: tuple[str, ...] = ()
 
     @property
     def count(self) -> int:
@@ -75,6 +78,18 @@ class Sweep:
         if self.seed_offsets:
             return base + k
         return int(self.members[k][SEED])
+
+    def alike(self, k: int, base: int) -> int:
+        """The first member whose model is member `k`'s: built from the same
+        seed with the same values of `model_names` (in a learning-rate sweep
+        without `vary seed`, member 0 for every `k`), so that it is built once."""
+
+        def built_from(j: int) -> tuple:
+            seed = self.seed(base, j) if self.varies_seed else None
+            return seed, tuple(self.members[j][n] for n in self.model_names)
+
+        mine = built_from(k)
+        return next(j for j in range(k + 1) if built_from(j) == mine)
 
     def values(self, k: int, base: int) -> dict[str, int | float]:
         """Member `k`'s values by name, its seed as it is built from `base`."""

@@ -132,7 +132,7 @@ def test_train_returns_the_model_with_the_recipe_the_command_line_writes(tmp_pat
     assert code == 0, out
     seen = []
     result = eqxform.train(
-        spec, steps=6, batch_size=8, on_step=lambda done, loss, members: seen.append(done)
+        spec, steps=6, batch_size=8, on_step=lambda done, loss, members, diverged: seen.append(done)
     )
     assert isinstance(result, eqxform.TrainResult) and result.steps == 6
     assert seen == [1, 6] and result.members is None and not result.ensemble
@@ -151,7 +151,7 @@ def test_train_of_a_sweep_reports_each_members_losses(tmp_path, monkeypatch):
     )
     seen = []
     result = eqxform.train(
-        spec, steps=3, batch_size=4, on_step=lambda d, loss, m: seen.append((d, loss, m))
+        spec, steps=3, batch_size=4, on_step=lambda d, loss, m, diverged: seen.append((d, loss, m))
     )
     assert result.ensemble and [r["member"] for r in result.members] == [0, 1, 2]
     assert [r["values"]["lr"] for r in result.members] == pytest.approx([1e-3, 1e-2, 1e-1])

@@ -324,3 +324,17 @@ def test_the_planner_replans_everything_when_what_is_above_the_rules_changes(get
     assert planner.replanned == 8
     again = broken.plan(model, planner=planner)
     assert planner.replanned == 0 and again.diagnostics == plan.diagnostics
+
+
+def test_a_stack_of_list_items_shows_the_later_items_stacked_into_the_first():
+    # layers[2] and layers[3] go into the stack at layers[1]; the last layer
+    # (another shape) now stands at layers[2], which must not be shown as what
+    # became of the old layers[2].
+    model = eqx.nn.MLP(8, 3, 8, depth=4, key=jax.random.key(0))
+    (step,) = eqxform.compile("stack layers[1:4] scan").plan(model).steps
+    rows = [(m.path, m.before, m.after) for m in step.matches]
+    assert rows == [
+        ("layers[1]", "Linear (72 params)", "Stacked (216 params)"),
+        ("layers[2]", "Linear (72 params)", "(stacked into layers[1])"),
+        ("layers[3]", "Linear (72 params)", "(stacked into layers[1])"),
+    ]

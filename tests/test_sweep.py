@@ -494,9 +494,10 @@ def test_a_bad_grid_value_is_named_by_its_place_in_its_list_not_as_a_member():
 
 
 def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecorded(tmp_path):
-    # The top of a learning-rate sweep diverges: training stops (E530) and
-    # writes the last finite model, whose recipe must still load (JSON holds
-    # no `Infinity`): that member's losses are recorded as null.
+    # The top of a learning-rate sweep diverges: that member stops (its
+    # arrays kept as they were before), the others train on, and the file
+    # written loads (JSON holds no `Infinity`): that member's losses are
+    # recorded as null, with the step it diverged at.
     spec = tmp_path / "sweep.eqx"
     spec.write_text(
         MLP + "optimizer sgd(learning_rate=lr)\nensemble 3 vary lr=[1e-2, 1e-1, 1e12]\n"
@@ -511,17 +512,128 @@ def test_a_member_that_diverges_leaves_a_file_that_loads_with_its_losses_unrecor
         ["train", str(spec), "--data", data, "--eval-data", held, "--steps", "3"]
         + ["--batch-size", "16", "-o", str(out)],
     )
-    assert result.exit_code == 1 and "error[E530]" in result.output, result.output
-    assert "inf" in result.output.split("error[E530]")[0]  # the table shows what happened
+    assert result.exit_code == 0 and "error[E530]" not in result.output, result.output
+    assert "member 2 diverged at step 2" in result.output  # the progress and the end say so
+    table = [ln.split() for ln in result.output.splitlines() if ln.lstrip().startswith("2 ")]
+    assert table == [["2", "1e+12", "diverged", "at", "step", "2", "-"]]
     ensemble = eqxform.load(out)
     members = recipe_of(ensemble)["train"]["members"]
     assert [m["values"]["lr"] for m in members] == [1e-2, 1e-1, 1e12]
     assert members[2]["loss"] is None and members[2]["eval_loss"] is None
+    assert members[2]["diverged_at"] == 2
     assert all(np.isfinite(m["loss"]) and np.isfinite(m["eval_loss"]) for m in members[:2])
+    assert all("diverged_at" not in m for m in members[:2])
     # `pick --best` passes over the member without a held-out loss.
     best = int(np.argmin([m["eval_loss"] for m in members[:2]]))
     assert eqxform.pick(str(out), best=True).layers[0].weight.shape == (16, 4)
     _same(eqxform.pick(str(out), best=True), ensemble.member(best), rtol=0, atol=0)
+
+
+def _lr_sweep_task():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(96, 4)).astype(np.float32)
+    return x, np.tanh(x[:, :3] * 2).astype(np.float32)
+
+
+def test_a_diverging_member_stops_alone_and_the_others_follow_their_separate_runs(tmp_path):
+    from eqxform._runtime import _train
+
+    lrs = [1e-3, 1e-2, 1e13, 3e-2]
+    body = "optimizer adam(learning_rate=lr)\n"
+    program = eqxform.compile(MLP + body + f"ensemble 4 vary lr={lrs}\n")
+    x, y = _lr_sweep_task()
+    reported = []
+    result = _train.train(
+        program,
+        program.apply(),
+        x,
+        y,
+        steps=20,
+        batch_size=16,
+        on_step=lambda done, loss: None,
+        on_members=lambda done, losses, diverged: reported.append((done, losses, diverged)),
+    )
+    # Adam's first step moves each weight by the learning rate: member 2's
+    # second loss is infinite.
+    assert result.diverged == {2: 2} and result.nonfinite is None and result.steps == 20
+    start = program.apply()
+    for k, lr in enumerate(lrs):
+        single = _single({"lr": lr}, body)
+        alone = _train.train(single, single.apply(), x, y, steps=20, batch_size=16)
+        if k == 2:
+            # Stopped at the step it diverged: kept as one step of its own run left it.
+            assert alone.nonfinite == 2 and alone.steps == 1
+            assert all(np.isfinite(a).all() for a in _arrays(result.model.member(k)))
+        else:
+            assert alone.nonfinite is None
+            assert not np.allclose(
+                result.model.member(k).layers[0].weight, start.member(k).layers[0].weight
+            )
+        _same(alone.model, result.model.member(k), rtol=1e-4, atol=1e-6)
+    # The reports name the diverged member from its step on, with no loss.
+    for done, losses, diverged in reported:
+        assert diverged == ({} if done < 2 else {2: 2})
+        assert np.isnan(losses[2]) == (done >= 2)
+        assert np.isfinite(np.delete(losses, 2)).all()
+
+    # The command line: reported, recorded, and never picked as the best.
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(MLP + body + f"ensemble 4 vary lr={lrs}\n")
+    data, held = _npz(tmp_path / "t.npz", x, y), _npz(tmp_path / "e.npz", x[:32], y[:32])
+    out = tmp_path / "out.eqx"
+    run = CliRunner().invoke(
+        main,
+        ["train", str(spec), "--data", data, "--eval-data", held, "--steps", "20"]
+        + ["--batch-size", "16", "-o", str(out)],
+    )
+    assert run.exit_code == 0, run.output
+    progress = [ln for ln in run.output.splitlines() if ln.startswith("step 20/20")]
+    assert progress and progress[0].endswith("; member 2 diverged at step 2")
+    assert "worst" in progress[0] and "(member 2)" not in progress[0]
+    members = recipe_of(eqxform.load(out))["train"]["members"]
+    assert [m.get("diverged_at") for m in members] == [None, None, 2, None]
+    # Its kept arrays are finite and its held-out loss may be low: it is
+    # still never the best.
+    picked = CliRunner().invoke(main, ["pick", str(out), "--best", "-o", str(tmp_path / "b.eqx")])
+    assert picked.exit_code == 0, picked.output
+    assert "member 2 " not in picked.output
+    eval_losses = [m["eval_loss"] for m in members]
+    best = min((v, k) for k, v in enumerate(eval_losses) if v is not None)[1]
+    assert f"member {best} of 4" in picked.output
+
+
+def test_a_recorded_member_that_diverged_is_skipped_by_pick_best_whatever_its_loss():
+    from types import SimpleNamespace
+
+    from eqxform._pick import choose
+
+    members = [
+        {"member": 0, "values": {}, "loss": 0.5, "eval_loss": 0.5},
+        {"member": 1, "values": {}, "loss": 0.1, "eval_loss": 0.1, "diverged_at": 7},
+    ]
+    # What `pick --best` reads of a file: the recipe's `train.members`.
+    recipe = SimpleNamespace(train={"members": members})
+    assert choose(None, True, 2, recipe, "f.eqx")[0] == 0
+
+
+def test_when_every_member_diverges_training_stops_with_e530(tmp_path):
+    spec = tmp_path / "sweep.eqx"
+    spec.write_text(MLP + "optimizer sgd(learning_rate=lr)\nensemble 2 vary lr=[1e12, 1e13]\n")
+    x, y = _lr_sweep_task()
+    out = tmp_path / "out.eqx"
+    result = CliRunner().invoke(
+        main,
+        ["train", str(spec), "--data", _npz(tmp_path / "t.npz", x, y), "--steps", "20"]
+        + ["--batch-size", "16", "-o", str(out)],
+    )
+    assert result.exit_code == 1, result.output
+    assert "error[E530]: training stopped at step 2: every member diverged" in result.output
+    # The progress says so, with no best or worst among none.
+    assert "step 2/20: loss nan; member 0 diverged at step 2; member 1 diverged at step 2\n" in (
+        result.output
+    )
+    members = recipe_of(eqxform.load(out))["train"]["members"]
+    assert [m["diverged_at"] for m in members] == [2, 2]
 
 
 def test_vary_seed_past_the_largest_seed_is_refused_naming_the_members_seed():
@@ -535,3 +647,134 @@ def test_vary_seed_past_the_largest_seed_is_refused_naming_the_members_seed():
     assert d.code == "E430"
     assert "member 2's seed" in d.message and "`vary seed`" in d.message
     assert "at most 18446744073709551613" in d.help
+
+
+# ---- known bugs: a grid's bare `seed`, the plan of a stacked sweep, a stateful sweep ----
+
+
+def test_a_grid_with_a_bare_seed_gives_each_member_its_own_seed():
+    body = "optimizer adam(learning_rate=lr)\nwhere Linear.weight -> init normal(stddev=0.1)\n"
+    program = eqxform.compile(MLP + "ensemble grid lr=[1e-3, 1e-2, 1e-1] seed\n" + body)
+    sweep = program.sweep
+    # `seed` alone among a grid's axes adds no points: member k takes the
+    # spec's seed plus k, as `vary seed` does.
+    assert sweep.count == 3 and sweep.names == ("lr", "seed")
+    assert [sweep.values(k, 5) for k in range(3)] == [
+        {"lr": 1e-3, "seed": 5},
+        {"lr": 1e-2, "seed": 6},
+        {"lr": 1e-1, "seed": 7},
+    ]
+    ensemble = program.apply(seed=5)
+    for k, lr in enumerate([1e-3, 1e-2, 1e-1]):
+        _same(ensemble.member(k), _single({"lr": lr}, body).apply(seed=5 + k), rtol=0, atol=0)
+    # A grid of explicit seeds is an axis of the product, as before.
+    assert (
+        eqxform.compile(MLP + "ensemble grid lr=[1e-3, 1e-2] seed=[0, 9]\n" + body).sweep.count == 4
+    )
+
+
+def test_a_grid_axis_without_values_is_one_diagnostic_at_its_span():
+    with pytest.raises(SpecError) as info:
+        eqxform.compile(
+            MLP + "optimizer adamw(learning_rate=lr, weight_decay=wd)\n"
+            "ensemble grid lr=[1e-3, 1e-2] wd\n"
+        )
+    found = [(d.code, d.span.line, d.span.column, d.message) for d in info.value.diagnostics]
+    assert found == [("E176", 4, 31, "the grid axis `wd` gives no values")]
+    assert "`wd=[" in info.value.diagnostics[0].help
+
+
+def test_plan_names_a_stacked_arrays_layer_axis_after_the_member_axis(tmp_path):
+    spec = tmp_path / "s.eqx"
+    spec.write_text(
+        "model MLP(in_size=4, out_size=1, width_size=8, depth=4)\n"
+        "stack layers[1:4] scan\n"
+        "ensemble 2 vary lr=[1e-3, 1e-2]\n"
+        "optimizer adam(learning_rate=lr)\n"
+    )
+    text = CliRunner().invoke(main, ["plan", str(spec)])
+    assert text.exit_code == 0, text.output
+    assert "f32[layer:3, 8,8] -> f32[member:2, layer:3, 8,8]" in text.output
+    assert "f32[8,4] -> f32[member:2, 8,4]" in text.output
+    yaml_out = CliRunner().invoke(main, ["plan", str(spec), "--format", "yaml"])
+    assert yaml_out.exit_code == 0, yaml_out.output
+    import yaml
+
+    steps = yaml.safe_load(yaml_out.output)["steps"]
+    rows = {m["path"]: m for m in steps[1]["matches"]}
+    assert rows["layers[1].weight"]["before"] == "f32[layer:3, 8,8]"
+    assert rows["layers[1].weight"]["after"].startswith("f32[member:2, layer:3, 8,8] ")
+    assert rows["layers[1].bias"]["after"].startswith("f32[member:2, layer:3, 8] ")
+    assert rows["layers[0].weight"]["after"].startswith("f32[member:2, 8,4] ")
+
+
+def test_a_sweep_of_a_model_with_batchnorm_state_trains_each_member_as_its_own_run():
+    import realmodels as R
+
+    from eqxform._runtime import _train
+
+    eqxform.register_constructor("TinyResNet", R.make_tiny_resnet)
+    head = "model TinyResNet(width=4, depth=2, num_classes=3)\nseed 0\n"
+    body = "optimizer adam(learning_rate=lr)\n"
+    program = eqxform.compile(head + "ensemble 2 vary lr=[1e-3, 3e-2]\n" + body)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, size=(32,)).astype(np.int32)
+    ensemble, state = program.apply()
+    result = _train.train(
+        program, (ensemble, state), x, y, steps=6, batch_size=8, loss="cross_entropy"
+    )
+    assert result.nonfinite is None and not result.diverged
+    trained, trained_state = result.model
+    for k, lr in enumerate([1e-3, 3e-2]):
+        single = eqxform.compile(head + f"let lr = {lr!r}\n" + body)
+        alone = _train.train(
+            single, single.apply(), x, y, steps=6, batch_size=8, loss="cross_entropy"
+        )
+        model, model_state = alone.model
+        _same(model, trained.member(k), rtol=1e-4, atol=1e-6)
+        # The BatchNorm statistics moved, and each member's are its own run's.
+        mine = jax.tree_util.tree_map(lambda a: a[k], trained_state)
+        _same(model_state, mine, rtol=1e-4, atol=1e-6)
+        assert not all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                _arrays(model_state), _arrays(jax.tree_util.tree_map(lambda a: a[k], state))
+            )
+        )
+
+
+def test_members_that_differ_only_in_the_optimiser_are_built_once():
+    calls = []
+
+    def constructor(key):
+        calls.append(key)
+        return eqx.nn.MLP(4, 3, 16, 2, key=key)
+
+    lr_only = eqxform.compile("optimizer adam(learning_rate=lr)\nensemble 4 vary lr=[1, 2, 3, 4]\n")
+    assert lr_only.sweep.model_names == ()
+    ensemble = lr_only.apply(constructor)
+    once = len(calls)
+    # The members are equal, each the single model.
+    for k in range(4):
+        _same(ensemble.member(k), ensemble.member(0), rtol=0, atol=0)
+    calls.clear()
+    body = "optimizer adam(learning_rate=lr)\nwhere Linear.weight -> init normal(stddev=s)\n"
+    varied = eqxform.compile(body + "ensemble 4 vary lr=[1, 2, 3, 4], s=[0.1, 0.1, 0.2, 0.2]\n")
+    assert varied.sweep.model_names == ("s",)
+    ensemble = varied.apply(constructor)
+    # Two models (one per `s`): one build more than the lr-only sweep's one
+    # (`once` counts it with the calls every `apply` of a constructor makes).
+    assert len(calls) == once + 1
+    w = ensemble.layers[0].weight
+    np.testing.assert_array_equal(w[0], w[1])
+    np.testing.assert_allclose(w[2], 2 * w[0], rtol=1e-6)
+    for k, (lr, s) in enumerate([(1, 0.1), (2, 0.1), (3, 0.2), (4, 0.2)]):
+        single = eqxform.compile(f"let lr = {lr}\nlet s = {s}\n" + body)
+        _same(ensemble.member(k), single.apply(constructor), rtol=0, atol=0)
+    # With `vary seed`, each member is drawn from its own seed.
+    calls.clear()
+    eqxform.compile(body + "ensemble 3 vary lr=[1, 2, 3], s=[0.1, 0.1, 0.1], seed\n").apply(
+        constructor
+    )
+    assert len(calls) == once + 2

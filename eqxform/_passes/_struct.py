@@ -780,4 +780,9 @@ def _same_structure(members, model) -> bool:
             return False
         if is_array(x) and (tuple(x.shape[1:]) != tuple(y.shape) or x.dtype != y.dtype):
             return False
-    return jax.tree_util.tree_structure(members) == jax.tree_util.tree_structure(model)
+    # A `StateIndex` carries a marker object of its own construction (static,
+    # so part of the structure): every build has new ones, so the indices are
+    # compared by their arrays (above), not by their markers.
+    return jax.tree_util.tree_structure(
+        members, is_leaf=is_state_index
+    ) == jax.tree_util.tree_structure(model, is_leaf=is_state_index)

@@ -36,6 +36,7 @@ from .._select import (
     fans,
     get,
     is_array,
+    layout_ndim,
     matched_arrays,
     outermost,
     select_rule,
@@ -235,12 +236,52 @@ class ReplacePass(RulePass):
             env.update(context(node))
             leaf_key = jax.random.fold_in(rule_key, stable_hash(node.text))
             value = build(arg, env, leaf_key, self.source, ctx.allow)
+            lead = _layer_lead(node.obj, value)
+            if lead:
+                # A module of a library's pre-stacked layers (built under
+                # `eqx.filter_vmap`): one replacement per layer, each drawn
+                # with its own key, as the library built what it replaces.
+                value = _per_layer(
+                    lambda k, env=env: build(arg, env, k, self.source, ctx.allow), leaf_key, lead
+                )
             what = f"the model with `{arg.callee}(...)` at `{node.text}`"
             bad = too_deep(value, what, arg.span, self.source, above=len(node.path))
             if bad is not None:
                 raise SpecError(bad)
             values.append(value)
         return replace_at(model, [n.path for n in outer], values)
+
+
+def _layer_lead(old: Any, new: Any) -> tuple[int, ...]:
+    """The leading layer axes that every array of `old` carries and a one-layer
+    `new` lacks: `(2,)` for a `Linear` of esm2quinox's layers, `(2, 2)` inside
+    transformer-flows' blocks; `()` for a module of one layer."""
+    olds = [n for n in walk(old) if is_array(n.obj)]
+    news = [x for x in jax.tree_util.tree_leaves(new) if is_array(x)]
+    if not olds:
+        return ()
+    leads = set()
+    for node in olds:
+        known = layout_ndim(node)
+        if known is not None:
+            leads.add(tuple(node.obj.shape[: node.obj.ndim - known]))
+    if not leads and len(olds) == len(news):
+        # Layer types of the library's own (no known layout): by the shapes a
+        # one-layer replacement has.
+        for node, x in zip(olds, news):
+            shape, one = tuple(node.obj.shape), tuple(x.shape)
+            if len(shape) <= len(one) or shape[len(shape) - len(one) :] != one:
+                return ()
+            leads.add(shape[: len(shape) - len(one)])
+    return next(iter(leads)) if len(leads) == 1 else ()
+
+
+def _per_layer(make, key, lead: tuple[int, ...]) -> Any:
+    """`make(key)` for each layer of the leading axes `lead`, stacked."""
+    keys = jax.random.split(key, math.prod(lead)).reshape(lead)
+    for _ in lead:
+        make = eqx.filter_vmap(make)
+    return make(keys)
 
 
 @action_pass("cast")

@@ -55,25 +55,27 @@ class Step:
         mesh: Any = None,
         batch_axis: str | None = None,
         stop_if_nonfinite: bool = False,
+        members: int | None = None,
     ):
         params, static = eqx.partition(model, eqx.is_inexact_array)
         self._mesh = mesh = _mesh_of(mesh, params)
-        if mesh is not None:
-            params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
-        if donate:
-            # Donation hands the buffers to the step; copy them once, so that
-            # the caller's `model` (and state) stay usable.
-            params = jax.tree_util.tree_map(jnp.copy, params)
-            state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
-        self._params, self._params_def = jax.tree_util.tree_flatten(params)
         if mesh is None:
-            opt_state = optimizer.init(params)
+            # One compiled program makes the optimiser's state and (for
+            # donation, which hands the buffers to the step) the copies that
+            # keep the caller's `model` and state usable: run op by op, each
+            # leaf's shape would compile small programs of its own.
+            params, state, opt_state = eqx.filter_jit(_start)(optimizer, params, state, donate)
         else:
+            params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
+            if donate:
+                params = jax.tree_util.tree_map(jnp.copy, params)
+                state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
             # The optimiser's state follows the parameters it mirrors (Adam's
             # moments are split as their parameters are), the rest replicated.
             opt_state = jax.jit(
                 optimizer.init, out_shardings=_opt_shardings(optimizer, params, mesh)
             )(params)
+        self._params, self._params_def = jax.tree_util.tree_flatten(params)
         self._opt, self._opt_def = jax.tree_util.tree_flatten(opt_state)
         self._stateful = state is not None
         self._state, self._state_def = jax.tree_util.tree_flatten(state)
@@ -85,9 +87,15 @@ class Step:
         self._signature: tuple | None = None
         self.traces = 0
         # With `stop_if_nonfinite`: (steps run, the first step whose loss or
-        # update was not finite, 0 while there is none), carried on the device.
+        # update was not finite, 0 while there is none; per member with
+        # `members`), carried on the device.
         self._guarded = stop_if_nonfinite
-        self._guard = [jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)]
+        self._members = members
+        first_bad = () if members is None else (members,)
+        self._guard = [
+            jnp.asarray(np.zeros((), np.int32)),
+            jnp.asarray(np.zeros(first_bad, np.int32)),
+        ]
         params_def, opt_def, state_def = self._params_def, self._opt_def, self._state_def
         stateful = self._stateful
 
@@ -101,10 +109,14 @@ class Step:
                 m = eqx.combine(p, static)
                 m = resolve_wrappers(m) if resolve else m
                 if stateful:
-                    return loss_fn(m, model_state, *batch)
-                return loss_fn(m, *batch), model_state
+                    value, new_state = loss_fn(m, model_state, *batch)
+                else:
+                    value, new_state = loss_fn(m, *batch), model_state
+                # Per member: each member's gradient is that of its own loss.
+                total = value if members is None else jnp.sum(value)
+                return total, (value, new_state)
 
-            (loss, model_state), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
+            (_, (loss, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             out = [
@@ -112,7 +124,11 @@ class Step:
                 jax.tree_util.tree_leaves(opt_state),
                 jax.tree_util.tree_leaves(model_state),
             ]
-            if stop_if_nonfinite:
+            if stop_if_nonfinite and members is not None:
+                out, guard = _keep_members_if_finite(
+                    [flat_params, flat_opt, flat_state], out, loss, guard
+                )
+            elif stop_if_nonfinite:
                 out, guard = _keep_if_finite([flat_params, flat_opt, flat_state], out, loss, guard)
             return (*out, guard, loss)
 
@@ -176,13 +192,32 @@ class Step:
         """With `stop_if_nonfinite=True`: the first step (counted from 1) whose
         loss or updated parameters were not finite, or None. From that step on
         the model and the optimiser's state stay as they were before it.
+        With `members`, the step at which the last member diverged, once every
+        member has (None while one still trains; `diverged` names each).
         (Reading it waits for the steps in flight.)"""
         if not self._guarded:
             return None
+        bad = self._first_bad()
+        if self._members is not None:
+            return int(bad.max()) if bad.size and bad.all() else None
+        return int(bad) or None
+
+    @property
+    def diverged(self) -> dict[int, int]:
+        """With `stop_if_nonfinite=True` and `members`: the members that
+        diverged, each with the first step (counted from 1) whose loss or
+        update of it was not finite; it stays as it was before that step.
+        (Reading it waits for the steps in flight.)"""
+        if not self._guarded or self._members is None:
+            return {}
+        bad = self._first_bad()
+        return {int(k): int(bad[k]) for k in np.flatnonzero(bad)}
+
+    def _first_bad(self) -> np.ndarray:
         bad = self._guard[1]
         if isinstance(bad, jax.Array) and not bad.is_fully_addressable:
             bad = bad.addressable_data(0)
-        return int(bad) or None
+        return np.asarray(bad)
 
     def _place(self, x: Any) -> jax.Array:
         """A batch array split over the mesh's batch axis (from the whole batch,
@@ -238,6 +273,16 @@ class Step:
         return jax.tree_util.tree_unflatten(self._opt_def, self._opt)
 
 
+def _start(optimizer, params, state, copy: bool):
+    """The optimiser's state of `params`, and (with `copy`) copies of the
+    parameters and the model's state."""
+    opt_state = optimizer.init(params)
+    if copy:
+        params = jax.tree_util.tree_map(jnp.copy, params)
+        state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
+    return params, state, opt_state
+
+
 def _finite(leaves: list) -> jax.Array:
     ok = jnp.array(True)
     for x in leaves:
@@ -259,6 +304,35 @@ def _keep_if_finite(old: list, new: list, loss, guard: list) -> tuple[list, list
     # kernel each on the CPU and can take XLA minutes to compile for a deep
     # model.
     kept = jax.lax.cond(ok, lambda: new, lambda: old)
+    bad = jnp.where((bad == 0) & ~finite, count, bad)
+    return kept, [count, bad]
+
+
+def _keep_members_if_finite(old: list, new: list, loss, guard: list) -> tuple[list, list]:
+    """`_keep_if_finite` per member of an ensemble: a member whose loss or
+    updated parameters are not finite keeps its old arrays (its parameters,
+    its optimiser state, its model state) from then on, inside the compiled
+    step; the other members take the step. `loss` has one value per member;
+    the arrays that carry the member axis first are kept per member, the
+    others (an optimiser's shared step count) move on while any member does."""
+    count, bad = guard
+    count = count + 1
+    members = loss.shape[0]
+    finite = jnp.isfinite(loss)
+    for x in new[0]:
+        if jnp.issubdtype(x.dtype, jnp.inexact) and x.ndim and x.shape[0] == members:
+            finite = finite & jnp.all(jnp.isfinite(x.reshape(members, -1)), axis=1)
+    ok = finite & (bad == 0)
+    alive = jnp.any(ok)
+
+    def keep(n, o):
+        if n.ndim and n.shape[0] == members:
+            return jnp.where(ok.reshape((members,) + (1,) * (n.ndim - 1)), n, o)
+        return jnp.where(alive, n, o)
+
+    kept = [
+        [keep(n, o) for n, o in zip(group_new, group_old)] for group_new, group_old in zip(new, old)
+    ]
     bad = jnp.where((bad == 0) & ~finite, count, bad)
     return kept, [count, bad]
 
@@ -348,6 +422,7 @@ def make_step(
     mesh: Any = None,
     batch_axis: str | None = None,
     stop_if_nonfinite: bool = False,
+    members: int | None = None,
 ) -> Step:
     """A training step that pays for no pytree flattening per call.
 
@@ -375,6 +450,11 @@ def make_step(
       are not finite (NaN or infinite) on, leave the model and the optimiser's
       state as they were before it; `step.nonfinite_step` names that step.
       It costs no wait for the device per step (`eqxform train` uses it).
+    - `members`: train an ensemble whose `loss_fn` gives one loss per member
+      (`[members]`): the step differentiates their sum (each member's gradient
+      is its own loss's) and returns the vector. With `stop_if_nonfinite`, a
+      member that diverges stops alone (`step.diverged`), its arrays kept at
+      their last finite values inside the compiled step; the others train on.
 
     **Returns:** a `Step`. In a plain Python loop:
 
@@ -396,4 +476,5 @@ def make_step(
         mesh=mesh,
         batch_axis=batch_axis,
         stop_if_nonfinite=stop_if_nonfinite,
+        members=members,
     )

@@ -15,7 +15,7 @@ import signal
 import stat
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,7 @@ def make_loss(
     stateful: bool = False,
     members: int | None = None,
     output: str | None = None,
+    per_member: bool = False,
 ) -> Callable:
     """The training loss of a model on a batch `(x, y)`.
 
@@ -67,7 +68,8 @@ def make_loss(
     `(pred, y) -> scalar` of the batch's outputs and targets. For an ensemble,
     whose outputs carry a member axis, the loss is the sum of the members'
     losses: each member's gradient is that of its own loss, and the members
-    train independently.
+    train independently; with `per_member`, the vector of the members' losses
+    (for `make_step(..., members=N)`).
     """
     per_batch = _PER_BATCH[kind] if isinstance(kind, str) else kind
 
@@ -75,7 +77,8 @@ def make_loss(
         if members is None:
             return per_batch(pred, y)
         # pred: (batch, members, ...); y: (batch, ...) for every member.
-        return jnp.sum(jax.vmap(per_batch, in_axes=(1, None))(pred, y))
+        each = jax.vmap(per_batch, in_axes=(1, None))(pred, y)
+        return each if per_member else jnp.sum(each)
 
     if stateful:
 
@@ -585,11 +588,23 @@ def _labels_help(y: np.ndarray) -> str:
     return "save one integer class index per example: `numpy.savez(path, x=x, y=labels)`"
 
 
-def _scalar(value: Any) -> float:
-    """A replicated loss as a number, also when it spans several processes."""
+def _host(value: Any) -> np.ndarray:
+    """A replicated loss (one number, or one per member) on the host, also
+    when it spans several processes."""
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
         value = value.addressable_data(0)
-    return float(value)
+    return np.asarray(value, np.float64)
+
+
+def _scalar(value: Any) -> float:
+    return float(_host(value))
+
+
+def _live_mean(losses: np.ndarray, diverged: Mapping[int, int]) -> float:
+    """The mean loss of the members that have not diverged (of all, when
+    every one has)."""
+    live = [k for k in range(len(losses)) if k not in diverged]
+    return float(np.mean(losses[live or list(range(len(losses)))]))
 
 
 @dataclass
@@ -597,7 +612,10 @@ class Result:
     """What `train` did: the model (the last one whose loss and parameters
     were finite), the steps it took, the last loss reported, whether Ctrl-C
     stopped it, and the first step that was not finite (`nonfinite`), with
-    what was not (`nonfinite_what`)."""
+    what was not (`nonfinite_what`). For an ensemble, `diverged` names the
+    members that stopped at a step that was not finite for them, each with
+    that step (their arrays are those of the step before); the others trained
+    on, and `nonfinite` is set only when every member diverged."""
 
     model: Any
     steps: int
@@ -605,6 +623,7 @@ class Result:
     interrupted: bool
     nonfinite: int | None = None
     nonfinite_what: str = ""
+    diverged: dict[int, int] = dataclasses.field(default_factory=dict)
 
 
 # `member_losses` evaluates at most this many examples at once.
@@ -661,6 +680,17 @@ def member_losses(
     return total / count
 
 
+@jax.jit
+def _rows(xs: jax.Array, ys: jax.Array, idx) -> tuple[jax.Array, jax.Array]:
+    """A batch: the rows `idx` of `xs` and `ys`, in one dispatch (indexing
+    each on its own runs several small programs per step)."""
+    return jnp.take(xs, idx, axis=0), jnp.take(ys, idx, axis=0)
+
+
+def _rows_on_host(xs: np.ndarray, ys: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray]:
+    return xs[idx], ys[idx]
+
+
 def every_tenth(done: int, steps: int) -> bool:
     """`train`'s default reporting: step 1, every 10th step, the last."""
     return done == 1 or done % 10 == 0 or done == steps
@@ -683,7 +713,7 @@ def train(
     mesh: Any = None,
     batch_axis: str | None = None,
     output: str | None = None,
-    on_members: Callable[[int, np.ndarray], None] | None = None,
+    on_members: Callable[[int, np.ndarray, dict[int, int]], None] | None = None,
 ) -> Result:
     """Train `model` for `steps` steps on batches of `(x, y)`.
 
@@ -694,27 +724,42 @@ def train(
     names the step. The check runs inside the compiled step; the loop reads
     its result every 10 steps, at checkpoints and at the end (the same steps
     in every process), so it waits for the device there, not at each step.
-    For an ensemble, `on_members(done, losses)` is called at the same steps
-    with each member's loss on that step's batch, measured as the step's own
-    loss is (before its update): their mean is the loss `on_step` gets.
+
+    An ensemble (a sweep) trains on when some of its members diverge: a
+    member whose loss or update is not finite stops at that step (its arrays
+    kept as they were before it, inside the compiled step) and is named in
+    `Result.diverged`; only when every member has diverged does the loop stop
+    as a single model's does. `on_members(done, losses, diverged)` is called
+    at the reported steps with each member's loss on that step's batch (the
+    step's own: the model before its update; NaN for a diverged member) and
+    the members diverged so far; `on_step` gets the mean of the others.
     """
     if batch_size > len(x):
         raise UsageError(diagnostic("E422", batch_size=batch_size, len_x=len(x)))
     model_only, state = split_state(model)
     members = model_only.count if isinstance(model_only, Ensemble) else None
     step = make_step(
-        make_loss(loss, stateful=state is not None, members=members, output=output),
+        make_loss(
+            loss,
+            stateful=state is not None,
+            members=members,
+            output=output,
+            per_member=members is not None,
+        ),
         build_optimizer(program, model_only),
         model_only,
         state=state,
         mesh=mesh,
         batch_axis=batch_axis,
         stop_if_nonfinite=True,
+        members=members,
     )
     # On a mesh the batches stay on the host: the step splits each over the
-    # devices (of every process) itself.
+    # devices (of every process) itself. Else the data sits on the device and
+    # each batch is taken there, by one compiled gather.
     on_mesh = step.mesh is not None
     xs, ys = (x, y) if on_mesh else (jnp.asarray(x), jnp.asarray(y))
+    rows = _rows_on_host if on_mesh else _rows
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(x))
     cursor = 0
@@ -739,12 +784,7 @@ def train(
             idx = order[cursor : cursor + batch_size]
             cursor += batch_size
             due = on_step is not None and report(i + 1, steps)
-            # The members' losses as the step's own loss is: the model before
-            # this step's update, on this step's batch.
-            before = None
-            if due and on_members is not None and members is not None:
-                before = member_losses(step.result, xs[idx], ys[idx], loss, output=output)
-            value = step(xs[idx], ys[idx])
+            value = step(*rows(xs, ys, idx))
             done = i + 1
             recent[done] = value
             recent.pop(done - 10, None)
@@ -755,30 +795,43 @@ def train(
                 bad = step.nonfinite_step
                 if bad is not None:
                     break
-            if due:
-                last = _scalar(value) / (members or 1)
+            if due and members is None:
+                last = _scalar(value)
                 on_step(done, last)
-                if before is not None:
-                    on_members(done, before)
+            elif due:
+                # The step's own losses, one per member: the model before
+                # this step's update, on this step's batch.
+                losses, diverged = _host(value), step.diverged
+                losses[list(diverged)] = np.nan
+                last = _live_mean(losses, diverged)
+                on_step(done, last)
+                if on_members is not None:
+                    on_members(done, losses, diverged)
             if checkpoint:
                 on_checkpoint(step.result, done)
     finally:
         signal.signal(signal.SIGINT, previous)
     if bad is None and done:
         bad = step.nonfinite_step
+    diverged = step.diverged if done else {}
     if bad is not None:
-        return Result(step.result, bad - 1, last, stop["now"], bad, _what_failed(recent.get(bad)))
+        # For an ensemble: what the last member to diverge did.
+        last_member = max(diverged, key=diverged.get) if diverged else None
+        what = _what_failed(recent.get(bad), last_member)
+        if last_member is not None:
+            what = f"every member diverged; the last, member {last_member}: {what}"
+        return Result(step.result, bad - 1, last, stop["now"], bad, what, diverged)
     if done and last is None:
-        last = _scalar(value) / (members or 1)
-    return Result(step.result, done, last, stop["now"])
+        last = _scalar(value) if members is None else _live_mean(_host(value), diverged)
+    return Result(step.result, done, last, stop["now"], diverged=diverged)
 
 
-def _what_failed(loss: Any) -> str:
+def _what_failed(loss: Any, member: int | None = None) -> str:
     """What was not finite at a failing step: its loss, or (its loss finite)
-    the parameters its update made."""
+    the parameters its update made; of `member`, for an ensemble's."""
     if loss is None:
         return "its loss or its update was not finite"
-    value = _scalar(loss)
+    value = float(_host(loss)[member]) if member is not None else _scalar(loss)
     if not math.isfinite(value):
         return f"its loss is {value}"
     return f"its update made parameters non-finite (its loss was {value:.4g})"
