@@ -2134,6 +2134,11 @@ CODES: dict[str, Code] = {
                 "`x` and `y` must be real numbers, not complex",
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
+            not_callable=(
+                "the model `{name}` has no `__call__`, and `train` calls the model on each row of `x`",
+                "train a model whose entry point is a method (`{name}.forward`, say) from Python: "
+                "`eqxform.make_step` with a loss that calls that method",
+            ),
             model_does=(
                 "the model does not accept rows of `x` of shape {list_shape}: {error}",
                 "each row of `x` is one input of the model (the spec's `input` line, or the `in_size` of an `MLP`): save `x` with one such input per row",

@@ -362,10 +362,6 @@ def test_transformer_flow_ensemble_method_runs_per_member(flow):
     assert np.allclose(z, hand, atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a model without `__call__` gets E420's help to reshape `x` (issue 16, item 9)",
-)
 def test_transformer_flow_train_says_the_model_is_not_callable(flow):
     x = np.zeros((4, 1, 8, 8), np.float32)
     y = np.zeros((4, 4, 16), np.float32)

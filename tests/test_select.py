@@ -3,6 +3,7 @@ import jax
 import pytest
 
 import eqxform
+from eqxform import _registry
 from eqxform._parse import parse
 from eqxform._select import context, select, walk
 
@@ -123,7 +124,11 @@ def test_registered_type(getkey):
             self.proj = eqx.nn.Linear(3, 3, key=key)
 
     eqxform.register_type(Block)
-    model = [Block(getkey()), eqx.nn.Linear(3, 3, key=getkey())]
-    assert paths("Block.proj.weight", model) == ["[0].proj.weight"]
-    with pytest.raises(eqxform.UsageError):
-        eqxform.register_type(Block, name="block")
+    try:
+        model = [Block(getkey()), eqx.nn.Linear(3, 3, key=getkey())]
+        assert paths("Block.proj.weight", model) == ["[0].proj.weight"]
+        with pytest.raises(eqxform.UsageError):
+            eqxform.register_type(Block, name="block")
+    finally:
+        # The registry is the process's: a later test's did-you-mean must not see `Block`.
+        _registry._TYPES.pop("Block", None)

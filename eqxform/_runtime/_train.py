@@ -463,6 +463,9 @@ def check_fits(
     if np.iscomplexobj(x) or np.iscomplexobj(y):
         raise _data_error("E420", where, variant="real_numbers")
     model, _ = split_state(subject)
+    one = model.model if isinstance(model, Ensemble) else model
+    if not callable(one):
+        raise _data_error("E420", where, variant="not_callable", name=type(one).__name__)
     try:
         whole = output_shape(subject, (jax.ShapeDtypeStruct(x.shape[1:], x.dtype),))
     except Exception as e:  # the model's own complaint about the input
