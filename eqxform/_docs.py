@@ -104,7 +104,8 @@ KEYWORDS = {
     "scan": "`stack ... scan`: the layers run one after another, with `lax.scan`",
     "vmap": "`stack ... vmap`: the layers run side by side, with `vmap`",
     "remat": "`stack ... remat`: each layer is checkpointed (recomputed on the backward pass)",
-    "unroll": "`stack ... unroll K`: K layers per step of the scan",
+    "unroll": "`stack ... unroll K`: K layers per step of the scan (a scan of "
+    f"{N.UNROLLED_UP_TO} layers or fewer runs unrolled unless its line says `unroll K`)",
     "layerwise": "`stack ... layerwise`: iterating the stack gives each layer (for a parent "
     "that loops over it in Python)",
     "copies": "`stack PATH scan N copies`: N copies of a module that carries a layer axis "

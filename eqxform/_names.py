@@ -481,6 +481,16 @@ MAP_ACTIONS = {
 STACK_OPTIONS = ("remat", "unroll", "layerwise", "copies")
 STACK_NUMBERED = ("unroll",)
 
+# A `scan` stack of at most this many layers runs unrolled (`unroll` its count)
+# unless its line says `unroll K`. A rolled loop costs XLA a fixed amount to
+# compile (the stores and loads of what the backward pass keeps, per layer
+# array) that a few unrolled copies of one layer do not: measured on the CPU
+# (`benchmarks/libraries.py`), a rolled scan of 2 or 3 blocks compiled its
+# forward and gradient 1.15x-1.5x slower than the blocks unstacked, unrolled
+# ones as fast; from 4 blocks the loop pays for itself. The model (stacked arrays,
+# selectors, `unstack`) and its numbers are the same either way.
+UNROLLED_UP_TO = 3
+
 # The losses `eqxform train` knows by name (`--loss`); `_runtime._train` holds
 # their functions.
 LOSSES = ("mse", "cross_entropy")

@@ -25,7 +25,7 @@ from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable, report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Ensemble, Frozen, LoRA, Wrapper, split_state
+from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
@@ -399,6 +399,8 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     if isinstance(obj, Wrapper):
         # `Frozen(f32[8,8])`: the wrappers around an array, innermost last.
         return f"{type(obj).__name__}({describe(obj._inner(), axes)})"
+    if isinstance(obj, Stacked) and obj.unrolled:
+        return f"{type(obj).__name__} ({count_params(obj):,} params, scan unrolled)"
     if isinstance(obj, eqx.Module):
         return f"{type(obj).__name__} ({count_params(obj):,} params)"
     if callable(obj):

@@ -334,7 +334,8 @@ def test_a_stack_of_list_items_shows_the_later_items_stacked_into_the_first():
     (step,) = eqxform.compile("stack layers[1:4] scan").plan(model).steps
     rows = [(m.path, m.before, m.after) for m in step.matches]
     assert rows == [
-        ("layers[1]", "Linear (72 params)", "Stacked (216 params)"),
+        # Three layers: a scan that short runs unrolled, and the plan says so.
+        ("layers[1]", "Linear (72 params)", "Stacked (216 params, scan unrolled)"),
         ("layers[2]", "Linear (72 params)", "(stacked into layers[1])"),
         ("layers[3]", "Linear (72 params)", "(stacked into layers[1])"),
     ]

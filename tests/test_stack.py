@@ -48,6 +48,40 @@ def test_stacked_outputs_and_gradients_equal_unstacked(getkey, options):
             assert np.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("count", "options", "loop"),
+    [(2, "", False), (3, "", False), (4, "", True), (2, "unroll 1", True), (8, "unroll 8", False)],
+)
+def test_a_short_scan_stack_runs_unrolled_unless_its_line_says(getkey, count, options, loop):
+    """A `scan` stack of 3 layers or fewer compiles without a loop (XLA compiles a
+    rolled loop of 2 or 3 blocks slower than the blocks themselves), forward and
+    gradient; a longer one keeps its loop, and `unroll K` is the user's choice.
+    Either way the numbers are the unstacked model's, and `plan` says which."""
+    net = Net(count, getkey())
+    program = eqxform.compile(f"stack blocks scan {options}")
+    stacked = program.apply(net)
+    assert stacked.blocks.unrolled is not loop
+    assert ("scan unrolled" in str(program.plan(net))) is not loop
+    x = jr.normal(getkey(), (5, 4))
+    params, static = eqx.partition(stacked, eqx.is_array)
+
+    def forward(p, x):
+        return jax.vmap(eqx.combine(p, static))(x)
+
+    def gradient(p, x):
+        return jax.grad(lambda p: loss(eqx.combine(p, static), x))(p)
+
+    for fn in (forward, gradient):
+        hlo = jax.jit(fn).lower(params, x).as_text()
+        assert ("stablehlo.while" in hlo) is loop, fn.__name__
+    assert np.allclose(jax.jit(forward)(params, x), jax.vmap(net)(x), atol=1e-6)
+    g_stacked, g_net = jax.jit(gradient)(params, x), eqx.filter_grad(loss)(net, x)
+    for i in range(count):
+        layer = eqx.combine(g_stacked, static).blocks[i]
+        for a, b in zip(arrays(layer), arrays(g_net.blocks.layers[i])):
+            assert np.allclose(a, b, atol=1e-5)
+
+
 def test_vmap_mode_runs_layers_side_by_side(getkey):
     net = Net(3, getkey())
     out = eqxform.compile("stack blocks vmap").apply(net, key=getkey())

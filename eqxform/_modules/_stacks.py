@@ -233,6 +233,11 @@ class Stacked(eqx.Module):
     def __len__(self) -> int:
         return self.count
 
+    @property
+    def unrolled(self) -> bool:
+        """Does the scan run every layer in one step (no loop)?"""
+        return self.mode == "scan" and self.count > 1 and self.unroll >= self.count
+
     def _is_one_layer(self) -> bool:
         """Are these one layer's arrays (a parent's own scan sliced the stack)?
         Told by the first weight of a layer type whose layout Equinox fixes

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _ast as A
+from .. import _names as N
 from .._build import nbytes
 from .._diagnostics import report
 from .._errors import EqxformError, SpecError, UsageError
@@ -590,12 +591,18 @@ class StackPass(StructPass):
 
     def wrap(self, layers, count: int, kind: str) -> Stacked:
         options = self.options
+        unroll = options.get("unroll")
+        # A short stack compiles faster unrolled (see `UNROLLED_UP_TO`); an adopted
+        # one is run by its library's own scan.
+        short = count <= N.UNROLLED_UP_TO and kind != "adopted"
+        if unroll is None and self.stmt.mode == "scan" and short:
+            unroll = count
         return Stacked(
             layers,
             count,
             self.stmt.mode,
             "remat" in options,
-            options.get("unroll") or 1,
+            unroll or 1,
             kind,
             "layerwise" in options,
             next((o.over.axis for o in self.stmt.options if o.over is not None), None),
