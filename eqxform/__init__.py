@@ -5,17 +5,32 @@ Every name here is a re-export; the code lives in the private modules.
 
 from . import _names
 from ._api import CheckReport as CheckReport
+from ._api import ModelFileInfo as ModelFileInfo
+from ._api import TrainResult as TrainResult
+from ._api import apply as apply
 from ._api import check as check
+from ._api import explain as explain
+from ._api import export as export
+from ._api import format_files as format_files
+from ._api import inspect as inspect
+from ._api import language_server as language_server
+from ._api import plan as plan
+from ._api import train as train
 from ._diagnostics import Diagnostic as Diagnostic
 from ._errors import EqxformError as EqxformError
 from ._errors import EqxformWarning as EqxformWarning
 from ._errors import ModelFileError as ModelFileError
 from ._errors import SpecError as SpecError
 from ._errors import UsageError as UsageError
+from ._format import format_spec as format_spec
+from ._names import LOSSES as LOSSES
 from ._registry import register_constructor as register_constructor
 from ._registry import register_initializer as register_initializer
 from ._registry import register_type as register_type
 from ._registry import register_wrapper as register_wrapper
+from ._source import is_model_file as is_model_file
+from ._source import load_params as load_params
+from ._values import parse_seed as parse_seed
 
 __version__ = "0.1.0"
 
@@ -34,6 +49,9 @@ _LAZY = {
     "save": "._recipes",
     "new": "._recipes",
     "pick": "._pick",
+    "pick_file": "._pick",
+    "count_params": "._plan",
+    "check_output": "._files",
     "resolve": "._modules",
     "bake": "._modules",
     # The types the actions put in the model (`Frozen`, `LoRA`, ...).

@@ -1,9 +1,11 @@
 """The command line: a thin shell over the Python API.
 
-Exit codes: 0 success, 1 a spec or model error, 2 a usage error. Every error is
-a rendered diagnostic, never a traceback. `check` without a model imports no
-JAX: the commands import what they need inside their functions, so that the
-linter loads only the text layers (parse, check).
+Each command parses its options, calls the public function that does its work
+(`eqxform.check`, `eqxform.plan`, `eqxform.apply`, `eqxform.train`, ...), and
+prints; it imports nothing of eqxform but its public names. Exit codes: 0
+success, 1 a spec or model error, 2 a usage error. Every error is a rendered
+diagnostic, never a traceback. `check` without a model imports no JAX: the
+API loads what needs JAX when it is first used.
 """
 
 from __future__ import annotations
@@ -12,20 +14,22 @@ import contextlib
 import dataclasses
 import functools
 import json
-import math
 import os
 import re
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import EqxformError, UsageError
-from . import _names as N
-from ._diagnostics import denied, plural, printable, render_all, report
+import eqxform
+
+from . import LOSSES, Diagnostic, EqxformError, EqxformWarning, UsageError
+
+plural, printable, render_all = Diagnostic.plural, Diagnostic.printable, Diagnostic.render_all
 
 
 def _console():
@@ -76,6 +80,24 @@ def _report(diagnostics, as_json: bool = False) -> None:
         click.echo(render_all(diagnostics), err=True)
 
 
+@contextlib.contextmanager
+def _warnings_shown():
+    """The API's warnings (`EqxformWarning`: the plan's, before the work) are
+    printed as the diagnostics they are, each as it comes."""
+
+    def show(message, category, *args, **kwargs):
+        if isinstance(message, EqxformWarning):
+            click.echo(render_all([message.diagnostic]) + "\n", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+        warnings.simplefilter("always", EqxformWarning)
+        warnings.showwarning = show
+        yield
+
+
 def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
     try:
         return fn()
@@ -87,56 +109,26 @@ def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
 
 
 def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
-    from ._source import load_params
-
-    return load_params(sets, params_file)
-
-
-def _seed(text: str | None) -> int | None:
-    from ._values import parse_seed
-
-    return parse_seed(text)
+    return eqxform.load_params(sets, params_file)
 
 
 def _swapped(spec: str, model: str | None, command: str) -> None:
-    from ._source import is_model_file
-
-    if model is not None and is_model_file(spec) and not is_model_file(model):
-        raise UsageError(
-            report("E402", variant="arguments_are", spec=spec, model=model, command=command)
+    if model is not None and eqxform.is_model_file(spec) and not eqxform.is_model_file(model):
+        raise UsageError.of(
+            "E402", variant="arguments_are", spec=spec, model=model, command=command
         )
 
 
 def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
-    from . import compile
-
     # The argument is a file's path, whatever its name: never spec text.
-    return compile(Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh))
+    return eqxform.compile(
+        Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh)
+    )
 
 
 def _mesh(text: str | None):
     """`--mesh data=2,model=4` as a `MeshSpec` (no JAX), or None."""
-    if text is None:
-        return None
-    from ._mesh import mesh_from_text
-
-    return mesh_from_text(text)
-
-
-def _device(name: str | None):
-    if name is None:
-        return contextlib.nullcontext()
-    import jax
-
-    try:
-        devices = jax.devices(name)
-    except RuntimeError:
-        raise UsageError(
-            report(
-                "E408", name=name, listing=", ".join(sorted({d.platform for d in jax.devices()}))
-            )
-        ) from None
-    return jax.default_device(devices[0])
+    return None if text is None else eqxform.MeshSpec.parse(text)
 
 
 class _Whole(click.ParamType):
@@ -272,15 +264,10 @@ def new(constructor, output, seed, allow):
     """
 
     def go():
-        from . import new as make
-        from . import save
-        from ._files import check_output
-        from ._plan import count_params
-
-        check_output(output)
-        model = make(constructor, seed=_seed(seed), allow=allow)
-        save(output, model)
-        click.echo(f"wrote {output} ({count_params(model):,} parameters)")
+        eqxform.check_output(output)
+        model = eqxform.new(constructor, seed=eqxform.parse_seed(seed), allow=allow)
+        eqxform.save(output, model)
+        click.echo(f"wrote {output} ({eqxform.count_params(model):,} parameters)")
 
     _run(go)
 
@@ -301,10 +288,8 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
     """
 
     def go():
-        from . import check as check_spec
-
         _swapped(spec, model, "check")
-        report = check_spec(
+        report = eqxform.check(
             Path(spec),
             model,
             params=_params(sets, params_file),
@@ -312,15 +297,9 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
             inputs=list(inputs) or None,
             mesh=_mesh(mesh),
             weights=weights,
+            deny=deny,
         )
-        name, statements, against, steps = (
-            report.name,
-            report.statements,
-            report.model,
-            report.steps,
-        )
-        diagnostics = report.diagnostics
-        diagnostics = denied(diagnostics, deny)
+        diagnostics, against, steps = report.diagnostics, report.model, report.steps
         errors = any(d.severity == "error" for d in diagnostics)
         if as_json:
             data: dict[str, Any] = {
@@ -329,16 +308,8 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
                 "diagnostics": [d.to_dict() for d in diagnostics],
             }
             if steps is not None:
-                data["rules"] = [
-                    {
-                        "line": s.line,
-                        "rule": s.rule,
-                        "action": s.action,
-                        "count": s.count,
-                        "unit": s.unit,
-                    }
-                    for s in steps
-                ]
+                keys = ("line", "rule", "action", "count", "unit")
+                data["rules"] = [{k: getattr(s, k) for k in keys} for s in steps]
             click.echo(json.dumps(data, indent=2))
             sys.exit(1 if errors else 0)
         if diagnostics:
@@ -351,7 +322,7 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
         if noted:
             head += f", {plural(noted, 'note')}"
         where = f"; checked against {against}" if against is not None else ""
-        _echo(f"{name}: {head} ({plural(statements, 'statement')}{where})")
+        _echo(f"{report.name}: {head} ({plural(report.statements, 'statement')}{where})")
         if steps:
             width = max(len(s.action) for s in steps)
             for s in steps:
@@ -373,19 +344,7 @@ def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, we
     def go():
         _swapped(spec, model, "plan")
         program = _compile(spec, _params(sets, params_file), allow, inputs, mesh)
-        from ._recipes import skeleton
-
-        struct = skeleton(model, allow)[2] if model is not None else None
-        result = program.plan(struct, weights=weights)
-        if program.optimizer is not None and not result.errors and result.result is not None:
-            from dataclasses import replace
-
-            from ._modules import split_state
-            from ._runtime._optim import state_bytes
-
-            model_only = split_state(result.result)[0]
-            result = replace(result, opt_state_bytes=state_bytes(program, model_only))
-        result = dataclasses.replace(result, diagnostics=tuple(denied(result.diagnostics, deny)))
+        result = eqxform.plan(program, model, weights=weights, deny=deny)
         _report(result.diagnostics, fmt == "json")
         _print_plan(result, fmt, untouched)
 
@@ -422,9 +381,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
         # keeps every path whole.
         lines = result.lines(console.width)
     if result.weights is not None:
-        from ._plan import weight_lines
-
-        _echo("\n".join(weight_lines(result.weights)))
+        _echo("\n".join(result.weight_lines()))
     for line in lines:
         click.echo(line)
     if untouched:
@@ -437,22 +394,20 @@ def _plan_table(result):
     """The plan's steps as a rich table: a row per array or module acted on."""
     from rich.table import Table
 
-    from ._plan import PlanMatch
-
     table = Table(show_lines=False, header_style="bold")
     for column in ("line", "action", "acts on", "path", "before", "after"):
         table.add_column(column)
     for step in result.steps:
         delta = f" ({step.params_delta:+,} params)" if step.params_delta else ""
-        rows = step.matches or (PlanMatch("(nothing)", "", ""),)
-        for i, m in enumerate(rows):
+        rows = [(m.path, m.before, m.after) for m in step.matches] or [("(nothing)", "", "")]
+        for i, (path, before, after) in enumerate(rows):
             table.add_row(
                 _text(step.line if i == 0 else ""),
                 _text(step.action + delta if i == 0 else ""),
                 _text(step.counted if i == 0 else ""),
-                _text(m.path),
-                _text(m.before),
-                _text("=" if m.after == m.before else m.after),
+                _text(path),
+                _text(before),
+                _text("=" if after == before else after),
                 end_section=i == len(rows) - 1,
             )
     return table
@@ -492,7 +447,7 @@ def apply(
     another library's names (`weights` line, or `--weights`)."""
 
     def go():
-        seed_value = _seed(seed)
+        seed_value = eqxform.parse_seed(seed)
         program = _prepare(
             "apply",
             spec,
@@ -506,25 +461,22 @@ def apply(
             data=None,
             mesh=mesh,
         )
-        from . import save
-        from ._plan import count_params
-
-        with _device(device):
-            base = _checked_base(program, model, allow, deny, weights)
-            with _quiet():
-                result = program.apply(base, seed=seed_value, weights=weights)
-            if adapters_only:
-                # This spec's adapters, whatever the base's recipe holds.
-                from dataclasses import replace
-
-                step = replace(program, seed=program.seed if seed_value is None else seed_value)
-                save(output, result, adapters_only=True, spec=step)
-            else:
-                save(output, result)
+        with _warnings_shown():
+            result = eqxform.apply(
+                program, model, seed=seed_value, weights=weights, device=device, deny=deny
+            )
+        if adapters_only:
+            # This spec's adapters, whatever the base's recipe holds.
+            step = dataclasses.replace(
+                program, seed=program.seed if seed_value is None else seed_value
+            )
+            eqxform.save(output, result, adapters_only=True, spec=step)
+        else:
+            eqxform.save(output, result)
         what = "adapters of " if adapters_only else ""
         click.echo(
-            f"wrote {output} ({what}{count_params(result):,} parameters, "
-            f"{_applied(program.spec)} applied)"
+            f"wrote {output} ({what}{eqxform.count_params(result):,} parameters, "
+            f"{program.applies()} applied)"
         )
 
     _run(go)
@@ -549,9 +501,9 @@ def apply(
     "--loss",
     default="mse",
     show_default=True,
-    metavar="|".join(N.LOSSES) + "|PKG.MOD:FN",
+    metavar="|".join(LOSSES) + "|PKG.MOD:FN",
     help="The loss: "
-    + ", ".join(f"`{n}`" for n in N.LOSSES)
+    + ", ".join(f"`{n}`" for n in LOSSES)
     + ", or a function `(pred, y) -> scalar` of your own from an allowed package (`--allow PKG`).",
 )
 @click.option(
@@ -644,7 +596,7 @@ def train(
     """
 
     def go():
-        seed_value = _seed(seed)
+        seed_value = eqxform.parse_seed(seed)
         _join(coordinator, num_processes, process_id, timeout)
         program = _prepare(
             "train",
@@ -659,115 +611,50 @@ def train(
             data=data,
             mesh=mesh,
         )
-        from . import recipe_of, save
-        from ._runtime import _train
-        from ._runtime._optim import base_optimizer
+        seed_used = program.seed if seed_value is None else seed_value
+        this_spec = dataclasses.replace(program, seed=seed_used)
 
-        with _device(device):
-            base_optimizer(program)  # a missing `optimizer` fails before any work
-            loss_fn = _train.resolve_loss(loss, tuple(allow))
-            _train.output_steps(output_path)  # a malformed `--model-output` fails before any work
-            if data is not None:
-                # The data set is read (and its headers checked) before the
-                # model is built.
-                x, y = _train.load_data(data)
-            held_out = None if eval_data is None else _train.load_data(eval_data)
-            base = _checked_base(program, model, allow, deny, weights)
-            with _quiet():
-                start = program.apply(base, seed=seed_value, weights=weights)
-            recipe = recipe_of(start)
-            if data is None:
-                x, y = _train.toy_data(
-                    start,
-                    loss_fn,
-                    program.input_structs(),
-                    seed=program.seed if seed_value is None else seed_value,
-                    output=output_path,
-                )
-                where = "built-in data"
-            else:
-                where = data
-            _train.check_fits(start, x, y, loss_fn, where, output_path)
-            if held_out is not None:
-                _train.check_fits(start, *held_out, loss_fn, eval_data, output_path)
-            ensemble = _is_ensemble(start)
-            trained = {
-                "steps": 0,
-                "data": data or "built-in",
-                "loss": loss,
-                "batch_size": batch_size,
-            }
-            if output_path is not None:
-                trained["output"] = output_path
-            if eval_data is not None:
-                trained["eval_data"] = eval_data
-
-            seed_used = program.seed if seed_value is None else seed_value
+        def write(m, done=None):
+            # The model's recipe says what training did (`eqxform.train` files it).
             if adapters_only:
-                from dataclasses import replace
-
-                from ._recipes import require_adapters
-
                 # This spec's adapters (and what trains beside them), whatever
-                # the base's recipe holds; refused before training when the
-                # model would have none.
-                require_adapters(start)
-                this_spec = replace(program, seed=seed_used)
+                # the base's recipe holds.
+                recipe = eqxform.recipe_of(m)
+                eqxform.save(output, m, adapters_only=True, spec=this_spec, recipe=recipe)
+            else:
+                eqxform.save(output, m)
 
-            def write(m, done, result=None):
-                info = {**trained, "steps": done}
-                if result is not None and result.nonfinite is not None:
-                    info["stopped"] = f"step {result.nonfinite} was not finite"
-                if adapters_only:
-                    save(
-                        output,
-                        m,
-                        adapters_only=True,
-                        spec=this_spec,
-                        recipe=None if recipe is None else recipe.with_training(info),
-                    )
-                    return
-                save(output, m, recipe=None if recipe is None else recipe.with_training(info))
-
-            run = functools.partial(
-                _train.train,
-                program,
-                start,
-                x,
-                y,
-                steps=steps,
-                batch_size=batch_size,
-                loss=loss_fn,
-                seed=seed_used,
-                checkpoint_every=checkpoint_every,
-                on_checkpoint=write,
-                mesh=program.device_mesh(),
-                batch_axis=batch_axis,
-                output=output_path,
-            )
+        run = functools.partial(
+            eqxform.train,
+            program,
+            model,
+            data=data,
+            eval_data=eval_data,
+            steps=steps,
+            batch_size=batch_size,
+            loss=loss,
+            model_output=output_path,
+            seed=seed_value,
+            weights=weights,
+            batch_axis=batch_axis,
+            device=device,
+            deny=deny,
+            adapters_only=adapters_only,
+            checkpoint_every=checkpoint_every,
+            on_checkpoint=write,
+        )
+        with _warnings_shown():
             if not _writer():
                 result = run()
             elif _console().is_terminal:
-                result = _train_with_bar(run, steps, ensemble)
+                result = _train_with_bar(run, steps)
             else:
-                result = _train_with_lines(run, steps, ensemble)
-            if result.nonfinite is not None and result.steps == 0:
-                raise _diverged(result, output, wrote=False)
-            losses = _final_losses(result.model, x, y, held_out, loss_fn, output_path)
-            if losses is not None:
-                rows = _member_rows(program, seed_used, *losses, diverged=result.diverged)
-                # A diverged member's loss is not finite: JSON holds no
-                # `inf` or `nan`, so the recipe records null.
-                kept = [
-                    {**r, **{k: _finite_or_none(r[k]) for k in ("loss", "eval_loss")}} for r in rows
-                ]
-                if ensemble:
-                    trained["members"] = kept
-                else:
-                    trained["eval_loss"] = kept[0]["eval_loss"]
-                if _writer() and (ensemble or held_out is not None):
-                    _echo_members(rows, ensemble)
-            write(result.model, result.steps, result)
+                result = _train_with_lines(run, steps)
+        if result.nonfinite is not None and result.steps == 0:
+            raise _diverged(result, output, wrote=False)
+        if result.members is not None and _writer():
+            _echo_members(result.members, result.ensemble)
+        write(result.model)
         if result.nonfinite is not None:
             raise _diverged(result, output, wrote=True)
         final = "-" if result.loss is None else f"{result.loss:.4g}"
@@ -784,12 +671,6 @@ def train(
         click.echo(f"trained {result.steps} steps (loss {final}){diverged}; {wrote}")
 
     _run(go)
-
-
-def _is_ensemble(model) -> bool:
-    from ._modules import Ensemble, split_state
-
-    return isinstance(split_state(model)[0], Ensemble)
 
 
 def _spread(losses, diverged=None) -> str:
@@ -810,46 +691,6 @@ def _spread(losses, diverged=None) -> str:
         )
     out += [f"member {k} diverged at step {at}" for k, at in sorted(diverged.items())]
     return "; ".join(out)
-
-
-def _final_losses(model, x, y, held_out, loss_fn, output_path):
-    """Each member's loss on the training data and on the held-out data (None
-    without `--eval-data`); None for a plain model without `--eval-data`."""
-    from ._runtime import _train
-
-    if not _is_ensemble(model) and held_out is None:
-        return None
-    train = _train.member_losses(model, x, y, loss_fn, output=output_path)
-    held = (
-        None
-        if held_out is None
-        else _train.member_losses(model, *held_out, loss_fn, output=output_path)
-    )
-    return train, held
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _member_rows(program, seed: int, train, held, diverged=None) -> list[dict]:
-    """The recipe's record of each member: `{"member": k, "values": {name:
-    number}, "loss": float, "eval_loss": float or None}`; a member that
-    diverged has no losses (None) and `"diverged_at": step`."""
-    sweep = program.sweep
-    diverged = diverged or {}
-    rows = []
-    for k in range(len(train)):
-        row = {
-            "member": k,
-            "values": {} if sweep is None else sweep.values(k, seed),
-            "loss": float(train[k]),
-            "eval_loss": None if held is None else float(held[k]),
-        }
-        if k in diverged:
-            row.update(loss=None, eval_loss=None, diverged_at=diverged[k])
-        rows.append(row)
-    return rows
 
 
 def _echo_members(rows: list[dict], ensemble: bool) -> None:
@@ -874,7 +715,7 @@ def _echo_members(rows: list[dict], ensemble: bool) -> None:
         _echo("  ".join(c.rjust(w) for c, w in zip(line, widths)).rstrip())
 
 
-def _train_with_bar(run, steps: int, ensemble: bool = False):
+def _train_with_bar(run, steps: int):
     """Training on a terminal: a progress bar with the loss (an ensemble's:
     best, median and worst member)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -889,17 +730,12 @@ def _train_with_bar(run, steps: int, ensemble: bool = False):
         transient=False,
     ) as progress:
         task = progress.add_task("train", total=steps, loss="-")
-        if ensemble:
-            mean: dict[int, float] = {}
 
-            def members(done, losses, diverged):
-                loss = f"{mean.pop(done):.4g}; {_spread(losses, diverged)}"
-                progress.update(task, completed=done, loss=loss)
+        def step(done, value, members, diverged):
+            spread = "" if members is None else f"; {_spread(members, diverged)}"
+            progress.update(task, completed=done, loss=f"{value:.4g}{spread}")
 
-            return run(on_step=mean.__setitem__, on_members=members)
-        return run(
-            on_step=lambda done, value: progress.update(task, completed=done, loss=f"{value:.4g}")
-        )
+        return run(on_step=step)
 
 
 # Off a terminal (a log, a pipe), `train` prints a line for the initial loss,
@@ -907,7 +743,7 @@ def _train_with_bar(run, steps: int, ensemble: bool = False):
 _LINE_EVERY_S = 60.0
 
 
-def _train_with_lines(run, steps: int, ensemble: bool = False):
+def _train_with_lines(run, steps: int):
     """Training with its output going to a file or a pipe: plain lines at a
     bounded rate (at most 10 milestones, plus one per minute), each flushed;
     an ensemble's show its best, median and worst member's loss."""
@@ -926,22 +762,13 @@ def _train_with_lines(run, steps: int, ensemble: bool = False):
             last["tenth"], last["at"] = tenth, time.monotonic()
         return due
 
-    def line(done: int, value: float) -> None:
+    def line(done: int, value: float, members, diverged) -> None:
         what = "initial loss" if done == 1 else "loss"
-        click.echo(f"step {done}/{steps}: {what} {value:.4g}")
+        spread = "" if members is None else f"; {_spread(members, diverged)}"
+        click.echo(f"step {done}/{steps}: {what} {value:.4g}{spread}")
         sys.stdout.flush()
 
-    if not ensemble:
-        return run(on_step=line, report=report)
-    mean: dict[int, float] = {}
-
-    def members(done: int, losses, diverged) -> None:
-        what = "initial loss" if done == 1 else "loss"
-        spread = _spread(losses, diverged)
-        click.echo(f"step {done}/{steps}: {what} {mean[done]:.4g}; {spread}")
-        sys.stdout.flush()
-
-    return run(on_step=mean.__setitem__, on_members=members, report=report)
+    return run(on_step=line, report=report)
 
 
 def _diverged(result, output: str, wrote: bool) -> EqxformError:
@@ -951,21 +778,9 @@ def _diverged(result, output: str, wrote: bool) -> EqxformError:
         if wrote
         else f"nothing was written to `{output}`"
     )
-    return EqxformError(
-        report("E530", nonfinite=result.nonfinite, nonfinite_what=result.nonfinite_what, kept=kept)
+    return EqxformError.of(
+        "E530", nonfinite=result.nonfinite, nonfinite_what=result.nonfinite_what, kept=kept
     )
-
-
-@contextlib.contextmanager
-def _quiet():
-    """The plan has shown the warnings already; `apply` need not repeat them."""
-    import warnings
-
-    from . import EqxformWarning
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EqxformWarning)
-        yield
 
 
 def _writer() -> bool:
@@ -981,15 +796,13 @@ def _join(coordinator, num_processes, process_id, timeout=None) -> None:
     given = [coordinator is not None, num_processes is not None, process_id is not None]
     if not any(given):
         if timeout is not None:
-            raise UsageError(report("E466"))
+            raise UsageError.of("E466")
         return
     if not all(given):
-        raise UsageError(report("E466", variant="needs_coordinator"))
-    from . import initialize_distributed
-
+        raise UsageError.of("E466", variant="needs_coordinator")
     # Without `--timeout`, the API's own default.
     timeout_s = {} if timeout is None else {"timeout_s": timeout}
-    initialize_distributed(coordinator, num_processes, process_id, **timeout_s)
+    eqxform.initialize_distributed(coordinator, num_processes, process_id, **timeout_s)
 
 
 def _prepare(
@@ -997,10 +810,8 @@ def _prepare(
 ):
     """The checks `apply` and `train` share before any JAX work: the output
     first (it may replace no input, and must be writable), then the spec."""
-    from ._files import check_output
-
     _refuse_overwrite(model, output, force)
-    check_output(
+    eqxform.check_output(
         output,
         [
             ("spec", spec),  # on the command line, always a path
@@ -1012,40 +823,11 @@ def _prepare(
     return _compile(spec, _params(sets, params_file), allow, inputs, mesh)
 
 
-def _checked_base(program, model, allow, deny=(), weights=None):
-    """Check the whole spec against the model's structure (no tensors read),
-    then fill that structure from the file: a spec error writes nothing and
-    costs no loading, and the skeleton is built once."""
-    from ._program import remember
-    from ._recipes import fill, skeleton
-
-    if model is None:
-        _report(denied(program.check(None, weights=weights), deny))
-        return None
-    header, recipe, struct = skeleton(model, allow)
-    _report(denied(program.check(struct, weights=weights), deny))
-    shardings = None
-    device_mesh = program.device_mesh()
-    if device_mesh is not None:
-        # Each tensor straight into its shards: as the file's own `shard`
-        # rules and the spec's say (those that fit the file's structure).
-        from . import SpecError
-        from ._recipes import file_shardings
-
-        try:
-            shardings = file_shardings(struct, recipe, device_mesh, program)
-        except SpecError:
-            shardings = file_shardings(struct, recipe, device_mesh)
-    loaded = fill(header, struct, shardings)
-    remember(loaded, recipe)
-    return loaded
-
-
 def _refuse_overwrite(model, output, force) -> None:
     if model is not None and not force and os.path.exists(output) and os.path.exists(model):
         # Same file by identity: the path itself, a symbolic or a hard link.
         if os.path.samefile(model, output):
-            raise UsageError(report("E409", output=output))
+            raise UsageError.of("E409", output=output)
 
 
 @main.command("export")
@@ -1071,16 +853,12 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
     With --peft, the LoRA adapters only, as PEFT writes them."""
 
     def go():
-        from . import load
-
         _swapped(spec, model, "export")
         program = _compile(spec, _params(sets, params_file), allow)
-        subject = load(model, allow=allow)
+        names = eqxform.export(program, model, output, weights=weights, peft=peft)
         if peft:
-            names = program.export_peft(subject, output)
             click.echo(f"wrote {output}/ ({plural(len(names), 'adapter tensor')}, PEFT layout)")
             return
-        names = program.export_weights(subject, output, weights=weights)
         click.echo(f"wrote {output} ({plural(len(names), 'tensor')})")
 
     _run(go)
@@ -1098,16 +876,13 @@ def merge(adapters, base, output, allow, force):
 
     def go():
         _refuse_overwrite(base, output, force)
-        from . import compile as compile_spec
-        from . import load, save
-        from ._plan import count_params
-
-        with _quiet():
-            model = load(base, allow=allow)
-            adapted = load(adapters, base=model, allow=allow)
-            merged = compile_spec("where ** -> merge\n", name="merge").apply(adapted)
-        save(output, merged)
-        _echo(f"wrote {output} ({count_params(merged):,} parameters, adapters merged)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EqxformWarning)
+            model = eqxform.load(base, allow=allow)
+            adapted = eqxform.load(adapters, base=model, allow=allow)
+            merged = eqxform.compile("where ** -> merge\n", name="merge").apply(adapted)
+        eqxform.save(output, merged)
+        _echo(f"wrote {output} ({eqxform.count_params(merged):,} parameters, adapters merged)")
 
     _run(go)
 
@@ -1136,16 +911,13 @@ def pick(model, member, best, output, allow):
     """
 
     def go():
-        from ._files import check_output
-        from ._pick import one_way, pick_file
-        from ._plan import count_params
-        from ._recipes import save
-
-        one_way(member, best)
-        check_output(output, [("ensemble's model file", model)])
-        one, recipe, how = pick_file(model, member, best=best, allow=allow)
-        save(output, one, recipe=recipe)
-        _echo(f"wrote {output} ({how} of {model}; {count_params(one):,} parameters)")
+        if (member is None) == (not best):
+            # `--member K` or `--best`, one of them: said before the output is looked at.
+            eqxform.pick_file(model, member, best=best)
+        eqxform.check_output(output, [("ensemble's model file", model)])
+        one, recipe, how = eqxform.pick_file(model, member, best=best, allow=allow)
+        eqxform.save(output, one, recipe=recipe)
+        _echo(f"wrote {output} ({how} of {model}; {eqxform.count_params(one):,} parameters)")
         detail = _picked_detail(recipe.picked or {})
         if detail:
             _echo(f"  {detail}")
@@ -1166,27 +938,10 @@ def show(model, fmt, allow):
     """
 
     def go():
-        from ._files import adapter_record, read_header
-
-        header = read_header(model)
-        recipe = header.recipe
-        adapters = adapter_record(header)
-        checked = _check_against_recipe(model, recipe, allow)
-        tensors = [
-            {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
-            for t in sorted(header.tensors.values(), key=lambda t: t.start)
-        ]
-        params = sum(math.prod(t["shape"]) for t in tensors)
-        data = {
-            "file": model,
-            "parameters": params,
-            "tensors": tensors,
-            "recipe": recipe,
-            "checked": checked is None,
-        }
-        if adapters is not None:
-            data["adapters"] = adapters
-        if _dumped(data, fmt):
+        info = eqxform.inspect(model, allow=allow)
+        recipe, adapters, checked = info.recipe, info.adapters, info.unchecked
+        tensors, params = info.tensors, info.parameters
+        if _dumped(info.to_dict(), fmt):
             return
         from rich.text import Text
         from rich.tree import Tree
@@ -1281,39 +1036,6 @@ def _show_adapters(path: str, info: dict, tensors: int) -> None:
     )
 
 
-def _check_against_recipe(model: str, recipe: dict | None, allow) -> str | None:
-    """Check a file's tensors against the structure its recipe builds; None
-    when they were checked (a mismatch is an error), else why they were not."""
-    if recipe is None:
-        return None  # nothing to check against: a file without a recipe
-    from . import ModelFileError
-    from ._recipes import skeleton
-
-    try:
-        skeleton(model, allow)
-    except ModelFileError as e:
-        if e.diagnostics[0].code != "E306":
-            raise
-        d = e.diagnostics[0]
-        return f"the tensors were not checked against the recipe: {d.message}; {d.help}"
-    return None
-
-
-def _spec_files(paths: tuple[str, ...]) -> list[str]:
-    """The spec files that `paths` name: a file as it is, a folder as every
-    `*.eqx` file under it (sorted, subfolders included)."""
-    out: list[str] = []
-    for path in paths:
-        if not os.path.isdir(path):
-            out.append(path)
-            continue
-        found = sorted(str(p) for p in Path(path).rglob("*.eqx") if p.is_file())
-        if not found:
-            raise UsageError(report("E401", variant="folder_holds", file=path, path=path))
-        out.extend(found)
-    return out
-
-
 @main.command()
 @click.argument("paths", metavar="SPECS...", nargs=-1, required=True, type=click.Path())
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 if a file would change.")
@@ -1327,24 +1049,7 @@ def fmt(paths, check):
     """
 
     def go():
-        from ._files import atomic_write, check_output
-        from ._format import format_spec
-        from ._source import read_spec
-
-        specs = _spec_files(paths)
-        if not check:
-            # Every spec is written in place: each must be a regular file in a
-            # writable folder, known before the first is rewritten.
-            for path in specs:
-                check_output(path)
-        changed = []
-        for path in specs:
-            text, name = read_spec(Path(path))
-            formatted = format_spec(text, name)
-            if formatted != text:
-                changed.append(path)
-                if not check:
-                    atomic_write(path, formatted.encode("utf-8"))
+        specs, changed = eqxform.format_files(paths, check=check)
         if check:
             for path in changed:
                 _echo(f"would reformat {path}", err=True)
@@ -1362,9 +1067,7 @@ def lsp():
     """Run the language server over stdio (for editors: VS Code, Neovim, Helix)."""
 
     def go():
-        from ._lsp import main as serve
-
-        serve()
+        eqxform.language_server()
 
     _run(go)
 
@@ -1388,53 +1091,9 @@ def explain(code, every, fmt):
     """
 
     def go():
-        from ._codes import CODES, explain, markdown, near, text
-
-        if every:
-            if code is not None:
-                raise UsageError(report("E415"))
-            click.echo(markdown() if fmt == "markdown" else text(), nl=False)
-            return
-        if code is None:
-            raise UsageError(report("E415", variant="given", len_codes=len(CODES)))
-        entry = explain(code)
-        if entry is None:
-            close = near(code)
-            raise UsageError(
-                report(
-                    "E415",
-                    variant="diagnostic_has",
-                    help="did you mean " + " or ".join(f"`{c}`" for c in close[:4]) + "?"
-                    if close
-                    else "codes look like `E201`; every error message shows its code",
-                    code_=code,
-                )
-            )
-        if fmt == "markdown":
-            click.echo(f"### {entry.code}\n\n**{entry.title}**\n\n{entry.explanation}")
-            if entry.example:
-                click.echo(f"\nExample:\n\n```\n{entry.example}\n```")
-            click.echo(f"\nFix: {entry.fix}")
-            return
-        click.echo(entry.render())
+        click.echo(eqxform.explain(code, all=every, format=fmt), nl=not every)
 
     _run(go)
-
-
-def _applied(spec) -> str:
-    """`2 rules and 1 `stack` line`: what a spec applies, its structural
-    lines (which change a model as much as a rule does) counted beside its rules."""
-    from . import _ast as A
-
-    words = {A.StackStmt: "stack", A.UnstackStmt: "unstack", A.EnsembleStmt: "ensemble"}
-    lines: dict[str, int] = {}
-    for stmt in spec.statements:
-        if type(stmt) in words:
-            lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
-    parts = [plural(n, f"`{word}` line") for word, n in lines.items()]
-    if spec.rules or not parts:
-        parts.insert(0, plural(len(spec.rules), "rule"))
-    return " and ".join(parts) if len(parts) <= 2 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 if __name__ == "__main__":

@@ -217,3 +217,11 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
     if len(found) == 1:
         return f"did you mean `{found[0]}`?"
     return "did you mean one of " + ", ".join(f"`{f}`" for f in found) + "?"
+
+
+# What the command line (and any tool that prints beside the diagnostics)
+# uses to write text as the diagnostics do: `Diagnostic.render_all(ds)`,
+# `Diagnostic.printable(text)`, `Diagnostic.plural(2, "rule")`.
+Diagnostic.render_all = staticmethod(render_all)  # type: ignore[attr-defined]
+Diagnostic.printable = staticmethod(printable)  # type: ignore[attr-defined]
+Diagnostic.plural = staticmethod(plural)  # type: ignore[attr-defined]

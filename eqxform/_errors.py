@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ._diagnostics import Diagnostic, render_all
+from ._diagnostics import Diagnostic, render_all, report
 
 
 class EqxformError(Exception):
@@ -25,6 +25,20 @@ class EqxformError(Exception):
             diagnostics = [diagnostics]
         self.diagnostics = tuple(diagnostics)
         super().__init__(render_all(self.diagnostics))
+
+    @classmethod
+    def of(cls, code: str, /, **fields):
+        """The error of diagnostic `code`, its message and help filled with
+        `fields` (`UsageError.of("E409", output="model.eqx")`): how a tool
+        built on eqxform (its command line is one) reports a problem in
+        eqxform's words. `variant=`, `help=`, `notes=` as the code's record
+        allows; a field missing or misnamed is a `TypeError`."""
+        return cls(report(code, **fields))
+
+    def render(self) -> str:
+        """Every diagnostic in its long form, then how many errors there
+        are: what the command line prints for this error."""
+        return render_all(self.diagnostics)
 
 
 class SpecError(EqxformError):

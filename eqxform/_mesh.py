@@ -33,6 +33,12 @@ class MeshSpec:
     source: A.Source | None = None
     origin: str = "mesh"
 
+    @classmethod
+    def parse(cls, text: str, origin: str = "--mesh") -> MeshSpec:
+        """`"data=2,model=4"` (commas or spaces) as a `MeshSpec`; anything
+        else raises `UsageError` (E465), which names `origin`."""
+        return mesh_from_text(text, origin)
+
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.axes)

@@ -296,10 +296,14 @@ class Plan:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
         }
 
+    def weight_lines(self) -> list[str]:
+        """The checkpoint's mapping as text lines (none without `map` lines)."""
+        return weight_lines(self.weights)
+
     def __str__(self) -> str:
         # The checkpoint's mapping first, when there is one: the rules
         # run on the loaded model.
-        mapping = [printable(line) for line in weight_lines(self.weights)]
+        mapping = [printable(line) for line in self.weight_lines()]
         return "\n".join(mapping + self.lines())
 
     def lines(self, width: int | None = None) -> list[str]:
@@ -607,12 +611,15 @@ class Planner:
         weights=None,
         base=None,
         between: Callable[[], None] | None = None,
+        detail: bool = True,
     ) -> Plan:
         """The plan of `program` on `model` (a model, its skeleton, or None for
         the spec's `model` directive); `base` rebuilds the model from a key
         (its constructor), where it is known. `between` is called before each
         line that is planned anew; it may raise to stop the plan (an editor's
-        text that changed meanwhile)."""
+        text that changed meanwhile). Without `detail`, the plan's errors only
+        (what `apply` checks before it allocates): no step lists the arrays
+        a rule acts on, and the warnings drawn from the steps are left out."""
         key = seed_key(program.seed)
         try:
             placer = program.placer(mesh)
@@ -649,7 +656,9 @@ class Planner:
             )
             if too_large is not None:
                 diagnostics.append(too_large)
-        rules = self._fold(program, model, first, start_params, start_size, key, ctx, between)
+        rules = self._fold(
+            program, model, first, start_params, start_size, key, ctx, between, detail
+        )
         steps = [s for r in rules for s in r.steps]
         diagnostics += [d for r in rules for d in r.diagnostics]
         history = [h for r in rules for h in r.history]
@@ -662,7 +671,8 @@ class Planner:
         if placer is not None and not any(d.severity == "error" for d in diagnostics):
             placement = _placement(placer, struct, diagnostics)
         steps.sort(key=lambda s: s.line)
-        diagnostics += overwritten(steps, program.source)
+        if detail:
+            diagnostics += overwritten(steps, program.source)
         diagnostics.sort(key=position)
         return Plan(
             tuple(steps),
@@ -690,7 +700,7 @@ class Planner:
         return start
 
     def _fold(
-        self, program, model, struct, params, size, key, ctx, between
+        self, program, model, struct, params, size, key, ctx, between, detail
     ) -> tuple[PlannedRule, ...]:
         """The fold over the passes, line by line, reusing the lines whose key
         is unchanged: those above the first line that differs."""
@@ -703,6 +713,7 @@ class Planner:
                 program.seed,
                 program.allow,
                 repr(program.inputs),  # the `input` lines, or those given to `compile`
+                detail,
             )
         )
         old, done = self._rules, []
@@ -717,7 +728,7 @@ class Planner:
                     if between is not None:
                         between()
                     rule = _plan_line(
-                        program, passes, struct, params, size, over, key, ctx, chain, line
+                        program, passes, struct, params, size, over, key, ctx, chain, line, detail
                     )
                     self.replanned += 1
                 done.append(rule)
@@ -740,8 +751,11 @@ def _by_line(passes) -> list[tuple[int, str, list]]:
     return groups
 
 
-def _plan_line(program, passes, struct, params, size, over, key, ctx, chain, line) -> PlannedRule:
-    """One line's passes on the skeleton `struct`, under `eval_shape`."""
+def _plan_line(
+    program, passes, struct, params, size, over, key, ctx, chain, line, detail=True
+) -> PlannedRule:
+    """One line's passes on the skeleton `struct`, under `eval_shape` (with
+    `detail`, each with its step: what it acts on)."""
     diagnostics: list[Diagnostic] = []
     ctx = dataclasses.replace(ctx, report=diagnostics.append)
     steps, history = [], []
@@ -760,10 +774,11 @@ def _plan_line(program, passes, struct, params, size, over, key, ctx, chain, lin
             if too_large is not None:
                 diagnostics.append(too_large)
                 over = True
-        step = step_of(p, nodes, split_state(new)[0], params, new_params)
-        if isinstance(p, EnsemblePass):
-            step = dataclasses.replace(step, matches=_draws(p, struct, new, ctx), unit="array")
-        steps.append(step)
+        if detail:
+            step = step_of(p, nodes, split_state(new)[0], params, new_params)
+            if isinstance(p, EnsemblePass):
+                step = dataclasses.replace(step, matches=_draws(p, struct, new, ctx), unit="array")
+            steps.append(step)
         history.append((p, new))
         struct, params, size = new, new_params, new_size
     return PlannedRule(

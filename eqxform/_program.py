@@ -63,7 +63,7 @@ from ._build import (
     nbytes,
     render_call,
 )
-from ._diagnostics import Diagnostic, report
+from ._diagnostics import Diagnostic, plural, report
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
 from ._limits import MAX_SEED
@@ -150,6 +150,8 @@ class Program:
     weights: WeightRules | None = None
     sweep: Sweep | None = None
     members: tuple[Program, ...] = ()
+    # `apply`'s last plan, under the structure it was made for (see `_checked`).
+    _last_plan: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def source(self) -> A.Source:
@@ -162,6 +164,22 @@ class Program:
     @property
     def name(self) -> str:
         return self.spec.source.name
+
+    def applies(self) -> str:
+        """`2 rules and 1 `stack` line`: what the spec applies, its structural
+        lines (which change a model as much as a rule does) counted beside
+        its rules."""
+        words = {A.StackStmt: "stack", A.UnstackStmt: "unstack", A.EnsembleStmt: "ensemble"}
+        lines: dict[str, int] = {}
+        for stmt in self.spec.statements:
+            if type(stmt) in words:
+                lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
+        parts = [plural(n, f"`{word}` line") for word, n in lines.items()]
+        if self.spec.rules or not parts:
+            parts.insert(0, plural(len(self.spec.rules), "rule"))
+        if len(parts) <= 2:
+            return " and ".join(parts)
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
 
     def input_structs(self) -> tuple[jax.ShapeDtypeStruct, ...] | None:
         """The declared inputs as `jax.ShapeDtypeStruct`s, or None."""
@@ -241,6 +259,7 @@ class Program:
         seed: int | None = None,
         mesh: Any = None,
         weights: str | os.PathLike | None = None,
+        plan: Any = None,
     ):
         """Run every pass on `model` and return the new model.
 
@@ -260,14 +279,24 @@ class Program:
         - `weights`: a checkpoint (safetensors or `.npz`) in the place of the
           spec's `weights` line, read onto the model by its `map` lines before
           the first rule (see `load_weights`).
+        - `plan`: this program's `Plan` on this model (or on its skeleton),
+          when it is computed already (`program.plan(model)`, `eqxform.plan`):
+          it is not planned again.
 
-        **Returns:** the transformed model. Raises `SpecError` when a rule does
-        not fit the model (a selector that matches nothing, say). The result
-        keeps the recipe of `model`, extended by this spec.
+        **Returns:** the transformed model. The program is planned first, on
+        the model's skeleton (`eqx.filter_eval_shape`, allocating nothing), as
+        `eqxform.check` and `program.plan` plan it: a spec that does not fit
+        the model (a selector that matches nothing, a model over the memory
+        budget) raises `SpecError` with the plan's errors before any array is
+        made. The result keeps the recipe of `model`, extended by this spec.
         """
         seed = self.seed if seed is None else check_seed(seed)
         recorded_seed = seed if key is None else None
         key = seed_key(seed) if key is None else check_key(key)
+        if plan is None:
+            plan = self._checked(model, mesh, weights)
+        if plan.errors:
+            raise SpecError(plan.errors)
         base = None
         given = model
         if model is None:
@@ -297,7 +326,7 @@ class Program:
         )
         placer = self.placer(mesh)
         if self.sweep is not None:
-            result = self._apply_sweep(given, key, seed, recorded_seed is not None, weights)
+            result = self._apply_sweep(given, key, seed, recorded_seed is not None, weights, plan)
             if placer is not None:
                 device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
                 result = placer.place(result, device_mesh)
@@ -310,13 +339,36 @@ class Program:
             remember(result, recipe.then(self, recorded_seed))
         return result
 
-    def _apply_sweep(self, model, key, seed: int, from_seed: bool, weights) -> Any:
+    def _checked(self, model, mesh, weights):
+        """`apply`'s plan (its errors only). A plan depends on the model's
+        structure, not on its values: the last one is kept with the structure
+        (and recipe, mesh) it was made for, so that applying the program again
+        to a model of that structure (a loop that re-initialises a model, a
+        benchmark) plans nothing again. A checkpoint read by `map` lines is
+        read afresh each time."""
+        if weights is not None or self.weights is not None:
+            return self.plan(model, mesh=mesh, weights=weights, detail=False)
+        if model is None or is_constructor(model):
+            held, key = model, ("given", id(model))
+        else:
+            held = recipe_of(split_state(check_model(model))[0])
+            key = ("structure", structure_key(model), id(held))
+        key = (key, mesh if isinstance(mesh, (str, type(None))) else id(mesh))
+        if self._last_plan and self._last_plan[0][0] == key:
+            return self._last_plan[0][2]
+        plan = self.plan(model, mesh=mesh, weights=weights, detail=False)
+        # What the key's ids name is held with it, so that no id is reused.
+        self._last_plan[:] = [(key, (held, mesh), plan)]
+        return plan
+
+    def _apply_sweep(self, model, key, seed: int, from_seed: bool, weights, plan) -> Any:
         """A sweep's ensemble: member k is the single model its own program
         (`members[k]`) builds from `model` (None: the `model` directive) with
         its seed (the spec's, or with `vary seed` its own; from an explicit
         `key`, `fold_in(key, k)` when the seed varies), stacked along a
         leading member axis. So each member equals the model a spec without
-        the `ensemble` line makes with that member's values."""
+        the `ensemble` line makes with that member's values. The sweep's
+        `plan` stands for its members' (they are not planned one by one)."""
         sweep = self.sweep
         assert sweep is not None
         if model is not None and not is_constructor(model):
@@ -339,10 +391,10 @@ class Program:
                 built.append(built[same])
                 continue
             if from_seed:
-                one = member.apply(model, seed=sweep.seed(seed, k), weights=weights)
+                one = member.apply(model, seed=sweep.seed(seed, k), weights=weights, plan=plan)
             else:
                 k_key = jax.random.fold_in(key, k) if sweep.varies_seed else key
-                one = member.apply(model, k_key, weights=weights)
+                one = member.apply(model, k_key, weights=weights, plan=plan)
             built.append(one)
             if k == 0:
                 # The whole sweep is measured on its first member, before the
@@ -530,6 +582,7 @@ class Program:
         mesh: Any = None,
         weights: str | os.PathLike | None = None,
         planner: Planner | None = None,
+        detail: bool = True,
     ):
         """What each rule will change, computed with `eqx.filter_eval_shape`.
 
@@ -537,7 +590,8 @@ class Program:
         `model` directive), `mesh`, `weights` as for `apply`; `planner`, a
         `Planner` that planned an earlier version of this spec on the same
         model: only the lines from the first changed one down are planned
-        again (what an editor does on each edit).
+        again (what an editor does on each edit); `detail=False`: the errors
+        only (`apply`'s check), no step listing what a rule acts on.
 
         **Returns:** a `Plan`: per rule, the matched paths with their shape and
         dtype before and after, and the change in parameter count; with a
@@ -551,7 +605,8 @@ class Program:
         else:
             recipe = recipe_of(split_state(check_model(model))[0])
             base = None if recipe is None else recipe.build
-        return (Planner() if planner is None else planner).plan(self, model, mesh, weights, base)
+        planner = Planner() if planner is None else planner
+        return planner.plan(self, model, mesh, weights, base, detail=detail)
 
 
 def check_key(key: Any) -> Any:

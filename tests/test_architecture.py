@@ -66,7 +66,9 @@ LAYERS = {
     "eqxform._runtime._distributed": 15,
     "eqxform._runtime._train": 16,
     "eqxform._runtime": 17,
-    "eqxform._api": 15,
+    # The public functions behind the commands: above the runtime and the
+    # language server, whose work they call.
+    "eqxform._api": 18,
     "eqxform._docs": 1,
     "eqxform._format": 4,
     # The command line is a shell over the public API (`eqxform`).
@@ -191,6 +193,32 @@ def test_passes_do_not_import_the_checker():
     # Nor through a module between them: nothing a pass imports imports the checker.
     below = set().union(*({t for t, _ in _graph()[n]} for n in passes)) - set(passes)
     assert [n for n in below if "eqxform._check" in {t for t, _ in _graph()[n]}] == []
+
+
+def test_the_command_line_imports_only_the_public_api():
+    """`_cli.py` is a shell over what a Python user can call: each of its
+    imports of eqxform is `import eqxform` or `from . import NAME` of a public
+    name (one `eqxform.__init__` exports), at whatever level it is written."""
+    public = set(dir(eqxform)) - {n for n in dir(eqxform) if n.startswith("_")}
+    tree = ast.parse((PACKAGE / "_cli.py").read_text())
+    wrong, seen = [], 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or "eqxform" in (node.module or "")):
+            names = [a.name for a in node.names]
+            if node.module not in (None, "eqxform") or node.level > 1:
+                wrong.append(f"line {node.lineno}: from {'.' * node.level}{node.module} import")
+            wrong += [f"line {node.lineno}: {n} is not public" for n in names if n not in public]
+            seen += 1
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("eqxform") and a.name != "eqxform":
+                    wrong.append(f"line {node.lineno}: import {a.name}")
+                seen += a.name == "eqxform"
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            # `eqxform._recipes` reached through the package is a private import too.
+            if node.value.id == "eqxform" and node.attr.startswith("_"):
+                wrong.append(f"line {node.lineno}: eqxform.{node.attr}")
+    assert seen and wrong == []
 
 
 def test_the_file_layer_knows_nothing_of_the_compiler():

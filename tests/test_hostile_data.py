@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from eqxform import UsageError, _cli, _limits
+from eqxform import UsageError, _api, _limits
 from eqxform._cli import main
 from eqxform._runtime._train import load_data
 
@@ -156,7 +156,7 @@ def test_train_reports_bad_data_before_building_the_model(tmp_path, monkeypatch)
     def build(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")
 
-    monkeypatch.setattr(_cli, "_checked_base", build)
+    monkeypatch.setattr(_api, "_checked_base", build)
     result = CliRunner().invoke(main, ["train", "spec.eqx", "--data", "data.npz", "-o", "o.eqx"])
     assert result.exit_code == 2, result.output
     assert "error[E526]" in result.output and "help:" in result.output
