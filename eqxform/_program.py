@@ -152,6 +152,8 @@ class Program:
     members: tuple[Program, ...] = ()
     # `apply`'s last plan, under the structure it was made for (see `_checked`).
     _last_plan: list = field(default_factory=list, init=False, repr=False, compare=False)
+    # The shapes of the constructor `apply` was given last, with it (an ensemble's).
+    _last_shapes: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @property
     def source(self) -> A.Source:
@@ -308,8 +310,13 @@ class Program:
             base, recipe = functools.partial(from_constructor, constructor), None
             if self.passes and isinstance(self.passes[0], EnsemblePass):
                 # The ensemble draws every member with the constructor: the
-                # model itself is needed for its shapes only.
-                model = eqx.filter_eval_shape(base, key)
+                # model itself is needed for its shapes only, which are kept
+                # with the constructor (a second apply traces it once, not twice).
+                kind = (key.shape, key.dtype)
+                memo = self._last_shapes
+                if not (memo and memo[0][0] is constructor and memo[0][1] == kind):
+                    memo[:] = [(constructor, kind, eqx.filter_eval_shape(base, key))]
+                model = memo[0][2]
             else:
                 model = base(key)
         else:

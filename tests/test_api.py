@@ -204,3 +204,26 @@ def test_apply_again_on_a_model_of_the_same_structure_plans_nothing_again(plans)
     with pytest.raises(eqxform.SpecError):  # another structure, planned and refused
         program.apply(eqx.nn.Conv2d(3, 4, 3, key=jax.random.key(0)))
     assert plans[0] == 3
+
+
+def test_apply_again_with_the_same_constructor_traces_it_once_as_a_hand_written_vmap_does():
+    # An ensemble drawn by a constructor needs the constructor's shapes; they
+    # are kept with it, so a second apply costs what `eqx.filter_vmap` of the
+    # constructor costs: one trace of it.
+    calls = []
+
+    def constructor(key):
+        calls.append(key)
+        return eqx.nn.MLP(4, 2, 8, 2, key=key)
+
+    program = eqxform.compile("ensemble 3")
+    first = program.apply(constructor, key=jax.random.key(0))
+    before = len(calls)
+    again = program.apply(constructor, key=jax.random.key(1))
+    assert len(calls) - before == 1
+    for got in (first, again):
+        assert got.model.layers[0].weight.shape == (3, 8, 4)
+    assert not np.allclose(first.model.layers[0].weight, again.model.layers[0].weight)
+    # Another constructor of other shapes is not given the kept ones.
+    other = program.apply(lambda k: eqx.nn.MLP(5, 2, 8, 2, key=k), key=jax.random.key(1))
+    assert other.model.layers[0].weight.shape == (3, 8, 5)
