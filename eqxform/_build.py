@@ -13,7 +13,7 @@ from . import _limits as L
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, report
-from ._errors import EqxformError, SpecError, UsageError
+from ._errors import EqxformError, SpecError, UsageError, first_line
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render, walk
 from ._hashing import stable_hash
 from ._select import too_deep
@@ -118,15 +118,8 @@ def build(
     except EqxformError:
         raise
     except Exception as e:  # the constructor's own complaint, shown where it was called
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(
-            report(
-                "E205",
-                span=call.span,
-                source=source,
-                callee=call.callee,
-                message=message,
-            )
+            report("E205", span=call.span, source=source, callee=call.callee, message=first_line(e))
         ) from None
 
 

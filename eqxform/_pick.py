@@ -32,7 +32,7 @@ from ._expr import render
 from ._files import SliceReader, adapter_record, read_header
 from ._modules import Ensemble, join_state, split_state
 from ._program import Recipe, RecipeStep, check_model, recipe_of, remember
-from ._recipes import _skeleton_of, leaf_names, skeleton
+from ._recipes import _skeleton_of, named_arrays, refilled, skeleton
 from ._select import is_array
 from ._values import allowed
 
@@ -236,20 +236,7 @@ def _member_struct(ensemble: Ensemble, state: Any) -> Any:
 
 
 def _shapes(subject: Any) -> dict[str, tuple]:
-    leaves = jax.tree_util.tree_leaves(subject)
-    return {
-        n: (tuple(x.shape), jnp.dtype(x.dtype).name)
-        for n, x in zip(leaf_names(subject), leaves)
-        if n is not None
-    }
-
-
-def _filled(skel: Any, value_of) -> Any:
-    """`skel` with each array leaf `value_of(its tensor name)`."""
-    leaves, treedef = jax.tree_util.tree_flatten(skel)
-    names = leaf_names(skel)
-    out = [x if n is None else jnp.asarray(value_of(n)) for n, x in zip(names, leaves)]
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return {n: (tuple(x.shape), jnp.dtype(x.dtype).name) for n, x in named_arrays(subject)}
 
 
 def _plain(
@@ -263,12 +250,7 @@ def _plain(
         if not shape or shape[0] != count:
             raise _cannot(origin, f"its tensor `{name}` has no member axis of {count}")
     member = _member_struct(ensemble, state)
-    names = dict(
-        zip(
-            [n for n in leaf_names(member) if n is not None],
-            [n for n in leaf_names(whole) if n is not None],
-        )
-    )
+    names = {m: w for (m, _), (w, _) in zip(named_arrays(member), named_arrays(whole))}
     new = plain_recipe(recipe, k, count, origin, picked)
     try:
         skel = _skeleton_of(new, origin)
@@ -319,7 +301,9 @@ def pick_file(
     )
     reader = SliceReader(header.path)
     try:
-        model = _filled(plain, lambda n: reader.read(names[n], (slice(k, k + 1),))[0])
+        model = refilled(
+            plain, lambda n, _: jnp.asarray(reader.read(names[n], (slice(k, k + 1),))[0])
+        )
     finally:
         reader.close()
     remember(model, new)
@@ -381,7 +365,7 @@ def pick(
     record = _picked_record(origin, k, ensemble.count, recipe)
     del record["file"]
     plain, new, _ = _plain(ensemble, state, recipe, k, origin, record)
-    arrays = dict((n, x) for n, x in zip(leaf_names(taken), jax.tree_util.tree_leaves(taken)) if n)
-    result = _filled(plain, arrays.__getitem__)
+    arrays = dict(named_arrays(taken))
+    result = refilled(plain, lambda n, _: jnp.asarray(arrays[n]))
     remember(result, new)
     return result

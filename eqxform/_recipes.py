@@ -260,26 +260,7 @@ def skeleton(
 
 def check_tensors(header: Header, skel: Any) -> None:
     """Every tensor of the file is the one the skeleton wants, and no more."""
-    problems = []
-    names = set()
-    for name, leaf in named_arrays(skel):
-        names.add(name)
-        info = header.tensors.get(name)
-        if info is None:
-            problems.append(f"tensor `{name}` is missing")
-            continue
-        want = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
-        have = (info.shape, info.dtype)
-        if want != have:
-            problems.append(
-                f"tensor `{name}` is {have[1]}{list(have[0])}, the recipe makes "
-                f"{want[1]}{list(want[0])}"
-            )
-    extra = sorted(set(header.tensors) - names)
-    if extra:
-        problems.append(
-            "tensors the recipe does not make: " + ", ".join(f"`{e}`" for e in extra[:5])
-        )
+    problems = _mismatches(header, named_arrays(skel), "the recipe makes", "the recipe does")
     if problems:
         raise ModelFileError(
             report(
@@ -292,6 +273,39 @@ def check_tensors(header: Header, skel: Any) -> None:
         )
 
 
+def _mismatches(
+    header: Header, arrays: Iterable[tuple[str, Any]], makes: str, does: str
+) -> list[str]:
+    """How the file's tensors differ from `arrays` (name, array), which the
+    recipe or the specs make: a line per problem."""
+    problems, names = [], set()
+    for name, leaf in arrays:
+        names.add(name)
+        info = header.tensors.get(name)
+        want = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+        if info is None:
+            problems.append(f"tensor `{name}` is missing")
+        elif (info.shape, info.dtype) != want:
+            problems.append(
+                f"tensor `{name}` is {info.dtype}{list(info.shape)}, {makes} {want[1]}{list(want[0])}"
+            )
+    extra = sorted(set(header.tensors) - names)
+    if extra:
+        problems.append(f"tensors {does} not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    return problems
+
+
+def refilled(subject: Any, value_of: Callable[[str, Any], Any]) -> Any:
+    """`subject` with each array leaf replaced by `value_of(its tensor name,
+    the leaf)`, or kept where that is None."""
+    leaves, treedef = jax.tree_util.tree_flatten(subject)
+    out = []
+    for name, leaf in zip(leaf_names(subject), leaves):
+        value = None if name is None else value_of(name, leaf)
+        out.append(leaf if value is None else value)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> Any:
     """The skeleton (from `skeleton`, so checked against the file) with its
     leaves read from the file. With `shardings` (tensor name ->
@@ -299,30 +313,21 @@ def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> 
     sharding as it is read, each device's shard read alone from the file
     (safetensors slices): no device ever holds more of a sharded tensor than
     its shard."""
-    leaves, treedef = jax.tree_util.tree_flatten(skel)
-    names = leaf_names(skel)
     if shardings is None:
-        values = read_tensors(header, [n for n in names if n is not None])
-        filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
-        return jax.tree_util.tree_unflatten(treedef, filled)
+        values = read_tensors(header, [n for n in leaf_names(skel) if n is not None])
+        return refilled(skel, lambda name, _: jnp.asarray(values[name]))
     reader = SliceReader(header.path)
-    filled = []
+
+    def placed(name: str, leaf: Any) -> Any:
+        read = lambda index: reader.read(name, index)  # noqa: E731
+        array = jax.make_array_from_callback(tuple(leaf.shape), shardings[name], read)
+        reader.forget()
+        return array
+
     try:
-        for name, leaf in zip(names, leaves):
-            if name is None:
-                filled.append(leaf)
-                continue
-            filled.append(
-                jax.make_array_from_callback(
-                    tuple(leaf.shape),
-                    shardings[name],
-                    lambda index, name=name: reader.read(name, index),
-                )
-            )
-            reader.forget()
+        return refilled(skel, placed)
     finally:
         reader.close()
-    return jax.tree_util.tree_unflatten(treedef, filled)
 
 
 def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = None) -> dict:
@@ -896,19 +901,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     model, recipe = _replay(str(path), info, base, allow)
     parts = _parts(model)
     carried = {n: x for n, x in parts.adapters + parts.trained}
-    problems = []
-    for name, leaf in carried.items():
-        tensor = header.tensors.get(name)
-        if tensor is None:
-            problems.append(f"tensor `{name}` is missing")
-        elif (tensor.shape, tensor.dtype) != (tuple(leaf.shape), np.dtype(leaf.dtype).name):
-            problems.append(
-                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)}, the specs make "
-                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
-            )
-    extra = sorted(set(header.tensors) - set(carried))
-    if extra:
-        problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    problems = _mismatches(header, carried.items(), "the specs make", "the specs do")
     if problems:
         raise ModelFileError(
             report(
@@ -923,10 +916,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     )
     if info.get("structure") is not None and structure(model) != info["structure"]:
         raise ModelFileError(report("E334", file=str(path), path=path))
-    leaves, treedef = jax.tree_util.tree_flatten(model)
-    names = leaf_names(model)
-    filled = [jnp.asarray(values[n]) if n in carried else x for n, x in zip(names, leaves)]
-    model = jax.tree_util.tree_unflatten(treedef, filled)
+    model = refilled(model, lambda n, _: jnp.asarray(values[n]) if n in carried else None)
     if recipe is not None:
         remember(model, recipe)
     return model
@@ -996,13 +986,12 @@ def _check_base(
                 listing=", ".join(f"`{n}`" for n in drawn[:5]),
             )
         )
-    notes = []
-    if differ:
-        notes.append("tensors that differ: " + ", ".join(f"`{n}`" for n in differ[:5]))
-    if missing:
-        notes.append("tensors this base lacks: " + ", ".join(f"`{n}`" for n in missing[:5]))
-    if extra:
-        notes.append("tensors the file does not know: " + ", ".join(f"`{n}`" for n in extra[:5]))
+    kinds = (
+        ("that differ", differ),
+        ("this base lacks", missing),
+        ("the file does not know", extra),
+    )
+    notes = [f"tensors {k}: " + ", ".join(f"`{n}`" for n in ns[:5]) for k, ns in kinds if ns]
     raise ModelFileError(
         report(
             "E330",

@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._diagnostics import did_you_mean, report
-from .._errors import EqxformError, UsageError
+from .._errors import EqxformError, UsageError, first_line
 from .._mesh import as_mesh
 from .._modules import resolve as resolve_wrappers
 from .._program import recipe_of, remember
@@ -180,7 +180,7 @@ class Step:
                 report(
                     "E502",
                     show_signature=_show(signature),
-                    error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                    error=first_line(e),
                 )
             ) from None
         self._params, self._opt, self._state, self._guard, loss = out

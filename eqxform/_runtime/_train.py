@@ -29,7 +29,7 @@ from .. import _limits
 from .. import _names as N
 from .. import _registry as R
 from .._diagnostics import report as diagnostic
-from .._errors import UsageError
+from .._errors import UsageError, first_line
 from .._modules import Ensemble, split_state
 from .._passes._forward import output_shape
 from .._values import format_bytes, half_of_memory
@@ -214,7 +214,7 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
                 "E425",
                 variant="cannot_import",
                 name=name,
-                error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                error=first_line(e),
             )
         ) from None
     if not callable(fn):
@@ -474,7 +474,7 @@ def check_fits(
             where,
             variant="model_does",
             list_shape=list(x.shape[1:]),
-            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            error=first_line(e),
         ) from None
     out = picked_output(whole, output, where)
     if callable(loss):
@@ -556,7 +556,7 @@ def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, whe
             name=name,
             describe_output_out=describe_output(out),
             describe_output_target=describe_output(target),
-            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            error=first_line(e),
         ) from None
     if not (
         hasattr(value, "shape") and value.shape == () and jnp.issubdtype(value.dtype, jnp.floating)
