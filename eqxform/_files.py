@@ -278,11 +278,7 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
         code = info["dtype"]
         if not isinstance(code, str) or code not in _DTYPES:
             raise corrupt(
-                "E312",
-                path,
-                name=name,
-                code_=code,
-                listing=", ".join(f"`{c}`" for c in _DTYPES),
+                "E312", path, name=name, code_=code, listing=", ".join(f"`{c}`" for c in _DTYPES)
             )
         dtype, itemsize, _ = _DTYPES[code]
         shape = _shape(path, name, info["shape"])

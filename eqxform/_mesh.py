@@ -55,16 +55,13 @@ class MeshSpec:
         count = jax.device_count() if device_count is None else device_count
         fixed = math.prod(s for _, s in self.axes if s != -1)
         rest = [n for n, s in self.axes if s == -1]
-        where = (
-            f"`{self.origin} {self.text()}`" if self.origin != "mesh" else f"`mesh {self.text()}`"
-        )
         if fixed > count or (rest and count % fixed):
             raise SpecError(
                 report(
                     "E196",
                     span=self.span,
                     source=self.source,
-                    where=where,
+                    where=f"`{self.origin} {self.text()}`",
                     fixed=fixed,
                     value=" times a whole number of" if rest else "",
                     count=count,

@@ -965,7 +965,6 @@ class Adapter:
     (`blocks.0.attn.qkv`), per layer of a stack (`at`)."""
 
     node: Any
-    keypath: tuple
     module: str
     at: tuple[int, ...]
 
@@ -984,19 +983,19 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
         weight = Leaf(
             -1, tuple(steps) + (Field("weight"),), lead + (out_features, in_features), None
         )
-        named = []
-        for rule in rules.maps:
-            if len(rule.sources) != 1 or len(rule.targets) != 1:
-                continue
-            for b, at in _slots(rule.targets[0], weight):
-                named.append((rule, rule.sources[0].format(b), at))
+        named = [
+            (rule, rule.sources[0].format(b), at)
+            for rule in rules.maps
+            if len(rule.sources) == len(rule.targets) == 1
+            for b, at in _slots(rule.targets[0], weight)
+        ]
         if not named:
             problems.append(
                 report("E250", span=rules.anchor.span, source=rules.source, path=weight.path)
             )
             continue
         for rule, name, at in named:
-            if any(op for op, _ in rule.ops) or not name.endswith(".weight"):
+            if rule.ops or not name.endswith(".weight"):
                 problems.append(
                     report(
                         "E250",
@@ -1011,7 +1010,7 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
                     )
                 )
                 continue
-            found.append(Adapter(node, keypath, name[: -len(".weight")], at))
+            found.append(Adapter(node, name[: -len(".weight")], at))
     return found, problems
 
 
@@ -1029,11 +1028,8 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
     for a in adapters:
         lora_a = np.asarray(plain(a.node.lora_a))[a.at]
         lora_b = np.asarray(plain(a.node.lora_b))[a.at]
-        scale = float(
-            np.asarray(plain(a.node.scale))[a.at]
-            if np.ndim(plain(a.node.scale))
-            else plain(a.node.scale)
-        )
+        scale = np.asarray(plain(a.node.scale))
+        scale = float(scale[a.at] if scale.ndim else scale)
         prefix = f"base_model.model.{a.module}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(lora_a)
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(lora_b)
@@ -1102,10 +1098,11 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     adapters, problems = _adapters(model, rules)
     if problems:
         raise SpecError(problems)
-    wanted: dict[str, tuple[Adapter, str]] = {}
-    for a in adapters:
-        for part in ("lora_A", "lora_B"):
-            wanted[f"base_model.model.{a.module}.{part}.weight"] = (a, part)
+    wanted = {
+        f"base_model.model.{a.module}.{part}.weight": (a, part.lower())
+        for a in adapters
+        for part in ("lora_A", "lora_B")
+    }
     missing = [n for n in wanted if n not in checkpoint.tensors]
     unused = [n for n in checkpoint.tensors if n not in wanted]
     if missing or unused:
@@ -1122,8 +1119,7 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
             )
         )
     values: dict[int, dict[str, np.ndarray]] = {}
-    for name, (a, part) in wanted.items():
-        field_name = "lora_a" if part == "lora_A" else "lora_b"
+    for name, (a, field_name) in wanted.items():
         store = values.setdefault(id(a.node), {"node": a.node})
         if field_name not in store:
             store[field_name] = np.array(plain(getattr(a.node, field_name)))
@@ -1150,16 +1146,11 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     is_node = lambda x: any(x is n for n in nodes)  # noqa: E731
 
     def fill(node):
-        if not any(node is n for n in nodes):
+        if not is_node(node):
             return node
-        v = values[id(node)]
-        scale = jnp.full(
-            jnp.shape(plain(node.scale)), alpha / r, jnp.result_type(plain(node.scale))
-        )
-        return eqx.tree_at(
-            lambda m: (m.lora_a, m.lora_b, m.scale),
-            node,
-            (jnp.asarray(v["lora_a"]), jnp.asarray(v["lora_b"]), scale),
-        )
+        v, scale = values[id(node)], plain(node.scale)
+        scale = jnp.full(jnp.shape(scale), alpha / r, jnp.result_type(scale))
+        new = (jnp.asarray(v["lora_a"]), jnp.asarray(v["lora_b"]), scale)
+        return eqx.tree_at(lambda m: (m.lora_a, m.lora_b, m.scale), node, new)
 
     return jax.tree_util.tree_map(fill, model, is_leaf=is_node)

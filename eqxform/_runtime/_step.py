@@ -118,11 +118,7 @@ class Step:
             (_, (loss, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            out = [
-                jax.tree_util.tree_leaves(params),
-                jax.tree_util.tree_leaves(opt_state),
-                jax.tree_util.tree_leaves(model_state),
-            ]
+            out = [jax.tree_util.tree_leaves(t) for t in (params, opt_state, model_state)]
             if stop_if_nonfinite:
                 old = [flat_params, flat_opt, flat_state]
                 out, guard = _keep_if_finite(old, out, loss, guard, members)

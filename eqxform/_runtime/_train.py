@@ -256,19 +256,14 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     limit = _memory_limit()
     if total > limit:
         raise _bad_data(
-            "E527",
-            path,
-            size_total=format_bytes(total),
-            size_limit=format_bytes(limit),
+            "E527", path, size_total=format_bytes(total), size_limit=format_bytes(limit)
         )
     try:
         with np.load(path, allow_pickle=False) as data:
             x, y = data["x"], data["y"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise _bad_data(
-            "E528",
-            path,
-            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            "E528", path, error=str(e).splitlines()[0] if str(e) else type(e).__name__
         ) from None
     for key, array in (("x", x), ("y", y)):
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
