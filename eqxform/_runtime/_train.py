@@ -177,7 +177,7 @@ def _output_names(out: Any) -> list[str]:
     return [name for name, _ in _parts(out) or []]
 
 
-def picked_output(out: Any, path: str | None, where: str) -> Any:
+def picked_output(out: Any, path: str | None) -> Any:
     """`pick` on a model's output (shapes), or a diagnostic that shows what
     the model returned."""
     try:
@@ -395,15 +395,12 @@ def toy_data(
         if len(inputs) != 1:
             raise UsageError(diagnostic("E421", len_inputs=len(inputs)))
         shape, dtype = tuple(inputs[0].shape), np.dtype(inputs[0].dtype)
-        out = picked_output(output_shape(subject, inputs), output, "built-in data")
+        out = picked_output(output_shape(subject, inputs), output)
         if not hasattr(out, "shape"):
             raise _tuple_output("built-in data", out, loss)
-        out_shape = tuple(out.shape)
-        if out_shape is not None and isinstance(model, Ensemble):
-            out_shape = out_shape[1:]
+        out_shape = tuple(out.shape)[1 if isinstance(model, Ensemble) else 0 :]
     else:
-        in_size = getattr(core, "in_size", None)
-        out_size = getattr(core, "out_size", None)
+        in_size, out_size = getattr(core, "in_size", None), getattr(core, "out_size", None)
         if not isinstance(in_size, int) or not isinstance(out_size, int):
             raise UsageError(diagnostic("E421", variant="needs_model", name=type(core).__name__))
         shape, dtype, out_shape = (in_size,), np.dtype(np.float32), (out_size,)
@@ -463,7 +460,7 @@ def check_fits(
             list_shape=list(x.shape[1:]),
             error=first_line(e),
         ) from None
-    out = picked_output(whole, output, where)
+    out = picked_output(whole, output)
     if callable(loss):
         _check_own_loss(loss, out, y, isinstance(model, Ensemble), where)
         return
