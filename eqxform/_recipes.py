@@ -510,7 +510,7 @@ def save(
         for name, leaf in tensors.items()
     ]
     fetch = lambda name: _host(tensors[name])  # noqa: E731
-    if jax.process_count() > 1 and jax.process_index() != 0:
+    if not writer:
         for tensor in layout(specs):  # the same gathers, in the same order
             fetch(tensor.name)
         return
@@ -709,18 +709,14 @@ def _parts(subject: Any) -> _Parts:
         if not is_array(node.obj):
             continue
         inside, frozen, canonical = False, False, []
-        for k, key in enumerate(node.path):
-            parent = node.parents[k]
-            fields = _ADAPTER_FIELDS.get(type(parent))
-            if fields is not None and getattr(key, "name", None) in fields:
+        for parent, key in zip(node.parents, node.path):
+            name = getattr(key, "name", None)
+            if name in _ADAPTER_FIELDS.get(type(parent), ()):
                 inside = True
                 break
-            if isinstance(parent, Frozen) and parent.layers is None:
-                frozen = True
-            through = _THROUGH.get(type(parent))
-            if through is not None and getattr(key, "name", None) == through:
-                continue
-            canonical.append(key)
+            frozen = frozen or (isinstance(parent, Frozen) and parent.layers is None)
+            if name is None or name != _THROUGH.get(type(parent)):
+                canonical.append(key)
         if inside:
             adapters.append((tensor_name(node.path), node.obj))
         elif frozen or not jnp.issubdtype(node.obj.dtype, jnp.inexact):
