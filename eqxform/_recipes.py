@@ -335,12 +335,9 @@ def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = N
     structure is `skel`: the `shard` rules of the specs in its recipe, then
     those of `program`, on `mesh`; the rest replicated."""
     device_mesh = as_mesh(mesh)
-    rules: tuple = ()
-    if recipe is not None:
-        for step in recipe.steps:
-            rules += step.program.shards
-    if program is not None:
-        rules += program.shards
+    programs = [] if recipe is None else [step.program for step in recipe.steps]
+    programs += [] if program is None else [program]
+    rules = tuple(rule for p in programs for rule in p.shards)
     placed = placements(skel, rules, dict(device_mesh.shape))
     replicated = NamedSharding(device_mesh, PartitionSpec())
     by_name = {p.node.name: NamedSharding(device_mesh, p.spec) for p in placed}
@@ -408,10 +405,9 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
         if isinstance(leaf, jax.core.Tracer):
             raise UsageError(report("E446", variant="traced", name=name))
         tensors[name] = leaf
-    if recipe is None:
-        content = {"load": NO_RECIPE}
-    else:
-        content = {**recipe.to_dict(), "versions": versions()}
+    content = (
+        {"load": NO_RECIPE} if recipe is None else {**recipe.to_dict(), "versions": versions()}
+    )
     return tensors, content
 
 

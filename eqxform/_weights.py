@@ -818,14 +818,11 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
         leaves, tdef = jax.tree_util.tree_flatten(state)
         state = jax.tree_util.tree_unflatten(tdef, leaves)
         for index, parts in stated.values():
-            old = state.get(index)
-            leaves, tdef = jax.tree_util.tree_flatten(old)
-            paths = [
-                tuple(getattr(r, "idx", None) for r in kp)
-                for kp, _ in jax.tree_util.tree_flatten_with_path(old)[0]
-            ]
-            merged = [parts.get(p, v) for p, v in zip(paths, leaves)]
-            state = state.set(index, jax.tree_util.tree_unflatten(tdef, merged))
+            merged = jax.tree_util.tree_map_with_path(
+                lambda kp, v, parts=parts: parts.get(tuple(getattr(r, "idx", None) for r in kp), v),
+                state.get(index),
+            )
+            state = state.set(index, merged)
     return model, state
 
 
