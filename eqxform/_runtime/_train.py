@@ -651,14 +651,11 @@ def member_losses(
         fn = _member_loss_fn(*key)
     except TypeError:  # a loss function that cannot be a cache key
         fn = _member_loss_fn.__wrapped__(*key)
-    total, count = None, 0
+    total = 0.0
     for start in range(0, len(x), chunk):
         xb, yb = jnp.asarray(x[start : start + chunk]), jnp.asarray(y[start : start + chunk])
-        value = np.asarray(fn(model_only, state, xb, yb), np.float64) * len(xb)
-        total = value if total is None else total + value
-        count += len(xb)
-    assert total is not None
-    return total / count
+        total = total + np.asarray(fn(model_only, state, xb, yb), np.float64) * len(xb)
+    return total / len(x)
 
 
 @jax.jit
