@@ -33,8 +33,7 @@ def to_python(value: Any) -> Any:
     return value
 
 
-def _takes_key(fn: Any, name: str) -> bool:
-    signature = R.constructor_signature(name) if ":" not in name else None
+def _takes_key(fn: Any, signature: Any) -> bool:
     if signature is not None:
         return "key" in signature.names
     try:
@@ -87,7 +86,7 @@ def build(
                 kwargs[arg.name] = value
     except EvalError as e:
         raise SpecError(replace(e.diagnostic, source=source)) from None
-    if _takes_key(fn, call.callee):
+    if _takes_key(fn, signature):
         kwargs["key"] = key
 
     def measured():
