@@ -170,13 +170,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
         name = entry.get("name") or "?"
         params = entry.get("params") or {}
         try:
-            program, diagnostics = compile_collect(
-                str(entry.get("text", "")),
-                f"{origin} (recipe spec {i + 1}: {name})",
-                params,
-                allow,
-                mesh=entry.get("mesh"),
-            )
+            program, diagnostics = _compile(entry, f"{origin} (recipe spec {i + 1}: {name})", allow)
         except UsageError as e:
             # The only usage error of a compile without `--input`: a value
             # for a `let` the spec does not have. From a file, that is the
@@ -209,6 +203,13 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
         train=data.get("train"),
         picked=data.get("picked"),
     )
+
+
+def _compile(entry: dict, name: str, allow: tuple[str, ...]) -> tuple[Program | None, list]:
+    """A spec as a recipe or an adapter record lists it (`text`, `params`,
+    `mesh`), compiled with its diagnostics."""
+    params = entry.get("params") or {}
+    return compile_collect(str(entry.get("text", "")), name, params, allow, mesh=entry.get("mesh"))
 
 
 def _skeleton_of(recipe: Recipe, origin: str) -> Any:
@@ -921,13 +922,8 @@ def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tu
     model = base
     recipe = recipe_of(base)
     for i, entry in enumerate(info["specs"]):
-        program, diagnostics = compile_collect(
-            str(entry.get("text", "")),
-            f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
-            entry.get("params") or {},
-            allow,
-            mesh=entry.get("mesh"),
-        )
+        name = f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})"
+        program, diagnostics = _compile(entry, name, allow)
         if diagnostics:
             raise ModelFileError(diagnostics)
         seed = entry.get("seed")

@@ -552,24 +552,21 @@ def plan_weights(
             # One diagnostic per mistake: an array whose tensor is missing is
             # not also reported unfilled, nor a tensor whose array is missing
             # unread.
+            used.update(n for n in got if n is not None)
             if None in got:
                 for k, (s, n) in enumerate(zip(rule.sources, got)):
                     if n is None:
                         lacking.setdefault(k, []).append(s.format(b))
-                        if k not in lacking_for:
-                            lacking_for[k] = next((sl.path for sl in slots if sl), None)
+                        lacking_for.setdefault(k, next((sl.path for sl in slots if sl), None))
                 for sl in slots:
                     if sl is not None:
                         filled.setdefault(sl.leaf.index, {}).setdefault(sl.at, rule.line)
-                used.update(n for n in got if n is not None)
                 continue
             if None in slots:
                 for k, (t, sl) in enumerate(zip(rule.targets, slots)):
                     if sl is None:
                         absent.setdefault(k, []).append(_format_path(t, b))
-                used.update(got)
                 continue
-            used.update(got)
             tensors = [checkpoint.tensors[n] for n in got]
             why = _forward_shapes(rule, [t.shape for t in tensors], [s.shape for s in slots])
             if why is not None:
