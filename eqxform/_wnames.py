@@ -51,9 +51,7 @@ class Capture:
         """Bind `name` from `text` as written; False when the value does not
         agree with an earlier binding or falls below zero."""
         value = int(text) - self.offset
-        if value < 0 or bindings.setdefault(self.name, value) != value:
-            return False
-        return True
+        return value >= 0 and bindings.setdefault(self.name, value) == value
 
 
 @dataclass(frozen=True)
