@@ -1973,6 +1973,18 @@ CODES: dict[str, Code] = {
             "in the constructor",
         ),
         _c(
+            "E383",
+            "ensemble written as one checkpoint",
+            "`export` (`Program.export_weights`, `Program.export_peft`) writes one model's "
+            "arrays under the checkpoint's names; an ensemble holds N models, each array with "
+            "a member axis, which no name of the checkpoint takes. (A stack is written layer "
+            "by layer, as `unstack` gives it back.)",
+            'program.export_weights(ensemble, "back.safetensors")',
+            message="an ensemble of {count} members is no one model to write in the checkpoint's names",
+            help="write one member: `program.export_weights(eqxform.pick(ensemble, 0), ...)` "
+            "(from the shell, `eqxform pick FILE --member 0 -o one.eqx` first)",
+        ),
+        _c(
             "E401",
             "spec file cannot be read",
             "The spec file does not exist or cannot be opened.",

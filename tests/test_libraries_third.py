@@ -317,6 +317,71 @@ def test_e1_file_from_the_shell(e1, tmp_path):
     assert "error[E133]" in said and "all.eqx:7:7" in said and "Traceback" not in said
 
 
+# The Hugging Face names of E1's checkpoint, as the library's own converter
+# (`e1jax._model.build_conversion_map`) maps them.
+E1_MAP = """
+map "model.embed_tokens.weight" -> "token_embed.weight"
+map "model.embed_seq_id.weight" -> "sequence_embed.weight"
+map "model.norm.weight" -> "norm.weight"
+map "mlm_head.0.**" -> "mlm_head.linear_in.**"
+map "mlm_head.2.**" -> "mlm_head.norm.**"
+map "mlm_head.3.**" -> "mlm_head.linear_out.**"
+map "model.layers.{k}.norm_attn_norm.input_layernorm.weight" -> "layers[{k}].attention.norm.weight"
+map "model.layers.{k}.norm_attn_norm.self_attn.q_proj.weight" -> "layers[{k}].attention.to_q.weight"
+map "model.layers.{k}.norm_attn_norm.self_attn.k_proj.weight" -> "layers[{k}].attention.to_k.weight"
+map "model.layers.{k}.norm_attn_norm.self_attn.v_proj.weight" -> "layers[{k}].attention.to_v.weight"
+map "model.layers.{k}.norm_attn_norm.self_attn.o_proj.weight" -> "layers[{k}].attention.to_out.weight"
+map "model.layers.{k}.norm_attn_norm.post_attention_layernorm.weight" -> "layers[{k}].ff.norm.weight"
+map "model.layers.{k}.ffn.mlp.w1.weight" -> "layers[{k}].ff.linear_a.weight"
+map "model.layers.{k}.ffn.mlp.w3.weight" -> "layers[{k}].ff.linear_b.weight"
+map "model.layers.{k}.ffn.mlp.w2.weight" -> "layers[{k}].ff.linear_out.weight"
+"""
+
+
+class _Tensor:
+    """What the library's converter reads of a torch tensor (`.float()`)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def float(self):
+        return self.array
+
+
+def test_e1_checkpoint_loads_as_its_converter_does_and_writes_back_whole(e1, tmp_path):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    e1_model = pytest.importorskip("e1jax._model")
+    conversion = e1_model.build_conversion_map(E1_CONFIG["num_layers"])
+    names = {
+        ".".join(str(k).strip(".") for k in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(e1)[0]
+    }
+    rng = np.random.default_rng(0)
+    hf = {conversion[n]: rng.normal(size=names[n].shape).astype(np.float32) for n in conversion}
+    checkpoint = tmp_path / "e1_hf.safetensors"
+    safetensors_numpy.save_file(hf, checkpoint)
+    hand = e1_model.update_eqx_with_state_dict(
+        e1, {n: _Tensor(a) for n, a in hf.items()}, conversion
+    )
+    program = eqxform.compile(E1_MAP)
+    ours = program.apply(e1, weights=checkpoint)
+    assert same(ours, hand)
+    for spec in ("", "stack layers[0:2] scan\n", "stack layers[0:2] scan\nwhere ** -> scale 2\n"):
+        program = eqxform.compile(E1_MAP + spec)
+        model = program.apply(e1, weights=checkpoint)
+        written = program.export_weights(model, tmp_path / "back.safetensors")
+        back = safetensors_numpy.load_file(tmp_path / "back.safetensors")
+        # Every tensor written back, the stacked layers' too, each its own values.
+        assert sorted(written) == sorted(back) == sorted(hf)
+        factor = 2 if "scale" in spec else 1
+        assert all(np.allclose(back[n], factor * hf[n], rtol=1e-6) for n in hf)
+    members = eqxform.compile(E1_MAP + "ensemble 2").apply(e1, weights=checkpoint, key=jr.key(1))
+    with pytest.raises(eqxform.UsageError) as info:
+        program.export_weights(members, tmp_path / "none.safetensors")
+    assert info.value.diagnostics[0].code == "E383"
+    assert not (tmp_path / "none.safetensors").exists()
+
+
 # ---- rnn-jax: DeepStateSpaceModelEncoder of LinearRecurrentUnit layers -------------
 
 
