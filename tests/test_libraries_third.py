@@ -170,23 +170,28 @@ class Zipped(eqx.Module):
         return x
 
 
+def test_a_stack_the_parent_zips_with_another_list_is_refused_by_apply_with_input():
+    # With `input` lines, `apply` runs both models and sees the outputs differ.
+    model = Zipped(jr.key(0))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("input f32[4]\nstack layers scan").apply(model, key=jr.key(1))
+    [d] = info.value.diagnostics
+    assert d.code == "E144" and d.span.line == 2 and "zips with another list" in d.help
+    layerwise = eqxform.compile("input f32[4]\nstack layers scan layerwise").apply(model)
+    x = jnp.arange(4.0)
+    assert np.allclose(layerwise(x), model(x), atol=1e-6)
+
+
 @pytest.mark.xfail(
     strict=True,
-    reason="a stack iterated by `zip` (or `enumerate`) gives its parent one item, the whole "
-    "scan: the parent pairs it with the first mixer only and drops the others, a silently "
-    "wrong output; `plan` with an `input` line says nothing",
+    reason="`plan` and `check` with an `input` line pass a stack that its parent walks with "
+    "`zip(self.layers, self.mixers)` (only `apply` runs the numbers: E144); without `input` "
+    "lines `apply` makes a model that runs every layer, then the first mixer only, silently",
 )
-def test_a_stack_the_parent_zips_with_another_list_is_right_or_refused():
-    model, x = Zipped(jr.key(0)), jnp.arange(4.0)
-    try:
-        stacked = eqxform.compile("stack layers scan").apply(model, key=jr.key(1))
-        out = stacked(x)
-    except eqxform.EqxformError as e:
-        assert "layerwise" in (e.diagnostics[0].help or "")
-    else:
-        assert np.allclose(out, model(x), atol=1e-6)
-    layerwise = eqxform.compile("stack layers scan layerwise").apply(model, key=jr.key(1))
-    assert np.allclose(layerwise(x), model(x), atol=1e-6)
+def test_a_stack_the_parent_zips_with_another_list_is_refused_by_plan():
+    model = Zipped(jr.key(0))
+    [d] = eqxform.compile("input f32[4]\nstack layers scan").plan(model).diagnostics
+    assert d.code == "E144"
 
 
 @pytest.mark.xfail(
@@ -481,17 +486,12 @@ def test_lru_layerwise_stack_matches_the_model(encoder):
     assert np.allclose(eqxform.resolve(stacked)(SEQ), encoder(SEQ), atol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the encoder walks `zip(self.layers, self.mixers)`: `stack layers scan` runs both "
-    "layers, then the first mixer only (output off by ~0.1), silently",
-)
-def test_lru_default_stack_under_zip_is_right_or_refused(encoder):
-    try:
-        out = eqxform.resolve(eqxform.compile("stack layers scan").apply(encoder))(SEQ)
-    except eqxform.EqxformError:
-        return
-    assert np.allclose(out, encoder(SEQ), atol=1e-5)
+def test_lru_stack_under_zip_is_refused_with_input_lines(encoder):
+    # The encoder walks `zip(self.layers, self.mixers)`: one scan would run
+    # both layers, then the first mixer only.
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("input f32[10,4]\nstack layers scan").apply(encoder, key=jr.key(1))
+    assert info.value.diagnostics[0].code == "E144"
 
 
 def test_lru_model_file_is_refused_with_its_complex_leaf(encoder, tmp_path):
