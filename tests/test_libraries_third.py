@@ -277,6 +277,8 @@ def test_e1_freeze_and_train_matches_hand_written(e1):
     assert same(trained.layers, e1.layers) and not same(trained.mlm_head, e1.mlm_head)
 
 
+# The library's constructor compiled under `vmap`: a quarter of a minute on two cores.
+@pytest.mark.slow
 def test_e1_ensemble_of_its_constructor_matches_hand_written_vmap(e1):
     e1jax = quietly_import("e1jax")
     members = eqxform.compile("ensemble 2").apply(
@@ -290,6 +292,9 @@ def test_e1_ensemble_of_its_constructor_matches_hand_written_vmap(e1):
     assert np.allclose(emb, hand[1], atol=1e-5)
 
 
+# Two runs of the command line (each imports JAX and the library and compiles the
+# model): half a minute on two cores; run with EQXFORM_SLOW=1.
+@pytest.mark.slow
 def test_e1_file_from_the_shell(e1, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(eqxform.__file__))}
     env["PYTHONWARNINGS"] = "ignore"
@@ -514,9 +519,13 @@ NEQUIP = dict(n_species=2, lmax=1, hidden_size=4, n_layers=2, radial_mlp_size=8)
 
 @pytest.fixture(scope="module")
 def nequip():
+    # Importing the library sets JAX's matmul precision for the whole process:
+    # put it back for the tests after these.
+    precision = jax.config.jax_default_matmul_precision
     quietly_import("nequip_eqx")
     model = quietly_import("nequip_eqx.model")
-    return model, eqxform.new(model.Nequip, radial_mlp_layers=1, **NEQUIP)
+    yield model, eqxform.new(model.Nequip, radial_mlp_layers=1, **NEQUIP)
+    jax.config.update("jax_default_matmul_precision", precision)
 
 
 def molecule():
@@ -573,6 +582,8 @@ def test_nequip_constructor_with_a_positional_key_is_said_so(nequip):
     assert d.code == "E451" and "a random key" in d.message
 
 
+# e3nn's constructor traced under `vmap`: a quarter of a minute on two cores.
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="each build of `Nequip` holds new e3nn `FunctionalLinear` objects (static, "
