@@ -448,6 +448,8 @@ def _storable(name: str, leaf: Any) -> None:
             f"of dtype `{name_of}`",
             "cast it to one of " + ", ".join(f"`{d}`" for d in STORABLE) + " before saving",
         )
+        if jax.dtypes.issubdtype(dtype, np.complexfloating):  # a cast would lose its imaginary part
+            fix = "keep its real and imaginary parts as two real arrays of the model"
     raise UsageError(report("E447", help=fix, name=name, why=why))
 
 

@@ -504,6 +504,7 @@ def test_lru_model_file_is_refused_with_its_complex_leaf(encoder, tmp_path):
         eqxform.save(tmp_path / "lru.eqx", encoder)
     [d] = info.value.diagnostics
     assert d.code == "E447" and "complex64" in d.message
+    assert d.help == "keep its real and imaginary parts as two real arrays of the model"
     assert not (tmp_path / "lru.eqx").exists()
 
 
