@@ -205,6 +205,33 @@ def test_unstack_names_a_stacked_slice_as_the_stack_line_did():
     assert same(out, model)
 
 
+class Chain(eqx.Module):
+    layers: list
+
+    def __init__(self, key):
+        self.layers = [eqx.nn.Linear(4, 4, key=k) for k in jr.split(key, 3)]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = jnp.tanh(layer(x))
+        return x
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="after `stack layers[0:2] scan` the list is `[stack, layers[2]]` and selectors "
+    "index it as it is: `layers[1]` names the model's third layer (its `freeze` leaves the "
+    "second layer training, silently) and `layers[0]` both stacked layers",
+)
+def test_a_stacked_slice_keeps_the_logical_layer_indices():
+    model = Chain(jr.key(0))
+    program = eqxform.compile("stack layers[0:2] scan\nwhere layers[1].weight -> init zeros")
+    out = program.apply(model, key=jr.key(1))
+    stacked = out.layers[0].layers.weight
+    assert not np.any(np.asarray(stacked[1])) and np.array_equal(stacked[0], model.layers[0].weight)
+    assert np.array_equal(out.layers[-1].weight, model.layers[2].weight)
+
+
 # ---- e1jax: E1 ---------------------------------------------------------------------
 
 E1_CONFIG = dict(dim=32, num_heads=2, ff_dim=64, num_layers=3)
