@@ -88,10 +88,10 @@ class Binary(Expr):
 
 @dataclass(frozen=True)
 class Conditional(Expr):
-    """`then if test else orelse`, as in Python."""
+    """`then if test else orelse`, as in Python (the fields in the text's order)."""
 
-    test: Expr
     then: Expr
+    test: Expr
     orelse: Expr
 
 

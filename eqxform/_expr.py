@@ -19,23 +19,19 @@ from ._diagnostics import report
 
 
 @dataclass(frozen=True)
-class FunctionRef:
+class _Named:
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FunctionRef(_Named):
     """A `jax.nn` function named in a spec (`gelu`); resolved when a model is built."""
 
-    name: str
 
-    def __str__(self) -> str:
-        return self.name
-
-
-@dataclass(frozen=True)
-class DTypeRef:
+class DTypeRef(_Named):
     """A dtype named in a spec (`bfloat16`)."""
-
-    name: str
-
-    def __str__(self) -> str:
-        return self.name
 
 
 class EvalError(Exception):
@@ -263,28 +259,8 @@ def lookup(name: A.Name, env: Mapping[str, Any]) -> Any:
 
 
 def walk(expr: A.Expr | None) -> Iterator[A.Expr]:
-    """Every sub-expression of `expr`, itself first."""
-    if expr is None:
-        return
-    yield expr
-    if isinstance(expr, A.Unary):
-        yield from walk(expr.operand)
-    elif isinstance(expr, A.Binary):
-        yield from walk(expr.left)
-        yield from walk(expr.right)
-    elif isinstance(expr, A.Conditional):
-        yield from walk(expr.then)
-        yield from walk(expr.test)
-        yield from walk(expr.orelse)
-    elif isinstance(expr, A.Subscript):
-        yield from walk(expr.value)
-        yield from walk(expr.index)
-    elif isinstance(expr, (A.ListExpr, A.TupleExpr)):
-        for item in expr.items:
-            yield from walk(item)
-    elif isinstance(expr, A.Call):
-        for arg in expr.args:
-            yield from walk(arg.value)
+    """Every sub-expression of `expr`, itself first, in the text's order."""
+    return (node for node in A.nodes(expr) if isinstance(node, A.Expr))
 
 
 def render(value: Any) -> str:
@@ -299,6 +275,6 @@ def render(value: Any) -> str:
         return '"' + value + '"' if '"' not in value else "'" + value + "'"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(render(v) for v in value) + "]"
-    if isinstance(value, (FunctionRef, DTypeRef)):
+    if isinstance(value, _Named):
         return value.name
     raise TypeError(f"cannot write {value!r} into a spec")
