@@ -63,16 +63,7 @@ class Diagnostic:
         return f"{name}:{self.span.line}:{self.span.column}"
 
     def with_source(self, source: Source) -> Diagnostic:
-        return Diagnostic(
-            self.code,
-            self.message,
-            self.span,
-            self.help,
-            source,
-            self.file,
-            self.notes,
-            self.severity,
-        )
+        return replace(self, source=source)
 
     def render(self) -> str:
         """The long form. Everything that comes from a spec or a file (names
@@ -195,7 +186,7 @@ def render_all(diagnostics: Iterable[Diagnostic]) -> str:
     blocks = [d.render() for d in diagnostics]
     errors = sum(d.severity == "error" for d in diagnostics)
     if errors:
-        blocks.append(f"{errors} error{'s' if errors != 1 else ''} found")
+        blocks.append(f"{plural(errors, 'error')} found")
     return "\n\n".join(blocks)
 
 
