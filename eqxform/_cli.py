@@ -577,14 +577,16 @@ def train(
     click.echo(f"trained {result.steps} steps (loss {final}){diverged}; {wrote}")
 
 
-def _spread(losses, diverged=None) -> str:
-    """An ensemble's losses as the progress shows them: best, median, worst
-    of the members that train, then those that diverged."""
+def _loss(value: float, losses, diverged) -> str:
+    """The loss as the progress shows it; an ensemble's (`losses`, each
+    member's, else None) then its best, median and worst member of those
+    that train, and those that diverged."""
     import numpy as np
 
-    diverged = diverged or {}
+    if losses is None:
+        return f"{value:.4g}"
     live = [k for k in range(len(losses)) if k not in diverged]
-    out = []
+    out = [f"{value:.4g}"]
     if live:
         order = sorted(live, key=lambda k: losses[k])
         best, worst = order[0], order[-1]
@@ -636,8 +638,7 @@ def _train_with_bar(run, steps: int):
         task = progress.add_task("train", total=steps, loss="-")
 
         def step(done, value, members, diverged):
-            spread = "" if members is None else f"; {_spread(members, diverged)}"
-            progress.update(task, completed=done, loss=f"{value:.4g}{spread}")
+            progress.update(task, completed=done, loss=_loss(value, members, diverged))
 
         return run(on_step=step)
 
@@ -668,8 +669,7 @@ def _train_with_lines(run, steps: int):
 
     def line(done: int, value: float, members, diverged) -> None:
         what = "initial loss" if done == 1 else "loss"
-        spread = "" if members is None else f"; {_spread(members, diverged)}"
-        click.echo(f"step {done}/{steps}: {what} {value:.4g}{spread}")
+        click.echo(f"step {done}/{steps}: {what} {_loss(value, members, diverged)}")
         sys.stdout.flush()
 
     return run(on_step=line, report=report)

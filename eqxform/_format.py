@@ -124,14 +124,13 @@ class _Roles:
                 self.signs.add((node.span.line, node.span.column))
             elif isinstance(node, A.Call):
                 self.callees.add((node.callee_span.end_line, node.callee_span.end_column))
-            elif isinstance(node, A.Arg) and node.name_span is not None:
-                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
-            elif isinstance(node, A.Vary):
-                # `vary lr=...`, `grid lr=[...]`: written as keyword arguments are.
-                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
-            elif isinstance(node, A.MeshAxis):
-                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
-                self.mesh_names.add((node.name_span.end_line, node.name_span.end_column))
+            elif isinstance(node, (A.Arg, A.Vary, A.MeshAxis)) and node.name_span is not None:
+                # `vary lr=...`, `grid lr=[...]`, `mesh data=2`: written as
+                # keyword arguments are.
+                end = (node.name_span.end_line, node.name_span.end_column)
+                self.keywords.add(end)
+                if isinstance(node, A.MeshAxis):
+                    self.mesh_names.add(end)
             elif isinstance(node, A.Action):
                 self.actions.add((node.name_span.line, node.name_span.column))
 
@@ -246,9 +245,7 @@ def _space_between(prev: SpecToken, token: SpecToken, roles: _Roles, keyword_equ
 def _render(lines: list[_Line], roles: _Roles) -> str:
     for line in lines:
         roles.note(line.tokens)
-    codes: list[str] = []
-    for line in lines:
-        codes.append(_spaced(line.tokens, roles) if line.kind == "statement" else "")
+    codes = [_spaced(line.tokens, roles) if line.kind == "statement" else "" for line in lines]
     _align_arrows(lines, codes, roles)
     _attach_comments(lines, codes)
     return "".join(code + "\n" for code in codes)

@@ -61,7 +61,7 @@ from . import _docs as D
 from . import _names as N
 from . import _registry as R
 from ._check import Checker
-from ._diagnostics import Diagnostic, position, report
+from ._diagnostics import Diagnostic, plural, position, report
 from ._errors import EqxformError, SpecError, UsageError
 
 try:
@@ -91,16 +91,8 @@ MAX_HOVER_MATCHES = 20
 # Lark names a keyword's token by the keyword (`"model"`: `MODEL`).
 _DIRECTIVE_TOKENS = {d.upper(): d for d in N.DIRECTIVES}
 _KEYWORD_TOKENS = {
-    "IF": "if",
-    "ELSE": "else",
-    "EXPECT": "expect",
-    "AND": "and",
-    "OR": "or",
-    "NOT": "not",
-    "OVER": "over",
-    "WITH": "with",
-    "VARY": "vary",
-    "GRID": "grid",
+    k.upper(): k
+    for k in ("if", "else", "expect", "and", "or", "not", "over", "with", "vary", "grid")
 }
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
@@ -209,7 +201,7 @@ class Analyzer:
             if program.model_call is None:
                 return ModelView()
             line = program.model_call.span.line
-            skeleton, errors, _ = self._skeleton(program)
+            skeleton, errors = self._skeleton(program)
             if skeleton is None:
                 return ModelView(tuple(errors), model_line=line)
             # The model is the `model` line's: an ensemble's members are drawn
@@ -239,14 +231,14 @@ class Analyzer:
         with self._lock:
             try:
                 program = _compile(text, source.name)
-                skeleton, _, _ = self._skeleton(program)
+                skeleton = self._skeleton(program)[0]
             except SpecError:
                 return ModelView()
         return ModelView(skeleton=skeleton, model_line=models[0].span.line)
 
-    def _skeleton(self, program) -> tuple[Any, list[Diagnostic], tuple]:
+    def _skeleton(self, program) -> tuple[Any, list[Diagnostic]]:
         """The model's structure, built once per `model` call (as evaluated), or
-        why it cannot be built; and the call, which names it."""
+        why it cannot be built."""
         import equinox as eqx
 
         from ._hashing import seed_key
@@ -270,8 +262,8 @@ class Analyzer:
         if isinstance(value, SpecError):
             # The same call may sit on another line than when it was built.
             moved = [_moved(d, line - built_at, program.source) for d in value.diagnostics]
-            return None, moved, key
-        return value, [], key
+            return None, moved
+        return value, []
 
 
 def _compile(text: str, name: str, cache: dict | None = None, checked: tuple | None = None):
@@ -561,7 +553,7 @@ class EqxformServer(LanguageServer):
         column = min(max(column, 1), len(lines[line - 1]) + 1)
         return self.codec.position_to_client_units(lines, T.Position(line - 1, column - 1))
 
-    def span_range(self, lines: list[str], span: A.Span | None) -> T.Range:
+    def span_range(self, lines: list[str], span: A.Span | SpecToken | None) -> T.Range:
         if span is None:
             return T.Range(self.to_client(lines, 1, 1), self.to_client(lines, 1, 1))
         return T.Range(
@@ -692,7 +684,7 @@ class EqxformServer(LanguageServer):
     def publish(self, doc: _Doc) -> None:
         lines = doc.lines
         local = doc.local
-        if any(isinstance(s, A.ModelStmt) for s in doc.spec.statements):
+        if doc.has_model:
             # Checked against the spec's model: a type name it has is no news,
             # one it lacks is its E104.
             local = [d for d in local if d.code != "I104"]
@@ -785,17 +777,13 @@ class EqxformServer(LanguageServer):
         token = _token_at(doc.lines[line - 1], line, column)
         if token is None:
             return None
-        lines = doc.lines
-        where = T.Range(
-            self.to_client(lines, line, token.column), self.to_client(lines, line, token.end_column)
-        )
         for span, stmt_line in doc.index["selectors"]:
             if span.line == line and span.column <= token.column < span.end_column:
                 text = self.selector_hover(doc, stmt_line, span)
-                where = self.span_range(lines, span)
-                return _markdown(text, where)
+                return _markdown(text, self.span_range(doc.lines, span))
         text = _word_doc(doc, token)
-        return None if text is None else _markdown(text, where)
+        # A token is placed as a span is (its line is the hover's).
+        return None if text is None else _markdown(text, self.span_range(doc.lines, token))
 
     def selector_hover(self, doc: _Doc, line: int, span: A.Span) -> str:
         selector = doc.lines[line - 1][span.column - 1 : span.end_column - 1]
@@ -820,7 +808,7 @@ class EqxformServer(LanguageServer):
         parts = [f"`{selector}`"]
         for step in steps:
             count = len(step.matches)
-            parts.append(f"**{step.action}**: {count} match{'es' if count != 1 else ''}")
+            parts.append(f"**{step.action}**: {plural(count, 'match')}")
             if step.matches:
                 rows = ["| path | before | after |", "|---|---|---|"]
                 for m in step.matches[:MAX_HOVER_MATCHES]:
@@ -916,8 +904,17 @@ def _token_at(line_text: str, line: int, column: int) -> SpecToken | None:
 
 
 def _signature_doc(name: str, signature, summary: str | None, kind: str) -> str:
-    head = D.signature(name, signature.params) if signature is not None else name
+    head = _call_detail(name, signature)
     return f"```eqxform\n{head}\n```\n{kind}" + (f": {summary}" if summary else "")
+
+
+# The roles whose word is documented by its signature: how to find it, the
+# word's line, and what the word is.
+_SIGNED = {
+    "initializer": (R.initializer_signature, D.INITIALIZERS, "initialiser"),
+    "wrapper": (R.wrapper_signature, D.WRAPPERS, "wrapper"),
+    "optimizer": (N.OPTIMIZERS.get, D.OPTIMIZERS, "optax optimiser"),
+}
 
 
 def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
@@ -937,14 +934,11 @@ def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
     if role == "map_action":
         summary = D.MAP_ACTIONS.get(name)
         return f"`{name}` (on a `map` line): {summary}" if summary else None
-    if role == "initializer" and R.initializer_signature(name) is not None:
-        return _signature_doc(
-            name, R.initializer_signature(name), D.INITIALIZERS.get(name), "initialiser"
-        )
-    if role == "wrapper" and R.wrapper_signature(name) is not None:
-        return _signature_doc(name, R.wrapper_signature(name), D.WRAPPERS.get(name), "wrapper")
-    if role == "optimizer" and name in N.OPTIMIZERS:
-        return _signature_doc(name, N.OPTIMIZERS[name], D.OPTIMIZERS[name], "optax optimiser")
+    if role in _SIGNED:
+        signature_of, docs, kind = _SIGNED[role]
+        signature = signature_of(name)
+        if signature is not None:
+            return _signature_doc(name, signature, docs.get(name), kind)
     if role == "function":
         return D.EXPR_FUNCTIONS.get(name)
     if role == "constructor":
@@ -994,13 +988,13 @@ def _item(
     return T.CompletionItem(label=label, kind=kind, detail=detail, **kw)
 
 
+@dataclass
 class _Completer:
     """What may come next, from the tokens before the cursor on its line."""
 
-    def __init__(self, server: EqxformServer, doc: _Doc, line: int):
-        self.server = server
-        self.doc = doc
-        self.line = line
+    server: EqxformServer
+    doc: _Doc
+    line: int
 
     def items(self, found: list[SpecToken]) -> list[T.CompletionItem]:
         if not found:
@@ -1165,17 +1159,10 @@ class _Completer:
         if struct is None:
             return [_item(t, _K.Class, "type") for t in sorted(R.type_names())] + wildcards
         nodes = self.server.model_nodes(struct)
-        if not segment:
-            fields = _fields(nodes[:1])
-            types = sorted(
-                {type(n.obj).__name__ for n in nodes if type(n.obj).__name__ in R.type_names()}
-            )
-        else:
-            matched = _matched(segment[:-1], nodes)
-            fields = _fields(matched)
-            types = sorted(
-                {type(n.obj).__name__ for n in matched if type(n.obj).__name__ in R.type_names()}
-            )
+        # A first step: the root's fields, and every type in the model.
+        matched = _matched(segment[:-1], nodes) if segment else nodes
+        fields = _fields(matched if segment else nodes[:1])
+        types = sorted({type(n.obj).__name__ for n in matched} & R.type_names())
         return (
             [_item(f, _K.Field, "field", sort_text="0" + f) for f in fields]
             + [_item(t, _K.Class, "type in the model", sort_text="1" + t) for t in types]
@@ -1273,9 +1260,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     @server.feature(T.TEXT_DOCUMENT_HOVER)
     async def hover(ls: EqxformServer, params: T.HoverParams):
         doc = await ls.current(params.text_document.uri)
-        if doc is None:
-            return None
-        return ls.hover(doc, *ls.from_client(doc, params.position))
+        return None if doc is None else ls.hover(doc, *ls.from_client(doc, params.position))
 
     @server.feature(
         T.TEXT_DOCUMENT_COMPLETION,
@@ -1292,9 +1277,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     @server.feature(T.TEXT_DOCUMENT_DEFINITION)
     async def definition(ls: EqxformServer, params: T.DefinitionParams):
         doc = await ls.current(params.text_document.uri)
-        if doc is None:
-            return None
-        return ls.definition(doc, *ls.from_client(doc, params.position))
+        return None if doc is None else ls.definition(doc, *ls.from_client(doc, params.position))
 
     @server.feature(T.TEXT_DOCUMENT_FORMATTING)
     async def formatting(ls: EqxformServer, params: T.DocumentFormattingParams):
