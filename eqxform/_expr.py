@@ -259,8 +259,30 @@ def lookup(name: A.Name, env: Mapping[str, Any]) -> Any:
 
 
 def walk(expr: A.Expr | None) -> Iterator[A.Expr]:
-    """Every sub-expression of `expr`, itself first, in the text's order."""
-    return (node for node in A.nodes(expr) if isinstance(node, A.Expr))
+    """Every sub-expression of `expr`, itself first, in the text's order.
+    (`A.nodes(expr)` finds the same, but visits every field of every node:
+    the checker walks each expression, and this is several times faster.)"""
+    if expr is None:
+        return
+    yield expr
+    if isinstance(expr, A.Unary):
+        yield from walk(expr.operand)
+    elif isinstance(expr, A.Binary):
+        yield from walk(expr.left)
+        yield from walk(expr.right)
+    elif isinstance(expr, A.Conditional):
+        yield from walk(expr.then)
+        yield from walk(expr.test)
+        yield from walk(expr.orelse)
+    elif isinstance(expr, A.Subscript):
+        yield from walk(expr.value)
+        yield from walk(expr.index)
+    elif isinstance(expr, (A.ListExpr, A.TupleExpr)):
+        for item in expr.items:
+            yield from walk(item)
+    elif isinstance(expr, A.Call):
+        for arg in expr.args:
+            yield from walk(arg.value)
 
 
 def render(value: Any) -> str:
