@@ -96,12 +96,11 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if not dataclasses.is_dataclass(a):
         return a == b
-    for f in dataclasses.fields(a):
-        if not f.compare or (type(a), f.name) in _SOURCE_SLICES:
-            continue
-        if not _same(getattr(a, f.name), getattr(b, f.name)):
-            return False
-    return True
+    return all(
+        _same(getattr(a, f.name), getattr(b, f.name))
+        for f in dataclasses.fields(a)
+        if f.compare and (type(a), f.name) not in _SOURCE_SLICES
+    )
 
 
 # ---- what each token is, from the parsed spec ------------------------------

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -305,7 +306,6 @@ class _Doc:
     valid_below: float = math.inf
     skeleton_valid_below: float = math.inf
     pending: asyncio.Task | None = None
-    _index: dict | None = None
     checker: Any = None  # the `Checker` that ran on `spec`, when there is one
 
     @property
@@ -329,17 +329,13 @@ class _Doc:
         ]
 
     def steps(self, line: int) -> list | None:
-        if line >= self.valid_below:
-            return None
-        return self.view.steps.get(line)
+        return self.view.steps.get(line) if line < self.valid_below else None
 
-    @property
+    @functools.cached_property
     def index(self) -> dict:
         """What each name of the parsed text is, by its start: `(role, name,
         detail)`, and the spans of its selectors."""
-        if self._index is None:
-            self._index = _index(self.spec)
-        return self._index
+        return _index(self.spec)
 
 
 @dataclass(eq=False)
@@ -829,9 +825,9 @@ class EqxformServer(LanguageServer):
         if role is None or role[0] not in ("name", "let"):
             return None
         let = doc.lets().get(token.text)
-        if let is None:
-            return None
-        return T.Location(doc.uri, self.span_range(doc.lines, let.name_span))
+        return (
+            None if let is None else T.Location(doc.uri, self.span_range(doc.lines, let.name_span))
+        )
 
     # ---- completion
 
