@@ -52,7 +52,7 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -375,9 +375,9 @@ def _index(spec: A.Spec) -> dict:
             selectors.append((stmt.selector.span, stmt.span.line))
             for action in stmt.actions:
                 at(action.name_span, "action", action.name)
-                role = {"init": "initializer", "wrap": "wrapper"}.get(action.name)
-                if role is not None:
-                    named(action.arg, role)
+                record = N.ACTIONS.get(action.name)
+                if record is not None and record.arg in _SIGNED:
+                    named(action.arg, record.arg)  # `init normal`: an initialiser
         elif isinstance(stmt, A.MapStmt):
             for action in stmt.actions:
                 at(action.name_span, "map_action", action.name)
@@ -904,12 +904,13 @@ def _signature_doc(name: str, signature, summary: str | None, kind: str) -> str:
     return f"```eqxform\n{head}\n```\n{kind}" + (f": {summary}" if summary else "")
 
 
-# The roles whose word is documented by its signature: how to find it, the
-# word's line, and what the word is.
+# The kinds of word (an action's argument, or the optimiser) that name one of a
+# registry's callables: its names, a name's signature, a name's line, and what
+# such a word is; for completion, hover and argument names alike.
 _SIGNED = {
-    "initializer": (R.initializer_signature, D.INITIALIZERS, "initialiser"),
-    "wrapper": (R.wrapper_signature, D.WRAPPERS, "wrapper"),
-    "optimizer": (N.OPTIMIZERS.get, D.OPTIMIZERS, "optax optimiser"),
+    "initializer": (R.initializer_names, R.initializer_signature, D.INITIALIZERS, "initialiser"),
+    "wrapper": (R.wrapper_names, R.wrapper_signature, D.WRAPPERS, "wrapper"),
+    "optimizer": (lambda: N.OPTIMIZERS, N.OPTIMIZERS.get, D.OPTIMIZERS, "optax optimiser"),
 }
 
 
@@ -931,7 +932,7 @@ def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
         summary = D.MAP_ACTIONS.get(name)
         return f"`{name}` (on a `map` line): {summary}" if summary else None
     if role in _SIGNED:
-        signature_of, docs, kind = _SIGNED[role]
+        _, signature_of, docs, kind = _SIGNED[role]
         signature = signature_of(name)
         if signature is not None:
             return _signature_doc(name, signature, docs.get(name), kind)
@@ -1037,12 +1038,8 @@ class _Completer:
         if len(current) == 1:
             action = current[0].text
             kind = N.ACTIONS[action].arg if action in N.ACTIONS else None
-            if kind == "initializer":
-                return self.named(
-                    R.initializer_names(), R.initializer_signature, D.INITIALIZERS, "initialiser"
-                )
-            if kind == "wrapper":
-                return self.named(R.wrapper_names(), R.wrapper_signature, D.WRAPPERS, "wrapper")
+            if kind in _SIGNED:
+                return self.named(kind)
             if kind == "dtype":
                 return [_item(d, _K.TypeParameter, D.DTYPE.format(name=d)) for d in N.DTYPES]
             if kind == "constructor":
@@ -1079,12 +1076,10 @@ class _Completer:
         return self.expression(in_rule=in_rule)
 
     def arguments(self, callee, before, role, given) -> list[T.CompletionItem]:
-        if role == "optimizer":
-            signature = N.OPTIMIZERS.get(callee)
-        elif before == "init":
-            signature = R.initializer_signature(callee)
-        elif before == "wrap":
-            signature = R.wrapper_signature(callee)
+        action = N.ACTIONS.get(before)
+        kind = role if role == "optimizer" else action.arg if action else None
+        if kind in _SIGNED:
+            signature = _SIGNED[kind][1](callee)  # `init normal(`, `wrap positive(`
         elif callee in N.ACTIONS and before in (None, "->", ","):
             signature = N.ACTIONS[callee].keywords  # `lora(rank=...)` right after the arrow
         elif callee in N.EXPR_FUNCTIONS:
@@ -1131,10 +1126,11 @@ class _Completer:
     def optimizers(self) -> list[T.CompletionItem]:
         return [_item(o, _K.Function, _call_detail(o, N.OPTIMIZERS[o])) for o in N.OPTIMIZERS]
 
-    def named(self, names: Iterable[str], signature_of, docs, kind) -> list[T.CompletionItem]:
+    def named(self, kind: str) -> list[T.CompletionItem]:
+        names, signature_of, docs, what = _SIGNED[kind]
         return [
-            _item(n, _K.Function, _call_detail(n, signature_of(n)), documentation=docs.get(n, kind))
-            for n in sorted(names)
+            _item(n, _K.Function, _call_detail(n, signature_of(n)), documentation=docs.get(n, what))
+            for n in sorted(names())
         ]
 
     def selector(self, rest: list[SpecToken], after: list[str]) -> list[T.CompletionItem]:
