@@ -154,9 +154,6 @@ class _Roles:
             ):
                 self.signs.add((sign.line, sign.column))
 
-    def before_qualified(self, token: SpecToken) -> bool:
-        return (token.line, token.column) in self.qualified_dots
-
 
 # ---- lines -----------------------------------------------------------------
 
@@ -221,7 +218,7 @@ def _space_between(prev: SpecToken, token: SpecToken, roles: _Roles, keyword_equ
         # `layers[-1].weight`, `**.bias`: a selector is written solid, but for
         # `|` and `except`, and before the dot of `blocks .mylib:Block`, which
         # written solid would read as the module `blocks.mylib`.
-        if token.type == "DOT" and roles.before_qualified(token):
+        if token.type == "DOT" and (token.line, token.column) in roles.qualified_dots:
             return True
         return bool({"VBAR", "EXCEPT"} & {prev.type, token.type})
     if token.type in _NO_SPACE_BEFORE or prev.type in _NO_SPACE_AFTER:
