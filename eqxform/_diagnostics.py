@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ._ast import Source, Span
 from ._codes import CODES, SEVERITY, fields
@@ -103,12 +103,7 @@ class Diagnostic:
         if name is not None:
             out["file"] = name
         if self.span is not None:
-            out.update(
-                line=self.span.line,
-                column=self.span.column,
-                end_line=self.span.end_line,
-                end_column=self.span.end_column,
-            )
+            out.update(asdict(self.span))  # line, column, end_line, end_column
         if self.help:
             out["help"] = self.help
         if self.notes:
