@@ -129,6 +129,7 @@ class _Spec:
         }
 
     def not_swapped(self, command: str) -> None:
+        """A model file given as the spec, and a spec as the model, is said as such (E402)."""
         spec, model = self.spec, self.model
         if model is not None and eqxform.is_model_file(spec) and not eqxform.is_model_file(model):
             raise UsageError.of(
@@ -267,7 +268,7 @@ def main():
     """eqxform: transform Equinox models with declarative specs."""
 
 
-main.command_class = _Command
+main.command_class = _Command  # every command below
 
 
 @main.command()

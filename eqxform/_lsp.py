@@ -44,6 +44,7 @@ negative position) gets an error response (-32602).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import json
@@ -616,10 +617,8 @@ class EqxformServer(LanguageServer):
                 return
             wait = latest.changed + self.check_debounce - loop.time()
             if wait > 0 and not latest.urgent.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):  # the pause, unless a request comes
                     await asyncio.wait_for(latest.urgent.wait(), wait)
-                except TimeoutError:
-                    pass
                 continue
             version, text = latest.version, latest.text
             try:
