@@ -43,7 +43,7 @@ import functools
 import os
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -788,17 +788,38 @@ def remember(model: Any, recipe: Recipe | None) -> None:
     try:
         ref = weakref.ref(model)
     except TypeError:  # a tuple or a list takes no weak reference
-        ref = None
-    entries = _RECIPES.setdefault(key, [])
-    filed = _Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe)
-    entries.append(filed)
-    if ref is not None:
+        ref = _weak_parts(model)
+        entries = _RECIPES.setdefault(key, [])
+        entries.append(_Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe))
+    else:
+        entries = _RECIPES.setdefault(key, [])
+        filed = _Filed(ref, _array_ids(model), recipe)
+        entries.append(filed)
         _BY_ID[id(model)] = filed
         weakref.finalize(model, _BY_ID.pop, id(model), None)
     del entries[:-_MAX_PER_STRUCTURE]
     _RECIPES.move_to_end(key)
     while len(_RECIPES) > _MAX_STRUCTURES:
         _RECIPES.popitem(last=False)
+
+
+def _weak_parts(pair: Any) -> Callable[[], Any] | None:
+    """For a `(model, state)` pair (a tuple takes no weak reference): a
+    callable that gives its parts while they all live, else None; so that a
+    pair is told from another of its structure by the arrays it shares, as a
+    model is. None where a part takes no weak reference either."""
+    if not isinstance(pair, (tuple, list)) or not pair:
+        return None
+    try:
+        refs = [weakref.ref(part) for part in pair]
+    except TypeError:
+        return None
+
+    def parts() -> Any:
+        alive = [r() for r in refs]
+        return None if any(p is None for p in alive) else tuple(alive)
+
+    return parts
 
 
 def recipe_of(model: Any) -> Recipe | None:

@@ -455,3 +455,25 @@ def test_pick_of_a_sweep_whose_varied_names_are_read_before_its_ensemble_line(tm
     assert same(program.apply(seed=step["seed"]), ensemble.member(2))
     eqxform.save(tmp_path / "one.eqx", one)
     assert same(eqxform.load(tmp_path / "one.eqx"), ensemble.member(2))
+
+
+def test_a_pairs_recipe_is_told_from_others_of_its_structure_by_its_arrays(tmp_path):
+    # `(model, state)` pairs take no weak reference; with other recipes filed
+    # under the same structure (other seeds and rules, earlier in the process),
+    # the pair's own is still found by the arrays it shares, and saving it
+    # needs no `recipe=` (it was E590 where other tests had run before).
+    eqxform.register_constructor("TinyResNet", R.make_tiny_resnet)
+    others = [
+        eqxform.compile(f"seed {s}\nmodel TinyResNet(width=4, depth=2)\n{line}").apply()
+        for s in range(2)
+        for line in ("where Conv2d.weight -> scale 3", "ensemble 3")
+    ]
+    ensemble, state = eqxform.compile("model TinyResNet(width=4, depth=2)\nensemble 3").apply()
+    eqxform.save(tmp_path / "res.eqx", (ensemble, state))
+    back, back_state = eqxform.load(tmp_path / "res.eqx")
+    assert same(back, ensemble) and same(back_state, state)
+    model, member_state = eqxform.pick(str(tmp_path / "res.eqx"), 1)
+    eqxform.save(tmp_path / "one.eqx", (model, member_state))
+    loaded, loaded_state = eqxform.load(tmp_path / "one.eqx")
+    assert same(loaded, model) and same(loaded_state, member_state)
+    assert len(others) == 4  # alive while the pair is saved
