@@ -1783,6 +1783,19 @@ CODES: dict[str, Code] = {
                 _REWRITE,
             ),
             members=(_INVALID + "its {what}'s `{where}` is {kind}; a list of members", _REWRITE),
+            whole=(
+                _INVALID + "its {what}'s `{where}` is {kind}; a whole number is expected",
+                _REWRITE,
+            ),
+            a_number=(
+                _INVALID + "its {what}'s `{where}` is {kind}; a number is expected",
+                _REWRITE,
+            ),
+            number_or_null=(
+                _INVALID + "its {what}'s `{where}` is {kind}; a number or null",
+                _REWRITE,
+            ),
+            call=(_INVALID + "its {what}'s base `{text}` is not a constructor call", _REWRITE),
             member=(
                 _INVALID + "its {what}'s `{where}` is not {index}, the member's place in the list",
                 _REWRITE,

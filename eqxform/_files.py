@@ -490,16 +490,21 @@ def _check_picked(schema: _Schema, picked: Any, where: str) -> None:
     for key in ("member", "members"):
         value = picked.get(key)
         if type(value) is not int or value < 0:
-            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a whole number is expected")
+            raise schema.fail("E315", variant="whole", where=f"{where}.{key}", kind=_kind(value))
     for key, value in picked.items():
         if key == "values":
             for name, number in schema.mapping(value, f"{where}.values").items():
                 if not _number(number):
-                    raise schema.fail(f"{where}.values.{name}", f"is {_kind(number)}; a number")
+                    raise schema.fail(
+                        "E315",
+                        variant="a_number",
+                        where=f"{where}.values.{name}",
+                        kind=_kind(number),
+                    )
         elif isinstance(value, str):
             schema.string(value, f"{where}.{key}")
         elif not (value is None or _number(value)):
-            raise schema.fail(f"{where}.{key}", f"is {_kind(value)}; a number or a string")
+            raise schema.fail("E315", variant="number", where=f"{where}.{key}", kind=_kind(value))
 
 
 def _number(value: Any) -> bool:
@@ -520,14 +525,18 @@ def _check_members(schema: _Schema, members: Any, where: str) -> None:
             raise schema.fail("E315", variant="member", where=f"{at}.member", index=i)
         for key, value in schema.mapping(entry.get("values"), f"{at}.values").items():
             if not _number(value):
-                raise schema.fail(f"{at}.values.{key}", f"is {_kind(value)}; a number")
+                raise schema.fail(
+                    "E315", variant="a_number", where=f"{at}.values.{key}", kind=_kind(value)
+                )
         if "loss" not in entry:
-            raise schema.fail(f"{at}.loss", "is missing; a number or null")
+            raise schema.fail("E315", variant="number_or_null", where=f"{at}.loss", kind="missing")
         # null: the member's loss was not finite (it diverged).
         for key in ("loss", "eval_loss"):
             value = entry.get(key)
             if value is not None and not _number(value):
-                raise schema.fail(f"{at}.{key}", f"is {_kind(value)}; a number or null")
+                raise schema.fail(
+                    "E315", variant="number_or_null", where=f"{at}.{key}", kind=_kind(value)
+                )
 
 
 def adapter_record(header: Header) -> dict | None:

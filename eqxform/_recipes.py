@@ -147,7 +147,7 @@ def _constructor_call(text: str, origin: str, allow) -> tuple[A.Call, A.Source]:
     except SpecError as e:
         raise _recipe_error(e.diagnostics) from None
     if not isinstance(call, A.Call):
-        raise corrupt(origin, "its recipe's base is not a constructor call", help=_EDITED)
+        raise corrupt("E315", origin, variant="call", what="recipe", text=str(text)[:80])
     checker = Checker(A.Spec(source, ()))
     checker.constructor_call(call, set())
     if checker.diagnostics:

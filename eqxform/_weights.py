@@ -125,14 +125,17 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise _refuse_pickle(path)
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
     except OSError:
         head = b""  # `read_header` says what is wrong with the path
-    if head[:1] == b"\x80" or (zipfile.is_zipfile(path) and not _is_npz(path)):
-        # Protocol 2+ pickles start with 0x80; `torch.save` writes a zip of a
-        # `data.pkl` (an `.npz` is a zip of `.npy` arrays only).
+    pickled = head[:1] == b"\x80" and head[8:9] != b"{"
+    if pickled or (zipfile.is_zipfile(path) and not _is_npz(path)):
+        # Protocol 2+ pickles start with 0x80, where a safetensors file starts
+        # with its header's length (whose low byte may be 0x80 too, but then
+        # its ninth byte opens the JSON header); `torch.save` writes a zip of
+        # a `data.pkl` (an `.npz` is a zip of `.npy` arrays only).
         raise _refuse_pickle(path)
-    if head[:2] == b"PK":
+    if head[:2] == b"PK" and head[8:9] != b"{":
         return _open_npz(path)
     if lower.endswith((".h5", ".hdf5", ".msgpack", ".onnx", ".gguf", ".npy")):
         raise UsageError(report("E341", file=path, path=path))

@@ -256,6 +256,46 @@ RECIPES = [
         "E317",
         "characters long",
     ),
+    ("base no call", {"base": {"constructor": "3", "seed": 0}}, "E315", "not a constructor call"),
+    (
+        "picked member a string",
+        {"base": {"constructor": BASE, "seed": 0}, "picked": {"member": "x", "members": 2}},
+        "E315",
+        "`picked.member` is",
+    ),
+    (
+        "picked value a string",
+        {
+            "base": {"constructor": BASE, "seed": 0},
+            "picked": {"member": 0, "members": 2, "values": {"lr": "s"}},
+        },
+        "E315",
+        "`picked.values.lr`",
+    ),
+    (
+        "member value a string",
+        {
+            "base": {"constructor": BASE, "seed": 0},
+            "train": {"members": [{"member": 0, "values": {"a": "s"}, "loss": 1.0}]},
+        },
+        "E315",
+        "`train.members[0].values.a`",
+    ),
+    (
+        "member loss missing",
+        {"base": {"constructor": BASE, "seed": 0}, "train": {"members": [{"member": 0}]}},
+        "E315",
+        "`train.members[0].loss` is missing",
+    ),
+    (
+        "member loss a string",
+        {
+            "base": {"constructor": BASE, "seed": 0},
+            "train": {"members": [{"member": 0, "loss": "low"}]},
+        },
+        "E315",
+        "`train.members[0].loss`",
+    ),
     (
         "tensors do not match",
         {"base": {"constructor": "MLP(2, 2, 8, 1)", "seed": 0}},

@@ -315,6 +315,22 @@ def test_pickles_are_refused_with_the_conversion(tmp_path):
     assert _codes(e) == ["E340"]
 
 
+def test_a_safetensors_file_whose_header_length_starts_like_a_pickle_loads(tmp_path):
+    # A safetensors file starts with its header's length, little-endian: where
+    # that length is 128, 384, ... its first byte is 0x80, as a pickle's is.
+    import safetensors.numpy
+
+    ck = _torch_names()
+    for pad in range(256):
+        path = tmp_path / "net.safetensors"
+        safetensors.numpy.save_file(ck, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    loaded = eqxform.compile(NET_SPEC).load_weights(Net(key=jax.random.key(0)), path)
+    np.testing.assert_array_equal(np.asarray(loaded.head.weight), ck["fc.weight"])
+
+
 def test_npz_checkpoints_load(tmp_path):
     ck = _torch_names()
     np.savez(tmp_path / "net.npz", **ck)
