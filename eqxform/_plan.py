@@ -401,6 +401,14 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
         return f"{type(obj).__name__}({describe(obj._inner(), axes)})"
     if isinstance(obj, Stacked) and obj.unrolled:
         return f"{type(obj).__name__} ({count_params(obj):,} params, scan unrolled)"
+    if isinstance(obj, Stacked) and obj.kind == "adopted":
+        # The module's own layer axis taken as it is; of a library's blocks
+        # pre-stacked again, the outer one (the inner ones stay in each layer).
+        axis = f" from the outer of {obj.inner + 1} layer axes" if obj.inner else ""
+        return (
+            f"{type(obj).__name__} ({count_params(obj):,} params, "
+            f"{obj.count} layers adopted as built{axis}, no copies)"
+        )
     if isinstance(obj, eqx.Module):
         return f"{type(obj).__name__} ({count_params(obj):,} params)"
     if callable(obj):

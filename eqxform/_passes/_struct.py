@@ -31,6 +31,7 @@ from .._modules import (
     Ensemble,
     Stacked,
     StackedMarker,
+    first_layout_weight,
     is_state_index,
     make_ensemble,
     marked,
@@ -219,8 +220,13 @@ def layer_axis(module: Any) -> int | None:
     """The length of the layer axis of a module built pre-stacked (by
     `eqx.filter_vmap` over keys, as esm2quinox and the Tricks page's TenMLPs
     build theirs), or None. It is one: the arrays of the layer types whose
-    layouts Equinox fixes carry one axis more than their layout, all of the
-    same length, and every other array leads with that axis too."""
+    layouts Equinox fixes carry at least one axis more than their layout, and
+    every array leads with an axis of one length.
+
+    A module built by `filter_vmap` inside `filter_vmap` (transformer-flows'
+    blocks, each holding its attention blocks pre-stacked again) carries two
+    leading axes on its inner layers: the outer one is the layer axis, the
+    inner one part of each layer (as the library's own scan sees it)."""
     length = None
     known = False
     for node in walk(module):
@@ -228,7 +234,7 @@ def layer_axis(module: Any) -> int | None:
             continue
         layout = layout_ndim(node)
         if layout is not None:
-            if node.obj.ndim != layout + 1:
+            if node.obj.ndim <= layout:
                 return None
             known = True
         if node.obj.ndim == 0 or length not in (None, node.obj.shape[0]):
@@ -597,6 +603,9 @@ class StackPass(StructPass):
         short = count <= N.UNROLLED_UP_TO and kind != "adopted"
         if unroll is None and self.stmt.mode == "scan" and short:
             unroll = count
+        # Layers that hold their own layers pre-stacked carry those axes inside.
+        found = first_layout_weight(layers)
+        inner = found[0].ndim - 1 - found[1] if found is not None else 0
         return Stacked(
             layers,
             count,
@@ -608,6 +617,7 @@ class StackPass(StructPass):
             next((o.over.axis for o in self.stmt.options if o.over is not None), None),
             tuple(x.ndim - 1 for x in jax.tree_util.tree_leaves(layers) if is_array(x)),
             stack_error,
+            max(inner, 0),
         )
 
     def report_stacked_copies(self, ctx, node: Node, obj, layers: int, count: int) -> None:
