@@ -114,6 +114,134 @@ def test_an_esm2_shaped_trunk_adopted_with_a_keyword_argument():
     np.testing.assert_allclose(stacked(x, pad), model(x, pad), atol=1e-6)
 
 
+# ---- blocks pre-stacked twice (transformer-flows' shape) ---------------------------
+
+
+class Coupling(eqx.Module):
+    """One inner layer: an `eqx.nn.Linear` and a raw-array gain."""
+
+    linear: eqx.nn.Linear
+    gain: jax.Array
+
+    def __init__(self, size: int, key):
+        k1, k2 = jr.split(key)
+        self.linear = eqx.nn.Linear(size, size, key=k1)
+        self.gain = 0.5 + jr.uniform(k2, (size,))
+
+    def __call__(self, x):
+        return x + self.gain * jnp.tanh(self.linear(x))
+
+
+def _own_scan(stack, x):
+    """A library's scan over its pre-stacked layers: partition, `lax.scan`, combine."""
+    dynamic, static = eqx.partition(stack, eqx.is_array)
+    return jax.lax.scan(lambda h, d: (eqx.combine(d, static)(h), None), x, dynamic)[0]
+
+
+class FlowBlock(eqx.Module):
+    """A block with a raw-array projection of its own and `couplings`, ONE
+    `Coupling` built by `filter_vmap` over `depth` keys, run by its own scan."""
+
+    proj: jax.Array
+    couplings: Coupling
+
+    def __init__(self, size: int, depth: int, key):
+        k1, k2 = jr.split(key)
+        self.proj = jr.normal(k1, (size, size)) / np.sqrt(size)
+        self.couplings = eqx.filter_vmap(lambda k: Coupling(size, k))(jr.split(k2, depth))
+
+    def __call__(self, x):
+        return _own_scan(self.couplings, self.proj @ x)
+
+
+class NestedFlow(eqx.Module):
+    """transformer-flows' shape: `blocks` is ONE `FlowBlock` built by
+    `filter_vmap` over `count` keys, so each coupling's arrays carry two
+    leading axes `(count, depth, ...)`; run by the model's own scan."""
+
+    blocks: FlowBlock
+
+    def __init__(self, size: int = 8, count: int = 3, depth: int = 2, *, key):
+        self.blocks = eqx.filter_vmap(lambda k: FlowBlock(size, depth, k))(jr.split(key, count))
+
+    def __call__(self, x):
+        return _own_scan(self.blocks, x)
+
+
+def nested_flow_by_hand(model: NestedFlow, x):
+    """`NestedFlow.__call__` written out over the library's stacked arrays."""
+    b = model.blocks
+    for i in range(b.proj.shape[0]):
+        x = b.proj[i] @ x
+        c = b.couplings
+        for j in range(c.gain.shape[1]):
+            w, bias = c.linear.weight[i, j], c.linear.bias[i, j]
+            x = x + c.gain[i, j] * jnp.tanh(w @ x + bias)
+    return x
+
+
+def test_blocks_pre_stacked_twice_are_adopted_along_the_outer_axis():
+    model = NestedFlow(key=jr.key(20))
+    x = jr.normal(jr.key(21), (8,))
+    assert model.blocks.couplings.linear.weight.shape == (3, 2, 8, 8)
+    program = eqxform.compile("input f32[8]\nstack blocks scan")
+    stacked = program.apply(model)
+    assert isinstance(stacked.blocks, eqxform.Stacked) and stacked.blocks.count == 3
+    assert count_params(stacked) == count_params(model)
+    plan = str(program.plan(model))
+    assert "3 layers adopted as built from the outer of 2 layer axes, no copies" in plan
+    # The model's own scan slices the stack into one block at a time; the
+    # stack called on its own runs the three; both as written by hand.
+    want = nested_flow_by_hand(model, x)
+    np.testing.assert_allclose(model(x), want, atol=1e-5)
+    np.testing.assert_allclose(stacked(x), want, atol=1e-5)
+    np.testing.assert_allclose(stacked.blocks(x), want, atol=1e-5)
+    np.testing.assert_allclose(stacked.blocks[1](x), model.blocks.__class__.__call__(
+        jax.tree.map(lambda a: a[1] if eqx.is_array(a) else a, model.blocks), x
+    ), atol=1e-6)  # fmt: skip
+
+    def loss(m):
+        return jnp.sum(eqxform.resolve(m)(x) ** 2)
+
+    grads = eqx.filter_grad(loss)(model)
+    for a, b in zip(arrays(grads), arrays(eqx.filter_grad(loss)(stacked))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A layer of the stack is the outer block: its inner axis comes with it.
+    spec = "stack blocks scan\nwhere blocks[1].couplings.gain -> scale 2\nwhere blocks[2] -> freeze"
+    out = eqxform.compile(spec).apply(model)
+    gain = np.asarray(model.blocks.couplings.gain)
+    hand = eqx.tree_at(
+        lambda m: m.blocks.couplings.gain, model, gain * np.array([1, 2, 1])[:, None, None]
+    )
+    np.testing.assert_allclose(eqxform.resolve(out)(x), nested_flow_by_hand(hand, x), atol=1e-5)
+    frozen = eqx.filter_grad(loss)(out).blocks.layers
+    w = np.asarray(frozen.couplings.linear.weight.value)
+    assert w.shape == (3, 2, 8, 8) and not np.any(w[2]) and np.all(np.any(w[:2] != 0, axis=(2, 3)))
+    back = eqxform.compile("stack blocks scan\nunstack blocks").apply(model)
+    assert type(back.blocks) is FlowBlock
+    assert all(np.array_equal(a, b) for a, b in zip(arrays(back), arrays(model)))
+    # Copies of it need the word, as of a stack of one axis.
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("stack blocks scan 2").apply(model)
+    assert code_of(info) == "E132" and "already holds 3 layers" in info.value.diagnostics[0].message
+
+
+class OneBlock(eqx.Module):
+    block: FlowBlock
+
+
+def test_a_block_holding_a_pre_stacked_part_is_no_stack_of_its_own():
+    # One `FlowBlock`: its couplings carry a layer axis, its projection none.
+    model = OneBlock(FlowBlock(8, 3, jr.key(22)))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("stack block scan").apply(model)
+    assert code_of(info) == "E130"
+    inner = eqxform.compile("stack block.couplings scan").apply(model)
+    assert inner.block.couplings.count == 3 and inner.block.couplings.inner == 0
+    x = jr.normal(jr.key(23), (8,))
+    np.testing.assert_allclose(inner.block(x), model.block(x), atol=1e-6)
+
+
 # ---- layers that change the carry (megalodon-jax) ---------------------------------
 
 
