@@ -140,6 +140,33 @@ def layout_ndim(node: Node) -> int | None:
     return None
 
 
+def layer_axis(module: Any) -> int | None:
+    """The length of the layer axis of a module built pre-stacked (by
+    `eqx.filter_vmap` over keys, as esm2quinox and the Tricks page's TenMLPs
+    build theirs), or None. It is one: the arrays of the layer types whose
+    layouts Equinox fixes carry at least one axis more than their layout, and
+    every array leads with an axis of one length.
+
+    A module built by `filter_vmap` inside `filter_vmap` (transformer-flows'
+    blocks, each holding its attention blocks pre-stacked again) carries two
+    leading axes on its inner layers: the outer one is the layer axis, the
+    inner one part of each layer (as the library's own scan sees it)."""
+    length = None
+    known = False
+    for node in walk(module):
+        if not is_array(node.obj):
+            continue
+        layout = layout_ndim(node)
+        if layout is not None:
+            if node.obj.ndim <= layout:
+                return None
+            known = True
+        if node.obj.ndim == 0 or length not in (None, node.obj.shape[0]):
+            return None
+        length = node.obj.shape[0]
+    return length if known else None
+
+
 _SEEN_THROUGH = frozenset({Stacked, Ensemble, *AROUND})
 
 
@@ -815,6 +842,22 @@ def evaluate_at(
 
 
 def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:
+    found = _pre_stacked(selector, nodes)
+    if found is not None:
+        # `layers[0]` of a module built with a layer axis (not yet a stack).
+        node, count = found
+        return SpecError(
+            report(
+                "E201",
+                variant="pre_stacked",
+                span=selector.span,
+                source=source,
+                text=selector.text,
+                text2=node.text,
+                name=type(node.obj).__name__,
+                count=count,
+            )
+        )
     hint = did_you_mean(selector.text, nearest_paths(selector, nodes))
     return SpecError(
         report(
@@ -825,6 +868,33 @@ def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecE
             value=f"{hint} " if hint else "",
         )
     )
+
+
+def _pre_stacked(selector: A.Selector, nodes: list[Node]) -> tuple[Node, int] | None:
+    """The module, and its number of layers, where `selector` indexes (`[0]`,
+    `[1:3]`, `[*]`) a module built with a leading layer axis that no `stack`
+    line has adopted: it is one module, so no index reaches into it."""
+    for path in selector.paths:
+        cut = next(
+            (k for k, s in enumerate(path.steps) if isinstance(s, _INDEXING)),
+            None,
+        )
+        if not cut:
+            continue
+        prefix = A.Selector((A.SelPath(path.steps[:cut], path.span),), selector.span)
+        try:
+            found = select(prefix, nodes)
+        except SpecError:
+            continue
+        for node in found:
+            if isinstance(node.obj, eqx.Module) and not any(batched(p) for p in node.objects):
+                count = layer_axis(node.obj)
+                if count is not None:
+                    return node, count
+    return None
+
+
+_INDEXING = (A.IndexStep, A.SliceStep, A.AllStep)
 
 
 def describe_match(node: Node) -> str:

@@ -96,6 +96,45 @@ def test_esm2_copies_of_its_stack_need_the_word_and_warn(esm2):
     assert count_params(copies.layers) == 2 * count_params(model.layers)
 
 
+def test_esm2_layers_indexed_without_a_stack_line_are_told_to_adopt_them(esm2):
+    model, tokens = esm2
+    for rule in ("where layers[0] -> freeze", "where layers[1:3].linear1 -> lora(rank=2)"):
+        with pytest.raises(eqxform.SpecError) as info:
+            eqxform.compile(rule).apply(model)
+        [d] = info.value.diagnostics
+        assert d.code == "E201" and d.span.line == 1
+        assert "`layers` is one `TransformerLayer`" in d.message
+        assert "leading layer axis of 4" in d.message
+        assert d.help.startswith("write `stack layers scan` above this rule")
+        # What the help says works, and does what the rule asked.
+        fixed = eqxform.compile("stack layers scan\n" + rule).apply(model)
+        np.testing.assert_allclose(
+            eqxform.resolve(fixed)(tokens).logits, model(tokens).logits, atol=1e-5
+        )
+    # The path it names is the module's own, wherever it sits.
+    (d,) = eqxform.compile("input i32[8]\nwhere ESM2.layers[0] -> freeze").check(model)
+    assert d.code == "E201" and "write `stack layers scan`" in d.help
+
+
+def test_a_lookalike_pre_stacked_module_indexed_without_a_stack_line():
+    model = R.PreStackedTransformer(embed_size=16, num_layers=3, num_heads=2, key=jr.key(3))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where layers[*].linear2.weight -> init zeros").apply(model)
+    [d] = info.value.diagnostics
+    assert "`layers` is one `StackedLayer`" in d.message and "axis of 3" in d.message
+    nested = NestedFlow(key=jr.key(20))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where blocks[0].couplings -> freeze").apply(nested)
+    [d] = info.value.diagnostics
+    assert "`blocks` is one `FlowBlock`" in d.message and "axis of 3" in d.message
+    assert "`stack blocks scan`" in d.help
+    # A path that is no module with a layer axis keeps the nearest paths.
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where head[0] -> freeze").apply(model)
+    [d] = info.value.diagnostics
+    assert "layer axis" not in d.message and "did you mean" in d.help
+
+
 def test_ten_mlps_of_the_tricks_page_are_adopted():
     model = R.PreStacked(size=8, count=5, key=jr.key(1))
     stacked = eqxform.compile("stack mlps scan").apply(model)

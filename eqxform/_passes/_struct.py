@@ -43,7 +43,7 @@ from .._select import (
     PathSet,
     get,
     is_array,
-    layout_ndim,
+    layer_axis,
     no_match,
     node_at,
     outermost,
@@ -214,33 +214,6 @@ def _one_state_key_per_position(items: list) -> list:
             )
         )
     return out
-
-
-def layer_axis(module: Any) -> int | None:
-    """The length of the layer axis of a module built pre-stacked (by
-    `eqx.filter_vmap` over keys, as esm2quinox and the Tricks page's TenMLPs
-    build theirs), or None. It is one: the arrays of the layer types whose
-    layouts Equinox fixes carry at least one axis more than their layout, and
-    every array leads with an axis of one length.
-
-    A module built by `filter_vmap` inside `filter_vmap` (transformer-flows'
-    blocks, each holding its attention blocks pre-stacked again) carries two
-    leading axes on its inner layers: the outer one is the layer axis, the
-    inner one part of each layer (as the library's own scan sees it)."""
-    length = None
-    known = False
-    for node in walk(module):
-        if not is_array(node.obj):
-            continue
-        layout = layout_ndim(node)
-        if layout is not None:
-            if node.obj.ndim <= layout:
-                return None
-            known = True
-        if node.obj.ndim == 0 or length not in (None, node.obj.shape[0]):
-            return None
-        length = node.obj.shape[0]
-    return length if known else None
 
 
 def _is_a(module: Any, *names: str) -> bool:
