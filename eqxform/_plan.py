@@ -45,6 +45,7 @@ from ._select import (
     seen_through,
     select_rule,
     skipped_arrays,
+    skipped_state,
     walk,
 )
 from ._values import argument_diagnostic, format_bytes
@@ -82,6 +83,8 @@ class PlanStep:
     skipped: int = (
         0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
     )
+    # Floating arrays of model state (`StateIndex` initial values) those left.
+    state_skipped: int = 0
 
     @property
     def params_delta(self) -> int:
@@ -277,6 +280,7 @@ class Plan:
                     "count": s.count,
                     "unit": s.unit,
                     "skipped": s.skipped,
+                    "state_skipped": s.state_skipped,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
                     "matches": [
@@ -316,6 +320,8 @@ class Plan:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
             skipped = f", {plural(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            if s.state_skipped:
+                skipped += f", {plural(s.state_skipped, 'array')} of model state skipped"
             lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
@@ -861,11 +867,12 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
         skipped = skipped_arrays(nodes, p.rule.selector) if info.floats else 0
+        state = skipped_state(nodes, p.rule.selector) if info.floats else 0
     else:
         # A structural directive acts on the list, tuple or module it names.
         targets = nodes
         kind, writes = "structure", tuple((logical_path(n), None) for n in targets)
-        span, skipped = p.stmt.span, 0
+        span, skipped, state = p.stmt.span, 0, 0
     return PlanStep(
         p.line,
         p.text,
@@ -878,6 +885,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         span,
         unit_of(targets),
         skipped,
+        state,
     )
 
 

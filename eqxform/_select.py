@@ -28,7 +28,15 @@ from . import _limits
 from ._diagnostics import Diagnostic, did_you_mean, report
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
-from ._modules import AROUND, Ensemble, Stacked, Wrapper, batched, wrapped_field
+from ._modules import (
+    AROUND,
+    Ensemble,
+    Stacked,
+    Wrapper,
+    batched,
+    is_state_index,
+    wrapped_field,
+)
 from ._parse import parse
 from ._registry import registered_type, resolve_type, type_names
 
@@ -376,19 +384,30 @@ def _inexact(x: Any) -> bool:
     return bool(jax.numpy.issubdtype(x.dtype, jax.numpy.inexact))
 
 
-def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
+def array_leaves(node: Node, inexact_only: bool, state: bool = True) -> list[Node]:
     """The arrays at or under `node` (with `inexact_only`, its floating-point
     ones: a bool mask or an int counter is no parameter to draw, cast, scale
-    or freeze)."""
+    or freeze; without `state`, none held in an `eqx.nn.StateIndex`: a
+    cache's or running statistics' initial value is no parameter either)."""
     if is_array(node.obj):
+        if not state and in_state(node.parents):
+            return []
         return [node] if not inexact_only or _inexact(node.obj) else []
     out = []
     for sub in walk(node.obj):
         if sub.path and is_array(sub.obj):
             if inexact_only and not _inexact(sub.obj):
                 continue
-            out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers))
+            parents = node.parents + sub.parents
+            if not state and in_state(parents):
+                continue
+            out.append(Node(node.path + sub.path, sub.obj, parents, node.layers))
     return out
+
+
+def in_state(objects: Iterable[Any]) -> bool:
+    """Is any of `objects` (the objects along a path) an `eqx.nn.StateIndex`?"""
+    return any(is_state_index(p) for p in objects)
 
 
 # ---- matching ----------------------------------------------------------------
@@ -984,13 +1003,25 @@ def names_fields(selector: A.Selector) -> bool:
     return all(_last_field(p) is not None for p in selector.paths)
 
 
+def names_state(selector: A.Selector, node: Node) -> bool:
+    """Does `selector` name the model state at `node` itself: is the node an
+    `eqx.nn.StateIndex` or inside one, reached by a field, type or index (not
+    by `*`, `**`, `[*]` or a slice)? Only then do actions act on a state's
+    initial values; a module-wide action leaves them, as the state it makes."""
+    return in_state(node.objects) and all(
+        isinstance(p.steps[-1], (A.NameStep, A.IndexStep)) for p in selector.paths
+    )
+
+
 def matched_arrays(
     nodes: list[Node], action: str, selector: A.Selector, source: A.Source
 ) -> list[Node]:
     """The arrays matched nodes stand for: modules and containers by their
     floating-point arrays, arrays as they are. A selector that names fields
     must name arrays or modules (anything else is an error); a broad one
-    (`**`, `[*]`, a type) skips other leaves and non-floating arrays."""
+    (`**`, `[*]`, a type) skips other leaves and non-floating arrays. The
+    initial values of model state (`eqx.nn.StateIndex`) count only where the
+    selector names them (`names_state`)."""
     broad = not names_fields(selector)
     out: dict[tuple, Node] = {}
     for node in nodes:
@@ -1007,7 +1038,8 @@ def matched_arrays(
                     describe_kind_obj=_describe_kind(node.obj),
                 )
             )
-        for leaf in array_leaves(node, inexact_only=broad or not is_array(node.obj)):
+        inexact_only = broad or not is_array(node.obj)
+        for leaf in array_leaves(node, inexact_only, names_state(selector, node)):
             out.setdefault(leaf.path, leaf)
     return list(out.values())
 
@@ -1028,4 +1060,20 @@ def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
                 for leaf in array_leaves(node, inexact_only=False)
                 if not _inexact(leaf.obj)
             )
+    return len(paths)
+
+
+def skipped_state(nodes: list[Node], selector: A.Selector) -> int:
+    """How many floating-point arrays of model state (initial values held in
+    an `eqx.nn.StateIndex`) at or under the matched nodes `matched_arrays`
+    leaves out (the non-floating ones are counted by `skipped_arrays`)."""
+    paths = set()
+    for node in nodes:
+        if names_state(selector, node):
+            continue
+        paths.update(
+            leaf.path
+            for leaf in array_leaves(node, inexact_only=True)
+            if in_state(leaf.parents)
+        )
     return len(paths)

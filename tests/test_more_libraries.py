@@ -27,6 +27,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+import realmodels as R
 from test_libraries import hand_lora, same, with_random_b
 
 import eqxform
@@ -156,6 +157,90 @@ def test_a_state_index_the_call_does_not_read_is_no_missing_state():
     assert d.code == "E212" and "does not accept its declared input" in d.message
 
 
+def is_state_index(x):
+    return isinstance(x, eqx.nn.StateIndex)
+
+
+def on_parameters(model, f):
+    """By hand: `f` on every floating-point array of `model` but the initial
+    values its `StateIndex`es hold (running statistics, caches)."""
+    return jax.tree_util.tree_map(
+        lambda x: x if is_state_index(x) else f(x) if eqx.is_inexact_array(x) else x,
+        model,
+        is_leaf=is_state_index,
+    )
+
+
+def same_dtypes(a, b):
+    arrays = lambda t: [x for x in jax.tree_util.tree_leaves(t) if eqx.is_array(x)]  # noqa: E731
+    return [x.dtype for x in arrays(a)] == [x.dtype for x in arrays(b)]
+
+
+def run_batch(model, state, x):
+    """A BatchNorm model on a batch (training mode): outputs and new state."""
+    return jax.vmap(lambda xi: model(xi, state), axis_name="batch", out_axes=(0, None))(x)
+
+
+@pytest.mark.parametrize(
+    "action, f",
+    [
+        ("scale 2", lambda x: 2 * x),
+        ("init zeros", jnp.zeros_like),
+        ("cast bfloat16", lambda x: x.astype(jnp.bfloat16)),
+        ("freeze", lambda x: x),
+    ],
+)
+def test_star_actions_leave_the_running_statistics_of_batchnorm(action, f):
+    # A ResNet built as a plain module (its state made later by
+    # `eqx.nn.State(model)`): every BatchNorm holds its running mean and
+    # variance's initial values (zeros, ones) in a `StateIndex`.
+    model = R.TinyResNet(depth=2, key=jr.key(5))
+    program = eqxform.compile(f"where ** -> {action}")
+    out = program.apply(model)
+    hand = on_parameters(model, f)
+    assert same(eqxform.resolve(out), hand) and same_dtypes(eqxform.resolve(out), hand)
+    # The state made from it is the model's own: mean 0, variance 1, float32.
+    state = eqx.nn.State(eqxform.resolve(out))
+    assert same(state, eqx.nn.State(model)) and same_dtypes(state, eqx.nn.State(model))
+    x = jr.normal(jr.key(6), (4, 3, 8, 8))
+    if action.startswith("cast"):
+        x = x.astype(jnp.bfloat16)
+    got, got_state = run_batch(eqxform.resolve(out), state, x)
+    want, want_state = run_batch(hand, eqx.nn.State(hand), x)
+    assert np.allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=1e-5)
+    assert same(got_state, want_state, atol=1e-5) and same_dtypes(got_state, want_state)
+    # 5 BatchNorms: 5 integer counters and 10 arrays of running statistics left.
+    [step] = program.plan(model).steps
+    assert step.skipped == 5 and step.state_skipped == 10
+    assert "5 non-floating arrays skipped, 10 arrays of model state skipped" in str(
+        program.plan(model)
+    )
+
+
+def test_a_rule_that_names_the_state_acts_on_its_initial_values():
+    # Named by its field (or its type), a `StateIndex` is what the rule is
+    # about: its initial values change, and the state made from them.
+    model = R.TinyResNet(depth=2, key=jr.key(5))
+    for rule in ("where bn.batch_state_index -> scale 2", "where StateIndex -> scale 2"):
+        out = eqxform.compile(rule).apply(model)
+        mean, var = out.bn.batch_state_index.init
+        assert np.all(np.asarray(var) == 2) and np.all(np.asarray(mean) == 0)
+        assert np.array_equal(out.bn.weight, model.bn.weight)
+        [step] = eqxform.compile(rule).plan(model).steps
+        assert step.state_skipped == 0
+    # A module that holds one acts on its parameters only.
+    out = eqxform.compile("where bn -> scale 2").apply(model)
+    assert np.all(np.asarray(out.bn.batch_state_index.init[1]) == 1)
+    assert np.allclose(out.bn.weight, 2 * model.bn.weight)
+
+
+def test_star_actions_leave_the_cache_of_a_model_built_without_make_with_state():
+    model = Cached(jr.key(0))
+    out = eqxform.compile("where ** -> cast bfloat16").apply(model)
+    assert out.cache.init.dtype == jnp.float32 and out.proj.weight.dtype == jnp.bfloat16
+    assert same(out, on_parameters(model, lambda x: x.astype(jnp.bfloat16)))
+
+
 # ---- transformer-flows: TransformerFlow ------------------------------------------
 
 FLOW = dict(
@@ -268,6 +353,32 @@ def test_esm2_replace_inside_its_pre_stacked_layers_draws_per_layer():
     tokens = jnp.array([0, 5, 6, 7, 8, 9, 10, 2])
     logits = out(tokens).logits
     assert logits.shape == (8, 33) and not np.allclose(logits, esm(tokens).logits, atol=1e-4)
+
+
+def test_transformer_flow_casts_leave_its_kv_cache_so_sampling_runs(flow):
+    # Its attention keeps a KV cache in a `StateIndex`; sampling (`reverse`)
+    # writes the keys and values its layers compute into it. Cast with the
+    # parameters, the cache no longer takes what float32 layers write.
+    z = jr.normal(jr.key(4), (4, 16))
+
+    @eqx.filter_jit
+    def sample(model):
+        model = eqxform.resolve(model)
+        return model.reverse(z, None, eqx.nn.State(model))[0]
+
+    to_bf16 = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
+    for rule, where in [
+        ("where ** -> cast bfloat16", lambda m: m),
+        ("where blocks.attn_blocks -> cast bfloat16", lambda m: m.blocks.attn_blocks),
+    ]:
+        program = eqxform.compile(rule)
+        out = program.apply(flow)
+        hand = eqx.tree_at(where, flow, on_parameters(where(flow), to_bf16))
+        assert same(out, hand) and same_dtypes(out, hand)
+        cache = out.blocks.attn_blocks.attention.attention.autoregressive_index.init
+        assert cache["conditional"][0].dtype == jnp.float32
+        assert np.allclose(sample(out), sample(hand), atol=1e-5)
+        assert "4 arrays of model state skipped" in str(program.plan(flow))
 
 
 def test_transformer_flow_input_line_says_the_model_has_no_call(flow):
