@@ -37,6 +37,7 @@ from ._passes._struct import EnsemblePass, StackCallError, StackPass
 from ._select import (
     evaluate_at,
     get,
+    in_state,
     is_array,
     matched_arrays,
     node_at,
@@ -242,8 +243,10 @@ class Plan:
     members: PlanMembers | None = None  # a sweep's members, their values and memory
 
     @functools.cached_property
-    def _counts(self) -> tuple[int, int]:
-        return (0, 0) if self.result is None else trainable_frozen(split_state(self.result)[0])
+    def _counts(self) -> tuple[int, int, int]:
+        if self.result is None:
+            return (0, 0, 0)
+        return trainable_frozen(split_state(self.result)[0])
 
     @property
     def trainable(self) -> int:
@@ -254,6 +257,12 @@ class Plan:
     def frozen(self) -> int:
         """Floating-point parameters held still (`freeze`, an adapter's base)."""
         return self._counts[1]
+
+    @property
+    def state(self) -> int:
+        """Floating-point initial values of model state (`eqx.nn.StateIndex`):
+        neither trainable nor frozen."""
+        return self._counts[2]
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -293,6 +302,7 @@ class Plan:
             "untouched": list(self.untouched),
             "trainable": self.trainable,
             "frozen": self.frozen,
+            "state": self.state,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
             "members": None if self.members is None else self.members.to_dict(),
@@ -429,15 +439,19 @@ def budget(plan: Plan) -> str:
 
 def _budget_parts(plan: Plan) -> list[str]:
     parts = [f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"]
+    if plan.state:
+        parts.append(f"model state: {plan.state:,}")
     if plan.opt_state_bytes is not None:
         parts.append(f"optimizer state: {plan.opt_state_bytes:,} bytes")
     return parts
 
 
-def trainable_frozen(model: Any) -> tuple[int, int]:
-    """(trainable, frozen) floating-point parameters of `model`: those inside a
-    `Frozen` (for one frozen on some layers of a stack, those layers) are frozen."""
-    trainable = frozen = 0
+def trainable_frozen(model: Any) -> tuple[int, int, int]:
+    """(trainable, frozen, state) floating-point values of `model`: those
+    inside a `Frozen` (for one frozen on some layers of a stack, those layers)
+    are frozen; the initial values of model state (in an `eqx.nn.StateIndex`)
+    are state, neither."""
+    trainable = frozen = state = 0
     for node in walk(model):
         x = node.obj
         # `jnp.issubdtype` knows bfloat16 and the float8 types (`ml_dtypes`) are
@@ -445,6 +459,9 @@ def trainable_frozen(model: Any) -> tuple[int, int]:
         if not is_array(x) or not jnp.issubdtype(x.dtype, jnp.inexact):
             continue
         size = math.prod(x.shape)
+        if in_state(node.parents):
+            state += size
+            continue
         wrapper = next((p for p in reversed(node.parents) if isinstance(p, Frozen)), None)
         if wrapper is None:
             trainable += size
@@ -455,7 +472,7 @@ def trainable_frozen(model: Any) -> tuple[int, int]:
         share = size * len(wrapper.layers) // x.shape[wrapper.axis]
         frozen += share
         trainable += size - share
-    return trainable, frozen
+    return trainable, frozen, state
 
 
 def count_params(model: Any) -> int:

@@ -1072,8 +1072,6 @@ def skipped_state(nodes: list[Node], selector: A.Selector) -> int:
         if names_state(selector, node):
             continue
         paths.update(
-            leaf.path
-            for leaf in array_leaves(node, inexact_only=True)
-            if in_state(leaf.parents)
+            leaf.path for leaf in array_leaves(node, inexact_only=True) if in_state(leaf.parents)
         )
     return len(paths)

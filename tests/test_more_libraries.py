@@ -212,8 +212,13 @@ def test_star_actions_leave_the_running_statistics_of_batchnorm(action, f):
     # 5 BatchNorms: 5 integer counters and 10 arrays of running statistics left.
     [step] = program.plan(model).steps
     assert step.skipped == 5 and step.state_skipped == 10
-    assert "5 non-floating arrays skipped, 10 arrays of model state skipped" in str(
-        program.plan(model)
+    plan = program.plan(model)
+    assert "5 non-floating arrays skipped, 10 arrays of model state skipped" in str(plan)
+    # Running statistics are state, neither trainable nor frozen (5 x 2 x 8 values).
+    assert plan.state == 80 and "model state: 80" in str(plan)
+    assert (
+        plan.trainable + plan.frozen
+        == sum(x.size for x in jax.tree_util.tree_leaves(hand) if eqx.is_inexact_array(x)) - 80
     )
 
 
@@ -546,6 +551,44 @@ def test_transformer_flow_file_from_the_shell(flow, tmp_path):
     ours = eqxform.compile(tmp_path / "spec.eqx").apply(flow)
     assert same(eqxform.resolve(back), eqxform.resolve(ours))
     assert np.array_equal(back.blocks.permutation.permute, [0, 1])
+
+
+def test_transformer_flow_adopted_stack_from_the_shell(flow, tmp_path):
+    # `plan` and `apply` of a spec that adopts the blocks and acts on one of
+    # them, from the shell; the file loads back to the model the API makes.
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(eqxform.__file__))}
+    env["PYTHONWARNINGS"] = "ignore"
+
+    def cli(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "eqxform", *args, "--allow", "transformer_flows"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    (tmp_path / "spec.eqx").write_text(
+        "stack blocks scan\n"
+        "where blocks[0] -> freeze\n"
+        "where blocks[1].attn_blocks.attention.attention.query_proj -> lora(rank=2)\n"
+        "where ** -> cast bfloat16\n"
+    )
+    eqxform.save(tmp_path / "flow.eqx", flow)
+    planned = " ".join(cli("plan", "spec.eqx", "flow.eqx").split())
+    assert "2 layers adopted as built from the outer of 2 layer axes, no copies" in planned
+    assert "4 arrays of model state skipped" in planned
+    cli("apply", "spec.eqx", "flow.eqx", "-o", "out.eqx")
+    back = eqxform.load(tmp_path / "out.eqx", allow=["transformer_flows"])
+    ours = eqxform.compile(tmp_path / "spec.eqx").apply(flow)
+    assert isinstance(back.blocks, eqxform.Stacked) and back.blocks.kind == "adopted"
+    assert same(eqxform.resolve(back), eqxform.resolve(ours)) and same_dtypes(back, ours)
+    image = IMAGE.astype(jnp.bfloat16)
+    z = eqxform.resolve(back).forward(image, None)[0]
+    assert z.dtype == jnp.bfloat16
+    assert np.array_equal(z, eqxform.resolve(ours).forward(image, None)[0])
 
 
 # ---- gatv2-eqx: GATv2 --------------------------------------------------------------
