@@ -327,6 +327,30 @@ def test_megalodon_scan_stack_with_input_is_caught_at_the_stack_line(megalodon):
     np.testing.assert_allclose(layerwise(ids)[0], model(ids)[0], atol=1e-5)
 
 
+def test_megalodon_cast_of_everything_keeps_its_cached_forward(megalodon):
+    # Megalodon's cache is an argument of its call, not model state: `**`
+    # reaches only its parameters, as a hand-written cast of them does, and
+    # the cached forward (keys, values, running norms) still runs.
+    model, ids = megalodon
+    program = eqxform.compile("where ** -> cast bfloat16")
+    out = program.apply(model)
+    hand = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.bfloat16) if eqx.is_inexact_array(x) else x, model
+    )
+    assert all(
+        a.dtype == b.dtype and np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(hand))
+        if eqx.is_array(a)
+    )
+    logits, cache = out(ids, return_cache=True)
+    want, want_cache = hand(ids, return_cache=True)
+    np.testing.assert_allclose(np.asarray(logits, np.float32), np.asarray(want, np.float32))
+    assert [x.dtype for x in jax.tree_util.tree_leaves(cache)] == [
+        x.dtype for x in jax.tree_util.tree_leaves(want_cache)
+    ]
+    assert program.plan(model).steps[0].state_skipped == 0
+
+
 # ---- stacks with BatchNorm state -------------------------------------------------
 
 
