@@ -37,36 +37,25 @@ __version__ = "0.1.0"
 # Everything below needs JAX, so it loads on first use: `eqxform check`
 # without a model stays a linter that imports no JAX.
 _LAZY = {
-    "compile": "._compile",
-    "Program": "._program",
-    "Recipe": "._program",
-    "recipe_of": "._program",
-    "Pass": "._passes",
-    "Context": "._passes",
-    "Plan": "._plan",
-    "Planner": "._plan",
-    "load": "._recipes",
-    "save": "._recipes",
-    "new": "._recipes",
-    "pick": "._pick",
-    "pick_file": "._pick",
-    "count_params": "._plan",
-    "check_output": "._files",
-    "resolve": "._modules",
-    "bake": "._modules",
-    # The types the actions put in the model (`Frozen`, `LoRA`, ...).
-    **dict.fromkeys(_names.ACTION_TYPES, "._modules"),
-    "merge": "._modules",
-    "Stacked": "._modules",
-    "Ensemble": "._modules",
-    "evaluate_ensemble": "._modules",
-    "evaluate_per_member": "._modules",
-    "optimizer": "._runtime._optim",
-    "make_step": "._runtime._step",
-    "Step": "._runtime._step",
-    "RetraceError": "._runtime._step",
-    "MeshSpec": "._mesh",
-    "initialize_distributed": "._runtime._distributed",
+    name: module
+    for module, names in (
+        ("._compile", ("compile",)),
+        ("._program", ("Program", "Recipe", "recipe_of")),
+        ("._passes", ("Pass", "Context")),
+        ("._plan", ("Plan", "Planner", "count_params")),
+        ("._recipes", ("load", "save", "new")),
+        ("._pick", ("pick", "pick_file")),
+        ("._files", ("check_output",)),
+        ("._modules", ("resolve", "bake", "merge", "Stacked", "Ensemble")),
+        ("._modules", ("evaluate_ensemble", "evaluate_per_member")),
+        # The types the actions put in the model (`Frozen`, `LoRA`, ...).
+        ("._modules", _names.ACTION_TYPES),
+        ("._runtime._optim", ("optimizer",)),
+        ("._runtime._step", ("make_step", "Step", "RetraceError")),
+        ("._mesh", ("MeshSpec",)),
+        ("._runtime._distributed", ("initialize_distributed",)),
+    )
+    for name in names
 }
 
 

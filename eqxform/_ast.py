@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, is_dataclass
+from functools import cached_property
 from typing import Any
 
 
@@ -28,19 +29,16 @@ class Source:
     name: str
     text: str
 
-    @property
+    @cached_property
     def lines(self) -> list[str]:
-        cached = self.__dict__.get("_lines")
-        if cached is None:
-            # Lines end at `\n` (a `\r` before it belongs to the break), as the
-            # parser counts them; `str.splitlines` would also break at `\x0b`,
-            # `\x0c`, `\x85`, U+2028 and more, and put every later diagnostic
-            # on the wrong line.
-            cached = [line[:-1] if line.endswith("\r") else line for line in self.text.split("\n")]
-            if cached and cached[-1] == "" and self.text.endswith("\n"):
-                cached.pop()
-            object.__setattr__(self, "_lines", cached)
-        return cached
+        # Lines end at `\n` (a `\r` before it belongs to the break), as the
+        # parser counts them; `str.splitlines` would also break at `\x0b`,
+        # `\x0c`, `\x85`, U+2028 and more, and put every later diagnostic on
+        # the wrong line.
+        lines = [line[:-1] if line.endswith("\r") else line for line in self.text.split("\n")]
+        if lines and lines[-1] == "" and self.text.endswith("\n"):
+            lines.pop()
+        return lines
 
     def line(self, number: int) -> str:
         lines = self.lines
@@ -88,10 +86,10 @@ class Binary(Expr):
 
 @dataclass(frozen=True)
 class Conditional(Expr):
-    """`then if test else orelse`, as in Python."""
+    """`then if test else orelse`, as in Python (the fields in the text's order)."""
 
-    test: Expr
     then: Expr
+    test: Expr
     orelse: Expr
 
 

@@ -224,4 +224,9 @@ def from_constructor(constructor: Any, key: Any) -> Any:
         raise UsageError(report("E438", name=name)) from None
     except ValueError:  # no signature to read (a builtin): the call says
         pass
-    return constructor(jax.random.fold_in(key, MODEL_TAG))
+    try:
+        return constructor(jax.random.fold_in(key, MODEL_TAG))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as e:
+        name = getattr(constructor, "__name__", type(constructor).__name__)
+        error = str(e).splitlines()[0]
+        raise UsageError(report("E382", name=name, error=error)) from None

@@ -19,7 +19,6 @@ import re
 import shlex
 import sys
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +38,6 @@ def _console():
     return Console(highlight=False, soft_wrap=True)
 
 
-class _Out:
-    def print(self, *args, **kwargs):
-        _console().print(*args, **kwargs)
-
-
 def _text(value: Any, style: str = ""):
     """A table cell or tree label of text from a file or a spec: never read as
     rich markup (`[bold]` stays `[bold]`), control characters escaped."""
@@ -56,9 +50,6 @@ def _echo(text: str, err: bool = False) -> None:
     """A line of human output; whatever came from a file or a spec in it is
     printed as text, its control characters escaped."""
     click.echo(printable(text), err=err)
-
-
-out = _Out()
 
 
 def _fail(diagnostics, as_json: bool, code: int) -> None:
@@ -98,37 +89,57 @@ def _warnings_shown():
         yield
 
 
-def _run(fn: Callable[[], Any], as_json: bool = False) -> Any:
-    try:
-        return fn()
-    except EqxformError as e:
-        _fail(e.diagnostics, as_json, e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted; nothing was written", err=True)
-        sys.exit(130)
+class _Command(click.Command):
+    """A command whose every error is printed as the diagnostic it is (as
+    JSON when the command prints JSON: `--json`, `--format json`), never as
+    a traceback; Ctrl-C is said in words."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EqxformError as e:
+            as_json = ctx.params.get("as_json") or ctx.params.get("fmt") == "json"
+            _fail(e.diagnostics, as_json, e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
 
 
-def _params(sets: tuple[str, ...], params_file: str | None) -> dict[str, Any]:
-    return eqxform.load_params(sets, params_file)
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """The spec and model arguments, and the options that say how to read and
+    run the spec (`--set`, `--params`, `--allow`, `--input`, `--mesh`)."""
 
+    spec: str
+    model: str | None
+    sets: tuple[str, ...] = ()
+    params_file: str | None = None
+    allow: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
+    mesh: str | None = None
 
-def _swapped(spec: str, model: str | None, command: str) -> None:
-    if model is not None and eqxform.is_model_file(spec) and not eqxform.is_model_file(model):
-        raise UsageError.of(
-            "E402", variant="arguments_are", spec=spec, model=model, command=command
-        )
+    def options(self) -> dict[str, Any]:
+        """The options as `eqxform.compile` and `eqxform.check` take them
+        (`--mesh data=2,model=4` as a `MeshSpec`: no JAX)."""
+        return {
+            "params": eqxform.load_params(self.sets, self.params_file),
+            "allow": self.allow,
+            "inputs": list(self.inputs) or None,
+            "mesh": None if self.mesh is None else eqxform.MeshSpec.parse(self.mesh),
+        }
 
+    def not_swapped(self, command: str) -> None:
+        """A model file given as the spec, and a spec as the model, is said as such (E402)."""
+        spec, model = self.spec, self.model
+        if model is not None and eqxform.is_model_file(spec) and not eqxform.is_model_file(model):
+            raise UsageError.of(
+                "E402", variant="arguments_are", spec=spec, model=model, command=command
+            )
 
-def _compile(spec: str, params: dict, allow: tuple[str, ...], inputs=(), mesh=None):
-    # The argument is a file's path, whatever its name: never spec text.
-    return eqxform.compile(
-        Path(spec), params, allow=allow, inputs=list(inputs) or None, mesh=_mesh(mesh)
-    )
-
-
-def _mesh(text: str | None):
-    """`--mesh data=2,model=4` as a `MeshSpec` (no JAX), or None."""
-    return None if text is None else eqxform.MeshSpec.parse(text)
+    def compile(self, command: str):
+        self.not_swapped(command)
+        # The argument is a file's path, whatever its name: never spec text.
+        return eqxform.compile(Path(self.spec), **self.options())
 
 
 class _Whole(click.ParamType):
@@ -230,11 +241,16 @@ _weights = click.option(
 
 def _spec_options(command):
     """The spec and model arguments, and the options that say how to read and
-    run the spec (`--set`, `--params`, `--allow`, `--input`, `--mesh`), that
-    `check`, `plan`, `apply` and `train` share."""
+    run the spec, that `check`, `plan`, `apply` and `train` share: the
+    command is called with them as one `_Spec`."""
+
+    @functools.wraps(command)
+    def run(spec, model, sets, params_file, allow, inputs, mesh, **rest):
+        return command(_Spec(spec, model, sets, params_file, allow, inputs, mesh), **rest)
+
     for decorate in (_mesh_opt, _input, _allow, _params_opt, _set, _model_arg, _spec_arg):
-        command = decorate(command)
-    return command
+        run = decorate(run)
+    return run
 
 
 _format = click.option(
@@ -252,6 +268,9 @@ def main():
     """eqxform: transform Equinox models with declarative specs."""
 
 
+main.command_class = _Command  # every command below
+
+
 @main.command()
 @click.argument("constructor")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Model file to write.")
@@ -262,14 +281,10 @@ def new(constructor, output, seed, allow):
 
     Example: eqxform new "MLP(in_size=2, out_size=2, width_size=8, depth=2)" -o model.eqx
     """
-
-    def go():
-        eqxform.check_output(output)
-        model = eqxform.new(constructor, seed=eqxform.parse_seed(seed), allow=allow)
-        eqxform.save(output, model)
-        click.echo(f"wrote {output} ({eqxform.count_params(model):,} parameters)")
-
-    _run(go)
+    eqxform.check_output(output)
+    model = eqxform.new(constructor, seed=eqxform.parse_seed(seed), allow=allow)
+    eqxform.save(output, model)
+    click.echo(f"wrote {output} ({eqxform.count_params(model):,} parameters)")
 
 
 @main.command()
@@ -277,7 +292,7 @@ def new(constructor, output, seed, allow):
 @_weights
 @click.option("--json", "as_json", is_flag=True, help="Print diagnostics and match counts as JSON.")
 @_deny
-def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json, deny):
+def check(s: _Spec, weights, as_json, deny):
     """Report every problem of a spec (and, given a model, of applying it).
 
     With a model (a model file, or the spec's `model` directive) every rule
@@ -286,49 +301,35 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
     forward pass on the `input` lines; each rule's match count is reported.
     Without one this is a linter: it imports no JAX and answers at once.
     """
-
-    def go():
-        _swapped(spec, model, "check")
-        report = eqxform.check(
-            Path(spec),
-            model,
-            params=_params(sets, params_file),
-            allow=allow,
-            inputs=list(inputs) or None,
-            mesh=_mesh(mesh),
-            weights=weights,
-            deny=deny,
-        )
-        diagnostics, against, steps = report.diagnostics, report.model, report.steps
-        errors = any(d.severity == "error" for d in diagnostics)
-        if as_json:
-            data: dict[str, Any] = {
-                "ok": not errors,
-                "model": against,
-                "diagnostics": [d.to_dict() for d in diagnostics],
-            }
-            if steps is not None:
-                keys = ("line", "rule", "action", "count", "unit")
-                data["rules"] = [{k: getattr(s, k) for k in keys} for s in steps]
-            click.echo(json.dumps(data, indent=2))
-            sys.exit(1 if errors else 0)
-        if diagnostics:
-            click.echo(render_all(diagnostics), err=True)
-        if errors:
-            sys.exit(1)
-        warned = sum(d.severity == "warning" for d in diagnostics)
-        head = "no problems found" if not warned else plural(warned, "warning")
-        noted = sum(d.severity == "note" for d in diagnostics)
-        if noted:
-            head += f", {plural(noted, 'note')}"
-        where = f"; checked against {against}" if against is not None else ""
-        _echo(f"{report.name}: {head} ({plural(report.statements, 'statement')}{where})")
-        if steps:
-            width = max(len(s.action) for s in steps)
-            for s in steps:
-                _echo(f"  line {s.line:<4} {s.action.ljust(width)}  {s.counted}")
-
-    _run(go, as_json)
+    s.not_swapped("check")
+    report = eqxform.check(Path(s.spec), s.model, **s.options(), weights=weights, deny=deny)
+    diagnostics, against, steps = report.diagnostics, report.model, report.steps
+    if as_json:
+        data: dict[str, Any] = {
+            "ok": report.ok,
+            "model": against,
+            "diagnostics": [d.to_dict() for d in diagnostics],
+        }
+        if steps is not None:
+            keys = ("line", "rule", "action", "count", "unit")
+            data["rules"] = [{k: getattr(step, k) for k in keys} for step in steps]
+        click.echo(json.dumps(data, indent=2))
+        sys.exit(0 if report.ok else 1)
+    if diagnostics:
+        click.echo(render_all(diagnostics), err=True)
+    if not report.ok:
+        sys.exit(1)
+    warned = sum(d.severity == "warning" for d in diagnostics)
+    head = "no problems found" if not warned else plural(warned, "warning")
+    noted = sum(d.severity == "note" for d in diagnostics)
+    if noted:
+        head += f", {plural(noted, 'note')}"
+    where = f"; checked against {against}" if against is not None else ""
+    _echo(f"{report.name}: {head} ({plural(report.statements, 'statement')}{where})")
+    if steps:
+        width = max(len(step.action) for step in steps)
+        for step in steps:
+            _echo(f"  line {step.line:<4} {step.action.ljust(width)}  {step.counted}")
 
 
 @main.command()
@@ -337,18 +338,12 @@ def check(spec, model, sets, params_file, allow, inputs, mesh, weights, as_json,
 @click.option("--untouched", is_flag=True, help="Also list the arrays that no rule touched.")
 @_weights
 @_deny
-def plan(spec, model, sets, params_file, allow, inputs, mesh, fmt, untouched, weights, deny):
+def plan(s: _Spec, fmt, untouched, weights, deny):
     """Show what each rule will change, before applying anything; with a mesh,
     each array's partition spec and bytes per device."""
-
-    def go():
-        _swapped(spec, model, "plan")
-        program = _compile(spec, _params(sets, params_file), allow, inputs, mesh)
-        result = eqxform.plan(program, model, weights=weights, deny=deny)
-        _report(result.diagnostics, fmt == "json")
-        _print_plan(result, fmt, untouched)
-
-    _run(go, fmt == "json")
+    result = eqxform.plan(s.compile("plan"), s.model, weights=weights, deny=deny)
+    _report(result.diagnostics, fmt == "json")
+    _print_plan(result, fmt, untouched)
 
 
 def _dumped(data: dict, fmt: str) -> bool:
@@ -373,7 +368,7 @@ def _print_plan(result, fmt: str, untouched: bool = False) -> None:
     # The table's natural width: what it takes with no cell wrapped or cut.
     natural = console.measure(table, options=console.options.update(max_width=1 << 20))
     if natural.maximum <= console.width:
-        out.print(table)
+        _console().print(table)
         lines = result.totals(console.width)
     else:
         # Too narrow for the table at its natural width: rich would cut the
@@ -426,60 +421,27 @@ def _plan_table(result):
 )
 @_weights
 @_deny
-def apply(
-    spec,
-    model,
-    output,
-    seed,
-    sets,
-    params_file,
-    allow,
-    inputs,
-    mesh,
-    device,
-    force,
-    adapters_only,
-    weights,
-    deny,
-):
+def apply(s: _Spec, output, seed, device, force, adapters_only, weights, deny):
     """Apply a spec to a model (or to the spec's `model`) and write the result;
     with `map` lines, the model's arrays are first read from a checkpoint in
     another library's names (`weights` line, or `--weights`)."""
-
-    def go():
-        seed_value = eqxform.parse_seed(seed)
-        program = _prepare(
-            "apply",
-            spec,
-            model,
-            output,
-            sets,
-            params_file,
-            allow,
-            force,
-            inputs,
-            data=None,
-            mesh=mesh,
+    seed_value = eqxform.parse_seed(seed)
+    program = _prepare("apply", s, output, force)
+    with _warnings_shown():
+        result = eqxform.apply(
+            program, s.model, seed=seed_value, weights=weights, device=device, deny=deny
         )
-        with _warnings_shown():
-            result = eqxform.apply(
-                program, model, seed=seed_value, weights=weights, device=device, deny=deny
-            )
-        if adapters_only:
-            # This spec's adapters, whatever the base's recipe holds.
-            step = dataclasses.replace(
-                program, seed=program.seed if seed_value is None else seed_value
-            )
-            eqxform.save(output, result, adapters_only=True, spec=step)
-        else:
-            eqxform.save(output, result)
-        what = "adapters of " if adapters_only else ""
-        click.echo(
-            f"wrote {output} ({what}{eqxform.count_params(result):,} parameters, "
-            f"{program.applies()} applied)"
-        )
-
-    _run(go)
+    if adapters_only:
+        # This spec's adapters, whatever the base's recipe holds.
+        step = dataclasses.replace(program, seed=program.seed if seed_value is None else seed_value)
+        eqxform.save(output, result, adapters_only=True, spec=step)
+    else:
+        eqxform.save(output, result)
+    what = "adapters of " if adapters_only else ""
+    click.echo(
+        f"wrote {output} ({what}{eqxform.count_params(result):,} parameters, "
+        f"{program.applies()} applied)"
+    )
 
 
 @main.command()
@@ -508,7 +470,6 @@ def apply(
 )
 @click.option(
     "--model-output",
-    "output_path",
     metavar="PATH",
     help="The part of what the model returns that the loss compares with `y`: an attribute "
     "or index, e.g. `logits` (a result object) or `0` (a tuple).",
@@ -553,32 +514,7 @@ def apply(
 @_weights
 @_deny
 def train(
-    spec,
-    model,
-    data,
-    steps,
-    batch_size,
-    eval_data,
-    loss,
-    output_path,
-    output,
-    checkpoint_every,
-    seed,
-    sets,
-    params_file,
-    allow,
-    inputs,
-    mesh,
-    batch_axis,
-    coordinator,
-    num_processes,
-    process_id,
-    timeout,
-    device,
-    force,
-    adapters_only,
-    weights,
-    deny,
+    s: _Spec, output, seed, coordinator, num_processes, process_id, timeout, force, **options
 ):
     """Train with the spec's optimiser, rules and freezing; write the model.
 
@@ -594,93 +530,64 @@ def train(
     training data and (with `--eval-data`) on the held-out data, which the
     model file's recipe records (`train.members`).
     """
+    seed_value = eqxform.parse_seed(seed)
+    _join(coordinator, num_processes, process_id, timeout)
+    program = _prepare("train", s, output, force, data=options["data"])
+    this_spec = dataclasses.replace(
+        program, seed=program.seed if seed_value is None else seed_value
+    )
 
-    def go():
-        seed_value = eqxform.parse_seed(seed)
-        _join(coordinator, num_processes, process_id, timeout)
-        program = _prepare(
-            "train",
-            spec,
-            model,
-            output,
-            sets,
-            params_file,
-            allow,
-            force,
-            inputs,
-            data=data,
-            mesh=mesh,
+    def write(m, done=None):
+        # The model's recipe says what training did (`eqxform.train` files it).
+        if options["adapters_only"]:
+            # This spec's adapters (and what trains beside them), whatever
+            # the base's recipe holds.
+            recipe = eqxform.recipe_of(m)
+            eqxform.save(output, m, adapters_only=True, spec=this_spec, recipe=recipe)
+        else:
+            eqxform.save(output, m)
+
+    run = functools.partial(
+        eqxform.train, program, s.model, seed=seed_value, on_checkpoint=write, **options
+    )
+    with _warnings_shown():
+        if not _writer():
+            result = run()
+        elif _console().is_terminal:
+            result = _train_with_bar(run, options["steps"])
+        else:
+            result = _train_with_lines(run, options["steps"])
+    if result.nonfinite is not None and result.steps == 0:
+        raise _diverged(result, output, wrote=False)
+    if result.members is not None and _writer():
+        _echo_members(result.members, result.ensemble)
+    write(result.model)
+    if result.nonfinite is not None:
+        raise _diverged(result, output, wrote=True)
+    final = "-" if result.loss is None else f"{result.loss:.4g}"
+    if result.interrupted:
+        click.echo(
+            f"interrupted after {result.steps} steps; wrote {output} (loss {final})", err=True
         )
-        seed_used = program.seed if seed_value is None else seed_value
-        this_spec = dataclasses.replace(program, seed=seed_used)
-
-        def write(m, done=None):
-            # The model's recipe says what training did (`eqxform.train` files it).
-            if adapters_only:
-                # This spec's adapters (and what trains beside them), whatever
-                # the base's recipe holds.
-                recipe = eqxform.recipe_of(m)
-                eqxform.save(output, m, adapters_only=True, spec=this_spec, recipe=recipe)
-            else:
-                eqxform.save(output, m)
-
-        run = functools.partial(
-            eqxform.train,
-            program,
-            model,
-            data=data,
-            eval_data=eval_data,
-            steps=steps,
-            batch_size=batch_size,
-            loss=loss,
-            model_output=output_path,
-            seed=seed_value,
-            weights=weights,
-            batch_axis=batch_axis,
-            device=device,
-            deny=deny,
-            adapters_only=adapters_only,
-            checkpoint_every=checkpoint_every,
-            on_checkpoint=write,
-        )
-        with _warnings_shown():
-            if not _writer():
-                result = run()
-            elif _console().is_terminal:
-                result = _train_with_bar(run, steps)
-            else:
-                result = _train_with_lines(run, steps)
-        if result.nonfinite is not None and result.steps == 0:
-            raise _diverged(result, output, wrote=False)
-        if result.members is not None and _writer():
-            _echo_members(result.members, result.ensemble)
-        write(result.model)
-        if result.nonfinite is not None:
-            raise _diverged(result, output, wrote=True)
-        final = "-" if result.loss is None else f"{result.loss:.4g}"
-        if result.interrupted:
-            click.echo(
-                f"interrupted after {result.steps} steps; wrote {output} (loss {final})", err=True
-            )
-            sys.exit(130)
-        wrote = f"wrote {output}" if _writer() else f"process 0 wrote {output}"
-        diverged = "".join(
-            f"; member {k} diverged at step {at} (kept as it was before that step)"
-            for k, at in sorted(result.diverged.items())
-        )
-        click.echo(f"trained {result.steps} steps (loss {final}){diverged}; {wrote}")
-
-    _run(go)
+        sys.exit(130)
+    wrote = f"wrote {output}" if _writer() else f"process 0 wrote {output}"
+    diverged = "".join(
+        f"; member {k} diverged at step {at} (kept as it was before that step)"
+        for k, at in sorted(result.diverged.items())
+    )
+    click.echo(f"trained {result.steps} steps (loss {final}){diverged}; {wrote}")
 
 
-def _spread(losses, diverged=None) -> str:
-    """An ensemble's losses as the progress shows them: best, median, worst
-    of the members that train, then those that diverged."""
+def _loss(value: float, losses, diverged) -> str:
+    """The loss as the progress shows it; an ensemble's (`losses`, each
+    member's, else None) then its best, median and worst member of those
+    that train, and those that diverged."""
     import numpy as np
 
-    diverged = diverged or {}
+    if losses is None:
+        return f"{value:.4g}"
     live = [k for k in range(len(losses)) if k not in diverged]
-    out = []
+    out = [f"{value:.4g}"]
     if live:
         order = sorted(live, key=lambda k: losses[k])
         best, worst = order[0], order[-1]
@@ -732,8 +639,7 @@ def _train_with_bar(run, steps: int):
         task = progress.add_task("train", total=steps, loss="-")
 
         def step(done, value, members, diverged):
-            spread = "" if members is None else f"; {_spread(members, diverged)}"
-            progress.update(task, completed=done, loss=f"{value:.4g}{spread}")
+            progress.update(task, completed=done, loss=_loss(value, members, diverged))
 
         return run(on_step=step)
 
@@ -764,8 +670,7 @@ def _train_with_lines(run, steps: int):
 
     def line(done: int, value: float, members, diverged) -> None:
         what = "initial loss" if done == 1 else "loss"
-        spread = "" if members is None else f"; {_spread(members, diverged)}"
-        click.echo(f"step {done}/{steps}: {what} {value:.4g}{spread}")
+        click.echo(f"step {done}/{steps}: {what} {_loss(value, members, diverged)}")
         sys.stdout.flush()
 
     return run(on_step=line, report=report)
@@ -805,22 +710,19 @@ def _join(coordinator, num_processes, process_id, timeout=None) -> None:
     eqxform.initialize_distributed(coordinator, num_processes, process_id, **timeout_s)
 
 
-def _prepare(
-    command, spec, model, output, sets, params_file, allow, force, inputs=(), data=None, mesh=None
-):
+def _prepare(command: str, s: _Spec, output, force, data=None):
     """The checks `apply` and `train` share before any JAX work: the output
     first (it may replace no input, and must be writable), then the spec."""
-    _refuse_overwrite(model, output, force)
+    _refuse_overwrite(s.model, output, force)
     eqxform.check_output(
         output,
         [
-            ("spec", spec),  # on the command line, always a path
+            ("spec", s.spec),  # on the command line, always a path
             ("`--data` file", data),
-            ("`--params` file", params_file),
+            ("`--params` file", s.params_file),
         ],
     )
-    _swapped(spec, model, command)
-    return _compile(spec, _params(sets, params_file), allow, inputs, mesh)
+    return s.compile(command)
 
 
 def _refuse_overwrite(model, output, force) -> None:
@@ -852,16 +754,12 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
     spec's `weights` line, gives back its shapes, dtypes and skipped tensors).
     With --peft, the LoRA adapters only, as PEFT writes them."""
 
-    def go():
-        _swapped(spec, model, "export")
-        program = _compile(spec, _params(sets, params_file), allow)
-        names = eqxform.export(program, model, output, weights=weights, peft=peft)
-        if peft:
-            click.echo(f"wrote {output}/ ({plural(len(names), 'adapter tensor')}, PEFT layout)")
-            return
-        click.echo(f"wrote {output} ({plural(len(names), 'tensor')})")
-
-    _run(go)
+    program = _Spec(spec, model, sets, params_file, allow).compile("export")
+    names = eqxform.export(program, model, output, weights=weights, peft=peft)
+    if peft:
+        click.echo(f"wrote {output}/ ({plural(len(names), 'adapter tensor')}, PEFT layout)")
+        return
+    click.echo(f"wrote {output} ({plural(len(names), 'tensor')})")
 
 
 @main.command()
@@ -873,18 +771,14 @@ def export(spec, model, output, weights, peft, sets, params_file, allow):
 def merge(adapters, base, output, allow, force):
     """Load an adapter file onto its base model, bake the adapters into the
     base weights, and write the merged model."""
-
-    def go():
-        _refuse_overwrite(base, output, force)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", EqxformWarning)
-            model = eqxform.load(base, allow=allow)
-            adapted = eqxform.load(adapters, base=model, allow=allow)
-            merged = eqxform.compile("where ** -> merge\n", name="merge").apply(adapted)
-        eqxform.save(output, merged)
-        _echo(f"wrote {output} ({eqxform.count_params(merged):,} parameters, adapters merged)")
-
-    _run(go)
+    _refuse_overwrite(base, output, force)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EqxformWarning)
+        model = eqxform.load(base, allow=allow)
+        adapted = eqxform.load(adapters, base=model, allow=allow)
+        merged = eqxform.compile("where ** -> merge\n", name="merge").apply(adapted)
+    eqxform.save(output, merged)
+    _echo(f"wrote {output} ({eqxform.count_params(merged):,} parameters, adapters merged)")
 
 
 @main.command()
@@ -909,20 +803,16 @@ def pick(model, member, best, output, allow):
 
     Example: eqxform pick sweep.eqx --best -o one.eqx
     """
-
-    def go():
-        if (member is None) == (not best):
-            # `--member K` or `--best`, one of them: said before the output is looked at.
-            eqxform.pick_file(model, member, best=best)
-        eqxform.check_output(output, [("ensemble's model file", model)])
-        one, recipe, how = eqxform.pick_file(model, member, best=best, allow=allow)
-        eqxform.save(output, one, recipe=recipe)
-        _echo(f"wrote {output} ({how} of {model}; {eqxform.count_params(one):,} parameters)")
-        detail = _picked_detail(recipe.picked or {})
-        if detail:
-            _echo(f"  {detail}")
-
-    _run(go)
+    if (member is None) == (not best):
+        # `--member K` or `--best`, one of them: said before the output is looked at.
+        eqxform.pick_file(model, member, best=best)
+    eqxform.check_output(output, [("ensemble's model file", model)])
+    one, recipe, how = eqxform.pick_file(model, member, best=best, allow=allow)
+    eqxform.save(output, one, recipe=recipe)
+    _echo(f"wrote {output} ({how} of {model}; {eqxform.count_params(one):,} parameters)")
+    detail = _picked_detail(recipe.picked or {})
+    if detail:
+        _echo(f"  {detail}")
 
 
 @main.command()
@@ -936,55 +826,44 @@ def show(model, fmt, allow):
     against the structure the recipe builds (a recipe whose constructor comes
     from your own package is built only with `--allow`).
     """
+    info = eqxform.inspect(model, allow=allow)
+    recipe, adapters, tensors = info.recipe, info.adapters, info.tensors
+    if _dumped(info.to_dict(), fmt):
+        return
+    from rich.text import Text
+    from rich.tree import Tree
 
-    def go():
-        info = eqxform.inspect(model, allow=allow)
-        recipe, adapters, checked = info.recipe, info.adapters, info.unchecked
-        tensors, params = info.tensors, info.parameters
-        if _dumped(info.to_dict(), fmt):
-            return
-        from rich.text import Text
-        from rich.tree import Tree
-
-        label = _text(model, "bold")
-        label.append(f"  {params:,} parameters")
-        tree = Tree(label)
-        for t in tensors:
-            line = _text(t["path"])
-            line.append_text(Text("  ").append_text(_text(f"{t['dtype']}{t['shape']}", "dim")))
-            tree.add(line)
-        out.print(tree)
-        if checked is not None:
-            _echo(f"note: {checked}", err=True)
-        if adapters is not None:
-            _show_adapters(model, adapters, len(tensors))
-            return
-        if recipe is None:
-            click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
-            return
-        base = recipe["base"]
-        _echo(f"base: {base.get('constructor')}  (seed {base.get('seed')})")
-        for i, entry in enumerate(recipe.get("specs", []), 1):
-            params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
-            _echo(
-                f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
-                + (f"; {params_text}" if params_text else "")
-                + ")"
-            )
-        picked = recipe.get("picked")
-        if picked:
-            _echo(f"picked: {_picked_text(picked)}")
-        trained = recipe.get("train")
-        if trained:
-            _echo(
-                f"trained: {trained.get('steps')} steps on {trained.get('data')} "
-                f"({trained.get('loss')}, batch size {trained.get('batch_size')})"
-            )
-        versions = recipe.get("versions") or {}
-        if versions:
-            _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
-
-    _run(go, fmt == "json")
+    label = _text(model, "bold")
+    label.append(f"  {info.parameters:,} parameters")
+    tree = Tree(label)
+    for t in tensors:
+        line = _text(t["path"])
+        line.append_text(Text("  ").append_text(_text(f"{t['dtype']}{t['shape']}", "dim")))
+        tree.add(line)
+    _console().print(tree)
+    if info.unchecked is not None:
+        _echo(f"note: {info.unchecked}", err=True)
+    if adapters is not None:
+        _show_adapters(model, adapters, len(tensors))
+        return
+    if recipe is None:
+        click.echo("recipe: none (load with `eqxform.load(path, like=model)`)")
+        return
+    base = recipe["base"]
+    _echo(f"base: {base.get('constructor')}  (seed {base.get('seed')})")
+    _echo_specs(recipe.get("specs", []))
+    picked = recipe.get("picked")
+    if picked:
+        _echo(f"picked: {_picked_text(picked)}")
+    trained = recipe.get("train")
+    if trained:
+        _echo(
+            f"trained: {trained.get('steps')} steps on {trained.get('data')} "
+            f"({trained.get('loss')}, batch size {trained.get('batch_size')})"
+        )
+    versions = recipe.get("versions") or {}
+    if versions:
+        _echo("written by " + ", ".join(f"{k} {v}" for k, v in versions.items()))
 
 
 def _number(value: Any) -> str:
@@ -1013,6 +892,15 @@ def _picked_text(picked: dict) -> str:
     return text + (f" ({detail})" if detail else "")
 
 
+def _echo_specs(specs: list) -> None:
+    """The specs a model file's recipe (or an adapter file) records, a line each."""
+    for i, entry in enumerate(specs, 1):
+        entry = entry if isinstance(entry, dict) else {}
+        params = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
+        params = f"; {params}" if params else ""
+        _echo(f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}{params})")
+
+
 def _show_adapters(path: str, info: dict, tensors: int) -> None:
     """What `show` says of an adapter file: whose adapters, from which specs,
     and how to use them (they are no model on their own)."""
@@ -1021,14 +909,7 @@ def _show_adapters(path: str, info: dict, tensors: int) -> None:
         f"adapters: {plural(tensors, 'tensor')} for the base model of fingerprint "
         f"{fingerprint[:12]}"
     )
-    for i, entry in enumerate(info.get("specs", []), 1):
-        entry = entry if isinstance(entry, dict) else {}
-        params_text = ", ".join(f"{k}={v}" for k, v in (entry.get("params") or {}).items())
-        _echo(
-            f"spec {i}: {entry.get('name')}  (seed {entry.get('seed')}"
-            + (f"; {params_text}" if params_text else "")
-            + ")"
-        )
+    _echo_specs(info.get("specs", []))
     _echo(
         f"load onto the base model in Python with `eqxform.load({json.dumps(path)}, "
         f"base=model)`, or bake them into it: `eqxform merge {shlex.quote(path)} BASE.eqx "
@@ -1047,29 +928,21 @@ def fmt(paths, check):
     numbers a spec draws stay the same. With --check, list the files that are
     not formatted and exit 1 (for CI).
     """
-
-    def go():
-        specs, changed = eqxform.format_files(paths, check=check)
-        if check:
-            for path in changed:
-                _echo(f"would reformat {path}", err=True)
-            if changed:
-                sys.exit(1)
-            click.echo(f"{plural(len(specs), 'spec')} already formatted")
-        else:
-            click.echo(f"reformatted {len(changed)} of {plural(len(specs), 'spec')}")
-
-    _run(go)
+    specs, changed = eqxform.format_files(paths, check=check)
+    if check:
+        for path in changed:
+            _echo(f"would reformat {path}", err=True)
+        if changed:
+            sys.exit(1)
+        click.echo(f"{plural(len(specs), 'spec')} already formatted")
+    else:
+        click.echo(f"reformatted {len(changed)} of {plural(len(specs), 'spec')}")
 
 
 @main.command()
 def lsp():
     """Run the language server over stdio (for editors: VS Code, Neovim, Helix)."""
-
-    def go():
-        eqxform.language_server()
-
-    _run(go)
+    eqxform.language_server()
 
 
 @main.command()
@@ -1089,11 +962,7 @@ def explain(code, every, fmt):
     Example: eqxform explain E201. `eqxform explain --all --format markdown`
     writes the diagnostics index (docs/diagnostics.md).
     """
-
-    def go():
-        click.echo(eqxform.explain(code, all=every, format=fmt), nl=not every)
-
-    _run(go)
+    click.echo(eqxform.explain(code, all=every, format=fmt), nl=not every)
 
 
 if __name__ == "__main__":

@@ -1940,6 +1940,57 @@ CODES: dict[str, Code] = {
             ),
         ),
         _c(
+            "E380",
+            "`cast` of a complex array to a real dtype",
+            "A `cast` to a real dtype (`float32`, `bfloat16`, ...) would keep only the real "
+            "part of a complex array (the complex weights of a state-space layer such as an "
+            "LRU): the model would compute something else, silently. A broad selector (`**`, "
+            "a module, a type) casts the real floating-point arrays and leaves complex ones "
+            "as they are (`plan` counts them among the skipped arrays); a selector that names "
+            "a complex array itself is refused.",
+            "where **.W_in -> cast bfloat16  # W_in is complex64",
+            message="`cast {name}` would drop the imaginary part of `{text}` ({dtype})",
+            help="leave the complex array out of the selector, or cast its module "
+            "(`where {owner} -> cast {name}`), which skips its complex arrays",
+        ),
+        _c(
+            "E381",
+            "`lora` on a complex weight",
+            "`lora` draws real low-rank factors `A` and `B`; a complex weight (a state-space "
+            "layer's input or output matrix) has no real low-rank update of its kind.",
+            "where **.W_in -> lora(rank=4)  # W_in is complex64",
+            message="`lora` draws real factors, but `{text}` is {dtype}",
+            help="adapt its real weights (e.g. `where Linear -> lora(rank=4)`), or train the "
+            "complex weight with `ia3` or in full",
+        ),
+        _c(
+            "E382",
+            "constructor that cannot run on traced keys",
+            "A constructor given in place of a model (`program.apply(lambda key: Model(..., "
+            "key=key))`) is run on abstract keys: under `eqx.filter_eval_shape` to plan, and "
+            "under `eqx.filter_vmap` to draw an ensemble's members, as the Equinox Tricks "
+            "page's `make_ensemble` does. A constructor that turns a JAX array into a NumPy "
+            "one (`np.log(jax.random.uniform(key, ...))`, as rnn-jax's LRU does) or branches "
+            "on an array's value cannot run so.",
+            "program.apply(lambda key: DeepStateSpaceModelEncoder(..., key=key))",
+            message="the constructor `{name}` cannot run on traced keys: {error}",
+            help="pass the model it builds instead (an `ensemble` then draws each member's "
+            "arrays from the model's own values), or use `jax.numpy` in place of `numpy` "
+            "in the constructor",
+        ),
+        _c(
+            "E383",
+            "ensemble written as one checkpoint",
+            "`export` (`Program.export_weights`, `Program.export_peft`) writes one model's "
+            "arrays under the checkpoint's names; an ensemble holds N models, each array with "
+            "a member axis, which no name of the checkpoint takes. (A stack is written layer "
+            "by layer, as `unstack` gives it back.)",
+            'program.export_weights(ensemble, "back.safetensors")',
+            message="an ensemble of {count} members is no one model to write in the checkpoint's names",
+            help="write one member: `program.export_weights(eqxform.pick(ensemble, 0), ...)` "
+            "(from the shell, `eqxform pick FILE --member 0 -o one.eqx` first)",
+        ),
+        _c(
             "E401",
             "spec file cannot be read",
             "The spec file does not exist or cannot be opened.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ._ast import Source, Span
 from ._codes import CODES, SEVERITY, fields
@@ -63,16 +63,7 @@ class Diagnostic:
         return f"{name}:{self.span.line}:{self.span.column}"
 
     def with_source(self, source: Source) -> Diagnostic:
-        return Diagnostic(
-            self.code,
-            self.message,
-            self.span,
-            self.help,
-            source,
-            self.file,
-            self.notes,
-            self.severity,
-        )
+        return replace(self, source=source)
 
     def render(self) -> str:
         """The long form. Everything that comes from a spec or a file (names
@@ -112,12 +103,7 @@ class Diagnostic:
         if name is not None:
             out["file"] = name
         if self.span is not None:
-            out.update(
-                line=self.span.line,
-                column=self.span.column,
-                end_line=self.span.end_line,
-                end_column=self.span.end_column,
-            )
+            out.update(asdict(self.span))  # line, column, end_line, end_column
         if self.help:
             out["help"] = self.help
         if self.notes:
@@ -195,7 +181,7 @@ def render_all(diagnostics: Iterable[Diagnostic]) -> str:
     blocks = [d.render() for d in diagnostics]
     errors = sum(d.severity == "error" for d in diagnostics)
     if errors:
-        blocks.append(f"{errors} error{'s' if errors != 1 else ''} found")
+        blocks.append(f"{plural(errors, 'error')} found")
     return "\n\n".join(blocks)
 
 

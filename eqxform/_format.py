@@ -96,12 +96,11 @@ def _same(a: Any, b: Any) -> bool:
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if not dataclasses.is_dataclass(a):
         return a == b
-    for f in dataclasses.fields(a):
-        if not f.compare or (type(a), f.name) in _SOURCE_SLICES:
-            continue
-        if not _same(getattr(a, f.name), getattr(b, f.name)):
-            return False
-    return True
+    return all(
+        _same(getattr(a, f.name), getattr(b, f.name))
+        for f in dataclasses.fields(a)
+        if f.compare and (type(a), f.name) not in _SOURCE_SLICES
+    )
 
 
 # ---- what each token is, from the parsed spec ------------------------------
@@ -124,14 +123,13 @@ class _Roles:
                 self.signs.add((node.span.line, node.span.column))
             elif isinstance(node, A.Call):
                 self.callees.add((node.callee_span.end_line, node.callee_span.end_column))
-            elif isinstance(node, A.Arg) and node.name_span is not None:
-                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
-            elif isinstance(node, A.Vary):
-                # `vary lr=...`, `grid lr=[...]`: written as keyword arguments are.
-                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
-            elif isinstance(node, A.MeshAxis):
-                self.keywords.add((node.name_span.end_line, node.name_span.end_column))
-                self.mesh_names.add((node.name_span.end_line, node.name_span.end_column))
+            elif isinstance(node, (A.Arg, A.Vary, A.MeshAxis)) and node.name_span is not None:
+                # `vary lr=...`, `grid lr=[...]`, `mesh data=2`: written as
+                # keyword arguments are.
+                end = (node.name_span.end_line, node.name_span.end_column)
+                self.keywords.add(end)
+                if isinstance(node, A.MeshAxis):
+                    self.mesh_names.add(end)
             elif isinstance(node, A.Action):
                 self.actions.add((node.name_span.line, node.name_span.column))
 
@@ -155,9 +153,6 @@ class _Roles:
                 and sign.type == "MINUS"
             ):
                 self.signs.add((sign.line, sign.column))
-
-    def before_qualified(self, token: SpecToken) -> bool:
-        return (token.line, token.column) in self.qualified_dots
 
 
 # ---- lines -----------------------------------------------------------------
@@ -223,7 +218,7 @@ def _space_between(prev: SpecToken, token: SpecToken, roles: _Roles, keyword_equ
         # `layers[-1].weight`, `**.bias`: a selector is written solid, but for
         # `|` and `except`, and before the dot of `blocks .mylib:Block`, which
         # written solid would read as the module `blocks.mylib`.
-        if token.type == "DOT" and roles.before_qualified(token):
+        if token.type == "DOT" and (token.line, token.column) in roles.qualified_dots:
             return True
         return bool({"VBAR", "EXCEPT"} & {prev.type, token.type})
     if token.type in _NO_SPACE_BEFORE or prev.type in _NO_SPACE_AFTER:
@@ -246,9 +241,7 @@ def _space_between(prev: SpecToken, token: SpecToken, roles: _Roles, keyword_equ
 def _render(lines: list[_Line], roles: _Roles) -> str:
     for line in lines:
         roles.note(line.tokens)
-    codes: list[str] = []
-    for line in lines:
-        codes.append(_spaced(line.tokens, roles) if line.kind == "statement" else "")
+    codes = [_spaced(line.tokens, roles) if line.kind == "statement" else "" for line in lines]
     _align_arrows(lines, codes, roles)
     _attach_comments(lines, codes)
     return "".join(code + "\n" for code in codes)

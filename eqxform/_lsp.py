@@ -44,14 +44,16 @@ negative position) gets an error response (-32602).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +63,7 @@ from . import _docs as D
 from . import _names as N
 from . import _registry as R
 from ._check import Checker
-from ._diagnostics import Diagnostic, position, report
+from ._diagnostics import Diagnostic, plural, position, report
 from ._errors import EqxformError, SpecError, UsageError
 
 try:
@@ -91,16 +93,8 @@ MAX_HOVER_MATCHES = 20
 # Lark names a keyword's token by the keyword (`"model"`: `MODEL`).
 _DIRECTIVE_TOKENS = {d.upper(): d for d in N.DIRECTIVES}
 _KEYWORD_TOKENS = {
-    "IF": "if",
-    "ELSE": "else",
-    "EXPECT": "expect",
-    "AND": "and",
-    "OR": "or",
-    "NOT": "not",
-    "OVER": "over",
-    "WITH": "with",
-    "VARY": "vary",
-    "GRID": "grid",
+    k.upper(): k
+    for k in ("if", "else", "expect", "and", "or", "not", "over", "with", "vary", "grid")
 }
 _WORDS = {"NAME", *_DIRECTIVE_TOKENS, *_KEYWORD_TOKENS}
 _SEVERITY = {
@@ -209,7 +203,7 @@ class Analyzer:
             if program.model_call is None:
                 return ModelView()
             line = program.model_call.span.line
-            skeleton, errors, _ = self._skeleton(program)
+            skeleton, errors = self._skeleton(program)
             if skeleton is None:
                 return ModelView(tuple(errors), model_line=line)
             # The model is the `model` line's: an ensemble's members are drawn
@@ -239,14 +233,14 @@ class Analyzer:
         with self._lock:
             try:
                 program = _compile(text, source.name)
-                skeleton, _, _ = self._skeleton(program)
+                skeleton = self._skeleton(program)[0]
             except SpecError:
                 return ModelView()
         return ModelView(skeleton=skeleton, model_line=models[0].span.line)
 
-    def _skeleton(self, program) -> tuple[Any, list[Diagnostic], tuple]:
+    def _skeleton(self, program) -> tuple[Any, list[Diagnostic]]:
         """The model's structure, built once per `model` call (as evaluated), or
-        why it cannot be built; and the call, which names it."""
+        why it cannot be built."""
         import equinox as eqx
 
         from ._hashing import seed_key
@@ -270,8 +264,8 @@ class Analyzer:
         if isinstance(value, SpecError):
             # The same call may sit on another line than when it was built.
             moved = [_moved(d, line - built_at, program.source) for d in value.diagnostics]
-            return None, moved, key
-        return value, [], key
+            return None, moved
+        return value, []
 
 
 def _compile(text: str, name: str, cache: dict | None = None, checked: tuple | None = None):
@@ -313,7 +307,6 @@ class _Doc:
     valid_below: float = math.inf
     skeleton_valid_below: float = math.inf
     pending: asyncio.Task | None = None
-    _index: dict | None = None
     checker: Any = None  # the `Checker` that ran on `spec`, when there is one
 
     @property
@@ -337,17 +330,13 @@ class _Doc:
         ]
 
     def steps(self, line: int) -> list | None:
-        if line >= self.valid_below:
-            return None
-        return self.view.steps.get(line)
+        return self.view.steps.get(line) if line < self.valid_below else None
 
-    @property
+    @functools.cached_property
     def index(self) -> dict:
         """What each name of the parsed text is, by its start: `(role, name,
         detail)`, and the spans of its selectors."""
-        if self._index is None:
-            self._index = _index(self.spec)
-        return self._index
+        return _index(self.spec)
 
 
 @dataclass(eq=False)
@@ -387,9 +376,9 @@ def _index(spec: A.Spec) -> dict:
             selectors.append((stmt.selector.span, stmt.span.line))
             for action in stmt.actions:
                 at(action.name_span, "action", action.name)
-                role = {"init": "initializer", "wrap": "wrapper"}.get(action.name)
-                if role is not None:
-                    named(action.arg, role)
+                record = N.ACTIONS.get(action.name)
+                if record is not None and record.arg in _SIGNED:
+                    named(action.arg, record.arg)  # `init normal`: an initialiser
         elif isinstance(stmt, A.MapStmt):
             for action in stmt.actions:
                 at(action.name_span, "map_action", action.name)
@@ -561,7 +550,7 @@ class EqxformServer(LanguageServer):
         column = min(max(column, 1), len(lines[line - 1]) + 1)
         return self.codec.position_to_client_units(lines, T.Position(line - 1, column - 1))
 
-    def span_range(self, lines: list[str], span: A.Span | None) -> T.Range:
+    def span_range(self, lines: list[str], span: A.Span | SpecToken | None) -> T.Range:
         if span is None:
             return T.Range(self.to_client(lines, 1, 1), self.to_client(lines, 1, 1))
         return T.Range(
@@ -628,10 +617,8 @@ class EqxformServer(LanguageServer):
                 return
             wait = latest.changed + self.check_debounce - loop.time()
             if wait > 0 and not latest.urgent.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):  # the pause, unless a request comes
                     await asyncio.wait_for(latest.urgent.wait(), wait)
-                except TimeoutError:
-                    pass
                 continue
             version, text = latest.version, latest.text
             try:
@@ -692,7 +679,7 @@ class EqxformServer(LanguageServer):
     def publish(self, doc: _Doc) -> None:
         lines = doc.lines
         local = doc.local
-        if any(isinstance(s, A.ModelStmt) for s in doc.spec.statements):
+        if doc.has_model:
             # Checked against the spec's model: a type name it has is no news,
             # one it lacks is its E104.
             local = [d for d in local if d.code != "I104"]
@@ -785,17 +772,13 @@ class EqxformServer(LanguageServer):
         token = _token_at(doc.lines[line - 1], line, column)
         if token is None:
             return None
-        lines = doc.lines
-        where = T.Range(
-            self.to_client(lines, line, token.column), self.to_client(lines, line, token.end_column)
-        )
         for span, stmt_line in doc.index["selectors"]:
             if span.line == line and span.column <= token.column < span.end_column:
                 text = self.selector_hover(doc, stmt_line, span)
-                where = self.span_range(lines, span)
-                return _markdown(text, where)
+                return _markdown(text, self.span_range(doc.lines, span))
         text = _word_doc(doc, token)
-        return None if text is None else _markdown(text, where)
+        # A token is placed as a span is (its line is the hover's).
+        return None if text is None else _markdown(text, self.span_range(doc.lines, token))
 
     def selector_hover(self, doc: _Doc, line: int, span: A.Span) -> str:
         selector = doc.lines[line - 1][span.column - 1 : span.end_column - 1]
@@ -820,7 +803,7 @@ class EqxformServer(LanguageServer):
         parts = [f"`{selector}`"]
         for step in steps:
             count = len(step.matches)
-            parts.append(f"**{step.action}**: {count} match{'es' if count != 1 else ''}")
+            parts.append(f"**{step.action}**: {plural(count, 'match')}")
             if step.matches:
                 rows = ["| path | before | after |", "|---|---|---|"]
                 for m in step.matches[:MAX_HOVER_MATCHES]:
@@ -841,9 +824,9 @@ class EqxformServer(LanguageServer):
         if role is None or role[0] not in ("name", "let"):
             return None
         let = doc.lets().get(token.text)
-        if let is None:
-            return None
-        return T.Location(doc.uri, self.span_range(doc.lines, let.name_span))
+        return (
+            None if let is None else T.Location(doc.uri, self.span_range(doc.lines, let.name_span))
+        )
 
     # ---- completion
 
@@ -916,8 +899,18 @@ def _token_at(line_text: str, line: int, column: int) -> SpecToken | None:
 
 
 def _signature_doc(name: str, signature, summary: str | None, kind: str) -> str:
-    head = D.signature(name, signature.params) if signature is not None else name
+    head = _call_detail(name, signature)
     return f"```eqxform\n{head}\n```\n{kind}" + (f": {summary}" if summary else "")
+
+
+# The kinds of word (an action's argument, or the optimiser) that name one of a
+# registry's callables: its names, a name's signature, a name's line, and what
+# such a word is; for completion, hover and argument names alike.
+_SIGNED = {
+    "initializer": (R.initializer_names, R.initializer_signature, D.INITIALIZERS, "initialiser"),
+    "wrapper": (R.wrapper_names, R.wrapper_signature, D.WRAPPERS, "wrapper"),
+    "optimizer": (lambda: N.OPTIMIZERS, N.OPTIMIZERS.get, D.OPTIMIZERS, "optax optimiser"),
+}
 
 
 def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
@@ -937,14 +930,11 @@ def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
     if role == "map_action":
         summary = D.MAP_ACTIONS.get(name)
         return f"`{name}` (on a `map` line): {summary}" if summary else None
-    if role == "initializer" and R.initializer_signature(name) is not None:
-        return _signature_doc(
-            name, R.initializer_signature(name), D.INITIALIZERS.get(name), "initialiser"
-        )
-    if role == "wrapper" and R.wrapper_signature(name) is not None:
-        return _signature_doc(name, R.wrapper_signature(name), D.WRAPPERS.get(name), "wrapper")
-    if role == "optimizer" and name in N.OPTIMIZERS:
-        return _signature_doc(name, N.OPTIMIZERS[name], D.OPTIMIZERS[name], "optax optimiser")
+    if role in _SIGNED:
+        _, signature_of, docs, kind = _SIGNED[role]
+        signature = signature_of(name)
+        if signature is not None:
+            return _signature_doc(name, signature, docs.get(name), kind)
     if role == "function":
         return D.EXPR_FUNCTIONS.get(name)
     if role == "constructor":
@@ -994,13 +984,13 @@ def _item(
     return T.CompletionItem(label=label, kind=kind, detail=detail, **kw)
 
 
+@dataclass
 class _Completer:
     """What may come next, from the tokens before the cursor on its line."""
 
-    def __init__(self, server: EqxformServer, doc: _Doc, line: int):
-        self.server = server
-        self.doc = doc
-        self.line = line
+    server: EqxformServer
+    doc: _Doc
+    line: int
 
     def items(self, found: list[SpecToken]) -> list[T.CompletionItem]:
         if not found:
@@ -1047,12 +1037,8 @@ class _Completer:
         if len(current) == 1:
             action = current[0].text
             kind = N.ACTIONS[action].arg if action in N.ACTIONS else None
-            if kind == "initializer":
-                return self.named(
-                    R.initializer_names(), R.initializer_signature, D.INITIALIZERS, "initialiser"
-                )
-            if kind == "wrapper":
-                return self.named(R.wrapper_names(), R.wrapper_signature, D.WRAPPERS, "wrapper")
+            if kind in _SIGNED:
+                return self.named(kind)
             if kind == "dtype":
                 return [_item(d, _K.TypeParameter, D.DTYPE.format(name=d)) for d in N.DTYPES]
             if kind == "constructor":
@@ -1089,12 +1075,10 @@ class _Completer:
         return self.expression(in_rule=in_rule)
 
     def arguments(self, callee, before, role, given) -> list[T.CompletionItem]:
-        if role == "optimizer":
-            signature = N.OPTIMIZERS.get(callee)
-        elif before == "init":
-            signature = R.initializer_signature(callee)
-        elif before == "wrap":
-            signature = R.wrapper_signature(callee)
+        action = N.ACTIONS.get(before)
+        kind = role if role == "optimizer" else action.arg if action else None
+        if kind in _SIGNED:
+            signature = _SIGNED[kind][1](callee)  # `init normal(`, `wrap positive(`
         elif callee in N.ACTIONS and before in (None, "->", ","):
             signature = N.ACTIONS[callee].keywords  # `lora(rank=...)` right after the arrow
         elif callee in N.EXPR_FUNCTIONS:
@@ -1141,10 +1125,11 @@ class _Completer:
     def optimizers(self) -> list[T.CompletionItem]:
         return [_item(o, _K.Function, _call_detail(o, N.OPTIMIZERS[o])) for o in N.OPTIMIZERS]
 
-    def named(self, names: Iterable[str], signature_of, docs, kind) -> list[T.CompletionItem]:
+    def named(self, kind: str) -> list[T.CompletionItem]:
+        names, signature_of, docs, what = _SIGNED[kind]
         return [
-            _item(n, _K.Function, _call_detail(n, signature_of(n)), documentation=docs.get(n, kind))
-            for n in sorted(names)
+            _item(n, _K.Function, _call_detail(n, signature_of(n)), documentation=docs.get(n, what))
+            for n in sorted(names())
         ]
 
     def selector(self, rest: list[SpecToken], after: list[str]) -> list[T.CompletionItem]:
@@ -1165,17 +1150,10 @@ class _Completer:
         if struct is None:
             return [_item(t, _K.Class, "type") for t in sorted(R.type_names())] + wildcards
         nodes = self.server.model_nodes(struct)
-        if not segment:
-            fields = _fields(nodes[:1])
-            types = sorted(
-                {type(n.obj).__name__ for n in nodes if type(n.obj).__name__ in R.type_names()}
-            )
-        else:
-            matched = _matched(segment[:-1], nodes)
-            fields = _fields(matched)
-            types = sorted(
-                {type(n.obj).__name__ for n in matched if type(n.obj).__name__ in R.type_names()}
-            )
+        # A first step: the root's fields, and every type in the model.
+        matched = _matched(segment[:-1], nodes) if segment else nodes
+        fields = _fields(matched if segment else nodes[:1])
+        types = sorted({type(n.obj).__name__ for n in matched} & R.type_names())
         return (
             [_item(f, _K.Field, "field", sort_text="0" + f) for f in fields]
             + [_item(t, _K.Class, "type in the model", sort_text="1" + t) for t in types]
@@ -1273,9 +1251,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     @server.feature(T.TEXT_DOCUMENT_HOVER)
     async def hover(ls: EqxformServer, params: T.HoverParams):
         doc = await ls.current(params.text_document.uri)
-        if doc is None:
-            return None
-        return ls.hover(doc, *ls.from_client(doc, params.position))
+        return None if doc is None else ls.hover(doc, *ls.from_client(doc, params.position))
 
     @server.feature(
         T.TEXT_DOCUMENT_COMPLETION,
@@ -1292,9 +1268,7 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
     @server.feature(T.TEXT_DOCUMENT_DEFINITION)
     async def definition(ls: EqxformServer, params: T.DefinitionParams):
         doc = await ls.current(params.text_document.uri)
-        if doc is None:
-            return None
-        return ls.definition(doc, *ls.from_client(doc, params.position))
+        return None if doc is None else ls.definition(doc, *ls.from_client(doc, params.position))
 
     @server.feature(T.TEXT_DOCUMENT_FORMATTING)
     async def formatting(ls: EqxformServer, params: T.DocumentFormattingParams):

@@ -192,12 +192,10 @@ class Framer:
         elif rest:
             self._finish(frames, end, self._longer(length, end))
         else:
-            # Blanks may still fill the promised length: owed, not yet wrong.
+            # Blanks may still fill the promised length: owed, not yet wrong
+            # (`_headers`, next, takes them).
             self._finish(frames, end, None)
             self._owed, self._owed_length = length - end, length
-            blanks = _count_blank(self._buffer, self._owed)
-            del self._buffer[:blanks]
-            self._owed -= blanks
         return True
 
     # ---- helpers

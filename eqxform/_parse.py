@@ -25,23 +25,13 @@ from ._errors import SpecError
 
 DIRECTIVES = tuple(N.DIRECTIVES)
 
+# How a syntax error names what it expected, where that is not the terminal's
+# own text in backticks (`LPAR` is "`(`", read from the grammar).
 _TOKEN_NAMES = {
     "NAME": "a name",
     "NUMBER": "a number",
     "STRING": "a string",
-    "LPAR": "`(`",
-    "RPAR": "`)`",
-    "LSQB": "`[`",
-    "RSQB": "`]`",
-    "COMMA": "`,`",
-    "DOT": "`.`",
-    "COLON": "`:`",
-    "EQUAL": "`=`",
-    "VBAR": "`|`",
-    "STAR": "`*`",
-    "MINUS": "`-`",
     "PLUS": "`+`",
-    "ADD_OP": "`+`",
     "MUL_OP": "`/`",
     "COMP_OP": "a comparison",
     "_NL": "the end of the line",
@@ -124,6 +114,19 @@ def _whole(token: Token, what: str) -> int:
     return number.value
 
 
+def _node(cls, *fixed):
+    """The method of a grammar alias whose node is `cls(span, *fixed, *children)`."""
+    return lambda self, meta, children: cls(_span(meta), *fixed, *children)
+
+
+def _first(self, meta, children):
+    return children[0]
+
+
+def _listed(self, meta, children):
+    return [c for c in children if c is not None]
+
+
 @v_args(meta=True)
 class _ToAst(Transformer):
     """Lark tree -> frozen dataclasses. Each method names one grammar alias."""
@@ -142,18 +145,18 @@ class _ToAst(Transformer):
     def start(self, meta, children):
         return tuple(c for c in children if isinstance(c, A.Stmt))
 
-    def model_stmt(self, meta, children):
-        return A.ModelStmt(_span(meta), children[0])
-
-    def seed_stmt(self, meta, children):
-        return A.SeedStmt(_span(meta), children[0])
+    model_stmt = _node(A.ModelStmt)
+    seed_stmt = _node(A.SeedStmt)
+    optimizer_stmt = _node(A.OptimizerStmt)
+    unstack_stmt = _node(A.UnstackStmt)
+    skip_stmt = _node(A.SkipStmt)
+    keep_stmt = _node(A.KeepStmt)
+    vary = map_with = kw_arguments = arguments = _listed
+    stack_over = rule_filter = _first
 
     def let_stmt(self, meta, children):
         name, value = children
         return A.LetStmt(_span(meta), str(name), value, _span(name))
-
-    def optimizer_stmt(self, meta, children):
-        return A.OptimizerStmt(_span(meta), children[0])
 
     def ensemble_stmt(self, meta, children):
         count, vary, over = children
@@ -162,9 +165,6 @@ class _ToAst(Transformer):
     def ensemble_grid(self, meta, children):
         *axes, over = children
         return A.EnsembleStmt(_span(meta), None, over, tuple(axes), grid=True)
-
-    def vary(self, meta, children):
-        return list(children)
 
     def vary_item(self, meta, children):
         name, value = children
@@ -179,9 +179,6 @@ class _ToAst(Transformer):
         return A.Vary("seed", children[0], span, name_span)
 
     grid_seed = vary_seed
-
-    def stack_over(self, meta, children):
-        return children[0]
 
     def over(self, meta, children):
         return A.Over(str(children[0]), _span(meta), _span(children[0]))
@@ -222,28 +219,13 @@ class _ToAst(Transformer):
         sources, targets, actions = children
         return A.MapStmt(_span(meta), sources, targets, tuple(actions or ()))
 
-    def map_with(self, meta, children):
-        return list(children)
-
-    def skip_stmt(self, meta, children):
-        return A.SkipStmt(_span(meta), children[0])
-
-    def keep_stmt(self, meta, children):
-        return A.KeepStmt(_span(meta), children[0])
-
     def names(self, meta, children):
         return tuple(self.string(c, [c]) for c in children)
-
-    def unstack_stmt(self, meta, children):
-        return A.UnstackStmt(_span(meta), children[0])
 
     def rule(self, meta, children):
         selector, filt, expect, *actions = children
         span = _span(meta)
         return A.Rule(span, selector, filt, expect, tuple(actions), self._text(span))
-
-    def rule_filter(self, meta, children):
-        return children[0]
 
     def expect_count(self, meta, children):
         op, number = children
@@ -264,9 +246,6 @@ class _ToAst(Transformer):
         span = _span(meta)
         call = A.Call(span, str(name), tuple(arguments or ()), _span(name))
         return A.Action(str(name), call, span, _span(name))
-
-    def kw_arguments(self, meta, children):
-        return [c for c in children if c is not None]
 
     # ---- selectors
     def selector(self, meta, children):
@@ -290,19 +269,15 @@ class _ToAst(Transformer):
         return A.DeepStep(_span(meta))
 
     def sel_index(self, meta, children):
-        step = children[0]
         # The brackets belong to the step's span.
-        return type(step)(_span(meta), *[getattr(step, f) for f in _fields(step)])
+        return dataclasses.replace(children[0], span=_span(meta))
 
-    def idx_int(self, meta, children):
-        return A.IndexStep(_span(meta), children[0])
+    idx_int = _node(A.IndexStep)
 
     def idx_all(self, meta, children):
         return A.AllStep(_span(meta))
 
-    def idx_slice(self, meta, children):
-        start, stop, step = children
-        return A.SliceStep(_span(meta), start, stop, step)
+    idx_slice = _node(A.SliceStep)
 
     def sint(self, meta, children):
         minus, number = children
@@ -322,32 +297,19 @@ class _ToAst(Transformer):
     def neg(self, meta, children):
         return A.Unary(_span(meta), "-", children[1])
 
-    def pos(self, meta, children):
-        return A.Unary(_span(meta), "+", children[0])
-
-    def not_(self, meta, children):
-        return A.Unary(_span(meta), "not", children[0])
+    pos = _node(A.Unary, "+")
+    not_ = _node(A.Unary, "not")
+    pow = _node(A.Binary, "**")
+    and_ = _node(A.Binary, "and")
+    or_ = _node(A.Binary, "or")
 
     def binop(self, meta, children):
         left, op, right = children
         return A.Binary(_span(meta), str(op), left, right)
 
-    def compare(self, meta, children):
-        left, op, right = children
-        return A.Binary(_span(meta), str(op), left, right)
+    compare = binop
 
-    def pow(self, meta, children):
-        return A.Binary(_span(meta), "**", children[0], children[1])
-
-    def conditional(self, meta, children):
-        then, test, orelse = children
-        return A.Conditional(_span(meta), test, then, orelse)
-
-    def and_(self, meta, children):
-        return A.Binary(_span(meta), "and", children[0], children[1])
-
-    def or_(self, meta, children):
-        return A.Binary(_span(meta), "or", children[0], children[1])
+    conditional = _node(A.Conditional)
 
     def list(self, meta, children):
         return A.ListExpr(_span(meta), tuple(c for c in children if c is not None))
@@ -355,8 +317,7 @@ class _ToAst(Transformer):
     def tuple(self, meta, children):
         return A.TupleExpr(_span(meta), tuple(c for c in children if c is not None))
 
-    def subscript(self, meta, children):
-        return A.Subscript(_span(meta), children[0], children[1])
+    subscript = _node(A.Subscript)
 
     def call(self, meta, children):
         (callee, callee_span), arguments = children
@@ -365,11 +326,7 @@ class _ToAst(Transformer):
     def callee(self, meta, children):
         return str(children[0]), _span(meta)
 
-    def module_callee(self, meta, children):
-        return str(children[0]), _span(meta)
-
-    def arguments(self, meta, children):
-        return [c for c in children if c is not None]
+    module_callee = callee
 
     def pos_arg(self, meta, children):
         return A.Arg(None, children[0], _span(meta))
@@ -377,10 +334,6 @@ class _ToAst(Transformer):
     def kw_arg(self, meta, children):
         name, value = children
         return A.Arg(str(name), value, _span(meta), _span(name))
-
-
-def _fields(step):
-    return [f.name for f in dataclasses.fields(step) if f.name != "span"]
 
 
 # ---- syntax errors -------------------------------------------------------
@@ -489,7 +442,6 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         return report("E002", variant="character", span=at(exc.column), help=help, char=char)
 
     assert isinstance(exc, UnexpectedToken)
-    label = None
     try:
         label = exc.match_examples(
             lambda text: _parser().parse(text, start="start"),
@@ -509,12 +461,11 @@ def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Di
         return report("E005", span=at(comma))
     if label == "missing-arrow":
         return report("E003", span=at(column, width))
+    expected = _expected(exc)
     if token.type in ("$END", "_NL"):
-        expected = _expected(exc)
         if expected:
             return report("E007", variant="expected", span=at(column), expected=expected)
         return report("E007", span=at(column))
-    expected = _expected(exc)
     if str(token) == "->" and line_text.strip().split()[:2] == ["where", "->"]:
         return report("E009", span=at(column, width))
     if token.type == "NAME" and "COMMA" in exc.expected:

@@ -45,7 +45,6 @@ from ._select import (
     path_str,
     seen_through,
     select_rule,
-    skipped_arrays,
     skipped_state,
     walk,
 )
@@ -883,7 +882,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
                 targets = acted_on(nodes)
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
-        skipped = skipped_arrays(nodes, p.rule.selector) if info.floats else 0
+        skipped = p.skipped(nodes) if info.floats else 0
         state = skipped_state(nodes, p.rule.selector) if info.floats else 0
     else:
         # A structural directive acts on the list, tuple or module it names.

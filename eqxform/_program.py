@@ -68,13 +68,13 @@ from ._errors import EqxformWarning, SpecError, UsageError
 from ._hashing import seed_key
 from ._limits import MAX_SEED
 from ._mesh import MeshSpec, as_mesh_spec
-from ._modules import join_state, make_ensemble, split_state
+from ._modules import Ensemble, Stacked, join_state, make_ensemble, split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
-from ._passes._struct import EnsemblePass
+from ._passes._struct import EnsemblePass, UnstackPass
 from ._plan import Planner
-from ._select import is_array, too_deep
+from ._select import is_array, too_deep, walk
 from ._sweep import Sweep
 from ._values import check_seed
 from ._weights import (
@@ -548,6 +548,7 @@ class Program:
         if rules is None or not rules.maps:
             raise UsageError(report("E450", variant="write_back", file=self.name))
         inner, pair_state = split_state(model)
+        inner = _one_model(inner)
         reference = None
         if weights is not None or (rules.path is not None and os.path.exists(rules.path)):
             reference = self.checkpoint(weights)
@@ -564,7 +565,7 @@ class Program:
         `adapter_model.safetensors` (PEFT's names, from the checkpoint names
         the `map` lines give the adapted weights) and `adapter_config.json`
         (`r`, `lora_alpha`, `target_modules`). Returns the tensor names."""
-        return export_peft(split_state(model)[0], self._rules("write adapters"), folder)
+        return export_peft(_one_model(split_state(model)[0]), self._rules("write adapters"), folder)
 
     def load_peft(self, model, folder: str | os.PathLike):
         """`model`, its spec's `lora` rules applied, with the LoRA factors of
@@ -856,3 +857,15 @@ def _identity(recipe: Recipe) -> tuple:
             (s.program.text, s.seed, repr(sorted(s.program.params.items()))) for s in recipe.steps
         ),
     )
+
+
+def _one_model(model: Any) -> Any:
+    """`model` as a checkpoint holds it: every stack eqxform made given back as
+    the layers it stacked (what `unstack` does at it), so that each layer's
+    arrays go under their own names; an ensemble (N models) is refused."""
+    if isinstance(model, Ensemble):
+        raise UsageError(report("E383", count=model.count))
+    while stacks := [n for n in walk(model) if isinstance(n.obj, Stacked)]:
+        # The outermost first: a stack inside a stacked layer comes out with it.
+        model = UnstackPass.restructure(None, model, None, None, stacks[:1])
+    return model

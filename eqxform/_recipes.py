@@ -448,6 +448,8 @@ def _storable(name: str, leaf: Any) -> None:
             f"of dtype `{name_of}`",
             "cast it to one of " + ", ".join(f"`{d}`" for d in STORABLE) + " before saving",
         )
+        if jax.dtypes.issubdtype(dtype, np.complexfloating):  # a cast would lose its imaginary part
+            fix = "keep its real and imaginary parts as two real arrays of the model"
     raise UsageError(report("E447", help=fix, name=name, why=why))
 
 
@@ -566,9 +568,11 @@ def _spec_value(value: Any) -> str:
         return f"{_importable_name(type(value))}({', '.join(parts)})"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_spec_value(v) for v in value) + "]"
+    if isinstance(value, jax.Array) and jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+        raise _Unwritable("a random key (`eqxform.new` passes `key=` itself: leave it out)")
     try:
         dtype = np.dtype(value)
-    except TypeError:
+    except (TypeError, ValueError):  # a key array has no NumPy dtype
         dtype = None
     if dtype is not None and not isinstance(value, str) and dtype.name in DTYPES:
         return dtype.name

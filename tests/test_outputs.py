@@ -17,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 
 import eqxform
-from eqxform import _cli
 from eqxform._cli import main
 
 SPEC = "where Linear.bias -> init zeros\n"
@@ -47,7 +46,7 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError("work was done before the output was checked")
 
-    monkeypatch.setattr(_cli, "_compile", work)
+    monkeypatch.setattr(eqxform, "compile", work)
     monkeypatch.setattr(eqxform._recipes, "new", work)
 
 

@@ -103,6 +103,14 @@ class AdapterPass(RulePass):
         out: dict[tuple, _Target] = {}
         for node in nodes:
             target = self.target(node)
+            weight = target.weight.obj
+            if self.action.name == "lora" and jnp.issubdtype(weight.dtype, jnp.complexfloating):
+                raise self.error(
+                    "E381",
+                    self.rule.selector.span,
+                    text=node.text,
+                    dtype=f"`{np.dtype(weight.dtype).name}`",
+                )
             out.setdefault(tuple(target.path), target)
         # A `Linear` and its own weight may both match: one adapter each place.
         return list(out.values())

@@ -39,7 +39,9 @@ from .._select import (
     layout_ndim,
     matched_arrays,
     outermost,
+    path_str,
     select_rule,
+    skipped_arrays,
     stack_axis,
     too_deep,
     walk,
@@ -117,6 +119,10 @@ class RulePass(Pass):
 
     def arrays(self, nodes: list[Node]) -> list[Node]:
         return matched_arrays(nodes, self.action.name, self.rule.selector, self.source)
+
+    def skipped(self, nodes: list[Node]) -> int:
+        """How many arrays at or under `nodes` the action leaves as they are."""
+        return skipped_arrays(nodes, self.rule.selector)
 
 
 @action_pass("init")
@@ -291,6 +297,39 @@ class CastPass(RulePass):
         leaves = self.arrays(nodes)
         paths = [leaf.path for leaf in leaves]
         return replace_at(model, paths, [get(model, p).astype(dtype) for p in paths])
+
+    def arrays(self, nodes: list[Node]) -> list[Node]:
+        # A complex array cast to a real dtype would lose its imaginary part:
+        # skipped under a module or a broad selector, refused where named.
+        leaves = super().arrays(nodes)
+        if jnp.issubdtype(jnp.dtype(self.action.arg.id), jnp.complexfloating):
+            return leaves
+        named = {
+            p.steps[-1].name
+            for p in self.rule.selector.paths
+            if isinstance(p.steps[-1], A.NameStep)
+        }
+        for node in nodes:
+            field = getattr(node.path[-1], "name", None) if node.path else None
+            if is_array(node.obj) and _complex(node.obj) and field in named:
+                raise self.error(
+                    "E380",
+                    self.rule.selector.span,
+                    name=self.action.arg.id,
+                    text=node.text,
+                    dtype=np.dtype(node.obj.dtype).name,
+                    owner=path_str(node.path[:-1], node.parents[:-1]) or "**",
+                )
+        return [leaf for leaf in leaves if not _complex(leaf.obj)]
+
+    def skipped(self, nodes: list[Node]) -> int:
+        if jnp.issubdtype(jnp.dtype(self.action.arg.id), jnp.complexfloating):
+            return super().skipped(nodes)
+        return super().skipped(nodes) + sum(_complex(n.obj) for n in super().arrays(nodes))
+
+
+def _complex(x: Any) -> bool:
+    return bool(jnp.issubdtype(x.dtype, jnp.complexfloating))
 
 
 @action_pass("scale")
