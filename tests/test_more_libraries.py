@@ -367,7 +367,7 @@ def test_transformer_flow_casts_leave_its_kv_cache_so_sampling_runs(flow):
     z = jr.normal(jr.key(4), (4, 16))
 
     @eqx.filter_jit
-    def sample(model):
+    def sample(model, z=z):
         model = eqxform.resolve(model)
         return model.reverse(z, None, eqx.nn.State(model))[0]
 
@@ -384,6 +384,21 @@ def test_transformer_flow_casts_leave_its_kv_cache_so_sampling_runs(flow):
         assert cache["conditional"][0].dtype == jnp.float32
         assert np.allclose(sample(out), sample(hand), atol=1e-5)
         assert "4 arrays of model state skipped" in str(program.plan(flow))
+    # A model run wholly in bfloat16, its cache too, says so with a rule that
+    # names the state; the latent is then bfloat16 as well.
+    whole = eqxform.compile("where ** -> cast bfloat16\nwhere StateIndex -> cast bfloat16")
+    out = whole.apply(flow)
+    hand = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.bfloat16) if eqx.is_inexact_array(x) else x, flow
+    )
+    assert same(out, hand) and same_dtypes(out, hand)
+    z16 = z.astype(jnp.bfloat16)
+    assert sample(out, z16).dtype == jnp.bfloat16
+    assert np.allclose(
+        np.asarray(sample(out, z16), np.float32),
+        np.asarray(sample(hand, z16), np.float32),
+        atol=1e-2,
+    )
 
 
 def test_transformer_flow_input_line_says_the_model_has_no_call(flow):
