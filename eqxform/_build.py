@@ -13,7 +13,7 @@ from . import _limits as L
 from . import _names as N
 from . import _registry as R
 from ._diagnostics import Diagnostic, report
-from ._errors import EqxformError, SpecError, UsageError
+from ._errors import EqxformError, SpecError, UsageError, first_line
 from ._expr import DTypeRef, EvalError, FunctionRef, evaluate, render, walk
 from ._hashing import stable_hash
 from ._select import too_deep
@@ -33,8 +33,7 @@ def to_python(value: Any) -> Any:
     return value
 
 
-def _takes_key(fn: Any, name: str) -> bool:
-    signature = R.constructor_signature(name) if ":" not in name else None
+def _takes_key(fn: Any, signature: Any) -> bool:
     if signature is not None:
         return "key" in signature.names
     try:
@@ -87,7 +86,7 @@ def build(
                 kwargs[arg.name] = value
     except EvalError as e:
         raise SpecError(replace(e.diagnostic, source=source)) from None
-    if _takes_key(fn, call.callee):
+    if _takes_key(fn, signature):
         kwargs["key"] = key
 
     def measured():
@@ -118,15 +117,8 @@ def build(
     except EqxformError:
         raise
     except Exception as e:  # the constructor's own complaint, shown where it was called
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecError(
-            report(
-                "E205",
-                span=call.span,
-                source=source,
-                callee=call.callee,
-                message=message,
-            )
+            report("E205", span=call.span, source=source, callee=call.callee, message=first_line(e))
         ) from None
 
 

@@ -1126,7 +1126,12 @@ CODES: dict[str, Code] = {
                 "`wrap` needs arrays, but `{text}` is {describe_kind_obj}",
                 "select the arrays themselves, e.g. `Linear.weight`",
             ),
-            unstack_stack=("`unstack` needs a stack, but `{text}` is a `{name}`", None),
+            unstack_stack=(
+                "`unstack` needs a stack, but `{text}` is a `{name}`",
+                "name the stack where it is now: a stack of some of a list's elements is one "
+                "element of that list (`plan` of the `stack` line says where: `stacked into "
+                "layers[0]`), so after `stack layers[0:2] scan` write `unstack layers[0]`",
+            ),
             remat_checkpoints=(
                 "`remat` checkpoints a module's call, but `{text}` is {describe_kind_obj}",
                 "select the modules the model calls, e.g. `where blocks[*] -> remat`",
@@ -1298,6 +1303,20 @@ CODES: dict[str, Code] = {
             "stack layers scan 4 copies  # where layers holds 4 layers already",
             message="`{text}` already holds {layers} layers; {count} copies of it hold {value} ({params:,} -> {value2:,} parameters)",
             help="to take its {layers} layers as they are, write `stack {text2} {mode}` without `copies`",
+        ),
+        _c(
+            "W211",
+            "an index into a list that holds a stack",
+            "`stack layers[a:b] scan` puts one stack in the list where its layers were, so "
+            "the list is shorter after it and the positions after the stack move down: in "
+            "a later rule, `layers[i]` names the list as it is then, as `model.layers[i]` "
+            "does in Python, and `plan` shows where each layer went (`stacked into "
+            "layers[a]`). The warning says which of the model's layers the index names now.",
+            "stack layers[0:2] scan\nwhere layers[1] -> freeze  # the model's layers[2]",
+            message="`{text}` indexes `{text2}` as the `stack` left it: {listing}",
+            help="a stacked layer is named through its stack (`{text2}[{index}][{value}]`); "
+            "to name the model's own layers by their first positions, write this rule above "
+            "the `stack` line",
         ),
         _c(
             "E220",

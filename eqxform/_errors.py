@@ -62,3 +62,11 @@ class EqxformWarning(UserWarning):
     def __init__(self, diagnostic: Diagnostic):
         self.diagnostic = diagnostic
         super().__init__(diagnostic.render())
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of what `error` says (its type's name when it says
+    nothing): how a library's or a user's own exception is quoted in a
+    diagnostic."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -43,23 +43,27 @@ from ._errors import ModelFileError, UsageError
 
 FORMAT = "eqxform/1"
 
+# safetensors dtype -> (numpy name, bytes per element, place in the layout:
+# safetensors lays tensors out by dtype in this order, then by name, and
+# `write_stream` follows it, so that a file written tensor by tensor is byte
+# for byte the file `encode` makes).
 _DTYPES = {
-    "F64": ("float64", 8),
-    "F32": ("float32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U64": ("uint64", 8),
-    "U32": ("uint32", 4),
-    "U16": ("uint16", 2),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
+    "F64": ("float64", 8, 2),
+    "F32": ("float32", 4, 3),
+    "F16": ("float16", 2, 7),
+    "BF16": ("bfloat16", 2, 6),
+    "I64": ("int64", 8, 1),
+    "I32": ("int32", 4, 5),
+    "I16": ("int16", 2, 9),
+    "I8": ("int8", 1, 10),
+    "U64": ("uint64", 8, 0),
+    "U32": ("uint32", 4, 4),
+    "U16": ("uint16", 2, 8),
+    "U8": ("uint8", 1, 11),
+    "BOOL": ("bool", 1, 12),
 }
 # numpy dtype name -> safetensors dtype, for what `save` can store.
-STORABLE = {name: code for code, (name, _) in _DTYPES.items()}
+STORABLE = {name: code for code, (name, _, _) in _DTYPES.items()}
 
 
 # ---- paths given by the user ---------------------------------------------------
@@ -131,8 +135,6 @@ _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 def _depth(text: str) -> int:
     """The deepest bracket nesting of `text`, counted in C (numpy), never by
     recursion: +1 at each `[` or `{`, -1 at each `]` or `}`."""
-    import numpy as np
-
     brackets = text.encode("utf-8", "surrogatepass").translate(None, _NOT_BRACKETS)
     if not brackets:
         return 0
@@ -159,11 +161,9 @@ def _load_json(text: str, path: str, what: str) -> Any:
     # from above, by the separators and brackets (those inside strings count too).
     items = text.count(",") + text.count("[") + text.count("{")
     if items > _limits.MAX_JSON_ITEMS:
-        raise corrupt(
-            "E321", path, what=what, items=items, max_json_items=_limits.MAX_JSON_ITEMS, path=path
-        )
+        raise corrupt("E321", path, what=what, items=items, max_json_items=_limits.MAX_JSON_ITEMS)
     if _nests_deeper_than(text, _limits.MAX_JSON_DEPTH):
-        raise corrupt("E310", path, what=what, max_json_depth=_limits.MAX_JSON_DEPTH, path=path)
+        raise corrupt("E310", path, what=what, max_json_depth=_limits.MAX_JSON_DEPTH)
     try:
         return json.loads(
             text,
@@ -173,11 +173,11 @@ def _load_json(text: str, path: str, what: str) -> Any:
             object_pairs_hook=_object,
         )
     except _Refused as e:
-        raise corrupt(e.code, path, variant=e.variant, path=path, what=what, **e.fields) from None
+        raise corrupt(e.code, path, variant=e.variant, what=what, **e.fields) from None
     except (ValueError, RecursionError):
         # RecursionError cannot come after the nesting check; kept so that no
         # file can ever make it escape.
-        raise corrupt("E302", path, variant="not_json", what=what, path=path) from None
+        raise corrupt("E302", path, variant="not_json", what=what) from None
 
 
 # ---- header ------------------------------------------------------------------
@@ -204,12 +204,13 @@ class Header:
     recipe: dict | None = None
 
 
-def corrupt(code: str, file: str, /, **fields) -> ModelFileError:
-    return ModelFileError(report(code, file=file, **fields))
+def corrupt(code: str, path: str, /, **fields) -> ModelFileError:
+    """The error of the file at `path`, which its message names."""
+    return ModelFileError(report(code, file=path, path=path, **fields))
 
 
-def _cannot_read(code: str, file: str, /, **fields) -> UsageError:
-    return UsageError(report(code, file=file, **fields))
+def _cannot_read(code: str, path: str, /, **fields) -> UsageError:
+    return UsageError(report(code, file=path, path=path, **fields))
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -218,15 +219,15 @@ def read_header(path: str | os.PathLike) -> Header:
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
-            raise _cannot_read("E301", path, variant="directory_model", path=path)
+            raise _cannot_read("E301", path, variant="directory_model")
         if not stat.S_ISREG(info.st_mode):
             # Opening a FIFO would wait for a writer; a device is no model file.
-            raise _cannot_read("E301", path, variant="regular_file", path=path)
+            raise _cannot_read("E301", path, variant="regular_file")
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise corrupt("E302", path, variant="too_short", size=size, path=path)
+                raise corrupt("E302", path, variant="too_short", size=size)
             length = int.from_bytes(head, "little")
             if length > _limits.MAX_HEADER_BYTES or length > size - 8:
                 raise corrupt(
@@ -237,35 +238,32 @@ def read_header(path: str | os.PathLike) -> Header:
                     value2=f" and headers are capped at {_limits.MAX_HEADER_BYTES} bytes"
                     if length > _limits.MAX_HEADER_BYTES
                     else "",
-                    path=path,
                 )
             raw = f.read(length)
     except FileNotFoundError:
-        raise _cannot_read("E301", path, variant="model_file", path=path) from None
+        raise _cannot_read("E301", path, variant="model_file") from None
     except IsADirectoryError:
-        raise _cannot_read("E301", path, variant="directory_model", path=path) from None
+        raise _cannot_read("E301", path, variant="directory_model") from None
     except PermissionError:
-        raise _cannot_read("E301", path, variant="cannot_read", path=path) from None
+        raise _cannot_read("E301", path, variant="cannot_read") from None
     except OSError as e:
-        raise _cannot_read(
-            "E301", path, variant="os_error", path=path, error=e.strerror or e
-        ) from None
+        raise _cannot_read("E301", path, variant="os_error", error=e.strerror or e) from None
     if len(raw) < length:
-        raise corrupt("E303", path, variant="cut_short", path=path)
+        raise corrupt("E303", path, variant="cut_short")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise corrupt("E302", path, variant="header_not_json", path=path) from None
+        raise corrupt("E302", path, variant="header_not_json") from None
     header = _load_json(text, path, "header")
     if not isinstance(header, dict):
-        raise corrupt("E302", path, variant="header_not_object", path=path)
+        raise corrupt("E302", path, variant="header_not_object")
     metadata = header.pop("__metadata__", None)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise corrupt("E302", path, variant="metadata", path=path)
+        raise corrupt("E302", path, variant="metadata")
     tensors = _tensors(path, header, size - 8 - length)
     return Header(path, tensors, metadata, _recipe(path, metadata))
 
@@ -276,22 +274,17 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
     tensors = {}
     for name, info in header.items():
         if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
-            raise corrupt("E302", path, variant="tensor_has", name=name, path=path)
+            raise corrupt("E302", path, variant="tensor_has", name=name)
         code = info["dtype"]
         if not isinstance(code, str) or code not in _DTYPES:
             raise corrupt(
-                "E312",
-                path,
-                name=name,
-                code_=code,
-                listing=", ".join(f"`{c}`" for c in _DTYPES),
-                path=path,
+                "E312", path, name=name, code_=code, listing=", ".join(f"`{c}`" for c in _DTYPES)
             )
-        dtype, itemsize = _DTYPES[code]
+        dtype, itemsize, _ = _DTYPES[code]
         shape = _shape(path, name, info["shape"])
         start, end = _offsets(path, name, info["data_offsets"])
         if end > data_size:
-            raise corrupt("E303", path, variant="tensor_lies", name=name, path=path)
+            raise corrupt("E303", path, variant="tensor_lies", name=name)
         if (end - start) != math.prod(shape) * itemsize:
             raise corrupt(
                 "E302",
@@ -300,7 +293,6 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
                 name=name,
                 value=end - start,
                 list_shape=list(shape),
-                path=path,
             )
         tensors[name] = TensorInfo(name, dtype, shape, start, end)
     # safetensors stores the tensors back to back, in the order of their
@@ -309,20 +301,18 @@ def _tensors(path: str, header: dict, data_size: int) -> dict[str, TensorInfo]:
     at, previous = 0, None
     for t in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
         if t.start < at:
-            raise corrupt(
-                "E313", path, previous=previous, name=t.name, start=t.start, at=at, path=path
-            )
+            raise corrupt("E313", path, previous=previous, name=t.name, start=t.start, at=at)
         if t.start > at:
-            raise corrupt("E313", path, variant="data_belong", at=at, start=t.start, path=path)
+            raise corrupt("E313", path, variant="data_belong", at=at, start=t.start)
         at, previous = t.end, t.name
     if at != data_size:
-        raise corrupt("E313", path, variant="its_last", value=data_size - at, path=path)
+        raise corrupt("E313", path, variant="its_last", value=data_size - at)
     return tensors
 
 
 def _shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
     if not isinstance(shape, list):
-        raise corrupt("E311", path, name=name, path=path)
+        raise corrupt("E311", path, name=name)
     if len(shape) > _limits.MAX_TENSOR_NDIM:
         raise corrupt(
             "E311",
@@ -331,7 +321,6 @@ def _shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
             name=name,
             len_shape=len(shape),
             max_tensor_ndim=_limits.MAX_TENSOR_NDIM,
-            path=path,
         )
     for d in shape:
         if type(d) is not int or not 0 <= d <= _limits.MAX_TENSOR_DIM:
@@ -349,7 +338,6 @@ def _shape(path: str, name: str, shape: Any) -> tuple[int, ...]:
                 name=name,
                 dumps=json.dumps(d)[:24],
                 what=what,
-                path=path,
             )
     return tuple(shape)
 
@@ -361,9 +349,7 @@ def _offsets(path: str, name: str, offsets: Any) -> tuple[int, int]:
         or not all(type(o) is int and o >= 0 for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise corrupt(
-            "E313", path, variant="tensor_has", name=name, dumps=json.dumps(offsets)[:60], path=path
-        )
+        raise corrupt("E313", path, variant="tensor_has", name=name, dumps=json.dumps(offsets)[:60])
     return offsets[0], offsets[1]
 
 
@@ -379,7 +365,7 @@ class _Schema:
 
     def fail(self, code: str, /, variant: str, **fields) -> ModelFileError:
         """The field `where` is wrong in the way `variant` of `code` says."""
-        return corrupt(code, self.path, variant=variant, path=self.path, what=self.what, **fields)
+        return corrupt(code, self.path, variant=variant, what=self.what, **fields)
 
     def string(self, value: Any, where: str, optional: bool = False) -> str | None:
         if value is None and optional:
@@ -446,10 +432,10 @@ def _recipe(path: str, metadata: dict[str, str]) -> dict | None:
     data = _load_json(text, path, "recipe")
     schema = _Schema(path)
     if not isinstance(data, dict):
-        raise corrupt("E315", path, path=path)
+        raise corrupt("E315", path)
     written = data.get("format", FORMAT)
     if written != FORMAT:
-        raise corrupt("E316", path, str_written=str(written)[:40], format=FORMAT, path=path)
+        raise corrupt("E316", path, str_written=str(written)[:40], format=FORMAT)
     if "base" not in data:
         schema.string(data.get("load"), "load", optional=True)
         return None
@@ -575,27 +561,6 @@ def adapter_record(header: Header) -> dict | None:
 # ---- tensors ------------------------------------------------------------------
 
 
-# The order in which safetensors lays out tensors: by dtype (this order), then
-# by name. `write_stream` follows it, so that a file written tensor by tensor
-# is byte for byte the file `encode` makes.
-_LAYOUT = (
-    "U64",
-    "I64",
-    "F64",
-    "F32",
-    "U32",
-    "I32",
-    "BF16",
-    "F16",
-    "U16",
-    "I16",
-    "I8",
-    "U8",
-    "BOOL",
-)
-_CODES = {numpy: code for code, (numpy, _) in _DTYPES.items()}
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     """A tensor to be written: its name, numpy dtype name and shape."""
@@ -607,7 +572,7 @@ class TensorSpec:
 
 def layout(tensors: Iterable[TensorSpec]) -> list[TensorSpec]:
     """The tensors in the order a model file holds them."""
-    return sorted(tensors, key=lambda t: (_LAYOUT.index(_CODES[t.dtype]), t.name))
+    return sorted(tensors, key=lambda t: (_DTYPES[STORABLE[t.dtype]][2], t.name))
 
 
 def write_stream(
@@ -628,9 +593,9 @@ def write_stream(
     header: dict[str, Any] = {"__metadata__": dict(metadata or {})}
     offset = 0
     for t in specs:
-        size = math.prod(t.shape) * _DTYPES[_CODES[t.dtype]][1]
+        size = math.prod(t.shape) * _DTYPES[STORABLE[t.dtype]][1]
         header[t.name] = {
-            "dtype": _CODES[t.dtype],
+            "dtype": STORABLE[t.dtype],
             "shape": list(t.shape),
             "data_offsets": [offset, offset + size],
         }
@@ -690,7 +655,6 @@ def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
             header.path,
             variant="tensors",
             error=str(e).splitlines()[0] if str(e) else type(e).__name__,
-            path=header.path,
         ) from None
 
 

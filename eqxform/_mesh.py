@@ -16,6 +16,9 @@ from . import _ast as A
 from ._diagnostics import report
 from ._errors import SpecError, UsageError
 
+# An axis size: a whole number in ASCII digits, or -1.
+_SIZE = re.compile(r"-1|[0-9]{1,10}")
+
 
 @dataclass(frozen=True)
 class MeshSpec:
@@ -37,7 +40,31 @@ class MeshSpec:
     def parse(cls, text: str, origin: str = "--mesh") -> MeshSpec:
         """`"data=2,model=4"` (commas or spaces) as a `MeshSpec`; anything
         else raises `UsageError` (E465), which names `origin`."""
-        return mesh_from_text(text, origin)
+        axes: list[tuple[str, int]] = []
+        parts = [p for p in text.replace(",", " ").split() if p]
+        problem = None if parts else "it names no axis"
+        for part in parts:
+            name, eq, size = part.partition("=")
+            if not eq or not name.isidentifier():
+                problem = f"`{part}` is not `AXIS=SIZE`"
+            elif not _SIZE.fullmatch(size.strip()):
+                # Not `str.isdigit`/`int`: they take `１`, `²` and `1_0` too.
+                problem = (
+                    f"the size of `{name}` must be a whole number in the digits 0-9, or -1, "
+                    f"not `{size}`"
+                )
+            elif int(size) == 0:
+                problem = f"the size of `{name}` must be at least 1 (or -1), not 0"
+            elif name in dict(axes):
+                problem = f"axis `{name}` is given twice"
+            if problem:
+                break
+            axes.append((name, int(size)))
+        if problem is None and sum(1 for _, s in axes if s == -1) > 1:
+            problem = "only one axis may be -1 (the devices left over)"
+        if problem is not None:
+            raise UsageError(report("E465", origin=origin, text=text, problem=problem))
+        return cls(tuple(axes), origin=origin)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -55,16 +82,13 @@ class MeshSpec:
         count = jax.device_count() if device_count is None else device_count
         fixed = math.prod(s for _, s in self.axes if s != -1)
         rest = [n for n, s in self.axes if s == -1]
-        where = (
-            f"`{self.origin} {self.text()}`" if self.origin != "mesh" else f"`mesh {self.text()}`"
-        )
         if fixed > count or (rest and count % fixed):
             raise SpecError(
                 report(
                     "E196",
                     span=self.span,
                     source=self.source,
-                    where=where,
+                    where=f"`{self.origin} {self.text()}`",
                     fixed=fixed,
                     value=" times a whole number of" if rest else "",
                     count=count,
@@ -90,40 +114,6 @@ class MeshSpec:
         return Mesh(grid, tuple(sizes))
 
 
-# An axis size: a whole number in ASCII digits, or -1.
-_SIZE = re.compile(r"-1|[0-9]{1,10}")
-
-
-def mesh_from_text(text: str, origin: str = "--mesh") -> MeshSpec:
-    """`"data=2,model=4"` (commas or spaces) -> a `MeshSpec`. Raises
-    `UsageError` (E465) on anything else."""
-    axes: list[tuple[str, int]] = []
-    parts = [p for p in text.replace(",", " ").split() if p]
-    problem = None if parts else "it names no axis"
-    for part in parts:
-        name, eq, size = part.partition("=")
-        if not eq or not name.isidentifier():
-            problem = f"`{part}` is not `AXIS=SIZE`"
-        elif not _SIZE.fullmatch(size.strip()):
-            # Not `str.isdigit`/`int`: they take `１`, `²` and `1_0` too.
-            problem = (
-                f"the size of `{name}` must be a whole number in the digits 0-9, or -1, "
-                f"not `{size}`"
-            )
-        elif int(size) == 0:
-            problem = f"the size of `{name}` must be at least 1 (or -1), not 0"
-        elif name in dict(axes):
-            problem = f"axis `{name}` is given twice"
-        if problem:
-            break
-        axes.append((name, int(size)))
-    if problem is None and sum(1 for _, s in axes if s == -1) > 1:
-        problem = "only one axis may be -1 (the devices left over)"
-    if problem is not None:
-        raise UsageError(report("E465", origin=origin, text=text, problem=problem))
-    return MeshSpec(tuple(axes), origin=origin)
-
-
 def as_mesh_spec(mesh: Any) -> MeshSpec | None:
     """What the Python API takes for a mesh: a `MeshSpec`, a
     `jax.sharding.Mesh`, a mapping `{"data": 2, "model": 4}`, or the text
@@ -133,9 +123,9 @@ def as_mesh_spec(mesh: Any) -> MeshSpec | None:
     if type(mesh).__name__ == "Mesh" and hasattr(mesh, "axis_names"):
         return MeshSpec(tuple(mesh.shape.items()), origin="mesh=")
     if isinstance(mesh, Mapping):
-        return mesh_from_text(",".join(f"{k}={v}" for k, v in mesh.items()), "mesh=")
+        return MeshSpec.parse(",".join(f"{k}={v}" for k, v in mesh.items()), "mesh=")
     if isinstance(mesh, str):
-        return mesh_from_text(mesh, "mesh=")
+        return MeshSpec.parse(mesh, "mesh=")
     raise UsageError(report("E465", variant="mesh_takes", name=type(mesh).__name__))
 
 

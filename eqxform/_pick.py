@@ -32,9 +32,9 @@ from ._expr import render
 from ._files import SliceReader, adapter_record, read_header
 from ._modules import Ensemble, join_state, split_state
 from ._program import Recipe, RecipeStep, check_model, recipe_of, remember
-from ._recipes import _skeleton_of, leaf_names, skeleton
+from ._recipes import _skeleton_of, named_arrays, refilled, skeleton
 from ._select import is_array
-from ._values import allowed
+from ._values import allowed, is_number
 
 
 def _members_recorded(recipe: Recipe | None) -> list | None:
@@ -49,20 +49,11 @@ def _members_recorded(recipe: Recipe | None) -> list | None:
 _GIVEN = "the ensemble given"
 
 
-def _named(origin: str) -> str:
-    return origin if origin == _GIVEN else f"`{origin}`"
-
-
-def _file(origin: str) -> str | None:
-    return None if origin == _GIVEN else origin
-
-
-def _finite(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
+def _named(origin: str) -> dict[str, str | None]:
+    """A message's file (none for an ensemble given in Python) and its words
+    for the ensemble (`named_origin`)."""
+    given = origin == _GIVEN
+    return {"file": None if given else origin, "named_origin": origin if given else f"`{origin}`"}
 
 
 def _check_members(members: list, count: int, origin: str) -> None:
@@ -76,9 +67,7 @@ def _check_members(members: list, count: int, origin: str) -> None:
                 problem = f"records member {i} as {str(entry)[:60]}"
                 break
     if problem is not None:
-        raise ModelFileError(
-            report("E485", file=_file(origin), named_origin=_named(origin), problem=problem)
-        )
+        raise ModelFileError(report("E485", **_named(origin), problem=problem))
 
 
 def one_way(member: int | None, best: bool) -> None:
@@ -103,11 +92,10 @@ def choose(
                 report(
                     "E481",
                     variant="has_members",
-                    file=_file(origin),
-                    named_origin=_named(origin),
                     count=count,
                     value=count - 1,
                     member=member,
+                    **_named(origin),
                 )
             )
         return member, f"member {member} of {count}"
@@ -115,10 +103,12 @@ def choose(
         (float(e["eval_loss"]), i)
         for i, e in enumerate(members or [])
         # A member that diverged in training is never the best.
-        if _finite(e.get("eval_loss")) and e.get("diverged_at") is None
+        if is_number(e.get("eval_loss"))
+        and math.isfinite(e["eval_loss"])
+        and e.get("diverged_at") is None
     ]
     if not losses:
-        raise UsageError(report("E483", file=_file(origin), named_origin=_named(origin)))
+        raise UsageError(report("E483", **_named(origin)))
     value, k = min(losses)
     how = f"member {k} of {count}, the lowest held-out loss ({value:.4g})"
     if len(losses) < count:
@@ -168,9 +158,7 @@ def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict
 
 
 def _cannot(origin: str, why: str, notes: Iterable[str] = ()) -> ModelFileError:
-    return ModelFileError(
-        report("E486", file=_file(origin), notes=tuple(notes), named_origin=_named(origin), why=why)
-    )
+    return ModelFileError(report("E486", notes=tuple(notes), why=why, **_named(origin)))
 
 
 def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) -> Recipe:
@@ -236,20 +224,7 @@ def _member_struct(ensemble: Ensemble, state: Any) -> Any:
 
 
 def _shapes(subject: Any) -> dict[str, tuple]:
-    leaves = jax.tree_util.tree_leaves(subject)
-    return {
-        n: (tuple(x.shape), jnp.dtype(x.dtype).name)
-        for n, x in zip(leaf_names(subject), leaves)
-        if n is not None
-    }
-
-
-def _filled(skel: Any, value_of) -> Any:
-    """`skel` with each array leaf `value_of(its tensor name)`."""
-    leaves, treedef = jax.tree_util.tree_flatten(skel)
-    names = leaf_names(skel)
-    out = [x if n is None else jnp.asarray(value_of(n)) for n, x in zip(names, leaves)]
-    return jax.tree_util.tree_unflatten(treedef, out)
+    return {n: (tuple(x.shape), jnp.dtype(x.dtype).name) for n, x in named_arrays(subject)}
 
 
 def _plain(
@@ -263,12 +238,7 @@ def _plain(
         if not shape or shape[0] != count:
             raise _cannot(origin, f"its tensor `{name}` has no member axis of {count}")
     member = _member_struct(ensemble, state)
-    names = dict(
-        zip(
-            [n for n in leaf_names(member) if n is not None],
-            [n for n in leaf_names(whole) if n is not None],
-        )
-    )
+    names = {m: w for (m, _), (w, _) in zip(named_arrays(member), named_arrays(whole))}
     new = plain_recipe(recipe, k, count, origin, picked)
     try:
         skel = _skeleton_of(new, origin)
@@ -319,7 +289,9 @@ def pick_file(
     )
     reader = SliceReader(header.path)
     try:
-        model = _filled(plain, lambda n: reader.read(names[n], (slice(k, k + 1),))[0])
+        model = refilled(
+            plain, lambda n, _: jnp.asarray(reader.read(names[n], (slice(k, k + 1),))[0])
+        )
     finally:
         reader.close()
     remember(model, new)
@@ -381,7 +353,7 @@ def pick(
     record = _picked_record(origin, k, ensemble.count, recipe)
     del record["file"]
     plain, new, _ = _plain(ensemble, state, recipe, k, origin, record)
-    arrays = dict((n, x) for n, x in zip(leaf_names(taken), jax.tree_util.tree_leaves(taken)) if n)
-    result = _filled(plain, arrays.__getitem__)
+    arrays = dict(named_arrays(taken))
+    result = refilled(plain, lambda n, _: jnp.asarray(arrays[n]))
     remember(result, new)
     return result

@@ -170,13 +170,7 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
         name = entry.get("name") or "?"
         params = entry.get("params") or {}
         try:
-            program, diagnostics = compile_collect(
-                str(entry.get("text", "")),
-                f"{origin} (recipe spec {i + 1}: {name})",
-                params,
-                allow,
-                mesh=entry.get("mesh"),
-            )
+            program, diagnostics = _compile(entry, f"{origin} (recipe spec {i + 1}: {name})", allow)
         except UsageError as e:
             # The only usage error of a compile without `--input`: a value
             # for a `let` the spec does not have. From a file, that is the
@@ -209,6 +203,13 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
         train=data.get("train"),
         picked=data.get("picked"),
     )
+
+
+def _compile(entry: dict, name: str, allow: tuple[str, ...]) -> tuple[Program | None, list]:
+    """A spec as a recipe or an adapter record lists it (`text`, `params`,
+    `mesh`), compiled with its diagnostics."""
+    params = entry.get("params") or {}
+    return compile_collect(str(entry.get("text", "")), name, params, allow, mesh=entry.get("mesh"))
 
 
 def _skeleton_of(recipe: Recipe, origin: str) -> Any:
@@ -260,26 +261,7 @@ def skeleton(
 
 def check_tensors(header: Header, skel: Any) -> None:
     """Every tensor of the file is the one the skeleton wants, and no more."""
-    problems = []
-    names = set()
-    for name, leaf in named_arrays(skel):
-        names.add(name)
-        info = header.tensors.get(name)
-        if info is None:
-            problems.append(f"tensor `{name}` is missing")
-            continue
-        want = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
-        have = (info.shape, info.dtype)
-        if want != have:
-            problems.append(
-                f"tensor `{name}` is {have[1]}{list(have[0])}, the recipe makes "
-                f"{want[1]}{list(want[0])}"
-            )
-    extra = sorted(set(header.tensors) - names)
-    if extra:
-        problems.append(
-            "tensors the recipe does not make: " + ", ".join(f"`{e}`" for e in extra[:5])
-        )
+    problems = _mismatches(header, named_arrays(skel), "the recipe makes", "the recipe does")
     if problems:
         raise ModelFileError(
             report(
@@ -292,6 +274,39 @@ def check_tensors(header: Header, skel: Any) -> None:
         )
 
 
+def _mismatches(
+    header: Header, arrays: Iterable[tuple[str, Any]], makes: str, does: str
+) -> list[str]:
+    """How the file's tensors differ from `arrays` (name, array), which the
+    recipe or the specs make: a line per problem."""
+    problems, names = [], set()
+    for name, leaf in arrays:
+        names.add(name)
+        info = header.tensors.get(name)
+        want = (tuple(leaf.shape), np.dtype(leaf.dtype).name)
+        if info is None:
+            problems.append(f"tensor `{name}` is missing")
+        elif (info.shape, info.dtype) != want:
+            problems.append(
+                f"tensor `{name}` is {info.dtype}{list(info.shape)}, {makes} {want[1]}{list(want[0])}"
+            )
+    extra = sorted(set(header.tensors) - names)
+    if extra:
+        problems.append(f"tensors {does} not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    return problems
+
+
+def refilled(subject: Any, value_of: Callable[[str, Any], Any]) -> Any:
+    """`subject` with each array leaf replaced by `value_of(its tensor name,
+    the leaf)`, or kept where that is None."""
+    leaves, treedef = jax.tree_util.tree_flatten(subject)
+    out = []
+    for name, leaf in zip(leaf_names(subject), leaves):
+        value = None if name is None else value_of(name, leaf)
+        out.append(leaf if value is None else value)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> Any:
     """The skeleton (from `skeleton`, so checked against the file) with its
     leaves read from the file. With `shardings` (tensor name ->
@@ -299,30 +314,21 @@ def fill(header: Header, skel: Any, shardings: dict[str, Any] | None = None) -> 
     sharding as it is read, each device's shard read alone from the file
     (safetensors slices): no device ever holds more of a sharded tensor than
     its shard."""
-    leaves, treedef = jax.tree_util.tree_flatten(skel)
-    names = leaf_names(skel)
     if shardings is None:
-        values = read_tensors(header, [n for n in names if n is not None])
-        filled = [x if n is None else jnp.asarray(values[n]) for n, x in zip(names, leaves)]
-        return jax.tree_util.tree_unflatten(treedef, filled)
+        values = read_tensors(header, [n for n in leaf_names(skel) if n is not None])
+        return refilled(skel, lambda name, _: jnp.asarray(values[name]))
     reader = SliceReader(header.path)
-    filled = []
+
+    def placed(name: str, leaf: Any) -> Any:
+        read = lambda index: reader.read(name, index)  # noqa: E731
+        array = jax.make_array_from_callback(tuple(leaf.shape), shardings[name], read)
+        reader.forget()
+        return array
+
     try:
-        for name, leaf in zip(names, leaves):
-            if name is None:
-                filled.append(leaf)
-                continue
-            filled.append(
-                jax.make_array_from_callback(
-                    tuple(leaf.shape),
-                    shardings[name],
-                    lambda index, name=name: reader.read(name, index),
-                )
-            )
-            reader.forget()
+        return refilled(skel, placed)
     finally:
         reader.close()
-    return jax.tree_util.tree_unflatten(treedef, filled)
 
 
 def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = None) -> dict:
@@ -330,12 +336,9 @@ def file_shardings(skel: Any, recipe: Recipe | None, mesh: Any, program: Any = N
     structure is `skel`: the `shard` rules of the specs in its recipe, then
     those of `program`, on `mesh`; the rest replicated."""
     device_mesh = as_mesh(mesh)
-    rules: tuple = ()
-    if recipe is not None:
-        for step in recipe.steps:
-            rules += step.program.shards
-    if program is not None:
-        rules += program.shards
+    programs = [] if recipe is None else [step.program for step in recipe.steps]
+    programs += [] if program is None else [program]
+    rules = tuple(rule for p in programs for rule in p.shards)
     placed = placements(skel, rules, dict(device_mesh.shape))
     replicated = NamedSharding(device_mesh, PartitionSpec())
     by_name = {p.node.name: NamedSharding(device_mesh, p.spec) for p in placed}
@@ -403,10 +406,9 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
         if isinstance(leaf, jax.core.Tracer):
             raise UsageError(report("E446", variant="traced", name=name))
         tensors[name] = leaf
-    if recipe is None:
-        content = {"load": NO_RECIPE}
-    else:
-        content = {**recipe.to_dict(), "versions": versions()}
+    content = (
+        {"load": NO_RECIPE} if recipe is None else {**recipe.to_dict(), "versions": versions()}
+    )
     return tensors, content
 
 
@@ -507,7 +509,7 @@ def save(
         for name, leaf in tensors.items()
     ]
     fetch = lambda name: _host(tensors[name])  # noqa: E731
-    if jax.process_count() > 1 and jax.process_index() != 0:
+    if not writer:
         for tensor in layout(specs):  # the same gathers, in the same order
             fetch(tensor.name)
         return
@@ -708,18 +710,14 @@ def _parts(subject: Any) -> _Parts:
         if not is_array(node.obj):
             continue
         inside, frozen, canonical = False, False, []
-        for k, key in enumerate(node.path):
-            parent = node.parents[k]
-            fields = _ADAPTER_FIELDS.get(type(parent))
-            if fields is not None and getattr(key, "name", None) in fields:
+        for parent, key in zip(node.parents, node.path):
+            name = getattr(key, "name", None)
+            if name in _ADAPTER_FIELDS.get(type(parent), ()):
                 inside = True
                 break
-            if isinstance(parent, Frozen) and parent.layers is None:
-                frozen = True
-            through = _THROUGH.get(type(parent))
-            if through is not None and getattr(key, "name", None) == through:
-                continue
-            canonical.append(key)
+            frozen = frozen or (isinstance(parent, Frozen) and parent.layers is None)
+            if name is None or name != _THROUGH.get(type(parent)):
+                canonical.append(key)
         if inside:
             adapters.append((tensor_name(node.path), node.obj))
         elif frozen or not jnp.issubdtype(node.obj.dtype, jnp.inexact):
@@ -900,19 +898,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     model, recipe = _replay(str(path), info, base, allow)
     parts = _parts(model)
     carried = {n: x for n, x in parts.adapters + parts.trained}
-    problems = []
-    for name, leaf in carried.items():
-        tensor = header.tensors.get(name)
-        if tensor is None:
-            problems.append(f"tensor `{name}` is missing")
-        elif (tensor.shape, tensor.dtype) != (tuple(leaf.shape), np.dtype(leaf.dtype).name):
-            problems.append(
-                f"tensor `{name}` is {tensor.dtype}{list(tensor.shape)}, the specs make "
-                f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}"
-            )
-    extra = sorted(set(header.tensors) - set(carried))
-    if extra:
-        problems.append("tensors the specs do not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
+    problems = _mismatches(header, carried.items(), "the specs make", "the specs do")
     if problems:
         raise ModelFileError(
             report(
@@ -927,10 +913,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     )
     if info.get("structure") is not None and structure(model) != info["structure"]:
         raise ModelFileError(report("E334", file=str(path), path=path))
-    leaves, treedef = jax.tree_util.tree_flatten(model)
-    names = leaf_names(model)
-    filled = [jnp.asarray(values[n]) if n in carried else x for n, x in zip(names, leaves)]
-    model = jax.tree_util.tree_unflatten(treedef, filled)
+    model = refilled(model, lambda n, _: jnp.asarray(values[n]) if n in carried else None)
     if recipe is not None:
         remember(model, recipe)
     return model
@@ -943,13 +926,8 @@ def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tu
     model = base
     recipe = recipe_of(base)
     for i, entry in enumerate(info["specs"]):
-        program, diagnostics = compile_collect(
-            str(entry.get("text", "")),
-            f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})",
-            entry.get("params") or {},
-            allow,
-            mesh=entry.get("mesh"),
-        )
+        name = f"{path} (adapter spec {i + 1}: {entry.get('name', '?')})"
+        program, diagnostics = _compile(entry, name, allow)
         if diagnostics:
             raise ModelFileError(diagnostics)
         seed = entry.get("seed")
@@ -1000,13 +978,12 @@ def _check_base(
                 listing=", ".join(f"`{n}`" for n in drawn[:5]),
             )
         )
-    notes = []
-    if differ:
-        notes.append("tensors that differ: " + ", ".join(f"`{n}`" for n in differ[:5]))
-    if missing:
-        notes.append("tensors this base lacks: " + ", ".join(f"`{n}`" for n in missing[:5]))
-    if extra:
-        notes.append("tensors the file does not know: " + ", ".join(f"`{n}`" for n in extra[:5]))
+    kinds = (
+        ("that differ", differ),
+        ("this base lacks", missing),
+        ("the file does not know", extra),
+    )
+    notes = [f"tensors {k}: " + ", ".join(f"`{n}`" for n in ns[:5]) for k, ns in kinds if ns]
     raise ModelFileError(
         report(
             "E330",

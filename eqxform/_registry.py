@@ -88,8 +88,7 @@ def register_initializer(name: str, fn: Callable, params: Iterable[str] | None =
     default they are read from `fn`'s signature after `key, shape, dtype`.
     """
     if params is None:
-        sig = _signature_of(fn)
-        params = sig.params[3:]
+        params = _signature_of(fn).params[3:]
     _INITIALIZERS[name] = (fn, N.Signature(tuple(params)))
     return fn
 
@@ -128,9 +127,7 @@ def wrapper_names() -> set[str]:
 
 
 def wrapper_signature(name: str) -> N.Signature | None:
-    if name in _WRAPPERS:
-        return _WRAPPERS[name][1]
-    return N.WRAPPERS.get(name)
+    return _WRAPPERS[name][1] if name in _WRAPPERS else N.WRAPPERS.get(name)
 
 
 def resolve_wrapper(name: str) -> type:
@@ -177,14 +174,11 @@ def initializer_names() -> set[str]:
 
 
 def initializer_signature(name: str) -> N.Signature | None:
-    if name in _INITIALIZERS:
-        return _INITIALIZERS[name][1]
-    return N.INITIALIZERS.get(name)
+    return _INITIALIZERS[name][1] if name in _INITIALIZERS else N.INITIALIZERS.get(name)
 
 
 def user_initializer(name: str) -> Callable | None:
-    entry = _INITIALIZERS.get(name)
-    return entry[0] if entry else None
+    return _INITIALIZERS[name][0] if name in _INITIALIZERS else None
 
 
 # ---- resolution (imports what it resolves) ---------------------------------
@@ -198,7 +192,6 @@ def resolve_type(name: str) -> type:
         from . import models
 
         return getattr(models, name)
-    # Imported here, not above, to keep JAX out of `eqxform check`.
     if name in _OWN_TYPES:
         from . import _modules
 

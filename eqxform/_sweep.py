@@ -115,7 +115,7 @@ def _describe(value: Any) -> str:
     return f"`{value}`"
 
 
-def _spread(vary: A.Vary, call: A.Call, env, count: int, source) -> list[float]:
+def _spread(vary: A.Vary, call: A.Call, env, count: int) -> list[float]:
     if len(call.args) != 2 or any(a.name is not None for a in call.args):
         raise EvalError("E171", call.span, callee=call.callee, count=count)
     lo, hi = (evaluate(a.value, env) for a in call.args)
@@ -142,13 +142,13 @@ def _spread(vary: A.Vary, call: A.Call, env, count: int, source) -> list[float]:
     return [lo, *inner, hi]
 
 
-def _per_member(vary: A.Vary, env, count: int, source, grid: bool) -> list:
+def _per_member(vary: A.Vary, env, count: int, grid: bool) -> list:
     """The values of one varied name, one per member (or, for a grid axis, one
     per point of the axis)."""
     value = vary.value
     assert value is not None
     if isinstance(value, A.Call) and value.callee in SPREADS and not grid:
-        return _spread(vary, value, env, count, source)
+        return _spread(vary, value, env, count)
     if grid or isinstance(value, A.ListExpr):
         if not isinstance(value, A.ListExpr):
             raise EvalError("E171", value.span, variant="grid_axis", name=vary.name)
@@ -213,7 +213,7 @@ def evaluate_sweep(
             columns[SEED] = [None] * (count or 1)
             continue
         try:
-            values = _per_member(vary, env, count or 0, source, stmt.grid)
+            values = _per_member(vary, env, count or 0, stmt.grid)
             for k, v in enumerate(values):
                 _check_value(vary, k, v, vary.value.span, stmt.grid)
         except EvalError as e:
@@ -223,9 +223,9 @@ def evaluate_sweep(
         columns[vary.name] = values
     if problems:
         return None, problems
-    names = tuple(columns)
-    if stmt.grid and math.prod(len(c) for c in columns.values()) > L.MAX_SWEEP:
-        return None, [_too_many(stmt, math.prod(len(c) for c in columns.values()), source)]
+    names, points = tuple(columns), math.prod(len(c) for c in columns.values())
+    if stmt.grid and points > L.MAX_SWEEP:
+        return None, [_too_many(stmt, points, source)]
     if stmt.grid:
         rows = [dict(zip(names, point)) for point in itertools.product(*columns.values())]
     else:

@@ -26,40 +26,35 @@ from ._expr import DTypeRef, _kind, render
 
 # ---- argument kinds -------------------------------------------------------------
 
-# What each kind of argument (see `_names.INITIALIZER_ARGS`) is called in a
-# message, and an example of it.
+
+def is_number(v: Any) -> bool:
+    """A Python number, not a boolean."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# Each kind of argument (see `_names.INITIALIZER_ARGS`): what a message calls
+# it, an example of it, and the test of a value.
 _KINDS = {
-    "real": ("a number", "`0.5`"),
-    "nonneg": ("a number >= 0", "`0.02`"),
-    "fraction": ("a number from 0 up to (not including) 1", "`0.9`"),
-    "int": ("a whole number", "`0`"),
-    "bool": ("`true` or `false`", "`true`"),
-    "dtype": ("a dtype such as `float32`", "`float32`"),
+    "real": ("a number", "`0.5`", is_number),
+    "nonneg": ("a number >= 0", "`0.02`", lambda v: is_number(v) and v >= 0),
+    "fraction": (
+        "a number from 0 up to (not including) 1",
+        "`0.9`",
+        lambda v: is_number(v) and 0 <= v < 1,
+    ),
+    "int": ("a whole number", "`0`", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "bool": ("`true` or `false`", "`true`", lambda v: isinstance(v, bool)),
+    "dtype": ("a dtype such as `float32`", "`float32`", lambda v: isinstance(v, DTypeRef)),
 }
 
 
 def fits(value: Any, kind: str | tuple) -> bool:
-    """Is `value` of `kind` (see `_names.INITIALIZER_ARGS`)?"""
+    """Is `value` of `kind` (see `_names.INITIALIZER_ARGS`)? `KIND?` also takes `none`."""
     if isinstance(kind, tuple):
         return isinstance(value, str) and value in kind
-    if kind.endswith("?"):
-        if value is None:
-            return True
-        kind = kind[:-1]
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "real":
-        return number
-    if kind == "nonneg":
-        return number and value >= 0
-    if kind == "fraction":
-        return number and 0 <= value < 1
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "dtype":
-        return isinstance(value, DTypeRef)
-    raise AssertionError(kind)
+    if kind.endswith("?") and value is None:
+        return True
+    return _KINDS[kind.rstrip("?")][2](value)
 
 
 def as_argument(value: Any, kind: str | tuple | None) -> Any:
@@ -99,7 +94,7 @@ def argument_diagnostic(
     if isinstance(kind, tuple):
         expected, example = "one of " + ", ".join(f'`"{k}"`' for k in kind), f'`"{kind[0]}"`'
     else:
-        expected, example = _KINDS[kind.rstrip("?")]
+        expected, example, _ = _KINDS[kind.rstrip("?")]
         expected += " or `none`" if kind.endswith("?") else ""
     return report(
         "E152",

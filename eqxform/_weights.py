@@ -26,6 +26,7 @@ axis.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from ._errors import ModelFileError, SpecError, UsageError
 from ._files import TensorSpec, as_path, atomic_write_with, read_header, write_stream
 from ._modules import LoRA, is_state_index
 from ._modules._wrappers import _value as plain
+from ._select import is_array
 from ._wnames import (
     Capture,
     Field,
@@ -69,17 +71,10 @@ CONVERT_HELP = (
 )
 
 
-@dataclass(frozen=True)
-class Tensor:
-    name: str
-    dtype: str  # numpy's name
-    shape: tuple[int, ...]
-
-
 class Checkpoint:
     """A checkpoint's header (`tensors`), and its tensors one at a time."""
 
-    def __init__(self, path: str, kind: str, tensors: dict[str, Tensor], offsets: dict):
+    def __init__(self, path: str, kind: str, tensors: dict[str, TensorSpec], offsets: dict):
         self.path = path
         self.kind = kind
         self.tensors = tensors
@@ -144,7 +139,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     header = read_header(path)
     with open(path, "rb") as f:
         start = 8 + int.from_bytes(f.read(8), "little")
-    tensors = {n: Tensor(n, t.dtype, t.shape) for n, t in header.tensors.items()}
+    tensors = {n: TensorSpec(n, t.dtype, t.shape) for n, t in header.tensors.items()}
     offsets = {n: start + t.start for n, t in header.tensors.items()}
     return Checkpoint(path, "safetensors", tensors, offsets)
 
@@ -173,7 +168,7 @@ def _open_npz(path: str) -> Checkpoint:
                     shape, _, dtype = read(f, max_header_size=_limits.MAX_NPY_HEADER_BYTES)
                 if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
                     raise ValueError(f"`{name}` holds `{dtype}`, not numbers")
-                tensors[name] = Tensor(name, dtype.name, tuple(int(d) for d in shape))
+                tensors[name] = TensorSpec(name, dtype.name, tuple(int(d) for d in shape))
     except (ValueError, SyntaxError, TypeError, OSError, zipfile.BadZipFile) as e:
         raise ModelFileError(report("E302", file=path, path=path, str_e=str(e)[:200])) from None
     return Checkpoint(path, "npz", tensors, {})
@@ -213,10 +208,6 @@ class Leaf:
     @property
     def path(self) -> str:
         return show_steps(self.steps)
-
-
-def _is_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
 
 
 def _logical(model: Any, keypath: tuple) -> tuple[list[Step], Any, bool, tuple]:
@@ -267,7 +258,7 @@ def model_leaves(model: Any, state: Any = None) -> list[Leaf]:
     flat = jax.tree_util.tree_flatten_with_path(model)[0]
     out = []
     for i, (keypath, leaf) in enumerate(flat):
-        if _is_array(leaf):
+        if is_array(leaf):
             steps, where, derived, owner = _logical(model, keypath)
             shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
             out.append(Leaf(i, tuple(steps), shape, dtype, where, False, derived, owner))
@@ -405,9 +396,7 @@ class WeightPlan:
 
 
 def _describe(rule: MapRule, n: int, m: int) -> str:
-    parts = []
-    for op, arg in rule.ops:
-        parts.append(op if arg is None else f"{op} {list(arg)}")
+    parts = [op if arg is None else f"{op} {list(arg)}" for op, arg in rule.ops]
     if rule.cast:
         parts.append("cast")
     if n > 1:
@@ -421,9 +410,18 @@ def _key(bindings: dict[str, int]) -> tuple:
     return tuple(sorted(bindings.items()))
 
 
-def _string_span(rule: MapRule, k: int, source: bool) -> A.Span:
-    strings = rule.stmt.sources if source else rule.stmt.targets
-    return strings[k].span
+def _by_target(rule: MapRule, leaves: list[Leaf]) -> list[dict[tuple, Slot]]:
+    """Per model pattern of `rule`, the slot each binding of its captures names."""
+    return [
+        {_key(b): Slot(leaf, at) for leaf in leaves for b, at in _slots(t, leaf)}
+        for t in rule.targets
+    ]
+
+
+def _hint(name: str, names: Iterable[str]) -> str:
+    """`did you mean ...?` and a space, or nothing: a message's optional part."""
+    hint = did_you_mean(name, names)
+    return hint + " " if hint else ""
 
 
 def _listing(items: list[str], limit: int = 6) -> str:
@@ -445,27 +443,10 @@ def _forward_shapes(rule: MapRule, shapes: list[tuple], slots: list[tuple]) -> s
         if not 0 <= axis < len(whole) or whole[axis] % len(shapes):
             return f"{list(whole)} cannot take {len(shapes)} tensors along axis {axis}"
         piece[axis] = whole[axis] // len(shapes)
-    done = []
-    for shape in shapes:
-        current = list(shape)
-        for op, arg in rule.ops:
-            if op == "transpose":
-                perm = list(range(len(current)))[::-1] if arg is None else list(arg)
-                if len(perm) != len(current):
-                    return f"`transpose {perm}` does not fit a tensor of shape {list(shape)}"
-                current = [current[p] for p in perm]
-            else:  # reshape
-                target = list(piece) if arg is None else list(arg)
-                size = math.prod(current)
-                if -1 in target:
-                    rest = math.prod(d for d in target if d != -1)
-                    if rest == 0 or size % rest:
-                        return f"{list(shape)} cannot be reshaped into {target}"
-                    target = [size // rest if d == -1 else d for d in target]
-                if math.prod(target) != size:
-                    return f"{list(shape)} cannot be reshaped into {target}"
-                current = target
-        done.append(current)
+    try:
+        done = [_layouts(rule, shape, piece)[-1] for shape in shapes]
+    except ValueError as e:
+        return str(e)
     if len(done) > 1:
         first = done[0]
         if any(
@@ -478,15 +459,40 @@ def _forward_shapes(rule: MapRule, shapes: list[tuple], slots: list[tuple]) -> s
         fused[axis] = sum(d[axis] for d in done)
     else:
         fused = done[0]
-    if fused != whole:
-        return None if False else _mismatch(shapes, fused, whole, rule)
-    return None
-
-
-def _mismatch(shapes, got, want, rule) -> str:
+    if fused == whole:
+        return None
     shown = " and ".join(str(list(s)) for s in shapes)
-    through = "" if not rule.ops else f" ({_describe(rule, 1, 1)} makes it {got})"
-    return f"the checkpoint's {shown}{through} does not fit the model's {list(want)}"
+    through = "" if not rule.ops else f" ({_describe(rule, 1, 1)} makes it {fused})"
+    return f"the checkpoint's {shown}{through} does not fit the model's {list(whole)}"
+
+
+def _layouts(rule: MapRule, shape: tuple, piece: list[int] | None = None) -> list[list[int]]:
+    """A tensor's shape before each layout change of `rule`, and after the
+    last. A `reshape` without a shape goes to `piece` (the model's part),
+    or, where that is unknown (writing back), leaves the shape; a change
+    that does not fit raises `ValueError`, which names the tensor's `shape`."""
+    out = [list(shape)]
+    for op, arg in rule.ops:
+        current = out[-1]
+        if op == "transpose":
+            perm = list(range(len(current)))[::-1] if arg is None else list(arg)
+            if len(perm) != len(current):
+                raise ValueError(f"`transpose {perm}` does not fit a tensor of shape {list(shape)}")
+            out.append([current[p] for p in perm])
+            continue
+        target = piece if arg is None else list(arg)
+        if target is None:
+            out.append(current)
+            continue
+        size, rest = math.prod(current), math.prod(d for d in target if d != -1)
+        if -1 in target:
+            if not rest or size % rest:
+                raise ValueError(f"{list(shape)} cannot be reshaped into {target}")
+            target = [size // rest if d == -1 else d for d in target]
+        if math.prod(target) != size:
+            raise ValueError(f"{list(shape)} cannot be reshaped into {target}")
+        out.append(list(target))
+    return out
 
 
 def plan_weights(
@@ -506,7 +512,8 @@ def plan_weights(
     prefixes: dict[int, set[tuple]] = {}
     used: set[str] = set()
     missing_names: list[str] = []
-    paths = [leaf.path for leaf in leaves if not leaf.derived]
+    live = [leaf for leaf in leaves if not leaf.derived]
+    paths = [leaf.path for leaf in live]
     # A `skip` wins over a `map` whose pattern also covers the tensor
     # (`bn1.**` and `**.num_batches_tracked`): a skipped tensor is never read.
     skipped: set[str] = set()
@@ -517,43 +524,20 @@ def plan_weights(
                 error("E248", string.span, help=did_you_mean(g.text, names), text=g.text)
             skipped.update(hits)
     for rule in rules.maps:
-        by_target = []
-        for t in rule.targets:
-            found = {}
-            for leaf in leaves:
-                if leaf.derived:
-                    continue
-                for b, at in _slots(t, leaf):
-                    found[_key(b)] = Slot(leaf, at)
-            by_target.append(found)
-        by_source = []
-        for s in rule.sources:
-            found = {}
-            for name in names:
-                if name in skipped:
-                    continue
-                b = s.match(name)
-                if b is not None:
-                    found[_key(b)] = name
-            by_source.append(found)
+        by_target = _by_target(rule, live)
+        by_source = [
+            {_key(b): n for n in names if n not in skipped and (b := s.match(n)) is not None}
+            for s in rule.sources
+        ]
         keys = sorted(set().union(*by_target, *by_source))
         if not keys:
             probe = rule.sources[0].format({c.name: 0 for c in rule.sources[0].captures})
-            near_ck = suggest(probe, names)
-            near_m = suggest(rule.targets[0].text.replace("{", "").replace("}", ""), paths)
-            error(
-                "E240",
-                rule.stmt.span,
-                help="; ".join(
-                    x
-                    for x in (
-                        near_ck and "the checkpoint has " + _listing(near_ck, 3),
-                        near_m and "the model has " + _listing(near_m, 3),
-                    )
-                    if x
-                )
-                or None,
-            )
+            near = {
+                "checkpoint": suggest(probe, names),
+                "model": suggest(rule.targets[0].text.replace("{", "").replace("}", ""), paths),
+            }
+            found = [f"the {k} has {_listing(v, 3)}" for k, v in near.items() if v]
+            error("E240", rule.stmt.span, help="; ".join(found) or None)
             continue
         lacking: dict[int, list[str]] = {}
         lacking_for: dict[int, str | None] = {}
@@ -568,24 +552,21 @@ def plan_weights(
             # One diagnostic per mistake: an array whose tensor is missing is
             # not also reported unfilled, nor a tensor whose array is missing
             # unread.
+            used.update(n for n in got if n is not None)
             if None in got:
                 for k, (s, n) in enumerate(zip(rule.sources, got)):
                     if n is None:
                         lacking.setdefault(k, []).append(s.format(b))
-                        if k not in lacking_for:
-                            lacking_for[k] = next((sl.path for sl in slots if sl), None)
+                        lacking_for.setdefault(k, next((sl.path for sl in slots if sl), None))
                 for sl in slots:
                     if sl is not None:
                         filled.setdefault(sl.leaf.index, {}).setdefault(sl.at, rule.line)
-                used.update(n for n in got if n is not None)
                 continue
             if None in slots:
                 for k, (t, sl) in enumerate(zip(rule.targets, slots)):
                     if sl is None:
                         absent.setdefault(k, []).append(_format_path(t, b))
-                used.update(got)
                 continue
-            used.update(got)
             tensors = [checkpoint.tensors[n] for n in got]
             why = _forward_shapes(rule, [t.shape for t in tensors], [s.shape for s in slots])
             if why is not None:
@@ -605,12 +586,11 @@ def plan_weights(
             for s in slots:
                 seen = filled.setdefault(s.leaf.index, {})
                 pre = prefixes.setdefault(s.leaf.index, set())
-                if s.at in seen or s.at in pre or any(s.at[:i] in seen for i in range(len(s.at))):
-                    first = seen.get(s.at) or next(
-                        (seen[s.at[:i]] for i in range(len(s.at)) if s.at[:i] in seen),
-                        rule.line,
-                    )
-                    twice.append((s, first))
+                lines = [
+                    seen[p] for p in (s.at, *(s.at[:i] for i in range(len(s.at)))) if p in seen
+                ]
+                if lines or s.at in pre:
+                    twice.append((s, lines[0] if lines else rule.line))
                     continue
                 seen[s.at] = rule.line
                 pre.update(s.at[:i] for i in range(len(s.at)))
@@ -630,23 +610,21 @@ def plan_weights(
             )
         for k, missing in lacking.items():
             missing_names += missing
-            hint = did_you_mean(missing[0], [n for n in names if n not in used])
             error(
                 "E241",
-                _string_span(rule, k, True),
+                rule.stmt.sources[k].span,
                 listing_missing=_listing(missing),
                 len_missing=len(missing),
                 s="s" if len(missing) > 1 else "",
                 value2=f", the first for `{lacking_for[k]}`)" if lacking_for.get(k) else ")",
-                value3=hint + " " if hint else "",
+                value3=_hint(missing[0], [n for n in names if n not in used]),
             )
         for k, missing in absent.items():
-            hint = did_you_mean(missing[0], paths)
             error(
                 "E242",
-                _string_span(rule, k, False),
+                rule.stmt.targets[k].span,
                 listing_missing=_listing(missing),
-                value=hint + " " if hint else "",
+                value=_hint(missing[0], paths),
             )
         if bad_shapes:
             hint = "add `with transpose`" if "transpose" not in str(rule.ops) else None
@@ -670,7 +648,7 @@ def plan_weights(
     kept: set[int] = set()
     for rule in rules.keeps:
         for g, string in rule.globs:
-            hits = [leaf.index for leaf in leaves if not leaf.derived and g.match(leaf.path)]
+            hits = [leaf.index for leaf in live if g.match(leaf.path)]
             if not hits:
                 error(
                     "E248",
@@ -685,19 +663,18 @@ def plan_weights(
     anchor = rules.anchor.span
     unused = [n for n in names if n not in used and n not in skipped]
     if unused:
-        hint = did_you_mean(unused[0], missing_names) if missing_names else None
         error(
             "E245",
             anchor,
             len_unused=len(unused),
             value="s are" if len(unused) > 1 else " is",
             listing_unused=_listing(unused),
-            value2=hint + " " if hint else "",
+            value2=_hint(unused[0], missing_names),
             unused=unused[0],
         )
     unfilled = []
-    for leaf in leaves:
-        if leaf.derived or leaf.index in kept:
+    for leaf in live:
+        if leaf.index in kept:
             continue
         seen = filled.get(leaf.index, {})
         covered = sum(math.prod(leaf.shape[len(at) :]) for at in seen)
@@ -706,14 +683,13 @@ def plan_weights(
                 leaf.path + ("" if not seen else f" ({len(seen)} slices of {leaf.shape[0]})")
             )
     if unfilled:
-        hint = did_you_mean(unfilled[0], unused) if unused else None
         error(
             "E246",
             anchor,
             len_unfilled=len(unfilled),
             value="s are" if len(unfilled) > 1 else " is",
             listing_unfilled=_listing(unfilled),
-            value2=hint + " " if hint else "",
+            value2=_hint(unfilled[0], unused),
             unfilled=unfilled[0],
         )
     plan.diagnostics.sort(key=position)
@@ -781,11 +757,7 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
     flat, treedef = jax.tree_util.tree_flatten(model)
     new = list(flat)
     stated: dict[int, Any] = {}  # id(StateIndex) -> [index, {rest: value}]
-    pending: dict[int, int] = {}
-    for e in plan.entries:
-        for s in e.slots:
-            if s.at:
-                pending[s.leaf.index] = pending.get(s.leaf.index, 0) + 1
+    pending = collections.Counter(s.leaf.index for e in plan.entries for s in e.slots if s.at)
     buffers: dict[int, np.ndarray] = {}
     loaded_stats: set[tuple] = set()
 
@@ -798,17 +770,9 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
 
     for e in plan.entries:
         [slot] = e.slots if len(e.slots) == 1 else [None]
-        in_model = slot is not None and not slot.leaf.in_state
-        sharding = getattr(flat[slot.leaf.index], "sharding", None) if in_model else None
-        if (
-            len(e.names) == 1
-            and slot is not None
-            and not slot.at
-            and not e.rule.ops
-            and not slot.leaf.in_state
-            and sharding is not None
-            and not sharding.is_fully_replicated
-        ):
+        whole = slot is not None and not (slot.at or slot.leaf.in_state or e.rule.ops)
+        sharding = getattr(flat[slot.leaf.index], "sharding", None) if whole else None
+        if len(e.names) == 1 and sharding is not None and not sharding.is_fully_replicated:
             # A sharded array: each device reads only its slice of the tensor.
             name, leaf = e.names[0], slot.leaf
             new[leaf.index] = jax.make_array_from_callback(
@@ -851,14 +815,11 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
         leaves, tdef = jax.tree_util.tree_flatten(state)
         state = jax.tree_util.tree_unflatten(tdef, leaves)
         for index, parts in stated.values():
-            old = state.get(index)
-            leaves, tdef = jax.tree_util.tree_flatten(old)
-            paths = [
-                tuple(getattr(r, "idx", None) for r in kp)
-                for kp, _ in jax.tree_util.tree_flatten_with_path(old)[0]
-            ]
-            merged = [parts.get(p, v) for p, v in zip(paths, leaves)]
-            state = state.set(index, jax.tree_util.tree_unflatten(tdef, merged))
+            merged = jax.tree_util.tree_map_with_path(
+                lambda kp, v, parts=parts: parts.get(tuple(getattr(r, "idx", None) for r in kp), v),
+                state.get(index),
+            )
+            state = state.set(index, merged)
     return model, state
 
 
@@ -880,7 +841,7 @@ def _init_deleted(model: Any) -> bool:
     `eqx.nn.make_with_state`: its state is all in its `State`)."""
     for node in jax.tree_util.tree_leaves(model, is_leaf=is_state_index):
         if is_state_index(node):
-            return not any(_is_array(x) for x in jax.tree_util.tree_leaves(node.init))
+            return not any(is_array(x) for x in jax.tree_util.tree_leaves(node.init))
     return False
 
 
@@ -904,46 +865,31 @@ def export_weights(
     problems: list[Diagnostic] = []
     plan: dict[str, tuple] = {}  # name -> (dtype, shape, producer)
     for rule in rules.maps:
-        needs = [op for op, arg in rule.ops if op == "reshape" and arg is None] or (
-            ["cast"] if rule.cast else []
-        )
-        if reference is None and (needs or any(op == "reshape" for op, _ in rule.ops)):
-            problems.append(
-                report("E249", span=rule.stmt.span, source=source, value=(needs or ["reshape"])[0])
-            )
+        reshapes = [arg for op, arg in rule.ops if op == "reshape"]
+        if reference is None and (reshapes or rule.cast):
+            needs = "reshape" if None in reshapes or not rule.cast else "cast"
+            problems.append(report("E249", span=rule.stmt.span, source=source, value=needs))
             continue
-        by_target = []
-        for t in rule.targets:
-            found = {}
-            for leaf in leaves:
-                for b, at in _slots(t, leaf):
-                    found[_key(b)] = Slot(leaf, at)
-            by_target.append(found)
+        by_target = _by_target(rule, leaves)
         keys = sorted(set(by_target[0]).intersection(*by_target[1:]))
         for key in keys:
             b = dict(key)
             slots = [d[key] for d in by_target]
             names = [s.format(b) for s in rule.sources]
-            if reference is not None:
-                if any(n not in reference.tensors for n in names):
-                    continue  # the original has no such tensor: nor will the copy
-                shapes = [reference.tensors[n].shape for n in names]
-                dtypes = [reference.tensors[n].dtype for n in names]
-            else:
-                shapes = dtypes = None
+            if reference is not None and any(n not in reference.tensors for n in names):
+                continue  # the original has no such tensor: nor will the copy
+            refs = None if reference is None else [reference.tensors[n] for n in names]
+            shapes = None if refs is None else [t.shape for t in refs]
             for k, n in enumerate(names):
-                dtype = dtypes[k] if dtypes else slots[0].leaf.dtype.name
-                shape = shapes[k] if shapes else None
-                plan[n] = (dtype, shape, (rule, tuple(slots), k, shapes))
+                dtype = refs[k].dtype if refs else slots[0].leaf.dtype.name
+                plan[n] = (dtype, shapes[k] if shapes else None, (rule, tuple(slots), k, shapes))
     if problems:
         raise SpecError(problems)
-    copied = []
     if reference is not None:
         for g in [g for r in rules.skips for g, _ in r.globs]:
             for n, t in reference.tensors.items():
                 if g.match(n) and n not in plan:
                     plan[n] = (t.dtype, t.shape, None)
-                    copied.append(n)
     # Shapes not known from a reference come from running the rule backwards.
     cache: dict[tuple, list[np.ndarray]] = {}
 
@@ -978,7 +924,7 @@ def _backward(
     if n > 1:
         if shapes is not None:
             # The pieces' sizes along the axis: the tensors' shapes through the layout changes.
-            sizes = [_through(rule, s)[rule.axis] for s in shapes]
+            sizes = [_layouts(rule, s)[-1][rule.axis] for s in shapes]
             pieces = np.split(whole, np.cumsum(sizes)[:-1], axis=rule.axis)
         else:
             pieces = np.split(whole, n, axis=rule.axis)
@@ -988,7 +934,7 @@ def _backward(
     for k, a in enumerate(pieces):
         # Undo the layout changes, last first; a reshape returns to the shape
         # the tensor had before it (known from the reference).
-        inputs = _op_inputs(rule, shapes[k]) if shapes is not None else None
+        inputs = _layouts(rule, shapes[k]) if shapes is not None else None
         for i in reversed(range(len(rule.ops))):
             op, arg = rule.ops[i]
             if op == "transpose":
@@ -999,38 +945,6 @@ def _backward(
                 a = a.reshape(inputs[i])
         out.append(np.ascontiguousarray(a))
     return out
-
-
-def _after(op: str, arg: tuple[int, ...] | None, shape: list[int]) -> list[int] | None:
-    """The shape a layout change makes of `shape`; None for a `reshape` back to
-    a shape only the reference checkpoint knows."""
-    if op == "transpose":
-        perm = list(range(len(shape)))[::-1] if arg is None else list(arg)
-        return [shape[p] for p in perm]
-    if arg is None:
-        return None
-    size, rest = math.prod(shape), math.prod(d for d in arg if d != -1)
-    return [size // rest if d == -1 else d for d in arg]
-
-
-def _op_inputs(rule: MapRule, shape: tuple) -> list[tuple]:
-    """The shape each layout change of `rule` receives, from a tensor's shape."""
-    out = []
-    current: list[int] | None = list(shape)
-    for op, arg in rule.ops:
-        out.append(tuple(current))
-        current = _after(op, arg, current)
-        if current is None:
-            break
-    return out
-
-
-def _through(rule: MapRule, shape: tuple) -> list[int]:
-    current = list(shape)
-    for op, arg in rule.ops:
-        after = _after(op, arg, current)
-        current = current if after is None else after
-    return current
 
 
 # ---- LoRA adapters in PEFT's layout ----------------------------------------------
@@ -1045,7 +959,6 @@ class Adapter:
     (`blocks.0.attn.qkv`), per layer of a stack (`at`)."""
 
     node: Any
-    keypath: tuple
     module: str
     at: tuple[int, ...]
 
@@ -1064,19 +977,19 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
         weight = Leaf(
             -1, tuple(steps) + (Field("weight"),), lead + (out_features, in_features), None
         )
-        named = []
-        for rule in rules.maps:
-            if len(rule.sources) != 1 or len(rule.targets) != 1:
-                continue
-            for b, at in _slots(rule.targets[0], weight):
-                named.append((rule, rule.sources[0].format(b), at))
+        named = [
+            (rule, rule.sources[0].format(b), at)
+            for rule in rules.maps
+            if len(rule.sources) == len(rule.targets) == 1
+            for b, at in _slots(rule.targets[0], weight)
+        ]
         if not named:
             problems.append(
                 report("E250", span=rules.anchor.span, source=rules.source, path=weight.path)
             )
             continue
         for rule, name, at in named:
-            if any(op for op, _ in rule.ops) or not name.endswith(".weight"):
+            if rule.ops or not name.endswith(".weight"):
                 problems.append(
                     report(
                         "E250",
@@ -1091,7 +1004,7 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
                     )
                 )
                 continue
-            found.append(Adapter(node, keypath, name[: -len(".weight")], at))
+            found.append(Adapter(node, name[: -len(".weight")], at))
     return found, problems
 
 
@@ -1109,11 +1022,8 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
     for a in adapters:
         lora_a = np.asarray(plain(a.node.lora_a))[a.at]
         lora_b = np.asarray(plain(a.node.lora_b))[a.at]
-        scale = float(
-            np.asarray(plain(a.node.scale))[a.at]
-            if np.ndim(plain(a.node.scale))
-            else plain(a.node.scale)
-        )
+        scale = np.asarray(plain(a.node.scale))
+        scale = float(scale[a.at] if scale.ndim else scale)
         prefix = f"base_model.model.{a.module}"
         tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(lora_a)
         tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(lora_b)
@@ -1182,10 +1092,11 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     adapters, problems = _adapters(model, rules)
     if problems:
         raise SpecError(problems)
-    wanted: dict[str, tuple[Adapter, str]] = {}
-    for a in adapters:
-        for part in ("lora_A", "lora_B"):
-            wanted[f"base_model.model.{a.module}.{part}.weight"] = (a, part)
+    wanted = {
+        f"base_model.model.{a.module}.{part}.weight": (a, part.lower())
+        for a in adapters
+        for part in ("lora_A", "lora_B")
+    }
     missing = [n for n in wanted if n not in checkpoint.tensors]
     unused = [n for n in checkpoint.tensors if n not in wanted]
     if missing or unused:
@@ -1202,8 +1113,7 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
             )
         )
     values: dict[int, dict[str, np.ndarray]] = {}
-    for name, (a, part) in wanted.items():
-        field_name = "lora_a" if part == "lora_A" else "lora_b"
+    for name, (a, field_name) in wanted.items():
         store = values.setdefault(id(a.node), {"node": a.node})
         if field_name not in store:
             store[field_name] = np.array(plain(getattr(a.node, field_name)))
@@ -1230,16 +1140,11 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     is_node = lambda x: any(x is n for n in nodes)  # noqa: E731
 
     def fill(node):
-        if not any(node is n for n in nodes):
+        if not is_node(node):
             return node
-        v = values[id(node)]
-        scale = jnp.full(
-            jnp.shape(plain(node.scale)), alpha / r, jnp.result_type(plain(node.scale))
-        )
-        return eqx.tree_at(
-            lambda m: (m.lora_a, m.lora_b, m.scale),
-            node,
-            (jnp.asarray(v["lora_a"]), jnp.asarray(v["lora_b"]), scale),
-        )
+        v, scale = values[id(node)], plain(node.scale)
+        scale = jnp.full(jnp.shape(scale), alpha / r, jnp.result_type(scale))
+        new = (jnp.asarray(v["lora_a"]), jnp.asarray(v["lora_b"]), scale)
+        return eqx.tree_at(lambda m: (m.lora_a, m.lora_b, m.scale), node, new)
 
     return jax.tree_util.tree_map(fill, model, is_leaf=is_node)

@@ -51,9 +51,7 @@ class Capture:
         """Bind `name` from `text` as written; False when the value does not
         agree with an earlier binding or falls below zero."""
         value = int(text) - self.offset
-        if value < 0 or bindings.setdefault(self.name, value) != value:
-            return False
-        return True
+        return value >= 0 and bindings.setdefault(self.name, value) == value
 
 
 @dataclass(frozen=True)
@@ -333,6 +331,16 @@ def _literal(expr: A.Expr | None) -> int | tuple[int, ...] | None:
     raise ValueError
 
 
+# What a `map` action's argument (its kind in `_names.MAP_ACTIONS`) must be,
+# and the variant of E163 that says so.
+_TAKES = {
+    "none": ("takes_argument", lambda v: v is None),
+    "axes?": ("takes_list", lambda v: v is None or isinstance(v, tuple)),
+    "shape?": ("takes_shape", lambda v: v is None or isinstance(v, tuple)),
+    "axis": ("takes_one", lambda v: isinstance(v, int)),
+}
+
+
 def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Diagnostic]]:
     """The rule of a `map` line, or its diagnostics (every one at once)."""
     problems: list[Diagnostic] = []
@@ -395,42 +403,16 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
             value = _literal(action.arg)
         except ValueError:
             value = "bad"
-        if kind.arg == "none" and value is not None:
-            bad("E163", action.span, variant="takes_argument", help=kind.example, name=action.name)
-        elif kind.arg == "axes?" and not (value is None or isinstance(value, tuple)):
-            bad("E163", action.span, variant="takes_list", help=kind.example, name=action.name)
-        elif kind.arg == "shape?" and not (value is None or isinstance(value, tuple)):
-            bad("E163", action.span, variant="takes_shape", help=kind.example, name=action.name)
-        elif kind.arg == "axis" and not isinstance(value, int):
-            bad("E163", action.span, variant="takes_one", help=kind.example, name=action.name)
-        elif (
-            action.name == "transpose"
-            and value is not None
-            and (
-                sorted(value) != list(range(len(value)))  # type: ignore[arg-type]
-            )
+        takes, fits = _TAKES[kind.arg]
+        if not fits(value):
+            bad("E163", action.span, variant=takes, help=kind.example, name=action.name)
+        elif isinstance(value, tuple) and (
+            sorted(value) != list(range(len(value)))
+            if action.name == "transpose"
+            else sum(d == -1 for d in value) > 1 or any(d < -1 for d in value)
         ):
-            bad(
-                "E163",
-                action.span,
-                variant="transpose_permutation",
-                help=kind.example,
-                list_value=list(value),
-            )
-        elif (
-            action.name == "reshape"
-            and value is not None
-            and (
-                sum(d == -1 for d in value) > 1 or any(d < -1 for d in value)  # type: ignore[union-attr]
-            )
-        ):
-            bad(
-                "E163",
-                action.span,
-                variant="reshape_shape",
-                help=kind.example,
-                list_value=list(value),
-            )
+            variant = "transpose_permutation" if action.name == "transpose" else "reshape_shape"
+            bad("E163", action.span, variant=variant, help=kind.example, list_value=list(value))
         elif action.name == "axis":
             if len(stmt.sources) == 1 and len(stmt.targets) == 1:
                 bad("E163", action.span, variant="axis_says")
@@ -453,15 +435,9 @@ def read_globs(
         try:
             globs.append((glob(s.value), s))
         except PatternError as e:
+            at = _inside(s, e.offset)
             problems.append(
-                report(
-                    "E160",
-                    variant="pattern",
-                    span=_inside(s, e.offset),
-                    source=source,
-                    value=s.value,
-                    error=e,
-                )
+                report("E160", variant="pattern", span=at, source=source, value=s.value, error=e)
             )
     return (None, problems) if problems else (GlobRule(stmt, tuple(globs)), [])
 

@@ -194,15 +194,18 @@ def test_a_stack_the_parent_zips_with_another_list_is_refused_by_plan():
     assert d.code == "E144"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`unstack layers[0:2]` after `stack layers[0:2] scan` is refused (E203: "
-    "`layers[1]` is the layer after the stack); `unstack layers[0]` works",
-)
-def test_unstack_names_a_stacked_slice_as_the_stack_line_did():
+def test_unstack_of_a_stacked_slice_names_the_stack_where_it_is():
+    # A stack of some of a list's elements is one element of that list: after
+    # `stack layers[0:2]` it is `layers[0]`, and `unstack layers[0]` gives the
+    # model back; `unstack layers[0:2]` names the stack and the third layer,
+    # and the error says where the stack is.
     model = Zipped(jr.key(0))
-    out = eqxform.compile("stack layers[0:2] scan layerwise\nunstack layers[0:2]").apply(model)
+    out = eqxform.compile("stack layers[0:2] scan layerwise\nunstack layers[0]").apply(model)
     assert same(out, model)
+    with pytest.raises(eqxform.EqxformError) as info:
+        eqxform.compile("stack layers[0:2] scan layerwise\nunstack layers[0:2]").apply(model)
+    [d] = info.value.diagnostics
+    assert d.code == "E203" and d.span.line == 2 and "`unstack layers[0]`" in d.help
 
 
 class Chain(eqx.Module):
@@ -217,19 +220,39 @@ class Chain(eqx.Module):
         return x
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="after `stack layers[0:2] scan` the list is `[stack, layers[2]]` and selectors "
-    "index it as it is: `layers[1]` names the model's third layer (its `freeze` leaves the "
-    "second layer training, silently) and `layers[0]` both stacked layers",
-)
-def test_a_stacked_slice_keeps_the_logical_layer_indices():
+def test_an_index_into_a_list_a_stack_made_shorter_is_said():
+    # After `stack layers[0:2]` the list is `[stack, layers[2]]`, and a later
+    # index names the list as it is (as `model.layers[1]` does in Python): that
+    # is no longer the model's layer of that number, and W211 says which it is.
     model = Chain(jr.key(0))
     program = eqxform.compile("stack layers[0:2] scan\nwhere layers[1].weight -> init zeros")
-    out = program.apply(model, key=jr.key(1))
+    [d] = program.plan(model).diagnostics
+    assert d.code == "W211" and d.span.line == 2
+    assert "`layers[1]` is the model's `layers[2]`" in d.message
+    with pytest.warns(UserWarning, match="W211"):
+        out = program.apply(model, key=jr.key(1))
+    assert not np.any(np.asarray(out.layers[1].weight))
+    assert np.array_equal(out.layers[0].layers.weight[1], model.layers[1].weight)
+    # A single index names the whole stack, which the warning says too.
+    [d] = (
+        eqxform.compile("stack layers[0:2] scan\nwhere layers[0] -> freeze").plan(model).diagnostics
+    )
+    assert "the stack of the model's `layers[0:2]`" in d.message
+    # Through the stack (`layers[0][1]`), over the whole list, or before the
+    # `stack` line, an index means what it says: no warning.
+    for spec in [
+        "stack layers[0:2] scan\nwhere layers[0][1].weight -> init zeros",
+        "stack layers[0:2] scan\nwhere layers[*].weight -> init zeros",
+        "where layers[1].weight -> init zeros\nstack layers[0:2] scan",
+        "stack layers[1:3] scan\nwhere layers[0].weight -> init zeros",
+    ]:
+        assert eqxform.compile(spec).plan(model).diagnostics == (), spec
+    out = eqxform.compile("stack layers[0:2] scan\nwhere layers[0][1].weight -> init zeros").apply(
+        model, key=jr.key(1)
+    )
     stacked = out.layers[0].layers.weight
     assert not np.any(np.asarray(stacked[1])) and np.array_equal(stacked[0], model.layers[0].weight)
-    assert np.array_equal(out.layers[-1].weight, model.layers[2].weight)
+    assert np.array_equal(out.layers[1].weight, model.layers[2].weight)
 
 
 # ---- e1jax: E1 ---------------------------------------------------------------------

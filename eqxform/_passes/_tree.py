@@ -23,11 +23,12 @@ from .. import _ast as A
 from .. import _names as N
 from .. import _registry as R
 from .._build import build, to_python
+from .._diagnostics import report
 from .._errors import SpecError
 from .._expr import FunctionRef, bare_word
 from .._expr import walk as walk_expr
 from .._hashing import stable_hash
-from .._modules import Frozen, Remat, Wrapper, bake
+from .._modules import Frozen, Remat, Stacked, Wrapper, bake
 from .._select import (
     Node,
     _describe_kind,
@@ -36,6 +37,7 @@ from .._select import (
     fans,
     get,
     is_array,
+    is_index,
     layout_ndim,
     matched_arrays,
     outermost,
@@ -43,6 +45,7 @@ from .._select import (
     select_rule,
     skipped_arrays,
     stack_axis,
+    step_name,
     too_deep,
     walk,
 )
@@ -112,7 +115,54 @@ class RulePass(Pass):
             )
         if self.action.name == "replace" and any(n.batch for n in found):
             raise self.error("E138", rule.selector.span, text=found[0].text)
+        if ctx.report is not None and self.action is rule.actions[0]:
+            self.report_shifted(found, ctx)
         return found
+
+    def report_shifted(self, found: list[Node], ctx: Context) -> None:
+        """W211, once a rule, where its selector indexes a list that an
+        earlier `stack` of some of its elements made shorter: the index names
+        the list as it is, which is not the model's layer of that number."""
+        indexed = _indexed_names(self.rule.selector)
+        for node in found:
+            for k, key in enumerate(node.path):
+                seq = node.objects[k]
+                if not (isinstance(seq, (list, tuple)) and is_index(key) and k):
+                    continue
+                owner = (
+                    k - 2 if k > 1 and isinstance(node.objects[k - 1], eqx.nn.Sequential) else k - 1
+                )
+                if step_name(node.path[owner]) not in indexed:
+                    continue
+                starts, at = [], 0
+                for element in seq:
+                    starts.append(at)
+                    at += element.count if _part_stack(element) else 1
+                i = key.idx
+                if starts[i] == i and not _part_stack(seq[i]):
+                    continue
+                text = path_str(node.path[:k], node.parents[:k])
+                if _part_stack(seq[i]):
+                    names = (
+                        f"the stack of the model's `{text}[{starts[i]}:{starts[i] + seq[i].count}]`"
+                    )
+                else:
+                    names = f"the model's `{text}[{starts[i]}]`"
+                first = next(j for j, e in enumerate(seq) if _part_stack(e))
+                ctx.report(
+                    report(
+                        "W211",
+                        span=self.rule.selector.span,
+                        source=self.source,
+                        severity="warning",
+                        text=self.rule.selector.text,
+                        text2=text,
+                        listing=f"`{text}[{i}]` is {names}",
+                        index=first,
+                        value=0,
+                    )
+                )
+                return
 
     def rule_key(self, key: Any) -> Any:
         return jax.random.fold_in(key, self.identity)
@@ -123,6 +173,29 @@ class RulePass(Pass):
     def skipped(self, nodes: list[Node]) -> int:
         """How many arrays at or under `nodes` the action leaves as they are."""
         return skipped_arrays(nodes, self.rule.selector)
+
+
+def _part_stack(element: Any) -> bool:
+    """Is a list's element a stack made of some of that list's elements (not
+    a module adopted with its own layer axis, which stays one element)?"""
+    return isinstance(element, Stacked) and element.kind != "adopted"
+
+
+def _indexed_names(selector: A.Selector) -> set[str]:
+    """The names a selector indexes by number or slice (`layers` of
+    `layers[1].weight`; not of `layers[*]`, nor of `layers[0][1]`, which
+    names a stacked layer through its stack)."""
+    out = set()
+    for path in selector.paths:
+        steps = (*path.steps, None)
+        for before, step, after in zip(steps, steps[1:], steps[2:]):
+            if (
+                isinstance(before, A.NameStep)
+                and isinstance(step, (A.IndexStep, A.SliceStep))
+                and not isinstance(after, (A.IndexStep, A.SliceStep, A.AllStep))
+            ):
+                out.add(before.name)
+    return out
 
 
 @action_pass("init")

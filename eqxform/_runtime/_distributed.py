@@ -13,7 +13,7 @@ import re
 import jax
 
 from .._diagnostics import Diagnostic, render_all, report
-from .._errors import UsageError
+from .._errors import UsageError, first_line
 
 # How long `eqxform train --coordinator ...` waits for the run, by default.
 DEFAULT_TIMEOUT_S = 60
@@ -136,8 +136,7 @@ def initialize_distributed(
             initialization_timeout=timeout_s + _JAX_MARGIN_S,
         )
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(_problem(process_id, num_processes, coordinator, first)) from None
+        raise UsageError(_problem(process_id, num_processes, coordinator, first_line(e))) from None
     finally:
         watchdog.cancel()
 

@@ -11,7 +11,6 @@ on the tree it is given); frozen parameters go through
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 
 from .. import _names as N
-from .._build import to_python
+from .._build import nbytes, to_python
 from .._diagnostics import report
 from .._errors import UsageError
 from .._modules import Ensemble, Frozen
@@ -35,6 +34,7 @@ from .._select import (
     tensor_name,
     walk,
 )
+from .._values import is_number
 
 DEFAULT = "default"
 
@@ -54,7 +54,7 @@ def _make(name: str, kwargs: dict[str, Any], lr_scale: float, decay: float | Non
     if decay is not None and takes_decay:
         kwargs["weight_decay"] = decay
     opt = getattr(optax, name)(**kwargs)
-    if decay is not None and not takes_decay and (not _number(decay) or decay != 0):
+    if decay is not None and not takes_decay and (not is_number(decay) or decay != 0):
         # An optimiser without decoupled decay gets an L2 term on the gradient.
         opt = optax.chain(optax.add_decayed_weights(decay), opt)
     return opt
@@ -100,11 +100,7 @@ def groups(program, model) -> dict[tuple, Setting]:
                 setting = setting.per_layer(leaf.obj.shape[axis], axis)
                 if getattr(setting, field) is None:
                     setting.decay = np.full(leaf.obj.shape[axis], np.nan)
-                layers = (
-                    list(range(leaf.obj.shape[axis]))
-                    if leaf.layers is None
-                    else sorted(leaf.layers)
-                )
+                layers = slice(None) if leaf.layers is None else sorted(leaf.layers)
                 getattr(setting, field)[layers] = value
             out[leaf.path] = setting
     return out
@@ -131,13 +127,11 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
     optimiser, then per layer the learning-rate scale, the weight decay (as
     the base optimiser applies it: decoupled, or added to the gradient) and
     the freezing."""
-    scale = np.ones(count) if setting.axis is None else setting.scale
-    if setting.axis is None:
-        scale = scale * setting.scale
+    scale = np.ones(count) * setting.scale if setting.axis is None else setting.scale
     takes_decay = "weight_decay" in N.OPTIMIZERS[name].names
     own = kwargs.get("weight_decay", _default_decay(name)) if takes_decay else 0.0
     decay = setting.decay
-    if not _number(own):
+    if not is_number(own):
         # A sweep's weight decay: a traced number per member.
         decay = np.full(count, np.nan) if decay is None else np.broadcast_to(decay, (count,))
         decay = jnp.where(jnp.isnan(jnp.asarray(decay, jnp.float32)), own, decay)
@@ -164,10 +158,6 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
         parts.append(each(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
     parts.append(each(lambda u, p: u * _along(keep, axis, u.ndim)))
     return optax.chain(*parts)
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _default_decay(name: str) -> float:
@@ -258,7 +248,7 @@ def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
         name, kwargs = base_optimizer(member)
         per.append((name, kwargs, groups(member, model)))
     name = per[0][0]
-    numeric = sorted(k for k, v in per[0][1].items() if _number(v))
+    numeric = sorted(k for k, v in per[0][1].items() if is_number(v))
     static = {k: v for k, v in per[0][1].items() if k not in numeric}
     for _, kwargs, _ in per[1:]:
         if {k: v for k, v in kwargs.items() if k not in numeric} != static:
@@ -317,9 +307,4 @@ def state_bytes(program, model) -> int:
     def init(m):
         return optimizer(program, m).init(eqx.filter(m, eqx.is_inexact_array))
 
-    state = eqx.filter_eval_shape(init, model)
-    return sum(
-        math.prod(x.shape) * np.dtype(x.dtype).itemsize
-        for x in jax.tree_util.tree_leaves(state)
-        if hasattr(x, "shape") and hasattr(x, "dtype")
-    )
+    return nbytes(eqx.filter_eval_shape(init, model))

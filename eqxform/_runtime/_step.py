@@ -20,7 +20,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .._diagnostics import did_you_mean, report
-from .._errors import EqxformError, UsageError
+from .._errors import EqxformError, UsageError, first_line
 from .._mesh import as_mesh
 from .._modules import resolve as resolve_wrappers
 from .._program import recipe_of, remember
@@ -68,8 +68,7 @@ class Step:
         else:
             params, state, self._batch_sharding = _on_mesh(mesh, params, state, batch_axis)
             if donate:
-                params = jax.tree_util.tree_map(jnp.copy, params)
-                state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
+                params, state = jax.tree_util.tree_map(jnp.copy, (params, state))
             # The optimiser's state follows the parameters it mirrors (Adam's
             # moments are split as their parameters are), the rest replicated.
             opt_state = jax.jit(
@@ -119,17 +118,10 @@ class Step:
             (_, (loss, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(params)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            out = [
-                jax.tree_util.tree_leaves(params),
-                jax.tree_util.tree_leaves(opt_state),
-                jax.tree_util.tree_leaves(model_state),
-            ]
-            if stop_if_nonfinite and members is not None:
-                out, guard = _keep_members_if_finite(
-                    [flat_params, flat_opt, flat_state], out, loss, guard
-                )
-            elif stop_if_nonfinite:
-                out, guard = _keep_if_finite([flat_params, flat_opt, flat_state], out, loss, guard)
+            out = [jax.tree_util.tree_leaves(t) for t in (params, opt_state, model_state)]
+            if stop_if_nonfinite:
+                old = [flat_params, flat_opt, flat_state]
+                out, guard = _keep_if_finite(old, out, loss, guard, members)
             return (*out, guard, loss)
 
         donated = (0, 1, 2, 3) if donate else ()
@@ -154,16 +146,13 @@ class Step:
 
     def __call__(self, *batch) -> jax.Array:
         signature = _signature(batch)
-        if self._signature is None:
-            first = True
-        elif signature != self._signature and not self._allow_retrace:
+        first = self._signature is None
+        if not first and signature != self._signature and not self._allow_retrace:
             raise RetraceError(
                 report(
                     "E501", show__signature=_show(self._signature), show_signature=_show(signature)
                 )
             )
-        else:
-            first = False
         try:
             args = (self._params, self._opt, self._state, self._guard)
             if self._mesh is None:
@@ -180,7 +169,7 @@ class Step:
                 report(
                     "E502",
                     show_signature=_show(signature),
-                    error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                    error=first_line(e),
                 )
             ) from None
         self._params, self._opt, self._state, self._guard, loss = out
@@ -278,8 +267,7 @@ def _start(optimizer, params, state, copy: bool):
     parameters and the model's state."""
     opt_state = optimizer.init(params)
     if copy:
-        params = jax.tree_util.tree_map(jnp.copy, params)
-        state = None if state is None else jax.tree_util.tree_map(jnp.copy, state)
+        params, state = jax.tree_util.tree_map(jnp.copy, (params, state))
     return params, state, opt_state
 
 
@@ -291,33 +279,29 @@ def _finite(leaves: list) -> jax.Array:
     return ok
 
 
-def _keep_if_finite(old: list, new: list, loss, guard: list) -> tuple[list, list]:
+def _keep_if_finite(
+    old: list, new: list, loss, guard: list, members: int | None
+) -> tuple[list, list]:
     """The step's new leaves if its loss and parameters are finite and no
     step before failed; else the old ones. `guard` counts the steps and
     remembers the first that failed, so that one check after many steps
-    finds it (no wait for the device per step)."""
+    finds it (no wait for the device per step).
+
+    With `members` (an ensemble, `loss` one value per member), per member: a
+    member whose loss or updated parameters are not finite keeps its old
+    arrays (its parameters, its optimiser state, its model state) from then
+    on, inside the compiled step; the other members take the step. The
+    arrays that carry the member axis first are kept per member, the others
+    (an optimiser's shared step count) move on while any member does."""
     count, bad = guard
     count = count + 1
-    finite = jnp.isfinite(loss) & _finite(new[0])
-    ok = finite & (bad == 0)
-    # One conditional, not a `where` per leaf: a select per leaf costs a
-    # kernel each on the CPU and can take XLA minutes to compile for a deep
-    # model.
-    kept = jax.lax.cond(ok, lambda: new, lambda: old)
-    bad = jnp.where((bad == 0) & ~finite, count, bad)
-    return kept, [count, bad]
-
-
-def _keep_members_if_finite(old: list, new: list, loss, guard: list) -> tuple[list, list]:
-    """`_keep_if_finite` per member of an ensemble: a member whose loss or
-    updated parameters are not finite keeps its old arrays (its parameters,
-    its optimiser state, its model state) from then on, inside the compiled
-    step; the other members take the step. `loss` has one value per member;
-    the arrays that carry the member axis first are kept per member, the
-    others (an optimiser's shared step count) move on while any member does."""
-    count, bad = guard
-    count = count + 1
-    members = loss.shape[0]
+    if members is None:
+        finite = jnp.isfinite(loss) & _finite(new[0])
+        # One conditional, not a `where` per leaf: a select per leaf costs a
+        # kernel each on the CPU and can take XLA minutes to compile for a
+        # deep model.
+        kept = jax.lax.cond(finite & (bad == 0), lambda: new, lambda: old)
+        return kept, [count, jnp.where((bad == 0) & ~finite, count, bad)]
     finite = jnp.isfinite(loss)
     for x in new[0]:
         if jnp.issubdtype(x.dtype, jnp.inexact) and x.ndim and x.shape[0] == members:
@@ -333,8 +317,7 @@ def _keep_members_if_finite(old: list, new: list, loss, guard: list) -> tuple[li
     kept = [
         [keep(n, o) for n, o in zip(group_new, group_old)] for group_new, group_old in zip(new, old)
     ]
-    bad = jnp.where((bad == 0) & ~finite, count, bad)
-    return kept, [count, bad]
+    return kept, [count, jnp.where((bad == 0) & ~finite, count, bad)]
 
 
 def _mesh_of(mesh: Any, params: Any) -> Mesh | None:

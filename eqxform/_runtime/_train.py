@@ -29,7 +29,7 @@ from .. import _limits
 from .. import _names as N
 from .. import _registry as R
 from .._diagnostics import report as diagnostic
-from .._errors import UsageError
+from .._errors import UsageError, first_line
 from .._modules import Ensemble, split_state
 from .._passes._forward import output_shape
 from .._values import format_bytes, half_of_memory
@@ -147,38 +147,37 @@ def describe_output(out: Any, depth: int = 0) -> str:
         return "None"
     if depth > 1:
         return type(out).__name__
+    parts, kind = _parts(out), type(out).__name__
+    if parts is None:
+        return f"a `{kind}`"
     if isinstance(out, (tuple, list)) and not hasattr(type(out), "_fields"):
-        items = ", ".join(describe_output(v, depth + 1) for v in out[:4])
-        more = ", ..." if len(out) > 4 else ""
-        return f"a {type(out).__name__} of {len(out)} ({items}{more})"
+        items = ", ".join(describe_output(v, depth + 1) for _, v in parts[:4])
+        return f"a {kind} of {len(out)} ({items}{', ...' if len(out) > 4 else ''})"
+    shown = parts[:4] if isinstance(out, dict) else parts[:6]
+    items = ", ".join(f"{k}: {describe_output(v, depth + 1)}" for k, v in shown)
     if isinstance(out, dict):
-        items = ", ".join(f"{k}: {describe_output(v, depth + 1)}" for k, v in list(out.items())[:4])
         return f"a dict ({items})"
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} `{kind}` ({items})"
+
+
+def _parts(out: Any) -> list[tuple[str, Any]] | None:
+    """The parts of `out` that `--model-output` can name (name, value), or None."""
+    if isinstance(out, (tuple, list)) and not hasattr(type(out), "_fields"):
+        return [(str(i), v) for i, v in enumerate(out)]
+    if isinstance(out, dict):
+        return [(str(k), v) for k, v in out.items()]
     if dataclasses.is_dataclass(out):
-        fields = [(f.name, getattr(out, f.name)) for f in dataclasses.fields(out)]
-    elif hasattr(type(out), "_fields"):
-        fields = list(zip(type(out)._fields, out))
-    else:
-        return f"a `{type(out).__name__}`"
-    items = ", ".join(f"{k}: {describe_output(v, depth + 1)}" for k, v in fields[:6])
-    article = "an" if type(out).__name__[:1].lower() in "aeiou" else "a"
-    return f"{article} `{type(out).__name__}` ({items})"
+        return [(f.name, getattr(out, f.name)) for f in dataclasses.fields(out)]
+    if hasattr(type(out), "_fields"):
+        return list(zip(type(out)._fields, out))
+    return None
 
 
 def _output_names(out: Any) -> list[str]:
-    """What `--model-output` could name at the top of `out`."""
-    if isinstance(out, (tuple, list)) and not hasattr(type(out), "_fields"):
-        return [str(i) for i in range(len(out))]
-    if isinstance(out, dict):
-        return [str(k) for k in out]
-    if dataclasses.is_dataclass(out):
-        return [f.name for f in dataclasses.fields(out)]
-    if hasattr(type(out), "_fields"):
-        return list(type(out)._fields)
-    return []
+    return [name for name, _ in _parts(out) or []]
 
 
-def picked_output(out: Any, path: str | None, where: str) -> Any:
+def picked_output(out: Any, path: str | None) -> Any:
     """`pick` on a model's output (shapes), or a diagnostic that shows what
     the model returned."""
     try:
@@ -214,7 +213,7 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
                 "E425",
                 variant="cannot_import",
                 name=name,
-                error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+                error=first_line(e),
             )
         ) from None
     if not callable(fn):
@@ -224,6 +223,11 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
 
 def _data_error(code: str, file: str, /, **fields) -> UsageError:
     return UsageError(diagnostic(code, file=file, **fields))
+
+
+def _bad_data(code: str, path: str, /, **fields) -> UsageError:
+    """The error of the data file at `path`, which its message names."""
+    return _data_error(code, path, path=path, **fields)
 
 
 def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -238,49 +242,38 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError):
         info = None
     if info is None or not stat.S_ISREG(info.st_mode):
-        raise _data_error(
-            "E420", path, variant="no_file" if info is None else "not_a_file", path=path
-        )
+        raise _bad_data("E420", path, variant="no_file" if info is None else "not_a_file")
     try:
         headers = _npz_headers(path)
     except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         # A zip (that was checked first) whose directory, lengths or checksums
         # are wrong.
-        raise _data_error("E528", path, path=path, error=e) from None
+        raise _bad_data("E528", path, error=e) from None
     names = sorted(headers)
     if "x" not in names or "y" not in names:
-        raise _data_error(
-            "E420", path, path=path, value=", ".join(f"`{n}`" for n in names) or "none"
-        )
+        raise _bad_data("E420", path, value=", ".join(f"`{n}`" for n in names) or "none")
     total = sum(headers[k][2] for k in ("x", "y"))
     limit = _memory_limit()
     if total > limit:
-        raise _data_error(
-            "E527",
-            path,
-            path=path,
-            size_total=format_bytes(total),
-            size_limit=format_bytes(limit),
+        raise _bad_data(
+            "E527", path, size_total=format_bytes(total), size_limit=format_bytes(limit)
         )
     try:
         with np.load(path, allow_pickle=False) as data:
             x, y = data["x"], data["y"]
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise _data_error(
-            "E528",
-            path,
-            path=path,
-            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+        raise _bad_data(
+            "E528", path, error=str(e).splitlines()[0] if str(e) else type(e).__name__
         ) from None
     for key, array in (("x", x), ("y", y)):
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
-            raise _data_error("E528", path, variant="changed_while", key=key, path=path)
+            raise _bad_data("E528", path, variant="changed_while", key=key)
     if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
         raise _data_error(
             "E420", path, variant="rows", list_shape=list(x.shape), list_shape2=list(y.shape)
         )
     if len(x) == 0:
-        raise _data_error("E420", path, variant="empty", path=path)
+        raise _bad_data("E420", path, variant="empty")
     for key, array in (("x", x), ("y", y)):
         check_finite(array, key, path)
     return x, y
@@ -296,11 +289,10 @@ def check_finite(array: np.ndarray, key: str, path: str) -> None:
         return
     where = tuple(int(i) for i in np.argwhere(~finite)[0])
     count = int(finite.size - np.count_nonzero(finite))
-    raise _data_error(
+    raise _bad_data(
         "E529",
         path,
         key=key,
-        path=path,
         array=array[where],
         list_where=list(where),
         count=count,
@@ -316,10 +308,9 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
         magic = f.read(6)
     if not zipfile.is_zipfile(path):
         single = magic == b"\x93NUMPY"
-        raise _data_error(
+        raise _bad_data(
             "E525",
             path,
-            path=path,
             value="a single `.npy` array"
             if single
             else "not an `.npz` file (a zip of `.npy` arrays)",
@@ -329,7 +320,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
         for member in z.infolist():
             name = member.filename
             if not name.endswith(".npy"):
-                raise _data_error("E525", path, variant="holds_which", path=path, name=name)
+                raise _bad_data("E525", path, variant="holds_which", name=name)
             key = name[: -len(".npy")]
             with z.open(member) as f:
                 try:
@@ -342,12 +333,11 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                         raise ValueError(f"`.npy` version {version[0]}.{version[1]} is not read")
                     shape, _, dtype = read(f, max_header_size=_limits.MAX_NPY_HEADER_BYTES)
                 except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError) as e:
-                    raise _data_error(
+                    raise _bad_data(
                         "E525",
                         path,
                         variant="readable_npy",
                         name=name,
-                        path=path,
                         error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
                     ) from None
                 offset = f.tell()
@@ -360,20 +350,17 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                     "M": "dates",
                     "m": "time deltas",
                 }.get(dtype.kind, "records" if dtype.fields is not None else f"`{dtype}`")
-                raise _data_error("E526", path, key=key, path=path, kind=kind, dtype=dtype)
+                raise _bad_data("E526", path, key=key, kind=kind, dtype=dtype)
             if any(type(d) is not int or d < 0 for d in shape):
-                raise _data_error(
-                    "E525", path, variant="has_shape", key=key, path=path, shape=shape
-                )
+                raise _bad_data("E525", path, variant="has_shape", key=key, shape=shape)
             claimed = math.prod(shape) * dtype.itemsize
             held = member.file_size - offset
             if claimed != held:
-                raise _data_error(
+                raise _bad_data(
                     "E527",
                     path,
                     variant="claims",
                     key=key,
-                    path=path,
                     list_shape=list(shape),
                     dtype=dtype,
                     size_claimed=format_bytes(claimed),
@@ -408,15 +395,12 @@ def toy_data(
         if len(inputs) != 1:
             raise UsageError(diagnostic("E421", len_inputs=len(inputs)))
         shape, dtype = tuple(inputs[0].shape), np.dtype(inputs[0].dtype)
-        out = picked_output(output_shape(subject, inputs), output, "built-in data")
+        out = picked_output(output_shape(subject, inputs), output)
         if not hasattr(out, "shape"):
             raise _tuple_output("built-in data", out, loss)
-        out_shape = tuple(out.shape)
-        if out_shape is not None and isinstance(model, Ensemble):
-            out_shape = out_shape[1:]
+        out_shape = tuple(out.shape)[1 if isinstance(model, Ensemble) else 0 :]
     else:
-        in_size = getattr(core, "in_size", None)
-        out_size = getattr(core, "out_size", None)
+        in_size, out_size = getattr(core, "in_size", None), getattr(core, "out_size", None)
         if not isinstance(in_size, int) or not isinstance(out_size, int):
             raise UsageError(diagnostic("E421", variant="needs_model", name=type(core).__name__))
         shape, dtype, out_shape = (in_size,), np.dtype(np.float32), (out_size,)
@@ -474,9 +458,9 @@ def check_fits(
             where,
             variant="model_does",
             list_shape=list(x.shape[1:]),
-            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            error=first_line(e),
         ) from None
-    out = picked_output(whole, output, where)
+    out = picked_output(whole, output)
     if callable(loss):
         _check_own_loss(loss, out, y, isinstance(model, Ensemble), where)
         return
@@ -532,19 +516,13 @@ def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, whe
     gives one number."""
     name = f"{getattr(loss, '__module__', '?')}:{getattr(loss, '__qualname__', loss)}"
     batch = 2
-    pred = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct((batch, *s.shape), s.dtype) if hasattr(s, "shape") else s,
-        out,
-    )
-    if ensemble:
-        pred = jax.tree_util.tree_map(
-            lambda s: (
-                jax.ShapeDtypeStruct((s.shape[0], *s.shape[2:]), s.dtype)
-                if hasattr(s, "shape")
-                else s
-            ),
-            pred,
-        )
+
+    def batched(s):  # a batch of one model's outputs (an ensemble's: of one member's)
+        if not hasattr(s, "shape"):
+            return s
+        return jax.ShapeDtypeStruct((batch, *s.shape[1 if ensemble else 0 :]), s.dtype)
+
+    pred = jax.tree_util.tree_map(batched, out)
     target = jax.ShapeDtypeStruct((batch, *y.shape[1:]), y.dtype)
     try:
         value = jax.eval_shape(loss, pred, target)
@@ -556,7 +534,7 @@ def _check_own_loss(loss: Callable, out: Any, y: np.ndarray, ensemble: bool, whe
             name=name,
             describe_output_out=describe_output(out),
             describe_output_target=describe_output(target),
-            error=str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__,
+            error=first_line(e),
         ) from None
     if not (
         hasattr(value, "shape") and value.shape == () and jnp.issubdtype(value.dtype, jnp.floating)
@@ -673,14 +651,11 @@ def member_losses(
         fn = _member_loss_fn(*key)
     except TypeError:  # a loss function that cannot be a cache key
         fn = _member_loss_fn.__wrapped__(*key)
-    total, count = None, 0
+    total = 0.0
     for start in range(0, len(x), chunk):
         xb, yb = jnp.asarray(x[start : start + chunk]), jnp.asarray(y[start : start + chunk])
-        value = np.asarray(fn(model_only, state, xb, yb), np.float64) * len(xb)
-        total = value if total is None else total + value
-        count += len(xb)
-    assert total is not None
-    return total / count
+        total = total + np.asarray(fn(model_only, state, xb, yb), np.float64) * len(xb)
+    return total / len(x)
 
 
 @jax.jit
