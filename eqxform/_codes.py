@@ -1094,6 +1094,12 @@ CODES: dict[str, Code] = {
                 "`{text}` matches {len_candidates} node{s}, but none passes the `if` filter",
                 "e.g. {listing}",
             ),
+            pre_stacked=(
+                "`{text}` matches nothing in the model: `{text2}` is one `{name}` whose "
+                "arrays carry a leading layer axis of {count}, not a list of layers",
+                "write `stack {text2} scan` above this rule: it adopts the {count} layers the "
+                "module holds (no copies), and `{text}` then names them",
+            ),
         ),
         _c(
             "E202",

@@ -37,6 +37,7 @@ from ._passes._struct import EnsemblePass, StackCallError, StackPass
 from ._select import (
     evaluate_at,
     get,
+    in_state,
     is_array,
     matched_arrays,
     node_at,
@@ -44,6 +45,7 @@ from ._select import (
     path_str,
     seen_through,
     select_rule,
+    skipped_state,
     walk,
 )
 from ._values import argument_diagnostic, format_bytes
@@ -81,6 +83,8 @@ class PlanStep:
     skipped: int = (
         0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
     )
+    # Floating arrays of model state (`StateIndex` initial values) those left.
+    state_skipped: int = 0
 
     @property
     def params_delta(self) -> int:
@@ -238,8 +242,10 @@ class Plan:
     members: PlanMembers | None = None  # a sweep's members, their values and memory
 
     @functools.cached_property
-    def _counts(self) -> tuple[int, int]:
-        return (0, 0) if self.result is None else trainable_frozen(split_state(self.result)[0])
+    def _counts(self) -> tuple[int, int, int]:
+        if self.result is None:
+            return (0, 0, 0)
+        return trainable_frozen(split_state(self.result)[0])
 
     @property
     def trainable(self) -> int:
@@ -250,6 +256,12 @@ class Plan:
     def frozen(self) -> int:
         """Floating-point parameters held still (`freeze`, an adapter's base)."""
         return self._counts[1]
+
+    @property
+    def state(self) -> int:
+        """Floating-point initial values of model state (`eqx.nn.StateIndex`):
+        neither trainable nor frozen."""
+        return self._counts[2]
 
     @functools.cached_property
     def untouched(self) -> tuple[str, ...]:
@@ -276,6 +288,7 @@ class Plan:
                     "count": s.count,
                     "unit": s.unit,
                     "skipped": s.skipped,
+                    "state_skipped": s.state_skipped,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
                     "matches": [
@@ -288,6 +301,7 @@ class Plan:
             "untouched": list(self.untouched),
             "trainable": self.trainable,
             "frozen": self.frozen,
+            "state": self.state,
             "opt_state_bytes": self.opt_state_bytes,
             "placement": None if self.placement is None else self.placement.to_dict(),
             "members": None if self.members is None else self.members.to_dict(),
@@ -315,6 +329,8 @@ class Plan:
             delta = f"{s.params_delta:+,} params" if s.params_delta else "params unchanged"
             lines += _wrap(f"line {s.line}: {s.rule}", "    ", width)
             skipped = f", {plural(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
+            if s.state_skipped:
+                skipped += f", {plural(s.state_skipped, 'array')} of model state skipped"
             lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
@@ -400,6 +416,14 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
         return f"{type(obj).__name__}({describe(obj._inner(), axes)})"
     if isinstance(obj, Stacked) and obj.unrolled:
         return f"{type(obj).__name__} ({count_params(obj):,} params, scan unrolled)"
+    if isinstance(obj, Stacked) and obj.kind == "adopted":
+        # The module's own layer axis taken as it is; of a library's blocks
+        # pre-stacked again, the outer one (the inner ones stay in each layer).
+        axis = f" from the outer of {obj.inner + 1} layer axes" if obj.inner else ""
+        return (
+            f"{type(obj).__name__} ({count_params(obj):,} params, "
+            f"{obj.count} layers adopted as built{axis}, no copies)"
+        )
     if isinstance(obj, eqx.Module):
         return f"{type(obj).__name__} ({count_params(obj):,} params)"
     if callable(obj):
@@ -414,15 +438,19 @@ def budget(plan: Plan) -> str:
 
 def _budget_parts(plan: Plan) -> list[str]:
     parts = [f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"]
+    if plan.state:
+        parts.append(f"model state: {plan.state:,}")
     if plan.opt_state_bytes is not None:
         parts.append(f"optimizer state: {plan.opt_state_bytes:,} bytes")
     return parts
 
 
-def trainable_frozen(model: Any) -> tuple[int, int]:
-    """(trainable, frozen) floating-point parameters of `model`: those inside a
-    `Frozen` (for one frozen on some layers of a stack, those layers) are frozen."""
-    trainable = frozen = 0
+def trainable_frozen(model: Any) -> tuple[int, int, int]:
+    """(trainable, frozen, state) floating-point values of `model`: those
+    inside a `Frozen` (for one frozen on some layers of a stack, those layers)
+    are frozen; the initial values of model state (in an `eqx.nn.StateIndex`)
+    are state, neither."""
+    trainable = frozen = state = 0
     for node in walk(model):
         x = node.obj
         # `jnp.issubdtype` knows bfloat16 and the float8 types (`ml_dtypes`) are
@@ -430,6 +458,9 @@ def trainable_frozen(model: Any) -> tuple[int, int]:
         if not is_array(x) or not jnp.issubdtype(x.dtype, jnp.inexact):
             continue
         size = math.prod(x.shape)
+        if in_state(node.parents):
+            state += size
+            continue
         wrapper = next((p for p in reversed(node.parents) if isinstance(p, Frozen)), None)
         if wrapper is None:
             trainable += size
@@ -440,7 +471,7 @@ def trainable_frozen(model: Any) -> tuple[int, int]:
         share = size * len(wrapper.layers) // x.shape[wrapper.axis]
         frozen += share
         trainable += size - share
-    return trainable, frozen
+    return trainable, frozen, state
 
 
 def count_params(model: Any) -> int:
@@ -852,11 +883,12 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
         skipped = p.skipped(nodes) if info.floats else 0
+        state = skipped_state(nodes, p.rule.selector) if info.floats else 0
     else:
         # A structural directive acts on the list, tuple or module it names.
         targets = nodes
         kind, writes = "structure", tuple((logical_path(n), None) for n in targets)
-        span, skipped = p.stmt.span, 0
+        span, skipped, state = p.stmt.span, 0, 0
     return PlanStep(
         p.line,
         p.text,
@@ -869,6 +901,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         span,
         unit_of(targets),
         skipped,
+        state,
     )
 
 

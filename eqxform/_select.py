@@ -28,7 +28,15 @@ from . import _limits
 from ._diagnostics import Diagnostic, did_you_mean, report
 from ._errors import SpecError
 from ._expr import EvalError, evaluate
-from ._modules import AROUND, Ensemble, Stacked, Wrapper, batched, wrapped_field
+from ._modules import (
+    AROUND,
+    Ensemble,
+    Stacked,
+    Wrapper,
+    batched,
+    is_state_index,
+    wrapped_field,
+)
 from ._parse import parse
 from ._registry import registered_type, resolve_type, type_names
 
@@ -138,6 +146,33 @@ def layout_ndim(node: Node) -> int | None:
             return _field_layout(owner, node.path[k].name)
         return None
     return None
+
+
+def layer_axis(module: Any) -> int | None:
+    """The length of the layer axis of a module built pre-stacked (by
+    `eqx.filter_vmap` over keys, as esm2quinox and the Tricks page's TenMLPs
+    build theirs), or None. It is one: the arrays of the layer types whose
+    layouts Equinox fixes carry at least one axis more than their layout, and
+    every array leads with an axis of one length.
+
+    A module built by `filter_vmap` inside `filter_vmap` (transformer-flows'
+    blocks, each holding its attention blocks pre-stacked again) carries two
+    leading axes on its inner layers: the outer one is the layer axis, the
+    inner one part of each layer (as the library's own scan sees it)."""
+    length = None
+    known = False
+    for node in walk(module):
+        if not is_array(node.obj):
+            continue
+        layout = layout_ndim(node)
+        if layout is not None:
+            if node.obj.ndim <= layout:
+                return None
+            known = True
+        if node.obj.ndim == 0 or length not in (None, node.obj.shape[0]):
+            return None
+        length = node.obj.shape[0]
+    return length if known else None
 
 
 _SEEN_THROUGH = frozenset({Stacked, Ensemble, *AROUND})
@@ -349,19 +384,30 @@ def _inexact(x: Any) -> bool:
     return bool(jax.numpy.issubdtype(x.dtype, jax.numpy.inexact))
 
 
-def array_leaves(node: Node, inexact_only: bool) -> list[Node]:
+def array_leaves(node: Node, inexact_only: bool, state: bool = True) -> list[Node]:
     """The arrays at or under `node` (with `inexact_only`, its floating-point
     ones: a bool mask or an int counter is no parameter to draw, cast, scale
-    or freeze)."""
+    or freeze; without `state`, none held in an `eqx.nn.StateIndex`: a
+    cache's or running statistics' initial value is no parameter either)."""
     if is_array(node.obj):
+        if not state and in_state(node.parents):
+            return []
         return [node] if not inexact_only or _inexact(node.obj) else []
     out = []
     for sub in walk(node.obj):
         if sub.path and is_array(sub.obj):
             if inexact_only and not _inexact(sub.obj):
                 continue
-            out.append(Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers))
+            parents = node.parents + sub.parents
+            if not state and in_state(parents):
+                continue
+            out.append(Node(node.path + sub.path, sub.obj, parents, node.layers))
     return out
+
+
+def in_state(objects: Iterable[Any]) -> bool:
+    """Is any of `objects` (the objects along a path) an `eqx.nn.StateIndex`?"""
+    return any(is_state_index(p) for p in objects)
 
 
 # ---- matching ----------------------------------------------------------------
@@ -815,6 +861,22 @@ def evaluate_at(
 
 
 def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecError:
+    found = _pre_stacked(selector, nodes)
+    if found is not None:
+        # `layers[0]` of a module built with a layer axis (not yet a stack).
+        node, count = found
+        return SpecError(
+            report(
+                "E201",
+                variant="pre_stacked",
+                span=selector.span,
+                source=source,
+                text=selector.text,
+                text2=node.text,
+                name=type(node.obj).__name__,
+                count=count,
+            )
+        )
     hint = did_you_mean(selector.text, nearest_paths(selector, nodes))
     return SpecError(
         report(
@@ -825,6 +887,33 @@ def no_match(selector: A.Selector, nodes: list[Node], source: A.Source) -> SpecE
             value=f"{hint} " if hint else "",
         )
     )
+
+
+def _pre_stacked(selector: A.Selector, nodes: list[Node]) -> tuple[Node, int] | None:
+    """The module, and its number of layers, where `selector` indexes (`[0]`,
+    `[1:3]`, `[*]`) a module built with a leading layer axis that no `stack`
+    line has adopted: it is one module, so no index reaches into it."""
+    for path in selector.paths:
+        cut = next(
+            (k for k, s in enumerate(path.steps) if isinstance(s, _INDEXING)),
+            None,
+        )
+        if not cut:
+            continue
+        prefix = A.Selector((A.SelPath(path.steps[:cut], path.span),), selector.span)
+        try:
+            found = select(prefix, nodes)
+        except SpecError:
+            continue
+        for node in found:
+            if isinstance(node.obj, eqx.Module) and not any(batched(p) for p in node.objects):
+                count = layer_axis(node.obj)
+                if count is not None:
+                    return node, count
+    return None
+
+
+_INDEXING = (A.IndexStep, A.SliceStep, A.AllStep)
 
 
 def describe_match(node: Node) -> str:
@@ -914,13 +1003,25 @@ def names_fields(selector: A.Selector) -> bool:
     return all(_last_field(p) is not None for p in selector.paths)
 
 
+def names_state(selector: A.Selector, node: Node) -> bool:
+    """Does `selector` name the model state at `node` itself: is the node an
+    `eqx.nn.StateIndex` or inside one, reached by a field, type or index (not
+    by `*`, `**`, `[*]` or a slice)? Only then do actions act on a state's
+    initial values; a module-wide action leaves them, as the state it makes."""
+    return in_state(node.objects) and all(
+        isinstance(p.steps[-1], (A.NameStep, A.IndexStep)) for p in selector.paths
+    )
+
+
 def matched_arrays(
     nodes: list[Node], action: str, selector: A.Selector, source: A.Source
 ) -> list[Node]:
     """The arrays matched nodes stand for: modules and containers by their
     floating-point arrays, arrays as they are. A selector that names fields
     must name arrays or modules (anything else is an error); a broad one
-    (`**`, `[*]`, a type) skips other leaves and non-floating arrays."""
+    (`**`, `[*]`, a type) skips other leaves and non-floating arrays. The
+    initial values of model state (`eqx.nn.StateIndex`) count only where the
+    selector names them (`names_state`)."""
     broad = not names_fields(selector)
     out: dict[tuple, Node] = {}
     for node in nodes:
@@ -937,7 +1038,8 @@ def matched_arrays(
                     describe_kind_obj=_describe_kind(node.obj),
                 )
             )
-        for leaf in array_leaves(node, inexact_only=broad or not is_array(node.obj)):
+        inexact_only = broad or not is_array(node.obj)
+        for leaf in array_leaves(node, inexact_only, names_state(selector, node)):
             out.setdefault(leaf.path, leaf)
     return list(out.values())
 
@@ -958,4 +1060,18 @@ def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
                 for leaf in array_leaves(node, inexact_only=False)
                 if not _inexact(leaf.obj)
             )
+    return len(paths)
+
+
+def skipped_state(nodes: list[Node], selector: A.Selector) -> int:
+    """How many floating-point arrays of model state (initial values held in
+    an `eqx.nn.StateIndex`) at or under the matched nodes `matched_arrays`
+    leaves out (the non-floating ones are counted by `skipped_arrays`)."""
+    paths = set()
+    for node in nodes:
+        if names_state(selector, node):
+            continue
+        paths.update(
+            leaf.path for leaf in array_leaves(node, inexact_only=True) if in_state(leaf.parents)
+        )
     return len(paths)

@@ -96,6 +96,45 @@ def test_esm2_copies_of_its_stack_need_the_word_and_warn(esm2):
     assert count_params(copies.layers) == 2 * count_params(model.layers)
 
 
+def test_esm2_layers_indexed_without_a_stack_line_are_told_to_adopt_them(esm2):
+    model, tokens = esm2
+    for rule in ("where layers[0] -> freeze", "where layers[1:3].linear1 -> lora(rank=2)"):
+        with pytest.raises(eqxform.SpecError) as info:
+            eqxform.compile(rule).apply(model)
+        [d] = info.value.diagnostics
+        assert d.code == "E201" and d.span.line == 1
+        assert "`layers` is one `TransformerLayer`" in d.message
+        assert "leading layer axis of 4" in d.message
+        assert d.help.startswith("write `stack layers scan` above this rule")
+        # What the help says works, and does what the rule asked.
+        fixed = eqxform.compile("stack layers scan\n" + rule).apply(model)
+        np.testing.assert_allclose(
+            eqxform.resolve(fixed)(tokens).logits, model(tokens).logits, atol=1e-5
+        )
+    # The path it names is the module's own, wherever it sits.
+    (d,) = eqxform.compile("input i32[8]\nwhere ESM2.layers[0] -> freeze").check(model)
+    assert d.code == "E201" and "write `stack layers scan`" in d.help
+
+
+def test_a_lookalike_pre_stacked_module_indexed_without_a_stack_line():
+    model = R.PreStackedTransformer(embed_size=16, num_layers=3, num_heads=2, key=jr.key(3))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where layers[*].linear2.weight -> init zeros").apply(model)
+    [d] = info.value.diagnostics
+    assert "`layers` is one `StackedLayer`" in d.message and "axis of 3" in d.message
+    nested = NestedFlow(key=jr.key(20))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where blocks[0].couplings -> freeze").apply(nested)
+    [d] = info.value.diagnostics
+    assert "`blocks` is one `FlowBlock`" in d.message and "axis of 3" in d.message
+    assert "`stack blocks scan`" in d.help
+    # A path that is no module with a layer axis keeps the nearest paths.
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("where head[0] -> freeze").apply(model)
+    [d] = info.value.diagnostics
+    assert "layer axis" not in d.message and "did you mean" in d.help
+
+
 def test_ten_mlps_of_the_tricks_page_are_adopted():
     model = R.PreStacked(size=8, count=5, key=jr.key(1))
     stacked = eqxform.compile("stack mlps scan").apply(model)
@@ -112,6 +151,134 @@ def test_an_esm2_shaped_trunk_adopted_with_a_keyword_argument():
     x = jr.normal(jr.key(4), (6, 16))
     pad = jnp.array([False] * 4 + [True] * 2)
     np.testing.assert_allclose(stacked(x, pad), model(x, pad), atol=1e-6)
+
+
+# ---- blocks pre-stacked twice (transformer-flows' shape) ---------------------------
+
+
+class Coupling(eqx.Module):
+    """One inner layer: an `eqx.nn.Linear` and a raw-array gain."""
+
+    linear: eqx.nn.Linear
+    gain: jax.Array
+
+    def __init__(self, size: int, key):
+        k1, k2 = jr.split(key)
+        self.linear = eqx.nn.Linear(size, size, key=k1)
+        self.gain = 0.5 + jr.uniform(k2, (size,))
+
+    def __call__(self, x):
+        return x + self.gain * jnp.tanh(self.linear(x))
+
+
+def _own_scan(stack, x):
+    """A library's scan over its pre-stacked layers: partition, `lax.scan`, combine."""
+    dynamic, static = eqx.partition(stack, eqx.is_array)
+    return jax.lax.scan(lambda h, d: (eqx.combine(d, static)(h), None), x, dynamic)[0]
+
+
+class FlowBlock(eqx.Module):
+    """A block with a raw-array projection of its own and `couplings`, ONE
+    `Coupling` built by `filter_vmap` over `depth` keys, run by its own scan."""
+
+    proj: jax.Array
+    couplings: Coupling
+
+    def __init__(self, size: int, depth: int, key):
+        k1, k2 = jr.split(key)
+        self.proj = jr.normal(k1, (size, size)) / np.sqrt(size)
+        self.couplings = eqx.filter_vmap(lambda k: Coupling(size, k))(jr.split(k2, depth))
+
+    def __call__(self, x):
+        return _own_scan(self.couplings, self.proj @ x)
+
+
+class NestedFlow(eqx.Module):
+    """transformer-flows' shape: `blocks` is ONE `FlowBlock` built by
+    `filter_vmap` over `count` keys, so each coupling's arrays carry two
+    leading axes `(count, depth, ...)`; run by the model's own scan."""
+
+    blocks: FlowBlock
+
+    def __init__(self, size: int = 8, count: int = 3, depth: int = 2, *, key):
+        self.blocks = eqx.filter_vmap(lambda k: FlowBlock(size, depth, k))(jr.split(key, count))
+
+    def __call__(self, x):
+        return _own_scan(self.blocks, x)
+
+
+def nested_flow_by_hand(model: NestedFlow, x):
+    """`NestedFlow.__call__` written out over the library's stacked arrays."""
+    b = model.blocks
+    for i in range(b.proj.shape[0]):
+        x = b.proj[i] @ x
+        c = b.couplings
+        for j in range(c.gain.shape[1]):
+            w, bias = c.linear.weight[i, j], c.linear.bias[i, j]
+            x = x + c.gain[i, j] * jnp.tanh(w @ x + bias)
+    return x
+
+
+def test_blocks_pre_stacked_twice_are_adopted_along_the_outer_axis():
+    model = NestedFlow(key=jr.key(20))
+    x = jr.normal(jr.key(21), (8,))
+    assert model.blocks.couplings.linear.weight.shape == (3, 2, 8, 8)
+    program = eqxform.compile("input f32[8]\nstack blocks scan")
+    stacked = program.apply(model)
+    assert isinstance(stacked.blocks, eqxform.Stacked) and stacked.blocks.count == 3
+    assert count_params(stacked) == count_params(model)
+    plan = str(program.plan(model))
+    assert "3 layers adopted as built from the outer of 2 layer axes, no copies" in plan
+    # The model's own scan slices the stack into one block at a time; the
+    # stack called on its own runs the three; both as written by hand.
+    want = nested_flow_by_hand(model, x)
+    np.testing.assert_allclose(model(x), want, atol=1e-5)
+    np.testing.assert_allclose(stacked(x), want, atol=1e-5)
+    np.testing.assert_allclose(stacked.blocks(x), want, atol=1e-5)
+    np.testing.assert_allclose(stacked.blocks[1](x), model.blocks.__class__.__call__(
+        jax.tree.map(lambda a: a[1] if eqx.is_array(a) else a, model.blocks), x
+    ), atol=1e-6)  # fmt: skip
+
+    def loss(m):
+        return jnp.sum(eqxform.resolve(m)(x) ** 2)
+
+    grads = eqx.filter_grad(loss)(model)
+    for a, b in zip(arrays(grads), arrays(eqx.filter_grad(loss)(stacked))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # A layer of the stack is the outer block: its inner axis comes with it.
+    spec = "stack blocks scan\nwhere blocks[1].couplings.gain -> scale 2\nwhere blocks[2] -> freeze"
+    out = eqxform.compile(spec).apply(model)
+    gain = np.asarray(model.blocks.couplings.gain)
+    hand = eqx.tree_at(
+        lambda m: m.blocks.couplings.gain, model, gain * np.array([1, 2, 1])[:, None, None]
+    )
+    np.testing.assert_allclose(eqxform.resolve(out)(x), nested_flow_by_hand(hand, x), atol=1e-5)
+    frozen = eqx.filter_grad(loss)(out).blocks.layers
+    w = np.asarray(frozen.couplings.linear.weight.value)
+    assert w.shape == (3, 2, 8, 8) and not np.any(w[2]) and np.all(np.any(w[:2] != 0, axis=(2, 3)))
+    back = eqxform.compile("stack blocks scan\nunstack blocks").apply(model)
+    assert type(back.blocks) is FlowBlock
+    assert all(np.array_equal(a, b) for a, b in zip(arrays(back), arrays(model)))
+    # Copies of it need the word, as of a stack of one axis.
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("stack blocks scan 2").apply(model)
+    assert code_of(info) == "E132" and "already holds 3 layers" in info.value.diagnostics[0].message
+
+
+class OneBlock(eqx.Module):
+    block: FlowBlock
+
+
+def test_a_block_holding_a_pre_stacked_part_is_no_stack_of_its_own():
+    # One `FlowBlock`: its couplings carry a layer axis, its projection none.
+    model = OneBlock(FlowBlock(8, 3, jr.key(22)))
+    with pytest.raises(eqxform.SpecError) as info:
+        eqxform.compile("stack block scan").apply(model)
+    assert code_of(info) == "E130"
+    inner = eqxform.compile("stack block.couplings scan").apply(model)
+    assert inner.block.couplings.count == 3 and inner.block.couplings.inner == 0
+    x = jr.normal(jr.key(23), (8,))
+    np.testing.assert_allclose(inner.block(x), model.block(x), atol=1e-6)
 
 
 # ---- layers that change the carry (megalodon-jax) ---------------------------------
@@ -158,6 +325,30 @@ def test_megalodon_scan_stack_with_input_is_caught_at_the_stack_line(megalodon):
     # What the help suggests works, and computes what the model does.
     layerwise = eqxform.compile("input i32[1,8]\nstack model.layers scan layerwise").apply(model)
     np.testing.assert_allclose(layerwise(ids)[0], model(ids)[0], atol=1e-5)
+
+
+def test_megalodon_cast_of_everything_keeps_its_cached_forward(megalodon):
+    # Megalodon's cache is an argument of its call, not model state: `**`
+    # reaches only its parameters, as a hand-written cast of them does, and
+    # the cached forward (keys, values, running norms) still runs.
+    model, ids = megalodon
+    program = eqxform.compile("where ** -> cast bfloat16")
+    out = program.apply(model)
+    hand = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.bfloat16) if eqx.is_inexact_array(x) else x, model
+    )
+    assert all(
+        a.dtype == b.dtype and np.array_equal(a, b)
+        for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(hand))
+        if eqx.is_array(a)
+    )
+    logits, cache = out(ids, return_cache=True)
+    want, want_cache = hand(ids, return_cache=True)
+    np.testing.assert_allclose(np.asarray(logits, np.float32), np.asarray(want, np.float32))
+    assert [x.dtype for x in jax.tree_util.tree_leaves(cache)] == [
+        x.dtype for x in jax.tree_util.tree_leaves(want_cache)
+    ]
+    assert program.plan(model).steps[0].state_skipped == 0
 
 
 # ---- stacks with BatchNorm state -------------------------------------------------

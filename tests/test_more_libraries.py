@@ -27,6 +27,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+import realmodels as R
 from test_libraries import hand_lora, same, with_random_b
 
 import eqxform
@@ -156,6 +157,95 @@ def test_a_state_index_the_call_does_not_read_is_no_missing_state():
     assert d.code == "E212" and "does not accept its declared input" in d.message
 
 
+def is_state_index(x):
+    return isinstance(x, eqx.nn.StateIndex)
+
+
+def on_parameters(model, f):
+    """By hand: `f` on every floating-point array of `model` but the initial
+    values its `StateIndex`es hold (running statistics, caches)."""
+    return jax.tree_util.tree_map(
+        lambda x: x if is_state_index(x) else f(x) if eqx.is_inexact_array(x) else x,
+        model,
+        is_leaf=is_state_index,
+    )
+
+
+def same_dtypes(a, b):
+    arrays = lambda t: [x for x in jax.tree_util.tree_leaves(t) if eqx.is_array(x)]  # noqa: E731
+    return [x.dtype for x in arrays(a)] == [x.dtype for x in arrays(b)]
+
+
+def run_batch(model, state, x):
+    """A BatchNorm model on a batch (training mode): outputs and new state."""
+    return jax.vmap(lambda xi: model(xi, state), axis_name="batch", out_axes=(0, None))(x)
+
+
+@pytest.mark.parametrize(
+    "action, f",
+    [
+        ("scale 2", lambda x: 2 * x),
+        ("init zeros", jnp.zeros_like),
+        ("cast bfloat16", lambda x: x.astype(jnp.bfloat16)),
+        ("freeze", lambda x: x),
+    ],
+)
+def test_star_actions_leave_the_running_statistics_of_batchnorm(action, f):
+    # A ResNet built as a plain module (its state made later by
+    # `eqx.nn.State(model)`): every BatchNorm holds its running mean and
+    # variance's initial values (zeros, ones) in a `StateIndex`.
+    model = R.TinyResNet(depth=2, key=jr.key(5))
+    program = eqxform.compile(f"where ** -> {action}")
+    out = program.apply(model)
+    hand = on_parameters(model, f)
+    assert same(eqxform.resolve(out), hand) and same_dtypes(eqxform.resolve(out), hand)
+    # The state made from it is the model's own: mean 0, variance 1, float32.
+    state = eqx.nn.State(eqxform.resolve(out))
+    assert same(state, eqx.nn.State(model)) and same_dtypes(state, eqx.nn.State(model))
+    x = jr.normal(jr.key(6), (4, 3, 8, 8))
+    if action.startswith("cast"):
+        x = x.astype(jnp.bfloat16)
+    got, got_state = run_batch(eqxform.resolve(out), state, x)
+    want, want_state = run_batch(hand, eqx.nn.State(hand), x)
+    assert np.allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=1e-5)
+    assert same(got_state, want_state, atol=1e-5) and same_dtypes(got_state, want_state)
+    # 5 BatchNorms: 5 integer counters and 10 arrays of running statistics left.
+    [step] = program.plan(model).steps
+    assert step.skipped == 5 and step.state_skipped == 10
+    plan = program.plan(model)
+    assert "5 non-floating arrays skipped, 10 arrays of model state skipped" in str(plan)
+    # Running statistics are state, neither trainable nor frozen (5 x 2 x 8 values).
+    assert plan.state == 80 and "model state: 80" in str(plan)
+    assert (
+        plan.trainable + plan.frozen
+        == sum(x.size for x in jax.tree_util.tree_leaves(hand) if eqx.is_inexact_array(x)) - 80
+    )
+
+
+def test_a_rule_that_names_the_state_acts_on_its_initial_values():
+    # Named by its field (or its type), a `StateIndex` is what the rule is
+    # about: its initial values change, and the state made from them.
+    model = R.TinyResNet(depth=2, key=jr.key(5))
+    for rule in ("where bn.batch_state_index -> scale 2", "where StateIndex -> scale 2"):
+        out = eqxform.compile(rule).apply(model)
+        mean, var = out.bn.batch_state_index.init
+        assert np.all(np.asarray(var) == 2) and np.all(np.asarray(mean) == 0)
+        assert np.array_equal(out.bn.weight, model.bn.weight)
+        [step] = eqxform.compile(rule).plan(model).steps
+        assert step.state_skipped == 0
+    # A module that holds one acts on its parameters only.
+    out = eqxform.compile("where bn -> scale 2").apply(model)
+    assert np.all(np.asarray(out.bn.batch_state_index.init[1]) == 1)
+    assert np.allclose(out.bn.weight, 2 * model.bn.weight)
+
+
+def test_star_actions_leave_the_cache_of_a_model_built_without_make_with_state():
+    model = Cached(jr.key(0))
+    out = eqxform.compile("where ** -> cast bfloat16").apply(model)
+    assert out.cache.init.dtype == jnp.float32 and out.proj.weight.dtype == jnp.bfloat16
+    assert same(out, on_parameters(model, lambda x: x.astype(jnp.bfloat16)))
+
+
 # ---- transformer-flows: TransformerFlow ------------------------------------------
 
 FLOW = dict(
@@ -270,6 +360,47 @@ def test_esm2_replace_inside_its_pre_stacked_layers_draws_per_layer():
     assert logits.shape == (8, 33) and not np.allclose(logits, esm(tokens).logits, atol=1e-4)
 
 
+def test_transformer_flow_casts_leave_its_kv_cache_so_sampling_runs(flow):
+    # Its attention keeps a KV cache in a `StateIndex`; sampling (`reverse`)
+    # writes the keys and values its layers compute into it. Cast with the
+    # parameters, the cache no longer takes what float32 layers write.
+    z = jr.normal(jr.key(4), (4, 16))
+
+    @eqx.filter_jit
+    def sample(model, z=z):
+        model = eqxform.resolve(model)
+        return model.reverse(z, None, eqx.nn.State(model))[0]
+
+    to_bf16 = lambda x: x.astype(jnp.bfloat16)  # noqa: E731
+    for rule, where in [
+        ("where ** -> cast bfloat16", lambda m: m),
+        ("where blocks.attn_blocks -> cast bfloat16", lambda m: m.blocks.attn_blocks),
+    ]:
+        program = eqxform.compile(rule)
+        out = program.apply(flow)
+        hand = eqx.tree_at(where, flow, on_parameters(where(flow), to_bf16))
+        assert same(out, hand) and same_dtypes(out, hand)
+        cache = out.blocks.attn_blocks.attention.attention.autoregressive_index.init
+        assert cache["conditional"][0].dtype == jnp.float32
+        assert np.allclose(sample(out), sample(hand), atol=1e-5)
+        assert "4 arrays of model state skipped" in str(program.plan(flow))
+    # A model run wholly in bfloat16, its cache too, says so with a rule that
+    # names the state; the latent is then bfloat16 as well.
+    whole = eqxform.compile("where ** -> cast bfloat16\nwhere StateIndex -> cast bfloat16")
+    out = whole.apply(flow)
+    hand = jax.tree_util.tree_map(
+        lambda x: x.astype(jnp.bfloat16) if eqx.is_inexact_array(x) else x, flow
+    )
+    assert same(out, hand) and same_dtypes(out, hand)
+    z16 = z.astype(jnp.bfloat16)
+    assert sample(out, z16).dtype == jnp.bfloat16
+    assert np.allclose(
+        np.asarray(sample(out, z16), np.float32),
+        np.asarray(sample(hand, z16), np.float32),
+        atol=1e-2,
+    )
+
+
 def test_transformer_flow_input_line_says_the_model_has_no_call(flow):
     # Its entry point is `forward`, and it holds a KV cache: neither is the
     # matter of E238 (a missing state).
@@ -336,18 +467,57 @@ def test_transformer_flow_ensemble_keeps_the_library_initialisation(flows, flow)
     assert "drawn per member by the model's constructor" in notes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocks pre-stacked twice (filter_vmap inside filter_vmap) are not recognised "
-    "as a stack: `stack blocks scan` asks for a count (E130), `blocks[0]` matches nothing",
-)
 def test_transformer_flow_blocks_are_adopted_as_a_stack(flow):
+    # Blocks built by `filter_vmap` inside `filter_vmap`: the outer axis is the
+    # layer axis; each block keeps its attention blocks' own axis.
     stacked = eqxform.compile("stack blocks scan").apply(flow, key=jr.key(1))
     assert isinstance(stacked.blocks, eqxform.Stacked) and stacked.blocks.count == 2
     assert np.allclose(run_flow(stacked)[0], run_flow(flow)[0], atol=1e-5)
     zeroed = eqxform.compile("stack blocks scan\nwhere blocks[0].proj_in.weight -> init zeros")
     out = zeroed.apply(flow, key=jr.key(1))
     assert not np.any(np.asarray(out.blocks.layers.proj_in.weight[0]))
+
+
+def test_transformer_flow_adopted_blocks_match_the_library_and_hand_written_code(live):
+    flow = live
+    program = eqxform.compile("stack blocks scan")
+    stacked = program.apply(flow, key=jr.key(1))
+    # No copies: the library's own arrays, its two axes on the attention blocks.
+    assert all(a is b for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(flow)))
+    q = stacked.blocks.layers.attn_blocks.attention.attention.query_proj.weight
+    assert q.shape == (2, 2, 16, 16) and stacked.blocks.inner == 1
+    plan = str(program.plan(flow))
+    assert "2 layers adopted as built from the outer of 2 layer axes, no copies" in plan
+    # The library's forward, its own `lax.scan` over the stack, gives the
+    # numbers and gradients of the model before; a block sliced from the
+    # library's arrays by hand runs as each layer of the stack.
+    z, logdet = run_flow(stacked)
+    want_z, want_logdet = run_flow(flow)
+    assert np.allclose(z, want_z, atol=1e-6) and np.allclose(logdet, want_logdet, atol=1e-6)
+    grad = eqx.filter_jit(eqx.filter_grad(lambda m: flow_loss(m, IMAGE[None])))
+    want, got = grad(flow), grad(stacked)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        if eqx.is_inexact_array(a):
+            assert np.allclose(a, b, atol=1e-5)
+    h = flow.patchify(IMAGE)
+    for i in range(2):
+        block = jax.tree.map(lambda x: x[i] if eqx.is_array(x) else x, flow.blocks)
+        assert np.allclose(
+            stacked.blocks[i].forward(h, None)[0], block.forward(h, None)[0], atol=1e-6
+        )
+        h = block.forward(h, None)[0]
+    assert np.allclose(h, flow.forward(IMAGE, None)[0], atol=1e-5)
+    # Slices of its layers: a freeze of one block, written by hand as a zero
+    # gradient on that block's slice of every array.
+    frozen = eqxform.compile("stack blocks scan\nwhere blocks[1] -> freeze").apply(flow)
+    grads = grad(frozen)
+    w = grads.blocks.layers.attn_blocks.mlp.net.layers[0].weight.value
+    assert w.shape == (2, 2, 32, 16)
+    assert not np.any(np.asarray(w[1])) and np.any(np.asarray(w[0]))
+    assert np.allclose(w[0], want.blocks.attn_blocks.mlp.net.layers[0].weight[0], atol=1e-5)
+    # `unstack` gives the library's module back.
+    back = eqxform.compile("stack blocks scan\nunstack blocks").apply(flow)
+    assert type(back.blocks) is type(flow.blocks) and same(back, flow)
 
 
 def test_transformer_flow_ensemble_method_runs_per_member(flow):
@@ -396,6 +566,44 @@ def test_transformer_flow_file_from_the_shell(flow, tmp_path):
     ours = eqxform.compile(tmp_path / "spec.eqx").apply(flow)
     assert same(eqxform.resolve(back), eqxform.resolve(ours))
     assert np.array_equal(back.blocks.permutation.permute, [0, 1])
+
+
+def test_transformer_flow_adopted_stack_from_the_shell(flow, tmp_path):
+    # `plan` and `apply` of a spec that adopts the blocks and acts on one of
+    # them, from the shell; the file loads back to the model the API makes.
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(eqxform.__file__))}
+    env["PYTHONWARNINGS"] = "ignore"
+
+    def cli(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "eqxform", *args, "--allow", "transformer_flows"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    (tmp_path / "spec.eqx").write_text(
+        "stack blocks scan\n"
+        "where blocks[0] -> freeze\n"
+        "where blocks[1].attn_blocks.attention.attention.query_proj -> lora(rank=2)\n"
+        "where ** -> cast bfloat16\n"
+    )
+    eqxform.save(tmp_path / "flow.eqx", flow)
+    planned = " ".join(cli("plan", "spec.eqx", "flow.eqx").split())
+    assert "2 layers adopted as built from the outer of 2 layer axes, no copies" in planned
+    assert "4 arrays of model state skipped" in planned
+    cli("apply", "spec.eqx", "flow.eqx", "-o", "out.eqx")
+    back = eqxform.load(tmp_path / "out.eqx", allow=["transformer_flows"])
+    ours = eqxform.compile(tmp_path / "spec.eqx").apply(flow)
+    assert isinstance(back.blocks, eqxform.Stacked) and back.blocks.kind == "adopted"
+    assert same(eqxform.resolve(back), eqxform.resolve(ours)) and same_dtypes(back, ours)
+    image = IMAGE.astype(jnp.bfloat16)
+    z = eqxform.resolve(back).forward(image, None)[0]
+    assert z.dtype == jnp.bfloat16
+    assert np.array_equal(z, eqxform.resolve(ours).forward(image, None)[0])
 
 
 # ---- gatv2-eqx: GATv2 --------------------------------------------------------------

@@ -20,6 +20,7 @@ from ._stacks import StackedMarker as StackedMarker
 from ._stacks import batched as batched
 from ._stacks import evaluate_ensemble as evaluate_ensemble
 from ._stacks import evaluate_per_member as evaluate_per_member
+from ._stacks import first_layout_weight as first_layout_weight
 from ._stacks import is_state_index as is_state_index
 from ._stacks import join_state as join_state
 from ._stacks import make_ensemble as make_ensemble

@@ -126,6 +126,20 @@ def _layout(module: Any) -> int:
     return 2
 
 
+def first_layout_weight(tree: Any) -> tuple[Any, int] | None:
+    """The first `weight` in `tree` of a layer type whose layout Equinox fixes
+    (seen through its wrappers), and that layout's number of axes; None when
+    `tree` has none."""
+    for module in jax.tree_util.tree_leaves(tree, is_leaf=_has_layout):
+        if _has_layout(module):
+            weight = module.weight
+            while isinstance(weight, Wrapper):
+                weight = weight._inner()
+            if eqx.is_array(weight) or isinstance(weight, jax.ShapeDtypeStruct):
+                return weight, _layout(module)
+    return None
+
+
 def plain_error(code: str, **fields) -> Exception:
     """The error a stack raises when it is called in a way it cannot run, made
     by the `error` its builder gave it (eqxform's passes give one that makes an
@@ -231,6 +245,10 @@ class Stacked(eqx.Module):
     layer_ndims: tuple = eqx.field(static=True, default=())
     # Makes the error raised when the stack is called in a way it cannot run.
     error: Any = eqx.field(static=True, default=plain_error)
+    # The layer axes each layer carries inside, before its layouts: 1 for a
+    # library's blocks that hold their own layers pre-stacked again
+    # (transformer-flows' attention blocks, `filter_vmap` inside `filter_vmap`).
+    inner: int = eqx.field(static=True, default=0)
 
     def __len__(self) -> int:
         return self.count
@@ -247,13 +265,10 @@ class Stacked(eqx.Module):
         by the first array."""
         if not self.layer_ndims:
             return False
-        for module in jax.tree_util.tree_leaves(self.layers, is_leaf=_has_layout):
-            if _has_layout(module):
-                weight = module.weight
-                while isinstance(weight, Wrapper):
-                    weight = weight._inner()
-                if eqx.is_array(weight):
-                    return weight.ndim == _layout(module)
+        found = first_layout_weight(self.layers)
+        if found is not None:
+            weight, layout = found
+            return weight.ndim == layout + self.inner
         leaves = [x for x in jax.tree_util.tree_leaves(self.layers) if eqx.is_array(x)]
         return bool(leaves) and leaves[0].ndim == self.layer_ndims[0]
 
@@ -271,6 +286,7 @@ class Stacked(eqx.Module):
                 self.over,
                 self.layer_ndims,
                 self.error,
+                self.inner,
             )
         if not -self.count <= index < self.count:
             raise IndexError(f"the stack has {self.count} layers, not {index}")

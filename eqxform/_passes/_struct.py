@@ -31,6 +31,7 @@ from .._modules import (
     Ensemble,
     Stacked,
     StackedMarker,
+    first_layout_weight,
     is_state_index,
     make_ensemble,
     marked,
@@ -42,7 +43,7 @@ from .._select import (
     PathSet,
     get,
     is_array,
-    layout_ndim,
+    layer_axis,
     no_match,
     node_at,
     outermost,
@@ -213,28 +214,6 @@ def _one_state_key_per_position(items: list) -> list:
             )
         )
     return out
-
-
-def layer_axis(module: Any) -> int | None:
-    """The length of the layer axis of a module built pre-stacked (by
-    `eqx.filter_vmap` over keys, as esm2quinox and the Tricks page's TenMLPs
-    build theirs), or None. It is one: the arrays of the layer types whose
-    layouts Equinox fixes carry one axis more than their layout, all of the
-    same length, and every other array leads with that axis too."""
-    length = None
-    known = False
-    for node in walk(module):
-        if not is_array(node.obj):
-            continue
-        layout = layout_ndim(node)
-        if layout is not None:
-            if node.obj.ndim != layout + 1:
-                return None
-            known = True
-        if node.obj.ndim == 0 or length not in (None, node.obj.shape[0]):
-            return None
-        length = node.obj.shape[0]
-    return length if known else None
 
 
 def _is_a(module: Any, *names: str) -> bool:
@@ -597,6 +576,9 @@ class StackPass(StructPass):
         short = count <= N.UNROLLED_UP_TO and kind != "adopted"
         if unroll is None and self.stmt.mode == "scan" and short:
             unroll = count
+        # Layers that hold their own layers pre-stacked carry those axes inside.
+        found = first_layout_weight(layers)
+        inner = found[0].ndim - 1 - found[1] if found is not None else 0
         return Stacked(
             layers,
             count,
@@ -608,6 +590,7 @@ class StackPass(StructPass):
             next((o.over.axis for o in self.stmt.options if o.over is not None), None),
             tuple(x.ndim - 1 for x in jax.tree_util.tree_leaves(layers) if is_array(x)),
             stack_error,
+            max(inner, 0),
         )
 
     def report_stacked_copies(self, ctx, node: Node, obj, layers: int, count: int) -> None:
