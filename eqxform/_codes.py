@@ -1195,6 +1195,12 @@ CODES: dict[str, Code] = {
             message="after this rule the model fails on its declared input: {message}",
             help="fix the rule so that the model still takes its input (a new head's "
             "`in_features`, say)",
+            cast=(
+                "after this rule the model fails on its declared input: {message}",
+                "the rule casts the model's arrays to `{dtype}` while the `input` line "
+                "declares `{declared}`: declare the input in the new dtype (`input {suggested}`) "
+                "and call the model with such arrays",
+            ),
         ),
         _c(
             "E208",
