@@ -610,3 +610,27 @@ def test_pdequinox_unet_cast_of_everything_with_its_own_init_and_freeze(pdeq):
         ).apply(model)
     [d] = info.value.diagnostics
     assert d.code == "E207" and d.span.line == 3 and "`input bf16[1,32]`" in d.help
+
+
+@pytest.mark.slow
+def test_equimo_stack_then_ensemble_under_an_input_line_builds_each_member_stacked(vit):
+    # The stack above the `ensemble` line runs again in each member, under
+    # `filter_vmap`: it was refused there (E144, a traced array run on random
+    # inputs) although `plan` passed.
+    program = eqxform.compile("input f32[3,16,16]\nstack blocks[0].blocks scan\nensemble 2\n")
+    assert not program.plan(vit).diagnostics
+    ensemble = program.apply(vit, key=jr.key(1))
+    out = run_vit(ensemble)
+    assert out.shape == (2, 4) and not np.allclose(out[0], out[1])
+    for i in range(2):
+        member = ensemble.member(i)
+        stack = member.blocks[0].blocks
+        assert isinstance(stack, eqxform.Stacked)
+        # By hand: the member's layers sliced out of the stack, in a loop.
+        layers = [
+            jax.tree_util.tree_map(lambda a, j=j: a[j] if eqx.is_array(a) else a, stack.layers)
+            for j in range(4)
+        ]
+        template = eqx.tree_at(lambda m: m.blocks[0].blocks, member, tuple(vit.blocks[0].blocks))
+        hand = eqx.tree_at(lambda m: m.blocks[0].blocks, template, tuple(layers))
+        assert np.allclose(run_vit(hand), out[i], atol=1e-5)

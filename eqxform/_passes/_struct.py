@@ -728,11 +728,14 @@ class EnsemblePass(StructPass):
         keys = jax.random.split(key, count)
         if ctx.base is not None:
             before = self.before
+            # A `stack` above was verified on the model itself; under the vmap
+            # its layers are tracers, which cannot be run on random inputs.
+            traced = dataclasses.replace(ctx, verify=False)
 
             def member(k):
                 subject = ctx.base(k)
                 for p in before:
-                    subject = p(subject, k, ctx)
+                    subject = p(subject, k, traced)
                 return subject
 
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
