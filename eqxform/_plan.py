@@ -409,7 +409,7 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
         shape = [str(d) for d in obj.shape]
         lead = [f"{a}:{d}" for a, d in zip(axes, shape)]
         rest = ",".join(shape[len(lead) :])
-        inner = ", ".join(lead + [rest]) if lead else rest
+        inner = ", ".join(lead + [rest] if rest else lead)  # `f32[layer:4]` per layer a scalar
         return f"{short.get(dtype, dtype)}[{inner}]"
     if isinstance(obj, Wrapper):
         # `Frozen(f32[8,8])`: the wrappers around an array, innermost last.

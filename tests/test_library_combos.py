@@ -229,6 +229,8 @@ def test_equimo_combination_file_loads_in_a_fresh_process_and_plans_from_the_she
     done = shell("plan", "more.eqx", "tuned.eqx", "--allow", "equimo", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "blocks[0].blocks.attn.qkv.lora_b (layers 2,3)" in done.stdout
+    # One scale per layer: its shape is the layer axis alone.
+    assert "Frozen(f32[layer:4])" in done.stdout and "layer:4, ]" not in done.stdout
     assert "trainable: 7,204 (frozen: 51,332)" in done.stdout
     assert "output: f32[4]" in done.stdout
 
