@@ -636,3 +636,44 @@ def test_equimo_stack_then_ensemble_under_an_input_line_builds_each_member_stack
         template = eqx.tree_at(lambda m: m.blocks[0].blocks, member, tuple(vit.blocks[0].blocks))
         hand = eqx.tree_at(lambda m: m.blocks[0].blocks, template, tuple(layers))
         assert np.allclose(run_vit(hand), out[i], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_esm2_combination_from_the_shell_trains_its_adapters_then_unstacks_and_merges(
+    esm, tmp_path
+):
+    eqxform.save(tmp_path / "esm.eqx", esm)
+    (tmp_path / "tune.eqx").write_text(
+        "optimizer adam(learning_rate=1e-2)\ninput i32[8]\n"
+        "where Linear.weight -> init he_normal\nstack layers scan\n"
+        "where layers[0:2] -> freeze\nwhere layers[1:].attn.query_proj -> lora(rank=2, alpha=4)\n"
+    )
+    (tmp_path / "opt.eqx").write_text("optimizer adam(learning_rate=1e-2)\n")
+    (tmp_path / "bake.eqx").write_text("input i32[8]\nunstack layers\nwhere ** -> merge\n")
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(4, 24, (8, 8)).astype(np.int32)
+    np.savez(tmp_path / "tokens.npz", x=tokens, y=tokens)
+    allow = ("--allow", "esm2quinox")
+    for args in [
+        ("apply", "tune.eqx", "esm.eqx", "-o", "a.eqx"),
+        ("train", "opt.eqx", "a.eqx", "--data", "tokens.npz", "--steps", "2", "--batch-size",
+         "4", "--loss", "cross_entropy", "--model-output", "logits", "-o", "t.eqx"),
+        ("apply", "bake.eqx", "t.eqx", "-o", "m.eqx"),
+    ]:  # fmt: skip
+        done = shell(*args, *allow, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    start, trained, merged = (
+        eqxform.load(tmp_path / f"{n}.eqx", allow=["esm2quinox"]) for n in ("a", "t", "m")
+    )
+    lora, before = trained.layers.layers.attn.query_proj, start.layers.layers.attn.query_proj
+    # Layer 0 has no adapter to train; layers 1 and 2 trained theirs.
+    b = np.asarray(unwrap(lora.lora_b))
+    assert not b[0].any() and np.abs(b[1:]).max((1, 2)).min() > 0
+    assert same(unwrap(lora.base.weight), unwrap(before.base.weight))
+    assert np.array_equal(unwrap(trained.layers.layers.linear1.weight)[:2],
+                          unwrap(start.layers.layers.linear1.weight)[:2])  # fmt: skip
+    # The merged file is the library's own layout, callable without resolve.
+    assert type(merged.layers).__name__ == "TransformerLayer"
+    ours = eqxform.resolve(trained)(TOKENS).logits
+    assert np.allclose(merged(TOKENS).logits, ours, atol=1e-4)
+    assert not np.allclose(eqxform.resolve(start)(TOKENS).logits, ours, atol=1e-3)
