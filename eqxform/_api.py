@@ -442,8 +442,10 @@ def train(
                 start, loss_fn, program.input_structs(), seed=seed_used, output=model_output
             )
         where = "built-in data" if data is None else os.fspath(data)
+        x = _train.in_model_dtype(start, x)
         _train.check_fits(start, x, y, loss_fn, where, model_output)
         if held_out is not None:
+            held_out = (_train.in_model_dtype(start, held_out[0]), held_out[1])
             _train.check_fits(start, *held_out, loss_fn, os.fspath(eval_data), model_output)
         ensemble = isinstance(split_state(start)[0], Ensemble)
         trained: dict[str, Any] = {

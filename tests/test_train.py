@@ -446,3 +446,38 @@ def test_a_model_of_several_inputs_trains_on_x0_x1_as_a_hand_written_loop_does(h
     np.savez("one.npz", x=x0, y=y)
     with pytest.raises(eqxform.UsageError, match="does not accept rows of `x` of shape"):
         eqxform.train(spec, model, data="one.npz", loss="cross_entropy", steps=1, batch_size=8)
+
+
+def test_a_model_cast_to_bfloat16_trains_on_float32_rows_as_a_hand_written_loop_does(here):
+    # An `.npz` holds float32 rows; a model whose arrays are all bfloat16 gets
+    # them in bfloat16, as a hand-written loop casts its batches.
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(16, 1, 5)).astype(np.float32)
+    y = rng.normal(size=(16, 2, 3)).astype(np.float32)
+    np.savez("d.npz", x=x, y=y)
+    # A convolution refuses inputs of another dtype than its weights.
+    model = eqx.nn.Conv1d(1, 2, 3, key=jax.random.key(0))
+    spec = "where ** -> cast bfloat16\noptimizer sgd(learning_rate=0.05)"
+    result = eqxform.train(spec, model, data="d.npz", steps=4, batch_size=16)
+    arrays = [a for a in jax.tree_util.tree_leaves(result.model) if eqx.is_array(a)]
+    assert all(a.dtype == jnp.bfloat16 for a in arrays)
+
+    def loss(m, a, t):
+        return jnp.mean((jax.vmap(m)(a) - t) ** 2)
+
+    hand = eqxform.compile("where ** -> cast bfloat16").apply(model)
+    opt = optax.sgd(0.05)
+    state = opt.init(eqx.filter(hand, eqx.is_inexact_array))
+    for _ in range(4):  # one batch of all 16 rows: the order does not matter
+        grads = eqx.filter_grad(loss)(hand, jnp.asarray(x, jnp.bfloat16), y)
+        updates, state = opt.update(grads, state, eqx.filter(hand, eqx.is_inexact_array))
+        hand = eqx.apply_updates(hand, updates)
+    for got, want in zip(arrays, [a for a in jax.tree_util.tree_leaves(hand) if eqx.is_array(a)]):
+        np.testing.assert_allclose(
+            np.asarray(got, np.float32), np.asarray(want, np.float32), atol=1e-2
+        )

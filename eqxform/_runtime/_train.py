@@ -291,6 +291,28 @@ def load_data(path: str) -> tuple[Any, np.ndarray]:
     return x, y
 
 
+def in_model_dtype(subject: Any, x: Any) -> Any:
+    """The floating rows of `x` in the model's floating dtype, where all its
+    floating arrays have one and it is not theirs (a model cast to bfloat16
+    trains on the float32 rows an `.npz` holds, as a hand-written loop casts
+    its batches); else `x` as it is."""
+    dtypes = {
+        a.dtype
+        for a in jax.tree_util.tree_leaves(split_state(subject)[0])
+        if eqx.is_inexact_array(a)
+    }
+    if len(dtypes) != 1:
+        return x
+    (dtype,) = dtypes
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return x
+
+    def cast(a):
+        return a.astype(dtype) if np.issubdtype(a.dtype, np.floating) and a.dtype != dtype else a
+
+    return jax.tree_util.tree_map(cast, x)
+
+
 def input_names(names) -> tuple[str, ...]:
     """The arrays of a data file that are the model's inputs: `x`, or `x0`,
     `x1`, ... (numbered from 0 with none missing); () where neither is."""
