@@ -233,7 +233,16 @@ def test_an_existing_file_keeps_its_permissions(tmp_path):
 # ---- signals --------------------------------------------------------------------
 
 
-def test_ctrl_c_during_a_write_keeps_the_old_file(tmp_path, monkeypatch):
+@pytest.fixture
+def ctrl_c():
+    """Ctrl-C as a terminal gives it, whether or not the tests were started
+    with it ignored (in the background of a script, under `nohup`)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_write_keeps_the_old_file(tmp_path, monkeypatch, ctrl_c):
     target = tmp_path / "m.eqx"
     target.write_bytes(b"old")
     monkeypatch.setattr(os, "fsync", lambda fd: signal.raise_signal(signal.SIGINT))  # mid-write
@@ -244,7 +253,7 @@ def test_ctrl_c_during_a_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_handled_signal_waits_for_the_write(tmp_path, monkeypatch):
+def test_a_handled_signal_waits_for_the_write(tmp_path, monkeypatch, ctrl_c):
     """A program that handles Ctrl-C itself (as `train` does, to stop after
     the step in flight) gets the whole new file, then its handler runs."""
     target = tmp_path / "m.eqx"
@@ -273,7 +282,10 @@ def test_a_handled_signal_waits_for_the_write(tmp_path, monkeypatch):
 # `atomic_write` alone (no JAX to import); the slow one runs `eqxform new`.
 _STALL = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
+    # Ctrl-C as a terminal gives it, whether or not the tests were started
+    # with it ignored (in the background of a script, under `nohup`).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     def fsync(fd):
         print("writing", flush=True)
         time.sleep(60)
