@@ -33,10 +33,6 @@ from ._values import (
 )
 from ._wnames import read_globs, read_map
 
-# Reserved words of planned features: an action here is reported (E120) rather
-# than taken for a misspelling. None is planned at present.
-NOT_YET: dict[str, str] = {}
-
 
 def is_whole(value: Any, minimum: int) -> bool:
     """Is `value` an integer (not a boolean) of at least `minimum`?"""
@@ -47,6 +43,10 @@ def is_whole(value: Any, minimum: int) -> bool:
 # changes values, never the model's structure (a shape, a count, a dtype).
 SWEEP_ACTIONS = ("init", "scale", "lr", "weight_decay")
 
+
+# The names a `let` or a varied name may not take: those an expression
+# already reads as something else.
+RESERVED = frozenset((*N.CONTEXT_NAMES, *N.CONSTANTS, *N.EXPR_FUNCTIONS, *N.FUNCTIONS, *N.DTYPES))
 
 # The codes of diagnostics about what the caller passed (`--set`, `params=`),
 # which `compile` raises as `UsageError` (exit code 2).
@@ -288,13 +288,15 @@ class Checker:
         for i, a in enumerate(expr.args):
             param = a.name or positional[i]
             value = evaluate(a.value, self.env)
-            bad = argument_diagnostic(
-                f"`{param}` of `{expr.callee}`", value, kinds.get(param), a.value.span, self.source
-            )
-            if bad is not None:
-                self.diagnostics.append(bad)
+            self.argument(f"`{param}` of `{expr.callee}`", value, kinds.get(param), a.value)
             values[param] = as_argument(value, kinds.get(param))
         return expr.callee, values
+
+    def argument(self, what: str, value: Any, kind: Any, expr: A.Expr):
+        """Reports `value` (of the argument `expr`) where it is not of `kind`."""
+        bad = argument_diagnostic(what, value, kind, expr.span, self.source)
+        if bad is not None:
+            self.diagnostics.append(bad)
 
     def rule_arguments(self, rule: A.Rule):
         """The types of a rule's arguments that need no match (`stddev=0.02`);
@@ -306,17 +308,8 @@ class Checker:
                 continue
             info = N.ACTIONS.get(action.name)
             if info is not None and info.value is not None:
-                if _reads_match(arg):
-                    continue
-                bad = argument_diagnostic(
-                    f"`{action.name}`",
-                    evaluate(arg, self.env),
-                    info.value,
-                    arg.span,
-                    self.source,
-                )
-                if bad is not None:
-                    self.diagnostics.append(bad)
+                if not _reads_match(arg):
+                    self.argument(f"`{action.name}`", evaluate(arg, self.env), info.value, arg)
                 continue
             if info is not None and info.kinds and isinstance(arg, A.Call):
                 kinds = dict(info.kinds)
@@ -324,15 +317,12 @@ class Checker:
                     value = bare_word(a.value, kinds.get(a.name))
                     if isinstance(value, A.Expr) and _reads_match(value):
                         continue
-                    bad = argument_diagnostic(
+                    self.argument(
                         f"`{a.name}` of `{action.name}`",
                         value if isinstance(value, str) else evaluate(value, self.env),
                         kinds.get(a.name),
-                        a.value.span,
-                        self.source,
+                        a.value,
                     )
-                    if bad is not None:
-                        self.diagnostics.append(bad)
             kind = {"init": "initialiser", "wrap": "wrapper"}.get(action.name)
             if kind is None or not isinstance(arg, A.Call):
                 continue
@@ -349,15 +339,8 @@ class Checker:
                 if _reads_match(a.value) or (a.name is None and i >= len(positional)):
                     continue
                 param = a.name or positional[i]
-                bad = argument_diagnostic(
-                    f"`{param}` of `{arg.callee}`",
-                    evaluate(a.value, self.env),
-                    kinds.get(param),
-                    a.value.span,
-                    self.source,
-                )
-                if bad is not None:
-                    self.diagnostics.append(bad)
+                what = f"`{param}` of `{arg.callee}`"
+                self.argument(what, evaluate(a.value, self.env), kinds.get(param), a.value)
 
     def statements(self):
         seen: dict[type, A.Stmt] = {}
@@ -388,8 +371,7 @@ class Checker:
         if not sweeps:
             return
         lets = {s.name for s in self.spec.statements if isinstance(s, A.LetStmt)}
-        reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
-        reserved |= set(N.FUNCTIONS) | set(N.DTYPES) | {MEMBER, *SPREADS}
+        reserved = RESERVED | {MEMBER, *SPREADS}
         for vary in sweeps[0].vary:
             if vary.name == SEED or vary.name in self.varied:
                 continue
@@ -407,8 +389,7 @@ class Checker:
         self.names(stmt.value, set(self.lets), "a `seed`")
 
     def check_LetStmt(self, stmt: A.LetStmt):
-        reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
-        if stmt.name in reserved | set(N.FUNCTIONS) | set(N.DTYPES):
+        if stmt.name in RESERVED:
             self.error("E118", stmt.name_span, name=stmt.name)
         elif stmt.name in self.lets:
             self.error("E109", stmt.name_span, variant="defined", name=stmt.name)
@@ -446,11 +427,10 @@ class Checker:
     def check_MapStmt(self, stmt: A.MapStmt):
         self.diagnostics += read_map(stmt, self.source)[1]
 
-    def check_SkipStmt(self, stmt: A.SkipStmt):
+    def check_SkipStmt(self, stmt: A.SkipStmt | A.KeepStmt):
         self.diagnostics += read_globs(stmt, self.source)[1]
 
-    def check_KeepStmt(self, stmt: A.KeepStmt):
-        self.diagnostics += read_globs(stmt, self.source)[1]
+    check_KeepStmt = check_SkipStmt
 
     def check_OptimizerStmt(self, stmt: A.OptimizerStmt):
         self.named_call(
@@ -617,9 +597,6 @@ class Checker:
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
         self.selector(stmt.selector)
 
-    def not_yet(self, word: str, feature: str, span: A.Span):
-        self.error("E120", span, word=word, feature=feature)
-
     # ---- parts -----------------------------------------------------------
 
     def selector(self, selector: A.Selector):
@@ -648,12 +625,9 @@ class Checker:
 
     def action(self, action: A.Action, context: set[str]):
         name = action.name
-        if name in NOT_YET:
-            self.not_yet(name, NOT_YET[name], action.name_span)
-            return
         info = N.ACTIONS.get(name)
         if info is None:
-            hint = did_you_mean(name, list(N.ACTIONS) + list(NOT_YET))
+            hint = did_you_mean(name, N.ACTIONS)
             self.error(
                 "E101",
                 action.name_span,
@@ -698,7 +672,7 @@ class Checker:
             self.constructor_call(arg, set(self.lets))
         elif info.arg == "dtype":
             if not isinstance(arg, A.Name) or arg.id not in N.DTYPES:
-                word = arg.id if isinstance(arg, A.Name) else self.text(arg.span)
+                word = arg.id if isinstance(arg, A.Name) else self.source.snippet(arg.span)
                 hint = did_you_mean(word, N.DTYPES)
                 self.error(
                     "E111",
@@ -756,7 +730,7 @@ class Checker:
                 "E194",
                 e.span,
                 variant="dimension",
-                text=self.text(e.span),
+                text=self.source.snippet(e.span),
                 example=example,
             )
             return False
@@ -954,11 +928,6 @@ class Checker:
                     help=hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
                     callee=node.callee,
                 )
-
-    def text(self, span: A.Span) -> str:
-        line = self.source.line(span.line)
-        end = span.end_column - 1 if span.end_line == span.line else len(line)
-        return line[span.column - 1 : end]
 
 
 def _inside(inner: A.Span, outer: A.Span) -> bool:

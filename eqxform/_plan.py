@@ -25,7 +25,7 @@ from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable, report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, split_state
+from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, is_state_index, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
@@ -38,6 +38,7 @@ from ._select import (
     evaluate_at,
     get,
     in_state,
+    inexact,
     is_array,
     matched_arrays,
     node_at,
@@ -80,10 +81,10 @@ class PlanStep:
     writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
     span: Any = None
     unit: str = "array"  # what `matches` holds: see `unit_of`
-    skipped: int = (
-        0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
-    )
-    # Floating arrays of model state (`StateIndex` initial values) those left.
+    # The non-floating arrays (masks, counters) that `init`/`cast`/`scale`/
+    # `freeze` left, and the floating arrays of model state (`StateIndex`
+    # initial values) those left.
+    skipped: int = 0
     state_skipped: int = 0
 
     @property
@@ -137,13 +138,7 @@ class PlanMesh:
             "bytes_per_device": self.bytes_per_device,
             "bytes": self.bytes,
             "arrays": [
-                {
-                    "path": a.path,
-                    "shape": a.shape,
-                    "spec": a.spec,
-                    "line": a.line,
-                    "bytes_per_device": a.bytes_per_device,
-                }
+                {k: v for k, v in dataclasses.asdict(a).items() if k != "bytes"}
                 for a in self.arrays
             ],
         }
@@ -185,13 +180,8 @@ class PlanMembers:
     bytes: int
 
     def to_dict(self) -> dict:
-        return {
-            "count": self.count,
-            "names": list(self.names),
-            "rows": [dict(r) for r in self.rows],
-            "bytes_per_member": self.bytes_per_member,
-            "bytes": self.bytes,
-        }
+        out = dataclasses.asdict(self)
+        return {**out, "names": list(self.names), "rows": list(out["rows"])}
 
     def lines(self, opt_state_bytes: int | None, width: int | None = None) -> list[str]:
         """The member table and the memory per member and in total."""
@@ -453,9 +443,7 @@ def trainable_frozen(model: Any) -> tuple[int, int, int]:
     trainable = frozen = state = 0
     for node in walk(model):
         x = node.obj
-        # `jnp.issubdtype` knows bfloat16 and the float8 types (`ml_dtypes`) are
-        # floating; NumPy's does not, and would count them as neither.
-        if not is_array(x) or not jnp.issubdtype(x.dtype, jnp.inexact):
+        if not is_array(x) or not inexact(x):
             continue
         size = math.prod(x.shape)
         if in_state(node.parents):
@@ -998,7 +986,13 @@ def overwritten(steps, source) -> list[Diagnostic]:
             replaced = killers.get("replace", [])
             if step.kind == "init" and replaced:
                 lines = sorted({k.line for k in replaced})
-                n = len({w for w, _ in step.writes if any(_under(w, r) for r in _roots(replaced))})
+                n = len(
+                    {
+                        w
+                        for w, _ in step.writes
+                        if any(_under(w, r) for k in replaced for r, _ in k.writes)
+                    }
+                )
                 diagnostics.append(
                     report(
                         "W203",
@@ -1036,9 +1030,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                     alive[:] = [w for w in alive if w not in dead]
                     killers.setdefault("replace", []).append(step)
         elif _flag(step.kind, "overwrites"):
-            written = {}
-            for w, layers in step.writes:
-                written.setdefault(w, []).append(layers)
+            written = _by_path(step.writes)
             # Only the steps that wrote one of these paths (most wrote none).
             hit = sorted({i for w in written for i in writers.get(w, ())})
             for earlier, alive, killers in (live[i] for i in hit):
@@ -1061,9 +1053,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
         for later in groups[i + 1 :]:
             if later.kind != step.kind:
                 continue
-            written: dict[str, list] = {}
-            for w, layers in later.writes:
-                written.setdefault(w, []).append(layers)
+            written = _by_path(later.writes)
             kept = [w for w in alive if not any(_covers(k, w[1]) for k in written.get(w[0], ()))]
             if len(kept) < len(alive):
                 by.add(later.line)
@@ -1093,8 +1083,12 @@ def _overwritten(step, by, help: str, source) -> Diagnostic:
     )
 
 
-def _roots(steps) -> list[str]:
-    return [w for s in steps for w, _ in s.writes]
+def _by_path(writes) -> dict[str, list]:
+    """The layers each path of `writes` was written at, by path."""
+    out: dict[str, list] = {}
+    for w, layers in writes:
+        out.setdefault(w, []).append(layers)
+    return out
 
 
 def _lines(lines) -> str:
@@ -1145,23 +1139,16 @@ def finish(program, start, struct, history, params):
         try:
             nodes = select_rule(group.rule, final, program.env, program.source)
             leaves = matched_arrays(nodes, group.action.name, group.rule.selector, program.source)
-        except SpecError as e:
-            diagnostics.extend(e.diagnostics)
-            continue
-        try:
             for leaf in leaves:
                 group_value(program, group.action, leaf)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
-        label = program.source.line(group.action.span.line)[
-            group.action.span.column - 1 : group.action.span.end_column - 1
-        ]
         steps.append(
             PlanStep(
                 group.line,
                 group.rule.text,
-                label,
+                program.source.snippet(group.action.span),
                 _matches(leaves, final),
                 params,
                 params,
@@ -1280,12 +1267,11 @@ def _runs_with_state(model, structs) -> bool:
     reason, which is said instead."""
     # A plan's model is a skeleton: only the state's own initial values (small,
     # the model's weights stay shapes) are made to build the state from.
-    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
     concrete = lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x  # noqa: E731
     indexed = jax.tree_util.tree_map(
-        lambda x: jax.tree_util.tree_map(concrete, x) if is_index(x) else x,
+        lambda x: jax.tree_util.tree_map(concrete, x) if is_state_index(x) else x,
         model,
-        is_leaf=is_index,
+        is_leaf=is_state_index,
     )
     try:
         state = eqx.nn.State(indexed)

@@ -378,7 +378,7 @@ def node_at(model: Any, path: Path) -> Node:
     return Node(tuple(path), obj, tuple(parents))
 
 
-def _inexact(x: Any) -> bool:
+def inexact(x: Any) -> bool:
     # `jnp.issubdtype` knows bfloat16 (an `ml_dtypes` type) is floating;
     # NumPy's does not, and would skip the arrays a `cast bfloat16` made.
     return bool(jax.numpy.issubdtype(x.dtype, jax.numpy.inexact))
@@ -392,11 +392,11 @@ def array_leaves(node: Node, inexact_only: bool, state: bool = True) -> list[Nod
     if is_array(node.obj):
         if not state and in_state(node.parents):
             return []
-        return [node] if not inexact_only or _inexact(node.obj) else []
+        return [node] if not inexact_only or inexact(node.obj) else []
     out = []
     for sub in walk(node.obj):
         if sub.path and is_array(sub.obj):
-            if inexact_only and not _inexact(sub.obj):
+            if inexact_only and not inexact(sub.obj):
                 continue
             parents = node.parents + sub.parents
             if not state and in_state(parents):
@@ -1052,13 +1052,13 @@ def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
     paths = set()
     for node in nodes:
         if is_array(node.obj):
-            if broad and not _inexact(node.obj):
+            if broad and not inexact(node.obj):
                 paths.add(node.path)
         elif isinstance(node.obj, (eqx.Module, list, tuple, dict)):
             paths.update(
                 leaf.path
                 for leaf in array_leaves(node, inexact_only=False)
-                if not _inexact(leaf.obj)
+                if not inexact(leaf.obj)
             )
     return len(paths)
 

@@ -66,10 +66,7 @@ class RulePass(Pass):
 
     @property
     def label(self) -> str:
-        span = self.action.span
-        line = self.source.line(span.line)
-        end = span.end_column - 1 if span.end_line == span.line else len(line)
-        return line[span.column - 1 : end]
+        return self.source.snippet(self.action.span)
 
     def eval(self, expr: A.Expr, node: Node | None = None, ctx: dict | None = None) -> Any:
         return evaluate_at(expr, node, self.env, self.source, ctx)
