@@ -300,8 +300,17 @@ class Plan:
         }
 
     def weight_lines(self) -> list[str]:
-        """The checkpoint's mapping as text lines (none without `map` lines)."""
-        return weight_lines(self.weights)
+        """The checkpoint's mapping as text lines, one per model array (or
+        stack slice); none without `map` lines."""
+        if self.weights is None:
+            return []
+        out = [f"weights: {len(self.weights):,} arrays from the checkpoint"]
+        width = max((len(r["model"]) for r in self.weights), default=0)
+        for r in self.weights:
+            shape = "[" + ",".join(map(str, r["shape"])) + "]"
+            how = "" if r["transform"] == "-" else f"  ({r['transform']})"
+            out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
+        return out
 
     def __str__(self) -> str:
         # The checkpoint's mapping first, when there is one: the rules
@@ -334,10 +343,15 @@ class Plan:
         """The lines below the steps: the parameter counts, the forward
         pass's output, the placement on the mesh."""
         lines = [f"parameters: {self.params_before:,} -> {self.params_after:,}"]
-        if width is None or len(budget(self)) <= width:
-            lines.append(budget(self))
+        # `trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`
+        parts = [f"trainable: {self.trainable:,} (frozen: {self.frozen:,})"]
+        if self.state:
+            parts.append(f"model state: {self.state:,}")
+        if self.opt_state_bytes is not None:
+            parts.append(f"optimizer state: {self.opt_state_bytes:,} bytes")
+        if width is None or len(", ".join(parts)) <= width:
+            lines.append(", ".join(parts))
         else:  # a part a line, no number split from its unit
-            parts = _budget_parts(self)
             lines += [parts[0] + ("," if len(parts) > 1 else "")] + ["  " + p for p in parts[1:]]
         if self.output is not None:
             lines += _wrap(f"output: {self.output}", "  ", width)
@@ -378,19 +392,6 @@ def _columns(indent: str, rows: list[tuple[str, str]], width: int | None) -> lis
     return out
 
 
-def weight_lines(rows: tuple[dict, ...] | None) -> list[str]:
-    """The checkpoint's mapping, one line per model array (or stack slice)."""
-    if rows is None:
-        return []
-    out = [f"weights: {len(rows):,} arrays from the checkpoint"]
-    width = max((len(r["model"]) for r in rows), default=0)
-    for r in rows:
-        shape = "[" + ",".join(map(str, r["shape"])) + "]"
-        how = "" if r["transform"] == "-" else f"  ({r['transform']})"
-        out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
-    return out
-
-
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     """`f32[64,2]`; leading stack and member axes are named: `f32[layer:10, 3,3]`."""
     if is_array(obj):
@@ -419,20 +420,6 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     if callable(obj):
         return getattr(obj, "__name__", type(obj).__name__)
     return type(obj).__name__
-
-
-def budget(plan: Plan) -> str:
-    """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
-    return ", ".join(_budget_parts(plan))
-
-
-def _budget_parts(plan: Plan) -> list[str]:
-    parts = [f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"]
-    if plan.state:
-        parts.append(f"model state: {plan.state:,}")
-    if plan.opt_state_bytes is not None:
-        parts.append(f"optimizer state: {plan.opt_state_bytes:,} bytes")
-    return parts
 
 
 def trainable_frozen(model: Any) -> tuple[int, int, int]:
@@ -706,12 +693,18 @@ class Planner:
         )
 
     def _start_struct(self, program, model, key) -> tuple[Any, int, int]:
-        """The skeleton the plan starts from, with its parameters and bytes;
-        kept for the model object given (the `model` directive's skeleton is
-        not: the plan's key holds its call)."""
+        """The skeleton the plan starts from (`model`'s, its constructor's, or
+        the `model` directive's), with its parameters and bytes; kept for the
+        model object given (the `model` directive's is not: the plan's key
+        holds its call)."""
         if model is not None and self._start is not None and model is self._model:
             return self._start
-        struct = start_struct(program, model, key)
+        if model is None:
+            struct = eqx.filter_eval_shape(program.construct, key)
+        elif is_constructor(model):
+            struct = eqx.filter_eval_shape(from_constructor, model, key)
+        else:
+            struct = structure(model)
         start = (struct, _params(struct), nbytes(struct))
         if model is not None:
             self._model, self._start, self._rules = model, start, ()
@@ -1117,16 +1110,6 @@ def untouched(steps, model) -> tuple[str, ...]:
     return tuple(out)
 
 
-def start_struct(program, model, key):
-    """The skeleton a plan starts from: `model`'s (or its constructor's), or
-    the `model` directive's."""
-    if model is None:
-        return eqx.filter_eval_shape(program.construct, key)
-    if is_constructor(model):
-        return eqx.filter_eval_shape(from_constructor, model, key)
-    return structure(model)
-
-
 def finish(program, start, struct, history, params):
     """What a plan checks after the passes, on the final skeleton `struct`
     (of `params` parameters): the `lr`/`weight_decay` groups (their steps) and
@@ -1297,7 +1280,6 @@ def _params(subject: Any) -> int:
 
 
 def _describe_output(out: Any) -> str:
-    leaves = [x for x in jax.tree_util.tree_leaves(out) if is_array(x)]
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], eqx.nn.State):
-        leaves = [x for x in jax.tree_util.tree_leaves(out[0]) if is_array(x)]
-    return ", ".join(describe(x) for x in leaves)
+    """The output's arrays (a stateful model's output, its state left out)."""
+    leaves = jax.tree_util.tree_leaves(split_state(out)[0])
+    return ", ".join(describe(x) for x in leaves if is_array(x))

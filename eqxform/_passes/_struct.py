@@ -290,11 +290,14 @@ def _copies(arrays: tuple, key, salts, count: int, which: tuple) -> tuple:
     """`count` copies of `arrays`, `(count, *shape)` each: array i drawn anew
     from its own values with salt `which[i]`, or broadcast where that is -1."""
     targets = tuple(i for i, w in enumerate(which) if w >= 0)
-    salts = salts[np.array([which[i] for i in targets], np.int32)]
-    drawn = _resampled(tuple(arrays[i] for i in targets), key, salts, count)
     out = [jnp.broadcast_to(a, (count, *a.shape)) for a in arrays]
-    for i, d in zip(targets, drawn):
-        out[i] = d
+    if targets:
+        chosen = tuple(arrays[i] for i in targets)
+        salts = salts[np.array([which[i] for i in targets], np.int32)]
+        drawn, blocks = _resampled_flat(chosen, key, salts, count)
+        for k, (i, a) in enumerate(zip(targets, chosen)):
+            part = drawn[int(blocks[k]) : int(blocks[k + 1])]
+            out[i] = part.reshape((count, *a.shape)).astype(a.dtype)
     return tuple(out)
 
 
@@ -321,17 +324,6 @@ def _copies_on_host(arrays: tuple, key, salts, count: int, which: tuple) -> list
 @functools.partial(jax.jit, static_argnums=3)
 def _drawn(arrays: tuple, key, salts, count: int) -> jax.Array:
     return _resampled_flat(arrays, key, salts, count)[0]
-
-
-def _resampled(arrays: tuple, key, salts, count: int) -> tuple:
-    """`_resampled_flat`, cut into each array's draws."""
-    if not arrays:
-        return ()
-    drawn, blocks = _resampled_flat(arrays, key, salts, count)
-    return tuple(
-        drawn[int(blocks[i]) : int(blocks[i + 1])].reshape((count, *a.shape)).astype(a.dtype)
-        for i, a in enumerate(arrays)
-    )
 
 
 def _resampled_flat(arrays: tuple, key, salts, count: int):
