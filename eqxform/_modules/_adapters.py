@@ -200,11 +200,16 @@ def is_adapter(x: Any) -> bool:
     return isinstance(x, ADAPTERS)
 
 
-def _unfrozen(x: Any) -> Any:
-    """The value inside the `Frozen` that an adapter put around its base."""
+def unfrozen(x: Any) -> Any:
+    """`x` out of every `Frozen` around it."""
     while isinstance(x, Frozen):
         x = x.value
-    return _value(x)
+    return x
+
+
+def _unfrozen(x: Any) -> Any:
+    """The value inside the `Frozen` that an adapter put around its base."""
+    return _value(unfrozen(x))
 
 
 def _thaw_bias(module: Any) -> Any:
@@ -230,11 +235,5 @@ def thaw(tree: Any) -> Any:
     """`tree` with every `Frozen` replaced by the value it holds."""
     is_frozen = lambda x: isinstance(x, Frozen)  # noqa: E731
     return jax.tree_util.tree_map(
-        lambda x: _unfrozen_only(x) if is_frozen(x) else x, tree, is_leaf=is_frozen
+        lambda x: unfrozen(x) if is_frozen(x) else x, tree, is_leaf=is_frozen
     )
-
-
-def _unfrozen_only(x: Any) -> Any:
-    while isinstance(x, Frozen):
-        x = x.value
-    return x

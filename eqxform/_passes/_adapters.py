@@ -28,7 +28,7 @@ from .. import _ast as A
 from .. import _names as N
 from .._build import to_python
 from .._hashing import stable_hash
-from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw
+from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw, unfrozen
 from .._select import (
     GetAttrKey,
     Node,
@@ -44,20 +44,13 @@ from ._base import action_pass, replace_at
 from ._tree import RulePass
 
 
-def _inner(x: Any) -> Any:
-    """The array inside any `Frozen` around it."""
-    while isinstance(x, Frozen):
-        x = x.value
-    return x
-
-
 def _freeze(x: Any) -> Any:
     """`x` frozen whole (an array, or one frozen for some layers only)."""
     if x is None or not (is_array(x) or isinstance(x, Wrapper)):
         return x
     if isinstance(x, Frozen) and x.layers is None:
         return x
-    return Frozen(_inner(x))
+    return Frozen(unfrozen(x))
 
 
 class _Target:
@@ -121,7 +114,7 @@ class AdapterPass(RulePass):
             raise self.error("E223", self.rule.selector.span, text=node.text)
         if isinstance(obj, eqx.Module) and not isinstance(obj, Wrapper):
             weight = getattr(obj, "weight", None)
-            inner = _inner(weight)
+            inner = unfrozen(weight)
             if weight is not None and is_array(inner):
                 wnode = Node(node.path + (GetAttrKey("weight"),), weight, node.objects, node.layers)
                 if self.per_layer_ndim(wnode, inner) == 2:
@@ -134,7 +127,7 @@ class AdapterPass(RulePass):
                         raise self._not_adaptable(node, "takes scalar inputs")
                     return _Target("module", node, self.array_node(wnode))
             raise self._not_adaptable(node, f"is {_describe_kind(obj)} without a 2-D `weight`")
-        inner = _inner(obj)
+        inner = unfrozen(obj)
         if is_array(inner) and (is_array(obj) or isinstance(obj, Frozen)):
             wnode = self.array_node(node)
             if self.per_layer_ndim(node, inner) != 2:
