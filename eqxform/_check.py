@@ -486,8 +486,8 @@ class Checker:
             return
         names: tuple[str, ...]
         if self.mesh_override is not None:
-            names, where = self.mesh_override.names, f"`{self.mesh_override.origin} "
-            where += self.mesh_override.text() + "`"
+            given = self.mesh_override
+            names, where = given.names, f"`{given.origin} {given.text()}`"
         elif self.mesh is not None:
             names = tuple(a.name for a in self.mesh.axes)
             where = f"the `mesh` on line {self.mesh.span.line}"
@@ -574,9 +574,7 @@ class Checker:
                 self.error("E127", stmt.span, variant="dimension", d=d)
                 break
         else:
-            size = 1
-            for d in stmt.shape:
-                size *= d
+            size = math.prod(stmt.shape)
             budget = byte_budget()
             if any(d > L.MAX_DIMENSION for d in stmt.shape):
                 self.error(
@@ -739,7 +737,9 @@ class Checker:
         if not all([dim(i, not isinstance(arg, A.TupleExpr)) for i in items]):
             return
         seen: set[str] = set()
-        for name in _spec_names(arg):
+        for name in walk(arg):  # the axes named, `none` aside
+            if not isinstance(name, A.Name) or name.id == "none":
+                continue
             if name.id in seen:
                 self.error("E232", name.span, id=name.id)
             seen.add(name.id)
@@ -837,8 +837,8 @@ class Checker:
         args = list(args)
         suggested: set[str] = set()
         positional = [a for a in args if a.name is None]
-        given: dict[str, A.Arg] = {}
         params = [p for p in signature.positional if p != "key"]
+        given = dict(zip(params, positional))
         if len(positional) > len(params) and not signature.varargs:
             extra = positional[len(params)]
             self.error(
@@ -850,8 +850,6 @@ class Checker:
                 s="s" if len(params) != 1 else "",
                 len_positional=len(positional),
             )
-        for param, arg in zip(params, positional):
-            given[param] = arg
         for arg in args:
             if arg.name is None:
                 continue
@@ -931,10 +929,8 @@ class Checker:
 
 
 def _inside(inner: A.Span, outer: A.Span) -> bool:
-    return (outer.line, outer.column) <= (inner.line, inner.column) and (
-        inner.end_line,
-        inner.end_column,
-    ) <= (outer.end_line, outer.end_column)
+    starts = (outer.line, outer.column) <= (inner.line, inner.column)
+    return starts and (inner.end_line, inner.end_column) <= (outer.end_line, outer.end_column)
 
 
 def _reads_match(expr: A.Expr) -> bool:
@@ -963,16 +959,6 @@ def override_problem(value: Any, depth: int = 0) -> str | None:
                 return problem
         return None
     return f"is a `{type(value).__name__}`, not a constant"
-
-
-def _spec_names(arg: A.Expr) -> list[A.Name]:
-    if isinstance(arg, A.Name):
-        return [] if arg.id == "none" else [arg]
-    out: list[A.Name] = []
-    if isinstance(arg, A.TupleExpr):
-        for item in arg.items:
-            out += _spec_names(item)
-    return out
 
 
 def check(

@@ -16,6 +16,7 @@ changed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -106,13 +107,6 @@ def _one_call(static, args, kwargs, where, state_def, what: str, prepare=lambda 
         return out, jax.tree_util.tree_leaves(new_state)
 
     return call
-
-
-def _substate(state: State, module: Any) -> tuple[list, Any]:
-    """The state of the indices inside `module`: its leaves and structure."""
-    sub = state.substate(module)
-    leaves, treedef = jax.tree_util.tree_flatten(sub)
-    return leaves, treedef
 
 
 def _has_layout(x: Any) -> bool:
@@ -275,19 +269,7 @@ class Stacked(eqx.Module):
     def __getitem__(self, index):
         if isinstance(index, slice):
             count = len(range(*index.indices(self.count)))
-            return Stacked(
-                _take(self.layers, index),
-                count,
-                self.mode,
-                self.remat,
-                self.unroll,
-                self.kind,
-                self.layerwise,
-                self.over,
-                self.layer_ndims,
-                self.error,
-                self.inner,
-            )
+            return dataclasses.replace(self, layers=_take(self.layers, index), count=count)
         if not -self.count <= index < self.count:
             raise IndexError(f"the stack has {self.count} layers, not {index}")
         i = index % self.count
@@ -321,8 +303,7 @@ class Stacked(eqx.Module):
     def __call__(self, x, *args, key=None, **kwargs):
         if self._is_one_layer():
             # One layer, sliced out by the parent's own scan over the stack.
-            if key is not None:
-                kwargs["key"] = key
+            kwargs = kwargs if key is None else {**kwargs, "key": key}
             return self.layers(x, *args, **kwargs)
         where = _states(args, kwargs)
         if len(where) > 1:
@@ -343,7 +324,10 @@ class Stacked(eqx.Module):
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         keys = None if key is None else jax.random.split(key, self.count)
         state = _state_arg(args, kwargs, where)
-        state_leaves, state_def = ([], None) if state is None else _substate(state, self.layers)
+        # The state of the indices inside the layers: its leaves and structure.
+        state_leaves, state_def = (
+            ([], None) if state is None else jax.tree_util.tree_flatten(state.substate(self.layers))
+        )
 
         apply = _one_call(static, args, kwargs, where, state_def, "a stack")
         if self.remat:
@@ -413,8 +397,7 @@ class Ensemble(eqx.Module):
             return bound if args else lambda _, *a, **kw: bound(*a, **kw)
 
         if self._is_one_member():
-            if key is not None:
-                kwargs["key"] = key
+            kwargs = kwargs if key is None else {**kwargs, "key": key}
             return getattr(resolve(self.model), name)(*args, **kwargs)
         x, rest = (args[0], args[1:]) if args else (None, ())
         return _evaluate(self, x, False, rest, key, kwargs, prepare)
@@ -427,8 +410,7 @@ class Ensemble(eqx.Module):
 
     def __call__(self, x, *args, key=None, **kwargs):
         if self._is_one_member():
-            if key is not None:
-                kwargs["key"] = key
+            kwargs = kwargs if key is None else {**kwargs, "key": key}
             return resolve(self.model)(x, *args, **kwargs)
         return _evaluate(self, x, False, args, key, kwargs)
 

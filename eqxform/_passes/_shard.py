@@ -252,16 +252,11 @@ def _check_dims(node: Node, dims, sizes, rule: ShardRule | None) -> Diagnostic |
     return None
 
 
-def named_shardings(placed: list[Placement], mesh: Mesh) -> dict[tuple, NamedSharding]:
-    """path -> `NamedSharding` of each placement."""
-    return {p.node.path: NamedSharding(mesh, p.spec) for p in placed}
-
-
 def sharding_tree(subject: Any, placed: list[Placement], mesh: Mesh) -> Any:
     """A tree like `subject` with a `NamedSharding` for each array (a state's
     arrays replicated) and None elsewhere."""
     model, state = split_state(subject)
-    by_path = named_shardings(placed, mesh)
+    by_path = {p.node.path: NamedSharding(mesh, p.spec) for p in placed}
     replicated = NamedSharding(mesh, PartitionSpec())
     flat, treedef = jax.tree_util.tree_flatten_with_path(model)
     model_sh = jax.tree_util.tree_unflatten(
@@ -308,15 +303,8 @@ class PlacePass(Pass):
     def select(self, model: Any, ctx: Context) -> list[Node]:
         return []
 
-    def run(self, model, key, ctx, nodes):
-        if ctx.mesh is None:
-            return model
-        return self.place(model, ctx.mesh)
-
-    def run_stateful(self, model, state, key, ctx, nodes):
-        if ctx.mesh is None:
-            return model, state
-        return self.place((model, state), ctx.mesh)
+    def run_on(self, subject, key, ctx, nodes):
+        return subject if ctx.mesh is None else self.place(subject, ctx.mesh)
 
     def place(self, subject: Any, mesh: Mesh) -> Any:
         placed = self.placements(subject, dict(mesh.shape))

@@ -201,11 +201,7 @@ class InitPass(RulePass):
 
     def run(self, model, key, ctx, nodes):
         arg = self.action.arg
-        if isinstance(arg, A.Call):
-            name, args = arg.callee, arg.args
-        else:
-            assert isinstance(arg, A.Name)
-            name, args = arg.id, ()
+        name, args = (arg.id, ()) if isinstance(arg, A.Name) else (arg.callee, arg.args)
         leaves = self.arrays(nodes)
         signature = R.initializer_signature(name)
         positional = list(signature.positional) if signature else []
@@ -427,8 +423,7 @@ class ScalePass(RulePass):
 class WrapPass(RulePass):
     def run(self, model, key, ctx, nodes):
         arg = self.action.arg
-        name = arg.id if isinstance(arg, A.Name) else arg.callee
-        args = () if isinstance(arg, A.Name) else arg.args
+        name, args = (arg.id, ()) if isinstance(arg, A.Name) else (arg.callee, arg.args)
         cls = R.resolve_wrapper(name)
         positional = list(R.wrapper_signature(name).positional)
         for node in nodes:
