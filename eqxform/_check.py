@@ -234,14 +234,13 @@ class Checker:
             del self.diagnostics[before:]
             for d in found:
                 vary = self.culprit(d.span)
+                seen = (d.code, "" if vary is None else vary.name)
+                if seen in reported:
+                    continue
+                reported.add(seen)
                 if vary is None:
-                    if (d.code, "") not in reported:
-                        reported.add((d.code, ""))
-                        self.diagnostics.append(d)
+                    self.diagnostics.append(d)
                     continue
-                if (d.code, vary.name) in reported:
-                    continue
-                reported.add((d.code, vary.name))
                 self.error(
                     "E173",
                     vary.value.span if vary.value is not None else vary.span,
@@ -520,14 +519,18 @@ class Checker:
             if option.name in seen:
                 self.error("E114", option.span, name=option.name)
             seen.add(option.name)
-            if option.name == "count":
+            if option.name in ("count", "unroll"):  # a number of layers, at least one
+                count = option.name == "count"
                 if not isinstance(option.value, int) or option.value < 1:
-                    self.error("E142", option.span, value=option.value)
+                    if count:
+                        self.error("E142", option.span, value=option.value)
+                    else:
+                        self.error("E136", option.span, variant="unroll_needs")
                 elif option.value > L.MAX_COUNT:
                     self.error(
                         "E155",
                         option.span,
-                        variant="stack_layers",
+                        variant="stack_layers" if count else "unroll",
                         value=option.value,
                         max_count=L.MAX_COUNT,
                     )
@@ -537,17 +540,6 @@ class Checker:
             elif option.name == "over":
                 assert option.over is not None
                 self.axis_uses.append((option.over.axis, option.over.axis_span))
-            elif option.name == "unroll":
-                if not isinstance(option.value, int) or option.value < 1:
-                    self.error("E136", option.span, variant="unroll_needs")
-                elif option.value > L.MAX_COUNT:
-                    self.error(
-                        "E155",
-                        option.span,
-                        variant="unroll",
-                        value=option.value,
-                        max_count=L.MAX_COUNT,
-                    )
             else:
                 self.error(
                     "E136",

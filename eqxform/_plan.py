@@ -804,9 +804,8 @@ def _members(program, struct) -> PlanMembers | None:
     if not isinstance(ensemble, Ensemble) or sweep is None:
         return None
     total = nbytes(ensemble)
-    count = ensemble.count
     rows = tuple({"member": k, "values": sweep.values(k, program.seed)} for k in range(sweep.count))
-    return PlanMembers(count, sweep.names, rows, total // count, total)
+    return PlanMembers(ensemble.count, sweep.names, rows, total // ensemble.count, total)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:

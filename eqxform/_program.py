@@ -461,9 +461,7 @@ class Program:
         key = seed_key(seed) if key is None else check_key(key)
         if model is not None:
             check_model(model)
-        placer = self.placer(mesh)
-        if placer is None:
-            placer = self.placer({"data": 1})
+        placer = self.placer(mesh) or self.placer({"data": 1})
         device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
         recipe = self.base_recipe(None) if model is None and self.model_call else recipe_of(model)
         ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)

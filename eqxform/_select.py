@@ -892,15 +892,11 @@ _INDEXING = (A.IndexStep, A.SliceStep, A.AllStep)
 
 
 def describe_match(node: Node) -> str:
-    if is_array(node.obj):
-        return f"`{node.text}` {np.dtype(node.obj.dtype).name}{list(node.obj.shape)}"
     array = unwrapped(node).obj
-    if is_array(array):
-        return (
-            f"`{node.text}` {np.dtype(array.dtype).name}{list(array.shape)} "
-            f"(in `{type(node.obj).__name__}`)"
-        )
-    return f"`{node.text}` ({type(node.obj).__name__})"
+    if not is_array(array):
+        return f"`{node.text}` ({type(node.obj).__name__})"
+    inside = "" if array is node.obj else f" (in `{type(node.obj).__name__}`)"
+    return f"`{node.text}` {np.dtype(array.dtype).name}{list(array.shape)}{inside}"
 
 
 # The last selections made on kept skeletons (see `walk`): a rule whose

@@ -80,14 +80,9 @@ def spec_dims(arg: A.Expr | None) -> tuple[Dim, ...]:
 
 
 def show_spec(dims) -> str:
-    def one(d):
-        if d is None:
-            return "none"
-        if isinstance(d, tuple):
-            return "(" + ", ".join(d) + ")"
-        return d
-
-    return "(" + ", ".join(one(d) for d in dims) + ")"
+    """`(none, (data, model))`: the dimensions as a `shard` rule writes them."""
+    parts = [f"({', '.join(d)})" if isinstance(d, tuple) else d or "none" for d in dims]
+    return "(" + ", ".join(parts) + ")"
 
 
 def _axes_of(d: Dim) -> tuple[str, ...]:
@@ -112,16 +107,12 @@ class Placement:
     def spec(self) -> PartitionSpec:
         return PartitionSpec(*self.dims)
 
-    def shard_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
-        shape = tuple(self.node.obj.shape)
-        return (
-            tuple(d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims))
-            + shape[len(self.dims) :]
-        )
-
     def bytes_per_device(self, sizes: Mapping[str, int]) -> int:
+        """The bytes of one device's shard: each split dimension divided by its axes' sizes."""
+        shape = tuple(self.node.obj.shape)
+        split = [d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims)]
         itemsize = np.dtype(self.node.obj.dtype).itemsize
-        return math.prod(self.shard_shape(sizes)) * itemsize
+        return math.prod(split + list(shape[len(self.dims) :])) * itemsize
 
     def describe(self) -> str:
         if self.rule is None and not any(d is not None for d in self.dims):

@@ -91,7 +91,6 @@ class StructPass(Pass):
         ]
         if not copied:
             return
-        first = copied[0]
         ctx.report(
             report(
                 "W201",
@@ -103,7 +102,7 @@ class StructPass(Pass):
                 s="s" if len(copied) != 1 else "",
                 listing=", ".join(f"`{c}`" for c in copied[:5]),
                 value2=", ..." if len(copied) > 5 else "",
-                first=first,
+                first=copied[0],
             )
         )
 
