@@ -456,12 +456,9 @@ class Checker:
                 self.error("E176", vary.span, variant=variant, name=vary.name)
             if value is None:
                 continue
-            context = set(self.lets) | {MEMBER}
-            if isinstance(value, A.Call) and value.callee in SPREADS:
-                for a in value.args:
-                    self.names(a.value, context, "a varied value")
-            else:
-                self.names(value, context, "a varied value")
+            spread = isinstance(value, A.Call) and value.callee in SPREADS
+            for v in [a.value for a in value.args] if spread else [value]:
+                self.names(v, set(self.lets) | {MEMBER}, "a varied value")
         if stmt.over is not None:
             self.axis_uses.append((stmt.over.axis, stmt.over.axis_span))
 

@@ -1237,9 +1237,9 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
         else:
             hi = mid
     breaker, after = history[lo]
-    error = _forward(after, structs)[1] or problem
-    span = breaker.stmt.span
-    return _forward_error(program, error, span, "rule")
+    return _forward_error(
+        program, _forward(after, structs)[1] or problem, breaker.stmt.span, "rule"
+    )
 
 
 def _runs_with_state(model, structs) -> bool:
