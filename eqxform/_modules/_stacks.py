@@ -113,13 +113,6 @@ def _has_layout(x: Any) -> bool:
     return isinstance(x, (eqx.nn.Linear, eqx.nn.Embedding, eqx.nn.Conv, eqx.nn.ConvTranspose))
 
 
-def _layout(module: Any) -> int:
-    """The number of axes of one layer's `weight` of a `_has_layout` module."""
-    if isinstance(module, (eqx.nn.Conv, eqx.nn.ConvTranspose)):
-        return module.num_spatial_dims + 2
-    return 2
-
-
 def first_layout_weight(tree: Any) -> tuple[Any, int] | None:
     """The first `weight` in `tree` of a layer type whose layout Equinox fixes
     (seen through its wrappers), and that layout's number of axes; None when
@@ -130,7 +123,8 @@ def first_layout_weight(tree: Any) -> tuple[Any, int] | None:
             while isinstance(weight, Wrapper):
                 weight = weight._inner()
             if eqx.is_array(weight) or isinstance(weight, jax.ShapeDtypeStruct):
-                return weight, _layout(module)
+                # `(out, in)`, and a convolution's kernel axes after.
+                return weight, getattr(module, "num_spatial_dims", 0) + 2
     return None
 
 
