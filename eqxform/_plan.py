@@ -543,21 +543,19 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     except SpecError as e:
         diagnostics.extend(e.diagnostics)
         return None
-    rows = []
-    for p in placed:
-        itemsize = np.dtype(p.node.obj.dtype).itemsize
-        rows.append(
-            PlanPlacement(
-                p.node.text,
-                _describe_node(p.node),
-                p.describe(),
-                None if p.rule is None else p.rule.line,
-                p.bytes_per_device(sizes),
-                math.prod(p.node.obj.shape) * itemsize,
-            )
+    rows = tuple(
+        PlanPlacement(
+            p.node.text,
+            _describe_node(p.node),
+            p.describe(),
+            None if p.rule is None else p.rule.line,
+            p.bytes_per_device(sizes),
+            math.prod(p.node.obj.shape) * np.dtype(p.node.obj.dtype).itemsize,
         )
+        for p in placed
+    )
     text = " ".join(f"{n}={s}" for n, s in sizes.items())
-    return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
+    return PlanMesh(text, math.prod(sizes.values()), rows)
 
 
 @dataclass(frozen=True, eq=False)

@@ -614,7 +614,10 @@ def check_key(key: Any) -> Any:
     legacy = dtype is not None and str(dtype) == "uint32" and tuple(shape) == (2,)
     if (typed and shape == ()) or legacy:
         return key
-    raise UsageError(report("E433", what_key=_what(key)))
+    what = f"a `{type(key).__name__}`"
+    if shape is not None:
+        what = f"an array of shape {tuple(shape)} and dtype {getattr(key, 'dtype', '?')}"
+    raise UsageError(report("E433", what_key=what))
 
 
 def check_model(model: Any) -> Any:
@@ -623,13 +626,6 @@ def check_model(model: Any) -> Any:
     if bad is not None:
         raise UsageError(bad)
     return model
-
-
-def _what(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return f"an array of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
-    return f"a `{type(value).__name__}`"
 
 
 def _warn(diagnostic: Diagnostic) -> None:
