@@ -110,10 +110,8 @@ def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
 def _strings(argument: str, value: Any, expected: str) -> tuple[str, ...]:
     """An argument that is a list of strings (a lone string is a mistake: it
     would be read letter by letter)."""
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise _wrong_type(argument, value, f"a list of {expected}")
-    items = tuple(value)
-    if not all(isinstance(v, str) for v in items):
+    items = None if isinstance(value, str) or not isinstance(value, Iterable) else tuple(value)
+    if items is None or not all(isinstance(v, str) for v in items):
         raise _wrong_type(argument, value, f"a list of {expected}")
     return items
 

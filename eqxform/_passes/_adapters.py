@@ -286,5 +286,5 @@ class MergePass(RulePass):
             except (AttributeError, IndexError, KeyError, TypeError):
                 continue  # inside an adapter that is merged now
             roots.append(node.path)
-        roots = [p for p in roots if not any(q != p and p[: len(q)] == q for q in roots)]
+        roots = outermost(roots)
         return replace_at(model, roots, [thaw(get(model, p)) for p in roots])

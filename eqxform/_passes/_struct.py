@@ -272,10 +272,8 @@ def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
     which = tuple(at.get(id(x), -1) if is_array(x) else -2 for x in leaves)
     arrays = tuple(x for x in leaves if is_array(x))
     draws = tuple(w for w in which if w != -2)
-    if any(isinstance(x, jax.core.Tracer) for x in arrays):
-        made = iter(_copies(arrays, key, salts, count, draws))
-    else:
-        made = iter(_copies_on_host(arrays, key, salts, count, draws))
+    copies = _copies if any(isinstance(x, jax.core.Tracer) for x in arrays) else _copies_on_host
+    made = iter(copies(arrays, key, salts, count, draws))
     stacked = jax.tree_util.tree_unflatten(
         treedef, [next(made) if w != -2 else x for w, x in zip(which, leaves)]
     )
@@ -745,8 +743,7 @@ class EnsemblePass(StructPass):
 
 
 def _same_structure(members, model) -> bool:
-    a = jax.tree_util.tree_flatten(members)[0]
-    b = jax.tree_util.tree_flatten(model)[0]
+    a, b = jax.tree_util.tree_leaves(members), jax.tree_util.tree_leaves(model)
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):
