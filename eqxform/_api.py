@@ -385,7 +385,8 @@ def train(
     - `spec`, `model`, `seed`, `params`, `allow`, `inputs`, `mesh`, `weights`,
       `device`, `deny`: as for `eqxform.apply`, which builds the model trained.
     - `data`: an `.npz` file with arrays `x` and `y` (None: a built-in toy
-      task fitted to the model); `eval_data`: one with held-out `x` and `y`,
+      task fitted to the model; for a model called with several arguments,
+      `x0`, `x1`, ... in their order in place of `x`); `eval_data`: one with held-out `x` and `y`,
       whose loss per member is measured after training.
     - `steps`, `batch_size`: the steps, and the examples in each.
     - `loss`: `"mse"`, `"cross_entropy"` (`eqxform.LOSSES`), or

@@ -449,7 +449,8 @@ def apply(s: _Spec, output, seed, device, force, adapters_only, weights, deny):
 @click.option(
     "--data",
     type=click.Path(),
-    help="An .npz with arrays `x` and `y` (default: a built-in toy task).",
+    help="An .npz with arrays `x` and `y` (or `x0`, `x1`, ... for a model of several "
+    "arguments; default: a built-in toy task).",
 )
 @click.option("--steps", type=_Whole(1), default=200, show_default=True, help="At least 1.")
 @click.option("--batch-size", type=_Whole(1), default=32, show_default=True, help="At least 1.")

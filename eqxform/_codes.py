@@ -1186,6 +1186,12 @@ CODES: dict[str, Code] = {
             message="after this rule the model fails on its declared input: {message}",
             help="fix the rule so that the model still takes its input (a new head's "
             "`in_features`, say)",
+            cast=(
+                "after this rule the model fails on its declared input: {message}",
+                "the rule casts the model's arrays to `{dtype}` while the `input` line "
+                "declares `{declared}`: declare the input in the new dtype (`input {suggested}`) "
+                "and call the model with such arrays",
+            ),
         ),
         _c(
             "E208",
@@ -2201,9 +2207,10 @@ CODES: dict[str, Code] = {
             "with the shapes and dtypes found.",
             "eqxform train spec.eqx --data d.npz --loss cross_entropy -o out.eqx   # y is f32[N,3]",
             message="`{path}` must hold arrays named `x` and `y`; it holds {value}",
-            help="write it with `numpy.savez(path, x=inputs, y=targets)`",
+            help="write it with `numpy.savez(path, x=inputs, y=targets)` (for a model called "
+            "with several inputs: `x0=..., x1=...`, one per argument, in order)",
             rows=(
-                "`x` and `y` must have one row per example: `x` is {list_shape}, `y` is {list_shape2}",
+                "`{name}` and `y` must have one row per example: `{name}` is {list_shape}, `y` is {list_shape2}",
                 "write it with `numpy.savez(path, x=inputs, y=targets)`",
             ),
             empty=(
@@ -2220,8 +2227,9 @@ CODES: dict[str, Code] = {
                 "`eqxform.make_step` with a loss that calls that method",
             ),
             model_does=(
-                "the model does not accept rows of `x` of shape {list_shape}: {error}",
-                "each row of `x` is one input of the model (the spec's `input` line, or the `in_size` of an `MLP`): save `x` with one such input per row",
+                "the model does not accept rows of {text} of shape {list_shape}: {error}",
+                "each row of `x` is one input of the model (the spec's `input` line, or the `in_size` of an `MLP`): save `x` with one such input per row; "
+                "a model called with several arguments takes them as `x0`, `x1`, ... (one array each, in order)",
             ),
             model_gives=(
                 "the model gives outputs of shape {list_shape}{value}, but rows of `y` have shape {list_shape2}",

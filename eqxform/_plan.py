@@ -400,7 +400,7 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
         shape = [str(d) for d in obj.shape]
         lead = [f"{a}:{d}" for a, d in zip(axes, shape)]
         rest = ",".join(shape[len(lead) :])
-        inner = ", ".join(lead + [rest]) if lead else rest
+        inner = ", ".join(lead + [rest] if rest else lead)  # `f32[layer:4]` per layer a scalar
         return f"{short.get(dtype, dtype)}[{inner}]"
     if isinstance(obj, Wrapper):
         # `Frozen(f32[8,8])`: the wrappers around an array, innermost last.
@@ -1235,9 +1235,34 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
         else:
             hi = mid
     breaker, after = history[lo]
-    return _forward_error(
-        program, _forward(after, structs)[1] or problem, breaker.stmt.span, "rule"
-    )
+    error = _forward(after, structs)[1] or problem
+    span = breaker.stmt.span
+    cast = _cast_help(program, breaker, structs)
+    if cast is not None and not isinstance(error, StackCallError):
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return report(
+            "E207", variant="cast", span=span, source=program.source, message=message, **cast
+        )
+    return _forward_error(program, error, span, "rule")
+
+
+def _cast_help(program, breaker, structs) -> dict[str, str] | None:
+    """What a `cast` that broke the forward pass says: the input is declared in
+    another floating dtype than the one the arrays now have (`input f32[...]`
+    after `where ** -> cast bfloat16`). None for any other rule."""
+    action = getattr(breaker, "action", None)
+    if action is None or action.name != "cast":
+        return None
+    dtype = jnp.dtype(action.arg.id)
+    first = program.inputs[0]
+    declared = jnp.dtype(structs[0].dtype)
+    if not jnp.issubdtype(dtype, jnp.floating) or not jnp.issubdtype(declared, jnp.floating):
+        return None
+    if declared == dtype:
+        return None
+    short = {long: s for s, long in reversed(list(N.INPUT_DTYPES.items()))}
+    suggested = f"{short.get(dtype.name, dtype.name)}[{','.join(str(d) for d in first.shape)}]"
+    return {"dtype": dtype.name, "declared": first.describe(), "suggested": suggested}
 
 
 def _runs_with_state(model, structs) -> bool:

@@ -374,3 +374,75 @@ def test_a_slow_run_off_a_terminal_prints_a_line_at_least_every_interval(here, m
         int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("step ")
     ]
     assert steps == list(range(1, 26))
+
+
+class _TwoInputs:
+    """A model called with two arguments per example (tokens and a mask), as
+    language models are; built by `make`, registered for the command line."""
+
+    @staticmethod
+    def make(key):
+        import equinox as eqx
+        import jax
+
+        class TwoInputs(eqx.Module):
+            emb: eqx.nn.Embedding
+            head: eqx.nn.Linear
+
+            def __init__(self, key):
+                k1, k2 = jax.random.split(key)
+                self.emb = eqx.nn.Embedding(10, 4, key=k1)
+                self.head = eqx.nn.Linear(4, 3, key=k2)
+
+            def __call__(self, tokens, mask):
+                return self.head((jax.vmap(self.emb)(tokens) * mask[:, None]).sum(0))
+
+        return TwoInputs(key)
+
+
+def test_a_model_of_several_inputs_trains_on_x0_x1_as_a_hand_written_loop_does(here):
+    # `x0`, `x1`, ... in the data file are the model's arguments in order; the
+    # result equals the hand-written optax loop over the same batches.
+    import equinox as eqx
+    import jax
+    import optax
+
+    rng = np.random.default_rng(0)
+    x0 = rng.integers(0, 10, (40, 5)).astype(np.int32)
+    x1 = (rng.random((40, 5)) > 0.3).astype(np.float32)
+    y = rng.integers(0, 3, (40,)).astype(np.int32)
+    np.savez("d.npz", x0=x0, x1=x1, y=y)
+    model = _TwoInputs.make(jax.random.key(0))
+    spec = "optimizer sgd(learning_rate=0.1)"
+    result = eqxform.train(
+        spec, model, data="d.npz", loss="cross_entropy", steps=12, batch_size=8, seed=3
+    )
+
+    def loss(m, a, b, t):
+        logits = jax.vmap(m)(a, b)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, t).mean()
+
+    opt = optax.sgd(0.1)
+    hand, state = model, opt.init(eqx.filter(model, eqx.is_inexact_array))
+    order_rng = np.random.default_rng(3)
+    order, cursor = order_rng.permutation(40), 0
+    for _ in range(12):
+        if cursor + 8 > 40:
+            order, cursor = order_rng.permutation(40), 0
+        idx = order[cursor : cursor + 8]
+        cursor += 8
+        grads = eqx.filter_grad(loss)(hand, x0[idx], x1[idx], y[idx])
+        updates, state = opt.update(grads, state, eqx.filter(hand, eqx.is_inexact_array))
+        hand = eqx.apply_updates(hand, updates)
+    for got, want in zip(jax.tree_util.tree_leaves(result.model), jax.tree_util.tree_leaves(hand)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # Rows that do not line up, and a gap in the numbering, are said.
+    np.savez("bad.npz", x0=x0, x1=x1[:30], y=y)
+    with pytest.raises(eqxform.UsageError, match="`x1` and `y` must have one row per example"):
+        eqxform.train(spec, model, data="bad.npz", loss="cross_entropy", steps=1, batch_size=8)
+    np.savez("gap.npz", x0=x0, x2=x1, y=y)
+    with pytest.raises(eqxform.UsageError, match="x1=..."):
+        eqxform.train(spec, model, data="gap.npz", loss="cross_entropy", steps=1, batch_size=8)
+    np.savez("one.npz", x=x0, y=y)
+    with pytest.raises(eqxform.UsageError, match="does not accept rows of `x` of shape"):
+        eqxform.train(spec, model, data="one.npz", loss="cross_entropy", steps=1, batch_size=8)

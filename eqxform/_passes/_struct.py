@@ -710,11 +710,14 @@ class EnsemblePass(StructPass):
         keys = jax.random.split(key, count)
         if ctx.base is not None:
             before = self.before
+            # A `stack` above was verified on the model itself; under the vmap
+            # its layers are tracers, which cannot be run on random inputs.
+            traced = dataclasses.replace(ctx, verify=False)
 
             def member(k):
                 subject = ctx.base(k)
                 for p in before:
-                    subject = p(subject, k, ctx)
+                    subject = p(subject, k, traced)
                 return subject
 
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
@@ -751,9 +754,13 @@ def _same_structure(members, model) -> bool:
             return False
         if is_array(x) and (tuple(x.shape[1:]) != tuple(y.shape) or x.dtype != y.dtype):
             return False
-    # A `StateIndex` carries a marker object of its own construction (static,
-    # so part of the structure): every build has new ones, so the indices are
-    # compared by their arrays (above), not by their markers.
-    return jax.tree_util.tree_structure(
-        members, is_leaf=is_state_index
-    ) == jax.tree_util.tree_structure(model, is_leaf=is_state_index)
+    # The leaves' paths, not the tree structures: those hold the static
+    # fields, and a build makes new objects of its own there (a `StateIndex`'s
+    # marker, a library's layer objects compared by identity, as e3nn's
+    # `FunctionalLinear`s in nequip-eqx), so two builds of one constructor
+    # never have equal structures.
+    return _leaf_paths(members) == _leaf_paths(model)
+
+
+def _leaf_paths(tree) -> list:
+    return [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

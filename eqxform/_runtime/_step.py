@@ -31,7 +31,9 @@ class RetraceError(EqxformError):
 
 
 def _signature(batch) -> tuple:
-    return tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in batch)
+    return tuple(
+        (np.shape(x), getattr(x, "dtype", type(x))) for x in jax.tree_util.tree_leaves(batch)
+    )
 
 
 class Step:
@@ -158,7 +160,7 @@ class Step:
             if self._mesh is None:
                 out = self._compiled(*args, *batch)
             else:
-                batch = tuple(self._place(x) for x in batch)
+                batch = jax.tree_util.tree_map(self._place, batch)
                 out = self._compiled(*args, batch)
         except (TypeError, ValueError) as e:
             if not first:

@@ -84,7 +84,7 @@ def make_loss(
 
         def loss(model, state, x, y):
             def one(x, state):
-                out, state = model(x, state)
+                out, state = call(model, x, state)
                 return pick(out, output), state
 
             pred, state = jax.vmap(one, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(
@@ -95,7 +95,7 @@ def make_loss(
         return loss
 
     def loss(model, x, y):
-        return total(jax.vmap(lambda x: pick(model(x), output), axis_name="batch")(x), y)
+        return total(jax.vmap(lambda x: pick(call(model, x), output), axis_name="batch")(x), y)
 
     return loss
 
@@ -230,8 +230,9 @@ def _bad_data(code: str, path: str, /, **fields) -> UsageError:
     return _data_error(code, path, path=path, **fields)
 
 
-def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays `x` and `y` of an `.npz` file.
+def load_data(path: str) -> tuple[Any, np.ndarray]:
+    """Arrays `x` and `y` of an `.npz` file; for a model called with several
+    inputs, `x0`, `x1`, ... in place of `x` (given back as a tuple, in order).
 
     The file is checked before any array is read: it is a zip of `.npy`
     members only; the headers of `x` and `y` (read with numpy's header reader,
@@ -250,9 +251,11 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
         # are wrong.
         raise _bad_data("E528", path, error=e) from None
     names = sorted(headers)
-    if "x" not in names or "y" not in names:
+    inputs = input_names(names)
+    if not inputs or "y" not in names:
         raise _bad_data("E420", path, value=", ".join(f"`{n}`" for n in names) or "none")
-    total = sum(headers[k][2] for k in ("x", "y"))
+    keys = (*inputs, "y")
+    total = sum(headers[k][2] for k in keys)
     limit = _memory_limit()
     if total > limit:
         raise _bad_data(
@@ -260,23 +263,53 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray]:
         )
     try:
         with np.load(path, allow_pickle=False) as data:
-            x, y = data["x"], data["y"]
+            arrays = {k: data[k] for k in keys}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise _bad_data(
             "E528", path, error=str(e).splitlines()[0] if str(e) else type(e).__name__
         ) from None
-    for key, array in (("x", x), ("y", y)):
+    for key, array in arrays.items():
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
             raise _bad_data("E528", path, variant="changed_while", key=key)
-    if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
-        raise _data_error(
-            "E420", path, variant="rows", list_shape=list(x.shape), list_shape2=list(y.shape)
-        )
-    if len(x) == 0:
+    y = arrays["y"]
+    for key in inputs:
+        x = arrays[key]
+        if x.ndim < 1 or y.ndim < 1 or len(x) != len(y):
+            raise _data_error(
+                "E420",
+                path,
+                variant="rows",
+                name=key,
+                list_shape=list(x.shape),
+                list_shape2=list(y.shape),
+            )
+    if len(y) == 0:
         raise _bad_data("E420", path, variant="empty")
-    for key, array in (("x", x), ("y", y)):
+    for key, array in arrays.items():
         check_finite(array, key, path)
+    x = arrays["x"] if inputs == ("x",) else tuple(arrays[k] for k in inputs)
     return x, y
+
+
+def input_names(names) -> tuple[str, ...]:
+    """The arrays of a data file that are the model's inputs: `x`, or `x0`,
+    `x1`, ... (numbered from 0 with none missing); () where neither is."""
+    if "x" in names:
+        return ("x",)
+    numbered = [n for n in names if n[:1] == "x" and n[1:].isdigit() and n[1:].isascii()]
+    inputs = tuple(f"x{k}" for k in range(len(numbered)))
+    return inputs if sorted(inputs) == sorted(numbered) else ()
+
+
+def examples(x: Any) -> int:
+    """The number of examples (rows) of a model's inputs: an array, or a
+    tuple of arrays with one row per example each."""
+    return len(x[0] if isinstance(x, tuple) else x)
+
+
+def call(model: Any, x: Any, *rest: Any) -> Any:
+    """The model on one example's inputs (a tuple: its arguments in order)."""
+    return model(*x, *rest) if isinstance(x, tuple) else model(x, *rest)
 
 
 def check_finite(array: np.ndarray, key: str, path: str) -> None:
@@ -444,20 +477,24 @@ def check_fits(
     """The model takes rows of `x` and gives outputs that `y` can be compared
     with: checked on shapes alone, before any step is compiled. A loss of the
     user's own is checked on shapes too: it must give one number."""
-    if np.iscomplexobj(x) or np.iscomplexobj(y):
+    inputs = x if isinstance(x, tuple) else (x,)
+    if any(np.iscomplexobj(a) for a in inputs) or np.iscomplexobj(y):
         raise _data_error("E420", where, variant="real_numbers")
     model, _ = split_state(subject)
     one = model.model if isinstance(model, Ensemble) else model
     if not callable(one):
         raise _data_error("E420", where, variant="not_callable", name=type(one).__name__)
     try:
-        whole = output_shape(subject, (jax.ShapeDtypeStruct(x.shape[1:], x.dtype),))
+        whole = output_shape(
+            subject, tuple(jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in inputs)
+        )
     except Exception as e:  # the model's own complaint about the input
         raise _data_error(
             "E420",
             where,
             variant="model_does",
-            list_shape=list(x.shape[1:]),
+            text="`x`" if len(inputs) == 1 else ", ".join(f"`x{k}`" for k in range(len(inputs))),
+            list_shape=", ".join(str(list(a.shape[1:])) for a in inputs),
             error=first_line(e),
         ) from None
     out = picked_output(whole, output)
@@ -652,21 +689,23 @@ def member_losses(
     except TypeError:  # a loss function that cannot be a cache key
         fn = _member_loss_fn.__wrapped__(*key)
     total = 0.0
-    for start in range(0, len(x), chunk):
-        xb, yb = jnp.asarray(x[start : start + chunk]), jnp.asarray(y[start : start + chunk])
-        total = total + np.asarray(fn(model_only, state, xb, yb), np.float64) * len(xb)
-    return total / len(x)
+    for start in range(0, examples(x), chunk):
+        xb = jax.tree_util.tree_map(lambda a: jnp.asarray(a[start : start + chunk]), x)
+        yb = jnp.asarray(y[start : start + chunk])
+        total = total + np.asarray(fn(model_only, state, xb, yb), np.float64) * len(yb)
+    return total / examples(x)
 
 
 @jax.jit
-def _rows(xs: jax.Array, ys: jax.Array, idx) -> tuple[jax.Array, jax.Array]:
-    """A batch: the rows `idx` of `xs` and `ys`, in one dispatch (indexing
-    each on its own runs several small programs per step)."""
-    return jnp.take(xs, idx, axis=0), jnp.take(ys, idx, axis=0)
+def _rows(xs: Any, ys: jax.Array, idx) -> tuple[Any, jax.Array]:
+    """A batch: the rows `idx` of `xs` (an array or a tuple of them) and
+    `ys`, in one dispatch (indexing each on its own runs several small
+    programs per step)."""
+    return jax.tree_util.tree_map(lambda a: jnp.take(a, idx, axis=0), (xs, ys))
 
 
-def _rows_on_host(xs: np.ndarray, ys: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray]:
-    return xs[idx], ys[idx]
+def _rows_on_host(xs: Any, ys: np.ndarray, idx) -> tuple[Any, np.ndarray]:
+    return jax.tree_util.tree_map(lambda a: a[idx], (xs, ys))
 
 
 def every_tenth(done: int, steps: int) -> bool:
@@ -712,8 +751,8 @@ def train(
     step's own: the model before its update; NaN for a diverged member) and
     the members diverged so far; `on_step` gets the mean of the others.
     """
-    if batch_size > len(x):
-        raise UsageError(diagnostic("E422", batch_size=batch_size, len_x=len(x)))
+    if batch_size > examples(x):
+        raise UsageError(diagnostic("E422", batch_size=batch_size, len_x=examples(x)))
     model_only, state = split_state(model)
     members = model_only.count if isinstance(model_only, Ensemble) else None
     step = make_step(
@@ -736,10 +775,10 @@ def train(
     # devices (of every process) itself. Else the data sits on the device and
     # each batch is taken there, by one compiled gather.
     on_mesh = step.mesh is not None
-    xs, ys = (x, y) if on_mesh else (jnp.asarray(x), jnp.asarray(y))
+    xs, ys = (x, y) if on_mesh else jax.tree_util.tree_map(jnp.asarray, (x, y))
     rows = _rows_on_host if on_mesh else _rows
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(x))
+    order = rng.permutation(examples(x))
     cursor = 0
     stop = {"now": False}
 
@@ -758,7 +797,7 @@ def train(
             if stop["now"]:
                 break
             if cursor + batch_size > len(order):
-                order, cursor = rng.permutation(len(x)), 0
+                order, cursor = rng.permutation(examples(x)), 0
             idx = order[cursor : cursor + batch_size]
             cursor += batch_size
             due = on_step is not None and report(i + 1, steps)
