@@ -297,7 +297,8 @@ class Stacked(eqx.Module):
     def __call__(self, x, *args, key=None, **kwargs):
         if self._is_one_layer():
             # One layer, sliced out by the parent's own scan over the stack.
-            kwargs = kwargs if key is None else {**kwargs, "key": key}
+            if key is not None:
+                kwargs["key"] = key
             return self.layers(x, *args, **kwargs)
         where = _states(args, kwargs)
         if len(where) > 1:
@@ -391,7 +392,8 @@ class Ensemble(eqx.Module):
             return bound if args else lambda _, *a, **kw: bound(*a, **kw)
 
         if self._is_one_member():
-            kwargs = kwargs if key is None else {**kwargs, "key": key}
+            if key is not None:
+                kwargs["key"] = key
             return getattr(resolve(self.model), name)(*args, **kwargs)
         x, rest = (args[0], args[1:]) if args else (None, ())
         return _evaluate(self, x, False, rest, key, kwargs, prepare)
@@ -404,7 +406,8 @@ class Ensemble(eqx.Module):
 
     def __call__(self, x, *args, key=None, **kwargs):
         if self._is_one_member():
-            kwargs = kwargs if key is None else {**kwargs, "key": key}
+            if key is not None:
+                kwargs["key"] = key
             return resolve(self.model)(x, *args, **kwargs)
         return _evaluate(self, x, False, args, key, kwargs)
 
