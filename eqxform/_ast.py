@@ -46,6 +46,11 @@ class Source:
             return lines[number - 1]
         return ""
 
+    def snippet(self, span: Span) -> str:
+        """The text at `span` (to the end of its first line, if it runs on)."""
+        line = self.line(span.line)
+        return line[span.column - 1 : span.end_column - 1 if span.end_line == span.line else None]
+
 
 # ---- expressions ---------------------------------------------------------
 

@@ -33,10 +33,6 @@ from ._values import (
 )
 from ._wnames import read_globs, read_map
 
-# Reserved words of planned features: an action here is reported (E120) rather
-# than taken for a misspelling. None is planned at present.
-NOT_YET: dict[str, str] = {}
-
 
 def is_whole(value: Any, minimum: int) -> bool:
     """Is `value` an integer (not a boolean) of at least `minimum`?"""
@@ -47,6 +43,10 @@ def is_whole(value: Any, minimum: int) -> bool:
 # changes values, never the model's structure (a shape, a count, a dtype).
 SWEEP_ACTIONS = ("init", "scale", "lr", "weight_decay")
 
+
+# The names a `let` or a varied name may not take: those an expression
+# already reads as something else.
+RESERVED = frozenset((*N.CONTEXT_NAMES, *N.CONSTANTS, *N.EXPR_FUNCTIONS, *N.FUNCTIONS, *N.DTYPES))
 
 # The codes of diagnostics about what the caller passed (`--set`, `params=`),
 # which `compile` raises as `UsageError` (exit code 2).
@@ -234,14 +234,13 @@ class Checker:
             del self.diagnostics[before:]
             for d in found:
                 vary = self.culprit(d.span)
+                seen = (d.code, "" if vary is None else vary.name)
+                if seen in reported:
+                    continue
+                reported.add(seen)
                 if vary is None:
-                    if (d.code, "") not in reported:
-                        reported.add((d.code, ""))
-                        self.diagnostics.append(d)
+                    self.diagnostics.append(d)
                     continue
-                if (d.code, vary.name) in reported:
-                    continue
-                reported.add((d.code, vary.name))
                 self.error(
                     "E173",
                     vary.value.span if vary.value is not None else vary.span,
@@ -288,13 +287,15 @@ class Checker:
         for i, a in enumerate(expr.args):
             param = a.name or positional[i]
             value = evaluate(a.value, self.env)
-            bad = argument_diagnostic(
-                f"`{param}` of `{expr.callee}`", value, kinds.get(param), a.value.span, self.source
-            )
-            if bad is not None:
-                self.diagnostics.append(bad)
+            self.argument(f"`{param}` of `{expr.callee}`", value, kinds.get(param), a.value)
             values[param] = as_argument(value, kinds.get(param))
         return expr.callee, values
+
+    def argument(self, what: str, value: Any, kind: Any, expr: A.Expr):
+        """Reports `value` (of the argument `expr`) where it is not of `kind`."""
+        bad = argument_diagnostic(what, value, kind, expr.span, self.source)
+        if bad is not None:
+            self.diagnostics.append(bad)
 
     def rule_arguments(self, rule: A.Rule):
         """The types of a rule's arguments that need no match (`stddev=0.02`);
@@ -306,17 +307,8 @@ class Checker:
                 continue
             info = N.ACTIONS.get(action.name)
             if info is not None and info.value is not None:
-                if _reads_match(arg):
-                    continue
-                bad = argument_diagnostic(
-                    f"`{action.name}`",
-                    evaluate(arg, self.env),
-                    info.value,
-                    arg.span,
-                    self.source,
-                )
-                if bad is not None:
-                    self.diagnostics.append(bad)
+                if not _reads_match(arg):
+                    self.argument(f"`{action.name}`", evaluate(arg, self.env), info.value, arg)
                 continue
             if info is not None and info.kinds and isinstance(arg, A.Call):
                 kinds = dict(info.kinds)
@@ -324,15 +316,12 @@ class Checker:
                     value = bare_word(a.value, kinds.get(a.name))
                     if isinstance(value, A.Expr) and _reads_match(value):
                         continue
-                    bad = argument_diagnostic(
+                    self.argument(
                         f"`{a.name}` of `{action.name}`",
                         value if isinstance(value, str) else evaluate(value, self.env),
                         kinds.get(a.name),
-                        a.value.span,
-                        self.source,
+                        a.value,
                     )
-                    if bad is not None:
-                        self.diagnostics.append(bad)
             kind = {"init": "initialiser", "wrap": "wrapper"}.get(action.name)
             if kind is None or not isinstance(arg, A.Call):
                 continue
@@ -349,15 +338,8 @@ class Checker:
                 if _reads_match(a.value) or (a.name is None and i >= len(positional)):
                     continue
                 param = a.name or positional[i]
-                bad = argument_diagnostic(
-                    f"`{param}` of `{arg.callee}`",
-                    evaluate(a.value, self.env),
-                    kinds.get(param),
-                    a.value.span,
-                    self.source,
-                )
-                if bad is not None:
-                    self.diagnostics.append(bad)
+                what = f"`{param}` of `{arg.callee}`"
+                self.argument(what, evaluate(a.value, self.env), kinds.get(param), a.value)
 
     def statements(self):
         seen: dict[type, A.Stmt] = {}
@@ -388,8 +370,7 @@ class Checker:
         if not sweeps:
             return
         lets = {s.name for s in self.spec.statements if isinstance(s, A.LetStmt)}
-        reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
-        reserved |= set(N.FUNCTIONS) | set(N.DTYPES) | {MEMBER, *SPREADS}
+        reserved = RESERVED | {MEMBER, *SPREADS}
         for vary in sweeps[0].vary:
             if vary.name == SEED or vary.name in self.varied:
                 continue
@@ -407,8 +388,7 @@ class Checker:
         self.names(stmt.value, set(self.lets), "a `seed`")
 
     def check_LetStmt(self, stmt: A.LetStmt):
-        reserved = set(N.CONTEXT_NAMES) | set(N.CONSTANTS) | set(N.EXPR_FUNCTIONS)
-        if stmt.name in reserved | set(N.FUNCTIONS) | set(N.DTYPES):
+        if stmt.name in RESERVED:
             self.error("E118", stmt.name_span, name=stmt.name)
         elif stmt.name in self.lets:
             self.error("E109", stmt.name_span, variant="defined", name=stmt.name)
@@ -446,11 +426,10 @@ class Checker:
     def check_MapStmt(self, stmt: A.MapStmt):
         self.diagnostics += read_map(stmt, self.source)[1]
 
-    def check_SkipStmt(self, stmt: A.SkipStmt):
+    def check_SkipStmt(self, stmt: A.SkipStmt | A.KeepStmt):
         self.diagnostics += read_globs(stmt, self.source)[1]
 
-    def check_KeepStmt(self, stmt: A.KeepStmt):
-        self.diagnostics += read_globs(stmt, self.source)[1]
+    check_KeepStmt = check_SkipStmt
 
     def check_OptimizerStmt(self, stmt: A.OptimizerStmt):
         self.named_call(
@@ -477,12 +456,9 @@ class Checker:
                 self.error("E176", vary.span, variant=variant, name=vary.name)
             if value is None:
                 continue
-            context = set(self.lets) | {MEMBER}
-            if isinstance(value, A.Call) and value.callee in SPREADS:
-                for a in value.args:
-                    self.names(a.value, context, "a varied value")
-            else:
-                self.names(value, context, "a varied value")
+            spread = isinstance(value, A.Call) and value.callee in SPREADS
+            for v in [a.value for a in value.args] if spread else [value]:
+                self.names(v, set(self.lets) | {MEMBER}, "a varied value")
         if stmt.over is not None:
             self.axis_uses.append((stmt.over.axis, stmt.over.axis_span))
 
@@ -506,8 +482,8 @@ class Checker:
             return
         names: tuple[str, ...]
         if self.mesh_override is not None:
-            names, where = self.mesh_override.names, f"`{self.mesh_override.origin} "
-            where += self.mesh_override.text() + "`"
+            given = self.mesh_override
+            names, where = given.names, f"`{given.origin} {given.text()}`"
         elif self.mesh is not None:
             names = tuple(a.name for a in self.mesh.axes)
             where = f"the `mesh` on line {self.mesh.span.line}"
@@ -540,14 +516,18 @@ class Checker:
             if option.name in seen:
                 self.error("E114", option.span, name=option.name)
             seen.add(option.name)
-            if option.name == "count":
+            if option.name in ("count", "unroll"):  # a number of layers, at least one
+                count = option.name == "count"
                 if not isinstance(option.value, int) or option.value < 1:
-                    self.error("E142", option.span, value=option.value)
+                    if count:
+                        self.error("E142", option.span, value=option.value)
+                    else:
+                        self.error("E136", option.span, variant="unroll_needs")
                 elif option.value > L.MAX_COUNT:
                     self.error(
                         "E155",
                         option.span,
-                        variant="stack_layers",
+                        variant="stack_layers" if count else "unroll",
                         value=option.value,
                         max_count=L.MAX_COUNT,
                     )
@@ -557,17 +537,6 @@ class Checker:
             elif option.name == "over":
                 assert option.over is not None
                 self.axis_uses.append((option.over.axis, option.over.axis_span))
-            elif option.name == "unroll":
-                if not isinstance(option.value, int) or option.value < 1:
-                    self.error("E136", option.span, variant="unroll_needs")
-                elif option.value > L.MAX_COUNT:
-                    self.error(
-                        "E155",
-                        option.span,
-                        variant="unroll",
-                        value=option.value,
-                        max_count=L.MAX_COUNT,
-                    )
             else:
                 self.error(
                     "E136",
@@ -594,9 +563,7 @@ class Checker:
                 self.error("E127", stmt.span, variant="dimension", d=d)
                 break
         else:
-            size = 1
-            for d in stmt.shape:
-                size *= d
+            size = math.prod(stmt.shape)
             budget = byte_budget()
             if any(d > L.MAX_DIMENSION for d in stmt.shape):
                 self.error(
@@ -616,9 +583,6 @@ class Checker:
 
     def check_UnstackStmt(self, stmt: A.UnstackStmt):
         self.selector(stmt.selector)
-
-    def not_yet(self, word: str, feature: str, span: A.Span):
-        self.error("E120", span, word=word, feature=feature)
 
     # ---- parts -----------------------------------------------------------
 
@@ -648,12 +612,9 @@ class Checker:
 
     def action(self, action: A.Action, context: set[str]):
         name = action.name
-        if name in NOT_YET:
-            self.not_yet(name, NOT_YET[name], action.name_span)
-            return
         info = N.ACTIONS.get(name)
         if info is None:
-            hint = did_you_mean(name, list(N.ACTIONS) + list(NOT_YET))
+            hint = did_you_mean(name, N.ACTIONS)
             self.error(
                 "E101",
                 action.name_span,
@@ -698,7 +659,7 @@ class Checker:
             self.constructor_call(arg, set(self.lets))
         elif info.arg == "dtype":
             if not isinstance(arg, A.Name) or arg.id not in N.DTYPES:
-                word = arg.id if isinstance(arg, A.Name) else self.text(arg.span)
+                word = arg.id if isinstance(arg, A.Name) else self.source.snippet(arg.span)
                 hint = did_you_mean(word, N.DTYPES)
                 self.error(
                     "E111",
@@ -756,7 +717,7 @@ class Checker:
                 "E194",
                 e.span,
                 variant="dimension",
-                text=self.text(e.span),
+                text=self.source.snippet(e.span),
                 example=example,
             )
             return False
@@ -765,7 +726,9 @@ class Checker:
         if not all([dim(i, not isinstance(arg, A.TupleExpr)) for i in items]):
             return
         seen: set[str] = set()
-        for name in _spec_names(arg):
+        for name in walk(arg):  # the axes named, `none` aside
+            if not isinstance(name, A.Name) or name.id == "none":
+                continue
             if name.id in seen:
                 self.error("E232", name.span, id=name.id)
             seen.add(name.id)
@@ -863,8 +826,8 @@ class Checker:
         args = list(args)
         suggested: set[str] = set()
         positional = [a for a in args if a.name is None]
-        given: dict[str, A.Arg] = {}
         params = [p for p in signature.positional if p != "key"]
+        given = dict(zip(params, positional))
         if len(positional) > len(params) and not signature.varargs:
             extra = positional[len(params)]
             self.error(
@@ -876,8 +839,6 @@ class Checker:
                 s="s" if len(params) != 1 else "",
                 len_positional=len(positional),
             )
-        for param, arg in zip(params, positional):
-            given[param] = arg
         for arg in args:
             if arg.name is None:
                 continue
@@ -955,17 +916,10 @@ class Checker:
                     callee=node.callee,
                 )
 
-    def text(self, span: A.Span) -> str:
-        line = self.source.line(span.line)
-        end = span.end_column - 1 if span.end_line == span.line else len(line)
-        return line[span.column - 1 : end]
-
 
 def _inside(inner: A.Span, outer: A.Span) -> bool:
-    return (outer.line, outer.column) <= (inner.line, inner.column) and (
-        inner.end_line,
-        inner.end_column,
-    ) <= (outer.end_line, outer.end_column)
+    starts = (outer.line, outer.column) <= (inner.line, inner.column)
+    return starts and (inner.end_line, inner.end_column) <= (outer.end_line, outer.end_column)
 
 
 def _reads_match(expr: A.Expr) -> bool:
@@ -994,16 +948,6 @@ def override_problem(value: Any, depth: int = 0) -> str | None:
                 return problem
         return None
     return f"is a `{type(value).__name__}`, not a constant"
-
-
-def _spec_names(arg: A.Expr) -> list[A.Name]:
-    if isinstance(arg, A.Name):
-        return [] if arg.id == "none" else [arg]
-    out: list[A.Name] = []
-    if isinstance(arg, A.TupleExpr):
-        for item in arg.items:
-            out += _spec_names(item)
-    return out
 
 
 def check(

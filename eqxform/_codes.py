@@ -422,15 +422,6 @@ CODES: dict[str, Code] = {
             help="remove it: each rule draws from a key derived from the seed",
         ),
         _c(
-            "E120",
-            "not supported yet",
-            "The word is reserved for a feature this version of eqxform does not have. "
-            "(`shard` was, until sharding on a device mesh arrived.)",
-            "",
-            message="`{word}` is not supported by this version of eqxform",
-            help="{feature}; remove this line for now",
-        ),
-        _c(
             "E121",
             "bad `expect` count",
             "`expect` takes a whole number of matches: `expect N` (exactly), `expect >= N`, "

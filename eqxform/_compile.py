@@ -110,10 +110,8 @@ def _wrong_type(argument: str, value: Any, expected: str) -> UsageError:
 def _strings(argument: str, value: Any, expected: str) -> tuple[str, ...]:
     """An argument that is a list of strings (a lone string is a mistake: it
     would be read letter by letter)."""
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise _wrong_type(argument, value, f"a list of {expected}")
-    items = tuple(value)
-    if not all(isinstance(v, str) for v in items):
+    items = None if isinstance(value, str) or not isinstance(value, Iterable) else tuple(value)
+    if items is None or not all(isinstance(v, str) for v in items):
         raise _wrong_type(argument, value, f"a list of {expected}")
     return items
 
@@ -176,13 +174,6 @@ def _changes(action: str) -> str | None:
     return info.changes if info else None
 
 
-def _transparent(action: str) -> bool:
-    """Does `action` leave the model's structure, and what later selectors
-    see, as they are? A rule of such actions alone can be left out without
-    changing what the rules after it match."""
-    return action in N.ACTIONS and N.ACTIONS[action].transparent
-
-
 def compile_without_broken_rules(
     text: str,
     name: str,
@@ -203,7 +194,12 @@ def compile_without_broken_rules(
         if d.severity != "error":
             continue
         rule = rules.get(d.span.line) if d.span is not None else None
-        if rule is None or not all(_transparent(a.name) for a in rule.actions):
+        # A rule of actions that leave the model's structure, and what later
+        # selectors see, as they are can be left out without changing what
+        # the rules after it match.
+        if rule is None or not all(
+            a.name in N.ACTIONS and N.ACTIONS[a.name].transparent for a in rule.actions
+        ):
             return None
         broken.add(rule.span.line)
     lines = text.split("\n")
@@ -214,15 +210,6 @@ def compile_without_broken_rules(
     except UsageError:
         return None
     return program if not more else None
-
-
-def _mesh_of(spec: A.Spec, checker: Checker, given: MeshSpec | None) -> MeshSpec | None:
-    if given is not None:
-        return given
-    stmt = checker.mesh
-    if stmt is None:
-        return None
-    return MeshSpec(tuple((a.name, a.size) for a in stmt.axes), stmt.span, spec.source)
 
 
 def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
@@ -253,14 +240,19 @@ def _without_shard(rule: A.Rule) -> str:
     return key.rstrip(",")
 
 
+def _overs(stmt: A.Stmt) -> list:
+    """The `over AXIS` parts of a `stack` or `ensemble` line."""
+    overs = [o.over for o in getattr(stmt, "options", ()) if o.over is not None]
+    if isinstance(stmt, A.EnsembleStmt) and stmt.over is not None:
+        overs.append(stmt.over)
+    return overs
+
+
 def _without_over(stmt: A.Stmt, source: A.Source) -> str:
     """The line of a statement less its `over AXIS`: where the arrays live
     changes no number they are drawn with."""
     line = source.line(stmt.span.line)
-    overs = [o.over for o in getattr(stmt, "options", ()) if o.over is not None]
-    if isinstance(stmt, A.EnsembleStmt) and stmt.over is not None:
-        overs.append(stmt.over)
-    for over in sorted(overs, key=lambda o: -o.span.column):
+    for over in sorted(_overs(stmt), key=lambda o: -o.span.column):
         line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
     return line
 
@@ -350,44 +342,28 @@ def _program(
                     continue
                 cls = PASSES[action.name]
                 passes.append(cls(stmt, env, source, identity(text_key, occurrence, index), action))
-        elif isinstance(stmt, A.EnsembleStmt):
-            passes.append(
-                EnsemblePass(
-                    stmt,
-                    env,
-                    source,
-                    identity(text_key, occurrence),
-                    later_inits=inits_after(k),
-                    count=checker.counts[id(stmt)],
-                    before=tuple(passes),
-                )
-            )
-        elif isinstance(stmt, A.StackStmt):
-            passes.append(
-                StackPass(
-                    stmt, env, source, identity(text_key, occurrence), later_inits=inits_after(k)
-                )
-            )
         else:
-            passes.append(UnstackPass(stmt, env, source, identity(text_key, occurrence)))
-    device_mesh = _mesh_of(spec, checker, mesh)
+            ident, later = identity(text_key, occurrence), inits_after(k)
+            if isinstance(stmt, A.EnsembleStmt):
+                count = checker.counts[id(stmt)]
+                passes.append(EnsemblePass(stmt, env, source, ident, later, count, tuple(passes)))
+            elif isinstance(stmt, A.StackStmt):
+                passes.append(StackPass(stmt, env, source, ident, later))
+            else:
+                passes.append(UnstackPass(stmt, env, source, ident))
+    # The mesh given from outside, else the spec's own.
+    device_mesh, own = mesh, checker.mesh
+    if device_mesh is None and own is not None:
+        device_mesh = MeshSpec(tuple((a.name, a.size) for a in own.axes), own.span, source)
     if device_mesh is not None:
         # Placement comes last: `shard` rules select on the finished model.
         anchor = checker.mesh or (shards[0].rule if shards else None)
         if anchor is None:
             anchor = A.MeshStmt(A.Span(1, 1, 1, 1), ())
-        overs = [
-            (s.over.axis, s.over.axis_span)
-            for s in statements
-            if isinstance(s, A.EnsembleStmt) and s.over is not None
-        ] + [
-            (o.over.axis, o.over.axis_span)
-            for s in statements
-            if isinstance(s, A.StackStmt)
-            for o in s.options
-            if o.over is not None
-        ]
-        overs.sort(key=lambda o: (o[1].line, o[1].column))
+        overs = sorted(
+            ((o.axis, o.axis_span) for s in statements for o in _overs(s)),
+            key=lambda o: (o[1].line, o[1].column),
+        )
         passes.append(
             PlacePass(
                 anchor, env, source, identity("mesh"), tuple(shards), device_mesh, tuple(overs)

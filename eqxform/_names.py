@@ -47,53 +47,34 @@ def _sig(*params: str) -> Signature:
     return Signature(tuple(word for p in params for word in p.split()))
 
 
+# The classes of 1, 2 and 3 spatial dimensions (`Conv2d`, `MaxPool1d`) share
+# one signature each: `Conv`'s, less `num_spatial_dims`, for the convolutions.
+_SPATIAL = (1, 2, 3)
+_CONV = (
+    "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
+    "padding_mode? dtype? key!"
+)
+_CONV_TRANSPOSE = (
+    "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
+    "use_bias? padding_mode? dtype? key!"
+)
+
 # Every `equinox.nn` class a spec may construct, with its `__init__` signature
 # (less `self`). The interpreter supplies `key`.
 EQUINOX_NN = {
-    "AdaptiveAvgPool1d": _sig("target_shape"),
-    "AdaptiveAvgPool2d": _sig("target_shape"),
-    "AdaptiveAvgPool3d": _sig("target_shape"),
-    "AdaptiveMaxPool1d": _sig("target_shape"),
-    "AdaptiveMaxPool2d": _sig("target_shape"),
-    "AdaptiveMaxPool3d": _sig("target_shape"),
-    "AvgPool1d": _sig("kernel_size stride? padding? use_ceil?"),
-    "AvgPool2d": _sig("kernel_size stride? padding? use_ceil?"),
-    "AvgPool3d": _sig("kernel_size stride? padding? use_ceil?"),
+    **{f"AdaptiveAvgPool{n}d": _sig("target_shape") for n in _SPATIAL},
+    **{f"AdaptiveMaxPool{n}d": _sig("target_shape") for n in _SPATIAL},
+    **{f"AvgPool{n}d": _sig("kernel_size stride? padding? use_ceil?") for n in _SPATIAL},
     "BatchNorm": _sig(
         "input_size axis_name eps? channelwise_affine? momentum? inference? dtype? mode?"
     ),
-    "Conv": _sig(
-        "num_spatial_dims in_channels out_channels kernel_size stride? padding? dilation? groups? "
-        "use_bias? padding_mode? dtype? key!"
-    ),
-    "Conv1d": _sig(
-        "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
-        "padding_mode? dtype? key!"
-    ),
-    "Conv2d": _sig(
-        "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
-        "padding_mode? dtype? key!"
-    ),
-    "Conv3d": _sig(
-        "in_channels out_channels kernel_size stride? padding? dilation? groups? use_bias? "
-        "padding_mode? dtype? key!"
-    ),
+    "Conv": _sig("num_spatial_dims", _CONV),
+    **{f"Conv{n}d": _sig(_CONV) for n in _SPATIAL},
     "ConvTranspose": _sig(
         "num_spatial_dims in_channels out_channels kernel_size stride? padding? output_padding? "
         "dilation? groups? use_bias? padding_mode? dtype? key!"
     ),
-    "ConvTranspose1d": _sig(
-        "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
-        "use_bias? padding_mode? dtype? key!"
-    ),
-    "ConvTranspose2d": _sig(
-        "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
-        "use_bias? padding_mode? dtype? key!"
-    ),
-    "ConvTranspose3d": _sig(
-        "in_channels out_channels kernel_size stride? output_padding? padding? dilation? groups? "
-        "use_bias? padding_mode? dtype? key!"
-    ),
+    **{f"ConvTranspose{n}d": _sig(_CONV_TRANSPOSE) for n in _SPATIAL},
     "Dropout": _sig("p? inference? deterministic?!"),
     "Embedding": _sig("num_embeddings? embedding_size? weight? dtype? key?!"),
     "GRUCell": _sig("input_size hidden_size use_bias? dtype? key!"),
@@ -107,9 +88,7 @@ EQUINOX_NN = {
         "in_size out_size width_size depth activation? final_activation? use_bias? "
         "use_final_bias? dtype? scan?! key!"
     ),
-    "MaxPool1d": _sig("kernel_size stride? padding? use_ceil?"),
-    "MaxPool2d": _sig("kernel_size stride? padding? use_ceil?"),
-    "MaxPool3d": _sig("kernel_size stride? padding? use_ceil?"),
+    **{f"MaxPool{n}d": _sig("kernel_size stride? padding? use_ceil?") for n in _SPATIAL},
     "MultiheadAttention": _sig(
         "num_heads query_size key_size? value_size? output_size? qk_size? vo_size? "
         "use_query_bias? use_key_bias? use_value_bias? use_output_bias? dropout_p? inference? "

@@ -25,7 +25,7 @@ from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable, report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._hashing import seed_key
-from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, split_state
+from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, is_state_index, split_state
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
@@ -38,6 +38,7 @@ from ._select import (
     evaluate_at,
     get,
     in_state,
+    inexact,
     is_array,
     matched_arrays,
     node_at,
@@ -80,10 +81,10 @@ class PlanStep:
     writes: tuple[tuple[str, frozenset[int] | None], ...] = ()
     span: Any = None
     unit: str = "array"  # what `matches` holds: see `unit_of`
-    skipped: int = (
-        0  # non-floating arrays (masks, counters) that `init`/`cast`/`scale`/`freeze` left
-    )
-    # Floating arrays of model state (`StateIndex` initial values) those left.
+    # The non-floating arrays (masks, counters) that `init`/`cast`/`scale`/
+    # `freeze` left, and the floating arrays of model state (`StateIndex`
+    # initial values) those left.
+    skipped: int = 0
     state_skipped: int = 0
 
     @property
@@ -137,13 +138,7 @@ class PlanMesh:
             "bytes_per_device": self.bytes_per_device,
             "bytes": self.bytes,
             "arrays": [
-                {
-                    "path": a.path,
-                    "shape": a.shape,
-                    "spec": a.spec,
-                    "line": a.line,
-                    "bytes_per_device": a.bytes_per_device,
-                }
+                {k: v for k, v in dataclasses.asdict(a).items() if k != "bytes"}
                 for a in self.arrays
             ],
         }
@@ -185,13 +180,8 @@ class PlanMembers:
     bytes: int
 
     def to_dict(self) -> dict:
-        return {
-            "count": self.count,
-            "names": list(self.names),
-            "rows": [dict(r) for r in self.rows],
-            "bytes_per_member": self.bytes_per_member,
-            "bytes": self.bytes,
-        }
+        out = dataclasses.asdict(self)
+        return {**out, "names": list(self.names), "rows": list(out["rows"])}
 
     def lines(self, opt_state_bytes: int | None, width: int | None = None) -> list[str]:
         """The member table and the memory per member and in total."""
@@ -310,8 +300,17 @@ class Plan:
         }
 
     def weight_lines(self) -> list[str]:
-        """The checkpoint's mapping as text lines (none without `map` lines)."""
-        return weight_lines(self.weights)
+        """The checkpoint's mapping as text lines, one per model array (or
+        stack slice); none without `map` lines."""
+        if self.weights is None:
+            return []
+        out = [f"weights: {len(self.weights):,} arrays from the checkpoint"]
+        width = max((len(r["model"]) for r in self.weights), default=0)
+        for r in self.weights:
+            shape = "[" + ",".join(map(str, r["shape"])) + "]"
+            how = "" if r["transform"] == "-" else f"  ({r['transform']})"
+            out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
+        return out
 
     def __str__(self) -> str:
         # The checkpoint's mapping first, when there is one: the rules
@@ -344,10 +343,15 @@ class Plan:
         """The lines below the steps: the parameter counts, the forward
         pass's output, the placement on the mesh."""
         lines = [f"parameters: {self.params_before:,} -> {self.params_after:,}"]
-        if width is None or len(budget(self)) <= width:
-            lines.append(budget(self))
+        # `trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`
+        parts = [f"trainable: {self.trainable:,} (frozen: {self.frozen:,})"]
+        if self.state:
+            parts.append(f"model state: {self.state:,}")
+        if self.opt_state_bytes is not None:
+            parts.append(f"optimizer state: {self.opt_state_bytes:,} bytes")
+        if width is None or len(", ".join(parts)) <= width:
+            lines.append(", ".join(parts))
         else:  # a part a line, no number split from its unit
-            parts = _budget_parts(self)
             lines += [parts[0] + ("," if len(parts) > 1 else "")] + ["  " + p for p in parts[1:]]
         if self.output is not None:
             lines += _wrap(f"output: {self.output}", "  ", width)
@@ -388,19 +392,6 @@ def _columns(indent: str, rows: list[tuple[str, str]], width: int | None) -> lis
     return out
 
 
-def weight_lines(rows: tuple[dict, ...] | None) -> list[str]:
-    """The checkpoint's mapping, one line per model array (or stack slice)."""
-    if rows is None:
-        return []
-    out = [f"weights: {len(rows):,} arrays from the checkpoint"]
-    width = max((len(r["model"]) for r in rows), default=0)
-    for r in rows:
-        shape = "[" + ",".join(map(str, r["shape"])) + "]"
-        how = "" if r["transform"] == "-" else f"  ({r['transform']})"
-        out.append(f"  {r['model'].ljust(width)}  <- {r['checkpoint']}  {shape}{how}")
-    return out
-
-
 def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     """`f32[64,2]`; leading stack and member axes are named: `f32[layer:10, 3,3]`."""
     if is_array(obj):
@@ -431,20 +422,6 @@ def describe(obj: Any, axes: tuple[str, ...] = ()) -> str:
     return type(obj).__name__
 
 
-def budget(plan: Plan) -> str:
-    """`trainable: 1,024 (frozen: 1,048,576), optimizer state: 8,192 bytes`."""
-    return ", ".join(_budget_parts(plan))
-
-
-def _budget_parts(plan: Plan) -> list[str]:
-    parts = [f"trainable: {plan.trainable:,} (frozen: {plan.frozen:,})"]
-    if plan.state:
-        parts.append(f"model state: {plan.state:,}")
-    if plan.opt_state_bytes is not None:
-        parts.append(f"optimizer state: {plan.opt_state_bytes:,} bytes")
-    return parts
-
-
 def trainable_frozen(model: Any) -> tuple[int, int, int]:
     """(trainable, frozen, state) floating-point values of `model`: those
     inside a `Frozen` (for one frozen on some layers of a stack, those layers)
@@ -453,9 +430,7 @@ def trainable_frozen(model: Any) -> tuple[int, int, int]:
     trainable = frozen = state = 0
     for node in walk(model):
         x = node.obj
-        # `jnp.issubdtype` knows bfloat16 and the float8 types (`ml_dtypes`) are
-        # floating; NumPy's does not, and would count them as neither.
-        if not is_array(x) or not jnp.issubdtype(x.dtype, jnp.inexact):
+        if not is_array(x) or not inexact(x):
             continue
         size = math.prod(x.shape)
         if in_state(node.parents):
@@ -568,21 +543,19 @@ def _placement(placer: PlacePass, struct, diagnostics: list) -> PlanMesh | None:
     except SpecError as e:
         diagnostics.extend(e.diagnostics)
         return None
-    rows = []
-    for p in placed:
-        itemsize = np.dtype(p.node.obj.dtype).itemsize
-        rows.append(
-            PlanPlacement(
-                p.node.text,
-                _describe_node(p.node),
-                p.describe(),
-                None if p.rule is None else p.rule.line,
-                p.bytes_per_device(sizes),
-                math.prod(p.node.obj.shape) * itemsize,
-            )
+    rows = tuple(
+        PlanPlacement(
+            p.node.text,
+            _describe_node(p.node),
+            p.describe(),
+            None if p.rule is None else p.rule.line,
+            p.bytes_per_device(sizes),
+            math.prod(p.node.obj.shape) * np.dtype(p.node.obj.dtype).itemsize,
         )
+        for p in placed
+    )
     text = " ".join(f"{n}={s}" for n, s in sizes.items())
-    return PlanMesh(text, math.prod(sizes.values()), tuple(rows))
+    return PlanMesh(text, math.prod(sizes.values()), rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -718,12 +691,18 @@ class Planner:
         )
 
     def _start_struct(self, program, model, key) -> tuple[Any, int, int]:
-        """The skeleton the plan starts from, with its parameters and bytes;
-        kept for the model object given (the `model` directive's skeleton is
-        not: the plan's key holds its call)."""
+        """The skeleton the plan starts from (`model`'s, its constructor's, or
+        the `model` directive's), with its parameters and bytes; kept for the
+        model object given (the `model` directive's is not: the plan's key
+        holds its call)."""
         if model is not None and self._start is not None and model is self._model:
             return self._start
-        struct = start_struct(program, model, key)
+        if model is None:
+            struct = eqx.filter_eval_shape(program.construct, key)
+        elif is_constructor(model):
+            struct = eqx.filter_eval_shape(from_constructor, model, key)
+        else:
+            struct = structure(model)
         start = (struct, _params(struct), nbytes(struct))
         if model is not None:
             self._model, self._start, self._rules = model, start, ()
@@ -823,9 +802,8 @@ def _members(program, struct) -> PlanMembers | None:
     if not isinstance(ensemble, Ensemble) or sweep is None:
         return None
     total = nbytes(ensemble)
-    count = ensemble.count
     rows = tuple({"member": k, "values": sweep.values(k, program.seed)} for k in range(sweep.count))
-    return PlanMembers(count, sweep.names, rows, total // count, total)
+    return PlanMembers(ensemble.count, sweep.names, rows, total // ensemble.count, total)
 
 
 def _draws(p, before, after, ctx) -> tuple[PlanMatch, ...]:
@@ -998,7 +976,13 @@ def overwritten(steps, source) -> list[Diagnostic]:
             replaced = killers.get("replace", [])
             if step.kind == "init" and replaced:
                 lines = sorted({k.line for k in replaced})
-                n = len({w for w, _ in step.writes if any(_under(w, r) for r in _roots(replaced))})
+                n = len(
+                    {
+                        w
+                        for w, _ in step.writes
+                        if any(_under(w, r) for k in replaced for r, _ in k.writes)
+                    }
+                )
                 diagnostics.append(
                     report(
                         "W203",
@@ -1036,9 +1020,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
                     alive[:] = [w for w in alive if w not in dead]
                     killers.setdefault("replace", []).append(step)
         elif _flag(step.kind, "overwrites"):
-            written = {}
-            for w, layers in step.writes:
-                written.setdefault(w, []).append(layers)
+            written = _by_path(step.writes)
             # Only the steps that wrote one of these paths (most wrote none).
             hit = sorted({i for w in written for i in writers.get(w, ())})
             for earlier, alive, killers in (live[i] for i in hit):
@@ -1061,9 +1043,7 @@ def overwritten(steps, source) -> list[Diagnostic]:
         for later in groups[i + 1 :]:
             if later.kind != step.kind:
                 continue
-            written: dict[str, list] = {}
-            for w, layers in later.writes:
-                written.setdefault(w, []).append(layers)
+            written = _by_path(later.writes)
             kept = [w for w in alive if not any(_covers(k, w[1]) for k in written.get(w[0], ()))]
             if len(kept) < len(alive):
                 by.add(later.line)
@@ -1093,8 +1073,12 @@ def _overwritten(step, by, help: str, source) -> Diagnostic:
     )
 
 
-def _roots(steps) -> list[str]:
-    return [w for s in steps for w, _ in s.writes]
+def _by_path(writes) -> dict[str, list]:
+    """The layers each path of `writes` was written at, by path."""
+    out: dict[str, list] = {}
+    for w, layers in writes:
+        out.setdefault(w, []).append(layers)
+    return out
 
 
 def _lines(lines) -> str:
@@ -1123,16 +1107,6 @@ def untouched(steps, model) -> tuple[str, ...]:
     return tuple(out)
 
 
-def start_struct(program, model, key):
-    """The skeleton a plan starts from: `model`'s (or its constructor's), or
-    the `model` directive's."""
-    if model is None:
-        return eqx.filter_eval_shape(program.construct, key)
-    if is_constructor(model):
-        return eqx.filter_eval_shape(from_constructor, model, key)
-    return structure(model)
-
-
 def finish(program, start, struct, history, params):
     """What a plan checks after the passes, on the final skeleton `struct`
     (of `params` parameters): the `lr`/`weight_decay` groups (their steps) and
@@ -1145,23 +1119,16 @@ def finish(program, start, struct, history, params):
         try:
             nodes = select_rule(group.rule, final, program.env, program.source)
             leaves = matched_arrays(nodes, group.action.name, group.rule.selector, program.source)
-        except SpecError as e:
-            diagnostics.extend(e.diagnostics)
-            continue
-        try:
             for leaf in leaves:
                 group_value(program, group.action, leaf)
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
-        label = program.source.line(group.action.span.line)[
-            group.action.span.column - 1 : group.action.span.end_column - 1
-        ]
         steps.append(
             PlanStep(
                 group.line,
                 group.rule.text,
-                label,
+                program.source.snippet(group.action.span),
                 _matches(leaves, final),
                 params,
                 params,
@@ -1305,12 +1272,11 @@ def _runs_with_state(model, structs) -> bool:
     reason, which is said instead."""
     # A plan's model is a skeleton: only the state's own initial values (small,
     # the model's weights stay shapes) are made to build the state from.
-    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
     concrete = lambda x: jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x  # noqa: E731
     indexed = jax.tree_util.tree_map(
-        lambda x: jax.tree_util.tree_map(concrete, x) if is_index(x) else x,
+        lambda x: jax.tree_util.tree_map(concrete, x) if is_state_index(x) else x,
         model,
-        is_leaf=is_index,
+        is_leaf=is_state_index,
     )
     try:
         state = eqx.nn.State(indexed)
@@ -1336,7 +1302,6 @@ def _params(subject: Any) -> int:
 
 
 def _describe_output(out: Any) -> str:
-    leaves = [x for x in jax.tree_util.tree_leaves(out) if is_array(x)]
-    if isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], eqx.nn.State):
-        leaves = [x for x in jax.tree_util.tree_leaves(out[0]) if is_array(x)]
-    return ", ".join(describe(x) for x in leaves)
+    """The output's arrays (a stateful model's output, its state left out)."""
+    leaves = jax.tree_util.tree_leaves(split_state(out)[0])
+    return ", ".join(describe(x) for x in leaves if is_array(x))

@@ -49,7 +49,6 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -72,7 +71,7 @@ from ._modules import Ensemble, Stacked, join_state, make_ensemble, split_state
 from ._passes import Context, Pass, PlacePass, ShardRule
 from ._passes._forward import input_structs
 from ._passes._shard import check_axes, sharding_tree
-from ._passes._struct import EnsemblePass, UnstackPass
+from ._passes._struct import EnsemblePass, UnstackPass, stack_arrays
 from ._plan import Planner
 from ._select import is_array, too_deep, walk
 from ._sweep import Sweep
@@ -172,16 +171,13 @@ class Program:
         lines (which change a model as much as a rule does) counted beside
         its rules."""
         words = {A.StackStmt: "stack", A.UnstackStmt: "unstack", A.EnsembleStmt: "ensemble"}
-        lines: dict[str, int] = {}
-        for stmt in self.spec.statements:
-            if type(stmt) in words:
-                lines[words[type(stmt)]] = lines.get(words[type(stmt)], 0) + 1
+        lines = collections.Counter(
+            words[type(s)] for s in self.spec.statements if type(s) in words
+        )
         parts = [plural(n, f"`{word}` line") for word, n in lines.items()]
         if self.spec.rules or not parts:
             parts.insert(0, plural(len(self.spec.rules), "rule"))
-        if len(parts) <= 2:
-            return " and ".join(parts)
-        return ", ".join(parts[:-1]) + " and " + parts[-1]
+        return ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]
 
     def input_structs(self) -> tuple[jax.ShapeDtypeStruct, ...] | None:
         """The declared inputs as `jax.ShapeDtypeStruct`s, or None."""
@@ -335,13 +331,12 @@ class Program:
         if self.sweep is not None:
             result = self._apply_sweep(given, key, seed, recorded_seed is not None, weights, plan)
             if placer is not None:
-                device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
-                result = placer.place(result, device_mesh)
+                result = placer.place(result, self.device_mesh(mesh))
         elif placer is None:
             result = self.run(model, key, ctx)
         else:
-            device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
-            result = self._apply_on_mesh(model, key, ctx, placer, device_mesh)
+            run, args, static = self._sharded_build(model, key, ctx, placer, self.device_mesh(mesh))
+            result = eqx.combine(run(*args), static)
         if recipe is not None:
             remember(result, recipe.then(self, recorded_seed))
         return result
@@ -416,10 +411,7 @@ class Program:
                     raise SpecError(bad)
         structures = {jax.tree_util.tree_structure(m) for m in built}
         assert len(structures) == 1, "a varied value changed the model's structure"
-        stacked = jax.tree_util.tree_map(
-            lambda *xs: jnp.stack(xs) if eqx.is_array(xs[0]) else xs[0], *built
-        )
-        model_only, state = split_state(stacked)
+        model_only, state = split_state(stack_arrays(built))
         over = None if sweep.stmt.over is None else sweep.stmt.over.axis
         ensemble = make_ensemble(model_only, sweep.count, over)
         return ensemble if state is None else (ensemble, state)
@@ -461,10 +453,6 @@ class Program:
 
         return jax.jit(build, out_shardings=shardings), (given, key_data), static
 
-    def _apply_on_mesh(self, model, key, ctx: Context, placer: PlacePass, mesh: Mesh):
-        run, args, static = self._sharded_build(model, key, ctx, placer, mesh)
-        return eqx.combine(run(*args), static)
-
     def lower(self, model=None, key=None, *, seed: int | None = None, mesh: Any = None):
         """The compiled run of `apply` on a mesh, lowered and not run: a
         `jax.stages.Lowered`, whose `.compile().memory_analysis()` says how
@@ -473,9 +461,7 @@ class Program:
         key = seed_key(seed) if key is None else check_key(key)
         if model is not None:
             check_model(model)
-        placer = self.placer(mesh)
-        if placer is None:
-            placer = self.placer({"data": 1})
+        placer = self.placer(mesh) or self.placer({"data": 1})
         device_mesh = mesh if isinstance(mesh, Mesh) else placer.mesh.make()
         recipe = self.base_recipe(None) if model is None and self.model_call else recipe_of(model)
         ctx = Context(allow=self.allow, base=None if recipe is None else recipe.build)
@@ -628,7 +614,10 @@ def check_key(key: Any) -> Any:
     legacy = dtype is not None and str(dtype) == "uint32" and tuple(shape) == (2,)
     if (typed and shape == ()) or legacy:
         return key
-    raise UsageError(report("E433", what_key=_what(key)))
+    what = f"a `{type(key).__name__}`"
+    if shape is not None:
+        what = f"an array of shape {tuple(shape)} and dtype {getattr(key, 'dtype', '?')}"
+    raise UsageError(report("E433", what_key=what))
 
 
 def check_model(model: Any) -> Any:
@@ -637,13 +626,6 @@ def check_model(model: Any) -> Any:
     if bad is not None:
         raise UsageError(bad)
     return model
-
-
-def _what(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return f"an array of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
-    return f"a `{type(value).__name__}`"
 
 
 def _warn(diagnostic: Diagnostic) -> None:
@@ -789,12 +771,10 @@ def remember(model: Any, recipe: Recipe | None) -> None:
         ref = weakref.ref(model)
     except TypeError:  # a tuple or a list takes no weak reference
         ref = _weak_parts(model)
-        entries = _RECIPES.setdefault(key, [])
-        entries.append(_Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe))
-    else:
-        entries = _RECIPES.setdefault(key, [])
-        filed = _Filed(ref, _array_ids(model), recipe)
-        entries.append(filed)
+    filed = _Filed(ref, _array_ids(model) if ref is not None else frozenset(), recipe)
+    entries = _RECIPES.setdefault(key, [])
+    entries.append(filed)
+    if isinstance(ref, weakref.ref):
         _BY_ID[id(model)] = filed
         weakref.finalize(model, _BY_ID.pop, id(model), None)
     del entries[:-_MAX_PER_STRUCTURE]

@@ -37,6 +37,7 @@ from ._modules import (
     is_state_index,
     wrapped_field,
 )
+from ._names import CONTEXT_NAMES
 from ._parse import parse
 from ._registry import registered_type, resolve_type, type_names
 
@@ -121,9 +122,8 @@ def _field_layout(module: Any, field: str) -> int | None:
     if isinstance(module, (nn.Linear, nn.Embedding)):
         return {"weight": 2, "bias": 1}.get(field)
     if isinstance(module, (nn.Conv, nn.ConvTranspose)):
-        return {"weight": module.num_spatial_dims + 2, "bias": module.num_spatial_dims + 1}.get(
-            field
-        )
+        spatial = module.num_spatial_dims
+        return {"weight": spatial + 2, "bias": spatial + 1}.get(field)
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
         shape = module.shape
         return len(shape) if isinstance(shape, tuple) else 1
@@ -378,7 +378,7 @@ def node_at(model: Any, path: Path) -> Node:
     return Node(tuple(path), obj, tuple(parents))
 
 
-def _inexact(x: Any) -> bool:
+def inexact(x: Any) -> bool:
     # `jnp.issubdtype` knows bfloat16 (an `ml_dtypes` type) is floating;
     # NumPy's does not, and would skip the arrays a `cast bfloat16` made.
     return bool(jax.numpy.issubdtype(x.dtype, jax.numpy.inexact))
@@ -392,11 +392,11 @@ def array_leaves(node: Node, inexact_only: bool, state: bool = True) -> list[Nod
     if is_array(node.obj):
         if not state and in_state(node.parents):
             return []
-        return [node] if not inexact_only or _inexact(node.obj) else []
+        return [node] if not inexact_only or inexact(node.obj) else []
     out = []
     for sub in walk(node.obj):
         if sub.path and is_array(sub.obj):
-            if inexact_only and not _inexact(sub.obj):
+            if inexact_only and not inexact(sub.obj):
                 continue
             parents = node.parents + sub.parents
             if not state and in_state(parents):
@@ -643,10 +643,6 @@ def _indexed(step: A.Step, k: int, steps: Path, objects: tuple) -> int | None:
     return nxt if _index_matches(step, index, length) else None
 
 
-def matches(path: A.SelPath, node: Node, types: Types | None = None) -> bool:
-    return match(path, node, types) is not _NO
-
-
 def _last_field(path: A.SelPath, types: Types | None = None) -> str | None:
     """The field a match must end in, when the selector says (`Linear.weight`)."""
     last = path.steps[-1]
@@ -669,7 +665,10 @@ def _select_paths(paths, nodes, types):
                 found = _union(found, match(path, node, types))
         if found is _NO:
             continue
-        if found is not None and len(found) < _innermost_count(node):
+        # Fewer than all the layers of the innermost stack around the node.
+        if found is not None and len(found) < next(
+            (p.count for p in reversed(node.parents) if isinstance(p, Stacked)), 0
+        ):
             node = dataclasses.replace(node, layers=found)
         out.append(node)
     return out
@@ -706,15 +705,11 @@ def stack_axis(node: Node) -> int:
     return innermost
 
 
-def _innermost_count(node: Node) -> int:
-    for p in reversed(node.parents):
-        if isinstance(p, Stacked):
-            return p.count
-    return 0
-
-
 def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[str]:
     """Real paths of the model that look most like `selector`, for did-you-mean."""
+    corrected = _respelt(selector, nodes)
+    if corrected is not None:
+        return [corrected]
     candidates: dict[str, None] = {}
     for node in nodes:
         if not node.path:
@@ -728,14 +723,8 @@ def nearest_paths(selector: A.Selector, nodes: list[Node], n: int = 3) -> list[s
             candidates[f"{type(node.parents[-1]).__name__}.{step_name(node.path[-1])}"] = None
         if isinstance(node.obj, eqx.Module):
             candidates[type(node.obj).__name__] = None
-    text = selector.text
-    corrected = _respelt(selector, nodes)
-    found = difflib.get_close_matches(text, list(candidates), n=n, cutoff=0.4)
-    if corrected is not None:
-        return [corrected]
-    if not found:
-        found = [c for c in candidates if "." not in c and "[" not in c][:n]
-    return found
+    found = difflib.get_close_matches(selector.text, list(candidates), n=n, cutoff=0.4)
+    return found or [c for c in candidates if "." not in c and "[" not in c][:n]
 
 
 def _respelt(selector: A.Selector, nodes: list[Node]) -> str | None:
@@ -774,18 +763,12 @@ def fans(node: Node) -> tuple[int, int] | tuple[None, None]:
     """
     if not is_array(node.obj):
         return None, None
-    batch = node.batch
-    shape = tuple(node.obj.shape)[batch:]
-    if len(shape) >= 2:
-        receptive = math.prod(shape[2:])
-        return shape[1] * receptive, shape[0] * receptive
-    parent = node.parents[-1] if node.parents else None
+    shape = wshape = tuple(node.obj.shape)[node.batch :]
+    parent = node.parents[-1] if len(shape) < 2 and node.parents else None
     weight = getattr(parent, "weight", None) if isinstance(parent, eqx.Module) else None
     if weight is not None and is_array(weight) and weight is not node.obj:
         sibling = Node(node.path[:-1] + (GetAttrKey("weight"),), weight, node.parents)
         wshape = tuple(weight.shape)[sibling.batch :]
-    else:
-        wshape = ()
     if len(wshape) >= 2:
         receptive = math.prod(wshape[2:])
         return wshape[1] * receptive, wshape[0] * receptive
@@ -815,16 +798,8 @@ def context(node: Node) -> dict[str, Any]:
     wraps, so that a rule reads the same whatever rules above it did; `path`
     stays the matched node's."""
     indices = [key.idx for key in node.path if is_index(key)]
-    ctx: dict[str, Any] = {
-        "path": node.text,
-        "index": indices[-1] if indices else None,
-        "shape": None,
-        "ndim": None,
-        "size": None,
-        "dtype": None,
-        "fan_in": None,
-        "fan_out": None,
-    }
+    ctx: dict[str, Any] = dict.fromkeys(CONTEXT_NAMES)
+    ctx.update(path=node.text, index=indices[-1] if indices else None)
     array = unwrapped(node)
     if is_array(array.obj):
         # Stack and member axes are not the array's own: a stacked layer's
@@ -917,15 +892,11 @@ _INDEXING = (A.IndexStep, A.SliceStep, A.AllStep)
 
 
 def describe_match(node: Node) -> str:
-    if is_array(node.obj):
-        return f"`{node.text}` {np.dtype(node.obj.dtype).name}{list(node.obj.shape)}"
     array = unwrapped(node).obj
-    if is_array(array):
-        return (
-            f"`{node.text}` {np.dtype(array.dtype).name}{list(array.shape)} "
-            f"(in `{type(node.obj).__name__}`)"
-        )
-    return f"`{node.text}` ({type(node.obj).__name__})"
+    if not is_array(array):
+        return f"`{node.text}` ({type(node.obj).__name__})"
+    inside = "" if array is node.obj else f" (in `{type(node.obj).__name__}`)"
+    return f"`{node.text}` {np.dtype(array.dtype).name}{list(array.shape)}{inside}"
 
 
 # The last selections made on kept skeletons (see `walk`): a rule whose
@@ -1052,13 +1023,13 @@ def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
     paths = set()
     for node in nodes:
         if is_array(node.obj):
-            if broad and not _inexact(node.obj):
+            if broad and not inexact(node.obj):
                 paths.add(node.path)
         elif isinstance(node.obj, (eqx.Module, list, tuple, dict)):
             paths.update(
                 leaf.path
                 for leaf in array_leaves(node, inexact_only=False)
-                if not _inexact(leaf.obj)
+                if not inexact(leaf.obj)
             )
     return len(paths)
 

@@ -14,6 +14,7 @@ from ._adapters import LoRAWeight as LoRAWeight
 from ._adapters import is_adapter as is_adapter
 from ._adapters import merge as merge
 from ._adapters import thaw as thaw
+from ._adapters import unfrozen as unfrozen
 from ._stacks import Ensemble as Ensemble
 from ._stacks import Stacked as Stacked
 from ._stacks import StackedMarker as StackedMarker

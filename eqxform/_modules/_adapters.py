@@ -37,6 +37,15 @@ def _of_base(name: str) -> property:
     return property(lambda self: getattr(self.base, name), doc=f"The base module's `{name}`.")
 
 
+# A LoRA adapter's rank: the rows of `A`.
+_rank = property(lambda self: int(self.lora_a.shape[-2]), doc="The adapter's rank.")
+
+
+def _scaled(w: jax.Array, vector: jax.Array, feedforward: bool) -> jax.Array:
+    """`w`'s rows (with `feedforward`, its columns) scaled by `vector`: (IA)^3's weight."""
+    return (w * (vector[..., None, :] if feedforward else vector[..., :, None])).astype(w.dtype)
+
+
 class LoRA(eqx.Module):
     """A `Linear` (or any module computing `W x + b` with an `(out, in)`
     weight) with a low-rank adapter: `base(x) + scale * (x A^T) B^T`.
@@ -82,10 +91,7 @@ class LoRA(eqx.Module):
     in_features = _of_base("in_features")
     out_features = _of_base("out_features")
     use_bias = _of_base("use_bias")
-
-    @property
-    def rank(self) -> int:
-        return int(self.lora_a.shape[-2])
+    rank = _rank
 
     def merged(self) -> Any:
         """The base module with `W + scale * B A` as its weight (stack and
@@ -122,9 +128,7 @@ class IA3(eqx.Module):
     def weight(self) -> Any:
         """The scaled weight (rows, or columns for `feedforward`), formed: for
         a parent that reads the weight itself rather than calling the module."""
-        w, vector = _value(resolve(self.base).weight), _value(self.ia3)
-        scaled = w * (vector[..., None, :] if self.feedforward else vector[..., :, None])
-        return scaled.astype(w.dtype)
+        return _scaled(_value(resolve(self.base).weight), _value(self.ia3), self.feedforward)
 
     @property
     def bias(self) -> Any:
@@ -141,12 +145,10 @@ class IA3(eqx.Module):
 
     def merged(self) -> Any:
         vector = _value(self.ia3)
-        w = _unfrozen(self.base.weight)
+        w = _scaled(_unfrozen(self.base.weight), vector, self.feedforward)
+        new = eqx.tree_at(lambda m: m.weight, self.base, w)
         if self.feedforward:
-            new_w = w * vector[..., None, :]
-            new = eqx.tree_at(lambda m: m.weight, self.base, new_w.astype(w.dtype))
             return _thaw_bias(new)
-        new = eqx.tree_at(lambda m: m.weight, self.base, (w * vector[..., :, None]).astype(w.dtype))
         bias = getattr(new, "bias", None)
         if bias is not None:
             b = _unfrozen(bias)
@@ -168,9 +170,7 @@ class LoRAWeight(Wrapper):
         a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
         return w + (_expand(s, 2) * (b @ a)).astype(w.dtype)
 
-    @property
-    def rank(self) -> int:
-        return int(self.lora_a.shape[-2])
+    rank = _rank
 
     def merged(self) -> Any:
         return self.get()
@@ -185,9 +185,7 @@ class IA3Weight(Wrapper):
     feedforward: bool = eqx.field(static=True, default=False)
 
     def get(self):
-        w, vector = _value(self.weight), _value(self.ia3)
-        scaled = w * (vector[..., None, :] if self.feedforward else vector[..., :, None])
-        return scaled.astype(w.dtype)
+        return _scaled(_value(self.weight), _value(self.ia3), self.feedforward)
 
     def merged(self) -> Any:
         return self.get()
@@ -200,11 +198,16 @@ def is_adapter(x: Any) -> bool:
     return isinstance(x, ADAPTERS)
 
 
-def _unfrozen(x: Any) -> Any:
-    """The value inside the `Frozen` that an adapter put around its base."""
+def unfrozen(x: Any) -> Any:
+    """`x` out of every `Frozen` around it."""
     while isinstance(x, Frozen):
         x = x.value
-    return _value(x)
+    return x
+
+
+def _unfrozen(x: Any) -> Any:
+    """The value inside the `Frozen` that an adapter put around its base."""
+    return _value(unfrozen(x))
 
 
 def _thaw_bias(module: Any) -> Any:
@@ -230,11 +233,5 @@ def thaw(tree: Any) -> Any:
     """`tree` with every `Frozen` replaced by the value it holds."""
     is_frozen = lambda x: isinstance(x, Frozen)  # noqa: E731
     return jax.tree_util.tree_map(
-        lambda x: _unfrozen_only(x) if is_frozen(x) else x, tree, is_leaf=is_frozen
+        lambda x: unfrozen(x) if is_frozen(x) else x, tree, is_leaf=is_frozen
     )
-
-
-def _unfrozen_only(x: Any) -> Any:
-    while isinstance(x, Frozen):
-        x = x.value
-    return x

@@ -16,6 +16,7 @@ changed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from dataclasses import dataclass
@@ -108,22 +109,8 @@ def _one_call(static, args, kwargs, where, state_def, what: str, prepare=lambda 
     return call
 
 
-def _substate(state: State, module: Any) -> tuple[list, Any]:
-    """The state of the indices inside `module`: its leaves and structure."""
-    sub = state.substate(module)
-    leaves, treedef = jax.tree_util.tree_flatten(sub)
-    return leaves, treedef
-
-
 def _has_layout(x: Any) -> bool:
     return isinstance(x, (eqx.nn.Linear, eqx.nn.Embedding, eqx.nn.Conv, eqx.nn.ConvTranspose))
-
-
-def _layout(module: Any) -> int:
-    """The number of axes of one layer's `weight` of a `_has_layout` module."""
-    if isinstance(module, (eqx.nn.Conv, eqx.nn.ConvTranspose)):
-        return module.num_spatial_dims + 2
-    return 2
 
 
 def first_layout_weight(tree: Any) -> tuple[Any, int] | None:
@@ -136,7 +123,8 @@ def first_layout_weight(tree: Any) -> tuple[Any, int] | None:
             while isinstance(weight, Wrapper):
                 weight = weight._inner()
             if eqx.is_array(weight) or isinstance(weight, jax.ShapeDtypeStruct):
-                return weight, _layout(module)
+                # `(out, in)`, and a convolution's kernel axes after.
+                return weight, getattr(module, "num_spatial_dims", 0) + 2
     return None
 
 
@@ -275,19 +263,7 @@ class Stacked(eqx.Module):
     def __getitem__(self, index):
         if isinstance(index, slice):
             count = len(range(*index.indices(self.count)))
-            return Stacked(
-                _take(self.layers, index),
-                count,
-                self.mode,
-                self.remat,
-                self.unroll,
-                self.kind,
-                self.layerwise,
-                self.over,
-                self.layer_ndims,
-                self.error,
-                self.inner,
-            )
+            return dataclasses.replace(self, layers=_take(self.layers, index), count=count)
         if not -self.count <= index < self.count:
             raise IndexError(f"the stack has {self.count} layers, not {index}")
         i = index % self.count
@@ -343,7 +319,10 @@ class Stacked(eqx.Module):
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         keys = None if key is None else jax.random.split(key, self.count)
         state = _state_arg(args, kwargs, where)
-        state_leaves, state_def = ([], None) if state is None else _substate(state, self.layers)
+        # The state of the indices inside the layers: its leaves and structure.
+        state_leaves, state_def = (
+            ([], None) if state is None else jax.tree_util.tree_flatten(state.substate(self.layers))
+        )
 
         apply = _one_call(static, args, kwargs, where, state_def, "a stack")
         if self.remat:

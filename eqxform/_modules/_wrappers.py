@@ -151,10 +151,6 @@ def _baked(x: Any) -> Any:
     return x
 
 
-def _last_two(x: jax.Array) -> jax.Array:
-    return jnp.swapaxes(x, -1, -2)
-
-
 class Symmetric(Wrapper):
     """`0.5 * (W + W^T)` over the last two axes (any stack or ensemble axes lead)."""
 
@@ -167,7 +163,7 @@ class Symmetric(Wrapper):
 
     def get(self):
         m = _value(self.matrix)
-        return 0.5 * (m + _last_two(m))
+        return 0.5 * (m + jnp.swapaxes(m, -1, -2))
 
 
 class Positive(Wrapper):

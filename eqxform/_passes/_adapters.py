@@ -28,7 +28,7 @@ from .. import _ast as A
 from .. import _names as N
 from .._build import to_python
 from .._hashing import stable_hash
-from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw
+from .._modules import IA3, Frozen, IA3Weight, LoRA, LoRAWeight, Wrapper, is_adapter, thaw, unfrozen
 from .._select import (
     GetAttrKey,
     Node,
@@ -44,20 +44,13 @@ from ._base import action_pass, replace_at
 from ._tree import RulePass
 
 
-def _inner(x: Any) -> Any:
-    """The array inside any `Frozen` around it."""
-    while isinstance(x, Frozen):
-        x = x.value
-    return x
-
-
 def _freeze(x: Any) -> Any:
     """`x` frozen whole (an array, or one frozen for some layers only)."""
     if x is None or not (is_array(x) or isinstance(x, Wrapper)):
         return x
     if isinstance(x, Frozen) and x.layers is None:
         return x
-    return Frozen(_inner(x))
+    return Frozen(unfrozen(x))
 
 
 class _Target:
@@ -121,7 +114,7 @@ class AdapterPass(RulePass):
             raise self.error("E223", self.rule.selector.span, text=node.text)
         if isinstance(obj, eqx.Module) and not isinstance(obj, Wrapper):
             weight = getattr(obj, "weight", None)
-            inner = _inner(weight)
+            inner = unfrozen(weight)
             if weight is not None and is_array(inner):
                 wnode = Node(node.path + (GetAttrKey("weight"),), weight, node.objects, node.layers)
                 if self.per_layer_ndim(wnode, inner) == 2:
@@ -134,7 +127,7 @@ class AdapterPass(RulePass):
                         raise self._not_adaptable(node, "takes scalar inputs")
                     return _Target("module", node, self.array_node(wnode))
             raise self._not_adaptable(node, f"is {_describe_kind(obj)} without a 2-D `weight`")
-        inner = _inner(obj)
+        inner = unfrozen(obj)
         if is_array(inner) and (is_array(obj) or isinstance(obj, Frozen)):
             wnode = self.array_node(node)
             if self.per_layer_ndim(node, inner) != 2:
@@ -196,8 +189,22 @@ class AdapterPass(RulePass):
             [_freeze(getattr(module, n)) for n in names],
         )
 
-    def key_for(self, key: Any, target: _Target) -> Any:
-        return jax.random.fold_in(self.rule_key(key), stable_hash(target.node.text))
+    def run(self, model, key, ctx, nodes):
+        targets = self.targets(nodes)
+        values = []
+        for target in targets:
+            w = get(model, target.weight.path)
+            if target.kind == "module":
+                base = self.frozen_base(model, target)
+            else:
+                base = _freeze(get(model, target.path))
+            values.append(self.adapter(key, target, w, base, *self.lead_and_layers(target)))
+        return replace_at(model, [t.path for t in targets], values)
+
+    def adapter(self, key, target: _Target, w, base, lead: tuple[int, ...], part) -> Any:
+        """The adapter at `target`, of weight `w`, around `base` (the frozen
+        module, or the frozen weight); `lead` and `part` as `lead_and_layers`."""
+        raise NotImplementedError
 
 
 def _mask(picked: np.ndarray, axis: int, lead: tuple[int, ...], ndim: int) -> jax.Array:
@@ -212,70 +219,42 @@ def _others(picked: np.ndarray) -> tuple[int, ...]:
 
 @action_pass("lora")
 class LoraPass(AdapterPass):
-    def run(self, model, key, ctx, nodes):
-        targets = self.targets(nodes)
-        values = []
-        for target in targets:
-            kwargs = self.arguments(target.weight)
-            rank, alpha = kwargs["rank"], kwargs["alpha"]
-            if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-                raise self.error("E221", self.arg_span("rank"), rank=rank, text=target.node.text)
-            if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-                raise self.error("E222", self.arg_span("alpha"), alpha=alpha, text=target.node.text)
-            w = get(model, target.weight.path)
-            out_features, in_features = w.shape[-2:]
-            lead, part = self.lead_and_layers(target)
-            # PEFT's default: `kaiming_uniform_(a=sqrt(5))` on A's `(r, in)`
-            # weight, a bound of `sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in)`.
-            bound = 1.0 / math.sqrt(in_features)
-            a = jax.random.uniform(
-                self.key_for(key, target),
-                lead + (rank, in_features),
-                w.dtype,
-                -bound,
-                bound,
-            )
-            b = jnp.zeros(lead + (out_features, rank), w.dtype)
-            scale = jnp.full(lead, alpha / rank, jnp.float32)
-            if part is not None:
-                picked, axis = part
-                a = jnp.where(_mask(picked, axis, lead, a.ndim), a, 0).astype(w.dtype)
-                scale = jnp.where(_mask(picked, axis, lead, scale.ndim), scale, 0.0)
-                others = _others(picked)
-                if others:
-                    a, b = Frozen(a, others, axis), Frozen(b, others, axis)
-            scale = Frozen(scale)
-            if target.kind == "module":
-                values.append(LoRA(self.frozen_base(model, target), a, b, scale))
-            else:
-                values.append(LoRAWeight(_freeze(get(model, target.path)), a, b, scale))
-        return replace_at(model, [t.path for t in targets], values)
+    def adapter(self, key, target, w, base, lead, part):
+        kwargs = self.arguments(target.weight)
+        rank, alpha = kwargs["rank"], kwargs["alpha"]
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise self.error("E221", self.arg_span("rank"), rank=rank, text=target.node.text)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            raise self.error("E222", self.arg_span("alpha"), alpha=alpha, text=target.node.text)
+        out_features, in_features = w.shape[-2:]
+        # PEFT's default: `kaiming_uniform_(a=sqrt(5))` on A's `(r, in)`
+        # weight, a bound of `sqrt(6 / ((1 + 5) * in)) = 1 / sqrt(in)`.
+        bound = 1.0 / math.sqrt(in_features)
+        key = jax.random.fold_in(self.rule_key(key), stable_hash(target.node.text))
+        a = jax.random.uniform(key, lead + (rank, in_features), w.dtype, -bound, bound)
+        b = jnp.zeros(lead + (out_features, rank), w.dtype)
+        scale = jnp.full(lead, alpha / rank, jnp.float32)
+        if part is not None:
+            picked, axis = part
+            a = jnp.where(_mask(picked, axis, lead, a.ndim), a, 0).astype(w.dtype)
+            scale = jnp.where(_mask(picked, axis, lead, scale.ndim), scale, 0.0)
+            others = _others(picked)
+            if others:
+                a, b = Frozen(a, others, axis), Frozen(b, others, axis)
+        return (LoRA if target.kind == "module" else LoRAWeight)(base, a, b, Frozen(scale))
 
 
 @action_pass("ia3")
 class IA3Pass(AdapterPass):
-    def run(self, model, key, ctx, nodes):
-        targets = self.targets(nodes)
-        values = []
-        for target in targets:
-            feedforward = self.arguments(target.weight)["feedforward"]
-            if not isinstance(feedforward, bool):
-                raise self.error("E225", self.arg_span("feedforward"), feedforward=feedforward)
-            w = get(model, target.weight.path)
-            out_features, in_features = w.shape[-2:]
-            lead, part = self.lead_and_layers(target)
-            size = in_features if feedforward else out_features
-            vector = jnp.ones(lead + (size,), w.dtype)
-            if part is not None:
-                picked, axis = part
-                others = _others(picked)
-                if others:
-                    vector = Frozen(vector, others, axis)
-            if target.kind == "module":
-                values.append(IA3(self.frozen_base(model, target), vector, feedforward))
-            else:
-                values.append(IA3Weight(_freeze(get(model, target.path)), vector, feedforward))
-        return replace_at(model, [t.path for t in targets], values)
+    def adapter(self, key, target, w, base, lead, part):
+        feedforward = self.arguments(target.weight)["feedforward"]
+        if not isinstance(feedforward, bool):
+            raise self.error("E225", self.arg_span("feedforward"), feedforward=feedforward)
+        out_features, in_features = w.shape[-2:]
+        vector = jnp.ones(lead + (in_features if feedforward else out_features,), w.dtype)
+        if part is not None and _others(part[0]):
+            vector = Frozen(vector, _others(part[0]), part[1])
+        return (IA3 if target.kind == "module" else IA3Weight)(base, vector, feedforward)
 
 
 @action_pass("merge")
@@ -307,5 +286,5 @@ class MergePass(RulePass):
             except (AttributeError, IndexError, KeyError, TypeError):
                 continue  # inside an adapter that is merged now
             roots.append(node.path)
-        roots = [p for p in roots if not any(q != p and p[: len(q)] == q for q in roots)]
+        roots = outermost(roots)
         return replace_at(model, roots, [thaw(get(model, p)) for p in roots])

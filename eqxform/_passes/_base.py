@@ -216,16 +216,11 @@ _VALUE = object()  # where a path of `replace_at` ends: the value there
 def _with_children(obj: Any, changed: dict) -> Any:
     """`obj` (one pytree node) with the children at the keys of `changed`
     replaced, built as JAX unflattens it (no `__init__` runs)."""
-    if type(obj) is list:
+    if type(obj) in (list, tuple):
         out = list(obj)
         for key, value in changed.items():
             out[key.idx] = value
-        return out
-    if type(obj) is tuple:
-        out = list(obj)
-        for key, value in changed.items():
-            out[key.idx] = value
-        return tuple(out)
+        return type(obj)(out)
     if type(obj) is dict:
         out = dict(obj)
         for key, value in changed.items():

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import Frozen, LoRA, resolve, split_state
+from .._modules import Frozen, LoRA, is_state_index, resolve, split_state
 from .._select import get, walk
 
 
@@ -115,8 +115,8 @@ def missing_state(subject: Any) -> bool:
     model, state = split_state(subject)
     if state is not None:
         return False
-    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
-    return any(is_index(x) for x in jax.tree_util.tree_leaves(model, is_leaf=is_index))
+    leaves = jax.tree_util.tree_leaves(model, is_leaf=is_state_index)
+    return any(is_state_index(x) for x in leaves)
 
 
 def _dot_shapes(jaxpr: Any, out: set) -> None:

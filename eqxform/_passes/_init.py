@@ -19,18 +19,10 @@ from .. import _registry as R
 # defaults to `(..., in, out)`. These axes make the fans come out right.
 _AXES = {"in_axis": 1, "out_axis": 0}
 
-_VARIANCE = {
-    "glorot_normal": "glorot_normal",
-    "xavier_normal": "glorot_normal",
-    "glorot_uniform": "glorot_uniform",
-    "xavier_uniform": "glorot_uniform",
-    "he_normal": "he_normal",
-    "kaiming_normal": "he_normal",
-    "he_uniform": "he_uniform",
-    "kaiming_uniform": "he_uniform",
-    "lecun_normal": "lecun_normal",
-    "lecun_uniform": "lecun_uniform",
-}
+# The variance-scaling families of `jax.nn.initializers` (`he_normal`,
+# `glorot_uniform`, ...), and PyTorch's names for two of them.
+_ALIASES = {"xavier": "glorot", "kaiming": "he"}
+_FAMILIES = ("glorot", "he", "lecun", *_ALIASES)
 
 
 def _trunc_normal(stddev: float = 1.0, lower: float = -2.0, upper: float = 2.0):
@@ -76,8 +68,9 @@ def _builtin(name: str, kwargs: dict[str, Any]) -> Callable:
         return _trunc_normal(**kwargs)
     if name in ("zeros", "ones"):
         return getattr(inits, name)
-    if name in _VARIANCE:
-        return getattr(inits, _VARIANCE[name])(**_AXES)
+    family, _, kind = name.partition("_")
+    if family in _FAMILIES:
+        return getattr(inits, f"{_ALIASES.get(family, family)}_{kind}")(**_AXES)
     if name == "variance_scaling":
         return inits.variance_scaling(**kwargs, **_AXES)
     return getattr(inits, name)(**kwargs)

@@ -80,14 +80,9 @@ def spec_dims(arg: A.Expr | None) -> tuple[Dim, ...]:
 
 
 def show_spec(dims) -> str:
-    def one(d):
-        if d is None:
-            return "none"
-        if isinstance(d, tuple):
-            return "(" + ", ".join(d) + ")"
-        return d
-
-    return "(" + ", ".join(one(d) for d in dims) + ")"
+    """`(none, (data, model))`: the dimensions as a `shard` rule writes them."""
+    parts = [f"({', '.join(d)})" if isinstance(d, tuple) else d or "none" for d in dims]
+    return "(" + ", ".join(parts) + ")"
 
 
 def _axes_of(d: Dim) -> tuple[str, ...]:
@@ -112,16 +107,12 @@ class Placement:
     def spec(self) -> PartitionSpec:
         return PartitionSpec(*self.dims)
 
-    def shard_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
-        shape = tuple(self.node.obj.shape)
-        return (
-            tuple(d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims))
-            + shape[len(self.dims) :]
-        )
-
     def bytes_per_device(self, sizes: Mapping[str, int]) -> int:
+        """The bytes of one device's shard: each split dimension divided by its axes' sizes."""
+        shape = tuple(self.node.obj.shape)
+        split = [d // math.prod(sizes[a] for a in _axes_of(p)) for d, p in zip(shape, self.dims)]
         itemsize = np.dtype(self.node.obj.dtype).itemsize
-        return math.prod(self.shard_shape(sizes)) * itemsize
+        return math.prod(split + list(shape[len(self.dims) :])) * itemsize
 
     def describe(self) -> str:
         if self.rule is None and not any(d is not None for d in self.dims):
@@ -252,16 +243,11 @@ def _check_dims(node: Node, dims, sizes, rule: ShardRule | None) -> Diagnostic |
     return None
 
 
-def named_shardings(placed: list[Placement], mesh: Mesh) -> dict[tuple, NamedSharding]:
-    """path -> `NamedSharding` of each placement."""
-    return {p.node.path: NamedSharding(mesh, p.spec) for p in placed}
-
-
 def sharding_tree(subject: Any, placed: list[Placement], mesh: Mesh) -> Any:
     """A tree like `subject` with a `NamedSharding` for each array (a state's
     arrays replicated) and None elsewhere."""
     model, state = split_state(subject)
-    by_path = named_shardings(placed, mesh)
+    by_path = {p.node.path: NamedSharding(mesh, p.spec) for p in placed}
     replicated = NamedSharding(mesh, PartitionSpec())
     flat, treedef = jax.tree_util.tree_flatten_with_path(model)
     model_sh = jax.tree_util.tree_unflatten(
@@ -308,15 +294,8 @@ class PlacePass(Pass):
     def select(self, model: Any, ctx: Context) -> list[Node]:
         return []
 
-    def run(self, model, key, ctx, nodes):
-        if ctx.mesh is None:
-            return model
-        return self.place(model, ctx.mesh)
-
-    def run_stateful(self, model, state, key, ctx, nodes):
-        if ctx.mesh is None:
-            return model, state
-        return self.place((model, state), ctx.mesh)
+    def run_on(self, subject, key, ctx, nodes):
+        return subject if ctx.mesh is None else self.place(subject, ctx.mesh)
 
     def place(self, subject: Any, mesh: Mesh) -> Any:
         placed = self.placements(subject, dict(mesh.shape))

@@ -33,6 +33,7 @@ from .._modules import (
     StackedMarker,
     first_layout_weight,
     is_state_index,
+    join_state,
     make_ensemble,
     marked,
     restate,
@@ -90,7 +91,6 @@ class StructPass(Pass):
         ]
         if not copied:
             return
-        first = copied[0]
         ctx.report(
             report(
                 "W201",
@@ -102,7 +102,7 @@ class StructPass(Pass):
                 s="s" if len(copied) != 1 else "",
                 listing=", ".join(f"`{c}`" for c in copied[:5]),
                 value2=", ..." if len(copied) > 5 else "",
-                first=first,
+                first=copied[0],
             )
         )
 
@@ -138,8 +138,8 @@ def _structure_problem(items: list, names: list[str]) -> str | None:
             return f"`{name}` has {len(other)} nodes, `{names[0]}` has {len(first)}"
         for a, b in zip(first, other):
             where = path_str(a.path) if a.path else ""
-            here = f"`{name}{'.' if where and not where.startswith('[') else ''}{where if where != '<root>' else ''}`"
-            there = f"`{names[0]}{'.' if where and not where.startswith('[') else ''}{where if where != '<root>' else ''}`"
+            where = ("." if where and not where.startswith("[") else "") + where
+            here, there = f"`{name}{where}`", f"`{names[0]}{where}`"
             if a.path != b.path or type(a.obj) is not type(b.obj):
                 return f"{here} is a `{type(b.obj).__name__}`, {there} a `{type(a.obj).__name__}`"
             if is_array(a.obj):
@@ -178,7 +178,8 @@ def _same_value(x: Any, y: Any) -> bool:
         return False
 
 
-def _stack_arrays(items: list) -> Any:
+def stack_arrays(items: list) -> Any:
+    """Trees of one structure as one, each array stacked along a new leading axis."""
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs) if is_array(xs[0]) else xs[0], *items)
 
 
@@ -216,16 +217,12 @@ def _one_state_key_per_position(items: list) -> list:
     return out
 
 
-def _is_a(module: Any, *names: str) -> bool:
-    return isinstance(module, tuple(getattr(eqx.nn, n) for n in names))
-
-
 def _constant_by_design(module: Any) -> bool:
     """Layers whose arrays Equinox initialises to constants: their copies are
     what a fresh construction would give."""
-    return _is_a(
-        module, "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm", "PReLU"
-    ) or is_state_index(module)
+    nn = eqx.nn
+    constant = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.BatchNorm, nn.PReLU)
+    return isinstance(module, constant) or is_state_index(module)
 
 
 # The fields that hold a layer's parameters, in Equinox's layers and in the
@@ -275,10 +272,8 @@ def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
     which = tuple(at.get(id(x), -1) if is_array(x) else -2 for x in leaves)
     arrays = tuple(x for x in leaves if is_array(x))
     draws = tuple(w for w in which if w != -2)
-    if any(isinstance(x, jax.core.Tracer) for x in arrays):
-        made = iter(_copies(arrays, key, salts, count, draws))
-    else:
-        made = iter(_copies_on_host(arrays, key, salts, count, draws))
+    copies = _copies if any(isinstance(x, jax.core.Tracer) for x in arrays) else _copies_on_host
+    made = iter(copies(arrays, key, salts, count, draws))
     stacked = jax.tree_util.tree_unflatten(
         treedef, [next(made) if w != -2 else x for w, x in zip(which, leaves)]
     )
@@ -290,11 +285,14 @@ def _copies(arrays: tuple, key, salts, count: int, which: tuple) -> tuple:
     """`count` copies of `arrays`, `(count, *shape)` each: array i drawn anew
     from its own values with salt `which[i]`, or broadcast where that is -1."""
     targets = tuple(i for i, w in enumerate(which) if w >= 0)
-    salts = salts[np.array([which[i] for i in targets], np.int32)]
-    drawn = _resampled(tuple(arrays[i] for i in targets), key, salts, count)
     out = [jnp.broadcast_to(a, (count, *a.shape)) for a in arrays]
-    for i, d in zip(targets, drawn):
-        out[i] = d
+    if targets:
+        chosen = tuple(arrays[i] for i in targets)
+        salts = salts[np.array([which[i] for i in targets], np.int32)]
+        drawn, blocks = _resampled_flat(chosen, key, salts, count)
+        for k, (i, a) in enumerate(zip(targets, chosen)):
+            part = drawn[int(blocks[k]) : int(blocks[k + 1])]
+            out[i] = part.reshape((count, *a.shape)).astype(a.dtype)
     return tuple(out)
 
 
@@ -321,17 +319,6 @@ def _copies_on_host(arrays: tuple, key, salts, count: int, which: tuple) -> list
 @functools.partial(jax.jit, static_argnums=3)
 def _drawn(arrays: tuple, key, salts, count: int) -> jax.Array:
     return _resampled_flat(arrays, key, salts, count)[0]
-
-
-def _resampled(arrays: tuple, key, salts, count: int) -> tuple:
-    """`_resampled_flat`, cut into each array's draws."""
-    if not arrays:
-        return ()
-    drawn, blocks = _resampled_flat(arrays, key, salts, count)
-    return tuple(
-        drawn[int(blocks[i]) : int(blocks[i + 1])].reshape((count, *a.shape)).astype(a.dtype)
-        for i, a in enumerate(arrays)
-    )
 
 
 def _resampled_flat(arrays: tuple, key, salts, count: int):
@@ -388,17 +375,14 @@ class StackPass(StructPass):
     # `stack PATH scan N` of one module makes N new layers: the model is meant
     # to compute something else then, so only its output shapes are held.
     def run(self, model, key, ctx, nodes):
-        new = super().run(model, key, ctx, nodes)
-        if ctx.verify and ctx.inputs:
-            self.verify(model, new, ctx, values=not self.makes_copies(model, nodes))
-        return new
+        return self.run_stateful(model, None, key, ctx, nodes)[0]
 
     def run_stateful(self, model, state, key, ctx, nodes):
-        new = StructPass.run(self, model, key, ctx, nodes)
-        new_state = restate(new, state)
+        new = super().run(model, key, ctx, nodes)
+        new_state = None if state is None else restate(new, state)
         if ctx.verify and ctx.inputs:
             values = not self.makes_copies(model, nodes)
-            self.verify((model, state), (new, new_state), ctx, values=values)
+            self.verify(join_state(model, state), join_state(new, new_state), ctx, values=values)
         return new, new_state
 
     def makes_copies(self, model, nodes) -> bool:
@@ -519,7 +503,7 @@ class StackPass(StructPass):
             names = [f"{node.text}[{i}]" for i in range(len(items))]
             items = _one_state_key_per_position(items)
             self.check(items, names, count)
-            stacked = self.wrap(_stack_arrays(items), len(items), kind)
+            stacked = self.wrap(stack_arrays(items), len(items), kind)
             return eqx.tree_at(lambda m: get(m, node.path), model, stacked)
         return self.run_slice(model, nodes, count)
 
@@ -544,7 +528,7 @@ class StackPass(StructPass):
         container = get(model, container_path)
         items = _one_state_key_per_position([get(model, n.path) for n in nodes])
         self.check(items, [n.text for n in nodes], count)
-        stacked = self.wrap(_stack_arrays(items), len(items), "slice")
+        stacked = self.wrap(stack_arrays(items), len(items), "slice")
         start, stop = indices[0], indices[-1] + 1
         new = list(container[:start]) + [stacked] + list(container[stop:])
         new = tuple(new) if isinstance(container, tuple) else new
@@ -689,10 +673,8 @@ class EnsemblePass(StructPass):
         """How each floating array of `model` is drawn for the members, as the
         plan says it: by the model's constructor, by an `init` rule above this
         line, from the array's own values, or copied."""
-        if self.sweep is not None:
-            return [(n, self.sweep) for n in walk(model) if is_array(n.obj) and n.path]
-        if ctx.base is not None:
-            how = "drawn per member by the model's constructor" + (
+        if self.sweep is not None or ctx.base is not None:
+            how = self.sweep or "drawn per member by the model's constructor" + (
                 " and the rules above" if self.before else ""
             )
             return [(n, how) for n in walk(model) if is_array(n.obj) and n.path]
@@ -764,8 +746,7 @@ class EnsemblePass(StructPass):
 
 
 def _same_structure(members, model) -> bool:
-    a = jax.tree_util.tree_flatten(members)[0]
-    b = jax.tree_util.tree_flatten(model)[0]
+    a, b = jax.tree_util.tree_leaves(members), jax.tree_util.tree_leaves(model)
     if len(a) != len(b):
         return False
     for x, y in zip(a, b):

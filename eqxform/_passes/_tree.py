@@ -66,10 +66,7 @@ class RulePass(Pass):
 
     @property
     def label(self) -> str:
-        span = self.action.span
-        line = self.source.line(span.line)
-        end = span.end_column - 1 if span.end_line == span.line else len(line)
-        return line[span.column - 1 : end]
+        return self.source.snippet(self.action.span)
 
     def eval(self, expr: A.Expr, node: Node | None = None, ctx: dict | None = None) -> Any:
         return evaluate_at(expr, node, self.env, self.source, ctx)
@@ -204,11 +201,7 @@ class InitPass(RulePass):
 
     def run(self, model, key, ctx, nodes):
         arg = self.action.arg
-        if isinstance(arg, A.Call):
-            name, args = arg.callee, arg.args
-        else:
-            assert isinstance(arg, A.Name)
-            name, args = arg.id, ()
+        name, args = (arg.id, ()) if isinstance(arg, A.Name) else (arg.callee, arg.args)
         leaves = self.arrays(nodes)
         signature = R.initializer_signature(name)
         positional = list(signature.positional) if signature else []
@@ -430,8 +423,7 @@ class ScalePass(RulePass):
 class WrapPass(RulePass):
     def run(self, model, key, ctx, nodes):
         arg = self.action.arg
-        name = arg.id if isinstance(arg, A.Name) else arg.callee
-        args = () if isinstance(arg, A.Name) else arg.args
+        name, args = (arg.id, ()) if isinstance(arg, A.Name) else (arg.callee, arg.args)
         cls = R.resolve_wrapper(name)
         positional = list(R.wrapper_signature(name).positional)
         for node in nodes:
