@@ -117,6 +117,7 @@ class HandLoRA(eqx.Module):
         return self.weight @ x + self.bias + self.scale * (self.b @ (self.a @ x))
 
 
+@pytest.mark.slow  # CI time: the behaviours it combines have fast tests of their own
 def test_equimo_init_stack_freeze_of_a_slice_and_lora_train_as_hand_written(vit):
     program = eqxform.compile(COMBO)
     summary = program.plan(vit)
@@ -235,6 +236,7 @@ def test_equimo_combination_file_loads_in_a_fresh_process_and_plans_from_the_she
     assert "output: f32[4]" in done.stdout
 
 
+@pytest.mark.slow  # CI time: the behaviours it combines have fast tests of their own
 def test_equimo_ensemble_of_its_constructor_frozen_cast_and_trained_as_a_hand_written_vmap(
     em,
 ):
@@ -390,6 +392,7 @@ def esm():
     return eqxform.new(esm2quinox.ESM2, **ESM)
 
 
+@pytest.mark.slow  # CI time: the behaviours it combines have fast tests of their own
 def test_esm2_init_adopted_stack_freeze_and_lora_of_slices_unstack_and_merge(esm):
     program = eqxform.compile(
         "input i32[8]\n"

@@ -568,6 +568,7 @@ def test_transformer_flow_file_from_the_shell(flow, tmp_path):
     assert np.array_equal(back.blocks.permutation.permute, [0, 1])
 
 
+@pytest.mark.slow  # CI time: the behaviours it combines have fast tests of their own
 def test_transformer_flow_adopted_stack_from_the_shell(flow, tmp_path):
     # `plan` and `apply` of a spec that adopts the blocks and acts on one of
     # them, from the shell; the file loads back to the model the API makes.
