@@ -15,6 +15,7 @@ at small configs; a library that is not installed is skipped.
 The patterns they showed are tested without the libraries too (first).
 """
 
+import functools
 import os
 import subprocess
 import sys
@@ -536,21 +537,23 @@ def test_transformer_flow_train_says_the_model_is_not_callable(flow):
     assert "__call__" in d.message and "one such input per row" not in (d.help or "")
 
 
-def test_transformer_flow_file_from_the_shell(flow, tmp_path):
+def _flow_cli(folder, *args):
+    """`python -m eqxform ARGS --allow transformer_flows` in `folder`; its output."""
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(eqxform.__file__))}
     env["PYTHONWARNINGS"] = "ignore"
+    done = subprocess.run(
+        [sys.executable, "-m", "eqxform", *args, "--allow", "transformer_flows"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
-    def cli(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", "eqxform", *args, "--allow", "transformer_flows"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
+def test_transformer_flow_file_from_the_shell(flow, tmp_path):
+    cli = functools.partial(_flow_cli, tmp_path)
     (tmp_path / "spec.eqx").write_text(
         "where ** -> scale 2\n"
         "where blocks.attn_blocks -> freeze\n"
@@ -572,20 +575,7 @@ def test_transformer_flow_file_from_the_shell(flow, tmp_path):
 def test_transformer_flow_adopted_stack_from_the_shell(flow, tmp_path):
     # `plan` and `apply` of a spec that adopts the blocks and acts on one of
     # them, from the shell; the file loads back to the model the API makes.
-    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(eqxform.__file__))}
-    env["PYTHONWARNINGS"] = "ignore"
-
-    def cli(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", "eqxform", *args, "--allow", "transformer_flows"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
+    cli = functools.partial(_flow_cli, tmp_path)
     (tmp_path / "spec.eqx").write_text(
         "stack blocks scan\n"
         "where blocks[0] -> freeze\n"
