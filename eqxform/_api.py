@@ -221,14 +221,6 @@ def _device(name: str | None):
         yield
 
 
-@contextlib.contextmanager
-def _quiet():
-    """The plan has given the warnings already: the run need not repeat them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EqxformWarning)
-        yield
-
-
 def _checked_base(program, model: Any, deny: Iterable[str], weights, planned=None):
     """(the model to apply `program` to, its plan). The whole spec is planned
     first against the model's structure (a model file's from its header, no
@@ -315,7 +307,8 @@ def apply(
     program = _program(spec, params, allow, inputs, mesh)
     with _device(device):
         base, planned = _checked_base(program, model, deny, weights, plan)
-        with _quiet():
+        # The plan has given the warnings already: the run need not repeat them.
+        with warnings.catch_warnings(action="ignore", category=EqxformWarning):
             return program.apply(base, key, seed=seed, weights=weights, plan=planned)
 
 
@@ -434,7 +427,7 @@ def train(
             x, y = _train.load_data(os.fspath(data))
         held_out = None if eval_data is None else _train.load_data(os.fspath(eval_data))
         base, planned = _checked_base(program, model, deny, weights)
-        with _quiet():
+        with warnings.catch_warnings(action="ignore", category=EqxformWarning):
             start = program.apply(base, seed=seed, weights=weights, plan=planned)
         recipe = recipe_of(start)
         if data is None:
@@ -499,16 +492,7 @@ def train(
             output=model_output,
             **hooks,
         )
-        done = TrainResult(
-            result.model,
-            result.steps,
-            result.loss,
-            result.interrupted,
-            result.nonfinite,
-            result.nonfinite_what,
-            ensemble,
-            diverged=dict(result.diverged),
-        )
+        done = TrainResult(**vars(result), ensemble=ensemble)
         if result.nonfinite is not None and result.steps == 0:
             return done  # nothing trained: no model to record
         members = None
@@ -518,19 +502,14 @@ def train(
             )
             # A diverged member's loss is not finite: JSON holds no `inf` or
             # `nan`, so the recipe records null.
-            kept = [
-                {**r, **{k: _finite_or_none(r[k]) for k in ("loss", "eval_loss")}} for r in members
-            ]
+            finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731
+            kept = [{**r, **{k: finite(r[k]) for k in ("loss", "eval_loss")}} for r in members]
             if ensemble:
                 trained["members"] = kept
             else:
                 trained["eval_loss"] = kept[0]["eval_loss"]
         stamped(result.model, result.steps, result)
     return replace(done, members=None if members is None else tuple(members))
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _member_rows(program, seed: int, result, data, held_out, loss_fn, output) -> list[dict]:

@@ -8,7 +8,6 @@ their buffers, so a step costs what a `jax.jit` over flat arrays costs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,11 +36,49 @@ def _signature(batch) -> tuple:
 
 
 class Step:
-    """A compiled training step with the model and optimiser state inside.
+    """A training step that pays for no pytree flattening per call.
 
-    Call it with a batch; it returns the loss. `step.model`, `step.state` (the
-    model's `eqx.nn.State`, for a stateful model) and `step.opt_state`
-    rebuild the trees (only when asked).
+    **Arguments:**
+
+    - `loss_fn`: `loss_fn(model, *batch) -> scalar`; with `state`,
+      `loss_fn(model, state, *batch) -> (scalar, state)`. The model it
+      receives is resolved (`eqxform.resolve`) unless `resolve=False`.
+    - `optimizer`: an `optax` optimiser, e.g. `eqxform.optimizer(program, model)`.
+    - `model`: the model to train; its floating-point arrays are the parameters.
+    - `state`: the model's `eqx.nn.State` (BatchNorm statistics, say), carried
+      from step to step and not trained; `step.state` gives it back.
+    - `donate`: reuse the old buffers for the new parameters and state.
+    - `allow_retrace`: accept batches of a new shape (each compiles the step
+      again); by default such a batch raises `RetraceError`.
+    - `mesh`: train on a device mesh (a `jax.sharding.Mesh`, `"data=2,model=4"`
+      or a mapping); by default the mesh the model's arrays are placed on
+      (`Program.apply` or `eqxform.load` with a mesh), if any. Parameters and
+      the optimiser's state keep their shardings, arrays not on the mesh are
+      replicated, and the step is compiled once.
+    - `batch_axis`: the mesh axis the batch's first dimension is split over
+      (data parallelism); by default `data` when the mesh has it, else the
+      batch is replicated.
+    - `stop_if_nonfinite`: from the first step whose loss or updated parameters
+      are not finite (NaN or infinite) on, leave the model and the optimiser's
+      state as they were before it; `step.nonfinite_step` names that step.
+      It costs no wait for the device per step (`eqxform train` uses it).
+    - `members`: train an ensemble whose `loss_fn` gives one loss per member
+      (`[members]`): the step differentiates their sum (each member's gradient
+      is its own loss's) and returns the vector. With `stop_if_nonfinite`, a
+      member that diverges stops alone (`step.diverged`), its arrays kept at
+      their last finite values inside the compiled step; the others train on.
+
+    **Returns:** a compiled step with the model and optimiser state inside:
+    call it with a batch and it returns the loss; `step.model`, `step.state`
+    (the model's `eqx.nn.State`, for a stateful model) and `step.opt_state`
+    rebuild the trees (only when asked). In a plain Python loop:
+
+    ```python
+    step = eqxform.make_step(loss_fn, eqxform.optimizer(program, model), model)
+    for x, y in batches:
+        loss = step(x, y)
+    model = step.model
+    ```
     """
 
     def __init__(
@@ -60,7 +97,8 @@ class Step:
         members: int | None = None,
     ):
         params, static = eqx.partition(model, eqx.is_inexact_array)
-        self._mesh = mesh = _mesh_of(mesh, params)
+        # The mesh the step runs on, or None.
+        self.mesh = mesh = _mesh_of(mesh, params)
         if mesh is None:
             # One compiled program makes the optimiser's state and (for
             # donation, which hands the buffers to the step) the copies that
@@ -157,7 +195,7 @@ class Step:
             )
         try:
             args = (self._params, self._opt, self._state, self._guard)
-            if self._mesh is None:
+            if self.mesh is None:
                 out = self._compiled(*args, *batch)
             else:
                 batch = jax.tree_util.tree_map(self._place, batch)
@@ -217,7 +255,8 @@ class Step:
         if isinstance(x, jax.Array) and x.sharding == sharding:
             return x
         host = np.asarray(x)
-        parts = math.prod(sharding.mesh.shape[a] for a in _axes(sharding.spec))
+        # Split over one axis (`_on_mesh`), or replicated.
+        parts = sharding.mesh.shape[sharding.spec[0]] if len(sharding.spec) else 1
         if host.ndim == 0 or host.shape[0] % parts:
             raise UsageError(
                 report(
@@ -230,11 +269,6 @@ class Step:
         if jax.process_count() == 1:
             return jax.device_put(host, sharding)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    @property
-    def mesh(self) -> Mesh | None:
-        """The mesh the step runs on, or None."""
-        return self._mesh
 
     @property
     def model(self) -> Any:
@@ -273,14 +307,6 @@ def _start(optimizer, params, state, copy: bool):
     return params, state, opt_state
 
 
-def _finite(leaves: list) -> jax.Array:
-    ok = jnp.array(True)
-    for x in leaves:
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            ok = ok & jnp.all(jnp.isfinite(x))
-    return ok
-
-
 def _keep_if_finite(
     old: list, new: list, loss, guard: list, members: int | None
 ) -> tuple[list, list]:
@@ -297,28 +323,29 @@ def _keep_if_finite(
     (an optimiser's shared step count) move on while any member does."""
     count, bad = guard
     count = count + 1
+    finite = jnp.isfinite(loss)
+    for x in new[0]:
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            continue
+        if members is None:
+            finite = finite & jnp.all(jnp.isfinite(x))
+        elif x.ndim and x.shape[0] == members:
+            finite = finite & jnp.all(jnp.isfinite(x.reshape(members, -1)), axis=1)
+    ok = finite & (bad == 0)
     if members is None:
-        finite = jnp.isfinite(loss) & _finite(new[0])
         # One conditional, not a `where` per leaf: a select per leaf costs a
         # kernel each on the CPU and can take XLA minutes to compile for a
         # deep model.
-        kept = jax.lax.cond(finite & (bad == 0), lambda: new, lambda: old)
-        return kept, [count, jnp.where((bad == 0) & ~finite, count, bad)]
-    finite = jnp.isfinite(loss)
-    for x in new[0]:
-        if jnp.issubdtype(x.dtype, jnp.inexact) and x.ndim and x.shape[0] == members:
-            finite = finite & jnp.all(jnp.isfinite(x.reshape(members, -1)), axis=1)
-    ok = finite & (bad == 0)
-    alive = jnp.any(ok)
+        kept = jax.lax.cond(ok, lambda: new, lambda: old)
+    else:
+        alive = jnp.any(ok)
 
-    def keep(n, o):
-        if n.ndim and n.shape[0] == members:
-            return jnp.where(ok.reshape((members,) + (1,) * (n.ndim - 1)), n, o)
-        return jnp.where(alive, n, o)
+        def keep(n, o):
+            if n.ndim and n.shape[0] == members:
+                return jnp.where(ok.reshape((members,) + (1,) * (n.ndim - 1)), n, o)
+            return jnp.where(alive, n, o)
 
-    kept = [
-        [keep(n, o) for n, o in zip(group_new, group_old)] for group_new, group_old in zip(new, old)
-    ]
+        kept = [[keep(n, o) for n, o in zip(*groups)] for groups in zip(new, old)]
     return kept, [count, jnp.where((bad == 0) & ~finite, count, bad)]
 
 
@@ -332,13 +359,6 @@ def _mesh_of(mesh: Any, params: Any) -> Mesh | None:
         if isinstance(sharding, NamedSharding):
             return sharding.mesh
     return None
-
-
-def _axes(spec: PartitionSpec) -> tuple[str, ...]:
-    first = spec[0] if len(spec) else None
-    if first is None:
-        return ()
-    return first if isinstance(first, tuple) else (first,)
 
 
 def _on_mesh(mesh: Mesh, params: Any, state: Any, batch_axis: str | None):
@@ -395,71 +415,5 @@ def _show(signature: tuple) -> str:
     return ", ".join(f"{getattr(d, 'name', d)}{list(s)}" for s, d in signature)
 
 
-def make_step(
-    loss_fn: Callable[..., Any],
-    optimizer: optax.GradientTransformation,
-    model: Any,
-    *,
-    state: Any = None,
-    resolve: bool = True,
-    donate: bool = True,
-    allow_retrace: bool = False,
-    mesh: Any = None,
-    batch_axis: str | None = None,
-    stop_if_nonfinite: bool = False,
-    members: int | None = None,
-) -> Step:
-    """A training step that pays for no pytree flattening per call.
-
-    **Arguments:**
-
-    - `loss_fn`: `loss_fn(model, *batch) -> scalar`; with `state`,
-      `loss_fn(model, state, *batch) -> (scalar, state)`. The model it
-      receives is resolved (`eqxform.resolve`) unless `resolve=False`.
-    - `optimizer`: an `optax` optimiser, e.g. `eqxform.optimizer(program, model)`.
-    - `model`: the model to train; its floating-point arrays are the parameters.
-    - `state`: the model's `eqx.nn.State` (BatchNorm statistics, say), carried
-      from step to step and not trained; `step.state` gives it back.
-    - `donate`: reuse the old buffers for the new parameters and state.
-    - `allow_retrace`: accept batches of a new shape (each compiles the step
-      again); by default such a batch raises `RetraceError`.
-    - `mesh`: train on a device mesh (a `jax.sharding.Mesh`, `"data=2,model=4"`
-      or a mapping); by default the mesh the model's arrays are placed on
-      (`Program.apply` or `eqxform.load` with a mesh), if any. Parameters and
-      the optimiser's state keep their shardings, arrays not on the mesh are
-      replicated, and the step is compiled once.
-    - `batch_axis`: the mesh axis the batch's first dimension is split over
-      (data parallelism); by default `data` when the mesh has it, else the
-      batch is replicated.
-    - `stop_if_nonfinite`: from the first step whose loss or updated parameters
-      are not finite (NaN or infinite) on, leave the model and the optimiser's
-      state as they were before it; `step.nonfinite_step` names that step.
-      It costs no wait for the device per step (`eqxform train` uses it).
-    - `members`: train an ensemble whose `loss_fn` gives one loss per member
-      (`[members]`): the step differentiates their sum (each member's gradient
-      is its own loss's) and returns the vector. With `stop_if_nonfinite`, a
-      member that diverges stops alone (`step.diverged`), its arrays kept at
-      their last finite values inside the compiled step; the others train on.
-
-    **Returns:** a `Step`. In a plain Python loop:
-
-    ```python
-    step = eqxform.make_step(loss_fn, eqxform.optimizer(program, model), model)
-    for x, y in batches:
-        loss = step(x, y)
-    model = step.model
-    ```
-    """
-    return Step(
-        loss_fn,
-        optimizer,
-        model,
-        state=state,
-        resolve=resolve,
-        donate=donate,
-        allow_retrace=allow_retrace,
-        mesh=mesh,
-        batch_axis=batch_axis,
-        stop_if_nonfinite=stop_if_nonfinite,
-        members=members,
-    )
+# `eqxform.make_step(...)` builds a `Step`.
+make_step = Step
