@@ -33,16 +33,6 @@ def to_python(value: Any) -> Any:
     return value
 
 
-def _takes_key(fn: Any, signature: Any) -> bool:
-    if signature is not None:
-        return "key" in signature.names
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "key" in params
-
-
 def build(
     call: A.Call,
     env: Mapping[str, Any],
@@ -86,7 +76,14 @@ def build(
                 kwargs[arg.name] = value
     except EvalError as e:
         raise SpecError(replace(e.diagnostic, source=source)) from None
-    if _takes_key(fn, signature):
+    if signature is not None:
+        takes_key = "key" in signature.names
+    else:
+        try:
+            takes_key = "key" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes_key = False
+    if takes_key:
         kwargs["key"] = key
 
     def measured():
@@ -110,7 +107,9 @@ def build(
                 raise
             except Exception:
                 skeleton = None
-            check_budget(skeleton, f"`{call.callee}(...)`", call.span, source)
+            bad = budget_diagnostic(nbytes(skeleton), f"`{call.callee}(...)`", call.span, source)
+            if bad is not None:
+                raise SpecError(bad)
             if skeleton is not None:
                 return fn(*args, **kwargs)
         return measured()
@@ -169,13 +168,6 @@ def budget_diagnostic(size: int, what: str, span, source) -> Diagnostic | None:
         format_bytes_budget=format_bytes(budget),
         max_bytes_env=L.MAX_BYTES_ENV,
     )
-
-
-def check_budget(tree: Any, what: str, span, source) -> None:
-    """Raise E158 when the arrays of `tree` (shapes suffice) exceed the budget."""
-    bad = budget_diagnostic(nbytes(tree), what, span, source)
-    if bad is not None:
-        raise SpecError(bad)
 
 
 def render_call(call: A.Call, env: Mapping[str, Any]) -> str:

@@ -209,8 +209,8 @@ def corrupt(code: str, path: str, /, **fields) -> ModelFileError:
     return ModelFileError(report(code, file=path, path=path, **fields))
 
 
-def _cannot_read(code: str, path: str, /, **fields) -> UsageError:
-    return UsageError(report(code, file=path, path=path, **fields))
+def _refuse(code: str, file: str, /, **fields) -> UsageError:
+    return UsageError(report(code, file=file, **fields))
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -219,10 +219,10 @@ def read_header(path: str | os.PathLike) -> Header:
     try:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
-            raise _cannot_read("E301", path, variant="directory_model")
+            raise _refuse("E301", path, path=path, variant="directory_model")
         if not stat.S_ISREG(info.st_mode):
             # Opening a FIFO would wait for a writer; a device is no model file.
-            raise _cannot_read("E301", path, variant="regular_file")
+            raise _refuse("E301", path, path=path, variant="regular_file")
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
@@ -241,13 +241,13 @@ def read_header(path: str | os.PathLike) -> Header:
                 )
             raw = f.read(length)
     except FileNotFoundError:
-        raise _cannot_read("E301", path, variant="model_file") from None
+        raise _refuse("E301", path, path=path, variant="model_file") from None
     except IsADirectoryError:
-        raise _cannot_read("E301", path, variant="directory_model") from None
+        raise _refuse("E301", path, path=path, variant="directory_model") from None
     except PermissionError:
-        raise _cannot_read("E301", path, variant="cannot_read") from None
+        raise _refuse("E301", path, path=path, variant="cannot_read") from None
     except OSError as e:
-        raise _cannot_read("E301", path, variant="os_error", error=e.strerror or e) from None
+        raise _refuse("E301", path, path=path, variant="os_error", error=e.strerror or e) from None
     if len(raw) < length:
         raise corrupt("E303", path, variant="cut_short")
     try:
@@ -395,6 +395,14 @@ class _Schema:
             raise self.fail("E315", variant="map", where=where, kind=_kind(value))
         return value
 
+    def numbers(self, value: Any, where: str) -> None:
+        """A map of names to numbers (a member's values)."""
+        for name, number in self.mapping(value, where).items():
+            if not _number(number):
+                raise self.fail(
+                    "E315", variant="a_number", where=f"{where}.{name}", kind=_kind(number)
+                )
+
     def value(self, value: Any, where: str) -> None:
         """A `let` value: what `--set` and `--params` give (a constant or a list)."""
         if value is None or isinstance(value, (bool, int, float)):
@@ -493,14 +501,7 @@ def _check_picked(schema: _Schema, picked: Any, where: str) -> None:
             raise schema.fail("E315", variant="whole", where=f"{where}.{key}", kind=_kind(value))
     for key, value in picked.items():
         if key == "values":
-            for name, number in schema.mapping(value, f"{where}.values").items():
-                if not _number(number):
-                    raise schema.fail(
-                        "E315",
-                        variant="a_number",
-                        where=f"{where}.values.{name}",
-                        kind=_kind(number),
-                    )
+            schema.numbers(value, f"{where}.values")
         elif isinstance(value, str):
             schema.string(value, f"{where}.{key}")
         elif not (value is None or _number(value)):
@@ -523,11 +524,7 @@ def _check_members(schema: _Schema, members: Any, where: str) -> None:
         entry = schema.mapping(entry, at, optional=False)
         if entry.get("member") != i:
             raise schema.fail("E315", variant="member", where=f"{at}.member", index=i)
-        for key, value in schema.mapping(entry.get("values"), f"{at}.values").items():
-            if not _number(value):
-                raise schema.fail(
-                    "E315", variant="a_number", where=f"{at}.values.{key}", kind=_kind(value)
-                )
+        schema.numbers(entry.get("values"), f"{at}.values")
         if "loss" not in entry:
             raise schema.fail("E315", variant="number_or_null", where=f"{at}.loss", kind="missing")
         # null: the member's loss was not finite (it diverged).
@@ -668,10 +665,6 @@ def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
 
 
 # ---- writing ------------------------------------------------------------------
-
-
-def _refuse(code: str, file: str, /, **fields) -> UsageError:
-    return UsageError(report(code, file=file, **fields))
 
 
 def check_output(

@@ -125,25 +125,6 @@ def _ensemble_step(recipe: Recipe) -> tuple[int, A.EnsembleStmt] | None:
     return None
 
 
-def member_values(program: Any, k: int) -> dict[str, Any]:
-    """The names a sweep's `ensemble` line binds for member `k`, with their
-    values (none for a plain `ensemble N`, and never `seed`, which is the
-    member's recipe seed)."""
-    sweep = getattr(program, "sweep", None)
-    if sweep is None:
-        return {}
-    return {name: sweep.members[k][name] for name in sweep.bound}
-
-
-def member_seed(program: Any, seed: int | None, k: int) -> int | None:
-    """The seed member `k` was built from: the spec's (the recipe's), or with
-    `vary seed` its own."""
-    sweep = getattr(program, "sweep", None)
-    if sweep is None or seed is None:
-        return seed
-    return sweep.seed(seed, k)
-
-
 def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict) -> str:
     """The spec `text` without its `ensemble` line: the line kept as a
     comment, and each name it bound for member `k` a `let` of its value.
@@ -169,7 +150,11 @@ def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) 
         raise _cannot(origin, "its recipe has no `ensemble` line to take out")
     i, stmt = found
     step = recipe.steps[i]
-    values = member_values(step.program, k)
+    sweep = step.program.sweep
+    # The names a sweep's line binds for member `k` (never `seed`: the member's
+    # recipe seed is its own with `vary seed`, else the spec's).
+    values = {} if sweep is None else {name: sweep.members[k][name] for name in sweep.bound}
+    seed = step.seed if sweep is None or step.seed is None else sweep.seed(step.seed, k)
     text = _rewritten(step.program.text, stmt, k, count, values)
     name = step.to_dict()["name"]
     program, diagnostics = compile_collect(
@@ -182,18 +167,16 @@ def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) 
             [d.message for d in diagnostics[:3]],
         )
     steps = list(recipe.steps)
-    steps[i] = RecipeStep(program, member_seed(step.program, step.seed, k), name)
+    steps[i] = RecipeStep(program, seed, name)
     train = None
     if recipe.train is not None:
         # How the member was trained (steps, data, loss); the ensemble's
         # record of every member stays with the ensemble.
         train = {k_: v for k_, v in recipe.train.items() if not isinstance(v, (list, dict))}
     record = dict(picked)
-    sweep = getattr(step.program, "sweep", None)
     if sweep is not None and "values" not in record:
         # Not trained: the values the line gives the member.
-        seed = step.seed if step.seed is not None else step.program.seed
-        record["values"] = sweep.values(k, seed)
+        record["values"] = sweep.values(k, step.program.seed if step.seed is None else step.seed)
     return replace(recipe, steps=tuple(steps), train=train, picked=record)
 
 
@@ -281,7 +264,9 @@ def pick_file(
     header, recipe, skel = skeleton(path, allow)
     ensemble, state = split_state(skel)
     if not isinstance(ensemble, Ensemble):
-        raise _not_an_ensemble(origin, type(ensemble).__name__)
+        raise ModelFileError(
+            report("E480", file=origin, origin=origin, kind=type(ensemble).__name__)
+        )
     assert recipe is not None  # `skeleton` refuses a file without one
     k, how = choose(member, best, ensemble.count, recipe, origin)
     plain, new, names = _plain(
@@ -296,10 +281,6 @@ def pick_file(
         reader.close()
     remember(model, new)
     return model, new, how
-
-
-def _not_an_ensemble(origin: str, kind: str) -> ModelFileError:
-    return ModelFileError(report("E480", file=origin, origin=origin, kind=kind))
 
 
 def pick(

@@ -71,14 +71,14 @@ CONVERT_HELP = (
 )
 
 
+@dataclass(eq=False)  # compared and hashed by identity, as a file handle is
 class Checkpoint:
     """A checkpoint's header (`tensors`), and its tensors one at a time."""
 
-    def __init__(self, path: str, kind: str, tensors: dict[str, TensorSpec], offsets: dict):
-        self.path = path
-        self.kind = kind
-        self.tensors = tensors
-        self._offsets = offsets  # name -> byte offset of the data (safetensors)
+    path: str
+    kind: str
+    tensors: dict[str, TensorSpec]
+    offsets: dict[str, int]  # name -> byte offset of the data (safetensors)
 
     def read(self, name: str, index: tuple | None = None) -> np.ndarray:
         """The tensor `name` (or `tensor[index]`), read from the file alone."""
@@ -92,11 +92,11 @@ class Checkpoint:
             count = math.prod(t.shape)
             if index is not None and count:
                 view = np.memmap(
-                    self.path, dtype=dtype, mode="r", offset=self._offsets[name], shape=t.shape
+                    self.path, dtype=dtype, mode="r", offset=self.offsets[name], shape=t.shape
                 )
                 return np.array(view[index])
             with open(self.path, "rb") as f:
-                f.seek(self._offsets[name])
+                f.seek(self.offsets[name])
                 value = np.fromfile(f, dtype=dtype, count=count)
             if value.size != count:
                 raise ValueError("the file is shorter than its header says")
@@ -382,20 +382,17 @@ class WeightPlan:
     def table(self) -> list[dict[str, Any]]:
         """The mapping, one row per model array (or stack slice): model path,
         checkpoint name(s), transform, shape (the plan's mapping table)."""
-        rows = []
-        for e in self.entries:
-            how = _describe(e.rule, len(e.names), len(e.slots))
-            for s in e.slots:
-                rows.append(
-                    {
-                        "model": s.path.replace(" (stack slice)", ""),
-                        "checkpoint": ", ".join(e.names),
-                        "transform": how,
-                        "shape": list(s.shape),
-                        "line": e.rule.line,
-                    }
-                )
-        return rows
+        return [
+            {
+                "model": s.path.replace(" (stack slice)", ""),
+                "checkpoint": ", ".join(e.names),
+                "transform": _describe(e.rule, len(e.names), len(e.slots)),
+                "shape": list(s.shape),
+                "line": e.rule.line,
+            }
+            for e in self.entries
+            for s in e.slots
+        ]
 
 
 def _describe(rule: MapRule, n: int, m: int) -> str:
@@ -517,15 +514,23 @@ def plan_weights(
     missing_names: list[str] = []
     live = [leaf for leaf in leaves if not leaf.derived]
     paths = [leaf.path for leaf in live]
+
+    def globbed(lines: tuple, candidates: list[str], **variant) -> set[str]:
+        """The names or paths that `skip` or `keep` lines name (E248 for a
+        pattern that names none)."""
+        hit: set[str] = set()
+        for rule in lines:
+            for g, string in rule.globs:
+                hits = {c for c in candidates if g.match(c)}
+                if not hits:
+                    help = did_you_mean(g.text, candidates)
+                    error("E248", string.span, **variant, help=help, text=g.text)
+                hit |= hits
+        return hit
+
     # A `skip` wins over a `map` whose pattern also covers the tensor
     # (`bn1.**` and `**.num_batches_tracked`): a skipped tensor is never read.
-    skipped: set[str] = set()
-    for rule in rules.skips:
-        for g, string in rule.globs:
-            hits = [n for n in names if g.match(n)]
-            if not hits:
-                error("E248", string.span, help=did_you_mean(g.text, names), text=g.text)
-            skipped.update(hits)
+    skipped = globbed(rules.skips, names)
     for rule in rules.maps:
         by_target = _by_target(rule, live)
         by_source = [
@@ -648,21 +653,9 @@ def plan_weights(
                 bad_dtype=bad_dtype[0],
                 value=f" (and {len(bad_dtype) - 1} more)" if len(bad_dtype) > 1 else "",
             )
-    kept: set[int] = set()
-    for rule in rules.keeps:
-        for g, string in rule.globs:
-            hits = [leaf.index for leaf in live if g.match(leaf.path)]
-            if not hits:
-                error(
-                    "E248",
-                    string.span,
-                    variant="keep_model",
-                    help=did_you_mean(g.text, paths),
-                    text=g.text,
-                )
-            kept.update(hits)
+    kept = globbed(rules.keeps, paths, variant="keep_model")
     plan.skipped = sorted(skipped - used)
-    plan.kept = [leaf.path for leaf in leaves if leaf.index in kept]
+    plan.kept = [leaf.path for leaf in leaves if leaf.path in kept]
     anchor = rules.anchor.span
     unused = [n for n in names if n not in used and n not in skipped]
     if unused:
@@ -677,7 +670,7 @@ def plan_weights(
         )
     unfilled = []
     for leaf in live:
-        if leaf.index in kept:
+        if leaf.path in kept:
             continue
         seen = filled.get(leaf.index, {})
         covered = sum(math.prod(leaf.shape[len(at) :]) for at in seen)
@@ -744,12 +737,6 @@ def _forward(rule: MapRule, arrays: list[np.ndarray], slots: list[Slot]) -> list
     return np.split(value, cuts, axis=rule.axis)
 
 
-def _place(value: np.ndarray, old: Any) -> jax.Array:
-    # `device_put`, not `jnp.asarray`: the latter stages an op per new shape.
-    sharding = getattr(old, "sharding", None)
-    return jax.device_put(value, sharding if isinstance(old, jax.Array) else None)
-
-
 def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, Any]:
     """Run a checked plan: each tensor read once, in rule order; a stacked
     array is assembled on the host one slice at a time and placed when whole,
@@ -769,7 +756,11 @@ def load_weights(model: Any, plan: WeightPlan, state: Any = None) -> tuple[Any, 
             index, rest = leaf.state  # type: ignore[misc]
             stated.setdefault(id(index), [index, {}])[1][rest] = jax.device_put(value)
         else:
-            new[leaf.index] = _place(value, flat[leaf.index])
+            # `device_put`, not `jnp.asarray`: the latter stages an op per new shape.
+            old = flat[leaf.index]
+            new[leaf.index] = jax.device_put(
+                value, old.sharding if isinstance(old, jax.Array) else None
+            )
 
     for e in plan.entries:
         [slot] = e.slots if len(e.slots) == 1 else [None]

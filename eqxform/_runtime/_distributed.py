@@ -8,7 +8,12 @@ place, and says plainly what is wrong when that fails.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import sys
+import threading
+import time
 
 import jax
 
@@ -43,9 +48,6 @@ def _problem(process_id: int, num_processes: int, coordinator: str, what: str) -
 def _wait_for(host: str, port: int, deadline: float) -> str | None:
     """Try to reach the coordinator until `deadline` (a `time.monotonic`
     time); None once it answers, else why it did not."""
-    import socket
-    import time
-
     why = "nothing answered"
     while True:
         left = deadline - time.monotonic()
@@ -105,8 +107,6 @@ def initialize_distributed(
         )
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
         raise UsageError(report("E466", variant="timeout", timeout_s=repr(timeout_s)))
-    import time
-
     deadline = time.monotonic() + timeout_s
     if process_id != 0:
         # Process 0 serves at the coordinator's address. JAX would wait for
@@ -143,9 +143,6 @@ def initialize_distributed(
 
 def _watchdog(diagnostic: Diagnostic, seconds: float):
     """A timer that prints `diagnostic` and ends the process with status 2."""
-    import os
-    import sys
-    import threading
 
     def fire():
         sys.stderr.write(render_all([diagnostic]) + "\n")

@@ -256,7 +256,9 @@ def load_data(path: str) -> tuple[Any, np.ndarray]:
         raise _bad_data("E420", path, value=", ".join(f"`{n}`" for n in names) or "none")
     keys = (*inputs, "y")
     total = sum(headers[k][2] for k in keys)
-    limit = _memory_limit()
+    # The limit, and half the machine's memory (the arrays are copied once
+    # more onto the device).
+    limit = min(_limits.MAX_DATA_BYTES, half_of_memory(_limits.MAX_DATA_BYTES))
     if total > limit:
         raise _bad_data(
             "E527", path, size_total=format_bytes(total), size_limit=format_bytes(limit)
@@ -423,12 +425,6 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                 )
             out[key] = (tuple(shape), dtype, claimed)
     return out
-
-
-def _memory_limit() -> int:
-    """The bytes a data set may take: the limit, and half the machine's memory
-    (the arrays are copied once more onto the device)."""
-    return min(_limits.MAX_DATA_BYTES, half_of_memory(_limits.MAX_DATA_BYTES))
 
 
 def toy_data(
