@@ -26,7 +26,7 @@ from typing import Any
 
 from . import _ast as A
 from ._check import USAGE_CODES, Checker
-from ._diagnostics import Diagnostic, denied, position, report
+from ._diagnostics import Diagnostic, denied, position
 from ._errors import EqxformWarning, SpecError, UsageError
 from ._mesh import as_mesh_spec
 from ._parse import parse_collect
@@ -212,10 +212,8 @@ def _device(name: str | None):
     try:
         devices = jax.devices(name)
     except RuntimeError:
-        raise UsageError(
-            report(
-                "E408", name=name, listing=", ".join(sorted({d.platform for d in jax.devices()}))
-            )
+        raise UsageError.of(
+            "E408", name=name, listing=", ".join(sorted({d.platform for d in jax.devices()}))
         ) from None
     with jax.default_device(devices[0]):
         yield
@@ -589,22 +587,20 @@ def explain(code: str | None = None, *, all: bool = False, format: str = "text")
 
     if all:
         if code is not None:
-            raise UsageError(report("E415"))
+            raise UsageError.of("E415")
         return _codes.markdown() if format == "markdown" else _codes.text()
     if code is None:
-        raise UsageError(report("E415", variant="given", len_codes=len(_codes.CODES)))
+        raise UsageError.of("E415", variant="given", len_codes=len(_codes.CODES))
     entry = _codes.explain(code)
     if entry is None:
         close = _codes.near(code)
-        raise UsageError(
-            report(
-                "E415",
-                variant="diagnostic_has",
-                help="did you mean " + " or ".join(f"`{c}`" for c in close[:4]) + "?"
-                if close
-                else "codes look like `E201`; every error message shows its code",
-                code_=code,
-            )
+        raise UsageError.of(
+            "E415",
+            variant="diagnostic_has",
+            help="did you mean " + " or ".join(f"`{c}`" for c in close[:4]) + "?"
+            if close
+            else "codes look like `E201`; every error message shows its code",
+            code_=code,
         )
     if format != "markdown":
         return entry.render()
@@ -625,7 +621,7 @@ def _spec_files(paths: Iterable[str | os.PathLike]) -> list[str]:
             continue
         found = sorted(str(p) for p in Path(path).rglob("*.eqx") if p.is_file())
         if not found:
-            raise UsageError(report("E401", variant="folder_holds", file=path, path=path))
+            raise UsageError.of("E401", variant="folder_holds", file=path, path=path)
         out.extend(found)
     return out
 

@@ -116,8 +116,8 @@ def build(
     except EqxformError:
         raise
     except Exception as e:  # the constructor's own complaint, shown where it was called
-        raise SpecError(
-            report("E205", span=call.span, source=source, callee=call.callee, message=first_line(e))
+        raise SpecError.of(
+            "E205", span=call.span, source=source, callee=call.callee, message=first_line(e)
         ) from None
 
 
@@ -205,7 +205,7 @@ def from_constructor(constructor: Any, key: Any) -> Any:
         inspect.signature(constructor).bind(key)
     except TypeError:
         name = getattr(constructor, "__name__", type(constructor).__name__)
-        raise UsageError(report("E438", name=name)) from None
+        raise UsageError.of("E438", name=name) from None
     except ValueError:  # no signature to read (a builtin): the call says
         pass
     try:
@@ -213,4 +213,4 @@ def from_constructor(constructor: Any, key: Any) -> Any:
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as e:
         name = getattr(constructor, "__name__", type(constructor).__name__)
         error = str(e).splitlines()[0]
-        raise UsageError(report("E382", name=name, error=error)) from None
+        raise UsageError.of("E382", name=name, error=error) from None

@@ -30,6 +30,7 @@ import signal
 import stat
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,12 @@ from typing import Any
 import numpy as np
 
 from . import _limits
-from ._diagnostics import report
 from ._errors import ModelFileError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # no `flock` here: stale temporaries are left alone
+    fcntl = None
 
 FORMAT = "eqxform/1"
 
@@ -77,15 +82,13 @@ def as_path(path: Any, what: str) -> str:
         except (TypeError, ValueError, UnicodeDecodeError):
             pass
     if not isinstance(path, str):
-        raise UsageError(report("E445", what=what, name=type(path).__name__))
+        raise UsageError.of("E445", what=what, name=type(path).__name__)
     if not path or "\0" in path:
-        raise UsageError(
-            report(
-                "E445",
-                variant="path",
-                what=what,
-                value="is empty" if not path else "contains a NUL character",
-            )
+        raise UsageError.of(
+            "E445",
+            variant="path",
+            what=what,
+            value="is empty" if not path else "contains a NUL character",
         )
     return path
 
@@ -206,11 +209,11 @@ class Header:
 
 def corrupt(code: str, path: str, /, **fields) -> ModelFileError:
     """The error of the file at `path`, which its message names."""
-    return ModelFileError(report(code, file=path, path=path, **fields))
+    return ModelFileError.of(code, file=path, path=path, **fields)
 
 
 def _refuse(code: str, file: str, /, **fields) -> UsageError:
-    return UsageError(report(code, file=file, **fields))
+    return UsageError.of(code, file=file, **fields)
 
 
 def read_header(path: str | os.PathLike) -> Header:
@@ -766,9 +769,7 @@ STALE_TEMP_AGE_S = 60.0
 def _lock(fd: int) -> None:
     """Mark a temporary as in use for as long as `fd` is open: the lock goes
     with the process, so a killed writer's temporary is found unlocked."""
-    try:
-        import fcntl
-    except ImportError:  # no `flock` here: stale temporaries are left alone
+    if fcntl is None:
         return
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -781,12 +782,8 @@ def remove_stale_temporaries(target: Path) -> list[str]:
     `STALE_TEMP_AGE_S`, that no process holds locked. A live writer's
     temporary is locked, and stays; no other file is touched. Returns the
     names removed."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return []
-    import time
-
     folder = target.parent if str(target.parent) else Path(".")
     pattern = re.compile(re.escape(_temp_prefix(target)) + _TEMP_LETTERS + r"\.tmp")
     removed = []

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import _ast as A
-from ._diagnostics import report
 from ._errors import SpecError, UsageError
 
 # An axis size: a whole number in ASCII digits, or -1.
@@ -63,7 +62,7 @@ class MeshSpec:
         if problem is None and sum(1 for _, s in axes if s == -1) > 1:
             problem = "only one axis may be -1 (the devices left over)"
         if problem is not None:
-            raise UsageError(report("E465", origin=origin, text=text, problem=problem))
+            raise UsageError.of("E465", origin=origin, text=text, problem=problem)
         return cls(tuple(axes), origin=origin)
 
     @property
@@ -83,20 +82,18 @@ class MeshSpec:
         fixed = math.prod(s for _, s in self.axes if s != -1)
         rest = [n for n, s in self.axes if s == -1]
         if fixed > count or (rest and count % fixed):
-            raise SpecError(
-                report(
-                    "E196",
-                    span=self.span,
-                    source=self.source,
-                    where=f"`{self.origin} {self.text()}`",
-                    fixed=fixed,
-                    value=" times a whole number of" if rest else "",
-                    count=count,
-                    value2=" (on the CPU, simulate more with "
-                    "`XLA_FLAGS=--xla_force_host_platform_device_count=N`)"
-                    if jax.default_backend() == "cpu"
-                    else "",
-                )
+            raise SpecError.of(
+                "E196",
+                span=self.span,
+                source=self.source,
+                where=f"`{self.origin} {self.text()}`",
+                fixed=fixed,
+                value=" times a whole number of" if rest else "",
+                count=count,
+                value2=" (on the CPU, simulate more with "
+                "`XLA_FLAGS=--xla_force_host_platform_device_count=N`)"
+                if jax.default_backend() == "cpu"
+                else "",
             )
         return {n: (count // fixed if s == -1 else s) for n, s in self.axes}
 
@@ -126,7 +123,7 @@ def as_mesh_spec(mesh: Any) -> MeshSpec | None:
         return MeshSpec.parse(",".join(f"{k}={v}" for k, v in mesh.items()), "mesh=")
     if isinstance(mesh, str):
         return MeshSpec.parse(mesh, "mesh=")
-    raise UsageError(report("E465", variant="mesh_takes", name=type(mesh).__name__))
+    raise UsageError.of("E465", variant="mesh_takes", name=type(mesh).__name__)
 
 
 def as_mesh(mesh: Any, spec: MeshSpec | None = None) -> Any:

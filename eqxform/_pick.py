@@ -26,7 +26,6 @@ import jax.numpy as jnp
 
 from . import _ast as A
 from ._compile import compile_collect
-from ._diagnostics import report
 from ._errors import ModelFileError, UsageError
 from ._expr import render
 from ._files import SliceReader, adapter_record, read_header
@@ -67,13 +66,13 @@ def _check_members(members: list, count: int, origin: str) -> None:
                 problem = f"records member {i} as {str(entry)[:60]}"
                 break
     if problem is not None:
-        raise ModelFileError(report("E485", **_named(origin), problem=problem))
+        raise ModelFileError.of("E485", **_named(origin), problem=problem)
 
 
 def one_way(member: int | None, best: bool) -> None:
     """`--member K` or `--best`: one of them."""
     if (member is None) == (not best):
-        raise UsageError(report("E482", variant="both" if best else None))
+        raise UsageError.of("E482", variant="both" if best else None)
 
 
 def choose(
@@ -86,17 +85,15 @@ def choose(
         _check_members(members, count, origin)
     if not best:
         if isinstance(member, bool) or not isinstance(member, int):
-            raise UsageError(report("E481", member=member, value=count - 1))
+            raise UsageError.of("E481", member=member, value=count - 1)
         if not 0 <= member < count:
-            raise UsageError(
-                report(
-                    "E481",
-                    variant="has_members",
-                    count=count,
-                    value=count - 1,
-                    member=member,
-                    **_named(origin),
-                )
+            raise UsageError.of(
+                "E481",
+                variant="has_members",
+                count=count,
+                value=count - 1,
+                member=member,
+                **_named(origin),
             )
         return member, f"member {member} of {count}"
     losses = [
@@ -108,7 +105,7 @@ def choose(
         and e.get("diverged_at") is None
     ]
     if not losses:
-        raise UsageError(report("E483", **_named(origin)))
+        raise UsageError.of("E483", **_named(origin))
     value, k = min(losses)
     how = f"member {k} of {count}, the lowest held-out loss ({value:.4g})"
     if len(losses) < count:
@@ -139,7 +136,7 @@ def _rewritten(text: str, stmt: A.EnsembleStmt, k: int, count: int, values: dict
 
 
 def _cannot(origin: str, why: str, notes: Iterable[str] = ()) -> ModelFileError:
-    return ModelFileError(report("E486", notes=tuple(notes), why=why, **_named(origin)))
+    return ModelFileError.of("E486", notes=tuple(notes), why=why, **_named(origin))
 
 
 def plain_recipe(recipe: Recipe, k: int, count: int, origin: str, picked: dict) -> Recipe:
@@ -260,13 +257,11 @@ def pick_file(
     origin = str(path)
     header = read_header(path)
     if adapter_record(header) is not None:
-        raise ModelFileError(report("E484", file=origin, origin=origin))
+        raise ModelFileError.of("E484", file=origin, origin=origin)
     header, recipe, skel = skeleton(path, allow)
     ensemble, state = split_state(skel)
     if not isinstance(ensemble, Ensemble):
-        raise ModelFileError(
-            report("E480", file=origin, origin=origin, kind=type(ensemble).__name__)
-        )
+        raise ModelFileError.of("E480", file=origin, origin=origin, kind=type(ensemble).__name__)
     assert recipe is not None  # `skeleton` refuses a file without one
     k, how = choose(member, best, ensemble.count, recipe, origin)
     plain, new, names = _plain(
@@ -319,7 +314,7 @@ def pick(
     allowed(allow)
     ensemble, state = split_state(check_model(model))
     if not isinstance(ensemble, Ensemble):
-        raise UsageError(report("E480", variant="given", name=type(ensemble).__name__))
+        raise UsageError.of("E480", variant="given", name=type(ensemble).__name__)
     recipe = recipe_of(model) or recipe_of(ensemble)
     origin = _GIVEN
     k, _ = choose(member, best, ensemble.count, recipe, origin)

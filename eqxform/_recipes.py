@@ -33,7 +33,6 @@ from . import _registry as R
 from ._build import MODEL_TAG, build, import_allowed, render_call
 from ._check import Checker
 from ._compile import compile_collect
-from ._diagnostics import report
 from ._errors import ModelFileError, SpecError, UsageError
 from ._expr import render
 from ._files import (
@@ -179,15 +178,13 @@ def recipe_from_dict(data: dict, allow: Iterable[str] = (), origin: str = "<reci
             if not unknown:
                 raise _recipe_error(e.diagnostics) from None
             names = [k for k in params if any(f"`--set {k}`" in d.message for d in unknown)]
-            raise ModelFileError(
-                report(
-                    "E319",
-                    file=origin,
-                    origin=origin,
-                    listing=", ".join(f"`{k}`" for k in names or params),
-                    value=i + 1,
-                    name=name,
-                )
+            raise ModelFileError.of(
+                "E319",
+                file=origin,
+                origin=origin,
+                listing=", ".join(f"`{k}`" for k in names or params),
+                value=i + 1,
+                name=name,
             ) from None
         if diagnostics:
             raise _recipe_error(diagnostics)
@@ -220,10 +217,8 @@ def _skeleton_of(recipe: Recipe, origin: str) -> Any:
         codes = {d.code for d in e.diagnostics}
         if "E117" in codes:
             d = e.diagnostics[0]
-            raise ModelFileError(
-                report(
-                    "E306", file=origin, help=d.help, origin=origin, split=d.message.split("`")[1]
-                )
+            raise ModelFileError.of(
+                "E306", file=origin, help=d.help, origin=origin, split=d.message.split("`")[1]
             ) from None
         raise _recipe_error(e.diagnostics) from None
 
@@ -241,7 +236,7 @@ def skeleton(
         return header, None, skel
     data = header.recipe
     if data is None:
-        raise ModelFileError(report("E304", file=str(path), path=path))
+        raise ModelFileError.of("E304", file=str(path), path=path)
     try:
         recipe = recipe_from_dict(data, allow, header.path)
     except SpecError as e:
@@ -263,14 +258,12 @@ def check_tensors(header: Header, skel: Any) -> None:
     """Every tensor of the file is the one the skeleton wants, and no more."""
     problems = _mismatches(header, named_arrays(skel), "the recipe makes", "the recipe does")
     if problems:
-        raise ModelFileError(
-            report(
-                "E305",
-                file=header.path,
-                notes=tuple(problems[1:6]),
-                path=header.path,
-                problems=problems[0],
-            )
+        raise ModelFileError.of(
+            "E305",
+            file=header.path,
+            notes=tuple(problems[1:6]),
+            path=header.path,
+            problems=problems[0],
         )
 
 
@@ -377,7 +370,7 @@ def load(
         return load_adapters(path, base, allow=allow)
     info = adapter_record(read_header(path))
     if info is not None:
-        raise ModelFileError(report("E332", file=str(path), path=path))
+        raise ModelFileError.of("E332", file=str(path), path=path)
     header, recipe, skel = skeleton(path, allow, like)
     shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
     model = fill(header, skel, shardings)
@@ -392,19 +385,19 @@ def _checked_arrays(model: Any, recipe: Recipe | None) -> tuple[dict[str, Any], 
     """The arrays of `model` by tensor name, each checked storable, and the
     file's content (the recipe given, or the one eqxform knows for it)."""
     if recipe is not None and not isinstance(recipe, Recipe):
-        raise UsageError(report("E446", name=type(recipe).__name__))
+        raise UsageError.of("E446", name=type(recipe).__name__)
     check_model(model)
     recipe = recipe if recipe is not None else recipe_to_write(model)
     arrays = named_arrays(model)
     if not arrays:
-        raise UsageError(report("E446", variant="nothing", name=type(model).__name__))
+        raise UsageError.of("E446", variant="nothing", name=type(model).__name__)
     tensors: dict[str, Any] = {}
     for name, leaf in arrays:
         _storable(name, leaf)
         if name in tensors:
-            raise UsageError(report("E414", name=name))
+            raise UsageError.of("E414", name=name)
         if isinstance(leaf, jax.core.Tracer):
-            raise UsageError(report("E446", variant="traced", name=name))
+            raise UsageError.of("E446", variant="traced", name=name)
         tensors[name] = leaf
     content = (
         {"load": NO_RECIPE} if recipe is None else {**recipe.to_dict(), "versions": versions()}
@@ -452,7 +445,7 @@ def _storable(name: str, leaf: Any) -> None:
         )
         if jax.dtypes.issubdtype(dtype, np.complexfloating):  # a cast would lose its imaginary part
             fix = "keep its real and imaginary parts as two real arrays of the model"
-    raise UsageError(report("E447", help=fix, name=name, why=why))
+    raise UsageError.of("E447", help=fix, name=name, why=why)
 
 
 def save(
@@ -591,7 +584,7 @@ def python_call(fn: Any, args: tuple, kwargs: dict) -> str:
         parts += [f"{k}={_spec_value(v)}" for k, v in kwargs.items()]
         return f"{_constructor_name(fn)}({', '.join(parts)})"
     except _Unwritable as e:
-        raise UsageError(report("E451", what=e.what)) from None
+        raise UsageError.of("E451", what=e.what) from None
 
 
 def _package(call_text: str) -> list[str]:
@@ -632,15 +625,15 @@ def new(constructor: Any, *args: Any, seed: int = 0, allow: Iterable[str] = (), 
         text = python_call(constructor, args, kwargs)
         return new(text, seed=seed, allow=allowed(allow) + tuple(_package(text)))
     if args or kwargs:
-        raise UsageError(report("E405"))
+        raise UsageError.of("E405")
     if not isinstance(constructor, str):
-        raise UsageError(report("E405", variant="call_string", name=type(constructor).__name__))
+        raise UsageError.of("E405", variant="call_string", name=type(constructor).__name__)
     allow = allowed(allow)
     seed = check_seed(seed)
     source = A.Source("<constructor>", constructor)
     call = parse_expr(constructor, source.name)
     if not isinstance(call, A.Call):
-        raise UsageError(report("E405", variant="call", constructor=constructor))
+        raise UsageError.of("E405", variant="call", constructor=constructor)
     checker = Checker(A.Spec(source, ()))
     checker.constructor_call(call, set())
     if checker.diagnostics:
@@ -737,7 +730,7 @@ def require_adapters(model: Any) -> _Parts:
     """The parts of `model`, which must hold adapters for an adapter file."""
     parts = _parts(model)
     if not parts.adapters:
-        raise UsageError(report("E460"))
+        raise UsageError.of("E460")
     return parts
 
 
@@ -851,7 +844,7 @@ def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -
     else:
         steps = _adapter_steps(recipe_of(model))
     if not steps:
-        raise UsageError(report("E461"))
+        raise UsageError.of("E461")
     carried = parts.adapters + parts.trained
     for name, leaf in carried:
         _storable(name, leaf)
@@ -871,7 +864,7 @@ def adapters_to_bytes(model: Any, spec: Any = None, train: dict | None = None) -
 
 
 def _edited(path: str, why: str) -> ModelFileError:
-    return ModelFileError(report("E333", file=str(path), path=path, why=why))
+    return ModelFileError.of("E333", file=str(path), path=path, why=why)
 
 
 def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = ()) -> Any:
@@ -882,7 +875,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     header = read_header(path)
     info = adapter_record(header)
     if info is None:
-        raise ModelFileError(report("E331", file=str(path), path=path))
+        raise ModelFileError.of("E331", file=str(path), path=path)
     allow = allowed(allow)
     values = read_tensors(header, list(header.tensors))
     if "digest" not in info:
@@ -900,10 +893,8 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     carried = {n: x for n, x in parts.adapters + parts.trained}
     problems = _mismatches(header, carried.items(), "the specs make", "the specs do")
     if problems:
-        raise ModelFileError(
-            report(
-                "E330", file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
-            )
+        raise ModelFileError.of(
+            "E330", file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
         )
     _check_base(
         str(path),
@@ -912,7 +903,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
         lambda: _base_digests(_parts(_replay(str(path), info, base, allow, redraw=True)[0])),
     )
     if info.get("structure") is not None and structure(model) != info["structure"]:
-        raise ModelFileError(report("E334", file=str(path), path=path))
+        raise ModelFileError.of("E334", file=str(path), path=path)
     model = refilled(model, lambda n, _: jnp.asarray(values[n]) if n in carried else None)
     if recipe is not None:
         remember(model, recipe)
@@ -939,14 +930,12 @@ def _replay(path: str, info: dict, base: Any, allow, redraw: bool = False) -> tu
                 model, key, Context(allow=allow, base=None if recipe is None else recipe.build)
             )
         except SpecError as e:
-            raise ModelFileError(
-                report(
-                    "E330",
-                    variant="no_fit",
-                    file=path,
-                    notes=tuple(d.message for d in e.diagnostics[:3]),
-                    path=path,
-                )
+            raise ModelFileError.of(
+                "E330",
+                variant="no_fit",
+                file=path,
+                notes=tuple(d.message for d in e.diagnostics[:3]),
+                path=path,
             ) from None
         if recipe is not None:
             recipe = recipe.then(program, seed)
@@ -969,14 +958,12 @@ def _check_base(
     again = redrawn() if differ else {}
     drawn = [n for n in differ if again.get(n) != have[n]]
     if drawn:
-        raise ModelFileError(
-            report(
-                "E330",
-                variant="not_replayable",
-                file=path,
-                path=path,
-                listing=", ".join(f"`{n}`" for n in drawn[:5]),
-            )
+        raise ModelFileError.of(
+            "E330",
+            variant="not_replayable",
+            file=path,
+            path=path,
+            listing=", ".join(f"`{n}`" for n in drawn[:5]),
         )
     kinds = (
         ("that differ", differ),
@@ -984,17 +971,15 @@ def _check_base(
         ("the file does not know", extra),
     )
     notes = [f"tensors {k}: " + ", ".join(f"`{n}`" for n in ns[:5]) for k, ns in kinds if ns]
-    raise ModelFileError(
-        report(
-            "E330",
-            variant="fingerprint_file",
-            file=path,
-            notes=tuple(notes),
-            path=path,
-            value=f"{len(differ)} of its {len(want)} frozen tensors differ"
-            if differ and not missing and not extra
-            else "the base's frozen tensors differ",
-            fingerprint_of_have=_fingerprint_of(have)[:12],
-            str_info=str(info["fingerprint"])[:12],
-        )
+    raise ModelFileError.of(
+        "E330",
+        variant="fingerprint_file",
+        file=path,
+        notes=tuple(notes),
+        path=path,
+        value=f"{len(differ)} of its {len(want)} frozen tensors differ"
+        if differ and not missing and not extra
+        else "the base's frozen tensors differ",
+        fingerprint_of_have=_fingerprint_of(have)[:12],
+        str_info=str(info["fingerprint"])[:12],
     )

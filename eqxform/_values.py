@@ -158,7 +158,7 @@ def allowed(allow: Any) -> tuple[str, ...]:
         except TypeError:
             ok = False
     if not ok or not all(isinstance(a, str) for a in allow):
-        raise UsageError(report("E449", allow=allow))
+        raise UsageError.of("E449", allow=allow)
     return allow
 
 
@@ -179,7 +179,7 @@ def check_seed(seed: Any, what: str = "`seed`") -> int:
     0 to 2**64 - 1 is a usage error (E430)."""
     if is_seed(seed):
         return int(seed)
-    raise UsageError(report("E430", what=what, describe_value_seed=describe_value(seed)))
+    raise UsageError.of("E430", what=what, describe_value_seed=describe_value(seed))
 
 
 def parse_seed(text: str | None, option: str = "--seed") -> int | None:
@@ -189,7 +189,7 @@ def parse_seed(text: str | None, option: str = "--seed") -> int | None:
     digits = text.strip()
     if re.fullmatch(r"[0-9]{1,20}", digits) and is_seed(int(digits)):
         return int(digits)
-    raise UsageError(report("E430", variant="whole_number", option=option, text=text))
+    raise UsageError.of("E430", variant="whole_number", option=option, text=text)
 
 
 # ---- bytes ----------------------------------------------------------------------
@@ -240,6 +240,6 @@ def byte_budget() -> int | None:
         if value >= 1:
             return int(value)
         why = "would allow no array at all" if value == 0 else "is less than one byte"
-    raise UsageError(
-        report("E432", max_bytes_env=L.MAX_BYTES_ENV, text=text, why=why, budget_off=BUDGET_OFF)
+    raise UsageError.of(
+        "E432", max_bytes_env=L.MAX_BYTES_ENV, text=text, why=why, budget_off=BUDGET_OFF
     )

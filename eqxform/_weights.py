@@ -102,15 +102,15 @@ class Checkpoint:
                 raise ValueError("the file is shorter than its header says")
             return value.reshape(t.shape)
         except (OSError, ValueError) as e:
-            raise ModelFileError(
-                report("E320", file=self.path, name=name, path=self.path, error=e)
+            raise ModelFileError.of(
+                "E320", file=self.path, name=name, path=self.path, error=e
             ) from None
 
 
 def _refuse_pickle(path: str) -> UsageError:
     stem = os.path.splitext(os.path.basename(path))[0]
-    return UsageError(
-        report("E340", file=path, help=CONVERT_HELP.format(path=path, stem=stem), path=path)
+    return UsageError.of(
+        "E340", file=path, help=CONVERT_HELP.format(path=path, stem=stem), path=path
     )
 
 
@@ -119,7 +119,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     read, and a pickle is refused."""
     path = as_path(path, "checkpoint")
     if not os.path.exists(path):
-        raise UsageError(report("E301", file=path, path=path))
+        raise UsageError.of("E301", file=path, path=path)
     lower = path.lower()
     if lower.endswith(_PICKLES):
         raise _refuse_pickle(path)
@@ -138,7 +138,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if head[:2] == b"PK" and head[8:9] != b"{":
         return _open_npz(path)
     if lower.endswith((".h5", ".hdf5", ".msgpack", ".onnx", ".gguf", ".npy")):
-        raise UsageError(report("E341", file=path, path=path))
+        raise UsageError.of("E341", file=path, path=path)
     header = read_header(path)
     with open(path, "rb") as f:
         start = 8 + int.from_bytes(f.read(8), "little")
@@ -173,7 +173,7 @@ def _open_npz(path: str) -> Checkpoint:
                     raise ValueError(f"`{name}` holds `{dtype}`, not numbers")
                 tensors[name] = TensorSpec(name, dtype.name, tuple(int(d) for d in shape))
     except (ValueError, SyntaxError, TypeError, OSError, zipfile.BadZipFile) as e:
-        raise ModelFileError(report("E302", file=path, path=path, str_e=str(e)[:200])) from None
+        raise ModelFileError.of("E302", file=path, path=path, str_e=str(e)[:200]) from None
     return Checkpoint(path, "npz", tensors, {})
 
 
@@ -581,16 +581,14 @@ def plan_weights(
                 # Still counted as filled: the line means to fill it, and one
                 # diagnostic is enough.
                 bad_shapes.append(f"`{got[0]}` into `{slots[0].path}`: {why}")
-            dtypes = {t.dtype for t in tensors}
             wrong = not rule.cast and any(
-                jnp.dtype(d) != s.leaf.dtype for d in dtypes for s in slots
+                jnp.dtype(t.dtype) != s.leaf.dtype for t in tensors for s in slots
             )
             if wrong:
                 bad_dtype.append(
                     f"`{got[0]}` is {tensors[0].dtype}, `{slots[0].path}` "
                     f"{slots[0].leaf.dtype.name}"
                 )
-            twice = []
             for s in slots:
                 seen = filled.setdefault(s.leaf.index, {})
                 pre = prefixes.setdefault(s.leaf.index, set())
@@ -598,11 +596,10 @@ def plan_weights(
                     seen[p] for p in (s.at, *(s.at[:i] for i in range(len(s.at)))) if p in seen
                 ]
                 if lines or s.at in pre:
-                    twice.append((s, lines[0] if lines else rule.line))
+                    doubled.append((s, lines[0] if lines else rule.line))
                     continue
                 seen[s.at] = rule.line
                 pre.update(s.at[:i] for i in range(len(s.at)))
-            doubled += twice
             if why is None and not wrong:
                 plan.entries.append(Entry(rule, tuple(got), tuple(slots)))  # type: ignore[arg-type]
         if doubled:
@@ -1010,7 +1007,7 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
     if problems:
         raise SpecError(problems)
     if not adapters:
-        raise UsageError(report("E250", variant="model_has", file=str(folder)))
+        raise UsageError.of("E250", variant="model_has", file=str(folder))
     tensors: dict[str, np.ndarray] = {}
     ranks, alphas = {}, {}
     for a in adapters:
@@ -1045,9 +1042,7 @@ def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> li
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        raise UsageError(
-            report("E448", file=folder, folder=folder, error=e.strerror or e)
-        ) from None
+        raise UsageError.of("E448", file=folder, folder=folder, error=e.strerror or e) from None
     specs = [TensorSpec(n, v.dtype.name, v.shape) for n, v in tensors.items()]
     atomic_write_with(
         os.path.join(folder, PEFT_WEIGHTS),
@@ -1073,15 +1068,13 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
             config = json.load(f)
         alpha, r = float(config["lora_alpha"]), int(config["r"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(
-            report(
-                "E341",
-                variant="unreadable",
-                file=folder,
-                folder=folder,
-                peft_config=PEFT_CONFIG,
-                error=e,
-            )
+        raise UsageError.of(
+            "E341",
+            variant="unreadable",
+            file=folder,
+            folder=folder,
+            peft_config=PEFT_CONFIG,
+            error=e,
         ) from None
     adapters, problems = _adapters(model, rules)
     if problems:
@@ -1094,17 +1087,15 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
     missing = [n for n in wanted if n not in checkpoint.tensors]
     unused = [n for n in checkpoint.tensors if n not in wanted]
     if missing or unused:
-        raise ModelFileError(
-            report(
-                "E245",
-                variant="peft_adapter",
-                file=folder,
-                folder=folder,
-                value=f"it lacks {_listing(missing, 3)}" if missing else "",
-                value2="; " if missing and unused else "",
-                value3=f"it also holds {_listing(unused, 3)}" if unused else "",
-                listing_sorted_value=_listing(sorted(config.get("target_modules") or []), 4),
-            )
+        raise ModelFileError.of(
+            "E245",
+            variant="peft_adapter",
+            file=folder,
+            folder=folder,
+            value=f"it lacks {_listing(missing, 3)}" if missing else "",
+            value2="; " if missing and unused else "",
+            value3=f"it also holds {_listing(unused, 3)}" if unused else "",
+            listing_sorted_value=_listing(sorted(config.get("target_modules") or []), 4),
         )
     values: dict[int, dict[str, np.ndarray]] = {}
     for name, (a, field_name) in wanted.items():
@@ -1114,17 +1105,15 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
         tensor = checkpoint.read(name)
         target = store[field_name][a.at] if a.at else store[field_name]
         if tensor.shape != target.shape:
-            raise ModelFileError(
-                report(
-                    "E243",
-                    variant="model_adapter",
-                    file=folder,
-                    name=name,
-                    list_shape=list(tensor.shape),
-                    list_shape2=list(target.shape),
-                    r=r,
-                    number_alpha=_number(alpha),
-                )
+            raise ModelFileError.of(
+                "E243",
+                variant="model_adapter",
+                file=folder,
+                name=name,
+                list_shape=list(tensor.shape),
+                list_shape2=list(target.shape),
+                r=r,
+                number_alpha=_number(alpha),
             )
         if a.at:
             store[field_name][a.at] = tensor

@@ -92,21 +92,19 @@ def initialize_distributed(
     host, _, port = coordinator.rpartition(":")
     # ASCII digits only: `str.isdigit` and `int` also take `１` and `²`.
     if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        raise UsageError(report("E466", variant="coordinator", coordinator=coordinator))
+        raise UsageError.of("E466", variant="coordinator", coordinator=coordinator)
     if num_processes < 1:
-        raise UsageError(report("E466", variant="num_processes", num_processes=num_processes))
+        raise UsageError.of("E466", variant="num_processes", num_processes=num_processes)
     if not 0 <= process_id < num_processes:
-        raise UsageError(
-            report(
-                "E466",
-                variant="process_id",
-                process_id=process_id,
-                last=num_processes - 1,
-                num_processes=num_processes,
-            )
+        raise UsageError.of(
+            "E466",
+            variant="process_id",
+            process_id=process_id,
+            last=num_processes - 1,
+            num_processes=num_processes,
         )
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, int) or timeout_s < 1:
-        raise UsageError(report("E466", variant="timeout", timeout_s=repr(timeout_s)))
+        raise UsageError.of("E466", variant="timeout", timeout_s=repr(timeout_s))
     deadline = time.monotonic() + timeout_s
     if process_id != 0:
         # Process 0 serves at the coordinator's address. JAX would wait for

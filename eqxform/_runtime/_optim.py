@@ -22,7 +22,6 @@ import optax
 
 from .. import _names as N
 from .._build import nbytes, to_python
-from .._diagnostics import report
 from .._errors import UsageError
 from .._modules import Ensemble, Frozen
 from .._plan import group_value
@@ -42,7 +41,7 @@ DEFAULT = "default"
 def base_optimizer(program) -> tuple[str, dict[str, Any]]:
     """(name, arguments) of the spec's `optimizer` directive."""
     if program.optimizer is None:
-        raise UsageError(report("E410", file=program.name))
+        raise UsageError.of("E410", file=program.name)
     name, kwargs = program.optimizer
     return name, {k: to_python(v) for k, v in kwargs.items()}
 
@@ -129,7 +128,10 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
     the freezing."""
     scale = np.ones(count) * setting.scale if setting.axis is None else setting.scale
     takes_decay = "weight_decay" in N.OPTIMIZERS[name].names
-    own = kwargs.get("weight_decay", _default_decay(name)) if takes_decay else 0.0
+    own = 0.0
+    if takes_decay:
+        default = inspect.signature(getattr(optax, name)).parameters["weight_decay"].default
+        own = kwargs.get("weight_decay", default)
     decay = setting.decay
     if not is_number(own):
         # A sweep's weight decay: a traced number per member.
@@ -158,10 +160,6 @@ def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, c
         parts.append(each(lambda u, p: u - lr * _along(scale * decay, axis, u.ndim) * p))
     parts.append(each(lambda u, p: u * _along(keep, axis, u.ndim)))
     return optax.chain(*parts)
-
-
-def _default_decay(name: str) -> float:
-    return inspect.signature(getattr(optax, name)).parameters["weight_decay"].default
 
 
 def optimizer(program, model) -> optax.GradientTransformation:
@@ -232,10 +230,6 @@ class SweepState(NamedTuple):
     inner: Any
 
 
-def _sweep_error(**fields) -> UsageError:
-    return UsageError(report("E260", **fields))
-
-
 def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
     """The optimiser of a sweep: member k's is the one its own program gives
     a single model, and the members' numbers (learning rate, weight decay,
@@ -252,7 +246,7 @@ def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
     static = {k: v for k, v in per[0][1].items() if k not in numeric}
     for _, kwargs, _ in per[1:]:
         if {k: v for k, v in kwargs.items() if k not in numeric} != static:
-            raise _sweep_error()
+            raise UsageError.of("E260")
     hyper: dict[str, Any] = {
         "kwargs": {k: jnp.asarray([p[1][k] for p in per], jnp.float32) for k in numeric},
         "groups": {},
@@ -268,7 +262,7 @@ def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
                 or not np.array_equal(c.decay, setting.decay, equal_nan=True)
                 for c in column
             ):
-                raise _sweep_error(variant="layers", name=tensor_name(path))
+                raise UsageError.of("E260", variant="layers", name=tensor_name(path))
             layered[path] = setting
             continue
         label = "|".join(c.label for c in column)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .._diagnostics import did_you_mean, report
+from .._diagnostics import did_you_mean
 from .._errors import EqxformError, UsageError, first_line
 from .._mesh import as_mesh
 from .._modules import resolve as resolve_wrappers
@@ -188,10 +188,8 @@ class Step:
         signature = _signature(batch)
         first = self._signature is None
         if not first and signature != self._signature and not self._allow_retrace:
-            raise RetraceError(
-                report(
-                    "E501", show__signature=_show(self._signature), show_signature=_show(signature)
-                )
+            raise RetraceError.of(
+                "E501", show__signature=_show(self._signature), show_signature=_show(signature)
             )
         try:
             args = (self._params, self._opt, self._state, self._guard)
@@ -205,12 +203,10 @@ class Step:
                 raise
             # The first call traces the loss on this batch: what fails here is
             # the batch (or the loss), said plainly rather than as a traceback.
-            raise UsageError(
-                report(
-                    "E502",
-                    show_signature=_show(signature),
-                    error=first_line(e),
-                )
+            raise UsageError.of(
+                "E502",
+                show_signature=_show(signature),
+                error=first_line(e),
             ) from None
         self._params, self._opt, self._state, self._guard, loss = out
         self._signature = signature
@@ -258,13 +254,11 @@ class Step:
         # Split over one axis (`_on_mesh`), or replicated.
         parts = sharding.mesh.shape[sharding.spec[0]] if len(sharding.spec) else 1
         if host.ndim == 0 or host.shape[0] % parts:
-            raise UsageError(
-                report(
-                    "E510",
-                    value=host.shape[0] if host.ndim else "no",
-                    spec=sharding.spec[0],
-                    parts=parts,
-                )
+            raise UsageError.of(
+                "E510",
+                value=host.shape[0] if host.ndim else "no",
+                spec=sharding.spec[0],
+                parts=parts,
             )
         if jax.process_count() == 1:
             return jax.device_put(host, sharding)
@@ -281,8 +275,6 @@ class Step:
     @property
     def state(self) -> Any:
         """The model's state (`eqx.nn.State`), for a stateful model; else None."""
-        if not self._stateful:
-            return None
         return jax.tree_util.tree_unflatten(self._state_def, self._state)
 
     @property
@@ -377,13 +369,11 @@ def _on_mesh(mesh: Mesh, params: Any, state: Any, batch_axis: str | None):
     axis = "data" if batch_axis is None else batch_axis
     if axis not in mesh.axis_names:
         if batch_axis is not None:
-            raise UsageError(
-                report(
-                    "E468",
-                    batch_axis=batch_axis,
-                    listing=", ".join(f"`{a}`" for a in mesh.axis_names),
-                    value=did_you_mean(batch_axis, mesh.axis_names) or "",
-                )
+            raise UsageError.of(
+                "E468",
+                batch_axis=batch_axis,
+                listing=", ".join(f"`{a}`" for a in mesh.axis_names),
+                value=did_you_mean(batch_axis, mesh.axis_names) or "",
             )
         return params, state, replicated
     return params, state, NamedSharding(mesh, PartitionSpec(axis))

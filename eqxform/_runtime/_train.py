@@ -28,7 +28,6 @@ import optax
 from .. import _limits
 from .. import _names as N
 from .. import _registry as R
-from .._diagnostics import report as diagnostic
 from .._errors import UsageError, first_line
 from .._modules import Ensemble, split_state
 from .._passes._forward import output_shape
@@ -133,7 +132,7 @@ def pick(out: Any, path: str | None) -> Any:
 
 
 def _output_error(path: str, why: str, help: str | None = None) -> UsageError:
-    return UsageError(diagnostic("E424", help=help, path=path, why=why))
+    return UsageError.of("E424", help=help, path=path, why=why)
 
 
 def describe_output(out: Any, depth: int = 0) -> str:
@@ -197,32 +196,28 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
     if name in _PER_BATCH:
         return name
     if ":" not in name:
-        raise UsageError(
-            diagnostic("E425", name=name, losses=", ".join(f"`{n}`" for n in N.LOSSES))
-        )
+        raise UsageError.of("E425", name=name, losses=", ".join(f"`{n}`" for n in N.LOSSES))
     try:
         fn = R.resolve_constructor(name, allow)
     except R.NotAllowed as e:
         top = e.module.split(".", 1)[0]
-        raise UsageError(
-            diagnostic("E425", variant="comes_from", name=name, module=e.module, top=top)
+        raise UsageError.of(
+            "E425", variant="comes_from", name=name, module=e.module, top=top
         ) from None
     except Exception as e:
-        raise UsageError(
-            diagnostic(
-                "E425",
-                variant="cannot_import",
-                name=name,
-                error=first_line(e),
-            )
+        raise UsageError.of(
+            "E425",
+            variant="cannot_import",
+            name=name,
+            error=first_line(e),
         ) from None
     if not callable(fn):
-        raise UsageError(diagnostic("E425", variant="function", name=name, name2=type(fn).__name__))
+        raise UsageError.of("E425", variant="function", name=name, name2=type(fn).__name__)
     return fn
 
 
 def _data_error(code: str, file: str, /, **fields) -> UsageError:
-    return UsageError(diagnostic(code, file=file, **fields))
+    return UsageError.of(code, file=file, **fields)
 
 
 def _bad_data(code: str, path: str, /, **fields) -> UsageError:
@@ -444,7 +439,7 @@ def toy_data(
     rng = np.random.default_rng(seed)
     if inputs:
         if len(inputs) != 1:
-            raise UsageError(diagnostic("E421", len_inputs=len(inputs)))
+            raise UsageError.of("E421", len_inputs=len(inputs))
         shape, dtype = tuple(inputs[0].shape), np.dtype(inputs[0].dtype)
         out = picked_output(output_shape(subject, inputs), output)
         if not hasattr(out, "shape"):
@@ -453,7 +448,7 @@ def toy_data(
     else:
         in_size, out_size = getattr(core, "in_size", None), getattr(core, "out_size", None)
         if not isinstance(in_size, int) or not isinstance(out_size, int):
-            raise UsageError(diagnostic("E421", variant="needs_model", name=type(core).__name__))
+            raise UsageError.of("E421", variant="needs_model", name=type(core).__name__)
         shape, dtype, out_shape = (in_size,), np.dtype(np.float32), (out_size,)
     if np.issubdtype(dtype, np.floating):
         x = rng.uniform(-1, 1, (count, *shape)).astype(dtype)
@@ -472,15 +467,13 @@ def toy_data(
 def _tuple_output(where: str, out: Any, loss: Any = "mse") -> UsageError:
     names = _output_names(out)
     example = "logits" if "logits" in names or not names else names[0]
-    return UsageError(
-        diagnostic(
-            "E423",
-            file=where,
-            describe_output_out=describe_output(out),
-            loss=loss,
-            example=example,
-            value=" (one of " + ", ".join(f"`{n}`" for n in names) + ")" if len(names) > 1 else "",
-        )
+    return UsageError.of(
+        "E423",
+        file=where,
+        describe_output_out=describe_output(out),
+        loss=loss,
+        example=example,
+        value=" (one of " + ", ".join(f"`{n}`" for n in names) + ")" if len(names) > 1 else "",
     )
 
 
@@ -770,7 +763,7 @@ def train(
     the members diverged so far; `on_step` gets the mean of the others.
     """
     if batch_size > examples(x):
-        raise UsageError(diagnostic("E422", batch_size=batch_size, len_x=examples(x)))
+        raise UsageError.of("E422", batch_size=batch_size, len_x=examples(x))
     model_only, state = split_state(model)
     members = model_only.count if isinstance(model_only, Ensemble) else None
     step = make_step(
