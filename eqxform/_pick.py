@@ -197,10 +197,7 @@ def _member_struct(ensemble: Ensemble, state: Any) -> Any:
     def one(x):
         return jax.ShapeDtypeStruct(tuple(x.shape[1:]), x.dtype) if is_array(x) else x
 
-    return join_state(
-        jax.tree_util.tree_map(one, ensemble.model),
-        None if state is None else jax.tree_util.tree_map(one, state),
-    )
+    return join_state(*jax.tree_util.tree_map(one, (ensemble.model, state)))
 
 
 def _shapes(subject: Any) -> dict[str, tuple]:
@@ -318,10 +315,7 @@ def pick(
     recipe = recipe_of(model) or recipe_of(ensemble)
     origin = _GIVEN
     k, _ = choose(member, best, ensemble.count, recipe, origin)
-    taken = join_state(
-        ensemble.member(k),
-        None if state is None else jax.tree_util.tree_map(lambda x: x[k], state),
-    )
+    taken = join_state(ensemble.member(k), jax.tree_util.tree_map(lambda x: x[k], state))
     if recipe is None or _ensemble_step(recipe) is None:
         # No recipe describes it (an ensemble of a Python constructor):
         # the member as it is.

@@ -416,13 +416,6 @@ def _host(leaf: Any) -> np.ndarray:
     return np.array(leaf, order="C")
 
 
-def to_bytes(model: Any, recipe: Recipe | None = None) -> bytes:
-    """The model file of `model`: its arrays and its recipe (given, or the one
-    eqxform knows for it)."""
-    tensors, content = _checked_arrays(model, recipe)
-    return encode({name: _host(leaf) for name, leaf in tensors.items()}, content)
-
-
 def _storable(name: str, leaf: Any) -> None:
     """A model file stores the dtypes safetensors and eqxform's reader share."""
     dtype = leaf.dtype

@@ -723,7 +723,7 @@ def _forward(rule: MapRule, arrays: list[np.ndarray], slots: list[Slot]) -> list
     for a in arrays:
         for op, arg in rule.ops:
             if op == "transpose":
-                a = np.transpose(a, None if arg is None else arg)
+                a = np.transpose(a, arg)
             else:
                 a = a.reshape(piece if arg is None else arg)
         done.append(a)

@@ -364,8 +364,7 @@ def _on_mesh(mesh: Mesh, params: Any, state: Any, batch_axis: str | None):
             return x
         return jax.device_put(x, replicated)
 
-    params = jax.tree_util.tree_map(put, params)
-    state = None if state is None else jax.tree_util.tree_map(put, state)
+    params, state = jax.tree_util.tree_map(put, (params, state))
     axis = "data" if batch_axis is None else batch_axis
     if axis not in mesh.axis_names:
         if batch_axis is not None:
