@@ -322,7 +322,8 @@ class TrainResult:
       step was taken).
     - `interrupted`: Ctrl-C stopped it (after the step in flight).
     - `nonfinite`: the first step whose loss or update was not finite (and
-      `nonfinite_what`, which), else None.
+      `nonfinite_what`, which; for an ensemble, once every member diverged),
+      else None.
     - `ensemble`: the model is an ensemble (a sweep: `ensemble 8 vary ...`);
       `diverged`: each member that diverged, with its step (it is kept as it
       was before that step; the others trained on).

@@ -201,16 +201,14 @@ def from_constructor(constructor: Any, key: Any) -> Any:
     model's tag, as a `model` directive's is)."""
     import jax
 
+    name = getattr(constructor, "__name__", type(constructor).__name__)
     try:
         inspect.signature(constructor).bind(key)
     except TypeError:
-        name = getattr(constructor, "__name__", type(constructor).__name__)
         raise UsageError.of("E438", name=name) from None
     except ValueError:  # no signature to read (a builtin): the call says
         pass
     try:
         return constructor(jax.random.fold_in(key, MODEL_TAG))
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError) as e:
-        name = getattr(constructor, "__name__", type(constructor).__name__)
-        error = str(e).splitlines()[0]
-        raise UsageError.of("E382", name=name, error=error) from None
+        raise UsageError.of("E382", name=name, error=first_line(e)) from None

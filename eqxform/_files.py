@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import _limits
-from ._errors import ModelFileError, UsageError
+from ._errors import ModelFileError, UsageError, first_line
 
 try:
     import fcntl
@@ -663,7 +663,7 @@ def read_tensors(header: Header, names: list[str]) -> dict[str, Any]:
             "E320",
             header.path,
             variant="tensors",
-            error=str(e).splitlines()[0] if str(e) else type(e).__name__,
+            error=first_line(e),
         ) from None
 
 

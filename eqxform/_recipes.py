@@ -790,9 +790,9 @@ def structure(subject: Any) -> str:
                 for f in dataclasses.fields(obj):
                     if f.metadata.get("static", False):
                         line += f"|{f.name}={_describe(getattr(obj, f.name, None))}"
-            elif not isinstance(obj, (tuple, list, dict)) and not hasattr(obj, "__dict__"):
-                line += f"|{_describe(obj)}"
-            elif callable(obj):
+            elif callable(obj) or not (
+                isinstance(obj, (tuple, list, dict)) or hasattr(obj, "__dict__")
+            ):
                 line += f"|{_describe(obj)}"
         digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
     return digest.hexdigest()

@@ -262,9 +262,7 @@ def load_data(path: str) -> tuple[Any, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in keys}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise _bad_data(
-            "E528", path, error=str(e).splitlines()[0] if str(e) else type(e).__name__
-        ) from None
+        raise _bad_data("E528", path, error=first_line(e)) from None
     for key, array in arrays.items():
         if array.shape != headers[key][0] or array.dtype != headers[key][1]:
             raise _bad_data("E528", path, variant="changed_while", key=key)
@@ -390,7 +388,7 @@ def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype, int]]:
                         path,
                         variant="readable_npy",
                         name=name,
-                        error=str(e).splitlines()[0][:200] if str(e) else type(e).__name__,
+                        error=first_line(e)[:200],
                     ) from None
                 offset = f.tell()
             if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields is not None:
@@ -638,13 +636,8 @@ def _live_mean(losses: np.ndarray, diverged: Mapping[int, int]) -> float:
 
 @dataclass
 class Result:
-    """What `train` did: the model (the last one whose loss and parameters
-    were finite), the steps it took, the last loss reported, whether Ctrl-C
-    stopped it, and the first step that was not finite (`nonfinite`), with
-    what was not (`nonfinite_what`). For an ensemble, `diverged` names the
-    members that stopped at a step that was not finite for them, each with
-    that step (their arrays are those of the step before); the others trained
-    on, and `nonfinite` is set only when every member diverged."""
+    """What `train` did: the fields of `eqxform.TrainResult` that the loop
+    knows (not `ensemble` and `members`), which that class describes."""
 
     model: Any
     steps: int
