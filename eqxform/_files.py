@@ -187,10 +187,18 @@ def _load_json(text: str, path: str, what: str) -> Any:
 
 
 @dataclass(frozen=True)
-class TensorInfo:
+class TensorSpec:
+    """A tensor: its name, numpy dtype name and shape."""
+
     name: str
-    dtype: str  # numpy name
+    dtype: str
     shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorInfo(TensorSpec):
+    """A tensor of a file, and its bytes in the file's data."""
+
     start: int
     end: int
 
@@ -568,15 +576,6 @@ def adapter_record(header: Header) -> dict | None:
 
 
 # ---- tensors ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A tensor to be written: its name, numpy dtype name and shape."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
 
 
 def layout(tensors: Iterable[TensorSpec]) -> list[TensorSpec]:

@@ -142,9 +142,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     header = read_header(path)
     with open(path, "rb") as f:
         start = 8 + int.from_bytes(f.read(8), "little")
-    tensors = {n: TensorSpec(n, t.dtype, t.shape) for n, t in header.tensors.items()}
     offsets = {n: start + t.start for n, t in header.tensors.items()}
-    return Checkpoint(path, "safetensors", tensors, offsets)
+    return Checkpoint(path, "safetensors", header.tensors, offsets)
 
 
 def _is_npz(path: str) -> bool:

@@ -204,9 +204,7 @@ class Step:
             # The first call traces the loss on this batch: what fails here is
             # the batch (or the loss), said plainly rather than as a traceback.
             raise UsageError.of(
-                "E502",
-                show_signature=_show(signature),
-                error=first_line(e),
+                "E502", show_signature=_show(signature), error=first_line(e)
             ) from None
         self._params, self._opt, self._state, self._guard, loss = out
         self._signature = signature

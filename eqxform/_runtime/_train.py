@@ -206,10 +206,7 @@ def resolve_loss(name: str, allow: tuple[str, ...] = ()) -> str | Callable:
         ) from None
     except Exception as e:
         raise UsageError.of(
-            "E425",
-            variant="cannot_import",
-            name=name,
-            error=first_line(e),
+            "E425", variant="cannot_import", name=name, error=first_line(e)
         ) from None
     if not callable(fn):
         raise UsageError.of("E425", variant="function", name=name, name2=type(fn).__name__)
@@ -512,9 +509,7 @@ def check_fits(
         return
     if not hasattr(out, "shape"):
         raise _tuple_output(where, out, loss)
-    shape = tuple(out.shape)
-    if isinstance(model, Ensemble):
-        shape = shape[1:]  # one member's output
+    shape = tuple(out.shape)[1 if isinstance(model, Ensemble) else 0 :]  # one member's output
     if loss == "mse" and shape != tuple(y.shape[1:]):
         raise _data_error(
             "E420",
