@@ -27,7 +27,7 @@ from typing import Any
 from . import _ast as A
 from ._check import USAGE_CODES, Checker
 from ._diagnostics import Diagnostic, denied, position
-from ._errors import EqxformWarning, SpecError, UsageError
+from ._errors import EqxformWarning, ModelFileError, SpecError, UsageError
 from ._mesh import as_mesh_spec
 from ._parse import parse_collect
 from ._source import read_spec
@@ -201,12 +201,10 @@ def plan(
     return replace(result, diagnostics=tuple(denied(result.diagnostics, deny)))
 
 
-@contextlib.contextmanager
 def _device(name: str | None):
     """Work on the first device of the XLA platform `name` (cpu, gpu, ...)."""
     if name is None:
-        yield
-        return
+        return contextlib.nullcontext()
     import jax
 
     try:
@@ -215,8 +213,7 @@ def _device(name: str | None):
         raise UsageError.of(
             "E408", name=name, listing=", ".join(sorted({d.platform for d in jax.devices()}))
         ) from None
-    with jax.default_device(devices[0]):
-        yield
+    return jax.default_device(devices[0])
 
 
 def _checked_base(program, model: Any, deny: Iterable[str], weights, planned=None):
@@ -705,6 +702,21 @@ def inspect(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> ModelFileI
     from ._files import adapter_record, read_header
 
     header = read_header(path)
+    adapters = adapter_record(header)
+    # Why the tensors could not be checked against the structure the recipe
+    # builds (a mismatch is an error); None when they were, or for a file
+    # without a recipe (nothing to check against).
+    unchecked = None
+    if header.recipe is not None:
+        from ._recipes import skeleton
+
+        try:
+            skeleton(path, allow)
+        except ModelFileError as e:
+            d = e.diagnostics[0]
+            if d.code != "E306":
+                raise
+            unchecked = f"the tensors were not checked against the recipe: {d.message}; {d.help}"
     tensors = tuple(
         {"path": t.name, "dtype": t.dtype, "shape": list(t.shape)}
         for t in sorted(header.tensors.values(), key=lambda t: t.start)
@@ -714,27 +726,9 @@ def inspect(path: str | os.PathLike, *, allow: Iterable[str] = ()) -> ModelFileI
         sum(math.prod(t["shape"]) for t in tensors),
         tensors,
         header.recipe,
-        adapter_record(header),
-        _check_against_recipe(path, header.recipe, allow),
+        adapters,
+        unchecked,
     )
-
-
-def _check_against_recipe(path, recipe: dict | None, allow) -> str | None:
-    """Check a file's tensors against the structure its recipe builds; None
-    when they were checked (a mismatch is an error), else why they were not."""
-    if recipe is None:
-        return None  # nothing to check against: a file without a recipe
-    from ._errors import ModelFileError
-    from ._recipes import skeleton
-
-    try:
-        skeleton(path, allow)
-    except ModelFileError as e:
-        if e.diagnostics[0].code != "E306":
-            raise
-        d = e.diagnostics[0]
-        return f"the tensors were not checked against the recipe: {d.message}; {d.help}"
-    return None
 
 
 def language_server() -> None:
