@@ -368,8 +368,7 @@ def load(
     allow = allowed(allow)  # a usage error before the file is touched
     if base is not None:
         return load_adapters(path, base, allow=allow)
-    info = adapter_record(read_header(path))
-    if info is not None:
+    if adapter_record(read_header(path)) is not None:
         raise ModelFileError.of("E332", file=str(path), path=path)
     header, recipe, skel = skeleton(path, allow, like)
     shardings = None if mesh is None else file_shardings(skel, recipe, mesh, program)
