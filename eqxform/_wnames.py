@@ -363,11 +363,10 @@ def read_map(stmt: A.MapStmt, source: A.Source) -> tuple[MapRule | None, list[Di
         bad("E161", stmt.span, len_sources=len(stmt.sources), len_targets=len(stmt.targets))
     if not problems:
         names = {p.text: {c.name for c in p.captures} for p in [*sources, *targets]}
-        want = {c.name for c in sources[0].captures}
+        want = names[sources[0].text]
         for string, pattern in zip([*stmt.sources, *stmt.targets], [*sources, *targets]):
-            have = {c.name for c in pattern.captures}
-            if have != want:
-                missing = sorted((want | have) - have)
+            if names[pattern.text] != want:
+                missing = sorted(want - names[pattern.text])
                 bad(
                     "E162",
                     string.span,
