@@ -382,23 +382,15 @@ def _unclosed(line: str) -> tuple[str, int] | None:
 
 
 def _expected(exc: UnexpectedToken) -> str:
+    # Every name `expected` holds but `$END` is a terminal of the parser.
     names = sorted(
-        {_TOKEN_NAMES.get(t, f"`{_anon(t)}`") for t in exc.expected if not t.startswith("__")}
-        | {f"`{_anon(t)}`" for t in exc.expected if t.startswith("__")}
+        {
+            _TOKEN_NAMES.get(t) or f"`{_parser().get_terminal(t).pattern.value}`"
+            for t in exc.expected
+        }
     )
-    if not names:
-        return ""
-    if len(names) == 1:
-        return names[0]
-    return ", ".join(names[:-1]) + " or " + names[-1]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
-
-def _anon(terminal: str) -> str:
-    try:
-        pattern = _parser().get_terminal(terminal).pattern
-        return pattern.value
-    except Exception:  # an unknown terminal name: show it as it is
-        return terminal
 
 
 def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Diagnostic:
