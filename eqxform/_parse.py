@@ -392,7 +392,6 @@ def _expected(exc: UnexpectedToken) -> str:
     return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
-
 def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Diagnostic:
     def at(column: int, width: int = 1) -> A.Span:
         return A.Span(line_no, column, line_no, column + max(width, 1))
