@@ -692,7 +692,8 @@ _COMMENTS: contextvars.ContextVar[list] = contextvars.ContextVar("comments")
 
 
 def _collect_comment(token: Token) -> Token:
-    _COMMENTS.get().append(token)
+    # Outside `_parsed_tokens` (a line lexed on its own) the token is kept by the caller.
+    _COMMENTS.get([]).append(token)
     return token
 
 
