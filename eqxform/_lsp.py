@@ -320,11 +320,6 @@ class _Doc:
             if isinstance(s, A.LetStmt) and (before is None or s.span.line < before)
         }
 
-    def model_diagnostics(self) -> list[Diagnostic]:
-        return [
-            d for d in self.view.diagnostics if d.span is None or d.span.line < self.valid_below
-        ]
-
     def steps(self, line: int) -> list | None:
         return self.view.steps.get(line) if line < self.valid_below else None
 
@@ -408,7 +403,7 @@ def _index(spec: A.Spec) -> dict:
 class EqxformServer(LanguageServer):
     """The eqxform language server; `main()` runs it over stdio."""
 
-    def __init__(self, debounce: float = DEBOUNCE_S, check_debounce: float = CHECK_DEBOUNCE_S):
+    def __init__(self):
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -421,8 +416,6 @@ class EqxformServer(LanguageServer):
         self.latest: dict[str, _Latest] = {}
         self.parses: dict[str, dict] = {}  # each document's parsed lines
         self.analyzer = Analyzer()
-        self.debounce = debounce
-        self.check_debounce = check_debounce
         # One worker: JAX work for a document waits for the work before it,
         # which stops early once it is stale.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqxform-plan")
@@ -606,7 +599,7 @@ class EqxformServer(LanguageServer):
             doc = self.docs.get(uri)
             if doc is not None and doc.version == latest.version:
                 return
-            wait = latest.changed + self.check_debounce - loop.time()
+            wait = latest.changed + CHECK_DEBOUNCE_S - loop.time()
             if wait > 0 and not latest.urgent.is_set():
                 with contextlib.suppress(TimeoutError):  # the pause, unless a request comes
                     await asyncio.wait_for(latest.urgent.wait(), wait)
@@ -673,7 +666,12 @@ class EqxformServer(LanguageServer):
             # Checked against the spec's model: a type name it has is no news,
             # one it lacks is its E104.
             local = [d for d in local if d.code != "I104"]
-        found = sorted(local + doc.model_diagnostics(), key=position)
+        # The plan's diagnostics, of the lines above the first that changed since.
+        planned = [
+            d for d in doc.view.diagnostics if d.span is None or d.span.line < doc.valid_below
+        ]
+        found = sorted(local + planned, key=position)
+
         lines = doc.lines
         diagnostics = [self.lsp_diagnostic(d, lines) for d in found]
 
@@ -713,7 +711,7 @@ class EqxformServer(LanguageServer):
         return not self.stopping and latest is not None and latest.version == version
 
     async def _analyse_later(self, uri: str, version: int) -> None:
-        await asyncio.sleep(self.debounce)
+        await asyncio.sleep(DEBOUNCE_S)
         doc = self.docs.get(uri)
         if doc is None or not self.is_current(uri, version):
             return
@@ -1199,18 +1197,10 @@ def _fields(nodes: list) -> list[str]:
 # ---- wiring -----------------------------------------------------------------
 
 
-def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
-    """The language server with its features registered.
-
-    **Arguments:**
-
-    - `debounce`: seconds the text must stay unchanged before the model-aware
-      diagnostics are computed.
-
-    **Returns:** an `EqxformServer`; `server.serve(stdin, stdout)` runs it over byte
-    streams (`main()` over stdio).
-    """
-    server = EqxformServer(debounce)
+def make_server() -> EqxformServer:
+    """The language server with its features registered; `server.serve(stdin,
+    stdout)` runs it over byte streams (`main()` over stdio)."""
+    server = EqxformServer()
 
     @server.feature(T.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: EqxformServer, params: T.DidOpenTextDocumentParams):
