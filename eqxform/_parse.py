@@ -105,15 +105,6 @@ def _clip(text: str, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _whole(token: Token, what: str) -> int:
-    """A number that must be written as a whole number (an index, a slice
-    bound): `1.5` and `1e3` are refused, not rounded."""
-    number = _number(token)
-    if not isinstance(number.value, int):
-        raise _Refused(report("E013", span=number.span, what=what, clip_text=_clip(number.text)))
-    return number.value
-
-
 def _node(cls, *fixed):
     """The method of a grammar alias whose node is `cls(span, *fixed, *children)`."""
     return lambda self, meta, children: cls(_span(meta), *fixed, *children)
@@ -280,9 +271,14 @@ class _ToAst(Transformer):
     idx_slice = _node(A.SliceStep)
 
     def sint(self, meta, children):
-        minus, number = children
-        value = _whole(number, "an index or a slice bound")
-        return -value if minus is not None else value
+        # A whole number: `1.5` and `1e3` are refused, not rounded.
+        minus, token = children
+        number = _number(token)
+        if not isinstance(number.value, int):
+            what = "an index or a slice bound"
+            clip_text = _clip(number.text)
+            raise _Refused(report("E013", span=number.span, what=what, clip_text=clip_text))
+        return -number.value if minus is not None else number.value
 
     # ---- expressions
     def number(self, meta, children):
