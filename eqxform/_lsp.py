@@ -671,10 +671,8 @@ class EqxformServer(LanguageServer):
             d for d in doc.view.diagnostics if d.span is None or d.span.line < doc.valid_below
         ]
         found = sorted(local + planned, key=position)
-
         lines = doc.lines
         diagnostics = [self.lsp_diagnostic(d, lines) for d in found]
-
         self.text_document_publish_diagnostics(
             T.PublishDiagnosticsParams(doc.uri, diagnostics, version=doc.version)
         )
@@ -900,9 +898,10 @@ _SIGNED = {
 def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
     """One line on the word `token`, from its role in the parsed spec (or, on
     a line that does not parse, from the word alone)."""
-    text = doc.lines[token.line - 1]
-    if token.type in _DIRECTIVE_TOKENS and token.column == len(text) - len(text.lstrip()) + 1:
-        return D.DIRECTIVES[_DIRECTIVE_TOKENS[token.type]]
+    if token.type in _DIRECTIVE_TOKENS:
+        text = doc.lines[token.line - 1]
+        if token.column == len(text) - len(text.lstrip()) + 1:  # a directive starts its line
+            return D.DIRECTIVES[_DIRECTIVE_TOKENS[token.type]]
     if token.type in _KEYWORD_TOKENS:
         return D.KEYWORDS[_KEYWORD_TOKENS[token.type]]
     if token.type != "NAME":
