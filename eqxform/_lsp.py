@@ -428,8 +428,9 @@ class EqxformServer(LanguageServer):
     # ---- the stream
 
     def serve(self, stdin, stdout) -> int:
-        """Serve the protocol over byte streams until `exit` or the end of the
-        input; the exit status (0 after `shutdown`, else 1).
+        """Serve the protocol over byte streams (`stdin` buffered, with
+        `read1`) until `exit` or the end of the input; the exit status (0
+        after `shutdown`, else 1).
 
         The input is read on a thread of its own and cut into messages by
         `Framer`, which recovers from bad framing; each mistake is reported on
@@ -452,18 +453,12 @@ class EqxformServer(LanguageServer):
 
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        read = getattr(stdin, "read1", None)
-        if read is None:
-            fd = stdin.fileno()
-
-            def read(n: int) -> bytes:
-                return os.read(fd, n)
 
         def pump() -> None:
             # Blocking reads, each handing whatever arrived to the event loop.
             while True:
                 try:
-                    data = read(1 << 16)
+                    data = stdin.read1(1 << 16)
                 except (OSError, ValueError):
                     data = b""
                 try:
