@@ -256,22 +256,17 @@ def skeleton(
 
 def check_tensors(header: Header, skel: Any) -> None:
     """Every tensor of the file is the one the skeleton wants, and no more."""
-    problems = _mismatches(header, named_arrays(skel), "the recipe makes", "the recipe does")
-    if problems:
-        raise ModelFileError.of(
-            "E305",
-            file=header.path,
-            notes=tuple(problems[1:6]),
-            path=header.path,
-            problems=problems[0],
-        )
+    _refuse_mismatches(
+        header, named_arrays(skel), "E305", header.path, "the recipe makes", "the recipe does"
+    )
 
 
-def _mismatches(
-    header: Header, arrays: Iterable[tuple[str, Any]], makes: str, does: str
-) -> list[str]:
-    """How the file's tensors differ from `arrays` (name, array), which the
-    recipe or the specs make: a line per problem."""
+def _refuse_mismatches(
+    header: Header, arrays: Iterable[tuple[str, Any]], code: str, path, makes: str, does: str
+) -> None:
+    """`code` (of the file at `path`) when the file's tensors differ from
+    `arrays` (name, array), which the recipe or the specs make: a line per
+    problem."""
     problems, names = [], set()
     for name, leaf in arrays:
         names.add(name)
@@ -286,7 +281,10 @@ def _mismatches(
     extra = sorted(set(header.tensors) - names)
     if extra:
         problems.append(f"tensors {does} not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
-    return problems
+    if problems:
+        raise ModelFileError.of(
+            code, file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
+        )
 
 
 def refilled(subject: Any, value_of: Callable[[str, Any], Any]) -> Any:
@@ -883,11 +881,7 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     model, recipe = _replay(str(path), info, base, allow)
     parts = _parts(model)
     carried = {n: x for n, x in parts.adapters + parts.trained}
-    problems = _mismatches(header, carried.items(), "the specs make", "the specs do")
-    if problems:
-        raise ModelFileError.of(
-            "E330", file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
-        )
+    _refuse_mismatches(header, carried.items(), "E330", path, "the specs make", "the specs do")
     _check_base(
         str(path),
         info,

@@ -953,9 +953,9 @@ class Adapter:
     at: tuple[int, ...]
 
 
-def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagnostic]]:
+def _adapters(model: Any, rules: WeightRules) -> list[Adapter]:
     """Each `LoRA` (each layer of a stacked one) with the name its base
-    weight has in the checkpoint, by the `map` lines."""
+    weight has in the checkpoint, by the `map` lines (else `SpecError`)."""
     found, problems = [], []
     is_lora = lambda x: isinstance(x, LoRA)  # noqa: E731
     for keypath, node in jax.tree_util.tree_flatten_with_path(model, is_leaf=is_lora)[0]:
@@ -995,16 +995,16 @@ def _adapters(model: Any, rules: WeightRules) -> tuple[list[Adapter], list[Diagn
                 )
                 continue
             found.append(Adapter(node, name[: -len(".weight")], at))
-    return found, problems
+    if problems:
+        raise SpecError(problems)
+    return found
 
 
 def export_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> list[str]:
     """Write `model`'s LoRA adapters as PEFT does: `folder/adapter_model.safetensors`
     (`base_model.model.NAME.lora_A.weight`, `lora_B.weight`) and
     `folder/adapter_config.json` (`r`, `lora_alpha`, `target_modules`)."""
-    adapters, problems = _adapters(model, rules)
-    if problems:
-        raise SpecError(problems)
+    adapters = _adapters(model, rules)
     if not adapters:
         raise UsageError.of("E250", variant="model_has", file=str(folder))
     tensors: dict[str, np.ndarray] = {}
@@ -1075,9 +1075,7 @@ def load_peft(model: Any, rules: WeightRules, folder: str | os.PathLike) -> Any:
             peft_config=PEFT_CONFIG,
             error=e,
         ) from None
-    adapters, problems = _adapters(model, rules)
-    if problems:
-        raise SpecError(problems)
+    adapters = _adapters(model, rules)
     wanted = {
         f"base_model.model.{a.module}.{part}.weight": (a, part.lower())
         for a in adapters
