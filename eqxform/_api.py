@@ -460,8 +460,6 @@ def train(
             return m
 
         hooks: dict[str, Any] = {}
-        if report is not None:
-            hooks["report"] = report
         if on_step is not None and ensemble:
             mean: dict[int, float] = {}
             hooks["on_step"] = mean.__setitem__
@@ -480,6 +478,7 @@ def train(
             loss=loss_fn,
             seed=seed_used,
             checkpoint_every=checkpoint_every,
+            report=report or _train.every_tenth,
             on_checkpoint=None
             if on_checkpoint is None
             else lambda m, done: on_checkpoint(stamped(m, done), done),

@@ -69,12 +69,6 @@ class Setting:
     decay: Any = None
     axis: int | None = None
 
-    def per_layer(self, count: int, axis: int) -> Setting:
-        if self.axis is not None:
-            return self
-        decay = None if self.decay is None else np.full(count, self.decay, float)
-        return Setting(np.full(count, self.scale, float), decay, axis)
-
     @property
     def label(self) -> str:
         return f"lr*{self.scale:g}" + ("" if self.decay is None else f",wd={self.decay:g}")
@@ -95,10 +89,13 @@ def groups(program, model) -> dict[tuple, Setting]:
             if leaf.layers is None and setting.axis is None:
                 setattr(setting, field, value)
             else:
-                axis = stack_axis(leaf) if setting.axis is None else setting.axis
-                setting = setting.per_layer(leaf.obj.shape[axis], axis)
+                if setting.axis is None:  # one number per layer from now on
+                    axis = stack_axis(leaf)
+                    count = leaf.obj.shape[axis]
+                    decay = None if setting.decay is None else np.full(count, setting.decay, float)
+                    setting = Setting(np.full(count, setting.scale, float), decay, axis)
                 if getattr(setting, field) is None:
-                    setting.decay = np.full(leaf.obj.shape[axis], np.nan)
+                    setting.decay = np.full(leaf.obj.shape[setting.axis], np.nan)
                 layers = slice(None) if leaf.layers is None else sorted(leaf.layers)
                 getattr(setting, field)[layers] = value
             out[leaf.path] = setting
