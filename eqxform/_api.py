@@ -422,9 +422,7 @@ def train(
             # The data set is read (and its headers checked) before the model is built.
             x, y = _train.load_data(os.fspath(data))
         held_out = None if eval_data is None else _train.load_data(os.fspath(eval_data))
-        base, planned = _checked_base(program, model, deny, weights)
-        with warnings.catch_warnings(action="ignore", category=EqxformWarning):
-            start = program.apply(base, seed=seed, weights=weights, plan=planned)
+        start = apply(program, model, seed=seed, weights=weights, deny=deny)
         recipe = recipe_of(start)
         if data is None:
             x, y = _train.toy_data(
