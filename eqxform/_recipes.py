@@ -256,17 +256,22 @@ def skeleton(
 
 def check_tensors(header: Header, skel: Any) -> None:
     """Every tensor of the file is the one the skeleton wants, and no more."""
-    _refuse_mismatches(
-        header, named_arrays(skel), "E305", header.path, "the recipe makes", "the recipe does"
-    )
+    problems = _mismatches(header, named_arrays(skel), "the recipe makes", "the recipe does")
+    if problems:
+        raise ModelFileError.of(
+            "E305",
+            file=header.path,
+            notes=tuple(problems[1:6]),
+            path=header.path,
+            problems=problems[0],
+        )
 
 
-def _refuse_mismatches(
-    header: Header, arrays: Iterable[tuple[str, Any]], code: str, path, makes: str, does: str
-) -> None:
-    """`code` (of the file at `path`) when the file's tensors differ from
-    `arrays` (name, array), which the recipe or the specs make: a line per
-    problem."""
+def _mismatches(
+    header: Header, arrays: Iterable[tuple[str, Any]], makes: str, does: str
+) -> list[str]:
+    """How the file's tensors differ from `arrays` (name, array), which the
+    recipe or the specs make: a line per problem."""
     problems, names = [], set()
     for name, leaf in arrays:
         names.add(name)
@@ -281,10 +286,7 @@ def _refuse_mismatches(
     extra = sorted(set(header.tensors) - names)
     if extra:
         problems.append(f"tensors {does} not make: " + ", ".join(f"`{e}`" for e in extra[:5]))
-    if problems:
-        raise ModelFileError.of(
-            code, file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
-        )
+    return problems
 
 
 def refilled(subject: Any, value_of: Callable[[str, Any], Any]) -> Any:
@@ -881,7 +883,11 @@ def load_adapters(path: str | os.PathLike, base: Any, *, allow: Iterable[str] = 
     model, recipe = _replay(str(path), info, base, allow)
     parts = _parts(model)
     carried = {n: x for n, x in parts.adapters + parts.trained}
-    _refuse_mismatches(header, carried.items(), "E330", path, "the specs make", "the specs do")
+    problems = _mismatches(header, carried.items(), "the specs make", "the specs do")
+    if problems:
+        raise ModelFileError.of(
+            "E330", file=str(path), notes=tuple(problems[1:6]), path=path, problems=problems[0]
+        )
     _check_base(
         str(path),
         info,
