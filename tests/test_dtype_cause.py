@@ -54,6 +54,28 @@ class FFTNet(eqx.Module):
 
     def __call__(self, x):
         return self.out(self.filt(jax.nn.gelu(self.inp(x))))
+
+
+class Spectrum(eqx.Module):
+    # No arrays: the magnitudes of its input's Fourier transform.
+
+    def __call__(self, x):
+        return jnp.abs(jnp.fft.rfft(x))
+
+
+class SpectrumNet(eqx.Module):
+    inp: eqx.nn.Linear
+    spectrum: Spectrum
+    out: eqx.nn.Linear
+
+    def __init__(self, size, *, key):
+        k1, k2 = jax.random.split(key)
+        self.inp = eqx.nn.Linear(size, size, key=k1)
+        self.spectrum = Spectrum()
+        self.out = eqx.nn.Linear(size // 2 + 1, 2, key=k2)
+
+    def __call__(self, x):
+        return self.out(self.spectrum(self.inp(x)))
 """
 
 fftnet = types.ModuleType("fftnet")
@@ -203,6 +225,19 @@ def test_filter_with_bf16_input_needs_the_module_and_the_input_in_float32(net):
     # the module alone in float32 is not enough, as the help implies.
     alone = "input bf16[16]\nwhere ** -> cast bfloat16\nwhere SpectralFilter -> cast float32\n"
     assert refused(alone, net).code == "E384"
+
+
+def test_a_transform_of_the_input_only_needs_the_input_in_float32():
+    # A float32 input meets the bfloat16 `Linear` and comes out in float32
+    # (JAX promotes), so the transform gets float32: the input is the fix.
+    net = fftnet.SpectrumNet(16, key=jr.key(0))
+    d = refused("input bf16[16]\nwhere ** -> cast bfloat16\n", net)
+    assert d.code == "E384" and d.span.line == 2
+    assert "`jnp.fft.rfft` in `Spectrum` (`spectrum`) does not accept bfloat16" in d.message
+    assert d.help == "declare the input in float32 (`input f32[16]`; the model then runs)"
+    fixed = eqxform.compile("input f32[16]\nwhere ** -> cast bfloat16\n").apply(net)
+    x = FIELD[0]
+    assert np.array_equal(fixed(x), bf16_except(net)(x))
 
 
 def test_a_cast_that_only_needs_the_input_in_its_dtype_keeps_e207(net):
