@@ -101,7 +101,7 @@ _REWRITE = (
     "or `--adapters-only`)"
 )
 # What E384 says in each of its ways: the function that failed, where, and why.
-_REJECTS = "after this rule `{op}`{owner}{path} does not accept {dtype}: {error}"
+_REJECTS = "after this rule `{op}`{where} does not accept {dtype}: {error}"
 # The help of a message the language server cannot read.
 _FRAMING = (
     "each message is `Content-Length: N` (N bytes of UTF-8, in ASCII digits), a blank line, "

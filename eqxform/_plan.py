@@ -1320,7 +1320,7 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
         ((p, d) for k, p, d in casts if _site(_forward(history[k][1], given)[1]) == site),
         casts[-1][1:],
     )
-    op, owner, path = failing_call(error)
+    op, owner, where = _called(error)
     name = None if owner is None else type(owner).__name__
     own_name = {"own": own.name}
     notes = []
@@ -1361,18 +1361,22 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
         op=op,
         dtype=dtype.name,
         error=_first_line(error),
-        owner="" if name is None else f" in `{name}`",
-        path="" if path is None else f" (`{path}`)",
+        where=where,
         **helps,
     )
 
 
-def _where_failed(error: Exception) -> str:
-    """What raised `error` and where, from its traceback, then what it said:
-    "at `jnp.fft.rfftn` in `SpectralConv` (`blocks[0].spectral_conv`): ..."."""
+def _called(error: Exception) -> tuple[str, Any, str]:
+    """The function that raised `error`, the module whose code called it, and
+    where that is in words (" in `SpectralConv` (`blocks[0].spectral_conv`)")."""
     op, owner, path = failing_call(error)
     where = "" if owner is None else f" in `{type(owner).__name__}`"
-    where += "" if path is None else f" (`{path}`)"
+    return op, owner, where + ("" if path is None else f" (`{path}`)")
+
+
+def _where_failed(error: Exception) -> str:
+    """What raised `error` and where, then what it said."""
+    op, _, where = _called(error)
     return f"at `{op}`{where}: {_first_line(error)}"
 
 
