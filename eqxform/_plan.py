@@ -1286,7 +1286,7 @@ def _floating(tree) -> set:
 
 
 def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
-    """E384, where the forward pass fails only because of a dtype that a
+    """E213, where the forward pass fails only because of a dtype that a
     `cast` gave (with the `input` lines, when they declare it too): the model
     runs with every array and input in its own floating dtype, but not after
     the cast, on inputs in the cast's dtype either. At the cast after which
@@ -1353,7 +1353,7 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
     )
     variant, helps = next((v, h) for v, m, x, h in tries if m is None or _forward(m, x)[1] is None)
     return report(
-        "E384",
+        "E213",
         variant=variant,
         span=breaker.stmt.span,
         source=program.source,

@@ -1,4 +1,4 @@
-"""E384: a forward pass that fails because a `cast` gave a dtype that a function
+"""E213: a forward pass that fails because a `cast` gave a dtype that a function
 inside the model rejects (`jnp.fft.rfftn` takes float32 or float64, not
 bfloat16). The diagnostic stands at the cast, names the function and the
 module that called it, notes an `input` line that declares the narrow dtype,
@@ -122,7 +122,7 @@ def bf16_except(model, kind=None):
 
 def test_fno_bf16_input_and_cast_is_refused_at_the_cast_naming_rfftn(fno):
     d = refused("input bf16[2,16]\nwhere ** -> cast bfloat16\n", fno)
-    assert d.code == "E384" and d.span.line == 2
+    assert d.code == "E213" and d.span.line == 2
     assert d.message == (
         "after this rule `jnp.fft.rfftn` in `SpectralConv` (`blocks[0].spectral_conv`) does not "
         "accept bfloat16: RFFT input must be float32 or float64, got bfloat16"
@@ -133,14 +133,14 @@ def test_fno_bf16_input_and_cast_is_refused_at_the_cast_naming_rfftn(fno):
     assert d.help.startswith("`where SpectralConv -> cast float32` below this rule is not enough")
     assert "keep the layers that feed `SpectralConv` in float32 too" in d.help
     kept = "input bf16[2,16]\nwhere ** -> cast bfloat16\nwhere SpectralConv -> cast float32\n"
-    assert refused(kept, fno).code == "E384"
+    assert refused(kept, fno).code == "E213"
     # Before this diagnostic, it was E212 at the `input` line, about a convolution.
     assert "E212" not in d.render() and "conv_general_dilated" not in d.render()
 
 
 def test_fno_f32_input_and_cast_names_rfftn_and_notes_what_fails_first(fno):
     d = refused("input f32[2,16]\nwhere ** -> cast bfloat16\n", fno)
-    assert d.code == "E384" and d.span.line == 2
+    assert d.code == "E213" and d.span.line == 2
     assert "`jnp.fft.rfftn` in `SpectralConv`" in d.message
     # E207's help (declare the input in bfloat16) would lead to the error above.
     assert "input bf16" not in d.help
@@ -153,7 +153,7 @@ def test_fno_f32_input_and_cast_names_rfftn_and_notes_what_fails_first(fno):
 
 def test_fno_stacked_blocks_name_the_module_without_a_path(fno):
     d = refused("input bf16[2,16]\nstack blocks scan\nwhere ** -> cast bfloat16\n", fno)
-    assert d.code == "E384" and d.span.line == 3
+    assert d.code == "E213" and d.span.line == 3
     # Inside the scan, the layer is no object of the model's tree.
     assert "after this rule `jnp.fft.rfftn` in `SpectralConv` does not accept bfloat16" in (
         d.message
@@ -169,7 +169,7 @@ def test_fno_from_the_shell_exit_1_and_no_output_file(fno, tmp_path):
     for args in (["plan", "s.eqx", "fno.eqx"], ["apply", "s.eqx", "fno.eqx", "-o", "out.eqx"]):
         done = shell(*args, "--allow", "pdequinox", cwd=tmp_path)
         assert done.returncode == 1, done.stderr
-        assert "error[E384]: after this rule `jnp.fft.rfftn` in `SpectralConv`" in done.stderr
+        assert "error[E213]: after this rule `jnp.fft.rfftn` in `SpectralConv`" in done.stderr
         assert " --> s.eqx:2:1" in done.stderr
         assert "= note: line 1, `input bf16[2,16]`, gives the model bfloat16 arrays too" in (
             done.stderr
@@ -191,7 +191,7 @@ def net():
 
 def test_filter_cast_is_refused_and_the_module_kept_in_float32_is_the_fix(net):
     d = refused("input f32[16]\nwhere ** -> cast bfloat16\n", net)
-    assert d.code == "E384" and d.span.line == 2
+    assert d.code == "E213" and d.span.line == 2
     assert d.message == (
         "after this rule `jnp.fft.rfft` in `SpectralFilter` (`filt`) does not accept bfloat16: "
         "RFFT input must be float32 or float64, got bfloat16"
@@ -214,7 +214,7 @@ def test_filter_cast_is_refused_and_the_module_kept_in_float32_is_the_fix(net):
 
 def test_filter_with_bf16_input_needs_the_module_and_the_input_in_float32(net):
     d = refused("input bf16[16]\nwhere ** -> cast bfloat16\n", net)
-    assert d.code == "E384" and d.span.line == 2
+    assert d.code == "E213" and d.span.line == 2
     assert "`jnp.fft.rfft` in `SpectralFilter` (`filt`) does not accept bfloat16" in d.message
     assert d.notes == ("line 1, `input bf16[16]`, gives the model bfloat16 arrays too",)
     assert d.help == (
@@ -224,7 +224,7 @@ def test_filter_with_bf16_input_needs_the_module_and_the_input_in_float32(net):
     # The model's own code computes the filter's input from the bfloat16 layer:
     # the module alone in float32 is not enough, as the help implies.
     alone = "input bf16[16]\nwhere ** -> cast bfloat16\nwhere SpectralFilter -> cast float32\n"
-    assert refused(alone, net).code == "E384"
+    assert refused(alone, net).code == "E213"
 
 
 def test_a_transform_of_the_input_only_needs_the_input_in_float32():
@@ -232,7 +232,7 @@ def test_a_transform_of_the_input_only_needs_the_input_in_float32():
     # (JAX promotes), so the transform gets float32: the input is the fix.
     net = fftnet.SpectrumNet(16, key=jr.key(0))
     d = refused("input bf16[16]\nwhere ** -> cast bfloat16\n", net)
-    assert d.code == "E384" and d.span.line == 2
+    assert d.code == "E213" and d.span.line == 2
     assert "`jnp.fft.rfft` in `Spectrum` (`spectrum`) does not accept bfloat16" in d.message
     assert d.help == "declare the input in float32 (`input f32[16]`; the model then runs)"
     fixed = eqxform.compile("input f32[16]\nwhere ** -> cast bfloat16\n").apply(net)
@@ -267,7 +267,7 @@ def test_filter_from_the_shell_exit_1_and_no_output_file(tmp_path):
     (tmp_path / "s.eqx").write_text("input f32[16]\nwhere ** -> cast bfloat16\n")
     done = shell("apply", "s.eqx", "net.eqx", "-o", "out.eqx", "--allow", "fftnet", cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    assert "error[E384]: after this rule `jnp.fft.rfft` in `SpectralFilter` (`filt`)" in (
+    assert "error[E213]: after this rule `jnp.fft.rfft` in `SpectralFilter` (`filt`)" in (
         done.stderr
     )
     assert " --> s.eqx:2:1" in done.stderr
@@ -283,7 +283,7 @@ def test_filter_from_the_shell_exit_1_and_no_output_file(tmp_path):
 
 
 def test_explain_e384():
-    done = shell("explain", "E384", cwd=ROOT)
+    done = shell("explain", "E213", cwd=ROOT)
     assert done.returncode == 0 and "rejects the dtype a `cast` gave" in done.stdout
 
 
