@@ -779,6 +779,8 @@ def _plan_line(
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
+        if isinstance(p, StackPass):
+            diagnostics += p.unread(struct, ctx, nodes)
         new_size, new_params = nbytes(new), _params(new)
         if not over and new_size > size:
             too_large = budget_diagnostic(

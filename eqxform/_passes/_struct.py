@@ -24,7 +24,7 @@ import numpy as np
 from .. import _ast as A
 from .. import _names as N
 from .._build import nbytes
-from .._diagnostics import report
+from .._diagnostics import plural, report
 from .._errors import EqxformError, SpecError, UsageError
 from .._hashing import stable_hash
 from .._modules import (
@@ -53,7 +53,7 @@ from .._select import (
     walk,
 )
 from ._base import Pass
-from ._forward import missing_state, outputs, random_inputs
+from ._forward import missing_state, outputs, random_inputs, read_arrays
 
 
 @dataclass(frozen=True, eq=False)
@@ -441,6 +441,43 @@ class StackPass(StructPass):
                 text=self.stmt.selector.text,
                 gap=gap,
             )
+
+    def unread(self, before, ctx, nodes) -> list:
+        """`plan`'s counterpart of `verify`, with no numbers: the forward pass
+        of the stacked model (traced from `before`'s arrays) must still read
+        every array the model's own reads (E144 if not). A parent that zips
+        the stacked list with another (`zip(self.layers, self.mixers)`) reaches
+        only the other list's first element; one that zips it with keys reads
+        all it read."""
+        if not ctx.inputs or self.makes_copies(split_state(before)[0], nodes):
+            return []
+        plain = dataclasses.replace(ctx, verify=False, report=None, shapes_only=False)
+        try:
+            leaves, wanted = read_arrays(before, ctx.inputs)
+            _, got = read_arrays(
+                before, ctx.inputs, lambda m: self.run_on(m, jax.random.key(0), plain, nodes)
+            )
+        except Exception:  # a forward pass that fails is said by the plan, at its rule
+            return []
+        lost = sorted(wanted - got)
+        if not lost:
+            return []
+        model, state = split_state(before)
+        names = {n.path: n.text for n in walk(model) if is_array(n.obj)}
+        texts = []
+        for i in lost[:3]:
+            path = tuple(leaves[i][0])
+            path = path if state is None else path[1:]
+            texts.append(f"`{names.get(path, jax.tree_util.keystr(path))}`")
+        return self.error(
+            "E144",
+            self.stmt.span,
+            variant="stacking_unread",
+            help=_LOOP_HELP,
+            text=self.stmt.selector.text,
+            count_arrays=plural(len(lost), "array"),
+            paths=", ".join(texts) + (", ..." if len(lost) > 3 else ""),
+        ).diagnostics
 
     def select(self, model, ctx):
         nodes = select(self.stmt.selector, walk(model))
