@@ -43,6 +43,7 @@ from .._select import (
     Node,
     PathSet,
     get,
+    in_state,
     is_array,
     layer_axis,
     no_match,
@@ -445,30 +446,35 @@ class StackPass(StructPass):
     def unread(self, before, ctx, nodes) -> list:
         """`plan`'s counterpart of `verify`, with no numbers: the forward pass
         of the stacked model (traced from `before`'s arrays) must still read
-        every array the model's own reads (E144 if not). A parent that zips
-        the stacked list with another (`zip(self.layers, self.mixers)`) reaches
-        only the other list's first element; one that zips it with keys reads
-        all it read."""
+        every array of the model the model's own reads (E144 if not). A
+        parent that zips the stacked list with another (`zip(self.layers,
+        self.mixers)`) reaches only the other list's first element; one that
+        zips it with keys reads all it read."""
         if not ctx.inputs or self.makes_copies(split_state(before)[0], nodes):
             return []
+        model, state = split_state(before)
+        prefix = () if state is None else (jax.tree_util.SequenceKey(0),)
+        # The model's arrays, but the initial values of its state: a forward
+        # pass reads the `State` made from them.
+        names = {
+            prefix + n.path: n.text
+            for n in walk(model)
+            if is_array(n.obj) and not in_state(n.parents)
+        }
         plain = dataclasses.replace(ctx, verify=False, report=None, shapes_only=False)
         try:
-            leaves, wanted = read_arrays(before, ctx.inputs)
-            _, got = read_arrays(
+            leaves, got = read_arrays(
                 before, ctx.inputs, lambda m: self.run_on(m, jax.random.key(0), plain, nodes)
             )
+            mine = {i for i, (path, _) in enumerate(leaves) if tuple(path) in names}
+            if mine <= got:
+                return []  # all of them read: the model's own pass need not be traced
+            lost = sorted((read_arrays(before, ctx.inputs)[1] & mine) - got)
         except Exception:  # a forward pass that fails is said by the plan, at its rule
             return []
-        lost = sorted(wanted - got)
         if not lost:
             return []
-        model, state = split_state(before)
-        names = {n.path: n.text for n in walk(model) if is_array(n.obj)}
-        texts = []
-        for i in lost[:3]:
-            path = tuple(leaves[i][0])
-            path = path if state is None else path[1:]
-            texts.append(f"`{names.get(path, jax.tree_util.keystr(path))}`")
+        texts = [f"`{names[tuple(leaves[i][0])]}`" for i in lost[:3]]
         return self.error(
             "E144",
             self.stmt.span,
