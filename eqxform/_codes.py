@@ -669,7 +669,10 @@ CODES: dict[str, Code] = {
             "`stack` on random inputs. A stack runs its layers as one scan, "
             "`h = layer(h, ...)` for each, also when the parent loops over them; a loop that "
             "does more (collects the layers' outputs, uses a layer's index, zips the layers "
-            "with another list) computes something else once stacked.",
+            "with another list) computes something else once stacked. `plan` and `check`, "
+            "which compute nothing, trace the forward pass before and after the stack: one "
+            "that no longer reads an array it read (the other list's elements after its first) "
+            "is refused too.",
             "stack blocks scan  # where the parent returns every block's output",
             "add `layerwise` to the `stack` line (iterating then gives each layer), or stack "
             "what the parent calls as one.",
@@ -680,6 +683,10 @@ CODES: dict[str, Code] = {
             ),
             stacking_changes=(
                 "stacking `{text}` changes the model's outputs on random inputs (largest difference {gap:.3g})",
+                None,
+            ),
+            stacking_unread=(
+                "once `{text}` is stacked, the forward pass no longer reads {count_arrays} it read before ({paths})",
                 None,
             ),
         ),

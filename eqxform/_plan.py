@@ -88,6 +88,7 @@ class PlanStep:
     # initial values) those left.
     skipped: int = 0
     state_skipped: int = 0
+    freezes_removed: int = 0  # the user's `freeze` marks a `merge` removed
 
     @property
     def params_delta(self) -> int:
@@ -281,6 +282,7 @@ class Plan:
                     "unit": s.unit,
                     "skipped": s.skipped,
                     "state_skipped": s.state_skipped,
+                    "freezes_removed": s.freezes_removed,
                     "params_before": s.params_before,
                     "params_after": s.params_after,
                     "matches": [
@@ -332,6 +334,8 @@ class Plan:
             skipped = f", {plural(s.skipped, 'non-floating array')} skipped" if s.skipped else ""
             if s.state_skipped:
                 skipped += f", {plural(s.state_skipped, 'array')} of model state skipped"
+            if s.freezes_removed:
+                skipped += f", {plural(s.freezes_removed, 'freeze')} removed"
             lines += _wrap(f"  {s.action}: {s.counted}{skipped}, {delta}", "      ", width)
             rows = [
                 (m.path, m.before if m.before == m.after else f"{m.before} -> {m.after}")
@@ -776,6 +780,8 @@ def _plan_line(
         except SpecError as e:
             diagnostics.extend(e.diagnostics)
             continue
+        if isinstance(p, StackPass):
+            diagnostics += p.unread(struct, ctx, nodes)
         new_size, new_params = nbytes(new), _params(new)
         if not over and new_size > size:
             too_large = budget_diagnostic(
@@ -863,11 +869,12 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         span = p.action.span
         skipped = p.skipped(nodes) if info.floats else 0
         state = skipped_state(nodes, p.rule.selector) if info.floats else 0
+        thawed = p.thawed(nodes) if kind == "merge" else 0
     else:
         # A structural directive acts on the list, tuple or module it names.
         targets = nodes
         kind, writes = "structure", tuple((logical_path(n), None) for n in targets)
-        span, skipped, state = p.stmt.span, 0, 0
+        span, skipped, state, thawed = p.stmt.span, 0, 0, 0
     return PlanStep(
         p.line,
         p.text,
@@ -881,6 +888,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
         unit_of(targets),
         skipped,
         state,
+        thawed,
     )
 
 

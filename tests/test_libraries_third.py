@@ -182,16 +182,25 @@ def test_a_stack_the_parent_zips_with_another_list_is_refused_by_apply_with_inpu
     assert np.allclose(layerwise(x), model(x), atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`plan` and `check` with an `input` line pass a stack that its parent walks with "
-    "`zip(self.layers, self.mixers)` (only `apply` runs the numbers: E144); without `input` "
-    "lines `apply` makes a model that runs every layer, then the first mixer only, silently",
-)
 def test_a_stack_the_parent_zips_with_another_list_is_refused_by_plan():
+    # With `input` lines, `plan` (and `check`, and `apply` before it allocates)
+    # traces the forward pass before and after the stack, computing nothing:
+    # once stacked, the loop reaches only the first mixer, and the arrays of
+    # the others are read no more.
     model = Zipped(jr.key(0))
     [d] = eqxform.compile("input f32[4]\nstack layers scan").plan(model).diagnostics
-    assert d.code == "E144"
+    assert d.code == "E144" and d.span.line == 2 and "zips with another list" in d.help
+    assert d.message == (
+        "once `layers` is stacked, the forward pass no longer reads 4 arrays it read before "
+        "(`mixers[1].weight`, `mixers[1].bias`, `mixers[2].weight`, ...)"
+    )
+    [d] = eqxform.check("input f32[4]\nstack layers[0:2] scan", model).diagnostics
+    assert d.code == "E144" and d.span.line == 2
+    assert "reads 2 arrays it read before (`mixers[2].weight`, `mixers[2].bias`)" in d.message
+    # Layer by layer the loop is the model's own; without `input` lines there
+    # is no forward pass to trace.
+    assert not eqxform.compile("input f32[4]\nstack layers scan layerwise").plan(model).diagnostics
+    assert not eqxform.compile("stack layers scan").plan(model).diagnostics
 
 
 def test_unstack_of_a_stacked_slice_names_the_stack_where_it_is():

@@ -124,6 +124,40 @@ def test_merged_equals_adapted_and_is_a_plain_linear(getkey):
     assert np.allclose(got, want, atol=1e-5) and not np.allclose(want, jax.vmap(base)(x))
 
 
+def test_plan_counts_the_freezes_a_merge_removes(getkey):
+    # A merged model is a model to call: `merge` also removes the user's own
+    # `freeze` marks at or under its match (those inside an adapter go with
+    # it). `plan` says how many, and says nothing of it where there are none.
+    spec = (
+        "where ** -> freeze\n"
+        "where Attention.qkv -> lora(rank=2)\n"
+        "where blocks[0] -> merge\n"
+        "where ** -> merge"
+    )
+    model = RM.TinyViT(depth=3, key=getkey())
+    program = eqxform.compile(spec)
+    plan = program.plan(model)
+    frozen = plan.steps[0].count  # every floating array: 8 outside the blocks, 12 per block
+    assert frozen == 8 + 3 * 12
+    # Line 3: block 0's arrays but its `qkv`'s two (inside the adapter);
+    # line 4: the rest, but the two of each other block's `qkv`.
+    assert [s.freezes_removed for s in plan.steps] == [0, 0, 12 - 2, frozen - 12 - 2 * 2]
+    text = str(plan).splitlines()
+    assert "  merge: 1 module, 10 freezes removed, -129 params" in text
+    assert "  merge: 120 nodes, 28 freezes removed, -258 params" in text
+    assert [s["freezes_removed"] for s in plan.to_dict()["steps"]] == [0, 0, 10, 28]
+    merged = program.apply(model, key=getkey())
+    assert not any(
+        isinstance(x, M.Frozen)
+        for x in jax.tree_util.tree_leaves(merged, is_leaf=lambda x: isinstance(x, M.Frozen))
+    )
+    # No freeze under the match: the step's line is as it was.
+    plain = eqxform.compile("where Linear -> lora(rank=2)\nwhere ** -> merge").plan(
+        eqx.nn.MLP(4, 2, 8, 1, key=getkey())
+    )
+    assert "freeze" not in str(plain) and plain.steps[1].freezes_removed == 0
+
+
 def test_rank_and_alpha_are_expressions_of_the_match(getkey):
     base = eqx.nn.MLP(24, 40, 64, 2, key=getkey())
     spec = "where Linear -> lora(rank=16 if fan_in >= 64 else 4, alpha=2 * fan_out)"

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import realmodels as R
 from _optim_labels import labels
 
 import eqxform
@@ -108,3 +109,98 @@ def test_optimizer_needs_the_directive(getkey):
     program = eqxform.compile("where **.bias -> init zeros")
     with pytest.raises(eqxform.UsageError, match="no `optimizer` directive"):
         eqxform.optimizer(program, eqx.nn.MLP(4, 2, 8, 1, key=getkey()))
+
+
+def _inits(model) -> list:
+    """The floating-point initial values in `model`'s `eqx.nn.StateIndex`es."""
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+    indices = [i for i in jax.tree_util.tree_leaves(model, is_leaf=is_index) if is_index(i)]
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(indices) if eqx.is_inexact_array(a)]
+
+
+def _zero_loss(model, state, x, y):
+    # No gradient anywhere: only weight decay moves parameters.
+    logits, state = R.call_with_state(eqxform.resolve(model), x, state)
+    return 0.0 * optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
+
+
+@pytest.mark.parametrize("name", ["lion", "nadamw", "lamb", "novograd"])
+def test_no_optimizer_decays_model_state_and_each_equals_optax_masked_by_hand(name):
+    # Each optimiser with decoupled decay leaves the running statistics'
+    # initial values, as a hand-written optax one masked there does: by its
+    # `mask=`, or (novograd, whose decay acts inside its moments) by a group of
+    # its own without decay.
+    model = R.MixedNorms(width=4, key=jax.random.key(0))
+    state = eqx.nn.State(model)
+    x = jax.random.normal(jax.random.key(1), (8, 3, 6, 6))
+    y = jax.random.randint(jax.random.key(2), (8,), 0, 10)
+    program = eqxform.compile(f"optimizer {name}(learning_rate=0.01, weight_decay=0.5)")
+    step = eqxform.make_step(_zero_loss, eqxform.optimizer(program, model), model, state=state)
+    for _ in range(2):
+        step(x, y)
+    for got, want in zip(_inits(step.model), _inits(model), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert np.abs(step.model.fc.weight).sum() < np.abs(model.fc.weight).sum()
+
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+
+    def decays(params):
+        return jax.tree_util.tree_map(
+            lambda x: jax.tree_util.tree_map(lambda _: False, x) if is_index(x) else True,
+            params,
+            is_leaf=is_index,
+        )
+
+    make = getattr(optax, name)
+    if name == "novograd":
+
+        def group(params):
+            return jax.tree_util.tree_map(lambda d: "decay" if d else "state", decays(params))
+
+        opt = optax.partition(
+            {"decay": make(0.01, weight_decay=0.5), "state": make(0.01, weight_decay=0.0)}, group
+        )
+    else:
+        opt = make(0.01, weight_decay=0.5, mask=decays)
+    hand, opt_state = model, opt.init(eqx.filter(model, eqx.is_inexact_array))
+    for _ in range(2):
+        grads = jax.tree_util.tree_map(jnp.zeros_like, eqx.filter(hand, eqx.is_inexact_array))
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(hand, eqx.is_inexact_array))
+        hand = eqx.apply_updates(hand, updates)
+    for a, b in zip(leaves(step.model), leaves(hand), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_decay_of_a_stack_with_a_frozen_layer_leaves_its_state_and_a_rule_naming_state_decays_it():
+    # Stacked stateful blocks, one frozen: the per-layer optimiser (here also
+    # of one layer's state, named by an `lr` rule) leaves model state; a `weight_decay` rule that names the state acts on it, as
+    # every action naming the state does.
+    model = R.TinyResNet(width=4, depth=3, key=jax.random.key(0))
+    state = eqx.nn.State(model)
+    spec = (
+        "optimizer adamw(learning_rate=0.01, weight_decay=0.5)\n"
+        "stack blocks scan\n"
+        "where blocks[0] -> freeze\n"
+        "where blocks[1] -> lr 2\n"
+        "where blocks[2].bn1.batch_state_index -> lr 3\n"
+        "where bn.batch_state_index -> weight_decay 0.5"
+    )
+    program = eqxform.compile(spec)
+    stacked, stacked_state = program.apply((model, state), key=jax.random.key(1))
+    x = jax.random.normal(jax.random.key(1), (8, 3, 6, 6))
+    y = jax.random.randint(jax.random.key(2), (8,), 0, 10)
+    opt = eqxform.optimizer(program, stacked)
+    step = eqxform.make_step(_zero_loss, opt, stacked, state=stacked_state)
+    step(x, y)
+    blocks, before = step.model.blocks.layers, stacked.blocks.layers
+    for got, want in zip(_inits(blocks), _inits(before), strict=True):
+        np.testing.assert_array_equal(got, want)
+    weight = eqxform.bake(step.model).blocks.layers.conv1.weight
+    start = eqxform.bake(stacked).blocks.layers.conv1.weight
+    assert np.array_equal(weight[0], start[0])  # frozen
+    # Decoupled decay: each step multiplies by 1 - lr * decay (lr doubled in layer 1).
+    np.testing.assert_allclose(weight[1], start[1] * (1 - 0.02 * 0.5), rtol=1e-6)
+    np.testing.assert_allclose(weight[2], start[2] * (1 - 0.01 * 0.5), rtol=1e-6)
+    mean, var = step.model.bn.batch_state_index.init
+    assert np.array_equal(mean, np.zeros(4))
+    np.testing.assert_allclose(var, np.full(4, 1 - 0.01 * 0.5), rtol=1e-6)

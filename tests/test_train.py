@@ -481,3 +481,84 @@ def test_a_model_cast_to_bfloat16_trains_on_float32_rows_as_a_hand_written_loop_
         np.testing.assert_allclose(
             np.asarray(got, np.float32), np.asarray(want, np.float32), atol=1e-2
         )
+
+
+def _state_inits(model) -> list:
+    """The floating-point initial values in `model`'s `eqx.nn.StateIndex`es."""
+    import equinox as eqx
+    import jax
+
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+    indices = [i for i in jax.tree_util.tree_leaves(model, is_leaf=is_index) if is_index(i)]
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(indices) if eqx.is_inexact_array(a)]
+
+
+def test_weight_decay_leaves_model_state_as_a_hand_written_masked_adamw_does(here):
+    # The running statistics' initial values (in an `eqx.nn.StateIndex`) get no
+    # gradient; adamw's decay leaves them too, so the trained model rebuilds its
+    # state (`eqx.nn.State(model)`) from the statistics it started with. Every
+    # other array equals a hand-written loop whose adamw masks the decay there.
+    import equinox as eqx
+    import jax
+    import optax
+    import realmodels as R
+
+    model = R.MixedNorms(width=4, key=jax.random.key(0))  # eqx's BatchNorm and a library's
+    state = eqx.nn.State(model)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 3, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 10, (24,)).astype(np.int32)
+    np.savez("d.npz", x=x, y=y)
+    spec = "optimizer adamw(learning_rate=0.01, weight_decay=0.5)"
+    result = eqxform.train(
+        spec, (model, state), data="d.npz", loss="cross_entropy", steps=6, batch_size=8, seed=3
+    )
+    trained, trained_state = result.model
+    inits = _state_inits(model)
+    assert len(inits) == 4 and any((a == 1).all() for a in inits)  # running variances: ones
+    for got, want in zip(_state_inits(trained), inits, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(
+        jax.tree_util.tree_leaves(eqx.nn.State(trained)),
+        jax.tree_util.tree_leaves(state),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+    is_index = lambda x: isinstance(x, eqx.nn.StateIndex)  # noqa: E731
+
+    def decays(params):
+        return jax.tree_util.tree_map(
+            lambda x: jax.tree_util.tree_map(lambda _: False, x) if is_index(x) else True,
+            params,
+            is_leaf=is_index,
+        )
+
+    def loss(m, s, a, t):
+        logits, s = R.call_with_state(m, a, s)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, t).mean(), s
+
+    params = lambda m: eqx.filter(m, eqx.is_inexact_array)  # noqa: E731
+    opt = optax.adamw(0.01, weight_decay=0.5, mask=decays)
+    hand, hand_state, opt_state = model, state, opt.init(params(model))
+    order_rng = np.random.default_rng(3)
+    order, cursor = order_rng.permutation(24), 0
+    for _ in range(6):
+        if cursor + 8 > 24:
+            order, cursor = order_rng.permutation(24), 0
+        idx = order[cursor : cursor + 8]
+        cursor += 8
+        (_, hand_state), grads = eqx.filter_value_and_grad(loss, has_aux=True)(
+            hand, hand_state, x[idx], y[idx]
+        )
+        updates, opt_state = opt.update(grads, opt_state, params(hand))
+        hand = eqx.apply_updates(hand, updates)
+    arrays = lambda t: [a for a in jax.tree_util.tree_leaves(t) if eqx.is_array(a)]  # noqa: E731
+    for got, want in zip(arrays((trained, trained_state)), arrays((hand, hand_state)), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    # The optimiser's state keeps its layout: the arrays plain adamw keeps.
+    ours = eqxform.optimizer(eqxform.compile(spec), model).init(params(model))
+    plain = optax.adamw(0.01, weight_decay=0.5).init(params(model))
+    assert [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(ours)] == [
+        (a.shape, a.dtype) for a in jax.tree_util.tree_leaves(plain)
+    ]

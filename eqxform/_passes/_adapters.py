@@ -288,3 +288,18 @@ class MergePass(RulePass):
             roots.append(node.path)
         roots = outermost(roots)
         return replace_at(model, roots, [thaw(get(model, p)) for p in roots])
+
+    def thawed(self, nodes) -> int:
+        """How many of the user's `freeze` marks `run` removes: the outermost
+        `Frozen`s at or under the matched nodes, outside the adapters (whose
+        own marks go with them)."""
+        paths = set()
+        for node in nodes:
+            if any(is_adapter(p) for p in node.parents):
+                continue
+            for sub in walk(node.obj):
+                if isinstance(sub.obj, Frozen) and not any(
+                    is_adapter(p) or isinstance(p, Frozen) for p in sub.parents
+                ):
+                    paths.add(node.path + sub.path)
+        return len(paths)

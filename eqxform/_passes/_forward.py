@@ -20,11 +20,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Literal
 
 from .. import _ast as A
 from .. import _names as N
 from .._modules import Frozen, LoRA, is_state_index, resolve, split_state
-from .._select import get, walk
+from .._select import get, is_array, walk
 
 
 def input_structs(inputs: tuple[A.InputStmt, ...]) -> tuple[jax.ShapeDtypeStruct, ...]:
@@ -108,6 +109,29 @@ def outputs(subject: Any, xs: tuple) -> list[np.ndarray]:
     if split_state(subject)[1] is not None and isinstance(out, tuple):
         out = out[0]
     return [np.asarray(x) for x in jax.tree_util.tree_leaves(out) if eqx.is_array(x)]
+
+
+def read_arrays(subject: Any, structs, then: Any = None) -> tuple[list, set[int]]:
+    """The array leaves of `subject` (arrays or their `ShapeDtypeStruct`s,
+    with their key paths), and which of them the forward pass on `structs`
+    reads: those some output depends on, in the jaxpr of the pass (traced,
+    nothing computed). With `then`, the pass runs on `then(subject)`, traced
+    with it, so what it reads is still named by `subject`'s leaves. An
+    equation counts whole: every input of one whose output is needed is
+    read (a scan that ignores an input still reads it)."""
+    params, static = eqx.partition(subject, is_array)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+
+    def forward(arrays, xs):
+        model = eqx.combine(jax.tree_util.tree_unflatten(treedef, arrays), static)
+        return call(model if then is None else then(model), xs)
+
+    jaxpr = jax.make_jaxpr(forward)([x for _, x in leaves], batched(structs)).jaxpr
+    live = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    for eqn in reversed(jaxpr.eqns):
+        if eqn.effects or any(v in live for v in eqn.outvars):
+            live.update(v for v in eqn.invars if not isinstance(v, Literal))
+    return leaves, {i for i, v in enumerate(jaxpr.invars[: len(leaves)]) if v in live}
 
 
 def missing_state(subject: Any) -> bool:

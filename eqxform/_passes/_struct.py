@@ -24,7 +24,7 @@ import numpy as np
 from .. import _ast as A
 from .. import _names as N
 from .._build import nbytes
-from .._diagnostics import report
+from .._diagnostics import plural, report
 from .._errors import EqxformError, SpecError, UsageError
 from .._hashing import stable_hash
 from .._modules import (
@@ -43,6 +43,7 @@ from .._select import (
     Node,
     PathSet,
     get,
+    in_state,
     is_array,
     layer_axis,
     no_match,
@@ -53,7 +54,7 @@ from .._select import (
     walk,
 )
 from ._base import Pass
-from ._forward import missing_state, outputs, random_inputs
+from ._forward import missing_state, outputs, random_inputs, read_arrays
 
 
 @dataclass(frozen=True, eq=False)
@@ -441,6 +442,48 @@ class StackPass(StructPass):
                 text=self.stmt.selector.text,
                 gap=gap,
             )
+
+    def unread(self, before, ctx, nodes) -> list:
+        """`plan`'s counterpart of `verify`, with no numbers: the forward pass
+        of the stacked model (traced from `before`'s arrays) must still read
+        every array of the model the model's own reads (E144 if not). A
+        parent that zips the stacked list with another (`zip(self.layers,
+        self.mixers)`) reaches only the other list's first element; one that
+        zips it with keys reads all it read."""
+        if not ctx.inputs or self.makes_copies(split_state(before)[0], nodes):
+            return []
+        model, state = split_state(before)
+        prefix = () if state is None else (jax.tree_util.SequenceKey(0),)
+        # The model's arrays, but the initial values of its state: a forward
+        # pass reads the `State` made from them.
+        names = {
+            prefix + n.path: n.text
+            for n in walk(model)
+            if is_array(n.obj) and not in_state(n.parents)
+        }
+        plain = dataclasses.replace(ctx, verify=False, report=None, shapes_only=False)
+        try:
+            leaves, got = read_arrays(
+                before, ctx.inputs, lambda m: self.run_on(m, jax.random.key(0), plain, nodes)
+            )
+            mine = {i for i, (path, _) in enumerate(leaves) if tuple(path) in names}
+            if mine <= got:
+                return []  # all of them read: the model's own pass need not be traced
+            lost = sorted((read_arrays(before, ctx.inputs)[1] & mine) - got)
+        except Exception:  # a forward pass that fails is said by the plan, at its rule
+            return []
+        if not lost:
+            return []
+        texts = [f"`{names[tuple(leaves[i][0])]}`" for i in lost[:3]]
+        return self.error(
+            "E144",
+            self.stmt.span,
+            variant="stacking_unread",
+            help=_LOOP_HELP,
+            text=self.stmt.selector.text,
+            count_arrays=plural(len(lost), "array"),
+            paths=", ".join(texts) + (", ..." if len(lost) > 3 else ""),
+        ).diagnostics
 
     def select(self, model, ctx):
         nodes = select(self.stmt.selector, walk(model))

@@ -27,6 +27,9 @@ from .._modules import Ensemble, Frozen
 from .._plan import group_value
 from .._select import (
     array_leaves,
+    in_state,
+    inexact,
+    is_array,
     matched_arrays,
     select_rule,
     stack_axis,
@@ -46,16 +49,20 @@ def base_optimizer(program) -> tuple[str, dict[str, Any]]:
     return name, {k: to_python(v) for k, v in kwargs.items()}
 
 
-def _make(name: str, kwargs: dict[str, Any], lr_scale: float, decay: float | None):
+def _make(name: str, kwargs: dict[str, Any], lr_scale: float, decay: float | None, mask=None):
+    """The base optimiser with a group's learning-rate scale and decay;
+    `mask` (params -> bools), where given, says which arrays it decays."""
     kwargs = dict(kwargs)
     kwargs["learning_rate"] = kwargs["learning_rate"] * lr_scale
     takes_decay = "weight_decay" in N.OPTIMIZERS[name].names
     if decay is not None and takes_decay:
         kwargs["weight_decay"] = decay
+    if mask is not None and "mask" in N.OPTIMIZERS[name].names:
+        kwargs.setdefault("mask", mask)  # a `mask=` of the spec's own wins
     opt = getattr(optax, name)(**kwargs)
     if decay is not None and not takes_decay and (not is_number(decay) or decay != 0):
         # An optimiser without decoupled decay gets an L2 term on the gradient.
-        opt = optax.chain(optax.add_decayed_weights(decay), opt)
+        opt = optax.chain(optax.add_decayed_weights(decay, mask), opt)
     return opt
 
 
@@ -112,21 +119,41 @@ def frozen_paths(model: Any) -> dict[tuple, Frozen]:
     return out
 
 
+def state_paths(model: Any) -> set[tuple]:
+    """Key paths of the floating-point initial values of model state (held in
+    an `eqx.nn.StateIndex`: running statistics, caches). No gradient reaches
+    them, and the optimiser's own weight decay leaves them: else a model
+    rebuilt from them (`eqx.nn.State(model)`) would start from shrunk ones."""
+    return {
+        n.path for n in walk(model) if is_array(n.obj) and inexact(n.obj) and in_state(n.parents)
+    }
+
+
+def _decayed(still: set[tuple]):
+    """The decay mask (`params -> bools`, as optax's `mask=` takes it) that
+    is False at the paths `still`."""
+    return lambda params: jax.tree_util.tree_map_with_path(
+        lambda path, _: tuple(path) not in still, params
+    )
+
+
 def _along(vector, axis: int, ndim: int) -> jax.Array:
     shape = [1] * ndim
     shape[axis] = len(vector)
     return jnp.asarray(vector, jnp.float32).reshape(shape)
 
 
-def _layered(name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, count, axis):
+def _layered(
+    name: str, kwargs: dict, setting: Setting, frozen: Frozen | None, count, axis, state=False
+):
     """The optimiser of one stacked array whose layers differ: the base
     optimiser, then per layer the learning-rate scale, the weight decay (as
-    the base optimiser applies it: decoupled, or added to the gradient) and
-    the freezing."""
+    the base optimiser applies it: decoupled, or added to the gradient; for
+    model state, `state`, only where a rule sets it) and the freezing."""
     scale = np.ones(count) * setting.scale if setting.axis is None else setting.scale
     takes_decay = "weight_decay" in N.OPTIMIZERS[name].names
     own = 0.0
-    if takes_decay:
+    if takes_decay and not state:
         default = inspect.signature(getattr(optax, name)).parameters["weight_decay"].default
         own = kwargs.get("weight_decay", default)
     decay = setting.decay
@@ -189,12 +216,28 @@ def _assemble(name: str, kwargs: dict, settings: dict, labels: dict, model):
     each array's `Setting` (its group by `labels`); the numbers may be traced
     (a sweep builds it per member inside `vmap`)."""
     frozen = frozen_paths(model)
-    transforms = {DEFAULT: _make(name, kwargs, 1.0, None)}
+    # Model state the optimiser would decay by itself (no rule sets its decay).
+    still = {p for p in state_paths(model) if settings.get(p, Setting()).decay is None}
+    mask = None
+    if still:
+        mask = _decayed(still)
+        if "weight_decay" in N.OPTIMIZERS[name].names and "mask" not in N.OPTIMIZERS[name].names:
+            # Its decay acts inside its moments, where optax takes no mask:
+            # the state is a group of its own, without decay.
+            settings, labels = dict(settings), dict(labels)
+            for path in still:
+                setting = settings.get(path, Setting())
+                if setting.axis is None:
+                    settings[path] = Setting(setting.scale, 0.0)
+                    labels[path] = f"{labels.get(path, DEFAULT)}|state"
+    transforms = {DEFAULT: _make(name, kwargs, 1.0, None, mask)}
     by_path = {}
     for path, setting in settings.items():
         if setting.axis is None and (path not in frozen or frozen[path].layers is None):
             by_path[path] = labels[path]
-            transforms.setdefault(labels[path], _make(name, kwargs, setting.scale, setting.decay))
+            transforms.setdefault(
+                labels[path], _make(name, kwargs, setting.scale, setting.decay, mask)
+            )
     leaves = {p: x for p, x in jax.tree_util.tree_flatten_with_path(model)[0]}
     for path in set(settings) | set(frozen):
         setting = settings.get(path, Setting())
@@ -204,7 +247,9 @@ def _assemble(name: str, kwargs: dict, settings: dict, labels: dict, model):
         axis = setting.axis if setting.axis is not None else part.axis
         label = f"layers@{tensor_name(path)}"
         by_path[path] = label
-        transforms[label] = _layered(name, kwargs, setting, part, leaves[path].shape[axis], axis)
+        transforms[label] = _layered(
+            name, kwargs, setting, part, leaves[path].shape[axis], axis, path in still
+        )
 
     def label_tree(params):
         return jax.tree_util.tree_map_with_path(
