@@ -36,6 +36,7 @@ from ._passes._forward import (
     retyped,
 )
 from ._passes._struct import EnsemblePass, StackCallError, StackPass
+from ._registry import registered_type
 from ._select import (
     evaluate_at,
     get,
@@ -46,6 +47,7 @@ from ._select import (
     node_at,
     outermost,
     path_str,
+    qualified_names,
     seen_through,
     select_rule,
     skipped_state,
@@ -1329,7 +1331,7 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
         casts[-1][1:],
     )
     op, owner, where = _called(error)
-    name = None if owner is None else type(owner).__name__
+    name = None if owner is None else _type_name(type(owner), final)
     own_name = {"own": own.name}
     notes = []
     for stmt, struct in zip(program.inputs, structs):
@@ -1372,6 +1374,20 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
         where=where,
         **helps,
     )
+
+
+def _type_name(cls: type, model: Any) -> str:
+    """`cls` as a selector names it in `model`: its short name, or its
+    qualified one where the short name is another class's too (in the model,
+    or a registered type), as E206 asks."""
+    short = cls.__name__
+    same = {
+        c for n in walk(split_state(model)[0]) for c in type(n.obj).__mro__ if c.__name__ == short
+    }
+    if registered_type(short) in (None, cls) and same <= {cls}:
+        return short
+    same = sorted(same | {cls}, key=lambda c: (c.__module__, c.__qualname__))
+    return qualified_names(same)[same.index(cls)]
 
 
 def _called(error: Exception) -> tuple[str, Any, str]:
