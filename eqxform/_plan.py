@@ -43,12 +43,11 @@ from ._select import (
     in_state,
     inexact,
     is_array,
+    logical_path,
     matched_arrays,
     node_at,
     outermost,
-    path_str,
     qualified_names,
-    seen_through,
     select_rule,
     skipped_state,
     walk,
@@ -916,15 +915,6 @@ def _kind(obj: Any) -> str:
     if isinstance(obj, (list, tuple)):
         return "list"
     return "function" if callable(obj) else "node"
-
-
-def logical_path(node) -> str:
-    """`layers[0].weight`, as selectors write it, for a node inside wrappers
-    too: a frozen or wrapped weight is the same weight (`Frozen.value` is
-    left out), so that rules before and after a `freeze` name one array."""
-    return path_str(
-        node.path, node.parents, lambda parent: seen_through(parent) or isinstance(parent, Wrapper)
-    )
 
 
 # ---- match accounting --------------------------------------------------------------

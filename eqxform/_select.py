@@ -203,6 +203,15 @@ def path_str(
     return out or "<root>"
 
 
+def logical_path(node) -> str:
+    """`layers[0].weight`, as selectors write it, for a node inside wrappers
+    too: a frozen or wrapped weight is the same weight (`Frozen.value` is
+    left out), so that rules before and after a `freeze` name one array."""
+    return path_str(
+        node.path, node.parents, lambda parent: seen_through(parent) or isinstance(parent, Wrapper)
+    )
+
+
 @functools.cache
 def _dynamic_fields(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("static", False))

@@ -88,6 +88,44 @@ def test_a_zip_with_stateful_norms_is_refused_naming_their_weights_not_their_sta
     )
 
 
+class Zipped(eqx.Module):
+    """A parent that walks its layers and its mixers together."""
+
+    layers: list
+    mixers: list
+
+    def __init__(self, key):
+        ks = jr.split(key, 6)
+        self.layers = [eqx.nn.Linear(4, 4, key=k) for k in ks[:3]]
+        self.mixers = [eqx.nn.Linear(4, 4, key=k) for k in ks[3:]]
+
+    def __call__(self, x):
+        for layer, mixer in zip(self.layers, self.mixers):
+            x = jnp.tanh(mixer(layer(x)))
+        return x
+
+
+@pytest.mark.parametrize(
+    "rule, named",
+    [
+        ("where mixers -> freeze", "`mixers[1].weight`, `mixers[1].bias`, `mixers[2].weight`"),
+        ("where mixers[*] -> lora(rank=2)", "`mixers[1].base.weight`, `mixers[1].base.bias`"),
+    ],
+)
+def test_the_unread_arrays_of_frozen_or_adapted_modules_are_named_as_selectors_write_them(
+    rule, named
+):
+    # They were `mixers[1].weight.value`: the `Frozen` wrapper's field, which
+    # no rule names (a rule before and after `freeze` names one array).
+    [d] = (
+        eqxform.compile(f"input f32[4]\n{rule}\nstack layers scan")
+        .plan(Zipped(jr.key(0)))
+        .diagnostics
+    )
+    assert d.code == "E144" and d.span.line == 3
+    assert named in d.message and ".value" not in d.message
+
+
 class Gains(eqx.Module):
     """A parent that enumerates its layers and indexes one array of per-layer
     gains (`self.gains[i]`), as layer-scale parameters are often held."""

@@ -46,6 +46,7 @@ from .._select import (
     in_state,
     is_array,
     layer_axis,
+    logical_path,
     no_match,
     node_at,
     outermost,
@@ -457,7 +458,7 @@ class StackPass(StructPass):
         # The model's arrays, but the initial values of its state: a forward
         # pass reads the `State` made from them.
         names = {
-            prefix + n.path: n.text
+            prefix + n.path: logical_path(n)
             for n in walk(model)
             if is_array(n.obj) and not in_state(n.parents)
         }
