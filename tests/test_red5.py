@@ -44,18 +44,87 @@ def test_a_vit_stack_with_input_lines_is_not_refused(spec):
     assert diagnostics("input f32[3,8,8]\n" + spec, model) == []
 
 
-def test_pre_stacked_layers_and_stateful_blocks_are_not_refused():
-    assert (
-        diagnostics("input f32[6,64]\nstack layers scan", R.PreStackedTransformer(key=jr.key(0)))
-        == []
-    )
-    assert (
-        diagnostics("input f32[6,5]\nstack blocks scan", R.LoopingTransformer(key=jr.key(0))) == []
-    )
+def test_pre_stacked_layers_are_not_refused():
+    model = R.PreStackedTransformer(embed_size=16, num_layers=3, num_heads=2, key=jr.key(0))
+    assert diagnostics("input f32[6,16]\nstack layers scan", model) == []
+
+
+def test_a_transformer_zipping_its_blocks_with_keys_is_not_refused():
+    model = R.LoopingTransformer(key=jr.key(0))
+    assert diagnostics("input f32[6,5]\nstack blocks scan", model) == []
+
+
+@pytest.mark.parametrize(
+    "spec", ["stack blocks scan", "stack blocks[1:] scan", "stack blocks scan\nensemble 2"]
+)
+def test_stateful_blocks_are_not_refused(spec):
     model = R.TinyResNet(width=4, depth=3, key=jr.key(0))
-    pair = (model, eqx.nn.State(model))
-    for spec in ("stack blocks scan", "stack blocks[1:] scan", "stack blocks scan\nensemble 2"):
-        assert diagnostics("input f32[3,8,8]\n" + spec, pair) == []
+    assert diagnostics("input f32[3,8,8]\n" + spec, (model, eqx.nn.State(model))) == []
+
+
+def _equimo():
+    em = pytest.importorskip("equimo.models")
+    vit = dict(img_size=16, in_channels=3, dim=32, patch_size=8, num_heads=2, num_classes=4)
+    return eqxform.new(em.VisionTransformer, depths=[4], **vit), "input f32[3,16,16]\n"
+
+
+def _esm():
+    esm2quinox = pytest.importorskip("esm2quinox")
+    esm = dict(num_layers=3, embed_size=32, num_heads=2, token_dropout=False)
+    return eqxform.new(esm2quinox.ESM2, **esm), "input i32[8]\n"
+
+
+def _megalodon():
+    pytest.importorskip("megalodon_jax")
+    from megalodon_jax.config import MegalodonConfig
+    from megalodon_jax.model import MegalodonForCausalLM
+
+    config = MegalodonConfig(
+        vocab_size=64,
+        model_dim=32,
+        num_layers=3,
+        num_heads=1,
+        z_dim=16,
+        value_dim=32,
+        ffn_hidden_dim=48,
+        cema_ndim=4,
+        chunk_size=16,
+        norm_num_groups=4,
+    )
+    return eqxform.new(MegalodonForCausalLM, config), "input i32[1,8]\n"
+
+
+def _pdequinox(name, **kwargs):
+    def make():
+        arch = pytest.importorskip("pdequinox.arch")
+        return eqxform.new(getattr(arch, name), 1, 1, 1, **kwargs), "input f32[1,32]\n"
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "make, specs",
+    [
+        pytest.param(
+            _equimo,
+            ["stack blocks[0].blocks scan", "stack blocks[0].blocks[1:3] scan\nensemble 2"],
+            marks=pytest.mark.slow,
+        ),
+        (_esm, ["stack layers scan", "stack layers scan\nensemble 2"]),
+        pytest.param(_megalodon, ["stack model.layers scan layerwise"], marks=pytest.mark.slow),
+        (_pdequinox("ClassicResNet", hidden_channels=4, num_blocks=3), ["stack blocks[1:] scan"]),
+        (_pdequinox("ModernResNet", hidden_channels=4, num_blocks=3), ["stack blocks scan"]),
+        (
+            _pdequinox("ClassicFNO", hidden_channels=4, num_modes=4, num_blocks=3),
+            ["stack blocks scan"],
+        ),
+    ],
+    ids=["equimo", "esm2quinox", "megalodon", "ClassicResNet", "ModernResNet", "ClassicFNO"],
+)
+def test_library_stacks_with_input_lines_are_not_refused(make, specs):
+    model, inputs = make()
+    for spec in specs:
+        assert diagnostics(inputs + spec, model) == [], spec
 
 
 class ZipNorms(eqx.Module):
