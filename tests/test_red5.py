@@ -7,6 +7,10 @@ the behaviour holds (or was fixed), a strict xfail with its reason where it
 does not. Library cases skip where the library is not installed.
 """
 
+import json
+import os
+import subprocess
+import sys
 import types
 
 import equinox as eqx
@@ -19,6 +23,8 @@ import realmodels as R
 from test_dtype_cause import fftnet
 
 import eqxform
+
+ROOT = os.path.dirname(os.path.dirname(eqxform.__file__))
 
 
 def diagnostics(spec, model):
@@ -496,3 +502,33 @@ def test_merge_counts_a_freeze_of_an_adapted_module():
     assert not isinstance(merged.layers[1].weight, eqxform.Frozen)  # it trains after merge
     [step] = [s for s in eqxform.compile(spec).plan(mlp).steps if s.action == "merge"]
     assert step.freezes_removed > 0
+
+
+@pytest.mark.slow  # three processes, each importing JAX
+def test_e213_on_stacked_fourier_blocks_from_the_shell_check_and_plan_json(tmp_path):
+    arch = pytest.importorskip("pdequinox.arch")
+    model = eqxform.new(arch.ClassicFNO, 1, 2, 2, hidden_channels=4, num_modes=3, num_blocks=2)
+    eqxform.save(tmp_path / "fno.eqx", model)
+    (tmp_path / "s.eqx").write_text(
+        "input f32[2,16]\nstack blocks scan\nwhere ** -> cast bfloat16\n"
+    )
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    for args in (["check"], ["plan", "--format", "json"], ["apply", "-o", "out.eqx"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "eqxform", args[0], "s.eqx", "fno.eqx", *args[1:]]
+            + ["--allow", "pdequinox"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr + done.stdout
+        if args[0] == "plan":
+            [d] = json.loads(done.stdout)["diagnostics"]
+            assert (d["code"], d["line"]) == ("E213", 3)
+            assert d["help"].startswith("`where SpectralConv -> cast float32` below this rule")
+        else:
+            assert "error[E213]: after this rule `jnp.fft.rfftn` in `SpectralConv`" in done.stderr
+            assert " --> s.eqx:3:1" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fno.eqx", "s.eqx"]
