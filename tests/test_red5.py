@@ -133,6 +133,29 @@ def test_library_stacks_with_input_lines_are_not_refused(make, specs):
         assert diagnostics(inputs + spec, model) == [], spec
 
 
+@pytest.mark.parametrize("spec", ["ensemble 2", "stack blocks scan\nensemble 2"])
+def test_an_ensemble_of_a_model_with_dropout_and_an_inference_flag_passes_its_input_lines(spec):
+    # The forward pass runs members with `inference=True`, as it runs the model:
+    # an ensemble's own `__call__` takes `**kwargs`, so the flag was not given,
+    # and the dropout asked for a key (E207 at the `ensemble` line).
+    model = R.TinyViT(depth=2, key=jr.key(0))
+    program = eqxform.compile("input f32[3,8,8]\n" + spec)
+    assert [d.code for d in program.plan(model).diagnostics] == ["W201"]  # cls and pos shared
+
+
+@pytest.mark.slow  # an ensemble drawn anew, twice
+@pytest.mark.parametrize("spec", ["ensemble 2", "stack blocks scan\nensemble 2"])
+def test_an_ensemble_of_a_model_with_dropout_applies_with_its_input_lines(spec):
+    model = R.TinyViT(depth=2, key=jr.key(0))
+    program = eqxform.compile("input f32[3,8,8]\n" + spec)
+    with pytest.warns(eqxform.EqxformWarning, match="W201"):
+        ensemble = program.apply(model, key=jr.key(1))
+    x = jr.normal(jr.key(2), (3, 8, 8))
+    out = eqxform.resolve(ensemble)(x, inference=True)
+    hand = [eqxform.resolve(ensemble.member(k))(x, inference=True) for k in range(2)]
+    assert out.shape == (2, 10) and np.allclose(out, np.stack(hand), atol=1e-5)
+
+
 class ZipNorms(eqx.Module):
     """A parent that walks its layers and their BatchNorms together: stateful."""
 

@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import Frozen, LoRA, is_state_index, resolve, split_state
+from .._modules import Ensemble, Frozen, LoRA, is_state_index, resolve, split_state
 from .._select import get, is_array, walk
 
 
@@ -52,9 +52,11 @@ def random_inputs(structs, key) -> tuple[jax.Array, ...]:
 
 def _extra(model: Any) -> dict:
     """Keyword arguments that make the call deterministic: `inference=True`
-    where `__call__` takes it, and a `key` where it requires one."""
+    where `__call__` takes it, and a `key` where it requires one; an
+    ensemble passes them to its members, whose `__call__` says."""
+    member = model.model if isinstance(model, Ensemble) else model
     try:
-        params = inspect.signature(type(model).__call__).parameters
+        params = inspect.signature(type(member).__call__).parameters
     except (TypeError, ValueError):
         return {}
     extra: dict = {}
