@@ -101,7 +101,10 @@ class Checker:
         """Every diagnostic, warnings included (their severity says which)."""
         self.overrides()
         self.statements()
-        self.unused_varied()
+        # A varied name that no expression reads makes every member the same.
+        for name, vary in self.varied.items():
+            if name not in self.varied_used and vary.value is not None:
+                self.error("E170", vary.name_span, name=name)
         if not self.errors:
             self.evaluate()
         # Dead text is worth a warning only once the spec has no errors: a
@@ -123,12 +126,6 @@ class Checker:
                     if stmt.name in self.params
                     else "",
                 )
-
-    def unused_varied(self):
-        """A varied name that no expression reads makes every member the same."""
-        for name, vary in self.varied.items():
-            if name not in self.varied_used and vary.value is not None:
-                self.error("E170", vary.name_span, name=name)
 
     def overrides(self):
         """Every `--set NAME` names a `let` of the spec, with a constant value."""

@@ -23,7 +23,7 @@ import numpy as np
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable, report
-from ._errors import ModelFileError, SpecError, UsageError
+from ._errors import ModelFileError, SpecError, UsageError, first_line
 from ._hashing import seed_key
 from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, is_state_index, split_state
 from ._passes import Context, PlacePass, RulePass
@@ -477,15 +477,6 @@ def _describe_node(node) -> str:
     return describe(node.obj, node.axis_names if is_array(node.obj) else ())
 
 
-def _wrapped(node) -> tuple:
-    """The path of the outermost wrapper around the array at `node` (its own
-    path when nothing wraps it): where a plan looks for what became of it."""
-    k = len(node.path)
-    while k > 0 and isinstance(node.parents[k - 1], Wrapper):
-        k -= 1
-    return node.path[:k]
-
-
 def _matches(nodes, after_model, gathered: bool = False) -> tuple[PlanMatch, ...]:
     """What each node was and became. `gathered`: the nodes became one (a
     stack of list items, in the first one's place), so the later ones are said
@@ -494,8 +485,12 @@ def _matches(nodes, after_model, gathered: bool = False) -> tuple[PlanMatch, ...
     for k, node in enumerate(nodes):
         if is_array(node.obj):
             # An array is shown with its wrappers (`Frozen(f32[8,8])`), under
-            # its logical path, as selectors name it.
-            axes, outer = node.axis_names, _wrapped(node)
+            # its logical path, as selectors name it; what became of it is
+            # looked for at its outermost wrapper.
+            depth = len(node.path)
+            while depth > 0 and isinstance(node.parents[depth - 1], Wrapper):
+                depth -= 1
+            axes, outer = node.axis_names, node.path[:depth]
             holder = node.parents[len(outer)] if len(outer) < len(node.path) else node.obj
             before = describe(holder, axes)
             text = logical_path(node)
@@ -517,9 +512,8 @@ def _forward_error(program, e: Exception, line_span, what: str) -> Diagnostic:
     if isinstance(e, StackCallError) and what == "rule":
         # The stack said what is wrong, with its own code: at the `stack` line.
         return dataclasses.replace(e.diagnostics[0], span=line_span, source=program.source)
-    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     code = "E207" if what == "rule" else "E212"
-    return report(code, span=line_span, source=program.source, message=message)
+    return report(code, span=line_span, source=program.source, message=first_line(e))
 
 
 def _forward(subject, structs):
@@ -1239,7 +1233,7 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     span = breaker.stmt.span
     cast = _cast_help(program, breaker, structs)
     if cast is not None and not isinstance(error, StackCallError):
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         return report(
             "E207", variant="cast", span=span, source=program.source, message=message, **cast
         )

@@ -29,5 +29,6 @@ from ._stacks import make_state as make_state
 from ._stacks import marked as marked
 from ._stacks import restate as restate
 from ._stacks import split_state as split_state
+from ._stacks import state_indices as state_indices
 from ._stacks import state_values as state_values
 from ._wrappers import *  # noqa: F403 (the wrappers, by `_wrappers.__all__`)

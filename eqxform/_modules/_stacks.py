@@ -164,7 +164,8 @@ def _carry_change(body, x, xs) -> dict[str, str]:
     return dict(takes=_shape_text(x), returns=returned)
 
 
-def _indices(tree: Any) -> list:
+def state_indices(tree: Any) -> list:
+    """The `eqx.nn.StateIndex`es in `tree`, in tree order."""
     return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_state_index) if is_state_index(x)]
 
 
@@ -173,7 +174,7 @@ def _unstacked_state(state: State, layers: Any, error):
     the model before `stack`): that state with the values stacked, and a
     function that turns the stacked state after the call back into per-layer
     values. None when `state` holds the stack's own values."""
-    markers = list(dict.fromkeys(x.marker for x in _indices(layers)))
+    markers = list(dict.fromkeys(x.marker for x in state_indices(layers)))
     values = state_values(state)
     if all(m in values for m in markers):
         return None
@@ -518,8 +519,8 @@ def restate(model: Any, state: State, members: int | None = None) -> State:
         raise KeyError(marker)
 
     new = {}
-    for leaf in jax.tree_util.tree_leaves(model, is_leaf=is_state_index):
-        if is_state_index(leaf) and leaf.marker not in new:
+    for leaf in state_indices(model):
+        if leaf.marker not in new:
             v = value(leaf.marker, leaf)
             if members is not None:
                 v = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), v)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import Frozen, LoRA, is_state_index, resolve, split_state
+from .._modules import Frozen, LoRA, resolve, split_state, state_indices
 from .._select import get, walk
 
 
@@ -113,10 +113,7 @@ def missing_state(subject: Any) -> bool:
     """Is `subject` a stateful model (it holds `eqx.nn.StateIndex`es, as
     `eqx.nn.BatchNorm` does) given without its state?"""
     model, state = split_state(subject)
-    if state is not None:
-        return False
-    leaves = jax.tree_util.tree_leaves(model, is_leaf=is_state_index)
-    return any(is_state_index(x) for x in leaves)
+    return state is None and bool(state_indices(model))
 
 
 def _dot_shapes(jaxpr: Any, out: set) -> None:

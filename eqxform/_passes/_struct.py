@@ -25,7 +25,7 @@ from .. import _ast as A
 from .. import _names as N
 from .._build import nbytes
 from .._diagnostics import report
-from .._errors import EqxformError, SpecError, UsageError
+from .._errors import EqxformError, SpecError, UsageError, first_line
 from .._hashing import stable_hash
 from .._modules import (
     Ensemble,
@@ -38,6 +38,7 @@ from .._modules import (
     marked,
     restate,
     split_state,
+    state_indices,
 )
 from .._select import (
     Node,
@@ -70,6 +71,13 @@ class StructPass(Pass):
     def restructure(self, model, key, ctx, nodes):
         raise NotImplementedError
 
+    def matched(self, model) -> list[Node]:
+        """The nodes the line's selector names; none is an error (E201)."""
+        nodes = select(self.stmt.selector, walk(model))
+        if not nodes:
+            raise no_match(self.stmt.selector, walk(model), self.source)
+        return nodes
+
     def report_copies(self, ctx, model, copied: list, what: str, extra=()) -> None:
         """Tell the user which arrays every copy shares (a warning), leaving
         out those an `init` rule below this line (or in `extra`) draws anew."""
@@ -91,19 +99,16 @@ class StructPass(Pass):
         ]
         if not copied:
             return
-        ctx.report(
-            report(
-                "W201",
-                span=self.stmt.span,
-                source=self.source,
-                severity="warning",
-                what=what,
-                len_copied=len(copied),
-                s="s" if len(copied) != 1 else "",
-                listing=", ".join(f"`{c}`" for c in copied[:5]),
-                value2=", ..." if len(copied) > 5 else "",
-                first=copied[0],
-            )
+        self.warn(
+            ctx,
+            "W201",
+            self.stmt.span,
+            what=what,
+            len_copied=len(copied),
+            s="s" if len(copied) != 1 else "",
+            listing=", ".join(f"`{c}`" for c in copied[:5]),
+            value2=", ..." if len(copied) > 5 else "",
+            first=copied[0],
         )
 
 
@@ -195,10 +200,7 @@ def _one_state_key_per_position(items: list) -> list:
     """The items with each stateful layer's `StateIndex` keyed by one
     `StackedMarker` per position, so that they stack into one index whose
     state holds every layer's."""
-    indices = [
-        [x for x in jax.tree_util.tree_leaves(i, is_leaf=is_state_index) if is_state_index(x)]
-        for i in items
-    ]
+    indices = [state_indices(i) for i in items]
     if not indices[0] or any(len(found) != len(indices[0]) for found in indices):
         return items  # no state, or different layers: the structure check says which
     markers = [
@@ -406,13 +408,12 @@ class StackPass(StructPass):
                 dataclasses.replace(e.diagnostics[0], span=self.stmt.span, source=self.source)
             ) from None
         except Exception as e:  # the stacked model's own complaint
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise self.error(
                 "E144",
                 self.stmt.span,
                 help=_LOOP_HELP,
                 text=self.stmt.selector.text,
-                message=message,
+                message=first_line(e),
             ) from None
         same = len(want) == len(got) and all(
             a.shape == b.shape
@@ -443,10 +444,7 @@ class StackPass(StructPass):
             )
 
     def select(self, model, ctx):
-        nodes = select(self.stmt.selector, walk(model))
-        if not nodes:
-            raise no_match(self.stmt.selector, walk(model), self.source)
-        return outermost(nodes, lambda n: n.path)
+        return outermost(self.matched(model), lambda n: n.path)
 
     def restructure(self, model, key, ctx, nodes):
         stmt, options = self.stmt, self.options
@@ -524,15 +522,10 @@ class StackPass(StructPass):
                 len_nodes=len(nodes),
                 listing=", ".join(f"`{n.text}`" for n in nodes[:4]),
             )
-        container_path = nodes[0].path[:-1]
-        container = get(model, container_path)
         items = _one_state_key_per_position([get(model, n.path) for n in nodes])
         self.check(items, [n.text for n in nodes], count)
         stacked = self.wrap(stack_arrays(items), len(items), "slice")
-        start, stop = indices[0], indices[-1] + 1
-        new = list(container[:start]) + [stacked] + list(container[stop:])
-        new = tuple(new) if isinstance(container, tuple) else new
-        return eqx.tree_at(lambda m: get(m, container_path), model, new)
+        return _splice(model, nodes[0].path[:-1], indices[0], indices[-1] + 1, [stacked])
 
     def check(self, items: list, names: list[str], count: int | None) -> None:
         span = self.stmt.selector.span
@@ -580,32 +573,34 @@ class StackPass(StructPass):
     def report_stacked_copies(self, ctx, node: Node, obj, layers: int, count: int) -> None:
         """Copies of a module that carries a layer axis already: said, as they
         multiply its parameters."""
-        if ctx.report is None:
-            return
         params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(obj) if is_array(x))
-        ctx.report(
-            report(
-                "W210",
-                span=self.stmt.span,
-                source=self.source,
-                severity="warning",
-                text=node.text,
-                layers=layers,
-                count=count,
-                value=count * layers,
-                params=params,
-                value2=count * params,
-                text2=self.stmt.selector.text,
-                mode=self.stmt.mode,
-            )
+        self.warn(
+            ctx,
+            "W210",
+            self.stmt.span,
+            text=node.text,
+            layers=layers,
+            count=count,
+            value=count * layers,
+            params=params,
+            value2=count * params,
+            text2=self.stmt.selector.text,
+            mode=self.stmt.mode,
         )
+
+
+def _splice(model, path, start: int, stop: int, items: list) -> Any:
+    """`model` with `items` in place of `[start:stop]` of the list or tuple at `path`."""
+    container = get(model, path)
+    new = [*container[:start], *items, *container[stop:]]
+    return eqx.tree_at(
+        lambda m: get(m, path), model, tuple(new) if isinstance(container, tuple) else new
+    )
 
 
 class UnstackPass(StructPass):
     def select(self, model, ctx):
-        nodes = select(self.stmt.selector, walk(model))
-        if not nodes:
-            raise no_match(self.stmt.selector, walk(model), self.source)
+        nodes = self.matched(model)
         for n in nodes:
             if not isinstance(n.obj, Stacked):
                 raise self.error(
@@ -622,11 +617,8 @@ class UnstackPass(StructPass):
             stacked = get(model, node.path)
             items = [stacked[i] for i in range(stacked.count)]
             if stacked.kind == "slice":
-                container_path, index = node.path[:-1], node.path[-1].idx
-                container = get(model, container_path)
-                new = list(container[:index]) + items + list(container[index + 1 :])
-                new = tuple(new) if isinstance(container, tuple) else new
-                model = eqx.tree_at(lambda m: get(m, container_path), model, new)
+                index = node.path[-1].idx
+                model = _splice(model, node.path[:-1], index, index + 1, items)
                 continue
             if stacked.kind == "adopted":
                 # Back to the library's own form: one module with a layer axis.
