@@ -1159,17 +1159,16 @@ def _formed(program, struct, structs, history) -> list[Diagnostic]:
         formed = formed_adapters(struct, structs)
     except Exception:  # traced once more for its jaxpr: best effort, the pass itself ran
         return []
+    made: dict[str, Any] = {}  # each adapted module's path -> the `lora` action that made it
+    for p, after in history:
+        action = getattr(p, "action", None)
+        if action is not None and action.name == "lora":
+            for n in walk(split_state(after)[0]):
+                if isinstance(n.obj, LoRA):
+                    made.setdefault(n.text, action.span)
     by_rule: dict[Any, list[tuple[str, int]]] = {}
     for path, (rows, cols) in formed:
-        span = None
-        for p, after in history:
-            action = getattr(p, "action", None)
-            if action is not None and action.name == "lora":
-                made = {n.text for n in walk(split_state(after)[0]) if isinstance(n.obj, LoRA)}
-                if path in made:
-                    span = action.span
-                    break
-        by_rule.setdefault(span, []).append((path, rows * cols))
+        by_rule.setdefault(made.get(path), []).append((path, rows * cols))
     out = []
     for span, found in by_rule.items():
         paths = ", ".join(f"`{p}`" for p, _ in found[:3]) + (", ..." if len(found) > 3 else "")

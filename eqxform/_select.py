@@ -390,19 +390,18 @@ def array_leaves(node: Node, inexact_only: bool, state: bool = True) -> list[Nod
     or freeze; without `state`, none held in an `eqx.nn.StateIndex`: a
     cache's or running statistics' initial value is no parameter either)."""
     if is_array(node.obj):
-        if not state and in_state(node.parents):
-            return []
-        return [node] if not inexact_only or inexact(node.obj) else []
-    out = []
-    for sub in walk(node.obj):
-        if sub.path and is_array(sub.obj):
-            if inexact_only and not inexact(sub.obj):
-                continue
-            parents = node.parents + sub.parents
-            if not state and in_state(parents):
-                continue
-            out.append(Node(node.path + sub.path, sub.obj, parents, node.layers))
-    return out
+        found = [node]
+    else:
+        found = [
+            Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers)
+            for sub in walk(node.obj)
+            if sub.path and is_array(sub.obj)
+        ]
+    return [
+        n
+        for n in found
+        if (not inexact_only or inexact(n.obj)) and (state or not in_state(n.parents))
+    ]
 
 
 def in_state(objects: Iterable[Any]) -> bool:
@@ -523,15 +522,6 @@ def _index_matches(step: A.Step, index: int, length: int) -> bool:
     return index in range(*slice(step.start, step.stop, step.step).indices(length))
 
 
-def _steps(path: A.SelPath, types: Types) -> tuple[A.Step, ...]:
-    steps = path.steps
-    first = steps[0]
-    if types.names_type(first):
-        # A selector that starts with a type matches it anywhere in the tree.
-        steps = (A.DeepStep(first.span),) + steps
-    return steps
-
-
 _NO = object()  # no match; a match is None (every layer) or a set of layers
 
 
@@ -554,7 +544,10 @@ def match(path: A.SelPath, node: Node, types: Types | None = None):
     a thousand levels deep has paths a thousand steps long.
     """
     types = types if types is not None else Types([node])
-    pattern = _steps(path, types)
+    pattern = path.steps
+    if types.names_type(pattern[0]):
+        # A selector that starts with a type matches it anywhere in the tree.
+        pattern = (A.DeepStep(pattern[0].span),) + pattern
     steps = node.path
     objects = node.objects
     n, last = len(steps), len(pattern)

@@ -120,14 +120,6 @@ class Placement:
         return show_spec(self.dims)
 
 
-def _leading(node: Node) -> list[Dim]:
-    """The dims of a node's leading stack and member axes: the `over` axis of
-    each stack or ensemble it sits in, outermost first, unsplit beyond."""
-    overs: list[Dim] = [p.over for p in node.parents if isinstance(p, (Stacked, Ensemble))]
-    batch = node.batch
-    return (overs + [None] * batch)[:batch]
-
-
 def placements(
     model: Any,
     rules: tuple[ShardRule, ...],
@@ -154,7 +146,10 @@ def placements(
     reported: set[tuple] = set()
     for node in arrays:
         rule = chosen.get(node.path)
-        lead = _leading(node)
+        # The dims of its leading stack and member axes: the `over` axis of
+        # each stack or ensemble it sits in, outermost first, unsplit beyond.
+        lead = [p.over for p in node.parents if isinstance(p, (Stacked, Ensemble))]
+        lead = (lead + [None] * node.batch)[: node.batch]
         dims: tuple[Dim, ...] = tuple(lead)
         if rule is not None:
             layer_rank = node.obj.ndim - node.batch

@@ -246,15 +246,14 @@ def is_parameter(node: Node) -> bool:
     )
 
 
-def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
+def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list]:
     """`count` copies of `module` with a leading axis. Each layer parameter
     (`is_parameter`) is drawn anew for each copy from the module's own values
     (each value one of the array's, picked at random): its distribution is
     the module's, whatever library drew it and however (a library's own
     initialisation kept, zeros stay zeros). The other arrays are copied.
-    Returns the copies, the key paths (within `module`) of the copied
-    floating arrays that are no constants by design (every copy shares
-    them), and those of the arrays drawn anew."""
+    Returns the copies and the key paths (within `module`) of the copied
+    floating arrays that are no constants by design (every copy shares them)."""
     targets, copied = [], []
     for node in walk(module):
         if not is_array(node.obj) or not node.path:
@@ -265,69 +264,50 @@ def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
             _constant_by_design(p) for p in node.parents
         ):
             copied.append(node.path)
-    # One compiled function makes every array of the copies: those drawn
-    # anew and the broadcast rest (eager, each shape would compile its own).
     leaves, treedef = jax.tree_util.tree_flatten(module)
     at = {id(n.obj): k for k, n in enumerate(targets)}
     # Each array's draw depends on its own path, not on the others.
     salts = np.array([stable_hash(n.name) % 2**31 for n in targets], np.uint32)
-    which = tuple(at.get(id(x), -1) if is_array(x) else -2 for x in leaves)
-    arrays = tuple(x for x in leaves if is_array(x))
-    draws = tuple(w for w in which if w != -2)
-    copies = _copies if any(isinstance(x, jax.core.Tracer) for x in arrays) else _copies_on_host
-    made = iter(copies(arrays, key, salts, count, draws))
+    arrays = [x for x in leaves if is_array(x)]
+    made = iter(_copies(arrays, key, salts, count, [at.get(id(x), -1) for x in arrays]))
     stacked = jax.tree_util.tree_unflatten(
-        treedef, [next(made) if w != -2 else x for w, x in zip(which, leaves)]
+        treedef, [next(made) if is_array(x) else x for x in leaves]
     )
-    return stacked, copied, [n.path for n in targets]
+    return stacked, copied
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _copies(arrays: tuple, key, salts, count: int, which: tuple) -> tuple:
+def _copies(arrays: list, key, salts, count: int, which: list) -> list:
     """`count` copies of `arrays`, `(count, *shape)` each: array i drawn anew
-    from its own values with salt `which[i]`, or broadcast where that is -1."""
-    targets = tuple(i for i, w in enumerate(which) if w >= 0)
-    out = [jnp.broadcast_to(a, (count, *a.shape)) for a in arrays]
-    if targets:
-        chosen = tuple(arrays[i] for i in targets)
-        salts = salts[np.array([which[i] for i in targets], np.int32)]
-        drawn, blocks = _resampled_flat(chosen, key, salts, count)
-        for k, (i, a) in enumerate(zip(targets, chosen)):
-            part = drawn[int(blocks[k]) : int(blocks[k + 1])]
-            out[i] = part.reshape((count, *a.shape)).astype(a.dtype)
-    return tuple(out)
-
-
-def _copies_on_host(arrays: tuple, key, salts, count: int, which: tuple) -> list:
-    """`_copies` of concrete arrays: the draws made by one compiled function
-    into one array, then cut and broadcast on the host and put back where
-    each array was. (Compiled, the cuts of a hundred arrays cost the CPU
-    compiler seconds; on the host they cost nothing.)"""
-    targets = tuple(i for i, w in enumerate(which) if w >= 0)
+    from its own values with salt `salts[which[i]]`, or broadcast where that
+    is -1. One compiled function makes every draw, into one array (eager,
+    each shape would compile its own), which is then cut; for concrete arrays
+    the cuts and broadcasts are made on the host and put back where each
+    array was (compiled, the cuts of a hundred arrays cost the CPU compiler
+    seconds; on the host they cost nothing)."""
+    traced = any(isinstance(x, jax.core.Tracer) for x in arrays)
+    xp = jnp if traced else np
+    targets = [i for i, w in enumerate(which) if w >= 0]
     chosen = tuple(arrays[i] for i in targets)
     drawn = {}
     if chosen:
-        flat = np.asarray(_drawn(chosen, key, salts[np.array([which[i] for i in targets])], count))
+        flat = _drawn(chosen, key, salts[np.array([which[i] for i in targets], np.int32)], count)
         ends = np.cumsum([count * math.prod(a.shape) for a in chosen])
-        for i, part in zip(targets, np.split(flat, ends[:-1])):
+        for i, part in zip(targets, xp.split(xp.asarray(flat), ends[:-1])):
             drawn[i] = part.reshape((count, *arrays[i].shape)).astype(arrays[i].dtype)
     out = []
     for i, a in enumerate(arrays):
-        value = drawn[i] if i in drawn else np.broadcast_to(np.asarray(a), (count, *a.shape))
-        out.append(jax.device_put(value, a.sharding) if isinstance(a, jax.Array) else value)
+        value = drawn[i] if i in drawn else xp.broadcast_to(xp.asarray(a), (count, *a.shape))
+        host = not traced and isinstance(a, jax.Array)
+        out.append(jax.device_put(value, a.sharding) if host else value)
     return out
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def _drawn(arrays: tuple, key, salts, count: int) -> jax.Array:
-    return _resampled_flat(arrays, key, salts, count)[0]
-
-
-def _resampled_flat(arrays: tuple, key, salts, count: int):
     """`count` new draws of each of `arrays`, all in one flat array (array
-    i's `(count, *shape)` at `blocks[i]:blocks[i + 1]`), and `blocks`: each
-    value drawn from the array's own values (its empirical distribution:
-    whatever drew it, a constant stays that constant).
+    i's `(count, *shape)` after those before it), each value drawn from the
+    array's own values (its empirical distribution: whatever drew it, a
+    constant stays that constant).
 
     Each array gets a seed from `jax.random` (its key folded with its salt,
     one vmapped draw for all); the indices into its values are a counter-based
@@ -353,7 +333,7 @@ def _resampled_flat(arrays: tuple, key, salts, count: int):
     seed = seeds[which]
     size = jnp.asarray(sizes, jnp.uint32)[which]
     picks = (_mix(_mix(local ^ seed) + seed) % size).astype(jnp.int32)
-    return flat[jnp.asarray(starts[:-1], jnp.int32)[which] + picks], blocks
+    return flat[jnp.asarray(starts[:-1], jnp.int32)[which] + picks]
 
 
 def _mix(x):
@@ -487,7 +467,7 @@ class StackPass(StructPass):
                     )
                 if layers is not None:
                     self.report_stacked_copies(ctx, node, obj, layers, count)
-                stacked, copied, _ = redrawn_copies(obj, count, key)
+                stacked, copied = redrawn_copies(obj, count, key)
                 new = eqx.tree_at(
                     lambda m: get(m, node.path), model, self.wrap(stacked, count, "module")
                 )
@@ -715,7 +695,7 @@ class EnsemblePass(StructPass):
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
             if _same_structure(built, model) and (built_state is None) == (state is None):
                 return make_ensemble(built, count, self.over), built_state
-        stacked, copied, _ = redrawn_copies(model, count, key)
+        stacked, copied = redrawn_copies(model, count, key)
         inits = tuple(p for p in self.before if p.draws)
         if inits:
 
