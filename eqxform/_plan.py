@@ -46,7 +46,6 @@ from ._select import (
     path_str,
     seen_through,
     select_rule,
-    skipped_state,
     walk,
 )
 from ._values import argument_diagnostic, format_bytes
@@ -854,8 +853,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
                 targets = acted_on(nodes)
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
-        skipped = p.skipped(nodes) if info.floats else 0
-        state = skipped_state(nodes, p.rule.selector) if info.floats else 0
+        skipped, state = p.skipped(nodes) if info.floats else (0, 0)
     else:
         # A structural directive acts on the list, tuple or module it names.
         targets = nodes

@@ -1008,34 +1008,20 @@ def matched_arrays(
     return list(out.values())
 
 
-def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
-    """How many non-floating arrays (bool masks, int counters) at or under the
-    matched nodes `matched_arrays` leaves out: those under a matched module,
-    and those a broad selector (`**`, `[*]`, a type) matched themselves."""
+def skipped(nodes: list[Node], selector: A.Selector) -> tuple[int, int]:
+    """How many arrays at or under the matched nodes `matched_arrays` leaves
+    out: (the non-floating ones (bool masks, int counters) under a matched
+    module or matched by a broad selector (`**`, `[*]`, a type); the floating
+    ones of model state (initial values held in an `eqx.nn.StateIndex`) that
+    the selector does not name)."""
     broad = not names_fields(selector)
-    paths = set()
+    other, state = set(), set()
     for node in nodes:
         if is_array(node.obj):
             if broad and not inexact(node.obj):
-                paths.add(node.path)
+                other.add(node.path)
         elif isinstance(node.obj, (eqx.Module, list, tuple, dict)):
-            paths.update(
-                leaf.path
-                for leaf in array_leaves(node, inexact_only=False)
-                if not inexact(leaf.obj)
-            )
-    return len(paths)
-
-
-def skipped_state(nodes: list[Node], selector: A.Selector) -> int:
-    """How many floating-point arrays of model state (initial values held in
-    an `eqx.nn.StateIndex`) at or under the matched nodes `matched_arrays`
-    leaves out (the non-floating ones are counted by `skipped_arrays`)."""
-    paths = set()
-    for node in nodes:
-        if names_state(selector, node):
-            continue
-        paths.update(
-            leaf.path for leaf in array_leaves(node, inexact_only=True) if in_state(leaf.parents)
-        )
-    return len(paths)
+            other.update(n.path for n in array_leaves(node, False) if not inexact(n.obj))
+        if not names_state(selector, node):
+            state.update(n.path for n in array_leaves(node, True) if in_state(n.parents))
+    return len(other), len(state)

@@ -406,11 +406,7 @@ class Ensemble(eqx.Module):
         return tuple(x.ndim for x in leaves) == self.member_ndims
 
     def __call__(self, x, *args, key=None, **kwargs):
-        if self._is_one_member():
-            if key is not None:
-                kwargs["key"] = key
-            return resolve(self.model)(x, *args, **kwargs)
-        return _evaluate(self, x, False, args, key, kwargs)
+        return self._method("__call__", x, *args, key=key, **kwargs)
 
     def per_member(self, xs, *args, key=None, **kwargs):
         return _evaluate(self, xs, True, args, key, kwargs)

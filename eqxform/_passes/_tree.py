@@ -42,7 +42,7 @@ from .._select import (
     outermost,
     path_str,
     select_rule,
-    skipped_arrays,
+    skipped,
     stack_axis,
     step_name,
     too_deep,
@@ -175,9 +175,10 @@ class RulePass(Pass):
     def arrays(self, nodes: list[Node]) -> list[Node]:
         return matched_arrays(nodes, self.action.name, self.rule.selector, self.source)
 
-    def skipped(self, nodes: list[Node]) -> int:
-        """How many arrays at or under `nodes` the action leaves as they are."""
-        return skipped_arrays(nodes, self.rule.selector)
+    def skipped(self, nodes: list[Node]) -> tuple[int, int]:
+        """How many arrays at or under `nodes` the action leaves as they are:
+        (non-floating ones, floating ones of model state), as `skipped`."""
+        return skipped(nodes, self.rule.selector)
 
 
 def _part_stack(element: Any) -> bool:
@@ -390,10 +391,11 @@ class CastPass(RulePass):
                 )
         return [leaf for leaf in leaves if not _complex(leaf.obj)]
 
-    def skipped(self, nodes: list[Node]) -> int:
+    def skipped(self, nodes: list[Node]) -> tuple[int, int]:
+        other, state = super().skipped(nodes)
         if jnp.issubdtype(jnp.dtype(self.action.arg.id), jnp.complexfloating):
-            return super().skipped(nodes)
-        return super().skipped(nodes) + sum(_complex(n.obj) for n in super().arrays(nodes))
+            return other, state
+        return other + sum(_complex(n.obj) for n in super().arrays(nodes)), state
 
 
 def _complex(x: Any) -> bool:
