@@ -147,16 +147,15 @@ class PlanMesh:
         out = [f"mesh {self.mesh} ({self.devices} devices):"]
         shape_width = max((len(a.shape) for a in self.arrays), default=0)
         spec_width = max((len(a.spec) for a in self.arrays), default=0)
-        rows = []
-        for a in self.arrays:
-            where = f"  line {a.line}" if a.line is not None else ""
-            rows.append(
-                (
-                    a.path,
-                    f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
-                    f"{format_bytes(a.bytes_per_device)}/device{where}",
-                )
+        rows = [
+            (
+                a.path,
+                f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
+                f"{format_bytes(a.bytes_per_device)}/device"
+                + (f"  line {a.line}" if a.line is not None else ""),
             )
+            for a in self.arrays
+        ]
         out += _columns("    ", rows, width)
         out += _wrap(
             f"  per device: {format_bytes(self.bytes_per_device)} "

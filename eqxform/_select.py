@@ -440,9 +440,8 @@ class Types:
         if not (isinstance(step, A.NameStep) and step.is_type):
             return False
         name = step.name
+        # (`type_names` holds the registered types too.)
         if step.is_qualified or name in self.classes or name in type_names():
-            return True
-        if registered_type(name) is not None:
             return True
         if self._fields is None:
             self._fields = {

@@ -84,12 +84,8 @@ class AdapterPass(RulePass):
         return defaults
 
     def arg_span(self, name: str) -> A.Span:
-        arg = self.action.arg
-        if isinstance(arg, A.Call):
-            for a in arg.args:
-                if a.name == name:
-                    return a.value.span
-        return self.action.span
+        args = self.action.arg.args if isinstance(self.action.arg, A.Call) else ()
+        return next((a.value.span for a in args if a.name == name), self.action.span)
 
     def targets(self, nodes: list[Node]) -> list[_Target]:
         out: dict[tuple, _Target] = {}

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import Frozen, LoRA, resolve, split_state, state_indices
+from .._modules import Frozen, LoRA, resolve, split_state, state_indices, unfrozen
 from .._select import get, walk
 
 
@@ -145,9 +145,7 @@ def formed_adapters(subject: Any, structs) -> list[tuple[str, tuple[int, int]]]:
         if not isinstance(node.obj, LoRA):
             continue
         lora = node.obj
-        a, b = lora.lora_a, lora.lora_b
-        a_in = a.value if isinstance(a, Frozen) else a
-        b_in = b.value if isinstance(b, Frozen) else b
+        a_in, b_in = unfrozen(lora.lora_a), unfrozen(lora.lora_b)
         rank = 100_003 + len(paths)  # no dimension of a real model
         new_a = jax.ShapeDtypeStruct(tuple(a_in.shape)[:-2] + (rank, a_in.shape[-1]), a_in.dtype)
         new_b = jax.ShapeDtypeStruct(tuple(b_in.shape)[:-1] + (rank,), b_in.dtype)

@@ -373,9 +373,7 @@ class StackPass(StructPass):
         obj = get(model, nodes[0].path)
         if isinstance(obj, eqx.Module) and layer_axis(obj) is not None:
             return "copies" in self.options
-        return isinstance(obj, eqx.Module) and not isinstance(
-            obj, (eqx.nn.Sequential, Stacked, list, tuple)
-        )
+        return isinstance(obj, eqx.Module) and not isinstance(obj, (eqx.nn.Sequential, Stacked))
 
     def verify(self, before, after, ctx, values: bool = True) -> None:
         if missing_state(before):

@@ -10,6 +10,7 @@ the nodes it selected from a skeleton.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -143,10 +144,8 @@ class RulePass(Pass):
                 )
                 if step_name(node.path[owner]) not in indexed:
                     continue
-                starts, at = [], 0
-                for element in seq:
-                    starts.append(at)
-                    at += element.count if _part_stack(element) else 1
+                # Where each element starts among the model's layers.
+                starts = [0, *itertools.accumulate(e.count if _part_stack(e) else 1 for e in seq)]
                 i = key.idx
                 if starts[i] == i and not _part_stack(seq[i]):
                     continue
@@ -280,11 +279,10 @@ class InitPass(RulePass):
         return replace_at(model, order, values)
 
     def draw_leaf(self, model, name, kwargs, shape, dtype, key, leaf):
-        h = stable_hash(leaf.text)
+        h, draw = stable_hash(leaf.text), _init.drawer(name, kwargs, shape, dtype)
         if not leaf.batch:
-            return _init.drawer(name, kwargs, shape, dtype)(key, self.identity, h)
+            return draw(key, self.identity, h)
         # A stacked or ensembled leaf: each layer (or member) draws its own.
-        draw = _init.drawer_layers(name, kwargs, shape, dtype)
         full = tuple(leaf.obj.shape)
         lead = full[: leaf.batch]
         if leaf.layers is None:
