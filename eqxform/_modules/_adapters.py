@@ -41,12 +41,6 @@ def _of_base(name: str) -> property:
 _rank = property(lambda self: int(self.lora_a.shape[-2]), doc="The adapter's rank.")
 
 
-def _adapted(lora: Any, w: jax.Array) -> jax.Array:
-    """`w + scale * B A` of a LoRA adapter, formed in `w`'s dtype."""
-    a, b, s = _value(lora.lora_a), _value(lora.lora_b), _value(lora.scale)
-    return w + (_expand(s, 2) * (b @ a)).astype(w.dtype)
-
-
 def _scaled(w: jax.Array, vector: jax.Array, feedforward: bool) -> jax.Array:
     """`w`'s rows (with `feedforward`, its columns) scaled by `vector`: (IA)^3's weight."""
     return (w * (vector[..., None, :] if feedforward else vector[..., :, None])).astype(w.dtype)
@@ -84,7 +78,9 @@ class LoRA(eqx.Module):
     def weight(self) -> Any:
         """The adapted weight `W + scale * B A` (formed; the frozen base's
         weight gets no gradient, the factors do)."""
-        return _adapted(self, _value(resolve(self.base).weight))
+        w = _value(resolve(self.base).weight)
+        a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
+        return w + (_expand(s, 2) * (b @ a)).astype(w.dtype)
 
     @property
     def bias(self) -> Any:
@@ -170,7 +166,9 @@ class LoRAWeight(Wrapper):
     scale: Any
 
     def get(self):
-        return _adapted(self, _value(self.weight))
+        w = _value(self.weight)
+        a, b, s = _value(self.lora_a), _value(self.lora_b), _value(self.scale)
+        return w + (_expand(s, 2) * (b @ a)).astype(w.dtype)
 
     rank = _rank
 
