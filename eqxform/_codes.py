@@ -100,6 +100,8 @@ _REWRITE = (
     "`eqxform apply` or `eqxform new`, adapters with `eqxform.save(..., adapters_only=True)` "
     "or `--adapters-only`)"
 )
+# What E213 says in each of its ways: the function that failed, where, and why.
+_REJECTS = "after this rule `{op}`{where} does not accept {dtype}: {error}"
 # The help of a message the language server cannot read.
 _FRAMING = (
     "each message is `Content-Length: N` (N bytes of UTF-8, in ASCII digits), a blank line, "
@@ -1314,6 +1316,46 @@ CODES: dict[str, Code] = {
             help="a stacked layer is named through its stack (`{text2}[{index}][{value}]`); "
             "to name the model's own layers by their first positions, write this rule above "
             "the `stack` line",
+        ),
+        _c(
+            "E213",
+            "a function in the model rejects the dtype a `cast` gave",
+            "With the model's inputs declared, the forward pass runs after the rules. This "
+            "model runs with its arrays and inputs in its own floating dtype, but after this "
+            "`cast` a JAX function it calls rejects the narrower dtype (`jnp.fft.rfftn` takes "
+            "float32 or float64, not bfloat16), on inputs of either dtype. The diagnostic names "
+            "the function, the module that calls it and where that module is, and gives a fix "
+            "that it tried and found to run: the module kept in the model's dtype by a rule "
+            "below the cast, or the input declared in that dtype. Where neither runs (the "
+            "function gets an array computed by the layers before it, as a Fourier layer's "
+            "transform of its input does), the arrays that reach the function must stay in "
+            "the model's dtype.",
+            "input f32[2,16]\nwhere ** -> cast bfloat16  # a module calls jnp.fft.rfft on a weight",
+            "keep the module that calls the function in the model's dtype (`where NAME -> cast "
+            "float32` below the cast), declare the input in that dtype, or cast fewer arrays.",
+            message=_REJECTS,
+            help="keep `{name}` in {own}: below this rule, add `where {name} -> cast {own}` "
+            "(the model then runs)",
+            input=(
+                _REJECTS,
+                "declare the input in {own} ({inputs}; the model then runs)",
+            ),
+            keep_input=(
+                _REJECTS,
+                "keep `{name}` in {own} (below this rule, `where {name} -> cast {own}`) and "
+                "declare the input in {own} ({inputs}; the model then runs)",
+            ),
+            module=(
+                _REJECTS,
+                "`where {name} -> cast {own}` below this rule is not enough (the model still "
+                "fails): keep the layers that feed `{name}` in {own} too (a narrower selector "
+                "than this rule's), or do not cast the model",
+            ),
+            general=(
+                _REJECTS,
+                "keep the arrays that reach `{op}` in {own}: cast fewer arrays (a narrower "
+                "selector than this rule's), or do not cast the model",
+            ),
         ),
         _c(
             "E220",

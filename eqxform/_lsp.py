@@ -101,7 +101,6 @@ _SEVERITY = {
     "error": T.DiagnosticSeverity.Error,
     "warning": T.DiagnosticSeverity.Warning,
     "note": T.DiagnosticSeverity.Information,
-    "info": T.DiagnosticSeverity.Information,
 }
 
 
@@ -158,13 +157,10 @@ class Analyzer:
     def __init__(self):
         self._skeletons: dict[tuple, tuple[Any, int]] = {}
         self._planners: dict[str, Any] = {}  # each document's `Planner`
-        # Each document's lines as last parsed: an edit reparses its own lines.
-        self._parses: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def forget(self, uri: str) -> None:
         self._planners.pop(uri, None)
-        self._parses.pop(uri, None)
 
     def analyse(
         self,
@@ -197,7 +193,7 @@ class Analyzer:
 
         with self._lock:
             try:
-                program = _compile(text, name, self._parses.setdefault(uri, {}), checked)
+                program = _compile(text, name, checked)
             except SpecError as e:
                 return ModelView(tuple(e.diagnostics))
             if program.model_call is None:
@@ -268,15 +264,15 @@ class Analyzer:
         return value, []
 
 
-def _compile(text: str, name: str, cache: dict | None = None, checked: tuple | None = None):
-    """`compile` of a text (never read as a file name), parsed through `cache`;
-    or of its parse and check, `checked`."""
+def _compile(text: str, name: str, checked: tuple | None = None):
+    """`compile` of a text (never read as a file name), or of its parse and
+    check, `checked` (as the server has them)."""
     from ._compile import compile_checked, compile_collect
 
     if checked is not None:
         program, diagnostics = compile_checked(*checked)
     else:
-        program, diagnostics = compile_collect(text, name, cache=cache)
+        program, diagnostics = compile_collect(text, name)
     if diagnostics:
         raise SpecError(diagnostics)
     return program
@@ -323,11 +319,6 @@ class _Doc:
             for s in self.spec.statements
             if isinstance(s, A.LetStmt) and (before is None or s.span.line < before)
         }
-
-    def model_diagnostics(self) -> list[Diagnostic]:
-        return [
-            d for d in self.view.diagnostics if d.span is None or d.span.line < self.valid_below
-        ]
 
     def steps(self, line: int) -> list | None:
         return self.view.steps.get(line) if line < self.valid_below else None
@@ -412,7 +403,7 @@ def _index(spec: A.Spec) -> dict:
 class EqxformServer(LanguageServer):
     """The eqxform language server; `main()` runs it over stdio."""
 
-    def __init__(self, debounce: float = DEBOUNCE_S, check_debounce: float = CHECK_DEBOUNCE_S):
+    def __init__(self):
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -425,8 +416,6 @@ class EqxformServer(LanguageServer):
         self.latest: dict[str, _Latest] = {}
         self.parses: dict[str, dict] = {}  # each document's parsed lines
         self.analyzer = Analyzer()
-        self.debounce = debounce
-        self.check_debounce = check_debounce
         # One worker: JAX work for a document waits for the work before it,
         # which stops early once it is stale.
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eqxform-plan")
@@ -439,8 +428,9 @@ class EqxformServer(LanguageServer):
     # ---- the stream
 
     def serve(self, stdin, stdout) -> int:
-        """Serve the protocol over byte streams until `exit` or the end of the
-        input; the exit status (0 after `shutdown`, else 1).
+        """Serve the protocol over byte streams (`stdin` buffered, with
+        `read1`) until `exit` or the end of the input; the exit status (0
+        after `shutdown`, else 1).
 
         The input is read on a thread of its own and cut into messages by
         `Framer`, which recovers from bad framing; each mistake is reported on
@@ -463,18 +453,12 @@ class EqxformServer(LanguageServer):
 
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[bytes] = asyncio.Queue()
-        read = getattr(stdin, "read1", None)
-        if read is None:
-            fd = stdin.fileno()
-
-            def read(n: int) -> bytes:
-                return os.read(fd, n)
 
         def pump() -> None:
             # Blocking reads, each handing whatever arrived to the event loop.
             while True:
                 try:
-                    data = read(1 << 16)
+                    data = stdin.read1(1 << 16)
                 except (OSError, ValueError):
                     data = b""
                 try:
@@ -540,15 +524,12 @@ class EqxformServer(LanguageServer):
 
     # ---- positions
 
-    @property
-    def codec(self):
-        return self.workspace.position_codec
-
     def to_client(self, lines: list[str], line: int, column: int) -> T.Position:
         """A 1-based line and column (in characters) as an LSP position."""
         line = min(max(line, 1), len(lines))
         column = min(max(column, 1), len(lines[line - 1]) + 1)
-        return self.codec.position_to_client_units(lines, T.Position(line - 1, column - 1))
+        codec = self.workspace.position_codec
+        return codec.position_to_client_units(lines, T.Position(line - 1, column - 1))
 
     def span_range(self, lines: list[str], span: A.Span | SpecToken | None) -> T.Range:
         if span is None:
@@ -563,9 +544,7 @@ class EqxformServer(LanguageServer):
         lines = doc.lines
         if position.line >= len(lines):
             return len(lines), len(lines[-1])
-        server = self.codec.position_from_client_units(
-            lines, T.Position(position.line, position.character)
-        )
+        server = self.workspace.position_codec.position_from_client_units(lines, position)
         return server.line + 1, server.character
 
     # ---- diagnostics
@@ -615,7 +594,7 @@ class EqxformServer(LanguageServer):
             doc = self.docs.get(uri)
             if doc is not None and doc.version == latest.version:
                 return
-            wait = latest.changed + self.check_debounce - loop.time()
+            wait = latest.changed + CHECK_DEBOUNCE_S - loop.time()
             if wait > 0 and not latest.urgent.is_set():
                 with contextlib.suppress(TimeoutError):  # the pause, unless a request comes
                     await asyncio.wait_for(latest.urgent.wait(), wait)
@@ -677,22 +656,20 @@ class EqxformServer(LanguageServer):
         self.analyzer.forget(uri)
 
     def publish(self, doc: _Doc) -> None:
-        lines = doc.lines
         local = doc.local
         if doc.has_model:
             # Checked against the spec's model: a type name it has is no news,
             # one it lacks is its E104.
             local = [d for d in local if d.code != "I104"]
-        found = sorted(
-            local + doc.model_diagnostics(),
-            key=position,
-        )
+        # The plan's diagnostics, of the lines above the first that changed since.
+        planned = [
+            d for d in doc.view.diagnostics if d.span is None or d.span.line < doc.valid_below
+        ]
+        found = sorted(local + planned, key=position)
+        lines = doc.lines
+        diagnostics = [self.lsp_diagnostic(d, lines) for d in found]
         self.text_document_publish_diagnostics(
-            T.PublishDiagnosticsParams(
-                uri=doc.uri,
-                version=doc.version,
-                diagnostics=[self.lsp_diagnostic(d, lines) for d in found],
-            )
+            T.PublishDiagnosticsParams(doc.uri, diagnostics, version=doc.version)
         )
 
     def lsp_diagnostic(self, d: Diagnostic, lines: list[str]) -> T.Diagnostic:
@@ -727,7 +704,7 @@ class EqxformServer(LanguageServer):
         return not self.stopping and latest is not None and latest.version == version
 
     async def _analyse_later(self, uri: str, version: int) -> None:
-        await asyncio.sleep(self.debounce)
+        await asyncio.sleep(DEBOUNCE_S)
         doc = self.docs.get(uri)
         if doc is None or not self.is_current(uri, version):
             return
@@ -916,8 +893,10 @@ _SIGNED = {
 def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
     """One line on the word `token`, from its role in the parsed spec (or, on
     a line that does not parse, from the word alone)."""
-    if token.type in _DIRECTIVE_TOKENS and token.column == _first_column(doc, token.line):
-        return D.DIRECTIVES[_DIRECTIVE_TOKENS[token.type]]
+    if token.type in _DIRECTIVE_TOKENS:
+        text = doc.lines[token.line - 1]
+        if token.column == len(text) - len(text.lstrip()) + 1:  # a directive starts its line
+            return D.DIRECTIVES[_DIRECTIVE_TOKENS[token.type]]
     if token.type in _KEYWORD_TOKENS:
         return D.KEYWORDS[_KEYWORD_TOKENS[token.type]]
     if token.type != "NAME":
@@ -961,11 +940,6 @@ def _word_doc(doc: _Doc, token: SpecToken) -> str | None:
             if word in table:
                 return f"`{word}`: {table[word]}"
     return None
-
-
-def _first_column(doc: _Doc, line: int) -> int:
-    text = doc.lines[line - 1]
-    return len(text) - len(text.lstrip()) + 1
 
 
 def _let_doc(doc: _Doc, let: A.LetStmt) -> str:
@@ -1217,18 +1191,10 @@ def _fields(nodes: list) -> list[str]:
 # ---- wiring -----------------------------------------------------------------
 
 
-def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
-    """The language server with its features registered.
-
-    **Arguments:**
-
-    - `debounce`: seconds the text must stay unchanged before the model-aware
-      diagnostics are computed.
-
-    **Returns:** an `EqxformServer`; `server.serve(stdin, stdout)` runs it over byte
-    streams (`main()` over stdio).
-    """
-    server = EqxformServer(debounce)
+def make_server() -> EqxformServer:
+    """The language server with its features registered; `server.serve(stdin,
+    stdout)` runs it over byte streams (`main()` over stdio)."""
+    server = EqxformServer()
 
     @server.feature(T.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: EqxformServer, params: T.DidOpenTextDocumentParams):
@@ -1248,27 +1214,22 @@ def make_server(debounce: float = DEBOUNCE_S) -> EqxformServer:
 
     # Requests answer from the document checked in its latest text.
 
-    @server.feature(T.TEXT_DOCUMENT_HOVER)
-    async def hover(ls: EqxformServer, params: T.HoverParams):
-        doc = await ls.current(params.text_document.uri)
-        return None if doc is None else ls.hover(doc, *ls.from_client(doc, params.position))
+    def at_cursor(answer: Callable):
+        """The handler of a request about a position: `answer(ls, doc, line, column)`."""
 
-    @server.feature(
-        T.TEXT_DOCUMENT_COMPLETION,
-        T.CompletionOptions(trigger_characters=[" ", ".", "(", ",", "|", "["]),
-    )
-    async def completion(ls: EqxformServer, params: T.CompletionParams):
-        doc = await ls.current(params.text_document.uri)
-        if doc is None:
-            return None
-        return T.CompletionList(
-            is_incomplete=False, items=ls.complete(doc, *ls.from_client(doc, params.position))
-        )
+        async def handle(ls: EqxformServer, params):
+            doc = await ls.current(params.text_document.uri)
+            return None if doc is None else answer(ls, doc, *ls.from_client(doc, params.position))
 
-    @server.feature(T.TEXT_DOCUMENT_DEFINITION)
-    async def definition(ls: EqxformServer, params: T.DefinitionParams):
-        doc = await ls.current(params.text_document.uri)
-        return None if doc is None else ls.definition(doc, *ls.from_client(doc, params.position))
+        return handle
+
+    def completion(ls: EqxformServer, doc: _Doc, line: int, column: int) -> T.CompletionList:
+        return T.CompletionList(is_incomplete=False, items=ls.complete(doc, line, column))
+
+    triggers = T.CompletionOptions(trigger_characters=[" ", ".", "(", ",", "|", "["])
+    server.feature(T.TEXT_DOCUMENT_HOVER)(at_cursor(EqxformServer.hover))
+    server.feature(T.TEXT_DOCUMENT_COMPLETION, triggers)(at_cursor(completion))
+    server.feature(T.TEXT_DOCUMENT_DEFINITION)(at_cursor(EqxformServer.definition))
 
     @server.feature(T.TEXT_DOCUMENT_FORMATTING)
     async def formatting(ls: EqxformServer, params: T.DocumentFormattingParams):

@@ -74,7 +74,9 @@ class Framer:
         """The messages completed by `data`, the next bytes of the stream."""
         self._buffer += data
         frames: list[Frame] = []
-        while self._step(frames):
+        # Each state takes what the buffer holds of the next message, and
+        # returns `False` when it must wait for more bytes.
+        while (self._body if self._in_body else self._headers)(frames):
             pass
         return frames
 
@@ -100,13 +102,6 @@ class Framer:
         return frames
 
     # ---- the two states: reading headers, reading a body
-
-    def _step(self, frames: list[Frame]) -> bool:
-        """Take what the buffer holds of the next message; `False` when it
-        must wait for more bytes."""
-        if self._in_body:
-            return self._body(frames)
-        return self._headers(frames)
 
     def _headers(self, frames: list[Frame]) -> bool:
         buffer = self._buffer

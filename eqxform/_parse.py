@@ -105,15 +105,6 @@ def _clip(text: str, width: int = 24) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _whole(token: Token, what: str) -> int:
-    """A number that must be written as a whole number (an index, a slice
-    bound): `1.5` and `1e3` are refused, not rounded."""
-    number = _number(token)
-    if not isinstance(number.value, int):
-        raise _Refused(report("E013", span=number.span, what=what, clip_text=_clip(number.text)))
-    return number.value
-
-
 def _node(cls, *fixed):
     """The method of a grammar alias whose node is `cls(span, *fixed, *children)`."""
     return lambda self, meta, children: cls(_span(meta), *fixed, *children)
@@ -280,9 +271,14 @@ class _ToAst(Transformer):
     idx_slice = _node(A.SliceStep)
 
     def sint(self, meta, children):
-        minus, number = children
-        value = _whole(number, "an index or a slice bound")
-        return -value if minus is not None else value
+        # A whole number: `1.5` and `1e3` are refused, not rounded.
+        minus, token = children
+        number = _number(token)
+        if not isinstance(number.value, int):
+            what = "an index or a slice bound"
+            clip_text = _clip(number.text)
+            raise _Refused(report("E013", span=number.span, what=what, clip_text=clip_text))
+        return -number.value if minus is not None else number.value
 
     # ---- expressions
     def number(self, meta, children):
@@ -382,23 +378,14 @@ def _unclosed(line: str) -> tuple[str, int] | None:
 
 
 def _expected(exc: UnexpectedToken) -> str:
+    # Every name `expected` holds but `$END` is a terminal of the parser.
     names = sorted(
-        {_TOKEN_NAMES.get(t, f"`{_anon(t)}`") for t in exc.expected if not t.startswith("__")}
-        | {f"`{_anon(t)}`" for t in exc.expected if t.startswith("__")}
+        {
+            _TOKEN_NAMES.get(t) or f"`{_parser().get_terminal(t).pattern.value}`"
+            for t in exc.expected
+        }
     )
-    if not names:
-        return ""
-    if len(names) == 1:
-        return names[0]
-    return ", ".join(names[:-1]) + " or " + names[-1]
-
-
-def _anon(terminal: str) -> str:
-    try:
-        pattern = _parser().get_terminal(terminal).pattern
-        return pattern.value
-    except Exception:  # an unknown terminal name: show it as it is
-        return terminal
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _syntax_diagnostic(exc: UnexpectedInput, line_text: str, line_no: int) -> Diagnostic:
@@ -701,7 +688,8 @@ _COMMENTS: contextvars.ContextVar[list] = contextvars.ContextVar("comments")
 
 
 def _collect_comment(token: Token) -> Token:
-    _COMMENTS.get().append(token)
+    # Outside `_parsed_tokens` (a line lexed on its own) the token is kept by the caller.
+    _COMMENTS.get([]).append(token)
     return token
 
 

@@ -29,9 +29,11 @@ from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, is_state_index, 
 from ._passes import Context, PlacePass, RulePass
 from ._passes._base import replace_at
 from ._passes._forward import (
+    failing_call,
     formed_adapters,
     missing_state,
     output_shape,
+    retyped,
 )
 from ._passes._struct import EnsemblePass, StackCallError, StackPass
 from ._select import (
@@ -1215,6 +1217,9 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     failure = _forward(start, structs)[1]
     if failure is not None and missing_state(start) and _runs_with_state(model, structs):
         return report("E238", span=first_input, source=program.source)
+    cause = _dtype_cause(program, start, structs, history)
+    if cause is not None:
+        return cause
     if failure is not None or not history:
         return _forward_error(program, failure or problem, first_input, "input")
     lo, hi = 0, len(history) - 1  # the model works before history[0], fails after history[hi]
@@ -1250,9 +1255,127 @@ def _cast_help(program, breaker, structs) -> dict[str, str] | None:
         return None
     if declared == dtype:
         return None
+    return {"dtype": dtype.name, "declared": first.describe(), "suggested": _input_in(first, dtype)}
+
+
+def _input_in(stmt, dtype) -> str:
+    """The `input` line `stmt`'s array in `dtype` (`bf16[3,16,16]`)."""
     short = {long: s for s, long in reversed(list(N.INPUT_DTYPES.items()))}
-    suggested = f"{short.get(dtype.name, dtype.name)}[{','.join(str(d) for d in first.shape)}]"
-    return {"dtype": dtype.name, "declared": first.describe(), "suggested": suggested}
+    return f"{short.get(dtype.name, dtype.name)}[{','.join(str(d) for d in stmt.shape)}]"
+
+
+def _floating(tree) -> set:
+    return {
+        jnp.dtype(x.dtype)
+        for x in jax.tree_util.tree_leaves(tree)
+        if is_array(x) and jnp.issubdtype(x.dtype, jnp.floating)
+    }
+
+
+def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
+    """E213, where the forward pass fails only because of a dtype that a
+    `cast` gave (with the `input` lines, when they declare it too): the model
+    runs with every array and input in its own floating dtype, but not after
+    the cast, on inputs in the cast's dtype either. At the cast after which
+    the failure first comes, with the JAX function that failed, the module
+    that called it, and a fix that was tried and runs. None for any other
+    failure."""
+    own = _floating(start)
+    own = own.pop() if len(own) == 1 else jnp.dtype("float32")
+    casts = []
+    for k, (p, _) in enumerate(history):
+        action = getattr(p, "action", None)
+        if action is not None and action.name == "cast":
+            dtype = jnp.dtype(action.arg.id)
+            if jnp.issubdtype(dtype, jnp.floating) and dtype != own:
+                casts.append((k, p, dtype))
+    if not casts:
+        return None
+    final = history[-1][1]
+    wide = retyped(structs, own)
+    if _forward(retyped(final, own), wide)[1] is not None:
+        return None  # not a matter of dtypes alone
+    narrow = casts[-1][2]
+    # On inputs in the cast's dtype (what E207 suggests) a model that runs
+    # had only its `input` lines wrong: E207 says so.
+    given = retyped(structs, narrow)
+    error = _forward(final, given)[1]
+    if error is None or isinstance(error, StackCallError):
+        return None
+    site = _site(error)
+    breaker, dtype = next(
+        ((p, d) for k, p, d in casts if _site(_forward(history[k][1], given)[1]) == site),
+        casts[-1][1:],
+    )
+    op, owner, where = _called(error)
+    name = None if owner is None else type(owner).__name__
+    own_name = {"own": own.name}
+    notes = []
+    for stmt, struct in zip(program.inputs, structs):
+        if struct.dtype == narrow:
+            notes.append(
+                f"line {stmt.span.line}, `input {stmt.describe()}`, gives the model "
+                f"{narrow.name} arrays too"
+            )
+    first = _forward(final, structs)[1]
+    if first is not None and _site(first) != site:
+        notes.append(
+            f"with the input as declared, the model fails before that, {_where_failed(first)}"
+        )
+    inputs = {"inputs": ", ".join(f"`input {_input_in(i, own)}`" for i in program.inputs)}
+    # Fixes tried in turn (the help's variant, the model, its inputs, the
+    # help's values); the first that runs is the help.
+    tries = []
+    if owner is not None:
+        kept = retyped(final, own, type(owner))
+        tries.append((None, kept, structs, {"name": name, **own_name}))
+    if any(s.dtype == narrow for s in structs):
+        tries.append(("input", final, wide, {**own_name, **inputs}))
+        if owner is not None:
+            tries.append(("keep_input", kept, wide, {"name": name, **own_name, **inputs}))
+    tries.append(
+        ("general", None, None, own_name)
+        if owner is None
+        else ("module", None, None, {"name": name, **own_name})
+    )
+    variant, helps = next((v, h) for v, m, x, h in tries if m is None or _forward(m, x)[1] is None)
+    return report(
+        "E213",
+        variant=variant,
+        span=breaker.stmt.span,
+        source=program.source,
+        notes=tuple(notes),
+        op=op,
+        dtype=dtype.name,
+        error=first_line(error),
+        where=where,
+        **helps,
+    )
+
+
+def _called(error: Exception) -> tuple[str, Any, str]:
+    """The function that raised `error`, the module whose code called it, and
+    where that is in words (" in `SpectralConv` (`blocks[0].spectral_conv`)")."""
+    op, owner, path = failing_call(error)
+    where = "" if owner is None else f" in `{type(owner).__name__}`"
+    return op, owner, where + ("" if path is None else f" (`{path}`)")
+
+
+def _where_failed(error: Exception) -> str:
+    """What raised `error` and where, then what it said."""
+    op, _, where = _called(error)
+    return f"at `{op}`{where}: {first_line(error)}"
+
+
+def _site(error) -> tuple | None:
+    """Where in the model's code `error` was raised (file and line of the
+    innermost frame), to tell two failures of one call from others."""
+    if error is None or error.__traceback__ is None:
+        return None
+    tb = error.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return (tb.tb_frame.f_code.co_filename, tb.tb_lineno)
 
 
 def _runs_with_state(model, structs) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -63,36 +64,27 @@ def read_spec(spec: str | os.PathLike, name: str | None = None) -> tuple[str, st
             raise refused
         return spec, name or "<spec>"
     path = Path(spec)
+    refuse = partial(UsageError.of, file=str(path), path=path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UsageError(report("E401", file=str(path), path=path)) from None
+        raise refuse("E401") from None
     except IsADirectoryError:
-        raise UsageError(report("E401", variant="folder", file=str(path), path=path)) from None
+        raise refuse("E401", variant="folder") from None
     except OSError as e:
-        raise UsageError(
-            report("E401", variant="cannot_read", file=str(path), path=path, strerror=e.strerror)
-        ) from None
+        raise refuse("E401", variant="cannot_read", strerror=e.strerror) from None
     if looks_like_model_file(data[:9]):
-        raise UsageError(report("E402", file=str(path), path=path))
+        raise refuse("E402")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
     if text is None or "\x00" in text:
-        raise UsageError(report("E402", variant="text", file=str(path), path=path))
+        raise refuse("E402", variant="text")
     line = _not_a_statement(text)
     if line is not None:
-        raise UsageError(
-            report(
-                "E402",
-                variant="spec",
-                file=str(path),
-                path=path,
-                line=line,
-                listing=", ".join(f"`{d}`" for d in DIRECTIVES[:4]),
-            )
-        )
+        listing = ", ".join(f"`{d}`" for d in DIRECTIVES[:4])
+        raise refuse("E402", variant="spec", line=line, listing=listing)
     return text, name or str(path)
 
 
@@ -153,37 +145,20 @@ def load_params(sets: tuple[str, ...] = (), params_file: str | None = None) -> d
     if params_file:
         import yaml
 
+        refuse = partial(UsageError.of, file=params_file, params_file=params_file)
         try:
             loaded = yaml.safe_load(Path(params_file).read_text())
         except FileNotFoundError:
-            raise UsageError(report("E411", file=params_file, params_file=params_file)) from None
+            raise refuse("E411") from None
         except yaml.YAMLError as e:
-            raise UsageError(
-                report(
-                    "E406",
-                    file=params_file,
-                    params_file=params_file,
-                    splitlines=str(e).splitlines()[0],
-                )
-            ) from None
-        if loaded is None:
-            loaded = {}
+            raise refuse("E406", splitlines=str(e).splitlines()[0]) from None
+        loaded = {} if loaded is None else loaded
         if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-            raise UsageError(
-                report("E406", variant="map_let", file=params_file, params_file=params_file)
-            )
+            raise refuse("E406", variant="map_let")
         for k, v in loaded.items():
             if not (v is None or isinstance(v, (bool, int, float, str))):
-                raise UsageError(
-                    report(
-                        "E406",
-                        variant="number_string",
-                        file=params_file,
-                        k=k,
-                        params_file=params_file,
-                    )
-                )
-            values[k] = v
+                raise refuse("E406", variant="number_string", k=k)
+        values.update(loaded)
     for item in sets:
         name, sep, text = item.partition("=")
         if not sep or not name.strip():

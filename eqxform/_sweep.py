@@ -67,9 +67,7 @@ class Sweep:
 
     def env(self, env: Mapping[str, Any], k: int) -> dict[str, Any]:
         """`env` with member `k`'s values bound."""
-        out = dict(env)
-        out.update({n: self.members[k][n] for n in self.bound})
-        return out
+        return {**env, **{n: self.members[k][n] for n in self.bound}}
 
     def seed(self, base: int, k: int) -> int:
         """Member `k`'s seed when the spec's (or `--seed`'s) seed is `base`."""

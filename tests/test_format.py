@@ -227,7 +227,15 @@ def test_keywords_as_field_names_stay_names():
     assert types[:4] == ["WHERE", "NAME", "DOT", "NAME"]
 
 
+def test_a_line_that_does_not_parse_keeps_its_comment_token():
+    # Lexed on its own, without the parser: the comment is still a token.
+    found = [(t.type, t.text) for t in tokens("else  # a comment\nseed 1\n")]
+    assert found[:3] == [("ELSE", "else"), ("COMMENT", "# a comment"), ("NEWLINE", "\n")]
+    assert ("SEED", "seed") in found
+
+
 def test_tokens_cover_the_text():
+
     # Between the tokens there is only space: nothing is lost.
     for path in SPECS + FIXTURES:
         text = path.read_text()

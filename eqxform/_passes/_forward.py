@@ -13,6 +13,7 @@ training loop makes it, so that layers that reduce over the batch
 from __future__ import annotations
 
 import inspect
+import sys
 from typing import Any
 
 import equinox as eqx
@@ -169,3 +170,76 @@ def formed_adapters(subject: Any, structs) -> list[tuple[str, tuple[int, int]]]:
     found: set = set()
     _dot_shapes(jaxpr.jaxpr, found)
     return [wanted[k] for k in wanted if k in found]
+
+
+def retyped(tree: Any, dtype: Any, within: type | None = None) -> Any:
+    """`tree` (a skeleton, or input structs) with its real floating-point
+    arrays in `dtype`; only those inside modules of the class `within` when it
+    is given. What a `cast` to `dtype` of those modules gives the forward pass."""
+
+    def cast(x):
+        if isinstance(x, jax.ShapeDtypeStruct) and jnp.issubdtype(x.dtype, jnp.floating):
+            return jax.ShapeDtypeStruct(x.shape, dtype)
+        return x
+
+    if within is None:
+        return jax.tree_util.tree_map(cast, tree)
+    inside = lambda x: isinstance(x, within)  # noqa: E731
+    return jax.tree_util.tree_map(
+        lambda x: jax.tree_util.tree_map(cast, x) if inside(x) else x, tree, is_leaf=inside
+    )
+
+
+def _is_jax(frame) -> bool:
+    module = frame.f_globals.get("__name__", "")
+    return module.split(".")[0] in ("jax", "jaxlib")
+
+
+def _public_name(frame) -> str:
+    """The public name of the JAX function running in `frame`
+    (`jax._src.numpy.fft.rfftn` is `jnp.fft.rfftn`): its private module
+    without `_src`, or the first package above it that exports the same
+    function; its bare name when none does."""
+    name = frame.f_code.co_name
+    parts = frame.f_globals.get("__name__", "").replace("._src", "").split(".")
+    while parts:
+        found = getattr(sys.modules.get(".".join(parts)), name, None)
+        if found is not None and getattr(inspect.unwrap(found), "__code__", None) is frame.f_code:
+            public = ".".join(parts)
+            if public == "jax.numpy" or public.startswith("jax.numpy."):
+                public = "jnp" + public[len("jax.numpy") :]
+            return f"{public}.{name}"
+        parts.pop()
+    return name
+
+
+def failing_call(error: BaseException) -> tuple[str, Any, str | None]:
+    """Where in the model's forward pass `error` was raised, from its
+    traceback: the function that raised it (the JAX function the model's code
+    called, by its public name, `jnp.fft.rfftn`; else the model's own
+    function), the innermost module whose code made the call (None when no
+    module's did), and that module's path in the model (None where it cannot
+    be told, as inside a `lax.scan` over stacked layers)."""
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    # The last step from the model's code into JAX is the call that failed.
+    boundary = len(frames) - 1
+    for k in range(len(frames) - 1, 0, -1):
+        if _is_jax(frames[k]) and not _is_jax(frames[k - 1]):
+            boundary = k
+            break
+    op = frames[boundary] if frames else None
+    if op is None:
+        return type(error).__name__, None, None
+    name = _public_name(op) if _is_jax(op) else op.f_code.co_qualname
+    modules = [
+        m for f in frames[: boundary + 1] if isinstance(m := f.f_locals.get("self"), eqx.Module)
+    ]
+    if not modules:
+        return name, None, None
+    owner, root = modules[-1], modules[0]
+    path = next((n.text for n in walk(root) if n.obj is owner and n.path), None)
+    return name, owner, path
