@@ -34,6 +34,16 @@ from ._values import (
 from ._wnames import read_globs, read_map
 
 
+def _listing(names: Iterable[str], after: str = "") -> str:
+    """`` `a`, `b` ``: names in backticks (each followed by `after`)."""
+    return ", ".join(f"`{n}{after}`" for n in names)
+
+
+def _hint(word: str, names: Iterable[str], what: str) -> str:
+    """Did-you-mean for `word` among `names`, else `{what} are` and them all."""
+    return did_you_mean(word, names) or f"{what} are " + _listing(names)
+
+
 def is_whole(value: Any, minimum: int) -> bool:
     """Is `value` an integer (not a boolean) of at least `minimum`?"""
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
@@ -101,7 +111,10 @@ class Checker:
         """Every diagnostic, warnings included (their severity says which)."""
         self.overrides()
         self.statements()
-        self.unused_varied()
+        # A varied name that no expression reads makes every member the same.
+        for name, vary in self.varied.items():
+            if name not in self.varied_used and vary.value is not None:
+                self.error("E170", vary.name_span, name=name)
         if not self.errors:
             self.evaluate()
         # Dead text is worth a warning only once the spec has no errors: a
@@ -124,12 +137,6 @@ class Checker:
                     else "",
                 )
 
-    def unused_varied(self):
-        """A varied name that no expression reads makes every member the same."""
-        for name, vary in self.varied.items():
-            if name not in self.varied_used and vary.value is not None:
-                self.error("E170", vary.name_span, name=name)
-
     def overrides(self):
         """Every `--set NAME` names a `let` of the spec, with a constant value."""
         let_names = [s.name for s in self.spec.statements if isinstance(s, A.LetStmt)]
@@ -140,20 +147,9 @@ class Checker:
                     report("E431", file=self.source.name, key=key, problem=problem)
                 )
             if key not in let_names:
-                hint = did_you_mean(key, let_names)
-                self.diagnostics.append(
-                    report(
-                        "E116",
-                        file=self.source.name,
-                        help=hint
-                        or (
-                            "its `let` names are " + ", ".join(f"`{n}`" for n in let_names)
-                            if let_names
-                            else "the spec defines no `let` names"
-                        ),
-                        key=key,
-                    )
-                )
+                hint = _hint(key, let_names, "its `let` names") if let_names else None
+                help = hint or "the spec defines no `let` names"
+                self.diagnostics.append(report("E116", file=self.source.name, help=help, key=key))
 
     def evaluate(self):
         """The values of the directives, overrides applied."""
@@ -439,7 +435,7 @@ class Checker:
             set(self.lets) | set(self.varied),
             "E124",
             "e.g. `optimizer adamw(learning_rate=1e-3)`",
-            ", ".join(f"`{o}`" for o in N.OPTIMIZERS),
+            _listing(N.OPTIMIZERS),
         )
 
     def check_EnsembleStmt(self, stmt: A.EnsembleStmt):
@@ -493,14 +489,8 @@ class Checker:
             return
         for name, span in self.axis_uses:
             if name not in names:
-                self.error(
-                    "E190",
-                    span,
-                    help=did_you_mean(name, names)
-                    or "the mesh's axes are " + ", ".join(f"`{n}`" for n in names),
-                    name=name,
-                    where=where,
-                )
+                help = _hint(name, names, "the mesh's axes")
+                self.error("E190", span, help=help, name=name, where=where)
 
     def check_StackStmt(self, stmt: A.StackStmt):
         self.selector(stmt.selector)
@@ -614,13 +604,7 @@ class Checker:
         name = action.name
         info = N.ACTIONS.get(name)
         if info is None:
-            hint = did_you_mean(name, N.ACTIONS)
-            self.error(
-                "E101",
-                action.name_span,
-                help=hint or "actions are " + ", ".join(f"`{a}`" for a in N.ACTIONS),
-                name=name,
-            )
+            self.error("E101", action.name_span, help=_hint(name, N.ACTIONS, "actions"), name=name)
             return
         arg = action.arg
         if info.arg == "spec":
@@ -648,7 +632,7 @@ class Checker:
                 context,
                 "E125",
                 "e.g. `wrap symmetric` or `wrap positive(minimum=0.01)`",
-                ", ".join(f"`{w}`" for w in sorted(signatures)),
+                _listing(sorted(signatures)),
             )
         elif info.arg == "constructor":
             if isinstance(arg, A.Name) and arg.id in N.FUNCTIONS:
@@ -660,13 +644,7 @@ class Checker:
         elif info.arg == "dtype":
             if not isinstance(arg, A.Name) or arg.id not in N.DTYPES:
                 word = arg.id if isinstance(arg, A.Name) else self.source.snippet(arg.span)
-                hint = did_you_mean(word, N.DTYPES)
-                self.error(
-                    "E111",
-                    arg.span,
-                    help=hint or "dtypes are " + ", ".join(f"`{d}`" for d in N.DTYPES),
-                    word=word,
-                )
+                self.error("E111", arg.span, help=_hint(word, N.DTYPES, "dtypes"), word=word)
         else:
             self.names(arg, context, f"`{name}`")
 
@@ -692,7 +670,7 @@ class Checker:
                     help=did_you_mean(value.id, kind),
                     name=a.name,
                     name2=name,
-                    listing=", ".join(f"`{k}`" for k in kind),
+                    listing=_listing(kind),
                     id=value.id,
                     example=info.example,
                 )
@@ -834,7 +812,7 @@ class Checker:
                 "E115",
                 extra.span,
                 name=name,
-                names=", ".join(f"`{p}=`" for p in signature.names if p != "key"),
+                names=_listing((p for p in signature.names if p != "key"), "="),
                 len_params=len(params),
                 s="s" if len(params) != 1 else "",
                 len_positional=len(positional),
@@ -857,9 +835,7 @@ class Checker:
                     arg.name_span or arg.span,
                     help=hint
                     or f"`{name}` takes "
-                    + (
-                        ", ".join(f"`{n}`" for n in signature.names if n != "key") or "no arguments"
-                    ),
+                    + (_listing(n for n in signature.names if n != "key") or "no arguments"),
                     kind=kind,
                     name=name,
                     name2=arg.name,
@@ -876,8 +852,8 @@ class Checker:
                 span,
                 kind=kind,
                 name=name,
-                missing=", ".join(f"`{m}`" for m in missing),
-                additions=", ".join(f"`{m}=...`" for m in missing),
+                missing=_listing(missing),
+                additions=_listing(missing, "=..."),
             )
 
     def names(self, expr: A.Expr, allowed: set[str], where: str):
@@ -901,20 +877,15 @@ class Checker:
                         node.span,
                         help=hint
                         or (
-                            f"names known in {where}: " + ", ".join(f"`{n}`" for n in in_scope)
+                            f"names known in {where}: " + _listing(in_scope)
                             if in_scope
                             else f"define it above this line with `let {node.id} = ...`"
                         ),
                         id=node.id,
                     )
             elif isinstance(node, A.Call) and node.callee not in N.EXPR_FUNCTIONS:
-                hint = did_you_mean(node.callee, N.EXPR_FUNCTIONS)
-                self.error(
-                    "E110",
-                    node.callee_span,
-                    help=hint or "functions are " + ", ".join(f"`{f}`" for f in N.EXPR_FUNCTIONS),
-                    callee=node.callee,
-                )
+                help = _hint(node.callee, N.EXPR_FUNCTIONS, "functions")
+                self.error("E110", node.callee_span, help=help, callee=node.callee)
 
 
 def _inside(inner: A.Span, outer: A.Span) -> bool:

@@ -1337,7 +1337,7 @@ CODES: dict[str, Code] = {
             "function gets an array computed by the layers before it, as a Fourier layer's "
             "transform of its input does), the arrays that reach the function must stay in "
             "the model's dtype.",
-            "input f32[2,16]\nwhere ** -> cast bfloat16  # a module calls jnp.fft.rfft on a weight",
+            "input f32[2, 16]\nwhere ** -> cast bfloat16  # a module calls jnp.fft.rfft on a weight",
             "keep the module that calls the function in the model's dtype (`where NAME -> cast "
             "float32` below the cast), declare the input in that dtype, or cast fewer arrays.",
             message=_REJECTS,

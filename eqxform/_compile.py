@@ -169,11 +169,6 @@ def compile_checked(
     return replace(program, warnings=tuple(sorted(diagnostics, key=position))), []
 
 
-def _changes(action: str) -> str | None:
-    info = N.ACTIONS.get(action)
-    return info.changes if info else None
-
-
 def compile_without_broken_rules(
     text: str,
     name: str,
@@ -222,6 +217,11 @@ def _override_inputs(checker: Checker, inputs: list[str]) -> list[Diagnostic]:
     return diagnostics
 
 
+def _changes(action: A.Action) -> str:
+    """What an action of a checked spec changes: its record's `changes`."""
+    return N.ACTIONS[action.name].changes
+
+
 def _without_shard(rule: A.Rule) -> str:
     """A rule's identity, its `shard` actions left out: placing arrays
     changes no number a rule draws."""
@@ -229,7 +229,7 @@ def _without_shard(rule: A.Rule) -> str:
     cuts = [
         a.span
         for a in rule.actions
-        if _changes(a.name) == "placement" and a.span.line == rule.span.line == a.span.end_line
+        if _changes(a) == "placement" and a.span.line == rule.span.line == a.span.end_line
     ]
     if not cuts:
         return _normalise(text)
@@ -246,15 +246,6 @@ def _overs(stmt: A.Stmt) -> list:
     if isinstance(stmt, A.EnsembleStmt) and stmt.over is not None:
         overs.append(stmt.over)
     return overs
-
-
-def _without_over(stmt: A.Stmt, source: A.Source) -> str:
-    """The line of a statement less its `over AXIS`: where the arrays live
-    changes no number they are drawn with."""
-    line = source.line(stmt.span.line)
-    for over in sorted(_overs(stmt), key=lambda o: -o.span.column):
-        line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
-    return line
 
 
 def _sweep_program(
@@ -310,14 +301,6 @@ def _program(
         return stable_hash("#".join([text, *map(str, more)]))
 
     statements = spec.statements
-
-    def inits_after(k: int) -> tuple[A.Rule, ...]:
-        return tuple(
-            s
-            for s in statements[k + 1 :]
-            if isinstance(s, A.Rule) and any(a.name == "init" for a in s.actions)
-        )
-
     for k, stmt in enumerate(statements):
         if isinstance(stmt, A.ModelStmt):
             model_call = stmt.call
@@ -325,25 +308,36 @@ def _program(
         if isinstance(stmt, A.Rule):
             text_key = _without_shard(stmt)
         elif isinstance(stmt, (A.StackStmt, A.UnstackStmt, A.EnsembleStmt)):
-            text_key = _normalise(_without_over(stmt, source).split("#", 1)[0])
+            # The line less its `over AXIS`: where the arrays live changes no
+            # number they are drawn with.
+            line = source.line(stmt.span.line)
+            for over in sorted(_overs(stmt), key=lambda o: -o.span.column):
+                line = line[: over.span.column - 1] + line[over.span.end_column - 1 :]
+            text_key = _normalise(line.split("#", 1)[0])
         else:
             continue
         occurrence = seen.get(text_key, 0)
         seen[text_key] = occurrence + 1
         if isinstance(stmt, A.Rule):
-            drawing = [a for a in stmt.actions if _changes(a.name) != "placement"]
+            drawing = [a for a in stmt.actions if _changes(a) != "placement"]
             for action in stmt.actions:
                 index = drawing.index(action) if action in drawing else -1
-                if _changes(action.name) == "optimiser":
+                if _changes(action) == "optimiser":
                     groups.append(Group(stmt, action))
                     continue
-                if _changes(action.name) == "placement":
+                if _changes(action) == "placement":
                     shards.append(ShardRule(stmt, action, spec_dims(action.arg), env, source))
                     continue
                 cls = PASSES[action.name]
                 passes.append(cls(stmt, env, source, identity(text_key, occurrence, index), action))
         else:
-            ident, later = identity(text_key, occurrence), inits_after(k)
+            ident = identity(text_key, occurrence)
+            # The `init` rules below the line may draw what it copies.
+            later = tuple(
+                s
+                for s in statements[k + 1 :]
+                if isinstance(s, A.Rule) and any(a.name == "init" for a in s.actions)
+            )
             if isinstance(stmt, A.EnsembleStmt):
                 count = checker.counts[id(stmt)]
                 passes.append(EnsemblePass(stmt, env, source, ident, later, count, tuple(passes)))

@@ -160,19 +160,9 @@ EXPR_FUNCTIONS = {
 
 DTYPES = tuple("float16 bfloat16 float32 float64 int8 int16 int32 int64 uint8 uint32 bool".split())
 
-# The dtypes an `input` line may name, short and long.
+# The dtypes an `input` line may name, short (in the order of `DTYPES`) and long.
 INPUT_DTYPES = {
-    "f16": "float16",
-    "bf16": "bfloat16",
-    "f32": "float32",
-    "f64": "float64",
-    "i8": "int8",
-    "i16": "int16",
-    "i32": "int32",
-    "i64": "int64",
-    "u8": "uint8",
-    "u32": "uint32",
-    "bool": "bool",
+    **dict(zip("f16 bf16 f32 f64 i8 i16 i32 i64 u8 u32 bool".split(), DTYPES, strict=True)),
     **{d: d for d in DTYPES},
 }
 

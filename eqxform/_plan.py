@@ -23,7 +23,7 @@ import numpy as np
 from . import _names as N
 from ._build import budget_diagnostic, from_constructor, is_constructor, nbytes
 from ._diagnostics import Diagnostic, plural, position, printable, report
-from ._errors import ModelFileError, SpecError, UsageError
+from ._errors import ModelFileError, SpecError, UsageError, first_line
 from ._hashing import seed_key
 from ._modules import Ensemble, Frozen, LoRA, Stacked, Wrapper, is_state_index, split_state
 from ._passes import Context, PlacePass, RulePass
@@ -49,7 +49,6 @@ from ._select import (
     outermost,
     qualified_names,
     select_rule,
-    skipped_state,
     walk,
 )
 from ._values import argument_diagnostic, format_bytes
@@ -152,16 +151,15 @@ class PlanMesh:
         out = [f"mesh {self.mesh} ({self.devices} devices):"]
         shape_width = max((len(a.shape) for a in self.arrays), default=0)
         spec_width = max((len(a.spec) for a in self.arrays), default=0)
-        rows = []
-        for a in self.arrays:
-            where = f"  line {a.line}" if a.line is not None else ""
-            rows.append(
-                (
-                    a.path,
-                    f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
-                    f"{format_bytes(a.bytes_per_device)}/device{where}",
-                )
+        rows = [
+            (
+                a.path,
+                f"{a.shape.ljust(shape_width)}  {a.spec.ljust(spec_width)}  "
+                f"{format_bytes(a.bytes_per_device)}/device"
+                + (f"  line {a.line}" if a.line is not None else ""),
             )
+            for a in self.arrays
+        ]
         out += _columns("    ", rows, width)
         out += _wrap(
             f"  per device: {format_bytes(self.bytes_per_device)} "
@@ -484,15 +482,6 @@ def _describe_node(node) -> str:
     return describe(node.obj, node.axis_names if is_array(node.obj) else ())
 
 
-def _wrapped(node) -> tuple:
-    """The path of the outermost wrapper around the array at `node` (its own
-    path when nothing wraps it): where a plan looks for what became of it."""
-    k = len(node.path)
-    while k > 0 and isinstance(node.parents[k - 1], Wrapper):
-        k -= 1
-    return node.path[:k]
-
-
 def _matches(nodes, after_model, gathered: bool = False) -> tuple[PlanMatch, ...]:
     """What each node was and became. `gathered`: the nodes became one (a
     stack of list items, in the first one's place), so the later ones are said
@@ -501,8 +490,12 @@ def _matches(nodes, after_model, gathered: bool = False) -> tuple[PlanMatch, ...
     for k, node in enumerate(nodes):
         if is_array(node.obj):
             # An array is shown with its wrappers (`Frozen(f32[8,8])`), under
-            # its logical path, as selectors name it.
-            axes, outer = node.axis_names, _wrapped(node)
+            # its logical path, as selectors name it; what became of it is
+            # looked for at its outermost wrapper.
+            depth = len(node.path)
+            while depth > 0 and isinstance(node.parents[depth - 1], Wrapper):
+                depth -= 1
+            axes, outer = node.axis_names, node.path[:depth]
             holder = node.parents[len(outer)] if len(outer) < len(node.path) else node.obj
             before = describe(holder, axes)
             text = logical_path(node)
@@ -525,7 +518,7 @@ def _forward_error(program, e: Exception, line_span, what: str) -> Diagnostic:
         # The stack said what is wrong, with its own code: at the `stack` line.
         return dataclasses.replace(e.diagnostics[0], span=line_span, source=program.source)
     code = "E207" if what == "rule" else "E212"
-    return report(code, span=line_span, source=program.source, message=_first_line(e))
+    return report(code, span=line_span, source=program.source, message=first_line(e))
 
 
 def _forward(subject, structs):
@@ -868,8 +861,7 @@ def step_of(p, nodes, after, params_before: int, params_after: int) -> PlanStep:
                 targets = acted_on(nodes)
         writes = tuple((logical_path(n), n.layers) for n in targets)
         span = p.action.span
-        skipped = p.skipped(nodes) if info.floats else 0
-        state = skipped_state(nodes, p.rule.selector) if info.floats else 0
+        skipped, state = p.skipped(nodes) if info.floats else (0, 0)
         thawed = p.thawed(nodes) if kind == "merge" else 0
     else:
         # A structural directive acts on the list, tuple or module it names.
@@ -1166,17 +1158,16 @@ def _formed(program, struct, structs, history) -> list[Diagnostic]:
         formed = formed_adapters(struct, structs)
     except Exception:  # traced once more for its jaxpr: best effort, the pass itself ran
         return []
+    made: dict[str, Any] = {}  # each adapted module's path -> the `lora` action that made it
+    for p, after in history:
+        action = getattr(p, "action", None)
+        if action is not None and action.name == "lora":
+            for n in walk(split_state(after)[0]):
+                if isinstance(n.obj, LoRA):
+                    made.setdefault(n.text, action.span)
     by_rule: dict[Any, list[tuple[str, int]]] = {}
     for path, (rows, cols) in formed:
-        span = None
-        for p, after in history:
-            action = getattr(p, "action", None)
-            if action is not None and action.name == "lora":
-                made = {n.text for n in walk(split_state(after)[0]) if isinstance(n.obj, LoRA)}
-                if path in made:
-                    span = action.span
-                    break
-        by_rule.setdefault(span, []).append((path, rows * cols))
+        by_rule.setdefault(made.get(path), []).append((path, rows * cols))
     out = []
     for span, found in by_rule.items():
         paths = ", ".join(f"`{p}`" for p, _ in found[:3]) + (", ..." if len(found) > 3 else "")
@@ -1243,13 +1234,9 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     span = breaker.stmt.span
     cast = _cast_help(program, breaker, structs)
     if cast is not None and not isinstance(error, StackCallError):
+        message = first_line(error)
         return report(
-            "E207",
-            variant="cast",
-            span=span,
-            source=program.source,
-            message=_first_line(error),
-            **cast,
+            "E207", variant="cast", span=span, source=program.source, message=message, **cast
         )
     return _forward_error(program, error, span, "rule")
 
@@ -1360,7 +1347,7 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
         notes=tuple(notes),
         op=op,
         dtype=dtype.name,
-        error=_first_line(error),
+        error=first_line(error),
         where=where,
         **helps,
     )
@@ -1391,12 +1378,7 @@ def _called(error: Exception) -> tuple[str, Any, str]:
 def _where_failed(error: Exception) -> str:
     """What raised `error` and where, then what it said."""
     op, _, where = _called(error)
-    return f"at `{op}`{where}: {_first_line(error)}"
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    return f"at `{op}`{where}: {first_line(error)}"
 
 
 def _site(error) -> tuple | None:

@@ -325,7 +325,7 @@ class Program:
             base=base,
             inputs=self.input_structs(),
             verify=True,
-            report=_warn,
+            report=lambda d: warnings.warn(EqxformWarning(d), stacklevel=4),
         )
         placer = self.placer(mesh)
         if self.sweep is not None:
@@ -626,10 +626,6 @@ def check_model(model: Any) -> Any:
     if bad is not None:
         raise UsageError(bad)
     return model
-
-
-def _warn(diagnostic: Diagnostic) -> None:
-    warnings.warn(EqxformWarning(diagnostic), stacklevel=4)
 
 
 # ---- recipes -------------------------------------------------------------------

@@ -143,13 +143,7 @@ def resolve_wrapper(name: str) -> type:
 
 
 def type_names() -> set[str]:
-    return (
-        set(N.EQUINOX_NN)
-        | set(N.EXAMPLE_MODELS)
-        | set(_ABSTRACT_TYPES)
-        | set(_OWN_TYPES)
-        | set(_TYPES)
-    )
+    return {*N.EQUINOX_NN, *N.EXAMPLE_MODELS, *_ABSTRACT_TYPES, *_OWN_TYPES, *_TYPES}
 
 
 def registered_type(name: str) -> type | None:

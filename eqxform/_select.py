@@ -399,19 +399,18 @@ def array_leaves(node: Node, inexact_only: bool, state: bool = True) -> list[Nod
     or freeze; without `state`, none held in an `eqx.nn.StateIndex`: a
     cache's or running statistics' initial value is no parameter either)."""
     if is_array(node.obj):
-        if not state and in_state(node.parents):
-            return []
-        return [node] if not inexact_only or inexact(node.obj) else []
-    out = []
-    for sub in walk(node.obj):
-        if sub.path and is_array(sub.obj):
-            if inexact_only and not inexact(sub.obj):
-                continue
-            parents = node.parents + sub.parents
-            if not state and in_state(parents):
-                continue
-            out.append(Node(node.path + sub.path, sub.obj, parents, node.layers))
-    return out
+        found = [node]
+    else:
+        found = [
+            Node(node.path + sub.path, sub.obj, node.parents + sub.parents, node.layers)
+            for sub in walk(node.obj)
+            if sub.path and is_array(sub.obj)
+        ]
+    return [
+        n
+        for n in found
+        if (not inexact_only or inexact(n.obj)) and (state or not in_state(n.parents))
+    ]
 
 
 def in_state(objects: Iterable[Any]) -> bool:
@@ -450,9 +449,8 @@ class Types:
         if not (isinstance(step, A.NameStep) and step.is_type):
             return False
         name = step.name
+        # (`type_names` holds the registered types too.)
         if step.is_qualified or name in self.classes or name in type_names():
-            return True
-        if registered_type(name) is not None:
             return True
         if self._fields is None:
             self._fields = {
@@ -532,15 +530,6 @@ def _index_matches(step: A.Step, index: int, length: int) -> bool:
     return index in range(*slice(step.start, step.stop, step.step).indices(length))
 
 
-def _steps(path: A.SelPath, types: Types) -> tuple[A.Step, ...]:
-    steps = path.steps
-    first = steps[0]
-    if types.names_type(first):
-        # A selector that starts with a type matches it anywhere in the tree.
-        steps = (A.DeepStep(first.span),) + steps
-    return steps
-
-
 _NO = object()  # no match; a match is None (every layer) or a set of layers
 
 
@@ -563,7 +552,10 @@ def match(path: A.SelPath, node: Node, types: Types | None = None):
     a thousand levels deep has paths a thousand steps long.
     """
     types = types if types is not None else Types([node])
-    pattern = _steps(path, types)
+    pattern = path.steps
+    if types.names_type(pattern[0]):
+        # A selector that starts with a type matches it anywhere in the tree.
+        pattern = (A.DeepStep(pattern[0].span),) + pattern
     steps = node.path
     objects = node.objects
     n, last = len(steps), len(pattern)
@@ -1024,34 +1016,20 @@ def matched_arrays(
     return list(out.values())
 
 
-def skipped_arrays(nodes: list[Node], selector: A.Selector) -> int:
-    """How many non-floating arrays (bool masks, int counters) at or under the
-    matched nodes `matched_arrays` leaves out: those under a matched module,
-    and those a broad selector (`**`, `[*]`, a type) matched themselves."""
+def skipped(nodes: list[Node], selector: A.Selector) -> tuple[int, int]:
+    """How many arrays at or under the matched nodes `matched_arrays` leaves
+    out: (the non-floating ones (bool masks, int counters) under a matched
+    module or matched by a broad selector (`**`, `[*]`, a type); the floating
+    ones of model state (initial values held in an `eqx.nn.StateIndex`) that
+    the selector does not name)."""
     broad = not names_fields(selector)
-    paths = set()
+    other, state = set(), set()
     for node in nodes:
         if is_array(node.obj):
             if broad and not inexact(node.obj):
-                paths.add(node.path)
+                other.add(node.path)
         elif isinstance(node.obj, (eqx.Module, list, tuple, dict)):
-            paths.update(
-                leaf.path
-                for leaf in array_leaves(node, inexact_only=False)
-                if not inexact(leaf.obj)
-            )
-    return len(paths)
-
-
-def skipped_state(nodes: list[Node], selector: A.Selector) -> int:
-    """How many floating-point arrays of model state (initial values held in
-    an `eqx.nn.StateIndex`) at or under the matched nodes `matched_arrays`
-    leaves out (the non-floating ones are counted by `skipped_arrays`)."""
-    paths = set()
-    for node in nodes:
-        if names_state(selector, node):
-            continue
-        paths.update(
-            leaf.path for leaf in array_leaves(node, inexact_only=True) if in_state(leaf.parents)
-        )
-    return len(paths)
+            other.update(n.path for n in array_leaves(node, False) if not inexact(n.obj))
+        if not names_state(selector, node):
+            state.update(n.path for n in array_leaves(node, True) if in_state(n.parents))
+    return len(other), len(state)

@@ -29,5 +29,17 @@ from ._stacks import make_state as make_state
 from ._stacks import marked as marked
 from ._stacks import restate as restate
 from ._stacks import split_state as split_state
+from ._stacks import state_indices as state_indices
 from ._stacks import state_values as state_values
-from ._wrappers import *  # noqa: F403 (the wrappers, by `_wrappers.__all__`)
+from ._wrappers import AROUND as AROUND
+from ._wrappers import BUILTIN as BUILTIN
+from ._wrappers import Frozen as Frozen
+from ._wrappers import Positive as Positive
+from ._wrappers import Remat as Remat
+from ._wrappers import Symmetric as Symmetric
+from ._wrappers import WeightNormed as WeightNormed
+from ._wrappers import Wrapper as Wrapper
+from ._wrappers import bake as bake
+from ._wrappers import is_wrapper as is_wrapper
+from ._wrappers import resolve as resolve
+from ._wrappers import wrapped_field as wrapped_field

@@ -56,18 +56,14 @@ def marked(index: StateIndex, marker: Any) -> StateIndex:
     return new
 
 
-def _states(args: tuple, kwargs: dict) -> list:
-    """Where a `State` is among the call's arguments: positions and names."""
+def _states(args: tuple, kwargs: dict) -> tuple[list, State | None]:
+    """Where a `State` is among the call's arguments (positions and names),
+    and the first one (None: the call passes none)."""
     where: list = [i for i, a in enumerate(args) if isinstance(a, State)]
     where += [k for k, v in kwargs.items() if isinstance(v, State)]
-    return where
-
-
-def _state_arg(args: tuple, kwargs: dict, where: list) -> State | None:
-    """The `State` the call passes (at `where[0]`), or None."""
     if not where:
-        return None
-    return args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
+        return where, None
+    return where, args[where[0]] if isinstance(where[0], int) else kwargs[where[0]]
 
 
 def _with_state(args: tuple, kwargs: dict, where, state) -> tuple[tuple, dict]:
@@ -164,7 +160,8 @@ def _carry_change(body, x, xs) -> dict[str, str]:
     return dict(takes=_shape_text(x), returns=returned)
 
 
-def _indices(tree: Any) -> list:
+def state_indices(tree: Any) -> list:
+    """The `eqx.nn.StateIndex`es in `tree`, in tree order."""
     return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=is_state_index) if is_state_index(x)]
 
 
@@ -173,7 +170,7 @@ def _unstacked_state(state: State, layers: Any, error):
     the model before `stack`): that state with the values stacked, and a
     function that turns the stacked state after the call back into per-layer
     values. None when `state` holds the stack's own values."""
-    markers = list(dict.fromkeys(x.marker for x in _indices(layers)))
+    markers = list(dict.fromkeys(x.marker for x in state_indices(layers)))
     values = state_values(state)
     if all(m in values for m in markers):
         return None
@@ -300,10 +297,9 @@ class Stacked(eqx.Module):
             if key is not None:
                 kwargs["key"] = key
             return self.layers(x, *args, **kwargs)
-        where = _states(args, kwargs)
+        where, state = _states(args, kwargs)
         if len(where) > 1:
             raise TypeError("a stack threads one `eqx.nn.State`; the call passes several")
-        state = _state_arg(args, kwargs, where)
         if state is not None:
             unstacked = _unstacked_state(state, self.layers, self.error)
             if unstacked is not None:
@@ -313,12 +309,11 @@ class Stacked(eqx.Module):
                 call_args, call_kwargs = _with_state(args, kwargs, where[0], stacked)
                 out, new = self(x, *call_args, key=key, **call_kwargs)
                 return out, state.update(back(new))
-        return self._run(x, args, kwargs, key, where)
+        return self._run(x, args, kwargs, key, where, state)
 
-    def _run(self, x, args, kwargs, key, where):
+    def _run(self, x, args, kwargs, key, where, state):
         dynamic, static = eqx.partition(self.layers, eqx.is_array)
         keys = None if key is None else jax.random.split(key, self.count)
-        state = _state_arg(args, kwargs, where)
         # The state of the indices inside the layers: its leaves and structure.
         state_leaves, state_def = (
             ([], None) if state is None else jax.tree_util.tree_flatten(state.substate(self.layers))
@@ -405,11 +400,7 @@ class Ensemble(eqx.Module):
         return tuple(x.ndim for x in leaves) == self.member_ndims
 
     def __call__(self, x, *args, key=None, **kwargs):
-        if self._is_one_member():
-            if key is not None:
-                kwargs["key"] = key
-            return resolve(self.model)(x, *args, **kwargs)
-        return _evaluate(self, x, False, args, key, kwargs)
+        return self._method("__call__", x, *args, key=key, **kwargs)
 
     def per_member(self, xs, *args, key=None, **kwargs):
         return _evaluate(self, xs, True, args, key, kwargs)
@@ -433,8 +424,7 @@ def _evaluate(ensemble: Ensemble, x, per_member: bool, args, key, kwargs, prepar
         )
     dynamic, static = eqx.partition(ensemble.model, eqx.is_array)
     keys = None if key is None else jax.random.split(key, ensemble.count)
-    where = _states(args, kwargs)
-    state = _state_arg(args, kwargs, where)
+    where, state = _states(args, kwargs)
     state_leaves, state_def = ([], None) if state is None else jax.tree_util.tree_flatten(state)
 
     one = _one_call(static, args, kwargs, where, state_def, "an ensemble", prepare)
@@ -518,8 +508,8 @@ def restate(model: Any, state: State, members: int | None = None) -> State:
         raise KeyError(marker)
 
     new = {}
-    for leaf in jax.tree_util.tree_leaves(model, is_leaf=is_state_index):
-        if is_state_index(leaf) and leaf.marker not in new:
+    for leaf in state_indices(model):
+        if leaf.marker not in new:
             v = value(leaf.marker, leaf)
             if members is not None:
                 v = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), v)

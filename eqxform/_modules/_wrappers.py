@@ -16,22 +16,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-# What `eqxform._modules` re-exports.
-__all__ = [
-    "AROUND",
-    "BUILTIN",
-    "Frozen",
-    "Positive",
-    "Remat",
-    "Symmetric",
-    "WeightNormed",
-    "Wrapper",
-    "bake",
-    "is_wrapper",
-    "resolve",
-    "wrapped_field",
-]
-
 # Said when JAX is handed a wrapper as an array: the model was called
 # unresolved. (The model types import nothing of eqxform, so this is an
 # `UnresolvedError` carrying the code, not an `EqxformError`.)

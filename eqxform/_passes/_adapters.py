@@ -17,6 +17,7 @@ compute exactly their base and never train. The alternative, adapters of rank
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
@@ -53,15 +54,13 @@ def _freeze(x: Any) -> Any:
     return Frozen(unfrozen(x))
 
 
+@dataclass(frozen=True)
 class _Target:
-    """Where an adapter goes: a module (`kind="module"`) or a weight."""
+    """Where an adapter goes (`node`): a module (`kind="module"`) or a weight."""
 
-    def __init__(self, kind: str, node: Node, weight: Node):
-        self.kind, self.node, self.weight = kind, node, weight
-
-    @property
-    def path(self):
-        return self.node.path
+    kind: str
+    node: Node
+    weight: Node
 
 
 class AdapterPass(RulePass):
@@ -85,12 +84,8 @@ class AdapterPass(RulePass):
         return defaults
 
     def arg_span(self, name: str) -> A.Span:
-        arg = self.action.arg
-        if isinstance(arg, A.Call):
-            for a in arg.args:
-                if a.name == name:
-                    return a.value.span
-        return self.action.span
+        args = self.action.arg.args if isinstance(self.action.arg, A.Call) else ()
+        return next((a.value.span for a in args if a.name == name), self.action.span)
 
     def targets(self, nodes: list[Node]) -> list[_Target]:
         out: dict[tuple, _Target] = {}
@@ -104,7 +99,7 @@ class AdapterPass(RulePass):
                     text=node.text,
                     dtype=f"`{np.dtype(weight.dtype).name}`",
                 )
-            out.setdefault(tuple(target.path), target)
+            out.setdefault(tuple(target.node.path), target)
         # A `Linear` and its own weight may both match: one adapter each place.
         return list(out.values())
 
@@ -179,27 +174,19 @@ class AdapterPass(RulePass):
         picked[sorted(weight.layers)] = True
         return lead, (picked, axis)
 
-    def frozen_base(self, model: Any, target: _Target) -> Any:
-        """The module at the target with its weight and bias frozen."""
-        module = get(model, target.path)
-        names = [n for n in ("weight", "bias") if getattr(module, n, None) is not None]
-        return eqx.tree_at(
-            lambda m: [getattr(m, n) for n in names],
-            module,
-            [_freeze(getattr(module, n)) for n in names],
-        )
-
     def run(self, model, key, ctx, nodes):
         targets = self.targets(nodes)
         values = []
         for target in targets:
-            w = get(model, target.weight.path)
-            if target.kind == "module":
-                base = self.frozen_base(model, target)
+            w, base = get(model, target.weight.path), get(model, target.node.path)
+            if target.kind == "module":  # the module with its weight and bias frozen
+                names = [n for n in ("weight", "bias") if getattr(base, n, None) is not None]
+                frozen = [_freeze(getattr(base, n)) for n in names]
+                base = eqx.tree_at(lambda m: [getattr(m, n) for n in names], base, frozen)
             else:
-                base = _freeze(get(model, target.path))
+                base = _freeze(base)
             values.append(self.adapter(key, target, w, base, *self.lead_and_layers(target)))
-        return replace_at(model, [t.path for t in targets], values)
+        return replace_at(model, [t.node.path for t in targets], values)
 
     def adapter(self, key, target: _Target, w, base, lead: tuple[int, ...], part) -> Any:
         """The adapter at `target`, of weight `w`, around `base` (the frozen

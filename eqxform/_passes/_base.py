@@ -121,7 +121,9 @@ class Pass:
     def __call__(self, subject: Any, key: Any, ctx: Context = Context()) -> Any:
         """The pass on a model, or on a stateful model's `(model, state)`."""
         nodes = self.select(split_state(subject)[0], ctx)
-        if self.grows and not _traced(subject):
+        # Measured when run for real, not traced (built per member, planned).
+        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(subject))
+        if self.grows and not traced:
             size = self.size_after(subject)
             if size is None:
                 # Shapes only: the forward check of a stack needs values, and
@@ -145,6 +147,11 @@ class Pass:
     def error(self, code: str, span: A.Span, **fields) -> SpecError:
         return SpecError(report(code, span=span, source=self.source, **fields))
 
+    def warn(self, ctx: Context, code: str, span: A.Span, **fields) -> None:
+        """Sends warning `code` at `span` where `ctx` says (nowhere without `report`)."""
+        if ctx.report is not None:
+            ctx.report(report(code, span=span, source=self.source, **fields))
+
 
 # The pass of each action that changes the model, by the action's name (its
 # record in `_names.ACTIONS`): each pass class registers itself with
@@ -161,11 +168,6 @@ def action_pass(name: str) -> Callable[[type[Pass]], type[Pass]]:
         return cls
 
     return register
-
-
-def _traced(subject: Any) -> bool:
-    """Is `subject` being traced (built per member, planned), not run for real?"""
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(subject))
 
 
 def replace_at(model: Any, paths: list, values: list[Any]) -> Any:

@@ -24,7 +24,7 @@ from jax.extend.core import Literal
 
 from .. import _ast as A
 from .. import _names as N
-from .._modules import Ensemble, Frozen, LoRA, is_state_index, resolve, split_state
+from .._modules import Ensemble, Frozen, LoRA, resolve, split_state, state_indices, unfrozen
 from .._select import get, is_array, walk
 
 
@@ -140,10 +140,7 @@ def missing_state(subject: Any) -> bool:
     """Is `subject` a stateful model (it holds `eqx.nn.StateIndex`es, as
     `eqx.nn.BatchNorm` does) given without its state?"""
     model, state = split_state(subject)
-    if state is not None:
-        return False
-    leaves = jax.tree_util.tree_leaves(model, is_leaf=is_state_index)
-    return any(is_state_index(x) for x in leaves)
+    return state is None and bool(state_indices(model))
 
 
 def _dot_shapes(jaxpr: Any, out: set) -> None:
@@ -175,9 +172,7 @@ def formed_adapters(subject: Any, structs) -> list[tuple[str, tuple[int, int]]]:
         if not isinstance(node.obj, LoRA):
             continue
         lora = node.obj
-        a, b = lora.lora_a, lora.lora_b
-        a_in = a.value if isinstance(a, Frozen) else a
-        b_in = b.value if isinstance(b, Frozen) else b
+        a_in, b_in = unfrozen(lora.lora_a), unfrozen(lora.lora_b)
         rank = 100_003 + len(paths)  # no dimension of a real model
         new_a = jax.ShapeDtypeStruct(tuple(a_in.shape)[:-2] + (rank, a_in.shape[-1]), a_in.dtype)
         new_b = jax.ShapeDtypeStruct(tuple(b_in.shape)[:-1] + (rank,), b_in.dtype)

@@ -59,9 +59,6 @@ class ShardRule:
     def line(self) -> int:
         return self.rule.span.line
 
-    def text(self) -> str:
-        return show_spec(self.dims)
-
 
 def spec_dims(arg: A.Expr | None) -> tuple[Dim, ...]:
     """The dimensions of a checked `shard` argument: `model` -> `("model",)`,
@@ -120,14 +117,6 @@ class Placement:
         return show_spec(self.dims)
 
 
-def _leading(node: Node) -> list[Dim]:
-    """The dims of a node's leading stack and member axes: the `over` axis of
-    each stack or ensemble it sits in, outermost first, unsplit beyond."""
-    overs: list[Dim] = [p.over for p in node.parents if isinstance(p, (Stacked, Ensemble))]
-    batch = node.batch
-    return (overs + [None] * batch)[:batch]
-
-
 def placements(
     model: Any,
     rules: tuple[ShardRule, ...],
@@ -154,7 +143,10 @@ def placements(
     reported: set[tuple] = set()
     for node in arrays:
         rule = chosen.get(node.path)
-        lead = _leading(node)
+        # The dims of its leading stack and member axes: the `over` axis of
+        # each stack or ensemble it sits in, outermost first, unsplit beyond.
+        lead = [p.over for p in node.parents if isinstance(p, (Stacked, Ensemble))]
+        lead = (lead + [None] * node.batch)[: node.batch]
         dims: tuple[Dim, ...] = tuple(lead)
         if rule is not None:
             layer_rank = node.obj.ndim - node.batch
@@ -164,7 +156,7 @@ def placements(
                         "E230",
                         span=rule.action.span,
                         source=rule.source,
-                        text=rule.text(),
+                        text=show_spec(rule.dims),
                         len_dims=len(rule.dims),
                         s="s" if len(rule.dims) != 1 else "",
                         text2=node.text,
@@ -259,20 +251,6 @@ def sharding_tree(subject: Any, placed: list[Placement], mesh: Mesh) -> Any:
     return (model_sh, state_sh)
 
 
-def constrain(subject: Any, shardings: Any) -> Any:
-    """Every array of `subject` in its sharding: a constraint under a trace,
-    a transfer outside one."""
-
-    def place(x, s):
-        if s is None or not is_array(x):
-            return x
-        if isinstance(x, jax.core.Tracer):
-            return jax.lax.with_sharding_constraint(x, s)
-        return jax.device_put(x, s)
-
-    return jax.tree_util.tree_map(place, subject, shardings, is_leaf=lambda x: x is None)
-
-
 @dataclass(frozen=True, eq=False)
 class PlacePass(Pass):
     """The last pass of a program with a mesh: every array in its sharding.
@@ -298,8 +276,18 @@ class PlacePass(Pass):
         return subject if ctx.mesh is None else self.place(subject, ctx.mesh)
 
     def place(self, subject: Any, mesh: Mesh) -> Any:
-        placed = self.placements(subject, dict(mesh.shape))
-        return constrain(subject, sharding_tree(subject, placed, mesh))
+        """Every array of `subject` in its sharding: a constraint under a
+        trace, a transfer outside one."""
+
+        def put(x, s):
+            if s is None or not is_array(x):
+                return x
+            if isinstance(x, jax.core.Tracer):
+                return jax.lax.with_sharding_constraint(x, s)
+            return jax.device_put(x, s)
+
+        shardings = sharding_tree(subject, self.placements(subject, dict(mesh.shape)), mesh)
+        return jax.tree_util.tree_map(put, subject, shardings, is_leaf=lambda x: x is None)
 
 
 def check_axes(names: list[tuple[str, A.Span]], mesh: MeshSpec, source) -> list[Diagnostic]:

@@ -25,7 +25,7 @@ from .. import _ast as A
 from .. import _names as N
 from .._build import nbytes
 from .._diagnostics import plural, report
-from .._errors import EqxformError, SpecError, UsageError
+from .._errors import EqxformError, SpecError, UsageError, first_line
 from .._hashing import stable_hash
 from .._modules import (
     Ensemble,
@@ -38,6 +38,7 @@ from .._modules import (
     marked,
     restate,
     split_state,
+    state_indices,
 )
 from .._select import (
     Node,
@@ -72,6 +73,13 @@ class StructPass(Pass):
     def restructure(self, model, key, ctx, nodes):
         raise NotImplementedError
 
+    def matched(self, model) -> list[Node]:
+        """The nodes the line's selector names; none is an error (E201)."""
+        nodes = select(self.stmt.selector, walk(model))
+        if not nodes:
+            raise no_match(self.stmt.selector, walk(model), self.source)
+        return nodes
+
     def report_copies(self, ctx, model, copied: list, what: str, extra=()) -> None:
         """Tell the user which arrays every copy shares (a warning), leaving
         out those an `init` rule below this line (or in `extra`) draws anew."""
@@ -93,19 +101,16 @@ class StructPass(Pass):
         ]
         if not copied:
             return
-        ctx.report(
-            report(
-                "W201",
-                span=self.stmt.span,
-                source=self.source,
-                severity="warning",
-                what=what,
-                len_copied=len(copied),
-                s="s" if len(copied) != 1 else "",
-                listing=", ".join(f"`{c}`" for c in copied[:5]),
-                value2=", ..." if len(copied) > 5 else "",
-                first=copied[0],
-            )
+        self.warn(
+            ctx,
+            "W201",
+            self.stmt.span,
+            what=what,
+            len_copied=len(copied),
+            s="s" if len(copied) != 1 else "",
+            listing=", ".join(f"`{c}`" for c in copied[:5]),
+            value2=", ..." if len(copied) > 5 else "",
+            first=copied[0],
         )
 
 
@@ -197,10 +202,7 @@ def _one_state_key_per_position(items: list) -> list:
     """The items with each stateful layer's `StateIndex` keyed by one
     `StackedMarker` per position, so that they stack into one index whose
     state holds every layer's."""
-    indices = [
-        [x for x in jax.tree_util.tree_leaves(i, is_leaf=is_state_index) if is_state_index(x)]
-        for i in items
-    ]
+    indices = [state_indices(i) for i in items]
     if not indices[0] or any(len(found) != len(indices[0]) for found in indices):
         return items  # no state, or different layers: the structure check says which
     markers = [
@@ -246,15 +248,14 @@ def is_parameter(node: Node) -> bool:
     )
 
 
-def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
+def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list]:
     """`count` copies of `module` with a leading axis. Each layer parameter
     (`is_parameter`) is drawn anew for each copy from the module's own values
     (each value one of the array's, picked at random): its distribution is
     the module's, whatever library drew it and however (a library's own
     initialisation kept, zeros stay zeros). The other arrays are copied.
-    Returns the copies, the key paths (within `module`) of the copied
-    floating arrays that are no constants by design (every copy shares
-    them), and those of the arrays drawn anew."""
+    Returns the copies and the key paths (within `module`) of the copied
+    floating arrays that are no constants by design (every copy shares them)."""
     targets, copied = [], []
     for node in walk(module):
         if not is_array(node.obj) or not node.path:
@@ -265,69 +266,50 @@ def redrawn_copies(module: Any, count: int, key) -> tuple[Any, list, list]:
             _constant_by_design(p) for p in node.parents
         ):
             copied.append(node.path)
-    # One compiled function makes every array of the copies: those drawn
-    # anew and the broadcast rest (eager, each shape would compile its own).
     leaves, treedef = jax.tree_util.tree_flatten(module)
     at = {id(n.obj): k for k, n in enumerate(targets)}
     # Each array's draw depends on its own path, not on the others.
     salts = np.array([stable_hash(n.name) % 2**31 for n in targets], np.uint32)
-    which = tuple(at.get(id(x), -1) if is_array(x) else -2 for x in leaves)
-    arrays = tuple(x for x in leaves if is_array(x))
-    draws = tuple(w for w in which if w != -2)
-    copies = _copies if any(isinstance(x, jax.core.Tracer) for x in arrays) else _copies_on_host
-    made = iter(copies(arrays, key, salts, count, draws))
+    arrays = [x for x in leaves if is_array(x)]
+    made = iter(_copies(arrays, key, salts, count, [at.get(id(x), -1) for x in arrays]))
     stacked = jax.tree_util.tree_unflatten(
-        treedef, [next(made) if w != -2 else x for w, x in zip(which, leaves)]
+        treedef, [next(made) if is_array(x) else x for x in leaves]
     )
-    return stacked, copied, [n.path for n in targets]
+    return stacked, copied
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _copies(arrays: tuple, key, salts, count: int, which: tuple) -> tuple:
+def _copies(arrays: list, key, salts, count: int, which: list) -> list:
     """`count` copies of `arrays`, `(count, *shape)` each: array i drawn anew
-    from its own values with salt `which[i]`, or broadcast where that is -1."""
-    targets = tuple(i for i, w in enumerate(which) if w >= 0)
-    out = [jnp.broadcast_to(a, (count, *a.shape)) for a in arrays]
-    if targets:
-        chosen = tuple(arrays[i] for i in targets)
-        salts = salts[np.array([which[i] for i in targets], np.int32)]
-        drawn, blocks = _resampled_flat(chosen, key, salts, count)
-        for k, (i, a) in enumerate(zip(targets, chosen)):
-            part = drawn[int(blocks[k]) : int(blocks[k + 1])]
-            out[i] = part.reshape((count, *a.shape)).astype(a.dtype)
-    return tuple(out)
-
-
-def _copies_on_host(arrays: tuple, key, salts, count: int, which: tuple) -> list:
-    """`_copies` of concrete arrays: the draws made by one compiled function
-    into one array, then cut and broadcast on the host and put back where
-    each array was. (Compiled, the cuts of a hundred arrays cost the CPU
-    compiler seconds; on the host they cost nothing.)"""
-    targets = tuple(i for i, w in enumerate(which) if w >= 0)
+    from its own values with salt `salts[which[i]]`, or broadcast where that
+    is -1. One compiled function makes every draw, into one array (eager,
+    each shape would compile its own), which is then cut; for concrete arrays
+    the cuts and broadcasts are made on the host and put back where each
+    array was (compiled, the cuts of a hundred arrays cost the CPU compiler
+    seconds; on the host they cost nothing)."""
+    traced = any(isinstance(x, jax.core.Tracer) for x in arrays)
+    xp = jnp if traced else np
+    targets = [i for i, w in enumerate(which) if w >= 0]
     chosen = tuple(arrays[i] for i in targets)
     drawn = {}
     if chosen:
-        flat = np.asarray(_drawn(chosen, key, salts[np.array([which[i] for i in targets])], count))
+        flat = _drawn(chosen, key, salts[np.array([which[i] for i in targets], np.int32)], count)
         ends = np.cumsum([count * math.prod(a.shape) for a in chosen])
-        for i, part in zip(targets, np.split(flat, ends[:-1])):
+        for i, part in zip(targets, xp.split(xp.asarray(flat), ends[:-1])):
             drawn[i] = part.reshape((count, *arrays[i].shape)).astype(arrays[i].dtype)
     out = []
     for i, a in enumerate(arrays):
-        value = drawn[i] if i in drawn else np.broadcast_to(np.asarray(a), (count, *a.shape))
-        out.append(jax.device_put(value, a.sharding) if isinstance(a, jax.Array) else value)
+        value = drawn[i] if i in drawn else xp.broadcast_to(xp.asarray(a), (count, *a.shape))
+        host = not traced and isinstance(a, jax.Array)
+        out.append(jax.device_put(value, a.sharding) if host else value)
     return out
 
 
 @functools.partial(jax.jit, static_argnums=3)
 def _drawn(arrays: tuple, key, salts, count: int) -> jax.Array:
-    return _resampled_flat(arrays, key, salts, count)[0]
-
-
-def _resampled_flat(arrays: tuple, key, salts, count: int):
     """`count` new draws of each of `arrays`, all in one flat array (array
-    i's `(count, *shape)` at `blocks[i]:blocks[i + 1]`), and `blocks`: each
-    value drawn from the array's own values (its empirical distribution:
-    whatever drew it, a constant stays that constant).
+    i's `(count, *shape)` after those before it), each value drawn from the
+    array's own values (its empirical distribution: whatever drew it, a
+    constant stays that constant).
 
     Each array gets a seed from `jax.random` (its key folded with its salt,
     one vmapped draw for all); the indices into its values are a counter-based
@@ -353,7 +335,7 @@ def _resampled_flat(arrays: tuple, key, salts, count: int):
     seed = seeds[which]
     size = jnp.asarray(sizes, jnp.uint32)[which]
     picks = (_mix(_mix(local ^ seed) + seed) % size).astype(jnp.int32)
-    return flat[jnp.asarray(starts[:-1], jnp.int32)[which] + picks], blocks
+    return flat[jnp.asarray(starts[:-1], jnp.int32)[which] + picks]
 
 
 def _mix(x):
@@ -393,9 +375,7 @@ class StackPass(StructPass):
         obj = get(model, nodes[0].path)
         if isinstance(obj, eqx.Module) and layer_axis(obj) is not None:
             return "copies" in self.options
-        return isinstance(obj, eqx.Module) and not isinstance(
-            obj, (eqx.nn.Sequential, Stacked, list, tuple)
-        )
+        return isinstance(obj, eqx.Module) and not isinstance(obj, (eqx.nn.Sequential, Stacked))
 
     def verify(self, before, after, ctx, values: bool = True) -> None:
         if missing_state(before):
@@ -408,13 +388,12 @@ class StackPass(StructPass):
                 dataclasses.replace(e.diagnostics[0], span=self.stmt.span, source=self.source)
             ) from None
         except Exception as e:  # the stacked model's own complaint
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise self.error(
                 "E144",
                 self.stmt.span,
                 help=_LOOP_HELP,
                 text=self.stmt.selector.text,
-                message=message,
+                message=first_line(e),
             ) from None
         same = len(want) == len(got) and all(
             a.shape == b.shape
@@ -487,10 +466,7 @@ class StackPass(StructPass):
         ).diagnostics
 
     def select(self, model, ctx):
-        nodes = select(self.stmt.selector, walk(model))
-        if not nodes:
-            raise no_match(self.stmt.selector, walk(model), self.source)
-        return outermost(nodes, lambda n: n.path)
+        return outermost(self.matched(model), lambda n: n.path)
 
     def restructure(self, model, key, ctx, nodes):
         stmt, options = self.stmt, self.options
@@ -533,7 +509,7 @@ class StackPass(StructPass):
                     )
                 if layers is not None:
                     self.report_stacked_copies(ctx, node, obj, layers, count)
-                stacked, copied, _ = redrawn_copies(obj, count, key)
+                stacked, copied = redrawn_copies(obj, count, key)
                 new = eqx.tree_at(
                     lambda m: get(m, node.path), model, self.wrap(stacked, count, "module")
                 )
@@ -568,15 +544,10 @@ class StackPass(StructPass):
                 len_nodes=len(nodes),
                 listing=", ".join(f"`{n.text}`" for n in nodes[:4]),
             )
-        container_path = nodes[0].path[:-1]
-        container = get(model, container_path)
         items = _one_state_key_per_position([get(model, n.path) for n in nodes])
         self.check(items, [n.text for n in nodes], count)
         stacked = self.wrap(stack_arrays(items), len(items), "slice")
-        start, stop = indices[0], indices[-1] + 1
-        new = list(container[:start]) + [stacked] + list(container[stop:])
-        new = tuple(new) if isinstance(container, tuple) else new
-        return eqx.tree_at(lambda m: get(m, container_path), model, new)
+        return _splice(model, nodes[0].path[:-1], indices[0], indices[-1] + 1, [stacked])
 
     def check(self, items: list, names: list[str], count: int | None) -> None:
         span = self.stmt.selector.span
@@ -624,32 +595,34 @@ class StackPass(StructPass):
     def report_stacked_copies(self, ctx, node: Node, obj, layers: int, count: int) -> None:
         """Copies of a module that carries a layer axis already: said, as they
         multiply its parameters."""
-        if ctx.report is None:
-            return
         params = sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(obj) if is_array(x))
-        ctx.report(
-            report(
-                "W210",
-                span=self.stmt.span,
-                source=self.source,
-                severity="warning",
-                text=node.text,
-                layers=layers,
-                count=count,
-                value=count * layers,
-                params=params,
-                value2=count * params,
-                text2=self.stmt.selector.text,
-                mode=self.stmt.mode,
-            )
+        self.warn(
+            ctx,
+            "W210",
+            self.stmt.span,
+            text=node.text,
+            layers=layers,
+            count=count,
+            value=count * layers,
+            params=params,
+            value2=count * params,
+            text2=self.stmt.selector.text,
+            mode=self.stmt.mode,
         )
+
+
+def _splice(model, path, start: int, stop: int, items: list) -> Any:
+    """`model` with `items` in place of `[start:stop]` of the list or tuple at `path`."""
+    container = get(model, path)
+    new = [*container[:start], *items, *container[stop:]]
+    return eqx.tree_at(
+        lambda m: get(m, path), model, tuple(new) if isinstance(container, tuple) else new
+    )
 
 
 class UnstackPass(StructPass):
     def select(self, model, ctx):
-        nodes = select(self.stmt.selector, walk(model))
-        if not nodes:
-            raise no_match(self.stmt.selector, walk(model), self.source)
+        nodes = self.matched(model)
         for n in nodes:
             if not isinstance(n.obj, Stacked):
                 raise self.error(
@@ -666,11 +639,8 @@ class UnstackPass(StructPass):
             stacked = get(model, node.path)
             items = [stacked[i] for i in range(stacked.count)]
             if stacked.kind == "slice":
-                container_path, index = node.path[:-1], node.path[-1].idx
-                container = get(model, container_path)
-                new = list(container[:index]) + items + list(container[index + 1 :])
-                new = tuple(new) if isinstance(container, tuple) else new
-                model = eqx.tree_at(lambda m: get(m, container_path), model, new)
+                index = node.path[-1].idx
+                model = _splice(model, node.path[:-1], index, index + 1, items)
                 continue
             if stacked.kind == "adopted":
                 # Back to the library's own form: one module with a layer axis.
@@ -767,7 +737,7 @@ class EnsemblePass(StructPass):
             built, built_state = split_state(eqx.filter_vmap(member)(keys))
             if _same_structure(built, model) and (built_state is None) == (state is None):
                 return make_ensemble(built, count, self.over), built_state
-        stacked, copied, _ = redrawn_copies(model, count, key)
+        stacked, copied = redrawn_copies(model, count, key)
         inits = tuple(p for p in self.before if p.draws)
         if inits:
 

@@ -10,6 +10,7 @@ the nodes it selected from a skeleton.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,6 @@ from .. import _ast as A
 from .. import _names as N
 from .. import _registry as R
 from .._build import build, to_python
-from .._diagnostics import report
 from .._errors import SpecError
 from .._expr import FunctionRef, bare_word
 from .._expr import walk as walk_expr
@@ -43,7 +43,7 @@ from .._select import (
     outermost,
     path_str,
     select_rule,
-    skipped_arrays,
+    skipped,
     stack_axis,
     step_name,
     too_deep,
@@ -79,6 +79,19 @@ class RulePass(Pass):
         if bad is not None:
             raise SpecError(bad)
         return as_argument(value, kind)
+
+    def call_arguments(self, name, args, positional, kinds, node, dtype, ctx=None) -> dict:
+        """The arguments of `name(ARGS)` at a match, each checked against its
+        kind, and a number against what an array of `dtype` holds (if given)."""
+        out = {}
+        for i, a in enumerate(args):
+            param = a.name or positional[i]
+            what = f"`{param}` of `{name}`"
+            value = self.argument(what, a.value, kinds.get(param), node, ctx)
+            if kinds.get(param) in ("real", "nonneg") and dtype is not None:
+                self.in_range(what, value, a.value, node, dtype)
+            out[param] = to_python(value)
+        return out
 
     def in_range(self, what: str, value: Any, expr: A.Expr, node: Node, dtype) -> None:
         """A number an array of `dtype` cannot hold (`scale 1e300` on float32) is
@@ -131,10 +144,8 @@ class RulePass(Pass):
                 )
                 if step_name(node.path[owner]) not in indexed:
                     continue
-                starts, at = [], 0
-                for element in seq:
-                    starts.append(at)
-                    at += element.count if _part_stack(element) else 1
+                # Where each element starts among the model's layers.
+                starts = [0, *itertools.accumulate(e.count if _part_stack(e) else 1 for e in seq)]
                 i = key.idx
                 if starts[i] == i and not _part_stack(seq[i]):
                     continue
@@ -145,19 +156,15 @@ class RulePass(Pass):
                     )
                 else:
                     names = f"the model's `{text}[{starts[i]}]`"
-                first = next(j for j, e in enumerate(seq) if _part_stack(e))
-                ctx.report(
-                    report(
-                        "W211",
-                        span=self.rule.selector.span,
-                        source=self.source,
-                        severity="warning",
-                        text=self.rule.selector.text,
-                        text2=text,
-                        listing=f"`{text}[{i}]` is {names}",
-                        index=first,
-                        value=0,
-                    )
+                self.warn(
+                    ctx,
+                    "W211",
+                    self.rule.selector.span,
+                    text=self.rule.selector.text,
+                    text2=text,
+                    listing=f"`{text}[{i}]` is {names}",
+                    index=next(j for j, e in enumerate(seq) if _part_stack(e)),
+                    value=0,
                 )
                 return
 
@@ -167,9 +174,10 @@ class RulePass(Pass):
     def arrays(self, nodes: list[Node]) -> list[Node]:
         return matched_arrays(nodes, self.action.name, self.rule.selector, self.source)
 
-    def skipped(self, nodes: list[Node]) -> int:
-        """How many arrays at or under `nodes` the action leaves as they are."""
-        return skipped_arrays(nodes, self.rule.selector)
+    def skipped(self, nodes: list[Node]) -> tuple[int, int]:
+        """How many arrays at or under `nodes` the action leaves as they are:
+        (non-floating ones, floating ones of model state), as `skipped`."""
+        return skipped(nodes, self.rule.selector)
 
 
 def _part_stack(element: Any) -> bool:
@@ -212,6 +220,7 @@ class InitPass(RulePass):
             for e in walk_expr(a.value)
         )
         cache: dict[tuple, tuple] = {}
+        kinds = argument_kinds("initialiser", name)
         for leaf in leaves:
             if not jnp.issubdtype(leaf.obj.dtype, jnp.inexact):
                 raise self.error(
@@ -235,16 +244,9 @@ class InitPass(RulePass):
             memo = (shape, dtype, fans(leaf)) if not per_path else None
             kwargs = cache.get(memo) if memo is not None else None
             if kwargs is None:
-                ctx_values = context(leaf)
-                kinds = argument_kinds("initialiser", name)
-                found = {}
-                for i, a in enumerate(args):
-                    param = a.name or positional[i]
-                    what = f"`{param}` of `{name}`"
-                    value = self.argument(what, a.value, kinds.get(param), leaf, ctx_values)
-                    if kinds.get(param) in ("real", "nonneg"):
-                        self.in_range(what, value, a.value, leaf, dtype)
-                    found[param] = to_python(value)
+                found = self.call_arguments(
+                    name, args, positional, kinds, leaf, dtype, context(leaf)
+                )
                 kwargs = tuple(sorted(found.items()))
                 if memo is not None:
                     cache[memo] = kwargs
@@ -277,11 +279,10 @@ class InitPass(RulePass):
         return replace_at(model, order, values)
 
     def draw_leaf(self, model, name, kwargs, shape, dtype, key, leaf):
-        h = stable_hash(leaf.text)
+        h, draw = stable_hash(leaf.text), _init.drawer(name, kwargs, shape, dtype)
         if not leaf.batch:
-            return _init.drawer(name, kwargs, shape, dtype)(key, self.identity, h)
+            return draw(key, self.identity, h)
         # A stacked or ensembled leaf: each layer (or member) draws its own.
-        draw = _init.drawer_layers(name, kwargs, shape, dtype)
         full = tuple(leaf.obj.shape)
         lead = full[: leaf.batch]
         if leaf.layers is None:
@@ -388,10 +389,11 @@ class CastPass(RulePass):
                 )
         return [leaf for leaf in leaves if not _complex(leaf.obj)]
 
-    def skipped(self, nodes: list[Node]) -> int:
+    def skipped(self, nodes: list[Node]) -> tuple[int, int]:
+        other, state = super().skipped(nodes)
         if jnp.issubdtype(jnp.dtype(self.action.arg.id), jnp.complexfloating):
-            return super().skipped(nodes)
-        return super().skipped(nodes) + sum(_complex(n.obj) for n in super().arrays(nodes))
+            return other, state
+        return other + sum(_complex(n.obj) for n in super().arrays(nodes)), state
 
 
 def _complex(x: Any) -> bool:
@@ -440,13 +442,8 @@ class WrapPass(RulePass):
         values = []
         kinds = argument_kinds("wrapper", name)
         for node in nodes:
-            kwargs = {}
-            for i, a in enumerate(args):
-                param = a.name or positional[i]
-                value = self.argument(f"`{param}` of `{name}`", a.value, kinds.get(param), node)
-                if kinds.get(param) in ("real", "nonneg") and is_array(node.obj):
-                    self.in_range(f"`{param}` of `{name}`", value, a.value, node, node.obj.dtype)
-                kwargs[param] = to_python(value)
+            dtype = node.obj.dtype if is_array(node.obj) else None
+            kwargs = self.call_arguments(name, args, positional, kinds, node, dtype)
             try:
                 values.append(cls(get(model, node.path), **kwargs))
             except (ValueError, TypeError) as e:
