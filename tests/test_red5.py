@@ -434,13 +434,6 @@ def test_decay_leaves_model_state_of_ensembles_stacks_and_sweeps(name, body):
     assert np.all(np.abs(np.asarray(w1)) < np.abs(np.asarray(w0)))  # the weights decayed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sweep's optimiser on a stack with a per-layer `lr` rule and no `weight_decay` "
-    "rule raises TypeError (np.array_equal(None, None, equal_nan=True) in sweep_optimizer); "
-    "with a `weight_decay` rule too, the per-layer vector is laid along the ensemble's layer "
-    "axis inside the members' vmap ('mul got incompatible shapes')",
-)
 @pytest.mark.parametrize("decay", ["", "where blocks -> weight_decay 0.1\n"])
 def test_a_sweep_of_a_stack_with_per_layer_lr_builds_its_optimiser(decay):
     model = R.TinyResNet(width=4, depth=3, key=jr.key(0))
@@ -448,18 +441,27 @@ def test_a_sweep_of_a_stack_with_per_layer_lr_builds_its_optimiser(decay):
         "optimizer adamw(learning_rate=lr, weight_decay=0.5)\nstack blocks scan\n"
         f"where blocks[1:] -> lr 2\n{decay}ensemble 2 vary lr=[0.01, 0.02]\n"
     )
-    before, after = _decay_steps(spec, (model, eqx.nn.State(model)), steps=1)
+    pair = (model, eqx.nn.State(model))
+    before, after = _decay_steps(spec, pair, steps=1)
     for got, want in zip(_inits(after), _inits(before), strict=True):
         np.testing.assert_array_equal(got, want)
+    # Decay alone moves the weights (zero gradients): the `lr 2` layers move
+    # twice as far as without the rule, in each member, the first layer as far.
+    plain_before, plain_after = _decay_steps(
+        spec.replace("where blocks[1:] -> lr 2\n", ""), pair, 1
+    )
+
+    def moved(b, a):
+        w = lambda m: np.asarray(eqxform.bake(m).model.blocks.layers.conv1.weight)  # noqa: E731
+        return w(a) - w(b)  # (member, layer, ...)
+
+    got, want = moved(before, after), moved(plain_before, plain_after)
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got[:, 0], want[:, 0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got[:, 1:], 2 * want[:, 1:], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`where blocks[1:] -> freeze` above `ensemble 2` keeps the Frozen's layer axis at 0, "
-    "a member's view: on the ensemble (member axis first) `eqxform.resolve` freezes member 1 "
-    "whole and leaves member 0 trainable, and `eqxform.optimizer` raises IndexError; below "
-    "the `ensemble` line the axis is 1 and both are right",
-)
+@pytest.mark.filterwarnings("ignore::eqxform.EqxformWarning")  # W201: frozen arrays shared
 def test_a_freeze_of_some_stacked_layers_above_an_ensemble_freezes_those_layers():
     model = R.TinyResNet(width=4, depth=3, key=jr.key(0))
     pair = (model, eqx.nn.State(model))

@@ -195,7 +195,9 @@ class Frozen(Wrapper):
     eqxform builds leaves it alone, weight decay included.
 
     `layers` (with `axis`) freezes only those layers of a stacked array: the
-    others train (`where blocks[0:4] -> freeze` on a stack).
+    others train (`where blocks[0:4] -> freeze` on a stack). `axis` counts
+    from the end (negative), so that it names the layer axis both in the
+    whole ensemble and in one member's view of it, under `vmap`.
     """
 
     value: Any
@@ -212,7 +214,8 @@ class Frozen(Wrapper):
         """True at the frozen layers, broadcastable to an array of `shape`."""
         count = shape[self.axis]
         frozen = jnp.zeros(count, bool).at[jnp.asarray(self.layers, jnp.int32)].set(True)
-        return frozen.reshape([count if i == self.axis else 1 for i in range(len(shape))])
+        axis = self.axis % len(shape)
+        return frozen.reshape([count if i == axis else 1 for i in range(len(shape))])
 
 
 BUILTIN = {"symmetric": Symmetric, "positive": Positive, "weight_norm": WeightNormed}

@@ -227,7 +227,7 @@ class LoraPass(AdapterPass):
             scale = jnp.where(_mask(picked, axis, lead, scale.ndim), scale, 0.0)
             others = _others(picked)
             if others:
-                a, b = Frozen(a, others, axis), Frozen(b, others, axis)
+                a, b = Frozen(a, others, axis - a.ndim), Frozen(b, others, axis - b.ndim)
         return (LoRA if target.kind == "module" else LoRAWeight)(base, a, b, Frozen(scale))
 
 
@@ -240,7 +240,7 @@ class IA3Pass(AdapterPass):
         out_features, in_features = w.shape[-2:]
         vector = jnp.ones(lead + (in_features if feedforward else out_features,), w.dtype)
         if part is not None and _others(part[0]):
-            vector = Frozen(vector, _others(part[0]), part[1])
+            vector = Frozen(vector, _others(part[0]), part[1] - vector.ndim)
         return (IA3 if target.kind == "module" else IA3Weight)(base, vector, feedforward)
 
 

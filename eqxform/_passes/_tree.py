@@ -498,7 +498,8 @@ def _frozen(model, node: Node) -> tuple:
     value = get(model, node.path)
     if node.layers is None:
         return path, Frozen(value)
-    return path, Frozen(value, tuple(sorted(before | set(node.layers))), stack_axis(node))
+    axis = stack_axis(node) - len(node.obj.shape)  # from the end: the same in a member's view
+    return path, Frozen(value, tuple(sorted(before | set(node.layers))), axis)
 
 
 @action_pass("unwrap")

@@ -97,7 +97,8 @@ def groups(program, model) -> dict[tuple, Setting]:
                 setattr(setting, field, value)
             else:
                 if setting.axis is None:  # one number per layer from now on
-                    axis = stack_axis(leaf)
+                    # From the end, as `Frozen.axis`: the same in a sweep's member view.
+                    axis = stack_axis(leaf) - leaf.obj.ndim
                     count = leaf.obj.shape[axis]
                     decay = None if setting.decay is None else np.full(count, setting.decay, float)
                     setting = Setting(np.full(count, setting.scale, float), decay, axis)
@@ -301,7 +302,11 @@ def sweep_optimizer(program, model: Ensemble) -> optax.GradientTransformation:
         if setting.axis is not None:
             if any(
                 not np.array_equal(c.scale, setting.scale)
-                or not np.array_equal(c.decay, setting.decay, equal_nan=True)
+                or (c.decay is None) != (setting.decay is None)
+                or (
+                    c.decay is not None
+                    and not np.array_equal(c.decay, setting.decay, equal_nan=True)
+                )
                 for c in column
             ):
                 raise UsageError.of("E260", variant="layers", name=tensor_name(path))
