@@ -44,6 +44,9 @@ from .._select import (
 from ._base import action_pass, replace_at
 from ._tree import RulePass
 
+# An adapter's matrices that train (its base and scale are frozen by it).
+_TRAINED = ("lora_a", "lora_b", "ia3")
+
 
 def _freeze(x: Any) -> Any:
     """`x` frozen whole (an array, or one frozen for some layers only)."""
@@ -279,14 +282,24 @@ class MergePass(RulePass):
     def thawed(self, nodes) -> int:
         """How many of the user's `freeze` marks `run` removes: the outermost
         `Frozen`s at or under the matched nodes, outside the adapters (whose
-        own marks go with them)."""
+        own marks go with them), and a whole freeze of an adapter's trained
+        matrices (`freeze` of an adapted module: the merged weight trains)."""
         paths = set()
         for node in nodes:
             if any(is_adapter(p) for p in node.parents):
                 continue
             for sub in walk(node.obj):
-                if isinstance(sub.obj, Frozen) and not any(
-                    is_adapter(p) or isinstance(p, Frozen) for p in sub.parents
+                if not isinstance(sub.obj, Frozen) or any(
+                    isinstance(p, Frozen) for p in sub.parents
+                ):
+                    continue
+                owner = [p for p in sub.parents if is_adapter(p)]
+                trained = getattr(sub.path[-1], "name", None) in _TRAINED if sub.path else False
+                if not owner or (
+                    len(owner) == 1
+                    and sub.parents[-1] is owner[0]
+                    and trained
+                    and sub.obj.layers is None
                 ):
                     paths.add(node.path + sub.path)
         return len(paths)
