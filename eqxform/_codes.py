@@ -1343,6 +1343,11 @@ CODES: dict[str, Code] = {
             message=_REJECTS,
             help="keep `{name}` in {own}: below this rule, add `where {name} -> cast {own}` "
             "(the model then runs)",
+            last=(
+                _REJECTS,
+                "keep `{name}` in {own}: add `where {name} -> cast {own}` as the spec's last "
+                "rule (the model then runs; directly below this rule, a later rule undoes it)",
+            ),
             input=(
                 _REJECTS,
                 "declare the input in {own} ({inputs}; the model then runs)",

@@ -666,7 +666,16 @@ class Planner:
         history = [h for r in rules for h in r.history]
         struct = rules[-1].struct if rules else first
         params = rules[-1].params if rules else start_params
-        group_steps, more, output = finish(program, first, struct, history, params)
+        quiet = dataclasses.replace(ctx, report=lambda d: None)
+
+        def replay(model, after: int):
+            """`model` through the passes of `history` after its `after`-th."""
+            for p, _ in history[after + 1 :]:
+                nodes = p.select(split_state(model)[0], quiet)
+                model = _run_shapes(p, model, key, quiet, nodes)
+            return model
+
+        group_steps, more, output = finish(program, first, struct, history, params, replay)
         steps += group_steps
         diagnostics += more
         placement = None
@@ -1100,11 +1109,12 @@ def untouched(steps, model) -> tuple[str, ...]:
     return tuple(out)
 
 
-def finish(program, start, struct, history, params):
+def finish(program, start, struct, history, params, replay=None):
     """What a plan checks after the passes, on the final skeleton `struct`
     (of `params` parameters): the `lr`/`weight_decay` groups (their steps) and
     the forward pass on the declared inputs (the rule that breaks it found in
-    `history`, the list of (pass, skeleton after it)). Returns (steps,
+    `history`, the list of (pass, skeleton after it); `replay` runs a changed
+    skeleton through the passes after one of them). Returns (steps,
     diagnostics, output)."""
     steps, diagnostics = [], []
     final = split_state(struct)[0]
@@ -1145,7 +1155,7 @@ def finish(program, start, struct, history, params):
     if structs is not None and not any(d.severity == "error" for d in diagnostics):
         output, problem = _forward(struct, structs)
         if problem is not None:
-            diagnostics.append(_locate_break(program, start, structs, history, problem))
+            diagnostics.append(_locate_break(program, start, structs, history, problem, replay))
         else:
             diagnostics += _formed(program, struct, structs, history)
     return steps, diagnostics, output
@@ -1202,7 +1212,7 @@ def group_value(program, action, leaf) -> float:
     return float(value)
 
 
-def _locate_break(program, start, structs, history, problem) -> Diagnostic:
+def _locate_break(program, start, structs, history, problem, replay=None) -> Diagnostic:
     """The diagnostic of a forward pass that fails after the rules: at the
     first rule after which it fails (found by bisection), or at the `input`
     line when the model never took its input."""
@@ -1217,7 +1227,7 @@ def _locate_break(program, start, structs, history, problem) -> Diagnostic:
     failure = _forward(start, structs)[1]
     if failure is not None and missing_state(start) and _runs_with_state(model, structs):
         return report("E238", span=first_input, source=program.source)
-    cause = _dtype_cause(program, start, structs, history)
+    cause = _dtype_cause(program, start, structs, history, replay)
     if cause is not None:
         return cause
     if failure is not None or not history:
@@ -1272,7 +1282,7 @@ def _floating(tree) -> set:
     }
 
 
-def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
+def _dtype_cause(program, start, structs, history, replay=None) -> Diagnostic | None:
     """E213, where the forward pass fails only because of a dtype that a
     `cast` gave (with the `input` lines, when they declare it too): the model
     runs with every array and input in its own floating dtype, but not after
@@ -1303,9 +1313,9 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
     if error is None or isinstance(error, StackCallError):
         return None
     site = _site(error)
-    breaker, dtype = next(
-        ((p, d) for k, p, d in casts if _site(_forward(history[k][1], given)[1]) == site),
-        casts[-1][1:],
+    at, breaker, dtype = next(
+        ((k, p, d) for k, p, d in casts if _site(_forward(history[k][1], given)[1]) == site),
+        casts[-1],
     )
     op, owner, where = _called(error)
     name = None if owner is None else _type_name(type(owner), final)
@@ -1327,12 +1337,21 @@ def _dtype_cause(program, start, structs, history) -> Diagnostic | None:
     # help's values); the first that runs is the help.
     tries = []
     if owner is not None:
+        # The rule the help gives, directly below the cast (the rules after
+        # it run on), and as the spec's last rule.
+        below = retyped(history[at][1], own, type(owner))
+        try:
+            below = below if replay is None else replay(below, at)
+        except Exception:  # a later rule that cannot run so: that help is not given
+            below = None
         kept = retyped(final, own, type(owner))
-        tries.append((None, kept, structs, {"name": name, **own_name}))
+        if below is not None:
+            tries.append((None, below, structs, {"name": name, **own_name}))
+        tries.append(("last", kept, structs, {"name": name, **own_name}))
     if any(s.dtype == narrow for s in structs):
         tries.append(("input", final, wide, {**own_name, **inputs}))
-        if owner is not None:
-            tries.append(("keep_input", kept, wide, {"name": name, **own_name, **inputs}))
+        if owner is not None and below is not None:
+            tries.append(("keep_input", below, wide, {"name": name, **own_name, **inputs}))
     tries.append(
         ("general", None, None, own_name)
         if owner is None
