@@ -939,3 +939,26 @@ def fans(model) -> dict[str, tuple[int, int]]:
     else:
         raise TypeError(f"no hand-computed fans for {type(model).__name__}")
     return out
+
+
+def small_megalodon(num_layers: int = 3):
+    """megalodon-jax's causal LM at a test's size, built by `eqxform.new` (so
+    that it saves with its recipe). Needs `megalodon_jax` installed."""
+    from megalodon_jax.config import MegalodonConfig
+    from megalodon_jax.model import MegalodonForCausalLM
+
+    import eqxform
+
+    config = MegalodonConfig(
+        vocab_size=64,
+        model_dim=32,
+        num_layers=num_layers,
+        num_heads=1,
+        z_dim=16,
+        value_dim=32,
+        ffn_hidden_dim=48,
+        cema_ndim=4,
+        chunk_size=16,
+        norm_num_groups=4,
+    )
+    return eqxform.new(MegalodonForCausalLM, config)

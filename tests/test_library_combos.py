@@ -18,6 +18,7 @@ import jax.random as jr
 import numpy as np
 import optax
 import pytest
+import realmodels as R
 
 import eqxform
 from eqxform._runtime import _train
@@ -459,22 +460,7 @@ IDS = (jnp.arange(8)[None] * 7) % 64
 @pytest.fixture(scope="module")
 def megalodon():
     pytest.importorskip("megalodon_jax")
-    from megalodon_jax.config import MegalodonConfig
-    from megalodon_jax.model import MegalodonForCausalLM
-
-    config = MegalodonConfig(
-        vocab_size=64,
-        model_dim=32,
-        num_layers=3,
-        num_heads=1,
-        z_dim=16,
-        value_dim=32,
-        ffn_hidden_dim=48,
-        cema_ndim=4,
-        chunk_size=16,
-        norm_num_groups=4,
-    )
-    return eqxform.new(MegalodonForCausalLM, config)
+    return R.small_megalodon(3)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import realmodels as R
 from test_dtype_cause import fftnet
+from test_libraries_third import Zipped
 
 import eqxform
 
@@ -82,22 +83,7 @@ def _esm():
 
 def _megalodon():
     pytest.importorskip("megalodon_jax")
-    from megalodon_jax.config import MegalodonConfig
-    from megalodon_jax.model import MegalodonForCausalLM
-
-    config = MegalodonConfig(
-        vocab_size=64,
-        model_dim=32,
-        num_layers=3,
-        num_heads=1,
-        z_dim=16,
-        value_dim=32,
-        ffn_hidden_dim=48,
-        cema_ndim=4,
-        chunk_size=16,
-        norm_num_groups=4,
-    )
-    return eqxform.new(MegalodonForCausalLM, config), "input i32[1,8]\n"
+    return R.small_megalodon(3), "input i32[1,8]\n"
 
 
 def _pdequinox(name, **kwargs):
@@ -184,23 +170,6 @@ def test_a_zip_with_stateful_norms_is_refused_naming_their_weights_not_their_sta
         "once `layers` is stacked, the forward pass no longer reads 4 arrays it read before "
         "(`norms[1].weight`, `norms[1].bias`, `norms[2].weight`, ...)"
     )
-
-
-class Zipped(eqx.Module):
-    """A parent that walks its layers and its mixers together."""
-
-    layers: list
-    mixers: list
-
-    def __init__(self, key):
-        ks = jr.split(key, 6)
-        self.layers = [eqx.nn.Linear(4, 4, key=k) for k in ks[:3]]
-        self.mixers = [eqx.nn.Linear(4, 4, key=k) for k in ks[3:]]
-
-    def __call__(self, x):
-        for layer, mixer in zip(self.layers, self.mixers):
-            x = jnp.tanh(mixer(layer(x)))
-        return x
 
 
 @pytest.mark.parametrize(
@@ -561,3 +530,25 @@ def test_e213_on_stacked_fourier_blocks_from_the_shell_check_and_plan_json(tmp_p
             assert "error[E213]: after this rule `jnp.fft.rfftn` in `SpectralConv`" in done.stderr
             assert " --> s.eqx:3:1" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fno.eqx", "s.eqx"]
+
+
+def test_a_layerwise_stack_and_its_unstack_freeze_exactly_the_frozen_layers():
+    # A layer taken from a stack (a layerwise stack's call, `unstack`) carries
+    # its freeze whole or not at all: gradients reach exactly the others.
+    from test_libraries_third import Chain
+
+    model, x = Chain(jr.key(0)), jnp.arange(4.0)
+    stacked = eqxform.compile("stack layers scan layerwise\nwhere layers[0:2] -> freeze").apply(
+        model
+    )
+    back = eqxform.compile("unstack layers").apply(stacked)
+    assert [isinstance(layer.weight, eqxform.Frozen) for layer in back.layers] == [1, 1, 0]
+
+    def loss(m):
+        return jnp.sum(eqxform.resolve(m)(x) ** 2)
+
+    g = eqxform.resolve(eqx.filter_grad(loss)(stacked)).layers.layers.weight
+    assert [bool(jnp.any(g[i] != 0)) for i in range(3)] == [False, False, True]
+    g = eqxform.resolve(eqx.filter_grad(loss)(back))
+    assert [bool(jnp.any(layer.weight != 0)) for layer in g.layers] == [False, False, True]
+    assert np.allclose(eqxform.resolve(back)(x), model(x), atol=1e-6)

@@ -26,14 +26,35 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._wrappers import Wrapper, resolve
+from ._wrappers import Frozen, Wrapper, resolve
 
 State = eqx.nn.State
 StateIndex = eqx.nn.StateIndex
 
 
 def _take(tree: Any, index) -> Any:
-    return jax.tree_util.tree_map(lambda x: x[index] if eqx.is_array(x) else x, tree)
+    """Layer `index` (or a slice of layers) of every array of `tree`. A freeze
+    of some layers along this axis goes with them: a layer taken is frozen
+    whole or not at all, a slice keeps the layers it holds."""
+
+    def plain(tree):
+        return jax.tree_util.tree_map(lambda x: x[index] if eqx.is_array(x) else x, tree)
+
+    def take(x):
+        if not (isinstance(x, Frozen) and x.layers is not None and eqx.is_array(x.value)):
+            return plain(x)
+        value = x.value[index]
+        if x.axis % x.value.ndim != 0:  # another stack's layers: its axis counts from the end
+            return dataclasses.replace(x, value=value)
+        picked = range(len(x.value))[index]
+        if isinstance(picked, int):
+            return Frozen(value) if picked in x.layers else value
+        layers = tuple(k for k, i in enumerate(picked) if i in x.layers)
+        if not layers:
+            return value
+        return Frozen(value) if len(layers) == len(picked) else Frozen(value, layers, x.axis)
+
+    return jax.tree_util.tree_map(take, tree, is_leaf=lambda x: isinstance(x, Frozen))
 
 
 def is_state_index(x: Any) -> bool:
